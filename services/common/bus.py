@@ -1,0 +1,284 @@
+"""At-least-once Kafka plumbing on kafka-python.
+
+A stage is `consume → handler → publish outputs → commit`. Offsets are committed only after every
+output of the batch is acknowledged by the broker (acks=all, idempotent producer), and only from the
+polling thread between two polls: kafka-python 3.x runs rebalance listeners on its IO thread, where a
+blocking commit raises. A crash anywhere before the commit replays the batch; handlers are
+idempotent (deterministic event ids), so a replay is harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from opentelemetry import trace
+
+from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
+from services.common.stats import StageStats
+from services.common.tracing_headers import extract_trace_context, inject_trace_headers
+
+log = logging.getLogger(__name__)
+
+# Partner topics may carry a whole DICOM instance inline; keep in step with the broker's message.max.bytes.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+Handler = Callable[[IncomingMessage], Sequence[OutgoingMessage]]
+
+
+def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+    """Create topics that do not exist yet; existing ones are left as they are."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="imx-admin")
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name, num_partitions=partitions, replication_factor=1,
+                     topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+            for name in dict.fromkeys(names) if name not in existing
+        ]
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another replica won the race
+                admin.create_topics(wanted)
+    finally:
+        admin.close()
+
+
+class BusProducer:
+    """Publishes batches and returns only when the broker acknowledged all of them."""
+
+    def __init__(self, bootstrap: str, client_id: str = "imx") -> None:
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            batch_size=256 * 1024,
+            max_request_size=MAX_MESSAGE_BYTES,
+            retries=2**31 - 1,
+        )
+
+    def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
+        """Send all and wait for every acknowledgement; raises TransientError when the broker fails."""
+        futures = []
+        for message in messages:
+            # Messages built inside a consumer span already carry that span's context.
+            headers = dict(message.headers)
+            if "traceparent" not in headers:
+                headers = inject_trace_headers(headers)
+            futures.append(
+                self._producer.send(
+                    message.topic, value=message.value, key=message.key, headers=list(headers.items())
+                )
+            )
+        if not futures:
+            return
+        self._producer.flush(timeout=timeout_s)
+        try:
+            for future in futures:
+                future.get(timeout=timeout_s)
+        except KafkaError as exc:
+            raise TransientError(f"publish failed: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error's text when it is known to be PHI-free, otherwise only its type."""
+    if isinstance(exc, PhiSafeError):
+        return f"{type(exc).__name__}: {exc}"[:1000]
+    return f"{type(exc).__name__} (message withheld: may contain PHI)"
+
+
+def dead_letter_for(message: IncomingMessage, exc: BaseException, topic: str, stage: str) -> OutgoingMessage:
+    """The original message, untouched, with headers saying where it came from and why it failed."""
+    headers = dict(message.headers)
+    headers.update(
+        {
+            "imx-error": describe_error(exc).encode(),
+            "imx-error-type": type(exc).__name__.encode(),
+            "imx-stage": stage.encode(),
+            "imx-source-topic": message.topic.encode(),
+            "imx-source-partition": str(message.partition).encode(),
+            "imx-source-offset": str(message.offset).encode(),
+        }
+    )
+    return OutgoingMessage(topic=topic, value=message.value, key=message.key, headers=headers)
+
+
+@dataclass
+class BatchResult:
+    outputs: list[OutgoingMessage] = field(default_factory=list)
+    commits: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read
+    retry_from: dict[TopicPartition, int] = field(default_factory=dict)
+    processed: int = 0
+    failed: int = 0
+
+
+def run_handler_over_batch(
+    records: Sequence[IncomingMessage], handler: Handler, dead_letter_topic: str, stage: str
+) -> BatchResult:
+    """Pure core of the consumer loop (unit-tested without Kafka).
+
+    Records of one partition are handled in order. A transient error stops that partition at the
+    failing record (it is read again after a seek); any other error sends the record to the dead-letter
+    topic and processing goes on.
+    """
+    result = BatchResult()
+    tracer = trace.get_tracer("imx.bus")
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        if tp in result.retry_from:
+            continue
+        with tracer.start_as_current_span(
+            f"{stage} process", context=extract_trace_context(record.headers), kind=trace.SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("messaging.destination.name", record.topic)
+            span.set_attribute("messaging.kafka.offset", record.offset)
+            try:
+                outputs = list(handler(record))
+            except TransientError:
+                result.retry_from[tp] = record.offset
+                continue
+            except Exception as exc:  # every other failure is a poison message for this input
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                log.warning(
+                    "message sent to dead letter",
+                    extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                           "error": describe_error(exc)},
+                )
+                outputs = [dead_letter_for(record, exc, dead_letter_topic, stage)]
+                result.failed += 1
+            else:
+                result.processed += 1
+            # Outputs are injected with this span's context while it is current.
+            result.outputs.extend(
+                OutgoingMessage(o.topic, o.value, o.key, inject_trace_headers(o.headers)) for o in outputs
+            )
+        result.commits[tp] = record.offset + 1
+    return result
+
+
+class StageConsumer:
+    """The I/O shell of a stage: poll a bounded batch, run the handler, publish, commit, repeat."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        group_id: str,
+        topics: Sequence[str] = (),
+        pattern: str | None = None,
+        producer: BusProducer,
+        dead_letter_topic: str,
+        stage: str,
+        stats: StageStats,
+        max_batch: int = 200,
+        poll_timeout_ms: int = 500,
+        retry_backoff_s: float = 1.0,
+    ) -> None:
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            client_id=f"{stage}-{group_id}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=max_batch,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+            metadata_max_age_ms=5000,  # new partner topics are seen within seconds
+        )
+        if pattern:
+            self._consumer.subscribe(pattern=pattern)
+        else:
+            self._consumer.subscribe(list(topics))
+        self._producer = producer
+        self._dead_letter_topic = dead_letter_topic
+        self._stage = stage
+        self._stats = stats
+        self._poll_timeout_ms = poll_timeout_ms
+        self._retry_backoff_s = retry_backoff_s
+        self._last_lag_at = 0.0
+
+    def poll_once(self, handler: Handler) -> int:
+        """One cycle; returns how many records were read."""
+        if self._stats.paused:
+            self._consumer.pause(*self._consumer.assignment())
+        else:
+            self._consumer.resume(*self._consumer.paused())
+        polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms)
+        records = [
+            IncomingMessage(
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                key=r.key,
+                value=r.value,
+                headers={k: (v or b"") for k, v in (r.headers or [])},
+                timestamp_ms=r.timestamp,
+            )
+            for batch in polled.values()
+            for r in batch
+        ]
+        if records:
+            result = run_handler_over_batch(records, handler, self._dead_letter_topic, self._stage)
+            self._producer.publish(result.outputs)
+            if result.commits:
+                self._consumer.commit(
+                    {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in result.commits.items()}
+                )
+            for tp, offset in result.retry_from.items():
+                self._consumer.seek(tp, offset)
+            self._stats.record(result.processed, result.failed)
+            if result.retry_from:
+                time.sleep(self._retry_backoff_s)
+        self._update_lag()
+        return len(records)
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_at < 2.0:
+            return
+        self._last_lag_at = now
+        lag: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            if position is not None:
+                lag[(tp.topic, tp.partition)] = max(0, high - position)
+        self._stats.set_lag(lag)
+
+    def run(self, handler: Handler, stop: threading.Event) -> None:
+        """Until `stop` is set; the batch in flight finishes and is committed before returning."""
+        while not stop.is_set():
+            try:
+                self.poll_once(handler)
+            except TransientError:
+                log.warning("transient failure; batch will be read again", extra={"stage": self._stage})
+                self._rewind_to_committed()
+                time.sleep(self._retry_backoff_s)
+
+    def _rewind_to_committed(self) -> None:
+        for tp in self._consumer.assignment():
+            committed = self._consumer.committed(tp)
+            if committed is not None:
+                self._consumer.seek(tp, committed)
+            else:
+                self._consumer.seek_to_beginning(tp)
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)

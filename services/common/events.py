@@ -1,0 +1,31 @@
+"""Building and reading the protobuf events that travel on the topics."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from google.protobuf.message import Message
+
+from services.common.messages import OutgoingMessage
+
+EVENT_TYPE_HEADER = "imx-event-type"
+
+
+def event_id(*parts: str) -> str:
+    """Deterministic id: the same inputs and decision give the same id on a replay."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def event_message(topic: str, event: Message, study_uid: str) -> OutgoingMessage:
+    """Keyed by StudyInstanceUID so a study stays in order on one partition."""
+    return OutgoingMessage(
+        topic=topic,
+        value=event.SerializeToString(deterministic=True),
+        key=study_uid.encode() if study_uid else None,
+        headers={EVENT_TYPE_HEADER: type(event).__name__.encode()},
+    )

@@ -1,0 +1,103 @@
+"""The thin shell shared by every consuming service: wiring, signals, graceful stop.
+
+Only entry points call this; it builds the clients from settings and hands them to the service.
+SIGTERM/SIGINT set a stop flag: the batch in flight finishes, its outputs are acknowledged and its
+offsets committed, then the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from services.common.bus import BusProducer, Handler, StageConsumer, ensure_topics
+from services.common.control_server import ControlServer, ServicerRegistration
+from services.common.logs import configure_logging
+from services.common.settings import ServiceSettings
+from services.common.stats import StageStats, StatusSnapshot
+from services.common.telemetry import setup_telemetry
+from services.common.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What makes one stage different from another."""
+
+    name: str
+    group_id: str
+    topics: Sequence[str] = ()
+    pattern: str | None = None
+
+
+class StageControl:
+    """Adapts StageStats to the Control service."""
+
+    def __init__(self, stats: StageStats) -> None:
+        self._stats = stats
+
+    def snapshot(self) -> StatusSnapshot:
+        return self._stats.snapshot()
+
+    def set_paused(self, paused: bool) -> None:
+        self._stats.set_paused(paused)
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    def _handler(signum: int, _frame: object) -> None:
+        log.info("stop requested; finishing the batch in flight", extra={"status": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+
+
+def run_stage(
+    settings: ServiceSettings,
+    spec: StageSpec,
+    build_handler: Callable[[BusProducer, Topics], Handler],
+    extra_servicers: Sequence[ServicerRegistration] = (),
+    stop: threading.Event | None = None,
+    on_ready: Callable[[ControlServer], None] | None = None,
+) -> None:
+    configure_logging(spec.name, settings.log_level)
+    telemetry = setup_telemetry(spec.name, settings.otlp_endpoint)
+    topics = Topics(settings.topic_prefix)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        install_stop_signals(stop)
+    ensure_topics(settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions)
+    stats = StageStats(service=spec.name)
+    producer = BusProducer(settings.kafka_bootstrap, client_id=f"imx-{spec.name}")
+    consumer = StageConsumer(
+        bootstrap=settings.kafka_bootstrap,
+        group_id=spec.group_id,
+        topics=spec.topics,
+        pattern=spec.pattern,
+        producer=producer,
+        dead_letter_topic=topics.dead_letter,
+        stage=spec.name,
+        stats=stats,
+        max_batch=settings.max_batch,
+    )
+    server = ControlServer(
+        spec.name, StageControl(stats), host=settings.grpc_host, port=settings.grpc_port, extra=extra_servicers
+    )
+    server.start()
+    try:
+        handler = build_handler(producer, topics)
+        server.mark_serving()
+        log.info("service started", extra={"service": spec.name, "port": server.port})
+        if on_ready:
+            on_ready(server)
+        consumer.run(handler, stop)
+    finally:
+        server.stop()
+        consumer.close()
+        producer.close()
+        telemetry.shutdown()
+        log.info("service stopped", extra={"service": spec.name})

@@ -1,0 +1,31 @@
+"""Process settings from environment variables (12-factor), one typed object per service.
+
+Every service subclasses `ServiceSettings`; the entry point builds it once and passes it down.
+Nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every imx service needs: where Kafka, MongoDB and the blob store are."""
+
+    model_config = SettingsConfigDict(env_prefix="IMX_", extra="ignore")
+
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma separated")
+    mongo_uri: str = Field("mongodb://127.0.0.1:27117/", description="MongoDB (or FerretDB) URI")
+    mongo_db: str = Field("imx", description="database holding routes, partners, state and audit")
+    blob_dir: Path = Field(Path("var/blobs"), description="root of the local content-addressed blob store")
+    topic_prefix: str = Field("", description="prefix for every topic name; tests use it to own their topics")
+    topic_partitions: int = Field(6, ge=1, description="partitions for topics the service creates")
+    grpc_host: str = Field("127.0.0.1", description="address the gRPC control server binds")
+    grpc_port: int = Field(0, ge=0, le=65535, description="gRPC control port; 0 picks a free port")
+    otlp_endpoint: str = Field("", description="OTLP/gRPC endpoint for traces and metrics; empty = no export")
+    log_level: str = Field("INFO", description="log level of the service's structured logs")
+    max_batch: int = Field(200, ge=1, description="most events handled between two offset commits")
+    instance_id: str = Field("", description="distinguishes replicas in logs and status; default: pid")

@@ -1,0 +1,80 @@
+"""Sending organisations: their calling AE titles (C-STORE) and API keys (STOW-RS, imx send).
+
+API keys are stored as SHA-256 digests only; the key itself is shown once, when issued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from pymongo.database import Database
+
+_ORG_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_AE_TITLE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,14}[\x21-\x7e])?$")
+
+
+@dataclass(frozen=True)
+class Organisation:
+    org_id: str
+    name: str = ""
+    ae_titles: tuple[str, ...] = field(default_factory=tuple)
+
+
+def validate_organisation(org: Organisation) -> Organisation:
+    if not _ORG_ID.match(org.org_id):
+        raise ValueError("organisation id must be 1-63 characters of lower-case letters, digits and '-'")
+    for ae in org.ae_titles:
+        if not _AE_TITLE.match(ae) or "\\" in ae:
+            raise ValueError(f"AE title {ae!r} is not valid (1-16 printable characters, no backslash)")
+    return org
+
+
+def _key_digest(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class OrganisationStore:
+    def __init__(self, db: Database) -> None:
+        self._orgs = db["organisations"]
+        self._orgs.create_index("api_key_sha256")
+
+    def add(self, org: Organisation, issue_api_key: bool = False) -> str:
+        """Create or replace; returns a newly issued API key, or "" when none was asked for."""
+        validate_organisation(org)
+        for ae in org.ae_titles:
+            clash = self._orgs.find_one({"ae_titles": ae, "_id": {"$ne": org.org_id}})
+            if clash:
+                raise ValueError(f"AE title {ae!r} already belongs to organisation {clash['_id']!r}")
+        update: dict[str, object] = {"name": org.name, "ae_titles": list(org.ae_titles)}
+        api_key = ""
+        if issue_api_key:
+            api_key = "imx_" + secrets.token_urlsafe(32)
+            update["api_key_sha256"] = _key_digest(api_key)
+        self._orgs.update_one({"_id": org.org_id}, {"$set": update}, upsert=True)
+        return api_key
+
+    def remove(self, org_id: str) -> bool:
+        return self._orgs.delete_one({"_id": org_id}).deleted_count == 1
+
+    def list(self) -> list[Organisation]:
+        return [
+            Organisation(doc["_id"], doc.get("name", ""), tuple(doc.get("ae_titles", [])))
+            for doc in self._orgs.find().sort("_id", 1)
+        ]
+
+    def org_for_api_key(self, api_key: str) -> str | None:
+        doc = self._orgs.find_one({"api_key_sha256": _key_digest(api_key)}, {"_id": 1})
+        return doc["_id"] if doc else None
+
+    def org_for_ae_title(self, ae_title: str) -> str | None:
+        doc = self._orgs.find_one({"ae_titles": ae_title}, {"_id": 1})
+        return doc["_id"] if doc else None
+
+    def ae_title_map(self) -> dict[str, str]:
+        return {ae: doc["_id"] for doc in self._orgs.find({}, {"ae_titles": 1}) for ae in doc.get("ae_titles", [])}
+
+    def exists(self, org_id: str) -> bool:
+        return self._orgs.count_documents({"_id": org_id}, limit=1) == 1

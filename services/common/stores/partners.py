@@ -1,0 +1,46 @@
+"""Receiving partners. Each has its own topic and its own pseudonymisation secret, so two partners'
+de-identified copies cannot be linked (the secret never leaves MongoDB and the deid service)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from pymongo.database import Database
+
+from services.common.topics import validate_partner_id
+
+
+@dataclass(frozen=True)
+class Partner:
+    partner_id: str
+    name: str = ""
+
+
+class PartnerStore:
+    def __init__(self, db: Database) -> None:
+        self._partners = db["partners"]
+
+    def add(self, partner: Partner) -> Partner:
+        """Create or rename; the pseudonymisation key is made once and kept on later updates."""
+        validate_partner_id(partner.partner_id)
+        self._partners.update_one(
+            {"_id": partner.partner_id},
+            {"$set": {"name": partner.name}, "$setOnInsert": {"pseudonym_key": secrets.token_hex(32)}},
+            upsert=True,
+        )
+        return partner
+
+    def remove(self, partner_id: str) -> bool:
+        return self._partners.delete_one({"_id": partner_id}).deleted_count == 1
+
+    def get(self, partner_id: str) -> Partner | None:
+        doc = self._partners.find_one({"_id": partner_id}, {"name": 1})
+        return Partner(doc["_id"], doc.get("name", "")) if doc else None
+
+    def list(self) -> list[Partner]:
+        return [Partner(doc["_id"], doc.get("name", "")) for doc in self._partners.find({}, {"name": 1}).sort("_id", 1)]
+
+    def pseudonym_key(self, partner_id: str) -> bytes | None:
+        doc = self._partners.find_one({"_id": partner_id}, {"pseudonym_key": 1})
+        return bytes.fromhex(doc["pseudonym_key"]) if doc else None

@@ -1,0 +1,62 @@
+"""Topic names. One place builds them so a prefix (per deployment or per test) applies everywhere."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def validate_partner_id(partner_id: str) -> str:
+    """Partner ids become topic names, so they are restricted to a safe alphabet."""
+    if not _PARTNER_ID.match(partner_id):
+        raise ValueError(
+            "partner id must be 1-63 characters of lower-case letters, digits and '-', "
+            f"starting with a letter or digit (got {partner_id!r})"
+        )
+    return partner_id
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = ""
+
+    def _name(self, name: str) -> str:
+        return f"{self.prefix}imx.{name}.v1"
+
+    @property
+    def ingested(self) -> str:
+        return self._name("ingested")
+
+    @property
+    def routed(self) -> str:
+        return self._name("routed")
+
+    @property
+    def prepared(self) -> str:
+        return self._name("prepared")
+
+    @property
+    def outcomes(self) -> str:
+        return self._name("outcomes")
+
+    @property
+    def quarantine(self) -> str:
+        return self._name("quarantine")
+
+    @property
+    def dead_letter(self) -> str:
+        return self._name("deadletter")
+
+    def partner(self, partner_id: str) -> str:
+        return self._name(f"partner.{validate_partner_id(partner_id)}")
+
+    def pipeline(self) -> list[str]:
+        """The fixed topics of the pipeline (partner topics are created when partners are added)."""
+        return [self.ingested, self.routed, self.prepared, self.outcomes, self.quarantine, self.dead_letter]
+
+    @property
+    def partner_pattern(self) -> str:
+        """Regex matching every partner topic (audit subscribes to them all)."""
+        return "^" + re.escape(f"{self.prefix}imx.partner.") + r"[a-z0-9-]+\.v1$"

@@ -1,0 +1,40 @@
+"""Small helpers the bus tests share: read a whole topic, ask the broker for committed offsets."""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+
+def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:  # type: ignore[type-arg]
+    """Every record of `topic` (no group, from the beginning) once `expected` have arrived or time is up."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list = []  # type: ignore[type-arg]
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def committed_and_end_offsets(bootstrap: str, topic: str, group: str) -> tuple[dict[int, int], dict[int, int]]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        committed = {tp.partition: consumer.committed(tp) or 0 for tp in partitions}
+        end = {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+        return committed, end
+    finally:
+        consumer.close(autocommit=False)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from services.common.blob_store import BlobCorrupt, BlobNotFound, LocalBlobStore, sha256_hex
+
+
+def test_put_returns_the_sha256_and_get_returns_the_same_bytes(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    digest = store.put(b"dicom bytes")
+    assert digest == sha256_hex(b"dicom bytes")
+    assert store.exists(digest)
+    assert store.get(digest) == b"dicom bytes"
+
+
+def test_missing_and_corrupt_objects_are_reported(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    with pytest.raises(BlobNotFound):
+        store.get("0" * 64)
+    digest = store.put(b"original")
+    store.path_for(digest).write_bytes(b"tampered")
+    with pytest.raises(BlobCorrupt):
+        store.get(digest)
+
+
+def test_ids_that_are_not_sha256_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        LocalBlobStore(tmp_path).get("../../etc/passwd")
+
+
+def test_concurrent_writers_of_the_same_content_all_succeed(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    data = bytes(range(256)) * 4096
+    digests: list[str] = []
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            digests.append(store.put(data))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert set(digests) == {sha256_hex(data)}
+    assert store.get(digests[0]) == data
+    assert not list(tmp_path.rglob(".tmp-*")), "no temporary file is left behind"
