@@ -40,9 +40,14 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1,
-                     topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
-            for name in dict.fromkeys(names) if name not in existing
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            )
+            for name in dict.fromkeys(names)
+            if name not in existing
         ]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another replica won the race
@@ -75,9 +80,7 @@ class BusProducer:
             if "traceparent" not in headers:
                 headers = inject_trace_headers(headers)
             futures.append(
-                self._producer.send(
-                    message.topic, value=message.value, key=message.key, headers=list(headers.items())
-                )
+                self._producer.send(message.topic, value=message.value, key=message.key, headers=list(headers.items()))
             )
         if not futures:
             return
@@ -153,8 +156,12 @@ def run_handler_over_batch(
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
                 log.warning(
                     "message sent to dead letter",
-                    extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                           "error": describe_error(exc)},
+                    extra={
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "error": describe_error(exc),
+                    },
                 )
                 outputs = [dead_letter_for(record, exc, dead_letter_topic, stage)]
                 result.failed += 1
@@ -166,6 +173,15 @@ def run_handler_over_batch(
             )
         result.commits[tp] = record.offset + 1
     return result
+
+
+def flush_handler(handler: Handler) -> None:
+    """A handler may hold its effects back to perform them once per batch (audit inserts a batch of
+    records in one write): its optional `flush()` runs after the batch, before outputs are published and
+    offsets committed. If it raises, nothing of the batch is committed (TransientError: read it again)."""
+    flush = getattr(handler, "flush", None)
+    if callable(flush):
+        flush()
 
 
 class StageConsumer:
@@ -185,6 +201,8 @@ class StageConsumer:
         max_batch: int = 200,
         poll_timeout_ms: int = 500,
         retry_backoff_s: float = 1.0,
+        session_timeout_ms: int = 10_000,
+        group_instance_id: str | None = None,
     ) -> None:
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -196,6 +214,11 @@ class StageConsumer:
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
             fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
             metadata_max_age_ms=5000,  # new partner topics are seen within seconds
+            # kafka-python's default is 45 s: a crashed replica's partitions would stall that long.
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(1000, session_timeout_ms // 3),
+            # Static membership: a restarted replica with the same id gets its partitions back at once.
+            group_instance_id=group_instance_id,
         )
         if pattern:
             self._consumer.subscribe(pattern=pattern)
@@ -231,11 +254,10 @@ class StageConsumer:
         ]
         if records:
             result = run_handler_over_batch(records, handler, self._dead_letter_topic, self._stage)
+            flush_handler(handler)
             self._producer.publish(result.outputs)
             if result.commits:
-                self._consumer.commit(
-                    {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in result.commits.items()}
-                )
+                self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in result.commits.items()})
             for tp, offset in result.retry_from.items():
                 self._consumer.seek(tp, offset)
             self._stats.record(result.processed, result.failed)

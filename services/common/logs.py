@@ -14,9 +14,29 @@ from typing import Any
 
 SAFE_FIELDS = frozenset(
     {
-        "event_id", "study_uid", "sop_uid", "org", "partner", "route_id", "profile", "topic", "partition",
-        "offset", "reason", "tag", "count", "seconds", "stage", "error", "port", "service", "channel",
-        "status", "calling_ae", "instances", "rate",
+        "event_id",
+        "study_uid",
+        "sop_uid",
+        "org",
+        "partner",
+        "route_id",
+        "profile",
+        "topic",
+        "partition",
+        "offset",
+        "reason",
+        "tag",
+        "count",
+        "seconds",
+        "stage",
+        "error",
+        "port",
+        "service",
+        "channel",
+        "status",
+        "calling_ae",
+        "instances",
+        "rate",
     }
 )
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -29,8 +49,7 @@ class PhiSafeJsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,

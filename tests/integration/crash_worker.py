@@ -2,7 +2,8 @@
 SIGKILLs itself right after handling its N-th message: after the handler ran, before the commit.
 
 Usage: python -m tests.integration.crash_worker BOOTSTRAP IN_TOPIC OUT_TOPIC GROUP LOG KILL_AFTER
-(KILL_AFTER 0 = never; the worker then exits after 5 s without new messages).
+(KILL_AFTER 0 = never; the worker then exits once it has handled something and then seen nothing new
+for 5 s. The first messages can take a while: the group waits for the killed member's session to expire.)
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ def main(bootstrap: str, in_topic: str, out_topic: str, group: str, log_path: st
         stage="crash-test",
         stats=StageStats("crash-test"),
         max_batch=50,
+        group_instance_id="crash-worker",
     )
     stop = threading.Event()
     while not stop.is_set():
         consumer.poll_once(handler)
-        if time.monotonic() - last_seen > 5:
+        if handled and time.monotonic() - last_seen > 5:
             stop.set()
     consumer.close()
     producer.close()

@@ -1,0 +1,35 @@
+# Everything runs with the project's virtual environment; `make setup` creates it.
+PY ?= .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup proto lint unit test up stop run clean
+
+setup:
+	bash infra/setup.sh
+
+proto:
+	$(PY) tools/gen_proto.py
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m mypy services tools
+
+unit:
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+# -rfEs lists failures, errors and skips in the closing summary. Any non-zero pytest status fails
+# the target, including 5 (no tests collected).
+test: setup lint
+	$(PY) -m pytest tests -q -rfEs $(PYTEST_ARGS)
+
+up: setup
+	$(PY) -m tools.devstack up
+
+stop:
+	@if [ -x "$(PY)" ]; then $(PY) -m tools.devstack stop; fi
+
+run: up
+	$(PY) -m tools.devstack status
+
+clean: stop
+	rm -rf var

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a development/CI machine. Every step checks first and does nothing when
+# its result is already in place, so a warm run takes a few seconds.
+#   - .venv with the project installed (re-installed when pyproject.toml/constraints.txt change)
+#   - Apache Kafka broker jars in ~/.cache/imx/kafka-<version>/libs (resolved by Maven)
+#   - FerretDB (MongoDB wire protocol on SQLite) built from source into ~/.cache/imx/bin
+#   - dcmtk, dicom3tools and orthanc from the Debian archive (used by the e2e tests)
+#   - generated protobuf code in services/proto_gen
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+CACHE="${IMX_CACHE:-$HOME/.cache/imx}"
+FERRETDB_VERSION="v1.24.2"
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' infra/kafka/pom.xml)"
+KAFKA_LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
+FERRETDB_BIN="$CACHE/bin/ferretdb"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.imx-install-stamp"
+
+step() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+need() { # need COMMAND WHY
+  command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH; it is needed $2. Install it and re-run."
+}
+
+# --- Tools -------------------------------------------------------------------------------------
+# java runs Kafka, so it is always needed; mvn and go only when their artefact is not cached yet.
+need java "to run the Kafka broker (Java 17 or newer)"
+java_major="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)"
+[[ -n "$java_major" && "$java_major" -ge 17 ]] || die "Java 17 or newer is needed for Kafka (found '${java_major:-unknown}')."
+PYTHON="${IMX_PYTHON:-$(command -v python3.11 || true)}"
+[[ -n "$PYTHON" ]] || die "'python3.11' not found on PATH (or set IMX_PYTHON to a Python 3.11+ interpreter)."
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$PYTHON is older than Python 3.11."
+
+# --- Python virtual environment ----------------------------------------------------------------
+install_hash="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  step "creating .venv with $PYTHON"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$install_hash" ]]; then
+  step "installing the project into .venv (pyproject.toml or constraints.txt changed)"
+  # pip's build backend is chatty on stderr; keep its output in a log and show it only on failure.
+  log="$VENV/.imx-install.log"
+  if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+    "$VENV/bin/python" -m pip install -c constraints.txt -e '.[dev]'; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    die "pip install failed (full output in $log)"
+  fi
+  echo "$install_hash" >"$STAMP"
+else
+  step ".venv up to date"
+fi
+
+# --- Kafka broker jars -------------------------------------------------------------------------
+[[ -n "$KAFKA_VERSION" ]] || die "could not read <kafka.version> from infra/kafka/pom.xml"
+if [[ -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" && -f "$KAFKA_LIBS/kafka-tools-$KAFKA_VERSION.jar" ]]; then
+  step "Kafka $KAFKA_VERSION jars cached"
+else
+  need mvn "to download the Kafka $KAFKA_VERSION jars (Maven 3.8 or newer)"
+  step "fetching Kafka $KAFKA_VERSION jars into $KAFKA_LIBS"
+  # Copy into a scratch folder and rename at the end, so an interrupted run never looks complete.
+  rm -rf "$KAFKA_LIBS.partial"
+  mkdir -p "$(dirname "$KAFKA_LIBS")"
+  log="$(dirname "$KAFKA_LIBS")/mvn.log"
+  if ! mvn -B -f infra/kafka/pom.xml dependency:copy-dependencies \
+    -DoutputDirectory="$KAFKA_LIBS.partial" -DincludeScope=runtime >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    die "mvn could not fetch the Kafka jars (full output in $log)"
+  fi
+  rm -rf "$KAFKA_LIBS"
+  mv "$KAFKA_LIBS.partial" "$KAFKA_LIBS"
+fi
+
+# --- FerretDB ----------------------------------------------------------------------------------
+if [[ -x "$FERRETDB_BIN" ]] && "$FERRETDB_BIN" --version >/dev/null 2>&1; then
+  step "FerretDB cached ($FERRETDB_BIN)"
+else
+  need go "to build FerretDB $FERRETDB_VERSION (Go 1.22 or newer)"
+  step "building FerretDB $FERRETDB_VERSION into $FERRETDB_BIN"
+  # `go install` yields a binary that panics at start: FerretDB embeds build/version/version.txt,
+  # which is empty in the module archive. Build from a writable copy with the file filled in.
+  src="$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" |
+    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  cp -r "$src/." "$work/"
+  chmod -R u+w "$work"
+  echo "$FERRETDB_VERSION" >"$work/build/version/version.txt"
+  mkdir -p "$(dirname "$FERRETDB_BIN")"
+  (cd "$work" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -o "$FERRETDB_BIN.partial" ./cmd/ferretdb)
+  mv "$FERRETDB_BIN.partial" "$FERRETDB_BIN"
+  "$FERRETDB_BIN" --version >/dev/null || die "the FerretDB build at $FERRETDB_BIN does not start"
+fi
+
+# --- DICOM tools (Debian packages) -------------------------------------------------------------
+if command -v storescu >/dev/null && command -v dciodvfy >/dev/null &&
+  { command -v Orthanc >/dev/null || [[ -x /usr/sbin/Orthanc ]]; }; then
+  step "dcmtk, dicom3tools, orthanc installed"
+else
+  command -v apt-get >/dev/null || die "dcmtk, dicom3tools and orthanc are missing and apt-get is not available; install them with your package manager."
+  SUDO=""
+  if [[ "$(id -u)" -ne 0 ]]; then
+    need sudo "to install dcmtk, dicom3tools and orthanc as a non-root user"
+    SUDO="sudo"
+  fi
+  step "installing dcmtk dicom3tools orthanc with apt-get"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk dicom3tools orthanc >/dev/null
+fi
+
+# --- Generated protobuf code -------------------------------------------------------------------
+# Regenerated only when a .proto or the generator changed (`make proto` forces it): rewriting the
+# modules under a test run that is importing them would break that run.
+proto_stamp="services/proto_gen/.imx-stamp"
+if [[ -f "$proto_stamp" && -z "$(find proto tools/gen_proto.py -newer "$proto_stamp" -print -quit)" ]]; then
+  step "protobuf code up to date"
+else
+  "$VENV/bin/python" tools/gen_proto.py | sed 's/^/setup: /'
+  touch "$proto_stamp"
+fi
+
+step "done"

@@ -1,0 +1,3 @@
+from services.routing.main import serve
+
+serve()

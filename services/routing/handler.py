@@ -1,0 +1,64 @@
+"""Routing stage: one InstanceIngested in, one InstanceRouted per matched partner out (or quarantine)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from services.common.events import event_id, event_message, now_ms
+from services.common.messages import IncomingMessage, OutgoingMessage
+from services.common.topics import Topics
+from services.proto_gen.imx.v1 import events_pb2
+from services.routing.rules import Route, RoutingInput, decide
+
+
+def route_event(
+    ingested: events_pb2.InstanceIngested, routes: list[Route], topics: Topics, clock: Callable[[], int] = now_ms
+) -> list[OutgoingMessage]:
+    item = RoutingInput(ingested.source_org, ingested.requested_destination, dict(ingested.routing_attributes))
+    study = ingested.instance.study_instance_uid
+    decisions = decide(routes, item)
+    if not decisions:
+        quarantined = events_pb2.Quarantined(
+            meta=events_pb2.EventMeta(
+                event_id=event_id("no-route", ingested.meta.event_id),
+                causation_id=ingested.meta.event_id,
+                occurred_at_ms=clock(),
+                ingested_at_ms=ingested.meta.ingested_at_ms,
+            ),
+            stage="routing",
+            reason="no-route",
+            detail=f"requested destination {ingested.requested_destination}" if ingested.requested_destination else "",
+            source_org=ingested.source_org,
+            instance=ingested.instance,
+            blob=ingested.blob,
+        )
+        return [event_message(topics.quarantine, quarantined, study)]
+    outputs = []
+    for decision in decisions:
+        routed = events_pb2.InstanceRouted(
+            meta=events_pb2.EventMeta(
+                # Deterministic: a replay of the same input with the same rule gives the same id.
+                event_id=event_id("routed", ingested.meta.event_id, decision.partner_id),
+                causation_id=ingested.meta.event_id,
+                occurred_at_ms=clock(),
+                ingested_at_ms=ingested.meta.ingested_at_ms,
+            ),
+            instance=ingested.instance,
+            blob=ingested.blob,
+            source_org=ingested.source_org,
+            route_id=decision.route_id,
+            partner_id=decision.partner_id,
+            profile=decision.profile,
+        )
+        outputs.append(event_message(topics.routed, routed, study))
+    return outputs
+
+
+def build_routing_handler(
+    current_routes: Callable[[], list[Route]], topics: Topics
+) -> Callable[[IncomingMessage], list[OutgoingMessage]]:
+    def handle(message: IncomingMessage) -> list[OutgoingMessage]:
+        ingested = events_pb2.InstanceIngested.FromString(message.value)
+        return route_event(ingested, current_routes(), topics)
+
+    return handle

@@ -1,0 +1,100 @@
+"""Routes in MongoDB, versioned: every change bumps the route's version and a global counter, so
+routing replicas notice changes with one cheap read and reload."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.database import Database
+
+from services.routing.rules import Route, RouteMatch, validate_route
+
+
+def route_to_doc(route: Route) -> dict[str, Any]:
+    doc = asdict(route)
+    doc["_id"] = doc.pop("route_id")
+    doc["match"] = {k: list(v) if isinstance(v, tuple) else v for k, v in doc["match"].items()}
+    return doc
+
+
+def route_from_doc(doc: dict[str, Any]) -> Route:
+    m = doc.get("match", {})
+    return Route(
+        route_id=doc["_id"],
+        partner_id=doc["partner_id"],
+        profile=doc.get("profile", ""),
+        name=doc.get("name", ""),
+        priority=int(doc.get("priority", 100)),
+        enabled=bool(doc.get("enabled", True)),
+        version=int(doc.get("version", 1)),
+        match=RouteMatch(
+            source_orgs=tuple(m.get("source_orgs", [])),
+            modalities=tuple(m.get("modalities", [])),
+            sop_class_uids=tuple(m.get("sop_class_uids", [])),
+            study_description=m.get("study_description", ""),
+            body_part=m.get("body_part", ""),
+            requested_destination=m.get("requested_destination", ""),
+        ),
+    )
+
+
+class RouteStore:
+    def __init__(self, db: Database) -> None:
+        self._routes = db["routes"]
+        self._meta = db["config_versions"]
+
+    def _bump(self) -> int:
+        doc = self._meta.find_one_and_update(
+            {"_id": "routes"}, {"$inc": {"version": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        return int(doc["version"]) if doc else 0
+
+    def config_version(self) -> int:
+        doc = self._meta.find_one({"_id": "routes"})
+        return int(doc["version"]) if doc else 0
+
+    def add(self, route: Route) -> Route:
+        """Create or replace a route; its version goes up by one on every change."""
+        validate_route(route)
+        existing = self._routes.find_one({"_id": route.route_id}, {"version": 1})
+        version = int(existing["version"]) + 1 if existing else 1
+        saved = Route(**{**asdict(route), "match": route.match, "version": version})
+        doc = route_to_doc(saved)
+        doc["updated_at_ms"] = int(time.time() * 1000)
+        self._routes.replace_one({"_id": route.route_id}, doc, upsert=True)
+        self._bump()
+        return saved
+
+    def remove(self, route_id: str) -> bool:
+        removed = self._routes.delete_one({"_id": route_id}).deleted_count == 1
+        if removed:
+            self._bump()
+        return removed
+
+    def list(self) -> list[Route]:
+        return [route_from_doc(d) for d in self._routes.find().sort([("priority", 1), ("_id", 1)])]
+
+
+class CachedRoutes:
+    """The routing handler's view of the rules: reloaded when the config version changes,
+    checked at most every `refresh_s` seconds so the hot path costs no database read."""
+
+    def __init__(self, store: RouteStore, refresh_s: float = 2.0) -> None:
+        self._store = store
+        self._refresh_s = refresh_s
+        self._checked_at = 0.0
+        self._version = -1
+        self._routes: list[Route] = []
+
+    def current(self) -> list[Route]:
+        now = time.monotonic()
+        if now - self._checked_at >= self._refresh_s:
+            self._checked_at = now
+            version = self._store.config_version()
+            if version != self._version:
+                self._routes = self._store.list()
+                self._version = version
+        return self._routes

@@ -1,0 +1,89 @@
+"""Fixtures shared by every test.
+
+Real servers are session fixtures and pytest builds a fixture only when a test asks for it, so unit
+tests run with no servers at all, and the first integration/e2e test pays the few seconds Kafka and
+FerretDB take to start. IMX_TEST_KAFKA (host:port) and IMX_TEST_MONGO (a mongodb:// URI) point the
+tests at servers that are already running instead, e.g. the ones `make up` starts.
+
+Tests share those servers, so each test names its own topics, consumer groups and databases with
+`unique_name` / `make_name`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tools import devstack
+
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # kafka-python loads its protocol schemas with deprecated importlib.resources calls.
+    for message in ("read_text is deprecated", "open_text is deprecated"):
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:DeprecationWarning")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The folder is the category, so `-m "not integration and not e2e"` needs no decorators.
+    for item in items:
+        for marker in ("integration", "e2e"):
+            if (TESTS / marker) in item.path.parents:
+                item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """bootstrap.servers of a Kafka broker for this test session."""
+    external = os.environ.get("IMX_TEST_KAFKA")
+    if external:
+        yield external
+        return
+    port, controller_port = devstack.free_ports(2)
+    root = tmp_path_factory.mktemp("kafka")
+    try:
+        proc = devstack.start_kafka(port, controller_port, root / "data", root, die_with_parent=True)
+    except devstack.DevstackError as error:
+        pytest.fail(f"could not start Kafka: {error}", pytrace=False)
+    try:
+        yield proc.endpoint
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A mongodb:// URI of a MongoDB-wire server (FerretDB) for this test session."""
+    external = os.environ.get("IMX_TEST_MONGO")
+    if external:
+        yield external
+        return
+    root = tmp_path_factory.mktemp("ferretdb")
+    try:
+        proc = devstack.start_ferretdb(devstack.free_port(), root / "data", root, die_with_parent=True)
+    except devstack.DevstackError as error:
+        pytest.fail(f"could not start FerretDB: {error}", pytrace=False)
+    try:
+        yield proc.endpoint
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def make_name() -> Callable[[str], str]:
+    """Names unique to this test: make_name("routed") -> "t-routed-1a2b3c4d".
+
+    Valid as a Kafka topic, a consumer group and a MongoDB database name.
+    """
+    return lambda purpose: f"t-{purpose}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """One name unique to this test, e.g. "t-1a2b3c4d"."""
+    return f"t-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,144 @@
+"""`python -m tools.devstack up|stop|status` over the runtime folder var/ (or IMX_VAR_DIR)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.devstack.processes import (
+    DevstackError,
+    EnvironmentProblem,
+    StartupError,
+    ensure_port_free,
+    registered,
+    stop_all,
+)
+from tools.devstack.servers import (
+    FERRETDB,
+    KAFKA,
+    ROOT,
+    ferretdb_binary,
+    java_binary,
+    kafka_libs,
+    start_ferretdb,
+    start_kafka,
+    wait_until_ready,
+)
+
+
+@dataclass(frozen=True)
+class Ports:
+    kafka: int = 19092
+    kafka_controller: int = 19093
+    mongo: int = 27117
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Ports:
+        defaults = cls()
+        return cls(
+            kafka=_port_from_env(env, "IMX_KAFKA_PORT", defaults.kafka),
+            kafka_controller=_port_from_env(env, "IMX_KAFKA_CONTROLLER_PORT", defaults.kafka_controller),
+            mongo=_port_from_env(env, "IMX_MONGO_PORT", defaults.mongo),
+        )
+
+
+def _port_from_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise EnvironmentProblem(f"{name}={raw!r} is not a TCP port number (1-65535)")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a local deployment keeps its data, logs (log/<name>.log) and pid files (run/)."""
+
+    var: Path
+
+    @classmethod
+    def default(cls, env: Mapping[str, str]) -> Layout:
+        return cls(Path(env.get("IMX_VAR_DIR", ROOT / "var")).resolve())
+
+    @property
+    def run(self) -> Path:
+        return self.var / "run"
+
+    @property
+    def log(self) -> Path:
+        return self.var / "log"
+
+
+def up(layout: Layout, ports: Ports) -> None:
+    running = {proc.name: proc for proc in registered(layout.run)}
+    # Check everything before starting anything, so a bad setting leaves nothing half-started.
+    if KAFKA not in running:
+        java_binary()
+        kafka_libs()
+    if FERRETDB not in running:
+        ferretdb_binary()
+    if KAFKA not in running:
+        ensure_port_free(ports.kafka, "Kafka", "IMX_KAFKA_PORT")
+        ensure_port_free(ports.kafka_controller, "Kafka controller", "IMX_KAFKA_CONTROLLER_PORT")
+    if FERRETDB not in running:
+        ensure_port_free(ports.mongo, "FerretDB", "IMX_MONGO_PORT")
+    started = time.monotonic()
+    kafka = running.get(KAFKA) or start_kafka(
+        ports.kafka, ports.kafka_controller, layout.var / KAFKA, layout.log, run_dir=layout.run, wait=False
+    )
+    ferretdb = running.get(FERRETDB) or start_ferretdb(
+        ports.mongo, layout.var / FERRETDB, layout.log, run_dir=layout.run, wait=False
+    )
+    procs = [kafka, ferretdb]
+    try:
+        for proc in procs:
+            wait_until_ready(proc, 90.0)
+            state = "already running" if proc.name in running else f"ready in {time.monotonic() - started:.1f}s"
+            print(f"{proc.name:<9} {proc.endpoint:<28} pid {proc.pid:<8} {state}")
+    except StartupError:
+        for proc in procs:
+            proc.stop(timeout=10.0)
+        raise
+
+
+def status(layout: Layout) -> None:
+    procs = registered(layout.run)
+    if not procs:
+        print(f"nothing running (no live pid files in {layout.run})")
+    for proc in procs:
+        print(f"{proc.name:<9} {proc.endpoint or '-':<28} pid {proc.pid:<8} log {proc.log_path}")
+
+
+def stop(layout: Layout) -> None:
+    procs = stop_all(layout.run)
+    for proc in reversed(procs):  # the order they were stopped in
+        print(f"stopped {proc.name} (pid {proc.pid})")
+    if not procs:
+        print("nothing was running")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.devstack", description="Local Kafka and MongoDB-wire server for imx."
+    )
+    parser.add_argument("command", choices=["up", "stop", "status"])
+    parser.add_argument("--var-dir", type=Path, help="runtime folder (default: IMX_VAR_DIR or var/)")
+    args = parser.parse_args(argv)
+    layout = Layout(args.var_dir.resolve()) if args.var_dir else Layout.default(os.environ)
+    try:
+        if args.command == "up":
+            up(layout, Ports.from_env(os.environ))
+        elif args.command == "stop":
+            stop(layout)
+        else:
+            status(layout)
+    except DevstackError as error:
+        print(f"devstack: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0

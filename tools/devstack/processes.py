@@ -1,0 +1,240 @@
+"""Ports and server processes, with pid files so a later command can find and stop them.
+
+A pid file `<run_dir>/<name>.pid` holds the PID on line 1 (so `kill $(head -n1 f)` works) and on
+line 2 a JSON object with the kernel start time of the process, its log and its endpoint. The start
+time guards against PID reuse: a pid file whose process is gone, or whose PID now belongs to another
+program, is stale and removed when read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+class DevstackError(Exception):
+    """A failure reported as one line, without a stack trace."""
+
+    exit_code = 1
+
+
+class StartupError(DevstackError):
+    """A server was started but did not become ready."""
+
+
+class EnvironmentProblem(DevstackError):
+    """The machine or the settings prevent a start: fix them and retry."""
+
+    exit_code = 2
+
+
+# --- ports --------------------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports on 127.0.0.1 that nothing listens on right now (the kernel picks them)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind((HOST, 0))  # all held open at once, so the kernel cannot hand out one twice
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def port_is_free(port: int) -> bool:
+    # SO_REUSEADDR as the servers use it: a port with only TIME_WAIT leftovers counts as free.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def ensure_port_free(port: int, what: str, env_var: str | None = None) -> None:
+    if port_is_free(port):
+        return
+    hint = f"; set {env_var} to a free port" if env_var else ""
+    raise EnvironmentProblem(f"port {port} on {HOST} ({what}) is already in use by another program{hint}")
+
+
+def can_connect(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --- processes and pid files --------------------------------------------------------------------
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The kernel start time of a live, non-zombie process, or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+@dataclass
+class ManagedProcess:
+    """A server process started by this module, in this interpreter or an earlier one."""
+
+    name: str
+    pid: int
+    log_path: Path
+    start_ticks: int | None
+    endpoint: str = ""
+    pid_file: Path | None = None
+    log_offset: int = 0
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        if self.start_ticks is None:  # no /proc: trust the PID
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:  # exists, owned by someone else
+                return True
+            return True
+        return _start_ticks(self.pid) == self.start_ticks
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines this run wrote to its log (earlier runs append to the same file)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_offset)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a clean shutdown, Kafka needs a few seconds), then SIGKILL after `timeout`."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if not self.alive():
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            _wait_until(lambda: not self.alive(), wait)
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGTERM the child when its parent dies (PR_SET_PDEATHSIG),
+    so a test run that is killed does not leave servers behind. None where that is unavailable."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def start_process(
+    name: str,
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    run_dir: Path | None = None,
+    endpoint: str = "",
+    die_with_parent: bool = False,
+) -> ManagedProcess:
+    """Start `argv` in its own session with output appended to `log_path`.
+
+    With `run_dir`, the process is registered in `run_dir/<name>.pid` for `registered`/`stop_all`.
+    """
+    if run_dir is not None and (running := read_pid_file(run_dir / f"{name}.pid")) is not None:
+        raise EnvironmentProblem(f"{name} is already running (pid {running.pid}); stop it first")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
+        offset = log.tell()
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            start_new_session=True,  # Ctrl-C in the terminal that ran `make up` leaves it running
+            preexec_fn=_die_with_parent_hook() if die_with_parent else None,
+        )
+    proc = ManagedProcess(name, popen.pid, log_path, _start_ticks(popen.pid), endpoint, None, offset, popen)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        proc.pid_file = run_dir / f"{name}.pid"
+        meta = {"start_ticks": proc.start_ticks, "log": str(log_path), "endpoint": endpoint}
+        proc.pid_file.write_text(f"{proc.pid}\n{json.dumps(meta)}\n")
+    return proc
+
+
+def read_pid_file(pid_file: Path) -> ManagedProcess | None:
+    """The live process a pid file records; a stale or unreadable pid file is removed."""
+    try:
+        first, second = [*pid_file.read_text().splitlines(), "", ""][:2]
+        meta = json.loads(second) if second else {}
+        proc = ManagedProcess(
+            name=pid_file.stem,
+            pid=int(first),
+            log_path=Path(meta.get("log", "")),
+            start_ticks=meta.get("start_ticks"),
+            endpoint=meta.get("endpoint", ""),
+            pid_file=pid_file,
+        )
+    except (OSError, ValueError, TypeError, AttributeError):
+        pid_file.unlink(missing_ok=True)
+        return None
+    if not proc.alive():
+        pid_file.unlink(missing_ok=True)
+        return None
+    return proc
+
+
+def registered(run_dir: Path) -> list[ManagedProcess]:
+    """Live registered processes, oldest first."""
+    pid_files = sorted(run_dir.glob("*.pid"), key=lambda p: p.stat().st_mtime) if run_dir.is_dir() else []
+    return [proc for proc in map(read_pid_file, pid_files) if proc is not None]
+
+
+def stop_all(run_dir: Path) -> list[ManagedProcess]:
+    """Stop every registered process, newest first (services before the servers they use)."""
+    procs = registered(run_dir)
+    for proc in reversed(procs):
+        proc.stop()
+    return procs

@@ -1,0 +1,262 @@
+"""The two servers: Kafka from the Apache jars, FerretDB from the binary infra/setup.sh builds."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from tools.devstack.processes import (
+    HOST,
+    EnvironmentProblem,
+    ManagedProcess,
+    StartupError,
+    can_connect,
+    ensure_port_free,
+    start_process,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SETUP_HINT = "run `make setup` (infra/setup.sh) first"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # partner topics may carry a DICOM instance inline
+KAFKA = "kafka"
+FERRETDB = "ferretdb"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("IMX_CACHE", Path.home() / ".cache" / "imx"))
+
+
+# --- Kafka --------------------------------------------------------------------------------------
+
+
+def kafka_version() -> str:
+    pom = (ROOT / "infra" / "kafka" / "pom.xml").read_text()
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
+    if match is None:
+        raise EnvironmentProblem("infra/kafka/pom.xml does not define <kafka.version>")
+    return match.group(1)
+
+
+def kafka_libs() -> Path:
+    libs = Path(os.environ.get("IMX_KAFKA_LIBS", cache_dir() / f"kafka-{kafka_version()}" / "libs"))
+    if not any(libs.glob("kafka_2.13-*.jar")):
+        raise EnvironmentProblem(f"the Kafka jars are not in {libs}; {SETUP_HINT}")
+    return libs
+
+
+def java_binary() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).is_file():
+        raise EnvironmentProblem(f"java (17 or newer) is needed to run Kafka and was not found; {SETUP_HINT}")
+    return java
+
+
+def kafka_config(port: int, controller_port: int, log_dirs: Path) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{HOST}:{controller_port}",
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(log_dirs),
+        "num.partitions": "1",
+        "auto.create.topics.enable": "true",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "8",  # the default 50 slows the first consumer group down
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "message.max.bytes": str(MAX_MESSAGE_BYTES),
+        "replica.fetch.max.bytes": str(MAX_MESSAGE_BYTES),
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+# Kafka logs to stdout, which start_process appends to the log file; INFO from the server itself,
+# only warnings from its chattier corners.
+KAFKA_LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.config.name = kafka.server.KafkaConfig
+logger.config.level = WARN
+"""
+
+
+def start_kafka(
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    log_dir: Path,
+    *,
+    run_dir: Path | None = None,
+    die_with_parent: bool = False,
+    wait: bool = True,
+    timeout: float = 90.0,
+) -> ManagedProcess:
+    """Start a single-node KRaft broker; the storage in `data_dir` is formatted on first use."""
+    java, libs = java_binary(), kafka_libs()
+    ensure_port_free(port, "Kafka", "IMX_KAFKA_PORT")
+    ensure_port_free(controller_port, "Kafka controller", "IMX_KAFKA_CONTROLLER_PORT")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    properties, log4j = data_dir / "server.properties", data_dir / "log4j2.properties"
+    properties.write_text(kafka_config(port, controller_port, data_dir / "log-dirs"))
+    log4j.write_text(KAFKA_LOG4J2)
+    jvm = [java, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
+    if not (data_dir / "log-dirs" / "meta.properties").exists():
+        cluster_id = secrets.token_urlsafe(16).rstrip("=")  # 16 random bytes, as Kafka's own ids
+        fmt = [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)]
+        done = subprocess.run(fmt, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise StartupError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}")
+    argv = [jvm[0], "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true", *jvm[1:], "kafka.Kafka"]
+    proc = start_process(
+        KAFKA,
+        [*argv, str(properties)],
+        log_dir / f"{KAFKA}.log",
+        cwd=data_dir,
+        run_dir=run_dir,
+        endpoint=f"{HOST}:{port}",
+        die_with_parent=die_with_parent,
+    )
+    if wait:
+        wait_until_ready(proc, timeout)
+    return proc
+
+
+def kafka_answers(bootstrap: str) -> bool:
+    """True when the broker serves metadata (a TCP accept alone comes too early)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    if not can_connect(int(bootstrap.rsplit(":", 1)[1])):
+        return False
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, bootstrap_timeout_ms=5000, request_timeout_ms=5000)
+    except KafkaError:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+# --- FerretDB -----------------------------------------------------------------------------------
+
+
+def ferretdb_binary() -> Path:
+    configured = os.environ.get("IMX_FERRETDB_BIN")
+    candidates = [Path(configured)] if configured else [cache_dir() / "bin" / "ferretdb"]
+    on_path = shutil.which("ferretdb")
+    if on_path and not configured:
+        candidates.append(Path(on_path))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise EnvironmentProblem(f"the FerretDB binary was not found at {candidates[0]}; {SETUP_HINT}")
+
+
+def mongo_uri(port: int) -> str:
+    return f"mongodb://{HOST}:{port}/"
+
+
+def start_ferretdb(
+    port: int,
+    data_dir: Path,
+    log_dir: Path,
+    *,
+    run_dir: Path | None = None,
+    die_with_parent: bool = False,
+    wait: bool = True,
+    timeout: float = 30.0,
+) -> ManagedProcess:
+    """Start FerretDB with its SQLite backend in `data_dir`, no debug/metrics listener, no telemetry."""
+    binary = ferretdb_binary()
+    ensure_port_free(port, "FerretDB", "IMX_MONGO_PORT")
+    (data_dir / "sqlite").mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(binary),
+        "--handler=sqlite",
+        f"--sqlite-url=file:{data_dir / 'sqlite'}/",
+        f"--state-dir={data_dir}",
+        f"--listen-addr={HOST}:{port}",
+        "--debug-addr=-",
+        "--telemetry=disable",
+        "--log-level=error",  # WARN logs a full dump for every unsupported command
+    ]
+    proc = start_process(
+        FERRETDB,
+        argv,
+        log_dir / f"{FERRETDB}.log",
+        cwd=data_dir,
+        run_dir=run_dir,
+        endpoint=mongo_uri(port),
+        die_with_parent=die_with_parent,
+    )
+    if wait:
+        wait_until_ready(proc, timeout)
+    return proc
+
+
+def mongo_answers(uri: str) -> bool:
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=1000)
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+# --- readiness ----------------------------------------------------------------------------------
+
+
+def answers(proc: ManagedProcess) -> bool:
+    if proc.name == KAFKA:
+        return kafka_answers(proc.endpoint)
+    if proc.name == FERRETDB:
+        return mongo_answers(proc.endpoint)
+    return proc.alive()
+
+
+def wait_until_ready(proc: ManagedProcess, timeout: float) -> None:
+    """Block until `proc` answers; on a crash or timeout stop it and raise with its log tail."""
+    deadline = time.monotonic() + timeout
+    while not answers(proc):
+        if not proc.alive():
+            reason = "exited during start-up"
+        elif time.monotonic() >= deadline:
+            reason = f"did not answer on {proc.endpoint} within {timeout:.0f}s"
+        else:
+            time.sleep(0.25)
+            continue
+        proc.stop(timeout=5.0)
+        raise StartupError(f"{proc.name} {reason}; end of {proc.log_path}:\n{proc.log_tail()}")
