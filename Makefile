@@ -28,8 +28,9 @@ up: setup
 stop:
 	@if [ -x "$(PY)" ]; then $(PY) -m tools.devstack stop; fi
 
-run: up
-	$(PY) -m tools.devstack status
+# Infrastructure, the five services, then a demo through the whole pipeline with a summary.
+run: setup
+	$(PY) -m tools.demo
 
 clean: stop
 	rm -rf var

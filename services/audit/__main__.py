@@ -1,0 +1,5 @@
+"""`python -m services.audit`: see services.audit.main."""
+
+from services.audit.main import main
+
+main()

@@ -1,0 +1,132 @@
+"""The analysts' query API over the audit trail (FastAPI; the store is passed in, nothing is global)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from services.audit.models import AuditEvent, EventPageOut, Health, StudyTrail, Summary
+from services.audit.queries import EventFilter, decode_cursor, encode_cursor
+from services.audit.records import EventType
+from services.audit.store import AuditStore
+from services.audit.trail import build_trail
+from services.common.messages import TransientError
+
+DESCRIPTION = """\
+Who sent which study, how it was routed, which de-identification profile was applied and when it was
+delivered, from the events every imx stage publishes. Records hold identifiers (UIDs, organisation,
+partner and route ids), profile names and versions, statuses and machine-readable reasons: no PHI.
+
+Times are ISO 8601; give a zone (`Z` or `%2B01:00` in a URL), a time without one is taken as UTC.
+"""
+MAX_LIMIT = 1000
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"  # PS3.5 §9.1: digits and dots, at most 64 characters
+
+router = APIRouter()
+
+
+def get_store(request: Request) -> AuditStore:
+    store: AuditStore = request.app.state.audit_store
+    return store
+
+
+StoreDep = Annotated[AuditStore, Depends(get_store)]
+Since = Annotated[datetime | None, Query(description="only events at or after this time")]
+Until = Annotated[datetime | None, Query(description="only events before this time")]
+
+
+def _invalid(param: str, message: str, value: Any) -> RequestValidationError:
+    """The same 422 body FastAPI gives for a malformed parameter."""
+    return RequestValidationError([{"type": "value_error", "loc": ("query", param), "msg": message, "input": value}])
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _period(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    since, until = _utc(since), _utc(until)
+    if since is not None and until is not None and since >= until:
+        raise _invalid("until", "until must be later than since", until.isoformat())
+    return since, until
+
+
+@router.get(
+    "/audit/studies/{study_uid}",
+    response_model=StudyTrail,
+    tags=["audit"],
+    responses={404: {"description": "nothing is known about this study"}},
+)
+def study_trail(
+    store: StoreDep,
+    study_uid: Annotated[
+        str,
+        Path(max_length=64, pattern=UID_PATTERN, description="StudyInstanceUID as received, or a de-identified copy's"),
+    ],
+) -> StudyTrail:
+    """The trail of one study: received from whom and how, routed where by which route, de-identified
+    with which profile and version, delivered when; quarantines and dead letters included."""
+    trail = build_trail(study_uid, store.study_trail(study_uid))
+    if trail is None:
+        raise HTTPException(status_code=404, detail="no audit records for this study")
+    return trail
+
+
+@router.get("/audit/events", response_model=EventPageOut, tags=["audit"])
+def list_events(
+    store: StoreDep,
+    since: Since = None,
+    until: Until = None,
+    org: Annotated[str | None, Query(max_length=63, description="sending organisation id")] = None,
+    partner: Annotated[str | None, Query(max_length=63, description="receiving partner id")] = None,
+    event_type: Annotated[EventType | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="events per page")] = 100,
+    cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")] = None,
+) -> EventPageOut:
+    """Events in the order they happened (then by id), filtered; page with `next_cursor`."""
+    since, until = _period(since, until)
+    try:
+        after = decode_cursor(cursor) if cursor is not None else None
+    except ValueError:
+        raise _invalid("cursor", "cursor is not one this API returned", cursor) from None
+    query = EventFilter(org=org, partner=partner, event_type=event_type, since=since, until=until)
+    page = store.events(query, limit, after)
+    return EventPageOut(
+        events=[AuditEvent.from_record(r) for r in page.records],
+        next_cursor=encode_cursor(page.next_cursor) if page.next_cursor else None,
+    )
+
+
+@router.get("/audit/summary", response_model=Summary, tags=["audit"])
+def summary(store: StoreDep, since: Since = None, until: Until = None) -> Summary:
+    """Counts: events per type, deliveries per partner (delivered and failed), quarantines per reason,
+    dead letters per stage."""
+    since, until = _period(since, until)
+    return Summary.from_summary(store.summary(since, until))
+
+
+@router.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+def healthz(store: StoreDep, response: Response) -> Health:
+    """Serving, and whether the audit store answers."""
+    reachable = store.ping()
+    if not reachable:
+        response.status_code = 503
+    return Health(status="ok" if reachable else "degraded", store=reachable)
+
+
+def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"detail": "audit store unavailable; try again"})
+
+
+def create_app(store: AuditStore) -> FastAPI:
+    app = FastAPI(title="imx audit", version="1", description=DESCRIPTION)
+    app.state.audit_store = store
+    app.include_router(router)
+    app.add_exception_handler(TransientError, _store_unavailable)
+    return app

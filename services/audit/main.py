@@ -1,0 +1,63 @@
+"""Entry point of the audit service: the consumer (every imx topic → MongoDB), the analysts' HTTP API
+and the gRPC Control/health server, in one process. SIGTERM finishes the batch in flight, then exits."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.audit.api import create_app
+from services.audit.consumer import AuditHandler, audit_stage_spec
+from services.audit.http_server import HttpServer
+from services.audit.settings import AuditSettings
+from services.audit.store import MongoAuditStore
+from services.common.bus import BusProducer, Handler
+from services.common.control_server import ControlServer
+from services.common.mongo import connect
+from services.common.runtime import run_stage
+from services.common.topics import Topics
+
+
+@dataclass(frozen=True)
+class AuditEndpoints:
+    """The bound ports (useful when 0 asked for a free one)."""
+
+    http_port: int
+    grpc_port: int
+
+
+def serve(
+    settings: AuditSettings | None = None,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[AuditEndpoints], None] | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT when called from the main thread); settings default
+    to the environment's."""
+    settings = settings or AuditSettings()
+    client, db = connect(settings)
+    try:
+        store = MongoAuditStore(db[settings.audit_collection])
+        store.ensure_indexes()
+        http = HttpServer(create_app(store), settings.http_host, settings.http_port)
+        http.start()
+        try:
+
+            def build_handler(_producer: BusProducer, topics: Topics) -> Handler:
+                return AuditHandler(store, topics)
+
+            def ready(control: ControlServer) -> None:
+                if on_ready:
+                    on_ready(AuditEndpoints(http_port=http.port, grpc_port=control.port))
+
+            run_stage(
+                settings, audit_stage_spec(Topics(settings.topic_prefix)), build_handler, stop=stop, on_ready=ready
+            )
+        finally:
+            http.stop()
+    finally:
+        client.close()
+
+
+def main() -> None:
+    serve()

@@ -1,0 +1,123 @@
+"""The audit HTTP API's response schema (pydantic; documented in the OpenAPI description)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from services.audit.queries import AuditSummary
+from services.audit.records import AuditRecord, EventType
+
+
+class SourceRef(BaseModel):
+    topic: str | None = Field(None, description="topic the dead-lettered message was read from")
+    partition: int | None = None
+    offset: int | None = None
+    event_type: EventType | None = Field(None, description="type of the dead-lettered event, when known")
+
+
+class AuditEvent(BaseModel):
+    """One event seen on the bus. UIDs as received unless prefixed `delivered_` (remapped by de-identification)."""
+
+    id: str = Field(description="`<event_type>:<event_id>`, unique")
+    event_type: EventType
+    event_id: str
+    causation_id: str | None = Field(None, description="event_id of the event this one was derived from")
+    topic: str
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
+    delivered_study_uid: str | None = None
+    delivered_series_uid: str | None = None
+    delivered_sop_uid: str | None = None
+    source_org: str | None = Field(None, description="organisation that sent the instance")
+    channel: str | None = Field(None, description="how it was received: c-store, stow-rs or cli")
+    requested_partner_id: str | None = Field(None, description="destination the sender asked for")
+    partner_id: str | None = None
+    route_id: str | None = None
+    profile: str | None = Field(None, description="de-identification profile; none means pass-through")
+    profile_version: int | None = None
+    deidentified: bool | None = None
+    stage: str | None = Field(None, description="stage that quarantined or dead-lettered the instance")
+    status: str | None = Field(None, description="delivered, failed, quarantined or dead-lettered")
+    reason: str | None = Field(None, description="machine-readable reason (quarantine reason, error type)")
+    detail: str | None = Field(None, description="machine-readable detail, never PHI")
+    source: SourceRef | None = Field(None, description="where a dead letter came from")
+    occurred_at: datetime
+    ingested_at: datetime | None = None
+    recorded_at: datetime
+
+    @classmethod
+    def from_record(cls, record: AuditRecord) -> AuditEvent:
+        fields = {k: v for k, v in record.items() if k != "_id"}
+        return cls(id=record["_id"], **fields)
+
+
+class Receipt(BaseModel):
+    source_org: str | None
+    channel: str | None
+    instances: int = Field(description="distinct SOP instances received this way")
+    first_at: datetime
+    last_at: datetime
+
+
+class Destination(BaseModel):
+    """One destination of the study: which route sent it where, with which profile, and how it went."""
+
+    partner_id: str | None
+    route_id: str | None
+    profile: str | None
+    profile_version: int | None
+    deidentified: bool | None
+    routed: int = Field(description="instances routed to this destination")
+    prepared: int
+    delivered: int
+    failed: int
+    last_delivered_at: datetime | None
+
+
+class StageReason(BaseModel):
+    stage: str | None
+    reason: str | None
+    count: int
+
+
+class StudyTrail(BaseModel):
+    study_uid: str
+    instances: int = Field(description="distinct SOP instances received")
+    first_at: datetime
+    last_at: datetime
+    received: list[Receipt]
+    destinations: list[Destination]
+    quarantined: list[StageReason]
+    dead_letters: list[StageReason]
+    events: list[AuditEvent] = Field(description="every event, in the order it happened")
+
+
+class EventPageOut(BaseModel):
+    events: list[AuditEvent]
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; absent on the last")
+
+
+class Summary(BaseModel):
+    events_by_type: dict[str, int]
+    delivered_by_partner: dict[str, int] = Field(description="delivery outcomes with status delivered")
+    failed_by_partner: dict[str, int] = Field(description="delivery outcomes with status failed")
+    quarantined_by_reason: dict[str, int]
+    dead_letters_by_stage: dict[str, int]
+
+    @classmethod
+    def from_summary(cls, summary: AuditSummary) -> Summary:
+        return cls(
+            events_by_type=summary.events_by_type,
+            delivered_by_partner=summary.delivered_by_partner,
+            failed_by_partner=summary.failed_by_partner,
+            quarantined_by_reason=summary.quarantined_by_reason,
+            dead_letters_by_stage=summary.dead_letters_by_stage,
+        )
+
+
+class Health(BaseModel):
+    status: str
+    store: bool

@@ -1,0 +1,390 @@
+"""Any message from any imx topic → one audit record (pure).
+
+A record keeps only what the trail needs: UIDs, organisation, partner and route ids, profile name and
+version, channel, status, machine-readable reasons and timestamps. Routing attributes (a study
+description can carry PHI), DICOM bytes, blob references and fetch URLs (short-lived credentials) are
+never copied. `_id` is `<event_type>:<event_id>` and event ids are deterministic, so a replayed
+message maps onto the record it already produced.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypedDict
+
+from google.protobuf.message import DecodeError
+
+from services.common.events import EVENT_TYPE_HEADER, event_id
+from services.common.messages import IncomingMessage, PermanentError
+from services.common.topics import Topics
+from services.proto_gen.imx.v1 import events_pb2
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_TEXT = 1000
+
+
+class EventType(StrEnum):
+    INGESTED = "ingested"
+    ROUTED = "routed"
+    PREPARED = "prepared"
+    PARTNER_DELIVERY = "partner_delivery"
+    OUTCOME = "outcome"
+    QUARANTINED = "quarantined"
+    DEAD_LETTER = "dead_letter"
+
+
+# The order of the hops of one instance, to break ties between events of the same millisecond.
+HOP_ORDER: dict[EventType, int] = {t: i for i, t in enumerate(EventType)}
+
+
+class SourceRef(TypedDict):
+    """Where a dead-lettered message was read from (never its value)."""
+
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    event_type: str | None
+
+
+class AuditRecord(TypedDict):
+    _id: str
+    event_type: str
+    event_id: str
+    causation_id: str | None
+    topic: str
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    delivered_study_uid: str | None
+    delivered_series_uid: str | None
+    delivered_sop_uid: str | None
+    source_org: str | None
+    channel: str | None
+    requested_partner_id: str | None
+    partner_id: str | None
+    route_id: str | None
+    profile: str | None
+    profile_version: int | None
+    deidentified: bool | None
+    stage: str | None
+    status: str | None
+    reason: str | None
+    detail: str | None
+    source: SourceRef | None
+    occurred_at: datetime
+    ingested_at: datetime | None
+    recorded_at: datetime
+
+
+RECORD_FIELDS: tuple[str, ...] = tuple(AuditRecord.__annotations__)
+
+# Message class name (the imx-event-type header) → event type, for topics audit does not know by name.
+_HEADER_TYPES: dict[str, EventType] = {
+    "InstanceIngested": EventType.INGESTED,
+    "InstanceRouted": EventType.ROUTED,
+    "InstancePrepared": EventType.PREPARED,
+    "PartnerDelivery": EventType.PARTNER_DELIVERY,
+    "DeliveryOutcome": EventType.OUTCOME,
+    "Quarantined": EventType.QUARANTINED,
+}
+
+
+def subscription_pattern(topics: Topics) -> str:
+    """One regex for every topic audit reads: the pipeline's fixed topics and every partner topic."""
+    partner = topics.partner_pattern
+    if not (partner.startswith("^") and partner.endswith("$")):
+        raise ValueError("Topics.partner_pattern is expected to be anchored with ^ and $")
+    alternatives = [re.escape(name) for name in topics.pipeline()] + [partner[1:-1]]
+    return "^(?:" + "|".join(alternatives) + ")$"
+
+
+def event_type_for(topic: str, headers: Mapping[str, bytes], topics: Topics) -> EventType | None:
+    """The topic decides; the imx-event-type header only names events on topics audit does not know.
+
+    The dead-letter topic comes first: a dead letter keeps its original headers, including the
+    original event type.
+    """
+    by_topic = {
+        topics.dead_letter: EventType.DEAD_LETTER,
+        topics.ingested: EventType.INGESTED,
+        topics.routed: EventType.ROUTED,
+        topics.prepared: EventType.PREPARED,
+        topics.outcomes: EventType.OUTCOME,
+        topics.quarantine: EventType.QUARANTINED,
+    }
+    if topic in by_topic:
+        return by_topic[topic]
+    if partner_of_topic(topic, topics) is not None:
+        return EventType.PARTNER_DELIVERY
+    return _HEADER_TYPES.get(headers.get(EVENT_TYPE_HEADER, b"").decode("ascii", "replace"))
+
+
+def partner_of_topic(topic: str, topics: Topics) -> str | None:
+    if not re.match(topics.partner_pattern, topic):
+        return None
+    return topic[len(f"{topics.prefix}imx.partner.") : -len(".v1")]
+
+
+def to_datetime(epoch_ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=epoch_ms)
+
+
+def to_epoch_ms(moment: datetime) -> int:
+    """Naive datetimes are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def truncate_ms(moment: datetime) -> datetime:
+    """BSON dates hold milliseconds: records carry exactly what MongoDB will give back."""
+    return to_datetime(to_epoch_ms(moment))
+
+
+def build_record(message: IncomingMessage, topics: Topics, recorded_at: datetime) -> AuditRecord:
+    """The audit record of one message. Raises PermanentError for an event that cannot be read
+    (it goes to the dead-letter topic, where it is recorded as a dead letter: that path never raises)."""
+    event_type = event_type_for(message.topic, message.headers, topics)
+    if event_type is None:
+        raise PermanentError("message on an unknown topic without a known imx-event-type header")
+    if event_type is EventType.DEAD_LETTER:
+        return dead_letter_record(message, topics, recorded_at)
+    return _event_record(event_type, message, topics, recorded_at)
+
+
+def _event_record(
+    event_type: EventType, message: IncomingMessage, topics: Topics, recorded_at: datetime
+) -> AuditRecord:
+    decode, fill = _DECODERS[event_type]
+    try:
+        event = decode(message.value)
+    except DecodeError as exc:
+        raise PermanentError(f"undecodable {event_type.value} event") from exc
+    if not event.meta.event_id:
+        raise PermanentError(f"{event_type.value} event without meta.event_id")
+    record = _empty_record(event_type, event.meta.event_id, message, recorded_at)
+    record["causation_id"] = event.meta.causation_id or None
+    if event.meta.occurred_at_ms:
+        record["occurred_at"] = to_datetime(event.meta.occurred_at_ms)
+    if event.meta.ingested_at_ms:
+        record["ingested_at"] = to_datetime(event.meta.ingested_at_ms)
+    fill(record, event, message.topic, topics)
+    return record
+
+
+def _empty_record(event_type: EventType, ev_id: str, message: IncomingMessage, recorded_at: datetime) -> AuditRecord:
+    return AuditRecord(
+        _id=f"{event_type.value}:{ev_id}",
+        event_type=event_type.value,
+        event_id=ev_id,
+        causation_id=None,
+        topic=message.topic,
+        study_uid=None,
+        series_uid=None,
+        sop_uid=None,
+        delivered_study_uid=None,
+        delivered_series_uid=None,
+        delivered_sop_uid=None,
+        source_org=None,
+        channel=None,
+        requested_partner_id=None,
+        partner_id=None,
+        route_id=None,
+        profile=None,
+        profile_version=None,
+        deidentified=None,
+        stage=None,
+        status=None,
+        reason=None,
+        detail=None,
+        source=None,
+        # The broker's timestamp stands in when an event carries no time of its own.
+        occurred_at=to_datetime(message.timestamp_ms) if message.timestamp_ms > 0 else truncate_ms(recorded_at),
+        ingested_at=None,
+        recorded_at=truncate_ms(recorded_at),
+    )
+
+
+def _text(value: str) -> str | None:
+    return value[:_MAX_TEXT] or None
+
+
+def _received(record: AuditRecord, instance: Any) -> None:
+    record["study_uid"] = instance.study_instance_uid or None
+    record["series_uid"] = instance.series_instance_uid or None
+    record["sop_uid"] = instance.sop_instance_uid or None
+
+
+def _delivered(record: AuditRecord, instance: Any) -> None:
+    record["delivered_study_uid"] = instance.study_instance_uid or None
+    record["delivered_series_uid"] = instance.series_instance_uid or None
+    record["delivered_sop_uid"] = instance.sop_instance_uid or None
+
+
+def _remapped(source: Any, delivered: Any) -> bool:
+    return (source.study_instance_uid, source.series_instance_uid, source.sop_instance_uid) != (
+        delivered.study_instance_uid,
+        delivered.series_instance_uid,
+        delivered.sop_instance_uid,
+    )
+
+
+def _fill_ingested(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
+    # routing_attributes are deliberately not read: free text such as a study description may carry PHI.
+    _received(record, event.instance)
+    record["source_org"] = event.source_org or None
+    record["channel"] = event.channel or None
+    record["requested_partner_id"] = event.requested_destination or None
+
+
+def _fill_routed(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
+    _received(record, event.instance)
+    record["source_org"] = event.source_org or None
+    record["route_id"] = event.route_id or None
+    record["partner_id"] = event.partner_id or None
+    record["profile"] = event.profile or None
+    record["profile_version"] = event.profile_version if event.profile else None
+
+
+def _fill_prepared(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
+    _received(record, event.source_instance)
+    if event.deidentified or _remapped(event.source_instance, event.instance):
+        _delivered(record, event.instance)
+    record["source_org"] = event.source_org or None
+    record["route_id"] = event.route_id or None
+    record["partner_id"] = event.partner_id or None
+    record["profile"] = event.profile or None
+    record["profile_version"] = event.profile_version if event.profile else None
+    record["deidentified"] = event.deidentified
+
+
+def _fill_partner_delivery(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
+    # The inline DICOM (event.dicom) and the signed fetch_url are never copied.
+    if event.deidentified:
+        _delivered(record, event.instance)  # only the remapped UIDs are on a de-identified delivery
+    else:
+        _received(record, event.instance)
+    record["deidentified"] = event.deidentified
+    record["profile"] = event.profile or None
+    topic_partner = partner_of_topic(topic, topics)
+    record["partner_id"] = topic_partner or event.partner_id or None
+    if topic_partner and event.partner_id and event.partner_id != topic_partner:
+        # Partner isolation: whoever reads this topic received an event addressed to someone else.
+        record["reason"] = "partner-mismatch"
+        record["detail"] = _text(f"event partner_id={event.partner_id}")
+
+
+def _fill_outcome(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
+    _received(record, event.source_instance)
+    if _remapped(event.source_instance, event.instance):
+        _delivered(record, event.instance)
+    record["source_org"] = event.source_org or None
+    record["route_id"] = event.route_id or None
+    record["partner_id"] = event.partner_id or None
+    record["profile"] = event.profile or None
+    record["status"] = delivery_status_name(event.status)
+    record["detail"] = _text(event.detail)
+
+
+def _fill_quarantined(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
+    _received(record, event.instance)
+    record["source_org"] = event.source_org or None
+    record["partner_id"] = event.partner_id or None
+    record["route_id"] = event.route_id or None
+    record["stage"] = _text(event.stage)
+    record["status"] = "quarantined"
+    record["reason"] = _text(event.reason)
+    record["detail"] = _text(event.detail)
+
+
+def delivery_status_name(status: int) -> str:
+    """DELIVERY_STATUS_DELIVERED → "delivered"; an unknown number is kept as a number."""
+    try:
+        name: str = events_pb2.DeliveryStatus.Name(status)
+    except ValueError:
+        return str(status)
+    return name.removeprefix("DELIVERY_STATUS_").lower()
+
+
+Fill = Callable[[AuditRecord, Any, str, Topics], None]
+_DECODERS: dict[EventType, tuple[Callable[[bytes], Any], Fill]] = {
+    EventType.INGESTED: (events_pb2.InstanceIngested.FromString, _fill_ingested),
+    EventType.ROUTED: (events_pb2.InstanceRouted.FromString, _fill_routed),
+    EventType.PREPARED: (events_pb2.InstancePrepared.FromString, _fill_prepared),
+    EventType.PARTNER_DELIVERY: (events_pb2.PartnerDelivery.FromString, _fill_partner_delivery),
+    EventType.OUTCOME: (events_pb2.DeliveryOutcome.FromString, _fill_outcome),
+    EventType.QUARANTINED: (events_pb2.Quarantined.FromString, _fill_quarantined),
+}
+
+# Identifying fields a dead letter borrows from the original event when that can still be decoded.
+_BORROWED = (
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+    "delivered_study_uid",
+    "delivered_series_uid",
+    "delivered_sop_uid",
+    "source_org",
+    "channel",
+    "partner_id",
+    "route_id",
+    "profile",
+    "profile_version",
+)
+
+
+def dead_letter_record(message: IncomingMessage, topics: Topics, recorded_at: datetime) -> AuditRecord:
+    """Total: whatever the headers and value hold, this returns a record (the value itself is never kept).
+
+    It must never raise, or audit would dead-letter its own dead letters for ever."""
+
+    def header(name: str) -> str | None:
+        return _text(message.headers.get(name, b"").decode("utf-8", "replace"))
+
+    def header_int(name: str) -> int | None:
+        value = header(name)
+        return int(value) if value is not None and value.isdigit() else None
+
+    source_topic = header("imx-source-topic")
+    partition, offset = header_int("imx-source-partition"), header_int("imx-source-offset")
+    stage = header("imx-stage")
+    ident: tuple[str, ...]
+    if source_topic is None or partition is None or offset is None:  # not made by the bus: use its own place
+        ident = ("dead-letter", message.topic, str(message.partition), str(message.offset))
+    else:
+        ident = ("dead-letter", source_topic, str(partition), str(offset), stage or "")
+    record = _empty_record(EventType.DEAD_LETTER, event_id(*ident), message, recorded_at)
+    original_type = None
+    if source_topic is not None:
+        original_type = event_type_for(source_topic, message.headers, topics)
+    if original_type is not None and original_type is not EventType.DEAD_LETTER:
+        _borrow_from_original(record, original_type, message, source_topic or "", topics)
+    record["stage"] = stage
+    record["status"] = "dead-lettered"
+    record["reason"] = header("imx-error-type")
+    record["detail"] = header("imx-error")  # bus.describe_error: text only for PHI-safe errors
+    record["source"] = SourceRef(
+        topic=source_topic,
+        partition=partition,
+        offset=offset,
+        event_type=original_type.value if original_type else None,
+    )
+    return record
+
+
+def _borrow_from_original(
+    record: AuditRecord, original_type: EventType, message: IncomingMessage, source_topic: str, topics: Topics
+) -> None:
+    original_message = IncomingMessage(
+        topic=source_topic, partition=0, offset=0, key=None, value=message.value, headers=message.headers
+    )
+    try:
+        original = _event_record(original_type, original_message, topics, record["recorded_at"])
+    except Exception:  # an undecodable original is the usual reason for a dead letter
+        return
+    for name in _BORROWED:
+        record[name] = original[name]  # type: ignore[literal-required]
+    record["causation_id"] = original["event_id"]

@@ -1,0 +1,31 @@
+"""Process settings of the audit service (environment variables; built once by the entry point).
+
+Service-specific variables are read as IMX_AUDIT_<NAME> first, then IMX_<NAME>: one shell can run every
+service with distinct ports, while a container of its own can use the short names.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(f"IMX_AUDIT_{name}", f"IMX_{name}")
+
+
+class AuditSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="IMX_", extra="ignore", populate_by_name=True)
+
+    http_host: str = Field("127.0.0.1", validation_alias=_env("HTTP_HOST"), description="address the HTTP API binds")
+    http_port: int = Field(
+        8045, ge=0, le=65535, validation_alias=_env("HTTP_PORT"), description="HTTP API port; 0 picks a free port"
+    )
+    grpc_port: int = Field(
+        50055, ge=0, le=65535, validation_alias=_env("GRPC_PORT"), description="gRPC control port; 0 picks a free port"
+    )
+    audit_collection: str = Field(
+        "audit_events", validation_alias=_env("COLLECTION"), description="MongoDB collection holding the audit records"
+    )

@@ -1,0 +1,206 @@
+"""`imx routes|partners|orgs ...`: thin gRPC clients of the services' admin APIs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.cli.settings import CliSettings
+from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
+
+console = Console()
+routes_app = typer.Typer(help="Route rules: which partner receives what, with which profile.", no_args_is_help=True)
+partners_app = typer.Typer(help="Receiving partners and their topics.", no_args_is_help=True)
+orgs_app = typer.Typer(help="Sending organisations: AE titles and API keys.", no_args_is_help=True)
+
+
+@contextmanager
+def _channel(address: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=5)
+        except grpc.FutureTimeoutError:
+            console.print(f"[red]cannot reach {address}[/red]: is the service running? (`make run` starts it)")
+            raise typer.Exit(2) from None
+        try:
+            yield channel
+        except grpc.RpcError as exc:
+            console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
+            raise typer.Exit(1) from None
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@routes_app.command("list")
+def routes_list() -> None:
+    """Show every route rule."""
+    with _channel(CliSettings().routing_grpc) as channel:
+        reply = admin_pb2_grpc.RoutingAdminStub(channel).ListRoutes(admin_pb2.ListRoutesRequest())
+    table = Table("id", "priority", "partner", "profile", "match", "version")
+    for r in reply.routes:
+        m = r.match
+        criteria = ", ".join(
+            f"{k}={v}"
+            for k, v in [
+                ("from", ",".join(m.source_orgs)),
+                ("modality", ",".join(m.modalities)),
+                ("sop", ",".join(m.sop_class_uids)),
+                ("description", m.study_description),
+                ("body", m.body_part),
+                ("to", m.requested_destination),
+            ]
+            if v
+        )
+        table.add_row(
+            r.route_id, str(r.priority), r.partner_id, r.profile or "(identifiable)", criteria or "*", str(r.version)
+        )
+    console.print(table)
+
+
+@routes_app.command("add")
+def routes_add(
+    route_id: str,
+    partner: Annotated[str, typer.Option("--partner", help="partner id that receives matching instances")],
+    profile: Annotated[str, typer.Option(help="de-identification profile; empty = identifiable")] = "",
+    from_orgs: Annotated[str, typer.Option("--from", help="sending organisations, comma separated")] = "",
+    modality: Annotated[str, typer.Option(help="modalities, comma separated (CT,MR)")] = "",
+    sop_class: Annotated[str, typer.Option(help="SOP Class UIDs, comma separated")] = "",
+    description: Annotated[str, typer.Option(help="glob on Study Description")] = "",
+    body_part: Annotated[str, typer.Option(help="glob on Body Part Examined")] = "",
+    requested: Annotated[str, typer.Option(help="glob on the destination the sender asked for")] = "",
+    priority: Annotated[int, typer.Option(help="lower wins when two rules name the same partner")] = 100,
+    name: str = "",
+) -> None:
+    """Add or replace a route rule."""
+    route = admin_pb2.Route(
+        route_id=route_id,
+        name=name,
+        priority=priority,
+        partner_id=partner,
+        profile=profile,
+        enabled=True,
+        match=admin_pb2.RouteMatch(
+            source_orgs=_csv(from_orgs),
+            modalities=_csv(modality),
+            sop_class_uids=_csv(sop_class),
+            study_description=description,
+            body_part=body_part,
+            requested_destination=requested,
+        ),
+    )
+    with _channel(CliSettings().routing_grpc) as channel:
+        saved = admin_pb2_grpc.RoutingAdminStub(channel).AddRoute(admin_pb2.AddRouteRequest(route=route)).route
+    console.print(f"route {saved.route_id} saved (version {saved.version})")
+
+
+@routes_app.command("remove")
+def routes_remove(route_id: str) -> None:
+    """Remove a route rule."""
+    with _channel(CliSettings().routing_grpc) as channel:
+        admin_pb2_grpc.RoutingAdminStub(channel).RemoveRoute(admin_pb2.RemoveRouteRequest(route_id=route_id))
+    console.print(f"route {route_id} removed")
+
+
+@routes_app.command("test")
+def routes_test(
+    file: Path,
+    from_org: Annotated[str, typer.Option("--from", help="the sending organisation to assume")],
+    to: Annotated[str, typer.Option(help="an explicitly requested destination")] = "",
+) -> None:
+    """Show which rules a DICOM file would match, without sending it."""
+    from services.common.dicom.header import InvalidInstance, inspect_instance
+
+    try:
+        header = inspect_instance(file.read_bytes(), max_bytes=2**31)
+    except InvalidInstance as exc:
+        console.print(f"[red]not routable[/red]: {exc.reason} {exc.detail}")
+        raise typer.Exit(1) from None
+    request = admin_pb2.TestRouteRequest(
+        source_org=from_org, requested_destination=to, routing_attributes=dict(header.routing)
+    )
+    with _channel(CliSettings().routing_grpc) as channel:
+        reply = admin_pb2_grpc.RoutingAdminStub(channel).TestRoute(request)
+    if not reply.decisions:
+        console.print("no route matches: the instance would be quarantined (no-route)")
+        raise typer.Exit(1)
+    table = Table("route", "partner", "profile")
+    for d in reply.decisions:
+        table.add_row(d.route_id, d.partner_id, d.profile or "(identifiable)")
+    console.print(table)
+
+
+@partners_app.command("list")
+def partners_list() -> None:
+    """Show partners and their topics."""
+    with _channel(CliSettings().delivery_grpc) as channel:
+        reply = admin_pb2_grpc.PartnerAdminStub(channel).ListPartners(admin_pb2.ListPartnersRequest())
+    table = Table("id", "name", "topic")
+    for p in reply.partners:
+        table.add_row(p.partner_id, p.name, p.topic)
+    console.print(table)
+
+
+@partners_app.command("add")
+def partners_add(partner_id: str, name: str = "") -> None:
+    """Register a partner (creates its topic and its pseudonymisation key)."""
+    with _channel(CliSettings().delivery_grpc) as channel:
+        reply = admin_pb2_grpc.PartnerAdminStub(channel).AddPartner(
+            admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=partner_id, name=name))
+        )
+    console.print(f"partner {reply.partner.partner_id} receives on topic {reply.partner.topic}")
+
+
+@partners_app.command("remove")
+def partners_remove(partner_id: str) -> None:
+    """Remove a partner; instances routed to it are then quarantined (unknown-partner)."""
+    with _channel(CliSettings().delivery_grpc) as channel:
+        admin_pb2_grpc.PartnerAdminStub(channel).RemovePartner(admin_pb2.RemovePartnerRequest(partner_id=partner_id))
+    console.print(f"partner {partner_id} removed")
+
+
+@orgs_app.command("list")
+def orgs_list() -> None:
+    """Show sending organisations."""
+    with _channel(CliSettings().ingest_grpc) as channel:
+        reply = admin_pb2_grpc.OrganisationAdminStub(channel).ListOrganisations(admin_pb2.ListOrganisationsRequest())
+    table = Table("id", "name", "AE titles")
+    for o in reply.organisations:
+        table.add_row(o.org_id, o.name, ", ".join(o.ae_titles))
+    console.print(table)
+
+
+@orgs_app.command("add")
+def orgs_add(
+    org_id: str,
+    name: str = "",
+    ae_title: Annotated[list[str] | None, typer.Option("--ae-title", help="calling AE title (repeatable)")] = None,
+    api_key: Annotated[bool, typer.Option("--api-key", help="issue an API key for STOW-RS (shown once)")] = False,
+) -> None:
+    """Register a sending organisation."""
+    org = admin_pb2.Organisation(org_id=org_id, name=name, ae_titles=ae_title or [])
+    with _channel(CliSettings().ingest_grpc) as channel:
+        reply = admin_pb2_grpc.OrganisationAdminStub(channel).AddOrganisation(
+            admin_pb2.AddOrganisationRequest(organisation=org, issue_api_key=api_key)
+        )
+    console.print(f"organisation {reply.organisation.org_id} saved")
+    if reply.api_key:
+        console.print(f"API key (shown once, keep it safe): {reply.api_key}")
+
+
+@orgs_app.command("remove")
+def orgs_remove(org_id: str) -> None:
+    """Remove a sending organisation (its AE titles and key stop working)."""
+    with _channel(CliSettings().ingest_grpc) as channel:
+        admin_pb2_grpc.OrganisationAdminStub(channel).RemoveOrganisation(
+            admin_pb2.RemoveOrganisationRequest(org_id=org_id)
+        )
+    console.print(f"organisation {org_id} removed")

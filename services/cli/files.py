@@ -1,0 +1,140 @@
+"""`imx demo-data`, `imx deid` and `imx partner-listen`: commands that work on files."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+console = Console()
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    )
+
+
+def dicom_files(paths: list[Path]) -> list[Path]:
+    """Files named directly plus every file below named folders (hidden files skipped), sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            found.append(path)
+        else:
+            console.print(f"[red]no such file or folder:[/red] {path}")
+            raise typer.Exit(2)
+    return found
+
+
+def demo_data(
+    out: Annotated[Path, typer.Option(help="folder to write the studies into")],
+    studies: Annotated[int, typer.Option(min=1, help="how many studies (a CT/MR/CR/DX mix)")] = 10,
+    seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 0,
+) -> None:
+    """Write a deterministic synthetic data set with realistic (fake) PHI in the usual places."""
+    from services.common.dicom.synthetic import write_demo_data
+
+    with progress_bar() as bar:
+        task = bar.add_task("writing studies", total=studies)
+        manifest = write_demo_data(out, studies, seed, progress=lambda n: bar.update(task, completed=n))
+    manifest_path = out.parent / f"{out.name}.manifest.json"
+    manifest_path.write_text(manifest.to_json())
+    console.print(
+        f"{len(manifest.files)} instances in {studies} studies, {manifest.total_bytes / 1e6:.1f} MB, under {out}; "
+        f"planted PHI listed in {manifest_path}"
+    )
+
+
+def _load_key(key_file: Path) -> bytes:
+    if key_file.exists():
+        key = bytes.fromhex(key_file.read_text().strip())
+        if len(key) < 16:
+            console.print(f"[red]{key_file} must hold at least 16 bytes as hex[/red]")
+            raise typer.Exit(2)
+        return key
+    key = secrets.token_bytes(32)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.hex() + "\n")
+    console.print(f"new recipient key written to {key_file} (keep it: the same key gives the same pseudonyms)")
+    return key
+
+
+def deid(
+    source: Annotated[Path, typer.Argument(help="a DICOM file or a folder of them")],
+    target: Annotated[Path, typer.Argument(help="output file, or folder (mirrors the input tree)")],
+    profile: Annotated[str, typer.Option(help="built-in profile: basic or research")] = "basic",
+    key_file: Annotated[Path, typer.Option(help="recipient's secret key (hex); created if missing")] = Path(
+        "imx-recipient.key"
+    ),
+) -> None:
+    """De-identify files with exactly the code the deid service runs (no server needed)."""
+    from services.common.blob_store import sha256_hex
+    from services.deid.engine import BUILTIN_PROFILES, DeidError, deidentify
+    from services.deid.handler import refusal_for
+
+    if profile not in BUILTIN_PROFILES:
+        console.print(f"[red]unknown profile {profile!r}[/red]; built-in: {', '.join(sorted(BUILTIN_PROFILES))}")
+        raise typer.Exit(2)
+    key = _load_key(key_file)
+    files = dicom_files([source])
+    outcomes: Counter[str] = Counter()
+    with progress_bar() as bar:
+        task = bar.add_task("de-identifying", total=len(files))
+        for path in files:
+            if source.is_dir():
+                out = target / path.relative_to(source)
+            else:
+                out = target / path.name if target.is_dir() else target
+            try:
+                result = deidentify(path.read_bytes(), BUILTIN_PROFILES[profile], key)
+            except DeidError as error:
+                refusal = refusal_for(error)
+                outcomes[f"refused: {refusal.reason}"] += 1
+                # The file name may itself carry PHI, so it is referred to by its content hash.
+                console.print(f"refused {sha256_hex(path.read_bytes())[:12]}: {refusal.reason} {refusal.detail}")
+            else:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(result.data)
+                outcomes["de-identified"] += 1
+            bar.advance(task)
+    console.print(", ".join(f"{n} {what}" for what, n in sorted(outcomes.items())))
+    if any(k.startswith("refused") for k in outcomes):
+        raise typer.Exit(1)
+
+
+def partner_listen(
+    partner: Annotated[str, typer.Option(help="partner id")],
+    out: Annotated[Path, typer.Option(help="folder to write received instances into")],
+    idle_exit: Annotated[
+        float | None, typer.Option(help="exit after this many seconds without new messages (default: run forever)")
+    ] = None,
+) -> None:
+    """Reference subscriber: write what arrives on the partner's topic to OUT/<study>/<sop>.dcm."""
+    from services.common.settings import ServiceSettings
+    from services.common.topics import Topics
+    from services.delivery.listener import ListenResult, listen
+
+    settings = ServiceSettings()
+    console.print(f"listening on {Topics(settings.topic_prefix).partner(partner)} (Ctrl-C to stop)")
+
+    def show(result: ListenResult) -> None:
+        total = result.written + result.duplicates
+        if total % 50 == 0:
+            console.print(f"{result.written} written, {result.duplicates} duplicates skipped")
+
+    try:
+        result = listen(settings.kafka_bootstrap, partner, out, Topics(settings.topic_prefix), idle_exit, show)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    console.print(f"{result.written} written, {result.duplicates} duplicates skipped, under {out}")

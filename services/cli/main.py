@@ -1,0 +1,39 @@
+"""The `imx` command."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import typer
+
+from services.cli import admin, files
+
+app = typer.Typer(
+    help="imx: a medical-image exchange. DICOM in, routed, de-identified, delivered, audited.", no_args_is_help=True
+)
+app.add_typer(admin.routes_app, name="routes")
+app.add_typer(admin.partners_app, name="partners")
+app.add_typer(admin.orgs_app, name="orgs")
+app.command("demo-data")(files.demo_data)
+app.command("deid")(files.deid)
+app.command("partner-listen")(files.partner_listen)
+
+
+class ServiceName(StrEnum):
+    ingest = "ingest"
+    routing = "routing"
+    deid = "deid"
+    delivery = "delivery"
+    audit = "audit"
+
+
+@app.command()
+def serve(name: ServiceName) -> None:
+    """Run one service in the foreground (settings from IMX_* environment variables)."""
+    import importlib
+
+    importlib.import_module(f"services.{name.value}.main").serve()
+
+
+if __name__ == "__main__":
+    app()

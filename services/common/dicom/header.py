@@ -1,0 +1,297 @@
+"""Fast, PHI-safe inspection of a DICOM Part 10 byte string: UIDs and routing attributes only.
+
+What is accepted: a Part 10 file (PS3.10 Section 7) with the 128-byte preamble, "DICM" and a
+file meta group naming the transfer syntax. Bare data sets and files without the preamble are
+rejected as "not-dicom": STOW-RS (PS3.18 application/dicom) and our C-STORE receiver both hand
+us Part 10 files, and guessing the encoding (pydicom's force=True) accepts almost any bytes.
+
+PHI safety. pydicom converts a few values while reading (the file meta group, Specific Character
+Set) and, when a value is malformed, warns and logs *quoting the value*; a corrupt length can make
+that value run on into the patient's name. So the bytes pydicom will convert are checked here
+first (`_check_prefix`), and every other value is taken from pydicom's raw elements and decoded
+here. Error messages carry a reason and a detail (an attribute keyword or a limit), never a value.
+
+Pixel data are never decoded, but their length is checked, so a file cut short is refused.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from io import BytesIO
+from types import MappingProxyType
+from typing import Literal
+
+from pydicom import dcmread
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+
+Reason = Literal["not-dicom", "missing-uid", "invalid-uid", "dicomdir", "too-large", "truncated"]
+
+MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+
+# PS3.5 9.1: digits and dots, at most 64 characters. Leading zeros in a component are also
+# forbidden there, but real modalities emit them, so they are tolerated.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_UID_MAX = 64
+# Specific Character Set terms (PS3.3 C.12.1.1.2) are short upper-case CS values.
+_CHARSET = re.compile(rb"[A-Za-z0-9 _\\-]{0,160}")
+_PREFIX = 132  # preamble + "DICM"
+_META_START = _PREFIX + 12  # the group length element itself is not counted by its value
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # float, double float, pixel data
+_SPECIFIC_CHARACTER_SET = 0x00080005
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_ITEM = b"\xfe\xff\x00\xe0"
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
+_CHARSET_DEPENDENT = frozenset({"StudyDescription", "Manufacturer", "ManufacturerModelName"})
+_SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_MAY_BE_UNDEFINED = frozenset({b"SQ", b"OB", b"OW", b"UN"})  # PS3.5 7.1.2
+
+ROUTING_KEYWORDS: Mapping[str, str] = MappingProxyType(
+    {
+        "modality": "Modality",
+        "sop_class_uid": "SOPClassUID",
+        "study_description": "StudyDescription",
+        "body_part_examined": "BodyPartExamined",
+        "burned_in_annotation": "BurnedInAnnotation",
+        "manufacturer": "Manufacturer",
+        "manufacturer_model_name": "ManufacturerModelName",
+        "rows": "Rows",
+        "columns": "Columns",
+    }
+)
+
+
+class InvalidInstance(Exception):
+    """An input that can never succeed; `reason` is machine-readable, `detail` names a tag or limit."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason: Reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """Identity of one instance plus the attributes routing rules may match on.
+
+    `routing` has every key of ROUTING_KEYWORDS; an absent or empty attribute maps to "".
+    Rows and Columns are decimal strings, so the map fits a protobuf map<string, string>.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    routing: Mapping[str, str] = field(hash=False)
+
+
+def inspect_instance(data: bytes, max_bytes: int) -> InstanceHeader:
+    """Read the header of a Part 10 instance; raise InvalidInstance for anything unusable."""
+    if len(data) > max_bytes:
+        raise InvalidInstance("too-large", str(max_bytes))
+    try:
+        transfer_syntax = _check_prefix(data)
+        fp = BytesIO(data)
+        ds = dcmread(fp, stop_before_pixels=True, force=False)
+        return _header(ds, data, fp.tell(), transfer_syntax)
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # pydicom raises many types on bad input; all mean the same here
+        raise InvalidInstance("not-dicom") from exc
+
+
+def _header(ds: Dataset, data: bytes, stopped_at: int, transfer_syntax: str) -> InstanceHeader:
+    if MEDIA_STORAGE_DIRECTORY_STORAGE in (_text(ds.file_meta, "MediaStorageSOPClassUID"), _text(ds, "SOPClassUID")):
+        raise InvalidInstance("dicomdir", "MediaStorageSOPClassUID")
+    # Deflated data sets are parsed from an inflated copy, so offsets into `data` mean nothing.
+    if transfer_syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        _check_complete(ds, data, stopped_at, transfer_syntax)
+    return InstanceHeader(
+        study_instance_uid=_uid(ds, "StudyInstanceUID"),
+        series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        sop_class_uid=_uid(ds, "SOPClassUID"),
+        transfer_syntax_uid=transfer_syntax,
+        modality=_text(ds, "Modality"),
+        routing=MappingProxyType({key: _text(ds, kw) for key, kw in ROUTING_KEYWORDS.items()}),
+    )
+
+
+def _check_prefix(data: bytes) -> str:
+    """Check the bytes pydicom converts while reading; return the transfer syntax UID.
+
+    The file meta group is always explicit VR little endian (PS3.10 7.1). Walking it here the way
+    pydicom will means every meta value pydicom converts lies inside the meta group.
+    """
+    if len(data) < _PREFIX or data[128:_PREFIX] != b"DICM":
+        raise InvalidInstance("not-dicom")
+    offset, transfer_syntax = _PREFIX, ""
+    while True:
+        if offset + 8 > len(data):
+            raise InvalidInstance("truncated", "FileMetaInformation")
+        group, element = struct.unpack_from("<HH", data, offset)
+        if group != 0x0002:
+            break
+        vr = data[offset + 4 : offset + 6]
+        start, length = _explicit_length(data, offset, vr, "<", "FileMetaInformation")
+        if length == _UNDEFINED_LENGTH:
+            raise InvalidInstance("not-dicom")
+        if start + length > len(data):
+            raise InvalidInstance("truncated", "FileMetaInformation")
+        if vr == b"UI":
+            keyword = keyword_for_tag(group << 16 | element) or f"({group:04X},{element:04X})"
+            uid = data[start : start + length].decode("latin-1").strip(" \0")
+            if uid and (len(uid) > _UID_MAX or not _UID.fullmatch(uid)):
+                raise InvalidInstance("invalid-uid", keyword)
+            transfer_syntax = uid if keyword == "TransferSyntaxUID" else transfer_syntax
+        offset = start + length
+    if not transfer_syntax:
+        raise InvalidInstance("missing-uid", "TransferSyntaxUID")
+    _check_character_set(data, offset, transfer_syntax)
+    return transfer_syntax
+
+
+def _explicit_length(data: bytes, offset: int, vr: bytes, order: str, part: str) -> tuple[int, int]:
+    """Value offset and length of the explicit VR element at `offset` (PS3.5 7.1.2)."""
+    if vr in _SHORT_VRS:
+        return offset + 8, struct.unpack_from(order + "H", data, offset + 6)[0]
+    if vr not in _LONG_VRS:
+        raise InvalidInstance("not-dicom")
+    if offset + 12 > len(data):
+        raise InvalidInstance("truncated", part)
+    length = struct.unpack_from(order + "I", data, offset + 8)[0]
+    if length == _UNDEFINED_LENGTH and vr not in _MAY_BE_UNDEFINED:
+        raise InvalidInstance("not-dicom")
+    return offset + 12, length
+
+
+def _check_character_set(data: bytes, offset: int, transfer_syntax: str) -> None:
+    """Specific Character Set, converted by pydicom as it reads, must look like one (PS3.5 6.1.2.5.3)."""
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        # Enough of the inflated stream to hold the first elements; the rest is pydicom's job.
+        data, offset = zlib.decompressobj(-zlib.MAX_WBITS).decompress(memoryview(data)[offset:], 1 << 16), 0
+    order = ">" if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN else "<"
+    while offset + 8 <= len(data):
+        group, element = struct.unpack_from(order + "HH", data, offset)
+        tag = group << 16 | element
+        if tag > _SPECIFIC_CHARACTER_SET:
+            return
+        if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN:
+            start, length = offset + 8, struct.unpack_from("<I", data, offset + 4)[0]
+        else:
+            start, length = _explicit_length(data, offset, data[offset + 4 : offset + 6], order, "header")
+        if length == _UNDEFINED_LENGTH:
+            return
+        if start + length > len(data):
+            raise InvalidInstance("truncated", "header")
+        if tag == _SPECIFIC_CHARACTER_SET and not _CHARSET.fullmatch(data[start : start + length].rstrip(b"\0")):
+            raise InvalidInstance("not-dicom")
+        offset = start + length
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = _text(ds, keyword)
+    if not value:
+        raise InvalidInstance("missing-uid", keyword)
+    if len(value) > _UID_MAX or not _UID.fullmatch(value):
+        raise InvalidInstance("invalid-uid", keyword)
+    return value
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """The value of a top-level element as text, decoded without pydicom's validating conversion."""
+    tag = Tag(keyword)
+    if tag not in ds:
+        return ""
+    elem = ds.get_item(tag)
+    if isinstance(elem, DataElement):  # already converted (the file meta group is read eagerly)
+        value = elem.value
+        if value is None:
+            return ""
+        return "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value).strip()
+    if not elem.value:
+        return ""
+    if keyword in ("Rows", "Columns"):
+        return _unsigned_short(elem, ds)
+    if keyword in _CHARSET_DEPENDENT:
+        terms = _text(ds, "SpecificCharacterSet").split("\\")
+        return decode_bytes(elem.value, convert_encodings(terms), set()).strip(" \0")
+    # UI and CS values are ASCII by definition (PS3.5 6.2); latin-1 never fails to decode.
+    return elem.value.decode("latin-1").strip(" \0")
+
+
+def _unsigned_short(elem: RawDataElement, ds: Dataset) -> str:
+    raw = elem.value or b""
+    if len(raw) != 2:
+        return ""
+    _, little_endian = ds.original_encoding
+    return str(struct.unpack("<H" if little_endian else ">H", raw)[0])
+
+
+def _check_complete(ds: Dataset, data: bytes, stopped_at: int, transfer_syntax: str) -> None:
+    """Reject a file cut short, which pydicom reads without complaint up to where the bytes end.
+
+    Either parsing stopped at the pixel data element, whose length must fit in `data`, or it ran
+    to the end, where the last element must end exactly at the last byte. A cut exactly between
+    two elements is caught for images only: Image Type or Rows (General Image, Image Pixel
+    modules, PS3.3 C.7.6) promise pixel data, so an image without them was cut short.
+    """
+    if _pixel_data_at(data, stopped_at, transfer_syntax):
+        _check_pixel_data_complete(data, stopped_at, transfer_syntax)
+        return
+    if "Rows" in ds or "ImageType" in ds:
+        raise InvalidInstance("truncated", "PixelData")
+    last = ds.get_item(max(ds.keys(), default=0))
+    if not isinstance(last, RawDataElement):  # empty, or only the eagerly read character set
+        return
+    read = len(last.value or b"")
+    end = last.value_tell + (read + 8 if last.length == _UNDEFINED_LENGTH else last.length)
+    if read < last.length != _UNDEFINED_LENGTH or end != len(data):
+        raise InvalidInstance("truncated", "header")
+
+
+def _pixel_data_at(data: bytes, offset: int, transfer_syntax: str) -> bool:
+    if offset + 8 > len(data):
+        return False
+    order = ">HH" if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN else "<HH"
+    group, element = struct.unpack_from(order, data, offset)
+    return (group << 16 | element) in _PIXEL_TAGS
+
+
+def _check_pixel_data_complete(data: bytes, offset: int, transfer_syntax: str) -> None:
+    """The pixel data element at `offset`, which a header-only read skipped, must end within `data`."""
+    if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN:
+        start, length = offset + 8, struct.unpack_from("<I", data, offset + 4)[0]
+    else:
+        order = ">" if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN else "<"
+        start, length = _explicit_length(data, offset, data[offset + 4 : offset + 6], order, "PixelData")
+    if length == _UNDEFINED_LENGTH:
+        _check_fragments_complete(data, start)
+    elif start + length > len(data):
+        raise InvalidInstance("truncated", "PixelData")
+
+
+def _check_fragments_complete(data: bytes, offset: int) -> None:
+    """Walk encapsulated items to the Sequence Delimitation Item (PS3.5 A.4); always little endian."""
+    while offset + 8 <= len(data):
+        tag, length = data[offset : offset + 4], struct.unpack_from("<I", data, offset + 4)[0]
+        if tag == _SEQUENCE_DELIMITER:
+            return
+        if tag != _ITEM or length == _UNDEFINED_LENGTH:
+            raise InvalidInstance("not-dicom")
+        offset += 8 + length
+    raise InvalidInstance("truncated", "PixelData")

@@ -1,0 +1,31 @@
+"""DICOM Part 10 (PS3.10 Section 7) byte strings to and from pydicom datasets."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.filewriter import dcmwrite
+
+
+def dataset_to_bytes(ds: Dataset) -> bytes:
+    """Encode `ds` as a Part 10 file: 128-byte preamble, "DICM", file meta group, then the data set.
+
+    The transfer syntax is taken from `ds.file_meta.TransferSyntaxUID`; the meta group's
+    Media Storage SOP Class/Instance UIDs and group length are filled in by pydicom.
+    `enforce_file_format` is pydicom 3's name for the old `write_like_original=False`.
+    """
+    buf = BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def read_dataset(data: bytes, stop_before_pixels: bool = False) -> FileDataset:
+    """Parse a Part 10 byte string; raises pydicom's errors (InvalidDicomError among others).
+
+    `force=False` because a byte string without the Part 10 signature is not something we
+    accept (PS3.18 application/dicom is Part 10 too); callers that need typed reasons use
+    `header.inspect_instance` instead.
+    """
+    return dcmread(BytesIO(data), stop_before_pixels=stop_before_pixels, force=False)

@@ -1,0 +1,3 @@
+from services.deid.main import serve
+
+serve()

@@ -1,0 +1,70 @@
+"""Burned-in annotation: refuse pixel data that may show identifying text, unless a rule cleans it.
+
+PS3.15 E.3.1 (Clean Pixel Data Option): the header cannot vouch for the pixels. Ultrasound,
+secondary capture and projection radiography (DX, CR) often carry names and dates in the image, so
+they are treated as annotated unless Burned In Annotation (0028,0301) explicitly says NO. Masks are
+applied straight to uncompressed pixel bytes; compressed pixel data with burned-in text is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from .errors import BurnedInAnnotation, NotDeidentifiable
+from .pixel_rules import PixelRule, Region, matching_rule
+
+RISKY_MODALITIES = frozenset({"US", "DX", "CR"})
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC Image Storage and its multi-frame kinds
+_DTYPES: Mapping[int, np.dtype] = MappingProxyType({8: np.dtype("u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4")})
+
+
+def may_have_burned_in_text(ds: Dataset) -> bool:
+    if not any(tag in ds for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009)) and "Rows" not in ds:
+        return False  # no image (e.g. structured reports)
+    flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if flag == "YES":
+        return True
+    if flag == "NO":
+        return False
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    return modality in RISKY_MODALITIES or sop_class.startswith(SECONDARY_CAPTURE_PREFIX)
+
+
+def pixel_rule_for(ds: Dataset, rules: tuple[PixelRule, ...]) -> PixelRule | None:
+    """The rule that cleans this instance, None when it needs none; raises when it needs one."""
+    if not may_have_burned_in_text(ds):
+        return None
+    rule = matching_rule(rules, ds)
+    if rule is None:
+        raise BurnedInAnnotation("no pixel-clean rule matches this device")
+    return rule
+
+
+def mask_native(pixels: bytearray, offset: int, ds: Dataset, regions: tuple[Region, ...]) -> None:
+    """Zero ``regions`` in every frame of uncompressed pixel data stored at ``pixels[offset:]``."""
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    bits = int(ds.get("BitsAllocated") or 0)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    planar = int(ds.get("PlanarConfiguration") or 0)
+    dtype = _DTYPES.get(bits)
+    if dtype is None or rows <= 0 or columns <= 0:
+        raise NotDeidentifiable("pixel-clean rule needs 8, 16 or 32 bit pixel data")
+    count = frames * rows * columns * samples
+    size = count * dtype.itemsize
+    if len(pixels) - offset < size:
+        raise NotDeidentifiable("pixel data shorter than its attributes say")
+    flat = np.frombuffer(memoryview(pixels)[offset : offset + size], dtype=dtype)
+    if planar == 1 and samples > 1:
+        image = flat.reshape(frames, samples, rows, columns)
+        for region in regions:
+            image[:, :, region.y : region.y + region.height, region.x : region.x + region.width] = 0
+    else:
+        image = flat.reshape(frames, rows, columns, samples)
+        for region in regions:
+            image[:, region.y : region.y + region.height, region.x : region.x + region.width, :] = 0

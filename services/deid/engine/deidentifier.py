@@ -1,0 +1,148 @@
+"""bytes → de-identified bytes: parse, check pixels, transform, record, encode, check for leaks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom import config
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from .burned_in import mask_native, pixel_rule_for
+from .container import Parsed, encode_for_scan, encode_full, encode_header, file_meta_for, parse
+from .errors import DeidError, NotDeidentifiable, PhiLeak
+from .identifiers import collect_identifiers, is_registered_uid
+from .leaks import find_leaks
+from .method import record_method
+from .pixel_rules import PixelRule
+from .profile import Profile
+from .pseudonyms import Pseudonymizer
+from .rules import RuleSet
+from .transform import AttributeChange, Context, transform
+from .values import codec_of
+
+
+@dataclass(frozen=True)
+class DeidResult:
+    """The released bytes and the identity of the instance as the recipient will see it."""
+
+    data: bytes
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    patient_id: str
+    pixels_cleaned: bool
+
+
+def deidentify(data: bytes, profile: Profile, key: bytes) -> DeidResult:
+    """De-identify one Part 10 instance for the recipient owning ``key``.
+
+    Deterministic: the same (data, profile, key) always gives the same bytes. Raises only
+    DeidError subclasses for bad input (and ValueError for a key shorter than 16 bytes).
+    """
+    return _run(data, profile, key, None)
+
+
+def preview(data: bytes, profile: Profile, key: bytes) -> list[AttributeChange]:
+    """Every change ``deidentify`` makes, through the same code path, for administrators.
+
+    The before/after values are the real values: show them to authorised users only, never log them.
+    """
+    changes: list[AttributeChange] = []
+    _run(data, profile, key, changes)
+    return changes
+
+
+def _run(
+    data: bytes, profile: Profile, key: bytes, changes: list[AttributeChange] | None
+) -> DeidResult:
+    pseudonyms = Pseudonymizer(key)
+    rules = profile.rules
+    # pydicom's value validation warns with the offending value in the message (PHI in logs);
+    # values are this engine's business, and skipping validation is also faster.
+    with config.disable_value_validation():
+        return _run_unvalidated(data, profile, rules, pseudonyms, changes)
+
+
+def _run_unvalidated(
+    data: bytes, profile: Profile, rules: RuleSet, pseudonyms: Pseudonymizer, changes: list[AttributeChange] | None
+) -> DeidResult:
+    try:
+        parsed = parse(data)
+        ds = parsed.dataset
+        rule = pixel_rule_for(ds, profile.pixel_rules)
+        identifiers = collect_identifiers(ds, rules)
+        ctx = Context(
+            rules, pseudonyms, identifiers, pseudonyms.day_shift(_shift_anchor(ds)), codec_of(ds), changes
+        )
+        transform(ds, ctx)
+        record_method(ds, profile.name, profile.version, rules.options, rule is not None)
+        media_uid = _media_uid(parsed, pseudonyms, rules.retain_uids)
+        meta = file_meta_for(ds, parsed.transfer_syntax, media_uid)
+        output, scanned = _encode(parsed, ds, meta, rule)
+        ds.file_meta = meta
+        leaks = find_leaks(identifiers, scanned, ds)
+    except DeidError:
+        raise
+    except Exception as exc:  # never let a value-bearing message escape
+        raise NotDeidentifiable(f"{type(exc).__name__} while de-identifying") from None
+    if leaks:
+        raise PhiLeak(leaks[0].tag, leaks[0].source)
+    return DeidResult(
+        data=output,
+        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        transfer_syntax_uid=str(parsed.transfer_syntax),
+        modality=str(ds.get("Modality", "")),
+        patient_id=str(ds.get("PatientID", "")),
+        pixels_cleaned=rule is not None,
+    )
+
+
+def _shift_anchor(ds: Dataset) -> str:
+    """The per-patient day shift hangs on the original Patient ID (or the study, lacking one)."""
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        value = ds.get(keyword)
+        if value:
+            return f"{keyword}:{str(value).strip()}"
+    return ""
+
+
+def _media_uid(parsed: Parsed, pseudonyms: Pseudonymizer, retain_uids: bool) -> str:
+    uid = parsed.media_sop_instance_uid
+    if retain_uids or not uid or is_registered_uid(uid):
+        return uid
+    return pseudonyms.uid(uid)
+
+
+def _encode(parsed: Parsed, ds: Dataset, meta: FileMetaDataset, rule: PixelRule | None) -> tuple[bytes, bytes]:
+    """The output file and the header bytes to scan for leaks."""
+    if parsed.fast:
+        pixels: bytes | memoryview = parsed.pixel_bytes
+        if rule is not None:
+            pixels = _masked_element(parsed, ds, rule)
+        header = encode_header(ds, meta, parsed.implicit)
+        return b"".join((header, pixels)), header
+    if rule is not None:
+        ds.PixelData = _masked_value(parsed, ds, rule)
+    return encode_full(ds, meta), encode_for_scan(ds)
+
+
+def _masked_element(parsed: Parsed, ds: Dataset, rule: PixelRule) -> bytes:
+    if parsed.transfer_syntax.is_compressed:
+        raise NotDeidentifiable("burned-in text in compressed pixel data cannot be masked")
+    element = bytearray(parsed.pixel_bytes)
+    mask_native(element, 8 if parsed.implicit else 12, ds, rule.regions)
+    return bytes(element)
+
+
+def _masked_value(parsed: Parsed, ds: Dataset, rule: PixelRule) -> bytes:
+    if parsed.transfer_syntax.is_compressed:
+        raise NotDeidentifiable("burned-in text in compressed pixel data cannot be masked")
+    value = bytearray(ds.PixelData)
+    mask_native(value, 0, ds, rule.regions)
+    return bytes(value)

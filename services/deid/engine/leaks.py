@@ -1,0 +1,78 @@
+"""The last check before release: no identifying value of the original may survive.
+
+Two views of the output are searched for the original's identifiers (identifiers.py): the encoded
+header bytes (everything but pixel data, so nothing escapes because of how it is encoded: private
+blocks, unknown VRs, nested sequences) and, only when the bytes match, the decoded dataset, to say
+in which element. Hits are reported by tag, never by value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from .identifiers import Identifiers, collect_identifiers
+from .profile import Profile
+
+# Attributes whose whole value this engine writes (PS3.15 E.1.1 and E.3.6 records): a patient called
+# "Clean" must not turn "Clean Descriptors Option" into a leak.
+OWN_ATTRIBUTES = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
+
+
+@dataclass(frozen=True)
+class Leak:
+    tag: int | None  # where it was found in the output (None: only in the encoded bytes)
+    source: int  # the original attribute whose value it is
+
+
+def find_leaks(identifiers: Identifiers, header_bytes: bytes | memoryview, output: Dataset) -> list[Leak]:
+    """Leaks of ``identifiers`` into an output whose encoded header (no pixel data) is ``header_bytes``."""
+    byte_hits = identifiers.sources_in_bytes(header_bytes)
+    if not byte_hits:
+        return []
+    located = list(_locate(output, identifiers))
+    if not located:
+        return [Leak(None, source) for source in dict.fromkeys(byte_hits)]
+    return [leak for leak in dict.fromkeys(located) if leak.tag not in OWN_ATTRIBUTES]
+
+
+def check_for_leaks(
+    original_header: Dataset, output_bytes: bytes, output_dataset: Dataset, profile: Profile
+) -> list[Leak]:
+    """Stand-alone form: compare any original header with any output file under ``profile``."""
+    identifiers = collect_identifiers(original_header, profile.rules)
+    stream = BytesIO(output_bytes)
+    dcmread(stream, stop_before_pixels=True)
+    return find_leaks(identifiers, memoryview(output_bytes)[: stream.tell()], output_dataset)
+
+
+def _locate(ds: Dataset, identifiers: Identifiers) -> Iterator[Leak]:
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        yield from _locate_in(meta, identifiers)
+    yield from _locate_in(ds, identifiers)
+
+
+def _locate_in(ds: Dataset, identifiers: Identifiers) -> Iterator[Leak]:
+    for elem in ds.iterall():
+        if elem.VR == "SQ":
+            continue
+        for text in _texts(elem.value):
+            for source in identifiers.sources_in_text(text):
+                yield Leak(int(elem.tag), source)
+
+
+def _texts(value: object) -> list[str]:
+    items = value if isinstance(value, MultiValue | list | tuple) else [value]
+    texts = []
+    for item in items:
+        if isinstance(item, bytes):
+            texts.append(item.decode("latin-1"))
+        elif item is not None:
+            texts.append(str(item))
+    return texts

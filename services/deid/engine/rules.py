@@ -1,0 +1,102 @@
+"""Compile Table E.1-1, a set of options and a profile's overrides into one lookup per tag.
+
+Compilation happens once per profile; the per-instance cost of a rule is one dict lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .actions import Action, Option
+from .table import ConfidentialityTable, Pattern, SafePrivate, TableRow
+
+# Data Set Trailing Padding (PS3.5 7.7) is not in Table E.1-1; it is removed because its bytes are
+# arbitrary and may hold remnants of earlier content.
+TRAILING_PADDING = 0xFFFCFFFC
+
+
+def resolve_row(row: TableRow, options: Iterable[Option]) -> Action:
+    """The action for one row under a set of options.
+
+    When two selected options disagree (Retain Device Identity says K for a calibration date,
+    Retain Longitudinal Modified Dates says C), the more protective C wins: PS3.15 E.3 does not
+    rank options, and cleaning keeps the attribute while still protecting it.
+    """
+    chosen = [row.options[option] for option in options if option in row.options]
+    if not chosen:
+        return row.basic
+    return Action.CLEAN if Action.CLEAN in chosen else chosen[0]
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Every decision the transform needs, precompiled for one profile."""
+
+    exact: Mapping[int, Action]
+    curves: Action
+    overlay_data: Action
+    overlay_comments: Action
+    private: Action  # X (remove all) or C (keep Table E.3.10-1 safe elements)
+    safe_private: SafePrivate
+    options: frozenset[Option]
+
+    @property
+    def retain_uids(self) -> bool:
+        return Option.RETAIN_UIDS in self.options
+
+    @property
+    def shift_dates(self) -> bool:
+        return Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in self.options
+
+    def action_for(self, tag: int) -> Action | None:
+        """The table's action for a standard (even group) tag, or None when the table is silent."""
+        action = self.exact.get(tag)
+        if action is not None:
+            return action
+        group = tag >> 16
+        if group & 1 or not 0x5000 <= group <= 0x60FF:
+            return None
+        if group <= 0x50FF:
+            return self.curves
+        if group >= 0x6000:
+            element = tag & 0xFFFF
+            if element == 0x3000:
+                return self.overlay_data
+            if element == 0x4000:
+                return self.overlay_comments
+            if self.overlay_data is Action.REMOVE:
+                # The Overlay Plane Module is invalid without Overlay Data (PS3.3 C.9.2, Type 1):
+                # removing the data removes the whole repeating group.
+                return Action.REMOVE
+        return None
+
+
+def compile_rules(
+    table: ConfidentialityTable,
+    safe_private: SafePrivate,
+    options: frozenset[Option],
+    overrides: Mapping[int, Action],
+) -> RuleSet:
+    exact: dict[int, Action] = {}
+    for tag, row in table.by_tag().items():
+        exact[tag] = resolve_row(row, options)
+    exact[TRAILING_PADDING] = Action.REMOVE
+    patterns = {pattern: resolve_row(row, options) for pattern, row in table.by_pattern().items()}
+    exact.update(overrides)
+    return RuleSet(
+        exact=MappingProxyType(exact),
+        # Curve and overlay bitmaps cannot be read for text here, so "clean" means remove them
+        # (PS3.15 E.3.3 allows removal as a form of cleaning).
+        curves=_bitmap_action(patterns[Pattern.CURVE]),
+        overlay_data=_bitmap_action(patterns[Pattern.OVERLAY_DATA]),
+        overlay_comments=patterns[Pattern.OVERLAY_COMMENTS],
+        private=patterns[Pattern.PRIVATE],
+        safe_private=safe_private,
+        options=options,
+    )
+
+
+def _bitmap_action(action: Action) -> Action:
+    return Action.REMOVE if action is Action.CLEAN else action

@@ -1,0 +1,121 @@
+"""Deid stage: an InstanceRouted in; the instance as its partner will receive it out (InstancePrepared),
+or a quarantine event when it cannot be released safely."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from services.common.blob_store import BlobStore
+from services.common.events import event_id, event_message, now_ms
+from services.common.messages import IncomingMessage, OutgoingMessage
+from services.common.topics import Topics
+from services.deid.engine import DeidError, PhiLeak, Profile, deidentify
+from services.deid.engine.errors import tag_text
+from services.proto_gen.imx.v1 import events_pb2
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    detail: str = ""
+
+
+def refusal_for(error: DeidError) -> Refusal:
+    """Machine-readable reason (kebab-case, as on every quarantine event) and a PHI-free detail."""
+    reason = error.reason.replace("_", "-")
+    if isinstance(error, PhiLeak):
+        return Refusal(reason, tag_text(error.tag) if error.tag is not None else "encoded-header")
+    return Refusal(reason, str(getattr(error, "detail", ""))[:200])
+
+
+def profile_version(profile: Profile) -> int:
+    return int(profile.version) if profile.version.isdigit() else 0
+
+
+def _meta(kind: str, routed: events_pb2.InstanceRouted, clock: Callable[[], int]) -> events_pb2.EventMeta:
+    return events_pb2.EventMeta(
+        event_id=event_id(kind, routed.meta.event_id),
+        causation_id=routed.meta.event_id,
+        occurred_at_ms=clock(),
+        ingested_at_ms=routed.meta.ingested_at_ms,
+    )
+
+
+def _quarantine(
+    routed: events_pb2.InstanceRouted, refusal: Refusal, topics: Topics, clock: Callable[[], int]
+) -> list[OutgoingMessage]:
+    event = events_pb2.Quarantined(
+        meta=_meta("quarantine", routed, clock),
+        stage="deid",
+        reason=refusal.reason,
+        detail=refusal.detail,
+        source_org=routed.source_org,
+        instance=routed.instance,
+        blob=routed.blob,
+        partner_id=routed.partner_id,
+        route_id=routed.route_id,
+    )
+    return [event_message(topics.quarantine, event, routed.instance.study_instance_uid)]
+
+
+def prepare_event(
+    routed: events_pb2.InstanceRouted,
+    profiles: Mapping[str, Profile],
+    recipient_key: Callable[[str], bytes | None],
+    blobs: BlobStore,
+    topics: Topics,
+    clock: Callable[[], int] = now_ms,
+) -> list[OutgoingMessage]:
+    prepared = events_pb2.InstancePrepared(
+        meta=_meta("prepared", routed, clock),
+        source_instance=routed.instance,
+        source_org=routed.source_org,
+        route_id=routed.route_id,
+        partner_id=routed.partner_id,
+        profile=routed.profile,
+    )
+    if not routed.profile:
+        # A care transfer: the partner receives the instance exactly as it was sent.
+        prepared.instance.CopyFrom(routed.instance)
+        prepared.blob.CopyFrom(routed.blob)
+        return [event_message(topics.prepared, prepared, routed.instance.study_instance_uid)]
+
+    profile = profiles.get(routed.profile)
+    if profile is None:
+        return _quarantine(routed, Refusal("unknown-profile", routed.profile), topics, clock)
+    key = recipient_key(routed.partner_id)
+    if key is None:
+        return _quarantine(routed, Refusal("unknown-partner", routed.partner_id), topics, clock)
+    try:
+        result = deidentify(blobs.get(routed.blob.sha256), profile, key)
+    except DeidError as error:
+        return _quarantine(routed, refusal_for(error), topics, clock)
+    sha = blobs.put(result.data)
+    prepared.deidentified = True
+    prepared.profile_version = profile_version(profile)
+    prepared.blob.CopyFrom(events_pb2.BlobRef(sha256=sha, size=len(result.data)))
+    prepared.instance.CopyFrom(
+        events_pb2.InstanceRef(
+            study_instance_uid=result.study_instance_uid,
+            series_instance_uid=result.series_instance_uid,
+            sop_instance_uid=result.sop_instance_uid,
+            sop_class_uid=result.sop_class_uid,
+            transfer_syntax_uid=result.transfer_syntax_uid,
+            modality=result.modality,
+        )
+    )
+    return [event_message(topics.prepared, prepared, routed.instance.study_instance_uid)]
+
+
+def build_deid_handler(
+    profiles: Mapping[str, Profile],
+    recipient_key: Callable[[str], bytes | None],
+    blobs: BlobStore,
+    topics: Topics,
+) -> Callable[[IncomingMessage], list[OutgoingMessage]]:
+    def handle(message: IncomingMessage) -> list[OutgoingMessage]:
+        routed = events_pb2.InstanceRouted.FromString(message.value)
+        return prepare_event(routed, profiles, recipient_key, blobs, topics)
+
+    return handle

@@ -1,0 +1,3 @@
+from services.ingest.main import serve
+
+serve()

@@ -1,0 +1,268 @@
+"""The one path every channel (C-STORE, STOW-RS, `imx send`) takes to accept an instance.
+
+inspect header → store bytes (claim check) → claim a receipt → publish InstanceIngested → mark the
+receipt published. The sender hears "accepted" only after the broker acknowledged the event, so a
+crash at any point means the sender retries, and the receipt makes that retry publish at most one
+more copy of the same event (same id, same bytes). Unusable inputs are stored and announced on the
+quarantine topic, and the caller gets a typed rejection.
+
+Thread-safe: no state of its own; the blob store, MongoDB client and Kafka producer are thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, get_args
+
+from google.protobuf.message import Message
+from kafka.errors import KafkaError
+from opentelemetry import metrics, trace
+
+from services.common.blob_store import BlobStore, sha256_hex
+from services.common.dicom.header import InstanceHeader, InvalidInstance, inspect_instance
+from services.common.events import event_message, now_ms
+from services.common.messages import OutgoingMessage, TransientError
+from services.common.stats import StageStats
+from services.common.topics import Topics, validate_partner_id
+from services.ingest.errors import IngestPaused, IngestUnavailable, InvalidDestination
+from services.ingest.ingest_events import ingested_event_id, instance_ingested, quarantined
+from services.ingest.receipts import ReceiptFacts, ReceiptStatus, ReceiptStore
+
+log = logging.getLogger(__name__)
+
+Channel = Literal["c-store", "stow-rs", "cli"]
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
+
+# Not a header problem: a STOW-RS request to /studies/{uid} carried an instance of another study.
+STUDY_MISMATCH = "study-mismatch"
+TOO_LARGE = "too-large"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Stored and published. `republished`: a receipt from an earlier, unfinished attempt was found."""
+
+    event_id: str
+    study_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    sha256: str
+    republished: bool = False
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """Already received and published earlier: success for the sender, nothing new published."""
+
+    event_id: str
+    study_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Never ingested. `quarantined`: a Quarantined event was published for operators."""
+
+    reason: str
+    detail: str = ""
+    quarantined: bool = False
+    study_instance_uid: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+
+
+AcceptanceResult = Accepted | Duplicate | Rejected
+
+
+class Publisher(Protocol):
+    """The part of BusProducer acceptance uses: publish and wait for the broker's acknowledgements."""
+
+    def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None: ...
+
+
+def check_destination(requested: str | None) -> str:
+    """A requested destination is a partner id ("" when none); raises InvalidDestination otherwise."""
+    if not requested:
+        return ""
+    try:
+        return validate_partner_id(requested)
+    except ValueError as exc:
+        raise InvalidDestination(str(exc)) from None
+
+
+class Acceptance:
+    def __init__(
+        self,
+        *,
+        blobs: BlobStore,
+        receipts: ReceiptStore,
+        bus: Publisher,
+        topics: Topics,
+        max_instance_bytes: int,
+        publish_timeout_s: float = 30.0,
+        stats: StageStats | None = None,
+        inspect: Callable[[bytes, int], InstanceHeader] = inspect_instance,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._blobs = blobs
+        self._receipts = receipts
+        self._bus = bus
+        self._topics = topics
+        self.max_instance_bytes = max_instance_bytes
+        self._publish_timeout_s = publish_timeout_s
+        self._stats = stats
+        self._inspect = inspect
+        self._clock = clock
+        self._tracer = trace.get_tracer("imx.ingest")
+        self._outcomes = metrics.get_meter("imx.ingest").create_counter(
+            "imx.ingest.instances", unit="{instance}", description="instances received, by channel and outcome"
+        )
+
+    def accept(
+        self,
+        data: bytes,
+        source_org: str,
+        channel: Channel,
+        requested_destination: str = "",
+        expected_study_uid: str | None = None,
+    ) -> AcceptanceResult:
+        """Accept one Part 10 instance from an authenticated organisation.
+
+        Raises IngestUnavailable when a dependency fails (the caller reports a transient failure).
+        """
+        with self._tracer.start_as_current_span("ingest accept", kind=trace.SpanKind.PRODUCER) as span:
+            span.set_attribute("imx.channel", channel)
+            span.set_attribute("imx.org", source_org)
+            try:
+                result = self._accept(data, source_org, channel, requested_destination, expected_study_uid)
+            except IngestUnavailable as exc:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                self._count(channel, "unavailable")
+                raise
+            span.set_attribute("imx.outcome", _outcome(result))
+            self._count(channel, _outcome(result))
+            return result
+
+    def reject_unread(self, source_org: str, channel: Channel, size: int) -> Rejected:
+        """An input over the size limit that was never read whole: announce it, store nothing."""
+        result = self._quarantine(source_org, channel, TOO_LARGE, str(self.max_instance_bytes), sha256="", size=size)
+        self._count(channel, _outcome(result))
+        return result
+
+    def _accept(
+        self,
+        data: bytes,
+        source_org: str,
+        channel: Channel,
+        requested_destination: str,
+        expected_study_uid: str | None,
+    ) -> AcceptanceResult:
+        if self._stats is not None and self._stats.paused:
+            raise IngestPaused("ingest is paused")
+        try:
+            header = self._inspect(data, self.max_instance_bytes)
+        except InvalidInstance as invalid:
+            stored = invalid.reason != TOO_LARGE  # keep the disk for inputs someone can look at
+            sha256 = self._store(data) if stored else sha256_hex(data)
+            return self._quarantine(source_org, channel, invalid.reason, invalid.detail, sha256, len(data), stored)
+        if expected_study_uid is not None and header.study_instance_uid != expected_study_uid:
+            self._record(failed=True)
+            return Rejected(
+                STUDY_MISMATCH,
+                "StudyInstanceUID",
+                False,
+                header.study_instance_uid,
+                header.sop_class_uid,
+                header.sop_instance_uid,
+            )
+
+        sha256 = self._store(data)
+        event_id = ingested_event_id(source_org, header.sop_instance_uid, sha256)
+        facts = ReceiptFacts(source_org, channel, header.sop_instance_uid, sha256, len(data))
+        receipt = self._receipts.claim(event_id, facts, self._clock())
+        if receipt.status is ReceiptStatus.PUBLISHED:
+            self._record()
+            log.debug("duplicate instance", extra={"event_id": event_id, "org": source_org, "channel": channel})
+            return Duplicate(event_id, header.study_instance_uid, header.sop_class_uid, header.sop_instance_uid, sha256)
+        event = instance_ingested(
+            header=header,
+            sha256=sha256,
+            size=len(data),
+            source_org=source_org,
+            channel=channel,
+            requested_destination=requested_destination,
+            event_id=event_id,
+            received_at_ms=receipt.received_at_ms,
+        )
+        self._publish(self._topics.ingested, event, header.study_instance_uid)
+        self._receipts.mark_published(event_id, self._clock())
+        self._record()
+        log.debug("instance ingested", extra={"event_id": event_id, "org": source_org, "channel": channel})
+        return Accepted(
+            event_id,
+            header.study_instance_uid,
+            header.sop_class_uid,
+            header.sop_instance_uid,
+            sha256,
+            republished=not receipt.new,
+        )
+
+    def _quarantine(
+        self, source_org: str, channel: str, reason: str, detail: str, sha256: str, size: int, stored: bool = False
+    ) -> Rejected:
+        event = quarantined(
+            reason=reason,
+            detail=detail,
+            source_org=source_org,
+            channel=channel,
+            sha256=sha256,
+            size=size,
+            stored=stored,
+            occurred_at_ms=self._clock(),
+        )
+        self._publish(self._topics.quarantine, event, "")
+        self._record(failed=True)
+        log.warning(
+            "input quarantined",
+            extra={
+                "reason": reason,
+                "tag": detail,
+                "org": source_org,
+                "channel": channel,
+                "event_id": event.meta.event_id,
+            },
+        )
+        return Rejected(reason, detail, quarantined=True)
+
+    def _store(self, data: bytes) -> str:
+        try:
+            return self._blobs.put(data)
+        except OSError as exc:
+            raise IngestUnavailable(f"blob store unavailable: {type(exc).__name__}") from exc
+
+    def _publish(self, topic: str, event: Message, study_uid: str) -> None:
+        try:
+            self._bus.publish([event_message(topic, event, study_uid)], timeout_s=self._publish_timeout_s)
+        except TransientError as exc:
+            raise IngestUnavailable(f"bus unavailable: {exc}") from exc
+        except KafkaError as exc:  # raised by the producer's send() itself, e.g. no metadata in time
+            raise IngestUnavailable(f"bus unavailable: {type(exc).__name__}") from exc
+
+    def _record(self, failed: bool = False) -> None:
+        if self._stats is not None:
+            self._stats.record(0 if failed else 1, 1 if failed else 0)
+
+    def _count(self, channel: str, outcome: str) -> None:
+        self._outcomes.add(1, {"channel": channel, "outcome": outcome})
+
+
+def _outcome(result: AcceptanceResult) -> str:
+    if isinstance(result, Accepted):
+        return "accepted"
+    if isinstance(result, Duplicate):
+        return "duplicate"
+    return "rejected"

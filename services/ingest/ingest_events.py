@@ -1,0 +1,80 @@
+"""The events ingest emits, built from facts (pure: no clock, no I/O)."""
+
+from __future__ import annotations
+
+from services.common.dicom.header import InstanceHeader
+from services.common.events import event_id
+from services.proto_gen.imx.v1 import events_pb2
+
+STAGE = "ingest"
+
+
+def ingested_event_id(source_org: str, sop_instance_uid: str, sha256: str) -> str:
+    """The same instance (same bytes) from the same organisation always gets the same id."""
+    return event_id(source_org, sop_instance_uid, sha256)
+
+
+def quarantine_event_id(source_org: str, channel: str, sha256: str, reason: str) -> str:
+    return event_id("quarantine", STAGE, source_org, channel, sha256, reason)
+
+
+def instance_ref(header: InstanceHeader) -> events_pb2.InstanceRef:
+    return events_pb2.InstanceRef(
+        study_instance_uid=header.study_instance_uid,
+        series_instance_uid=header.series_instance_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        modality=header.modality,
+    )
+
+
+def instance_ingested(
+    *,
+    header: InstanceHeader,
+    sha256: str,
+    size: int,
+    source_org: str,
+    channel: str,
+    requested_destination: str,
+    event_id: str,
+    received_at_ms: int,
+) -> events_pb2.InstanceIngested:
+    return events_pb2.InstanceIngested(
+        meta=events_pb2.EventMeta(event_id=event_id, occurred_at_ms=received_at_ms, ingested_at_ms=received_at_ms),
+        instance=instance_ref(header),
+        blob=events_pb2.BlobRef(sha256=sha256, size=size),
+        source_org=source_org,
+        channel=channel,
+        requested_destination=requested_destination,
+        routing_attributes=dict(header.routing),
+    )
+
+
+def quarantined(
+    *,
+    reason: str,
+    detail: str,
+    source_org: str,
+    channel: str,
+    sha256: str,
+    size: int,
+    stored: bool,
+    occurred_at_ms: int,
+) -> events_pb2.Quarantined:
+    """`sha256` is "" when the input was never read whole (over the size limit); `stored` says whether
+    the blob store holds it for operators to look at."""
+    # Unread inputs have no content hash; size and time tell one such rejection from another.
+    identity = sha256 or f"unread/{size}/{occurred_at_ms}"
+    return events_pb2.Quarantined(
+        meta=events_pb2.EventMeta(
+            event_id=quarantine_event_id(source_org, channel, identity, reason),
+            occurred_at_ms=occurred_at_ms,
+            ingested_at_ms=occurred_at_ms,
+        ),
+        stage=STAGE,
+        reason=reason,
+        detail=detail,
+        source_org=source_org,
+        blob=events_pb2.BlobRef(sha256=sha256, size=size) if stored else None,
+    )

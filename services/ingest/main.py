@@ -1,0 +1,98 @@
+"""Entry point: `python -m services.ingest` or `imx serve ingest`.
+
+One process serves the three doors into the exchange (C-STORE, STOW-RS and the gRPC control and
+admin API). Ingest consumes no topic, so it does not use runtime.run_stage, but keeps its shape:
+SIGTERM stops new work, lets in-flight transfers finish, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.common.control_server import ControlServer
+from services.common.logs import configure_logging
+from services.common.runtime import StageControl, install_stop_signals
+from services.common.stats import StageStats
+from services.common.telemetry import setup_telemetry
+from services.ingest.admin import register_organisation_admin
+from services.ingest.http_server import HttpServer
+from services.ingest.scp import DicomReceiver
+from services.ingest.settings import IngestSettings
+from services.ingest.stow import StowContext, create_app
+from services.ingest.wiring import open_ingest
+
+log = logging.getLogger(__name__)
+
+SERVICE = "ingest"
+
+
+@dataclass(frozen=True)
+class IngestEndpoints:
+    """Where the running service listens (the bound ports, useful when 0 was asked for)."""
+
+    ae_title: str
+    dicom_host: str
+    dicom_port: int
+    http_host: str
+    http_port: int
+    grpc_port: int
+
+
+def serve(
+    settings: IngestSettings | None = None,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[IngestEndpoints], None] | None = None,
+) -> None:
+    """Run until `stop` is set (SIGTERM/SIGINT set it when called on the main thread)."""
+    settings = settings or IngestSettings()
+    configure_logging(SERVICE, settings.log_level)
+    # python-multipart logs parse errors quoting body bytes; ingest reports them itself, without bytes.
+    logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
+    telemetry = setup_telemetry(SERVICE, settings.otlp_endpoint)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        install_stop_signals(stop)
+    stats = StageStats(service=SERVICE)
+    try:
+        with open_ingest(settings, stats) as resources:
+            receiver = DicomReceiver(resources.acceptance, resources.organisations.ae_title_map, settings)
+            control = ControlServer(
+                SERVICE,
+                StageControl(stats),
+                host=settings.grpc_host,
+                port=settings.grpc_port,
+                extra=[register_organisation_admin(resources.organisations, receiver.calling_aets.refresh)],
+            )
+            http = HttpServer(
+                create_app(StowContext(resources.acceptance, resources.organisations)),
+                settings.http_host,
+                settings.http_port,
+                settings.shutdown_grace_s,
+            )
+            control.start()
+            try:
+                receiver.start()
+                http.start()
+                control.mark_serving()
+                endpoints = IngestEndpoints(
+                    settings.ae_title, settings.dicom_host, receiver.port, settings.http_host, http.port, control.port
+                )
+                log.info("service started", extra={"service": SERVICE, "port": control.port})
+                if on_ready:
+                    on_ready(endpoints)
+                stop.wait()
+                log.info("stop requested; finishing transfers in flight", extra={"service": SERVICE})
+            finally:
+                control.mark_not_serving()
+                # Both doors close at once; each lets its own transfers in flight finish.
+                closing = threading.Thread(target=http.stop, name="imx-ingest-http-stop")
+                closing.start()
+                receiver.stop(settings.shutdown_grace_s)
+                closing.join()
+                control.stop()
+    finally:
+        telemetry.shutdown()
+        log.info("service stopped", extra={"service": SERVICE})

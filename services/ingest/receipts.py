@@ -1,0 +1,117 @@
+"""Receipts in MongoDB: what ingest has already accepted, so a resent instance is published once.
+
+A receipt's id is the event id of the InstanceIngested it stands for. It is written as "received"
+before the event is published and turned "published" after the broker acknowledged it; a receipt
+still "received" means a crash (or a failed publish) came in between, and the event is published
+again with the same id and the same timestamps, byte for byte.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from services.ingest.errors import IngestUnavailable
+
+COLLECTION = "ingest_receipts"
+
+
+class ReceiptStatus(StrEnum):
+    RECEIVED = "received"
+    PUBLISHED = "published"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    event_id: str
+    status: ReceiptStatus
+    received_at_ms: int
+    new: bool = False  # this claim created it
+
+
+@dataclass(frozen=True)
+class ReceiptFacts:
+    """What a receipt records besides its status; ids and sizes only, never header values."""
+
+    source_org: str
+    channel: str
+    sop_instance_uid: str
+    sha256: str
+    size: int
+
+
+class ReceiptStoreUnavailable(IngestUnavailable):
+    pass
+
+
+class ReceiptStore(Protocol):
+    def claim(self, event_id: str, facts: ReceiptFacts, now_ms: int) -> Receipt:
+        """Insert a "received" receipt, or return the one that exists."""
+        ...
+
+    def mark_published(self, event_id: str, now_ms: int) -> None: ...
+
+
+class MongoReceiptStore:
+    def __init__(self, db: Database) -> None:
+        self._receipts = db[COLLECTION]
+
+    def claim(self, event_id: str, facts: ReceiptFacts, now_ms: int) -> Receipt:
+        doc = {
+            "_id": event_id,
+            "status": ReceiptStatus.RECEIVED.value,
+            "received_at_ms": now_ms,
+            "source_org": facts.source_org,
+            "channel": facts.channel,
+            "sop_instance_uid": facts.sop_instance_uid,
+            "sha256": facts.sha256,
+            "size": facts.size,
+        }
+        try:
+            self._receipts.insert_one(doc)
+            return Receipt(event_id, ReceiptStatus.RECEIVED, now_ms, new=True)
+        except DuplicateKeyError:
+            pass
+        except PyMongoError as exc:
+            raise ReceiptStoreUnavailable(f"receipt store unavailable: {type(exc).__name__}") from exc
+        try:
+            existing = self._receipts.find_one({"_id": event_id}, {"status": 1, "received_at_ms": 1})
+        except PyMongoError as exc:
+            raise ReceiptStoreUnavailable(f"receipt store unavailable: {type(exc).__name__}") from exc
+        if existing is None:  # removed between the two calls: claim it again
+            return self.claim(event_id, facts, now_ms)
+        return Receipt(event_id, ReceiptStatus(existing["status"]), int(existing.get("received_at_ms", now_ms)))
+
+    def mark_published(self, event_id: str, now_ms: int) -> None:
+        try:
+            self._receipts.update_one(
+                {"_id": event_id}, {"$set": {"status": ReceiptStatus.PUBLISHED.value, "published_at_ms": now_ms}}
+            )
+        except PyMongoError as exc:
+            raise ReceiptStoreUnavailable(f"receipt store unavailable: {type(exc).__name__}") from exc
+
+
+class MemoryReceiptStore:
+    """For unit tests and dry runs: the same contract, in a dict."""
+
+    def __init__(self) -> None:
+        self.receipts: dict[str, Receipt] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, event_id: str, facts: ReceiptFacts, now_ms: int) -> Receipt:
+        with self._lock:
+            existing = self.receipts.get(event_id)
+            if existing is not None:
+                return existing
+            self.receipts[event_id] = Receipt(event_id, ReceiptStatus.RECEIVED, now_ms)
+            return Receipt(event_id, ReceiptStatus.RECEIVED, now_ms, new=True)
+
+    def mark_published(self, event_id: str, now_ms: int) -> None:
+        with self._lock:
+            receipt = self.receipts[event_id]
+            self.receipts[event_id] = Receipt(event_id, ReceiptStatus.PUBLISHED, receipt.received_at_ms)

@@ -1,0 +1,175 @@
+"""The C-STORE SCP (PS3.4 Annex B) and Verification SCP on pynetdicom.
+
+Instances are taken as the bytes the peer sent (`event.encoded_dataset()`): nothing is decoded or
+re-encoded, which is where a Python receiver spends its time (FIELD-NOTES). A success status goes
+back only after the instance is stored and its event acknowledged by Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from services.ingest.acceptance import Acceptance, Channel
+from services.ingest.calling_aets import CallingAeTitles
+from services.ingest.errors import IngestUnavailable
+from services.ingest.settings import IngestSettings
+from services.ingest.status_codes import (
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    error_comment,
+    status_for_result,
+)
+
+log = logging.getLogger(__name__)
+
+CHANNEL: Channel = "c-store"
+
+# Uncompressed first (what most peers propose first), then the compressed syntaxes archives keep.
+TRANSFER_SYNTAXES = [
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+]
+
+
+def status_dataset(status: int, comment: str = "") -> Dataset:
+    """A C-STORE response status; Error Comment (0000,0902) carries the reason code, never a value."""
+    ds = Dataset()
+    ds.Status = status
+    if comment:
+        ds.ErrorComment = comment
+    return ds
+
+
+class StoreHandler:
+    """EVT_C_STORE handler; runs on the association's thread, several associations at once."""
+
+    def __init__(self, acceptance: Acceptance, calling_aets: CallingAeTitles) -> None:
+        self._acceptance = acceptance
+        self._calling_aets = calling_aets
+
+    def __call__(self, event: Event) -> Dataset:
+        calling_ae = event.assoc.requestor.ae_title.strip()
+        org = self._calling_aets.org_for(calling_ae)
+        if org is None:  # the organisation was removed while its association was open
+            log.warning("c-store refused: unknown calling AE", extra={"calling_ae": calling_ae})
+            return status_dataset(NOT_AUTHORIZED, "unknown-calling-ae")
+        try:
+            result = self._acceptance.accept(event.encoded_dataset(), org, CHANNEL)
+        except IngestUnavailable:
+            log.warning("c-store failed: dependency unavailable", extra={"org": org, "channel": CHANNEL})
+            return status_dataset(OUT_OF_RESOURCES, "try-again-later")
+        except Exception:  # never let a bug look like success; the type is logged, not the text
+            log.exception("c-store failed: unexpected error", extra={"org": org, "channel": CHANNEL})
+            return status_dataset(PROCESSING_FAILURE, "processing-failure")
+        return status_dataset(status_for_result(result), error_comment(result))
+
+
+def _on_rejected(event: Event) -> None:
+    log.info("association rejected", extra={"calling_ae": event.assoc.requestor.ae_title.strip()})
+
+
+def build_ae(settings: IngestSettings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    for context in AllStoragePresentationContexts:
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)  # C-ECHO is answered by pynetdicom's default handler
+    ae.maximum_pdu_size = settings.dicom_max_pdu
+    ae.maximum_associations = settings.dicom_max_associations
+    ae.acse_timeout = settings.dicom_timeout_s
+    ae.dimse_timeout = settings.dicom_timeout_s
+    ae.network_timeout = settings.dicom_timeout_s
+    return ae
+
+
+class DicomReceiver:
+    """Owns the AE, its association server and the calling-AE refresher."""
+
+    def __init__(
+        self, acceptance: Acceptance, load_ae_titles: Callable[[], Mapping[str, str]], settings: IngestSettings
+    ) -> None:
+        self._settings = settings
+        self._ae = build_ae(settings)
+        self.calling_aets = CallingAeTitles(load_ae_titles, self._set_required, settings.calling_ae_refresh_s)
+        self._handler = StoreHandler(acceptance, self.calling_aets)
+        self._server: ThreadedAssociationServer | None = None
+        self.port = 0
+
+    def _set_required(self, titles: list[str]) -> None:
+        self._ae.require_calling_aet = titles
+
+    def start(self) -> int:
+        """Load the calling AE titles, then listen; returns the bound port."""
+        self.calling_aets.start()
+        server = self._ae.start_server(
+            (self._settings.dicom_host, self._settings.dicom_port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._handler), (evt.EVT_REJECTED, _on_rejected)],
+        )
+        assert server is not None  # block=False always returns the server
+        self._server = server
+        self.port = int(server.server_address[1])
+        return self.port
+
+    def stop(self, grace_s: float) -> None:
+        """Stop accepting associations, give open ones `grace_s` to finish, then abort the rest.
+
+        An SCP cannot ask a peer to release (PS3.8 7.2: only the requestor releases), so waiting is
+        all it can do; an aborted transfer was never acknowledged, and the peer sends it again.
+        """
+        self.calling_aets.stop()
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        open_associations = server.active_associations
+        deadline = time.monotonic() + grace_s
+        while open_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
+            open_associations = [a for a in open_associations if a.is_alive()]
+        for assoc in open_associations:
+            log.warning("association aborted at shutdown", extra={"calling_ae": assoc.requestor.ae_title.strip()})
+            assoc.abort()
+        for assoc in open_associations:
+            assoc.join(timeout=5)

@@ -1,0 +1,195 @@
+"""`imx send PATH... --from ORG [--to PARTNER]`: files and folders through the acceptance core,
+in process, exactly as C-STORE and STOW-RS instances go (channel "cli")."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from services.common.messages import PhiSafeError
+from services.ingest.acceptance import Acceptance, AcceptanceResult, Accepted, Channel, Duplicate, check_destination
+from services.ingest.errors import IngestUnavailable, UnknownOrganisation
+from services.ingest.settings import IngestSettings
+from services.ingest.wiring import open_ingest
+
+CHANNEL: Channel = "cli"
+UNREADABLE = "unreadable"  # the file could not be read: nothing reached the exchange
+
+
+class PathNotFound(PhiSafeError, FileNotFoundError):
+    """A path given to send does not exist (the path itself is in `.path`, not in the message:
+    folder names of exported studies often carry a patient's name)."""
+
+    def __init__(self, index: int, total: int, path: Path) -> None:
+        super().__init__(f"path {index + 1} of {total} does not exist")
+        self.path = path
+
+
+@dataclass
+class SendSummary:
+    sent: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def add(self, result: AcceptanceResult) -> None:
+        self.sent += 1
+        if isinstance(result, Accepted):
+            self.accepted += 1
+        elif isinstance(result, Duplicate):
+            self.duplicates += 1
+        else:
+            self.rejected[result.reason] += 1
+
+
+class SendAborted(IngestUnavailable):
+    """A dependency failed mid-way; `summary` says what was sent before. Sending again is safe:
+    what was accepted comes back as duplicates."""
+
+    def __init__(self, message: str, summary: SendSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass(frozen=True)
+class SendProgress:
+    done: int
+    total: int
+    bytes_done: int
+    bytes_total: int
+    outcome: str  # "accepted" | "duplicate" | a rejection reason
+
+
+ProgressCallback = Callable[[SendProgress], None]
+
+
+class KnownOrganisations(Protocol):
+    def exists(self, org_id: str) -> bool: ...
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    # os.walk does not follow symbolic links to folders, so a link loop cannot trap it.
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            yield Path(folder) / name
+
+
+def find_files(paths: Iterable[Path]) -> list[Path]:
+    """Every file under the given files and folders, each once, in a stable order."""
+    given = [Path(p) for p in paths]
+    found: dict[Path, None] = {}
+    for index, path in enumerate(given):
+        if path.is_dir():
+            found.update((f, None) for f in _walk(path) if f.is_file())
+        elif path.is_file():
+            found[path] = None
+        else:
+            raise PathNotFound(index, len(given), path)
+    return list(found)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _outcome(result: AcceptanceResult) -> str:
+    if isinstance(result, Accepted):
+        return "accepted"
+    if isinstance(result, Duplicate):
+        return "duplicate"
+    return result.reason
+
+
+def send_files(
+    files: list[Path],
+    *,
+    acceptance: Acceptance,
+    source_org: str,
+    requested_destination: str = "",
+    progress: ProgressCallback | None = None,
+) -> SendSummary:
+    """Accept each file in turn; the caller has authenticated `source_org`."""
+    summary = SendSummary()
+    sizes = [_size(f) for f in files]
+    bytes_total, bytes_done = sum(sizes), 0
+    for done, (path, size) in enumerate(zip(files, sizes, strict=True), start=1):
+        try:
+            result = _send_one(path, size, acceptance, source_org, requested_destination)
+        except IngestUnavailable as exc:
+            raise SendAborted(f"sending stopped after {summary.sent} of {len(files)} files: {exc}", summary) from exc
+        if result is None:
+            summary.sent += 1
+            summary.rejected[UNREADABLE] += 1
+            outcome = UNREADABLE
+        else:
+            summary.add(result)
+            outcome = _outcome(result)
+        bytes_done += size
+        if progress is not None:
+            progress(SendProgress(done, len(files), bytes_done, bytes_total, outcome))
+    return summary
+
+
+def _send_one(
+    path: Path, size: int, acceptance: Acceptance, source_org: str, requested_destination: str
+) -> AcceptanceResult | None:
+    if size > acceptance.max_instance_bytes:  # not read at all
+        return acceptance.reject_unread(source_org, CHANNEL, size)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return acceptance.accept(data, source_org, CHANNEL, requested_destination)
+
+
+def send(
+    paths: Iterable[Path],
+    *,
+    source_org: str,
+    acceptance: Acceptance,
+    organisations: KnownOrganisations,
+    to: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> SendSummary:
+    """Check the organisation and destination, find the files, send them."""
+    destination = check_destination(to)
+    if not organisations.exists(source_org):
+        raise UnknownOrganisation(
+            f"organisation {source_org!r} is not registered; add it first (OrganisationAdmin.AddOrganisation)"
+        )
+    files = find_files(paths)
+    return send_files(
+        files, acceptance=acceptance, source_org=source_org, requested_destination=destination, progress=progress
+    )
+
+
+def send_with_settings(
+    paths: Iterable[Path],
+    *,
+    source_org: str,
+    settings: IngestSettings | None = None,
+    to: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> SendSummary:
+    """What `imx send` calls: opens Kafka and MongoDB from settings (IMX_... variables) for the run."""
+    with open_ingest(settings or IngestSettings()) as resources:
+        return send(
+            paths,
+            source_org=source_org,
+            acceptance=resources.acceptance,
+            organisations=resources.organisations,
+            to=to,
+            progress=progress,
+        )

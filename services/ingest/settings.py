@@ -1,0 +1,35 @@
+"""Process settings of the ingest service (environment variables IMX_...)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.common.settings import ServiceSettings
+
+GIB = 1024**3
+
+
+class IngestSettings(ServiceSettings):
+    """Where ingest listens (DICOM, HTTP, gRPC) and how much it accepts."""
+
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC control port; 0 picks a free port")
+    dicom_host: str = Field("127.0.0.1", description="address the C-STORE SCP binds")
+    dicom_port: int = Field(11112, ge=0, le=65535, description="C-STORE SCP port; 0 picks a free port")
+    ae_title: str = Field("IMX", min_length=1, max_length=16, description="AE title of the C-STORE SCP")
+    dicom_max_pdu: int = Field(
+        1024 * 1024, ge=0, description="largest PDU the SCP receives (0 = unlimited); larger PDUs are faster"
+    )
+    dicom_max_associations: int = Field(16, ge=1, description="concurrent DICOM associations")
+    dicom_timeout_s: float = Field(60.0, gt=0, description="ACSE, DIMSE and network timeout of the SCP")
+    calling_ae_refresh_s: float = Field(
+        5.0, gt=0, description="how often the calling AE titles of organisations are re-read from MongoDB"
+    )
+    http_host: str = Field("127.0.0.1", description="address the STOW-RS HTTP server binds")
+    http_port: int = Field(8041, ge=0, le=65535, description="STOW-RS HTTP port; 0 picks a free port")
+    max_instance_bytes: int = Field(
+        1 * GIB, ge=1024, le=2 * GIB, description="largest DICOM instance accepted on any channel"
+    )
+    publish_timeout_s: float = Field(
+        30.0, gt=0, description="how long to wait for Kafka to acknowledge an event before failing the sender"
+    )
+    shutdown_grace_s: float = Field(30.0, ge=0, description="time given to in-flight transfers on SIGTERM")

@@ -1,0 +1,171 @@
+"""STOW-RS (PS3.18 10.5): the HTTP door into ingest, plus a liveness probe.
+
+Each body part goes through the same acceptance core as C-STORE, as soon as it has arrived.
+Acceptance blocks on MongoDB and Kafka, so it runs in the thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated, Protocol
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pymongo.errors import PyMongoError
+from starlette.concurrency import run_in_threadpool
+
+from services.ingest.acceptance import Acceptance, Channel, check_destination
+from services.ingest.errors import IngestUnavailable, InvalidDestination
+from services.ingest.multipart_related import (
+    MalformedMultipart,
+    Part,
+    RelatedPartsReader,
+    UnsupportedMediaType,
+    boundary_of,
+)
+from services.ingest.status_codes import OUT_OF_RESOURCES, PROCESSING_FAILURE
+from services.ingest.stow_response import DICOM_JSON, InstanceOutcome, http_status, outcome_of, response_body
+
+log = logging.getLogger(__name__)
+
+CHANNEL: Channel = "stow-rs"
+DESTINATION_HEADER = "X-IMX-Destination"
+
+
+class ApiKeys(Protocol):
+    def org_for_api_key(self, api_key: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class StowContext:
+    acceptance: Acceptance
+    api_keys: ApiKeys
+
+
+def _context(request: Request) -> StowContext:
+    context: StowContext = request.app.state.stow
+    return context
+
+
+Context = Annotated[StowContext, Depends(_context)]
+
+
+def _source_org(context: Context, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The organisation behind `Authorization: Bearer <api key>` (a sync dependency: runs in the pool)."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise HTTPException(
+            401, "an API key is required: Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"}
+        )
+    try:
+        org = context.api_keys.org_for_api_key(key.strip())
+    except PyMongoError:
+        raise HTTPException(503, "organisation store unavailable; try again later") from None
+    if org is None:
+        raise HTTPException(401, "API key not recognised", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    return org
+
+
+def _destination(x_imx_destination: Annotated[str | None, Header()] = None) -> str:
+    try:
+        return check_destination(x_imx_destination)
+    except InvalidDestination as exc:
+        raise HTTPException(400, f"{DESTINATION_HEADER}: {exc}") from None
+
+
+SourceOrg = Annotated[str, Depends(_source_org)]
+Destination = Annotated[str, Depends(_destination)]
+
+
+def _store_part(context: StowContext, part: Part, org: str, destination: str, study_uid: str | None) -> InstanceOutcome:
+    if part.too_large:
+        return outcome_of(context.acceptance.reject_unread(org, CHANNEL, part.size))
+    try:
+        return outcome_of(context.acceptance.accept(part.data, org, CHANNEL, destination, study_uid))
+    except IngestUnavailable:
+        log.warning("instance not stored: dependency unavailable", extra={"org": org, "channel": CHANNEL})
+        return InstanceOutcome(failure_reason=OUT_OF_RESOURCES)
+    except Exception:  # a bug must not take the whole request down with it; the type is logged, not the text
+        log.exception("instance not stored: unexpected failure", extra={"org": org, "channel": CHANNEL})
+        return InstanceOutcome(failure_reason=PROCESSING_FAILURE)
+
+
+async def _store(
+    request: Request, context: StowContext, org: str, destination: str, study_uid: str | None
+) -> JSONResponse:
+    try:
+        reader = RelatedPartsReader(
+            boundary_of(request.headers.get("content-type")), context.acceptance.max_instance_bytes
+        )
+    except UnsupportedMediaType as exc:
+        raise HTTPException(415, str(exc)) from None
+    except MalformedMultipart as exc:
+        raise HTTPException(400, str(exc)) from None
+    outcomes: list[InstanceOutcome] = []
+    unavailable = False
+
+    async def store(parts: list[Part]) -> None:
+        nonlocal unavailable
+        for part in parts:
+            if unavailable:  # fail the rest fast instead of waiting out a timeout for each part
+                outcomes.append(InstanceOutcome(failure_reason=OUT_OF_RESOURCES))
+                continue
+            outcome = await run_in_threadpool(_store_part, context, part, org, destination, study_uid)
+            unavailable = outcome.failure_reason == OUT_OF_RESOURCES
+            outcomes.append(outcome)
+
+    try:
+        async for chunk in request.stream():
+            await store(reader.feed(chunk))
+        await store(reader.close())
+    except MalformedMultipart as exc:
+        # Parts completed before the error stay stored; a client resending the request gets them as duplicates.
+        raise HTTPException(400, str(exc)) from None
+    status = http_status(outcomes)
+    log.info("stow-rs request", extra={"org": org, "instances": len(outcomes), "status": status})
+    headers = {"Retry-After": "30"} if status == 503 else None
+    return JSONResponse(response_body(outcomes), status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+# The body is read as a stream, so FastAPI cannot infer it: describe it for the OpenAPI document.
+_STOW_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}},
+    },
+    "responses": {
+        "200": {"description": "every instance stored (ReferencedSOPSequence)"},
+        "202": {"description": "some instances failed (FailedSOPSequence with FailureReason)"},
+        "400": {"description": "malformed multipart body"},
+        "401": {"description": "missing or unknown API key"},
+        "409": {"description": "no instance stored"},
+        "415": {"description": 'not multipart/related; type="application/dicom"'},
+        "503": {"description": "a dependency is down: retry later (Retry-After)"},
+    },
+}
+
+
+def create_app(context: StowContext) -> FastAPI:
+    app = FastAPI(title="imx ingest", summary="DICOMweb STOW-RS (PS3.18) into the image exchange", version="0.1.0")
+    app.state.stow = context
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/dicomweb/studies", response_class=JSONResponse, openapi_extra=_STOW_OPENAPI)
+    async def store_instances(
+        request: Request, context: Context, org: SourceOrg, destination: Destination
+    ) -> JSONResponse:
+        """Store instances of any study: multipart/related; type="application/dicom"."""
+        return await _store(request, context, org, destination, None)
+
+    @app.post("/dicomweb/studies/{study_uid}", response_class=JSONResponse, openapi_extra=_STOW_OPENAPI)
+    async def store_study_instances(
+        study_uid: str, request: Request, context: Context, org: SourceOrg, destination: Destination
+    ) -> JSONResponse:
+        """Store instances of one study; an instance of another study fails with A900 (PS3.18 10.5.3)."""
+        return await _store(request, context, org, destination, study_uid)
+
+    return app

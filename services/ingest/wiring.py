@@ -1,0 +1,49 @@
+"""Builds ingest's collaborators from settings; used by the service and by `imx send` alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from services.common.blob_store import LocalBlobStore
+from services.common.bus import BusProducer, ensure_topics
+from services.common.mongo import connect
+from services.common.stats import StageStats
+from services.common.stores.organisations import OrganisationStore
+from services.common.topics import Topics
+from services.ingest.acceptance import Acceptance
+from services.ingest.receipts import MongoReceiptStore
+from services.ingest.settings import IngestSettings
+
+
+@dataclass(frozen=True)
+class IngestResources:
+    topics: Topics
+    organisations: OrganisationStore
+    acceptance: Acceptance
+
+
+@contextmanager
+def open_ingest(settings: IngestSettings, stats: StageStats | None = None) -> Iterator[IngestResources]:
+    """Topics ensured, MongoDB and Kafka clients open for the duration of the block."""
+    topics = Topics(settings.topic_prefix)
+    ensure_topics(settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions)
+    client, db = connect(settings)
+    try:
+        producer = BusProducer(settings.kafka_bootstrap, client_id="imx-ingest")
+        try:
+            acceptance = Acceptance(
+                blobs=LocalBlobStore(settings.blob_dir),
+                receipts=MongoReceiptStore(db),
+                bus=producer,
+                topics=topics,
+                max_instance_bytes=settings.max_instance_bytes,
+                publish_timeout_s=settings.publish_timeout_s,
+                stats=stats,
+            )
+            yield IngestResources(topics, OrganisationStore(db), acceptance)
+        finally:
+            producer.close()
+    finally:
+        client.close()

@@ -1,0 +1,127 @@
+"""The whole audit service: consumer + HTTP API + gRPC health in one process, stopped gracefully."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pymongo import MongoClient
+
+from services.audit.main import AuditEndpoints, serve
+from services.audit.settings import AuditSettings
+from services.common.bus import BusProducer, ensure_topics
+from services.common.topics import Topics
+from tests.unit.audit.builders import Instance, journey
+from tools.devstack import free_ports
+
+REPO = Path(__file__).resolve().parents[3]
+STUDY = Instance()
+
+
+def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _trail_complete(http_port: int) -> bool:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{http_port}/audit/studies/{STUDY.study}", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and len(response.json()["events"]) == 5
+
+
+def _publish_journey(kafka_bootstrap: str, topics: Topics) -> None:
+    ensure_topics(kafka_bootstrap, [*topics.pipeline(), topics.partner("research-a")], 1)
+    producer = BusProducer(kafka_bootstrap)
+    try:
+        producer.publish(journey(topics, STUDY))
+    finally:
+        producer.close()
+
+
+@pytest.fixture
+def database(mongo_uri: str, unique_name: str) -> Iterator[str]:
+    yield unique_name
+    client: MongoClient = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    client.drop_database(unique_name)
+    client.close()
+
+
+def test_serve_answers_http_and_grpc_health_and_returns_when_stopped(
+    kafka_bootstrap: str, mongo_uri: str, unique_name: str, database: str
+) -> None:
+    topics = Topics(prefix=unique_name + ".")
+    _publish_journey(kafka_bootstrap, topics)
+    settings = AuditSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        mongo_uri=mongo_uri,
+        mongo_db=database,
+        topic_prefix=topics.prefix,
+        topic_partitions=1,
+        http_port=0,
+        grpc_port=0,
+    )
+    stop = threading.Event()
+    ready: list[AuditEndpoints] = []
+    thread = threading.Thread(target=serve, args=(settings, stop, ready.append), daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: bool(ready), 30, "the service to start")
+        endpoints = ready[0]
+        _wait_for(lambda: _trail_complete(endpoints.http_port), 30, "the trail over HTTP")
+        assert httpx.get(f"http://127.0.0.1:{endpoints.http_port}/healthz").json() == {"status": "ok", "store": True}
+        with grpc.insecure_channel(f"127.0.0.1:{endpoints.grpc_port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="imx.audit"), timeout=5
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "serve returns once stop is set"
+
+
+def test_python_m_services_audit_stops_cleanly_on_sigterm(
+    kafka_bootstrap: str, mongo_uri: str, unique_name: str, database: str, tmp_path: Path
+) -> None:
+    topics = Topics(prefix=unique_name + ".")
+    _publish_journey(kafka_bootstrap, topics)
+    http_port, grpc_port = free_ports(2)
+    env = {
+        **os.environ,
+        "IMX_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "IMX_MONGO_URI": mongo_uri,
+        "IMX_MONGO_DB": database,
+        "IMX_TOPIC_PREFIX": topics.prefix,
+        "IMX_TOPIC_PARTITIONS": "1",
+        "IMX_AUDIT_HTTP_PORT": str(http_port),
+        "IMX_AUDIT_GRPC_PORT": str(grpc_port),
+    }
+    log = tmp_path / "audit.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.audit"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    try:
+        _wait_for(lambda: _trail_complete(http_port) or proc.poll() is not None, 40, "the trail over HTTP")
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert '"msg":"service stopped"' in log.read_text()

@@ -1,0 +1,105 @@
+"""What a C-STORE sender hears when things go wrong: the SCP on a real socket, collaborators in memory
+(no Kafka or MongoDB needed), so failures can be switched on at will."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+
+from services.common.blob_store import LocalBlobStore
+from services.common.topics import Topics
+from services.ingest.acceptance import Acceptance
+from services.ingest.receipts import MemoryReceiptStore
+from services.ingest.scp import DicomReceiver
+from services.ingest.settings import IngestSettings
+from tests.unit.ingest.samples import RecordingBus, mr_study
+
+TOPICS = Topics("t-")
+CALLING_AE = "MODALITY1"
+
+
+@pytest.fixture
+def bus() -> RecordingBus:
+    return RecordingBus()
+
+
+@pytest.fixture
+def titles() -> dict[str, str]:
+    """What the organisation store says; tests change it."""
+    return {CALLING_AE: "trust-a"}
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, bus: RecordingBus, titles: dict[str, str]) -> Iterator[DicomReceiver]:
+    acceptance = Acceptance(
+        blobs=LocalBlobStore(tmp_path),
+        receipts=MemoryReceiptStore(),
+        bus=bus,
+        topics=TOPICS,
+        max_instance_bytes=10_000_000,
+    )
+    settings = IngestSettings(dicom_port=0, calling_ae_refresh_s=60)
+    receiver = DicomReceiver(acceptance, lambda: dict(titles), settings)
+    receiver.start()
+    yield receiver
+    receiver.stop(grace_s=1)
+
+
+def _send(receiver: DicomReceiver, dataset_bytes: bytes) -> tuple[int, str]:
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="IMX")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(dcmread(BytesIO(dataset_bytes)))
+        return int(status.Status), str(status.get("ErrorComment", ""))
+    finally:
+        assoc.release()
+
+
+def test_success_only_after_the_event_is_published(receiver: DicomReceiver, bus: RecordingBus) -> None:
+    assert _send(receiver, mr_study(401, n=1)[0]) == (0x0000, "")
+    assert len(bus.on(TOPICS.ingested)) == 1
+
+
+def test_kafka_down_is_out_of_resources_and_a_resend_succeeds(receiver: DicomReceiver, bus: RecordingBus) -> None:
+    instance = mr_study(402, n=1)[0]
+    bus.fail = 1
+    assert _send(receiver, instance) == (0xA700, "try-again-later")
+    assert not bus.on(TOPICS.ingested)
+    assert _send(receiver, instance) == (0x0000, "")
+    assert len(bus.on(TOPICS.ingested)) == 1
+
+
+def test_an_instance_without_study_uid_fails_with_a900(receiver: DicomReceiver, bus: RecordingBus) -> None:
+    ds = dcmread(BytesIO(mr_study(403, n=1)[0]))
+    del ds.StudyInstanceUID
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+
+    assert _send(receiver, buffer.getvalue()) == (0xA900, "missing-uid: StudyInstanceUID")
+    assert [m.topic for m in bus.messages] == [TOPICS.quarantine]
+
+
+def test_a_caller_whose_organisation_is_gone_is_not_authorised(
+    receiver: DicomReceiver, bus: RecordingBus, titles: dict[str, str]
+) -> None:
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="IMX")
+    assert assoc.is_established
+    try:
+        titles.clear()  # the organisation was removed after the association opened
+        receiver.calling_aets.refresh()
+        status = assoc.send_c_store(dcmread(BytesIO(mr_study(404, n=1)[0])))
+        assert int(status.Status) == 0x0124
+    finally:
+        assoc.release()
+    assert not bus.messages

@@ -1,0 +1,195 @@
+"""The audit HTTP API over an in-memory store: trail, filters, pagination, 404 and 422."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.audit.api import create_app
+from services.audit.records import build_record, to_datetime
+from services.audit.store import AuditStore
+from services.common.messages import TransientError
+from services.common.topics import Topics
+from tests.unit.audit.builders import T0_MS, Instance, dead_letter, incoming, journey, quarantined
+from tests.unit.audit.fake_store import InMemoryAuditStore
+
+TOPICS = Topics("t-api.")
+NOW = datetime(2026, 2, 1, tzinfo=UTC)
+STUDY = Instance()
+SECOND = Instance(sop=STUDY.sop[:-1] + "2")
+OTHER_STUDY = Instance(study="1.2.3.4", series="1.2.3.4.1", sop="1.2.3.4.1.1")
+
+
+def _store() -> InMemoryAuditStore:
+    messages = [
+        *journey(TOPICS, STUDY),
+        *journey(TOPICS, SECOND, t0_ms=T0_MS + 1000),
+        *journey(TOPICS, STUDY, partner="care-b", deidentified=False, t0_ms=T0_MS + 2000, delivered=False),
+        quarantined(TOPICS, Instance(sop=STUDY.sop[:-1] + "3"), T0_MS + 3000),
+        *journey(TOPICS, OTHER_STUDY, org="trust-z", partner="ai-c", t0_ms=T0_MS + 4000),
+    ]
+    store = InMemoryAuditStore()
+    store.insert([build_record(incoming(m), TOPICS, NOW) for m in messages])
+    letter = dead_letter(TOPICS, journey(TOPICS, SECOND)[1])
+    store.insert([build_record(incoming(letter, timestamp_ms=T0_MS + 5000), TOPICS, NOW)])
+    return store
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(create_app(_store()))
+
+
+def test_trail_shows_every_hop_in_order(client: TestClient) -> None:
+    response = client.get(f"/audit/studies/{STUDY.study}")
+    assert response.status_code == 200
+    trail = response.json()
+    kinds = [e["event_type"] for e in trail["events"]]
+    assert kinds[:5] == ["ingested", "routed", "prepared", "partner_delivery", "outcome"]
+    assert kinds.count("quarantined") == 1 and kinds.count("dead_letter") == 1
+    times = [datetime.fromisoformat(e["occurred_at"]) for e in trail["events"]]
+    assert times == sorted(times)
+    assert trail["instances"] == 2
+    assert trail["received"] == [
+        {
+            "source_org": "trust-a",
+            "channel": "c-store",
+            "instances": 2,
+            "first_at": "2026-01-01T00:00:00Z",
+            "last_at": "2026-01-01T00:00:01Z",
+        }
+    ]
+    destinations = {d["partner_id"]: d for d in trail["destinations"]}
+    assert destinations["research-a"] | {"last_delivered_at": None} == {
+        "partner_id": "research-a",
+        "route_id": "route-1",
+        "profile": "research-basic",
+        "profile_version": 3,
+        "deidentified": True,
+        "routed": 2,
+        "prepared": 2,
+        "delivered": 2,
+        "failed": 0,
+        "last_delivered_at": None,
+    }
+    assert destinations["research-a"]["last_delivered_at"] == "2026-01-01T00:00:01.040000Z"
+    assert (destinations["care-b"]["delivered"], destinations["care-b"]["failed"]) == (0, 1)
+    assert destinations["care-b"]["profile"] is None
+    assert trail["quarantined"] == [{"stage": "routing", "reason": "no-route", "count": 1}]
+    assert trail["dead_letters"] == [{"stage": "deid", "reason": "PermanentError", "count": 1}]
+    assert "OTHER" not in str(trail) and OTHER_STUDY.sop not in str(trail)
+
+
+def test_trail_includes_the_deidentified_copy_delivered_to_the_partner(client: TestClient) -> None:
+    events = client.get(f"/audit/studies/{STUDY.study}").json()["events"]
+    deliveries = [e for e in events if e["event_type"] == "partner_delivery" and e["partner_id"] == "research-a"]
+    assert {e["delivered_sop_uid"] for e in deliveries} == {STUDY.remapped().sop, SECOND.remapped().sop}
+
+
+def test_trail_by_the_deidentified_study_uid_shows_only_that_copy(client: TestClient) -> None:
+    events = client.get(f"/audit/studies/{STUDY.remapped().study}").json()["events"]
+    assert {e["partner_id"] for e in events} == {"research-a"}
+    assert {e["event_type"] for e in events} == {"prepared", "partner_delivery", "outcome"}
+
+
+def test_unknown_study_is_404_and_a_malformed_uid_is_422(client: TestClient) -> None:
+    assert client.get("/audit/studies/1.2.3.999").status_code == 404
+    assert client.get("/audit/studies/DOE^JANE").status_code == 422
+    assert client.get("/audit/studies/" + "1." * 40 + "1").status_code == 422
+
+
+def test_events_filters_combine(client: TestClient) -> None:
+    def ids(**params: str) -> list[str]:
+        body = client.get("/audit/events", params=params).json()
+        return [e["event_type"] + "@" + (e["partner_id"] or "-") for e in body["events"]]
+
+    assert ids(org="trust-z") == ["ingested@-", "routed@ai-c", "prepared@ai-c", "outcome@ai-c"]
+    assert ids(partner="care-b", event_type="outcome") == ["outcome@care-b"]
+    assert len(ids(event_type="partner_delivery")) == 4
+    since = to_datetime(T0_MS + 3000).isoformat()
+    until = to_datetime(T0_MS + 4000).isoformat()
+    assert ids(since=since, until=until) == ["quarantined@-"], "since inclusive, until exclusive"
+    assert ids(event_type="quarantined", since="2026-01-01T00:00:03Z") == ["quarantined@-"]
+    assert ids(event_type="quarantined", since="2026-01-01T01:00:03+01:00") == ["quarantined@-"]
+    assert ids(event_type="quarantined", since="2026-01-01T00:00:03.001") == [], "no zone: UTC"
+
+
+def test_pagination_walks_every_event_once_in_order(client: TestClient) -> None:
+    seen: list[tuple[datetime, str]] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, str | int] = {"limit": 4}
+        if cursor:
+            params["cursor"] = cursor
+        body = client.get("/audit/events", params=params).json()
+        seen.extend((datetime.fromisoformat(e["occurred_at"]), e["id"]) for e in body["events"])
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    total = len(client.get("/audit/events", params={"limit": 1000}).json()["events"])
+    assert total == 5 * 4 - 1 + 1 + 1, "the study is ingested once however many destinations it has"
+    assert len(seen) == total and len(set(seen)) == total and seen == sorted(seen)
+    assert pages == 6
+    assert "next_cursor" in client.get("/audit/events").json()
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"since": "yesterday"}, "since"),
+        ({"until": "2026-13-01T00:00:00Z"}, "until"),
+        ({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "until"),
+        ({"event_type": "exploded"}, "event_type"),
+        ({"cursor": "not-a-cursor!"}, "cursor"),
+        ({"cursor": "MTIzfA"}, "cursor"),  # "123|": no id
+    ],
+)
+def test_bad_query_parameters_are_422_naming_the_parameter(
+    client: TestClient, params: dict[str, str], param: str
+) -> None:
+    response = client.get("/audit/events", params=params)
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["detail"]] == [["query", param]]
+
+
+def test_summary_counts_deliveries_per_partner_and_quarantines_per_reason(client: TestClient) -> None:
+    body = client.get("/audit/summary").json()
+    assert body["delivered_by_partner"] == {"research-a": 2, "ai-c": 1}
+    assert body["failed_by_partner"] == {"care-b": 1}
+    assert body["quarantined_by_reason"] == {"no-route": 1}
+    assert body["dead_letters_by_stage"] == {"deid": 1}
+    assert body["events_by_type"]["ingested"] == 3
+    later = client.get("/audit/summary", params={"since": "2026-01-01T00:00:02.500Z"}).json()
+    assert later["delivered_by_partner"] == {"ai-c": 1} and later["failed_by_partner"] == {}
+    assert client.get("/audit/summary", params={"since": "nope"}).status_code == 422
+
+
+def test_healthz_reports_the_store() -> None:
+    store = InMemoryAuditStore()
+    client = TestClient(create_app(store))
+    assert client.get("/healthz").json() == {"status": "ok", "store": True}
+    store.reachable = False
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.json()["store"] is False
+
+
+def test_a_store_outage_is_503_not_500() -> None:
+    class DownStore(InMemoryAuditStore):
+        def study_trail(self, study_uid: str) -> list:
+            raise TransientError("audit store unavailable: AutoReconnect")
+
+    store: AuditStore = DownStore()
+    assert TestClient(create_app(store)).get("/audit/studies/1.2.3").status_code == 503
+
+
+def test_openapi_documents_the_routes_and_their_models(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {"/audit/studies/{study_uid}", "/audit/events", "/audit/summary", "/healthz"} <= set(spec["paths"])
+    assert {"StudyTrail", "AuditEvent", "EventPageOut", "Summary"} <= set(spec["components"]["schemas"])
+    assert "routing_attributes" not in str(spec)

@@ -1,0 +1,66 @@
+"""The audit handler: one record per message, written once per batch, replays add nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from services.audit.consumer import AuditHandler, audit_stage_spec
+from services.common.bus import flush_handler, run_handler_over_batch
+from services.common.topics import Topics
+from tests.unit.audit.builders import Instance, incoming, journey
+from tests.unit.audit.fake_store import InMemoryAuditStore
+
+TOPICS = Topics("t-c.")
+
+
+def _handler(store: InMemoryAuditStore, batched: bool = True) -> AuditHandler:
+    return AuditHandler(store, TOPICS, clock=lambda: datetime(2026, 2, 1, tzinfo=UTC), batched=batched)
+
+
+def test_a_batch_is_written_with_one_insert_when_the_bus_flushes() -> None:
+    store = InMemoryAuditStore()
+    handler = _handler(store)
+    batch = [incoming(m, offset=i) for i, m in enumerate(journey(TOPICS, Instance()))]
+    result = run_handler_over_batch(batch, handler, TOPICS.dead_letter, "audit")
+    assert result.outputs == [] and result.processed == 5
+    assert store.records == {}, "nothing is written before the flush"
+    flush_handler(handler)
+    assert (len(store.records), store.inserts) == (5, 1)
+
+
+def test_replaying_a_batch_adds_no_records() -> None:
+    store = InMemoryAuditStore()
+    handler = _handler(store)
+    batch = [incoming(m, offset=i) for i, m in enumerate(journey(TOPICS, Instance()))]
+    for _ in range(2):
+        run_handler_over_batch(batch, handler, TOPICS.dead_letter, "audit")
+    assert handler.flush() == 5
+    run_handler_over_batch(batch, handler, TOPICS.dead_letter, "audit")
+    assert handler.flush() == 0
+    assert len(store.records) == 5
+
+
+def test_an_undecodable_event_is_dead_lettered_and_the_rest_recorded() -> None:
+    store = InMemoryAuditStore()
+    handler = _handler(store)
+    good = [incoming(m, offset=i) for i, m in enumerate(journey(TOPICS, Instance())[:2])]
+    bad = incoming(journey(TOPICS, Instance())[2], offset=9)
+    bad = type(bad)(bad.topic, 0, 9, None, b"\xff\xff\xff", {})
+    result = run_handler_over_batch([good[0], bad, good[1]], handler, TOPICS.dead_letter, "audit")
+    handler.flush()
+    assert [o.topic for o in result.outputs] == [TOPICS.dead_letter]
+    assert len(store.records) == 2
+
+
+def test_unbatched_writes_each_record_as_it_comes() -> None:
+    store = InMemoryAuditStore()
+    handler = _handler(store, batched=False)
+    handler(incoming(journey(TOPICS, Instance())[0]))
+    assert len(store.records) == 1 and handler.flush() == 0
+
+
+def test_the_stage_is_one_group_reading_every_topic_by_pattern() -> None:
+    spec = audit_stage_spec(TOPICS)
+    assert (spec.name, spec.group_id, tuple(spec.topics)) == ("audit", "t-c.imx-audit", ())
+    assert audit_stage_spec(Topics()).group_id == "imx-audit"
+    assert spec.pattern and spec.pattern.startswith("^")

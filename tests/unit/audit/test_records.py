@@ -1,0 +1,184 @@
+"""Every event kind becomes one audit record with the trail's fields, and nothing more."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from services.audit.records import (
+    RECORD_FIELDS,
+    EventType,
+    build_record,
+    event_type_for,
+    subscription_pattern,
+    to_datetime,
+)
+from services.common.events import EVENT_TYPE_HEADER
+from services.common.messages import IncomingMessage, PermanentError
+from services.common.topics import Topics
+from tests.unit.audit.builders import PHI_DESCRIPTION, T0_MS, Instance, dead_letter, incoming, journey, quarantined
+
+TOPICS = Topics("t-x.")
+NOW = datetime(2026, 2, 1, tzinfo=UTC)
+INSTANCE = Instance()
+
+
+def _records(deidentified: bool = True) -> list[dict]:
+    return [dict(build_record(incoming(m), TOPICS, NOW)) for m in journey(TOPICS, INSTANCE, deidentified=deidentified)]
+
+
+def test_each_hop_is_typed_by_its_topic_and_keyed_by_type_and_event_id() -> None:
+    records = _records()
+    assert [r["event_type"] for r in records] == ["ingested", "routed", "prepared", "partner_delivery", "outcome"]
+    for r in records:
+        assert r["_id"] == f"{r['event_type']}:{r['event_id']}"
+        assert set(r) == set(RECORD_FIELDS)
+    assert [r["occurred_at"] for r in records] == [to_datetime(T0_MS + 10 * i) for i in range(5)]
+    assert all(r["ingested_at"] == to_datetime(T0_MS) and r["recorded_at"] == NOW for r in records)
+    assert records[1]["causation_id"] == records[0]["event_id"]
+
+
+def test_ingested_records_who_sent_it_and_how() -> None:
+    ingested = _records()[0]
+    assert (ingested["source_org"], ingested["channel"]) == ("trust-a", "c-store")
+    assert (ingested["study_uid"], ingested["series_uid"], ingested["sop_uid"]) == (
+        INSTANCE.study,
+        INSTANCE.series,
+        INSTANCE.sop,
+    )
+    assert ingested["causation_id"] is None
+
+
+def test_routed_and_prepared_record_route_partner_and_profile_version() -> None:
+    _, routed, prepared, _, _ = _records()
+    assert (routed["route_id"], routed["partner_id"], routed["profile"], routed["profile_version"]) == (
+        "route-1",
+        "research-a",
+        "research-basic",
+        3,
+    )
+    assert prepared["deidentified"] is True
+    assert prepared["sop_uid"] == INSTANCE.sop, "the UID as received"
+    assert prepared["delivered_sop_uid"] == INSTANCE.remapped().sop
+    assert prepared["delivered_study_uid"] == INSTANCE.remapped().study
+
+
+def test_pass_through_has_no_profile_and_no_delivered_uids() -> None:
+    _, routed, prepared, delivery, outcome = _records(deidentified=False)
+    assert routed["profile"] is None and routed["profile_version"] is None
+    assert prepared["deidentified"] is False and prepared["delivered_sop_uid"] is None
+    assert delivery["study_uid"] == INSTANCE.study and delivery["delivered_study_uid"] is None
+    assert outcome["delivered_sop_uid"] is None
+
+
+def test_partner_delivery_of_a_deidentified_copy_knows_only_the_remapped_uids() -> None:
+    delivery = _records()[3]
+    assert delivery["partner_id"] == "research-a"
+    assert delivery["study_uid"] is None and delivery["sop_uid"] is None
+    assert delivery["delivered_sop_uid"] == INSTANCE.remapped().sop
+
+
+def test_partner_delivery_on_another_partners_topic_is_flagged() -> None:
+    message = journey(TOPICS, INSTANCE, partner="research-a")[3]
+    moved = IncomingMessage(TOPICS.partner("ai-b"), 0, 0, message.key, message.value, dict(message.headers))
+    record = build_record(moved, TOPICS, NOW)
+    assert record["partner_id"] == "ai-b", "whoever can read the topic received it"
+    assert record["reason"] == "partner-mismatch"
+
+
+def test_outcome_records_status_and_detail() -> None:
+    failed = build_record(incoming(journey(TOPICS, INSTANCE, delivered=False)[4]), TOPICS, NOW)
+    assert (failed["status"], failed["detail"], failed["partner_id"]) == ("failed", "partner-unreachable", "research-a")
+    assert _records()[4]["status"] == "delivered"
+
+
+def test_quarantine_records_stage_and_reason() -> None:
+    record = build_record(incoming(quarantined(TOPICS, INSTANCE, T0_MS + 5)), TOPICS, NOW)
+    assert record["event_type"] == EventType.QUARANTINED
+    assert (record["stage"], record["reason"], record["detail"], record["status"]) == (
+        "routing",
+        "no-route",
+        "rules=0",
+        "quarantined",
+    )
+    assert record["study_uid"] == INSTANCE.study
+
+
+def test_no_routing_attributes_no_dicom_bytes_and_no_fetch_url_in_any_record() -> None:
+    rendered = repr(_records() + _records(deidentified=False))
+    assert PHI_DESCRIPTION not in rendered
+    assert "PATIENT^SECRET" not in rendered and "DICM" not in rendered
+    assert "routing_attributes" not in rendered and "fetch_url" not in rendered
+    assert all(not isinstance(v, bytes) for r in _records() for v in r.values())
+
+
+def test_a_dead_letter_records_where_it_came_from_and_why_but_not_its_value() -> None:
+    routed = journey(TOPICS, INSTANCE)[1]
+    letter = build_record(incoming(dead_letter(TOPICS, routed), offset=3, timestamp_ms=T0_MS + 99), TOPICS, NOW)
+    assert letter["event_type"] == EventType.DEAD_LETTER, "the topic wins over the copied imx-event-type header"
+    assert letter["source"] == {"topic": TOPICS.routed, "partition": 1, "offset": 7, "event_type": "routed"}
+    assert (letter["stage"], letter["reason"], letter["status"]) == ("deid", "PermanentError", "dead-lettered")
+    assert letter["detail"] == "PermanentError: tag (0008,0016) missing"
+    assert letter["study_uid"] == INSTANCE.study, "identifiers are borrowed from the original when readable"
+    assert letter["partner_id"] == "research-a"
+    assert letter["causation_id"] == build_record(incoming(routed), TOPICS, NOW)["event_id"]
+    assert letter["occurred_at"] == to_datetime(T0_MS + 99)
+    assert routed.value not in repr(letter).encode()
+
+
+def test_the_same_dead_letter_read_twice_gives_the_same_id() -> None:
+    letter = dead_letter(TOPICS, journey(TOPICS, INSTANCE)[1])
+    first = build_record(incoming(letter, offset=1), TOPICS, NOW)
+    again = build_record(incoming(letter, offset=2), TOPICS, datetime(2027, 1, 1, tzinfo=UTC))
+    assert first["_id"] == again["_id"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"imx-source-topic": b"\xff\xfe", "imx-source-offset": b"x"},
+        {"imx-source-topic": b"t-x.imx.routed.v1", "imx-source-partition": b"0", "imx-source-offset": b"1"},
+    ],
+)
+def test_any_dead_letter_is_recorded_even_garbage(headers: dict[str, bytes]) -> None:
+    message = IncomingMessage(TOPICS.dead_letter, 0, 5, None, b"\xff not protobuf \x00", headers)
+    record = build_record(message, TOPICS, NOW)
+    assert record["event_type"] == EventType.DEAD_LETTER
+    assert record["occurred_at"] == NOW, "no broker timestamp: the time it was recorded"
+
+
+def test_an_undecodable_event_is_a_permanent_error() -> None:
+    with pytest.raises(PermanentError):
+        build_record(IncomingMessage(TOPICS.routed, 0, 0, None, b"\xff\xff\xff garbage"), TOPICS, NOW)
+
+
+def test_an_event_without_id_is_a_permanent_error() -> None:
+    with pytest.raises(PermanentError):
+        build_record(IncomingMessage(TOPICS.routed, 0, 0, None, b""), TOPICS, NOW)
+
+
+def test_unknown_topics_fall_back_to_the_event_type_header() -> None:
+    assert event_type_for("other", {EVENT_TYPE_HEADER: b"DeliveryOutcome"}, TOPICS) == EventType.OUTCOME
+    assert event_type_for("other", {}, TOPICS) is None
+    with pytest.raises(PermanentError):
+        build_record(IncomingMessage("other", 0, 0, None, b""), TOPICS, NOW)
+
+
+def test_the_subscription_covers_pipeline_and_partner_topics_of_this_prefix_only() -> None:
+    pattern = re.compile(subscription_pattern(TOPICS))
+    for topic in [*TOPICS.pipeline(), TOPICS.partner("research-a"), TOPICS.partner("p-2")]:
+        assert pattern.match(topic), topic
+    for topic in [
+        "imx.ingested.v1",
+        "t-y.imx.routed.v1",
+        "t-x.imx.ingested.v2",
+        "t-x.imx.partner.A.v1",
+        "t-xximx.routed.v1",
+        "t-x.imx.routed.v1.extra",
+        "__consumer_offsets",
+    ]:
+        assert not pattern.match(topic), topic
+    assert re.compile(subscription_pattern(Topics())).match("imx.partner.ai-1.v1")

@@ -1,0 +1,77 @@
+"""Burned-in annotation is refused unless a device rule masks it; preview lists every change."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundImageStorage
+
+from services.deid.engine import BASIC, BurnedInAnnotation, PixelRule, Profile, Region, deidentify, preview
+
+from .builders import KEY, ct_dataset, to_bytes
+
+RULE = PixelRule(regions=(Region(x=0, y=0, width=8, height=2),), manufacturer="ACME", rows=16, columns=16)
+
+
+def _ultrasound(burned_in: str | None = None) -> bytes:
+    ds = ct_dataset()
+    ds.Modality, ds.SOPClassUID = "US", UltrasoundImageStorage
+    del ds.BurnedInAnnotation
+    if burned_in is not None:
+        ds.BurnedInAnnotation = burned_in
+    return to_bytes(ds)
+
+
+@pytest.mark.parametrize("burned_in", [None, "YES"])
+def test_ultrasound_without_an_explicit_no_is_refused(burned_in: str | None) -> None:
+    with pytest.raises(BurnedInAnnotation):
+        deidentify(_ultrasound(burned_in), BASIC, KEY)
+
+
+def test_secondary_capture_and_flagged_ct_are_refused_but_an_explicit_no_passes() -> None:
+    capture = ct_dataset()
+    capture.SOPClassUID = SecondaryCaptureImageStorage
+    del capture.BurnedInAnnotation
+    with pytest.raises(BurnedInAnnotation):
+        deidentify(to_bytes(capture), BASIC, KEY)
+    flagged = ct_dataset()
+    flagged.BurnedInAnnotation = "YES"
+    with pytest.raises(BurnedInAnnotation):
+        deidentify(to_bytes(flagged), BASIC, KEY)
+    deidentify(_ultrasound("NO"), BASIC, KEY)
+
+
+def test_a_matching_device_rule_masks_the_text_and_records_clean_pixel_data() -> None:
+    profile = Profile("us-cleaned", pixel_rules=(RULE,))
+    result = deidentify(_ultrasound("YES"), profile, KEY)
+    out = dcmread(BytesIO(result.data))
+    pixels = np.frombuffer(out.PixelData, "<u2").reshape(16, 16)
+    original = np.frombuffer(ct_dataset().PixelData, "<u2").reshape(16, 16)
+    assert result.pixels_cleaned
+    assert not pixels[:2, :8].any()
+    assert (pixels[2:, :] == original[2:, :]).all() and (pixels[:2, 8:] == original[:2, 8:]).all()
+    assert out.BurnedInAnnotation == "NO"
+    assert "113101" in [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
+
+
+def test_a_rule_for_another_device_does_not_apply() -> None:
+    other = PixelRule(regions=RULE.regions, manufacturer="Someone Else")
+    with pytest.raises(BurnedInAnnotation):
+        deidentify(_ultrasound("YES"), Profile("other", pixel_rules=(other,)), KEY)
+
+
+def test_preview_lists_the_changes_deidentify_makes() -> None:
+    data = to_bytes(ct_dataset())
+    changes = {change.keyword: change for change in preview(data, BASIC, KEY)}
+    out = dcmread(BytesIO(deidentify(data, BASIC, KEY).data))
+    assert changes["PatientName"].action == "Z"
+    assert changes["PatientName"].before == "Thistlewood^Margery"
+    assert changes["PatientName"].after == str(out.PatientName)
+    assert changes["PatientAddress"].action == "X"
+    assert changes["StudyInstanceUID"].after == out.StudyInstanceUID
+    nested = [c for c in preview(data, BASIC, KEY) if c.keyword == "ReferencedSOPInstanceUID"]
+    assert nested and nested[0].path == ((0x00081140, 0),)
+    assert "SOPClassUID" not in changes  # well-known UIDs are not changes

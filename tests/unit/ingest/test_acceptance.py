@@ -1,0 +1,194 @@
+"""The acceptance core with in-memory collaborators: what is published, stored and returned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common.blob_store import LocalBlobStore, sha256_hex
+from services.common.dicom.header import inspect_instance
+from services.common.events import EVENT_TYPE_HEADER
+from services.common.stats import StageStats
+from services.common.topics import Topics
+from services.ingest.acceptance import Acceptance, Accepted, Duplicate, Rejected, check_destination
+from services.ingest.errors import IngestPaused, IngestUnavailable, InvalidDestination
+from services.ingest.receipts import MemoryReceiptStore, ReceiptStatus
+from services.proto_gen.imx.v1 import events_pb2
+from tests.unit.ingest.samples import NOT_DICOM, RecordingBus, mr_study
+
+TOPICS = Topics("t-")
+
+
+@pytest.fixture
+def bus() -> RecordingBus:
+    return RecordingBus()
+
+
+@pytest.fixture
+def receipts() -> MemoryReceiptStore:
+    return MemoryReceiptStore()
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> LocalBlobStore:
+    return LocalBlobStore(tmp_path / "blobs")
+
+
+def make(
+    bus: RecordingBus, receipts: MemoryReceiptStore, blobs: LocalBlobStore, stats: StageStats | None = None
+) -> Acceptance:
+    return Acceptance(
+        blobs=blobs,
+        receipts=receipts,
+        bus=bus,
+        topics=TOPICS,
+        max_instance_bytes=10_000_000,
+        clock=lambda: 1_700_000_000_000,
+        stats=stats,
+    )
+
+
+def test_accepted_instance_is_stored_and_announced_with_its_identity(bus, receipts, blobs) -> None:
+    data = mr_study(1)[0]
+    header = inspect_instance(data, 10_000_000)
+
+    result = make(bus, receipts, blobs).accept(data, "trust-a", "stow-rs", "research-1")
+
+    assert isinstance(result, Accepted) and not result.republished
+    assert blobs.get(result.sha256) == data
+    [message] = bus.on(TOPICS.ingested)
+    assert message.key == header.study_instance_uid.encode()
+    assert message.headers[EVENT_TYPE_HEADER] == b"InstanceIngested"
+    event = events_pb2.InstanceIngested.FromString(message.value)
+    assert event.meta.event_id == result.event_id
+    assert event.meta.ingested_at_ms == event.meta.occurred_at_ms == 1_700_000_000_000
+    assert event.instance.sop_instance_uid == header.sop_instance_uid
+    assert event.instance.study_instance_uid == header.study_instance_uid
+    assert event.instance.modality == "MR"
+    assert event.blob.sha256 == sha256_hex(data) and event.blob.size == len(data)
+    assert (event.source_org, event.channel, event.requested_destination) == ("trust-a", "stow-rs", "research-1")
+    assert event.routing_attributes["modality"] == "MR"
+    assert receipts.receipts[result.event_id].status is ReceiptStatus.PUBLISHED
+
+
+def test_the_same_instance_again_is_a_duplicate_and_publishes_nothing(bus, receipts, blobs) -> None:
+    acceptance = make(bus, receipts, blobs)
+    data = mr_study(1)[0]
+    first = acceptance.accept(data, "trust-a", "c-store")
+    second = acceptance.accept(data, "trust-a", "cli")
+
+    assert isinstance(first, Accepted) and isinstance(second, Duplicate)
+    assert second.event_id == first.event_id
+    assert len(bus.on(TOPICS.ingested)) == 1
+
+
+def test_the_same_instance_from_another_organisation_is_a_new_event(bus, receipts, blobs) -> None:
+    acceptance = make(bus, receipts, blobs)
+    data = mr_study(1)[0]
+    a, b = acceptance.accept(data, "trust-a", "c-store"), acceptance.accept(data, "trust-b", "c-store")
+    assert isinstance(a, Accepted) and isinstance(b, Accepted) and a.event_id != b.event_id
+
+
+def test_a_failed_publish_is_retried_with_the_same_event_bytes(bus, receipts, blobs) -> None:
+    acceptance = make(bus, receipts, blobs)
+    data = mr_study(1)[0]
+    bus.fail = 1
+    with pytest.raises(IngestUnavailable):
+        acceptance.accept(data, "trust-a", "c-store")
+    [receipt] = receipts.receipts.values()
+    assert receipt.status is ReceiptStatus.RECEIVED  # as after a crash between insert and publish
+
+    retried = Acceptance(
+        blobs=blobs,
+        receipts=receipts,
+        bus=bus,
+        topics=TOPICS,
+        max_instance_bytes=10_000_000,
+        clock=lambda: 1_800_000_000_000,
+    ).accept(data, "trust-a", "c-store")
+
+    assert isinstance(retried, Accepted) and retried.republished
+    [message] = bus.on(TOPICS.ingested)
+    event = events_pb2.InstanceIngested.FromString(message.value)
+    assert event.meta.ingested_at_ms == 1_700_000_000_000  # the first attempt's time, not the retry's
+    assert receipts.receipts[retried.event_id].status is ReceiptStatus.PUBLISHED
+
+
+def test_non_dicom_input_is_stored_and_quarantined_with_its_reason(bus, receipts, blobs) -> None:
+    result = make(bus, receipts, blobs).accept(NOT_DICOM, "trust-a", "cli")
+
+    assert result == Rejected("not-dicom", "", quarantined=True)
+    assert not bus.on(TOPICS.ingested) and not receipts.receipts
+    [message] = bus.on(TOPICS.quarantine)
+    event = events_pb2.Quarantined.FromString(message.value)
+    assert (event.stage, event.reason, event.source_org) == ("ingest", "not-dicom", "trust-a")
+    assert blobs.get(event.blob.sha256) == NOT_DICOM
+    assert event.meta.event_id
+
+
+def test_an_instance_over_the_limit_is_quarantined_but_not_stored(bus, receipts, blobs) -> None:
+    data = mr_study(1)[0]
+    acceptance = Acceptance(blobs=blobs, receipts=receipts, bus=bus, topics=TOPICS, max_instance_bytes=1024)
+
+    result = acceptance.accept(data, "trust-a", "c-store")
+
+    assert isinstance(result, Rejected) and result.reason == "too-large" and result.quarantined
+    event = events_pb2.Quarantined.FromString(bus.on(TOPICS.quarantine)[0].value)
+    assert event.reason == "too-large" and event.detail == "1024"
+    assert not event.HasField("blob")
+    assert not blobs.exists(sha256_hex(data))
+
+
+def test_unread_oversized_input_is_announced(bus, receipts, blobs) -> None:
+    result = make(bus, receipts, blobs).reject_unread("trust-a", "stow-rs", 50_000_000)
+    assert result.reason == "too-large" and result.quarantined
+    assert events_pb2.Quarantined.FromString(bus.on(TOPICS.quarantine)[0].value).reason == "too-large"
+
+
+def test_an_instance_of_another_study_than_asked_is_rejected_without_effects(bus, receipts, blobs) -> None:
+    data = mr_study(1)[0]
+    result = make(bus, receipts, blobs).accept(data, "trust-a", "stow-rs", expected_study_uid="1.2.3")
+
+    assert isinstance(result, Rejected) and result.reason == "study-mismatch" and not result.quarantined
+    assert result.sop_instance_uid == inspect_instance(data, 10_000_000).sop_instance_uid
+    assert not bus.messages and not receipts.receipts
+
+
+def test_paused_intake_refuses_as_transient(bus, receipts, blobs) -> None:
+    stats = StageStats("ingest")
+    stats.set_paused(True)
+    with pytest.raises(IngestPaused):
+        make(bus, receipts, blobs, stats=stats).accept(mr_study(1)[0], "trust-a", "c-store")
+    assert not bus.messages
+
+
+def test_stats_count_accepted_and_rejected(bus, receipts, blobs) -> None:
+    stats = StageStats("ingest")
+    acceptance = make(bus, receipts, blobs, stats=stats)
+    acceptance.accept(mr_study(1)[0], "trust-a", "c-store")
+    acceptance.accept(NOT_DICOM, "trust-a", "c-store")
+    snapshot = stats.snapshot()
+    assert (snapshot.processed, snapshot.failed) == (1, 1)
+
+
+@pytest.mark.parametrize("value", ["", None])
+def test_no_destination_is_empty(value: str | None) -> None:
+    assert check_destination(value) == ""
+
+
+def test_a_destination_must_be_a_partner_id() -> None:
+    assert check_destination("research-1") == "research-1"
+    with pytest.raises(InvalidDestination):
+        check_destination("Not A Partner!")
+
+
+def test_a_kafka_error_from_send_itself_is_transient(receipts, blobs) -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    class NoMetadataBus(RecordingBus):
+        def publish(self, messages, timeout_s=60.0):
+            raise KafkaTimeoutError("Failed to update metadata after 60.0 secs.")
+
+    with pytest.raises(IngestUnavailable):
+        make(NoMetadataBus(), receipts, blobs).accept(mr_study(1)[0], "trust-a", "c-store")

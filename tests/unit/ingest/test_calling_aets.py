@@ -1,0 +1,56 @@
+"""Calling AE titles: refreshed from the store, never an empty (= accept everybody) list."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from services.ingest.calling_aets import CallingAeTitles, allowed_calling_aets
+
+
+def test_no_organisation_means_no_caller_is_allowed() -> None:
+    [sentinel] = allowed_calling_aets([])
+    assert sentinel  # pynetdicom reads [] as "everybody"
+
+
+def test_allowed_titles_are_the_organisations_titles() -> None:
+    assert allowed_calling_aets(["B", "A", "A"]) == ["A", "B"]
+
+
+def test_refresh_applies_changes_and_keeps_the_last_good_set_on_failure() -> None:
+    current: dict[str, str] = {"PACS1": "trust-a"}
+    applied: list[list[str]] = []
+    failing = False
+
+    def load() -> Mapping[str, str]:
+        if failing:
+            raise ConnectionError("mongo down")
+        return dict(current)
+
+    titles = CallingAeTitles(load, applied.append, interval_s=60)
+    assert titles.refresh()
+    assert titles.org_for("PACS1 ") == "trust-a" and applied == [["PACS1"]]
+
+    assert titles.refresh()
+    assert applied == [["PACS1"]]  # unchanged: pynetdicom is not touched again
+
+    current["CT2"] = "trust-b"
+    failing = True
+    assert not titles.refresh()
+    assert titles.org_for("PACS1") == "trust-a" and titles.org_for("CT2") is None
+
+    failing = False
+    assert titles.refresh()
+    assert titles.org_for("CT2") == "trust-b" and applied[-1] == ["CT2", "PACS1"]
+
+
+def test_nobody_is_allowed_when_the_first_load_fails() -> None:
+    applied: list[list[str]] = []
+
+    def load() -> Mapping[str, str]:
+        raise ConnectionError("mongo down")
+
+    titles = CallingAeTitles(load, applied.append, interval_s=60)
+    titles.start()
+    titles.stop()
+    assert applied == [allowed_calling_aets([])]
+    assert titles.org_for("ANYONE") is None

@@ -1,0 +1,98 @@
+"""Reading STOW-RS bodies: good ones in any chunking, bad ones as typed errors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.ingest.multipart_related import (
+    MalformedMultipart,
+    Part,
+    RelatedPartsReader,
+    UnsupportedMediaType,
+    boundary_of,
+)
+from tests.unit.ingest.samples import BOUNDARY, multipart_body, stow_content_type
+
+
+def read(body: bytes, chunk: int = 1 << 16, limit: int = 1 << 20) -> list[Part]:
+    reader = RelatedPartsReader(BOUNDARY.encode(), limit)
+    parts: list[Part] = []
+    for i in range(0, len(body), chunk):
+        parts += reader.feed(body[i : i + chunk])
+    return parts + reader.close()
+
+
+def test_boundary_of_a_stow_request() -> None:
+    assert boundary_of(stow_content_type()) == BOUNDARY.encode()
+    assert boundary_of('Multipart/Related; boundary="quoted b"; type=application/dicom') == b"quoted b"
+
+
+def test_the_type_parameter_may_be_left_out() -> None:
+    assert boundary_of("multipart/related; boundary=abc") == b"abc"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "",
+        "application/dicom",
+        "multipart/form-data; boundary=x",
+        "application/json",
+        'multipart/related; type="application/dicom+json"; boundary=x',
+    ],
+)
+def test_other_media_types_are_unsupported(content_type: str | None) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        boundary_of(content_type)
+
+
+def test_a_related_type_without_boundary_is_malformed() -> None:
+    with pytest.raises(MalformedMultipart):
+        boundary_of('multipart/related; type="application/dicom"')
+
+
+@given(parts=st.lists(st.binary(max_size=300), min_size=1, max_size=4), chunk=st.integers(1, 64))
+def test_parts_come_out_as_they_went_in_whatever_the_chunking(parts: list[bytes], chunk: int) -> None:
+    read_parts = read(multipart_body(parts), chunk=chunk)
+    assert [p.data for p in read_parts] == parts
+    assert [p.index for p in read_parts] == list(range(len(parts)))
+    assert all(p.content_type == "application/dicom" and not p.too_large for p in read_parts)
+
+
+def test_each_part_is_handed_out_as_soon_as_it_is_complete() -> None:
+    body = multipart_body([b"first", b"second"])
+    reader = RelatedPartsReader(BOUNDARY.encode(), 1000)
+    split = body.index(b"--" + BOUNDARY.encode(), 10) + 2 + len(BOUNDARY) + 2
+    assert [p.data for p in reader.feed(body[:split])] == [b"first"]
+    assert [p.data for p in reader.feed(body[split:]) + reader.close()] == [b"second"]
+
+
+def test_a_part_over_the_limit_is_counted_but_not_kept() -> None:
+    [small, big] = read(multipart_body([b"x" * 10, b"y" * 5000]), chunk=100, limit=1000)
+    assert small.data == b"x" * 10 and not small.too_large
+    assert big.too_large and big.data == b"" and big.size == 5000
+
+
+def test_part_content_type_is_reported_without_parameters() -> None:
+    [part] = read(multipart_body([b"abc"], content_type='Application/DICOM; transfer-syntax="1.2.840.10008.1.2.1"'))
+    assert part.content_type == "application/dicom"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",  # nothing at all
+        b"not multipart at all",
+        multipart_body([b"abc"])[:-12],  # cut before the closing boundary
+        f"--{BOUNDARY}--\r\n".encode(),  # no parts
+        multipart_body([b"abc"], boundary="another-boundary"),
+    ],
+    ids=["empty", "garbage", "truncated", "no-parts", "wrong-boundary"],
+)
+def test_malformed_bodies_are_typed_errors_without_body_bytes(body: bytes) -> None:
+    with pytest.raises(MalformedMultipart) as caught:
+        read(body)
+    assert b"abc" not in str(caught.value).encode()

@@ -1,0 +1,118 @@
+"""`imx send` as a library: walking folders, one acceptance per file, a summary by outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common.blob_store import LocalBlobStore
+from services.common.topics import Topics
+from services.ingest.acceptance import Acceptance
+from services.ingest.errors import InvalidDestination, UnknownOrganisation
+from services.ingest.receipts import MemoryReceiptStore
+from services.ingest.sender import PathNotFound, SendAborted, SendProgress, find_files, send
+from services.proto_gen.imx.v1 import events_pb2
+from tests.unit.ingest.samples import NOT_DICOM, RecordingBus, mr_study
+
+TOPICS = Topics("t-")
+
+
+class Orgs:
+    def exists(self, org_id: str) -> bool:
+        return org_id == "trust-a"
+
+
+@pytest.fixture
+def bus() -> RecordingBus:
+    return RecordingBus()
+
+
+@pytest.fixture
+def acceptance(tmp_path: Path, bus: RecordingBus) -> Acceptance:
+    return Acceptance(
+        blobs=LocalBlobStore(tmp_path / "blobs"),
+        receipts=MemoryReceiptStore(),
+        bus=bus,
+        topics=TOPICS,
+        max_instance_bytes=200_000,
+    )
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "export"
+    (root / "series1" / "deeper").mkdir(parents=True)
+    a, b = mr_study(5, n=2)
+    (root / "series1" / "a.dcm").write_bytes(a)
+    (root / "series1" / "deeper" / "b").write_bytes(b)
+    (root / "series1" / "copy-of-a.dcm").write_bytes(a)
+    (root / "README.txt").write_bytes(NOT_DICOM)
+    (root / "huge.bin").write_bytes(b"\0" * 300_000)
+    return root
+
+
+def test_find_files_walks_folders_once_in_a_stable_order(folder: Path) -> None:
+    files = find_files([folder, folder / "series1" / "a.dcm"])
+    assert [f.relative_to(folder).as_posix() for f in files] == [
+        "README.txt",
+        "huge.bin",
+        "series1/a.dcm",
+        "series1/copy-of-a.dcm",
+        "series1/deeper/b",
+    ]
+
+
+def test_a_missing_path_is_an_error_that_does_not_name_it(tmp_path: Path) -> None:
+    missing = tmp_path / "SMITH^JOHN"
+    with pytest.raises(PathNotFound) as caught:
+        find_files([tmp_path, missing])
+    assert "SMITH" not in str(caught.value) and caught.value.path == missing
+
+
+def test_send_summarises_by_outcome_and_reports_progress(
+    folder: Path, acceptance: Acceptance, bus: RecordingBus
+) -> None:
+    seen: list[SendProgress] = []
+    summary = send(
+        [folder],
+        source_org="trust-a",
+        acceptance=acceptance,
+        organisations=Orgs(),
+        to="research-1",
+        progress=seen.append,
+    )
+
+    assert (summary.sent, summary.accepted, summary.duplicates) == (5, 2, 1)
+    assert summary.rejected == {"not-dicom": 1, "too-large": 1} and summary.rejected_total == 2
+    assert [p.done for p in seen] == [1, 2, 3, 4, 5] and seen[-1].bytes_done == seen[-1].bytes_total
+    events = [events_pb2.InstanceIngested.FromString(m.value) for m in bus.on(TOPICS.ingested)]
+    assert {(e.channel, e.requested_destination) for e in events} == {("cli", "research-1")}
+    assert {events_pb2.Quarantined.FromString(m.value).reason for m in bus.on(TOPICS.quarantine)} == {
+        "not-dicom",
+        "too-large",
+    }
+
+
+def test_an_unknown_organisation_is_a_clear_error(folder: Path, acceptance: Acceptance) -> None:
+    with pytest.raises(UnknownOrganisation, match="not registered"):
+        send([folder], source_org="nobody", acceptance=acceptance, organisations=Orgs())
+
+
+def test_an_invalid_destination_is_refused_before_sending(
+    folder: Path, acceptance: Acceptance, bus: RecordingBus
+) -> None:
+    with pytest.raises(InvalidDestination):
+        send([folder], source_org="trust-a", acceptance=acceptance, organisations=Orgs(), to="Bad Partner")
+    assert not bus.messages
+
+
+def test_a_failing_bus_stops_the_run_with_what_was_sent(
+    folder: Path, acceptance: Acceptance, bus: RecordingBus
+) -> None:
+    files = [folder / "series1" / "a.dcm", folder / "series1" / "deeper" / "b"]
+    send(files[:1], source_org="trust-a", acceptance=acceptance, organisations=Orgs())
+    bus.fail = 1
+    with pytest.raises(SendAborted) as caught:
+        send(files, source_org="trust-a", acceptance=acceptance, organisations=Orgs())
+    assert caught.value.summary.duplicates == 1 and caught.value.summary.sent == 1

@@ -1,0 +1,145 @@
+"""The STOW-RS HTTP surface over the real acceptance core with in-memory collaborators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.common.blob_store import LocalBlobStore
+from services.common.dicom.header import inspect_instance
+from services.common.topics import Topics
+from services.ingest.acceptance import Acceptance
+from services.ingest.receipts import MemoryReceiptStore
+from services.ingest.stow import StowContext, create_app
+from services.proto_gen.imx.v1 import events_pb2
+from tests.unit.ingest.samples import NOT_DICOM, RecordingBus, mr_study, multipart_body, stow_content_type
+
+TOPICS = Topics("t-")
+KEY = "imx_test-key"
+AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": stow_content_type()}
+
+
+class ApiKeys:
+    def org_for_api_key(self, api_key: str) -> str | None:
+        return "trust-a" if api_key == KEY else None
+
+
+@pytest.fixture
+def bus() -> RecordingBus:
+    return RecordingBus()
+
+
+@pytest.fixture
+def client(tmp_path: Path, bus: RecordingBus) -> TestClient:
+    acceptance = Acceptance(
+        blobs=LocalBlobStore(tmp_path),
+        receipts=MemoryReceiptStore(),
+        bus=bus,
+        topics=TOPICS,
+        max_instance_bytes=400_000,
+    )
+    return TestClient(create_app(StowContext(acceptance, ApiKeys())))
+
+
+def referenced(body: dict, tag: str) -> list[dict]:
+    return body.get(tag, {}).get("Value", [])
+
+
+def test_all_stored_is_200_with_each_instance_referenced(client: TestClient, bus: RecordingBus) -> None:
+    instances = mr_study(3, n=2)
+    response = client.post(
+        "/dicomweb/studies", content=multipart_body(instances), headers={**AUTH, "X-IMX-Destination": "research-1"}
+    )
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom+json"
+    refs = referenced(response.json(), "00081199")
+    expected = [inspect_instance(i, 10**9).sop_instance_uid for i in instances]
+    assert [r["00081155"]["Value"][0] for r in refs] == expected
+    events = [events_pb2.InstanceIngested.FromString(m.value) for m in bus.on(TOPICS.ingested)]
+    assert {(e.channel, e.source_org, e.requested_destination) for e in events} == {
+        ("stow-rs", "trust-a", "research-1")
+    }
+
+
+def test_a_non_dicom_part_fails_alone_with_202(client: TestClient, bus: RecordingBus) -> None:
+    response = client.post("/dicomweb/studies", content=multipart_body([mr_study(3)[0], NOT_DICOM]), headers=AUTH)
+
+    assert response.status_code == 202
+    body = response.json()
+    assert len(referenced(body, "00081199")) == 1
+    [failed] = referenced(body, "00081198")
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert events_pb2.Quarantined.FromString(bus.on(TOPICS.quarantine)[0].value).reason == "not-dicom"
+
+
+def test_nothing_stored_is_409(client: TestClient) -> None:
+    response = client.post("/dicomweb/studies", content=multipart_body([NOT_DICOM]), headers=AUTH)
+    assert response.status_code == 409
+    assert "00081199" not in response.json()
+
+
+def test_an_instance_of_another_study_fails_with_a900(client: TestClient, bus: RecordingBus) -> None:
+    mine, other = mr_study(3)[0], mr_study(4)[0]
+    study = inspect_instance(mine, 10**9).study_instance_uid
+
+    response = client.post(f"/dicomweb/studies/{study}", content=multipart_body([mine, other]), headers=AUTH)
+
+    assert response.status_code == 202
+    [failed] = referenced(response.json(), "00081198")
+    assert failed["00081197"]["Value"] == [0xA900]
+    assert failed["00081155"]["Value"] == [inspect_instance(other, 10**9).sop_instance_uid]
+    assert len(bus.on(TOPICS.ingested)) == 1
+
+
+def test_a_part_over_the_size_limit_fails_with_out_of_resources(client: TestClient) -> None:
+    response = client.post("/dicomweb/studies", content=multipart_body([b"\0" * 500_000]), headers=AUTH)
+    assert response.status_code == 409
+    assert referenced(response.json(), "00081198")[0]["00081197"]["Value"] == [0xA701]
+
+
+def test_kafka_down_is_503_and_every_instance_out_of_resources(client: TestClient, bus: RecordingBus) -> None:
+    bus.fail = 1
+    response = client.post("/dicomweb/studies", content=multipart_body(list(mr_study(3, n=2))), headers=AUTH)
+    assert response.status_code == 503
+    assert [f["00081197"]["Value"] for f in referenced(response.json(), "00081198")] == [[0xA700], [0xA700]]
+    assert "Retry-After" in response.headers
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer wrong-key"])
+def test_without_a_valid_api_key_is_401(client: TestClient, bus: RecordingBus, authorization: str | None) -> None:
+    headers = {"Content-Type": stow_content_type()}
+    if authorization:
+        headers["Authorization"] = authorization
+    response = client.post("/dicomweb/studies", content=multipart_body([mr_study(3)[0]]), headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert not bus.messages
+
+
+def test_other_content_types_are_415_with_a_clear_message(client: TestClient) -> None:
+    response = client.post(
+        "/dicomweb/studies", content=mr_study(3)[0], headers={**AUTH, "Content-Type": "application/dicom"}
+    )
+    assert response.status_code == 415
+    assert "multipart/related" in response.json()["detail"]
+
+
+def test_a_malformed_body_is_400(client: TestClient) -> None:
+    response = client.post("/dicomweb/studies", content=b"--nope\r\n\r\nxyz", headers=AUTH)
+    assert response.status_code == 400
+
+
+def test_an_invalid_destination_is_400(client: TestClient) -> None:
+    response = client.post(
+        "/dicomweb/studies",
+        content=multipart_body([mr_study(3)[0]]),
+        headers={**AUTH, "X-IMX-Destination": "Not Valid"},
+    )
+    assert response.status_code == 400
+
+
+def test_healthz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}

@@ -1,0 +1,92 @@
+"""Start the five imx services as background processes for `make run` / `make bench`, registered in
+var/run like Kafka and FerretDB so `make stop` stops them by PID. Returns when every service's gRPC
+health check says SERVING."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tools.devstack import Layout, Ports, StartupError, ensure_port_free, registered, start_process
+from tools.devstack.servers import mongo_uri
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ServicePorts:
+    grpc: int
+    other: tuple[tuple[str, int], ...] = ()  # (environment variable, port) the service also binds
+
+
+SERVICES: dict[str, ServicePorts] = {
+    "ingest": ServicePorts(50051, (("IMX_HTTP_PORT", 8041), ("IMX_DICOM_PORT", 11112))),
+    "routing": ServicePorts(50052),
+    "deid": ServicePorts(50053),
+    "delivery": ServicePorts(50054),
+    "audit": ServicePorts(50055, (("IMX_HTTP_PORT", 8045),)),
+}
+
+
+def service_env(layout: Layout, ports: Ports, name: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "IMX_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports.kafka}",
+            "IMX_MONGO_URI": mongo_uri(ports.mongo),
+            "IMX_BLOB_DIR": str(layout.var / "blobs"),
+            "IMX_GRPC_PORT": str(SERVICES[name].grpc),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update({var: str(port) for var, port in SERVICES[name].other})
+    return env
+
+
+def wait_serving(address: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    return False
+
+
+def start_services(layout: Layout, ports: Ports, timeout_s: float = 90.0) -> None:
+    running = {proc.name for proc in registered(layout.run)}
+    to_start = [name for name in SERVICES if name not in running]
+    for name in to_start:
+        ensure_port_free(SERVICES[name].grpc, f"{name} gRPC")
+        for _, port in SERVICES[name].other:
+            ensure_port_free(port, f"{name}")
+    started = time.monotonic()
+    procs = {
+        name: start_process(
+            name,
+            [sys.executable, "-m", f"services.{name}"],
+            layout.log / f"{name}.log",
+            env=service_env(layout, ports, name),
+            cwd=ROOT,
+            run_dir=layout.run,
+            endpoint=f"127.0.0.1:{SERVICES[name].grpc}",
+        )
+        for name in to_start
+    }
+    for name in SERVICES:
+        if not wait_serving(f"127.0.0.1:{SERVICES[name].grpc}", timeout_s):
+            tail = procs[name].log_tail() if name in procs else ""
+            raise StartupError(f"{name} did not become healthy within {timeout_s:.0f}s\n{tail}")
+        state = "already running" if name in running else f"healthy in {time.monotonic() - started:.1f}s"
+        print(f"{name:<9} grpc 127.0.0.1:{SERVICES[name].grpc:<6} {state}")
