@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup proto lint unit test up stop run clean
+.PHONY: setup proto lint unit test up stop run bench clean
 
 setup:
 	bash infra/setup.sh
@@ -31,6 +31,10 @@ stop:
 # Infrastructure, the five services, then a demo through the whole pipeline with a summary.
 run: setup
 	$(PY) -m tools.demo
+
+# N instances (default 2,000 CT, IMX_BENCH_INSTANCES) through the running pipeline; last line is JSON.
+bench: setup
+	$(PY) -m tools.bench
 
 clean: stop
 	rm -rf var
