@@ -89,7 +89,7 @@ def send_storescu(files: list[Path], ae: str, cli: CliSettings) -> None:
     subprocess.run(
         [
             "storescu",
-            "-xs",
+            "-xe",
             "-aet",
             ae,
             "-aec",

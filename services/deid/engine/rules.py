@@ -16,6 +16,12 @@ from .table import ConfidentialityTable, Pattern, SafePrivate, TableRow
 # arbitrary and may hold remnants of earlier content.
 TRAILING_PADDING = 0xFFFCFFFC
 
+# Attributes Table E.1-1 (2026c) does not list but that name the issuing organisation of an identifier
+# the table removes: Issuer of Accession Number Sequence (0008,0051) carries the same namespace as Issuer
+# of Patient ID (0010,0021, X). When in doubt the safer action: removed unless institution identity is
+# retained. Found by the end-to-end PHI scan, which seeds the sender's namespace in both places.
+SUPPLEMENTARY_ISSUERS = (0x00080051,)
+
 
 def resolve_row(row: TableRow, options: Iterable[Option]) -> Action:
     """The action for one row under a set of options.
@@ -83,6 +89,9 @@ def compile_rules(
     for tag, row in table.by_tag().items():
         exact[tag] = resolve_row(row, options)
     exact[TRAILING_PADDING] = Action.REMOVE
+    if Option.RETAIN_INSTITUTION_IDENTITY not in options:
+        for tag in SUPPLEMENTARY_ISSUERS:
+            exact.setdefault(tag, Action.REMOVE)
     patterns = {pattern: resolve_row(row, options) for pattern, row in table.by_pattern().items()}
     exact.update(overrides)
     return RuleSet(

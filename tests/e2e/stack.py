@@ -1,0 +1,101 @@
+"""The five services as real processes against the test session's Kafka and FerretDB, each test module
+with its own topic prefix, database and blob store."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from services.proto_gen.imx.v1 import control_pb2, control_pb2_grpc
+from tools.devstack import ManagedProcess, free_ports, start_process
+from tools.services_stack import wait_serving
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("ingest", "routing", "deid", "delivery", "audit")
+
+
+@dataclass(frozen=True)
+class Stack:
+    prefix: str
+    db: str
+    kafka: str
+    mongo: str
+    blob_dir: Path
+    grpc: dict[str, int]
+    ingest_http: int
+    ingest_dicom: int
+    audit_http: int
+
+    @property
+    def stow_url(self) -> str:
+        return f"http://127.0.0.1:{self.ingest_http}/dicomweb"
+
+    @property
+    def audit_url(self) -> str:
+        return f"http://127.0.0.1:{self.audit_http}"
+
+    def grpc_address(self, service: str) -> str:
+        return f"127.0.0.1:{self.grpc[service]}"
+
+    def total_lag(self) -> int:
+        lag = 0
+        for service in ("routing", "deid", "delivery", "audit"):
+            with grpc.insecure_channel(self.grpc_address(service)) as channel:
+                status = control_pb2_grpc.ControlStub(channel).Status(control_pb2.StatusRequest(), timeout=5)
+                lag += sum(item.lag for item in status.lag)
+        return lag
+
+
+@contextmanager
+def running_stack(kafka: str, mongo: str, root: Path) -> Iterator[Stack]:
+    ports = free_ports(len(SERVICES) + 3)
+    tag = uuid.uuid4().hex[:8]
+    stack = Stack(
+        prefix=f"e2e-{tag}.",
+        db=f"e2e-{tag}",
+        kafka=kafka,
+        mongo=mongo,
+        blob_dir=root / "blobs",
+        grpc=dict(zip(SERVICES, ports, strict=False)),
+        ingest_http=ports[-3],
+        ingest_dicom=ports[-2],
+        audit_http=ports[-1],
+    )
+    procs: list[ManagedProcess] = []
+    try:
+        for service in SERVICES:
+            env = {
+                **os.environ,
+                "IMX_KAFKA_BOOTSTRAP": kafka,
+                "IMX_MONGO_URI": mongo,
+                "IMX_MONGO_DB": stack.db,
+                "IMX_TOPIC_PREFIX": stack.prefix,
+                "IMX_TOPIC_PARTITIONS": "3",
+                "IMX_BLOB_DIR": str(stack.blob_dir),
+                "IMX_GRPC_PORT": str(stack.grpc[service]),
+                "IMX_CALLING_AE_REFRESH_S": "1",
+            }
+            if service == "ingest":
+                env.update({"IMX_HTTP_PORT": str(stack.ingest_http), "IMX_DICOM_PORT": str(stack.ingest_dicom)})
+            if service == "audit":
+                env["IMX_HTTP_PORT"] = str(stack.audit_http)
+            procs.append(
+                start_process(
+                    service, [sys.executable, "-m", f"services.{service}"], root / "log" / f"{service}.log",
+                    env=env, cwd=ROOT, die_with_parent=True,
+                )
+            )
+        for service, proc in zip(SERVICES, procs, strict=True):
+            if not wait_serving(stack.grpc_address(service), 60):
+                raise RuntimeError(f"{service} did not become healthy:\n{proc.log_tail()}")
+        yield stack
+    finally:
+        for proc in reversed(procs):
+            proc.stop(timeout=30)
