@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import typer
 
-from services.cli import admin, files
+from services.cli import admin, files, profiles, send
 
 app = typer.Typer(
     help="imx: a medical-image exchange. DICOM in, routed, de-identified, delivered, audited.", no_args_is_help=True
@@ -14,9 +14,11 @@ app = typer.Typer(
 app.add_typer(admin.routes_app, name="routes")
 app.add_typer(admin.partners_app, name="partners")
 app.add_typer(admin.orgs_app, name="orgs")
+app.add_typer(profiles.profiles_app, name="profiles")
 app.command("demo-data")(files.demo_data)
 app.command("deid")(files.deid)
 app.command("partner-listen")(files.partner_listen)
+app.command("send")(send.send)
 
 
 class ServiceName(StrEnum):

@@ -88,8 +88,12 @@ def running_stack(kafka: str, mongo: str, root: Path) -> Iterator[Stack]:
                 env["IMX_HTTP_PORT"] = str(stack.audit_http)
             procs.append(
                 start_process(
-                    service, [sys.executable, "-m", f"services.{service}"], root / "log" / f"{service}.log",
-                    env=env, cwd=ROOT, die_with_parent=True,
+                    service,
+                    [sys.executable, "-m", f"services.{service}"],
+                    root / "log" / f"{service}.log",
+                    env=env,
+                    cwd=ROOT,
+                    die_with_parent=True,
                 )
             )
         for service, proc in zip(SERVICES, procs, strict=True):

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from services.common.dicom.part10 import dataset_to_bytes
 from services.common.dicom.synthetic import StudyPlan, plan_study, study_instances
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc, events_pb2
-from tests.e2e.stack import Stack, running_stack
+from tests.e2e.stack import Stack
 from tests.integration.bus_helpers import read_all
 
 pytestmark = [
@@ -55,29 +54,53 @@ def dataset_part(data: bytes) -> bytes:
 def storescu(stack: Stack, ae: str, files: list[Path]) -> None:
     subprocess.run(
         ["storescu", "-xe", "-aet", ae, "-aec", "IMX", "127.0.0.1", str(stack.ingest_dicom), *map(str, files)],
-        check=True, capture_output=True, timeout=300, env={**os.environ, "TCP_NODELAY": "1"},
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "TCP_NODELAY": "1"},
     )
 
 
 def configure(stack: Stack) -> str:
     with grpc.insecure_channel(stack.grpc_address("ingest")) as channel:
         orgs = admin_pb2_grpc.OrganisationAdminStub(channel)
-        key = orgs.AddOrganisation(admin_pb2.AddOrganisationRequest(
-            organisation=admin_pb2.Organisation(org_id="trust-a", ae_titles=[TRUST_AE]), issue_api_key=True)).api_key
-        orgs.AddOrganisation(admin_pb2.AddOrganisationRequest(
-            organisation=admin_pb2.Organisation(org_id="trust-b", ae_titles=[OTHER_AE])))
+        key = orgs.AddOrganisation(
+            admin_pb2.AddOrganisationRequest(
+                organisation=admin_pb2.Organisation(org_id="trust-a", ae_titles=[TRUST_AE]), issue_api_key=True
+            )
+        ).api_key
+        orgs.AddOrganisation(
+            admin_pb2.AddOrganisationRequest(
+                organisation=admin_pb2.Organisation(org_id="trust-b", ae_titles=[OTHER_AE])
+            )
+        )
     with grpc.insecure_channel(stack.grpc_address("delivery")) as channel:
         partners = admin_pb2_grpc.PartnerAdminStub(channel)
         for partner in (CARE, RESEARCH):
             partners.AddPartner(admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=partner)))
     with grpc.insecure_channel(stack.grpc_address("routing")) as channel:
         routes = admin_pb2_grpc.RoutingAdminStub(channel)
-        routes.AddRoute(admin_pb2.AddRouteRequest(route=admin_pb2.Route(
-            route_id="care-transfer", partner_id=CARE, enabled=True,
-            match=admin_pb2.RouteMatch(source_orgs=["trust-a"]))))
-        routes.AddRoute(admin_pb2.AddRouteRequest(route=admin_pb2.Route(
-            route_id="research", partner_id=RESEARCH, profile="research", enabled=True,
-            match=admin_pb2.RouteMatch(modalities=["CT", "MR"]))))
+        routes.AddRoute(
+            admin_pb2.AddRouteRequest(
+                route=admin_pb2.Route(
+                    route_id="care-transfer",
+                    partner_id=CARE,
+                    enabled=True,
+                    match=admin_pb2.RouteMatch(source_orgs=["trust-a"]),
+                )
+            )
+        )
+        routes.AddRoute(
+            admin_pb2.AddRouteRequest(
+                route=admin_pb2.Route(
+                    route_id="research",
+                    partner_id=RESEARCH,
+                    profile="research",
+                    enabled=True,
+                    match=admin_pb2.RouteMatch(modalities=["CT", "MR"]),
+                )
+            )
+        )
     return key
 
 
@@ -90,12 +113,6 @@ def wait_for(stack: Stack, condition, timeout_s: float = 300) -> dict:  # type: 
             return summary
         time.sleep(1)
     raise AssertionError(f"pipeline did not get there in {timeout_s}s: {summary}")
-
-
-@pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str, mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(kafka_bootstrap, mongo_uri, tmp_path_factory.mktemp("e2e")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -124,23 +141,32 @@ def sent(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Sent:
     boundary = "imx-e2e-boundary"
     corrupt = httpx.post(
         f"{stack.stow_url}/studies",
-        content=f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + b"not a dicom file at all"
+        content=f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + b"not a dicom file at all"
         + f"\r\n--{boundary}--\r\n".encode(),
-        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                 "Authorization": f"Bearer {api_key}"},
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Authorization": f"Bearer {api_key}",
+        },
         timeout=30,
     )
     assert corrupt.status_code == 409, "every part failed: PS3.18 says 409"
     assert corrupt.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
 
-    wait_for(stack, lambda s: s["delivered_by_partner"].get(CARE, 0) + s["delivered_by_partner"].get(RESEARCH, 0)
-             + sum(s["failed_by_partner"].values()) + sum(s["quarantined_by_reason"].values()) >= 402)
+    wait_for(
+        stack,
+        lambda s: (
+            s["delivered_by_partner"].get(CARE, 0)
+            + s["delivered_by_partner"].get(RESEARCH, 0)
+            + sum(s["failed_by_partner"].values())
+            + sum(s["quarantined_by_reason"].values())
+            >= 402
+        ),
+    )
     return Sent(plans, files, by_modality["CT"], api_key)
 
 
-def deliveries(
-    stack: Stack, partner: str, expected: int, timeout_s: float = 60
-) -> list[events_pb2.PartnerDelivery]:
+def deliveries(stack: Stack, partner: str, expected: int, timeout_s: float = 60) -> list[events_pb2.PartnerDelivery]:
     records = read_all(stack.kafka, Topics(stack.prefix).partner(partner), expected=expected, timeout_s=timeout_s)
     return [events_pb2.PartnerDelivery.FromString(r.value) for r in records]
 

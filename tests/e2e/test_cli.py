@@ -1,0 +1,71 @@
+"""The `imx` command against the running services: organisations, partners and routes administered at
+run time, `imx routes test`, `imx send` with its summary, `imx partner-listen` writing what arrives."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pydicom import dcmread
+
+from services.common.dicom.part10 import dataset_to_bytes
+from services.common.dicom.synthetic import plan_study, study_instances
+from tests.e2e.stack import ROOT, Stack
+
+
+def imx(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "IMX_INGEST_GRPC": stack.grpc_address("ingest"),
+        "IMX_ROUTING_GRPC": stack.grpc_address("routing"),
+        "IMX_DEID_GRPC": stack.grpc_address("deid"),
+        "IMX_DELIVERY_GRPC": stack.grpc_address("delivery"),
+        "IMX_KAFKA_BOOTSTRAP": stack.kafka,
+        "IMX_MONGO_URI": stack.mongo,
+        "IMX_MONGO_DB": stack.db,
+        "IMX_TOPIC_PREFIX": stack.prefix,
+        "IMX_BLOB_DIR": str(stack.blob_dir),
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=180,
+    )
+
+
+def test_administer_send_and_listen_with_the_cli(stack: Stack, tmp_path: Path) -> None:
+    assert imx(stack, "orgs", "add", "trust-cli", "--ae-title", "TRUSTCLI").returncode == 0
+    added = imx(stack, "partners", "add", "cli-partner", "--name", "CLI partner")
+    assert added.returncode == 0 and f"{stack.prefix}imx.partner.cli-partner.v1" in added.stdout
+    route = imx(stack, "routes", "add", "cli-mr", "--partner", "cli-partner", "--profile", "basic",
+                "--from", "trust-cli", "--modality", "MR")
+    assert route.returncode == 0, route.stdout + route.stderr
+    assert "cli-mr" in imx(stack, "routes", "list").stdout
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for ds in study_instances(plan_study(4242, "MR", 6, "RYB02")):
+        (folder / f"{ds.SeriesNumber:02d}{ds.InstanceNumber:03d}.dcm").write_bytes(dataset_to_bytes(ds))
+    (folder / "notes.txt").write_text("not DICOM")
+
+    tested = imx(stack, "routes", "test", str(folder / "01001.dcm"), "--from", "trust-cli")
+    assert tested.returncode == 0 and "cli-partner" in tested.stdout and "basic" in tested.stdout
+    refused = imx(stack, "routes", "test", str(folder / "01001.dcm"), "--from", "somebody-else")
+    assert refused.returncode == 1 and "no-route" in refused.stdout
+
+    unknown = imx(stack, "send", str(folder), "--from", "not-registered")
+    assert unknown.returncode == 2 and "not registered" in unknown.stdout
+    sent = imx(stack, "send", str(folder), "--from", "trust-cli")
+    assert sent.returncode == 1, "the text file is rejected, so the exit code says so"
+    assert "accepted" in sent.stdout and "rejected: not-dicom" in sent.stdout
+    again = imx(stack, "send", str(folder / "01001.dcm"), "--from", "trust-cli")
+    assert again.returncode == 0 and "duplicates (already received) │ 1" in again.stdout
+
+    out = tmp_path / "received"
+    listened = imx(stack, "partner-listen", "--partner", "cli-partner", "--out", str(out), "--idle-exit", "15")
+    assert listened.returncode == 0, listened.stderr
+    files = sorted(out.rglob("*.dcm"))
+    assert len(files) == 6
+    assert all(dcmread(f).PatientIdentityRemoved == "YES" for f in files)
