@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup proto lint unit test up stop run bench clean
+.PHONY: setup proto lint unit test up stop run bench bench-deid clean
 
 setup:
 	bash infra/setup.sh
@@ -35,6 +35,12 @@ run: setup
 # N instances (default 2,000 CT, IMX_BENCH_INSTANCES) through the running pipeline; last line is JSON.
 bench: setup
 	$(PY) -m tools.bench
+
+# De-identification throughput on one core: imx vs dicognito vs pydicom's deid, each tool in its own
+# virtual environment under var/bench-venv (never the project's). N = IMX_BENCH_INSTANCES (default
+# 2,000). Last line is JSON.
+bench-deid: setup
+	$(PY) -m tools.bench_deid
 
 clean: stop
 	rm -rf var

@@ -3,7 +3,7 @@ or a quarantine event when it cannot be released safely."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.blob_store import BlobStore
@@ -12,7 +12,11 @@ from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.deid.engine import DeidError, PhiLeak, Profile, deidentify
 from services.deid.engine.errors import tag_text
+from services.deid.profile_documents import profile_version_number
 from services.proto_gen.imx.v1 import events_pb2
+
+ProfileLookup = Callable[[str, int], Profile | None]
+"""(name, version) -> the profile; version 0 = the current one (routing leaves it 0)."""
 
 
 @dataclass(frozen=True)
@@ -27,10 +31,6 @@ def refusal_for(error: DeidError) -> Refusal:
     if isinstance(error, PhiLeak):
         return Refusal(reason, tag_text(error.tag) if error.tag is not None else "encoded-header")
     return Refusal(reason, str(getattr(error, "detail", ""))[:200])
-
-
-def profile_version(profile: Profile) -> int:
-    return int(profile.version) if profile.version.isdigit() else 0
 
 
 def _meta(kind: str, routed: events_pb2.InstanceRouted, clock: Callable[[], int]) -> events_pb2.EventMeta:
@@ -61,7 +61,7 @@ def _quarantine(
 
 def prepare_event(
     routed: events_pb2.InstanceRouted,
-    profiles: Mapping[str, Profile],
+    profiles: ProfileLookup,
     recipient_key: Callable[[str], bytes | None],
     blobs: BlobStore,
     topics: Topics,
@@ -81,9 +81,10 @@ def prepare_event(
         prepared.blob.CopyFrom(routed.blob)
         return [event_message(topics.prepared, prepared, routed.instance.study_instance_uid)]
 
-    profile = profiles.get(routed.profile)
+    profile = profiles(routed.profile, routed.profile_version)
     if profile is None:
-        return _quarantine(routed, Refusal("unknown-profile", routed.profile), topics, clock)
+        wanted = f"{routed.profile} v{routed.profile_version}" if routed.profile_version else routed.profile
+        return _quarantine(routed, Refusal("unknown-profile", wanted), topics, clock)
     key = recipient_key(routed.partner_id)
     if key is None:
         return _quarantine(routed, Refusal("unknown-partner", routed.partner_id), topics, clock)
@@ -93,7 +94,8 @@ def prepare_event(
         return _quarantine(routed, refusal_for(error), topics, clock)
     sha = blobs.put(result.data)
     prepared.deidentified = True
-    prepared.profile_version = profile_version(profile)
+    # The version actually applied, so audit can show exactly which rules an instance went through.
+    prepared.profile_version = profile_version_number(profile)
     prepared.blob.CopyFrom(events_pb2.BlobRef(sha256=sha, size=len(result.data)))
     prepared.instance.CopyFrom(
         events_pb2.InstanceRef(
@@ -109,7 +111,7 @@ def prepare_event(
 
 
 def build_deid_handler(
-    profiles: Mapping[str, Profile],
+    profiles: ProfileLookup,
     recipient_key: Callable[[str], bytes | None],
     blobs: BlobStore,
     topics: Topics,

@@ -5,15 +5,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from pymongo.errors import PyMongoError
+
 from services.common.blob_store import LocalBlobStore
 from services.common.control_server import ControlServer
+from services.common.messages import TransientError
 from services.common.mongo import connect
 from services.common.runtime import StageSpec, run_stage
 from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
-from services.deid.engine import BUILTIN_PROFILES
+from services.deid.admin import register_profile_admin
 from services.deid.handler import build_deid_handler
+from services.deid.profile_store import CachedProfiles, ProfileStore
 from services.deid.settings import DeidSettings
+
+PROFILES_REFRESH_S = 2.0
 
 
 class RecipientKeys:
@@ -26,7 +32,10 @@ class RecipientKeys:
 
     def get(self, partner_id: str) -> bytes | None:
         if partner_id not in self._keys:
-            key = self._store.pseudonym_key(partner_id)
+            try:
+                key = self._store.pseudonym_key(partner_id)
+            except PyMongoError as exc:  # retried, not dead-lettered: the input is fine
+                raise TransientError(f"partner keys unavailable: {type(exc).__name__}") from exc
             if key is None:
                 return None
             self._keys[partner_id] = key
@@ -41,13 +50,16 @@ def serve(
     settings = settings or DeidSettings()
     client, db = connect(settings)
     keys = RecipientKeys(PartnerStore(db))
+    profiles = ProfileStore(db)
+    cached = CachedProfiles(profiles, PROFILES_REFRESH_S)
     blobs = LocalBlobStore(settings.blob_dir)
     topics = Topics(settings.topic_prefix)
     try:
         run_stage(
             settings,
             StageSpec(name="deid", group_id=f"{settings.topic_prefix}imx-deid", topics=[topics.routed]),
-            lambda _producer, t: build_deid_handler(BUILTIN_PROFILES, keys.get, blobs, t),
+            lambda _producer, t: build_deid_handler(cached.lookup, keys.get, blobs, t),
+            extra_servicers=[register_profile_admin(profiles, keys.get)],
             stop=stop,
             on_ready=on_ready,
         )

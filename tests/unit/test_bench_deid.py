@@ -1,0 +1,29 @@
+"""`make bench-deid` machinery on a few instances, imx only (the other tools need their own venvs)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tools.bench_deid import ToolResult, main, run_tool, summary
+
+
+def test_the_imx_driver_times_every_file_on_one_cpu(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cpu = min(os.sched_getaffinity(0))
+    assert main(["--instances", "3", "--tools", "imx", "--cpu", str(cpu), "--data", str(tmp_path)]) == 0
+    figures = capsys.readouterr().out.strip().splitlines()[-1]
+    assert '"imx_per_s": ' in figures and '"instances": 3' in figures and '"dicognito_per_s": null' in figures
+    files = sorted((tmp_path / "ct-3").glob("*.dcm"))
+    result = run_tool("imx", Path(sys.executable), files, cpu, "research", tmp_path)
+    assert (result.instances, result.failed, result.cpus) == (3, 0, (cpu,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct-3"]  # outputs cleaned up
+
+
+def test_the_summary_compares_imx_with_each_tool() -> None:
+    def result(tool: str, rate: float) -> ToolResult:
+        return ToolResult(tool, "1", 10, 0, 10 / rate, rate, (0,))
+
+    figures = summary({"imx": result("imx", 300), "dicognito": result("dicognito", 100)}, 10, 0, "basic")
+    assert (figures["imx_per_s"], figures["dicognito_per_s"], figures["deid_per_s"]) == (300, 100, None)
+    assert (figures["ratio_vs_dicognito"], figures["ratio_vs_deid"], figures["instances"]) == (3.0, None, 10)

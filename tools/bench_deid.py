@@ -1,0 +1,157 @@
+"""`make bench-deid`: de-identification throughput on one core, imx against dicognito and pydicom's deid.
+
+The same N synthetic CT 512x512 instances (cached under var/bench, as `make bench` does) go through
+each tool in its own process pinned to one CPU: read file -> de-identify -> write file (imx's leak
+check runs inside `deidentify`). dicognito and deid are not project dependencies: each is installed
+only in its own benchmark virtual environment (var/bench-venv/<tool>, made once with `python -m
+venv` + pip, pinned below). Only the loop is timed (tools/bench_deid_driver.py). The last line
+printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tools.bench import bench_data
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIVER = ROOT / "tools" / "bench_deid_driver.py"
+# The tools compared, pinned so figures from two runs compare; pydicom as the project's.
+REQUIREMENTS: dict[str, tuple[str, ...]] = {
+    "dicognito": ("dicognito==0.19.0", "pydicom==3.0.2"),
+    "deid": ("deid==0.4.13", "pydicom==3.0.2"),
+}
+TOOLS = ("imx", *REQUIREMENTS)
+# Nothing may use a second core behind the benchmark's back.
+SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    tool: str
+    version: str
+    instances: int
+    failed: int
+    seconds: float
+    per_s: float
+    cpus: tuple[int, ...]
+
+
+def ensure_venv(venvs: Path, tool: str) -> Path:
+    """The tool's own virtual environment, created and installed once; returns its python."""
+    home = venvs / tool
+    python = home / "bin" / "python"
+    marker = home / ".installed"
+    wanted = "\n".join(REQUIREMENTS[tool])
+    if python.exists() and marker.exists() and marker.read_text() == wanted:
+        return python
+    print(f"installing {', '.join(REQUIREMENTS[tool])} into {home}", flush=True)
+    shutil.rmtree(home, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS[tool]],
+        check=True,
+    )
+    marker.write_text(wanted)
+    return python
+
+
+def run_tool(tool: str, python: Path, files: list[Path], cpu: int, profile: str, scratch: Path) -> ToolResult:
+    """One pinned process over every file; its outputs are deleted afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=scratch))
+    try:
+        listing = work / "files.txt"
+        listing.write_text("\n".join(str(f) for f in files) + "\n")
+        out = work / "out"
+        out.mkdir()
+        env = {**os.environ, **SINGLE_THREADED}
+        if tool == "imx":
+            env["PYTHONPATH"] = str(ROOT)
+        command = [str(python), str(DRIVER), "--tool", tool, "--files", str(listing), "--out", str(out)]
+        command += ["--cpu", str(cpu), "--profile", profile]
+        done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchError(f"{tool} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return ToolResult(
+            tool=tool,
+            version=str(result["version"]),
+            instances=int(result["instances"]),
+            failed=int(result["failed"]),
+            seconds=float(result["seconds"]),
+            per_s=float(result["per_s"]),
+            cpus=tuple(result["cpus"]),
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def summary(results: dict[str, ToolResult], instances: int, cpu: int, profile: str) -> dict[str, Any]:
+    rate = {tool: r.per_s for tool, r in results.items()}
+    figures: dict[str, Any] = {f"{tool}_per_s": rate.get(tool) for tool in TOOLS}
+    for other in REQUIREMENTS:
+        imx, theirs = rate.get("imx"), rate.get(other)
+        figures[f"ratio_vs_{other}"] = round(imx / theirs, 2) if imx and theirs else None
+    figures.update(
+        instances=instances,
+        cpu=cpu,
+        # Other processes on the machine share the core: a loaded machine gives lower figures.
+        loadavg_1m=round(os.getloadavg()[0], 2),
+        profile=profile,
+        failed={tool: r.failed for tool, r in results.items()},
+        versions={tool: r.version for tool, r in results.items()},
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--instances", type=int, default=int(os.environ.get("IMX_BENCH_INSTANCES", "2000")))
+    parser.add_argument("--cpu", type=int, default=min(os.sched_getaffinity(0)), help="the one CPU every tool runs on")
+    parser.add_argument("--profile", default="basic", help="imx built-in profile")
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma separated subset of {','.join(TOOLS)}")
+    parser.add_argument("--data", type=Path, default=ROOT / "var" / "bench", help="cache of the generated instances")
+    parser.add_argument("--venvs", type=Path, default=ROOT / "var" / "bench-venv", help="the tools' environments")
+    args = parser.parse_args(argv)
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = set(tools) - set(TOOLS)
+    if unknown or not tools:
+        parser.error(f"unknown tool(s) {', '.join(sorted(unknown))}; choose from {', '.join(TOOLS)}")
+
+    print(f"preparing {args.instances} CT instances (cached under {args.data})", flush=True)
+    files = bench_data(args.data, args.instances)
+    size_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
+    pythons = {tool: Path(sys.executable) if tool == "imx" else ensure_venv(args.venvs, tool) for tool in tools}
+    results: dict[str, ToolResult] = {}
+    for tool in tools:
+        print(f"{tool}: {len(files)} instances on CPU {args.cpu}...", flush=True)
+        results[tool] = result = run_tool(tool, pythons[tool], files, args.cpu, args.profile, args.data)
+        print(
+            f"{tool:<10} {result.version:<10} {result.per_s:>8.1f} instances/s  "
+            f"({result.seconds:.1f} s, {result.failed} failed, CPUs {list(result.cpus)})",
+            flush=True,
+        )
+    figures = summary(results, len(files), args.cpu, args.profile)
+    print(f"{len(files)} CT instances of {size_kb:.0f} KB; imx profile {args.profile!r}; one core each")
+    for other in REQUIREMENTS:
+        if figures[f"ratio_vs_{other}"] is not None:
+            print(f"imx / {other}: {figures[f'ratio_vs_{other}']:.2f}x")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
