@@ -4,6 +4,7 @@
 #   - .venv with the project installed (re-installed when pyproject.toml/constraints.txt change)
 #   - Apache Kafka broker jars in ~/.cache/imx/kafka-<version>/libs (resolved by Maven)
 #   - FerretDB (MongoDB wire protocol on SQLite) built from source into ~/.cache/imx/bin
+#   - Helm built from source into ~/.cache/imx/bin (lints and renders charts/imx in the tests)
 #   - dcmtk, dicom3tools and orthanc from the Debian archive (used by the e2e tests)
 #   - generated protobuf code in services/proto_gen
 set -euo pipefail
@@ -16,6 +17,8 @@ FERRETDB_VERSION="v1.24.2"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' infra/kafka/pom.xml)"
 KAFKA_LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
 FERRETDB_BIN="$CACHE/bin/ferretdb"
+HELM_VERSION="v3.22.0"
+HELM_BIN="$CACHE/bin/helm"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.imx-install-stamp"
 
@@ -94,6 +97,33 @@ else
   (cd "$work" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -o "$FERRETDB_BIN.partial" ./cmd/ferretdb)
   mv "$FERRETDB_BIN.partial" "$FERRETDB_BIN"
   "$FERRETDB_BIN" --version >/dev/null || die "the FerretDB build at $FERRETDB_BIN does not start"
+fi
+
+# --- Helm --------------------------------------------------------------------------------------
+# Only the chart test uses it (helm lint/template; nothing is installed into a cluster).
+if [[ -x "$HELM_BIN" && "$("$HELM_BIN" version --template '{{.Version}}' 2>/dev/null)" == "$HELM_VERSION" ]]; then
+  step "Helm $HELM_VERSION cached ($HELM_BIN)"
+else
+  need go "to build Helm $HELM_VERSION (Go 1.26 or newer)"
+  step "building Helm $HELM_VERSION into $HELM_BIN (about 5 minutes the first time)"
+  # A plain `go install` reports version "v3.22" and renders charts for Kubernetes 1.20: Helm's own
+  # Makefile sets both with -ldflags, the Kubernetes version from the client-go it is built with.
+  helm_pkg="helm.sh/helm/v3"
+  helm_mod="$(go mod download -json "$helm_pkg@$HELM_VERSION" |
+    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["GoMod"])')"
+  k8s_minor="$(sed -n 's:^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*:\1:p' "$helm_mod")"
+  [[ -n "$k8s_minor" ]] || die "could not read the client-go version from $helm_mod"
+  ldflags="-s -w -X $helm_pkg/internal/version.version=$HELM_VERSION"
+  for pkg in pkg/chartutil pkg/lint/rules; do
+    ldflags+=" -X $helm_pkg/$pkg.k8sVersionMajor=1 -X $helm_pkg/$pkg.k8sVersionMinor=$k8s_minor"
+  done
+  # Built into a scratch folder and moved at the end, so an interrupted build never looks complete.
+  rm -rf "$HELM_BIN.partial"
+  mkdir -p "$HELM_BIN.partial"
+  GOBIN="$HELM_BIN.partial" CGO_ENABLED=0 go install -ldflags "$ldflags" "$helm_pkg/cmd/helm@$HELM_VERSION"
+  mv "$HELM_BIN.partial/helm" "$HELM_BIN"
+  rm -rf "$HELM_BIN.partial"
+  "$HELM_BIN" version >/dev/null || die "the Helm build at $HELM_BIN does not start"
 fi
 
 # --- DICOM tools (Debian packages) -------------------------------------------------------------

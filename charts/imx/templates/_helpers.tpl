@@ -1,0 +1,122 @@
+{{/*
+The five services, in pipeline order. The chart renders these and only these, so a typo under
+.Values.services cannot create a stray Deployment.
+*/}}
+{{- define "imx.serviceNames" -}}
+ingest routing deid delivery audit
+{{- end }}
+
+{{/* Services that read or write DICOM bytes, and so mount the shared blob volume. */}}
+{{- define "imx.blobServices" -}}
+ingest deid delivery
+{{- end }}
+
+{{- define "imx.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's base name; a service's objects are named "<fullname>-<service>". */}}
+{{- define "imx.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "imx.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "imx.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "imx.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "imx.labels" -}}
+helm.sh/chart: {{ include "imx.chart" . }}
+{{ include "imx.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: imx
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels of one service's objects. Call with (dict "root" $ "name" "ingest"). */}}
+{{- define "imx.componentSelectorLabels" -}}
+{{ include "imx.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .name }}
+{{- end }}
+
+{{- define "imx.componentLabels" -}}
+{{ include "imx.labels" .root }}
+app.kubernetes.io/component: {{ .name }}
+{{- end }}
+
+{{- define "imx.componentName" -}}
+{{- printf "%s-%s" (include "imx.fullname" .root) .name }}
+{{- end }}
+
+{{- define "imx.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "imx.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "imx.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "imx.blobClaimName" -}}
+{{- default (printf "%s-blobs" (include "imx.fullname" .)) .Values.blobStore.persistence.existingClaim }}
+{{- end }}
+
+{{/* The pipeline topics, as services/common/topics.py names them. */}}
+{{- define "imx.pipelineTopics" -}}
+{{- $prefix := .Values.kafka.topicPrefix }}
+{{- range $topic := list "ingested" "routed" "prepared" "outcomes" "quarantine" "deadletter" }}
+{{ printf "%simx.%s.v1" $prefix $topic }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment every service reads (services/common/settings.py). The MongoDB URI comes from a Secret
+reference only: the chart never renders a connection string.
+*/}}
+{{- define "imx.commonEnv" -}}
+- name: IMX_KAFKA_BOOTSTRAP
+  value: {{ required "kafka.bootstrap is required" .Values.kafka.bootstrap | quote }}
+- name: IMX_TOPIC_PREFIX
+  value: {{ .Values.kafka.topicPrefix | quote }}
+- name: IMX_TOPIC_PARTITIONS
+  value: {{ .Values.kafka.topicPartitions | quote }}
+- name: IMX_MONGO_URI
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "mongo.existingSecret is required: the name of a Secret holding the MongoDB URI" .Values.mongo.existingSecret }}
+      key: {{ required "mongo.uriKey is required" .Values.mongo.uriKey }}
+- name: IMX_MONGO_DB
+  value: {{ .Values.mongo.database | quote }}
+- name: IMX_BLOB_DIR
+  value: {{ .Values.blobStore.mountPath | quote }}
+- name: IMX_GRPC_HOST
+  value: {{ .Values.bindAddress | quote }}
+- name: IMX_OTLP_ENDPOINT
+  value: {{ .Values.otlp.endpoint | quote }}
+- name: IMX_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+- name: IMX_INSTANCE_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}

@@ -1,0 +1,263 @@
+"""charts/imx: `helm lint` passes and `helm template` renders what the cluster needs: five Deployments from
+one image, native gRPC probes on each service's port, non-root read-only pods, the shared blob volume,
+and no secret in the output. Needs the helm binary that `make setup` builds (infra/setup.sh); nothing is
+installed into a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.settings_env import GRPC_PORTS, env_names
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "imx"
+SERVICES = list(GRPC_PORTS)
+BLOB_SERVICES = {"ingest", "deid", "delivery"}
+# Explicit, so the result does not depend on the Kubernetes version a helm binary was built to assume.
+KUBE_VERSION = "1.30.0"
+
+
+def _helm_binary() -> str | None:
+    cached = Path(os.environ.get("IMX_CACHE", Path.home() / ".cache" / "imx")) / "bin" / "helm"
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return str(cached)
+    return shutil.which("helm")
+
+
+HELM = _helm_binary()
+pytestmark = pytest.mark.skipif(
+    HELM is None, reason="helm not found in ~/.cache/imx/bin or on PATH: `make setup` builds it (infra/setup.sh)"
+)
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    assert HELM is not None
+    result = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if check and result.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    return result
+
+
+# A throw-away chart that turns rendered manifests (its file rendered.yaml) into one JSON List, with
+# Helm's own YAML parser (sigs.k8s.io/yaml, the one Kubernetes uses): the project has no YAML library.
+TO_JSON_TEMPLATE = """\
+{{- $items := list }}
+{{- range $chunk := regexSplit "(?m)^---[ \\t]*$" (.Files.Get "rendered.yaml") -1 }}
+{{- $doc := fromYaml $chunk }}
+{{- if $doc }}{{ $items = append $items $doc }}{{ end }}
+{{- end }}
+{{ dict "apiVersion" "v1" "kind" "List" "items" $items | toJson }}
+"""
+
+
+@pytest.fixture(scope="module")
+def converter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chart = tmp_path_factory.mktemp("yaml-to-json")
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: yaml-to-json\nversion: 0.0.0\n")
+    (chart / "templates").mkdir()
+    (chart / "templates" / "list.yaml").write_text(TO_JSON_TEMPLATE)
+    return chart
+
+
+def as_json(manifests: str, converter: Path) -> list[dict[str, Any]]:
+    (converter / "rendered.yaml").write_text(manifests)
+    output = helm("template", "convert", str(converter)).stdout
+    body = "\n".join(line for line in output.splitlines() if line.strip() != "---" and not line.startswith("#"))
+    items: list[dict[str, Any]] = json.loads(body)["items"]
+    unparsed = [item["Error"] for item in items if set(item) == {"Error"}]  # fromYaml's way of failing
+    assert not unparsed, unparsed
+    return items
+
+
+@pytest.fixture(scope="module")
+def render(converter: Path) -> Callable[..., list[dict[str, Any]]]:
+    """render("key=value", ...) -> the chart's manifests as dicts, with those --set values."""
+
+    def _render(*sets: str) -> list[dict[str, Any]]:
+        args = ["template", "imx", str(CHART), "--namespace", "imx", "--kube-version", KUBE_VERSION]
+        for value in sets:
+            args += ["--set", value]
+        return as_json(helm(*args).stdout, converter)
+
+    return _render
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["name"]: entry for entry in container(deployment)["env"]}
+
+
+Render = Callable[..., list[dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def default_docs(render: Render) -> list[dict[str, Any]]:
+    return render()
+
+
+def test_chart_lints_cleanly_with_defaults_and_with_every_option_on() -> None:
+    helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART))
+    helm(
+        "lint",
+        "--strict",
+        "--kube-version",
+        KUBE_VERSION,
+        str(CHART),
+        "--set",
+        "networkPolicy.enabled=true,kafka.strimziTopics.enabled=true,blobStore.persistence.storageClass=nfs",
+    )
+
+
+def test_one_deployment_and_service_per_service_all_from_one_image(default_docs: list[dict[str, Any]]) -> None:
+    deployments = of_kind(default_docs, "Deployment")
+    services = of_kind(default_docs, "Service")
+    assert sorted(deployments) == sorted(f"imx-{name}" for name in SERVICES)
+    assert sorted(services) == sorted(deployments)
+    assert {container(d)["image"] for d in deployments.values()} == {"imx:0.1.0"}
+    for name in SERVICES:
+        assert container(deployments[f"imx-{name}"])["args"] == [f"services.{name}"]
+
+
+def test_probes_are_native_grpc_on_each_services_own_port(default_docs: list[dict[str, Any]]) -> None:
+    deployments = of_kind(default_docs, "Deployment")
+    for name, port in GRPC_PORTS.items():
+        main = container(deployments[f"imx-{name}"])
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert main[probe]["grpc"] == {"port": port}, (name, probe)
+        env = env_of(deployments[f"imx-{name}"])
+        assert env["IMX_GRPC_PORT"]["value"] == str(port)
+        # The services bind 127.0.0.1 by default, which the kubelet's probe could not reach.
+        assert env["IMX_GRPC_HOST"]["value"] == "0.0.0.0"
+
+
+def test_pods_run_as_non_root_with_a_read_only_root_and_no_capabilities(default_docs: list[dict[str, Any]]) -> None:
+    for deployment in of_kind(default_docs, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["enableServiceLinks"] is False
+        security = container(deployment)["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"]["drop"] == ["ALL"]
+        mounts = {mount["name"]: mount["mountPath"] for mount in container(deployment)["volumeMounts"]}
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        assert mounts["tmp"] == "/tmp"
+        assert "emptyDir" in volumes["tmp"]
+
+
+def test_ingest_and_audit_services_expose_their_doors(default_docs: list[dict[str, Any]]) -> None:
+    services = of_kind(default_docs, "Service")
+
+    def ports(name: str) -> dict[str, int]:
+        return {port["name"]: port["port"] for port in services[f"imx-{name}"]["spec"]["ports"]}
+
+    assert ports("ingest") == {"grpc": 50051, "dicom": 11112, "http": 8041}
+    assert ports("audit") == {"grpc": 50055, "http": 8045}
+    for name in ("routing", "deid", "delivery"):
+        assert ports(name) == {"grpc": GRPC_PORTS[name]}
+
+
+def test_blob_volume_is_one_read_write_many_claim_shared_by_ingest_deid_and_delivery(render: Render) -> None:
+    docs = render("blobStore.persistence.storageClass=nfs-client")
+    (claim,) = of_kind(docs, "PersistentVolumeClaim").values()
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "nfs-client"
+    for name, deployment in of_kind(docs, "Deployment").items():
+        volumes = {
+            volume["persistentVolumeClaim"]["claimName"]
+            for volume in deployment["spec"]["template"]["spec"]["volumes"]
+            if "persistentVolumeClaim" in volume
+        }
+        mounts = {mount["mountPath"] for mount in container(deployment)["volumeMounts"]}
+        blob_dir = env_of(deployment)["IMX_BLOB_DIR"]["value"]
+        if name.removeprefix("imx-") in BLOB_SERVICES:
+            assert volumes == {claim["metadata"]["name"]}
+            assert blob_dir in mounts
+        else:
+            assert volumes == set()
+            assert blob_dir not in mounts
+
+
+def test_existing_claim_is_used_instead_of_a_new_one(render: Render) -> None:
+    docs = render("blobStore.persistence.existingClaim=dicom-store")
+    assert of_kind(docs, "PersistentVolumeClaim") == {}
+    claims = {
+        volume["persistentVolumeClaim"]["claimName"]
+        for deployment in of_kind(docs, "Deployment").values()
+        for volume in deployment["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in volume
+    }
+    assert claims == {"dicom-store"}
+
+
+def test_no_secret_is_rendered_the_mongo_uri_comes_from_an_existing_secret(render: Render) -> None:
+    docs = render("mongo.existingSecret=imx-db,mongo.uriKey=connection")
+    assert of_kind(docs, "Secret") == {}
+    assert "mongodb://" not in json.dumps(docs)
+    for deployment in of_kind(docs, "Deployment").values():
+        uri = env_of(deployment)["IMX_MONGO_URI"]
+        assert "value" not in uri
+        assert uri["valueFrom"]["secretKeyRef"] == {"name": "imx-db", "key": "connection"}
+
+
+def test_a_literal_mongo_uri_in_values_is_rejected() -> None:
+    for value in ("mongo.uri=mongodb://user:pw@db:27017/", "services.deid.env.IMX_MONGO_URI=mongodb://user:pw@db/"):
+        result = helm("template", "imx", str(CHART), "--kube-version", KUBE_VERSION, "--set", value, check=False)
+        assert result.returncode != 0, value
+        assert "pw@" not in result.stdout
+
+
+def test_every_environment_variable_is_one_the_service_reads(default_docs: list[dict[str, Any]]) -> None:
+    deployments = of_kind(default_docs, "Deployment")
+    for name in SERVICES:
+        unknown = set(env_of(deployments[f"imx-{name}"])) - env_names(name)
+        assert not unknown, f"{name} is given variables its settings do not read: {sorted(unknown)}"
+
+
+def test_partitions_prefix_and_otlp_reach_every_service(render: Render) -> None:
+    docs = render("kafka.topicPartitions=48,kafka.topicPrefix=prod.,otlp.endpoint=http://otel:4317")
+    for deployment in of_kind(docs, "Deployment").values():
+        env = env_of(deployment)
+        assert env["IMX_TOPIC_PARTITIONS"]["value"] == "48"
+        assert env["IMX_TOPIC_PREFIX"]["value"] == "prod."
+        assert env["IMX_OTLP_ENDPOINT"]["value"] == "http://otel:4317"
+
+
+def test_optional_network_policies_and_strimzi_topics(render: Render) -> None:
+    docs = render("networkPolicy.enabled=true", "kafka.strimziTopics.enabled=true", "kafka.topicPrefix=prod.")
+    assert sorted(of_kind(docs, "NetworkPolicy")) == sorted(f"imx-{name}" for name in SERVICES)
+    topics = {doc["spec"]["topicName"]: doc for doc in docs if doc["kind"] == "KafkaTopic"}
+    stages = ("ingested", "routed", "prepared", "outcomes", "quarantine", "deadletter")
+    assert sorted(topics) == sorted(f"prod.imx.{stage}.v1" for stage in stages)
+    for topic in topics.values():
+        assert topic["spec"]["partitions"] == 24
+        assert topic["spec"]["replicas"] == 3
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "imx"
+    defaults = render()
+    assert of_kind(defaults, "NetworkPolicy") == {}
+    assert not [doc for doc in defaults if doc["kind"] == "KafkaTopic"]
+
+
+def test_a_disabled_service_renders_nothing(render: Render) -> None:
+    docs = render("services.audit.enabled=false")
+    assert "imx-audit" not in of_kind(docs, "Deployment")
+    assert "imx-audit" not in of_kind(docs, "Service")
+    assert len(of_kind(docs, "Deployment")) == 4
