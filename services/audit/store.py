@@ -102,16 +102,16 @@ class MongoAuditStore:
 
     def study_trail(self, study_uid: str) -> list[AuditRecord]:
         with _unavailable_is_transient():
-            found = {
-                doc["_id"]: doc
-                for doc in self._records.find({"$or": [{"study_uid": study_uid}, {"delivered_study_uid": study_uid}]})
-            }
+            # Plain equality filters, one per field: FerretDB 1.x pushes those down to SQL, not $or/$in.
+            found = {doc["_id"]: doc for doc in self._records.find({"study_uid": study_uid})}
+            for doc in self._records.find({"delivered_study_uid": study_uid}):
+                found.setdefault(doc["_id"], doc)
             # A de-identified partner delivery carries only the remapped UIDs; follow them one step.
             copies = sorted({d["delivered_study_uid"] for d in found.values() if d.get("delivered_study_uid")})
-            copies = [uid for uid in copies if uid != study_uid]
-            if copies:
-                for doc in self._records.find({"delivered_study_uid": {"$in": copies}}):
-                    found.setdefault(doc["_id"], doc)
+            for uid in copies:
+                if uid != study_uid:
+                    for doc in self._records.find({"delivered_study_uid": uid}):
+                        found.setdefault(doc["_id"], doc)
         return [record_from_document(doc) for doc in found.values()]
 
     def events(self, query: EventFilter, limit: int, after: Cursor | None = None) -> EventPage:

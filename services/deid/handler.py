@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.blob_store import BlobStore
-from services.common.events import event_id, event_message, now_ms
+from services.common.events import derived_meta, event_message, now_ms
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.deid.engine import DeidError, PhiLeak, Profile, deidentify
@@ -33,20 +33,12 @@ def refusal_for(error: DeidError) -> Refusal:
     return Refusal(reason, str(getattr(error, "detail", ""))[:200])
 
 
-def _meta(kind: str, routed: events_pb2.InstanceRouted, clock: Callable[[], int]) -> events_pb2.EventMeta:
-    return events_pb2.EventMeta(
-        event_id=event_id(kind, routed.meta.event_id),
-        causation_id=routed.meta.event_id,
-        occurred_at_ms=clock(),
-        ingested_at_ms=routed.meta.ingested_at_ms,
-    )
-
 
 def _quarantine(
     routed: events_pb2.InstanceRouted, refusal: Refusal, topics: Topics, clock: Callable[[], int]
 ) -> list[OutgoingMessage]:
     event = events_pb2.Quarantined(
-        meta=_meta("quarantine", routed, clock),
+        meta=derived_meta("quarantine", routed.meta, clock=clock),
         stage="deid",
         reason=refusal.reason,
         detail=refusal.detail,
@@ -68,7 +60,7 @@ def prepare_event(
     clock: Callable[[], int] = now_ms,
 ) -> list[OutgoingMessage]:
     prepared = events_pb2.InstancePrepared(
-        meta=_meta("prepared", routed, clock),
+        meta=derived_meta("prepared", routed.meta, clock=clock),
         source_instance=routed.instance,
         source_org=routed.source_org,
         route_id=routed.route_id,

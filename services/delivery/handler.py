@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from services.common.blob_store import BlobStore
 from services.common.bus import MAX_MESSAGE_BYTES
-from services.common.events import event_id, event_message, now_ms
+from services.common.events import derived_meta, event_message, now_ms
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2
@@ -15,20 +15,12 @@ from services.proto_gen.imx.v1 import events_pb2
 INLINE_LIMIT = MAX_MESSAGE_BYTES - 64 * 1024
 
 
-def _meta(kind: str, prepared: events_pb2.InstancePrepared, clock: Callable[[], int]) -> events_pb2.EventMeta:
-    return events_pb2.EventMeta(
-        event_id=event_id(kind, prepared.meta.event_id),
-        causation_id=prepared.meta.event_id,
-        occurred_at_ms=clock(),
-        ingested_at_ms=prepared.meta.ingested_at_ms,
-    )
-
 
 def _outcome(
     prepared: events_pb2.InstancePrepared, status: int, topic: str, detail: str, clock: Callable[[], int]
 ) -> events_pb2.DeliveryOutcome:
     return events_pb2.DeliveryOutcome(
-        meta=_meta("outcome", prepared, clock),
+        meta=derived_meta("outcome", prepared.meta, clock=clock),
         source_instance=prepared.source_instance,
         instance=prepared.instance,
         source_org=prepared.source_org,
@@ -56,7 +48,7 @@ def deliver_event(
         failure = "exceeds-inline-limit"
     if failure:
         quarantined = events_pb2.Quarantined(
-            meta=_meta("quarantine", prepared, clock),
+            meta=derived_meta("quarantine", prepared.meta, clock=clock),
             stage="delivery",
             reason=failure,
             detail=f"limit {INLINE_LIMIT} bytes" if failure == "exceeds-inline-limit" else "",
@@ -73,7 +65,7 @@ def deliver_event(
         ]
     partner_topic = topics.partner(prepared.partner_id)
     delivery = events_pb2.PartnerDelivery(
-        meta=_meta("delivery", prepared, clock),
+        meta=derived_meta("delivery", prepared.meta, clock=clock),
         instance=prepared.instance,
         blob=prepared.blob,
         partner_id=prepared.partner_id,

@@ -1,9 +1,14 @@
 """Receipts in MongoDB: what ingest has already accepted, so a resent instance is published once.
 
 A receipt's id is the event id of the InstanceIngested it stands for. It is written as "received"
-before the event is published and turned "published" after the broker acknowledged it; a receipt
+before the event is published and marked "published" after the broker acknowledged it; a receipt
 still "received" means a crash (or a failed publish) came in between, and the event is published
 again with the same id and the same timestamps, byte for byte.
+
+In MongoDB both steps are inserts keyed by the event id: the receipt in `ingest_receipts`, the mark in
+`ingest_published`. Nothing is ever updated in place: FerretDB 1.x (SQLite) does not use the `_id`
+index for updates and deletes, so an `update_one` scans the whole collection (~17 ms at 3,000
+receipts, growing with every instance), while an insert or a find by `_id` stays ~1 ms.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from services.ingest.errors import IngestUnavailable
 
 COLLECTION = "ingest_receipts"
+PUBLISHED_COLLECTION = "ingest_published"
 
 
 class ReceiptStatus(StrEnum):
@@ -60,6 +66,7 @@ class ReceiptStore(Protocol):
 class MongoReceiptStore:
     def __init__(self, db: Database) -> None:
         self._receipts = db[COLLECTION]
+        self._published = db[PUBLISHED_COLLECTION]
 
     def claim(self, event_id: str, facts: ReceiptFacts, now_ms: int) -> Receipt:
         doc = {
@@ -81,17 +88,22 @@ class MongoReceiptStore:
             raise ReceiptStoreUnavailable(f"receipt store unavailable: {type(exc).__name__}") from exc
         try:
             existing = self._receipts.find_one({"_id": event_id}, {"status": 1, "received_at_ms": 1})
+            published = existing is not None and (
+                existing.get("status") == ReceiptStatus.PUBLISHED.value  # written in place by earlier versions
+                or self._published.find_one({"_id": event_id}, {"_id": 1}) is not None
+            )
         except PyMongoError as exc:
             raise ReceiptStoreUnavailable(f"receipt store unavailable: {type(exc).__name__}") from exc
         if existing is None:  # removed between the two calls: claim it again
             return self.claim(event_id, facts, now_ms)
-        return Receipt(event_id, ReceiptStatus(existing["status"]), int(existing.get("received_at_ms", now_ms)))
+        status = ReceiptStatus.PUBLISHED if published else ReceiptStatus.RECEIVED
+        return Receipt(event_id, status, int(existing.get("received_at_ms", now_ms)))
 
     def mark_published(self, event_id: str, now_ms: int) -> None:
         try:
-            self._receipts.update_one(
-                {"_id": event_id}, {"$set": {"status": ReceiptStatus.PUBLISHED.value, "published_at_ms": now_ms}}
-            )
+            self._published.insert_one({"_id": event_id, "published_at_ms": now_ms})
+        except DuplicateKeyError:
+            pass  # marked by an earlier attempt: the first mark's time stays
         except PyMongoError as exc:
             raise ReceiptStoreUnavailable(f"receipt store unavailable: {type(exc).__name__}") from exc
 

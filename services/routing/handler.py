@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from services.common.events import event_id, event_message, now_ms
+from services.common.events import derived_meta, event_message, now_ms
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2
@@ -19,12 +19,7 @@ def route_event(
     decisions = decide(routes, item)
     if not decisions:
         quarantined = events_pb2.Quarantined(
-            meta=events_pb2.EventMeta(
-                event_id=event_id("no-route", ingested.meta.event_id),
-                causation_id=ingested.meta.event_id,
-                occurred_at_ms=clock(),
-                ingested_at_ms=ingested.meta.ingested_at_ms,
-            ),
+            meta=derived_meta("no-route", ingested.meta, clock=clock),
             stage="routing",
             reason="no-route",
             detail=f"requested destination {ingested.requested_destination}" if ingested.requested_destination else "",
@@ -36,13 +31,8 @@ def route_event(
     outputs = []
     for decision in decisions:
         routed = events_pb2.InstanceRouted(
-            meta=events_pb2.EventMeta(
-                # Deterministic: a replay of the same input with the same rule gives the same id.
-                event_id=event_id("routed", ingested.meta.event_id, decision.partner_id),
-                causation_id=ingested.meta.event_id,
-                occurred_at_ms=clock(),
-                ingested_at_ms=ingested.meta.ingested_at_ms,
-            ),
+            # Deterministic: a replay of the same input with the same decision gives the same id.
+            meta=derived_meta("routed", ingested.meta, decision.partner_id, clock=clock),
             instance=ingested.instance,
             blob=ingested.blob,
             source_org=ingested.source_org,

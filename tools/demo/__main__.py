@@ -10,7 +10,6 @@ import os
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -21,7 +20,7 @@ from services.cli.settings import CliSettings
 from services.common.dicom.synthetic import DemoManifest, write_demo_data
 from services.routing.admin import route_from_proto
 from services.routing.rules import RoutingInput, decide
-from tools.demo.drain import wait_until_drained
+from tools.demo.drain import TrailCounts, wait_until_drained
 from tools.demo.senders import c_store, stow_rs
 from tools.demo.setup_demo import ROUTES, TRUSTS, configure
 from tools.devstack import DevstackError, Layout, Ports
@@ -62,7 +61,6 @@ def main() -> int:
     for study in manifest.studies:
         by_org.setdefault(ORG_OF_SOURCE[study.source], []).extend(study.files)
 
-    since = datetime.now(UTC)
     started = time.monotonic()
     accepted: dict[str, int] = {}
     errors: list[str] = []
@@ -98,16 +96,18 @@ def main() -> int:
             console.print(f"[red]{problem}[/red]")
         return 1
     console.print(f"sent {len(manifest.files)} instances in {sent_seconds:.1f}s; waiting for the pipeline to drain")
-    summary = wait_until_drained(cli, since, expected_terminal_events(manifest))
+    expected = expected_terminal_events(manifest)
+    counts = wait_until_drained(cli, [s.study_instance_uid for s in manifest.studies], expected)
     elapsed = time.monotonic() - started
-    print_summary(manifest, accepted, summary, elapsed)
+    print_summary(manifest, accepted, counts, elapsed)
+    if counts.terminal < expected:
+        console.print(f"[red]only {counts.terminal} of {expected} deliveries/quarantines were seen in time[/red]")
+        return 1
     console.print(f"Stop everything with [bold]make stop[/bold]. Logs: var/log/; audit API: {cli.audit_url}/docs")
     return 0 if sum(accepted.values()) == len(manifest.files) else 1
 
 
-def print_summary(
-    manifest: DemoManifest, accepted: dict[str, int], summary: dict[str, dict[str, int]], elapsed: float
-) -> None:
+def print_summary(manifest: DemoManifest, accepted: dict[str, int], counts: TrailCounts, elapsed: float) -> None:
     sent = len(manifest.files)
     table = Table(title="imx demo: every instance accounted for by the audit trail")
     table.add_column("what")
@@ -116,16 +116,15 @@ def print_summary(
     for org in sorted(accepted):
         channel = "STOW-RS" if org in STOW_ORGS else "C-STORE"
         table.add_row(f"  accepted from {org} ({channel})", str(accepted[org]))
-    table.add_row("ingested (audit)", str(summary.get("events_by_type", {}).get("ingested", 0)))
-    for partner, n in sorted(summary.get("delivered_by_partner", {}).items()):
+    table.add_row("ingested (audit)", str(counts.ingested))
+    for partner, n in sorted(counts.delivered_by_partner.items()):
         table.add_row(f"delivered to {partner}", str(n))
-    for partner, n in sorted(summary.get("failed_by_partner", {}).items()):
+    for partner, n in sorted(counts.failed_by_partner.items()):
         table.add_row(f"failed for {partner}", str(n))
-    quarantined = summary.get("quarantined_by_reason", {})
-    table.add_row("quarantined", str(sum(quarantined.values())))
-    for reason, n in sorted(quarantined.items()):
+    table.add_row("quarantined", str(sum(counts.quarantined_by_reason.values())))
+    for reason, n in sorted(counts.quarantined_by_reason.items()):
         table.add_row(f"  {reason}", str(n))
-    table.add_row("dead letters", str(sum(summary.get("dead_letters_by_stage", {}).values())))
+    table.add_row("dead letters", str(counts.dead_letters))
     table.add_row("elapsed seconds (send → last delivery)", f"{elapsed:.1f}")
     table.add_row("instances/s (end to end)", f"{sent / elapsed:.1f}")
     console.print(table)

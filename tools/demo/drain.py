@@ -1,16 +1,40 @@
-"""Knowing when the pipeline has finished: every consumer reports no lag and the audit trail stops
-changing. Used by the demo and the benchmark."""
+"""Knowing when the pipeline has finished: every consumer reports no lag and the audit trails of the
+sent studies stop changing. Used by the demo.
+
+The counts come from each study's trail (`GET /audit/studies/{uid}`, an indexed lookup), not from the
+global summary: on a long-lived local database the summary's aggregations scan every record.
+"""
 
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import grpc
 import httpx
 
 from services.cli.settings import CliSettings
 from services.proto_gen.imx.v1 import control_pb2, control_pb2_grpc
+
+
+@dataclass
+class TrailCounts:
+    ingested: int = 0
+    delivered_by_partner: Counter[str] = field(default_factory=Counter)
+    failed_by_partner: Counter[str] = field(default_factory=Counter)
+    quarantined_by_reason: Counter[str] = field(default_factory=Counter)
+    dead_letters: int = 0
+
+    @property
+    def terminal(self) -> int:
+        """Delivery outcomes plus quarantines: one per (instance, destination) or per refused instance."""
+        return (
+            sum(self.delivered_by_partner.values())
+            + sum(self.failed_by_partner.values())
+            + sum(self.quarantined_by_reason.values())
+        )
 
 
 def total_lag(cli: CliSettings) -> int:
@@ -22,39 +46,43 @@ def total_lag(cli: CliSettings) -> int:
     return lag
 
 
-def audit_summary(cli: CliSettings, since: datetime) -> dict[str, dict[str, int]]:
-    response = httpx.get(f"{cli.audit_url}/audit/summary", params={"since": since.isoformat()}, timeout=30)
-    response.raise_for_status()
-    summary: dict[str, dict[str, int]] = response.json()
-    return summary
+def trail_counts(cli: CliSettings, study_uids: Iterable[str]) -> TrailCounts:
+    counts = TrailCounts()
+    with httpx.Client(base_url=cli.audit_url, timeout=60) as client:
+        for uid in study_uids:
+            response = client.get(f"/audit/studies/{uid}")
+            if response.status_code == 404:
+                continue  # nothing recorded yet
+            response.raise_for_status()
+            trail = response.json()
+            counts.ingested += sum(r["instances"] for r in trail["received"])
+            for d in trail["destinations"]:
+                counts.delivered_by_partner[d["partner_id"]] += d["delivered"]
+                if d["failed"]:
+                    counts.failed_by_partner[d["partner_id"]] += d["failed"]
+            for q in trail["quarantined"]:
+                counts.quarantined_by_reason[f"{q['stage']}: {q['reason']}"] += q["count"]
+            counts.dead_letters += sum(d["count"] for d in trail["dead_letters"])
+    return counts
 
 
 def wait_until_drained(
-    cli: CliSettings, since: datetime, terminal_expected: int, timeout_s: float = 180.0
-) -> dict[str, dict[str, int]]:
-    """Until audit shows `terminal_expected` terminal events (delivery outcomes plus quarantines) and
-    nothing moves any more, or the timeout; returns the last summary."""
+    cli: CliSettings, study_uids: list[str], terminal_expected: int, timeout_s: float = 180.0
+) -> TrailCounts:
+    """Until the trails show `terminal_expected` terminal events and nothing moves any more, or the
+    timeout; returns the last counts."""
     deadline = time.monotonic() + timeout_s
-    previous: dict[str, dict[str, int]] | None = None
+    previous: TrailCounts | None = None
     stable = 0
-    summary: dict[str, dict[str, int]] = {}
+    counts = TrailCounts()
     while time.monotonic() < deadline:
-        summary = audit_summary(cli, since)
-        terminal = terminal_count(summary)
-        if summary == previous and total_lag(cli) == 0 and terminal >= terminal_expected:
+        counts = trail_counts(cli, study_uids)
+        if counts == previous and counts.terminal >= terminal_expected and total_lag(cli) == 0:
             stable += 1
             if stable >= 2:
-                return summary
+                return counts
         else:
             stable = 0
-        previous = summary
+        previous = counts
         time.sleep(1.0)
-    return summary
-
-
-def terminal_count(summary: dict[str, dict[str, int]]) -> int:
-    return (
-        sum(summary.get("delivered_by_partner", {}).values())
-        + sum(summary.get("failed_by_partner", {}).values())
-        + sum(summary.get("quarantined_by_reason", {}).values())
-    )
+    return counts

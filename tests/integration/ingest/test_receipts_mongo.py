@@ -1,0 +1,66 @@
+"""The MongoDB receipt store against the MongoDB-wire server: the same contract as the in-memory one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from services.ingest.receipts import COLLECTION, MongoReceiptStore, ReceiptFacts, ReceiptStatus
+
+FACTS = ReceiptFacts("trust-a", "c-store", "1.2.3.4", "ab" * 32, 1234)
+
+
+@pytest.fixture
+def db(mongo_uri: str, make_name: Callable[[str], str]) -> Iterator[Database]:
+    client: MongoClient = MongoClient(mongo_uri)
+    name = make_name("receipts")
+    try:
+        yield client[name]
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
+def test_a_first_claim_creates_a_received_receipt(db: Database) -> None:
+    receipt = MongoReceiptStore(db).claim("ev-1", FACTS, 1000)
+
+    assert receipt.new and receipt.status is ReceiptStatus.RECEIVED and receipt.received_at_ms == 1000
+
+
+def test_a_claim_before_the_mark_finds_the_first_attempt_unpublished_with_its_time(db: Database) -> None:
+    store = MongoReceiptStore(db)
+    store.claim("ev-1", FACTS, 1000)
+
+    again = store.claim("ev-1", FACTS, 2000)
+
+    assert not again.new and again.status is ReceiptStatus.RECEIVED and again.received_at_ms == 1000
+
+
+def test_a_claim_after_the_mark_finds_it_published(db: Database) -> None:
+    store = MongoReceiptStore(db)
+    store.claim("ev-1", FACTS, 1000)
+    store.mark_published("ev-1", 1500)
+
+    again = store.claim("ev-1", FACTS, 2000)
+
+    assert not again.new and again.status is ReceiptStatus.PUBLISHED and again.received_at_ms == 1000
+
+
+def test_marking_twice_is_harmless(db: Database) -> None:
+    store = MongoReceiptStore(db)
+    store.claim("ev-1", FACTS, 1000)
+    store.mark_published("ev-1", 1500)
+    store.mark_published("ev-1", 1600)
+
+    assert store.claim("ev-1", FACTS, 2000).status is ReceiptStatus.PUBLISHED
+
+
+def test_a_receipt_published_in_place_by_an_earlier_version_is_still_published(db: Database) -> None:
+    db[COLLECTION].insert_one({"_id": "ev-old", "status": "published", "received_at_ms": 900})
+
+    receipt = MongoReceiptStore(db).claim("ev-old", FACTS, 2000)
+
+    assert receipt.status is ReceiptStatus.PUBLISHED and receipt.received_at_ms == 900
