@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -62,6 +63,7 @@ def main() -> int:
         by_org.setdefault(ORG_OF_SOURCE[study.source], []).extend(study.files)
 
     started = time.monotonic()
+    started_at = datetime.now(UTC)
     accepted: dict[str, int] = {}
     errors: list[str] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
@@ -98,7 +100,9 @@ def main() -> int:
     console.print(f"sent {len(manifest.files)} instances in {sent_seconds:.1f}s; waiting for the pipeline to drain")
     expected = expected_terminal_events(manifest)
     counts = wait_until_drained(cli, [s.study_instance_uid for s in manifest.studies], expected)
-    elapsed = time.monotonic() - started
+    # From the first byte sent to the last delivery the audit trail recorded (not to the end of waiting).
+    last = counts.last_delivered_at or datetime.now(UTC)
+    elapsed = (last - started_at).total_seconds()
     print_summary(manifest, accepted, counts, elapsed)
     if counts.terminal < expected:
         console.print(f"[red]only {counts.terminal} of {expected} deliveries/quarantines were seen in time[/red]")

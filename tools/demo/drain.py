@@ -1,8 +1,9 @@
-"""Knowing when the pipeline has finished: every consumer reports no lag and the audit trails of the
-sent studies stop changing. Used by the demo.
+"""Knowing when the pipeline has finished, then counting what happened from the audit trails.
 
-The counts come from each study's trail (`GET /audit/studies/{uid}`, an indexed lookup), not from the
-global summary: on a long-lived local database the summary's aggregations scan every record.
+Done means: every consumer reports no lag and the number of events each stage has handled stopped
+moving (gRPC Control.Status, cheap), and only then are the sent studies' trails read
+(`GET /audit/studies/{uid}`). FerretDB 1.x answers every non-_id query by reading the whole
+collection, so trails are read once, not polled.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import grpc
 import httpx
@@ -26,6 +28,7 @@ class TrailCounts:
     failed_by_partner: Counter[str] = field(default_factory=Counter)
     quarantined_by_reason: Counter[str] = field(default_factory=Counter)
     dead_letters: int = 0
+    last_delivered_at: datetime | None = None
 
     @property
     def terminal(self) -> int:
@@ -35,15 +38,6 @@ class TrailCounts:
             + sum(self.failed_by_partner.values())
             + sum(self.quarantined_by_reason.values())
         )
-
-
-def total_lag(cli: CliSettings) -> int:
-    lag = 0
-    for address in (cli.routing_grpc, cli.deid_grpc, cli.delivery_grpc, cli.audit_grpc):
-        with grpc.insecure_channel(address) as channel:
-            status = control_pb2_grpc.ControlStub(channel).Status(control_pb2.StatusRequest(), timeout=5)
-            lag += sum(item.lag for item in status.lag)
-    return lag
 
 
 def trail_counts(cli: CliSettings, study_uids: Iterable[str]) -> TrailCounts:
@@ -58,6 +52,9 @@ def trail_counts(cli: CliSettings, study_uids: Iterable[str]) -> TrailCounts:
             counts.ingested += sum(r["instances"] for r in trail["received"])
             for d in trail["destinations"]:
                 counts.delivered_by_partner[d["partner_id"]] += d["delivered"]
+                if d["last_delivered_at"]:
+                    at = datetime.fromisoformat(d["last_delivered_at"])
+                    counts.last_delivered_at = max(filter(None, (counts.last_delivered_at, at)))
                 if d["failed"]:
                     counts.failed_by_partner[d["partner_id"]] += d["failed"]
             for q in trail["quarantined"]:
@@ -66,23 +63,34 @@ def trail_counts(cli: CliSettings, study_uids: Iterable[str]) -> TrailCounts:
     return counts
 
 
+def progress_snapshot(cli: CliSettings) -> tuple[int, tuple[int, ...]]:
+    """(total lag, events handled per consumer)."""
+    lag = 0
+    processed: list[int] = []
+    for address in (cli.routing_grpc, cli.deid_grpc, cli.delivery_grpc, cli.audit_grpc):
+        with grpc.insecure_channel(address) as channel:
+            status = control_pb2_grpc.ControlStub(channel).Status(control_pb2.StatusRequest(), timeout=5)
+        lag += sum(item.lag for item in status.lag)
+        processed.append(status.processed + status.failed)
+    return lag, tuple(processed)
+
+
 def wait_until_drained(
     cli: CliSettings, study_uids: list[str], terminal_expected: int, timeout_s: float = 180.0
 ) -> TrailCounts:
-    """Until the trails show `terminal_expected` terminal events and nothing moves any more, or the
+    """Until the consumers are idle and the trails show `terminal_expected` terminal events, or the
     timeout; returns the last counts."""
     deadline = time.monotonic() + timeout_s
-    previous: TrailCounts | None = None
-    stable = 0
     counts = TrailCounts()
     while time.monotonic() < deadline:
+        previous: tuple[int, tuple[int, ...]] | None = None
+        quiet = 0
+        while quiet < 3 and time.monotonic() < deadline:  # lag is refreshed every 2 s by each consumer
+            snapshot = progress_snapshot(cli)
+            quiet = quiet + 1 if snapshot[0] == 0 and snapshot == previous else 0
+            previous = snapshot
+            time.sleep(1.0)
         counts = trail_counts(cli, study_uids)
-        if counts == previous and counts.terminal >= terminal_expected and total_lag(cli) == 0:
-            stable += 1
-            if stable >= 2:
-                return counts
-        else:
-            stable = 0
-        previous = counts
-        time.sleep(1.0)
+        if counts.terminal >= terminal_expected:
+            return counts
     return counts
