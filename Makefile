@@ -22,8 +22,9 @@ unit:
 test: setup lint
 	$(PY) -m pytest tests -q -rfEs $(PYTEST_ARGS)
 
+# Kafka, FerretDB and the five services (no demo); returns when every one answers.
 up: setup
-	$(PY) -m tools.devstack up
+	$(PY) -m tools.services_stack
 
 stop:
 	@if [ -x "$(PY)" ]; then $(PY) -m tools.devstack stop; fi

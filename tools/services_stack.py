@@ -99,3 +99,23 @@ def start_services(layout: Layout, ports: Ports, timeout_s: float = 90.0) -> Non
             raise StartupError(f"{name} did not become healthy within {timeout_s:.0f}s\n{tail}")
         state = "already running" if name in running else f"healthy in {time.monotonic() - started:.1f}s"
         print(f"{name:<9} grpc 127.0.0.1:{SERVICES[name].grpc:<6} {state}")
+
+
+def main() -> int:
+    """`make up`: Kafka and FerretDB, then the five services; returns when all answer."""
+    from tools.devstack import DevstackError
+    from tools.devstack.cli import up
+
+    layout, ports = Layout.default(os.environ), Ports.from_env(os.environ)
+    try:
+        up(layout, ports)
+        start_services(layout, ports)
+    except DevstackError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print("all running; `make stop` stops them")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
