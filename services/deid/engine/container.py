@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
@@ -124,13 +126,35 @@ def file_meta_for(ds: Dataset, syntax: UID, media_sop_instance_uid: str | None) 
     name the sending site.
     """
     meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(str(ds.get("SOPClassUID", "")))
-    meta.MediaStorageSOPInstanceUID = UID(str(ds.get("SOPInstanceUID", media_sop_instance_uid or "")))
-    meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    # meta[tag] = DataElement(tag, dictionary VR, value): what setting each keyword on a new
+    # dataset does, without the keyword lookups.
+    for (tag, vr), value in zip(
+        _META_ELEMENTS,
+        (
+            b"\x00\x01",
+            UID(str(ds.get("SOPClassUID", ""))),
+            UID(str(ds.get("SOPInstanceUID", media_sop_instance_uid or ""))),
+            syntax,
+            UID(IMPLEMENTATION_CLASS_UID),
+            IMPLEMENTATION_VERSION,
+        ),
+        strict=True,
+    ):
+        meta[tag] = DataElement(tag, vr, value)
     return meta
+
+
+_META_ELEMENTS = tuple(
+    (tag, dictionary_VR(tag))
+    for tag in (
+        0x00020001,  # FileMetaInformationVersion
+        0x00020002,  # MediaStorageSOPClassUID
+        0x00020003,  # MediaStorageSOPInstanceUID
+        0x00020010,  # TransferSyntaxUID
+        0x00020012,  # ImplementationClassUID
+        0x00020013,  # ImplementationVersionName
+    )
+)
 
 
 def encode_header(ds: Dataset, meta: FileMetaDataset, implicit: bool) -> bytes:

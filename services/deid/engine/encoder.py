@@ -25,6 +25,9 @@ _STRING_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
 _CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})  # PS3.5 6.1.2.3
+_IMPLICIT_HEADER = struct.Struct("<HHI").pack
+_LONG_HEADER = struct.Struct("<HH2sHI").pack
+_SHORT_HEADER = struct.Struct("<HH2sH").pack
 _ITEM = struct.pack("<HHI", 0xFFFE, 0xE000, UNDEFINED)
 _ITEM_END = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
 _SEQUENCE_END = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
@@ -48,10 +51,13 @@ def encode_file_meta(meta: FileMetaDataset) -> bytes:
 def _encode(ds: Dataset, out: bytearray, implicit: bool, encodings: list[str]) -> None:
     codecs = charset.convert_encodings(encodings)
     codec = codecs[0] if len(codecs) == 1 else None
-    for tag in sorted(ds.keys()):
+    elements = ds._dict
+    for tag in sorted(elements, key=int):  # int keys sort as the tags do, without BaseTag.__lt__
         if tag & 0xFFFF == 0 and tag >> 16 > 0x0002:
             continue  # group lengths are retired (PS3.5 7.2)
-        elem = ds.get_item(tag)
+        elem = elements[tag]
+        if isinstance(elem, RawDataElement) and elem.value is None:
+            elem = ds.get_item(tag)  # a deferred read, as get_item would do
         if isinstance(elem, RawDataElement):
             if _copy_raw(elem, out, implicit):
                 continue
@@ -73,13 +79,18 @@ def _copy_raw(raw: RawDataElement, out: bytearray, implicit: bool) -> bool:
         or raw.is_buffered
     ):
         return False
-    group, element = raw.tag >> 16, raw.tag & 0xFFFF
+    return _write(raw.tag, raw.VR, value, out, implicit)
+
+
+def _write(tag: int, vr: str | None, value: bytes, out: bytearray, implicit: bool) -> bool:
+    """Write one element with a definite length; False (nothing written) when the VR cannot say how."""
+    group, element = tag >> 16, tag & 0xFFFF
     if implicit:
-        out += struct.pack("<HHI", group, element, len(value))
-    elif raw.VR in _LONG_VRS:
-        out += struct.pack("<HH2sHI", group, element, raw.VR.encode("ascii"), 0, len(value))
-    elif raw.VR and len(value) <= 0xFFFF:
-        out += struct.pack("<HH2sH", group, element, raw.VR.encode("ascii"), len(value))
+        out += _IMPLICIT_HEADER(group, element, len(value))
+    elif vr in _LONG_VRS:
+        out += _LONG_HEADER(group, element, vr.encode("ascii"), 0, len(value))
+    elif vr and len(value) <= 0xFFFF:
+        out += _SHORT_HEADER(group, element, vr.encode("ascii"), len(value))
     else:
         return False
     out += value
@@ -113,9 +124,7 @@ def _copy_string(elem: DataElement, out: bytearray, implicit: bool, codec: str |
         return False
     if len(data) % 2:
         data += b"\x00" if vr == "UI" else b" "
-    return _copy_raw(
-        RawDataElement(elem.tag, vr, len(data), data, 0, implicit, True), out, implicit
-    )
+    return _write(elem.tag, vr, data, out, implicit)  # as _copy_raw of these bytes would
 
 
 def _encode_sequence(elem: DataElement, out: bytearray, implicit: bool, encodings: list[str]) -> None:

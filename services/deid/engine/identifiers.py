@@ -17,12 +17,13 @@ from types import MappingProxyType
 from pydicom import charset
 from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import DicomDictionary, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from .actions import Action
 from .rules import RuleSet
-from .values import codec_of, string_values
+from .values import codec_of, element_string_values
 
 # Whole values that identify a patient, a visit or a device (the values the Basic Profile removes
 # because they link back to a person, PS3.15 E.1.1). Person names are found by VR instead.
@@ -118,34 +119,49 @@ def collect_identifiers(ds: Dataset, rules: RuleSet) -> Identifiers:
 
 
 def _collect(ds: Dataset, rules: RuleSet, codec: str | None, text: dict[str, int], uids: dict[str, int]) -> None:
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+    # Works on the element dict directly: Dataset.get_item/keys cost a Tag() conversion per call,
+    # and only the elements that can hold an identifier (PN, UI, SQ, IDENTIFIER_TAGS) are looked at.
+    exact = rules.exact
+    retain_uids = rules.retain_uids
+    for tag, raw in list(ds._dict.items()):
+        if isinstance(raw, RawDataElement) and raw.value is None:
+            raw = ds.get_item(tag)  # a deferred read: let pydicom read it, as get_item does
         vr = raw.VR or _dictionary_vr(tag)
-        is_identifier = tag in IDENTIFIER_TAGS
-        if vr not in ("PN", "UI", "SQ") and not is_identifier:
+        if vr not in _INTERESTING_VRS and tag not in IDENTIFIER_TAGS:
             continue
-        if rules.exact.get(tag) is Action.KEEP and vr != "SQ":
+        if vr != "SQ" and exact.get(tag) is Action.KEEP:
             continue  # the profile keeps this value on purpose (an option or an override)
         try:
             if vr == "SQ":
                 for item in ds[tag].value or ():
                     _collect(item, rules, codec_of(item, codec), text, uids)
                 continue
-            values = string_values(ds, tag, codec)
+            values = element_string_values(ds, tag, raw, codec)
         except Exception:  # an undecodable value is left to the transform to reject
             continue
         if vr == "UI":
-            if not rules.retain_uids:
-                uids.update((v, int(tag)) for v in values if v not in uids and not is_registered_uid(v))
+            if not retain_uids:
+                source = int(tag)
+                for v in values:
+                    if v not in uids and v not in UID_dictionary:
+                        uids[v] = source
         elif vr == "PN":
+            source = int(tag)
             for value in values:
                 for token in _NAME_TOKEN.findall(value):
-                    if token.casefold() not in OWN_TOKENS:
-                        text.setdefault(token.casefold(), int(tag))
+                    folded = token.casefold()
+                    if folded not in OWN_TOKENS:
+                        text.setdefault(folded, source)
         else:
+            source = int(tag)
             for value in values:
-                if len(value) >= MIN_IDENTIFIER and value.casefold() not in OWN_TOKENS:
-                    text.setdefault(value.casefold(), int(tag))
+                if len(value) >= MIN_IDENTIFIER:
+                    folded = value.casefold()
+                    if folded not in OWN_TOKENS:
+                        text.setdefault(folded, source)
+
+
+_INTERESTING_VRS = frozenset({"PN", "UI", "SQ"})
 
 
 def is_registered_uid(uid: str) -> bool:

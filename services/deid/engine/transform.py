@@ -40,10 +40,11 @@ from .dummies import dummy_for
 from .identifiers import Identifiers, is_registered_uid
 from .pseudonyms import Pseudonymizer
 from .rules import RuleSet
-from .values import codec_of, string_values
+from .values import codec_of, element_string_values, string_values
 
 PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020
+_PATIENT_TAGS = frozenset({PATIENT_ID, PATIENT_NAME})
 Path = tuple[tuple[int, int], ...]
 
 _TEXT_VRS = frozenset({"CS", "LO", "SH", "UC", "UR"})
@@ -91,11 +92,12 @@ class Context:
 def transform(ds: Dataset, ctx: Context, path: Path = ()) -> None:
     """De-identify ``ds`` and every dataset nested in it."""
     private: list[int] = []
-    for tag in list(ds.keys()):
+    action_for = ctx.rules.action_for
+    for tag in list(ds._dict):  # ds.keys(), without the Dataset method overhead
         if (tag >> 16) & 1:
             private.append(tag)
             continue
-        action = ctx.rules.action_for(tag)
+        action = action_for(int(tag))  # int keys: no BaseTag.__eq__ on the rule lookup
         if action is None:
             _unlisted(ds, tag, ctx, path)
         else:
@@ -108,9 +110,20 @@ def transform(ds: Dataset, ctx: Context, path: Path = ()) -> None:
 
 
 def vr_of(ds: Dataset, tag: int) -> str:
-    raw = ds.get_item(tag)
-    if raw is not None and raw.VR:
-        return str(raw.VR)
+    return _vr(_element(ds, tag), tag)
+
+
+def _element(ds: Dataset, tag: int) -> DataElement | RawDataElement | None:
+    """``ds.get_item(tag)`` for an int tag, straight from the element dict."""
+    elem = ds._dict.get(tag)  # type: ignore[call-overload]  # BaseTag is an int
+    if isinstance(elem, RawDataElement) and elem.value is None:
+        return ds.get_item(tag)  # a deferred read: pydicom reads and converts it
+    return elem
+
+
+def _vr(elem: DataElement | RawDataElement | None, tag: int) -> str:
+    if elem is not None and elem.VR:
+        return str(elem.VR)
     entry = DicomDictionary.get(tag)
     return entry[0] if entry else "UN"
 
@@ -141,12 +154,13 @@ def apply_action(ds: Dataset, tag: int, action: Action, ctx: Context, path: Path
         _record(ctx, path, tag, action, ds, None)
         del ds[tag]
         return
-    vr = vr_of(ds, tag)
+    elem = _element(ds, tag)
+    vr = _vr(elem, tag)
     if action is Action.KEEP:
         if vr == "SQ":
             _recurse(ds, tag, ctx, path)
         return
-    if _is_empty(ds, tag):
+    if elem.length == 0 if isinstance(elem, RawDataElement) else ds[tag].is_empty:
         return  # nothing to protect; an empty value stays empty (see the module docstring)
     if action.is_compound:
         action = _sequence_choice(tag, action) if vr == "SQ" else _COMPOUND[action]
@@ -175,13 +189,6 @@ _REMOVE = object()
 _UNCHANGED = object()
 
 
-def _is_empty(ds: Dataset, tag: int) -> bool:
-    raw = ds.get_item(tag)
-    if isinstance(raw, RawDataElement):
-        return raw.length == 0
-    return bool(ds[tag].is_empty)
-
-
 def _sequence_choice(tag: int, action: Action) -> Action:
     if action is Action.REMOVE_ZERO_OR_UID:
         return Action.UID
@@ -190,19 +197,19 @@ def _sequence_choice(tag: int, action: Action) -> Action:
 
 def _replacement(ds: Dataset, tag: int, vr: str, action: Action, ctx: Context) -> object:
     """The new value; values are read (from raw bytes where possible) only when needed."""
-    if tag in (PATIENT_ID, PATIENT_NAME) and action in (Action.ZERO, Action.DUMMY):
+    if (action is Action.ZERO or action is Action.DUMMY) and int(tag) in _PATIENT_TAGS:
         # Z allows a dummy (Table E.1-1a); the patient keeps a keyed pseudonym so that a recipient
         # can group studies by subject without learning who it is.
         return _patient_pseudonym(ds, tag, ctx)
     if action is Action.ZERO:
         return None
     if vr == "UI":
-        uids = string_values(ds, tag, ctx.codec)
+        uids = _values(ds, tag, ctx)
         mapped = [_uid(uid, ctx) for uid in uids]
         return _UNCHANGED if mapped == uids else _single(mapped)
     if action is Action.DUMMY or action is Action.UID:
         if vr == "PN":
-            return ctx.pseudonyms.person_name(_first(string_values(ds, tag, ctx.codec)))
+            return ctx.pseudonyms.person_name(_first(_values(ds, tag, ctx)))
         return dummy_for(vr)
     return _cleaned(ds, tag, vr, ctx)
 
@@ -211,13 +218,13 @@ def _cleaned(ds: Dataset, tag: int, vr: str, ctx: Context) -> object:
     """Action C: the value with its identifying content replaced (PS3.15 E.3.5, E.3.6)."""
     if vr == "DA" or vr == "DT":
         shift = shift_date if vr == "DA" else shift_datetime
-        shifted = [shift(value, ctx.day_shift) for value in string_values(ds, tag, ctx.codec)]
+        shifted = [shift(value, ctx.day_shift) for value in _values(ds, tag, ctx)]
         # A date that cannot be parsed cannot be shifted, so it must not stay (zero length).
         return _single([v for v in shifted if v is not None]) if None not in shifted else None
     if vr == "AE":
-        return _single([ctx.pseudonyms.ae_title(v) for v in string_values(ds, tag, ctx.codec)])
+        return _single([ctx.pseudonyms.ae_title(v) for v in _values(ds, tag, ctx)])
     if vr == "PN":
-        return _single([ctx.pseudonyms.person_name(v) for v in string_values(ds, tag, ctx.codec)])
+        return _single([ctx.pseudonyms.person_name(v) for v in _values(ds, tag, ctx)])
     if vr in _NARRATIVE_VRS:
         # Free text (comments, histories) names people the header never mentions elsewhere, so no
         # list of known identifiers can clean it: it is emptied (valid for Type 2 and 3).
@@ -225,7 +232,7 @@ def _cleaned(ds: Dataset, tag: int, vr: str, ctx: Context) -> object:
     if vr in _TEXT_VRS:
         # Short descriptors keep their meaning once the instance's known identifiers are removed.
         pattern = ctx.identifiers.text_pattern
-        if pattern is None or not any(pattern.search(v) for v in string_values(ds, tag, ctx.codec)):
+        if pattern is None or not any(pattern.search(v) for v in _values(ds, tag, ctx)):
             return _UNCHANGED
         value = ds[tag].value
         items = list(value) if isinstance(value, MultiValue | list) else [value]
@@ -251,10 +258,15 @@ def _patient_pseudonym(ds: Dataset, tag: int, ctx: Context) -> str:
     ids = string_values(ds, PATIENT_ID, ctx.codec) if PATIENT_ID in ds else []
     anchor = ids[0] if ids else ""
     if not anchor:
-        return ctx.pseudonyms.person_name(_first(string_values(ds, tag, ctx.codec)))
+        return ctx.pseudonyms.person_name(_first(_values(ds, tag, ctx)))
     pseudonym = ctx.pseudonyms.identifier(anchor)
     # As a name, the ID pseudonym is written family^given ("IMX^<code>", PS3.5 6.2.1).
     return pseudonym.replace("-", "^", 1) if tag == PATIENT_NAME else pseudonym
+
+
+def _values(ds: Dataset, tag: int, ctx: Context) -> list[str]:
+    """``string_values(ds, tag, ctx.codec)``."""
+    return element_string_values(ds, tag, _element(ds, tag), ctx.codec)
 
 
 def _first(values: list[str]) -> str:
@@ -283,7 +295,7 @@ def _private(ds: Dataset, tags: list[int], ctx: Context, path: Path) -> None:
             creators.append(tag)
             continue
         block = (group, element >> 8)
-        override = rules.exact.get(tag)
+        override = rules.exact.get(int(tag))
         if override is not None:
             if override is not Action.REMOVE:
                 kept_blocks.add(block)

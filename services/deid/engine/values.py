@@ -29,10 +29,13 @@ def codec_of(ds: Dataset, inherited: str | None = DEFAULT_CODEC) -> str | None:
 
 def string_values(ds: Dataset, tag: int, codec: str | None) -> list[str]:
     """The element's values as stripped strings (empty values dropped)."""
-    raw = ds.get_item(tag)
+    return element_string_values(ds, tag, ds.get_item(tag), codec)
+
+
+def element_string_values(ds: Dataset, tag: int, raw: object, codec: str | None) -> list[str]:
+    """``string_values`` for an element already looked up (``raw`` is ``ds.get_item(tag)``)."""
     if isinstance(raw, RawDataElement) and raw.value is not None and codec is not None and _ESCAPE not in raw.value:
-        text = raw.value.decode(codec, "replace")
-        parts = text.split("\\")
+        parts = raw.value.decode(codec, "replace").split("\\")
     else:
         value = ds[tag].value
         items = value if isinstance(value, MultiValue | list | tuple) else [value]
