@@ -22,17 +22,14 @@ def progress_bar() -> Progress:
 
 
 def dicom_files(paths: list[Path]) -> list[Path]:
-    """Files named directly plus every file below named folders (hidden files skipped), sorted."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith("."))
-        elif path.is_file():
-            found.append(path)
-        else:
-            console.print(f"[red]no such file or folder:[/red] {path}")
-            raise typer.Exit(2)
-    return found
+    """The files `imx send` would send (ingest's walk), hidden files skipped."""
+    from services.ingest.sender import PathNotFound, find_files
+
+    try:
+        return [p for p in find_files(paths) if not p.name.startswith(".")]
+    except PathNotFound as missing:  # the message names the path's position, not the path (PHI in folder names)
+        console.print(f"[red]{missing}[/red]")
+        raise typer.Exit(2) from None
 
 
 def demo_data(

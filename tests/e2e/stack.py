@@ -11,9 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from services.proto_gen.imx.v1 import control_pb2, control_pb2_grpc
+from services.cli.settings import CliSettings
+from tools.demo.drain import progress_snapshot
 from tools.devstack import ManagedProcess, free_ports, start_process
 from tools.services_stack import wait_serving
 
@@ -45,12 +44,13 @@ class Stack:
         return f"127.0.0.1:{self.grpc[service]}"
 
     def total_lag(self) -> int:
-        lag = 0
-        for service in ("routing", "deid", "delivery", "audit"):
-            with grpc.insecure_channel(self.grpc_address(service)) as channel:
-                status = control_pb2_grpc.ControlStub(channel).Status(control_pb2.StatusRequest(), timeout=5)
-                lag += sum(item.lag for item in status.lag)
-        return lag
+        cli = CliSettings(
+            routing_grpc=self.grpc_address("routing"),
+            deid_grpc=self.grpc_address("deid"),
+            delivery_grpc=self.grpc_address("delivery"),
+            audit_grpc=self.grpc_address("audit"),
+        )
+        return progress_snapshot(cli)[0]
 
 
 @contextmanager
