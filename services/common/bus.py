@@ -205,6 +205,7 @@ class StageConsumer:
         poll_timeout_ms: int = 500,
         retry_backoff_s: float = 1.0,
         session_timeout_ms: int = 10_000,
+        max_poll_interval_ms: int = 300_000,
         group_instance_id: str | None = None,
         fetch_min_bytes: int = 64 * 1024,
         fetch_max_wait_ms: int = 100,
@@ -231,6 +232,8 @@ class StageConsumer:
             # kafka-python's default is 45 s: a crashed replica's partitions would stall that long.
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(1000, session_timeout_ms // 3),
+            # A batch that takes longer than this costs the member its partitions (the batch is read again).
+            max_poll_interval_ms=max_poll_interval_ms,
             # Static membership: a restarted replica with the same id gets its partitions back at once.
             group_instance_id=group_instance_id,
         )
@@ -271,14 +274,30 @@ class StageConsumer:
             flush_handler(handler)
             self._producer.publish(result.outputs)
             if result.commits:
-                self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in result.commits.items()})
+                self._commit(result.commits)
+            assigned = self._consumer.assignment()
             for tp, offset in result.retry_from.items():
-                self._consumer.seek(tp, offset)
+                if tp in assigned:  # a revoked partition is read again from its committed offset by its new owner
+                    self._consumer.seek(tp, offset)
             self._stats.record(result.processed, result.failed)
             if result.retry_from:
                 time.sleep(self._retry_backoff_s)
         self._update_lag()
         return len(records)
+
+    def _commit(self, commits: dict[TopicPartition, int]) -> None:
+        """A commit can fail when the group rebalances under the batch (a replica joins, a new partner topic
+        matches the audit pattern). The batch's outputs are already acknowledged, so nothing is lost: the
+        uncommitted records are read again by whoever owns their partitions next, and the handlers are
+        idempotent. Crashing the stage instead would stop it for good."""
+        try:
+            self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in commits.items()})
+        except KafkaError as error:
+            self._stats.record_commit_failure()
+            log.warning(
+                "offset commit failed; the batch will be read again after the rebalance",
+                extra={"stage": self._stage, "error": type(error).__name__},
+            )
 
     def _update_lag(self) -> None:
         now = time.monotonic()

@@ -17,6 +17,7 @@ class StatusSnapshot:
     throughput_per_s: float
     lag: dict[tuple[str, int], int]
     uptime_s: int
+    commit_failures: int = 0
 
 
 @dataclass
@@ -28,6 +29,7 @@ class StageStats:
     started_at: float = field(default_factory=time.monotonic)
     _processed: int = 0
     _failed: int = 0
+    _commit_failures: int = 0
     _recent: deque[tuple[float, int]] = field(default_factory=deque)
     _lag: dict[tuple[str, int], int] = field(default_factory=dict)
     _paused: bool = False
@@ -40,6 +42,10 @@ class StageStats:
             self._failed += failed
             self._recent.append((now, processed))
             self._trim(now)
+
+    def record_commit_failure(self) -> None:
+        with self._lock:
+            self._commit_failures += 1
 
     def set_lag(self, lag: dict[tuple[str, int], int]) -> None:
         with self._lock:
@@ -72,4 +78,5 @@ class StageStats:
                 throughput_per_s=throughput,
                 lag=dict(self._lag),
                 uptime_s=int(now - self.started_at),
+                commit_failures=self._commit_failures,
             )

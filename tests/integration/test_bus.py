@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -134,3 +135,48 @@ def test_sigkill_before_commit_redelivers_and_never_skips(
     assert {r.value.decode() for r in outputs} == {str(i) for i in range(total)}
     committed, end = committed_and_end_offsets(kafka_bootstrap, topic, group)
     assert committed == end and sum(end.values()) == total
+
+
+
+
+def test_a_batch_outliving_its_group_membership_is_read_again_and_the_stage_carries_on(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    """A batch that takes longer than max.poll.interval costs the member its partitions, so its commit
+    fails (as it does when the group rebalances under a batch). The outputs are already published: the
+    stage must carry on and read the batch again, not stop."""
+    topic, out, dlq = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}.dlq"
+    group = f"{unique_name}-g"
+    ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
+    producer = BusProducer(kafka_bootstrap)
+    total = 10
+    producer.publish([OutgoingMessage(topic, str(i).encode(), b"k") for i in range(total)])
+    handled: list[str] = []
+
+    def handler(message: IncomingMessage) -> list[OutgoingMessage]:
+        if not handled:
+            time.sleep(5)  # longer than max_poll_interval_ms below
+        handled.append(message.value.decode())
+        return [OutgoingMessage(out, message.value, message.key)]
+
+    stats = StageStats("test")
+    consumer = StageConsumer(
+        bootstrap=kafka_bootstrap, group_id=group, topics=[topic], producer=producer, dead_letter_topic=dlq,
+        stage="test", stats=stats, max_batch=total, session_timeout_ms=6000, max_poll_interval_ms=2000,
+    )
+    deadline = time.monotonic() + 60
+    committed: dict[int, int] = {}
+    end: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        consumer.poll_once(handler)  # raised here before the fix, which stopped the stage for good
+        if len(handled) > total:
+            committed, end = committed_and_end_offsets(kafka_bootstrap, topic, group)
+            if committed == end:
+                break
+    consumer.close()
+    producer.close()
+    assert stats.snapshot().commit_failures == 1
+    assert sorted(handled, key=int) == sorted([str(i) for i in range(total)] * 2, key=int), "read again, whole"
+    assert committed == end == {0: total}
+    assert len(read_all(kafka_bootstrap, out, expected=2 * total)) == 2 * total, "at least once, never lost"
+

@@ -104,6 +104,15 @@ logger.config.level = WARN
 """
 
 
+def new_cluster_id() -> str:
+    """16 random bytes in URL-safe base64, as Kafka's own ids; never starting with '-', which the storage
+    tool's argument parser would read as an option (as Kafka's Uuid.randomUuid avoids too)."""
+    while True:
+        cluster_id = secrets.token_urlsafe(16).rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def start_kafka(
     port: int,
     controller_port: int,
@@ -125,7 +134,7 @@ def start_kafka(
     log4j.write_text(KAFKA_LOG4J2)
     jvm = [java, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
     if not (data_dir / "log-dirs" / "meta.properties").exists():
-        cluster_id = secrets.token_urlsafe(16).rstrip("=")  # 16 random bytes, as Kafka's own ids
+        cluster_id = new_cluster_id()
         fmt = [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)]
         done = subprocess.run(fmt, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
