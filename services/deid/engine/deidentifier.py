@@ -16,6 +16,7 @@ from .method import record_method
 from .pixel_rules import PixelRule
 from .profile import Profile
 from .pseudonyms import Pseudonymizer
+from .raw_engine import deidentify_raw
 from .rules import RuleSet
 from .transform import AttributeChange, Context, transform
 from .values import codec_of
@@ -41,7 +42,31 @@ def deidentify(data: bytes, profile: Profile, key: bytes) -> DeidResult:
 
     Deterministic: the same (data, profile, key) always gives the same bytes. Raises only
     DeidError subclasses for bad input (and ValueError for a key shorter than 16 bytes).
+
+    The common encoding takes the fast path (raw_engine.py); whatever it does not cover, including
+    every error and every possible leak, goes through the pydicom path, which decides and explains.
     """
+    pseudonyms = Pseudonymizer(key)  # raises ValueError for a short key
+    try:
+        fast = deidentify_raw(data, profile, pseudonyms)
+    except Exception:  # Unsupported, or input the fast path did not expect: the pydicom path decides
+        return _run(data, profile, key, None)
+    identity = fast.identity
+    return DeidResult(
+        data=b"".join((fast.header, fast.pixel_bytes)),
+        study_instance_uid=identity["study_instance_uid"],
+        series_instance_uid=identity["series_instance_uid"],
+        sop_instance_uid=identity["sop_instance_uid"],
+        sop_class_uid=identity["sop_class_uid"],
+        transfer_syntax_uid=identity["transfer_syntax_uid"],
+        modality=identity["modality"],
+        patient_id=identity["patient_id"],
+        pixels_cleaned=False,
+    )
+
+
+def deidentify_with_pydicom(data: bytes, profile: Profile, key: bytes) -> DeidResult:
+    """``deidentify`` without the fast path: the reference the fast path is tested against."""
     return _run(data, profile, key, None)
 
 

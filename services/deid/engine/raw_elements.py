@@ -1,0 +1,206 @@
+"""A Part 10 header as plain Python: elements whose values stay bytes, items as tag → element dicts.
+
+The fast path of the engine (raw_engine.py) works on this instead of pydicom datasets: building a
+pydicom Dataset per item and converting values costs more than de-identifying them. Only the common
+encoding is read here: explicit VR little endian (native or encapsulated pixel data), tags in
+ascending order, definite lengths except for sequences and items, nothing after Pixel Data.
+Anything else raises ``Unsupported`` and the instance goes through the pydicom path instead, which
+reads every encoding pydicom can.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from pydicom.uid import UID
+
+from .container import PIXEL_TAGS, _pixel_element_end
+
+UNDEFINED = 0xFFFFFFFF
+ITEM = 0xFFFEE000
+ITEM_END = 0xFFFEE00D
+SEQUENCE_END = 0xFFFEE0DD
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+SHORT_VRS = frozenset(
+    {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL", "SS", "ST", "TM",
+     "UI", "UL", "US"}
+)
+_KNOWN_VRS = {vr.encode("ascii"): vr for vr in LONG_VRS | SHORT_VRS}
+_TAG_VR = struct.Struct("<HH2s")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_TAG_LENGTH = struct.Struct("<HHI")
+_LONG_HEADER = struct.Struct("<HH2sHI").pack
+_SHORT_HEADER = struct.Struct("<HH2sH").pack
+_ITEM_START = struct.pack("<HHI", 0xFFFE, 0xE000, UNDEFINED)
+_ITEM_STOP = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+_SEQUENCE_STOP = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+
+
+class Unsupported(Exception):
+    """This input (or this profile) needs the pydicom path; never an error for the caller."""
+
+
+@dataclass(slots=True)
+class Element:
+    tag: int
+    vr: str
+    value: bytes  # the value bytes as stored (even length); empty for sequences
+    items: list[dict[int, Element]] | None = None  # sequences only
+
+
+Items = dict[int, Element]
+
+
+@dataclass(frozen=True)
+class RawFile:
+    body: Items
+    transfer_syntax: str
+    media_sop_instance_uid: str
+    pixel_bytes: memoryview  # the whole Pixel Data element, tag to end of file (may be empty)
+
+
+def read(data: bytes) -> RawFile:
+    """Parse the header of ``data``; raises Unsupported for anything outside the common encoding."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise Unsupported("no preamble")
+    meta, position = _read_meta(data, 132)
+    syntax = _text(meta.get(0x00020010))
+    try:
+        uid = UID(syntax)
+        usable = uid.is_transfer_syntax and uid.is_little_endian and not uid.is_implicit_VR and not uid.is_deflated
+    except Exception:  # pydicom raises for unknown UIDs
+        usable = False
+    if not usable:
+        raise Unsupported("transfer syntax")
+    body, position = _read_items(data, position, len(data), _TOP)
+    end = _pixel_element_end(data, position, False)
+    if end != len(data):
+        raise Unsupported("something other than one Pixel Data element after the header")
+    return RawFile(body, syntax, _text(meta.get(0x00020003)), memoryview(data)[position:])
+
+
+def _read_meta(data: bytes, position: int) -> tuple[dict[int, bytes], int]:
+    meta: dict[int, bytes] = {}
+    while position + 8 <= len(data):
+        group, element, vr_bytes = _TAG_VR.unpack_from(data, position)
+        if group != 0x0002:
+            break
+        vr = _KNOWN_VRS.get(vr_bytes)
+        if vr is None:
+            raise Unsupported("file meta VR")
+        if vr in LONG_VRS:
+            (length,) = _U32.unpack_from(data, position + 8)
+            start = position + 12
+        else:
+            (length,) = _U16.unpack_from(data, position + 6)
+            start = position + 8
+        if length == UNDEFINED or start + length > len(data):
+            raise Unsupported("file meta length")
+        meta[group << 16 | element] = data[start : start + length]
+        position = start + length
+    return meta, position
+
+
+_TOP, _DELIMITED, _DEFINED = 0, 1, 2  # where a run of elements ends: Pixel Data, an item delimiter, a length
+
+
+def _read_items(data: bytes, position: int, end: int, mode: int) -> tuple[Items, int]:
+    """Elements from ``position``: at the top up to Pixel Data, in an item up to its delimiter or end."""
+    elements: Items = {}
+    previous = -1
+    known = _KNOWN_VRS
+    while position < end:
+        if position + 8 > end:
+            raise Unsupported("truncated element")
+        group, element, vr_bytes = _TAG_VR.unpack_from(data, position)
+        tag = group << 16 | element
+        if mode == _DELIMITED and tag == ITEM_END:
+            return elements, position + 8
+        if mode == _TOP and tag in PIXEL_TAGS:
+            return elements, position
+        if tag <= previous or group == 0xFFFE or group == 0x0002:
+            raise Unsupported("tag order")
+        previous = tag
+        vr = known.get(vr_bytes)
+        if vr is None:
+            raise Unsupported("VR")
+        if vr in LONG_VRS:
+            if position + 12 > end:
+                raise Unsupported("truncated element")
+            (length,) = _U32.unpack_from(data, position + 8)
+            start = position + 12
+        else:
+            (length,) = _U16.unpack_from(data, position + 6)
+            start = position + 8
+        if vr == "SQ":
+            items, position = _read_sequence(data, start, length, end)
+            elements[tag] = Element(tag, vr, b"", items)
+            continue
+        if length == UNDEFINED or start + length > end:
+            raise Unsupported("element length")
+        elements[tag] = Element(tag, vr, data[start : start + length])
+        position = start + length
+    if mode == _DELIMITED:
+        raise Unsupported("item without delimiter")
+    return elements, position
+
+
+def _read_sequence(data: bytes, position: int, length: int, end: int) -> tuple[list[Items], int]:
+    stop = end if length == UNDEFINED else position + length
+    if stop > end:
+        raise Unsupported("sequence length")
+    items: list[Items] = []
+    while position < stop:
+        if position + 8 > stop:
+            raise Unsupported("truncated item")
+        group, element, item_length = _TAG_LENGTH.unpack_from(data, position)
+        tag = group << 16 | element
+        position += 8
+        if tag == SEQUENCE_END:
+            if length != UNDEFINED:
+                raise Unsupported("delimiter in a sequence of defined length")
+            return items, position
+        if tag != ITEM:
+            raise Unsupported("not an item")
+        if item_length == UNDEFINED:
+            item, position = _read_items(data, position, stop, _DELIMITED)
+        else:
+            if position + item_length > stop:
+                raise Unsupported("item length")
+            item, position = _read_items(data, position, position + item_length, _DEFINED)
+        items.append(item)
+    if length == UNDEFINED:
+        raise Unsupported("sequence without delimiter")
+    return items, position
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("ascii", "replace").strip(" \x00") if value else ""
+
+
+def encode(elements: Items, out: bytearray) -> None:
+    """Explicit VR little endian, ascending tags; sequences and items of undefined length (PS3.5 7.5.2)."""
+    for tag in sorted(elements):
+        if tag & 0xFFFF == 0 and tag >> 16 > 0x0002:
+            continue  # group lengths are retired (PS3.5 7.2)
+        elem = elements[tag]
+        group, element = tag >> 16, tag & 0xFFFF
+        if elem.items is not None:
+            out += _LONG_HEADER(group, element, b"SQ", 0, UNDEFINED)
+            for item in elem.items:
+                out += _ITEM_START
+                encode(item, out)
+                out += _ITEM_STOP
+            out += _SEQUENCE_STOP
+            continue
+        value = elem.value
+        if elem.vr in LONG_VRS:
+            out += _LONG_HEADER(group, element, elem.vr.encode("ascii"), 0, len(value))
+        elif len(value) <= 0xFFFF:
+            out += _SHORT_HEADER(group, element, elem.vr.encode("ascii"), len(value))
+        else:
+            raise Unsupported("value too long for its VR")
+        out += value

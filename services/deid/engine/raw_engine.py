@@ -1,0 +1,474 @@
+"""The fast path: the same decisions as transform.py, on raw elements (raw_elements.py), no pydicom.
+
+Why: building pydicom datasets and converting values cost about two thirds of de-identifying a CT
+instance. Here a value is read (decoded from bytes) only when a decision needs it, and an element
+nobody changes is written back byte for byte.
+
+It covers the common case and hands everything else to the pydicom path (deidentifier.py) by raising
+``Unsupported``: other encodings (implicit VR, big endian, deflate), character sets with code
+extensions or per-item character sets, instances that may carry burned-in text (masking and refusal
+live there), Retain Safe Private with private elements present, values a string VR cannot hold,
+and any possible leak (so the pydicom path names the offending tag). Both paths must give the same
+de-identified attributes: tests/unit/deid/test_raw_engine.py compares them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pydicom import charset
+from pydicom._uid_dict import UID_dictionary
+from pydicom.datadict import DicomDictionary
+
+from .actions import Action, Option
+from .burned_in import RISKY_MODALITIES, SECONDARY_CAPTURE_PREFIX
+from .container import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from .dates import shift_date, shift_datetime
+from .dummies import dummy_for
+from .identifiers import (
+    _INTERESTING_VRS,
+    _NAME_TOKEN,
+    IDENTIFIER_TAGS,
+    MIN_IDENTIFIER,
+    OWN_TOKENS,
+    Identifiers,
+    build_identifiers,
+)
+from .method import MAX_LO, method_codes
+from .profile import Profile
+from .pseudonyms import Pseudonymizer
+from .raw_elements import Element, Items, RawFile, Unsupported, encode, read
+from .rules import RuleSet
+from .transform import _COMPOUND, _PATIENT_TAGS, CONDITIONAL_ON, PATIENT_ID, PATIENT_NAME, SEQUENCE_TYPES
+
+SPECIFIC_CHARACTER_SET = 0x00080005
+_ESCAPE = b"\x1b"
+_TEXT_VRS = frozenset({"CS", "LO", "SH", "UC", "UR"})
+_NARRATIVE_VRS = frozenset({"LT", "ST", "UT"})
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})  # PS3.5 6.1.2.3
+_NUMBER_FORMATS = {"US": "<H", "SS": "<h", "UL": "<I", "SL": "<i", "FL": "<f", "FD": "<d", "SV": "<q", "UV": "<Q"}
+_META_GROUP_LENGTH = struct.Struct("<HH2sHI").pack
+_REMOVE = object()
+_UNCHANGED = object()
+
+
+class RawResult:
+    """What deidentifier.DeidResult needs from the fast path."""
+
+    __slots__ = ("header", "identity", "pixel_bytes")
+
+    def __init__(self, header: bytes, pixel_bytes: memoryview, identity: dict[str, str]) -> None:
+        self.header = header
+        self.pixel_bytes = pixel_bytes
+        self.identity = identity
+
+
+class _Context:
+    __slots__ = ("codec", "day_shift", "identifiers", "pseudonyms", "rules")
+
+    def __init__(
+        self, rules: RuleSet, pseudonyms: Pseudonymizer, identifiers: Identifiers, day_shift: int, codec: str
+    ) -> None:
+        self.rules = rules
+        self.pseudonyms = pseudonyms
+        self.identifiers = identifiers
+        self.day_shift = day_shift
+        self.codec = codec
+
+
+def deidentify_raw(data: bytes, profile: Profile, pseudonyms: Pseudonymizer) -> RawResult:
+    """De-identify on the fast path, or raise Unsupported (never any other exception type on purpose)."""
+    rules = profile.rules
+    raw = read(data)
+    body = raw.body
+    codec = _codec(body)
+    if _may_have_burned_in_text(body, raw):
+        raise Unsupported("burned-in text is the pydicom path's business")
+    identifiers = _collect_identifiers(body, rules, codec)
+    ctx = _Context(rules, pseudonyms, identifiers, pseudonyms.day_shift(_shift_anchor(body, codec)), codec)
+    _transform(body, ctx)
+    _record_method(body, profile, codec)
+    meta = _file_meta(body, raw, pseudonyms, rules.retain_uids)
+    out = bytearray(meta)
+    encode(body, out)
+    header = bytes(out)
+    if identifiers.sources_in_bytes(header):
+        raise Unsupported("a possible leak: the pydicom path locates it")
+    identity = {
+        "study_instance_uid": _value_text(body, 0x0020000D),
+        "series_instance_uid": _value_text(body, 0x0020000E),
+        "sop_instance_uid": _value_text(body, 0x00080018),
+        "sop_class_uid": _value_text(body, 0x00080016),
+        "transfer_syntax_uid": raw.transfer_syntax,
+        "modality": _value_text(body, 0x00080060),
+        "patient_id": _value_text(body, PATIENT_ID),
+    }
+    return RawResult(header, raw.pixel_bytes, identity)
+
+
+# -- reading values ---------------------------------------------------------------------------------
+
+
+def _codec(items: Items, inherited: str = "iso8859") -> str:
+    elem = items.get(SPECIFIC_CHARACTER_SET)
+    if elem is None:
+        return inherited
+    names = elem.value.decode("ascii", "replace").strip(" \x00").split("\\")
+    if len(names) > 1 or _ESCAPE in elem.value:
+        raise Unsupported("code extensions")
+    return str(charset.convert_encodings([names[0].strip()])[0])
+
+
+def _strings(elem: Element, codec: str) -> list[str]:
+    """The element's values, stripped and whitespace-collapsed, empty ones dropped (values.py)."""
+    value = elem.value
+    if _ESCAPE in value:
+        raise Unsupported("escape sequences")
+    parts = value.decode(codec, "replace").split("\\")
+    return [" ".join(part.strip(" \x00").split()) for part in parts if part.strip(" \x00")]
+
+
+def _value_text(items: Items, tag: int) -> str:
+    elem = items.get(tag)
+    if elem is None or elem.items is not None:
+        return ""
+    return elem.value.decode("latin-1").strip(" \x00")
+
+
+def _top_text(items: Items, tag: int, codec: str) -> str:
+    elem = items.get(tag)
+    if elem is None:
+        return ""
+    text = elem.value.decode(codec, "replace").strip(" \x00")
+    if "\\" in text:
+        raise Unsupported("multi-valued")
+    return text
+
+
+def _may_have_burned_in_text(body: Items, raw: RawFile) -> bool:
+    """burned_in.may_have_burned_in_text on raw elements."""
+    if not len(raw.pixel_bytes) and 0x00280010 not in body:
+        return False
+    flag = _top_text(body, 0x00280301, "ascii").strip().upper()
+    if flag == "YES":
+        return True
+    if flag == "NO":
+        return False
+    modality = _top_text(body, 0x00080060, "ascii").strip().upper()
+    sop_class = _top_text(body, 0x00080016, "ascii")
+    return modality in RISKY_MODALITIES or sop_class.startswith(SECONDARY_CAPTURE_PREFIX)
+
+
+def _shift_anchor(body: Items, codec: str) -> str:
+    for keyword, tag in (("PatientID", PATIENT_ID), ("StudyInstanceUID", 0x0020000D)):
+        value = _top_text(body, tag, codec).strip()
+        if value:
+            return f"{keyword}:{value}"
+    return ""
+
+
+# -- identifiers (identifiers.collect_identifiers) ----------------------------------------------------
+
+
+def _collect_identifiers(body: Items, rules: RuleSet, codec: str) -> Identifiers:
+    text: dict[str, int] = {}
+    uids: dict[str, int] = {}
+    _collect(body, rules, codec, text, uids)
+    elem = body.get(SPECIFIC_CHARACTER_SET)
+    name = elem.value.decode("ascii", "replace").strip(" \x00") if elem is not None else ""
+    encodings = tuple(charset.convert_encodings([name or "ISO_IR 6"]))
+    return build_identifiers(text, uids, encodings)
+
+
+def _collect(items: Items, rules: RuleSet, codec: str, text: dict[str, int], uids: dict[str, int]) -> None:
+    exact = rules.exact
+    retain_uids = rules.retain_uids
+    for tag, elem in items.items():
+        vr = elem.vr
+        if vr not in _INTERESTING_VRS and tag not in IDENTIFIER_TAGS:
+            continue
+        if elem.items is not None:
+            for item in elem.items:
+                _collect(item, rules, _item_codec(item, codec), text, uids)
+            continue
+        if exact.get(tag) is Action.KEEP:
+            continue
+        values = _strings(elem, codec)
+        if vr == "UI":
+            if not retain_uids:
+                for v in values:
+                    if v not in uids and v not in UID_dictionary:
+                        uids[v] = tag
+        elif vr == "PN":
+            for value in values:
+                for token in _NAME_TOKEN.findall(value):
+                    folded = token.casefold()
+                    if folded not in OWN_TOKENS:
+                        text.setdefault(folded, tag)
+        else:
+            for value in values:
+                if len(value) >= MIN_IDENTIFIER:
+                    folded = value.casefold()
+                    if folded not in OWN_TOKENS:
+                        text.setdefault(folded, tag)
+
+
+def _item_codec(item: Items, codec: str) -> str:
+    if SPECIFIC_CHARACTER_SET in item:
+        raise Unsupported("an item with its own character set")
+    return codec
+
+
+# -- the transform (transform.py) --------------------------------------------------------------------
+
+
+def _transform(items: Items, ctx: _Context) -> None:
+    private: list[int] = []
+    action_for = ctx.rules.action_for
+    for tag in list(items):
+        if (tag >> 16) & 1:
+            private.append(tag)
+            continue
+        action = action_for(tag)
+        if action is None:
+            _unlisted(items, tag, ctx)
+        else:
+            _apply(items, tag, action, ctx)
+    if private:
+        _private(items, private, ctx)
+    for dependent, condition in CONDITIONAL_ON.items():
+        if dependent in items and condition not in items:
+            del items[dependent]
+
+
+def _unlisted(items: Items, tag: int, ctx: _Context) -> None:
+    group, element = tag >> 16, tag & 0xFFFF
+    if element == 0 or group <= 0x0006:
+        del items[tag]
+        return
+    vr = items[tag].vr
+    if vr == "SQ":
+        _recurse(items[tag], ctx)
+    elif vr == "UI":
+        if not ctx.rules.retain_uids:
+            _apply(items, tag, Action.UID, ctx)
+    elif vr == "PN":
+        _apply(items, tag, Action.REMOVE_ZERO_OR_DUMMY, ctx)
+    elif vr in ("DA", "DT") and ctx.rules.shift_dates:
+        _apply(items, tag, Action.CLEAN, ctx)
+
+
+def _apply(items: Items, tag: int, action: Action, ctx: _Context) -> None:
+    if action is Action.REMOVE:
+        del items[tag]
+        return
+    elem = items[tag]
+    vr = elem.vr
+    if action is Action.KEEP:
+        if elem.items is not None:
+            _recurse(elem, ctx)
+        return
+    if (not elem.items) if elem.items is not None else not elem.value:
+        return  # empty stays empty (transform.py's module docstring)
+    if action.is_compound:
+        if elem.items is not None:
+            action = Action.UID if action is Action.REMOVE_ZERO_OR_UID else SEQUENCE_TYPES.get(tag, Action.REMOVE)
+        else:
+            action = _COMPOUND[action]
+        if action is Action.REMOVE:
+            del items[tag]
+            return
+    if elem.items is not None:
+        if action is Action.ZERO:
+            elem.items = []
+        else:
+            _recurse(elem, ctx)
+        return
+    replacement = _replacement(items, elem, action, ctx)
+    if replacement is _UNCHANGED:
+        return
+    if replacement is _REMOVE:
+        del items[tag]
+        return
+    elem.value = _encoded(vr, replacement, ctx.codec)
+
+
+def _replacement(items: Items, elem: Element, action: Action, ctx: _Context) -> object:
+    tag, vr = elem.tag, elem.vr
+    if (action is Action.ZERO or action is Action.DUMMY) and tag in _PATIENT_TAGS:
+        return _patient_pseudonym(items, elem, ctx)
+    if action is Action.ZERO:
+        return None
+    if vr == "UI":
+        uids = _strings(elem, ctx.codec)
+        mapped = [_uid(uid, ctx) for uid in uids]
+        return _UNCHANGED if mapped == uids else _single(mapped)
+    if action is Action.DUMMY or action is Action.UID:
+        if vr == "PN":
+            return ctx.pseudonyms.person_name(_first(_strings(elem, ctx.codec)))
+        return dummy_for(vr)
+    return _cleaned(elem, ctx)
+
+
+def _cleaned(elem: Element, ctx: _Context) -> object:
+    vr = elem.vr
+    if vr == "DA" or vr == "DT":
+        shift = shift_date if vr == "DA" else shift_datetime
+        shifted = [shift(value, ctx.day_shift) for value in _strings(elem, ctx.codec)]
+        return _single([v for v in shifted if v is not None]) if None not in shifted else None
+    if vr == "AE":
+        return _single([ctx.pseudonyms.ae_title(v) for v in _strings(elem, ctx.codec)])
+    if vr == "PN":
+        return _single([ctx.pseudonyms.person_name(v) for v in _strings(elem, ctx.codec)])
+    if vr in _NARRATIVE_VRS:
+        return None
+    if vr in _TEXT_VRS:
+        pattern = ctx.identifiers.text_pattern
+        if pattern is None or not any(pattern.search(v) for v in _strings(elem, ctx.codec)):
+            return _UNCHANGED
+        parts = elem.value.decode(ctx.codec, "replace").split("\\")
+        return _single([ctx.identifiers.redact(part.strip(" \x00")) for part in parts])
+    if vr in _BINARY_VRS:
+        return _REMOVE
+    return _UNCHANGED
+
+
+def _patient_pseudonym(items: Items, elem: Element, ctx: _Context) -> str:
+    id_elem = items.get(PATIENT_ID)
+    ids = _strings(id_elem, ctx.codec) if id_elem is not None else []
+    anchor = ids[0] if ids else ""
+    if not anchor:
+        return ctx.pseudonyms.person_name(_first(_strings(elem, ctx.codec)))
+    pseudonym = ctx.pseudonyms.identifier(anchor)
+    return pseudonym.replace("-", "^", 1) if elem.tag == PATIENT_NAME else pseudonym
+
+
+def _uid(uid: str, ctx: _Context) -> str:
+    return uid if not uid or uid in UID_dictionary else ctx.pseudonyms.uid(uid)
+
+
+def _single(values: list[str]) -> object:
+    if not values:
+        return None
+    return values if len(values) > 1 else values[0]
+
+
+def _first(values: list[str]) -> str:
+    return values[0] if values else ""
+
+
+def _recurse(elem: Element, ctx: _Context) -> None:
+    for item in elem.items or ():
+        _item_codec(item, ctx.codec)
+        _transform(item, ctx)
+
+
+def _private(items: Items, tags: list[int], ctx: _Context) -> None:
+    rules = ctx.rules
+    if rules.private is Action.CLEAN:
+        raise Unsupported("Retain Safe Private reads private creators: the pydicom path")
+    kept_blocks: set[tuple[int, int]] = set()
+    creators: list[int] = []
+    for tag in tags:
+        group, element = tag >> 16, tag & 0xFFFF
+        if 0x0010 <= element <= 0x00FF:
+            creators.append(tag)
+            continue
+        override = rules.exact.get(tag)
+        if override is not None:
+            if override is not Action.REMOVE:
+                kept_blocks.add((group, element >> 8))
+            _apply(items, tag, override, ctx)
+        else:
+            del items[tag]
+    for tag in creators:
+        if (tag >> 16, tag & 0xFF) not in kept_blocks:
+            del items[tag]
+
+
+# -- writing values ----------------------------------------------------------------------------------
+
+
+def _encoded(vr: str, value: object, codec: str) -> bytes:
+    """A replacement value as bytes, padded to even length (encoder._copy_string's rules)."""
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value if len(value) % 2 == 0 else value + b"\x00"
+    if isinstance(value, int | float) and vr in _NUMBER_FORMATS:
+        return struct.pack(_NUMBER_FORMATS[vr], value)
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        text = "\\".join(value)
+    else:
+        raise Unsupported("a value only pydicom can write")
+    if vr in _CHARSET_VRS:
+        try:
+            data = text.encode(codec)
+        except (UnicodeEncodeError, LookupError):
+            raise Unsupported("not encodable in the dataset's character set") from None
+    elif text.isascii():
+        data = text.encode("ascii")
+    else:
+        raise Unsupported("non-ASCII text in a VR without a character set")
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    return data
+
+
+def _set(items: Items, tag: int, value: object, codec: str) -> None:
+    existing = items.get(tag)
+    vr = existing.vr if existing is not None and existing.items is None else _dictionary_vr(tag)
+    items[tag] = Element(tag, vr, _encoded(vr, value, codec))
+
+
+def _dictionary_vr(tag: int) -> str:
+    entry = DicomDictionary.get(tag)
+    return entry[0] if entry else "UN"
+
+
+def _record_method(body: Items, profile: Profile, codec: str) -> None:
+    """method.record_method on raw elements (no pixel cleaning on this path)."""
+    options = profile.rules.options
+    codes = method_codes(options, False)
+    _set(body, 0x00120062, "YES", codec)
+    _set(
+        body,
+        0x00120063,
+        [f"imx {profile.name} v{profile.version}"[:MAX_LO]] + [meaning[:MAX_LO] for _, meaning in codes],
+        codec,
+    )
+    items: list[Items] = []
+    for value, meaning in codes:
+        item: Items = {}
+        _set(item, 0x00080100, value, codec)
+        _set(item, 0x00080102, "DCM", codec)
+        _set(item, 0x00080104, meaning, codec)
+        items.append(item)
+    body[0x00120064] = Element(0x00120064, "SQ", b"", items)
+    if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
+        _set(body, 0x00280303, "MODIFIED", codec)
+    elif Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
+        _set(body, 0x00280303, "UNMODIFIED", codec)
+
+
+def _file_meta(body: Items, raw: RawFile, pseudonyms: Pseudonymizer, retain_uids: bool) -> bytes:
+    """container.file_meta_for + encoder.encode_file_meta on raw elements."""
+    media_uid = raw.media_sop_instance_uid
+    if not (retain_uids or not media_uid or media_uid in UID_dictionary):
+        media_uid = pseudonyms.uid(media_uid)
+    sop_instance = _value_text(body, 0x00080018) if 0x00080018 in body else media_uid
+    meta: Items = {
+        0x00020001: Element(0x00020001, "OB", b"\x00\x01"),
+        0x00020002: Element(0x00020002, "UI", _encoded("UI", _value_text(body, 0x00080016), "ascii")),
+        0x00020003: Element(0x00020003, "UI", _encoded("UI", sop_instance, "ascii")),
+        0x00020010: Element(0x00020010, "UI", _encoded("UI", raw.transfer_syntax, "ascii")),
+        0x00020012: Element(0x00020012, "UI", _encoded("UI", IMPLEMENTATION_CLASS_UID, "ascii")),
+        0x00020013: Element(0x00020013, "SH", _encoded("SH", IMPLEMENTATION_VERSION, "ascii")),
+    }
+    out = bytearray()
+    encode(meta, out)
+    return b"\x00" * 128 + b"DICM" + _META_GROUP_LENGTH(0x0002, 0x0000, b"UL", 4, len(out)) + bytes(out)
+

@@ -1,0 +1,94 @@
+"""The fast path (raw_engine.py) against the pydicom path it stands in for: same output, same errors."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom import config, dcmread
+from pydicom.dataset import Dataset
+
+from services.common.dicom.part10 import dataset_to_bytes
+from services.common.dicom.synthetic import generate_study
+from services.deid.engine import BASIC, RESEARCH, DeidError, Option, Profile, deidentify
+from services.deid.engine.deidentifier import DeidResult, deidentify_with_pydicom
+from services.deid.engine.pseudonyms import Pseudonymizer
+from services.deid.engine.raw_elements import Unsupported
+from services.deid.engine.raw_engine import deidentify_raw
+
+from .builders import KEY, ct_dataset, every_attribute_dataset, to_bytes
+from .test_properties import PROFILES, _instance, datasets
+
+EVERY_OPTION = [Profile(option.name.lower(), options=frozenset({option})) for option in Option]
+COMMON_PROFILES = [BASIC, RESEARCH, *[p for p in EVERY_OPTION if Option.RETAIN_SAFE_PRIVATE not in p.options]]
+
+
+def _every_attribute_instance(after_pixels: bool = False) -> bytes:
+    ds = ct_dataset()
+    for elem in every_attribute_dataset():
+        ds[elem.tag] = elem
+    if not after_pixels:  # elements after Pixel Data send the instance down the pydicom path
+        for tag in [elem.tag for elem in ds if elem.tag > 0x7FE00010]:
+            del ds[tag]
+    with config.disable_value_validation():
+        return to_bytes(ds)
+
+
+def _synthetic_ct() -> bytes:
+    return dataset_to_bytes(next(iter(generate_study(7, "CT", 1, "RAW"))))
+
+
+def _same_result(fast: DeidResult, reference: DeidResult) -> None:
+    assert {k: v for k, v in vars(fast).items() if k != "data"} == {
+        k: v for k, v in vars(reference).items() if k != "data"
+    }
+    if fast.data == reference.data:
+        return
+    # Both paths copy untouched values; values pydicom re-encodes may differ in padding only.
+    with config.disable_value_validation():
+        ours, theirs = dcmread(BytesIO(fast.data)), dcmread(BytesIO(reference.data))
+    assert ours.file_meta == theirs.file_meta
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("profile", COMMON_PROFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("instance", [_synthetic_ct, lambda: to_bytes(ct_dataset()), _every_attribute_instance],
+                         ids=["synthetic-ct", "ct-with-phi", "every-attribute"])
+def test_common_instances_take_the_fast_path_and_match_the_pydicom_path_byte_for_byte(instance, profile) -> None:  # type: ignore[no-untyped-def]
+    data = instance()
+    fast = deidentify_raw(data, profile, Pseudonymizer(KEY))  # raises Unsupported if it fell back
+    reference = deidentify_with_pydicom(data, profile, KEY)
+    assert b"".join((fast.header, fast.pixel_bytes)) == reference.data
+    _same_result(deidentify(data, profile, KEY), reference)
+
+
+def test_what_the_fast_path_does_not_cover_goes_through_the_pydicom_path() -> None:
+    implicit = to_bytes(ct_dataset(), "1.2.840.10008.1.2")
+    padded = _every_attribute_instance(after_pixels=True)
+    ultrasound = ct_dataset()
+    ultrasound.Modality = "US"  # may carry burned-in text: refusal lives in the pydicom path
+    if "BurnedInAnnotation" in ultrasound:
+        del ultrasound.BurnedInAnnotation
+    for data in (implicit, padded, to_bytes(ultrasound)):
+        with pytest.raises(Unsupported):
+            deidentify_raw(data, BASIC, Pseudonymizer(KEY))
+    for data in (implicit, padded):
+        _same_result(deidentify(data, BASIC, KEY), deidentify_with_pydicom(data, BASIC, KEY))
+    with pytest.raises(DeidError):
+        deidentify(to_bytes(ultrasound), BASIC, KEY)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=datasets(), profile=st.sampled_from([*PROFILES, *EVERY_OPTION]))
+def test_both_paths_agree_on_arbitrary_datasets(body: Dataset, profile: Profile) -> None:
+    with config.disable_value_validation():
+        data = _instance(body)
+    try:
+        reference = deidentify_with_pydicom(data, profile, KEY)
+    except DeidError as error:
+        with pytest.raises(type(error)):
+            deidentify(data, profile, KEY)
+        return
+    _same_result(deidentify(data, profile, KEY), reference)
