@@ -21,14 +21,15 @@ Process = Callable[[Path, Path], None]
 
 
 def imx(profile: str) -> Process:
-    from services.deid.engine import BUILTIN_PROFILES, deidentify
+    from services.deid.engine import BUILTIN_PROFILES
+    from services.deid.files import deidentify_file
 
     chosen = BUILTIN_PROFILES[profile]
     key = bytes(range(32))
 
     def process(src: Path, dst: Path) -> None:
-        # deidentify ends with the leak check: a leak raises, nothing is written.
-        dst.write_bytes(deidentify(src.read_bytes(), chosen, key).data)
+        # What `imx deid` runs; deidentify ends with the leak check: a leak raises, nothing is written.
+        deidentify_file(src, dst, chosen, key)
 
     return process
 

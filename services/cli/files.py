@@ -77,7 +77,8 @@ def deid(
 ) -> None:
     """De-identify files with exactly the code the deid service runs (no server needed)."""
     from services.common.blob_store import sha256_hex
-    from services.deid.engine import BUILTIN_PROFILES, DeidError, deidentify
+    from services.deid.engine import BUILTIN_PROFILES, DeidError
+    from services.deid.files import deidentify_file
     from services.deid.handler import refusal_for
 
     if profile not in BUILTIN_PROFILES:
@@ -93,16 +94,15 @@ def deid(
                 out = target / path.relative_to(source)
             else:
                 out = target / path.name if target.is_dir() else target
+            out.parent.mkdir(parents=True, exist_ok=True)
             try:
-                result = deidentify(path.read_bytes(), BUILTIN_PROFILES[profile], key)
+                deidentify_file(path, out, BUILTIN_PROFILES[profile], key)
             except DeidError as error:
                 refusal = refusal_for(error)
                 outcomes[f"refused: {refusal.reason}"] += 1
                 # The file name may itself carry PHI, so it is referred to by its content hash.
                 console.print(f"refused {sha256_hex(path.read_bytes())[:12]}: {refusal.reason} {refusal.detail}")
             else:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(result.data)
                 outcomes["de-identified"] += 1
             bar.advance(task)
     console.print(", ".join(f"{n} {what}" for what, n in sorted(outcomes.items())))

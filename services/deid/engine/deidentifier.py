@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -24,9 +25,13 @@ from .values import codec_of
 
 @dataclass(frozen=True)
 class DeidResult:
-    """The released bytes and the identity of the instance as the recipient will see it."""
+    """The released bytes and the identity of the instance as the recipient will see it.
 
-    data: bytes
+    ``chunks`` are the file's parts in order (the fast path: the new header, then the input's Pixel
+    Data element as a view): a writer can send them without joining half a megabyte first.
+    """
+
+    chunks: tuple[bytes | memoryview, ...]
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
@@ -35,6 +40,11 @@ class DeidResult:
     modality: str
     patient_id: str
     pixels_cleaned: bool
+
+    @cached_property
+    def data(self) -> bytes:
+        """The whole de-identified file."""
+        return self.chunks[0] if len(self.chunks) == 1 and isinstance(self.chunks[0], bytes) else b"".join(self.chunks)
 
 
 def deidentify(data: bytes, profile: Profile, key: bytes) -> DeidResult:
@@ -53,7 +63,7 @@ def deidentify(data: bytes, profile: Profile, key: bytes) -> DeidResult:
         return _run(data, profile, key, None)
     identity = fast.identity
     return DeidResult(
-        data=b"".join((fast.header, fast.pixel_bytes)),
+        chunks=(fast.header, fast.pixel_bytes),
         study_instance_uid=identity["study_instance_uid"],
         series_instance_uid=identity["series_instance_uid"],
         sop_instance_uid=identity["sop_instance_uid"],
@@ -116,7 +126,7 @@ def _run_unvalidated(
     if leaks:
         raise PhiLeak(leaks[0].tag, leaks[0].source)
     return DeidResult(
-        data=output,
+        chunks=(output,),
         study_instance_uid=str(ds.get("StudyInstanceUID", "")),
         series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
