@@ -158,14 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"where the tools write (default: {RAM_DISK} if writable, else --data)",
     )
     args = parser.parse_args(argv)
-    outputs: Path = args.outputs or default_outputs(args.data)
+    outputs: Path = (args.outputs or default_outputs(args.data)).resolve()
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = set(tools) - set(TOOLS)
     if unknown or not tools:
         parser.error(f"unknown tool(s) {', '.join(sorted(unknown))}; choose from {', '.join(TOOLS)}")
 
     print(f"preparing {args.instances} CT instances (cached under {args.data})", flush=True)
-    files = bench_data(args.data, args.instances)
+    files = bench_data(args.data.resolve(), args.instances)
     size_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
     print(f"outputs written under {outputs} ({'RAM, tmpfs' if on_tmpfs(outputs) else 'disk'})", flush=True)
     pythons = {tool: Path(sys.executable) if tool == "imx" else ensure_venv(args.venvs, tool) for tool in tools}
