@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from functools import cached_property
+from io import BytesIO
 
-from pydicom import config
+from pydicom import config, dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from .burned_in import mask_native, pixel_rule_for
 from .container import Parsed, encode_for_scan, encode_full, encode_header, file_meta_for, parse
-from .errors import DeidError, NotDeidentifiable, PhiLeak
+from .errors import BurnedInAnnotation, DeidError, NotDeidentifiable, PhiLeak
 from .identifiers import collect_identifiers, is_registered_uid
 from .leaks import find_leaks
 from .method import record_method
@@ -115,8 +118,11 @@ def _run_unvalidated(
         transform(ds, ctx)
         record_method(ds, profile.name, profile.version, rules.options, rule is not None)
         media_uid = _media_uid(parsed, pseudonyms, rules.retain_uids)
-        meta = file_meta_for(ds, parsed.transfer_syntax, media_uid)
-        output, scanned = _encode(parsed, ds, meta, rule)
+        if rule is not None and parsed.transfer_syntax.is_compressed:
+            output, scanned, meta = _decoded_and_masked(data, parsed, ds, rule, media_uid)
+        else:
+            meta = file_meta_for(ds, parsed.transfer_syntax, media_uid)
+            output, scanned = _encode(parsed, ds, meta, rule)
         ds.file_meta = meta
         leaks = find_leaks(identifiers, scanned, ds)
     except DeidError:
@@ -131,7 +137,7 @@ def _run_unvalidated(
         series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         sop_class_uid=str(ds.get("SOPClassUID", "")),
-        transfer_syntax_uid=str(parsed.transfer_syntax),
+        transfer_syntax_uid=str(meta.TransferSyntaxUID),
         modality=str(ds.get("Modality", "")),
         patient_id=str(ds.get("PatientID", "")),
         pixels_cleaned=rule is not None,
@@ -167,17 +173,47 @@ def _encode(parsed: Parsed, ds: Dataset, meta: FileMetaDataset, rule: PixelRule 
     return encode_full(ds, meta), encode_for_scan(ds)
 
 
+def _decoded_and_masked(
+    data: bytes, parsed: Parsed, ds: Dataset, rule: PixelRule, media_uid: str
+) -> tuple[bytes, bytes, FileMetaDataset]:
+    """Compressed pixel data with burned-in text: decode it (pydicom's decoders: RLE natively, JPEG
+    and JPEG 2000 through Pillow), mask it, and release it uncompressed (explicit VR little endian).
+
+    Re-compressing lossy data would lose more; uncompressed is valid for every IOD. Pixel data no
+    installed decoder can read cannot be cleaned, so it is refused as burned-in.
+    """
+    try:
+        full = dcmread(BytesIO(data))
+        full.decompress(generate_instance_uid=False)
+    except Exception:  # no decoder for this syntax, or damaged fragments; messages may quote values
+        raise BurnedInAnnotation("compressed pixel data that no installed decoder can read") from None
+    pixels = bytearray(full.PixelData)
+    mask_native(pixels, 0, full, rule.regions)
+    if len(pixels) % 2:
+        pixels += b"\x00"
+    for tag in (PHOTOMETRIC_INTERPRETATION, PLANAR_CONFIGURATION):  # decoding may turn YBR into RGB
+        if tag in full:
+            ds[tag] = full[tag]
+        elif tag in ds:
+            del ds[tag]
+    vr = "OB" if int(full.get("BitsAllocated") or 8) <= 8 else "OW"
+    meta = file_meta_for(ds, ExplicitVRLittleEndian, media_uid)
+    header = encode_header(ds, meta, implicit=False)
+    element = _PIXEL_ELEMENT(0x7FE0, 0x0010, vr.encode("ascii"), 0, len(pixels))
+    return b"".join((header, element, pixels)), header, meta
+
+
+PHOTOMETRIC_INTERPRETATION, PLANAR_CONFIGURATION = 0x00280004, 0x00280006
+_PIXEL_ELEMENT = struct.Struct("<HH2sHI").pack
+
+
 def _masked_element(parsed: Parsed, ds: Dataset, rule: PixelRule) -> bytes:
-    if parsed.transfer_syntax.is_compressed:
-        raise NotDeidentifiable("burned-in text in compressed pixel data cannot be masked")
     element = bytearray(parsed.pixel_bytes)
     mask_native(element, 8 if parsed.implicit else 12, ds, rule.regions)
     return bytes(element)
 
 
 def _masked_value(parsed: Parsed, ds: Dataset, rule: PixelRule) -> bytes:
-    if parsed.transfer_syntax.is_compressed:
-        raise NotDeidentifiable("burned-in text in compressed pixel data cannot be masked")
     value = bytearray(ds.PixelData)
     mask_native(value, 0, ds, rule.regions)
     return bytes(value)

@@ -7,7 +7,16 @@ from io import BytesIO
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundImageStorage
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    UltrasoundImageStorage,
+)
 
 from services.deid.engine import BASIC, BurnedInAnnotation, PixelRule, Profile, Region, deidentify, preview
 
@@ -75,3 +84,46 @@ def test_preview_lists_the_changes_deidentify_makes() -> None:
     nested = [c for c in preview(data, BASIC, KEY) if c.keyword == "ReferencedSOPInstanceUID"]
     assert nested and nested[0].path == ((0x00081140, 0),)
     assert "SOPClassUID" not in changes  # well-known UIDs are not changes
+
+
+def _compressed_ultrasound(syntax: str) -> tuple[bytes, np.ndarray]:
+    """An 8-bit monochrome ultrasound frame with burned-in text, compressed; and its pixels."""
+    ds = ct_dataset()
+    ds.Modality, ds.SOPClassUID, ds.BurnedInAnnotation = "US", UltrasoundImageStorage, "YES"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    image = (np.arange(256, dtype=np.uint8).reshape(16, 16) // 2 + 64).astype(np.uint8)
+    if syntax == RLELossless:
+        ds.PixelData = image.tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
+        return to_bytes(ds, RLELossless), image
+    frame = BytesIO()
+    Image.fromarray(image, mode="L").save(frame, format="JPEG", quality=95)
+    ds.PixelData = encapsulate([frame.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.LossyImageCompression = "01"
+    decoded = np.asarray(Image.open(BytesIO(frame.getvalue())))
+    return to_bytes(ds, JPEGBaseline8Bit), decoded
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGBaseline8Bit], ids=["rle", "jpeg-baseline"])
+def test_compressed_pixels_are_decoded_masked_and_released_uncompressed(syntax: str) -> None:
+    data, original = _compressed_ultrasound(syntax)
+    result = deidentify(data, Profile("us-cleaned", pixel_rules=(RULE,)), KEY)
+    out = dcmread(BytesIO(result.data))
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian == result.transfer_syntax_uid
+    assert result.pixels_cleaned and out.BurnedInAnnotation == "NO"
+    pixels = out.pixel_array
+    assert pixels.shape == (16, 16) and not pixels[:2, :8].any(), "the text region is blank"
+    assert (pixels[2:, :] == original[2:, :]).all() and (pixels[:2, 8:] == original[:2, 8:]).all()
+
+
+def test_compressed_pixels_no_decoder_can_read_are_refused_as_burned_in() -> None:
+    ds = ct_dataset()
+    ds.Modality, ds.SOPClassUID, ds.BurnedInAnnotation = "US", UltrasoundImageStorage, "YES"
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not really a codestream"])
+    ds["PixelData"].VR = "OB"
+    with pytest.raises(BurnedInAnnotation):
+        deidentify(to_bytes(ds, "1.2.840.10008.1.2.4.80"), Profile("us-cleaned", pixel_rules=(RULE,)), KEY)
