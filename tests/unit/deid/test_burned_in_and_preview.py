@@ -6,8 +6,8 @@ from io import BytesIO
 
 import numpy as np
 import pytest
-from pydicom import dcmread
 from PIL import Image
+from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
