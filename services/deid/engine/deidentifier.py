@@ -9,15 +9,16 @@ from io import BytesIO
 
 from pydicom import config, dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from .burned_in import mask_native, pixel_rule_for
 from .container import Parsed, encode_for_scan, encode_full, encode_header, file_meta_for, parse
 from .errors import BurnedInAnnotation, DeidError, NotDeidentifiable, PhiLeak
-from .identifiers import collect_identifiers, is_registered_uid
-from .leaks import find_leaks
+from .identifiers import Identifiers, collect_identifiers, is_registered_uid
+from .leaks import Leak, find_leaks
 from .method import record_method
 from .pixel_rules import PixelRule
+from .pixel_text import embedded_text_of_element, embedded_text_of_value
 from .profile import Profile
 from .pseudonyms import Pseudonymizer
 from .raw_engine import deidentify_raw
@@ -124,7 +125,7 @@ def _run_unvalidated(
             meta = file_meta_for(ds, parsed.transfer_syntax, media_uid)
             output, scanned = _encode(parsed, ds, meta, rule)
         ds.file_meta = meta
-        leaks = find_leaks(identifiers, scanned, ds)
+        leaks = find_leaks(identifiers, scanned, ds) or _pixel_text_leaks(identifiers, parsed, ds, meta)
     except DeidError:
         raise
     except Exception as exc:  # never let a value-bearing message escape
@@ -142,6 +143,21 @@ def _run_unvalidated(
         patient_id=str(ds.get("PatientID", "")),
         pixels_cleaned=rule is not None,
     )
+
+
+def _pixel_text_leaks(identifiers: Identifiers, parsed: Parsed, ds: Dataset, meta: FileMetaDataset) -> list[Leak]:
+    """Identifiers in the text segments of released compressed pixel data (pixel_text.py)."""
+    if not UID(str(meta.TransferSyntaxUID)).is_compressed:
+        return []
+    if parsed.fast:
+        text = embedded_text_of_element(parsed.pixel_bytes, parsed.implicit)
+    else:
+        value = ds.get("PixelData")
+        text = embedded_text_of_value(value) if isinstance(value, bytes) else b""
+    return [Leak(PIXEL_DATA, source) for source in dict.fromkeys(identifiers.sources_in_bytes(text))] if text else []
+
+
+PIXEL_DATA = 0x7FE00010
 
 
 def _shift_anchor(ds: Dataset) -> str:

@@ -60,6 +60,7 @@ class RawFile:
     transfer_syntax: str
     media_sop_instance_uid: str
     pixel_bytes: memoryview  # the whole Pixel Data element, tag to end of file (may be empty)
+    compressed: bool  # encapsulated pixel data (its fragments may carry text segments)
 
 
 def read(data: bytes) -> RawFile:
@@ -79,7 +80,7 @@ def read(data: bytes) -> RawFile:
     end = _pixel_element_end(data, position, False)
     if end != len(data):
         raise Unsupported("something other than one Pixel Data element after the header")
-    return RawFile(body, syntax, _text(meta.get(0x00020003)), memoryview(data)[position:])
+    return RawFile(body, syntax, _text(meta.get(0x00020003)), memoryview(data)[position:], uid.is_compressed)
 
 
 def _read_meta(data: bytes, position: int) -> tuple[dict[int, bytes], int]:

@@ -35,6 +35,7 @@ from .identifiers import (
     build_identifiers,
 )
 from .method import MAX_LO, method_codes
+from .pixel_text import embedded_text_of_element
 from .profile import Profile
 from .pseudonyms import Pseudonymizer
 from .raw_elements import Element, Items, RawFile, Unsupported, encode, read
@@ -93,7 +94,9 @@ def deidentify_raw(data: bytes, profile: Profile, pseudonyms: Pseudonymizer) -> 
     out = bytearray(meta)
     encode(body, out)
     header = bytes(out)
-    if identifiers.sources_in_bytes(header):
+    if identifiers.sources_in_bytes(header) or (
+        raw.compressed and identifiers.sources_in_bytes(embedded_text_of_element(raw.pixel_bytes, implicit=False))
+    ):
         raise Unsupported("a possible leak: the pydicom path locates it")
     identity = {
         "study_instance_uid": _value_text(body, 0x0020000D),

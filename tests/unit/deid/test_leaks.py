@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 
+import numpy as np
 import pytest
+from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
 from services.deid.engine import BASIC, Action, PhiLeak, Profile, check_for_leaks, deidentify
 
@@ -81,3 +86,36 @@ def test_non_ascii_names_are_found_in_the_instance_character_set() -> None:
     with pytest.raises(PhiLeak) as caught:
         deidentify(to_bytes(ds), careless, KEY)
     assert caught.value.source == PATIENT_NAME
+
+
+def _jpeg_ct(comment: bytes) -> bytes:
+    """The CT with its pixels as one JPEG baseline frame whose COM segment says ``comment``."""
+    ds = ct_dataset()
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    frame = BytesIO()
+    Image.fromarray(np.full((16, 16), 90, np.uint8), mode="L").save(frame, format="JPEG", comment=comment)
+    ds.PixelData = encapsulate([frame.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.LossyImageCompression = "01"
+    return to_bytes(ds, JPEGBaseline8Bit)
+
+
+def _j2k_ct(comment: bytes) -> bytes:
+    """The CT with a JPEG 2000 codestream whose main header has a COM marker saying ``comment``."""
+    ds = ct_dataset()
+    siz = b"\xff\x51" + struct.pack(">H", 6) + b"\x00" * 4
+    com = b"\xff\x64" + struct.pack(">HH", 4 + len(comment), 1) + comment
+    ds.PixelData = encapsulate([b"\xff\x4f" + siz + com + b"\xff\x90\x00\x0a" + b"\x00" * 8 + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    return to_bytes(ds, JPEG2000Lossless)
+
+
+@pytest.mark.parametrize("make", [_jpeg_ct, _j2k_ct], ids=["jpeg-com", "j2k-com"])
+def test_a_name_in_a_comment_segment_of_compressed_pixel_data_is_caught(make) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PhiLeak) as caught:
+        deidentify(make(b"scanned for Margery Thistlewood"), BASIC, KEY)
+    assert (caught.value.tag, caught.value.source) == (0x7FE00010, PATIENT_NAME)
+    assert "Thistlewood" not in str(caught.value)
+    released = deidentify(make(b"encoder 1.0"), BASIC, KEY)  # a harmless comment passes untouched
+    assert b"encoder 1.0" in released.data
