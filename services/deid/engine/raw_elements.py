@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import UID
 
 from .container import PIXEL_TAGS, _pixel_element_end
@@ -69,12 +70,10 @@ def read(data: bytes) -> RawFile:
         raise Unsupported("no preamble")
     meta, position = _read_meta(data, 132)
     syntax = _text(meta.get(0x00020010))
-    try:
-        uid = UID(syntax)
-        usable = uid.is_transfer_syntax and uid.is_little_endian and not uid.is_implicit_VR and not uid.is_deflated
-    except Exception:  # pydicom raises for unknown UIDs
-        usable = False
-    if not usable:
+    if syntax not in UID_dictionary:  # unknown or damaged: the pydicom path explains (and warns about) it
+        raise Unsupported("transfer syntax")
+    uid = UID(syntax)
+    if not (uid.is_transfer_syntax and uid.is_little_endian and not uid.is_implicit_VR and not uid.is_deflated):
         raise Unsupported("transfer syntax")
     body, position = _read_items(data, position, len(data), _TOP)
     end = _pixel_element_end(data, position, False)
