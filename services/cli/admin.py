@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli.settings import CliSettings
+from services.common.control_server import GRPC_MESSAGE_OPTIONS
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
 console = Console()
@@ -23,7 +24,7 @@ orgs_app = typer.Typer(help="Sending organisations: AE titles and API keys.", no
 
 @contextmanager
 def _channel(address: str) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(address, options=GRPC_MESSAGE_OPTIONS) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=5)
         except grpc.FutureTimeoutError:

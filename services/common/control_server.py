@@ -17,6 +17,14 @@ VERSION = "0.1.0"
 ServicerRegistration = Callable[[grpc.Server], None]
 
 
+# gRPC's default 4 MB cap would refuse a Preview of an ordinary multi-frame instance; admin calls carry
+# at most one instance (partner topics carry up to 16 MiB inline), so both ways allow 64 MiB.
+GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_MESSAGE_OPTIONS = (
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+)
+
 class Controllable(Protocol):
     def snapshot(self) -> StatusSnapshot: ...
 
@@ -62,7 +70,7 @@ class ControlServer:
         max_workers: int = 8,
     ) -> None:
         self.service = service
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_MESSAGE_OPTIONS)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(target), self._server)

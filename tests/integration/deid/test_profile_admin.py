@@ -10,7 +10,7 @@ import pytest
 from pydicom import dcmread
 from pymongo.database import Database
 
-from services.common.control_server import ControlServer
+from services.common.control_server import GRPC_MESSAGE_OPTIONS, ControlServer
 from services.common.runtime import StageControl
 from services.common.stats import StageStats
 from services.common.stores.partners import Partner, PartnerStore
@@ -29,7 +29,7 @@ def admin(db: Database) -> Iterator[profiles_pb2_grpc.ProfileAdminStub]:
     registration = register_profile_admin(ProfileStore(db), PartnerStore(db).pseudonym_key)
     server = ControlServer("deid", StageControl(StageStats("deid")), port=0, extra=[registration])
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=GRPC_MESSAGE_OPTIONS)
     yield profiles_pb2_grpc.ProfileAdminStub(channel)
     channel.close()
     server.stop(0)
@@ -123,3 +123,12 @@ def test_preview_reports_a_refusal_without_values(admin: profiles_pb2_grpc.Profi
     assert (reply.refused_reason, reply.refused_detail, len(reply.changes)) == ("phi-leak", "(0010,0010)", 0)
     short_key = profiles_pb2.PreviewRequest(profile="basic", key=b"short", dicom=to_bytes(ct_dataset()))
     assert _code(lambda: admin.Preview(short_key)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_preview_takes_an_instance_larger_than_grpcs_default_4_mb(admin: profiles_pb2_grpc.ProfileAdminStub) -> None:
+    ds = ct_dataset()
+    ds.Rows = ds.Columns = 1024
+    ds.NumberOfFrames = 5
+    ds.PixelData = bytes(1024 * 1024 * 2 * 5)  # 10 MiB of 16-bit pixels
+    reply = admin.Preview(profiles_pb2.PreviewRequest(profile="basic", dicom=to_bytes(ds)), timeout=60)
+    assert not reply.refused_reason and any(c.keyword == "PatientName" for c in reply.changes)
