@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from services.deid.engine import Profile
 
 console = Console()
 
@@ -53,7 +57,10 @@ def demo_data(
 
 def _load_key(key_file: Path) -> bytes:
     if key_file.exists():
-        key = bytes.fromhex(key_file.read_text().strip())
+        try:
+            key = bytes.fromhex(key_file.read_text().strip())
+        except ValueError:
+            key = b""
         if len(key) < 16:
             console.print(f"[red]{key_file} must hold at least 16 bytes as hex[/red]")
             raise typer.Exit(2)
@@ -67,23 +74,48 @@ def _load_key(key_file: Path) -> bytes:
     return key
 
 
+def _profile(name_or_file: str) -> Profile:
+    """A built-in profile by name, or a profile document (JSON) from a file."""
+    from services.deid.engine import BUILTIN_PROFILES
+    from services.deid.profile_documents import profile_from_document
+
+    if name_or_file in BUILTIN_PROFILES:
+        return BUILTIN_PROFILES[name_or_file]
+    path = Path(name_or_file)
+    if not path.is_file():
+        console.print(
+            f"[red]unknown profile {name_or_file!r}[/red]: built-in are {', '.join(sorted(BUILTIN_PROFILES))}, "
+            "or give a JSON profile file"
+        )
+        raise typer.Exit(2)
+    try:
+        return profile_from_document(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as error:  # json and the document checks raise ValueError with a reason
+        console.print(f"[red]bad profile file {path}[/red]: {error}")
+        raise typer.Exit(2) from None
+
+
 def deid(
     source: Annotated[Path, typer.Argument(help="a DICOM file or a folder of them")],
     target: Annotated[Path, typer.Argument(help="output file, or folder (mirrors the input tree)")],
-    profile: Annotated[str, typer.Option(help="built-in profile: basic or research")] = "basic",
+    profile: Annotated[
+        str,
+        typer.Option(help="built-in profile (basic, research) or a JSON profile file, as `imx profiles add` takes"),
+    ] = "basic",
     key_file: Annotated[Path, typer.Option(help="recipient's secret key (hex); created if missing")] = Path(
         "imx-recipient.key"
     ),
 ) -> None:
     """De-identify files with exactly the code the deid service runs (no server needed)."""
     from services.common.blob_store import sha256_hex
-    from services.deid.engine import BUILTIN_PROFILES, DeidError
+    from services.deid.engine import DeidError
     from services.deid.files import deidentify_file
     from services.deid.handler import refusal_for
 
-    if profile not in BUILTIN_PROFILES:
-        console.print(f"[red]unknown profile {profile!r}[/red]; built-in: {', '.join(sorted(BUILTIN_PROFILES))}")
+    if target.exists() and target.resolve() == source.resolve():
+        console.print("[red]the output would overwrite the originals[/red]: give another file or folder")
         raise typer.Exit(2)
+    chosen = _profile(profile)
     key = _load_key(key_file)
     files = dicom_files([source])
     outcomes: Counter[str] = Counter()
@@ -96,7 +128,7 @@ def deid(
                 out = target / path.name if target.is_dir() else target
             out.parent.mkdir(parents=True, exist_ok=True)
             try:
-                deidentify_file(path, out, BUILTIN_PROFILES[profile], key)
+                deidentify_file(path, out, chosen, key)
             except DeidError as error:
                 refusal = refusal_for(error)
                 outcomes[f"refused: {refusal.reason}"] += 1

@@ -1,0 +1,75 @@
+"""`imx deid`: files and folders, built-in or file profiles, refusals counted, no server needed."""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from typer.testing import CliRunner
+
+from services.cli.main import app
+from services.deid.engine import BASIC, deidentify
+from tests.unit.deid.builders import ct_dataset, to_bytes
+
+runner = CliRunner()
+
+
+def _tree(root: Path) -> list[Path]:
+    (root / "study-a").mkdir(parents=True)
+    flagged = ct_dataset(instance=3)
+    flagged.BurnedInAnnotation = "YES"  # refused: no pixel rule
+    files = [root / "study-a" / "1.dcm", root / "study-a" / "2.dcm", root / "3.dcm"]
+    for path, ds in zip(files, [ct_dataset(instance=1), ct_dataset(instance=2), flagged], strict=True):
+        path.write_bytes(to_bytes(ds))
+    return files
+
+
+def test_a_folder_is_mirrored_with_the_same_bytes_as_the_service_and_refusals_are_counted(tmp_path: Path) -> None:
+    files = _tree(tmp_path / "in")
+    key_file = tmp_path / "recipient.key"
+    result = runner.invoke(app, ["deid", str(tmp_path / "in"), str(tmp_path / "out"), "--key-file", str(key_file)])
+    assert result.exit_code == 1, result.output  # something was refused
+    assert "2 de-identified" in result.output and "1 refused: burned-in-annotation" in result.output
+    key = bytes.fromhex(key_file.read_text().strip())
+    for source in files[:2]:
+        out = tmp_path / "out" / source.relative_to(tmp_path / "in")
+        assert out.read_bytes() == deidentify(source.read_bytes(), BASIC, key).data
+    assert not (tmp_path / "out" / "3.dcm").exists()
+    assert "Thistlewood" not in result.output
+
+
+def test_a_profile_file_is_used_as_written(tmp_path: Path) -> None:
+    source = tmp_path / "in.dcm"
+    source.write_bytes(to_bytes(ct_dataset()))
+    profile = tmp_path / "keeps-sex.json"
+    profile.write_text(json.dumps({"name": "keeps-dates", "options": ["retain-longitudinal-full-dates"]}))
+    args = ["deid", str(source), str(tmp_path / "out.dcm"), "--profile", str(profile), "--key-file",
+            str(tmp_path / "k")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = dcmread(BytesIO((tmp_path / "out.dcm").read_bytes()))
+    assert out.StudyDate == ct_dataset().StudyDate, "full dates kept, as the file's option says"
+    assert out.DeidentificationMethod[0] == "imx keeps-dates v1"
+
+
+def test_bad_input_is_refused_with_a_reason_and_no_traceback(tmp_path: Path) -> None:
+    source = tmp_path / "in.dcm"
+    source.write_bytes(to_bytes(ct_dataset()))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "options": ["no-such-option"]}))
+    cases = [
+        (["--profile", "nope"], "unknown profile"),
+        (["--profile", str(bad)], "bad profile file"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, ["deid", str(source), str(tmp_path / "o.dcm"), "--key-file", str(tmp_path / "k"),
+                                     *extra])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    (tmp_path / "short.key").write_text("zz-not-hex")
+    short = ["deid", str(source), str(tmp_path / "o.dcm"), "--key-file", str(tmp_path / "short.key")]
+    result = runner.invoke(app, short)
+    assert result.exit_code == 2 and "at least 16 bytes" in result.output
+    result = runner.invoke(app, ["deid", str(source), str(source)])
+    assert result.exit_code == 2 and "overwrite the originals" in result.output
