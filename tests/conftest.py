@@ -44,16 +44,33 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    port, controller_port = devstack.free_ports(2)
+    port, controller_port, partner_port = devstack.free_ports(3)
     root = tmp_path_factory.mktemp("kafka")
     try:
-        proc = devstack.start_kafka(port, controller_port, root / "data", root, die_with_parent=True)
+        proc = devstack.start_kafka(
+            port, controller_port, root / "data", root, partner_port=partner_port, die_with_parent=True
+        )
     except devstack.DevstackError as error:
         pytest.fail(f"could not start Kafka: {error}", pytrace=False)
+    _PARTNER_LISTENERS[proc.endpoint] = f"127.0.0.1:{partner_port}"
     try:
         yield proc.endpoint
     finally:
         proc.stop()
+
+
+_PARTNER_LISTENERS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def kafka_partner_bootstrap(kafka_bootstrap: str) -> str:
+    """The same broker's partner listener (SASL SCRAM-SHA-512, ACLs enforced)."""
+    external = os.environ.get("IMX_TEST_KAFKA_PARTNER")
+    if external:
+        return external
+    if kafka_bootstrap not in _PARTNER_LISTENERS:
+        pytest.skip("IMX_TEST_KAFKA is set without IMX_TEST_KAFKA_PARTNER")
+    return _PARTNER_LISTENERS[kafka_bootstrap]
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,7 @@ def service_env(layout: Layout, ports: Ports, name: str) -> dict[str, str]:
     env.update(
         {
             "IMX_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports.kafka}",
+            "IMX_KAFKA_PARTNER_BOOTSTRAP": f"127.0.0.1:{ports.kafka_partner}",
             "IMX_MONGO_URI": mongo_uri(ports.mongo),
             "IMX_BLOB_DIR": str(layout.var / "blobs"),
             "IMX_GRPC_PORT": str(SERVICES[name].grpc),

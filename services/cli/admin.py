@@ -158,6 +158,31 @@ def partners_add(partner_id: str, name: str = "") -> None:
             admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=partner_id, name=name))
         )
     console.print(f"partner {reply.partner.partner_id} receives on topic {reply.partner.topic}")
+    if reply.HasField("kafka_access"):
+        _print_access(reply.kafka_access)
+
+
+def _print_access(access: admin_pb2.PartnerKafkaAccess) -> None:
+    """The partner's sign-in, shown once: imx does not keep the password."""
+    console.print(
+        f"Kafka sign-in for the partner (shown once, give it to them over a secure channel):\n"
+        f"  bootstrap          {access.bootstrap}\n"
+        f"  security protocol  {access.security_protocol}, SASL mechanism {access.mechanism}\n"
+        f"  username           {access.username}\n"
+        f"  password           {access.password}\n"
+        f"  consumer groups    must start with {access.group_prefix!r}",
+        highlight=False,
+    )
+
+
+@partners_app.command("reset-password")
+def partners_reset_password(partner_id: str) -> None:
+    """A new Kafka password for a partner (rotation, or a lost one); the old password stops working."""
+    with _channel(CliSettings().delivery_grpc) as channel:
+        reply = admin_pb2_grpc.PartnerAdminStub(channel).ResetPartnerPassword(
+            admin_pb2.ResetPartnerPasswordRequest(partner_id=partner_id)
+        )
+    _print_access(reply.kafka_access)
 
 
 @partners_app.command("remove")

@@ -8,7 +8,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from services.common.bus import MAX_MESSAGE_BYTES
+from services.common.kafka_access import group_prefix
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -59,12 +60,16 @@ def listen(
     idle_exit_s: float | None = None,
     on_item: Callable[[ListenResult], None] | None = None,
     max_items: int | None = None,
+    client_config: Mapping[str, str] | None = None,
 ) -> ListenResult:
-    """Consume until idle for `idle_exit_s` (None: forever) or `max_items` were seen."""
+    """Consume until idle for `idle_exit_s` (None: forever) or `max_items` were seen. `client_config`
+    signs in (kafka_access.sasl_client_config); the group id starts with the partner's group prefix."""
     consumer = KafkaConsumer(
         topics.partner(partner_id),
         bootstrap_servers=bootstrap,
-        group_id=f"partner-{partner_id}-listener",
+        group_id=f"{group_prefix(partner_id)}listener",
+        bootstrap_timeout_ms=10_000,  # a refused sign-in shows up as this timeout: say so soon
+        **dict(client_config or {}),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_MESSAGE_BYTES,

@@ -8,12 +8,13 @@ from collections.abc import Callable
 from services.common.blob_store import LocalBlobStore
 from services.common.bus import ensure_topics
 from services.common.control_server import ControlServer
+from services.common.kafka_access import PartnerAccess
 from services.common.mongo import connect
 from services.common.runtime import StageSpec, run_stage
 from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
 from services.delivery.handler import build_delivery_handler
-from services.delivery.partners import PartnerCache, register_partner_admin
+from services.delivery.partners import PartnerCache, PartnerSignIn, register_partner_admin
 from services.delivery.settings import DeliverySettings
 
 
@@ -38,6 +39,16 @@ class PartnerTopics:
             self._ensured.add(partner_id)
 
 
+def _sign_in(settings: DeliverySettings) -> PartnerSignIn | None:
+    if not settings.kafka_partner_bootstrap:
+        return None
+    return PartnerSignIn(
+        PartnerAccess(settings.kafka_bootstrap),
+        settings.kafka_partner_bootstrap,
+        settings.kafka_partner_security_protocol,
+    )
+
+
 def serve(
     settings: DeliverySettings | None = None,
     stop: threading.Event | None = None,
@@ -55,7 +66,7 @@ def serve(
             settings,
             StageSpec(name="delivery", group_id=f"{settings.topic_prefix}imx-delivery", topics=[topics.prepared]),
             lambda _producer, t: build_delivery_handler(cache.is_known, blobs, t, partner_topics.ensure),
-            extra_servicers=[register_partner_admin(store, topics, partner_topics.ensure)],
+            extra_servicers=[register_partner_admin(store, topics, partner_topics.ensure, _sign_in(settings))],
             stop=stop,
             on_ready=on_ready,
         )

@@ -1,16 +1,23 @@
-"""The delivery stage's cached view of partners, and the PartnerAdmin gRPC servicer."""
+"""The delivery stage's cached view of partners, and the PartnerAdmin gRPC servicer (which also issues and
+revokes each partner's Kafka sign-in, services/common/kafka_access.py)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
+from kafka.errors import KafkaError
 
 from services.common.control_server import ServicerRegistration
+from services.common.kafka_access import MECHANISM, PartnerAccess
 from services.common.stores.partners import Partner, PartnerStore
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 class PartnerCache:
@@ -31,11 +38,52 @@ class PartnerCache:
         return partner_id in self._known
 
 
+@dataclass(frozen=True)
+class PartnerSignIn:
+    """Where and how partners sign in to Kafka; `access` grants and revokes their users."""
+
+    access: PartnerAccess
+    bootstrap: str
+    security_protocol: str = "SASL_PLAINTEXT"
+
+    def issue(self, partner_id: str, topic: str) -> admin_pb2.PartnerKafkaAccess:
+        credentials = self.access.grant(partner_id, topic)
+        return admin_pb2.PartnerKafkaAccess(
+            bootstrap=self.bootstrap,
+            security_protocol=self.security_protocol,
+            mechanism=MECHANISM,
+            username=credentials.username,
+            password=credentials.password,
+            group_prefix=credentials.group_prefix,
+        )
+
+
 class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
-    def __init__(self, store: PartnerStore, topics: Topics, create_topic: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        store: PartnerStore,
+        topics: Topics,
+        create_topic: Callable[[str], None],
+        sign_in: PartnerSignIn | None = None,
+    ) -> None:
         self._store = store
         self._topics = topics
         self._create_topic = create_topic
+        self._sign_in = sign_in
+
+    def _issue(self, partner_id: str, context: grpc.ServicerContext) -> admin_pb2.PartnerKafkaAccess | None:
+        if self._sign_in is None:
+            return None
+        try:
+            return self._sign_in.issue(partner_id, self._topics.partner(partner_id))
+        except (KafkaError, RuntimeError) as error:
+            log.warning("partner sign-in not issued", extra={"partner": partner_id, "error": type(error).__name__})
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"partner {partner_id!r} is saved but its Kafka sign-in could not be issued ({type(error).__name__}); "
+                "retry with `imx partners reset-password`",
+            )
+            return None  # abort raised; for the type checker
 
     def _proto(self, partner: Partner) -> admin_pb2.Partner:
         return admin_pb2.Partner(
@@ -51,7 +99,18 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         # The topic exists before anything is delivered, so a partner can subscribe right away.
         self._create_topic(partner.partner_id)
-        return admin_pb2.AddPartnerReply(partner=self._proto(partner))
+        return admin_pb2.AddPartnerReply(
+            partner=self._proto(partner), kafka_access=self._issue(partner.partner_id, context)
+        )
+
+    def ResetPartnerPassword(
+        self, request: admin_pb2.ResetPartnerPasswordRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ResetPartnerPasswordReply:
+        if self._sign_in is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this deployment issues no Kafka sign-in to partners")
+        if request.partner_id not in {p.partner_id for p in self._store.list()}:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no partner {request.partner_id!r}")
+        return admin_pb2.ResetPartnerPasswordReply(kafka_access=self._issue(request.partner_id, context))
 
     def ListPartners(
         self, request: admin_pb2.ListPartnersRequest, context: grpc.ServicerContext
@@ -63,13 +122,26 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
     ) -> admin_pb2.RemovePartnerReply:
         if not self._store.remove(request.partner_id):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no partner {request.partner_id!r}")
+        if self._sign_in is not None:
+            try:
+                self._sign_in.access.revoke(request.partner_id)
+            except (KafkaError, RuntimeError) as error:
+                log.warning(
+                    "partner sign-in not revoked", extra={"partner": request.partner_id, "error": type(error).__name__}
+                )
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"partner {request.partner_id!r} removed, but its Kafka sign-in could not be revoked "
+                    f"({type(error).__name__}): revoke it on the broker",
+                )
         return admin_pb2.RemovePartnerReply(removed=True)
 
 
 def register_partner_admin(
-    store: PartnerStore, topics: Topics, create_topic: Callable[[str], None]
+    store: PartnerStore, topics: Topics, create_topic: Callable[[str], None], sign_in: PartnerSignIn | None = None
 ) -> ServicerRegistration:
     def register(server: grpc.Server) -> None:
-        admin_pb2_grpc.add_PartnerAdminServicer_to_server(PartnerAdminServicer(store, topics, create_topic), server)
+        servicer = PartnerAdminServicer(store, topics, create_topic, sign_in)
+        admin_pb2_grpc.add_PartnerAdminServicer_to_server(servicer, server)
 
     return register

@@ -25,6 +25,7 @@ class Stack:
     prefix: str
     db: str
     kafka: str
+    kafka_partner: str  # the broker's partner listener (SASL SCRAM)
     mongo: str
     blob_dir: Path
     grpc: dict[str, int]
@@ -54,13 +55,14 @@ class Stack:
 
 
 @contextmanager
-def running_stack(kafka: str, mongo: str, root: Path) -> Iterator[Stack]:
+def running_stack(kafka: str, kafka_partner: str, mongo: str, root: Path) -> Iterator[Stack]:
     ports = free_ports(len(SERVICES) + 3)
     tag = uuid.uuid4().hex[:8]
     stack = Stack(
         prefix=f"e2e-{tag}.",
         db=f"e2e-{tag}",
         kafka=kafka,
+        kafka_partner=kafka_partner,
         mongo=mongo,
         blob_dir=root / "blobs",
         grpc=dict(zip(SERVICES, ports, strict=False)),
@@ -74,6 +76,7 @@ def running_stack(kafka: str, mongo: str, root: Path) -> Iterator[Stack]:
             env = {
                 **os.environ,
                 "IMX_KAFKA_BOOTSTRAP": kafka,
+                "IMX_KAFKA_PARTNER_BOOTSTRAP": kafka_partner,
                 "IMX_MONGO_URI": mongo,
                 "IMX_MONGO_DB": stack.db,
                 "IMX_TOPIC_PREFIX": stack.prefix,

@@ -4,6 +4,7 @@ run time, `imx routes test`, `imx send` with its summary, `imx partner-listen` w
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ def test_administer_send_and_listen_with_the_cli(stack: Stack, tmp_path: Path) -
     assert imx(stack, "orgs", "add", "trust-cli", "--ae-title", "TRUSTCLI").returncode == 0
     added = imx(stack, "partners", "add", "cli-partner", "--name", "CLI partner")
     assert added.returncode == 0 and f"{stack.prefix}imx.partner.cli-partner.v1" in added.stdout
+    sign_in = dict(re.findall(r"^\s+(bootstrap|username|password)\s+(\S+)$", added.stdout, re.MULTILINE))
+    assert sign_in["bootstrap"] == stack.kafka_partner and sign_in["username"] == "cli-partner"
     route = imx(stack, "routes", "add", "cli-mr", "--partner", "cli-partner", "--profile", "basic",
                 "--from", "trust-cli", "--modality", "MR")
     assert route.returncode == 0, route.stdout + route.stderr
@@ -63,9 +66,15 @@ def test_administer_send_and_listen_with_the_cli(stack: Stack, tmp_path: Path) -
     again = imx(stack, "send", str(folder / "01001.dcm"), "--from", "trust-cli")
     assert again.returncode == 0 and "duplicates (already received) │ 1" in again.stdout
 
+    # The partner signs in on the partner listener with the user and password it was given.
+    wrong = imx(stack, "partner-listen", "--partner", "cli-partner", "--out", str(tmp_path / "x"), "--idle-exit", "5",
+                "--bootstrap", sign_in["bootstrap"], "--username", "cli-partner", "--password", "not-it")
+    assert wrong.returncode == 1 and "cannot read the partner topic" in wrong.stdout
     out = tmp_path / "received"
-    listened = imx(stack, "partner-listen", "--partner", "cli-partner", "--out", str(out), "--idle-exit", "15")
-    assert listened.returncode == 0, listened.stderr
+    listened = imx(stack, "partner-listen", "--partner", "cli-partner", "--out", str(out), "--idle-exit", "15",
+                   "--bootstrap", sign_in["bootstrap"], "--username", sign_in["username"],
+                   "--password", sign_in["password"])
+    assert listened.returncode == 0, listened.stdout + listened.stderr
     files = sorted(out.rglob("*.dcm"))
     assert len(files) == 6
     assert all(dcmread(f).PatientIdentityRemoved == "YES" for f in files)

@@ -241,6 +241,16 @@ def test_partitions_prefix_and_otlp_reach_every_service(render: Render) -> None:
         assert env["IMX_OTLP_ENDPOINT"]["value"] == "http://otel:4317"
 
 
+def test_the_partner_listener_reaches_delivery_only_when_set(render: Render) -> None:
+    assert "IMX_KAFKA_PARTNER_BOOTSTRAP" not in env_of(of_kind(render(), "Deployment")["imx-delivery"])
+    deployments = of_kind(render("kafka.partnerListener.bootstrap=kafka-partners.example:9094"), "Deployment")
+    env = env_of(deployments["imx-delivery"])
+    assert env["IMX_KAFKA_PARTNER_BOOTSTRAP"]["value"] == "kafka-partners.example:9094"
+    assert env["IMX_KAFKA_PARTNER_SECURITY_PROTOCOL"]["value"] == "SASL_SSL", "TLS by default off this machine"
+    assert set(env) <= env_names("delivery")
+    assert "IMX_KAFKA_PARTNER_BOOTSTRAP" not in env_of(deployments["imx-routing"])
+
+
 def test_optional_network_policies_and_strimzi_topics(render: Render) -> None:
     docs = render("networkPolicy.enabled=true", "kafka.strimziTopics.enabled=true", "kafka.topicPrefix=prod.")
     assert sorted(of_kind(docs, "NetworkPolicy")) == sorted(f"imx-{name}" for name in SERVICES)

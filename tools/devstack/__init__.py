@@ -3,7 +3,8 @@ tests and `make run`.
 
 CLI: `python -m tools.devstack up|stop|status`. Runtime data lives under the repo's git-ignored
 `var/` (or IMX_VAR_DIR): var/kafka, var/ferretdb, var/log/<name>.log, var/run/<name>.pid.
-Ports: IMX_KAFKA_PORT (19092), IMX_KAFKA_CONTROLLER_PORT (19093), IMX_MONGO_PORT (27117).
+Ports: IMX_KAFKA_PORT (19092), IMX_KAFKA_CONTROLLER_PORT (19093), IMX_KAFKA_PARTNER_PORT (19094, partners
+sign in there with SASL SCRAM), IMX_MONGO_PORT (27117).
 
 Every process started here can be registered in a pid file (see `processes`), services included,
 so `stop_all` stops a whole local deployment.

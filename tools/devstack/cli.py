@@ -35,6 +35,7 @@ from tools.devstack.servers import (
 class Ports:
     kafka: int = 19092
     kafka_controller: int = 19093
+    kafka_partner: int = 19094
     mongo: int = 27117
 
     @classmethod
@@ -43,6 +44,7 @@ class Ports:
         return cls(
             kafka=_port_from_env(env, "IMX_KAFKA_PORT", defaults.kafka),
             kafka_controller=_port_from_env(env, "IMX_KAFKA_CONTROLLER_PORT", defaults.kafka_controller),
+            kafka_partner=_port_from_env(env, "IMX_KAFKA_PARTNER_PORT", defaults.kafka_partner),
             mongo=_port_from_env(env, "IMX_MONGO_PORT", defaults.mongo),
         )
 
@@ -86,11 +88,18 @@ def up(layout: Layout, ports: Ports) -> None:
     if KAFKA not in running:
         ensure_port_free(ports.kafka, "Kafka", "IMX_KAFKA_PORT")
         ensure_port_free(ports.kafka_controller, "Kafka controller", "IMX_KAFKA_CONTROLLER_PORT")
+        ensure_port_free(ports.kafka_partner, "Kafka partner listener", "IMX_KAFKA_PARTNER_PORT")
     if FERRETDB not in running:
         ensure_port_free(ports.mongo, "FerretDB", "IMX_MONGO_PORT")
     started = time.monotonic()
     kafka = running.get(KAFKA) or start_kafka(
-        ports.kafka, ports.kafka_controller, layout.var / KAFKA, layout.log, run_dir=layout.run, wait=False
+        ports.kafka,
+        ports.kafka_controller,
+        layout.var / KAFKA,
+        layout.log,
+        partner_port=ports.kafka_partner,
+        run_dir=layout.run,
+        wait=False,
     )
     ferretdb = running.get(FERRETDB) or start_ferretdb(
         ports.mongo, layout.var / FERRETDB, layout.log, run_dir=layout.run, wait=False

@@ -57,16 +57,37 @@ def java_binary() -> str:
     return java
 
 
-def kafka_config(port: int, controller_port: int, log_dirs: Path) -> str:
+def kafka_config(port: int, controller_port: int, log_dirs: Path, partner_port: int | None = None) -> str:
+    """Single-node KRaft. With `partner_port`: a second listener where partners sign in (SASL SCRAM-SHA-512)
+    and read only what ACLs grant them; the services' listener stays inside (its unauthenticated
+    principal, User:ANONYMOUS, is the super user, so it must only be reachable from the services)."""
+    listeners = f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}"
+    advertised = f"PLAINTEXT://{HOST}:{port}"
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    security: dict[str, str] = {}
+    if partner_port is not None:
+        listeners += f",PARTNER://{HOST}:{partner_port}"
+        advertised += f",PARTNER://{HOST}:{partner_port}"
+        protocols += ",PARTNER:SASL_PLAINTEXT"
+        security = {
+            "listener.name.partner.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.partner.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+        }
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "listeners": listeners,
+        "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
+        **security,
         "log.dirs": str(log_dirs),
         "num.partitions": "1",
         "auto.create.topics.enable": "true",
@@ -119,6 +140,7 @@ def start_kafka(
     data_dir: Path,
     log_dir: Path,
     *,
+    partner_port: int | None = None,
     run_dir: Path | None = None,
     die_with_parent: bool = False,
     wait: bool = True,
@@ -128,9 +150,11 @@ def start_kafka(
     java, libs = java_binary(), kafka_libs()
     ensure_port_free(port, "Kafka", "IMX_KAFKA_PORT")
     ensure_port_free(controller_port, "Kafka controller", "IMX_KAFKA_CONTROLLER_PORT")
+    if partner_port is not None:
+        ensure_port_free(partner_port, "Kafka partner listener", "IMX_KAFKA_PARTNER_PORT")
     data_dir.mkdir(parents=True, exist_ok=True)
     properties, log4j = data_dir / "server.properties", data_dir / "log4j2.properties"
-    properties.write_text(kafka_config(port, controller_port, data_dir / "log-dirs"))
+    properties.write_text(kafka_config(port, controller_port, data_dir / "log-dirs", partner_port))
     log4j.write_text(KAFKA_LOG4J2)
     jvm = [java, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
     if not (data_dir / "log-dirs" / "meta.properties").exists():

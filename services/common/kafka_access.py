@@ -1,0 +1,116 @@
+"""Partner sign-in to Kafka: one SCRAM-SHA-512 user per partner, allowed to read its own topic only.
+
+Partners connect to the broker's partner listener (SASL); the services use an internal listener that
+partners cannot reach. Each partner's user may DESCRIBE and READ its delivery topic (a literal
+resource) and use consumer groups whose id starts with "<partner id>." (a prefixed resource), and
+nothing else: with `allow.everyone.if.no.acl.found=false`, every other topic is refused to it.
+
+The password is generated here, shown once to the administrator, and never stored by imx: the broker
+keeps only its salted SCRAM verifier. A new password for an existing partner (rotation) is the same
+upsert with a new secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from kafka.admin import (
+    ACL,
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    ResourcePattern,
+    ResourcePatternFilter,
+    ResourceType,
+    ScramMechanism,
+    UserScramCredentialDeletion,
+    UserScramCredentialUpsertion,
+)
+
+MECHANISM = "SCRAM-SHA-512"
+
+
+@dataclass(frozen=True)
+class PartnerCredentials:
+    username: str
+    password: str
+    group_prefix: str  # consumer group ids the partner may use start with this
+
+
+def group_prefix(partner_id: str) -> str:
+    """Consumer groups a partner may use: "<partner id>." (ids have no dots, so no partner's prefix is
+    another's)."""
+    return f"{partner_id}."
+
+
+def partner_acls(partner_id: str, topic: str) -> list[ACL]:
+    """What a partner's user may do: read its topic, and commit offsets in its own groups."""
+    principal = f"User:{partner_id}"
+    topic_pattern = ResourcePattern(ResourceType.TOPIC, topic, ACLResourcePatternType.LITERAL)
+    group_pattern = ResourcePattern(ResourceType.GROUP, group_prefix(partner_id), ACLResourcePatternType.PREFIXED)
+    allow = ACLPermissionType.ALLOW
+    return [
+        ACL(principal, "*", ACLOperation.READ, allow, topic_pattern),
+        ACL(principal, "*", ACLOperation.DESCRIBE, allow, topic_pattern),
+        ACL(principal, "*", ACLOperation.READ, allow, group_pattern),
+    ]
+
+
+class PartnerAccess:
+    """Grants and revokes partners' Kafka access through the internal listener (a super user there)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._bootstrap = bootstrap
+
+    def grant(self, partner_id: str, topic: str) -> PartnerCredentials:
+        """A new password for `partner_id` (replacing any earlier one) and its ACLs (idempotent)."""
+        password = secrets.token_urlsafe(24)
+        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-partner-access")
+        try:
+            errors = admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(partner_id, ScramMechanism.SCRAM_SHA_512, password)]
+            )
+            _raise_on(errors, "setting the partner's Kafka password")
+            result = admin.create_acls(partner_acls(partner_id, topic))
+            failed = result.get("failed") if isinstance(result, dict) else None
+            if failed:
+                raise RuntimeError(f"creating the partner's Kafka ACLs failed: {failed}")
+        finally:
+            admin.close()
+        return PartnerCredentials(partner_id, password, group_prefix=group_prefix(partner_id))
+
+    def revoke(self, partner_id: str) -> None:
+        """Remove the partner's password and every ACL naming it; a partner without either is fine."""
+        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-partner-access")
+        try:
+            everything = ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY)
+            admin.delete_acls(
+                [ACLFilter(f"User:{partner_id}", None, ACLOperation.ANY, ACLPermissionType.ANY, everything)]
+            )
+            errors = admin.alter_user_scram_credentials(
+                [UserScramCredentialDeletion(partner_id, ScramMechanism.SCRAM_SHA_512)]
+            )
+            unexpected = {user: e for user, e in (errors or {}).items() if e and "NotFound" not in str(e)}
+            _raise_on(unexpected, "removing the partner's Kafka password")
+        finally:
+            admin.close()
+
+
+def _raise_on(errors: dict[str, object] | None, what: str) -> None:
+    failed = {user: error for user, error in (errors or {}).items() if error}
+    if failed:
+        raise RuntimeError(f"{what} failed: {failed}")
+
+
+def sasl_client_config(username: str, password: str, security_protocol: str = "SASL_PLAINTEXT") -> dict[str, str]:
+    """kafka-python settings for a partner's consumer on the partner listener (SASL_SSL in production:
+    SCRAM never sends the password, but the data itself needs TLS on any network but this one)."""
+    return {
+        "security_protocol": security_protocol,
+        "sasl_mechanism": MECHANISM,
+        "sasl_plain_username": username,
+        "sasl_plain_password": password,
+    }

@@ -1,0 +1,151 @@
+"""Partners sign in to Kafka with their own SCRAM user and can read their own topic, nothing else."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from services.common.bus import BusProducer, ensure_topics
+from services.common.control_server import ControlServer
+from services.common.kafka_access import PartnerAccess, sasl_client_config
+from services.common.messages import OutgoingMessage
+from services.common.runtime import StageControl
+from services.common.stats import StageStats
+from services.common.stores.partners import PartnerStore
+from services.common.topics import Topics
+from services.delivery.partners import PartnerSignIn, register_partner_admin
+from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+
+def _consumer(partner_bootstrap: str, username: str, password: str, group: str | None = None) -> KafkaConsumer:
+    return KafkaConsumer(
+        bootstrap_servers=partner_bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        request_timeout_ms=8000,
+        bootstrap_timeout_ms=4000,  # a refused sign-in surfaces as a bootstrap timeout
+        **sasl_client_config(username, password),
+    )
+
+
+def _read(consumer: KafkaConsumer, topic: str, seconds: float) -> list[bytes]:
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    while not values and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            values.extend(r.value for r in records)
+    return values
+
+
+def _cannot_sign_in(partner_bootstrap: str, username: str, password: str) -> bool:
+    try:
+        consumer = _consumer(partner_bootstrap, username, password)
+    except KafkaError:
+        return True
+    try:
+        consumer.topics()
+    except KafkaError:
+        return True
+    finally:
+        consumer.close()
+    return False
+
+
+def test_a_partner_reads_its_own_topic_and_cannot_see_anyone_elses(
+    kafka_bootstrap: str, kafka_partner_bootstrap: str, unique_name: str
+) -> None:
+    mine, theirs = f"{unique_name}.partner.a", f"{unique_name}.partner.b"
+    ensure_topics(kafka_bootstrap, [mine, theirs], partitions=1)
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish([OutgoingMessage(mine, b"for a", b"k"), OutgoingMessage(theirs, b"for b", b"k")])
+    producer.close()
+    access = PartnerAccess(kafka_bootstrap)
+    partner = f"{unique_name}-a"
+    credentials = access.grant(partner, mine)
+
+    consumer = _consumer(kafka_partner_bootstrap, credentials.username, credentials.password,
+                         group=f"{credentials.group_prefix}reader")
+    try:
+        assert _read(consumer, mine, 20) == [b"for a"]
+        consumer.commit()  # offsets in its own group: allowed
+        assert theirs not in consumer.topics(), "another partner's topic is not even listed"
+    finally:
+        consumer.close()
+    snooper = _consumer(kafka_partner_bootstrap, credentials.username, credentials.password)
+    try:
+        snooper.assign([TopicPartition(theirs, 0)])
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert not snooper.poll(timeout_ms=500), "records of another partner's topic were returned"
+    finally:
+        snooper.close()
+
+    assert _cannot_sign_in(kafka_partner_bootstrap, credentials.username, "wrong-password")
+    access.revoke(partner)
+    assert _cannot_sign_in(kafka_partner_bootstrap, credentials.username, credentials.password)
+
+
+@pytest.fixture
+def partner_admin(
+    kafka_bootstrap: str, kafka_partner_bootstrap: str, mongo_uri: str, unique_name: str
+) -> Iterator[tuple[admin_pb2_grpc.PartnerAdminStub, Topics]]:
+    client: MongoClient = MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
+    db: Database = client[unique_name]
+    topics = Topics(f"{unique_name}.")
+    sign_in = PartnerSignIn(PartnerAccess(kafka_bootstrap), kafka_partner_bootstrap)
+
+    def create_topic(partner_id: str) -> None:
+        ensure_topics(kafka_bootstrap, [topics.partner(partner_id)], partitions=1)
+
+    registration = register_partner_admin(PartnerStore(db), topics, create_topic, sign_in)
+    server = ControlServer("delivery", StageControl(StageStats("delivery")), port=0, extra=[registration])
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield admin_pb2_grpc.PartnerAdminStub(channel), topics
+    finally:
+        channel.close()
+        server.stop(0)
+        client.drop_database(unique_name)
+        client.close()
+
+
+def test_adding_resetting_and_removing_a_partner_issues_and_revokes_its_sign_in(
+    partner_admin: tuple[admin_pb2_grpc.PartnerAdminStub, Topics], kafka_bootstrap: str, kafka_partner_bootstrap: str
+) -> None:
+    admin, topics = partner_admin
+    added = admin.AddPartner(admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id="lab-one")), timeout=30)
+    access = added.kafka_access
+    assert (access.bootstrap, access.username, access.group_prefix) == (kafka_partner_bootstrap, "lab-one", "lab-one.")
+    assert access.mechanism == "SCRAM-SHA-512" and len(access.password) >= 32
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish([OutgoingMessage(topics.partner("lab-one"), b"delivered", b"k")])
+    producer.close()
+    consumer = _consumer(access.bootstrap, access.username, access.password, group="lab-one.test")
+    try:
+        assert _read(consumer, topics.partner("lab-one"), 20) == [b"delivered"]
+    finally:
+        consumer.close()
+
+    reset = admin.ResetPartnerPassword(admin_pb2.ResetPartnerPasswordRequest(partner_id="lab-one"), timeout=30)
+    assert reset.kafka_access.password != access.password
+    assert _cannot_sign_in(access.bootstrap, access.username, access.password), "the old password stops working"
+    assert not _cannot_sign_in(access.bootstrap, access.username, reset.kafka_access.password)
+
+    admin.RemovePartner(admin_pb2.RemovePartnerRequest(partner_id="lab-one"), timeout=30)
+    assert _cannot_sign_in(access.bootstrap, access.username, reset.kafka_access.password)
+    with pytest.raises(grpc.RpcError) as missing:
+        admin.ResetPartnerPassword(admin_pb2.ResetPartnerPasswordRequest(partner_id="lab-one"), timeout=30)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
