@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -27,6 +28,7 @@ MAX_LIMIT = 1000
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"  # PS3.5 §9.1: digits and dots, at most 64 characters
 
 router = APIRouter()
+open_router = APIRouter()  # health only: probes carry no key
 
 
 def get_store(request: Request) -> AuditStore:
@@ -111,7 +113,7 @@ def summary(store: StoreDep, since: Since = None, until: Until = None) -> Summar
     return Summary.from_summary(store.summary(since, until))
 
 
-@router.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+@open_router.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
 def healthz(store: StoreDep, response: Response) -> Health:
     """Serving, and whether the audit store answers."""
     reachable = store.ping()
@@ -124,9 +126,27 @@ def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=503, content={"detail": "audit store unavailable; try again"})
 
 
-def create_app(store: AuditStore) -> FastAPI:
+KeyCheck = Callable[[str], str | None]
+
+
+def _authorised(request: Request) -> None:
+    """Every audit query needs an analyst's API key (`imx analysts add`): `Authorization: Bearer <key>`."""
+    check: KeyCheck | None = request.app.state.key_check
+    if check is None:
+        return  # explicitly open (IMX_AUDIT_REQUIRE_API_KEY=false), e.g. behind an authenticating proxy
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip() or check(key.strip()) is None:
+        raise HTTPException(
+            status_code=401, detail="an analyst API key is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def create_app(store: AuditStore, key_check: KeyCheck | None) -> FastAPI:
+    """`key_check` maps an API key to its analyst (None: unknown key); None leaves the API open."""
     app = FastAPI(title="imx audit", version="1", description=DESCRIPTION)
     app.state.audit_store = store
-    app.include_router(router)
+    app.state.key_check = key_check
+    app.include_router(router, dependencies=[Depends(_authorised)])
+    app.include_router(open_router)
     app.add_exception_handler(TransientError, _store_unavailable)
     return app

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.audit.admin import register_analyst_admin
+from services.audit.analysts import AnalystStore, CachedKeyCheck
 from services.audit.api import create_app
 from services.audit.consumer import AuditHandler, audit_stage_spec
 from services.audit.http_server import HttpServer
@@ -39,7 +41,9 @@ def serve(
     try:
         store = MongoAuditStore(db[settings.audit_collection])
         store.ensure_indexes()
-        http = HttpServer(create_app(store), settings.http_host, settings.http_port)
+        analysts = AnalystStore(db)
+        key_check = CachedKeyCheck(analysts) if settings.require_api_key else None
+        http = HttpServer(create_app(store, key_check), settings.http_host, settings.http_port)
         http.start()
         try:
 
@@ -51,7 +55,12 @@ def serve(
                     on_ready(AuditEndpoints(http_port=http.port, grpc_port=control.port))
 
             run_stage(
-                settings, audit_stage_spec(Topics(settings.topic_prefix)), build_handler, stop=stop, on_ready=ready
+                settings,
+                audit_stage_spec(Topics(settings.topic_prefix)),
+                build_handler,
+                extra_servicers=[register_analyst_admin(analysts)],
+                stop=stop,
+                on_ready=ready,
             )
         finally:
             http.stop()

@@ -29,3 +29,9 @@ class AuditSettings(ServiceSettings):
     audit_collection: str = Field(
         "audit_events", validation_alias=_env("COLLECTION"), description="MongoDB collection holding the audit records"
     )
+    require_api_key: bool = Field(
+        True,
+        validation_alias=_env("REQUIRE_API_KEY"),
+        description="audit queries need an analyst's API key (`imx analysts add`); false only behind a proxy "
+        "that authenticates",
+    )

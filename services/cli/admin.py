@@ -20,6 +20,7 @@ console = Console()
 routes_app = typer.Typer(help="Route rules: which partner receives what, with which profile.", no_args_is_help=True)
 partners_app = typer.Typer(help="Receiving partners and their topics.", no_args_is_help=True)
 orgs_app = typer.Typer(help="Sending organisations: AE titles and API keys.", no_args_is_help=True)
+analysts_app = typer.Typer(help="Who may query the audit API (API keys).", no_args_is_help=True)
 
 
 @contextmanager
@@ -230,3 +231,36 @@ def orgs_remove(org_id: str) -> None:
             admin_pb2.RemoveOrganisationRequest(org_id=org_id)
         )
     console.print(f"organisation {org_id} removed")
+
+
+@analysts_app.command("add")
+def analysts_add(analyst_id: str, name: str = "") -> None:
+    """Issue an audit API key for an analyst (shown once; an earlier key of theirs stops working)."""
+    with _channel(CliSettings().audit_grpc) as channel:
+        reply = admin_pb2_grpc.AnalystAdminStub(channel).AddAnalyst(
+            admin_pb2.AddAnalystRequest(analyst=admin_pb2.Analyst(analyst_id=analyst_id, name=name))
+        )
+    console.print(
+        f"analyst {reply.analyst.analyst_id}: API key (shown once) {reply.api_key}\n"
+        f"use it as `Authorization: Bearer <key>` on the audit API",
+        highlight=False,
+    )
+
+
+@analysts_app.command("list")
+def analysts_list() -> None:
+    """Show the analysts who hold an audit API key."""
+    with _channel(CliSettings().audit_grpc) as channel:
+        reply = admin_pb2_grpc.AnalystAdminStub(channel).ListAnalysts(admin_pb2.ListAnalystsRequest())
+    table = Table("id", "name")
+    for analyst in reply.analysts:
+        table.add_row(analyst.analyst_id, analyst.name)
+    console.print(table)
+
+
+@analysts_app.command("remove")
+def analysts_remove(analyst_id: str) -> None:
+    """Withdraw an analyst's key (refused by the audit API within seconds)."""
+    with _channel(CliSettings().audit_grpc) as channel:
+        admin_pb2_grpc.AnalystAdminStub(channel).RemoveAnalyst(admin_pb2.RemoveAnalystRequest(analyst_id=analyst_id))
+    console.print(f"analyst {analyst_id} removed")

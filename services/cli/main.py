@@ -14,6 +14,7 @@ app = typer.Typer(
 app.add_typer(admin.routes_app, name="routes")
 app.add_typer(admin.partners_app, name="partners")
 app.add_typer(admin.orgs_app, name="orgs")
+app.add_typer(admin.analysts_app, name="analysts")
 app.add_typer(profiles.profiles_app, name="profiles")
 app.command("demo-data")(files.demo_data)
 app.command("deid")(files.deid)

@@ -15,6 +15,7 @@ class CliSettings(BaseSettings):
     delivery_grpc: str = Field("127.0.0.1:50054", description="delivery's gRPC address (partners)")
     audit_grpc: str = Field("127.0.0.1:50055", description="audit's gRPC address")
     audit_url: str = Field("http://127.0.0.1:8045", description="audit's HTTP API")
+    audit_api_key: str = Field("", description="an analyst's key for the audit API (`imx analysts add`)")
     stow_url: str = Field("http://127.0.0.1:8041/dicomweb", description="ingest's DICOMweb base URL")
     dicom_host: str = Field("127.0.0.1", description="ingest's C-STORE SCP host")
     dicom_port: int = Field(11112, description="ingest's C-STORE SCP port")

@@ -8,10 +8,13 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import grpc
+
 from services.cli.settings import CliSettings
+from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 from tools.demo.drain import progress_snapshot
 from tools.devstack import ManagedProcess, free_ports, start_process
 from tools.services_stack import wait_serving
@@ -32,6 +35,11 @@ class Stack:
     ingest_http: int
     ingest_dicom: int
     audit_http: int
+    audit_api_key: str = ""  # an analyst's key, issued once the audit service runs
+
+    @property
+    def audit_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.audit_api_key}"}
 
     @property
     def stow_url(self) -> str:
@@ -102,7 +110,10 @@ def running_stack(kafka: str, kafka_partner: str, mongo: str, root: Path) -> Ite
         for service, proc in zip(SERVICES, procs, strict=True):
             if not wait_serving(stack.grpc_address(service), 60):
                 raise RuntimeError(f"{service} did not become healthy:\n{proc.log_tail()}")
-        yield stack
+        with grpc.insecure_channel(stack.grpc_address("audit")) as channel:
+            request = admin_pb2.AddAnalystRequest(analyst=admin_pb2.Analyst(analyst_id="e2e", name="tests"))
+            api_key = admin_pb2_grpc.AnalystAdminStub(channel).AddAnalyst(request, timeout=10).api_key
+        yield replace(stack, audit_api_key=api_key)
     finally:
         for proc in reversed(procs):
             proc.stop(timeout=30)

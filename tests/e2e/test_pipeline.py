@@ -112,7 +112,7 @@ def wait_for(stack: Stack, condition, timeout_s: float = 300) -> dict:  # type: 
     deadline = time.monotonic() + timeout_s
     summary: dict = {}  # type: ignore[type-arg]
     while time.monotonic() < deadline:
-        summary = httpx.get(f"{stack.audit_url}/audit/summary", timeout=30).json()
+        summary = httpx.get(f"{stack.audit_url}/audit/summary", timeout=30, headers=stack.audit_headers).json()
         if condition(summary):
             return summary
         time.sleep(1)
@@ -227,8 +227,12 @@ def _elements(ds: Dataset) -> Iterator[DataElement]:
 
 
 def test_the_audit_trail_of_every_study_shows_every_hop(stack: Stack, sent: Sent) -> None:
+    anonymous = httpx.get(f"{stack.audit_url}/audit/studies/{sent.plans[0].study_instance_uid}", timeout=30)
+    assert anonymous.status_code == 401, "the trail is for analysts with a key only"
     for plan in sent.plans:
-        trail = httpx.get(f"{stack.audit_url}/audit/studies/{plan.study_instance_uid}", timeout=30).json()
+        trail = httpx.get(
+            f"{stack.audit_url}/audit/studies/{plan.study_instance_uid}", timeout=30, headers=stack.audit_headers
+        ).json()
         counts = Counter(event["event_type"] for event in trail["events"])
         assert counts["ingested"] == 50
         for hop in ("routed", "prepared", "partner_delivery", "outcome"):
@@ -243,19 +247,22 @@ def test_corrupt_and_unroutable_inputs_are_quarantined_with_reasons_in_audit(sta
     reasons: Counter[tuple[str, str]] = Counter()
     for org in ("trust-a", "trust-b"):  # other tests on the shared stack send as other organisations
         page = httpx.get(
-            f"{stack.audit_url}/audit/events", params={"event_type": "quarantined", "org": org}, timeout=30
+            f"{stack.audit_url}/audit/events",
+            params={"event_type": "quarantined", "org": org},
+            timeout=30,
+            headers=stack.audit_headers,
         ).json()
         reasons.update((e["stage"], e["reason"]) for e in page["events"])
     assert reasons == Counter({("ingest", "not-dicom"): 1, ("routing", "no-route"): 1})
 
 
 def test_resending_a_study_creates_no_duplicate_deliveries(stack: Stack, sent: Sent) -> None:
-    before = httpx.get(f"{stack.audit_url}/audit/summary", timeout=30).json()
+    before = httpx.get(f"{stack.audit_url}/audit/summary", timeout=30, headers=stack.audit_headers).json()
     storescu(stack, TRUST_AE, sent.c_store_files)  # every response arrives after ingest decided
     deadline = time.monotonic() + 30
     while stack.total_lag() and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(3)
-    after = httpx.get(f"{stack.audit_url}/audit/summary", timeout=30).json()
+    after = httpx.get(f"{stack.audit_url}/audit/summary", timeout=30, headers=stack.audit_headers).json()
     assert after["events_by_type"] == before["events_by_type"]
     assert len(deliveries(stack, CARE, 201, timeout_s=10)) == 200, "nothing more reaches the partner"

@@ -99,7 +99,8 @@ def main() -> int:
         return 1
     console.print(f"sent {len(manifest.files)} instances in {sent_seconds:.1f}s; waiting for the pipeline to drain")
     expected = expected_terminal_events(manifest)
-    counts = wait_until_drained(cli, [s.study_instance_uid for s in manifest.studies], expected)
+    reader = cli.model_copy(update={"audit_api_key": config.audit_api_key})
+    counts = wait_until_drained(reader, [s.study_instance_uid for s in manifest.studies], expected)
     # From the first byte sent to the last delivery the audit trail recorded (not to the end of waiting).
     last = counts.last_delivered_at or datetime.now(UTC)
     elapsed = (last - started_at).total_seconds()

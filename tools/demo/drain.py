@@ -42,7 +42,8 @@ class TrailCounts:
 
 def trail_counts(cli: CliSettings, study_uids: Iterable[str]) -> TrailCounts:
     counts = TrailCounts()
-    with httpx.Client(base_url=cli.audit_url, timeout=60) as client:
+    headers = {"Authorization": f"Bearer {cli.audit_api_key}"} if cli.audit_api_key else {}
+    with httpx.Client(base_url=cli.audit_url, timeout=60, headers=headers) as client:
         for uid in study_uids:
             response = client.get(f"/audit/studies/{uid}")
             if response.status_code == 404:

@@ -48,6 +48,7 @@ ROUTES = [
 @dataclass(frozen=True)
 class DemoConfig:
     api_keys: dict[str, str]  # org id -> API key (issued now, kept only in memory)
+    audit_api_key: str  # the demo's own analyst key, to read the audit trails back
 
 
 def configure(cli: CliSettings) -> DemoConfig:
@@ -73,4 +74,8 @@ def configure(cli: CliSettings) -> DemoConfig:
         routes = admin_pb2_grpc.RoutingAdminStub(channel)
         for route in ROUTES:
             routes.AddRoute(admin_pb2.AddRouteRequest(route=route), timeout=10)
-    return DemoConfig(keys)
+    with grpc.insecure_channel(cli.audit_grpc) as channel:
+        analysts = admin_pb2_grpc.AnalystAdminStub(channel)
+        analyst = admin_pb2.Analyst(analyst_id="demo", name="make run")
+        audit_key = analysts.AddAnalyst(admin_pb2.AddAnalystRequest(analyst=analyst), timeout=10).api_key
+    return DemoConfig(keys, audit_key)

@@ -21,6 +21,7 @@ from services.audit.main import AuditEndpoints, serve
 from services.audit.settings import AuditSettings
 from services.common.bus import BusProducer, ensure_topics
 from services.common.topics import Topics
+from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 from tests.unit.audit.builders import Instance, journey
 from tools.devstack import free_ports
 
@@ -35,9 +36,10 @@ def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _trail_complete(http_port: int) -> bool:
+def _trail_complete(http_port: int, api_key: str = "") -> bool:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(f"http://127.0.0.1:{http_port}/audit/studies/{STUDY.study}", timeout=2)
+        response = httpx.get(f"http://127.0.0.1:{http_port}/audit/studies/{STUDY.study}", timeout=2, headers=headers)
     except httpx.HTTPError:
         return False
     return response.status_code == 200 and len(response.json()["events"]) == 5
@@ -81,7 +83,15 @@ def test_serve_answers_http_and_grpc_health_and_returns_when_stopped(
     try:
         _wait_for(lambda: bool(ready), 30, "the service to start")
         endpoints = ready[0]
-        _wait_for(lambda: _trail_complete(endpoints.http_port), 30, "the trail over HTTP")
+        with grpc.insecure_channel(f"127.0.0.1:{endpoints.grpc_port}") as channel:
+            analysts = admin_pb2_grpc.AnalystAdminStub(channel)
+            request = admin_pb2.AddAnalystRequest(analyst=admin_pb2.Analyst(analyst_id="ann", name="Ann"))
+            api_key = analysts.AddAnalyst(request, timeout=10).api_key
+            listed = analysts.ListAnalysts(admin_pb2.ListAnalystsRequest(), timeout=10).analysts
+        assert [(a.analyst_id, a.name) for a in listed] == [("ann", "Ann")]
+        _wait_for(lambda: _trail_complete(endpoints.http_port, api_key), 30, "the trail over HTTP")
+        trail_url = f"http://127.0.0.1:{endpoints.http_port}/audit/studies/{STUDY.study}"
+        assert httpx.get(trail_url).status_code == 401, "no key, no trail"
         assert httpx.get(f"http://127.0.0.1:{endpoints.http_port}/healthz").json() == {"status": "ok", "store": True}
         with grpc.insecure_channel(f"127.0.0.1:{endpoints.grpc_port}") as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -109,6 +119,7 @@ def test_python_m_services_audit_stops_cleanly_on_sigterm(
         "IMX_TOPIC_PARTITIONS": "1",
         "IMX_AUDIT_HTTP_PORT": str(http_port),
         "IMX_AUDIT_GRPC_PORT": str(grpc_port),
+        "IMX_AUDIT_REQUIRE_API_KEY": "false",  # explicitly open, as behind an authenticating proxy
     }
     log = tmp_path / "audit.log"
     with log.open("wb") as stderr:

@@ -37,9 +37,28 @@ def _store() -> InMemoryAuditStore:
     return store
 
 
+KEY = "imx_audit_test-key"
+
+
+def _keys(api_key: str) -> str | None:
+    return "analyst-1" if api_key == KEY else None
+
+
 @pytest.fixture
 def client() -> TestClient:
-    return TestClient(create_app(_store()))
+    return TestClient(create_app(_store(), _keys), headers={"Authorization": f"Bearer {KEY}"})
+
+
+def test_queries_need_an_analysts_key_and_health_does_not() -> None:
+    anonymous = TestClient(create_app(_store(), _keys))
+    for path in (f"/audit/studies/{STUDY.study}", "/audit/events", "/audit/summary"):
+        refused = anonymous.get(path)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert anonymous.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert anonymous.get(path, headers={"Authorization": KEY}).status_code == 401, "the scheme is Bearer"
+        assert anonymous.get(path, headers={"Authorization": f"bearer {KEY}"}).status_code == 200
+    assert anonymous.get("/healthz").status_code == 200
+    assert TestClient(create_app(_store(), None)).get("/audit/summary").status_code == 200, "explicitly open"
 
 
 def test_trail_shows_every_hop_in_order(client: TestClient) -> None:
@@ -172,7 +191,7 @@ def test_summary_counts_deliveries_per_partner_and_quarantines_per_reason(client
 
 def test_healthz_reports_the_store() -> None:
     store = InMemoryAuditStore()
-    client = TestClient(create_app(store))
+    client = TestClient(create_app(store, _keys))
     assert client.get("/healthz").json() == {"status": "ok", "store": True}
     store.reachable = False
     response = client.get("/healthz")
@@ -185,7 +204,8 @@ def test_a_store_outage_is_503_not_500() -> None:
             raise TransientError("audit store unavailable: AutoReconnect")
 
     store: AuditStore = DownStore()
-    assert TestClient(create_app(store)).get("/audit/studies/1.2.3").status_code == 503
+    client = TestClient(create_app(store, _keys), headers={"Authorization": f"Bearer {KEY}"})
+    assert client.get("/audit/studies/1.2.3").status_code == 503
 
 
 def test_openapi_documents_the_routes_and_their_models(client: TestClient) -> None:

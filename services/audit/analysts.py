@@ -1,0 +1,78 @@
+"""Analysts: who may query the audit API. Each has an API key, shown once when issued.
+
+The store keeps only the key's SHA-256 digest, as the document's `_id`: a lookup is then a primary-key
+read (FerretDB 1.x scans collections for any other query). Checks are cached for a few seconds so
+that a dashboard's burst of requests costs one read, and a removed analyst is refused within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from pymongo.database import Database
+
+_ANALYST_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+KEY_PREFIX = "imx_audit_"
+
+
+@dataclass(frozen=True)
+class Analyst:
+    analyst_id: str
+    name: str = ""
+
+
+def key_digest(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class AnalystStore:
+    def __init__(self, db: Database) -> None:
+        self._keys = db["audit_analysts"]
+
+    def add(self, analyst: Analyst) -> str:
+        """A new API key for `analyst` (an existing analyst's earlier keys stop working)."""
+        if not _ANALYST_ID.match(analyst.analyst_id):
+            raise ValueError("analyst id must be 1-63 characters of lower-case letters, digits, '.', '_' and '-'")
+        api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        self._keys.delete_many({"analyst_id": analyst.analyst_id})
+        self._keys.insert_one({"_id": key_digest(api_key), "analyst_id": analyst.analyst_id, "name": analyst.name})
+        return api_key
+
+    def remove(self, analyst_id: str) -> bool:
+        return self._keys.delete_many({"analyst_id": analyst_id}).deleted_count > 0
+
+    def list(self) -> list[Analyst]:
+        docs = self._keys.find({}, {"analyst_id": 1, "name": 1})
+        return sorted({Analyst(d["analyst_id"], d.get("name", "")) for d in docs}, key=lambda a: a.analyst_id)
+
+    def analyst_for_key(self, api_key: str) -> str | None:
+        doc = self._keys.find_one({"_id": key_digest(api_key)}, {"analyst_id": 1})
+        return str(doc["analyst_id"]) if doc else None
+
+
+class CachedKeyCheck:
+    """`analyst_for_key`, remembered for `ttl_s` seconds per key (hits and misses alike)."""
+
+    def __init__(self, store: AnalystStore, ttl_s: float = 5.0) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._seen: dict[str, tuple[float, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, api_key: str) -> str | None:
+        digest, now = key_digest(api_key), time.monotonic()
+        with self._lock:
+            cached = self._seen.get(digest)
+            if cached is not None and now - cached[0] < self._ttl_s:
+                return cached[1]
+        analyst = self._store.analyst_for_key(api_key)
+        with self._lock:
+            if len(self._seen) > 10_000:  # a flood of wrong keys must not grow this without bound
+                self._seen.clear()
+            self._seen[digest] = (now, analyst)
+        return analyst
