@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,11 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_wheel_carries_the_de_identification_tables(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
-         str(ROOT)],
-        check=True, capture_output=True, timeout=300, cwd=tmp_path,
-    )
+    leftovers = [ROOT / "build", ROOT / "imx.egg-info"]
+    existed = {path for path in leftovers if path.exists()}
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+             str(tmp_path), str(ROOT)],
+            check=True, capture_output=True, timeout=300, cwd=tmp_path,
+        )
+    finally:
+        for path in leftovers:
+            if path not in existed:
+                shutil.rmtree(path, ignore_errors=True)  # setuptools builds in the source tree
     [wheel] = tmp_path.glob("imx-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for table in ROOT.glob("services/deid/data/*.csv"):
