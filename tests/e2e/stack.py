@@ -36,6 +36,13 @@ class Stack:
     ingest_dicom: int
     audit_http: int
     audit_api_key: str = ""  # an analyst's key, issued once the audit service runs
+    log_dir: Path | None = None  # the services' logs, for failure messages
+
+    def log_tail(self, service: str, lines: int = 40) -> str:
+        """The end of a service's log: what a failing test shows when a service stopped answering."""
+        if self.log_dir is None or not (self.log_dir / f"{service}.log").exists():
+            return "(no log)"
+        return "\n".join((self.log_dir / f"{service}.log").read_text(errors="replace").splitlines()[-lines:])
 
     @property
     def audit_headers(self) -> dict[str, str]:
@@ -77,6 +84,7 @@ def running_stack(kafka: str, kafka_partner: str, mongo: str, root: Path) -> Ite
         ingest_http=ports[-3],
         ingest_dicom=ports[-2],
         audit_http=ports[-1],
+        log_dir=root / "log",
     )
     procs: list[ManagedProcess] = []
     try:

@@ -112,7 +112,11 @@ def wait_for(stack: Stack, condition, timeout_s: float = 300) -> dict:  # type: 
     deadline = time.monotonic() + timeout_s
     summary: dict = {}  # type: ignore[type-arg]
     while time.monotonic() < deadline:
-        summary = httpx.get(f"{stack.audit_url}/audit/summary", timeout=30, headers=stack.audit_headers).json()
+        try:
+            summary = httpx.get(f"{stack.audit_url}/audit/summary", timeout=30, headers=stack.audit_headers).json()
+        except httpx.TransportError as error:  # the service is gone: show why, not just "connection refused"
+            tail = stack.log_tail("audit")
+            raise AssertionError(f"audit API unreachable ({error!r}); its log ends:\n{tail}") from None
         if condition(summary):
             return summary
         time.sleep(1)
