@@ -29,6 +29,7 @@ from kafka.admin import (
     UserScramCredentialDeletion,
     UserScramCredentialUpsertion,
 )
+from kafka.errors import NoError
 
 MECHANISM = "SCRAM-SHA-512"
 
@@ -82,14 +83,22 @@ class PartnerAccess:
             admin.close()
         return PartnerCredentials(partner_id, password, group_prefix=group_prefix(partner_id))
 
+    def acls_of(self, partner_id: str) -> list[ACL]:
+        """Every ACL naming the partner's user (what `revoke` deletes)."""
+        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-partner-access")
+        try:
+            acls, error = admin.describe_acls(_everything_of(partner_id))
+        finally:
+            admin.close()
+        if error is not None and error is not NoError and not isinstance(error, NoError):
+            raise RuntimeError(f"listing the partner's Kafka ACLs failed: {error}")
+        return list(acls)
+
     def revoke(self, partner_id: str) -> None:
         """Remove the partner's password and every ACL naming it; a partner without either is fine."""
         admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-partner-access")
         try:
-            everything = ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY)
-            admin.delete_acls(
-                [ACLFilter(f"User:{partner_id}", None, ACLOperation.ANY, ACLPermissionType.ANY, everything)]
-            )
+            admin.delete_acls([_everything_of(partner_id)])
             errors = admin.alter_user_scram_credentials(
                 [UserScramCredentialDeletion(partner_id, ScramMechanism.SCRAM_SHA_512)]
             )
@@ -97,6 +106,11 @@ class PartnerAccess:
             _raise_on(unexpected, "removing the partner's Kafka password")
         finally:
             admin.close()
+
+
+def _everything_of(partner_id: str) -> ACLFilter:
+    anything = ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY)
+    return ACLFilter(f"User:{partner_id}", None, ACLOperation.ANY, ACLPermissionType.ANY, anything)
 
 
 def _raise_on(errors: dict[str, object] | None, what: str) -> None:

@@ -104,7 +104,9 @@ def test_a_partner_reads_its_own_topic_and_cannot_see_anyone_elses(
         snooper.close()
 
     assert _refused(kafka_partner_bootstrap, credentials.username, "wrong-password")
+    assert len(access.acls_of(partner)) == 3
     access.revoke(partner)
+    assert access.acls_of(partner) == [], "revoking deletes the partner's ACLs too"
     assert _refused(kafka_partner_bootstrap, credentials.username, credentials.password)
 
 
