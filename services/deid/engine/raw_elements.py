@@ -2,8 +2,9 @@
 
 The fast path of the engine (raw_engine.py) works on this instead of pydicom datasets: building a
 pydicom Dataset per item and converting values costs more than de-identifying them. Only the common
-encoding is read here: explicit VR little endian (native or encapsulated pixel data), tags in
-ascending order, definite lengths except for sequences and items, nothing after Pixel Data.
+encodings are read here: little endian with explicit or implicit VR (native or encapsulated pixel
+data), tags in ascending order, definite lengths except for sequences and items, nothing after Pixel
+Data.
 Anything else raises ``Unsupported`` and the instance goes through the pydicom path instead, which
 reads every encoding pydicom can.
 """
@@ -14,6 +15,7 @@ import struct
 from dataclasses import dataclass
 
 from pydicom._uid_dict import UID_dictionary
+from pydicom.datadict import DicomDictionary
 from pydicom.uid import UID
 
 from .container import PIXEL_TAGS, _pixel_element_end
@@ -24,8 +26,29 @@ ITEM_END = 0xFFFEE00D
 SEQUENCE_END = 0xFFFEE0DD
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 SHORT_VRS = frozenset(
-    {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL", "SS", "ST", "TM",
-     "UI", "UL", "US"}
+    {
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FD",
+        "FL",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "SL",
+        "SS",
+        "ST",
+        "TM",
+        "UI",
+        "UL",
+        "US",
+    }
 )
 _KNOWN_VRS = {vr.encode("ascii"): vr for vr in LONG_VRS | SHORT_VRS}
 _TAG_VR = struct.Struct("<HH2s")
@@ -34,6 +57,7 @@ _U32 = struct.Struct("<I")
 _TAG_LENGTH = struct.Struct("<HHI")
 _LONG_HEADER = struct.Struct("<HH2sHI").pack
 _SHORT_HEADER = struct.Struct("<HH2sH").pack
+_IMPLICIT_HEADER = struct.Struct("<HHI").pack
 _ITEM_START = struct.pack("<HHI", 0xFFFE, 0xE000, UNDEFINED)
 _ITEM_STOP = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
 _SEQUENCE_STOP = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
@@ -62,6 +86,7 @@ class RawFile:
     media_sop_instance_uid: str
     pixel_bytes: memoryview  # the whole Pixel Data element, tag to end of file (may be empty)
     compressed: bool  # encapsulated pixel data (its fragments may carry text segments)
+    implicit: bool  # implicit VR little endian: VRs come from the data dictionary, as pydicom does
 
 
 def read(data: bytes) -> RawFile:
@@ -73,13 +98,15 @@ def read(data: bytes) -> RawFile:
     if syntax not in UID_dictionary:  # unknown or damaged: the pydicom path explains (and warns about) it
         raise Unsupported("transfer syntax")
     uid = UID(syntax)
-    if not (uid.is_transfer_syntax and uid.is_little_endian and not uid.is_implicit_VR and not uid.is_deflated):
+    if not (uid.is_transfer_syntax and uid.is_little_endian and not uid.is_deflated):
         raise Unsupported("transfer syntax")
-    body, position = _read_items(data, position, len(data), _TOP)
-    end = _pixel_element_end(data, position, False)
+    implicit = bool(uid.is_implicit_VR)
+    body, position = _read_items(data, position, len(data), _TOP, implicit)
+    end = _pixel_element_end(data, position, implicit)
     if end != len(data):
         raise Unsupported("something other than one Pixel Data element after the header")
-    return RawFile(body, syntax, _text(meta.get(0x00020003)), memoryview(data)[position:], uid.is_compressed)
+    media_uid = _text(meta.get(0x00020003))
+    return RawFile(body, syntax, media_uid, memoryview(data)[position:], uid.is_compressed, implicit)
 
 
 def _read_meta(data: bytes, position: int) -> tuple[dict[int, bytes], int]:
@@ -107,7 +134,7 @@ def _read_meta(data: bytes, position: int) -> tuple[dict[int, bytes], int]:
 _TOP, _DELIMITED, _DEFINED = 0, 1, 2  # where a run of elements ends: Pixel Data, an item delimiter, a length
 
 
-def _read_items(data: bytes, position: int, end: int, mode: int) -> tuple[Items, int]:
+def _read_items(data: bytes, position: int, end: int, mode: int, implicit: bool = False) -> tuple[Items, int]:
     """Elements from ``position``: at the top up to Pixel Data, in an item up to its delimiter or end."""
     elements: Items = {}
     previous = -1
@@ -115,7 +142,10 @@ def _read_items(data: bytes, position: int, end: int, mode: int) -> tuple[Items,
     while position < end:
         if position + 8 > end:
             raise Unsupported("truncated element")
-        group, element, vr_bytes = _TAG_VR.unpack_from(data, position)
+        if implicit:
+            group, element, length = _TAG_LENGTH.unpack_from(data, position)
+        else:
+            group, element, vr_bytes = _TAG_VR.unpack_from(data, position)
         tag = group << 16 | element
         if mode == _DELIMITED and tag == ITEM_END:
             return elements, position + 8
@@ -124,19 +154,24 @@ def _read_items(data: bytes, position: int, end: int, mode: int) -> tuple[Items,
         if tag <= previous or group == 0xFFFE or group == 0x0002:
             raise Unsupported("tag order")
         previous = tag
-        vr = known.get(vr_bytes)
-        if vr is None:
-            raise Unsupported("VR")
-        if vr in LONG_VRS:
-            if position + 12 > end:
-                raise Unsupported("truncated element")
-            (length,) = _U32.unpack_from(data, position + 8)
-            start = position + 12
-        else:
-            (length,) = _U16.unpack_from(data, position + 6)
+        if implicit:
+            vr = implicit_vr(tag, length)
             start = position + 8
-        if vr == "SQ":
-            items, position = _read_sequence(data, start, length, end)
+        else:
+            found = known.get(vr_bytes)
+            if found is None:
+                raise Unsupported("VR")
+            vr = found
+            if vr in LONG_VRS:
+                if position + 12 > end:
+                    raise Unsupported("truncated element")
+                (length,) = _U32.unpack_from(data, position + 8)
+                start = position + 12
+            else:
+                (length,) = _U16.unpack_from(data, position + 6)
+                start = position + 8
+        if vr == "SQ" or (implicit and length == UNDEFINED):
+            items, position = _read_sequence(data, start, length, end, implicit)
             elements[tag] = Element(tag, vr, b"", items)
             continue
         if length == UNDEFINED or start + length > end:
@@ -148,7 +183,23 @@ def _read_items(data: bytes, position: int, end: int, mode: int) -> tuple[Items,
     return elements, position
 
 
-def _read_sequence(data: bytes, position: int, length: int, end: int) -> tuple[list[Items], int]:
+def implicit_vr(tag: int, length: int) -> str:
+    """The VR the pydicom path sees for an implicit VR element: the data dictionary's (even an ambiguous
+    "US or SS"), "UN" for tags it does not know. A private element of undefined length is a sequence
+    that path never opens: it stays "UN" here too (read, only to be skipped or removed)."""
+    entry = DicomDictionary.get(tag)
+    if entry is None:
+        if length == UNDEFINED and not (tag >> 16) & 1:
+            raise Unsupported("an unknown standard element of undefined length")
+        return "UN"
+    if length == UNDEFINED and entry[0] != "SQ":
+        raise Unsupported("undefined length on an element that is no sequence")
+    return str(entry[0])
+
+
+def _read_sequence(
+    data: bytes, position: int, length: int, end: int, implicit: bool = False
+) -> tuple[list[Items], int]:
     stop = end if length == UNDEFINED else position + length
     if stop > end:
         raise Unsupported("sequence length")
@@ -166,11 +217,11 @@ def _read_sequence(data: bytes, position: int, length: int, end: int) -> tuple[l
         if tag != ITEM:
             raise Unsupported("not an item")
         if item_length == UNDEFINED:
-            item, position = _read_items(data, position, stop, _DELIMITED)
+            item, position = _read_items(data, position, stop, _DELIMITED, implicit)
         else:
             if position + item_length > stop:
                 raise Unsupported("item length")
-            item, position = _read_items(data, position, position + item_length, _DEFINED)
+            item, position = _read_items(data, position, position + item_length, _DEFINED, implicit)
         items.append(item)
     if length == UNDEFINED:
         raise Unsupported("sequence without delimiter")
@@ -181,26 +232,33 @@ def _text(value: bytes | None) -> str:
     return value.decode("ascii", "replace").strip(" \x00") if value else ""
 
 
-def encode(elements: Items, out: bytearray) -> None:
-    """Explicit VR little endian, ascending tags; sequences and items of undefined length (PS3.5 7.5.2)."""
+def encode(elements: Items, out: bytearray, implicit: bool = False) -> None:
+    """Little endian, ascending tags, in the input's VR mode; sequences and items of undefined length
+    (PS3.5 7.5.2)."""
     for tag in sorted(elements):
         if tag & 0xFFFF == 0 and tag >> 16 > 0x0002:
             continue  # group lengths are retired (PS3.5 7.2)
         elem = elements[tag]
         group, element = tag >> 16, tag & 0xFFFF
         if elem.items is not None:
-            out += _LONG_HEADER(group, element, b"SQ", 0, UNDEFINED)
+            out += (
+                _IMPLICIT_HEADER(group, element, UNDEFINED)
+                if implicit
+                else _LONG_HEADER(group, element, b"SQ", 0, UNDEFINED)
+            )
             for item in elem.items:
                 out += _ITEM_START
-                encode(item, out)
+                encode(item, out, implicit)
                 out += _ITEM_STOP
             out += _SEQUENCE_STOP
             continue
         value = elem.value
-        if elem.vr in LONG_VRS:
+        if implicit:
+            out += _IMPLICIT_HEADER(group, element, len(value))
+        elif elem.vr in LONG_VRS:
             out += _LONG_HEADER(group, element, elem.vr.encode("ascii"), 0, len(value))
-        elif len(value) <= 0xFFFF:
+        elif elem.vr in SHORT_VRS and len(value) <= 0xFFFF:
             out += _SHORT_HEADER(group, element, elem.vr.encode("ascii"), len(value))
         else:
-            raise Unsupported("value too long for its VR")
+            raise Unsupported("a value its VR cannot carry")
         out += value

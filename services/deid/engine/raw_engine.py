@@ -5,7 +5,7 @@ instance. Here a value is read (decoded from bytes) only when a decision needs i
 nobody changes is written back byte for byte.
 
 It covers the common case and hands everything else to the pydicom path (deidentifier.py) by raising
-``Unsupported``: other encodings (implicit VR, big endian, deflate), character sets with code
+``Unsupported``: other encodings (big endian, deflate), character sets with code
 extensions or per-item character sets, instances that may carry burned-in text (masking and refusal
 live there), Retain Safe Private with private elements present, values a string VR cannot hold,
 and any possible leak (so the pydicom path names the offending tag). Both paths must give the same
@@ -66,16 +66,23 @@ class RawResult:
 
 
 class _Context:
-    __slots__ = ("codec", "day_shift", "identifiers", "pseudonyms", "rules")
+    __slots__ = ("codec", "day_shift", "identifiers", "implicit", "pseudonyms", "rules")
 
     def __init__(
-        self, rules: RuleSet, pseudonyms: Pseudonymizer, identifiers: Identifiers, day_shift: int, codec: str
+        self,
+        rules: RuleSet,
+        pseudonyms: Pseudonymizer,
+        identifiers: Identifiers,
+        day_shift: int,
+        codec: str,
+        implicit: bool = False,
     ) -> None:
         self.rules = rules
         self.pseudonyms = pseudonyms
         self.identifiers = identifiers
         self.day_shift = day_shift
         self.codec = codec
+        self.implicit = implicit
 
 
 def deidentify_raw(data: bytes, profile: Profile, pseudonyms: Pseudonymizer) -> RawResult:
@@ -87,15 +94,16 @@ def deidentify_raw(data: bytes, profile: Profile, pseudonyms: Pseudonymizer) -> 
     if _may_have_burned_in_text(body, raw):
         raise Unsupported("burned-in text is the pydicom path's business")
     identifiers = _collect_identifiers(body, rules, codec)
-    ctx = _Context(rules, pseudonyms, identifiers, pseudonyms.day_shift(_shift_anchor(body, codec)), codec)
+    day_shift = pseudonyms.day_shift(_shift_anchor(body, codec))
+    ctx = _Context(rules, pseudonyms, identifiers, day_shift, codec, raw.implicit)
     _transform(body, ctx)
     _record_method(body, profile, codec)
     meta = _file_meta(body, raw, pseudonyms, rules.retain_uids)
     out = bytearray(meta)
-    encode(body, out)
+    encode(body, out, raw.implicit)
     header = bytes(out)
     if identifiers.sources_in_bytes(header) or (
-        raw.compressed and identifiers.sources_in_bytes(embedded_text_of_element(raw.pixel_bytes, implicit=False))
+        raw.compressed and identifiers.sources_in_bytes(embedded_text_of_element(raw.pixel_bytes, raw.implicit))
     ):
         raise Unsupported("a possible leak: the pydicom path locates it")
     identity = {
@@ -294,7 +302,7 @@ def _apply(items: Items, tag: int, action: Action, ctx: _Context) -> None:
     if replacement is _REMOVE:
         del items[tag]
         return
-    elem.value = _encoded(vr, replacement, ctx.codec)
+    elem.value = _encoded(vr.split(" ")[0], replacement, ctx.codec)  # "US or SS": its first reading, as pydicom
 
 
 def _replacement(items: Items, elem: Element, action: Action, ctx: _Context) -> object:
@@ -380,6 +388,8 @@ def _private(items: Items, tags: list[int], ctx: _Context) -> None:
             continue
         override = rules.exact.get(tag)
         if override is not None:
+            if ctx.implicit:
+                raise Unsupported("implicit VR private elements the profile keeps: their VR is the pydicom path's")
             if override is not Action.REMOVE:
                 kept_blocks.add((group, element >> 8))
             _apply(items, tag, override, ctx)
@@ -474,4 +484,3 @@ def _file_meta(body: Items, raw: RawFile, pseudonyms: Pseudonymizer, retain_uids
     out = bytearray()
     encode(meta, out)
     return b"\x00" * 128 + b"DICM" + _META_GROUP_LENGTH(0x0002, 0x0000, b"UL", 4, len(out)) + bytes(out)
-

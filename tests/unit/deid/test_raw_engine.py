@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import config, dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from services.common.dicom.part10 import dataset_to_bytes
 from services.common.dicom.synthetic import generate_study
@@ -25,7 +26,7 @@ EVERY_OPTION = [Profile(option.name.lower(), options=frozenset({option})) for op
 COMMON_PROFILES = [BASIC, RESEARCH, *[p for p in EVERY_OPTION if Option.RETAIN_SAFE_PRIVATE not in p.options]]
 
 
-def _every_attribute_instance(after_pixels: bool = False) -> bytes:
+def _every_attribute_instance(after_pixels: bool = False, syntax: str = ExplicitVRLittleEndian) -> bytes:
     ds = ct_dataset()
     for elem in every_attribute_dataset():
         ds[elem.tag] = elem
@@ -33,11 +34,21 @@ def _every_attribute_instance(after_pixels: bool = False) -> bytes:
         for tag in [elem.tag for elem in ds if elem.tag > 0x7FE00010]:
             del ds[tag]
     with config.disable_value_validation():
-        return to_bytes(ds)
+        return to_bytes(ds, syntax)
 
 
 def _synthetic_ct() -> bytes:
     return dataset_to_bytes(next(iter(generate_study(7, "CT", 1, "RAW"))))
+
+
+def _implicit(data: bytes) -> bytes:
+    """The same instance re-encoded in implicit VR little endian (what many older modalities send)."""
+    with config.disable_value_validation():
+        ds = dcmread(BytesIO(data))
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        out = BytesIO()
+        ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+        return out.getvalue()
 
 
 def _same_result(fast: DeidResult, reference: DeidResult) -> None:
@@ -55,8 +66,19 @@ def _same_result(fast: DeidResult, reference: DeidResult) -> None:
 
 
 @pytest.mark.parametrize("profile", COMMON_PROFILES, ids=lambda p: p.name)
-@pytest.mark.parametrize("instance", [_synthetic_ct, lambda: to_bytes(ct_dataset()), _every_attribute_instance],
-                         ids=["synthetic-ct", "ct-with-phi", "every-attribute"])
+@pytest.mark.parametrize(
+    "instance",
+    [
+        _synthetic_ct,
+        lambda: to_bytes(ct_dataset()),
+        _every_attribute_instance,
+        lambda: _implicit(_synthetic_ct()),
+        lambda: to_bytes(ct_dataset(), ImplicitVRLittleEndian),
+        lambda: _every_attribute_instance(syntax=ImplicitVRLittleEndian),
+    ],
+    ids=["synthetic-ct", "ct-with-phi", "every-attribute", "implicit-synthetic-ct", "implicit-ct-with-phi",
+         "implicit-every-attribute"],
+)
 def test_common_instances_take_the_fast_path_and_match_the_pydicom_path_byte_for_byte(instance, profile) -> None:  # type: ignore[no-untyped-def]
     data = instance()
     fast = deidentify_raw(data, profile, Pseudonymizer(KEY))  # raises Unsupported if it fell back
@@ -66,26 +88,28 @@ def test_common_instances_take_the_fast_path_and_match_the_pydicom_path_byte_for
 
 
 def test_what_the_fast_path_does_not_cover_goes_through_the_pydicom_path() -> None:
-    implicit = to_bytes(ct_dataset(), "1.2.840.10008.1.2")
+    deflated = to_bytes(ct_dataset(), DeflatedExplicitVRLittleEndian)
     padded = _every_attribute_instance(after_pixels=True)
     ultrasound = ct_dataset()
     ultrasound.Modality = "US"  # may carry burned-in text: refusal lives in the pydicom path
     if "BurnedInAnnotation" in ultrasound:
         del ultrasound.BurnedInAnnotation
-    for data in (implicit, padded, to_bytes(ultrasound)):
+    for data in (deflated, padded, to_bytes(ultrasound)):
         with pytest.raises(Unsupported):
             deidentify_raw(data, BASIC, Pseudonymizer(KEY))
-    for data in (implicit, padded):
+    for data in (deflated, padded):
         _same_result(deidentify(data, BASIC, KEY), deidentify_with_pydicom(data, BASIC, KEY))
     with pytest.raises(DeidError):
         deidentify(to_bytes(ultrasound), BASIC, KEY)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=datasets(), profile=st.sampled_from([*PROFILES, *EVERY_OPTION]))
-def test_both_paths_agree_on_arbitrary_datasets(body: Dataset, profile: Profile) -> None:
+@given(body=datasets(), profile=st.sampled_from([*PROFILES, *EVERY_OPTION]), implicit=st.booleans())
+def test_both_paths_agree_on_arbitrary_datasets(body: Dataset, profile: Profile, implicit: bool) -> None:
     with config.disable_value_validation():
         data = _instance(body)
+    if implicit:
+        data = _implicit(data)
     try:
         reference = deidentify_with_pydicom(data, profile, KEY)
     except DeidError as error:
