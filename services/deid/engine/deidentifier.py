@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from functools import cached_property
 from io import BytesIO
@@ -13,6 +12,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from .burned_in import mask_native, pixel_rule_for
 from .container import Parsed, encode_for_scan, encode_full, encode_header, file_meta_for, parse
+from .encoder import _LONG_HEADER
 from .errors import BurnedInAnnotation, DeidError, NotDeidentifiable, PhiLeak
 from .identifiers import Identifiers, collect_identifiers, is_registered_uid
 from .leaks import Leak, find_leaks
@@ -215,12 +215,11 @@ def _decoded_and_masked(
     vr = "OB" if int(full.get("BitsAllocated") or 8) <= 8 else "OW"
     meta = file_meta_for(ds, ExplicitVRLittleEndian, media_uid)
     header = encode_header(ds, meta, implicit=False)
-    element = _PIXEL_ELEMENT(0x7FE0, 0x0010, vr.encode("ascii"), 0, len(pixels))
+    element = _LONG_HEADER(0x7FE0, 0x0010, vr.encode("ascii"), 0, len(pixels))
     return b"".join((header, element, pixels)), header, meta
 
 
 PHOTOMETRIC_INTERPRETATION, PLANAR_CONFIGURATION = 0x00280004, 0x00280006
-_PIXEL_ELEMENT = struct.Struct("<HH2sHI").pack
 
 
 def _masked_element(parsed: Parsed, ds: Dataset, rule: PixelRule) -> bytes:

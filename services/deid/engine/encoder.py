@@ -44,8 +44,12 @@ def encode_file_meta(meta: FileMetaDataset) -> bytes:
     """Preamble, "DICM" and group 0002 with its group length (PS3.10 7.1), explicit VR little endian."""
     body = bytearray()
     _encode(meta, body, False, ["iso8859"])
-    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
-    return b"\x00" * 128 + b"DICM" + length + bytes(body)
+    return framed_file_meta(bytes(body))
+
+
+def framed_file_meta(group_0002: bytes) -> bytes:
+    """Preamble, "DICM" and the group length in front of already encoded group 0002 elements."""
+    return b"\x00" * 128 + b"DICM" + _LONG_HEADER(0x0002, 0x0000, b"UL", 4, len(group_0002)) + group_0002
 
 
 def _encode(ds: Dataset, out: bytearray, implicit: bool, encodings: list[str]) -> None:

@@ -139,26 +139,30 @@ def _collect(ds: Dataset, rules: RuleSet, codec: str | None, text: dict[str, int
             values = element_string_values(ds, tag, raw, codec)
         except Exception:  # an undecodable value is left to the transform to reject
             continue
-        if vr == "UI":
-            if not retain_uids:
-                source = int(tag)
-                for v in values:
-                    if v not in uids and v not in UID_dictionary:
-                        uids[v] = source
-        elif vr == "PN":
-            source = int(tag)
-            for value in values:
-                for token in _NAME_TOKEN.findall(value):
-                    folded = token.casefold()
-                    if folded not in OWN_TOKENS:
-                        text.setdefault(folded, source)
-        else:
-            source = int(tag)
-            for value in values:
-                if len(value) >= MIN_IDENTIFIER:
-                    folded = value.casefold()
-                    if folded not in OWN_TOKENS:
-                        text.setdefault(folded, source)
+        remember_values(vr, int(tag), values, retain_uids, text, uids)
+
+
+def remember_values(
+    vr: str, source: int, values: list[str], retain_uids: bool, text: dict[str, int], uids: dict[str, int]
+) -> None:
+    """Add one element's values to the needles: UIDs whole, person names by token, other IDs whole."""
+    if vr == "UI":
+        if not retain_uids:
+            for v in values:
+                if v not in uids and v not in UID_dictionary:
+                    uids[v] = source
+    elif vr == "PN":
+        for value in values:
+            for token in _NAME_TOKEN.findall(value):
+                folded = token.casefold()
+                if folded not in OWN_TOKENS:
+                    text.setdefault(folded, source)
+    else:
+        for value in values:
+            if len(value) >= MIN_IDENTIFIER:
+                folded = value.casefold()
+                if folded not in OWN_TOKENS:
+                    text.setdefault(folded, source)
 
 
 _INTERESTING_VRS = frozenset({"PN", "UI", "SQ"})

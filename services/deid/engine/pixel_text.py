@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import struct
 
-ITEM = 0xFFFEE000
-SEQUENCE_DELIMITER = 0xFFFEE0DD
-UNDEFINED = 0xFFFFFFFF
+from .container import ITEM, UNDEFINED
+
 _TAG_LENGTH = struct.Struct("<HHI")
 _BIG_U16 = struct.Struct(">H")
 _JPEG_TEXT_MARKERS = frozenset({0xFE, *range(0xE0, 0xF0)})  # COM, APP0-APP15

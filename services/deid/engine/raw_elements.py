@@ -18,13 +18,11 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import DicomDictionary
 from pydicom.uid import UID
 
-from .container import PIXEL_TAGS, _pixel_element_end
+from .container import ITEM, PIXEL_TAGS, SEQUENCE_DELIMITER, UNDEFINED, _pixel_element_end
+from .encoder import _IMPLICIT_HEADER, _ITEM, _ITEM_END, _LONG_HEADER, _LONG_VRS, _SEQUENCE_END, _SHORT_HEADER
 
-UNDEFINED = 0xFFFFFFFF
-ITEM = 0xFFFEE000
 ITEM_END = 0xFFFEE00D
-SEQUENCE_END = 0xFFFEE0DD
-LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+LONG_VRS = _LONG_VRS
 SHORT_VRS = frozenset(
     {
         "AE",
@@ -55,13 +53,6 @@ _TAG_VR = struct.Struct("<HH2s")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _TAG_LENGTH = struct.Struct("<HHI")
-_LONG_HEADER = struct.Struct("<HH2sHI").pack
-_SHORT_HEADER = struct.Struct("<HH2sH").pack
-_IMPLICIT_HEADER = struct.Struct("<HHI").pack
-_ITEM_START = struct.pack("<HHI", 0xFFFE, 0xE000, UNDEFINED)
-_ITEM_STOP = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
-_SEQUENCE_STOP = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 
 class Unsupported(Exception):
@@ -210,7 +201,7 @@ def _read_sequence(
         group, element, item_length = _TAG_LENGTH.unpack_from(data, position)
         tag = group << 16 | element
         position += 8
-        if tag == SEQUENCE_END:
+        if tag == SEQUENCE_DELIMITER:
             if length != UNDEFINED:
                 raise Unsupported("delimiter in a sequence of defined length")
             return items, position
@@ -247,10 +238,10 @@ def encode(elements: Items, out: bytearray, implicit: bool = False) -> None:
                 else _LONG_HEADER(group, element, b"SQ", 0, UNDEFINED)
             )
             for item in elem.items:
-                out += _ITEM_START
+                out += _ITEM
                 encode(item, out, implicit)
-                out += _ITEM_STOP
-            out += _SEQUENCE_STOP
+                out += _ITEM_END
+            out += _SEQUENCE_END
             continue
         value = elem.value
         if implicit:

@@ -18,21 +18,20 @@ import struct
 
 from pydicom import charset
 from pydicom._uid_dict import UID_dictionary
-from pydicom.datadict import DicomDictionary
 
 from .actions import Action, Option
 from .burned_in import RISKY_MODALITIES, SECONDARY_CAPTURE_PREFIX
 from .container import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from .dates import shift_date, shift_datetime
 from .dummies import dummy_for
+from .encoder import _CHARSET_VRS, framed_file_meta
 from .identifiers import (
     _INTERESTING_VRS,
-    _NAME_TOKEN,
     IDENTIFIER_TAGS,
-    MIN_IDENTIFIER,
-    OWN_TOKENS,
     Identifiers,
+    _dictionary_vr,
     build_identifiers,
+    remember_values,
 )
 from .method import MAX_LO, method_codes
 from .pixel_text import embedded_text_of_element
@@ -40,18 +39,25 @@ from .profile import Profile
 from .pseudonyms import Pseudonymizer
 from .raw_elements import Element, Items, RawFile, Unsupported, encode, read
 from .rules import RuleSet
-from .transform import _COMPOUND, _PATIENT_TAGS, CONDITIONAL_ON, PATIENT_ID, PATIENT_NAME, SEQUENCE_TYPES
+from .transform import (
+    _BINARY_VRS,
+    _COMPOUND,
+    _NARRATIVE_VRS,
+    _PATIENT_TAGS,
+    _REMOVE,
+    _TEXT_VRS,
+    _UNCHANGED,
+    CONDITIONAL_ON,
+    PATIENT_ID,
+    PATIENT_NAME,
+    SEQUENCE_TYPES,
+    _first,
+    _single,
+)
+from .values import _ESCAPE, clean_values
 
 SPECIFIC_CHARACTER_SET = 0x00080005
-_ESCAPE = b"\x1b"
-_TEXT_VRS = frozenset({"CS", "LO", "SH", "UC", "UR"})
-_NARRATIVE_VRS = frozenset({"LT", "ST", "UT"})
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})  # PS3.5 6.1.2.3
 _NUMBER_FORMATS = {"US": "<H", "SS": "<h", "UL": "<I", "SL": "<i", "FL": "<f", "FD": "<d", "SV": "<q", "UV": "<Q"}
-_META_GROUP_LENGTH = struct.Struct("<HH2sHI").pack
-_REMOVE = object()
-_UNCHANGED = object()
 
 
 class RawResult:
@@ -136,8 +142,7 @@ def _strings(elem: Element, codec: str) -> list[str]:
     value = elem.value
     if _ESCAPE in value:
         raise Unsupported("escape sequences")
-    parts = value.decode(codec, "replace").split("\\")
-    return [" ".join(part.strip(" \x00").split()) for part in parts if part.strip(" \x00")]
+    return clean_values(value.decode(codec, "replace").split("\\"))
 
 
 def _value_text(items: Items, tag: int) -> str:
@@ -205,24 +210,7 @@ def _collect(items: Items, rules: RuleSet, codec: str, text: dict[str, int], uid
             continue
         if exact.get(tag) is Action.KEEP:
             continue
-        values = _strings(elem, codec)
-        if vr == "UI":
-            if not retain_uids:
-                for v in values:
-                    if v not in uids and v not in UID_dictionary:
-                        uids[v] = tag
-        elif vr == "PN":
-            for value in values:
-                for token in _NAME_TOKEN.findall(value):
-                    folded = token.casefold()
-                    if folded not in OWN_TOKENS:
-                        text.setdefault(folded, tag)
-        else:
-            for value in values:
-                if len(value) >= MIN_IDENTIFIER:
-                    folded = value.casefold()
-                    if folded not in OWN_TOKENS:
-                        text.setdefault(folded, tag)
+        remember_values(vr, tag, _strings(elem, codec), retain_uids, text, uids)
 
 
 def _item_codec(item: Items, codec: str) -> str:
@@ -359,16 +347,6 @@ def _uid(uid: str, ctx: _Context) -> str:
     return uid if not uid or uid in UID_dictionary else ctx.pseudonyms.uid(uid)
 
 
-def _single(values: list[str]) -> object:
-    if not values:
-        return None
-    return values if len(values) > 1 else values[0]
-
-
-def _first(values: list[str]) -> str:
-    return values[0] if values else ""
-
-
 def _recurse(elem: Element, ctx: _Context) -> None:
     for item in elem.items or ():
         _item_codec(item, ctx.codec)
@@ -437,11 +415,6 @@ def _set(items: Items, tag: int, value: object, codec: str) -> None:
     items[tag] = Element(tag, vr, _encoded(vr, value, codec))
 
 
-def _dictionary_vr(tag: int) -> str:
-    entry = DicomDictionary.get(tag)
-    return entry[0] if entry else "UN"
-
-
 def _record_method(body: Items, profile: Profile, codec: str) -> None:
     """method.record_method on raw elements (no pixel cleaning on this path)."""
     options = profile.rules.options
@@ -483,4 +456,4 @@ def _file_meta(body: Items, raw: RawFile, pseudonyms: Pseudonymizer, retain_uids
     }
     out = bytearray()
     encode(meta, out)
-    return b"\x00" * 128 + b"DICM" + _META_GROUP_LENGTH(0x0002, 0x0000, b"UL", 4, len(out)) + bytes(out)
+    return framed_file_meta(bytes(out))

@@ -40,4 +40,9 @@ def element_string_values(ds: Dataset, tag: int, raw: object, codec: str | None)
         value = ds[tag].value
         items = value if isinstance(value, MultiValue | list | tuple) else [value]
         parts = ["" if item is None else str(item) for item in items]
+    return clean_values(parts)
+
+
+def clean_values(parts: list[str]) -> list[str]:
+    """Values as stripped, whitespace-collapsed strings; empty ones dropped."""
     return [" ".join(part.strip(" \x00").split()) for part in parts if part.strip(" \x00")]
