@@ -7,14 +7,14 @@ that a dashboard's burst of requests costs one read, and a removed analyst is re
 
 from __future__ import annotations
 
-import hashlib
 import re
-import secrets
 import threading
 import time
 from dataclasses import dataclass
 
 from pymongo.database import Database
+
+from services.common.api_keys import api_key_digest, issue_api_key
 
 _ANALYST_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 KEY_PREFIX = "imx_audit_"
@@ -26,10 +26,6 @@ class Analyst:
     name: str = ""
 
 
-def key_digest(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode("utf-8", "surrogateescape")).hexdigest()
-
-
 class AnalystStore:
     def __init__(self, db: Database) -> None:
         self._keys = db["audit_analysts"]
@@ -38,9 +34,9 @@ class AnalystStore:
         """A new API key for `analyst` (an existing analyst's earlier keys stop working)."""
         if not _ANALYST_ID.match(analyst.analyst_id):
             raise ValueError("analyst id must be 1-63 characters of lower-case letters, digits, '.', '_' and '-'")
-        api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        api_key = issue_api_key(KEY_PREFIX)
         self._keys.delete_many({"analyst_id": analyst.analyst_id})
-        self._keys.insert_one({"_id": key_digest(api_key), "analyst_id": analyst.analyst_id, "name": analyst.name})
+        self._keys.insert_one({"_id": api_key_digest(api_key), "analyst_id": analyst.analyst_id, "name": analyst.name})
         return api_key
 
     def remove(self, analyst_id: str) -> bool:
@@ -51,7 +47,10 @@ class AnalystStore:
         return sorted({Analyst(d["analyst_id"], d.get("name", "")) for d in docs}, key=lambda a: a.analyst_id)
 
     def analyst_for_key(self, api_key: str) -> str | None:
-        doc = self._keys.find_one({"_id": key_digest(api_key)}, {"analyst_id": 1})
+        return self.analyst_for_digest(api_key_digest(api_key))
+
+    def analyst_for_digest(self, digest: str) -> str | None:
+        doc = self._keys.find_one({"_id": digest}, {"analyst_id": 1})
         return str(doc["analyst_id"]) if doc else None
 
 
@@ -65,12 +64,12 @@ class CachedKeyCheck:
         self._lock = threading.Lock()
 
     def __call__(self, api_key: str) -> str | None:
-        digest, now = key_digest(api_key), time.monotonic()
+        digest, now = api_key_digest(api_key), time.monotonic()
         with self._lock:
             cached = self._seen.get(digest)
             if cached is not None and now - cached[0] < self._ttl_s:
                 return cached[1]
-        analyst = self._store.analyst_for_key(api_key)
+        analyst = self._store.analyst_for_digest(digest)
         with self._lock:
             if len(self._seen) > 10_000:  # a flood of wrong keys must not grow this without bound
                 self._seen.clear()

@@ -5,12 +5,12 @@ API keys are stored as SHA-256 digests only; the key itself is shown once, when 
 
 from __future__ import annotations
 
-import hashlib
 import re
-import secrets
 from dataclasses import dataclass, field
 
 from pymongo.database import Database
+
+from services.common import api_keys
 
 _ORG_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _AE_TITLE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,14}[\x21-\x7e])?$")
@@ -32,10 +32,6 @@ def validate_organisation(org: Organisation) -> Organisation:
     return org
 
 
-def _key_digest(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
-
-
 class OrganisationStore:
     def __init__(self, db: Database) -> None:
         self._orgs = db["organisations"]
@@ -51,8 +47,8 @@ class OrganisationStore:
         update: dict[str, object] = {"name": org.name, "ae_titles": list(org.ae_titles)}
         api_key = ""
         if issue_api_key:
-            api_key = "imx_" + secrets.token_urlsafe(32)
-            update["api_key_sha256"] = _key_digest(api_key)
+            api_key = api_keys.issue_api_key("imx_")
+            update["api_key_sha256"] = api_keys.api_key_digest(api_key)
         self._orgs.update_one({"_id": org.org_id}, {"$set": update}, upsert=True)
         return api_key
 
@@ -66,7 +62,7 @@ class OrganisationStore:
         ]
 
     def org_for_api_key(self, api_key: str) -> str | None:
-        doc = self._orgs.find_one({"api_key_sha256": _key_digest(api_key)}, {"_id": 1})
+        doc = self._orgs.find_one({"api_key_sha256": api_keys.api_key_digest(api_key)}, {"_id": 1})
         return doc["_id"] if doc else None
 
     def org_for_ae_title(self, ae_title: str) -> str | None:

@@ -8,7 +8,8 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from services.audit.analysts import Analyst, AnalystStore, CachedKeyCheck, key_digest
+from services.audit.analysts import Analyst, AnalystStore, CachedKeyCheck
+from services.common.api_keys import api_key_digest
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ def test_keys_are_issued_once_stored_as_digests_and_replaced_or_withdrawn(db: Da
     first = store.add(Analyst("ann", "Ann"))
     assert first.startswith("imx_audit_") and store.analyst_for_key(first) == "ann"
     assert first not in str(list(db["audit_analysts"].find())), "only the digest is stored"
-    assert db["audit_analysts"].find_one({"_id": key_digest(first)}) is not None
+    assert db["audit_analysts"].find_one({"_id": api_key_digest(first)}) is not None
     second = store.add(Analyst("ann", "Ann"))
     assert store.analyst_for_key(first) is None and store.analyst_for_key(second) == "ann", "a new key replaces"
     store.add(Analyst("bob"))
