@@ -25,6 +25,7 @@ GRPC_MESSAGE_OPTIONS = (
     ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
 )
 
+
 class Controllable(Protocol):
     def snapshot(self) -> StatusSnapshot: ...
 

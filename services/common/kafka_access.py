@@ -13,6 +13,8 @@ upsert with a new secret.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kafka.admin import (
@@ -66,11 +68,18 @@ class PartnerAccess:
     def __init__(self, bootstrap: str) -> None:
         self._bootstrap = bootstrap
 
+    @contextmanager
+    def _admin(self) -> Iterator[KafkaAdminClient]:
+        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-partner-access")
+        try:
+            yield admin
+        finally:
+            admin.close()
+
     def grant(self, partner_id: str, topic: str) -> PartnerCredentials:
         """A new password for `partner_id` (replacing any earlier one) and its ACLs (idempotent)."""
         password = secrets.token_urlsafe(24)
-        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-partner-access")
-        try:
+        with self._admin() as admin:
             errors = admin.alter_user_scram_credentials(
                 [UserScramCredentialUpsertion(partner_id, ScramMechanism.SCRAM_SHA_512, password)]
             )
@@ -79,33 +88,25 @@ class PartnerAccess:
             failed = result.get("failed") if isinstance(result, dict) else None
             if failed:
                 raise RuntimeError(f"creating the partner's Kafka ACLs failed: {failed}")
-        finally:
-            admin.close()
         return PartnerCredentials(partner_id, password, group_prefix=group_prefix(partner_id))
 
     def acls_of(self, partner_id: str) -> list[ACL]:
         """Every ACL naming the partner's user (what `revoke` deletes)."""
-        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-partner-access")
-        try:
+        with self._admin() as admin:
             acls, error = admin.describe_acls(_everything_of(partner_id))
-        finally:
-            admin.close()
         if error is not None and error is not NoError and not isinstance(error, NoError):
             raise RuntimeError(f"listing the partner's Kafka ACLs failed: {error}")
         return list(acls)
 
     def revoke(self, partner_id: str) -> None:
         """Remove the partner's password and every ACL naming it; a partner without either is fine."""
-        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-partner-access")
-        try:
+        with self._admin() as admin:
             admin.delete_acls([_everything_of(partner_id)])
             errors = admin.alter_user_scram_credentials(
                 [UserScramCredentialDeletion(partner_id, ScramMechanism.SCRAM_SHA_512)]
             )
             unexpected = {user: e for user, e in (errors or {}).items() if e and "NotFound" not in str(e)}
             _raise_on(unexpected, "removing the partner's Kafka password")
-        finally:
-            admin.close()
 
 
 def _everything_of(partner_id: str) -> ACLFilter:

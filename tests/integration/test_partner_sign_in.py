@@ -10,7 +10,6 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
-from pymongo import MongoClient
 from pymongo.database import Database
 
 from services.common.bus import BusProducer, ensure_topics
@@ -112,10 +111,8 @@ def test_a_partner_reads_its_own_topic_and_cannot_see_anyone_elses(
 
 @pytest.fixture
 def partner_admin(
-    kafka_bootstrap: str, kafka_partner_bootstrap: str, mongo_uri: str, unique_name: str
+    kafka_bootstrap: str, kafka_partner_bootstrap: str, db: Database, unique_name: str
 ) -> Iterator[tuple[admin_pb2_grpc.PartnerAdminStub, Topics]]:
-    client: MongoClient = MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
-    db: Database = client[unique_name]
     topics = Topics(f"{unique_name}.")
     sign_in = PartnerSignIn(PartnerAccess(kafka_bootstrap), kafka_partner_bootstrap)
 
@@ -131,8 +128,6 @@ def partner_admin(
     finally:
         channel.close()
         server.stop(0)
-        client.drop_database(unique_name)
-        client.close()
 
 
 def test_adding_resetting_and_removing_a_partner_issues_and_revokes_its_sign_in(

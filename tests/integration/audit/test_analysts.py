@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from pymongo import MongoClient
 from pymongo.database import Database
 
 from services.audit.analysts import Analyst, AnalystStore, CachedKeyCheck
 from services.common.api_keys import api_key_digest
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def db(mongo_uri: str, unique_name: str) -> Iterator[Database]:
-    client: MongoClient = MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
-    try:
-        yield client[unique_name]
-    finally:
-        client.drop_database(unique_name)
-        client.close()
 
 
 def test_keys_are_issued_once_stored_as_digests_and_replaced_or_withdrawn(db: Database) -> None:

@@ -1,4 +1,6 @@
-"""A database of its own for each test."""
+"""Fixtures every integration test may use; the servers themselves come from tests/conftest.py.
+
+`db`: a MongoDB (FerretDB) database of its own for each test, dropped afterwards."""
 
 from __future__ import annotations
 
