@@ -11,11 +11,11 @@ from services.audit.admin import register_analyst_admin
 from services.audit.analysts import AnalystStore, CachedKeyCheck
 from services.audit.api import create_app
 from services.audit.consumer import AuditHandler, audit_stage_spec
-from services.audit.http_server import HttpServer
 from services.audit.settings import AuditSettings
 from services.audit.store import MongoAuditStore
 from services.common.bus import BusProducer, Handler
 from services.common.control_server import ControlServer
+from services.common.http_server import HttpServer
 from services.common.mongo import connect
 from services.common.runtime import run_stage
 from services.common.topics import Topics
@@ -43,7 +43,7 @@ def serve(
         store.ensure_indexes()
         analysts = AnalystStore(db)
         key_check = CachedKeyCheck(analysts) if settings.require_api_key else None
-        http = HttpServer(create_app(store, key_check), settings.http_host, settings.http_port)
+        http = HttpServer(create_app(store, key_check), settings.http_host, settings.http_port, name="audit-http")
         http.start()
         try:
 

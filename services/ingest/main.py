@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.control_server import ControlServer
+from services.common.http_server import HttpServer
 from services.common.logs import configure_logging
 from services.common.runtime import StageControl, install_stop_signals
 from services.common.stats import StageStats
 from services.common.telemetry import setup_telemetry
 from services.ingest.admin import register_organisation_admin
-from services.ingest.http_server import HttpServer
 from services.ingest.scp import DicomReceiver
 from services.ingest.settings import IngestSettings
 from services.ingest.stow import StowContext, create_app
@@ -71,6 +71,7 @@ def serve(
                 settings.http_host,
                 settings.http_port,
                 settings.shutdown_grace_s,
+                name="ingest-http",
             )
             control.start()
             try:

@@ -1,0 +1,465 @@
+"""The partners' DICOMweb API (WADO-RS and QIDO-RS, PS3.18), scoped to what each partner was sent.
+
+Routes (under `prefix`, default /dicomweb) as in docs/delivery.md. Every request needs
+`Authorization: Bearer <key>`; the key names the partner, and the partner sees only documents under
+its own id: another partner's object and an object that does not exist get the same 404 with the same
+body, never a 403 that would confirm it exists. Objects stream from their files one chunk at a time,
+whatever their size. Every authenticated request, answered or refused, produces one PartnerRetrieval.
+
+The app holds no clients or settings of its own: `create_partner_app` is given its collaborators.
+(No `from __future__ import annotations` here: FastAPI must see the route signatures' real types,
+and the `Partner` dependency alias is local to the factory.)
+"""
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Protocol
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pymongo.errors import PyMongoError
+from starlette.background import BackgroundTask
+
+from services.common.events import now_ms
+from services.delivery.delivered import DeliveredInstance
+from services.delivery.dicomweb_json import (
+    IGNORED_PARAMS,
+    MATCH_KEYS,
+    Json,
+    by_series,
+    instance_result,
+    is_valid_uid,
+    matches,
+    metadata_for,
+    series_result,
+    study_result,
+)
+from services.delivery.dicomweb_media import (
+    DICOM,
+    DICOM_JSON,
+    FilePart,
+    Representation,
+    accepts_dicom_json,
+    choose_representation,
+    multipart_body,
+    multipart_content_type,
+    new_boundary,
+    single_body,
+)
+from services.proto_gen.imx.v1.events_pb2 import EventMeta, PartnerRetrieval
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+_REALM = 'Bearer realm="imx-dicomweb"'
+_NOT_FOUND = {"detail": "not found"}
+
+
+class DeliveredReader(Protocol):
+    """What the API reads of `services.delivery.delivered.DeliveredObjects`."""
+
+    def instance(self, partner_id: str, study_uid: str, series_uid: str, sop_uid: str) -> DeliveredInstance | None: ...
+
+    def study(self, partner_id: str, study_uid: str) -> list[DeliveredInstance]: ...
+
+    def series(self, partner_id: str, study_uid: str, series_uid: str) -> list[DeliveredInstance]: ...
+
+    def studies(self, partner_id: str) -> Iterator[dict[str, object]]: ...
+
+
+class _Unauthenticated(Exception):
+    def __init__(self, challenge: str) -> None:
+        super().__init__("unauthenticated")
+        self.challenge = challenge
+
+
+class Refusal(Exception):
+    """An answer other than the resource: status and a fixed, PHI-free body."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class Retrieval:
+    """The PartnerRetrieval of one request, filled in as the request goes; sent once, at its end."""
+
+    partner_id: str
+    action: str
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    instances: int = 0
+    bytes: int = 0
+    status: int = 0
+    _sent: bool = field(default=False, repr=False)
+
+    def event(self, occurred_at_ms: int) -> PartnerRetrieval:
+        # A random id: retrievals are facts about requests, never replayed, so nothing to deduplicate.
+        return PartnerRetrieval(
+            meta=EventMeta(event_id=uuid.uuid4().hex, occurred_at_ms=occurred_at_ms),
+            partner_id=self.partner_id,
+            action=self.action,
+            study_instance_uid=self.study_uid,
+            series_instance_uid=self.series_uid,
+            sop_instance_uid=self.sop_uid,
+            instances=self.instances,
+            bytes=self.bytes,
+            http_status=self.status,
+        )
+
+
+@dataclass(frozen=True)
+class _Context:
+    delivered: DeliveredReader
+    blob_path: Callable[[str], Path]
+    record_retrieval: Callable[[PartnerRetrieval], None]
+    clock: Callable[[], int]
+    public_url: Callable[[], str] | None
+    prefix: str
+
+    def finish(self, retrieval: Retrieval) -> None:
+        if retrieval._sent:
+            return
+        retrieval._sent = True
+        log.debug(
+            "partner retrieval",
+            extra={
+                "partner": retrieval.partner_id,
+                "stage": retrieval.action,
+                "status": retrieval.status,
+                "instances": retrieval.instances,
+            },
+        )
+        try:
+            self.record_retrieval(retrieval.event(self.clock()))
+        except Exception as error:  # the answer is already on its way; the failure must be seen, not raised
+            log.error("retrieval not recorded", extra={"partner": retrieval.partner_id, "error": type(error).__name__})
+
+    def base_url(self, request: Request) -> str:
+        if self.public_url:
+            return self.public_url().rstrip("/")
+        # Only as good as the Host header (dicomweb-client, for one, leaves the port out of it).
+        return str(request.base_url).rstrip("/") + self.prefix
+
+    def file_part(self, item: DeliveredInstance) -> FilePart:
+        """The object's file, checked to be there and whole; 410 when the blob is gone."""
+        try:
+            path = self.blob_path(item.sha256)
+            size = path.stat().st_size
+        except (OSError, ValueError):
+            log.warning("delivered blob missing", extra={"partner": item.partner_id, "reason": "blob-missing"})
+            raise Refusal(410, "the object is no longer available") from None
+        if size != item.size:
+            log.warning(
+                "delivered blob has the wrong size", extra={"partner": item.partner_id, "reason": "blob-size-mismatch"}
+            )
+            raise Refusal(410, "the object is no longer available")
+        return FilePart(path, size, item.transfer_syntax_uid)
+
+
+def _check_uids(*uids: str) -> None:
+    if not all(is_valid_uid(uid) for uid in uids):
+        raise Refusal(400, "invalid UID in path")
+
+
+def _page(request: Request) -> tuple[int, int]:
+    try:
+        limit = int(request.query_params.get("limit", DEFAULT_LIMIT))
+        offset = int(request.query_params.get("offset", 0))
+    except ValueError:
+        raise Refusal(400, "limit and offset must be integers") from None
+    if limit < 0 or offset < 0:
+        raise Refusal(400, "limit and offset must not be negative")
+    return min(limit or MAX_LIMIT, MAX_LIMIT), offset
+
+
+def _criteria(request: Request) -> dict[str, str]:
+    """Matching keys of a QIDO-RS query as DeliveredInstance field -> wanted value."""
+    criteria: dict[str, str] = {}
+    for name, value in request.query_params.items():
+        if name in ("limit", "offset") or name.lower() in IGNORED_PARAMS:
+            continue
+        field_name = MATCH_KEYS.get(name) or MATCH_KEYS.get(name.upper())
+        if field_name is None:
+            # Only the key is refused, never echoed: a value (or a key) may be a patient's name.
+            raise Refusal(400, "unsupported query parameter")
+        if value and value != "*":
+            criteria[field_name] = value
+    return criteria
+
+
+def create_partner_app(
+    delivered: DeliveredReader,
+    partner_for_key: Callable[[str], str | None],
+    blob_path: Callable[[str], Path],
+    record_retrieval: Callable[[PartnerRetrieval], None],
+    public_url: Callable[[], str] | None = None,
+    prefix: str = "/dicomweb",
+    clock: Callable[[], int] = now_ms,
+) -> FastAPI:
+    """The API. `partner_for_key`: a Bearer key -> partner id (None: not a key), cached by the caller;
+    `blob_path`: SHA-256 -> the object's file; `record_retrieval`: publishes one event per request;
+    `public_url`: the base partners use (RetrieveURL in QIDO results; a function, as the port may be
+    known only once bound), None: as the request came."""
+    ctx = _Context(delivered, blob_path, record_retrieval, clock, public_url, prefix)
+    app = FastAPI(title="imx partner DICOMweb", openapi_url=f"{prefix}/openapi.json", docs_url=None, redoc_url=None)
+
+    def partner(authorization: Annotated[str | None, Header()] = None) -> str:
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise _Unauthenticated(_REALM)
+        partner_id = partner_for_key(key.strip())
+        if partner_id is None:
+            raise _Unauthenticated(_REALM + ', error="invalid_token"')
+        return partner_id
+
+    Partner = Annotated[str, Depends(partner)]
+
+    @app.exception_handler(_Unauthenticated)
+    def unauthenticated(_request: Request, error: _Unauthenticated) -> Response:
+        return JSONResponse({"detail": "a partner key is required"}, 401, headers={"WWW-Authenticate": error.challenge})
+
+    def answer(retrieval: Retrieval, work: Callable[[], Response]) -> Response:
+        """Run one request: a Refusal becomes its status; the event is sent once the answer is out."""
+        try:
+            response = work()
+        except Refusal as refusal:
+            body = _NOT_FOUND if refusal.status == 404 else {"detail": refusal.detail}
+            response = JSONResponse(body, refusal.status)
+        except PyMongoError as error:
+            log.error(
+                "delivered index unavailable", extra={"partner": retrieval.partner_id, "error": type(error).__name__}
+            )
+            response = JSONResponse({"detail": "temporarily unavailable"}, 503, headers={"Retry-After": "5"})
+        retrieval.status = response.status_code
+        if not isinstance(response, StreamingResponse) and response.status_code < 300:
+            retrieval.bytes = len(response.body)  # a query's results; a refusal sends nothing of the partner's
+        # A stream sends its event when it ends (see `stream`); this covers a stream never started.
+        response.background = BackgroundTask(ctx.finish, retrieval)
+        return response
+
+    def stream(retrieval: Retrieval, body: Iterator[bytes]) -> Iterator[bytes]:
+        """`body`, then the event (also when the partner hangs up part way: it says what was sent)."""
+        try:
+            yield from body
+        finally:
+            ctx.finish(retrieval)
+
+    def retrieve(retrieval: Retrieval, request: Request, items: Sequence[DeliveredInstance], single: bool) -> Response:
+        if not items:
+            raise Refusal(404, "not found")
+        representation = choose_representation(
+            request.headers.get("accept"), {i.transfer_syntax_uid for i in items}, single
+        )
+        if representation is None:
+            raise Refusal(
+                406,
+                'only as stored: application/dicom or multipart/related; type="application/dicom"',
+            )
+        parts = [ctx.file_part(item) for item in items]
+
+        def sent(n: int) -> None:
+            retrieval.bytes += n
+
+        if representation is Representation.SINGLE:
+            retrieval.instances = 1
+            syntax = f"; transfer-syntax={parts[0].transfer_syntax}" if parts[0].transfer_syntax else ""
+            return StreamingResponse(
+                stream(retrieval, single_body(parts[0], sent)),
+                media_type=DICOM + syntax,
+                headers={"Content-Length": str(parts[0].size)},
+            )
+
+        def counted(files: Iterable[FilePart]) -> Iterator[FilePart]:
+            for part in files:
+                retrieval.instances += 1
+                yield part
+
+        boundary = new_boundary()
+        return StreamingResponse(
+            stream(retrieval, multipart_body(counted(parts), boundary, sent)),
+            media_type=multipart_content_type(boundary),
+        )
+
+    def metadata(retrieval: Retrieval, request: Request, items: Sequence[DeliveredInstance]) -> Response:
+        if not accepts_dicom_json(request.headers.get("accept")):
+            raise Refusal(406, "metadata is served as application/dicom+json")
+        if not items:
+            raise Refusal(404, "not found")
+        parts = [ctx.file_part(item) for item in items]
+
+        def documents() -> Iterator[bytes]:
+            # One header at a time: a study of thousands of instances never sits in memory whole.
+            yield b"["
+            for index, (item, part) in enumerate(zip(items, parts, strict=True)):
+                chunk = (b"," if index else b"") + json.dumps(
+                    metadata_for(item, part.path), separators=(",", ":")
+                ).encode()
+                retrieval.instances += 1
+                retrieval.bytes += len(chunk)
+                yield chunk
+            yield b"]"
+
+        return StreamingResponse(stream(retrieval, documents()), media_type=DICOM_JSON)
+
+    def found(results: list[Json], retrieval: Retrieval) -> Response:
+        retrieval.instances = len(results)
+        return Response(json.dumps(results, separators=(",", ":")), media_type=DICOM_JSON)
+
+    def query(
+        retrieval: Retrieval, request: Request, make: Callable[[dict[str, str], int, int, str], list[Json]]
+    ) -> Response:
+        if not accepts_dicom_json(request.headers.get("accept")):
+            raise Refusal(406, "query results are served as application/dicom+json")
+        limit, offset = _page(request)
+        return found(make(_criteria(request), limit, offset, ctx.base_url(request)), retrieval)
+
+    # --- WADO-RS -------------------------------------------------------------------------------
+
+    @app.get(prefix + "/studies/{study}/series/{series}/instances/{sop}")
+    def retrieve_instance(study: str, series: str, sop: str, request: Request, partner_id: Partner) -> Response:
+        retrieval = Retrieval(partner_id, "instance")
+
+        def work() -> Response:
+            _check_uids(study, series, sop)
+            retrieval.study_uid, retrieval.series_uid, retrieval.sop_uid = study, series, sop
+            item = delivered.instance(partner_id, study, series, sop)
+            return retrieve(retrieval, request, [item] if item else [], single=True)
+
+        return answer(retrieval, work)
+
+    @app.get(prefix + "/studies/{study}/series/{series}")
+    def retrieve_series(study: str, series: str, request: Request, partner_id: Partner) -> Response:
+        retrieval = Retrieval(partner_id, "series")
+
+        def work() -> Response:
+            _check_uids(study, series)
+            retrieval.study_uid, retrieval.series_uid = study, series
+            return retrieve(retrieval, request, delivered.series(partner_id, study, series), single=False)
+
+        return answer(retrieval, work)
+
+    @app.get(prefix + "/studies/{study}")
+    def retrieve_study(study: str, request: Request, partner_id: Partner) -> Response:
+        retrieval = Retrieval(partner_id, "study")
+
+        def work() -> Response:
+            _check_uids(study)
+            retrieval.study_uid = study
+            return retrieve(retrieval, request, delivered.study(partner_id, study), single=False)
+
+        return answer(retrieval, work)
+
+    @app.get(prefix + "/studies/{study}/series/{series}/instances/{sop}/metadata")
+    def instance_metadata(study: str, series: str, sop: str, request: Request, partner_id: Partner) -> Response:
+        retrieval = Retrieval(partner_id, "metadata")
+
+        def work() -> Response:
+            _check_uids(study, series, sop)
+            retrieval.study_uid, retrieval.series_uid, retrieval.sop_uid = study, series, sop
+            item = delivered.instance(partner_id, study, series, sop)
+            return metadata(retrieval, request, [item] if item else [])
+
+        return answer(retrieval, work)
+
+    @app.get(prefix + "/studies/{study}/series/{series}/metadata")
+    def series_metadata(study: str, series: str, request: Request, partner_id: Partner) -> Response:
+        retrieval = Retrieval(partner_id, "metadata")
+
+        def work() -> Response:
+            _check_uids(study, series)
+            retrieval.study_uid, retrieval.series_uid = study, series
+            return metadata(retrieval, request, delivered.series(partner_id, study, series))
+
+        return answer(retrieval, work)
+
+    @app.get(prefix + "/studies/{study}/metadata")
+    def study_metadata(study: str, request: Request, partner_id: Partner) -> Response:
+        retrieval = Retrieval(partner_id, "metadata")
+
+        def work() -> Response:
+            _check_uids(study)
+            retrieval.study_uid = study
+            return metadata(retrieval, request, delivered.study(partner_id, study))
+
+        return answer(retrieval, work)
+
+    # --- QIDO-RS: only what the partner was sent ------------------------------------------------
+
+    @app.get(prefix + "/studies")
+    def search_studies(request: Request, partner_id: Partner) -> Response:
+        retrieval = Retrieval(partner_id, "query")
+
+        def make(criteria: dict[str, str], limit: int, offset: int, base: str) -> list[Json]:
+            study_uids = sorted(str(s["study_uid"]) for s in delivered.studies(partner_id))
+            wanted = criteria.pop("study_uid", None)
+            if wanted is not None:
+                study_uids = [uid for uid in study_uids if uid in wanted.split("\\")]
+            results = []
+            if not criteria:  # only the page's studies are read
+                for uid in study_uids[offset : offset + limit]:
+                    results.append(study_result(uid, delivered.study(partner_id, uid), base))
+                return results
+            skipped = 0
+            for uid in study_uids:
+                instances = delivered.study(partner_id, uid)
+                if not any(matches(i, criteria) for i in instances):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                results.append(study_result(uid, instances, base))
+                if len(results) >= limit:
+                    break
+            return results
+
+        return answer(retrieval, lambda: query(retrieval, request, make))
+
+    @app.get(prefix + "/studies/{study}/series")
+    def search_series(study: str, request: Request, partner_id: Partner) -> Response:
+        retrieval = Retrieval(partner_id, "query")
+
+        def make(criteria: dict[str, str], limit: int, offset: int, base: str) -> list[Json]:
+            groups = by_series(i for i in delivered.study(partner_id, study) if matches(i, criteria))
+            return [
+                series_result(study, uid, items, base) for uid, items in list(groups.items())[offset : offset + limit]
+            ]
+
+        def work() -> Response:
+            _check_uids(study)
+            retrieval.study_uid = study
+            return query(retrieval, request, make)
+
+        return answer(retrieval, work)
+
+    def instances_query(retrieval: Retrieval, request: Request, study: str, series: str | None) -> Response:
+        partner_id = retrieval.partner_id
+
+        def make(criteria: dict[str, str], limit: int, offset: int, base: str) -> list[Json]:
+            items = delivered.series(partner_id, study, series) if series else delivered.study(partner_id, study)
+            chosen = [i for i in items if matches(i, criteria)][offset : offset + limit]
+            return [instance_result(i, base) for i in chosen]
+
+        _check_uids(study, *([series] if series else []))
+        retrieval.study_uid, retrieval.series_uid = study, series or ""
+        return query(retrieval, request, make)
+
+    @app.get(prefix + "/studies/{study}/series/{series}/instances")
+    def search_series_instances(study: str, series: str, request: Request, partner_id: Partner) -> Response:
+        retrieval = Retrieval(partner_id, "query")
+        return answer(retrieval, lambda: instances_query(retrieval, request, study, series))
+
+    @app.get(prefix + "/studies/{study}/instances")
+    def search_study_instances(study: str, request: Request, partner_id: Partner) -> Response:
+        retrieval = Retrieval(partner_id, "query")
+        return answer(retrieval, lambda: instances_query(retrieval, request, study, None))
+
+    return app

@@ -1,0 +1,149 @@
+"""The DICOM JSON (PS3.18 Annex F) a partner gets: QIDO-RS results built from what it was sent
+(`DeliveredObjects`, no file read) and WADO-RS metadata read from each object's header only.
+Also the check every UID from a request path passes before it is used."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from services.delivery.delivered import DeliveredInstance
+
+log = logging.getLogger(__name__)
+
+# PS3.5 §9.1: components of digits separated by dots, at most 64 characters; a leading zero only as "0".
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+# Elements whose value is larger than this are bulk data, left out of metadata (no BulkDataURI is
+# served). Pixel data is never even read: dcmread stops before it.
+BULK_DATA_THRESHOLD = 1024
+_LEFT_OUT = "imx:left-out"
+
+Json = dict[str, Any]
+
+
+def is_valid_uid(uid: str) -> bool:
+    return len(uid) <= 64 and _UID.fullmatch(uid) is not None
+
+
+def _attr(vr: str, *values: object) -> Json:
+    return {"vr": vr, "Value": list(values)} if values else {"vr": vr}
+
+
+def _retrieve_url(base: str, *path: str) -> str:
+    return base + "".join(
+        f"/{segment}/{uid}" for segment, uid in zip(("studies", "series", "instances"), path, strict=False)
+    )
+
+
+def study_result(study_uid: str, instances: Sequence[DeliveredInstance], base: str) -> Json:
+    """One study as a QIDO-RS result (PS3.18 Table 10.6.3-3, the attributes this server knows)."""
+    modalities = sorted({i.modality for i in instances if i.modality})
+    return {
+        "00080061": _attr("CS", *modalities),
+        "00081190": _attr("UR", _retrieve_url(base, study_uid)),
+        "0020000D": _attr("UI", study_uid),
+        "00201206": _attr("IS", len({i.series_uid for i in instances})),
+        "00201208": _attr("IS", len(instances)),
+    }
+
+
+def series_result(study_uid: str, series_uid: str, instances: Sequence[DeliveredInstance], base: str) -> Json:
+    modality = next((i.modality for i in instances if i.modality), "")
+    result = {
+        "00080060": _attr("CS", modality) if modality else _attr("CS"),
+        "00081190": _attr("UR", _retrieve_url(base, study_uid, series_uid)),
+        "0020000D": _attr("UI", study_uid),
+        "0020000E": _attr("UI", series_uid),
+        "00201209": _attr("IS", len(instances)),
+    }
+    return result
+
+
+def instance_result(item: DeliveredInstance, base: str) -> Json:
+    return {
+        "00080016": _attr("UI", item.sop_class_uid) if item.sop_class_uid else _attr("UI"),
+        "00080018": _attr("UI", item.sop_uid),
+        "00080060": _attr("CS", item.modality) if item.modality else _attr("CS"),
+        "00081190": _attr("UR", _retrieve_url(base, item.study_uid, item.series_uid, item.sop_uid)),
+        "00083002": _attr("UI", item.transfer_syntax_uid) if item.transfer_syntax_uid else _attr("UI"),
+        "0020000D": _attr("UI", item.study_uid),
+        "0020000E": _attr("UI", item.series_uid),
+    }
+
+
+def by_series(instances: Iterable[DeliveredInstance]) -> dict[str, list[DeliveredInstance]]:
+    """Instances grouped by series UID, series in UID order."""
+    groups: dict[str, list[DeliveredInstance]] = {}
+    for item in sorted(instances, key=lambda i: (i.series_uid, i.sop_uid)):
+        groups.setdefault(item.series_uid, []).append(item)
+    return groups
+
+
+# QIDO-RS matching keys this server answers (exact match; PS3.18 §8.3.4.1), by keyword and tag.
+MATCH_KEYS: Mapping[str, str] = {
+    "StudyInstanceUID": "study_uid",
+    "0020000D": "study_uid",
+    "SeriesInstanceUID": "series_uid",
+    "0020000E": "series_uid",
+    "SOPInstanceUID": "sop_uid",
+    "00080018": "sop_uid",
+    "SOPClassUID": "sop_class_uid",
+    "00080016": "sop_class_uid",
+    "Modality": "modality",
+    "00080060": "modality",
+    "ModalitiesInStudy": "modality",
+    "00080061": "modality",
+}
+# Query parameters that change nothing here: every known attribute is always returned.
+IGNORED_PARAMS = frozenset({"includefield", "fuzzymatching"})
+
+
+def matches(item: DeliveredInstance, criteria: Mapping[str, str]) -> bool:
+    """Exact match on every criterion (field name -> wanted value; a list of UIDs is "\\"-separated)."""
+    return all(str(getattr(item, name)) in wanted.split("\\") for name, wanted in criteria.items())
+
+
+def _strip_left_out(node: Json) -> Json:
+    kept: Json = {}
+    for tag, attribute in node.items():
+        if attribute.get("BulkDataURI") == _LEFT_OUT:
+            continue
+        if attribute.get("vr") == "SQ" and "Value" in attribute:
+            attribute = {**attribute, "Value": [_strip_left_out(item) for item in attribute["Value"]]}
+        kept[tag] = attribute
+    return kept
+
+
+def header_json(path: Path) -> Json | None:
+    """The object's data set as DICOM JSON, bulk data left out; None when the file cannot be parsed.
+    Reads the header only (stop_before_pixels), so a 1 GiB object costs what its header costs."""
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        node: Json = dataset.to_json_dict(
+            bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=lambda _element: _LEFT_OUT
+        )
+    except (InvalidDicomError, OSError, ValueError, KeyError, TypeError, EOFError, AttributeError) as error:
+        # The type only: a parser's message may quote header values.
+        log.warning("metadata unreadable", extra={"reason": type(error).__name__})
+        return None
+    return _strip_left_out(node)
+
+
+def metadata_for(item: DeliveredInstance, path: Path) -> Json:
+    """Metadata of one delivered object: its header, or (unreadable) the identifiers on record."""
+    header = header_json(path)
+    if header is None:
+        return {
+            "00080016": _attr("UI", item.sop_class_uid) if item.sop_class_uid else _attr("UI"),
+            "00080018": _attr("UI", item.sop_uid),
+            "0020000D": _attr("UI", item.study_uid),
+            "0020000E": _attr("UI", item.series_uid),
+        }
+    return header

@@ -1,0 +1,51 @@
+"""Puts the partners' DICOMweb API together from the delivery service's own collaborators; called
+by the service's entry point, which owns the clients and stops the server."""
+
+from __future__ import annotations
+
+from pymongo.database import Database
+
+from services.common.api_keys import api_key_digest
+from services.common.blob_store import LocalBlobStore
+from services.common.bus import BusProducer
+from services.common.events import event_message
+from services.common.http_server import HttpServer
+from services.common.stores.partners import PartnerStore
+from services.common.topics import Topics
+from services.common.ttl_cache import TtlCache
+from services.delivery.delivered import DeliveredObjects
+from services.delivery.dicomweb import create_partner_app
+from services.delivery.settings import DeliverySettings
+from services.proto_gen.imx.v1.events_pb2 import PartnerRetrieval
+
+# A revoked or newly issued key takes effect within this time; each request otherwise costs no lookup.
+KEY_CACHE_S = 5.0
+# Time a retrieval in flight gets to finish when the service stops (a 1 GiB object needs a fast link).
+GRACE_S = 30.0
+
+
+def start_partner_api(
+    settings: DeliverySettings, db: Database, blobs: LocalBlobStore, producer: BusProducer, topics: Topics
+) -> HttpServer:
+    """The partners' DICOMweb API, serving on settings.http_host:http_port (started; call `.stop()`).
+    Its bound port is `.port` (useful when 0 asked for a free one; `settings.dicomweb_base(port)`)."""
+    partners = PartnerStore(db)
+    keys: TtlCache[str, str | None] = TtlCache(KEY_CACHE_S)
+
+    def partner_for_key(api_key: str) -> str | None:
+        # Cached by digest, so the keys themselves are not kept in memory.
+        return keys.get(api_key_digest(api_key), lambda: partners.partner_for_key(api_key))
+
+    def record_retrieval(event: PartnerRetrieval) -> None:
+        producer.publish([event_message(topics.access, event, event.study_instance_uid)])
+
+    app = create_partner_app(
+        DeliveredObjects(db),
+        partner_for_key,
+        blobs.path_for,
+        record_retrieval,
+        public_url=lambda: settings.dicomweb_base(server.port),
+    )
+    server = HttpServer(app, settings.http_host, settings.http_port, GRACE_S, name="delivery-http")
+    server.start()
+    return server

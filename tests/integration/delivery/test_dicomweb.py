@@ -1,0 +1,386 @@
+"""The partners' DICOMweb API against real FerretDB, real Kafka and a blob directory, with
+dicomweb-client as the partner: what comes back is byte for byte what was delivered, a partner sees
+only its own objects, every request is audited on imx.access.v1, and large objects stream."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import FileDataset
+from pymongo.database import Database
+
+from services.common.blob_store import LocalBlobStore
+from services.common.bus import BusProducer, ensure_topics
+from services.common.dicom.part10 import dataset_to_bytes, read_dataset
+from services.common.dicom.synthetic import generate_study
+from services.common.stores.partners import Partner, PartnerStore
+from services.common.topics import Topics
+from services.delivery.delivered import DeliveredInstance, DeliveredObjects
+from services.delivery.dicomweb_wiring import start_partner_api
+from services.delivery.settings import DeliverySettings
+from services.proto_gen.imx.v1.events_pb2 import PartnerRetrieval
+from tests.integration.bus_helpers import read_all
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Stored:
+    item: DeliveredInstance
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return self.item.sha256
+
+
+@dataclass
+class Api:
+    base: str
+    topics: Topics
+    bootstrap: str
+    keys: dict[str, str]
+    blobs: LocalBlobStore
+    delivered: DeliveredObjects
+    study: list[Stored]  # partner "hosp-a"'s CT study, in series then SOP order
+    other: list[Stored]  # partner "research-b"'s study
+
+    def client(self, partner: str) -> DICOMwebClient:
+        return DICOMwebClient(url=self.base, headers={"Authorization": f"Bearer {self.keys[partner]}"})
+
+    def get(self, path: str, partner: str | None = "hosp-a", **headers: str) -> requests.Response:
+        if partner:
+            headers["Authorization"] = f"Bearer {self.keys[partner]}"
+        return requests.get(self.base + path, headers=headers, timeout=30)
+
+    def events(self, expected: int, timeout_s: float = 20) -> list[PartnerRetrieval]:
+        records = read_all(self.bootstrap, self.topics.access, expected, timeout_s=timeout_s)
+        events = []
+        for record in records:
+            event = PartnerRetrieval()
+            event.ParseFromString(record.value)
+            assert record.key == (event.study_instance_uid.encode() or None)
+            events.append(event)
+        return events
+
+
+def _record(
+    delivered: DeliveredObjects, blobs: LocalBlobStore, partner: str, datasets: Iterator[FileDataset]
+) -> list[Stored]:
+    stored = []
+    for ds in datasets:
+        data = dataset_to_bytes(ds)
+        item = DeliveredInstance(
+            partner_id=partner,
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            sop_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            sha256=blobs.put(data),
+            size=len(data),
+            delivery_id=hashlib.sha256(data).hexdigest()[:32],
+            modality=str(ds.Modality),
+            delivered_at_ms=int(time.time() * 1000),
+        )
+        stored.append(Stored(item, data))
+    delivered.record(s.item for s in stored)
+    return sorted(stored, key=lambda s: (s.item.series_uid, s.item.sop_uid))
+
+
+@pytest.fixture
+def api(db: Database, kafka_bootstrap: str, make_name, tmp_path: Path) -> Iterator[Api]:  # type: ignore[no-untyped-def]
+    topics = Topics(prefix=make_name("dicomweb") + ".")
+    ensure_topics(kafka_bootstrap, [topics.access], partitions=2)
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    delivered = DeliveredObjects(db)
+    partners = PartnerStore(db)
+    keys = {}
+    for partner in ("hosp-a", "research-b"):
+        partners.add(Partner(partner))
+        keys[partner] = partners.issue_dicomweb_key(partner)
+    study = _record(delivered, blobs, "hosp-a", generate_study(11, "CT", 5, "src-a"))
+    other = _record(delivered, blobs, "research-b", generate_study(12, "MR", 2, "src-b"))
+    settings = DeliverySettings(http_host="127.0.0.1", http_port=0, kafka_bootstrap=kafka_bootstrap)
+    producer = BusProducer(kafka_bootstrap, client_id="t-dicomweb")
+    server = start_partner_api(settings, db, blobs, producer, topics)
+    try:
+        yield Api(
+            f"http://127.0.0.1:{server.port}/dicomweb", topics, kafka_bootstrap, keys, blobs, delivered, study, other
+        )
+    finally:
+        server.stop()
+        producer.close()
+
+
+def _raw_parts(client: DICOMwebClient, url: str) -> list[bytes]:
+    """The parts of a multipart answer as bytes, split by dicomweb-client's own decoder."""
+    response = client._http_get(url, headers={"Accept": 'multipart/related; type="application/dicom"'}, stream=True)
+    return [bytes(part) for part in client._decode_multipart_message(response, stream=True)]
+
+
+def test_instance_series_and_study_come_back_byte_for_byte(api: Api) -> None:
+    client = api.client("hosp-a")
+    first = api.study[0].item
+    dataset = client.retrieve_instance(first.study_uid, first.series_uid, first.sop_uid)
+    assert dataset.SOPInstanceUID == first.sop_uid
+    assert dataset.PixelData == read_dataset(api.study[0].data).PixelData
+
+    single = api.get(f"/studies/{first.study_uid}/series/{first.series_uid}/instances/{first.sop_uid}")
+    assert single.status_code == 200
+    assert single.headers["content-type"] == f"application/dicom; transfer-syntax={first.transfer_syntax_uid}"
+    assert hashlib.sha256(single.content).hexdigest() == first.sha256
+
+    series_uid = first.series_uid
+    in_series = [s for s in api.study if s.item.series_uid == series_uid]
+    datasets = client.retrieve_series(first.study_uid, series_uid)
+    assert sorted(str(d.SOPInstanceUID) for d in datasets) == [s.item.sop_uid for s in in_series]
+    parts = _raw_parts(client, f"{api.base}/studies/{first.study_uid}/series/{series_uid}")
+    assert parts == [s.data for s in in_series]
+
+    study_parts = _raw_parts(client, f"{api.base}/studies/{first.study_uid}")
+    assert [hashlib.sha256(p).hexdigest() for p in study_parts] == [s.sha256 for s in api.study]
+    assert len(client.retrieve_study(first.study_uid)) == len(api.study) == 5
+
+
+def test_metadata_at_three_levels_is_the_header_without_bulk_data(api: Api) -> None:
+    client = api.client("hosp-a")
+    first = api.study[0].item
+    study = client.retrieve_study_metadata(first.study_uid)
+    assert sorted(m["00080018"]["Value"][0] for m in study) == sorted(s.item.sop_uid for s in api.study)
+    assert all("7FE00010" not in m for m in study)
+    series = client.retrieve_series_metadata(first.study_uid, first.series_uid)
+    assert {m["0020000E"]["Value"][0] for m in series} == {first.series_uid}
+    instance = client.retrieve_instance_metadata(first.study_uid, first.series_uid, first.sop_uid)
+    assert instance["00080018"]["Value"] == [first.sop_uid]
+    assert instance["00080060"]["Value"] == ["CT"]
+
+
+def test_qido_shows_only_what_the_partner_was_sent(api: Api) -> None:
+    a, b = api.client("hosp-a"), api.client("research-b")
+    first = api.study[0].item
+    (study,) = a.search_for_studies()
+    assert study["0020000D"]["Value"] == [first.study_uid]
+    assert study["00201208"]["Value"] == [5]
+    assert study["00080061"]["Value"] == ["CT"]
+    assert [s["0020000D"]["Value"] for s in b.search_for_studies()] == [[api.other[0].item.study_uid]]
+    assert b.search_for_series(first.study_uid) == []
+    assert b.search_for_instances(first.study_uid) == []
+
+    series = a.search_for_series(first.study_uid)
+    assert sorted(s["0020000E"]["Value"][0] for s in series) == sorted({s.item.series_uid for s in api.study})
+    in_series = a.search_for_instances(first.study_uid, first.series_uid)
+    assert {i["0020000E"]["Value"][0] for i in in_series} == {first.series_uid}
+    everything = a.search_for_instances(first.study_uid)
+    assert [i["00080018"]["Value"][0] for i in everything] == [s.item.sop_uid for s in api.study]
+    assert everything[0]["00081190"]["Value"][0].startswith(api.base + "/studies/")
+    page = a.search_for_instances(first.study_uid, limit=2, offset=1)
+    assert [i["00080018"]["Value"][0] for i in page] == [s.item.sop_uid for s in api.study[1:3]]
+    by_sop = a.search_for_instances(first.study_uid, search_filters={"SOPInstanceUID": first.sop_uid})
+    assert [i["00080018"]["Value"][0] for i in by_sop] == [first.sop_uid]
+    assert a.search_for_studies(search_filters={"Modality": "MR"}) == []
+    assert api.get("/studies?PatientName=SMITH").status_code == 400
+
+
+def test_another_partners_object_is_the_same_404_as_an_unknown_one(api: Api) -> None:
+    first = api.study[0].item
+    path = f"/studies/{first.study_uid}/series/{first.series_uid}/instances/{first.sop_uid}"
+    unknown = f"/studies/{first.study_uid}/series/{first.series_uid}/instances/1.2.3.4"
+    for suffix in ("", "/metadata"):
+        theirs, missing = api.get(path + suffix, "research-b"), api.get(unknown + suffix, "research-b")
+        assert (theirs.status_code, theirs.content) == (missing.status_code, missing.content)
+        assert theirs.status_code == 404
+    for route in (f"/studies/{first.study_uid}", f"/studies/{first.study_uid}/series/{first.series_uid}"):
+        theirs, missing = api.get(route, "research-b"), api.get(route.replace(first.study_uid, "1.2.3"), "research-b")
+        assert (theirs.status_code, theirs.content) == (404, missing.content)
+    with pytest.raises(requests.HTTPError) as refused:
+        api.client("research-b").retrieve_instance(first.study_uid, first.series_uid, first.sop_uid)
+    assert refused.value.response.status_code == 404
+
+
+def test_a_request_without_a_valid_key_is_401_with_a_challenge(api: Api) -> None:
+    for headers in ({}, {"Authorization": "Bearer imxp_not-a-key"}, {"Authorization": f"Basic {api.keys['hosp-a']}"}):
+        response = requests.get(api.base + "/studies", headers=headers, timeout=10)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith('Bearer realm="imx-dicomweb"')
+
+
+def test_refusals_bad_uids_conversions_and_missing_blobs(api: Api) -> None:
+    first = api.study[0].item
+    instance = f"/studies/{first.study_uid}/series/{first.series_uid}/instances/{first.sop_uid}"
+    assert api.get("/studies/1.2.abc").status_code == 400
+    assert api.get(f"/studies/{'1' * 65}/metadata").status_code == 400
+    jpeg = "1.2.840.10008.1.2.4.50"
+    assert api.get(instance, Accept=f"application/dicom; transfer-syntax={jpeg}").status_code == 406
+    assert api.get(instance, Accept=f"application/dicom; transfer-syntax={first.transfer_syntax_uid}").ok
+    assert api.get(instance, Accept="application/dicom; transfer-syntax=*").ok
+    assert api.get(f"/studies/{first.study_uid}", Accept="application/dicom").status_code == 406
+    assert api.get(instance + "/metadata", Accept="text/html").status_code == 406
+
+    api.blobs.path_for(first.sha256).unlink()
+    for path in (instance, instance + "/metadata", f"/studies/{first.study_uid}"):
+        gone = api.get(path)
+        assert gone.status_code == 410
+        assert first.sop_uid not in gone.text
+
+
+def test_every_request_after_sign_in_is_one_retrieval_event(api: Api) -> None:
+    first = api.study[0].item
+    instance = f"/studies/{first.study_uid}/series/{first.series_uid}/instances/{first.sop_uid}"
+    series = [s for s in api.study if s.item.series_uid == first.series_uid]
+    assert api.get(instance).status_code == 200
+    assert api.get(f"/studies/{first.study_uid}/series/{first.series_uid}").status_code == 200
+    assert api.get(f"/studies/{first.study_uid}/metadata").status_code == 200
+    assert api.get("/studies").status_code == 200
+    assert api.get(instance, "research-b").status_code == 404
+    assert api.get(instance, None).status_code == 401  # not signed in: nobody to attribute it to
+
+    api.events(5)
+    time.sleep(1)  # a sixth event, had the 401 made one, would be there by now
+    events = api.events(6, timeout_s=3)
+    assert len(events) == 5
+    by_action = {(e.partner_id, e.action): e for e in events}
+    assert len(by_action) == 5
+    one = by_action["hosp-a", "instance"]
+    assert (one.http_status, one.study_instance_uid, one.sop_instance_uid, one.instances, one.bytes) == (
+        200,
+        first.study_uid,
+        first.sop_uid,
+        1,
+        first.size,
+    )
+    whole_series = by_action["hosp-a", "series"]
+    assert (whole_series.http_status, whole_series.series_instance_uid, whole_series.instances) == (
+        200,
+        first.series_uid,
+        len(series),
+    )
+    assert whole_series.bytes == sum(s.item.size for s in series)
+    metadata = by_action["hosp-a", "metadata"]
+    assert (metadata.study_instance_uid, metadata.instances, metadata.http_status) == (first.study_uid, 5, 200)
+    assert metadata.bytes > 0
+    query = by_action["hosp-a", "query"]
+    assert (query.http_status, query.instances, query.study_instance_uid) == (200, 1, "")
+    refused = by_action["research-b", "instance"]
+    assert (refused.http_status, refused.sop_instance_uid, refused.instances, refused.bytes) == (
+        404,
+        first.sop_uid,
+        0,
+        0,
+    )
+    assert all(e.meta.event_id and e.meta.occurred_at_ms > 0 for e in events)
+    assert len({e.meta.event_id for e in events}) == 5
+
+
+def _peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def _reset_peak_rss() -> bool:
+    try:  # Linux >= 4.0: "5" resets the peak RSS to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _large_instance(api: Api, size: int) -> DeliveredInstance:
+    """A synthetic multi-frame CT of `size` bytes written straight into the blob directory, its pixel
+    data a sparse hole (instant to write, no memory), hashed as it is described."""
+    ds = next(generate_study(21, "CT", 1, "src-large"))
+    frame = int(ds.Rows) * int(ds.Columns) * 2
+    del ds.PixelData
+    header = dataset_to_bytes(ds)
+    pixels = size - len(header) - 12
+    pixels -= pixels % frame
+    ds.NumberOfFrames = pixels // frame
+    header = dataset_to_bytes(ds)
+    element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixels)
+    digest = hashlib.sha256(header + element)
+    zeros = bytes(MiB)
+    for _ in range(pixels // MiB):
+        digest.update(zeros)
+    digest.update(bytes(pixels % MiB))
+    sha = digest.hexdigest()
+    path = api.blobs.path_for(sha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.write(header + element)
+        handle.truncate(len(header) + len(element) + pixels)
+    item = DeliveredInstance(
+        partner_id="hosp-a",
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        sop_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        sha256=sha,
+        size=path.stat().st_size,
+        delivery_id="large",
+        modality="CT",
+    )
+    api.delivered.record([item])
+    return item
+
+
+def _download(url: str, key: str, accept: str) -> tuple[str, int, int]:
+    """SHA-256 and size of what the URL streams, and the process's peak RSS growth meanwhile."""
+    peak = [0]
+    stop = threading.Event()
+    base = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def sample() -> None:  # in case the peak cannot be reset: the largest RSS seen, every 5 ms
+        while not stop.is_set():
+            rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            peak[0] = max(peak[0], rss - base)
+            time.sleep(0.005)
+
+    reset = _reset_peak_rss()
+    before = _peak_rss_bytes()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    digest, size = hashlib.sha256(), 0
+    with requests.get(url, headers={"Authorization": f"Bearer {key}", "Accept": accept}, stream=True, timeout=60) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_content(MiB):
+            digest.update(chunk)
+            size += len(chunk)
+    stop.set()
+    sampler.join()
+    growth = max(peak[0], _peak_rss_bytes() - before) if reset else peak[0]
+    return digest.hexdigest(), size, growth
+
+
+def test_a_200_mb_instance_streams_without_being_held_in_memory(api: Api) -> None:
+    size = 200 * MiB
+    item = _large_instance(api, size)
+    url = f"{api.base}/studies/{item.study_uid}/series/{item.series_uid}/instances/{item.sop_uid}"
+    started = time.monotonic()
+    sha, received, growth = _download(url, api.keys["hosp-a"], "application/dicom")
+    seconds = time.monotonic() - started
+    assert (sha, received) == (item.sha256, item.size)
+    print(f"\n200 MB instance: {received / MiB:.0f} MiB in {seconds:.2f} s, peak RSS growth {growth / MiB:.1f} MiB")
+    assert growth < 40 * MiB
+
+    series_url = f"{api.base}/studies/{item.study_uid}/series/{item.series_uid}"
+    _sha, received, growth = _download(series_url, api.keys["hosp-a"], 'multipart/related; type="application/dicom"')
+    assert received > item.size
+    print(f"200 MB series (multipart): peak RSS growth {growth / MiB:.1f} MiB")
+    assert growth < 40 * MiB
+
+    metadata = api.client("hosp-a").retrieve_instance_metadata(item.study_uid, item.series_uid, item.sop_uid)
+    assert int(metadata["00280008"]["Value"][0]) > 390  # NumberOfFrames, read from the header alone
+    assert "7FE00010" not in metadata

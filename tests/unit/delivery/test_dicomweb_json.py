@@ -1,0 +1,111 @@
+"""UID checks, QIDO-RS results from the delivered index and metadata from headers (no sockets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.dicom.part10 import dataset_to_bytes
+from services.common.dicom.synthetic import generate_study
+from services.delivery.delivered import DeliveredInstance
+from services.delivery.dicomweb_json import (
+    by_series,
+    header_json,
+    instance_result,
+    is_valid_uid,
+    matches,
+    metadata_for,
+    series_result,
+    study_result,
+)
+
+BASE = "https://imx.example/dicomweb"
+
+
+@pytest.mark.parametrize("uid", ["1.2.840.10008.1.2.1", "2.25.0", "0", "1.0.3", "1" * 64])
+def test_valid_uids(uid: str) -> None:
+    assert is_valid_uid(uid)
+
+
+@pytest.mark.parametrize(
+    "uid",
+    ["", "1..2", ".1", "1.", "1.02", "1.2a", "1" * 65, "../etc", "1.2/3", "1.2%2F", " 1.2", "1.2\n", "\u0661.\u0662"],
+)
+def test_invalid_uids(uid: str) -> None:
+    assert not is_valid_uid(uid)
+
+
+@given(st.text(max_size=80))
+def test_a_valid_uid_holds_only_digits_and_dots(text: str) -> None:
+    if is_valid_uid(text):
+        assert set(text) <= set("0123456789.") and len(text) <= 64
+
+
+def _item(series: str, sop: str, modality: str = "CT") -> DeliveredInstance:
+    return DeliveredInstance(
+        partner_id="p",
+        study_uid="1.2.3",
+        series_uid=series,
+        sop_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        sha256="0" * 64,
+        size=10,
+        delivery_id="d",
+        modality=modality,
+    )
+
+
+ITEMS = [_item("1.2.3.1", "1.2.3.1.1"), _item("1.2.3.1", "1.2.3.1.2"), _item("1.2.3.2", "1.2.3.2.1", "SR")]
+
+
+def test_study_result_counts_series_and_instances() -> None:
+    result = study_result("1.2.3", ITEMS, BASE)
+    assert result["0020000D"] == {"vr": "UI", "Value": ["1.2.3"]}
+    assert result["00080061"] == {"vr": "CS", "Value": ["CT", "SR"]}
+    assert result["00201206"]["Value"] == [2]
+    assert result["00201208"]["Value"] == [3]
+    assert result["00081190"]["Value"] == [f"{BASE}/studies/1.2.3"]
+
+
+def test_series_and_instance_results() -> None:
+    groups = by_series(reversed(ITEMS))
+    assert list(groups) == ["1.2.3.1", "1.2.3.2"]
+    series = series_result("1.2.3", "1.2.3.1", groups["1.2.3.1"], BASE)
+    assert series["0020000E"]["Value"] == ["1.2.3.1"]
+    assert series["00201209"]["Value"] == [2]
+    assert series["00080060"]["Value"] == ["CT"]
+    instance = instance_result(ITEMS[0], BASE)
+    assert instance["00080018"]["Value"] == ["1.2.3.1.1"]
+    assert instance["00080016"]["Value"] == ["1.2.840.10008.5.1.4.1.1.2"]
+    assert instance["00083002"]["Value"] == ["1.2.840.10008.1.2.1"]
+    assert instance["00081190"]["Value"] == [f"{BASE}/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1"]
+
+
+def test_matching_is_exact_and_takes_a_list_of_uids() -> None:
+    assert matches(ITEMS[0], {"modality": "CT"})
+    assert not matches(ITEMS[2], {"modality": "CT"})
+    assert matches(ITEMS[2], {"sop_uid": "9.9\\1.2.3.2.1"})
+
+
+def test_metadata_is_the_header_without_pixel_data(tmp_path: Path) -> None:
+    dataset = next(generate_study(7, "CT", 1, "src"))
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(dataset_to_bytes(dataset))
+    metadata = header_json(path)
+    assert metadata is not None
+    assert metadata["00080018"]["Value"] == [str(dataset.SOPInstanceUID)]
+    assert metadata["00280010"]["Value"] == [dataset.Rows]
+    assert "7FE00010" not in metadata
+    assert not any("InlineBinary" in a and len(a["InlineBinary"]) > 2048 for a in metadata.values())
+
+
+def test_an_unreadable_object_gets_the_identifiers_on_record(tmp_path: Path) -> None:
+    path = tmp_path / "junk"
+    path.write_bytes(b"not dicom at all")
+    metadata = metadata_for(ITEMS[0], path)
+    assert metadata["00080018"]["Value"] == ["1.2.3.1.1"]
+    assert metadata["0020000E"]["Value"] == ["1.2.3.1"]
