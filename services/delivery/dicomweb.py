@@ -13,11 +13,9 @@ and the `Partner` dependency alias is local to the factory.)
 
 import json
 import logging
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -27,12 +25,9 @@ from starlette.background import BackgroundTask
 from services.common.events import now_ms
 from services.delivery.delivered import DeliveredInstance
 from services.delivery.dicomweb_json import (
-    IGNORED_PARAMS,
-    MATCH_KEYS,
     Json,
     by_series,
     instance_result,
-    is_valid_uid,
     matches,
     metadata_for,
     series_result,
@@ -50,150 +45,21 @@ from services.delivery.dicomweb_media import (
     new_boundary,
     single_body,
 )
-from services.proto_gen.imx.v1.events_pb2 import EventMeta, PartnerRetrieval
+from services.delivery.dicomweb_request import (
+    NOT_FOUND,
+    REALM,
+    DeliveredReader,
+    Refusal,
+    RequestContext,
+    Retrieval,
+    Unauthenticated,
+    check_uids,
+    query_criteria,
+    query_page,
+)
+from services.proto_gen.imx.v1.events_pb2 import PartnerRetrieval
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
-_REALM = 'Bearer realm="imx-dicomweb"'
-_NOT_FOUND = {"detail": "not found"}
-
-
-class DeliveredReader(Protocol):
-    """What the API reads of `services.delivery.delivered.DeliveredObjects`."""
-
-    def instance(self, partner_id: str, study_uid: str, series_uid: str, sop_uid: str) -> DeliveredInstance | None: ...
-
-    def study(self, partner_id: str, study_uid: str) -> list[DeliveredInstance]: ...
-
-    def series(self, partner_id: str, study_uid: str, series_uid: str) -> list[DeliveredInstance]: ...
-
-    def studies(self, partner_id: str) -> Iterator[dict[str, object]]: ...
-
-
-class _Unauthenticated(Exception):
-    def __init__(self, challenge: str) -> None:
-        super().__init__("unauthenticated")
-        self.challenge = challenge
-
-
-class Refusal(Exception):
-    """An answer other than the resource: status and a fixed, PHI-free body."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-@dataclass
-class Retrieval:
-    """The PartnerRetrieval of one request, filled in as the request goes; sent once, at its end."""
-
-    partner_id: str
-    action: str
-    study_uid: str = ""
-    series_uid: str = ""
-    sop_uid: str = ""
-    instances: int = 0
-    bytes: int = 0
-    status: int = 0
-    _sent: bool = field(default=False, repr=False)
-
-    def event(self, occurred_at_ms: int) -> PartnerRetrieval:
-        # A random id: retrievals are facts about requests, never replayed, so nothing to deduplicate.
-        return PartnerRetrieval(
-            meta=EventMeta(event_id=uuid.uuid4().hex, occurred_at_ms=occurred_at_ms),
-            partner_id=self.partner_id,
-            action=self.action,
-            study_instance_uid=self.study_uid,
-            series_instance_uid=self.series_uid,
-            sop_instance_uid=self.sop_uid,
-            instances=self.instances,
-            bytes=self.bytes,
-            http_status=self.status,
-        )
-
-
-@dataclass(frozen=True)
-class _Context:
-    delivered: DeliveredReader
-    blob_path: Callable[[str], Path]
-    record_retrieval: Callable[[PartnerRetrieval], None]
-    clock: Callable[[], int]
-    public_url: Callable[[], str] | None
-    prefix: str
-
-    def finish(self, retrieval: Retrieval) -> None:
-        if retrieval._sent:
-            return
-        retrieval._sent = True
-        log.debug(
-            "partner retrieval",
-            extra={
-                "partner": retrieval.partner_id,
-                "stage": retrieval.action,
-                "status": retrieval.status,
-                "instances": retrieval.instances,
-            },
-        )
-        try:
-            self.record_retrieval(retrieval.event(self.clock()))
-        except Exception as error:  # the answer is already on its way; the failure must be seen, not raised
-            log.error("retrieval not recorded", extra={"partner": retrieval.partner_id, "error": type(error).__name__})
-
-    def base_url(self, request: Request) -> str:
-        if self.public_url:
-            return self.public_url().rstrip("/")
-        # Only as good as the Host header (dicomweb-client, for one, leaves the port out of it).
-        return str(request.base_url).rstrip("/") + self.prefix
-
-    def file_part(self, item: DeliveredInstance) -> FilePart:
-        """The object's file, checked to be there and whole; 410 when the blob is gone."""
-        try:
-            path = self.blob_path(item.sha256)
-            size = path.stat().st_size
-        except (OSError, ValueError):
-            log.warning("delivered blob missing", extra={"partner": item.partner_id, "reason": "blob-missing"})
-            raise Refusal(410, "the object is no longer available") from None
-        if size != item.size:
-            log.warning(
-                "delivered blob has the wrong size", extra={"partner": item.partner_id, "reason": "blob-size-mismatch"}
-            )
-            raise Refusal(410, "the object is no longer available")
-        return FilePart(path, size, item.transfer_syntax_uid)
-
-
-def _check_uids(*uids: str) -> None:
-    if not all(is_valid_uid(uid) for uid in uids):
-        raise Refusal(400, "invalid UID in path")
-
-
-def _page(request: Request) -> tuple[int, int]:
-    try:
-        limit = int(request.query_params.get("limit", DEFAULT_LIMIT))
-        offset = int(request.query_params.get("offset", 0))
-    except ValueError:
-        raise Refusal(400, "limit and offset must be integers") from None
-    if limit < 0 or offset < 0:
-        raise Refusal(400, "limit and offset must not be negative")
-    return min(limit or MAX_LIMIT, MAX_LIMIT), offset
-
-
-def _criteria(request: Request) -> dict[str, str]:
-    """Matching keys of a QIDO-RS query as DeliveredInstance field -> wanted value."""
-    criteria: dict[str, str] = {}
-    for name, value in request.query_params.items():
-        if name in ("limit", "offset") or name.lower() in IGNORED_PARAMS:
-            continue
-        field_name = MATCH_KEYS.get(name) or MATCH_KEYS.get(name.upper())
-        if field_name is None:
-            # Only the key is refused, never echoed: a value (or a key) may be a patient's name.
-            raise Refusal(400, "unsupported query parameter")
-        if value and value != "*":
-            criteria[field_name] = value
-    return criteria
 
 
 def create_partner_app(
@@ -209,22 +75,22 @@ def create_partner_app(
     `blob_path`: SHA-256 -> the object's file; `record_retrieval`: publishes one event per request;
     `public_url`: the base partners use (RetrieveURL in QIDO results; a function, as the port may be
     known only once bound), None: as the request came."""
-    ctx = _Context(delivered, blob_path, record_retrieval, clock, public_url, prefix)
+    ctx = RequestContext(delivered, blob_path, record_retrieval, clock, public_url, prefix)
     app = FastAPI(title="imx partner DICOMweb", openapi_url=f"{prefix}/openapi.json", docs_url=None, redoc_url=None)
 
     def partner(authorization: Annotated[str | None, Header()] = None) -> str:
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise _Unauthenticated(_REALM)
+            raise Unauthenticated(REALM)
         partner_id = partner_for_key(key.strip())
         if partner_id is None:
-            raise _Unauthenticated(_REALM + ', error="invalid_token"')
+            raise Unauthenticated(REALM + ', error="invalid_token"')
         return partner_id
 
     Partner = Annotated[str, Depends(partner)]
 
-    @app.exception_handler(_Unauthenticated)
-    def unauthenticated(_request: Request, error: _Unauthenticated) -> Response:
+    @app.exception_handler(Unauthenticated)
+    def unauthenticated(_request: Request, error: Unauthenticated) -> Response:
         return JSONResponse({"detail": "a partner key is required"}, 401, headers={"WWW-Authenticate": error.challenge})
 
     def answer(retrieval: Retrieval, work: Callable[[], Response]) -> Response:
@@ -232,7 +98,7 @@ def create_partner_app(
         try:
             response = work()
         except Refusal as refusal:
-            body = _NOT_FOUND if refusal.status == 404 else {"detail": refusal.detail}
+            body = NOT_FOUND if refusal.status == 404 else {"detail": refusal.detail}
             response = JSONResponse(body, refusal.status)
         except PyMongoError as error:
             log.error(
@@ -319,8 +185,8 @@ def create_partner_app(
     ) -> Response:
         if not accepts_dicom_json(request.headers.get("accept")):
             raise Refusal(406, "query results are served as application/dicom+json")
-        limit, offset = _page(request)
-        return found(make(_criteria(request), limit, offset, ctx.base_url(request)), retrieval)
+        limit, offset = query_page(request)
+        return found(make(query_criteria(request), limit, offset, ctx.base_url(request)), retrieval)
 
     # --- WADO-RS -------------------------------------------------------------------------------
 
@@ -329,7 +195,7 @@ def create_partner_app(
         retrieval = Retrieval(partner_id, "instance")
 
         def work() -> Response:
-            _check_uids(study, series, sop)
+            check_uids(study, series, sop)
             retrieval.study_uid, retrieval.series_uid, retrieval.sop_uid = study, series, sop
             item = delivered.instance(partner_id, study, series, sop)
             return retrieve(retrieval, request, [item] if item else [], single=True)
@@ -341,7 +207,7 @@ def create_partner_app(
         retrieval = Retrieval(partner_id, "series")
 
         def work() -> Response:
-            _check_uids(study, series)
+            check_uids(study, series)
             retrieval.study_uid, retrieval.series_uid = study, series
             return retrieve(retrieval, request, delivered.series(partner_id, study, series), single=False)
 
@@ -352,7 +218,7 @@ def create_partner_app(
         retrieval = Retrieval(partner_id, "study")
 
         def work() -> Response:
-            _check_uids(study)
+            check_uids(study)
             retrieval.study_uid = study
             return retrieve(retrieval, request, delivered.study(partner_id, study), single=False)
 
@@ -363,7 +229,7 @@ def create_partner_app(
         retrieval = Retrieval(partner_id, "metadata")
 
         def work() -> Response:
-            _check_uids(study, series, sop)
+            check_uids(study, series, sop)
             retrieval.study_uid, retrieval.series_uid, retrieval.sop_uid = study, series, sop
             item = delivered.instance(partner_id, study, series, sop)
             return metadata(retrieval, request, [item] if item else [])
@@ -375,7 +241,7 @@ def create_partner_app(
         retrieval = Retrieval(partner_id, "metadata")
 
         def work() -> Response:
-            _check_uids(study, series)
+            check_uids(study, series)
             retrieval.study_uid, retrieval.series_uid = study, series
             return metadata(retrieval, request, delivered.series(partner_id, study, series))
 
@@ -386,7 +252,7 @@ def create_partner_app(
         retrieval = Retrieval(partner_id, "metadata")
 
         def work() -> Response:
-            _check_uids(study)
+            check_uids(study)
             retrieval.study_uid = study
             return metadata(retrieval, request, delivered.study(partner_id, study))
 
@@ -434,7 +300,7 @@ def create_partner_app(
             ]
 
         def work() -> Response:
-            _check_uids(study)
+            check_uids(study)
             retrieval.study_uid = study
             return query(retrieval, request, make)
 
@@ -448,7 +314,7 @@ def create_partner_app(
             chosen = [i for i in items if matches(i, criteria)][offset : offset + limit]
             return [instance_result(i, base) for i in chosen]
 
-        _check_uids(study, *([series] if series else []))
+        check_uids(study, *([series] if series else []))
         retrieval.study_uid, retrieval.series_uid = study, series or ""
         return query(retrieval, request, make)
 
