@@ -5,6 +5,10 @@ output of the batch is acknowledged by the broker (acks=all, idempotent producer
 polling thread between two polls: kafka-python 3.x runs rebalance listeners on its IO thread, where a
 blocking commit raises. A crash anywhere before the commit replays the batch; handlers are
 idempotent (deterministic event ids), so a replay is harmless.
+
+A broker that cannot be reached (down, restarting, partitioned) stops nothing: the batch in flight
+is read again from where it began, nothing of it is committed, the stage reports NOT_SERVING and
+retries with capped exponential backoff until the broker answers again.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from opentelemetry import trace
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_when_event_set, wait_exponential
 
 from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
 from services.common.stats import StageStats
@@ -32,6 +38,23 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 Handler = Callable[[IncomingMessage], Sequence[OutgoingMessage]]
+
+
+class BrokerUnavailable(TransientError):
+    """Publishing failed because the broker could not be reached or did not answer in time."""
+
+
+def broker_unreachable(exc: BaseException) -> bool:
+    """kafka-python marks what a later attempt may fix as retriable: no connection, a timeout, no
+    coordinator or leader yet. Those say the broker is away, not that the input is bad."""
+    if isinstance(exc, BrokerUnavailable):
+        return True
+    return isinstance(exc, KafkaError) and bool(exc.retriable)
+
+
+def _publish_error(exc: KafkaError) -> TransientError:
+    kind = BrokerUnavailable if exc.retriable else TransientError
+    return kind(f"publish failed: {type(exc).__name__}")
 
 
 def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
@@ -82,17 +105,22 @@ class BusProducer:
             headers = dict(message.headers)
             if "traceparent" not in headers:
                 headers = inject_trace_headers(headers)
-            futures.append(
-                self._producer.send(message.topic, value=message.value, key=message.key, headers=list(headers.items()))
-            )
+            try:
+                futures.append(
+                    self._producer.send(
+                        message.topic, value=message.value, key=message.key, headers=list(headers.items())
+                    )
+                )
+            except KafkaError as exc:  # no metadata for the topic within max_block_ms: the broker is away
+                raise _publish_error(exc) from exc
         if not futures:
             return
-        self._producer.flush(timeout=timeout_s)
         try:
+            self._producer.flush(timeout=timeout_s)
             for future in futures:
                 future.get(timeout=timeout_s)
         except KafkaError as exc:
-            raise TransientError(f"publish failed: {type(exc).__name__}") from exc
+            raise _publish_error(exc) from exc
 
     def close(self) -> None:
         self._producer.close()
@@ -178,6 +206,45 @@ def run_handler_over_batch(
     return result
 
 
+class HealthReporter(Protocol):
+    """Where a stage says whether it can work (ControlServer: grpc.health.v1)."""
+
+    def mark_serving(self) -> None: ...
+
+    def mark_not_serving(self) -> None: ...
+
+
+class BrokerOutage:
+    """Says once when the broker went away and once when it is back: in the log (the error's type,
+    never its text) and on the health service."""
+
+    def __init__(self, stage: str, health: HealthReporter | None) -> None:
+        self._stage = stage
+        self._health = health
+        self.active = False
+
+    def began(self, state: RetryCallState) -> None:
+        """tenacity's before_sleep: the cycle failed with a broker error and is tried again."""
+        if self.active:
+            return
+        self.active = True
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "broker unreachable; retrying with backoff, nothing committed",
+            extra={"stage": self._stage, "error": type(error).__name__},
+        )
+        if self._health is not None:
+            self._health.mark_not_serving()
+
+    def ended(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        log.info("broker reachable again; resuming", extra={"stage": self._stage})
+        if self._health is not None:
+            self._health.mark_serving()
+
+
 def flush_handler(handler: Handler) -> None:
     """A handler may hold its effects back to perform them once per batch (audit inserts a batch of
     records in one write): its optional `flush()` runs after the batch, before outputs are published and
@@ -204,6 +271,9 @@ class StageConsumer:
         max_batch: int = 200,
         poll_timeout_ms: int = 500,
         retry_backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        probe_interval_s: float = 5.0,
+        publish_timeout_s: float = 60.0,
         session_timeout_ms: int = 10_000,
         max_poll_interval_ms: int = 300_000,
         group_instance_id: str | None = None,
@@ -247,6 +317,10 @@ class StageConsumer:
         self._stats = stats
         self._poll_timeout_ms = poll_timeout_ms
         self._retry_backoff_s = retry_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._probe_interval_s = probe_interval_s
+        self._publish_timeout_s = publish_timeout_s
+        self._next_probe_at = time.monotonic() + probe_interval_s
         self._last_lag_at = 0.0
 
     def poll_once(self, handler: Handler) -> int:
@@ -270,9 +344,13 @@ class StageConsumer:
             for r in batch
         ]
         if records:
-            result = run_handler_over_batch(records, handler, self._dead_letter_topic, self._stage)
-            flush_handler(handler)
-            self._producer.publish(result.outputs)
+            try:
+                result = run_handler_over_batch(records, handler, self._dead_letter_topic, self._stage)
+                flush_handler(handler)
+                self._producer.publish(result.outputs, timeout_s=self._publish_timeout_s)
+            except BaseException:
+                self._seek_to_batch_start(records)
+                raise
             if result.commits:
                 self._commit(result.commits)
             assigned = self._consumer.assignment()
@@ -284,6 +362,27 @@ class StageConsumer:
                 time.sleep(self._retry_backoff_s)
         self._update_lag()
         return len(records)
+
+    def _seek_to_batch_start(self, records: Sequence[IncomingMessage]) -> None:
+        """Nothing of a batch whose outputs were not all acknowledged is committed, and the consumer reads it
+        again from its first record. Seeking is local: it works while the broker is away."""
+        starts: dict[TopicPartition, int] = {}
+        for record in records:
+            starts.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+        assigned = self._consumer.assignment()
+        for tp, offset in starts.items():
+            if tp in assigned:  # a revoked partition is read again from its committed offset by its new owner
+                self._consumer.seek(tp, offset)
+
+    def _probe_broker(self, timeout_ms: int = 2000) -> None:
+        """An idle consumer's poll returns nothing, without an error, while the broker is down; ask for
+        cluster metadata now and then (and on every retry of an outage) so that health says so.
+        Raises KafkaTimeoutError when no broker answers in time."""
+        now = time.monotonic()
+        if now < self._next_probe_at:
+            return
+        self._next_probe_at = now + self._probe_interval_s
+        self._consumer.bootstrap(timeout_ms=timeout_ms, refresh=True)
 
     def _commit(self, commits: dict[TopicPartition, int]) -> None:
         """A commit can fail when the group rebalances under the batch (a replica joins, a new partner topic
@@ -317,23 +416,39 @@ class StageConsumer:
                 lag[(tp.topic, tp.partition)] = max(0, high - position)
         self._stats.set_lag(lag)
 
-    def run(self, handler: Handler, stop: threading.Event) -> None:
-        """Until `stop` is set; the batch in flight finishes and is committed before returning."""
+    def run(self, handler: Handler, stop: threading.Event, health: HealthReporter | None = None) -> None:
+        """Until `stop` is set; the batch in flight finishes and is committed before returning.
+
+        A broker error ends no process: the cycle is tried again after 1, 2, 4... seconds (capped), with
+        `health` NOT_SERVING until a cycle, and a metadata probe, succeed again."""
+        outage = BrokerOutage(self._stage, health)
+        retrying = Retrying(
+            retry=retry_if_exception(broker_unreachable),
+            wait=wait_exponential(multiplier=self._retry_backoff_s, max=self._max_backoff_s),
+            stop=stop_when_event_set(stop),
+            sleep=stop.wait,  # type: ignore[arg-type]  # returns a bool tenacity ignores; a stop ends the wait
+            before_sleep=outage.began,
+            reraise=True,
+        )
         while not stop.is_set():
             try:
-                self.poll_once(handler)
-            except TransientError:
+                retrying(self._cycle, handler, outage)
+            except TransientError as error:
+                if broker_unreachable(error):  # tenacity gave up because the stage is stopping
+                    continue
                 log.warning("transient failure; batch will be read again", extra={"stage": self._stage})
-                self._rewind_to_committed()
-                time.sleep(self._retry_backoff_s)
-
-    def _rewind_to_committed(self) -> None:
-        for tp in self._consumer.assignment():
-            committed = self._consumer.committed(tp)
-            if committed is not None:
-                self._consumer.seek(tp, committed)
+                stop.wait(self._retry_backoff_s)
+            except KafkaError as error:
+                if not (stop.is_set() and broker_unreachable(error)):
+                    raise
             else:
-                self._consumer.seek_to_beginning(tp)
+                outage.ended()
+
+    def _cycle(self, handler: Handler, outage: BrokerOutage) -> None:
+        if outage.active:
+            self._next_probe_at = 0.0  # during an outage, only a broker that answers ends it
+        self.poll_once(handler)
+        self._probe_broker()
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -94,7 +94,7 @@ def run_stage(
         log.info("service started", extra={"service": spec.name, "port": server.port})
         if on_ready:
             on_ready(server)
-        consumer.run(handler, stop)
+        consumer.run(handler, stop, health=server)
     finally:
         server.stop()
         consumer.close()
