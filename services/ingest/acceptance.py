@@ -21,7 +21,7 @@ from kafka.errors import KafkaError
 from opentelemetry import metrics, trace
 
 from services.common.blob_store import BlobStore, sha256_hex
-from services.common.dicom.header import InstanceHeader, InvalidInstance, inspect_instance
+from services.common.dicom.header import DEFAULT_LIMITS, InputLimits, InstanceHeader, InvalidInstance, inspect_instance
 from services.common.events import event_message, now_ms
 from services.common.messages import OutgoingMessage, TransientError
 from services.common.stats import StageStats
@@ -105,7 +105,8 @@ class Acceptance:
         max_instance_bytes: int,
         publish_timeout_s: float = 30.0,
         stats: StageStats | None = None,
-        inspect: Callable[[bytes, int], InstanceHeader] = inspect_instance,
+        limits: InputLimits = DEFAULT_LIMITS,
+        inspect: Callable[[bytes, int, InputLimits], InstanceHeader] = inspect_instance,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self._blobs = blobs
@@ -116,6 +117,7 @@ class Acceptance:
         self._publish_timeout_s = publish_timeout_s
         self._stats = stats
         self._inspect = inspect
+        self._limits = limits
         self._clock = clock
         self._tracer = trace.get_tracer("imx.ingest")
         self._outcomes = metrics.get_meter("imx.ingest").create_counter(
@@ -164,7 +166,7 @@ class Acceptance:
         if self._stats is not None and self._stats.paused:
             raise IngestPaused("ingest is paused")
         try:
-            header = self._inspect(data, self.max_instance_bytes)
+            header = self._inspect(data, self.max_instance_bytes, self._limits)
         except InvalidInstance as invalid:
             stored = invalid.reason != TOO_LARGE  # keep the disk for inputs someone can look at
             sha256 = self._store(data) if stored else sha256_hex(data)

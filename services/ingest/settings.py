@@ -29,6 +29,12 @@ class IngestSettings(ServiceSettings):
     max_instance_bytes: int = Field(
         1 * GIB, ge=1024, le=2 * GIB, description="largest DICOM instance accepted on any channel"
     )
+    max_inflated_bytes: int = Field(
+        1 * GIB, ge=1024, le=4 * GIB, description="largest inflated size of a deflated data set; larger is quarantined"
+    )
+    max_sequence_depth: int = Field(
+        32, ge=1, le=1000, description="deepest nesting of sequences accepted; deeper is quarantined"
+    )
     publish_timeout_s: float = Field(
         30.0, gt=0, description="how long to wait for Kafka to acknowledge an event before failing the sender"
     )

@@ -30,6 +30,9 @@ _REJECTION_STATUS: Final[dict[str, int]] = {
     "missing-uid": DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     "invalid-uid": DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     "dicomdir": DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    # Limits on the work one input may cause (services.common.dicom.header.InputLimits).
+    "too-deep": DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    "inflated-too-large": OUT_OF_RESOURCES_TOO_LARGE,
     # PS3.18 10.5.3: an instance of another study than the one in the target URL is an A900 failure.
     STUDY_MISMATCH: DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     TOO_LARGE: OUT_OF_RESOURCES_TOO_LARGE,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from services.common.blob_store import LocalBlobStore
 from services.common.bus import BusProducer, ensure_topics
+from services.common.dicom.header import InputLimits
 from services.common.mongo import connect
 from services.common.stats import StageStats
 from services.common.stores.organisations import OrganisationStore
@@ -41,6 +42,7 @@ def open_ingest(settings: IngestSettings, stats: StageStats | None = None) -> It
                 max_instance_bytes=settings.max_instance_bytes,
                 publish_timeout_s=settings.publish_timeout_s,
                 stats=stats,
+                limits=InputLimits(settings.max_inflated_bytes, settings.max_sequence_depth),
             )
             yield IngestResources(topics, OrganisationStore(db), acceptance)
         finally:

@@ -12,6 +12,11 @@ first (`_check_prefix`), and every other value is taken from pydicom's raw eleme
 here. Error messages carry a reason and a detail (an attribute keyword or a limit), never a value.
 
 Pixel data are never decoded, but their length is checked, so a file cut short is refused.
+
+Bounded work for any input (`InputLimits`). pydicom inflates a deflated data set whole, with no
+limit, and reads nested sequences recursively; so a deflated body is first inflated here, in
+chunks, up to a limit ("inflated-too-large"), and the element stream is walked without recursion
+to refuse sequences nested deeper than a limit ("too-deep") before pydicom or a later stage reads it.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ from typing import Literal
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-Reason = Literal["not-dicom", "missing-uid", "invalid-uid", "dicomdir", "too-large", "truncated"]
+Reason = Literal[
+    "not-dicom", "missing-uid", "invalid-uid", "dicomdir", "too-large", "truncated", "inflated-too-large", "too-deep"
+]
 
 MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -57,6 +64,25 @@ _CHARSET_DEPENDENT = frozenset({"StudyDescription", "Manufacturer", "Manufacture
 _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _MAY_BE_UNDEFINED = frozenset({b"SQ", b"OB", b"OW", b"UN"})  # PS3.5 7.1.2
+_INFLATE_INPUT_CHUNK = 64 * 1024
+_INFLATE_OUTPUT_CHUNK = 1024 * 1024
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Work any one input may cause, checked before the work is done.
+
+    `max_inflated_bytes`: the inflated size of a deflated data set (PS3.5 A.5); a few hundred KB of
+    deflate can inflate to gigabytes. `max_sequence_depth`: sequences within sequences (PS3.5 7.5);
+    real IODs nest a handful of levels, recursive readers fail at about a thousand.
+    """
+
+    max_inflated_bytes: int = GIB
+    max_sequence_depth: int = 32
+
+
+DEFAULT_LIMITS = InputLimits()
 
 ROUTING_KEYWORDS: Mapping[str, str] = MappingProxyType(
     {
@@ -99,12 +125,18 @@ class InstanceHeader:
     routing: Mapping[str, str] = field(hash=False)
 
 
-def inspect_instance(data: bytes, max_bytes: int) -> InstanceHeader:
+def inspect_instance(data: bytes, max_bytes: int, limits: InputLimits = DEFAULT_LIMITS) -> InstanceHeader:
     """Read the header of a Part 10 instance; raise InvalidInstance for anything unusable."""
     if len(data) > max_bytes:
         raise InvalidInstance("too-large", str(max_bytes))
     try:
-        transfer_syntax = _check_prefix(data)
+        transfer_syntax, body = _check_prefix(data)
+        if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            inflated = inflate_bounded(memoryview(data)[body:], limits.max_inflated_bytes)
+            _check_sequence_depth(inflated, 0, transfer_syntax, limits.max_sequence_depth)
+            del inflated  # pydicom inflates its own copy, now known to be bounded
+        else:
+            _check_sequence_depth(data, body, transfer_syntax, limits.max_sequence_depth)
         fp = BytesIO(data)
         ds = dcmread(fp, stop_before_pixels=True, force=False)
         return _header(ds, data, fp.tell(), transfer_syntax)
@@ -131,8 +163,9 @@ def _header(ds: Dataset, data: bytes, stopped_at: int, transfer_syntax: str) -> 
     )
 
 
-def _check_prefix(data: bytes) -> str:
-    """Check the bytes pydicom converts while reading; return the transfer syntax UID.
+def _check_prefix(data: bytes) -> tuple[str, int]:
+    """Check the bytes pydicom converts while reading; return the transfer syntax UID and where the
+    data set begins.
 
     The file meta group is always explicit VR little endian (PS3.10 7.1). Walking it here the way
     pydicom will means every meta value pydicom converts lies inside the meta group.
@@ -162,10 +195,108 @@ def _check_prefix(data: bytes) -> str:
     if not transfer_syntax:
         raise InvalidInstance("missing-uid", "TransferSyntaxUID")
     _check_character_set(data, offset, transfer_syntax)
-    return transfer_syntax
+    return transfer_syntax, offset
 
 
-def _explicit_length(data: bytes, offset: int, vr: bytes, order: str, part: str) -> tuple[int, int]:
+def inflate_bounded(deflated: bytes | memoryview, limit: int) -> bytearray:
+    """Inflate raw deflate (RFC 1951, as PS3.5 A.5 uses it) a chunk at a time; refuse past `limit` bytes.
+
+    Input is fed in small pieces so that zlib's unconsumed tail, which it copies, stays small; output
+    is asked for in pieces so that no more than `limit` plus one piece is ever held.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    view = memoryview(deflated)
+    try:
+        for start in range(0, len(view), _INFLATE_INPUT_CHUNK):
+            pending: bytes | memoryview = view[start : start + _INFLATE_INPUT_CHUNK]
+            while pending and not inflater.eof:
+                out += inflater.decompress(pending, _INFLATE_OUTPUT_CHUNK)
+                if len(out) > limit:
+                    raise InvalidInstance("inflated-too-large", str(limit))
+                pending = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+        while not inflater.eof:  # output zlib held back when a piece of it was asked for
+            held = inflater.decompress(b"", _INFLATE_OUTPUT_CHUNK)
+            if not held:
+                break
+            out += held
+            if len(out) > limit:
+                raise InvalidInstance("inflated-too-large", str(limit))
+        out += inflater.flush()
+    except zlib.error:
+        raise InvalidInstance("not-dicom") from None
+    if len(out) > limit:
+        raise InvalidInstance("inflated-too-large", str(limit))
+    return out
+
+
+def _check_sequence_depth(data: bytes | bytearray, offset: int, transfer_syntax: str, limit: int) -> None:
+    """Walk the data set's elements without recursion and refuse sequences nested deeper than `limit`.
+
+    Stops at the top-level pixel data (as a header-only read does) and, leaving the other checks to
+    pydicom and `_check_complete`, at anything it cannot follow.
+    """
+    big = transfer_syntax == EXPLICIT_VR_BIG_ENDIAN
+    implicit_outside = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    # Open containers, innermost last: (is a sequence, end offset or None when undefined, implicit VR inside).
+    open_: list[tuple[bool, int | None, bool]] = []
+    depth, size = 0, len(data)
+    try:
+        while offset + 8 <= size:
+            while open_ and open_[-1][1] is not None and offset >= open_[-1][1]:
+                depth -= open_.pop()[0]
+            implicit = open_[-1][2] if open_ else implicit_outside
+            order = "<" if implicit or not big else ">"
+            group, element = struct.unpack_from(order + "HH", data, offset)
+            tag = group << 16 | element
+            if group == 0xFFFE:  # item, item delimiter, sequence delimiter (PS3.5 7.5)
+                length = struct.unpack_from(order + "I", data, offset + 4)[0]
+                offset += 8
+                if element == 0xE000:
+                    open_.append((False, None if length == _UNDEFINED_LENGTH else offset + length, implicit))
+                elif open_ and open_[-1][1] is None:
+                    depth -= open_.pop()[0]
+                continue
+            if not open_ and tag in _PIXEL_TAGS:
+                return
+            if implicit:
+                start, length = offset + 8, struct.unpack_from("<I", data, offset + 4)[0]
+                sequence, inner_implicit = _implicit_sequence(tag, data, start, length), True
+            else:
+                vr = bytes(data[offset + 4 : offset + 6])
+                start, length = _explicit_length(data, offset, vr, order, "header")
+                # PS3.5 6.2.2: a sequence of unknown VR, undefined length, is encoded implicit VR inside.
+                unknown_sequence = vr == b"UN" and length == _UNDEFINED_LENGTH
+                sequence, inner_implicit = vr == b"SQ" or unknown_sequence, unknown_sequence
+            if sequence:
+                depth += 1
+                if depth > limit:
+                    raise InvalidInstance("too-deep", str(limit))
+                open_.append((True, None if length == _UNDEFINED_LENGTH else start + length, inner_implicit))
+                offset = start
+            elif length == _UNDEFINED_LENGTH:  # encapsulated data: fragments are items, closed by a delimiter
+                open_.append((False, None, implicit))
+                offset = start
+            else:
+                offset = start + length
+    except InvalidInstance as problem:
+        if problem.reason == "too-deep":
+            raise
+    except struct.error:
+        return
+
+
+def _implicit_sequence(tag: int, data: bytes | bytearray, start: int, length: int) -> bool:
+    """Implicit VR names no VR: the dictionary's, else what pydicom guesses (an item comes first)."""
+    try:
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:
+        return length == _UNDEFINED_LENGTH or bytes(data[start : start + 4]) == _ITEM
+
+
+def _explicit_length(data: bytes | bytearray, offset: int, vr: bytes, order: str, part: str) -> tuple[int, int]:
     """Value offset and length of the explicit VR element at `offset` (PS3.5 7.1.2)."""
     if vr in _SHORT_VRS:
         return offset + 8, struct.unpack_from(order + "H", data, offset + 6)[0]

@@ -1,0 +1,175 @@
+"""Bounded work for any input: a deflate bomb and sequences nested without end are refused at the door,
+with a reason, before pydicom (or a later stage) inflates or recurses through them."""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from services.common.blob_store import LocalBlobStore
+from services.common.dicom.header import InputLimits, InvalidInstance, inflate_bounded, inspect_instance
+from services.common.dicom.part10 import dataset_to_bytes
+from services.common.dicom.synthetic import plan_study, study_instances
+from services.common.topics import Topics
+from services.ingest.acceptance import Acceptance, Rejected
+from services.ingest.receipts import MemoryReceiptStore
+from services.ingest.status_codes import (
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES_TOO_LARGE,
+    status_for_result,
+)
+from services.proto_gen.imx.v1 import events_pb2
+from tests.unit.ingest.samples import RecordingBus
+
+MIB = 1024 * 1024
+LIMIT = 10**10
+CONTENT_SEQUENCE = 0x0040A730
+
+
+def _dataset(transfer_syntax: str) -> Dataset:
+    ds = next(study_instances(plan_study(5, "CT", 1, "RXA01")))
+    del ds.PixelData
+    del ds.Rows
+    del ds.Columns
+    del ds.ImageType  # with no pixel data, an image header would read as cut short
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    return ds
+
+
+def _body_offset(data: bytes) -> int:
+    group_length = struct.unpack_from("<I", data, 132 + 8)[0]
+    return 132 + 12 + group_length
+
+
+def deflate_bomb(inflated_bytes: int) -> bytes:
+    """A valid header followed by a Pixel Data element of zeros, all deflated (PS3.5 A.5)."""
+    plain = dataset_to_bytes(_dataset(ExplicitVRLittleEndian))
+    deflated = dataset_to_bytes(_dataset(DeflatedExplicitVRLittleEndian))
+    meta = deflated[: _body_offset(deflated)]
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [compressor.compress(plain[_body_offset(plain) :])]
+    parts.append(compressor.compress(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_bytes)))
+    zeros = bytes(MIB)
+    for _ in range(inflated_bytes // MIB):
+        parts.append(compressor.compress(zeros))
+    parts.append(compressor.flush())
+    return meta + b"".join(parts)
+
+
+def _explicit_nest(levels: int, undefined: bool) -> bytes:
+    """`levels` Content Sequences, one inside the other, explicit VR little endian."""
+    if undefined:
+        sequence = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+        opening = sequence + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+        return opening * levels + closing * levels
+    headers = []
+    item_length = 0  # the innermost item is empty
+    for _ in range(levels):  # from the inside out
+        headers.append(struct.pack("<HHI", 0xFFFE, 0xE000, item_length))
+        headers.append(struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 8 + item_length))
+        item_length += 8 + 12
+    return b"".join(reversed(headers))
+
+
+def nested_file(levels: int, undefined: bool = False) -> bytes:
+    """A valid CT header whose last element holds `levels` nested sequences (private-free, tag-ordered)."""
+    data = dataset_to_bytes(_dataset(ExplicitVRLittleEndian))
+    return data + _explicit_nest(levels, undefined)
+
+
+def _reason(data: bytes, limits: InputLimits) -> tuple[str, str]:
+    with pytest.raises(InvalidInstance) as caught:
+        inspect_instance(data, LIMIT, limits)
+    return caught.value.reason, caught.value.detail
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it() -> None:
+    bomb = deflate_bomb(200 * MIB)
+    assert len(bomb) < 1 * MIB
+    tracemalloc.start()
+    try:
+        reason = _reason(bomb, InputLimits(max_inflated_bytes=8 * MIB))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reason == ("inflated-too-large", str(8 * MIB))
+    assert peak < 16 * MIB, f"inflating held {peak // MIB} MiB"
+
+
+def test_a_deflated_instance_within_the_limit_is_accepted() -> None:
+    data = deflate_bomb(2 * MIB)
+    header = inspect_instance(data, LIMIT, InputLimits(max_inflated_bytes=8 * MIB))
+    assert header.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+
+
+def test_inflating_stops_at_the_limit_and_returns_everything_below_it() -> None:
+    payload = bytes(range(256)) * 40_000
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = compressor.compress(payload) + compressor.flush()
+    assert inflate_bounded(deflated, len(payload)) == payload
+    with pytest.raises(InvalidInstance):
+        inflate_bounded(deflated, len(payload) - 1)
+
+
+@pytest.mark.parametrize("undefined", [False, True], ids=["defined-lengths", "undefined-lengths"])
+def test_sequences_nested_deeper_than_the_limit_are_refused(undefined: bool) -> None:
+    limits = InputLimits(max_sequence_depth=32)
+    assert _reason(nested_file(20_000, undefined), limits) == ("too-deep", "32")
+    assert _reason(nested_file(33, undefined), limits) == ("too-deep", "32")
+    inspect_instance(nested_file(32, undefined), LIMIT, limits)
+
+
+def test_deep_nesting_is_found_in_implicit_vr_and_inside_a_deflated_data_set() -> None:
+    limits = InputLimits(max_sequence_depth=8)
+    for transfer_syntax in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
+        ds = _dataset(transfer_syntax)
+        inner = Dataset()
+        for _ in range(9):
+            outer = Dataset()
+            outer.ContentSequence = Sequence([inner])
+            inner = outer
+        ds.ContentSequence = inner.ContentSequence
+        data = dataset_to_bytes(ds)
+        assert _reason(data, limits) == ("too-deep", "8"), transfer_syntax
+        assert inspect_instance(data, LIMIT, InputLimits(max_sequence_depth=9)).modality == "CT"
+
+
+def test_ordinary_instances_with_sequences_and_pixel_data_pass_the_walk() -> None:
+    for ds in study_instances(plan_study(3, "MR", 1, "RXA01")):
+        inspect_instance(dataset_to_bytes(ds), LIMIT, InputLimits(max_sequence_depth=4))
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "status"),
+    [
+        (lambda: deflate_bomb(64 * MIB), "inflated-too-large", OUT_OF_RESOURCES_TOO_LARGE),
+        (lambda: nested_file(5_000), "too-deep", DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
+    ],
+    ids=["deflate-bomb", "deep-nesting"],
+)
+def test_ingest_quarantines_over_limit_inputs_with_a_reason(data, reason: str, status: int, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bus = RecordingBus()
+    topics = Topics("t-")
+    acceptance = Acceptance(
+        blobs=LocalBlobStore(tmp_path / "blobs"),
+        receipts=MemoryReceiptStore(),
+        bus=bus,
+        topics=topics,
+        max_instance_bytes=LIMIT // 10,
+        limits=InputLimits(max_inflated_bytes=16 * MIB, max_sequence_depth=32),
+    )
+    result = acceptance.accept(data(), "trust-a", "stow-rs")
+    assert isinstance(result, Rejected) and result.quarantined
+    assert result.reason == reason
+    assert status_for_result(result) == status
+    assert not bus.on(topics.ingested)
+    [message] = bus.on(topics.quarantine)
+    assert events_pb2.Quarantined.FromString(message.value).reason == reason
