@@ -22,6 +22,7 @@ from opentelemetry import metrics, trace
 
 from services.common.blob_store import BlobStore, sha256_hex
 from services.common.dicom.header import DEFAULT_LIMITS, InputLimits, InstanceHeader, InvalidInstance, inspect_instance
+from services.common.dicom.part10 import zero_preamble
 from services.common.events import event_message, now_ms
 from services.common.messages import OutgoingMessage, TransientError
 from services.common.stats import StageStats
@@ -165,6 +166,8 @@ class Acceptance:
     ) -> AcceptanceResult:
         if self._stats is not None and self._stats.paused:
             raise IngestPaused("ingest is paused")
+        # What is stored, hashed and announced is the file with a zero preamble, on every route.
+        data = zero_preamble(data)
         try:
             header = self._inspect(data, self.max_instance_bytes, self._limits)
         except InvalidInstance as invalid:

@@ -21,6 +21,25 @@ def dataset_to_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+PREAMBLE_BYTES = 128
+_ZERO_PREAMBLE = bytes(PREAMBLE_BYTES)
+
+
+def zero_preamble(data: bytes) -> bytes:
+    """`data` with its 128-byte preamble set to zeros, otherwise unchanged; `data` itself when it is
+    already zero or is not a Part 10 file.
+
+    PS3.10 7.1 leaves the preamble's content to the application and allows all zeros. Whatever a
+    sender put there (CVE-2019-11687: a whole executable header, making the file a valid PE or ELF
+    too) is not passed on to anyone.
+    """
+    if len(data) < PREAMBLE_BYTES + 4 or data[PREAMBLE_BYTES : PREAMBLE_BYTES + 4] != b"DICM":
+        return data
+    if data[:PREAMBLE_BYTES] == _ZERO_PREAMBLE:
+        return data
+    return _ZERO_PREAMBLE + data[PREAMBLE_BYTES:]
+
+
 def read_dataset(data: bytes, stop_before_pixels: bool = False) -> FileDataset:
     """Parse a Part 10 byte string; raises pydicom's errors (InvalidDicomError among others).
 
