@@ -2,6 +2,11 @@
 
 Only allow-listed `extra` fields reach the output (ids, counts, reasons, tags: never values from a
 DICOM header), and the message itself must be a constant string: arguments are dropped.
+
+Libraries do not keep to that: pydicom and pynetdicom warn with f-strings that quote UIDs, character
+sets and other values from the data they read, and Python warnings carry the same text. So their
+records, and Python warnings (routed to logging as "py.warnings"), are written with their logger
+name and level and a withheld message.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ SAFE_FIELDS = frozenset(
         "rate",
     }
 )
+# Loggers (and their children) whose message text is never written: libraries that read received data.
+WITHHELD_LOGGERS = ("pydicom", "pynetdicom", "py.warnings")
+WITHHELD_MESSAGE = "library message withheld: it may quote values from the input"
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -54,7 +62,7 @@ class PhiSafeJsonFormatter(logging.Formatter):
             "service": self._service,
             "logger": record.name,
             # record.msg, not getMessage(): %-arguments could carry values, so they are never rendered.
-            "msg": str(record.msg),
+            "msg": str(record.msg) if _writes_message_text(record.name) else WITHHELD_MESSAGE,
         }
         for key, value in record.__dict__.items():
             if key in SAFE_FIELDS and key not in _STANDARD_ATTRS:
@@ -64,12 +72,23 @@ class PhiSafeJsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
+def _writes_message_text(logger_name: str) -> bool:
+    return not any(logger_name == prefix or logger_name.startswith(prefix + ".") for prefix in WITHHELD_LOGGERS)
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(PhiSafeJsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # warnings.warn() would otherwise print its text to stderr beside the JSON lines.
+    logging.captureWarnings(True)
     # kafka-python logs broker chatter at INFO; keep it to warnings.
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for library in ("pydicom", "pynetdicom"):
+        # Their debug helpers attach handlers of their own, which would bypass the formatter above.
+        logger = logging.getLogger(library)
+        logger.handlers[:] = [h for h in logger.handlers if isinstance(h, logging.NullHandler)]
+        logger.propagate = True
+        logger.setLevel(logging.WARNING)
