@@ -3,9 +3,10 @@
 # its result is already in place, so a warm run takes a few seconds.
 #   - .venv with the project installed (re-installed when pyproject.toml/constraints.txt change)
 #   - Apache Kafka broker jars in ~/.cache/imx/kafka-<version>/libs (resolved by Maven)
-#   - FerretDB (MongoDB wire protocol on SQLite) built from source into ~/.cache/imx/bin
+#   - FerretDB (MongoDB wire protocol, on PostgreSQL) built from source into ~/.cache/imx/bin
 #   - Helm built from source into ~/.cache/imx/bin (lints and renders charts/imx in the tests)
-#   - dcmtk, dicom3tools and orthanc from the Debian archive (used by the e2e tests)
+#   - PostgreSQL 15 (FerretDB's backend; tools/devstack runs its own cluster under var/), dcmtk,
+#     dicom3tools, orthanc and orthanc-dicomweb from the Debian archive
 #   - generated protobuf code in services/proto_gen
 set -euo pipefail
 
@@ -126,20 +127,33 @@ else
   "$HELM_BIN" version >/dev/null || die "the Helm build at $HELM_BIN does not start"
 fi
 
-# --- DICOM tools (Debian packages) -------------------------------------------------------------
-if command -v storescu >/dev/null && command -v dciodvfy >/dev/null &&
-  { command -v Orthanc >/dev/null || [[ -x /usr/sbin/Orthanc ]]; }; then
-  step "dcmtk, dicom3tools, orthanc installed"
+# --- Debian packages ---------------------------------------------------------------------------
+# PostgreSQL 15 is FerretDB's backend (tools/devstack starts its own cluster, never the package's
+# service); the DICOM tools are used by the e2e tests. Only what is missing is installed.
+PG_BIN="${IMX_POSTGRES_BIN:-/usr/lib/postgresql/15/bin}"
+pg_ok() { [[ -x "$PG_BIN/initdb" && -x "$PG_BIN/pg_isready" && "$("$PG_BIN/postgres" --version 2>/dev/null)" == *" 15."* ]]; }
+missing=()
+pg_ok || missing+=(postgresql-15)
+command -v storescu >/dev/null || missing+=(dcmtk)
+command -v dciodvfy >/dev/null || missing+=(dicom3tools)
+{ command -v Orthanc >/dev/null || [[ -x /usr/sbin/Orthanc ]]; } || missing+=(orthanc)
+dpkg-query -W -f='${Status}' orthanc-dicomweb 2>/dev/null | grep -q 'ok installed' || missing+=(orthanc-dicomweb)
+if [[ ${#missing[@]} -eq 0 ]]; then
+  step "PostgreSQL 15, dcmtk, dicom3tools, orthanc, orthanc-dicomweb installed"
 else
-  command -v apt-get >/dev/null || die "dcmtk, dicom3tools and orthanc are missing and apt-get is not available; install them with your package manager."
+  command -v apt-get >/dev/null || die "${missing[*]} missing and apt-get is not available; install them with your package manager (PostgreSQL 15 in $PG_BIN, or set IMX_POSTGRES_BIN)."
   SUDO=""
   if [[ "$(id -u)" -ne 0 ]]; then
-    need sudo "to install dcmtk, dicom3tools and orthanc as a non-root user"
+    need sudo "to install ${missing[*]} as a non-root user"
     SUDO="sudo"
   fi
-  step "installing dcmtk dicom3tools orthanc with apt-get"
+  step "installing ${missing[*]} with apt-get"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk dicom3tools orthanc >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  pg_ok || die "PostgreSQL 15 is still not in $PG_BIN after installing postgresql-15 (Debian 12 has it; elsewhere install PostgreSQL 15 and set IMX_POSTGRES_BIN to its bin folder)."
+fi
+if [[ "$(id -u)" -eq 0 ]] && ! id -u postgres >/dev/null 2>&1; then
+  die "running as root, PostgreSQL must run as the 'postgres' user, which does not exist (Debian's postgresql-common creates it)."
 fi
 
 # --- Generated protobuf code -------------------------------------------------------------------

@@ -75,20 +75,41 @@ def kafka_partner_bootstrap(kafka_bootstrap: str) -> str:
 
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A mongodb:// URI of a MongoDB-wire server (FerretDB) for this test session."""
+    """A mongodb:// URI of a MongoDB-wire server (FerretDB on PostgreSQL) for this test session.
+
+    Both servers die with the test run (die_with_parent), even when it is killed."""
     external = os.environ.get("IMX_TEST_MONGO")
     if external:
         yield external
         return
     root = tmp_path_factory.mktemp("ferretdb")
+    mongo_port, postgres_port = devstack.free_ports(2)
+    cluster = devstack.PostgresCluster(postgres_port, root / "postgres")
+    procs: list[devstack.ManagedProcess] = []
     try:
-        proc = devstack.start_ferretdb(devstack.free_port(), root / "data", root, die_with_parent=True)
+        procs.append(devstack.start_postgres(postgres_port, cluster.data_dir, root, die_with_parent=True))
+        procs.append(devstack.start_ferretdb(mongo_port, root / "data", root, cluster, die_with_parent=True))
     except devstack.DevstackError as error:
-        pytest.fail(f"could not start FerretDB: {error}", pytrace=False)
+        for proc in reversed(procs):
+            proc.stop()
+        pytest.fail(f"could not start FerretDB on PostgreSQL: {error}", pytrace=False)
+    _POSTGRES_BEHIND[procs[-1].endpoint] = cluster
     try:
-        yield proc.endpoint
+        yield procs[-1].endpoint
     finally:
-        proc.stop()
+        for proc in reversed(procs):  # FerretDB first: it holds PostgreSQL connections
+            proc.stop()
+
+
+_POSTGRES_BEHIND: dict[str, devstack.PostgresCluster] = {}
+
+
+@pytest.fixture(scope="session")
+def ferretdb_postgres(mongo_uri: str) -> devstack.PostgresCluster:
+    """The PostgreSQL cluster behind the session's FerretDB (only when the tests started it)."""
+    if mongo_uri not in _POSTGRES_BEHIND:
+        pytest.skip("IMX_TEST_MONGO points at a server the tests did not start")
+    return _POSTGRES_BEHIND[mongo_uri]
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,14 +69,92 @@ def test_ferretdb_enforces_a_unique_index(mongo_uri: str, unique_name: str) -> N
         client.close()
 
 
-@pytest.mark.parametrize("taken", ["IMX_KAFKA_PORT", "IMX_KAFKA_CONTROLLER_PORT", "IMX_MONGO_PORT"])
+def psql(cluster: devstack.PostgresCluster, script: str, **variables: str) -> str:
+    """Run `script` with psql over TCP, signed in as FerretDB is; `:'name'` quotes a variable."""
+    argv = [str(devstack.postgres_bin_dir() / "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", cluster.url]
+    for name, value in variables.items():
+        argv += ["-v", f"{name}={value}"]
+    done = subprocess.run(argv, input=script, env=cluster.client_env(), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_ferretdb_keeps_documents_in_postgresql(
+    mongo_uri: str, ferretdb_postgres: devstack.PostgresCluster, unique_name: str
+) -> None:
+    marker = uuid.uuid4().hex
+    client: MongoClient[dict[str, object]] = MongoClient(mongo_uri)
+    try:
+        client[unique_name]["instances"].insert_one({"sop_instance_uid": marker})
+        # FerretDB's PostgreSQL handler keeps a database as a schema and a collection as a table of jsonb.
+        stored = psql(
+            ferretdb_postgres,
+            """SELECT format('SELECT _jsonb->>%L FROM %I.%I', 'sop_instance_uid', table_schema, table_name)
+               FROM information_schema.tables
+               WHERE table_schema = :'schema' AND table_name NOT LIKE '\\_ferretdb%' \\gexec""",
+            schema=unique_name,
+        )
+    finally:
+        client.drop_database(unique_name)
+        client.close()
+    assert stored.split() == [marker]
+
+
+def test_stop_all_stops_ferretdb_and_then_its_postgresql(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    mongo_port, postgres_port = devstack.free_ports(2)
+    cluster = devstack.PostgresCluster(postgres_port, tmp_path / "postgres")
+    postgres = devstack.start_postgres(postgres_port, cluster.data_dir, tmp_path, run_dir=run_dir, die_with_parent=True)
+    ferretdb = devstack.start_ferretdb(
+        mongo_port, tmp_path / "ferretdb", tmp_path, cluster, run_dir=run_dir, die_with_parent=True
+    )
+    assert {p.name for p in devstack.registered(run_dir)} == {"postgres", "ferretdb"}
+
+    stopped = devstack.stop_all(run_dir)
+
+    assert [p.name for p in reversed(stopped)] == ["ferretdb", "postgres"]  # the order they were stopped in
+    assert not postgres.alive()
+    assert not ferretdb.alive()
+    assert not list(run_dir.glob("*.pid"))
+    assert not (cluster.cluster_dir / "postmaster.pid").exists(), "PostgreSQL did not shut down cleanly"
+    assert "database system is shut down" in postgres.log_tail()
+
+
+def test_postgresql_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    starter = f"""
+import time
+from pathlib import Path
+from tools import devstack
+root = Path({str(tmp_path)!r})
+devstack.start_postgres(devstack.free_port(), root / "postgres", root, run_dir=root / "run", die_with_parent=True)
+print("started", flush=True)
+time.sleep(120)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", starter], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline().strip() == "started", f"see {tmp_path / 'postgres.log'}"
+        [postgres] = devstack.registered(tmp_path / "run")
+    finally:
+        parent.send_signal(signal.SIGKILL)  # no finaliser, no atexit: only the kernel can clean up
+        parent.wait()
+
+    deadline = time.monotonic() + 15
+    while postgres.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not postgres.alive(), "an orphan PostgreSQL survived the process that started it"
+
+
+@pytest.mark.parametrize(
+    "taken", ["IMX_KAFKA_PORT", "IMX_KAFKA_CONTROLLER_PORT", "IMX_MONGO_PORT", "IMX_POSTGRES_PORT"]
+)
 def test_up_names_a_taken_port_and_its_variable_and_exits_2(tmp_path: Path, taken: str) -> None:
     with socket.socket() as squatter:
         squatter.bind((devstack.HOST, 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        variables = ("IMX_KAFKA_PORT", "IMX_KAFKA_CONTROLLER_PORT", "IMX_MONGO_PORT")
-        env = {**os.environ, **{v: str(p) for v, p in zip(variables, devstack.free_ports(3), strict=True)}}
+        variables = ("IMX_KAFKA_PORT", "IMX_KAFKA_CONTROLLER_PORT", "IMX_MONGO_PORT", "IMX_POSTGRES_PORT")
+        env = {**os.environ, **{v: str(p) for v, p in zip(variables, devstack.free_ports(4), strict=True)}}
         env[taken] = str(port)
         done = subprocess.run(
             [sys.executable, "-m", "tools.devstack", "up", "--var-dir", str(tmp_path)],

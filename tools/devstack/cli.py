@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.devstack.postgres import POSTGRES, PostgresCluster, postgres_bin_dir, server_account, start_postgres
 from tools.devstack.processes import (
     DevstackError,
     EnvironmentProblem,
@@ -37,6 +38,7 @@ class Ports:
     kafka_controller: int = 19093
     kafka_partner: int = 19094
     mongo: int = 27117
+    postgres: int = 27118
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Ports:
@@ -46,6 +48,7 @@ class Ports:
             kafka_controller=_port_from_env(env, "IMX_KAFKA_CONTROLLER_PORT", defaults.kafka_controller),
             kafka_partner=_port_from_env(env, "IMX_KAFKA_PARTNER_PORT", defaults.kafka_partner),
             mongo=_port_from_env(env, "IMX_MONGO_PORT", defaults.mongo),
+            postgres=_port_from_env(env, "IMX_POSTGRES_PORT", defaults.postgres),
         )
 
 
@@ -83,12 +86,17 @@ def up(layout: Layout, ports: Ports) -> None:
     if KAFKA not in running:
         java_binary()
         kafka_libs()
+    if POSTGRES not in running:
+        postgres_bin_dir()
+        server_account()
     if FERRETDB not in running:
         ferretdb_binary()
     if KAFKA not in running:
         ensure_port_free(ports.kafka, "Kafka", "IMX_KAFKA_PORT")
         ensure_port_free(ports.kafka_controller, "Kafka controller", "IMX_KAFKA_CONTROLLER_PORT")
         ensure_port_free(ports.kafka_partner, "Kafka partner listener", "IMX_KAFKA_PARTNER_PORT")
+    if POSTGRES not in running:
+        ensure_port_free(ports.postgres, "PostgreSQL", "IMX_POSTGRES_PORT")
     if FERRETDB not in running:
         ensure_port_free(ports.mongo, "FerretDB", "IMX_MONGO_PORT")
     started = time.monotonic()
@@ -101,10 +109,15 @@ def up(layout: Layout, ports: Ports) -> None:
         run_dir=layout.run,
         wait=False,
     )
-    ferretdb = running.get(FERRETDB) or start_ferretdb(
-        ports.mongo, layout.var / FERRETDB, layout.log, run_dir=layout.run, wait=False
+    postgres = running.get(POSTGRES) or start_postgres(
+        ports.postgres, layout.var / POSTGRES, layout.log, run_dir=layout.run, wait=False
     )
-    procs = [kafka, ferretdb]
+    # A cluster left running by an earlier `up` keeps the port it was started with.
+    cluster = PostgresCluster(int(postgres.endpoint.rsplit(":", 1)[1]), (layout.var / POSTGRES).resolve())
+    ferretdb = running.get(FERRETDB) or start_ferretdb(
+        ports.mongo, layout.var / FERRETDB, layout.log, cluster, run_dir=layout.run, wait=False
+    )
+    procs = [kafka, postgres, ferretdb]
     try:
         for proc in procs:
             wait_until_ready(proc, 90.0)
@@ -134,7 +147,8 @@ def stop(layout: Layout) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.devstack", description="Local Kafka and MongoDB-wire server for imx."
+        prog="python -m tools.devstack",
+        description="Local Kafka and MongoDB-wire server (FerretDB on PostgreSQL) for imx.",
     )
     parser.add_argument("command", choices=["up", "stop", "status"])
     parser.add_argument("--var-dir", type=Path, help="runtime folder (default: IMX_VAR_DIR or var/)")

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -108,6 +109,7 @@ class ManagedProcess:
     pid_file: Path | None = None
     log_offset: int = 0
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    stop_signal: int = signal.SIGTERM
 
     def alive(self) -> bool:
         if self.popen is not None:
@@ -133,8 +135,8 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (a clean shutdown, Kafka needs a few seconds), then SIGKILL after `timeout`."""
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        """`stop_signal` (a clean shutdown, Kafka needs a few seconds), then SIGKILL after `timeout`."""
+        for sig, wait in ((self.stop_signal, timeout), (signal.SIGKILL, 5.0)):
             if not self.alive():
                 break
             with contextlib.suppress(ProcessLookupError):
@@ -153,15 +155,35 @@ def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float =
     return True
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the child when its parent dies (PR_SET_PDEATHSIG),
-    so a test run that is killed does not leave servers behind. None where that is unavailable."""
+def await_ready(
+    proc: ManagedProcess, probe: Callable[[ManagedProcess], bool], timeout: float, interval: float = 0.25
+) -> None:
+    """Block until `probe(proc)`; on a crash or timeout stop `proc` and raise with its log tail."""
+    deadline = time.monotonic() + timeout
+    while not probe(proc):
+        if not proc.alive():
+            reason = "exited during start-up"
+        elif time.monotonic() >= deadline:
+            reason = f"did not answer on {proc.endpoint} within {timeout:.0f}s"
+        else:
+            time.sleep(interval)
+            continue
+        proc.stop(timeout=5.0)
+        raise StartupError(f"{proc.name} {reason}; end of {proc.log_path}:\n{proc.log_tail()}")
+
+
+def _die_with_parent_hook(sig: int) -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to send `sig` to the child when its parent dies (PR_SET_PDEATHSIG),
+    so a test run that is killed does not leave servers behind. None where that is unavailable.
+
+    Linux clears this setting when the process changes its user or group ids; subprocess runs the
+    hook after it switched to `start_process`'s `user`, so the setting survives that switch."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
     pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, sig)
 
 
 def start_process(
@@ -174,11 +196,16 @@ def start_process(
     run_dir: Path | None = None,
     endpoint: str = "",
     die_with_parent: bool = False,
+    stop_signal: int = signal.SIGTERM,
+    user: str | None = None,
 ) -> ManagedProcess:
     """Start `argv` in its own session with output appended to `log_path`.
 
     With `run_dir`, the process is registered in `run_dir/<name>.pid` for `registered`/`stop_all`.
+    With `user` (only root may ask), the process runs as that user, its primary group and no other
+    group, and its PID is the server's own (no su/runuser in between to forward signals).
     """
+    account = pwd.getpwnam(user) if user is not None else None
     if run_dir is not None and (running := read_pid_file(run_dir / f"{name}.pid")) is not None:
         raise EnvironmentProblem(f"{name} is already running (pid {running.pid}); stop it first")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,13 +220,18 @@ def start_process(
             cwd=cwd,
             env=None if env is None else dict(env),
             start_new_session=True,  # Ctrl-C in the terminal that ran `make up` leaves it running
-            preexec_fn=_die_with_parent_hook() if die_with_parent else None,
+            preexec_fn=_die_with_parent_hook(stop_signal) if die_with_parent else None,
+            user=None if account is None else account.pw_uid,
+            group=None if account is None else account.pw_gid,
+            extra_groups=None if account is None else [],
         )
-    proc = ManagedProcess(name, popen.pid, log_path, _start_ticks(popen.pid), endpoint, None, offset, popen)
+    proc = ManagedProcess(
+        name, popen.pid, log_path, _start_ticks(popen.pid), endpoint, None, offset, popen, stop_signal
+    )
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         proc.pid_file = run_dir / f"{name}.pid"
-        meta = {"start_ticks": proc.start_ticks, "log": str(log_path), "endpoint": endpoint}
+        meta = {"start_ticks": proc.start_ticks, "log": str(log_path), "endpoint": endpoint, "stop_signal": stop_signal}
         proc.pid_file.write_text(f"{proc.pid}\n{json.dumps(meta)}\n")
     return proc
 
@@ -216,6 +248,7 @@ def read_pid_file(pid_file: Path) -> ManagedProcess | None:
             start_ticks=meta.get("start_ticks"),
             endpoint=meta.get("endpoint", ""),
             pid_file=pid_file,
+            stop_signal=int(meta.get("stop_signal", signal.SIGTERM)),
         )
     except (OSError, ValueError, TypeError, AttributeError):
         pid_file.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""The two servers: Kafka from the Apache jars, FerretDB from the binary infra/setup.sh builds."""
+"""The servers: Kafka from the Apache jars, FerretDB from the binary infra/setup.sh builds, on the
+PostgreSQL cluster of `tools.devstack.postgres`."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import re
 import secrets
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
+from tools.devstack.postgres import POSTGRES, PostgresCluster, postgres_answers
 from tools.devstack.processes import (
     HOST,
     EnvironmentProblem,
     ManagedProcess,
     StartupError,
+    await_ready,
     can_connect,
     ensure_port_free,
     start_process,
@@ -221,20 +223,26 @@ def start_ferretdb(
     port: int,
     data_dir: Path,
     log_dir: Path,
+    postgres: PostgresCluster,
     *,
     run_dir: Path | None = None,
     die_with_parent: bool = False,
     wait: bool = True,
     timeout: float = 30.0,
 ) -> ManagedProcess:
-    """Start FerretDB with its SQLite backend in `data_dir`, no debug/metrics listener, no telemetry."""
+    """Start FerretDB on its PostgreSQL handler, with no debug/metrics listener and no telemetry.
+
+    `postgres` must be running by the time FerretDB is asked to be ready: FerretDB connects on the
+    first command, and its `ping` does connect, so readiness means both answer. The password goes
+    in PGPASSWORD, which FerretDB's driver (pgx) reads, so that it is not on a command line.
+    """
     binary = ferretdb_binary()
     ensure_port_free(port, "FerretDB", "IMX_MONGO_PORT")
-    (data_dir / "sqlite").mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(binary),
-        "--handler=sqlite",
-        f"--sqlite-url=file:{data_dir / 'sqlite'}/",
+        "--handler=postgresql",
+        f"--postgresql-url={postgres.url}",
         f"--state-dir={data_dir}",
         f"--listen-addr={HOST}:{port}",
         "--debug-addr=-",
@@ -245,6 +253,7 @@ def start_ferretdb(
         FERRETDB,
         argv,
         log_dir / f"{FERRETDB}.log",
+        env=postgres.client_env(),
         cwd=data_dir,
         run_dir=run_dir,
         endpoint=mongo_uri(port),
@@ -275,6 +284,8 @@ def mongo_answers(uri: str) -> bool:
 def answers(proc: ManagedProcess) -> bool:
     if proc.name == KAFKA:
         return kafka_answers(proc.endpoint)
+    if proc.name == POSTGRES:
+        return postgres_answers(proc)
     if proc.name == FERRETDB:
         return mongo_answers(proc.endpoint)
     return proc.alive()
@@ -282,14 +293,4 @@ def answers(proc: ManagedProcess) -> bool:
 
 def wait_until_ready(proc: ManagedProcess, timeout: float) -> None:
     """Block until `proc` answers; on a crash or timeout stop it and raise with its log tail."""
-    deadline = time.monotonic() + timeout
-    while not answers(proc):
-        if not proc.alive():
-            reason = "exited during start-up"
-        elif time.monotonic() >= deadline:
-            reason = f"did not answer on {proc.endpoint} within {timeout:.0f}s"
-        else:
-            time.sleep(0.25)
-            continue
-        proc.stop(timeout=5.0)
-        raise StartupError(f"{proc.name} {reason}; end of {proc.log_path}:\n{proc.log_tail()}")
+    await_ready(proc, answers, timeout)

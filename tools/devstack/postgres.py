@@ -1,0 +1,261 @@
+"""PostgreSQL 15 from Debian as FerretDB's backend: one disposable cluster per data folder.
+
+`<data_dir>/cluster` is the cluster (created by initdb on first use), `<data_dir>/socket` its Unix
+socket folder and `<data_dir>/password` the password of its superuser. The server listens on
+127.0.0.1 and on that socket only. PostgreSQL refuses to run as root, so when we are root the
+cluster belongs to Debian's `postgres` system user and initdb and the server run as that user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.devstack.processes import (
+    HOST,
+    EnvironmentProblem,
+    ManagedProcess,
+    StartupError,
+    await_ready,
+    ensure_port_free,
+    start_process,
+)
+
+POSTGRES = "postgres"
+SERVER_USER = "postgres"  # the system user Debian's postgresql-common creates
+SUPERUSER = "postgres"
+DATABASE = "postgres"  # the cluster serves FerretDB alone, so FerretDB uses the default database
+INSTALL_HINT = "run `make setup` (infra/setup.sh installs Debian's postgresql-15)"
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
+
+# Settings given on the command line, so they apply to clusters created by an earlier version too.
+# fsync, synchronous_commit and full_page_writes off: this cluster holds development and test data
+# that `make clean` and pytest throw away. With them off a commit never waits for the disk, which
+# the blob store's fsyncs and Kafka already keep busy, and test sessions start and run faster. The
+# cost: an operating-system crash (not a PostgreSQL crash) can corrupt the cluster; `make clean`.
+# Never copy these settings to a deployment (compose and the chart use MongoDB anyway).
+SERVER_SETTINGS = {
+    "listen_addresses": HOST,
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "logging_collector": "off",  # log to stdout, which start_process appends to the log file
+}
+
+
+@dataclass(frozen=True)
+class PostgresCluster:
+    """Where a cluster started by `start_postgres` answers and how to sign in to it."""
+
+    port: int
+    data_dir: Path
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.data_dir / "cluster"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.data_dir / "socket"
+
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / "password"
+
+    @property
+    def url(self) -> str:
+        """A libpq URL without the password (it goes in PGPASSWORD, not on command lines)."""
+        return f"postgres://{SUPERUSER}@{HOST}:{self.port}/{DATABASE}"
+
+    def password(self) -> str:
+        try:
+            return self.password_file.read_text().strip()
+        except OSError as error:
+            raise EnvironmentProblem(
+                f"cannot read the PostgreSQL password ({error}); delete {self.data_dir} (or `make clean`) to start over"
+            ) from error
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for libpq clients (FerretDB, psql) signing in over TCP."""
+        return {**os.environ, "PGPASSWORD": self.password()}
+
+
+def postgres_bin_dir() -> Path:
+    bin_dir = Path(os.environ.get("IMX_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
+    for tool in ("initdb", "postgres", "pg_isready"):
+        if not os.access(bin_dir / tool, os.X_OK):
+            raise EnvironmentProblem(f"PostgreSQL 15's {tool} was not found in {bin_dir}; {INSTALL_HINT}")
+    return bin_dir
+
+
+def server_account() -> pwd.struct_passwd | None:
+    """The user the server runs as: None for ourselves, the `postgres` system user when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise EnvironmentProblem(
+            f"PostgreSQL refuses to run as root and there is no '{SERVER_USER}' user to run it as; {INSTALL_HINT}"
+        ) from None
+
+
+def start_postgres(
+    port: int,
+    data_dir: Path,
+    log_dir: Path,
+    *,
+    run_dir: Path | None = None,
+    die_with_parent: bool = False,
+    wait: bool = True,
+    timeout: float = 30.0,
+) -> ManagedProcess:
+    """Start the cluster in `data_dir` (initdb on first use) on 127.0.0.1:`port`.
+
+    Stopped with SIGINT, PostgreSQL's fast shutdown: SIGTERM (smart shutdown) would wait for every
+    client to disconnect first.
+    """
+    bin_dir, account = postgres_bin_dir(), server_account()
+    ensure_port_free(port, "PostgreSQL", "IMX_POSTGRES_PORT")
+    cluster = PostgresCluster(port, data_dir.resolve())
+    _prepare_folders(cluster, account)
+    if not (cluster.cluster_dir / "PG_VERSION").exists():
+        _initdb(bin_dir, cluster, account)
+    socket_path = cluster.socket_dir / f".s.PGSQL.{port}"
+    settings = {
+        **SERVER_SETTINGS,
+        "port": str(port),
+        # A socket path longer than sun_path is fatal; TCP alone then (FerretDB uses TCP anyway).
+        "unix_socket_directories": str(cluster.socket_dir) if len(str(socket_path)) <= MAX_SOCKET_PATH else "",
+    }
+    argv = [str(bin_dir / "postgres"), "-D", str(cluster.cluster_dir)]
+    for key, value in settings.items():
+        argv += ["-c", f"{key}={value}"]
+    attempt = 1
+    while True:
+        proc = start_process(
+            POSTGRES,
+            argv,
+            log_dir / f"{POSTGRES}.log",
+            cwd=cluster.data_dir,
+            run_dir=run_dir,
+            endpoint=f"{HOST}:{port}",
+            die_with_parent=die_with_parent,
+            stop_signal=signal.SIGINT,
+            user=None if account is None else account.pw_name,
+        )
+        if not wait:
+            return proc
+        try:
+            await_ready(proc, postgres_answers, timeout, interval=0.05)  # ready in ~0.1 s
+            return proc
+        except StartupError:
+            if attempt == 3 or not _grant_search(cluster.data_dir, account):
+                raise
+            attempt += 1
+
+
+def postgres_answers(proc: ManagedProcess) -> bool:
+    """True when the server accepts connections (pg_isready, which needs no password)."""
+    host, port = proc.endpoint.rsplit(":", 1)
+    done = subprocess.run(
+        [str(postgres_bin_dir() / "pg_isready"), "-q", "-h", host, "-p", port, "-t", "2"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+# --- the cluster's folders ----------------------------------------------------------------------
+
+
+def _prepare_folders(cluster: PostgresCluster, account: pwd.struct_passwd | None) -> None:
+    """Folders the server can use: its own (mode 0700, as PostgreSQL requires of a cluster) and every
+    folder above them searchable by it."""
+    cluster.data_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (cluster.data_dir, cluster.socket_dir):
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o700)  # the socket folder guards the socket: only its owner (and root) may connect
+        if account is not None:
+            os.chown(folder, account.pw_uid, account.pw_gid)
+    _grant_search(cluster.data_dir, account)
+
+
+def _grant_search(folder: Path, account: pwd.struct_passwd | None) -> bool:
+    """Let the server user pass through every folder above `folder` (search, not list); True if any
+    folder needed it.
+
+    pytest makes its temporary folders 0700 (root's, when tests run as root), and a pytest session
+    that starts later strips group and other bits from /tmp/pytest-of-<user> again. A server that is
+    running does not mind (it works relative to its cluster folder), but initdb and a starting server
+    do: callers retry once this returns True after a failure.
+    """
+    if account is None:
+        return False
+    changed = False
+    for parent in reversed(folder.parents):
+        info = parent.stat()
+        if info.st_uid == account.pw_uid or info.st_mode & stat.S_IXOTH:
+            continue
+        if info.st_gid == account.pw_gid and info.st_mode & stat.S_IXGRP:
+            continue
+        parent.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
+        changed = True
+    return changed
+
+
+def _initdb(bin_dir: Path, cluster: PostgresCluster, account: pwd.struct_passwd | None) -> None:
+    """A new cluster, created beside its final place and renamed at the end, so an interrupted
+    initdb never looks like a cluster."""
+    partial = cluster.cluster_dir.with_name(cluster.cluster_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(cluster.cluster_dir, ignore_errors=True)
+    cluster.password_file.unlink(missing_ok=True)
+    fd = os.open(cluster.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(24) + "\n")
+    if account is not None:
+        os.chown(cluster.password_file, account.pw_uid, account.pw_gid)  # initdb reads it as that user
+    argv = [
+        str(bin_dir / "initdb"),
+        f"--pgdata={partial}",
+        f"--username={SUPERUSER}",
+        f"--pwfile={cluster.password_file}",
+        "--auth-host=scram-sha-256",  # any local user can reach 127.0.0.1
+        "--auth-local=trust",  # only the socket folder's owner (and root) can reach the socket
+        "--encoding=UTF8",
+        "--locale=C",  # byte order, as MongoDB compares strings, and present on every machine
+        "--no-sync",  # the same reasoning as fsync=off in SERVER_SETTINGS
+        "--no-instructions",
+    ]
+    attempts = 3
+    for attempt in range(1, attempts + 1):
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            cwd=cluster.data_dir,
+            timeout=120,
+            check=False,
+            user=None if account is None else account.pw_uid,
+            group=None if account is None else account.pw_gid,
+            extra_groups=None if account is None else [],
+        )
+        if done.returncode == 0:
+            partial.rename(cluster.cluster_dir)
+            return
+        shutil.rmtree(partial, ignore_errors=True)
+        if attempt == attempts or not _grant_search(cluster.data_dir, account):
+            break
+    output = "\n".join(f"{done.stdout}{done.stderr}".splitlines()[-40:])
+    raise StartupError(f"initdb of a PostgreSQL cluster in {partial} failed:\n{output}")
