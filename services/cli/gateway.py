@@ -1,0 +1,248 @@
+"""`imx gateway`: the partner gateway (run it; list and replay its dead letters)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from services.gateway.runner import GatewaySettings
+    from services.gateway.targets import Target
+
+console = Console()
+gateway_app = typer.Typer(
+    help="The partner gateway: feed → fetch → verify → store into a PACS or folder.", no_args_is_help=True
+)
+dead_letters_app = typer.Typer(
+    help="Deliveries the gateway gave up on, kept under its state folder.", no_args_is_help=True
+)
+gateway_app.add_typer(dead_letters_app, name="dead-letters")
+
+TargetOption = Annotated[
+    str,
+    typer.Option(
+        envvar="IMX_GATEWAY_TARGET",
+        help="where to store: dicom://AE@host:port[?calling=AE], https://host/dicomweb (STOW-RS) or file:///folder",
+    ),
+]
+StateDirOption = Annotated[
+    Path,
+    typer.Option(envvar="IMX_GATEWAY_STATE_DIR", help="the gateway's own folder: temp files, record, dead letters"),
+]
+PartnerOption = Annotated[str, typer.Option(envvar="IMX_GATEWAY_PARTNER", help="partner id")]
+DicomwebKeyOption = Annotated[
+    str,
+    typer.Option(envvar="IMX_GATEWAY_DICOMWEB_KEY", help="the partner's DICOMweb key (better in the environment)"),
+]
+BootstrapOption = Annotated[str, typer.Option(envvar="IMX_GATEWAY_BOOTSTRAP", help="imx's partner Kafka listener")]
+UsernameOption = Annotated[str | None, typer.Option(envvar="IMX_GATEWAY_USERNAME", help="Kafka user (the partner id)")]
+PasswordOption = Annotated[
+    str | None, typer.Option(envvar="IMX_GATEWAY_PASSWORD", help="its password (better in the environment)")
+]
+ProtocolOption = Annotated[
+    str, typer.Option(envvar="IMX_GATEWAY_SECURITY_PROTOCOL", help="SASL_PLAINTEXT here, SASL_SSL in production")
+]
+
+
+def _target(url: str) -> Target:
+    from services.gateway.targets import TargetError, parse_target
+
+    try:
+        return parse_target(url)
+    except TargetError as error:
+        console.print(f"[red]bad --target[/red]: {error}")
+        raise typer.Exit(2) from None
+
+
+def _settings(
+    partner: str,
+    target: str,
+    bootstrap: str,
+    username: str | None,
+    password: str | None,
+    security_protocol: str,
+    dicomweb_key: str,
+    state_dir: Path,
+    max_attempts: int = 10,
+    idle_exit: float | None = None,
+    backoff_cap: float = 300.0,
+    window: int = 50,
+) -> GatewaySettings:
+    from services.common.settings import ServiceSettings
+    from services.common.topics import Topics, validate_partner_id
+    from services.gateway.policy import RetryPolicy
+    from services.gateway.runner import GatewaySettings, KafkaSignIn
+
+    try:
+        validate_partner_id(partner)
+    except ValueError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    if bool(username) != bool(password):
+        console.print("[red]give both --username and --password[/red] (or neither, for the internal listener)")
+        raise typer.Exit(2)
+    return GatewaySettings(
+        partner_id=partner,
+        target=_target(target),
+        kafka=KafkaSignIn(bootstrap, username, password, security_protocol),
+        dicomweb_key=dicomweb_key,
+        state_dir=state_dir,
+        topics=Topics(ServiceSettings().topic_prefix),
+        policy=RetryPolicy(max_attempts=max_attempts, cap_s=backoff_cap, initial_s=min(1.0, backoff_cap)),
+        idle_exit_s=idle_exit,
+        window=window,
+    )
+
+
+def _sign_in_failed(bootstrap: str, error: Exception) -> typer.Exit:
+    console.print(
+        f"[red]cannot use Kafka at {bootstrap}[/red]: {type(error).__name__}. kafka-python reports a refused "
+        "SASL sign-in (wrong user or password) as a timeout waiting for the broker, exactly like an "
+        "unreachable address: check --bootstrap, --username and the password"
+    )
+    return typer.Exit(1)
+
+
+@gateway_app.command("run")
+def run(
+    partner: PartnerOption,
+    target: TargetOption,
+    bootstrap: BootstrapOption,
+    dicomweb_key: DicomwebKeyOption,
+    username: UsernameOption = None,
+    password: PasswordOption = None,
+    security_protocol: ProtocolOption = "SASL_PLAINTEXT",
+    state_dir: StateDirOption = Path("imx-gateway-state"),
+    max_attempts: Annotated[
+        int, typer.Option(min=1, help="attempts the target answered before an instance is dead-lettered")
+    ] = 10,
+    backoff_cap: Annotated[float, typer.Option(min=0.05, help="longest wait between attempts, seconds")] = 300.0,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="exit after this many seconds without new messages (tests; default: never)")
+    ] = None,
+    window: Annotated[
+        int, typer.Option(min=1, help="in-flight window: messages read per poll and committed together")
+    ] = 50,
+) -> None:
+    """Consume the partner's feed and store every delivered instance into TARGET, reporting receipts.
+
+    Stops cleanly on Ctrl-C or SIGTERM: what is stored is committed, the rest is read again next time."""
+    from kafka.errors import KafkaError
+
+    from services.gateway.runner import run_gateway
+    from services.gateway.targets import describe
+    from services.gateway.worker import Counters, GatewayStopped
+
+    settings = _settings(
+        partner,
+        target,
+        bootstrap,
+        username,
+        password,
+        security_protocol,
+        dicomweb_key,
+        state_dir,
+        max_attempts,
+        idle_exit,
+        backoff_cap,
+        window,
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its connection errors are our statuses
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(
+        f"gateway for {partner}: {settings.topics.partner(partner)} → {describe(settings.target)} "
+        f"(state in {state_dir}; Ctrl-C stops)"
+    )
+    shown = {"at": 0.0}
+    last_line = [""]
+
+    def show(counters: Counters) -> None:
+        now, line = time.monotonic(), counters.line()
+        if line != last_line[0] and (now - shown["at"] >= 2 or counters.waiting):
+            console.print(line)
+            shown["at"], last_line[0] = now, line
+
+    try:
+        counters = run_gateway(settings, stop, show)
+    except GatewayStopped as error:
+        console.print(f"[red]gateway stopped[/red]: {error}")
+        raise typer.Exit(1) from None
+    except KafkaError as error:
+        raise _sign_in_failed(bootstrap, error) from None
+    console.print(f"done: {counters.line()}")
+
+
+@dead_letters_app.command("list")
+def list_dead_letters(state_dir: StateDirOption = Path("imx-gateway-state")) -> None:
+    """Dead letters of a gateway, oldest file name first: delivery id, last status, attempts, when."""
+    from services.gateway.records import DeadLetters
+    from services.gateway.worker import state_paths
+
+    folder = state_paths(state_dir)[2]
+    if not folder.is_dir():
+        console.print(f"no dead letters (no folder {folder})")
+        return
+    letters = list(DeadLetters(folder))
+    for letter in letters:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.dead_lettered_at_ms / 1000))
+        console.print(
+            f"{letter.delivery_id}  {letter.status}  attempts={letter.attempts}  {letter.target_kind}  {when}"
+        )
+    console.print(f"{len(letters)} dead letter(s)")
+
+
+@dead_letters_app.command("replay")
+def replay(
+    target: TargetOption,
+    dicomweb_key: DicomwebKeyOption,
+    delivery_id: Annotated[str | None, typer.Argument(help="one delivery id (see `dead-letters list`)")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="replay every dead letter")] = False,
+    state_dir: StateDirOption = Path("imx-gateway-state"),
+    partner: Annotated[str | None, typer.Option(envvar="IMX_GATEWAY_PARTNER", help="partner id (for receipts)")] = None,
+    bootstrap: Annotated[
+        str | None, typer.Option(envvar="IMX_GATEWAY_BOOTSTRAP", help="Kafka listener, to report receipts")
+    ] = None,
+    username: UsernameOption = None,
+    password: PasswordOption = None,
+    security_protocol: ProtocolOption = "SASL_PLAINTEXT",
+) -> None:
+    """Fetch and store dead letters again; each one stored is removed. With --partner and --bootstrap
+    (and the sign-in) a STORED receipt is reported for each, so audit sees it arrived."""
+    from kafka.errors import KafkaError
+
+    from services.common.events import now_ms
+    from services.gateway.runner import replay_dead_letters
+    from services.gateway.worker import GatewayStopped
+
+    if bool(delivery_id) == all_:
+        console.print("[red]give one delivery id or --all[/red]")
+        raise typer.Exit(2)
+    publish = bool(partner and bootstrap)
+    settings = _settings(
+        partner or "replay", target, bootstrap or "", username, password, security_protocol, dicomweb_key, state_dir
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    try:
+        outcomes = replay_dead_letters(settings, None if all_ else [str(delivery_id)], publish, now_ms)
+    except GatewayStopped as error:
+        console.print(f"[red]replay stopped[/red]: {error}")
+        raise typer.Exit(1) from None
+    except KafkaError as error:
+        raise _sign_in_failed(str(bootstrap), error) from None
+    for outcome in outcomes:
+        console.print(f"{outcome.delivery_id}  {'stored' if outcome.ok else 'failed'}  {outcome.status}")
+    stored = sum(o.ok for o in outcomes)
+    console.print(
+        f"{stored} of {len(outcomes)} stored" + ("" if publish else " (no receipts: no --partner/--bootstrap)")
+    )
+    if stored < len(outcomes):
+        raise typer.Exit(1)

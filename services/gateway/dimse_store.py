@@ -1,0 +1,222 @@
+"""The DIMSE target: C-STORE through pynetdicom 3 as SCU, one association reused across instances.
+
+The delivered file is sent as it is: the C-STORE request is built here with the data set's bytes
+read from the file after its meta group (pynetdicom streams a `(path, offset)` data set from disk in
+PDV-sized reads, `dimse_messages.DIMSEMessage.encode_msg`), so nothing is decoded or re-encoded and
+a large file is never held whole in memory. `Association.send_c_store` would read the file with
+pydicom and encode it again (~3.7 ms per CT, FIELD-NOTES), or, with the process-wide
+`_config.STORE_SEND_CHUNKED_DATASET`, change every other sender in the process too.
+
+Presentation contexts: for each SOP class seen, the delivered transfer syntax plus explicit and
+implicit VR little endian, each its own context, so the PACS can accept the delivered one and a
+fallback independently. Only when it accepts no context in the delivered syntax is the instance
+converted with pydicom (uncompressed to uncompressed; compressed ones decompressed if a pixel
+handler can), else the failure is permanent. PDUs are as large as the PACS allows (its maximum
+length from the A-ASSOCIATE-AC; pynetdicom fragments to it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.presentation import PresentationContext
+
+from services.gateway.targets import DicomTarget, StoreResult, TargetKind
+from services.proto_gen.imx.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+FALLBACK_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+UNCOMPRESSED = frozenset(
+    {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
+)
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context ids are odd numbers 1-255
+WARNINGS = frozenset({0xB000, 0xB006, 0xB007})  # PS3.4 B.2.3: coercion, elements discarded, SOP class mismatch
+
+
+def status_result(status: int | None) -> StoreResult:
+    """A C-STORE response status as a StoreResult (PS3.4 Annex B.2.3, PS3.7 Annex C)."""
+    if status is None:
+        return StoreResult.failed("no-status", retryable=True)
+    detail = f"0x{status:04X}"
+    if status == 0x0000 or status in WARNINGS:
+        return StoreResult.stored(detail)
+    if 0xA700 <= status <= 0xA7FF:  # out of resources: the PACS may have room later
+        return StoreResult.failed(detail, retryable=True)
+    return StoreResult.failed(detail, retryable=False)
+
+
+def contexts_for(needs: dict[str, list[str]]) -> list[PresentationContext]:
+    """One context per (SOP class, transfer syntax): the delivered syntaxes first, then the fallbacks.
+    The most recently needed SOP classes win when there are more than 128."""
+    pairs: list[tuple[str, str]] = []
+    for sop_class, syntaxes in reversed(list(needs.items())):
+        wanted = [*dict.fromkeys([*syntaxes, *FALLBACK_SYNTAXES])]
+        if len(pairs) + len(wanted) > MAX_CONTEXTS:
+            break
+        pairs.extend((sop_class, ts) for ts in wanted)
+    return [build_context(sop_class, ts) for sop_class, ts in pairs]
+
+
+def converted(path: Path, transfer_syntax: UID) -> bytes:
+    """The data set of `path` encoded in `transfer_syntax` (uncompressed); raises when pydicom cannot."""
+    ds = dcmread(path)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        # Same instance, other encoding: pydicom would otherwise give it a new SOP Instance UID.
+        ds.decompress(generate_instance_uid=False)  # raises when no pixel handler decodes this syntax
+    encoded = encode(ds, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian, transfer_syntax.is_deflated)
+    if encoded is None:
+        raise ValueError("pynetdicom could not encode the data set")
+    return encoded
+
+
+class DimseStore:
+    kind: TargetKind = "dicom"
+
+    def __init__(self, target: DicomTarget, dimse_timeout_s: float = 60, connect_timeout_s: float = 10) -> None:
+        self._target = target
+        self._ae = AE(ae_title=target.calling_ae)
+        self._ae.acse_timeout = connect_timeout_s
+        self._ae.connection_timeout = connect_timeout_s
+        self._ae.dimse_timeout = dimse_timeout_s
+        self._ae.network_timeout = max(dimse_timeout_s, 60)
+        self._ae.maximum_pdu_size = 0  # what we accept: responses are small, take whatever the peer sends
+        self._needs: dict[str, list[str]] = {}
+        self._assoc: Association | None = None
+        self._message_id = 0
+        self.associations = 0  # how many were opened (status and tests)
+
+    @property
+    def peer_max_pdu(self) -> int | None:
+        return self._assoc.acceptor.maximum_length if self._assoc else None
+
+    def store(self, path: Path, delivery: events_pb2.PartnerDelivery) -> StoreResult:
+        try:
+            meta, offset = split_dataset(path)
+            sop_class = str(meta.MediaStorageSOPClassUID)
+            sop_instance = str(meta.MediaStorageSOPInstanceUID)
+            syntax = UID(str(meta.TransferSyntaxUID))
+        except Exception:  # not Part 10 or no meta group: nothing to send, ever
+            return StoreResult.failed("no-file-meta", retryable=False)
+        down = self._associated_for(sop_class, syntax)
+        if down is not None:
+            return down
+        assert self._assoc is not None
+        exact = self._accepted(sop_class, syntax)
+        if exact is not None:
+            return self._send(exact, sop_class, sop_instance, path_offset=(path, offset))
+        fallback = next((c for ts in FALLBACK_SYNTAXES if (c := self._accepted(sop_class, ts))), None)
+        if fallback is None:
+            return StoreResult.failed("sop-class-not-accepted", retryable=False)
+        target_syntax = UID(fallback.transfer_syntax[0])
+        try:
+            data = converted(path, target_syntax)
+        except Exception:
+            return StoreResult.failed(f"cannot-convert-to-{target_syntax}", retryable=False)
+        return self._send(fallback, sop_class, sop_instance, data=data)
+
+    def close(self) -> None:
+        if self._assoc is not None and self._assoc.is_established:
+            self._assoc.release()
+        self._assoc = None
+        self._ae.shutdown()
+
+    def _associated_for(self, sop_class: str, syntax: str) -> StoreResult | None:
+        """Ensure an association that proposed (sop_class, syntax); a StoreResult when there is none."""
+        proposed = self._needs.get(sop_class, [])
+        if syntax not in proposed:
+            self._needs.pop(sop_class, None)
+            self._needs[sop_class] = [*proposed, syntax]
+            self._drop_association()
+        if self._assoc is not None and self._assoc.is_established:
+            return None
+        self._drop_association()
+        assoc = self._ae.associate(
+            self._target.host,
+            self._target.port,
+            contexts=contexts_for(self._needs),
+            ae_title=self._target.called_ae,
+        )
+        if not assoc.is_established:
+            return StoreResult.down("association-rejected" if assoc.is_rejected else "connection-failed")
+        self._assoc = assoc
+        self.associations += 1
+        return None
+
+    def _accepted(self, sop_class: str, syntax: str) -> PresentationContext | None:
+        assert self._assoc is not None
+        for context in self._assoc.accepted_contexts:
+            if context.abstract_syntax == sop_class and context.transfer_syntax[0] == syntax:
+                return context
+        return None
+
+    def _drop_association(self) -> None:
+        if self._assoc is not None:
+            if self._assoc.is_established:
+                self._assoc.release()
+            self._assoc = None
+
+    def _send(
+        self,
+        context: PresentationContext,
+        sop_class: str,
+        sop_instance: str,
+        path_offset: tuple[Path, int] | None = None,
+        data: bytes | None = None,
+    ) -> StoreResult:
+        """Send one C-STORE request with the data set as bytes (already encoded) and wait for its
+        response; mirrors `Association.send_c_store` of pynetdicom 3.0 after its encoding step."""
+        assoc = self._assoc
+        assert assoc is not None
+        self._message_id = self._message_id % 0xFFFF + 1
+        request = C_STORE()
+        request.MessageID = self._message_id
+        request.AffectedSOPClassUID = sop_class
+        request.AffectedSOPInstanceUID = sop_instance
+        request.Priority = 2
+        if data is not None:
+            request.DataSet = BytesIO(data)
+        else:
+            request._dataset_path = path_offset
+        started = time.monotonic()
+        try:
+            # The association's reactor thread would take the response off the queue: pause it.
+            reactor: Any = assoc
+            reactor._reactor_checkpoint.clear()
+            while not reactor._is_paused and assoc.is_established:
+                time.sleep(0.0001)
+            try:
+                assoc.dimse.send_msg(request, int(context.context_id or 0))
+                _, response = assoc.dimse.get_msg(block=True)
+            finally:
+                reactor._reactor_checkpoint.set()
+        except (OSError, RuntimeError, AttributeError):  # the socket went away under the send
+            self._drop_association()
+            return StoreResult.down("connection-lost")
+        if response is None:
+            # An abort or a closed connection shows as an empty answer long before the DIMSE timeout.
+            waited = time.monotonic() - started
+            if assoc.is_established:
+                assoc.abort()
+            self._assoc = None
+            if waited < 0.9 * float(self._ae.dimse_timeout or 0):
+                return StoreResult.down("connection-lost")
+            log.warning("no C-STORE response within %.0f s", waited)
+            return StoreResult.failed("dimse-timeout", retryable=True)
+        return status_result(getattr(response, "Status", None))

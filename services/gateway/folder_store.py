@@ -1,0 +1,96 @@
+"""The folder target: `<root>/<study>/<series>/<sop>.dcm`, written atomically.
+
+UIDs come from an event, so they are checked before they become path components: a UID is digits
+and dots only (PS3.5 9.1), at most 64 characters, so no event can name `..` or an absolute path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from services.gateway.targets import FolderTarget, StoreResult, TargetKind
+from services.proto_gen.imx.v1 import events_pb2
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_CHUNK = 1024 * 1024
+
+
+class UnsafeUid(ValueError):
+    """A UID that is not a valid DICOM UID, so it must not become a path component."""
+
+
+def safe_uid(uid: str) -> str:
+    if len(uid) > 64 or not _UID.match(uid):
+        raise UnsafeUid("the delivery carries an invalid UID")
+    return uid
+
+
+def path_for(root: Path, instance: events_pb2.InstanceRef) -> Path:
+    """Where an instance goes under `root`; UnsafeUid when a UID could escape it."""
+    study, series, sop = (
+        safe_uid(instance.study_instance_uid),
+        safe_uid(instance.series_instance_uid),
+        safe_uid(instance.sop_instance_uid),
+    )
+    return root / study / series / f"{sop}.dcm"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class FolderStore:
+    kind: TargetKind = "file"
+
+    def __init__(self, target: FolderTarget) -> None:
+        self._root = target.root
+
+    def store(self, path: Path, delivery: events_pb2.PartnerDelivery) -> StoreResult:
+        try:
+            target = path_for(self._root, delivery.instance)
+        except UnsafeUid:
+            return StoreResult.failed("invalid-uid", retryable=False)
+        try:
+            if target.exists() and file_sha256(target) == delivery.blob.sha256:
+                return StoreResult.stored("already-present")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _copy_atomically(path, target)
+        except OSError as error:
+            # A full or read-only disk may be fixed by the partner: retry, and wait without spending
+            # attempts when the folder itself is gone (an unmounted share).
+            if not self._root.is_dir():
+                return StoreResult.down("folder-missing")
+            return StoreResult.failed(f"os-error-{error.errno}", retryable=True)
+        return StoreResult.stored("written")
+
+    def close(self) -> None:
+        pass
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    """temp file beside the target, fsync, rename, fsync the folder: a crash leaves the old file or
+    the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+            shutil.copyfileobj(src, out, _CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

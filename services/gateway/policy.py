@@ -1,0 +1,40 @@
+"""How long to wait before the next attempt: exponential backoff with jitter and a cap (tenacity's
+`wait_exponential_jitter`), and when an instance has had its attempts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tenacity import RetryCallState, wait_exponential_jitter
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`max_attempts` counts attempts the target or the source answered (a 0xA700, a 5xx, a digest
+    mismatch); waiting for a target that cannot be reached at all spends none of them. Integrity
+    failures (wrong SHA-256 or size) get at most `integrity_attempts`: a torn read heals in one or
+    two tries, a wrong object does not."""
+
+    max_attempts: int = 10
+    initial_s: float = 1.0
+    cap_s: float = 300.0
+    jitter_s: float = 1.0
+    integrity_attempts: int = 3
+    _wait: wait_exponential_jitter = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        wait = wait_exponential_jitter(multiplier=self.initial_s, max=self.cap_s, exp_base=2, jitter=self.jitter_s)
+        object.__setattr__(self, "_wait", wait)
+
+    def delay_s(self, attempt: int) -> float:
+        """Seconds to wait after the `attempt`-th failure (1-based): initial·2^(attempt-1) plus up to
+        `jitter_s` at random, never more than `cap_s`."""
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = max(1, attempt)
+        return float(self._wait(state))
+
+    def gives_up(self, attempts: int, integrity: bool = False) -> bool:
+        limit = min(self.max_attempts, self.integrity_attempts) if integrity else self.max_attempts
+        return attempts >= limit

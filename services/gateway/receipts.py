@@ -1,0 +1,72 @@
+"""DeliveryReceipt events the gateway reports on the partner's receipts topic (pure functions).
+
+Ids are deterministic (`event_id("receipt", <event id>, <status>)`), so a receipt published again
+after a crash is the same receipt and audit keeps one. `ingested_at_ms` is carried from the delivery
+so audit can compute the turnaround from the sender's C-STORE to the partner's PACS.
+"""
+
+from __future__ import annotations
+
+from services.common.events import EVENT_TYPE_HEADER, event_id
+from services.proto_gen.imx.v1 import events_pb2
+
+STORED = events_pb2.STORE_STATUS_STORED
+DEAD_LETTERED = events_pb2.STORE_STATUS_DEAD_LETTERED
+STUDY_COMPLETE = events_pb2.STORE_STATUS_STUDY_COMPLETE
+STUDY_INCOMPLETE = events_pb2.STORE_STATUS_STUDY_INCOMPLETE
+_STATUS_WORD: dict[events_pb2.StoreStatus, str] = {
+    STORED: "stored",
+    DEAD_LETTERED: "dead-lettered",
+    STUDY_COMPLETE: "complete",
+    STUDY_INCOMPLETE: "incomplete",
+}
+
+
+def _meta(parent: events_pb2.EventMeta, status: events_pb2.StoreStatus, now_ms: int) -> events_pb2.EventMeta:
+    return events_pb2.EventMeta(
+        event_id=event_id("receipt", parent.event_id, _STATUS_WORD[status]),
+        causation_id=parent.event_id,
+        occurred_at_ms=now_ms,
+        ingested_at_ms=parent.ingested_at_ms,
+    )
+
+
+def instance_receipt(
+    delivery: events_pb2.PartnerDelivery,
+    status: events_pb2.StoreStatus,
+    target_kind: str,
+    attempts: int,
+    now_ms: int,
+    detail: str = "",
+    stored_at_ms: int = 0,
+) -> events_pb2.DeliveryReceipt:
+    """STORED or DEAD_LETTERED for one delivery."""
+    return events_pb2.DeliveryReceipt(
+        meta=_meta(delivery.meta, status, now_ms),
+        delivery_id=delivery.meta.event_id,
+        instance=delivery.instance,
+        status=status,
+        target_kind=target_kind,
+        detail=detail,
+        attempts=attempts,
+        stored_at_ms=stored_at_ms,
+    )
+
+
+def study_receipt(
+    study: events_pb2.StudyComplete, missing: int, target_kind: str, now_ms: int
+) -> events_pb2.DeliveryReceipt:
+    """STUDY_COMPLETE when every instance of the manifest is stored, else STUDY_INCOMPLETE(missing)."""
+    status = STUDY_COMPLETE if missing == 0 else STUDY_INCOMPLETE
+    return events_pb2.DeliveryReceipt(
+        meta=_meta(study.meta, status, now_ms),
+        instance=events_pb2.InstanceRef(study_instance_uid=study.study_instance_uid),
+        status=status,
+        target_kind=target_kind,
+        detail=f"{missing} of {max(study.count, len(study.instances))} missing" if missing else "",
+        missing=missing,
+    )
+
+
+def receipt_headers() -> list[tuple[str, bytes]]:
+    return [(EVENT_TYPE_HEADER, b"DeliveryReceipt")]

@@ -1,0 +1,139 @@
+"""What this gateway keeps in its state folder: which deliveries it stored (so a redelivered event
+is not stored twice and a StudyComplete manifest can be checked), and its dead letters.
+
+- `stored.sqlite3`: one row per stored delivery id with its SHA-256. WAL with synchronous=NORMAL:
+  a killed process loses nothing; a power cut may lose the last rows, which only means a re-send.
+- `dead-letters/<delivery id>.json`: the delivery (protobuf, base64) with the target's last status,
+  the attempts and where it was read from; one file per delivery id, written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from services.proto_gen.imx.v1 import events_pb2
+
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def safe_delivery_id(delivery_id: str) -> str:
+    """Delivery ids become file names: a hostile event must not name a path."""
+    if not _DELIVERY_ID.match(delivery_id):
+        raise ValueError("invalid delivery id")
+    return delivery_id
+
+
+class StoredRecords:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS stored (delivery_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL,"
+            " study TEXT NOT NULL, stored_at_ms INTEGER NOT NULL)"
+        )
+
+    def add(self, delivery_id: str, sha256: str, study: str, stored_at_ms: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO stored VALUES (?, ?, ?, ?)", (delivery_id, sha256, study, stored_at_ms)
+        )
+
+    def stored(self, delivery_id: str) -> tuple[str, int] | None:
+        """(sha256, stored_at_ms) of a delivery this gateway stored, None when it did not."""
+        row = self._db.execute(
+            "SELECT sha256, stored_at_ms FROM stored WHERE delivery_id = ?", (delivery_id,)
+        ).fetchone()
+        return (str(row[0]), int(row[1])) if row else None
+
+    def missing(self, manifest: list[tuple[str, str]]) -> int:
+        """How many (delivery id, sha256) of a manifest this gateway has not stored as that object."""
+        missing = 0
+        for delivery_id, sha256 in manifest:
+            earlier = self.stored(delivery_id)
+            missing += earlier is None or earlier[0] != sha256
+        return missing
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM stored").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    delivery_id: str
+    status: str  # the target's (or source's) last status, e.g. "0xA700", "sha256-mismatch"
+    attempts: int
+    target_kind: str
+    dead_lettered_at_ms: int
+    topic: str
+    partition: int
+    offset: int
+    delivery_b64: str  # the PartnerDelivery as received: the reference to fetch again
+
+    def delivery(self) -> events_pb2.PartnerDelivery:
+        return events_pb2.PartnerDelivery.FromString(base64.b64decode(self.delivery_b64))
+
+
+class DeadLetters:
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, delivery_id: str) -> Path:
+        return self._folder / f"{safe_delivery_id(delivery_id)}.json"
+
+    def put(
+        self,
+        delivery: events_pb2.PartnerDelivery,
+        status: str,
+        attempts: int,
+        target_kind: str,
+        at_ms: int,
+        where: tuple[str, int, int] = ("", -1, -1),
+    ) -> DeadLetter:
+        letter = DeadLetter(
+            delivery_id=delivery.meta.event_id,
+            status=status,
+            attempts=attempts,
+            target_kind=target_kind,
+            dead_lettered_at_ms=at_ms,
+            topic=where[0],
+            partition=where[1],
+            offset=where[2],
+            delivery_b64=base64.b64encode(delivery.SerializeToString(deterministic=True)).decode(),
+        )
+        target = self._path(letter.delivery_id)
+        fd, tmp = tempfile.mkstemp(dir=self._folder, prefix=".tmp-")
+        with os.fdopen(fd, "w") as out:
+            json.dump(asdict(letter), out, indent=1)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+        return letter
+
+    def get(self, delivery_id: str) -> DeadLetter | None:
+        try:
+            return DeadLetter(**json.loads(self._path(delivery_id).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def __iter__(self) -> Iterator[DeadLetter]:
+        for path in sorted(self._folder.glob("*.json")):
+            try:
+                yield DeadLetter(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+
+    def remove(self, delivery_id: str) -> None:
+        self._path(delivery_id).unlink(missing_ok=True)

@@ -1,0 +1,166 @@
+"""Wiring: the gateway's Kafka clients, fetcher, store and state from its settings; replay of dead
+letters. Only the CLI (and tests) call these; nothing here runs at import."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from services.common.kafka_access import group_prefix, sasl_client_config
+from services.common.topics import Topics
+from services.gateway.fetch import Fetcher
+from services.gateway.policy import RetryPolicy
+from services.gateway.receipts import STORED, instance_receipt, receipt_headers
+from services.gateway.records import DeadLetter, DeadLetters, StoredRecords
+from services.gateway.targets import Store, Target, open_store
+from services.gateway.worker import Counters, Gateway, GatewayOptions, attempt_once, state_paths
+
+BOOTSTRAP_TIMEOUT_MS = 10_000  # kafka-python shows a refused SASL sign-in as this timeout: keep it short
+
+
+@dataclass(frozen=True)
+class KafkaSignIn:
+    bootstrap: str
+    username: str | None = None  # None: no SASL (the services' internal listener, development only)
+    password: str | None = None
+    security_protocol: str = "SASL_PLAINTEXT"
+
+    def client_config(self) -> dict[str, str]:
+        if self.username and self.password:
+            return sasl_client_config(self.username, self.password, self.security_protocol)
+        return {}
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    partner_id: str
+    target: Target
+    kafka: KafkaSignIn
+    dicomweb_key: str
+    state_dir: Path
+    topics: Topics = field(default_factory=Topics)
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    window: int = 50
+    idle_exit_s: float | None = None
+
+
+def consumer_for(settings: GatewaySettings) -> KafkaConsumer:
+    return KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap,
+        group_id=f"{group_prefix(settings.partner_id)}gateway",
+        client_id=f"imx-gateway-{settings.partner_id}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.window,
+        # One store may take long for a large instance: leave room before the group gives up on us.
+        max_poll_interval_ms=600_000,
+        # A gateway that crashed holds its partitions until the broker gives up on it: a restarted one
+        # waits this long before it gets them back (kafka-python's default is 45 s).
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=2_000,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        **settings.kafka.client_config(),
+    )
+
+
+def producer_for(kafka: KafkaSignIn) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=kafka.bootstrap,
+        client_id="imx-gateway-receipts",
+        acks="all",
+        linger_ms=5,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        metrics_enabled=False,
+        **kafka.client_config(),
+    )
+
+
+@contextmanager
+def _closing_all(settings: GatewaySettings) -> Iterator[tuple[Fetcher, Store, StoredRecords, DeadLetters]]:
+    incoming, stored, dead = state_paths(settings.state_dir)
+    with ExitStack() as stack:
+        fetcher = Fetcher(settings.dicomweb_key, incoming)
+        stack.callback(fetcher.close)
+        store = open_store(settings.target)
+        stack.callback(store.close)
+        records = StoredRecords(stored)
+        stack.callback(records.close)
+        yield fetcher, store, records, DeadLetters(dead)
+
+
+def run_gateway(
+    settings: GatewaySettings, stop: threading.Event, on_progress: Callable[[Counters], None] | None = None
+) -> Counters:
+    """Run until `stop` (or idle for `idle_exit_s`); raises kafka errors on a failed sign-in and
+    GatewayStopped for conditions no retry fixes."""
+    with ExitStack() as stack:
+        consumer = consumer_for(settings)
+        stack.callback(consumer.close, autocommit=False)
+        producer = producer_for(settings.kafka)
+        stack.callback(producer.close)
+        fetcher, store, records, dead_letters = stack.enter_context(_closing_all(settings))
+        options = GatewayOptions(
+            receipts_topic=settings.topics.receipts(settings.partner_id),
+            policy=settings.policy,
+            window=settings.window,
+            idle_exit_s=settings.idle_exit_s,
+        )
+        gateway = Gateway(consumer, producer, fetcher, store, records, dead_letters, options, on_progress)
+        gateway.subscribe(settings.topics.partner(settings.partner_id))
+        return gateway.run(stop)
+
+
+@dataclass
+class ReplayOutcome:
+    delivery_id: str
+    ok: bool
+    status: str
+
+
+def replay_dead_letters(
+    settings: GatewaySettings,
+    delivery_ids: list[str] | None,
+    publish_receipts: bool,
+    now_ms: Callable[[], int],
+) -> list[ReplayOutcome]:
+    """Fetch and store dead letters again (all when `delivery_ids` is None); an entry is removed when
+    stored. With `publish_receipts`, a STORED receipt goes to the receipts topic for each."""
+    outcomes: list[ReplayOutcome] = []
+    with ExitStack() as stack:
+        fetcher, store, records, dead_letters = stack.enter_context(_closing_all(settings))
+        producer = None
+        if publish_receipts:
+            producer = producer_for(settings.kafka)
+            stack.callback(producer.close)
+        letters: list[DeadLetter | None] = (
+            list(dead_letters) if delivery_ids is None else [dead_letters.get(i) for i in delivery_ids]
+        )
+        wanted_ids: list[str | None] = list(delivery_ids) if delivery_ids is not None else [None] * len(letters)
+        for wanted, letter in zip(wanted_ids, letters, strict=True):
+            if letter is None:
+                outcomes.append(ReplayOutcome(str(wanted), False, "no-such-dead-letter"))
+                continue
+            delivery = letter.delivery()
+            result, _refused = attempt_once(fetcher, store, delivery)
+            outcomes.append(ReplayOutcome(letter.delivery_id, result.ok, result.status_detail))
+            if not result.ok:
+                continue
+            stored_at = now_ms()
+            records.add(letter.delivery_id, delivery.blob.sha256, delivery.instance.study_instance_uid, stored_at)
+            if producer is not None:
+                receipt = instance_receipt(
+                    delivery, STORED, store.kind, letter.attempts + 1, stored_at, result.status_detail, stored_at
+                )
+                producer.send(
+                    settings.topics.receipts(settings.partner_id),
+                    value=receipt.SerializeToString(deterministic=True),
+                    key=delivery.instance.study_instance_uid.encode() or None,
+                    headers=receipt_headers(),
+                ).get(timeout=60)
+            dead_letters.remove(letter.delivery_id)
+    return outcomes

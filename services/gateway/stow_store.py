@@ -1,0 +1,132 @@
+"""The DICOMweb target: STOW-RS (PS3.18 10.5), one instance per request, streamed from the file.
+
+The answer is read per instance (PS3.18 10.5.3, Table 10.5.3-1 Store Instances Response Module):
+an instance is stored only when the response lists it in the Referenced SOP Sequence (0008,1199);
+one listed in the Failed SOP Sequence (0008,1198) failed with its Failure Reason (0008,1197). So a
+202 or 409 with a partial failure is never taken for success.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.gateway.targets import DicomWebTarget, StoreResult, TargetKind
+from services.proto_gen.imx.v1 import events_pb2
+
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_SEQUENCE = "00081199"
+REFERENCED_SOP_INSTANCE_UID = "00081155"
+FAILURE_REASON = "00081197"
+WARNING_REASON = "00081196"
+_CHUNK = 256 * 1024
+
+
+def _values(dataset: dict[str, Any], tag: str) -> list[Any]:
+    element = dataset.get(tag)
+    if not isinstance(element, dict):
+        return []
+    value = element.get("Value")
+    return value if isinstance(value, list) else []
+
+
+def _first(dataset: dict[str, Any], tag: str) -> Any:
+    values = _values(dataset, tag)
+    return values[0] if values else None
+
+
+def instance_result(body: dict[str, Any], sop_instance_uid: str) -> StoreResult | None:
+    """What a Store Instances Response (DICOM JSON, PS3.18 F.2) says about one instance; None when
+    the response does not mention it."""
+    for item in _values(body, FAILED_SOP_SEQUENCE):
+        if isinstance(item, dict) and _first(item, REFERENCED_SOP_INSTANCE_UID) == sop_instance_uid:
+            reason = _first(item, FAILURE_REASON)
+            if isinstance(reason, int):
+                # PS3.18 Table 10.5.3-2 uses the C-STORE codes: 0xA7xx is out of resources.
+                return StoreResult.failed(f"0x{reason:04X}", retryable=0xA700 <= reason <= 0xA7FF)
+            return StoreResult.failed("failed-sop", retryable=False)
+    for item in _values(body, REFERENCED_SOP_SEQUENCE):
+        if isinstance(item, dict) and _first(item, REFERENCED_SOP_INSTANCE_UID) == sop_instance_uid:
+            warning = _first(item, WARNING_REASON)
+            return StoreResult.stored(f"0x{warning:04X}" if isinstance(warning, int) else "stored")
+    return None
+
+
+def response_result(status_code: int, content: bytes, sop_instance_uid: str) -> StoreResult:
+    """The outcome of one STOW-RS request for one instance, from its HTTP status and body."""
+    body: dict[str, Any] = {}
+    if content.strip():
+        try:
+            parsed = json.loads(content)
+        except ValueError:
+            parsed = None
+        # A DICOM JSON response is an array of one data set in some servers, the data set in others.
+        if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict):
+            body = parsed[0]
+        elif isinstance(parsed, dict):
+            body = parsed
+    mentioned = instance_result(body, sop_instance_uid) if body else None
+    if 200 <= status_code < 300:
+        if mentioned is not None:
+            return mentioned
+        if not content.strip():
+            return StoreResult.stored(f"http-{status_code}")  # a server that answers with no body
+        return StoreResult.failed("not-in-response", retryable=False)
+    if mentioned is not None and not mentioned.ok:
+        return mentioned  # e.g. 409 Conflict with the instance's own failure reason
+    retryable = status_code >= 500 or status_code in (408, 429)
+    return StoreResult.failed(f"http-{status_code}", retryable=retryable)
+
+
+def _envelope(boundary: str) -> tuple[bytes, bytes]:
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head, tail
+
+
+def _body(path: Path, head: bytes, tail: bytes) -> Iterator[bytes]:
+    yield head
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            yield chunk
+    yield tail
+
+
+class StowStore:
+    kind: TargetKind = "dicomweb"
+
+    def __init__(
+        self, target: DicomWebTarget, client: httpx.Client | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        self._target = target
+        self._client = client or httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
+        self._headers = dict(headers or {})
+
+    def store(self, path: Path, delivery: events_pb2.PartnerDelivery) -> StoreResult:
+        boundary = uuid.uuid4().hex
+        head, tail = _envelope(boundary)
+        headers = {
+            **self._headers,
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+            # A known length: some servers (Orthanc's among them) do not take chunked uploads.
+            "Content-Length": str(len(head) + os.path.getsize(path) + len(tail)),
+        }
+        try:
+            response = self._client.post(self._target.stow_url, content=_body(path, head, tail), headers=headers)
+        except httpx.TimeoutException:
+            return StoreResult.failed("http-timeout", retryable=True)
+        except httpx.TransportError:
+            return StoreResult.down("connection-failed")
+        if response.status_code == 503:
+            return StoreResult.down("http-503")
+        return response_result(response.status_code, response.content, delivery.instance.sop_instance_uid)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,335 @@
+"""The store-and-forward loop: consume the partner's feed, fetch, verify, store, report, commit.
+
+Per message: PartnerDelivery → fetch and verify → store → record locally → receipt; StudyComplete →
+check the manifest against the local record → receipt; anything else is skipped and counted. A
+partition's offset is committed only up to the last message that is settled (stored, dead-lettered
+or skipped), after the receipts for them are acknowledged: a crash loses nothing, and re-reads at
+most the in-flight window (`max_poll_records`), of which only the instance being stored at the
+moment of the crash is sent to the target again (the others are found in the local record).
+
+When an attempt fails the loop waits with the partitions paused, polling all the while, so the
+consumer stays in its group (max.poll.interval) without fetching more work; a target that cannot be
+reached at all is waited for indefinitely without spending attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from services.common.events import EVENT_TYPE_HEADER, now_ms
+from services.gateway.fetch import Fetcher, FetchFailure
+from services.gateway.offsets import OffsetTracker
+from services.gateway.policy import RetryPolicy
+from services.gateway.receipts import (
+    DEAD_LETTERED,
+    STORED,
+    instance_receipt,
+    receipt_headers,
+    study_receipt,
+)
+from services.gateway.records import DeadLetters, StoredRecords, safe_delivery_id
+from services.gateway.targets import Store, StoreResult
+from services.proto_gen.imx.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+INTEGRITY_FAILURES = frozenset({"sha256-mismatch", "size-mismatch", "truncated-multipart"})
+
+
+class GatewayStopped(Exception):
+    """A condition no retry fixes (the DICOMweb key refused, receipts cannot be written): stop, commit
+    nothing more, say why. The message carries no PHI."""
+
+
+@dataclass
+class Counters:
+    stored: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    studies_complete: int = 0
+    studies_incomplete: int = 0
+    waiting: str = ""  # what the loop is waiting for right now, "" when it is not
+
+    def line(self) -> str:
+        text = (
+            f"stored {self.stored}, duplicates {self.duplicates}, retried {self.retried}, "
+            f"dead-lettered {self.dead_lettered}, skipped {self.skipped}, "
+            f"studies complete {self.studies_complete}, incomplete {self.studies_incomplete}"
+        )
+        return f"{text} — {self.waiting}" if self.waiting else text
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    receipts_topic: str
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    window: int = 50  # in-flight window: records fetched per poll, committed together
+    commit_interval_s: float = 1.0
+    idle_exit_s: float | None = None
+
+
+def attempt_once(fetcher: Fetcher, store: Store, delivery: events_pb2.PartnerDelivery) -> tuple[StoreResult, bool]:
+    """One fetch-verify-store; (result, refused) where refused means the DICOMweb key was refused."""
+    try:
+        path = fetcher.fetch(delivery)
+    except FetchFailure as failure:
+        return StoreResult(False, failure.detail, failure.retryable, failure.unavailable), failure.refused
+    try:
+        return store.store(path, delivery), False
+    finally:
+        path.unlink(missing_ok=True)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread: only note what changed, the loop acts on it."""
+
+    def __init__(self) -> None:
+        self.revoked: set[TopicPartition] = set()
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.revoked |= set(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.revoked -= set(assigned)
+
+
+class Gateway:
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        fetcher: Fetcher,
+        store: Store,
+        records: StoredRecords,
+        dead_letters: DeadLetters,
+        options: GatewayOptions,
+        on_progress: Callable[[Counters], None] | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._consumer, self._producer = consumer, producer
+        self._fetcher, self._store = fetcher, store
+        self._records, self._dead_letters = records, dead_letters
+        self._options = options
+        self._on_progress = on_progress or (lambda _counters: None)
+        self._clock = clock
+        self._tracker = OffsetTracker()
+        self._receipts: list[Any] = []  # futures of receipts not yet acknowledged
+        self._rebalance = _Rebalance()
+        self._last_commit = time.monotonic()
+        self.counters = Counters()
+
+    def subscribe(self, topic: str) -> None:
+        self._consumer.subscribe([topic], listener=self._rebalance)
+
+    def run(self, stop: threading.Event) -> Counters:
+        """Until `stop` is set, or idle for `idle_exit_s`. Commits what is settled before returning."""
+        last_activity = time.monotonic()
+        try:
+            while not stop.is_set():
+                polled = self._consumer.poll(timeout_ms=500, max_records=self._options.window)
+                batch = [(tp, r) for tp, records in polled.items() for r in records]
+                for tp, record in batch:
+                    self._tracker.started(tp, record.offset)
+                for tp, record in batch:
+                    if stop.is_set() or tp in self._rebalance.revoked:
+                        continue  # left pending: committed offsets stop before it, it is read again
+                    if not self._handle(tp, record, stop):
+                        continue
+                    self._tracker.settled(tp, record.offset)
+                    self._on_progress(self.counters)
+                    if (
+                        self._tracker.in_flight() >= self._options.window
+                        or time.monotonic() - self._last_commit >= self._options.commit_interval_s
+                    ):
+                        self._commit()
+                self._commit()
+                if batch or not self._consumer.assignment():  # not idle while still joining the group
+                    last_activity = time.monotonic()
+                elif (
+                    self._options.idle_exit_s is not None
+                    and time.monotonic() - last_activity > self._options.idle_exit_s
+                ):
+                    break
+        finally:
+            self._commit()
+        return self.counters
+
+    # --- one message ---------------------------------------------------------------------------
+
+    def _handle(self, tp: TopicPartition, record: Any, stop: threading.Event) -> bool:
+        """True when the record is settled; False when the loop was stopped or the partition revoked
+        while it waited (the record stays uncommitted)."""
+        kind = dict(record.headers or []).get(EVENT_TYPE_HEADER, b"")
+        delivery: events_pb2.PartnerDelivery | None = None
+        study: events_pb2.StudyComplete | None = None
+        try:
+            if kind == b"PartnerDelivery":
+                delivery = events_pb2.PartnerDelivery.FromString(record.value)
+                safe_delivery_id(delivery.meta.event_id)
+            elif kind == b"StudyComplete":
+                study = events_pb2.StudyComplete.FromString(record.value)
+        except (DecodeError, ValueError) as error:  # can never be handled: skip it, say so, count it
+            log.warning(
+                "skipping an undecodable %s at %s/%d: %s",
+                kind.decode(errors="replace"),
+                tp.topic,
+                record.offset,
+                type(error).__name__,
+            )
+        if delivery is not None:
+            return self._deliver(delivery, tp, record.offset, stop)
+        if study is not None:
+            self._study(study)
+            return True
+        self.counters.skipped += 1
+        return True
+
+    def _deliver(
+        self, delivery: events_pb2.PartnerDelivery, tp: TopicPartition, offset: int, stop: threading.Event
+    ) -> bool:
+        delivery_id = delivery.meta.event_id
+        earlier = self._records.stored(delivery_id)
+        if earlier is not None and earlier[0] == delivery.blob.sha256:
+            # Stored before a crash or a rebalance; its receipt may not have been acknowledged, and
+            # the same receipt again (same id) is harmless.
+            self.counters.duplicates += 1
+            self._send_receipt(
+                instance_receipt(
+                    delivery, STORED, self._store.kind, 1, earlier[1], detail="duplicate", stored_at_ms=earlier[1]
+                )
+            )
+            return True
+        attempts = answered = waits = 0
+        while True:
+            attempts += 1
+            result, refused = attempt_once(self._fetcher, self._store, delivery)
+            if refused:
+                raise GatewayStopped(f"the DICOMweb service refused the partner's key ({result.status_detail})")
+            if result.ok:
+                stored_at = self._clock()
+                self._records.add(delivery_id, delivery.blob.sha256, delivery.instance.study_instance_uid, stored_at)
+                self.counters.stored += 1
+                self.counters.waiting = ""
+                self._send_receipt(
+                    instance_receipt(
+                        delivery,
+                        STORED,
+                        self._store.kind,
+                        attempts,
+                        stored_at,
+                        detail=result.status_detail,
+                        stored_at_ms=stored_at,
+                    )
+                )
+                return True
+            policy = self._options.policy
+            if result.unavailable:
+                waits += 1
+                delay = policy.delay_s(waits)
+                self.counters.waiting = f"unreachable ({result.status_detail}), retrying in {delay:.0f} s"
+            else:
+                answered += 1
+                integrity = result.status_detail in INTEGRITY_FAILURES
+                if not result.retryable or policy.gives_up(answered, integrity):
+                    self._dead_letter(delivery, result.status_detail, attempts, (tp.topic, tp.partition, offset))
+                    return True
+                delay = policy.delay_s(answered)
+                self.counters.waiting = f"attempt {answered} failed ({result.status_detail}), retrying in {delay:.1f} s"
+            self.counters.retried += 1
+            self._on_progress(self.counters)
+            if not self._wait(delay, stop, tp):
+                return False
+
+    def _dead_letter(
+        self, delivery: events_pb2.PartnerDelivery, status: str, attempts: int, where: tuple[str, int, int]
+    ) -> None:
+        at = self._clock()
+        self._dead_letters.put(delivery, status, attempts, self._store.kind, at, where)
+        self.counters.dead_lettered += 1
+        self.counters.waiting = ""
+        self._send_receipt(instance_receipt(delivery, DEAD_LETTERED, self._store.kind, attempts, at, detail=status))
+
+    def _study(self, study: events_pb2.StudyComplete) -> None:
+        missing = self._records.missing([(e.delivery_id, e.sha256) for e in study.instances])
+        missing += max(0, study.count - len(study.instances))  # a manifest shorter than its count
+        if missing:
+            self.counters.studies_incomplete += 1
+        else:
+            self.counters.studies_complete += 1
+        self._send_receipt(study_receipt(study, missing, self._store.kind, self._clock()))
+
+    # --- waiting, receipts, commits --------------------------------------------------------------
+
+    def _wait(self, seconds: float, stop: threading.Event, holding: TopicPartition) -> bool:
+        """Sleep `seconds` while polling with every partition paused, so the group keeps us and
+        nothing new is fetched. False when stopped or when `holding` was taken away meanwhile."""
+        self._commit()  # what is settled so far should not wait for the target to come back
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline and not stop.is_set():
+                assigned = self._consumer.assignment()
+                self._consumer.pause(*assigned)
+                polled = self._consumer.poll(timeout_ms=int(min(500, max(1, (deadline - time.monotonic()) * 1000))))
+                for tp, records in polled.items():  # a partition assigned meanwhile was not paused yet
+                    self._consumer.seek(tp, min(r.offset for r in records))
+                if holding in self._rebalance.revoked:
+                    return False
+        finally:
+            self._consumer.resume(*self._consumer.paused())
+        return not stop.is_set()
+
+    def _send_receipt(self, receipt: events_pb2.DeliveryReceipt) -> None:
+        key = receipt.instance.study_instance_uid.encode() or None
+        self._receipts.append(
+            self._producer.send(
+                self._options.receipts_topic,
+                value=receipt.SerializeToString(deterministic=True),
+                key=key,
+                headers=receipt_headers(),
+            )
+        )
+
+    def _commit(self) -> None:
+        """Acknowledged receipts first, then the offsets of what they report."""
+        if self._receipts:
+            self._producer.flush(timeout=60)
+            try:
+                for future in self._receipts:
+                    future.get(timeout=60)
+            except KafkaError as error:
+                raise GatewayStopped(
+                    f"receipts could not be written to {self._options.receipts_topic}: {type(error).__name__}"
+                ) from None
+            self._receipts.clear()
+        if self._rebalance.revoked:
+            self._tracker.forget(self._rebalance.revoked)
+        offsets = self._tracker.committable()
+        self._last_commit = time.monotonic()
+        if not offsets:
+            return
+        try:
+            self._consumer.commit({tp: OffsetAndMetadata(upto, "", -1) for tp, upto in offsets.items()})
+        except CommitFailedError:
+            # The group rebalanced: the partitions' new owner re-reads them, and finds them in its
+            # record if it is this gateway (same state folder) or stores them again if not.
+            return
+        self._tracker.committed(offsets)
+
+
+def state_paths(state_dir: Path) -> tuple[Path, Path, Path]:
+    """(incoming temp files, stored record, dead letters) under the gateway's state folder."""
+    return state_dir / "incoming", state_dir / "stored.sqlite3", state_dir / "dead-letters"

@@ -1,0 +1,60 @@
+"""The folder target: UIDs cannot escape the root, writes are atomic, the same object twice is stored once."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.gateway.folder_store import FolderStore, UnsafeUid, path_for
+from services.gateway.targets import FolderTarget
+from services.proto_gen.imx.v1 import events_pb2
+
+
+def _delivery(data: bytes, study: str = "1.2.3", series: str = "1.2.3.4", sop: str = "1.2.3.4.5"):  # type: ignore[no-untyped-def]
+    return events_pb2.PartnerDelivery(
+        instance=events_pb2.InstanceRef(study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop),
+        blob=events_pb2.BlobRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data)),
+    )
+
+
+@given(st.text(max_size=80))
+def test_only_dicom_uids_become_path_components(uid: str) -> None:
+    root = Path("/srv/root")
+    instance = events_pb2.InstanceRef(study_instance_uid=uid, series_instance_uid="1.2", sop_instance_uid="1.3")
+    try:
+        path = path_for(root, instance)
+    except UnsafeUid:
+        return
+    assert path.resolve().is_relative_to(root) and path.parent.parent == root / uid
+    assert set(uid) <= set("0123456789.") and ".." not in uid
+
+
+@pytest.mark.parametrize("uid", ["..", "../../etc", "/etc/passwd", "1.2/../3", "1..2", ".1", "1" * 65, ""])
+def test_hostile_uids_are_refused(uid: str, tmp_path: Path) -> None:
+    result = FolderStore(FolderTarget(tmp_path / "root")).store(tmp_path / "x", _delivery(b"x", sop=uid))
+    assert (result.ok, result.retryable, result.status_detail) == (False, False, "invalid-uid")
+
+
+def test_an_instance_is_written_under_study_series_sop_and_a_second_copy_is_already_present(tmp_path: Path) -> None:
+    source = tmp_path / "fetched.dcm"
+    source.write_bytes(b"DICM-bytes")
+    store = FolderStore(FolderTarget(tmp_path / "root"))
+    delivery = _delivery(b"DICM-bytes")
+    assert store.store(source, delivery).status_detail == "written"
+    written = tmp_path / "root" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
+    assert written.read_bytes() == b"DICM-bytes"
+    assert store.store(source, delivery).status_detail == "already-present"
+    assert [p.name for p in written.parent.iterdir()] == [written.name], "no temp files left behind"
+
+
+def test_a_different_object_under_the_same_uids_replaces_the_old_one(tmp_path: Path) -> None:
+    store = FolderStore(FolderTarget(tmp_path / "root"))
+    for content in (b"first", b"second"):
+        source = tmp_path / "fetched.dcm"
+        source.write_bytes(content)
+        assert store.store(source, _delivery(content)).ok
+    assert (tmp_path / "root" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm").read_bytes() == b"second"

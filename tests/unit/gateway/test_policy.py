@@ -1,0 +1,29 @@
+"""Backoff: exponential, jittered, capped; attempts counted as the policy says."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.gateway.policy import RetryPolicy
+
+
+def test_delays_grow_exponentially_with_bounded_jitter_and_never_pass_the_cap() -> None:
+    policy = RetryPolicy(initial_s=1.0, cap_s=30.0, jitter_s=0.5)
+    for attempt, base in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 16.0)]:
+        delays = {policy.delay_s(attempt) for _ in range(50)}
+        assert all(base <= d <= base + 0.5 for d in delays)
+        assert len(delays) > 1, "jitter spreads gateways that failed together"
+    assert all(policy.delay_s(n) <= 30.0 for n in range(6, 40))
+    assert policy.delay_s(40) == pytest.approx(30.0)
+
+
+def test_an_instance_gives_up_after_its_attempts_and_integrity_failures_sooner() -> None:
+    policy = RetryPolicy(max_attempts=5, integrity_attempts=2)
+    assert not policy.gives_up(4) and policy.gives_up(5)
+    assert not policy.gives_up(1, integrity=True) and policy.gives_up(2, integrity=True)
+    assert RetryPolicy(max_attempts=1).gives_up(1, integrity=True)
+
+
+def test_at_least_one_attempt() -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(max_attempts=0)

@@ -1,0 +1,71 @@
+"""STOW-RS answers read per instance (PS3.18 10.5.3): a partial failure is never success."""
+
+from __future__ import annotations
+
+import json
+
+from services.gateway.stow_store import response_result
+
+SOP = "1.2.3.4"
+OTHER = "1.2.3.5"
+
+
+def _item(sop: str, **extra: object) -> dict[str, object]:
+    item: dict[str, object] = {
+        "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
+        "00081155": {"vr": "UI", "Value": [sop]},
+    }
+    for tag, value in extra.items():
+        item[tag] = {"vr": "US", "Value": [value]}
+    return item
+
+
+def _body(referenced: list[dict[str, object]] = (), failed: list[dict[str, object]] = ()) -> bytes:  # type: ignore[assignment]
+    body: dict[str, object] = {}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": list(referenced)}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": list(failed)}
+    return json.dumps(body).encode()
+
+
+def test_an_instance_in_the_referenced_sequence_is_stored() -> None:
+    result = response_result(200, _body([_item(SOP)]), SOP)
+    assert result.ok and result.status_detail == "stored"
+
+
+def test_a_warning_reason_is_still_stored_and_kept_as_the_detail() -> None:
+    result = response_result(202, _body([_item(SOP, **{"00081196": 0xB000})]), SOP)
+    assert result.ok and result.status_detail == "0xB000"
+
+
+def test_a_202_that_lists_the_instance_as_failed_is_a_failure_with_its_reason() -> None:
+    result = response_result(202, _body([_item(OTHER)], [_item(SOP, **{"00081197": 0xC000})]), SOP)
+    assert not result.ok and result.status_detail == "0xC000" and not result.retryable
+
+
+def test_out_of_resources_in_the_failed_sequence_is_retryable() -> None:
+    result = response_result(409, _body(failed=[_item(SOP, **{"00081197": 0xA700})]), SOP)
+    assert not result.ok and result.retryable and result.status_detail == "0xA700"
+
+
+def test_a_409_with_a_permanent_reason_is_not_retryable() -> None:
+    result = response_result(409, _body(failed=[_item(SOP, **{"00081197": 0x0122})]), SOP)
+    assert (result.ok, result.retryable, result.status_detail) == (False, False, "0x0122")
+
+
+def test_a_2xx_that_does_not_mention_the_instance_is_not_success() -> None:
+    assert not response_result(200, _body([_item(OTHER)]), SOP).ok
+
+
+def test_a_json_array_of_one_response_data_set_is_read_too() -> None:
+    body = json.dumps([json.loads(_body([_item(SOP)]))]).encode()
+    assert response_result(200, body, SOP).ok
+
+
+def test_http_errors_server_side_and_throttling_are_retryable_client_side_not() -> None:
+    assert response_result(500, b"", SOP).retryable
+    assert response_result(429, b"", SOP).retryable
+    assert not response_result(400, b"", SOP).retryable
+    assert not response_result(415, b"<html>", SOP).retryable
+    assert response_result(404, b"", SOP).status_detail == "http-404"
