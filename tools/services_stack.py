@@ -37,7 +37,7 @@ SERVICES: dict[str, ServicePorts] = {
     "ingest": ServicePorts(50051, (("IMX_HTTP_PORT", 8041), ("IMX_DICOM_PORT", 11112))),
     "routing": ServicePorts(50052),
     "deid": ServicePorts(50053),
-    "delivery": ServicePorts(50054),
+    "delivery": ServicePorts(50054, (("IMX_HTTP_PORT", 8046),)),
     "audit": ServicePorts(50055, (("IMX_HTTP_PORT", 8045),)),
 }
 

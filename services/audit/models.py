@@ -40,7 +40,11 @@ class AuditEvent(BaseModel):
     profile_version: int | None = None
     deidentified: bool | None = None
     stage: str | None = Field(None, description="stage that quarantined or dead-lettered the instance")
-    status: str | None = Field(None, description="delivered, failed, quarantined or dead-lettered")
+    status: str | None = Field(
+        None,
+        description="delivered, failed, quarantined, dead-lettered; on receipts stored, failed, dead_lettered, "
+        "study_complete, study_incomplete; on retrievals the HTTP status",
+    )
     reason: str | None = Field(None, description="machine-readable reason (quarantine reason, error type)")
     detail: str | None = Field(None, description="machine-readable detail, never PHI")
     source: SourceRef | None = Field(None, description="where a dead letter came from")
@@ -75,6 +79,11 @@ class Destination(BaseModel):
     delivered: int
     failed: int
     last_delivered_at: datetime | None
+    stored: int = Field(0, description="instances the partner's gateway reported stored in its system")
+    dead_lettered: int = Field(0, description="instances the gateway gave up on (in its dead letters)")
+    last_stored_at: datetime | None = None
+    turnaround_ms_p50: int | None = Field(None, description="median ms from ingest accepted to stored")
+    turnaround_ms_max: int | None = Field(None, description="slowest ms from ingest accepted to stored")
 
 
 class StageReason(BaseModel):

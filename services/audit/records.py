@@ -2,9 +2,13 @@
 
 A record keeps only what the trail needs: UIDs, organisation, partner and route ids, profile name and
 version, channel, status, machine-readable reasons and timestamps. Routing attributes (a study
-description can carry PHI), DICOM bytes, blob references and fetch URLs (short-lived credentials) are
-never copied. `_id` is `<event_type>:<event_id>` and event ids are deterministic, so a replayed
-message maps onto the record it already produced.
+description can carry PHI), blob references and retrieval URLs are never copied.
+
+Audit reads the pipeline's topics, the partners' DICOMweb retrievals (`imx.access.v1`) and each
+partner's receipts topic (what its gateway stored), not the partners' feeds: the outcome event says
+what was delivered. On a receipts topic the partner is the one the topic belongs to (only that
+partner may write it), whatever the payload claims. `_id` is `<event_type>:<event_id>` and event
+ids are deterministic, so a replayed message maps onto the record it already produced.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ class EventType(StrEnum):
     INGESTED = "ingested"
     ROUTED = "routed"
     PREPARED = "prepared"
-    PARTNER_DELIVERY = "partner_delivery"
     OUTCOME = "outcome"
+    RECEIPT = "receipt"
     QUARANTINED = "quarantined"
     DEAD_LETTER = "dead_letter"
+    RETRIEVAL = "retrieval"
 
 
 # The order of the hops of one instance, to break ties between events of the same millisecond.
@@ -86,18 +91,18 @@ _HEADER_TYPES: dict[str, EventType] = {
     "InstanceIngested": EventType.INGESTED,
     "InstanceRouted": EventType.ROUTED,
     "InstancePrepared": EventType.PREPARED,
-    "PartnerDelivery": EventType.PARTNER_DELIVERY,
     "DeliveryOutcome": EventType.OUTCOME,
     "Quarantined": EventType.QUARANTINED,
+    "PartnerRetrieval": EventType.RETRIEVAL,
 }
 
 
 def subscription_pattern(topics: Topics) -> str:
-    """One regex for every topic audit reads: the pipeline's fixed topics and every partner topic."""
-    partner = topics.partner_pattern
-    if not (partner.startswith("^") and partner.endswith("$")):
-        raise ValueError("Topics.partner_pattern is expected to be anchored with ^ and $")
-    alternatives = [re.escape(name) for name in topics.pipeline()] + [partner[1:-1]]
+    """One regex for every topic audit reads: the pipeline's fixed topics and every receipts topic."""
+    receipts = topics.receipts_pattern
+    if not (receipts.startswith("^") and receipts.endswith("$")):
+        raise ValueError("Topics.receipts_pattern is expected to be anchored with ^ and $")
+    alternatives = [re.escape(name) for name in topics.pipeline()] + [receipts[1:-1]]
     return "^(?:" + "|".join(alternatives) + ")$"
 
 
@@ -114,18 +119,13 @@ def event_type_for(topic: str, headers: Mapping[str, bytes], topics: Topics) -> 
         topics.prepared: EventType.PREPARED,
         topics.outcomes: EventType.OUTCOME,
         topics.quarantine: EventType.QUARANTINED,
+        topics.access: EventType.RETRIEVAL,
     }
     if topic in by_topic:
         return by_topic[topic]
-    if partner_of_topic(topic, topics) is not None:
-        return EventType.PARTNER_DELIVERY
+    if topics.receipts_partner(topic) is not None:
+        return EventType.RECEIPT
     return _HEADER_TYPES.get(headers.get(EVENT_TYPE_HEADER, b"").decode("ascii", "replace"))
-
-
-def partner_of_topic(topic: str, topics: Topics) -> str | None:
-    if not re.match(topics.partner_pattern, topic):
-        return None
-    return topic[len(f"{topics.prefix}imx.partner.") : -len(".v1")]
 
 
 def to_datetime(epoch_ms: int) -> datetime:
@@ -261,20 +261,32 @@ def _fill_prepared(record: AuditRecord, event: Any, topic: str, topics: Topics) 
     record["deidentified"] = event.deidentified
 
 
-def _fill_partner_delivery(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
-    # The inline DICOM (event.dicom) and the signed fetch_url are never copied.
-    if event.deidentified:
-        _delivered(record, event.instance)  # only the remapped UIDs are on a de-identified delivery
-    else:
-        _received(record, event.instance)
-    record["deidentified"] = event.deidentified
-    record["profile"] = event.profile or None
-    topic_partner = partner_of_topic(topic, topics)
-    record["partner_id"] = topic_partner or event.partner_id or None
-    if topic_partner and event.partner_id and event.partner_id != topic_partner:
-        # Partner isolation: whoever reads this topic received an event addressed to someone else.
-        record["reason"] = "partner-mismatch"
-        record["detail"] = _text(f"event partner_id={event.partner_id}")
+def _fill_receipt(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
+    # A receipt names the instance as the partner received it (remapped UIDs when de-identified).
+    _delivered(record, event.instance)
+    record["partner_id"] = topics.receipts_partner(topic)
+    record["causation_id"] = event.delivery_id or record["causation_id"]
+    record["status"] = store_status_name(event.status)
+    record["stage"] = "gateway"
+    record["detail"] = _text(event.detail)
+    if event.stored_at_ms:
+        record["occurred_at"] = to_datetime(event.stored_at_ms)
+
+
+def _fill_retrieval(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
+    _delivered(
+        record,
+        events_pb2.InstanceRef(
+            study_instance_uid=event.study_instance_uid,
+            series_instance_uid=event.series_instance_uid,
+            sop_instance_uid=event.sop_instance_uid,
+        ),
+    )
+    record["partner_id"] = event.partner_id or None
+    record["stage"] = "dicomweb"
+    record["status"] = str(event.http_status) if event.http_status else None
+    record["reason"] = _text(event.action)
+    record["detail"] = _text(f"instances={event.instances} bytes={event.bytes}")
 
 
 def _fill_outcome(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
@@ -309,14 +321,24 @@ def delivery_status_name(status: int) -> str:
     return name.removeprefix("DELIVERY_STATUS_").lower()
 
 
+def store_status_name(status: int) -> str:
+    """STORE_STATUS_DEAD_LETTERED → "dead_lettered"; an unknown number is kept as a number."""
+    try:
+        name: str = events_pb2.StoreStatus.Name(status)
+    except ValueError:
+        return str(status)
+    return name.removeprefix("STORE_STATUS_").lower()
+
+
 Fill = Callable[[AuditRecord, Any, str, Topics], None]
 _DECODERS: dict[EventType, tuple[Callable[[bytes], Any], Fill]] = {
     EventType.INGESTED: (events_pb2.InstanceIngested.FromString, _fill_ingested),
     EventType.ROUTED: (events_pb2.InstanceRouted.FromString, _fill_routed),
     EventType.PREPARED: (events_pb2.InstancePrepared.FromString, _fill_prepared),
-    EventType.PARTNER_DELIVERY: (events_pb2.PartnerDelivery.FromString, _fill_partner_delivery),
     EventType.OUTCOME: (events_pb2.DeliveryOutcome.FromString, _fill_outcome),
+    EventType.RECEIPT: (events_pb2.DeliveryReceipt.FromString, _fill_receipt),
     EventType.QUARANTINED: (events_pb2.Quarantined.FromString, _fill_quarantined),
+    EventType.RETRIEVAL: (events_pb2.PartnerRetrieval.FromString, _fill_retrieval),
 }
 
 # Identifying fields a dead letter borrows from the original event when that can still be decoded.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from services.cli.settings import CliSettings
 from services.common.control_server import GRPC_MESSAGE_OPTIONS
-from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
+from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc, events_pb2
 
 console = Console()
 routes_app = typer.Typer(help="Route rules: which partner receives what, with which profile.", no_args_is_help=True)
@@ -42,12 +43,22 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+class PriorityClass(StrEnum):
+    urgent = "urgent"
+    routine = "routine"
+    bulk = "bulk"
+
+
+def _class_name(value: int) -> str:
+    return "routine" if not value else events_pb2.PriorityClass.Name(value).removeprefix("PRIORITY_CLASS_").lower()
+
+
 @routes_app.command("list")
 def routes_list() -> None:
     """Show every route rule."""
     with _channel(CliSettings().routing_grpc) as channel:
         reply = admin_pb2_grpc.RoutingAdminStub(channel).ListRoutes(admin_pb2.ListRoutesRequest())
-    table = Table("id", "priority", "partner", "profile", "match", "version")
+    table = Table("id", "priority", "class", "partner", "profile", "match", "version")
     for r in reply.routes:
         m = r.match
         criteria = ", ".join(
@@ -63,7 +74,13 @@ def routes_list() -> None:
             if v
         )
         table.add_row(
-            r.route_id, str(r.priority), r.partner_id, r.profile or "(identifiable)", criteria or "*", str(r.version)
+            r.route_id,
+            str(r.priority),
+            _class_name(r.priority_class),
+            r.partner_id,
+            r.profile or "(identifiable)",
+            criteria or "*",
+            str(r.version),
         )
     console.print(table)
 
@@ -80,6 +97,10 @@ def routes_add(
     body_part: Annotated[str, typer.Option(help="glob on Body Part Examined")] = "",
     requested: Annotated[str, typer.Option(help="glob on the destination the sender asked for")] = "",
     priority: Annotated[int, typer.Option(help="lower wins when two rules name the same partner")] = 100,
+    priority_class: Annotated[
+        PriorityClass,
+        typer.Option("--class", help="urgent (stroke, trauma) overtakes routine, which overtakes bulk (research)"),
+    ] = PriorityClass.routine,
     name: str = "",
 ) -> None:
     """Add or replace a route rule."""
@@ -87,6 +108,7 @@ def routes_add(
         route_id=route_id,
         name=name,
         priority=priority,
+        priority_class=f"PRIORITY_CLASS_{priority_class.value.upper()}",
         partner_id=partner,
         profile=profile,
         enabled=True,
@@ -161,6 +183,16 @@ def partners_add(partner_id: str, name: str = "") -> None:
     console.print(f"partner {reply.partner.partner_id} receives on topic {reply.partner.topic}")
     if reply.HasField("kafka_access"):
         _print_access(reply.kafka_access)
+    if reply.dicomweb_key:
+        _print_dicomweb_key(reply.dicomweb_key)
+
+
+def _print_dicomweb_key(key: str) -> None:
+    console.print(
+        "DICOMweb key for the partner's gateway (shown once; `Authorization: Bearer <key>` on "
+        f"the retrieval URLs of its feed):\n  dicomweb key       {key}",
+        highlight=False,
+    )
 
 
 def _print_access(access: admin_pb2.PartnerKafkaAccess) -> None:
@@ -184,6 +216,16 @@ def partners_reset_password(partner_id: str) -> None:
             admin_pb2.ResetPartnerPasswordRequest(partner_id=partner_id)
         )
     _print_access(reply.kafka_access)
+
+
+@partners_app.command("reset-key")
+def partners_reset_key(partner_id: str) -> None:
+    """A new DICOMweb key for a partner; the old key stops working."""
+    with _channel(CliSettings().delivery_grpc) as channel:
+        reply = admin_pb2_grpc.PartnerAdminStub(channel).ResetPartnerDicomwebKey(
+            admin_pb2.ResetPartnerDicomwebKeyRequest(partner_id=partner_id)
+        )
+    _print_dicomweb_key(reply.dicomweb_key)
 
 
 @partners_app.command("remove")

@@ -1,4 +1,4 @@
-"""`imx demo-data`, `imx deid` and `imx partner-listen`: commands that work on files."""
+"""`imx demo-data` and `imx deid`: commands that work on files."""
 
 from __future__ import annotations
 
@@ -141,63 +141,3 @@ def deid(
     if any(k.startswith("refused") for k in outcomes):
         raise typer.Exit(1)
 
-
-def partner_listen(
-    partner: Annotated[str, typer.Option(help="partner id")],
-    out: Annotated[Path, typer.Option(help="folder to write received instances into")],
-    idle_exit: Annotated[
-        float | None, typer.Option(help="exit after this many seconds without new messages (default: run forever)")
-    ] = None,
-    bootstrap: Annotated[
-        str | None,
-        typer.Option(envvar="IMX_PARTNER_BOOTSTRAP", help="the partner listener (default: IMX_KAFKA_BOOTSTRAP)"),
-    ] = None,
-    username: Annotated[
-        str | None, typer.Option(envvar="IMX_PARTNER_USERNAME", help="Kafka user from `imx partners add`")
-    ] = None,
-    password: Annotated[
-        str | None, typer.Option(envvar="IMX_PARTNER_PASSWORD", help="its password (better in the environment)")
-    ] = None,
-    security_protocol: Annotated[
-        str, typer.Option(envvar="IMX_PARTNER_SECURITY_PROTOCOL", help="SASL_PLAINTEXT here, SASL_SSL in production")
-    ] = "SASL_PLAINTEXT",
-) -> None:
-    """Reference subscriber: write what arrives on the partner's topic to OUT/<study>/<sop>.dcm.
-
-    A partner signs in with the user and password `imx partners add` showed; without them the command
-    reads through the services' own listener (development only)."""
-    from kafka.errors import KafkaError
-
-    from services.common.kafka_access import sasl_client_config
-    from services.common.settings import ServiceSettings
-    from services.common.topics import Topics
-    from services.delivery.listener import ListenResult, listen
-
-    settings = ServiceSettings()
-    if bool(username) != bool(password):
-        console.print("[red]give both --username and --password[/red] (or neither)")
-        raise typer.Exit(2)
-    client_config = sasl_client_config(username, password, security_protocol) if username and password else {}
-    console.print(f"listening on {Topics(settings.topic_prefix).partner(partner)} (Ctrl-C to stop)")
-
-    def show(result: ListenResult) -> None:
-        total = result.written + result.duplicates
-        if total % 50 == 0:
-            console.print(f"{result.written} written, {result.duplicates} duplicates skipped")
-
-    try:
-        result = listen(
-            bootstrap or settings.kafka_bootstrap,
-            partner,
-            out,
-            Topics(settings.topic_prefix),
-            idle_exit,
-            show,
-            client_config=client_config,
-        )
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
-    except KafkaError as error:  # wrong password, unreachable listener: say so, no traceback
-        console.print(f"[red]cannot read the partner topic[/red]: {type(error).__name__} (check bootstrap and sign-in)")
-        raise typer.Exit(1) from None
-    console.print(f"{result.written} written, {result.duplicates} duplicates skipped, under {out}")

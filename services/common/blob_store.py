@@ -56,7 +56,13 @@ class LocalBlobStore:
         digest = sha256_hex(data)
         final = self.path_for(digest)
         if final.exists():
-            return digest
+            # Fresh again: the lifecycle keeps objects for a retention after they were last written
+            # (services/common/blob_lifecycle.py), and this content is in the pipeline once more.
+            try:
+                os.utime(final)
+                return digest
+            except FileNotFoundError:  # collected just now: write it again
+                pass
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
         try:

@@ -49,17 +49,25 @@ def group_prefix(partner_id: str) -> str:
     return f"{partner_id}."
 
 
-def partner_acls(partner_id: str, topic: str) -> list[ACL]:
-    """What a partner's user may do: read its topic, and commit offsets in its own groups."""
+def partner_acls(partner_id: str, topic: str, receipts_topic: str | None = None) -> list[ACL]:
+    """What a partner's user may do: read its feed, commit offsets in its own groups, and write its
+    receipts topic (what its gateway stored)."""
     principal = f"User:{partner_id}"
     topic_pattern = ResourcePattern(ResourceType.TOPIC, topic, ACLResourcePatternType.LITERAL)
     group_pattern = ResourcePattern(ResourceType.GROUP, group_prefix(partner_id), ACLResourcePatternType.PREFIXED)
     allow = ACLPermissionType.ALLOW
-    return [
+    acls = [
         ACL(principal, "*", ACLOperation.READ, allow, topic_pattern),
         ACL(principal, "*", ACLOperation.DESCRIBE, allow, topic_pattern),
         ACL(principal, "*", ACLOperation.READ, allow, group_pattern),
     ]
+    if receipts_topic:
+        receipts = ResourcePattern(ResourceType.TOPIC, receipts_topic, ACLResourcePatternType.LITERAL)
+        acls += [
+            ACL(principal, "*", ACLOperation.WRITE, allow, receipts),
+            ACL(principal, "*", ACLOperation.DESCRIBE, allow, receipts),
+        ]
+    return acls
 
 
 class PartnerAccess:
@@ -76,7 +84,7 @@ class PartnerAccess:
         finally:
             admin.close()
 
-    def grant(self, partner_id: str, topic: str) -> PartnerCredentials:
+    def grant(self, partner_id: str, topic: str, receipts_topic: str | None = None) -> PartnerCredentials:
         """A new password for `partner_id` (replacing any earlier one) and its ACLs (idempotent)."""
         password = secrets.token_urlsafe(24)
         with self._admin() as admin:
@@ -84,7 +92,7 @@ class PartnerAccess:
                 [UserScramCredentialUpsertion(partner_id, ScramMechanism.SCRAM_SHA_512, password)]
             )
             _raise_on(errors, "setting the partner's Kafka password")
-            result = admin.create_acls(partner_acls(partner_id, topic))
+            result = admin.create_acls(partner_acls(partner_id, topic, receipts_topic))
             failed = result.get("failed") if isinstance(result, dict) else None
             if failed:
                 raise RuntimeError(f"creating the partner's Kafka ACLs failed: {failed}")

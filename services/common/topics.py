@@ -49,14 +49,41 @@ class Topics:
     def dead_letter(self) -> str:
         return self._name("deadletter")
 
+    @property
+    def access(self) -> str:
+        """Partners' DICOMweb retrievals (PartnerRetrieval), for audit."""
+        return self._name("access")
+
     def partner(self, partner_id: str) -> str:
         return self._name(f"partner.{validate_partner_id(partner_id)}")
 
+    def receipts(self, partner_id: str) -> str:
+        """What the partner's gateway stored (DeliveryReceipt); only that partner may write it."""
+        return self._name(f"receipts.{validate_partner_id(partner_id)}")
+
     def pipeline(self) -> list[str]:
         """The fixed topics of the pipeline (partner topics are created when partners are added)."""
-        return [self.ingested, self.routed, self.prepared, self.outcomes, self.quarantine, self.dead_letter]
+        return [
+            self.ingested,
+            self.routed,
+            self.prepared,
+            self.outcomes,
+            self.quarantine,
+            self.dead_letter,
+            self.access,
+        ]
 
     @property
     def partner_pattern(self) -> str:
-        """Regex matching every partner topic (audit subscribes to them all)."""
+        """Regex matching every partner topic."""
         return "^" + re.escape(f"{self.prefix}imx.partner.") + r"[a-z0-9-]+\.v1$"
+
+    @property
+    def receipts_pattern(self) -> str:
+        """Regex matching every partner's receipts topic (audit subscribes to them all)."""
+        return "^" + re.escape(f"{self.prefix}imx.receipts.") + r"[a-z0-9-]+\.v1$"
+
+    def receipts_partner(self, topic: str) -> str | None:
+        """The partner id a receipts topic belongs to, None when it is not one."""
+        match = re.match(self.receipts_pattern.replace(r"[a-z0-9-]+", r"([a-z0-9-]+)"), topic)
+        return match.group(1) if match else None

@@ -66,6 +66,8 @@ def prepare_event(
         route_id=routed.route_id,
         partner_id=routed.partner_id,
         profile=routed.profile,
+        priority=routed.priority,
+        source_blob=routed.blob,
     )
     if not routed.profile:
         # A care transfer: the partner receives the instance exactly as it was sent.

@@ -1,19 +1,22 @@
-"""Delivery stage: an InstancePrepared in; the partner's PartnerDelivery and a DeliveryOutcome out."""
+"""Delivery stage: an InstancePrepared in; a reference on the partner's feed and a DeliveryOutcome out.
+
+The feed carries what the partner needs to decide and fetch (UIDs, SOP Class, transfer syntax, size,
+SHA-256, route, priority, profile and version, and the WADO-RS URL), never the object: any size can
+be delivered and the broker moves no pixel data. What each partner was sent is recorded (in
+`flush()`, which the bus runs before it publishes the batch) so every reference on a feed resolves
+when the partner fetches it.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-from services.common.blob_store import BlobStore
-from services.common.bus import MAX_MESSAGE_BYTES
 from services.common.events import derived_meta, event_message, now_ms
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
+from services.delivery.delivered import DeliveredInstance, StoredReceipt
 from services.proto_gen.imx.v1 import events_pb2
-
-# Room for the event's other fields and headers inside one Kafka message.
-INLINE_LIMIT = MAX_MESSAGE_BYTES - 64 * 1024
-
 
 
 def _outcome(
@@ -33,36 +36,65 @@ def _outcome(
     )
 
 
+def delivery_pattern(topics: Topics) -> str:
+    """The stage's subscription: prepared instances and every partner's receipts."""
+    return "^(?:" + re.escape(topics.prepared) + "|" + topics.receipts_pattern[1:-1] + ")$"
+
+
+def retrieval_url(base: str, instance: events_pb2.InstanceRef) -> str:
+    """WADO-RS URL of one instance (PS3.18 10.4.1.1.3) under the partners' DICOMweb base."""
+    return (
+        f"{base}/studies/{instance.study_instance_uid}/series/{instance.series_instance_uid}"
+        f"/instances/{instance.sop_instance_uid}"
+    )
+
+
+def delivered_instance(delivery: events_pb2.PartnerDelivery, source_sha256: str = "") -> DeliveredInstance:
+    """What the retrieval API needs to know of one delivery."""
+    return DeliveredInstance(
+        partner_id=delivery.partner_id,
+        study_uid=delivery.instance.study_instance_uid,
+        series_uid=delivery.instance.series_instance_uid,
+        sop_uid=delivery.instance.sop_instance_uid,
+        sop_class_uid=delivery.instance.sop_class_uid,
+        transfer_syntax_uid=delivery.instance.transfer_syntax_uid,
+        modality=delivery.instance.modality,
+        sha256=delivery.blob.sha256,
+        size=delivery.blob.size,
+        delivery_id=delivery.meta.event_id,
+        source_sha256=source_sha256 if source_sha256 != delivery.blob.sha256 else "",
+        route_id=delivery.route_id,
+        priority=int(delivery.priority),
+        delivered_at_ms=delivery.meta.occurred_at_ms,
+        ingested_at_ms=delivery.meta.ingested_at_ms,
+    )
+
+
 def deliver_event(
     prepared: events_pb2.InstancePrepared,
     partner_known: bool,
-    load_blob: Callable[[str], bytes],
     topics: Topics,
+    dicomweb_base: str,
     clock: Callable[[], int] = now_ms,
-) -> list[OutgoingMessage]:
+) -> tuple[list[OutgoingMessage], events_pb2.PartnerDelivery | None]:
+    """The messages to publish, and the delivery to record (None when nothing is delivered)."""
     study = prepared.source_instance.study_instance_uid
-    failure = ""
     if not partner_known:
-        failure = "unknown-partner"
-    elif prepared.blob.size > INLINE_LIMIT:
-        failure = "exceeds-inline-limit"
-    if failure:
         quarantined = events_pb2.Quarantined(
             meta=derived_meta("quarantine", prepared.meta, clock=clock),
             stage="delivery",
-            reason=failure,
-            detail=f"limit {INLINE_LIMIT} bytes" if failure == "exceeds-inline-limit" else "",
+            reason="unknown-partner",
             source_org=prepared.source_org,
             instance=prepared.source_instance,
             blob=prepared.blob,
             partner_id=prepared.partner_id,
             route_id=prepared.route_id,
         )
-        outcome = _outcome(prepared, events_pb2.DELIVERY_STATUS_FAILED, "", failure, clock)
+        outcome = _outcome(prepared, events_pb2.DELIVERY_STATUS_FAILED, "", "unknown-partner", clock)
         return [
             event_message(topics.quarantine, quarantined, study),
             event_message(topics.outcomes, outcome, study),
-        ]
+        ], None
     partner_topic = topics.partner(prepared.partner_id)
     delivery = events_pb2.PartnerDelivery(
         meta=derived_meta("delivery", prepared.meta, clock=clock),
@@ -71,27 +103,89 @@ def deliver_event(
         partner_id=prepared.partner_id,
         deidentified=prepared.deidentified,
         profile=prepared.profile,
-        dicom=load_blob(prepared.blob.sha256),
+        profile_version=prepared.profile_version,
+        route_id=prepared.route_id,
+        priority=prepared.priority,
+        retrieval_url=retrieval_url(dicomweb_base, prepared.instance),
     )
     outcome = _outcome(prepared, events_pb2.DELIVERY_STATUS_DELIVERED, partner_topic, "", clock)
     # Keyed by the delivered study UID: the partner never sees the original when it was remapped.
     return [
         event_message(partner_topic, delivery, prepared.instance.study_instance_uid),
         event_message(topics.outcomes, outcome, study),
-    ]
+    ], delivery
 
 
-def build_delivery_handler(
-    partner_known: Callable[[str], bool],
-    store: BlobStore,
-    topics: Topics,
-    ensure_partner_topic: Callable[[str], None],
-) -> Callable[[IncomingMessage], list[OutgoingMessage]]:
-    def handle(message: IncomingMessage) -> list[OutgoingMessage]:
+_RECEIPT_STATUS = {
+    events_pb2.STORE_STATUS_STORED: "stored",
+    events_pb2.STORE_STATUS_DEAD_LETTERED: "dead_lettered",
+}
+
+
+def stored_receipt(receipt: events_pb2.DeliveryReceipt, partner_id: str) -> StoredReceipt | None:
+    """What a gateway's receipt changes in the delivery record (None: nothing, e.g. a retry notice).
+    The partner is the owner of the receipts topic, never what the payload says."""
+    status = _RECEIPT_STATUS.get(receipt.status)
+    if status is None or not receipt.instance.sop_instance_uid:
+        return None
+    return StoredReceipt(
+        partner_id=partner_id,
+        study_uid=receipt.instance.study_instance_uid,
+        series_uid=receipt.instance.series_instance_uid,
+        sop_uid=receipt.instance.sop_instance_uid,
+        status=status,
+        at_ms=receipt.stored_at_ms or receipt.meta.occurred_at_ms,
+    )
+
+
+class DeliveryHandler:
+    """A bus handler with the bus's `flush()` batch hook: the batch's deliveries are recorded in one
+    write before the bus publishes the batch's messages (and only then commits).
+
+    It reads two kinds of input: prepared instances, and the partners' receipts (what each gateway
+    stored), which mark a delivery as no longer owed so its objects may eventually be deleted."""
+
+    def __init__(
+        self,
+        partner_known: Callable[[str], bool],
+        topics: Topics,
+        ensure_partner_topic: Callable[[str], None],
+        record: Callable[[list[DeliveredInstance]], None],
+        dicomweb_base: str,
+        mark: Callable[[list[StoredReceipt]], None] = lambda receipts: None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._partner_known = partner_known
+        self._topics = topics
+        self._ensure_partner_topic = ensure_partner_topic
+        self._record = record
+        self._base = dicomweb_base
+        self._clock = clock
+        self._mark = mark
+        self._pending: list[DeliveredInstance] = []
+        self._receipts: list[StoredReceipt] = []
+
+    def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
+        receipts_of = self._topics.receipts_partner(message.topic)
+        if receipts_of is not None:
+            receipt = stored_receipt(events_pb2.DeliveryReceipt.FromString(message.value), receipts_of)
+            if receipt is not None:
+                self._receipts.append(receipt)
+            return []
         prepared = events_pb2.InstancePrepared.FromString(message.value)
-        known = partner_known(prepared.partner_id)
+        known = self._partner_known(prepared.partner_id)
         if known:
-            ensure_partner_topic(prepared.partner_id)
-        return deliver_event(prepared, known, store.get, topics)
+            self._ensure_partner_topic(prepared.partner_id)
+        outputs, delivery = deliver_event(prepared, known, self._topics, self._base, self._clock)
+        if delivery is not None:
+            self._pending.append(delivered_instance(delivery, prepared.source_blob.sha256))
+        return outputs
 
-    return handle
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        receipts, self._receipts = self._receipts, []
+        # Cleared first: if a write fails the bus reads the whole batch again and rebuilds both.
+        if pending:
+            self._record(pending)
+        if receipts:
+            self._mark(receipts)

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
+from services.common.blob_lifecycle import collect
 from services.common.blob_store import LocalBlobStore
-from services.common.bus import ensure_topics
+from services.common.bus import BusProducer, ensure_topics
 from services.common.control_server import ControlServer
 from services.common.kafka_access import PartnerAccess
 from services.common.mongo import connect
 from services.common.runtime import StageSpec, run_stage
 from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
-from services.delivery.handler import build_delivery_handler
+from services.delivery.completeness import CompletenessSweep
+from services.delivery.delivered import DeliveredObjects
+from services.delivery.dicomweb_wiring import start_partner_api
+from services.delivery.handler import DeliveryHandler, delivery_pattern
 from services.delivery.partners import PartnerCache, PartnerSignIn, register_partner_admin
 from services.delivery.settings import DeliverySettings
+
+log = logging.getLogger(__name__)
 
 
 class PartnerTopics:
@@ -33,10 +40,23 @@ class PartnerTopics:
                 return
             ensure_topics(
                 self._settings.kafka_bootstrap,
-                [self._topics.partner(partner_id)],
+                [self._topics.partner(partner_id), self._topics.receipts(partner_id)],
                 self._settings.partner_topic_partitions,
             )
             self._ensured.add(partner_id)
+
+
+def collect_blobs_every(
+    settings: DeliverySettings, blobs: LocalBlobStore, delivered: DeliveredObjects, stop: threading.Event
+) -> None:
+    """The blob lifecycle, on a timer: objects no partner is owed go after the retention."""
+    while not stop.wait(settings.blob_gc_interval_s):
+        try:
+            result = collect(blobs.root, delivered.unstored_blobs, settings.blob_retention_s)
+        except Exception as error:  # the database is away: next round
+            log.warning("blob collection failed", extra={"error": type(error).__name__})
+            continue
+        log.info("blobs collected", extra={"count": result.deleted})
 
 
 def _sign_in(settings: DeliverySettings) -> PartnerSignIn | None:
@@ -61,14 +81,42 @@ def serve(
     partner_topics = PartnerTopics(settings, topics)
     cache = PartnerCache(store)
     blobs = LocalBlobStore(settings.blob_dir)
+    delivered = DeliveredObjects(db)
+    # The retrieval API's audit events and the StudyComplete announcements go through a producer of
+    # their own: the stage's producer belongs to the consumer loop's batches.
+    retrievals = BusProducer(settings.kafka_bootstrap, client_id="imx-delivery-dicomweb")
+    api = start_partner_api(settings, db, blobs, retrievals, topics)
+    base = settings.dicomweb_base(api.port)
+    sweep = CompletenessSweep(delivered, retrievals.publish, topics, settings.study_quiet_s)
+    sweep_stop = threading.Event()
+    sweeper = threading.Thread(
+        target=sweep.run, args=(sweep_stop, min(5.0, settings.study_quiet_s / 4)), name="completeness", daemon=True
+    )
+    sweeper.start()
+    collector = None
+    if settings.blob_gc_interval_s > 0:
+        collector = threading.Thread(
+            target=collect_blobs_every,
+            args=(settings, blobs, delivered, sweep_stop),
+            name="blob-gc",
+            daemon=True,
+        )
+        collector.start()
     try:
         run_stage(
             settings,
-            StageSpec(name="delivery", group_id=f"{settings.topic_prefix}imx-delivery", topics=[topics.prepared]),
-            lambda _producer, t: build_delivery_handler(cache.is_known, blobs, t, partner_topics.ensure),
+            StageSpec(
+                name="delivery", group_id=f"{settings.topic_prefix}imx-delivery", pattern=delivery_pattern(topics)
+            ),
+            lambda _producer, t: DeliveryHandler(
+                cache.is_known, t, partner_topics.ensure, delivered.record, base, mark=delivered.mark
+            ),
             extra_servicers=[register_partner_admin(store, topics, partner_topics.ensure, _sign_in(settings))],
             stop=stop,
             on_ready=on_ready,
         )
     finally:
+        sweep_stop.set()
+        api.stop()
+        retrievals.close()
         client.close()

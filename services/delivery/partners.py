@@ -46,8 +46,8 @@ class PartnerSignIn:
     bootstrap: str
     security_protocol: str = "SASL_PLAINTEXT"
 
-    def issue(self, partner_id: str, topic: str) -> admin_pb2.PartnerKafkaAccess:
-        credentials = self.access.grant(partner_id, topic)
+    def issue(self, partner_id: str, topic: str, receipts_topic: str) -> admin_pb2.PartnerKafkaAccess:
+        credentials = self.access.grant(partner_id, topic, receipts_topic)
         return admin_pb2.PartnerKafkaAccess(
             bootstrap=self.bootstrap,
             security_protocol=self.security_protocol,
@@ -75,7 +75,7 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         if self._sign_in is None:
             return None
         try:
-            return self._sign_in.issue(partner_id, self._topics.partner(partner_id))
+            return self._sign_in.issue(partner_id, self._topics.partner(partner_id), self._topics.receipts(partner_id))
         except (KafkaError, RuntimeError) as error:
             log.warning("partner sign-in not issued", extra={"partner": partner_id, "error": type(error).__name__})
             context.abort(
@@ -97,11 +97,20 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
             partner = self._store.add(Partner(request.partner.partner_id, request.partner.name))
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        # The topic exists before anything is delivered, so a partner can subscribe right away.
+        # The topics exist before anything is delivered, so a partner can subscribe right away.
         self._create_topic(partner.partner_id)
         return admin_pb2.AddPartnerReply(
-            partner=self._proto(partner), kafka_access=self._issue(partner.partner_id, context)
+            partner=self._proto(partner),
+            kafka_access=self._issue(partner.partner_id, context),
+            dicomweb_key=self._store.issue_dicomweb_key(partner.partner_id),
         )
+
+    def ResetPartnerDicomwebKey(
+        self, request: admin_pb2.ResetPartnerDicomwebKeyRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ResetPartnerDicomwebKeyReply:
+        if self._store.get(request.partner_id) is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no partner {request.partner_id!r}")
+        return admin_pb2.ResetPartnerDicomwebKeyReply(dicomweb_key=self._store.issue_dicomweb_key(request.partner_id))
 
     def ResetPartnerPassword(
         self, request: admin_pb2.ResetPartnerPasswordRequest, context: grpc.ServicerContext

@@ -1,11 +1,21 @@
+"""Process settings of the delivery service. Its HTTP settings are read as IMX_DELIVERY_<NAME> first,
+then IMX_<NAME> (as audit's are), so one shell can run every service on distinct ports."""
+
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
 
+from services.common.blob_lifecycle import DEFAULT_RETENTION_S
 from services.common.settings import ServiceSettings
 
 
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(f"IMX_DELIVERY_{name}", f"IMX_{name}")
+
+
 class DeliverySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="IMX_", extra="ignore", populate_by_name=True)
     grpc_port: int = Field(50054, ge=0, le=65535)
     partner_topic_partitions: int = Field(3, ge=1, description="partitions of each partner's topic")
     kafka_partner_bootstrap: str = Field(
@@ -16,3 +26,42 @@ class DeliverySettings(ServiceSettings):
     kafka_partner_security_protocol: str = Field(
         "SASL_PLAINTEXT", description="what partners use on that listener: SASL_SSL in production"
     )
+    http_host: str = Field(
+        "127.0.0.1", validation_alias=_env("HTTP_HOST"), description="where the partners' DICOMweb API listens"
+    )
+    http_port: int = Field(
+        8046,
+        ge=0,
+        le=65535,
+        validation_alias=_env("HTTP_PORT"),
+        description="the partners' DICOMweb API port (0: any free port)",
+    )
+    public_url: str = Field(
+        "",
+        validation_alias=_env("PUBLIC_URL"),
+        description="the DICOMweb base URL partners use, e.g. https://imx.example.org/dicomweb; "
+        "empty: http://<http_host>:<http_port>/dicomweb",
+    )
+    study_quiet_s: float = Field(
+        60.0,
+        gt=0,
+        validation_alias=_env("STUDY_QUIET_S"),
+        description="a study with no new instance for this long gets a StudyComplete on the feed",
+    )
+
+    blob_retention_s: float = Field(
+        DEFAULT_RETENTION_S,
+        gt=0,
+        validation_alias=_env("BLOB_RETENTION_S"),
+        description="objects no partner is owed are deleted this long after they were last written "
+        "(default: seven days, the partner topics' retention)",
+    )
+    blob_gc_interval_s: float = Field(
+        3600.0, ge=0, validation_alias=_env("BLOB_GC_INTERVAL_S"), description="how often to collect; 0: never"
+    )
+
+    def dicomweb_base(self, bound_port: int | None = None) -> str:
+        """The base URL put into each PartnerDelivery's retrieval_url (no trailing slash)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.http_host}:{bound_port or self.http_port}/dicomweb"

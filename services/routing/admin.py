@@ -5,9 +5,21 @@ from __future__ import annotations
 import grpc
 
 from services.common.control_server import ServicerRegistration
-from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
+from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc, events_pb2
 from services.routing.rules import Route, RouteMatch, RoutingInput, decide
 from services.routing.store import RouteStore
+
+
+def priority_class_to_proto(name: str) -> str:
+    """The enum's name, which protobuf accepts wherever the enum is expected."""
+    return f"PRIORITY_CLASS_{name.upper()}"
+
+
+def priority_class_from_proto(value: int) -> str:
+    """Unset (0) is routine."""
+    if value == events_pb2.PRIORITY_CLASS_UNSPECIFIED:
+        return "routine"
+    return events_pb2.PriorityClass.Name(value).removeprefix("PRIORITY_CLASS_").lower()
 
 
 def route_to_proto(route: Route) -> admin_pb2.Route:
@@ -20,6 +32,7 @@ def route_to_proto(route: Route) -> admin_pb2.Route:
         profile=route.profile,
         version=route.version,
         enabled=route.enabled,
+        priority_class=priority_class_to_proto(route.priority_class),
         match=admin_pb2.RouteMatch(
             source_orgs=list(m.source_orgs),
             modalities=list(m.modalities),
@@ -40,6 +53,7 @@ def route_from_proto(msg: admin_pb2.Route) -> Route:
         partner_id=msg.partner_id,
         profile=msg.profile,
         enabled=msg.enabled,
+        priority_class=priority_class_from_proto(msg.priority_class),
         match=RouteMatch(
             source_orgs=tuple(m.source_orgs),
             modalities=tuple(m.modalities),
@@ -79,7 +93,12 @@ class RoutingAdminServicer(admin_pb2_grpc.RoutingAdminServicer):
         decisions = decide(self._store.list(), item)
         return admin_pb2.TestRouteReply(
             decisions=[
-                admin_pb2.RouteDecision(route_id=d.route_id, partner_id=d.partner_id, profile=d.profile)
+                admin_pb2.RouteDecision(
+                    route_id=d.route_id,
+                    partner_id=d.partner_id,
+                    profile=d.profile,
+                    priority_class=priority_class_to_proto(d.priority_class),
+                )
                 for d in decisions
             ]
         )

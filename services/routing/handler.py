@@ -39,6 +39,7 @@ def route_event(
             route_id=decision.route_id,
             partner_id=decision.partner_id,
             profile=decision.profile,
+            priority=f"PRIORITY_CLASS_{decision.priority_class.upper()}",
         )
         outputs.append(event_message(topics.routed, routed, study))
     return outputs

@@ -16,6 +16,10 @@ from services.common.topics import validate_partner_id
 
 _ROUTE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
+# A route's class says how urgently its instances move: urgent (stroke, trauma) overtakes routine,
+# which overtakes bulk (research, 3D modelling).
+PRIORITY_CLASSES = ("urgent", "routine", "bulk")
+
 
 @dataclass(frozen=True)
 class RouteMatch:
@@ -37,6 +41,7 @@ class Route:
     match: RouteMatch = field(default_factory=RouteMatch)
     enabled: bool = True
     version: int = 1
+    priority_class: str = "routine"
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,15 @@ class RouteDecision:
     partner_id: str
     profile: str
     version: int
+    priority_class: str = "routine"
 
 
 def validate_route(route: Route) -> Route:
     if not _ROUTE_ID.match(route.route_id):
         raise ValueError("route id must be 1-63 characters of lower-case letters, digits and '-'")
     validate_partner_id(route.partner_id)
+    if route.priority_class not in PRIORITY_CLASSES:
+        raise ValueError(f"priority class must be one of {', '.join(PRIORITY_CLASSES)} (got {route.priority_class!r})")
     for pattern in (route.match.study_description, route.match.body_part, route.match.requested_destination):
         if len(pattern) > 256:
             raise ValueError("patterns are limited to 256 characters")
@@ -96,5 +104,7 @@ def decide(routes: Iterable[Route], item: RoutingInput) -> list[RouteDecision]:
     chosen: dict[str, RouteDecision] = {}
     for route in sorted(routes, key=lambda r: (r.priority, r.route_id)):
         if route.enabled and route.partner_id not in chosen and route_matches(route.match, item):
-            chosen[route.partner_id] = RouteDecision(route.route_id, route.partner_id, route.profile, route.version)
+            chosen[route.partner_id] = RouteDecision(
+                route.route_id, route.partner_id, route.profile, route.version, route.priority_class
+            )
     return list(chosen.values())

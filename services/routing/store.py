@@ -30,6 +30,7 @@ def route_from_doc(doc: dict[str, Any]) -> Route:
         priority=int(doc.get("priority", 100)),
         enabled=bool(doc.get("enabled", True)),
         version=int(doc.get("version", 1)),
+        priority_class=str(doc.get("priority_class", "routine")),
         match=RouteMatch(
             source_orgs=tuple(m.get("source_orgs", [])),
             modalities=tuple(m.get("modalities", [])),

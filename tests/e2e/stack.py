@@ -35,6 +35,7 @@ class Stack:
     ingest_http: int
     ingest_dicom: int
     audit_http: int
+    delivery_http: int
     audit_api_key: str = ""  # an analyst's key, issued once the audit service runs
     log_dir: Path | None = None  # the services' logs, for failure messages
 
@@ -51,6 +52,11 @@ class Stack:
     @property
     def stow_url(self) -> str:
         return f"http://127.0.0.1:{self.ingest_http}/dicomweb"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The partners' DICOMweb API (served by delivery)."""
+        return f"http://127.0.0.1:{self.delivery_http}/dicomweb"
 
     @property
     def audit_url(self) -> str:
@@ -71,7 +77,7 @@ class Stack:
 
 @contextmanager
 def running_stack(kafka: str, kafka_partner: str, mongo: str, root: Path) -> Iterator[Stack]:
-    ports = free_ports(len(SERVICES) + 3)
+    ports = free_ports(len(SERVICES) + 4)
     tag = uuid.uuid4().hex[:8]
     stack = Stack(
         prefix=f"e2e-{tag}.",
@@ -81,9 +87,10 @@ def running_stack(kafka: str, kafka_partner: str, mongo: str, root: Path) -> Ite
         mongo=mongo,
         blob_dir=root / "blobs",
         grpc=dict(zip(SERVICES, ports, strict=False)),
-        ingest_http=ports[-3],
-        ingest_dicom=ports[-2],
-        audit_http=ports[-1],
+        ingest_http=ports[-4],
+        ingest_dicom=ports[-3],
+        audit_http=ports[-2],
+        delivery_http=ports[-1],
         log_dir=root / "log",
     )
     procs: list[ManagedProcess] = []
@@ -105,6 +112,8 @@ def running_stack(kafka: str, kafka_partner: str, mongo: str, root: Path) -> Ite
                 env.update({"IMX_HTTP_PORT": str(stack.ingest_http), "IMX_DICOM_PORT": str(stack.ingest_dicom)})
             if service == "audit":
                 env["IMX_HTTP_PORT"] = str(stack.audit_http)
+            if service == "delivery":
+                env.update({"IMX_HTTP_PORT": str(stack.delivery_http), "IMX_DELIVERY_STUDY_QUIET_S": "3"})
             procs.append(
                 start_process(
                     service,

@@ -5,6 +5,7 @@ creates no duplicate deliveries."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from pydicom.dataset import Dataset
 
 from services.common.dicom.part10 import dataset_to_bytes
 from services.common.dicom.synthetic import StudyPlan, plan_study, study_instances
+from services.common.events import EVENT_TYPE_HEADER
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc, events_pb2
 from tests.e2e.stack import Stack
@@ -46,6 +48,7 @@ class Sent:
     files: dict[str, Path]  # SOP Instance UID -> file
     c_store_files: list[Path]
     api_key: str
+    partner_keys: dict[str, str]  # partner id -> its DICOMweb key
 
 
 def dataset_part(data: bytes) -> bytes:
@@ -65,7 +68,7 @@ def storescu(stack: Stack, ae: str, files: list[Path]) -> None:
     )
 
 
-def configure(stack: Stack) -> str:
+def configure(stack: Stack) -> tuple[str, dict[str, str]]:
     with grpc.insecure_channel(stack.grpc_address("ingest")) as channel:
         orgs = admin_pb2_grpc.OrganisationAdminStub(channel)
         key = orgs.AddOrganisation(
@@ -80,8 +83,12 @@ def configure(stack: Stack) -> str:
         )
     with grpc.insecure_channel(stack.grpc_address("delivery")) as channel:
         partners = admin_pb2_grpc.PartnerAdminStub(channel)
-        for partner in (CARE, RESEARCH):
-            partners.AddPartner(admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=partner)))
+        partner_keys = {
+            partner: partners.AddPartner(
+                admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=partner))
+            ).dicomweb_key
+            for partner in (CARE, RESEARCH)
+        }
     with grpc.insecure_channel(stack.grpc_address("routing")) as channel:
         routes = admin_pb2_grpc.RoutingAdminStub(channel)
         routes.AddRoute(
@@ -105,7 +112,7 @@ def configure(stack: Stack) -> str:
                 )
             )
         )
-    return key
+    return key, partner_keys
 
 
 def wait_for(stack: Stack, condition, timeout_s: float = 300) -> dict:  # type: ignore[no-untyped-def, type-arg]
@@ -125,7 +132,7 @@ def wait_for(stack: Stack, condition, timeout_s: float = 300) -> dict:  # type: 
 
 @pytest.fixture(scope="module")
 def sent(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Sent:
-    api_key = configure(stack)
+    api_key, partner_keys = configure(stack)
     time.sleep(1.5)  # the SCP re-reads calling AE titles every second in this test (IMX_CALLING_AE_REFRESH_S)
     root = tmp_path_factory.mktemp("data")
     plans = [plan_study(900 + i, modality, 50, "RXA01") for i, modality in enumerate(["CT", "CT", "MR", "MR"])]
@@ -171,12 +178,38 @@ def sent(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Sent:
             >= 402
         ),
     )
-    return Sent(plans, files, by_modality["CT"], api_key)
+    return Sent(plans, files, by_modality["CT"], api_key, partner_keys)
+
+
+def feed(stack: Stack, partner: str, expected: int, timeout_s: float) -> list[tuple[str, bytes]]:
+    """(event type, value) of every message on the partner's feed."""
+    records = read_all(stack.kafka, Topics(stack.prefix).partner(partner), expected=expected, timeout_s=timeout_s)
+    return [(dict(r.headers)[EVENT_TYPE_HEADER].decode(), r.value) for r in records]
 
 
 def deliveries(stack: Stack, partner: str, expected: int, timeout_s: float = 60) -> list[events_pb2.PartnerDelivery]:
-    records = read_all(stack.kafka, Topics(stack.prefix).partner(partner), expected=expected, timeout_s=timeout_s)
-    return [events_pb2.PartnerDelivery.FromString(r.value) for r in records]
+    return [
+        events_pb2.PartnerDelivery.FromString(value)
+        for kind, value in feed(stack, partner, expected, timeout_s)
+        if kind == "PartnerDelivery"
+    ]
+
+
+def fetch(delivery: events_pb2.PartnerDelivery, key: str) -> httpx.Response:
+    """What the partner's gateway does with a reference on its feed: WADO-RS with its own key."""
+    return httpx.get(
+        delivery.retrieval_url,
+        headers={"Authorization": f"Bearer {key}", "Accept": "application/dicom"},
+        timeout=30,
+    )
+
+
+def fetched(delivery: events_pb2.PartnerDelivery, key: str) -> bytes:
+    response = fetch(delivery, key)
+    assert response.status_code == 200, response.status_code
+    data = response.content
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (delivery.blob.size, delivery.blob.sha256)
+    return data
 
 
 def test_the_care_partner_receives_every_instance_byte_identical(stack: Stack, sent: Sent) -> None:
@@ -186,7 +219,37 @@ def test_the_care_partner_receives_every_instance_byte_identical(stack: Stack, s
     for delivery in received:
         original = sent.files[delivery.instance.sop_instance_uid].read_bytes()
         assert not delivery.deidentified
-        assert dataset_part(delivery.dicom) == dataset_part(original)
+        assert len(delivery.SerializeToString()) < 2048, "the feed carries a reference, not the image"
+        assert dataset_part(fetched(delivery, sent.partner_keys[CARE])) == dataset_part(original)
+
+
+def test_each_study_is_announced_complete_with_the_manifest_of_what_was_delivered(stack: Stack, sent: Sent) -> None:
+    delivered = {d.instance.sop_instance_uid: d for d in deliveries(stack, CARE, 200)}
+    # The e2e stack's quiet period is 3 s (IMX_DELIVERY_STUDY_QUIET_S); the sweep runs every 0.75 s.
+    deadline = time.monotonic() + 60
+    complete: dict[str, events_pb2.StudyComplete] = {}
+    while len(complete) < len(sent.plans) and time.monotonic() < deadline:
+        for kind, value in feed(stack, CARE, 200 + len(sent.plans), timeout_s=5):
+            if kind == "StudyComplete":
+                event = events_pb2.StudyComplete.FromString(value)
+                complete[event.study_instance_uid] = event
+    assert set(complete) == {plan.study_instance_uid for plan in sent.plans}
+    for study, event in complete.items():
+        assert event.count == 50 == len(event.instances)
+        for entry in event.instances:
+            delivery = delivered[entry.sop_instance_uid]
+            assert delivery.instance.study_instance_uid == study
+            assert (entry.sha256, entry.size, entry.delivery_id) == (
+                delivery.blob.sha256,
+                delivery.blob.size,
+                delivery.meta.event_id,
+            )
+
+
+def test_a_partner_cannot_fetch_what_was_sent_to_another(stack: Stack, sent: Sent) -> None:
+    delivery = deliveries(stack, CARE, 200)[0]
+    assert fetch(delivery, sent.partner_keys[RESEARCH]).status_code == 404, "not 403: existence is not confirmed"
+    assert fetch(delivery, "imxp_not-a-key").status_code == 401
 
 
 def test_the_research_partner_receives_no_seeded_phi_anywhere(stack: Stack, sent: Sent) -> None:
@@ -210,7 +273,7 @@ def test_the_research_partner_receives_no_seeded_phi_anywhere(stack: Stack, sent
     original_uids = {uid.encode() for uid in sent.files} | {p.study_instance_uid.encode() for p in sent.plans}
     for delivery in received:
         assert delivery.deidentified and delivery.profile == "research"
-        data = delivery.dicom
+        data = fetched(delivery, sent.partner_keys[RESEARCH])
         leaked = [n.decode() for n in needles if n in data]
         assert not leaked, f"seeded PHI found in a de-identified copy ({len(leaked)} values)"
         assert not any(uid in data for uid in original_uids), "original UIDs are remapped everywhere"
@@ -239,7 +302,7 @@ def test_the_audit_trail_of_every_study_shows_every_hop(stack: Stack, sent: Sent
         ).json()
         counts = Counter(event["event_type"] for event in trail["events"])
         assert counts["ingested"] == 50
-        for hop in ("routed", "prepared", "partner_delivery", "outcome"):
+        for hop in ("routed", "prepared", "outcome"):
             assert counts[hop] == 100, f"{hop}: one per instance and destination"
         assert trail["received"][0]["source_org"] == "trust-a"
         destinations = {d["partner_id"]: d for d in trail["destinations"]}

@@ -163,7 +163,7 @@ def test_pods_run_as_non_root_with_a_read_only_root_and_no_capabilities(default_
         assert "emptyDir" in volumes["tmp"]
 
 
-def test_ingest_and_audit_services_expose_their_doors(default_docs: list[dict[str, Any]]) -> None:
+def test_ingest_audit_and_delivery_services_expose_their_doors(default_docs: list[dict[str, Any]]) -> None:
     services = of_kind(default_docs, "Service")
 
     def ports(name: str) -> dict[str, int]:
@@ -171,8 +171,18 @@ def test_ingest_and_audit_services_expose_their_doors(default_docs: list[dict[st
 
     assert ports("ingest") == {"grpc": 50051, "dicom": 11112, "http": 8041}
     assert ports("audit") == {"grpc": 50055, "http": 8045}
-    for name in ("routing", "deid", "delivery"):
+    assert ports("delivery") == {"grpc": 50054, "http": 8046}, "the partners' DICOMweb API"
+    for name in ("routing", "deid"):
         assert ports(name) == {"grpc": GRPC_PORTS[name]}
+
+
+def test_partners_feeds_point_at_the_public_dicomweb_url(render: Render) -> None:
+    default = env_of(of_kind(render(), "Deployment")["imx-delivery"])
+    assert default["IMX_DELIVERY_PUBLIC_URL"]["value"] == "http://imx-delivery:8046/dicomweb"
+    public = render("services.delivery.publicUrl=https://imx.example.org/dicomweb")
+    assert env_of(of_kind(public, "Deployment")["imx-delivery"])["IMX_DELIVERY_PUBLIC_URL"]["value"] == (
+        "https://imx.example.org/dicomweb"
+    )
 
 
 def test_blob_volume_is_one_read_write_many_claim_shared_by_ingest_deid_and_delivery(render: Render) -> None:

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 from pymongo.database import Database
 
+from services.common.api_keys import api_key_digest, issue_api_key
 from services.common.topics import validate_partner_id
+
+DICOMWEB_KEY_PREFIX = "imxp_"
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,8 @@ class Partner:
 class PartnerStore:
     def __init__(self, db: Database) -> None:
         self._partners = db["partners"]
+        # digest of a partner's DICOMweb key -> partner id: checking a key is one _id lookup.
+        self._keys = db["partner_keys"]
 
     def add(self, partner: Partner) -> Partner:
         """Create or rename; the pseudonymisation key is made once and kept on later updates."""
@@ -32,7 +37,20 @@ class PartnerStore:
         return partner
 
     def remove(self, partner_id: str) -> bool:
+        self._keys.delete_many({"partner_id": partner_id})
         return self._partners.delete_one({"_id": partner_id}).deleted_count == 1
+
+    def issue_dicomweb_key(self, partner_id: str) -> str:
+        """A new DICOMweb key for the partner (shown once); its earlier keys stop working."""
+        key = issue_api_key(DICOMWEB_KEY_PREFIX)
+        self._keys.delete_many({"partner_id": partner_id})
+        self._keys.insert_one({"_id": api_key_digest(key), "partner_id": partner_id})
+        return key
+
+    def partner_for_key(self, api_key: str) -> str | None:
+        """The partner a DICOMweb key belongs to, or None."""
+        doc = self._keys.find_one({"_id": api_key_digest(api_key)})
+        return str(doc["partner_id"]) if doc else None
 
     def get(self, partner_id: str) -> Partner | None:
         doc = self._partners.find_one({"_id": partner_id}, {"name": 1})

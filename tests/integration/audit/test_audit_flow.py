@@ -86,12 +86,13 @@ def test_every_hop_is_recorded_replays_add_nothing_and_late_partner_topics_are_r
             ("ingested", None),
             ("routed", "research-a"),
             ("prepared", "research-a"),
-            ("partner_delivery", "research-a"),
             ("outcome", "research-a"),
+            ("receipt", "research-a"),
         ]
         assert ("outcome", "care-b") in hops and ("quarantined", None) in hops and ("dead_letter", "research-a") in hops
         assert trail["received"][0]["source_org"] == "trust-a" and trail["received"][0]["channel"] == "c-store"
         assert {d["partner_id"]: d["delivered"] for d in trail["destinations"]} == {"research-a": 2, "care-b": 1}
+        assert {d["partner_id"]: d["stored"] for d in trail["destinations"]} == {"research-a": 2, "care-b": 1}
         assert api.get("/audit/summary").json()["quarantined_by_reason"] == {"not-dicom": 1}
 
         stored = repr(list(collection.find()))
@@ -101,14 +102,15 @@ def test_every_hop_is_recorded_replays_add_nothing_and_late_partner_topics_are_r
         _poll_until(consumer, handler, lambda: stats.snapshot().processed >= 2 * len(messages), 30)
         assert collection.count_documents({}) == expected
 
-        late = topics.partner("late-joiner")
+        # A partner added later: its receipts topic is picked up by the pattern subscription.
+        late = topics.receipts("late-joiner")
         ensure_topics(kafka_bootstrap, [late], 1)
-        delivery = pb.PartnerDelivery(
+        receipt = pb.DeliveryReceipt(
             meta=pb.EventMeta(event_id=event_id("late", STUDY.sop), occurred_at_ms=T0_MS + 9000),
             instance=STUDY.ref(),
-            partner_id="late-joiner",
+            status=pb.STORE_STATUS_STORED,
         )
-        producer.publish([event_message(late, delivery, STUDY.study)])
+        producer.publish([event_message(late, receipt, STUDY.study)])
         _poll_until(consumer, handler, lambda: collection.count_documents({"partner_id": "late-joiner"}) == 1, 30)
         assert (collection.find_one({"partner_id": "late-joiner"}) or {}).get("topic") == late
     finally:

@@ -13,7 +13,6 @@ from services.proto_gen.imx.v1 import events_pb2 as pb
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 PHI_DESCRIPTION = "CT HEAD for DOE^JANE 1970-01-01"
-DICOM_BYTES = b"\x00" * 128 + b"DICM" + b"PATIENT^SECRET" * 8
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,8 @@ def journey(
     org: str = "trust-a",
     delivered: bool = True,
 ) -> list[OutgoingMessage]:
-    """ingested → routed → prepared → partner delivery → outcome of one instance to one partner."""
+    """ingested → routed → prepared → outcome → the partner gateway's receipt (stored, or failed when
+    `delivered` is False) of one instance to one partner."""
     delivered_as = instance.remapped() if deidentified else instance
     profile = "research-basic" if deidentified else ""
     ingested = pb.InstanceIngested(
@@ -86,16 +86,8 @@ def journey(
         profile_version=3 if profile else 0,
         deidentified=deidentified,
     )
-    delivery = pb.PartnerDelivery(
-        meta=meta("delivery", instance, t0_ms + 30, prepared.meta.event_id, partner),
-        instance=delivered_as.ref(),
-        partner_id=partner,
-        deidentified=deidentified,
-        profile=profile,
-        dicom=DICOM_BYTES,
-    )
     outcome = pb.DeliveryOutcome(
-        meta=meta("outcome", instance, t0_ms + 40, prepared.meta.event_id, partner),
+        meta=meta("outcome", instance, t0_ms + 30, prepared.meta.event_id, partner),
         source_instance=instance.ref(),
         instance=delivered_as.ref(),
         source_org=org,
@@ -106,12 +98,25 @@ def journey(
         topic=topics.partner(partner),
         detail="" if delivered else "partner-unreachable",
     )
+    delivery_id = event_id("delivery", prepared.meta.event_id)
+    receipt = pb.DeliveryReceipt(
+        meta=pb.EventMeta(
+            event_id=event_id("receipt", delivery_id, "stored"), occurred_at_ms=t0_ms + 40, ingested_at_ms=T0_MS
+        ),
+        delivery_id=delivery_id,
+        instance=delivered_as.ref(),
+        status=pb.STORE_STATUS_STORED if delivered else pb.STORE_STATUS_FAILED,
+        target_kind="dicom",
+        detail="" if delivered else "0xA700",
+        attempts=1,
+        stored_at_ms=t0_ms + 40,
+    )
     return [
         event_message(topics.ingested, ingested, instance.study),
         event_message(topics.routed, routed, instance.study),
         event_message(topics.prepared, prepared, instance.study),
-        event_message(topics.partner(partner), delivery, delivered_as.study),
         event_message(topics.outcomes, outcome, instance.study),
+        event_message(topics.receipts(partner), receipt, delivered_as.study),
     ]
 
 

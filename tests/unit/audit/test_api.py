@@ -66,7 +66,7 @@ def test_trail_shows_every_hop_in_order(client: TestClient) -> None:
     assert response.status_code == 200
     trail = response.json()
     kinds = [e["event_type"] for e in trail["events"]]
-    assert kinds[:5] == ["ingested", "routed", "prepared", "partner_delivery", "outcome"]
+    assert kinds[:5] == ["ingested", "routed", "prepared", "outcome", "receipt"]
     assert kinds.count("quarantined") == 1 and kinds.count("dead_letter") == 1
     times = [datetime.fromisoformat(e["occurred_at"]) for e in trail["events"]]
     assert times == sorted(times)
@@ -81,7 +81,7 @@ def test_trail_shows_every_hop_in_order(client: TestClient) -> None:
         }
     ]
     destinations = {d["partner_id"]: d for d in trail["destinations"]}
-    assert destinations["research-a"] | {"last_delivered_at": None} == {
+    assert destinations["research-a"] | {"last_delivered_at": None, "last_stored_at": None} == {
         "partner_id": "research-a",
         "route_id": "route-1",
         "profile": "research-basic",
@@ -92,9 +92,17 @@ def test_trail_shows_every_hop_in_order(client: TestClient) -> None:
         "delivered": 2,
         "failed": 0,
         "last_delivered_at": None,
+        "stored": 2,
+        "dead_lettered": 0,
+        "last_stored_at": None,
+        # Both were accepted at T0; the gateway stored them 40 ms and 1,040 ms later.
+        "turnaround_ms_p50": 540,
+        "turnaround_ms_max": 1040,
     }
-    assert destinations["research-a"]["last_delivered_at"] == "2026-01-01T00:00:01.040000Z"
+    assert destinations["research-a"]["last_delivered_at"] == "2026-01-01T00:00:01.030000Z"
+    assert destinations["research-a"]["last_stored_at"] == "2026-01-01T00:00:01.040000Z"
     assert (destinations["care-b"]["delivered"], destinations["care-b"]["failed"]) == (0, 1)
+    assert (destinations["care-b"]["stored"], destinations["care-b"]["turnaround_ms_max"]) == (0, None)
     assert destinations["care-b"]["profile"] is None
     assert trail["quarantined"] == [{"stage": "routing", "reason": "no-route", "count": 1}]
     assert trail["dead_letters"] == [{"stage": "deid", "reason": "PermanentError", "count": 1}]
@@ -103,14 +111,14 @@ def test_trail_shows_every_hop_in_order(client: TestClient) -> None:
 
 def test_trail_includes_the_deidentified_copy_delivered_to_the_partner(client: TestClient) -> None:
     events = client.get(f"/audit/studies/{STUDY.study}").json()["events"]
-    deliveries = [e for e in events if e["event_type"] == "partner_delivery" and e["partner_id"] == "research-a"]
+    deliveries = [e for e in events if e["event_type"] == "receipt" and e["partner_id"] == "research-a"]
     assert {e["delivered_sop_uid"] for e in deliveries} == {STUDY.remapped().sop, SECOND.remapped().sop}
 
 
 def test_trail_by_the_deidentified_study_uid_shows_only_that_copy(client: TestClient) -> None:
     events = client.get(f"/audit/studies/{STUDY.remapped().study}").json()["events"]
     assert {e["partner_id"] for e in events} == {"research-a"}
-    assert {e["event_type"] for e in events} == {"prepared", "partner_delivery", "outcome"}
+    assert {e["event_type"] for e in events} == {"prepared", "outcome", "receipt"}
 
 
 def test_unknown_study_is_404_and_a_malformed_uid_is_422(client: TestClient) -> None:
@@ -126,7 +134,7 @@ def test_events_filters_combine(client: TestClient) -> None:
 
     assert ids(org="trust-z") == ["ingested@-", "routed@ai-c", "prepared@ai-c", "outcome@ai-c"]
     assert ids(partner="care-b", event_type="outcome") == ["outcome@care-b"]
-    assert len(ids(event_type="partner_delivery")) == 4
+    assert len(ids(event_type="receipt")) == 4
     since = to_datetime(T0_MS + 3000).isoformat()
     until = to_datetime(T0_MS + 4000).isoformat()
     assert ids(since=since, until=until) == ["quarantined@-"], "since inclusive, until exclusive"

@@ -59,7 +59,7 @@ def test_events_of_the_same_millisecond_are_in_hop_order() -> None:
     for r in records:
         r["occurred_at"] = to_datetime(T0_MS)
     kinds = [r["event_type"] for r in in_order(reversed(records))]
-    assert kinds == ["ingested", "routed", "prepared", "partner_delivery", "outcome"]
+    assert kinds == ["ingested", "routed", "prepared", "outcome", "receipt"]
 
 
 def test_settings_defaults_and_service_specific_environment(monkeypatch: pytest.MonkeyPatch) -> None:

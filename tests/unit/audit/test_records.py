@@ -18,6 +18,7 @@ from services.audit.records import (
 from services.common.events import EVENT_TYPE_HEADER
 from services.common.messages import IncomingMessage, PermanentError
 from services.common.topics import Topics
+from services.proto_gen.imx.v1 import events_pb2 as pb
 from tests.unit.audit.builders import PHI_DESCRIPTION, T0_MS, Instance, dead_letter, incoming, journey, quarantined
 
 TOPICS = Topics("t-x.")
@@ -31,7 +32,7 @@ def _records(deidentified: bool = True) -> list[dict]:
 
 def test_each_hop_is_typed_by_its_topic_and_keyed_by_type_and_event_id() -> None:
     records = _records()
-    assert [r["event_type"] for r in records] == ["ingested", "routed", "prepared", "partner_delivery", "outcome"]
+    assert [r["event_type"] for r in records] == ["ingested", "routed", "prepared", "outcome", "receipt"]
     for r in records:
         assert r["_id"] == f"{r['event_type']}:{r['event_id']}"
         assert set(r) == set(RECORD_FIELDS)
@@ -66,32 +67,64 @@ def test_routed_and_prepared_record_route_partner_and_profile_version() -> None:
 
 
 def test_pass_through_has_no_profile_and_no_delivered_uids() -> None:
-    _, routed, prepared, delivery, outcome = _records(deidentified=False)
+    _, routed, prepared, outcome, receipt = _records(deidentified=False)
     assert routed["profile"] is None and routed["profile_version"] is None
     assert prepared["deidentified"] is False and prepared["delivered_sop_uid"] is None
-    assert delivery["study_uid"] == INSTANCE.study and delivery["delivered_study_uid"] is None
     assert outcome["delivered_sop_uid"] is None
+    assert receipt["delivered_study_uid"] == INSTANCE.study, "a pass-through copy keeps its UIDs"
 
 
-def test_partner_delivery_of_a_deidentified_copy_knows_only_the_remapped_uids() -> None:
-    delivery = _records()[3]
-    assert delivery["partner_id"] == "research-a"
-    assert delivery["study_uid"] is None and delivery["sop_uid"] is None
-    assert delivery["delivered_sop_uid"] == INSTANCE.remapped().sop
+def test_a_receipt_of_a_deidentified_copy_knows_only_the_remapped_uids() -> None:
+    receipt = _records()[4]
+    assert (receipt["partner_id"], receipt["status"], receipt["stage"]) == ("research-a", "stored", "gateway")
+    assert receipt["study_uid"] is None and receipt["sop_uid"] is None
+    assert receipt["delivered_sop_uid"] == INSTANCE.remapped().sop
+    assert receipt["ingested_at"] == to_datetime(T0_MS), "kept for the turnaround"
 
 
-def test_partner_delivery_on_another_partners_topic_is_flagged() -> None:
-    message = journey(TOPICS, INSTANCE, partner="research-a")[3]
-    moved = IncomingMessage(TOPICS.partner("ai-b"), 0, 0, message.key, message.value, dict(message.headers))
-    record = build_record(moved, TOPICS, NOW)
-    assert record["partner_id"] == "ai-b", "whoever can read the topic received it"
-    assert record["reason"] == "partner-mismatch"
+def test_a_receipt_belongs_to_the_partner_whose_topic_it_is_on() -> None:
+    message = journey(TOPICS, INSTANCE, partner="research-a")[4]
+    moved = IncomingMessage(TOPICS.receipts("ai-b"), 0, 0, message.key, message.value, dict(message.headers))
+    assert build_record(moved, TOPICS, NOW)["partner_id"] == "ai-b"
 
 
-def test_outcome_records_status_and_detail() -> None:
-    failed = build_record(incoming(journey(TOPICS, INSTANCE, delivered=False)[4]), TOPICS, NOW)
-    assert (failed["status"], failed["detail"], failed["partner_id"]) == ("failed", "partner-unreachable", "research-a")
-    assert _records()[4]["status"] == "delivered"
+def test_partner_feeds_are_not_read_by_audit() -> None:
+    assert event_type_for(TOPICS.partner("research-a"), {}, TOPICS) is None
+
+
+def test_a_retrieval_records_who_fetched_what() -> None:
+    event = pb.PartnerRetrieval(
+        meta=pb.EventMeta(event_id="r1", occurred_at_ms=T0_MS),
+        partner_id="research-a",
+        action="instance",
+        study_instance_uid="2.25.1",
+        series_instance_uid="2.25.2",
+        sop_instance_uid="2.25.3",
+        instances=1,
+        bytes=527_000,
+        http_status=200,
+    )
+    record = build_record(IncomingMessage(TOPICS.access, 0, 0, None, event.SerializeToString()), TOPICS, NOW)
+    assert (record["event_type"], record["partner_id"], record["reason"], record["status"]) == (
+        "retrieval",
+        "research-a",
+        "instance",
+        "200",
+    )
+    assert record["delivered_sop_uid"] == "2.25.3"
+
+
+def test_outcome_and_receipt_record_status_and_detail() -> None:
+    failed = journey(TOPICS, INSTANCE, delivered=False)
+    outcome = build_record(incoming(failed[3]), TOPICS, NOW)
+    assert (outcome["status"], outcome["detail"], outcome["partner_id"]) == (
+        "failed",
+        "partner-unreachable",
+        "research-a",
+    )
+    receipt = build_record(incoming(failed[4]), TOPICS, NOW)
+    assert (receipt["status"], receipt["detail"]) == ("failed", "0xA700")
+    assert _records()[3]["status"] == "delivered"
 
 
 def test_quarantine_records_stage_and_reason() -> None:
@@ -167,18 +200,19 @@ def test_unknown_topics_fall_back_to_the_event_type_header() -> None:
         build_record(IncomingMessage("other", 0, 0, None, b""), TOPICS, NOW)
 
 
-def test_the_subscription_covers_pipeline_and_partner_topics_of_this_prefix_only() -> None:
+def test_the_subscription_covers_pipeline_and_receipts_topics_of_this_prefix_only() -> None:
     pattern = re.compile(subscription_pattern(TOPICS))
-    for topic in [*TOPICS.pipeline(), TOPICS.partner("research-a"), TOPICS.partner("p-2")]:
+    for topic in [*TOPICS.pipeline(), TOPICS.receipts("research-a"), TOPICS.receipts("p-2")]:
         assert pattern.match(topic), topic
     for topic in [
         "imx.ingested.v1",
         "t-y.imx.routed.v1",
         "t-x.imx.ingested.v2",
-        "t-x.imx.partner.A.v1",
+        "t-x.imx.receipts.A.v1",
+        "t-x.imx.partner.research-a.v1",
         "t-xximx.routed.v1",
         "t-x.imx.routed.v1.extra",
         "__consumer_offsets",
     ]:
         assert not pattern.match(topic), topic
-    assert re.compile(subscription_pattern(Topics())).match("imx.partner.ai-1.v1")
+    assert re.compile(subscription_pattern(Topics())).match("imx.receipts.ai-1.v1")

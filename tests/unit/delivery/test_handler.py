@@ -1,33 +1,59 @@
-"""What a partner receives, and what happens when it cannot."""
+"""What a partner receives on its feed, and what happens when it cannot."""
 
 from __future__ import annotations
 
+from services.common.events import EVENT_TYPE_HEADER
+from services.common.messages import IncomingMessage
 from services.common.topics import Topics
-from services.delivery.handler import INLINE_LIMIT, deliver_event
+from services.delivery.delivered import DeliveredInstance, StoredReceipt
+from services.delivery.handler import DeliveryHandler, deliver_event, delivery_pattern
 from services.proto_gen.imx.v1 import events_pb2
 
+BASE = "https://imx.example.org/dicomweb"
+GIB = 1024**3
 
-def _prepared(size: int = 3) -> events_pb2.InstancePrepared:
+
+def _prepared(size: int = 3, priority: int = events_pb2.PRIORITY_CLASS_URGENT) -> events_pb2.InstancePrepared:
     return events_pb2.InstancePrepared(
         meta=events_pb2.EventMeta(event_id="p1", ingested_at_ms=7),
         source_instance=events_pb2.InstanceRef(study_instance_uid="1.2.3", sop_instance_uid="1.2.3.4"),
-        instance=events_pb2.InstanceRef(study_instance_uid="2.25.9", sop_instance_uid="2.25.10"),
+        instance=events_pb2.InstanceRef(
+            study_instance_uid="2.25.9",
+            series_instance_uid="2.25.11",
+            sop_instance_uid="2.25.10",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        ),
         blob=events_pb2.BlobRef(sha256="a" * 64, size=size),
         source_org="trust-a",
         partner_id="lab",
         route_id="research",
         profile="research",
+        profile_version=4,
         deidentified=True,
+        priority=priority,  # type: ignore[arg-type]
     )
 
 
-def test_the_partner_gets_the_instance_inline_and_an_outcome_is_recorded() -> None:
-    partner, outcome = deliver_event(_prepared(), True, lambda sha: b"DCM", Topics())
+def test_the_partner_gets_a_reference_to_fetch_and_an_outcome_is_recorded() -> None:
+    (partner, outcome), delivery = deliver_event(_prepared(), True, Topics(), BASE, clock=lambda: 99)
     assert partner.topic == "imx.partner.lab.v1"
     assert partner.key == b"2.25.9", "keyed by the delivered study UID, never the original"
-    delivery = events_pb2.PartnerDelivery.FromString(partner.value)
-    assert (delivery.dicom, delivery.deidentified, delivery.instance.sop_instance_uid) == (b"DCM", True, "2.25.10")
-    assert b"1.2.3" not in partner.value, "the original UIDs never reach the partner"
+    assert partner.headers[EVENT_TYPE_HEADER] == b"PartnerDelivery"
+    sent = events_pb2.PartnerDelivery.FromString(partner.value)
+    assert sent == delivery
+    assert sent.retrieval_url == f"{BASE}/studies/2.25.9/series/2.25.11/instances/2.25.10"
+    assert (sent.blob.sha256, sent.blob.size, sent.route_id, sent.profile, sent.profile_version) == (
+        "a" * 64,
+        3,
+        "research",
+        "research",
+        4,
+    )
+    assert sent.priority == events_pb2.PRIORITY_CLASS_URGENT
+    assert sent.instance.sop_class_uid and sent.instance.transfer_syntax_uid
+    assert sent.meta.event_id and sent.meta.ingested_at_ms == 7
+    assert b"1.2.3.4" not in partner.value, "the original UIDs never reach the partner"
     result = events_pb2.DeliveryOutcome.FromString(outcome.value)
     assert (outcome.topic, result.status, result.topic) == (
         "imx.outcomes.v1",
@@ -36,16 +62,74 @@ def test_the_partner_gets_the_instance_inline_and_an_outcome_is_recorded() -> No
     )
 
 
+def test_a_feed_message_is_small_whatever_the_size_of_the_instance() -> None:
+    (partner, _), _ = deliver_event(_prepared(size=GIB), True, Topics(), BASE)
+    assert len(partner.value) < 1024
+    assert events_pb2.PartnerDelivery.FromString(partner.value).blob.size == GIB
+
+
+def test_a_replay_gives_the_same_delivery_id() -> None:
+    _, first = deliver_event(_prepared(), True, Topics(), BASE, clock=lambda: 1)
+    _, again = deliver_event(_prepared(), True, Topics(), BASE, clock=lambda: 2)
+    assert first is not None and again is not None
+    assert first.meta.event_id == again.meta.event_id
+
+
 def test_an_unknown_partner_fails_and_is_quarantined() -> None:
-    quarantine, outcome = deliver_event(_prepared(), False, lambda sha: b"", Topics())
+    (quarantine, outcome), delivery = deliver_event(_prepared(), False, Topics(), BASE)
+    assert delivery is None
     assert events_pb2.Quarantined.FromString(quarantine.value).reason == "unknown-partner"
     assert events_pb2.DeliveryOutcome.FromString(outcome.value).status == events_pb2.DELIVERY_STATUS_FAILED
 
 
-def test_an_instance_too_large_to_carry_inline_is_not_delivered() -> None:
-    def never(sha: str) -> bytes:
-        raise AssertionError("the blob is not read")
+def test_the_handler_records_what_each_partner_was_sent_once_per_batch() -> None:
+    recorded: list[list[DeliveredInstance]] = []
+    handler = DeliveryHandler(lambda p: p == "lab", Topics(), lambda p: None, recorded.append, BASE)
 
-    quarantine, outcome = deliver_event(_prepared(INLINE_LIMIT + 1), True, never, Topics())
-    assert events_pb2.Quarantined.FromString(quarantine.value).reason == "exceeds-inline-limit"
-    assert events_pb2.DeliveryOutcome.FromString(outcome.value).detail == "exceeds-inline-limit"
+    def message(prepared: events_pb2.InstancePrepared) -> IncomingMessage:
+        return IncomingMessage("imx.prepared.v1", 0, 0, None, prepared.SerializeToString())
+
+    handler(message(_prepared()))
+    unknown = _prepared()
+    unknown.partner_id = "gone"
+    handler(message(unknown))
+    assert recorded == [], "nothing is written before the batch's flush"
+    handler.flush()
+    handler.flush()
+    assert len(recorded) == 1 and len(recorded[0]) == 1
+    item = recorded[0][0]
+    assert (item.partner_id, item.study_uid, item.series_uid, item.sop_uid, item.sha256, item.size) == (
+        "lab",
+        "2.25.9",
+        "2.25.11",
+        "2.25.10",
+        "a" * 64,
+        3,
+    )
+
+
+def test_a_receipt_marks_the_delivery_stored_for_the_partner_that_owns_the_topic() -> None:
+    marked: list[list[StoredReceipt]] = []
+    topics = Topics()
+    handler = DeliveryHandler(lambda p: True, topics, lambda p: None, lambda items: None, BASE, mark=marked.append)
+    instance = _prepared().instance
+    stored = events_pb2.DeliveryReceipt(
+        meta=events_pb2.EventMeta(event_id="r1", occurred_at_ms=5),
+        instance=instance,
+        status=events_pb2.STORE_STATUS_STORED,
+        stored_at_ms=42,
+    )
+    retrying = events_pb2.DeliveryReceipt(instance=instance, status=events_pb2.STORE_STATUS_FAILED)
+    for receipt in (stored, retrying):
+        assert handler(IncomingMessage(topics.receipts("lab"), 0, 0, None, receipt.SerializeToString())) == []
+    handler.flush()
+    assert marked == [[StoredReceipt("lab", "2.25.9", "2.25.11", "2.25.10", "stored", 42)]]
+
+
+def test_the_stage_reads_prepared_instances_and_every_partners_receipts_only() -> None:
+    import re
+
+    pattern = re.compile(delivery_pattern(Topics("t.")))
+    assert pattern.match("t.imx.prepared.v1") and pattern.match("t.imx.receipts.lab-2.v1")
+    for other in ("t.imx.partner.lab.v1", "imx.prepared.v1", "t.imx.outcomes.v1", "t.imx.receipts.A.v1"):
+        assert not pattern.match(other), other

@@ -1,0 +1,105 @@
+"""`imx blobs usage|gc`: the blob store's size, and deleting what no partner is owed any more.
+
+They read the blob store and MongoDB directly (IMX_BLOB_DIR, IMX_MONGO_URI, IMX_MONGO_DB), as
+`imx send` does; the delivery service runs the same collection on a timer (IMX_BLOB_GC_INTERVAL_S).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from services.common.blob_lifecycle import DEFAULT_RETENTION_S, BlobEntry, collect, scan, usage
+
+console = Console()
+blobs_app = typer.Typer(help="The blob store: usage, and collecting objects no partner is owed.", no_args_is_help=True)
+
+RetentionDays = Annotated[
+    float,
+    typer.Option(help="keep objects this many days after they were last written", min=0.0),
+]
+
+
+def _owed() -> set[str]:
+    """What partners are still owed; without it nothing can be judged, so an unreachable database
+    ends the command (it never deletes on a guess)."""
+    from pymongo.errors import PyMongoError
+
+    from services.common.mongo import connect
+    from services.common.settings import ServiceSettings
+    from services.delivery.delivered import DeliveredObjects
+
+    client, db = connect(ServiceSettings())
+    try:
+        return DeliveredObjects(db).unstored_blobs()
+    except PyMongoError as error:
+        console.print(
+            f"[red]cannot read what partners are owed[/red] ({type(error).__name__}): "
+            "is the MongoDB server at IMX_MONGO_URI running?"
+        )
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} TB"
+
+
+@blobs_app.command("usage")
+def blobs_usage(retention_days: RetentionDays = DEFAULT_RETENTION_S / 86400) -> None:
+    """How many objects and bytes the store holds, how many are past the retention and how many
+    a partner is still owed."""
+    from services.common.settings import ServiceSettings
+
+    root = ServiceSettings().blob_dir
+    entries: list[BlobEntry] = []
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
+        task = bar.add_task("scanning")
+        for entry in scan(root):
+            entries.append(entry)
+            if len(entries) % 1000 == 0:
+                bar.update(task, description=f"scanning: {len(entries):,} objects")
+    result = usage(entries, _owed(), time.time(), retention_days * 86400)
+    table = Table("", "objects", "size", title=f"blob store {root}")
+    table.add_row("all", f"{result.objects:,}", _size(result.bytes))
+    table.add_row(f"older than {retention_days:g} days", f"{result.expired_objects:,}", _size(result.expired_bytes))
+    table.add_row("owed to a partner (not stored yet)", f"{result.owed_objects:,}", _size(result.owed_bytes))
+    console.print(table)
+
+
+@blobs_app.command("gc")
+def blobs_gc(
+    retention_days: RetentionDays = DEFAULT_RETENTION_S / 86400,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would go, delete nothing")] = False,
+) -> None:
+    """Delete objects older than the retention that no partner is owed (never one a partner's
+    gateway has not reported stored)."""
+    from services.common.settings import ServiceSettings
+
+    root = ServiceSettings().blob_dir
+    seen = 0
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
+        task = bar.add_task("scanning")
+
+        def progress(_entry: BlobEntry) -> None:
+            nonlocal seen
+            seen += 1
+            if seen % 1000 == 0:
+                bar.update(task, description=f"scanning: {seen:,} objects")
+
+        result = collect(root, _owed, retention_days * 86400, dry_run=dry_run, on_entry=progress)
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        f"{verb} {result.deleted:,} objects ({_size(result.freed_bytes)}) of {seen:,}; "
+        f"kept {result.kept_owed:,} past the retention that a partner is still owed"
+    )

@@ -1,0 +1,106 @@
+"""What each partner was sent, on the real MongoDB-wire server: the index behind its DICOMweb retrieval,
+study manifests, and the StudyComplete announced once a study has gone quiet."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from pymongo.database import Database
+
+from services.common.blob_lifecycle import collect
+from services.common.blob_store import LocalBlobStore
+from services.common.events import EVENT_TYPE_HEADER
+from services.common.messages import OutgoingMessage
+from services.common.topics import Topics
+from services.delivery.completeness import CompletenessSweep
+from services.delivery.delivered import DeliveredInstance, DeliveredObjects, StoredReceipt
+from services.proto_gen.imx.v1 import events_pb2
+
+STUDY = "2.25.100"
+
+
+def _item(n: int, partner: str = "lab", study: str = STUDY, at_ms: int = 1_000) -> DeliveredInstance:
+    return DeliveredInstance(
+        partner_id=partner,
+        study_uid=study,
+        series_uid=f"{study}.1",
+        sop_uid=f"{study}.1.{n}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        sha256=f"{n:064x}",
+        size=500 + n,
+        delivery_id=f"d{n}",
+        delivered_at_ms=at_ms + n,
+    )
+
+
+def test_a_replayed_batch_records_nothing_twice_and_partners_see_only_their_own(db: Database) -> None:
+    delivered = DeliveredObjects(db)
+    batch = [_item(n) for n in range(3)]
+    delivered.record(batch)
+    delivered.record(batch)  # the bus replays a batch after a crash
+    assert [i.sop_uid for i in delivered.study("lab", STUDY)] == [f"{STUDY}.1.{n}" for n in range(3)]
+    assert delivered.instance("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.2") == batch[2]
+    assert delivered.series("lab", STUDY, f"{STUDY}.1") == delivered.study("lab", STUDY)
+    assert delivered.instance("other", STUDY, f"{STUDY}.1", f"{STUDY}.1.2") is None
+    assert delivered.study("other", STUDY) == []
+    assert list(delivered.studies("lab")) == [{"study_uid": STUDY, "count": 3, "last_delivered_at_ms": 1_002}]
+
+
+def test_a_quiet_study_is_announced_once_with_its_manifest_and_again_when_it_grows(db: Database) -> None:
+    delivered = DeliveredObjects(db)
+    published: list[OutgoingMessage] = []
+    now = [10_000]
+    sweep = CompletenessSweep(delivered, published.extend, Topics("t."), quiet_s=5, clock=lambda: now[0])
+    delivered.record([_item(n, at_ms=now[0] - 1_000) for n in range(3)])
+    assert sweep.sweep_once() == 0, "still inside the quiet period"
+
+    now[0] += 5_000
+    assert sweep.sweep_once() == 1
+    assert sweep.sweep_once() == 0, "announced once"
+    (message,) = published
+    assert message.topic == "t.imx.partner.lab.v1" and message.headers[EVENT_TYPE_HEADER] == b"StudyComplete"
+    event = events_pb2.StudyComplete.FromString(message.value)
+    assert (event.partner_id, event.study_instance_uid, event.count) == ("lab", STUDY, 3)
+    assert [(e.sop_instance_uid, e.sha256) for e in event.instances] == [
+        (f"{STUDY}.1.{n}", f"{n:064x}") for n in range(3)
+    ]
+
+    # A late instance: the study is announced again, with the larger manifest and a new id.
+    delivered.record([replace(_item(3), delivered_at_ms=now[0])])
+    now[0] += 6_000
+    assert sweep.sweep_once() == 1
+    again = events_pb2.StudyComplete.FromString(published[-1].value)
+    assert again.count == 4 and again.meta.event_id != event.meta.event_id
+
+
+def test_nothing_still_owed_to_a_partner_is_ever_deleted(db: Database, tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    delivered = DeliveredObjects(db)
+    source, copy_a, copy_b, orphan = (store.put(bytes([n]) * 64) for n in range(4))
+    # Two partners were sent de-identified copies of one source; only A has stored its copy.
+    delivered.record(
+        [
+            replace(_item(1, partner="a"), sha256=copy_a, source_sha256=source),
+            replace(_item(1, partner="b"), sha256=copy_b, source_sha256=source),
+        ]
+    )
+    delivered.mark([StoredReceipt("a", STUDY, f"{STUDY}.1", f"{STUDY}.1.1", "stored", 5_000)])
+    for sha in (source, copy_a, copy_b, orphan):
+        old = time.time() - 30 * 24 * 3600
+        os.utime(store.path_for(sha), (old, old))
+
+    result = collect(store.root, delivered.unstored_blobs, retention_s=7 * 24 * 3600)
+    assert (result.deleted, result.kept_owed) == (2, 2)
+    assert store.exists(source) and store.exists(copy_b), "B is still owed its copy, and the source"
+    assert not store.exists(copy_a) and not store.exists(orphan)
+    assert delivered.stored_at("a", STUDY, f"{STUDY}.1", f"{STUDY}.1.1") == 5_000
+
+    # B's gateway dead-letters the instance: still owed (it can be replayed), so still kept.
+    delivered.mark([StoredReceipt("b", STUDY, f"{STUDY}.1", f"{STUDY}.1.1", "dead_lettered", 6_000)])
+    assert collect(store.root, delivered.unstored_blobs, retention_s=7 * 24 * 3600).deleted == 0
+    delivered.mark([StoredReceipt("b", STUDY, f"{STUDY}.1", f"{STUDY}.1.1", "stored", 7_000)])
+    assert collect(store.root, delivered.unstored_blobs, retention_s=7 * 24 * 3600).deleted == 2

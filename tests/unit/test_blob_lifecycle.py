@@ -1,0 +1,57 @@
+"""Which objects the blob lifecycle deletes: only those no partner is owed, past the retention."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from services.common.blob_lifecycle import BlobEntry, collect, deletable, scan, usage
+from services.common.blob_store import LocalBlobStore
+
+DAY = 24 * 3600.0
+NOW = 1_800_000_000.0
+
+
+def _age(store: LocalBlobStore, sha: str, days: float) -> None:
+    os.utime(store.path_for(sha), (NOW - days * DAY, NOW - days * DAY))
+
+
+def test_only_expired_objects_nobody_is_owed_may_go() -> None:
+    old, young = BlobEntry("a" * 64, 10, NOW - 8 * DAY), BlobEntry("b" * 64, 10, NOW - 1 * DAY)
+    assert deletable(old, set(), NOW, 7 * DAY)
+    assert not deletable(old, {"a" * 64}, NOW, 7 * DAY), "a partner has not stored it yet"
+    assert not deletable(young, set(), NOW, 7 * DAY)
+    assert usage([old, young], {"b" * 64}, NOW, 7 * DAY).__dict__ == {
+        "objects": 2,
+        "bytes": 20,
+        "expired_objects": 1,
+        "expired_bytes": 10,
+        "owed_objects": 1,
+        "owed_bytes": 10,
+    }
+
+
+def test_collect_deletes_expired_unowed_objects_and_keeps_the_rest(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    expired, owed, fresh = (store.put(bytes([n]) * 100) for n in range(3))
+    _age(store, expired, 10)
+    _age(store, owed, 10)
+    _age(store, fresh, 1)
+    (tmp_path / expired[:2] / expired[2:4] / ".tmp-leftover").write_bytes(b"x")
+    assert {e.sha256 for e in scan(tmp_path)} == {expired, owed, fresh}
+
+    dry = collect(tmp_path, lambda: {owed}, retention_s=7 * DAY, dry_run=True, clock=lambda: NOW)
+    assert (dry.deleted, dry.kept_owed) == (1, 1) and store.exists(expired)
+
+    done = collect(tmp_path, lambda: {owed}, retention_s=7 * DAY, clock=lambda: NOW)
+    assert (done.deleted, done.freed_bytes, done.kept_owed) == (1, 100, 1)
+    assert not store.exists(expired) and store.exists(owed) and store.exists(fresh)
+
+
+def test_content_written_again_is_fresh_again(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    sha = store.put(b"same content")
+    _age(store, sha, 30)
+    store.put(b"same content")  # re-received: in the pipeline once more
+    assert collect(tmp_path, set, retention_s=7 * DAY).deleted == 0
+    assert store.exists(sha)

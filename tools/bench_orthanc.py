@@ -1,0 +1,84 @@
+"""The peer in `make bench`: Orthanc doing imx's job on the same machine, in the same run.
+
+C-STORE in (storescu, the same associations as imx gets), a Lua `OnStoredInstance` that anonymizes
+with Orthanc's `/anonymize`, stores the copy and forwards it by C-STORE to a `storescp`, then deletes
+both: receive, de-identify, deliver. Timed from the first C-STORE to the last file `storescp` wrote;
+Orthanc's CPU is read from /proc. It runs on a small burst (200 instances by default), where Orthanc is
+at its best (FIELD-NOTES: 68/s at 200, 28/s at 1,000, 16/s at 2,000 as its backlog grows).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from tools.dicom_peers import DCMTK_ENV, start_orthanc, start_storescp
+from tools.proc_cpu import cpu_seconds
+
+LUA = """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  if origin['RequestOrigin'] == 'Lua' then
+    return
+  end
+  local anonymized = RestApiPost('/instances/' .. instanceId .. '/anonymize', '{}')
+  local stored = ParseJson(RestApiPost('/instances', anonymized))
+  SendToModality(stored['ID'], 'target')
+  Delete(stored['ID'])
+  Delete(instanceId)
+end
+"""
+
+
+def storescu(files: list[Path], port: int, called_ae: str) -> None:
+    subprocess.run(
+        ["storescu", "-xe", "-aet", "BENCH", "-aec", called_ae, "--max-pdu", "131072", "127.0.0.1", str(port)]
+        + [str(f) for f in files],
+        check=True,
+        capture_output=True,
+        env={**os.environ, **DCMTK_ENV},
+    )
+
+
+def orthanc_exchange(files: list[Path], associations: int = 2, timeout_s: float = 600.0) -> dict[str, float]:
+    """Instances per second and Orthanc's CPU milliseconds per instance for `files`."""
+    with tempfile.TemporaryDirectory(prefix="imx-bench-orthanc-") as tmp:
+        root = Path(tmp)
+        receiver = start_storescp(root / "received")
+        script = root / "exchange.lua"
+        script.write_text(LUA)
+        orthanc = start_orthanc(
+            root / "orthanc",
+            modalities={"target": (receiver.ae_title, "127.0.0.1", receiver.port)},
+            lua_scripts=[script],
+            dicomweb=False,
+        )
+        try:
+            cpu_before = cpu_seconds(orthanc.process.pid)
+            started = time.monotonic()
+            chunks = [files[i::associations] for i in range(associations)]
+            senders = [
+                threading.Thread(target=storescu, args=(chunk, orthanc.dicom_port, orthanc.ae_title))
+                for chunk in chunks
+            ]
+            for sender in senders:
+                sender.start()
+            deadline = started + timeout_s
+            while len(receiver.files()) < len(files) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            elapsed = max(p.stat().st_mtime for p in receiver.files()) - (time.time() - (time.monotonic() - started))
+            for sender in senders:
+                sender.join()
+            cpu = cpu_seconds(orthanc.process.pid) - cpu_before
+            arrived = len(receiver.files())
+        finally:
+            orthanc.stop()
+            receiver.stop()
+    return {
+        "instances": arrived,
+        "per_s": round(arrived / elapsed, 1) if elapsed > 0 else 0.0,
+        "cpu_ms_per_instance": round(cpu * 1000 / max(arrived, 1), 1),
+    }
