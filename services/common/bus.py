@@ -28,6 +28,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from opentelemetry import trace
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_when_event_set, wait_exponential
 
+from services.common.failures import classify, is_transient
 from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
 from services.common.stats import StageStats
 from services.common.tracing_headers import extract_trace_context, inject_trace_headers
@@ -140,6 +141,7 @@ def dead_letter_for(message: IncomingMessage, exc: BaseException, topic: str, st
         {
             "imx-error": describe_error(exc).encode(),
             "imx-error-type": type(exc).__name__.encode(),
+            "imx-failure": classify(exc).value.encode(),
             "imx-stage": stage.encode(),
             "imx-source-topic": message.topic.encode(),
             "imx-source-partition": str(message.partition).encode(),
@@ -163,9 +165,10 @@ def run_handler_over_batch(
 ) -> BatchResult:
     """Pure core of the consumer loop (unit-tested without Kafka).
 
-    Records of one partition are handled in order. A transient error stops that partition at the
-    failing record (it is read again after a seek); any other error sends the record to the dead-letter
-    topic and processing goes on.
+    Records of one partition are handled in order. A transient error (failures.classify: broker,
+    database, disk) stops that partition at the failing record (it is read again after a seek); any
+    other error escaping the handler sends the record to the dead-letter topic and processing goes on.
+    Handlers quarantine the input problems they can name themselves.
     """
     result = BatchResult()
     tracer = trace.get_tracer("imx.bus")
@@ -180,10 +183,16 @@ def run_handler_over_batch(
             span.set_attribute("messaging.kafka.offset", record.offset)
             try:
                 outputs = list(handler(record))
-            except TransientError:
-                result.retry_from[tp] = record.offset
-                continue
-            except Exception as exc:  # every other failure is a poison message for this input
+            except Exception as exc:
+                if is_transient(exc):
+                    log.warning(
+                        "transient failure; the record will be read again",
+                        extra={"stage": stage, "topic": record.topic, "partition": record.partition,
+                               "offset": record.offset, "error": type(exc).__name__},
+                    )
+                    result.retry_from[tp] = record.offset
+                    continue
+                # Every other failure is a poison message for this input.
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
                 log.warning(
                     "message sent to dead letter",
@@ -441,6 +450,14 @@ class StageConsumer:
             except KafkaError as error:
                 if not (stop.is_set() and broker_unreachable(error)):
                     raise
+            except Exception as error:  # a batch's flush or publish met a database or disk outage
+                if not is_transient(error):
+                    raise
+                log.warning(
+                    "transient failure; batch will be read again",
+                    extra={"stage": self._stage, "error": type(error).__name__},
+                )
+                stop.wait(self._retry_backoff_s)
             else:
                 outage.ended()
 

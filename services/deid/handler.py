@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 from services.common.blob_store import BlobStore
 from services.common.events import derived_meta, event_message, now_ms
+from services.common.failures import input_problem
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.deid.engine import DeidError, PhiLeak, Profile, deidentify
-from services.deid.engine.errors import tag_text
+from services.deid.engine.errors import UndecodableInput, tag_text
 from services.deid.profile_documents import profile_version_number
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -32,6 +33,12 @@ def refusal_for(error: DeidError) -> Refusal:
         return Refusal(reason, tag_text(error.tag) if error.tag is not None else "encoded-header")
     return Refusal(reason, str(getattr(error, "detail", ""))[:200])
 
+
+def undecodable(exc: Exception) -> UndecodableInput | None:
+    """The input problem `exc` names (failures.classify), as a de-identification error; None for a
+    transient failure or a defect, which the bus retries or dead-letters."""
+    detail = input_problem(exc)
+    return None if detail is None else UndecodableInput(detail)
 
 
 def _quarantine(
@@ -82,10 +89,16 @@ def prepare_event(
     key = recipient_key(routed.partner_id)
     if key is None:
         return _quarantine(routed, Refusal("unknown-partner", routed.partner_id), topics, clock)
+    data = blobs.get(routed.blob.sha256)  # a disk or store failure here is retried, never quarantined
     try:
-        result = deidentify(blobs.get(routed.blob.sha256), profile, key)
+        result = deidentify(data, profile, key)
     except DeidError as error:
         return _quarantine(routed, refusal_for(error), topics, clock)
+    except Exception as exc:
+        problem = undecodable(exc)
+        if problem is None:
+            raise
+        return _quarantine(routed, refusal_for(problem), topics, clock)
     sha = blobs.put(result.data)
     prepared.deidentified = True
     # The version actually applied, so audit can show exactly which rules an instance went through.

@@ -29,6 +29,18 @@ class NotDeidentifiable(DeidError):
         self.detail = detail
 
 
+class UndecodableInput(DeidError):
+    """A value the decoder cannot read (an unknown VR, a malformed number or character set): pydicom
+    decodes values when they are first used, so these can surface after the header was parsed.
+    ``detail`` names the error's type only; its message may quote the value."""
+
+    reason = "undecodable_input"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 class BurnedInAnnotation(DeidError):
     """Pixel data may carry burned-in identifying text and no pixel-clean rule matches (PS3.15 E.3.1)."""
 

@@ -1,0 +1,114 @@
+"""What a failure means for the input that met it, decided in one place for every stage.
+
+- TRANSIENT: the infrastructure failed (broker, database, disk, network), not the input. The
+  input is read again later and nothing of it is committed; it never reaches the dead-letter topic.
+- INPUT: the input itself can never be processed (a value the decoder cannot read, a structure it
+  does not expect). The stage that finds it quarantines it with a reason code.
+- DEFECT: neither, e.g. a bug in a stage. The input goes to the dead-letter topic, to be replayed
+  (`imx dlq replay`) once the defect is fixed.
+
+Only the type of an error (and its errno) is looked at, never its text: texts may quote values.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from enum import StrEnum
+
+from kafka.errors import KafkaError
+from pydicom.errors import BytesLengthException, InvalidDicomError
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
+
+from services.common.messages import PermanentError, TransientError
+
+
+class Failure(StrEnum):
+    TRANSIENT = "transient"
+    INPUT = "input"
+    DEFECT = "defect"
+
+
+# errno values that describe the machine, not the file: a full or failing disk, exhausted
+# descriptors or memory, a network file system or object store that is away.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EINTR,
+        errno.ENOMEM,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EPIPE,
+    }
+)
+
+# Server error codes that say "not now" (pymongo retries these itself within one operation; a stage
+# retries them across operations): shutting down, stepping down, no primary, out of time.
+TRANSIENT_SERVER_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+
+# What pydicom (and the struct/codec layers under it) raise on input it cannot decode: an unknown
+# VR (NotImplementedError), a malformed number, date or character set (ValueError, LookupError,
+# UnicodeError), a missing element or codec (KeyError, LookupError), truncated data (EOFError,
+# struct.error, BytesLengthException), nesting beyond the interpreter's stack (RecursionError).
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    InvalidDicomError,
+    BytesLengthException,
+    NotImplementedError,
+    ValueError,
+    LookupError,
+    EOFError,
+    struct.error,
+    RecursionError,
+    PermanentError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, KafkaError):
+        return bool(exc.retriable)
+    if isinstance(exc, PyMongoError):
+        return _mongo_transient(exc)
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+
+
+def _mongo_transient(exc: PyMongoError) -> bool:
+    if isinstance(exc, ConnectionFailure):  # AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError...
+        return True
+    if exc.has_error_label("RetryableWriteError") or exc.has_error_label("TransientTransactionError"):
+        return True
+    if isinstance(exc, (OperationFailure, WriteConcernError)):
+        return exc.code in TRANSIENT_SERVER_CODES
+    return False
+
+
+def classify(exc: BaseException) -> Failure:
+    """What to do with the input whose processing raised `exc` (see the module's docstring)."""
+    if is_transient(exc):
+        return Failure.TRANSIENT
+    if isinstance(exc, INPUT_ERRORS):
+        return Failure.INPUT
+    return Failure.DEFECT
+
+
+def input_problem(exc: BaseException) -> str | None:
+    """A PHI-free detail (the error's type) when `exc` is a deterministic problem with the input,
+    else None. For a stage's quarantine event: the reason code is the stage's own."""
+    if classify(exc) is Failure.INPUT:
+        return type(exc).__name__
+    return None

@@ -1,0 +1,120 @@
+"""A stage against a real broker when its database or disk fails: the input is read again and
+processed once the outage ends; nothing reaches the dead-letter topic and the stage keeps running."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections import Counter
+
+import pytest
+from pymongo.errors import AutoReconnect
+
+from services.common.bus import BusProducer, StageConsumer, ensure_topics
+from services.common.messages import IncomingMessage, OutgoingMessage
+from services.common.stats import StageStats
+from tests.integration.bus_helpers import committed_and_end_offsets, read_all
+
+pytestmark = pytest.mark.integration
+
+
+def _run_in_thread(consumer: StageConsumer, handler, stop: threading.Event) -> threading.Thread:  # type: ignore[no-untyped-def]
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            consumer.run(handler, stop)
+        except BaseException as exc:  # the test asserts the stage did not end
+            errors.append(exc)
+            raise
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def test_database_and_disk_outages_in_a_handler_are_retried_not_dead_lettered(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    topic, out, dlq = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}.dlq"
+    group = f"{unique_name}-g"
+    ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish([OutgoingMessage(topic, str(i).encode(), b"k") for i in range(8)])
+    failures = {b"2": [AutoReconnect("primary gone"), AutoReconnect("primary gone")],
+                b"5": [OSError(errno.ENOSPC, "No space left on device")]}
+    attempts: Counter[bytes] = Counter()
+    done, stop = threading.Event(), threading.Event()
+
+    def handler(message: IncomingMessage) -> list[OutgoingMessage]:
+        attempts[message.value] += 1
+        pending = failures.get(message.value)
+        if pending:
+            raise pending.pop(0)
+        if message.value == b"7":
+            done.set()
+        return [OutgoingMessage(out, message.value, message.key)]
+
+    consumer = StageConsumer(
+        bootstrap=kafka_bootstrap, group_id=group, topics=[topic], producer=producer, dead_letter_topic=dlq,
+        stage="test", stats=StageStats("test"), max_batch=20, retry_backoff_s=0.1,
+    )
+    thread = _run_in_thread(consumer, handler, stop)
+    try:
+        assert done.wait(60), "the stage processed everything after the outages"
+    finally:
+        stop.set()
+        thread.join(30)
+        consumer.close()
+    assert not thread.errors, "the stage kept running"  # type: ignore[attr-defined]
+    assert attempts[b"2"] == 3 and attempts[b"5"] == 2
+    assert sorted(r.value for r in read_all(kafka_bootstrap, out, expected=8)) == [str(i).encode() for i in range(8)]
+    assert read_all(kafka_bootstrap, dlq, expected=1, timeout_s=3) == []
+    committed, end = committed_and_end_offsets(kafka_bootstrap, topic, group)
+    assert committed == end == {0: 8}
+    producer.close()
+
+
+class FlushFailsOnce:
+    """A handler that writes its batch in flush() (as audit does) and meets a database outage once."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.flushes = 0
+        self.done = threading.Event()
+
+    def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
+        return [OutgoingMessage(self.out, message.value)]
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.flushes == 1:
+            raise AutoReconnect("connection reset")
+        self.done.set()
+
+
+def test_a_database_outage_in_a_batch_flush_is_retried_and_the_stage_keeps_running(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    topic, out, dlq = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}.dlq"
+    group = f"{unique_name}-g"
+    ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish([OutgoingMessage(topic, b"x", b"k")])
+    handler, stop = FlushFailsOnce(out), threading.Event()
+    consumer = StageConsumer(
+        bootstrap=kafka_bootstrap, group_id=group, topics=[topic], producer=producer, dead_letter_topic=dlq,
+        stage="test", stats=StageStats("test"), retry_backoff_s=0.1,
+    )
+    thread = _run_in_thread(consumer, handler, stop)
+    try:
+        assert handler.done.wait(60)
+    finally:
+        stop.set()
+        thread.join(30)
+        consumer.close()
+    assert not thread.errors  # type: ignore[attr-defined]
+    assert [r.value for r in read_all(kafka_bootstrap, out, expected=1)] == [b"x"]
+    assert read_all(kafka_bootstrap, dlq, expected=1, timeout_s=3) == []
+    producer.close()

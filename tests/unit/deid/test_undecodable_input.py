@@ -1,0 +1,54 @@
+"""Input the decoder cannot read is quarantined by deid with a reason, never dead-lettered; a failing
+blob store is not the input's fault and is left to the bus to retry."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from services.common.blob_store import LocalBlobStore
+from services.common.failures import Failure, classify
+from services.common.topics import Topics
+from services.deid.handler import prepare_event
+from services.deid.profile_documents import profile_from_document
+from services.proto_gen.imx.v1 import events_pb2
+
+from .builders import KEY, ct_dataset, to_bytes
+from .stage_builders import routed_event
+
+TOPICS = Topics("t.")
+PROFILE = profile_from_document({"name": "ai"}, version=1)
+
+
+def _with_unknown_vr_in_modality(data: bytes) -> bytes:
+    at = data.index(b"\x08\x00\x60\x00CS")  # (0008,0060) Modality, explicit VR little endian
+    return data[: at + 4] + b"ZZ" + data[at + 6 :]
+
+
+def test_an_unknown_vr_in_modality_is_quarantined_with_a_reason_and_no_value(tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    good = to_bytes(ct_dataset())
+    routed = routed_event(blobs, good, "ai")
+    routed.blob.sha256 = blobs.put(_with_unknown_vr_in_modality(good))
+
+    [out] = prepare_event(routed, lambda _n, _v: PROFILE, lambda _p: KEY, blobs, TOPICS)
+
+    assert out.topic == TOPICS.quarantine
+    event = events_pb2.Quarantined.FromString(out.value)
+    assert (event.stage, event.reason, event.detail) == ("deid", "undecodable-input", "NotImplementedError")
+    assert event.partner_id == "research-a"
+
+
+class FailingBlobs(LocalBlobStore):
+    def get(self, sha256: str) -> bytes:
+        raise OSError(errno.EIO, "Input/output error", "/var/blobs/xx")
+
+
+def test_a_blob_store_failure_is_raised_for_the_bus_to_retry(tmp_path: Path) -> None:
+    blobs = FailingBlobs(tmp_path)
+    routed = routed_event(LocalBlobStore(tmp_path), to_bytes(ct_dataset()), "ai")
+    with pytest.raises(OSError) as raised:
+        prepare_event(routed, lambda _n, _v: PROFILE, lambda _p: KEY, blobs, TOPICS)
+    assert classify(raised.value) is Failure.TRANSIENT

@@ -1,0 +1,109 @@
+"""One classification of failures for every stage: infrastructure → retry, input → quarantine,
+anything else → dead letter."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+import pytest
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.structs import TopicPartition
+from pydicom.errors import InvalidDicomError
+from pymongo.errors import (
+    AutoReconnect,
+    DuplicateKeyError,
+    NetworkTimeout,
+    NotPrimaryError,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
+
+from services.common.bus import run_handler_over_batch
+from services.common.failures import Failure, classify, input_problem
+from services.common.messages import IncomingMessage, OutgoingMessage, TransientError
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TransientError("store down"),
+        AutoReconnect("connection closed"),
+        ServerSelectionTimeoutError("no servers"),
+        NetworkTimeout("timed out"),
+        NotPrimaryError("stepped down"),
+        OperationFailure("shutting down", code=91),
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EIO, "Input/output error"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
+        TimeoutError("timed out"),
+        KafkaTimeoutError(),
+    ],
+    ids=type,
+)
+def test_infrastructure_failures_are_transient(error: BaseException) -> None:
+    assert classify(error) is Failure.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NotImplementedError("Unknown Value Representation 'ZZ' in tag (0008,0060)"),
+        ValueError("invalid literal for int() with base 10: 'Thistlewood'"),
+        KeyError("x"),
+        UnicodeDecodeError("ascii", b"\xff", 0, 1, "bad"),
+        LookupError("unknown encoding"),
+        InvalidDicomError("not DICOM"),
+        struct.error("unpack requires a buffer of 4 bytes"),
+        EOFError(),
+        RecursionError(),
+    ],
+    ids=type,
+)
+def test_decoding_errors_are_input_problems_named_by_type_only(error: BaseException) -> None:
+    assert classify(error) is Failure.INPUT
+    assert input_problem(error) == type(error).__name__
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("bug"),
+        AttributeError("bug"),
+        FileNotFoundError(errno.ENOENT, "gone"),
+        DuplicateKeyError("dup"),
+        OperationFailure("unauthorized", code=13),
+        MessageSizeTooLargeError(),
+    ],
+    ids=type,
+)
+def test_the_rest_are_defects(error: BaseException) -> None:
+    assert classify(error) is Failure.DEFECT
+    assert input_problem(error) is None
+
+
+@pytest.mark.parametrize(
+    "error", [AutoReconnect("primary gone"), OSError(errno.ENOSPC, "No space left on device")], ids=type
+)
+def test_the_bus_retries_a_record_that_met_an_outage_and_dead_letters_nothing(error: Exception) -> None:
+    def handler(message: IncomingMessage) -> list[OutgoingMessage]:
+        if message.offset == 1:
+            raise error
+        return [OutgoingMessage("out", message.value)]
+
+    records = [IncomingMessage("in", 0, offset, b"k", b"v") for offset in range(3)]
+    result = run_handler_over_batch(records, handler, "dlq", "test")
+    assert [o.topic for o in result.outputs] == ["out"]
+    assert result.retry_from == {TopicPartition("in", 0): 1}
+    assert result.commits == {TopicPartition("in", 0): 1}
+    assert result.failed == 0
+
+
+def test_a_dead_letter_says_its_failure_class() -> None:
+    def handler(message: IncomingMessage) -> list[OutgoingMessage]:
+        raise RuntimeError("bug")
+
+    result = run_handler_over_batch([IncomingMessage("in", 0, 0, b"k", b"v")], handler, "dlq", "test")
+    [dead] = result.outputs
+    assert dead.headers["imx-failure"] == b"defect"
