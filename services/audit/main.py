@@ -11,6 +11,7 @@ from services.audit.admin import register_analyst_admin
 from services.audit.analysts import AnalystStore, CachedKeyCheck
 from services.audit.api import create_app
 from services.audit.consumer import AuditHandler, audit_stage_spec
+from services.audit.dead_letters import register_dead_letter_admin
 from services.audit.settings import AuditSettings
 from services.audit.store import MongoAuditStore
 from services.common.bus import BusProducer, Handler
@@ -58,7 +59,10 @@ def serve(
                 settings,
                 audit_stage_spec(Topics(settings.topic_prefix)),
                 build_handler,
-                extra_servicers=[register_analyst_admin(analysts)],
+                extra_servicers=[
+                    register_analyst_admin(analysts),
+                    register_dead_letter_admin(settings.kafka_bootstrap, Topics(settings.topic_prefix).dead_letter, db),
+                ],
                 stop=stop,
                 on_ready=ready,
             )

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import typer
 
-from services.cli import admin, blobs, files, gateway, profiles, send
+from services.cli import admin, blobs, dlq, files, gateway, profiles, send
 
 app = typer.Typer(
     help="imx: a medical-image exchange. DICOM in, routed, de-identified, delivered, audited.", no_args_is_help=True
@@ -18,6 +18,7 @@ app.add_typer(admin.analysts_app, name="analysts")
 app.add_typer(profiles.profiles_app, name="profiles")
 app.add_typer(blobs.blobs_app, name="blobs")
 app.add_typer(gateway.gateway_app, name="gateway")
+app.add_typer(dlq.dlq_app, name="dlq")
 app.command("demo-data")(files.demo_data)
 app.command("deid")(files.deid)
 app.command("send")(send.send)

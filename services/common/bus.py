@@ -134,6 +134,20 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__} (message withheld: may contain PHI)"
 
 
+# What dead_letter_for adds to a message's own headers; a replay takes them off again.
+DEAD_LETTER_HEADERS = frozenset(
+    {
+        "imx-error",
+        "imx-error-type",
+        "imx-failure",
+        "imx-stage",
+        "imx-source-topic",
+        "imx-source-partition",
+        "imx-source-offset",
+    }
+)
+
+
 def dead_letter_for(message: IncomingMessage, exc: BaseException, topic: str, stage: str) -> OutgoingMessage:
     """The original message, untouched, with headers saying where it came from and why it failed."""
     headers = dict(message.headers)

@@ -1,0 +1,273 @@
+"""The DeadLetterAdmin gRPC servicer: what no stage could process (the dead-letter topic), listed,
+shown and replayed to where it came from once the defect that sent it there is fixed.
+
+Only the headers the bus writes (services/common/bus.py dead_letter_for) are shown, never a message's
+value or key: those may carry PHI. A replay publishes the original value and headers (without the
+dead-letter ones) to the source topic and is recorded in `dead_letter_replays` under
+`<partition>:<offset>`, so that a second replay of the same dead letter is a deliberate one (`force`).
+Replays are harmless to repeat anyway: every stage is idempotent by event id.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+from pymongo.database import Database
+
+from services.common.bus import DEAD_LETTER_HEADERS, MAX_MESSAGE_BYTES, BusProducer
+from services.common.control_server import ServicerRegistration
+from services.common.messages import OutgoingMessage
+from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
+
+DEFAULT_LIMIT = 100
+READ_TIMEOUT_S = 10.0
+
+
+def _text(headers: dict[str, bytes], name: str) -> str:
+    return headers.get(name, b"").decode("utf-8", "replace")
+
+
+def _number(headers: dict[str, bytes], name: str) -> int:
+    try:
+        return int(_text(headers, name))
+    except ValueError:
+        return -1
+
+
+def _headers(record: ConsumerRecord) -> dict[str, bytes]:
+    return {k: (v or b"") for k, v in (record.headers or [])}
+
+
+def describe(record: ConsumerRecord, replayed_at_ms: int = 0) -> admin_pb2.DeadLetter:
+    headers = _headers(record)
+    return admin_pb2.DeadLetter(
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+        stage=_text(headers, "imx-stage"),
+        error_type=_text(headers, "imx-error-type"),
+        error=_text(headers, "imx-error"),
+        failure=_text(headers, "imx-failure"),
+        source_topic=_text(headers, "imx-source-topic"),
+        source_partition=_number(headers, "imx-source-partition"),
+        source_offset=_number(headers, "imx-source-offset"),
+        size=len(record.value or b""),
+        replayed_at_ms=replayed_at_ms,
+        header_names=sorted(name for name in headers if name not in DEAD_LETTER_HEADERS),
+    )
+
+
+def replay_of(record: ConsumerRecord) -> OutgoingMessage:
+    """The message as its stage first read it: same value, key and headers (so the same trace)."""
+    headers = _headers(record)
+    return OutgoingMessage(
+        topic=_text(headers, "imx-source-topic"),
+        value=record.value or b"",
+        key=record.key,
+        headers={k: v for k, v in headers.items() if k not in DEAD_LETTER_HEADERS},
+    )
+
+
+class DeadLetterTopic:
+    """Reads the dead-letter topic without a consumer group: nothing is committed, nothing is moved."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._bootstrap = bootstrap
+        self.topic = topic
+
+    def _consumer(self) -> KafkaConsumer:
+        return KafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="imx-dead-letter-admin",
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_bytes=MAX_MESSAGE_BYTES,
+            metrics_enabled=False,
+        )
+
+    def newest(self, limit: int) -> list[ConsumerRecord]:
+        """The newest `limit` of each partition, then the newest `limit` of those, oldest first."""
+        consumer = self._consumer()
+        try:
+            numbers = sorted(consumer.partitions_for_topic(self.topic) or [])
+            partitions = [TopicPartition(self.topic, p) for p in numbers]
+            if not partitions:
+                return []
+            consumer.assign(partitions)
+            ends = consumer.end_offsets(partitions)
+            starts = consumer.beginning_offsets(partitions)
+            wanted = {}
+            for tp in partitions:
+                first = max(starts[tp], ends[tp] - limit)
+                if first < ends[tp]:
+                    consumer.seek(tp, first)
+                    wanted[tp] = ends[tp]
+                else:
+                    consumer.pause(tp)
+            records = self._read_until(consumer, wanted)
+        finally:
+            consumer.close(autocommit=False)
+        records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+        return records[-limit:]
+
+    def at(self, partition: int, offset: int) -> ConsumerRecord | None:
+        consumer = self._consumer()
+        try:
+            tp = TopicPartition(self.topic, partition)
+            if partition not in (consumer.partitions_for_topic(self.topic) or set()):
+                return None
+            consumer.assign([tp])
+            start, end = consumer.beginning_offsets([tp])[tp], consumer.end_offsets([tp])[tp]
+            if not start <= offset < end:
+                return None
+            consumer.seek(tp, offset)
+            found = [r for r in self._read_until(consumer, {tp: offset + 1}) if r.offset == offset]
+            return found[0] if found else None
+        finally:
+            consumer.close(autocommit=False)
+
+    @staticmethod
+    def _read_until(consumer: KafkaConsumer, ends: dict[TopicPartition, int]) -> list[ConsumerRecord]:
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        pending = {tp for tp, end in ends.items() if consumer.position(tp) < end}
+        while pending and time.monotonic() < deadline:
+            for tp, batch in consumer.poll(timeout_ms=500).items():
+                records.extend(r for r in batch if r.offset < ends[tp])
+                if consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+                    consumer.pause(tp)
+        return records
+
+
+@dataclass(frozen=True)
+class Replay:
+    topic: str
+    replayed_at_ms: int
+
+
+class AlreadyReplayed(Exception):
+    pass
+
+
+class DeadLetters:
+    """The dead-letter topic with the record of what was replayed (MongoDB, `_id` = partition:offset)."""
+
+    def __init__(
+        self, topic: DeadLetterTopic, db: Database, producer: Callable[[], BusProducer],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._topic = topic
+        self._replays = db["dead_letter_replays"]
+        self._producer = producer
+        self._clock = clock
+
+    def _replayed_at(self, ids: list[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        docs = self._replays.find({"_id": {"$in": ids}}, {"replayed_at_ms": 1})
+        return {d["_id"]: int(d.get("replayed_at_ms", 0)) for d in docs}
+
+    def list(self, limit: int, stage: str = "") -> list[admin_pb2.DeadLetter]:
+        described = [describe(r) for r in self._topic.newest(limit)]
+        if stage:
+            described = [d for d in described if d.stage == stage]
+        replayed = self._replayed_at([f"{d.partition}:{d.offset}" for d in described])
+        for d in described:
+            d.replayed_at_ms = replayed.get(f"{d.partition}:{d.offset}", 0)
+        return described
+
+    def get(self, partition: int, offset: int) -> admin_pb2.DeadLetter | None:
+        record = self._topic.at(partition, offset)
+        if record is None:
+            return None
+        key = f"{partition}:{offset}"
+        return describe(record, self._replayed_at([key]).get(key, 0))
+
+    def replay(self, partition: int, offset: int, force: bool = False) -> Replay | None:
+        """None when there is no such dead letter; AlreadyReplayed unless `force`."""
+        key = f"{partition}:{offset}"
+        if not force and self._replayed_at([key]):
+            raise AlreadyReplayed(key)
+        record = self._topic.at(partition, offset)
+        if record is None:
+            return None
+        message = replay_of(record)
+        if not message.topic:
+            raise ValueError("the dead letter does not name its source topic")
+        self._producer().publish([message])
+        now_ms = int(self._clock() * 1000)
+        self._replays.update_one(
+            {"_id": key},
+            {"$set": {"replayed_at_ms": now_ms, "topic": message.topic}, "$inc": {"replays": 1}},
+            upsert=True,
+        )
+        return Replay(message.topic, now_ms)
+
+
+class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
+    def __init__(self, dead_letters: DeadLetters) -> None:
+        self._dead_letters = dead_letters
+
+    def ListDeadLetters(
+        self, request: admin_pb2.ListDeadLettersRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListDeadLettersReply:
+        limit = request.limit if request.limit > 0 else DEFAULT_LIMIT
+        return admin_pb2.ListDeadLettersReply(dead_letters=self._dead_letters.list(limit, request.stage))
+
+    def GetDeadLetter(
+        self, request: admin_pb2.GetDeadLetterRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetDeadLetterReply:
+        found = self._dead_letters.get(request.partition, request.offset)
+        if found is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")
+        return admin_pb2.GetDeadLetterReply(dead_letter=found)
+
+    def ReplayDeadLetter(
+        self, request: admin_pb2.ReplayDeadLetterRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ReplayDeadLetterReply:
+        try:
+            replay = self._dead_letters.replay(request.partition, request.offset, request.force)
+        except AlreadyReplayed:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"dead letter {request.partition}:{request.offset} was replayed before; force to replay again",
+            )
+        except ValueError as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        if replay is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")
+            raise AssertionError("abort raises")
+        return admin_pb2.ReplayDeadLetterReply(topic=replay.topic, replayed_at_ms=replay.replayed_at_ms)
+
+
+class LazyProducer:
+    """One producer, made on the first replay: most audit processes never replay anything."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._bootstrap = bootstrap
+        self._producer: BusProducer | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> BusProducer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = BusProducer(self._bootstrap, client_id="imx-dead-letter-replay")
+            return self._producer
+
+
+def register_dead_letter_admin(bootstrap: str, dead_letter_topic: str, db: Database) -> ServicerRegistration:
+    dead_letters = DeadLetters(DeadLetterTopic(bootstrap, dead_letter_topic), db, LazyProducer(bootstrap))
+
+    def register(server: grpc.Server) -> None:
+        admin_pb2_grpc.add_DeadLetterAdminServicer_to_server(DeadLetterAdminServicer(dead_letters), server)
+
+    return register
