@@ -5,7 +5,8 @@ One class for every service's HTTP surface (ingest's STOW-RS, audit's query API,
   port in use fails at once with OSError;
 - `log_config=None`: uvicorn's records go through the service's PHI-safe JSON handler;
 - no access log: request paths carry study UIDs; each service logs its own summary;
-- `stop()` stops accepting and lets requests in flight finish, up to `grace_s`.
+- `stop()` stops accepting and lets requests in flight finish, up to `grace_s`;
+- an idle kept-alive connection is closed after `keep_alive_s` (a route bounds its own body reads).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from fastapi import FastAPI
 
 
 class HttpServer:
-    def __init__(self, app: FastAPI, host: str, port: int, grace_s: float = 10.0, name: str = "http") -> None:
+    def __init__(
+        self, app: FastAPI, host: str, port: int, grace_s: float = 10.0, name: str = "http", keep_alive_s: int = 5
+    ) -> None:
         self._socket = socket.create_server((host, port), reuse_port=False)
         self.host = host
         self.port: int = self._socket.getsockname()[1]
@@ -30,6 +33,7 @@ class HttpServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=max(1, int(grace_s)),
+            timeout_keep_alive=keep_alive_s,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -67,7 +67,7 @@ def serve(
                 extra=[register_organisation_admin(resources.organisations, receiver.calling_aets.refresh)],
             )
             http = HttpServer(
-                create_app(StowContext(resources.acceptance, resources.organisations)),
+                create_app(StowContext(resources.acceptance, resources.organisations, settings.stow_body_timeout_s)),
                 settings.http_host,
                 settings.http_port,
                 settings.shutdown_grace_s,

@@ -26,6 +26,9 @@ class IngestSettings(ServiceSettings):
     )
     http_host: str = Field("127.0.0.1", description="address the STOW-RS HTTP server binds")
     http_port: int = Field(8041, ge=0, le=65535, description="STOW-RS HTTP port; 0 picks a free port")
+    stow_body_timeout_s: float = Field(
+        30.0, gt=0, description="longest wait for the next bytes of a STOW-RS body; then 408 and the connection closes"
+    )
     max_instance_bytes: int = Field(
         1 * GIB, ge=1024, le=2 * GIB, description="largest DICOM instance accepted on any channel"
     )

@@ -6,6 +6,7 @@ Acceptance blocks on MongoDB and Kafka, so it runs in the thread pool, never on 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Annotated, Protocol
@@ -14,6 +15,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from services.ingest.acceptance import Acceptance, Channel, check_destination
 from services.ingest.errors import IngestUnavailable, InvalidDestination
@@ -41,6 +43,9 @@ class ApiKeys(Protocol):
 class StowContext:
     acceptance: Acceptance
     api_keys: ApiKeys
+    # Longest wait for the next piece of a request body: a client that sent its headers and stopped
+    # would otherwise hold its connection (and a worker's buffers) for ever.
+    body_timeout_s: float = 30.0
 
 
 def _context(request: Request) -> StowContext:
@@ -115,13 +120,31 @@ async def _store(
             unavailable = outcome.failure_reason == OUT_OF_RESOURCES
             outcomes.append(outcome)
 
+    chunks = request.stream()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), context.body_timeout_s)
+            except StopAsyncIteration:
+                break
             await store(reader.feed(chunk))
         await store(reader.close())
     except MalformedMultipart as exc:
         # Parts completed before the error stay stored; a client resending the request gets them as duplicates.
         raise HTTPException(400, str(exc)) from None
+    except TimeoutError:
+        log.warning(
+            "stow-rs body not received in time; closing",
+            extra={"org": org, "instances": len(outcomes), "seconds": context.body_timeout_s},
+        )
+        return JSONResponse(
+            {"detail": f"no request body received for {context.body_timeout_s:g} s"},
+            status_code=408,
+            headers={"Connection": "close"},
+        )
+    except ClientDisconnect:  # the client went away mid-body: no one to answer, nothing to report
+        log.info("stow-rs client disconnected", extra={"org": org, "instances": len(outcomes)})
+        return JSONResponse({"detail": "client disconnected"}, status_code=400)
     status = http_status(outcomes)
     log.info("stow-rs request", extra={"org": org, "instances": len(outcomes), "status": status})
     headers = {"Retry-After": "30"} if status == 503 else None
@@ -139,6 +162,7 @@ _STOW_OPENAPI = {
         "202": {"description": "some instances failed (FailedSOPSequence with FailureReason)"},
         "400": {"description": "malformed multipart body"},
         "401": {"description": "missing or unknown API key"},
+        "408": {"description": "the body stopped arriving (IMX_STOW_BODY_TIMEOUT_S); the connection is closed"},
         "409": {"description": "no instance stored"},
         "415": {"description": 'not multipart/related; type="application/dicom"'},
         "503": {"description": "a dependency is down: retry later (Retry-After)"},
