@@ -1,6 +1,6 @@
-"""Start the five imx services as background processes for `make run` / `make bench`, registered in
-var/run like Kafka and FerretDB so `make stop` stops them by PID. Returns when every service's gRPC
-health check says SERVING."""
+"""Start the five imx services, and the central gateways for partners registered with an endpoint, as
+background processes for `make run` / `make bench`, registered in var/run like Kafka and FerretDB so
+`make stop` stops them by PID. Returns when every service's gRPC health check says SERVING."""
 
 from __future__ import annotations
 
@@ -39,7 +39,11 @@ SERVICES: dict[str, ServicePorts] = {
     "deid": ServicePorts(50053),
     "delivery": ServicePorts(50054, (("IMX_HTTP_PORT", 8046),)),
     "audit": ServicePorts(50055, (("IMX_HTTP_PORT", 8045),)),
+    # Central gateways (services/gateway/central.py): one worker per partner with an endpoint.
+    "gateways": ServicePorts(50056),
 }
+# Python module each process runs (default: services.<name>).
+MODULES = {"gateways": "services.gateway.central"}
 
 
 def service_env(layout: Layout, ports: Ports, name: str) -> dict[str, str]:
@@ -51,6 +55,7 @@ def service_env(layout: Layout, ports: Ports, name: str) -> dict[str, str]:
             "IMX_MONGO_URI": mongo_uri(ports.mongo),
             "IMX_BLOB_DIR": str(layout.var / "blobs"),
             "IMX_GRPC_PORT": str(SERVICES[name].grpc),
+            "IMX_GATEWAY_STATE_DIR": str(layout.var / "gateways"),
             "PYTHONUNBUFFERED": "1",
             **MALLOC_ENV,
         }
@@ -85,7 +90,7 @@ def start_services(layout: Layout, ports: Ports, timeout_s: float = 90.0) -> Non
     procs = {
         name: start_process(
             name,
-            [sys.executable, "-m", f"services.{name}"],
+            [sys.executable, "-m", MODULES.get(name, f"services.{name}")],
             layout.log / f"{name}.log",
             env=service_env(layout, ports, name),
             cwd=ROOT,
@@ -103,7 +108,8 @@ def start_services(layout: Layout, ports: Ports, timeout_s: float = 90.0) -> Non
 
 
 def main() -> int:
-    """`make up`: Kafka and FerretDB, then the five services; returns when all answer."""
+    """`make up`: Kafka and FerretDB, then the five services and the central gateways; returns when all
+    answer."""
     from tools.devstack import DevstackError
     from tools.devstack.cli import up
 

@@ -13,6 +13,7 @@ from services.audit.api import create_app
 from services.audit.consumer import AuditHandler, audit_stage_spec
 from services.audit.dead_letters import register_dead_letter_admin
 from services.audit.settings import AuditSettings
+from services.audit.status import register_studies
 from services.audit.store import MongoAuditStore
 from services.common.bus import BusProducer, Handler
 from services.common.control_server import ControlServer
@@ -61,6 +62,7 @@ def serve(
                 build_handler,
                 extra_servicers=[
                     register_analyst_admin(analysts),
+                    register_studies(store),
                     register_dead_letter_admin(settings.kafka_bootstrap, Topics(settings.topic_prefix).dead_letter, db),
                 ],
                 stop=stop,

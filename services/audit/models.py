@@ -66,6 +66,12 @@ class Receipt(BaseModel):
     last_at: datetime
 
 
+class StageReason(BaseModel):
+    stage: str | None
+    reason: str | None
+    count: int
+
+
 class Destination(BaseModel):
     """One destination of the study: which route sent it where, with which profile, and how it went."""
 
@@ -84,12 +90,21 @@ class Destination(BaseModel):
     last_stored_at: datetime | None = None
     turnaround_ms_p50: int | None = Field(None, description="median ms from ingest accepted to stored")
     turnaround_ms_max: int | None = Field(None, description="slowest ms from ingest accepted to stored")
-
-
-class StageReason(BaseModel):
-    stage: str | None
-    reason: str | None
-    count: int
+    quarantined: int = Field(0, description="instances quarantined on the way to this destination (e.g. by deid)")
+    completeness: str | None = Field(
+        None,
+        description="the gateway's check of the last StudyComplete manifest: complete or incomplete; "
+        "none before the first check",
+    )
+    missing: int | None = Field(None, description="instances of the last manifest the gateway does not have")
+    state: str = Field(
+        "routed",
+        description="the furthest state reached: routed, prepared, delivered, stored, complete; or "
+        "quarantined, failed, dead_lettered when no instance got past that point",
+    )
+    reasons: list[StageReason] = Field(
+        default_factory=list, description="why instances stopped short: quarantines, failures, dead letters"
+    )
 
 
 class StudyTrail(BaseModel):

@@ -1,12 +1,14 @@
 """A study's records → its trail: received from whom and how, routed where by which rule, de-identified
-with which profile, delivered when, and stored in the partner's PACS when, with the turnaround from
-ingest to stored (pure)."""
+with which profile, delivered when, stored in the partner's PACS when (with the turnaround from
+ingest to stored), whether the partner's gateway found the study complete, and the furthest state
+each destination reached (pure)."""
 
 from __future__ import annotations
 
 import statistics
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -61,9 +63,13 @@ def _destinations(records: list[AuditRecord]) -> list[Destination]:
                 "delivered": set(),
                 "failed": set(),
                 "last_delivered_at": None,
-                "stored": {},
+                "stored": {},  # delivered SOP Instance UID -> turnaround ms
+                "stored_without_time": set(),  # stored, but the receipt carried no ingest time
                 "dead_lettered": set(),
                 "last_stored_at": None,
+                "quarantined": set(),
+                "reasons": Counter(),
+                "study_check": None,
             },
         )
         for name in ("profile", "profile_version", "deidentified"):
@@ -79,32 +85,123 @@ def _destinations(records: list[AuditRecord]) -> list[Destination]:
             d["last_delivered_at"] = r["occurred_at"]
         elif r["status"] == "failed":
             d["failed"].add(sop)
+            d["reasons"][("delivery", r["detail"] or "failed", sop)] += 1
     for r in records:
-        if r["event_type"] == EventType.RECEIPT:
+        if r["event_type"] == EventType.QUARANTINED and (r["partner_id"], r["route_id"]) in found:
+            # Quarantined on the way to one destination (deid refusing an instance for its profile).
+            d = found[(r["partner_id"], r["route_id"])]
+            d["quarantined"].add(r["sop_uid"])
+            d["reasons"][(r["stage"], r["reason"], r["sop_uid"])] += 1
+        elif r["event_type"] == EventType.RECEIPT and r["status"] in STUDY_CHECKS:
+            # A study receipt names the partner and the study as delivered, not an instance or a
+            # route: it answers for every destination of that partner. Records are in time order, so
+            # the last check wins (a study that grew is announced and checked again).
+            for (partner, _route), d in found.items():
+                if partner == r["partner_id"]:
+                    d["study_check"] = r
+        elif r["event_type"] == EventType.RECEIPT:
             key = route_of.get((r["partner_id"], r["delivered_sop_uid"]))
             if key is not None and key in found:
                 _add_receipt(found[key], r)
-    return [
-        Destination(
-            partner_id=partner,
-            route_id=route,
-            profile=d["profile"],
-            profile_version=d["profile_version"],
-            deidentified=d["deidentified"],
-            routed=len(d["routed"]),
-            prepared=len(d["prepared"]),
-            delivered=len(d["delivered"]),
-            # An instance that failed and was then delivered counts as delivered only.
-            failed=len(d["failed"] - d["delivered"]),
-            last_delivered_at=d["last_delivered_at"],
-            stored=len(d["stored"]),
-            dead_lettered=len(d["dead_lettered"] - set(d["stored"])),
-            last_stored_at=d["last_stored_at"],
-            turnaround_ms_p50=_percentile(list(d["stored"].values()), 50),
-            turnaround_ms_max=max(d["stored"].values(), default=None),
-        )
-        for (partner, route), d in found.items()
-    ]
+    return [_destination(partner, route, d) for (partner, route), d in found.items()]
+
+
+def _destination(partner: str | None, route: str | None, d: dict[str, Any]) -> Destination:
+    stored = set(d["stored"]) | d["stored_without_time"]
+    check: AuditRecord | None = d["study_check"]
+    completeness = None if check is None else STUDY_CHECKS[str(check["status"])]
+    progress = Progress(
+        routed=len(d["routed"]),
+        prepared=len(d["prepared"]),
+        delivered=len(d["delivered"]),
+        stored=len(stored),
+        quarantined=len(d["quarantined"] - d["prepared"]),
+        # An instance that failed and was then delivered counts as delivered only.
+        failed=len(d["failed"] - d["delivered"]),
+        dead_lettered=len(d["dead_lettered"] - stored),
+        completeness=completeness,
+    )
+    reasons: Counter[tuple[str | None, str | None]] = Counter()
+    for (stage, reason, sop), _n in d["reasons"].items():
+        if not (stage == "delivery" and sop in d["delivered"]) and not (stage == "gateway" and sop in stored):
+            reasons[(stage, reason)] += 1
+    if completeness == "incomplete" and check is not None:
+        reasons[("gateway", "study_incomplete")] += 1
+    return Destination(
+        partner_id=partner,
+        route_id=route,
+        profile=d["profile"],
+        profile_version=d["profile_version"],
+        deidentified=d["deidentified"],
+        routed=progress.routed,
+        prepared=progress.prepared,
+        delivered=progress.delivered,
+        failed=progress.failed,
+        last_delivered_at=d["last_delivered_at"],
+        stored=progress.stored,
+        dead_lettered=progress.dead_lettered,
+        last_stored_at=d["last_stored_at"],
+        turnaround_ms_p50=_percentile(list(d["stored"].values()), 50),
+        turnaround_ms_max=max(d["stored"].values(), default=None),
+        quarantined=progress.quarantined,
+        completeness=completeness,
+        missing=None if check is None else _missing(check),
+        state=furthest_state(progress),
+        reasons=[
+            StageReason(stage=stage, reason=reason, count=n)
+            for (stage, reason), n in sorted(reasons.items(), key=lambda item: (str(item[0][0]), str(item[0][1])))
+        ],
+    )
+
+
+# Study receipts' statuses → the destination's completeness.
+STUDY_CHECKS = {"study_complete": "complete", "study_incomplete": "incomplete"}
+
+# The states of one destination, in order; a later one means every earlier one was reached.
+STATES = ("received", "routed", "prepared", "delivered", "stored", "complete")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Distinct instances of one destination at each point, and the last completeness check."""
+
+    routed: int = 0
+    prepared: int = 0
+    delivered: int = 0
+    stored: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    completeness: str | None = None
+
+
+def furthest_state(p: Progress) -> str:
+    """The furthest state any instance of the destination reached; "complete" only when the partner's
+    gateway checked the last manifest and had every instance of it. When no instance got past the
+    point where some stopped, the state says where they stopped: quarantined (before prepared),
+    failed (delivery) or dead_lettered (the partner's gateway)."""
+    if p.completeness == "complete":
+        return "complete"
+    if p.stored:
+        return "stored"
+    if p.dead_lettered:
+        return "dead_lettered"
+    if p.delivered:
+        return "delivered"
+    if p.failed:
+        return "failed"
+    if p.prepared:
+        return "prepared"
+    if p.quarantined:
+        return "quarantined"
+    return "routed" if p.routed else "received"
+
+
+def _missing(check: AuditRecord) -> int:
+    """From the receipt's detail, "<missing> of <count> missing"; 0 for a complete study."""
+    detail = check["detail"] or ""
+    head = detail.split(" ", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def _add_receipt(destination: dict[str, Any], receipt: AuditRecord) -> None:
@@ -115,10 +212,13 @@ def _add_receipt(destination: dict[str, Any], receipt: AuditRecord) -> None:
         if sop not in destination["stored"] and receipt["ingested_at"] is not None:
             elapsed = receipt["occurred_at"] - receipt["ingested_at"]
             destination["stored"][sop] = int(elapsed.total_seconds() * 1000)
+        elif receipt["ingested_at"] is None:
+            destination["stored_without_time"].add(sop)
         if destination["last_stored_at"] is None or receipt["occurred_at"] > destination["last_stored_at"]:
             destination["last_stored_at"] = receipt["occurred_at"]
     elif receipt["status"] == "dead_lettered":
         destination["dead_lettered"].add(sop)
+        destination["reasons"][("gateway", receipt["detail"] or "dead_lettered", sop)] += 1
 
 
 def _percentile(values: list[int], pct: int) -> int | None:

@@ -164,23 +164,36 @@ def routes_test(
 
 @partners_app.command("list")
 def partners_list() -> None:
-    """Show partners and their topics."""
+    """Show partners, their topics and, for those imx's central gateway receives for, their endpoint."""
     with _channel(CliSettings().delivery_grpc) as channel:
         reply = admin_pb2_grpc.PartnerAdminStub(channel).ListPartners(admin_pb2.ListPartnersRequest())
-    table = Table("id", "name", "topic")
+    table = Table("id", "name", "topic", "endpoint (central gateway)")
     for p in reply.partners:
-        table.add_row(p.partner_id, p.name, p.topic)
+        table.add_row(p.partner_id, p.name, p.topic, p.endpoint)
     console.print(table)
 
 
 @partners_app.command("add")
-def partners_add(partner_id: str, name: str = "") -> None:
-    """Register a partner (creates its topic and its pseudonymisation key)."""
+def partners_add(
+    partner_id: str,
+    name: str = "",
+    endpoint: Annotated[
+        str,
+        typer.Option(
+            help="where imx's central gateway stores for this partner (dicom://AE@host:port, "
+            "https://host/dicomweb, file:///folder); empty: the partner runs `imx gateway` itself"
+        ),
+    ] = "",
+) -> None:
+    """Register or update a partner (creates its topics, its pseudonymisation key, its DICOMweb key and
+    Kafka sign-in). Adding it again replaces its name and endpoint."""
     with _channel(CliSettings().delivery_grpc) as channel:
         reply = admin_pb2_grpc.PartnerAdminStub(channel).AddPartner(
-            admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=partner_id, name=name))
+            admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=partner_id, name=name, endpoint=endpoint))
         )
     console.print(f"partner {reply.partner.partner_id} receives on topic {reply.partner.topic}")
+    if reply.partner.endpoint:
+        console.print(f"imx's central gateway stores its deliveries to {reply.partner.endpoint}", highlight=False)
     if reply.HasField("kafka_access"):
         _print_access(reply.kafka_access)
     if reply.dicomweb_key:

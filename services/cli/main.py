@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import typer
 
-from services.cli import admin, blobs, dlq, files, gateway, profiles, send
+from services.cli import admin, blobs, dlq, files, gateway, profiles, send, studies
 
 app = typer.Typer(
     help="imx: a medical-image exchange. DICOM in, routed, de-identified, delivered, audited.", no_args_is_help=True
@@ -19,6 +19,7 @@ app.add_typer(profiles.profiles_app, name="profiles")
 app.add_typer(blobs.blobs_app, name="blobs")
 app.add_typer(gateway.gateway_app, name="gateway")
 app.add_typer(dlq.dlq_app, name="dlq")
+app.add_typer(studies.studies_app, name="studies")
 app.command("demo-data")(files.demo_data)
 app.command("deid")(files.deid)
 app.command("send")(send.send)
@@ -30,6 +31,7 @@ class ServiceName(StrEnum):
     deid = "deid"
     delivery = "delivery"
     audit = "audit"
+    gateways = "gateways"  # central gateways for partners registered with an endpoint
 
 
 @app.command()
@@ -37,7 +39,8 @@ def serve(name: ServiceName) -> None:
     """Run one service in the foreground (settings from IMX_* environment variables)."""
     import importlib
 
-    importlib.import_module(f"services.{name.value}.main").serve()
+    module = "services.gateway.central" if name is ServiceName.gateways else f"services.{name.value}.main"
+    importlib.import_module(module).serve()
 
 
 if __name__ == "__main__":

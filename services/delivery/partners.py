@@ -15,6 +15,7 @@ from services.common.control_server import ServicerRegistration
 from services.common.kafka_access import MECHANISM, PartnerAccess
 from services.common.stores.partners import Partner, PartnerStore
 from services.common.topics import Topics
+from services.gateway.targets import parse_target
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -87,15 +88,21 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
 
     def _proto(self, partner: Partner) -> admin_pb2.Partner:
         return admin_pb2.Partner(
-            partner_id=partner.partner_id, name=partner.name, topic=self._topics.partner(partner.partner_id)
+            partner_id=partner.partner_id,
+            name=partner.name,
+            topic=self._topics.partner(partner.partner_id),
+            endpoint=partner.endpoint,
         )
 
     def AddPartner(
         self, request: admin_pb2.AddPartnerRequest, context: grpc.ServicerContext
     ) -> admin_pb2.AddPartnerReply:
+        endpoint = request.partner.endpoint.strip()
         try:
-            partner = self._store.add(Partner(request.partner.partner_id, request.partner.name))
-        except ValueError as exc:
+            if endpoint:
+                parse_target(endpoint)  # the central gateway must be able to use it: refuse it now if not
+            partner = self._store.add(Partner(request.partner.partner_id, request.partner.name, endpoint))
+        except ValueError as exc:  # TargetError is a ValueError
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         # The topics exist before anything is delivered, so a partner can subscribe right away.
         self._create_topic(partner.partner_id)

@@ -1,5 +1,6 @@
 """The `imx` command against the running services: organisations, partners and routes administered at
-run time, `imx routes test`, `imx send` with its summary, `imx partner-listen` writing what arrives."""
+run time, `imx routes test`, `imx send` with its summary, the partner receiving with `imx gateway run`
+into a folder, and `imx studies status` showing the study stored and complete for that partner."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pydicom import dcmread
@@ -23,6 +25,7 @@ def imx(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         "IMX_ROUTING_GRPC": stack.grpc_address("routing"),
         "IMX_DEID_GRPC": stack.grpc_address("deid"),
         "IMX_DELIVERY_GRPC": stack.grpc_address("delivery"),
+        "IMX_AUDIT_GRPC": stack.grpc_address("audit"),
         "IMX_KAFKA_BOOTSTRAP": stack.kafka,
         "IMX_MONGO_URI": stack.mongo,
         "IMX_MONGO_DB": stack.db,
@@ -31,19 +34,35 @@ def imx(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         "COLUMNS": "200",
     }
     return subprocess.run(
-        [sys.executable, "-m", "services.cli.main", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "services.cli.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=180,
     )
 
 
-def test_administer_send_and_listen_with_the_cli(stack: Stack, tmp_path: Path) -> None:
+def test_administer_send_and_receive_with_the_cli(stack: Stack, tmp_path: Path) -> None:
     assert imx(stack, "orgs", "add", "trust-cli", "--ae-title", "TRUSTCLI").returncode == 0
     added = imx(stack, "partners", "add", "cli-partner", "--name", "CLI partner")
     assert added.returncode == 0 and f"{stack.prefix}imx.partner.cli-partner.v1" in added.stdout
-    sign_in = dict(re.findall(r"^\s+(bootstrap|username|password)\s+(\S+)$", added.stdout, re.MULTILINE))
+    sign_in = dict(re.findall(r"^\s+(bootstrap|username|password|dicomweb key)\s+(\S+)$", added.stdout, re.MULTILINE))
     assert sign_in["bootstrap"] == stack.kafka_partner and sign_in["username"] == "cli-partner"
-    route = imx(stack, "routes", "add", "cli-mr", "--partner", "cli-partner", "--profile", "basic",
-                "--from", "trust-cli", "--modality", "MR")
+    route = imx(
+        stack,
+        "routes",
+        "add",
+        "cli-mr",
+        "--partner",
+        "cli-partner",
+        "--profile",
+        "basic",
+        "--from",
+        "trust-cli",
+        "--modality",
+        "MR",
+    )
     assert route.returncode == 0, route.stdout + route.stderr
     assert "cli-mr" in imx(stack, "routes", "list").stdout
 
@@ -66,15 +85,53 @@ def test_administer_send_and_listen_with_the_cli(stack: Stack, tmp_path: Path) -
     again = imx(stack, "send", str(folder / "01001.dcm"), "--from", "trust-cli")
     assert again.returncode == 0 and "duplicates (already received) │ 1" in again.stdout
 
-    # The partner signs in on the partner listener with the user and password it was given.
-    wrong = imx(stack, "partner-listen", "--partner", "cli-partner", "--out", str(tmp_path / "x"), "--idle-exit", "5",
-                "--bootstrap", sign_in["bootstrap"], "--username", "cli-partner", "--password", "not-it")
-    assert wrong.returncode == 1 and "cannot read the partner topic" in wrong.stdout
+    # The partner receives with the gateway, signed in on the partner listener with the user and
+    # password it was given, fetching over DICOMweb with its key.
+    def gateway(password: str, target: Path, idle_exit: str) -> subprocess.CompletedProcess[str]:
+        return imx(
+            stack,
+            "gateway",
+            "run",
+            "--partner",
+            "cli-partner",
+            "--target",
+            target.as_uri(),
+            "--bootstrap",
+            sign_in["bootstrap"],
+            "--username",
+            sign_in["username"],
+            "--password",
+            password,
+            "--dicomweb-key",
+            sign_in["dicomweb key"],
+            "--state-dir",
+            str(tmp_path / "gateway-state"),
+            "--idle-exit",
+            idle_exit,
+        )
+
+    wrong = gateway("not-it", tmp_path / "x", "5")
+    assert wrong.returncode == 1 and "cannot use Kafka" in wrong.stdout, wrong.stdout + wrong.stderr
+    assert not (tmp_path / "x").exists()
     out = tmp_path / "received"
-    listened = imx(stack, "partner-listen", "--partner", "cli-partner", "--out", str(out), "--idle-exit", "15",
-                   "--bootstrap", sign_in["bootstrap"], "--username", sign_in["username"],
-                   "--password", sign_in["password"])
-    assert listened.returncode == 0, listened.stdout + listened.stderr
+    received = gateway(sign_in["password"], out, "15")
+    assert received.returncode == 0, received.stdout + received.stderr
     files = sorted(out.rglob("*.dcm"))
     assert len(files) == 6
     assert all(dcmread(f).PatientIdentityRemoved == "YES" for f in files)
+    assert "studies complete 1" in received.stdout, received.stdout
+
+    # The study, asked for by the UID it was sent with, is stored and complete for the partner.
+    study_uid = str(dcmread(folder / "01001.dcm").StudyInstanceUID)
+    deadline = time.monotonic() + 60
+    while True:
+        status = imx(stack, "studies", "status", study_uid)
+        row = next((line for line in status.stdout.splitlines() if "cli-partner" in line), "")
+        if ("complete" in row and "yes" in row) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert status.returncode == 0, status.stdout + status.stderr
+    cells = [c.strip() for c in row.split("│")]
+    assert cells[1:9] == ["cli-partner", "cli-mr", "complete", "6", "6", "6", "6", "yes"], status.stdout
+    unknown_study = imx(stack, "studies", "status", "1.2.3.4.5")
+    assert unknown_study.returncode == 1 and "nothing is known" in unknown_study.stdout

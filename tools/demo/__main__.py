@@ -2,6 +2,9 @@
 
 Three trusts send a synthetic data set (trust-north and trust-west over C-STORE, trust-east over
 STOW-RS) to three partners; the summary comes from the audit trail, so it shows what really happened.
+Each partner is registered with a folder endpoint (var/demo/received/<partner>): imx's central
+gateway fetches what it was delivered and stores it there, and the summary counts the files that
+arrived in each folder.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from services.routing.admin import route_from_proto
 from services.routing.rules import RoutingInput, decide
 from tools.demo.drain import TrailCounts, wait_until_drained
 from tools.demo.senders import c_store, stow_rs
-from tools.demo.setup_demo import ROUTES, TRUSTS, configure
+from tools.demo.setup_demo import PARTNERS, ROUTES, TRUSTS, configure, partner_folder
 from tools.devstack import DevstackError, Layout, Ports
 from tools.devstack.cli import up
 from tools.services_stack import start_services
@@ -53,7 +57,10 @@ def main() -> int:
     except DevstackError as error:
         console.print(f"[red]{error}[/red]")
         return 2
-    config = configure(cli)
+    received = layout.var / "demo" / "received"
+    config = configure(cli, received)
+    # Folders keep earlier runs' files: this run's arrivals are counted from here.
+    baseline = {p: files_in(partner_folder(received, p)) for p in PARTNERS}
     seed = int(time.time()) % 1_000_000  # a new data set each run; re-sending the same one would be deduplicated
     data_dir = layout.var / "demo" / f"seed-{seed}"
     console.print(f"writing {studies} synthetic studies (seed {seed}) into {data_dir}")
@@ -104,15 +111,40 @@ def main() -> int:
     # From the first byte sent to the last delivery the audit trail recorded (not to the end of waiting).
     last = counts.last_delivered_at or datetime.now(UTC)
     elapsed = (last - started_at).total_seconds()
-    print_summary(manifest, accepted, counts, elapsed)
+    arrived = wait_for_folders(received, baseline, counts.delivered_by_partner)
+    print_summary(manifest, accepted, counts, elapsed, arrived)
     if counts.terminal < expected:
         console.print(f"[red]only {counts.terminal} of {expected} deliveries/quarantines were seen in time[/red]")
         return 1
+    short = {p: n for p, n in counts.delivered_by_partner.items() if arrived.get(p, 0) < n}
+    if short:
+        console.print(f"[red]not every delivery arrived in the partners' folders in time: {sorted(short)}[/red]")
+        return 1
     console.print(f"Stop everything with [bold]make stop[/bold]. Logs: var/log/; audit API: {cli.audit_url}/docs")
+    console.print(f"What each partner received: {received}/<partner>/<study>/<series>/<instance>.dcm")
     return 0 if sum(accepted.values()) == len(manifest.files) else 1
 
 
-def print_summary(manifest: DemoManifest, accepted: dict[str, int], counts: TrailCounts, elapsed: float) -> None:
+def files_in(folder: Path) -> int:
+    return sum(1 for _ in folder.rglob("*.dcm")) if folder.is_dir() else 0
+
+
+def wait_for_folders(
+    received: Path, baseline: dict[str, int], delivered: Mapping[str, int], timeout_s: float = 120.0
+) -> dict[str, int]:
+    """Files that arrived in each partner's folder during this run, once every delivery is there (or at
+    the timeout): the central gateway stores them as it reads the partners' feeds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        arrived = {p: files_in(partner_folder(received, p)) - n for p, n in baseline.items()}
+        if all(arrived.get(p, 0) >= n for p, n in delivered.items()) or time.monotonic() > deadline:
+            return arrived
+        time.sleep(0.5)
+
+
+def print_summary(
+    manifest: DemoManifest, accepted: dict[str, int], counts: TrailCounts, elapsed: float, arrived: dict[str, int]
+) -> None:
     sent = len(manifest.files)
     table = Table(title="imx demo: every instance accounted for by the audit trail")
     table.add_column("what")
@@ -124,6 +156,8 @@ def print_summary(manifest: DemoManifest, accepted: dict[str, int], counts: Trai
     table.add_row("ingested (audit)", str(counts.ingested))
     for partner, n in sorted(counts.delivered_by_partner.items()):
         table.add_row(f"delivered to {partner}", str(n))
+    for partner, n in sorted(arrived.items()):
+        table.add_row(f"  in {partner}'s folder (central gateway)", str(n))
     for partner, n in sorted(counts.failed_by_partner.items()):
         table.add_row(f"failed for {partner}", str(n))
     table.add_row("quarantined", str(sum(counts.quarantined_by_reason.values())))

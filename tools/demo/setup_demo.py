@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -51,7 +52,14 @@ class DemoConfig:
     audit_api_key: str  # the demo's own analyst key, to read the audit trails back
 
 
-def configure(cli: CliSettings) -> DemoConfig:
+def partner_folder(received: Path, partner_id: str) -> Path:
+    """Where the central gateway stores the partner's instances (its endpoint)."""
+    return received / partner_id
+
+
+def configure(cli: CliSettings, received: Path) -> DemoConfig:
+    """Trusts, partners, routes and an analyst key. Each partner is registered with a folder endpoint
+    under `received`, so imx's central gateway stores what it is sent there."""
     keys: dict[str, str] = {}
     with grpc.insecure_channel(cli.ingest_grpc) as channel:
         orgs = admin_pb2_grpc.OrganisationAdminStub(channel)
@@ -67,8 +75,12 @@ def configure(cli: CliSettings) -> DemoConfig:
     with grpc.insecure_channel(cli.delivery_grpc) as channel:
         partners = admin_pb2_grpc.PartnerAdminStub(channel)
         for partner_id, name in PARTNERS.items():
+            endpoint = partner_folder(received, partner_id).resolve().as_uri()
             partners.AddPartner(
-                admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=partner_id, name=name)), timeout=30
+                admin_pb2.AddPartnerRequest(
+                    partner=admin_pb2.Partner(partner_id=partner_id, name=name, endpoint=endpoint)
+                ),
+                timeout=30,
             )
     with grpc.insecure_channel(cli.routing_grpc) as channel:
         routes = admin_pb2_grpc.RoutingAdminStub(channel)

@@ -1,10 +1,17 @@
 """Receiving partners. Each has its own topic and its own pseudonymisation secret, so two partners'
-de-identified copies cannot be linked (the secret never leaves MongoDB and the deid service)."""
+de-identified copies cannot be linked (the secret never leaves MongoDB and the deid service).
+
+A partner may give an endpoint (a gateway target URL: dicom://, https://, file://): imx's central
+gateway then receives for it (services/gateway/central.py). DICOMweb keys have a kind: the
+partner's own ("partner", issued by `imx partners add` / `reset-key`) and the central gateway's
+("central"); issuing a key replaces only the earlier keys of the same kind, so neither revokes
+the other."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from pymongo.database import Database
 
@@ -12,12 +19,15 @@ from services.common.api_keys import api_key_digest, issue_api_key
 from services.common.topics import validate_partner_id
 
 DICOMWEB_KEY_PREFIX = "imxp_"
+PARTNER_KEY = "partner"  # the key the partner's own gateway uses
+CENTRAL_KEY = "central"  # the key imx's central gateway uses on the partner's behalf
 
 
 @dataclass(frozen=True)
 class Partner:
     partner_id: str
     name: str = ""
+    endpoint: str = ""  # where the central gateway stores for it; "" = the partner runs its own gateway
 
 
 class PartnerStore:
@@ -27,11 +37,15 @@ class PartnerStore:
         self._keys = db["partner_keys"]
 
     def add(self, partner: Partner) -> Partner:
-        """Create or rename; the pseudonymisation key is made once and kept on later updates."""
+        """Create or update name and endpoint; the pseudonymisation key is made once and kept on later
+        updates."""
         validate_partner_id(partner.partner_id)
         self._partners.update_one(
             {"_id": partner.partner_id},
-            {"$set": {"name": partner.name}, "$setOnInsert": {"pseudonym_key": secrets.token_hex(32)}},
+            {
+                "$set": {"name": partner.name, "endpoint": partner.endpoint},
+                "$setOnInsert": {"pseudonym_key": secrets.token_hex(32)},
+            },
             upsert=True,
         )
         return partner
@@ -40,11 +54,16 @@ class PartnerStore:
         self._keys.delete_many({"partner_id": partner_id})
         return self._partners.delete_one({"_id": partner_id}).deleted_count == 1
 
-    def issue_dicomweb_key(self, partner_id: str) -> str:
-        """A new DICOMweb key for the partner (shown once); its earlier keys stop working."""
+    def issue_dicomweb_key(self, partner_id: str, kind: str = PARTNER_KEY) -> str:
+        """A new DICOMweb key for the partner (shown once); its earlier keys of the same kind stop
+        working. Keys stored before kinds existed count as the partner's own."""
         key = issue_api_key(DICOMWEB_KEY_PREFIX)
-        self._keys.delete_many({"partner_id": partner_id})
-        self._keys.insert_one({"_id": api_key_digest(key), "partner_id": partner_id})
+        if kind == PARTNER_KEY:
+            # $ne also matches documents without the field (the keys from before kinds).
+            self._keys.delete_many({"partner_id": partner_id, "kind": {"$ne": CENTRAL_KEY}})
+        else:
+            self._keys.delete_many({"partner_id": partner_id, "kind": kind})
+        self._keys.insert_one({"_id": api_key_digest(key), "partner_id": partner_id, "kind": kind})
         return key
 
     def partner_for_key(self, api_key: str) -> str | None:
@@ -53,12 +72,16 @@ class PartnerStore:
         return str(doc["partner_id"]) if doc else None
 
     def get(self, partner_id: str) -> Partner | None:
-        doc = self._partners.find_one({"_id": partner_id}, {"name": 1})
-        return Partner(doc["_id"], doc.get("name", "")) if doc else None
+        doc = self._partners.find_one({"_id": partner_id}, {"name": 1, "endpoint": 1})
+        return _partner(doc) if doc else None
 
     def list(self) -> list[Partner]:
-        return [Partner(doc["_id"], doc.get("name", "")) for doc in self._partners.find({}, {"name": 1}).sort("_id", 1)]
+        return [_partner(doc) for doc in self._partners.find({}, {"name": 1, "endpoint": 1}).sort("_id", 1)]
 
     def pseudonym_key(self, partner_id: str) -> bytes | None:
         doc = self._partners.find_one({"_id": partner_id}, {"pseudonym_key": 1})
         return bytes.fromhex(doc["pseudonym_key"]) if doc else None
+
+
+def _partner(doc: dict[str, Any]) -> Partner:
+    return Partner(doc["_id"], doc.get("name", ""), doc.get("endpoint") or "")

@@ -98,6 +98,11 @@ def test_trail_shows_every_hop_in_order(client: TestClient) -> None:
         # Both were accepted at T0; the gateway stored them 40 ms and 1,040 ms later.
         "turnaround_ms_p50": 540,
         "turnaround_ms_max": 1040,
+        "quarantined": 0,
+        "completeness": None,
+        "missing": None,
+        "state": "stored",
+        "reasons": [],
     }
     assert destinations["research-a"]["last_delivered_at"] == "2026-01-01T00:00:01.030000Z"
     assert destinations["research-a"]["last_stored_at"] == "2026-01-01T00:00:01.040000Z"

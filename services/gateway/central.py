@@ -1,0 +1,263 @@
+"""Central gateways (`imx serve gateways`): imx runs the partner gateway for every partner registered
+with an endpoint (`imx partners add ID --endpoint URL`), so a partner that gives a reachable PACS,
+DICOMweb service or folder receives without running anything itself.
+
+One worker thread per such partner runs the same store-and-forward loop as `imx gateway run`
+(services/gateway/worker.py), with three differences:
+- it reads the feed over the services' internal listener, in a consumer group of its own
+  (`<partner>.central-gateway`), so a gateway the partner also runs at its site is not sharing
+  partitions with it;
+- it fetches with a DICOMweb key of the "central" kind, issued when the worker starts and kept in
+  memory only; issuing it replaces only earlier central keys, never the partner's own;
+- its state (stored record, dead letters) is under `<IMX_GATEWAY_STATE_DIR>/<partner>`.
+
+The partner list is re-read every `IMX_GATEWAY_REFRESH_S`: a partner added with an endpoint gets a
+worker, a removed one (or one whose endpoint was cleared) loses it, a changed endpoint restarts it.
+Each worker is its own thread with its own clients, so one partner's PACS being down (the worker
+waits, partitions paused) delays no other partner. A worker that stops on an error no retry fixes
+(its key refused, receipts not writable, Kafka unreachable) is started again after a pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+
+from kafka import KafkaConsumer
+from pydantic import Field
+
+from services.common.control_server import ControlServer
+from services.common.kafka_access import group_prefix
+from services.common.logs import configure_logging
+from services.common.mongo import connect
+from services.common.runtime import install_stop_signals
+from services.common.settings import ServiceSettings
+from services.common.stats import StatusSnapshot
+from services.common.stores.partners import CENTRAL_KEY, PartnerStore
+from services.common.topics import Topics
+from services.gateway.fetch import Fetcher
+from services.gateway.policy import RetryPolicy
+from services.gateway.records import DeadLetters, StoredRecords
+from services.gateway.runner import BOOTSTRAP_TIMEOUT_MS, KafkaSignIn, producer_for
+from services.gateway.targets import open_store, parse_target
+from services.gateway.worker import Counters, Gateway, GatewayOptions, state_paths
+
+log = logging.getLogger(__name__)
+
+
+class CentralGatewaySettings(ServiceSettings):
+    grpc_port: int = Field(50056, ge=0, le=65535)
+    gateway_state_dir: Path = Field(
+        Path("var/gateways"), description="one folder per partner: temp files, stored record, dead letters"
+    )
+    gateway_refresh_s: float = Field(5.0, gt=0, description="how often the partner list is re-read")
+    gateway_max_attempts: int = Field(10, ge=1, description="attempts the target answered before a dead letter")
+    gateway_backoff_cap_s: float = Field(300.0, gt=0, description="longest wait between attempts, seconds")
+    gateway_window: int = Field(50, ge=1, description="in-flight window per partner")
+    gateway_restart_s: float = Field(10.0, gt=0, description="pause before a stopped worker is started again")
+
+
+def plan(running: Mapping[str, str], wanted: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(workers to stop, workers to start), from partner id -> endpoint of the running workers and of
+    the partners that have an endpoint now. A changed endpoint is a stop and a start."""
+    stop = sorted(p for p, endpoint in running.items() if wanted.get(p) != endpoint)
+    start = sorted(p for p, endpoint in wanted.items() if running.get(p) != endpoint)
+    return stop, start
+
+
+def central_group(partner_id: str) -> str:
+    return f"{group_prefix(partner_id)}central-gateway"
+
+
+class PartnerWorker:
+    """One partner's gateway on a thread of its own, restarted after a pause when it stops."""
+
+    def __init__(
+        self,
+        partner_id: str,
+        endpoint: str,
+        settings: CentralGatewaySettings,
+        issue_key: Callable[[str], str],
+    ) -> None:
+        self.partner_id, self.endpoint = partner_id, endpoint
+        self._settings = settings
+        self._issue_key = issue_key
+        self._stop = threading.Event()
+        self._gateway: Gateway | None = None
+        self.restarts = 0
+        self._thread = threading.Thread(target=self._run, name=f"gateway-{partner_id}", daemon=True)
+
+    @property
+    def counters(self) -> Counters:
+        return self._gateway.counters if self._gateway is not None else Counters()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._session()
+            except Exception as error:  # a stop no retry fixes, or Kafka/MongoDB away: start again later
+                self.restarts += 1
+                log.warning(
+                    "central gateway worker stopped; starting it again",
+                    extra={"partner": self.partner_id, "error": type(error).__name__, "seconds": self._restart_s},
+                )
+                self._stop.wait(self._restart_s)
+
+    @property
+    def _restart_s(self) -> float:
+        return self._settings.gateway_restart_s
+
+    def _session(self) -> None:
+        s = self._settings
+        topics = Topics(s.topic_prefix)
+        incoming, stored, dead = state_paths(s.gateway_state_dir / self.partner_id)
+        kafka = KafkaSignIn(s.kafka_bootstrap)  # the internal listener: no SASL
+        with ExitStack() as stack:
+            consumer = KafkaConsumer(
+                bootstrap_servers=s.kafka_bootstrap,
+                group_id=central_group(self.partner_id),
+                client_id=f"imx-central-gateway-{self.partner_id}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=s.gateway_window,
+                max_poll_interval_ms=600_000,
+                session_timeout_ms=10_000,
+                heartbeat_interval_ms=2_000,
+                bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            )
+            stack.callback(consumer.close, autocommit=False)
+            producer = producer_for(kafka)
+            stack.callback(producer.close)
+            fetcher = Fetcher(self._issue_key(self.partner_id), incoming)
+            stack.callback(fetcher.close)
+            store = open_store(parse_target(self.endpoint))
+            stack.callback(store.close)
+            records = StoredRecords(stored)
+            stack.callback(records.close)
+            options = GatewayOptions(
+                receipts_topic=topics.receipts(self.partner_id),
+                policy=RetryPolicy(
+                    max_attempts=s.gateway_max_attempts,
+                    cap_s=s.gateway_backoff_cap_s,
+                    initial_s=min(1.0, s.gateway_backoff_cap_s),
+                ),
+                window=s.gateway_window,
+            )
+            self._gateway = Gateway(consumer, producer, fetcher, store, records, DeadLetters(dead), options)
+            self._gateway.subscribe(topics.partner(self.partner_id))
+            log.info("central gateway worker started", extra={"partner": self.partner_id, "status": store.kind})
+            self._gateway.run(self._stop)
+
+
+class CentralGateways:
+    """The workers, kept in step with the partners that have an endpoint."""
+
+    def __init__(
+        self,
+        partners: PartnerStore,
+        settings: CentralGatewaySettings,
+        worker: Callable[[str, str], PartnerWorker] | None = None,
+    ) -> None:
+        self._partners = partners
+        self._settings = settings
+        self._make = worker or self._default_worker
+        self.workers: dict[str, PartnerWorker] = {}
+        self._started = time.monotonic()
+
+    def _default_worker(self, partner_id: str, endpoint: str) -> PartnerWorker:
+        return PartnerWorker(
+            partner_id, endpoint, self._settings, lambda p: self._partners.issue_dicomweb_key(p, CENTRAL_KEY)
+        )
+
+    def sync(self) -> None:
+        wanted = {p.partner_id: p.endpoint for p in self._partners.list() if p.endpoint}
+        running = {p: w.endpoint for p, w in self.workers.items()}
+        to_stop, to_start = plan(running, wanted)
+        for partner_id in to_stop:
+            self.workers.pop(partner_id).stop()
+            log.info("central gateway worker removed", extra={"partner": partner_id})
+        for partner_id in to_start:
+            worker = self._make(partner_id, wanted[partner_id])
+            self.workers[partner_id] = worker
+            worker.start()
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    self.sync()
+                except Exception as error:  # MongoDB away: keep the workers running, look again later
+                    log.warning("partner list not read", extra={"error": type(error).__name__})
+                stop.wait(self._settings.gateway_refresh_s)
+        finally:
+            self.stop_all()
+
+    def stop_all(self) -> None:
+        workers = list(self.workers.values())
+        for worker in workers:
+            worker.request_stop()  # all at once: each finishes its in-flight store and commits
+        for worker in workers:
+            worker.stop()
+        self.workers.clear()
+
+    # --- imx.v1.Control ---------------------------------------------------------------------------
+
+    def snapshot(self) -> StatusSnapshot:
+        counters = [w.counters for w in list(self.workers.values())]
+        return StatusSnapshot(
+            service="gateways",
+            paused=False,
+            processed=sum(c.stored + c.duplicates + c.skipped for c in counters),
+            failed=sum(c.dead_lettered for c in counters),
+            throughput_per_s=0.0,
+            lag={},
+            uptime_s=int(time.monotonic() - self._started),
+        )
+
+    def set_paused(self, paused: bool) -> None:
+        """Pausing is not offered: stop the service, or remove the partner's endpoint."""
+
+
+def serve(settings: CentralGatewaySettings | None = None, stop: threading.Event | None = None) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT when called from the main thread)."""
+    settings = settings or CentralGatewaySettings()
+    configure_logging("gateways", settings.log_level)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its connection errors are our statuses
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        install_stop_signals(stop)
+    client, db = connect(settings)
+    try:
+        gateways = CentralGateways(PartnerStore(db), settings)
+        server = ControlServer("gateways", gateways, host=settings.grpc_host, port=settings.grpc_port)
+        server.start()
+        server.mark_serving()
+        log.info("service started", extra={"service": "gateways", "port": server.port})
+        try:
+            gateways.run(stop)
+        finally:
+            server.stop()
+    finally:
+        client.close()
+
+
+def main() -> None:
+    serve()
+
+
+if __name__ == "__main__":
+    main()
