@@ -58,9 +58,50 @@ def _publish_error(exc: KafkaError) -> TransientError:
     return kind(f"publish failed: {type(exc).__name__}")
 
 
-def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
-    """Create topics that do not exist yet; existing ones are left as they are."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="imx-admin")
+def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int,
+    stop: threading.Event | None = None,
+    max_backoff_s: float = 30.0,
+    attempt_timeout_ms: int = 10_000,
+) -> None:
+    """Create topics that do not exist yet; existing ones are left as they are.
+
+    A broker that does not answer (down, still starting) is waited for, retrying with capped exponential
+    backoff, rather than ending the process that is starting; once `stop` is set it returns instead."""
+    wanted = list(dict.fromkeys(names))
+    stop = stop or threading.Event()
+
+    def waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "broker unreachable; waiting to create topics",
+            extra={"error": type(error).__name__, "seconds": round(state.upcoming_sleep, 1)},
+        )
+
+    retrying = Retrying(
+        retry=retry_if_exception(broker_unreachable),
+        wait=wait_exponential(multiplier=1.0, max=max_backoff_s),
+        stop=stop_when_event_set(stop),
+        sleep=stop.wait,  # type: ignore[arg-type]  # returns a bool tenacity ignores; a stop ends the wait
+        before_sleep=waiting,
+        reraise=True,
+    )
+    try:
+        retrying(_create_missing_topics, bootstrap, wanted, partitions, attempt_timeout_ms)
+    except KafkaError as error:
+        if not (stop.is_set() and broker_unreachable(error)):
+            raise
+
+
+def _create_missing_topics(bootstrap: str, names: list[str], partitions: int, timeout_ms: int) -> None:
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="imx-admin",
+        bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+    )
     try:
         existing = set(admin.list_topics())
         wanted = [
@@ -70,7 +111,7 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None
                 replication_factor=1,
                 topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
             )
-            for name in dict.fromkeys(names)
+            for name in names
             if name not in existing
         ]
         if wanted:

@@ -70,7 +70,7 @@ def run_stage(
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_stop_signals(stop)
-    ensure_topics(settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions)
+    ensure_topics(settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop)
     stats = StageStats(service=spec.name)
     producer = BusProducer(settings.kafka_bootstrap, client_id=f"imx-{spec.name}")
     consumer = StageConsumer(

@@ -57,7 +57,7 @@ def serve(
         install_stop_signals(stop)
     stats = StageStats(service=SERVICE)
     try:
-        with open_ingest(settings, stats) as resources:
+        with open_ingest(settings, stats, stop) as resources:
             receiver = DicomReceiver(resources.acceptance, resources.organisations.ae_title_map, settings)
             control = ControlServer(
                 SERVICE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,10 +27,13 @@ class IngestResources:
 
 
 @contextmanager
-def open_ingest(settings: IngestSettings, stats: StageStats | None = None) -> Iterator[IngestResources]:
-    """Topics ensured, MongoDB and Kafka clients open for the duration of the block."""
+def open_ingest(
+    settings: IngestSettings, stats: StageStats | None = None, stop: threading.Event | None = None
+) -> Iterator[IngestResources]:
+    """Topics ensured (waiting for a broker that is not up yet, until `stop`), MongoDB and Kafka clients
+    open for the duration of the block."""
     topics = Topics(settings.topic_prefix)
-    ensure_topics(settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions)
+    ensure_topics(settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop)
     client, db = connect(settings)
     try:
         producer = BusProducer(settings.kafka_bootstrap, client_id="imx-ingest")

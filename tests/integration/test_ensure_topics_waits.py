@@ -1,0 +1,111 @@
+"""A stage that starts before its broker: ensure_topics waits (capped backoff) instead of ending the
+process, creates the topics once the broker answers, and gives up waiting when told to stop."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from kafka import KafkaConsumer
+
+from services.common.bus import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LateBroker:
+    """A TCP forwarder to the real broker that starts listening only when `open()` is called: until
+    then its port refuses connections, as a broker that is down does. (Metadata then points clients at
+    the real broker directly.)"""
+
+    def __init__(self, port: int, target: str) -> None:
+        host, _, target_port = target.rpartition(":")
+        self.port, self._target = port, (host, int(target_port))
+        self._server: socket.socket | None = None
+
+    def open(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def test_ensure_topics_waits_for_a_broker_that_is_not_up_yet(kafka_bootstrap: str, unique_name: str) -> None:
+    broker = LateBroker(_free_port(), kafka_bootstrap)
+    topic = f"{unique_name}.late"
+    outcome: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            ensure_topics(f"127.0.0.1:{broker.port}", [topic], partitions=2, max_backoff_s=1.0, attempt_timeout_ms=1000)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    try:
+        time.sleep(4)
+        assert thread.is_alive() and not outcome, "still waiting for the broker, not exited"
+        broker.open()
+        thread.join(30)
+    finally:
+        broker.close()
+    assert outcome == [None]
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
+    try:
+        assert consumer.partitions_for_topic(topic) == {0, 1}
+    finally:
+        consumer.close()
+
+
+def test_ensure_topics_stops_waiting_when_the_stage_is_stopped() -> None:
+    stop = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            address = f"127.0.0.1:{_free_port()}"
+            ensure_topics(address, ["never"], 1, stop=stop, max_backoff_s=1.0, attempt_timeout_ms=500)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    time.sleep(2)
+    assert thread.is_alive() and not outcome
+    stop.set()
+    thread.join(5)
+    assert outcome == [None], "a stop ends the wait without an error"
