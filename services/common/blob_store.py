@@ -3,20 +3,33 @@
 `LocalBlobStore` writes atomically (temp file in the same directory, fsync, rename, fsync of the
 directory), so a crash mid-write never leaves a partial object under its final name, and concurrent
 writers of the same content simply both succeed. An S3-compatible backend implements `BlobStore` too.
+
+Objects of any size (ingest accepts up to 1 GiB) never need to be held whole in memory: `put_file`
+moves a file that is already on disk into the store (a rename on the same filesystem), `put_chunks`
+writes pieces as they come, hashing as it writes, and `open` hands out the stored file, checked
+against its hash by reading it in pieces.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from services.common.messages import PhiSafeError
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Large pieces are hashed and written this much at a time: pages of a memory-mapped source are let
+# go after each window (below), so a mapped input costs a window of resident memory, not its size.
+WRITE_WINDOW = 8 * 1024 * 1024
+_READ_PIECE = 1024 * 1024
 
 
 class BlobNotFound(PhiSafeError):
@@ -31,12 +44,32 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(file: BinaryIO) -> str:
+    """SHA-256 of an open file from its current position, read in pieces (never whole in memory)."""
+    hasher = hashlib.sha256()
+    while piece := file.read(_READ_PIECE):
+        hasher.update(piece)
+    return hasher.hexdigest()
+
+
 class BlobStore(Protocol):
     def put(self, data: bytes) -> str:
         """Store and return the SHA-256 (hex) of `data`; storing existing content is a no-op."""
         ...
 
+    def put_file(self, source: Path) -> str:
+        """Store the file at `source` and return its SHA-256; `source` is gone afterwards (moved in)."""
+        ...
+
+    def put_chunks(self, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
+        """Store the concatenation of `chunks` without joining them; returns (SHA-256, size)."""
+        ...
+
     def get(self, sha256: str) -> bytes: ...
+
+    def open(self, sha256: str) -> BinaryIO:
+        """The object as a seekable local file, positioned at 0, checked against its hash."""
+        ...
 
     def exists(self, sha256: str) -> bool: ...
 
@@ -55,14 +88,8 @@ class LocalBlobStore:
     def put(self, data: bytes) -> str:
         digest = sha256_hex(data)
         final = self.path_for(digest)
-        if final.exists():
-            # Fresh again: the lifecycle keeps objects for a retention after they were last written
-            # (services/common/blob_lifecycle.py), and this content is in the pipeline once more.
-            try:
-                os.utime(final)
-                return digest
-            except FileNotFoundError:  # collected just now: write it again
-                pass
+        if self._refresh(final):
+            return digest
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
         try:
@@ -77,6 +104,51 @@ class LocalBlobStore:
         _fsync_directory(final.parent)
         return digest
 
+    def put_file(self, source: Path) -> str:
+        """Hash `source` in pieces, make it durable and rename it into place (copy it when it lies on
+        another filesystem). The caller's file is consumed either way; its mode is kept (private)."""
+        with open(source, "rb") as file:
+            digest = file_sha256(file)
+            os.fsync(file.fileno())  # durable before anyone hears "stored"
+        final = self.path_for(digest)
+        if self._refresh(final):
+            source.unlink(missing_ok=True)
+            return digest
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self._copy_in(source, final)
+            source.unlink(missing_ok=True)
+        _fsync_directory(final.parent)
+        return digest
+
+    def put_chunks(self, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
+        hasher = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as tmp:
+                for piece in windows(chunks):
+                    hasher.update(piece)
+                    write_all(tmp.fileno(), piece)
+                    size += len(piece)
+                os.fsync(tmp.fileno())
+            digest = hasher.hexdigest()
+            final = self.path_for(digest)
+            if self._refresh(final):
+                Path(tmp_name).unlink(missing_ok=True)
+                return digest, size
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp_name, final)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        _fsync_directory(final.parent)
+        return digest, size
+
     def get(self, sha256: str) -> bytes:
         try:
             data = self.path_for(sha256).read_bytes()
@@ -85,6 +157,46 @@ class LocalBlobStore:
         if sha256_hex(data) != sha256:
             raise BlobCorrupt(f"blob {sha256} does not match its hash")
         return data
+
+    def open(self, sha256: str) -> BinaryIO:
+        try:
+            file = open(self.path_for(sha256), "rb")  # noqa: SIM115 - handed to the caller
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {sha256} not found") from None
+        try:
+            if file_sha256(file) != sha256:
+                raise BlobCorrupt(f"blob {sha256} does not match its hash")
+            file.seek(0)
+        except BaseException:
+            file.close()
+            raise
+        return file
+
+    @staticmethod
+    def _refresh(final: Path) -> bool:
+        """True when `final` already exists. Its time is refreshed: the lifecycle keeps objects for a
+        retention after they were last written (services/common/blob_lifecycle.py), and this content
+        is in the pipeline once more."""
+        if not final.exists():
+            return False
+        try:
+            os.utime(final)
+            return True
+        except FileNotFoundError:  # collected just now: write it again
+            return False
+
+    @staticmethod
+    def _copy_in(source: Path, final: Path) -> None:
+        fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as tmp, open(source, "rb") as src:
+                shutil.copyfileobj(src, tmp, 1024 * 1024)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            os.replace(tmp_name, final)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).exists()
@@ -96,6 +208,30 @@ class LocalBlobStore:
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def windows(chunks: Iterable[bytes | memoryview], size: int = WRITE_WINDOW) -> Iterable[memoryview]:
+    """`chunks` as views of at most `size` bytes, without copying.
+
+    A view into a memory map (e.g. pixel data referenced from a mapped input) is paged in as it is
+    read; after each window its pages are dropped from this process again (MADV_DONTNEED: for a
+    read-only file mapping they stay in the page cache and come back from there if touched), so the
+    process's resident memory grows by a window, not by the size of the input.
+    """
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        mapped = view.obj if isinstance(view.obj, mmap.mmap) else None
+        for start in range(0, len(view), size):
+            yield view[start : start + size]
+            if mapped is not None and not mapped.closed:
+                mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def write_all(fd: int, data: memoryview) -> None:
+    """Write all of `data` to `fd`, carrying on after short writes."""
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
 
 
 def _fsync_directory(directory: Path) -> None:

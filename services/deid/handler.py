@@ -13,6 +13,7 @@ from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.deid.engine import DeidError, PhiLeak, Profile, deidentify
 from services.deid.engine.errors import UndecodableInput, tag_text
+from services.deid.files import blob_source
 from services.deid.profile_documents import profile_version_number
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -89,21 +90,23 @@ def prepare_event(
     key = recipient_key(routed.partner_id)
     if key is None:
         return _quarantine(routed, Refusal("unknown-partner", routed.partner_id), topics, clock)
-    data = blobs.get(routed.blob.sha256)  # a disk or store failure here is retried, never quarantined
-    try:
-        result = deidentify(data, profile, key)
-    except DeidError as error:
-        return _quarantine(routed, refusal_for(error), topics, clock)
-    except Exception as exc:
-        problem = undecodable(exc)
-        if problem is None:
-            raise
-        return _quarantine(routed, refusal_for(problem), topics, clock)
-    sha = blobs.put(result.data)
+    # A disk or store failure reading or writing is retried, never quarantined. A large input is
+    # mapped, not read (files.py): the result's pixel data are a view into it until written.
+    with blob_source(blobs, routed.blob) as data:
+        try:
+            result = deidentify(data, profile, key)
+        except DeidError as error:
+            return _quarantine(routed, refusal_for(error), topics, clock)
+        except Exception as exc:
+            problem = undecodable(exc)
+            if problem is None:
+                raise
+            return _quarantine(routed, refusal_for(problem), topics, clock)
+        sha, size = blobs.put_chunks(result.chunks)
     prepared.deidentified = True
     # The version actually applied, so audit can show exactly which rules an instance went through.
     prepared.profile_version = profile_version_number(profile)
-    prepared.blob.CopyFrom(events_pb2.BlobRef(sha256=sha, size=len(result.data)))
+    prepared.blob.CopyFrom(events_pb2.BlobRef(sha256=sha, size=size))
     prepared.instance.CopyFrom(
         events_pb2.InstanceRef(
             study_instance_uid=result.study_instance_uid,

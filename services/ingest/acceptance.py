@@ -6,23 +6,38 @@ crash at any point means the sender retries, and the receipt makes that retry pu
 more copy of the same event (same id, same bytes). Unusable inputs are stored and announced on the
 quarantine topic, and the caller gets a typed rejection.
 
+An instance comes as bytes (`accept`) or as a file the channel has already written to disk
+(`accept_file`: C-STORE received in chunks, up to 1 GiB): a file is inspected through a memory map
+(only its header's pages are read), hashed in pieces and moved into the blob store, so its size
+never shows in the process's memory.
+
 Thread-safe: no state of its own; the blob store, MongoDB client and Kafka producer are thread-safe.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import mmap
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol, get_args
 
 from google.protobuf.message import Message
 from kafka.errors import KafkaError
 from opentelemetry import metrics, trace
 
-from services.common.blob_store import BlobStore, sha256_hex
-from services.common.dicom.header import DEFAULT_LIMITS, InputLimits, InstanceHeader, InvalidInstance, inspect_instance
-from services.common.dicom.part10 import zero_preamble
+from services.common.blob_store import BlobStore, file_sha256, sha256_hex
+from services.common.dicom.header import (
+    DEFAULT_LIMITS,
+    ByteSource,
+    InputLimits,
+    InstanceHeader,
+    InvalidInstance,
+    inspect_instance,
+)
+from services.common.dicom.part10 import zero_preamble, zero_preamble_file
 from services.common.events import event_message, now_ms
 from services.common.messages import OutgoingMessage, TransientError
 from services.common.stats import StageStats
@@ -85,6 +100,67 @@ class Publisher(Protocol):
     def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None: ...
 
 
+class _Input(Protocol):
+    """One instance as it arrived: in memory or in a file."""
+
+    size: int
+
+    def mapped(self) -> AbstractContextManager[ByteSource]:
+        """The whole instance, readable for as long as the context lasts."""
+        ...
+
+    def store(self, blobs: BlobStore) -> str: ...
+
+    def sha256(self) -> str: ...
+
+
+class _BytesInput:
+    def __init__(self, data: bytes) -> None:
+        # What is stored, hashed and announced is the file with a zero preamble, on every route.
+        self.data = zero_preamble(data)
+        self.size = len(self.data)
+
+    @contextmanager
+    def mapped(self) -> Iterator[ByteSource]:
+        yield self.data
+
+    def store(self, blobs: BlobStore) -> str:
+        return blobs.put(self.data)
+
+    def sha256(self) -> str:
+        return sha256_hex(self.data)
+
+
+class _FileInput:
+    """A file the channel wrote and hands over: zeroed preamble in place, moved into the store."""
+
+    def __init__(self, path: Path) -> None:
+        zero_preamble_file(path)
+        self.path = path
+        self.size = path.stat().st_size
+
+    @contextmanager
+    def mapped(self) -> Iterator[ByteSource]:
+        if not self.size:
+            yield b""  # an empty file cannot be mapped
+            return
+        with open(self.path, "rb") as file:
+            view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            yield view
+        finally:
+            # A view still held by an exception's frames keeps it mapped until collected.
+            with suppress(BufferError):
+                view.close()
+
+    def store(self, blobs: BlobStore) -> str:
+        return blobs.put_file(self.path)
+
+    def sha256(self) -> str:
+        with open(self.path, "rb") as file:
+            return file_sha256(file)
+
+
 def check_destination(requested: str | None) -> str:
     """A requested destination is a partner id ("" when none); raises InvalidDestination otherwise."""
     if not requested:
@@ -107,7 +183,7 @@ class Acceptance:
         publish_timeout_s: float = 30.0,
         stats: StageStats | None = None,
         limits: InputLimits = DEFAULT_LIMITS,
-        inspect: Callable[[bytes, int, InputLimits], InstanceHeader] = inspect_instance,
+        inspect: Callable[[ByteSource, int, InputLimits], InstanceHeader] = inspect_instance,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self._blobs = blobs
@@ -137,11 +213,37 @@ class Acceptance:
 
         Raises IngestUnavailable when a dependency fails (the caller reports a transient failure).
         """
+        return self._accept_input(_BytesInput(data), source_org, channel, requested_destination, expected_study_uid)
+
+    def accept_file(
+        self,
+        path: Path,
+        source_org: str,
+        channel: Channel,
+        requested_destination: str = "",
+        expected_study_uid: str | None = None,
+    ) -> AcceptanceResult:
+        """`accept` for a Part 10 file the caller hands over: when the instance is stored, the file is
+        moved into the blob store and `path` is gone; otherwise it is left for the caller to remove."""
+        try:
+            source = _FileInput(path)
+        except OSError as exc:
+            raise IngestUnavailable(f"received file unreadable: {type(exc).__name__}") from exc
+        return self._accept_input(source, source_org, channel, requested_destination, expected_study_uid)
+
+    def _accept_input(
+        self,
+        source: _Input,
+        source_org: str,
+        channel: Channel,
+        requested_destination: str,
+        expected_study_uid: str | None,
+    ) -> AcceptanceResult:
         with self._tracer.start_as_current_span("ingest accept", kind=trace.SpanKind.PRODUCER) as span:
             span.set_attribute("imx.channel", channel)
             span.set_attribute("imx.org", source_org)
             try:
-                result = self._accept(data, source_org, channel, requested_destination, expected_study_uid)
+                result = self._accept(source, source_org, channel, requested_destination, expected_study_uid)
             except IngestUnavailable as exc:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
                 self._count(channel, "unavailable")
@@ -158,7 +260,7 @@ class Acceptance:
 
     def _accept(
         self,
-        data: bytes,
+        source: _Input,
         source_org: str,
         channel: Channel,
         requested_destination: str,
@@ -166,14 +268,13 @@ class Acceptance:
     ) -> AcceptanceResult:
         if self._stats is not None and self._stats.paused:
             raise IngestPaused("ingest is paused")
-        # What is stored, hashed and announced is the file with a zero preamble, on every route.
-        data = zero_preamble(data)
         try:
-            header = self._inspect(data, self.max_instance_bytes, self._limits)
+            with source.mapped() as data:
+                header = self._inspect(data, self.max_instance_bytes, self._limits)
         except InvalidInstance as invalid:
             stored = invalid.reason != TOO_LARGE  # keep the disk for inputs someone can look at
-            sha256 = self._store(data) if stored else sha256_hex(data)
-            return self._quarantine(source_org, channel, invalid.reason, invalid.detail, sha256, len(data), stored)
+            sha256 = self._store(source) if stored else source.sha256()
+            return self._quarantine(source_org, channel, invalid.reason, invalid.detail, sha256, source.size, stored)
         if expected_study_uid is not None and header.study_instance_uid != expected_study_uid:
             self._record(failed=True)
             return Rejected(
@@ -185,9 +286,9 @@ class Acceptance:
                 header.sop_instance_uid,
             )
 
-        sha256 = self._store(data)
+        sha256 = self._store(source)
         event_id = ingested_event_id(source_org, header.sop_instance_uid, sha256)
-        facts = ReceiptFacts(source_org, channel, header.sop_instance_uid, sha256, len(data))
+        facts = ReceiptFacts(source_org, channel, header.sop_instance_uid, sha256, source.size)
         receipt = self._receipts.claim(event_id, facts, self._clock())
         if receipt.status is ReceiptStatus.PUBLISHED:
             self._record()
@@ -196,7 +297,7 @@ class Acceptance:
         event = instance_ingested(
             header=header,
             sha256=sha256,
-            size=len(data),
+            size=source.size,
             source_org=source_org,
             channel=channel,
             requested_destination=requested_destination,
@@ -243,9 +344,9 @@ class Acceptance:
         )
         return Rejected(reason, detail, quarantined=True)
 
-    def _store(self, data: bytes) -> str:
+    def _store(self, source: _Input) -> str:
         try:
-            return self._blobs.put(data)
+            return source.store(self._blobs)
         except OSError as exc:
             raise IngestUnavailable(f"blob store unavailable: {type(exc).__name__}") from exc
 

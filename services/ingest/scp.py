@@ -1,15 +1,22 @@
 """The C-STORE SCP (PS3.4 Annex B) and Verification SCP on pynetdicom.
 
-Instances are taken as the bytes the peer sent (`event.encoded_dataset()`): nothing is decoded or
-re-encoded, which is where a Python receiver spends its time (FIELD-NOTES). A success status goes
-back only after the instance is stored and its event acknowledged by Kafka.
+Instances are taken as the bytes the peer sent: nothing is decoded or re-encoded, which is where a
+Python receiver spends its time (FIELD-NOTES). pynetdicom writes each data set to a temporary Part 10
+file as its PDUs arrive (`_config.STORE_RECV_CHUNKED_DATASET`, `event.dataset_path`), and acceptance
+moves that file into the blob store, so an instance of any size (up to 1 GiB) is received in a few
+PDUs of memory. The file is written in the blob store's folder (a `.tmp-` file, like the store's own
+temporaries), so the move is a rename and no size-limited /tmp is filled. A success status goes back
+only after the instance is stored and its event acknowledged by Kafka.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -30,7 +37,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -95,7 +102,11 @@ class StoreHandler:
             log.warning("c-store refused: unknown calling AE", extra={"calling_ae": calling_ae})
             return status_dataset(NOT_AUTHORIZED, "unknown-calling-ae")
         try:
-            result = self._acceptance.accept(event.encoded_dataset(), org, CHANNEL)
+            received = _received_file(event)
+            if received is None:
+                result = self._acceptance.accept(event.encoded_dataset(), org, CHANNEL)
+            else:  # pynetdicom removes the file after this handler, unless acceptance moved it
+                result = self._acceptance.accept_file(received, org, CHANNEL)
         except IngestUnavailable:
             log.warning("c-store failed: dependency unavailable", extra={"org": org, "channel": CHANNEL})
             return status_dataset(OUT_OF_RESOURCES, "try-again-later")
@@ -103,6 +114,29 @@ class StoreHandler:
             log.exception("c-store failed: unexpected error", extra={"org": org, "channel": CHANNEL})
             return status_dataset(PROCESSING_FAILURE, "processing-failure")
         return status_dataset(status_for_result(result), error_comment(result))
+
+
+def _received_file(event: Event) -> Path | None:
+    """The file pynetdicom wrote the data set to; None when it kept the data set in memory."""
+    try:
+        path = event.dataset_path
+    except AttributeError:
+        return None
+    return Path(path) if path else None
+
+
+def receive_to_files(folder: Path) -> None:
+    """Have pynetdicom write received C-STORE data sets to files in `folder` instead of memory.
+
+    Both are process-wide in pynetdicom 3 (its switch, and the NamedTemporaryFile it calls with no
+    folder, i.e. /tmp); ingest is the only SCP in its process. A transfer aborted midway leaves its
+    `.tmp-` file behind, which `LocalBlobStore.sweep_temporaries` removes.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
+        tempfile.NamedTemporaryFile, dir=folder, prefix=".tmp-c-store-"
+    )
 
 
 def _on_rejected(event: Event) -> None:
@@ -130,6 +164,7 @@ class DicomReceiver:
         self, acceptance: Acceptance, load_ae_titles: Callable[[], Mapping[str, str]], settings: IngestSettings
     ) -> None:
         self._settings = settings
+        receive_to_files(settings.blob_dir)
         self._ae = build_ae(settings)
         self.calling_aets = CallingAeTitles(load_ae_titles, self._set_required, settings.calling_ae_refresh_s)
         self._handler = StoreHandler(acceptance, self.calling_aets)

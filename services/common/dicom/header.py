@@ -11,7 +11,10 @@ that value run on into the patient's name. So the bytes pydicom will convert are
 first (`_check_prefix`), and every other value is taken from pydicom's raw elements and decoded
 here. Error messages carry a reason and a detail (an attribute keyword or a limit), never a value.
 
-Pixel data are never decoded, but their length is checked, so a file cut short is refused.
+Pixel data are never decoded, but their length is checked, so a file cut short is refused. The
+input may be a memory map of a file on disk (`ByteSource`): only the header's pages are read, so an
+instance of any size is inspected in a few kilobytes of memory (a deflated one excepted: it is
+inflated, within `InputLimits`).
 
 Bounded work for any input (`InputLimits`). pydicom inflates a deflated data set whole, with no
 limit, and reads nested sequences recursively; so a deflated body is first inflated here, in
@@ -21,6 +24,7 @@ to refuse sequences nested deeper than a limit ("too-deep") before pydicom or a 
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 import zlib
@@ -28,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from types import MappingProxyType
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
@@ -37,6 +41,9 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
+
+ByteSource = bytes | bytearray | mmap.mmap
+"""A whole Part 10 file: bytes in memory, or a memory map of the file (read only where needed)."""
 
 Reason = Literal[
     "not-dicom", "missing-uid", "invalid-uid", "dicomdir", "too-large", "truncated", "inflated-too-large", "too-deep"
@@ -125,7 +132,7 @@ class InstanceHeader:
     routing: Mapping[str, str] = field(hash=False)
 
 
-def inspect_instance(data: bytes, max_bytes: int, limits: InputLimits = DEFAULT_LIMITS) -> InstanceHeader:
+def inspect_instance(data: ByteSource, max_bytes: int, limits: InputLimits = DEFAULT_LIMITS) -> InstanceHeader:
     """Read the header of a Part 10 instance; raise InvalidInstance for anything unusable."""
     if len(data) > max_bytes:
         raise InvalidInstance("too-large", str(max_bytes))
@@ -137,7 +144,7 @@ def inspect_instance(data: bytes, max_bytes: int, limits: InputLimits = DEFAULT_
             del inflated  # pydicom inflates its own copy, now known to be bounded
         else:
             _check_sequence_depth(data, body, transfer_syntax, limits.max_sequence_depth)
-        fp = BytesIO(data)
+        fp = _stream(data)
         ds = dcmread(fp, stop_before_pixels=True, force=False)
         return _header(ds, data, fp.tell(), transfer_syntax)
     except InvalidInstance:
@@ -146,7 +153,15 @@ def inspect_instance(data: bytes, max_bytes: int, limits: InputLimits = DEFAULT_
         raise InvalidInstance("not-dicom") from exc
 
 
-def _header(ds: Dataset, data: bytes, stopped_at: int, transfer_syntax: str) -> InstanceHeader:
+def _stream(data: ByteSource) -> BinaryIO:
+    """A file object over `data` that does not copy it: a memory map is one already."""
+    if isinstance(data, mmap.mmap):
+        data.seek(0)
+        return data  # type: ignore[return-value]  # read/seek/tell, all dcmread uses
+    return BytesIO(data)  # shares the bytes until written to
+
+
+def _header(ds: Dataset, data: ByteSource, stopped_at: int, transfer_syntax: str) -> InstanceHeader:
     if MEDIA_STORAGE_DIRECTORY_STORAGE in (_text(ds.file_meta, "MediaStorageSOPClassUID"), _text(ds, "SOPClassUID")):
         raise InvalidInstance("dicomdir", "MediaStorageSOPClassUID")
     # Deflated data sets are parsed from an inflated copy, so offsets into `data` mean nothing.
@@ -163,7 +178,7 @@ def _header(ds: Dataset, data: bytes, stopped_at: int, transfer_syntax: str) -> 
     )
 
 
-def _check_prefix(data: bytes) -> tuple[str, int]:
+def _check_prefix(data: ByteSource) -> tuple[str, int]:
     """Check the bytes pydicom converts while reading; return the transfer syntax UID and where the
     data set begins.
 
@@ -232,7 +247,7 @@ def inflate_bounded(deflated: bytes | memoryview, limit: int) -> bytearray:
     return out
 
 
-def _check_sequence_depth(data: bytes | bytearray, offset: int, transfer_syntax: str, limit: int) -> None:
+def _check_sequence_depth(data: ByteSource, offset: int, transfer_syntax: str, limit: int) -> None:
     """Walk the data set's elements without recursion and refuse sequences nested deeper than `limit`.
 
     Stops at the top-level pixel data (as a header-only read does) and, leaving the other checks to
@@ -288,7 +303,7 @@ def _check_sequence_depth(data: bytes | bytearray, offset: int, transfer_syntax:
         return
 
 
-def _implicit_sequence(tag: int, data: bytes | bytearray, start: int, length: int) -> bool:
+def _implicit_sequence(tag: int, data: ByteSource, start: int, length: int) -> bool:
     """Implicit VR names no VR: the dictionary's, else what pydicom guesses (an item comes first)."""
     try:
         return bool(dictionary_VR(tag) == "SQ")
@@ -296,7 +311,7 @@ def _implicit_sequence(tag: int, data: bytes | bytearray, start: int, length: in
         return length == _UNDEFINED_LENGTH or bytes(data[start : start + 4]) == _ITEM
 
 
-def _explicit_length(data: bytes | bytearray, offset: int, vr: bytes, order: str, part: str) -> tuple[int, int]:
+def _explicit_length(data: ByteSource, offset: int, vr: bytes | bytearray, order: str, part: str) -> tuple[int, int]:
     """Value offset and length of the explicit VR element at `offset` (PS3.5 7.1.2)."""
     if vr in _SHORT_VRS:
         return offset + 8, struct.unpack_from(order + "H", data, offset + 6)[0]
@@ -310,7 +325,7 @@ def _explicit_length(data: bytes | bytearray, offset: int, vr: bytes, order: str
     return offset + 12, length
 
 
-def _check_character_set(data: bytes, offset: int, transfer_syntax: str) -> None:
+def _check_character_set(data: ByteSource, offset: int, transfer_syntax: str) -> None:
     """Specific Character Set, converted by pydicom as it reads, must look like one (PS3.5 6.1.2.5.3)."""
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         # Enough of the inflated stream to hold the first elements; the rest is pydicom's job.
@@ -373,7 +388,7 @@ def _unsigned_short(elem: RawDataElement, ds: Dataset) -> str:
     return str(struct.unpack("<H" if little_endian else ">H", raw)[0])
 
 
-def _check_complete(ds: Dataset, data: bytes, stopped_at: int, transfer_syntax: str) -> None:
+def _check_complete(ds: Dataset, data: ByteSource, stopped_at: int, transfer_syntax: str) -> None:
     """Reject a file cut short, which pydicom reads without complaint up to where the bytes end.
 
     Either parsing stopped at the pixel data element, whose length must fit in `data`, or it ran
@@ -395,7 +410,7 @@ def _check_complete(ds: Dataset, data: bytes, stopped_at: int, transfer_syntax: 
         raise InvalidInstance("truncated", "header")
 
 
-def _pixel_data_at(data: bytes, offset: int, transfer_syntax: str) -> bool:
+def _pixel_data_at(data: ByteSource, offset: int, transfer_syntax: str) -> bool:
     if offset + 8 > len(data):
         return False
     order = ">HH" if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN else "<HH"
@@ -403,7 +418,7 @@ def _pixel_data_at(data: bytes, offset: int, transfer_syntax: str) -> bool:
     return (group << 16 | element) in _PIXEL_TAGS
 
 
-def _check_pixel_data_complete(data: bytes, offset: int, transfer_syntax: str) -> None:
+def _check_pixel_data_complete(data: ByteSource, offset: int, transfer_syntax: str) -> None:
     """The pixel data element at `offset`, which a header-only read skipped, must end within `data`."""
     if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN:
         start, length = offset + 8, struct.unpack_from("<I", data, offset + 4)[0]
@@ -416,7 +431,7 @@ def _check_pixel_data_complete(data: bytes, offset: int, transfer_syntax: str) -
         raise InvalidInstance("truncated", "PixelData")
 
 
-def _check_fragments_complete(data: bytes, offset: int) -> None:
+def _check_fragments_complete(data: ByteSource, offset: int) -> None:
     """Walk encapsulated items to the Sequence Delimitation Item (PS3.5 A.4); always little endian."""
     while offset + 8 <= len(data):
         tag, length = data[offset : offset + 4], struct.unpack_from("<I", data, offset + 4)[0]

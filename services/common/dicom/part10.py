@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from io import BytesIO
+from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset
@@ -38,6 +39,15 @@ def zero_preamble(data: bytes) -> bytes:
     if data[:PREAMBLE_BYTES] == _ZERO_PREAMBLE:
         return data
     return _ZERO_PREAMBLE + data[PREAMBLE_BYTES:]
+
+
+def zero_preamble_file(path: Path) -> None:
+    """`zero_preamble` for a file on disk, in place: only the first 132 bytes are read or written."""
+    with open(path, "r+b") as file:
+        head = file.read(PREAMBLE_BYTES + 4)
+        if zero_preamble(head) is not head:
+            file.seek(0)
+            file.write(_ZERO_PREAMBLE)
 
 
 def read_dataset(data: bytes, stop_before_pixels: bool = False) -> FileDataset:

@@ -4,6 +4,9 @@ Fast path (little endian, explicit or implicit VR, nothing after Pixel Data): on
 parsed and re-encoded; the Pixel Data element's original bytes are appended as they were, so pixel
 data is never decoded or re-encoded (FIELD-NOTES.md: encoding is the cost).
 
+The input may be bytes or a read-only memory map of the file (`Source`): on the fast path only the
+header's pages are read, and the pixel data stay a view into the map, never copied.
+
 Full path (deflated or big endian transfer syntaxes, or elements after Pixel Data such as Digital
 Signatures (FFFA,FFFA) or Data Set Trailing Padding (FFFC,FFFC)): the whole file is parsed and
 written back by pydicom in its original transfer syntax. It is slower and rare.
@@ -11,9 +14,11 @@ written back by pydicom in its original transfer syntax. It is slower and rare.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from io import BytesIO
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
@@ -25,6 +30,9 @@ from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from .encoder import encode_body, encode_file_meta
 from .errors import NotDeidentifiable
+
+Source = bytes | mmap.mmap
+"""A whole Part 10 file: bytes, or a read-only memory map of it."""
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 ITEM = 0xFFFEE000
@@ -51,9 +59,9 @@ class Parsed:
         return self.transfer_syntax == ImplicitVRLittleEndian
 
 
-def parse(data: bytes) -> Parsed:
+def parse(data: Source) -> Parsed:
     """Read the header (fast path) or the whole file (full path)."""
-    stream = BytesIO(data)
+    stream = stream_of(data)
     try:
         header = dcmread(stream, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many types; the message may quote values
@@ -71,10 +79,18 @@ def parse(data: bytes) -> Parsed:
         if end == len(data):
             return Parsed(_body(header), syntax, memoryview(data)[offset:], True, media_uid)
     try:
-        full = dcmread(BytesIO(data))
+        full = dcmread(stream_of(data))
     except Exception as exc:
         raise NotDeidentifiable(f"unreadable DICOM ({type(exc).__name__})") from None
     return Parsed(_body(full), syntax, memoryview(b""), False, media_uid)
+
+
+def stream_of(data: Source) -> BinaryIO:
+    """A file object over `data` without copying it: a memory map is one already."""
+    if isinstance(data, mmap.mmap):
+        data.seek(0)
+        return data  # type: ignore[return-value]  # read/seek/tell, all dcmread uses
+    return BytesIO(data)
 
 
 def _body(ds: Dataset) -> Dataset:
@@ -82,7 +98,7 @@ def _body(ds: Dataset) -> Dataset:
     return ds
 
 
-def _pixel_element_end(data: bytes, offset: int, implicit: bool) -> int | None:
+def _pixel_element_end(data: Source, offset: int, implicit: bool) -> int | None:
     """Where the Pixel Data element starting at ``offset`` ends, or None if it cannot be walked."""
     if offset == len(data):
         return offset  # no pixel data at all (e.g. a structured report)
@@ -105,7 +121,7 @@ def _pixel_element_end(data: bytes, offset: int, implicit: bool) -> int | None:
     return _encapsulated_end(data, position) or len(data) + 1  # no delimiter: truncated
 
 
-def _encapsulated_end(data: bytes, position: int) -> int | None:
+def _encapsulated_end(data: Source, position: int) -> int | None:
     """Walk the items of encapsulated pixel data (PS3.5 A.4) to the sequence delimiter."""
     while position + 8 <= len(data):
         tag_group, tag_element, length = struct.unpack_from("<HHI", data, position)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from io import BytesIO
 
 from pydicom import config, dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from .burned_in import mask_native, pixel_rule_for
-from .container import Parsed, encode_for_scan, encode_full, encode_header, file_meta_for, parse
+from .container import Parsed, Source, encode_for_scan, encode_full, encode_header, file_meta_for, parse, stream_of
 from .encoder import _LONG_HEADER
 from .errors import BurnedInAnnotation, DeidError, NotDeidentifiable, PhiLeak
 from .identifiers import Identifiers, collect_identifiers, is_registered_uid
@@ -26,6 +25,8 @@ from .rules import RuleSet
 from .transform import AttributeChange, Context, transform
 from .values import codec_of
 
+Chunks = tuple[bytes | memoryview, ...]
+
 
 @dataclass(frozen=True)
 class DeidResult:
@@ -35,7 +36,7 @@ class DeidResult:
     Data element as a view): a writer can send them without joining half a megabyte first.
     """
 
-    chunks: tuple[bytes | memoryview, ...]
+    chunks: Chunks
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
@@ -51,8 +52,11 @@ class DeidResult:
         return self.chunks[0] if len(self.chunks) == 1 and isinstance(self.chunks[0], bytes) else b"".join(self.chunks)
 
 
-def deidentify(data: bytes, profile: Profile, key: bytes) -> DeidResult:
+def deidentify(data: Source, profile: Profile, key: bytes) -> DeidResult:
     """De-identify one Part 10 instance for the recipient owning ``key``.
+
+    ``data`` may be a read-only memory map of the file: the fast path reads its header only and
+    the result's last chunk is a view of its pixel data (keep the map open until it is written).
 
     Deterministic: the same (data, profile, key) always gives the same bytes. Raises only
     DeidError subclasses for bad input (and ValueError for a key shorter than 16 bytes).
@@ -79,7 +83,7 @@ def deidentify(data: bytes, profile: Profile, key: bytes) -> DeidResult:
     )
 
 
-def deidentify_with_pydicom(data: bytes, profile: Profile, key: bytes) -> DeidResult:
+def deidentify_with_pydicom(data: Source, profile: Profile, key: bytes) -> DeidResult:
     """``deidentify`` without the fast path: the reference the fast path is tested against."""
     return _run(data, profile, key, None)
 
@@ -94,9 +98,7 @@ def preview(data: bytes, profile: Profile, key: bytes) -> list[AttributeChange]:
     return changes
 
 
-def _run(
-    data: bytes, profile: Profile, key: bytes, changes: list[AttributeChange] | None
-) -> DeidResult:
+def _run(data: Source, profile: Profile, key: bytes, changes: list[AttributeChange] | None) -> DeidResult:
     pseudonyms = Pseudonymizer(key)
     rules = profile.rules
     # pydicom's value validation warns with the offending value in the message (PHI in logs);
@@ -106,16 +108,14 @@ def _run(
 
 
 def _run_unvalidated(
-    data: bytes, profile: Profile, rules: RuleSet, pseudonyms: Pseudonymizer, changes: list[AttributeChange] | None
+    data: Source, profile: Profile, rules: RuleSet, pseudonyms: Pseudonymizer, changes: list[AttributeChange] | None
 ) -> DeidResult:
     try:
         parsed = parse(data)
         ds = parsed.dataset
         rule = pixel_rule_for(ds, profile.pixel_rules)
         identifiers = collect_identifiers(ds, rules)
-        ctx = Context(
-            rules, pseudonyms, identifiers, pseudonyms.day_shift(_shift_anchor(ds)), codec_of(ds), changes
-        )
+        ctx = Context(rules, pseudonyms, identifiers, pseudonyms.day_shift(_shift_anchor(ds)), codec_of(ds), changes)
         transform(ds, ctx)
         record_method(ds, profile.name, profile.version, rules.options, rule is not None)
         media_uid = _media_uid(parsed, pseudonyms, rules.retain_uids)
@@ -133,7 +133,7 @@ def _run_unvalidated(
     if leaks:
         raise PhiLeak(leaks[0].tag, leaks[0].source)
     return DeidResult(
-        chunks=(output,),
+        chunks=output,
         study_instance_uid=str(ds.get("StudyInstanceUID", "")),
         series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
@@ -176,22 +176,22 @@ def _media_uid(parsed: Parsed, pseudonyms: Pseudonymizer, retain_uids: bool) -> 
     return pseudonyms.uid(uid)
 
 
-def _encode(parsed: Parsed, ds: Dataset, meta: FileMetaDataset, rule: PixelRule | None) -> tuple[bytes, bytes]:
-    """The output file and the header bytes to scan for leaks."""
+def _encode(parsed: Parsed, ds: Dataset, meta: FileMetaDataset, rule: PixelRule | None) -> tuple[Chunks, bytes]:
+    """The output file's chunks and the header bytes to scan for leaks."""
     if parsed.fast:
         pixels: bytes | memoryview = parsed.pixel_bytes
         if rule is not None:
             pixels = _masked_element(parsed, ds, rule)
         header = encode_header(ds, meta, parsed.implicit)
-        return b"".join((header, pixels)), header
+        return (header, pixels), header
     if rule is not None:
         ds.PixelData = _masked_value(parsed, ds, rule)
-    return encode_full(ds, meta), encode_for_scan(ds)
+    return (encode_full(ds, meta),), encode_for_scan(ds)
 
 
 def _decoded_and_masked(
-    data: bytes, parsed: Parsed, ds: Dataset, rule: PixelRule, media_uid: str
-) -> tuple[bytes, bytes, FileMetaDataset]:
+    data: Source, parsed: Parsed, ds: Dataset, rule: PixelRule, media_uid: str
+) -> tuple[Chunks, bytes, FileMetaDataset]:
     """Compressed pixel data with burned-in text: decode it (pydicom's decoders: RLE natively, JPEG
     and JPEG 2000 through Pillow), mask it, and release it uncompressed (explicit VR little endian).
 
@@ -199,7 +199,7 @@ def _decoded_and_masked(
     installed decoder can read cannot be cleaned, so it is refused as burned-in.
     """
     try:
-        full = dcmread(BytesIO(data))
+        full = dcmread(stream_of(data))
         full.decompress(generate_instance_uid=False)
     except Exception:  # no decoder for this syntax, or damaged fragments; messages may quote values
         raise BurnedInAnnotation("compressed pixel data that no installed decoder can read") from None
@@ -216,7 +216,7 @@ def _decoded_and_masked(
     meta = file_meta_for(ds, ExplicitVRLittleEndian, media_uid)
     header = encode_header(ds, meta, implicit=False)
     element = _LONG_HEADER(0x7FE0, 0x0010, vr.encode("ascii"), 0, len(pixels))
-    return b"".join((header, element, pixels)), header, meta
+    return (header, element, memoryview(pixels)), header, meta
 
 
 PHOTOMETRIC_INTERPRETATION, PLANAR_CONFIGURATION = 0x00280004, 0x00280006

@@ -18,7 +18,7 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import DicomDictionary
 from pydicom.uid import UID
 
-from .container import ITEM, PIXEL_TAGS, SEQUENCE_DELIMITER, UNDEFINED, _pixel_element_end
+from .container import ITEM, PIXEL_TAGS, SEQUENCE_DELIMITER, UNDEFINED, Source, _pixel_element_end
 from .encoder import _IMPLICIT_HEADER, _ITEM, _ITEM_END, _LONG_HEADER, _LONG_VRS, _SEQUENCE_END, _SHORT_HEADER
 
 ITEM_END = 0xFFFEE00D
@@ -80,7 +80,7 @@ class RawFile:
     implicit: bool  # implicit VR little endian: VRs come from the data dictionary, as pydicom does
 
 
-def read(data: bytes) -> RawFile:
+def read(data: Source) -> RawFile:
     """Parse the header of ``data``; raises Unsupported for anything outside the common encoding."""
     if len(data) < 132 or data[128:132] != b"DICM":
         raise Unsupported("no preamble")
@@ -100,7 +100,7 @@ def read(data: bytes) -> RawFile:
     return RawFile(body, syntax, media_uid, memoryview(data)[position:], uid.is_compressed, implicit)
 
 
-def _read_meta(data: bytes, position: int) -> tuple[dict[int, bytes], int]:
+def _read_meta(data: Source, position: int) -> tuple[dict[int, bytes], int]:
     meta: dict[int, bytes] = {}
     while position + 8 <= len(data):
         group, element, vr_bytes = _TAG_VR.unpack_from(data, position)
@@ -125,7 +125,7 @@ def _read_meta(data: bytes, position: int) -> tuple[dict[int, bytes], int]:
 _TOP, _DELIMITED, _DEFINED = 0, 1, 2  # where a run of elements ends: Pixel Data, an item delimiter, a length
 
 
-def _read_items(data: bytes, position: int, end: int, mode: int, implicit: bool = False) -> tuple[Items, int]:
+def _read_items(data: Source, position: int, end: int, mode: int, implicit: bool = False) -> tuple[Items, int]:
     """Elements from ``position``: at the top up to Pixel Data, in an item up to its delimiter or end."""
     elements: Items = {}
     previous = -1
@@ -189,7 +189,7 @@ def implicit_vr(tag: int, length: int) -> str:
 
 
 def _read_sequence(
-    data: bytes, position: int, length: int, end: int, implicit: bool = False
+    data: Source, position: int, length: int, end: int, implicit: bool = False
 ) -> tuple[list[Items], int]:
     stop = end if length == UNDEFINED else position + length
     if stop > end:

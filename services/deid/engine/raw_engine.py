@@ -21,7 +21,7 @@ from pydicom._uid_dict import UID_dictionary
 
 from .actions import Action, Option
 from .burned_in import RISKY_MODALITIES, SECONDARY_CAPTURE_PREFIX
-from .container import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from .container import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, Source
 from .dates import shift_date, shift_datetime
 from .dummies import dummy_for
 from .encoder import _CHARSET_VRS, framed_file_meta
@@ -91,7 +91,7 @@ class _Context:
         self.implicit = implicit
 
 
-def deidentify_raw(data: bytes, profile: Profile, pseudonyms: Pseudonymizer) -> RawResult:
+def deidentify_raw(data: Source, profile: Profile, pseudonyms: Pseudonymizer) -> RawResult:
     """De-identify on the fast path, or raise Unsupported (never any other exception type on purpose)."""
     rules = profile.rules
     raw = read(data)
