@@ -100,6 +100,23 @@ def test_ferretdb_keeps_documents_in_postgresql(
     assert stored.split() == [marker]
 
 
+def test_an_id_lookup_uses_an_index_in_every_collection_ferretdb_creates(mongo_uri: str, unique_name: str) -> None:
+    """FerretDB 1.24 filters `_id` with a JSONB containment test no btree serves; the devstack's event
+    trigger gives each new table a GIN index for it (tools/devstack/postgres.py ID_LOOKUP_SQL)."""
+    client: MongoClient = MongoClient(mongo_uri)
+    try:
+        db = client[unique_name]
+        db["lookups"].insert_many([{"_id": f"k{i:05d}", "pad": "x" * 200} for i in range(3000)])
+        explained = db.command("explain", {"find": "lookups", "filter": {"_id": "k01234"}})
+        plan = explained["queryPlanner"]["Plan"]
+        nodes = [plan["Node Type"], *(child["Node Type"] for child in plan.get("Plans", []))]
+        assert "Seq Scan" not in nodes, nodes
+        assert db["lookups"].find_one({"_id": "k01234"}) is not None
+    finally:
+        client.drop_database(unique_name)
+        client.close()
+
+
 def test_stop_all_stops_ferretdb_and_then_its_postgresql(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     mongo_port, postgres_port = devstack.free_ports(2)
