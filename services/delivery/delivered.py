@@ -51,6 +51,9 @@ class DeliveredInstance:
     size: int
     delivery_id: str
     source_sha256: str = ""  # the object as received, when it differs (a de-identified copy)
+    source_study_uid: str = ""  # as received, for outcomes about this delivery
+    source_sop_uid: str = ""
+    source_org: str = ""
     route_id: str = ""
     modality: str = ""
     priority: int = 0
@@ -145,6 +148,24 @@ class DeliveredObjects:
                 {"$min": {f"{r.status}_at_ms": r.at_ms}},
             )
             for r in receipts
+        ]
+        if updates:
+            self._instances.bulk_write(updates, ordered=False)
+
+    def unstored(self) -> Iterator[DeliveredInstance]:
+        """Deliveries no gateway has reported stored and that have not been declared expired (a scan:
+        run it rarely; the retention watch does, every few minutes)."""
+        query = {"stored_at_ms": {"$exists": False}, "expired_at_ms": {"$exists": False}}
+        for doc in self._instances.find(query):
+            yield _from_doc(doc)
+
+    def mark_expired(self, items: Iterable[DeliveredInstance], at_ms: int) -> None:
+        updates = [
+            UpdateOne(
+                {"_id": instance_key(i.partner_id, i.study_uid, i.series_uid, i.sop_uid)},
+                {"$min": {"expired_at_ms": at_ms}},
+            )
+            for i in items
         ]
         if updates:
             self._instances.bulk_write(updates, ordered=False)

@@ -1,0 +1,118 @@
+"""The retention watch against a real broker and MongoDB-wire server: it reads a partner's unread
+backlog from its gateway group's committed offsets, sees messages deleted before they were read, and
+turns deliveries older than the retention that were never stored into failed outcomes, once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from pymongo.database import Database
+
+from services.common.messages import OutgoingMessage
+from services.common.topics import Topics
+from services.delivery.delivered import DeliveredInstance, DeliveredObjects
+from services.delivery.retention_watch import KafkaBacklogReader, RetentionWatch
+from services.proto_gen.imx.v1 import events_pb2
+
+HOUR_MS = 3600 * 1000
+
+
+def _feed(kafka_bootstrap: str, topic: str, messages: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"retention.ms": str(10 * HOUR_MS)})])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for n in range(messages):
+        producer.send(topic, f"m{n}".encode(), partition=0)
+    producer.flush()
+    producer.close()
+
+
+def _commit(kafka_bootstrap: str, group: str, topic: str, offset: int) -> None:
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(offset, "", -1)})
+    finally:
+        consumer.close()
+
+
+def test_the_backlog_of_the_partners_slowest_group_and_what_expired_unread(
+    kafka_bootstrap: str, make_name: Callable[[str], str]
+) -> None:
+    partner = make_name("p")
+    topics = Topics(make_name("rw") + ".")
+    feed = topics.partner(partner)
+    _feed(kafka_bootstrap, feed, 10)
+    reader = KafkaBacklogReader(kafka_bootstrap)
+
+    never_read = reader.partner_lag(partner, [feed])
+    assert (never_read.retention_ms, never_read.unread, never_read.expired) == (10 * HOUR_MS, 10, 0)
+
+    _commit(kafka_bootstrap, f"{partner}.gateway", feed, 8)
+    _commit(kafka_bootstrap, f"{partner}.central-gateway", feed, 4)  # the slowest group counts
+    _commit(kafka_bootstrap, f"other-{partner}.gateway", feed, 0)  # not this partner's group
+    lag = reader.partner_lag(partner, [feed])
+    assert (lag.unread, lag.expired) == (6, 0)
+    assert lag.partitions[0].oldest_unread_ms is not None
+
+    # Retention deletes the first seven messages before the slow group read them.
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_records({TopicPartition(feed, 0): 7})
+    finally:
+        admin.close()
+    after = reader.partner_lag(partner, [feed])
+    assert (after.unread, after.expired) == (3, 3)
+
+
+def test_deliveries_older_than_the_retention_never_stored_become_failed_outcomes_once(
+    db: Database, kafka_bootstrap: str, make_name: Callable[[str], str]
+) -> None:
+    partner = make_name("p")
+    topics = Topics(make_name("rw") + ".")
+    feed = topics.partner(partner)
+    _feed(kafka_bootstrap, feed, 1)
+    delivered = DeliveredObjects(db)
+    now = 100 * HOUR_MS
+
+    def item(n: int, at_ms: int) -> DeliveredInstance:
+        return DeliveredInstance(
+            partner_id=partner,
+            study_uid="2.25.1",
+            series_uid="2.25.2",
+            sop_uid=f"2.25.3.{n}",
+            sop_class_uid="",
+            transfer_syntax_uid="",
+            sha256=f"{n:064x}",
+            size=1,
+            delivery_id=f"d{n}",
+            source_study_uid="1.2.3",
+            delivered_at_ms=at_ms,
+        )
+
+    old, recent = item(1, now - 11 * HOUR_MS), item(2, now - 1 * HOUR_MS)
+    delivered.record([old, recent])
+    published: list[OutgoingMessage] = []
+    watch = RetentionWatch(
+        partners=lambda: [partner],
+        feed_topics=lambda p: [topics.partner(p)],
+        read_lag=KafkaBacklogReader(kafka_bootstrap).partner_lag,
+        unstored=delivered.unstored,
+        mark_expired=delivered.mark_expired,
+        publish=published.extend,
+        topics=topics,
+        clock=lambda: now,
+    )
+    watch.check()
+    watch.check()
+    assert len(published) == 1, "declared once"
+    outcome = events_pb2.DeliveryOutcome.FromString(published[0].value)
+    assert (outcome.instance.sop_instance_uid, outcome.detail) == ("2.25.3.1", "expired-unread")
+    assert [i.sop_uid for i in delivered.unstored()] == ["2.25.3.2"]
+    assert old.sha256 in delivered.unstored_blobs(), "an expired delivery's object is still kept"

@@ -1,0 +1,61 @@
+"""When a partner's unread backlog is reported against its feed's retention, and what expired unread."""
+
+from __future__ import annotations
+
+from services.common.topics import Topics
+from services.delivery.delivered import DeliveredInstance
+from services.delivery.retention_watch import PartitionBacklog, PartnerLag, backlog, expired_outcome, warning_level
+from services.proto_gen.imx.v1 import events_pb2
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def test_a_partition_read_up_to_its_end_has_no_backlog() -> None:
+    assert backlog(committed=10, log_start=0, log_end=10, first_unread_timestamp=None) == (0, 0, None)
+
+
+def test_unread_messages_and_those_retention_deleted_before_they_were_read() -> None:
+    assert backlog(committed=4, log_start=0, log_end=10, first_unread_timestamp=123) == (6, 0, 123)
+    assert backlog(committed=4, log_start=7, log_end=10, first_unread_timestamp=456) == (3, 3, 456)
+
+
+def test_a_partner_that_never_read_has_everything_unread_and_nothing_known_lost() -> None:
+    assert backlog(committed=None, log_start=5, log_end=9, first_unread_timestamp=1) == (4, 0, 1)
+
+
+def test_warnings_at_the_configured_fractions_of_the_retention() -> None:
+    lag = PartnerLag("lab", retention_ms=7 * DAY_MS, partitions=[PartitionBacklog("t", 0, 5, 0, 0)])
+    assert lag.fraction(now=int(3.5 * DAY_MS)) == 0.5
+    assert warning_level(lag.fraction(int(3 * DAY_MS))) is None
+    assert warning_level(lag.fraction(int(4 * DAY_MS))) == 0.5
+    assert warning_level(lag.fraction(int(6 * DAY_MS))) == 0.8
+    assert warning_level(0.95, fractions=(0.9, 0.5)) == 0.9
+
+
+def test_an_expired_delivery_is_a_failed_outcome_with_a_stable_id() -> None:
+    item = DeliveredInstance(
+        partner_id="lab",
+        study_uid="2.25.1",
+        series_uid="2.25.2",
+        sop_uid="2.25.3",
+        sop_class_uid="",
+        transfer_syntax_uid="",
+        sha256="a" * 64,
+        size=1,
+        delivery_id="d1",
+        source_study_uid="1.2.3",
+        source_sop_uid="1.2.3.4",
+        source_org="trust-a",
+        route_id="research",
+    )
+    first = expired_outcome(item, Topics(), clock=lambda: 1)
+    again = expired_outcome(item, Topics(), clock=lambda: 2)
+    outcome = events_pb2.DeliveryOutcome.FromString(first.value)
+    assert first.topic == "imx.outcomes.v1" and first.key == b"1.2.3"
+    assert (outcome.status, outcome.detail, outcome.partner_id, outcome.route_id) == (
+        events_pb2.DELIVERY_STATUS_FAILED,
+        "expired-unread",
+        "lab",
+        "research",
+    )
+    assert outcome.meta.event_id == events_pb2.DeliveryOutcome.FromString(again.value).meta.event_id
