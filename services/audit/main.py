@@ -12,6 +12,7 @@ from services.audit.analysts import AnalystStore, CachedKeyCheck
 from services.audit.api import create_app
 from services.audit.consumer import AuditHandler, audit_stage_spec
 from services.audit.dead_letters import register_dead_letter_admin
+from services.audit.evidence import LoggedWriter, TamperEvidence
 from services.audit.settings import AuditSettings
 from services.audit.status import register_studies
 from services.audit.store import MongoAuditStore
@@ -44,13 +45,15 @@ def serve(
         store = MongoAuditStore(db[settings.audit_collection])
         store.ensure_indexes()
         analysts = AnalystStore(db)
+        evidence = TamperEvidence(settings, db)
         key_check = CachedKeyCheck(analysts) if settings.require_api_key else None
         http = HttpServer(create_app(store, key_check), settings.http_host, settings.http_port, name="audit-http")
         http.start()
+        evidence.start()
         try:
 
             def build_handler(_producer: BusProducer, topics: Topics) -> Handler:
-                return AuditHandler(store, topics)
+                return AuditHandler(LoggedWriter(store, evidence.sink), topics)
 
             def ready(control: ControlServer) -> None:
                 if on_ready:
@@ -64,11 +67,13 @@ def serve(
                     register_analyst_admin(analysts),
                     register_studies(store),
                     register_dead_letter_admin(settings.kafka_bootstrap, Topics(settings.topic_prefix).dead_letter, db),
+                    evidence.servicer,
                 ],
                 stop=stop,
                 on_ready=ready,
             )
         finally:
+            evidence.stop()
             http.stop()
     finally:
         client.close()

@@ -6,6 +6,8 @@ service with distinct ports, while a container of its own can use the short name
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
@@ -34,4 +36,31 @@ class AuditSettings(ServiceSettings):
         validation_alias=_env("REQUIRE_API_KEY"),
         description="audit queries need an analyst's API key (`imx analysts add`); false only behind a proxy "
         "that authenticates",
+    )
+
+    # Tamper evidence (services/audit/tamper_log.py) and retention (services/audit/retention.py).
+    log_collection: str = Field(
+        "audit_log", validation_alias=_env("LOG_COLLECTION"), description="MongoDB collection holding the Merkle log"
+    )
+    signing_key_file: Path = Field(
+        Path("var/audit/signing-key.pem"),
+        validation_alias=_env("SIGNING_KEY_FILE"),
+        description="Ed25519 private key (PKCS#8 PEM) signing the log's tree heads; created 0600 when absent",
+    )
+    sth_every: int = Field(
+        10_000, ge=1, validation_alias=_env("STH_EVERY"), description="sign a tree head at least every N leaves"
+    )
+    sth_interval_s: float = Field(
+        60.0, gt=0, validation_alias=_env("STH_INTERVAL_S"), description="...and every T seconds while it grows"
+    )
+    log_lease_s: float = Field(
+        30.0, gt=0, validation_alias=_env("LOG_LEASE_S"), description="single-writer lease of the log; a crashed "
+        "writer's successor waits this long"
+    )
+    retention_days: float | None = Field(
+        None, gt=0, validation_alias=_env("RETENTION_DAYS"), description="purge records older than this, after a "
+        "signed checkpoint; unset: keep everything"
+    )
+    retention_every_s: float = Field(
+        3600.0, gt=0, validation_alias=_env("RETENTION_EVERY_S"), description="how often the purge runs"
     )

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import typer
 
-from services.cli import admin, blobs, dlq, files, gateway, profiles, send, studies
+from services.cli import admin, audit, blobs, dlq, files, gateway, profiles, send, studies
 
 app = typer.Typer(
     help="imx: a medical-image exchange. DICOM in, routed, de-identified, delivered, audited.", no_args_is_help=True
@@ -20,6 +20,7 @@ app.add_typer(blobs.blobs_app, name="blobs")
 app.add_typer(gateway.gateway_app, name="gateway")
 app.add_typer(dlq.dlq_app, name="dlq")
 app.add_typer(studies.studies_app, name="studies")
+app.add_typer(audit.audit_app, name="audit")
 app.command("demo-data")(files.demo_data)
 app.command("deid")(files.deid)
 app.command("send")(send.send)

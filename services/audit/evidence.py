@@ -1,0 +1,95 @@
+"""Wiring of the audit service's tamper evidence, built by the entry point: the Merkle log and its sink,
+the AuditLog gRPC servicer, a ticker that signs tree heads every `sth_interval_s` while the log grows,
+and the scheduled retention purge when `retention_days` is set."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from pymongo.database import Database
+
+from services.audit.log_admin import register_audit_log
+from services.audit.log_verify import CollectionRecords
+from services.audit.records import AuditRecord
+from services.audit.retention import CollectionRecordDeleter, Retention, run_retention
+from services.audit.settings import AuditSettings
+from services.audit.signing import load_or_create_key
+from services.audit.store import RecordWriter
+from services.audit.tamper_log import StoredTree, TamperLog, TamperLogSink
+from services.common.control_server import ServicerRegistration
+from services.common.messages import TransientError
+
+log = logging.getLogger(__name__)
+
+
+class TamperEvidence:
+    def __init__(self, settings: AuditSettings, db: Database[dict[str, Any]]) -> None:
+        self._settings = settings
+        docs = db[settings.log_collection]
+        records = db[settings.audit_collection]
+        self._signer = load_or_create_key(settings.signing_key_file)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # Opened by its first append, not here: a predecessor's lease may still have seconds to run, and
+        # that wait belongs to the bus's retries, not to start-up.
+        self.log = TamperLog(
+            docs,
+            self._signer,
+            owner,
+            sth_every=settings.sth_every,
+            sth_interval_s=settings.sth_interval_s,
+            lease_s=settings.log_lease_s,
+        )
+        self.sink = TamperLogSink(self.log)
+        self.servicer: ServicerRegistration = register_audit_log(
+            StoredTree(docs), CollectionRecords(records), self._signer.public_key
+        )
+        self._retention = (
+            Retention(self._signer, StoredTree(docs), CollectionRecordDeleter(records), settings.retention_days)
+            if settings.retention_days
+            else None
+        )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        tick = min(self._settings.sth_interval_s, 5.0)
+        self._threads.append(threading.Thread(target=self._sign_periodically, args=(tick,), name="audit-sth"))
+        if self._retention is not None:
+            args = (self._retention, self._settings.retention_every_s, self._stop)
+            self._threads.append(threading.Thread(target=run_retention, args=args, name="audit-retention"))
+        for thread in self._threads:
+            thread.daemon = True
+            thread.start()
+
+    def _sign_periodically(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self.log.sign_if_due()
+            except TransientError:
+                log.warning("audit log: tree head not signed this time (store unavailable or lease lost)")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.log.close()
+
+
+class LoggedWriter:
+    """A RecordWriter that appends what it stores to the log, for a handler without `sinks`: the records
+    are stored first, then logged, both before the bus commits the batch."""
+
+    def __init__(self, store: RecordWriter, sink: TamperLogSink) -> None:
+        self._store = store
+        self._sink = sink
+
+    def insert(self, records: Sequence[AuditRecord]) -> int:
+        inserted = self._store.insert(records)
+        self._sink.write(records)
+        return inserted

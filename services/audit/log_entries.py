@@ -1,0 +1,56 @@
+"""What a leaf of the audit log commits to (pure): a record's canonical serialisation and its digest.
+
+A record's digest is SHA-256 over canonical JSON (sorted keys, no spaces, UTF-8) of the record's fields
+except `recorded_at`: a record delivered twice is built twice with two `recorded_at` times, and the
+store keeps the first, so that field alone would make a faithful copy look altered. Which fields were
+covered is kept beside the log as a named field set, so records written before a field was added to
+AuditRecord still verify afterwards, and a field deleted from a stored record is caught, not skipped.
+
+The leaf entry binds the digest to the record's `_id`, its position in the log and when the log
+appended it; a leaf moved to another position no longer matches its own hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from services.audit.records import to_epoch_ms
+
+EXCLUDED_FIELDS = frozenset({"recorded_at"})
+_MISSING = {"$missing": True}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$date": to_epoch_ms(value)}
+    if isinstance(value, bytes):
+        return {"$bin": value.hex()}
+    raise TypeError(f"no canonical form for {type(value).__name__}")
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_encode
+    ).encode("utf-8")
+
+
+def covered_fields(record: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(sorted(name for name in record if name not in EXCLUDED_FIELDS))
+
+
+def field_set_id(names: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()[:16]
+
+
+def record_digest(record: Mapping[str, Any], fields: Iterable[str]) -> bytes:
+    """Digest of `record` over `fields`; a field the record lacks is encoded as missing, unlike None."""
+    return hashlib.sha256(canonical_json({name: record.get(name, _MISSING) for name in fields})).digest()
+
+
+def leaf_entry(index: int, record_id: str, digest: bytes, field_set: str, appended_ms: int) -> bytes:
+    """The bytes RFC 9162 calls the entry d(i): its leaf hash is SHA-256(0x00 || entry)."""
+    return canonical_json({"d": digest.hex(), "f": field_set, "i": index, "id": record_id, "t": appended_ms})

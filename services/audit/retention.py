@@ -1,0 +1,163 @@
+"""Retention of audit records (issue 8 item 6): records the log appended more than `retention_days` ago
+are purged, oldest first, after a signed checkpoint says which.
+
+A purge removes a prefix of the log, leaves [old purge point, p), where p is the first leaf appended
+after the cutoff (capped at the latest signed tree head and at `max_leaves` per run). Before anything
+is deleted the checkpoint is stored: MTH(D[0:p]) computed from the stored subtrees and proven
+consistent (RFC 9162 §2.1.4) with the latest signed tree head, the frontier of p (the perfect subtrees
+of [0, p), which fold to that root), the cutoff, signed with the log's key. Verification then starts from
+the checkpoint's frontier and appends the retained leaves to it, so every tree head from p on still
+verifies (services/audit/log_verify.py). The deletions follow (record and claim by `_id`, and each
+`leaves` document wholly purged); a run interrupted half-way resumes from the checkpoint's `deleted_to`.
+
+What it does not do: records that were tampered with before they were purged are not re-checked here
+(run `imx audit verify` before the retention age passes); the analysts' aggregates other stores keep are
+theirs to age out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pymongo.collection import Collection
+
+from services.audit import merkle
+from services.audit.signing import Signer, checkpoint_message
+from services.audit.tamper_log import CHUNK, StoredTree, chunk_id, claim_id, unavailable_is_transient
+
+log = logging.getLogger(__name__)
+DAY_MS = 86_400_000
+
+
+class RecordDeleter(Protocol):
+    def delete(self, record_id: str) -> None: ...
+
+
+class CollectionRecordDeleter:
+    def __init__(self, collection: Collection[dict[str, Any]]) -> None:
+        self._records = collection
+
+    def delete(self, record_id: str) -> None:
+        with unavailable_is_transient():
+            self._records.delete_one({"_id": record_id})
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    purged_to: int  # leaves [0, purged_to) are gone (or going, when deleted < ...)
+    deleted: int  # records deleted by this run
+    checkpoint_size: int  # the tree size the checkpoint was proven against
+
+
+class RetentionError(RuntimeError):
+    """The log's stored hashes do not agree with its signed tree head: nothing is purged."""
+
+
+class Retention:
+    def __init__(
+        self,
+        signer: Signer,
+        tree: StoredTree,
+        records: RecordDeleter,
+        retention_days: float,
+        max_leaves: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._signer = signer
+        self._tree = tree
+        self._records = records
+        self._retention_ms = int(retention_days * DAY_MS)
+        self._max_leaves = max_leaves
+        self._clock = clock
+
+    def purge(self) -> PurgeResult:
+        now_ms = int(self._clock() * 1000)
+        cutoff = now_ms - self._retention_ms
+        self._tree.forget()
+        checkpoint = self._tree.get("checkpoint:latest")
+        deleted = self._finish_deletes(checkpoint)
+        start = int(checkpoint["purged_to"]) if checkpoint else 0
+        latest = self._tree.tree_head()
+        if latest is None:
+            return PurgeResult(start, deleted, 0)
+        end = start
+        while end < min(latest.size, start + self._max_leaves):
+            leaf = self._tree.leaf(end)
+            if leaf is None or int(leaf["t"]) >= cutoff:
+                break
+            end += 1
+        if end == start:
+            return PurgeResult(start, deleted, latest.size)
+        self._store_checkpoint(end, latest.size, latest.root, now_ms, cutoff, checkpoint)
+        deleted += self._delete(start, end)
+        log.info("audit retention: purged records past the retention age", extra={"instances": end - start})
+        return PurgeResult(end, deleted, latest.size)
+
+    def _store_checkpoint(
+        self, purged_to: int, signed_size: int, signed_root: bytes, now_ms: int, cutoff: int,
+        previous: dict[str, Any] | None,
+    ) -> None:  # fmt: skip
+        if previous is not None:
+            self._tree.use_purged_frontier(int(previous["purged_to"]), [bytes(h) for h in previous["frontier"]])
+        try:
+            frontier = [self._tree.block(lv, ix) for lv, ix in merkle.perfect_blocks(0, purged_to)]
+            proof = merkle.consistency_proof(purged_to, signed_size, self._tree.range_hash)
+        except LookupError as missing:
+            raise RetentionError(f"cannot prove the purge point: {missing}") from missing
+        root = merkle.fold_blocks(frontier)
+        if not merkle.verify_consistency(purged_to, signed_size, root, signed_root, proof):
+            raise RetentionError(f"the stored tree up to {purged_to} is not consistent with the signed head")
+        signer = self._signer
+        doc = {
+            "purged_to": purged_to,
+            "deleted_to": int(previous["purged_to"]) if previous else 0,
+            "ts": now_ms,
+            "cutoff": cutoff,
+            "root": root,
+            "frontier": frontier,
+            "signed_size": signed_size,
+            "sig": signer.sign(checkpoint_message(purged_to, now_ms, root, cutoff)),
+            "key": signer.public_key,
+        }
+        with unavailable_is_transient():
+            self._tree.collection.replace_one({"_id": f"checkpoint:{purged_to}"}, doc, upsert=True)
+            self._tree.collection.replace_one({"_id": "checkpoint:latest"}, doc, upsert=True)
+
+    def _finish_deletes(self, checkpoint: dict[str, Any] | None) -> int:
+        if checkpoint is None or int(checkpoint.get("deleted_to", 0)) >= int(checkpoint["purged_to"]):
+            return 0
+        return self._delete(int(checkpoint["deleted_to"]), int(checkpoint["purged_to"]))
+
+    def _delete(self, start: int, end: int) -> int:
+        """Deletes the records of leaves [start, end), then the `leaves` documents wholly below `end`;
+        returns how many records went. (A partly purged document keeps its entries: ids and digests.)"""
+        docs, deleted = self._tree.collection, 0
+        tree = StoredTree(docs)
+        for index in range(start, end):
+            with unavailable_is_transient():
+                leaf = tree.leaf(index)
+                if leaf is not None and docs.find_one({"_id": claim_id(str(leaf["id"]))}) is not None:
+                    # The claim goes last: present, the record may still be there (an interrupted run).
+                    self._records.delete(str(leaf["id"]))
+                    docs.delete_one({"_id": claim_id(str(leaf["id"]))})
+                    deleted += 1
+                if index % CHUNK == CHUNK - 1:
+                    docs.delete_one({"_id": chunk_id(index // CHUNK)})
+                if index % 1000 == 999 or index == end - 1:
+                    docs.update_one({"_id": "checkpoint:latest"}, {"$set": {"deleted_to": index + 1}})
+        return deleted
+
+
+def run_retention(retention: Retention, every_s: float, stop: threading.Event) -> None:
+    """The scheduled purge: once at start, then every `every_s` seconds until `stop`."""
+    while not stop.is_set():
+        try:
+            retention.purge()
+        except Exception:  # the schedule survives a failed run; the next one retries
+            log.exception("audit retention run failed")
+        stop.wait(every_s)

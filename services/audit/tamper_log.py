@@ -1,0 +1,467 @@
+"""The audit log's tamper evidence: every audit record appended once to an RFC 9162 Merkle log kept in
+MongoDB, with signed tree heads (services/audit/merkle.py, signing.py).
+
+Every document is read and written by its exact `_id` (the one query FerretDB 1.x answers fast at any
+size), one collection (default `audit_log`):
+
+- `leaves:<c>`: leaves 256c .. 256c+255 in order (`e`), each with its index (`i`), the record's `_id`
+  (`id`), its digest (`d`), field set (`f`), append time (`t`, epoch ms) and leaf hash (`h`); `n` counts
+  them. One document per 256 leaves, filled by a batch's insert or `$push` (compare-and-set on `n`): a
+  document per leaf made the log cost three inserts per record.
+- `leafof:<record _id>`: the record has been claimed for the log (`b`: the batch that claimed it), so a
+  record delivered twice is appended once.
+- `node:<level>:<index>`: the hash of each complete subtree of 256 leaves or more (2**level leaves from
+  index * 2**level); smaller ones are hashed from their `leaves` document. A root or a proof costs
+  O(log n) lookups, never a scan.
+- `head`: the tree size and its frontier (the roots of its perfect subtrees); `pending:<size>`: the batch
+  being appended at that size, written first so a crash half-way is finished at the next start.
+- `sth:<size>` and `sth:latest`: signed tree heads, every `sth_every` leaves or `sth_interval_s`
+  seconds; each names the previous one (`prev`), so verification walks them by `_id`.
+- `fields:<id>`: the field names a record digest covers.
+- `lease`: the single writer (below). `checkpoint:<size>`/`checkpoint:latest`: retention (retention.py).
+
+Single writer. Leaf indexes are handed out by one process: the audit service runs one replica (the
+chart pins `replicas: 1`). A second writer is refused, not merged: the `lease` document is taken and
+renewed with a compare-and-set on (`_id`, owner), expires `lease_s` after its last renewal (a crashed
+writer's successor waits that long), and is released on a clean stop; as a backstop the batch slot
+`pending:<size>`, the leaves and the head are inserted or compare-and-set by `_id`, so two writers can
+never both write leaf i. Either refusal raises ConcurrentWriterError, a transient failure for the bus:
+the batch is retried, never committed unlogged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, ExecutionTimeout, WriteConcernError
+
+from services.audit import merkle
+from services.audit.log_entries import covered_fields, field_set_id, leaf_entry, record_digest
+from services.audit.records import AuditRecord
+from services.audit.signing import Signer, tree_head_message
+from services.common.messages import TransientError
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_KEY = 11000
+HEAD, LEASE, LATEST_STH = "head", "lease", "sth:latest"
+_TRANSIENT = (ConnectionFailure, ExecutionTimeout, WriteConcernError)
+
+
+CHUNK_LEVEL = 8
+CHUNK = 1 << CHUNK_LEVEL  # leaves per `leaves:<c>` document
+
+
+def chunk_id(chunk: int) -> str:
+    return f"leaves:{chunk}"
+
+
+def claim_id(record_id: str) -> str:
+    return f"leafof:{record_id}"
+
+
+def node_id(level: int, index: int) -> str:
+    return f"node:{level}:{index}"
+
+
+def sth_id(size: int) -> str:
+    return f"sth:{size}"
+
+
+class ConcurrentWriterError(TransientError):
+    """Another process holds the log's lease or wrote where this one meant to."""
+
+
+@contextmanager
+def unavailable_is_transient() -> Iterator[None]:
+    try:
+        yield
+    except _TRANSIENT as exc:
+        raise TransientError(f"audit log unavailable: {type(exc).__name__}") from exc
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    size: int
+    timestamp_ms: int
+    root: bytes
+    signature: bytes
+    public_key: bytes
+    prev: int | None = None  # the size of the tree head signed before this one
+
+    def message(self) -> bytes:
+        return tree_head_message(self.size, self.timestamp_ms, self.root)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "ts": self.timestamp_ms,
+            "root": self.root,
+            "sig": self.signature,
+            "key": self.public_key,
+            "prev": self.prev,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> TreeHead:
+        return cls(
+            int(doc["size"]), int(doc["ts"]), bytes(doc["root"]), bytes(doc["sig"]), bytes(doc["key"]), doc.get("prev")
+        )
+
+
+def _only_duplicates(exc: BulkWriteError) -> bool:
+    details = exc.details or {}
+    return not details.get("writeConcernErrors") and all(
+        e.get("code") == DUPLICATE_KEY for e in details.get("writeErrors", [])
+    )
+
+
+def _insert_many(collection: Collection[dict[str, Any]], docs: list[dict[str, Any]]) -> set[int]:
+    """Insert, unordered; returns the positions that already existed (duplicate `_id`)."""
+    if not docs:
+        return set()
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        if not _only_duplicates(exc):
+            raise
+        return {int(e["index"]) for e in exc.details.get("writeErrors", [])}
+    return set()
+
+
+class StoredTree:
+    """Reads the stored log by `_id`; serves range hashes to merkle's proof algorithms. No lease needed."""
+
+    def __init__(self, collection: Collection[dict[str, Any]]) -> None:
+        self.collection = collection
+        self._purged: dict[tuple[int, int], bytes] = {}
+        self._cached: tuple[int, list[dict[str, Any]]] | None = None
+
+    def get(self, doc_id: str) -> dict[str, Any] | None:
+        with unavailable_is_transient():
+            return self.collection.find_one({"_id": doc_id})
+
+    def size(self) -> int:
+        head = self.get(HEAD)
+        return int(head["size"]) if head else 0
+
+    def chunk(self, chunk: int) -> list[dict[str, Any]]:
+        """The entries of `leaves:<chunk>` as stored (in stored order; empty when it is gone)."""
+        if self._cached is not None and self._cached[0] == chunk:
+            return self._cached[1]
+        doc = self.get(chunk_id(chunk))
+        entries = list(doc.get("e", [])) if doc else []
+        self._cached = (chunk, entries)
+        return entries
+
+    def forget(self) -> None:
+        """Drop the one `leaves` document kept between calls (read it again next time)."""
+        self._cached = None
+
+    def leaf(self, index: int) -> dict[str, Any] | None:
+        for entry in self.chunk(index // CHUNK):
+            if entry.get("i") == index:
+                return entry
+        return None
+
+    def tree_head(self, size: int | None = None) -> TreeHead | None:
+        doc = self.get(LATEST_STH if size is None else sth_id(size))
+        return TreeHead.from_doc(doc) if doc else None
+
+    def tree_heads(self) -> list[TreeHead]:
+        """Every signed tree head, oldest first, following each one's `prev` back from the latest."""
+        heads: list[TreeHead] = []
+        head = self.tree_head()
+        while head is not None:
+            heads.append(head)
+            head = self.tree_head(head.prev) if head.prev is not None else None
+        heads.reverse()
+        return heads
+
+    def use_purged_frontier(self, purged_to: int, hashes: Sequence[bytes]) -> None:
+        """The perfect subtrees of [0, purged_to) from a retention checkpoint: its leaves are gone."""
+        self._purged = dict(zip(merkle.perfect_blocks(0, purged_to), hashes, strict=True))
+
+    def block(self, level: int, index: int) -> bytes:
+        if (level, index) in self._purged:
+            return self._purged[(level, index)]
+        if level >= CHUNK_LEVEL:
+            doc = self.get(node_id(level, index))
+            if doc is None:
+                raise LookupError(f"the log has no node ({level}, {index})")
+            return bytes(doc["h"])
+        first = index << level
+        self.forget()  # a partly filled document may have grown since
+        leaves = [self.leaf(i) for i in range(first, first + (1 << level))]
+        if any(leaf is None for leaf in leaves):
+            raise LookupError(f"the log lacks leaves of {first}..{first + (1 << level) - 1}")
+        return merkle.root_of([bytes(leaf["h"]) for leaf in leaves if leaf is not None])
+
+    def range_hash(self, start: int, end: int) -> bytes:
+        return merkle.range_hash_from_blocks(self.block)(start, end)
+
+
+class TamperLog:
+    """The writer. `open()` takes the lease and finishes a batch a crash left half-appended; `append()`
+    adds records not yet in the log; `sign_if_due()` signs a tree head. Thread-safe (one lock)."""
+
+    def __init__(
+        self,
+        collection: Collection[dict[str, Any]],
+        signer: Signer,
+        owner: str,
+        *,
+        sth_every: int = 10_000,
+        sth_interval_s: float = 60.0,
+        lease_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._docs = collection
+        self._signer = signer
+        self._owner = owner
+        self._sth_every = sth_every
+        self._sth_interval_ms = int(sth_interval_s * 1000)
+        self._lease_ms = int(lease_s * 1000)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._frontier = merkle.Frontier()
+        self._latest: TreeHead | None = None
+        self._field_sets: set[str] = set()
+        self._opened = False
+        self._renewed_ms = 0
+
+    @property
+    def size(self) -> int:
+        return self._frontier.size
+
+    @property
+    def latest(self) -> TreeHead | None:
+        return self._latest
+
+    @property
+    def signer(self) -> Signer:
+        return self._signer
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # ---- the lease ----
+    def _take_lease(self) -> None:
+        now = self._now_ms()
+        held = self._docs.find_one({"_id": LEASE})
+        if held is None:
+            try:
+                self._docs.insert_one({"_id": LEASE, "owner": self._owner, "expires": now + self._lease_ms})
+            except DuplicateKeyError as exc:
+                raise ConcurrentWriterError("another audit process took the log's lease first") from exc
+            self._renewed_ms = now
+            return
+        if held["owner"] != self._owner and held["expires"] > now:
+            raise ConcurrentWriterError(
+                f"the audit log is held by another writer for {(held['expires'] - now) / 1000:.0f} s more "
+                "(the audit service is single-writer: run one replica)"
+            )
+        taken = self._docs.update_one(
+            {"_id": LEASE, "owner": held["owner"], "expires": held["expires"]},
+            {"$set": {"owner": self._owner, "expires": now + self._lease_ms}},
+        )
+        if taken.matched_count != 1:
+            raise ConcurrentWriterError("another audit process took the log's lease first")
+        self._renewed_ms = now
+
+    def _renew_lease(self) -> None:
+        """Renewed once a third of the lease has passed, not per batch: a write less per batch, and the
+        lease stays ours for two thirds of its length whatever happens in between."""
+        now = self._now_ms()
+        if now < self._renewed_ms + self._lease_ms // 3:
+            return
+        renewed = self._docs.update_one(
+            {"_id": LEASE, "owner": self._owner}, {"$set": {"expires": now + self._lease_ms}}
+        )
+        if renewed.matched_count != 1:
+            self._opened = False
+            raise ConcurrentWriterError("the audit log's lease was taken by another writer")
+        self._renewed_ms = now
+
+    # ---- start-up ----
+    def open(self) -> None:
+        with self._lock, unavailable_is_transient():
+            self._open()
+
+    def _open(self) -> None:
+        """Take the lease, read the head and finish an interrupted batch; also after any failed append,
+        when what is stored may be ahead of what this process holds."""
+        self._take_lease()
+        with suppress(DuplicateKeyError):
+            self._docs.insert_one({"_id": HEAD, "size": 0, "frontier": []})
+        head = self._docs.find_one({"_id": HEAD}) or {}
+        self._frontier = merkle.Frontier(int(head["size"]), [bytes(h) for h in head["frontier"]])
+        latest = self._docs.find_one({"_id": LATEST_STH})
+        self._latest = TreeHead.from_doc(latest) if latest else None
+        self._recover()
+        self._opened = True
+
+    def _recover(self) -> None:
+        """Finish the batch a crash interrupted: its claims say which of its records it had taken."""
+        start = self._frontier.size
+        pending = self._docs.find_one({"_id": f"pending:{start}"})
+        if pending is None:
+            return
+        entries = []
+        for e in pending["entries"]:
+            claim = self._docs.find_one({"_id": claim_id(e["id"])})
+            if claim is not None and claim.get("b") == start:
+                entries.append((str(e["id"]), bytes(e["d"]), str(e["f"]), int(e["t"])))
+        self._write_leaves(entries, recovering=True)
+        self._docs.delete_one({"_id": f"pending:{start}"})
+        log.info(f"audit log: finished a batch interrupted at size {start}", extra={"instances": len(entries)})
+
+    # ---- appending ----
+    def append(self, records: Sequence[AuditRecord | Mapping[str, Any]]) -> int:
+        """Append the records not in the log yet, in the given order; returns how many were appended."""
+        with self._lock, unavailable_is_transient():
+            if not self._opened:
+                self._open()
+            else:
+                self._renew_lease()
+            self._opened = False  # until this batch is fully appended: a failure re-reads the stored state
+            appended = self._append(records)
+            self._opened = True
+            return appended
+
+    def _append(self, records: Sequence[AuditRecord | Mapping[str, Any]]) -> int:
+        start = self._frontier.size
+        appended_ms = self._now_ms()
+        batch: dict[str, tuple[str, bytes, str, int]] = {}
+        for record in records:
+            record_id = str(record["_id"])
+            if record_id not in batch:
+                fields = covered_fields(record)
+                batch[record_id] = (record_id, record_digest(record, fields), self._field_set(fields), appended_ms)
+        if not batch:
+            return 0
+        entries = list(batch.values())
+        try:
+            # Sub-documents, not nested arrays: FerretDB 1.x refuses arrays of arrays.
+            pending = [{"id": e[0], "d": e[1], "f": e[2], "t": e[3]} for e in entries]
+            self._docs.insert_one({"_id": f"pending:{start}", "entries": pending})
+        except DuplicateKeyError as exc:
+            raise ConcurrentWriterError(f"another writer is appending at size {start}") from exc
+        taken = _insert_many(self._docs, [{"_id": claim_id(e[0]), "b": start} for e in entries])
+        new = [e for i, e in enumerate(entries) if i not in taken]
+        self._write_leaves(new, recovering=False)
+        self._docs.delete_one({"_id": f"pending:{start}"})
+        self._sign_if_due(appended_ms, force=False)
+        return len(new)
+
+    def _field_set(self, fields: tuple[str, ...]) -> str:
+        ident = field_set_id(fields)
+        if ident not in self._field_sets:
+            _insert_many(self._docs, [{"_id": f"fields:{ident}", "names": list(fields)}])
+            self._field_sets.add(ident)
+        return ident
+
+    def _write_leaves(self, entries: list[tuple[str, bytes, str, int]], recovering: bool) -> None:
+        start = self._frontier.size
+        frontier = merkle.Frontier(start, self._frontier.hashes)
+        leaves: list[dict[str, Any]] = []
+        nodes = []
+        for offset, (record_id, digest, field_set, appended_ms) in enumerate(entries):
+            index = start + offset
+            leaf = merkle.leaf_hash(leaf_entry(index, record_id, digest, field_set, appended_ms))
+            leaves.append({"i": index, "id": record_id, "d": digest, "f": field_set, "t": appended_ms, "h": leaf})
+            completed = frontier.append(leaf)
+            nodes += [{"_id": node_id(lv, ix), "h": h} for lv, ix, h in completed if lv >= CHUNK_LEVEL]
+        for chunk in sorted({leaf["i"] // CHUNK for leaf in leaves}):
+            self._write_chunk(chunk, [leaf for leaf in leaves if leaf["i"] // CHUNK == chunk], recovering)
+        _insert_many(self._docs, nodes)  # deterministic: an existing node already holds this hash
+        if frontier.size != start:
+            moved = self._docs.update_one(
+                {"_id": HEAD, "size": start}, {"$set": {"size": frontier.size, "frontier": frontier.hashes}}
+            )
+            if moved.matched_count != 1:
+                raise ConcurrentWriterError(f"the log's head moved past {start} under this writer")
+        self._frontier = frontier
+
+    def _write_chunk(self, chunk: int, leaves: list[dict[str, Any]], recovering: bool) -> None:
+        first = leaves[0]["i"] - chunk * CHUNK
+        end = first + len(leaves)
+        if first == 0:
+            try:
+                self._docs.insert_one({"_id": chunk_id(chunk), "n": end, "e": leaves})
+                return
+            except DuplicateKeyError:
+                pass
+        else:
+            pushed = self._docs.update_one(
+                {"_id": chunk_id(chunk), "n": first}, {"$push": {"e": {"$each": leaves}}, "$set": {"n": end}}
+            )
+            if pushed.matched_count == 1:
+                return
+        stored = self._docs.find_one({"_id": chunk_id(chunk)}) if recovering else None
+        if stored is None or int(stored["n"]) < end:
+            raise ConcurrentWriterError(f"leaf {leaves[0]['i']} was written by another writer")
+
+    # ---- tree heads ----
+    def sign_if_due(self, force: bool = False) -> TreeHead | None:
+        """Sign the current tree if it grew by `sth_every` leaves or `sth_interval_s` passed since the
+        last head (any growth, with force). Returns the new head, or None."""
+        with self._lock, unavailable_is_transient():
+            if not self._opened:
+                return None
+            self._renew_lease()
+            return self._sign_if_due(self._now_ms(), force)
+
+    def _sign_if_due(self, now_ms: int, force: bool) -> TreeHead | None:
+        size, last = self._frontier.size, self._latest
+        if size == 0 or (last is not None and last.size >= size):
+            return None
+        due = force or last is None or size - last.size >= self._sth_every or now_ms - last.timestamp_ms >= (
+            self._sth_interval_ms
+        )
+        if not due:
+            return None
+        root = self._frontier.root()
+        head = TreeHead(
+            size, now_ms, root, self._signer.sign(tree_head_message(size, now_ms, root)), self._signer.public_key,
+            last.size if last else None,
+        )  # fmt: skip
+        if _insert_many(self._docs, [{"_id": sth_id(size), **head.to_doc()}]):
+            stored = self._docs.find_one({"_id": sth_id(size)}) or {}
+            if bytes(stored.get("root", b"")) != root:
+                raise ConcurrentWriterError(f"a different tree head of size {size} is stored")
+            head = TreeHead.from_doc(stored)
+        self._docs.replace_one({"_id": LATEST_STH}, head.to_doc(), upsert=True)
+        self._latest = head
+        return head
+
+    def close(self) -> None:
+        """Sign what is unsigned and hand the lease back, so a successor need not wait for it to expire."""
+        with self._lock:
+            if not self._opened:
+                return
+            try:
+                with unavailable_is_transient():
+                    self._sign_if_due(self._now_ms(), force=True)
+                    self._docs.delete_one({"_id": LEASE, "owner": self._owner})
+            except TransientError:
+                log.warning("audit log: could not sign or release the lease at stop")
+            self._opened = False
+
+
+class TamperLogSink:
+    """The audit consumer's sink: `write()` is called with each flushed batch, after the records are
+    stored and before offsets are committed, so a crash in between appends the replayed batch."""
+
+    def __init__(self, tamper_log: TamperLog) -> None:
+        self._log = tamper_log
+
+    def write(self, records: Sequence[AuditRecord]) -> None:
+        self._log.append(records)

@@ -1,0 +1,95 @@
+"""`imx audit verify|head`: the audit log's tamper evidence through audit's AuditLog gRPC API.
+
+`verify` asks the audit service to recompute the Merkle log from the stored records and check every
+signed tree head; `--remember FILE` keeps the tree head it verified and, next time, requires the log to
+still extend it (what catches a truncation that also removed the later tree heads). Exit status 0 when
+everything verifies, 1 when something was tampered with."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.cli.admin import _channel
+from services.cli.settings import CliSettings
+from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
+
+console = Console()
+audit_app = typer.Typer(help="The audit log's tamper evidence: verify it, show its signed tree head.",
+                        no_args_is_help=True)  # fmt: skip
+
+
+def _when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+def _describe(head: admin_pb2.SignedTreeHead) -> str:
+    return f"size {head.tree_size}, root {head.root_hash.hex()}, signed {_when(head.timestamp_ms)} UTC"
+
+
+def _known(path: Path | None) -> tuple[int, bytes]:
+    if path is None or not path.exists():
+        return 0, b""
+    saved = json.loads(path.read_text())
+    return int(saved["tree_size"]), bytes.fromhex(saved["root_hash"])
+
+
+@audit_app.command("verify")
+def verify(
+    remember: Annotated[
+        Path | None,
+        typer.Option(help="a file keeping the last verified tree head: the log must still extend it, and it is "
+                     "updated when verification passes"),
+    ] = None,
+    max_findings: Annotated[int, typer.Option(help="list at most N findings")] = 100,
+) -> None:
+    """Recompute the log from the stored records: names each changed, deleted, reordered or truncated record
+    (leaf index, record id), checks each signed tree head's signature and their consistency."""
+    known_size, known_root = _known(remember)
+    with _channel(CliSettings().audit_grpc) as channel:
+        reply = admin_pb2_grpc.AuditLogStub(channel).VerifyAuditLog(
+            admin_pb2.VerifyAuditLogRequest(
+                known_tree_size=known_size, known_root_hash=known_root, max_findings=max_findings
+            )
+        )
+    console.print(
+        f"{reply.leaves_checked} of {reply.tree_size} leaves checked"
+        + (f" (leaves before {reply.purged_to} purged under a signed checkpoint)" if reply.purged_to else "")
+        + f", {reply.tree_heads_checked} tree head(s) reproduced, in {reply.elapsed_ms / 1000:.1f} s"
+    )
+    console.print(f"signing key sha256:{reply.key_fingerprint}")
+    if reply.HasField("latest"):
+        console.print(f"latest signed tree head: {_describe(reply.latest)}")
+    if reply.ok:
+        console.print("[green]verified[/green]: no record was changed, deleted, reordered or truncated")
+        if remember is not None and reply.HasField("latest"):
+            remember.parent.mkdir(parents=True, exist_ok=True)
+            remember.write_text(json.dumps({"tree_size": reply.latest.tree_size,
+                                            "root_hash": reply.latest.root_hash.hex()}) + "\n")  # fmt: skip
+        return
+    table = Table("finding", "leaf", "record", "detail")
+    for f in reply.findings:
+        table.add_row(f.kind, str(f.leaf_index) if f.leaf_index >= 0 else "-", f.record_id or "-", f.detail)
+    console.print(table)
+    more = reply.findings_total - len(reply.findings)
+    console.print(f"[red]TAMPERED[/red]: {reply.findings_total} finding(s)" + (f", {more} not listed" if more else ""))
+    raise typer.Exit(1)
+
+
+@audit_app.command("head")
+def head() -> None:
+    """The latest signed tree head (keep it somewhere else: a later verify can be asked to extend it)."""
+    with _channel(CliSettings().audit_grpc) as channel:
+        reply = admin_pb2_grpc.AuditLogStub(channel).GetTreeHead(admin_pb2.GetTreeHeadRequest(), timeout=30)
+    console.print(f"{reply.tree_size} leaves appended; public key {reply.public_key.hex()}")
+    if not reply.found:
+        console.print("no tree head signed yet")
+        raise typer.Exit(1)
+    console.print(f"signed tree head: {_describe(reply.head)}")
+    console.print(f"signature {reply.head.signature.hex()}")

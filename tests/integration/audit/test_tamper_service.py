@@ -1,0 +1,95 @@
+"""`imx audit verify` against the running audit service (real Kafka, real FerretDB): events consumed from
+Kafka are appended to the log and signed; the command passes on the untouched log and, after a stored
+record is edited, exits 1 naming the leaf and the record."""
+
+from __future__ import annotations
+
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+from typer.testing import CliRunner
+
+from services.audit.main import AuditEndpoints, serve
+from services.audit.settings import AuditSettings
+from services.audit.tamper_log import StoredTree
+from services.cli.main import app
+from services.common.bus import BusProducer, ensure_topics
+from services.common.topics import Topics
+from tests.unit.audit.builders import Instance, journey
+
+STUDY = Instance()
+
+
+def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def client(mongo_uri: str, unique_name: str) -> Iterator[MongoClient]:
+    client: MongoClient = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    yield client
+    client.drop_database(unique_name)
+    client.close()
+
+
+def test_imx_audit_verify_passes_then_names_an_edited_record(
+    kafka_bootstrap: str, mongo_uri: str, unique_name: str, client: MongoClient, tmp_path: Path
+) -> None:
+    topics = Topics(prefix=unique_name + ".")
+    ensure_topics(kafka_bootstrap, [*topics.pipeline(), topics.partner("research-a")], 1)
+    producer = BusProducer(kafka_bootstrap)
+    try:
+        producer.publish(journey(topics, STUDY))
+    finally:
+        producer.close()
+    key_file = tmp_path / "keys" / "audit-signing.pem"
+    settings = AuditSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        mongo_uri=mongo_uri,
+        mongo_db=unique_name,
+        topic_prefix=topics.prefix,
+        topic_partitions=1,
+        http_port=0,
+        grpc_port=0,
+        signing_key_file=key_file,
+        sth_interval_s=0.5,
+    )
+    stop = threading.Event()
+    ready: list[AuditEndpoints] = []
+    thread = threading.Thread(target=serve, args=(settings, stop, ready.append), daemon=True)
+    thread.start()
+    db = client[unique_name]
+    tree = StoredTree(db["audit_log"])
+    try:
+        _wait_for(lambda: bool(ready), 30, "the service to start")
+        _wait_for(lambda: (head := tree.tree_head()) is not None and head.size == 5, 30, "a signed head of 5 leaves")
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        env = {"IMX_AUDIT_GRPC": f"127.0.0.1:{ready[0].grpc_port}"}
+        remembered = tmp_path / "head.json"
+        runner = CliRunner()
+        result = runner.invoke(app, ["audit", "verify", "--remember", str(remembered)], env=env)
+        assert result.exit_code == 0, result.output
+        assert "5 of 5 leaves checked" in result.output and "verified" in result.output
+        assert remembered.exists()
+        result = runner.invoke(app, ["audit", "head"], env=env)
+        assert result.exit_code == 0 and "size 5" in result.output, result.output
+
+        leaf = StoredTree(db["audit_log"]).leaf(3)
+        assert leaf is not None
+        db["audit_events"].update_one({"_id": leaf["id"]}, {"$set": {"status": "delivered-elsewhere"}})
+        result = runner.invoke(app, ["audit", "verify", "--remember", str(remembered)], env={**env, "COLUMNS": "250"})
+        assert result.exit_code == 1, result.output
+        assert "TAMPERED" in result.output
+        assert "changed" in result.output and leaf["id"] in result.output and "│ 3 " in result.output
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
