@@ -48,12 +48,12 @@ LABEL org.opencontainers.image.title="imx" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # A fixed uid/gid so Kubernetes' runAsUser/fsGroup and the compose file can name it (10001: outside the
-# range of distribution users). The blob directory exists and belongs to it, so a fresh named volume
-# mounted there inherits that owner.
+# range of distribution users). The blob directory and audit's state directory (its signing key) exist
+# and belong to it, so a fresh named volume mounted there inherits that owner.
 RUN groupadd --system --gid 10001 imx \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin imx \
- && mkdir -p /var/lib/imx/blobs \
- && chown 10001:10001 /var/lib/imx/blobs
+ && mkdir -p /var/lib/imx/blobs /var/lib/imx/audit \
+ && chown 10001:10001 /var/lib/imx/blobs /var/lib/imx/audit
 
 # Code and dependencies belong to root and are read-only to the service user.
 COPY --from=builder /opt/imx /opt/imx

@@ -5,6 +5,7 @@ installed into a cluster."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -219,13 +220,38 @@ def test_existing_claim_is_used_instead_of_a_new_one(render: Render) -> None:
 
 
 def test_no_secret_is_rendered_the_mongo_uri_comes_from_an_existing_secret(render: Render) -> None:
-    docs = render("mongo.existingSecret=imx-db,mongo.uriKey=connection")
+    docs = render("mongo.existingSecret=imx-db,mongo.uriKey=connection,services.audit.signingKey.existingSecret=k")
     assert of_kind(docs, "Secret") == {}
     assert "mongodb://" not in json.dumps(docs)
     for deployment in of_kind(docs, "Deployment").values():
         uri = env_of(deployment)["IMX_MONGO_URI"]
         assert "value" not in uri
         assert uri["valueFrom"]["secretKeyRef"] == {"name": "imx-db", "key": "connection"}
+
+
+def test_audit_signs_with_a_key_the_chart_makes_once_or_one_the_operator_gives(render: Render) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    docs = render()
+    (secret,) = of_kind(docs, "Secret").values()
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    pem = base64.b64decode(secret["data"]["signing-key.pem"])
+    assert isinstance(load_pem_private_key(pem, password=None), Ed25519PrivateKey)
+    audit = of_kind(docs, "Deployment")["imx-audit"]
+    key_file = env_of(audit)["IMX_AUDIT_SIGNING_KEY_FILE"]["value"]
+    mounts = {m["name"]: m for m in container(audit)["volumeMounts"]}
+    key_mount = mounts["audit-signing-key"]
+    assert key_file.startswith(key_mount["mountPath"] + "/") and key_mount["readOnly"]
+    volumes = {v["name"]: v for v in audit["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["audit-signing-key"]["secret"]["secretName"] == secret["metadata"]["name"]
+
+    given = render("services.audit.signingKey.existingSecret=audit-key,services.audit.signingKey.key=k.pem")
+    assert of_kind(given, "Secret") == {}
+    audit = of_kind(given, "Deployment")["imx-audit"]
+    assert env_of(audit)["IMX_AUDIT_SIGNING_KEY_FILE"]["value"].endswith("/k.pem")
+    volumes = {v["name"]: v for v in audit["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["audit-signing-key"]["secret"]["secretName"] == "audit-key"
 
 
 def test_a_literal_mongo_uri_in_values_is_rejected() -> None:

@@ -120,3 +120,7 @@ reference only: the chart never renders a connection string.
     fieldRef:
       fieldPath: metadata.name
 {{- end }}
+
+{{- define "imx.auditSigningKeySecret" -}}
+{{- .Values.services.audit.signingKey.existingSecret | default (printf "%s-audit-signing-key" (include "imx.fullname" .)) }}
+{{- end }}
