@@ -107,6 +107,7 @@ def running_stack(kafka: str, kafka_partner: str, mongo: str, root: Path) -> Ite
                 "IMX_BLOB_DIR": str(stack.blob_dir),
                 "IMX_GRPC_PORT": str(stack.grpc[service]),
                 "IMX_CALLING_AE_REFRESH_S": "1",
+                "IMX_AUDIT_SIGNING_KEY_FILE": str(root / "audit-signing-key.pem"),
             }
             if service == "ingest":
                 env.update({"IMX_HTTP_PORT": str(stack.ingest_http), "IMX_DICOM_PORT": str(stack.ingest_dicom)})
