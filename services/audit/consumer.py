@@ -1,14 +1,16 @@
 """The audit stage: every message on every imx topic becomes one audit record.
 
 Audit publishes nothing downstream. Records are buffered while the bus runs the handler over a batch
-and inserted with one write in `flush()`, which the bus calls before it commits the batch's offsets; a
-crash in between replays the batch, and the replay inserts nothing new (records are keyed by event id).
+and written in `flush()`, which the bus calls before it commits the batch's offsets: first to the store,
+then to each sink in order (e.g. a tamper-evident log). A crash in between replays the batch, so the
+store and every sink must take the same records again without harm (records are keyed by event id).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from services.audit.records import AuditRecord, build_record, subscription_pattern
 from services.audit.store import RecordWriter
@@ -32,16 +34,32 @@ def audit_stage_spec(topics: Topics) -> StageSpec:
     return StageSpec(name=STAGE, group_id=f"{topics.prefix}{GROUP_ID}", pattern=subscription_pattern(topics))
 
 
+class RecordSink(Protocol):
+    """Another destination of every batch's records, written after the store (same batch, same order).
+
+    Idempotent like the store: a replayed batch comes again, possibly in a different composition. If
+    `write` raises, the batch is not committed and is read again (TransientError for an outage)."""
+
+    def write(self, records: Sequence[AuditRecord]) -> None: ...
+
+
 class AuditHandler:
     """A bus handler (IncomingMessage → outputs) with the bus's optional `flush()` batch hook.
 
     With `batched=False` every record is written as it is handled, for a bus that does not call flush.
+    `sinks` get every record after the store has it.
     """
 
     def __init__(
-        self, store: RecordWriter, topics: Topics, clock: Callable[[], datetime] = utc_now, batched: bool = True
+        self,
+        store: RecordWriter,
+        topics: Topics,
+        clock: Callable[[], datetime] = utc_now,
+        batched: bool = True,
+        sinks: Sequence[RecordSink] = (),
     ) -> None:
         self._store = store
+        self._sinks = tuple(sinks)
         self._topics = topics
         self._clock = clock
         self._batched = batched
@@ -52,11 +70,17 @@ class AuditHandler:
         if self._batched:
             self._pending.append(record)
         else:
-            self._store.insert([record])
+            self._write([record])
         return []
 
     def flush(self) -> int:
-        """Insert what the batch produced; returns how many records were new."""
+        """Write what the batch produced; returns how many records were new to the store."""
         pending, self._pending = self._pending, []
-        # Cleared first: if the insert fails the bus reads the whole batch again and rebuilds the records.
-        return self._store.insert(pending) if pending else 0
+        # Cleared first: if a write fails the bus reads the whole batch again and rebuilds the records.
+        return self._write(pending) if pending else 0
+
+    def _write(self, records: list[AuditRecord]) -> int:
+        new = self._store.insert(records)
+        for sink in self._sinks:
+            sink.write(records)
+        return new
