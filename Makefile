@@ -33,9 +33,11 @@ stop:
 run: setup
 	$(PY) -m tools.demo
 
-# N instances (default 2,000 CT, IMX_BENCH_INSTANCES) through the running pipeline; last line is JSON.
+# N instances (default 2,000 CT, IMX_BENCH_INSTANCES) by C-STORE through the pipeline (started when not
+# running) and the partner gateway into a storescp; then Orthanc doing the same job on the first 200.
+# Last line is JSON. BENCH_ARGS=--skip-orthanc for a quick run.
 bench: setup
-	$(PY) -m tools.bench
+	$(PY) -m tools.bench $(BENCH_ARGS)
 
 # De-identification throughput on one core: imx vs dicognito vs pydicom's deid, each tool in its own
 # virtual environment under var/bench-venv (never the project's). N = IMX_BENCH_INSTANCES (default

@@ -1,8 +1,16 @@
-"""`make bench`: push N synthetic CT instances through the running pipeline (starting what is not
-running) and measure ingest-accepted → on-the-partner-topic latency and end-to-end throughput.
+"""`make bench`: what a user feels. N synthetic CT instances (2,000 by default) go by C-STORE into the
+running pipeline (started when it is not running) and out through the partner gateway (`imx gateway
+run`, a process of its own, signed in on the broker's partner listener with the partner's SCRAM
+credentials and DICOMweb key) into a dcmtk `storescp`.
 
-Each run registers a new sending organisation, so the same cached data set is not deduplicated as a
-re-send. The last line printed is one JSON object.
+Measured: instances/s from the sender's first C-STORE to the last file `storescp` wrote; latency
+accepted → stored per instance from the gateway's receipts (`stored_at_ms - meta.ingested_at_ms`);
+CPU milliseconds per instance of every process involved (the five services, Kafka, FerretDB,
+PostgreSQL with its backends, the gateway, storescp), read from /proc just before the first send
+and when the last file has arrived. Then, in the same run, Orthanc doing the same job on the first
+200 of the same files (tools/bench_orthanc.py), and the ratio of the two rates. The bench's route is
+the only one that can match its sender (tools/bench_setup.py). The last line printed is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -10,30 +18,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import shutil
-import statistics
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-from kafka import KafkaConsumer
-
 from services.cli.settings import CliSettings
-from services.common.bus import MAX_MESSAGE_BYTES
 from services.common.dicom.part10 import dataset_to_bytes
 from services.common.dicom.synthetic import plan_study, study_instances
 from services.common.topics import Topics
-from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc, events_pb2
+from tools.bench_orthanc import orthanc_exchange
+from tools.bench_partner import ReceiptReader, partner_side, wait_gateway_ready
+from tools.bench_results import BenchRun, OrthancFigures, cpu_deltas, latencies_ms, result_line
+from tools.bench_setup import BenchConfig, configure, unconfigure
 from tools.demo.senders import c_store
-from tools.devstack import Layout, Ports
+from tools.devstack import Layout, Ports, registered
 from tools.devstack.cli import up
+from tools.devstack.postgres import POSTGRES
+from tools.dicom_peers import DCMTK_ENV
+from tools.proc_cpu import sample
 from tools.services_stack import start_services
 
-PARTNER = "bench-partner"
+ROUTES_REFRESH_S = 2.0  # routing looks for route changes this often (services/routing/settings.py)
 
 
 def bench_data(root: Path, instances: int, per_study: int = 100) -> list[Path]:
@@ -74,37 +86,7 @@ def unique_copies(files: list[Path], folder: Path, token: bytes) -> list[Path]:
     return copies
 
 
-def configure(cli: CliSettings, profile: str) -> tuple[str, str]:
-    org = f"bench-{secrets.token_hex(4)}"
-    ae = f"B{secrets.token_hex(7).upper()}"[:16]
-    with grpc.insecure_channel(cli.ingest_grpc) as channel:
-        admin_pb2_grpc.OrganisationAdminStub(channel).AddOrganisation(
-            admin_pb2.AddOrganisationRequest(organisation=admin_pb2.Organisation(org_id=org, ae_titles=[ae])),
-            timeout=10,
-        )
-    with grpc.insecure_channel(cli.delivery_grpc) as channel:
-        admin_pb2_grpc.PartnerAdminStub(channel).AddPartner(
-            admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=PARTNER, name="benchmark")), timeout=30
-        )
-    with grpc.insecure_channel(cli.routing_grpc) as channel:
-        admin_pb2_grpc.RoutingAdminStub(channel).AddRoute(
-            admin_pb2.AddRouteRequest(
-                route=admin_pb2.Route(
-                    route_id=org,
-                    partner_id=PARTNER,
-                    profile=profile,
-                    priority=1,
-                    enabled=True,
-                    match=admin_pb2.RouteMatch(source_orgs=[org]),
-                )
-            ),
-            timeout=10,
-        )
-    return org, ae
-
-
 def send_storescu(files: list[Path], ae: str, cli: CliSettings) -> None:
-    env = {**os.environ, "TCP_NODELAY": "1"}  # FIELD-NOTES: dcmtk waits ~40 ms per response without it
     subprocess.run(
         [
             "storescu",
@@ -120,13 +102,26 @@ def send_storescu(files: list[Path], ae: str, cli: CliSettings) -> None:
             *map(str, files),
         ],
         check=True,
-        env=env,
+        env={**os.environ, **DCMTK_ENV},  # FIELD-NOTES: dcmtk waits ~40 ms per response without it
         capture_output=True,
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def start_senders(files: list[Path], associations: int, send: Callable[[list[Path]], None]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=send, args=(files[i::associations],)) for i in range(associations)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def children_cpu_s() -> float:
+    """CPU of this process's waited-for children: the storescu senders."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=int(os.environ.get("IMX_BENCH_INSTANCES", "2000")))
     parser.add_argument("--associations", type=int, default=2, help="parallel C-STORE associations")
     parser.add_argument(
@@ -135,92 +130,143 @@ def main() -> int:
         help="de-identification profile of the route ('' = pass-through)",
     )
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--stall-timeout", type=float, default=120.0, help="give up after this long without a file")
     parser.add_argument(
         "--reuse-content",
         action="store_true",
         help="send the cached files as they are (blobs from earlier runs are found, nothing is written)",
     )
-    args = parser.parse_args()
+    parser.add_argument("--skip-orthanc", action="store_true", help="do not run the Orthanc comparison")
+    parser.add_argument("--orthanc-instances", type=int, default=200, help="the first N files go through Orthanc")
+    return parser.parse_args()
 
+
+def main() -> int:
+    args = parse_args()
+    # A stopped bench (SIGTERM, as `timeout` sends) still removes its route and stops its gateway.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    load_before = os.getloadavg()
     layout, ports = Layout.default(os.environ), Ports.from_env(os.environ)
     cli = CliSettings()
+    topics = Topics(os.environ.get("IMX_TOPIC_PREFIX", ""))
     up(layout, ports)
     start_services(layout, ports)
     print(f"preparing {args.instances} CT instances (cached under {layout.var / 'bench'})", flush=True)
     files = bench_data(layout.var / "bench", args.instances)
-    org, ae = configure(cli, args.profile)
+    org = f"bench-{secrets.token_hex(4)}"
+    config = configure(cli, org, f"B{secrets.token_hex(7).upper()}"[:16], args.profile)
+    if config.disabled:
+        names = ", ".join(r.route_id for r in config.disabled)
+        print(f"routes that would also match the bench's sender, disabled for this run: {names}", flush=True)
     run_folder = layout.var / "bench" / f"run-{org}"
-    if not args.reuse_content:
-        files = unique_copies(files, run_folder, secrets.token_bytes(8))
-    topic = Topics(os.environ.get("IMX_TOPIC_PREFIX", "")).partner(PARTNER)
-
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=f"127.0.0.1:{ports.kafka}",
-        group_id=f"bench-reader-{org}",
-        auto_offset_reset="latest",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-        fetch_max_bytes=MAX_MESSAGE_BYTES,
-        metrics_enabled=False,
-    )
-    while not consumer.assignment():  # join before sending, so "latest" is before our first message
-        consumer.poll(timeout_ms=200)
-    for tp in consumer.assignment():
-        consumer.position(tp)
-
-    use_storescu = shutil.which("storescu") is not None
-    chunks = [files[i :: args.associations] for i in range(args.associations)]
-    started_ms = time.time() * 1000
-    sent_ms: list[float] = []  # when each sender finished: ingest's own rate, apart from the stages after it
-
-    def send(chunk: list[Path]) -> None:
-        if use_storescu:
-            send_storescu(chunk, ae, cli)
-        else:
-            c_store(chunk, ae, cli.dicom_host, cli.dicom_port, cli.dicom_ae_title)
-        sent_ms.append(time.time() * 1000)
-
-    senders = [threading.Thread(target=send, args=(chunk,)) for chunk in chunks]
-    for sender in senders:
-        sender.start()
-    latencies: list[float] = []
-    last_ms = started_ms
-    deadline = time.monotonic() + args.timeout
-    while len(latencies) < len(files) and time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=500).values():
-            for record in records:
-                delivery = events_pb2.PartnerDelivery.FromString(record.value)
-                if delivery.meta.ingested_at_ms < started_ms:
-                    continue  # an earlier run's delivery
-                latencies.append(record.timestamp - delivery.meta.ingested_at_ms)
-                last_ms = max(last_ms, record.timestamp)
-    for sender in senders:
-        sender.join()
-    consumer.close()
-    shutil.rmtree(run_folder, ignore_errors=True)
-    seconds = (last_ms - started_ms) / 1000
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
-
-    result = {
-        "instances": len(latencies),
-        "sent": len(files),
-        "seconds": round(seconds, 2),
-        "instances_per_s": round(len(latencies) / seconds, 1) if seconds > 0 else 0.0,
-        "ingest_per_s": round(len(files) / ((max(sent_ms) - started_ms) / 1000), 1) if sent_ms else 0.0,
-        "p50_ms": round(pct(0.50)),
-        "p95_ms": round(pct(0.95)),
-        "p99_ms": round(pct(0.99)),
-        "mean_ms": round(statistics.fmean(latencies)) if latencies else None,
-        "profile": args.profile or "pass-through",
-        "sender": f"storescu x{args.associations}" if use_storescu else f"pynetdicom x{args.associations}",
-        "content": "reused" if args.reuse_content else "unique",
-    }
+    try:
+        if not args.reuse_content:
+            files = unique_copies(files, run_folder / "send", secrets.token_bytes(8))
+        time.sleep(ROUTES_REFRESH_S + 1.0)  # routing sees the new route before the first instance
+        run = measure(args, files, config, cli, layout, ports, topics, run_folder)
+    finally:
+        unconfigure(cli, config)
+        shutil.rmtree(run_folder, ignore_errors=True)
+    if not args.skip_orthanc:
+        print(f"Orthanc doing the same job on the first {args.orthanc_instances} files", flush=True)
+        # Orthanc is compared with imx's rate, so it gets the same files: bench_data's, re-read.
+        originals = bench_data(layout.var / "bench", args.instances)
+        peer = orthanc_exchange(originals[: args.orthanc_instances], args.associations)
+        run.orthanc = OrthancFigures(
+            int(peer["instances"]), peer["per_s"], peer["cpu_ms_per_instance"], peer["storescp_cpu_ms_per_instance"]
+        )
+    run.extra["load_before"] = [round(v, 2) for v in load_before]
+    run.extra["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    run.extra["date"] = time.strftime("%Y-%m-%d %H:%M")
+    result = result_line(run)
     print(json.dumps(result))
-    return 0 if len(latencies) == len(files) else 1
+    return 0 if run.stored == run.sent and len(run.latencies) == run.sent else 1
+
+
+def measure(
+    args: argparse.Namespace,
+    files: list[Path],
+    config: BenchConfig,
+    cli: CliSettings,
+    layout: Layout,
+    ports: Ports,
+    topics: Topics,
+    run_folder: Path,
+) -> BenchRun:
+    internal, ae_title = f"127.0.0.1:{ports.kafka}", config.ae_title
+    with partner_side(run_folder, config.credentials, f"127.0.0.1:{ports.kafka_partner}") as side:
+        print("gateway started; waiting until it has joined and its feed is drained", flush=True)
+        wait_gateway_ready(side, internal, topics)
+        for leftover in side.storescp.files():  # what an interrupted earlier run left on the feed
+            leftover.unlink()
+        reader = ReceiptReader(internal, topics)
+        pids = {p.name: (p.pid, p.name == POSTGRES) for p in registered(layout.run)}
+        pids["gateway"] = (side.gateway.pid, False)
+        pids["storescp"] = (side.storescp.process.pid, False)
+        use_storescu = shutil.which("storescu") is not None
+        sent_ms: list[float] = []
+
+        def send(chunk: list[Path]) -> None:
+            if use_storescu:
+                send_storescu(chunk, ae_title, cli)
+            else:
+                c_store(chunk, ae_title, cli.dicom_host, cli.dicom_port, cli.dicom_ae_title)
+            sent_ms.append(time.time() * 1000)
+
+        print(f"sending {len(files)} instances over {args.associations} associations", flush=True)
+        sender_cpu = children_cpu_s()
+        cpu_before = sample(pids)
+        started_ms = time.time() * 1000
+        senders = start_senders(files, args.associations, send)
+        deadline = time.monotonic() + args.timeout
+        arrived: list[Path] = []
+        cpu_after = cpu_before
+        next_count = 0.0
+        progress_at = time.monotonic()
+        while time.monotonic() < deadline:
+            reader.poll(timeout_ms=200)
+            if time.monotonic() >= next_count:
+                count = len(arrived)
+                arrived = side.storescp.files()
+                next_count = time.monotonic() + 0.5
+                if len(arrived) > count:
+                    progress_at = time.monotonic()
+                elif time.monotonic() - progress_at > args.stall_timeout:
+                    print(f"no file arrived for {args.stall_timeout:.0f} s: giving up", flush=True)
+                    break
+                if len(arrived) >= len(files):
+                    cpu_after = sample(pids)
+                    break
+                if not side.gateway.alive():
+                    raise RuntimeError(
+                        f"the gateway exited; end of {side.gateway.log_path}:\n{side.gateway.log_tail()}"
+                    )
+        if len(arrived) < len(files):
+            cpu_after = sample(pids)
+            print(f"timed out: {len(arrived)} of {len(files)} files arrived", flush=True)
+        receipts_deadline = time.monotonic() + 30
+        while len(latencies_ms(reader.receipts, started_ms)) < len(arrived) and time.monotonic() < receipts_deadline:
+            reader.poll(timeout_ms=200)
+        reader.close()
+        for sender in senders:
+            sender.join()
+        sender_cpu = children_cpu_s() - sender_cpu
+    last_ms = max((p.stat().st_mtime * 1000 for p in arrived), default=started_ms)
+    stored = len(arrived)
+    run = BenchRun(
+        sent=len(files),
+        stored=stored,
+        seconds=(last_ms - started_ms) / 1000,
+        ingest_seconds=((max(sent_ms) - started_ms) / 1000) if sent_ms else 0.0,
+        latencies=latencies_ms(reader.receipts, started_ms),
+        cpu_seconds=cpu_deltas(cpu_before, cpu_after),
+        profile=args.profile or "pass-through",
+        sender=f"storescu x{args.associations}" if use_storescu else f"pynetdicom x{args.associations}",
+        content="reused" if args.reuse_content else "unique",
+    )
+    if use_storescu and stored:
+        run.extra["sender_cpu_ms_per_instance"] = round(sender_cpu * 1000 / len(files), 2)
+    return run
 
 
 if __name__ == "__main__":

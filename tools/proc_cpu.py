@@ -37,3 +37,8 @@ def tree_cpu_seconds(pid: int) -> float:
         total += cpu_seconds(child)
         stack.extend(children.get(child, []))
     return total
+
+
+def sample(pids: dict[str, tuple[int, bool]]) -> dict[str, float]:
+    """CPU seconds of each named process now; `(pid, True)` counts its whole process tree."""
+    return {name: tree_cpu_seconds(pid) if tree else cpu_seconds(pid) for name, (pid, tree) in pids.items()}

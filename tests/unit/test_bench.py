@@ -1,0 +1,148 @@
+"""The pure parts of `make bench`: latencies from receipts, percentiles, CPU deltas, the JSON line,
+and which routes the bench owns or must keep out of its way."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from services.proto_gen.imx.v1 import admin_pb2
+from tools.bench_results import (
+    BenchRun,
+    OrthancFigures,
+    StoredReceipt,
+    cpu_deltas,
+    latencies_ms,
+    per_instance_ms,
+    percentile,
+    result_line,
+)
+from tools.bench_setup import ROUTE_ID, bench_owned_routes, competing_routes, stale_orgs
+from tools.proc_cpu import cpu_seconds, sample, tree_cpu_seconds
+
+OLD_KEYS = [
+    "instances",
+    "sent",
+    "seconds",
+    "instances_per_s",
+    "ingest_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_ms",
+    "profile",
+    "sender",
+    "content",
+]
+NEW_KEYS = [
+    "orthanc_exchange_per_s",
+    "ratio_vs_orthanc",
+    "cpu_ms_per_instance",
+    "cpu_ms_by_process",
+    "orthanc_cpu_ms_per_instance",
+]
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.50) == 50
+    assert percentile(values, 0.95) == 95
+    assert percentile(values, 0.99) == 99
+    assert percentile(values, 1.0) == 100
+    assert percentile([7.0], 0.99) == 7
+    assert math.isnan(percentile([], 0.5))
+
+
+def test_latencies_count_each_delivery_once_and_skip_earlier_runs() -> None:
+    receipts = [
+        StoredReceipt("a", 1_000, 1_250),
+        StoredReceipt("a", 1_000, 1_900),  # reported again (a gateway restart): the first store counts
+        StoredReceipt("b", 1_100, 1_200),
+        StoredReceipt("old", 500, 2_000),  # ingested before this run started
+    ]
+    assert latencies_ms(receipts, since_ms=1_000) == [100.0, 250.0]
+
+
+def test_cpu_deltas_per_process_never_negative() -> None:
+    before = {"ingest": 10.0, "kafka": 100.0, "gone": 5.0}
+    after = {"ingest": 12.5, "kafka": 101.0, "new": 0.25}
+    assert cpu_deltas(before, after) == {"gone": 0.0, "ingest": 2.5, "kafka": 1.0, "new": 0.25}
+
+
+def test_per_instance_ms_largest_first() -> None:
+    assert list(per_instance_ms({"a": 1.0, "b": 3.0}, 1000).items()) == [("b", 3.0), ("a", 1.0)]
+    assert per_instance_ms({"a": 1.0}, 0) == {}
+
+
+def _run(orthanc: OrthancFigures | None) -> BenchRun:
+    return BenchRun(
+        sent=200,
+        stored=200,
+        seconds=4.0,
+        ingest_seconds=2.0,
+        latencies=sorted(float(v) for v in range(200)),
+        cpu_seconds={"ingest": 1.0, "kafka": 0.5},
+        profile="basic",
+        sender="storescu x2",
+        content="unique",
+        orthanc=orthanc,
+    )
+
+
+def test_result_line_keeps_the_old_keys_first_and_adds_the_new_ones() -> None:
+    line = result_line(_run(OrthancFigures(200, 25.0, 17.7, 1.1)))
+    assert list(line)[: len(OLD_KEYS)] == OLD_KEYS
+    assert all(key in line for key in NEW_KEYS)
+    assert line["instances_per_s"] == 50.0
+    assert line["ingest_per_s"] == 100.0
+    assert line["ratio_vs_orthanc"] == 2.0
+    assert line["cpu_ms_per_instance"] == 7.5
+    assert line["cpu_ms_by_process"] == {"ingest": 5.0, "kafka": 2.5}
+    assert line["orthanc_cpu_ms_per_instance"] == 17.7
+    assert line["p50_ms"] == 99 and line["p99_ms"] == 197
+    json.dumps(line)  # one JSON line, nothing that json cannot write
+
+
+def test_result_line_without_orthanc_or_arrivals() -> None:
+    line = result_line(_run(None))
+    assert line["orthanc_exchange_per_s"] is None and line["ratio_vs_orthanc"] is None
+    empty = _run(None)
+    empty.stored, empty.latencies = 0, []
+    line = result_line(empty)
+    assert line["instances_per_s"] == 0.0 and line["p99_ms"] is None and line["cpu_ms_per_instance"] is None
+    json.dumps(line)
+
+
+def _route(route_id: str, partner: str, orgs: list[str], enabled: bool = True) -> admin_pb2.Route:
+    return admin_pb2.Route(
+        route_id=route_id, partner_id=partner, enabled=enabled, match=admin_pb2.RouteMatch(source_orgs=orgs)
+    )
+
+
+def test_routes_in_the_way_of_the_bench() -> None:
+    routes = [
+        _route("care-transfer", "st-elsewhere", ["trust-north"]),  # other senders only: harmless
+        _route("research", "research-lab", []),  # any sender: would copy every bench instance
+        _route("off", "print3d", [], enabled=False),
+        _route("named", "print3d", ["bench-1234"]),
+        _route(ROUTE_ID, "bench-partner", ["bench-0000"]),
+        _route("bench-abcd", "bench-partner", ["bench-abcd"]),  # an earlier version's per-run route
+    ]
+    assert [r.route_id for r in competing_routes(routes, "bench-1234")] == ["research", "named"]
+    assert bench_owned_routes(routes) == [ROUTE_ID, "bench-abcd"]
+
+
+def test_stale_orgs_are_the_bench_prefix_only() -> None:
+    orgs = [admin_pb2.Organisation(org_id=o) for o in ("trust-north", "bench-1", "bench-2", "benchmark")]
+    assert stale_orgs(orgs, keep="bench-2") == ["bench-1"]
+
+
+def test_cpu_of_this_process_from_proc() -> None:
+    import os
+
+    pid = os.getpid()
+    own = cpu_seconds(pid)  # read first: the process keeps spending CPU between the two reads
+    assert own > 0
+    assert tree_cpu_seconds(pid) >= own
+    assert cpu_seconds(2**22 + 7) == 0.0  # no such process
+    assert set(sample({"me": (pid, False), "tree": (pid, True)})) == {"me", "tree"}

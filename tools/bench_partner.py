@@ -1,0 +1,148 @@
+"""The partner's side of `make bench`: a dcmtk `storescp` as its PACS, the partner gateway (`imx
+gateway run`) as a process of its own signed in on the broker's partner listener, and a reader of
+the gateway's receipts on the internal listener."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from services.common.kafka_access import group_prefix
+from services.common.topics import Topics
+from services.proto_gen.imx.v1 import events_pb2
+from tools.bench_results import StoredReceipt
+from tools.bench_setup import PARTNER, PartnerCredentials
+from tools.devstack.processes import ManagedProcess, start_process
+from tools.dicom_peers import StoreScp, start_storescp
+
+ROOT = Path(__file__).resolve().parent.parent
+GATEWAY_GROUP = f"{group_prefix(PARTNER)}gateway"  # services/gateway/runner.py consumer_for
+
+
+@dataclass
+class PartnerSide:
+    storescp: StoreScp
+    gateway: ManagedProcess
+
+
+def start_gateway(
+    state_dir: Path, credentials: PartnerCredentials, partner_bootstrap: str, storescp: StoreScp
+) -> ManagedProcess:
+    env = {
+        **os.environ,
+        "IMX_GATEWAY_PASSWORD": credentials.password,
+        "IMX_GATEWAY_DICOMWEB_KEY": credentials.dicomweb_key,
+        "PYTHONUNBUFFERED": "1",
+    }
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return start_process(
+        "bench-gateway",
+        [
+            sys.executable,
+            "-c",
+            "from services.cli.main import app; app()",
+            "gateway",
+            "run",
+            "--partner",
+            PARTNER,
+            "--bootstrap",
+            partner_bootstrap,
+            "--username",
+            credentials.username,
+            "--security-protocol",
+            credentials.security_protocol,
+            "--target",
+            storescp.url,
+            "--state-dir",
+            str(state_dir),
+        ],
+        state_dir.parent / "gateway.log",
+        env=env,
+        cwd=ROOT,
+        endpoint=partner_bootstrap,
+        die_with_parent=True,
+    )
+
+
+@contextmanager
+def partner_side(folder: Path, credentials: PartnerCredentials, partner_bootstrap: str) -> Iterator[PartnerSide]:
+    storescp = start_storescp(folder / "received", ae_title="BENCHPACS")
+    try:
+        gateway = start_gateway(folder / "gateway-state", credentials, partner_bootstrap, storescp)
+        try:
+            yield PartnerSide(storescp, gateway)
+        finally:
+            gateway.stop(timeout=15)
+    finally:
+        storescp.stop()
+
+
+def gateway_lag(admin: KafkaAdminClient, consumer: KafkaConsumer, topic: str) -> int | None:
+    """Messages on the partner's feed the gateway's group has not committed; None while the group has
+    no member yet (it has not joined, so it has not started reading)."""
+    group = admin.describe_groups([GATEWAY_GROUP]).get(GATEWAY_GROUP, {})
+    if group.get("group_state") != "Stable" or not group.get("members"):
+        return None
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    ends, starts = consumer.end_offsets(partitions), consumer.beginning_offsets(partitions)
+    committed = admin.list_group_offsets({GATEWAY_GROUP: None}).get(GATEWAY_GROUP, {})
+    return sum(ends[tp] - (committed[tp].offset if tp in committed else starts[tp]) for tp in partitions)
+
+
+def wait_gateway_ready(side: PartnerSide, bootstrap: str, topics: Topics, timeout_s: float = 180.0) -> None:
+    """Until the gateway has joined its group and stored whatever an earlier, interrupted run left on
+    the feed, so this run's clock starts with an idle gateway."""
+    topic = topics.partner(PARTNER)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, metrics_enabled=False)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if not side.gateway.alive():
+                raise RuntimeError(f"the gateway exited; end of {side.gateway.log_path}:\n{side.gateway.log_tail()}")
+            lag = gateway_lag(admin, consumer, topic)
+            if lag == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not catch up within {timeout_s:.0f} s (lag {lag})")
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+        admin.close()
+
+
+class ReceiptReader:
+    """STORED receipts on the partner's receipts topic from now on (assigned, not in a group)."""
+
+    def __init__(self, bootstrap: str, topics: Topics) -> None:
+        topic = topics.receipts(PARTNER)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, metrics_enabled=False, group_id=None
+        )
+        partitions = [TopicPartition(topic, p) for p in self._consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            raise RuntimeError(f"no topic {topic}")
+        self._consumer.assign(partitions)
+        self._consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            self._consumer.position(tp)  # resolve "end" now, before anything is sent
+        self.receipts: list[StoredReceipt] = []
+
+    def poll(self, timeout_ms: int = 200) -> None:
+        for records in self._consumer.poll(timeout_ms=timeout_ms).values():
+            for record in records:
+                receipt = events_pb2.DeliveryReceipt.FromString(record.value)
+                if receipt.status == events_pb2.STORE_STATUS_STORED:
+                    self.receipts.append(
+                        StoredReceipt(receipt.delivery_id, receipt.meta.ingested_at_ms, receipt.stored_at_ms)
+                    )
+
+    def close(self) -> None:
+        self._consumer.close()

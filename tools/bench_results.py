@@ -1,0 +1,119 @@
+"""The pure arithmetic of `make bench`: latencies from receipts, percentiles, CPU per instance and the
+JSON line it prints last. No sockets, no clocks: everything is given."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StoredReceipt:
+    """What `make bench` keeps of one STORED DeliveryReceipt."""
+
+    delivery_id: str
+    ingested_at_ms: int
+    stored_at_ms: int
+
+
+def latencies_ms(receipts: Iterable[StoredReceipt], since_ms: float) -> list[float]:
+    """accepted → stored per delivery, once per delivery id (a gateway may report one twice), for
+    instances ingested at or after `since_ms` (older ones belong to an earlier run)."""
+    first: dict[str, StoredReceipt] = {}
+    for receipt in receipts:
+        if receipt.ingested_at_ms < since_ms:
+            continue
+        seen = first.get(receipt.delivery_id)
+        if seen is None or receipt.stored_at_ms < seen.stored_at_ms:
+            first[receipt.delivery_id] = receipt
+    return sorted(float(r.stored_at_ms - r.ingested_at_ms) for r in first.values())
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile (0 < p ≤ 1) of values sorted ascending; NaN when there are none."""
+    if not sorted_values:
+        return math.nan
+    rank = math.ceil(p * len(sorted_values))
+    return sorted_values[min(len(sorted_values), max(rank, 1)) - 1]
+
+
+def cpu_deltas(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """CPU seconds spent by each process between two samples. A process missing from either sample
+    (started or stopped in between) counts what the sample it is in says, never below zero."""
+    return {name: max(0.0, after.get(name, 0.0) - before.get(name, 0.0)) for name in sorted({*before, *after})}
+
+
+def per_instance_ms(seconds: Mapping[str, float], instances: int) -> dict[str, float]:
+    """CPU milliseconds per instance for each process, largest first."""
+    if instances <= 0:
+        return {}
+    ranked = sorted(seconds.items(), key=lambda item: (-item[1], item[0]))
+    return {name: round(value * 1000 / instances, 2) for name, value in ranked}
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class OrthancFigures:
+    instances: int
+    per_s: float
+    cpu_ms_per_instance: float
+    storescp_cpu_ms_per_instance: float = 0.0
+
+
+@dataclass
+class BenchRun:
+    """What one `make bench` run observed."""
+
+    sent: int
+    stored: int  # files storescp wrote
+    seconds: float  # sender's first C-STORE → last file written
+    ingest_seconds: float  # sender's first C-STORE → last sender finished
+    latencies: list[float]  # accepted → stored, sorted
+    cpu_seconds: dict[str, float]  # per process, between the two samples
+    profile: str
+    sender: str
+    content: str
+    orthanc: OrthancFigures | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def result_line(run: BenchRun) -> dict[str, object]:
+    """The JSON object `make bench` prints last: the keys of earlier versions first, then the new ones."""
+    lat = run.latencies
+    instances_per_s = rate(run.stored, run.seconds)
+    by_process = per_instance_ms(run.cpu_seconds, run.stored)
+    total = round(sum(run.cpu_seconds.values()) * 1000 / run.stored, 1) if run.stored else None
+    result: dict[str, object] = {
+        "instances": run.stored,
+        "sent": run.sent,
+        "seconds": round(run.seconds, 2),
+        "instances_per_s": instances_per_s,
+        "ingest_per_s": rate(run.sent, run.ingest_seconds),
+        "p50_ms": _round(percentile(lat, 0.50)),
+        "p95_ms": _round(percentile(lat, 0.95)),
+        "p99_ms": _round(percentile(lat, 0.99)),
+        "mean_ms": round(statistics.fmean(lat)) if lat else None,
+        "profile": run.profile,
+        "sender": run.sender,
+        "content": run.content,
+        "receipts": len(lat),
+        "cpu_ms_per_instance": total,
+        "cpu_ms_by_process": by_process,
+    }
+    orthanc = run.orthanc
+    result["orthanc_instances"] = orthanc.instances if orthanc else None
+    result["orthanc_exchange_per_s"] = orthanc.per_s if orthanc else None
+    result["ratio_vs_orthanc"] = round(instances_per_s / orthanc.per_s, 2) if orthanc and orthanc.per_s else None
+    result["orthanc_cpu_ms_per_instance"] = orthanc.cpu_ms_per_instance if orthanc else None
+    result["orthanc_storescp_cpu_ms_per_instance"] = orthanc.storescp_cpu_ms_per_instance if orthanc else None
+    result.update(run.extra)
+    return result
+
+
+def _round(value: float) -> int | None:
+    return None if math.isnan(value) else round(value)
