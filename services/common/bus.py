@@ -29,6 +29,7 @@ from opentelemetry import trace
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_when_event_set, wait_exponential
 
 from services.common.failures import classify, is_transient
+from services.common.lanes import LaneGate
 from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
 from services.common.stats import StageStats
 from services.common.tracing_headers import extract_trace_context, inject_trace_headers
@@ -343,6 +344,7 @@ class StageConsumer:
         group_instance_id: str | None = None,
         fetch_min_bytes: int = 64 * 1024,
         fetch_max_wait_ms: int = 100,
+        lane_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -386,14 +388,15 @@ class StageConsumer:
         self._publish_timeout_s = publish_timeout_s
         self._next_probe_at = time.monotonic() + probe_interval_s
         self._last_lag_at = 0.0
+        # Priority lanes (services/common/lanes.py): topics `lane_of` names are read most urgent first.
+        self._lanes = LaneGate(self._consumer, lane_of or (lambda _topic: None))
+        self._busy = False
 
     def poll_once(self, handler: Handler) -> int:
         """One cycle; returns how many records were read."""
-        if self._stats.paused:
-            self._consumer.pause(*self._consumer.assignment())
-        else:
-            self._consumer.resume(*self._consumer.paused())
+        self._lanes.apply(paused=self._stats.paused, busy=self._busy)
         polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms)
+        self._busy = bool(polled)
         records = [
             IncomingMessage(
                 topic=r.topic,

@@ -1,9 +1,10 @@
-"""Partner sign-in to Kafka: one SCRAM-SHA-512 user per partner, allowed to read its own topic only.
+"""Partner sign-in to Kafka: one SCRAM-SHA-512 user per partner, allowed to read its own feed only.
 
 Partners connect to the broker's partner listener (SASL); the services use an internal listener that
-partners cannot reach. Each partner's user may DESCRIBE and READ its delivery topic (a literal
-resource) and use consumer groups whose id starts with "<partner id>." (a prefixed resource), and
-nothing else: with `allow.everyone.if.no.acl.found=false`, every other topic is refused to it.
+partners cannot reach. Each partner's user may DESCRIBE and READ its delivery topics (the three
+priority lanes of its feed, literal resources) and use consumer groups whose id starts with
+"<partner id>." (a prefixed resource), and nothing else: with `allow.everyone.if.no.acl.found=false`,
+every other topic is refused to it.
 
 The password is generated here, shown once to the administrator, and never stored by imx: the broker
 keeps only its salted SCRAM verifier. A new password for an existing partner (rotation) is the same
@@ -33,6 +34,8 @@ from kafka.admin import (
 )
 from kafka.errors import NoError
 
+from services.common.topics import Topics
+
 MECHANISM = "SCRAM-SHA-512"
 
 
@@ -50,17 +53,20 @@ def group_prefix(partner_id: str) -> str:
 
 
 def partner_acls(partner_id: str, topic: str, receipts_topic: str | None = None) -> list[ACL]:
-    """What a partner's user may do: read its feed, commit offsets in its own groups, and write its
-    receipts topic (what its gateway stored)."""
+    """What a partner's user may do: read its feed (`topic`, its routine lane, and the urgent and bulk
+    lanes beside it), commit offsets in its own groups, and write its receipts topic (what its gateway
+    stored)."""
     principal = f"User:{partner_id}"
-    topic_pattern = ResourcePattern(ResourceType.TOPIC, topic, ACLResourcePatternType.LITERAL)
     group_pattern = ResourcePattern(ResourceType.GROUP, group_prefix(partner_id), ACLResourcePatternType.PREFIXED)
     allow = ACLPermissionType.ALLOW
-    acls = [
-        ACL(principal, "*", ACLOperation.READ, allow, topic_pattern),
-        ACL(principal, "*", ACLOperation.DESCRIBE, allow, topic_pattern),
-        ACL(principal, "*", ACLOperation.READ, allow, group_pattern),
-    ]
+    acls = []
+    for feed in Topics.lanes_of(topic) if topic.endswith(".v1") else [topic]:
+        feed_pattern = ResourcePattern(ResourceType.TOPIC, feed, ACLResourcePatternType.LITERAL)
+        acls += [
+            ACL(principal, "*", ACLOperation.READ, allow, feed_pattern),
+            ACL(principal, "*", ACLOperation.DESCRIBE, allow, feed_pattern),
+        ]
+    acls.append(ACL(principal, "*", ACLOperation.READ, allow, group_pattern))
     if receipts_topic:
         receipts = ResourcePattern(ResourceType.TOPIC, receipts_topic, ACLResourcePatternType.LITERAL)
         acls += [

@@ -83,6 +83,7 @@ def run_stage(
         stage=spec.name,
         stats=stats,
         max_batch=settings.max_batch,
+        lane_of=topics.lane_of,
     )
     server = ControlServer(
         spec.name, StageControl(stats), host=settings.grpc_host, port=settings.grpc_port, extra=extra_servicers

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 
 _PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
+# Priority lanes, most urgent first. After routing every stage's input and output is one topic per lane
+# (`imx.routed.v1` is the routine lane, `imx.routed.urgent.v1` and `imx.routed.bulk.v1` the others), so a
+# consumer can stop reading a lower lane while a higher one has a backlog (services/common/lanes.py).
+LANES = ("urgent", "routine", "bulk")
+ROUTINE = "routine"
+
 
 def validate_partner_id(partner_id: str) -> str:
     """Partner ids become topic names, so they are restricted to a safe alphabet."""
@@ -55,7 +61,47 @@ class Topics:
         return self._name("access")
 
     def partner(self, partner_id: str) -> str:
+        """The partner's routine feed; `partner_lanes` names all three."""
         return self._name(f"partner.{validate_partner_id(partner_id)}")
+
+    @staticmethod
+    def lane(topic: str, lane: str) -> str:
+        """The `lane` of a laned topic named by its routine lane: imx.routed.v1 → imx.routed.urgent.v1."""
+        if lane not in LANES:
+            raise ValueError(f"lane must be one of {', '.join(LANES)} (got {lane!r})")
+        if lane == ROUTINE:
+            return topic
+        if not topic.endswith(".v1"):
+            raise ValueError(f"not a versioned topic name: {topic!r}")
+        return f"{topic[:-3]}.{lane}.v1"
+
+    @staticmethod
+    def lanes_of(topic: str) -> list[str]:
+        """Every lane of a laned topic named by its routine lane, most urgent first."""
+        return [Topics.lane(topic, lane) for lane in LANES]
+
+    @property
+    def routed_lanes(self) -> list[str]:
+        return self.lanes_of(self.routed)
+
+    @property
+    def prepared_lanes(self) -> list[str]:
+        return self.lanes_of(self.prepared)
+
+    def partner_lanes(self, partner_id: str) -> list[str]:
+        """The partner's feeds, most urgent first: all three are the partner's to read."""
+        return self.lanes_of(self.partner(partner_id))
+
+    def lane_of(self, topic: str) -> str | None:
+        """The lane a topic is, None for a topic without lanes (ingested, outcomes, receipts...).
+        Parsed rather than matched by suffix: a partner may be called "bulk"."""
+        match = re.match(
+            "^" + re.escape(f"{self.prefix}imx.") + r"(?:routed|prepared|partner\.[a-z0-9-]+)(?:\.(urgent|bulk))?\.v1$",
+            topic,
+        )
+        if match is None:
+            return None
+        return match.group(1) or ROUTINE
 
     def receipts(self, partner_id: str) -> str:
         """What the partner's gateway stored (DeliveryReceipt); only that partner may write it."""
@@ -65,8 +111,8 @@ class Topics:
         """The fixed topics of the pipeline (partner topics are created when partners are added)."""
         return [
             self.ingested,
-            self.routed,
-            self.prepared,
+            *self.routed_lanes,
+            *self.prepared_lanes,
             self.outcomes,
             self.quarantine,
             self.dead_letter,
@@ -75,8 +121,8 @@ class Topics:
 
     @property
     def partner_pattern(self) -> str:
-        """Regex matching every partner topic."""
-        return "^" + re.escape(f"{self.prefix}imx.partner.") + r"[a-z0-9-]+\.v1$"
+        """Regex matching every partner feed, every lane."""
+        return "^" + re.escape(f"{self.prefix}imx.partner.") + r"[a-z0-9-]+(?:\.urgent|\.bulk)?\.v1$"
 
     @property
     def receipts_pattern(self) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from services.common.blob_store import BlobStore
 from services.common.events import derived_meta, event_message, now_ms
 from services.common.failures import input_problem
+from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.deid.engine import DeidError, PhiLeak, Profile, deidentify
@@ -77,11 +78,12 @@ def prepare_event(
         priority=routed.priority,
         source_blob=routed.blob,
     )
+    prepared_topic = topics.lane(topics.prepared, lane_for(routed.priority))
     if not routed.profile:
         # A care transfer: the partner receives the instance exactly as it was sent.
         prepared.instance.CopyFrom(routed.instance)
         prepared.blob.CopyFrom(routed.blob)
-        return [event_message(topics.prepared, prepared, routed.instance.study_instance_uid)]
+        return [event_message(prepared_topic, prepared, routed.instance.study_instance_uid)]
 
     profile = profiles(routed.profile, routed.profile_version)
     if profile is None:
@@ -117,7 +119,7 @@ def prepare_event(
             modality=result.modality,
         )
     )
-    return [event_message(topics.prepared, prepared, routed.instance.study_instance_uid)]
+    return [event_message(prepared_topic, prepared, routed.instance.study_instance_uid)]
 
 
 def build_deid_handler(

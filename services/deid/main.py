@@ -57,7 +57,7 @@ def serve(
     try:
         run_stage(
             settings,
-            StageSpec(name="deid", group_id=f"{settings.topic_prefix}imx-deid", topics=[topics.routed]),
+            StageSpec(name="deid", group_id=f"{settings.topic_prefix}imx-deid", topics=topics.routed_lanes),
             lambda _producer, t: build_deid_handler(cached.lookup, keys.get, blobs, t),
             extra_servicers=[register_profile_admin(profiles, keys.get)],
             stop=stop,

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from services.common.events import event_id, event_message, now_ms
+from services.common.lanes import lane_for, least_urgent
 from services.common.messages import OutgoingMessage
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance, DeliveredObjects
@@ -43,9 +44,10 @@ def study_complete(
             )
             for i in manifest
         ],
-        priority=max((i.priority for i in manifest), default=0),  # type: ignore[arg-type]
+        priority=least_urgent(i.priority for i in manifest),  # type: ignore[arg-type]
     )
-    return event_message(topics.partner(partner_id), event, study_uid)
+    # On the lane its instances took, keyed by study like them: the gateway reads it after them.
+    return event_message(topics.lane(topics.partner(partner_id), lane_for(event.priority)), event, study_uid)
 
 
 class CompletenessSweep:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 
 from services.common.events import derived_meta, event_message, now_ms
+from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance, StoredReceipt
@@ -37,8 +38,9 @@ def _outcome(
 
 
 def delivery_pattern(topics: Topics) -> str:
-    """The stage's subscription: prepared instances and every partner's receipts."""
-    return "^(?:" + re.escape(topics.prepared) + "|" + topics.receipts_pattern[1:-1] + ")$"
+    """The stage's subscription: prepared instances (every lane) and every partner's receipts."""
+    prepared = "|".join(re.escape(topic) for topic in topics.prepared_lanes)
+    return "^(?:" + prepared + "|" + topics.receipts_pattern[1:-1] + ")$"
 
 
 def retrieval_url(base: str, instance: events_pb2.InstanceRef) -> str:
@@ -95,7 +97,7 @@ def deliver_event(
             event_message(topics.quarantine, quarantined, study),
             event_message(topics.outcomes, outcome, study),
         ], None
-    partner_topic = topics.partner(prepared.partner_id)
+    partner_topic = topics.lane(topics.partner(prepared.partner_id), lane_for(prepared.priority))
     delivery = events_pb2.PartnerDelivery(
         meta=derived_meta("delivery", prepared.meta, clock=clock),
         instance=prepared.instance,

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class PartnerTopics:
-    """Creates a partner's topic once per process (creation is idempotent on the broker too)."""
+    """Creates a partner's topics (its feed's three lanes, its receipts) once per process (creation is
+    idempotent on the broker too)."""
 
     def __init__(self, settings: DeliverySettings, topics: Topics) -> None:
         self._settings = settings
@@ -40,7 +41,7 @@ class PartnerTopics:
                 return
             ensure_topics(
                 self._settings.kafka_bootstrap,
-                [self._topics.partner(partner_id), self._topics.receipts(partner_id)],
+                [*self._topics.partner_lanes(partner_id), self._topics.receipts(partner_id)],
                 self._settings.partner_topic_partitions,
             )
             self._ensured.add(partner_id)

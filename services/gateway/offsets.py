@@ -46,6 +46,12 @@ class OffsetTracker:
                 out[tp] = upto
         return out
 
+    def abandoned(self, tp: TopicPartition, offset: int) -> None:
+        """Started but put back unhandled (the consumer seeks back to it): no longer in flight."""
+        partition = self._partitions.get(tp)
+        if partition is not None:
+            partition.pending.discard(offset)
+
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, upto in offsets.items():
             partition = self._partitions.setdefault(tp, _Partition())

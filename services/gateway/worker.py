@@ -10,6 +10,11 @@ moment of the crash is sent to the target again (the others are found in the loc
 When an attempt fails the loop waits with the partitions paused, polling all the while, so the
 consumer stays in its group (max.poll.interval) without fetching more work; a target that cannot be
 reached at all is waited for indefinitely without spending attempts.
+
+The feed has three priority lanes (urgent, routine, bulk; services/common/lanes.py). Before each poll
+the lanes below the most urgent one with a backlog are paused; within a polled window the more urgent
+records go first, and when urgent work arrives while a window of bulk work is being stored, the rest
+of that window is put back (sought back to, never committed) and the urgent work is stored next.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from services.common.events import EVENT_TYPE_HEADER, now_ms
+from services.common.lanes import RANK, LaneGate
+from services.common.topics import LANES, ROUTINE, Topics
 from services.gateway.fetch import Fetcher, FetchFailure
 from services.gateway.offsets import OffsetTracker
 from services.gateway.policy import RetryPolicy
@@ -130,23 +137,40 @@ class Gateway:
         self._receipts: list[Any] = []  # futures of receipts not yet acknowledged
         self._rebalance = _Rebalance()
         self._last_commit = time.monotonic()
+        self._lane_of: dict[str, str] = {}
+        self._gate = LaneGate(consumer, self._lane_of.get)
         self.counters = Counters()
 
     def subscribe(self, topic: str) -> None:
-        self._consumer.subscribe([topic], listener=self._rebalance)
+        """Read the partner's feed: `topic` is its routine lane; the urgent and bulk lanes beside it too."""
+        lanes = Topics.lanes_of(topic)
+        self._lane_of.update(zip(lanes, LANES, strict=True))
+        self._consumer.subscribe(lanes, listener=self._rebalance)
+
+    def _rank(self, tp: TopicPartition) -> int:
+        return RANK[self._lane_of.get(tp.topic, ROUTINE)]
 
     def run(self, stop: threading.Event) -> Counters:
         """Until `stop` is set, or idle for `idle_exit_s`. Commits what is settled before returning."""
         last_activity = time.monotonic()
+        busy = False
         try:
             while not stop.is_set():
+                self._gate.apply(busy=busy)
                 polled = self._consumer.poll(timeout_ms=500, max_records=self._options.window)
-                batch = [(tp, r) for tp, records in polled.items() for r in records]
+                # Most urgent lane first; a partition's records keep their order (the sort is stable).
+                batch = sorted(
+                    ((tp, r) for tp, records in polled.items() for r in records), key=lambda item: self._rank(item[0])
+                )
+                busy = bool(batch)
                 for tp, record in batch:
                     self._tracker.started(tp, record.offset)
-                for tp, record in batch:
+                for index, (tp, record) in enumerate(batch):
                     if stop.is_set() or tp in self._rebalance.revoked:
                         continue  # left pending: committed offsets stop before it, it is read again
+                    if self._rank(tp) > 0 and self._gate.outranked(self._lane_of.get(tp.topic, ROUTINE)):
+                        self._put_back(batch[index:])
+                        break
                     if not self._handle(tp, record, stop):
                         continue
                     self._tracker.settled(tp, record.offset)
@@ -167,6 +191,17 @@ class Gateway:
         finally:
             self._commit()
         return self.counters
+
+    def _put_back(self, rest: list[tuple[TopicPartition, Any]]) -> None:
+        """More urgent work is waiting: the rest of the window is read again later, from where it starts."""
+        starts: dict[TopicPartition, int] = {}
+        for tp, record in rest:
+            starts[tp] = min(starts.get(tp, record.offset), record.offset)
+            self._tracker.abandoned(tp, record.offset)
+        assigned = self._consumer.assignment()
+        for tp, offset in starts.items():
+            if tp in assigned:  # a revoked partition is read again from its committed offset by its new owner
+                self._consumer.seek(tp, offset)
 
     # --- one message ---------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from services.common.events import derived_meta, event_message, now_ms
+from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2
@@ -41,7 +42,7 @@ def route_event(
             profile=decision.profile,
             priority=f"PRIORITY_CLASS_{decision.priority_class.upper()}",
         )
-        outputs.append(event_message(topics.routed, routed, study))
+        outputs.append(event_message(topics.lane(topics.routed, lane_for(routed.priority)), routed, study))
     return outputs
 
 

@@ -177,7 +177,7 @@ class Partner:
 def partner(kafka_bootstrap: str, kafka_partner_bootstrap: str, unique_name: str, tmp_path: Path) -> Iterator[Partner]:
     topics = Topics(f"{unique_name}.")
     partner_id = unique_name
-    ensure_topics(kafka_bootstrap, [topics.partner(partner_id), topics.receipts(partner_id)], PARTITIONS)
+    ensure_topics(kafka_bootstrap, [*topics.partner_lanes(partner_id), topics.receipts(partner_id)], PARTITIONS)
     access = PartnerAccess(kafka_bootstrap)
     credentials = access.grant(partner_id, topics.partner(partner_id), topics.receipts(partner_id))
     server = RetrievalServer(secrets.token_urlsafe(16))

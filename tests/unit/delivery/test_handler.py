@@ -37,7 +37,7 @@ def _prepared(size: int = 3, priority: int = events_pb2.PRIORITY_CLASS_URGENT) -
 
 def test_the_partner_gets_a_reference_to_fetch_and_an_outcome_is_recorded() -> None:
     (partner, outcome), delivery = deliver_event(_prepared(), True, Topics(), BASE, clock=lambda: 99)
-    assert partner.topic == "imx.partner.lab.v1"
+    assert partner.topic == "imx.partner.lab.urgent.v1", "an urgent instance goes on the feed's urgent lane"
     assert partner.key == b"2.25.9", "keyed by the delivered study UID, never the original"
     assert partner.headers[EVENT_TYPE_HEADER] == b"PartnerDelivery"
     sent = events_pb2.PartnerDelivery.FromString(partner.value)
@@ -58,8 +58,20 @@ def test_the_partner_gets_a_reference_to_fetch_and_an_outcome_is_recorded() -> N
     assert (outcome.topic, result.status, result.topic) == (
         "imx.outcomes.v1",
         events_pb2.DELIVERY_STATUS_DELIVERED,
-        "imx.partner.lab.v1",
+        "imx.partner.lab.urgent.v1",
     )
+
+
+def test_each_priority_class_has_its_lane_on_the_feed_and_unset_is_routine() -> None:
+    lanes = {
+        events_pb2.PRIORITY_CLASS_URGENT: "imx.partner.lab.urgent.v1",
+        events_pb2.PRIORITY_CLASS_ROUTINE: "imx.partner.lab.v1",
+        events_pb2.PRIORITY_CLASS_UNSPECIFIED: "imx.partner.lab.v1",
+        events_pb2.PRIORITY_CLASS_BULK: "imx.partner.lab.bulk.v1",
+    }
+    for priority, topic in lanes.items():
+        (partner, _), _ = deliver_event(_prepared(priority=priority), True, Topics(), BASE)
+        assert partner.topic == topic
 
 
 def test_a_feed_message_is_small_whatever_the_size_of_the_instance() -> None:
@@ -130,6 +142,8 @@ def test_the_stage_reads_prepared_instances_and_every_partners_receipts_only() -
     import re
 
     pattern = re.compile(delivery_pattern(Topics("t.")))
-    assert pattern.match("t.imx.prepared.v1") and pattern.match("t.imx.receipts.lab-2.v1")
+    for lane in ("t.imx.prepared.v1", "t.imx.prepared.urgent.v1", "t.imx.prepared.bulk.v1"):
+        assert pattern.match(lane), lane
+    assert pattern.match("t.imx.receipts.lab-2.v1")
     for other in ("t.imx.partner.lab.v1", "imx.prepared.v1", "t.imx.outcomes.v1", "t.imx.receipts.A.v1"):
         assert not pattern.match(other), other
