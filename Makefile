@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup proto lint unit test up stop run bench bench-deid clean
+.PHONY: setup proto lint unit test up stop run bench bench-deid bench-audit clean
 
 setup:
 	bash infra/setup.sh
@@ -44,6 +44,12 @@ bench: setup
 # 2,000). Last line is JSON.
 bench-deid: setup
 	$(PY) -m tools.bench_deid
+
+# N audit records (default 1,000,000, IMX_BENCH_AUDIT_RECORDS) from Kafka events through the audit service
+# on its own Kafka and FerretDB/PostgreSQL (started in a temporary folder, removed after); then study
+# trails, a month of one organisation's daily figures and pages of events, timed. Last line is JSON.
+bench-audit: setup
+	$(PY) -m tools.bench_audit $(BENCH_ARGS)
 
 clean: stop
 	rm -rf var

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from services.audit.models import AuditEvent, EventPageOut, Health, StudyTrail, Summary
+from services.audit.models import (
+    AuditEvent,
+    EventPageOut,
+    Health,
+    PartnerTurnaround,
+    QuarantinesOut,
+    StageReasonDay,
+    StudyTrail,
+    Summary,
+    TurnaroundOut,
+    VolumeOut,
+    VolumesOut,
+)
 from services.audit.queries import EventFilter, decode_cursor, encode_cursor
 from services.audit.records import EventType
 from services.audit.store import AuditStore
@@ -71,13 +83,14 @@ def study_trail(
         str,
         Path(max_length=64, pattern=UID_PATTERN, description="StudyInstanceUID as received, or a de-identified copy's"),
     ],
-) -> StudyTrail:
+) -> Response:
     """The trail of one study: received from whom and how, routed where by which route, de-identified
     with which profile and version, delivered when; quarantines and dead letters included."""
     trail = build_trail(study_uid, store.study_trail(study_uid))
     if trail is None:
         raise HTTPException(status_code=404, detail="no audit records for this study")
-    return trail
+    # Serialised once, here: FastAPI would validate the whole trail again against the response model.
+    return Response(trail.model_dump_json(), media_type="application/json")
 
 
 @router.get("/audit/events", response_model=EventPageOut, tags=["audit"])
@@ -111,6 +124,43 @@ def summary(store: StoreDep, since: Since = None, until: Until = None) -> Summar
     dead letters per stage."""
     since, until = _period(since, until)
     return Summary.from_summary(store.summary(since, until))
+
+
+@router.get("/audit/volumes", response_model=VolumesOut, tags=["audit"])
+def volumes(
+    store: StoreDep,
+    by: Annotated[Literal["org", "partner", "modality"], Query(description="what to count per")],
+    since: Since = None,
+    until: Until = None,
+    key: Annotated[str | None, Query(max_length=63, description="only this organisation, partner or modality")] = None,
+) -> VolumesOut:
+    """Instances, studies and bytes per UTC day and sending organisation, partner or modality, for the
+    days overlapping the period (open ends: the first and last day recorded; at most 400 days).
+    A study counts once per key and day."""
+    since, until = _period(since, until)
+    return VolumesOut(by=by, days=[VolumeOut.from_row(r) for r in store.volumes(by, since, until, key)])
+
+
+@router.get("/audit/turnaround", response_model=TurnaroundOut, tags=["audit"])
+def turnaround(
+    store: StoreDep,
+    partner: Annotated[str | None, Query(max_length=63, description="only this partner")] = None,
+    since: Since = None,
+    until: Until = None,
+) -> TurnaroundOut:
+    """Per partner, for the UTC days overlapping the period: p50/p90/p95/p99 of the time from ingest
+    accepted to stored in the partner's PACS (receipts with status stored), per day and overall."""
+    since, until = _period(since, until)
+    return TurnaroundOut(
+        partners=[PartnerTurnaround.from_turnaround(t) for t in store.turnaround(since, until, partner)]
+    )
+
+
+@router.get("/audit/quarantines", response_model=QuarantinesOut, tags=["audit"])
+def quarantines(store: StoreDep, since: Since = None, until: Until = None) -> QuarantinesOut:
+    """Quarantines and dead letters per UTC day, stage and reason (days overlapping the period)."""
+    since, until = _period(since, until)
+    return QuarantinesOut(days=[StageReasonDay.from_count(c) for c in store.stage_reasons(since, until)])
 
 
 @open_router.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from services.audit.queries import AuditSummary
 from services.audit.records import AuditRecord, EventType
+from services.audit.rollups import StageReasonCount, Turnaround, VolumeRow, percentile
 
 
 class SourceRef(BaseModel):
@@ -51,11 +53,24 @@ class AuditEvent(BaseModel):
     occurred_at: datetime
     ingested_at: datetime | None = None
     recorded_at: datetime
+    modality: str | None = Field(None, description="modality of the instance as received (e.g. CT)")
+    size_bytes: int | None = Field(None, description="size of the object, on ingested and prepared events")
 
     @classmethod
     def from_record(cls, record: AuditRecord) -> AuditEvent:
-        fields = {k: v for k, v in record.items() if k != "_id"}
-        return cls(id=record["_id"], **fields)
+        """Built without validation: a record is what records.py made (a trail can hold thousands)."""
+        fields: dict[str, Any] = {k: v for k, v in record.items() if k != "_id"}
+        fields["event_type"] = EventType(record["event_type"])
+        source = record["source"]
+        if source is not None:
+            kind = source["event_type"]
+            fields["source"] = SourceRef.model_construct(
+                topic=source["topic"],
+                partition=source["partition"],
+                offset=source["offset"],
+                event_type=EventType(kind) if kind else None,
+            )
+        return cls.model_construct(id=record["_id"], **fields)
 
 
 class Receipt(BaseModel):
@@ -145,3 +160,91 @@ class Summary(BaseModel):
 class Health(BaseModel):
     status: str
     store: bool
+
+
+class VolumeOut(BaseModel):
+    """One key's figures on one UTC day."""
+
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    key: str = Field(description="organisation id, partner id or modality")
+    instances: int = Field(description="org/modality: instances ingested; partner: instances prepared for it")
+    studies: int = Field(description="distinct studies among them on that day")
+    bytes: int = Field(description="their objects' size")
+    delivered: int = Field(0, description="partner only: delivery outcomes with status delivered")
+    failed: int = Field(0, description="partner only: delivery outcomes with status failed")
+
+    @classmethod
+    def from_row(cls, row: VolumeRow) -> VolumeOut:
+        return cls(
+            day=row.day,
+            key=row.key,
+            instances=row.instances,
+            studies=row.studies,
+            bytes=row.bytes,
+            delivered=row.delivered,
+            failed=row.failed,
+        )
+
+
+class VolumesOut(BaseModel):
+    by: str
+    days: list[VolumeOut]
+
+
+class Percentiles(BaseModel):
+    """Milliseconds from ingest accepted (the sender's C-STORE/STOW-RS) to stored in the partner's PACS,
+    from a histogram with 20 log-spaced bins per decade: each figure is within about 6%."""
+
+    count: int
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+
+    @classmethod
+    def of(cls, histogram: dict[int, int]) -> Percentiles:
+        return cls(
+            count=sum(histogram.values()),
+            p50=percentile(histogram, 50),
+            p90=percentile(histogram, 90),
+            p95=percentile(histogram, 95),
+            p99=percentile(histogram, 99),
+        )
+
+
+class DayPercentiles(Percentiles):
+    day: str
+
+
+class PartnerTurnaround(BaseModel):
+    partner_id: str
+    overall: Percentiles
+    days: list[DayPercentiles]
+
+    @classmethod
+    def from_turnaround(cls, t: Turnaround) -> PartnerTurnaround:
+        return cls(
+            partner_id=t.partner,
+            overall=Percentiles.of(t.histogram),
+            days=[DayPercentiles(day=day, **Percentiles.of(h).model_dump()) for day, h in sorted(t.by_day.items())],
+        )
+
+
+class TurnaroundOut(BaseModel):
+    partners: list[PartnerTurnaround]
+
+
+class StageReasonDay(BaseModel):
+    day: str
+    kind: str = Field(description="quarantined or dead_letter")
+    stage: str
+    reason: str
+    count: int
+
+    @classmethod
+    def from_count(cls, c: StageReasonCount) -> StageReasonDay:
+        return cls(day=c.day, kind=c.kind, stage=c.stage, reason=c.reason, count=c.count)
+
+
+class QuarantinesOut(BaseModel):
+    days: list[StageReasonDay]

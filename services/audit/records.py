@@ -82,6 +82,8 @@ class AuditRecord(TypedDict):
     occurred_at: datetime
     ingested_at: datetime | None
     recorded_at: datetime
+    modality: str | None  # as received (InstanceRef.modality), for volumes per modality
+    size_bytes: int | None  # the object's size (BlobRef.size) on ingested and prepared events
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(AuditRecord.__annotations__)
@@ -205,6 +207,8 @@ def _empty_record(event_type: EventType, ev_id: str, message: IncomingMessage, r
         occurred_at=to_datetime(message.timestamp_ms) if message.timestamp_ms > 0 else truncate_ms(recorded_at),
         ingested_at=None,
         recorded_at=truncate_ms(recorded_at),
+        modality=None,
+        size_bytes=None,
     )
 
 
@@ -216,6 +220,7 @@ def _received(record: AuditRecord, instance: Any) -> None:
     record["study_uid"] = instance.study_instance_uid or None
     record["series_uid"] = instance.series_instance_uid or None
     record["sop_uid"] = instance.sop_instance_uid or None
+    record["modality"] = instance.modality or None
 
 
 def _delivered(record: AuditRecord, instance: Any) -> None:
@@ -238,6 +243,7 @@ def _fill_ingested(record: AuditRecord, event: Any, topic: str, topics: Topics) 
     record["source_org"] = event.source_org or None
     record["channel"] = event.channel or None
     record["requested_partner_id"] = event.requested_destination or None
+    record["size_bytes"] = event.blob.size if event.HasField("blob") else None
 
 
 def _fill_routed(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
@@ -259,6 +265,7 @@ def _fill_prepared(record: AuditRecord, event: Any, topic: str, topics: Topics) 
     record["profile"] = event.profile or None
     record["profile_version"] = event.profile_version if event.profile else None
     record["deidentified"] = event.deidentified
+    record["size_bytes"] = event.blob.size if event.HasField("blob") else None
 
 
 def _fill_receipt(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
@@ -355,6 +362,7 @@ _BORROWED = (
     "route_id",
     "profile",
     "profile_version",
+    "modality",
 )
 
 

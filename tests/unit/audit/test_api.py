@@ -226,3 +226,54 @@ def test_openapi_documents_the_routes_and_their_models(client: TestClient) -> No
     assert {"/audit/studies/{study_uid}", "/audit/events", "/audit/summary", "/healthz"} <= set(spec["paths"])
     assert {"StudyTrail", "AuditEvent", "EventPageOut", "Summary"} <= set(spec["components"]["schemas"])
     assert "routing_attributes" not in str(spec)
+
+
+DAY = "2026-01-01"
+
+
+def test_volumes_per_org_partner_and_modality_count_instances_studies_and_bytes(client: TestClient) -> None:
+    orgs = client.get("/audit/volumes", params={"by": "org"}).json()
+    assert orgs["by"] == "org"
+    assert [(d["day"], d["key"], d["instances"], d["studies"], d["bytes"]) for d in orgs["days"]] == [
+        (DAY, "trust-a", 2, 1, 20),
+        (DAY, "trust-z", 1, 1, 10),
+    ], "STUDY's second journey repeats its ingested event: counted once"
+    one = client.get("/audit/volumes", params={"by": "org", "key": "trust-z", "since": "2026-01-01T00:00:00Z"})
+    assert [d["key"] for d in one.json()["days"]] == ["trust-z"]
+    partners = {d["key"]: d for d in client.get("/audit/volumes", params={"by": "partner"}).json()["days"]}
+    assert {p: (d["instances"], d["delivered"], d["failed"]) for p, d in partners.items()} == {
+        "research-a": (2, 2, 0),
+        "care-b": (1, 0, 1),
+        "ai-c": (1, 1, 0),
+    }
+    modalities = client.get("/audit/volumes", params={"by": "modality"}).json()["days"]
+    assert [(d["key"], d["instances"], d["studies"]) for d in modalities] == [("CT", 3, 2)]
+    assert client.get("/audit/volumes", params={"by": "route"}).status_code == 422
+
+
+def test_turnaround_gives_percentiles_per_partner_and_day(client: TestClient) -> None:
+    body = client.get("/audit/turnaround", params={"partner": "research-a"}).json()
+    [partner] = body["partners"]
+    assert partner["partner_id"] == "research-a" and partner["overall"]["count"] == 2
+    # Stored 40 ms and 1,040 ms after ingest; a log-spaced bin is within ~6% of the value.
+    assert partner["overall"]["p50"] == pytest.approx(40, rel=0.07)
+    assert partner["overall"]["p99"] == pytest.approx(1040, rel=0.07)
+    assert [d["day"] for d in partner["days"]] == [DAY]
+    everyone = client.get("/audit/turnaround").json()["partners"]
+    assert [p["partner_id"] for p in everyone] == ["ai-c", "research-a"], "care-b's receipt failed: no time"
+
+
+def test_quarantines_and_dead_letters_by_day_stage_and_reason(client: TestClient) -> None:
+    days = client.get("/audit/quarantines").json()["days"]
+    assert [(d["day"], d["kind"], d["stage"], d["reason"], d["count"]) for d in days] == [
+        (DAY, "quarantined", "routing", "no-route", 1),
+        (DAY, "dead_letter", "deid", "PermanentError", 1),
+    ]
+
+
+def test_the_aggregate_routes_are_documented_and_need_a_key(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/audit/volumes", "/audit/turnaround", "/audit/quarantines"} <= set(paths)
+    anonymous = TestClient(create_app(_store(), _keys))
+    for path in ("/audit/volumes?by=org", "/audit/turnaround", "/audit/quarantines"):
+        assert anonymous.get(path).status_code == 401

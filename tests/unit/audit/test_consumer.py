@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import pytest
+
 from services.audit.consumer import AuditHandler, audit_stage_spec
+from services.audit.records import AuditRecord
 from services.common.bus import flush_handler, run_handler_over_batch
+from services.common.messages import TransientError
 from services.common.topics import Topics
 from tests.unit.audit.builders import Instance, incoming, journey
 from tests.unit.audit.fake_store import InMemoryAuditStore
@@ -64,3 +69,35 @@ def test_the_stage_is_one_group_reading_every_topic_by_pattern() -> None:
     assert (spec.name, spec.group_id, tuple(spec.topics)) == ("audit", "t-c.imx-audit", ())
     assert audit_stage_spec(Topics()).group_id == "imx-audit"
     assert spec.pattern and spec.pattern.startswith("^")
+
+
+class _Sink:
+    def __init__(self, store: InMemoryAuditStore, fail: bool = False) -> None:
+        self.batches: list[list[str]] = []
+        self.store_had: list[int] = []
+        self._store, self._fail = store, fail
+
+    def write(self, records: Sequence[AuditRecord]) -> None:
+        self.store_had.append(len(self._store.records))
+        if self._fail:
+            raise TransientError("sink unavailable")
+        self.batches.append([r["_id"] for r in records])
+
+
+def test_every_sink_gets_the_batch_after_the_store() -> None:
+    store = InMemoryAuditStore()
+    first, second = _Sink(store), _Sink(store)
+    handler = AuditHandler(store, TOPICS, clock=lambda: datetime(2026, 2, 1, tzinfo=UTC), sinks=[first, second])
+    batch = [incoming(m, offset=i) for i, m in enumerate(journey(TOPICS, Instance()))]
+    run_handler_over_batch(batch, handler, TOPICS.dead_letter, "audit")
+    assert first.batches == [] and handler.flush() == 5
+    assert first.batches == second.batches == [list(store.records)]
+    assert first.store_had == [5], "the store had the records before the sink was called"
+
+
+def test_a_failing_sink_fails_the_flush_so_the_batch_is_read_again() -> None:
+    store = InMemoryAuditStore()
+    handler = AuditHandler(store, TOPICS, sinks=[_Sink(store, fail=True)])
+    run_handler_over_batch([incoming(journey(TOPICS, Instance())[0])], handler, TOPICS.dead_letter, "audit")
+    with pytest.raises(TransientError):
+        handler.flush()

@@ -1,0 +1,110 @@
+"""Counters that count every record once, however often it arrives (services/audit/rollups.py says what
+is counted where).
+
+`$inc` alone would count a replayed batch twice, so a batch (id: hash of its record ids) goes through:
+
+1. **Marks**: the record itself (in the records collection, `_id` = record id) and one tiny document
+   per study of a key and day, inserted with `_b` = the batch. Inserted now means "count it here". A
+   mark that already exists is counted here only when it is this batch's (a replay of the same
+   batch), or when the batch that owns it died before writing its journal: then this batch takes it
+   over with a compare-and-set on `_b`.
+2. **Journal** `j:<batch>`: the batch's deltas, written before any counter moves.
+3. **Counters**: each `$inc` is guarded by the batch id in one of 32 slots of the counter document
+   (`g.<slot>`), so applying a journal twice moves each counter once; then the journal is marked applied.
+   A batch that meets marks of an owner whose journal is not marked applied finishes that journal first
+   (the owner died half-way).
+
+The one race left: a consumer that lost its partitions but is still writing (a zombie) while its
+successor takes its marks over can count those records twice; the bus's rebalance makes that window
+short. Slots are reused: a journal left half-applied for 32 later batches on the same counter could
+move that counter twice when finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
+from typing import Any
+
+import bson
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from services.audit.pages import DUPLICATE_KEY
+from services.audit.rollups import Deltas
+
+SLOTS = 32
+
+
+def batch_id(ids: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:24]
+
+
+def _slot(bid: str) -> str:
+    return f"g.{int(bid[:6], 16) % SLOTS}"
+
+
+class Counters:
+    def __init__(self, counts: Collection[dict[str, Any]]) -> None:
+        self._counts = counts
+
+    def claim(
+        self, bid: str, into: Collection[dict[str, Any]], docs: Sequence[dict[str, Any]]
+    ) -> tuple[set[str], set[str]]:
+        """Inserts `docs` (marks: records or study marks) owned by `bid` (field `_b`); returns (ids new to
+        the store, ids this batch counts): the second includes the first."""
+        if not docs:
+            return set(), set()
+        duplicates: list[str] = []
+        try:
+            into.insert_many([{**d, "_b": bid} for d in docs], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            duplicates = [str(docs[e["index"]]["_id"]) for e in errors]
+        new = {str(d["_id"]) for d in docs} - set(duplicates)
+        ours = set(new)
+        journals: dict[str, dict[str, Any] | None] = {}
+        for key in duplicates:
+            mark = into.find_one({"_id": key}, {"_b": 1})
+            owner = str(mark.get("_b", "")) if mark else ""
+            if owner == bid:
+                ours.add(key)
+                continue
+            if owner not in journals:
+                journals[owner] = self._counts.find_one({"_id": f"j:{owner}"}) if owner else {"applied": True}
+                journal = journals[owner]
+                if journal is not None and not journal.get("applied"):
+                    self.apply(owner, _deltas_from(journal))  # the owner died half-way: finish its work
+            if journals[owner] is None:
+                taken = into.update_one({"_id": key, "_b": owner}, {"$set": {"_b": bid}})
+                if taken.modified_count:
+                    ours.add(key)
+        return new, ours
+
+    def record(self, bid: str, deltas: Deltas) -> None:
+        """The journal: written once per batch id, before any counter moves."""
+        # Packed: counter field paths hold dots, and FerretDB stores no nested arrays.
+        doc = {"_id": f"j:{bid}", "d": bson.encode({"d": deltas})}
+        with suppress(DuplicateKeyError):  # a replay of this very batch: the journal holds the same deltas
+            self._counts.insert_one({**doc, "applied": False})
+
+    def apply(self, bid: str, deltas: Deltas) -> None:
+        slot = _slot(bid)
+        for doc_id, fields in deltas.items():
+            # A duplicate key: the document exists and already carries this batch (applied before).
+            with suppress(DuplicateKeyError):
+                self._counts.update_one(
+                    {"_id": doc_id, slot: {"$ne": bid}}, {"$inc": fields, "$set": {slot: bid}}, upsert=True
+                )
+        self._counts.update_one({"_id": f"j:{bid}"}, {"$set": {"applied": True}})
+
+    def get(self, doc_id: str) -> dict[str, Any] | None:
+        return self._counts.find_one({"_id": doc_id})
+
+
+def _deltas_from(journal: dict[str, Any]) -> Deltas:
+    deltas: Deltas = bson.decode(bytes(journal["d"]))["d"]
+    return deltas

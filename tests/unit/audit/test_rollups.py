@@ -1,0 +1,63 @@
+"""The counters behind the aggregates: keys that survive MongoDB field names, mergeable turnaround
+histograms whose percentiles stay within a bin's width, and what each kind of record adds."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.audit import rollups
+from services.audit.records import build_record
+from services.common.topics import Topics
+from tests.unit.audit.builders import T0_MS, Instance, incoming, journey, quarantined
+
+TOPICS = Topics("t-r.")
+NOW = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+@given(st.text(max_size=30))
+def test_any_key_survives_encoding_as_a_field_name(key: str) -> None:
+    encoded = rollups.enc(key)
+    assert "." not in encoded and not encoded.startswith("$") and encoded
+    assert rollups.dec(encoded) == key
+
+
+def test_percentiles_from_merged_histograms_are_within_a_bins_width() -> None:
+    rng = random.Random(3)
+    values = [int(rng.lognormvariate(8, 1.2)) for _ in range(5000)]
+    halves: list[dict[int, int]] = [{}, {}]
+    for i, v in enumerate(values):  # two days' histograms, merged by adding counts
+        b = rollups.turnaround_bin(v)
+        halves[i % 2][b] = halves[i % 2].get(b, 0) + 1
+    merged = {b: halves[0].get(b, 0) + halves[1].get(b, 0) for b in set(halves[0]) | set(halves[1])}
+    exact = statistics.quantiles(values, n=100, method="inclusive")
+    for pct in (50, 90, 95, 99):
+        assert rollups.percentile(merged, pct) == pytest.approx(exact[pct - 1], rel=0.07)
+    assert rollups.percentile({}, 50) is None
+    assert rollups.turnaround_bin(0) == 0 and rollups.bin_value(0) == 0
+
+
+def test_each_record_kind_adds_to_its_counters() -> None:
+    messages = [*journey(TOPICS, Instance()), quarantined(TOPICS, Instance(sop="1.2.3.9"), T0_MS + 50)]
+    records = [build_record(incoming(m), TOPICS, NOW) for m in messages]
+    marks = [m for r in records for m in rollups.study_marks(r)]
+    docs: dict[str, dict[str, object]] = {}
+    rollups.apply(docs, rollups.deltas_for(records, marks))
+    day = "2026-01-01"
+    [org] = rollups.volumes(docs.get, "org", [day], "trust-a")  # type: ignore[arg-type]
+    assert (org.instances, org.studies, org.bytes) == (1, 1, 10)
+    [partner] = rollups.volumes(docs.get, "partner", [day])  # type: ignore[arg-type]
+    assert (partner.key, partner.instances, partner.delivered, partner.failed) == ("research-a", 1, 1, 0)
+    [t] = rollups.turnaround(docs.get, [day], "research-a")  # type: ignore[arg-type]
+    assert sum(t.histogram.values()) == 1 and rollups.percentile(t.histogram, 50) == pytest.approx(40, rel=0.07)
+    [q] = rollups.stage_reasons(docs.get, [day])  # type: ignore[arg-type]
+    assert (q.kind, q.stage, q.reason, q.count) == ("quarantined", "routing", "no-route", 1)
+    counts = rollups.summary_counts(docs.get, [day])  # type: ignore[arg-type]
+    assert counts["t"] == {"ingested": 1, "routed": 1, "prepared": 1, "outcome": 1, "receipt": 1, "quarantined": 1}
+    assert rollups.volume_doc("org", day, "trust-a").startswith(f"v:org:{day}:")
+    assert rollups.volume_docs("modality", day) == [f"v:modality:{day}"]
