@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -34,7 +35,7 @@ from services.common.dicom.part10 import dataset_to_bytes
 from services.common.dicom.synthetic import plan_study, study_instances
 from services.common.topics import Topics
 from tools.bench_orthanc import orthanc_exchange
-from tools.bench_partner import ReceiptReader, partner_side, wait_gateway_ready
+from tools.bench_partner import ReceiptReader, partner_side, skip_leftovers, wait_gateway_ready
 from tools.bench_results import BenchRun, OrthancFigures, cpu_deltas, latencies_ms, result_line
 from tools.bench_setup import BenchConfig, configure, unconfigure
 from tools.demo.senders import c_store
@@ -67,18 +68,38 @@ def bench_data(root: Path, instances: int, per_study: int = 100) -> list[Path]:
     return sorted(folder.glob("*.dcm"))
 
 
-def unique_copies(files: list[Path], folder: Path, token: bytes) -> list[Path]:
-    """Copies whose last pixel bytes carry this run's token.
+_UUID_UID = re.compile(rb"2\.25\.(\d{9,39})")
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 
-    The blob store is content-addressed: a second run of the cached files would find every object
-    (the source and, with the same partner key, the de-identified copy) already stored and skip the
-    write and its fsyncs, which a real new instance never does. Pixel Data is the last element of
-    these files, so the header the pipeline reads is untouched.
+
+def renumber_uids(data: bytes, offset: int) -> bytes:
+    """`data` with every 2.25 UID in its header (before Pixel Data) changed in its last 8 digits by
+    `offset`: the same length (so every element length stays right) and the same mapping everywhere
+    (so references, file meta and data set still agree)."""
+    end = data.rfind(_PIXEL_DATA_TAG)
+    header, rest = (data[:end], data[end:]) if end > 0 else (data, b"")
+
+    def renumber(match: re.Match[bytes]) -> bytes:
+        digits = match.group(1)
+        low = (int(digits[-8:]) + offset) % 10**8
+        return b"2.25." + digits[:-8] + b"%08d" % low
+
+    return _UUID_UID.sub(renumber, header) + rest
+
+
+def unique_copies(files: list[Path], folder: Path, token: bytes) -> list[Path]:
+    """Copies that are new instances: new UIDs, and this run's token in the last pixel bytes.
+
+    The same UIDs again would be a corrected re-send of instances partners already have (delivery
+    keeps the first object it recorded for a SOP Instance UID and serves that one); the same bytes
+    again would find every object in the content-addressed blob store and skip its write and fsyncs,
+    which a real new instance never does. Pixel Data is the last element of these files.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    offset = int.from_bytes(token[:4], "big") % 10**8
     copies = []
     for source in files:
-        data = bytearray(source.read_bytes())
+        data = bytearray(renumber_uids(source.read_bytes(), offset))
         data[-len(token) :] = token
         copy = folder / source.name
         copy.write_bytes(data)
@@ -194,7 +215,10 @@ def measure(
     run_folder: Path,
 ) -> BenchRun:
     internal, ae_title = f"127.0.0.1:{ports.kafka}", config.ae_title
-    with partner_side(run_folder, config.credentials, f"127.0.0.1:{ports.kafka_partner}") as side:
+    partner_bootstrap, gateway_log = f"127.0.0.1:{ports.kafka_partner}", layout.log / "bench-gateway.log"
+    if skipped := skip_leftovers(internal, topics):
+        print(f"skipped {skipped} messages an earlier, interrupted run left on the partner's feed", flush=True)
+    with partner_side(run_folder, config.credentials, partner_bootstrap, gateway_log) as side:
         print("gateway started; waiting until it has joined and its feed is drained", flush=True)
         wait_gateway_ready(side, internal, topics)
         for leftover in side.storescp.files():  # what an interrupted earlier run left on the feed

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from services.common.kafka_access import group_prefix
 from services.common.topics import Topics
@@ -33,7 +34,7 @@ class PartnerSide:
 
 
 def start_gateway(
-    state_dir: Path, credentials: PartnerCredentials, partner_bootstrap: str, storescp: StoreScp
+    state_dir: Path, credentials: PartnerCredentials, partner_bootstrap: str, storescp: StoreScp, log: Path
 ) -> ManagedProcess:
     env = {
         **os.environ,
@@ -63,7 +64,7 @@ def start_gateway(
             "--state-dir",
             str(state_dir),
         ],
-        state_dir.parent / "gateway.log",
+        log,
         env=env,
         cwd=ROOT,
         endpoint=partner_bootstrap,
@@ -72,10 +73,13 @@ def start_gateway(
 
 
 @contextmanager
-def partner_side(folder: Path, credentials: PartnerCredentials, partner_bootstrap: str) -> Iterator[PartnerSide]:
+def partner_side(
+    folder: Path, credentials: PartnerCredentials, partner_bootstrap: str, log: Path
+) -> Iterator[PartnerSide]:
+    """storescp and the gateway; the gateway's log (appended, kept after the run) is `log`."""
     storescp = start_storescp(folder / "received", ae_title="BENCHPACS")
     try:
-        gateway = start_gateway(folder / "gateway-state", credentials, partner_bootstrap, storescp)
+        gateway = start_gateway(folder / "gateway-state", credentials, partner_bootstrap, storescp, log)
         try:
             yield PartnerSide(storescp, gateway)
         finally:
@@ -96,9 +100,33 @@ def gateway_lag(admin: KafkaAdminClient, consumer: KafkaConsumer, topic: str) ->
     return sum(ends[tp] - (committed[tp].offset if tp in committed else starts[tp]) for tp in partitions)
 
 
+def skip_leftovers(bootstrap: str, topics: Topics) -> int:
+    """Move the gateway's group to the end of the partner's feed (every lane of it) before the gateway
+    starts: what an interrupted earlier run left there is not this run's work. Returns how many
+    messages were skipped."""
+    prefix = topics.partner(PARTNER).removesuffix(".v1")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, metrics_enabled=False)
+    try:
+        feeds = [
+            t for t in consumer.topics() if t == f"{prefix}.v1" or (t.startswith(f"{prefix}.") and t.endswith(".v1"))
+        ]
+        partitions = [TopicPartition(t, p) for t in feeds for p in consumer.partitions_for_topic(t) or ()]
+        ends = consumer.end_offsets(partitions)
+        committed = admin.list_group_offsets({GATEWAY_GROUP: None}).get(GATEWAY_GROUP, {})
+        starts = consumer.beginning_offsets(partitions)
+        skipped = sum(ends[tp] - (committed[tp].offset if tp in committed else starts[tp]) for tp in partitions)
+        if skipped:
+            admin.alter_group_offsets(GATEWAY_GROUP, {tp: OffsetAndMetadata(ends[tp], "", -1) for tp in partitions})
+        return skipped
+    finally:
+        consumer.close()
+        admin.close()
+
+
 def wait_gateway_ready(side: PartnerSide, bootstrap: str, topics: Topics, timeout_s: float = 180.0) -> None:
-    """Until the gateway has joined its group and stored whatever an earlier, interrupted run left on
-    the feed, so this run's clock starts with an idle gateway."""
+    """Until the gateway has joined its group and has nothing left to read, so this run's clock starts
+    with an idle gateway."""
     topic = topics.partner(PARTNER)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, metrics_enabled=False)

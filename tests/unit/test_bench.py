@@ -146,3 +146,17 @@ def test_cpu_of_this_process_from_proc() -> None:
     assert tree_cpu_seconds(pid) >= own
     assert cpu_seconds(2**22 + 7) == 0.0  # no such process
     assert set(sample({"me": (pid, False), "tree": (pid, True)})) == {"me", "tree"}
+
+
+def test_renumbered_uids_keep_their_length_and_agree_everywhere() -> None:
+    from tools.bench import renumber_uids
+
+    uid = b"2.25.123456789012345678901234567890"
+    header = b"meta" + uid + b"\x00" + b"sop" + uid + b"\x00" + b"class 1.2.840.10008.5.1.4.1.1.2\x00"
+    pixels = b"\xe0\x7f\x10\x00" + b"2.25.999999999999"  # pixel bytes are never touched
+    out = renumber_uids(header + pixels, offset=5)
+    assert len(out) == len(header + pixels)
+    assert out.count(b"2.25.123456789012345678901234567895") == 2
+    assert b"1.2.840.10008.5.1.4.1.1.2" in out
+    assert out.endswith(pixels)
+    assert renumber_uids(b"x2.25.199999999999x", offset=1) == b"x2.25.199900000000x"  # wraps, same length
