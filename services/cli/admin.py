@@ -241,6 +241,39 @@ def partners_reset_key(partner_id: str) -> None:
     _print_dicomweb_key(reply.dicomweb_key)
 
 
+@partners_app.command("lag")
+def partners_lag() -> None:
+    """Each partner's unread backlog against its feed's retention: what it has not read yet, how old
+    the oldest unread message is, and how much of the retention that has used (from the delivery
+    service's last check, IMX_DELIVERY_RETENTION_CHECK_INTERVAL_S)."""
+    with _channel(CliSettings().delivery_grpc) as channel:
+        reply = admin_pb2_grpc.PartnerAdminStub(channel).PartnerLag(admin_pb2.PartnerLagRequest())
+    if not reply.partners:
+        console.print("no check has run yet (the delivery service checks every few minutes)")
+        return
+    table = Table("partner", "unread", "oldest unread", "retention", "used", "expired unread")
+    for b in reply.partners:
+        used = f"{b.retention_used:.0%}"
+        table.add_row(
+            b.partner_id,
+            f"{b.unread:,}",
+            _duration(b.oldest_unread_age_ms),
+            _duration(b.retention_ms),
+            f"[red]{used}[/red]" if b.retention_used >= 0.8 else used,
+            f"[red]{b.expired:,}[/red]" if b.expired else "0",
+        )
+    console.print(table)
+
+
+def _duration(ms: int) -> str:
+    seconds = ms // 1000
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 @partners_app.command("remove")
 def partners_remove(partner_id: str) -> None:
     """Remove a partner; instances routed to it are then quarantined (unknown-partner)."""

@@ -20,6 +20,7 @@ from services.delivery.delivered import DeliveredObjects
 from services.delivery.dicomweb_wiring import start_partner_api
 from services.delivery.handler import DeliveryHandler, delivery_pattern
 from services.delivery.partners import PartnerCache, PartnerSignIn, register_partner_admin
+from services.delivery.retention_watch import KafkaBacklogReader, RetentionWatch
 from services.delivery.settings import DeliverySettings
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,23 @@ def serve(
             daemon=True,
         )
         collector.start()
+    watch = RetentionWatch(
+        partners=lambda: [p.partner_id for p in store.list()],
+        feed_topics=topics.partner_lanes,
+        read_lag=KafkaBacklogReader(settings.kafka_bootstrap).partner_lag,
+        unstored=delivered.unstored,
+        mark_expired=delivered.mark_expired,
+        publish=retrievals.publish,
+        topics=topics,
+        fractions=settings.retention_warn_fractions,
+    )
+    if settings.retention_check_interval_s > 0:
+        threading.Thread(
+            target=watch.run,
+            args=(sweep_stop, settings.retention_check_interval_s),
+            name="retention-watch",
+            daemon=True,
+        ).start()
     try:
         run_stage(
             settings,
@@ -112,7 +130,11 @@ def serve(
             lambda _producer, t: DeliveryHandler(
                 cache.is_known, t, partner_topics.ensure, delivered.record, base, mark=delivered.mark
             ),
-            extra_servicers=[register_partner_admin(store, topics, partner_topics.ensure, _sign_in(settings))],
+            extra_servicers=[
+                register_partner_admin(
+                    store, topics, partner_topics.ensure, _sign_in(settings), lags=lambda: watch.latest
+                )
+            ],
             stop=stop,
             on_ready=on_ready,
         )

@@ -12,9 +12,11 @@ import grpc
 from kafka.errors import KafkaError
 
 from services.common.control_server import ServicerRegistration
+from services.common.events import now_ms
 from services.common.kafka_access import MECHANISM, PartnerAccess
 from services.common.stores.partners import Partner, PartnerStore
 from services.common.topics import Topics
+from services.delivery.retention_watch import PartnerLag
 from services.gateway.targets import parse_target
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
@@ -66,11 +68,13 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         topics: Topics,
         create_topic: Callable[[str], None],
         sign_in: PartnerSignIn | None = None,
+        lags: Callable[[], dict[str, PartnerLag]] = dict,
     ) -> None:
         self._store = store
         self._topics = topics
         self._create_topic = create_topic
         self._sign_in = sign_in
+        self._lags = lags
 
     def _issue(self, partner_id: str, context: grpc.ServicerContext) -> admin_pb2.PartnerKafkaAccess | None:
         if self._sign_in is None:
@@ -133,6 +137,14 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
     ) -> admin_pb2.ListPartnersReply:
         return admin_pb2.ListPartnersReply(partners=[self._proto(p) for p in self._store.list()])
 
+    def PartnerLag(
+        self, request: admin_pb2.PartnerLagRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.PartnerLagReply:
+        now = now_ms()
+        return admin_pb2.PartnerLagReply(
+            partners=[backlog_proto(lag, now) for _, lag in sorted(self._lags().items())]
+        )
+
     def RemovePartner(
         self, request: admin_pb2.RemovePartnerRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RemovePartnerReply:
@@ -153,11 +165,27 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         return admin_pb2.RemovePartnerReply(removed=True)
 
 
+def backlog_proto(lag: PartnerLag, checked_at_ms: int) -> admin_pb2.PartnerBacklog:
+    return admin_pb2.PartnerBacklog(
+        partner_id=lag.partner_id,
+        unread=lag.unread,
+        oldest_unread_age_ms=lag.oldest_unread_age_ms(checked_at_ms),
+        retention_ms=lag.retention_ms,
+        retention_used=round(lag.fraction(checked_at_ms), 4),
+        expired=lag.expired,
+        checked_at_ms=checked_at_ms,
+    )
+
+
 def register_partner_admin(
-    store: PartnerStore, topics: Topics, create_topic: Callable[[str], None], sign_in: PartnerSignIn | None = None
+    store: PartnerStore,
+    topics: Topics,
+    create_topic: Callable[[str], None],
+    sign_in: PartnerSignIn | None = None,
+    lags: Callable[[], dict[str, PartnerLag]] = dict,
 ) -> ServicerRegistration:
     def register(server: grpc.Server) -> None:
-        servicer = PartnerAdminServicer(store, topics, create_topic, sign_in)
+        servicer = PartnerAdminServicer(store, topics, create_topic, sign_in, lags)
         admin_pb2_grpc.add_PartnerAdminServicer_to_server(servicer, server)
 
     return register

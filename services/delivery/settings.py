@@ -60,6 +60,18 @@ class DeliverySettings(ServiceSettings):
         3600.0, ge=0, validation_alias=_env("BLOB_GC_INTERVAL_S"), description="how often to collect; 0: never"
     )
 
+    retention_check_interval_s: float = Field(
+        300.0,
+        ge=0,
+        validation_alias=_env("RETENTION_CHECK_INTERVAL_S"),
+        description="how often partners' unread backlogs are checked against their feeds' retention; 0: never",
+    )
+    retention_warn_fractions: list[float] = Field(
+        [0.5, 0.8],
+        validation_alias=_env("RETENTION_WARN_FRACTIONS"),
+        description="warn when the oldest unread message has used these fractions of the retention (JSON list)",
+    )
+
     def dicomweb_base(self, bound_port: int | None = None) -> str:
         """The base URL put into each PartnerDelivery's retrieval_url (no trailing slash)."""
         if self.public_url:

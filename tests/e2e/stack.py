@@ -114,7 +114,13 @@ def running_stack(kafka: str, kafka_partner: str, mongo: str, root: Path) -> Ite
             if service == "audit":
                 env["IMX_HTTP_PORT"] = str(stack.audit_http)
             if service == "delivery":
-                env.update({"IMX_HTTP_PORT": str(stack.delivery_http), "IMX_DELIVERY_STUDY_QUIET_S": "3"})
+                env.update(
+                    {
+                        "IMX_HTTP_PORT": str(stack.delivery_http),
+                        "IMX_DELIVERY_STUDY_QUIET_S": "3",
+                        "IMX_DELIVERY_RETENTION_CHECK_INTERVAL_S": "2",
+                    }
+                )
             procs.append(
                 start_process(
                     service,

@@ -246,6 +246,25 @@ def test_each_study_is_announced_complete_with_the_manifest_of_what_was_delivere
             )
 
 
+def test_a_partner_that_has_read_nothing_shows_its_whole_backlog_against_the_retention(
+    stack: Stack, sent: Sent
+) -> None:
+    """Nobody runs a gateway for the care partner in this test: all of its feed is unread."""
+    deliveries(stack, CARE, 200)
+    deadline = time.monotonic() + 30
+    backlog = None
+    while time.monotonic() < deadline:
+        with grpc.insecure_channel(stack.grpc_address("delivery")) as channel:
+            reply = admin_pb2_grpc.PartnerAdminStub(channel).PartnerLag(admin_pb2.PartnerLagRequest(), timeout=10)
+        backlog = {b.partner_id: b for b in reply.partners}.get(CARE)
+        if backlog is not None and backlog.unread >= 200:
+            break
+        time.sleep(1)
+    assert backlog is not None and backlog.unread >= 200, backlog
+    assert backlog.retention_ms == 7 * 24 * 3600 * 1000 and backlog.expired == 0
+    assert 0 <= backlog.retention_used < 0.01
+
+
 def test_a_partner_cannot_fetch_what_was_sent_to_another(stack: Stack, sent: Sent) -> None:
     delivery = deliveries(stack, CARE, 200)[0]
     assert fetch(delivery, sent.partner_keys[RESEARCH]).status_code == 404, "not 403: existence is not confirmed"
