@@ -117,8 +117,8 @@ def event_type_for(topic: str, headers: Mapping[str, bytes], topics: Topics) -> 
     by_topic = {
         topics.dead_letter: EventType.DEAD_LETTER,
         topics.ingested: EventType.INGESTED,
-        topics.routed: EventType.ROUTED,
-        topics.prepared: EventType.PREPARED,
+        **dict.fromkeys(topics.routed_lanes, EventType.ROUTED),
+        **dict.fromkeys(topics.prepared_lanes, EventType.PREPARED),
         topics.outcomes: EventType.OUTCOME,
         topics.quarantine: EventType.QUARANTINED,
         topics.access: EventType.RETRIEVAL,

@@ -216,3 +216,10 @@ def test_the_subscription_covers_pipeline_and_receipts_topics_of_this_prefix_onl
     ]:
         assert not pattern.match(topic), topic
     assert re.compile(subscription_pattern(Topics())).match("imx.receipts.ai-1.v1")
+
+
+def test_every_priority_lane_of_a_pipeline_topic_has_its_event_type() -> None:
+    for topic in TOPICS.routed_lanes:
+        assert event_type_for(topic, {}, TOPICS) == EventType.ROUTED, topic
+    for topic in TOPICS.prepared_lanes:
+        assert event_type_for(topic, {}, TOPICS) == EventType.PREPARED, topic
