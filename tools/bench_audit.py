@@ -23,18 +23,27 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
+from pymongo import MongoClient
 
+from services.audit.api import create_app
+from services.audit.consumer import AuditHandler, audit_stage_spec
 from services.audit.main import AuditEndpoints, serve
 from services.audit.settings import AuditSettings
-from services.common.bus import BusProducer, ensure_topics
+from services.audit.store import MongoAuditStore
+from services.common.bus import BusProducer, Handler, ensure_topics
+from services.common.control_server import ControlServer
 from services.common.events import event_id, event_message
+from services.common.http_server import HttpServer
 from services.common.messages import OutgoingMessage
+from services.common.mongo import connect
+from services.common.runtime import run_stage
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2 as pb
 from tools import devstack
@@ -207,6 +216,34 @@ def _destination(
     )
 
 
+def serve_without_log(
+    settings: AuditSettings, stop: threading.Event, on_ready: Callable[[AuditEndpoints], None]
+) -> None:
+    """The audit consumer and HTTP API as services.audit.main.serve runs them, minus the tamper-evident
+    log's sink: to tell the record store's share of the ingest time from the log's."""
+    client, db = connect(settings)
+    try:
+        store = MongoAuditStore(db[settings.audit_collection])
+        store.ensure_indexes()
+        http = HttpServer(create_app(store, None), settings.http_host, settings.http_port, name="audit-http")
+        http.start()
+        try:
+
+            def build_handler(_producer: BusProducer, topics: Topics) -> Handler:
+                return AuditHandler(store, topics)
+
+            def ready(control: ControlServer) -> None:
+                on_ready(AuditEndpoints(http_port=http.port, grpc_port=control.port))
+
+            run_stage(
+                settings, audit_stage_spec(Topics(settings.topic_prefix)), build_handler, stop=stop, on_ready=ready
+            )
+        finally:
+            http.stop()
+    finally:
+        client.close()
+
+
 def p95(samples: list[float]) -> float:
     return round(statistics.quantiles(samples, n=20, method="inclusive")[18], 1) if len(samples) > 1 else samples[0]
 
@@ -292,11 +329,35 @@ def queries(client: httpx.Client, plan: Plan, rng: random.Random, n: int) -> dic
     }
 
 
+def chain_lengths(mongo_uri: str, settings: AuditSettings, plan: Plan, rng: random.Random) -> dict[str, float]:
+    """Pages per study chain and per minute chain (each page one `_id` read), for sampled keys."""
+    mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+    pages = mongo[settings.mongo_db][f"{settings.audit_collection}_pages"]
+
+    def length(key: str) -> int:
+        n = 0
+        while pages.find_one({"_id": f"{key}#{n}"}, {"_id": 1}) is not None:
+            n += 1
+        return n
+
+    try:
+        studies = [length(f"s:{rng.choice(plan.studies)}") for _ in range(30)]
+        start_ms = int(START.timestamp() * 1000)
+        minutes = [length(f"m:{start_ms + rng.randrange(DAYS * 1440) * 60_000}") for _ in range(30)]
+    finally:
+        mongo.close()
+    return {
+        "study_pages_median": statistics.median(studies),
+        "study_pages_max": max(studies),
+        "minute_pages_median": statistics.median(minutes),
+    }
+
+
 def counted(client: httpx.Client) -> int:
     return sum(client.get("/audit/summary").json()["events_by_type"].values())
 
 
-def run(target: int, partitions: int, max_batch: int, samples: int) -> dict[str, object]:
+def run(target: int, partitions: int, max_batch: int, samples: int, with_log: bool = True) -> dict[str, object]:
     servers = start_servers()
     work = Path(tempfile.mkdtemp(prefix="bench-audit-work-"))
     stop = threading.Event()
@@ -321,7 +382,8 @@ def run(target: int, partitions: int, max_batch: int, samples: int) -> dict[str,
         )
         ready: list[AuditEndpoints] = []
         started = time.monotonic()
-        thread = threading.Thread(target=serve, args=(settings, stop, ready.append), name="audit", daemon=True)
+        service = serve if with_log else serve_without_log
+        thread = threading.Thread(target=service, args=(settings, stop, ready.append), name="audit", daemon=True)
         thread.start()
         threads.append(thread)
         while not ready:
@@ -341,6 +403,7 @@ def run(target: int, partitions: int, max_batch: int, samples: int) -> dict[str,
         ingest_s = time.monotonic() - started
         figures = queries(client, plan, random.Random(11), samples)
         client.close()
+        figures.update(chain_lengths(servers.mongo, settings, plan, random.Random(13)))
         return {
             "records": plan.records,
             "studies": len(plan.studies),
@@ -348,6 +411,7 @@ def run(target: int, partitions: int, max_batch: int, samples: int) -> dict[str,
             "ingest_s": round(ingest_s, 1),
             "ingest_per_s": round(plan.records / ingest_s),
             **figures,
+            "tamper_log": with_log,
             "max_batch": max_batch,
             "partitions": partitions,
             "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -366,8 +430,11 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--max-batch", type=int, default=2000, help="IMX_MAX_BATCH of the audit service")
     parser.add_argument("--samples", type=int, default=200, help="requests per timed query")
+    parser.add_argument(
+        "--without-log", action="store_true", help="the consumer without the tamper-evident log's sink (diagnosis)"
+    )
     args = parser.parse_args()
-    result = run(args.records, args.partitions, args.max_batch, args.samples)
+    result = run(args.records, args.partitions, args.max_batch, args.samples, with_log=not args.without_log)
     print(json.dumps(result), flush=True)
 
 

@@ -115,23 +115,25 @@ class PageChains:
         return self.read_many([key])[key]
 
     def read_many(self, keys: Sequence[str]) -> dict[str, list[AuditRecord]]:
-        """Each chain's records. Pages are asked for concurrently, READ_AHEAD per chain per round, so a
-        dozen short chains cost about one round trip, not dozens."""
+        """Each chain's records. Pages are asked for concurrently, READ_AHEAD per chain in the first round
+        and twice as many in each next one, so a dozen short chains cost about one round trip, and a long
+        chain of n pages about log2(n)."""
         found: dict[str, list[AuditRecord]] = {k: [] for k in keys}
-        open_keys, n = list(dict.fromkeys(keys)), 0
+        open_keys, n, ahead = list(dict.fromkeys(keys)), 0, READ_AHEAD
         while open_keys:
-            ids = [f"{k}#{i}" for k in open_keys for i in range(n, n + READ_AHEAD)]
+            ids = [f"{k}#{i}" for k in open_keys for i in range(n, n + ahead)]
             docs = dict(zip(ids, self._readers.map(self._get, ids), strict=True))
             still: list[str] = []
             for k in open_keys:
-                for i in range(n, n + READ_AHEAD):
+                for i in range(n, n + ahead):
                     doc = docs[f"{k}#{i}"]
                     if doc is None:
                         break
                     found[k].extend(unpack(doc["b"]))
                 else:
                     still.append(k)
-            open_keys, n = still, n + READ_AHEAD
+            # A chain that is still going is probably long: ask for twice as many next time.
+            open_keys, n, ahead = still, n + ahead, min(ahead * 2, READERS)
         return found
 
     def get_many(self, collection: Collection[dict[str, Any]], ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
