@@ -20,18 +20,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from pymongo import UpdateOne
-from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+
+from services.common.mongo import bulk_write_chunked, insert_new
 
 INSTANCES = "delivered_instances"
 STUDIES = "delivered_studies"
 PAGES = "delivered_pages"
 PENDING = "pending_studies"
-DUPLICATE_KEY = 11000
 
 
 @dataclass(frozen=True)
@@ -114,12 +112,30 @@ class DeliveredObjects:
         items = list(items)
         if not items:
             return
-        _insert_new(self._instances, [{"_id": _key(i), **asdict(i)} for i in items])
+        # A SOP Instance UID re-sent with new content (a corrected image) replaces the older delivery,
+        # which is then no longer owed; a replay of a delivery already recorded, or of an older one,
+        # matches no document and changes nothing.
+        present = insert_new(self._instances, [{"_id": _key(i), **asdict(i)} for i in items])
+        bulk_write_chunked(
+            self._instances,
+            [
+                UpdateOne(
+                    {
+                        "_id": _key(i),
+                        "delivery_id": {"$ne": i.delivery_id},
+                        "delivered_at_ms": {"$lte": i.delivered_at_ms},
+                    },
+                    {"$set": asdict(i), "$unset": dict.fromkeys(_REPORTED, "")},
+                )
+                for n, i in enumerate(items)
+                if n in present
+            ],
+        )
         by_study: dict[tuple[str, str], list[DeliveredInstance]] = {}
         for item in items:
             by_study.setdefault((item.partner_id, item.study_uid), []).append(item)
         pages = {study: _page_id(group) for study, group in by_study.items()}
-        _insert_new(
+        insert_new(
             self._pages,
             [
                 {"_id": f"{study_key(*study)}#{pages[study]}", "entries": [_manifest_entry(i) for i in group]}
@@ -127,7 +143,8 @@ class DeliveredObjects:
             ],
         )
         latest = {study: max(i.delivered_at_ms for i in group) for study, group in by_study.items()}
-        self._studies.bulk_write(
+        bulk_write_chunked(
+            self._studies,
             [
                 UpdateOne(
                     {"_id": study_key(*study)},
@@ -140,9 +157,9 @@ class DeliveredObjects:
                 )
                 for study, group in by_study.items()
             ],
-            ordered=False,
         )
-        self._pending.bulk_write(
+        bulk_write_chunked(
+            self._pending,
             [
                 UpdateOne(
                     {"_id": study_key(*study)},
@@ -154,7 +171,6 @@ class DeliveredObjects:
                 )
                 for study in by_study
             ],
-            ordered=False,
         )
 
     def mark(self, receipts: Iterable[StoredReceipt]) -> None:
@@ -166,8 +182,7 @@ class DeliveredObjects:
             )
             for r in receipts
         ]
-        if updates:
-            self._instances.bulk_write(updates, ordered=False)
+        bulk_write_chunked(self._instances, updates)
 
     def unstored(self) -> Iterator[DeliveredInstance]:
         """Deliveries no gateway has reported stored and that have not been declared expired (a scan:
@@ -184,8 +199,7 @@ class DeliveredObjects:
             )
             for i in items
         ]
-        if updates:
-            self._instances.bulk_write(updates, ordered=False)
+        bulk_write_chunked(self._instances, updates)
 
     def unstored_blobs(self) -> set[str]:
         """Every object (delivered copy or source) that a partner is still owed."""
@@ -228,7 +242,9 @@ class DeliveredObjects:
         for page_id in doc.get("pages", []):
             page = self._pages.find_one({"_id": f"{study_key(partner_id, study_uid)}#{page_id}"})
             for entry in page.get("entries", []) if page else []:
-                entries.setdefault(str(entry["sop_uid"]), entry)  # a replayed batch may repeat one
+                # Pages are in the order delivered: a later page's entry (new content for the same
+                # SOP Instance UID) replaces an earlier one; a replayed page repeats one, harmlessly.
+                entries[str(entry["sop_uid"])] = entry
         ordered = sorted(entries.values(), key=lambda e: (str(e["series_uid"]), str(e["sop_uid"])))
         return [
             DeliveredInstance(
@@ -261,6 +277,10 @@ class DeliveredObjects:
             }
 
 
+# What gateways reported about a delivery; a new delivery of the same instance starts without them.
+_REPORTED = ("stored_at_ms", "dead_lettered_at_ms", "expired_at_ms")
+
+
 def _key(item: DeliveredInstance) -> str:
     return instance_key(item.partner_id, item.study_uid, item.series_uid, item.sop_uid)
 
@@ -268,17 +288,3 @@ def _key(item: DeliveredInstance) -> str:
 def _page_id(group: list[DeliveredInstance]) -> str:
     """Deterministic: the same batch replayed names the same page."""
     return hashlib.sha256("\x1f".join(sorted(i.delivery_id for i in group)).encode()).hexdigest()[:16]
-
-
-def _insert_new(collection: Collection[dict[str, Any]], docs: list[dict[str, Any]]) -> None:
-    """Insert what is not there yet; a document already there (same `_id`) is a replay, left alone."""
-    if not docs:
-        return
-    try:
-        collection.insert_many(docs, ordered=False)
-    except BulkWriteError as error:
-        details = error.details or {}
-        if details.get("writeConcernErrors") or any(
-            e.get("code") != DUPLICATE_KEY for e in details.get("writeErrors", [])
-        ):
-            raise

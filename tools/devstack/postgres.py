@@ -47,6 +47,8 @@ SERVER_SETTINGS = {
     "synchronous_commit": "off",
     "full_page_writes": "off",
     "logging_collector": "off",  # log to stdout, which start_process appends to the log file
+    # Room for FERRETDB_POOL (tools/devstack/servers.py) plus psql and a few spare.
+    "max_connections": "450",
 }
 
 

@@ -219,6 +219,14 @@ def mongo_uri(port: int) -> str:
     return f"mongodb://{HOST}:{port}/"
 
 
+# FerretDB 1.24 runs each statement of an update command on a pooled PostgreSQL connection while the
+# command holds another: with pgx's default pool, eight clients sending 60-statement bulk updates at
+# once deadlocked FerretDB until the clients timed out (measured here; the whole pipeline froze when a
+# delivery batch reached ~50). A pool far larger than any batch moves that point out of reach; the
+# stores also split bulk writes (services/common/mongo.py BULK_CHUNK).
+FERRETDB_POOL = 400
+
+
 def start_ferretdb(
     port: int,
     data_dir: Path,
@@ -242,7 +250,7 @@ def start_ferretdb(
     argv = [
         str(binary),
         "--handler=postgresql",
-        f"--postgresql-url={postgres.url}",
+        f"--postgresql-url={postgres.url}?pool_max_conns={FERRETDB_POOL}",
         f"--state-dir={data_dir}",
         f"--listen-addr={HOST}:{port}",
         "--debug-addr=-",

@@ -120,3 +120,20 @@ def test_recording_a_large_study_in_batches_stays_cheap(db: Database) -> None:
     assert len(study) == 1000 and study[0].sop_uid == f"{STUDY}.1.0"
     assert len({i.sop_uid for i in study}) == 1000, "a replayed batch lists nothing twice"
     print(f"recorded 1,200 deliveries of one study in {elapsed:.2f} s")
+
+
+def test_an_instance_resent_with_new_content_replaces_the_older_delivery(db: Database) -> None:
+    """A corrected image keeps its SOP Instance UID: the partner must be able to fetch the new object,
+    whose SHA-256 its feed announces, and the new one is owed until its gateway stores it."""
+    delivered = DeliveredObjects(db)
+    first = _item(1, at_ms=1_000)
+    corrected = replace(first, sha256="c" * 64, size=999, delivery_id="d1-corrected", delivered_at_ms=2_000)
+    delivered.record([first])
+    delivered.mark([StoredReceipt("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.1", "stored", 1_500)])
+    delivered.record([corrected])
+    delivered.record([first])  # a late replay of the older delivery changes nothing
+    found = delivered.instance("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.1")
+    assert found is not None and (found.sha256, found.delivery_id) == ("c" * 64, "d1-corrected")
+    assert delivered.stored_at("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.1") is None, "the new object is owed"
+    assert "c" * 64 in delivered.unstored_blobs()
+    assert [(i.sha256, i.size) for i in delivered.study("lab", STUDY)] == [("c" * 64, 999)]
