@@ -117,6 +117,40 @@ def test_an_id_lookup_uses_an_index_in_every_collection_ferretdb_creates(mongo_u
         client.close()
 
 
+def test_concurrent_bulk_updates_do_not_deadlock_ferretdb(mongo_uri: str, unique_name: str) -> None:
+    """With pgx's default pool, eight clients sending 60-statement bulk updates at once deadlocked
+    FerretDB until they timed out (tools/devstack/servers.py FERRETDB_POOL)."""
+    import threading
+
+    from pymongo import UpdateOne
+
+    outcomes: dict[int, str] = {}
+
+    def bulk(client_no: int) -> None:
+        client: MongoClient = MongoClient(mongo_uri, socketTimeoutMS=20_000)
+        try:
+            ops = [UpdateOne({"_id": f"{client_no}-{i}"}, {"$set": {"v": i}}, upsert=True) for i in range(60)]
+            client[unique_name]["bulk"].bulk_write(ops, ordered=False)
+            outcomes[client_no] = "ok"
+        except Exception as error:  # the test reports which clients failed and how
+            outcomes[client_no] = type(error).__name__
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=bulk, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client: MongoClient = MongoClient(mongo_uri)
+    try:
+        assert outcomes == dict.fromkeys(range(8), "ok")
+        assert client[unique_name]["bulk"].count_documents({}) == 480
+    finally:
+        client.drop_database(unique_name)
+        client.close()
+
+
 def test_stop_all_stops_ferretdb_and_then_its_postgresql(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     mongo_port, postgres_port = devstack.free_ports(2)
