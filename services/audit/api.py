@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from services.audit.export_api import export_router
 from services.audit.models import (
     AuditEvent,
     EventPageOut,
@@ -197,6 +198,7 @@ def create_app(store: AuditStore, key_check: KeyCheck | None) -> FastAPI:
     app.state.audit_store = store
     app.state.key_check = key_check
     app.include_router(router, dependencies=[Depends(_authorised)])
+    app.include_router(export_router, dependencies=[Depends(_authorised)])
     app.include_router(open_router)
     app.add_exception_handler(TransientError, _store_unavailable)
     return app
