@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pymongo.database import Database
 
+from services.audit.scopes import Scope
 from services.common.api_keys import api_key_digest, issue_api_key
 
 _ANALYST_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -24,6 +26,7 @@ KEY_PREFIX = "imx_audit_"
 class Analyst:
     analyst_id: str
     name: str = ""
+    scope: Scope = field(default_factory=Scope)  # what the key may see (services/audit/scopes.py)
 
 
 class AnalystStore:
@@ -36,40 +39,62 @@ class AnalystStore:
             raise ValueError("analyst id must be 1-63 characters of lower-case letters, digits, '.', '_' and '-'")
         api_key = issue_api_key(KEY_PREFIX)
         self._keys.delete_many({"analyst_id": analyst.analyst_id})
-        self._keys.insert_one({"_id": api_key_digest(api_key), "analyst_id": analyst.analyst_id, "name": analyst.name})
+        self._keys.insert_one(
+            {
+                "_id": api_key_digest(api_key),
+                "analyst_id": analyst.analyst_id,
+                "name": analyst.name,
+                "scope": str(analyst.scope),
+            }
+        )
         return api_key
 
     def remove(self, analyst_id: str) -> bool:
         return self._keys.delete_many({"analyst_id": analyst_id}).deleted_count > 0
 
     def list(self) -> list[Analyst]:
-        docs = self._keys.find({}, {"analyst_id": 1, "name": 1})
-        return sorted({Analyst(d["analyst_id"], d.get("name", "")) for d in docs}, key=lambda a: a.analyst_id)
+        docs = self._keys.find({}, {"analyst_id": 1, "name": 1, "scope": 1})
+        return sorted({_analyst(d) for d in docs}, key=lambda a: a.analyst_id)
 
     def analyst_for_key(self, api_key: str) -> str | None:
         return self.analyst_for_digest(api_key_digest(api_key))
 
     def analyst_for_digest(self, digest: str) -> str | None:
-        doc = self._keys.find_one({"_id": digest}, {"analyst_id": 1})
-        return str(doc["analyst_id"]) if doc else None
+        holder = self.key_holder(digest)
+        return holder.analyst_id if holder else None
+
+    def key_holder(self, digest: str) -> Analyst | None:
+        """The analyst holding the key with this digest, with the key's scope."""
+        doc = self._keys.find_one({"_id": digest}, {"analyst_id": 1, "name": 1, "scope": 1})
+        return _analyst(doc) if doc else None
+
+
+def _analyst(doc: dict[str, Any]) -> Analyst:
+    """A key stored before scopes existed sees everything, as it did."""
+    return Analyst(str(doc["analyst_id"]), doc.get("name", ""), Scope.parse(doc.get("scope") or "all"))
 
 
 class CachedKeyCheck:
-    """`analyst_for_key`, remembered for `ttl_s` seconds per key (hits and misses alike)."""
+    """The key's holder, remembered for `ttl_s` seconds per key (hits and misses alike). Called, it gives
+    the analyst id; `holder` gives the analyst with the key's scope."""
 
     def __init__(self, store: AnalystStore, ttl_s: float = 5.0) -> None:
         self._store = store
         self._ttl_s = ttl_s
-        self._seen: dict[str, tuple[float, str | None]] = {}
+        self._seen: dict[str, tuple[float, Analyst | None]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, api_key: str) -> str | None:
+        holder = self.holder(api_key)
+        return holder.analyst_id if holder else None
+
+    def holder(self, api_key: str) -> Analyst | None:
         digest, now = api_key_digest(api_key), time.monotonic()
         with self._lock:
             cached = self._seen.get(digest)
             if cached is not None and now - cached[0] < self._ttl_s:
                 return cached[1]
-        analyst = self._store.analyst_for_digest(digest)
+        analyst = self._store.key_holder(digest)
         with self._lock:
             if len(self._seen) > 10_000:  # a flood of wrong keys must not grow this without bound
                 self._seen.clear()

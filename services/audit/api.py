@@ -7,9 +7,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
+from services.audit.access_log import AccessEntry, AccessLog
+from services.audit.analysts import Analyst
 from services.audit.export_api import export_router
 from services.audit.models import (
     AuditEvent,
@@ -26,6 +30,7 @@ from services.audit.models import (
 )
 from services.audit.queries import EventFilter, decode_cursor, encode_cursor
 from services.audit.records import EventType
+from services.audit.scopes import Scope, ScopeDenied
 from services.audit.store import AuditStore
 from services.audit.trail import build_trail
 from services.common.messages import TransientError
@@ -36,6 +41,11 @@ delivered, from the events every imx stage publishes. Records hold identifiers (
 partner and route ids), profile names and versions, statuses and machine-readable reasons: no PHI.
 
 Times are ISO 8601; give a zone (`Z` or `%2B01:00` in a URL), a time without one is taken as UTC.
+
+A key scoped to one organisation or partner sees only records about it: a study it has no record of is
+a 404, a filter naming another organisation or partner is a 403, and so are aggregates not kept per
+its kind of scope. Every request is recorded in the access log (DICOM PS3.15 110112 Query, 110101
+Audit Log Used).
 """
 MAX_LIMIT = 1000
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"  # PS3.5 §9.1: digits and dots, at most 64 characters
@@ -50,6 +60,7 @@ def get_store(request: Request) -> AuditStore:
 
 
 StoreDep = Annotated[AuditStore, Depends(get_store)]
+EVERYONE = Analyst("anonymous")  # IMX_AUDIT_REQUIRE_API_KEY=false: the proxy in front decided
 Since = Annotated[datetime | None, Query(description="only events at or after this time")]
 Until = Annotated[datetime | None, Query(description="only events before this time")]
 
@@ -72,31 +83,67 @@ def _period(since: datetime | None, until: datetime | None) -> tuple[datetime | 
     return since, until
 
 
+KeyCheck = Callable[[str], "str | Analyst | None"]
+
+
+def _authorised(request: Request) -> Analyst:
+    """Every audit query needs an analyst's API key (`imx analysts add`): `Authorization: Bearer <key>`.
+    A check giving only an analyst id (no scope) means the key sees everything."""
+    check: KeyCheck | None = request.app.state.key_check
+    if check is None:
+        request.state.analyst = EVERYONE
+        return EVERYONE  # explicitly open (IMX_AUDIT_REQUIRE_API_KEY=false), e.g. behind an authenticating proxy
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    holder = check(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+    if holder is None:
+        raise HTTPException(
+            status_code=401, detail="an analyst API key is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    analyst = Analyst(holder) if isinstance(holder, str) else holder
+    request.state.analyst = analyst
+    return analyst
+
+
+def _scope(analyst: Annotated[Analyst, Depends(_authorised)]) -> Scope:
+    return analyst.scope
+
+
+ScopeDep = Annotated[Scope, Depends(_scope)]
+
+
 @router.get(
     "/audit/studies/{study_uid}",
     response_model=StudyTrail,
     tags=["audit"],
-    responses={404: {"description": "nothing is known about this study"}},
+    responses={404: {"description": "nothing is known about this study (within the key's scope)"}},
 )
 def study_trail(
     store: StoreDep,
+    scope: ScopeDep,
     study_uid: Annotated[
         str,
         Path(max_length=64, pattern=UID_PATTERN, description="StudyInstanceUID as received, or a de-identified copy's"),
     ],
 ) -> Response:
     """The trail of one study: received from whom and how, routed where by which route, de-identified
-    with which profile and version, delivered when; quarantines and dead letters included."""
-    trail = build_trail(study_uid, store.study_trail(study_uid))
+    with which profile and version, delivered when; quarantines and dead letters included. A scoped key
+    gets only its organisation's or partner's records, and a 404 where it has none."""
+    trail = build_trail(study_uid, [r for r in store.study_trail(study_uid) if scope.admits(r)])
     if trail is None:
         raise HTTPException(status_code=404, detail="no audit records for this study")
     # Serialised once, here: FastAPI would validate the whole trail again against the response model.
     return Response(trail.model_dump_json(), media_type="application/json")
 
 
-@router.get("/audit/events", response_model=EventPageOut, tags=["audit"])
+@router.get(
+    "/audit/events",
+    response_model=EventPageOut,
+    tags=["audit"],
+    responses={403: {"description": "outside the key's scope"}},
+)
 def list_events(
     store: StoreDep,
+    scope: ScopeDep,
     since: Since = None,
     until: Until = None,
     org: Annotated[str | None, Query(max_length=63, description="sending organisation id")] = None,
@@ -105,8 +152,10 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="events per page")] = 100,
     cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")] = None,
 ) -> EventPageOut:
-    """Events in the order they happened (then by id), filtered; page with `next_cursor`."""
+    """Events in the order they happened (then by id), filtered; page with `next_cursor`. A scoped key's
+    filter is its own organisation or partner."""
     since, until = _period(since, until)
+    org, partner = scope.narrow("org", org), scope.narrow("partner", partner)
     try:
         after = decode_cursor(cursor) if cursor is not None else None
     except ValueError:
@@ -119,17 +168,24 @@ def list_events(
     )
 
 
-@router.get("/audit/summary", response_model=Summary, tags=["audit"])
-def summary(store: StoreDep, since: Since = None, until: Until = None) -> Summary:
+@router.get("/audit/summary", response_model=Summary, tags=["audit"], responses={403: {"description": "scoped key"}})
+def summary(store: StoreDep, scope: ScopeDep, since: Since = None, until: Until = None) -> Summary:
     """Counts: events per type, deliveries per partner (delivered and failed), quarantines per reason,
-    dead letters per stage."""
+    dead letters per stage. Kept for everything only: a scoped key is refused."""
+    scope.require_everything("summary counts")
     since, until = _period(since, until)
     return Summary.from_summary(store.summary(since, until))
 
 
-@router.get("/audit/volumes", response_model=VolumesOut, tags=["audit"])
+@router.get(
+    "/audit/volumes",
+    response_model=VolumesOut,
+    tags=["audit"],
+    responses={403: {"description": "outside the key's scope"}},
+)
 def volumes(
     store: StoreDep,
+    scope: ScopeDep,
     by: Annotated[Literal["org", "partner", "modality"], Query(description="what to count per")],
     since: Since = None,
     until: Until = None,
@@ -137,29 +193,43 @@ def volumes(
 ) -> VolumesOut:
     """Instances, studies and bytes per UTC day and sending organisation, partner or modality, for the
     days overlapping the period (open ends: the first and last day recorded; at most 400 days).
-    A study counts once per key and day."""
+    A study counts once per key and day. An organisation's key reads `by=org` of its own, a partner's
+    `by=partner` of its own."""
+    key = scope.aggregate_key(by, key)
     since, until = _period(since, until)
     return VolumesOut(by=by, days=[VolumeOut.from_row(r) for r in store.volumes(by, since, until, key)])
 
 
-@router.get("/audit/turnaround", response_model=TurnaroundOut, tags=["audit"])
+@router.get(
+    "/audit/turnaround",
+    response_model=TurnaroundOut,
+    tags=["audit"],
+    responses={403: {"description": "outside the key's scope"}},
+)
 def turnaround(
     store: StoreDep,
+    scope: ScopeDep,
     partner: Annotated[str | None, Query(max_length=63, description="only this partner")] = None,
     since: Since = None,
     until: Until = None,
 ) -> TurnaroundOut:
     """Per partner, for the UTC days overlapping the period: p50/p90/p95/p99 of the time from ingest
-    accepted to stored in the partner's PACS (receipts with status stored), per day and overall."""
+    accepted to stored in the partner's PACS (receipts with status stored), per day and overall.
+    A partner's key reads its own; an organisation's is refused (not kept per organisation)."""
+    partner = scope.aggregate_key("partner", partner)
     since, until = _period(since, until)
     return TurnaroundOut(
         partners=[PartnerTurnaround.from_turnaround(t) for t in store.turnaround(since, until, partner)]
     )
 
 
-@router.get("/audit/quarantines", response_model=QuarantinesOut, tags=["audit"])
-def quarantines(store: StoreDep, since: Since = None, until: Until = None) -> QuarantinesOut:
-    """Quarantines and dead letters per UTC day, stage and reason (days overlapping the period)."""
+@router.get(
+    "/audit/quarantines", response_model=QuarantinesOut, tags=["audit"], responses={403: {"description": "scoped key"}}
+)
+def quarantines(store: StoreDep, scope: ScopeDep, since: Since = None, until: Until = None) -> QuarantinesOut:
+    """Quarantines and dead letters per UTC day, stage and reason (days overlapping the period). Kept for
+    everything only: a scoped key is refused (it lists its own with `/audit/events?event_type=quarantined`)."""
+    scope.require_everything("quarantine counts")
     since, until = _period(since, until)
     return QuarantinesOut(days=[StageReasonDay.from_count(c) for c in store.stage_reasons(since, until)])
 
@@ -177,23 +247,42 @@ def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=503, content={"detail": "audit store unavailable; try again"})
 
 
-KeyCheck = Callable[[str], str | None]
+def _out_of_scope(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=403, content={"detail": str(exc)})
 
 
-def _authorised(request: Request) -> None:
-    """Every audit query needs an analyst's API key (`imx analysts add`): `Authorization: Bearer <key>`."""
-    check: KeyCheck | None = request.app.state.key_check
-    if check is None:
-        return  # explicitly open (IMX_AUDIT_REQUIRE_API_KEY=false), e.g. behind an authenticating proxy
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip() or check(key.strip()) is None:
-        raise HTTPException(
-            status_code=401, detail="an analyst API key is required", headers={"WWW-Authenticate": "Bearer"}
+class AccessRecording(BaseHTTPMiddleware):
+    """Records every `/audit/*` request, answered or refused, before its answer leaves: an answer whose
+    access record could not be stored is replaced by a 503."""
+
+    def __init__(self, app: Any, access_log: AccessLog) -> None:
+        super().__init__(app)
+        self._log = access_log
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        if not request.url.path.startswith("/audit/"):
+            return response
+        analyst: Analyst | None = getattr(request.state, "analyst", None)
+        entry = AccessEntry(
+            analyst_id=analyst.analyst_id if analyst else None,
+            scope=str(analyst.scope) if analyst else None,
+            method=request.method,
+            path=request.url.path,
+            params=dict(request.query_params),
+            status=response.status_code,
         )
+        try:
+            await run_in_threadpool(self._log.record, entry)
+        except TransientError:
+            return JSONResponse(status_code=503, content={"detail": "access log unavailable; try again"})
+        return response
 
 
-def create_app(store: AuditStore, key_check: KeyCheck | None) -> FastAPI:
-    """`key_check` maps an API key to its analyst (None: unknown key); None leaves the API open."""
+def create_app(store: AuditStore, key_check: KeyCheck | None, access_log: AccessLog | None = None) -> FastAPI:
+    """`key_check` maps an API key to its analyst (None: unknown key; a plain id: a key that sees
+    everything); None leaves the API open. `access_log` records every query (services/audit/main.py
+    always gives one)."""
     app = FastAPI(title="imx audit", version="1", description=DESCRIPTION)
     app.state.audit_store = store
     app.state.key_check = key_check
@@ -201,4 +290,7 @@ def create_app(store: AuditStore, key_check: KeyCheck | None) -> FastAPI:
     app.include_router(export_router, dependencies=[Depends(_authorised)])
     app.include_router(open_router)
     app.add_exception_handler(TransientError, _store_unavailable)
+    app.add_exception_handler(ScopeDenied, _out_of_scope)
+    if access_log is not None:
+        app.add_middleware(AccessRecording, access_log=access_log)
     return app

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.audit.access_log import MongoAccessLog
 from services.audit.admin import register_analyst_admin
 from services.audit.analysts import AnalystStore, CachedKeyCheck
 from services.audit.api import create_app
@@ -46,8 +47,10 @@ def serve(
         store.ensure_indexes()
         analysts = AnalystStore(db)
         evidence = TamperEvidence(settings, db)
-        key_check = CachedKeyCheck(analysts) if settings.require_api_key else None
-        http = HttpServer(create_app(store, key_check), settings.http_host, settings.http_port, name="audit-http")
+        key_check = CachedKeyCheck(analysts).holder if settings.require_api_key else None
+        access_log = MongoAccessLog(db[f"{settings.audit_collection}_access"])
+        app = create_app(store, key_check, access_log)
+        http = HttpServer(app, settings.http_host, settings.http_port, name="audit-http")
         http.start()
         evidence.start()
         try:

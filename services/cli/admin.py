@@ -322,14 +322,20 @@ def orgs_remove(org_id: str) -> None:
 
 
 @analysts_app.command("add")
-def analysts_add(analyst_id: str, name: str = "") -> None:
+def analysts_add(
+    analyst_id: str,
+    name: str = "",
+    scope: Annotated[
+        str, typer.Option(help="what the key sees: all, org:<organisation id> or partner:<partner id>")
+    ] = "all",
+) -> None:
     """Issue an audit API key for an analyst (shown once; an earlier key of theirs stops working)."""
     with _channel(CliSettings().audit_grpc) as channel:
         reply = admin_pb2_grpc.AnalystAdminStub(channel).AddAnalyst(
-            admin_pb2.AddAnalystRequest(analyst=admin_pb2.Analyst(analyst_id=analyst_id, name=name))
+            admin_pb2.AddAnalystRequest(analyst=admin_pb2.Analyst(analyst_id=analyst_id, name=name, scope=scope))
         )
     console.print(
-        f"analyst {reply.analyst.analyst_id}: API key (shown once) {reply.api_key}\n"
+        f"analyst {reply.analyst.analyst_id} (scope {reply.analyst.scope}): API key (shown once) {reply.api_key}\n"
         f"use it as `Authorization: Bearer <key>` on the audit API",
         highlight=False,
     )

@@ -1,0 +1,75 @@
+"""Who asked the audit API what: every request to `/audit/*` is itself an audit record.
+
+In DICOM PS3.15 A.5.3 terms each entry is a Query (110112) whose object is the audit log, i.e. Audit
+Log Used (110101): the analyst (or the unknown caller refused), the scope of the key, the route and
+its parameters, the outcome (PS3.15 EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious
+failure) and the HTTP status. Entries go to their own insert-only collection, `_id` = `query:<uuid>`,
+so writing one is a single primary-key insert and never touches the pipeline's records, pages or
+counters (services/audit/store.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
+
+from services.common.messages import TransientError
+
+QUERY = ("110112", "Query")
+AUDIT_LOG_USED = ("110101", "Audit Log Used")
+
+
+def outcome_of(status: int) -> int:
+    return 0 if status < 400 else 4 if status < 500 else 8
+
+
+@dataclass(frozen=True)
+class AccessEntry:
+    analyst_id: str | None  # None: no key or an unknown one
+    scope: str | None
+    method: str
+    path: str
+    params: dict[str, str]
+    status: int
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    entry_id: str = field(default_factory=lambda: f"query:{uuid.uuid4().hex}")
+
+    def document(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["_id"] = doc.pop("entry_id")
+        doc["event_id"] = {"code": AUDIT_LOG_USED[0], "meaning": AUDIT_LOG_USED[1]}
+        doc["event_type"] = {"code": QUERY[0], "meaning": QUERY[1]}
+        doc["outcome"] = outcome_of(self.status)
+        return doc
+
+
+class AccessLog(Protocol):
+    def record(self, entry: AccessEntry) -> None:
+        """Raises TransientError when the entry could not be stored (the query is then not answered)."""
+        ...
+
+
+class MongoAccessLog:
+    def __init__(self, collection: Collection[dict[str, Any]]) -> None:
+        self._entries = collection
+
+    def record(self, entry: AccessEntry) -> None:
+        try:
+            self._entries.insert_one(entry.document())
+        except PyMongoError as exc:
+            raise TransientError(f"access log unavailable: {type(exc).__name__}") from exc
+
+
+class MemoryAccessLog:
+    """For tests and for a deployment that forwards the service's own logs elsewhere."""
+
+    def __init__(self) -> None:
+        self.entries: list[AccessEntry] = []
+
+    def record(self, entry: AccessEntry) -> None:
+        self.entries.append(entry)

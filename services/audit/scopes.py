@@ -1,0 +1,76 @@
+"""What an analyst's key may see (issue 8 item 5): everything, one sending organisation, or one partner.
+
+A scope is written `all`, `org:<id>` or `partner:<id>`. A scoped key sees only the records about its
+organisation (`source_org`) or partner (`partner_id`, or the partner the sender asked for). The rules
+here are pure; the API applies them (services/audit/api.py) and answers a request naming someone
+else's objects with 403, never with an empty answer that would hide that the object exists elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from services.audit.records import AuditRecord
+
+ScopeKind = Literal["all", "org", "partner"]
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class ScopeDenied(Exception):
+    """The request names an organisation or partner, or asks an aggregate, outside the key's scope."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    kind: ScopeKind = "all"
+    value: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        """`all` (or empty: keys issued before scopes existed), `org:<id>`, `partner:<id>`."""
+        text = text.strip()
+        if text in ("", "all"):
+            return cls()
+        kind, sep, value = text.partition(":")
+        if not sep or kind not in ("org", "partner") or not _ID.match(value):
+            raise ValueError(f"scope must be all, org:<id> or partner:<id> (got {text!r})")
+        return cls("org" if kind == "org" else "partner", value)
+
+    def __str__(self) -> str:
+        return "all" if self.kind == "all" else f"{self.kind}:{self.value}"
+
+    @property
+    def everything(self) -> bool:
+        return self.kind == "all"
+
+    def admits(self, record: AuditRecord) -> bool:
+        if self.kind == "org":
+            return record["source_org"] == self.value
+        if self.kind == "partner":
+            return self.value in (record["partner_id"], record["requested_partner_id"])
+        return True
+
+    def narrow(self, kind: Literal["org", "partner"], asked: str | None) -> str | None:
+        """The filter on `kind` a request may use: forced to the scope's own id for a key of that kind,
+        refused when it names another one."""
+        if self.kind != kind:
+            return asked
+        if asked is not None and asked != self.value:
+            raise ScopeDenied(f"this key is limited to {self}")
+        return self.value
+
+    def aggregate_key(self, dimension: str, asked: str | None) -> str | None:
+        """The key of a per-`dimension` aggregate this scope may read. Counters are kept per organisation,
+        per partner and per modality separately, so an organisation's key reads only `org` figures and a
+        partner's only `partner` figures."""
+        if self.everything:
+            return asked
+        if dimension != self.kind or self.kind == "all":
+            raise ScopeDenied(f"figures per {dimension} are not kept per {self.kind}; this key is limited to {self}")
+        return self.narrow(self.kind, asked)
+
+    def require_everything(self, what: str) -> None:
+        if not self.everything:
+            raise ScopeDenied(f"{what} are not kept per organisation or partner; this key is limited to {self}")

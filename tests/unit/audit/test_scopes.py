@@ -1,0 +1,148 @@
+"""Scoped analysts' keys (issue 8 item 5): an organisation's or partner's key sees only its own records,
+is refused (403) when it names someone else's, gets a 404 for a study it has no record of, and every
+request, answered or refused, is recorded as a query of the audit log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.audit.access_log import AccessEntry, MemoryAccessLog
+from services.audit.analysts import Analyst
+from services.audit.api import create_app
+from services.audit.records import build_record
+from services.audit.scopes import Scope, ScopeDenied
+from services.common.messages import TransientError
+from services.common.topics import Topics
+from tests.unit.audit.builders import T0_MS, Instance, incoming, journey, quarantined
+from tests.unit.audit.fake_store import InMemoryAuditStore
+
+TOPICS = Topics("t-scopes.")
+NOW = datetime(2026, 2, 1, tzinfo=UTC)
+SHARED = Instance()  # sent by trust-a to research-a and care-b
+OTHER = Instance(study="1.2.3.4", series="1.2.3.4.1", sop="1.2.3.4.1.1")  # trust-z to ai-c
+KEYS = {
+    "k-all": Analyst("ann"),
+    "k-trust-a": Analyst("ola", scope=Scope.parse("org:trust-a")),
+    "k-trust-z": Analyst("zed", scope=Scope.parse("org:trust-z")),
+    "k-care-b": Analyst("pia", scope=Scope.parse("partner:care-b")),
+}
+
+
+def _store() -> InMemoryAuditStore:
+    messages = [
+        *journey(TOPICS, SHARED),
+        *journey(TOPICS, SHARED, partner="care-b", deidentified=False, t0_ms=T0_MS + 2000),
+        quarantined(TOPICS, Instance(sop=SHARED.sop[:-1] + "3"), T0_MS + 3000),
+        *journey(TOPICS, OTHER, org="trust-z", partner="ai-c", t0_ms=T0_MS + 4000),
+    ]
+    store = InMemoryAuditStore()
+    store.insert([build_record(incoming(m), TOPICS, NOW) for m in messages])
+    return store
+
+
+@pytest.fixture
+def log() -> MemoryAccessLog:
+    return MemoryAccessLog()
+
+
+@pytest.fixture
+def app(log: MemoryAccessLog) -> TestClient:
+    return TestClient(create_app(_store(), KEYS.get, log))
+
+
+def _get(client: TestClient, api_key: str, path: str, **params: str) -> tuple[int, Any]:
+    response = client.get(path, params=params, headers={"Authorization": f"Bearer {api_key}"})
+    return response.status_code, response.json()
+
+
+def test_scopes_parse_and_print_and_reject_anything_else() -> None:
+    assert Scope.parse("all") == Scope() == Scope.parse("")
+    assert str(Scope.parse("org:trust-a")) == "org:trust-a" and str(Scope.parse("partner:ai-c")) == "partner:ai-c"
+    for wrong in ("org:", "team:x", "org:Trust A", "partner"):
+        with pytest.raises(ValueError):
+            Scope.parse(wrong)
+    with pytest.raises(ScopeDenied):
+        Scope.parse("org:a").narrow("org", "b")
+
+
+def test_an_organisations_key_sees_only_its_studies_and_a_404_for_anothers(app: TestClient) -> None:
+    status, trail = _get(app, "k-trust-a", f"/audit/studies/{SHARED.study}")
+    assert status == 200 and {e["source_org"] for e in trail["events"]} == {"trust-a"}
+    status, body = _get(app, "k-trust-a", f"/audit/studies/{OTHER.study}")
+    assert (status, body) == (404, {"detail": "no audit records for this study"}), "exactly like an unknown study"
+    assert _get(app, "k-all", f"/audit/studies/{OTHER.study}")[0] == 200, "the study exists"
+
+
+def test_a_partners_key_sees_only_its_part_of_a_study_shared_with_others(app: TestClient) -> None:
+    everything = _get(app, "k-all", f"/audit/studies/{SHARED.study}")[1]
+    status, trail = _get(app, "k-care-b", f"/audit/studies/{SHARED.study}")
+    assert status == 200 and len(trail["events"]) < len(everything["events"])
+    partners = {e["partner_id"] or e["requested_partner_id"] for e in trail["events"]}
+    assert partners == {"care-b"}
+    assert [d["partner_id"] for d in trail["destinations"]] == ["care-b"]
+    assert _get(app, "k-care-b", f"/audit/studies/{OTHER.study}")[0] == 404
+
+
+def test_events_are_forced_to_the_scope_and_naming_another_is_a_denial(app: TestClient) -> None:
+    status, page = _get(app, "k-trust-a", "/audit/events", limit="1000")
+    assert status == 200 and page["events"] and {e["source_org"] for e in page["events"]} == {"trust-a"}
+    status, body = _get(app, "k-trust-a", "/audit/events", org="trust-z")
+    assert status == 403 and "org:trust-a" in body["detail"], "a denial, not an empty page"
+    assert _get(app, "k-trust-a", "/audit/events", org="trust-a")[0] == 200
+    status, page = _get(app, "k-care-b", "/audit/events", limit="1000")
+    assert {e["partner_id"] for e in page["events"]} == {"care-b"}
+    assert _get(app, "k-care-b", "/audit/events", partner="ai-c")[0] == 403
+    status, page = _get(app, "k-trust-a", "/audit/events", partner="ai-c")
+    assert status == 200 and page["events"] == [], "another org's partner holds nothing of trust-a"
+
+
+def test_aggregates_are_restricted_to_the_scope_or_refused(app: TestClient) -> None:
+    status, vols = _get(app, "k-trust-a", "/audit/volumes", by="org")
+    assert status == 200 and {d["key"] for d in vols["days"]} == {"trust-a"}
+    assert _get(app, "k-trust-a", "/audit/volumes", by="org", key="trust-z")[0] == 403
+    assert _get(app, "k-trust-a", "/audit/volumes", by="partner")[0] == 403
+    assert _get(app, "k-trust-a", "/audit/turnaround")[0] == 403
+    status, vols = _get(app, "k-care-b", "/audit/volumes", by="partner")
+    assert status == 200 and {d["key"] for d in vols["days"]} == {"care-b"}
+    status, turn = _get(app, "k-care-b", "/audit/turnaround")
+    assert status == 200 and [p["partner_id"] for p in turn["partners"]] == ["care-b"]
+    assert _get(app, "k-care-b", "/audit/turnaround", partner="research-a")[0] == 403
+    for key in ("k-trust-a", "k-care-b"):
+        assert _get(app, key, "/audit/summary")[0] == 403
+        assert _get(app, key, "/audit/quarantines")[0] == 403
+    status, vols = _get(app, "k-all", "/audit/volumes", by="org")
+    assert status == 200 and {d["key"] for d in vols["days"]} == {"trust-a", "trust-z"}
+    assert _get(app, "k-all", "/audit/summary")[0] == 200 and _get(app, "k-all", "/audit/quarantines")[0] == 200
+
+
+def test_every_query_is_recorded_with_who_asked_and_the_outcome(app: TestClient, log: MemoryAccessLog) -> None:
+    _get(app, "k-trust-a", "/audit/events", org="trust-z")
+    _get(app, "k-all", f"/audit/studies/{SHARED.study}")
+    _get(app, "wrong", "/audit/summary")
+    app.get("/healthz")
+    denied, answered, anonymous = log.entries
+    assert (denied.analyst_id, denied.scope, denied.status, denied.params) == (
+        "ola",
+        "org:trust-a",
+        403,
+        {"org": "trust-z"},
+    )
+    assert (answered.analyst_id, answered.path, answered.status) == ("ann", f"/audit/studies/{SHARED.study}", 200)
+    assert (anonymous.analyst_id, anonymous.status) == (None, 401)
+    doc = answered.document()
+    assert doc["_id"].startswith("query:") and doc["outcome"] == 0
+    assert (doc["event_type"]["code"], doc["event_id"]["code"]) == ("110112", "110101")
+    assert denied.document()["outcome"] == 4
+
+
+def test_a_query_whose_access_record_cannot_be_stored_is_not_answered() -> None:
+    class Failing:
+        def record(self, entry: AccessEntry) -> None:
+            raise TransientError("down")
+
+    client = TestClient(create_app(_store(), KEYS.get, Failing()))
+    assert _get(client, "k-all", "/audit/events")[0] == 503
