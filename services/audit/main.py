@@ -17,6 +17,7 @@ from services.audit.evidence import LoggedWriter, TamperEvidence
 from services.audit.settings import AuditSettings
 from services.audit.status import register_studies
 from services.audit.store import MongoAuditStore
+from services.audit.syslog_forward import forwarder_from_settings
 from services.common.bus import BusProducer, Handler
 from services.common.control_server import ControlServer
 from services.common.http_server import HttpServer
@@ -47,6 +48,9 @@ def serve(
         store.ensure_indexes()
         analysts = AnalystStore(db)
         evidence = TamperEvidence(settings, db)
+        forwarder = forwarder_from_settings(
+            settings.syslog_url, settings.syslog_ca_file, settings.syslog_cert_file, settings.syslog_key_file
+        )
         key_check = CachedKeyCheck(analysts).holder if settings.require_api_key else None
         access_log = MongoAccessLog(db[f"{settings.audit_collection}_access"])
         app = create_app(store, key_check, access_log)
@@ -56,7 +60,8 @@ def serve(
         try:
 
             def build_handler(_producer: BusProducer, topics: Topics) -> Handler:
-                return AuditHandler(LoggedWriter(store, evidence.sink), topics)
+                sinks = [forwarder] if forwarder is not None else []
+                return AuditHandler(LoggedWriter(store, evidence.sink), topics, sinks=sinks)
 
             def ready(control: ControlServer) -> None:
                 if on_ready:
@@ -77,6 +82,8 @@ def serve(
             )
         finally:
             evidence.stop()
+            if forwarder is not None:
+                forwarder.close()
             http.stop()
     finally:
         client.close()

@@ -64,3 +64,19 @@ class AuditSettings(ServiceSettings):
     retention_every_s: float = Field(
         3600.0, gt=0, validation_alias=_env("RETENTION_EVERY_S"), description="how often the purge runs"
     )
+
+    # Forwarding to an audit record repository (services/audit/syslog_forward.py): RFC 5424 over TLS.
+    syslog_url: str | None = Field(
+        None, validation_alias=_env("SYSLOG_URL"), description="tls://host[:port] of an audit record repository "
+        "(RFC 5425, port 6514 by default); unset: no forwarding"
+    )
+    syslog_ca_file: Path | None = Field(
+        None, validation_alias=_env("SYSLOG_CA_FILE"), description="CA certificate(s) the repository's certificate "
+        "must chain to; unset: the system's CAs"
+    )
+    syslog_cert_file: Path | None = Field(
+        None, validation_alias=_env("SYSLOG_CERT_FILE"), description="client certificate (PEM) for mutual TLS"
+    )
+    syslog_key_file: Path | None = Field(
+        None, validation_alias=_env("SYSLOG_KEY_FILE"), description="the client certificate's private key (PEM)"
+    )

@@ -144,7 +144,7 @@ _OBJECT_DETAILS = ("source_org", "channel", "partner_id", "route_id", "profile",
 def study_objects(record: AuditRecord) -> tuple[ParticipantObject, ...]:
     """The study as received and, when it went out under other UIDs, the copy the partner holds."""
     objects = []
-    details = _details(record, *_OBJECT_DETAILS)
+    details = (("record_id", record["_id"]), *_details(record, *_OBJECT_DETAILS))
     if record["study_uid"]:
         anonymized = False if record["deidentified"] is not None else None
         objects.append(
