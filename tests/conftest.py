@@ -12,13 +12,16 @@ Tests share those servers, so each test names its own topics, consumer groups an
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tools import devstack
+from tools.devstack.servers import admin_client_config
 
 TESTS = Path(__file__).resolve().parent
 
@@ -39,27 +42,58 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """bootstrap.servers of a Kafka broker for this test session."""
+    """bootstrap.servers of a Kafka broker for this test session: an unauthenticated listener whose
+    principal is a super user, so tests create topics and clients freely. The same broker's internal
+    listener needs SASL as in a deployment (`kafka_internal`), for the tests of the services' ACLs."""
     external = os.environ.get("IMX_TEST_KAFKA")
     if external:
         yield external
         return
-    port, controller_port, partner_port = devstack.free_ports(3)
+    port, controller_port, partner_port, open_port = devstack.free_ports(4)
     root = tmp_path_factory.mktemp("kafka")
+    admin_password = secrets.token_urlsafe(24)
     try:
         proc = devstack.start_kafka(
-            port, controller_port, root / "data", root, partner_port=partner_port, die_with_parent=True
+            port,
+            controller_port,
+            root / "data",
+            root,
+            partner_port=partner_port,
+            admin_password=admin_password,
+            open_port=open_port,
+            die_with_parent=True,
         )
     except devstack.DevstackError as error:
         pytest.fail(f"could not start Kafka: {error}", pytrace=False)
-    _PARTNER_LISTENERS[proc.endpoint] = f"127.0.0.1:{partner_port}"
+    bootstrap = f"127.0.0.1:{open_port}"
+    _PARTNER_LISTENERS[bootstrap] = f"127.0.0.1:{partner_port}"
+    _INTERNAL_LISTENERS[bootstrap] = KafkaInternal(proc.endpoint, admin_client_config(admin_password))
     try:
-        yield proc.endpoint
+        yield bootstrap
     finally:
         proc.stop()
 
 
 _PARTNER_LISTENERS: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class KafkaInternal:
+    """The broker's internal listener (SASL, ACLs enforced) and its admin's client settings."""
+
+    bootstrap: str
+    admin_config: dict[str, str]
+
+
+_INTERNAL_LISTENERS: dict[str, KafkaInternal] = {}
+
+
+@pytest.fixture(scope="session")
+def kafka_internal(kafka_bootstrap: str) -> KafkaInternal:
+    """The same broker's authenticated internal listener (only when the tests started the broker)."""
+    if kafka_bootstrap not in _INTERNAL_LISTENERS:
+        pytest.skip("IMX_TEST_KAFKA points at a broker the tests did not start")
+    return _INTERNAL_LISTENERS[kafka_bootstrap]
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ from tools.bench_results import BenchRun, OrthancFigures, cpu_deltas, latencies_
 from tools.bench_setup import BenchConfig, configure, unconfigure
 from tools.demo.senders import c_store
 from tools.devstack import Layout, Ports, registered
-from tools.devstack.cli import up
+from tools.devstack.cli import kafka_admin_config, up
 from tools.devstack.postgres import POSTGRES
 from tools.dicom_peers import DCMTK_ENV
 from tools.proc_cpu import sample
@@ -216,14 +216,15 @@ def measure(
 ) -> BenchRun:
     internal, ae_title = f"127.0.0.1:{ports.kafka}", config.ae_title
     partner_bootstrap, gateway_log = f"127.0.0.1:{ports.kafka_partner}", layout.log / "bench-gateway.log"
-    if skipped := skip_leftovers(internal, topics):
+    admin = kafka_admin_config(layout)  # the internal listener needs SASL: the bench reads as the admin
+    if skipped := skip_leftovers(internal, topics, admin):
         print(f"skipped {skipped} messages an earlier, interrupted run left on the partner's feed", flush=True)
     with partner_side(run_folder, config.credentials, partner_bootstrap, gateway_log) as side:
         print("gateway started; waiting until it has joined and its feed is drained", flush=True)
-        wait_gateway_ready(side, internal, topics)
+        wait_gateway_ready(side, internal, topics, client_config=admin)
         for leftover in side.storescp.files():  # what an interrupted earlier run left on the feed
             leftover.unlink()
-        reader = ReceiptReader(internal, topics)
+        reader = ReceiptReader(internal, topics, admin)
         pids = {p.name: (p.pid, p.name == POSTGRES) for p in registered(layout.run)}
         pids["gateway"] = (side.gateway.pid, False)
         pids["storescp"] = (side.storescp.process.pid, False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,13 +100,13 @@ def gateway_lag(admin: KafkaAdminClient, consumer: KafkaConsumer, topic: str) ->
     return sum(ends[tp] - (committed[tp].offset if tp in committed else starts[tp]) for tp in partitions)
 
 
-def skip_leftovers(bootstrap: str, topics: Topics) -> int:
+def skip_leftovers(bootstrap: str, topics: Topics, client_config: Mapping[str, str] | None = None) -> int:
     """Move the gateway's group to the end of the partner's feed (every lane of it) before the gateway
     starts: what an interrupted earlier run left there is not this run's work. Returns how many
     messages were skipped."""
     prefix = topics.partner(PARTNER).removesuffix(".v1")
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, metrics_enabled=False)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, metrics_enabled=False, **(client_config or {}))
     try:
         feeds = [
             t for t in consumer.topics() if t == f"{prefix}.v1" or (t.startswith(f"{prefix}.") and t.endswith(".v1"))
@@ -124,12 +124,18 @@ def skip_leftovers(bootstrap: str, topics: Topics) -> int:
         admin.close()
 
 
-def wait_gateway_ready(side: PartnerSide, bootstrap: str, topics: Topics, timeout_s: float = 180.0) -> None:
+def wait_gateway_ready(
+    side: PartnerSide,
+    bootstrap: str,
+    topics: Topics,
+    timeout_s: float = 180.0,
+    client_config: Mapping[str, str] | None = None,
+) -> None:
     """Until the gateway has joined its group and has nothing left to read, so this run's clock starts
     with an idle gateway."""
     topic = topics.partner(PARTNER)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, metrics_enabled=False)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, metrics_enabled=False, **(client_config or {}))
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -149,10 +155,14 @@ def wait_gateway_ready(side: PartnerSide, bootstrap: str, topics: Topics, timeou
 class ReceiptReader:
     """STORED receipts on the partner's receipts topic from now on (assigned, not in a group)."""
 
-    def __init__(self, bootstrap: str, topics: Topics) -> None:
+    def __init__(self, bootstrap: str, topics: Topics, client_config: Mapping[str, str] | None = None) -> None:
         topic = topics.receipts(PARTNER)
         self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, metrics_enabled=False, group_id=None
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            metrics_enabled=False,
+            group_id=None,
+            **(client_config or {}),
         )
         partitions = [TopicPartition(topic, p) for p in self._consumer.partitions_for_topic(topic) or ()]
         if not partitions:

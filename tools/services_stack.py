@@ -13,7 +13,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.bus import ensure_topics
+from services.common.service_access import ServiceAccess, username
+from services.common.topics import Topics
 from tools.devstack import Layout, Ports, StartupError, ensure_port_free, registered, start_process
+from tools.devstack.cli import kafka_admin_config
+from tools.devstack.credentials import password, password_file
 from tools.devstack.servers import mongo_uri
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +61,11 @@ def service_env(layout: Layout, ports: Ports, name: str) -> dict[str, str]:
             "IMX_BLOB_DIR": str(layout.var / "blobs"),
             "IMX_GRPC_PORT": str(SERVICES[name].grpc),
             "IMX_GATEWAY_STATE_DIR": str(layout.var / "gateways"),
+            # Each service signs in as its own Kafka user (services/common/service_access.py).
+            "IMX_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "IMX_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "IMX_KAFKA_SASL_USERNAME": username(name),
+            "IMX_KAFKA_SASL_PASSWORD_FILE": str(password_file(layout.var, name)),
             "PYTHONUNBUFFERED": "1",
             **MALLOC_ENV,
         }
@@ -79,7 +89,19 @@ def wait_serving(address: str, timeout_s: float) -> bool:
     return False
 
 
+def grant_kafka_access(layout: Layout, ports: Ports) -> None:
+    """As the broker's admin: the pipeline's topics, and each service's user (its password from var/secrets)
+    with exactly its ACLs. Idempotent, so every `make up` runs it."""
+    bootstrap, admin = f"127.0.0.1:{ports.kafka}", kafka_admin_config(layout)
+    topics = Topics(os.environ.get("IMX_TOPIC_PREFIX", ""))
+    ensure_topics(bootstrap, topics.pipeline(), int(os.environ.get("IMX_TOPIC_PARTITIONS", "6")), client_config=admin)
+    access = ServiceAccess(bootstrap, admin)
+    for name in SERVICES:
+        access.grant(name, password(layout.var, name), topics)
+
+
 def start_services(layout: Layout, ports: Ports, timeout_s: float = 90.0) -> None:
+    grant_kafka_access(layout, ports)
     running = {proc.name for proc in registered(layout.run)}
     to_start = [name for name in SERVICES if name not in running]
     for name in to_start:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -78,9 +78,10 @@ def replay_of(record: ConsumerRecord) -> OutgoingMessage:
 class DeadLetterTopic:
     """Reads the dead-letter topic without a consumer group: nothing is committed, nothing is moved."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, client_config: Mapping[str, str] | None = None) -> None:
         self._bootstrap = bootstrap
         self.topic = topic
+        self._client_config = dict(client_config or {})
 
     def _consumer(self) -> KafkaConsumer:
         return KafkaConsumer(
@@ -91,6 +92,7 @@ class DeadLetterTopic:
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
             fetch_max_bytes=MAX_MESSAGE_BYTES,
             metrics_enabled=False,
+            **self._client_config,
         )
 
     def newest(self, limit: int) -> list[ConsumerRecord]:
@@ -162,7 +164,10 @@ class DeadLetters:
     """The dead-letter topic with the record of what was replayed (MongoDB, `_id` = partition:offset)."""
 
     def __init__(
-        self, topic: DeadLetterTopic, db: Database, producer: Callable[[], BusProducer],
+        self,
+        topic: DeadLetterTopic,
+        db: Database,
+        producer: Callable[[], BusProducer],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._topic = topic
@@ -252,20 +257,27 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
 class LazyProducer:
     """One producer, made on the first replay: most audit processes never replay anything."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, client_config: Mapping[str, str] | None = None) -> None:
         self._bootstrap = bootstrap
+        self._client_config = client_config
         self._producer: BusProducer | None = None
         self._lock = threading.Lock()
 
     def __call__(self) -> BusProducer:
         with self._lock:
             if self._producer is None:
-                self._producer = BusProducer(self._bootstrap, client_id="imx-dead-letter-replay")
+                self._producer = BusProducer(
+                    self._bootstrap, client_id="imx-dead-letter-replay", client_config=self._client_config
+                )
             return self._producer
 
 
-def register_dead_letter_admin(bootstrap: str, dead_letter_topic: str, db: Database) -> ServicerRegistration:
-    dead_letters = DeadLetters(DeadLetterTopic(bootstrap, dead_letter_topic), db, LazyProducer(bootstrap))
+def register_dead_letter_admin(
+    bootstrap: str, dead_letter_topic: str, db: Database, client_config: Mapping[str, str] | None = None
+) -> ServicerRegistration:
+    dead_letters = DeadLetters(
+        DeadLetterTopic(bootstrap, dead_letter_topic, client_config), db, LazyProducer(bootstrap, client_config)
+    )
 
     def register(server: grpc.Server) -> None:
         admin_pb2_grpc.add_DeadLetterAdminServicer_to_server(DeadLetterAdminServicer(dead_letters), server)

@@ -23,6 +23,7 @@ from services.common.control_server import ControlServer
 from services.common.http_server import HttpServer
 from services.common.mongo import connect
 from services.common.runtime import run_stage
+from services.common.service_access import kafka_client_config
 from services.common.topics import Topics
 
 
@@ -74,7 +75,12 @@ def serve(
                 extra_servicers=[
                     register_analyst_admin(analysts),
                     register_studies(store),
-                    register_dead_letter_admin(settings.kafka_bootstrap, Topics(settings.topic_prefix).dead_letter, db),
+                    register_dead_letter_admin(
+                        settings.kafka_bootstrap,
+                        Topics(settings.topic_prefix).dead_letter,
+                        db,
+                        kafka_client_config(settings),
+                    ),
                     evidence.servicer,
                 ],
                 stop=stop,

@@ -13,17 +13,22 @@ retries with capped exponential backoff until the broker answers again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaError,
+    NoError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from opentelemetry import trace
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_when_event_set, wait_exponential
@@ -66,11 +71,13 @@ def ensure_topics(
     stop: threading.Event | None = None,
     max_backoff_s: float = 30.0,
     attempt_timeout_ms: int = 10_000,
+    client_config: Mapping[str, str] | None = None,
 ) -> None:
     """Create topics that do not exist yet; existing ones are left as they are.
 
     A broker that does not answer (down, still starting) is waited for, retrying with capped exponential
-    backoff, rather than ending the process that is starting; once `stop` is set it returns instead."""
+    backoff, rather than ending the process that is starting; once `stop` is set it returns instead.
+    A topic this service's user may not create is not its own: another service (or the admin) creates it."""
     wanted = list(dict.fromkeys(names))
     stop = stop or threading.Event()
 
@@ -90,18 +97,21 @@ def ensure_topics(
         reraise=True,
     )
     try:
-        retrying(_create_missing_topics, bootstrap, wanted, partitions, attempt_timeout_ms)
+        retrying(_create_missing_topics, bootstrap, wanted, partitions, attempt_timeout_ms, client_config or {})
     except KafkaError as error:
         if not (stop.is_set() and broker_unreachable(error)):
             raise
 
 
-def _create_missing_topics(bootstrap: str, names: list[str], partitions: int, timeout_ms: int) -> None:
+def _create_missing_topics(
+    bootstrap: str, names: list[str], partitions: int, timeout_ms: int, client_config: Mapping[str, str]
+) -> None:
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="imx-admin",
         bootstrap_timeout_ms=timeout_ms,
         request_timeout_ms=timeout_ms,
+        **client_config,
     )
     try:
         existing = set(admin.list_topics())
@@ -116,8 +126,12 @@ def _create_missing_topics(bootstrap: str, names: list[str], partitions: int, ti
             if name not in existing
         ]
         if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another replica won the race
-                admin.create_topics(wanted)
+            result = admin.create_topics(wanted, raise_errors=False)
+            for created in result.get("topics", []):
+                error = for_code(created["error_code"])
+                # Already there: another replica won the race. Not authorized: not this service's topic.
+                if error not in (NoError, TopicAlreadyExistsError, TopicAuthorizationFailedError):
+                    raise error(created.get("error_message") or created["name"])
     finally:
         admin.close()
 
@@ -125,8 +139,9 @@ def _create_missing_topics(bootstrap: str, names: list[str], partitions: int, ti
 class BusProducer:
     """Publishes batches and returns only when the broker acknowledged all of them."""
 
-    def __init__(self, bootstrap: str, client_id: str = "imx") -> None:
+    def __init__(self, bootstrap: str, client_id: str = "imx", client_config: Mapping[str, str] | None = None) -> None:
         self._producer = KafkaProducer(
+            **(client_config or {}),
             bootstrap_servers=bootstrap,
             client_id=client_id,
             acks="all",
@@ -243,8 +258,13 @@ def run_handler_over_batch(
                 if is_transient(exc):
                     log.warning(
                         "transient failure; the record will be read again",
-                        extra={"stage": stage, "topic": record.topic, "partition": record.partition,
-                               "offset": record.offset, "error": type(exc).__name__},
+                        extra={
+                            "stage": stage,
+                            "topic": record.topic,
+                            "partition": record.partition,
+                            "offset": record.offset,
+                            "error": type(exc).__name__,
+                        },
                     )
                     result.retry_from[tp] = record.offset
                     continue
@@ -345,8 +365,10 @@ class StageConsumer:
         fetch_min_bytes: int = 64 * 1024,
         fetch_max_wait_ms: int = 100,
         lane_of: Callable[[str], str | None] | None = None,
+        client_config: Mapping[str, str] | None = None,
     ) -> None:
         self._consumer = KafkaConsumer(
+            **(client_config or {}),
             bootstrap_servers=bootstrap,
             group_id=group_id,
             client_id=f"{stage}-{group_id}",

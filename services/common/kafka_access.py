@@ -14,7 +14,7 @@ upsert with a new secret.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -77,14 +77,18 @@ def partner_acls(partner_id: str, topic: str, receipts_topic: str | None = None)
 
 
 class PartnerAccess:
-    """Grants and revokes partners' Kafka access through the internal listener (a super user there)."""
+    """Grants and revokes partners' Kafka access through the internal listener (as delivery's user, which may
+    alter users and ACLs, or the admin)."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, client_config: Mapping[str, str] | None = None) -> None:
         self._bootstrap = bootstrap
+        self._client_config = dict(client_config or {})  # delivery's user: cluster ALTER (service_access)
 
     @contextmanager
     def _admin(self) -> Iterator[KafkaAdminClient]:
-        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-partner-access")
+        admin = KafkaAdminClient(
+            bootstrap_servers=self._bootstrap, client_id="imx-partner-access", **self._client_config
+        )
         try:
             yield admin
         finally:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from services.common.bus import BusProducer, Handler, StageConsumer, ensure_topics
 from services.common.control_server import ControlServer, ServicerRegistration
 from services.common.logs import configure_logging
+from services.common.service_access import kafka_client_config
 from services.common.settings import ServiceSettings
 from services.common.stats import StageStats, StatusSnapshot
 from services.common.telemetry import setup_telemetry
@@ -70,9 +71,12 @@ def run_stage(
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_stop_signals(stop)
-    ensure_topics(settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop)
+    kafka = kafka_client_config(settings)
+    ensure_topics(
+        settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop, client_config=kafka
+    )
     stats = StageStats(service=spec.name)
-    producer = BusProducer(settings.kafka_bootstrap, client_id=f"imx-{spec.name}")
+    producer = BusProducer(settings.kafka_bootstrap, client_id=f"imx-{spec.name}", client_config=kafka)
     consumer = StageConsumer(
         bootstrap=settings.kafka_bootstrap,
         group_id=spec.group_id,
@@ -84,6 +88,7 @@ def run_stage(
         stats=stats,
         max_batch=settings.max_batch,
         lane_of=topics.lane_of,
+        client_config=kafka,
     )
     server = ControlServer(
         spec.name, StageControl(stats), host=settings.grpc_host, port=settings.grpc_port, extra=extra_servicers

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,3 +29,11 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", description="log level of the service's structured logs")
     max_batch: int = Field(200, ge=1, description="most events handled between two offset commits")
     instance_id: str = Field("", description="distinguishes replicas in logs and status; default: pid")
+
+    # How the service signs in to Kafka's internal listener (services/common/service_access.py). PLAINTEXT
+    # only where the listener is unauthenticated (a throwaway test broker); deployments use SASL.
+    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SASL_PLAINTEXT or SASL_SSL")
+    kafka_sasl_mechanism: str = Field("SCRAM-SHA-512", description="SASL mechanism of the service's user")
+    kafka_sasl_username: str = Field("", description="the service's Kafka user, e.g. imx-routing")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="its password (prefer the file)")
+    kafka_sasl_password_file: Path | None = Field(None, description="file holding the password (a mounted Secret)")

@@ -13,6 +13,7 @@ from services.common.control_server import ControlServer
 from services.common.kafka_access import PartnerAccess
 from services.common.mongo import connect
 from services.common.runtime import StageSpec, run_stage
+from services.common.service_access import kafka_client_config
 from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
 from services.delivery.completeness import CompletenessSweep
@@ -44,6 +45,7 @@ class PartnerTopics:
                 self._settings.kafka_bootstrap,
                 [*self._topics.partner_lanes(partner_id), self._topics.receipts(partner_id)],
                 self._settings.partner_topic_partitions,
+                client_config=kafka_client_config(self._settings),
             )
             self._ensured.add(partner_id)
 
@@ -65,7 +67,7 @@ def _sign_in(settings: DeliverySettings) -> PartnerSignIn | None:
     if not settings.kafka_partner_bootstrap:
         return None
     return PartnerSignIn(
-        PartnerAccess(settings.kafka_bootstrap),
+        PartnerAccess(settings.kafka_bootstrap, kafka_client_config(settings)),
         settings.kafka_partner_bootstrap,
         settings.kafka_partner_security_protocol,
     )
@@ -86,7 +88,9 @@ def serve(
     delivered = DeliveredObjects(db)
     # The retrieval API's audit events and the StudyComplete announcements go through a producer of
     # their own: the stage's producer belongs to the consumer loop's batches.
-    retrievals = BusProducer(settings.kafka_bootstrap, client_id="imx-delivery-dicomweb")
+    retrievals = BusProducer(
+        settings.kafka_bootstrap, client_id="imx-delivery-dicomweb", client_config=kafka_client_config(settings)
+    )
     api = start_partner_api(settings, db, blobs, retrievals, topics)
     base = settings.dicomweb_base(api.port)
     sweep = CompletenessSweep(delivered, retrievals.publish, topics, settings.study_quiet_s)
@@ -107,7 +111,7 @@ def serve(
     watch = RetentionWatch(
         partners=lambda: [p.partner_id for p in store.list()],
         feed_topics=topics.partner_lanes,
-        read_lag=KafkaBacklogReader(settings.kafka_bootstrap).partner_lag,
+        read_lag=KafkaBacklogReader(settings.kafka_bootstrap, kafka_client_config(settings)).partner_lag,
         unstored=delivered.unstored,
         mark_expired=delivered.mark_expired,
         publish=retrievals.publish,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -126,13 +126,20 @@ class KafkaBacklogReader:
     """Reads committed offsets, log bounds, first unread timestamps and retention from the broker
     (the internal listener, where the services may describe every group)."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, client_config: Mapping[str, str] | None = None) -> None:
         self._bootstrap = bootstrap
+        self._client_config = dict(client_config or {})
 
     def partner_lag(self, partner_id: str, feed_topics: Iterable[str]) -> PartnerLag:
-        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-retention-watch")
+        admin = KafkaAdminClient(
+            bootstrap_servers=self._bootstrap, client_id="imx-retention-watch", **self._client_config
+        )
         consumer = KafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False, consumer_timeout_ms=1000
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            consumer_timeout_ms=1000,
+            **self._client_config,
         )
         try:
             topics = [t for t in feed_topics if consumer.partitions_for_topic(t)]
@@ -158,9 +165,7 @@ class KafkaBacklogReader:
     def _retention_ms(admin: KafkaAdminClient, topics: Sequence[str]) -> int:
         if not topics:
             return DEFAULT_RETENTION_MS
-        described = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topics[0])], config_filter="All"
-        )
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topics[0])], config_filter="All")
         # kafka-python 3: {resource type: {resource name: {config key: {config data}}}}
         for by_name in described.values():
             for configs in by_name.values():

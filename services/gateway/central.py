@@ -35,6 +35,7 @@ from services.common.kafka_access import group_prefix
 from services.common.logs import configure_logging
 from services.common.mongo import connect
 from services.common.runtime import install_stop_signals
+from services.common.service_access import kafka_client_config
 from services.common.settings import ServiceSettings
 from services.common.stats import StatusSnapshot
 from services.common.stores.partners import CENTRAL_KEY, PartnerStore
@@ -125,9 +126,16 @@ class PartnerWorker:
         s = self._settings
         topics = Topics(s.topic_prefix)
         incoming, stored, dead = state_paths(s.gateway_state_dir / self.partner_id)
-        kafka = KafkaSignIn(s.kafka_bootstrap)  # the internal listener: no SASL
+        config = kafka_client_config(s)  # the internal listener, as the gateways service's own user
+        kafka = KafkaSignIn(
+            s.kafka_bootstrap,
+            config.get("sasl_plain_username"),
+            config.get("sasl_plain_password"),
+            config.get("security_protocol", "SASL_PLAINTEXT"),
+        )
         with ExitStack() as stack:
             consumer = KafkaConsumer(
+                **config,
                 bootstrap_servers=s.kafka_bootstrap,
                 group_id=central_group(self.partner_id),
                 client_id=f"imx-central-gateway-{self.partner_id}",

@@ -11,6 +11,7 @@ from services.common.blob_store import LocalBlobStore
 from services.common.bus import BusProducer, ensure_topics
 from services.common.dicom.header import InputLimits
 from services.common.mongo import connect
+from services.common.service_access import kafka_client_config
 from services.common.stats import StageStats
 from services.common.stores.organisations import OrganisationStore
 from services.common.topics import Topics
@@ -33,10 +34,13 @@ def open_ingest(
     """Topics ensured (waiting for a broker that is not up yet, until `stop`), MongoDB and Kafka clients
     open for the duration of the block."""
     topics = Topics(settings.topic_prefix)
-    ensure_topics(settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop)
+    kafka = kafka_client_config(settings)
+    ensure_topics(
+        settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop, client_config=kafka
+    )
     client, db = connect(settings)
     try:
-        producer = BusProducer(settings.kafka_bootstrap, client_id="imx-ingest")
+        producer = BusProducer(settings.kafka_bootstrap, client_id="imx-ingest", client_config=kafka)
         try:
             acceptance = Acceptance(
                 blobs=LocalBlobStore(settings.blob_dir),

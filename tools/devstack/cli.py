@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.devstack.credentials import ADMIN, password
 from tools.devstack.postgres import POSTGRES, PostgresCluster, postgres_bin_dir, server_account, start_postgres
 from tools.devstack.processes import (
     DevstackError,
@@ -23,6 +24,7 @@ from tools.devstack.servers import (
     FERRETDB,
     KAFKA,
     ROOT,
+    admin_client_config,
     ferretdb_binary,
     java_binary,
     kafka_libs,
@@ -80,6 +82,15 @@ class Layout:
         return self.var / "log"
 
 
+def kafka_admin_password(layout: Layout) -> str:
+    """The broker's admin (super user) password, var/secrets/kafka-admin.password."""
+    return password(layout.var, ADMIN)
+
+
+def kafka_admin_config(layout: Layout) -> dict[str, str]:
+    return admin_client_config(kafka_admin_password(layout))
+
+
 def up(layout: Layout, ports: Ports) -> None:
     running = {proc.name: proc for proc in registered(layout.run)}
     # Check everything before starting anything, so a bad setting leaves nothing half-started.
@@ -106,6 +117,7 @@ def up(layout: Layout, ports: Ports) -> None:
         layout.var / KAFKA,
         layout.log,
         partner_port=ports.kafka_partner,
+        admin_password=kafka_admin_password(layout),
         run_dir=layout.run,
         wait=False,
     )
@@ -120,7 +132,7 @@ def up(layout: Layout, ports: Ports) -> None:
     procs = [kafka, postgres, ferretdb]
     try:
         for proc in procs:
-            wait_until_ready(proc, 90.0)
+            wait_until_ready(proc, 90.0, kafka_admin_config(layout))
             state = "already running" if proc.name in running else f"ready in {time.monotonic() - started:.1f}s"
             print(f"{proc.name:<9} {proc.endpoint:<28} pid {proc.pid:<8} {state}")
     except StartupError:

@@ -8,6 +8,7 @@ import re
 import secrets
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from tools.devstack.postgres import POSTGRES, PostgresCluster, postgres_answers
@@ -59,36 +60,80 @@ def java_binary() -> str:
     return java
 
 
-def kafka_config(port: int, controller_port: int, log_dirs: Path, partner_port: int | None = None) -> str:
-    """Single-node KRaft. With `partner_port`: a second listener where partners sign in (SASL SCRAM-SHA-512)
-    and read only what ACLs grant them; the services' listener stays inside (its unauthenticated
-    principal, User:ANONYMOUS, is the super user, so it must only be reachable from the services)."""
-    listeners = f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}"
-    advertised = f"PLAINTEXT://{HOST}:{port}"
-    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
-    security: dict[str, str] = {}
+ADMIN_USER = "admin"  # the broker's own principal and the devstack's super user (SASL PLAIN)
+SERVICE_MECHANISMS = "PLAIN,SCRAM-SHA-512"  # PLAIN: the admin only (defined below); SCRAM: every service
+
+
+def _plain_jaas(admin_password: str) -> str:
+    """PLAIN login for the broker's own connections, and the one PLAIN user the broker accepts: the admin.
+    Services sign in with SCRAM users the admin creates; nothing is anonymous."""
+    return (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{ADMIN_USER}" password="{admin_password}" user_{ADMIN_USER}="{admin_password}";'
+    )
+
+
+def kafka_config(
+    port: int,
+    controller_port: int,
+    log_dirs: Path,
+    partner_port: int | None = None,
+    *,
+    admin_password: str | None = None,
+    open_port: int | None = None,
+) -> str:
+    """Single-node KRaft with the StandardAuthorizer (`allow.everyone.if.no.acl.found=false`).
+
+    With `admin_password`, the services' listener at `port` is SASL_PLAINTEXT: the admin (super user) signs
+    in with PLAIN, each service with its own SCRAM-SHA-512 user whose ACLs allow exactly its topics and
+    group (services/common/service_access.py); the controller listener takes the admin only. Without it
+    (tools that start a throwaway broker) `port` is unauthenticated and its principal, User:ANONYMOUS, is
+    the super user. `open_port` adds such an unauthenticated super-user listener beside the SASL one: test
+    sessions only, so the suite creates topics and clients freely while tests of access control use the
+    SASL listener. With `partner_port`: partners sign in there (SCRAM) and read only what ACLs grant."""
+    secured = admin_password is not None
+    internal = "SERVICES" if secured else "PLAINTEXT"
+    listeners = [f"{internal}://{HOST}:{port}"]
+    protocols = [f"{internal}:{'SASL_PLAINTEXT' if secured else 'PLAINTEXT'}"]
+    supers = [f"User:{ADMIN_USER}"] if secured else ["User:ANONYMOUS"]
+    if open_port is not None and secured:
+        listeners.append(f"OPEN://{HOST}:{open_port}")
+        protocols.append("OPEN:PLAINTEXT")
+        supers.append("User:ANONYMOUS")
     if partner_port is not None:
-        listeners += f",PARTNER://{HOST}:{partner_port}"
-        advertised += f",PARTNER://{HOST}:{partner_port}"
-        protocols += ",PARTNER:SASL_PLAINTEXT"
-        security = {
-            "listener.name.partner.sasl.enabled.mechanisms": "SCRAM-SHA-512",
-            "listener.name.partner.scram-sha-512.sasl.jaas.config": (
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-            ),
-            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            "super.users": "User:ANONYMOUS",
-            "allow.everyone.if.no.acl.found": "false",
+        listeners.append(f"PARTNER://{HOST}:{partner_port}")
+        protocols.append("PARTNER:SASL_PLAINTEXT")
+    advertised = ",".join(listeners)
+    listeners.append(f"CONTROLLER://{HOST}:{controller_port}")
+    protocols.append(f"CONTROLLER:{'SASL_PLAINTEXT' if secured else 'PLAINTEXT'}")
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    security: dict[str, str] = {
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": ";".join(supers),
+        "allow.everyone.if.no.acl.found": "false",
+    }
+    if partner_port is not None:
+        security["listener.name.partner.sasl.enabled.mechanisms"] = "SCRAM-SHA-512"
+        security["listener.name.partner.scram-sha-512.sasl.jaas.config"] = scram
+    if admin_password is not None:
+        security |= {
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": _plain_jaas(admin_password),
+            "listener.name.services.sasl.enabled.mechanisms": SERVICE_MECHANISMS,
+            "listener.name.services.plain.sasl.jaas.config": _plain_jaas(admin_password),
+            "listener.name.services.scram-sha-512.sasl.jaas.config": scram,
         }
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{controller_port}",
-        "listeners": listeners,
+        "listeners": ",".join(listeners),
         "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": protocols,
+        "inter.broker.listener.name": internal,
+        "listener.security.protocol.map": ",".join(protocols),
         **security,
         "log.dirs": str(log_dirs),
         "num.partitions": "1",
@@ -143,20 +188,28 @@ def start_kafka(
     log_dir: Path,
     *,
     partner_port: int | None = None,
+    admin_password: str | None = None,
+    open_port: int | None = None,
     run_dir: Path | None = None,
     die_with_parent: bool = False,
     wait: bool = True,
     timeout: float = 90.0,
 ) -> ManagedProcess:
-    """Start a single-node KRaft broker; the storage in `data_dir` is formatted on first use."""
+    """Start a single-node KRaft broker; the storage in `data_dir` is formatted on first use. With
+    `admin_password` the internal listener at `port` needs SASL (see `kafka_config`)."""
     java, libs = java_binary(), kafka_libs()
     ensure_port_free(port, "Kafka", "IMX_KAFKA_PORT")
     ensure_port_free(controller_port, "Kafka controller", "IMX_KAFKA_CONTROLLER_PORT")
     if partner_port is not None:
         ensure_port_free(partner_port, "Kafka partner listener", "IMX_KAFKA_PARTNER_PORT")
+    if open_port is not None:
+        ensure_port_free(open_port, "Kafka open test listener")
     data_dir.mkdir(parents=True, exist_ok=True)
     properties, log4j = data_dir / "server.properties", data_dir / "log4j2.properties"
-    properties.write_text(kafka_config(port, controller_port, data_dir / "log-dirs", partner_port))
+    config = kafka_config(
+        port, controller_port, data_dir / "log-dirs", partner_port, admin_password=admin_password, open_port=open_port
+    )
+    write_private(properties, config)  # it holds the admin password
     log4j.write_text(KAFKA_LOG4J2)
     jvm = [java, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
     if not (data_dir / "log-dirs" / "meta.properties").exists():
@@ -176,11 +229,31 @@ def start_kafka(
         die_with_parent=die_with_parent,
     )
     if wait:
-        wait_until_ready(proc, timeout)
+        wait_until_ready(proc, timeout, admin_client_config(admin_password))
     return proc
 
 
-def kafka_answers(bootstrap: str) -> bool:
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by this user only (0600), also when the file already exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def admin_client_config(admin_password: str | None) -> dict[str, str]:
+    """kafka-python settings of the broker's admin (super user); empty for an unauthenticated broker."""
+    if admin_password is None:
+        return {}
+    return {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": ADMIN_USER,
+        "sasl_plain_password": admin_password,
+    }
+
+
+def kafka_answers(bootstrap: str, client_config: Mapping[str, str] | None = None) -> bool:
     """True when the broker serves metadata (a TCP accept alone comes too early)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
@@ -188,7 +261,9 @@ def kafka_answers(bootstrap: str) -> bool:
     if not can_connect(int(bootstrap.rsplit(":", 1)[1])):
         return False
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, bootstrap_timeout_ms=5000, request_timeout_ms=5000)
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, bootstrap_timeout_ms=5000, request_timeout_ms=5000, **(client_config or {})
+        )
     except KafkaError:
         return False
     try:
@@ -289,9 +364,9 @@ def mongo_answers(uri: str) -> bool:
 # --- readiness ----------------------------------------------------------------------------------
 
 
-def answers(proc: ManagedProcess) -> bool:
+def answers(proc: ManagedProcess, kafka_client: Mapping[str, str] | None = None) -> bool:
     if proc.name == KAFKA:
-        return kafka_answers(proc.endpoint)
+        return kafka_answers(proc.endpoint, kafka_client)
     if proc.name == POSTGRES:
         return postgres_answers(proc)
     if proc.name == FERRETDB:
@@ -299,6 +374,7 @@ def answers(proc: ManagedProcess) -> bool:
     return proc.alive()
 
 
-def wait_until_ready(proc: ManagedProcess, timeout: float) -> None:
-    """Block until `proc` answers; on a crash or timeout stop it and raise with its log tail."""
-    await_ready(proc, answers, timeout)
+def wait_until_ready(proc: ManagedProcess, timeout: float, kafka_client: Mapping[str, str] | None = None) -> None:
+    """Block until `proc` answers (Kafka: to `kafka_client`, its admin's settings); on a crash or timeout
+    stop it and raise with its log tail."""
+    await_ready(proc, lambda p: answers(p, kafka_client), timeout)

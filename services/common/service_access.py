@@ -1,0 +1,167 @@
+"""What each imx service may do on Kafka, declared in one place, and how a service signs in.
+
+Every service has its own SCRAM-SHA-512 user (`imx-<service>`) on the internal listener; with the
+broker's StandardAuthorizer and `allow.everyone.if.no.acl.found=false`, its ACLs below are all it may
+do: read its inputs in its own consumer group, write its outputs, create (and describe) the topics it
+owns. Nothing else — in particular no service but delivery may write a partner's feed, and none but a
+partner (and the central gateways acting for it) may write its receipts. Delivery issues partners'
+credentials (services/common/kafka_access.py), so it also holds cluster ALTER: that makes it as
+powerful as the admin, and it is the one service to guard as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    ResourcePattern,
+    ResourceType,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
+
+from services.common.settings import ServiceSettings
+from services.common.topics import Topics
+
+SERVICES = ("ingest", "routing", "deid", "delivery", "audit", "gateways")
+
+LITERAL, PREFIXED = ACLResourcePatternType.LITERAL, ACLResourcePatternType.PREFIXED
+Op = ACLOperation
+
+
+def kafka_client_config(settings: ServiceSettings) -> dict[str, str]:
+    """kafka-python settings every client a service makes gets: how it signs in (nothing for PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol.upper()
+    if not protocol.startswith("SASL"):
+        return {"security_protocol": protocol} if protocol != "PLAINTEXT" else {}
+    password = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_sasl_password_file is not None:
+        password = settings.kafka_sasl_password_file.read_text().strip()
+    if not settings.kafka_sasl_username or not password:
+        raise ValueError(f"IMX_KAFKA_SECURITY_PROTOCOL={protocol} needs IMX_KAFKA_SASL_USERNAME and a password")
+    return {
+        "security_protocol": protocol,
+        "sasl_mechanism": settings.kafka_sasl_mechanism,
+        "sasl_plain_username": settings.kafka_sasl_username,
+        "sasl_plain_password": password,
+    }
+
+
+def username(service: str) -> str:
+    return f"imx-{service}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Operations on one resource (a topic, a group, the cluster), literal or by prefix."""
+
+    kind: ResourceType
+    name: str
+    operations: tuple[ACLOperation, ...]
+    pattern: ACLResourcePatternType = LITERAL
+
+
+def _read(*topics: str, pattern: ACLResourcePatternType = LITERAL) -> list[Grant]:
+    return [Grant(ResourceType.TOPIC, t, (Op.READ, Op.DESCRIBE), pattern) for t in topics]
+
+
+def _write(*topics: str, pattern: ACLResourcePatternType = LITERAL) -> list[Grant]:
+    """Writers create the topics they write (CREATE; producers are idempotent: IDEMPOTENT_WRITE is
+    implied by WRITE since Kafka 3.0)."""
+    return [Grant(ResourceType.TOPIC, t, (Op.WRITE, Op.DESCRIBE, Op.CREATE), pattern) for t in topics]
+
+
+def _group(name: str, pattern: ACLResourcePatternType = LITERAL) -> Grant:
+    return Grant(ResourceType.GROUP, name, (Op.READ, Op.DESCRIBE), pattern)
+
+
+def service_grants(service: str, topics: Topics) -> list[Grant]:
+    """Exactly what `service` may do, from the topics and groups it uses (see each service's README)."""
+    p = topics.prefix
+    partner_feeds, receipts = f"{p}imx.partner.", f"{p}imx.receipts."
+    failures = _write(topics.quarantine, topics.dead_letter)
+    if service == "ingest":
+        return [*_write(topics.ingested), *failures]
+    if service == "routing":
+        return [*_read(topics.ingested), _group(f"{p}imx-routing"), *_write(*topics.routed_lanes), *failures]
+    if service == "deid":
+        return [*_read(*topics.routed_lanes), _group(f"{p}imx-deid"), *_write(*topics.prepared_lanes), *failures]
+    if service == "delivery":
+        return [
+            *_read(*topics.prepared_lanes),
+            *_read(receipts, pattern=PREFIXED),
+            _group(f"{p}imx-delivery"),
+            *_write(partner_feeds, pattern=PREFIXED),
+            # It creates each partner's receipts topic; only the partner (and its central gateway) writes it.
+            Grant(ResourceType.TOPIC, receipts, (Op.CREATE,), PREFIXED),
+            *_write(topics.outcomes, topics.access),
+            *failures,
+            # The retention watch reads partners' committed offsets and their feeds' retention.
+            Grant(ResourceType.TOPIC, partner_feeds, (Op.DESCRIBE_CONFIGS,), PREFIXED),
+            Grant(ResourceType.GROUP, "*", (Op.DESCRIBE,)),
+            # Partners' SCRAM users and ACLs (kafka_access.PartnerAccess).
+            Grant(ResourceType.CLUSTER, "kafka-cluster", (Op.ALTER, Op.DESCRIBE)),
+        ]
+    if service == "audit":
+        pipeline = topics.pipeline()
+        return [
+            *_read(*pipeline),
+            *_read(receipts, pattern=PREFIXED),
+            _group(f"{p}imx-audit"),
+            # Dead-letter replay publishes a dead letter to the topic it came from: any pipeline topic.
+            *[Grant(ResourceType.TOPIC, t, (Op.WRITE,)) for t in pipeline],
+        ]
+    if service == "gateways":
+        # Central gateways read each partner's feed in the group "<partner>.central-gateway" and write
+        # its receipts. Group ids start with the partner id, so no prefix covers only theirs.
+        return [
+            *_read(partner_feeds, pattern=PREFIXED),
+            Grant(ResourceType.GROUP, "*", (Op.READ, Op.DESCRIBE)),
+            Grant(ResourceType.TOPIC, receipts, (Op.WRITE, Op.DESCRIBE), PREFIXED),
+        ]
+    raise ValueError(f"no Kafka access is declared for service {service!r}")
+
+
+def service_acls(service: str, topics: Topics) -> list[ACL]:
+    principal = f"User:{username(service)}"
+    return [
+        ACL(principal, "*", operation, ACLPermissionType.ALLOW, ResourcePattern(g.kind, g.name, g.pattern))
+        for g in service_grants(service, topics)
+        for operation in g.operations
+    ]
+
+
+class ServiceAccess:
+    """Creates the services' users and ACLs, as the broker's admin (devstack `make up`, a chart Job)."""
+
+    def __init__(self, bootstrap: str, admin_config: Mapping[str, str]) -> None:
+        self._bootstrap = bootstrap
+        self._config = dict(admin_config)
+
+    @contextmanager
+    def _admin(self) -> Iterator[KafkaAdminClient]:
+        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="imx-service-access", **self._config)
+        try:
+            yield admin
+        finally:
+            admin.close()
+
+    def grant(self, service: str, password: str, topics: Topics) -> None:
+        """Set the service's password and its ACLs (both idempotent: a second `make up` changes nothing)."""
+        with self._admin() as admin:
+            errors = admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(username(service), ScramMechanism.SCRAM_SHA_512, password)]
+            )
+            failed = {user: error for user, error in (errors or {}).items() if error}
+            if failed:
+                raise RuntimeError(f"setting {service}'s Kafka password failed: {failed}")
+            result = admin.create_acls(service_acls(service, topics))
+            if isinstance(result, dict) and result.get("failed"):
+                raise RuntimeError(f"creating {service}'s Kafka ACLs failed: {result['failed']}")

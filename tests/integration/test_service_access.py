@@ -1,0 +1,147 @@
+"""The internal listener lets no one in anonymously, and each service's user may do exactly its own work
+(services/common/service_access.py), against the session's real broker."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
+from kafka.structs import TopicPartition
+
+from services.common.bus import BusProducer, StageConsumer, ensure_topics
+from services.common.messages import IncomingMessage, OutgoingMessage
+from services.common.service_access import ServiceAccess, kafka_client_config, service_acls, username
+from services.common.settings import ServiceSettings
+from services.common.stats import StageStats
+from services.common.topics import Topics
+from tests.conftest import KafkaInternal
+
+
+def _signed_in(internal: KafkaInternal, service: str, topics: Topics) -> dict[str, str]:
+    """Grant `service` its ACLs for `topics` with a fresh password; its client settings, as a service
+    builds them from its environment."""
+    password = secrets.token_urlsafe(24)
+    ServiceAccess(internal.bootstrap, internal.admin_config).grant(service, password, topics)
+    settings = ServiceSettings(
+        kafka_bootstrap=internal.bootstrap,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_username=username(service),
+        kafka_sasl_password=password,  # type: ignore[arg-type]  # pydantic turns it into a SecretStr
+    )
+    return kafka_client_config(settings)
+
+
+@pytest.fixture
+def topics(kafka_internal: KafkaInternal, unique_name: str) -> Topics:
+    """The pipeline's topics and a partner's feed under this test's prefix, made by the admin."""
+    topics = Topics(prefix=f"{unique_name}.")
+    names = [*topics.pipeline(), *topics.partner_lanes("acme"), topics.receipts("acme")]
+    ensure_topics(kafka_internal.bootstrap, names, partitions=1, client_config=kafka_internal.admin_config)
+    return topics
+
+
+def test_an_anonymous_client_is_refused_on_the_internal_listener(kafka_internal: KafkaInternal) -> None:
+    with pytest.raises(KafkaError):
+        admin = KafkaAdminClient(
+            bootstrap_servers=kafka_internal.bootstrap, bootstrap_timeout_ms=3000, request_timeout_ms=3000
+        )
+        admin.close()
+
+
+def test_routing_cannot_write_a_partner_feed(kafka_internal: KafkaInternal, topics: Topics) -> None:
+    config = _signed_in(kafka_internal, "routing", topics)
+    producer = KafkaProducer(bootstrap_servers=kafka_internal.bootstrap, max_block_ms=5000, **config)
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            producer.send(topics.partner("acme"), b"forged delivery").get(timeout=10)
+        with pytest.raises(TopicAuthorizationFailedError):
+            producer.send(topics.receipts("acme"), b"forged receipt").get(timeout=10)
+    finally:
+        producer.close()
+
+
+def test_routing_cannot_use_another_services_group(kafka_internal: KafkaInternal, topics: Topics) -> None:
+    config = _signed_in(kafka_internal, "routing", topics)
+    consumer = KafkaConsumer(
+        topics.ingested, bootstrap_servers=kafka_internal.bootstrap, group_id=f"{topics.prefix}imx-deid", **config
+    )
+    try:
+        with pytest.raises(GroupAuthorizationFailedError):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                consumer.poll(timeout_ms=500)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_routing_does_its_own_work_with_its_own_credentials(kafka_internal: KafkaInternal, topics: Topics) -> None:
+    """Read ingested in its group, write a routed lane, commit: one event through the stage's real shell."""
+    config = _signed_in(kafka_internal, "routing", topics)
+    # Its start-up step: topics it may not create are someone else's, not an error.
+    ensure_topics(kafka_internal.bootstrap, topics.pipeline(), partitions=1, client_config=config)
+    admin_producer = BusProducer(kafka_internal.bootstrap, client_config=kafka_internal.admin_config)
+    admin_producer.publish([OutgoingMessage(topics.ingested, b"event-1", b"study-1")])
+    admin_producer.close()
+    group = f"{topics.prefix}imx-routing"
+    producer = BusProducer(kafka_internal.bootstrap, client_id="imx-routing", client_config=config)
+    consumer = StageConsumer(
+        bootstrap=kafka_internal.bootstrap,
+        group_id=group,
+        topics=[topics.ingested],
+        producer=producer,
+        dead_letter_topic=topics.dead_letter,
+        stage="routing",
+        stats=StageStats("routing"),
+        client_config=config,
+    )
+
+    def route(message: IncomingMessage) -> list[OutgoingMessage]:
+        return [OutgoingMessage(topics.routed, message.value, message.key)]
+
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            consumer.poll_once(route)
+            if committed_and_end_offsets_of(kafka_internal, topics.ingested, group) == ({0: 1}, {0: 1}):
+                break
+    finally:
+        consumer.close()
+        producer.close()
+    assert committed_and_end_offsets_of(kafka_internal, topics.ingested, group) == ({0: 1}, {0: 1})
+    reader = KafkaConsumer(
+        bootstrap_servers=kafka_internal.bootstrap, auto_offset_reset="earliest", **kafka_internal.admin_config
+    )
+    reader.assign([TopicPartition(topics.routed, 0)])
+    routed = [r.value for batch in reader.poll(timeout_ms=5000).values() for r in batch]
+    reader.close()
+    assert routed == [b"event-1"]
+
+
+def committed_and_end_offsets_of(
+    internal: KafkaInternal, topic: str, group: str
+) -> tuple[dict[int, int], dict[int, int]]:
+    """As the admin: the group's committed offsets and the topic's end offsets (one partition)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=internal.bootstrap, group_id=group, enable_auto_commit=False, **internal.admin_config
+    )
+    try:
+        tp = TopicPartition(topic, 0)
+        return {0: consumer.committed(tp) or 0}, {0: consumer.end_offsets([tp])[tp]}
+    finally:
+        consumer.close(autocommit=False)
+
+
+@pytest.mark.parametrize("service", ["ingest", "routing", "deid", "delivery", "audit", "gateways"])
+def test_every_service_has_acls_and_none_may_write_anothers_input(service: str) -> None:
+    """Only delivery writes partner feeds; nothing but the gateways (for partners) writes receipts."""
+    topics = Topics()
+    acls = service_acls(service, topics)
+    assert acls
+    writes = {acl.resource_pattern.resource_name for acl in acls if acl.operation.name == "WRITE"}
+    if service != "delivery":
+        assert "imx.partner." not in writes
+    if service != "gateways":
+        assert "imx.receipts." not in writes

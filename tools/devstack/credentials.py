@@ -1,0 +1,31 @@
+"""Kafka passwords of a local deployment: the admin's and one per service, random, made on first use and
+kept in var/secrets/ (0700, each file 0600) so a second `make up` signs in with the same ones."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from tools.devstack.servers import write_private
+
+ADMIN = "admin"
+
+
+def secrets_dir(var: Path) -> Path:
+    folder = var / "secrets"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def password_file(var: Path, user: str) -> Path:
+    """The file holding `user`'s Kafka password ("admin" or a service's name), made if missing."""
+    path = secrets_dir(var) / f"kafka-{user}.password"
+    if not path.exists() or not path.read_text().strip():
+        write_private(path, secrets.token_urlsafe(24))
+    return path
+
+
+def password(var: Path, user: str) -> str:
+    return password_file(var, user).read_text().strip()
