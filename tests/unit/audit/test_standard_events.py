@@ -122,4 +122,4 @@ def test_a_dead_letter_is_a_major_failure_of_its_stage() -> None:
     letter = dead_letter(TOPICS, journey(TOPICS, STUDY)[2], stage="delivery")
     event = standard_event(build_record(incoming(letter), TOPICS, NOW))
     assert (event.event_id, event.outcome, event.source_id) == (INSTANCES_TRANSFERRED, 12, "imx-delivery")
-    assert [o.study_uid for o in event.objects][0] == STUDY.study
+    assert event.objects[0].study_uid == STUDY.study
