@@ -129,7 +129,8 @@ fi
 
 # --- Debian packages ---------------------------------------------------------------------------
 # PostgreSQL 15 is FerretDB's backend (tools/devstack starts its own cluster, never the package's
-# service); the DICOM tools are used by the e2e tests. Only what is missing is installed.
+# service); the DICOM tools are used by the e2e tests, Chromium and its driver by the analysts' page test
+# (tests/e2e/test_audit_page.py). Only what is missing is installed.
 PG_BIN="${IMX_POSTGRES_BIN:-/usr/lib/postgresql/15/bin}"
 pg_ok() { [[ -x "$PG_BIN/initdb" && -x "$PG_BIN/pg_isready" && "$("$PG_BIN/postgres" --version 2>/dev/null)" == *" 15."* ]]; }
 missing=()
@@ -138,8 +139,10 @@ command -v storescu >/dev/null || missing+=(dcmtk)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 { command -v Orthanc >/dev/null || [[ -x /usr/sbin/Orthanc ]]; } || missing+=(orthanc)
 dpkg-query -W -f='${Status}' orthanc-dicomweb 2>/dev/null | grep -q 'ok installed' || missing+=(orthanc-dicomweb)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [[ ${#missing[@]} -eq 0 ]]; then
-  step "PostgreSQL 15, dcmtk, dicom3tools, orthanc, orthanc-dicomweb installed"
+  step "PostgreSQL 15, dcmtk, dicom3tools, orthanc, orthanc-dicomweb, chromium, chromium-driver installed"
 else
   command -v apt-get >/dev/null || die "${missing[*]} missing and apt-get is not available; install them with your package manager (PostgreSQL 15 in $PG_BIN, or set IMX_POSTGRES_BIN)."
   SUDO=""

@@ -33,6 +33,7 @@ from services.audit.records import EventType
 from services.audit.scopes import Scope, ScopeDenied
 from services.audit.store import AuditStore
 from services.audit.trail import build_trail
+from services.audit.ui import ui_router
 from services.common.messages import TransientError
 
 DESCRIPTION = """\
@@ -289,6 +290,7 @@ def create_app(store: AuditStore, key_check: KeyCheck | None, access_log: Access
     app.include_router(router, dependencies=[Depends(_authorised)])
     app.include_router(export_router, dependencies=[Depends(_authorised)])
     app.include_router(open_router)
+    app.include_router(ui_router)  # the analysts' page: static, no key; it asks the analyst for theirs
     app.add_exception_handler(TransientError, _store_unavailable)
     app.add_exception_handler(ScopeDenied, _out_of_scope)
     if access_log is not None:

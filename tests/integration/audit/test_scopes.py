@@ -56,4 +56,5 @@ def test_a_scoped_key_sees_its_own_records_is_refused_others_and_is_recorded(db:
     assert len(entries) == 5
     assert {"analyst_id": "ola", "status": 403, "path": "/audit/events"} in entries
     assert {"analyst_id": "ann", "status": 200, "path": f"/audit/studies/{THEIRS.study}"} in entries
-    assert db["audit_events_access"].find_one({"status": 404})["event_type"]["code"] == "110112"
+    refused = db["audit_events_access"].find_one({"status": 404})
+    assert refused is not None and refused["event_type"]["code"] == "110112"

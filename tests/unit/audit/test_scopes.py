@@ -146,3 +146,17 @@ def test_a_query_whose_access_record_cannot_be_stored_is_not_answered() -> None:
 
     client = TestClient(create_app(_store(), KEYS.get, Failing()))
     assert _get(client, "k-all", "/audit/events")[0] == 503
+
+
+def test_the_analysts_page_is_served_without_a_key_and_loads_nothing_from_elsewhere() -> None:
+    client = TestClient(create_app(_store(), KEYS.get, MemoryAccessLog()))
+    page = client.get("/ui")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    for name in ("app.js", "app.css"):
+        asset = client.get(f"/ui/{name}")
+        assert asset.status_code == 200 and "http://" not in asset.text.replace("http://www.w3.org/2000/svg", "")
+        assert "https://" not in asset.text
+    assert "https://" not in page.text and "http://" not in page.text
+    assert client.get("/ui/secrets.txt").status_code == 404
+    assert client.get("/ui/..%2Fapi.py").status_code == 404
