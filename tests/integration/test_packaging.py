@@ -32,3 +32,6 @@ def test_the_wheel_carries_the_de_identification_tables(tmp_path: Path) -> None:
     for table in ROOT.glob("services/deid/data/*.csv"):
         assert f"services/deid/data/{table.name}" in names
     assert "services/deid/engine/raw_engine.py" in names
+    for asset in ROOT.glob("services/audit/ui/*.*"):
+        if asset.suffix != ".py":
+            assert f"services/audit/ui/{asset.name}" in names, "the analysts' page is served from the wheel too"
