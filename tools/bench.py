@@ -41,7 +41,6 @@ from tools.bench_setup import BenchConfig, configure, unconfigure
 from tools.demo.senders import c_store
 from tools.devstack import Layout, Ports, registered
 from tools.devstack.cli import kafka_admin_config, up
-from tools.devstack.postgres import POSTGRES
 from tools.dicom_peers import DCMTK_ENV
 from tools.proc_cpu import sample
 from tools.services_stack import start_services
@@ -225,7 +224,9 @@ def measure(
         for leftover in side.storescp.files():  # what an interrupted earlier run left on the feed
             leftover.unlink()
         reader = ReceiptReader(internal, topics, admin)
-        pids = {p.name: (p.pid, p.name == POSTGRES) for p in registered(layout.run)}
+        # Whole process trees: PostgreSQL forks a backend per connection, and each imx service runs
+        # under its restarting supervisor (tools/devstack/supervise.py).
+        pids = {p.name: (p.pid, True) for p in registered(layout.run)}
         pids["gateway"] = (side.gateway.pid, False)
         pids["storescp"] = (side.storescp.process.pid, False)
         use_storescu = shutil.which("storescu") is not None

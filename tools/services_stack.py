@@ -112,7 +112,17 @@ def start_services(layout: Layout, ports: Ports, timeout_s: float = 90.0) -> Non
     procs = {
         name: start_process(
             name,
-            [sys.executable, "-m", MODULES.get(name, f"services.{name}")],
+            # Under the restarting supervisor: a service that dies is started again.
+            [
+                sys.executable,
+                "-m",
+                "tools.devstack.supervise",
+                name,
+                "--",
+                sys.executable,
+                "-m",
+                MODULES.get(name, f"services.{name}"),
+            ],
             layout.log / f"{name}.log",
             env=service_env(layout, ports, name),
             cwd=ROOT,

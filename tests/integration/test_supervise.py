@@ -1,0 +1,66 @@
+"""The devstack's supervisor (tools/devstack/supervise.py) with real processes: a service that is
+SIGKILLed is started again, a stop request reaches the service and ends both, and restarts back off."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tools.devstack.supervise import BASE_DELAY_S, MAX_DELAY_S, STABLE_S, next_delay
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SERVICE = """
+import os, signal, sys, time
+from pathlib import Path
+Path(sys.argv[1], f"{os.getpid()}.pid").write_text("")
+signal.signal(signal.SIGTERM, lambda *_: (Path(sys.argv[1], "stopped").write_text(""), sys.exit(0)))
+while True:
+    time.sleep(0.1)
+"""
+
+
+def _pids(folder: Path) -> list[int]:
+    return sorted(int(p.stem) for p in folder.glob("*.pid"))
+
+
+def _wait(predicate, timeout_s: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_killed_service_is_started_again_and_a_stop_ends_both(tmp_path: Path) -> None:
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "tools.devstack.supervise", "svc", "--", sys.executable, "-c", SERVICE, str(tmp_path)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert _wait(lambda: len(_pids(tmp_path)) == 1), "the service started"
+        first = _pids(tmp_path)[0]
+        os.kill(first, signal.SIGKILL)
+        assert _wait(lambda: len(_pids(tmp_path)) == 2), "the killed service was started again"
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=15) == 0
+        assert (tmp_path / "stopped").exists(), "the stop request reached the service"
+        assert len(_pids(tmp_path)) == 2, "and it was not started again"
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    stderr = supervisor.stderr.read().decode() if supervisor.stderr else ""
+    assert '"service": "svc"' in stderr and '"status": -9' in stderr
+
+
+def test_restarts_back_off_and_reset_once_the_service_has_stayed_up() -> None:
+    assert next_delay(BASE_DELAY_S / 2, ran_for_s=0.1) == BASE_DELAY_S
+    assert next_delay(4.0, ran_for_s=0.1) == 8.0
+    assert next_delay(MAX_DELAY_S, ran_for_s=0.1) == MAX_DELAY_S
+    assert next_delay(MAX_DELAY_S, ran_for_s=STABLE_S) == BASE_DELAY_S

@@ -1,0 +1,71 @@
+"""`python -m tools.devstack.supervise NAME -- ARGV...`: runs one service and starts it again when it
+dies, so a crashed or killed service does not stay down in the devstack (issue 9: "the devstack
+restarts a service that dies").
+
+The supervisor's PID is the one `make stop` knows; SIGTERM/SIGINT to it are passed to the service,
+which then finishes its batch and exits, and the supervisor exits with it. Any other exit of the
+service (a crash, SIGKILL, an exit status the service chose) is followed by a restart after a delay
+that doubles up to `MAX_DELAY_S` and falls back to `BASE_DELAY_S` once the service has run for
+`STABLE_S` (a service that keeps dying at start-up is not restarted in a tight loop).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+BASE_DELAY_S = 1.0
+MAX_DELAY_S = 30.0
+STABLE_S = 60.0
+
+
+def next_delay(previous_s: float, ran_for_s: float) -> float:
+    """The wait before the next start (pure)."""
+    if ran_for_s >= STABLE_S:
+        return BASE_DELAY_S
+    return min(MAX_DELAY_S, max(BASE_DELAY_S, previous_s * 2))
+
+
+def supervise(
+    name: str,
+    argv: Sequence[str],
+    stop: threading.Event,
+    spawn: Callable[[Sequence[str]], subprocess.Popen[bytes]] = lambda a: subprocess.Popen(list(a)),
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> int:
+    """Run `argv` until `stop` is set; returns the last exit status of the service."""
+    delay = BASE_DELAY_S / 2
+    while True:
+        started = time.monotonic()
+        child = spawn(argv)
+        while child.poll() is None:
+            if stop.wait(0.2):
+                child.send_signal(signal.SIGTERM)
+                return child.wait()
+        status = child.returncode
+        if stop.is_set():
+            return status
+        delay = next_delay(delay, time.monotonic() - started)
+        event = {"msg": "supervisor: service exited; restarting", "service": name, "status": status, "seconds": delay}
+        log(json.dumps(event))
+        if stop.wait(delay):
+            return status
+
+
+def main(args: Sequence[str]) -> int:
+    if len(args) < 3 or args[1] != "--":
+        print("usage: python -m tools.devstack.supervise NAME -- ARGV...", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    return supervise(args[0], args[2:], stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
