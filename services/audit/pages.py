@@ -114,12 +114,12 @@ class PageChains:
     def read(self, key: str) -> list[AuditRecord]:
         return self.read_many([key])[key]
 
-    def read_many(self, keys: Sequence[str]) -> dict[str, list[AuditRecord]]:
+    def read_many(self, keys: Sequence[str], first_round: int = READ_AHEAD) -> dict[str, list[AuditRecord]]:
         """Each chain's records. Pages are asked for concurrently, READ_AHEAD per chain in the first round
         and twice as many in each next one, so a dozen short chains cost about one round trip, and a long
         chain of n pages about log2(n)."""
         found: dict[str, list[AuditRecord]] = {k: [] for k in keys}
-        open_keys, n, ahead = list(dict.fromkeys(keys)), 0, READ_AHEAD
+        open_keys, n, ahead = list(dict.fromkeys(keys)), 0, first_round
         while open_keys:
             ids = [f"{k}#{i}" for k in open_keys for i in range(n, n + ahead)]
             docs = dict(zip(ids, self._readers.map(self._get, ids), strict=True))
