@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -91,17 +91,8 @@ class LocalBlobStore:
         if self._refresh(final):
             return digest
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(data)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, final)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_directory(final.parent)
+        replace_atomically(final, lambda tmp: tmp.write(data))
+        fsync_directory(final.parent)
         return digest
 
     def put_file(self, source: Path) -> str:
@@ -122,7 +113,7 @@ class LocalBlobStore:
                 raise
             self._copy_in(source, final)
             source.unlink(missing_ok=True)
-        _fsync_directory(final.parent)
+        fsync_directory(final.parent)
         return digest
 
     def put_chunks(self, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
@@ -146,7 +137,7 @@ class LocalBlobStore:
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        _fsync_directory(final.parent)
+        fsync_directory(final.parent)
         return digest, size
 
     def get(self, sha256: str) -> bytes:
@@ -187,16 +178,7 @@ class LocalBlobStore:
 
     @staticmethod
     def _copy_in(source: Path, final: Path) -> None:
-        fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as tmp, open(source, "rb") as src:
-                shutil.copyfileobj(src, tmp, 1024 * 1024)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, final)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        replace_atomically(final, lambda tmp: copy_from(source, tmp))
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).exists()
@@ -234,7 +216,27 @@ def write_all(fd: int, data: memoryview) -> None:
         data = data[written:]
 
 
-def _fsync_directory(directory: Path) -> None:
+def replace_atomically(target: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Write a temp file beside `target` with `fill`, fsync it and rename it over `target`: a crash
+    leaves the old file or the new one, never half of one. The caller fsyncs the folder."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            fill(tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def copy_from(source: Path, into: BinaryIO) -> None:
+    with open(source, "rb") as src:
+        shutil.copyfileobj(src, into, 1024 * 1024)
+
+
+def fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -7,12 +7,10 @@ and dots only (PS3.5 9.1), at most 64 characters, so no event can name `..` or a
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
+from services.common.blob_store import copy_from, fsync_directory, replace_atomically
 from services.gateway.targets import FolderTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -77,20 +75,6 @@ class FolderStore:
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
-    """temp file beside the target, fsync, rename, fsync the folder: a crash leaves the old file or
-    the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-            shutil.copyfileobj(src, out, _CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """A crash leaves the old file or the new one, never half of one; the folder is fsynced too."""
+    replace_atomically(target, lambda out: copy_from(source, out))
+    fsync_directory(target.parent)
