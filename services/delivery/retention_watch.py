@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.structs import TopicPartition
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from services.common.events import event_id, event_message, now_ms
 from services.common.messages import OutgoingMessage
@@ -210,6 +212,7 @@ class RetentionWatch:
         topics: Topics,
         fractions: Sequence[float] = WARN_FRACTIONS,
         clock: Callable[[], int] = now_ms,
+        meter: metrics.Meter | None = None,
     ) -> None:
         self._partners = partners
         self._feed_topics = feed_topics
@@ -221,6 +224,30 @@ class RetentionWatch:
         self._fractions = fractions
         self._clock = clock
         self.latest: dict[str, PartnerLag] = {}
+        self._checked_at = 0
+        meter = meter or metrics.get_meter("imx.delivery.retention")
+        # Gauges per partner, from the last check: what operators alert on.
+        meter.create_observable_gauge(
+            "imx.partner.retention_used",
+            callbacks=[self._observe(lambda lag: lag.fraction(self._checked_at))],
+            description="oldest unread message's age / the feed's retention (1.0: about to expire)",
+        )
+        meter.create_observable_gauge(
+            "imx.partner.unread", callbacks=[self._observe(lambda lag: lag.unread)], description="unread feed messages"
+        )
+        meter.create_observable_gauge(
+            "imx.partner.expired_unread",
+            callbacks=[self._observe(lambda lag: lag.expired)],
+            description="feed messages deleted by retention before the partner read them",
+        )
+
+    def _observe(
+        self, value: Callable[[PartnerLag], float]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(value(lag), {"partner": partner}) for partner, lag in self.latest.items()]
+
+        return callback
 
     def check(self) -> dict[str, PartnerLag]:
         now = self._clock()
@@ -234,7 +261,7 @@ class RetentionWatch:
                 )
             if lag.expired:
                 log.error("partner feed messages expired unread", extra={"partner": partner_id, "count": lag.expired})
-        self.latest = lags
+        self.latest, self._checked_at = lags, now
         self._expire_unread(lags, now)
         return lags
 

@@ -59,3 +59,38 @@ def test_an_expired_delivery_is_a_failed_outcome_with_a_stable_id() -> None:
         "research",
     )
     assert outcome.meta.event_id == events_pb2.DeliveryOutcome.FromString(again.value).meta.event_id
+
+
+def test_the_last_check_is_exported_as_gauges_per_partner() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from services.delivery.retention_watch import RetentionWatch
+
+    reader = InMemoryMetricReader()
+    lag = PartnerLag("lab", retention_ms=10 * DAY_MS, partitions=[PartitionBacklog("t", 0, 7, 0, 2)])
+    watch = RetentionWatch(
+        partners=lambda: ["lab"],
+        feed_topics=lambda p: [],
+        read_lag=lambda p, topics: lag,
+        unstored=lambda: [],
+        mark_expired=lambda items, at: None,
+        publish=lambda messages: None,
+        topics=Topics(),
+        clock=lambda: 8 * DAY_MS,
+        meter=MeterProvider(metric_readers=[reader]).get_meter("test"),
+    )
+    watch.check()
+    data = reader.get_metrics_data()
+    assert data is not None
+    values = {
+        metric.name: {point.attributes["partner"]: point.value for point in metric.data.data_points}
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    assert values == {
+        "imx.partner.retention_used": {"lab": 0.8},
+        "imx.partner.unread": {"lab": 7},
+        "imx.partner.expired_unread": {"lab": 2},
+    }
