@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -21,18 +20,11 @@ from services.common.bus import BusProducer, ensure_topics
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 from tests.unit.audit.builders import Instance, journey
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 STUDY = Instance()
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-def _wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return found
 
 
 @pytest.fixture
@@ -80,7 +72,7 @@ def audit(kafka_bootstrap: str, mongo_uri: str, unique_name: str) -> Iterator[tu
     thread = threading.Thread(target=serve, args=(settings, stop, ready.append), daemon=True)
     thread.start()
     try:
-        endpoints = _wait_for(lambda: ready and ready[0], 30, "the audit service to start")
+        endpoints = wait_for(lambda: ready[0] if ready else None, 30, "the audit service to start")
         with grpc.insecure_channel(f"127.0.0.1:{endpoints.grpc_port}") as channel:
             request = admin_pb2.AddAnalystRequest(analyst=admin_pb2.Analyst(analyst_id="ann", scope="all"))
             api_key = admin_pb2_grpc.AnalystAdminStub(channel).AddAnalyst(request, timeout=10).api_key
@@ -109,7 +101,7 @@ def test_the_page_shows_the_apis_figures_with_a_key_and_refuses_without(browser:
         receipts = _api(base, api_key, "/audit/turnaround")["partners"]
         return bool(_api(base, api_key, "/audit/volumes", by="org")["days"] and receipts)
 
-    _wait_for(recorded, 60, "the journey's figures in the API")
+    wait_for(recorded, 60, "the journey's figures in the API")
     org_day = _api(base, api_key, "/audit/volumes", by="org")["days"][0]
     partner_day = _api(base, api_key, "/audit/volumes", by="partner")["days"][0]
     wait = WebDriverWait(browser, 20)

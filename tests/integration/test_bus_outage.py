@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,18 +24,11 @@ from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.runtime import StageControl
 from services.common.stats import StageStats
 from tests.integration.bus_helpers import committed_and_end_offsets, read_all
+from tests.waiting import wait_for
 from tools import devstack
 from tools.devstack.processes import port_is_free
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 class OwnBroker:
@@ -55,10 +48,10 @@ class OwnBroker:
 
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
-        _wait_for(lambda: not self.proc.alive(), 10, "the broker to die")
+        wait_for(lambda: not self.proc.alive(), 10, "the broker to die")
 
     def restart(self) -> None:
-        _wait_for(lambda: port_is_free(self.port), 30, "the broker's port to be free")
+        wait_for(lambda: port_is_free(self.port), 30, "the broker's port to be free")
         self.proc = self._start()
 
 
@@ -120,7 +113,7 @@ def test_a_stage_rides_out_a_broker_outage_and_loses_nothing(
     caplog.set_level(logging.INFO, logger="services.common.bus")
     runner.start()
     try:
-        _wait_for(lambda: set(before) <= set(handled), 60, "the first messages to be handled")
+        wait_for(lambda: set(before) <= set(handled), 60, "the first messages to be handled")
 
         producer.publish([OutgoingMessage(topic, v.encode(), b"d") for v in during])
         assert in_flight.wait(60), "the batch in flight was read"
@@ -128,13 +121,13 @@ def test_a_stage_rides_out_a_broker_outage_and_loses_nothing(
         broker_gone.set()
         time.sleep(6)  # several seconds without a broker; the batch's publish times out after 3
         assert runner.is_alive(), f"the stage ended during the outage: {failure!r}"
-        _wait_for(lambda: health_probe.check(address) == "NOT_SERVING", 30, "health to say NOT_SERVING")
+        wait_for(lambda: health_probe.check(address) == "NOT_SERVING", 30, "health to say NOT_SERVING")
 
         broker.restart()
-        _wait_for(lambda: health_probe.check(address) == "SERVING", 60, "health to say SERVING again")
+        wait_for(lambda: health_probe.check(address) == "SERVING", 60, "health to say SERVING again")
         producer.publish([OutgoingMessage(topic, v.encode(), str(i % 5).encode()) for i, v in enumerate(after)])
-        _wait_for(lambda: set(after) <= set(handled), 60, "the later messages to be handled")
-        _wait_for(
+        wait_for(lambda: set(after) <= set(handled), 60, "the later messages to be handled")
+        wait_for(
             lambda: (lambda c, e: c == e)(*committed_and_end_offsets(broker.bootstrap, topic, group)),
             30,
             "every offset to be committed",

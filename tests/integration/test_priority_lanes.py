@@ -34,6 +34,7 @@ from services.gateway.runner import GatewaySettings, KafkaSignIn, run_gateway
 from services.gateway.targets import parse_target
 from services.proto_gen.imx.v1 import events_pb2
 from tests.integration.bus_helpers import read_all
+from tests.waiting import wait_for
 
 BULK = 5000
 URGENT = 50
@@ -63,13 +64,6 @@ def _routed(
         partner_id=partner_id,
         priority=priority,  # type: ignore[arg-type]
     )
-
-
-def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @contextmanager
@@ -205,12 +199,12 @@ def test_an_urgent_study_overtakes_a_bulk_backlog_to_the_partners_pacs(
 
         producer.publish(messages(bulk_events))
         # The backlog reaches every stage: the gateway is storing bulk work when the urgent study arrives.
-        _wait_for(lambda: _count(pacs) >= 20, 60, "bulk work to reach the partner's PACS")
+        wait_for(lambda: _count(pacs) >= 20, 60, "bulk work to reach the partner's PACS", interval_s=0.02)
 
         producer.publish(messages(urgent_events))
         accepted = time.monotonic()
         accepted_ms = now_ms()
-        _wait_for(lambda: _count(urgent_folder) >= URGENT, 30, "the urgent study to be stored")
+        wait_for(lambda: _count(urgent_folder) >= URGENT, 30, "the urgent study to be stored", interval_s=0.02)
         elapsed = time.monotonic() - accepted
         bulk_stored = _count(pacs) - URGENT
         print(f"urgent study stored {elapsed:.2f} s after its last instance; bulk stored meanwhile {bulk_stored}")

@@ -7,8 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -23,17 +22,11 @@ from services.common.bus import BusProducer, ensure_topics
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 from tests.unit.audit.builders import Instance, journey
+from tests.waiting import wait_for
 from tools.devstack import free_ports
 
 REPO = Path(__file__).resolve().parents[3]
 STUDY = Instance()
-
-
-def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def _trail_complete(http_port: int, api_key: str = "") -> bool:
@@ -81,7 +74,7 @@ def test_serve_answers_http_and_grpc_health_and_returns_when_stopped(
     thread = threading.Thread(target=serve, args=(settings, stop, ready.append), daemon=True)
     thread.start()
     try:
-        _wait_for(lambda: bool(ready), 30, "the service to start")
+        wait_for(lambda: bool(ready), 30, "the service to start")
         endpoints = ready[0]
         with grpc.insecure_channel(f"127.0.0.1:{endpoints.grpc_port}") as channel:
             analysts = admin_pb2_grpc.AnalystAdminStub(channel)
@@ -89,7 +82,7 @@ def test_serve_answers_http_and_grpc_health_and_returns_when_stopped(
             api_key = analysts.AddAnalyst(request, timeout=10).api_key
             listed = analysts.ListAnalysts(admin_pb2.ListAnalystsRequest(), timeout=10).analysts
         assert [(a.analyst_id, a.name) for a in listed] == [("ann", "Ann")]
-        _wait_for(lambda: _trail_complete(endpoints.http_port, api_key), 30, "the trail over HTTP")
+        wait_for(lambda: _trail_complete(endpoints.http_port, api_key), 30, "the trail over HTTP")
         trail_url = f"http://127.0.0.1:{endpoints.http_port}/audit/studies/{STUDY.study}"
         assert httpx.get(trail_url).status_code == 401, "no key, no trail"
         assert httpx.get(f"http://127.0.0.1:{endpoints.http_port}/healthz").json() == {"status": "ok", "store": True}
@@ -127,7 +120,7 @@ def test_python_m_services_audit_stops_cleanly_on_sigterm(
             [sys.executable, "-m", "services.audit"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr
         )
     try:
-        _wait_for(lambda: _trail_complete(http_port) or proc.poll() is not None, 40, "the trail over HTTP")
+        wait_for(lambda: _trail_complete(http_port) or proc.poll() is not None, 40, "the trail over HTTP")
         assert proc.poll() is None, log.read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import stat
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,9 @@ from services.cli.main import app
 from services.common.bus import BusProducer, ensure_topics
 from services.common.topics import Topics
 from tests.unit.audit.builders import Instance, journey
+from tests.waiting import wait_for
 
 STUDY = Instance()
-
-
-def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -69,8 +62,8 @@ def test_imx_audit_verify_passes_then_names_an_edited_record(
     db = client[unique_name]
     tree = StoredTree(db["audit_log"])
     try:
-        _wait_for(lambda: bool(ready), 30, "the service to start")
-        _wait_for(lambda: (head := tree.tree_head()) is not None and head.size == 5, 30, "a signed head of 5 leaves")
+        wait_for(lambda: bool(ready), 30, "the service to start")
+        wait_for(lambda: (head := tree.tree_head()) is not None and head.size == 5, 30, "a signed head of 5 leaves")
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         env = {"IMX_AUDIT_GRPC": f"127.0.0.1:{ready[0].grpc_port}"}
         remembered = tmp_path / "head.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -24,15 +24,9 @@ from services.deid.settings import DeidSettings
 from services.proto_gen.imx.v1 import events_pb2, profiles_pb2, profiles_pb2_grpc
 from tests.integration.bus_helpers import read_all
 from tests.unit.deid.stage_builders import KEEP_PATIENT_NAME, PATIENT_NAME, instance_with_a_previous_name, routed_event
+from tests.waiting import wait_for
 
 PARTNER = "research-a"
-
-
-def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -54,7 +48,7 @@ def deid(
     thread = threading.Thread(target=serve, args=(settings, stop, ready.append), daemon=True)
     thread.start()
     try:
-        _wait_for(lambda: bool(ready), 60, "the deid service to start")
+        wait_for(lambda: bool(ready), 60, "the deid service to start", interval_s=0.1)
         yield settings, ready[0]
     finally:
         stop.set()
