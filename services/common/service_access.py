@@ -58,6 +58,15 @@ def username(service: str) -> str:
     return f"imx-{service}"
 
 
+CENTRAL_GATEWAY_GROUP = "imx-central-gateway."
+
+
+def central_gateway_group(partner_id: str, topic_prefix: str = "") -> str:
+    """The consumer group a central gateway reads a partner's feed in. Not under the partner's own
+    "<partner>." prefix (kafka_access.group_prefix): the gateways user may use these groups only."""
+    return f"{topic_prefix}{CENTRAL_GATEWAY_GROUP}{partner_id}"
+
+
 @dataclass(frozen=True)
 class Grant:
     """Operations on one resource (a topic, a group, the cluster), literal or by prefix."""
@@ -103,7 +112,10 @@ def service_grants(service: str, topics: Topics) -> list[Grant]:
             Grant(ResourceType.TOPIC, receipts, (Op.CREATE,), PREFIXED),
             *_write(topics.outcomes, topics.access),
             *failures,
-            # The retention watch reads partners' committed offsets and their feeds' retention.
+            # The retention watch reads partners' committed offsets and their feeds' retention. A
+            # partner's groups are "<partner>.*" (kafka_access.group_prefix), with no prefix common to
+            # all partners, so describing them takes every group; DESCRIBE shows offsets, never data,
+            # and the cluster ALTER below could grant delivery anything anyway.
             Grant(ResourceType.TOPIC, partner_feeds, (Op.DESCRIBE_CONFIGS,), PREFIXED),
             Grant(ResourceType.GROUP, "*", (Op.DESCRIBE,)),
             # Partners' SCRAM users and ACLs (kafka_access.PartnerAccess).
@@ -119,11 +131,11 @@ def service_grants(service: str, topics: Topics) -> list[Grant]:
             *[Grant(ResourceType.TOPIC, t, (Op.WRITE,)) for t in pipeline],
         ]
     if service == "gateways":
-        # Central gateways read each partner's feed in the group "<partner>.central-gateway" and write
-        # its receipts. Group ids start with the partner id, so no prefix covers only theirs.
+        # Central gateways read each partner's feed in the group "imx-central-gateway.<partner>"
+        # (central_gateway_group) and write its receipts; no partner's own group is theirs to join.
         return [
             *_read(partner_feeds, pattern=PREFIXED),
-            Grant(ResourceType.GROUP, "*", (Op.READ, Op.DESCRIBE)),
+            _group(f"{p}{CENTRAL_GATEWAY_GROUP}", PREFIXED),
             Grant(ResourceType.TOPIC, receipts, (Op.WRITE, Op.DESCRIBE), PREFIXED),
         ]
     raise ValueError(f"no Kafka access is declared for service {service!r}")

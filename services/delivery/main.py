@@ -111,7 +111,9 @@ def serve(
     watch = RetentionWatch(
         partners=lambda: [p.partner_id for p in store.list()],
         feed_topics=topics.partner_lanes,
-        read_lag=KafkaBacklogReader(settings.kafka_bootstrap, kafka_client_config(settings)).partner_lag,
+        read_lag=KafkaBacklogReader(
+            settings.kafka_bootstrap, kafka_client_config(settings), topic_prefix=topics.prefix
+        ).partner_lag,
         unstored=delivered.unstored,
         mark_expired=delivered.mark_expired,
         publish=retrievals.publish,

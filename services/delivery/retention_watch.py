@@ -26,6 +26,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from services.common.events import event_id, event_message, now_ms
 from services.common.messages import OutgoingMessage
+from services.common.service_access import central_gateway_group
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance
 from services.proto_gen.imx.v1 import events_pb2
@@ -128,9 +129,10 @@ class KafkaBacklogReader:
     """Reads committed offsets, log bounds, first unread timestamps and retention from the broker
     (the internal listener, where the services may describe every group)."""
 
-    def __init__(self, bootstrap: str, client_config: Mapping[str, str] | None = None) -> None:
+    def __init__(self, bootstrap: str, client_config: Mapping[str, str] | None = None, topic_prefix: str = "") -> None:
         self._bootstrap = bootstrap
         self._client_config = dict(client_config or {})
+        self._topic_prefix = topic_prefix
 
     def partner_lag(self, partner_id: str, feed_topics: Iterable[str]) -> PartnerLag:
         admin = KafkaAdminClient(
@@ -146,7 +148,7 @@ class KafkaBacklogReader:
         try:
             topics = [t for t in feed_topics if consumer.partitions_for_topic(t)]
             retention = self._retention_ms(admin, topics)
-            committed = self._committed(admin, partner_id)
+            committed = self._committed(admin, partner_id, central_gateway_group(partner_id, self._topic_prefix))
             lag = PartnerLag(partner_id, retention)
             partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
             if not partitions:
@@ -178,12 +180,13 @@ class KafkaBacklogReader:
         return DEFAULT_RETENTION_MS
 
     @staticmethod
-    def _committed(admin: KafkaAdminClient, partner_id: str) -> dict[TopicPartition, int]:
-        """The slowest committed offset of the partner's groups ("<partner>." prefix) per partition."""
+    def _committed(admin: KafkaAdminClient, partner_id: str, central_group: str) -> dict[TopicPartition, int]:
+        """The slowest committed offset per partition of the partner's groups ("<partner>." prefix) and
+        of its central gateway's group."""
         slowest: dict[TopicPartition, int] = {}
         groups = [_group_id(g) for g in admin.list_groups()]
         for group in groups:
-            if not group.startswith(f"{partner_id}."):
+            if not (group.startswith(f"{partner_id}.") or group == central_group):
                 continue
             for tp, meta in admin.list_group_offsets({group: None}).get(group, {}).items():
                 if meta.offset >= 0:

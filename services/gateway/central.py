@@ -5,8 +5,9 @@ DICOMweb service or folder receives without running anything itself.
 One worker thread per such partner runs the same store-and-forward loop as `imx gateway run`
 (services/gateway/worker.py), with three differences:
 - it reads the feed over the services' internal listener, in a consumer group of its own
-  (`<partner>.central-gateway`), so a gateway the partner also runs at its site is not sharing
-  partitions with it;
+  (`imx-central-gateway.<partner>`, outside the partner's `<partner>.` groups), so a gateway the
+  partner also runs at its site is not sharing partitions with it, and the gateways service's user
+  may use no group of the partner's;
 - it fetches with a DICOMweb key of the "central" kind, issued when the worker starts and kept in
   memory only; issuing it replaces only earlier central keys, never the partner's own;
 - its state (stored record, dead letters) is under `<IMX_GATEWAY_STATE_DIR>/<partner>`.
@@ -31,11 +32,10 @@ from kafka import KafkaConsumer
 from pydantic import Field
 
 from services.common.control_server import ControlServer
-from services.common.kafka_access import group_prefix
 from services.common.logs import configure_logging
 from services.common.mongo import connect
 from services.common.runtime import install_stop_signals
-from services.common.service_access import kafka_client_config
+from services.common.service_access import central_gateway_group, kafka_client_config
 from services.common.settings import ServiceSettings
 from services.common.stats import StatusSnapshot
 from services.common.stores.partners import CENTRAL_KEY, PartnerStore
@@ -70,8 +70,8 @@ def plan(running: Mapping[str, str], wanted: Mapping[str, str]) -> tuple[list[st
     return stop, start
 
 
-def central_group(partner_id: str) -> str:
-    return f"{group_prefix(partner_id)}central-gateway"
+def central_group(partner_id: str, topic_prefix: str = "") -> str:
+    return central_gateway_group(partner_id, topic_prefix)
 
 
 class PartnerWorker:
@@ -137,7 +137,7 @@ class PartnerWorker:
             consumer = KafkaConsumer(
                 **config,
                 bootstrap_servers=s.kafka_bootstrap,
-                group_id=central_group(self.partner_id),
+                group_id=central_group(self.partner_id, topics.prefix),
                 client_id=f"imx-central-gateway-{self.partner_id}",
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",

@@ -13,7 +13,14 @@ from kafka.structs import TopicPartition
 
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
-from services.common.service_access import ServiceAccess, kafka_client_config, service_acls, username
+from services.common.service_access import (
+    SERVICES,
+    ServiceAccess,
+    central_gateway_group,
+    kafka_client_config,
+    service_acls,
+    username,
+)
 from services.common.settings import ServiceSettings
 from services.common.stats import StageStats
 from services.common.topics import Topics
@@ -75,6 +82,49 @@ def test_routing_cannot_use_another_services_group(kafka_internal: KafkaInternal
                 consumer.poll(timeout_ms=500)
     finally:
         consumer.close(autocommit=False)
+
+
+def _poll_group(internal: KafkaInternal, config: dict[str, str], topic: str, group: str) -> list[bytes]:
+    """Join `group` on `topic` and read until something arrives (20 s); a refused group raises."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=internal.bootstrap, group_id=group, auto_offset_reset="earliest", **config
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            values = [r.value for batch in consumer.poll(timeout_ms=500).values() for r in batch]
+            if values:
+                return values
+        return []
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_the_gateways_user_reads_a_feed_only_in_its_central_group(
+    kafka_internal: KafkaInternal, topics: Topics
+) -> None:
+    """Central gateways join `imx-central-gateway.<partner>`; a partner's own group, another service's
+    or any other is refused to them."""
+    admin_producer = BusProducer(kafka_internal.bootstrap, client_config=kafka_internal.admin_config)
+    admin_producer.publish([OutgoingMessage(topics.partner("acme"), b"delivery-1", b"study-1")])
+    admin_producer.close()
+    config = _signed_in(kafka_internal, "gateways", topics)
+    feed = topics.partner("acme")
+    for foreign in ("acme.gateway", "acme.central-gateway", f"{topics.prefix}imx-delivery", "anything"):
+        with pytest.raises(GroupAuthorizationFailedError):
+            _poll_group(kafka_internal, config, feed, foreign)
+    assert _poll_group(kafka_internal, config, feed, central_gateway_group("acme", topics.prefix)) == [b"delivery-1"]
+
+
+def test_no_service_is_granted_every_topic_and_only_delivery_describes_every_group() -> None:
+    """`*` grants: none on topics; on groups only delivery's DESCRIBE (its retention watch)."""
+    for service in SERVICES:
+        wide = [
+            (acl.resource_pattern.resource_type.name, acl.operation.name)
+            for acl in service_acls(service, Topics())
+            if acl.resource_pattern.resource_name == "*"
+        ]
+        assert wide == ([("GROUP", "DESCRIBE")] if service == "delivery" else []), service
 
 
 def test_routing_does_its_own_work_with_its_own_credentials(kafka_internal: KafkaInternal, topics: Topics) -> None:

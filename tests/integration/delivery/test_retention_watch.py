@@ -12,6 +12,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from pymongo.database import Database
 
 from services.common.messages import OutgoingMessage
+from services.common.service_access import central_gateway_group
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance, DeliveredObjects
 from services.delivery.retention_watch import KafkaBacklogReader, RetentionWatch
@@ -49,13 +50,13 @@ def test_the_backlog_of_the_partners_slowest_group_and_what_expired_unread(
     topics = Topics(make_name("rw") + ".")
     feed = topics.partner(partner)
     _feed(kafka_bootstrap, feed, 10)
-    reader = KafkaBacklogReader(kafka_bootstrap)
+    reader = KafkaBacklogReader(kafka_bootstrap, topic_prefix=topics.prefix)
 
     never_read = reader.partner_lag(partner, [feed])
     assert (never_read.retention_ms, never_read.unread, never_read.expired) == (10 * HOUR_MS, 10, 0)
 
     _commit(kafka_bootstrap, f"{partner}.gateway", feed, 8)
-    _commit(kafka_bootstrap, f"{partner}.central-gateway", feed, 4)  # the slowest group counts
+    _commit(kafka_bootstrap, central_gateway_group(partner, topics.prefix), feed, 4)  # the slowest group counts
     _commit(kafka_bootstrap, f"other-{partner}.gateway", feed, 0)  # not this partner's group
     lag = reader.partner_lag(partner, [feed])
     assert (lag.unread, lag.expired) == (6, 0)

@@ -17,6 +17,7 @@ def test_a_changed_endpoint_restarts_the_worker_and_nothing_changed_is_left_alon
     assert plan(running, dict(running)) == ([], [])
 
 
-def test_the_central_gateway_reads_in_a_group_of_its_own_within_the_partners_prefix() -> None:
-    assert central_group("research-lab") == "research-lab.central-gateway"
-    assert central_group("research-lab") != "research-lab.gateway", "not the group the partner's own gateway uses"
+def test_the_central_gateway_reads_in_a_group_of_its_own_outside_the_partners_groups() -> None:
+    assert central_group("research-lab") == "imx-central-gateway.research-lab"
+    assert not central_group("research-lab").startswith("research-lab."), "the partner's own groups are not its"
+    assert central_group("research-lab", "prod.") == "prod.imx-central-gateway.research-lab"
