@@ -6,34 +6,125 @@ One class for every service's HTTP surface (ingest's STOW-RS, audit's query API,
 - `log_config=None`: uvicorn's records go through the service's PHI-safe JSON handler;
 - no access log: request paths carry study UIDs; each service logs its own summary;
 - `stop()` stops accepting and lets requests in flight finish, up to `grace_s`;
-- an idle kept-alive connection is closed after `keep_alive_s` (a route bounds its own body reads).
+- an idle kept-alive connection is closed after `keep_alive_s` (a route bounds its own body reads);
+- a request's headers must be complete within `header_timeout_s` of the connection opening (or of the
+  previous response on a kept-alive connection), else the connection is closed without an answer:
+  uvicorn and h11 wait for headers for ever, so a client that sends half a request and stops, or one
+  header byte a second, would otherwise hold its connection open indefinitely;
+- with `tls=TlsFiles(cert, key)` it serves HTTPS only; the files are read in the constructor, so a
+  missing or mismatched pair fails there (OSError / ssl.SSLError), not on the server thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A PEM certificate (chain) and its private key."""
+
+    cert_file: Path
+    key_file: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    @staticmethod
+    def of(cert_file: Path | None, key_file: Path | None) -> TlsFiles | None:
+        """From a service's settings: both or neither (one without the other is a configuration error)."""
+        if cert_file is None and key_file is None:
+            return None
+        if cert_file is None or key_file is None:
+            raise ValueError("TLS needs both a certificate file and a key file")
+        return TlsFiles(cert_file, key_file)
+
+
+def header_deadline_protocol(header_timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete in time."""
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_deadline()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_header_deadline()
+
+        def _arm_header_deadline(self) -> None:
+            self._disarm_header_deadline()
+            self._header_deadline = self.loop.call_later(header_timeout_s, self._header_deadline_passed)
+
+        def _disarm_header_deadline(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _header_deadline_passed(self) -> None:
+            self._header_deadline = None
+            # IDLE: h11 has not seen a complete request line and headers since the deadline was armed.
+            # Nothing is answered: there is no request to answer, and the client may be gone anyway.
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
 
 
 class HttpServer:
     def __init__(
-        self, app: FastAPI, host: str, port: int, grace_s: float = 10.0, name: str = "http", keep_alive_s: int = 5
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        grace_s: float = 10.0,
+        name: str = "http",
+        keep_alive_s: int = 5,
+        header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+        tls: TlsFiles | None = None,
     ) -> None:
+        ssl_options: dict[str, Any] = {}
+        if tls is not None:
+            context = tls.server_context()
+            ssl_options = {"ssl_context_factory": lambda _config, _default: context}
         self._socket = socket.create_server((host, port), reuse_port=False)
         self.host = host
         self.port: int = self._socket.getsockname()[1]
+        self.scheme = "https" if tls is not None else "http"
         self._grace_s = max(1.0, grace_s)
         config = uvicorn.Config(
             app,
+            http=header_deadline_protocol(header_timeout_s),
             log_config=None,
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=max(1, int(grace_s)),
             timeout_keep_alive=keep_alive_s,
+            **ssl_options,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

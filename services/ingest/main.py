@@ -12,8 +12,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
-from services.common.http_server import HttpServer
+from services.common.http_server import HttpServer, TlsFiles
 from services.common.logs import configure_logging
 from services.common.runtime import StageControl, install_stop_signals
 from services.common.stats import StageStats
@@ -22,6 +23,7 @@ from services.ingest.admin import register_organisation_admin
 from services.ingest.scp import DicomReceiver
 from services.ingest.settings import IngestSettings
 from services.ingest.stow import StowContext, create_app
+from services.ingest.upload_slots import UploadSlots
 from services.ingest.wiring import open_ingest
 
 log = logging.getLogger(__name__)
@@ -65,13 +67,22 @@ def serve(
                 host=settings.grpc_host,
                 port=settings.grpc_port,
                 extra=[register_organisation_admin(resources.organisations, receiver.calling_aets.refresh)],
+                auth=control_auth(resources.db, settings.control_bootstrap_token_file),
+            )
+            stow = StowContext(
+                resources.acceptance,
+                resources.organisations,
+                settings.stow_body_timeout_s,
+                UploadSlots(settings.stow_max_uploads_per_org),
             )
             http = HttpServer(
-                create_app(StowContext(resources.acceptance, resources.organisations, settings.stow_body_timeout_s)),
+                create_app(stow),
                 settings.http_host,
                 settings.http_port,
                 settings.shutdown_grace_s,
                 name="ingest-http",
+                header_timeout_s=settings.http_header_timeout_s,
+                tls=TlsFiles.of(settings.http_tls_cert_file, settings.http_tls_key_file),
             )
             control.start()
             try:

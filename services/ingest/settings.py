@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from services.common.settings import ServiceSettings
@@ -29,6 +31,16 @@ class IngestSettings(ServiceSettings):
     stow_body_timeout_s: float = Field(
         30.0, gt=0, description="longest wait for the next bytes of a STOW-RS body; then 408 and the connection closes"
     )
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="longest wait for a request's complete headers; then the connection is closed"
+    )
+    stow_max_uploads_per_org: int = Field(
+        8, ge=1, description="STOW-RS uploads one organisation may have open at once; more are refused 429"
+    )
+    http_tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) of the STOW-RS endpoint; with the key file it serves HTTPS only"
+    )
+    http_tls_key_file: Path | None = Field(None, description="PEM private key of that certificate")
     max_instance_bytes: int = Field(
         1 * GIB, ge=1024, le=2 * GIB, description="largest DICOM instance accepted on any channel"
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Protocol
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -28,11 +28,15 @@ from services.ingest.multipart_related import (
 )
 from services.ingest.status_codes import OUT_OF_RESOURCES, PROCESSING_FAILURE
 from services.ingest.stow_response import DICOM_JSON, InstanceOutcome, http_status, outcome_of, response_body
+from services.ingest.upload_slots import UploadSlots
 
 log = logging.getLogger(__name__)
 
 CHANNEL: Channel = "stow-rs"
 DESTINATION_HEADER = "X-IMX-Destination"
+DEFAULT_UPLOADS_PER_ORG = 8
+# What a refused sender is told to wait: uploads finish in seconds, so a short wait usually finds a slot.
+BUSY_RETRY_AFTER_S = 5
 
 
 class ApiKeys(Protocol):
@@ -46,6 +50,8 @@ class StowContext:
     # Longest wait for the next piece of a request body: a client that sent its headers and stopped
     # would otherwise hold its connection (and a worker's buffers) for ever.
     body_timeout_s: float = 30.0
+    # Uploads one organisation may have open at once; the next one is refused 429 with Retry-After.
+    uploads: UploadSlots = field(default_factory=lambda: UploadSlots(DEFAULT_UPLOADS_PER_ORG))
 
 
 def _context(request: Request) -> StowContext:
@@ -97,6 +103,24 @@ def _store_part(context: StowContext, part: Part, org: str, destination: str, st
 
 
 async def _store(
+    request: Request, context: StowContext, org: str, destination: str, study_uid: str | None
+) -> JSONResponse:
+    with context.uploads.hold(org) as granted:
+        if granted:
+            return await _store_held(request, context, org, destination, study_uid)
+    log.warning(
+        "stow-rs upload refused: the organisation has its cap of uploads open",
+        extra={"org": org, "count": context.uploads.per_org, "status": 429},
+    )
+    return JSONResponse(
+        {"detail": f"this organisation already has {context.uploads.per_org} uploads open; retry later"},
+        status_code=429,
+        # The body was not read, so the connection cannot carry another request.
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_S), "Connection": "close"},
+    )
+
+
+async def _store_held(
     request: Request, context: StowContext, org: str, destination: str, study_uid: str | None
 ) -> JSONResponse:
     try:
@@ -165,6 +189,10 @@ _STOW_OPENAPI = {
         "408": {"description": "the body stopped arriving (IMX_STOW_BODY_TIMEOUT_S); the connection is closed"},
         "409": {"description": "no instance stored"},
         "415": {"description": 'not multipart/related; type="application/dicom"'},
+        "429": {
+            "description": "the organisation already has IMX_STOW_MAX_UPLOADS_PER_ORG uploads open: retry later "
+            "(Retry-After); the connection is closed"
+        },
         "503": {"description": "a dependency is down: retry later (Retry-After)"},
     },
 }

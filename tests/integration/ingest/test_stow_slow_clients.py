@@ -1,12 +1,14 @@
-"""STOW-RS against clients that send their headers and stop, on real sockets: each is answered 408 and
-closed within the body timeout, and neither that nor a client that hangs up mid-body logs a traceback."""
+"""STOW-RS against clients that stall, on real sockets: one that sends part of its headers and stops (or
+sends them a byte at a time) is closed after the header timeout; one that sends its headers and stops is
+answered 408 and closed within the body timeout; an organisation past its cap of open uploads is refused
+429 at once; and none of that, nor a client that hangs up mid-body, logs a traceback."""
 
 from __future__ import annotations
 
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,37 +19,50 @@ from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance
 from services.ingest.receipts import MemoryReceiptStore
 from services.ingest.stow import StowContext, create_app
+from services.ingest.upload_slots import UploadSlots
 from tests.unit.ingest.samples import BOUNDARY, RecordingBus, stow_content_type
 
-KEY = "imx_test-key"
+KEY, OTHER_KEY = "imx_test-key", "imx_other-key"
 BODY_TIMEOUT_S = 1.0
-CLIENTS = 20
+HEADER_TIMEOUT_S = 1.0
+CLIENTS = 200  # the size of the original finding: 200 stalled uploads, all still open after 62 s
 
 
 class ApiKeys:
     def org_for_api_key(self, api_key: str) -> str | None:
-        return "trust-a" if api_key == KEY else None
+        return {KEY: "trust-a", OTHER_KEY: "trust-b"}.get(api_key)
+
+
+ServerFactory = Callable[..., HttpServer]
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[HttpServer]:
-    acceptance = Acceptance(
-        blobs=LocalBlobStore(tmp_path), receipts=MemoryReceiptStore(), bus=RecordingBus(), topics=Topics("t-"),
-        max_instance_bytes=400_000,
-    )
-    http = HttpServer(create_app(StowContext(acceptance, ApiKeys(), BODY_TIMEOUT_S)), "127.0.0.1", 0, grace_s=1)
-    http.start()
-    yield http
-    http.stop()
+def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    servers: list[HttpServer] = []
+
+    def start(uploads_per_org: int, body_timeout_s: float = BODY_TIMEOUT_S) -> HttpServer:
+        acceptance = Acceptance(
+            blobs=LocalBlobStore(tmp_path), receipts=MemoryReceiptStore(), bus=RecordingBus(), topics=Topics("t-"),
+            max_instance_bytes=400_000,
+        )
+        context = StowContext(acceptance, ApiKeys(), body_timeout_s, UploadSlots(uploads_per_org))
+        http = HttpServer(create_app(context), "127.0.0.1", 0, grace_s=1, header_timeout_s=HEADER_TIMEOUT_S)
+        http.start()
+        servers.append(http)
+        return http
+
+    yield start
+    for http in servers:
+        http.stop()
 
 
-def _stalled_upload(port: int) -> socket.socket:
+def _stalled_upload(port: int, key: str = KEY) -> socket.socket:
     """Headers of a 1 MB upload and the start of its first part, then nothing."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(
         (
             "POST /dicomweb/studies HTTP/1.1\r\nHost: imx\r\n"
-            f"Authorization: Bearer {KEY}\r\nContent-Type: {stow_content_type()}\r\nContent-Length: 1000000\r\n\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: {stow_content_type()}\r\nContent-Length: 1000000\r\n\r\n"
             f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n"
         ).encode()
         + b"\0" * 128
@@ -55,7 +70,15 @@ def _stalled_upload(port: int) -> socket.socket:
     return sock
 
 
+def _half_headers(port: int) -> socket.socket:
+    """The request line and some headers of an upload, without the blank line that ends them."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"POST /dicomweb/studies HTTP/1.1\r\nHost: imx\r\nAuthorization: Bearer {KEY}\r\n".encode())
+    return sock
+
+
 def _read_to_close(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes; socket.timeout (10 s) when it does not."""
     received = b""
     while chunk := sock.recv(65536):
         received += chunk
@@ -66,14 +89,58 @@ def _tracebacks(records: list[logging.LogRecord]) -> list[str]:
     return [r.getMessage() for r in records if r.exc_info or "Traceback" in r.getMessage()]
 
 
+def test_connections_whose_headers_stop_are_closed_after_the_header_timeout(
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = start_server(8)
+    started = time.monotonic()
+    sockets = [_half_headers(server.port) for _ in range(CLIENTS)]
+    try:
+        answers = [_read_to_close(sock) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    elapsed = time.monotonic() - started
+    assert HEADER_TIMEOUT_S * 0.9 < elapsed < HEADER_TIMEOUT_S + 5
+    assert answers == [b""] * CLIENTS  # closed without an answer: there was no request to answer
+    assert _tracebacks(caplog.records) == []
+
+
+def test_headers_sent_a_byte_at_a_time_do_not_extend_the_deadline(start_server: ServerFactory) -> None:
+    server = start_server(8)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: imx\r\nX-Padding: ")
+        closed = False
+        while not closed and time.monotonic() - started < HEADER_TIMEOUT_S + 3:
+            time.sleep(0.05)
+            try:
+                sock.sendall(b"a")
+            except OSError:  # broken pipe or reset: the server has closed
+                closed = True
+    assert closed
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + 1
+
+
+def test_a_kept_alive_connection_gets_a_new_header_deadline_per_request(start_server: ServerFactory) -> None:
+    server = start_server(8)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for _ in range(3):  # 3 requests over 3 x 0.6 s: longer than one header timeout in total
+            time.sleep(HEADER_TIMEOUT_S * 0.6)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: imx\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
 def test_uploads_that_stop_are_answered_408_and_closed_within_the_timeout(
-    server: HttpServer, caplog: pytest.LogCaptureFixture
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
+    server = start_server(CLIENTS)
     started = time.monotonic()
     sockets = [_stalled_upload(server.port) for _ in range(CLIENTS)]
     try:
-        answers = [_read_to_close(sock) for sock in sockets]  # recv times out (10 s) when not closed
+        answers = [_read_to_close(sock) for sock in sockets]
     finally:
         for sock in sockets:
             sock.close()
@@ -82,8 +149,40 @@ def test_uploads_that_stop_are_answered_408_and_closed_within_the_timeout(
     assert _tracebacks(caplog.records) == []
 
 
-def test_clients_that_hang_up_mid_body_log_no_traceback(server: HttpServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_uploads_past_the_organisations_cap_are_refused_429_and_others_are_not(
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
+    server = start_server(8, body_timeout_s=4.0)  # the eight hold their slots while the rest arrive
+    held = [_stalled_upload(server.port) for _ in range(8)]
+    time.sleep(0.3)  # the eight are authenticated and hold their slots
+    refused = [_stalled_upload(server.port) for _ in range(CLIENTS - 8)]
+    other_org = _stalled_upload(server.port, OTHER_KEY)
+    try:
+        refusals = [_read_to_close(sock) for sock in refused]
+        held_answers = [_read_to_close(sock) for sock in held]
+        other_answer = _read_to_close(other_org)
+        after = _stalled_upload(server.port)  # the eight timed out: their slots are free again
+        after_answer = _read_to_close(after)
+    finally:
+        for sock in [*held, *refused, other_org]:
+            sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 429") for answer in refusals), refusals[0][:200]
+    assert all(b"\r\nretry-after: 5\r\n" in answer.lower() for answer in refusals)
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in held_answers)
+    assert other_answer.startswith(b"HTTP/1.1 408")  # trust-b was not refused for trust-a's uploads
+    assert after_answer.startswith(b"HTTP/1.1 408")
+    busy = [r for r in caplog.records if r.getMessage().startswith("stow-rs upload refused")]
+    assert len(busy) == CLIENTS - 8
+    assert {getattr(r, "org", None) for r in busy} == {"trust-a"}
+    assert _tracebacks(caplog.records) == []
+
+
+def test_clients_that_hang_up_mid_body_log_no_traceback(
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = start_server(CLIENTS)
     for sock in [_stalled_upload(server.port) for _ in range(CLIENTS)]:
         time.sleep(0.01)
         sock.close()
