@@ -40,6 +40,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(marker)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def control_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One control token for the session (services/common/control_tokens.py): the bootstrap
+    administrator of every service the tests start, sent by every client they make
+    (services/common/control_channel.py). Tests of the control plane itself issue their own."""
+    token = "imx_ctl_test_" + secrets.token_urlsafe(24)
+    path = tmp_path_factory.mktemp("control") / "control-token"
+    path.write_text(token + "\n")
+    saved = {name: os.environ.get(name) for name in ("IMX_CONTROL_TOKEN", "IMX_CONTROL_BOOTSTRAP_TOKEN_FILE")}
+    os.environ["IMX_CONTROL_TOKEN"] = token
+    os.environ["IMX_CONTROL_BOOTSTRAP_TOKEN_FILE"] = str(path)
+    yield token
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """bootstrap.servers of a Kafka broker for this test session: an unauthenticated listener whose

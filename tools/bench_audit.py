@@ -38,6 +38,7 @@ from services.audit.main import AuditEndpoints, serve
 from services.audit.settings import AuditSettings
 from services.audit.store import MongoAuditStore
 from services.common.bus import BusProducer, Handler, ensure_topics
+from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
 from services.common.events import event_id, event_message
 from services.common.http_server import HttpServer
@@ -236,7 +237,12 @@ def serve_without_log(
                 on_ready(AuditEndpoints(http_port=http.port, grpc_port=control.port))
 
             run_stage(
-                settings, audit_stage_spec(Topics(settings.topic_prefix)), build_handler, stop=stop, on_ready=ready
+                settings,
+                audit_stage_spec(Topics(settings.topic_prefix)),
+                build_handler,
+                control_auth(db, settings.control_bootstrap_token_file),
+                stop=stop,
+                on_ready=ready,
             )
         finally:
             http.stop()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from services.cli.settings import CliSettings
+from services.common.control_channel import control_channel
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
 PARTNER = "bench-partner"
@@ -86,7 +87,7 @@ def _partner_credentials(channel: grpc.Channel) -> PartnerCredentials:
 
 
 def configure(cli: CliSettings, org: str, ae_title: str, profile: str) -> BenchConfig:
-    with grpc.insecure_channel(cli.ingest_grpc) as channel:
+    with control_channel(cli.ingest_grpc) as channel:
         orgs = admin_pb2_grpc.OrganisationAdminStub(channel)
         listed = orgs.ListOrganisations(admin_pb2.ListOrganisationsRequest(), timeout=10).organisations
         for stale in stale_orgs(listed):
@@ -97,10 +98,10 @@ def configure(cli: CliSettings, org: str, ae_title: str, profile: str) -> BenchC
             ),
             timeout=10,
         )
-    with grpc.insecure_channel(cli.delivery_grpc) as channel:
+    with control_channel(cli.delivery_grpc) as channel:
         credentials = _partner_credentials(channel)
     config = BenchConfig(org, ae_title, credentials)
-    with grpc.insecure_channel(cli.routing_grpc) as channel:
+    with control_channel(cli.routing_grpc) as channel:
         routes = admin_pb2_grpc.RoutingAdminStub(channel)
         listed_routes = list(routes.ListRoutes(admin_pb2.ListRoutesRequest(), timeout=10).routes)
         for route_id in bench_owned_routes(listed_routes):
@@ -134,7 +135,7 @@ def configure(cli: CliSettings, org: str, ae_title: str, profile: str) -> BenchC
 
 def unconfigure(cli: CliSettings, config: BenchConfig) -> None:
     """Remove the run's route and organisation; enable again the routes it disabled."""
-    with grpc.insecure_channel(cli.routing_grpc) as channel:
+    with control_channel(cli.routing_grpc) as channel:
         routes = admin_pb2_grpc.RoutingAdminStub(channel)
         try:
             routes.RemoveRoute(admin_pb2.RemoveRouteRequest(route_id=ROUTE_ID), timeout=10)
@@ -143,7 +144,7 @@ def unconfigure(cli: CliSettings, config: BenchConfig) -> None:
                 raise
         for route in config.disabled:
             routes.AddRoute(admin_pb2.AddRouteRequest(route=with_enabled(route, True)), timeout=10)
-    with grpc.insecure_channel(cli.ingest_grpc) as channel:
+    with control_channel(cli.ingest_grpc) as channel:
         try:
             admin_pb2_grpc.OrganisationAdminStub(channel).RemoveOrganisation(
                 admin_pb2.RemoveOrganisationRequest(org_id=config.org), timeout=10

@@ -14,11 +14,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.bus import ensure_topics
+from services.common.control_channel import TOKEN_ENV, TOKEN_FILE_ENV
 from services.common.service_access import ServiceAccess, username
 from services.common.topics import Topics
 from tools.devstack import Layout, Ports, StartupError, ensure_port_free, registered, start_process
 from tools.devstack.cli import kafka_admin_config
-from tools.devstack.credentials import password, password_file
+from tools.devstack.credentials import control_token_file, password, password_file
 from tools.devstack.servers import mongo_uri
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +72,16 @@ def service_env(layout: Layout, ports: Ports, name: str) -> dict[str, str]:
         }
     )
     env.update({var: str(port) for var, port in SERVICES[name].other})
+    # The control plane's first administrator: var/secrets/control-token, unless the caller names its own.
+    env.setdefault("IMX_CONTROL_BOOTSTRAP_TOKEN_FILE", str(control_token_file(layout.var)))
     return env
+
+
+def use_control_token(layout: Layout) -> None:
+    """Let this process (the demo, the benchmark) call the services it started as their bootstrap
+    administrator, unless it was given a token of its own."""
+    if not os.environ.get(TOKEN_ENV) and not os.environ.get(TOKEN_FILE_ENV):
+        os.environ[TOKEN_FILE_ENV] = str(control_token_file(layout.var))
 
 
 def wait_serving(address: str, timeout_s: float) -> bool:
@@ -102,6 +112,7 @@ def grant_kafka_access(layout: Layout, ports: Ports) -> None:
 
 def start_services(layout: Layout, ports: Ports, timeout_s: float = 90.0) -> None:
     grant_kafka_access(layout, ports)
+    use_control_token(layout)
     running = {proc.name for proc in registered(layout.run)}
     to_start = [name for name in SERVICES if name not in running]
     for name in to_start:

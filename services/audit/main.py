@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.audit.access_log import MongoAccessLog
-from services.audit.admin import register_analyst_admin
+from services.audit.admin import register_analyst_admin, register_control_token_admin
 from services.audit.analysts import AnalystStore, CachedKeyCheck
 from services.audit.api import create_app
 from services.audit.consumer import AuditHandler, audit_stage_spec
@@ -19,7 +19,9 @@ from services.audit.status import register_studies
 from services.audit.store import MongoAuditStore
 from services.audit.syslog_forward import forwarder_from_settings
 from services.common.bus import BusProducer, Handler
+from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
+from services.common.control_tokens import TokenStore
 from services.common.http_server import HttpServer
 from services.common.mongo import connect
 from services.common.runtime import run_stage
@@ -48,6 +50,7 @@ def serve(
         store = MongoAuditStore(db[settings.audit_collection])
         store.ensure_indexes()
         analysts = AnalystStore(db)
+        control_plane = control_auth(db, settings.control_bootstrap_token_file)
         evidence = TamperEvidence(settings, db)
         forwarder = forwarder_from_settings(
             settings.syslog_url, settings.syslog_ca_file, settings.syslog_cert_file, settings.syslog_key_file
@@ -72,8 +75,10 @@ def serve(
                 settings,
                 audit_stage_spec(Topics(settings.topic_prefix)),
                 build_handler,
+                control_plane,
                 extra_servicers=[
                     register_analyst_admin(analysts),
+                    register_control_token_admin(TokenStore(db), control_plane.credentials),
                     register_studies(store),
                     register_dead_letter_admin(
                         settings.kafka_bootstrap,

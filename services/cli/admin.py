@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli.settings import CliSettings
-from services.common.control_server import GRPC_MESSAGE_OPTIONS
+from services.common.control_channel import MissingControlToken, control_channel
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc, events_pb2
 
 console = Console()
@@ -26,7 +26,14 @@ analysts_app = typer.Typer(help="Who may query the audit API (API keys).", no_ar
 
 @contextmanager
 def _channel(address: str) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(address, options=GRPC_MESSAGE_OPTIONS) as channel:
+    """A channel carrying the caller's control token (services/common/control_channel.py); gRPC errors
+    become one red line and exit status 1, a missing token or an unreachable service exit status 2."""
+    try:
+        channel = control_channel(address)
+    except MissingControlToken as missing:
+        console.print(f"[red]{missing}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    with channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=5)
         except grpc.FutureTimeoutError:

@@ -9,6 +9,7 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.control_auth import ControlAuth, ControlAuthInterceptor
 from services.common.stats import StatusSnapshot
 from services.proto_gen.imx.v1 import control_pb2, control_pb2_grpc
 
@@ -59,7 +60,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
 
 class ControlServer:
-    """Owns the grpc.Server; `port` is the bound port (useful when 0 was asked for)."""
+    """Owns the grpc.Server; `port` is the bound port (useful when 0 was asked for). Every method but
+    grpc.health.v1 needs a control token that `auth` accepts (services/common/control_auth.py)."""
 
     def __init__(
         self,
@@ -69,9 +71,15 @@ class ControlServer:
         port: int = 0,
         extra: Sequence[ServicerRegistration] = (),
         max_workers: int = 8,
+        *,
+        auth: ControlAuth,
     ) -> None:
         self.service = service
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_MESSAGE_OPTIONS)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            options=GRPC_MESSAGE_OPTIONS,
+            interceptors=[ControlAuthInterceptor(auth, service, lambda: target.snapshot().paused)],
+        )
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(target), self._server)

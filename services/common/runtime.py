@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from services.common.bus import BusProducer, Handler, StageConsumer, ensure_topics
+from services.common.control_auth import ControlAuth
 from services.common.control_server import ControlServer, ServicerRegistration
 from services.common.logs import configure_logging
 from services.common.service_access import kafka_client_config
@@ -61,6 +62,7 @@ def run_stage(
     settings: ServiceSettings,
     spec: StageSpec,
     build_handler: Callable[[BusProducer, Topics], Handler],
+    control_auth: ControlAuth,
     extra_servicers: Sequence[ServicerRegistration] = (),
     stop: threading.Event | None = None,
     on_ready: Callable[[ControlServer], None] | None = None,
@@ -91,7 +93,12 @@ def run_stage(
         client_config=kafka,
     )
     server = ControlServer(
-        spec.name, StageControl(stats), host=settings.grpc_host, port=settings.grpc_port, extra=extra_servicers
+        spec.name,
+        StageControl(stats),
+        host=settings.grpc_host,
+        port=settings.grpc_port,
+        extra=extra_servicers,
+        auth=control_auth,
     )
     server.start()
     try:

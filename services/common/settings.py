@@ -37,3 +37,8 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_username: str = Field("", description="the service's Kafka user, e.g. imx-routing")
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="its password (prefer the file)")
     kafka_sasl_password_file: Path | None = Field(None, description="file holding the password (a mounted Secret)")
+    # The control plane's first administrator (services/common/control_tokens.py): a file holding the
+    # bootstrap token or its `sha256:<hex>` digest; further tokens are issued with `imx tokens add`.
+    control_bootstrap_token_file: Path | None = Field(
+        None, description="file holding the bootstrap administrator's control token (or sha256:<hex> of it)"
+    )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pymongo.errors import PyMongoError
 
 from services.common.blob_store import LocalBlobStore
+from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
 from services.common.messages import TransientError
 from services.common.mongo import connect
@@ -59,6 +60,7 @@ def serve(
             settings,
             StageSpec(name="deid", group_id=f"{settings.topic_prefix}imx-deid", topics=topics.routed_lanes),
             lambda _producer, t: build_deid_handler(cached.lookup, keys.get, blobs, t),
+            control_auth(db, settings.control_bootstrap_token_file),
             extra_servicers=[register_profile_admin(profiles, keys.get)],
             stop=stop,
             on_ready=on_ready,

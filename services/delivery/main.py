@@ -9,6 +9,7 @@ from collections.abc import Callable
 from services.common.blob_lifecycle import collect
 from services.common.blob_store import LocalBlobStore
 from services.common.bus import BusProducer, ensure_topics
+from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
 from services.common.kafka_access import PartnerAccess
 from services.common.mongo import connect
@@ -136,6 +137,7 @@ def serve(
             lambda _producer, t: DeliveryHandler(
                 cache.is_known, t, partner_topics.ensure, delivered.record, base, mark=delivered.mark
             ),
+            control_auth(db, settings.control_bootstrap_token_file),
             extra_servicers=[
                 register_partner_admin(
                     store, topics, partner_topics.ensure, _sign_in(settings), lags=lambda: watch.latest

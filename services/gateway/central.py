@@ -31,6 +31,7 @@ from pathlib import Path
 from kafka import KafkaConsumer
 from pydantic import Field
 
+from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
 from services.common.logs import configure_logging
 from services.common.mongo import connect
@@ -251,7 +252,13 @@ def serve(settings: CentralGatewaySettings | None = None, stop: threading.Event 
     client, db = connect(settings)
     try:
         gateways = CentralGateways(PartnerStore(db), settings)
-        server = ControlServer("gateways", gateways, host=settings.grpc_host, port=settings.grpc_port)
+        server = ControlServer(
+            "gateways",
+            gateways,
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            auth=control_auth(db, settings.control_bootstrap_token_file),
+        )
         server.start()
         server.mark_serving()
         log.info("service started", extra={"service": "gateways", "port": server.port})

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pymongo.database import Database
+
 from services.common.blob_store import LocalBlobStore
 from services.common.bus import BusProducer, ensure_topics
 from services.common.dicom.header import InputLimits
@@ -25,6 +27,7 @@ class IngestResources:
     topics: Topics
     organisations: OrganisationStore
     acceptance: Acceptance
+    db: Database  # where control tokens and change records are (services/common/control_auth.py)
 
 
 @contextmanager
@@ -52,7 +55,7 @@ def open_ingest(
                 stats=stats,
                 limits=InputLimits(settings.max_inflated_bytes, settings.max_sequence_depth),
             )
-            yield IngestResources(topics, OrganisationStore(db), acceptance)
+            yield IngestResources(topics, OrganisationStore(db), acceptance, db)
         finally:
             producer.close()
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
 from services.common.mongo import connect
 from services.common.runtime import StageSpec, run_stage
@@ -30,6 +31,7 @@ def serve(
             settings,
             StageSpec(name="routing", group_id=f"{settings.topic_prefix}imx-routing", topics=[topics.ingested]),
             lambda _producer, t: build_routing_handler(cached.current, t),
+            control_auth(db, settings.control_bootstrap_token_file),
             extra_servicers=[register_routing_admin(store)],
             stop=stop,
             on_ready=on_ready,

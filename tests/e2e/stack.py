@@ -11,9 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import grpc
-
 from services.cli.settings import CliSettings
+from services.common.control_channel import control_channel
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 from tools.demo.drain import progress_snapshot
 from tools.devstack import ManagedProcess, free_ports, start_process
@@ -134,7 +133,7 @@ def running_stack(kafka: str, kafka_partner: str, mongo: str, root: Path) -> Ite
         for service, proc in zip(SERVICES, procs, strict=True):
             if not wait_serving(stack.grpc_address(service), 60):
                 raise RuntimeError(f"{service} did not become healthy:\n{proc.log_tail()}")
-        with grpc.insecure_channel(stack.grpc_address("audit")) as channel:
+        with control_channel(stack.grpc_address("audit")) as channel:
             request = admin_pb2.AddAnalystRequest(analyst=admin_pb2.Analyst(analyst_id="e2e", name="tests"))
             api_key = admin_pb2_grpc.AnalystAdminStub(channel).AddAnalyst(request, timeout=10).api_key
         yield replace(stack, audit_api_key=api_key)

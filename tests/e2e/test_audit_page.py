@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from pymongo import MongoClient
@@ -17,6 +16,7 @@ from pymongo import MongoClient
 from services.audit.main import AuditEndpoints, serve
 from services.audit.settings import AuditSettings
 from services.common.bus import BusProducer, ensure_topics
+from services.common.control_channel import control_channel
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 from tests.unit.audit.builders import Instance, journey
@@ -73,7 +73,7 @@ def audit(kafka_bootstrap: str, mongo_uri: str, unique_name: str) -> Iterator[tu
     thread.start()
     try:
         endpoints = wait_for(lambda: ready[0] if ready else None, 30, "the audit service to start")
-        with grpc.insecure_channel(f"127.0.0.1:{endpoints.grpc_port}") as channel:
+        with control_channel(f"127.0.0.1:{endpoints.grpc_port}") as channel:
             request = admin_pb2.AddAnalystRequest(analyst=admin_pb2.Analyst(analyst_id="ann", scope="all"))
             api_key = admin_pb2_grpc.AnalystAdminStub(channel).AddAnalyst(request, timeout=10).api_key
         yield f"http://127.0.0.1:{endpoints.http_port}", api_key

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from pydicom import dcmread
 
+from services.common.control_channel import control_channel
 from services.common.dicom.part10 import dataset_to_bytes
 from services.common.dicom.synthetic import plan_study, study_instances
 from services.proto_gen.imx.v1 import control_pb2, control_pb2_grpc
@@ -79,7 +79,7 @@ def _wait_for_files(folder: Path, count: int, timeout_s: float = 90) -> list[Pat
 
 
 def _processed(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
+    with control_channel(address) as channel:
         return int(control_pb2_grpc.ControlStub(channel).Status(control_pb2.StatusRequest(), timeout=5).processed)
 
 
@@ -200,7 +200,7 @@ def test_one_partners_pacs_down_delays_no_other_partner_and_loses_nothing(
         time.sleep(5)  # A's worker has been waiting for a while
         pacs_a = start_storescp(tmp_path / "pacs-a", "PACSA", port=pacs_a.port)
         assert _arrival_s(pacs_a.files, 12, time.monotonic(), timeout_s=60) is not None, len(pacs_a.files())
-        with grpc.insecure_channel(central) as channel:
+        with control_channel(central) as channel:
             status = control_pb2_grpc.ControlStub(channel).Status(control_pb2.StatusRequest(), timeout=5)
         assert status.failed == 0, "nothing was dead-lettered"
         print(f"latency to B: {normal_b:.1f} s with A up, {during:.1f} s with A down; A: {normal_a:.1f} s")

@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from pydicom import dcmread
@@ -30,6 +29,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pymongo import MongoClient
 
+from services.common.control_channel import control_channel
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 from tests.e2e.stack import ROOT, SERVICES, Stack, running_stack
 from tools.dicom_peers import start_storescp
@@ -161,17 +161,17 @@ def big_stack(
 
 
 def configure(stack: Stack) -> admin_pb2.AddPartnerReply:
-    with grpc.insecure_channel(stack.grpc_address("ingest")) as channel:
+    with control_channel(stack.grpc_address("ingest")) as channel:
         admin_pb2_grpc.OrganisationAdminStub(channel).AddOrganisation(
             admin_pb2.AddOrganisationRequest(
                 organisation=admin_pb2.Organisation(org_id="big-trust", ae_titles=[SENDER_AE])
             )
         )
-    with grpc.insecure_channel(stack.grpc_address("delivery")) as channel:
+    with control_channel(stack.grpc_address("delivery")) as channel:
         added: admin_pb2.AddPartnerReply = admin_pb2_grpc.PartnerAdminStub(channel).AddPartner(
             admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=PARTNER))
         )
-    with grpc.insecure_channel(stack.grpc_address("routing")) as channel:
+    with control_channel(stack.grpc_address("routing")) as channel:
         admin_pb2_grpc.RoutingAdminStub(channel).AddRoute(
             admin_pb2.AddRouteRequest(
                 route=admin_pb2.Route(

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-import grpc
 import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
@@ -25,6 +24,7 @@ from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from services.common.control_channel import control_channel
 from services.common.dicom.part10 import dataset_to_bytes
 from services.common.dicom.synthetic import StudyPlan, plan_study, study_instances
 from services.common.events import EVENT_TYPE_HEADER
@@ -69,7 +69,7 @@ def storescu(stack: Stack, ae: str, files: list[Path]) -> None:
 
 
 def configure(stack: Stack) -> tuple[str, dict[str, str]]:
-    with grpc.insecure_channel(stack.grpc_address("ingest")) as channel:
+    with control_channel(stack.grpc_address("ingest")) as channel:
         orgs = admin_pb2_grpc.OrganisationAdminStub(channel)
         key = orgs.AddOrganisation(
             admin_pb2.AddOrganisationRequest(
@@ -81,7 +81,7 @@ def configure(stack: Stack) -> tuple[str, dict[str, str]]:
                 organisation=admin_pb2.Organisation(org_id="trust-b", ae_titles=[OTHER_AE])
             )
         )
-    with grpc.insecure_channel(stack.grpc_address("delivery")) as channel:
+    with control_channel(stack.grpc_address("delivery")) as channel:
         partners = admin_pb2_grpc.PartnerAdminStub(channel)
         partner_keys = {
             partner: partners.AddPartner(
@@ -89,7 +89,7 @@ def configure(stack: Stack) -> tuple[str, dict[str, str]]:
             ).dicomweb_key
             for partner in (CARE, RESEARCH)
         }
-    with grpc.insecure_channel(stack.grpc_address("routing")) as channel:
+    with control_channel(stack.grpc_address("routing")) as channel:
         routes = admin_pb2_grpc.RoutingAdminStub(channel)
         routes.AddRoute(
             admin_pb2.AddRouteRequest(
@@ -254,7 +254,7 @@ def test_a_partner_that_has_read_nothing_shows_its_whole_backlog_against_the_ret
     deadline = time.monotonic() + 30
     backlog = None
     while time.monotonic() < deadline:
-        with grpc.insecure_channel(stack.grpc_address("delivery")) as channel:
+        with control_channel(stack.grpc_address("delivery")) as channel:
             reply = admin_pb2_grpc.PartnerAdminStub(channel).PartnerLag(admin_pb2.PartnerLagRequest(), timeout=10)
         backlog = {b.partner_id: b for b in reply.partners}.get(CARE)
         if backlog is not None and backlog.unread >= 200:

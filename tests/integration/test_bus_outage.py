@@ -19,6 +19,7 @@ import pytest
 
 from services.common import health_probe
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
+from services.common.control_auth import static_auth
 from services.common.control_server import ControlServer
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.runtime import StageControl
@@ -90,7 +91,7 @@ def test_a_stage_rides_out_a_broker_outage_and_loses_nothing(
         return [OutgoingMessage(out, message.value, message.key)]
 
     stats = StageStats("test")
-    server = ControlServer("test", StageControl(stats))
+    server = ControlServer("test", StageControl(stats), auth=static_auth({}))
     server.start()
     server.mark_serving()
     consumer = StageConsumer(

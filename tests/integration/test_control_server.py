@@ -8,18 +8,20 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.control_channel import control_channel
 from services.common.control_server import ControlServer
 from services.common.runtime import StageControl
 from services.common.stats import StageStats
 from services.proto_gen.imx.v1 import control_pb2, control_pb2_grpc
+from tests.control_tokens import admin_auth
 
 
 @pytest.fixture
 def served() -> Iterator[tuple[ControlServer, StageStats, grpc.Channel]]:
     stats = StageStats("routing")
-    server = ControlServer("routing", StageControl(stats), port=0)
+    server = ControlServer("routing", StageControl(stats), port=0, auth=admin_auth())
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = control_channel(f"127.0.0.1:{server.port}")
     yield server, stats, channel
     channel.close()
     server.stop(0)

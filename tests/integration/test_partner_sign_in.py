@@ -13,6 +13,7 @@ from kafka.structs import TopicPartition
 from pymongo.database import Database
 
 from services.common.bus import BusProducer, ensure_topics
+from services.common.control_channel import control_channel
 from services.common.control_server import ControlServer
 from services.common.kafka_access import PartnerAccess, sasl_client_config
 from services.common.messages import OutgoingMessage
@@ -22,6 +23,7 @@ from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
 from services.delivery.partners import PartnerSignIn, register_partner_admin
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
+from tests.control_tokens import admin_auth
 
 pytestmark = pytest.mark.integration
 
@@ -120,9 +122,11 @@ def partner_admin(
         ensure_topics(kafka_bootstrap, [topics.partner(partner_id)], partitions=1)
 
     registration = register_partner_admin(PartnerStore(db), topics, create_topic, sign_in)
-    server = ControlServer("delivery", StageControl(StageStats("delivery")), port=0, extra=[registration])
+    server = ControlServer(
+        "delivery", StageControl(StageStats("delivery")), port=0, extra=[registration], auth=admin_auth()
+    )
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = control_channel(f"127.0.0.1:{server.port}")
     try:
         yield admin_pb2_grpc.PartnerAdminStub(channel), topics
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.common import health_probe
+from services.common.control_auth import static_auth
 from services.common.control_server import ControlServer
 from services.common.stats import StatusSnapshot
 
@@ -30,7 +31,7 @@ class Idle:
 
 @pytest.fixture
 def server() -> Iterator[ControlServer]:
-    served = ControlServer("probe", Idle(), port=0)
+    served = ControlServer("probe", Idle(), port=0, auth=static_auth({}))
     served.start()
     yield served
     served.stop(0)

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import grpc
 import httpx
 
 from services.cli.settings import CliSettings
+from services.common.control_channel import control_channel
 from services.proto_gen.imx.v1 import control_pb2, control_pb2_grpc
 
 
@@ -69,7 +69,7 @@ def progress_snapshot(cli: CliSettings) -> tuple[int, tuple[int, ...]]:
     lag = 0
     processed: list[int] = []
     for address in (cli.routing_grpc, cli.deid_grpc, cli.delivery_grpc, cli.audit_grpc):
-        with grpc.insecure_channel(address) as channel:
+        with control_channel(address) as channel:
             status = control_pb2_grpc.ControlStub(channel).Status(control_pb2.StatusRequest(), timeout=5)
         lag += sum(item.lag for item in status.lag)
         processed.append(status.processed + status.failed)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from services.cli.settings import CliSettings
+from services.common.control_channel import control_channel
 from services.common.dicom.synthetic import DEMO_SOURCES
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
@@ -61,7 +60,7 @@ def configure(cli: CliSettings, received: Path) -> DemoConfig:
     """Trusts, partners, routes and an analyst key. Each partner is registered with a folder endpoint
     under `received`, so imx's central gateway stores what it is sent there."""
     keys: dict[str, str] = {}
-    with grpc.insecure_channel(cli.ingest_grpc) as channel:
+    with control_channel(cli.ingest_grpc) as channel:
         orgs = admin_pb2_grpc.OrganisationAdminStub(channel)
         for org_id, ae in TRUSTS.items():
             reply = orgs.AddOrganisation(
@@ -72,7 +71,7 @@ def configure(cli: CliSettings, received: Path) -> DemoConfig:
                 timeout=10,
             )
             keys[org_id] = reply.api_key
-    with grpc.insecure_channel(cli.delivery_grpc) as channel:
+    with control_channel(cli.delivery_grpc) as channel:
         partners = admin_pb2_grpc.PartnerAdminStub(channel)
         for partner_id, name in PARTNERS.items():
             endpoint = partner_folder(received, partner_id).resolve().as_uri()
@@ -82,11 +81,11 @@ def configure(cli: CliSettings, received: Path) -> DemoConfig:
                 ),
                 timeout=30,
             )
-    with grpc.insecure_channel(cli.routing_grpc) as channel:
+    with control_channel(cli.routing_grpc) as channel:
         routes = admin_pb2_grpc.RoutingAdminStub(channel)
         for route in ROUTES:
             routes.AddRoute(admin_pb2.AddRouteRequest(route=route), timeout=10)
-    with grpc.insecure_channel(cli.audit_grpc) as channel:
+    with control_channel(cli.audit_grpc) as channel:
         analysts = admin_pb2_grpc.AnalystAdminStub(channel)
         analyst = admin_pb2.Analyst(analyst_id="demo", name="make run")
         audit_key = analysts.AddAnalyst(admin_pb2.AddAnalystRequest(analyst=analyst), timeout=10).api_key

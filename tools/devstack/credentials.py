@@ -1,5 +1,6 @@
-"""Kafka passwords of a local deployment: the admin's and one per service, random, made on first use and
-kept in var/secrets/ (0700, each file 0600) so a second `make up` signs in with the same ones."""
+"""Secrets of a local deployment, random, made on first use and kept in var/secrets/ (0700, each file
+0600) so a second `make up` signs in with the same ones: Kafka passwords (the admin's and one per
+service) and the control plane's bootstrap administrator token."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import secrets
 from pathlib import Path
 
+from services.common.api_keys import issue_api_key
+from services.common.control_tokens import TOKEN_PREFIX
 from tools.devstack.servers import write_private
 
 ADMIN = "admin"
@@ -29,3 +32,13 @@ def password_file(var: Path, user: str) -> Path:
 
 def password(var: Path, user: str) -> str:
     return password_file(var, user).read_text().strip()
+
+
+def control_token_file(var: Path) -> Path:
+    """The bootstrap administrator's control token (services/common/control_tokens.py), made if missing:
+    every service started here accepts it, and the CLI run from the clone finds it
+    (services/common/control_channel.py looks in var/secrets/control-token)."""
+    path = secrets_dir(var) / "control-token"
+    if not path.exists() or not path.read_text().strip():
+        write_private(path, issue_api_key(TOKEN_PREFIX))
+    return path

@@ -19,6 +19,7 @@ from pymongo import MongoClient
 from services.audit.main import AuditEndpoints, serve
 from services.audit.settings import AuditSettings
 from services.common.bus import BusProducer, ensure_topics
+from services.common.control_channel import control_channel
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 from tests.unit.audit.builders import Instance, journey
@@ -76,7 +77,7 @@ def test_serve_answers_http_and_grpc_health_and_returns_when_stopped(
     try:
         wait_for(lambda: bool(ready), 30, "the service to start")
         endpoints = ready[0]
-        with grpc.insecure_channel(f"127.0.0.1:{endpoints.grpc_port}") as channel:
+        with control_channel(f"127.0.0.1:{endpoints.grpc_port}") as channel:
             analysts = admin_pb2_grpc.AnalystAdminStub(channel)
             request = admin_pb2.AddAnalystRequest(analyst=admin_pb2.Analyst(analyst_id="ann", name="Ann"))
             api_key = analysts.AddAnalyst(request, timeout=10).api_key

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from services.audit.dead_letters import register_dead_letter_admin
 from services.cli.main import app
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
+from services.common.control_channel import control_channel
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.stats import StageStats
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
@@ -81,7 +82,7 @@ def test_a_dead_letter_is_listed_replayed_after_the_fix_and_processed(
         assert SECRET.decode() not in listed.output + shown.output, "a dead letter's content is never shown"
         assert "study-1" not in listed.output + shown.output, "nor its key"
 
-        with grpc.insecure_channel(admin_address) as channel:
+        with control_channel(admin_address) as channel:
             [letter] = admin_pb2_grpc.DeadLetterAdminStub(channel).ListDeadLetters(
                 admin_pb2.ListDeadLettersRequest()
             ).dead_letters
@@ -105,7 +106,7 @@ def test_a_dead_letter_is_listed_replayed_after_the_fix_and_processed(
         assert refused.exit_code == 1 and "replayed before" in refused.output
         forced = runner.invoke(app, ["dlq", "replay", f"{dead.partition}:{dead.offset}", "--force"])
         assert forced.exit_code == 0, forced.output
-        with grpc.insecure_channel(admin_address) as channel:
+        with control_channel(admin_address) as channel:
             [letter] = admin_pb2_grpc.DeadLetterAdminStub(channel).ListDeadLetters(
                 admin_pb2.ListDeadLettersRequest()
             ).dead_letters

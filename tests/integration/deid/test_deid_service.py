@@ -9,12 +9,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from pymongo.database import Database
 
 from services.common.blob_store import LocalBlobStore
 from services.common.bus import BusProducer
+from services.common.control_channel import control_channel
 from services.common.control_server import ControlServer
 from services.common.events import event_message
 from services.common.stores.partners import Partner, PartnerStore
@@ -64,7 +64,7 @@ def test_profile_changes_apply_without_restart_and_a_phi_leak_is_quarantined_by_
     blobs = LocalBlobStore(settings.blob_dir)
     data = instance_with_a_previous_name()
     producer = BusProducer(settings.kafka_bootstrap)
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    with control_channel(f"127.0.0.1:{server.port}") as channel:
         admin = profiles_pb2_grpc.ProfileAdminStub(channel)
 
         def save(**fields: object) -> int:

@@ -10,7 +10,8 @@ import pytest
 from pydicom import dcmread
 from pymongo.database import Database
 
-from services.common.control_server import GRPC_MESSAGE_OPTIONS, ControlServer
+from services.common.control_channel import control_channel
+from services.common.control_server import ControlServer
 from services.common.runtime import StageControl
 from services.common.stats import StageStats
 from services.common.stores.partners import Partner, PartnerStore
@@ -18,6 +19,7 @@ from services.deid.admin import register_profile_admin
 from services.deid.engine import BUILTIN_PROFILES, deidentify
 from services.deid.profile_store import ProfileStore
 from services.proto_gen.imx.v1 import profiles_pb2, profiles_pb2_grpc
+from tests.control_tokens import admin_auth
 from tests.unit.deid.builders import ct_dataset, to_bytes
 from tests.unit.deid.stage_builders import KEEP_PATIENT_NAME, PATIENT_NAME, instance_with_a_previous_name
 
@@ -27,9 +29,9 @@ SOP_INSTANCE_UID = "(0008,0018)"
 @pytest.fixture
 def admin(db: Database) -> Iterator[profiles_pb2_grpc.ProfileAdminStub]:
     registration = register_profile_admin(ProfileStore(db), PartnerStore(db).pseudonym_key)
-    server = ControlServer("deid", StageControl(StageStats("deid")), port=0, extra=[registration])
+    server = ControlServer("deid", StageControl(StageStats("deid")), port=0, extra=[registration], auth=admin_auth())
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=GRPC_MESSAGE_OPTIONS)
+    channel = control_channel(f"127.0.0.1:{server.port}")
     yield profiles_pb2_grpc.ProfileAdminStub(channel)
     channel.close()
     server.stop(0)

@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
+from services.common.control_channel import control_channel
 from services.common.dicom.header import inspect_instance
 from services.ingest.errors import UnknownOrganisation
 from services.ingest.sender import send_with_settings
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def test_organisation_admin_issues_a_key_that_stow_accepts(ingest: RunningIngest) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{ingest.endpoints.grpc_port}") as channel:
+    with control_channel(f"127.0.0.1:{ingest.endpoints.grpc_port}") as channel:
         admin = admin_pb2_grpc.OrganisationAdminStub(channel)
         added = admin.AddOrganisation(
             admin_pb2.AddOrganisationRequest(
@@ -63,7 +64,7 @@ def test_organisation_admin_issues_a_key_that_stow_accepts(ingest: RunningIngest
 
 
 def test_health_and_status_are_served(ingest: RunningIngest) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{ingest.endpoints.grpc_port}") as channel:
+    with control_channel(f"127.0.0.1:{ingest.endpoints.grpc_port}") as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="imx.ingest"))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         status = control_pb2_grpc.ControlStub(channel).Status(control_pb2.StatusRequest())
