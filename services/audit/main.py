@@ -22,7 +22,7 @@ from services.common.bus import BusProducer, Handler
 from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
 from services.common.control_tokens import TokenStore
-from services.common.http_server import HttpServer
+from services.common.http_server import HttpServer, TlsFiles
 from services.common.mongo import connect
 from services.common.runtime import run_stage
 from services.common.service_access import kafka_client_config
@@ -58,7 +58,8 @@ def serve(
         key_check = CachedKeyCheck(analysts).holder if settings.require_api_key else None
         access_log = MongoAccessLog(db[f"{settings.audit_collection}_access"])
         app = create_app(store, key_check, access_log)
-        http = HttpServer(app, settings.http_host, settings.http_port, name="audit-http")
+        tls = TlsFiles.of(settings.http_tls_cert_file, settings.http_tls_key_file)
+        http = HttpServer(app, settings.http_host, settings.http_port, name="audit-http", tls=tls)
         http.start()
         evidence.start()
         try:

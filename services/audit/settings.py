@@ -25,6 +25,14 @@ class AuditSettings(ServiceSettings):
     http_port: int = Field(
         8045, ge=0, le=65535, validation_alias=_env("HTTP_PORT"), description="HTTP API port; 0 picks a free port"
     )
+    http_tls_cert_file: Path | None = Field(
+        None,
+        validation_alias=_env("HTTP_TLS_CERT_FILE"),
+        description="PEM certificate (chain) of the HTTP API; with the key file it serves HTTPS only",
+    )
+    http_tls_key_file: Path | None = Field(
+        None, validation_alias=_env("HTTP_TLS_KEY_FILE"), description="PEM private key of that certificate"
+    )
     grpc_port: int = Field(
         50055, ge=0, le=65535, validation_alias=_env("GRPC_PORT"), description="gRPC control port; 0 picks a free port"
     )

@@ -9,7 +9,7 @@ from services.common.api_keys import api_key_digest
 from services.common.blob_store import LocalBlobStore
 from services.common.bus import BusProducer
 from services.common.events import event_message
-from services.common.http_server import HttpServer
+from services.common.http_server import HttpServer, TlsFiles
 from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
 from services.common.ttl_cache import TtlCache
@@ -46,6 +46,7 @@ def start_partner_api(
         record_retrieval,
         public_url=lambda: settings.dicomweb_base(server.port),
     )
-    server = HttpServer(app, settings.http_host, settings.http_port, GRACE_S, name="delivery-http")
+    tls = TlsFiles.of(settings.http_tls_cert_file, settings.http_tls_key_file)
+    server = HttpServer(app, settings.http_host, settings.http_port, GRACE_S, name="delivery-http", tls=tls)
     server.start()
     return server

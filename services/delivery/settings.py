@@ -3,6 +3,8 @@ then IMX_<NAME> (as audit's are), so one shell can run every service on distinct
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
@@ -36,11 +38,19 @@ class DeliverySettings(ServiceSettings):
         validation_alias=_env("HTTP_PORT"),
         description="the partners' DICOMweb API port (0: any free port)",
     )
+    http_tls_cert_file: Path | None = Field(
+        None,
+        validation_alias=_env("HTTP_TLS_CERT_FILE"),
+        description="PEM certificate (chain) of the DICOMweb API; with the key file it serves HTTPS only",
+    )
+    http_tls_key_file: Path | None = Field(
+        None, validation_alias=_env("HTTP_TLS_KEY_FILE"), description="PEM private key of that certificate"
+    )
     public_url: str = Field(
         "",
         validation_alias=_env("PUBLIC_URL"),
         description="the DICOMweb base URL partners use, e.g. https://imx.example.org/dicomweb; "
-        "empty: http://<http_host>:<http_port>/dicomweb",
+        "empty: http(s)://<http_host>:<http_port>/dicomweb",
     )
     study_quiet_s: float = Field(
         60.0,
@@ -76,4 +86,5 @@ class DeliverySettings(ServiceSettings):
         """The base URL put into each PartnerDelivery's retrieval_url (no trailing slash)."""
         if self.public_url:
             return self.public_url.rstrip("/")
-        return f"http://{self.http_host}:{bound_port or self.http_port}/dicomweb"
+        scheme = "https" if self.http_tls_cert_file else "http"
+        return f"{scheme}://{self.http_host}:{bound_port or self.http_port}/dicomweb"

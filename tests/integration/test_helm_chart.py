@@ -121,7 +121,8 @@ def test_chart_lints_cleanly_with_defaults_and_with_every_option_on() -> None:
         KUBE_VERSION,
         str(CHART),
         "--set",
-        "networkPolicy.enabled=true,kafka.strimziTopics.enabled=true,blobStore.persistence.storageClass=nfs",
+        "networkPolicy.enabled=true,kafka.strimziTopics.enabled=true,blobStore.persistence.storageClass=nfs,"
+        "services.ingest.tls.existingSecret=t,services.delivery.tls.existingSecret=t,services.audit.tls.existingSecret=t",
     )
 
 
@@ -183,6 +184,30 @@ def test_partners_feeds_point_at_the_public_dicomweb_url(render: Render) -> None
     public = render("services.delivery.publicUrl=https://imx.example.org/dicomweb")
     assert env_of(of_kind(public, "Deployment")["imx-delivery"])["IMX_DELIVERY_PUBLIC_URL"]["value"] == (
         "https://imx.example.org/dicomweb"
+    )
+
+
+def test_http_services_serve_https_from_a_tls_secret_only_when_one_is_given(
+    render: Render, default_docs: list[dict[str, Any]]
+) -> None:
+    for deployment in of_kind(default_docs, "Deployment").values():
+        assert "IMX_HTTP_TLS_CERT_FILE" not in env_of(deployment)
+    docs = render(*(f"services.{name}.tls.existingSecret={name}-tls" for name in ("ingest", "delivery", "audit")))
+    deployments = of_kind(docs, "Deployment")
+    for name in ("ingest", "delivery", "audit"):
+        deployment = deployments[f"imx-{name}"]
+        env = env_of(deployment)
+        mount = {m["name"]: m for m in container(deployment)["volumeMounts"]}["http-tls"]
+        assert mount["readOnly"]
+        assert env["IMX_HTTP_TLS_CERT_FILE"]["value"] == mount["mountPath"] + "/tls.crt"
+        assert env["IMX_HTTP_TLS_KEY_FILE"]["value"] == mount["mountPath"] + "/tls.key"
+        assert set(env) <= env_names(name)
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["http-tls"]["secret"]["secretName"] == f"{name}-tls"
+    for name in ("routing", "deid"):
+        assert "IMX_HTTP_TLS_CERT_FILE" not in env_of(deployments[f"imx-{name}"])
+    assert env_of(deployments["imx-delivery"])["IMX_DELIVERY_PUBLIC_URL"]["value"] == (
+        "https://imx-delivery:8046/dicomweb"
     )
 
 
