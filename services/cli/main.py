@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import typer
 
-from services.cli import admin, audit, blobs, dlq, files, gateway, profiles, send, studies
+from services.cli import admin, audit, blobs, dlq, files, gateway, profiles, send, status, studies, tokens
 
 app = typer.Typer(
     help="imx: a medical-image exchange. DICOM in, routed, de-identified, delivered, audited.", no_args_is_help=True
@@ -15,6 +15,7 @@ app.add_typer(admin.routes_app, name="routes")
 app.add_typer(admin.partners_app, name="partners")
 app.add_typer(admin.orgs_app, name="orgs")
 app.add_typer(admin.analysts_app, name="analysts")
+app.add_typer(tokens.tokens_app, name="tokens")
 app.add_typer(profiles.profiles_app, name="profiles")
 app.add_typer(blobs.blobs_app, name="blobs")
 app.add_typer(gateway.gateway_app, name="gateway")
@@ -24,6 +25,7 @@ app.add_typer(audit.audit_app, name="audit")
 app.command("demo-data")(files.demo_data)
 app.command("deid")(files.deid)
 app.command("send")(send.send)
+app.command("status")(status.status)
 
 
 class ServiceName(StrEnum):

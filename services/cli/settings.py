@@ -14,6 +14,7 @@ class CliSettings(BaseSettings):
     deid_grpc: str = Field("127.0.0.1:50053", description="deid's gRPC address")
     delivery_grpc: str = Field("127.0.0.1:50054", description="delivery's gRPC address (partners)")
     audit_grpc: str = Field("127.0.0.1:50055", description="audit's gRPC address")
+    gateways_grpc: str = Field("127.0.0.1:50056", description="the central gateways' gRPC address")
     audit_url: str = Field("http://127.0.0.1:8045", description="audit's HTTP API")
     audit_api_key: str = Field("", description="an analyst's key for the audit API (`imx analysts add`)")
     stow_url: str = Field("http://127.0.0.1:8041/dicomweb", description="ingest's DICOMweb base URL")

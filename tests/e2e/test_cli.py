@@ -19,6 +19,10 @@ from tests.e2e.stack import ROOT, Stack
 
 
 def imx(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return imx_with(stack, {}, *args)
+
+
+def imx_with(stack: Stack, extra_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "IMX_INGEST_GRPC": stack.grpc_address("ingest"),
@@ -32,6 +36,7 @@ def imx(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         "IMX_TOPIC_PREFIX": stack.prefix,
         "IMX_BLOB_DIR": str(stack.blob_dir),
         "COLUMNS": "200",
+        **extra_env,
     }
     return subprocess.run(
         [sys.executable, "-m", "services.cli.main", *args],
@@ -135,3 +140,28 @@ def test_administer_send_and_receive_with_the_cli(stack: Stack, tmp_path: Path) 
     assert cells[1:9] == ["cli-partner", "cli-mr", "complete", "6", "6", "6", "6", "yes"], status.stdout
     unknown_study = imx(stack, "studies", "status", "1.2.3.4.5")
     assert unknown_study.returncode == 1 and "nothing is known" in unknown_study.stdout
+
+
+def test_control_tokens_roles_and_status_with_the_cli(stack: Stack, tmp_path: Path) -> None:
+    issued = imx(stack, "tokens", "add", "cli-operator", "--role", "operator")
+    assert issued.returncode == 0, issued.stdout + issued.stderr
+    token = re.search(r"^\s+(imx_ctl_\S+)$", issued.stdout, re.MULTILINE)
+    assert token is not None
+    listed = imx(stack, "tokens", "list")
+    assert re.search(r"cli-operator\s+.*operator", listed.stdout) and token.group(1) not in listed.stdout
+
+    as_operator = {"IMX_CONTROL_TOKEN": token.group(1), "IMX_GATEWAYS_GRPC": "127.0.0.1:1"}
+    shown = imx_with(stack, as_operator, "status")
+    assert shown.returncode == 1, "the gateways address given is unreachable"
+    for service in ("ingest", "routing", "deid", "delivery", "audit"):
+        assert re.search(rf"{service}\s+│\s+SERVING\s+│\s+no\s+│\s+[\d,]+", shown.stdout), shown.stdout
+    assert re.search(r"gateways\s+│\s+unreachable", shown.stdout)
+    refused = imx_with(stack, as_operator, "routes", "list")
+    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stdout
+
+    nowhere = {"IMX_CONTROL_TOKEN": "", "IMX_CONTROL_TOKEN_FILE": str(tmp_path / "absent")}
+    missing = imx_with(stack, nowhere, "routes", "list")
+    assert missing.returncode == 2 and "IMX_CONTROL_TOKEN_FILE" in missing.stdout
+    wrong = imx_with(stack, {"IMX_CONTROL_TOKEN": "imx_ctl_never_issued"}, "routes", "list")
+    assert wrong.returncode == 1 and "UNAUTHENTICATED" in wrong.stdout
+    assert imx(stack, "tokens", "remove", "cli-operator").returncode == 0
