@@ -14,6 +14,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from services.audit.access_log import AccessEntry, AccessLog
 from services.audit.analysts import Analyst
+from services.audit.changes_api import ChangeReader, changes_router
 from services.audit.export_api import export_router
 from services.audit.models import (
     AuditEvent,
@@ -280,15 +281,23 @@ class AccessRecording(BaseHTTPMiddleware):
         return response
 
 
-def create_app(store: AuditStore, key_check: KeyCheck | None, access_log: AccessLog | None = None) -> FastAPI:
+def create_app(
+    store: AuditStore,
+    key_check: KeyCheck | None,
+    access_log: AccessLog | None = None,
+    control_changes: ChangeReader | None = None,
+) -> FastAPI:
     """`key_check` maps an API key to its analyst (None: unknown key; a plain id: a key that sees
     everything); None leaves the API open. `access_log` records every query (services/audit/main.py
-    always gives one)."""
+    always gives one). `control_changes` serves `/audit/control-changes` (services/audit/changes_api.py)."""
     app = FastAPI(title="imx audit", version="1", description=DESCRIPTION)
     app.state.audit_store = store
     app.state.key_check = key_check
     app.include_router(router, dependencies=[Depends(_authorised)])
     app.include_router(export_router, dependencies=[Depends(_authorised)])
+    if control_changes is not None:
+        app.state.control_changes = control_changes
+        app.include_router(changes_router, dependencies=[Depends(_authorised)])
     app.include_router(open_router)
     app.include_router(ui_router)  # the analysts' page: static, no key; it asks the analyst for theirs
     app.add_exception_handler(TransientError, _store_unavailable)

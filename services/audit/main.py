@@ -20,6 +20,7 @@ from services.audit.store import MongoAuditStore
 from services.audit.syslog_forward import forwarder_from_settings
 from services.common.bus import BusProducer, Handler
 from services.common.control_auth import control_auth
+from services.common.control_changes import MongoChangeLog
 from services.common.control_server import ControlServer
 from services.common.control_tokens import TokenStore
 from services.common.http_server import HttpServer, TlsFiles
@@ -57,7 +58,7 @@ def serve(
         )
         key_check = CachedKeyCheck(analysts).holder if settings.require_api_key else None
         access_log = MongoAccessLog(db[f"{settings.audit_collection}_access"])
-        app = create_app(store, key_check, access_log)
+        app = create_app(store, key_check, access_log, MongoChangeLog(db))
         tls = TlsFiles.of(settings.http_tls_cert_file, settings.http_tls_key_file)
         http = HttpServer(app, settings.http_host, settings.http_port, name="audit-http", tls=tls)
         http.start()

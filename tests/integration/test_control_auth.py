@@ -10,10 +10,15 @@ from typing import Any
 
 import grpc
 import pytest
+from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pymongo.database import Database
 
 from services.audit.admin import register_control_token_admin
+from services.audit.analysts import Analyst
+from services.audit.api import create_app
+from services.audit.scopes import Scope
+from services.audit.store import MongoAuditStore
 from services.common.control_auth import control_auth
 from services.common.control_changes import MongoChangeLog
 from services.common.control_channel import control_channel
@@ -155,3 +160,23 @@ def test_an_administrators_changes_are_recorded_with_versions_before_and_after(s
     assert all(c["service"] == "routing" and c["event_id"]["code"] == "110113" for c in changes)
     removal = served.changes.recent(limit=1)[0]
     assert (removal["who"], removal["object_id"], removal["after"]) == ("ann", "ann", "")
+
+
+def test_the_audit_api_lists_the_changes_to_keys_that_see_everything(served: Served, db: Database) -> None:
+    admin = _issue(served.address, "ann", "administrator")
+    with control_channel(served.address, admin) as channel:
+        admin_pb2_grpc.RoutingAdminStub(channel).AddRoute(_route(), timeout=10)
+    keys = {"all-key": Analyst("auditor"), "org-key": Analyst("narrow", scope=Scope.parse("org:trust-a"))}
+    app = create_app(MongoAuditStore(db["audit"]), keys.get, control_changes=MongoChangeLog(db))
+    with TestClient(app) as http:
+        page = http.get("/audit/control-changes?limit=1", headers={"Authorization": "Bearer all-key"})
+        assert page.status_code == 200, page.text
+        (newest,) = page.json()["changes"]
+        assert (newest["who"], newest["object_id"], newest["before"], newest["after"]) == ("ann", "research", "", "1")
+        assert newest["event_id"] == {"code": "110113", "meaning": "Security Alert"}
+        older = http.get(
+            f"/audit/control-changes?before={page.json()['next_before']}", headers={"Authorization": "Bearer all-key"}
+        ).json()
+        assert [c["object_id"] for c in older["changes"]] == ["ann"] and older["next_before"] is None
+        assert http.get("/audit/control-changes", headers={"Authorization": "Bearer org-key"}).status_code == 403
+        assert http.get("/audit/control-changes").status_code == 401
