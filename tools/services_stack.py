@@ -13,7 +13,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.bus import ensure_topics
 from services.common.control_channel import TOKEN_ENV, TOKEN_FILE_ENV
 from services.common.service_access import ServiceAccess, username
 from services.common.topics import Topics
@@ -104,10 +103,8 @@ def grant_kafka_access(layout: Layout, ports: Ports) -> None:
     with exactly its ACLs. Idempotent, so every `make up` runs it."""
     bootstrap, admin = f"127.0.0.1:{ports.kafka}", kafka_admin_config(layout)
     topics = Topics(os.environ.get("IMX_TOPIC_PREFIX", ""))
-    ensure_topics(bootstrap, topics.pipeline(), int(os.environ.get("IMX_TOPIC_PARTITIONS", "6")), client_config=admin)
-    access = ServiceAccess(bootstrap, admin)
-    for name in SERVICES:
-        access.grant(name, password(layout.var, name), topics)
+    passwords = {name: password(layout.var, name) for name in SERVICES}
+    ServiceAccess(bootstrap, admin).apply(passwords, topics, int(os.environ.get("IMX_TOPIC_PARTITIONS", "6")))
 
 
 def start_services(layout: Layout, ports: Ports, timeout_s: float = 90.0) -> None:

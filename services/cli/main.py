@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import typer
 
-from services.cli import admin, audit, blobs, dlq, files, gateway, profiles, send, status, studies, tokens
+from services.cli import admin, audit, blobs, dlq, files, gateway, kafka, profiles, send, status, studies, tokens
 
 app = typer.Typer(
     help="imx: a medical-image exchange. DICOM in, routed, de-identified, delivered, audited.", no_args_is_help=True
@@ -22,6 +22,7 @@ app.add_typer(gateway.gateway_app, name="gateway")
 app.add_typer(dlq.dlq_app, name="dlq")
 app.add_typer(studies.studies_app, name="studies")
 app.add_typer(audit.audit_app, name="audit")
+app.add_typer(kafka.kafka_app, name="kafka")
 app.command("demo-data")(files.demo_data)
 app.command("deid")(files.deid)
 app.command("send")(send.send)

@@ -27,6 +27,7 @@ from kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
+from services.common.bus import ensure_topics
 from services.common.settings import ServiceSettings
 from services.common.topics import Topics
 
@@ -164,6 +165,20 @@ class ServiceAccess:
             yield admin
         finally:
             admin.close()
+
+    def apply(self, passwords: Mapping[str, str], topics: Topics, partitions: int | None = None) -> None:
+        """The one set-up step of a deployment (devstack `make up`, `imx kafka setup-services` in the
+        compose set-up container and the chart's hook Job): the pipeline's topics when `partitions` is
+        given, then each service's user, password and ACLs, as declared above."""
+        unknown = sorted(set(passwords) - set(SERVICES))
+        if unknown:
+            raise ValueError(f"no Kafka access is declared for {', '.join(unknown)}")
+        if partitions is not None:
+            ensure_topics(self._bootstrap, topics.pipeline(), partitions, client_config=self._config)
+        for service, password in passwords.items():
+            if not password:
+                raise ValueError(f"empty Kafka password for {service}")
+            self.grant(service, password, topics)
 
     def grant(self, service: str, password: str, topics: Topics) -> None:
         """Set the service's password and its ACLs (both idempotent: a second `make up` changes nothing)."""

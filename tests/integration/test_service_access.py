@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import secrets
 import time
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
 from kafka.structs import TopicPartition
+from typer.testing import CliRunner
 
+from services.cli.main import app
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.service_access import (
@@ -195,3 +198,65 @@ def test_every_service_has_acls_and_none_may_write_anothers_input(service: str) 
         assert "imx.partner." not in writes
     if service != "gateways":
         assert "imx.receipts." not in writes
+
+
+def test_imx_kafka_setup_services_applies_the_declaration_as_the_admin(
+    kafka_internal: KafkaInternal, unique_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the compose set-up container and the chart's hook Job run: topics, then each named service's
+    user and ACLs from its password file; the service then works with that password and no other."""
+    topics = Topics(prefix=f"{unique_name}.")
+    passwords = tmp_path / "passwords"
+    passwords.mkdir()
+    (passwords / "routing").write_text(secrets.token_urlsafe(24) + "\n")
+    (passwords / "..data").mkdir()  # what a mounted Secret's folder holds besides the keys
+    admin_password = tmp_path / "admin.password"
+    admin_password.write_text(kafka_internal.admin_config["sasl_plain_password"])
+    for name, value in {
+        "IMX_KAFKA_BOOTSTRAP": kafka_internal.bootstrap,
+        "IMX_KAFKA_SECURITY_PROTOCOL": kafka_internal.admin_config["security_protocol"],
+        "IMX_KAFKA_SASL_MECHANISM": kafka_internal.admin_config["sasl_mechanism"],
+        "IMX_KAFKA_SASL_USERNAME": kafka_internal.admin_config["sasl_plain_username"],
+        "IMX_KAFKA_SASL_PASSWORD_FILE": str(admin_password),
+        "IMX_TOPIC_PREFIX": topics.prefix,
+        "IMX_TOPIC_PARTITIONS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["kafka", "setup-services", "--passwords-dir", str(passwords)])
+    assert result.exit_code == 0, result.output
+    assert "imx-routing" in result.output
+    assert (passwords / "routing").read_text().strip() not in result.output, "never prints a password"
+
+    monkeypatch.undo()  # routing signs in with its own settings, not the admin's
+
+    def producer_for(password: str) -> KafkaProducer:
+        return KafkaProducer(
+            bootstrap_servers=kafka_internal.bootstrap,
+            max_block_ms=5000,
+            bootstrap_timeout_ms=5000,
+            **kafka_client_config(
+                ServiceSettings(
+                    kafka_bootstrap=kafka_internal.bootstrap,
+                    kafka_security_protocol="SASL_PLAINTEXT",
+                    kafka_sasl_username=username("routing"),
+                    kafka_sasl_password=password,  # type: ignore[arg-type]
+                )
+            ),
+        )
+
+    producer = producer_for((passwords / "routing").read_text().strip())
+    try:
+        producer.send(topics.routed, b"routed-1").get(timeout=10)  # the topic exists: the command made it
+        with pytest.raises(TopicAuthorizationFailedError):
+            producer.send(topics.partner("acme"), b"forged delivery").get(timeout=10)
+    finally:
+        producer.close()
+    with pytest.raises(KafkaError):
+        producer_for("not-the-password").close()
+
+
+def test_imx_kafka_setup_services_refuses_an_unknown_service_or_a_missing_password(tmp_path: Path) -> None:
+    unknown = CliRunner().invoke(app, ["kafka", "setup-services", "--passwords-dir", str(tmp_path), "--service", "x"])
+    assert unknown.exit_code == 2 and "unknown service x" in unknown.output
+    missing = CliRunner().invoke(app, ["kafka", "setup-services", "--passwords-dir", str(tmp_path)])
+    assert missing.exit_code == 2 and "no password file" in missing.output
