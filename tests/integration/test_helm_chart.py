@@ -245,7 +245,10 @@ def test_existing_claim_is_used_instead_of_a_new_one(render: Render) -> None:
 
 
 def test_no_secret_is_rendered_the_mongo_uri_comes_from_an_existing_secret(render: Render) -> None:
-    docs = render("mongo.existingSecret=imx-db,mongo.uriKey=connection,services.audit.signingKey.existingSecret=k")
+    docs = render(
+        "mongo.existingSecret=imx-db,mongo.uriKey=connection,services.audit.signingKey.existingSecret=k,"
+        "controlPlane.bootstrapToken.existingSecret=t"
+    )
     assert of_kind(docs, "Secret") == {}
     assert "mongodb://" not in json.dumps(docs)
     for deployment in of_kind(docs, "Deployment").values():
@@ -259,7 +262,7 @@ def test_audit_signs_with_a_key_the_chart_makes_once_or_one_the_operator_gives(r
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     docs = render()
-    (secret,) = of_kind(docs, "Secret").values()
+    secret = of_kind(docs, "Secret")["imx-audit-signing-key"]
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     pem = base64.b64decode(secret["data"]["signing-key.pem"])
     assert isinstance(load_pem_private_key(pem, password=None), Ed25519PrivateKey)
@@ -272,11 +275,31 @@ def test_audit_signs_with_a_key_the_chart_makes_once_or_one_the_operator_gives(r
     assert volumes["audit-signing-key"]["secret"]["secretName"] == secret["metadata"]["name"]
 
     given = render("services.audit.signingKey.existingSecret=audit-key,services.audit.signingKey.key=k.pem")
-    assert of_kind(given, "Secret") == {}
+    assert "imx-audit-signing-key" not in of_kind(given, "Secret")
     audit = of_kind(given, "Deployment")["imx-audit"]
     assert env_of(audit)["IMX_AUDIT_SIGNING_KEY_FILE"]["value"].endswith("/k.pem")
     volumes = {v["name"]: v for v in audit["spec"]["template"]["spec"]["volumes"]}
     assert volumes["audit-signing-key"]["secret"]["secretName"] == "audit-key"
+
+
+def test_every_service_takes_the_control_planes_bootstrap_token_from_a_secret(render: Render) -> None:
+    docs = render()
+    secret = of_kind(docs, "Secret")["imx-control-token"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert base64.b64decode(secret["data"]["token"]).decode().startswith("imx_ctl_")
+    for name, deployment in of_kind(docs, "Deployment").items():
+        token_file = env_of(deployment)["IMX_CONTROL_BOOTSTRAP_TOKEN_FILE"]["value"]
+        mount = {m["name"]: m for m in container(deployment)["volumeMounts"]}["control-token"]
+        assert token_file == mount["mountPath"] + "/token" and mount["readOnly"], name
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["control-token"]["secret"]["secretName"] == "imx-control-token", name
+
+    given = render("controlPlane.bootstrapToken.existingSecret=ops-token,controlPlane.bootstrapToken.key=digest")
+    assert "imx-control-token" not in of_kind(given, "Secret")
+    for deployment in of_kind(given, "Deployment").values():
+        assert env_of(deployment)["IMX_CONTROL_BOOTSTRAP_TOKEN_FILE"]["value"].endswith("/digest")
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["control-token"]["secret"]["secretName"] == "ops-token"
 
 
 def test_a_literal_mongo_uri_in_values_is_rejected() -> None:

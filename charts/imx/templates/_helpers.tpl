@@ -121,6 +121,10 @@ reference only: the chart never renders a connection string.
       fieldPath: metadata.name
 {{- end }}
 
+{{- define "imx.controlTokenSecret" -}}
+{{- .Values.controlPlane.bootstrapToken.existingSecret | default (printf "%s-control-token" (include "imx.fullname" .)) }}
+{{- end }}
+
 {{- define "imx.auditSigningKeySecret" -}}
 {{- .Values.services.audit.signingKey.existingSecret | default (printf "%s-audit-signing-key" (include "imx.fullname" .)) }}
 {{- end }}
