@@ -247,7 +247,7 @@ def test_existing_claim_is_used_instead_of_a_new_one(render: Render) -> None:
 def test_no_secret_is_rendered_the_mongo_uri_comes_from_an_existing_secret(render: Render) -> None:
     docs = render(
         "mongo.existingSecret=imx-db,mongo.uriKey=connection,services.audit.signingKey.existingSecret=k,"
-        "controlPlane.bootstrapToken.existingSecret=t"
+        "controlPlane.bootstrapToken.existingSecret=t,kafka.serviceCredentials.existingSecret=kafka-passwords"
     )
     assert of_kind(docs, "Secret") == {}
     assert "mongodb://" not in json.dumps(docs)
@@ -355,3 +355,145 @@ def test_a_disabled_service_renders_nothing(render: Render) -> None:
     assert "imx-audit" not in of_kind(docs, "Deployment")
     assert "imx-audit" not in of_kind(docs, "Service")
     assert len(of_kind(docs, "Deployment")) == 4
+
+
+KAFKA_PASSWORD_MOUNT = "/var/run/imx/kafka"
+
+
+def test_each_service_signs_in_to_kafka_as_its_own_user_with_only_its_own_password(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    secret = of_kind(default_docs, "Secret")["imx-kafka-services"]
+    for name in SERVICES:
+        deployment = of_kind(default_docs, "Deployment")[f"imx-{name}"]
+        env = env_of(deployment)
+        assert env["IMX_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_PLAINTEXT"
+        assert env["IMX_KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+        assert env["IMX_KAFKA_SASL_USERNAME"]["value"] == f"imx-{name}"
+        assert "IMX_KAFKA_SASL_PASSWORD" not in env, "the password is a file, never a variable"
+        assert env["IMX_KAFKA_SASL_PASSWORD_FILE"]["value"] == f"{KAFKA_PASSWORD_MOUNT}/password"
+        mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+        assert mounts["kafka-password"] == {
+            "name": "kafka-password",
+            "mountPath": KAFKA_PASSWORD_MOUNT,
+            "readOnly": True,
+        }
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        projected = volumes["kafka-password"]["secret"]
+        assert projected["secretName"] == secret["metadata"]["name"]
+        assert projected["items"] == [{"key": name, "path": "password"}], "no other service's password"
+
+
+def test_the_chart_makes_the_kafka_passwords_once_before_anything_else_or_takes_a_given_secret(
+    render: Render, default_docs: list[dict[str, Any]]
+) -> None:
+    secret = of_kind(default_docs, "Secret")["imx-kafka-services"]
+    passwords = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert sorted(passwords) == sorted(SERVICES)
+    assert all(len(p) == 40 and p.isalnum() for p in passwords.values())
+    assert len(set(passwords.values())) == len(SERVICES)
+    annotations = secret["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade", "exists before the set-up Job and the pods"
+    job = of_kind(default_docs, "Job")["imx-kafka-setup"]
+    assert int(annotations["helm.sh/hook-weight"]) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert annotations["helm.sh/resource-policy"] == "keep"
+    # On upgrade the template reuses what the cluster holds (lookup); new keys only for a new service.
+    template = (CHART / "templates" / "kafka-credentials.yaml").read_text()
+    assert 'lookup "v1" "Secret"' in template and "randAlphaNum" in template
+
+    given = render("kafka.serviceCredentials.existingSecret=kafka-passwords")
+    assert "imx-kafka-services" not in of_kind(given, "Secret")
+    for deployment in of_kind(given, "Deployment").values():
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["kafka-password"]["secret"]["secretName"] == "kafka-passwords"
+    job = of_kind(given, "Job")["imx-kafka-setup"]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["kafka-services"]["secret"]["secretName"] == "kafka-passwords"
+
+
+def test_a_hook_job_sets_up_the_services_kafka_users_and_acls_as_the_admin(default_docs: list[dict[str, Any]]) -> None:
+    job = of_kind(default_docs, "Job")["imx-kafka-setup"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (main,) = pod["containers"]
+    assert main["image"] == "imx:0.1.0"
+    args = main["args"]
+    assert args[:5] == [
+        "services.cli.main",
+        "kafka",
+        "setup-services",
+        "--passwords-dir",
+        "/var/run/imx/kafka-services",
+    ]
+    assert [args[i + 1] for i, arg in enumerate(args) if arg == "--service"] == SERVICES
+    assert "--no-create-topics" not in args
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {entry["name"]: entry for entry in main["env"]}
+    assert set(env) <= env_names("routing"), "only settings every service reads"
+    assert env["IMX_KAFKA_SASL_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "imx-kafka-admin", "key": "username"}
+    assert env["IMX_KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+    assert env["IMX_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_PLAINTEXT"
+    assert "IMX_KAFKA_SASL_PASSWORD" not in env and "IMX_MONGO_URI" not in env
+    mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    assert env["IMX_KAFKA_SASL_PASSWORD_FILE"]["value"] == mounts["kafka-admin"] + "/password"
+    assert mounts["kafka-services"] == args[4]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["kafka-admin"]["secret"]["items"] == [{"key": "password", "path": "password"}]
+    assert volumes["kafka-services"]["secret"]["secretName"] == "imx-kafka-services"
+
+
+def test_the_job_sets_up_enabled_services_only_and_leaves_strimzi_topics_to_strimzi(render: Render) -> None:
+    docs = render("services.audit.enabled=false", "kafka.strimziTopics.enabled=true")
+    args = of_kind(docs, "Job")["imx-kafka-setup"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [args[i + 1] for i, arg in enumerate(args) if arg == "--service"] == [n for n in SERVICES if n != "audit"]
+    assert "--no-create-topics" in args
+
+
+def test_without_a_sign_in_no_kafka_secret_job_or_sasl_settings(render: Render) -> None:
+    docs = render("kafka.securityProtocol=PLAINTEXT")
+    assert "imx-kafka-services" not in of_kind(docs, "Secret")
+    assert of_kind(docs, "Job") == {}
+    for deployment in of_kind(docs, "Deployment").values():
+        env = env_of(deployment)
+        assert env["IMX_KAFKA_SECURITY_PROTOCOL"]["value"] == "PLAINTEXT"
+        assert "IMX_KAFKA_SASL_USERNAME" not in env
+        assert "kafka-password" not in {m["name"] for m in container(deployment)["volumeMounts"]}
+
+
+def test_strimzi_kafka_users_carry_exactly_the_declared_acls_instead_of_the_job(render: Render) -> None:
+    from kafka.admin import ACLResourcePatternType
+
+    from services.common.service_access import service_acls
+    from services.common.topics import Topics
+
+    docs = render("kafka.strimziUsers.enabled=true", "kafka.topicPrefix=prod.")
+    assert of_kind(docs, "Job") == {}
+    users = of_kind(docs, "KafkaUser")
+    assert sorted(users) == sorted(f"imx-{name}" for name in SERVICES)
+    for name in SERVICES:
+        spec = users[f"imx-{name}"]["spec"]
+        assert spec["authentication"]["type"] == "scram-sha-512"
+        password = spec["authentication"]["password"]["valueFrom"]["secretKeyRef"]
+        assert password == {"name": "imx-kafka-services", "key": name}
+        rendered = {
+            (
+                acl["resource"]["type"],
+                acl["resource"].get("name", "kafka-cluster"),
+                acl["resource"].get("patternType", "literal"),
+                operation,
+            )
+            for acl in spec["authorization"]["acls"]
+            for operation in acl["operations"]
+        }
+        declared = {
+            (
+                acl.resource_pattern.resource_type.name.lower(),
+                acl.resource_pattern.resource_name,
+                "prefix" if acl.resource_pattern.pattern_type == ACLResourcePatternType.PREFIXED else "literal",
+                "".join(part.capitalize() for part in acl.operation.name.split("_")),
+            )
+            for acl in service_acls(name, Topics("prod."))
+        }
+        assert rendered == declared, name
