@@ -6,6 +6,9 @@ crash at any point means the sender retries, and the receipt makes that retry pu
 more copy of the same event (same id, same bytes). Unusable inputs are stored and announced on the
 quarantine topic, and the caller gets a typed rejection.
 
+The last three steps are a group commit (services/ingest/commit_group.py): instances that arrive on
+several associations or requests at once share one receipt write, one broker flush and one mark.
+
 An instance comes as bytes (`accept`) or as a file the channel has already written to disk
 (`accept_file`: C-STORE received in chunks, up to 1 GiB): a file is inspected through a memory map
 (only its header's pages are read), hashed in pieces and moved into the blob store, so its size
@@ -42,9 +45,10 @@ from services.common.events import event_message, now_ms
 from services.common.messages import OutgoingMessage, TransientError
 from services.common.stats import StageStats
 from services.common.topics import Topics, validate_partner_id
+from services.ingest.commit_group import Commit, CommitGroup, Outcome
 from services.ingest.errors import IngestPaused, IngestUnavailable, InvalidDestination
 from services.ingest.ingest_events import ingested_event_id, instance_ingested, quarantined
-from services.ingest.receipts import ReceiptFacts, ReceiptStatus, ReceiptStore
+from services.ingest.receipts import ReceiptFacts, ReceiptStore
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +204,7 @@ class Acceptance:
         self._outcomes = metrics.get_meter("imx.ingest").create_counter(
             "imx.ingest.instances", unit="{instance}", description="instances received, by channel and outcome"
         )
+        self.commits = CommitGroup(receipts, self._publish_all, clock)
 
     def accept(
         self,
@@ -288,25 +293,26 @@ class Acceptance:
 
         sha256 = self._store(source)
         event_id = ingested_event_id(source_org, header.sop_instance_uid, sha256)
+
+        def message(received_at_ms: int) -> OutgoingMessage:
+            event = instance_ingested(
+                header=header,
+                sha256=sha256,
+                size=source.size,
+                source_org=source_org,
+                channel=channel,
+                requested_destination=requested_destination,
+                event_id=event_id,
+                received_at_ms=received_at_ms,
+            )
+            return event_message(self._topics.ingested, event, header.study_instance_uid)
+
         facts = ReceiptFacts(source_org, channel, header.sop_instance_uid, sha256, source.size)
-        receipt = self._receipts.claim(event_id, facts, self._clock())
-        if receipt.status is ReceiptStatus.PUBLISHED:
-            self._record()
+        outcome = self.commits.commit(Commit(event_id, facts, message))
+        self._record()
+        if outcome is Outcome.DUPLICATE:
             log.debug("duplicate instance", extra={"event_id": event_id, "org": source_org, "channel": channel})
             return Duplicate(event_id, header.study_instance_uid, header.sop_class_uid, header.sop_instance_uid, sha256)
-        event = instance_ingested(
-            header=header,
-            sha256=sha256,
-            size=source.size,
-            source_org=source_org,
-            channel=channel,
-            requested_destination=requested_destination,
-            event_id=event_id,
-            received_at_ms=receipt.received_at_ms,
-        )
-        self._publish(self._topics.ingested, event, header.study_instance_uid)
-        self._receipts.mark_published(event_id, self._clock())
-        self._record()
         log.debug("instance ingested", extra={"event_id": event_id, "org": source_org, "channel": channel})
         return Accepted(
             event_id,
@@ -314,7 +320,7 @@ class Acceptance:
             header.sop_class_uid,
             header.sop_instance_uid,
             sha256,
-            republished=not receipt.new,
+            republished=outcome is Outcome.REPUBLISHED,
         )
 
     def _quarantine(
@@ -351,8 +357,11 @@ class Acceptance:
             raise IngestUnavailable(f"blob store unavailable: {type(exc).__name__}") from exc
 
     def _publish(self, topic: str, event: Message, study_uid: str) -> None:
+        self._publish_all([event_message(topic, event, study_uid)])
+
+    def _publish_all(self, messages: Sequence[OutgoingMessage]) -> None:
         try:
-            self._bus.publish([event_message(topic, event, study_uid)], timeout_s=self._publish_timeout_s)
+            self._bus.publish(messages, timeout_s=self._publish_timeout_s)
         except TransientError as exc:
             raise IngestUnavailable(f"bus unavailable: {exc}") from exc
         except KafkaError as exc:  # raised by the producer's send() itself, e.g. no metadata in time

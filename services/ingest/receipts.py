@@ -9,18 +9,24 @@ In MongoDB both steps are inserts keyed by the event id: the receipt in `ingest_
 `ingest_published`. Nothing is ever updated in place: FerretDB 1.x (SQLite) does not use the `_id`
 index for updates and deletes, so an `update_one` scans the whole collection (~17 ms at 3,000
 receipts, growing with every instance), while an insert or a find by `_id` stays ~1 ms.
+
+Both steps take a whole commit group at once (services/ingest/commit_group.py): one `insert_many`
+claims every instance of the group, one marks them published, so a group costs two round trips
+however many instances it holds. Only a receipt that already exists (a resend) costs reads.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 
+from services.common.mongo import insert_new
 from services.ingest.errors import IngestUnavailable
 
 COLLECTION = "ingest_receipts"
@@ -56,11 +62,12 @@ class ReceiptStoreUnavailable(IngestUnavailable):
 
 
 class ReceiptStore(Protocol):
-    def claim(self, event_id: str, facts: ReceiptFacts, now_ms: int) -> Receipt:
-        """Insert a "received" receipt, or return the one that exists."""
+    def claim_many(self, claims: Sequence[tuple[str, ReceiptFacts]], now_ms: int) -> list[Receipt]:
+        """For each (event id, facts), in order: insert a "received" receipt, or return the one that
+        exists. Event ids are distinct."""
         ...
 
-    def mark_published(self, event_id: str, now_ms: int) -> None: ...
+    def mark_published_many(self, event_ids: Sequence[str], now_ms: int) -> None: ...
 
 
 class MongoReceiptStore:
@@ -69,23 +76,22 @@ class MongoReceiptStore:
         self._published = db[PUBLISHED_COLLECTION]
 
     def claim(self, event_id: str, facts: ReceiptFacts, now_ms: int) -> Receipt:
-        doc = {
-            "_id": event_id,
-            "status": ReceiptStatus.RECEIVED.value,
-            "received_at_ms": now_ms,
-            "source_org": facts.source_org,
-            "channel": facts.channel,
-            "sop_instance_uid": facts.sop_instance_uid,
-            "sha256": facts.sha256,
-            "size": facts.size,
-        }
+        return self.claim_many([(event_id, facts)], now_ms)[0]
+
+    def claim_many(self, claims: Sequence[tuple[str, ReceiptFacts]], now_ms: int) -> list[Receipt]:
+        docs = [_receipt_doc(event_id, facts, now_ms) for event_id, facts in claims]
         try:
-            self._receipts.insert_one(doc)
-            return Receipt(event_id, ReceiptStatus.RECEIVED, now_ms, new=True)
-        except DuplicateKeyError:
-            pass
+            present = insert_new(self._receipts, docs)
         except PyMongoError as exc:
             raise ReceiptStoreUnavailable(f"receipt store unavailable: {type(exc).__name__}") from exc
+        return [
+            self._existing(event_id, facts, now_ms)
+            if n in present
+            else Receipt(event_id, ReceiptStatus.RECEIVED, now_ms, new=True)
+            for n, (event_id, facts) in enumerate(claims)
+        ]
+
+    def _existing(self, event_id: str, facts: ReceiptFacts, now_ms: int) -> Receipt:
         try:
             existing = self._receipts.find_one({"_id": event_id}, {"status": 1, "received_at_ms": 1})
             published = existing is not None and (
@@ -100,12 +106,27 @@ class MongoReceiptStore:
         return Receipt(event_id, status, int(existing.get("received_at_ms", now_ms)))
 
     def mark_published(self, event_id: str, now_ms: int) -> None:
+        self.mark_published_many([event_id], now_ms)
+
+    def mark_published_many(self, event_ids: Sequence[str], now_ms: int) -> None:
+        # A mark already there was written by an earlier attempt: the first mark's time stays.
         try:
-            self._published.insert_one({"_id": event_id, "published_at_ms": now_ms})
-        except DuplicateKeyError:
-            pass  # marked by an earlier attempt: the first mark's time stays
+            insert_new(self._published, [{"_id": event_id, "published_at_ms": now_ms} for event_id in event_ids])
         except PyMongoError as exc:
             raise ReceiptStoreUnavailable(f"receipt store unavailable: {type(exc).__name__}") from exc
+
+
+def _receipt_doc(event_id: str, facts: ReceiptFacts, now_ms: int) -> dict[str, object]:
+    return {
+        "_id": event_id,
+        "status": ReceiptStatus.RECEIVED.value,
+        "received_at_ms": now_ms,
+        "source_org": facts.source_org,
+        "channel": facts.channel,
+        "sop_instance_uid": facts.sop_instance_uid,
+        "sha256": facts.sha256,
+        "size": facts.size,
+    }
 
 
 class MemoryReceiptStore:
@@ -123,7 +144,14 @@ class MemoryReceiptStore:
             self.receipts[event_id] = Receipt(event_id, ReceiptStatus.RECEIVED, now_ms)
             return Receipt(event_id, ReceiptStatus.RECEIVED, now_ms, new=True)
 
+    def claim_many(self, claims: Sequence[tuple[str, ReceiptFacts]], now_ms: int) -> list[Receipt]:
+        return [self.claim(event_id, facts, now_ms) for event_id, facts in claims]
+
     def mark_published(self, event_id: str, now_ms: int) -> None:
         with self._lock:
             receipt = self.receipts[event_id]
             self.receipts[event_id] = Receipt(event_id, ReceiptStatus.PUBLISHED, receipt.received_at_ms)
+
+    def mark_published_many(self, event_ids: Sequence[str], now_ms: int) -> None:
+        for event_id in event_ids:
+            self.mark_published(event_id, now_ms)

@@ -64,3 +64,20 @@ def test_a_receipt_published_in_place_by_an_earlier_version_is_still_published(d
     receipt = MongoReceiptStore(db).claim("ev-old", FACTS, 2000)
 
     assert receipt.status is ReceiptStatus.PUBLISHED and receipt.received_at_ms == 900
+
+
+def test_a_group_is_claimed_and_marked_in_one_write_each_and_resends_in_it_find_their_receipts(db: Database) -> None:
+    store = MongoReceiptStore(db)
+    store.claim("ev-published", FACTS, 1000)
+    store.mark_published("ev-published", 1100)
+    store.claim("ev-unfinished", FACTS, 1200)
+
+    group = store.claim_many([("ev-new", FACTS), ("ev-published", FACTS), ("ev-unfinished", FACTS)], 2000)
+
+    assert [(r.event_id, r.status, r.received_at_ms, r.new) for r in group] == [
+        ("ev-new", ReceiptStatus.RECEIVED, 2000, True),
+        ("ev-published", ReceiptStatus.PUBLISHED, 1000, False),
+        ("ev-unfinished", ReceiptStatus.RECEIVED, 1200, False),
+    ]
+    store.mark_published_many(["ev-new", "ev-unfinished", "ev-published"], 2100)
+    assert all(store.claim(e, FACTS, 3000).status is ReceiptStatus.PUBLISHED for e in ("ev-new", "ev-unfinished"))

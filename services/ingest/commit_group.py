@@ -1,0 +1,134 @@
+"""Group commit: instances accepted at the same time share one receipt write, one broker flush and one
+published mark.
+
+Every association (C-STORE) and STOW-RS request runs on its own thread and, once its instance is
+durable in the blob store, hands the commit here and waits. The first thread to arrive commits what
+is queued (its own instance and any that came with it); threads that arrive while it does queue up
+and the next of them commits them all together (leader/follower, as a database's log writer does).
+One thread alone waits for nothing: its group is itself. With more senders the groups grow, and the
+per-instance cost of the round trips (MongoDB receipts, Kafka's acks=all) falls.
+
+A group is: claim every receipt in one write → publish every new event and wait for every
+acknowledgement (one flush) → mark them all published in one write. Each waiting thread then hears
+its own outcome. Any failure fails the whole group: every sender in it hears "try again", and a
+retry finds its receipt (same id, same timestamps) exactly as after a crash, so nothing is lost and
+nothing published twice is different.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from services.common.messages import OutgoingMessage
+from services.ingest.receipts import ReceiptFacts, ReceiptStatus, ReceiptStore
+
+
+class Outcome(Enum):
+    PUBLISHED = "published"  # published now, for the first time
+    REPUBLISHED = "republished"  # an earlier attempt claimed it but did not finish: published again
+    DUPLICATE = "duplicate"  # published earlier: nothing new
+
+
+@dataclass
+class Commit:
+    """One instance to commit. `message(received_at_ms)` builds its event with the receipt's time."""
+
+    event_id: str
+    facts: ReceiptFacts
+    message: Callable[[int], OutgoingMessage]
+    outcome: Outcome | None = None
+    error: BaseException | None = None
+    done: bool = False
+    received_at_ms: int = 0
+
+
+class CommitGroup:
+    """Thread-safe. `groups` counts the groups committed (a flush each); tests read it."""
+
+    def __init__(
+        self,
+        receipts: ReceiptStore,
+        publish: Callable[[Sequence[OutgoingMessage]], None],
+        clock: Callable[[], int],
+        max_group: int = 256,
+    ) -> None:
+        self._receipts = receipts
+        self._publish = publish
+        self._clock = clock
+        self._max_group = max_group
+        self._changed = threading.Condition()
+        self._queue: list[Commit] = []
+        self._leading = False
+        self.groups = 0
+        self.committed = 0
+
+    @property
+    def queued(self) -> int:
+        """Commits waiting for the group in progress to finish."""
+        with self._changed:
+            return len(self._queue)
+
+    def commit(self, item: Commit) -> Outcome:
+        """Blocks until the group holding `item` is committed; raises what failed the group."""
+        with self._changed:
+            self._queue.append(item)
+            while True:
+                if item.done:
+                    break
+                if not self._leading:
+                    self._leading = True
+                    group, self._queue = self._queue[: self._max_group], self._queue[self._max_group :]
+                    break
+                self._changed.wait()
+        if not item.done:
+            try:
+                self._commit_group(group)
+            finally:
+                with self._changed:
+                    self._leading = False
+                    self._changed.notify_all()
+        if item.error is not None:
+            raise item.error
+        assert item.outcome is not None
+        return item.outcome
+
+    def _commit_group(self, group: list[Commit]) -> None:
+        try:
+            outcomes = self._run(group)
+        except BaseException as error:  # every sender of the group hears it
+            for item in group:
+                item.error = error
+        else:
+            for item in group:
+                item.outcome = outcomes[id(item)]
+        finally:
+            for item in group:
+                item.done = True
+
+    def _run(self, group: list[Commit]) -> dict[int, Outcome]:
+        # The same instance twice in one group (two senders at once): claimed and published once.
+        first: dict[str, Commit] = {}
+        for item in group:
+            first.setdefault(item.event_id, item)
+        claimants = list(first.values())
+        receipts = self._receipts.claim_many([(c.event_id, c.facts) for c in claimants], self._clock())
+        outcomes: dict[str, Outcome] = {}
+        to_publish: list[Commit] = []
+        for claimant, receipt in zip(claimants, receipts, strict=True):
+            claimant.received_at_ms = receipt.received_at_ms
+            if receipt.status is ReceiptStatus.PUBLISHED:
+                outcomes[claimant.event_id] = Outcome.DUPLICATE
+            else:
+                outcomes[claimant.event_id] = Outcome.PUBLISHED if receipt.new else Outcome.REPUBLISHED
+                to_publish.append(claimant)
+        if to_publish:
+            self._publish([c.message(c.received_at_ms) for c in to_publish])
+            self._receipts.mark_published_many([c.event_id for c in to_publish], self._clock())
+        self.groups += 1
+        self.committed += len(to_publish)
+        return {
+            id(item): outcomes[item.event_id] if first[item.event_id] is item else Outcome.DUPLICATE for item in group
+        }

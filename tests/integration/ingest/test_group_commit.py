@@ -1,0 +1,138 @@
+"""Group commit on real servers: eight C-STORE associations at once share broker flushes and receipt
+writes (counted, not timed), every instance is on Kafka once and every receipt is marked published."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+from pymongo import MongoClient
+from pymongo.database import Database
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+
+from services.common.blob_store import LocalBlobStore
+from services.common.bus import BusProducer, ensure_topics
+from services.common.messages import OutgoingMessage
+from services.common.topics import Topics
+from services.ingest.acceptance import Acceptance
+from services.ingest.receipts import PUBLISHED_COLLECTION, MongoReceiptStore
+from services.ingest.scp import DicomReceiver
+from services.ingest.settings import IngestSettings
+from services.proto_gen.imx.v1 import events_pb2
+from tests.unit.ingest.samples import mr_study
+from tests.waiting import wait_for
+
+CALLING_AE = "MODALITY1"
+ASSOCIATIONS = 8
+
+
+class GatedProducer:
+    """The real producer, counting flushes; the first one is held until the test lets it go."""
+
+    def __init__(self, producer: BusProducer) -> None:
+        self._producer = producer
+        self.flushes: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
+        self.entered.set()
+        assert self.gate.wait(60)
+        self._producer.publish(messages, timeout_s)
+        self.flushes.append(len(messages))
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str, make_name: Callable[[str], str]) -> Topics:
+    topics = Topics(make_name("gc") + "-")
+    ensure_topics(kafka_bootstrap, [topics.ingested, topics.quarantine], 1)
+    return topics
+
+
+@pytest.fixture
+def db(mongo_uri: str, make_name: Callable[[str], str]) -> Iterator[Database]:
+    client: MongoClient = MongoClient(mongo_uri)
+    name = make_name("gc")
+    try:
+        yield client[name]
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
+@pytest.fixture
+def producer(kafka_bootstrap: str) -> Iterator[GatedProducer]:
+    real = BusProducer(kafka_bootstrap, client_id="imx-test-group-commit")
+    try:
+        yield GatedProducer(real)
+    finally:
+        real.close()
+
+
+def _send(port: int, data: bytes) -> int:
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="IMX")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(dcmread(BytesIO(data))).Status)
+    finally:
+        assoc.release()
+
+
+def test_eight_associations_at_once_share_one_flush_and_one_receipt_write(
+    tmp_path: Path, topics: Topics, db: Database, producer: GatedProducer, kafka_bootstrap: str
+) -> None:
+    acceptance = Acceptance(
+        blobs=LocalBlobStore(tmp_path / "blobs"),
+        receipts=MongoReceiptStore(db),
+        bus=producer,
+        topics=topics,
+        max_instance_bytes=10_000_000,
+    )
+    receiver = DicomReceiver(
+        acceptance,
+        lambda: {CALLING_AE: "trust-a"},
+        IngestSettings(dicom_port=0, calling_ae_refresh_s=60, blob_dir=tmp_path / "blobs"),
+    )
+    receiver.start()
+    instances = mr_study(501, ASSOCIATIONS)
+    statuses: list[int] = [-1] * ASSOCIATIONS
+    try:
+
+        def send(n: int) -> None:
+            statuses[n] = _send(receiver.port, instances[n])
+
+        senders = [threading.Thread(target=send, args=(n,)) for n in range(ASSOCIATIONS)]
+        senders[0].start()
+        assert producer.entered.wait(30)
+        for sender in senders[1:]:
+            sender.start()
+        wait_for(lambda: acceptance.commits.queued == ASSOCIATIONS - 1, 30, "seven instances queued behind the first")
+        assert not any(s == 0 for s in statuses)  # nobody heard success before the broker acknowledged
+        producer.gate.set()
+        for sender in senders:
+            sender.join(60)
+    finally:
+        receiver.stop(grace_s=1)
+
+    assert statuses == [0] * ASSOCIATIONS
+    assert producer.flushes == [1, ASSOCIATIONS - 1]  # eight instances, two flushes
+    assert acceptance.commits.groups == 2
+    consumer = KafkaConsumer(
+        topics.ingested, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000
+    )
+    try:
+        events = [events_pb2.InstanceIngested.FromString(r.value) for r in consumer]
+    finally:
+        consumer.close()
+    assert len(events) == ASSOCIATIONS
+    assert db[PUBLISHED_COLLECTION].count_documents({}) == ASSOCIATIONS
+    assert {e.meta.event_id for e in events} == {d["_id"] for d in db[PUBLISHED_COLLECTION].find({})}

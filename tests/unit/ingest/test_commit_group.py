@@ -1,0 +1,165 @@
+"""Group commit at ingest: instances accepted at the same time share one receipt write, one broker
+flush and one mark; asserted on counted calls, never on timings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from services.common.blob_store import LocalBlobStore
+from services.common.dicom.header import inspect_instance
+from services.common.messages import OutgoingMessage, TransientError
+from services.common.topics import Topics
+from services.ingest.acceptance import Acceptance, Accepted, Duplicate
+from services.ingest.errors import IngestUnavailable
+from services.ingest.receipts import MemoryReceiptStore, Receipt, ReceiptFacts, ReceiptStatus
+from services.proto_gen.imx.v1 import events_pb2
+from tests.unit.ingest.samples import mr_study
+from tests.waiting import wait_for
+
+TOPICS = Topics("t-")
+
+
+class GatedBus:
+    """Counts flushes (publish calls); the first publish waits at a gate until the test opens it."""
+
+    def __init__(self) -> None:
+        self.flushes: list[list[OutgoingMessage]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.fail = 0
+        self._lock = threading.Lock()
+
+    def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        with self._lock:
+            if self.fail:
+                self.fail -= 1
+                raise TransientError("publish failed: KafkaTimeoutError")
+            self.flushes.append(list(messages))
+
+
+class CountingReceipts(MemoryReceiptStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.claim_writes = 0
+        self.mark_writes = 0
+
+    def claim_many(self, claims: Sequence[tuple[str, ReceiptFacts]], now_ms: int) -> list[Receipt]:
+        self.claim_writes += 1
+        return super().claim_many(claims, now_ms)
+
+    def mark_published_many(self, event_ids: Sequence[str], now_ms: int) -> None:
+        self.mark_writes += 1
+        super().mark_published_many(event_ids, now_ms)
+
+
+def make(tmp_path: Path, bus: GatedBus, receipts: MemoryReceiptStore) -> Acceptance:
+    return Acceptance(
+        blobs=LocalBlobStore(tmp_path / "blobs"),
+        receipts=receipts,
+        bus=bus,
+        topics=TOPICS,
+        max_instance_bytes=10_000_000,
+        clock=lambda: 1_700_000_000_000,
+    )
+
+
+def accept_concurrently(acceptance: Acceptance, bus: GatedBus, instances: Sequence[bytes]) -> list[object]:
+    """The first instance starts a group and is held at the broker; the others arrive meanwhile."""
+    results: list[object] = [None] * len(instances)
+
+    def accept(n: int) -> None:
+        try:
+            results[n] = acceptance.accept(instances[n], "trust-a", "c-store")
+        except Exception as error:  # the test looks at it
+            results[n] = error
+
+    threads = [threading.Thread(target=accept, args=(n,)) for n in range(len(instances))]
+    threads[0].start()
+    assert bus.entered.wait(10)
+    for thread in threads[1:]:
+        thread.start()
+    wait_for(lambda: acceptance.commits.queued == len(instances) - 1, 10, "the others to queue", interval_s=0.01)
+    bus.gate.set()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def test_eight_associations_at_once_share_two_flushes_and_two_receipt_writes_per_group(tmp_path: Path) -> None:
+    bus, receipts = GatedBus(), CountingReceipts()
+    acceptance = make(tmp_path, bus, receipts)
+    instances = mr_study(31, 8)
+
+    results = accept_concurrently(acceptance, bus, instances)
+
+    assert all(isinstance(r, Accepted) for r in results)
+    # The first instance's group, then one group for the seven that came while it was at the broker.
+    assert [len(f) for f in bus.flushes] == [1, 7]
+    assert (receipts.claim_writes, receipts.mark_writes) == (2, 2)
+    assert acceptance.commits.groups == 2
+    published = {events_pb2.InstanceIngested.FromString(m.value).meta.event_id for f in bus.flushes for m in f}
+    assert published == {r.event_id for r in results if isinstance(r, Accepted)}
+    assert all(receipts.receipts[e].status is ReceiptStatus.PUBLISHED for e in published)
+
+
+def test_a_sender_alone_is_its_own_group(tmp_path: Path) -> None:
+    bus, receipts = GatedBus(), CountingReceipts()
+    bus.gate.set()
+    acceptance = make(tmp_path, bus, receipts)
+
+    for data in mr_study(32, 3):
+        assert isinstance(acceptance.accept(data, "trust-a", "c-store"), Accepted)
+
+    assert [len(f) for f in bus.flushes] == [1, 1, 1]
+
+
+def test_the_same_instance_twice_in_one_group_is_published_once(tmp_path: Path) -> None:
+    bus, receipts = GatedBus(), CountingReceipts()
+    acceptance = make(tmp_path, bus, receipts)
+    first, other = mr_study(33, 2)
+
+    results = accept_concurrently(acceptance, bus, [first, other, other])
+
+    assert isinstance(results[0], Accepted)
+    assert sorted(type(r).__name__ for r in results[1:]) == ["Accepted", "Duplicate"]
+    assert [len(f) for f in bus.flushes] == [1, 1]
+
+
+def test_a_failed_flush_fails_every_sender_of_the_group_and_their_retries_publish_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    bus, receipts = GatedBus(), CountingReceipts()
+    acceptance = make(tmp_path, bus, receipts)
+    instances = mr_study(34, 4)
+    bus.fail = 2  # the first group and the second both fail at the broker
+
+    results = accept_concurrently(acceptance, bus, instances)
+
+    assert all(isinstance(r, IngestUnavailable) for r in results)
+    assert not bus.flushes
+    assert all(r.status is ReceiptStatus.RECEIVED for r in receipts.receipts.values())
+    retried = [acceptance.accept(data, "trust-a", "c-store") for data in instances]
+    assert all(isinstance(r, Accepted) and r.republished for r in retried)
+    again = [acceptance.accept(data, "trust-a", "c-store") for data in instances]
+    assert all(isinstance(r, Duplicate) for r in again)
+    events = [events_pb2.InstanceIngested.FromString(m.value) for f in bus.flushes for m in f]
+    assert {e.meta.ingested_at_ms for e in events} == {1_700_000_000_000}
+
+
+@pytest.mark.parametrize("senders", [2, 16])
+def test_every_sender_hears_the_outcome_of_its_own_instance(tmp_path: Path, senders: int) -> None:
+    bus, receipts = GatedBus(), CountingReceipts()
+    acceptance = make(tmp_path, bus, receipts)
+    instances = mr_study(35, senders)
+
+    results = accept_concurrently(acceptance, bus, instances)
+
+    expected = [inspect_instance(data, 10_000_000).sop_instance_uid for data in instances]
+    assert [r.sop_instance_uid for r in results if isinstance(r, Accepted)] == expected
+    assert sum(len(f) for f in bus.flushes) == senders and len(bus.flushes) == 2
