@@ -11,6 +11,9 @@ One class for every service's HTTP surface (ingest's STOW-RS, audit's query API,
   previous response on a kept-alive connection), else the connection is closed without an answer:
   uvicorn and h11 wait for headers for ever, so a client that sends half a request and stops, or one
   header byte a second, would otherwise hold its connection open indefinitely;
+- a request still running when the graceful shutdown runs out (an upload whose body stopped arriving,
+  say) is answered 503 with Retry-After and closed if nothing was sent yet, or just closed, and the
+  whole lot is logged as one count: uvicorn would log each cancelled request as an error with a traceback;
 - with `tls=TlsFiles(cert, key)` it serves HTTPS only; the files are read in the constructor, so a
   missing or mismatched pair fails there (OSError / ssl.SSLError), not on the server thread.
 """
@@ -18,6 +21,7 @@ One class for every service's HTTP surface (ingest's STOW-RS, audit's query API,
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import threading
@@ -29,9 +33,13 @@ from typing import Any
 import h11
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+log = logging.getLogger(__name__)
+
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+_STOPPING_BODY = b'{"detail":"the service is stopping; retry later"}'
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,39 @@ def header_deadline_protocol(header_timeout_s: float) -> type[H11Protocol]:
     return HeaderDeadlineProtocol
 
 
+class _CutOffAtShutdown:
+    """ASGI wrapper: a request that uvicorn cancels at the end of its graceful shutdown is finished here."""
+
+    def __init__(self, app: ASGIApp, exiting: threading.Event) -> None:
+        self._app = app
+        self._exiting = exiting
+        self.cut_off = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if not self._exiting.is_set():
+                raise
+            self.cut_off += 1
+            if not started:
+                headers = [(b"content-type", b"application/json"), (b"retry-after", b"30"), (b"connection", b"close")]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": _STOPPING_BODY})
+            # A response already under way is left incomplete: uvicorn closes the connection, so the client
+            # sees a broken transfer, never a short one that looks whole.
+
+
 class HttpServer:
     def __init__(
         self,
@@ -116,8 +157,10 @@ class HttpServer:
         self.port: int = self._socket.getsockname()[1]
         self.scheme = "https" if tls is not None else "http"
         self._grace_s = max(1.0, grace_s)
+        self._exiting = threading.Event()
+        self._app = _CutOffAtShutdown(app, self._exiting)
         config = uvicorn.Config(
-            app,
+            self._app,
             http=header_deadline_protocol(header_timeout_s),
             log_config=None,
             access_log=False,
@@ -145,8 +188,13 @@ class HttpServer:
 
     def stop(self) -> None:
         """Stop accepting; requests in flight finish (up to the graceful-shutdown time). Idempotent."""
+        self._exiting.set()
         self._server.should_exit = True
         if self._thread.is_alive():
             # uvicorn's own grace, plus a little for its loop to notice should_exit and close.
             self._thread.join(self._grace_s + 5.0)
+            if self._app.cut_off:
+                log.warning(
+                    "requests cut off at shutdown", extra={"service": self._name, "count": self._app.cut_off}
+                )
         self._socket.close()

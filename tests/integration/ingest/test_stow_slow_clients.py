@@ -129,7 +129,12 @@ def test_a_kept_alive_connection_gets_a_new_header_deadline_per_request(start_se
         for _ in range(3):  # 3 requests over 3 x 0.6 s: longer than one header timeout in total
             time.sleep(HEADER_TIMEOUT_S * 0.6)
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: imx\r\n\r\n")
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            answer = b""
+            while not answer.endswith(b'{"status":"ok"}'):
+                chunk = sock.recv(65536)
+                assert chunk, f"closed after {answer!r}"
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
 
 
 def test_uploads_that_stop_are_answered_408_and_closed_within_the_timeout(
@@ -153,7 +158,7 @@ def test_uploads_past_the_organisations_cap_are_refused_429_and_others_are_not(
     start_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    server = start_server(8, body_timeout_s=4.0)  # the eight hold their slots while the rest arrive
+    server = start_server(8, body_timeout_s=10.0)  # the eight hold their slots while the rest arrive
     held = [_stalled_upload(server.port) for _ in range(8)]
     time.sleep(0.3)  # the eight are authenticated and hold their slots
     refused = [_stalled_upload(server.port) for _ in range(CLIENTS - 8)]
@@ -188,3 +193,24 @@ def test_clients_that_hang_up_mid_body_log_no_traceback(
         sock.close()
     time.sleep(BODY_TIMEOUT_S + 1)
     assert _tracebacks(caplog.records) == []
+
+
+def test_uploads_still_open_at_shutdown_are_answered_503_and_closed_without_tracebacks(
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The original finding: closing 200 stalled uploads logged 200 stack traces.
+    caplog.set_level(logging.INFO)
+    server = start_server(CLIENTS, body_timeout_s=60.0)
+    sockets = [_stalled_upload(server.port) for _ in range(CLIENTS)]
+    try:
+        time.sleep(1.0)  # every upload is in the route, waiting for its body
+        server.stop()  # grace_s=1: uvicorn cancels them all
+        answers = [_read_to_close(sock) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 503") for answer in answers), answers[0][:200]
+    assert all(b"\r\nretry-after: 30\r\n" in answer.lower() for answer in answers)
+    assert _tracebacks(caplog.records) == []
+    [summary] = [r for r in caplog.records if r.getMessage() == "requests cut off at shutdown"]
+    assert getattr(summary, "count", None) == CLIENTS
