@@ -4,7 +4,8 @@ A record keeps only what the trail needs: UIDs, organisation, partner and route 
 version, channel, status, machine-readable reasons and timestamps. Routing attributes (a study
 description can carry PHI), blob references and retrieval URLs are never copied.
 
-Audit reads the pipeline's topics, the partners' DICOMweb retrievals (`imx.access.v1`) and each
+Audit reads the pipeline's topics, the partners' DICOMweb retrievals (`imx.access.v1`), the services'
+security alerts (`imx.alerts.v1`) and each
 partner's receipts topic (what its gateway stored), not the partners' feeds: the outcome event says
 what was delivered. On a receipts topic the partner is the one the topic belongs to (only that
 partner may write it), whatever the payload claims. `_id` is `<event_type>:<event_id>` and event
@@ -39,6 +40,7 @@ class EventType(StrEnum):
     QUARANTINED = "quarantined"
     DEAD_LETTER = "dead_letter"
     RETRIEVAL = "retrieval"
+    ALERT = "alert"
 
 
 # The order of the hops of one instance, to break ties between events of the same millisecond.
@@ -96,6 +98,7 @@ _HEADER_TYPES: dict[str, EventType] = {
     "DeliveryOutcome": EventType.OUTCOME,
     "Quarantined": EventType.QUARANTINED,
     "PartnerRetrieval": EventType.RETRIEVAL,
+    "SecurityAlert": EventType.ALERT,
 }
 
 
@@ -122,6 +125,7 @@ def event_type_for(topic: str, headers: Mapping[str, bytes], topics: Topics) -> 
         topics.outcomes: EventType.OUTCOME,
         topics.quarantine: EventType.QUARANTINED,
         topics.access: EventType.RETRIEVAL,
+        topics.alerts: EventType.ALERT,
     }
     if topic in by_topic:
         return by_topic[topic]
@@ -319,6 +323,18 @@ def _fill_quarantined(record: AuditRecord, event: Any, topic: str, topics: Topic
     record["detail"] = _text(event.detail)
 
 
+def _fill_alert(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
+    # Ids and figures only: which partner, which threshold, how far along, how much is unread.
+    record["partner_id"] = event.partner_id or None
+    record["stage"] = _text(event.service)
+    record["status"] = "warning"
+    record["reason"] = _text(event.kind)
+    record["detail"] = _text(
+        f"threshold={event.threshold:g} retention_used={event.retention_used:.3f} unread={event.unread} "
+        f"expired={event.expired} retention_ms={event.retention_ms} oldest_unread_age_ms={event.oldest_unread_age_ms}"
+    )
+
+
 def delivery_status_name(status: int) -> str:
     """DELIVERY_STATUS_DELIVERED → "delivered"; an unknown number is kept as a number."""
     try:
@@ -346,6 +362,7 @@ _DECODERS: dict[EventType, tuple[Callable[[bytes], Any], Fill]] = {
     EventType.RECEIPT: (events_pb2.DeliveryReceipt.FromString, _fill_receipt),
     EventType.QUARANTINED: (events_pb2.Quarantined.FromString, _fill_quarantined),
     EventType.RETRIEVAL: (events_pb2.PartnerRetrieval.FromString, _fill_retrieval),
+    EventType.ALERT: (events_pb2.SecurityAlert.FromString, _fill_alert),
 }
 
 # Identifying fields a dead letter borrows from the original event when that can still be decoded.

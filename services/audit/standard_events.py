@@ -66,6 +66,11 @@ SECURITY_REASONS: dict[str, Code] = {
     "forbidden": USE_OF_RESTRICTED_FUNCTION,
 }
 
+# PS3.15 A.5.3.11 takes its EventTypeCode from CID 403, which names no data-at-risk condition; this
+# one is imx's own, under a private coding scheme designator (PS3.16 8.2: "99" + the organisation).
+PARTNER_BACKLOG_RETENTION = Code("partner-backlog-retention", "Partner backlog nearing feed retention", "99IMX")
+ALERT_TYPES: dict[str, Code] = {"partner-backlog-retention": PARTNER_BACKLOG_RETENTION}
+
 IMX = "imx"  # the exchange itself, as a participant
 
 
@@ -248,6 +253,14 @@ def standard_event(record: AuditRecord) -> StandardEvent:
         return _event(record, INSTANCES_TRANSFERRED, READ, _failed_outcome(record["status"]), participants, source)
     if kind == EventType.RETRIEVAL:
         return _retrieval_event(record)
+    if kind == EventType.ALERT:
+        # A.5.3.11 Security Alert, reported by the imx service that saw it about the partner concerned.
+        # A warning before anything is lost: "Success implies an informative alert rather than a failure".
+        service = record["stage"] or "pipeline"
+        reason = record["reason"] or ""
+        type_code = ALERT_TYPES.get(reason, Code(reason or "unknown", reason or "unknown", "99IMX"))
+        participants = (_imx(service, True, APPLICATION_ROLE), _partner(record, False))
+        return _event(record, SECURITY_ALERT, EXECUTE, SUCCESS, participants, f"imx-{service}", (type_code,))
     if kind == EventType.QUARANTINED:
         security = SECURITY_REASONS.get(record["reason"] or "")
         if security is not None:

@@ -111,7 +111,7 @@ def service_grants(service: str, topics: Topics) -> list[Grant]:
             *_write(partner_feeds, pattern=PREFIXED),
             # It creates each partner's receipts topic; only the partner (and its central gateway) writes it.
             Grant(ResourceType.TOPIC, receipts, (Op.CREATE,), PREFIXED),
-            *_write(topics.outcomes, topics.access),
+            *_write(topics.outcomes, topics.access, topics.alerts),
             *failures,
             # The retention watch reads partners' committed offsets and their feeds' retention. A
             # partner's groups are "<partner>.*" (kafka_access.group_prefix), with no prefix common to

@@ -60,6 +60,11 @@ class Topics:
         """Partners' DICOMweb retrievals (PartnerRetrieval), for audit."""
         return self._name("access")
 
+    @property
+    def alerts(self) -> str:
+        """Security alerts raised by the services (SecurityAlert), for audit."""
+        return self._name("alerts")
+
     def partner(self, partner_id: str) -> str:
         """The partner's routine feed; `partner_lanes` names all three."""
         return self._name(f"partner.{validate_partner_id(partner_id)}")
@@ -117,6 +122,7 @@ class Topics:
             self.quarantine,
             self.dead_letter,
             self.access,
+            self.alerts,
         ]
 
     @property

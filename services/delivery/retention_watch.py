@@ -4,10 +4,11 @@ and what expired unread is never left looking delivered.
 Kafka deletes a partner's feed messages after the topic's retention (seven days by default) whether
 or not the partner read them. The watch reads, for each partner, how old its oldest unread message
 is (per partition: the message at its gateway group's committed offset; all of it when no group of
-the partner has committed) against `retention.ms`, and says so at configurable fractions (log,
-`imx partners lag`). A delivery its gateway never reported stored, and older than the retention, can
-no longer be fetched from the feed: it gets a failed DeliveryOutcome `expired-unread`, so the audit
-trail shows it failed, not delivered.
+the partner has committed) against `retention.ms`, and says so at configurable fractions: log,
+metrics, `imx partners lag`, and, once each time a partner crosses a fraction upwards, a
+SecurityAlert on `imx.alerts.v1` that audit records as a PS3.15 Security Alert. A delivery its
+gateway never reported stored, and older than the retention, can no longer be fetched from the feed:
+it gets a failed DeliveryOutcome `expired-unread`, so the audit trail shows it failed, not delivered.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 WARN_FRACTIONS = (0.5, 0.8)
+BACKLOG_ALERT = "partner-backlog-retention"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class PartnerLag:
     def oldest_unread_age_ms(self, now: int) -> int:
         ages = [now - p.oldest_unread_ms for p in self.partitions if p.oldest_unread_ms is not None and p.unread]
         return max(ages, default=0)
+
+    def oldest_unread_ms(self) -> int | None:
+        """Broker timestamp of the oldest unread message on any lane, None when nothing is unread."""
+        stamps = [p.oldest_unread_ms for p in self.partitions if p.oldest_unread_ms is not None and p.unread]
+        return min(stamps, default=None)
 
     def fraction(self, now: int) -> float:
         """How much of the retention the oldest unread message has used (1.0: about to expire)."""
@@ -114,6 +121,35 @@ def expired_outcome(item: DeliveredInstance, topics: Topics, clock: Callable[[],
         detail="expired-unread",
     )
     return event_message(topics.outcomes, outcome, item.source_study_uid or item.study_uid)
+
+
+def backlog_alert(lag: PartnerLag, threshold: float, now: int, topics: Topics) -> OutgoingMessage:
+    """The SecurityAlert of a partner whose backlog crossed `threshold`. Its id names the partner, the
+    threshold and the oldest unread message, so another replica, or this one after a restart, raising
+    the same crossing produces the same id (audit keeps one record)."""
+    oldest = lag.oldest_unread_ms()
+    alert = events_pb2.SecurityAlert(
+        meta=events_pb2.EventMeta(
+            event_id=event_id(BACKLOG_ALERT, lag.partner_id, f"{threshold:g}", str(oldest)),
+            occurred_at_ms=now,
+        ),
+        kind=BACKLOG_ALERT,
+        service="delivery",
+        partner_id=lag.partner_id,
+        threshold=threshold,
+        retention_used=lag.fraction(now),
+        unread=lag.unread,
+        expired=lag.expired,
+        retention_ms=lag.retention_ms,
+        oldest_unread_age_ms=lag.oldest_unread_age_ms(now),
+    )
+    return event_message(topics.alerts, alert, lag.partner_id)
+
+
+def crossed(previous: float | None, level: float | None) -> bool:
+    """Whether a check's warning level is a new upward crossing: above the level of the check before.
+    Falling back below a fraction and rising through it again is a new crossing."""
+    return level is not None and (previous is None or level > previous)
 
 
 def _group_id(group: object) -> str:
@@ -228,6 +264,7 @@ class RetentionWatch:
         self._clock = clock
         self.latest: dict[str, PartnerLag] = {}
         self._checked_at = 0
+        self._levels: dict[str, float] = {}  # partner -> warning level of the last check (crossings)
         meter = meter or metrics.get_meter("imx.delivery.retention")
         # Gauges per partner, from the last check: what operators alert on.
         meter.create_observable_gauge(
@@ -255,15 +292,23 @@ class RetentionWatch:
     def check(self) -> dict[str, PartnerLag]:
         now = self._clock()
         lags = {p: self._read_lag(p, self._feed_topics(p)) for p in self._partners()}
+        levels: dict[str, float] = {}
+        alerts: list[OutgoingMessage] = []
         for partner_id, lag in lags.items():
             level = warning_level(lag.fraction(now), self._fractions)
             if level is not None:
+                levels[partner_id] = level
                 log.warning(
                     "partner backlog approaches the feed's retention",
                     extra={"partner": partner_id, "count": lag.unread, "rate": round(lag.fraction(now), 3)},
                 )
+            if level is not None and crossed(self._levels.get(partner_id), level):
+                alerts.append(backlog_alert(lag, level, now, self._topics))
             if lag.expired:
                 log.error("partner feed messages expired unread", extra={"partner": partner_id, "count": lag.expired})
+        if alerts:
+            self._publish(alerts)  # a failure leaves the levels as they were: the next check raises them again
+        self._levels = levels
         self.latest, self._checked_at = lags, now
         self._expire_unread(lags, now)
         return lags

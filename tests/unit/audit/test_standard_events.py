@@ -123,3 +123,40 @@ def test_a_dead_letter_is_a_major_failure_of_its_stage() -> None:
     event = standard_event(build_record(incoming(letter), TOPICS, NOW))
     assert (event.event_id, event.outcome, event.source_id) == (INSTANCES_TRANSFERRED, 12, "imx-delivery")
     assert event.objects[0].study_uid == STUDY.study
+
+
+def test_a_partners_backlog_alert_is_an_informative_security_alert_naming_the_partner() -> None:
+    from services.audit.standard_events import PARTNER_BACKLOG_RETENTION
+
+    event = pb.SecurityAlert(
+        meta=pb.EventMeta(event_id="a-1", occurred_at_ms=T0_MS),
+        kind="partner-backlog-retention",
+        service="delivery",
+        partner_id="research-a",
+        threshold=0.8,
+        retention_used=0.8125,
+        unread=42,
+        expired=0,
+        retention_ms=604800000,
+        oldest_unread_age_ms=491400000,
+    )
+    record = build_record(IncomingMessage(TOPICS.alerts, 0, 0, None, event.SerializeToString()), TOPICS, NOW)
+    assert (record["_id"], record["partner_id"], record["stage"], record["reason"]) == (
+        "alert:a-1",
+        "research-a",
+        "delivery",
+        "partner-backlog-retention",
+    )
+    assert record["detail"] == (
+        "threshold=0.8 retention_used=0.812 unread=42 expired=0 retention_ms=604800000 oldest_unread_age_ms=491400000"
+    )
+    alert = standard_event(record)
+    assert (alert.event_id, alert.action, alert.outcome, alert.type_codes) == (
+        SECURITY_ALERT,
+        "E",
+        0,
+        (PARTNER_BACKLOG_RETENTION,),
+    )
+    assert PARTNER_BACKLOG_RETENTION.system.startswith("99"), "a private coding scheme (PS3.16 8.2)"
+    assert [(p.user_id, p.requestor) for p in alert.participants] == [("imx-delivery", True), ("research-a", False)]
+    assert alert.source_id == "imx-delivery" and alert.objects == ()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from services.common.messages import OutgoingMessage
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance
 from services.delivery.retention_watch import PartitionBacklog, PartnerLag, backlog, expired_outcome, warning_level
@@ -94,3 +97,69 @@ def test_the_last_check_is_exported_as_gauges_per_partner() -> None:
         "imx.partner.unread": {"lab": 7},
         "imx.partner.expired_unread": {"lab": 2},
     }
+
+
+def test_a_security_alert_once_per_upward_crossing_of_a_warning_fraction() -> None:
+    from services.delivery.retention_watch import RetentionWatch
+
+    retention = 10 * DAY_MS
+    lag = PartnerLag("lab", retention_ms=retention, partitions=[PartitionBacklog("t", 0, 7, 0, 0)])
+    published: list[OutgoingMessage] = []
+    clock = [0]
+    watch = RetentionWatch(
+        partners=lambda: ["lab"],
+        feed_topics=lambda p: [],
+        read_lag=lambda p, topics: lag,
+        unstored=lambda: [],
+        mark_expired=lambda items, at: None,
+        publish=published.extend,
+        topics=Topics("x."),
+        clock=lambda: clock[0],
+    )
+    raised = []
+    for days in (2, 6, 7, 9, 9.5, 3, 6, 9):  # 20%, 60%, 70%, 90%, 95%, back to 30%, 60%, 90%
+        clock[0] = int(days * DAY_MS)
+        before = len(published)
+        watch.check()
+        raised.append([events_pb2.SecurityAlert.FromString(m.value).threshold for m in published[before:]])
+    assert raised == [[], [0.5], [], [0.8], [], [], [0.5], [0.8]]
+    alert = events_pb2.SecurityAlert.FromString(published[1].value)
+    assert published[1].topic == "x.imx.alerts.v1" and published[1].key == b"lab"
+    assert (alert.kind, alert.service, alert.partner_id, alert.unread, alert.retention_ms) == (
+        "partner-backlog-retention",
+        "delivery",
+        "lab",
+        7,
+        retention,
+    )
+    assert alert.retention_used == 0.9 and alert.oldest_unread_age_ms == 9 * DAY_MS
+    # The same crossing (partner, threshold, oldest unread message) has one id, whoever raises it.
+    assert alert.meta.event_id == events_pb2.SecurityAlert.FromString(published[-1].value).meta.event_id
+
+
+def test_an_alert_that_could_not_be_published_is_raised_again_at_the_next_check() -> None:
+    from services.delivery.retention_watch import RetentionWatch
+
+    lag = PartnerLag("lab", retention_ms=10 * DAY_MS, partitions=[PartitionBacklog("t", 0, 1, 0, 0)])
+    attempts: list[int] = []
+
+    def publish(messages: list[OutgoingMessage]) -> None:
+        attempts.append(len(messages))
+        if len(attempts) == 1:
+            raise ConnectionError("broker away")
+
+    watch = RetentionWatch(
+        partners=lambda: ["lab"],
+        feed_topics=lambda p: [],
+        read_lag=lambda p, topics: lag,
+        unstored=lambda: [],
+        mark_expired=lambda items, at: None,
+        publish=publish,
+        topics=Topics(),
+        clock=lambda: 6 * DAY_MS,
+    )
+    with pytest.raises(ConnectionError):
+        watch.check()
+    watch.check()
+    watch.check()
+    assert attempts == [1, 1], "raised again after the failure, then not again"
