@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from services.common.topics import Topics
 from tests.settings_env import GRPC_PORTS, env_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -339,8 +340,7 @@ def test_optional_network_policies_and_strimzi_topics(render: Render) -> None:
     docs = render("networkPolicy.enabled=true", "kafka.strimziTopics.enabled=true", "kafka.topicPrefix=prod.")
     assert sorted(of_kind(docs, "NetworkPolicy")) == sorted(f"imx-{name}" for name in SERVICES)
     topics = {doc["spec"]["topicName"]: doc for doc in docs if doc["kind"] == "KafkaTopic"}
-    stages = ("ingested", "routed", "prepared", "outcomes", "quarantine", "deadletter")
-    assert sorted(topics) == sorted(f"prod.imx.{stage}.v1" for stage in stages)
+    assert sorted(topics) == sorted(Topics("prod.").pipeline()), "every topic the services would create"
     for topic in topics.values():
         assert topic["spec"]["partitions"] == 24
         assert topic["spec"]["replicas"] == 3
@@ -466,7 +466,6 @@ def test_strimzi_kafka_users_carry_exactly_the_declared_acls_instead_of_the_job(
     from kafka.admin import ACLResourcePatternType
 
     from services.common.service_access import service_acls
-    from services.common.topics import Topics
 
     docs = render("kafka.strimziUsers.enabled=true", "kafka.topicPrefix=prod.")
     assert of_kind(docs, "Job") == {}

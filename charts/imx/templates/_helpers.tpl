@@ -81,10 +81,10 @@ app.kubernetes.io/component: {{ .name }}
 {{- default (printf "%s-blobs" (include "imx.fullname" .)) .Values.blobStore.persistence.existingClaim }}
 {{- end }}
 
-{{/* The pipeline topics, as services/common/topics.py names them. */}}
+{{/* The pipeline topics, as services/common/topics.py names them (Topics.pipeline: lanes included). */}}
 {{- define "imx.pipelineTopics" -}}
 {{- $prefix := .Values.kafka.topicPrefix }}
-{{- range $topic := list "ingested" "routed" "prepared" "outcomes" "quarantine" "deadletter" }}
+{{- range $topic := list "ingested" "routed.urgent" "routed" "routed.bulk" "prepared.urgent" "prepared" "prepared.bulk" "outcomes" "quarantine" "deadletter" "access" "alerts" }}
 {{ printf "%simx.%s.v1" $prefix $topic }}
 {{- end }}
 {{- end }}
