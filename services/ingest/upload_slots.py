@@ -26,11 +26,6 @@ class UploadSlots:
             unit="{request}",
             description="STOW-RS requests refused because their organisation had its cap of uploads open",
         )
-        self.refused = 0
-
-    def open_for(self, org: str) -> int:
-        with self._lock:
-            return self._open.get(org, 0)
 
     @contextmanager
     def hold(self, org: str) -> Iterator[bool]:
@@ -40,8 +35,6 @@ class UploadSlots:
             granted = held < self.per_org
             if granted:
                 self._open[org] = held + 1
-            else:
-                self.refused += 1
         if not granted:
             self._refused.add(1, {"org": org})
             yield False
