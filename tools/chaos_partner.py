@@ -1,0 +1,202 @@
+"""The partner's side of `make chaos` and what the run reads back: the partner's PACS (a dcmtk
+`storescp` keeping every object it is sent in a file of its own, so a second copy is seen), a scanner
+that enters what it stored in the ledger, and a reader of the quarantine topic."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Mapping
+from io import BytesIO
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from services.common.topics import Topics
+from services.proto_gen.imx.v1 import events_pb2
+from tools.chaos_ledger import Arrival, Ledger, read_mark
+from tools.devstack.processes import ManagedProcess, await_ready, can_connect, start_process
+from tools.dicom_peers import DCMTK_ENV
+
+PACS_AE = "CHAOSPACS"
+SETTLED_S = 2.0
+
+
+class Pacs:
+    """storescp on a fixed port, stopped and started again for the PACS-down phase."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder, self.port = folder, port
+        self.process: ManagedProcess | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"dicom://{PACS_AE}@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = start_process(
+            f"chaos-storescp-{self.port}",
+            # +B: the bytes as received; +uf: a new file per object, so an object sent twice is two files.
+            [
+                "storescp",
+                "--aetitle",
+                PACS_AE,
+                "--output-directory",
+                str(self.folder),
+                "+B",
+                "+uf",
+                "--max-pdu",
+                "131072",
+                str(self.port),
+            ],
+            self.folder.parent / "storescp.log",
+            env={**os.environ, **DCMTK_ENV},
+            endpoint=f"127.0.0.1:{self.port}",
+            die_with_parent=True,
+        )
+        await_ready(self.process, lambda p: can_connect(self.port), timeout=15)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=5)
+            self.process = None
+
+
+def sop_uid_of(data: bytes) -> str:
+    try:
+        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(ds.get("SOPInstanceUID", ""))
+    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, IndexError, TypeError):
+        return ""
+
+
+class Scanner:
+    """Enters every new file in the PACS's folder in the ledger, on a thread of its own."""
+
+    def __init__(self, folder: Path, ledger: Ledger, lock: threading.Lock, token: bytes, started: float) -> None:
+        self._folder, self._ledger, self._lock, self._token, self._t0 = folder, ledger, lock, token, started
+        self._seen: set[str] = set()
+        self.delivered_uids: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-scanner", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.scan()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.scan()
+
+    def scan(self) -> int:
+        new = 0
+        for path in sorted(self._folder.iterdir()):
+            if path.name in self._seen or path.name.startswith("."):
+                continue
+            try:
+                # storescp writes under the final name as the data arrives: a file is read once it has
+                # not changed for a while (a partial read would miss the mark at its end).
+                if time.time() - path.stat().st_mtime < SETTLED_S:
+                    continue
+                data = path.read_bytes()
+            except OSError:
+                continue
+            self._seen.add(path.name)
+            uid = sop_uid_of(data)
+            arrival = Arrival(
+                uid, hashlib.sha256(data).hexdigest(), read_mark(data, self._token), time.monotonic() - self._t0
+            )
+            with self._lock:
+                self._ledger.arrivals.append(arrival)
+                self.delivered_uids.add(uid)
+            new += 1
+        return new
+
+
+class QuarantineReader:
+    """From now on, as the broker's admin (assigned, not in a group; kafka-python reconnects across a
+    broker restart): quarantine events of the run's senders, the partner gateway's dead-letter receipts
+    (an instance it gave up storing, with the PACS's answer as the reason) and the pipeline's dead
+    letters (counted)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        client_config: Mapping[str, str],
+        orgs: tuple[str, str],
+        partner: str,
+        ledger: Ledger,
+        lock: threading.Lock,
+    ) -> None:
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            metrics_enabled=False,
+            group_id=None,
+            **client_config,
+        )
+        self._topics = (topics.quarantine, topics.receipts(partner), topics.dead_letter)
+        partitions = [
+            TopicPartition(topic, p) for topic in self._topics for p in self._consumer.partitions_for_topic(topic) or ()
+        ]
+        self._consumer.assign(partitions)
+        self._consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            self._consumer.position(tp)
+        self._orgs, self._ledger, self._lock = orgs, ledger, lock
+        self.reasons: dict[str, int] = {}
+        self.door_events = 0  # the malformed-input sender's instances quarantined by ingest
+        self.dead_lettered: dict[str, str] = {}  # SOP Instance UID as delivered -> the gateway's reason
+        self.pipeline_dead_letters = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-quarantine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batches = self._consumer.poll(timeout_ms=500)
+            except Exception:
+                time.sleep(1.0)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._record(record.topic, record.value)
+
+    def _record(self, topic: str, value: bytes) -> None:
+        quarantine, receipts, _ = self._topics
+        with self._lock:
+            if topic == receipts:
+                receipt = events_pb2.DeliveryReceipt.FromString(value)
+                if receipt.status == events_pb2.STORE_STATUS_DEAD_LETTERED:
+                    self.dead_lettered[receipt.instance.sop_instance_uid] = f"gateway:{receipt.detail}"
+                return
+            if topic != quarantine:
+                self.pipeline_dead_letters += 1
+                return
+            event = events_pb2.Quarantined.FromString(value)
+            if event.source_org not in self._orgs:
+                return
+            key = f"{event.stage}:{event.reason}"
+            self.reasons[key] = self.reasons.get(key, 0) + 1
+            if event.instance.sop_instance_uid:
+                self._ledger.note_quarantine(event.instance.sop_instance_uid, key)
+            if event.source_org == self._orgs[1] and event.stage == "ingest":
+                self.door_events += 1
