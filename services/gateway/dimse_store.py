@@ -10,8 +10,10 @@ pydicom and encode it again (~3.7 ms per CT, FIELD-NOTES), or, with the process-
 Presentation contexts: for each SOP class seen, the delivered transfer syntax plus explicit and
 implicit VR little endian, each its own context, so the PACS can accept the delivered one and a
 fallback independently. Only when it accepts no context in the delivered syntax is the instance
-converted with pydicom (uncompressed to uncompressed; compressed ones decompressed if a pixel
-handler can), else the failure is permanent. PDUs are as large as the PACS allows (its maximum
+converted: a deflated one to explicit VR little endian by inflating its body a piece at a time into a
+file beside it (PS3.5 A.5; a few hundred KB of deflate can inflate to a GiB, which decoding would hold
+several times over), any other with pydicom (uncompressed to uncompressed; compressed ones
+decompressed if a pixel handler can), else the failure is permanent. PDUs are as large as the PACS allows (its maximum
 length from the A-ASSOCIATE-AC; pynetdicom fragments to it).
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,32 @@ def contexts_for(needs: dict[str, list[str]]) -> list[PresentationContext]:
     return [build_context(sop_class, ts) for sop_class, ts in pairs]
 
 
+INFLATE_PIECE = 1024 * 1024
+
+
+def inflated_copy(path: Path, offset: int) -> Path:
+    """The deflated data set of `path` (from `offset`) inflated into a file beside it: Deflated
+    Explicit VR Little Endian is the explicit VR little endian data set deflated (PS3.5 A.5), so this is
+    the conversion, with nothing decoded and at most a piece of it in memory at a time."""
+    target = path.with_name(f".{path.name}.inflated")
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        with path.open("rb") as source, target.open("wb") as out:
+            source.seek(offset)
+            pending = b""
+            while not inflater.eof:
+                pending = pending or source.read(INFLATE_PIECE)
+                if not pending:
+                    break
+                out.write(inflater.decompress(pending, INFLATE_PIECE))  # input kept back for more output
+                pending = inflater.unconsumed_tail
+            out.write(inflater.flush())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return target
+
+
 def converted(path: Path, transfer_syntax: UID) -> bytes:
     """The data set of `path` encoded in `transfer_syntax` (uncompressed); raises when pydicom cannot."""
     ds = dcmread(path)
@@ -125,11 +154,27 @@ class DimseStore:
         if fallback is None:
             return StoreResult.failed("sop-class-not-accepted", retryable=False)
         target_syntax = UID(fallback.transfer_syntax[0])
+        if syntax == DeflatedExplicitVRLittleEndian and target_syntax == ExplicitVRLittleEndian:
+            return self._send_inflated(fallback, sop_class, sop_instance, path, offset)
         try:
             data = converted(path, target_syntax)
         except Exception:
             return StoreResult.failed(f"cannot-convert-to-{target_syntax}", retryable=False)
         return self._send(fallback, sop_class, sop_instance, data=data)
+
+    def _send_inflated(
+        self, context: PresentationContext, sop_class: str, sop_instance: str, path: Path, offset: int
+    ) -> StoreResult:
+        try:
+            inflated = inflated_copy(path, offset)
+        except zlib.error:  # the deflate stream is broken: it never will convert
+            return StoreResult.failed(f"cannot-convert-to-{ExplicitVRLittleEndian}", retryable=False)
+        except OSError:  # the disk, not the instance
+            return StoreResult.failed("inflate-write-failed", retryable=True)
+        try:
+            return self._send(context, sop_class, sop_instance, path_offset=(inflated, 0))
+        finally:
+            inflated.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._assoc is not None and self._assoc.is_established:
