@@ -7,6 +7,12 @@ or skipped), after the receipts for them are acknowledged: a crash loses nothing
 most the in-flight window (`max_poll_records`), of which only the instance being stored at the
 moment of the crash is sent to the target again (the others are found in the local record).
 
+Fetching overlaps storing: while one instance is stored, the next few deliveries of the window
+(`fetch_ahead`, a small pool) are already being fetched and verified, each into its own temp file. Storing,
+receipts and commits stay one at a time and in order, so an offset is still committed only after what
+it covers is stored; a fetched file nobody stores (the loop stopped, the window was put back, the
+delivery turned out stored already) is deleted.
+
 When an attempt fails the loop waits with the partitions paused, polling all the while, so the
 consumer stays in its group (max.poll.interval) without fetching more work; a target that cannot be
 reached at all is waited for indefinitely without spending attempts.
@@ -23,6 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ from services.common.events import EVENT_TYPE_HEADER, now_ms
 from services.common.lanes import RANK, LaneGate
 from services.common.topics import LANES, ROUTINE, Topics
 from services.gateway.fetch import Fetcher, FetchFailure
+from services.gateway.fetch_ahead import FetchAhead, discard
 from services.gateway.offsets import OffsetTracker
 from services.gateway.policy import RetryPolicy
 from services.gateway.receipts import (
@@ -87,12 +95,19 @@ class GatewayOptions:
     window: int = 50  # in-flight window: records fetched per poll, committed together
     commit_interval_s: float = 1.0
     idle_exit_s: float | None = None
+    fetch_ahead: int = 4  # deliveries fetched while another is stored (0: fetch each when it is stored)
 
 
-def attempt_once(fetcher: Fetcher, store: Store, delivery: events_pb2.PartnerDelivery) -> tuple[StoreResult, bool]:
-    """One fetch-verify-store; (result, refused) where refused means the DICOMweb key was refused."""
+def attempt_once(
+    fetcher: Fetcher,
+    store: Store,
+    delivery: events_pb2.PartnerDelivery,
+    fetched: Future[Path] | None = None,
+) -> tuple[StoreResult, bool]:
+    """One fetch-verify-store; (result, refused) where refused means the DICOMweb key was refused.
+    `fetched`: the fetch of this delivery, started earlier."""
     try:
-        path = fetcher.fetch(delivery)
+        path = fetched.result() if fetched is not None else fetcher.fetch(delivery)
     except FetchFailure as failure:
         return StoreResult(False, failure.detail, failure.retryable, failure.unavailable), failure.refused
     try:
@@ -139,6 +154,7 @@ class Gateway:
         self._last_commit = time.monotonic()
         self._lane_of: dict[str, str] = {}
         self._gate = LaneGate(consumer, self._lane_of.get)
+        self._ahead = FetchAhead(fetcher, self._already_stored, options.fetch_ahead)
         self.counters = Counters()
 
     def subscribe(self, topic: str) -> None:
@@ -171,6 +187,7 @@ class Gateway:
                     if self._rank(tp) > 0 and self._gate.outranked(self._lane_of.get(tp.topic, ROUTINE)):
                         self._put_back(batch[index:])
                         break
+                    self._ahead.ahead(batch, index, self._rebalance.revoked)
                     if not self._handle(tp, record, stop):
                         continue
                     self._tracker.settled(tp, record.offset)
@@ -180,6 +197,7 @@ class Gateway:
                         or time.monotonic() - self._last_commit >= self._options.commit_interval_s
                     ):
                         self._commit()
+                self._ahead.drop()
                 self._commit()
                 if batch or not self._consumer.assignment():  # not idle while still joining the group
                     last_activity = time.monotonic()
@@ -189,6 +207,7 @@ class Gateway:
                 ):
                     break
         finally:
+            self._ahead.close()
             self._commit()
         return self.counters
 
@@ -226,15 +245,29 @@ class Gateway:
                 type(error).__name__,
             )
         if delivery is not None:
-            return self._deliver(delivery, tp, record.offset, stop)
+            fetched = self._ahead.take(tp, record.offset)
+            try:
+                return self._deliver(delivery, tp, record.offset, stop, fetched)
+            finally:
+                if fetched is not None:
+                    discard(fetched)  # nothing left to delete when it was stored
         if study is not None:
             self._study(study)
             return True
         self.counters.skipped += 1
         return True
 
+    def _already_stored(self, delivery: events_pb2.PartnerDelivery) -> bool:
+        earlier = self._records.stored(delivery.meta.event_id)
+        return earlier is not None and earlier[0] == delivery.blob.sha256
+
     def _deliver(
-        self, delivery: events_pb2.PartnerDelivery, tp: TopicPartition, offset: int, stop: threading.Event
+        self,
+        delivery: events_pb2.PartnerDelivery,
+        tp: TopicPartition,
+        offset: int,
+        stop: threading.Event,
+        fetched: Future[Path] | None = None,
     ) -> bool:
         delivery_id = delivery.meta.event_id
         earlier = self._records.stored(delivery_id)
@@ -251,7 +284,8 @@ class Gateway:
         attempts = answered = waits = 0
         while True:
             attempts += 1
-            result, refused = attempt_once(self._fetcher, self._store, delivery)
+            # The first attempt stores what was fetched ahead; a retry fetches again.
+            result, refused = attempt_once(self._fetcher, self._store, delivery, fetched if attempts == 1 else None)
             if refused:
                 raise GatewayStopped(f"the DICOMweb service refused the partner's key ({result.status_detail})")
             if result.ok:

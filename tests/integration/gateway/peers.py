@@ -11,7 +11,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -164,11 +164,14 @@ class RetrievalServer:
         self.key = key
         self.objects: dict[str, bytes] = {}
         self.requests = 0
+        self.before_answer: Callable[[str], None] | None = None  # tests may hold an answer back
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests += 1
+                if server.before_answer is not None:
+                    server.before_answer(self.path)
                 if self.headers.get("Authorization") != f"Bearer {server.key}":
                     self.send_error(401)
                     return
