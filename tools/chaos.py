@@ -38,7 +38,7 @@ from tools.chaos_faults import freeze_database, kill_broker, kill_service
 from tools.chaos_figures import ChaosRun, FaultResult, result_line
 from tools.chaos_inputs import MR_IMAGE_STORAGE, malformed_input
 from tools.chaos_ledger import DoorAnswer, Ledger, caught_up, fuzz_figures, mark, reconcile
-from tools.chaos_partner import Pacs, QuarantineReader, Scanner
+from tools.chaos_partner import Pacs, QuarantineReader, Scanner, skip_leftovers
 from tools.chaos_procs import SUPERVISED, Watcher
 from tools.chaos_send import CStoreClient, StowClient
 from tools.chaos_setup import PARTNER, ChaosConfig, configure, unconfigure
@@ -62,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pacs-down-s", type=float, help="how long the partner's PACS is down (600; quick 20)")
     parser.add_argument("--freeze-s", type=float, help="how long the database is frozen (60; quick 10)")
     parser.add_argument("--inputs", type=int, help="malformed inputs (10,000; quick 300); 0 skips them")
-    parser.add_argument("--rate", type=float, default=4.0, help="instances/s of the ledgered run")
+    parser.add_argument(
+        "--rate", type=float, default=2.0, help="instances/s of the ledgered run; well under what the machine sustains"
+    )
     parser.add_argument("--settle-s", type=float, help="steady sending before each fault (20; quick 5)")
     parser.add_argument("--recovery-limit-s", type=float, help="give up waiting for a catch-up after (900; quick 300)")
     parser.add_argument("--profile", default="basic", help="de-identification profile of the ledgered run's route")
@@ -332,6 +334,9 @@ class Run:
         topics = Topics(os.environ.get("IMX_TOPIC_PREFIX", ""))
         try:
             self.pacs.start()
+            bootstrap, admin = f"127.0.0.1:{self.ports.kafka}", kafka_admin_config(self.layout)
+            if skipped := skip_leftovers(bootstrap, topics, PARTNER, admin):
+                phase(f"skipped {skipped} deliveries an interrupted earlier run left on the partner's feed")
             config = configure(self.cli, self.pacs.url, self.args.profile)
             try:
                 phase(f"configured: senders {config.org} and {config.fuzz_org}, partner PACS {self.pacs.url}")

@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from io import BytesIO
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from services.common.service_access import central_gateway_group
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2
 from tools.chaos_ledger import Arrival, Ledger, read_mark
@@ -120,6 +122,30 @@ class Scanner:
                 self.delivered_uids.add(uid)
             new += 1
         return new
+
+
+def skip_leftovers(bootstrap: str, topics: Topics, partner: str, client_config: Mapping[str, str]) -> int:
+    """Move the partner's central gateway group to the end of its feed (every lane): what an interrupted
+    earlier run left there would be delivered before this run's instances and stall its clock. Only
+    while the group has no member (the partner has no endpoint: the previous run cleared it). Returns
+    how many messages were skipped."""
+    group = central_gateway_group(partner, topics.prefix)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **client_config)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, metrics_enabled=False, **client_config)
+    try:
+        feeds = topics.partner_lanes(partner)
+        partitions = [TopicPartition(t, p) for t in feeds for p in consumer.partitions_for_topic(t) or ()]
+        if not partitions:
+            return 0
+        ends, starts = consumer.end_offsets(partitions), consumer.beginning_offsets(partitions)
+        committed = admin.list_group_offsets({group: None}).get(group, {})
+        skipped = sum(ends[tp] - (committed[tp].offset if tp in committed else starts[tp]) for tp in partitions)
+        if skipped:
+            admin.alter_group_offsets(group, {tp: OffsetAndMetadata(ends[tp], "", -1) for tp in partitions})
+        return skipped
+    finally:
+        consumer.close()
+        admin.close()
 
 
 class QuarantineReader:
