@@ -1,12 +1,19 @@
 """Start the five imx services, and the central gateways for partners registered with an endpoint, as
 background processes for `make run` / `make bench`, registered in var/run like Kafka and FerretDB so
-`make stop` stops them by PID. Returns when every service's gRPC health check says SERVING."""
+`make stop` stops them by PID. Returns when every service's gRPC health check says SERVING.
+
+IMX_DEVSTACK_REPLICAS (e.g. `ingest=2,routing=2,deid=2,delivery=2`) starts N replicas of a stage, each
+under its own supervisor, registered as `<name>` (the first) and `<name>-2`, `<name>-3`...; replica k
+binds each of the service's ports + 100·(k-1) (routing-2: gRPC 50152; ingest-2: DICOM 11212, STOW-RS
+8141). Replicas of a stage share its consumer group, so Kafka splits the input topic's partitions
+between them; a stage asked for more replicas than its input topic has partitions is refused."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +23,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.control_channel import TOKEN_ENV, TOKEN_FILE_ENV
 from services.common.service_access import ServiceAccess, username
 from services.common.topics import Topics
-from tools.devstack import Layout, Ports, StartupError, ensure_port_free, registered, start_process
+from tools.devstack import (
+    EnvironmentProblem,
+    Layout,
+    Ports,
+    StartupError,
+    ensure_port_free,
+    registered,
+    start_process,
+)
 from tools.devstack.cli import kafka_admin_config
 from tools.devstack.credentials import control_token_file, password, password_file
 from tools.devstack.servers import mongo_uri
@@ -50,16 +65,81 @@ SERVICES: dict[str, ServicePorts] = {
 # Python module each process runs (default: services.<name>).
 MODULES = {"gateways": "services.gateway.central"}
 
+REPLICAS_ENV = "IMX_DEVSTACK_REPLICAS"
+REPLICA_PORT_STEP = 100  # replica k binds each port of its service + REPLICA_PORT_STEP·(k-1)
+# Processes that must stay one, and why (a request for more is refused rather than left to misbehave).
+SINGLE_WRITERS = {
+    # A second replica's batches would be refused by the log's lease and retried for ever, stalling
+    # its partitions (services/audit/tamper_log.py: the tamper-evident log has a single writer).
+    "audit": "its tamper-evident log has a single writer (services/audit/tamper_log.py)",
+    # Each partner's worker keeps its stored record and incoming files in one state folder.
+    "gateways": "each partner's worker keeps its state in one folder (services/gateway/worker.py)",
+}
 
-def service_env(layout: Layout, ports: Ports, name: str) -> dict[str, str]:
-    env = dict(os.environ)
+
+@dataclass(frozen=True)
+class Replica:
+    """One process of a service: `index` 1 is the service itself, the others `<service>-<index>`."""
+
+    service: str
+    index: int
+    ports: ServicePorts
+
+    @property
+    def name(self) -> str:
+        return self.service if self.index == 1 else f"{self.service}-{self.index}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+
+def parse_replicas(spec: str) -> dict[str, int]:
+    """`routing=2,deid=2` -> {"routing": 2, "deid": 2} (pure); a bad spec raises EnvironmentProblem."""
+    counts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, raw = item.partition("=")
+        name = name.strip()
+        if name not in SERVICES:
+            raise EnvironmentProblem(f"{REPLICAS_ENV}: unknown service {name!r} (one of {', '.join(SERVICES)})")
+        if not raw.strip().isdigit() or int(raw) < 1:
+            raise EnvironmentProblem(f"{REPLICAS_ENV}: {item!r} needs a whole number of replicas, at least 1")
+        if int(raw) > 1 and name in SINGLE_WRITERS:
+            raise EnvironmentProblem(f"{REPLICAS_ENV}: {name} runs as one process: {SINGLE_WRITERS[name]}")
+        counts[name] = int(raw)
+    return counts
+
+
+def plan_replicas(
+    counts: Mapping[str, int], table: Mapping[str, ServicePorts] = SERVICES, step: int = REPLICA_PORT_STEP
+) -> list[Replica]:
+    """Every process to run, in pipeline order, with its ports (pure)."""
+    plan = []
+    for name, base in table.items():
+        for index in range(1, counts.get(name, 1) + 1):
+            shift = step * (index - 1)
+            ports = ServicePorts(base.grpc + shift, tuple((var, port + shift) for var, port in base.other))
+            plan.append(Replica(name, index, ports))
+    return plan
+
+
+def service_env(
+    layout: Layout,
+    ports: Ports,
+    name: str,
+    replica: Replica | None = None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    replica = replica or Replica(name, 1, SERVICES[name])
+    env = dict(os.environ if base is None else base)
     env.update(
         {
             "IMX_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports.kafka}",
             "IMX_KAFKA_PARTNER_BOOTSTRAP": f"127.0.0.1:{ports.kafka_partner}",
             "IMX_MONGO_URI": mongo_uri(ports.mongo),
             "IMX_BLOB_DIR": str(layout.var / "blobs"),
-            "IMX_GRPC_PORT": str(SERVICES[name].grpc),
+            "IMX_GRPC_PORT": str(replica.ports.grpc),
+            "IMX_INSTANCE_ID": replica.name,
             "IMX_GATEWAY_STATE_DIR": str(layout.var / "gateways"),
             # Each service signs in as its own Kafka user (services/common/service_access.py).
             "IMX_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
@@ -70,7 +150,7 @@ def service_env(layout: Layout, ports: Ports, name: str) -> dict[str, str]:
             **MALLOC_ENV,
         }
     )
-    env.update({var: str(port) for var, port in SERVICES[name].other})
+    env.update({var: str(port) for var, port in replica.ports.other})
     # The control plane's first administrator: var/secrets/control-token, unless the caller names its own.
     env.setdefault("IMX_CONTROL_BOOTSTRAP_TOKEN_FILE", str(control_token_file(layout.var)))
     return env
@@ -98,53 +178,106 @@ def wait_serving(address: str, timeout_s: float) -> bool:
     return False
 
 
-def grant_kafka_access(layout: Layout, ports: Ports) -> None:
+def grant_kafka_access(layout: Layout, ports: Ports, env: Mapping[str, str] | None = None) -> None:
     """As the broker's admin: the pipeline's topics, and each service's user (its password from var/secrets)
     with exactly its ACLs. Idempotent, so every `make up` runs it."""
+    env = os.environ if env is None else env
     bootstrap, admin = f"127.0.0.1:{ports.kafka}", kafka_admin_config(layout)
-    topics = Topics(os.environ.get("IMX_TOPIC_PREFIX", ""))
+    topics = Topics(env.get("IMX_TOPIC_PREFIX", ""))
     passwords = {name: password(layout.var, name) for name in SERVICES}
-    ServiceAccess(bootstrap, admin).apply(passwords, topics, int(os.environ.get("IMX_TOPIC_PARTITIONS", "6")))
+    ServiceAccess(bootstrap, admin).apply(passwords, topics, int(env.get("IMX_TOPIC_PARTITIONS", "6")))
 
 
-def start_services(layout: Layout, ports: Ports, timeout_s: float = 90.0) -> None:
-    grant_kafka_access(layout, ports)
+def stage_inputs(topics: Topics) -> dict[str, list[str]]:
+    """The topics whose partitions a stage's replicas share (the fixed ones; delivery also reads the
+    partners' receipts, audit every topic)."""
+    return {
+        "routing": [topics.ingested],
+        "deid": topics.routed_lanes,
+        "delivery": topics.prepared_lanes,
+        "audit": topics.pipeline(),
+    }
+
+
+def check_partitions(layout: Layout, ports: Ports, counts: Mapping[str, int], topics: Topics) -> None:
+    """Refuse more replicas of a stage than its input topics have partitions: the extra ones would sit
+    idle (topics made by an earlier `make up` keep the partitions they were made with)."""
+    wanted = {stage: n for stage, n in counts.items() if n > 1 and stage in stage_inputs(topics)}
+    if not wanted:
+        return
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{ports.kafka}", **kafka_admin_config(layout))
+    try:
+        names = sorted({topic for stage in wanted for topic in stage_inputs(topics)[stage]})
+        partitions = {d.get("name", d.get("topic")): len(d["partitions"]) for d in admin.describe_topics(names)}
+    finally:
+        admin.close()
+    for stage, count in wanted.items():
+        fewest = min(partitions.get(topic, 0) for topic in stage_inputs(topics)[stage])
+        if count > fewest:
+            raise EnvironmentProblem(
+                f"{REPLICAS_ENV}: {stage}={count}, but its input topics have {fewest} partitions "
+                "(IMX_TOPIC_PARTITIONS when they were made; `make clean` makes them again)"
+            )
+
+
+def start_services(
+    layout: Layout,
+    ports: Ports,
+    timeout_s: float = 90.0,
+    *,
+    replicas: Sequence[Replica] | None = None,
+    env: Mapping[str, str] | None = None,
+    die_with_parent: bool = False,
+) -> list[Replica]:
+    """Start what is not running of `replicas` (default: one of each service, or as IMX_DEVSTACK_REPLICAS
+    says), with `env` (default: this process's) as the base of each one's environment. Returns them.
+    `die_with_parent` is for tests: the supervisors stop when the process that started them dies."""
+    env = os.environ if env is None else env
+    counts = parse_replicas(env.get(REPLICAS_ENV, ""))
+    plan = list(replicas) if replicas is not None else plan_replicas(counts)
+    counts = {name: sum(1 for r in plan if r.service == name) for name in SERVICES}
+    grant_kafka_access(layout, ports, env)
+    check_partitions(layout, ports, counts, Topics(env.get("IMX_TOPIC_PREFIX", "")))
     use_control_token(layout)
     running = {proc.name for proc in registered(layout.run)}
-    to_start = [name for name in SERVICES if name not in running]
-    for name in to_start:
-        ensure_port_free(SERVICES[name].grpc, f"{name} gRPC")
-        for _, port in SERVICES[name].other:
-            ensure_port_free(port, f"{name}")
+    to_start = [replica for replica in plan if replica.name not in running]
+    for replica in to_start:
+        ensure_port_free(replica.ports.grpc, f"{replica.name} gRPC")
+        for _, port in replica.ports.other:
+            ensure_port_free(port, replica.name)
     started = time.monotonic()
     procs = {
-        name: start_process(
-            name,
+        replica.name: start_process(
+            replica.name,
             # Under the restarting supervisor: a service that dies is started again.
             [
                 sys.executable,
                 "-m",
                 "tools.devstack.supervise",
-                name,
+                replica.name,
                 "--",
                 sys.executable,
                 "-m",
-                MODULES.get(name, f"services.{name}"),
+                MODULES.get(replica.service, f"services.{replica.service}"),
             ],
-            layout.log / f"{name}.log",
-            env=service_env(layout, ports, name),
+            layout.log / f"{replica.name}.log",
+            env=service_env(layout, ports, replica.service, replica, env),
             cwd=ROOT,
             run_dir=layout.run,
-            endpoint=f"127.0.0.1:{SERVICES[name].grpc}",
+            endpoint=replica.grpc_address,
+            die_with_parent=die_with_parent,
         )
-        for name in to_start
+        for replica in to_start
     }
-    for name in SERVICES:
-        if not wait_serving(f"127.0.0.1:{SERVICES[name].grpc}", timeout_s):
-            tail = procs[name].log_tail() if name in procs else ""
-            raise StartupError(f"{name} did not become healthy within {timeout_s:.0f}s\n{tail}")
-        state = "already running" if name in running else f"healthy in {time.monotonic() - started:.1f}s"
-        print(f"{name:<9} grpc 127.0.0.1:{SERVICES[name].grpc:<6} {state}")
+    for replica in plan:
+        if not wait_serving(replica.grpc_address, timeout_s):
+            tail = procs[replica.name].log_tail() if replica.name in procs else ""
+            raise StartupError(f"{replica.name} did not become healthy within {timeout_s:.0f}s\n{tail}")
+        state = "already running" if replica.name in running else f"healthy in {time.monotonic() - started:.1f}s"
+        print(f"{replica.name:<11} grpc {replica.grpc_address:<16} {state}")
+    return plan
 
 
 def main() -> int:

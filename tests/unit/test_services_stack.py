@@ -1,0 +1,39 @@
+"""The devstack's replicas (tools/services_stack.py): what IMX_DEVSTACK_REPLICAS asks for, and the ports and
+names each replica gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.devstack import EnvironmentProblem
+from tools.services_stack import SERVICES, parse_replicas, plan_replicas
+
+
+def test_a_replica_spec_names_services_and_counts() -> None:
+    assert parse_replicas("") == {}
+    assert parse_replicas("routing=2, deid=3,ingest=1") == {"routing": 2, "deid": 3, "ingest": 1}
+
+
+@pytest.mark.parametrize("spec", ["router=2", "deid=0", "deid=two", "deid"])
+def test_a_bad_replica_spec_is_refused_with_the_variable_named(spec: str) -> None:
+    with pytest.raises(EnvironmentProblem, match="IMX_DEVSTACK_REPLICAS"):
+        parse_replicas(spec)
+
+
+@pytest.mark.parametrize("single", ["audit", "gateways"])
+def test_single_writer_processes_cannot_be_replicated(single: str) -> None:
+    assert parse_replicas(f"{single}=1") == {single: 1}
+    with pytest.raises(EnvironmentProblem, match="one process"):
+        parse_replicas(f"{single}=2")
+
+
+def test_each_replica_has_its_own_name_and_ports_and_the_first_keeps_the_usual_ones() -> None:
+    plan = plan_replicas({"ingest": 2, "routing": 2})
+    by_name = {replica.name: replica for replica in plan}
+    names = ["ingest", "ingest-2", "routing", "routing-2", "deid", "delivery", "audit", "gateways"]
+    assert [r.name for r in plan] == names
+    assert by_name["ingest"].ports == SERVICES["ingest"]
+    assert by_name["routing-2"].ports.grpc == SERVICES["routing"].grpc + 100
+    assert dict(by_name["ingest-2"].ports.other) == {"IMX_HTTP_PORT": 8141, "IMX_DICOM_PORT": 11212}
+    every_port = [port for r in plan for port in (r.ports.grpc, *(p for _, p in r.ports.other))]
+    assert len(every_port) == len(set(every_port))
