@@ -18,6 +18,7 @@ import pytest
 
 from services.common.topics import Topics
 from tests.settings_env import GRPC_PORTS, env_names
+from tools.services_stack import stage_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "imx"
@@ -122,7 +123,7 @@ def test_chart_lints_cleanly_with_defaults_and_with_every_option_on() -> None:
         KUBE_VERSION,
         str(CHART),
         "--set",
-        "networkPolicy.enabled=true,kafka.strimziTopics.enabled=true,blobStore.persistence.storageClass=nfs,"
+        "networkPolicy.enabled=true,kafka.strimziTopics.enabled=true,blobStore.persistence.storageClass=nfs,keda.enabled=true,"
         "services.ingest.tls.existingSecret=t,services.delivery.tls.existingSecret=t,services.audit.tls.existingSecret=t",
     )
 
@@ -496,3 +497,126 @@ def test_strimzi_kafka_users_carry_exactly_the_declared_acls_instead_of_the_job(
             for acl in service_acls(name, Topics("prod."))
         }
         assert rendered == declared, name
+
+
+# --- scaling (issue 10 item 5; docs/capacity.md sizes the defaults for 500 instances/s) ---------------
+
+AUTOSCALED = ["ingest", "routing", "deid", "delivery"]
+CONSUMERS = ["routing", "deid", "delivery"]
+
+
+def values_of(name: str) -> dict[str, Any]:
+    """The chart's default autoscaling bounds of a service, read back through `helm show values`."""
+    shown = helm("show", "values", str(CHART)).stdout
+    return {
+        "replicas": int(_value_after(shown, name, "replicas")),
+        "minReplicas": int(_value_after(shown, name, "minReplicas")),
+        "maxReplicas": int(_value_after(shown, name, "maxReplicas")),
+    }
+
+
+def _value_after(values_yaml: str, service: str, key: str) -> str:
+    section = values_yaml.split(f"\n  {service}:\n", 1)[1]
+    line = next(line for line in section.splitlines() if line.strip().startswith(f"{key}:"))
+    return line.split(":", 1)[1].strip()
+
+
+def test_each_stage_but_audit_autoscales_on_cpu_within_its_partitions(default_docs: list[dict[str, Any]]) -> None:
+    hpas = of_kind(default_docs, "HorizontalPodAutoscaler")
+    deployments = of_kind(default_docs, "Deployment")
+    assert sorted(hpas) == sorted(f"imx-{name}" for name in AUTOSCALED)
+    partitions = int(env_of(deployments["imx-routing"])["IMX_TOPIC_PARTITIONS"]["value"])
+    for name in AUTOSCALED:
+        spec = hpas[f"imx-{name}"]["spec"]
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"imx-{name}"}
+        (metric,) = spec["metrics"]
+        assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+        assert container(deployments[f"imx-{name}"])["resources"]["requests"]["cpu"], "utilisation is of the request"
+        assert 1 <= spec["minReplicas"] <= spec["maxReplicas"]
+        if name in CONSUMERS:
+            assert spec["maxReplicas"] <= partitions, name
+        # Scaling down is a rebalance of the group: gently.
+        assert spec["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+        assert "replicas" not in deployments[f"imx-{name}"]["spec"], "the autoscaler owns the replica count"
+    assert deployments["imx-audit"]["spec"]["replicas"] == 1, "audit's log has a single writer"
+    # The 500/s sizing of docs/capacity.md: replicas when autoscaling is off, and room for twice that.
+    assert values_of("delivery") == {"replicas": 8, "minReplicas": 2, "maxReplicas": 16}
+    assert values_of("deid")["replicas"] == 5 and values_of("routing")["replicas"] == 3
+
+
+def test_without_autoscaling_a_deployment_keeps_its_replica_count(render: Render) -> None:
+    docs = render("services.deid.autoscaling.enabled=false", "services.deid.replicas=7")
+    assert "imx-deid" not in of_kind(docs, "HorizontalPodAutoscaler")
+    assert of_kind(docs, "Deployment")["imx-deid"]["spec"]["replicas"] == 7
+
+
+def test_keda_scales_the_consuming_stages_on_their_own_groups_lag(render: Render) -> None:
+    prefix = "stg."
+    docs = render("keda.enabled=true", f"kafka.topicPrefix={prefix}")
+    scaled = of_kind(docs, "ScaledObject")
+    auths = of_kind(docs, "TriggerAuthentication")
+    deployments = of_kind(docs, "Deployment")
+    assert sorted(scaled) == sorted(f"imx-{name}" for name in CONSUMERS)
+    assert sorted(of_kind(docs, "HorizontalPodAutoscaler")) == ["imx-ingest"], "KEDA makes the others' HPAs"
+    inputs = stage_inputs(Topics(prefix))
+    for name in CONSUMERS:
+        spec = scaled[f"imx-{name}"]["spec"]
+        assert spec["scaleTargetRef"]["name"] == f"imx-{name}"
+        assert spec["maxReplicaCount"] <= 24
+        kinds = [trigger["type"] for trigger in spec["triggers"]]
+        assert kinds[0] == "cpu" and set(kinds[1:]) == {"kafka"}
+        lag = [trigger for trigger in spec["triggers"] if trigger["type"] == "kafka"]
+        assert sorted(t["metadata"]["topic"] for t in lag) == sorted(inputs[name]), "every lane of its input"
+        # The group the stage joins: services/<name>/main.py names it "<prefix>imx-<name>".
+        assert f'group_id=f"{{settings.topic_prefix}}imx-{name}"' in (ROOT / "services" / name / "main.py").read_text()
+        for trigger in lag:
+            meta = trigger["metadata"]
+            assert meta["consumerGroup"] == f"{prefix}imx-{name}"
+            assert meta["bootstrapServers"] == "imx-kafka-bootstrap:9092"
+            assert meta["sasl"] == "scram_sha512" and meta["tls"] == "disable"
+            assert int(meta["lagThreshold"]) > 0
+            assert trigger["authenticationRef"] == {"name": f"imx-{name}-kafka"}
+        # Signed in as the stage's own user, its password from its own key of the services' Secret.
+        auth = auths[f"imx-{name}-kafka"]["spec"]
+        assert auth["env"] == [{"parameter": "username", "name": "IMX_KAFKA_SASL_USERNAME", "containerName": name}]
+        assert env_of(deployments[f"imx-{name}"])["IMX_KAFKA_SASL_USERNAME"]["value"] == f"imx-{name}"
+        assert auth["secretTargetRef"] == [{"parameter": "password", "name": "imx-kafka-services", "key": name}]
+    plain = render("keda.enabled=true", "kafka.securityProtocol=PLAINTEXT")
+    assert not of_kind(plain, "TriggerAuthentication")
+    for so in of_kind(plain, "ScaledObject").values():
+        assert all("authenticationRef" not in trigger for trigger in so["spec"]["triggers"])
+
+
+def test_each_service_has_a_disruption_budget_over_its_own_pods(default_docs: list[dict[str, Any]]) -> None:
+    budgets = of_kind(default_docs, "PodDisruptionBudget")
+    deployments = of_kind(default_docs, "Deployment")
+    assert sorted(budgets) == sorted(deployments)
+    for name, budget in budgets.items():
+        assert budget["spec"]["maxUnavailable"] == 1
+        assert budget["spec"]["selector"] == deployments[name]["spec"]["selector"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["kafka.topicPartitions=12"], "services.delivery can run 16 replicas but kafka.topicPartitions is 12"),
+        (
+            ["services.routing.autoscaling.enabled=false", "services.routing.replicas=30"],
+            "services.routing can run 30 replicas but kafka.topicPartitions is 24",
+        ),
+        (["keda.enabled=true", "services.deid.autoscaling.maxReplicas=25"], "services.deid can run 25 replicas"),
+        (["services.audit.replicas=2"], "services.audit.replicas must be 1"),
+        (["services.routing.autoscaling.minReplicas=7"], "minReplicas (7) is above its maxReplicas (6)"),
+    ],
+)
+def test_rendering_fails_when_a_stage_could_outnumber_its_partitions(sets: list[str], message: str) -> None:
+    args = ["template", "imx", str(CHART), "--namespace", "imx", "--kube-version", KUBE_VERSION]
+    for value in sets:
+        args += ["--set", value]
+    result = helm(*args, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_ingest_scales_beyond_the_partitions_since_it_reads_no_topic(render: Render) -> None:
+    docs = render("services.ingest.autoscaling.maxReplicas=40")
+    assert of_kind(docs, "HorizontalPodAutoscaler")["imx-ingest"]["spec"]["maxReplicas"] == 40
