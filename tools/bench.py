@@ -106,7 +106,7 @@ def unique_copies(files: list[Path], folder: Path, token: bytes) -> list[Path]:
     return copies
 
 
-def send_storescu(files: list[Path], ae: str, cli: CliSettings) -> None:
+def send_storescu(files: list[Path], ae: str, cli: CliSettings, port: int | None = None) -> None:
     subprocess.run(
         [
             "storescu",
@@ -118,7 +118,7 @@ def send_storescu(files: list[Path], ae: str, cli: CliSettings) -> None:
             "--max-pdu",
             "131072",
             cli.dicom_host,
-            str(cli.dicom_port),
+            str(port or cli.dicom_port),
             *map(str, files),
         ],
         check=True,
@@ -127,8 +127,11 @@ def send_storescu(files: list[Path], ae: str, cli: CliSettings) -> None:
     )
 
 
-def start_senders(files: list[Path], associations: int, send: Callable[[list[Path]], None]) -> list[threading.Thread]:
-    threads = [threading.Thread(target=send, args=(files[i::associations],)) for i in range(associations)]
+def start_senders(
+    files: list[Path], associations: int, send: Callable[[list[Path], int], None]
+) -> list[threading.Thread]:
+    """One thread per association, each with every `associations`-th file and its index."""
+    threads = [threading.Thread(target=send, args=(files[i::associations], i)) for i in range(associations)]
     for thread in threads:
         thread.start()
     return threads
@@ -170,7 +173,9 @@ def main() -> int:
     cli = CliSettings()
     topics = Topics(os.environ.get("IMX_TOPIC_PREFIX", ""))
     up(layout, ports)
-    start_services(layout, ports)
+    # With IMX_DEVSTACK_REPLICAS=ingest=2,... the associations are spread over the ingest replicas.
+    plan = start_services(layout, ports)
+    dicom_ports = [dict(r.ports.other)["IMX_DICOM_PORT"] for r in plan if r.service == "ingest"]
     print(f"preparing {args.instances} CT instances (cached under {layout.var / 'bench'})", flush=True)
     files = bench_data(layout.var / "bench", args.instances)
     org = f"bench-{secrets.token_hex(4)}"
@@ -183,7 +188,7 @@ def main() -> int:
         if not args.reuse_content:
             files = unique_copies(files, run_folder / "send", secrets.token_bytes(8))
         time.sleep(ROUTES_REFRESH_S + 1.0)  # routing sees the new route before the first instance
-        run = measure(args, files, config, cli, layout, ports, topics, run_folder)
+        run = measure(args, files, config, cli, layout, ports, topics, run_folder, dicom_ports)
     finally:
         unconfigure(cli, config)
         shutil.rmtree(run_folder, ignore_errors=True)
@@ -212,6 +217,7 @@ def measure(
     ports: Ports,
     topics: Topics,
     run_folder: Path,
+    dicom_ports: list[int] | None = None,
 ) -> BenchRun:
     internal, ae_title = f"127.0.0.1:{ports.kafka}", config.ae_title
     partner_bootstrap, gateway_log = f"127.0.0.1:{ports.kafka_partner}", layout.log / "bench-gateway.log"
@@ -232,11 +238,12 @@ def measure(
         use_storescu = shutil.which("storescu") is not None
         sent_ms: list[float] = []
 
-        def send(chunk: list[Path]) -> None:
+        def send(chunk: list[Path], association: int) -> None:
+            port = dicom_ports[association % len(dicom_ports)] if dicom_ports else cli.dicom_port
             if use_storescu:
-                send_storescu(chunk, ae_title, cli)
+                send_storescu(chunk, ae_title, cli, port)
             else:
-                c_store(chunk, ae_title, cli.dicom_host, cli.dicom_port, cli.dicom_ae_title)
+                c_store(chunk, ae_title, cli.dicom_host, port, cli.dicom_ae_title)
             sent_ms.append(time.time() * 1000)
 
         print(f"sending {len(files)} instances over {args.associations} associations", flush=True)
