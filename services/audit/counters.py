@@ -24,17 +24,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
 from contextlib import suppress
 from typing import Any
 
 import bson
+from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.audit.pages import DUPLICATE_KEY
 from services.audit.rollups import Deltas
+from services.common.mongo import bulk_write_chunked, insert_new
 
 SLOTS = 32
+CLAIM_CHUNK = 500  # marks per insert: a batch's are sent as several inserts at once (FerretDB runs them side by side)
+_KNOWN_LIMIT = 100_000
 
 
 def batch_id(ids: Iterable[str]) -> str:
@@ -46,8 +51,29 @@ def _slot(bid: str) -> str:
 
 
 class Counters:
-    def __init__(self, counts: Collection[dict[str, Any]]) -> None:
+    """`executor` (optional) sends a batch's marks as concurrent inserts."""
+
+    def __init__(self, counts: Collection[dict[str, Any]], executor: Executor | None = None) -> None:
         self._counts = counts
+        self._executor = executor
+        self._known: set[str] = set()  # counter documents known to exist
+
+    def _insert_marks(self, into: Collection[dict[str, Any]], docs: list[dict[str, Any]]) -> list[int]:
+        """Positions of the marks that were already there."""
+        parts = [docs[i : i + CLAIM_CHUNK] for i in range(0, len(docs), CLAIM_CHUNK)]
+
+        def insert(part: list[dict[str, Any]]) -> set[int]:
+            try:
+                into.insert_many(part, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                    raise
+                return {int(e["index"]) for e in errors}
+            return set()
+
+        runs = self._executor.map(insert, parts) if self._executor and len(parts) > 1 else map(insert, parts)
+        return [n * CLAIM_CHUNK + i for n, present in enumerate(runs) for i in sorted(present)]
 
     def claim(
         self, bid: str, into: Collection[dict[str, Any]], docs: Sequence[dict[str, Any]]
@@ -56,14 +82,7 @@ class Counters:
         the store, ids this batch counts): the second includes the first."""
         if not docs:
             return set(), set()
-        duplicates: list[str] = []
-        try:
-            into.insert_many([{**d, "_b": bid} for d in docs], ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if exc.details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            duplicates = [str(docs[e["index"]]["_id"]) for e in errors]
+        duplicates = [str(docs[i]["_id"]) for i in self._insert_marks(into, [{**d, "_b": bid} for d in docs])]
         new = {str(d["_id"]) for d in docs} - set(duplicates)
         ours = set(new)
         journals: dict[str, dict[str, Any] | None] = {}
@@ -92,13 +111,22 @@ class Counters:
             self._counts.insert_one({**doc, "applied": False})
 
     def apply(self, bid: str, deltas: Deltas) -> None:
+        """Counter documents not known to exist are inserted empty first (one insert), then every guarded
+        `$inc` goes in bulk commands (services/common/mongo.py: no guarded upserts in bulk on FerretDB)."""
         slot = _slot(bid)
-        for doc_id, fields in deltas.items():
-            # A duplicate key: the document exists and already carries this batch (applied before).
-            with suppress(DuplicateKeyError):
-                self._counts.update_one(
-                    {"_id": doc_id, slot: {"$ne": bid}}, {"$inc": fields, "$set": {slot: bid}}, upsert=True
-                )
+        unknown = [doc_id for doc_id in deltas if doc_id not in self._known]
+        if unknown:
+            insert_new(self._counts, [{"_id": doc_id} for doc_id in unknown])
+            if len(self._known) > _KNOWN_LIMIT:
+                self._known.clear()
+            self._known.update(unknown)
+        bulk_write_chunked(
+            self._counts,
+            [
+                UpdateOne({"_id": doc_id, slot: {"$ne": bid}}, {"$inc": fields, "$set": {slot: bid}})
+                for doc_id, fields in deltas.items()
+            ],
+        )
         self._counts.update_one({"_id": f"j:{bid}"}, {"$set": {"applied": True}})
 
     def get(self, doc_id: str) -> dict[str, Any] | None:

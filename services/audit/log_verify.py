@@ -32,7 +32,8 @@ from typing import Any, Protocol
 from pymongo.collection import Collection
 
 from services.audit import merkle
-from services.audit.log_entries import leaf_entry, record_digest
+from services.audit.log_entries import EXCLUDED_FIELDS, leaf_entry, record_digest
+from services.audit.records import RECORD_FIELDS
 from services.audit.signing import checkpoint_message, fingerprint, verify_signature
 from services.audit.tamper_log import CHUNK, StoredTree, TreeHead, unavailable_is_transient
 
@@ -122,7 +123,8 @@ def _check_leaf(
         report.add(Finding("unknown_field_set", index, record_id, f"field set {field_set} is gone"), limit)
         return stored_hash
     actual = record_digest(record, names)
-    if actual != digest:
+    covered = set(names) | EXCLUDED_FIELDS
+    if actual != digest or any(record.get(n) is not None for n in RECORD_FIELDS if n not in covered):
         report.add(Finding("changed", index, record_id, "the record differs from what was appended"), limit)
     return merkle.leaf_hash(leaf_entry(index, record_id, actual, field_set, appended))
 

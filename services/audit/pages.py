@@ -26,6 +26,7 @@ from bson.codec_options import CodecOptions
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from services.audit.log_entries import stored_form
 from services.audit.records import RECORD_FIELDS, AuditRecord
 
 READ_AHEAD = 3
@@ -41,7 +42,7 @@ def records_hash(records: Iterable[AuditRecord]) -> str:
 
 
 def pack(records: Sequence[AuditRecord]) -> bytes:
-    return zlib.compress(bson.encode({"r": [dict(r) for r in records]}), 1)
+    return zlib.compress(bson.encode({"r": [stored_form(r) for r in records]}), 1)
 
 
 def unpack(blob: bytes) -> list[AuditRecord]:
@@ -68,6 +69,11 @@ class PageChains:
         self._pages = pages
         self._next: dict[str, int] = {}  # chain key -> the first number not known to be taken
         self._readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="audit-pages")
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The threads reading pages: other concurrent `_id` work of the store may use them too."""
+        return self._readers
 
     def append(self, groups: dict[str, list[AuditRecord]]) -> None:
         """One page per key (more for a long group), written with one unordered insert."""

@@ -11,6 +11,9 @@ key space), so a month of one organisation's daily figures is 30 `_id` reads:
 - `t:<day>:<shard>`: per partner a histogram of turnaround (ingest accepted → stored in the partner's
   PACS, from receipts with status stored), log-spaced bins, mergeable by adding counts.
 - `x:<day>`: the summary's counts and quarantines / dead letters by stage and reason.
+- `vm:<org|partner>:<YYYY-MM>:<key>`: one key's daily figures of one month (`<dd>.i`, `.s`, `.b`, and a
+  partner's `.d`, `.f`), the same counts as the `v:` documents, so a month of one organisation or
+  partner is one `_id` read, not 30 (`month_volumes`).
 
 Field names cannot hold '.' or start with '$' in MongoDB, so keys are percent-encoded (`enc`).
 """
@@ -69,6 +72,24 @@ def volume_ids(dimension: str, days: Iterable[str], key: str | None) -> list[str
     return [
         i for d in days for i in ([volume_doc(dimension, d, key)] if key is not None else volume_docs(dimension, d))
     ]
+
+
+MONTHLY = ("org", "partner")  # dimensions whose keys also get a document per month
+
+
+def month_doc(dimension: str, month: str, key: str) -> str:
+    return f"vm:{dimension}:{month}:{key}"
+
+
+def month_ids(dimension: str, days: Iterable[str], key: str) -> list[str]:
+    return [month_doc(dimension, m, key) for m in dict.fromkeys(d[:7] for d in days)]
+
+
+def _add_volume(out: Deltas, dimension: str, day: str, key: str, letter: str, n: int = 1) -> None:
+    """One figure of a key's day: in the day's document and, for MONTHLY dimensions, the key's month's."""
+    _add(out, volume_doc(dimension, day, key), f"{enc(key)}.{letter}", n)
+    if dimension in MONTHLY:
+        _add(out, month_doc(dimension, day[:7], key), f"{day[8:]}.{letter}", n)
 
 
 def turnaround_ids(days: Iterable[str], partner: str | None) -> list[str]:
@@ -136,18 +157,16 @@ def deltas_for(records: Iterable[AuditRecord], new_studies: Iterable[str]) -> De
         if kind == EventType.INGESTED:
             org, modality = r["source_org"] or "", r["modality"] or ""
             for dimension, key in (("org", org), ("modality", modality)):
-                doc = volume_doc(dimension, day, key)
-                _add(out, doc, f"{enc(key)}.i")
-                _add(out, doc, f"{enc(key)}.b", size)
+                _add_volume(out, dimension, day, key, "i")
+                _add_volume(out, dimension, day, key, "b", size)
         elif kind == EventType.PREPARED:
             partner = r["partner_id"] or ""
-            doc = volume_doc("partner", day, partner)
-            _add(out, doc, f"{enc(partner)}.i")
-            _add(out, doc, f"{enc(partner)}.b", size)
+            _add_volume(out, "partner", day, partner, "i")
+            _add_volume(out, "partner", day, partner, "b", size)
         elif kind == EventType.OUTCOME and r["status"] in ("delivered", "failed"):
             partner = r["partner_id"] or ""
             letter = "d" if r["status"] == "delivered" else "f"
-            _add(out, volume_doc("partner", day, partner), f"{enc(partner)}.{letter}")
+            _add_volume(out, "partner", day, partner, letter)
             _add(out, f"x:{day}", f"{letter}p.{enc(partner)}")
         elif kind == EventType.RECEIPT and r["status"] == "stored" and r["ingested_at"] is not None:
             partner = r["partner_id"] or ""
@@ -161,7 +180,7 @@ def deltas_for(records: Iterable[AuditRecord], new_studies: Iterable[str]) -> De
             _add(out, f"x:{day}", f"ds.{enc(r['stage'] or '')}")
     for mark in new_studies:
         _, dimension, key, day, _study = mark.split(":", 4)
-        _add(out, volume_doc(dimension, day, key), f"{enc(key)}.s")
+        _add_volume(out, dimension, day, key, "s")
     return out
 
 
@@ -202,6 +221,16 @@ def volumes(get: Getter, dimension: str, days: Iterable[str], key: str | None = 
                     VolumeRow(day, dec(name), c.get("i", 0), c.get("s", 0), c.get("b", 0), c.get("d", 0), c.get("f", 0))
                 )
     return sorted(rows, key=lambda r: (r.day, r.key))
+
+
+def month_volumes(get: Getter, dimension: str, days: Iterable[str], key: str) -> list[VolumeRow]:
+    """One key's rows from its month documents (`month_ids`): the same rows `volumes` gives for it."""
+    rows: list[VolumeRow] = []
+    for day in days:
+        c = (get(month_doc(dimension, day[:7], key)) or {}).get(day[8:])
+        if isinstance(c, dict):
+            rows.append(VolumeRow(day, key, c.get("i", 0), c.get("s", 0), c.get("b", 0), c.get("d", 0), c.get("f", 0)))
+    return rows
 
 
 @dataclass

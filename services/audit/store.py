@@ -17,20 +17,30 @@ from typing import Any, Protocol
 
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, ConnectionFailure, ExecutionTimeout, PyMongoError, WriteConcernError
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    PyMongoError,
+    WriteConcernError,
+)
 
 from services.audit import rollups
 from services.audit.counters import Counters, batch_id
-from services.audit.pages import DUPLICATE_KEY, PageChains, unique
+from services.audit.log_entries import stored_form
+from services.audit.pages import DUPLICATE_KEY, READ_AHEAD, PageChains, unique
 from services.audit.queries import AuditSummary, Cursor, EventFilter, EventPage, cursor_after
 from services.audit.records import RECORD_FIELDS, AuditRecord, to_datetime, to_epoch_ms
 from services.common.messages import TransientError
+from services.common.mongo import insert_new
 
 _TRANSIENT = (ConnectionFailure, ExecutionTimeout, WriteConcernError)
 MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
 MAX_DAYS = 400  # an aggregate covers at most this many days
 SCAN_READS = 400  # minutes one events page may walk through when they are empty or filtered out
 MINUTES_AT_ONCE = 12
+MONTHLY_FROM = "monthly"  # counts document: the first day the month documents (rollups.month_doc) hold
 AFTER_MINUTE = "~"  # sorts after every record id: a cursor "after everything of this minute"
 
 
@@ -159,9 +169,11 @@ class MongoAuditStore:
         self._records, self._pages, self._marks, self._counts = (db[n] for n in self._names)
         self._db = db
         self._chains = PageChains(self._pages)
-        self._counters = Counters(self._counts)
+        self._counters = Counters(self._counts, self._chains.executor)
         self._time_marked: set[str] = set()
+        self._minutes_marked: set[int] = set()
         self._bounds: tuple[str, str] | None = None
+        self._monthly_from: str | None = None
 
     def ensure_indexes(self) -> None:
         """Creates the collections (idempotent; call once at start-up). No secondary index is needed:
@@ -175,6 +187,12 @@ class MongoAuditStore:
                 except PyMongoError as exc:  # created meanwhile by another replica
                     if "already exists" not in str(exc):
                         raise
+        # Month documents hold every day from `from` on: all of them on a new store, from tomorrow on one
+        # that counted before they existed (earlier days are read from the daily documents).
+        start = "0000-01-01" if self._counts.find_one({"_id": "bounds"}) is None else (
+            (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+        )  # fmt: skip
+        insert_new(self._counts, [{"_id": MONTHLY_FROM, "from": start}])
 
     def insert(self, records: Sequence[AuditRecord]) -> int:
         if not records:
@@ -186,7 +204,7 @@ class MongoAuditStore:
             self._mark_time(batch)
             bid = batch_id(r["_id"] for r in batch)
             studies = list(dict.fromkeys(m for r in batch for m in rollups.study_marks(r)))
-            new, ours = self._counters.claim(bid, self._records, [dict(r) for r in batch])
+            new, ours = self._counters.claim(bid, self._records, [stored_form(r) for r in batch])
             _, ours_studies = self._counters.claim(bid, self._marks, [{"_id": m} for m in studies])
             deltas = rollups.deltas_for(
                 [r for r in batch if r["_id"] in ours], [m for m in studies if m in ours_studies]
@@ -197,14 +215,29 @@ class MongoAuditStore:
         return sum(1 for r in batch if r["_id"] in new)
 
     def _mark_time(self, batch: Sequence[AuditRecord]) -> None:
-        """Which days and hours hold minute pages, so a reader skips empty ones; and the first/last day."""
+        """Which days and hours hold minute pages, so a reader skips empty ones; which minutes of an hour
+        do (`tm:<hour ms>`, `m`: minutes into the hour); and the first/last day."""
         wanted: list[str] = []
+        minutes: dict[int, set[int]] = {}
         for r in batch:
             ms = to_epoch_ms(r["occurred_at"])
-            for mark in (f"td:{ms // DAY_MS * DAY_MS}", f"th:{ms // HOUR_MS * HOUR_MS}"):
+            hour = ms // HOUR_MS * HOUR_MS
+            for mark in (f"td:{ms // DAY_MS * DAY_MS}", f"th:{hour}"):
                 if mark not in self._time_marked:
                     self._time_marked.add(mark)
                     wanted.append(mark)
+            minute = ms // MINUTE_MS * MINUTE_MS
+            if minute not in self._minutes_marked:
+                minutes.setdefault(hour, set()).add((minute - hour) // MINUTE_MS)
+        for hour, new in minutes.items():  # a few hours per batch; marked only once the write succeeded
+            update = {"$addToSet": {"m": {"$each": sorted(new)}}}
+            try:
+                self._marks.update_one({"_id": f"tm:{hour}"}, update, upsert=True)
+            except DuplicateKeyError:  # FerretDB: two upserts of one new document raced; it exists now
+                self._marks.update_one({"_id": f"tm:{hour}"}, update)
+            self._minutes_marked.update(hour + m * MINUTE_MS for m in new)
+        if len(self._minutes_marked) > 200_000:
+            self._minutes_marked.clear()
         if wanted:
             try:
                 self._marks.insert_many([{"_id": m} for m in wanted], ordered=False)
@@ -226,6 +259,13 @@ class MongoAuditStore:
         with _unavailable_is_transient():
             return trail_of(study_uid, self._chain)
 
+    def _indexed_from(self) -> str:
+        """The first day whose month documents and minute lists are complete (MONTHLY_FROM)."""
+        if self._monthly_from is None:
+            doc = self._counts.find_one({"_id": MONTHLY_FROM})
+            self._monthly_from = str((doc or {}).get("from", "9999-12-31"))
+        return self._monthly_from
+
     def _day_bounds(self) -> tuple[str, str] | None:
         doc = self._counts.find_one({"_id": "bounds"})
         return (str(doc["first"]), str(doc["last"])) if doc else None
@@ -236,12 +276,14 @@ class MongoAuditStore:
         (`scan.position`: where it stopped)."""
         minute = start_ms // MINUTE_MS * MINUTE_MS
         checked_hour = -1
+        listed: set[int] | None = None  # the hour's minutes with pages, when its `tm` mark can say
+        indexed_from = self._indexed_from()
         while minute < end_ms and scan.reads > 0:
             hour = minute // HOUR_MS * HOUR_MS
             if hour != checked_hour:
                 checked_hour = hour
                 day = minute // DAY_MS * DAY_MS
-                marks = self._chains.get_many(self._marks, [f"td:{day}", f"th:{hour}"])
+                marks = self._chains.get_many(self._marks, [f"td:{day}", f"th:{hour}", f"tm:{hour}"])
                 scan.reads -= 1
                 if marks[f"td:{day}"] is None:
                     minute = scan.position = day + DAY_MS
@@ -249,9 +291,17 @@ class MongoAuditStore:
                 if marks[f"th:{hour}"] is None:
                     minute = scan.position = hour + HOUR_MS
                     continue
-            window = [m for m in range(minute, min(end_ms, hour + HOUR_MS), MINUTE_MS)][:MINUTES_AT_ONCE]
+                listing = marks[f"tm:{hour}"]
+                # Trusted for the days whose every record was stored by a version that keeps the lists.
+                trusted = listing is not None and rollups.day_of(to_datetime(hour)) >= indexed_from
+                listed = {hour + int(m) * MINUTE_MS for m in listing["m"]} if trusted and listing else None
+            candidates = range(minute, min(end_ms, hour + HOUR_MS), MINUTE_MS)
+            window = [m for m in candidates if listed is None or m in listed][:MINUTES_AT_ONCE]
+            if not window:  # none of the hour's listed minutes is left
+                minute = scan.position = candidates.stop
+                continue
             # Most minutes of a sparse period are empty: one read each first, more only for those with pages.
-            chains = self._chains.read_many([f"m:{m}" for m in window], first_round=1)
+            chains = self._chains.read_many([f"m:{m}" for m in window], first_round=1 if listed is None else READ_AHEAD)
             scan.reads -= len(window)
             for m in window:
                 scan.position = m + MINUTE_MS
@@ -313,8 +363,26 @@ class MongoAuditStore:
         self, dimension: str, since: datetime | None, until: datetime | None, key: str | None = None
     ) -> list[rollups.VolumeRow]:
         with _unavailable_is_transient():
-            days = day_range(since, until, self._day_bounds())
-            return rollups.volumes(self._prefetch(rollups.volume_ids(dimension, days, key)).get, dimension, days, key)
+            if key is None or dimension not in rollups.MONTHLY:
+                days = day_range(since, until, self._day_bounds())
+                ids = rollups.volume_ids(dimension, days, key)
+                return rollups.volumes(self._prefetch(ids).get, dimension, days, key)
+            # One key: its month documents, read with `bounds` (and the month documents' start, once).
+            wanted = day_range(since, until, None) if since is not None and until is not None else []
+            ids = ["bounds", *rollups.month_ids(dimension, wanted, key)]
+            if self._monthly_from is None:
+                ids.append(MONTHLY_FROM)
+            docs = self._prefetch(ids)
+            if self._monthly_from is None:
+                self._monthly_from = str((docs[MONTHLY_FROM] or {}).get("from", "9999-12-31"))
+            bounds = docs["bounds"]
+            days = day_range(since, until, (str(bounds["first"]), str(bounds["last"])) if bounds else None)
+            monthly = [d for d in days if d >= self._monthly_from]
+            missing = [i for i in rollups.month_ids(dimension, monthly, key) if i not in docs]
+            docs.update(self._prefetch(missing) if missing else {})
+            daily = [d for d in days if d < self._monthly_from]
+            rows = rollups.volumes(self._prefetch(rollups.volume_ids(dimension, daily, key)).get, dimension, daily, key)
+            return rows + rollups.month_volumes(docs.get, dimension, monthly, key)
 
     def turnaround(
         self, since: datetime | None, until: datetime | None, partner: str | None = None

@@ -8,13 +8,19 @@ size), one collection (default `audit_log`):
   (`id`), its digest (`d`), field set (`f`), append time (`t`, epoch ms) and leaf hash (`h`); `n` counts
   them. One document per 256 leaves, filled by a batch's insert or `$push` (compare-and-set on `n`): a
   document per leaf made the log cost three inserts per record.
-- `leafof:<record _id>`: the record has been claimed for the log (`b`: the batch that claimed it), so a
-  record delivered twice is appended once.
+- `leafof:<record _id>`: the record has been claimed for the log (`b`: the tree size when it was
+  claimed), so a record delivered twice is appended once; a claim whose attempt never moved the head
+  is taken over by the next attempt (`_already_logged`).
 - `node:<level>:<index>`: the hash of each complete subtree of 256 leaves or more (2**level leaves from
   index * 2**level); smaller ones are hashed from their `leaves` document. A root or a proof costs
   O(log n) lookups, never a scan.
-- `head`: the tree size and its frontier (the roots of its perfect subtrees); `pending:<size>`: the batch
-  being appended at that size, written first so a crash half-way is finished at the next start.
+- `head`: the tree size and its frontier (the roots of its perfect subtrees). Moving it (compare-and-set
+  on the size) commits a batch: leaves and nodes at or past the head are an unfinished attempt's, and
+  the next attempt (the bus's replay of the uncommitted batch, in whatever composition) overwrites them.
+  A batch costs four writes whatever its size: the claims, a `$push`, an insert of new `leaves`
+  documents and nodes, the head. (`pending:<size>`, the batch written out before its leaves, is gone:
+  its insert and delete were half the log's write time on FerretDB; one left by an older version is
+  still finished at start.)
 - `sth:<size>` and `sth:latest`: signed tree heads, every `sth_every` leaves or `sth_interval_s`
   seconds; each names the previous one (`prev`), so verification walks them by `_id`.
 - `fields:<id>`: the field names a record digest covers.
@@ -23,10 +29,10 @@ size), one collection (default `audit_log`):
 Single writer. Leaf indexes are handed out by one process: the audit service runs one replica (the
 chart pins `replicas: 1`). A second writer is refused, not merged: the `lease` document is taken and
 renewed with a compare-and-set on (`_id`, owner), expires `lease_s` after its last renewal (a crashed
-writer's successor waits that long), and is released on a clean stop; as a backstop the batch slot
-`pending:<size>`, the leaves and the head are inserted or compare-and-set by `_id`, so two writers can
-never both write leaf i. Either refusal raises ConcurrentWriterError, a transient failure for the bus:
-the batch is retried, never committed unlogged.
+writer's successor waits that long), and is released on a clean stop; as a backstop the head is
+compare-and-set by `_id` and leaves past the head are only rewritten while the stored head is still this
+writer's start, so two writers cannot both commit leaf i. Either refusal raises ConcurrentWriterError, a
+transient failure for the bus: the batch is retried, never committed unlogged.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, ExecutionTimeout, WriteConcernError
 
 from services.audit import merkle
-from services.audit.log_entries import covered_fields, field_set_id, leaf_entry, record_digest
+from services.audit.log_entries import digest_of_own_fields, field_set_id, leaf_entry
 from services.audit.records import AuditRecord
 from services.audit.signing import Signer, tree_head_message
 from services.common.messages import TransientError
@@ -309,7 +315,7 @@ class TamperLog:
         self._opened = True
 
     def _recover(self) -> None:
-        """Finish the batch a crash interrupted: its claims say which of its records it had taken."""
+        """Finish a batch an older version left half-appended (`pending:<size>`); this version writes none."""
         start = self._frontier.size
         pending = self._docs.find_one({"_id": f"pending:{start}"})
         if pending is None:
@@ -319,7 +325,7 @@ class TamperLog:
             claim = self._docs.find_one({"_id": claim_id(e["id"])})
             if claim is not None and claim.get("b") == start:
                 entries.append((str(e["id"]), bytes(e["d"]), str(e["f"]), int(e["t"])))
-        self._write_leaves(entries, recovering=True)
+        self._write_leaves(entries)
         self._docs.delete_one({"_id": f"pending:{start}"})
         log.info(f"audit log: finished a batch interrupted at size {start}", extra={"instances": len(entries)})
 
@@ -337,29 +343,49 @@ class TamperLog:
             return appended
 
     def _append(self, records: Sequence[AuditRecord | Mapping[str, Any]]) -> int:
+        """One claims insert, at most one `$push`, one insert of the new `leaves` documents and nodes, and
+        the head's compare-and-set, whatever the batch's size. The head is the commit: leaves, nodes and
+        claims written by an attempt whose head never moved are taken over by the next one."""
         start = self._frontier.size
         appended_ms = self._now_ms()
         batch: dict[str, tuple[str, bytes, str, int]] = {}
         for record in records:
             record_id = str(record["_id"])
             if record_id not in batch:
-                fields = covered_fields(record)
-                batch[record_id] = (record_id, record_digest(record, fields), self._field_set(fields), appended_ms)
+                fields, digest = digest_of_own_fields(record)
+                batch[record_id] = (record_id, digest, self._field_set(fields), appended_ms)
         if not batch:
             return 0
         entries = list(batch.values())
-        try:
-            # Sub-documents, not nested arrays: FerretDB 1.x refuses arrays of arrays.
-            pending = [{"id": e[0], "d": e[1], "f": e[2], "t": e[3]} for e in entries]
-            self._docs.insert_one({"_id": f"pending:{start}", "entries": pending})
-        except DuplicateKeyError as exc:
-            raise ConcurrentWriterError(f"another writer is appending at size {start}") from exc
         taken = _insert_many(self._docs, [{"_id": claim_id(e[0]), "b": start} for e in entries])
-        new = [e for i, e in enumerate(entries) if i not in taken]
-        self._write_leaves(new, recovering=False)
-        self._docs.delete_one({"_id": f"pending:{start}"})
+        logged = self._already_logged([entries[i][0] for i in sorted(taken)], start)
+        new = [e for e in entries if e[0] not in logged]
+        self._write_leaves(new)
         self._sign_if_due(appended_ms, force=False)
         return len(new)
+
+    def _already_logged(self, record_ids: list[str], start: int) -> set[str]:
+        """Of records claimed before (a replay), those in the log. A claim made at `b` = the current size
+        belongs to an attempt whose head never moved (it failed half-way): not logged. One made at an
+        earlier size is logged if the leaves from `b` on hold it: the attempt that moved the head from
+        `b` may have had another composition than the one that claimed it (a crash, then a replay)."""
+        if not record_ids:
+            return set()
+        logged: set[str] = set()
+        chunks: dict[int, set[str]] = {}
+        for record_id in record_ids:
+            claim = self._docs.find_one({"_id": claim_id(record_id)}) or {}
+            since = int(claim.get("b", start))
+            if since >= start:
+                continue
+            for chunk in range(since // CHUNK, (start - 1) // CHUNK + 1):
+                if chunk not in chunks:
+                    doc = self._docs.find_one({"_id": chunk_id(chunk)}) or {}
+                    chunks[chunk] = {str(e["id"]) for e in doc.get("e", []) if since <= int(e["i"]) < start}
+                if record_id in chunks[chunk]:
+                    logged.add(record_id)
+                    break
+        return logged
 
     def _field_set(self, fields: tuple[str, ...]) -> str:
         ident = field_set_id(fields)
@@ -368,20 +394,40 @@ class TamperLog:
             self._field_sets.add(ident)
         return ident
 
-    def _write_leaves(self, entries: list[tuple[str, bytes, str, int]], recovering: bool) -> None:
+    def _write_leaves(self, entries: list[tuple[str, bytes, str, int]]) -> None:
         start = self._frontier.size
         frontier = merkle.Frontier(start, self._frontier.hashes)
         leaves: list[dict[str, Any]] = []
         nodes = []
+        leaf_hash, entry_of = merkle.leaf_hash, leaf_entry
         for offset, (record_id, digest, field_set, appended_ms) in enumerate(entries):
             index = start + offset
-            leaf = merkle.leaf_hash(leaf_entry(index, record_id, digest, field_set, appended_ms))
+            leaf = leaf_hash(entry_of(index, record_id, digest, field_set, appended_ms))
             leaves.append({"i": index, "id": record_id, "d": digest, "f": field_set, "t": appended_ms, "h": leaf})
             completed = frontier.append(leaf)
             nodes += [{"_id": node_id(lv, ix), "h": h} for lv, ix, h in completed if lv >= CHUNK_LEVEL]
-        for chunk in sorted({leaf["i"] // CHUNK for leaf in leaves}):
-            self._write_chunk(chunk, [leaf for leaf in leaves if leaf["i"] // CHUNK == chunk], recovering)
-        _insert_many(self._docs, nodes)  # deterministic: an existing node already holds this hash
+        by_chunk: dict[int, list[dict[str, Any]]] = {}
+        for stored in leaves:
+            by_chunk.setdefault(stored["i"] // CHUNK, []).append(stored)
+        fresh: list[dict[str, Any]] = []
+        for chunk, part in by_chunk.items():
+            first = part[0]["i"] - chunk * CHUNK
+            if first == 0:
+                fresh.append({"_id": chunk_id(chunk), "n": len(part), "e": part})
+                continue
+            pushed = self._docs.update_one(
+                {"_id": chunk_id(chunk), "n": first},
+                {"$push": {"e": {"$each": part}}, "$set": {"n": first + len(part)}},
+            )
+            if pushed.matched_count != 1:
+                self._rewrite_chunk(chunk, part, start)
+        docs = fresh + nodes
+        for position in sorted(_insert_many(self._docs, docs)):
+            doc = docs[position]
+            if position < len(fresh):
+                self._rewrite_chunk(int(str(doc["_id"]).split(":")[1]), doc["e"], start)
+            else:  # a node left by an attempt whose head never moved: this attempt's hash replaces it
+                self._docs.replace_one({"_id": doc["_id"]}, doc)
         if frontier.size != start:
             moved = self._docs.update_one(
                 {"_id": HEAD, "size": start}, {"$set": {"size": frontier.size, "frontier": frontier.hashes}}
@@ -390,23 +436,25 @@ class TamperLog:
                 raise ConcurrentWriterError(f"the log's head moved past {start} under this writer")
         self._frontier = frontier
 
-    def _write_chunk(self, chunk: int, leaves: list[dict[str, Any]], recovering: bool) -> None:
-        first = leaves[0]["i"] - chunk * CHUNK
-        end = first + len(leaves)
-        if first == 0:
+    def _rewrite_chunk(self, chunk: int, leaves: list[dict[str, Any]], start: int) -> None:
+        """The `leaves` document holds entries at or past the head, left by an attempt that failed before
+        moving it (or, if the head moved, another writer's): keep what is below the head, put ours after."""
+        head = self._docs.find_one({"_id": HEAD}) or {}
+        if int(head.get("size", -1)) != start:
+            raise ConcurrentWriterError(f"leaf {leaves[0]['i']} was written by another writer")
+        stored = self._docs.find_one({"_id": chunk_id(chunk)})
+        kept = [e for e in (stored or {}).get("e", []) if int(e["i"]) < start]
+        if len(kept) != leaves[0]["i"] - chunk * CHUNK:
+            raise ConcurrentWriterError(f"the leaves before {leaves[0]['i']} are not all stored")
+        doc = {"n": len(kept) + len(leaves), "e": kept + leaves}
+        if stored is None:
             try:
-                self._docs.insert_one({"_id": chunk_id(chunk), "n": end, "e": leaves})
-                return
-            except DuplicateKeyError:
-                pass
-        else:
-            pushed = self._docs.update_one(
-                {"_id": chunk_id(chunk), "n": first}, {"$push": {"e": {"$each": leaves}}, "$set": {"n": end}}
-            )
-            if pushed.matched_count == 1:
-                return
-        stored = self._docs.find_one({"_id": chunk_id(chunk)}) if recovering else None
-        if stored is None or int(stored["n"]) < end:
+                self._docs.insert_one({"_id": chunk_id(chunk), **doc})
+            except DuplicateKeyError as exc:
+                raise ConcurrentWriterError(f"leaf {leaves[0]['i']} was written by another writer") from exc
+            return
+        replaced = self._docs.replace_one({"_id": chunk_id(chunk), "n": stored["n"]}, doc)
+        if replaced.matched_count != 1:
             raise ConcurrentWriterError(f"leaf {leaves[0]['i']} was written by another writer")
 
     # ---- tree heads ----

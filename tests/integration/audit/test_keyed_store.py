@@ -157,3 +157,42 @@ def test_pages_hold_identifiers_only(store: MongoAuditStore) -> None:
     store.insert(_records(_instances(2)))
     for doc in store._pages.find():
         assert PHI_DESCRIPTION.encode() not in zlib.decompress(doc["b"])
+
+
+def test_a_page_reads_only_the_minutes_an_hour_lists(store: MongoAuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tm:<hour>` lists the minutes with pages: a page of a sparse hour asks for those, not all 60."""
+    records = _records(_instances(3), spacing_ms=20 * 60_000)  # minutes 0, 20 and 40 of one hour
+    store.insert(records[:9])
+    store.insert(records[6:])
+    asked: list[str] = []
+    read_many = store._chains.read_many
+
+    def counting(keys: list[str], first_round: int = 3) -> dict[str, list[AuditRecord]]:
+        asked.extend(keys)
+        return read_many(keys, first_round)
+
+    monkeypatch.setattr(store._chains, "read_many", counting)
+    since = to_datetime(T0_MS)
+    page = store.events(EventFilter(since=since, until=since + timedelta(hours=1)), limit=100)
+    assert len(page.records) == len({r["_id"] for r in records}) and page.next_cursor is None
+    assert sorted(asked) == sorted(f"m:{T0_MS + i * 20 * 60_000}" for i in range(3))
+
+
+def test_a_month_of_one_key_is_read_from_its_month_document(
+    store: MongoAuditStore, client: MongoClient, unique_name: str
+) -> None:
+    store.insert(_records(_instances(4), spacing_ms=86_400_000))  # four days of January
+    month = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 31, tzinfo=UTC))
+    rows = store.volumes("org", *month, "trust-a")
+    assert [(r.day, r.instances, r.studies) for r in rows] == [(f"2026-01-0{d}", 1, 1) for d in range(1, 5)]
+    counts = client[unique_name]["audit_events_counts"]
+    assert counts.find_one({"_id": "vm:org:2026-01:trust-a"}) is not None
+    assert store.volumes("partner", *month, "research-a") == rollups.volumes(
+        counts.find_one, "partner", list(rollups.days_between(month[0].date(), datetime(2026, 1, 30).date())),
+        "research-a",
+    )  # fmt: skip
+    # A store that counted before month documents existed reads its earlier days from the daily ones.
+    counts.delete_one({"_id": "vm:org:2026-01:trust-a"})
+    counts.update_one({"_id": store_module.MONTHLY_FROM}, {"$set": {"from": "2026-01-03"}})
+    older = MongoAuditStore(client[unique_name]["audit_events"])
+    assert [r.day for r in older.volumes("org", *month, "trust-a")] == ["2026-01-01", "2026-01-02"]

@@ -14,6 +14,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from services.audit import merkle
+from services.audit.log_entries import stored_form
 from services.audit.log_verify import CollectionRecords, KnownHead, VerifyReport, verify_log
 from services.audit.records import AuditRecord, build_record
 from services.audit.signing import Signer
@@ -139,7 +140,7 @@ def test_a_changed_record_is_named(log: Log) -> None:
 
 def test_a_field_removed_from_a_record_is_named(log: Log) -> None:
     victim = log.leaf(2)["id"]
-    log.records.update_one({"_id": victim}, {"$unset": {"reason": ""}})
+    log.records.update_one({"_id": victim}, {"$unset": {"partner_id": ""}})
     assert ("changed", 2, victim) in kinds(log.verify())
 
 
@@ -235,7 +236,7 @@ def test_a_second_writer_is_refused_until_the_first_lets_go(db: Database, clock:
     assert second.verify().ok and second.verify().tree_size == 10
 
 
-def test_a_batch_interrupted_half_way_is_finished_at_the_next_start(db: Database, clock: Clock) -> None:
+def test_a_batch_interrupted_half_way_is_appended_by_the_replay(db: Database, clock: Clock) -> None:
     signer = Signer.generate()
     log = Log(db, signer, clock)
     log.writer.open()
@@ -251,11 +252,52 @@ def test_a_batch_interrupted_half_way_is_finished_at_the_next_start(db: Database
     restarted = Log(db, signer, clock)
     clock.now += 31
     restarted.writer.open()
-    assert restarted.writer.size == 15  # the claimed batch was appended on start...
-    restarted.store_and_append(records[10:])  # ...and the bus's replay of it appends nothing twice
+    assert restarted.writer.size == 10  # the head never moved: the claimed batch is not in the log...
+    restarted.store_and_append(records[10:])  # ...until the bus's replay of it, once
     restarted.writer.close()
     report = restarted.verify()
     assert report.ok and report.tree_size == 20
+
+
+class _HeadFails:
+    """The log's collection, dying just before the head would move: leaves and nodes are written."""
+
+    def __init__(self, docs: Collection[dict[str, Any]]) -> None:
+        self._docs = docs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._docs, name)
+
+    def update_one(self, query: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if query.get("_id") == "head":
+            raise ConnectionError("the process died here")
+        return self._docs.update_one(query, *args, **kwargs)
+
+
+def test_a_replay_in_another_composition_overwrites_what_a_dead_attempt_wrote(db: Database, clock: Clock) -> None:
+    """Leaves, nodes and claims of an attempt that died before moving the head are the next one's to
+    rewrite: the replay comes in other batches, and every record ends up in the log exactly once."""
+    signer = Signer.generate()
+    log = Log(db, signer, clock, sth_every=1000)
+    log.writer.open()
+    records = make_records(120)  # 600 records: the dead attempt completes nodes of 256 leaves
+    log.store_and_append(records[:200], batch=200)
+    log.writer._docs = _HeadFails(log.docs)  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        log.store_and_append(records[200:520], batch=320)
+    assert log.docs.find_one({"_id": "node:8:1"}) is not None  # leaves 256..511, of the dead attempt
+    restarted = Log(db, signer, clock, sth_every=1000)
+    clock.now += 31
+    restarted.writer.open()
+    assert restarted.writer.size == 200
+    restarted.store_and_append(records[300:600], batch=300)  # the replay, other batches, other order
+    restarted.store_and_append(records[200:300], batch=100)
+    restarted.store_and_append(records[250:350], batch=100)  # already in: nothing is added
+    restarted.writer.close()
+    report = restarted.verify()
+    assert report.ok and report.tree_size == 600
+    ids = [restarted.leaf(i)["id"] for i in range(600)]
+    assert sorted(ids) == sorted(r["_id"] for r in records)
 
 
 def test_a_log_spanning_several_leaves_documents_proves_and_verifies(db: Database, clock: Clock) -> None:
@@ -277,3 +319,17 @@ def test_a_log_spanning_several_leaves_documents_proves_and_verifies(db: Databas
     victim = log.leaf(300)["id"]
     log.records.update_one({"_id": victim}, {"$set": {"route_id": "elsewhere"}})
     assert ("changed", 300, victim) in kinds(log.verify())
+
+
+def test_a_value_added_to_a_field_a_stored_record_left_out_is_caught(db: Database, clock: Clock) -> None:
+    """The store keeps records without their empty fields (log_entries.stored_form); the leaf covers the
+    fields with values, and any other field given a value afterwards is a change too."""
+    log = Log(db, Signer.generate(), clock)
+    log.writer.open()
+    records = make_records(2)
+    log.records.insert_many([stored_form(r) for r in records])
+    TamperLogSink(log.writer).write(records)
+    assert log.verify().ok
+    victim = next(r["_id"] for r in records if r["reason"] is None)
+    log.records.update_one({"_id": victim}, {"$set": {"reason": "made-up"}})
+    assert ("changed", next(i for i in range(10) if log.leaf(i)["id"] == victim), victim) in kinds(log.verify())

@@ -61,3 +61,24 @@ def test_each_record_kind_adds_to_its_counters() -> None:
     assert counts["t"] == {"ingested": 1, "routed": 1, "prepared": 1, "outcome": 1, "receipt": 1, "quarantined": 1}
     assert rollups.volume_doc("org", day, "trust-a").startswith(f"v:org:{day}:")
     assert rollups.volume_docs("modality", day) == [f"v:modality:{day}"]
+
+
+def test_a_keys_month_document_gives_the_same_rows_as_its_daily_documents() -> None:
+    """`vm:` documents hold one organisation's or partner's days of a month: one read for a month."""
+    records, marks = [], []
+    for n, day_offset in enumerate((0, 0, 1, 31, 33)):  # four days over two months
+        t0 = T0_MS + day_offset * 86_400_000 + n
+        study = f"1.2.3.{day_offset}"
+        instance = Instance(study=study, series=f"{study}.1", sop=f"{study}.1.{n}")
+        built = [build_record(incoming(m), TOPICS, NOW) for m in journey(TOPICS, instance, t0_ms=t0)]
+        records += built
+        marks += [m for r in built for m in rollups.study_marks(r)]
+    docs: dict[str, dict[str, object]] = {}
+    rollups.apply(docs, rollups.deltas_for(records, dict.fromkeys(marks)))
+    days = list(rollups.days_between(datetime(2026, 1, 1).date(), datetime(2026, 2, 5).date()))
+    for dimension, key in (("org", "trust-a"), ("partner", "research-a")):
+        months = [f"vm:{dimension}:2026-01:{key}", f"vm:{dimension}:2026-02:{key}"]
+        assert rollups.month_ids(dimension, days, key) == months
+        daily = rollups.volumes(docs.get, dimension, days, key)  # type: ignore[arg-type]
+        assert len(daily) == 4 and daily == rollups.month_volumes(docs.get, dimension, days, key)  # type: ignore[arg-type]
+    assert daily[0].studies == 1 and daily[0].instances == 2 and daily[0].delivered == 2
