@@ -126,6 +126,9 @@ def test_two_replicas_of_each_stage_share_the_work_and_deliver_every_instance_on
         "IMX_MONGO_DB": unique_name,
         "IMX_TOPIC_PARTITIONS": "4",
         "IMX_GATEWAY_REFRESH_S": "1",
+        # Each replica re-reads organisations and routes on its own: the one not asked learns of them then.
+        "IMX_CALLING_AE_REFRESH_S": "1",
+        "IMX_ROUTES_REFRESH_S": "1",
         "IMX_AUDIT_SIGNING_KEY_FILE": str(tmp_path / "audit-signing-key.pem"),
     }
     files = write_studies(tmp_path / "send")
@@ -158,7 +161,7 @@ def test_two_replicas_of_each_stage_share_the_work_and_deliver_every_instance_on
             admin_pb2_grpc.RoutingAdminStub(channel).AddRoute(admin_pb2.AddRouteRequest(route=route), timeout=10)
 
         # Before sending: both replicas of each consuming stage hold partitions of its input (so the
-        # group has settled), and every routing replica has seen the route.
+        # group has settled), and every ingest and routing replica has seen the organisation and route.
         topics = Topics(prefix)
         inputs = {"routing": topics.ingested, "deid": topics.routed, "delivery": topics.prepared}
         deadline = time.monotonic() + 90
@@ -173,7 +176,7 @@ def test_two_replicas_of_each_stage_share_the_work_and_deliver_every_instance_on
             time.sleep(1)
         assert all(held.values()), f"every replica holds partitions of its input: {held}"
         print(f"stack up and settled after {time.monotonic() - begun:.1f} s")
-        time.sleep(3)  # routing re-reads routes every 2 s
+        time.sleep(3)  # three of the replicas' refresh periods
 
         ingests = [by_name["ingest"], by_name["ingest-2"]]
         accepted = [0, 0]
