@@ -10,7 +10,8 @@ key space), so a month of one organisation's daily figures is 30 `_id` reads:
   plus its delivery outcomes.
 - `t:<day>:<shard>`: per partner a histogram of turnaround (ingest accepted → stored in the partner's
   PACS, from receipts with status stored), log-spaced bins, mergeable by adding counts.
-- `x:<day>`: the summary's counts and quarantines / dead letters by stage and reason.
+- `x:<day>`: the summary's counts and quarantines / dead letters by stage and reason; `xs:org:<org>:<day>`
+  and `xs:partner:<partner>:<day>` the same of the records a scoped key sees (`scope_keys`).
 - `vm:<org|partner>:<YYYY-MM>:<key>`: one key's daily figures of one month (`<dd>.i`, `.s`, `.b`, and a
   partner's `.d`, `.f`), the same counts as the `v:` documents, so a month of one organisation or
   partner is one `_id` read, not 30 (`month_volumes`).
@@ -146,13 +147,28 @@ def _add(deltas: Deltas, doc: str, path: str, n: int = 1) -> None:
     fields[path] = fields.get(path, 0) + n
 
 
+def scope_keys(record: AuditRecord) -> list[str]:
+    """The scoped keys (services/audit/scopes.py) that see the record: its organisation, and the partner
+    it went to or the one its sender asked for."""
+    keys = [f"org:{record['source_org']}"] if record["source_org"] else []
+    return keys + [f"partner:{p}" for p in dict.fromkeys((record["partner_id"], record["requested_partner_id"])) if p]
+
+
+def summary_doc(day: str, scope: str | None = None) -> str:
+    """`x:<day>`, the day's summary counts; `xs:<scope>:<day>` the same counts of the records one scoped
+    key sees."""
+    return f"x:{day}" if scope is None else f"xs:{scope}:{day}"
+
+
 def deltas_for(records: Iterable[AuditRecord], new_studies: Iterable[str]) -> Deltas:
     """What `records` (each counted once: the caller passes only records not counted before) add to
     the counters; `new_studies` are the study marks (study_marks) seen for the first time."""
     out: Deltas = {}
     for r in records:
         day, kind = day_of(r["occurred_at"]), r["event_type"]
-        _add(out, f"x:{day}", f"t.{enc(kind)}")
+        summaries = [summary_doc(day, scope) for scope in (None, *scope_keys(r))]
+        for doc in summaries:
+            _add(out, doc, f"t.{enc(kind)}")
         size = r["size_bytes"] or 0
         if kind == EventType.INGESTED:
             org, modality = r["source_org"] or "", r["modality"] or ""
@@ -167,17 +183,20 @@ def deltas_for(records: Iterable[AuditRecord], new_studies: Iterable[str]) -> De
             partner = r["partner_id"] or ""
             letter = "d" if r["status"] == "delivered" else "f"
             _add_volume(out, "partner", day, partner, letter)
-            _add(out, f"x:{day}", f"{letter}p.{enc(partner)}")
+            for doc in summaries:
+                _add(out, doc, f"{letter}p.{enc(partner)}")
         elif kind == EventType.RECEIPT and r["status"] == "stored" and r["ingested_at"] is not None:
             partner = r["partner_id"] or ""
             ms = int((r["occurred_at"] - r["ingested_at"]).total_seconds() * 1000)
             _add(out, turnaround_doc(day, partner), f"{enc(partner)}.{turnaround_bin(ms)}")
         elif kind == EventType.QUARANTINED:
-            _add(out, f"x:{day}", f"q.{enc(r['stage'] or '')}~{enc(r['reason'] or '')}")
-            _add(out, f"x:{day}", f"qr.{enc(r['reason'] or '')}")
+            for doc in summaries:
+                _add(out, doc, f"q.{enc(r['stage'] or '')}~{enc(r['reason'] or '')}")
+                _add(out, doc, f"qr.{enc(r['reason'] or '')}")
         elif kind == EventType.DEAD_LETTER:
-            _add(out, f"x:{day}", f"dl.{enc(r['stage'] or '')}~{enc(r['reason'] or '')}")
-            _add(out, f"x:{day}", f"ds.{enc(r['stage'] or '')}")
+            for doc in summaries:
+                _add(out, doc, f"dl.{enc(r['stage'] or '')}~{enc(r['reason'] or '')}")
+                _add(out, doc, f"ds.{enc(r['stage'] or '')}")
     for mark in new_studies:
         _, dimension, key, day, _study = mark.split(":", 4)
         _add_volume(out, dimension, day, key, "s")
@@ -267,10 +286,10 @@ class StageReasonCount:
     count: int
 
 
-def stage_reasons(get: Getter, days: Iterable[str]) -> list[StageReasonCount]:
+def stage_reasons(get: Getter, days: Iterable[str], scope: str | None = None) -> list[StageReasonCount]:
     rows: list[StageReasonCount] = []
     for day in days:
-        doc = get(f"x:{day}") or {}
+        doc = get(summary_doc(day, scope)) or {}
         for prefix, kind in (("q", "quarantined"), ("dl", "dead_letter")):
             for name, n in sorted((doc.get(prefix) or {}).items()):
                 stage, _, reason = name.partition("~")
@@ -278,12 +297,12 @@ def stage_reasons(get: Getter, days: Iterable[str]) -> list[StageReasonCount]:
     return rows
 
 
-def summary_counts(get: Getter, days: Iterable[str]) -> dict[str, dict[str, int]]:
+def summary_counts(get: Getter, days: Iterable[str], scope: str | None = None) -> dict[str, dict[str, int]]:
     """The summary's maps (events_by_type, delivered/failed by partner, quarantined by reason, dead
-    letters by stage) summed over whole days."""
+    letters by stage) summed over whole days (of what the scoped key `scope` sees, when given)."""
     out: dict[str, dict[str, int]] = {"t": {}, "dp": {}, "fp": {}, "qr": {}, "ds": {}}
     for day in days:
-        doc = get(f"x:{day}") or {}
+        doc = get(summary_doc(day, scope)) or {}
         for prefix, counts in out.items():
             for name, n in (doc.get(prefix) or {}).items():
                 counts[dec(name)] = counts.get(dec(name), 0) + n

@@ -32,6 +32,7 @@ from services.audit.log_entries import stored_form
 from services.audit.pages import DUPLICATE_KEY, READ_AHEAD, PageChains, unique
 from services.audit.queries import AuditSummary, Cursor, EventFilter, EventPage, cursor_after
 from services.audit.records import RECORD_FIELDS, AuditRecord, to_datetime, to_epoch_ms
+from services.audit.scopes import Scope, ScopeDenied
 from services.common.messages import TransientError
 from services.common.mongo import insert_new
 
@@ -63,7 +64,11 @@ class AuditStore(RecordWriter, Protocol):
         when nothing is left (a page may hold fewer than `limit` when its scan budget ran out)."""
         ...
 
-    def summary(self, since: datetime | None = None, until: datetime | None = None) -> AuditSummary: ...
+    def summary(
+        self, since: datetime | None = None, until: datetime | None = None, scope: Scope | None = None
+    ) -> AuditSummary:
+        """Counts over the period; with a scope, of the records that scope sees."""
+        ...
 
     def volumes(
         self, dimension: str, since: datetime | None, until: datetime | None, key: str | None = None
@@ -75,7 +80,9 @@ class AuditStore(RecordWriter, Protocol):
         self, since: datetime | None, until: datetime | None, partner: str | None = None
     ) -> list[rollups.Turnaround]: ...
 
-    def stage_reasons(self, since: datetime | None, until: datetime | None) -> list[rollups.StageReasonCount]: ...
+    def stage_reasons(
+        self, since: datetime | None, until: datetime | None, scope: Scope | None = None
+    ) -> list[rollups.StageReasonCount]: ...
 
     def ping(self) -> bool: ...
 
@@ -342,9 +349,21 @@ class MongoAuditStore:
         out = [r for _m, records in self._minutes(to_epoch_ms(start), to_epoch_ms(end), scan) for r in records]
         return [r for r in unique(out) if start <= r["occurred_at"] < end]
 
-    def summary(self, since: datetime | None = None, until: datetime | None = None) -> AuditSummary:
+    def _scoped(self, scope: Scope | None, days: list[str]) -> str | None:
+        """The counters' name of a scope (None: everything). Scoped counts are kept from the day the
+        month documents are (`monthly`): a period starting earlier is refused, not answered short."""
+        if scope is None or scope.everything:
+            return None
+        if days and days[0] < self._indexed_from():
+            raise ScopeDenied(f"figures for {scope} are kept from {self._indexed_from()} on; ask from that day")
+        return str(scope)
+
+    def summary(
+        self, since: datetime | None = None, until: datetime | None = None, scope: Scope | None = None
+    ) -> AuditSummary:
         with _unavailable_is_transient():
             days = day_range(since, until, self._day_bounds())
+            key = self._scoped(scope, days)
             whole: list[str] = []
             docs: dict[str, dict[str, Any]] = {}
             for day in days:
@@ -354,9 +373,11 @@ class MongoAuditStore:
                     whole.append(day)
                 else:  # an edge day: count its records in the period from its minute pages
                     part = self._records_between(max(since or day_start, day_start), min(until or day_end, day_end))
+                    part = [r for r in part if scope is None or scope.admits(r)]
                     rollups.apply(docs, rollups.deltas_for(part, []))
-            counts = rollups.summary_counts(self._prefetch([f"x:{d}" for d in whole]).get, whole)
-            edge = rollups.summary_counts(docs.get, days)
+            ids = [rollups.summary_doc(d, key) for d in whole]
+            counts = rollups.summary_counts(self._prefetch(ids).get, whole, key)
+            edge = rollups.summary_counts(docs.get, days, key)
         return summary_from_counts(counts, edge)
 
     def volumes(
@@ -391,10 +412,13 @@ class MongoAuditStore:
             days = day_range(since, until, self._day_bounds())
             return rollups.turnaround(self._prefetch(rollups.turnaround_ids(days, partner)).get, days, partner)
 
-    def stage_reasons(self, since: datetime | None, until: datetime | None) -> list[rollups.StageReasonCount]:
+    def stage_reasons(
+        self, since: datetime | None, until: datetime | None, scope: Scope | None = None
+    ) -> list[rollups.StageReasonCount]:
         with _unavailable_is_transient():
             days = day_range(since, until, self._day_bounds())
-            return rollups.stage_reasons(self._prefetch([f"x:{d}" for d in days]).get, days)
+            key = self._scoped(scope, days)
+            return rollups.stage_reasons(self._prefetch([rollups.summary_doc(d, key) for d in days]).get, days, key)
 
     def _prefetch(self, ids: list[str]) -> dict[str, dict[str, Any] | None]:
         """Counter documents, read concurrently: a month is 30 `_id` reads in about the time of a few."""

@@ -16,6 +16,7 @@ from services.audit import store as store_module
 from services.audit.counters import batch_id
 from services.audit.queries import EventFilter
 from services.audit.records import AuditRecord, build_record, to_datetime
+from services.audit.scopes import Scope, ScopeDenied
 from services.audit.store import MongoAuditStore
 from services.common.topics import Topics
 from tests.unit.audit.builders import PHI_DESCRIPTION, T0_MS, Instance, incoming, journey, quarantined
@@ -196,3 +197,28 @@ def test_a_month_of_one_key_is_read_from_its_month_document(
     counts.update_one({"_id": store_module.MONTHLY_FROM}, {"$set": {"from": "2026-01-03"}})
     older = MongoAuditStore(client[unique_name]["audit_events"])
     assert [r.day for r in older.volumes("org", *month, "trust-a")] == ["2026-01-01", "2026-01-02"]
+
+
+def test_a_scoped_summary_counts_only_what_the_scope_sees(
+    store: MongoAuditStore, client: MongoClient, unique_name: str
+) -> None:
+    mine_records = _records(_instances(3), spacing_ms=1000)  # trust-a to research-a
+    store.insert(mine_records)
+    other = [Instance(study="1.2.3.4", series="1.2.3.4.1", sop=f"1.2.3.4.1.{i}") for i in range(2)]
+    store.insert(_records(other, spacing_ms=1000, org="trust-z", partner="ai-c"))
+    store.insert([build_record(incoming(quarantined(TOPICS, Instance(sop="1.9"), T0_MS)), TOPICS, NOW)])
+    mine = store.summary(scope=Scope.parse("org:trust-a"))
+    assert mine.delivered_by_partner == {"research-a": 3} and mine.quarantined_by_reason == {"no-route": 1}
+    theirs = store.summary(scope=Scope.parse("partner:ai-c"))
+    assert theirs.delivered_by_partner == {"ai-c": 2} and theirs.events_by_type["outcome"] == 2
+    since = to_datetime(T0_MS + 1500)
+    edge = store.summary(since=since, scope=Scope.parse("org:trust-a"))
+    later = [r for r in mine_records if r["event_type"] == "outcome" and r["occurred_at"] >= since]
+    assert 0 < len(later) < 3 and edge.delivered_by_partner == {"research-a": len(later)}, "edge day: from pages"
+    assert store.stage_reasons(None, None, Scope.parse("org:trust-z")) == []
+    # Before scoped counts were kept the answer would be short: refused instead.
+    client[unique_name]["audit_events_counts"].update_one(
+        {"_id": store_module.MONTHLY_FROM}, {"$set": {"from": "2026-01-02"}}
+    )
+    with pytest.raises(ScopeDenied):
+        MongoAuditStore(client[unique_name]["audit_events"]).summary(scope=Scope.parse("org:trust-a"))

@@ -12,6 +12,7 @@ from typing import Any
 from services.audit import rollups
 from services.audit.queries import AuditSummary, Cursor, EventFilter, EventPage, cursor_after
 from services.audit.records import AuditRecord
+from services.audit.scopes import Scope
 from services.audit.store import day_range, matches, summary_from_counts, trail_of
 
 
@@ -55,7 +56,9 @@ class InMemoryAuditStore:
         days = sorted(rollups.day_of(r["occurred_at"]) for r in self.records.values())
         return (days[0], days[-1]) if days else None
 
-    def summary(self, since: datetime | None = None, until: datetime | None = None) -> AuditSummary:
+    def summary(
+        self, since: datetime | None = None, until: datetime | None = None, scope: Scope | None = None
+    ) -> AuditSummary:
         chosen = [
             r
             for r in self.records.values()
@@ -63,7 +66,8 @@ class InMemoryAuditStore:
         ]
         docs: dict[str, dict[str, Any]] = {}
         rollups.apply(docs, rollups.deltas_for(chosen, []))
-        return summary_from_counts(rollups.summary_counts(docs.get, day_range(since, until, self._bounds())))
+        key = None if scope is None or scope.everything else str(scope)
+        return summary_from_counts(rollups.summary_counts(docs.get, day_range(since, until, self._bounds()), key))
 
     def volumes(
         self, dimension: str, since: datetime | None, until: datetime | None, key: str | None = None
@@ -75,8 +79,11 @@ class InMemoryAuditStore:
     ) -> list[rollups.Turnaround]:
         return rollups.turnaround(self.counters.get, day_range(since, until, self._bounds()), partner)
 
-    def stage_reasons(self, since: datetime | None, until: datetime | None) -> list[rollups.StageReasonCount]:
-        return rollups.stage_reasons(self.counters.get, day_range(since, until, self._bounds()))
+    def stage_reasons(
+        self, since: datetime | None, until: datetime | None, scope: Scope | None = None
+    ) -> list[rollups.StageReasonCount]:
+        key = None if scope is None or scope.everything else str(scope)
+        return rollups.stage_reasons(self.counters.get, day_range(since, until, self._bounds()), key)
 
     def ping(self) -> bool:
         return self.reachable

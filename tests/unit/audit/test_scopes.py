@@ -111,12 +111,29 @@ def test_aggregates_are_restricted_to_the_scope_or_refused(app: TestClient) -> N
     status, turn = _get(app, "k-care-b", "/audit/turnaround")
     assert status == 200 and [p["partner_id"] for p in turn["partners"]] == ["care-b"]
     assert _get(app, "k-care-b", "/audit/turnaround", partner="research-a")[0] == 403
-    for key in ("k-trust-a", "k-care-b"):
-        assert _get(app, key, "/audit/summary")[0] == 403
-        assert _get(app, key, "/audit/quarantines")[0] == 403
+    assert _get(app, "k-trust-z", "/audit/quarantines")[1]["days"] == [], "trust-a's quarantine is not trust-z's"
     status, vols = _get(app, "k-all", "/audit/volumes", by="org")
     assert status == 200 and {d["key"] for d in vols["days"]} == {"trust-a", "trust-z"}
     assert _get(app, "k-all", "/audit/summary")[0] == 200 and _get(app, "k-all", "/audit/quarantines")[0] == 200
+
+
+def test_a_scoped_key_gets_the_summary_and_quarantines_of_what_it_sees(app: TestClient) -> None:
+    """Kept per organisation and per partner (`xs:` counters): a scoped key's own figures, nothing of
+    others'; everything's key still sees all."""
+    status, mine = _get(app, "k-trust-a", "/audit/summary")
+    assert status == 200 and mine["delivered_by_partner"] == {"care-b": 1, "research-a": 1}
+    assert mine["events_by_type"]["ingested"] == 1 and mine["quarantined_by_reason"] == {"no-route": 1}
+    status, theirs = _get(app, "k-trust-z", "/audit/summary")
+    assert status == 200 and theirs["delivered_by_partner"] == {"ai-c": 1} and theirs["quarantined_by_reason"] == {}
+    status, partner = _get(app, "k-care-b", "/audit/summary")
+    assert status == 200 and partner["delivered_by_partner"] == {"care-b": 1}
+    assert "ai-c" not in partner["delivered_by_partner"] and "research-a" not in partner["delivered_by_partner"]
+    status, everything = _get(app, "k-all", "/audit/summary")
+    assert everything["delivered_by_partner"] == {"ai-c": 1, "care-b": 1, "research-a": 1}
+    status, days = _get(app, "k-trust-a", "/audit/quarantines")
+    assert status == 200 and [(d["stage"], d["reason"], d["count"]) for d in days["days"]] == [
+        ("routing", "no-route", 1)
+    ]
 
 
 def test_every_query_is_recorded_with_who_asked_and_the_outcome(app: TestClient, log: MemoryAccessLog) -> None:
