@@ -162,6 +162,11 @@ class ReceiptReader:
             enable_auto_commit=False,
             metrics_enabled=False,
             group_id=None,
+            # The instrument should not weigh on what it measures (the broker's CPU is counted): with the
+            # defaults (1 byte, 500 ms) it made 180 of the 509 fetch requests of a 300-instance run (0.6 per
+            # instance). Latencies come from the receipts' own timestamps: reading them later changes none.
+            fetch_min_bytes=256 * 1024,
+            fetch_max_wait_ms=1000,
             **(client_config or {}),
         )
         partitions = [TopicPartition(topic, p) for p in self._consumer.partitions_for_topic(topic) or ()]
