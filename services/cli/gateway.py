@@ -74,6 +74,7 @@ def _settings(
     idle_exit: float | None = None,
     backoff_cap: float = 300.0,
     window: int = 50,
+    unreachable_cap: float = 30.0,
 ) -> GatewaySettings:
     from services.common.settings import ServiceSettings
     from services.common.topics import Topics, validate_partner_id
@@ -95,7 +96,12 @@ def _settings(
         dicomweb_key=dicomweb_key,
         state_dir=state_dir,
         topics=Topics(ServiceSettings().topic_prefix),
-        policy=RetryPolicy(max_attempts=max_attempts, cap_s=backoff_cap, initial_s=min(1.0, backoff_cap)),
+        policy=RetryPolicy(
+            max_attempts=max_attempts,
+            cap_s=backoff_cap,
+            initial_s=min(1.0, backoff_cap),
+            unreachable_cap_s=unreachable_cap,
+        ),
         idle_exit_s=idle_exit,
         window=window,
     )
@@ -124,6 +130,10 @@ def run(
         int, typer.Option(min=1, help="attempts the target answered before an instance is dead-lettered")
     ] = 10,
     backoff_cap: Annotated[float, typer.Option(min=0.05, help="longest wait between attempts, seconds")] = 300.0,
+    unreachable_cap: Annotated[
+        float,
+        typer.Option(min=0.05, help="longest wait between attempts while the target cannot be reached at all, seconds"),
+    ] = 30.0,
     idle_exit: Annotated[
         float | None, typer.Option(help="exit after this many seconds without new messages (tests; default: never)")
     ] = None,
@@ -153,6 +163,7 @@ def run(
         idle_exit,
         backoff_cap,
         window,
+        unreachable_cap,
     )
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its connection errors are our statuses
     stop = threading.Event()

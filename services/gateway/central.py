@@ -59,6 +59,9 @@ class CentralGatewaySettings(ServiceSettings):
     gateway_refresh_s: float = Field(5.0, gt=0, description="how often the partner list is re-read")
     gateway_max_attempts: int = Field(10, ge=1, description="attempts the target answered before a dead letter")
     gateway_backoff_cap_s: float = Field(300.0, gt=0, description="longest wait between attempts, seconds")
+    gateway_unreachable_cap_s: float = Field(
+        30.0, gt=0, description="longest wait between attempts while the target cannot be reached, seconds"
+    )
     gateway_window: int = Field(50, ge=1, description="in-flight window per partner")
     gateway_restart_s: float = Field(10.0, gt=0, description="pause before a stopped worker is started again")
 
@@ -163,6 +166,7 @@ class PartnerWorker:
                     max_attempts=s.gateway_max_attempts,
                     cap_s=s.gateway_backoff_cap_s,
                     initial_s=min(1.0, s.gateway_backoff_cap_s),
+                    unreachable_cap_s=s.gateway_unreachable_cap_s,
                 ),
                 window=s.gateway_window,
             )

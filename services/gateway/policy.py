@@ -13,27 +13,41 @@ class RetryPolicy:
     """`max_attempts` counts attempts the target or the source answered (a 0xA700, a 5xx, a digest
     mismatch); waiting for a target that cannot be reached at all spends none of them. Integrity
     failures (wrong SHA-256 or size) get at most `integrity_attempts`: a torn read heals in one or
-    two tries, a wrong object does not."""
+    two tries, a wrong object does not.
+
+    Waiting for an unreachable target (connection refused, association rejected, a timeout) is capped
+    at `unreachable_cap_s` (never above `cap_s`): nothing is spent by trying, and with the longer cap
+    a PACS back after a 10-minute outage went unnoticed for up to 5 minutes."""
 
     max_attempts: int = 10
     initial_s: float = 1.0
     cap_s: float = 300.0
     jitter_s: float = 1.0
     integrity_attempts: int = 3
+    unreachable_cap_s: float = 30.0
     _wait: wait_exponential_jitter = field(init=False, repr=False, compare=False)
+    _wait_unreachable: wait_exponential_jitter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if self.unreachable_cap_s <= 0:
+            raise ValueError("unreachable_cap_s must be positive")
         wait = wait_exponential_jitter(multiplier=self.initial_s, max=self.cap_s, exp_base=2, jitter=self.jitter_s)
         object.__setattr__(self, "_wait", wait)
+        unreachable_cap = min(self.cap_s, self.unreachable_cap_s)
+        unreachable = wait_exponential_jitter(
+            multiplier=self.initial_s, max=unreachable_cap, exp_base=2, jitter=self.jitter_s
+        )
+        object.__setattr__(self, "_wait_unreachable", unreachable)
 
-    def delay_s(self, attempt: int) -> float:
+    def delay_s(self, attempt: int, unreachable: bool = False) -> float:
         """Seconds to wait after the `attempt`-th failure (1-based): initial·2^(attempt-1) plus up to
-        `jitter_s` at random, never more than `cap_s`."""
+        `jitter_s` at random, never more than `cap_s` (`unreachable_cap_s` when the target could not
+        be reached)."""
         state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = max(1, attempt)
-        return float(self._wait(state))
+        return float((self._wait_unreachable if unreachable else self._wait)(state))
 
     def gives_up(self, attempts: int, integrity: bool = False) -> bool:
         limit = min(self.max_attempts, self.integrity_attempts) if integrity else self.max_attempts

@@ -308,7 +308,7 @@ class Gateway:
             policy = self._options.policy
             if result.unavailable:
                 waits += 1
-                delay = policy.delay_s(waits)
+                delay = policy.delay_s(waits, unreachable=True)
                 self.counters.waiting = f"unreachable ({result.status_detail}), retrying in {delay:.0f} s"
             else:
                 answered += 1
