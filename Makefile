@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup proto lint unit test up stop run bench bench-deid bench-audit chaos clean
+.PHONY: setup proto lint unit test up stop run bench profile bench-deid bench-audit chaos clean
 
 setup:
 	bash infra/setup.sh
@@ -38,6 +38,11 @@ run: setup
 # Last line is JSON. BENCH_ARGS=--skip-orthanc for a quick run.
 bench: setup
 	$(PY) -m tools.bench $(BENCH_ARGS)
+
+# `make bench` with every service (and the bench's gateway) sampled by py-spy for the whole run: flame graphs
+# in var/profile/<service>.svg, collapsed stacks beside them (<service>.txt). BENCH_ARGS as for bench.
+profile: setup
+	$(PY) -m tools.profile -- $(BENCH_ARGS)
 
 # De-identification throughput on one core: imx vs dicognito vs pydicom's deid, each tool in its own
 # virtual environment under var/bench-venv (never the project's). N = IMX_BENCH_INSTANCES (default
