@@ -48,14 +48,23 @@ def _body_offset(data: bytes) -> int:
     return 132 + 12 + group_length
 
 
-def deflate_bomb(inflated_bytes: int) -> bytes:
-    """A valid header followed by a Pixel Data element of zeros, all deflated (PS3.5 A.5)."""
+PIXEL_DATA = struct.pack("<HH2sH", 0x7FE0, 0x0010, b"OB", 0)
+# A private element after the header, as tools/chaos_inputs.py makes its bombs: a header-only read
+# does not stop before it, so its value must be skipped, not read.
+PRIVATE_FILLER = (
+    struct.pack("<HH2sH", 0x7FD1, 0x0010, b"LO", 10) + b"IMX TEST  " + struct.pack("<HH2sH", 0x7FD1, 0x1010, b"OB", 0)
+)
+
+
+def deflate_bomb(inflated_bytes: int, filler: bytes = PIXEL_DATA) -> bytes:
+    """A valid header followed by an element of zeros (Pixel Data unless `filler` says otherwise),
+    all deflated (PS3.5 A.5)."""
     plain = dataset_to_bytes(_dataset(ExplicitVRLittleEndian))
     deflated = dataset_to_bytes(_dataset(DeflatedExplicitVRLittleEndian))
     meta = deflated[: _body_offset(deflated)]
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     parts = [compressor.compress(plain[_body_offset(plain) :])]
-    parts.append(compressor.compress(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_bytes)))
+    parts.append(compressor.compress(filler + struct.pack("<I", inflated_bytes)))
     zeros = bytes(MIB)
     for _ in range(inflated_bytes // MIB):
         parts.append(compressor.compress(zeros))
@@ -108,6 +117,20 @@ def test_a_deflated_instance_within_the_limit_is_accepted() -> None:
     data = deflate_bomb(2 * MIB)
     header = inspect_instance(data, LIMIT, InputLimits(max_inflated_bytes=8 * MIB))
     assert header.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+
+
+@pytest.mark.parametrize("filler", [PIXEL_DATA, PRIVATE_FILLER], ids=["pixel-data", "private-element"])
+def test_a_large_deflated_instance_within_the_limit_is_inspected_in_bounded_memory(filler: bytes) -> None:
+    data = deflate_bomb(300 * MIB, filler)
+    tracemalloc.start()
+    try:
+        header = inspect_instance(data, LIMIT, InputLimits())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert header.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    assert header.sop_instance_uid and header.modality == "CT"
+    assert peak < 64 * MIB, f"inspecting a 300 MiB deflated instance held {peak // MIB} MiB"
 
 
 def test_inflating_stops_at_the_limit_and_returns_everything_below_it() -> None:

@@ -13,13 +13,14 @@ here. Error messages carry a reason and a detail (an attribute keyword or a limi
 
 Pixel data are never decoded, but their length is checked, so a file cut short is refused. The
 input may be a memory map of a file on disk (`ByteSource`): only the header's pages are read, so an
-instance of any size is inspected in a few kilobytes of memory (a deflated one excepted: it is
-inflated, within `InputLimits`).
+instance of any size is inspected in a few kilobytes of memory. A deflated one too: its body is
+inflated a piece at a time into a temporary file, which is read through a memory map the same way.
 
-Bounded work for any input (`InputLimits`). pydicom inflates a deflated data set whole, with no
-limit, and reads nested sequences recursively; so a deflated body is first inflated here, in
-chunks, up to a limit ("inflated-too-large"), and the element stream is walked without recursion
-to refuse sequences nested deeper than a limit ("too-deep") before pydicom or a later stage reads it.
+Bounded work for any input (`InputLimits`). pydicom inflates a deflated data set whole in memory,
+with no limit, and reads nested sequences recursively; so a deflated body is inflated here, in
+pieces, to a temporary file and up to a limit ("inflated-too-large"); the element stream is walked
+without recursion to refuse sequences nested deeper than a limit ("too-deep"); and pydicom is given
+the inflated data set, its large values left unread (`defer_size`), never the deflated one.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from __future__ import annotations
 import mmap
 import re
 import struct
+import tempfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
 from types import MappingProxyType
@@ -38,7 +41,8 @@ from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
@@ -73,6 +77,11 @@ _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _MAY_BE_UNDEFINED = frozenset({b"SQ", b"OB", b"OW", b"UN"})  # PS3.5 7.1.2
 _INFLATE_INPUT_CHUNK = 64 * 1024
 _INFLATE_OUTPUT_CHUNK = 1024 * 1024
+# A deflated data set this small is read from memory; a larger one from a memory-mapped file.
+_INFLATED_IN_MEMORY = 4 * 1024 * 1024
+# Values larger than this are skipped, not read, when the inflated header is parsed: none of the
+# attributes read here comes near it, and a bomb's filler element would otherwise be read whole.
+_DEFER_SIZE = 64 * 1024
 GIB = 1024**3
 
 
@@ -139,11 +148,8 @@ def inspect_instance(data: ByteSource, max_bytes: int, limits: InputLimits = DEF
     try:
         transfer_syntax, body = _check_prefix(data)
         if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-            inflated = inflate_bounded(memoryview(data)[body:], limits.max_inflated_bytes)
-            _check_sequence_depth(inflated, 0, transfer_syntax, limits.max_sequence_depth)
-            del inflated  # pydicom inflates its own copy, now known to be bounded
-        else:
-            _check_sequence_depth(data, body, transfer_syntax, limits.max_sequence_depth)
+            return _header(_read_deflated(data, body, limits), data, 0, transfer_syntax)
+        _check_sequence_depth(data, body, transfer_syntax, limits.max_sequence_depth)
         fp = _stream(data)
         ds = dcmread(fp, stop_before_pixels=True, force=False)
         return _header(ds, data, fp.tell(), transfer_syntax)
@@ -151,6 +157,48 @@ def inspect_instance(data: ByteSource, max_bytes: int, limits: InputLimits = DEF
         raise
     except Exception as exc:  # pydicom raises many types on bad input; all mean the same here
         raise InvalidInstance("not-dicom") from exc
+
+
+def _read_deflated(data: ByteSource, body: int, limits: InputLimits) -> Dataset:
+    """The header of a deflated data set (PS3.5 A.5), parsed from its inflated copy on disk.
+
+    pydicom would read the deflated body and inflate it whole in memory, so it is handed the file
+    meta group and the inflated data set separately; values over `_DEFER_SIZE` are skipped unread.
+    """
+    meta = dcmread(BytesIO(bytes(data[:body])), force=False).file_meta  # stops at the empty data set
+    with _inflated(memoryview(data)[body:], limits.max_inflated_bytes) as inflated:
+        _check_sequence_depth(inflated, 0, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, limits.max_sequence_depth)
+        fp = _stream(inflated)
+        dataset = read_dataset(fp, False, True, stop_when=_at_pixel_data, defer_size=_DEFER_SIZE)
+    ds = FileDataset("", dataset, preamble=None, file_meta=meta, is_implicit_VR=False, is_little_endian=True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+
+def _at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
+    return tag in _PIXEL_TAGS
+
+
+@contextmanager
+def _inflated(deflated: memoryview, limit: int) -> Iterator[ByteSource]:
+    """The inflated data set: in memory when small, else a read-only memory map of a temporary file
+    (the page cache holds it, not this process; only the pages read become resident)."""
+    with tempfile.TemporaryFile(prefix="imx-inflated-") as file:
+        head = bytearray()
+        for piece in _inflate_pieces(deflated, limit):
+            if file.tell() or len(head) + len(piece) > _INFLATED_IN_MEMORY:
+                if head:
+                    file.write(head)
+                    head = bytearray()
+                file.write(piece)
+            else:
+                head += piece
+        if not file.tell():
+            yield head
+            return
+        file.flush()
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            yield mapped
 
 
 def _stream(data: ByteSource) -> BinaryIO:
@@ -214,21 +262,35 @@ def _check_prefix(data: ByteSource) -> tuple[str, int]:
 
 
 def inflate_bounded(deflated: bytes | memoryview, limit: int) -> bytearray:
-    """Inflate raw deflate (RFC 1951, as PS3.5 A.5 uses it) a chunk at a time; refuse past `limit` bytes.
+    """Inflate raw deflate (RFC 1951, as PS3.5 A.5 uses it) whole; refuse past `limit` bytes."""
+    out = bytearray()
+    for piece in _inflate_pieces(memoryview(deflated), limit):
+        out += piece
+    return out
+
+
+def _inflate_pieces(deflated: bytes | memoryview, limit: int) -> Iterator[bytes]:
+    """Inflate raw deflate a piece at a time; raise "inflated-too-large" past `limit` bytes in all.
 
     Input is fed in small pieces so that zlib's unconsumed tail, which it copies, stays small; output
-    is asked for in pieces so that no more than `limit` plus one piece is ever held.
+    is asked for in pieces of at most `_INFLATE_OUTPUT_CHUNK`, so the caller decides what is kept.
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    out = bytearray()
     view = memoryview(deflated)
+    total = 0
+
+    def counted(piece: bytes) -> bytes:
+        nonlocal total
+        total += len(piece)
+        if total > limit:
+            raise InvalidInstance("inflated-too-large", str(limit))
+        return piece
+
     try:
         for start in range(0, len(view), _INFLATE_INPUT_CHUNK):
             pending: bytes | memoryview = view[start : start + _INFLATE_INPUT_CHUNK]
             while pending and not inflater.eof:
-                out += inflater.decompress(pending, _INFLATE_OUTPUT_CHUNK)
-                if len(out) > limit:
-                    raise InvalidInstance("inflated-too-large", str(limit))
+                yield counted(inflater.decompress(pending, _INFLATE_OUTPUT_CHUNK))
                 pending = inflater.unconsumed_tail
             if inflater.eof:
                 break
@@ -236,15 +298,10 @@ def inflate_bounded(deflated: bytes | memoryview, limit: int) -> bytearray:
             held = inflater.decompress(b"", _INFLATE_OUTPUT_CHUNK)
             if not held:
                 break
-            out += held
-            if len(out) > limit:
-                raise InvalidInstance("inflated-too-large", str(limit))
-        out += inflater.flush()
+            yield counted(held)
+        yield counted(inflater.flush())
     except zlib.error:
         raise InvalidInstance("not-dicom") from None
-    if len(out) > limit:
-        raise InvalidInstance("inflated-too-large", str(limit))
-    return out
 
 
 def _check_sequence_depth(data: ByteSource, offset: int, transfer_syntax: str, limit: int) -> None:
