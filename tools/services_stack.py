@@ -33,7 +33,7 @@ from tools.devstack import (
     start_process,
 )
 from tools.devstack.cli import kafka_admin_config
-from tools.devstack.credentials import control_token_file, password, password_file
+from tools.devstack.credentials import control_token_file, password, password_file, retrieval_key_file
 from tools.devstack.servers import mongo_uri
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +151,8 @@ def service_env(
         }
     )
     env.update({var: str(port) for var, port in replica.ports.other})
+    if name == "delivery":  # every replica signs and verifies retrieval references with the same key
+        env.setdefault("IMX_DELIVERY_RETRIEVAL_KEY_FILE", str(retrieval_key_file(layout.var)))
     # The control plane's first administrator: var/secrets/control-token, unless the caller names its own.
     env.setdefault("IMX_CONTROL_BOOTSTRAP_TOKEN_FILE", str(control_token_file(layout.var)))
     return env

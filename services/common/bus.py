@@ -139,14 +139,21 @@ def _create_missing_topics(
 class BusProducer:
     """Publishes batches and returns only when the broker acknowledged all of them."""
 
-    def __init__(self, bootstrap: str, client_id: str = "imx", client_config: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        client_id: str = "imx",
+        client_config: Mapping[str, str] | None = None,
+        linger_ms: int = 5,
+    ) -> None:
         self._producer = KafkaProducer(
             **(client_config or {}),
             bootstrap_servers=bootstrap,
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
+            # `publish` flushes, so this matters only for `publish_soon`: how long its messages wait for company.
+            linger_ms=linger_ms,
             batch_size=256 * 1024,
             max_request_size=MAX_MESSAGE_BYTES,
             retries=2**31 - 1,
@@ -179,6 +186,26 @@ class BusProducer:
                 future.get(timeout=timeout_s)
         except KafkaError as exc:
             raise _publish_error(exc) from exc
+
+    def publish_soon(self, messages: Sequence[OutgoingMessage], on_error: Callable[[BaseException], None]) -> None:
+        """Hand messages to the producer without waiting for the broker: they leave with the next batch
+        (after `linger_ms`, or at the next `publish`, or at `close`), many in one produce request, still
+        acks=all and idempotent. For records of facts that nothing downstream of the caller waits on and
+        whose loss the caller only reports (a partner's retrieval, recorded after its answer went out);
+        never for a stage's outputs, whose offsets are committed only after `publish` returned. A message
+        the broker does not take is passed to `on_error` (on the producer's I/O thread)."""
+        for message in messages:
+            headers = dict(message.headers)
+            if "traceparent" not in headers:
+                headers = inject_trace_headers(headers)
+            try:
+                future = self._producer.send(
+                    message.topic, value=message.value, key=message.key, headers=list(headers.items())
+                )
+            except KafkaError as exc:
+                on_error(_publish_error(exc))
+                continue
+            future.add_errback(on_error)
 
     def close(self) -> None:
         self._producer.close()

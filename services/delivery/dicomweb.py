@@ -57,6 +57,8 @@ from services.delivery.dicomweb_request import (
     query_criteria,
     query_page,
 )
+from services.delivery.retrieval_refs import QUERY_PARAM as REF_PARAM
+from services.delivery.retrieval_refs import RetrievalRefs
 from services.proto_gen.imx.v1.events_pb2 import PartnerRetrieval
 
 log = logging.getLogger(__name__)
@@ -70,11 +72,13 @@ def create_partner_app(
     public_url: Callable[[], str] | None = None,
     prefix: str = "/dicomweb",
     clock: Callable[[], int] = now_ms,
+    refs: RetrievalRefs | None = None,
 ) -> FastAPI:
     """The API. `partner_for_key`: a Bearer key -> partner id (None: not a key), cached by the caller;
     `blob_path`: SHA-256 -> the object's file; `record_retrieval`: publishes one event per request;
     `public_url`: the base partners use (RetrieveURL in QIDO results; a function, as the port may be
-    known only once bound), None: as the request came."""
+    known only once bound), None: as the request came. `refs`: verifies the signed retrieval references
+    delivery puts on partners' feeds, so an instance fetched by one is served without reading `delivered`."""
     ctx = RequestContext(delivered, blob_path, record_retrieval, clock, public_url, prefix)
     app = FastAPI(title="imx partner DICOMweb", openapi_url=f"{prefix}/openapi.json", docs_url=None, redoc_url=None)
 
@@ -88,6 +92,20 @@ def create_partner_app(
         return partner_id
 
     Partner = Annotated[str, Depends(partner)]
+
+    def signed_instance(
+        request: Request, partner_id: str, study: str, series: str, sop: str
+    ) -> DeliveredInstance | None:
+        """The instance a signed retrieval reference names, when it verifies for this partner and path
+        (services/delivery/retrieval_refs.py); otherwise None, and the index is asked as without one."""
+        if refs is None:
+            return None
+        signed = refs.verify(request.query_params.get(REF_PARAM), partner_id, study, series, sop)
+        if signed is None:
+            return None
+        return DeliveredInstance(
+            partner_id, study, series, sop, "", signed.transfer_syntax_uid, signed.sha256, signed.size, ""
+        )
 
     @app.exception_handler(Unauthenticated)
     def unauthenticated(_request: Request, error: Unauthenticated) -> Response:
@@ -197,7 +215,9 @@ def create_partner_app(
         def work() -> Response:
             check_uids(study, series, sop)
             retrieval.study_uid, retrieval.series_uid, retrieval.sop_uid = study, series, sop
-            item = delivered.instance(partner_id, study, series, sop)
+            item = signed_instance(request, partner_id, study, series, sop) or delivered.instance(
+                partner_id, study, series, sop
+            )
             return retrieve(retrieval, request, [item] if item else [], single=True)
 
         return answer(retrieval, work)

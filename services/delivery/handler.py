@@ -17,6 +17,7 @@ from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance, StoredReceipt
+from services.delivery.retrieval_refs import QUERY_PARAM, RetrievalRefs, SignedObject
 from services.proto_gen.imx.v1 import events_pb2
 
 
@@ -43,12 +44,23 @@ def delivery_pattern(topics: Topics) -> str:
     return "^(?:" + prepared + "|" + topics.receipts_pattern[1:-1] + ")$"
 
 
-def retrieval_url(base: str, instance: events_pb2.InstanceRef) -> str:
-    """WADO-RS URL of one instance (PS3.18 10.4.1.1.3) under the partners' DICOMweb base."""
-    return (
+def retrieval_url(base: str, instance: events_pb2.InstanceRef, ref: str = "") -> str:
+    """WADO-RS URL of one instance (PS3.18 10.4.1.1.3) under the partners' DICOMweb base; with `ref`, a
+    signed retrieval reference (services/delivery/retrieval_refs.py) as its query."""
+    url = (
         f"{base}/studies/{instance.study_instance_uid}/series/{instance.series_instance_uid}"
         f"/instances/{instance.sop_instance_uid}"
     )
+    return f"{url}?{QUERY_PARAM}={ref}" if ref else url
+
+
+def signed_ref(refs: RetrievalRefs | None, prepared: events_pb2.InstancePrepared) -> str:
+    """The token that lets the partner's fetch of this delivery skip the delivered index ("" unsigned)."""
+    if refs is None:
+        return ""
+    i = prepared.instance
+    signed = SignedObject(prepared.blob.sha256, prepared.blob.size, i.transfer_syntax_uid)
+    return refs.token(prepared.partner_id, i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, signed)
 
 
 def delivered_instance(delivery: events_pb2.PartnerDelivery, source_sha256: str = "") -> DeliveredInstance:
@@ -78,6 +90,7 @@ def deliver_event(
     topics: Topics,
     dicomweb_base: str,
     clock: Callable[[], int] = now_ms,
+    refs: RetrievalRefs | None = None,
 ) -> tuple[list[OutgoingMessage], events_pb2.PartnerDelivery | None]:
     """The messages to publish, and the delivery to record (None when nothing is delivered)."""
     study = prepared.source_instance.study_instance_uid
@@ -108,7 +121,7 @@ def deliver_event(
         profile_version=prepared.profile_version,
         route_id=prepared.route_id,
         priority=prepared.priority,
-        retrieval_url=retrieval_url(dicomweb_base, prepared.instance),
+        retrieval_url=retrieval_url(dicomweb_base, prepared.instance, signed_ref(refs, prepared)),
     )
     outcome = _outcome(prepared, events_pb2.DELIVERY_STATUS_DELIVERED, partner_topic, "", clock)
     # Keyed by the delivered study UID: the partner never sees the original when it was remapped.
@@ -156,6 +169,7 @@ class DeliveryHandler:
         dicomweb_base: str,
         mark: Callable[[list[StoredReceipt]], None] = lambda receipts: None,
         clock: Callable[[], int] = now_ms,
+        refs: RetrievalRefs | None = None,
     ) -> None:
         self._partner_known = partner_known
         self._topics = topics
@@ -164,6 +178,7 @@ class DeliveryHandler:
         self._base = dicomweb_base
         self._clock = clock
         self._mark = mark
+        self._refs = refs
         self._pending: list[DeliveredInstance] = []
         self._receipts: list[StoredReceipt] = []
 
@@ -178,7 +193,7 @@ class DeliveryHandler:
         known = self._partner_known(prepared.partner_id)
         if known:
             self._ensure_partner_topic(prepared.partner_id)
-        outputs, delivery = deliver_event(prepared, known, self._topics, self._base, self._clock)
+        outputs, delivery = deliver_event(prepared, known, self._topics, self._base, self._clock, self._refs)
         if delivery is not None:
             self._pending.append(delivered_instance(delivery, prepared.source_blob.sha256))
         return outputs

@@ -19,7 +19,7 @@ from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
 from services.delivery.completeness import CompletenessSweep
 from services.delivery.delivered import DeliveredObjects
-from services.delivery.dicomweb_wiring import start_partner_api
+from services.delivery.dicomweb_wiring import RETRIEVALS_LINGER_MS, start_partner_api
 from services.delivery.handler import DeliveryHandler, delivery_pattern
 from services.delivery.partners import PartnerCache, PartnerSignIn, register_partner_admin
 from services.delivery.retention_watch import KafkaBacklogReader, RetentionWatch
@@ -90,9 +90,13 @@ def serve(
     # The retrieval API's audit events and the StudyComplete announcements go through a producer of
     # their own: the stage's producer belongs to the consumer loop's batches.
     retrievals = BusProducer(
-        settings.kafka_bootstrap, client_id="imx-delivery-dicomweb", client_config=kafka_client_config(settings)
+        settings.kafka_bootstrap,
+        client_id="imx-delivery-dicomweb",
+        client_config=kafka_client_config(settings),
+        linger_ms=RETRIEVALS_LINGER_MS,
     )
-    api = start_partner_api(settings, db, blobs, retrievals, topics)
+    refs = settings.retrieval_refs()
+    api = start_partner_api(settings, db, blobs, retrievals, topics, refs)
     base = settings.dicomweb_base(api.port)
     sweep = CompletenessSweep(delivered, retrievals.publish, topics, settings.study_quiet_s)
     sweep_stop = threading.Event()
@@ -135,7 +139,7 @@ def serve(
                 name="delivery", group_id=f"{settings.topic_prefix}imx-delivery", pattern=delivery_pattern(topics)
             ),
             lambda _producer, t: DeliveryHandler(
-                cache.is_known, t, partner_topics.ensure, delivered.record, base, mark=delivered.mark
+                cache.is_known, t, partner_topics.ensure, delivered.record, base, mark=delivered.mark, refs=refs
             ),
             control_auth(db, settings.control_bootstrap_token_file),
             extra_servicers=[

@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.blob_lifecycle import DEFAULT_RETENTION_S
 from services.common.settings import ServiceSettings
+from services.delivery.retrieval_refs import RetrievalRefs
 
 
 def _env(name: str) -> AliasChoices:
@@ -81,6 +82,21 @@ class DeliverySettings(ServiceSettings):
         validation_alias=_env("RETENTION_WARN_FRACTIONS"),
         description="warn when the oldest unread message has used these fractions of the retention (JSON list)",
     )
+
+    retrieval_key_file: Path | None = Field(
+        None,
+        validation_alias=_env("RETRIEVAL_KEY_FILE"),
+        description=(
+            "secret (at least 32 bytes) that signs the retrieval references on partners' feeds, so a partner's"
+            " fetch of one is served without a database read; the same file for every delivery replica;"
+            " none: references unsigned, every fetch looks the object up"
+        ),
+    )
+
+    def retrieval_refs(self) -> RetrievalRefs | None:
+        """Signer and verifier of retrieval references; None without a key file. A file that cannot be read
+        or is too short stops the service at start."""
+        return RetrievalRefs.from_file(self.retrieval_key_file) if self.retrieval_key_file else None
 
     def dicomweb_base(self, bound_port: int | None = None) -> str:
         """The base URL put into each PartnerDelivery's retrieval_url (no trailing slash)."""

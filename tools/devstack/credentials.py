@@ -42,3 +42,12 @@ def control_token_file(var: Path) -> Path:
     if not path.exists() or not path.read_text().strip():
         write_private(path, issue_api_key(TOKEN_PREFIX))
     return path
+
+
+def retrieval_key_file(var: Path) -> Path:
+    """The key that signs delivery's retrieval references (services/delivery/retrieval_refs.py), made if
+    missing; every delivery replica of the deployment reads the same file."""
+    path = secrets_dir(var) / "delivery-retrieval-key"
+    if not path.exists() or len(path.read_bytes().strip()) < 32:
+        write_private(path, secrets.token_hex(32))
+    return path

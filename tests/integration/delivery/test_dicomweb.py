@@ -17,6 +17,7 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import FileDataset
+from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 
 from services.common.blob_store import LocalBlobStore
@@ -25,8 +26,9 @@ from services.common.dicom.part10 import dataset_to_bytes, read_dataset
 from services.common.dicom.synthetic import generate_study
 from services.common.stores.partners import Partner, PartnerStore
 from services.common.topics import Topics
-from services.delivery.delivered import DeliveredInstance, DeliveredObjects
+from services.delivery.delivered import INSTANCES, DeliveredInstance, DeliveredObjects
 from services.delivery.dicomweb_wiring import start_partner_api
+from services.delivery.retrieval_refs import QUERY_PARAM, RetrievalRefs, SignedObject
 from services.delivery.settings import DeliverySettings
 from services.proto_gen.imx.v1.events_pb2 import PartnerRetrieval
 from tests.integration.bus_helpers import read_all
@@ -280,6 +282,117 @@ def test_every_request_after_sign_in_is_one_retrieval_event(api: Api) -> None:
     )
     assert all(e.meta.event_id and e.meta.occurred_at_ms > 0 for e in events)
     assert len({e.meta.event_id for e in events}) == 5
+
+
+class CountingProducer(BusProducer):
+    """Counts how retrieval events are handed over: `publish` waits for the broker, `publish_soon` does not."""
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__(bootstrap, client_id="t-dicomweb-count", linger_ms=200)
+        self.waited = 0
+        self.handed = 0
+
+    def publish(self, messages, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+        self.waited += 1
+        super().publish(messages, timeout_s)
+
+    def publish_soon(self, messages, on_error) -> None:  # type: ignore[no-untyped-def]
+        self.handed += 1
+        super().publish_soon(messages, on_error)
+
+
+def test_retrieval_events_are_not_waited_for_one_by_one(api: Api, db: Database, tmp_path: Path) -> None:
+    """A gateway fetching ahead makes several retrievals at once: each is still one event, but none waits
+    for its own broker acknowledgement (one flush, one produce request, per retrieval before)."""
+    producer = CountingProducer(api.bootstrap)
+    settings = DeliverySettings(http_host="127.0.0.1", http_port=0, kafka_bootstrap=api.bootstrap)
+    server = start_partner_api(settings, db, api.blobs, producer, api.topics)
+    try:
+        base = f"http://127.0.0.1:{server.port}/dicomweb"
+        headers = {"Authorization": f"Bearer {api.keys['hosp-a']}"}
+        for stored in api.study:
+            item = stored.item
+            url = f"{base}/studies/{item.study_uid}/series/{item.series_uid}/instances/{item.sop_uid}"
+            assert requests.get(url, headers=headers, timeout=30).status_code == 200
+        events = api.events(len(api.study), timeout_s=10)
+    finally:
+        server.stop()
+        producer.close()
+    assert (producer.waited, producer.handed) == (0, len(api.study))
+    assert sorted(e.sop_instance_uid for e in events if e.action == "instance") == sorted(
+        s.item.sop_uid for s in api.study
+    )
+
+
+class CommandCounter(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.finds: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.finds.append(str(event.command.get("find")))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_signed_reference_is_served_without_reading_the_index(api: Api, db: Database, mongo_uri: str) -> None:
+    """A fetch of the URL delivery put on the partner's feed costs no database read (the key lookup is
+    cached); any other partner, path or token falls back to the index, with the same answers as before."""
+    counter = CommandCounter()
+    client: MongoClient = MongoClient(mongo_uri, event_listeners=[counter])
+    refs = RetrievalRefs(b"s" * 32)
+    producer = BusProducer(api.bootstrap, client_id="t-dicomweb-signed")
+    settings = DeliverySettings(http_host="127.0.0.1", http_port=0, kafka_bootstrap=api.bootstrap)
+    server = start_partner_api(settings, client[db.name], api.blobs, producer, api.topics, refs)
+    base = f"http://127.0.0.1:{server.port}/dicomweb"
+
+    def get(url: str, partner: str) -> requests.Response:
+        return requests.get(url, headers={"Authorization": f"Bearer {api.keys[partner]}"}, timeout=30)
+
+    def signed_url(item: DeliveredInstance, partner: str = "hosp-a") -> str:
+        ref = refs.token(
+            partner,
+            item.study_uid,
+            item.series_uid,
+            item.sop_uid,
+            SignedObject(item.sha256, item.size, item.transfer_syntax_uid),
+        )
+        return f"{base}/studies/{item.study_uid}/series/{item.series_uid}/instances/{item.sop_uid}?{QUERY_PARAM}={ref}"
+
+    try:
+        get(signed_url(api.study[0].item), "hosp-a")  # the key lookup, then cached
+        get(signed_url(api.other[0].item, "research-b"), "research-b")
+        counter.finds.clear()
+        for stored in api.study:
+            response = get(signed_url(stored.item), "hosp-a")
+            assert (response.status_code, response.content) == (200, stored.data)
+        assert counter.finds.count(INSTANCES) == 0, "no index read for a signed reference"
+
+        first = api.study[0].item
+        unknown = f"{base}/studies/{first.study_uid}/series/{first.series_uid}/instances/1.2.3.4"
+        theirs, missing = get(signed_url(first), "research-b"), get(unknown, "research-b")
+        assert (theirs.status_code, theirs.content) == (missing.status_code, missing.content)
+        assert theirs.status_code == 404
+        assert counter.finds.count(INSTANCES) == 2, "another partner's reference is looked up, like any"
+
+        counter.finds.clear()
+        edited = signed_url(first).replace(f"_{first.size}_", f"_{first.size + 1}_")
+        response = get(edited, "hosp-a")
+        assert (response.status_code, response.content) == (200, api.study[0].data), "an edited token: the index"
+        assert counter.finds.count(INSTANCES) == 1
+
+        api.blobs.path_for(first.sha256).unlink()
+        assert get(signed_url(first), "hosp-a").status_code == 410, "a signed object whose blob is gone"
+        events = api.events(len(api.study) + 6, timeout_s=20)
+    finally:
+        server.stop()
+        producer.close()
+        client.close()
+    assert sum(e.partner_id == "hosp-a" and e.http_status == 200 for e in events) == len(api.study) + 2
 
 
 def _peak_rss_bytes() -> int:

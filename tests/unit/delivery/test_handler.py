@@ -7,6 +7,7 @@ from services.common.messages import IncomingMessage
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance, StoredReceipt
 from services.delivery.handler import DeliveryHandler, deliver_event, delivery_pattern
+from services.delivery.retrieval_refs import RetrievalRefs
 from services.proto_gen.imx.v1 import events_pb2
 
 BASE = "https://imx.example.org/dicomweb"
@@ -33,6 +34,23 @@ def _prepared(size: int = 3, priority: int = events_pb2.PRIORITY_CLASS_URGENT) -
         deidentified=True,
         priority=priority,  # type: ignore[arg-type]
     )
+
+
+def test_with_a_key_the_reference_is_signed_for_the_partner_path_and_object_and_replays_identically() -> None:
+    refs = RetrievalRefs(b"k" * 32)
+    (partner, _), delivery = deliver_event(_prepared(), True, Topics(), BASE, clock=lambda: 99, refs=refs)
+    assert delivery is not None
+    url, _, query = delivery.retrieval_url.partition("?ref=")
+    assert url == f"{BASE}/studies/2.25.9/series/2.25.11/instances/2.25.10"
+    signed = refs.verify(query, "lab", "2.25.9", "2.25.11", "2.25.10")
+    assert signed is not None
+    assert (signed.sha256, signed.size, signed.transfer_syntax_uid) == (
+        delivery.blob.sha256,
+        delivery.blob.size,
+        delivery.instance.transfer_syntax_uid,
+    )
+    (again, _), _ = deliver_event(_prepared(), True, Topics(), BASE, clock=lambda: 99, refs=refs)
+    assert again.value == partner.value, "a replay publishes the same bytes"
 
 
 def test_the_partner_gets_a_reference_to_fetch_and_an_outcome_is_recorded() -> None:
