@@ -38,13 +38,15 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from services.ingest.acceptance import Acceptance, Channel
+from services.ingest.acceptance import Acceptance, AcceptanceResult, Channel
 from services.ingest.calling_aets import CallingAeTitles
 from services.ingest.errors import IngestUnavailable
+from services.ingest.missing_data_sets import MissingDataSets
 from services.ingest.settings import IngestSettings
 from services.ingest.status_codes import (
     NOT_AUTHORIZED,
@@ -96,17 +98,28 @@ class StoreHandler:
         self._calling_aets = calling_aets
 
     def __call__(self, event: Event) -> Dataset:
-        calling_ae = event.assoc.requestor.ae_title.strip()
+        def accept(org: str) -> AcceptanceResult:
+            received = _received_file(event)
+            if received is None:
+                return self._acceptance.accept(event.encoded_dataset(), org, CHANNEL)
+            # pynetdicom removes the file after this handler, unless acceptance moved it
+            return self._acceptance.accept_file(received, org, CHANNEL)
+
+        return self._answer(event.assoc, accept)
+
+    def missing_data_set(self, assoc: Association, part10: bytes) -> Dataset:
+        """The answer to a C-STORE whose data set never came (`MissingDataSets`): `part10` is the
+        file meta alone, accepted like any input so that its rejection is counted and quarantined."""
+        return self._answer(assoc, lambda org: self._acceptance.accept(part10, org, CHANNEL))
+
+    def _answer(self, assoc: Association, accept: Callable[[str], AcceptanceResult]) -> Dataset:
+        calling_ae = assoc.requestor.ae_title.strip()
         org = self._calling_aets.org_for(calling_ae)
         if org is None:  # the organisation was removed while its association was open
             log.warning("c-store refused: unknown calling AE", extra={"calling_ae": calling_ae})
             return status_dataset(NOT_AUTHORIZED, "unknown-calling-ae")
         try:
-            received = _received_file(event)
-            if received is None:
-                result = self._acceptance.accept(event.encoded_dataset(), org, CHANNEL)
-            else:  # pynetdicom removes the file after this handler, unless acceptance moved it
-                result = self._acceptance.accept_file(received, org, CHANNEL)
+            result = accept(org)
         except IngestUnavailable:
             log.warning("c-store failed: dependency unavailable", extra={"org": org, "channel": CHANNEL})
             return status_dataset(OUT_OF_RESOURCES, "try-again-later")
@@ -169,7 +182,14 @@ class DicomReceiver:
         self.calling_aets = CallingAeTitles(load_ae_titles, self._set_required, settings.calling_ae_refresh_s)
         self._handler = StoreHandler(acceptance, self.calling_aets)
         self._server: ThreadedAssociationServer | None = None
+        self._missing = MissingDataSets(
+            self._associations, self._handler.missing_data_set, settings.dicom_data_set_wait_s
+        )
         self.port = 0
+
+    def _associations(self) -> list[Association]:
+        server = self._server
+        return list(server.active_associations) if server is not None else []
 
     def _set_required(self, titles: list[str]) -> None:
         self._ae.require_calling_aet = titles
@@ -185,6 +205,7 @@ class DicomReceiver:
         assert server is not None  # block=False always returns the server
         self._server = server
         self.port = int(server.server_address[1])
+        self._missing.start()
         return self.port
 
     def stop(self, grace_s: float) -> None:
@@ -194,6 +215,7 @@ class DicomReceiver:
         all it can do; an aborted transfer was never acknowledged, and the peer sends it again.
         """
         self.calling_aets.stop()
+        self._missing.stop()
         server, self._server = self._server, None
         if server is None:
             return

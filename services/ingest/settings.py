@@ -23,6 +23,9 @@ class IngestSettings(ServiceSettings):
     )
     dicom_max_associations: int = Field(16, ge=1, description="concurrent DICOM associations")
     dicom_timeout_s: float = Field(60.0, gt=0, description="ACSE, DIMSE and network timeout of the SCP")
+    dicom_data_set_wait_s: float = Field(
+        2.0, gt=0, description="longest wait for a C-STORE's data set to start; then it is answered as empty"
+    )
     calling_ae_refresh_s: float = Field(
         5.0, gt=0, description="how often the calling AE titles of organisations are re-read from MongoDB"
     )

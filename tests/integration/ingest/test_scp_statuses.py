@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import cast
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from services.common.blob_store import LocalBlobStore
@@ -103,3 +107,45 @@ def test_a_caller_whose_organisation_is_gone_is_not_authorised(
     finally:
         assoc.release()
     assert not bus.messages
+
+
+def _send_without_data_set(assoc: Association) -> tuple[C_STORE | None, float]:
+    """What pynetdicom's SCU does with an empty data set: the command says one follows, none is sent."""
+    request = C_STORE()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = MRImageStorage
+    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.10.1.405"
+    request.Priority = 2
+    request.DataSet = BytesIO(b"")
+    context_id = int(assoc.accepted_contexts[0].context_id or 0)
+    started = time.monotonic()
+    assoc._reactor_checkpoint.clear()  # the response is ours to read, as tools/chaos_send.py does
+    while not assoc._is_paused and assoc.is_established:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(request, context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return cast(C_STORE | None, response), time.monotonic() - started
+
+
+def test_a_c_store_without_its_data_set_is_answered_promptly_and_quarantined(
+    receiver: DicomReceiver, bus: RecordingBus
+) -> None:
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    ae.dimse_timeout = 15
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="IMX")
+    assert assoc.is_established
+    try:
+        response, took_s = _send_without_data_set(assoc)
+        assert response is not None, "no answer: the SCP waited for a data set that never came"
+        assert took_s < 5
+        assert (int(response.Status or 0), str(response.ErrorComment)) == (0xC000, "truncated: FileMetaInformation")
+        assert [m.topic for m in bus.messages] == [TOPICS.quarantine]
+        # The association is still usable for the next request.
+        status = assoc.send_c_store(dcmread(BytesIO(mr_study(406, n=1)[0])))
+        assert int(status.Status) == 0x0000
+    finally:
+        assoc.release()
