@@ -49,17 +49,55 @@ def bench_owned_routes(routes: Iterable[admin_pb2.Route]) -> list[str]:
     return [r.route_id for r in routes if r.route_id == ROUTE_ID or r.partner_id == PARTNER]
 
 
-def competing_routes(routes: Iterable[admin_pb2.Route], org: str) -> list[admin_pb2.Route]:
-    """Enabled routes not the bench's that can match an instance from `org` (any route restricted to
-    other senders cannot)."""
+def competing_routes(
+    routes: Iterable[admin_pb2.Route], org: str, partner: str = PARTNER, own: Iterable[str] = (ROUTE_ID,)
+) -> list[admin_pb2.Route]:
+    """Enabled routes not the run's (route ids `own`, or to its `partner`) that can match an instance
+    from `org` (any route restricted to other senders cannot)."""
+    own = set(own)
     return [
         r
         for r in routes
         if r.enabled
-        and r.route_id != ROUTE_ID
-        and r.partner_id != PARTNER
+        and r.route_id not in own
+        and r.partner_id != partner
         and (not r.match.source_orgs or org in r.match.source_orgs)
     ]
+
+
+def own_route(route_id: str, name: str, partner: str, org: str, profile: str) -> admin_pb2.Route:
+    """A run's route: everything one sender sends, to the run's partner, ahead of any other route."""
+    return admin_pb2.Route(
+        route_id=route_id,
+        name=name,
+        partner_id=partner,
+        profile=profile,
+        priority=1,
+        enabled=True,
+        match=admin_pb2.RouteMatch(source_orgs=[org]),
+    )
+
+
+def disable_competing(
+    routes: admin_pb2_grpc.RoutingAdminStub,
+    listed: Iterable[admin_pb2.Route],
+    orgs: Iterable[str],
+    partner: str,
+    own: Iterable[str],
+    disabled: list[admin_pb2.Route],
+) -> None:
+    """Disable every route `competing_routes` finds for any of `orgs`, each appended to `disabled` once
+    it is (so a failure half-way still leaves the list of what to enable again)."""
+    listed, own = list(listed), tuple(own)
+    competing = [r for org in orgs for r in competing_routes(listed, org, partner, own)]
+    for route in {r.route_id: r for r in competing}.values():
+        routes.AddRoute(admin_pb2.AddRouteRequest(route=with_enabled(route, False)), timeout=10)
+        disabled.append(route)
+
+
+def enable_again(routes: admin_pb2_grpc.RoutingAdminStub, disabled: Iterable[admin_pb2.Route]) -> None:
+    for route in disabled:
+        routes.AddRoute(admin_pb2.AddRouteRequest(route=with_enabled(route, True)), timeout=10)
 
 
 def stale_orgs(orgs: Iterable[admin_pb2.Organisation], keep: str = "") -> list[str]:
@@ -106,22 +144,9 @@ def configure(cli: CliSettings, org: str, ae_title: str, profile: str) -> BenchC
         listed_routes = list(routes.ListRoutes(admin_pb2.ListRoutesRequest(), timeout=10).routes)
         for route_id in bench_owned_routes(listed_routes):
             routes.RemoveRoute(admin_pb2.RemoveRouteRequest(route_id=route_id), timeout=10)
-        for route in competing_routes(listed_routes, org):
-            routes.AddRoute(admin_pb2.AddRouteRequest(route=with_enabled(route, False)), timeout=10)
-            config.disabled.append(route)
+        disable_competing(routes, listed_routes, [org], PARTNER, [ROUTE_ID], config.disabled)
         routes.AddRoute(
-            admin_pb2.AddRouteRequest(
-                route=admin_pb2.Route(
-                    route_id=ROUTE_ID,
-                    name="make bench",
-                    partner_id=PARTNER,
-                    profile=profile,
-                    priority=1,
-                    enabled=True,
-                    match=admin_pb2.RouteMatch(source_orgs=[org]),
-                )
-            ),
-            timeout=10,
+            admin_pb2.AddRouteRequest(route=own_route(ROUTE_ID, "make bench", PARTNER, org, profile)), timeout=10
         )
         decisions = routes.TestRoute(
             admin_pb2.TestRouteRequest(source_org=org, routing_attributes={"Modality": "CT"}), timeout=10
@@ -142,8 +167,7 @@ def unconfigure(cli: CliSettings, config: BenchConfig) -> None:
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-        for route in config.disabled:
-            routes.AddRoute(admin_pb2.AddRouteRequest(route=with_enabled(route, True)), timeout=10)
+        enable_again(routes, config.disabled)
     with control_channel(cli.ingest_grpc) as channel:
         try:
             admin_pb2_grpc.OrganisationAdminStub(channel).RemoveOrganisation(

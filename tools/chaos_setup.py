@@ -16,7 +16,7 @@ import grpc
 from services.cli.settings import CliSettings
 from services.common.control_channel import control_channel
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
-from tools.bench_setup import competing_routes, with_enabled
+from tools.bench_setup import disable_competing, enable_again, own_route
 
 PARTNER = "chaos-partner"
 ROUTE_ID, FUZZ_ROUTE_ID = "chaos", "chaos-fuzz"
@@ -31,18 +31,6 @@ class ChaosConfig:
     fuzz_ae_title: str
     fuzz_api_key: str
     disabled: list[admin_pb2.Route] = field(default_factory=list)
-
-
-def _route(route_id: str, org: str, profile: str) -> admin_pb2.Route:
-    return admin_pb2.Route(
-        route_id=route_id,
-        name="make chaos",
-        partner_id=PARTNER,
-        profile=profile,
-        priority=1,
-        enabled=True,
-        match=admin_pb2.RouteMatch(source_orgs=[org]),
-    )
 
 
 def configure(cli: CliSettings, pacs_url: str, profile: str) -> ChaosConfig:
@@ -85,13 +73,11 @@ def configure(cli: CliSettings, pacs_url: str, profile: str) -> ChaosConfig:
     with control_channel(cli.routing_grpc) as channel:
         routes = admin_pb2_grpc.RoutingAdminStub(channel)
         listed = list(routes.ListRoutes(admin_pb2.ListRoutesRequest(), timeout=10).routes)
-        competing = competing_routes(listed, config.org) + competing_routes(listed, config.fuzz_org)
-        for route_id, route in {r.route_id: r for r in competing if r.partner_id != PARTNER}.items():
-            if route_id not in (ROUTE_ID, FUZZ_ROUTE_ID):
-                routes.AddRoute(admin_pb2.AddRouteRequest(route=with_enabled(route, False)), timeout=10)
-                config.disabled.append(route)
-        routes.AddRoute(admin_pb2.AddRouteRequest(route=_route(ROUTE_ID, config.org, profile)), timeout=10)
-        routes.AddRoute(admin_pb2.AddRouteRequest(route=_route(FUZZ_ROUTE_ID, config.fuzz_org, "")), timeout=10)
+        own = (ROUTE_ID, FUZZ_ROUTE_ID)
+        disable_competing(routes, listed, [config.org, config.fuzz_org], PARTNER, own, config.disabled)
+        for route_id, org, route_profile in ((ROUTE_ID, config.org, profile), (FUZZ_ROUTE_ID, config.fuzz_org, "")):
+            route = own_route(route_id, "make chaos", PARTNER, org, route_profile)
+            routes.AddRoute(admin_pb2.AddRouteRequest(route=route), timeout=10)
     return config
 
 
@@ -114,8 +100,7 @@ def _remove_routes(cli: CliSettings, config: ChaosConfig) -> None:
             except grpc.RpcError as error:
                 if error.code() != grpc.StatusCode.NOT_FOUND:
                     raise
-        for route in config.disabled:
-            routes.AddRoute(admin_pb2.AddRouteRequest(route=with_enabled(route, True)), timeout=10)
+        enable_again(routes, config.disabled)
 
 
 def _remove_orgs(cli: CliSettings, config: ChaosConfig) -> None:

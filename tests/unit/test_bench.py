@@ -17,7 +17,7 @@ from tools.bench_results import (
     percentile,
     result_line,
 )
-from tools.bench_setup import ROUTE_ID, bench_owned_routes, competing_routes, stale_orgs
+from tools.bench_setup import ROUTE_ID, bench_owned_routes, competing_routes, own_route, stale_orgs
 from tools.proc_cpu import cpu_seconds, sample, tree_cpu_seconds
 
 OLD_KEYS = [
@@ -130,6 +130,15 @@ def test_routes_in_the_way_of_the_bench() -> None:
     ]
     assert [r.route_id for r in competing_routes(routes, "bench-1234")] == ["research", "named"]
     assert bench_owned_routes(routes) == [ROUTE_ID, "bench-abcd"]
+    chaos = [*routes, _route("chaos", "chaos-partner", []), _route("other", "chaos-partner", [])]
+    competing = competing_routes(chaos, "chaos-1", "chaos-partner", ["chaos"])  # make chaos's own
+    assert [r.route_id for r in competing] == ["research"]
+
+
+def test_a_runs_own_route_takes_all_its_sender_sends_first() -> None:
+    route = own_route("chaos-fuzz", "make chaos", "chaos-partner", "chaos-fuzz-1", "")
+    assert (route.route_id, route.partner_id, route.profile) == ("chaos-fuzz", "chaos-partner", "")
+    assert route.enabled and route.priority == 1 and list(route.match.source_orgs) == ["chaos-fuzz-1"]
 
 
 def test_stale_orgs_are_the_bench_prefix_only() -> None:
