@@ -15,10 +15,11 @@ import signal
 import time
 from collections.abc import Callable
 
-from tools.chaos_procs import Watcher, descendants, parents
+from tools.chaos_procs import Watcher
 from tools.devstack import Layout, Ports, registered
 from tools.devstack.cli import up
 from tools.devstack.processes import port_is_free
+from tools.proc_cpu import descendants, parents
 from tools.services_stack import SERVICES, wait_serving
 
 

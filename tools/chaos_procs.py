@@ -12,44 +12,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tools.devstack import registered
+from tools.proc_cpu import descendants, parents, rss_peak_mb
 from tools.services_stack import SERVICES
 
 SUPERVISED = tuple(SERVICES)  # ingest, routing, deid, delivery, audit, gateways
 TREES = ("postgres",)  # a process per connection: every one counts
-
-
-def parents() -> dict[int, list[int]]:
-    """Parent PID -> child PIDs of every live process."""
-    children: dict[int, list[int]] = defaultdict(list)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children[ppid].append(int(entry.name))
-    return children
-
-
-def descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
-    found, stack = [], list(children.get(pid, []))
-    while stack:
-        child = stack.pop()
-        found.append(child)
-        stack.extend(children.get(child, []))
-    return found
-
-
-def rss_peak_mb(pid: int) -> float:
-    """VmHWM of `pid` in MiB; 0.0 when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
 
 
 def main_pids(run_dir: Path, children: dict[int, list[int]]) -> dict[str, int | None]:

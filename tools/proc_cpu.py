@@ -1,9 +1,11 @@
-"""CPU time of processes from /proc (user + system, the process and its waited-for children), for the
-benchmarks' CPU-per-instance figures."""
+"""What the benchmarks and `make chaos` read of processes from /proc: CPU time (user + system, the
+process and its waited-for children) for the CPU-per-instance figures, the process tree, and the peak
+resident set (VmHWM)."""
 
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -19,10 +21,9 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / _TICKS
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of `pid` and of every live descendant (PostgreSQL runs a process per connection)."""
-    total = cpu_seconds(pid)
-    children: dict[int, list[int]] = {}
+def parents() -> dict[int, list[int]]:
+    """Parent PID -> child PIDs of every live process."""
+    children: dict[int, list[int]] = defaultdict(list)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -30,13 +31,33 @@ def tree_cpu_seconds(pid: int) -> float:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    stack = list(children.get(pid, []))
+        children[ppid].append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
+    found, stack = [], list(children.get(pid, []))
     while stack:
         child = stack.pop()
-        total += cpu_seconds(child)
+        found.append(child)
         stack.extend(children.get(child, []))
-    return total
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of `pid` and of every live descendant (PostgreSQL runs a process per connection)."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in descendants(pid, parents()))
+
+
+def rss_peak_mb(pid: int) -> float:
+    """VmHWM of `pid` in MiB; 0.0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def sample(pids: dict[str, tuple[int, bool]]) -> dict[str, float]:

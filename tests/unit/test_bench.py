@@ -18,7 +18,7 @@ from tools.bench_results import (
     result_line,
 )
 from tools.bench_setup import ROUTE_ID, bench_owned_routes, competing_routes, own_route, stale_orgs
-from tools.proc_cpu import cpu_seconds, sample, tree_cpu_seconds
+from tools.proc_cpu import cpu_seconds, descendants, parents, rss_peak_mb, sample, tree_cpu_seconds
 
 OLD_KEYS = [
     "instances",
@@ -155,6 +155,16 @@ def test_cpu_of_this_process_from_proc() -> None:
     assert tree_cpu_seconds(pid) >= own
     assert cpu_seconds(2**22 + 7) == 0.0  # no such process
     assert set(sample({"me": (pid, False), "tree": (pid, True)})) == {"me", "tree"}
+
+
+def test_process_tree_and_peak_resident_set_from_proc() -> None:
+    import os
+
+    pid, parent = os.getpid(), os.getppid()
+    assert pid in parents()[parent]
+    assert pid in descendants(parent, parents()) and parent not in descendants(pid, parents())
+    assert rss_peak_mb(pid) > 1.0  # a Python interpreter holds more than a MiB
+    assert rss_peak_mb(2**22 + 7) == 0.0
 
 
 def test_renumbered_uids_keep_their_length_and_agree_everywhere() -> None:
