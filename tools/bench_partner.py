@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
 
 from services.common.kafka_access import group_prefix
 from services.common.topics import Topics
@@ -22,6 +21,7 @@ from tools.bench_results import StoredReceipt
 from tools.bench_setup import PARTNER, PartnerCredentials
 from tools.devstack.processes import ManagedProcess, start_process
 from tools.dicom_peers import StoreScp, start_storescp
+from tools.feed_backlog import backlog, skip_to_end
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_GROUP = f"{group_prefix(PARTNER)}gateway"  # services/gateway/runner.py consumer_for
@@ -95,9 +95,7 @@ def gateway_lag(admin: KafkaAdminClient, consumer: KafkaConsumer, topic: str) ->
     if group.get("group_state") != "Stable" or not group.get("members"):
         return None
     partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-    ends, starts = consumer.end_offsets(partitions), consumer.beginning_offsets(partitions)
-    committed = admin.list_group_offsets({GATEWAY_GROUP: None}).get(GATEWAY_GROUP, {})
-    return sum(ends[tp] - (committed[tp].offset if tp in committed else starts[tp]) for tp in partitions)
+    return backlog(admin, consumer, GATEWAY_GROUP, partitions)[1]
 
 
 def skip_leftovers(bootstrap: str, topics: Topics, client_config: Mapping[str, str] | None = None) -> int:
@@ -111,14 +109,7 @@ def skip_leftovers(bootstrap: str, topics: Topics, client_config: Mapping[str, s
         feeds = [
             t for t in consumer.topics() if t == f"{prefix}.v1" or (t.startswith(f"{prefix}.") and t.endswith(".v1"))
         ]
-        partitions = [TopicPartition(t, p) for t in feeds for p in consumer.partitions_for_topic(t) or ()]
-        ends = consumer.end_offsets(partitions)
-        committed = admin.list_group_offsets({GATEWAY_GROUP: None}).get(GATEWAY_GROUP, {})
-        starts = consumer.beginning_offsets(partitions)
-        skipped = sum(ends[tp] - (committed[tp].offset if tp in committed else starts[tp]) for tp in partitions)
-        if skipped:
-            admin.alter_group_offsets(GATEWAY_GROUP, {tp: OffsetAndMetadata(ends[tp], "", -1) for tp in partitions})
-        return skipped
+        return skip_to_end(admin, consumer, GATEWAY_GROUP, feeds)
     finally:
         consumer.close()
         admin.close()

@@ -13,7 +13,6 @@ from io import BytesIO
 from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
@@ -23,6 +22,7 @@ from services.proto_gen.imx.v1 import events_pb2
 from tools.chaos_ledger import Arrival, Ledger, read_mark
 from tools.devstack.processes import ManagedProcess, await_ready, can_connect, start_process
 from tools.dicom_peers import DCMTK_ENV
+from tools.feed_backlog import skip_to_end
 
 PACS_AE = "CHAOSPACS"
 SETTLED_S = 2.0
@@ -133,16 +133,7 @@ def skip_leftovers(bootstrap: str, topics: Topics, partner: str, client_config: 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, **client_config)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, metrics_enabled=False, **client_config)
     try:
-        feeds = topics.partner_lanes(partner)
-        partitions = [TopicPartition(t, p) for t in feeds for p in consumer.partitions_for_topic(t) or ()]
-        if not partitions:
-            return 0
-        ends, starts = consumer.end_offsets(partitions), consumer.beginning_offsets(partitions)
-        committed = admin.list_group_offsets({group: None}).get(group, {})
-        skipped = sum(ends[tp] - (committed[tp].offset if tp in committed else starts[tp]) for tp in partitions)
-        if skipped:
-            admin.alter_group_offsets(group, {tp: OffsetAndMetadata(ends[tp], "", -1) for tp in partitions})
-        return skipped
+        return skip_to_end(admin, consumer, group, topics.partner_lanes(partner))
     finally:
         consumer.close()
         admin.close()

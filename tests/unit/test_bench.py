@@ -179,3 +179,37 @@ def test_renumbered_uids_keep_their_length_and_agree_everywhere() -> None:
     assert b"1.2.840.10008.5.1.4.1.1.2" in out
     assert out.endswith(pixels)
     assert renumber_uids(b"x2.25.199999999999x", offset=1) == b"x2.25.199900000000x"  # wraps, same length
+
+
+class _FakeBroker:
+    """Feed `f` with two partitions: 0 holds offsets 2..10, 1 holds 0..4; the group committed 7 on 0."""
+
+    def __init__(self) -> None:
+        self.altered: dict[object, object] = {}
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return {0, 1} if topic == "f" else None
+
+    def end_offsets(self, partitions: list[object]) -> dict[object, int]:
+        return {tp: (10, 4)[tp.partition] for tp in partitions}  # type: ignore[attr-defined]
+
+    def beginning_offsets(self, partitions: list[object]) -> dict[object, int]:
+        return {tp: (2, 0)[tp.partition] for tp in partitions}  # type: ignore[attr-defined]
+
+    def list_group_offsets(self, groups: dict[str, None]) -> dict[str, dict[object, object]]:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        return {g: {TopicPartition("f", 0): OffsetAndMetadata(7, "", -1)} for g in groups}
+
+    def alter_group_offsets(self, group: str, offsets: dict[object, object]) -> None:
+        self.altered = offsets
+
+
+def test_a_groups_backlog_is_skipped_to_the_end_of_its_feeds() -> None:
+    from tools.feed_backlog import skip_to_end
+
+    broker = _FakeBroker()
+    assert skip_to_end(broker, broker, "g", ["f", "absent"]) == 3 + 4
+    assert sorted((tp.partition, o.offset) for tp, o in broker.altered.items()) == [(0, 10), (1, 4)]  # type: ignore[attr-defined]
+    assert skip_to_end(broker, broker, "g", ["absent"]) == 0
