@@ -5,7 +5,6 @@ mutual TLS, an untrusted server refused, and an outage failing the batch (so it 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import re
 import socket
 import ssl
@@ -16,10 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from services.audit.consumer import AuditHandler
 from services.audit.records import AuditRecord, build_record
@@ -33,6 +28,7 @@ from services.audit.syslog_forward import (
 )
 from services.common.messages import TransientError
 from services.common.topics import Topics
+from tests.tls_certs import MutualTls, mutual_tls, other_ca
 from tests.unit.audit.builders import Instance, incoming, journey
 from tests.unit.audit.fake_store import InMemoryAuditStore
 
@@ -45,100 +41,9 @@ HEADER = re.compile(
 )
 
 
-@dataclass
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    other_ca: Path
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _leaf(
-    cn: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, server: bool
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False,
-        )
-    return builder.sign(ca_key, hashes.SHA256()), key
-
-
-def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> Path:
-    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    if key is not None:
-        path.with_suffix(".key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    return path.with_suffix(".crt")
-
-
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    root = tmp_path_factory.mktemp("pki")
-    ca, ca_key = _ca("imx test audit CA")
-    server, server_key = _leaf("127.0.0.1", ca, ca_key, server=True)
-    client, client_key = _leaf("imx-audit", ca, ca_key, server=False)
-    other, _ = _ca("someone else's CA")
-    _write(root / "server", server, server_key)
-    _write(root / "client", client, client_key)
-    return Pki(
-        ca=_write(root / "ca", ca),
-        server_cert=root / "server.crt",
-        server_key=root / "server.key",
-        client_cert=root / "client.crt",
-        client_key=root / "client.key",
-        other_ca=_write(root / "other", other),
-    )
+def pki(tmp_path_factory: pytest.TempPathFactory) -> MutualTls:
+    return mutual_tls(tmp_path_factory.mktemp("pki"), client_cn="imx-audit")  # checked as the presented one
 
 
 @dataclass
@@ -175,9 +80,9 @@ def _read_frames(conn: ssl.SSLSocket, receiver: Receiver) -> None:
 
 
 @pytest.fixture
-def receiver(pki: Pki) -> Iterator[Receiver]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
-    context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+def receiver(pki: MutualTls) -> Iterator[Receiver]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.server.ca_file))
+    context.load_cert_chain(str(pki.server.cert_file), str(pki.server.key_file))
     context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the forwarder must show a certificate of our CA
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
@@ -210,12 +115,14 @@ def _records() -> list[AuditRecord]:
     return [build_record(incoming(m), TOPICS, NOW) for m in journey(TOPICS, Instance())]
 
 
-def _forwarder(pki: Pki, port: int, ca: Path | None = None) -> SyslogForwarder:
-    context = tls_context(ca or pki.ca, pki.client_cert, pki.client_key)
+def _forwarder(pki: MutualTls, port: int, ca: Path | None = None) -> SyslogForwarder:
+    context = tls_context(ca or pki.server.ca_file, pki.client_cert_file, pki.client_key_file)
     return SyslogForwarder(SyslogTarget("127.0.0.1", port), context, hostname="imx-test-host", timeout_s=5)
 
 
-def test_records_arrive_as_octet_counted_rfc5424_messages_carrying_the_dicom_xml(pki: Pki, receiver: Receiver) -> None:
+def test_records_arrive_as_octet_counted_rfc5424_messages_carrying_the_dicom_xml(
+    pki: MutualTls, receiver: Receiver
+) -> None:
     records = _records()
     forwarder = _forwarder(pki, receiver.port)
     try:
@@ -247,8 +154,10 @@ def test_records_arrive_as_octet_counted_rfc5424_messages_carrying_the_dicom_xml
         assert root.find("EventIdentification/EventID").get("csd-code") == event_id  # type: ignore[union-attr]
 
 
-def test_the_handler_forwards_what_it_stores_when_wired_as_a_sink(pki: Pki, receiver: Receiver) -> None:
-    forwarder = forwarder_from_settings(f"tls://127.0.0.1:{receiver.port}", pki.ca, pki.client_cert, pki.client_key)
+def test_the_handler_forwards_what_it_stores_when_wired_as_a_sink(pki: MutualTls, receiver: Receiver) -> None:
+    forwarder = forwarder_from_settings(
+        f"tls://127.0.0.1:{receiver.port}", pki.server.ca_file, pki.client_cert_file, pki.client_key_file
+    )
     assert forwarder is not None
     store = InMemoryAuditStore()
     handler = AuditHandler(store, TOPICS, clock=lambda: NOW, sinks=[forwarder])
@@ -261,8 +170,8 @@ def test_the_handler_forwards_what_it_stores_when_wired_as_a_sink(pki: Pki, rece
         forwarder.close()
 
 
-def test_a_server_not_signed_by_the_configured_ca_is_refused_as_transient(pki: Pki, receiver: Receiver) -> None:
-    forwarder = _forwarder(pki, receiver.port, ca=pki.other_ca)
+def test_a_server_not_signed_by_the_configured_ca_is_refused_as_transient(pki: MutualTls, receiver: Receiver) -> None:
+    forwarder = _forwarder(pki, receiver.port, ca=other_ca(pki.server.ca_file.parent / "other-ca.crt"))
     with pytest.raises(TransientError):
         forwarder.write(_records()[:1])
     assert receiver.frames == []
