@@ -168,7 +168,10 @@ def test_uploads_past_the_organisations_cap_are_refused_429_and_others_are_not(
         held_answers = [_read_to_close(sock) for sock in held]
         other_answer = _read_to_close(other_org)
         after = _stalled_upload(server.port)  # the eight timed out: their slots are free again
+        # It is answered 408 only when its own body timeout (10 s) ends: wait longer than that for it.
+        after.settimeout(30)
         after_answer = _read_to_close(after)
+        after.close()
     finally:
         for sock in [*held, *refused, other_org]:
             sock.close()
