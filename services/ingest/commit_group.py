@@ -75,15 +75,16 @@ class CommitGroup:
         """Blocks until the group holding `item` is committed; raises what failed the group."""
         with self._changed:
             self._queue.append(item)
-            while True:
+        # A leader commits at most max_group from the head of the queue, which need not hold its own
+        # item (more than max_group queued ahead of it): it then leads again until its item is done.
+        while True:
+            with self._changed:
+                while not item.done and self._leading:
+                    self._changed.wait()
                 if item.done:
                     break
-                if not self._leading:
-                    self._leading = True
-                    group, self._queue = self._queue[: self._max_group], self._queue[self._max_group :]
-                    break
-                self._changed.wait()
-        if not item.done:
+                self._leading = True
+                group, self._queue = self._queue[: self._max_group], self._queue[self._max_group :]
             try:
                 self._commit_group(group)
             finally:

@@ -14,6 +14,7 @@ from services.common.dicom.header import inspect_instance
 from services.common.messages import OutgoingMessage, TransientError
 from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance, Accepted, Duplicate
+from services.ingest.commit_group import Commit, CommitGroup, Outcome
 from services.ingest.errors import IngestUnavailable
 from services.ingest.receipts import MemoryReceiptStore, Receipt, ReceiptFacts, ReceiptStatus
 from services.proto_gen.imx.v1 import events_pb2
@@ -163,3 +164,31 @@ def test_every_sender_hears_the_outcome_of_its_own_instance(tmp_path: Path, send
     expected = [inspect_instance(data, 10_000_000).sop_instance_uid for data in instances]
     assert [r.sop_instance_uid for r in results if isinstance(r, Accepted)] == expected
     assert sum(len(f) for f in bus.flushes) == senders and len(bus.flushes) == 2
+
+
+def test_a_leader_whose_own_instance_is_past_the_group_size_commits_again_until_it_is_done() -> None:
+    bus = GatedBus()
+    group = CommitGroup(MemoryReceiptStore(), bus.publish, clock=lambda: 1_000, max_group=2)
+
+    def commit(n: int) -> Commit:
+        facts = ReceiptFacts("trust-a", "dicom", f"1.2.{n}", f"{n:064x}", 10)
+        return Commit(f"ev-{n}", facts, lambda ms, n=n: OutgoingMessage("t", str(n).encode(), b"k"))
+
+    outcomes: dict[int, Outcome] = {}
+
+    def send(n: int) -> None:
+        outcomes[n] = group.commit(commit(n))
+
+    first = threading.Thread(target=send, args=(0,))
+    first.start()
+    assert bus.entered.wait(10)
+    # Five queue behind the first group; whoever leads next finds two ahead of some of them.
+    waiting = [threading.Thread(target=send, args=(n,)) for n in range(1, 6)]
+    for thread in waiting:
+        thread.start()
+    wait_for(lambda: group.queued == 5, 10, "five commits queued behind the first group")
+    bus.gate.set()
+    for thread in [first, *waiting]:
+        thread.join(10)
+    assert outcomes == {n: Outcome.PUBLISHED for n in range(6)}
+    assert [len(flush) for flush in bus.flushes] == [1, 2, 2, 1]
