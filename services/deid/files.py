@@ -6,22 +6,31 @@ Large inputs are memory-mapped: the engine's fast path reads only the header's p
 data go from the map to the output file a window at a time, their pages dropped from the process
 after each window (blob_store.windows), so resident memory stays a few megabytes above the header.
 Small ones are read as bytes: for half a megabyte a map costs more than it saves.
+
+A deflated input, however small, may inflate to a gigabyte: `deidentified` inflates it into a
+temporary file in `scratch` (the blob store's folder) and maps that (deflated.py).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 from services.common.blob_store import BlobStore, windows, write_all
+from services.common.dicom.header import DEFAULT_LIMITS
+from services.deid.deflated import DEFLATED, deflate_into, deflated_body, inflate_into
 from services.deid.engine import DeidResult, Profile, deidentify
 from services.deid.engine.container import Source
 from services.proto_gen.imx.v1 import events_pb2
 
 MAPPED_FROM_BYTES = 32 * 1024 * 1024
+MAX_INFLATED_BYTES = DEFAULT_LIMITS.max_inflated_bytes
 
 
 @contextmanager
@@ -57,10 +66,44 @@ def _mapped(fd: int) -> Iterator[mmap.mmap]:
             view.close()
 
 
+@contextmanager
+def deidentified(
+    data: Source,
+    profile: Profile,
+    key: bytes,
+    scratch: Path | None = None,
+    max_inflated_bytes: int = MAX_INFLATED_BYTES,
+) -> Iterator[DeidResult]:
+    """`deidentify`, a deflated input first inflated into a temporary file in `scratch` (None: the
+    system's temporary folder) and read through a map; the result's chunks are valid inside the
+    `with` block, and the temporary files are gone after it, however it ends."""
+    body = deflated_body(data)
+    if body is None:
+        yield deidentify(data, profile, key)
+        return
+    with _scratch_file(scratch) as plain_file:
+        inflate_into(plain_file, data, body, max_inflated_bytes)
+        with _mapped(plain_file.fileno()) as plain, _scratch_file(scratch) as deflated_file:
+            plain_result = deidentify(plain, profile, key)
+            header = deflate_into(deflated_file, plain_result)
+            # Released as it came, deflated (deflated.py): the bytes the pydicom path wrote before.
+            result = replace(plain_result, transfer_syntax_uid=DEFLATED, chunks=())
+            del plain_result  # its pixel data are a view into `plain`, which can now be unmapped
+            with _mapped(deflated_file.fileno()) as deflated_view:
+                yield replace(result, chunks=(header, memoryview(deflated_view)))
+
+
+@contextmanager
+def _scratch_file(scratch: Path | None) -> Iterator[BinaryIO]:
+    """A file with no name (O_TMPFILE where the file system has it): nothing is left behind, even by
+    a process that is killed."""
+    with tempfile.TemporaryFile(prefix=".tmp-deid-", dir=scratch) as file:
+        yield file
+
+
 def deidentify_file(source: Path, target: Path, profile: Profile, key: bytes) -> DeidResult:
     """Read ``source``, de-identify it, write ``target`` (replaced if it exists). DeidError: nothing written."""
-    with file_source(source) as data:
-        result = deidentify(data, profile, key)
+    with file_source(source) as data, deidentified(data, profile, key, target.parent) as result:
         write_chunks(target, result.chunks)
     return result
 

@@ -4,7 +4,9 @@ or a quarantine event when it cannot be released safely."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.common.blob_store import BlobStore
 from services.common.events import derived_meta, event_message, now_ms
@@ -12,9 +14,9 @@ from services.common.failures import input_problem
 from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
-from services.deid.engine import DeidError, PhiLeak, Profile, deidentify
+from services.deid.engine import DeidError, PhiLeak, Profile
 from services.deid.engine.errors import UndecodableInput, tag_text
-from services.deid.files import blob_source
+from services.deid.files import MAX_INFLATED_BYTES, blob_source, deidentified
 from services.deid.profile_documents import profile_version_number
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -67,7 +69,10 @@ def prepare_event(
     blobs: BlobStore,
     topics: Topics,
     clock: Callable[[], int] = now_ms,
+    scratch: Path | None = None,
+    max_inflated_bytes: int = MAX_INFLATED_BYTES,
 ) -> list[OutgoingMessage]:
+    """`scratch`: where a deflated input is inflated (files.py `deidentified`), beside the blobs."""
     prepared = events_pb2.InstancePrepared(
         meta=derived_meta("prepared", routed.meta, clock=clock),
         source_instance=routed.instance,
@@ -93,10 +98,11 @@ def prepare_event(
     if key is None:
         return _quarantine(routed, Refusal("unknown-partner", routed.partner_id), topics, clock)
     # A disk or store failure reading or writing is retried, never quarantined. A large input is
-    # mapped, not read (files.py): the result's pixel data are a view into it until written.
-    with blob_source(blobs, routed.blob) as data:
+    # mapped, not read (files.py): the result's pixel data are a view into it until written. A
+    # deflated one is inflated into a temporary file, removed when `held` closes, whatever happens.
+    with blob_source(blobs, routed.blob) as data, ExitStack() as held:
         try:
-            result = deidentify(data, profile, key)
+            result = held.enter_context(deidentified(data, profile, key, scratch, max_inflated_bytes))
         except DeidError as error:
             return _quarantine(routed, refusal_for(error), topics, clock)
         except Exception as exc:
@@ -127,9 +133,13 @@ def build_deid_handler(
     recipient_key: Callable[[str], bytes | None],
     blobs: BlobStore,
     topics: Topics,
+    scratch: Path | None = None,
+    max_inflated_bytes: int = MAX_INFLATED_BYTES,
 ) -> Callable[[IncomingMessage], list[OutgoingMessage]]:
     def handle(message: IncomingMessage) -> list[OutgoingMessage]:
         routed = events_pb2.InstanceRouted.FromString(message.value)
-        return prepare_event(routed, profiles, recipient_key, blobs, topics)
+        return prepare_event(
+            routed, profiles, recipient_key, blobs, topics, scratch=scratch, max_inflated_bytes=max_inflated_bytes
+        )
 
     return handle

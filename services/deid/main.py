@@ -59,7 +59,9 @@ def serve(
         run_stage(
             settings,
             StageSpec(name="deid", group_id=f"{settings.topic_prefix}imx-deid", topics=topics.routed_lanes),
-            lambda _producer, t: build_deid_handler(cached.lookup, keys.get, blobs, t),
+            lambda _producer, t: build_deid_handler(
+                cached.lookup, keys.get, blobs, t, settings.blob_dir, settings.max_inflated_bytes
+            ),
             control_auth(db, settings.control_bootstrap_token_file),
             extra_servicers=[register_profile_admin(profiles, keys.get)],
             stop=stop,

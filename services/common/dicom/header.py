@@ -185,7 +185,7 @@ def _inflated(deflated: memoryview, limit: int) -> Iterator[ByteSource]:
     (the page cache holds it, not this process; only the pages read become resident)."""
     with tempfile.TemporaryFile(prefix="imx-inflated-") as file:
         head = bytearray()
-        for piece in _inflate_pieces(deflated, limit):
+        for piece in inflate_pieces(deflated, limit):
             if file.tell() or len(head) + len(piece) > _INFLATED_IN_MEMORY:
                 if head:
                     file.write(head)
@@ -264,12 +264,12 @@ def _check_prefix(data: ByteSource) -> tuple[str, int]:
 def inflate_bounded(deflated: bytes | memoryview, limit: int) -> bytearray:
     """Inflate raw deflate (RFC 1951, as PS3.5 A.5 uses it) whole; refuse past `limit` bytes."""
     out = bytearray()
-    for piece in _inflate_pieces(memoryview(deflated), limit):
+    for piece in inflate_pieces(memoryview(deflated), limit):
         out += piece
     return out
 
 
-def _inflate_pieces(deflated: bytes | memoryview, limit: int) -> Iterator[bytes]:
+def inflate_pieces(deflated: bytes | memoryview, limit: int) -> Iterator[bytes]:
     """Inflate raw deflate a piece at a time; raise "inflated-too-large" past `limit` bytes in all.
 
     Input is fed in small pieces so that zlib's unconsumed tail, which it copies, stays small; output
