@@ -318,6 +318,18 @@ def run_handler_over_batch(
     return result
 
 
+def refresh_metadata(consumer: KafkaConsumer, timeout_ms: int) -> None:
+    """Ask the cluster for metadata over the connections `consumer` already holds (reconnecting only to a
+    broker that dropped), and wait for the answer; raises KafkaTimeoutError when none comes in time.
+
+    kafka-python 3 has no public call for this: `topics()` waits without a timeout, and
+    `bootstrap(refresh=True)` opens, authenticates and closes a connection of its own each time. So this
+    does what `KafkaConsumer.topics()` does, with a timeout (tests/integration/test_bus_connections.py
+    holds it to that against a real broker)."""
+    future = consumer._cluster.request_update()
+    consumer._net.run(consumer._manager.wait_for, future, timeout_ms)
+
+
 class HealthReporter(Protocol):
     """Where a stage says whether it can work (ControlServer: grpc.health.v1)."""
 
@@ -490,15 +502,22 @@ class StageConsumer:
             if tp in assigned:  # a revoked partition is read again from its committed offset by its new owner
                 self._consumer.seek(tp, offset)
 
-    def _probe_broker(self, timeout_ms: int = 2000) -> None:
+    def _probe_broker(self, timeout_ms: int = 2000, *, outage: bool = False) -> None:
         """An idle consumer's poll returns nothing, without an error, while the broker is down; ask for
         cluster metadata now and then (and on every retry of an outage) so that health says so.
-        Raises KafkaTimeoutError when no broker answers in time."""
+        Raises KafkaTimeoutError when no broker answers in time.
+
+        While the broker answers, the question goes over the consumer's own connections: a fresh bootstrap
+        per probe opened (and SASL-authenticated) a new connection every `probe_interval_s` in every stage.
+        Only during an outage, when those connections are gone anyway, does the probe bootstrap afresh."""
         now = time.monotonic()
         if now < self._next_probe_at:
             return
         self._next_probe_at = now + self._probe_interval_s
-        self._consumer.bootstrap(timeout_ms=timeout_ms, refresh=True)
+        if outage:
+            self._consumer.bootstrap(timeout_ms=timeout_ms, refresh=True)
+        else:
+            refresh_metadata(self._consumer, timeout_ms)
 
     def _commit(self, commits: dict[TopicPartition, int]) -> None:
         """A commit can fail when the group rebalances under the batch (a replica joins, a new partner topic
@@ -572,7 +591,7 @@ class StageConsumer:
         if outage.active:
             self._next_probe_at = 0.0  # during an outage, only a broker that answers ends it
         self.poll_once(handler)
-        self._probe_broker()
+        self._probe_broker(outage=outage.active)
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -48,6 +48,13 @@ SAFE_FIELDS = frozenset(
 WITHHELD_LOGGERS = ("pydicom", "pynetdicom", "py.warnings")
 WITHHELD_MESSAGE = "library message withheld: it may quote values from the input"
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# Library warnings written once per process: the first says something about the set-up, repeats nothing.
+# kafka-python warns at every SCRAM sign-in on a SASL_PLAINTEXT listener (the services' internal one
+# in the devstack and compose), although SCRAM never sends the password itself. PLAIN's "Sending
+# username and password in the clear" is not here: that one does.
+ONCE_PER_PROCESS = frozenset(
+    {("kafka.net.sasl.scram", "Exchanging credentials in the clear during Sasl Authentication")}
+)
 
 
 class PhiSafeJsonFormatter(logging.Formatter):
@@ -72,6 +79,23 @@ class PhiSafeJsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
+class FirstOnly(logging.Filter):
+    """Lets the first record of each ONCE_PER_PROCESS (logger, message) through and drops its repeats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        if key not in ONCE_PER_PROCESS:
+            return True
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
 def _writes_message_text(logger_name: str) -> bool:
     return not any(logger_name == prefix or logger_name.startswith(prefix + ".") for prefix in WITHHELD_LOGGERS)
 
@@ -79,6 +103,7 @@ def _writes_message_text(logger_name: str) -> bool:
 def configure_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(PhiSafeJsonFormatter(service))
+    handler.addFilter(FirstOnly())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

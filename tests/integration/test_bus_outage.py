@@ -146,3 +146,48 @@ def test_a_stage_rides_out_a_broker_outage_and_loses_nothing(
     messages = [r.getMessage() for r in caplog.records if r.name == "services.common.bus"]
     assert "broker unreachable; retrying with backoff, nothing committed" in messages
     assert "broker reachable again; resuming" in messages
+
+
+def test_an_idle_stage_says_not_serving_while_its_broker_is_away(broker: OwnBroker, unique_name: str) -> None:
+    """Nothing fails while no record arrives: only the broker probe notices (over the stage's own
+    connections while the broker answers, by bootstrapping afresh during the outage)."""
+    topic, dlq = f"{unique_name}.in", f"{unique_name}.dlq"
+    ensure_topics(broker.bootstrap, [topic, dlq], partitions=1)
+    producer = BusProducer(broker.bootstrap)
+    producer.publish([OutgoingMessage(topic, b"first")])
+    handled: list[bytes] = []
+
+    def handler(message: IncomingMessage) -> list[OutgoingMessage]:
+        handled.append(message.value)
+        return []
+
+    stats = StageStats("test")
+    server = ControlServer("test", StageControl(stats), auth=static_auth({}))
+    server.start()
+    server.mark_serving()
+    consumer = StageConsumer(
+        bootstrap=broker.bootstrap, group_id=f"{unique_name}-g", topics=[topic], producer=producer,
+        dead_letter_topic=dlq, stage="test", stats=stats, retry_backoff_s=0.2, max_backoff_s=2.0,
+        probe_interval_s=1.0,
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=consumer.run, args=(handler, stop, server), daemon=True)
+    address = f"127.0.0.1:{server.port}"
+    runner.start()
+    try:
+        wait_for(lambda: b"first" in handled, 60, "the first message to be handled")
+        time.sleep(2)  # idle, probing
+        assert health_probe.check(address) == "SERVING"
+        broker.kill()
+        wait_for(lambda: health_probe.check(address) == "NOT_SERVING", 30, "health to say NOT_SERVING")
+        broker.restart()
+        wait_for(lambda: health_probe.check(address) == "SERVING", 60, "health to say SERVING again")
+        producer.publish([OutgoingMessage(topic, b"second")])
+        wait_for(lambda: b"second" in handled, 60, "a later message to be handled")
+        assert runner.is_alive()
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+        consumer.close()
+        server.stop()
+        producer.close()

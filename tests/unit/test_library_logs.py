@@ -79,3 +79,13 @@ def test_imx_messages_are_still_written(service_log: io.StringIO) -> None:
     logging.getLogger("services.ingest.acceptance").warning("input quarantined", extra={"reason": "not-dicom"})
     err = service_log.getvalue()
     assert '"msg":"input quarantined"' in err and '"reason":"not-dicom"' in err
+
+
+def test_kafka_pythons_scram_warning_is_written_once_not_at_every_sign_in(service_log: io.StringIO) -> None:
+    scram = logging.getLogger("kafka.net.sasl.scram")
+    for _ in range(3):
+        scram.warning("Exchanging credentials in the clear during Sasl Authentication")
+        logging.getLogger("kafka.net.sasl.plain").warning("Sending username and password in the clear")
+    lines = service_log.getvalue().splitlines()
+    assert sum("Exchanging credentials in the clear" in line for line in lines) == 1
+    assert sum("Sending username and password in the clear" in line for line in lines) == 3, "PLAIN's stays"
