@@ -4,12 +4,15 @@ routing replicas notice changes with one cheap read and reload."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
+from services.common.ttl_cache import RefreshingSnapshot
 from services.routing.rules import Route, RouteMatch, validate_route
 
 
@@ -80,22 +83,20 @@ class RouteStore:
 
 
 class CachedRoutes:
-    """The routing handler's view of the rules: reloaded when the config version changes,
-    checked at most every `refresh_s` seconds so the hot path costs no database read."""
+    """The routing handler's view of the rules: reloaded when the config version changes, checked at
+    most every `refresh_s` seconds so the hot path costs no database read. While MongoDB is away the
+    routes last read stay in force; before any were read, a routing attempt fails (and is retried)
+    rather than quarantine every instance as no-route."""
 
-    def __init__(self, store: RouteStore, refresh_s: float = 2.0) -> None:
-        self._store = store
-        self._refresh_s = refresh_s
-        self._checked_at = 0.0
-        self._version = -1
-        self._routes: list[Route] = []
+    def __init__(self, store: RouteStore, refresh_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._routes = RefreshingSnapshot(
+            lambda _previous: store.list(),
+            refresh_s,
+            version=store.config_version,
+            keep_on=(PyMongoError,),
+            name="routes",
+            clock=clock,
+        )
 
     def current(self) -> list[Route]:
-        now = time.monotonic()
-        if now - self._checked_at >= self._refresh_s:
-            self._checked_at = now
-            version = self._store.config_version()
-            if version != self._version:
-                self._routes = self._store.list()
-                self._version = version
-        return self._routes
+        return self._routes.get()
