@@ -16,6 +16,7 @@ from services.common.events import now_ms
 from services.common.kafka_access import MECHANISM, PartnerAccess
 from services.common.stores.partners import Partner, PartnerStore
 from services.common.topics import Topics
+from services.common.ttl_cache import RefreshingSnapshot
 from services.delivery.retention_watch import PartnerLag
 from services.gateway.targets import parse_target
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
@@ -25,20 +26,18 @@ log = logging.getLogger(__name__)
 
 class PartnerCache:
     """Known partner ids, re-read at most every `refresh_s` seconds (a removed partner stops receiving
-    within that time; a new one is seen at once because misses are re-checked)."""
+    within that time; a new one is seen at once because misses are re-checked). A failed read raises
+    and the next call reads again."""
 
-    def __init__(self, store: PartnerStore, refresh_s: float = 2.0) -> None:
-        self._store = store
-        self._refresh_s = refresh_s
-        self._known: set[str] = set()
-        self._loaded_at = 0.0
+    def __init__(
+        self, store: PartnerStore, refresh_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._known = RefreshingSnapshot(
+            lambda _previous: frozenset(p.partner_id for p in store.list()), refresh_s, name="partners", clock=clock
+        )
 
     def is_known(self, partner_id: str) -> bool:
-        now = time.monotonic()
-        if now - self._loaded_at >= self._refresh_s or partner_id not in self._known:
-            self._known = {p.partner_id for p in self._store.list()}
-            self._loaded_at = now
-        return partner_id in self._known
+        return partner_id in self._known.get(reload_if=lambda known: partner_id not in known)
 
 
 @dataclass(frozen=True)
@@ -141,9 +140,7 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         self, request: admin_pb2.PartnerLagRequest, context: grpc.ServicerContext
     ) -> admin_pb2.PartnerLagReply:
         now = now_ms()
-        return admin_pb2.PartnerLagReply(
-            partners=[backlog_proto(lag, now) for _, lag in sorted(self._lags().items())]
-        )
+        return admin_pb2.PartnerLagReply(partners=[backlog_proto(lag, now) for _, lag in sorted(self._lags().items())])
 
     def RemovePartner(
         self, request: admin_pb2.RemovePartnerRequest, context: grpc.ServicerContext
