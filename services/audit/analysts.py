@@ -8,8 +8,6 @@ that a dashboard's burst of requests costs one read, and a removed analyst is re
 from __future__ import annotations
 
 import re
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +15,7 @@ from pymongo.database import Database
 
 from services.audit.scopes import Scope
 from services.common.api_keys import api_key_digest, issue_api_key
+from services.common.ttl_cache import ttl_cached
 
 _ANALYST_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 KEY_PREFIX = "imx_audit_"
@@ -79,24 +78,12 @@ class CachedKeyCheck:
     the analyst id; `holder` gives the analyst with the key's scope."""
 
     def __init__(self, store: AnalystStore, ttl_s: float = 5.0) -> None:
-        self._store = store
-        self._ttl_s = ttl_s
-        self._seen: dict[str, tuple[float, Analyst | None]] = {}
-        self._lock = threading.Lock()
+        # Keyed by digest, so no key is held in memory; bounded, so a flood of wrong keys cannot grow it.
+        self._holder = ttl_cached(store.key_holder, ttl_s, max_entries=10_000)
 
     def __call__(self, api_key: str) -> str | None:
         holder = self.holder(api_key)
         return holder.analyst_id if holder else None
 
     def holder(self, api_key: str) -> Analyst | None:
-        digest, now = api_key_digest(api_key), time.monotonic()
-        with self._lock:
-            cached = self._seen.get(digest)
-            if cached is not None and now - cached[0] < self._ttl_s:
-                return cached[1]
-        analyst = self._store.key_holder(digest)
-        with self._lock:
-            if len(self._seen) > 10_000:  # a flood of wrong keys must not grow this without bound
-                self._seen.clear()
-            self._seen[digest] = (now, analyst)
-        return analyst
+        return self._holder(api_key_digest(api_key))
