@@ -28,6 +28,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.common.messages import TransientError
+from services.common.ttl_cache import RefreshingSnapshot
 from services.deid.engine import BUILTIN_PROFILES, Profile
 from services.deid.profile_documents import (
     profile_from_document,
@@ -164,37 +165,29 @@ class CachedProfiles:
         self, store: ProfileStore, refresh_s: float = 2.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._store = store
-        self._refresh_s = refresh_s
-        self._clock = clock
-        self._checked_at: float | None = None
-        self._version = -1
-        self._profiles: Mapping[str, Profile] = MappingProxyType({})
+        # A failed check keeps serving what was loaded; a change is noticed on the next successful one.
+        self._profiles = RefreshingSnapshot(
+            self._load,
+            refresh_s,
+            version=store.config_version,
+            keep_on=(PyMongoError,),
+            name="profiles",
+            clock=clock,
+        )
         self._pinned: dict[tuple[str, int], Profile] = {}
 
     def current(self) -> Mapping[str, Profile]:
-        now = self._clock()
-        if self._checked_at is None or now - self._checked_at >= self._refresh_s:
-            try:
-                self._reload()
-            except PyMongoError as exc:
-                if self._checked_at is None:
-                    raise TransientError(f"profiles unavailable: {type(exc).__name__}") from exc
-                # Keep serving what was loaded; a change is noticed on the next successful check.
-                log.warning("profile reload failed", extra={"error": type(exc).__name__})
-            self._checked_at = now
-        return self._profiles
+        try:
+            return self._profiles.get()
+        except PyMongoError as exc:  # nothing loaded yet: retried, not quarantined as unknown-profile
+            raise TransientError(f"profiles unavailable: {type(exc).__name__}") from exc
 
-    def _reload(self) -> None:
-        version = self._store.config_version()
-        if version == self._version:
-            return
-        old = self._profiles
+    def _load(self, old: Mapping[str, Profile] | None) -> Mapping[str, Profile]:
         fresh = {}
         for profile in self._store.list():
-            kept = old.get(profile.name)
+            kept = old.get(profile.name) if old is not None else None
             fresh[profile.name] = kept if kept is not None and kept.version == profile.version else profile
-        self._profiles = MappingProxyType(fresh)
-        self._version = version
+        return MappingProxyType(fresh)
 
     def lookup(self, name: str, version: int = 0) -> Profile | None:
         """The current profile (version 0), or an exact older version (immutable, so cached for good)."""

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from pymongo.errors import AutoReconnect
+
 from services.common.blob_store import LocalBlobStore
+from services.common.messages import TransientError
 from services.common.topics import Topics
 from services.deid.engine import Profile
 from services.deid.handler import ProfileLookup, prepare_event
@@ -27,8 +31,11 @@ class FakeStore:
         self.old: dict[tuple[str, int], Profile] = {}
         self.version = 1
         self.lists = 0
+        self.down = False
 
     def config_version(self) -> int:
+        if self.down:
+            raise AutoReconnect("mongo down")
         return self.version
 
     def list(self) -> list[Profile]:
@@ -79,6 +86,26 @@ def test_unchanged_profiles_keep_their_object_and_compiled_rules_across_reloads(
     reloaded = cache.current()
     assert reloaded["other"] is other and reloaded["other"].rules is rules
     assert reloaded["ai"].version == "2"
+
+
+def test_mongo_away_at_the_first_read_is_transient_and_later_keeps_the_profiles_loaded() -> None:
+    store, clock = FakeStore(_profile(1)), Clock()
+    cache = CachedProfiles(store, refresh_s=2.0, clock=clock)  # type: ignore[arg-type]
+    store.down = True
+    for _ in range(2):
+        with pytest.raises(TransientError):
+            cache.current()  # retried, not quarantined as unknown-profile
+    store.down = False
+    first = cache.current()["ai"]
+    store.save(_profile(2, options=["retain-uids"]))
+    store.down = True
+    clock.now += 2
+    assert cache.current()["ai"] is first
+    store.down = False
+    clock.now += 1
+    assert cache.current()["ai"] is first, "the failed check counts: the next one is refresh_s after it"
+    clock.now += 1
+    assert cache.current()["ai"].version == "2"
 
 
 def test_lookup_gives_the_current_version_or_an_exact_older_one() -> None:
