@@ -12,12 +12,15 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
+from services.common.ttl_cache import RefreshingSnapshot
+
 log = logging.getLogger(__name__)
 
 # pynetdicom treats an empty require_calling_aet list as "accept every caller". With no organisation
 # registered we want the opposite, so the list then holds one title no organisation has: a random one
 # (organisation titles are chosen by operators), and the C-STORE handler checks the organisation too.
 _NOBODY = "imx-" + secrets.token_hex(6)
+_NO_TITLES: Mapping[str, str] = MappingProxyType({})
 
 
 def allowed_calling_aets(titles: Iterable[str]) -> list[str]:
@@ -26,7 +29,9 @@ def allowed_calling_aets(titles: Iterable[str]) -> list[str]:
 
 
 class CallingAeTitles:
-    """Thread-safe: association threads read `org_for`, one background thread refreshes."""
+    """Thread-safe: association threads read `org_for`; a background thread refreshes every
+    `interval_s`, and the organisation admin API right after a change. The timer is a thread, not a
+    check on lookup, because pynetdicom refuses a caller missing from its list before any lookup."""
 
     def __init__(
         self,
@@ -37,30 +42,36 @@ class CallingAeTitles:
         self._load = load
         self._on_change = on_change
         self._interval_s = interval_s
-        self._titles: Mapping[str, str] = MappingProxyType({})
+        self._titles = RefreshingSnapshot(self._read, interval_s, name="calling AE titles")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def org_for(self, ae_title: str) -> str | None:
-        return self._titles.get(ae_title.strip())
+        return self._current().get(ae_title.strip())
 
     def refresh(self) -> bool:
         """Re-read the titles; on failure the last good set stays in force."""
         try:
-            titles = MappingProxyType(dict(self._load()))
+            self._titles.refresh()
         except Exception as exc:  # MongoDB down: keep serving the organisations we know
             log.warning("calling AE titles not refreshed", extra={"error": type(exc).__name__})
             return False
-        changed = titles != self._titles
-        self._titles = titles  # one reference swap: readers see the old map or the new one
-        if changed:
+        return True
+
+    def _current(self) -> Mapping[str, str]:
+        return self._titles.peek() or _NO_TITLES
+
+    def _read(self, previous: Mapping[str, str] | None) -> Mapping[str, str]:
+        # Applied inside the snapshot's check, one at a time: two refreshes cannot apply in the wrong order.
+        titles = MappingProxyType(dict(self._load()))
+        if titles != (previous or _NO_TITLES):
             self._on_change(allowed_calling_aets(titles))
             log.info("calling AE titles updated", extra={"count": len(titles)})
-        return True
+        return titles
 
     def start(self) -> None:
         # Nobody until the first load succeeds: pynetdicom's default (an empty list) lets everybody in.
-        self._on_change(allowed_calling_aets(self._titles))
+        self._on_change(allowed_calling_aets(self._current()))
         self.refresh()
         self._thread = threading.Thread(target=self._run, name="imx-calling-aets", daemon=True)
         self._thread.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 from services.ingest.calling_aets import CallingAeTitles, allowed_calling_aets
@@ -54,3 +55,28 @@ def test_nobody_is_allowed_when_the_first_load_fails() -> None:
     titles.stop()
     assert applied == [allowed_calling_aets([])]
     assert titles.org_for("ANYONE") is None
+
+
+def test_two_refreshes_at_once_apply_the_titles_in_the_order_they_were_read() -> None:
+    reads = iter([{"OLD": "trust-a"}, {"NEW": "trust-b"}])
+    applied: list[list[str]] = []
+    first_read, release = threading.Event(), threading.Event()
+
+    def load() -> Mapping[str, str]:
+        titles = next(reads)
+        if "OLD" in titles:  # the background refresh read before the admin API's change
+            first_read.set()
+            release.wait(5)
+        return titles
+
+    titles = CallingAeTitles(load, applied.append, interval_s=60)
+    background = threading.Thread(target=titles.refresh)
+    background.start()
+    first_read.wait(5)
+    admin = threading.Thread(target=titles.refresh)
+    admin.start()
+    admin.join(0.2)  # the old code let this one apply NEW here, then the background one OLD over it
+    release.set()
+    background.join(5)
+    admin.join(5)
+    assert applied[-1] == ["NEW"] and titles.org_for("NEW") == "trust-b" and titles.org_for("OLD") is None
