@@ -13,6 +13,7 @@ from services.common.events import derived_meta, event_message, now_ms
 from services.common.failures import input_problem
 from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
+from services.common.quarantine_events import UNKNOWN_PARTNER, UNKNOWN_PROFILE, quarantined
 from services.common.topics import Topics
 from services.deid.engine import DeidError, PhiLeak, Profile
 from services.deid.engine.errors import UndecodableInput, tag_text
@@ -48,17 +49,7 @@ def undecodable(exc: Exception) -> UndecodableInput | None:
 def _quarantine(
     routed: events_pb2.InstanceRouted, refusal: Refusal, topics: Topics, clock: Callable[[], int]
 ) -> list[OutgoingMessage]:
-    event = events_pb2.Quarantined(
-        meta=derived_meta("quarantine", routed.meta, clock=clock),
-        stage="deid",
-        reason=refusal.reason,
-        detail=refusal.detail,
-        source_org=routed.source_org,
-        instance=routed.instance,
-        blob=routed.blob,
-        partner_id=routed.partner_id,
-        route_id=routed.route_id,
-    )
+    event = quarantined("deid", refusal.reason, refusal.detail, routed, clock)
     return [event_message(topics.quarantine, event, routed.instance.study_instance_uid)]
 
 
@@ -93,10 +84,10 @@ def prepare_event(
     profile = profiles(routed.profile, routed.profile_version)
     if profile is None:
         wanted = f"{routed.profile} v{routed.profile_version}" if routed.profile_version else routed.profile
-        return _quarantine(routed, Refusal("unknown-profile", wanted), topics, clock)
+        return _quarantine(routed, Refusal(UNKNOWN_PROFILE, wanted), topics, clock)
     key = recipient_key(routed.partner_id)
     if key is None:
-        return _quarantine(routed, Refusal("unknown-partner", routed.partner_id), topics, clock)
+        return _quarantine(routed, Refusal(UNKNOWN_PARTNER, routed.partner_id), topics, clock)
     # A disk or store failure reading or writing is retried, never quarantined. A large input is
     # mapped, not read (files.py): the result's pixel data are a view into it until written. A
     # deflated one is inflated into a temporary file, removed when `held` closes, whatever happens.

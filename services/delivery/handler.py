@@ -15,6 +15,7 @@ from collections.abc import Callable
 from services.common.events import derived_meta, event_message, now_ms
 from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
+from services.common.quarantine_events import UNKNOWN_PARTNER, quarantined
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance, StoredReceipt
 from services.delivery.retrieval_refs import QUERY_PARAM, RetrievalRefs, SignedObject
@@ -95,19 +96,10 @@ def deliver_event(
     """The messages to publish, and the delivery to record (None when nothing is delivered)."""
     study = prepared.source_instance.study_instance_uid
     if not partner_known:
-        quarantined = events_pb2.Quarantined(
-            meta=derived_meta("quarantine", prepared.meta, clock=clock),
-            stage="delivery",
-            reason="unknown-partner",
-            source_org=prepared.source_org,
-            instance=prepared.source_instance,
-            blob=prepared.blob,
-            partner_id=prepared.partner_id,
-            route_id=prepared.route_id,
-        )
-        outcome = _outcome(prepared, events_pb2.DELIVERY_STATUS_FAILED, "", "unknown-partner", clock)
+        event = quarantined("delivery", UNKNOWN_PARTNER, "", prepared, clock)
+        outcome = _outcome(prepared, events_pb2.DELIVERY_STATUS_FAILED, "", UNKNOWN_PARTNER, clock)
         return [
-            event_message(topics.quarantine, quarantined, study),
+            event_message(topics.quarantine, event, study),
             event_message(topics.outcomes, outcome, study),
         ], None
     partner_topic = topics.lane(topics.partner(prepared.partner_id), lane_for(prepared.priority))

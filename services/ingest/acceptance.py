@@ -43,11 +43,12 @@ from services.common.dicom.header import (
 from services.common.dicom.part10 import zero_preamble, zero_preamble_file
 from services.common.events import event_message, now_ms
 from services.common.messages import OutgoingMessage, TransientError
+from services.common.quarantine_events import Unaccepted, quarantined
 from services.common.stats import StageStats
 from services.common.topics import Topics, validate_partner_id
 from services.ingest.commit_group import Commit, CommitGroup, Outcome
 from services.ingest.errors import IngestPaused, IngestUnavailable, InvalidDestination
-from services.ingest.ingest_events import ingested_event_id, instance_ingested, quarantined
+from services.ingest.ingest_events import ingested_event_id, instance_ingested
 from services.ingest.receipts import ReceiptFacts, ReceiptStore
 
 log = logging.getLogger(__name__)
@@ -326,16 +327,8 @@ class Acceptance:
     def _quarantine(
         self, source_org: str, channel: str, reason: str, detail: str, sha256: str, size: int, stored: bool = False
     ) -> Rejected:
-        event = quarantined(
-            reason=reason,
-            detail=detail,
-            source_org=source_org,
-            channel=channel,
-            sha256=sha256,
-            size=size,
-            stored=stored,
-            occurred_at_ms=self._clock(),
-        )
+        unaccepted = Unaccepted(source_org, channel, sha256, size, stored, received_at_ms=self._clock())
+        event = quarantined("ingest", reason, detail, unaccepted)
         self._publish(self._topics.quarantine, event, "")
         self._record(failed=True)
         log.warning(

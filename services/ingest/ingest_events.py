@@ -1,4 +1,5 @@
-"""The events ingest emits, built from facts (pure: no clock, no I/O)."""
+"""The events ingest emits, built from facts (pure: no clock, no I/O). Its quarantine events are
+built with every other stage's, in services/common/quarantine_events.py."""
 
 from __future__ import annotations
 
@@ -6,16 +7,10 @@ from services.common.dicom.header import InstanceHeader
 from services.common.events import event_id
 from services.proto_gen.imx.v1 import events_pb2
 
-STAGE = "ingest"
-
 
 def ingested_event_id(source_org: str, sop_instance_uid: str, sha256: str) -> str:
     """The same instance (same bytes) from the same organisation always gets the same id."""
     return event_id(source_org, sop_instance_uid, sha256)
-
-
-def quarantine_event_id(source_org: str, channel: str, sha256: str, reason: str) -> str:
-    return event_id("quarantine", STAGE, source_org, channel, sha256, reason)
 
 
 def instance_ref(header: InstanceHeader) -> events_pb2.InstanceRef:
@@ -48,33 +43,4 @@ def instance_ingested(
         channel=channel,
         requested_destination=requested_destination,
         routing_attributes=dict(header.routing),
-    )
-
-
-def quarantined(
-    *,
-    reason: str,
-    detail: str,
-    source_org: str,
-    channel: str,
-    sha256: str,
-    size: int,
-    stored: bool,
-    occurred_at_ms: int,
-) -> events_pb2.Quarantined:
-    """`sha256` is "" when the input was never read whole (over the size limit); `stored` says whether
-    the blob store holds it for operators to look at."""
-    # Unread inputs have no content hash; size and time tell one such rejection from another.
-    identity = sha256 or f"unread/{size}/{occurred_at_ms}"
-    return events_pb2.Quarantined(
-        meta=events_pb2.EventMeta(
-            event_id=quarantine_event_id(source_org, channel, identity, reason),
-            occurred_at_ms=occurred_at_ms,
-            ingested_at_ms=occurred_at_ms,
-        ),
-        stage=STAGE,
-        reason=reason,
-        detail=detail,
-        source_org=source_org,
-        blob=events_pb2.BlobRef(sha256=sha256, size=size) if stored else None,
     )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from services.common.events import derived_meta, event_message, now_ms
 from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
+from services.common.quarantine_events import NO_ROUTE, quarantined
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2
 from services.routing.rules import Route, RoutingInput, decide
@@ -19,16 +20,10 @@ def route_event(
     study = ingested.instance.study_instance_uid
     decisions = decide(routes, item)
     if not decisions:
-        quarantined = events_pb2.Quarantined(
-            meta=derived_meta("no-route", ingested.meta, clock=clock),
-            stage="routing",
-            reason="no-route",
-            detail=f"requested destination {ingested.requested_destination}" if ingested.requested_destination else "",
-            source_org=ingested.source_org,
-            instance=ingested.instance,
-            blob=ingested.blob,
-        )
-        return [event_message(topics.quarantine, quarantined, study)]
+        # The requested destination is a partner id, checked when the instance was accepted.
+        wanted = f"requested destination {ingested.requested_destination}" if ingested.requested_destination else ""
+        event = quarantined("routing", NO_ROUTE, wanted, ingested, clock)
+        return [event_message(topics.quarantine, event, study)]
     outputs = []
     for decision in decisions:
         routed = events_pb2.InstanceRouted(
