@@ -14,7 +14,6 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from services.common.service_access import central_gateway_group
 from services.common.topics import Topics
@@ -70,11 +69,22 @@ class Pacs:
 
 
 def sop_uid_of(data: bytes) -> str:
+    """The SOP Instance UID the PACS stored the file under: storescp writes the file meta from the
+    C-STORE request, so that comes first; the data set's own is read only when the meta has none. A
+    delivered malformed input can break pydicom in any way (an unknown VR on the UID raises
+    NotImplementedError), and the scanner must outlive every one of them."""
     try:
         ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        return str(ds.get("SOPInstanceUID", ""))
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, IndexError, TypeError):
+    except Exception:
         return ""
+    for read in (lambda: ds.file_meta.get("MediaStorageSOPInstanceUID", ""), lambda: ds.get("SOPInstanceUID", "")):
+        try:
+            uid = str(read() or "")
+        except Exception:
+            continue
+        if uid:
+            return uid
+    return ""
 
 
 class Scanner:

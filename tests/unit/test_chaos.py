@@ -31,6 +31,7 @@ from tools.chaos_ledger import (
     read_mark,
     reconcile,
 )
+from tools.chaos_partner import sop_uid_of
 from tools.chaos_send import c_store_outcome, stow_outcome
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -237,3 +238,19 @@ def test_quick_mode_shortens_the_faults() -> None:
     assert parse_args(["--quick", "--pacs-down-s", "45"]).pacs_down_s == 45.0
     with pytest.raises(SystemExit):
         parse_args(["--faults", "ingest,volcano"])
+
+
+def test_the_scanner_reads_the_uid_of_every_bad_vr_input_it_may_find_at_the_pacs() -> None:
+    """A pass-through route delivers a malformed input as sent; the PACS's file meta (from the C-STORE
+    request) names it even when the data set's own UID has a VR pydicom cannot decode (the scanner
+    thread died on one in a full run)."""
+    found = 0
+    for index in range(400):
+        item = malformed_input(9, index)
+        if item.kind != "bad-vr":
+            continue
+        stored = file_meta_bytes(item.sop_class, item.sop_uid, item.transfer_syntax) + item.dataset
+        assert sop_uid_of(stored) == item.sop_uid
+        found += 1
+    assert found > 10
+    assert sop_uid_of(b"\0" * 128 + b"DICM" + b"\xff" * 64) == ""
