@@ -1,5 +1,14 @@
 """Deid stage: an InstanceRouted in; the instance as its partner will receive it out (InstancePrepared),
-or a quarantine event when it cannot be released safely."""
+or a quarantine event when it cannot be released safely.
+
+A pure core in a thin I/O shell, as in the other stages:
+- `plan` decides what happens to an event: passed through, quarantined, or de-identified with a
+  profile and the partner's key (the configuration comes in as lookups);
+- `prepared_event` and `quarantine_event` build the outgoing messages from that decision and, for a
+  de-identified instance, from what was `released`;
+- the shell (`prepare_event`, run by `build_deid_handler`) adds the one effect: `release_instance`
+  reads the input blob, de-identifies it and writes the output blob.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +24,7 @@ from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.quarantine_events import UNKNOWN_PARTNER, UNKNOWN_PROFILE, quarantined
 from services.common.topics import Topics
-from services.deid.engine import DeidError, PhiLeak, Profile
+from services.deid.engine import DeidError, DeidResult, PhiLeak, Profile
 from services.deid.engine.errors import UndecodableInput, tag_text
 from services.deid.files import MAX_INFLATED_BYTES, blob_source, deidentified
 from services.deid.profile_documents import profile_version_number
@@ -46,11 +55,138 @@ def undecodable(exc: Exception) -> UndecodableInput | None:
     return None if detail is None else UndecodableInput(detail)
 
 
-def _quarantine(
-    routed: events_pb2.InstanceRouted, refusal: Refusal, topics: Topics, clock: Callable[[], int]
+# The pure core: decisions and events, no blob store.
+
+
+@dataclass(frozen=True)
+class PassThrough:
+    """A care transfer: the partner receives the instance exactly as it was sent."""
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    refusal: Refusal
+
+
+@dataclass(frozen=True)
+class Deidentify:
+    profile: Profile
+    key: bytes
+
+
+Plan = PassThrough | Quarantine | Deidentify
+
+
+def plan(
+    routed: events_pb2.InstanceRouted, profiles: ProfileLookup, recipient_key: Callable[[str], bytes | None]
+) -> Plan:
+    """What happens to `routed`. The lookups are the stage's configuration (cached from MongoDB; a
+    failing one raises for the bus to retry) and each is asked only when its answer matters: no profile
+    for a pass-through, no key for an unknown profile."""
+    if not routed.profile:
+        return PassThrough()
+    profile = profiles(routed.profile, routed.profile_version)
+    if profile is None:
+        wanted = f"{routed.profile} v{routed.profile_version}" if routed.profile_version else routed.profile
+        return Quarantine(Refusal(UNKNOWN_PROFILE, wanted))
+    key = recipient_key(routed.partner_id)
+    if key is None:
+        return Quarantine(Refusal(UNKNOWN_PARTNER, routed.partner_id))
+    return Deidentify(profile, key)
+
+
+@dataclass(frozen=True)
+class Released:
+    """A de-identified instance as stored: the profile version applied, the instance as the partner
+    sees it, and its blob."""
+
+    profile_version: int
+    instance: events_pb2.InstanceRef
+    blob: events_pb2.BlobRef
+
+
+def released(profile: Profile, result: DeidResult, sha256: str, size: int) -> Released:
+    """What the event says of `result`, written as the blob `sha256` of `size` bytes."""
+    return Released(
+        # The version actually applied, so audit can show exactly which rules an instance went through.
+        profile_version=profile_version_number(profile),
+        instance=events_pb2.InstanceRef(
+            study_instance_uid=result.study_instance_uid,
+            series_instance_uid=result.series_instance_uid,
+            sop_instance_uid=result.sop_instance_uid,
+            sop_class_uid=result.sop_class_uid,
+            transfer_syntax_uid=result.transfer_syntax_uid,
+            modality=result.modality,
+        ),
+        blob=events_pb2.BlobRef(sha256=sha256, size=size),
+    )
+
+
+def prepared_event(
+    routed: events_pb2.InstanceRouted,
+    topics: Topics,
+    clock: Callable[[], int] = now_ms,
+    release: Released | None = None,
+) -> list[OutgoingMessage]:
+    """The InstancePrepared for `routed`: de-identified as `release` says, or (None) passed through."""
+    prepared = events_pb2.InstancePrepared(
+        meta=derived_meta("prepared", routed.meta, clock=clock),
+        source_instance=routed.instance,
+        source_org=routed.source_org,
+        route_id=routed.route_id,
+        partner_id=routed.partner_id,
+        profile=routed.profile,
+        priority=routed.priority,
+        source_blob=routed.blob,
+    )
+    if release is None:
+        prepared.instance.CopyFrom(routed.instance)
+        prepared.blob.CopyFrom(routed.blob)
+    else:
+        prepared.deidentified = True
+        prepared.profile_version = release.profile_version
+        prepared.blob.CopyFrom(release.blob)
+        prepared.instance.CopyFrom(release.instance)
+    topic = topics.lane(topics.prepared, lane_for(routed.priority))
+    return [event_message(topic, prepared, routed.instance.study_instance_uid)]
+
+
+def quarantine_event(
+    routed: events_pb2.InstanceRouted, refusal: Refusal, topics: Topics, clock: Callable[[], int] = now_ms
 ) -> list[OutgoingMessage]:
     event = quarantined("deid", refusal.reason, refusal.detail, routed, clock)
     return [event_message(topics.quarantine, event, routed.instance.study_instance_uid)]
+
+
+# The I/O shell.
+
+
+def release_instance(
+    blobs: BlobStore,
+    blob: events_pb2.BlobRef,
+    how: Deidentify,
+    scratch: Path | None = None,
+    max_inflated_bytes: int = MAX_INFLATED_BYTES,
+) -> Released | Refusal:
+    """Read `blob`, de-identify it and write the result to `blobs`; a Refusal when the engine refuses
+    the input or the decoder cannot read it. A disk or store failure reading or writing is raised (the
+    bus retries it), never a Refusal.
+
+    A large input is mapped, not read (files.py): the result's pixel data are a view into it until
+    written. A deflated one is inflated into a temporary file in `scratch` (beside the blobs), removed
+    when `held` closes, whatever happens."""
+    with blob_source(blobs, blob) as data, ExitStack() as held:
+        try:
+            result = held.enter_context(deidentified(data, how.profile, how.key, scratch, max_inflated_bytes))
+        except DeidError as error:
+            return refusal_for(error)
+        except Exception as exc:
+            problem = undecodable(exc)
+            if problem is None:
+                raise
+            return refusal_for(problem)
+        sha, size = blobs.put_chunks(result.chunks)
+    return released(how.profile, result, sha, size)
 
 
 def prepare_event(
@@ -63,60 +199,19 @@ def prepare_event(
     scratch: Path | None = None,
     max_inflated_bytes: int = MAX_INFLATED_BYTES,
 ) -> list[OutgoingMessage]:
-    """`scratch`: where a deflated input is inflated (files.py `deidentified`), beside the blobs."""
-    prepared = events_pb2.InstancePrepared(
-        meta=derived_meta("prepared", routed.meta, clock=clock),
-        source_instance=routed.instance,
-        source_org=routed.source_org,
-        route_id=routed.route_id,
-        partner_id=routed.partner_id,
-        profile=routed.profile,
-        priority=routed.priority,
-        source_blob=routed.blob,
-    )
-    prepared_topic = topics.lane(topics.prepared, lane_for(routed.priority))
-    if not routed.profile:
-        # A care transfer: the partner receives the instance exactly as it was sent.
-        prepared.instance.CopyFrom(routed.instance)
-        prepared.blob.CopyFrom(routed.blob)
-        return [event_message(prepared_topic, prepared, routed.instance.study_instance_uid)]
-
-    profile = profiles(routed.profile, routed.profile_version)
-    if profile is None:
-        wanted = f"{routed.profile} v{routed.profile_version}" if routed.profile_version else routed.profile
-        return _quarantine(routed, Refusal(UNKNOWN_PROFILE, wanted), topics, clock)
-    key = recipient_key(routed.partner_id)
-    if key is None:
-        return _quarantine(routed, Refusal(UNKNOWN_PARTNER, routed.partner_id), topics, clock)
-    # A disk or store failure reading or writing is retried, never quarantined. A large input is
-    # mapped, not read (files.py): the result's pixel data are a view into it until written. A
-    # deflated one is inflated into a temporary file, removed when `held` closes, whatever happens.
-    with blob_source(blobs, routed.blob) as data, ExitStack() as held:
-        try:
-            result = held.enter_context(deidentified(data, profile, key, scratch, max_inflated_bytes))
-        except DeidError as error:
-            return _quarantine(routed, refusal_for(error), topics, clock)
-        except Exception as exc:
-            problem = undecodable(exc)
-            if problem is None:
-                raise
-            return _quarantine(routed, refusal_for(problem), topics, clock)
-        sha, size = blobs.put_chunks(result.chunks)
-    prepared.deidentified = True
-    # The version actually applied, so audit can show exactly which rules an instance went through.
-    prepared.profile_version = profile_version_number(profile)
-    prepared.blob.CopyFrom(events_pb2.BlobRef(sha256=sha, size=size))
-    prepared.instance.CopyFrom(
-        events_pb2.InstanceRef(
-            study_instance_uid=result.study_instance_uid,
-            series_instance_uid=result.series_instance_uid,
-            sop_instance_uid=result.sop_instance_uid,
-            sop_class_uid=result.sop_class_uid,
-            transfer_syntax_uid=result.transfer_syntax_uid,
-            modality=result.modality,
-        )
-    )
-    return [event_message(prepared_topic, prepared, routed.instance.study_instance_uid)]
+    """`plan`, then for a de-identification `release_instance`, then the event. `scratch`: where a
+    deflated input is inflated (files.py `deidentified`), beside the blobs."""
+    decided = plan(routed, profiles, recipient_key)
+    if isinstance(decided, PassThrough):
+        return prepared_event(routed, topics, clock)
+    if isinstance(decided, Quarantine):
+        return quarantine_event(routed, decided.refusal, topics, clock)
+    # A prepared instance's time is when its preparation began; a refusal's, when it was refused.
+    began = clock()
+    outcome = release_instance(blobs, routed.blob, decided, scratch, max_inflated_bytes)
+    if isinstance(outcome, Refusal):
+        return quarantine_event(routed, outcome, topics, clock)
+    return prepared_event(routed, topics, lambda: began, outcome)
 
 
 def build_deid_handler(
@@ -126,11 +221,10 @@ def build_deid_handler(
     topics: Topics,
     scratch: Path | None = None,
     max_inflated_bytes: int = MAX_INFLATED_BYTES,
+    clock: Callable[[], int] = now_ms,
 ) -> Callable[[IncomingMessage], list[OutgoingMessage]]:
     def handle(message: IncomingMessage) -> list[OutgoingMessage]:
         routed = events_pb2.InstanceRouted.FromString(message.value)
-        return prepare_event(
-            routed, profiles, recipient_key, blobs, topics, scratch=scratch, max_inflated_bytes=max_inflated_bytes
-        )
+        return prepare_event(routed, profiles, recipient_key, blobs, topics, clock, scratch, max_inflated_bytes)
 
     return handle

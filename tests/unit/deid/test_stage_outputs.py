@@ -5,7 +5,8 @@ names its output blob by SHA-256, so the value's digest pins the bytes written t
 de-duplicate on event ids and partners on blobs: a restructuring of the stage must give exactly these.
 
 The digests below were produced by the stage before it was split into a pure plan and an I/O shell
-(services/deid/handler.py at commit fe9e28c), for these same inputs and a fixed clock.
+(services/deid/handler.py at commit fe9e28c; this test passed on it, commit 7402807), for these same
+inputs and a fixed clock.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from services.common.blob_store import BlobStore, LocalBlobStore
-from services.common.messages import OutgoingMessage
+from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.deid.deflated import deflated_body
 from services.deid.engine import Profile
-from services.deid.handler import prepare_event
+from services.deid.handler import build_deid_handler, prepare_event
 from services.deid.profile_documents import profile_from_document
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -217,4 +218,30 @@ def test_the_stage_publishes_what_it_published_before(name: str, tmp_path: Path)
             prepared = events_pb2.InstancePrepared.FromString(message.value)
             if prepared.deidentified:
                 assert len(LocalBlobStore(tmp_path).get(prepared.blob.sha256)) == prepared.blob.size
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_bus_handler_publishes_the_same(name: str, tmp_path: Path) -> None:
+    case = CASES[name]
+    blobs = LocalBlobStore(tmp_path)
+    handle = build_deid_handler(
+        lambda name, version: case.profiles.get((name, version)),
+        case.keys.get,
+        blobs,
+        TOPICS,
+        tmp_path,
+        case.max_inflated_bytes,
+        clock=fixed_clock,
+    )
+    value = case.routed(blobs).SerializeToString()
+
+    assert summary(handle(IncomingMessage(TOPICS.routed, 0, 0, None, value))) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", ["ct", "deflated", "broken-deflate-stream", "undecodable"])
+def test_a_mapped_input_gives_the_same(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Inputs from 32 MiB up are read through a map (files.py): the result's pixel data are a view into it.
+    monkeypatch.setattr("services.deid.files.MAPPED_FROM_BYTES", 1)
+    assert summary(outputs_of(CASES[name], tmp_path)) == EXPECTED[name]
     assert not list(tmp_path.rglob(".tmp-*"))

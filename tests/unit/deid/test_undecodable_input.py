@@ -4,6 +4,7 @@ blob store is not the input's fault and is left to the bus to retry."""
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,19 @@ class FailingBlobs(LocalBlobStore):
 def test_a_blob_store_failure_is_raised_for_the_bus_to_retry(tmp_path: Path) -> None:
     blobs = FailingBlobs(tmp_path)
     routed = routed_event(LocalBlobStore(tmp_path), to_bytes(ct_dataset()), "ai")
+    with pytest.raises(OSError) as raised:
+        prepare_event(routed, lambda _n, _v: PROFILE, lambda _p: KEY, blobs, TOPICS)
+    assert classify(raised.value) is Failure.TRANSIENT
+
+
+class FullDisk(LocalBlobStore):
+    def put_chunks(self, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
+        raise OSError(errno.ENOSPC, "No space left on device", "/var/blobs/.tmp-x")
+
+
+def test_a_failure_writing_the_output_is_raised_for_the_bus_to_retry(tmp_path: Path) -> None:
+    blobs = FullDisk(tmp_path)
+    routed = routed_event(blobs, to_bytes(ct_dataset()), "ai")
     with pytest.raises(OSError) as raised:
         prepare_event(routed, lambda _n, _v: PROFILE, lambda _p: KEY, blobs, TOPICS)
     assert classify(raised.value) is Failure.TRANSIENT
