@@ -9,7 +9,7 @@ FerretDB 1.x supports: no transactions, TTL indexes or change streams.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -39,8 +39,14 @@ from services.common.mongo import insert_new
 _TRANSIENT = (ConnectionFailure, ExecutionTimeout, WriteConcernError)
 MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
 MAX_DAYS = 400  # an aggregate covers at most this many days
+# Pages asked for at once in a study chain's first round: a long trail (the slow ones) is read in one
+# round instead of two, for a few cheap misses on a short one.
+TRAIL_READ_AHEAD = 6
 SCAN_READS = 400  # minutes one events page may walk through when they are empty or filtered out
 MINUTES_AT_ONCE = 12
+# Listed minutes (known to hold pages) read at first: one busy minute can fill a page of events, so a
+# page reads 2, then 4, 8, 12 at once rather than decoding 12 minutes of records to answer 100.
+LISTED_AT_FIRST = 2
 MONTHLY_FROM = "monthly"  # counts document: the first day the month documents (rollups.month_doc) hold
 AFTER_MINUTE = "~"  # sorts after every record id: a cursor "after everything of this minute"
 
@@ -123,14 +129,34 @@ def minute_groups(records: Sequence[AuditRecord]) -> dict[str, list[AuditRecord]
     return groups
 
 
-def trail_of(study_uid: str, chain: Callable[[str], list[AuditRecord]]) -> list[AuditRecord]:
-    """The records naming the study, then those naming each de-identified copy of it (one step)."""
-    found = {r["_id"]: r for r in chain(study_uid) if study_uid in (r["study_uid"], r["delivered_study_uid"])}
-    copies = sorted({r["delivered_study_uid"] for r in found.values() if r["delivered_study_uid"]} - {study_uid})
-    for uid in copies:
-        for r in chain(uid):
-            if r["delivered_study_uid"] == uid:
-                found.setdefault(r["_id"], r)
+def study_records(study_uid: str, records: Iterable[AuditRecord]) -> dict[str, AuditRecord]:
+    """The first copy of each record naming the study, as received or as delivered."""
+    found: dict[str, AuditRecord] = {}
+    for r in records:
+        if study_uid in (r["study_uid"], r["delivered_study_uid"]):
+            found.setdefault(r["_id"], r)
+    return found
+
+
+def copies_of(study_uid: str, found: Mapping[str, AuditRecord]) -> list[str]:
+    """The de-identified copies of the study its records name."""
+    return sorted({r["delivered_study_uid"] for r in found.values() if r["delivered_study_uid"]} - {study_uid})
+
+
+def add_copy(found: dict[str, AuditRecord], copy_uid: str, records: Iterable[AuditRecord]) -> None:
+    """The records naming the copy as delivered, the first copy of each, unless found already."""
+    for r in records:
+        if r["delivered_study_uid"] == copy_uid:
+            found.setdefault(r["_id"], r)
+
+
+def trail_of(study_uid: str, chain: Callable[[str, Container[str]], list[AuditRecord]]) -> list[AuditRecord]:
+    """The records naming the study, then those naming each de-identified copy of it (one step).
+    `chain(uid, known)` gives the records naming `uid`, and may leave out those whose `_id` is in
+    `known`: they are found already, and the first copy is kept."""
+    found = study_records(study_uid, chain(study_uid, ()))
+    for uid in copies_of(study_uid, found):
+        add_copy(found, uid, chain(uid, found.keys()))
     return list(found.values())
 
 
@@ -259,12 +285,24 @@ class MongoAuditStore:
         if len(self._time_marked) > 100_000:
             self._time_marked.clear()
 
-    def _chain(self, uid: str) -> list[AuditRecord]:
-        return self._chains.read(f"s:{uid}")
-
     def study_trail(self, study_uid: str) -> list[AuditRecord]:
+        """`trail_of` over the study chains, with each copy's chain read from the round after the one
+        whose pages named it, alongside the study's own chain, not after it; pages of either chain
+        leave out records already found."""
+        key = f"s:{study_uid}"
+        known: set[str] = set()
+
+        def follow(read: Mapping[str, list[AuditRecord]]) -> list[str]:
+            named = study_records(study_uid, read[key])
+            known.update(named)
+            return [f"s:{uid}" for uid in copies_of(study_uid, named)]
+
         with _unavailable_is_transient():
-            return trail_of(study_uid, self._chain)
+            chains = self._chains.read_many([key], TRAIL_READ_AHEAD, known, follow)
+        found = study_records(study_uid, chains[key])
+        for uid in copies_of(study_uid, found):
+            add_copy(found, uid, chains[f"s:{uid}"])
+        return list(found.values())
 
     def _indexed_from(self) -> str:
         """The first day whose month documents and minute lists are complete (MONTHLY_FROM)."""
@@ -279,9 +317,11 @@ class MongoAuditStore:
 
     def _minutes(self, start_ms: int, end_ms: int, scan: _Scan) -> Iterator[tuple[int, list[AuditRecord]]]:
         """(minute start, its records) for minutes overlapping [start_ms, end_ms), skipping days and hours
-        without pages, MINUTES_AT_ONCE minutes read concurrently; stops when the scan's reads are spent
-        (`scan.position`: where it stopped)."""
+        without pages, up to MINUTES_AT_ONCE minutes read concurrently (listed ones LISTED_AT_FIRST first,
+        twice as many each time after); stops when the scan's reads are spent (`scan.position`: where it
+        stopped)."""
         minute = start_ms // MINUTE_MS * MINUTE_MS
+        listed_at_once = LISTED_AT_FIRST
         checked_hour = -1
         listed: set[int] | None = None  # the hour's minutes with pages, when its `tm` mark can say
         indexed_from = self._indexed_from()
@@ -303,13 +343,15 @@ class MongoAuditStore:
                 trusted = listing is not None and rollups.day_of(to_datetime(hour)) >= indexed_from
                 listed = {hour + int(m) * MINUTE_MS for m in listing["m"]} if trusted and listing else None
             candidates = range(minute, min(end_ms, hour + HOUR_MS), MINUTE_MS)
-            window = [m for m in candidates if listed is None or m in listed][:MINUTES_AT_ONCE]
+            at_once = MINUTES_AT_ONCE if listed is None else listed_at_once
+            window = [m for m in candidates if listed is None or m in listed][:at_once]
             if not window:  # none of the hour's listed minutes is left
                 minute = scan.position = candidates.stop
                 continue
             # Most minutes of a sparse period are empty: one read each first, more only for those with pages.
             chains = self._chains.read_many([f"m:{m}" for m in window], first_round=1 if listed is None else READ_AHEAD)
             scan.reads -= len(window)
+            listed_at_once = min(2 * listed_at_once, MINUTES_AT_ONCE) if listed is not None else listed_at_once
             for m in window:
                 scan.position = m + MINUTE_MS
                 yield m, chains[f"m:{m}"]

@@ -15,18 +15,34 @@ from typing import Any
 import orjson
 
 from services.audit.models import AuditEvent, Destination, Receipt, StageReason, StudyTrail
+from services.audit.pages import StoredRecord
 from services.audit.records import HOP_ORDER, RECORD_FIELDS, AuditRecord, EventType
 
 
 def in_order(records: Iterable[AuditRecord]) -> list[AuditRecord]:
     """By time; events of the same millisecond in hop order (ingested before routed before ...)."""
-    return sorted(records, key=lambda r: (r["occurred_at"], HOP_ORDER[EventType(r["event_type"])], r["_id"]))
+    return sorted(records, key=lambda r: (r["occurred_at"], _HOP_RANK[r["event_type"]], r["_id"]))
+
+
+_HOP_RANK: dict[str, int] = {t.value: rank for t, rank in HOP_ORDER.items()}  # by value: no EventType per record
+
+
+# Event types as plain strings: an EventType member costs a lookup on the enum class each time (a
+# trail compares thousands of records), a module constant does not.
+_INGESTED, _ROUTED, _PREPARED, _OUTCOME = (
+    EventType.INGESTED.value,
+    EventType.ROUTED.value,
+    EventType.PREPARED.value,
+    EventType.OUTCOME.value,
+)
+_RECEIPT, _QUARANTINED = EventType.RECEIPT.value, EventType.QUARANTINED.value
+_DESTINATION_EVENTS = frozenset({_ROUTED, _PREPARED, _OUTCOME})
 
 
 def _receipts(records: list[AuditRecord]) -> list[Receipt]:
     groups: dict[tuple[str | None, str | None], list[AuditRecord]] = {}
     for r in records:
-        if r["event_type"] == EventType.INGESTED:
+        if r["event_type"] == _INGESTED:
             groups.setdefault((r["source_org"], r["channel"]), []).append(r)
     return [
         Receipt(
@@ -49,38 +65,22 @@ def _destinations(records: list[AuditRecord]) -> list[Destination]:
     # A receipt knows the partner and the instance as delivered, not the route: the outcome links them.
     route_of: dict[tuple[str | None, str | None], tuple[str | None, str | None]] = {}
     for r in records:
-        if r["event_type"] == EventType.OUTCOME:
+        if r["event_type"] == _OUTCOME:
             route_of[(r["partner_id"], _delivered_sop(r))] = (r["partner_id"], r["route_id"])
     for r in records:
-        if r["event_type"] not in (EventType.ROUTED, EventType.PREPARED, EventType.OUTCOME):
+        if r["event_type"] not in _DESTINATION_EVENTS:
             continue
-        d = found.setdefault(
-            (r["partner_id"], r["route_id"]),
-            {
-                "profile": None,
-                "profile_version": None,
-                "deidentified": None,
-                "routed": set(),
-                "prepared": set(),
-                "delivered": set(),
-                "failed": set(),
-                "last_delivered_at": None,
-                "stored": {},  # delivered SOP Instance UID -> turnaround ms
-                "stored_without_time": set(),  # stored, but the receipt carried no ingest time
-                "dead_lettered": set(),
-                "last_stored_at": None,
-                "quarantined": set(),
-                "reasons": Counter(),
-                "study_check": None,
-            },
-        )
+        key = (r["partner_id"], r["route_id"])
+        d = found.get(key)
+        if d is None:
+            d = found[key] = _new_destination()
         for name in ("profile", "profile_version", "deidentified"):
             if r[name] is not None:
                 d[name] = r[name]
         sop = r["sop_uid"]
-        if r["event_type"] == EventType.ROUTED:
+        if r["event_type"] == _ROUTED:
             d["routed"].add(sop)
-        elif r["event_type"] == EventType.PREPARED:
+        elif r["event_type"] == _PREPARED:
             d["prepared"].add(sop)
         elif r["status"] == "delivered":
             d["delivered"].add(sop)
@@ -89,23 +89,43 @@ def _destinations(records: list[AuditRecord]) -> list[Destination]:
             d["failed"].add(sop)
             d["reasons"][("delivery", r["detail"] or "failed", sop)] += 1
     for r in records:
-        if r["event_type"] == EventType.QUARANTINED and (r["partner_id"], r["route_id"]) in found:
+        if r["event_type"] == _QUARANTINED and (r["partner_id"], r["route_id"]) in found:
             # Quarantined on the way to one destination (deid refusing an instance for its profile).
             d = found[(r["partner_id"], r["route_id"])]
             d["quarantined"].add(r["sop_uid"])
             d["reasons"][(r["stage"], r["reason"], r["sop_uid"])] += 1
-        elif r["event_type"] == EventType.RECEIPT and r["status"] in STUDY_CHECKS:
+        elif r["event_type"] == _RECEIPT and r["status"] in STUDY_CHECKS:
             # A study receipt names the partner and the study as delivered, not an instance or a
             # route: it answers for every destination of that partner. Records are in time order, so
             # the last check wins (a study that grew is announced and checked again).
             for (partner, _route), d in found.items():
                 if partner == r["partner_id"]:
                     d["study_check"] = r
-        elif r["event_type"] == EventType.RECEIPT:
-            key = route_of.get((r["partner_id"], r["delivered_sop_uid"]))
-            if key is not None and key in found:
-                _add_receipt(found[key], r)
+        elif r["event_type"] == _RECEIPT:
+            route = route_of.get((r["partner_id"], r["delivered_sop_uid"]))
+            if route is not None and route in found:
+                _add_receipt(found[route], r)
     return [_destination(partner, route, d) for (partner, route), d in found.items()]
+
+
+def _new_destination() -> dict[str, Any]:
+    return {
+        "profile": None,
+        "profile_version": None,
+        "deidentified": None,
+        "routed": set(),
+        "prepared": set(),
+        "delivered": set(),
+        "failed": set(),
+        "last_delivered_at": None,
+        "stored": {},  # delivered SOP Instance UID -> turnaround ms
+        "stored_without_time": set(),  # stored, but the receipt carried no ingest time
+        "dead_lettered": set(),
+        "last_stored_at": None,
+        "quarantined": set(),
+        "reasons": Counter(),
+        "study_check": None,
+    }
 
 
 def _destination(partner: str | None, route: str | None, d: dict[str, Any]) -> Destination:
@@ -244,11 +264,20 @@ def build_trail(study_uid: str, records: Iterable[AuditRecord]) -> StudyTrail | 
 
 def events_json(records: Sequence[AuditRecord]) -> bytes:
     """The JSON array `[AuditEvent, ...]` of `records`, byte for byte what pydantic writes for the models
-    (a test compares them), without building a model per event: orjson over the records themselves,
-    whose fields are AuditEvent's in AuditEvent's order, `_id` written as `id` (a JSON string value
-    cannot hold the unescaped `{"_id":`, so only keys are renamed)."""
+    (a test compares them), without building a model per event: records read from a JSON page are
+    copied as stored (`record_json`, AuditEvent's fields in its order), the others written by orjson over
+    the records themselves; `_id` written as `id` (a JSON string value cannot hold the unescaped
+    `{"_id":`, so only keys are renamed)."""
+    if all(type(r) is StoredRecord for r in records):
+        lines = [memoryview(r.json)[_ID_KEY:] for r in records]  # type: ignore[attr-defined]
+        return b'[{"id":' + b',{"id":'.join(lines) + b"]" if lines else b"[]"
     rows = [r if tuple(r) == RECORD_FIELDS else {name: r.get(name) for name in RECORD_FIELDS} for r in records]
     return orjson.dumps(rows, option=orjson.OPT_UTC_Z).replace(b'{"_id":', b'{"id":')
+
+
+_ID_KEY = len(b'{"_id":')
+if RECORD_FIELDS[0] != "_id":
+    raise RuntimeError("a stored record's JSON must start with its _id")
 
 
 def trail_json(study_uid: str, records: Iterable[AuditRecord]) -> bytes | None:
@@ -268,7 +297,7 @@ def _trail(study_uid: str, ordered: list[AuditRecord], events: list[AuditEvent])
     first_at: datetime = ordered[0]["occurred_at"]
     return StudyTrail(
         study_uid=study_uid,
-        instances=len({r["sop_uid"] for r in ordered if r["event_type"] == EventType.INGESTED}),
+        instances=len({r["sop_uid"] for r in ordered if r["event_type"] == _INGESTED}),
         first_at=first_at,
         last_at=ordered[-1]["occurred_at"],
         received=_receipts(ordered),

@@ -7,10 +7,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from pymongo import MongoClient
 
+from services.audit import pages as pages_module
 from services.audit import rollups
 from services.audit import store as store_module
 from services.audit.counters import batch_id
@@ -18,8 +20,10 @@ from services.audit.queries import EventFilter
 from services.audit.records import AuditRecord, build_record, to_datetime
 from services.audit.scopes import Scope, ScopeDenied
 from services.audit.store import MongoAuditStore
+from services.audit.trail import build_trail, events_json, trail_json
 from services.common.topics import Topics
 from tests.unit.audit.builders import PHI_DESCRIPTION, T0_MS, Instance, incoming, journey, quarantined
+from tests.unit.audit.test_pages import bson_page
 
 TOPICS = Topics("t-k.")
 NOW = datetime(2026, 2, 1, tzinfo=UTC)
@@ -222,3 +226,76 @@ def test_a_scoped_summary_counts_only_what_the_scope_sees(
     )
     with pytest.raises(ScopeDenied):
         MongoAuditStore(client[unique_name]["audit_events"]).summary(scope=Scope.parse("org:trust-a"))
+
+
+def test_chains_of_bson_pages_written_before_are_read_with_the_json_pages_after(
+    store: MongoAuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that wrote BSON pages (no `f`), then this version: a replay of an old batch adds nothing,
+    one in another composition adds JSON pages that repeat records, and readers keep one copy of each."""
+    study = Instance()
+    records = [
+        build_record(incoming(m), TOPICS, NOW)
+        for i, x in enumerate([study, Instance(sop=f"{study.sop}.2")])
+        for m in journey(TOPICS, x, t0_ms=T0_MS + i * 61_000)  # two minutes
+    ]
+    monkeypatch.setattr(pages_module, "pack", lambda part, lines=None: bson_page(part))
+    store.insert(records[:6])
+    monkeypatch.undo()
+    old = {d["_id"] for d in store._pages.find({}, {"_id": 1})}
+    store = MongoAuditStore(store._records)  # the new version starts: it knows no chain's length
+    store.insert(records[:6])  # the same batch again: its pages are there (same record-id hash)
+    assert {d["_id"] for d in store._pages.find({}, {"_id": 1})} == old
+    store.insert(records[4:])  # a replay in another composition: JSON pages repeating records 4 and 5
+    formats = {d["_id"]: d.get("f") for d in store._pages.find({}, {"f": 1})}
+    assert {f for i, f in formats.items() if i in old} == {None}
+    assert {f for i, f in formats.items() if i not in old} == {pages_module.JSON_LINES}
+    trail = store.study_trail(study.study)
+    assert sorted(trail, key=lambda r: r["_id"]) == sorted(records, key=lambda r: r["_id"])
+    expected = build_trail(study.study, records)
+    assert expected is not None and trail_json(study.study, trail) == expected.model_dump_json().encode()
+    page = store.events(EventFilter(), limit=100)
+    assert sorted(r["_id"] for r in page.records) == sorted(r["_id"] for r in records)
+    assert events_json(page.records) == events_json(sorted(records, key=lambda r: (r["occurred_at"], r["_id"])))
+
+
+def test_a_busy_minute_answers_a_page_before_later_minutes_are_read(
+    store: MongoAuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = _records(_instances(8), spacing_ms=60_000)  # five records in each of eight minutes
+    store.insert(records)
+    asked: list[str] = []
+    read_many = store._chains.read_many
+
+    def counting(keys: list[str], first_round: int = 3) -> dict[str, list[AuditRecord]]:
+        asked.extend(keys)
+        return read_many(keys, first_round)
+
+    monkeypatch.setattr(store._chains, "read_many", counting)
+    since = to_datetime(T0_MS)
+    page = store.events(EventFilter(since=since, until=since + timedelta(hours=1)), limit=8)
+    assert len(page.records) == 8 and page.next_cursor is not None
+    assert asked == [f"m:{T0_MS + i * 60_000}" for i in range(store_module.LISTED_AT_FIRST)]
+
+
+def test_a_copys_chain_is_read_alongside_the_studys_own(
+    store: MongoAuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy's chain starts in the round after the study's first pages named it, not after the study's
+    chain has ended: a study of 8 pages and its copy of 8 are read in 3 rounds, not 4."""
+    instances = _instances(8)
+    records = _records(instances)
+    for i in range(8):  # one page per instance in each chain (study, copy, minute)
+        store.insert(records[i * 5 : i * 5 + 5])
+    rounds: list[int] = []
+    readers = store._chains._readers
+
+    class Counting:
+        def map(self, fn: Any, ids: list[str]) -> Any:
+            rounds.append(len(ids))
+            return readers.map(fn, ids)
+
+    monkeypatch.setattr(store._chains, "_readers", Counting())
+    trail = store.study_trail(instances[0].study)
+    assert sorted(r["_id"] for r in trail) == sorted(r["_id"] for r in records)
+    assert rounds == [6, 12 + 6, 12]  # study 0-5; study 6-17 and copy 0-5; copy 6-17

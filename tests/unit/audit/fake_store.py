@@ -5,7 +5,7 @@ once per new record, so the API tests exercise the real arithmetic."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,7 +37,7 @@ class InMemoryAuditStore:
         return len(new)
 
     def study_trail(self, study_uid: str) -> list[AuditRecord]:
-        def chain(uid: str) -> list[AuditRecord]:
+        def chain(uid: str, _known: Container[str]) -> list[AuditRecord]:
             return [r for r in self.records.values() if uid in (r["study_uid"], r["delivered_study_uid"])]
 
         return trail_of(study_uid, chain)

@@ -11,6 +11,7 @@ from services.audit.records import build_record
 from services.audit.trail import build_trail, events_json, trail_json
 from services.common.topics import Topics
 from tests.unit.audit.builders import T0_MS, Instance, dead_letter, incoming, journey, quarantined
+from tests.unit.audit.test_pages import bson_page
 
 TOPICS = Topics("t-tj.")
 
@@ -29,13 +30,15 @@ def test_a_trail_is_byte_for_byte_what_pydantic_writes() -> None:
     assert study is not None
     expected = build_trail(study, records)
     assert expected is not None
-    for given in (records, unpack(pack(records))):  # as built, and as read back from a page
+    from_json, from_bson = unpack(pack(records)), unpack(bson_page(records))
+    # As built, as read back from a JSON page (its lines copied) or a BSON one, and from both at once.
+    for given in (records, from_json, from_bson, from_json[:3] + from_bson[3:]):
         assert trail_json(study, given) == expected.model_dump_json().encode()
     assert trail_json(study, []) is None
 
 
 def test_an_events_page_is_byte_for_byte_what_pydantic_writes() -> None:
-    records = unpack(pack(_records()))
-    page = EventPageOut(events=[AuditEvent.from_record(r) for r in records], next_cursor=None)
-    assert b'{"events":' + events_json(records) + b',"next_cursor":null}' == page.model_dump_json().encode()
+    for records in (unpack(pack(_records())), unpack(bson_page(_records()))):
+        page = EventPageOut(events=[AuditEvent.from_record(r) for r in records], next_cursor=None)
+        assert b'{"events":' + events_json(records) + b',"next_cursor":null}' == page.model_dump_json().encode()
     assert events_json([]) == b"[]"
