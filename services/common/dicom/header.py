@@ -38,6 +38,7 @@ from types import MappingProxyType
 from typing import BinaryIO, Literal
 
 from pydicom import dcmread
+from pydicom._uid_dict import UID_dictionary
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
@@ -45,6 +46,10 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
+from pydicom.uid import UID
+from pydicom.values import convert_string
+
+from services.common.dicom.header_walk import read_top_level
 
 ByteSource = bytes | bytearray | mmap.mmap
 """A whole Part 10 file: bytes in memory, or a memory map of the file (read only where needed)."""
@@ -83,6 +88,13 @@ _INFLATED_IN_MEMORY = 4 * 1024 * 1024
 # attributes read here comes near it, and a bomb's filler element would otherwise be read whole.
 _DEFER_SIZE = 64 * 1024
 GIB = 1024**3
+_MEDIA_STORAGE_SOP_CLASS_UID = 0x00020002
+_SOP_CLASS_UID = 0x00080016
+_ROWS = 0x00280010
+_IMAGE_TYPE = 0x00080008
+_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+# Printable ASCII, padded with NULs or spaces.
+_PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*\x00*")
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,21 @@ ROUTING_KEYWORDS: Mapping[str, str] = MappingProxyType(
         "columns": "Columns",
     }
 )
+
+
+# Explicit VR little endian transfer syntaxes pydicom knows, native or encapsulated (not deflated).
+_WALKED_SYNTAXES = frozenset(
+    uid
+    for uid in UID_dictionary
+    if UID(uid).is_transfer_syntax
+    and UID(uid).is_little_endian
+    and not UID(uid).is_implicit_VR
+    and not UID(uid).is_deflated
+)
+_WALKED_KEYWORDS: Mapping[str, int] = MappingProxyType(
+    {kw: int(Tag(kw)) for kw in (*_UID_KEYWORDS, "Modality", *ROUTING_KEYWORDS.values())}
+)
+_WALKED_TAGS = frozenset({*_WALKED_KEYWORDS.values(), _SPECIFIC_CHARACTER_SET, _IMAGE_TYPE})
 
 
 class InvalidInstance(Exception):
@@ -149,6 +176,9 @@ def inspect_instance(data: ByteSource, max_bytes: int, limits: InputLimits = DEF
         transfer_syntax, body = _check_prefix(data)
         if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
             return _header(_read_deflated(data, body, limits), data, 0, transfer_syntax)
+        fast = _fast_header(data, body, transfer_syntax, limits)
+        if fast is not None:
+            return fast
         _check_sequence_depth(data, body, transfer_syntax, limits.max_sequence_depth)
         fp = _stream(data)
         ds = dcmread(fp, stop_before_pixels=True, force=False)
@@ -157,6 +187,78 @@ def inspect_instance(data: ByteSource, max_bytes: int, limits: InputLimits = DEF
         raise
     except Exception as exc:  # pydicom raises many types on bad input; all mean the same here
         raise InvalidInstance("not-dicom") from exc
+
+
+def _fast_header(data: ByteSource, body: int, transfer_syntax: str, limits: InputLimits) -> InstanceHeader | None:
+    """The header read by walking the bytes (header_walk.py), for a usable explicit VR little endian
+    instance; None whenever pydicom must decide (any doubt, and every input that would be refused,
+    so that refusals keep pydicom's reasons). Gives what the pydicom path gives: tests compare them."""
+    if transfer_syntax not in _WALKED_SYNTAXES:
+        return None
+    top = read_top_level(data, body, _WALKED_TAGS, limits.max_sequence_depth)
+    if top is None:
+        return None
+    values = top.values
+    if _SPECIFIC_CHARACTER_SET in values:
+        try:  # what pydicom does with it while reading, where it can raise
+            convert_encodings(convert_string(values[_SPECIFIC_CHARACTER_SET], True))
+        except Exception:
+            return None
+    dicomdir = MEDIA_STORAGE_DIRECTORY_STORAGE.encode()
+    if dicomdir in _meta_value(data, _MEDIA_STORAGE_SOP_CLASS_UID) or dicomdir in values.get(_SOP_CLASS_UID, b""):
+        return None
+    if top.pixel_data_at is None:
+        if _ROWS in values or _IMAGE_TYPE in values:
+            return None  # pydicom's path refuses it as cut short
+    else:
+        try:
+            _check_pixel_data_complete(data, top.pixel_data_at, transfer_syntax)
+        except InvalidInstance:
+            return None
+    texts = {}
+    for keyword, tag in _WALKED_KEYWORDS.items():
+        text = _walked_text(keyword, values.get(tag))
+        if text is None:
+            return None
+        texts[keyword] = text
+    for keyword in _UID_KEYWORDS:
+        if not texts[keyword] or len(texts[keyword]) > _UID_MAX or not _UID.fullmatch(texts[keyword]):
+            return None
+    return InstanceHeader(
+        study_instance_uid=texts["StudyInstanceUID"],
+        series_instance_uid=texts["SeriesInstanceUID"],
+        sop_instance_uid=texts["SOPInstanceUID"],
+        sop_class_uid=texts["SOPClassUID"],
+        transfer_syntax_uid=transfer_syntax,
+        modality=texts["Modality"],
+        routing=MappingProxyType({key: texts[kw] for key, kw in ROUTING_KEYWORDS.items()}),
+    )
+
+
+def _walked_text(keyword: str, value: bytes | None) -> str | None:
+    """`_text` of a raw value; None when only pydicom can say (text outside printable ASCII whose
+    decoding depends on the character set)."""
+    if not value:
+        return ""
+    if keyword in ("Rows", "Columns"):
+        return str(struct.unpack("<H", value)[0]) if len(value) == 2 else ""
+    if keyword in _CHARSET_DEPENDENT and not _PRINTABLE_ASCII.fullmatch(value):
+        return None  # every character set pydicom knows decodes printable ASCII as ASCII
+    return value.decode("latin-1").strip(" \0")
+
+
+def _meta_value(data: ByteSource, wanted: int) -> bytes:
+    """A file meta element's value (the group was checked by `_check_prefix`); b"" when absent."""
+    offset = _PREFIX
+    while offset + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, offset)
+        if group != 0x0002:
+            break
+        start, length = _explicit_length(data, offset, data[offset + 4 : offset + 6], "<", "FileMetaInformation")
+        if group << 16 | element == wanted:
+            return bytes(data[start : start + length])
+        offset = start + length
+    return b""
 
 
 def _read_deflated(data: ByteSource, body: int, limits: InputLimits) -> Dataset:
