@@ -42,6 +42,7 @@ SAFE_FIELDS = frozenset(
         "calling_ae",
         "instances",
         "rate",
+        "where",
     }
 )
 # Loggers (and their children) whose message text is never written: libraries that read received data.

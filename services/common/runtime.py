@@ -58,6 +58,21 @@ def install_stop_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, _handler)
 
 
+def failure_site(exc: BaseException) -> str:
+    """Where `exc` was raised: file (from the package root) and line of its innermost frame; code, not data."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename
+    for root in ("/services/", "/site-packages/"):
+        if root in path:
+            path = path[path.rindex(root) + 1 :]
+            break
+    return f"{path}:{tb.tb_lineno}"
+
+
 def run_stage(
     settings: ServiceSettings,
     spec: StageSpec,
@@ -108,6 +123,11 @@ def run_stage(
         if on_ready:
             on_ready(server)
         consumer.run(handler, stop, health=server)
+    except Exception as exc:
+        # The traceback's text may quote input values and is not logged; its type and the code line
+        # it came from are, so a service that dies says why (the supervisor starts it again).
+        log.exception("service failed", extra={"service": spec.name, "where": failure_site(exc)})
+        raise
     finally:
         server.stop()
         consumer.close()
