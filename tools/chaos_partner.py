@@ -51,12 +51,6 @@ class Pacs:
                 str(self.folder),
                 "+B",
                 "+uf",
-                # +xd: the PACS takes deflated data sets too, so the ~1,100 accepted deflate bombs (under
-                # ingest's 1 GiB inflated limit) are stored as sent; a PACS without it makes the gateway
-                # inflate each to up to 768 MiB and send that (30-130 s each: the full run's drain stalled
-                # with 689 still queued). That conversion's bounded memory is tested on its own
-                # (tests/integration/gateway/test_deflated_conversion.py).
-                "+xd",
                 "--max-pdu",
                 "131072",
                 str(self.port),
