@@ -6,6 +6,7 @@ paths (unknown VR, unknown transfer syntax, deflate bomb, truncation, not DICOM 
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from io import BytesIO
@@ -25,8 +26,14 @@ TIME = "182845.2718"
 CHARSET = "QZXCSET"  # a SpecificCharacterSet no one knows
 UID_ROOT = f"1.2.826.0.1.3680043.10.543.{UID_DIGITS}"
 CANARIES = (TEXT, UID_DIGITS, DATE, TIME, CHARSET)
+_PATTERN = re.compile("|".join(re.escape(c) for c in CANARIES), re.IGNORECASE)
 DEFLATED = "1.2.840.10008.1.2.1.99"
 ZERO_RUN = 16 * 1024 * 1024
+
+
+def lines_with_canaries(log: str, limit: int = 5) -> list[str]:
+    """The first `limit` lines of a log that carry a canary."""
+    return [line for line in log.splitlines() if _PATTERN.search(line)][:limit]
 
 
 def uid(*parts: int) -> str:

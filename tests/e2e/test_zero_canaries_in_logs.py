@@ -3,18 +3,21 @@ attribute, UID and character set holds a canary go through every channel (C-STOR
 fault path we have (a profile's refusal, too-deep sequences, a missing UID, unknown VR, unknown transfer
 syntax, a deflate bomb, truncation, not DICOM, a failing STOW part, a study mismatch, malformed
 multipart, bad headers, half-sent requests), then out through WADO-RS/QIDO-RS and the audit API,
-canaries in the queries too; then every service's log is searched: zero canaries.
+canaries in the queries too. Meanwhile the partner-side gateway (`imx gateway run`) of two pass-through
+partners fetches what was delivered and stores it: into a folder, and into a PACS that is not listening at
+first, then answers out of resources once and refuses some. Then every service's log and both gateways'
+are searched: zero canaries.
 
 Named to run after test_pipeline: its quarantines would count towards that module's audit totals."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import socket
 import subprocess
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -28,10 +31,12 @@ from services.common.control_channel import control_channel
 from services.common.logs import WITHHELD_MESSAGE
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 from tests.e2e import canaries
-from tests.e2e.canaries import CANARIES, TEXT, UID_DIGITS, canary_dataset, part10, uid
+from tests.e2e.canaries import TEXT, UID_DIGITS, canary_dataset, lines_with_canaries, part10, uid
+from tests.e2e.partner_gateway import ScriptedPacs, gateway_process, summary, unsettled
 from tests.e2e.stack import SERVICES, Stack
 from tests.e2e.test_pipeline import storescu
 from tests.waiting import wait_for
+from tools.devstack import ManagedProcess, free_port
 
 pytestmark = [
     pytest.mark.e2e,
@@ -39,12 +44,12 @@ pytestmark = [
 ]
 
 ORG, AE_TITLE = "canary-trust", "CANARYSCU"
-CARE, RESEARCH = "canary-care", "canary-research"
+CARE, RESEARCH, PACS = "canary-care", "canary-research", "canary-pacs"  # care and pacs: pass-through
 BOUNDARY = "canary-boundary"
 GOOD_C_STORE, GOOD_STOW = 3, 3
 
 
-def _configure(stack: Stack) -> tuple[str, dict[str, str]]:
+def _configure(stack: Stack) -> tuple[str, dict[str, admin_pb2.AddPartnerReply]]:
     with control_channel(stack.grpc_address("ingest")) as channel:
         api_key = (
             admin_pb2_grpc.OrganisationAdminStub(channel)
@@ -57,13 +62,13 @@ def _configure(stack: Stack) -> tuple[str, dict[str, str]]:
         )
     with control_channel(stack.grpc_address("delivery")) as channel:
         partners = admin_pb2_grpc.PartnerAdminStub(channel)
-        keys = {
-            p: partners.AddPartner(admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=p))).dicomweb_key
-            for p in (CARE, RESEARCH)
+        added = {
+            p: partners.AddPartner(admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=p)))
+            for p in (CARE, RESEARCH, PACS)
         }
     with control_channel(stack.grpc_address("routing")) as channel:
         routes = admin_pb2_grpc.RoutingAdminStub(channel)
-        for route_id, partner, profile in (("canary-care", CARE, ""), ("canary-research", RESEARCH, "research")):
+        for route_id, partner, profile in ((CARE, CARE, ""), (RESEARCH, RESEARCH, "research"), (PACS, PACS, "")):
             route = admin_pb2.Route(
                 route_id=route_id,
                 partner_id=partner,
@@ -72,7 +77,7 @@ def _configure(stack: Stack) -> tuple[str, dict[str, str]]:
                 match=admin_pb2.RouteMatch(source_orgs=[ORG]),
             )
             routes.AddRoute(admin_pb2.AddRouteRequest(route=route))
-    return api_key, keys
+    return api_key, added
 
 
 def _multipart(parts: list[bytes], content_type: str = "application/dicom") -> bytes:
@@ -189,8 +194,8 @@ def _send_by_stow(stack: Stack, api_key: str) -> None:
     _raw(port, f"{TEXT} /{UID_DIGITS} HTTP/9.9\r\n\r\n".encode())
 
 
-def _query_out(stack: Stack, partner_keys: dict[str, str]) -> None:
-    care = {"Authorization": f"Bearer {partner_keys[CARE]}"}
+def _query_out(stack: Stack, care_key: str) -> None:
+    care = {"Authorization": f"Bearer {care_key}"}
     base = stack.dicomweb_url
     study, series, sop = uid(200), uid(200, 1), uid(200, 2, 1)
     urls = [
@@ -214,23 +219,63 @@ def _delivered(stack: Stack, partner: str) -> int:
     return int(summary["delivered_by_partner"].get(partner, 0))
 
 
+def _pacs_answer(sop_instance_uid: str, attempt: int) -> int:
+    """The first instance of a study is refused (0xC000, cannot understand: dead-lettered at once); the
+    second is out of resources the first time (0xA700: retried); the rest are stored."""
+    if sop_instance_uid.endswith(".2.1"):
+        return 0xC000
+    if sop_instance_uid.endswith(".2.2") and attempt == 1:
+        return 0xA700
+    return 0x0000
+
+
+def _log_of(gateway: ManagedProcess) -> str:
+    assert gateway.alive(), f"{gateway.name} exited:\n{gateway.log_tail()}"
+    return gateway.log_path.read_text(errors="replace")
+
+
 def test_no_log_carries_a_canary_from_any_input(stack: Stack, tmp_path: Path) -> None:
     assert stack.log_dir is not None
-    api_key, partner_keys = _configure(stack)
+    api_key, added = _configure(stack)
     time.sleep(1.5)  # the SCP re-reads calling AE titles every second here (IMX_CALLING_AE_REFRESH_S)
 
-    _send_by_c_store(stack, tmp_path)
-    _send_by_stow(stack, api_key)
+    folder = tmp_path / "care-received"
+    folder.mkdir()
+    pacs = ScriptedPacs(free_port(), _pacs_answer)  # not listening until the gateway has found it unreachable
     good = GOOD_C_STORE + GOOD_STOW
-    wait_for(lambda: _delivered(stack, CARE) >= good, 180, "the good canary instances delivered to the care partner")
-    _query_out(stack, partner_keys)
-    wait_for(lambda: stack.total_lag() == 0, 120, "every stage caught up")
-    time.sleep(12)  # half-sent requests are closed after the header timeout (10 s); stragglers log
+    with ExitStack() as partner_side:
+        partner_side.callback(pacs.stop)  # after both gateways have stopped
+        care_gateway = partner_side.enter_context(
+            gateway_process(stack, CARE, added[CARE], folder.as_uri(), tmp_path / CARE)
+        )
+        pacs_gateway = partner_side.enter_context(gateway_process(stack, PACS, added[PACS], pacs.url, tmp_path / PACS))
+        _send_by_c_store(stack, tmp_path)
+        _send_by_stow(stack, api_key)
+        wait_for(
+            lambda: min(_delivered(stack, CARE), _delivered(stack, PACS)) >= good,
+            180,
+            "the good canary instances delivered to the pass-through partners",
+        )
+        wait_for(lambda: "unreachable" in _log_of(pacs_gateway), 60, "the gateway finding its PACS unreachable")
+        pacs.start()
+        _query_out(stack, added[CARE].dicomweb_key)
+        wait_for(lambda: stack.total_lag() == 0, 120, "every stage caught up")
+        time.sleep(12)  # half-sent requests are closed after the header timeout (10 s); stragglers log
+        delivered = {partner: _delivered(stack, partner) for partner in (CARE, PACS)}
+        wait_for(
+            lambda: all(
+                _log_of(g) and unsettled(stack, p) == 0 for p, g in ((CARE, care_gateway), (PACS, pacs_gateway))
+            ),
+            120,
+            "both gateways settling everything delivered to them",
+            interval_s=1,
+        )
+    # Both gateways stopped (SIGTERM): each log ends with its summary.
 
     logs = {service: (stack.log_dir / f"{service}.log").read_text(errors="replace") for service in SERVICES}
-    pattern = re.compile("|".join(re.escape(c) for c in CANARIES), re.IGNORECASE)
-    leaks = {service: [line for line in log.splitlines() if pattern.search(line)][:5] for service, log in logs.items()}
-    assert {service: lines for service, lines in leaks.items() if lines} == {}, "canaries in the logs"
+    logs |= {g.name: g.log_path.read_text(errors="replace") for g in (care_gateway, pacs_gateway)}
+    leaks = {name: lines_with_canaries(log) for name, log in logs.items()}
+    assert {name: lines for name, lines in leaks.items() if lines} == {}, "canaries in the logs"
     # Not vacuous: the fault paths ran and were logged, and the libraries did warn about the input.
     reasons = {
         entry.get("reason")
@@ -239,3 +284,12 @@ def test_no_log_carries_a_canary_from_any_input(stack: Stack, tmp_path: Path) ->
     }
     assert {"not-dicom", "truncated", "too-deep", "inflated-too-large", "missing-uid"} <= reasons, reasons
     assert WITHHELD_MESSAGE in logs["ingest"] and WITHHELD_MESSAGE in logs["deid"]
+    # The gateways logged their progress: every delivered instance stored into the folder; into the PACS,
+    # once it listened, the second instance of each good study after a retry, and every first instance
+    # (and what the PACS could not take) dead-lettered.
+    assert summary(logs[care_gateway.name]) == (delivered[CARE], 0, 0), logs[care_gateway.name]
+    assert len(list(folder.rglob("*.dcm"))) == delivered[CARE]
+    pacs_log = logs[pacs_gateway.name]
+    stored, retried, dead_lettered = summary(pacs_log)
+    assert (stored, dead_lettered) == (good - 2, delivered[PACS] - (good - 2)), pacs_log
+    assert retried >= 3 and "unreachable (connection-failed)" in pacs_log and "failed (0xA700)" in pacs_log, pacs_log
