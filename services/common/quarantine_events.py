@@ -110,27 +110,17 @@ def quarantined(
                 instance=subject.instance,
                 blob=subject.blob,
             )
-        case events_pb2.InstanceRouted():
-            return events_pb2.Quarantined(
-                meta=derived_meta("quarantine", subject.meta, clock=clock),
-                stage=stage,
-                reason=reason,
-                detail=detail,
-                source_org=subject.source_org,
-                instance=subject.instance,
-                blob=subject.blob,
-                partner_id=subject.partner_id,
-                route_id=subject.route_id,
-            )
         case _:
-            # The instance as it was sent, and the blob prepared for the partner.
+            # Delivery names the instance as it was sent (not its de-identified copy) and the blob
+            # prepared for the partner; deid has only the instance and blob it read.
+            sent = subject.instance if isinstance(subject, events_pb2.InstanceRouted) else subject.source_instance
             return events_pb2.Quarantined(
                 meta=derived_meta("quarantine", subject.meta, clock=clock),
                 stage=stage,
                 reason=reason,
                 detail=detail,
                 source_org=subject.source_org,
-                instance=subject.source_instance,
+                instance=sent,
                 blob=subject.blob,
                 partner_id=subject.partner_id,
                 route_id=subject.route_id,
