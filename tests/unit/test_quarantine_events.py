@@ -27,30 +27,17 @@ from services.ingest.acceptance import Acceptance
 from services.ingest.receipts import MemoryReceiptStore
 from services.proto_gen.imx.v1 import events_pb2 as pb
 from services.routing.handler import route_event
+from tests.unit.event_refs import blob_ref, instance_ref
 from tests.unit.ingest.samples import NOT_DICOM, RecordingBus
 
 TOPICS = Topics(prefix="t-")
 NOW = 1_700_000_000_000
 LATER = 1_700_000_000_500
-INSTANCE = pb.InstanceRef(
-    study_instance_uid="1.2.3",
-    series_instance_uid="1.2.3.4",
-    sop_instance_uid="1.2.3.4.5",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-    transfer_syntax_uid="1.2.840.10008.1.2.1",
-    modality="CT",
-)
-REMAPPED = pb.InstanceRef(
-    study_instance_uid="2.25.7",
-    series_instance_uid="2.25.8",
-    sop_instance_uid="2.25.9",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-    transfer_syntax_uid="1.2.840.10008.1.2.1",
-    modality="CT",
-)
+INSTANCE = instance_ref()
+REMAPPED = instance_ref("2.25.7", "2.25.8", "2.25.9")
 RESEARCH = profile_from_document({"name": "research"}, version=3)
-BLOB = pb.BlobRef(sha256="ab" * 32, size=4096)
-PREPARED_BLOB = pb.BlobRef(sha256="cd" * 32, size=4000)
+BLOB = blob_ref("ab", 4096)
+PREPARED_BLOB = blob_ref("cd", 4000)
 
 
 def later() -> int:

@@ -21,25 +21,15 @@ from services.deid.handler import (
 )
 from services.deid.profile_documents import profile_from_document
 from services.proto_gen.imx.v1 import events_pb2 as pb
+from tests.unit.event_refs import blob_ref, instance_ref
 
 TOPICS = Topics("t.")
 NOW = 1_700_000_000_000
 AI = profile_from_document({"name": "ai"}, version=4)
 KEY = b"k" * 32
-SOURCE = pb.InstanceRef(
-    study_instance_uid="1.2.3",
-    series_instance_uid="1.2.3.4",
-    sop_instance_uid="1.2.3.4.5",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-    transfer_syntax_uid="1.2.840.10008.1.2.1",
-    modality="CT",
-)
-SOURCE_BLOB = pb.BlobRef(sha256="ab" * 32, size=4096)
-RELEASED = Released(
-    profile_version=4,
-    instance=pb.InstanceRef(study_instance_uid="2.25.7", sop_instance_uid="2.25.9", modality="CT"),
-    blob=pb.BlobRef(sha256="cd" * 32, size=4000),
-)
+SOURCE = instance_ref()
+SOURCE_BLOB = blob_ref("ab", 4096)
+RELEASED = Released(profile_version=4, instance=instance_ref("2.25.7", "2.25.8", "2.25.9"), blob=blob_ref("cd", 4000))
 
 
 def clock() -> int:
@@ -160,15 +150,8 @@ def test_released_names_the_result_and_the_profile_version_applied() -> None:
     release = released(AI, result, "ef" * 32, 1482)
     assert release == Released(
         profile_version=4,
-        instance=pb.InstanceRef(
-            study_instance_uid="2.25.1",
-            series_instance_uid="2.25.2",
-            sop_instance_uid="2.25.3",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            transfer_syntax_uid="1.2.840.10008.1.2.1.99",
-            modality="CT",
-        ),
-        blob=pb.BlobRef(sha256="ef" * 32, size=1482),
+        instance=instance_ref("2.25.1", "2.25.2", "2.25.3", transfer_syntax="1.2.840.10008.1.2.1.99"),
+        blob=blob_ref("ef", 1482),
     )
 
 

@@ -9,6 +9,7 @@ from services.delivery.delivered import DeliveredInstance, StoredReceipt
 from services.delivery.handler import DeliveryHandler, deliver_event, delivery_pattern
 from services.delivery.retrieval_refs import RetrievalRefs
 from services.proto_gen.imx.v1 import events_pb2
+from tests.unit.event_refs import blob_ref, instance_ref
 
 BASE = "https://imx.example.org/dicomweb"
 GIB = 1024**3
@@ -17,15 +18,9 @@ GIB = 1024**3
 def _prepared(size: int = 3, priority: int = events_pb2.PRIORITY_CLASS_URGENT) -> events_pb2.InstancePrepared:
     return events_pb2.InstancePrepared(
         meta=events_pb2.EventMeta(event_id="p1", ingested_at_ms=7),
-        source_instance=events_pb2.InstanceRef(study_instance_uid="1.2.3", sop_instance_uid="1.2.3.4"),
-        instance=events_pb2.InstanceRef(
-            study_instance_uid="2.25.9",
-            series_instance_uid="2.25.11",
-            sop_instance_uid="2.25.10",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
-        ),
-        blob=events_pb2.BlobRef(sha256="a" * 64, size=size),
+        source_instance=instance_ref(),
+        instance=instance_ref("2.25.9", "2.25.11", "2.25.10", modality=""),
+        blob=blob_ref("aa", size),
         source_org="trust-a",
         partner_id="lab",
         route_id="research",
