@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pymongo.errors import AutoReconnect
 
 from services.common.blob_store import LocalBlobStore
 from services.common.messages import TransientError
@@ -16,6 +15,7 @@ from services.deid.handler import ProfileLookup, prepare_event
 from services.deid.profile_documents import profile_from_document
 from services.deid.profile_store import CachedProfiles
 from services.proto_gen.imx.v1 import events_pb2
+from tests.unit.fake_config_store import Clock, FakeConfigStore
 
 from .builders import KEY, ct_dataset, to_bytes
 from .stage_builders import KEEP_PATIENT_NAME, PATIENT_NAME, instance_with_a_previous_name, routed_event
@@ -23,39 +23,15 @@ from .stage_builders import KEEP_PATIENT_NAME, PATIENT_NAME, instance_with_a_pre
 TOPICS = Topics("t.")
 
 
-class FakeStore:
-    """The part of ProfileStore the cache uses, counting reads."""
+class FakeStore(FakeConfigStore[Profile]):
+    """The part of ProfileStore the cache uses, counting reads; `old` holds earlier versions by number."""
 
     def __init__(self, *profiles: Profile) -> None:
-        self.profiles = {p.name: p for p in profiles}
+        super().__init__(profiles, name=lambda profile: profile.name)
         self.old: dict[tuple[str, int], Profile] = {}
-        self.version = 1
-        self.lists = 0
-        self.down = False
-
-    def config_version(self) -> int:
-        if self.down:
-            raise AutoReconnect("mongo down")
-        return self.version
-
-    def list(self) -> list[Profile]:
-        self.lists += 1
-        return list(self.profiles.values())
 
     def get(self, name: str, version: int | None = None) -> Profile | None:
         return self.old.get((name, version or 0))
-
-    def save(self, profile: Profile) -> None:
-        self.profiles[profile.name] = profile
-        self.version += 1
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _profile(version: int, **doc: object) -> Profile:

@@ -8,41 +8,19 @@ from pymongo.errors import AutoReconnect
 
 from services.routing.rules import Route
 from services.routing.store import CachedRoutes
+from tests.unit.fake_config_store import Clock, FakeConfigStore
 
 
-class FakeRouteStore:
+def route_store(*routes: Route) -> FakeConfigStore[Route]:
     """The part of RouteStore the cache uses, counting reads."""
-
-    def __init__(self, *routes: Route) -> None:
-        self.routes, self.version, self.lists, self.down = list(routes), 1, 0, False
-
-    def config_version(self) -> int:
-        if self.down:
-            raise AutoReconnect("mongo down")
-        return self.version
-
-    def list(self) -> list[Route]:
-        self.lists += 1
-        return list(self.routes)
-
-    def add(self, route: Route) -> None:
-        self.routes.append(route)
-        self.version += 1
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+    return FakeConfigStore(routes, name=lambda route: route.route_id)
 
 
 def test_routes_are_checked_at_most_every_refresh_interval_and_reloaded_only_on_change() -> None:
-    store, clock = FakeRouteStore(Route("r1", "p1")), Clock()
+    store, clock = route_store(Route("r1", "p1")), Clock()
     cached = CachedRoutes(store, refresh_s=2.0, clock=clock)  # type: ignore[arg-type]
     assert [r.route_id for r in cached.current()] == ["r1"]
-    store.add(Route("r2", "p2"))
+    store.save(Route("r2", "p2"))
     clock.now += 1.9
     assert [r.route_id for r in cached.current()] == ["r1"]
     clock.now += 0.1
@@ -53,7 +31,7 @@ def test_routes_are_checked_at_most_every_refresh_interval_and_reloaded_only_on_
 
 
 def test_mongo_away_at_the_first_read_fails_the_attempt_instead_of_routing_with_no_routes() -> None:
-    store, clock = FakeRouteStore(Route("r1", "p1")), Clock()
+    store, clock = route_store(Route("r1", "p1")), Clock()
     cached = CachedRoutes(store, refresh_s=2.0, clock=clock)  # type: ignore[arg-type]
     store.down = True
     for _ in range(2):
@@ -64,7 +42,7 @@ def test_mongo_away_at_the_first_read_fails_the_attempt_instead_of_routing_with_
 
 
 def test_mongo_away_later_keeps_the_routes_last_read() -> None:
-    store, clock = FakeRouteStore(Route("r1", "p1")), Clock()
+    store, clock = route_store(Route("r1", "p1")), Clock()
     cached = CachedRoutes(store, refresh_s=2.0, clock=clock)  # type: ignore[arg-type]
     cached.current()
     store.down = True
