@@ -100,12 +100,10 @@ def test_ferretdb_keeps_documents_in_postgresql(
     assert stored.split() == [marker]
 
 
-def test_an_id_lookup_uses_an_index_in_every_collection_ferretdb_creates(mongo_uri: str, unique_name: str) -> None:
-    """FerretDB 1.24 filters `_id` with a JSONB containment test no btree serves; the devstack's event
-    trigger gives each new table a GIN index for it (tools/devstack/postgres.py ID_LOOKUP_SQL)."""
+def _assert_id_lookup_uses_an_index(mongo_uri: str, database: str) -> None:
     client: MongoClient = MongoClient(mongo_uri)
     try:
-        db = client[unique_name]
+        db = client[database]
         db["lookups"].insert_many([{"_id": f"k{i:05d}", "pad": "x" * 200} for i in range(3000)])
         explained = db.command("explain", {"find": "lookups", "filter": {"_id": "k01234"}})
         plan = explained["queryPlanner"]["Plan"]
@@ -113,8 +111,36 @@ def test_an_id_lookup_uses_an_index_in_every_collection_ferretdb_creates(mongo_u
         assert "Seq Scan" not in nodes, nodes
         assert db["lookups"].find_one({"_id": "k01234"}) is not None
     finally:
-        client.drop_database(unique_name)
+        client.drop_database(database)
         client.close()
+
+
+def test_an_id_lookup_uses_an_index_in_every_collection_ferretdb_creates(mongo_uri: str, unique_name: str) -> None:
+    """FerretDB 1.24 filters `_id` with a JSONB containment test no btree serves; the devstack's event
+    trigger gives each new table a GIN index for it (tools/devstack/postgres.py ID_LOOKUP_SQL)."""
+    _assert_id_lookup_uses_an_index(mongo_uri, unique_name)
+
+
+def test_the_stack_that_up_starts_indexes_id_lookups_too(tmp_path: Path, unique_name: str) -> None:
+    """`make run`, `make bench` and `make chaos` start the servers through `tools.devstack up`, which
+    starts them in parallel: it once skipped the index trigger, and every `_id` lookup scanned (the
+    slowdown that grew with var/: PostgreSQL went from 7 to 39 ms of CPU per instance over six
+    `make bench` runs)."""
+    variables = (
+        "IMX_KAFKA_PORT",
+        "IMX_KAFKA_CONTROLLER_PORT",
+        "IMX_KAFKA_PARTNER_PORT",
+        "IMX_MONGO_PORT",
+        "IMX_POSTGRES_PORT",
+    )
+    ports = dict(zip(variables, devstack.free_ports(len(variables)), strict=True))
+    env = {**os.environ, **{name: str(port) for name, port in ports.items()}}
+    command = [sys.executable, "-m", "tools.devstack"]
+    try:
+        subprocess.run([*command, "up", "--var-dir", str(tmp_path)], cwd=ROOT, env=env, check=True, timeout=120)
+        _assert_id_lookup_uses_an_index(f"mongodb://{devstack.HOST}:{ports['IMX_MONGO_PORT']}/", unique_name)
+    finally:
+        subprocess.run([*command, "stop", "--var-dir", str(tmp_path)], cwd=ROOT, env=env, timeout=120)
 
 
 def test_concurrent_bulk_updates_do_not_deadlock_ferretdb(mongo_uri: str, unique_name: str) -> None:

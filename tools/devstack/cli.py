@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.devstack.credentials import ADMIN, password
-from tools.devstack.postgres import POSTGRES, PostgresCluster, postgres_bin_dir, server_account, start_postgres
+from tools.devstack.postgres import (
+    POSTGRES,
+    PostgresCluster,
+    install_id_lookups,
+    postgres_bin_dir,
+    server_account,
+    start_postgres,
+)
 from tools.devstack.processes import (
     DevstackError,
     EnvironmentProblem,
@@ -133,6 +140,10 @@ def up(layout: Layout, ports: Ports) -> None:
     try:
         for proc in procs:
             wait_until_ready(proc, 90.0, kafka_admin_config(layout))
+            if proc is postgres:
+                # start_postgres(wait=False) leaves this to us; without it every FerretDB `_id` lookup
+                # is a sequential scan that grows with var/ (ID_LOOKUP_SQL). Idempotent when running.
+                install_id_lookups(cluster, postgres)
             state = "already running" if proc.name in running else f"ready in {time.monotonic() - started:.1f}s"
             print(f"{proc.name:<9} {proc.endpoint:<28} pid {proc.pid:<8} {state}")
     except StartupError:
