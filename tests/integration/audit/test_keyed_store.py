@@ -56,6 +56,19 @@ def _records(instances: list[Instance], spacing_ms: int = 0, **kwargs: object) -
     return [build_record(incoming(m), TOPICS, NOW) for m in messages]
 
 
+def _chain_keys_read(store: MongoAuditStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The page-chain keys the store reads from now on, in the order it asks for them."""
+    asked: list[str] = []
+    read_many = store._chains.read_many
+
+    def counting(keys: list[str], first_round: int = 3) -> dict[str, list[AuditRecord]]:
+        asked.extend(keys)
+        return read_many(keys, first_round)
+
+    monkeypatch.setattr(store._chains, "read_many", counting)
+    return asked
+
+
 def _org_instances(store: MongoAuditStore) -> int:
     return sum(r.instances for r in store.volumes("org", None, None, "trust-a"))
 
@@ -169,14 +182,7 @@ def test_a_page_reads_only_the_minutes_an_hour_lists(store: MongoAuditStore, mon
     records = _records(_instances(3), spacing_ms=20 * 60_000)  # minutes 0, 20 and 40 of one hour
     store.insert(records[:9])
     store.insert(records[6:])
-    asked: list[str] = []
-    read_many = store._chains.read_many
-
-    def counting(keys: list[str], first_round: int = 3) -> dict[str, list[AuditRecord]]:
-        asked.extend(keys)
-        return read_many(keys, first_round)
-
-    monkeypatch.setattr(store._chains, "read_many", counting)
+    asked = _chain_keys_read(store, monkeypatch)
     since = to_datetime(T0_MS)
     page = store.events(EventFilter(since=since, until=since + timedelta(hours=1)), limit=100)
     assert len(page.records) == len({r["_id"] for r in records}) and page.next_cursor is None
@@ -264,14 +270,7 @@ def test_a_busy_minute_answers_a_page_before_later_minutes_are_read(
 ) -> None:
     records = _records(_instances(8), spacing_ms=60_000)  # five records in each of eight minutes
     store.insert(records)
-    asked: list[str] = []
-    read_many = store._chains.read_many
-
-    def counting(keys: list[str], first_round: int = 3) -> dict[str, list[AuditRecord]]:
-        asked.extend(keys)
-        return read_many(keys, first_round)
-
-    monkeypatch.setattr(store._chains, "read_many", counting)
+    asked = _chain_keys_read(store, monkeypatch)
     since = to_datetime(T0_MS)
     page = store.events(EventFilter(since=since, until=since + timedelta(hours=1)), limit=8)
     assert len(page.records) == 8 and page.next_cursor is not None
