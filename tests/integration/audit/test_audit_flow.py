@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,15 +13,16 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from services.audit.api import create_app
-from services.audit.consumer import AuditHandler, audit_stage_spec
+from services.audit.consumer import AuditHandler
 from services.audit.records import AuditRecord
 from services.audit.store import MongoAuditStore
-from services.common.bus import BusProducer, StageConsumer, ensure_topics
+from services.common.bus import BusProducer, ensure_topics
 from services.common.events import event_id, event_message
 from services.common.messages import TransientError
 from services.common.stats import StageStats
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2 as pb
+from tests.integration.audit.helpers import audit_consumer, poll_until
 from tests.unit.audit.builders import PHI_DESCRIPTION, T0_MS, Instance, dead_letter, journey, quarantined
 
 STUDY = Instance()
@@ -36,13 +37,6 @@ def collection(mongo_uri: str, unique_name: str) -> Iterator[Collection]:
     finally:
         client.drop_database(unique_name)
         client.close()
-
-
-def _poll_until(consumer: StageConsumer, handler: AuditHandler, done: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, "the audit consumer did not catch up in time"
-        consumer.poll_once(handler)
 
 
 def test_every_hop_is_recorded_replays_add_nothing_and_late_partner_topics_are_read(
@@ -62,22 +56,11 @@ def test_every_hop_is_recorded_replays_add_nothing_and_late_partner_topics_are_r
     store = MongoAuditStore(collection)
     store.ensure_indexes()
     stats = StageStats("audit")
-    spec = audit_stage_spec(topics)
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=spec.group_id,
-        pattern=spec.pattern,
-        producer=producer,
-        dead_letter_topic=topics.dead_letter,
-        stage="audit",
-        stats=stats,
-        max_batch=50,
-        poll_timeout_ms=200,
-    )
+    consumer = audit_consumer(kafka_bootstrap, topics, producer, stats, max_batch=50)
     handler = AuditHandler(store, topics)
     try:
         producer.publish(messages)
-        _poll_until(consumer, handler, lambda: collection.count_documents({}) >= expected, 30)
+        poll_until(consumer, handler, lambda: collection.count_documents({}) >= expected, 30)
 
         api = TestClient(create_app(store, None))  # open: the key check has its own tests
         trail = api.get(f"/audit/studies/{STUDY.study}").json()
@@ -99,7 +82,7 @@ def test_every_hop_is_recorded_replays_add_nothing_and_late_partner_topics_are_r
         assert PHI_DESCRIPTION not in stored and "PATIENT^SECRET" not in stored
 
         producer.publish(messages)  # a replay: the same events again
-        _poll_until(consumer, handler, lambda: stats.snapshot().processed >= 2 * len(messages), 30)
+        poll_until(consumer, handler, lambda: stats.snapshot().processed >= 2 * len(messages), 30)
         assert collection.count_documents({}) == expected
 
         # A partner added later: its receipts topic is picked up by the pattern subscription.
@@ -111,7 +94,7 @@ def test_every_hop_is_recorded_replays_add_nothing_and_late_partner_topics_are_r
             status=pb.STORE_STATUS_STORED,
         )
         producer.publish([event_message(late, receipt, STUDY.study)])
-        _poll_until(consumer, handler, lambda: collection.count_documents({"partner_id": "late-joiner"}) == 1, 30)
+        poll_until(consumer, handler, lambda: collection.count_documents({"partner_id": "late-joiner"}) == 1, 30)
         assert (collection.find_one({"partner_id": "late-joiner"}) or {}).get("topic") == late
     finally:
         consumer.close()
@@ -140,18 +123,7 @@ def test_a_failed_batch_insert_is_not_committed_and_the_batch_is_read_again(
     producer = BusProducer(kafka_bootstrap)
     store = MongoAuditStore(collection)
     flaky = _FailsFirstInsert(store)
-    spec = audit_stage_spec(topics)
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=spec.group_id,
-        pattern=spec.pattern,
-        producer=producer,
-        dead_letter_topic=topics.dead_letter,
-        stage="audit",
-        stats=StageStats("audit"),
-        poll_timeout_ms=200,
-        retry_backoff_s=0.1,
-    )
+    consumer = audit_consumer(kafka_bootstrap, topics, producer, retry_backoff_s=0.1)
     stop = threading.Event()
     runner = threading.Thread(target=consumer.run, args=(AuditHandler(flaky, topics), stop), daemon=True)
     try:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +15,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pymongo import MongoClient
 
-from services.audit.main import AuditEndpoints, serve
-from services.audit.settings import AuditSettings
-from services.common.bus import BusProducer, ensure_topics
 from services.common.control_channel import control_channel
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
-from tests.unit.audit.builders import Instance, journey
+from tests.integration.audit.helpers import audit_settings, publish_journey, running_audit
+from tests.unit.audit.builders import Instance
 from tests.waiting import wait_for
 from tools.devstack import free_ports
 
@@ -39,15 +36,6 @@ def _trail_complete(http_port: int, api_key: str = "") -> bool:
     return response.status_code == 200 and len(response.json()["events"]) == 5
 
 
-def _publish_journey(kafka_bootstrap: str, topics: Topics) -> None:
-    ensure_topics(kafka_bootstrap, [*topics.pipeline(), topics.partner("research-a")], 1)
-    producer = BusProducer(kafka_bootstrap)
-    try:
-        producer.publish(journey(topics, STUDY))
-    finally:
-        producer.close()
-
-
 @pytest.fixture
 def database(mongo_uri: str, unique_name: str) -> Iterator[str]:
     yield unique_name
@@ -60,23 +48,8 @@ def test_serve_answers_http_and_grpc_health_and_returns_when_stopped(
     kafka_bootstrap: str, mongo_uri: str, unique_name: str, database: str
 ) -> None:
     topics = Topics(prefix=unique_name + ".")
-    _publish_journey(kafka_bootstrap, topics)
-    settings = AuditSettings(
-        kafka_bootstrap=kafka_bootstrap,
-        mongo_uri=mongo_uri,
-        mongo_db=database,
-        topic_prefix=topics.prefix,
-        topic_partitions=1,
-        http_port=0,
-        grpc_port=0,
-    )
-    stop = threading.Event()
-    ready: list[AuditEndpoints] = []
-    thread = threading.Thread(target=serve, args=(settings, stop, ready.append), daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: bool(ready), 30, "the service to start")
-        endpoints = ready[0]
+    publish_journey(kafka_bootstrap, topics, STUDY)
+    with running_audit(audit_settings(kafka_bootstrap, mongo_uri, database, topics)) as endpoints:
         with control_channel(f"127.0.0.1:{endpoints.grpc_port}") as channel:
             analysts = admin_pb2_grpc.AnalystAdminStub(channel)
             request = admin_pb2.AddAnalystRequest(analyst=admin_pb2.Analyst(analyst_id="ann", name="Ann"))
@@ -92,17 +65,13 @@ def test_serve_answers_http_and_grpc_health_and_returns_when_stopped(
                 health_pb2.HealthCheckRequest(service="imx.audit"), timeout=5
             )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not thread.is_alive(), "serve returns once stop is set"
 
 
 def test_python_m_services_audit_stops_cleanly_on_sigterm(
     kafka_bootstrap: str, mongo_uri: str, unique_name: str, database: str, tmp_path: Path
 ) -> None:
     topics = Topics(prefix=unique_name + ".")
-    _publish_journey(kafka_bootstrap, topics)
+    publish_journey(kafka_bootstrap, topics, STUDY)
     http_port, grpc_port = free_ports(2)
     env = {
         **os.environ,

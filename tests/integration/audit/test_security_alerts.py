@@ -4,22 +4,21 @@ as a DICOM PS3.15 A.5.3.11 Security Alert (110113) with the partner and the figu
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from pymongo.database import Database
 
-from services.audit.consumer import AuditHandler, audit_stage_spec
+from services.audit.consumer import AuditHandler
 from services.audit.exports import audit_message_xml, fhir_audit_event
 from services.audit.records import AuditRecord
 from services.audit.standard_events import standard_event
 from services.audit.store import MongoAuditStore, record_from_document
-from services.common.bus import BusProducer, StageConsumer, ensure_topics
-from services.common.stats import StageStats
+from services.common.bus import BusProducer, ensure_topics
 from services.common.topics import Topics
 from services.delivery.retention_watch import KafkaBacklogReader, RetentionWatch
+from tests.integration.audit.helpers import audit_consumer, poll_until
 
 HOUR_MS = 3600 * 1000
 RETENTION_MS = 10 * HOUR_MS
@@ -77,24 +76,10 @@ def test_a_backlog_crossing_a_warning_fraction_is_recorded_by_audit_as_a_securit
     collection = db["audit_events"]
     store = MongoAuditStore(collection)
     store.ensure_indexes()
-    spec = audit_stage_spec(topics)
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=spec.group_id,
-        pattern=spec.pattern,
-        producer=producer,
-        dead_letter_topic=topics.dead_letter,
-        stage="audit",
-        stats=StageStats("audit"),
-        max_batch=50,
-        poll_timeout_ms=200,
-    )
+    consumer = audit_consumer(kafka_bootstrap, topics, producer, max_batch=50)
     handler = AuditHandler(store, topics)
     try:
-        deadline = time.monotonic() + 60
-        while collection.count_documents({"event_type": "alert"}) < 2:
-            assert time.monotonic() < deadline, "audit did not record the alerts in time"
-            consumer.poll_once(handler)
+        poll_until(consumer, handler, lambda: collection.count_documents({"event_type": "alert"}) >= 2, 60)
         for _ in range(10):  # the replica's duplicate is read and dropped
             consumer.poll_once(handler)
     finally:

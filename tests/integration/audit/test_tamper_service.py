@@ -5,7 +5,6 @@ record is edited, exits 1 naming the leaf and the record."""
 from __future__ import annotations
 
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,13 +12,11 @@ import pytest
 from pymongo import MongoClient
 from typer.testing import CliRunner
 
-from services.audit.main import AuditEndpoints, serve
-from services.audit.settings import AuditSettings
 from services.audit.tamper_log import StoredTree
 from services.cli.main import app
-from services.common.bus import BusProducer, ensure_topics
 from services.common.topics import Topics
-from tests.unit.audit.builders import Instance, journey
+from tests.integration.audit.helpers import audit_settings, publish_journey, running_audit
+from tests.unit.audit.builders import Instance
 from tests.waiting import wait_for
 
 STUDY = Instance()
@@ -37,35 +34,17 @@ def test_imx_audit_verify_passes_then_names_an_edited_record(
     kafka_bootstrap: str, mongo_uri: str, unique_name: str, client: MongoClient, tmp_path: Path
 ) -> None:
     topics = Topics(prefix=unique_name + ".")
-    ensure_topics(kafka_bootstrap, [*topics.pipeline(), topics.partner("research-a")], 1)
-    producer = BusProducer(kafka_bootstrap)
-    try:
-        producer.publish(journey(topics, STUDY))
-    finally:
-        producer.close()
+    publish_journey(kafka_bootstrap, topics, STUDY)
     key_file = tmp_path / "keys" / "audit-signing.pem"
-    settings = AuditSettings(
-        kafka_bootstrap=kafka_bootstrap,
-        mongo_uri=mongo_uri,
-        mongo_db=unique_name,
-        topic_prefix=topics.prefix,
-        topic_partitions=1,
-        http_port=0,
-        grpc_port=0,
-        signing_key_file=key_file,
-        sth_interval_s=0.5,
+    settings = audit_settings(
+        kafka_bootstrap, mongo_uri, unique_name, topics, signing_key_file=key_file, sth_interval_s=0.5
     )
-    stop = threading.Event()
-    ready: list[AuditEndpoints] = []
-    thread = threading.Thread(target=serve, args=(settings, stop, ready.append), daemon=True)
-    thread.start()
     db = client[unique_name]
     tree = StoredTree(db["audit_log"])
-    try:
-        wait_for(lambda: bool(ready), 30, "the service to start")
+    with running_audit(settings) as endpoints:
         wait_for(lambda: (head := tree.tree_head()) is not None and head.size == 5, 30, "a signed head of 5 leaves")
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-        env = {"IMX_AUDIT_GRPC": f"127.0.0.1:{ready[0].grpc_port}"}
+        env = {"IMX_AUDIT_GRPC": f"127.0.0.1:{endpoints.grpc_port}"}
         remembered = tmp_path / "head.json"
         runner = CliRunner()
         result = runner.invoke(app, ["audit", "verify", "--remember", str(remembered)], env=env)
@@ -82,7 +61,3 @@ def test_imx_audit_verify_passes_then_names_an_edited_record(
         assert result.exit_code == 1, result.output
         assert "TAMPERED" in result.output
         assert "changed" in result.output and leaf["id"] in result.output and "│ 3 " in result.output
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not thread.is_alive()
