@@ -76,16 +76,23 @@ class Counters:
         return [n * CLAIM_CHUNK + i for n, present in enumerate(runs) for i in sorted(present)]
 
     def claim(
-        self, bid: str, into: Collection[dict[str, Any]], docs: Sequence[dict[str, Any]]
+        self,
+        bid: str,
+        into: Collection[dict[str, Any]],
+        docs: Sequence[dict[str, Any]],
+        owners: dict[str, str] | None = None,
     ) -> tuple[set[str], set[str]]:
         """Inserts `docs` (marks: records or study marks) owned by `bid` (field `_b`); returns (ids new to
-        the store, ids this batch counts): the second includes the first."""
+        the store, ids this batch counts): the second includes the first. `owners`, when given, gets the
+        owner of each mark whose owner can no longer change once this batch's counters have moved: the
+        marks this batch counts (`bid`) and those of an owner whose journal exists (SettledMarks)."""
         if not docs:
             return set(), set()
         duplicates = [str(docs[i]["_id"]) for i in self._insert_marks(into, [{**d, "_b": bid} for d in docs])]
         new = {str(d["_id"]) for d in docs} - set(duplicates)
         ours = set(new)
         journals: dict[str, dict[str, Any] | None] = {}
+        settled: dict[str, str] = {}
         for key in duplicates:
             mark = into.find_one({"_id": key}, {"_b": 1})
             owner = str(mark.get("_b", "")) if mark else ""
@@ -101,6 +108,11 @@ class Counters:
                 taken = into.update_one({"_id": key, "_b": owner}, {"$set": {"_b": bid}})
                 if taken.modified_count:
                     ours.add(key)
+            elif owner:
+                settled[key] = owner
+        if owners is not None:
+            owners.update(settled)
+            owners.update(dict.fromkeys(ours, bid))
         return new, ours
 
     def record(self, bid: str, deltas: Deltas) -> None:
@@ -131,6 +143,38 @@ class Counters:
 
     def get(self, doc_id: str) -> dict[str, Any] | None:
         return self._counts.find_one({"_id": doc_id})
+
+
+class SettledMarks:
+    """Study marks whose owner batch has moved its counters (its journal exists and is applied), held in
+    memory so that a batch meeting one again (every batch of a study after its first) neither inserts it
+    nor reads its owner: the answer cannot change. A mark is only taken over from an owner without a
+    journal, and journals are never deleted, so such a mark keeps its owner; it is counted by this batch
+    only when this batch is its owner (a replay), exactly as `Counters.claim` would find. At most `limit`
+    marks are held (the oldest are forgotten and claimed from the store again)."""
+
+    def __init__(self, limit: int = _KNOWN_LIMIT) -> None:
+        self._owners: dict[str, str] = {}
+        self._limit = limit
+
+    def split(self, bid: str, ids: Iterable[str]) -> tuple[list[str], set[str]]:
+        """(the ids to claim from the store, the settled ones this batch counts)."""
+        unknown: list[str] = []
+        ours: set[str] = set()
+        for mark in ids:
+            owner = self._owners.get(mark)
+            if owner is None:
+                unknown.append(mark)
+            elif owner == bid:
+                ours.add(mark)
+        return unknown, ours
+
+    def add(self, owners: dict[str, str]) -> None:
+        """Call only once the batch that claimed them has applied its journal."""
+        self._owners.update(owners)
+        if len(self._owners) > self._limit:
+            for mark in list(self._owners)[: len(self._owners) - self._limit]:
+                del self._owners[mark]
 
 
 def _deltas_from(journal: dict[str, Any]) -> Deltas:

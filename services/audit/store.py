@@ -27,7 +27,7 @@ from pymongo.errors import (
 )
 
 from services.audit import rollups
-from services.audit.counters import Counters, batch_id
+from services.audit.counters import Counters, SettledMarks, batch_id
 from services.audit.log_entries import stored_form
 from services.audit.pages import DUPLICATE_KEY, READ_AHEAD, PageChains, unique
 from services.audit.queries import AuditSummary, Cursor, EventFilter, EventPage, cursor_after
@@ -203,6 +203,7 @@ class MongoAuditStore:
         self._db = db
         self._chains = PageChains(self._pages)
         self._counters = Counters(self._counts, self._chains.executor)
+        self._settled = SettledMarks()
         self._time_marked: set[str] = set()
         self._minutes_marked: set[int] = set()
         self._bounds: tuple[str, str] | None = None
@@ -238,13 +239,16 @@ class MongoAuditStore:
             bid = batch_id(r["_id"] for r in batch)
             studies = list(dict.fromkeys(m for r in batch for m in rollups.study_marks(r)))
             new, ours = self._counters.claim(bid, self._records, [stored_form(r) for r in batch])
-            _, ours_studies = self._counters.claim(bid, self._marks, [{"_id": m} for m in studies])
+            unsettled, ours_studies = self._settled.split(bid, studies)
+            owners: dict[str, str] = {}
+            ours_studies |= self._counters.claim(bid, self._marks, [{"_id": m} for m in unsettled], owners)[1]
             deltas = rollups.deltas_for(
                 [r for r in batch if r["_id"] in ours], [m for m in studies if m in ours_studies]
             )
             if deltas:
                 self._counters.record(bid, deltas)
                 self._counters.apply(bid, deltas)
+            self._settled.add(owners)  # this batch's journal is applied (or it counts none of them)
         return sum(1 for r in batch if r["_id"] in new)
 
     def _mark_time(self, batch: Sequence[AuditRecord]) -> None:

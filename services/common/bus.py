@@ -378,6 +378,11 @@ def flush_handler(handler: Handler) -> None:
         flush()
 
 
+# A fetch waits at the broker until this much has arrived or the wait is over (see StageConsumer).
+FETCH_MIN_BYTES = 64 * 1024
+FETCH_MAX_WAIT_MS = 100
+
+
 class StageConsumer:
     """The I/O shell of a stage: poll a bounded batch, run the handler, publish, commit, repeat."""
 
@@ -401,8 +406,8 @@ class StageConsumer:
         session_timeout_ms: int = 10_000,
         max_poll_interval_ms: int = 300_000,
         group_instance_id: str | None = None,
-        fetch_min_bytes: int = 64 * 1024,
-        fetch_max_wait_ms: int = 100,
+        fetch_min_bytes: int = FETCH_MIN_BYTES,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
         lane_of: Callable[[str], str | None] | None = None,
         client_config: Mapping[str, str] | None = None,
     ) -> None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from services.common.bus import BusProducer, Handler, StageConsumer, ensure_topics
+from services.common.bus import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, BusProducer, Handler, StageConsumer, ensure_topics
 from services.common.control_auth import ControlAuth
 from services.common.control_server import ControlServer, ServicerRegistration
 from services.common.logs import configure_logging
@@ -34,6 +34,10 @@ class StageSpec:
     group_id: str
     topics: Sequence[str] = ()
     pattern: str | None = None
+    # How long the broker may hold a fetch for `fetch_min_bytes` to arrive. A stage whose cost is per
+    # batch rather than per event (audit) asks for more.
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
+    fetch_min_bytes: int = FETCH_MIN_BYTES
 
 
 class StageControl:
@@ -106,6 +110,8 @@ def run_stage(
         max_batch=settings.max_batch,
         lane_of=topics.lane_of,
         client_config=kafka,
+        fetch_min_bytes=spec.fetch_min_bytes,
+        fetch_max_wait_ms=spec.fetch_max_wait_ms,
     )
     server = ControlServer(
         spec.name,
