@@ -14,7 +14,12 @@ converted: a deflated one to explicit VR little endian by inflating its body a p
 file beside it (PS3.5 A.5; a few hundred KB of deflate can inflate to a GiB, which decoding would hold
 several times over), any other with pydicom (uncompressed to uncompressed; compressed ones
 decompressed if a pixel handler can), else the failure is permanent. PDUs are as large as the PACS allows (its maximum
-length from the A-ASSOCIATE-AC; pynetdicom fragments to it).
+length from the A-ASSOCIATE-AC; pynetdicom fragments to it), and are handed to pynetdicom's sending
+thread at most QUEUED_PDUS ahead of the socket (`send_request`), so a send holds about 1 MiB whatever
+the instance's size (before: up to ~300 MB for a 768 MiB instance, read ahead of a slower PACS).
+
+An association that ends during a C-STORE is told apart by associating again: a PACS that cannot be
+reached is waited for; one that takes the new association aborted that instance (`ABORTED`, few attempts).
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 
-from services.gateway.targets import DicomTarget, StoreResult, TargetKind
+from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -113,6 +119,46 @@ def converted(path: Path, transfer_syntax: UID) -> bytes:
     if encoded is None:
         raise ValueError("pynetdicom could not encode the data set")
     return encoded
+
+
+# pynetdicom's `DIMSEServiceProvider.send_msg` puts every P-DATA PDU of a message on the DUL's queue at
+# once (unbounded; the DUL thread sends them one by one), so a data set streamed from a file is read into
+# memory as fast as the disk gives it, not as fast as the PACS takes it. Handed over at most this many
+# ahead of the socket instead, a send holds QUEUED_PDUS x the PDU size, whatever the instance's size.
+QUEUED_PDUS = 8
+# A peer that states no maximum PDU length (0) would get the whole data set as one PDU (read whole
+# into memory); PS3.8 9.3.1 lets a sender use any length up to the peer's maximum.
+LARGEST_PDU = 1024 * 1024
+
+
+class SendStalled(Exception):
+    """The DUL sent nothing for the association's network timeout: the peer stopped reading."""
+
+
+def send_request(assoc: Association, request: C_STORE, context_id: int, stall_s: float) -> None:
+    """`DIMSEServiceProvider.send_msg` of pynetdicom 3.0 for a C-STORE request, with the P-DATA PDUs
+    handed to the DUL at most QUEUED_PDUS ahead of its socket. Raises ConnectionError when the
+    association ends meanwhile, SendStalled when no PDU left the queue for `stall_s`."""
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    message.context_id = context_id
+    evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
+    peer_max = int(assoc.dimse.maximum_pdu_size or 0)
+    pdu_size = peer_max if 0 < peer_max <= LARGEST_PDU else LARGEST_PDU
+    queue = assoc.dul.to_provider_queue
+    for pdata in message.encode_msg(context_id, pdu_size):
+        waiting, moved_at = queue.qsize(), time.monotonic()
+        while waiting >= QUEUED_PDUS:
+            if not assoc.is_established:
+                raise ConnectionError("the association ended during the send")
+            if time.monotonic() - moved_at > stall_s:
+                raise SendStalled
+            time.sleep(0.0005)
+            now_waiting = queue.qsize()
+            if now_waiting < waiting:
+                moved_at = time.monotonic()
+            waiting = now_waiting
+        assoc.dul.send_pdu(pdata)
 
 
 def keep_responses_for_sender(assoc: Association) -> None:
@@ -270,13 +316,18 @@ class DimseStore:
             while not reactor._is_paused and assoc.is_established:
                 time.sleep(0.0001)
             try:
-                assoc.dimse.send_msg(request, int(context.context_id or 0))
+                send_request(assoc, request, int(context.context_id or 0), float(self._ae.network_timeout or 60))
                 _, response = assoc.dimse.get_msg(block=True)
             finally:
                 reactor._reactor_checkpoint.set()
+        except SendStalled:
+            assoc.abort()
+            self._assoc = None
+            log.warning("the PACS took nothing for %.0f s of a C-STORE", time.monotonic() - started)
+            return StoreResult.failed("dimse-timeout", retryable=True)
         except (OSError, RuntimeError, AttributeError):  # the socket went away under the send
             self._drop_association()
-            return StoreResult.down("connection-lost")
+            return self._lost_during(sop_class, context)
         if response is None:
             # An abort or a closed connection shows as an empty answer long before the DIMSE timeout.
             waited = time.monotonic() - started
@@ -284,7 +335,17 @@ class DimseStore:
                 assoc.abort()
             self._assoc = None
             if waited < 0.9 * float(self._ae.dimse_timeout or 0):
-                return StoreResult.down("connection-lost")
+                return self._lost_during(sop_class, context)
             log.warning("no C-STORE response within %.0f s", waited)
             return StoreResult.failed("dimse-timeout", retryable=True)
         return status_result(getattr(response, "Status", None))
+
+    def _lost_during(self, sop_class: str, context: PresentationContext) -> StoreResult:
+        """The association ended during an instance's C-STORE: associating again tells why. A PACS that
+        cannot be reached went away (waited for, no attempt spent); one that takes the new association
+        ended this instance's transfer, as dcmtk does on a data set it cannot read (an odd-length PDV:
+        "Odd Fragment Length", abort): that is its answer about the instance. Taken as "PACS away",
+        such an instance was retried every 30 s for ever and held up the partner's whole feed."""
+        if self._associated_for(sop_class, str(context.transfer_syntax[0])) is not None:
+            return StoreResult.down("connection-lost")
+        return StoreResult.failed(ABORTED, retryable=True)

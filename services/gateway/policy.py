@@ -11,9 +11,11 @@ from tenacity import RetryCallState, wait_exponential_jitter
 @dataclass(frozen=True)
 class RetryPolicy:
     """`max_attempts` counts attempts the target or the source answered (a 0xA700, a 5xx, a digest
-    mismatch); waiting for a target that cannot be reached at all spends none of them. Integrity
-    failures (wrong SHA-256 or size) get at most `integrity_attempts`: a torn read heals in one or
-    two tries, a wrong object does not.
+    mismatch); waiting for a target that cannot be reached at all spends none of them. Failures that
+    say something about the instance rather than the target get at most `few_attempts`: integrity
+    failures (wrong SHA-256 or size: a torn read heals in one or two tries, a wrong object does not),
+    and a transfer the PACS aborted while it still takes associations (dcmtk aborts on a data set it
+    cannot read; each such instance would otherwise hold the partner's feed for ~8 minutes of backoff).
 
     Waiting for an unreachable target (connection refused, association rejected, a timeout) is capped
     at `unreachable_cap_s` (never above `cap_s`): nothing is spent by trying, and with the longer cap
@@ -23,7 +25,7 @@ class RetryPolicy:
     initial_s: float = 1.0
     cap_s: float = 300.0
     jitter_s: float = 1.0
-    integrity_attempts: int = 3
+    few_attempts: int = 3
     unreachable_cap_s: float = 30.0
     _wait: wait_exponential_jitter = field(init=False, repr=False, compare=False)
     _wait_unreachable: wait_exponential_jitter = field(init=False, repr=False, compare=False)
@@ -49,6 +51,6 @@ class RetryPolicy:
         state.attempt_number = max(1, attempt)
         return float((self._wait_unreachable if unreachable else self._wait)(state))
 
-    def gives_up(self, attempts: int, integrity: bool = False) -> bool:
-        limit = min(self.max_attempts, self.integrity_attempts) if integrity else self.max_attempts
+    def gives_up(self, attempts: int, few: bool = False) -> bool:
+        limit = min(self.max_attempts, self.few_attempts) if few else self.max_attempts
         return attempts >= limit

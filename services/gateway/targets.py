@@ -22,6 +22,11 @@ _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backs
 
 TargetKind = Literal["dicom", "dicomweb", "file"]
 
+# The target ended the transfer of one instance (a DIMSE association aborted during its C-STORE) and
+# still accepts connections: an answer about that instance, given up on after few attempts
+# (RetryPolicy.few_attempts), unlike a target that cannot be reached, which is waited for.
+ABORTED = "aborted"
+
 
 class TargetError(ValueError):
     """A target URL that cannot be used; the message says what is wrong with it."""

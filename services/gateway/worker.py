@@ -55,12 +55,13 @@ from services.gateway.receipts import (
     study_receipt,
 )
 from services.gateway.records import DeadLetters, StoredRecords, safe_delivery_id
-from services.gateway.targets import Store, StoreResult
+from services.gateway.targets import ABORTED, Store, StoreResult
 from services.proto_gen.imx.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
-INTEGRITY_FAILURES = frozenset({"sha256-mismatch", "size-mismatch", "truncated-multipart"})
+# Failures that say something about the instance, not the target: given up after RetryPolicy.few_attempts.
+FEW_ATTEMPTS = frozenset({"sha256-mismatch", "size-mismatch", "truncated-multipart", ABORTED})
 
 
 class GatewayStopped(Exception):
@@ -312,8 +313,8 @@ class Gateway:
                 self.counters.waiting = f"unreachable ({result.status_detail}), retrying in {delay:.0f} s"
             else:
                 answered += 1
-                integrity = result.status_detail in INTEGRITY_FAILURES
-                if not result.retryable or policy.gives_up(answered, integrity):
+                few = result.status_detail in FEW_ATTEMPTS
+                if not result.retryable or policy.gives_up(answered, few):
                     self._dead_letter(delivery, result.status_detail, attempts, (tp.topic, tp.partition, offset))
                     return True
                 delay = policy.delay_s(answered)

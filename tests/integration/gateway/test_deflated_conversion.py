@@ -95,9 +95,9 @@ def test_a_deflated_instance_is_inflated_into_a_file_not_decoded_in_memory(tmp_p
             store.close()
         files = pacs.files()
     assert result.ok, result.status_detail
-    # pynetdicom queues PDUs of a streamed data set ahead of the socket (the same for any large
-    # delivery), so the send holds part of it; decoding held ~4x the whole (1 GiB for this one).
-    assert peak < 256 * MIB, f"the gateway held {peak / MIB:.0f} MiB to send a 256 MiB instance"
+    # Decoding held ~4x the whole (1 GiB for this one); streaming through pynetdicom's unbounded PDU
+    # queue held whatever was read ahead of the PACS (~300 MB of a 768 MiB instance); now a few PDUs.
+    assert peak < 16 * MIB, f"the gateway held {peak / MIB:.0f} MiB to send a 256 MiB instance"
     [received] = files
     meta, offset = split_dataset(received)
     assert meta.TransferSyntaxUID == ExplicitVRLittleEndian

@@ -17,11 +17,11 @@ def test_delays_grow_exponentially_with_bounded_jitter_and_never_pass_the_cap() 
     assert policy.delay_s(40) == pytest.approx(30.0)
 
 
-def test_an_instance_gives_up_after_its_attempts_and_integrity_failures_sooner() -> None:
-    policy = RetryPolicy(max_attempts=5, integrity_attempts=2)
+def test_an_instance_gives_up_after_its_attempts_and_integrity_failures_or_aborts_sooner() -> None:
+    policy = RetryPolicy(max_attempts=5, few_attempts=2)
     assert not policy.gives_up(4) and policy.gives_up(5)
-    assert not policy.gives_up(1, integrity=True) and policy.gives_up(2, integrity=True)
-    assert RetryPolicy(max_attempts=1).gives_up(1, integrity=True)
+    assert not policy.gives_up(1, few=True) and policy.gives_up(2, few=True)
+    assert RetryPolicy(max_attempts=1).gives_up(1, few=True)
 
 
 def test_at_least_one_attempt() -> None:
