@@ -38,7 +38,7 @@ from tools.chaos_faults import freeze_database, kill_broker, kill_service
 from tools.chaos_figures import ChaosRun, FaultResult, result_line
 from tools.chaos_inputs import MR_IMAGE_STORAGE, malformed_input
 from tools.chaos_ledger import DoorAnswer, Ledger, caught_up, fuzz_figures, mark, reconcile
-from tools.chaos_partner import Pacs, QuarantineReader, Scanner, skip_leftovers
+from tools.chaos_partner import Pacs, QuarantineReader, Scanner, folder_bytes, skip_leftovers
 from tools.chaos_procs import SUPERVISED, Watcher
 from tools.chaos_send import CStoreClient, StowClient
 from tools.chaos_setup import PARTNER, ChaosConfig, configure, unconfigure
@@ -157,8 +157,8 @@ def wait_recovered(ledger: Ledger, lock: threading.Lock, t0: float, fault_end: f
     return None
 
 
-def drain(done: Callable[[], bool], progress: Callable[[], int], stall_s: float, limit_s: float) -> bool:
-    """Until `done()`, or no progress for `stall_s`, or `limit_s`."""
+def drain(done: Callable[[], bool], progress: Callable[[], object], stall_s: float, limit_s: float) -> bool:
+    """Until `done()`, or no progress (`progress()` unchanged) for `stall_s`, or `limit_s`."""
     deadline, last, last_at = time.monotonic() + limit_s, progress(), time.monotonic()
     while time.monotonic() < deadline:
         if done():
@@ -292,8 +292,15 @@ class Run:
             with lock:
                 return self.scanner.delivered_uids | set(ledger.quarantined) | set(reader.dead_lettered)
 
+        # Progress: an input ended, or the PACS received more bytes (it writes a file as the data
+        # arrives). A large instance takes minutes to send (a deflate bomb inflated for a PACS without
+        # deflate: 30-130 s each) while no input ends; the gateway's own temp files are not counted, as
+        # a gateway fetching the same instance again and again would look busy.
+        def progress() -> tuple[int, int]:
+            return len(ended()), folder_bytes(self.pacs.folder)
+
         phase(f"{len(owed)} malformed inputs were accepted; waiting for them to be delivered or quarantined")
-        drain(lambda: owed <= ended(), lambda: len(ended()), 120.0, args.recovery_limit_s)
+        drain(lambda: owed <= ended(), progress, 120.0, args.recovery_limit_s)
         time.sleep(5.0)  # the last quarantine events of rejected inputs
 
     def figures(self, reader: QuarantineReader, extra: dict[str, object]) -> dict[str, object]:

@@ -13,7 +13,7 @@ from io import BytesIO
 from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from services.common.service_access import central_gateway_group
 from services.common.topics import Topics
@@ -51,6 +51,13 @@ class Pacs:
                 str(self.folder),
                 "+B",
                 "+uf",
+                # +xd: the PACS takes deflated data sets, as many do. Without it the gateway must inflate
+                # each accepted deflate bomb (up to 768 MiB, ~60 in a full run) and send that: 30-130 s
+                # apiece and ~46 GB written here, a test of disk and patience rather than of imx (that
+                # conversion is tested apart: tests/integration/gateway/test_deflated_conversion.py).
+                # A bomb whose deflated body has an odd length is aborted by storescp ("Odd Fragment
+                # Length"); the gateway dead-letters it with the reason "aborted".
+                "+xd",
                 "--max-pdu",
                 "131072",
                 str(self.port),
@@ -70,13 +77,23 @@ class Pacs:
 
 def sop_uid_of(data: bytes) -> str:
     """The SOP Instance UID the PACS stored the file under: storescp writes the file meta from the
-    C-STORE request, so that comes first; the data set's own is read only when the meta has none. A
-    delivered malformed input can break pydicom in any way (an unknown VR on the UID raises
-    NotImplementedError), and the scanner must outlive every one of them."""
-    try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-    except Exception:
-        return ""
+    C-STORE request, so that is read alone first (a deflated body, up to 768 MiB inflated for a deflate
+    bomb, is never inflated for it: pydicom's dcmread inflates the whole body before it reads a tag);
+    the data set's own is read only when the meta has none. A delivered malformed input can break
+    pydicom in any way (an unknown VR on the UID raises NotImplementedError), and the scanner must
+    outlive every one of them."""
+    meta_end = 144 + int.from_bytes(data[140:144], "little")  # PS3.10 7.1: (0002,0000) is the meta's length
+    for part in (data[:meta_end], data):
+        try:
+            ds = dcmread(BytesIO(part), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        except Exception:
+            continue
+        if uid := _uid_of(ds):
+            return uid
+    return ""
+
+
+def _uid_of(ds: Dataset) -> str:
     for read in (lambda: ds.file_meta.get("MediaStorageSOPInstanceUID", ""), lambda: ds.get("SOPInstanceUID", "")):
         try:
             uid = str(read() or "")
@@ -85,6 +102,22 @@ def sop_uid_of(data: bytes) -> str:
         if uid:
             return uid
     return ""
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes in the files of `folder` (not below it), growing while a file is written; a file that
+    goes away meanwhile counts nothing."""
+    total = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            total += entry.stat(follow_symlinks=False).st_size if entry.is_file(follow_symlinks=False) else 0
+        except OSError:
+            continue
+    return total
 
 
 class Scanner:

@@ -3,9 +3,11 @@ reconciliation and the figures."""
 
 from __future__ import annotations
 
+import tracemalloc
 import zlib
 from collections import Counter
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
@@ -31,7 +33,7 @@ from tools.chaos_ledger import (
     read_mark,
     reconcile,
 )
-from tools.chaos_partner import sop_uid_of
+from tools.chaos_partner import folder_bytes, sop_uid_of
 from tools.chaos_send import c_store_outcome, stow_outcome
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -254,3 +256,25 @@ def test_the_scanner_reads_the_uid_of_every_bad_vr_input_it_may_find_at_the_pacs
         found += 1
     assert found > 10
     assert sop_uid_of(b"\0" * 128 + b"DICM" + b"\xff" * 64) == ""
+
+
+def test_the_scanner_reads_a_stored_deflate_bomb_s_uid_without_inflating_it() -> None:
+    """A PACS that takes deflated data sets stores a deflate bomb as sent; the scanner finds its UID in
+    the file meta (before: pydicom inflated the whole body first, 768 MiB in the chaos process)."""
+    bomb = next(item for index in range(400) if (item := malformed_input(9, index)).kind == "deflate-bomb")
+    tracemalloc.start()
+    try:
+        assert sop_uid_of(bomb.part10) == bomb.sop_uid
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, f"{peak} bytes held to read a UID"
+
+
+def test_folder_bytes_counts_the_files_of_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / ".partial").write_bytes(b"y" * 5)
+    (tmp_path / "below").mkdir()
+    (tmp_path / "below" / "c").write_bytes(b"z" * 100)
+    assert folder_bytes(tmp_path) == 15
+    assert folder_bytes(tmp_path / "missing") == 0
