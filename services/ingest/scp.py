@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,6 +48,7 @@ from services.ingest.acceptance import Acceptance, AcceptanceResult, Channel
 from services.ingest.calling_aets import CallingAeTitles
 from services.ingest.errors import IngestUnavailable
 from services.ingest.missing_data_sets import MissingDataSets
+from services.ingest.reactor_waits import WaitingRequestHandler
 from services.ingest.settings import IngestSettings
 from services.ingest.status_codes import (
     NOT_AUTHORIZED,
@@ -197,12 +199,16 @@ class DicomReceiver:
     def start(self) -> int:
         """Load the calling AE titles, then listen; returns the bound port."""
         self.calling_aets.start()
-        server = self._ae.start_server(
+        # `AE.start_server(block=False)`, with a request handler whose associations wait for work
+        # instead of polling for it (reactor_waits.py).
+        server = self._ae.make_server(
             (self._settings.dicom_host, self._settings.dicom_port),
-            block=False,
             evt_handlers=[(evt.EVT_C_STORE, self._handler), (evt.EVT_REJECTED, _on_rejected)],
+            server_class=ThreadedAssociationServer,
+            request_handler=WaitingRequestHandler,
         )
-        assert server is not None  # block=False always returns the server
+        self._ae._servers.append(server)  # as start_server does: server.shutdown() removes it there
+        threading.Thread(target=server.serve_forever, name="imx-dicom-acceptor", daemon=True).start()
         self._server = server
         self.port = int(server.server_address[1])
         self._missing.start()
