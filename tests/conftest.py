@@ -40,6 +40,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(marker)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def pynetdicom_receiving_restored() -> Iterator[None]:
+    """Ingest's receiver switches pynetdicom, process-wide, to write received data sets to files in its
+    own folder (services/ingest/scp.py `receive_to_files`); a later module's SCP would otherwise read an
+    empty in-memory copy (the CI failure that had 2e52c02 reverted) or write into a deleted folder.
+    Per module, since modules keep one in-process ingest running across their tests."""
+    from pynetdicom import _config, dimse_messages
+
+    saved = (_config.STORE_RECV_CHUNKED_DATASET, dimse_messages.NamedTemporaryFile)
+    yield
+    _config.STORE_RECV_CHUNKED_DATASET, dimse_messages.NamedTemporaryFile = saved
+
+
 @pytest.fixture(scope="session", autouse=True)
 def control_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One control token for the session (services/common/control_tokens.py): the bootstrap
