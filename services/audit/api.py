@@ -29,7 +29,7 @@ from services.audit.models import (
     VolumeOut,
     VolumesOut,
 )
-from services.audit.queries import EventFilter, decode_cursor, encode_cursor
+from services.audit.queries import EventFilter, PeriodPurged, decode_cursor, encode_cursor
 from services.audit.records import EventType
 from services.audit.scopes import Scope, ScopeDenied
 from services.audit.store import AuditStore
@@ -46,9 +46,13 @@ Times are ISO 8601; give a zone (`Z` or `%2B01:00` in a URL), a time without one
 
 A key scoped to one organisation or partner sees only records about it: a study it has no record of is
 a 404, a filter naming another organisation or partner is a 403, and so are aggregates not kept per
-its kind of scope. Every request is recorded in the access log (DICOM PS3.15 110112 Query, 110101
-Audit Log Used).
+its kind of scope. With retention set, records and everything derived from them (trails, event pages,
+figures) go once past the retention age, a UTC day at a time: a period ending before the first retained
+day is a **410 Gone** (`retained_from` says that day), not an empty answer; a period reaching into the
+retained days answers for those days only, and a study whose records were all purged is a 404.
+Every request is recorded in the access log (DICOM PS3.15 110112 Query, 110101 Audit Log Used).
 """
+GONE = {"description": "the period ends before the first retained day: purged by retention (`retained_from`)"}
 MAX_LIMIT = 1000
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"  # PS3.5 §9.1: digits and dots, at most 64 characters
 
@@ -141,7 +145,7 @@ def study_trail(
     "/audit/events",
     response_model=EventPageOut,
     tags=["audit"],
-    responses={403: {"description": "outside the key's scope"}},
+    responses={403: {"description": "outside the key's scope"}, 410: GONE},
 )
 def list_events(
     store: StoreDep,
@@ -174,7 +178,7 @@ def list_events(
     "/audit/summary",
     response_model=Summary,
     tags=["audit"],
-    responses={403: {"description": "a scoped key asking from before its counts were kept"}},
+    responses={403: {"description": "a scoped key asking from before its counts were kept"}, 410: GONE},
 )
 def summary(store: StoreDep, scope: ScopeDep, since: Since = None, until: Until = None) -> Summary:
     """Counts: events per type, deliveries per partner (delivered and failed), quarantines per reason,
@@ -188,7 +192,7 @@ def summary(store: StoreDep, scope: ScopeDep, since: Since = None, until: Until 
     "/audit/volumes",
     response_model=VolumesOut,
     tags=["audit"],
-    responses={403: {"description": "outside the key's scope"}},
+    responses={403: {"description": "outside the key's scope"}, 410: GONE},
 )
 def volumes(
     store: StoreDep,
@@ -211,7 +215,7 @@ def volumes(
     "/audit/turnaround",
     response_model=TurnaroundOut,
     tags=["audit"],
-    responses={403: {"description": "outside the key's scope"}},
+    responses={403: {"description": "outside the key's scope"}, 410: GONE},
 )
 def turnaround(
     store: StoreDep,
@@ -234,7 +238,7 @@ def turnaround(
     "/audit/quarantines",
     response_model=QuarantinesOut,
     tags=["audit"],
-    responses={403: {"description": "a scoped key asking from before its counts were kept"}},
+    responses={403: {"description": "a scoped key asking from before its counts were kept"}, 410: GONE},
 )
 def quarantines(store: StoreDep, scope: ScopeDep, since: Since = None, until: Until = None) -> QuarantinesOut:
     """Quarantines and dead letters per UTC day, stage and reason (days overlapping the period). A scoped
@@ -254,6 +258,11 @@ def healthz(store: StoreDep, response: Response) -> Health:
 
 def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=503, content={"detail": "audit store unavailable; try again"})
+
+
+def _purged(request: Request, exc: Exception) -> JSONResponse:
+    retained_from = exc.retained_from if isinstance(exc, PeriodPurged) else None
+    return JSONResponse(status_code=410, content={"detail": str(exc), "retained_from": retained_from})
 
 
 def _out_of_scope(request: Request, exc: Exception) -> JSONResponse:
@@ -309,6 +318,7 @@ def create_app(
     app.include_router(ui_router)  # the analysts' page: static, no key; it asks the analyst for theirs
     app.add_exception_handler(TransientError, _store_unavailable)
     app.add_exception_handler(ScopeDenied, _out_of_scope)
+    app.add_exception_handler(PeriodPurged, _purged)
     if access_log is not None:
         app.add_middleware(AccessRecording, access_log=access_log)
     return app

@@ -14,6 +14,7 @@ from typing import Any
 
 from pymongo.database import Database
 
+from services.audit.keyed_retention import KeyedPurge
 from services.audit.log_admin import register_audit_log
 from services.audit.log_verify import CollectionRecords
 from services.audit.records import AuditRecord
@@ -50,7 +51,13 @@ class TamperEvidence:
             StoredTree(docs), CollectionRecords(records), self._signer.public_key
         )
         self._retention = (
-            Retention(self._signer, StoredTree(docs), CollectionRecordDeleter(records), settings.retention_days)
+            Retention(
+                self._signer,
+                StoredTree(docs),
+                CollectionRecordDeleter(records, db[f"{records.name}_marks"]),
+                settings.retention_days,
+                keyed=KeyedPurge(records),
+            )
             if settings.retention_days
             else None
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from services.audit.records import AuditRecord, EventType, to_datetime, to_epoch_ms
@@ -24,6 +24,21 @@ class EventFilter:
     event_type: EventType | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+
+class PeriodPurged(Exception):
+    """The period asked for ends before `retained_from` (a UTC day): retention purged everything in it."""
+
+    def __init__(self, retained_from: str) -> None:
+        super().__init__(f"purged by retention: audit records and figures are kept from {retained_from} on")
+        self.retained_from = retained_from
+
+
+def wholly_purged(until: datetime | None, retained_from: str | None) -> bool:
+    """True when [.., until) ends at or before the start (UTC) of the first retained day; an open end never does."""
+    if until is None or retained_from is None:
+        return False
+    return to_epoch_ms(until) <= to_epoch_ms(datetime.fromisoformat(retained_from).replace(tzinfo=UTC))
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,13 @@ the checkpoint's frontier and appends the retained leaves to it, so every tree h
 verifies (services/audit/log_verify.py). The deletions follow (record and claim by `_id`, and each
 `leaves` document wholly purged); a run interrupted half-way resumes from the checkpoint's `deleted_to`.
 
+After the records, the keyed documents derived from them (pages, marks, counters, journals) of the UTC
+days before the cutoff's day go too (keyed_retention.py), a day once none of its records is left. For
+that, the record deleter notes each purged record's counting batch in `jd:<day>` (N_marks) before it
+deletes the record: which journals the day's purge may drop.
+
 What it does not do: records that were tampered with before they were purged are not re-checked here
-(run `imx audit verify` before the retention age passes); the analysts' aggregates other stores keep are
-theirs to age out.
+(run `imx audit verify` before the retention age passes).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from typing import Any, Protocol
 from pymongo.collection import Collection
 
 from services.audit import merkle
+from services.audit.keyed_retention import KeyedPurge
+from services.audit.records import to_datetime, to_epoch_ms
+from services.audit.rollups import day_of
 from services.audit.signing import Signer, checkpoint_message
 from services.audit.tamper_log import CHUNK, StoredTree, chunk_id, claim_id, unavailable_is_transient
 
@@ -39,12 +46,33 @@ class RecordDeleter(Protocol):
 
 
 class CollectionRecordDeleter:
-    def __init__(self, collection: Collection[dict[str, Any]]) -> None:
+    """With `marks` (the store's N_marks), the batch that counted each record is added to `jd:<day of
+    the record>` first, so the keyed purge of that day knows which journals to drop."""
+
+    def __init__(self, collection: Collection[dict[str, Any]], marks: Collection[dict[str, Any]] | None = None) -> None:
         self._records = collection
+        self._marks = marks
+        self._noted: set[tuple[str, str]] = set()
 
     def delete(self, record_id: str) -> None:
         with unavailable_is_transient():
+            if self._marks is not None:
+                self._note_owner(record_id)
             self._records.delete_one({"_id": record_id})
+
+    def _note_owner(self, record_id: str) -> None:
+        assert self._marks is not None
+        doc = self._records.find_one({"_id": record_id}, {"occurred_at": 1, "_b": 1})
+        if doc is None or not doc.get("_b") or doc.get("occurred_at") is None:
+            return
+        day = day_of(to_datetime(to_epoch_ms(doc["occurred_at"])))
+        noted = (day, str(doc["_b"]))
+        if noted in self._noted:
+            return
+        self._marks.update_one({"_id": f"jd:{day}"}, {"$addToSet": {"b": noted[1]}}, upsert=True)
+        if len(self._noted) > 100_000:
+            self._noted.clear()
+        self._noted.add(noted)
 
 
 @dataclass(frozen=True)
@@ -67,6 +95,7 @@ class Retention:
         retention_days: float,
         max_leaves: int = 100_000,
         clock: Callable[[], float] = time.time,
+        keyed: KeyedPurge | None = None,
     ) -> None:
         self._signer = signer
         self._tree = tree
@@ -74,10 +103,19 @@ class Retention:
         self._retention_ms = int(retention_days * DAY_MS)
         self._max_leaves = max_leaves
         self._clock = clock
+        self._keyed = keyed
 
     def purge(self) -> PurgeResult:
+        """Records past the retention age, then the keyed documents of the days they leave empty."""
         now_ms = int(self._clock() * 1000)
         cutoff = now_ms - self._retention_ms
+        result = self._purge_records(now_ms, cutoff)
+        if self._keyed is not None:
+            with unavailable_is_transient():
+                self._keyed.purge(cutoff)
+        return result
+
+    def _purge_records(self, now_ms: int, cutoff: int) -> PurgeResult:
         self._tree.forget()
         checkpoint = self._tree.get("checkpoint:latest")
         deleted = self._finish_deletes(checkpoint)

@@ -28,9 +28,18 @@ from pymongo.errors import (
 
 from services.audit import rollups
 from services.audit.counters import Counters, SettledMarks, batch_id
+from services.audit.keyed_retention import RETAINED
 from services.audit.log_entries import stored_form
 from services.audit.pages import DUPLICATE_KEY, READ_AHEAD, PageChains, unique
-from services.audit.queries import AuditSummary, Cursor, EventFilter, EventPage, cursor_after
+from services.audit.queries import (
+    AuditSummary,
+    Cursor,
+    EventFilter,
+    EventPage,
+    PeriodPurged,
+    cursor_after,
+    wholly_purged,
+)
 from services.audit.records import RECORD_FIELDS, AuditRecord, to_datetime, to_epoch_ms
 from services.audit.scopes import Scope, ScopeDenied
 from services.common.messages import TransientError
@@ -315,6 +324,14 @@ class MongoAuditStore:
             self._monthly_from = str((doc or {}).get("from", "9999-12-31"))
         return self._monthly_from
 
+    def _refuse_purged(self, until: datetime | None) -> None:
+        """A period ending before the first retained day is gone, not empty: PeriodPurged (HTTP 410)."""
+        if until is None:
+            return
+        doc = self._counts.find_one({"_id": RETAINED})
+        if doc is not None and wholly_purged(until, str(doc["from"])):
+            raise PeriodPurged(str(doc["from"]))
+
     def _day_bounds(self) -> tuple[str, str] | None:
         doc = self._counts.find_one({"_id": "bounds"})
         return (str(doc["first"]), str(doc["last"])) if doc else None
@@ -366,6 +383,7 @@ class MongoAuditStore:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         with _unavailable_is_transient():
+            self._refuse_purged(query.until)
             bounds = self._day_bounds()
             if bounds is None:
                 return EventPage([], None)
@@ -408,6 +426,7 @@ class MongoAuditStore:
         self, since: datetime | None = None, until: datetime | None = None, scope: Scope | None = None
     ) -> AuditSummary:
         with _unavailable_is_transient():
+            self._refuse_purged(until)
             days = day_range(since, until, self._day_bounds())
             key = self._scoped(scope, days)
             whole: list[str] = []
@@ -430,6 +449,7 @@ class MongoAuditStore:
         self, dimension: str, since: datetime | None, until: datetime | None, key: str | None = None
     ) -> list[rollups.VolumeRow]:
         with _unavailable_is_transient():
+            self._refuse_purged(until)
             if key is None or dimension not in rollups.MONTHLY:
                 days = day_range(since, until, self._day_bounds())
                 ids = rollups.volume_ids(dimension, days, key)
@@ -455,6 +475,7 @@ class MongoAuditStore:
         self, since: datetime | None, until: datetime | None, partner: str | None = None
     ) -> list[rollups.Turnaround]:
         with _unavailable_is_transient():
+            self._refuse_purged(until)
             days = day_range(since, until, self._day_bounds())
             return rollups.turnaround(self._prefetch(rollups.turnaround_ids(days, partner)).get, days, partner)
 
@@ -462,6 +483,7 @@ class MongoAuditStore:
         self, since: datetime | None, until: datetime | None, scope: Scope | None = None
     ) -> list[rollups.StageReasonCount]:
         with _unavailable_is_transient():
+            self._refuse_purged(until)
             days = day_range(since, until, self._day_bounds())
             key = self._scoped(scope, days)
             return rollups.stage_reasons(self._prefetch([rollups.summary_doc(d, key) for d in days]).get, days, key)

@@ -1,0 +1,201 @@
+"""Retention of the keyed documents derived from records (issue 8 item 6): pages, marks, counters and
+journals of UTC days before the horizon, purged a day at a time by `_id` (services/audit/README.md,
+"Retention of the keyed documents").
+
+The horizon is the start of the UTC day of the record purge's cutoff: a day before it goes once none of
+its records (those its minute pages hold) is left in the records collection N, i.e. once the record
+purge (retention.py, by append time) has removed them all; a late event keeps its day until it is
+purged too. A day goes in this order, each step idempotent, so a run killed anywhere is finished by
+the next: (1) the day's records are read from its minute pages (the source of everything below, deleted
+last); (2) each study chain naming them is rewritten in place without them (a page left empty stays,
+so the chain keeps no gap and a writer appending to it is unaffected); (3) the study marks of the day;
+(4) the journals of batches that counted nothing after the day (`jd:<day>` in N_marks, written by the
+record purge, names them; a journal counting later days is handed on to its last day's list); (5) the
+day's counters, and its figures in the month documents (a month document left without days goes);
+(6) the minute pages and the day's `tm`/`th`/`td` marks; (7) `retained` (N_counts) moves past the day.
+
+Counting once holds: a journal goes only when every day it counted has gone, so no mark or record it
+owns is left for a later duplicate to take over (counters.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import bson
+from pymongo.collection import Collection
+
+from services.audit import rollups
+from services.audit.pages import PageChains, pack, unpack
+from services.audit.records import AuditRecord, to_epoch_ms
+
+log = logging.getLogger(__name__)
+MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
+RETAINED = "retained"  # N_counts: {"from": the first day whose keyed documents are kept}
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def horizon_day(cutoff_ms: int) -> str:
+    """The first day kept: the UTC day of the cutoff (a day before it is wholly past the retention age)."""
+    return datetime.fromtimestamp(cutoff_ms // DAY_MS * DAY_MS / 1000, UTC).date().isoformat()
+
+
+def days_to_purge(first: str, horizon: str) -> list[str]:
+    """The days from the first one recorded up to, not including, the horizon."""
+    if first >= horizon:
+        return []
+    return list(rollups.days_between(date.fromisoformat(first), date.fromisoformat(horizon) - timedelta(days=1)))
+
+
+def day_start_ms(day: str) -> int:
+    return to_epoch_ms(datetime.fromisoformat(day).replace(tzinfo=UTC))
+
+
+def hours_of(day: str) -> list[int]:
+    start = day_start_ms(day)
+    return [start + h * HOUR_MS for h in range(24)]
+
+
+def counter_ids(day: str, records: Iterable[AuditRecord]) -> list[str]:
+    """The day's counter documents: every shard of each kind, and the scoped summaries of the records' keys."""
+    ids = [rollups.summary_doc(day), *rollups.volume_docs("org", day), *rollups.volume_docs("partner", day)]
+    ids += [*rollups.volume_docs("modality", day), *rollups.turnaround_docs(day)]
+    scopes = dict.fromkeys(k for r in records for k in rollups.scope_keys(r))
+    return ids + [rollups.summary_doc(day, scope) for scope in scopes]
+
+
+def month_keys(day: str, records: Iterable[AuditRecord]) -> list[str]:
+    """The month documents holding the day's figures of the records' organisations and partners."""
+    keys: dict[str, None] = {}
+    for r in records:
+        if r["source_org"] is not None:
+            keys[rollups.month_doc("org", day[:7], r["source_org"])] = None
+        if r["partner_id"] is not None:
+            keys[rollups.month_doc("partner", day[:7], r["partner_id"])] = None
+    return list(keys)
+
+
+def study_keys(records: Iterable[AuditRecord]) -> list[str]:
+    return list(dict.fromkeys(f"s:{u}" for r in records for u in (r["study_uid"], r["delivered_study_uid"]) if u))
+
+
+def journal_days(journal: dict[str, Any]) -> set[str]:
+    """The days whose counters a journal moved (every record and study a batch counts moves its day's)."""
+    deltas: dict[str, Any] = bson.decode(bytes(journal["d"]))["d"]
+    # Every day moves `x:<day>` or a `v:`/`t:` document (month documents repeat days the `v:` ones name);
+    # a day-like organisation name can only add a day, which keeps the journal longer, never shorter.
+    return {day for doc_id in deltas if not doc_id.startswith("vm:") for day in _DAY.findall(doc_id)}
+
+
+def month_has_days(doc: dict[str, Any]) -> bool:
+    return any(not name.startswith("_") and name != "g" for name in doc)
+
+
+class KeyedPurge:
+    """Purges the keyed documents of days before a horizon from the store's collections (store.py names
+    them: N, N_pages, N_marks, N_counts)."""
+
+    def __init__(self, records: Collection[dict[str, Any]], max_days: int = 31) -> None:
+        db = records.database
+        self._records = records
+        self._pages, self._marks, self._counts = (db[f"{records.name}_{n}"] for n in ("pages", "marks", "counts"))
+        self._chains = PageChains(self._pages)
+        self._max_days = max_days
+
+    def purge(self, cutoff_ms: int) -> list[str]:
+        """Purges the days before `horizon_day(cutoff_ms)` still recorded; returns those that went."""
+        bounds = self._counts.find_one({"_id": "bounds"})
+        if bounds is None:
+            return []
+        gone: list[str] = []
+        for day in days_to_purge(str(bounds["first"]), horizon_day(cutoff_ms))[: self._max_days]:
+            if not self.purge_day(day):
+                break  # a record of the day is still kept: later days wait, so `retained` only moves forward
+            gone.append(day)
+        if gone:
+            log.info("audit retention: purged the keyed documents of past days", extra={"instances": len(gone)})
+        return gone
+
+    def _minute_pages(self, day: str) -> dict[int, list[AuditRecord]]:
+        hours = hours_of(day)
+        marks = self._chains.get_many(self._marks, [f"td:{hours[0]}", *(f"th:{h}" for h in hours)])
+        if marks[f"td:{hours[0]}"] is None:
+            return {}
+        minutes = [h + m * MINUTE_MS for h in hours if marks[f"th:{h}"] is not None for m in range(60)]
+        chains = self._chains.read_many([f"m:{m}" for m in minutes], first_round=1)
+        return {m: chains[f"m:{m}"] for m in minutes if chains[f"m:{m}"]}
+
+    def purge_day(self, day: str) -> bool:
+        """False (nothing done) while a record of the day is still in N. A day without minute pages has
+        nothing derived left (they go last), only perhaps its journal list."""
+        minutes = self._minute_pages(day)
+        records = list({r["_id"]: r for rs in minutes.values() for r in rs}.values())
+        ids = [r["_id"] for r in records]
+        kept = self._chains.get_many(self._records, ids) if ids else {}
+        if any(doc is not None for doc in kept.values()):
+            return False
+        if minutes:
+            self._purge_derived(day, minutes, records)
+        self._delete(self._marks, [f"jd:{day}"])
+        following = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+        self._counts.update_one({"_id": RETAINED}, {"$max": {"from": following}}, upsert=True)
+        self._counts.update_one({"_id": "bounds", "last": {"$gte": following}}, {"$max": {"first": following}})
+        return True
+
+    def _purge_derived(self, day: str, minutes: dict[int, list[AuditRecord]], records: list[AuditRecord]) -> None:
+        """Everything but the minute pages first: they name the records, so a rerun finds them again."""
+        gone = {r["_id"] for r in records}
+        for key in study_keys(records):
+            self._rewrite_chain(key, gone)
+        marks = list(dict.fromkeys(m for r in records for m in rollups.study_marks(r)))
+        self._delete(self._marks, marks)
+        self._purge_journals(day)
+        self._delete(self._counts, counter_ids(day, records))
+        for month_id in month_keys(day, records):
+            self._counts.update_one({"_id": month_id}, {"$unset": {day[8:]: ""}})
+            doc = self._counts.find_one({"_id": month_id})
+            if doc is not None and not month_has_days(doc):
+                self._counts.delete_one({"_id": month_id})
+        self._delete(self._pages, [f"m:{m}#{n}" for m, rs in minutes.items() for n in range(self._chain_length(m))])
+        hours = hours_of(day)
+        for marks_of_day in ([f"tm:{h}" for h in hours], [f"th:{h}" for h in hours], [f"td:{hours[0]}"]):
+            self._delete(self._marks, marks_of_day)  # the day's mark last: while it stands, a rerun looks
+
+    def _chain_length(self, minute: int) -> int:
+        n = 0
+        while self._pages.find_one({"_id": f"m:{minute}#{n}"}, {"_id": 1}) is not None:
+            n += 1
+        return n
+
+    def _rewrite_chain(self, key: str, gone: set[str]) -> None:
+        """Each page of the chain holding a purged record is replaced by one without it (same number and
+        `h`, so a replay of its batch is still known as one)."""
+        n = 0
+        while (page := self._pages.find_one({"_id": f"{key}#{n}"})) is not None:
+            records = unpack(page)
+            left = [r for r in records if r["_id"] not in gone]
+            if len(left) < len(records):
+                self._pages.replace_one({"_id": page["_id"]}, {**page, **pack(left)})
+            n += 1
+
+    def _purge_journals(self, day: str) -> None:
+        listed = self._marks.find_one({"_id": f"jd:{day}"})
+        for bid in (listed or {}).get("b", []):
+            journal = self._counts.find_one({"_id": f"j:{bid}"})
+            if journal is None:
+                continue
+            last = max(journal_days(journal), default=day)
+            if last <= day and journal.get("applied"):
+                self._counts.delete_one({"_id": f"j:{bid}"})
+            elif last > day:  # it counted a later day too: it goes with that day
+                self._marks.update_one({"_id": f"jd:{last}"}, {"$addToSet": {"b": bid}}, upsert=True)
+
+    def _delete(self, collection: Collection[dict[str, Any]], ids: Sequence[str]) -> None:
+        list(self._chains.executor.map(lambda i: collection.delete_one({"_id": i}), ids))
+
+    def close(self) -> None:
+        self._chains.executor.shutdown(wait=False)
