@@ -149,9 +149,10 @@ class SettledMarks:
     """Study marks whose owner batch has moved its counters (its journal exists and is applied), held in
     memory so that a batch meeting one again (every batch of a study after its first) neither inserts it
     nor reads its owner: the answer cannot change. A mark is only taken over from an owner without a
-    journal, and journals are never deleted, so such a mark keeps its owner; it is counted by this batch
-    only when this batch is its owner (a replay), exactly as `Counters.claim` would find. At most `limit`
-    marks are held (the oldest are forgotten and claimed from the store again)."""
+    journal, and a journal is deleted only by retention, after every mark it owns (keyed_retention.py),
+    so such a mark keeps its owner; it is counted by this batch only when this batch is its owner (a
+    replay), exactly as `Counters.claim` would find. At most `limit` marks are held (the oldest are
+    forgotten and claimed from the store again)."""
 
     def __init__(self, limit: int = _KNOWN_LIMIT) -> None:
         self._owners: dict[str, str] = {}
