@@ -1,5 +1,4 @@
-"""Group commit: instances accepted at the same time share one receipt write, one broker flush and one
-published mark.
+"""Group commit: instances accepted at the same time share one receipt write and one broker flush.
 
 Every association (C-STORE) and STOW-RS request runs on its own thread and, once its instance is
 durable in the blob store, hands the commit here and waits. The first thread to arrive commits what
@@ -8,11 +7,19 @@ and the next of them commits them all together (leader/follower, as a database's
 One thread alone waits for nothing: its group is itself. With more senders the groups grow, and the
 per-instance cost of the round trips (MongoDB receipts, Kafka's acks=all) falls.
 
-A group is: claim every receipt in one write → publish every new event and wait for every
-acknowledgement (one flush) → mark them all published in one write. Each waiting thread then hears
-its own outcome. Any failure fails the whole group: every sender in it hears "try again", and a
-retry finds its receipt (same id, same timestamps) exactly as after a crash, so nothing is lost and
-nothing published twice is different.
+A group is: one write that claims every receipt of the group and marks the previous groups'
+instances published → publish every new event and wait for every acknowledgement (one flush). Each
+waiting thread then hears its own outcome. Any failure fails the whole group: every sender in it
+hears "try again", and a retry finds its receipt (same id, same timestamps) exactly as after a
+crash, so nothing is lost and nothing published twice is different.
+
+The "published" marks ride on the next group's write (or `flush`, at shutdown) rather than costing a
+write of their own after the flush: one MongoDB round trip per group instead of two. A mark only
+saves a resend from being published again, never a sender from hearing success too early, so one
+not written yet (or lost with the process) costs at most one more copy of an event that is already
+on the broker — same id, same bytes, since the receipt's timestamps are reused — which every
+downstream stage drops by its id. A resend while its mark waits finds it written by its own
+group's write.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ class CommitGroup:
         self._changed = threading.Condition()
         self._queue: list[Commit] = []
         self._leading = False
+        self._unmarked: list[str] = []  # acknowledged, not yet marked published; only the leader touches it
         self.groups = 0
         self.committed = 0
 
@@ -96,6 +104,21 @@ class CommitGroup:
         assert item.outcome is not None
         return item.outcome
 
+    def flush(self) -> None:
+        """Write the marks still waiting for a next group (at shutdown); raises IngestUnavailable."""
+        with self._changed:
+            while self._leading:
+                self._changed.wait()
+            self._leading = True
+        try:
+            if self._unmarked:
+                self._receipts.mark_published_many(self._unmarked, self._clock())
+                self._unmarked = []
+        finally:
+            with self._changed:
+                self._leading = False
+                self._changed.notify_all()
+
     def _commit_group(self, group: list[Commit]) -> None:
         try:
             outcomes = self._run(group)
@@ -115,7 +138,9 @@ class CommitGroup:
         for item in group:
             first.setdefault(item.event_id, item)
         claimants = list(first.values())
-        receipts = self._receipts.claim_many([(c.event_id, c.facts) for c in claimants], self._clock())
+        marks = self._unmarked
+        receipts = self._receipts.claim_many([(c.event_id, c.facts) for c in claimants], self._clock(), marks)
+        self._unmarked = []
         outcomes: dict[str, Outcome] = {}
         to_publish: list[Commit] = []
         for claimant, receipt in zip(claimants, receipts, strict=True):
@@ -127,7 +152,7 @@ class CommitGroup:
                 to_publish.append(claimant)
         if to_publish:
             self._publish([c.message(c.received_at_ms) for c in to_publish])
-            self._receipts.mark_published_many([c.event_id for c in to_publish], self._clock())
+            self._unmarked = [c.event_id for c in to_publish]
         self.groups += 1
         self.committed += len(to_publish)
         return {

@@ -1,5 +1,7 @@
 """Group commit on real servers: eight C-STORE associations at once share broker flushes and receipt
-writes (counted, not timed), every instance is on Kafka once and every receipt is marked published."""
+writes (counted, not timed), every instance is on Kafka once and every receipt is marked published.
+Then MongoDB commands counted with a pymongo CommandListener: one per group (two before the marks rode
+on the next group's write), and a crash between the broker's acknowledgement and the mark."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from kafka import KafkaConsumer
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
@@ -21,8 +23,8 @@ from services.common.blob_store import LocalBlobStore
 from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import OutgoingMessage
 from services.common.topics import Topics
-from services.ingest.acceptance import Acceptance
-from services.ingest.receipts import PUBLISHED_COLLECTION, MongoReceiptStore
+from services.ingest.acceptance import Acceptance, Accepted, Duplicate
+from services.ingest.receipts import COLLECTION, MARK_PREFIX, MongoReceiptStore
 from services.ingest.scp import DicomReceiver
 from services.ingest.settings import IngestSettings
 from services.proto_gen.imx.v1 import events_pb2
@@ -134,5 +136,100 @@ def test_eight_associations_at_once_share_one_flush_and_one_receipt_write(
     finally:
         consumer.close()
     assert len(events) == ASSOCIATIONS
-    assert db[PUBLISHED_COLLECTION].count_documents({}) == ASSOCIATIONS
-    assert {e.meta.event_id for e in events} == {d["_id"] for d in db[PUBLISHED_COLLECTION].find({})}
+    acceptance.commits.flush()  # the second group's marks wait for a next group, or for the end
+    marks = {d["_id"].removeprefix(MARK_PREFIX) for d in db[COLLECTION].find({}) if d["_id"].startswith(MARK_PREFIX)}
+    assert {e.meta.event_id for e in events} == marks and len(marks) == ASSOCIATIONS
+
+
+class CommandCounter(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+def counted(mongo_uri: str, db: Database) -> Iterator[tuple[Database, CommandCounter]]:
+    """The test's database through a client whose commands are counted."""
+    counter = CommandCounter()
+    client: MongoClient = MongoClient(mongo_uri, event_listeners=[counter])
+    try:
+        client.admin.command("ping")  # the connection's own handshake is not ingest's
+        counter.commands.clear()
+        yield client[db.name], counter
+    finally:
+        client.close()
+
+
+def _acceptance(tmp_path: Path, db: Database, bus: object, topics: Topics) -> Acceptance:
+    return Acceptance(
+        blobs=LocalBlobStore(tmp_path / "blobs"),
+        receipts=MongoReceiptStore(db),
+        bus=bus,  # type: ignore[arg-type]
+        topics=topics,
+        max_instance_bytes=10_000_000,
+    )
+
+
+def _ingested(topics: Topics, kafka_bootstrap: str) -> list[tuple[bytes, bytes]]:
+    consumer = KafkaConsumer(
+        topics.ingested, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000
+    )
+    try:
+        return [(r.key, r.value) for r in consumer]
+    finally:
+        consumer.close()
+
+
+def test_a_group_costs_one_mongodb_command(
+    tmp_path: Path,
+    topics: Topics,
+    counted: tuple[Database, CommandCounter],
+    producer: GatedProducer,
+    kafka_bootstrap: str,
+) -> None:
+    db, counter = counted
+    producer.gate.set()
+    acceptance = _acceptance(tmp_path, db, producer, topics)
+    instances = mr_study(502, 5)
+
+    for data in instances:  # one sender: each instance is a group of its own, as in `make bench`
+        assert isinstance(acceptance.accept(data, "trust-a", "c-store"), Accepted)
+
+    assert counter.commands == ["insert"] * 5  # before: an insert of the receipts and one of the marks, 10
+    acceptance.commits.flush()
+    assert counter.commands == ["insert"] * 6  # the last group's marks, written at the end
+    assert len(_ingested(topics, kafka_bootstrap)) == 5
+    # Every instance is known as published: a resend is a duplicate and costs one write and two reads.
+    counter.commands.clear()
+    assert isinstance(acceptance.accept(instances[0], "trust-a", "c-store"), Duplicate)
+    assert counter.commands == ["insert", "find", "find"]
+
+
+def test_a_crash_between_the_acknowledgement_and_the_mark_publishes_the_same_event_again_once(
+    tmp_path: Path, topics: Topics, db: Database, producer: GatedProducer, kafka_bootstrap: str
+) -> None:
+    producer.gate.set()
+    [data] = mr_study(503, 1)
+    first = _acceptance(tmp_path, db, producer, topics).accept(data, "trust-a", "c-store")
+    # The process dies here: acknowledged by the broker, the sender told, the mark never written.
+    assert isinstance(first, Accepted)
+    assert db[COLLECTION].count_documents({"_id": MARK_PREFIX + first.event_id}) == 0
+
+    restarted = _acceptance(tmp_path, db, producer, topics)
+    again = restarted.accept(data, "trust-a", "c-store")  # the sender resends (or another copy arrives)
+    third = restarted.accept(data, "trust-a", "c-store")
+
+    assert isinstance(again, Accepted) and again.republished and again.event_id == first.event_id
+    assert isinstance(third, Duplicate)
+    # Twice on the broker, byte for byte (same id, same timestamps): downstream keeps one by its id.
+    [one, two] = _ingested(topics, kafka_bootstrap)
+    assert one == two
+    assert events_pb2.InstanceIngested.FromString(one[1]).meta.event_id == first.event_id

@@ -8,7 +8,13 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from services.ingest.receipts import COLLECTION, MongoReceiptStore, ReceiptFacts, ReceiptStatus
+from services.ingest.receipts import (
+    COLLECTION,
+    LEGACY_PUBLISHED_COLLECTION,
+    MongoReceiptStore,
+    ReceiptFacts,
+    ReceiptStatus,
+)
 
 FACTS = ReceiptFacts("trust-a", "c-store", "1.2.3.4", "ab" * 32, 1234)
 
@@ -81,3 +87,28 @@ def test_a_group_is_claimed_and_marked_in_one_write_each_and_resends_in_it_find_
     ]
     store.mark_published_many(["ev-new", "ev-unfinished", "ev-published"], 2100)
     assert all(store.claim(e, FACTS, 3000).status is ReceiptStatus.PUBLISHED for e in ("ev-new", "ev-unfinished"))
+
+
+def test_a_mark_in_the_collection_earlier_versions_wrote_still_counts(db: Database) -> None:
+    store = MongoReceiptStore(db)
+    store.claim("ev-old", FACTS, 900)
+    db[LEGACY_PUBLISHED_COLLECTION].insert_one({"_id": "ev-old", "published_at_ms": 950})
+
+    assert store.claim("ev-old", FACTS, 2000).status is ReceiptStatus.PUBLISHED
+
+
+def test_a_claim_marks_earlier_events_published_in_the_same_write(db: Database) -> None:
+    store = MongoReceiptStore(db)
+    store.claim("ev-earlier", FACTS, 1000)
+
+    group = store.claim_many([("ev-next", FACTS), ("ev-earlier", FACTS)], 2000, published=["ev-earlier"])
+
+    assert [(r.event_id, r.status, r.new) for r in group] == [
+        ("ev-next", ReceiptStatus.RECEIVED, True),
+        ("ev-earlier", ReceiptStatus.PUBLISHED, False),
+    ]
+    store.claim_many([("ev-other", FACTS)], 3000, published=["ev-earlier"])  # a mark written twice: no error
+    assert db[COLLECTION].find_one({"_id": "published:ev-earlier"}) == {
+        "_id": "published:ev-earlier",
+        "published_at_ms": 2000,
+    }

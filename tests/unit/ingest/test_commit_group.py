@@ -50,9 +50,11 @@ class CountingReceipts(MemoryReceiptStore):
         self.claim_writes = 0
         self.mark_writes = 0
 
-    def claim_many(self, claims: Sequence[tuple[str, ReceiptFacts]], now_ms: int) -> list[Receipt]:
+    def claim_many(
+        self, claims: Sequence[tuple[str, ReceiptFacts]], now_ms: int, published: Sequence[str] = ()
+    ) -> list[Receipt]:
         self.claim_writes += 1
-        return super().claim_many(claims, now_ms)
+        return super().claim_many(claims, now_ms, published)
 
     def mark_published_many(self, event_ids: Sequence[str], now_ms: int) -> None:
         self.mark_writes += 1
@@ -92,7 +94,7 @@ def accept_concurrently(acceptance: Acceptance, bus: GatedBus, instances: Sequen
     return results
 
 
-def test_eight_associations_at_once_share_two_flushes_and_two_receipt_writes_per_group(tmp_path: Path) -> None:
+def test_eight_associations_at_once_share_two_flushes_and_one_receipt_write_per_group(tmp_path: Path) -> None:
     bus, receipts = GatedBus(), CountingReceipts()
     acceptance = make(tmp_path, bus, receipts)
     instances = mr_study(31, 8)
@@ -102,10 +104,13 @@ def test_eight_associations_at_once_share_two_flushes_and_two_receipt_writes_per
     assert all(isinstance(r, Accepted) for r in results)
     # The first instance's group, then one group for the seven that came while it was at the broker.
     assert [len(f) for f in bus.flushes] == [1, 7]
-    assert (receipts.claim_writes, receipts.mark_writes) == (2, 2)
+    # The first group's mark went with the second group's claims; the second's waits for a next one.
+    assert (receipts.claim_writes, receipts.mark_writes) == (2, 0)
     assert acceptance.commits.groups == 2
     published = {events_pb2.InstanceIngested.FromString(m.value).meta.event_id for f in bus.flushes for m in f}
     assert published == {r.event_id for r in results if isinstance(r, Accepted)}
+    acceptance.commits.flush()
+    assert receipts.mark_writes == 1
     assert all(receipts.receipts[e].status is ReceiptStatus.PUBLISHED for e in published)
 
 
@@ -118,6 +123,36 @@ def test_a_sender_alone_is_its_own_group(tmp_path: Path) -> None:
         assert isinstance(acceptance.accept(data, "trust-a", "c-store"), Accepted)
 
     assert [len(f) for f in bus.flushes] == [1, 1, 1]
+    assert (receipts.claim_writes, receipts.mark_writes) == (3, 0)  # each mark rode on the next claim
+
+
+def test_a_resend_while_its_mark_waits_is_a_duplicate(tmp_path: Path) -> None:
+    bus, receipts = GatedBus(), CountingReceipts()
+    bus.gate.set()
+    acceptance = make(tmp_path, bus, receipts)
+    [data] = mr_study(36, 1)
+
+    first = acceptance.accept(data, "trust-a", "c-store")
+    again = acceptance.accept(data, "trust-a", "c-store")
+
+    assert isinstance(first, Accepted) and isinstance(again, Duplicate)
+    assert [len(f) for f in bus.flushes] == [1]
+
+
+def test_a_mark_lost_with_the_process_makes_a_resend_publish_the_same_bytes_again(tmp_path: Path) -> None:
+    bus, receipts = GatedBus(), CountingReceipts()
+    bus.gate.set()
+    [data] = mr_study(37, 1)
+    first = make(tmp_path, bus, receipts).accept(data, "trust-a", "c-store")  # acknowledged, mark waiting
+
+    restarted = make(tmp_path, bus, receipts)  # the process died before a next group: no mark
+    again = restarted.accept(data, "trust-a", "c-store")
+    third = restarted.accept(data, "trust-a", "c-store")
+
+    assert isinstance(first, Accepted) and isinstance(again, Accepted) and again.republished
+    assert isinstance(third, Duplicate)
+    [[one], [two]] = bus.flushes
+    assert one.value == two.value and one.key == two.key
 
 
 def test_the_same_instance_twice_in_one_group_is_published_once(tmp_path: Path) -> None:
