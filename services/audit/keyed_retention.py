@@ -4,15 +4,16 @@ journals of UTC days before the horizon, purged a day at a time by `_id` (servic
 
 The horizon is the start of the UTC day of the record purge's cutoff: a day before it goes once none of
 its records (those its minute pages hold) is left in the records collection N, i.e. once the record
-purge (retention.py, by append time) has removed them all; a late event keeps its day until it is
-purged too. A day goes in this order, each step idempotent, so a run killed anywhere is finished by
-the next: (1) the day's records are read from its minute pages (the source of everything below, deleted
-last); (2) each study chain naming them is rewritten in place without them (a page left empty stays,
-so the chain keeps no gap and a writer appending to it is unaffected); (3) the study marks of the day;
-(4) the journals of batches that counted nothing after the day (`jd:<day>` in N_marks, written by the
-record purge, names them; a journal counting later days is handed on to its last day's list); (5) the
-day's counters, and its figures in the month documents (a month document left without days goes);
-(6) the minute pages and the day's `tm`/`th`/`td` marks; (7) `retained` (N_counts) moves past the day.
+purge (retention.py, by append time) has removed them all; a late event keeps its day until it is purged
+too (meanwhile the study chains already drop the day's purged records). A day goes in this order, each
+step idempotent, so a run killed anywhere is finished by the next: (1) the day's records are read from
+its minute pages (the source of everything below, deleted last); (2) each study chain naming them is
+rewritten in place without them (a page left empty stays, so the chain keeps no gap and a writer
+appending to it is unaffected); (3) the study marks of the day; (4) the journals of batches that counted
+nothing after the day (`jd:<day>` in N_marks, written by the record purge, names them; a journal
+counting later days is handed on to its last day's list); (5) the day's counters, and its figures in the
+month documents (a month document left without days goes); (6) the minute pages and the day's
+`tm`/`th`/`td` marks; (7) `retained` (N_counts) moves past the day.
 
 Counting once holds: a journal goes only when every day it counted has gone, so no mark or record it
 owns is left for a later duplicate to take over (counters.py).
@@ -130,13 +131,19 @@ class KeyedPurge:
         return {m: chains[f"m:{m}"] for m in minutes if chains[f"m:{m}"]}
 
     def purge_day(self, day: str) -> bool:
-        """False (nothing done) while a record of the day is still in N. A day without minute pages has
-        nothing derived left (they go last), only perhaps its journal list."""
+        """False while a record of the day is still in N (only the study chains lose the day's purged
+        records then). A day without minute pages has nothing derived left (they go last), only perhaps
+        its journal list."""
         minutes = self._minute_pages(day)
         records = list({r["_id"]: r for rs in minutes.values() for r in rs}.values())
         ids = [r["_id"] for r in records]
         kept = self._chains.get_many(self._records, ids) if ids else {}
         if any(doc is not None for doc in kept.values()):
+            # The day waits (its counters and marks still count a kept record), but the trails drop the
+            # records already purged now: they are read by study, and nothing counts from them.
+            gone = {i for i, doc in kept.items() if doc is None}
+            for key in study_keys(r for r in records if r["_id"] in gone):
+                self._rewrite_chain(key, gone)
             return False
         if minutes:
             self._purge_derived(day, minutes, records)

@@ -179,3 +179,24 @@ def strip(snapshot: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
         for name, docs in snapshot.items()
         if name != "audit_log"
     }
+
+
+def test_a_day_with_a_record_still_kept_keeps_its_marks_and_counts_a_duplicate_once(db: Database) -> None:
+    """A late event of an old day, appended recently, is still in N: its day keeps its counters, marks
+    and journals, so the event delivered again is not counted a second time."""
+    audit = Audit(db)
+    audit.write(records_at(OLD_S, ["1.2.9.0"], "1"))
+    audit.clock.now = NEW_S
+    late = records_at(OLD_S + 60, ["1.2.9.5"], "1")
+    audit.write(late)
+    counts_before = audit.db["audit_events_counts"].find_one({"_id": f"x:{OLD_DAY}"})
+
+    audit.retention().purge()
+
+    assert audit.db["audit_events_counts"].find_one({"_id": "retained"}) is None  # the old day waits
+    assert audit.ids("audit_events_marks", f":{OLD_DAY}:1.2.9.5$")
+    assert audit.store.study_trail("1.2.9.5") and audit.store.study_trail("1.2.9.0") == []
+    assert audit.store.insert(late) == 0  # delivered again
+    counts = audit.db["audit_events_counts"].find_one({"_id": f"x:{OLD_DAY}"})
+    assert counts is not None and counts_before is not None and counts["t"] == counts_before["t"]
+    assert audit.verify_ok()
