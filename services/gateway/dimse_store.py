@@ -39,13 +39,14 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, build_context, evt
+from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 
+from services.gateway.association_waits import WaitingAE
 from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -188,7 +189,8 @@ class DimseStore:
 
     def __init__(self, target: DicomTarget, dimse_timeout_s: float = 60, connect_timeout_s: float = 10) -> None:
         self._target = target
-        self._ae = AE(ae_title=target.calling_ae)
+        # Its associations wait for work instead of polling every 1 ms (issue 10).
+        self._ae = WaitingAE(ae_title=target.calling_ae)
         self._ae.acse_timeout = connect_timeout_s
         self._ae.connection_timeout = connect_timeout_s
         self._ae.dimse_timeout = dimse_timeout_s

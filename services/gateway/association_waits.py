@@ -1,0 +1,196 @@
+"""The gateway's associations wait for work instead of polling for it.
+
+pynetdicom 3 runs two threads per association, and both poll: the DUL reactor sleeps 1 ms whenever a
+pass found nothing and then asks its queues and the socket (`select` with no timeout) again, and the
+association reactor sleeps 1 ms before every look at its DIMSE queue. An open association therefore
+costs about 120 ms of CPU per second whether anything arrives or not, which was most of the partner
+gateway's CPU per instance (issue 10: 47% of its samples in the two loops).
+
+Here, for the requestor associations `WaitingAE` makes, without changing what pynetdicom does with
+what it sends and receives:
+
+- the DUL reactor, with no event and nothing to send, blocks in `select` on the peer's socket and on a
+  wake-up socket pair that every primitive queued for sending and every kill signals; it still wakes
+  every `IDLE_WAIT_S` to check its timers (ARTIM);
+- the association reactor waits on an event set by every DIMSE message and every primitive the DUL
+  hands up (a release or abort from the peer), by a pause request (`_reactor_checkpoint.clear()`,
+  which the sender uses before each C-STORE), by kill and by the DUL thread ending; otherwise it wakes
+  every `IDLE_WAIT_S` (the network timeout is seen up to that much later).
+
+Unlike ingest's reverted variant (2e52c02), the socket is read exactly as pynetdicom reads it: the
+gateway only receives small C-STORE responses.
+"""
+
+from __future__ import annotations
+
+import queue
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket
+
+IDLE_WAIT_S = 0.05
+# The DUL's sleep after a pass with nothing to do, which now follows a wait rather than replacing one:
+# short, so that a primitive queued while the DUL waited is sent at once (pynetdicom's is 1 ms).
+_AFTER_WAIT_S = 0.0001
+_UNCONNECTED_DELAY_S = 0.001
+
+
+class _WakeUp:
+    """A socket pair other threads write a byte to; the DUL selects on its read end with the peer's.
+
+    Opened when the DUL thread starts and closed when it ends, so an association that never got that
+    far holds no descriptors. Sockets, not an os.pipe, and `set` and `close` under one lock: a byte is
+    never written to whatever file later reuses a closed descriptor's number.
+    """
+
+    def __init__(self) -> None:
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        with self._lock:
+            self._pair = (reader, writer)
+
+    def set(self) -> None:
+        with self._lock:
+            if self._pair is not None:
+                with suppress(OSError):  # full: already signalled
+                    self._pair[1].send(b"\0")
+
+    def wait(self, peer: socket.socket, timeout_s: float) -> None:
+        """Until the peer's socket is readable, `set` is called or `timeout_s` passes (DUL thread only,
+        which is also the one that closes the pair)."""
+        pair = self._pair
+        if pair is None:
+            return
+        # A socket closed meanwhile (closed socket objects raise ValueError or OSError): not the DUL's
+        # to report here, it finds out when it reads. Anything raised in the DUL's loop would end the
+        # association without telling a sender waiting for its response.
+        with suppress(OSError, ValueError, TypeError):
+            select.select([peer, pair[0]], [], [], timeout_s)
+        with suppress(OSError):
+            while pair[0].recv(4096):
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            pair, self._pair = self._pair, None
+        if pair is not None:
+            for sock in pair:
+                sock.close()
+
+
+class _SignallingQueue(queue.Queue[Any]):
+    def __init__(self, on_put: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_put = on_put
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._on_put()
+
+
+class _SignallingCheckpoint(threading.Event):
+    """The association's `_reactor_checkpoint`: clearing it (a pause request) wakes the reactor, which
+    then reaches the checkpoint at once instead of after its wait."""
+
+    def __init__(self, on_clear: Callable[[], None]) -> None:
+        super().__init__()
+        self.set()
+        self._on_clear = on_clear
+
+    def clear(self) -> None:
+        super().clear()
+        self._on_clear()
+
+
+def wait_for_work(assoc: Association) -> None:
+    """Make a new requestor association, before its DUL starts, wait instead of poll (module doc)."""
+    dul = assoc.dul
+    wake = _WakeUp()
+    work = threading.Event()  # the association reactor's
+
+    def signal_both() -> None:
+        wake.set()
+        work.set()
+
+    # Nothing is queued yet: the DUL has not started.
+    dul.to_provider_queue = _SignallingQueue(wake.set)
+    dul.to_user_queue = _SignallingQueue(work.set)
+    assoc.dimse.msg_queue = _SignallingQueue(work.set)
+    assoc._reactor_checkpoint = _SignallingCheckpoint(work.set)
+    dul._run_loop_delay = _AFTER_WAIT_S
+
+    transport_event = dul._is_transport_event
+    kill_dul = dul.kill_dul
+
+    def is_transport_event() -> bool:
+        if dul.event_queue.empty() and dul.to_provider_queue.empty() and not dul._kill_thread:
+            sock = dul.socket
+            # Read once: another thread's close() sets it to None at any moment.
+            raw = sock.socket if isinstance(sock, AssociationSocket) and sock._is_connected else None
+            if raw is not None:
+                wake.wait(raw, IDLE_WAIT_S)
+            else:  # no connection to wait on (before connecting, after closing): pynetdicom's pace
+                time.sleep(_UNCONNECTED_DELAY_S)
+        return transport_event()
+
+    def kill() -> None:
+        kill_dul()
+        signal_both()
+
+    dul._is_transport_event = is_transport_event  # type: ignore[method-assign]
+    dul.kill_dul = kill  # type: ignore[method-assign]
+
+    run_dul = dul.run
+
+    def run_dul_with_wake() -> None:
+        wake.open()
+        try:
+            run_dul()
+        finally:
+            wake.close()
+            work.set()  # the association reactor sees a dead DUL now, not at its next timeout
+
+    dul.run = run_dul_with_wake  # type: ignore[method-assign]
+
+    dimse = assoc.dimse
+    get_msg = dimse.get_msg
+
+    def get_msg_waiting(block: bool = False) -> Any:
+        if block:  # a sender waiting for its response: pynetdicom's own wait
+            return get_msg(True)
+        work.wait(IDLE_WAIT_S)
+        # Cleared before anything is looked at: a signal from now on is kept for the next wait.
+        work.clear()
+        return get_msg(False)
+
+    dimse.get_msg = get_msg_waiting  # type: ignore[method-assign]
+
+    kill_assoc = assoc.kill
+
+    def kill_association() -> None:
+        work.set()
+        kill_assoc()
+
+    assoc.kill = kill_association  # type: ignore[method-assign]
+
+
+class WaitingAE(AE):
+    """pynetdicom's AE, each association it requests made to wait for work (`wait_for_work`)."""
+
+    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
+        sock = super()._create_socket(assoc, address, tls_args)
+        wait_for_work(assoc)
+        return sock
