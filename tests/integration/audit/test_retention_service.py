@@ -4,10 +4,8 @@ and `imx audit verify` (the gRPC call) still passes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from pymongo import MongoClient
 from typer.testing import CliRunner
 
@@ -20,14 +18,6 @@ from tests.waiting import wait_for
 
 STUDY = Instance()
 DAY = "2026-01-01"  # the journey's events happened then (builders.T0_MS)
-
-
-@pytest.fixture
-def client(mongo_uri: str, unique_name: str) -> Iterator[MongoClient]:
-    client: MongoClient = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
-    yield client
-    client.drop_database(unique_name)
-    client.close()
 
 
 def test_the_service_purges_a_studys_keyed_documents_and_verify_still_passes(

@@ -5,10 +5,8 @@ record is edited, exits 1 naming the leaf and the record."""
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from pymongo import MongoClient
 from typer.testing import CliRunner
 
@@ -20,14 +18,6 @@ from tests.unit.audit.builders import Instance
 from tests.waiting import wait_for
 
 STUDY = Instance()
-
-
-@pytest.fixture
-def client(mongo_uri: str, unique_name: str) -> Iterator[MongoClient]:
-    client: MongoClient = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
-    yield client
-    client.drop_database(unique_name)
-    client.close()
 
 
 def test_imx_audit_verify_passes_then_names_an_edited_record(
