@@ -38,7 +38,7 @@ from tools.chaos_faults import freeze_database, kill_broker, kill_service
 from tools.chaos_figures import ChaosRun, FaultResult, result_line
 from tools.chaos_inputs import MR_IMAGE_STORAGE, malformed_input
 from tools.chaos_ledger import DoorAnswer, Ledger, caught_up, fuzz_figures, mark, reconcile
-from tools.chaos_partner import Pacs, QuarantineReader, Scanner, folder_bytes, skip_leftovers
+from tools.chaos_partner import Pacs, QuarantineReader, Scanner, folder_bytes, meta_end, skip_leftovers
 from tools.chaos_procs import SUPERVISED, Watcher
 from tools.chaos_send import CStoreClient, StowClient
 from tools.chaos_setup import PARTNER, ChaosConfig, configure, unconfigure
@@ -84,12 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown faults: {', '.join(sorted(unknown))}")
     return args
-
-
-def meta_end(part10: bytes) -> int:
-    """Where the data set starts: after the preamble, "DICM" and the file meta group (its length is
-    the value of (0002,0000), the group's first element, PS3.10 7.1)."""
-    return 144 + int.from_bytes(part10[140:144], "little")
 
 
 def ledgered_instances(token: bytes) -> Iterator[tuple[str, bytes]]:

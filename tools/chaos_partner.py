@@ -75,6 +75,12 @@ class Pacs:
             self.process = None
 
 
+def meta_end(part10: bytes) -> int:
+    """Where the data set starts: after the preamble, "DICM" and the file meta group (its length is
+    the value of (0002,0000), the group's first element, PS3.10 7.1)."""
+    return 144 + int.from_bytes(part10[140:144], "little")
+
+
 def sop_uid_of(data: bytes) -> str:
     """The SOP Instance UID the PACS stored the file under: storescp writes the file meta from the
     C-STORE request, so that is read alone first (a deflated body, up to 768 MiB inflated for a deflate
@@ -82,8 +88,7 @@ def sop_uid_of(data: bytes) -> str:
     the data set's own is read only when the meta has none. A delivered malformed input can break
     pydicom in any way (an unknown VR on the UID raises NotImplementedError), and the scanner must
     outlive every one of them."""
-    meta_end = 144 + int.from_bytes(data[140:144], "little")  # PS3.10 7.1: (0002,0000) is the meta's length
-    for part in (data[:meta_end], data):
+    for part in (data[: meta_end(data)], data):
         try:
             ds = dcmread(BytesIO(part), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         except Exception:
