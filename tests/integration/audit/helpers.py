@@ -30,7 +30,12 @@ def publish_journey(kafka_bootstrap: str, topics: Topics, instance: Instance) ->
 
 
 def audit_consumer(
-    kafka_bootstrap: str, topics: Topics, producer: BusProducer, stats: StageStats | None = None, **options: Any
+    kafka_bootstrap: str,
+    topics: Topics,
+    producer: BusProducer,
+    stats: StageStats | None = None,
+    poll_timeout_ms: int = 200,
+    **options: Any,
 ) -> StageConsumer:
     """The audit stage's consumer with its own group and topic pattern; `options` as StageConsumer takes them."""
     spec = audit_stage_spec(topics)
@@ -42,7 +47,7 @@ def audit_consumer(
         dead_letter_topic=topics.dead_letter,
         stage="audit",
         stats=stats or StageStats("audit"),
-        poll_timeout_ms=200,
+        poll_timeout_ms=poll_timeout_ms,
         **options,
     )
 

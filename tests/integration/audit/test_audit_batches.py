@@ -8,10 +8,10 @@ import time
 from collections.abc import Sequence
 
 from services.audit.consumer import audit_stage_spec
-from services.common.bus import BusProducer, StageConsumer, ensure_topics
+from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
-from services.common.stats import StageStats
 from services.common.topics import Topics
+from tests.integration.audit.helpers import audit_consumer
 from tests.unit.audit.builders import T0_MS, Instance, journey
 
 
@@ -37,14 +37,10 @@ def test_events_arriving_within_a_second_are_one_or_two_batches(kafka_bootstrap:
     ensure_topics(kafka_bootstrap, [*topics.pipeline(), topics.receipts("research-a")], 1)
     spec = audit_stage_spec(topics)
     producer = BusProducer(kafka_bootstrap)
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=spec.group_id,
-        pattern=spec.pattern,
-        producer=producer,
-        dead_letter_topic=topics.dead_letter,
-        stage="audit",
-        stats=StageStats("audit"),
+    consumer = audit_consumer(
+        kafka_bootstrap,
+        topics,
+        producer,
         poll_timeout_ms=100,
         fetch_max_wait_ms=spec.fetch_max_wait_ms,
         fetch_min_bytes=spec.fetch_min_bytes,
