@@ -3,7 +3,9 @@
 The delivered file is sent as it is: the C-STORE request is built here with the data set's bytes
 read from the file after its meta group (pynetdicom streams a `(path, offset)` data set from disk in
 PDV-sized reads, `dimse_messages.DIMSEMessage.encode_msg`), so nothing is decoded or re-encoded and
-a large file is never held whole in memory. `Association.send_c_store` would read the file with
+a large file is never held whole in memory. The one exception is a deflated data set of odd length:
+it is sent from a copy padded with one NUL byte, as PS3.5 A.5 has it written (dcmtk aborts on an odd
+last fragment). `Association.send_c_store` would read the file with
 pydicom and encode it again (~3.7 ms per CT, FIELD-NOTES), or, with the process-wide
 `_config.STORE_SEND_CHUNKED_DATASET`, change every other sender in the process too.
 
@@ -25,8 +27,10 @@ reached is waited for; one that takes the new association aborted that instance 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import zlib
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -104,6 +108,22 @@ def inflated_copy(path: Path, offset: int) -> Path:
                 out.write(inflater.decompress(pending, INFLATE_PIECE))  # input kept back for more output
                 pending = inflater.unconsumed_tail
             out.write(inflater.flush())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def padded_copy(path: Path, offset: int) -> Path:
+    """The data set of `path` (from `offset`) with one NUL byte after it, in a file beside it. A
+    deflated data set is padded to even length (PS3.5 A.5, as pydicom and dcmtk write it); sent odd,
+    the last PDV fragment is odd and dcmtk's storescp aborts the association ("Odd Fragment Length")."""
+    target = path.with_name(f".{path.name}.padded")
+    try:
+        with path.open("rb") as source, target.open("wb") as out:
+            source.seek(offset)
+            shutil.copyfileobj(source, out, INFLATE_PIECE)
+            out.write(b"\x00")
     except BaseException:
         target.unlink(missing_ok=True)
         raise
@@ -219,32 +239,41 @@ class DimseStore:
         assert self._assoc is not None
         exact = self._accepted(sop_class, syntax)
         if exact is not None:
+            if syntax == DeflatedExplicitVRLittleEndian and (path.stat().st_size - offset) % 2:
+                return self._send_copy(exact, sop_class, sop_instance, padded_copy, path, offset)
             return self._send(exact, sop_class, sop_instance, path_offset=(path, offset))
         fallback = next((c for ts in FALLBACK_SYNTAXES if (c := self._accepted(sop_class, ts))), None)
         if fallback is None:
             return StoreResult.failed("sop-class-not-accepted", retryable=False)
         target_syntax = UID(fallback.transfer_syntax[0])
         if syntax == DeflatedExplicitVRLittleEndian and target_syntax == ExplicitVRLittleEndian:
-            return self._send_inflated(fallback, sop_class, sop_instance, path, offset)
+            return self._send_copy(fallback, sop_class, sop_instance, inflated_copy, path, offset)
         try:
             data = converted(path, target_syntax)
         except Exception:
             return StoreResult.failed(f"cannot-convert-to-{target_syntax}", retryable=False)
         return self._send(fallback, sop_class, sop_instance, data=data)
 
-    def _send_inflated(
-        self, context: PresentationContext, sop_class: str, sop_instance: str, path: Path, offset: int
+    def _send_copy(
+        self,
+        context: PresentationContext,
+        sop_class: str,
+        sop_instance: str,
+        make_copy: Callable[[Path, int], Path],
+        path: Path,
+        offset: int,
     ) -> StoreResult:
+        """Send the data set from a file `make_copy` writes beside the delivered one (removed after)."""
         try:
-            inflated = inflated_copy(path, offset)
+            copy = make_copy(path, offset)
         except zlib.error:  # the deflate stream is broken: it never will convert
             return StoreResult.failed(f"cannot-convert-to-{ExplicitVRLittleEndian}", retryable=False)
         except OSError:  # the disk, not the instance
-            return StoreResult.failed("inflate-write-failed", retryable=True)
+            return StoreResult.failed("copy-write-failed", retryable=True)
         try:
-            return self._send(context, sop_class, sop_instance, path_offset=(inflated, 0))
+            return self._send(context, sop_class, sop_instance, path_offset=(copy, 0))
         finally:
-            inflated.unlink(missing_ok=True)
+            copy.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._assoc is not None and self._assoc.is_established:
