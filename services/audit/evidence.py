@@ -1,6 +1,7 @@
 """Wiring of the audit service's tamper evidence, built by the entry point: the Merkle log and its sink,
-the AuditLog gRPC servicer, a ticker that signs tree heads every `sth_interval_s` while the log grows,
-and the scheduled retention purge when `retention_days` is set."""
+the access log's appender, the AuditLog gRPC servicer, a ticker that appends new control-plane changes
+and signs tree heads every `sth_interval_s` while the log grows, and the scheduled retention purge when
+`retention_days` is set."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ from typing import Any
 
 from pymongo.database import Database
 
+from services.audit.access_log import AccessLog
 from services.audit.keyed_retention import KeyedPurge
 from services.audit.log_admin import register_audit_log
-from services.audit.log_verify import CollectionRecords
+from services.audit.log_sources import ChangeTail, LoggedAccessLog, LoggedDocuments
 from services.audit.records import AuditRecord
 from services.audit.retention import CollectionRecordDeleter, Retention, run_retention
 from services.audit.settings import AuditSettings
 from services.audit.signing import load_or_create_key
 from services.audit.store import RecordWriter
 from services.audit.tamper_log import StoredTree, TamperLog, TamperLogSink
+from services.common.control_changes import CHANGES_COLLECTION
 from services.common.control_server import ServicerRegistration
 from services.common.messages import TransientError
 
@@ -47,8 +50,10 @@ class TamperEvidence:
             lease_s=settings.log_lease_s,
         )
         self.sink = TamperLogSink(self.log)
+        self._access = db[access_collection(settings)]
+        self._changes = ChangeTail(db[CHANGES_COLLECTION], docs, self.log)
         self.servicer: ServicerRegistration = register_audit_log(
-            StoredTree(docs), CollectionRecords(records), self._signer.public_key
+            StoredTree(docs), LoggedDocuments(records, self._access, db[CHANGES_COLLECTION]), self._signer.public_key
         )
         self._retention = (
             Retention(
@@ -74,18 +79,34 @@ class TamperEvidence:
             thread.daemon = True
             thread.start()
 
+    def access_log(self, stored: AccessLog) -> AccessLog:
+        """The analysts' queries, stored by `stored` and appended to the log before each answer leaves."""
+        return LoggedAccessLog(stored, self.log)
+
     def _sign_periodically(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
+            self._append_changes()
             try:
                 self.log.sign_if_due()
             except TransientError:
                 log.warning("audit log: tree head not signed this time (store unavailable or lease lost)")
 
+    def _append_changes(self) -> None:
+        try:
+            self._changes.poll()
+        except TransientError:
+            log.warning("audit log: control-plane changes not appended this time (store unavailable or lease lost)")
+
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=10)
+        self._append_changes()
         self.log.close()
+
+
+def access_collection(settings: AuditSettings) -> str:
+    return f"{settings.audit_collection}_access"
 
 
 class LoggedWriter:

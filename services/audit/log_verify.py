@@ -9,6 +9,8 @@ Findings name what was tampered with:
 
 - `changed`: the record at leaf i no longer has the digest it was appended with.
 - `deleted`: the record leaf i names is gone.
+  Leaves also name the analysts' queries (`access:<_id>`) and control-plane changes (`change:<_id>`),
+  read from their own collections (log_sources.py), checked the same way.
 - `reordered`: leaf i is stored out of the order the log appended it in (each leaf's entry also holds its
   index, so moving one changes the tree).
 - `leaf_altered`: leaf i's stored entry does not hash to its stored leaf hash.
@@ -33,6 +35,7 @@ from pymongo.collection import Collection
 
 from services.audit import merkle
 from services.audit.log_entries import EXCLUDED_FIELDS, leaf_entry, record_digest
+from services.audit.log_sources import is_side_entry
 from services.audit.records import RECORD_FIELDS
 from services.audit.signing import checkpoint_message, fingerprint, verify_signature
 from services.audit.tamper_log import CHUNK, StoredTree, TreeHead, unavailable_is_transient
@@ -124,7 +127,10 @@ def _check_leaf(
         return stored_hash
     actual = record_digest(record, names)
     covered = set(names) | EXCLUDED_FIELDS
-    if actual != digest or any(record.get(n) is not None for n in RECORD_FIELDS if n not in covered):
+    # An access entry or control change is covered field by field as stored; a record may hold the store's
+    # own fields (`_b`) beside AuditRecord's.
+    others = record.keys() if is_side_entry(record_id) else RECORD_FIELDS
+    if actual != digest or any(record.get(n) is not None for n in others if n not in covered):
         report.add(Finding("changed", index, record_id, "the record differs from what was appended"), limit)
     return merkle.leaf_hash(leaf_entry(index, record_id, actual, field_set, appended))
 

@@ -13,7 +13,7 @@ from services.audit.analysts import AnalystStore, CachedKeyCheck
 from services.audit.api import create_app
 from services.audit.consumer import AuditHandler, audit_stage_spec
 from services.audit.dead_letters import register_dead_letter_admin
-from services.audit.evidence import LoggedWriter, TamperEvidence
+from services.audit.evidence import LoggedWriter, TamperEvidence, access_collection
 from services.audit.settings import AuditSettings
 from services.audit.status import register_studies
 from services.audit.store import MongoAuditStore
@@ -57,7 +57,7 @@ def serve(
             settings.syslog_url, settings.syslog_ca_file, settings.syslog_cert_file, settings.syslog_key_file
         )
         key_check = CachedKeyCheck(analysts).holder if settings.require_api_key else None
-        access_log = MongoAccessLog(db[f"{settings.audit_collection}_access"])
+        access_log = evidence.access_log(MongoAccessLog(db[access_collection(settings)]))
         app = create_app(store, key_check, access_log, MongoChangeLog(db))
         tls = TlsFiles.of(settings.http_tls_cert_file, settings.http_tls_key_file)
         http = HttpServer(app, settings.http_host, settings.http_port, name="audit-http", tls=tls)

@@ -40,6 +40,7 @@ APPLICATION_START: Code = ("110120", "Application Start")
 APPLICATION_STOP: Code = ("110121", "Application Stop")
 UNKNOWN = "?"  # the version could not be read (its store did not answer)
 NOT_KEPT = "-"
+CHANGES_COLLECTION = "control_changes"  # the audit service appends each record to its tamper-evident log
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class ChangeLog(Protocol):
 
 class MongoChangeLog:
     def __init__(self, db: Database) -> None:
-        self._changes: Collection[dict[str, Any]] = db["control_changes"]
+        self._changes: Collection[dict[str, Any]] = db[CHANGES_COLLECTION]
 
     def record(self, change: ChangeRecord) -> None:
         self._changes.insert_one(change.document())
