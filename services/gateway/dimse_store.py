@@ -50,7 +50,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 
-from services.gateway.association_waits import WaitingAE
+from services.common.dicom.association_waits import WaitingAE
 from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 

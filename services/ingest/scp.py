@@ -44,11 +44,11 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from services.common.dicom.association_waits import WaitingRequestHandler
 from services.ingest.acceptance import Acceptance, AcceptanceResult, Channel
 from services.ingest.calling_aets import CallingAeTitles
 from services.ingest.errors import IngestUnavailable
 from services.ingest.missing_data_sets import MissingDataSets
-from services.ingest.reactor_waits import WaitingRequestHandler
 from services.ingest.settings import IngestSettings
 from services.ingest.status_codes import (
     NOT_AUTHORIZED,
@@ -200,7 +200,7 @@ class DicomReceiver:
         """Load the calling AE titles, then listen; returns the bound port."""
         self.calling_aets.start()
         # `AE.start_server(block=False)`, with a request handler whose associations wait for work
-        # instead of polling for it (reactor_waits.py).
+        # instead of polling for it (services/common/dicom/association_waits.py).
         server = self._ae.make_server(
             (self._settings.dicom_host, self._settings.dicom_port),
             evt_handlers=[(evt.EVT_C_STORE, self._handler), (evt.EVT_REJECTED, _on_rejected)],

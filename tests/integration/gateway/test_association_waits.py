@@ -1,6 +1,6 @@
-"""The gateway's associations wait for work instead of polling every 1 ms (association_waits.py), and
-still answer, release and end as pynetdicom's do: against a real pynetdicom SCP in this process and
-dcmtk's storescp, no mocks of the network."""
+"""The gateway's associations wait for work instead of polling every 1 ms (WaitingAE, from
+services/common/dicom/association_waits.py), and still answer, release and end as pynetdicom's do:
+against a real pynetdicom SCP in this process and dcmtk's storescp, no mocks of the network."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""Associations of ingest's SCP wait for work instead of polling, and still answer at once."""
+"""Associations of ingest's SCP wait for work instead of polling (services/common/dicom/association_waits.py,
+through WaitingRequestHandler), and still answer at once, in both of pynetdicom's receive modes."""
 
 from __future__ import annotations
 
-import socket
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +20,8 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from services.ingest import reactor_waits
-from services.ingest.reactor_waits import IDLE_WAIT_S, RECV_PIECE, WaitingRequestHandler, read_in_large_pieces
+from services.common.dicom import association_waits
+from services.common.dicom.association_waits import IDLE_WAIT_S, WaitingRequestHandler
 from services.ingest.scp import build_ae, receive_to_files, status_dataset
 from services.ingest.settings import IngestSettings
 
@@ -149,7 +150,7 @@ def test_a_request_wakes_an_idle_association(
     # Waits far longer than the answer may take, so that only a wake-up by the request answers in
     # time, however loaded the machine (timing against the 50 ms wait failed under load: 26-85 ms).
     wait_s = 3.0
-    monkeypatch.setattr(reactor_waits, "IDLE_WAIT_S", wait_s)
+    monkeypatch.setattr(association_waits, "IDLE_WAIT_S", wait_s)
     assoc = _associate(server)  # both threads now wait up to wait_s at a time
     try:
         time.sleep(0.2)
@@ -157,7 +158,24 @@ def test_a_request_wakes_an_idle_association(
         assert int(assoc.send_c_echo().Status) == 0x0000
         assert time.monotonic() - started < wait_s / 3
     finally:
-        assoc.abort()  # a release would be seen only when the acceptor's wait ends
+        assoc.abort()
+
+
+def test_a_peers_release_wakes_an_idle_association(
+    server: ThreadedAssociationServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The primitive the DUL hands up wakes the reactor; waiting on the DIMSE queue alone (ingest's
+    # earlier variant) saw it only when the wait ended.
+    wait_s = 3.0
+    monkeypatch.setattr(association_waits, "IDLE_WAIT_S", wait_s)
+    assoc = _associate(server)
+    acceptor = _acceptor(server)
+    time.sleep(0.2)
+    started = time.monotonic()
+    assoc.release()
+    assert assoc.is_released and time.monotonic() - started < wait_s / 3
+    acceptor.join(timeout=wait_s / 3)
+    assert not acceptor.is_alive() and not acceptor.dul.is_alive()
 
 
 def test_c_stores_are_answered_and_the_release_is_prompt(served: _Server) -> None:
@@ -188,46 +206,20 @@ def test_a_peer_that_aborts_ends_the_association(server: ThreadedAssociationServ
     assert not acceptor.is_alive() and not acceptor.dul.is_alive()
 
 
-class _Sock:
-    """The one attribute of AssociationSocket that `recv` uses."""
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+def test_ended_associations_hold_no_descriptors(server: ThreadedAssociationServer) -> None:
+    def released_one() -> None:
+        assoc = _associate(server)
+        acceptor = _acceptor(server)
+        assoc.release()
+        acceptor.join(timeout=2)
+        assert not acceptor.is_alive() and not acceptor.dul.is_alive()
 
-    def __init__(self, raw: socket.socket) -> None:
-        self.socket = raw
-
-
-def test_reading_returns_exactly_what_was_asked_for_in_few_calls() -> None:
-    ours, peer = socket.socketpair()
-    calls = 0
-    recv = ours.recv
-
-    class Counting:
-        def recv(self, n: int) -> bytes:
-            nonlocal calls
-            calls += 1
-            return recv(n)
-
-    sock: Any = _Sock(Counting())  # type: ignore[arg-type]
-    read_in_large_pieces(sock)
-    payload = bytes(range(256)) * 4096  # 1 MiB
-    sender = threading.Thread(target=peer.sendall, args=(payload + b"next",))
-    sender.start()
-    try:
-        assert sock.recv(len(payload)) == payload
-        assert sock.recv(4) == b"next"
-        assert calls < len(payload) // 4096  # pynetdicom's 4 KiB pieces: 256 calls
-    finally:
-        sender.join()
-        ours.close()
-        peer.close()
-
-
-def test_reading_returns_what_came_before_the_peer_closed() -> None:
-    ours, peer = socket.socketpair()
-    sock: Any = _Sock(ours)
-    read_in_large_pieces(sock)
-    peer.sendall(b"partial")
-    peer.close()
-    try:
-        assert sock.recv(RECV_PIECE * 3) == bytearray(b"partial")
-    finally:
-        ours.close()
+    released_one()  # whatever is opened once per process (pynetdicom's, logging's) is open now
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        released_one()
+    deadline = time.monotonic() + 2  # the server's threads close the peers' sockets after the release
+    while len(os.listdir("/proc/self/fd")) > before:
+        assert time.monotonic() < deadline, "each wake-up pair is closed with its DUL"
+        time.sleep(0.01)
