@@ -1,12 +1,12 @@
 """The DIMSE target: C-STORE through pynetdicom 3 as SCU, one association reused across instances.
 
-The delivered file is sent as it is: the C-STORE request is built here with the data set's bytes
-read from the file after its meta group (pynetdicom streams a `(path, offset)` data set from disk in
-PDV-sized reads, `dimse_messages.DIMSEMessage.encode_msg`), so nothing is decoded or re-encoded and
-a large file is never held whole in memory. The one exception is a deflated data set of odd length:
-it is sent from a copy padded with one NUL byte, as PS3.5 A.5 has it written (dcmtk aborts on an odd
-last fragment). `Association.send_c_store` would read the file with
-pydicom and encode it again (~3.7 ms per CT, FIELD-NOTES), or, with the process-wide
+The delivered file is sent as it is: the C-STORE request is built here, its command set encoded
+directly (`c_store_command`) and its data set read from the file after its meta group in PDV-sized
+pieces (`message_pdus`, the P-DATA framing of pynetdicom's `DIMSEMessage.encode_msg`), so nothing is
+decoded or re-encoded and a large file is never held whole in memory. The one exception is a deflated
+data set of odd length: it is sent from a copy padded with one NUL byte, as PS3.5 A.5 has it written
+(dcmtk aborts on an odd last fragment). `Association.send_c_store` would read the file with pydicom
+and encode it again (~3.7 ms per CT, FIELD-NOTES), or, with the process-wide
 `_config.STORE_SEND_CHUNKED_DATASET`, change every other sender in the process too.
 
 Presentation contexts: for each SOP class seen, the delivered transfer syntax plus explicit and
@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.uid import (
@@ -43,11 +45,10 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import build_context, evt
+from pynetdicom import build_context
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
 from services.common.dicom.association_waits import WaitingAE
@@ -156,18 +157,70 @@ class SendStalled(Exception):
     """The DUL sent nothing for the association's network timeout: the peer stopped reading."""
 
 
-def send_request(assoc: Association, request: C_STORE, context_id: int, stall_s: float) -> None:
+C_STORE_RQ_FIELD = 0x0001  # PS3.7 Table E.1-1 Command Field
+DATA_SET_PRESENT = 0x0001  # PS3.7 Table E.1-1 Command Data Set Type: anything but 0x0101
+LOW = 0x0002  # PS3.7 Table 9.1-1 Priority (pynetdicom's send_c_store default, sent before too)
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    """One element of group 0000 in Implicit VR Little Endian (PS3.7 6.3.1; PS3.5 7.1.3)."""
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def _ui(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\x00" if len(value) % 2 else value  # PS3.5 6.2: UI padded with NUL to even length
+
+
+def c_store_command(message_id: int, sop_class: str, sop_instance: str, priority: int = LOW) -> bytes:
+    """The encoded command set of a C-STORE-RQ (PS3.7 9.3.1.1, Table 9.1-1), the same bytes as
+    pynetdicom's `C_STORE_RQ.encode_msg` gives for these values: built directly, since pydicom's
+    writer spends ~1 ms per instance on six elements (its character-set lookup, twice per message)."""
+    body = b"".join(
+        (
+            _command_element(0x0002, _ui(sop_class)),
+            _command_element(0x0100, struct.pack("<H", C_STORE_RQ_FIELD)),
+            _command_element(0x0110, struct.pack("<H", message_id)),
+            _command_element(0x0700, struct.pack("<H", priority)),
+            _command_element(0x0800, struct.pack("<H", DATA_SET_PRESENT)),
+            _command_element(0x1000, _ui(sop_instance)),
+        )
+    )
+    return _command_element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def message_pdus(command: bytes, data_set: BinaryIO, context_id: int, pdu_size: int) -> Iterator[P_DATA]:
+    """The P-DATA primitives of one DIMSE message (PS3.8 E.2; PS3.7 6.3.1): the command set, then the
+    data set read from `data_set` to its end, each in fragments of at most `pdu_size` - 6 bytes, one
+    fragment per P-DATA as pynetdicom's `DIMSEMessage.encode_msg` sends them. The message control
+    header says command or data set, and whether the fragment is the last one."""
+    piece = pdu_size - 6
+    for start in range(0, len(command), piece):
+        last = start + piece >= len(command)
+        yield _pdata(context_id, (b"\x03" if last else b"\x01") + command[start : start + piece])
+    fragment = data_set.read(piece)
+    while True:
+        following = data_set.read(piece)
+        yield _pdata(context_id, (b"\x00" if following else b"\x02") + fragment)
+        if not following:
+            return
+        fragment = following
+
+
+def _pdata(context_id: int, pdv: bytes) -> P_DATA:
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((context_id, pdv))
+    return pdata
+
+
+def send_request(assoc: Association, command: bytes, data_set: BinaryIO, context_id: int, stall_s: float) -> None:
     """`DIMSEServiceProvider.send_msg` of pynetdicom 3.0 for a C-STORE request, with the P-DATA PDUs
     handed to the DUL at most QUEUED_PDUS ahead of its socket. Raises ConnectionError when the
     association ends meanwhile, SendStalled when no PDU left the queue for `stall_s`."""
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    message.context_id = context_id
-    evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
     peer_max = int(assoc.dimse.maximum_pdu_size or 0)
     pdu_size = peer_max if 0 < peer_max <= LARGEST_PDU else LARGEST_PDU
     queue = assoc.dul.to_provider_queue
-    for pdata in message.encode_msg(context_id, pdu_size):
+    for pdata in message_pdus(command, data_set, context_id, pdu_size):
         waiting, moved_at = queue.qsize(), time.monotonic()
         while waiting >= QUEUED_PDUS:
             if not assoc.is_established:
@@ -330,15 +383,7 @@ class DimseStore:
         assoc = self._assoc
         assert assoc is not None
         self._message_id = self._message_id % 0xFFFF + 1
-        request = C_STORE()
-        request.MessageID = self._message_id
-        request.AffectedSOPClassUID = sop_class
-        request.AffectedSOPInstanceUID = sop_instance
-        request.Priority = 2
-        if data is not None:
-            request.DataSet = BytesIO(data)
-        else:
-            request._dataset_path = path_offset
+        command = c_store_command(self._message_id, sop_class, sop_instance)
         started = time.monotonic()
         try:
             # The association's reactor thread would take the response off the queue: pause it.
@@ -347,7 +392,10 @@ class DimseStore:
             while not reactor._is_paused and assoc.is_established:
                 time.sleep(0.0001)
             try:
-                send_request(assoc, request, int(context.context_id or 0), float(self._ae.network_timeout or 60))
+                with _data_set(path_offset, data) as data_set:
+                    send_request(
+                        assoc, command, data_set, int(context.context_id or 0), float(self._ae.network_timeout or 60)
+                    )
                 _, response = assoc.dimse.get_msg(block=True)
             finally:
                 reactor._reactor_checkpoint.set()
@@ -380,3 +428,15 @@ class DimseStore:
         if self._associated_for(sop_class, str(context.transfer_syntax[0])) is not None:
             return StoreResult.down("connection-lost")
         return StoreResult.failed(ABORTED, retryable=True)
+
+
+@contextmanager
+def _data_set(path_offset: tuple[Path, int] | None, data: bytes | None) -> Iterator[BinaryIO]:
+    """The data set to send: the delivered file from its offset (read a PDU at a time), or bytes."""
+    if path_offset is None:
+        yield BytesIO(data or b"")
+        return
+    path, offset = path_offset
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        yield handle
