@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pymongo.errors import PyMongoError
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from services.common.events import now_ms
 from services.delivery.delivered import DeliveredInstance
@@ -34,6 +35,7 @@ from services.delivery.dicomweb_json import (
     study_result,
 )
 from services.delivery.dicomweb_media import (
+    CHUNK_BYTES,
     DICOM,
     DICOM_JSON,
     FilePart,
@@ -44,6 +46,7 @@ from services.delivery.dicomweb_media import (
     multipart_content_type,
     new_boundary,
     single_body,
+    whole_body,
 )
 from services.delivery.dicomweb_request import (
     NOT_FOUND,
@@ -156,6 +159,14 @@ def create_partner_app(
         if representation is Representation.SINGLE:
             retrieval.instances = 1
             syntax = f"; transfer-syntax={parts[0].transfer_syntax}" if parts[0].transfer_syntax else ""
+            if parts[0].size <= CHUNK_BYTES:
+                # What streaming would read in one piece anyway, sent as one body: the same memory, and
+                # no hand-over to a worker thread per chunk. Its bytes are counted by `answer`.
+                try:
+                    body = whole_body(parts[0])
+                except OSError:  # collected since `file_part` looked: as if it had been gone then
+                    raise Refusal(410, "the object is no longer available") from None
+                return Response(body, media_type=DICOM + syntax)
             return StreamingResponse(
                 stream(retrieval, single_body(parts[0], sent)),
                 media_type=DICOM + syntax,
@@ -209,18 +220,27 @@ def create_partner_app(
     # --- WADO-RS -------------------------------------------------------------------------------
 
     @app.get(prefix + "/studies/{study}/series/{series}/instances/{sop}")
-    def retrieve_instance(study: str, series: str, sop: str, request: Request, partner_id: Partner) -> Response:
-        retrieval = Retrieval(partner_id, "instance")
+    async def retrieve_instance(
+        study: str, series: str, sop: str, request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        # The gateways' hot path, one request per delivered instance: the key, the lookup and (for an
+        # object of one chunk) the read run in one worker thread, not one each for the key, the
+        # handler and every chunk of the body as a sync dependency, endpoint and stream would.
+        def handle() -> Response:
+            partner_id = partner(authorization)
+            retrieval = Retrieval(partner_id, "instance")
 
-        def work() -> Response:
-            check_uids(study, series, sop)
-            retrieval.study_uid, retrieval.series_uid, retrieval.sop_uid = study, series, sop
-            item = signed_instance(request, partner_id, study, series, sop) or delivered.instance(
-                partner_id, study, series, sop
-            )
-            return retrieve(retrieval, request, [item] if item else [], single=True)
+            def work() -> Response:
+                check_uids(study, series, sop)
+                retrieval.study_uid, retrieval.series_uid, retrieval.sop_uid = study, series, sop
+                item = signed_instance(request, partner_id, study, series, sop) or delivered.instance(
+                    partner_id, study, series, sop
+                )
+                return retrieve(retrieval, request, [item] if item else [], single=True)
 
-        return answer(retrieval, work)
+            return answer(retrieval, work)
+
+        return await run_in_threadpool(handle)
 
     @app.get(prefix + "/studies/{study}/series/{series}")
     def retrieve_series(study: str, series: str, request: Request, partner_id: Partner) -> Response:
