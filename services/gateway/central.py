@@ -44,7 +44,7 @@ from services.common.topics import Topics
 from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
 from services.gateway.records import DeadLetters, StoredRecords
-from services.gateway.runner import BOOTSTRAP_TIMEOUT_MS, KafkaSignIn, producer_for
+from services.gateway.runner import BOOTSTRAP_TIMEOUT_MS, RECEIPTS_LINGER_MS, KafkaSignIn, producer_for
 from services.gateway.targets import open_store, parse_target
 from services.gateway.worker import Counters, Gateway, GatewayOptions, state_paths
 
@@ -152,7 +152,7 @@ class PartnerWorker:
                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
             )
             stack.callback(consumer.close, autocommit=False)
-            producer = producer_for(kafka)
+            producer = producer_for(kafka, RECEIPTS_LINGER_MS)
             stack.callback(producer.close)
             fetcher = Fetcher(self._issue_key(self.partner_id), incoming)
             stack.callback(fetcher.close)

@@ -68,12 +68,18 @@ def consumer_for(settings: GatewaySettings) -> KafkaConsumer:
     )
 
 
-def producer_for(kafka: KafkaSignIn) -> KafkaProducer:
+# The loop's receipts are sent by the flush before each commit (services/gateway/worker.py `_commit`,
+# at least every commit_interval_s, 1 s): lingering until then puts them in one produce request, not
+# one each. A replay waits for each receipt, so its producer does not linger.
+RECEIPTS_LINGER_MS = 1_000
+
+
+def producer_for(kafka: KafkaSignIn, linger_ms: int = 5) -> KafkaProducer:
     return KafkaProducer(
         bootstrap_servers=kafka.bootstrap,
         client_id="imx-gateway-receipts",
         acks="all",
-        linger_ms=5,
+        linger_ms=linger_ms,
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         metrics_enabled=False,
         **kafka.client_config(),
@@ -101,7 +107,7 @@ def run_gateway(
     with ExitStack() as stack:
         consumer = consumer_for(settings)
         stack.callback(consumer.close, autocommit=False)
-        producer = producer_for(settings.kafka)
+        producer = producer_for(settings.kafka, RECEIPTS_LINGER_MS)
         stack.callback(producer.close)
         fetcher, store, records, dead_letters = stack.enter_context(_closing_all(settings))
         options = GatewayOptions(

@@ -4,8 +4,13 @@ Per message: PartnerDelivery → fetch and verify → store → record locally �
 check the manifest against the local record → receipt; anything else is skipped and counted. A
 partition's offset is committed only up to the last message that is settled (stored, dead-lettered
 or skipped), after the receipts for them are acknowledged: a crash loses nothing, and re-reads at
-most the in-flight window (`max_poll_records`), of which only the instance being stored at the
-moment of the crash is sent to the target again (the others are found in the local record).
+most the in-flight window (`window`: a poll asks for no more than the window has room for), of which
+only the instance being stored at the moment of the crash is sent to the target again (the others are
+found in the local record). A commit (flush the receipts, wait for their acknowledgement, commit the
+offsets) is made when the window is full, every `commit_interval_s`, and when the feed is quiet, not
+after every poll: a gateway that keeps up with its feed polls a record or two at a time, which made
+a flush and an offset commit per record or two. The receipts' producer lingers (`RECEIPTS_LINGER_MS`
+in services/gateway/runner.py), so a commit's receipts leave in one produce request.
 
 Fetching overlaps storing: while one instance is stored, the next few deliveries of the window
 (`fetch_ahead`, a small pool) are already being fetched and verified, each into its own temp file. Storing,
@@ -174,7 +179,9 @@ class Gateway:
         try:
             while not stop.is_set():
                 self._gate.apply(busy=busy)
-                polled = self._consumer.poll(timeout_ms=500, max_records=self._options.window)
+                # Never more in flight than the window: what a crash would read again.
+                room = max(1, self._options.window - self._tracker.in_flight())
+                polled = self._consumer.poll(timeout_ms=500, max_records=room)
                 # Most urgent lane first; a partition's records keep their order (the sort is stable).
                 batch = sorted(
                     ((tp, r) for tp, records in polled.items() for r in records), key=lambda item: self._rank(item[0])
@@ -193,13 +200,15 @@ class Gateway:
                         continue
                     self._tracker.settled(tp, record.offset)
                     self._on_progress(self.counters)
-                    if (
-                        self._tracker.in_flight() >= self._options.window
-                        or time.monotonic() - self._last_commit >= self._options.commit_interval_s
-                    ):
+                    if time.monotonic() - self._last_commit >= self._options.commit_interval_s:
                         self._commit()
                 self._ahead.drop()
-                self._commit()
+                if (
+                    not batch
+                    or self._tracker.in_flight() >= self._options.window
+                    or time.monotonic() - self._last_commit >= self._options.commit_interval_s
+                ):
+                    self._commit()
                 if batch or not self._consumer.assignment():  # not idle while still joining the group
                     last_activity = time.monotonic()
                 elif (
