@@ -4,8 +4,8 @@ pynetdicom 3 runs two threads per association, and both poll: the DUL reactor sl
 pass found nothing and then asks its queues and the socket (`select` with no timeout) again, and the
 association reactor sleeps 1 ms before every look at its DIMSE queue. An open association therefore
 costs about 60 ms of CPU per second whether anything arrives or not (measured: two idle associations,
-120 ms/s): a third of ingest's CPU per instance at the bench's rate, and most of the partner
-gateway's (issue 10: 47% of its samples in the two loops).
+120 ms/s): a third of ingest's CPU per instance at the bench's rate, and nearly half of the partner
+gateway's (issue 10: 47% of its on-CPU samples in the two loops).
 
 `wait_for_work`, applied to an association before its DUL thread starts, changes when the two threads
 look, not what pynetdicom does with what it sends and receives:
