@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -64,17 +65,16 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 def failure_site(exc: BaseException) -> str:
     """Where `exc` was raised: file (from the package root) and line of its innermost frame; code, not data."""
-    tb = exc.__traceback__
-    if tb is None:
+    # limit=-1: the innermost frame, whatever sys.tracebacklimit says (a positive limit keeps the outermost).
+    frames = traceback.extract_tb(exc.__traceback__, limit=-1)
+    if not frames:
         return ""
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    path = tb.tb_frame.f_code.co_filename
+    path = frames[-1].filename
     for root in ("/services/", "/site-packages/"):
         if root in path:
             path = path[path.rindex(root) + 1 :]
             break
-    return f"{path}:{tb.tb_lineno}"
+    return f"{path}:{frames[-1].lineno}"
 
 
 def run_stage(

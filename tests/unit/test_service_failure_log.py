@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 
@@ -18,6 +19,13 @@ def test_the_failure_site_is_the_innermost_code_line_relative_to_the_package() -
     where = failure_site(caught.value)
     assert where.startswith("services/common/dicom/header.py:"), where
     assert int(where.rsplit(":", 1)[1]) > 0
+
+
+def test_the_failure_site_is_the_innermost_line_whatever_the_traceback_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "tracebacklimit", 1, raising=False)
+    with pytest.raises(InvalidInstance) as caught:
+        inspect_instance(b"PATIENT^SECRET" * 20, 1 << 20)
+    assert failure_site(caught.value).startswith("services/common/dicom/header.py:")
 
 
 def test_the_failure_record_carries_type_and_site_but_not_the_message() -> None:
