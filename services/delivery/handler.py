@@ -142,6 +142,7 @@ def stored_receipt(receipt: events_pb2.DeliveryReceipt, partner_id: str) -> Stor
         sop_uid=receipt.instance.sop_instance_uid,
         status=status,
         at_ms=receipt.stored_at_ms or receipt.meta.occurred_at_ms,
+        delivery_id=receipt.delivery_id,
     )
 
 

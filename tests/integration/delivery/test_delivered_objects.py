@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 
 from services.common.blob_lifecycle import collect
@@ -16,7 +17,7 @@ from services.common.events import EVENT_TYPE_HEADER
 from services.common.messages import OutgoingMessage
 from services.common.topics import Topics
 from services.delivery.completeness import CompletenessSweep
-from services.delivery.delivered import DeliveredInstance, DeliveredObjects, StoredReceipt
+from services.delivery.delivered import RECEIPTS, DeliveredInstance, DeliveredObjects, StoredReceipt
 from services.proto_gen.imx.v1 import events_pb2
 
 STUDY = "2.25.100"
@@ -137,3 +138,69 @@ def test_an_instance_resent_with_new_content_replaces_the_older_delivery(db: Dat
     assert delivered.stored_at("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.1") is None, "the new object is owed"
     assert "c" * 64 in delivered.unstored_blobs()
     assert [(i.sha256, i.size) for i in delivered.study("lab", STUDY)] == [("c" * 64, 999)]
+
+
+class _Writes(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("insert", "update", "delete"):
+            self.writes.append((event.command_name, str(event.command.get(event.command_name))))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def _stored(n: int, at_ms: int = 5_000, delivery_id: str | None = None) -> StoredReceipt:
+    return StoredReceipt(
+        "lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.{n}", "stored", at_ms, f"d{n}" if delivery_id is None else delivery_id
+    )
+
+
+def test_a_batch_of_receipts_is_one_insert_and_is_applied_when_what_is_owed_is_asked(
+    mongo_uri: str, db: Database
+) -> None:
+    """The stage's write per batch of receipts is one insert of one page (not an update per instance);
+    the readers of what is owed fold the pages in first, and a replayed batch is the same page."""
+    writes = _Writes()
+    client: MongoClient = MongoClient(mongo_uri, event_listeners=[writes])
+    try:
+        delivered = DeliveredObjects(client[db.name])
+        delivered.record([_item(n) for n in range(40)])
+        writes.writes.clear()
+        batch = [_stored(n) for n in range(30)]
+        delivered.mark(batch)
+        assert writes.writes == [("insert", RECEIPTS)]
+        delivered.mark(list(reversed(batch)))  # the same batch, replayed after a crash
+        assert db[RECEIPTS].count_documents({}) == 1
+        owed = {i.sop_uid for i in delivered.unstored()}
+        assert owed == {f"{STUDY}.1.{n}" for n in range(30, 40)}
+        assert db[RECEIPTS].count_documents({}) == 0, "folded pages are dropped"
+        assert delivered.stored_at("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.3") == 5_000
+        delivered.mark([_stored(3, at_ms=9_000)])  # a later duplicate receipt: the first report stands
+        assert delivered.stored_at("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.3") == 5_000
+    finally:
+        client.close()
+
+
+def test_a_receipt_for_an_older_delivery_does_not_mark_the_newer_one(db: Database) -> None:
+    """Folded after the instance was delivered again with new content, a receipt of the older delivery
+    (by its id, or without one but older than the new delivery) leaves the new object owed."""
+    delivered = DeliveredObjects(db)
+    first, other = _item(1, at_ms=1_000), _item(2, at_ms=1_000)
+    delivered.record([first, other])
+    delivered.mark([_stored(1, at_ms=1_500), _stored(2, at_ms=1_500, delivery_id="")])
+    delivered.record(
+        [
+            replace(first, sha256="c" * 64, delivery_id="d1-corrected", delivered_at_ms=2_000),
+            replace(other, sha256="e" * 64, delivery_id="d2-corrected", delivered_at_ms=2_000),
+        ]
+    )
+    assert {i.sop_uid for i in delivered.unstored()} == {first.sop_uid, other.sop_uid}
+    assert {"c" * 64, "e" * 64} <= delivered.unstored_blobs()
+    delivered.mark([_stored(1, at_ms=2_500, delivery_id="d1-corrected"), _stored(2, at_ms=2_500, delivery_id="")])
+    assert list(delivered.unstored()) == []
