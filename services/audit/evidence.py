@@ -11,7 +11,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo.database import Database
 
@@ -24,7 +24,7 @@ from services.audit.retention import CollectionRecordDeleter, Retention, run_ret
 from services.audit.settings import AuditSettings
 from services.audit.signing import load_or_create_key
 from services.audit.store import RecordWriter
-from services.audit.tamper_log import StoredTree, TamperLog, TamperLogSink
+from services.audit.tamper_log import StoreClaims, StoredTree, TamperLog, TamperLogSink
 from services.common.control_changes import CHANGES_COLLECTION
 from services.common.control_server import ServicerRegistration
 from services.common.messages import TransientError
@@ -109,15 +109,25 @@ def access_collection(settings: AuditSettings) -> str:
     return f"{settings.audit_collection}_access"
 
 
+class ClaimingStore(RecordWriter, Protocol):
+    """A record store that keeps the log's claim in the records it inserts (MongoAuditStore)."""
+
+    def insert_new(self, records: Sequence[AuditRecord], log_since: int | None = None) -> set[str]: ...
+
+    def log_since(self, record_id: str) -> int | None: ...
+
+
 class LoggedWriter:
     """A RecordWriter that appends what it stores to the log, for a handler without `sinks`: the records
-    are stored first, then logged, both before the bus commits the batch."""
+    are stored first, then logged, both before the bus commits the batch. The store's insert is the log's
+    claim (tamper_log.StoreClaims): the log's next index is read first and kept in each record inserted,
+    so the log writes no `leafof:` document per record."""
 
-    def __init__(self, store: RecordWriter, sink: TamperLogSink) -> None:
+    def __init__(self, store: ClaimingStore, tamper_log: TamperLog) -> None:
         self._store = store
-        self._sink = sink
+        self._log = tamper_log
 
     def insert(self, records: Sequence[AuditRecord]) -> int:
-        inserted = self._store.insert(records)
-        self._sink.write(records)
-        return inserted
+        new = self._store.insert_new(records, self._log.next_index())
+        self._log.append(records, StoreClaims(new, self._store.log_since))
+        return len(new)

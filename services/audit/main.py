@@ -67,7 +67,7 @@ def serve(
 
             def build_handler(_producer: BusProducer, topics: Topics) -> Handler:
                 sinks = [forwarder] if forwarder is not None else []
-                return AuditHandler(LoggedWriter(store, evidence.sink), topics, sinks=sinks)
+                return AuditHandler(LoggedWriter(store, evidence.log), topics, sinks=sinks)
 
             def ready(control: ControlServer) -> None:
                 if on_ready:

@@ -7,7 +7,7 @@ is deleted the checkpoint is stored: MTH(D[0:p]) computed from the stored subtre
 consistent (RFC 9162 §2.1.4) with the latest signed tree head, the frontier of p (the perfect subtrees
 of [0, p), which fold to that root), the cutoff, signed with the log's key. Verification then starts from
 the checkpoint's frontier and appends the retained leaves to it, so every tree head from p on still
-verifies (services/audit/log_verify.py). The deletions follow (record and claim by `_id`, and each
+verifies (services/audit/log_verify.py). The deletions follow (record and any claim by `_id`, and each
 `leaves` document wholly purged); a run interrupted half-way resumes from the checkpoint's `deleted_to`.
 
 After the records, the keyed documents derived from them (pages, marks, counters, journals) of the UTC
@@ -42,7 +42,9 @@ DAY_MS = 86_400_000
 
 
 class RecordDeleter(Protocol):
-    def delete(self, record_id: str) -> None: ...
+    def delete(self, record_id: str) -> bool:
+        """Deletes the record (idempotent); True when it was there."""
+        ...
 
 
 class CollectionRecordDeleter:
@@ -54,11 +56,11 @@ class CollectionRecordDeleter:
         self._marks = marks
         self._noted: set[tuple[str, str]] = set()
 
-    def delete(self, record_id: str) -> None:
+    def delete(self, record_id: str) -> bool:
         with unavailable_is_transient():
             if self._marks is not None:
                 self._note_owner(record_id)
-            self._records.delete_one({"_id": record_id})
+            return self._records.delete_one({"_id": record_id}).deleted_count == 1
 
     def _note_owner(self, record_id: str) -> None:
         assert self._marks is not None
@@ -179,11 +181,14 @@ class Retention:
         for index in range(start, end):
             with unavailable_is_transient():
                 leaf = tree.leaf(index)
-                if leaf is not None and docs.find_one({"_id": claim_id(str(leaf["id"]))}) is not None:
+                if leaf is not None:
                     # The claim goes last: present, the record may still be there (an interrupted run).
-                    self._records.delete(str(leaf["id"]))
-                    docs.delete_one({"_id": claim_id(str(leaf["id"]))})
-                    deleted += 1
+                    # Records the consumer stored since 2026-12-02 have none (tamper_log.StoreClaims).
+                    claimed = docs.find_one({"_id": claim_id(str(leaf["id"]))}) is not None
+                    went = self._records.delete(str(leaf["id"]))
+                    if claimed:
+                        docs.delete_one({"_id": claim_id(str(leaf["id"]))})
+                    deleted += 1 if claimed or went else 0
                 if index % CHUNK == CHUNK - 1:
                     docs.delete_one({"_id": chunk_id(index // CHUNK)})
                 if index % 1000 == 999 or index == end - 1:

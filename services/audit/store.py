@@ -42,6 +42,7 @@ from services.audit.queries import (
 )
 from services.audit.records import RECORD_FIELDS, AuditRecord, to_datetime, to_epoch_ms
 from services.audit.scopes import Scope, ScopeDenied
+from services.audit.tamper_log import LOG_SINCE
 from services.common.messages import TransientError
 from services.common.mongo import insert_new
 
@@ -238,8 +239,14 @@ class MongoAuditStore:
         insert_new(self._counts, [{"_id": MONTHLY_FROM, "from": start}])
 
     def insert(self, records: Sequence[AuditRecord]) -> int:
+        return len(self.insert_new(records))
+
+    def insert_new(self, records: Sequence[AuditRecord], log_since: int | None = None) -> set[str]:
+        """`insert`, returning the ids of the records this call inserted. `log_since`, the tamper-evident
+        log's next leaf index read before the call, is kept in each record inserted (`LOG_SINCE`): the
+        log's claim that it is not logged before that index (tamper_log.StoreClaims)."""
         if not records:
-            return 0
+            return set()
         batch = unique(records)
         with _unavailable_is_transient():
             # Pages first: a record is counted only once it can be found.
@@ -247,7 +254,11 @@ class MongoAuditStore:
             self._mark_time(batch)
             bid = batch_id(r["_id"] for r in batch)
             studies = list(dict.fromkeys(m for r in batch for m in rollups.study_marks(r)))
-            new, ours = self._counters.claim(bid, self._records, [stored_form(r) for r in batch])
+            docs = [stored_form(r) for r in batch]
+            if log_since is not None:
+                for doc in docs:
+                    doc[LOG_SINCE] = log_since
+            new, ours = self._counters.claim(bid, self._records, docs)
             unsettled, ours_studies = self._settled.split(bid, studies)
             owners: dict[str, str] = {}
             ours_studies |= self._counters.claim(bid, self._marks, [{"_id": m} for m in unsettled], owners)[1]
@@ -258,7 +269,14 @@ class MongoAuditStore:
                 self._counters.record(bid, deltas)
                 self._counters.apply(bid, deltas)
             self._settled.add(owners)  # this batch's journal is applied (or it counts none of them)
-        return sum(1 for r in batch if r["_id"] in new)
+        return new
+
+    def log_since(self, record_id: str) -> int | None:
+        """The `log_since` a stored record was inserted with (None: without one, or not stored)."""
+        with _unavailable_is_transient():
+            doc = self._records.find_one({"_id": record_id}, {LOG_SINCE: 1})
+        value = (doc or {}).get(LOG_SINCE)
+        return int(value) if value is not None else None
 
     def _mark_time(self, batch: Sequence[AuditRecord]) -> None:
         """Which days and hours hold minute pages, so a reader skips empty ones; which minutes of an hour

@@ -10,15 +10,17 @@ size), one collection (default `audit_log`):
   document per leaf made the log cost three inserts per record.
 - `leafof:<record _id>`: the record has been claimed for the log (`b`: the tree size when it was
   claimed), so a record delivered twice is appended once; a claim whose attempt never moved the head
-  is taken over by the next attempt (`_already_logged`).
+  is taken over by the next attempt (`_already_logged`). The audit consumer's records need none: the
+  record store keeps the same size in each record it inserts (`StoreClaims`, field `_l`); the access
+  log's entries, control changes and records stored by older versions still have them.
 - `node:<level>:<index>`: the hash of each complete subtree of 256 leaves or more (2**level leaves from
   index * 2**level); smaller ones are hashed from their `leaves` document. A root or a proof costs
   O(log n) lookups, never a scan.
 - `head`: the tree size and its frontier (the roots of its perfect subtrees). Moving it (compare-and-set
   on the size) commits a batch: leaves and nodes at or past the head are an unfinished attempt's, and
   the next attempt (the bus's replay of the uncommitted batch, in whatever composition) overwrites them.
-  A batch costs four writes whatever its size: the claims, a `$push`, an insert of new `leaves`
-  documents and nodes, the head. (`pending:<size>`, the batch written out before its leaves, is gone:
+  A batch costs three writes whatever its size (four with `leafof:` claims): a `$push`, an insert of
+  new `leaves` documents and nodes, the head. (`pending:<size>`, the batch written out before its leaves, is gone:
   its insert and delete were half the log's write time on FerretDB; one left by an older version is
   still finished at start.)
 - `sth:<size>` and `sth:latest`: signed tree heads, every `sth_every` leaves or `sth_interval_s`
@@ -40,7 +42,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +81,22 @@ def node_id(level: int, index: int) -> str:
 
 def sth_id(size: int) -> str:
     return f"sth:{size}"
+
+
+@dataclass(frozen=True)
+class StoreClaims:
+    """The record store's insert as the log's claim, instead of a `leafof:` document per record (half the
+    documents a batch wrote). Before storing a batch the writer reads `TamperLog.next_index()` and the
+    store keeps it in each record it inserts (`LOG_SINCE`): `new` are the records inserted by this
+    attempt, so none of them can be in the log yet; `since(record_id)` reads a stored record's value
+    (None: stored by a version that claimed with `leafof:` documents, which are then used). A record
+    stored with `since` = s, if logged, is at a leaf index ≥ s, the same rule as a claim's `b`."""
+
+    new: Container[str]
+    since: Callable[[str], int | None]
+
+
+LOG_SINCE = "_l"  # the field of a stored record holding that size
 
 
 class ConcurrentWriterError(TransientError):
@@ -330,22 +348,32 @@ class TamperLog:
         log.info(f"audit log: finished a batch interrupted at size {start}", extra={"instances": len(entries)})
 
     # ---- appending ----
-    def append(self, records: Sequence[AuditRecord | Mapping[str, Any]]) -> int:
-        """Append the records not in the log yet, in the given order; returns how many were appended."""
+    def next_index(self) -> int:
+        """The index the next leaf will get (opening the log first): a lower bound of where any record
+        appended from now on will be, for `StoreClaims`."""
+        with self._lock, unavailable_is_transient():
+            if not self._opened:
+                self._open()
+            return self._frontier.size
+
+    def append(self, records: Sequence[AuditRecord | Mapping[str, Any]], stored: StoreClaims | None = None) -> int:
+        """Append the records not in the log yet, in the given order; returns how many were appended.
+        With `stored`, the record store's insert is the claim (no `leafof:` document per record)."""
         with self._lock, unavailable_is_transient():
             if not self._opened:
                 self._open()
             else:
                 self._renew_lease()
             self._opened = False  # until this batch is fully appended: a failure re-reads the stored state
-            appended = self._append(records)
+            appended = self._append(records, stored)
             self._opened = True
             return appended
 
-    def _append(self, records: Sequence[AuditRecord | Mapping[str, Any]]) -> int:
-        """One claims insert, at most one `$push`, one insert of the new `leaves` documents and nodes, and
-        the head's compare-and-set, whatever the batch's size. The head is the commit: leaves, nodes and
-        claims written by an attempt whose head never moved are taken over by the next one."""
+    def _append(self, records: Sequence[AuditRecord | Mapping[str, Any]], stored: StoreClaims | None) -> int:
+        """One claims insert (none with `stored`, unless a record was stored by an older version), at most
+        one `$push`, one insert of the new `leaves` documents and nodes, and the head's compare-and-set,
+        whatever the batch's size. The head is the commit: leaves, nodes and claims written by an attempt
+        whose head never moved are taken over by the next one."""
         start = self._frontier.size
         appended_ms = self._now_ms()
         batch: dict[str, tuple[str, bytes, str, int]] = {}
@@ -357,32 +385,44 @@ class TamperLog:
         if not batch:
             return 0
         entries = list(batch.values())
-        taken = _insert_many(self._docs, [{"_id": claim_id(e[0]), "b": start} for e in entries])
-        logged = self._already_logged([entries[i][0] for i in sorted(taken)], start)
+        since: dict[str, int] = {}
+        to_claim = entries
+        if stored is not None:
+            to_claim = []
+            for entry in entries:
+                if entry[0] in stored.new:
+                    continue  # stored just now, after this writer read the size: not in the log
+                at = stored.since(entry[0])
+                if at is None:
+                    to_claim.append(entry)  # stored by a version that claimed with `leafof:` documents
+                else:
+                    since[entry[0]] = at
+        taken = _insert_many(self._docs, [{"_id": claim_id(e[0]), "b": start} for e in to_claim])
+        for i in sorted(taken):
+            claim = self._docs.find_one({"_id": claim_id(to_claim[i][0])}) or {}
+            since[to_claim[i][0]] = int(claim.get("b", start))
+        logged = self._already_logged(since, start)
         new = [e for e in entries if e[0] not in logged]
         self._write_leaves(new)
         self._sign_if_due(appended_ms, force=False)
         return len(new)
 
-    def _already_logged(self, record_ids: list[str], start: int) -> set[str]:
-        """Of records claimed before (a replay), those in the log. A claim made at `b` = the current size
-        belongs to an attempt whose head never moved (it failed half-way): not logged. One made at an
-        earlier size is logged if the leaves from `b` on hold it: the attempt that moved the head from
-        `b` may have had another composition than the one that claimed it (a crash, then a replay)."""
-        if not record_ids:
-            return set()
+    def _already_logged(self, since: Mapping[str, int], start: int) -> set[str]:
+        """Of records claimed before (a replay), those in the log: `since` maps each to the tree size at its
+        claim. A claim made at `b` = the current size belongs to an attempt whose head never moved (it
+        failed half-way): not logged. One made at an earlier size is logged if the leaves from `b` on hold
+        it: the attempt that moved the head from `b` may have had another composition than the one that
+        claimed it (a crash, then a replay)."""
         logged: set[str] = set()
-        chunks: dict[int, set[str]] = {}
-        for record_id in record_ids:
-            claim = self._docs.find_one({"_id": claim_id(record_id)}) or {}
-            since = int(claim.get("b", start))
-            if since >= start:
+        chunks: dict[int, dict[str, int]] = {}  # chunk -> record id -> leaf index, below the head
+        for record_id, at in since.items():
+            if at >= start:
                 continue
-            for chunk in range(since // CHUNK, (start - 1) // CHUNK + 1):
+            for chunk in range(at // CHUNK, (start - 1) // CHUNK + 1):
                 if chunk not in chunks:
                     doc = self._docs.find_one({"_id": chunk_id(chunk)}) or {}
-                    chunks[chunk] = {str(e["id"]) for e in doc.get("e", []) if since <= int(e["i"]) < start}
-                if record_id in chunks[chunk]:
+                    chunks[chunk] = {str(e["id"]): int(e["i"]) for e in doc.get("e", []) if int(e["i"]) < start}
+                if chunks[chunk].get(record_id, -1) >= at:
                     logged.add(record_id)
                     break
         return logged
@@ -471,8 +511,11 @@ class TamperLog:
         size, last = self._frontier.size, self._latest
         if size == 0 or (last is not None and last.size >= size):
             return None
-        due = force or last is None or size - last.size >= self._sth_every or now_ms - last.timestamp_ms >= (
-            self._sth_interval_ms
+        due = (
+            force
+            or last is None
+            or size - last.size >= self._sth_every
+            or now_ms - last.timestamp_ms >= self._sth_interval_ms
         )
         if not due:
             return None

@@ -23,11 +23,11 @@ class FlakyDeleter(CollectionRecordDeleter):
         super().__init__(log.records)
         self.allowed = allowed
 
-    def delete(self, record_id: str) -> None:
+    def delete(self, record_id: str) -> bool:
         if self.allowed == 0:
             raise ConnectionError("killed mid-purge")
         self.allowed -= 1
-        super().delete(record_id)
+        return super().delete(record_id)
 
 
 @pytest.fixture
