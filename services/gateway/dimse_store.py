@@ -52,6 +52,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
 from services.common.dicom.association_waits import WaitingAE
+from services.gateway.dimse_responses import read_store_responses_directly
 from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -353,6 +354,7 @@ class DimseStore:
         if not assoc.is_established:
             return StoreResult.down("association-rejected" if assoc.is_rejected else "connection-failed")
         keep_responses_for_sender(assoc)
+        read_store_responses_directly(assoc)
         self._assoc = assoc
         self.associations += 1
         return None

@@ -1,0 +1,94 @@
+"""A plain C-STORE-RSP is read as pynetdicom reads it; anything else is left to pynetdicom."""
+
+from __future__ import annotations
+
+from queue import Queue
+from typing import Any
+
+import pytest
+from pynetdicom.dimse_messages import C_ECHO_RSP, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+
+from services.gateway.dimse_responses import c_store_response, read_store_responses_directly
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def encoded(message: DIMSEMessage, primitive: Any) -> bytes:
+    message.primitive_to_message(primitive)
+    (pdata,) = list(message.encode_msg(1, 0))
+    return bytes(pdata.presentation_data_value_list[0][1])
+
+
+def store_response(status: int, message_id: int = 7, sop_instance: str = "1.2.3.45", **extra: Any) -> C_STORE:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = message_id
+    response.AffectedSOPClassUID = CT
+    response.AffectedSOPInstanceUID = sop_instance
+    response.Status = status
+    for name, value in extra.items():
+        setattr(response, name, value)
+    return response
+
+
+def pynetdicoms_reading(pdv: bytes) -> C_STORE:
+    message = DIMSEMessage()
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((1, pdv))
+    assert message.decode_msg(pdata)
+    return message.message_to_primitive()  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700, 0xC000])
+@pytest.mark.parametrize("sop_instance", ["1.2.3.4", "1.2.3.45"])
+def test_a_plain_response_reads_as_pynetdicom_reads_it(status: int, sop_instance: str) -> None:
+    pdv = encoded(C_STORE_RSP(), store_response(status, sop_instance=sop_instance))
+    ours, theirs = c_store_response(pdv[1:]), pynetdicoms_reading(pdv)
+    assert ours is not None and ours.is_valid_response
+    for name in ("MessageIDBeingRespondedTo", "Status", "AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+
+
+def test_anything_but_a_plain_store_response_is_left_to_pynetdicom() -> None:
+    commented = encoded(C_STORE_RSP(), store_response(0xC000, ErrorComment="cannot"))
+    assert c_store_response(commented[1:]) is None, "an Error Comment: pynetdicom reads it"
+    echo = C_ECHO()
+    echo.MessageIDBeingRespondedTo = 1
+    echo.Status = 0
+    assert c_store_response(encoded(C_ECHO_RSP(), echo)[1:]) is None
+    plain = encoded(C_STORE_RSP(), store_response(0))[1:]
+    for cut in (3, 8, len(plain) - 1):
+        assert c_store_response(plain[:cut]) is None, "truncated"
+
+
+class FakeDimse:
+    def __init__(self) -> None:
+        self.message = None
+        self.msg_queue: Queue[Any] = Queue()
+        self.passed: list[Any] = []
+
+    def receive_primitive(self, primitive: Any) -> None:
+        self.passed.append(primitive)
+
+
+class FakeAssociation:
+    def __init__(self) -> None:
+        self.dimse = FakeDimse()
+
+
+def pdata(pdv: bytes, context_id: int = 3) -> P_DATA:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, pdv))
+    return primitive
+
+
+def test_the_association_queues_plain_responses_and_passes_on_everything_else() -> None:
+    assoc = FakeAssociation()
+    read_store_responses_directly(assoc)  # type: ignore[arg-type]
+    assoc.dimse.receive_primitive(pdata(encoded(C_STORE_RSP(), store_response(0))))
+    context_id, response = assoc.dimse.msg_queue.get_nowait()
+    assert (context_id, response._context_id, response.Status) == (3, 3, 0)
+    other = pdata(b"\x01" + b"first fragment of a longer command")
+    assoc.dimse.receive_primitive(other)
+    assert assoc.dimse.passed == [other] and assoc.dimse.msg_queue.empty()
