@@ -36,7 +36,7 @@ ACCESS, CHANGE = "access:", "change:"
 SOURCES = (ACCESS, CHANGE)
 CHANGES_TAIL = "tail:control_changes"  # in the log's collection: the newest change appended (its ms)
 LAG_MS = 60_000  # a change whose `_id` time is this much older than the newest appended one is missed
-TAIL_LIMIT = 5_000  # changes appended per poll at most
+TAIL_LIMIT = 5_000  # changes appended at once (the first poll reads every change stored before)
 
 
 def is_side_entry(leaf_id: str) -> bool:
@@ -107,18 +107,21 @@ class ChangeTail:
                     doc = self._log_docs.find_one({"_id": CHANGES_TAIL}) or {}
                     self._newest_ms = int(doc.get("ms", 0))
                 since = f"{max(0, self._newest_ms - LAG_MS):013d}"
-                found = list(self._changes.find({"_id": {"$gte": since}}).sort("_id", 1).limit(TAIL_LIMIT))
+                found = self._changes.find({"_id": {"$gte": since}}).sort("_id", 1)
                 new = [doc for doc in found if str(doc["_id"]) not in self._appended]
-                if not new:
-                    return 0
-                self._log.append([leaf_form(CHANGE, doc) for doc in new])
-                ids = [str(doc["_id"]) for doc in new]
-                self._appended.update(ids)
-                newest = max(self._newest_ms, *(_change_ms(i) for i in ids))
-                if newest > self._newest_ms:
-                    self._log_docs.update_one({"_id": CHANGES_TAIL}, {"$set": {"ms": newest}}, upsert=True)
-                    self._newest_ms = newest
-                    self._appended = {i for i in self._appended if _change_ms(i) >= newest - LAG_MS}
+                for at in range(0, len(new), TAIL_LIMIT):
+                    self._append(new[at : at + TAIL_LIMIT])
                 return len(new)
         except PyMongoError as error:
             raise TransientError(f"control changes unreadable: {type(error).__name__}") from error
+
+    def _append(self, changes: list[dict[str, Any]]) -> None:
+        assert self._newest_ms is not None
+        self._log.append([leaf_form(CHANGE, doc) for doc in changes])
+        ids = [str(doc["_id"]) for doc in changes]
+        self._appended.update(ids)
+        newest = max(self._newest_ms, *(_change_ms(i) for i in ids))
+        if newest > self._newest_ms:
+            self._log_docs.update_one({"_id": CHANGES_TAIL}, {"$set": {"ms": newest}}, upsert=True)
+            self._newest_ms = newest
+            self._appended = {i for i in self._appended if _change_ms(i) >= newest - LAG_MS}
