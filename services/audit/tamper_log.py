@@ -20,9 +20,9 @@ size), one collection (default `audit_log`):
   on the size) commits a batch: leaves and nodes at or past the head are an unfinished attempt's, and
   the next attempt (the bus's replay of the uncommitted batch, in whatever composition) overwrites them.
   A batch costs three writes whatever its size (four with `leafof:` claims): a `$push`, an insert of
-  new `leaves` documents and nodes, the head. (`pending:<size>`, the batch written out before its leaves, is gone:
-  its insert and delete were half the log's write time on FerretDB; one left by an older version is
-  still finished at start.)
+  new `leaves` documents and nodes, the head. (`pending:<size>`, the batch written out before its
+  leaves, is gone: its insert and delete were half the log's write time on FerretDB; one left by an
+  older version is still finished at start.)
 - `sth:<size>` and `sth:latest`: signed tree heads, every `sth_every` leaves or `sth_interval_s`
   seconds; each names the previous one (`prev`), so verification walks them by `_id`.
 - `fields:<id>`: the field names a record digest covers.
