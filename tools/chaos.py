@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -314,6 +315,7 @@ class Run:
             {
                 "quarantine_reasons": reader.reasons,
                 "gateway_dead_letters": len(reader.dead_lettered),
+                "gateway_dead_letter_reasons": dict(Counter(reader.dead_lettered.values())),
                 "pipeline_dead_letters": reader.pipeline_dead_letters,
                 "sender_retries": self.stats.retries,
                 "seconds": round(time.monotonic() - self.t0, 1),
