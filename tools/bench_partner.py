@@ -33,42 +33,58 @@ class PartnerSide:
     gateway: ManagedProcess
 
 
-def start_gateway(
-    state_dir: Path, credentials: PartnerCredentials, partner_bootstrap: str, storescp: StoreScp, log: Path
-) -> ManagedProcess:
-    env = {
+def gateway_command(
+    partner: str,
+    partner_bootstrap: str,
+    credentials: PartnerCredentials,
+    target: str,
+    state_dir: Path,
+    *options: str,
+    topic_prefix: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `imx gateway run` for `partner`, signed in on the broker's
+    partner listener into `target`, its state in `state_dir`; `options` are more of its flags, `env` more
+    variables. The secrets go in the environment, never in the command line, which `ps` shows. Without
+    `topic_prefix` the gateway inherits this process's IMX_TOPIC_PREFIX, if any."""
+    argv = [
+        sys.executable,
+        "-c",
+        "from services.cli.main import app; app()",
+        "gateway",
+        "run",
+        "--partner",
+        partner,
+        "--bootstrap",
+        partner_bootstrap,
+        "--username",
+        credentials.username,
+        "--security-protocol",
+        credentials.security_protocol,
+        "--target",
+        target,
+        "--state-dir",
+        str(state_dir),
+        *options,
+    ]
+    environment = {
         **os.environ,
         "IMX_GATEWAY_PASSWORD": credentials.password,
         "IMX_GATEWAY_DICOMWEB_KEY": credentials.dicomweb_key,
         "PYTHONUNBUFFERED": "1",
+        **({} if topic_prefix is None else {"IMX_TOPIC_PREFIX": topic_prefix}),
+        **(env or {}),
     }
+    return argv, environment
+
+
+def start_gateway(
+    state_dir: Path, credentials: PartnerCredentials, partner_bootstrap: str, storescp: StoreScp, log: Path
+) -> ManagedProcess:
     state_dir.mkdir(parents=True, exist_ok=True)
+    argv, env = gateway_command(PARTNER, partner_bootstrap, credentials, storescp.url, state_dir)
     return start_process(
-        "bench-gateway",
-        [
-            sys.executable,
-            "-c",
-            "from services.cli.main import app; app()",
-            "gateway",
-            "run",
-            "--partner",
-            PARTNER,
-            "--bootstrap",
-            partner_bootstrap,
-            "--username",
-            credentials.username,
-            "--security-protocol",
-            credentials.security_protocol,
-            "--target",
-            storescp.url,
-            "--state-dir",
-            str(state_dir),
-        ],
-        log,
-        env=env,
-        cwd=ROOT,
-        endpoint=partner_bootstrap,
-        die_with_parent=True,
+        "bench-gateway", argv, log, env=env, cwd=ROOT, endpoint=partner_bootstrap, die_with_parent=True
     )
 
 

@@ -5,9 +5,7 @@ and a PACS on 127.0.0.1 whose answer to each C-STORE the test scripts, to take t
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +21,8 @@ from services.common.kafka_access import group_prefix
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import admin_pb2
 from tests.e2e.stack import ROOT, Stack
+from tools.bench_partner import gateway_command
+from tools.bench_setup import PartnerCredentials
 from tools.devstack import ManagedProcess, start_process
 from tools.feed_backlog import backlog
 
@@ -38,45 +38,25 @@ def gateway_process(
     folder and its log (`gateway.log`) in `work`; stopped by SIGTERM when the block ends, so its log ends
     with the `done:` summary."""
     access = added.kafka_access
-    env = {
-        **os.environ,
-        "IMX_TOPIC_PREFIX": stack.prefix,
-        "IMX_GATEWAY_PASSWORD": access.password,
-        "IMX_GATEWAY_DICOMWEB_KEY": added.dicomweb_key,
-        "PYTHONUNBUFFERED": "1",
-        "COLUMNS": "400",  # rich wraps its lines at the terminal width, 80 in a file: a value could hide in a wrap
-    }
+    credentials = PartnerCredentials(
+        username=access.username,
+        password=access.password,
+        security_protocol=access.security_protocol or "SASL_PLAINTEXT",
+        dicomweb_key=added.dicomweb_key,
+    )
+    argv, env = gateway_command(
+        partner_id,
+        stack.kafka_partner,
+        credentials,
+        target,
+        work / "state",
+        *("--max-attempts", "3", "--backoff-cap", "0.5", "--unreachable-cap", "1"),
+        topic_prefix=stack.prefix,
+        # rich wraps its lines at the terminal width, 80 in a file: a value could hide in a wrap
+        env={"COLUMNS": "400"},
+    )
     gateway = start_process(
-        f"gateway-{partner_id}",
-        [
-            sys.executable,
-            "-c",
-            "from services.cli.main import app; app()",
-            "gateway",
-            "run",
-            "--partner",
-            partner_id,
-            "--bootstrap",
-            stack.kafka_partner,
-            "--username",
-            access.username,
-            "--security-protocol",
-            access.security_protocol or "SASL_PLAINTEXT",
-            "--target",
-            target,
-            "--state-dir",
-            str(work / "state"),
-            "--max-attempts",
-            "3",
-            "--backoff-cap",
-            "0.5",
-            "--unreachable-cap",
-            "1",
-        ],
-        work / "gateway.log",
-        env=env,
-        cwd=ROOT,
-        die_with_parent=True,
+        f"gateway-{partner_id}", argv, work / "gateway.log", env=env, cwd=ROOT, die_with_parent=True
     )
     try:
         yield gateway
