@@ -14,12 +14,11 @@ import pytest
 from pymongo import MongoClient
 
 from services.audit.main import AuditEndpoints, serve
-from services.audit.settings import AuditSettings
-from services.common.bus import BusProducer, ensure_topics
 from services.common.control_channel import control_channel
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
-from tests.unit.audit.builders import Instance, journey
+from tests.integration.audit.helpers import audit_settings, publish_journey
+from tests.unit.audit.builders import Instance
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -53,21 +52,8 @@ def browser() -> Iterator[Any]:
 def audit(kafka_bootstrap: str, mongo_uri: str, unique_name: str) -> Iterator[tuple[str, str]]:
     """The audit service with one study's journey recorded: (base URL, an analyst's key)."""
     topics = Topics(prefix=unique_name + ".")
-    ensure_topics(kafka_bootstrap, [*topics.pipeline(), topics.partner("research-a")], 1)
-    producer = BusProducer(kafka_bootstrap)
-    try:
-        producer.publish(journey(topics, STUDY))
-    finally:
-        producer.close()
-    settings = AuditSettings(
-        kafka_bootstrap=kafka_bootstrap,
-        mongo_uri=mongo_uri,
-        mongo_db=unique_name,
-        topic_prefix=topics.prefix,
-        topic_partitions=1,
-        http_port=0,
-        grpc_port=0,
-    )
+    publish_journey(kafka_bootstrap, topics, STUDY)
+    settings = audit_settings(kafka_bootstrap, mongo_uri, unique_name, topics)
     stop, ready = threading.Event(), list[AuditEndpoints]()
     thread = threading.Thread(target=serve, args=(settings, stop, ready.append), daemon=True)
     thread.start()
