@@ -29,6 +29,7 @@ from services.delivery.dicomweb_json import (
     Json,
     by_series,
     instance_result,
+    is_valid_uid,
     matches,
     metadata_for,
     series_result,
@@ -76,12 +77,15 @@ def create_partner_app(
     prefix: str = "/dicomweb",
     clock: Callable[[], int] = now_ms,
     refs: RetrievalRefs | None = None,
+    cached_partner_for_key: Callable[[str], str | None] = lambda _key: None,
 ) -> FastAPI:
     """The API. `partner_for_key`: a Bearer key -> partner id (None: not a key), cached by the caller;
     `blob_path`: SHA-256 -> the object's file; `record_retrieval`: publishes one event per request;
     `public_url`: the base partners use (RetrieveURL in QIDO results; a function, as the port may be
     known only once bound), None: as the request came. `refs`: verifies the signed retrieval references
-    delivery puts on partners' feeds, so an instance fetched by one is served without reading `delivered`."""
+    delivery puts on partners' feeds, so an instance fetched by one is served without reading `delivered`.
+    `cached_partner_for_key`: the partner of a key known without any I/O, else None (then
+    `partner_for_key` is asked, in a worker thread)."""
     ctx = RequestContext(delivered, blob_path, record_retrieval, clock, public_url, prefix)
     app = FastAPI(title="imx partner DICOMweb", openapi_url=f"{prefix}/openapi.json", docs_url=None, redoc_url=None)
 
@@ -219,13 +223,37 @@ def create_partner_app(
 
     # --- WADO-RS -------------------------------------------------------------------------------
 
+    def answer_at_once(
+        study: str, series: str, sop: str, request: Request, authorization: str | None
+    ) -> Response | None:
+        """The gateways' usual fetch, answered on the event loop: a key known without a database read,
+        a signed reference that verifies, an object of at most one chunk (read whole, as streaming
+        would read it; it was written moments ago, so from the page cache). None: anything else, which
+        takes the worker thread (`retrieve_instance`) with the same answers."""
+        scheme, _, key = (authorization or "").partition(" ")
+        if refs is None or scheme.lower() != "bearer" or not key.strip():
+            return None
+        partner_id = cached_partner_for_key(key.strip())
+        if partner_id is None or not all(is_valid_uid(uid) for uid in (study, series, sop)):
+            return None
+        item = signed_instance(request, partner_id, study, series, sop)
+        if item is None or item.size > CHUNK_BYTES:
+            return None
+        retrieval = Retrieval(partner_id, "instance", study, series, sop)
+        return answer(retrieval, lambda: retrieve(retrieval, request, [item], single=True))
+
     @app.get(prefix + "/studies/{study}/series/{series}/instances/{sop}")
     async def retrieve_instance(
         study: str, series: str, sop: str, request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> Response:
-        # The gateways' hot path, one request per delivered instance: the key, the lookup and (for an
-        # object of one chunk) the read run in one worker thread, not one each for the key, the
-        # handler and every chunk of the body as a sync dependency, endpoint and stream would.
+        # The gateways' hot path, one request per delivered instance: answered on the event loop when
+        # that needs no database (`answer_at_once`); otherwise the key, the lookup and (for an object
+        # of one chunk) the read run in one worker thread, not one each for the key, the handler and
+        # every chunk of the body as a sync dependency, endpoint and stream would.
+        at_once = answer_at_once(study, series, sop, request, authorization)
+        if at_once is not None:
+            return at_once
+
         def handle() -> Response:
             partner_id = partner(authorization)
             retrieval = Retrieval(partner_id, "instance")

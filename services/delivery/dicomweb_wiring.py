@@ -31,6 +31,14 @@ KEY_CACHE_S = 5.0
 GRACE_S = 30.0
 
 
+class _NotCached(Exception):
+    pass
+
+
+def _not_cached() -> str | None:
+    raise _NotCached
+
+
 def start_partner_api(
     settings: DeliverySettings,
     db: Database,
@@ -48,6 +56,13 @@ def start_partner_api(
         # Cached by digest, so the keys themselves are not kept in memory.
         return keys.get(api_key_digest(api_key), lambda: partners.partner_for_key(api_key))
 
+    def cached_partner_for_key(api_key: str) -> str | None:
+        """The partner when the key is in the cache; None when it is not (or names none): no I/O."""
+        try:
+            return keys.get(api_key_digest(api_key), _not_cached)
+        except _NotCached:
+            return None
+
     def record_retrieval(event: PartnerRetrieval) -> None:
         def not_recorded(error: BaseException) -> None:
             log.error("retrieval not recorded", extra={"partner": event.partner_id, "error": type(error).__name__})
@@ -63,6 +78,7 @@ def start_partner_api(
         record_retrieval,
         public_url=lambda: settings.dicomweb_base(server.port),
         refs=refs,
+        cached_partner_for_key=cached_partner_for_key,
     )
     tls = TlsFiles.of(settings.http_tls_cert_file, settings.http_tls_key_file)
     server = HttpServer(app, settings.http_host, settings.http_port, GRACE_S, name="delivery-http", tls=tls)

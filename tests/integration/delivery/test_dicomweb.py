@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -26,6 +27,7 @@ from services.common.dicom.part10 import dataset_to_bytes, read_dataset
 from services.common.dicom.synthetic import generate_study
 from services.common.stores.partners import Partner, PartnerStore
 from services.common.topics import Topics
+from services.delivery import dicomweb
 from services.delivery.delivered import INSTANCES, DeliveredInstance, DeliveredObjects
 from services.delivery.dicomweb_wiring import start_partner_api
 from services.delivery.retrieval_refs import QUERY_PARAM, RetrievalRefs, SignedObject
@@ -339,9 +341,20 @@ class CommandCounter(monitoring.CommandListener):
         pass
 
 
-def test_a_signed_reference_is_served_without_reading_the_index(api: Api, db: Database, mongo_uri: str) -> None:
+def test_a_signed_reference_is_served_without_reading_the_index(
+    api: Api, db: Database, mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A fetch of the URL delivery put on the partner's feed costs no database read (the key lookup is
-    cached); any other partner, path or token falls back to the index, with the same answers as before."""
+    cached) and no worker thread (answered on the event loop); any other partner, path or token falls
+    back to the index, with the same answers as before."""
+    hops: list[str] = []
+    in_thread = dicomweb.run_in_threadpool
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func.__name__)
+        return await in_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(dicomweb, "run_in_threadpool", counted)
     counter = CommandCounter()
     client: MongoClient = MongoClient(mongo_uri, event_listeners=[counter])
     refs = RetrievalRefs(b"s" * 32)
@@ -367,10 +380,12 @@ def test_a_signed_reference_is_served_without_reading_the_index(api: Api, db: Da
         get(signed_url(api.study[0].item), "hosp-a")  # the key lookup, then cached
         get(signed_url(api.other[0].item, "research-b"), "research-b")
         counter.finds.clear()
+        hops.clear()
         for stored in api.study:
             response = get(signed_url(stored.item), "hosp-a")
             assert (response.status_code, response.content) == (200, stored.data)
         assert counter.finds.count(INSTANCES) == 0, "no index read for a signed reference"
+        assert hops == [], "answered on the event loop"
 
         first = api.study[0].item
         unknown = f"{base}/studies/{first.study_uid}/series/{first.series_uid}/instances/1.2.3.4"
@@ -384,6 +399,7 @@ def test_a_signed_reference_is_served_without_reading_the_index(api: Api, db: Da
         response = get(edited, "hosp-a")
         assert (response.status_code, response.content) == (200, api.study[0].data), "an edited token: the index"
         assert counter.finds.count(INSTANCES) == 1
+        assert hops == ["handle"] * 3, "the index is read in a worker thread"
 
         api.blobs.path_for(first.sha256).unlink()
         assert get(signed_url(first), "hosp-a").status_code == 410, "a signed object whose blob is gone"
