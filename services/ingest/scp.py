@@ -45,6 +45,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.dicom.association_waits import WaitingRequestHandler
+from services.ingest import dimse_encoding
 from services.ingest.acceptance import Acceptance, AcceptanceResult, Channel
 from services.ingest.calling_aets import CallingAeTitles
 from services.ingest.errors import IngestUnavailable
@@ -145,13 +146,28 @@ def receive_to_files(folder: Path) -> None:
 
     Both are process-wide in pynetdicom 3 (its switch, and the NamedTemporaryFile it calls with no
     folder, i.e. /tmp); ingest is the only SCP in its process. A transfer aborted midway leaves its
-    `.tmp-` file behind, which `LocalBlobStore.sweep_temporaries` removes.
+    `.tmp-` file behind, which `LocalBlobStore.sweep_temporaries` removes. The file's meta group is
+    written by `dimse_encoding` (the same bytes, without pydicom's writer); these two names are used
+    by pynetdicom only where it starts such a file.
     """
     folder.mkdir(parents=True, exist_ok=True)
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
         tempfile.NamedTemporaryFile, dir=folder, prefix=".tmp-c-store-"
     )
+    dimse_messages.create_file_meta = dimse_encoding.create_file_meta  # type: ignore[assignment]
+    dimse_messages.write_file_meta_info = dimse_encoding.write_file_meta_info
+
+
+class IngestRequestHandler(WaitingRequestHandler):
+    """Each association waits for work (`WaitingRequestHandler`), sends its C-STORE responses encoded
+    directly and has no debug-log handlers (services/ingest/dimse_encoding.py)."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        dimse_encoding.without_log_handlers(assoc)
+        dimse_encoding.send_store_responses_directly(assoc)
+        return assoc
 
 
 def _on_rejected(event: Event) -> None:
@@ -200,12 +216,13 @@ class DicomReceiver:
         """Load the calling AE titles, then listen; returns the bound port."""
         self.calling_aets.start()
         # `AE.start_server(block=False)`, with a request handler whose associations wait for work
-        # instead of polling for it (services/common/dicom/association_waits.py).
+        # instead of polling for it (services/common/dicom/association_waits.py) and answer without
+        # pydicom's writer (services/ingest/dimse_encoding.py).
         server = self._ae.make_server(
             (self._settings.dicom_host, self._settings.dicom_port),
             evt_handlers=[(evt.EVT_C_STORE, self._handler), (evt.EVT_REJECTED, _on_rejected)],
             server_class=ThreadedAssociationServer,
-            request_handler=WaitingRequestHandler,
+            request_handler=IngestRequestHandler,
         )
         self._ae._servers.append(server)  # as start_server does: server.shutdown() removes it there
         threading.Thread(target=server.serve_forever, name="imx-dicom-acceptor", daemon=True).start()
