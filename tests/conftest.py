@@ -48,9 +48,12 @@ def pynetdicom_receiving_restored() -> Iterator[None]:
     Per module, since modules keep one in-process ingest running across their tests."""
     from pynetdicom import _config, dimse_messages
 
-    saved = (_config.STORE_RECV_CHUNKED_DATASET, dimse_messages.NamedTemporaryFile)
+    names = ("NamedTemporaryFile", "create_file_meta", "write_file_meta_info")  # all receive_to_files sets
+    saved_switch, saved = _config.STORE_RECV_CHUNKED_DATASET, {name: getattr(dimse_messages, name) for name in names}
     yield
-    _config.STORE_RECV_CHUNKED_DATASET, dimse_messages.NamedTemporaryFile = saved
+    _config.STORE_RECV_CHUNKED_DATASET = saved_switch
+    for name, value in saved.items():
+        setattr(dimse_messages, name, value)
 
 
 @pytest.fixture(scope="session", autouse=True)
