@@ -14,24 +14,19 @@ from pymongo.database import Database
 
 from services.audit.evidence import LoggedWriter
 from services.audit.log_verify import CollectionRecords, verify_log
-from services.audit.records import AuditRecord, build_record
+from services.audit.records import AuditRecord
 from services.audit.signing import Signer
 from services.audit.store import MongoAuditStore
 from services.audit.tamper_log import LOG_SINCE, StoredTree, TamperLog, TamperLogSink
 from services.common.topics import Topics
-from tests.unit.audit.builders import T0_MS, Instance, incoming, journey
+from tests.unit.audit.builders import journey_records
 
 TOPICS = Topics("t-sc.")
 NOW = datetime(2026, 2, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def make_records(instances: int) -> list[AuditRecord]:
-    records = []
-    for n in range(instances):
-        instance = Instance(study=f"1.2.4.{n}", series=f"1.2.4.{n}.1", sop=f"1.2.4.{n}.1.1")
-        for offset, message in enumerate(journey(TOPICS, instance, t0_ms=T0_MS + n * 1000)):
-            records.append(build_record(incoming(message, offset=offset), TOPICS, NOW))
-    return records
+    return journey_records(TOPICS, instances, "1.2.4", NOW)
 
 
 class _HeadFails:

@@ -16,23 +16,18 @@ from pymongo.database import Database
 from services.audit import merkle
 from services.audit.log_entries import stored_form
 from services.audit.log_verify import CollectionRecords, KnownHead, VerifyReport, verify_log
-from services.audit.records import AuditRecord, build_record
+from services.audit.records import AuditRecord
 from services.audit.signing import Signer
 from services.audit.tamper_log import ConcurrentWriterError, StoredTree, TamperLog, TamperLogSink
 from services.common.topics import Topics
-from tests.unit.audit.builders import T0_MS, Instance, incoming, journey
+from tests.unit.audit.builders import journey_records
 
 TOPICS = Topics("t-tl.")
 NOW = datetime(2026, 2, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def make_records(instances: int) -> list[AuditRecord]:
-    records = []
-    for n in range(instances):
-        instance = Instance(study=f"1.2.3.{n}", series=f"1.2.3.{n}.1", sop=f"1.2.3.{n}.1.1")
-        for offset, message in enumerate(journey(TOPICS, instance, t0_ms=T0_MS + n * 1000)):
-            records.append(build_record(incoming(message, offset=offset), TOPICS, NOW))
-    return records
+    return journey_records(TOPICS, instances, "1.2.3", NOW)
 
 
 class Clock:
@@ -193,8 +188,9 @@ def test_a_truncated_log_is_named(log: Log) -> None:
     log.docs.update_one({"_id": "head"}, {"$set": {"size": 36}})
     found = kinds(log.verify())
     assert ("truncated", 36, "") in found
-    assert [k for k in found if k[0] == "truncated" and k[1] >= 36] == [("truncated", i, "") for i in (36, 36, 37,
-                                                                                                    38, 39)]
+    assert [k for k in found if k[0] == "truncated" and k[1] >= 36] == [
+        ("truncated", i, "") for i in (36, 36, 37, 38, 39)
+    ]
 
 
 def test_a_truncation_that_also_removes_the_later_tree_heads_is_caught_by_a_head_seen_before(log: Log) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 
+from services.audit.records import AuditRecord, build_record
 from services.common.bus import dead_letter_for
 from services.common.events import event_id, event_message
 from services.common.messages import IncomingMessage, OutgoingMessage, PermanentError
@@ -152,3 +154,14 @@ def dead_letter(topics: Topics, original: OutgoingMessage, offset: int = 7, stag
         topics.dead_letter,
         stage,
     )
+
+
+def journey_records(topics: Topics, instances: int, uid_root: str, now: datetime) -> list[AuditRecord]:
+    """The audit records of `instances` full journeys, one instance each, a second apart (UIDs under
+    `uid_root`): what the tamper-evident log's tests store and append."""
+    records = []
+    for n in range(instances):
+        instance = Instance(study=f"{uid_root}.{n}", series=f"{uid_root}.{n}.1", sop=f"{uid_root}.{n}.1.1")
+        for offset, message in enumerate(journey(topics, instance, t0_ms=T0_MS + n * 1000)):
+            records.append(build_record(incoming(message, offset=offset), topics, now))
+    return records
