@@ -44,6 +44,15 @@ def storescu(files: list[Path], port: int, called_ae: str) -> None:
     )
 
 
+def storage_folders(storage: Path) -> None:
+    """Orthanc's storage folders (two levels of two hex digits), made before it starts: Debian's Orthanc
+    can die creating them while two threads store (boost `create_directory`: "No such file or
+    directory", seen in a `make bench` of 2026-12-02), and the bench then waited out its timeout."""
+    for first in range(256):
+        for second in range(256):
+            (storage / f"{first:02x}" / f"{second:02x}").mkdir(parents=True, exist_ok=True)
+
+
 def orthanc_exchange(files: list[Path], associations: int = 2, timeout_s: float = 600.0) -> dict[str, float]:
     """Instances per second (first C-STORE → last file storescp wrote) and CPU milliseconds per
     instance of the Orthanc process alone and of its storescp, for `files`."""
@@ -52,6 +61,7 @@ def orthanc_exchange(files: list[Path], associations: int = 2, timeout_s: float 
         receiver = start_storescp(root / "received")
         script = root / "exchange.lua"
         script.write_text(LUA)
+        storage_folders(root / "orthanc" / "storage")
         orthanc = start_orthanc(
             root / "orthanc",
             modalities={"target": (receiver.ae_title, "127.0.0.1", receiver.port)},
@@ -71,6 +81,8 @@ def orthanc_exchange(files: list[Path], associations: int = 2, timeout_s: float 
                 sender.start()
             deadline = time.monotonic() + timeout_s
             while len(receiver.files()) < len(files) and time.monotonic() < deadline:
+                if not orthanc.process.alive():  # its folder goes with this function: say why here
+                    raise RuntimeError(f"Orthanc exited during the exchange:\n{orthanc.process.log_tail(5)}")
                 time.sleep(0.05)
             received = receiver.files()
             elapsed = max((p.stat().st_mtime for p in received), default=started) - started
