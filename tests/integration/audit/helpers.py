@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pymongo.collection import Collection
+
 from services.audit.consumer import AuditHandler, audit_stage_spec
 from services.audit.main import AuditEndpoints, serve
 from services.audit.settings import AuditSettings
@@ -88,3 +90,18 @@ def running_audit(settings: AuditSettings) -> Iterator[AuditEndpoints]:
         stop.set()
         thread.join(30)
     assert not thread.is_alive(), "serve returns once stop is set"
+
+
+class HeadFails:
+    """The log's collection, dying just before the head would move: leaves and nodes are written."""
+
+    def __init__(self, docs: Collection[dict[str, Any]]) -> None:
+        self._docs = docs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._docs, name)
+
+    def update_one(self, query: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if query.get("_id") == "head":
+            raise ConnectionError("the process died here")
+        return self._docs.update_one(query, *args, **kwargs)

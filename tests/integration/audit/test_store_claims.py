@@ -19,6 +19,7 @@ from services.audit.signing import Signer
 from services.audit.store import MongoAuditStore
 from services.audit.tamper_log import LOG_SINCE, StoredTree, TamperLog, TamperLogSink
 from services.common.topics import Topics
+from tests.integration.audit.helpers import HeadFails
 from tests.unit.audit.builders import journey_records
 
 TOPICS = Topics("t-sc.")
@@ -27,21 +28,6 @@ NOW = datetime(2026, 2, 1, 12, 0, 0, tzinfo=UTC)
 
 def make_records(instances: int) -> list[AuditRecord]:
     return journey_records(TOPICS, instances, "1.2.4", NOW)
-
-
-class _HeadFails:
-    """The log's collection, dying just before the head would move."""
-
-    def __init__(self, docs: Collection[dict[str, Any]]) -> None:
-        self._docs = docs
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._docs, name)
-
-    def update_one(self, query: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        if query.get("_id") == "head":
-            raise ConnectionError("the process died here")
-        return self._docs.update_one(query, *args, **kwargs)
 
 
 class Service:
@@ -76,7 +62,7 @@ def test_every_record_is_logged_once_without_a_claim_document_per_record(db: Dat
     assert service.store.log_since(str(records[60]["_id"])) == 50  # the log's size before its batch
     assert _claims(service.docs) == 0
 
-    service.log._docs = _HeadFails(service.docs)  # type: ignore[assignment]
+    service.log._docs = HeadFails(service.docs)  # type: ignore[assignment]
     with pytest.raises(ConnectionError):
         service.write(records[150:300], batch=150)  # stored, leaves written, the head never moved
     assert service.store.log_since(str(records[200]["_id"])) == 150

@@ -20,6 +20,7 @@ from services.audit.records import AuditRecord
 from services.audit.signing import Signer
 from services.audit.tamper_log import ConcurrentWriterError, StoredTree, TamperLog, TamperLogSink
 from services.common.topics import Topics
+from tests.integration.audit.helpers import HeadFails
 from tests.unit.audit.builders import journey_records
 
 TOPICS = Topics("t-tl.")
@@ -255,21 +256,6 @@ def test_a_batch_interrupted_half_way_is_appended_by_the_replay(db: Database, cl
     assert report.ok and report.tree_size == 20
 
 
-class _HeadFails:
-    """The log's collection, dying just before the head would move: leaves and nodes are written."""
-
-    def __init__(self, docs: Collection[dict[str, Any]]) -> None:
-        self._docs = docs
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._docs, name)
-
-    def update_one(self, query: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        if query.get("_id") == "head":
-            raise ConnectionError("the process died here")
-        return self._docs.update_one(query, *args, **kwargs)
-
-
 def test_a_replay_in_another_composition_overwrites_what_a_dead_attempt_wrote(db: Database, clock: Clock) -> None:
     """Leaves, nodes and claims of an attempt that died before moving the head are the next one's to
     rewrite: the replay comes in other batches, and every record ends up in the log exactly once."""
@@ -278,7 +264,7 @@ def test_a_replay_in_another_composition_overwrites_what_a_dead_attempt_wrote(db
     log.writer.open()
     records = make_records(120)  # 600 records: the dead attempt completes nodes of 256 leaves
     log.store_and_append(records[:200], batch=200)
-    log.writer._docs = _HeadFails(log.docs)  # type: ignore[assignment]
+    log.writer._docs = HeadFails(log.docs)  # type: ignore[assignment]
     with pytest.raises(ConnectionError):
         log.store_and_append(records[200:520], batch=320)
     assert log.docs.find_one({"_id": "node:8:1"}) is not None  # leaves 256..511, of the dead attempt
