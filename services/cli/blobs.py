@@ -1,4 +1,6 @@
-"""`imx blobs usage|gc`: the blob store's size, and deleting what no partner is owed any more.
+"""`imx blobs usage|gc|verify`: the blob store's size, deleting what no partner is owed any more, and
+rehashing every object (the pipeline hashes each object once, when it is written, and its reads check
+only the size the event carries: `verify` is the scrub that finds bit rot).
 
 They read the blob store and MongoDB directly (IMX_BLOB_DIR, IMX_MONGO_URI, IMX_MONGO_DB), as
 `imx send` does; the delivery service runs the same collection on a timer (IMX_BLOB_GC_INTERVAL_S).
@@ -11,13 +13,17 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from services.common.blob_lifecycle import DEFAULT_RETENTION_S, BlobEntry, collect, scan, usage
+from services.common.blob_store import LocalBlobStore
 
 console = Console()
-blobs_app = typer.Typer(help="The blob store: usage, and collecting objects no partner is owed.", no_args_is_help=True)
+blobs_app = typer.Typer(
+    help="The blob store: usage, collecting objects no partner is owed, and verifying every object's hash.",
+    no_args_is_help=True,
+)
 
 RetentionDays = Annotated[
     float,
@@ -103,3 +109,34 @@ def blobs_gc(
         f"{verb} {result.deleted:,} objects ({_size(result.freed_bytes)}) of {seen:,}; "
         f"kept {result.kept_owed:,} past the retention that a partner is still owed"
     )
+
+
+@blobs_app.command("verify")
+def blobs_verify() -> None:
+    """Rehash every object and name those that no longer match their SHA-256 (exit status 1 if any).
+    Reads the whole store once; the bar counts bytes."""
+    from services.common.settings import ServiceSettings
+
+    root = ServiceSettings().blob_dir
+    store = LocalBlobStore(root)
+    entries = list(scan(root))
+    corrupt: list[str] = []
+    columns = (TextColumn("verifying"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("verifying", total=sum(entry.size for entry in entries))
+        for entry in entries:
+            try:
+                sound = store.verify(entry.sha256)
+            except FileNotFoundError:  # collected since the scan
+                sound = True
+            if not sound:
+                corrupt.append(entry.sha256)
+            bar.advance(task, entry.size)
+    total = sum(entry.size for entry in entries)
+    if not corrupt:
+        console.print(f"all {len(entries):,} objects ({_size(total)}) match their hashes")
+        return
+    console.print(f"[red]{len(corrupt):,} of {len(entries):,} objects do not match their hashes:[/red]")
+    for sha256 in corrupt:
+        console.print(f"  {sha256}")
+    raise typer.Exit(1)

@@ -35,12 +35,13 @@ MAX_INFLATED_BYTES = DEFAULT_LIMITS.max_inflated_bytes
 
 @contextmanager
 def blob_source(blobs: BlobStore, blob: events_pb2.BlobRef) -> Iterator[Source]:
-    """The stored object, checked against its SHA-256: bytes when small, else a read-only map that
-    stays valid for the `with` block (the result's chunks may point into it)."""
+    """The stored object, checked against the size its event carries (its SHA-256 was computed when
+    ingest wrote it; blob_store `_check_size`): bytes when small, else a read-only map that stays valid
+    for the `with` block (the result's chunks may point into it)."""
     if blob.size < MAPPED_FROM_BYTES:
-        yield blobs.get(blob.sha256)
+        yield blobs.get(blob.sha256, blob.size)
         return
-    with blobs.open(blob.sha256) as file, _mapped(file.fileno()) as view:
+    with blobs.open(blob.sha256, blob.size) as file, _mapped(file.fileno()) as view:
         yield view
 
 

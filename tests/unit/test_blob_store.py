@@ -52,3 +52,25 @@ def test_concurrent_writers_of_the_same_content_all_succeed(tmp_path: Path) -> N
     assert set(digests) == {sha256_hex(data)}
     assert store.get(digests[0]) == data
     assert not list(tmp_path.rglob(".tmp-*")), "no temporary file is left behind"
+
+
+def test_a_read_given_the_size_trusts_the_name_but_catches_a_truncated_or_grown_object(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    digest = store.put(b"original")
+    store.path_for(digest).write_bytes(b"tampere")  # one byte short
+    with pytest.raises(BlobCorrupt, match="7 bytes"):
+        store.get(digest, size=8)
+    with pytest.raises(BlobCorrupt):
+        store.open(digest, size=8).close()
+    store.path_for(digest).write_bytes(b"tampered")  # same size: only a rehash can tell
+    assert store.get(digest, size=8) == b"tampered"
+    assert not store.verify(digest)
+    with pytest.raises(BlobCorrupt):
+        store.get(digest)
+    with store.open(digest, size=8) as file:
+        assert file.read() == b"tampered"
+
+
+def test_verify_rehashes_a_sound_object(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    assert store.verify(store.put(b"sound"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.blob_store import LocalBlobStore
+from services.common.blob_store import BlobCorrupt, LocalBlobStore
 from services.common.failures import Failure, classify
 from services.common.topics import Topics
 from services.deid.handler import prepare_event
@@ -43,7 +43,7 @@ def test_an_unknown_vr_in_modality_is_quarantined_with_a_reason_and_no_value(tmp
 
 
 class FailingBlobs(LocalBlobStore):
-    def get(self, sha256: str) -> bytes:
+    def get(self, sha256: str, size: int | None = None) -> bytes:
         raise OSError(errno.EIO, "Input/output error", "/var/blobs/xx")
 
 
@@ -66,3 +66,12 @@ def test_a_failure_writing_the_output_is_raised_for_the_bus_to_retry(tmp_path: P
     with pytest.raises(OSError) as raised:
         prepare_event(routed, lambda _n, _v: PROFILE, lambda _p: KEY, blobs, TOPICS)
     assert classify(raised.value) is Failure.TRANSIENT
+
+
+def test_an_input_blob_cut_short_is_refused_as_corrupt_not_de_identified(tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    routed = routed_event(blobs, to_bytes(ct_dataset()), "ai")
+    path = blobs.path_for(routed.blob.sha256)
+    path.write_bytes(path.read_bytes()[:-2])
+    with pytest.raises(BlobCorrupt):
+        prepare_event(routed, lambda _n, _v: PROFILE, lambda _p: KEY, blobs, TOPICS)
