@@ -74,3 +74,21 @@ def test_a_read_given_the_size_trusts_the_name_but_catches_a_truncated_or_grown_
 def test_verify_rehashes_a_sound_object(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path)
     assert store.verify(store.put(b"sound"))
+
+
+def test_folders_created_for_an_object_are_made_durable_in_their_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.common import blob_store
+
+    synced: list[Path] = []
+    real = blob_store.fsync_directory
+    monkeypatch.setattr(blob_store, "fsync_directory", lambda folder: (synced.append(folder), real(folder)))
+    store = LocalBlobStore(tmp_path)
+    digest = store.put(b"first")
+    fan_out = store.path_for(digest).parent
+    # The new first level in the root, the new second level in the first, then the object in its folder.
+    assert synced == [tmp_path, fan_out.parent, fan_out]
+    synced.clear()
+    blob_store.make_durable_parents(fan_out / ("0" * 64))
+    assert synced == []  # folders already there: nothing to make durable
