@@ -11,7 +11,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.datastructures import QueryParams
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from services.audit.access_log import AccessEntry, AccessLog
 from services.audit.analysts import Analyst
@@ -269,32 +271,59 @@ def _out_of_scope(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=403, content={"detail": str(exc)})
 
 
-class AccessRecording(BaseHTTPMiddleware):
+class AccessRecording:
     """Records every `/audit/*` request, answered or refused, before its answer leaves: an answer whose
-    access record could not be stored is replaced by a 503."""
+    access record could not be stored is replaced by a 503. Plain ASGI, not Starlette's
+    BaseHTTPMiddleware, which runs the endpoint in a task of its own and streams the answer through a
+    memory channel (a trail can be ~2 MB): here the answer's start is held until the entry is recorded,
+    then everything passes through as the endpoint sent it."""
 
-    def __init__(self, app: Any, access_log: AccessLog) -> None:
-        super().__init__(app)
+    def __init__(self, app: ASGIApp, access_log: AccessLog) -> None:
+        self._app = app
         self._log = access_log
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        response = await call_next(request)
-        if not request.url.path.startswith("/audit/"):
-            return response
-        analyst: Analyst | None = getattr(request.state, "analyst", None)
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope["path"]).startswith("/audit/"):
+            await self._app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})  # the endpoint's `request.state`
+        held: list[Message] = []
+        refused = False
+
+        async def send_recorded(message: Message) -> None:
+            nonlocal refused
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                held.append(message)  # sent once the entry is recorded
+                return
+            if held:
+                start = held.pop()
+                if not await self._record(scope, state, int(start["status"])):
+                    refused = True
+                    unavailable = JSONResponse(status_code=503, content={"detail": "access log unavailable; try again"})
+                    await unavailable(scope, receive, send)
+                    return
+                await send(start)
+            await send(message)
+
+        await self._app(scope, receive, send_recorded)
+
+    async def _record(self, scope: AsgiScope, state: dict[str, Any], status: int) -> bool:
+        analyst: Analyst | None = state.get("analyst")
         entry = AccessEntry(
             analyst_id=analyst.analyst_id if analyst else None,
             scope=str(analyst.scope) if analyst else None,
-            method=request.method,
-            path=request.url.path,
-            params=dict(request.query_params),
-            status=response.status_code,
+            method=str(scope["method"]),
+            path=str(scope["path"]),
+            params=dict(QueryParams(scope.get("query_string", b""))),
+            status=status,
         )
         try:
             await run_in_threadpool(self._log.record, entry)
         except TransientError:
-            return JSONResponse(status_code=503, content={"detail": "access log unavailable; try again"})
-        return response
+            return False
+        return True
 
 
 def create_app(
