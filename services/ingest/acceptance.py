@@ -137,10 +137,12 @@ class _BytesInput:
 
 
 class _FileInput:
-    """A file the channel wrote and hands over: zeroed preamble in place, moved into the store."""
+    """A file the channel wrote and hands over: zeroed preamble in place (unless the channel wrote it
+    as zeros itself), moved into the store."""
 
-    def __init__(self, path: Path) -> None:
-        zero_preamble_file(path)
+    def __init__(self, path: Path, preamble_written_zero: bool = False) -> None:
+        if not preamble_written_zero:
+            zero_preamble_file(path)
         self.path = path
         self.size = path.stat().st_size
 
@@ -228,11 +230,14 @@ class Acceptance:
         channel: Channel,
         requested_destination: str = "",
         expected_study_uid: str | None = None,
+        preamble_written_zero: bool = False,
     ) -> AcceptanceResult:
         """`accept` for a Part 10 file the caller hands over: when the instance is stored, the file is
-        moved into the blob store and `path` is gone; otherwise it is left for the caller to remove."""
+        moved into the blob store and `path` is gone; otherwise it is left for the caller to remove.
+        `preamble_written_zero`: the caller itself wrote the file's first 128 bytes as zeros (a C-STORE
+        data set carries no preamble), so they are not read and rewritten here."""
         try:
-            source = _FileInput(path)
+            source = _FileInput(path, preamble_written_zero)
         except OSError as exc:
             raise IngestUnavailable(f"received file unreadable: {type(exc).__name__}") from exc
         return self._accept_input(source, source_org, channel, requested_destination, expected_study_uid)

@@ -45,7 +45,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.dicom.association_waits import WaitingRequestHandler
-from services.ingest import dimse_encoding
+from services.ingest import dimse_encoding, dimse_receive
 from services.ingest.acceptance import Acceptance, AcceptanceResult, Channel
 from services.ingest.calling_aets import CallingAeTitles
 from services.ingest.errors import IngestUnavailable
@@ -105,8 +105,9 @@ class StoreHandler:
             received = _received_file(event)
             if received is None:
                 return self._acceptance.accept(event.encoded_dataset(), org, CHANNEL)
-            # pynetdicom removes the file after this handler, unless acceptance moved it
-            return self._acceptance.accept_file(received, org, CHANNEL)
+            # pynetdicom removes the file after this handler, unless acceptance moved it. Its preamble
+            # is zeros: the receiver wrote it (dimse_receive, or pynetdicom), the sender sends none.
+            return self._acceptance.accept_file(received, org, CHANNEL, preamble_written_zero=True)
 
         return self._answer(event.assoc, accept)
 
@@ -161,12 +162,14 @@ def receive_to_files(folder: Path) -> None:
 
 class IngestRequestHandler(WaitingRequestHandler):
     """Each association waits for work (`WaitingRequestHandler`), sends its C-STORE responses encoded
-    directly and has no debug-log handlers (services/ingest/dimse_encoding.py)."""
+    directly and has no debug-log handlers (services/ingest/dimse_encoding.py), and receives P-DATA
+    into one buffer per PDU, written to the data set's file from there (services/ingest/dimse_receive.py)."""
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         dimse_encoding.without_log_handlers(assoc)
         dimse_encoding.send_store_responses_directly(assoc)
+        dimse_receive.receive_directly(assoc)
         return assoc
 
 

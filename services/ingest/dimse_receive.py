@@ -1,0 +1,229 @@
+"""How ingest's C-STORE SCP takes in a data set: each P-DATA-TF PDU is read once into one buffer, and its
+data fragments go from there to the received file.
+
+pynetdicom copies every received PDU about five times before its data set bytes reach the file: the
+socket's pieces are joined, the whole PDU is copied to `bytes` (for EVT_DATA_RECV, even with no
+handler bound), the PDU body, each presentation data value and then each fragment without its control
+header are sliced off again (PS3.8 9.3.5.1, E.2), and the file is flushed after every fragment. At
+~527 KB per CT instance that is megabytes of copying and a flush per PDU, in the DUL thread of each
+association (issue 10, ingest's CPU). Here, for P-DATA-TF PDUs only, the body is received into one
+buffer (`recv_into`), its presentation data values are memoryviews of it, and a data fragment is
+written to the file from that view; the file starts with the zero preamble, "DICM" and the meta group
+in one write (`dimse_encoding.file_meta_bytes`), so acceptance does not rewrite the preamble.
+
+Everything else is pynetdicom's: association PDUs, release and abort, the state machine, command set
+decoding, what goes to the service class and the handler, and how malformed PDUs end the association
+(the same events, Evt17 and Evt19, for the same faults). An association with a handler bound to
+EVT_DATA_RECV or EVT_PDU_RECV (which want pynetdicom's PDU objects) is received by pynetdicom.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import struct
+from io import BytesIO
+from pathlib import Path
+from typing import Any, cast
+
+from pydicom.uid import UID
+from pynetdicom import _config, dimse_messages, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dsutils import decode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
+
+from services.common.dicom.part10 import PREAMBLE_BYTES
+from services.ingest import dimse_encoding
+
+log = logging.getLogger(__name__)
+
+P_DATA_TF_TYPE = 0x04  # PS3.8 Table 9-22
+PDU_TYPES = range(0x01, 0x08)  # PS3.8 9.3.1: A-ASSOCIATE-RQ .. A-ABORT
+PDU_HEADER = struct.Struct(">BBL")
+PDV_LENGTH = struct.Struct(">L")
+# A P-DATA-TF body up to this size is received into a buffer of its announced length; a longer one
+# (over any maximum PDU ingest negotiates) is read piece by piece as pynetdicom reads it, so that a
+# length the peer merely claims never allocates memory that did not arrive.
+PREALLOCATED_MAX = 4 * 1024 * 1024
+_PREFIX = bytes(PREAMBLE_BYTES) + b"DICM"
+_COMMAND_LAST = 0x03  # PS3.8 E.2 message control header bits: command, last fragment
+_NO_DATA_SET = 0x0101  # PS3.7 Table E.1-1 Command Data Set Type
+
+
+class Malformed(ValueError):
+    """The PDU's presentation data values do not add up to its length (pynetdicom raises too)."""
+
+
+class ReceivedPData(P_DATA_TF):
+    """A P-DATA-TF PDU as received here: its P-DATA primitive is built already, views into its buffer."""
+
+    def __init__(self, values: list[tuple[int, memoryview]]) -> None:
+        super().__init__()
+        self._values = values
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        # As pynetdicom's own to_primitive: the list is filled in place, not through the checking setter.
+        primitive.presentation_data_value_list.extend(cast(list[tuple[int, bytes]], self._values))
+        return primitive
+
+
+def presentation_data_values(body: bytearray) -> list[tuple[int, memoryview]]:
+    """The (context id, value) items of a P-DATA-TF body after its 6-byte PDU header (PS3.8 9.3.5.1);
+    each value starts with its message control header. Raises Malformed where pynetdicom's decoder
+    fails (an item length of 0, or past the end)."""
+    view = memoryview(body)
+    values = []
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < 5:
+            raise Malformed("presentation data value item")
+        (length,) = PDV_LENGTH.unpack_from(body, offset)
+        if length < 1 or offset + 4 + length > end:
+            raise Malformed("presentation data value item length")
+        values.append((body[offset + 4], view[offset + 5 : offset + 4 + length]))
+        offset += 4 + length
+    return values
+
+
+def _read_into(raw: Any, length: int) -> bytearray:
+    """`length` bytes from the socket into one buffer; fewer when the peer closed first."""
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    got = 0
+    while got < length:
+        n = raw.recv_into(view[got:])
+        if not n:
+            del view
+            del buffer[got:]
+            return buffer
+        got += n
+    return buffer
+
+
+def read_pdu_data(dul: Any) -> None:
+    """`DULServiceProvider._read_pdu_data`, with P-DATA-TF PDUs received as described above.
+
+    The events queued are pynetdicom's for the same input: Evt17 when the connection closes or fails
+    before a whole PDU arrived, Evt19 for an unknown type or a PDU that does not decode, Evt10 for a
+    P-DATA-TF and the type's own event for any other PDU (decoded by pynetdicom).
+    """
+    sock = cast(AssociationSocket, dul.socket)
+    try:
+        header = sock.recv(6)
+        pdu_type, _, pdu_length = PDU_HEADER.unpack(header)
+    except (OSError, TimeoutError):
+        log.error("Connection closed before the entire PDU was received")
+        dul.event_queue.put("Evt17")
+        return
+    except struct.error:
+        dul.event_queue.put("Evt17")
+        return
+    if pdu_type not in PDU_TYPES:
+        log.error("Unknown PDU type received", extra={"pdu_type": f"0x{pdu_type:02X}"})
+        dul.event_queue.put("Evt19")
+        return
+    raw = sock.socket
+    try:
+        if pdu_type == P_DATA_TF_TYPE and pdu_length <= PREALLOCATED_MAX and raw is not None:
+            body = _read_into(raw, pdu_length)
+        else:
+            body = sock.recv(pdu_length)
+    except (OSError, TimeoutError):
+        log.error("Connection closed before the entire PDU was received")
+        dul.event_queue.put("Evt17")
+        return
+    if len(body) != pdu_length:
+        log.error("The received PDU is shorter than expected")
+        dul.event_queue.put("Evt17")
+        return
+    try:
+        if pdu_type == P_DATA_TF_TYPE:
+            pdu: Any = ReceivedPData(presentation_data_values(body))
+            event = "Evt10"
+        else:
+            pdu, event = dul._decode_pdu(bytearray(header) + body)
+    except Exception:
+        log.error("Unable to decode the received PDU data")
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
+
+
+def decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association | None = None) -> bool:
+    """`DIMSEMessage.decode_msg` for ingest's associations (which receive C-STORE data sets to files,
+    `scp.receive_to_files`): fragments written from the received buffer, the file's first bytes in one
+    write, one flush when the data set is complete. Returns True when the message is complete."""
+    if type(primitive) is not P_DATA:
+        return False
+    msg: Any = message
+    for context_id, data in primitive.presentation_data_value_list:
+        control = data[0]
+        if control & 1:  # command set fragment
+            msg.encoded_command_set.write(data[1:])
+            if control & 2:
+                msg.context_id = context_id
+                msg.command_set = decode(msg.encoded_command_set, True, True)
+                msg.__class__ = dimse_messages._MESSAGE_TYPES[cast(int, msg.command_set.CommandField)][1]
+                if msg.command_set.CommandDataSetType == _NO_DATA_SET:
+                    return True
+                if _config.STORE_RECV_CHUNKED_DATASET and isinstance(msg, C_STORE_RQ):
+                    _start_file(msg, context_id, cast(Association, assoc))
+        else:  # data set fragment
+            file = msg._data_set_file
+            if file is not None:
+                file.file.write(data[1:])
+                if control & 2:
+                    file.file.flush()
+            else:
+                cast(BytesIO, msg.data_set).write(data[1:])
+            if control & 2:
+                return True
+    return False
+
+
+def _start_file(msg: Any, context_id: int, assoc: Association) -> None:
+    """Open the data set's file (pynetdicom's temporary file, in the folder `receive_to_files` set) and
+    write the zero preamble, "DICM" and the meta group pynetdicom would write (PS3.10 7.1)."""
+    file = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    msg._data_set_file = file
+    msg._data_set_path = Path(file.name)
+    command = msg.command_set
+    fields = dimse_encoding.FileMetaFields(
+        cast(UID, command.AffectedSOPClassUID),
+        cast(UID, command.AffectedSOPInstanceUID),
+        assoc._accepted_cx[context_id].transfer_syntax[0],
+        dimse_encoding.PYNETDICOM_IMPLEMENTATION_UID,
+        dimse_encoding.PYNETDICOM_IMPLEMENTATION_VERSION,
+    )
+    try:
+        file.file.write(_PREFIX + dimse_encoding.file_meta_bytes(fields))
+    except dimse_encoding.Unwritten:  # what pydicom writes differently, it writes (dimse_encoding)
+        file.file.write(_PREFIX)
+        dimse_encoding.write_file_meta_info(file, fields)  # type: ignore[arg-type]  # as pynetdicom passes it
+    file.file.flush()
+
+
+def receive_directly(assoc: Association) -> None:
+    """Make `assoc` (an acceptor, before its DUL starts) receive P-DATA-TF PDUs and C-STORE data sets
+    as described in the module doc, unless a handler wants pynetdicom's PDU objects."""
+    if assoc.get_handlers(evt.EVT_DATA_RECV) or assoc.get_handlers(evt.EVT_PDU_RECV):
+        return
+    dul = assoc.dul
+    dul._read_pdu_data = functools.partial(read_pdu_data, dul)  # type: ignore[method-assign]
+    dimse = assoc.dimse
+    receive_primitive = dimse.receive_primitive
+
+    def receive(primitive: P_DATA) -> None:
+        if dimse.message is None:
+            message = DIMSEMessage()
+            # An instance attribute: it stays when decode_msg changes the message's class.
+            message.decode_msg = functools.partial(decode_msg, message)  # type: ignore[method-assign]
+            dimse.message = message
+        receive_primitive(primitive)
+
+    dimse.receive_primitive = receive  # type: ignore[method-assign]

@@ -1,0 +1,196 @@
+"""What ingest's SCP receives itself (services/ingest/dimse_receive.py): P-DATA-TF PDUs read into one
+buffer and written to the data set's file from there give the same file, byte for byte, as pynetdicom's
+own receive path, and a malformed PDU ends the association as pynetdicom ends it."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from services.ingest import dimse_receive
+from services.ingest.dimse_receive import Malformed, ReceivedPData, presentation_data_values, read_pdu_data
+from services.ingest.scp import IngestRequestHandler, build_ae, receive_to_files, status_dataset
+from services.ingest.settings import IngestSettings
+
+
+def _pdv(context_id: int, control: int, data: bytes) -> bytes:
+    return struct.pack(">LBB", len(data) + 2, context_id, control) + data
+
+
+def test_presentation_data_values_are_views_of_the_received_body() -> None:
+    body = bytearray(_pdv(1, 0x03, b"command") + _pdv(3, 0x00, b"data" * 100))
+    values = presentation_data_values(body)
+    assert [(cid, bytes(value)) for cid, value in values] == [(1, b"\x03command"), (3, b"\x00" + b"data" * 100)]
+    assert all(isinstance(value, memoryview) and value.obj is body for _, value in values)
+    primitive = ReceivedPData(values).to_primitive()
+    assert primitive.presentation_data_value_list == values
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        struct.pack(">LB", 0, 1),  # an item length of 0: not even a context id
+        _pdv(1, 0x02, b"data")[:-1],  # shorter than its length says
+        _pdv(1, 0x02, b"data") + b"\x00\x00",  # a fragment of a next item header
+    ],
+)
+def test_a_malformed_body_is_refused(body: bytes) -> None:
+    with pytest.raises(Malformed):
+        presentation_data_values(bytearray(body))
+
+
+def _dul_reading(data: bytes) -> Any:
+    """A stand-in DUL whose peer sent `data` and closed."""
+    ours, theirs = socket.socketpair()
+    theirs.sendall(data)
+    theirs.close()
+
+    def recv(n: int) -> bytearray:
+        stream = bytearray()
+        while len(stream) < n:
+            piece = ours.recv(n - len(stream))
+            if not piece:
+                break
+            stream += piece
+        return stream
+
+    return SimpleNamespace(
+        socket=SimpleNamespace(recv=recv, socket=ours),
+        event_queue=queue.Queue(),
+        _recv_pdu=queue.Queue(),
+        _decode_pdu=lambda b: pytest.fail("only P-DATA-TF here"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("pdu", "event"),
+    [
+        (struct.pack(">BBL", 4, 0, 8) + _pdv(1, 0x02, b"da"), "Evt10"),
+        (struct.pack(">BBL", 4, 0, 8) + struct.pack(">LBB", 9, 1, 2) + b"da", "Evt19"),  # item past the PDU
+        (struct.pack(">BBL", 4, 0, 100) + _pdv(1, 0x02, b"da"), "Evt17"),  # closed before the PDU's end
+        (struct.pack(">BBL", 9, 0, 0), "Evt19"),  # no such PDU type
+        (b"\x04\x00", "Evt17"),
+    ],
+)
+def test_each_pdu_queues_pynetdicoms_event(pdu: bytes, event: str) -> None:
+    dul = _dul_reading(pdu)
+    read_pdu_data(dul)
+    assert dul.event_queue.get_nowait() == event
+    assert dul._recv_pdu.qsize() == (1 if event == "Evt10" else 0)
+
+
+# ---- over a real association on localhost
+
+
+class _Received:
+    def __init__(self) -> None:
+        self.files: list[bytes] = []
+        self.port = 0
+
+    def store(self, event: Event) -> Dataset:
+        self.files.append(Path(event.dataset_path).read_bytes())
+        return status_dataset(0x0000)
+
+
+@contextmanager
+def _serve(tmp_path: Path, max_pdu: int) -> Iterator[_Received]:
+    received = _Received()
+    ae = build_ae(IngestSettings(dicom_port=0, blob_dir=tmp_path, dicom_timeout_s=10, dicom_max_pdu=max_pdu))
+    server = ae.make_server(
+        ("127.0.0.1", 0),
+        evt_handlers=[(evt.EVT_C_STORE, received.store)],
+        server_class=ThreadedAssociationServer,
+        request_handler=IngestRequestHandler,
+    )
+    ae._servers.append(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    received.port = server.server_address[1]
+    try:
+        yield received
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def chunked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Process-wide names receive_to_files sets, restored after the test.
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    for name in ("NamedTemporaryFile", "create_file_meta", "write_file_meta_info"):
+        monkeypatch.setattr(dimse_messages, name, getattr(dimse_messages, name))
+    receive_to_files(tmp_path / "received")
+
+
+def _instances() -> list[tuple[Dataset, str]]:
+    sizes = [0, 1, 5000, 70_000]  # pixel bytes: in one PDU, and over many of 4 KiB
+    out = []
+    for n, syntax in zip(sizes, [ExplicitVRLittleEndian, ImplicitVRLittleEndian] * 2, strict=True):
+        ds = Dataset()
+        ds.SOPClassUID = CTImageStorage
+        # The last UID is not valid (PS3.5 9.1): its meta group is written by pydicom on both paths.
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.1.{n}" if n < 70_000 else "1.2.826.0.1.3680043.10.01"
+        ds.PatientName = "Synthetic^Test"
+        ds.BitsAllocated = 8
+        ds.PixelRepresentation = 0
+        if n:
+            ds.PixelData = bytes(range(256)) * (n // 256) + b"\x07" * (n % 256 + n % 2)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.set_original_encoding(syntax == ImplicitVRLittleEndian, True)
+        out.append((ds, syntax))
+    return out
+
+
+def _send(port: int, max_pdu: int) -> None:
+    sender = AE(ae_title="SENDER")
+    sender.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    sender.add_requested_context(CTImageStorage, [ImplicitVRLittleEndian])
+    assoc = sender.associate("127.0.0.1", port, ae_title="IMX", max_pdu=max_pdu)
+    assert assoc.is_established
+    try:
+        for ds, _ in _instances():
+            assert int(assoc.send_c_store(ds).Status) == 0
+    finally:
+        assoc.release()
+
+
+@pytest.mark.usefixtures("chunked")
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_files_are_byte_for_byte_pynetdicoms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    decode_msg = dimse_receive.decode_msg
+
+    def counted(*args: Any) -> bool:
+        calls.append(args[0])
+        return decode_msg(*args)
+
+    monkeypatch.setattr(dimse_receive, "decode_msg", counted)
+    files = {}
+    for way in ("direct", "pynetdicom"):
+        if way == "pynetdicom":
+            monkeypatch.setattr(dimse_receive, "receive_directly", lambda assoc: None)
+        with _serve(tmp_path / way, max_pdu=4096) as served:
+            _send(served.port, max_pdu=4096)
+            files[way] = served.files
+        if way == "direct":
+            assert calls, "the direct path was not taken"
+            calls.clear()
+    assert calls == []
+    assert len(files["direct"]) == len(_instances())
+    assert files["direct"] == files["pynetdicom"]
+    for data in files["direct"]:
+        assert data[:132] == bytes(128) + b"DICM"
