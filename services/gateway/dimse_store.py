@@ -1,12 +1,14 @@
 """The DIMSE target: C-STORE through pynetdicom 3 as SCU, one association reused across instances.
 
 The delivered file is sent as it is: the C-STORE request is built here, its command set encoded
-directly (`c_store_command`) and its data set read from the file after its meta group in PDV-sized
-pieces (`message_pdus`, the P-DATA framing of pynetdicom's `DIMSEMessage.encode_msg`), so nothing is
-decoded or re-encoded and a large file is never held whole in memory. The one exception is a deflated
-data set of odd length: it is sent from a copy padded with one NUL byte, as PS3.5 A.5 has it written
-(dcmtk aborts on an odd last fragment). `Association.send_c_store` would read the file with pydicom
-and encode it again (~3.7 ms per CT, FIELD-NOTES), or, with the process-wide
+directly (`c_store_command`) and its data set read from the file after its meta group a MiB at a time
+and framed as pynetdicom's `DIMSEMessage.encode_msg` frames it (`message_pdus`), so nothing is decoded
+or re-encoded and a large file is never held whole in memory. The sending thread writes the P-DATA-TF
+PDUs to the association's socket itself (services/gateway/pdu_writer.py), not through pynetdicom's
+DUL thread (`send_request`, kept for a socket that cannot take them directly). The one exception is a
+deflated data set of odd length: it is sent from a copy padded with one NUL byte, as PS3.5 A.5 has it
+written (dcmtk aborts on an odd last fragment). `Association.send_c_store` would read the file with
+pydicom and encode it again (~3.7 ms per CT, FIELD-NOTES), or, with the process-wide
 `_config.STORE_SEND_CHUNKED_DATASET`, change every other sender in the process too.
 
 Presentation contexts: for each SOP class seen, the delivered transfer syntax plus explicit and
@@ -27,13 +29,15 @@ reached is waited for; one that takes the new association aborted that instance 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from io import BytesIO
+from io import BufferedReader, BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -53,6 +57,7 @@ from pynetdicom.presentation import PresentationContext
 
 from services.common.dicom.association_waits import WaitingAE
 from services.gateway.dimse_responses import read_store_responses_directly
+from services.gateway.pdu_writer import SendStalled, send_direct
 from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -154,10 +159,6 @@ QUEUED_PDUS = 8
 LARGEST_PDU = 1024 * 1024
 
 
-class SendStalled(Exception):
-    """The DUL sent nothing for the association's network timeout: the peer stopped reading."""
-
-
 C_STORE_RQ_FIELD = 0x0001  # PS3.7 Table E.1-1 Command Field
 DATA_SET_PRESENT = 0x0001  # PS3.7 Table E.1-1 Command Data Set Type: anything but 0x0101
 LOW = 0x0002  # PS3.7 Table 9.1-1 Priority (pynetdicom's send_c_store default, sent before too)
@@ -218,8 +219,7 @@ def send_request(assoc: Association, command: bytes, data_set: BinaryIO, context
     """`DIMSEServiceProvider.send_msg` of pynetdicom 3.0 for a C-STORE request, with the P-DATA PDUs
     handed to the DUL at most QUEUED_PDUS ahead of its socket. Raises ConnectionError when the
     association ends meanwhile, SendStalled when no PDU left the queue for `stall_s`."""
-    peer_max = int(assoc.dimse.maximum_pdu_size or 0)
-    pdu_size = peer_max if 0 < peer_max <= LARGEST_PDU else LARGEST_PDU
+    pdu_size = _pdu_size(assoc)
     queue = assoc.dul.to_provider_queue
     for pdata in message_pdus(command, data_set, context_id, pdu_size):
         waiting, moved_at = queue.qsize(), time.monotonic()
@@ -394,10 +394,13 @@ class DimseStore:
             while not reactor._is_paused and assoc.is_established:
                 time.sleep(0.0001)
             try:
-                with _data_set(path_offset, data) as data_set:
-                    send_request(
-                        assoc, command, data_set, int(context.context_id or 0), float(self._ae.network_timeout or 60)
-                    )
+                with _data_set(path_offset, data) as (data_set, length):
+                    context_id, stall_s = int(context.context_id or 0), float(self._ae.network_timeout or 60)
+                    sock = _plain_socket(assoc)
+                    if sock is not None:
+                        send_direct(sock, command, data_set, length, context_id, _pdu_size(assoc), stall_s)
+                    else:
+                        send_request(assoc, command, data_set, context_id, stall_s)
                 _, response = assoc.dimse.get_msg(block=True)
             finally:
                 reactor._reactor_checkpoint.set()
@@ -432,13 +435,28 @@ class DimseStore:
         return StoreResult.failed(ABORTED, retryable=True)
 
 
+def _pdu_size(assoc: Association) -> int:
+    peer_max = int(assoc.dimse.maximum_pdu_size or 0)
+    return peer_max if 0 < peer_max <= LARGEST_PDU else LARGEST_PDU
+
+
+def _plain_socket(assoc: Association) -> socket.socket | None:
+    """The association's TCP socket when the PDUs can be written to it directly (not TLS: an SSL socket
+    has no `sendmsg`); None: hand them to the DUL (`send_request`)."""
+    raw = getattr(assoc.dul.socket, "socket", None)
+    return raw if type(raw) is socket.socket else None
+
+
 @contextmanager
-def _data_set(path_offset: tuple[Path, int] | None, data: bytes | None) -> Iterator[BinaryIO]:
-    """The data set to send: the delivered file from its offset (read a PDU at a time), or bytes."""
+def _data_set(
+    path_offset: tuple[Path, int] | None, data: bytes | None
+) -> Iterator[tuple[BufferedReader | BytesIO, int]]:
+    """The data set to send and its length: the delivered file from its offset, or bytes."""
     if path_offset is None:
-        yield BytesIO(data or b"")
+        yield BytesIO(data or b""), len(data or b"")
         return
     path, offset = path_offset
     with path.open("rb") as handle:
+        length = os.fstat(handle.fileno()).st_size - offset
         handle.seek(offset)
-        yield handle
+        yield handle, length

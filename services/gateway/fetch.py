@@ -9,8 +9,12 @@ The requests go over the standard library's http.client, one keep-alive connecti
 fetch-ahead pool's and the loop's) and server, with the TLS settings httpx would use
 (`httpx.create_ssl_context`: SSL_CERT_FILE/SSL_CERT_DIR honoured). httpx's client spent about a sixth
 of the gateway's on-CPU samples in `make bench` (py-spy, `--gil`) on each request's models, cookies, auth
-and redirect handling. A URL that the environment sends through a proxy (HTTP_PROXY, HTTPS_PROXY,
-ALL_PROXY, NO_PROXY), and every fetch of a Fetcher given its own httpx client, still go through httpx.
+and redirect handling. Measured alone on 2026-12-02 (one process fetching a 527 KB object from a local
+FastAPI app over one keep-alive connection, CPU time of the fetching process, rounds of 400 alternating
+between the two, load average 11-17 from other work): 0.83-1.23 ms per fetch here, 1.60-2.04 ms through
+httpx's client, so the change saves ~0.8 ms per instance. A URL that the environment sends through a
+proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY), and every fetch of a Fetcher given its own httpx
+client, still go through httpx.
 """
 
 from __future__ import annotations
