@@ -80,7 +80,8 @@ def create_partner_app(
     cached_partner_for_key: Callable[[str], str | None] = lambda _key: None,
 ) -> FastAPI:
     """The API. `partner_for_key`: a Bearer key -> partner id (None: not a key), cached by the caller;
-    `blob_path`: SHA-256 -> the object's file; `record_retrieval`: publishes one event per request;
+    `blob_path`: SHA-256 -> the object's file; `record_retrieval`: publishes one event per request,
+    without blocking (it is called on the event loop);
     `public_url`: the base partners use (RetrieveURL in QIDO results; a function, as the port may be
     known only once bound), None: as the request came. `refs`: verifies the signed retrieval references
     delivery puts on partners' feeds, so an instance fetched by one is served without reading `delivered`.
@@ -134,8 +135,14 @@ def create_partner_app(
         if not isinstance(response, StreamingResponse) and response.status_code < 300:
             retrieval.bytes = len(response.body)  # a query's results; a refusal sends nothing of the partner's
         # A stream sends its event when it ends (see `stream`); this covers a stream never started.
-        response.background = BackgroundTask(ctx.finish, retrieval)
+        response.background = BackgroundTask(finish_on_loop, retrieval)
         return response
+
+    async def finish_on_loop(retrieval: Retrieval) -> None:
+        """On the event loop, not in a worker thread: a sync task would cost a hand-over to the thread
+        pool and back per request, about a third of the loop's time on the gateways' fetches (py-spy,
+        `--gil`); `record_retrieval` does not block."""
+        ctx.finish(retrieval)
 
     def stream(retrieval: Retrieval, body: Iterator[bytes]) -> Iterator[bytes]:
         """`body`, then the event (also when the partner hangs up part way: it says what was sent)."""

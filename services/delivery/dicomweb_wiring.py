@@ -4,6 +4,9 @@ by the service's entry point, which owns the clients and stops the server."""
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
+from collections.abc import Callable
 
 from pymongo.database import Database
 
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # How long a retrieval's event waits for others to share its produce request (the retrievals' producer).
 RETRIEVALS_LINGER_MS = 200
+# How often the API's events are handed to that producer (they then wait for its linger too).
+RETRIEVALS_BATCH_S = 0.05
 # A revoked or newly issued key takes effect within this time; each request otherwise costs no lookup.
 KEY_CACHE_S = 5.0
 # Time a retrieval in flight gets to finish when the service stops (a 1 GiB object needs a fast link).
@@ -39,6 +44,67 @@ def _not_cached() -> str | None:
     raise _NotCached
 
 
+class RetrievalEvents:
+    """The retrieval API's events, handed to the producer by a thread of its own: `record`, called on
+    the HTTP event loop once per request, only appends; every `interval_s` the thread passes what
+    gathered to the producer (`publish_soon`: not waited for, one produce request for many). Waking a
+    thread per request instead cost more of the loop's time than answering the request."""
+
+    def __init__(self, producer: BusProducer, topics: Topics, interval_s: float = RETRIEVALS_BATCH_S) -> None:
+        self._producer, self._topics, self._interval_s = producer, topics, interval_s
+        self._pending: deque[PartnerRetrieval] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retrieval-events", daemon=True)
+        self._thread.start()
+
+    def record(self, event: PartnerRetrieval) -> None:
+        self._pending.append(event)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._hand_over()
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._pending:
+            event = self._pending.popleft()  # the only consumer: never empty here
+            try:
+                self._producer.publish_soon(
+                    [event_message(self._topics.access, event, event.study_instance_uid)], _not_recorded(event)
+                )
+            except Exception as error:  # the producer is closed or broken: say so, keep the thread
+                _not_recorded(event)(error)
+
+    def close(self) -> None:
+        """Hand over what is left (call after the server stopped, before the producer closes)."""
+        self._stop.set()
+        self._thread.join()
+
+
+def _not_recorded(event: PartnerRetrieval) -> Callable[[BaseException], None]:
+    def log_it(error: BaseException) -> None:
+        log.error("retrieval not recorded", extra={"partner": event.partner_id, "error": type(error).__name__})
+
+    return log_it
+
+
+class PartnerApi:
+    """The running API: its HTTP server and the thread that hands its events over; `stop` ends both."""
+
+    def __init__(self, server: HttpServer, events: RetrievalEvents) -> None:
+        self._server, self._events = server, events
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    def stop(self) -> None:
+        try:
+            self._server.stop()
+        finally:
+            self._events.close()
+
+
 def start_partner_api(
     settings: DeliverySettings,
     db: Database,
@@ -46,7 +112,7 @@ def start_partner_api(
     producer: BusProducer,
     topics: Topics,
     refs: RetrievalRefs | None = None,
-) -> HttpServer:
+) -> PartnerApi:
     """The partners' DICOMweb API, serving on settings.http_host:http_port (started; call `.stop()`).
     Its bound port is `.port` (useful when 0 asked for a free one; `settings.dicomweb_base(port)`)."""
     partners = PartnerStore(db)
@@ -63,24 +129,23 @@ def start_partner_api(
         except _NotCached:
             return None
 
-    def record_retrieval(event: PartnerRetrieval) -> None:
-        def not_recorded(error: BaseException) -> None:
-            log.error("retrieval not recorded", extra={"partner": event.partner_id, "error": type(error).__name__})
-
-        # Not waited for: the answer is already out, and one produce request then carries the events of
-        # every retrieval of the last RETRIEVALS_LINGER_MS instead of one each (a gateway fetches ahead).
-        producer.publish_soon([event_message(topics.access, event, event.study_instance_uid)], not_recorded)
-
+    # Not waited for: the answer is already out, and one produce request then carries the events of
+    # every retrieval of the last RETRIEVALS_LINGER_MS instead of one each (a gateway fetches ahead).
+    events = RetrievalEvents(producer, topics)
     app = create_partner_app(
         DeliveredObjects(db),
         partner_for_key,
         blobs.path_for,
-        record_retrieval,
+        events.record,
         public_url=lambda: settings.dicomweb_base(server.port),
         refs=refs,
         cached_partner_for_key=cached_partner_for_key,
     )
     tls = TlsFiles.of(settings.http_tls_cert_file, settings.http_tls_key_file)
-    server = HttpServer(app, settings.http_host, settings.http_port, GRACE_S, name="delivery-http", tls=tls)
-    server.start()
-    return server
+    try:
+        server = HttpServer(app, settings.http_host, settings.http_port, GRACE_S, name="delivery-http", tls=tls)
+        server.start()
+    except BaseException:
+        events.close()
+        raise
+    return PartnerApi(server, events)
