@@ -1,10 +1,12 @@
 """At-least-once Kafka plumbing on kafka-python.
 
 A stage is `consume → handler → publish outputs → commit`. Offsets are committed only after every
-output of the batch is acknowledged by the broker (acks=all, idempotent producer), and only from the
-polling thread between two polls: kafka-python 3.x runs rebalance listeners on its IO thread, where a
-blocking commit raises. A crash anywhere before the commit replays the batch; handlers are
-idempotent (deterministic event ids), so a replay is harmless.
+output of the batch is acknowledged by the broker (acks=all, idempotent producer), at most once a
+second while the stage is busy and at once when it is idle or stops, and only from the polling thread
+between two polls: kafka-python 3.x runs rebalance listeners on its IO thread, where a
+blocking commit raises. A crash replays what was not committed yet (the batch in flight, and at most
+about a second of batches before it); handlers are idempotent (deterministic event ids), so a replay
+is harmless.
 
 A broker that cannot be reached (down, restarting, partitioned) stops nothing: the batch in flight
 is read again from where it began, nothing of it is committed, the stage reports NOT_SERVING and
@@ -36,6 +38,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_when_eve
 from services.common.failures import classify, is_transient
 from services.common.lanes import LaneGate
 from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
+from services.common.positions import ConsumerPositions
 from services.common.stats import StageStats
 from services.common.tracing_headers import extract_trace_context, inject_trace_headers
 
@@ -381,10 +384,16 @@ def flush_handler(handler: Handler) -> None:
 # A fetch waits at the broker until this much has arrived or the wait is over (see StageConsumer).
 FETCH_MIN_BYTES = 64 * 1024
 FETCH_MAX_WAIT_MS = 100
+# A busy stage commits at most this often instead of after every batch (~10 a second per stage at the
+# bench's rate, each a blocking round trip and a write to __consumer_offsets); an idle poll, a stop and
+# close() commit what is owed at once. A crash re-reads at most this much more; handlers are idempotent.
+COMMIT_INTERVAL_S = 1.0
+CLOSE_COMMIT_TIMEOUT_MS = 5000
 
 
 class StageConsumer:
-    """The I/O shell of a stage: poll a bounded batch, run the handler, publish, commit, repeat."""
+    """The I/O shell of a stage: poll a bounded batch, run the handler, publish, repeat; commit what was
+    published at most every `commit_interval_s`, and whenever a poll finds nothing new."""
 
     def __init__(
         self,
@@ -405,6 +414,7 @@ class StageConsumer:
         publish_timeout_s: float = 60.0,
         session_timeout_ms: int = 10_000,
         max_poll_interval_ms: int = 300_000,
+        commit_interval_s: float = COMMIT_INTERVAL_S,
         group_instance_id: str | None = None,
         fetch_min_bytes: int = FETCH_MIN_BYTES,
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
@@ -454,8 +464,12 @@ class StageConsumer:
         self._publish_timeout_s = publish_timeout_s
         self._next_probe_at = time.monotonic() + probe_interval_s
         self._last_lag_at = 0.0
+        self._positions = ConsumerPositions(self._consumer)
         # Priority lanes (services/common/lanes.py): topics `lane_of` names are read most urgent first.
-        self._lanes = LaneGate(self._consumer, lane_of or (lambda _topic: None))
+        self._lanes = LaneGate(self._positions, lane_of or (lambda _topic: None))
+        self._commit_interval_s = commit_interval_s
+        self._owed: dict[TopicPartition, int] = {}  # acknowledged outputs, offsets not committed yet
+        self._committed_at = time.monotonic()
         self._busy = False
 
     def poll_once(self, handler: Handler) -> int:
@@ -484,8 +498,7 @@ class StageConsumer:
             except BaseException:
                 self._seek_to_batch_start(records)
                 raise
-            if result.commits:
-                self._commit(result.commits)
+            self._owed.update(result.commits)
             assigned = self._consumer.assignment()
             for tp, offset in result.retry_from.items():
                 if tp in assigned:  # a revoked partition is read again from its committed offset by its new owner
@@ -493,6 +506,8 @@ class StageConsumer:
             self._stats.record(result.processed, result.failed)
             if result.retry_from:
                 time.sleep(self._retry_backoff_s)
+        if not records or time.monotonic() - self._committed_at >= self._commit_interval_s:
+            self.commit_owed()
         self._update_lag()
         return len(records)
 
@@ -524,13 +539,25 @@ class StageConsumer:
         else:
             refresh_metadata(self._consumer, timeout_ms)
 
-    def _commit(self, commits: dict[TopicPartition, int]) -> None:
-        """A commit can fail when the group rebalances under the batch (a replica joins, a new partner topic
+    def commit_owed(self, timeout_ms: int | None = None) -> None:
+        """Commit the offsets of every batch handled since the last commit (all of their outputs are
+        acknowledged). Offsets of partitions no longer assigned are dropped: their new owner reads those
+        records again, and the handlers are idempotent.
+
+        A commit can fail when the group rebalances under the batch (a replica joins, a new partner topic
         matches the audit pattern). The batch's outputs are already acknowledged, so nothing is lost: the
         uncommitted records are read again by whoever owns their partitions next, and the handlers are
         idempotent. Crashing the stage instead would stop it for good."""
+        self._committed_at = time.monotonic()
+        if not self._owed:
+            return
+        assigned = self._consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._owed.items() if tp in assigned}
+        self._owed.clear()
+        if not offsets:
+            return
         try:
-            self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in commits.items()})
+            self._consumer.commit(offsets, timeout_ms=timeout_ms)
         except KafkaError as error:
             self._stats.record_commit_failure()
             log.warning(
@@ -543,21 +570,11 @@ class StageConsumer:
         if now - self._last_lag_at < 2.0:
             return
         self._last_lag_at = now
-        lag: dict[tuple[str, int], int] = {}
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is None:
-                continue
-            try:
-                position = self._consumer.position(tp, timeout_ms=100)
-            except KafkaError:
-                continue
-            if position is not None:
-                lag[(tp.topic, tp.partition)] = max(0, high - position)
-        self._stats.set_lag(lag)
+        self._stats.set_lag(self._positions.lag())
 
     def run(self, handler: Handler, stop: threading.Event, health: HealthReporter | None = None) -> None:
-        """Until `stop` is set; the batch in flight finishes and is committed before returning.
+        """Until `stop` is set; the batch in flight finishes and everything handled is committed before
+        returning.
 
         A broker error ends no process: the cycle is tried again after 1, 2, 4... seconds (capped), with
         `health` NOT_SERVING until a cycle, and a metadata probe, succeed again."""
@@ -591,6 +608,7 @@ class StageConsumer:
                 stop.wait(self._retry_backoff_s)
             else:
                 outage.ended()
+        self.commit_owed(timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)
 
     def _cycle(self, handler: Handler, outage: BrokerOutage) -> None:
         if outage.active:
@@ -599,4 +617,7 @@ class StageConsumer:
         self._probe_broker(outage=outage.active)
 
     def close(self) -> None:
+        """What was handled and acknowledged is committed first (a broker that does not answer within
+        `CLOSE_COMMIT_TIMEOUT_MS` leaves it to be read again)."""
+        self.commit_owed(timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)
         self._consumer.close(autocommit=False)

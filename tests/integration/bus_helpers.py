@@ -29,6 +29,29 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0)
         consumer.close()
 
 
+def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list:  # type: ignore[type-arg]
+    """Every record of `topic` up to its end offsets as they are now (no group, from the beginning):
+    for a topic that may hold redelivered copies, where a count of records says nothing."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        end = consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list = []  # type: ignore[type-arg]
+        while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
 def committed_and_end_offsets(bootstrap: str, topic: str, group: str) -> tuple[dict[int, int], dict[int, int]]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
