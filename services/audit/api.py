@@ -37,6 +37,7 @@ from services.audit.scopes import Scope, ScopeDenied
 from services.audit.store import AuditStore
 from services.audit.trail import events_json, trail_json
 from services.audit.ui import ui_router
+from services.common.http_server import FASTAPI_TELEMETRY_OFF
 from services.common.messages import TransientError
 
 DESCRIPTION = """\
@@ -335,7 +336,7 @@ def create_app(
     """`key_check` maps an API key to its analyst (None: unknown key; a plain id: a key that sees
     everything); None leaves the API open. `access_log` records every query (services/audit/main.py
     always gives one). `control_changes` serves `/audit/control-changes` (services/audit/changes_api.py)."""
-    app = FastAPI(title="imx audit", version="1", description=DESCRIPTION)
+    app = FastAPI(title="imx audit", version="1", description=DESCRIPTION, telemetry=FASTAPI_TELEMETRY_OFF)
     app.state.audit_store = store
     app.state.key_check = key_check
     app.include_router(router, dependencies=[Depends(_authorised)])

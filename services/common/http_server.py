@@ -33,6 +33,7 @@ from typing import Any
 import h11
 import uvicorn
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -40,6 +41,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 _STOPPING_BODY = b'{"detail":"the service is stopping; retry later"}'
+
+
+# FastAPI's native OpenTelemetry (a span, metrics and exception logs for every request) is off in every
+# imx app (`FastAPI(telemetry=FASTAPI_TELEMETRY_OFF)`): its spans carry `url.path` and `url.query`,
+# which hold study and instance UIDs, and its logs an exception's message, so with an OTLP endpoint
+# configured they would export identifiers from the inputs; and it cost ~13% of delivery's CPU in
+# `make bench` (py-spy, 2026-12-02). Each service logs its own PHI-free summary of a request instead.
+FASTAPI_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 @dataclass(frozen=True)
@@ -194,7 +203,5 @@ class HttpServer:
             # uvicorn's own grace, plus a little for its loop to notice should_exit and close.
             self._thread.join(self._grace_s + 5.0)
             if self._app.cut_off:
-                log.warning(
-                    "requests cut off at shutdown", extra={"service": self._name, "count": self._app.cut_off}
-                )
+                log.warning("requests cut off at shutdown", extra={"service": self._name, "count": self._app.cut_off})
         self._socket.close()

@@ -24,6 +24,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from services.common.events import now_ms
+from services.common.http_server import FASTAPI_TELEMETRY_OFF
 from services.delivery.delivered import DeliveredInstance
 from services.delivery.dicomweb_json import (
     Json,
@@ -88,7 +89,13 @@ def create_partner_app(
     `cached_partner_for_key`: the partner of a key known without any I/O, else None (then
     `partner_for_key` is asked, in a worker thread)."""
     ctx = RequestContext(delivered, blob_path, record_retrieval, clock, public_url, prefix)
-    app = FastAPI(title="imx partner DICOMweb", openapi_url=f"{prefix}/openapi.json", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="imx partner DICOMweb",
+        openapi_url=f"{prefix}/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        telemetry=FASTAPI_TELEMETRY_OFF,
+    )
 
     def partner(authorization: Annotated[str | None, Header()] = None) -> str:
         scheme, _, key = (authorization or "").partition(" ")

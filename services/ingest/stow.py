@@ -17,6 +17,7 @@ from pymongo.errors import PyMongoError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from services.common.http_server import FASTAPI_TELEMETRY_OFF
 from services.ingest.acceptance import Acceptance, Channel, check_destination
 from services.ingest.errors import IngestUnavailable, InvalidDestination
 from services.ingest.multipart_related import (
@@ -199,7 +200,12 @@ _STOW_OPENAPI = {
 
 
 def create_app(context: StowContext) -> FastAPI:
-    app = FastAPI(title="imx ingest", summary="DICOMweb STOW-RS (PS3.18) into the image exchange", version="0.1.0")
+    app = FastAPI(
+        title="imx ingest",
+        summary="DICOMweb STOW-RS (PS3.18) into the image exchange",
+        version="0.1.0",
+        telemetry=FASTAPI_TELEMETRY_OFF,
+    )
     app.state.stow = context
 
     @app.get("/healthz")
