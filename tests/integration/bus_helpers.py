@@ -8,18 +8,25 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 
-def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:  # type: ignore[type-arg]
-    """Every record of `topic` (no group, from the beginning) once `expected` have arrived or time is up."""
+def _from_the_beginning(bootstrap: str, topic: str, deadline: float) -> tuple[KafkaConsumer, list[TopicPartition]]:
+    """A consumer without a group, assigned every partition of `topic` (once the broker names them, or
+    the deadline passes), each at its beginning."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
     )
+    while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    return consumer, partitions
+
+
+def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:  # type: ignore[type-arg]
+    """Every record of `topic` (no group, from the beginning) once `expected` have arrived or time is up."""
+    deadline = time.monotonic() + timeout_s
+    consumer, _partitions = _from_the_beginning(bootstrap, topic, deadline)
     try:
-        deadline = time.monotonic() + timeout_s
-        while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
         records: list = []  # type: ignore[type-arg]
         while len(records) < expected and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
@@ -32,17 +39,10 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0)
 def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list:  # type: ignore[type-arg]
     """Every record of `topic` up to its end offsets as they are now (no group, from the beginning):
     for a topic that may hold redelivered copies, where a count of records says nothing."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
-    )
+    deadline = time.monotonic() + timeout_s
+    consumer, partitions = _from_the_beginning(bootstrap, topic, deadline)
     try:
-        deadline = time.monotonic() + timeout_s
-        while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         end = consumer.end_offsets(partitions)
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
         records: list = []  # type: ignore[type-arg]
         while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():

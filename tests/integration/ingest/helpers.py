@@ -10,13 +10,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
-from kafka import KafkaConsumer
-from kafka.structs import TopicPartition
 
 from services.common.topics import Topics
 from services.ingest.main import IngestEndpoints, serve
 from services.ingest.settings import IngestSettings
 from services.proto_gen.imx.v1 import events_pb2
+from tests.integration.bus_helpers import read_to_end
 
 
 def make_settings(kafka_bootstrap: str, mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> IngestSettings:
@@ -80,20 +79,7 @@ def running_ingest(settings: IngestSettings, start_timeout_s: float = 60.0) -> I
 def read_topic(bootstrap: str, topic: str) -> list:
     """Every record of `topic` up to its current end. Ingest publishes before it answers, so
     whatever a sender was told about is already there."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list = []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
+    return read_to_end(bootstrap, topic)
 
 
 def ingested_events(bootstrap: str, topics: Topics) -> list[events_pb2.InstanceIngested]:
