@@ -27,6 +27,22 @@ def _publish(bootstrap: str, topic: str, count: int) -> None:
         producer.close()
 
 
+def _slow_committing_stage(
+    bootstrap: str, unique_name: str, records: int, max_batch: int
+) -> tuple[BusProducer, StageConsumer]:
+    """`records` waiting on `<name>.in` (one partition) and a stage of group `<name>-g` over them that
+    publishes to `<name>.out` and would commit by time only after an hour."""
+    topic, out, dlq = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}.dlq"
+    ensure_topics(bootstrap, [topic, out, dlq], partitions=1)
+    _publish(bootstrap, topic, records)
+    producer = BusProducer(bootstrap)
+    consumer = StageConsumer(
+        bootstrap=bootstrap, group_id=f"{unique_name}-g", topics=[topic], producer=producer, dead_letter_topic=dlq,
+        stage="test", stats=StageStats("test"), max_batch=max_batch, commit_interval_s=3600,
+    )  # fmt: skip
+    return producer, consumer
+
+
 def test_positions_and_lag_are_the_clients_own_without_asking_the_broker(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
@@ -95,15 +111,8 @@ def test_a_paused_stage_reports_the_records_waiting_for_it(kafka_bootstrap: str,
 def test_a_busy_stage_commits_once_per_interval_and_everything_when_idle(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
-    topic, out, dlq = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}.dlq"
-    group = f"{unique_name}-g"
-    ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
-    _publish(kafka_bootstrap, topic, 20)
-    producer = BusProducer(kafka_bootstrap)
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap, group_id=group, topics=[topic], producer=producer, dead_letter_topic=dlq,
-        stage="test", stats=StageStats("test"), max_batch=5, commit_interval_s=3600,
-    )  # fmt: skip
+    topic, out, group = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}-g"
+    producer, consumer = _slow_committing_stage(kafka_bootstrap, unique_name, records=20, max_batch=5)
     try:
         deadline = time.monotonic() + 30
         handled = 0
@@ -124,15 +133,8 @@ def test_a_busy_stage_commits_once_per_interval_and_everything_when_idle(
 
 
 def test_close_commits_what_was_handled(kafka_bootstrap: str, unique_name: str) -> None:
-    topic, out, dlq = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}.dlq"
-    group = f"{unique_name}-g"
-    ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
-    _publish(kafka_bootstrap, topic, 10)
-    producer = BusProducer(kafka_bootstrap)
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap, group_id=group, topics=[topic], producer=producer, dead_letter_topic=dlq,
-        stage="test", stats=StageStats("test"), max_batch=10, commit_interval_s=3600,
-    )  # fmt: skip
+    topic, out, group = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}-g"
+    producer, consumer = _slow_committing_stage(kafka_bootstrap, unique_name, records=10, max_batch=10)
     deadline = time.monotonic() + 30
     while consumer.poll_once(_identity(out)) == 0 and time.monotonic() < deadline:
         pass
