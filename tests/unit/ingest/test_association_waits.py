@@ -4,7 +4,6 @@ through WaitingRequestHandler), and still answer at once, in both of pynetdicom'
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom import AE, _config, dimse_messages
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
@@ -22,8 +21,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.dicom import association_waits
 from services.common.dicom.association_waits import IDLE_WAIT_S, WaitingRequestHandler
-from services.ingest.scp import build_ae, receive_to_files, status_dataset
+from services.ingest.scp import receive_to_files, status_dataset
 from services.ingest.settings import IngestSettings
+from tests.unit.ingest.scp_servers import serve_stores
 
 
 @pytest.fixture(params=["in-memory", "to-files"])
@@ -68,15 +68,8 @@ def served(tmp_path: Path, receive_mode: str) -> Iterator[_Server]:
         received.append(_data_set_received(event))
         return status_dataset(0x0000)
 
-    ae = build_ae(IngestSettings(dicom_port=0, blob_dir=tmp_path, dicom_timeout_s=10))
-    server = ae.make_server(
-        ("127.0.0.1", 0),
-        evt_handlers=[(evt.EVT_C_STORE, store)],
-        server_class=ThreadedAssociationServer,
-        request_handler=WaitingRequestHandler,
-    )
-    ae._servers.append(server)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = IngestSettings(dicom_port=0, blob_dir=tmp_path, dicom_timeout_s=10)
+    server, _port = serve_stores(settings, store, WaitingRequestHandler)
     yield _Server(server, received)
     server.shutdown()
 

@@ -3,7 +3,6 @@ and pydicom would write: the received file's meta group and the C-STORE response
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,13 +16,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, generate_uid
-from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.events import Event
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from services.ingest import dimse_encoding
 from services.ingest.dimse_encoding import (
@@ -32,8 +30,9 @@ from services.ingest.dimse_encoding import (
     c_store_response,
     file_meta_bytes,
 )
-from services.ingest.scp import IngestRequestHandler, build_ae, receive_to_files, status_dataset
+from services.ingest.scp import status_dataset
 from services.ingest.settings import IngestSettings
+from tests.unit.ingest.scp_servers import receive_to_files_for_this_test, serve_stores
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 UIDS = ["1.2", "1.2.3", "2.25." + "9" * 39, "1." + "2" * 62, "0.0", generate_uid()]
@@ -233,22 +232,11 @@ class _Answers:
 
 @pytest.fixture
 def answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Answers]:
-    # Process-wide names receive_to_files sets, restored after the test.
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
-    for name in ("NamedTemporaryFile", "create_file_meta", "write_file_meta_info"):
-        monkeypatch.setattr(dimse_messages, name, getattr(dimse_messages, name))
-    receive_to_files(tmp_path / "received")
+    receive_to_files_for_this_test(tmp_path / "received", monkeypatch)
     answers = _Answers()
-    ae = build_ae(IngestSettings(dicom_port=0, blob_dir=tmp_path, dicom_timeout_s=10))
-    server = ae.make_server(
-        ("127.0.0.1", 0),
-        evt_handlers=[(evt.EVT_C_STORE, answers.store)],
-        server_class=ThreadedAssociationServer,
-        request_handler=IngestRequestHandler,
+    server, answers.port = serve_stores(
+        IngestSettings(dicom_port=0, blob_dir=tmp_path, dicom_timeout_s=10), answers.store
     )
-    ae._servers.append(server)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    answers.port = server.server_address[1]
     yield answers
     server.shutdown()
 

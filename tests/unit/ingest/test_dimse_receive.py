@@ -7,7 +7,6 @@ from __future__ import annotations
 import queue
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,15 +16,15 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom import AE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from services.ingest import dimse_receive
 from services.ingest.dimse_receive import Malformed, ReceivedPData, presentation_data_values, read_pdu_data
-from services.ingest.scp import IngestRequestHandler, build_ae, receive_to_files, status_dataset
+from services.ingest.scp import status_dataset
 from services.ingest.settings import IngestSettings
+from tests.unit.ingest.scp_servers import receive_to_files_for_this_test, serve_stores
 
 
 def _pdv(context_id: int, control: int, data: bytes) -> bytes:
@@ -110,16 +109,8 @@ class _Received:
 @contextmanager
 def _serve(tmp_path: Path, max_pdu: int) -> Iterator[_Received]:
     received = _Received()
-    ae = build_ae(IngestSettings(dicom_port=0, blob_dir=tmp_path, dicom_timeout_s=10, dicom_max_pdu=max_pdu))
-    server = ae.make_server(
-        ("127.0.0.1", 0),
-        evt_handlers=[(evt.EVT_C_STORE, received.store)],
-        server_class=ThreadedAssociationServer,
-        request_handler=IngestRequestHandler,
-    )
-    ae._servers.append(server)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    received.port = server.server_address[1]
+    settings = IngestSettings(dicom_port=0, blob_dir=tmp_path, dicom_timeout_s=10, dicom_max_pdu=max_pdu)
+    server, received.port = serve_stores(settings, received.store)
     try:
         yield received
     finally:
@@ -128,11 +119,7 @@ def _serve(tmp_path: Path, max_pdu: int) -> Iterator[_Received]:
 
 @pytest.fixture
 def chunked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Process-wide names receive_to_files sets, restored after the test.
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
-    for name in ("NamedTemporaryFile", "create_file_meta", "write_file_meta_info"):
-        monkeypatch.setattr(dimse_messages, name, getattr(dimse_messages, name))
-    receive_to_files(tmp_path / "received")
+    receive_to_files_for_this_test(tmp_path / "received", monkeypatch)
 
 
 def _instances() -> list[tuple[Dataset, str]]:
