@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections import deque
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, get_type_hints
 
@@ -209,30 +210,40 @@ class PageChains:
         follow: Callable[[Mapping[str, list[AuditRecord]]], Iterable[str]] | None = None,
     ) -> dict[str, list[AuditRecord]]:
         """Each chain's records (those with an `_id` in `known` may be left out). Pages are asked for
-        concurrently, `first_round` per chain in the first round and twice as many in each next one, so
-        a dozen short chains cost about one round trip, and a long chain of n pages about log2(n).
-        `follow`, called after each round with the records read so far, names chains to read as well:
-        each starts in the next round, alongside the chains still going."""
-        found: dict[str, list[AuditRecord]] = {k: [] for k in keys}
-        going = {k: (0, first_round) for k in found}  # chain -> (next page number, pages to ask for)
-        while going:
-            ids = [f"{k}#{i}" for k, (n, ahead) in going.items() for i in range(n, n + ahead)]
-            docs = dict(zip(ids, self._readers.map(self._get, ids), strict=True))
-            still: dict[str, tuple[int, int]] = {}
-            for k, (n, ahead) in going.items():
-                for i in range(n, n + ahead):
-                    doc = docs[f"{k}#{i}"]
-                    if doc is None:
-                        break
-                    found[k].extend(unpack(doc, known))
-                else:
-                    # A chain that is still going is probably long: ask for twice as many next time.
-                    still[k] = (n + ahead, min(ahead * 2, READERS))
+        concurrently, `first_round` per chain at first and twice as many each time a chain's last page
+        asked for is found, so a dozen short chains cost about one round trip, and a long chain of n
+        pages about log2(n). Pages are parsed in the order asked, each as soon as it is in, while the
+        later ones are still on their way (the parse is Python's work, the read the servers'); a chain's
+        pages after its first miss are not used. `follow`, called after each page with the records read
+        so far, names chains to read as well: they are asked for at once, not after the round."""
+        found: dict[str, list[AuditRecord]] = {}
+        asked: deque[tuple[str, int, Future[dict[str, Any] | None]]] = deque()
+        last: dict[str, tuple[int, int]] = {}  # chain -> (the last page number asked for, how many)
+        ended: set[str] = set()
+
+        def ask(key: str, start: int, count: int) -> None:
+            last[key] = (start + count - 1, count)
+            asked.extend((key, i, self._readers.submit(self._get, f"{key}#{i}")) for i in range(start, start + count))
+
+        for key in dict.fromkeys(keys):
+            found[key] = []
+            ask(key, 0, first_round)
+        while asked:
+            key, i, page = asked.popleft()
+            if key in ended:
+                continue
+            doc = page.result()
+            if doc is None:
+                ended.add(key)
+                continue
+            found[key].extend(unpack(doc, known))
+            if i == last[key][0]:
+                # A chain that is still going is probably long: ask for twice as many next time.
+                ask(key, i + 1, min(2 * last[key][1], READERS))
             for k in follow(found) if follow is not None else ():
                 if k not in found:
                     found[k] = []
-                    still[k] = (0, first_round)
-            going = still
+                    ask(k, 0, first_round)
         return found
 
     def get_many(self, collection: Collection[dict[str, Any]], ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:

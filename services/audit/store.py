@@ -317,14 +317,17 @@ class MongoAuditStore:
             self._time_marked.clear()
 
     def study_trail(self, study_uid: str) -> list[AuditRecord]:
-        """`trail_of` over the study chains, with each copy's chain read from the round after the one
-        whose pages named it, alongside the study's own chain, not after it; pages of either chain
+        """`trail_of` over the study chains, with each copy's chain asked for as soon as a page of the
+        study names it, alongside the rest of the study's own chain, not after it; pages of either chain
         leave out records already found."""
         key = f"s:{study_uid}"
         known: set[str] = set()
+        looked_at = 0  # records of the study's chain `follow` has seen: it is called after every page
 
         def follow(read: Mapping[str, list[AuditRecord]]) -> list[str]:
-            named = study_records(study_uid, read[key])
+            nonlocal looked_at
+            named = study_records(study_uid, read[key][looked_at:])
+            looked_at = len(read[key])
             known.update(named)
             return [f"s:{uid}" for uid in copies_of(study_uid, named)]
 

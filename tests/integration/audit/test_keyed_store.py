@@ -280,21 +280,30 @@ def test_a_busy_minute_answers_a_page_before_later_minutes_are_read(
 def test_a_copys_chain_is_read_alongside_the_studys_own(
     store: MongoAuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The copy's chain starts in the round after the study's first pages named it, not after the study's
-    chain has ended: a study of 8 pages and its copy of 8 are read in 3 rounds, not 4."""
+    """The copy's chain is asked for as soon as the study's first page names it, not after the study's
+    chain has ended, nor after the study's first round of reads."""
     instances = _instances(8)
     records = _records(instances)
     for i in range(8):  # one page per instance in each chain (study, copy, minute)
         store.insert(records[i * 5 : i * 5 + 5])
-    rounds: list[int] = []
+    asked: list[str] = []
     readers = store._chains._readers
 
-    class Counting:
-        def map(self, fn: Any, ids: list[str]) -> Any:
-            rounds.append(len(ids))
-            return readers.map(fn, ids)
+    class Recording:
+        def submit(self, fn: Any, page_id: str) -> Any:
+            asked.append(page_id)
+            return readers.submit(fn, page_id)
 
-    monkeypatch.setattr(store._chains, "_readers", Counting())
+    monkeypatch.setattr(store._chains, "_readers", Recording())
     trail = store.study_trail(instances[0].study)
     assert sorted(r["_id"] for r in trail) == sorted(r["_id"] for r in records)
-    assert rounds == [6, 12 + 6, 12]  # study 0-5; study 6-17 and copy 0-5; copy 6-17
+    study = f"s:{instances[0].study}"
+    copy = sorted({i.rsplit("#", 1)[0] for i in asked} - {study})
+    assert len(copy) == 1
+    # study 0-5; copy 0-5 (named by the study's page 0); study 6-17; copy 6-17
+    assert asked == [
+        *(f"{study}#{n}" for n in range(6)),
+        *(f"{copy[0]}#{n}" for n in range(6)),
+        *(f"{study}#{n}" for n in range(6, 18)),
+        *(f"{copy[0]}#{n}" for n in range(6, 18)),
+    ]

@@ -4,14 +4,15 @@ would have kept them, and a record read from a JSON page carries exactly the JSO
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import bson
 
 from services.audit.log_entries import stored_form
-from services.audit.pages import JSON_LINES, StoredRecord, pack, record_json, unpack
+from services.audit.pages import JSON_LINES, PageChains, StoredRecord, pack, record_json, unpack
 from services.audit.records import AuditRecord, build_record
 from services.common.topics import Topics
 from tests.unit.audit.builders import T0_MS, Instance, dead_letter, incoming, journey, quarantined
@@ -66,3 +67,56 @@ def test_records_already_known_may_be_left_out() -> None:
     # An id written with an escape is parsed rather than guessed at: kept (leaving out is only allowed).
     assert ids == [r["_id"] for r in records if r["_id"] not in known] + ['quote"and\\backslash']
     assert [r["_id"] for r in unpack(bson_page(records), known)] == [r["_id"] for r in records], "BSON: all"
+
+
+class _Pages:
+    """A pages collection by `_id` (all PageChains reads)."""
+
+    def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
+        self.docs = docs
+
+    def find_one(self, query: dict[str, str], projection: object = None) -> dict[str, Any] | None:
+        return self.docs.get(query["_id"])
+
+
+def _reading(docs: dict[str, dict[str, Any]]) -> tuple[PageChains, list[str]]:
+    """Chains over `docs`, and the page ids in the order they are asked for."""
+    chains = PageChains(_Pages(docs))  # type: ignore[arg-type]
+    asked: list[str] = []
+    submit = chains.executor.submit
+
+    def recording(fn: Callable[[str], Any], page_id: str) -> Future[Any]:
+        asked.append(page_id)
+        return submit(fn, page_id)
+
+    chains.executor.submit = recording  # type: ignore[method-assign]
+    return chains, asked
+
+
+def _chain(key: str, pages: int, records: Sequence[AuditRecord]) -> dict[str, dict[str, Any]]:
+    return {f"{key}#{n}": pack(records) for n in range(pages)}
+
+
+def test_a_chain_is_read_to_its_first_miss_and_chains_named_on_the_way_are_asked_for_at_once() -> None:
+    records = _records()
+    docs = {**_chain("s:a", 8, records[:1]), **_chain("s:b", 2, records[1:2])}
+    docs["s:a#9"] = pack(records[2:3])  # after the chain's first miss (#8): not part of it
+    chains, asked = _reading(docs)
+    follows: list[int] = []
+
+    def follow(read: Mapping[str, list[AuditRecord]]) -> list[str]:
+        follows.append(len(read["s:a"]))
+        return ["s:b"]
+
+    found = chains.read_many(["s:a"], 6, (), follow)
+    assert found == {"s:a": records[:1] * 8, "s:b": records[1:2] * 2}
+    # s:b is named by the first page of s:a, so it is asked for before the rest of s:a's chain (#6 on).
+    assert asked.index("s:b#0") < asked.index("s:a#6")
+    assert follows[0] == 1  # called after each page, not after each round
+
+
+def test_chains_named_twice_are_read_once_asking_for_twice_as_many_pages_each_time() -> None:
+    records = _records()
+    chains, asked = _reading(_chain("m:1", 3, records[:2]))
+    assert chains.read_many(["m:1", "m:1"], first_round=1) == {"m:1": records[:2] * 3}
+    assert asked == [f"m:1#{n}" for n in range(7)]  # 1, then 2, then 4 (#3, the first miss, ends it)
