@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.tls_certs import ServerCertificate
 from tools.devstack import free_port
 
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -158,16 +160,29 @@ def orthanc(root: Path) -> Iterator[Orthanc]:
 
 class RetrievalServer:
     """WADO-RS instance retrieval as imx serves it: `application/dicom`, Bearer key required, 404 for
-    anything unknown. `objects` maps a path to the bytes served; tests may change it while it runs."""
+    anything unknown. `objects` maps a path to the bytes served; tests may change it while it runs.
 
-    def __init__(self, key: str) -> None:
+    `keep_alive`: HTTP/1.1, connections reused as delivery's server reuses them (`connections` counts
+    them); then `close_after` ends each answer by closing the connection without saying so (as an
+    idle timeout would). `stall`: answers send their headers and then nothing. `tls`: HTTPS only."""
+
+    def __init__(self, key: str, *, keep_alive: bool = False, tls: ServerCertificate | None = None) -> None:
         self.key = key
         self.objects: dict[str, bytes] = {}
         self.requests = 0
+        self.connections = 0
+        self.close_after = False
+        self.stall = False
         self.before_answer: Callable[[str], None] | None = None  # tests may hold an answer back
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+            def setup(self) -> None:
+                server.connections += 1
+                super().setup()
+
             def do_GET(self) -> None:
                 server.requests += 1
                 if server.before_answer is not None:
@@ -183,13 +198,24 @@ class RetrievalServer:
                 self.send_header("Content-Type", "application/dicom")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if server.stall:
+                    threading.Event().wait(2)
+                    return
                 self.wfile.write(body)
+                if server.close_after:
+                    self.close_connection = True
 
             def log_message(self, *args: object) -> None:
                 pass
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            scheme = "https"
+        self.base = f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
 

@@ -5,12 +5,8 @@ environment is still used."""
 from __future__ import annotations
 
 import hashlib
-import socket
-import ssl
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,77 +14,20 @@ import pytest
 from services.gateway import fetch as fetch_module
 from services.gateway.fetch import Fetcher, FetchFailure
 from services.proto_gen.imx.v1 import events_pb2
-from tests.tls_certs import ServerCertificate, other_ca, server_certificate
+from tests.integration.gateway.peers import RetrievalServer
+from tests.tls_certs import other_ca, server_certificate
+from tools.devstack import free_port
 
 KEY = "partner-key"
 
 
-@dataclass
-class Server:
-    """HTTP/1.1 with keep-alive; `close_after` answers end with the server closing the connection
-    without saying so (as an idle timeout would); `stall` answers send headers and then nothing."""
-
-    objects: dict[str, bytes] = field(default_factory=dict)
-    connections: int = 0
-    requests: int = 0
-    close_after: bool = False
-    stall: bool = False
-    base: str = ""
-
-    def start(self, tls: ServerCertificate | None = None) -> ThreadingHTTPServer:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                server.connections += 1
-                super().setup()
-
-            def do_GET(self) -> None:
-                server.requests += 1
-                if self.headers.get("Authorization") != f"Bearer {KEY}":
-                    self.send_error(401)
-                    return
-                body = server.objects.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/dicom")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if server.stall:
-                    threading.Event().wait(2)
-                    return
-                self.wfile.write(body)
-                if server.close_after:
-                    self.close_connection = True
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-        if tls is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-            httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-            self.base = self.base.replace("http://", "https://")
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        return httpd
-
-
 @pytest.fixture
-def server() -> Iterator[Server]:
-    state = Server()
-    httpd = state.start()
+def server() -> Iterator[RetrievalServer]:
+    served = RetrievalServer(KEY, keep_alive=True)
     try:
-        yield state
+        yield served
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        served.close()
 
 
 def delivery(url: str, body: bytes) -> events_pb2.PartnerDelivery:
@@ -99,13 +38,13 @@ def delivery(url: str, body: bytes) -> events_pb2.PartnerDelivery:
     )
 
 
-def serve(server: Server, name: str, size: int) -> events_pb2.PartnerDelivery:
+def serve(server: RetrievalServer, name: str, size: int) -> events_pb2.PartnerDelivery:
     body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     server.objects[f"/{name}"] = body
     return delivery(f"{server.base}/{name}", body)
 
 
-def test_fetches_share_one_connection_per_thread(server: Server, tmp_path: Path) -> None:
+def test_fetches_share_one_connection_per_thread(server: RetrievalServer, tmp_path: Path) -> None:
     fetcher = Fetcher(KEY, tmp_path)
     try:
         for n, size in enumerate((0, 1, 600_000, 2_500_000)):
@@ -123,7 +62,7 @@ def test_fetches_share_one_connection_per_thread(server: Server, tmp_path: Path)
         fetcher.close()
 
 
-def test_a_connection_the_server_closed_is_replaced(server: Server, tmp_path: Path) -> None:
+def test_a_connection_the_server_closed_is_replaced(server: RetrievalServer, tmp_path: Path) -> None:
     server.close_after = True
     fetcher = Fetcher(KEY, tmp_path)
     try:
@@ -134,7 +73,9 @@ def test_a_connection_the_server_closed_is_replaced(server: Server, tmp_path: Pa
         fetcher.close()
 
 
-def test_failures_are_classified_as_before(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failures_are_classified_as_before(
+    server: RetrievalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fetcher = Fetcher(KEY, tmp_path)
     try:
         missing = delivery(f"{server.base}/nothing", b"x")
@@ -152,9 +93,7 @@ def test_failures_are_classified_as_before(server: Server, tmp_path: Path, monke
             refused.fetch(serve(server, "o", 10))
         assert failure.value.refused
         refused.close()
-        with socket.socket() as closed:
-            closed.bind(("127.0.0.1", 0))
-            port = closed.getsockname()[1]
+        port = free_port()  # nothing listens there
         with pytest.raises(FetchFailure) as failure:
             fetcher.fetch(delivery(f"http://127.0.0.1:{port}/o", b"x"))
         assert (failure.value.detail, failure.value.unavailable) == ("source-unreachable", True)
@@ -171,11 +110,9 @@ def test_failures_are_classified_as_before(server: Server, tmp_path: Path, monke
 
 
 def test_a_proxy_in_the_environment_is_still_used(
-    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: RetrievalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()  # nothing listens there
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
@@ -198,8 +135,7 @@ def test_https_trusts_what_httpx_trusted(tmp_path: Path, monkeypatch: pytest.Mon
     """The CA in SSL_CERT_FILE (httpx's rule) is trusted; a server signed by another CA is refused,
     as a server that cannot be reached."""
     tls = server_certificate(tmp_path / "tls")
-    state = Server()
-    httpd = state.start(tls)
+    state = RetrievalServer(KEY, keep_alive=True, tls=tls)
     incoming = tmp_path / "incoming"
     try:
         monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
@@ -215,5 +151,4 @@ def test_https_trusts_what_httpx_trusted(tmp_path: Path, monkeypatch: pytest.Mon
         assert (failure.value.detail, failure.value.unavailable) == ("source-unreachable", True)
         stranger.close()
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        state.close()
