@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import socket
-import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -56,6 +55,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
 from services.common.dicom.association_waits import WaitingAE
+from services.common.dicom.command_set import command_element, command_set, ui_value, us_value
 from services.gateway.dimse_responses import read_store_responses_directly
 from services.gateway.pdu_writer import SendStalled, send_direct
 from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
@@ -164,31 +164,20 @@ DATA_SET_PRESENT = 0x0001  # PS3.7 Table E.1-1 Command Data Set Type: anything b
 LOW = 0x0002  # PS3.7 Table 9.1-1 Priority (pynetdicom's send_c_store default, sent before too)
 
 
-def _command_element(element: int, value: bytes) -> bytes:
-    """One element of group 0000 in Implicit VR Little Endian (PS3.7 6.3.1; PS3.5 7.1.3)."""
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _ui(uid: str) -> bytes:
-    value = uid.encode("ascii")
-    return value + b"\x00" if len(value) % 2 else value  # PS3.5 6.2: UI padded with NUL to even length
-
-
 def c_store_command(message_id: int, sop_class: str, sop_instance: str, priority: int = LOW) -> bytes:
     """The encoded command set of a C-STORE-RQ (PS3.7 9.3.1.1, Table 9.1-1), the same bytes as
     pynetdicom's `C_STORE_RQ.encode_msg` gives for these values: built directly, since pydicom's
     writer spends ~1 ms per instance on six elements (its character-set lookup, twice per message)."""
-    body = b"".join(
+    return command_set(
         (
-            _command_element(0x0002, _ui(sop_class)),
-            _command_element(0x0100, struct.pack("<H", C_STORE_RQ_FIELD)),
-            _command_element(0x0110, struct.pack("<H", message_id)),
-            _command_element(0x0700, struct.pack("<H", priority)),
-            _command_element(0x0800, struct.pack("<H", DATA_SET_PRESENT)),
-            _command_element(0x1000, _ui(sop_instance)),
+            command_element(0x0002, ui_value(sop_class)),
+            command_element(0x0100, us_value(C_STORE_RQ_FIELD)),
+            command_element(0x0110, us_value(message_id)),
+            command_element(0x0700, us_value(priority)),
+            command_element(0x0800, us_value(DATA_SET_PRESENT)),
+            command_element(0x1000, ui_value(sop_instance)),
         )
     )
-    return _command_element(0x0000, struct.pack("<I", len(body))) + body
 
 
 def message_pdus(command: bytes, data_set: BinaryIO, context_id: int, pdu_size: int) -> Iterator[P_DATA]:

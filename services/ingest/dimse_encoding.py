@@ -37,6 +37,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
+from services.common.dicom.command_set import command_element, command_set, ui_value, us_value
+
 # PS3.5 9.1, as pydicom validates a UI value (pydicom/valuerep.py): what does not match is left to it.
 _VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 MAX_UID = 64  # PS3.5 Table 6.2-1, UI
@@ -64,8 +66,7 @@ def _uid(value: object) -> bytes:
     """A UI value as pydicom writes it: NUL-padded to even length (PS3.5 6.2)."""
     if not isinstance(value, str) or len(value) > MAX_UID or not _VALID_UID.fullmatch(value):
         raise Unwritten("UID")
-    encoded = value.encode("ascii")
-    return encoded + b"\x00" if len(encoded) % 2 else encoded
+    return ui_value(value)
 
 
 def _text(value: object, max_length: int) -> bytes:
@@ -139,11 +140,6 @@ def write_file_meta_info(
 # ---- C-STORE-RSP (PS3.7 9.3.1.2), always Implicit VR Little Endian (PS3.7 6.3.1)
 
 
-def _command(element: int, value: bytes) -> bytes:
-    """One element of group 0000 (PS3.5 7.1.3)."""
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
 def c_store_response(
     message_id: int, sop_class: str | None, sop_instance: str | None, status: int, error_comment: str | None
 ) -> bytes:
@@ -154,17 +150,16 @@ def c_store_response(
         raise Unwritten("US")
     parts = []
     if sop_class is not None:
-        parts.append(_command(0x0002, _uid(sop_class)))
-    parts.append(_command(0x0100, struct.pack("<H", C_STORE_RSP_FIELD)))
-    parts.append(_command(0x0120, struct.pack("<H", message_id)))
-    parts.append(_command(0x0800, struct.pack("<H", NO_DATA_SET)))
-    parts.append(_command(0x0900, struct.pack("<H", status)))
+        parts.append(command_element(0x0002, _uid(sop_class)))
+    parts.append(command_element(0x0100, us_value(C_STORE_RSP_FIELD)))
+    parts.append(command_element(0x0120, us_value(message_id)))
+    parts.append(command_element(0x0800, us_value(NO_DATA_SET)))
+    parts.append(command_element(0x0900, us_value(status)))
     if error_comment is not None:
-        parts.append(_command(0x0902, _text(error_comment, MAX_LO)))
+        parts.append(command_element(0x0902, _text(error_comment, MAX_LO)))
     if sop_instance is not None:
-        parts.append(_command(0x1000, _uid(sop_instance)))
-    body = b"".join(parts)
-    return _command(0x0000, struct.pack("<I", len(body))) + body
+        parts.append(command_element(0x1000, _uid(sop_instance)))
+    return command_set(parts)
 
 
 def _response_command(primitive: Any) -> bytes | None:
