@@ -120,10 +120,11 @@ def blobs_verify() -> None:
     root = ServiceSettings().blob_dir
     store = LocalBlobStore(root)
     entries = list(scan(root))
+    total = sum(entry.size for entry in entries)
     corrupt: list[str] = []
     columns = (TextColumn("verifying"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("verifying", total=sum(entry.size for entry in entries))
+        task = bar.add_task("verifying", total=total)
         for entry in entries:
             try:
                 sound = store.verify(entry.sha256)
@@ -132,7 +133,6 @@ def blobs_verify() -> None:
             if not sound:
                 corrupt.append(entry.sha256)
             bar.advance(task, entry.size)
-    total = sum(entry.size for entry in entries)
     if not corrupt:
         console.print(f"all {len(entries):,} objects ({_size(total)}) match their hashes")
         return
