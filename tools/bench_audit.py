@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 
 from services.audit.api import create_app
 from services.audit.consumer import AuditHandler, audit_stage_spec
@@ -376,6 +376,43 @@ def _cpu_s(servers: Servers) -> dict[str, float]:
     return figures
 
 
+class WriteCounter(monitoring.CommandListener):
+    """Round trips to the document store and the documents they write, per command and collection, while
+    `counting` is set: what one record costs FerretDB (each round trip) and PostgreSQL (each row written)."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.commands: dict[str, int] = {}
+        self.documents: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if not self.counting:
+            return
+        name = event.command_name
+        target = event.command.get(name)
+        key = f"{name}:{target}" if isinstance(target, str) else name
+        written = len(
+            event.command.get("documents") or event.command.get("updates") or event.command.get("deletes") or []
+        )
+        with self._lock:
+            self.commands[key] = self.commands.get(key, 0) + 1
+            if written:
+                self.documents[key] = self.documents.get(key, 0) + written
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def per_record(self, records: int) -> dict[str, float]:
+        return {
+            "ingest_store_commands_per_record": round(sum(self.commands.values()) / records, 4),
+            "ingest_store_documents_written_per_record": round(sum(self.documents.values()) / records, 4),
+        }
+
+
 def run(target: int, partitions: int, max_batch: int, samples: int, with_log: bool = True) -> dict[str, object]:
     servers = start_servers()
     work = Path(tempfile.mkdtemp(prefix="bench-audit-work-"))
@@ -401,10 +438,13 @@ def run(target: int, partitions: int, max_batch: int, samples: int, with_log: bo
             signing_key_file=work / "signing.key",
         )
         ready: list[AuditEndpoints] = []
+        writes = WriteCounter()
+        monitoring.register(writes)  # clients made from here on report to it: the service's too
         mongo_client, mongo_db = connect(settings)
         clients.append(mongo_client)
         progress = MongoAuditStore(mongo_db[settings.audit_collection])
         cpu_before = _cpu_s(servers)
+        writes.counting = True
         started = time.monotonic()
         service = serve if with_log else serve_without_log
         thread = threading.Thread(target=service, args=(settings, stop, ready.append), name="audit", daemon=True)
@@ -426,6 +466,11 @@ def run(target: int, partitions: int, max_batch: int, samples: int, with_log: bo
                 print(f"  {seen} records counted, {rate:.0f}/s, load {os.getloadavg()[0]:.1f}", flush=True)
         ingest_s = time.monotonic() - started
         cpu_during = {name: s - cpu_before.get(name, 0.0) for name, s in _cpu_s(servers).items()}
+        writes.counting = False
+        for key in sorted(writes.commands, key=lambda k: -writes.commands[k]):
+            per = writes.commands[key] / plan.records
+            docs = writes.documents.get(key, 0) / plan.records
+            print(f"  {key:<40} {per:8.4f} round trips, {docs:8.4f} documents per record", flush=True)
         figures = queries(client, plan, random.Random(11), samples)
         client.close()
         figures.update(chain_lengths(servers.mongo, settings, plan, random.Random(13)))
@@ -437,6 +482,7 @@ def run(target: int, partitions: int, max_batch: int, samples: int, with_log: bo
             "ingest_per_s": round(plan.records / ingest_s),
             # CPU per record during ingest, µs: the bench process (audit service + poll) and each server
             **{f"ingest_cpu_us_per_record_{name}": round(s * 1e6 / plan.records, 1) for name, s in cpu_during.items()},
+            **writes.per_record(plan.records),
             **figures,
             "tamper_log": with_log,
             "max_batch": max_batch,

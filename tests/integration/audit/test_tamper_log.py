@@ -18,7 +18,14 @@ from services.audit.log_entries import stored_form
 from services.audit.log_verify import CollectionRecords, KnownHead, VerifyReport, verify_log
 from services.audit.records import AuditRecord
 from services.audit.signing import Signer
-from services.audit.tamper_log import ConcurrentWriterError, StoredTree, TamperLog, TamperLogSink
+from services.audit.tamper_log import (
+    ConcurrentWriterError,
+    StoredTree,
+    TamperLog,
+    TamperLogSink,
+    chunk_entries,
+    packed,
+)
 from services.common.topics import Topics
 from tests.integration.audit.helpers import HeadFails
 from tests.unit.audit.builders import journey_records
@@ -69,11 +76,11 @@ class Log:
         """The stored entries of the first 256 leaves (these tests' logs are shorter)."""
         doc = self.docs.find_one({"_id": "leaves:0"})
         assert doc is not None
-        return list(doc["e"])
+        return chunk_entries(doc)
 
     def rewrite(self, entries: list[dict[str, Any]]) -> None:
         """What someone with write access to the database could do to the stored leaves."""
-        self.docs.update_one({"_id": "leaves:0"}, {"$set": {"e": entries, "n": len(entries)}})
+        self.docs.update_one({"_id": "leaves:0"}, {"$set": {"b": packed(entries), "n": len(entries)}})
 
 
 @pytest.fixture
@@ -315,3 +322,20 @@ def test_a_value_added_to_a_field_a_stored_record_left_out_is_caught(db: Databas
     victim = next(r["_id"] for r in records if r["reason"] is None)
     log.records.update_one({"_id": victim}, {"$set": {"reason": "made-up"}})
     assert ("changed", next(i for i in range(10) if log.leaf(i)["id"] == victim), victim) in kinds(log.verify())
+
+
+def test_leaves_stored_as_an_array_by_an_older_version_are_read_and_extended(log: Log) -> None:
+    """`leaves` documents hold their entries packed in one field (`b`); one written before holds an array
+    (`e`): it is read as it is, and the next batch extends it, packing what it held unchanged."""
+    entries = log.entries()
+    log.docs.update_one({"_id": "leaves:0"}, {"$set": {"e": entries}, "$unset": {"b": ""}})
+    assert log.verify().ok
+    log.writer.open()
+    log.store_and_append(make_records(10)[40:])
+    log.writer.close()
+    doc = log.docs.find_one({"_id": "leaves:0"})
+    assert doc is not None and "e" not in doc and doc["n"] == 50
+    assert chunk_entries(doc)[:40] == entries
+    report = log.verify()
+    assert report.ok, report.findings
+    assert report.tree_size == 50
