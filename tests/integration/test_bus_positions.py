@@ -141,3 +141,46 @@ def test_close_commits_what_was_handled(kafka_bootstrap: str, unique_name: str) 
     consumer.close()
     producer.close()
     assert committed_and_end_offsets(kafka_bootstrap, topic, group) == ({0: 10}, {0: 10})
+
+
+def test_a_stage_that_keeps_up_asks_no_end_offsets_and_one_behind_does(
+    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane gate asks the broker for the urgent lane's end offsets (ListOffsets) only while a lower
+    lane is read from a backlog, i.e. after a full batch; a poll that returned less drained what was
+    fetched, and the next one fetches every lane anyway."""
+    urgent, routine, out, dlq = (f"{unique_name}.{n}" for n in ("urgent", "routine", "out", "dlq"))
+    ensure_topics(kafka_bootstrap, [urgent, routine, out, dlq], partitions=1)
+    asked: list[int] = []
+    end_offsets = KafkaConsumer.end_offsets
+
+    def counted(self: KafkaConsumer, *args: object, **kwargs: object) -> object:
+        asked.append(1)
+        return end_offsets(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(KafkaConsumer, "end_offsets", counted)
+    producer = BusProducer(kafka_bootstrap)
+    consumer = StageConsumer(
+        bootstrap=kafka_bootstrap, group_id=f"{unique_name}-g", topics=[urgent, routine], producer=producer,
+        dead_letter_topic=dlq, stage="test", stats=StageStats("test"), max_batch=5,
+        lane_of={urgent: "urgent", routine: "routine"}.get,
+    )  # fmt: skip
+    try:
+
+        def handle_all(count: int) -> None:
+            handled, deadline = 0, time.monotonic() + 30
+            while handled < count and time.monotonic() < deadline:
+                handled += consumer.poll_once(_identity(out))
+                time.sleep(0.25)  # past the gate's probe interval: only `busy` decides
+            assert handled == count
+
+        _publish(kafka_bootstrap, routine, 3)
+        handle_all(3)
+        consumer.poll_once(_identity(out))  # the gate runs before each poll
+        assert asked == [], "a stage keeping up with its input does not ask"
+        _publish(kafka_bootstrap, routine, 40)
+        handle_all(40)
+        assert asked, "a stage reading full batches from a backlog asks"
+    finally:
+        consumer.close()
+        producer.close()
