@@ -6,7 +6,8 @@ leaves a partial object under its final name, and concurrent writers of the same
 succeed. Another backend (S3-compatible, say) would implement `BlobStore`.
 
 Objects of any size (ingest accepts up to 1 GiB) never need to be held whole in memory: `put_file`
-moves a file that is already on disk into the store (a rename on the same filesystem), `put_chunks`
+moves a file that is already on disk into the store (a rename on the same filesystem; hashed unless
+its writer hashed it as it wrote it, as ingest's C-STORE receiver does), `put_chunks`
 writes pieces as they come, hashing as it writes, and `open` hands out the stored file, checked
 against its hash by reading it in pieces, or, given the size its event carries, by that size alone
 (each object is hashed once, when written; `verify` rehashes one for a scrub).
@@ -59,8 +60,9 @@ class BlobStore(Protocol):
         """Store and return the SHA-256 (hex) of `data`; storing existing content is a no-op."""
         ...
 
-    def put_file(self, source: Path) -> str:
-        """Store the file at `source` and return its SHA-256; `source` is gone afterwards (moved in)."""
+    def put_file(self, source: Path, sha256: str | None = None) -> str:
+        """Store the file at `source` and return its SHA-256; `source` is gone afterwards (moved in).
+        `sha256`: the file's hash, when its writer computed it as it wrote it (the file is not read)."""
         ...
 
     def put_chunks(self, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
@@ -99,11 +101,14 @@ class LocalBlobStore:
         fsync_directory(final.parent)
         return digest
 
-    def put_file(self, source: Path) -> str:
-        """Hash `source` in pieces, make it durable and rename it into place (copy it when it lies on
-        another filesystem). The caller's file is consumed either way; its mode is kept (private)."""
+    def put_file(self, source: Path, sha256: str | None = None) -> str:
+        """Hash `source` in pieces (unless its writer gives `sha256`), make it durable and rename it
+        into place (copy it when it lies on another filesystem). The caller's file is consumed either
+        way; its mode is kept (private)."""
+        if sha256 is not None and not _SHA256_HEX.match(sha256):
+            raise ValueError("blob id must be 64 lower-case hex characters")
         with open(source, "rb") as file:
-            digest = file_sha256(file)
+            digest = sha256 if sha256 is not None else file_sha256(file)
             os.fsync(file.fileno())  # durable before anyone hears "stored"
         final = self.path_for(digest)
         if self._refresh(final):

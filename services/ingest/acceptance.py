@@ -11,8 +11,8 @@ several associations or requests at once share one receipt write, one broker flu
 
 An instance comes as bytes (`accept`) or as a file the channel has already written to disk
 (`accept_file`: C-STORE received in chunks, up to 1 GiB): a file is inspected through a memory map
-(only its header's pages are read), hashed in pieces and moved into the blob store, so its size
-never shows in the process's memory.
+(only its header's pages are read), hashed in pieces (unless the channel hashed it as it wrote it:
+C-STORE) and moved into the blob store, so its size never shows in the process's memory.
 
 Thread-safe: no state of its own; the blob store, MongoDB client and Kafka producer are thread-safe.
 """
@@ -140,11 +140,13 @@ class _FileInput:
     """A file the channel wrote and hands over: zeroed preamble in place (unless the channel wrote it
     as zeros itself), moved into the store."""
 
-    def __init__(self, path: Path, preamble_written_zero: bool = False) -> None:
+    def __init__(self, path: Path, preamble_written_zero: bool = False, sha256: str | None = None) -> None:
         if not preamble_written_zero:
             zero_preamble_file(path)
+            sha256 = None  # the writer's hash was of the bytes before
         self.path = path
         self.size = path.stat().st_size
+        self._sha256 = sha256
 
     @contextmanager
     def mapped(self) -> Iterator[ByteSource]:
@@ -161,9 +163,11 @@ class _FileInput:
                 view.close()
 
     def store(self, blobs: BlobStore) -> str:
-        return blobs.put_file(self.path)
+        return blobs.put_file(self.path, self._sha256)
 
     def sha256(self) -> str:
+        if self._sha256 is not None:
+            return self._sha256
         with open(self.path, "rb") as file:
             return file_sha256(file)
 
@@ -231,13 +235,16 @@ class Acceptance:
         requested_destination: str = "",
         expected_study_uid: str | None = None,
         preamble_written_zero: bool = False,
+        sha256: str | None = None,
     ) -> AcceptanceResult:
         """`accept` for a Part 10 file the caller hands over: when the instance is stored, the file is
         moved into the blob store and `path` is gone; otherwise it is left for the caller to remove.
         `preamble_written_zero`: the caller itself wrote the file's first 128 bytes as zeros (a C-STORE
-        data set carries no preamble), so they are not read and rewritten here."""
+        data set carries no preamble), so they are not read and rewritten here. `sha256`: the file's
+        hash, when the caller computed it as it wrote the file (with `preamble_written_zero` only), so
+        the file is not read again to hash it."""
         try:
-            source = _FileInput(path, preamble_written_zero)
+            source = _FileInput(path, preamble_written_zero, sha256)
         except OSError as exc:
             raise IngestUnavailable(f"received file unreadable: {type(exc).__name__}") from exc
         return self._accept_input(source, source_org, channel, requested_destination, expected_study_uid)

@@ -9,7 +9,9 @@ header are sliced off again (PS3.8 9.3.5.1, E.2), and the file is flushed after 
 association (issue 10, ingest's CPU). Here, for P-DATA-TF PDUs only, the body is received into one
 buffer (`recv_into`), its presentation data values are memoryviews of it, and a data fragment is
 written to the file from that view; the file starts with the zero preamble, "DICM" and the meta group
-in one write (`dimse_encoding.file_meta_bytes`), so acceptance does not rewrite the preamble.
+in one write (`dimse_encoding.file_meta_bytes`), so acceptance does not rewrite the preamble. Every
+byte written is also fed to the file's SHA-256 (`received_sha256`), so the blob store does not read
+the file back to hash it: one write, no second read (issue 10).
 
 Everything else is pynetdicom's: association PDUs, release and abort, the state machine, command set
 decoding, what goes to the service class and the handler, and how malformed PDUs end the association
@@ -20,6 +22,7 @@ EVT_DATA_RECV or EVT_PDU_RECV (which want pynetdicom's PDU objects) is received 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import struct
 from io import BytesIO
@@ -176,7 +179,9 @@ def decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association | No
         else:  # data set fragment
             file = msg._data_set_file
             if file is not None:
-                file.file.write(data[1:])
+                piece = data[1:]
+                file.file.write(piece)
+                file.imx_sha256.update(piece)
                 if control & 2:
                     file.file.flush()
             else:
@@ -201,11 +206,24 @@ def _start_file(msg: Any, context_id: int, assoc: Association) -> None:
         dimse_encoding.PYNETDICOM_IMPLEMENTATION_VERSION,
     )
     try:
-        file.file.write(_PREFIX + dimse_encoding.file_meta_bytes(fields))
+        first = _PREFIX + dimse_encoding.file_meta_bytes(fields)
+        file.file.write(first)
+        file.file.flush()
     except dimse_encoding.Unwritten:  # what pydicom writes differently, it writes (dimse_encoding)
         file.file.write(_PREFIX)
         dimse_encoding.write_file_meta_info(file, fields)  # type: ignore[arg-type]  # as pynetdicom passes it
-    file.file.flush()
+        file.file.flush()
+        first = Path(file.name).read_bytes()  # those few bytes, as pydicom wrote them
+    # The file's SHA-256 grows with every write (decode_msg), so acceptance need not read the file
+    # again to hash it (`received_sha256`).
+    cast(Any, file).imx_sha256 = hashlib.sha256(first)
+
+
+def received_sha256(request: object) -> str | None:
+    """The SHA-256 of a C-STORE request's data set file, hashed here as it was written; None when the
+    file was not written here (pynetdicom's own receive path) or the request has none."""
+    hasher = getattr(getattr(request, "_dataset_file", None), "imx_sha256", None)
+    return hasher.hexdigest() if hasher is not None else None
 
 
 def receive_directly(assoc: Association) -> None:

@@ -107,7 +107,9 @@ class StoreHandler:
                 return self._acceptance.accept(event.encoded_dataset(), org, CHANNEL)
             # pynetdicom removes the file after this handler, unless acceptance moved it. Its preamble
             # is zeros: the receiver wrote it (dimse_receive, or pynetdicom), the sender sends none.
-            return self._acceptance.accept_file(received, org, CHANNEL, preamble_written_zero=True)
+            # dimse_receive hashed it as it wrote it.
+            sha256 = dimse_receive.received_sha256(event.request)
+            return self._acceptance.accept_file(received, org, CHANNEL, preamble_written_zero=True, sha256=sha256)
 
         return self._answer(event.assoc, accept)
 

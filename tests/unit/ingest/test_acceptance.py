@@ -196,3 +196,32 @@ def test_a_kafka_error_from_send_itself_is_transient(receipts, blobs) -> None:
 
     with pytest.raises(IngestUnavailable):
         make(NoMetadataBus(), receipts, blobs).accept(mr_study(1)[0], "trust-a", "c-store")
+
+
+def test_a_file_hashed_by_its_writer_is_stored_under_that_hash_without_being_read_again(
+    bus, receipts, blobs, tmp_path, monkeypatch
+) -> None:
+    data = bytes(128) + mr_study(1)[0][128:]
+    received = tmp_path / "blobs" / ".tmp-c-store-1"
+    received.write_bytes(data)
+
+    def unread(file: object) -> str:
+        raise AssertionError("the file was read again to hash it")
+
+    monkeypatch.setattr("services.common.blob_store.file_sha256", unread)
+    result = make(bus, receipts, blobs).accept_file(
+        received, "trust-a", "c-store", preamble_written_zero=True, sha256=sha256_hex(data)
+    )
+
+    assert isinstance(result, Accepted) and result.sha256 == sha256_hex(data)
+    assert blobs.get(result.sha256) == data and not received.exists()
+
+
+def test_a_writers_hash_does_not_outlive_a_rewritten_preamble(bus, receipts, blobs, tmp_path) -> None:
+    data = mr_study(1)[0]
+    received = tmp_path / "blobs" / ".tmp-upload"
+    received.write_bytes(b"\x01" * 128 + data[128:])
+
+    result = make(bus, receipts, blobs).accept_file(received, "trust-a", "cli", sha256=sha256_hex(b"before"))
+
+    assert isinstance(result, Accepted) and result.sha256 == sha256_hex(bytes(128) + data[128:])

@@ -4,6 +4,7 @@ own receive path, and a malformed PDU ends the association as pynetdicom ends it
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import socket
 import struct
@@ -99,10 +100,12 @@ def test_each_pdu_queues_pynetdicoms_event(pdu: bytes, event: str) -> None:
 class _Received:
     def __init__(self) -> None:
         self.files: list[bytes] = []
+        self.hashes: list[str | None] = []
         self.port = 0
 
     def store(self, event: Event) -> Dataset:
         self.files.append(Path(event.dataset_path).read_bytes())
+        self.hashes.append(dimse_receive.received_sha256(event.request))
         return status_dataset(0x0000)
 
 
@@ -166,13 +169,13 @@ def test_files_are_byte_for_byte_pynetdicoms(tmp_path: Path, monkeypatch: pytest
         return decode_msg(*args)
 
     monkeypatch.setattr(dimse_receive, "decode_msg", counted)
-    files = {}
+    files, hashes = {}, {}
     for way in ("direct", "pynetdicom"):
         if way == "pynetdicom":
             monkeypatch.setattr(dimse_receive, "receive_directly", lambda assoc: None)
         with _serve(tmp_path / way, max_pdu=4096) as served:
             _send(served.port, max_pdu=4096)
-            files[way] = served.files
+            files[way], hashes[way] = served.files, served.hashes
         if way == "direct":
             assert calls, "the direct path was not taken"
             calls.clear()
@@ -181,3 +184,6 @@ def test_files_are_byte_for_byte_pynetdicoms(tmp_path: Path, monkeypatch: pytest
     assert files["direct"] == files["pynetdicom"]
     for data in files["direct"]:
         assert data[:132] == bytes(128) + b"DICM"
+    # Hashed as written, each file's SHA-256 is known without reading it again (and only then).
+    assert hashes["direct"] == [hashlib.sha256(data).hexdigest() for data in files["direct"]]
+    assert hashes["pynetdicom"] == [None] * len(files["pynetdicom"])
