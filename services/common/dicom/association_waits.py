@@ -12,7 +12,10 @@ look, not what pynetdicom does with what it sends and receives:
 
 - the DUL reactor, with no event and nothing to send, blocks in `select` on the peer's socket and on a
   wake-up socket pair that every primitive queued for sending and every kill signals; it still wakes
-  every `IDLE_WAIT_S` to check its timers (ARTIM);
+  every `IDLE_WAIT_S` to check its timers (ARTIM). When that select finds the peer's socket readable,
+  the PDU is read at once, as pynetdicom reads it after its own `select` (`socket.ready`), which is
+  not asked again; the pair is drained only when it was signalled. Measured with ingest's SCP and
+  `storescu` (100 CT): 8.1 selects and 14.3 recvs per instance instead of 14.1 and 20.2;
 - the association reactor, with no DIMSE message queued, waits on an event set by every DIMSE message
   and every primitive the DUL hands up (a release or abort from the peer), by a pause request
   (`_reactor_checkpoint.clear()`, which a sender uses before each request), by kill and by the DUL
@@ -72,20 +75,23 @@ class _WakeUp:
                 with suppress(OSError):  # full: already signalled
                     self._pair[1].send(b"\0")
 
-    def wait(self, peer: socket.socket, timeout_s: float) -> None:
+    def wait(self, peer: socket.socket, timeout_s: float) -> bool:
         """Until the peer's socket is readable, `set` is called or `timeout_s` passes (DUL thread only,
-        which is also the one that closes the pair)."""
+        which is also the one that closes the pair). True when the peer's socket is readable."""
         pair = self._pair
         if pair is None:
-            return
+            return False
         # A socket closed meanwhile (closed socket objects raise ValueError or OSError): not the DUL's
         # to report here, it finds out when it reads. Anything raised in the DUL's loop would end the
         # association without telling a peer or a sender waiting for an answer.
+        readable: list[Any] = []
         with suppress(OSError, ValueError, TypeError):
-            select.select([peer, pair[0]], [], [], timeout_s)
-        with suppress(OSError):
-            while pair[0].recv(4096):
-                pass
+            readable, _, _ = select.select([peer, pair[0]], [], [], timeout_s)
+        if pair[0] in readable:  # signalled: drained here (not tried after every PDU, to fail)
+            with suppress(OSError):
+                while pair[0].recv(4096):
+                    pass
+        return peer in readable
 
     def close(self) -> None:
         with self._lock:
@@ -145,7 +151,11 @@ def wait_for_work(assoc: Association) -> None:
             # Read once: another thread's close() sets it to None at any moment.
             raw = sock.socket if isinstance(sock, AssociationSocket) and sock._is_connected else None
             if raw is not None:
-                wake.wait(raw, IDLE_WAIT_S)
+                if wake.wait(raw, IDLE_WAIT_S) and dul.state_machine.current_state != "Sta13":
+                    # What pynetdicom does once its own select (`socket.ready`) finds the socket
+                    # readable, without asking select a second time for every PDU.
+                    dul._read_pdu_data()
+                    return True
             else:  # no connection to wait on (before connecting, after closing): pynetdicom's pace
                 time.sleep(_UNCONNECTED_DELAY_S)
         return transport_event()
