@@ -3,9 +3,10 @@
 In DICOM PS3.15 A.5.3 terms each entry is a Query (110112) whose object is the audit log, i.e. Audit
 Log Used (110101): the analyst (or the unknown caller refused), the scope of the key, the route and
 its parameters, the outcome (PS3.15 EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious
-failure) and the HTTP status. Entries go to their own insert-only collection, `_id` = `query:<uuid>`,
-so writing one is a single primary-key insert and never touches the pipeline's records, pages or
-counters (services/audit/store.py).
+failure) and the HTTP status. Entries go to their own insert-only collection, `_id` = `query:<uuid>`
+(`query:<run>:<seq>` when the audit service's background appender numbers them for the tamper-evident
+log, services/audit/access_appender.py), so writing one is a single primary-key insert and never
+touches the pipeline's records, pages or counters (services/audit/store.py).
 """
 
 from __future__ import annotations

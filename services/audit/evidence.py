@@ -1,5 +1,5 @@
 """Wiring of the audit service's tamper evidence, built by the entry point: the Merkle log and its sink,
-the access log's appender, the AuditLog gRPC servicer, a ticker that appends new control-plane changes
+the access log's background appender, the AuditLog gRPC servicer, a ticker that appends new control-plane changes
 and signs tree heads every `sth_interval_s` while the log grows, and the scheduled retention purge when
 `retention_days` is set."""
 
@@ -15,10 +15,11 @@ from typing import Any, Protocol
 
 from pymongo.database import Database
 
+from services.audit.access_appender import BackgroundAccessLog
 from services.audit.access_log import AccessLog
 from services.audit.keyed_retention import KeyedPurge
 from services.audit.log_admin import register_audit_log
-from services.audit.log_sources import ChangeTail, LoggedAccessLog, LoggedDocuments
+from services.audit.log_sources import ChangeTail, LoggedDocuments
 from services.audit.records import AuditRecord
 from services.audit.retention import CollectionRecordDeleter, Retention, run_retention
 from services.audit.settings import AuditSettings
@@ -51,6 +52,8 @@ class TamperEvidence:
         )
         self.sink = TamperLogSink(self.log)
         self._access = db[access_collection(settings)]
+        self._log_docs = docs
+        self._appender: BackgroundAccessLog | None = None
         self._changes = ChangeTail(db[CHANGES_COLLECTION], docs, self.log)
         self.servicer: ServicerRegistration = register_audit_log(
             StoredTree(docs), LoggedDocuments(records, self._access, db[CHANGES_COLLECTION]), self._signer.public_key
@@ -78,10 +81,14 @@ class TamperEvidence:
         for thread in self._threads:
             thread.daemon = True
             thread.start()
+        if self._appender is not None:
+            self._appender.start()
 
     def access_log(self, stored: AccessLog) -> AccessLog:
-        """The analysts' queries, stored by `stored` and appended to the log before each answer leaves."""
-        return LoggedAccessLog(stored, self.log)
+        """The analysts' queries, stored by `stored` (in the access collection) before each answer leaves
+        and appended to the log by a background appender shortly after (services/audit/access_appender.py)."""
+        self._appender = BackgroundAccessLog(stored, self._access, self._log_docs, self.log)
+        return self._appender
 
     def _sign_periodically(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
@@ -102,6 +109,8 @@ class TamperEvidence:
         for thread in self._threads:
             thread.join(timeout=10)
         self._append_changes()
+        if self._appender is not None:
+            self._appender.close()
         self.log.close()
 
 

@@ -7,9 +7,9 @@ so one `imx audit verify` covers them. A leaf names its document by a prefixed i
 the document as stored with that prefixed `_id`, and verification reads it back by `_id` from its own
 collection (`LoggedDocuments`).
 
-- Queries are appended by the audit process that answers them, after the entry is stored and before the
-  answer leaves (`LoggedAccessLog`): an entry that cannot be appended fails the request with a 503, like
-  one that cannot be stored.
+- Queries are stored by the audit process that answers them before the answer leaves (a 503 when the
+  entry cannot be stored) and appended by its background appender shortly after, or by the next start
+  after a crash (services/audit/access_appender.py, which says the guarantee and its limit).
 - Changes are written by every service into `control_changes`, so the log's writer reads them from there
   (`ChangeTail.poll`, on the tree-head ticker and at a clean stop): `_id`s from LAG_MS before the newest
   one appended on (their `_id` starts with the change's time in ms), those not appended yet in order.
@@ -20,16 +20,13 @@ collection (`LoggedDocuments`).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from services.audit.access_log import AccessEntry, AccessLog
-from services.audit.tamper_log import StoreClaims, TamperLog, unavailable_is_transient
+from services.audit.tamper_log import TamperLog, unavailable_is_transient
 from services.common.messages import TransientError
 
 log = logging.getLogger(__name__)
@@ -75,62 +72,6 @@ class LoggedDocuments:
                     doc = collection.find_one({"_id": record_id[len(prefix) :]})
                     return leaf_form(prefix, doc) if doc is not None else None
             return self._records.find_one({"_id": record_id})
-
-
-def _never_stored(_record_id: str) -> int | None:
-    return None
-
-
-@dataclass
-class _Waiter:
-    leaf: dict[str, Any]
-    done: bool = False
-    error: Exception | None = None
-
-
-class LoggedAccessLog:
-    """An AccessLog whose entries are also appended to the log before the answer leaves.
-
-    Group commit: entries of requests answered at the same time go in one append (the log takes one
-    append at a time, and an append costs the same writes for one entry as for fifty). The first request
-    to find no append running makes one of every entry queued; the others wait for the append that holds
-    theirs, so each answer still leaves only once its own entry is in the log, or gets its error."""
-
-    def __init__(self, stored: AccessLog, tamper_log: TamperLog) -> None:
-        self._stored = stored
-        self._log = tamper_log
-        self._turn = threading.Condition()
-        self._queued: list[_Waiter] = []
-        self._appending = False
-
-    def record(self, entry: AccessEntry) -> None:
-        self._stored.record(entry)
-        waiter = _Waiter(leaf_form(ACCESS, entry.document()))
-        with self._turn:
-            self._queued.append(waiter)
-            while self._appending and not waiter.done:
-                self._turn.wait()
-            if not waiter.done:  # no append running, and ours not appended: this request makes the next
-                group, self._queued, self._appending = self._queued, [], True
-        if not waiter.done:
-            self._append(group)
-        if waiter.error is not None:
-            raise waiter.error
-
-    def _append(self, group: list[_Waiter]) -> None:
-        leaves = [w.leaf for w in group]
-        error: Exception | None = None
-        try:
-            # No `leafof:` claims (an insert per entry): each id is new, made by its request, so it cannot
-            # be in the log yet, and nothing appends it again (a failed append is a 503, not a retry).
-            self._log.append(leaves, StoreClaims(frozenset(str(leaf["_id"]) for leaf in leaves), _never_stored))
-        except Exception as exc:  # every waiter is woken and gets the group's error (TransientError: a 503)
-            error = exc
-        with self._turn:
-            for waiter in group:
-                waiter.error, waiter.done = error, True
-            self._appending = False
-            self._turn.notify_all()
 
 
 class ChangeTail:
