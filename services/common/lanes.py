@@ -10,9 +10,10 @@ and nothing about offsets changes: what is held back is simply not read yet.
 A lane's backlog is its partitions' end offset minus the consumer's position. The end offset comes
 from fetch responses (`highwater`, no request), but kafka-python parses a fetch response only when
 `poll` drains it and sends no new fetch while earlier responses wait to be drained; a consumer busy
-with a bulk backlog would then see urgent arrivals late. So while lower lanes are being read, the
-end offsets of the higher lanes are also asked for (one ListOffsets request, at most every
-`probe_interval_s`). An idle consumer fetches every partition continuously and asks nothing.
+with a bulk backlog would then see urgent arrivals late. So while lower lanes are being read from a
+backlog (the caller says `busy`: its last poll returned a full batch), the end offsets of the higher
+lanes are also asked for (one ListOffsets request, at most every `probe_interval_s`). A consumer that
+keeps up (its polls drain what was fetched) or is idle fetches every partition anyway and asks nothing.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ class LaneGate:
     def apply(self, paused: bool = False, busy: bool = False) -> set[TopicPartition]:
         """Pause what must not be read in the next poll and resume everything else; returns what is
         held back. `paused`: the operator paused the stage (everything is held). `busy`: the last poll
-        returned records, so the end offsets from fetch responses may be stale (see the module doc).
+        returned a full batch, so fetched responses may wait undrained and the end offsets from them
+        be stale (see the module doc).
         Recomputed from the current assignment every time: a rebalance never leaves a partition paused."""
         if paused:
             wanted = set(self._consumer.assignment())
@@ -130,11 +132,12 @@ class LaneGate:
         self.held = wanted
         return wanted
 
-    def outranked(self, lane: str) -> bool:
+    def outranked(self, lane: str, probe: bool = True) -> bool:
         """Whether a lane more urgent than `lane` has records waiting (the end offsets are asked for at
-        most every probe interval): a consumer working through a window of `lane` should stop and poll."""
+        most every probe interval, and only with `probe`): a consumer working through a window of `lane`
+        should stop and poll."""
         lanes = self.lanes()
-        backlog = self.backlog(lanes, busy=True)
+        backlog = self.backlog(lanes, busy=probe)
         return any(waiting > 0 and RANK[lanes[tp]] < RANK[lane] for tp, waiting in backlog.items())
 
     def backlog(self, lanes: Mapping[TopicPartition, str], busy: bool = False) -> dict[TopicPartition, int]:
