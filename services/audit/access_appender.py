@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 RUNS = "tail:access"  # in the log's collection: the runs whose entries may not all be appended
 RESERVE = 256  # seqs reserved per write of `reserved`
 GROUP_LIMIT = 5_000  # entries appended at once
+MAX_RETRY_WAIT_S = 5.0  # the longest wait between attempts while the log cannot be written
 
 
 def run_tail_id(run: str) -> str:
@@ -163,11 +164,20 @@ class BackgroundAccessLog:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._every_s):
+        wait_s, failing = self._every_s, False
+        while not self._stop.wait(wait_s):
             try:
                 self.flush()
             except (TransientError, PyMongoError) as exc:
-                log.warning(f"audit log: access entries not appended this time ({type(exc).__name__}); retried")
+                # Backing off, and said once per outage: a crashed predecessor's lease can take 30 s to expire.
+                wait_s = min(wait_s * 2, MAX_RETRY_WAIT_S)
+                if not failing:
+                    log.warning(f"audit log: access entries not appended ({type(exc).__name__}); retrying")
+                failing = True
+            else:
+                if failing:
+                    log.info("audit log: access entries appended again")
+                wait_s, failing = self._every_s, False
 
     def flush(self) -> int:
         """Recover earlier runs (once), then append the entries stored so far; returns how many were

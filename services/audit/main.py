@@ -94,10 +94,11 @@ def serve(
                 on_ready=ready,
             )
         finally:
+            # The API first: a query arriving once the access log's appender has closed would get a 503.
+            http.stop()
             evidence.stop()
             if forwarder is not None:
                 forwarder.close()
-            http.stop()
     finally:
         client.close()
 

@@ -6,7 +6,9 @@ tests/integration/audit/test_access_appender.py.)"""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -56,11 +58,13 @@ class Log:
         self.appends: list[list[str]] = []
         self.claims: list[StoreClaims | None] = []
         self.size = 0
+        self.attempts = 0
 
     def next_index(self) -> int:
         return self.size
 
     def append(self, records: Sequence[Mapping[str, Any]], stored: StoreClaims | None = None) -> int:
+        self.attempts += 1
         if self.fail:
             raise TransientError("log unavailable")
         self.appends.append([str(r["_id"]) for r in records])
@@ -173,3 +177,27 @@ def test_the_appender_appends_within_a_second_without_a_request_waiting() -> Non
         assert done.is_set()
     finally:
         appender.close()
+
+
+def test_while_the_log_cannot_be_written_the_appender_backs_off_warns_once_and_appends_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = Log()
+    entries, docs = cast(Collection[dict[str, Any]], Docs()), cast(Collection[dict[str, Any]], Docs())
+    appender = BackgroundAccessLog(MemoryAccessLog(), entries, docs, cast(TamperLog, log), every_s=0.01)
+    log.fail = True
+    appender.record(_entry(1))
+    with caplog.at_level(logging.INFO, logger="services.audit.access_appender"):
+        appender.start()
+        try:
+            time.sleep(0.6)  # 60 turns at the appender's pace; doubling waits make about 6
+            assert 2 <= log.attempts <= 10
+            log.fail = False
+            deadline = time.monotonic() + 5
+            while not log.appends and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert log.appends
+        finally:
+            appender.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "retrying" in warnings[0].getMessage()
