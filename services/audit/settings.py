@@ -62,12 +62,16 @@ class AuditSettings(ServiceSettings):
         60.0, gt=0, validation_alias=_env("STH_INTERVAL_S"), description="...and every T seconds while it grows"
     )
     log_lease_s: float = Field(
-        30.0, gt=0, validation_alias=_env("LOG_LEASE_S"), description="single-writer lease of the log; a crashed "
-        "writer's successor waits this long"
+        30.0,
+        gt=0,
+        validation_alias=_env("LOG_LEASE_S"),
+        description="single-writer lease of the log; a crashed writer's successor waits this long",
     )
     retention_days: float | None = Field(
-        None, gt=0, validation_alias=_env("RETENTION_DAYS"), description="purge records older than this, after a "
-        "signed checkpoint; unset: keep everything"
+        None,
+        gt=0,
+        validation_alias=_env("RETENTION_DAYS"),
+        description="purge records older than this, after a signed checkpoint; unset: keep everything",
     )
     retention_every_s: float = Field(
         3600.0, gt=0, validation_alias=_env("RETENTION_EVERY_S"), description="how often the purge runs"
@@ -75,12 +79,15 @@ class AuditSettings(ServiceSettings):
 
     # Forwarding to an audit record repository (services/audit/syslog_forward.py): RFC 5424 over TLS.
     syslog_url: str | None = Field(
-        None, validation_alias=_env("SYSLOG_URL"), description="tls://host[:port] of an audit record repository "
-        "(RFC 5425, port 6514 by default); unset: no forwarding"
+        None,
+        validation_alias=_env("SYSLOG_URL"),
+        description="tls://host[:port] of an audit record repository "
+        "(RFC 5425, port 6514 by default); unset: no forwarding",
     )
     syslog_ca_file: Path | None = Field(
-        None, validation_alias=_env("SYSLOG_CA_FILE"), description="CA certificate(s) the repository's certificate "
-        "must chain to; unset: the system's CAs"
+        None,
+        validation_alias=_env("SYSLOG_CA_FILE"),
+        description="CA certificate(s) the repository's certificate must chain to; unset: the system's CAs",
     )
     syslog_cert_file: Path | None = Field(
         None, validation_alias=_env("SYSLOG_CERT_FILE"), description="client certificate (PEM) for mutual TLS"

@@ -44,8 +44,10 @@ def _known(path: Path | None) -> tuple[int, bytes]:
 def verify(
     remember: Annotated[
         Path | None,
-        typer.Option(help="a file keeping the last verified tree head: the log must still extend it, and it is "
-                     "updated when verification passes"),
+        typer.Option(
+            help="a file keeping the last verified tree head: the log must still extend it, and it is "
+            "updated when verification passes"
+        ),
     ] = None,
     max_findings: Annotated[int, typer.Option(help="list at most N findings")] = 100,
 ) -> None:

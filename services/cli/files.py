@@ -140,4 +140,3 @@ def deid(
     console.print(", ".join(f"{n} {what}" for what, n in sorted(outcomes.items())))
     if any(k.startswith("refused") for k in outcomes):
         raise typer.Exit(1)
-

@@ -56,7 +56,7 @@ def build_document(name: str, from_file: Path | None, options: list[str], overri
     for text in overrides:
         tag, sep, action = text.rpartition("=")
         if not sep or not tag.strip() or not action.strip():
-            raise _fail(f"bad --override {text!r}: expected TAG=ACTION, e.g. \"(0010,0010)=K\"")
+            raise _fail(f'bad --override {text!r}: expected TAG=ACTION, e.g. "(0010,0010)=K"')
         merged[tag.strip()] = action.strip()
     doc["overrides"] = merged
     return doc
@@ -71,7 +71,11 @@ def profiles_list() -> None:
     for p in reply.profiles:
         overrides = ", ".join(f"{tag}={action}" for tag, action in sorted(p.overrides.items()))
         table.add_row(
-            p.name, str(p.version), "\n".join(p.options) or "-", overrides or "-", str(len(p.pixel_rules)),
+            p.name,
+            str(p.version),
+            "\n".join(p.options) or "-",
+            overrides or "-",
+            str(len(p.pixel_rules)),
             "yes" if p.builtin else "",
         )
     console.print(table)

@@ -19,9 +19,22 @@ def test_the_wheel_carries_the_de_identification_tables(tmp_path: Path) -> None:
     existed = {path for path in leftovers if path.exists()}
     try:
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-             str(tmp_path), str(ROOT)],
-            check=True, capture_output=True, timeout=300, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                str(tmp_path),
+                str(ROOT),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+            cwd=tmp_path,
         )
     finally:
         for path in leftovers:

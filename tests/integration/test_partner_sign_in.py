@@ -87,8 +87,9 @@ def test_a_partner_reads_its_own_topic_and_cannot_see_anyone_elses(
     partner = f"{unique_name}-a"
     credentials = access.grant(partner, mine)
 
-    consumer = _consumer(kafka_partner_bootstrap, credentials.username, credentials.password,
-                         group=f"{credentials.group_prefix}reader")
+    consumer = _consumer(
+        kafka_partner_bootstrap, credentials.username, credentials.password, group=f"{credentials.group_prefix}reader"
+    )
     try:
         assert _read(consumer, mine, 20) == [b"for a"]
         consumer.commit()  # offsets in its own group: allowed

@@ -45,8 +45,15 @@ def test_a_profile_file_is_used_as_written(tmp_path: Path) -> None:
     source.write_bytes(to_bytes(ct_dataset()))
     profile = tmp_path / "keeps-sex.json"
     profile.write_text(json.dumps({"name": "keeps-dates", "options": ["retain-longitudinal-full-dates"]}))
-    args = ["deid", str(source), str(tmp_path / "out.dcm"), "--profile", str(profile), "--key-file",
-            str(tmp_path / "k")]
+    args = [
+        "deid",
+        str(source),
+        str(tmp_path / "out.dcm"),
+        "--profile",
+        str(profile),
+        "--key-file",
+        str(tmp_path / "k"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     out = dcmread(BytesIO((tmp_path / "out.dcm").read_bytes()))
@@ -64,8 +71,9 @@ def test_bad_input_is_refused_with_a_reason_and_no_traceback(tmp_path: Path) -> 
         (["--profile", str(bad)], "bad profile file"),
     ]
     for extra, message in cases:
-        result = runner.invoke(app, ["deid", str(source), str(tmp_path / "o.dcm"), "--key-file", str(tmp_path / "k"),
-                                     *extra])
+        result = runner.invoke(
+            app, ["deid", str(source), str(tmp_path / "o.dcm"), "--key-file", str(tmp_path / "k"), *extra]
+        )
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     (tmp_path / "short.key").write_text("zz-not-hex")
     short = ["deid", str(source), str(tmp_path / "o.dcm"), "--key-file", str(tmp_path / "short.key")]

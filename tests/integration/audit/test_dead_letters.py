@@ -62,8 +62,13 @@ def test_a_dead_letter_is_listed_replayed_after_the_fix_and_processed(
         return [OutgoingMessage(out, message.value, message.key)]
 
     consumer = StageConsumer(
-        bootstrap=kafka_bootstrap, group_id=f"{unique_name}-g", topics=[topic], producer=producer,
-        dead_letter_topic=dlq, stage="routing", stats=StageStats("routing"),
+        bootstrap=kafka_bootstrap,
+        group_id=f"{unique_name}-g",
+        topics=[topic],
+        producer=producer,
+        dead_letter_topic=dlq,
+        stage="routing",
+        stats=StageStats("routing"),
     )
     try:
         assert _poll_until_dead_lettered(consumer, handler, kafka_bootstrap, dlq)
@@ -83,11 +88,16 @@ def test_a_dead_letter_is_listed_replayed_after_the_fix_and_processed(
         assert "study-1" not in listed.output + shown.output, "nor its key"
 
         with control_channel(admin_address) as channel:
-            [letter] = admin_pb2_grpc.DeadLetterAdminStub(channel).ListDeadLetters(
-                admin_pb2.ListDeadLettersRequest()
-            ).dead_letters
+            [letter] = (
+                admin_pb2_grpc.DeadLetterAdminStub(channel)
+                .ListDeadLetters(admin_pb2.ListDeadLettersRequest())
+                .dead_letters
+            )
         assert (letter.stage, letter.error_type, letter.source_topic, letter.source_offset) == (
-            "routing", "RuntimeError", topic, 0
+            "routing",
+            "RuntimeError",
+            topic,
+            0,
         )
         assert letter.replayed_at_ms == 0
 
@@ -107,9 +117,11 @@ def test_a_dead_letter_is_listed_replayed_after_the_fix_and_processed(
         forced = runner.invoke(app, ["dlq", "replay", f"{dead.partition}:{dead.offset}", "--force"])
         assert forced.exit_code == 0, forced.output
         with control_channel(admin_address) as channel:
-            [letter] = admin_pb2_grpc.DeadLetterAdminStub(channel).ListDeadLetters(
-                admin_pb2.ListDeadLettersRequest()
-            ).dead_letters
+            [letter] = (
+                admin_pb2_grpc.DeadLetterAdminStub(channel)
+                .ListDeadLetters(admin_pb2.ListDeadLettersRequest())
+                .dead_letters
+            )
         assert letter.replayed_at_ms > 0
         missing = runner.invoke(app, ["dlq", "show", "0:999"])
         assert missing.exit_code == 1 and "NOT_FOUND" in missing.output

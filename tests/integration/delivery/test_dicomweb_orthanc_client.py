@@ -31,9 +31,7 @@ def test_orthanc_finds_and_retrieves_a_study_with_the_partners_key(api: Api, tmp
     orthanc = start_orthanc(tmp_path / "orthanc", extra={"DicomWeb": {"Enable": True, "Servers": _servers(api)}})
     try:
         study = api.study[0].item.study_uid
-        found = httpx.post(
-            f"{orthanc.rest}/dicom-web/servers/hosp-a/qido", json={"Uri": "/studies"}, timeout=30
-        ).json()
+        found = httpx.post(f"{orthanc.rest}/dicom-web/servers/hosp-a/qido", json={"Uri": "/studies"}, timeout=30).json()
         # The plugin answers in Orthanc's own form: each tag with its value as a plain string.
         assert [s["0020000D"]["Value"] for s in found] == [study]
         theirs = httpx.post(
@@ -51,9 +49,7 @@ def test_orthanc_finds_and_retrieves_a_study_with_the_partners_key(api: Api, tmp
         while orthanc.instance_count() < len(api.study) and time.monotonic() < deadline:
             time.sleep(0.2)
         stored = httpx.get(f"{orthanc.rest}/instances", params={"expand": ""}, timeout=30).json()
-        assert sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in stored) == sorted(
-            s.item.sop_uid for s in api.study
-        )
+        assert sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in stored) == sorted(s.item.sop_uid for s in api.study)
         for instance in stored:
             data = httpx.get(f"{orthanc.rest}/instances/{instance['ID']}/file", timeout=30).content
             expected = next(s for s in api.study if s.item.sop_uid == instance["MainDicomTags"]["SOPInstanceUID"])

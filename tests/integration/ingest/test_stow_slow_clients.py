@@ -42,7 +42,10 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
 
     def start(uploads_per_org: int, body_timeout_s: float = BODY_TIMEOUT_S) -> HttpServer:
         acceptance = Acceptance(
-            blobs=LocalBlobStore(tmp_path), receipts=MemoryReceiptStore(), bus=RecordingBus(), topics=Topics("t-"),
+            blobs=LocalBlobStore(tmp_path),
+            receipts=MemoryReceiptStore(),
+            bus=RecordingBus(),
+            topics=Topics("t-"),
             max_instance_bytes=400_000,
         )
         context = StowContext(acceptance, ApiKeys(), body_timeout_s, UploadSlots(uploads_per_org))
