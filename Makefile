@@ -12,6 +12,7 @@ proto:
 
 lint:
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy services tools
 
 unit:

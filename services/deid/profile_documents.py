@@ -47,7 +47,7 @@ def parse_option(text: str) -> Option:
 
 
 def parse_tag(text: str) -> int:
-    """"(gggg,eeee)", "gggg,eeee", "ggggeeee" or a DICOM keyword ("PatientName")."""
+    """ "(gggg,eeee)", "gggg,eeee", "ggggeeee" or a DICOM keyword ("PatientName")."""
     value = str(text).strip()
     match = _TAG.fullmatch(value)
     if match:

@@ -281,9 +281,7 @@ class RetentionWatch:
             description="feed messages deleted by retention before the partner read them",
         )
 
-    def _observe(
-        self, value: Callable[[PartnerLag], float]
-    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _observe(self, value: Callable[[PartnerLag], float]) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
             return [Observation(value(lag), {"partner": partner}) for partner, lag in self.latest.items()]
 

@@ -31,8 +31,14 @@ def _consume_until(consumer: StageConsumer, handler, done: threading.Event, roun
 
 def _stage(kafka_bootstrap: str, producer: BusProducer, topic: str, group: str, dlq: str) -> StageConsumer:
     return StageConsumer(
-        bootstrap=kafka_bootstrap, group_id=group, topics=[topic], producer=producer,
-        dead_letter_topic=dlq, stage="test", stats=StageStats("test"), max_batch=20,
+        bootstrap=kafka_bootstrap,
+        group_id=group,
+        topics=[topic],
+        producer=producer,
+        dead_letter_topic=dlq,
+        stage="test",
+        stats=StageStats("test"),
+        max_batch=20,
     )
 
 
@@ -118,9 +124,20 @@ def test_sigkill_before_commit_redelivers_and_never_skips(
     kills = [120, 260, 75, 300]
     for kill_after in [*kills, 0]:
         proc = subprocess.run(
-            [sys.executable, "-m", "tests.integration.crash_worker", kafka_bootstrap, topic, out, group,
-             str(log), str(kill_after)],
-            cwd=REPO, timeout=180, capture_output=True,
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.crash_worker",
+                kafka_bootstrap,
+                topic,
+                out,
+                group,
+                str(log),
+                str(kill_after),
+            ],
+            cwd=REPO,
+            timeout=180,
+            capture_output=True,
         )
         if kill_after:
             assert proc.returncode == -9, proc.stderr.decode()[-2000:]
@@ -136,8 +153,6 @@ def test_sigkill_before_commit_redelivers_and_never_skips(
     assert {r.value.decode() for r in outputs} == {str(i) for i in range(total)}
     committed, end = committed_and_end_offsets(kafka_bootstrap, topic, group)
     assert committed == end and sum(end.values()) == total
-
-
 
 
 def test_a_batch_outliving_its_group_membership_is_read_again_and_the_stage_carries_on(
@@ -162,8 +177,16 @@ def test_a_batch_outliving_its_group_membership_is_read_again_and_the_stage_carr
 
     stats = StageStats("test")
     consumer = StageConsumer(
-        bootstrap=kafka_bootstrap, group_id=group, topics=[topic], producer=producer, dead_letter_topic=dlq,
-        stage="test", stats=stats, max_batch=total, session_timeout_ms=6000, max_poll_interval_ms=2000,
+        bootstrap=kafka_bootstrap,
+        group_id=group,
+        topics=[topic],
+        producer=producer,
+        dead_letter_topic=dlq,
+        stage="test",
+        stats=stats,
+        max_batch=total,
+        session_timeout_ms=6000,
+        max_poll_interval_ms=2000,
     )
     deadline = time.monotonic() + 60
     committed: dict[int, int] = {}
@@ -183,4 +206,3 @@ def test_a_batch_outliving_its_group_membership_is_read_again_and_the_stage_carr
     assert committed == end == {0: total}
     outputs = read_all(kafka_bootstrap, out, expected=len(handled))
     assert {r.value.decode() for r in outputs} == set(times), "at least once: every output published"
-

@@ -42,8 +42,10 @@ def test_database_and_disk_outages_in_a_handler_are_retried_not_dead_lettered(
     ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
     producer = BusProducer(kafka_bootstrap)
     producer.publish([OutgoingMessage(topic, str(i).encode(), b"k") for i in range(8)])
-    failures = {b"2": [AutoReconnect("primary gone"), AutoReconnect("primary gone")],
-                b"5": [OSError(errno.ENOSPC, "No space left on device")]}
+    failures = {
+        b"2": [AutoReconnect("primary gone"), AutoReconnect("primary gone")],
+        b"5": [OSError(errno.ENOSPC, "No space left on device")],
+    }
     attempts: Counter[bytes] = Counter()
     done, stop = threading.Event(), threading.Event()
 
@@ -57,8 +59,15 @@ def test_database_and_disk_outages_in_a_handler_are_retried_not_dead_lettered(
         return [OutgoingMessage(out, message.value, message.key)]
 
     consumer = StageConsumer(
-        bootstrap=kafka_bootstrap, group_id=group, topics=[topic], producer=producer, dead_letter_topic=dlq,
-        stage="test", stats=StageStats("test"), max_batch=20, retry_backoff_s=0.1,
+        bootstrap=kafka_bootstrap,
+        group_id=group,
+        topics=[topic],
+        producer=producer,
+        dead_letter_topic=dlq,
+        stage="test",
+        stats=StageStats("test"),
+        max_batch=20,
+        retry_backoff_s=0.1,
     )
     thread = _run_in_thread(consumer, handler, stop)
     try:
@@ -104,8 +113,14 @@ def test_a_database_outage_in_a_batch_flush_is_retried_and_the_stage_keeps_runni
     producer.publish([OutgoingMessage(topic, b"x", b"k")])
     handler, stop = FlushFailsOnce(out), threading.Event()
     consumer = StageConsumer(
-        bootstrap=kafka_bootstrap, group_id=group, topics=[topic], producer=producer, dead_letter_topic=dlq,
-        stage="test", stats=StageStats("test"), retry_backoff_s=0.1,
+        bootstrap=kafka_bootstrap,
+        group_id=group,
+        topics=[topic],
+        producer=producer,
+        dead_letter_topic=dlq,
+        stage="test",
+        stats=StageStats("test"),
+        retry_backoff_s=0.1,
     )
     thread = _run_in_thread(consumer, handler, stop)
     try:

@@ -95,8 +95,17 @@ def test_a_stage_rides_out_a_broker_outage_and_loses_nothing(
     server.start()
     server.mark_serving()
     consumer = StageConsumer(
-        bootstrap=broker.bootstrap, group_id=group, topics=[topic], producer=producer, dead_letter_topic=dlq,
-        stage="test", stats=stats, max_batch=10, retry_backoff_s=0.2, max_backoff_s=2.0, probe_interval_s=1.0,
+        bootstrap=broker.bootstrap,
+        group_id=group,
+        topics=[topic],
+        producer=producer,
+        dead_letter_topic=dlq,
+        stage="test",
+        stats=stats,
+        max_batch=10,
+        retry_backoff_s=0.2,
+        max_backoff_s=2.0,
+        probe_interval_s=1.0,
         publish_timeout_s=3.0,
     )
     stop = threading.Event()
@@ -166,8 +175,15 @@ def test_an_idle_stage_says_not_serving_while_its_broker_is_away(broker: OwnBrok
     server.start()
     server.mark_serving()
     consumer = StageConsumer(
-        bootstrap=broker.bootstrap, group_id=f"{unique_name}-g", topics=[topic], producer=producer,
-        dead_letter_topic=dlq, stage="test", stats=stats, retry_backoff_s=0.2, max_backoff_s=2.0,
+        bootstrap=broker.bootstrap,
+        group_id=f"{unique_name}-g",
+        topics=[topic],
+        producer=producer,
+        dead_letter_topic=dlq,
+        stage="test",
+        stats=stats,
+        retry_backoff_s=0.2,
+        max_backoff_s=2.0,
         probe_interval_s=1.0,
     )
     stop = threading.Event()

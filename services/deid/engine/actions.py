@@ -57,21 +57,23 @@ class Option(StrEnum):
 BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
 CLEAN_PIXEL_DATA_CODE = ("113101", "Clean Pixel Data Option")
 
-_OPTION_CODES: Mapping[Option, tuple[str, str]] = MappingProxyType({
-    Option.CLEAN_GRAPHICS: ("113103", "Clean Graphics Option"),
-    Option.CLEAN_STRUCTURED_CONTENT: ("113104", "Clean Structured Content Option"),
-    Option.CLEAN_DESCRIPTORS: ("113105", "Clean Descriptors Option"),
-    Option.RETAIN_LONGITUDINAL_FULL_DATES: (
-        "113106",
-        "Retain Longitudinal Temporal Information Full Dates Option",
-    ),
-    Option.RETAIN_LONGITUDINAL_MODIFIED_DATES: (
-        "113107",
-        "Retain Longitudinal Temporal Information Modified Dates Option",
-    ),
-    Option.RETAIN_PATIENT_CHARACTERISTICS: ("113108", "Retain Patient Characteristics Option"),
-    Option.RETAIN_DEVICE_IDENTITY: ("113109", "Retain Device Identity Option"),
-    Option.RETAIN_UIDS: ("113110", "Retain UIDs Option"),
-    Option.RETAIN_SAFE_PRIVATE: ("113111", "Retain Safe Private Option"),
-    Option.RETAIN_INSTITUTION_IDENTITY: ("113112", "Retain Institution Identity Option"),
-})
+_OPTION_CODES: Mapping[Option, tuple[str, str]] = MappingProxyType(
+    {
+        Option.CLEAN_GRAPHICS: ("113103", "Clean Graphics Option"),
+        Option.CLEAN_STRUCTURED_CONTENT: ("113104", "Clean Structured Content Option"),
+        Option.CLEAN_DESCRIPTORS: ("113105", "Clean Descriptors Option"),
+        Option.RETAIN_LONGITUDINAL_FULL_DATES: (
+            "113106",
+            "Retain Longitudinal Temporal Information Full Dates Option",
+        ),
+        Option.RETAIN_LONGITUDINAL_MODIFIED_DATES: (
+            "113107",
+            "Retain Longitudinal Temporal Information Modified Dates Option",
+        ),
+        Option.RETAIN_PATIENT_CHARACTERISTICS: ("113108", "Retain Patient Characteristics Option"),
+        Option.RETAIN_DEVICE_IDENTITY: ("113109", "Retain Device Identity Option"),
+        Option.RETAIN_UIDS: ("113110", "Retain UIDs Option"),
+        Option.RETAIN_SAFE_PRIVATE: ("113111", "Retain Safe Private Option"),
+        Option.RETAIN_INSTITUTION_IDENTITY: ("113112", "Retain Institution Identity Option"),
+    }
+)

@@ -24,9 +24,7 @@ def main() -> None:
     parser.add_argument("--modality", default="CT", choices=["CT", "MR"])
     args = parser.parse_args()
     # Sixteen patients, two instances each: per-patient work (patterns, shifts) is not all cached.
-    instances = [
-        dataset_to_bytes(ds) for seed in range(16) for ds in generate_study(seed, args.modality, 2, "BENCH")
-    ]
+    instances = [dataset_to_bytes(ds) for seed in range(16) for ds in generate_study(seed, args.modality, 2, "BENCH")]
     profile = BUILTIN_PROFILES[args.profile]
     key = bytes(range(32))
     deidentify(instances[0], profile, key)  # compile the profile outside the timing

@@ -64,9 +64,7 @@ def load_table(path: Path = TABLE_E1_1) -> ConfidentialityTable:
     rows = []
     with path.open(newline="", encoding="utf-8") as handle:
         for record in csv.DictReader(handle):
-            options = {
-                option: Action(record[option.value]) for option in Option if record[option.value].strip()
-            }
+            options = {option: Action(record[option.value]) for option in Option if record[option.value].strip()}
             rows.append(
                 TableRow(
                     name=record["name"],

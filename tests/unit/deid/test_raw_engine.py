@@ -76,8 +76,14 @@ def _same_result(fast: DeidResult, reference: DeidResult) -> None:
         lambda: to_bytes(ct_dataset(), ImplicitVRLittleEndian),
         lambda: _every_attribute_instance(syntax=ImplicitVRLittleEndian),
     ],
-    ids=["synthetic-ct", "ct-with-phi", "every-attribute", "implicit-synthetic-ct", "implicit-ct-with-phi",
-         "implicit-every-attribute"],
+    ids=[
+        "synthetic-ct",
+        "ct-with-phi",
+        "every-attribute",
+        "implicit-synthetic-ct",
+        "implicit-ct-with-phi",
+        "implicit-every-attribute",
+    ],
 )
 def test_common_instances_take_the_fast_path_and_match_the_pydicom_path_byte_for_byte(instance, profile) -> None:  # type: ignore[no-untyped-def]
     data = instance()
