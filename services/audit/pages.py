@@ -38,6 +38,8 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from services.audit.records import RECORD_FIELDS, AuditRecord, truncate_ms
 
 READ_AHEAD = 3
+# Pages asked for past the last one found of a chain that is still going (more for a long chain).
+LOOK_AHEAD = 2
 READERS = 12
 PAGE_RECORDS = 500  # a study's share of one batch rarely exceeds this; longer ones take several pages
 DUPLICATE_KEY = 11000
@@ -93,12 +95,14 @@ def pack(records: Sequence[AuditRecord], lines: dict[str, bytes] | None = None) 
     return {"f": JSON_LINES, "b": zlib.compress(b"[" + b",\n".join(out) + b"]", COMPRESSION)}
 
 
-def unpack(page: Mapping[str, Any], known: Container[str] = ()) -> list[AuditRecord]:
+def unpack(page: Mapping[str, Any], known: Container[str] = (), data: bytes | None = None) -> list[AuditRecord]:
     """The records of a page of either format; those whose `_id` is in `known` may be left out (a
-    reader that already holds them, and keeps the first copy, need not parse them again)."""
+    reader that already holds them, and keeps the first copy, need not parse them again). `data`: the
+    page's blob decompressed, when the caller has it already."""
+    blob = zlib.decompress(page["b"]) if data is None else data
     if page.get("f") == JSON_LINES:
-        return _from_json(zlib.decompress(page["b"]), known)
-    docs = bson.decode(zlib.decompress(page["b"]), codec_options=_CODEC)["r"]
+        return _from_json(blob, known)
+    docs = bson.decode(blob, codec_options=_CODEC)["r"]
     return [{name: doc.get(name) for name in RECORD_FIELDS} for doc in docs]  # type: ignore[misc]
 
 
@@ -208,42 +212,56 @@ class PageChains:
         first_round: int = READ_AHEAD,
         known: Container[str] = (),
         follow: Callable[[Mapping[str, list[AuditRecord]]], Iterable[str]] | None = None,
+        follow_round: int | None = None,
+        followed_known: Container[str] | None = None,
     ) -> dict[str, list[AuditRecord]]:
         """Each chain's records (those with an `_id` in `known` may be left out). Pages are asked for
-        concurrently, `first_round` per chain at first and twice as many each time a chain's last page
-        asked for is found, so a dozen short chains cost about one round trip, and a long chain of n
-        pages about log2(n). Pages are parsed in the order asked, each as soon as it is in, while the
-        later ones are still on their way (the parse is Python's work, the read the servers'); a chain's
-        pages after its first miss are not used. `follow`, called after each page with the records read
-        so far, names chains to read as well: they are asked for at once, not after the round."""
+        concurrently: `first_round` per chain at first, then, as each page is found, enough that the
+        pages asked for reach LOOK_AHEAD (or a third of those found, for a long chain) past it. So a
+        dozen short chains cost about one round trip, a long one keeps a few pages on their way, and a
+        chain's end costs a few misses (each a round trip of the servers' work), not a whole round of
+        them; pages asked for after a chain's first miss are dropped if not yet sent. Pages are parsed
+        in the order asked, each as soon as it is in, while the later ones are still on their way (the
+        parse is Python's work, the read the servers'). `follow`, called after each page with the
+        records read so far, names chains to read as well: they are asked for at once, `follow_round`
+        pages (default `first_round`) at first, not after the round, and records of theirs with an
+        `_id` in `followed_known` (default `known`) may be left out. A page is decompressed by the
+        thread that read it (zlib lets other threads run meanwhile), so on two cores the next page's
+        decompress overlaps this one's parse."""
         found: dict[str, list[AuditRecord]] = {}
-        asked: deque[tuple[str, int, Future[dict[str, Any] | None]]] = deque()
-        last: dict[str, tuple[int, int]] = {}  # chain -> (the last page number asked for, how many)
+        followed: set[str] = set()
+        asked: deque[tuple[str, int, Future[tuple[dict[str, Any], bytes] | None]]] = deque()
+        upto: dict[str, int] = {}  # chain -> the first page number not asked for yet
         ended: set[str] = set()
 
-        def ask(key: str, start: int, count: int) -> None:
-            last[key] = (start + count - 1, count)
-            asked.extend((key, i, self._readers.submit(self._get, f"{key}#{i}")) for i in range(start, start + count))
+        def ask(key: str, stop: int) -> None:
+            start = upto.get(key, 0)
+            if stop > start:
+                upto[key] = stop
+                asked.extend((key, i, self._readers.submit(self._get_blob, f"{key}#{i}")) for i in range(start, stop))
 
         for key in dict.fromkeys(keys):
             found[key] = []
-            ask(key, 0, first_round)
+            ask(key, first_round)
         while asked:
             key, i, page = asked.popleft()
             if key in ended:
                 continue
-            doc = page.result()
-            if doc is None:
+            got = page.result()
+            if got is None:
                 ended.add(key)
+                for other, _n, later in asked:
+                    if other == key:
+                        later.cancel()  # past the chain's end: not sent if a reader has not taken it yet
                 continue
-            found[key].extend(unpack(doc, known))
-            if i == last[key][0]:
-                # A chain that is still going is probably long: ask for twice as many next time.
-                ask(key, i + 1, min(2 * last[key][1], READERS))
+            skip = followed_known if key in followed and followed_known is not None else known
+            found[key].extend(unpack(got[0], skip, got[1]))
+            ask(key, i + 1 + max(LOOK_AHEAD, (i + 1) // 3))
             for k in follow(found) if follow is not None else ():
                 if k not in found:
                     found[k] = []
-                    ask(k, 0, first_round)
+                    followed.add(k)
+                    ask(k, first_round if follow_round is None else follow_round)
         return found
 
     def get_many(self, collection: Collection[dict[str, Any]], ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
@@ -252,3 +270,8 @@ class PageChains:
 
     def _get(self, doc_id: str) -> dict[str, Any] | None:
         return self._pages.find_one({"_id": doc_id}, {"b": 1, "f": 1})
+
+    def _get_blob(self, doc_id: str) -> tuple[dict[str, Any], bytes] | None:
+        """The page and its blob decompressed (None: no such page)."""
+        doc = self._get(doc_id)
+        return None if doc is None else (doc, zlib.decompress(doc["b"]))

@@ -52,6 +52,8 @@ MAX_DAYS = 400  # an aggregate covers at most this many days
 # Pages asked for at once in a study chain's first round: a long trail (the slow ones) is read in one
 # round instead of two, for a few cheap misses on a short one.
 TRAIL_READ_AHEAD = 6
+# ... and in a de-identified copy's chain (named by the study's records: a share of them, fewer pages).
+COPY_READ_AHEAD = 4
 SCAN_READS = 400  # minutes one events page may walk through when they are empty or filtered out
 MINUTES_AT_ONCE = 12
 # Listed minutes (known to hold pages) read at first: one busy minute can fill a page of events, so a
@@ -318,8 +320,8 @@ class MongoAuditStore:
 
     def study_trail(self, study_uid: str) -> list[AuditRecord]:
         """`trail_of` over the study chains, with each copy's chain asked for as soon as a page of the
-        study names it, alongside the rest of the study's own chain, not after it; pages of either chain
-        leave out records already found."""
+        study names it, alongside the rest of the study's own chain, not after it; a copy's pages leave
+        out records already found (the study's own pages seldom repeat one: they are parsed whole)."""
         key = f"s:{study_uid}"
         known: set[str] = set()
         looked_at = 0  # records of the study's chain `follow` has seen: it is called after every page
@@ -332,7 +334,7 @@ class MongoAuditStore:
             return [f"s:{uid}" for uid in copies_of(study_uid, named)]
 
         with _unavailable_is_transient():
-            chains = self._chains.read_many([key], TRAIL_READ_AHEAD, known, follow)
+            chains = self._chains.read_many([key], TRAIL_READ_AHEAD, (), follow, COPY_READ_AHEAD, known)
         found = study_records(study_uid, chains[key])
         for uid in copies_of(study_uid, found):
             add_copy(found, uid, chains[f"s:{uid}"])

@@ -115,8 +115,29 @@ def test_a_chain_is_read_to_its_first_miss_and_chains_named_on_the_way_are_asked
     assert follows[0] == 1  # called after each page, not after each round
 
 
-def test_chains_named_twice_are_read_once_asking_for_twice_as_many_pages_each_time() -> None:
+def test_chains_named_twice_are_read_once_keeping_a_few_pages_asked_for_past_the_last_found() -> None:
     records = _records()
     chains, asked = _reading(_chain("m:1", 3, records[:2]))
     assert chains.read_many(["m:1", "m:1"], first_round=1) == {"m:1": records[:2] * 3}
-    assert asked == [f"m:1#{n}" for n in range(7)]  # 1, then 2, then 4 (#3, the first miss, ends it)
+    # #0, then #1 and #2 once #0 is in, #3 once #1 is, #4 once #2 is (#3, the first miss, ends it).
+    assert asked == [f"m:1#{n}" for n in range(5)]
+
+
+def test_a_long_chain_costs_a_few_misses_not_a_round_of_them() -> None:
+    records = _records()
+    for pages in (4, 6, 7, 13):
+        chains, asked = _reading(_chain("s:a", pages, records[:1]))
+        assert chains.read_many(["s:a"], 6) == {"s:a": records[:1] * pages}
+        assert asked == [f"s:a#{n}" for n in range(len(asked))]
+        assert len(asked) - pages <= max(6 - pages, 2 + pages // 3), (pages, asked)
+
+
+def test_a_followed_chain_leaves_out_what_is_known_and_starts_with_its_own_round() -> None:
+    records = _records()
+    docs = {**_chain("s:a", 2, records[:2]), **_chain("s:b", 1, records[:3])}
+    chains, asked = _reading(docs)
+    known = {records[0]["_id"], records[1]["_id"]}
+    found = chains.read_many(["s:a"], 6, (), lambda read: ["s:b"], 2, known)
+    # The first chain is parsed whole (its second page repeats the first); the followed one leaves out known ids.
+    assert found == {"s:a": records[:2] * 2, "s:b": records[2:3]}
+    assert [a for a in asked if a.startswith("s:b")][:2] == ["s:b#0", "s:b#1"]
