@@ -57,7 +57,9 @@ def audit_consumer(
 def poll_until(consumer: StageConsumer, handler: AuditHandler, done: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not done():
-        assert time.monotonic() < deadline, "the audit consumer did not catch up in time"
+        # What was assigned says whether a miss is a slow rebalance or records not read.
+        assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in consumer._consumer.assignment())
+        assert time.monotonic() < deadline, f"the audit consumer did not catch up in time; assigned: {assigned}"
         consumer.poll_once(handler)
 
 
