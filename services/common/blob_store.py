@@ -105,12 +105,11 @@ class LocalBlobStore:
         """Hash `source` in pieces (unless its writer gives `sha256`), make it durable and rename it
         into place (copy it when it lies on another filesystem). The caller's file is consumed either
         way; its mode is kept (private)."""
-        if sha256 is not None and not _SHA256_HEX.match(sha256):
-            raise ValueError("blob id must be 64 lower-case hex characters")
+        given = None if sha256 is None else self.path_for(sha256)  # a bad id fails before any read
         with open(source, "rb") as file:
             digest = sha256 if sha256 is not None else file_sha256(file)
             os.fsync(file.fileno())  # durable before anyone hears "stored"
-        final = self.path_for(digest)
+        final = given if given is not None else self.path_for(digest)
         if self._refresh(final):
             source.unlink(missing_ok=True)
             return digest
