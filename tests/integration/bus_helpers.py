@@ -1,11 +1,42 @@
-"""Small helpers the bus tests share: read a whole topic, ask the broker for committed offsets."""
+"""Small helpers the bus tests share: a stage's consumer, read a whole topic, ask the broker for
+committed offsets."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
+
+from services.common.bus import BusProducer, StageConsumer
+from services.common.stats import StageStats
+
+
+def stage_consumer(
+    bootstrap: str,
+    producer: BusProducer,
+    topics: Sequence[str],
+    group_id: str,
+    dead_letter_topic: str,
+    *,
+    stage: str = "test",
+    stats: StageStats | None = None,
+    **options: Any,
+) -> StageConsumer:
+    """A stage's consumer of `topics` in group `group_id`, with fresh stats of `stage` unless given;
+    `options` as StageConsumer takes them."""
+    return StageConsumer(
+        bootstrap=bootstrap,
+        group_id=group_id,
+        topics=topics,
+        producer=producer,
+        dead_letter_topic=dead_letter_topic,
+        stage=stage,
+        stats=stats if stats is not None else StageStats(stage),
+        **options,
+    )
 
 
 def _from_the_beginning(bootstrap: str, topic: str, deadline: float) -> tuple[KafkaConsumer, list[TopicPartition]]:

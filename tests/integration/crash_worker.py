@@ -14,9 +14,9 @@ import sys
 import threading
 import time
 
-from services.common.bus import BusProducer, StageConsumer
+from services.common.bus import BusProducer
 from services.common.messages import IncomingMessage, OutgoingMessage
-from services.common.stats import StageStats
+from tests.integration.bus_helpers import stage_consumer
 
 
 def main(bootstrap: str, in_topic: str, out_topic: str, group: str, log_path: str, kill_after: int) -> None:
@@ -35,14 +35,13 @@ def main(bootstrap: str, in_topic: str, out_topic: str, group: str, log_path: st
         return [OutgoingMessage(out_topic, message.value, message.key)]
 
     producer = BusProducer(bootstrap)
-    consumer = StageConsumer(
-        bootstrap=bootstrap,
-        group_id=group,
-        topics=[in_topic],
-        producer=producer,
-        dead_letter_topic=out_topic + ".dlq",
+    consumer = stage_consumer(
+        bootstrap,
+        producer,
+        [in_topic],
+        group,
+        out_topic + ".dlq",
         stage="crash-test",
-        stats=StageStats("crash-test"),
         max_batch=50,
         group_instance_id="crash-worker",
     )

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.stats import StageStats
-from tests.integration.bus_helpers import committed_and_end_offsets, read_all, read_to_end
+from tests.integration.bus_helpers import committed_and_end_offsets, read_all, read_to_end, stage_consumer
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -30,16 +30,7 @@ def _consume_until(consumer: StageConsumer, handler, done: threading.Event, roun
 
 
 def _stage(kafka_bootstrap: str, producer: BusProducer, topic: str, group: str, dlq: str) -> StageConsumer:
-    return StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=group,
-        topics=[topic],
-        producer=producer,
-        dead_letter_topic=dlq,
-        stage="test",
-        stats=StageStats("test"),
-        max_batch=20,
-    )
+    return stage_consumer(kafka_bootstrap, producer, [topic], group, dlq, max_batch=20)
 
 
 def test_round_trip_keeps_key_value_headers_and_trace_context(kafka_bootstrap: str, unique_name: str) -> None:
@@ -176,13 +167,12 @@ def test_a_batch_outliving_its_group_membership_is_read_again_and_the_stage_carr
         return [OutgoingMessage(out, message.value, message.key)]
 
     stats = StageStats("test")
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=group,
-        topics=[topic],
-        producer=producer,
-        dead_letter_topic=dlq,
-        stage="test",
+    consumer = stage_consumer(
+        kafka_bootstrap,
+        producer,
+        [topic],
+        group,
+        dlq,
         stats=stats,
         max_batch=total,
         session_timeout_ms=6000,

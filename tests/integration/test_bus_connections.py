@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.common.bus import BusProducer, StageConsumer, ensure_topics
+from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
-from services.common.stats import StageStats
 from tests.conftest import KafkaInternal
+from tests.integration.bus_helpers import stage_consumer
 from tests.waiting import wait_for
 
 
@@ -55,14 +55,12 @@ def test_a_running_stage_probes_the_broker_without_signing_in_again(
         return []
 
     probe_interval_s = 0.25
-    consumer = StageConsumer(
-        bootstrap=kafka_internal.bootstrap,
-        group_id=f"{unique_name}-g",
-        topics=[topic],
-        producer=producer,
-        dead_letter_topic=dlq,
-        stage="test",
-        stats=StageStats("test"),
+    consumer = stage_consumer(
+        kafka_internal.bootstrap,
+        producer,
+        [topic],
+        f"{unique_name}-g",
+        dlq,
         probe_interval_s=probe_interval_s,
         client_config=config,
     )

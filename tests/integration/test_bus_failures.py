@@ -12,8 +12,7 @@ from pymongo.errors import AutoReconnect
 
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
-from services.common.stats import StageStats
-from tests.integration.bus_helpers import committed_and_end_offsets, read_all
+from tests.integration.bus_helpers import committed_and_end_offsets, read_all, stage_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -58,17 +57,7 @@ def test_database_and_disk_outages_in_a_handler_are_retried_not_dead_lettered(
             done.set()
         return [OutgoingMessage(out, message.value, message.key)]
 
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=group,
-        topics=[topic],
-        producer=producer,
-        dead_letter_topic=dlq,
-        stage="test",
-        stats=StageStats("test"),
-        max_batch=20,
-        retry_backoff_s=0.1,
-    )
+    consumer = stage_consumer(kafka_bootstrap, producer, [topic], group, dlq, max_batch=20, retry_backoff_s=0.1)
     thread = _run_in_thread(consumer, handler, stop)
     try:
         assert done.wait(60), "the stage processed everything after the outages"
@@ -112,16 +101,7 @@ def test_a_database_outage_in_a_batch_flush_is_retried_and_the_stage_keeps_runni
     producer = BusProducer(kafka_bootstrap)
     producer.publish([OutgoingMessage(topic, b"x", b"k")])
     handler, stop = FlushFailsOnce(out), threading.Event()
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=group,
-        topics=[topic],
-        producer=producer,
-        dead_letter_topic=dlq,
-        stage="test",
-        stats=StageStats("test"),
-        retry_backoff_s=0.1,
-    )
+    consumer = stage_consumer(kafka_bootstrap, producer, [topic], group, dlq, retry_backoff_s=0.1)
     thread = _run_in_thread(consumer, handler, stop)
     try:
         assert handler.done.wait(60)

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from services.common import health_probe
-from services.common.bus import BusProducer, StageConsumer, ensure_topics
+from services.common.bus import BusProducer, ensure_topics
 from services.common.control_auth import static_auth
 from services.common.control_server import ControlServer
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.runtime import StageControl
 from services.common.stats import StageStats
-from tests.integration.bus_helpers import committed_and_end_offsets, read_all
+from tests.integration.bus_helpers import committed_and_end_offsets, read_all, stage_consumer
 from tests.waiting import wait_for
 from tools import devstack
 from tools.devstack.processes import port_is_free
@@ -94,13 +94,12 @@ def test_a_stage_rides_out_a_broker_outage_and_loses_nothing(
     server = ControlServer("test", StageControl(stats), auth=static_auth({}))
     server.start()
     server.mark_serving()
-    consumer = StageConsumer(
-        bootstrap=broker.bootstrap,
-        group_id=group,
-        topics=[topic],
-        producer=producer,
-        dead_letter_topic=dlq,
-        stage="test",
+    consumer = stage_consumer(
+        broker.bootstrap,
+        producer,
+        [topic],
+        group,
+        dlq,
         stats=stats,
         max_batch=10,
         retry_backoff_s=0.2,
@@ -174,13 +173,12 @@ def test_an_idle_stage_says_not_serving_while_its_broker_is_away(broker: OwnBrok
     server = ControlServer("test", StageControl(stats), auth=static_auth({}))
     server.start()
     server.mark_serving()
-    consumer = StageConsumer(
-        bootstrap=broker.bootstrap,
-        group_id=f"{unique_name}-g",
-        topics=[topic],
-        producer=producer,
-        dead_letter_topic=dlq,
-        stage="test",
+    consumer = stage_consumer(
+        broker.bootstrap,
+        producer,
+        [topic],
+        f"{unique_name}-g",
+        dlq,
         stats=stats,
         retry_backoff_s=0.2,
         max_backoff_s=2.0,

@@ -14,7 +14,7 @@ from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.positions import ConsumerPositions
 from services.common.stats import StageStats
-from tests.integration.bus_helpers import committed_and_end_offsets, read_all
+from tests.integration.bus_helpers import committed_and_end_offsets, read_all, stage_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +36,9 @@ def _slow_committing_stage(
     ensure_topics(bootstrap, [topic, out, dlq], partitions=1)
     _publish(bootstrap, topic, records)
     producer = BusProducer(bootstrap)
-    consumer = StageConsumer(
-        bootstrap=bootstrap, group_id=f"{unique_name}-g", topics=[topic], producer=producer, dead_letter_topic=dlq,
-        stage="test", stats=StageStats("test"), max_batch=max_batch, commit_interval_s=3600,
-    )  # fmt: skip
+    consumer = stage_consumer(
+        bootstrap, producer, [topic], f"{unique_name}-g", dlq, max_batch=max_batch, commit_interval_s=3600
+    )
     return producer, consumer
 
 
@@ -84,10 +83,7 @@ def test_a_paused_stage_reports_the_records_waiting_for_it(kafka_bootstrap: str,
     _publish(kafka_bootstrap, topic, 20)
     producer = BusProducer(kafka_bootstrap)
     stats = StageStats("test")
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap, group_id=f"{unique_name}-g", topics=[topic], producer=producer,
-        dead_letter_topic=dlq, stage="test", stats=stats, max_batch=5,
-    )  # fmt: skip
+    consumer = stage_consumer(kafka_bootstrap, producer, [topic], f"{unique_name}-g", dlq, stats=stats, max_batch=5)
     try:
         deadline = time.monotonic() + 30
         while consumer.poll_once(_identity(out)) == 0 and time.monotonic() < deadline:
@@ -160,11 +156,15 @@ def test_a_stage_that_keeps_up_asks_no_end_offsets_and_one_behind_does(
 
     monkeypatch.setattr(KafkaConsumer, "end_offsets", counted)
     producer = BusProducer(kafka_bootstrap)
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap, group_id=f"{unique_name}-g", topics=[urgent, routine], producer=producer,
-        dead_letter_topic=dlq, stage="test", stats=StageStats("test"), max_batch=5,
+    consumer = stage_consumer(
+        kafka_bootstrap,
+        producer,
+        [urgent, routine],
+        f"{unique_name}-g",
+        dlq,
+        max_batch=5,
         lane_of={urgent: "urgent", routine: "routine"}.get,
-    )  # fmt: skip
+    )
     try:
 
         def handle_all(count: int) -> None:
