@@ -26,6 +26,7 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
+from services.audit.log_entries import unpacked
 from services.audit.tamper_log import TamperLog, unavailable_is_transient
 from services.common.messages import TransientError
 
@@ -71,7 +72,8 @@ class LoggedDocuments:
                 if record_id.startswith(prefix):
                     doc = collection.find_one({"_id": record_id[len(prefix) :]})
                     return leaf_form(prefix, doc) if doc is not None else None
-            return self._records.find_one({"_id": record_id})
+            doc = self._records.find_one({"_id": record_id})
+            return unpacked(doc) if doc is not None else None
 
 
 class ChangeTail:

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from pymongo.collection import Collection
 
 from services.audit import merkle
-from services.audit.log_entries import EXCLUDED_FIELDS, leaf_entry, record_digest
+from services.audit.log_entries import EXCLUDED_FIELDS, leaf_entry, record_digest, unpacked
 from services.audit.log_sources import is_side_entry
 from services.audit.records import RECORD_FIELDS
 from services.audit.signing import checkpoint_message, fingerprint, verify_signature
@@ -211,11 +211,12 @@ def _check_consistency(heads: list[tuple[int, bytes]], tree: StoredTree, report:
 
 
 class CollectionRecords:
-    """Audit records read by `_id` from their collection."""
+    """Audit records read by `_id` from their collection, packed ones unpacked (log_entries.unpacked)."""
 
     def __init__(self, collection: Collection[dict[str, Any]]) -> None:
         self._records = collection
 
     def get(self, record_id: str) -> Mapping[str, Any] | None:
         with unavailable_is_transient():
-            return self._records.find_one({"_id": record_id})
+            doc = self._records.find_one({"_id": record_id})
+        return unpacked(doc) if doc is not None else None

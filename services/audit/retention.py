@@ -32,6 +32,7 @@ from pymongo.collection import Collection
 
 from services.audit import merkle
 from services.audit.keyed_retention import KeyedPurge
+from services.audit.log_entries import PACKED, unpacked
 from services.audit.records import to_datetime, to_epoch_ms
 from services.audit.rollups import day_of
 from services.audit.signing import Signer, checkpoint_message
@@ -64,7 +65,8 @@ class CollectionRecordDeleter:
 
     def _note_owner(self, record_id: str) -> None:
         assert self._marks is not None
-        doc = self._records.find_one({"_id": record_id}, {"occurred_at": 1, "_b": 1})
+        found = self._records.find_one({"_id": record_id}, {"occurred_at": 1, "_b": 1, PACKED: 1})
+        doc = unpacked(found) if found is not None else None
         if doc is None or not doc.get("_b") or doc.get("occurred_at") is None:
             return
         day = day_of(to_datetime(to_epoch_ms(doc["occurred_at"])))

@@ -29,7 +29,7 @@ from pymongo.errors import (
 from services.audit import rollups
 from services.audit.counters import Counters, SettledMarks, batch_id
 from services.audit.keyed_retention import RETAINED
-from services.audit.log_entries import stored_form
+from services.audit.log_entries import packed_form
 from services.audit.pages import DUPLICATE_KEY, READ_AHEAD, PageChains, unique
 from services.audit.queries import (
     AuditSummary,
@@ -256,7 +256,7 @@ class MongoAuditStore:
             self._mark_time(batch)
             bid = batch_id(r["_id"] for r in batch)
             studies = list(dict.fromkeys(m for r in batch for m in rollups.study_marks(r)))
-            docs = [stored_form(r) for r in batch]
+            docs = [packed_form(r) for r in batch]
             if log_since is not None:
                 for doc in docs:
                     doc[LOG_SINCE] = log_since

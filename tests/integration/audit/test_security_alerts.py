@@ -12,6 +12,7 @@ from pymongo.database import Database
 
 from services.audit.consumer import AuditHandler
 from services.audit.exports import audit_message_xml, fhir_audit_event
+from services.audit.log_entries import unpacked
 from services.audit.records import AuditRecord
 from services.audit.standard_events import standard_event
 from services.audit.store import MongoAuditStore, record_from_document
@@ -79,14 +80,15 @@ def test_a_backlog_crossing_a_warning_fraction_is_recorded_by_audit_as_a_securit
     consumer = audit_consumer(kafka_bootstrap, topics, producer, max_batch=50)
     handler = AuditHandler(store, topics)
     try:
-        poll_until(consumer, handler, lambda: collection.count_documents({"event_type": "alert"}) >= 2, 60)
+        poll_until(consumer, handler, lambda: collection.count_documents({"_id": {"$regex": "^alert:"}}) >= 2, 60)
         for _ in range(10):  # the replica's duplicate is read and dropped
             consumer.poll_once(handler)
     finally:
         consumer.close()
         producer.close()
 
-    stored = collection.find({"event_type": "alert"})  # as the store keeps them: empty fields left out
+    # As the store keeps them: packed (log_entries.unpacked), empty fields left out.
+    stored = map(unpacked, collection.find({"_id": {"$regex": "^alert:"}}))
     records: list[AuditRecord] = sorted(map(record_from_document, stored), key=lambda r: r["occurred_at"])
     assert [r["detail"].split()[0] for r in records] == ["threshold=0.5", "threshold=0.8"], "once per crossing"
     first, second = records

@@ -5,16 +5,17 @@ finished on the next start."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import bson
 import pytest
 from pymongo.collection import Collection
 from pymongo.database import Database
 
 from services.audit import merkle
-from services.audit.log_entries import stored_form
+from services.audit.log_entries import PACKED, packed_form, stored_form
 from services.audit.log_verify import CollectionRecords, KnownHead, VerifyReport, verify_log
 from services.audit.records import AuditRecord
 from services.audit.signing import Signer
@@ -339,3 +340,32 @@ def test_leaves_stored_as_an_array_by_an_older_version_are_read_and_extended(log
     report = log.verify()
     assert report.ok, report.findings
     assert report.tree_size == 50
+
+
+def test_records_stored_packed_verify_and_every_edit_of_one_is_caught(db: Database, clock: Clock) -> None:
+    """The store keeps a record's fields packed in one binary field (log_entries.packed_form): the leaf
+    covers the fields as unpacked, so one edited inside the packed bytes, a field set beside them with
+    or without a packed value, and the packed bytes dropped or garbled are all `changed`."""
+    log = Log(db, Signer.generate(), clock)
+    log.writer.open()
+    records = make_records(6)
+    log.records.insert_many([packed_form(r) for r in records])
+    TamperLogSink(log.writer).write(records)
+    assert log.verify().ok
+    index = {log.leaf(i)["id"]: i for i in range(len(records))}
+    victims = iter(records)
+
+    def edited(update: Callable[[AuditRecord], dict[str, Any]]) -> None:
+        victim = next(victims)
+        log.records.update_one({"_id": victim["_id"]}, update(victim))
+        assert ("changed", index[victim["_id"]], victim["_id"]) in kinds(log.verify())
+
+    def inner(r: AuditRecord, **changed: Any) -> bytes:
+        return bson.encode({**{k: v for k, v in stored_form(r).items() if k != "_id"}, **changed})
+
+    edited(lambda r: {"$set": {PACKED: inner(r, partner_id="someone-else")}})
+    edited(lambda r: {"$set": {"event_type": "made-up"}})  # beside its packed value
+    # A field without a value, given one beside the packed ones:
+    edited(lambda r: {"$set": {next(k for k, v in r.items() if v is None): "made-up"}})
+    edited(lambda r: {"$set": {PACKED: b"\x05\x00\x00"}})
+    edited(lambda r: {"$unset": {PACKED: ""}})
