@@ -12,6 +12,7 @@ import socket
 from fastapi import FastAPI
 
 from services.common.http_server import HttpServer
+from tests.raw_http import exchange
 
 
 def test_answers_are_written_on_connections_with_nagle_off() -> None:
@@ -25,12 +26,7 @@ def test_answers_are_written_on_connections_with_nagle_off() -> None:
     server.start()
     client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     try:
-        client.sendall(b"GET /ping HTTP/1.1\r\nHost: test\r\n\r\n")
-        answer = b""
-        while not answer.endswith(b'{"ok":1}'):
-            chunk = client.recv(65536)
-            assert chunk, f"connection closed after {answer!r}"
-            answer += chunk
+        answer = exchange(client, b"GET /ping HTTP/1.1\r\nHost: test\r\n\r\n", b'{"ok":1}')
         assert answer.startswith(b"HTTP/1.1 200")
         connections = list(server._server.server_state.connections)
         assert connections, "the server holds no connection"

@@ -20,6 +20,7 @@ from services.ingest.acceptance import Acceptance
 from services.ingest.receipts import MemoryReceiptStore
 from services.ingest.stow import StowContext, create_app
 from services.ingest.upload_slots import UploadSlots
+from tests.raw_http import exchange
 from tests.unit.ingest.samples import BOUNDARY, RecordingBus, stow_content_type
 
 KEY, OTHER_KEY = "imx_test-key", "imx_other-key"
@@ -131,12 +132,7 @@ def test_a_kept_alive_connection_gets_a_new_header_deadline_per_request(start_se
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         for _ in range(3):  # 3 requests over 3 x 0.6 s: longer than one header timeout in total
             time.sleep(HEADER_TIMEOUT_S * 0.6)
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: imx\r\n\r\n")
-            answer = b""
-            while not answer.endswith(b'{"status":"ok"}'):
-                chunk = sock.recv(65536)
-                assert chunk, f"closed after {answer!r}"
-                answer += chunk
+            answer = exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: imx\r\n\r\n", b'{"status":"ok"}')
             assert answer.startswith(b"HTTP/1.1 200")
 
 

@@ -1,0 +1,18 @@
+"""HTTP/1.1 by hand over a plain socket, for tests that need control of the connection itself
+(keep-alive, the socket options the server set, clients that stall)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def exchange(sock: socket.socket, request: bytes, ends_with: bytes) -> bytes:
+    """Send `request` on `sock` and read the answer until it ends with `ends_with` (its expected body);
+    fails when the server closes the connection first."""
+    sock.sendall(request)
+    answer = b""
+    while not answer.endswith(ends_with):
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {answer!r}"
+        answer += chunk
+    return answer
