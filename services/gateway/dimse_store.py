@@ -1,9 +1,10 @@
 """The DIMSE target: C-STORE through pynetdicom 3 as SCU, one association reused across instances.
 
-The delivered file is sent as it is: the C-STORE request is built here, its command set encoded
-directly (`c_store_command`) and its data set read from the file after its meta group a MiB at a time
-and framed as pynetdicom's `DIMSEMessage.encode_msg` frames it (`message_pdus`), so nothing is decoded
-or re-encoded and a large file is never held whole in memory. The sending thread writes the P-DATA-TF
+The delivered object is sent as it is: the C-STORE request is built here, its command set encoded
+directly (`c_store_command`) and its data set, after its meta group, sent from the fetched bytes
+where they are (fetched.py: objects up to 4 MiB are held in memory), or read from the file a MiB at a
+time, and framed as pynetdicom's `DIMSEMessage.encode_msg` frames it (`message_pdus`), so nothing is
+decoded or re-encoded and a large file is never held whole in memory. The sending thread writes the P-DATA-TF
 PDUs to the association's socket itself (services/gateway/pdu_writer.py), not through pynetdicom's
 DUL thread (`send_request`, kept for a socket that cannot take them directly). The one exception is a
 deflated data set of odd length: it is sent from a copy padded with one NUL byte, as PS3.5 A.5 has it
@@ -41,6 +42,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -50,13 +54,14 @@ from pydicom.uid import (
 )
 from pynetdicom import build_context
 from pynetdicom.association import Association
-from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
 from services.common.dicom.association_waits import WaitingAE
 from services.common.dicom.command_set import command_element, command_set, ui_value, us_value
 from services.gateway.dimse_responses import read_store_responses_directly
+from services.gateway.fetched import Fetched
 from services.gateway.pdu_writer import SendStalled, send_direct
 from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
@@ -137,9 +142,10 @@ def padded_copy(path: Path, offset: int) -> Path:
     return target
 
 
-def converted(path: Path, transfer_syntax: UID) -> bytes:
-    """The data set of `path` encoded in `transfer_syntax` (uncompressed); raises when pydicom cannot."""
-    ds = dcmread(path)
+def converted(source: Fetched, transfer_syntax: UID) -> bytes:
+    """The data set of `source` encoded in `transfer_syntax` (uncompressed); raises when pydicom cannot."""
+    with source.open() as handle:
+        ds = dcmread(handle)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         # Same instance, other encoding: pydicom would otherwise give it a new SOP Instance UID.
         ds.decompress(generate_instance_uid=False)  # raises when no pixel handler decodes this syntax
@@ -268,9 +274,9 @@ class DimseStore:
     def peer_max_pdu(self) -> int | None:
         return self._assoc.acceptor.maximum_length if self._assoc else None
 
-    def store(self, path: Path, delivery: events_pb2.PartnerDelivery) -> StoreResult:
+    def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
         try:
-            meta, offset = split_dataset(path)
+            meta, offset = split_meta(source)
             sop_class = str(meta.MediaStorageSOPClassUID)
             sop_instance = str(meta.MediaStorageSOPInstanceUID)
             syntax = UID(str(meta.TransferSyntaxUID))
@@ -282,20 +288,20 @@ class DimseStore:
         assert self._assoc is not None
         exact = self._accepted(sop_class, syntax)
         if exact is not None:
-            if syntax == DeflatedExplicitVRLittleEndian and (path.stat().st_size - offset) % 2:
-                return self._send_copy(exact, sop_class, sop_instance, padded_copy, path, offset)
-            return self._send(exact, sop_class, sop_instance, path_offset=(path, offset))
+            if syntax == DeflatedExplicitVRLittleEndian and (source.size - offset) % 2:
+                return self._send_copy(exact, sop_class, sop_instance, padded_copy, source, offset)
+            return self._send(exact, sop_class, sop_instance, (source, offset))
         fallback = next((c for ts in FALLBACK_SYNTAXES if (c := self._accepted(sop_class, ts))), None)
         if fallback is None:
             return StoreResult.failed("sop-class-not-accepted", retryable=False)
         target_syntax = UID(fallback.transfer_syntax[0])
         if syntax == DeflatedExplicitVRLittleEndian and target_syntax == ExplicitVRLittleEndian:
-            return self._send_copy(fallback, sop_class, sop_instance, inflated_copy, path, offset)
+            return self._send_copy(fallback, sop_class, sop_instance, inflated_copy, source, offset)
         try:
-            data = converted(path, target_syntax)
+            data = converted(source, target_syntax)
         except Exception:
             return StoreResult.failed(f"cannot-convert-to-{target_syntax}", retryable=False)
-        return self._send(fallback, sop_class, sop_instance, data=data)
+        return self._send(fallback, sop_class, sop_instance, data)
 
     def _send_copy(
         self,
@@ -303,18 +309,18 @@ class DimseStore:
         sop_class: str,
         sop_instance: str,
         make_copy: Callable[[Path, int], Path],
-        path: Path,
+        source: Fetched,
         offset: int,
     ) -> StoreResult:
         """Send the data set from a file `make_copy` writes beside the delivered one (removed after)."""
         try:
-            copy = make_copy(path, offset)
+            copy = make_copy(source.on_disk(), offset)
         except zlib.error:  # the deflate stream is broken: it never will convert
             return StoreResult.failed(f"cannot-convert-to-{ExplicitVRLittleEndian}", retryable=False)
         except OSError:  # the disk, not the instance
             return StoreResult.failed("copy-write-failed", retryable=True)
         try:
-            return self._send(context, sop_class, sop_instance, path_offset=(copy, 0))
+            return self._send(context, sop_class, sop_instance, (Fetched.in_file(copy), 0))
         finally:
             copy.unlink(missing_ok=True)
 
@@ -366,11 +372,11 @@ class DimseStore:
         context: PresentationContext,
         sop_class: str,
         sop_instance: str,
-        path_offset: tuple[Path, int] | None = None,
-        data: bytes | None = None,
+        body: tuple[Fetched, int] | bytes,
     ) -> StoreResult:
-        """Send one C-STORE request with the data set as bytes (already encoded) and wait for its
-        response; mirrors `Association.send_c_store` of pynetdicom 3.0 after its encoding step."""
+        """Send one C-STORE request with the data set already encoded (the fetched object from its
+        offset, or bytes) and wait for its response; mirrors `Association.send_c_store` of pynetdicom
+        3.0 after its encoding step."""
         assoc = self._assoc
         assert assoc is not None
         self._message_id = self._message_id % 0xFFFF + 1
@@ -383,13 +389,14 @@ class DimseStore:
             while not reactor._is_paused and assoc.is_established:
                 time.sleep(0.0001)
             try:
-                with _data_set(path_offset, data) as (data_set, length):
+                with _data_set(body) as (data_set, length):
                     context_id, stall_s = int(context.context_id or 0), float(self._ae.network_timeout or 60)
                     sock = _plain_socket(assoc)
                     if sock is not None:
                         send_direct(sock, command, data_set, length, context_id, _pdu_size(assoc), stall_s)
                     else:
-                        send_request(assoc, command, data_set, context_id, stall_s)
+                        readable = BytesIO(data_set) if isinstance(data_set, memoryview) else data_set
+                        send_request(assoc, command, readable, context_id, stall_s)
                 _, response = assoc.dimse.get_msg(block=True)
             finally:
                 reactor._reactor_checkpoint.set()
@@ -437,15 +444,31 @@ def _plain_socket(assoc: Association) -> socket.socket | None:
 
 
 @contextmanager
-def _data_set(
-    path_offset: tuple[Path, int] | None, data: bytes | None
-) -> Iterator[tuple[BufferedReader | BytesIO, int]]:
-    """The data set to send and its length: the delivered file from its offset, or bytes."""
-    if path_offset is None:
-        yield BytesIO(data or b""), len(data or b"")
+def _data_set(body: tuple[Fetched, int] | bytes) -> Iterator[tuple[BufferedReader | BytesIO | memoryview, int]]:
+    """The data set to send and its length: bytes in memory as they are, else the file from its offset."""
+    if isinstance(body, bytes):
+        yield memoryview(body), len(body)
         return
-    path, offset = path_offset
-    with path.open("rb") as handle:
+    source, offset = body
+    if source.data is not None:
+        view = memoryview(source.data)[offset:]
+        yield view, len(view)
+        return
+    assert source.path is not None
+    with source.path.open("rb") as handle:
         length = os.fstat(handle.fileno()).st_size - offset
         handle.seek(offset)
         yield handle, length
+
+
+def _not_group_0002(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group != 2
+
+
+def split_meta(source: Fetched) -> tuple[Dataset, int]:
+    """The file meta group and the offset of the data set after it: pynetdicom's `split_dataset`, for
+    an object in memory as well as in a file."""
+    with source.open() as handle:
+        read_preamble(handle, False)
+        meta = read_dataset(handle, is_implicit_VR=False, is_little_endian=True, stop_when=_not_group_0002)
+        return meta, handle.tell()

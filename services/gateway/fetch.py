@@ -1,6 +1,7 @@
 """Fetching a delivered object: WADO-RS GET of `PartnerDelivery.retrieval_url` with the partner's key,
-streamed into a temp file under the gateway's state folder and hashed while it is written, so an
-object of any size costs one buffer of memory. The SHA-256 and size named by the delivery must match.
+hashed as it arrives and kept in memory when it is at most IN_MEMORY_UP_TO (fetched.py), else streamed
+into a temp file under the gateway's state folder, so an object of any size costs one buffer of
+memory. The SHA-256 and size named by the delivery must match.
 
 imx answers an instance request with `application/dicom`; a server that answers with
 `multipart/related` (PS3.18 8.7.3 allows it for an instance) is read too: its first part is the file.
@@ -28,12 +29,14 @@ import tempfile
 import threading
 import urllib.request
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
+from services.gateway.fetched import IN_MEMORY_UP_TO, Fetched
 from services.proto_gen.imx.v1 import events_pb2
 
 ACCEPT = 'application/dicom, multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -175,23 +178,26 @@ class Fetcher:
         self._connections = _Connections()
         incoming.mkdir(parents=True, exist_ok=True)
 
-    def fetch(self, delivery: events_pb2.PartnerDelivery) -> Path:
-        """The verified object in a temp file the caller deletes; FetchFailure otherwise."""
+    def fetch(self, delivery: events_pb2.PartnerDelivery) -> Fetched:
+        """The verified object, in memory up to IN_MEMORY_UP_TO, else in a temp file; the caller
+        `discard`s it. FetchFailure otherwise."""
         if not delivery.retrieval_url.startswith(("http://", "https://")):
             raise FetchFailure("no-retrieval-url", retryable=False)
+        if delivery.blob.size <= IN_MEMORY_UP_TO:
+            held = BytesIO()
+            digest, size = self._download(delivery, held)
+            _verify(delivery, digest, size)
+            return Fetched(data=held.getvalue(), scratch=self._incoming)
         fd, name = tempfile.mkstemp(dir=self._incoming, prefix="fetch-", suffix=".dcm")
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
                 digest, size = self._download(delivery, out)
-            if size != delivery.blob.size:
-                raise FetchFailure("size-mismatch", retryable=True)
-            if digest != delivery.blob.sha256:
-                raise FetchFailure("sha256-mismatch", retryable=True)
+            _verify(delivery, digest, size)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return path
+        return Fetched.in_file(path)
 
     def _download(self, delivery: events_pb2.PartnerDelivery, out: BinaryIO) -> tuple[str, int]:
         url = urlsplit(delivery.retrieval_url)
@@ -317,6 +323,13 @@ def _download_with(
     except httpx.TransportError:
         raise FetchFailure("source-unreachable", retryable=True, unavailable=True) from None
     return digest.hexdigest(), answer.size
+
+
+def _verify(delivery: events_pb2.PartnerDelivery, digest: str, size: int) -> None:
+    if size != delivery.blob.size:
+        raise FetchFailure("size-mismatch", retryable=True)
+    if digest != delivery.blob.sha256:
+        raise FetchFailure("sha256-mismatch", retryable=True)
 
 
 def _raise_for(status: int) -> None:

@@ -1,16 +1,16 @@
 """Fetching ahead: while the gateway stores one instance, the next few deliveries of its window are
-fetched and verified by a small pool, each into its own temp file. Storing, receipts and commits stay
-one at a time and in order (services/gateway/worker.py), so only the waiting for WADO-RS overlaps.
+fetched and verified by a small pool, each into memory or its own temp file (fetched.py). Storing,
+receipts and commits stay one at a time and in order (services/gateway/worker.py), so only the waiting
+for WADO-RS overlaps.
 
-A fetched file that nobody stores (the loop stopped, the window was put back, the delivery turned out
-stored already) is deleted, now or when its fetch ends.
+A fetched object that nobody stores (the loop stopped, the window was put back, the delivery turned out
+stored already) is discarded, now or when its fetch ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -18,6 +18,7 @@ from kafka.structs import TopicPartition
 
 from services.common.events import EVENT_TYPE_HEADER
 from services.gateway.fetch import Fetcher
+from services.gateway.fetched import Fetched
 from services.gateway.records import safe_delivery_id
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -32,7 +33,7 @@ class FetchAhead:
         self._already_stored = already_stored
         self._size = size
         self._pool = ThreadPoolExecutor(size, thread_name_prefix="imx-gateway-fetch") if size > 0 else None
-        self._started: dict[Key, Future[Path]] = {}
+        self._started: dict[Key, Future[Fetched]] = {}
 
     def ahead(self, window: list[tuple[TopicPartition, Any]], index: int, revoked: Collection[TopicPartition]) -> None:
         """Have the deliveries from `index` on fetched, up to `size` beyond the one about to be stored."""
@@ -54,7 +55,7 @@ class FetchAhead:
             self._started[key] = self._pool.submit(self._fetcher.fetch, delivery)
             wanted -= 1
 
-    def take(self, tp: TopicPartition, offset: int) -> Future[Path] | None:
+    def take(self, tp: TopicPartition, offset: int) -> Future[Fetched] | None:
         """The fetch started for this record, if any; the caller stores its file or `discard`s it."""
         return self._started.pop((tp, offset), None)
 
@@ -83,13 +84,13 @@ def _delivery_of(record: Any) -> events_pb2.PartnerDelivery | None:
     return delivery
 
 
-def discard(future: Future[Path]) -> None:
+def discard(future: Future[Fetched]) -> None:
     """Delete the file of a fetch whose result will not be stored, now or when the fetch ends."""
     if future.cancel():
         return
 
-    def remove(done: Future[Path]) -> None:
+    def remove(done: Future[Fetched]) -> None:
         if not done.cancelled() and done.exception() is None:
-            done.result().unlink(missing_ok=True)
+            done.result().discard()
 
     future.add_done_callback(remove)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from pathlib import Path
+from typing import BinaryIO
 
-from services.common.blob_store import copy_from, fsync_directory, replace_atomically
+from services.common.blob_store import fsync_directory, replace_atomically
+from services.gateway.fetched import Fetched
 from services.gateway.targets import FolderTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -52,7 +55,7 @@ class FolderStore:
     def __init__(self, target: FolderTarget) -> None:
         self._root = target.root
 
-    def store(self, path: Path, delivery: events_pb2.PartnerDelivery) -> StoreResult:
+    def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
         try:
             target = path_for(self._root, delivery.instance)
         except UnsafeUid:
@@ -61,7 +64,7 @@ class FolderStore:
             if target.exists() and file_sha256(target) == delivery.blob.sha256:
                 return StoreResult.stored("already-present")
             target.parent.mkdir(parents=True, exist_ok=True)
-            _copy_atomically(path, target)
+            _copy_atomically(source, target)
         except OSError as error:
             # A full or read-only disk may be fixed by the partner: retry, and wait without spending
             # attempts when the folder itself is gone (an unmounted share).
@@ -74,7 +77,15 @@ class FolderStore:
         pass
 
 
-def _copy_atomically(source: Path, target: Path) -> None:
+def _copy_atomically(source: Fetched, target: Path) -> None:
     """A crash leaves the old file or the new one, never half of one; the folder is fsynced too."""
-    replace_atomically(target, lambda out: copy_from(source, out))
+    replace_atomically(target, lambda out: _copy(source, out))
     fsync_directory(target.parent)
+
+
+def _copy(source: Fetched, out: BinaryIO) -> None:
+    if source.data is not None:
+        out.write(source.data)
+        return
+    with source.open() as handle:
+        shutil.copyfileobj(handle, out, _CHUNK)

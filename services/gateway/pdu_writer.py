@@ -77,14 +77,15 @@ def send_all(sock: socket.socket, buffers: list[memoryview], stall_s: float) -> 
 def send_direct(
     sock: socket.socket,
     command: bytes,
-    data_set: BufferedReader | BytesIO,
+    data_set: BufferedReader | BytesIO | memoryview,
     length: int,
     context_id: int,
     pdu_size: int,
     stall_s: float,
 ) -> None:
-    """One C-STORE request (`command`, then `length` bytes of `data_set`) as P-DATA-TF PDUs written to
-    the association's socket by the calling thread, a DIRECT_BLOCK of the data set at a time.
+    """One C-STORE request (`command`, then `length` bytes of `data_set`, a file or bytes in memory) as
+    P-DATA-TF PDUs written to the association's socket by the calling thread, a DIRECT_BLOCK of the
+    data set at a time.
 
     The DUL thread keeps reading the socket (the response, or the peer's abort) and writes to it only
     what is queued for it, and nothing is while a request is sent (the sender is the only user, and the
@@ -93,6 +94,16 @@ def send_direct(
     the send with ConnectionError: the PDUs already written promised the rest."""
     piece = pdu_size - 6
     block = max(1, DIRECT_BLOCK // piece) * piece
+    if isinstance(data_set, memoryview):  # in memory already: sent from where it is, no copy
+        if len(data_set) != length:
+            raise ConnectionError("the data set is not as long as its length")
+        head, start = command, 0
+        while True:
+            end = min(start + block, length)
+            send_all(sock, pdu_buffers(context_id, head, data_set[start:end], piece, last=end == length), stall_s)
+            head, start = b"", end
+            if start == length:
+                return
     buffer = bytearray(min(block, length))
     view = memoryview(buffer)
     head = command

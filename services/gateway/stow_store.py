@@ -9,14 +9,13 @@ one listed in the Failed SOP Sequence (0008,1198) failed with its Failure Reason
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from services.gateway.fetched import Fetched
 from services.gateway.targets import DicomWebTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -90,9 +89,9 @@ def _envelope(boundary: str) -> tuple[bytes, bytes]:
     return head, tail
 
 
-def _body(path: Path, head: bytes, tail: bytes) -> Iterator[bytes]:
+def _body(source: Fetched, head: bytes, tail: bytes) -> Iterator[bytes]:
     yield head
-    with path.open("rb") as handle:
+    with source.open() as handle:
         while chunk := handle.read(_CHUNK):
             yield chunk
     yield tail
@@ -108,7 +107,7 @@ class StowStore:
         self._client = client or httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
         self._headers = dict(headers or {})
 
-    def store(self, path: Path, delivery: events_pb2.PartnerDelivery) -> StoreResult:
+    def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
         boundary = uuid.uuid4().hex
         head, tail = _envelope(boundary)
         headers = {
@@ -116,10 +115,10 @@ class StowStore:
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json",
             # A known length: some servers (Orthanc's among them) do not take chunked uploads.
-            "Content-Length": str(len(head) + os.path.getsize(path) + len(tail)),
+            "Content-Length": str(len(head) + source.size + len(tail)),
         }
         try:
-            response = self._client.post(self._target.stow_url, content=_body(path, head, tail), headers=headers)
+            response = self._client.post(self._target.stow_url, content=_body(source, head, tail), headers=headers)
         except httpx.TimeoutException:
             return StoreResult.failed("http-timeout", retryable=True)
         except httpx.TransportError:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
+from services.gateway.fetched import Fetched
 from services.proto_gen.imx.v1 import events_pb2
 
 DEFAULT_CALLING_AE = "IMX-GATEWAY"
@@ -89,12 +90,12 @@ class StoreResult:
 
 
 class Store(Protocol):
-    """Stores one verified Part 10 file into the partner's system. Implementations never raise for
-    the target's own failures: they answer with a StoreResult."""
+    """Stores one verified Part 10 object (in memory or in a file, fetched.py) into the partner's
+    system. Implementations never raise for the target's own failures: they answer with a StoreResult."""
 
     kind: TargetKind
 
-    def store(self, path: Path, delivery: events_pb2.PartnerDelivery) -> StoreResult: ...
+    def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult: ...
 
     def close(self) -> None: ...
 

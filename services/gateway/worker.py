@@ -13,10 +13,10 @@ a flush and an offset commit per record or two. The receipts' producer lingers (
 in services/gateway/runner.py), so a commit's receipts leave in one produce request.
 
 Fetching overlaps storing: while one instance is stored, the next few deliveries of the window
-(`fetch_ahead`, a small pool) are already being fetched and verified, each into its own temp file. Storing,
-receipts and commits stay one at a time and in order, so an offset is still committed only after what
-it covers is stored; a fetched file nobody stores (the loop stopped, the window was put back, the
-delivery turned out stored already) is deleted.
+(`fetch_ahead`, a small pool) are already being fetched and verified, each into memory or its own temp
+file (fetched.py). Storing, receipts and commits stay one at a time and in order, so an offset is still
+committed only after what it covers is stored; a fetched object nobody stores (the loop stopped, the
+window was put back, the delivery turned out stored already) is discarded.
 
 When an attempt fails the loop waits with the partitions paused, polling all the while, so the
 consumer stays in its group (max.poll.interval) without fetching more work; a target that cannot be
@@ -50,6 +50,7 @@ from services.common.lanes import RANK, LaneGate
 from services.common.topics import LANES, ROUTINE, Topics
 from services.gateway.fetch import Fetcher, FetchFailure
 from services.gateway.fetch_ahead import FetchAhead, discard
+from services.gateway.fetched import Fetched
 from services.gateway.offsets import OffsetTracker
 from services.gateway.policy import RetryPolicy
 from services.gateway.receipts import (
@@ -108,18 +109,18 @@ def attempt_once(
     fetcher: Fetcher,
     store: Store,
     delivery: events_pb2.PartnerDelivery,
-    fetched: Future[Path] | None = None,
+    fetched: Future[Fetched] | None = None,
 ) -> tuple[StoreResult, bool]:
     """One fetch-verify-store; (result, refused) where refused means the DICOMweb key was refused.
     `fetched`: the fetch of this delivery, started earlier."""
     try:
-        path = fetched.result() if fetched is not None else fetcher.fetch(delivery)
+        source = fetched.result() if fetched is not None else fetcher.fetch(delivery)
     except FetchFailure as failure:
         return StoreResult(False, failure.detail, failure.retryable, failure.unavailable), failure.refused
     try:
-        return store.store(path, delivery), False
+        return store.store(source, delivery), False
     finally:
-        path.unlink(missing_ok=True)
+        source.discard()
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -289,7 +290,7 @@ class Gateway:
         tp: TopicPartition,
         offset: int,
         stop: threading.Event,
-        fetched: Future[Path] | None = None,
+        fetched: Future[Fetched] | None = None,
     ) -> bool:
         delivery_id = delivery.meta.event_id
         earlier = self._records.stored(delivery_id)

@@ -19,6 +19,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from services.gateway.dimse_store import DimseStore
+from services.gateway.fetched import Fetched
 from services.gateway.targets import DicomTarget, StoreResult
 from services.proto_gen.imx.v1 import events_pb2
 from tests.integration.gateway.peers import storescp
@@ -86,7 +87,7 @@ def dimse_store(port: int, called_ae: str = "WAITSCP") -> Iterator[DimseStore]:
 
 
 def store(target: DimseStore, path: Path) -> StoreResult:
-    return target.store(path, events_pb2.PartnerDelivery())
+    return target.store(Fetched.in_file(path), events_pb2.PartnerDelivery())
 
 
 def counted(obj: Any, name: str, counter: list[int]) -> None:

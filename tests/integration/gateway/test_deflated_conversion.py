@@ -20,6 +20,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEnd
 from pynetdicom.dsutils import split_dataset
 
 from services.gateway.dimse_store import DimseStore, inflated_copy
+from services.gateway.fetched import Fetched
 from services.gateway.targets import DicomTarget
 from services.proto_gen.imx.v1 import events_pb2
 from tests.integration.gateway.peers import storescp
@@ -88,7 +89,7 @@ def test_a_deflated_instance_is_inflated_into_a_file_not_decoded_in_memory(tmp_p
         store = DimseStore(DicomTarget("STORESCP", "127.0.0.1", pacs.port))
         try:
             tracemalloc.start()
-            result = store.store(source, events_pb2.PartnerDelivery())
+            result = store.store(Fetched.in_file(source), events_pb2.PartnerDelivery())
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
         finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from services.gateway.dimse_store import DimseStore
+from services.gateway.fetched import Fetched
 from services.gateway.targets import DicomTarget
 from services.proto_gen.imx.v1 import events_pb2
 from tests.integration.gateway.conftest import Instance
@@ -47,7 +48,7 @@ def test_every_answer_reaches_the_sender_while_the_reactor_keeps_polling(
                 assoc: Any = store._assoc
                 if assoc is not None and not isinstance(assoc._reactor_checkpoint, StalePause):
                     assoc._reactor_checkpoint = StalePause(assoc)
-                results.append(store.store(path, events_pb2.PartnerDelivery()))
+                results.append(store.store(Fetched(data=path.read_bytes()), events_pb2.PartnerDelivery()))
         finally:
             store.close()
         received = len(pacs.files())

@@ -13,6 +13,7 @@ import pytest
 
 from services.gateway import fetch as fetch_module
 from services.gateway.fetch import Fetcher, FetchFailure
+from services.gateway.fetched import IN_MEMORY_UP_TO, Fetched
 from services.proto_gen.imx.v1 import events_pb2
 from tests.integration.gateway.peers import RetrievalServer
 from tests.tls_certs import other_ca, server_certificate
@@ -47,13 +48,15 @@ def serve(server: RetrievalServer, name: str, size: int) -> events_pb2.PartnerDe
 def test_fetches_share_one_connection_per_thread(server: RetrievalServer, tmp_path: Path) -> None:
     fetcher = Fetcher(KEY, tmp_path)
     try:
-        for n, size in enumerate((0, 1, 600_000, 2_500_000)):
+        for n, size in enumerate((0, 1, 600_000, 2_500_000, IN_MEMORY_UP_TO + 1)):
             wanted = serve(server, f"o{n}", size)
-            path = fetcher.fetch(wanted)
-            assert hashlib.sha256(path.read_bytes()).hexdigest() == wanted.blob.sha256
-            path.unlink()
-        assert (server.requests, server.connections) == (4, 1)
-        done: list[Path] = []
+            fetched = fetcher.fetch(wanted)
+            with fetched.open() as handle:
+                assert hashlib.sha256(handle.read()).hexdigest() == wanted.blob.sha256
+            assert (fetched.data is None) == (size > IN_MEMORY_UP_TO), "small objects are held in memory"
+            fetched.discard()
+        assert (server.requests, server.connections) == (5, 1)
+        done: list[Fetched] = []
         other = threading.Thread(target=lambda: done.append(fetcher.fetch(serve(server, "t", 10))))
         other.start()
         other.join()
@@ -67,7 +70,7 @@ def test_a_connection_the_server_closed_is_replaced(server: RetrievalServer, tmp
     fetcher = Fetcher(KEY, tmp_path)
     try:
         for n in range(3):
-            fetcher.fetch(serve(server, f"o{n}", 1000)).unlink()
+            fetcher.fetch(serve(server, f"o{n}", 1000)).discard()
         assert server.requests == 3 and server.connections == 3
     finally:
         fetcher.close()
@@ -87,7 +90,7 @@ def test_failures_are_classified_as_before(
         with pytest.raises(FetchFailure) as failure:
             fetcher.fetch(wanted)
         assert failure.value.detail == "size-mismatch"
-        fetcher.fetch(serve(server, "after", 10)).unlink()  # the half-read answer's connection was dropped
+        fetcher.fetch(serve(server, "after", 10)).discard()  # the half-read answer's connection was dropped
         refused = Fetcher("wrong", tmp_path)
         with pytest.raises(FetchFailure) as failure:
             refused.fetch(serve(server, "o", 10))
@@ -126,7 +129,7 @@ def test_a_proxy_in_the_environment_is_still_used(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     direct = Fetcher(KEY, tmp_path)
     try:
-        direct.fetch(serve(server, "o", 10)).unlink()
+        direct.fetch(serve(server, "o", 10)).discard()
     finally:
         direct.close()
 
@@ -140,8 +143,8 @@ def test_https_trusts_what_httpx_trusted(tmp_path: Path, monkeypatch: pytest.Mon
     try:
         monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
         fetcher = Fetcher(KEY, incoming)
-        fetcher.fetch(serve(state, "o1", 70_000)).unlink()
-        fetcher.fetch(serve(state, "o2", 10)).unlink()
+        fetcher.fetch(serve(state, "o1", 70_000)).discard()
+        fetcher.fetch(serve(state, "o2", 10)).discard()
         fetcher.close()
         assert state.connections == 1
         monkeypatch.setenv("SSL_CERT_FILE", str(other_ca(tmp_path / "other-ca.pem")))

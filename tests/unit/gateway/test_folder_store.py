@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.gateway.fetched import Fetched
 from services.gateway.folder_store import FolderStore, UnsafeUid, path_for
 from services.gateway.targets import FolderTarget
 from services.proto_gen.imx.v1 import events_pb2
@@ -35,7 +36,7 @@ def test_only_dicom_uids_become_path_components(uid: str) -> None:
 
 @pytest.mark.parametrize("uid", ["..", "../../etc", "/etc/passwd", "1.2/../3", "1..2", ".1", "1" * 65, ""])
 def test_hostile_uids_are_refused(uid: str, tmp_path: Path) -> None:
-    result = FolderStore(FolderTarget(tmp_path / "root")).store(tmp_path / "x", _delivery(b"x", sop=uid))
+    result = FolderStore(FolderTarget(tmp_path / "root")).store(Fetched(data=b"x"), _delivery(b"x", sop=uid))
     assert (result.ok, result.retryable, result.status_detail) == (False, False, "invalid-uid")
 
 
@@ -44,17 +45,15 @@ def test_an_instance_is_written_under_study_series_sop_and_a_second_copy_is_alre
     source.write_bytes(b"DICM-bytes")
     store = FolderStore(FolderTarget(tmp_path / "root"))
     delivery = _delivery(b"DICM-bytes")
-    assert store.store(source, delivery).status_detail == "written"
+    assert store.store(Fetched.in_file(source), delivery).status_detail == "written"
     written = tmp_path / "root" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
     assert written.read_bytes() == b"DICM-bytes"
-    assert store.store(source, delivery).status_detail == "already-present"
+    assert store.store(Fetched(data=b"DICM-bytes"), delivery).status_detail == "already-present"
     assert [p.name for p in written.parent.iterdir()] == [written.name], "no temp files left behind"
 
 
 def test_a_different_object_under_the_same_uids_replaces_the_old_one(tmp_path: Path) -> None:
     store = FolderStore(FolderTarget(tmp_path / "root"))
     for content in (b"first", b"second"):
-        source = tmp_path / "fetched.dcm"
-        source.write_bytes(content)
-        assert store.store(source, _delivery(content)).ok
+        assert store.store(Fetched(data=content), _delivery(content)).ok
     assert (tmp_path / "root" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm").read_bytes() == b"second"

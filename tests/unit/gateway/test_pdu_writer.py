@@ -58,15 +58,19 @@ def received_from(send: object, chunk: int = 65536) -> tuple[bytes, BaseExceptio
     return b"".join(pieces), failure[0] if failure else None
 
 
+@pytest.mark.parametrize("in_memory", [False, True], ids=["read", "in-memory"])
 @pytest.mark.parametrize("size", [0, 1, 100, 16378, 16379, 40_000, 3 * 1024 * 1024 + 5])
 @pytest.mark.parametrize("pdu_size", [16, 16384, 131072])
-def test_the_bytes_written_are_pynetdicoms_pdus(monkeypatch: pytest.MonkeyPatch, size: int, pdu_size: int) -> None:
+def test_the_bytes_written_are_pynetdicoms_pdus(
+    monkeypatch: pytest.MonkeyPatch, size: int, pdu_size: int, in_memory: bool
+) -> None:
     if pdu_size == 16 and size > 40_000:
         pytest.skip("millions of 10-byte fragments say nothing more")
     monkeypatch.setattr(pdu_writer, "DIRECT_BLOCK", 64 * 1024)  # several blocks, a partial last one
     command, data = c_store_command(9, CT, "1.2.3.4"), data_set(size)
     expected = pynetdicom_bytes(command, data, 3, pdu_size)
-    got, failure = received_from(lambda sock: send_direct(sock, command, BytesIO(data), size, 3, pdu_size, 10))
+    source = memoryview(data) if in_memory else BytesIO(data)  # fetched.py: held in memory, or a file
+    got, failure = received_from(lambda sock: send_direct(sock, command, source, size, 3, pdu_size, 10))
     assert failure is None
     assert got == expected
 
