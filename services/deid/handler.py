@@ -6,8 +6,9 @@ A pure core in a thin I/O shell, as in the other stages:
   profile and the partner's key (the configuration comes in as lookups);
 - `prepared_event` and `quarantine_event` build the outgoing messages from that decision and, for a
   de-identified instance, from what was `released`;
-- the shell (`prepare_event`, run by `build_deid_handler`) adds the one effect: `release_instance`
-  reads the input blob, de-identifies it and writes the output blob.
+- the shell (`prepare_event`, run by `DeidHandler`) adds the one effect: `release_instance`
+  reads the input blob, de-identifies it and writes the output blob; the stage's handler makes a
+  batch's output blobs durable together before their events are published (batch_writes.py).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.blob_store import BlobStore
+from services.common.blob_store import BlobStore, LocalBlobStore
 from services.common.events import derived_meta, event_message, now_ms
 from services.common.failures import input_problem
 from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.quarantine_events import UNKNOWN_PARTNER, UNKNOWN_PROFILE, quarantined
 from services.common.topics import Topics
+from services.deid.batch_writes import BatchedBlobWrites
 from services.deid.engine import DeidError, DeidResult, PhiLeak, Profile
 from services.deid.engine.errors import UndecodableInput, tag_text
 from services.deid.files import MAX_INFLATED_BYTES, blob_source, deidentified
@@ -214,17 +216,48 @@ def prepare_event(
     return prepared_event(routed, topics, lambda: began, outcome)
 
 
+class DeidHandler:
+    """The stage's handler: `prepare_event` per record, its blob writes settled once per batch by
+    `flush`, which the bus runs before it publishes the batch's outputs (batch_writes.py)."""
+
+    def __init__(
+        self,
+        profiles: ProfileLookup,
+        recipient_key: Callable[[str], bytes | None],
+        blobs: LocalBlobStore,
+        topics: Topics,
+        scratch: Path | None = None,
+        max_inflated_bytes: int = MAX_INFLATED_BYTES,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._profiles, self._recipient_key = profiles, recipient_key
+        self._writes = BatchedBlobWrites(blobs)
+        self._topics, self._scratch, self._max_inflated_bytes, self._clock = topics, scratch, max_inflated_bytes, clock
+
+    def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
+        routed = events_pb2.InstanceRouted.FromString(message.value)
+        return prepare_event(
+            routed,
+            self._profiles,
+            self._recipient_key,
+            self._writes,
+            self._topics,
+            self._clock,
+            self._scratch,
+            self._max_inflated_bytes,
+        )
+
+    def flush(self) -> None:
+        self._writes.settle()
+
+
 def build_deid_handler(
     profiles: ProfileLookup,
     recipient_key: Callable[[str], bytes | None],
-    blobs: BlobStore,
+    blobs: LocalBlobStore,
     topics: Topics,
     scratch: Path | None = None,
     max_inflated_bytes: int = MAX_INFLATED_BYTES,
     clock: Callable[[], int] = now_ms,
-) -> Callable[[IncomingMessage], list[OutgoingMessage]]:
-    def handle(message: IncomingMessage) -> list[OutgoingMessage]:
-        routed = events_pb2.InstanceRouted.FromString(message.value)
-        return prepare_event(routed, profiles, recipient_key, blobs, topics, clock, scratch, max_inflated_bytes)
-
-    return handle
+) -> DeidHandler:
+    return DeidHandler(profiles, recipient_key, blobs, topics, scratch, max_inflated_bytes, clock)

@@ -236,7 +236,19 @@ def test_the_bus_handler_publishes_the_same(name: str, tmp_path: Path) -> None:
     )
     value = case.routed(blobs).SerializeToString()
 
-    assert summary(handle(IncomingMessage(TOPICS.routed, 0, 0, None, value))) == EXPECTED[name]
+    messages = handle(IncomingMessage(TOPICS.routed, 0, 0, None, value))
+    assert summary(messages) == EXPECTED[name]
+    # The output blob is under its name only once the batch is flushed (before the bus publishes).
+    named = [
+        prepared.blob.sha256
+        for m in messages
+        if m.headers["imx-event-type"] == b"InstancePrepared"
+        and (prepared := events_pb2.InstancePrepared.FromString(m.value)).deidentified
+    ]
+    assert not any(blobs.exists(sha) for sha in named)
+    handle.flush()
+    assert all(blobs.get(sha) for sha in named)
+    assert not list(tmp_path.rglob(".tmp-*"))
 
 
 @pytest.mark.parametrize("name", ["ct", "deflated", "broken-deflate-stream", "undecodable"])

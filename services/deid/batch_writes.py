@@ -1,0 +1,125 @@
+"""The blob store as the deid stage writes it: each de-identified instance is hashed and written to a
+temp file as it is prepared, and the whole batch is made durable at once by `settle`, which the bus
+runs after the batch (the handler's `flush`) and before it publishes the batch's outputs, so no
+InstancePrepared names an object that is not yet on disk, fsynced, under its final name.
+
+Written one at a time (`LocalBlobStore.put_chunks`), each object cost two or three journal commits:
+the fsync of its file, of its folder after the rename, and of the folder above when its fan-out folder
+was new (on a fresh store, nearly every object). A batch now fsyncs each file, creates the missing
+folders and renames every object into place, then fsyncs each changed folder once: after the first of
+those fsyncs has committed the batch's entries the others find little left to commit. Nothing is
+promised earlier than before: an object is visible under its name only after its bytes were fsynced,
+and its event is published only after every folder on its path was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from services.common.blob_store import LocalBlobStore, fsync_directory, windows, write_all
+
+
+class BatchedBlobWrites:
+    """`BlobStore` over a LocalBlobStore whose `put_chunks` leaves the object pending until `settle`;
+    the other calls go straight to the store."""
+
+    def __init__(self, store: LocalBlobStore) -> None:
+        self._store = store
+        self._pending: list[tuple[str, Path]] = []  # (temp file, final path), in write order
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def put(self, data: bytes) -> str:
+        return self._store.put(data)
+
+    def put_file(self, source: Path, sha256: str | None = None) -> str:
+        return self._store.put_file(source, sha256)
+
+    def get(self, sha256: str, size: int | None = None) -> bytes:
+        return self._store.get(sha256, size)
+
+    def open(self, sha256: str, size: int | None = None) -> BinaryIO:
+        return self._store.open(sha256, size)
+
+    def exists(self, sha256: str) -> bool:
+        return self._store.exists(sha256)
+
+    def put_chunks(self, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
+        """Hash and write `chunks` to a temp file beside the objects; (SHA-256, size). The object is
+        durable and under its name only after `settle`."""
+        hasher = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self._store.root, prefix=".tmp-")
+        try:
+            try:
+                for piece in windows(chunks):
+                    hasher.update(piece)
+                    write_all(fd, piece)
+                    size += len(piece)
+            finally:
+                os.close(fd)
+            digest = hasher.hexdigest()
+            final = self._store.path_for(digest)
+            if _refreshed(final):
+                os.unlink(tmp_name)
+                return digest, size
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        self._pending.append((tmp_name, final))
+        return digest, size
+
+    def settle(self) -> None:
+        """Make every pending object durable under its name: fsync each file, rename it into place,
+        then fsync each folder once. On any failure the temp files not yet renamed are removed and the
+        error is raised (the bus reads the batch again, which writes them again)."""
+        pending, self._pending = self._pending, []
+        try:
+            for tmp_name, _ in pending:
+                fd = os.open(tmp_name, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            folders: dict[Path, None] = {}  # each folder whose entries changed, fsynced once
+            for tmp_name, final in pending:
+                for created in _missing_folders(final):
+                    created.mkdir(exist_ok=True)
+                    folders[created.parent] = None
+                os.replace(tmp_name, final)
+                folders[final.parent] = None
+            for folder in folders:
+                fsync_directory(folder)
+        except BaseException:
+            for tmp_name, _ in pending:
+                Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, outermost first (`make_durable_parents` without
+    its fsyncs, which `settle` does once per folder for the whole batch). Existing folders, nearly
+    always, cost one stat."""
+    missing: list[Path] = []
+    parent = path.parent
+    while not parent.is_dir():
+        missing.append(parent)
+        parent = parent.parent
+    return missing[::-1]
+
+
+def _refreshed(final: Path) -> bool:
+    """True when `final` already exists; its time is refreshed, as `LocalBlobStore` does for content
+    written again (the lifecycle keeps objects for a retention after they were last written)."""
+    try:
+        os.utime(final)
+        return True
+    except FileNotFoundError:
+        return False
