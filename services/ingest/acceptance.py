@@ -196,6 +196,7 @@ class Acceptance:
         limits: InputLimits = DEFAULT_LIMITS,
         inspect: Callable[[ByteSource, int, InputLimits], InstanceHeader] = inspect_instance,
         clock: Callable[[], int] = now_ms,
+        commit_gather_s: float = 0.0,
     ) -> None:
         self._blobs = blobs
         self._receipts = receipts
@@ -211,7 +212,7 @@ class Acceptance:
         self._outcomes = metrics.get_meter("imx.ingest").create_counter(
             "imx.ingest.instances", unit="{instance}", description="instances received, by channel and outcome"
         )
-        self.commits = CommitGroup(receipts, self._publish_all, clock)
+        self.commits = CommitGroup(receipts, self._publish_all, clock, gather_s=commit_gather_s)
 
     def accept(
         self,
@@ -304,24 +305,25 @@ class Acceptance:
                 header.sop_instance_uid,
             )
 
-        sha256 = self._store(source)
-        event_id = ingested_event_id(source_org, header.sop_instance_uid, sha256)
+        with self.commits.expecting() as expected:  # a group being gathered may wait for this one
+            sha256 = self._store(source)
+            event_id = ingested_event_id(source_org, header.sop_instance_uid, sha256)
 
-        def message(received_at_ms: int) -> OutgoingMessage:
-            event = instance_ingested(
-                header=header,
-                sha256=sha256,
-                size=source.size,
-                source_org=source_org,
-                channel=channel,
-                requested_destination=requested_destination,
-                event_id=event_id,
-                received_at_ms=received_at_ms,
-            )
-            return event_message(self._topics.ingested, event, header.study_instance_uid)
+            def message(received_at_ms: int) -> OutgoingMessage:
+                event = instance_ingested(
+                    header=header,
+                    sha256=sha256,
+                    size=source.size,
+                    source_org=source_org,
+                    channel=channel,
+                    requested_destination=requested_destination,
+                    event_id=event_id,
+                    received_at_ms=received_at_ms,
+                )
+                return event_message(self._topics.ingested, event, header.study_instance_uid)
 
-        facts = ReceiptFacts(source_org, channel, header.sop_instance_uid, sha256, source.size)
-        outcome = self.commits.commit(Commit(event_id, facts, message))
+            facts = ReceiptFacts(source_org, channel, header.sop_instance_uid, sha256, source.size)
+            outcome = self.commits.commit(Commit(event_id, facts, message), expected)
         self._record()
         if outcome is Outcome.DUPLICATE:
             log.debug("duplicate instance", extra={"event_id": event_id, "org": source_org, "channel": channel})

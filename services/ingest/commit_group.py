@@ -20,12 +20,23 @@ not written yet (or lost with the process) costs at most one more copy of an eve
 on the broker — same id, same bytes, since the receipt's timestamps are reused — which every
 downstream stage drops by its id. A resend while its mark waits finds it written by its own
 group's write.
+
+A leader also waits, at most `gather_s`, for instances already on their way (`expecting`: stored to
+the blob store at that moment, so a few milliseconds from their commit) before it takes its group.
+With two `storescu` associations the groups were of about one instance: each association's instance
+reached its commit while the other's was still being fsynced, and every instance paid a MongoDB
+command and a Kafka produce request of its own. Once two instances commit together their senders get
+their answers together and send their next instances together, so the groups stay of two. An instance
+that comes alone (nothing on its way) waits for nothing. Only the time of the answer changes: a sender
+still hears success only after its instance is durable and its event acknowledged.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
@@ -52,6 +63,13 @@ class Commit:
     received_at_ms: int = 0
 
 
+@dataclass
+class Expected:
+    """An instance on its way to `commit` (`CommitGroup.expecting`); `pending` until it is queued."""
+
+    pending: bool = True
+
+
 class CommitGroup:
     """Thread-safe. `groups` counts the groups committed (a flush each); tests read it."""
 
@@ -61,11 +79,14 @@ class CommitGroup:
         publish: Callable[[Sequence[OutgoingMessage]], None],
         clock: Callable[[], int],
         max_group: int = 256,
+        gather_s: float = 0.0,
     ) -> None:
         self._receipts = receipts
         self._publish = publish
         self._clock = clock
         self._max_group = max_group
+        self._gather_s = gather_s
+        self._expected = 0  # instances between `expecting` and their `commit`
         self._changed = threading.Condition()
         self._queue: list[Commit] = []
         self._leading = False
@@ -79,10 +100,31 @@ class CommitGroup:
         with self._changed:
             return len(self._queue)
 
-    def commit(self, item: Commit) -> Outcome:
+    @contextmanager
+    def expecting(self) -> Iterator[Expected]:
+        """Around the work that precedes an instance's `commit` (storing it): a leader may wait for it.
+        Pass what it yields to `commit`; leaving without committing (a failure) stops the wait."""
+        expected = Expected()
+        with self._changed:
+            self._expected += 1
+        try:
+            yield expected
+        finally:
+            with self._changed:
+                if expected.pending:
+                    expected.pending = False
+                    self._expected -= 1
+                    self._changed.notify_all()
+
+    def commit(self, item: Commit, expected: Expected | None = None) -> Outcome:
         """Blocks until the group holding `item` is committed; raises what failed the group."""
         with self._changed:
             self._queue.append(item)
+            if expected is not None and expected.pending:
+                expected.pending = False
+                self._expected -= 1
+            if self._gather_s > 0:
+                self._changed.notify_all()  # a leader gathering its group
         # A leader commits at most max_group from the head of the queue, which need not hold its own
         # item (more than max_group queued ahead of it): it then leads again until its item is done.
         while True:
@@ -92,6 +134,7 @@ class CommitGroup:
                 if item.done:
                     break
                 self._leading = True
+                self._gather()
                 group, self._queue = self._queue[: self._max_group], self._queue[self._max_group :]
             try:
                 self._commit_group(group)
@@ -103,6 +146,17 @@ class CommitGroup:
             raise item.error
         assert item.outcome is not None
         return item.outcome
+
+    def _gather(self) -> None:
+        """The leader, holding `_changed`: wait up to `gather_s` for the instances on their way."""
+        if self._gather_s <= 0 or not self._expected:
+            return
+        deadline = time.monotonic() + self._gather_s
+        while self._expected and len(self._queue) < self._max_group:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._changed.wait(remaining)
 
     def flush(self) -> None:
         """Write the marks still waiting for a next group (at shutdown); raises IngestUnavailable."""

@@ -56,4 +56,10 @@ class IngestSettings(ServiceSettings):
     publish_timeout_s: float = Field(
         30.0, gt=0, description="how long to wait for Kafka to acknowledge an event before failing the sender"
     )
+    commit_gather_s: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="longest a group commit waits for instances already being stored (services/ingest/commit_group.py)",
+    )
     shutdown_grace_s: float = Field(30.0, ge=0, description="time given to in-flight transfers on SIGTERM")

@@ -58,6 +58,7 @@ def open_ingest(
                 publish_timeout_s=settings.publish_timeout_s,
                 stats=stats,
                 limits=InputLimits(settings.max_inflated_bytes, settings.max_sequence_depth),
+                commit_gather_s=settings.commit_gather_s,
             )
             try:
                 yield IngestResources(topics, OrganisationStore(db), acceptance, db)

@@ -227,3 +227,63 @@ def test_a_leader_whose_own_instance_is_past_the_group_size_commits_again_until_
         thread.join(10)
     assert outcomes == {n: Outcome.PUBLISHED for n in range(6)}
     assert [len(flush) for flush in bus.flushes] == [1, 2, 2, 1]
+
+
+def _commit(n: int) -> Commit:
+    facts = ReceiptFacts("trust-a", "dicom", f"1.2.{n}", f"{n:064x}", 10)
+    return Commit(f"ev-{n}", facts, lambda ms, n=n: OutgoingMessage("t", str(n).encode(), b"k"))
+
+
+def _gathering_group(bus: GatedBus) -> CommitGroup:
+    # A gather far longer than any test: only the instance's arrival (or its failure) can end it.
+    return CommitGroup(MemoryReceiptStore(), bus.publish, clock=lambda: 1_000, gather_s=60.0)
+
+
+def test_a_leader_waits_for_an_instance_on_its_way_and_commits_both_in_one_flush() -> None:
+    bus = GatedBus()
+    bus.gate.set()
+    group = _gathering_group(bus)
+    outcomes: dict[int, Outcome] = {}
+
+    def send(n: int) -> None:
+        with group.expecting() as expected:
+            outcomes[n] = group.commit(_commit(n), expected)
+
+    second_on_its_way = group.expecting()
+    expected = second_on_its_way.__enter__()  # the second instance is being stored
+    first = threading.Thread(target=send, args=(0,))
+    first.start()
+    wait_for(lambda: group.queued == 1, 10, "the first instance to wait for the second")
+    assert not bus.flushes
+
+    second = threading.Thread(target=lambda: outcomes.__setitem__(1, group.commit(_commit(1), expected)))
+    second.start()
+    for thread in (first, second):
+        thread.join(10)
+    second_on_its_way.__exit__(None, None, None)
+    assert outcomes == {0: Outcome.PUBLISHED, 1: Outcome.PUBLISHED}
+    assert [len(flush) for flush in bus.flushes] == [2]
+
+
+def test_an_instance_that_fails_on_its_way_ends_the_wait_for_it() -> None:
+    bus = GatedBus()
+    bus.gate.set()
+    group = _gathering_group(bus)
+    on_its_way = group.expecting()
+    on_its_way.__enter__()
+    first = threading.Thread(target=lambda: group.commit(_commit(0)))
+    first.start()
+    wait_for(lambda: group.queued == 1, 10, "the first instance to wait for the second")
+    on_its_way.__exit__(OSError, OSError("disk full"), None)  # never reaches its commit
+    first.join(10)
+    assert not first.is_alive()
+    assert [len(flush) for flush in bus.flushes] == [1]
+
+
+def test_an_instance_with_nothing_on_its_way_waits_for_nothing() -> None:
+    bus = GatedBus()
+    bus.gate.set()
+    group = _gathering_group(bus)
+    with group.expecting() as expected:
+        assert group.commit(_commit(0), expected) is Outcome.PUBLISHED  # a 60 s gather would time the test out
+    assert [len(flush) for flush in bus.flushes] == [1]
