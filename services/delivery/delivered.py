@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from pymongo import UpdateOne
 from pymongo.database import Database
@@ -128,7 +128,7 @@ class DeliveredObjects:
         # A SOP Instance UID re-sent with new content (a corrected image) replaces the older delivery,
         # which is then no longer owed; a replay of a delivery already recorded, or of an older one,
         # matches no document and changes nothing.
-        present = insert_new(self._instances, [{"_id": _key(i), **asdict(i)} for i in items])
+        present = insert_new(self._instances, [{"_id": _key(i), **_fields(i)} for i in items])
         bulk_write_chunked(
             self._instances,
             [
@@ -138,7 +138,7 @@ class DeliveredObjects:
                         "delivery_id": {"$ne": i.delivery_id},
                         "delivered_at_ms": {"$lte": i.delivered_at_ms},
                     },
-                    {"$set": asdict(i), "$unset": dict.fromkeys(_REPORTED, "")},
+                    {"$set": _fields(i), "$unset": dict.fromkeys(_REPORTED, "")},
                 )
                 for n, i in enumerate(items)
                 if n in present
@@ -318,6 +318,12 @@ class DeliveredObjects:
 
 # What gateways reported about a delivery; a new delivery of the same instance starts without them.
 _REPORTED = ("stored_at_ms", "dead_lettered_at_ms", "expired_at_ms")
+
+
+def _fields(item: DeliveredInstance) -> dict[str, object]:
+    """The record's fields as a document. Every field is a str or an int, so a shallow copy is the whole
+    of it: `dataclasses.asdict` copies each value through its recursive walk, ~12 us against ~0.5."""
+    return dict(vars(item))
 
 
 def _key(item: DeliveredInstance) -> str:

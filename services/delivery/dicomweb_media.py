@@ -12,6 +12,7 @@ the SHA-256 in the feed promises; Orthanc and dcm4chee answer the same way.
 from __future__ import annotations
 
 import enum
+import functools
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     return sorted(ranges, key=lambda r: -r.q)
 
 
-def _transfer_syntax_ok(wanted: MediaRange, stored: set[str]) -> bool:
+def _transfer_syntax_ok(wanted: MediaRange, stored: frozenset[str]) -> bool:
     asked = wanted.params.get("transfer-syntax", "*")
     return asked == "*" or stored <= {asked}
 
@@ -84,7 +85,19 @@ def choose_representation(accept: str | None, stored_syntaxes: Iterable[str], si
     `single`: the resource is one instance, so a bare `application/dicom` body is possible; a series or
     study can only be multipart. `stored_syntaxes`: the transfer syntaxes the objects are stored in.
     """
-    stored = set(stored_syntaxes)
+    stored = frozenset(stored_syntaxes)
+    if accept is not None and len(accept) > _CACHED_ACCEPT_CHARS:
+        return _choose(accept, stored, single)
+    return _choose_cached(accept, stored, single)
+
+
+# A partner's gateway sends the same Accept header with every fetch: parsing it each time cost ~24 us
+# per retrieval (timeit, the gateway's header, loaded 2-core machine). Remembered per (header, stored
+# syntaxes, single), for headers of ordinary length only, so the cache stays small whatever a client sends.
+_CACHED_ACCEPT_CHARS = 512
+
+
+def _choose(accept: str | None, stored: frozenset[str], single: bool) -> Representation | None:
     ranges = parse_accept(accept)
     if not ranges:
         return Representation.SINGLE if single else Representation.MULTIPART
@@ -102,6 +115,9 @@ def choose_representation(accept: str | None, stored_syntaxes: Iterable[str], si
         elif kind == "*/*":
             return Representation.SINGLE if single else Representation.MULTIPART
     return None
+
+
+_choose_cached = functools.lru_cache(maxsize=256)(_choose)
 
 
 def accepts_dicom_json(accept: str | None) -> bool:

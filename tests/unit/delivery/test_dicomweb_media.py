@@ -70,6 +70,17 @@ def test_a_named_transfer_syntax_must_be_that_of_every_object() -> None:
     )
 
 
+def test_a_remembered_answer_is_the_one_for_those_stored_syntaxes_and_a_long_header_is_still_answered() -> None:
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT}'
+    for _ in range(2):  # the second round comes from the cache
+        assert choose_representation(accept, {EXPLICIT}, single=False) is Representation.MULTIPART
+        assert choose_representation(accept, {EXPLICIT, JPEG}, single=False) is None
+        assert choose_representation(accept, [EXPLICIT], single=True) is Representation.MULTIPART
+    padded = "text/html; q=0.5, " * 40 + "application/dicom"  # longer than the cached headers
+    assert len(padded) > 512
+    assert choose_representation(padded, {EXPLICIT}, single=True) is Representation.SINGLE
+
+
 @pytest.mark.parametrize(
     ("accept", "ok"),
     [(None, True), ("application/dicom+json", True), ("application/json", True), ("*/*", True), ("text/html", False)],
