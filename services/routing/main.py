@@ -15,22 +15,6 @@ from services.routing.handler import build_routing_handler
 from services.routing.settings import RoutingSettings
 from services.routing.store import CachedRoutes, RouteStore
 
-# Routing's cost is per fetch cycle, not per event: in `make profile` (2,000 CT) its handler was too
-# small to show, and the Kafka client's fetch, poll and publish cycle was most of its CPU. At the
-# bench's rate its small events never fill the bus's FETCH_MIN_BYTES, so a fetch returns when the wait
-# is over: with the default 100 ms that is ~10 cycles a second of a few events each. A longer wait means
-# fewer, fuller cycles, for at most this much more latency on this hop.
-FETCH_MAX_WAIT_MS = 250
-
-
-def routing_stage_spec(topics: Topics) -> StageSpec:
-    return StageSpec(
-        name="routing",
-        group_id=f"{topics.prefix}imx-routing",
-        topics=[topics.ingested],
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-    )
-
 
 def serve(
     settings: RoutingSettings | None = None,
@@ -45,7 +29,7 @@ def serve(
     try:
         run_stage(
             settings,
-            routing_stage_spec(topics),
+            StageSpec(name="routing", group_id=f"{settings.topic_prefix}imx-routing", topics=[topics.ingested]),
             lambda _producer, t: build_routing_handler(cached.current, t),
             control_auth(db, settings.control_bootstrap_token_file),
             extra_servicers=[register_routing_admin(store)],
