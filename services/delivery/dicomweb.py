@@ -48,7 +48,6 @@ from services.delivery.dicomweb_media import (
     multipart_content_type,
     new_boundary,
     single_body,
-    whole_body,
 )
 from services.delivery.dicomweb_request import (
     NOT_FOUND,
@@ -62,6 +61,7 @@ from services.delivery.dicomweb_request import (
     query_criteria,
     query_page,
 )
+from services.delivery.object_response import ObjectResponse
 from services.delivery.retrieval_refs import QUERY_PARAM as REF_PARAM
 from services.delivery.retrieval_refs import RetrievalRefs
 from services.proto_gen.imx.v1.events_pb2 import PartnerRetrieval
@@ -139,7 +139,9 @@ def create_partner_app(
             )
             response = JSONResponse({"detail": "temporarily unavailable"}, 503, headers={"Retry-After": "5"})
         retrieval.status = response.status_code
-        if not isinstance(response, StreamingResponse) and response.status_code < 300:
+        if isinstance(response, ObjectResponse):
+            retrieval.bytes = response.size
+        elif not isinstance(response, StreamingResponse) and response.status_code < 300:
             retrieval.bytes = len(response.body)  # a query's results; a refusal sends nothing of the partner's
         # A stream sends its event when it ends (see `stream`); this covers a stream never started.
         response.background = BackgroundTask(finish_on_loop, retrieval)
@@ -178,13 +180,12 @@ def create_partner_app(
             retrieval.instances = 1
             syntax = f"; transfer-syntax={parts[0].transfer_syntax}" if parts[0].transfer_syntax else ""
             if parts[0].size <= CHUNK_BYTES:
-                # What streaming would read in one piece anyway, sent as one body: the same memory, and
-                # no hand-over to a worker thread per chunk. Its bytes are counted by `answer`.
+                # What streaming would read in one piece anyway, sent as one body (by sendfile where the
+                # server offers it): no hand-over to a worker thread per chunk. Counted by `answer`.
                 try:
-                    body = whole_body(parts[0])
+                    return ObjectResponse(parts[0].path, parts[0].size, DICOM + syntax)
                 except OSError:  # collected since `file_part` looked: as if it had been gone then
                     raise Refusal(410, "the object is no longer available") from None
-                return Response(body, media_type=DICOM + syntax)
             return StreamingResponse(
                 stream(retrieval, single_body(parts[0], sent)),
                 media_type=DICOM + syntax,

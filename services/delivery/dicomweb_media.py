@@ -189,12 +189,3 @@ def single_body(
         for chunk in file_chunks(handle, chunk_bytes):
             on_sent(len(chunk))
             yield chunk
-
-
-def whole_body(part: FilePart) -> bytes:
-    """A small object in one read. Objects are content-addressed and never rewritten, so a file whose
-    size is not the one recorded is not this object any more (collected, or damaged): OSError."""
-    data = part.path.read_bytes()
-    if len(data) != part.size:
-        raise OSError("the object's file changed size")
-    return data

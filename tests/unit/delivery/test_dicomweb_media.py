@@ -16,7 +16,6 @@ from services.delivery.dicomweb_media import (
     multipart_body,
     multipart_content_type,
     parse_accept,
-    whole_body,
 )
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -127,14 +126,3 @@ def test_multipart_framing_is_exact(tmp_path: Path) -> None:
 
 def test_content_type_names_the_boundary_and_the_part_type() -> None:
     assert multipart_content_type("xyz") == 'multipart/related; type="application/dicom"; boundary=xyz'
-
-
-def test_a_small_object_is_read_whole_and_checked_against_its_recorded_size(tmp_path: Path) -> None:
-    path = tmp_path / "object.dcm"
-    path.write_bytes(b"DICM" * 10)
-    assert whole_body(FilePart(path, 40, EXPLICIT)) == b"DICM" * 10
-    with pytest.raises(OSError):
-        whole_body(FilePart(path, 41, EXPLICIT))  # not the object the index names: answered 410
-    path.unlink()
-    with pytest.raises(OSError):
-        whole_body(FilePart(path, 40, EXPLICIT))
