@@ -29,9 +29,8 @@ import tempfile
 import threading
 import urllib.request
 from collections.abc import Iterator
-from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 from urllib.parse import SplitResult, urlsplit
 
 import httpx
@@ -58,11 +57,35 @@ class FetchFailure(Exception):
         self.refused = refused
 
 
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class _Held:
+    """An answer kept in memory as the pieces it arrived in. An object of up to a PIECE arrives in one
+    (`HTTPResponse.read` fills one bytes object from the socket), which is then the object itself: no
+    copy of it is made after the socket's. A BytesIO copied each object into a buffer of its own.
+    Measured 2026-12-02 (one process fetching a 527 KB object 2,000 times from a local imx HTTP server,
+    its CPU per fetch, rounds in the order before, after, after, before, load 4.6-6.4): 0.74-0.77 ms
+    with the BytesIO, 0.45-0.47 ms without; from a thread pool, as the fetch-ahead fetches, 1.02-1.05
+    and 0.54-0.57 ms."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._pieces.append(data)
+        return len(data)
+
+    def value(self) -> bytes:
+        return self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+
+
 class _FirstPart:
     """Writes the body of the first part of a multipart/related stream (RFC 2046 5.1.1), chunk by
     chunk, holding back only as many bytes as the closing delimiter is long."""
 
-    def __init__(self, boundary: bytes, out: BinaryIO, digest: hashlib._Hash) -> None:
+    def __init__(self, boundary: bytes, out: _Sink, digest: hashlib._Hash) -> None:
         self._opening = b"--" + boundary
         self._closing = b"\r\n--" + boundary
         self._out, self._digest = out, digest
@@ -184,10 +207,10 @@ class Fetcher:
         if not delivery.retrieval_url.startswith(("http://", "https://")):
             raise FetchFailure("no-retrieval-url", retryable=False)
         if delivery.blob.size <= IN_MEMORY_UP_TO:
-            held = BytesIO()
+            held = _Held()
             digest, size = self._download(delivery, held)
             _verify(delivery, digest, size)
-            return Fetched(data=held.getvalue(), scratch=self._incoming)
+            return Fetched(data=held.value(), scratch=self._incoming)
         fd, name = tempfile.mkstemp(dir=self._incoming, prefix="fetch-", suffix=".dcm")
         path = Path(name)
         try:
@@ -199,7 +222,7 @@ class Fetcher:
             raise
         return Fetched.in_file(path)
 
-    def _download(self, delivery: events_pb2.PartnerDelivery, out: BinaryIO) -> tuple[str, int]:
+    def _download(self, delivery: events_pb2.PartnerDelivery, out: _Sink) -> tuple[str, int]:
         url = urlsplit(delivery.retrieval_url)
         client = self._client or (self._httpx_client() if self._proxied(url) else None)
         if client is not None:
@@ -217,7 +240,7 @@ class Fetcher:
                 self._proxied_client = httpx.Client(timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
             return self._proxied_client
 
-    def _download_direct(self, url: SplitResult, limit: int, out: BinaryIO) -> tuple[str, int]:
+    def _download_direct(self, url: SplitResult, limit: int, out: _Sink) -> tuple[str, int]:
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         with _network_errors():
             connection, response = self._request(url, target)
@@ -272,7 +295,7 @@ class _Answer:
     """The body of an answer as it arrives: written and hashed, the first part of a multipart one only;
     never more than the delivery's size."""
 
-    def __init__(self, out: BinaryIO, digest: hashlib._Hash, boundary: bytes | None) -> None:
+    def __init__(self, out: _Sink, digest: hashlib._Hash, boundary: bytes | None) -> None:
         self._out, self._digest = out, digest
         self._part = _FirstPart(boundary, out, digest) if boundary else None
         self.size = 0
@@ -305,7 +328,7 @@ def _network_errors() -> Iterator[None]:
 
 
 def _download_with(
-    client: httpx.Client, headers: dict[str, str], delivery: events_pb2.PartnerDelivery, out: BinaryIO
+    client: httpx.Client, headers: dict[str, str], delivery: events_pb2.PartnerDelivery, out: _Sink
 ) -> tuple[str, int]:
     digest = hashlib.sha256()
     try:
