@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 
+from services.common.bus import QuietSelector
 from services.common.kafka_access import group_prefix, sasl_client_config
 from services.common.topics import Topics
 from services.gateway.fetch import Fetcher
@@ -64,6 +65,9 @@ def consumer_for(settings: GatewaySettings) -> KafkaConsumer:
         session_timeout_ms=10_000,
         heartbeat_interval_ms=2_000,
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        # As the stages' clients (services/common/bus.py): no sensors nobody reads, no text per wait.
+        metrics_enabled=False,
+        selector=QuietSelector,
         **settings.kafka.client_config(),
     )
 
@@ -82,6 +86,7 @@ def producer_for(kafka: KafkaSignIn, linger_ms: int = 5) -> KafkaProducer:
         linger_ms=linger_ms,
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         metrics_enabled=False,
+        selector=QuietSelector,
         **kafka.client_config(),
     )
 
