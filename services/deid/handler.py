@@ -249,15 +249,3 @@ class DeidHandler:
 
     def flush(self) -> None:
         self._writes.settle()
-
-
-def build_deid_handler(
-    profiles: ProfileLookup,
-    recipient_key: Callable[[str], bytes | None],
-    blobs: LocalBlobStore,
-    topics: Topics,
-    scratch: Path | None = None,
-    max_inflated_bytes: int = MAX_INFLATED_BYTES,
-    clock: Callable[[], int] = now_ms,
-) -> DeidHandler:
-    return DeidHandler(profiles, recipient_key, blobs, topics, scratch, max_inflated_bytes, clock)

@@ -16,7 +16,7 @@ from services.common.runtime import StageSpec, run_stage
 from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
 from services.deid.admin import register_profile_admin
-from services.deid.handler import build_deid_handler
+from services.deid.handler import DeidHandler
 from services.deid.profile_store import CachedProfiles, ProfileStore
 from services.deid.settings import DeidSettings
 
@@ -59,7 +59,7 @@ def serve(
         run_stage(
             settings,
             StageSpec(name="deid", group_id=f"{settings.topic_prefix}imx-deid", topics=topics.routed_lanes),
-            lambda _producer, t: build_deid_handler(
+            lambda _producer, t: DeidHandler(
                 cached.lookup, keys.get, blobs, t, settings.blob_dir, settings.max_inflated_bytes
             ),
             control_auth(db, settings.control_bootstrap_token_file),

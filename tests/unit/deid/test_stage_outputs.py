@@ -24,7 +24,7 @@ from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.topics import Topics
 from services.deid.deflated import deflated_body
 from services.deid.engine import Profile
-from services.deid.handler import build_deid_handler, prepare_event
+from services.deid.handler import DeidHandler, prepare_event
 from services.deid.profile_documents import profile_from_document
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -225,7 +225,7 @@ def test_the_stage_publishes_what_it_published_before(name: str, tmp_path: Path)
 def test_the_bus_handler_publishes_the_same(name: str, tmp_path: Path) -> None:
     case = CASES[name]
     blobs = LocalBlobStore(tmp_path)
-    handle = build_deid_handler(
+    handle = DeidHandler(
         lambda name, version: case.profiles.get((name, version)),
         case.keys.get,
         blobs,
