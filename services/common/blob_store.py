@@ -94,7 +94,7 @@ class LocalBlobStore:
     def put(self, data: bytes) -> str:
         digest = sha256_hex(data)
         final = self.path_for(digest)
-        if self._refresh(final):
+        if refreshed(final):
             return digest
         make_durable_parents(final)
         replace_atomically(final, lambda tmp: tmp.write(data))
@@ -110,7 +110,7 @@ class LocalBlobStore:
             digest = sha256 if sha256 is not None else file_sha256(file)
             os.fsync(file.fileno())  # durable before anyone hears "stored"
         final = given if given is not None else self.path_for(digest)
-        if self._refresh(final):
+        if refreshed(final):
             source.unlink(missing_ok=True)
             return digest
         make_durable_parents(final)
@@ -125,19 +125,13 @@ class LocalBlobStore:
         return digest
 
     def put_chunks(self, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
-        hasher = hashlib.sha256()
-        size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb", buffering=0) as tmp:
-                for piece in windows(chunks):
-                    hasher.update(piece)
-                    write_all(tmp.fileno(), piece)
-                    size += len(piece)
+                digest, size = write_hashed(tmp.fileno(), chunks)
                 os.fsync(tmp.fileno())
-            digest = hasher.hexdigest()
             final = self.path_for(digest)
-            if self._refresh(final):
+            if refreshed(final):
                 Path(tmp_name).unlink(missing_ok=True)
                 return digest, size
             make_durable_parents(final)
@@ -179,19 +173,6 @@ class LocalBlobStore:
         """True when the stored object still hashes to its name (`imx blobs verify`)."""
         with open(self.path_for(sha256), "rb") as file:
             return file_sha256(file) == sha256
-
-    @staticmethod
-    def _refresh(final: Path) -> bool:
-        """True when `final` already exists. Its time is refreshed: the lifecycle keeps objects for a
-        retention after they were last written (services/common/blob_lifecycle.py), and this content
-        is in the pipeline once more."""
-        if not final.exists():
-            return False
-        try:
-            os.utime(final)
-            return True
-        except FileNotFoundError:  # collected just now: write it again
-            return False
 
     @staticmethod
     def _copy_in(source: Path, final: Path) -> None:
@@ -236,6 +217,28 @@ def windows(chunks: Iterable[bytes | memoryview], size: int = WRITE_WINDOW) -> I
                 mapped.madvise(mmap.MADV_DONTNEED)
 
 
+def write_hashed(fd: int, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
+    """Write `chunks` to `fd` a window at a time (`windows`), hashing as it writes; (SHA-256, size)."""
+    hasher = hashlib.sha256()
+    size = 0
+    for piece in windows(chunks):
+        hasher.update(piece)
+        write_all(fd, piece)
+        size += len(piece)
+    return hasher.hexdigest(), size
+
+
+def refreshed(final: Path) -> bool:
+    """True when the object `final` already exists. Its time is refreshed: the lifecycle keeps objects
+    for a retention after they were last written (services/common/blob_lifecycle.py), and this content
+    is in the pipeline once more. Gone (never written, or collected just now): False, write it again."""
+    try:
+        os.utime(final)
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def write_all(fd: int, data: memoryview) -> None:
     """Write all of `data` to `fd`, carrying on after short writes."""
     while data:
@@ -268,16 +271,19 @@ def make_durable_parents(path: Path) -> None:
     the parent after the mkdir): the object's own rename is fsynced in its folder, but a folder just
     created would otherwise be lost with the object in it by a power cut. Existing folders (nearly
     always: 65,536 of them in all) cost one stat."""
-    parent = path.parent
-    if parent.is_dir():
-        return
+    for folder in missing_parents(path):
+        folder.mkdir(exist_ok=True)
+        fsync_directory(folder.parent)
+
+
+def missing_parents(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, outermost first."""
     missing: list[Path] = []
+    parent = path.parent
     while not parent.is_dir():
         missing.append(parent)
         parent = parent.parent
-    for folder in reversed(missing):
-        folder.mkdir(exist_ok=True)
-        fsync_directory(folder.parent)
+    return missing[::-1]
 
 
 def fsync_directory(directory: Path) -> None:

@@ -14,14 +14,13 @@ and its event is published only after every folder on its path was.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from services.common.blob_store import LocalBlobStore, fsync_directory, windows, write_all
+from services.common.blob_store import LocalBlobStore, fsync_directory, missing_parents, refreshed, write_hashed
 
 
 class BatchedBlobWrites:
@@ -54,20 +53,14 @@ class BatchedBlobWrites:
     def put_chunks(self, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
         """Hash and write `chunks` to a temp file beside the objects; (SHA-256, size). The object is
         durable and under its name only after `settle`."""
-        hasher = hashlib.sha256()
-        size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self._store.root, prefix=".tmp-")
         try:
             try:
-                for piece in windows(chunks):
-                    hasher.update(piece)
-                    write_all(fd, piece)
-                    size += len(piece)
+                digest, size = write_hashed(fd, chunks)
             finally:
                 os.close(fd)
-            digest = hasher.hexdigest()
             final = self._store.path_for(digest)
-            if _refreshed(final):
+            if refreshed(final):
                 os.unlink(tmp_name)
                 return digest, size
         except BaseException:
@@ -90,7 +83,7 @@ class BatchedBlobWrites:
                     os.close(fd)
             folders: dict[Path, None] = {}  # each folder whose entries changed, fsynced once
             for tmp_name, final in pending:
-                for created in _missing_folders(final):
+                for created in missing_parents(final):
                     created.mkdir(exist_ok=True)
                     folders[created.parent] = None
                 os.replace(tmp_name, final)
@@ -101,25 +94,3 @@ class BatchedBlobWrites:
             for tmp_name, _ in pending:
                 Path(tmp_name).unlink(missing_ok=True)
             raise
-
-
-def _missing_folders(path: Path) -> list[Path]:
-    """The folders above `path` that do not exist yet, outermost first (`make_durable_parents` without
-    its fsyncs, which `settle` does once per folder for the whole batch). Existing folders, nearly
-    always, cost one stat."""
-    missing: list[Path] = []
-    parent = path.parent
-    while not parent.is_dir():
-        missing.append(parent)
-        parent = parent.parent
-    return missing[::-1]
-
-
-def _refreshed(final: Path) -> bool:
-    """True when `final` already exists; its time is refreshed, as `LocalBlobStore` does for content
-    written again (the lifecycle keeps objects for a retention after they were last written)."""
-    try:
-        os.utime(final)
-        return True
-    except FileNotFoundError:
-        return False
