@@ -12,6 +12,7 @@ from __future__ import annotations
 import select
 import socket
 import struct
+from collections.abc import Iterator
 from io import BufferedReader, BytesIO
 
 
@@ -94,19 +95,24 @@ def send_direct(
     the send with ConnectionError: the PDUs already written promised the rest."""
     piece = pdu_size - 6
     block = max(1, DIRECT_BLOCK // piece) * piece
-    if isinstance(data_set, memoryview):  # in memory already: sent from where it is, no copy
+    head, sent = command, 0
+    for data in _blocks(data_set, length, block):
+        sent += len(data)
+        send_all(sock, pdu_buffers(context_id, head, data, piece, last=sent == length), stall_s)
+        head = b""
+
+
+def _blocks(data_set: BufferedReader | BytesIO | memoryview, length: int, block: int) -> Iterator[memoryview]:
+    """`length` bytes of `data_set`, `block` at a time (one empty block when `length` is 0). Bytes in
+    memory are sliced where they are, no copy; a file's blocks are read into one buffer, so each block
+    is to be sent before the next is asked for. ConnectionError when the data set is shorter."""
+    if isinstance(data_set, memoryview):
         if len(data_set) != length:
             raise ConnectionError("the data set is not as long as its length")
-        head, start = command, 0
-        while True:
-            end = min(start + block, length)
-            send_all(sock, pdu_buffers(context_id, head, data_set[start:end], piece, last=end == length), stall_s)
-            head, start = b"", end
-            if start == length:
-                return
-    buffer = bytearray(min(block, length))
-    view = memoryview(buffer)
-    head = command
+        for start in range(0, max(length, 1), block):
+            yield data_set[start : start + block]
+        return
+    view = memoryview(bytearray(min(block, length)))
     remaining = length
     while True:
         size = min(block, remaining)
@@ -117,7 +123,6 @@ def send_direct(
                 raise ConnectionError("the data set ended before its length")
             got += more
         remaining -= size
-        send_all(sock, pdu_buffers(context_id, head, view[:size], piece, last=remaining == 0), stall_s)
-        head = b""
+        yield view[:size]
         if remaining == 0:
             return
