@@ -7,8 +7,10 @@ Measured: instances/s from the sender's first C-STORE to the last file `storescp
 accepted → stored per instance from the gateway's receipts (`stored_at_ms - meta.ingested_at_ms`);
 CPU milliseconds per instance of every process involved (the five services, Kafka, FerretDB,
 PostgreSQL with its backends, the gateway, storescp), read from /proc just before the first send
-and when the last file has arrived. Then, in the same run, Orthanc doing the same job on the first
-200 of the same files (tools/bench_orthanc.py), and the ratio of the two rates. The bench's route is
+and when the last file has arrived; the total leaves out storescp, the partner's PACS, as Orthanc's
+figure leaves out its own (both are given apart). Then, in the same run, Orthanc doing the same job
+on the first 200 of the same files (tools/bench_orthanc.py), and the ratios of the two rates and of
+the two CPU figures. The bench's route is
 the only one that can match its sender (tools/bench_setup.py). The last line printed is one JSON
 object.
 """

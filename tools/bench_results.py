@@ -82,12 +82,20 @@ class BenchRun:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+# The partner's PACS (the bench's storescp) is the receiving end, not part of the exchange: Orthanc's
+# figure is its own process alone, its storescp reported apart, so imx's total leaves its storescp out
+# too and reports it beside, as `pacs_cpu_ms_per_instance`.
+PACS_PROCESS = "storescp"
+
+
 def result_line(run: BenchRun) -> dict[str, object]:
     """The JSON object `make bench` prints last: the keys of earlier versions first, then the new ones."""
     lat = run.latencies
     instances_per_s = rate(run.stored, run.seconds)
     by_process = per_instance_ms(run.cpu_seconds, run.stored)
-    total = round(sum(run.cpu_seconds.values()) * 1000 / run.stored, 1) if run.stored else None
+    exchange_s = sum(s for name, s in run.cpu_seconds.items() if name != PACS_PROCESS)
+    total = round(exchange_s * 1000 / run.stored, 1) if run.stored else None
+    pacs = round(run.cpu_seconds.get(PACS_PROCESS, 0.0) * 1000 / run.stored, 2) if run.stored else None
     result: dict[str, object] = {
         "instances": run.stored,
         "sent": run.sent,
@@ -111,6 +119,10 @@ def result_line(run: BenchRun) -> dict[str, object]:
     result["ratio_vs_orthanc"] = round(instances_per_s / orthanc.per_s, 2) if orthanc and orthanc.per_s else None
     result["orthanc_cpu_ms_per_instance"] = orthanc.cpu_ms_per_instance if orthanc else None
     result["orthanc_storescp_cpu_ms_per_instance"] = orthanc.storescp_cpu_ms_per_instance if orthanc else None
+    result["pacs_cpu_ms_per_instance"] = pacs
+    result["cpu_vs_orthanc"] = (
+        round(total / orthanc.cpu_ms_per_instance, 2) if orthanc and orthanc.cpu_ms_per_instance and total else None
+    )
     result.update(run.extra)
     return result
 

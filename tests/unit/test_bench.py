@@ -40,6 +40,8 @@ NEW_KEYS = [
     "cpu_ms_per_instance",
     "cpu_ms_by_process",
     "orthanc_cpu_ms_per_instance",
+    "pacs_cpu_ms_per_instance",
+    "cpu_vs_orthanc",
 ]
 
 
@@ -103,9 +105,20 @@ def test_result_line_keeps_the_old_keys_first_and_adds_the_new_ones() -> None:
     json.dumps(line)  # one JSON line, nothing that json cannot write
 
 
+def test_cpu_per_instance_leaves_the_partners_pacs_out_as_orthancs_does() -> None:
+    run = _run(OrthancFigures(200, 25.0, 15.0, 0.4))
+    run.cpu_seconds = {"ingest": 1.0, "kafka": 0.5, "storescp": 0.3}
+    line = result_line(run)
+    assert line["cpu_ms_per_instance"] == 7.5  # ingest and Kafka: the exchange's own processes
+    assert line["pacs_cpu_ms_per_instance"] == 1.5  # the receiving storescp, beside it
+    assert line["cpu_ms_by_process"] == {"ingest": 5.0, "kafka": 2.5, "storescp": 1.5}
+    assert line["cpu_vs_orthanc"] == 0.5
+
+
 def test_result_line_without_orthanc_or_arrivals() -> None:
     line = result_line(_run(None))
     assert line["orthanc_exchange_per_s"] is None and line["ratio_vs_orthanc"] is None
+    assert line["cpu_vs_orthanc"] is None
     empty = _run(None)
     empty.stored, empty.latencies = 0, []
     line = result_line(empty)
