@@ -14,7 +14,7 @@ from kafka.structs import TopicPartition
 from typer.testing import CliRunner
 
 from services.cli.main import app
-from services.common.bus import BusProducer, StageConsumer, ensure_topics
+from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.service_access import (
     SERVICES,
@@ -25,9 +25,9 @@ from services.common.service_access import (
     username,
 )
 from services.common.settings import ServiceSettings
-from services.common.stats import StageStats
 from services.common.topics import Topics
 from tests.conftest import KafkaInternal
+from tests.integration.bus_helpers import stage_consumer
 
 
 def _signed_in(internal: KafkaInternal, service: str, topics: Topics) -> dict[str, str]:
@@ -140,14 +140,13 @@ def test_routing_does_its_own_work_with_its_own_credentials(kafka_internal: Kafk
     admin_producer.close()
     group = f"{topics.prefix}imx-routing"
     producer = BusProducer(kafka_internal.bootstrap, client_id="imx-routing", client_config=config)
-    consumer = StageConsumer(
-        bootstrap=kafka_internal.bootstrap,
-        group_id=group,
-        topics=[topics.ingested],
-        producer=producer,
-        dead_letter_topic=topics.dead_letter,
+    consumer = stage_consumer(
+        kafka_internal.bootstrap,
+        producer,
+        [topics.ingested],
+        group,
+        topics.dead_letter,
         stage="routing",
-        stats=StageStats("routing"),
         client_config=config,
     )
 

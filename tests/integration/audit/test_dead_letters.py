@@ -18,9 +18,8 @@ from services.cli.main import app
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.control_channel import control_channel
 from services.common.messages import IncomingMessage, OutgoingMessage
-from services.common.stats import StageStats
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
-from tests.integration.bus_helpers import read_all
+from tests.integration.bus_helpers import read_all, stage_consumer
 
 pytestmark = pytest.mark.integration
 SECRET = b"Thistlewood^Margery"  # stands for PHI in the message: never shown
@@ -61,15 +60,7 @@ def test_a_dead_letter_is_listed_replayed_after_the_fix_and_processed(
             done.set()
         return [OutgoingMessage(out, message.value, message.key)]
 
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=f"{unique_name}-g",
-        topics=[topic],
-        producer=producer,
-        dead_letter_topic=dlq,
-        stage="routing",
-        stats=StageStats("routing"),
-    )
+    consumer = stage_consumer(kafka_bootstrap, producer, [topic], f"{unique_name}-g", dlq, stage="routing")
     try:
         assert _poll_until_dead_lettered(consumer, handler, kafka_bootstrap, dlq)
         [dead] = read_all(kafka_bootstrap, dlq, expected=1)
