@@ -10,10 +10,12 @@ from pymongo.database import Database
 
 from services.ingest.receipts import (
     COLLECTION,
+    GROUP_MARK_PREFIX,
     LEGACY_PUBLISHED_COLLECTION,
     MongoReceiptStore,
     ReceiptFacts,
     ReceiptStatus,
+    mark_id,
 )
 
 FACTS = ReceiptFacts("trust-a", "c-store", "1.2.3.4", "ab" * 32, 1234)
@@ -85,7 +87,9 @@ def test_a_group_is_claimed_and_marked_in_one_write_each_and_resends_in_it_find_
         ("ev-published", ReceiptStatus.PUBLISHED, 1000, False),
         ("ev-unfinished", ReceiptStatus.RECEIVED, 1200, False),
     ]
-    store.mark_published_many(["ev-new", "ev-unfinished", "ev-published"], 2100)
+    # The new receipt's mark is its group's; a receipt claimed again has a mark of its own.
+    assert group[0].mark.startswith(GROUP_MARK_PREFIX) and group[2].mark == mark_id("ev-unfinished")
+    store.write_marks([group[0].mark, group[2].mark], 2100)
     assert all(store.claim(e, FACTS, 3000).status is ReceiptStatus.PUBLISHED for e in ("ev-new", "ev-unfinished"))
 
 
@@ -97,18 +101,44 @@ def test_a_mark_in_the_collection_earlier_versions_wrote_still_counts(db: Databa
     assert store.claim("ev-old", FACTS, 2000).status is ReceiptStatus.PUBLISHED
 
 
-def test_a_claim_marks_earlier_events_published_in_the_same_write(db: Database) -> None:
+def test_a_claim_marks_earlier_groups_published_in_the_same_write(db: Database) -> None:
     store = MongoReceiptStore(db)
-    store.claim("ev-earlier", FACTS, 1000)
+    earlier = store.claim_many([("ev-earlier-1", FACTS), ("ev-earlier-2", FACTS)], 1000)
+    assert earlier[0].mark == earlier[1].mark  # one group, one mark
 
-    group = store.claim_many([("ev-next", FACTS), ("ev-earlier", FACTS)], 2000, published=["ev-earlier"])
+    group = store.claim_many(
+        [("ev-next", FACTS), ("ev-earlier-1", FACTS), ("ev-earlier-2", FACTS)], 2000, [earlier[0].mark]
+    )
 
     assert [(r.event_id, r.status, r.new) for r in group] == [
         ("ev-next", ReceiptStatus.RECEIVED, True),
-        ("ev-earlier", ReceiptStatus.PUBLISHED, False),
+        ("ev-earlier-1", ReceiptStatus.PUBLISHED, False),
+        ("ev-earlier-2", ReceiptStatus.PUBLISHED, False),
     ]
-    store.claim_many([("ev-other", FACTS)], 3000, published=["ev-earlier"])  # a mark written twice: no error
-    assert db[COLLECTION].find_one({"_id": "published:ev-earlier"}) == {
-        "_id": "published:ev-earlier",
-        "published_at_ms": 2000,
-    }
+    store.claim_many([("ev-other", FACTS)], 3000, [earlier[0].mark])  # a mark written twice: no error
+    assert db[COLLECTION].find_one({"_id": earlier[0].mark}) == {"_id": earlier[0].mark, "published_at_ms": 2000}
+    # Three receipts of two groups, one mark: a document per group, not per instance.
+    assert db[COLLECTION].count_documents({}) == 5
+
+
+def test_a_mark_of_its_own_written_by_an_earlier_version_still_counts(db: Database) -> None:
+    store = MongoReceiptStore(db)
+    db[COLLECTION].insert_one({"_id": "ev-old", "status": "received", "received_at_ms": 900})
+    db[COLLECTION].insert_one({"_id": mark_id("ev-old"), "published_at_ms": 950})
+
+    receipt = store.claim("ev-old", FACTS, 2000)
+
+    assert receipt.status is ReceiptStatus.PUBLISHED and receipt.received_at_ms == 900
+
+
+def test_a_receipt_of_a_group_that_never_got_its_mark_is_published_again_under_a_mark_of_its_own(db: Database) -> None:
+    store = MongoReceiptStore(db)
+    [lost] = store.claim_many([("ev-1", FACTS)], 1000)  # the group failed at the broker, or the process died
+    store.write_marks([store.claim("ev-other", FACTS, 1100).mark], 1200)  # another group's mark
+
+    again = store.claim("ev-1", FACTS, 2000)
+
+    assert again.status is ReceiptStatus.RECEIVED and again.received_at_ms == 1000 and again.mark == mark_id("ev-1")
+    assert again.mark != lost.mark
+    store.write_marks([again.mark], 2100)
+    assert store.claim("ev-1", FACTS, 3000).status is ReceiptStatus.PUBLISHED

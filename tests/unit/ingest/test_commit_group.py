@@ -49,16 +49,19 @@ class CountingReceipts(MemoryReceiptStore):
         super().__init__()
         self.claim_writes = 0
         self.mark_writes = 0
+        self.marks_written: list[list[str]] = []  # per write, the marks it carried
 
     def claim_many(
-        self, claims: Sequence[tuple[str, ReceiptFacts]], now_ms: int, published: Sequence[str] = ()
+        self, claims: Sequence[tuple[str, ReceiptFacts]], now_ms: int, marks: Sequence[str] = ()
     ) -> list[Receipt]:
         self.claim_writes += 1
-        return super().claim_many(claims, now_ms, published)
+        self.marks_written.append(list(marks))
+        return super().claim_many(claims, now_ms, marks)
 
-    def mark_published_many(self, event_ids: Sequence[str], now_ms: int) -> None:
+    def write_marks(self, marks: Sequence[str], now_ms: int) -> None:
         self.mark_writes += 1
-        super().mark_published_many(event_ids, now_ms)
+        self.marks_written.append(list(marks))
+        super().write_marks(marks, now_ms)
 
 
 def make(tmp_path: Path, bus: GatedBus, receipts: MemoryReceiptStore) -> Acceptance:
@@ -112,6 +115,8 @@ def test_eight_associations_at_once_share_two_flushes_and_one_receipt_write_per_
     acceptance.commits.flush()
     assert receipts.mark_writes == 1
     assert all(receipts.receipts[e].status is ReceiptStatus.PUBLISHED for e in published)
+    # One mark per group, however many instances it published.
+    assert [len(m) for m in receipts.marks_written] == [0, 1, 1]
 
 
 def test_a_sender_alone_is_its_own_group(tmp_path: Path) -> None:
