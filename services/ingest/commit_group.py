@@ -90,7 +90,7 @@ class CommitGroup:
         self._changed = threading.Condition()
         self._queue: list[Commit] = []
         self._leading = False
-        self._unmarked: list[str] = []  # acknowledged, not yet marked published; only the leader touches it
+        self._unmarked: list[str] = []  # marks of acknowledged receipts, not yet written; only the leader touches it
         self.groups = 0
         self.committed = 0
 
@@ -166,7 +166,7 @@ class CommitGroup:
             self._leading = True
         try:
             if self._unmarked:
-                self._receipts.mark_published_many(self._unmarked, self._clock())
+                self._receipts.write_marks(self._unmarked, self._clock())
                 self._unmarked = []
         finally:
             with self._changed:
@@ -197,6 +197,7 @@ class CommitGroup:
         self._unmarked = []
         outcomes: dict[str, Outcome] = {}
         to_publish: list[Commit] = []
+        to_mark: dict[str, None] = {}  # a group mark (those it created) and marks of their own (claimed again)
         for claimant, receipt in zip(claimants, receipts, strict=True):
             claimant.received_at_ms = receipt.received_at_ms
             if receipt.status is ReceiptStatus.PUBLISHED:
@@ -204,9 +205,10 @@ class CommitGroup:
             else:
                 outcomes[claimant.event_id] = Outcome.PUBLISHED if receipt.new else Outcome.REPUBLISHED
                 to_publish.append(claimant)
+                to_mark[receipt.mark] = None
         if to_publish:
             self._publish([c.message(c.received_at_ms) for c in to_publish])
-            self._unmarked = [c.event_id for c in to_publish]
+            self._unmarked = list(to_mark)
         self.groups += 1
         self.committed += len(to_publish)
         return {
