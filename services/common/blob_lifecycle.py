@@ -5,6 +5,13 @@ is delivered until its gateway reports it stored. The retention (default: the pa
 seven days) also covers objects still in the pipeline, which no delivery names yet: the blob store
 refreshes an object's time whenever the same content is written again, so age means "not written or
 re-received for that long". The decision is a pure function of what is on disk and what is owed.
+
+A spliced object (services/common/blob_splices.py) is its record, `<sha256>.splice`, which names its
+source: a source is never collected while a record naming it is kept (writing a record refreshes its
+source's time too, so a collection that chose the source before the record existed re-checks and
+keeps it). Records are decided first, so a source whose last record goes is collected in the same run.
+Usage counts files on disk: a spliced object is one object of its record's size (its head and the
+reference), the bytes it shares with its source counted once, in the source.
 """
 
 from __future__ import annotations
@@ -15,14 +22,21 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.blob_splices import SPLICE_SUFFIX, SpliceMalformed, decode_splice
+
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
 class BlobEntry:
     sha256: str
-    size: int
+    size: int  # on disk: a spliced object's record
     modified_s: float
+    source: str = ""  # a spliced object's: the object whose bytes it refers to
+
+    @property
+    def name(self) -> str:
+        return self.sha256 + SPLICE_SUFFIX if self.source else self.sha256
 
 
 @dataclass
@@ -40,6 +54,7 @@ class Collected:
     deleted: int = 0
     freed_bytes: int = 0
     kept_owed: int = 0
+    kept_sources: int = 0  # past the retention, but a spliced object that is kept refers to them
 
 
 def scan(root: Path) -> Iterator[BlobEntry]:
@@ -53,10 +68,34 @@ def scan(root: Path) -> Iterator[BlobEntry]:
             if not second.is_dir():
                 continue
             for entry in os.scandir(second.path):
-                if entry.name.startswith(".") or len(entry.name) != 64:
+                if entry.name.startswith("."):
                     continue
-                stat = entry.stat()
-                yield BlobEntry(entry.name, stat.st_size, stat.st_mtime)
+                if len(entry.name) == 64:
+                    stat = entry.stat()
+                    yield BlobEntry(entry.name, stat.st_size, stat.st_mtime)
+                elif len(entry.name) == 64 + len(SPLICE_SUFFIX) and entry.name.endswith(SPLICE_SUFFIX):
+                    spliced = _spliced_entry(entry)
+                    if spliced is not None:
+                        yield spliced
+
+
+_RECORD_START = 256  # the record's first lines: magic, then source, offset and size
+
+
+def _spliced_entry(entry: os.DirEntry[str]) -> BlobEntry | None:
+    """The record's entry with its source; None when it is gone meanwhile. An unreadable record is
+    an object with no source (collected as any object; `imx blobs verify` reports it)."""
+    try:
+        stat = entry.stat()
+        with open(entry.path, "rb") as file:
+            start = file.read(_RECORD_START)
+    except FileNotFoundError:
+        return None
+    try:
+        source = decode_splice(start).source
+    except SpliceMalformed:
+        source = ""
+    return BlobEntry(entry.name[:64], stat.st_size, stat.st_mtime, source or "?" * 64)
 
 
 def deletable(entry: BlobEntry, owed: set[str], now_s: float, retention_s: float) -> bool:
@@ -86,29 +125,55 @@ def collect(
     clock: Callable[[], float] = time.time,
 ) -> Collected:
     """Delete what may go. `owed` is read after the scan has chosen its candidates, so a delivery
-    recorded meanwhile still protects its objects."""
+    recorded meanwhile still protects its objects. Spliced objects' records are decided first; the
+    sources of those kept are kept."""
     now_s = clock()
-    candidates = []
+    candidates: list[BlobEntry] = []
+    records: list[BlobEntry] = []
     for entry in scan(root):
         if on_entry:
             on_entry(entry)
+        if entry.source:
+            records.append(entry)
         if now_s - entry.modified_s > retention_s:
             candidates.append(entry)
     still_owed = owed()
     result = Collected()
-    for entry in candidates:
-        if not deletable(entry, still_owed, now_s, retention_s):
-            result.kept_owed += 1
+    gone: set[str] = set()
+    for entry in (e for e in candidates if e.source):
+        if _delete(root, entry, still_owed, now_s, retention_s, dry_run, clock, result):
+            gone.add(entry.sha256)
+    referred = {record.source for record in records if record.sha256 not in gone}
+    for entry in (e for e in candidates if not e.source):
+        if entry.sha256 in referred:
+            result.kept_sources += 1
             continue
-        path = root / entry.sha256[:2] / entry.sha256[2:4] / entry.sha256
-        try:
-            # Re-checked just before deleting: the same content may have been written again.
-            if clock() - path.stat().st_mtime <= retention_s:
-                continue
-            if not dry_run:
-                path.unlink()
-        except FileNotFoundError:
-            continue
-        result.deleted += 1
-        result.freed_bytes += entry.size
+        _delete(root, entry, still_owed, now_s, retention_s, dry_run, clock, result)
     return result
+
+
+def _delete(
+    root: Path,
+    entry: BlobEntry,
+    owed: set[str],
+    now_s: float,
+    retention_s: float,
+    dry_run: bool,
+    clock: Callable[[], float],
+    result: Collected,
+) -> bool:
+    if not deletable(entry, owed, now_s, retention_s):
+        result.kept_owed += 1
+        return False
+    path = root / entry.sha256[:2] / entry.sha256[2:4] / entry.name
+    try:
+        # Re-checked just before deleting: the same content may have been written again.
+        if clock() - path.stat().st_mtime <= retention_s:
+            return False
+        if not dry_run:
+            path.unlink()
+    except FileNotFoundError:
+        return False
+    result.deleted += 1
+    result.freed_bytes += entry.size
+    return True

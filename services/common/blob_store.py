@@ -11,6 +11,12 @@ its writer hashed it as it wrote it, as ingest's C-STORE receiver does), `put_ch
 writes pieces as they come, hashing as it writes, and `open` hands out the stored file, checked
 against its hash by reading it in pieces, or, given the size its event carries, by that size alone
 (each object is hashed once, when written; `verify` rehashes one for a scrub).
+
+An object may also be stored spliced (blob_splices.py): a small record holding its first bytes and
+naming a byte range, to its end, of another stored object, so bytes already durable in the store are
+not written twice (`put_spliced`). Readers never see the difference: `get`, `open`, `verify`, `exists`
+and `extent` (where a sender finds the bytes to send with sendfile) answer for either kind, and a
+spliced object whose source is gone or changed is corrupt (BlobCorrupt), never served as other bytes.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
+from services.common.blob_splices import SPLICE_SUFFIX, Extent, ExtentChanged, Splice, SpliceMalformed, decode_splice
 from services.common.messages import PhiSafeError
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -80,6 +87,15 @@ class BlobStore(Protocol):
     def exists(self, sha256: str) -> bool: ...
 
 
+@runtime_checkable
+class SplicingBlobStore(BlobStore, Protocol):
+    def put_spliced(self, head: bytes, tail: memoryview, source: str, offset: int) -> tuple[str, int]:
+        """Store `head` + `tail`, where `tail` is the stored object `source`'s bytes from `offset` to
+        its end, without writing the tail again (a splice record); written whole when `source` is not
+        such a stored object. Returns (SHA-256, size) of the whole."""
+        ...
+
+
 class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -90,6 +106,10 @@ class LocalBlobStore:
             raise ValueError("blob id must be 64 lower-case hex characters")
         # Two levels of fan-out keep directories small at millions of objects.
         return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def splice_path_for(self, sha256: str) -> Path:
+        """Where the object's splice record is, when it is stored spliced (blob_splices.py)."""
+        return self.path_for(sha256).with_name(sha256 + SPLICE_SUFFIX)
 
     def put(self, data: bytes) -> str:
         digest = sha256_hex(data)
@@ -146,7 +166,8 @@ class LocalBlobStore:
         try:
             data = self.path_for(sha256).read_bytes()
         except FileNotFoundError:
-            raise BlobNotFound(f"blob {sha256} not found") from None
+            with self._open_spliced(sha256) as file:
+                data = file.read()
         if size is not None:
             _check_size(sha256, len(data), size)
         elif sha256_hex(data) != sha256:
@@ -154,13 +175,14 @@ class LocalBlobStore:
         return data
 
     def open(self, sha256: str, size: int | None = None) -> BinaryIO:
+        """A plain object's own file; a spliced object's bytes as a file over its pieces (no fileno)."""
         try:
-            file = open(self.path_for(sha256), "rb")  # noqa: SIM115 - handed to the caller
+            file: BinaryIO = open(self.path_for(sha256), "rb")  # noqa: SIM115 - handed to the caller
         except FileNotFoundError:
-            raise BlobNotFound(f"blob {sha256} not found") from None
+            file = self._open_spliced(sha256)
         try:
             if size is not None:
-                _check_size(sha256, os.fstat(file.fileno()).st_size, size)
+                _check_size(sha256, file.seek(0, os.SEEK_END), size)
             elif file_sha256(file) != sha256:
                 raise BlobCorrupt(f"blob {sha256} does not match its hash")
             file.seek(0)
@@ -170,16 +192,101 @@ class LocalBlobStore:
         return file
 
     def verify(self, sha256: str) -> bool:
-        """True when the stored object still hashes to its name (`imx blobs verify`)."""
-        with open(self.path_for(sha256), "rb") as file:
-            return file_sha256(file) == sha256
+        """True when the stored object still hashes to its name (`imx blobs verify`); a spliced one
+        whose source is gone or changed is not sound. FileNotFoundError: no such object."""
+        try:
+            with open(self.path_for(sha256), "rb") as file:
+                return file_sha256(file) == sha256
+        except FileNotFoundError:
+            if not self.splice_path_for(sha256).exists():
+                raise
+        try:
+            with self._open_spliced(sha256) as spliced:
+                return file_sha256(spliced) == sha256
+        except BlobNotFound:
+            raise FileNotFoundError(sha256) from None
+        except BlobCorrupt:
+            return False
+
+    def extent(self, sha256: str) -> Extent:
+        """Where the object's bytes are, for a sender (delivery's sendfile): BlobNotFound when there is
+        no such object, BlobCorrupt when it is spliced and its source is gone or not the one spliced.
+        The sender opens the file and checks its size again (`Extent.open`): it may go meanwhile."""
+        path = self.path_for(sha256)
+        try:
+            return Extent(b"", path, 0, os.stat(path).st_size)
+        except FileNotFoundError:
+            pass
+        splice = self._splice(sha256)
+        extent = self._extent_of(splice)
+        try:
+            actual = os.stat(extent.path).st_size
+        except FileNotFoundError:
+            raise BlobCorrupt(f"blob {sha256}: the object it is spliced from is gone") from None
+        if actual != extent.file_size:
+            raise BlobCorrupt(f"blob {sha256}: the object it is spliced from has changed")
+        return extent
+
+    def spliced(self, head: bytes, tail: memoryview, source: str, offset: int) -> tuple[str, int, Splice | None] | None:
+        """The first half of `put_spliced`, shared with deid's batched writes: None when `source` is
+        not a plain stored object of `offset + len(tail)` bytes (write the object whole), else
+        (SHA-256, size, the record to write; None when the object is stored already: its time and its
+        source's are refreshed for the lifecycle). The source's time is refreshed before the record
+        exists, so a collection that chose it as old meanwhile re-checks its time and keeps it."""
+        source_path = self.path_for(source)
+        try:
+            if os.stat(source_path).st_size != offset + len(tail):
+                return None
+        except FileNotFoundError:
+            return None
+        hasher = hashlib.sha256(head)
+        for piece in windows((tail,)):
+            hasher.update(piece)
+        digest, size = hasher.hexdigest(), len(head) + len(tail)
+        if not refreshed(source_path):
+            return None
+        if refreshed(self.path_for(digest)) or refreshed(self.splice_path_for(digest)):
+            return digest, size, None
+        return digest, size, Splice(source, offset, offset + len(tail), bytes(head))
+
+    def put_spliced(self, head: bytes, tail: memoryview, source: str, offset: int) -> tuple[str, int]:
+        planned = self.spliced(head, tail, source, offset)
+        if planned is None:
+            return self.put_chunks((head, tail))
+        digest, size, splice = planned
+        if splice is not None:
+            final = self.splice_path_for(digest)
+            make_durable_parents(final)
+            replace_atomically(final, lambda tmp: tmp.write(splice.encode()))
+            fsync_directory(final.parent)
+        return digest, size
+
+    def _splice(self, sha256: str) -> Splice:
+        try:
+            record = self.splice_path_for(sha256).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {sha256} not found") from None
+        try:
+            return decode_splice(record)
+        except SpliceMalformed:
+            raise BlobCorrupt(f"blob {sha256} has an unreadable splice record") from None
+
+    def _extent_of(self, splice: Splice) -> Extent:
+        return Extent(splice.head, self.path_for(splice.source), splice.offset, splice.source_size - splice.offset)
+
+    def _open_spliced(self, sha256: str) -> BinaryIO:
+        extent = self._extent_of(self._splice(sha256))
+        try:
+            return extent.open()
+        except (FileNotFoundError, ExtentChanged):
+            raise BlobCorrupt(f"blob {sha256}: the object it is spliced from is gone or changed") from None
 
     @staticmethod
     def _copy_in(source: Path, final: Path) -> None:
         replace_atomically(final, lambda tmp: copy_from(source, tmp))
 
     def exists(self, sha256: str) -> bool:
-        return self.path_for(sha256).exists()
+        return self.path_for(sha256).exists() or self.splice_path_for(sha256).exists()
 
     def sweep_temporaries(self) -> int:
         """Remove temp files left by writers that crashed; returns how many were removed."""

@@ -10,6 +10,10 @@ folders and renames every object into place, then fsyncs each changed folder onc
 those fsyncs has committed the batch's entries the others find little left to commit. Nothing is
 promised earlier than before: an object is visible under its name only after its bytes were fsynced,
 and its event is published only after every folder on its path was.
+
+`put_spliced` stores an object whose tail is the end of a stored object (the ingest blob it was made
+from) as a splice record (services/common/blob_splices.py): only the record, a few kilobytes, goes to a
+temp file, and it is settled with the batch exactly as a whole object is.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from services.common.blob_store import LocalBlobStore, fsync_directory, missing_parents, refreshed, write_hashed
+from services.common.blob_store import (
+    LocalBlobStore,
+    fsync_directory,
+    missing_parents,
+    refreshed,
+    write_all,
+    write_hashed,
+)
 
 
 class BatchedBlobWrites:
@@ -67,6 +78,27 @@ class BatchedBlobWrites:
             Path(tmp_name).unlink(missing_ok=True)
             raise
         self._pending.append((tmp_name, final))
+        return digest, size
+
+    def put_spliced(self, head: bytes, tail: memoryview, source: str, offset: int) -> tuple[str, int]:
+        """`LocalBlobStore.put_spliced`, its record pending until `settle` (written whole, also pending,
+        when `source` is not a stored object that `tail` ends)."""
+        planned = self._store.spliced(head, tail, source, offset)
+        if planned is None:
+            return self.put_chunks((head, tail))
+        digest, size, splice = planned
+        if splice is None:
+            return digest, size
+        fd, tmp_name = tempfile.mkstemp(dir=self._store.root, prefix=".tmp-")
+        try:
+            try:
+                write_all(fd, memoryview(splice.encode()))
+            finally:
+                os.close(fd)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        self._pending.append((tmp_name, self._store.splice_path_for(digest)))
         return digest, size
 
     def settle(self) -> None:

@@ -88,7 +88,8 @@ def deidentified(
             plain_result = deidentify(plain, profile, key)
             header = deflate_into(deflated_file, plain_result)
             # Released as it came, deflated (deflated.py): the bytes the pydicom path wrote before.
-            result = replace(plain_result, transfer_syntax_uid=DEFLATED, chunks=())
+            # Its pixel data are the inflated scratch file's, not the stored input's: nothing to splice.
+            result = replace(plain_result, transfer_syntax_uid=DEFLATED, chunks=(), source_offset=None)
             del plain_result  # its pixel data are a view into `plain`, which can now be unmapped
             with _mapped(deflated_file.fileno()) as deflated_view:
                 yield replace(result, chunks=(header, memoryview(deflated_view)))

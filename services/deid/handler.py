@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.blob_store import BlobStore, LocalBlobStore
+from services.common.blob_store import BlobStore, LocalBlobStore, SplicingBlobStore
 from services.common.events import derived_meta, event_message, now_ms
 from services.common.failures import input_problem
 from services.common.lanes import lane_for
@@ -169,6 +169,7 @@ def release_instance(
     how: Deidentify,
     scratch: Path | None = None,
     max_inflated_bytes: int = MAX_INFLATED_BYTES,
+    splice: bool = False,
 ) -> Released | Refusal:
     """Read `blob`, de-identify it and write the result to `blobs`; a Refusal when the engine refuses
     the input or the decoder cannot read it. A disk or store failure reading or writing is raised (the
@@ -176,7 +177,8 @@ def release_instance(
 
     A large input is mapped, not read (files.py): the result's pixel data are a view into it until
     written. A deflated one is inflated into a temporary file in `scratch` (beside the blobs), removed
-    when `held` closes, whatever happens."""
+    when `held` closes, whatever happens. `splice`: store the result as a splice record of its header
+    and the input's tail where it can be (services/common/blob_splices.py)."""
     with blob_source(blobs, blob) as data, ExitStack() as held:
         try:
             result = held.enter_context(deidentified(data, how.profile, how.key, scratch, max_inflated_bytes))
@@ -187,8 +189,19 @@ def release_instance(
             if problem is None:
                 raise
             return refusal_for(problem)
-        sha, size = blobs.put_chunks(result.chunks)
+        sha, size = _write(blobs, result, blob, splice)
     return released(how.profile, result, sha, size)
+
+
+def _write(blobs: BlobStore, result: DeidResult, source: events_pb2.BlobRef, splice: bool) -> tuple[str, int]:
+    """The result as a new object: spliced (only its header written; its tail refers to the stored
+    input) when the engine's fast path gave the input's own tail, else written whole."""
+    offset = result.source_offset
+    if splice and offset is not None and isinstance(blobs, SplicingBlobStore) and len(result.chunks) == 2:
+        head, tail = result.chunks
+        if isinstance(head, bytes) and isinstance(tail, memoryview) and offset + len(tail) == source.size:
+            return blobs.put_spliced(head, tail, source.sha256, offset)
+    return blobs.put_chunks(result.chunks)
 
 
 def prepare_event(
@@ -200,6 +213,7 @@ def prepare_event(
     clock: Callable[[], int] = now_ms,
     scratch: Path | None = None,
     max_inflated_bytes: int = MAX_INFLATED_BYTES,
+    splice: bool = False,
 ) -> list[OutgoingMessage]:
     """`plan`, then for a de-identification `release_instance`, then the event. `scratch`: where a
     deflated input is inflated (files.py `deidentified`), beside the blobs."""
@@ -210,7 +224,7 @@ def prepare_event(
         return quarantine_event(routed, decided.refusal, topics, clock)
     # A prepared instance's time is when its preparation began; a refusal's, when it was refused.
     began = clock()
-    outcome = release_instance(blobs, routed.blob, decided, scratch, max_inflated_bytes)
+    outcome = release_instance(blobs, routed.blob, decided, scratch, max_inflated_bytes, splice)
     if isinstance(outcome, Refusal):
         return quarantine_event(routed, outcome, topics, clock)
     return prepared_event(routed, topics, lambda: began, outcome)
@@ -229,8 +243,9 @@ class DeidHandler:
         scratch: Path | None = None,
         max_inflated_bytes: int = MAX_INFLATED_BYTES,
         clock: Callable[[], int] = now_ms,
+        splice: bool = True,
     ) -> None:
-        self._profiles, self._recipient_key = profiles, recipient_key
+        self._profiles, self._recipient_key, self._splice = profiles, recipient_key, splice
         self._writes = BatchedBlobWrites(blobs)
         self._topics, self._scratch, self._max_inflated_bytes, self._clock = topics, scratch, max_inflated_bytes, clock
 
@@ -245,6 +260,7 @@ class DeidHandler:
             self._clock,
             self._scratch,
             self._max_inflated_bytes,
+            self._splice,
         )
 
     def flush(self) -> None:

@@ -60,7 +60,13 @@ def serve(
             settings,
             StageSpec(name="deid", group_id=f"{settings.topic_prefix}imx-deid", topics=topics.routed_lanes),
             lambda _producer, t: DeidHandler(
-                cached.lookup, keys.get, blobs, t, settings.blob_dir, settings.max_inflated_bytes
+                cached.lookup,
+                keys.get,
+                blobs,
+                t,
+                settings.blob_dir,
+                settings.max_inflated_bytes,
+                splice=settings.deid_splice,
             ),
             control_auth(db, settings.control_bootstrap_token_file),
             extra_servicers=[register_profile_admin(profiles, keys.get)],

@@ -13,3 +13,8 @@ class DeidSettings(ServiceSettings):
     max_inflated_bytes: int = Field(
         1 * GIB, ge=1024, le=4 * GIB, description="largest inflated size of a deflated data set; larger is quarantined"
     )
+    # services/common/blob_splices.py: the fast path's output stored as its new header and a reference to
+    # the input's Pixel Data (already durable in the store) instead of a whole copy. Off: written whole.
+    deid_splice: bool = Field(
+        True, description="store de-identified objects as a header spliced onto the stored input's pixel data"
+    )

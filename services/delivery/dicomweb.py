@@ -14,7 +14,6 @@ and the `Partner` dependency alias is local to the factory.)
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -23,6 +22,7 @@ from pymongo.errors import PyMongoError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from services.common.blob_splices import Extent
 from services.common.events import now_ms
 from services.common.http_server import FASTAPI_TELEMETRY_OFF
 from services.delivery.delivered import DeliveredInstance
@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 def create_partner_app(
     delivered: DeliveredReader,
     partner_for_key: Callable[[str], str | None],
-    blob_path: Callable[[str], Path],
+    blob_extent: Callable[[str], Extent],
     record_retrieval: Callable[[PartnerRetrieval], None],
     public_url: Callable[[], str] | None = None,
     prefix: str = "/dicomweb",
@@ -81,14 +81,15 @@ def create_partner_app(
     cached_partner_for_key: Callable[[str], str | None] = lambda _key: None,
 ) -> FastAPI:
     """The API. `partner_for_key`: a Bearer key -> partner id (None: not a key), cached by the caller;
-    `blob_path`: SHA-256 -> the object's file; `record_retrieval`: publishes one event per request,
+    `blob_extent`: SHA-256 -> where the object's bytes are (LocalBlobStore.extent);
+    `record_retrieval`: publishes one event per request,
     without blocking (it is called on the event loop);
     `public_url`: the base partners use (RetrieveURL in QIDO results; a function, as the port may be
     known only once bound), None: as the request came. `refs`: verifies the signed retrieval references
     delivery puts on partners' feeds, so an instance fetched by one is served without reading `delivered`.
     `cached_partner_for_key`: the partner of a key known without any I/O, else None (then
     `partner_for_key` is asked, in a worker thread)."""
-    ctx = RequestContext(delivered, blob_path, record_retrieval, clock, public_url, prefix)
+    ctx = RequestContext(delivered, blob_extent, record_retrieval, clock, public_url, prefix)
     app = FastAPI(
         title="imx partner DICOMweb",
         openapi_url=f"{prefix}/openapi.json",
@@ -183,7 +184,7 @@ def create_partner_app(
                 # What streaming would read in one piece anyway, sent as one body (by sendfile where the
                 # server offers it): no hand-over to a worker thread per chunk. Counted by `answer`.
                 try:
-                    return ObjectResponse(parts[0].path, parts[0].size, DICOM + syntax)
+                    return ObjectResponse(parts[0].extent(), parts[0].size, DICOM + syntax)
                 except OSError:  # collected since `file_part` looked: as if it had been gone then
                     raise Refusal(410, "the object is no longer available") from None
             return StreamingResponse(
@@ -214,15 +215,21 @@ def create_partner_app(
             # One header at a time: a study of thousands of instances never sits in memory whole.
             yield b"["
             for index, (item, part) in enumerate(zip(items, parts, strict=True)):
-                chunk = (b"," if index else b"") + json.dumps(
-                    metadata_for(item, part.path), separators=(",", ":")
-                ).encode()
+                chunk = (b"," if index else b"") + json.dumps(part_metadata(item, part), separators=(",", ":")).encode()
                 retrieval.instances += 1
                 retrieval.bytes += len(chunk)
                 yield chunk
             yield b"]"
 
         return StreamingResponse(stream(retrieval, documents()), media_type=DICOM_JSON)
+
+    def part_metadata(item: DeliveredInstance, part: FilePart) -> Json:
+        try:
+            handle = part.open()
+        except OSError:  # collected since `file_part` looked: the identifiers on record
+            return metadata_for(item, None)
+        with handle:
+            return metadata_for(item, handle)
 
     def found(results: list[Json], retrieval: Retrieval) -> Response:
         retrieval.instances = len(results)

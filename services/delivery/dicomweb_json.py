@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -121,11 +121,11 @@ def _strip_left_out(node: Json) -> Json:
     return kept
 
 
-def header_json(path: Path) -> Json | None:
+def header_json(source: Path | BinaryIO) -> Json | None:
     """The object's data set as DICOM JSON, bulk data left out; None when the file cannot be parsed.
     Reads the header only (stop_before_pixels), so a 1 GiB object costs what its header costs."""
     try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        dataset = pydicom.dcmread(source, stop_before_pixels=True)
         node: Json = dataset.to_json_dict(
             bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=lambda _element: _LEFT_OUT
         )
@@ -136,9 +136,10 @@ def header_json(path: Path) -> Json | None:
     return _strip_left_out(node)
 
 
-def metadata_for(item: DeliveredInstance, path: Path) -> Json:
-    """Metadata of one delivered object: its header, or (unreadable) the identifiers on record."""
-    header = header_json(path)
+def metadata_for(item: DeliveredInstance, source: Path | BinaryIO | None) -> Json:
+    """Metadata of one delivered object: its header, or (unreadable or gone: None) the identifiers on
+    record."""
+    header = None if source is None else header_json(source)
     if header is None:
         return {
             "00080016": _attr("UI", item.sop_class_uid) if item.sop_class_uid else _attr("UI"),

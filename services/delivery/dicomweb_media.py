@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from services.common.blob_splices import Extent
+
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 MULTIPART = "multipart/related"
@@ -151,11 +153,21 @@ def closing_delimiter(boundary: str) -> bytes:
 
 @dataclass(frozen=True)
 class FilePart:
-    """One object to send: its file, its size as recorded, the transfer syntax it is stored in."""
+    """One object to send: its file, its size as recorded, the transfer syntax it is stored in. A
+    spliced object (services/common/blob_splices.py) is `head`, then the file from `offset` to its end."""
 
     path: Path
     size: int
     transfer_syntax: str
+    head: bytes = b""
+    offset: int = 0
+
+    def extent(self) -> Extent:
+        return Extent(self.head, self.path, self.offset, self.size - len(self.head))
+
+    def open(self) -> BinaryIO:
+        """The object's bytes as one file (OSError when its file is gone or changed size)."""
+        return self.extent().open()
 
 
 def file_chunks(handle: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -173,7 +185,7 @@ def multipart_body(
     `on_sent(n)` is told of every n bytes of object content (framing not counted) as it is yielded."""
     first = True
     for part in parts:
-        with part.path.open("rb") as handle:
+        with part.open() as handle:
             yield part_header(boundary, part.transfer_syntax, part.size, first)
             first = False
             for chunk in file_chunks(handle, chunk_bytes):
@@ -185,7 +197,7 @@ def multipart_body(
 def single_body(
     part: FilePart, on_sent: Callable[[int], None] = lambda _n: None, chunk_bytes: int = CHUNK_BYTES
 ) -> Iterator[bytes]:
-    with part.path.open("rb") as handle:
+    with part.open() as handle:
         for chunk in file_chunks(handle, chunk_bytes):
             on_sent(len(chunk))
             yield chunk

@@ -5,11 +5,12 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from fastapi import Request
 
+from services.common.blob_splices import Extent
+from services.common.blob_store import BlobCorrupt, BlobNotFound
 from services.delivery.delivered import DeliveredInstance
 from services.delivery.dicomweb_json import IGNORED_PARAMS, MATCH_KEYS, is_valid_uid
 from services.delivery.dicomweb_media import FilePart
@@ -82,7 +83,7 @@ class Retrieval:
 @dataclass(frozen=True)
 class RequestContext:
     delivered: DeliveredReader
-    blob_path: Callable[[str], Path]
+    blob_extent: Callable[[str], Extent]
     record_retrieval: Callable[[PartnerRetrieval], None]
     clock: Callable[[], int]
     public_url: Callable[[], str] | None
@@ -113,19 +114,21 @@ class RequestContext:
         return str(request.base_url).rstrip("/") + self.prefix
 
     def file_part(self, item: DeliveredInstance) -> FilePart:
-        """The object's file, checked to be there and whole; 410 when the blob is gone."""
+        """The object's bytes, checked to be there and whole; 410 when the blob is gone or damaged."""
         try:
-            path = self.blob_path(item.sha256)
-            size = path.stat().st_size
-        except (OSError, ValueError):
+            extent = self.blob_extent(item.sha256)
+        except (BlobNotFound, OSError, ValueError):
             log.warning("delivered blob missing", extra={"partner": item.partner_id, "reason": "blob-missing"})
             raise Refusal(410, "the object is no longer available") from None
-        if size != item.size:
+        except BlobCorrupt:
+            log.warning("delivered blob corrupt", extra={"partner": item.partner_id, "reason": "blob-corrupt"})
+            raise Refusal(410, "the object is no longer available") from None
+        if extent.size != item.size:
             log.warning(
                 "delivered blob has the wrong size", extra={"partner": item.partner_id, "reason": "blob-size-mismatch"}
             )
             raise Refusal(410, "the object is no longer available")
-        return FilePart(path, size, item.transfer_syntax_uid)
+        return FilePart(extent.path, extent.size, item.transfer_syntax_uid, extent.head, extent.offset)
 
 
 def check_uids(*uids: str) -> None:

@@ -135,7 +135,7 @@ def start_partner_api(
     app = create_partner_app(
         DeliveredObjects(db),
         partner_for_key,
-        blobs.path_for,
+        blobs.extent,
         events.record,
         public_url=lambda: settings.dicomweb_base(server.port),
         refs=refs,

@@ -19,32 +19,43 @@ from typing import BinaryIO
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from services.common.blob_splices import Extent
 from services.common.http_server import ZERO_COPY_SEND
 
 
 class ObjectResponse(Response):
     """The file opened now: a file whose size is not the one recorded is not this object any more
     (objects are content-addressed and never rewritten; collected, or damaged), so OSError then, before
-    any answer is started. The file is closed once the answer is sent, or when it never is."""
+    any answer is started. The file is closed once the answer is sent, or when it never is.
 
-    def __init__(self, path: Path, size: int, media_type: str) -> None:
-        handle: BinaryIO = path.open("rb")
+    A spliced object (services/common/blob_splices.py) is sent as its head, then its source's range by
+    sendfile with that offset and count: the bytes on the wire are the same as for a plain object."""
+
+    def __init__(self, where: Path | Extent, size: int, media_type: str) -> None:
+        extent = where if isinstance(where, Extent) else Extent(b"", where, 0, size)
+        if extent.size != size:
+            raise OSError("the object's extent is not its recorded size")
+        handle: BinaryIO = extent.path.open("rb")
         try:
-            if os.fstat(handle.fileno()).st_size != size:
+            if os.fstat(handle.fileno()).st_size != extent.file_size:
                 raise OSError("the object's file changed size")
         except BaseException:
             handle.close()
             raise
-        self.handle, self.size = handle, size
+        self.handle, self.size, self.head, self.offset = handle, size, extent.head, extent.offset
         super().__init__(None, media_type=media_type, headers={"content-length": str(size)})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        count = self.size - len(self.head)
         with self.handle:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             if ZERO_COPY_SEND in scope.get("extensions", {}):
-                await send({"type": ZERO_COPY_SEND, "file": self.handle, "offset": 0, "count": self.size})
+                if self.head:
+                    await send({"type": "http.response.body", "body": self.head, "more_body": True})
+                await send({"type": ZERO_COPY_SEND, "file": self.handle, "offset": self.offset, "count": count})
             else:
-                await send({"type": "http.response.body", "body": self.handle.read(self.size)})
+                self.handle.seek(self.offset)
+                await send({"type": "http.response.body", "body": self.head + self.handle.read(count)})
         if self.background is not None:
             await self.background()
 

@@ -45,6 +45,10 @@ class DeidResult:
     modality: str
     patient_id: str
     pixels_cleaned: bool
+    # The fast path's last chunk is the input itself from this offset to its end (its Pixel Data
+    # element, untouched): a store may refer to those bytes instead of writing them again. None when
+    # the last chunk is anything else (the pydicom path's output, or re-encoded data).
+    source_offset: int | None = None
 
     @cached_property
     def data(self) -> bytes:
@@ -80,6 +84,7 @@ def deidentify(data: Source, profile: Profile, key: bytes) -> DeidResult:
         modality=identity["modality"],
         patient_id=identity["patient_id"],
         pixels_cleaned=False,
+        source_offset=len(data) - len(fast.pixel_bytes),  # raw_elements.read: Pixel Data to the end
     )
 
 
