@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from services.common.bus import QuietSelector
+from services.common.bus import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, QuietSelector
 from services.common.kafka_access import group_prefix, sasl_client_config
 from services.common.topics import Topics
 from services.gateway.fetch import Fetcher
@@ -65,6 +65,11 @@ def consumer_for(settings: GatewaySettings) -> KafkaConsumer:
         session_timeout_ms=10_000,
         heartbeat_interval_ms=2_000,
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        # As the stages' consumers (services/common/bus.py StageConsumer): the broker holds a fetch until
+        # this much has arrived or the wait is over, so a gateway that keeps up with its feed gets several
+        # deliveries per fetch, not one, for at most FETCH_MAX_WAIT_MS more latency.
+        fetch_min_bytes=FETCH_MIN_BYTES,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         # As the stages' clients (services/common/bus.py): no sensors nobody reads, no text per wait.
         metrics_enabled=False,
         selector=QuietSelector,
