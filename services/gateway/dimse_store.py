@@ -63,7 +63,6 @@ from services.common.dicom.command_set import command_element, command_set, ui_v
 from services.gateway.dimse_responses import read_store_responses_directly
 from services.gateway.fetched import Fetched
 from services.gateway.pdu_writer import SendStalled, send_direct
-from services.gateway.reactor_pause import ReactorPause
 from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -235,14 +234,13 @@ def send_request(assoc: Association, command: bytes, data_set: BinaryIO, context
 def keep_responses_for_sender(assoc: Association) -> None:
     """Make the association's reactor put back any response it takes off the DIMSE queue.
 
-    pynetdicom's own pause is a flag read without a lock: right after the previous send resumed it,
-    the reactor is between its checkpoint and clearing `_is_paused`, so a send that polls the flag sees
-    a stale "paused" and goes on. When the PACS answers inside that window the reactor takes the
-    C-STORE response, logs it as unexpected and drops it, and the sender waits out the whole DIMSE
-    timeout (back-to-back sends from fetch-ahead hit this about once in 300 instances: seven 60 s
-    stalls in a 2,000-instance `make bench`). `_send` now pauses with `ReactorPause`
-    (reactor_pause.py), which is exact; this stays as the safety net. Requests from the peer are still
-    served as before."""
+    `_send` pauses the reactor before it sends, but pynetdicom's pause is a flag read without a lock:
+    right after the previous send resumed it, the reactor is between its checkpoint and clearing
+    `_is_paused`, so the next send sees a stale "paused" and goes on. When the PACS answers inside
+    that window the reactor takes the C-STORE response, logs it as unexpected and drops it, and the
+    sender waits out the whole DIMSE timeout (back-to-back sends from fetch-ahead hit this about once
+    in 300 instances: seven 60 s stalls in a 2,000-instance `make bench`). Requests from the peer are
+    still served as before."""
     serve = assoc._serve_request
     queue = assoc.dimse.msg_queue
 
@@ -269,7 +267,6 @@ class DimseStore:
         self._ae.maximum_pdu_size = 0  # what we accept: responses are small, take whatever the peer sends
         self._needs: dict[str, list[str]] = {}
         self._assoc: Association | None = None
-        self._pause: ReactorPause | None = None  # the association's reactor, paused for each C-STORE
         self._message_id = 0
         self.associations = 0  # how many were opened (status and tests)
 
@@ -353,7 +350,6 @@ class DimseStore:
             return StoreResult.down("association-rejected" if assoc.is_rejected else "connection-failed")
         keep_responses_for_sender(assoc)
         read_store_responses_directly(assoc)
-        self._pause = ReactorPause(assoc)
         self._assoc = assoc
         self.associations += 1
         return None
@@ -388,9 +384,10 @@ class DimseStore:
         started = time.monotonic()
         try:
             # The association's reactor thread would take the response off the queue: pause it.
-            pause = self._pause
-            assert pause is not None
-            pause.pause()
+            reactor: Any = assoc
+            reactor._reactor_checkpoint.clear()
+            while not reactor._is_paused and assoc.is_established:
+                time.sleep(0.0001)
             try:
                 with _data_set(body) as (data_set, length):
                     context_id, stall_s = int(context.context_id or 0), float(self._ae.network_timeout or 60)
@@ -402,7 +399,7 @@ class DimseStore:
                         send_request(assoc, command, readable, context_id, stall_s)
                 _, response = assoc.dimse.get_msg(block=True)
             finally:
-                pause.resume()
+                reactor._reactor_checkpoint.set()
         except SendStalled:
             assoc.abort()
             self._assoc = None
