@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomIO
@@ -36,6 +37,7 @@ from pynetdicom._handlers import (
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
 
 from services.common.dicom.command_set import command_element, command_set, ui_value, us_value
 
@@ -49,6 +51,9 @@ C_STORE_RSP_FIELD = 0x8001  # PS3.7 Table E.1-1 Command Field
 NO_DATA_SET = 0x0101  # PS3.7 Table E.1-1 Command Data Set Type
 PDV_OVERHEAD = 6  # PS3.8 9.3.5.1: item length (4), presentation context id (1), message control header (1)
 LAST_COMMAND_FRAGMENT = b"\x03"  # PS3.8 E.2: command information, last fragment
+P_DATA_TF_TYPE = 0x04  # PS3.8 Table 9-22
+PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, length (PS3.8 9.3.1)
+PDV_HEADER = struct.Struct(">LB")  # item length, presentation context id (PS3.8 9.3.5.1)
 
 LOG_HANDLERS = (
     (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
@@ -180,10 +185,23 @@ def _response_command(primitive: Any) -> bytes | None:
         return None
 
 
+def p_data_tf(context_id: int, command: bytes) -> bytes:
+    """The P-DATA-TF PDU carrying `command` as one last command fragment (PS3.8 9.3.5, E.2): the bytes
+    pynetdicom's `P_DATA_TF(primitive).encode()` gives for that primitive."""
+    item = PDV_HEADER.pack(len(command) + 2, context_id) + LAST_COMMAND_FRAGMENT + command
+    return PDU_HEADER.pack(P_DATA_TF_TYPE, 0, len(item)) + item
+
+
 def send_store_responses_directly(assoc: Association) -> None:
     """Make `assoc` send each C-STORE response as the one P-DATA PDU pynetdicom would send for it
-    (`DIMSEMessage.encode_msg`: command set, one fragment when it fits the peer's maximum PDU)."""
+    (`DIMSEMessage.encode_msg`: command set, one fragment when it fits the peer's maximum PDU).
+
+    A response made in the DUL thread itself (a request served where it was received, `dimse_serve`)
+    is written to the socket there and then, as the state machine's DT-1 writes a P-DATA-TF in Sta6,
+    rather than queued for that same thread to find on its next pass; unless something is queued to
+    go before it, or a handler wants to see the PDU or the state machine's transition."""
     dimse = assoc.dimse
+    dul = dimse.dul
     pynetdicom_send: Callable[[Any, int], None] = dimse.send_msg
 
     def send_msg(primitive: Any, context_id: int) -> None:
@@ -196,9 +214,18 @@ def send_store_responses_directly(assoc: Association) -> None:
         ):
             pynetdicom_send(primitive, context_id)
             return
+        if (
+            threading.current_thread() is dul
+            and dul.to_provider_queue.empty()
+            and dul.state_machine.current_state == "Sta6"
+            and not assoc.get_handlers(evt.EVT_PDU_SENT)
+            and not assoc.get_handlers(evt.EVT_FSM_TRANSITION)
+        ):
+            cast(AssociationSocket, dul.socket).send(p_data_tf(context_id, command))  # fails as Evt17, as DT-1
+            return
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, LAST_COMMAND_FRAGMENT + command))
-        dimse.dul.send_pdu(pdata)
+        dul.send_pdu(pdata)
 
     dimse.send_msg = send_msg  # type: ignore[method-assign]
 

@@ -226,11 +226,19 @@ def received_sha256(request: object) -> str | None:
     return hasher.hexdigest() if hasher is not None else None
 
 
-def receive_directly(assoc: Association) -> None:
+def new_message() -> DIMSEMessage:
+    """A DIMSE message decoded by `decode_msg` (an instance attribute: it stays when decode_msg changes
+    the message's class)."""
+    message = DIMSEMessage()
+    message.decode_msg = functools.partial(decode_msg, message)  # type: ignore[method-assign]
+    return message
+
+
+def receive_directly(assoc: Association) -> bool:
     """Make `assoc` (an acceptor, before its DUL starts) receive P-DATA-TF PDUs and C-STORE data sets
-    as described in the module doc, unless a handler wants pynetdicom's PDU objects."""
+    as described in the module doc, unless a handler wants pynetdicom's PDU objects (then False)."""
     if assoc.get_handlers(evt.EVT_DATA_RECV) or assoc.get_handlers(evt.EVT_PDU_RECV):
-        return
+        return False
     dul = assoc.dul
     dul._read_pdu_data = functools.partial(read_pdu_data, dul)  # type: ignore[method-assign]
     dimse = assoc.dimse
@@ -238,10 +246,8 @@ def receive_directly(assoc: Association) -> None:
 
     def receive(primitive: P_DATA) -> None:
         if dimse.message is None:
-            message = DIMSEMessage()
-            # An instance attribute: it stays when decode_msg changes the message's class.
-            message.decode_msg = functools.partial(decode_msg, message)  # type: ignore[method-assign]
-            dimse.message = message
+            dimse.message = new_message()
         receive_primitive(primitive)
 
     dimse.receive_primitive = receive  # type: ignore[method-assign]
+    return True

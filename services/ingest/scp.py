@@ -40,12 +40,13 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.dicom.association_waits import WaitingRequestHandler
-from services.ingest import dimse_encoding, dimse_receive
+from services.ingest import dimse_encoding, dimse_receive, dimse_serve
 from services.ingest.acceptance import Acceptance, AcceptanceResult, Channel
 from services.ingest.calling_aets import CallingAeTitles
 from services.ingest.errors import IngestUnavailable
@@ -94,7 +95,8 @@ def status_dataset(status: int, comment: str = "") -> Dataset:
 
 
 class StoreHandler:
-    """EVT_C_STORE handler; runs on the association's thread, several associations at once."""
+    """EVT_C_STORE handler; runs on the thread that received the request (`dimse_serve`), or on the
+    association's thread, several associations at once."""
 
     def __init__(self, acceptance: Acceptance, calling_aets: CallingAeTitles) -> None:
         self._acceptance = acceptance
@@ -164,14 +166,16 @@ def receive_to_files(folder: Path) -> None:
 
 class IngestRequestHandler(WaitingRequestHandler):
     """Each association waits for work (`WaitingRequestHandler`), sends its C-STORE responses encoded
-    directly and has no debug-log handlers (services/ingest/dimse_encoding.py), and receives P-DATA
-    into one buffer per PDU, written to the data set's file from there (services/ingest/dimse_receive.py)."""
+    directly and has no debug-log handlers (services/ingest/dimse_encoding.py), receives P-DATA into
+    one buffer per PDU, written to the data set's file from there (services/ingest/dimse_receive.py),
+    and serves its C-STORE requests in the thread that received them (services/ingest/dimse_serve.py)."""
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         dimse_encoding.without_log_handlers(assoc)
         dimse_encoding.send_store_responses_directly(assoc)
-        dimse_receive.receive_directly(assoc)
+        direct = dimse_receive.receive_directly(assoc)
+        dimse_serve.serve_stores_in_receiver(assoc, dimse_receive.new_message if direct else DIMSEMessage)
         return assoc
 
 
