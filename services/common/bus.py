@@ -408,6 +408,11 @@ def flush_handler(handler: Handler) -> None:
 # A fetch waits at the broker until this much has arrived or the wait is over (see StageConsumer).
 FETCH_MIN_BYTES = 64 * 1024
 FETCH_MAX_WAIT_MS = 100
+# An idle stage's fetch (its last poll found nothing) is answered as soon as anything arrives, or after this
+# long: an idle stage at 100 ms asked the broker 10 times a second for nothing. Three idle stages made 29 of
+# the broker's 32 requests a second, ~37 ms of its CPU a second (the broker's request log, `make bench`'s
+# stack idle after the run).
+IDLE_FETCH_MAX_WAIT_MS = 500
 # A busy stage commits at most this often instead of after every batch (~10 a second per stage at the
 # bench's rate, each a blocking round trip and a write to __consumer_offsets); an idle poll, a stop and
 # close() commit what is owed at once. A crash re-reads at most this much more; handlers are idempotent.
@@ -417,7 +422,9 @@ CLOSE_COMMIT_TIMEOUT_MS = 5000
 
 class StageConsumer:
     """The I/O shell of a stage: poll a bounded batch, run the handler, publish, repeat; commit what was
-    published at most every `commit_interval_s`, and whenever a poll finds nothing new."""
+    published at most every `commit_interval_s`, and whenever a poll finds nothing new. While records
+    come, each fetch gathers them for up to `fetch_max_wait_ms`; once a poll finds none, the broker
+    answers the next fetch at the first record and otherwise holds it `idle_fetch_max_wait_ms`."""
 
     def __init__(
         self,
@@ -442,6 +449,7 @@ class StageConsumer:
         group_instance_id: str | None = None,
         fetch_min_bytes: int = FETCH_MIN_BYTES,
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+        idle_fetch_max_wait_ms: int = IDLE_FETCH_MAX_WAIT_MS,
         lane_of: Callable[[str], str | None] | None = None,
         client_config: Mapping[str, str] | None = None,
     ) -> None:
@@ -497,6 +505,11 @@ class StageConsumer:
         self._owed: dict[TopicPartition, int] = {}  # acknowledged outputs, offsets not committed yet
         self._committed_at = time.monotonic()
         self._busy = False
+        # (min bytes, max wait) of the fetches while records come, and while none do. A stage that waits
+        # longer for company when busy (audit) than an idle one would keeps its own fetch always.
+        self._busy_fetch = (fetch_min_bytes, fetch_max_wait_ms)
+        self._idle_fetch = (1, idle_fetch_max_wait_ms) if idle_fetch_max_wait_ms > fetch_max_wait_ms else None
+        self._idle = False
 
     def poll_once(self, handler: Handler) -> int:
         """One cycle; returns how many records were read."""
@@ -508,6 +521,7 @@ class StageConsumer:
         # every 0.2 s while a stage kept up with its input: 0.18 ListOffsets requests per instance in
         # `make bench` (600 instances, the broker's request log), a tenth of all requests.
         self._busy = sum(len(batch) for batch in polled.values()) >= self._max_batch
+        self._fetch_mode(idle=not polled)
         records = [
             IncomingMessage(
                 topic=r.topic,
@@ -541,6 +555,18 @@ class StageConsumer:
             self.commit_owed()
         self._update_lag()
         return len(records)
+
+    def _fetch_mode(self, *, idle: bool) -> None:
+        """Idle: the broker answers the next fetch at the first record (no wait for company, so the first
+        event after a pause goes on at once) and otherwise holds it `idle_fetch_max_wait_ms`. Busy: the
+        stage's own batching fetch. kafka-python reads both settings from its fetcher's config each time
+        it builds a fetch request (Fetcher._create_fetch_requests, kafka-python 3.0); a fetch already
+        sent keeps the settings it was sent with."""
+        if self._idle_fetch is None or idle == self._idle:
+            return
+        self._idle = idle
+        config = self._consumer._fetcher.config
+        config["fetch_min_bytes"], config["fetch_max_wait_ms"] = self._idle_fetch if idle else self._busy_fetch
 
     def _seek_to_batch_start(self, records: Sequence[IncomingMessage]) -> None:
         """Nothing of a batch whose outputs were not all acknowledged is committed, and the consumer reads it
