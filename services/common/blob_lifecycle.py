@@ -83,8 +83,9 @@ _RECORD_START = 256  # the record's first lines: magic, then source, offset and 
 
 
 def _spliced_entry(entry: os.DirEntry[str]) -> BlobEntry | None:
-    """The record's entry with its source; None when it is gone meanwhile. An unreadable record is
-    an object with no source (collected as any object; `imx blobs verify` reports it)."""
+    """The record's entry with its source; None when it is gone meanwhile. An unreadable record names
+    no real source ("?" * 64): it keeps nothing, and goes as any object does (`imx blobs verify`
+    reports it as corrupt meanwhile)."""
     try:
         stat = entry.stat()
         with open(entry.path, "rb") as file:

@@ -217,8 +217,7 @@ class LocalBlobStore:
             return Extent(b"", path, 0, os.stat(path).st_size)
         except FileNotFoundError:
             pass
-        splice = self._splice(sha256)
-        extent = self._extent_of(splice)
+        extent = self._extent_of(self._splice(sha256, str(path) + SPLICE_SUFFIX))
         try:
             actual = os.stat(extent.path).st_size
         except FileNotFoundError:
@@ -261,11 +260,20 @@ class LocalBlobStore:
             fsync_directory(final.parent)
         return digest, size
 
-    def _splice(self, sha256: str) -> Splice:
+    def _splice(self, sha256: str, record_path: str | None = None) -> Splice:
+        """The object's splice record (`record_path`: its path, when the caller has it). Read with
+        bare os calls: delivery looks one up per fetch, and pathlib's read_bytes cost twice as much."""
         try:
-            record = self.splice_path_for(sha256).read_bytes()
+            fd = os.open(record_path or self.splice_path_for(sha256), os.O_RDONLY)
         except FileNotFoundError:
             raise BlobNotFound(f"blob {sha256} not found") from None
+        try:
+            pieces = []
+            while piece := os.read(fd, 1 << 16):
+                pieces.append(piece)
+        finally:
+            os.close(fd)
+        record = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         try:
             return decode_splice(record)
         except SpliceMalformed:
