@@ -63,6 +63,8 @@ from services.ingest.status_codes import (
 log = logging.getLogger(__name__)
 
 CHANNEL: Channel = "c-store"
+# How late an association's network timeout (IMX_DICOM_TIMEOUT_S, tens of seconds) may be noticed.
+REACTOR_WAIT_S = 0.5
 
 # Uncompressed first (what most peers propose first), then the compressed syntaxes archives keep.
 TRANSFER_SYNTAXES = [
@@ -168,7 +170,13 @@ class IngestRequestHandler(WaitingRequestHandler):
     """Each association waits for work (`WaitingRequestHandler`), sends its C-STORE responses encoded
     directly and has no debug-log handlers (services/ingest/dimse_encoding.py), receives P-DATA into
     one buffer per PDU, written to the data set's file from there (services/ingest/dimse_receive.py),
-    and serves its C-STORE requests in the thread that received them (services/ingest/dimse_serve.py)."""
+    and serves its C-STORE requests in the thread that received them (services/ingest/dimse_serve.py).
+
+    That leaves the association thread nothing to do for a store: it is signalled for every message,
+    release, abort and kill, and wakes unsignalled only to look at the network timeout, every
+    `REACTOR_WAIT_S` rather than every 50 ms (each wake cost ~6 futex calls, mostly GIL handoffs)."""
+
+    reactor_wait_s = REACTOR_WAIT_S
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()

@@ -20,7 +20,8 @@ look, not what pynetdicom does with what it sends and receives:
   and every primitive the DUL hands up (a release or abort from the peer), by a pause request
   (`_reactor_checkpoint.clear()`, which a sender uses before each request), by kill and by the DUL
   thread ending; otherwise it wakes every `IDLE_WAIT_S` (the network timeout is seen up to that much
-  later).
+  later), or every `reactor_wait_s` its user gives (ingest's acceptors, whose association threads
+  serve no C-STORE: 0.5 s).
 
 Users: the gateway's requestor associations (`WaitingAE`) and ingest's acceptor associations
 (`WaitingRequestHandler`), which also read the socket in pieces of up to `RECV_PIECE` bytes
@@ -125,8 +126,10 @@ class _SignallingCheckpoint(threading.Event):
         self._on_clear()
 
 
-def wait_for_work(assoc: Association) -> None:
-    """Make a new association, before its DUL starts, wait instead of poll (module doc)."""
+def wait_for_work(assoc: Association, reactor_wait_s: float | None = None) -> None:
+    """Make a new association, before its DUL starts, wait instead of poll (module doc). The association
+    reactor wakes unsignalled every `reactor_wait_s` (default `IDLE_WAIT_S`) to look at the network
+    timeout, which it then sees up to that much later."""
     dul = assoc.dul
     wake = _WakeUp()
     work = threading.Event()  # the association reactor's
@@ -187,7 +190,7 @@ def wait_for_work(assoc: Association) -> None:
             return get_msg(True)
         # Several messages may have come in under one signal: wait only when none is left.
         if dimse.msg_queue.empty():
-            work.wait(IDLE_WAIT_S)
+            work.wait(IDLE_WAIT_S if reactor_wait_s is None else reactor_wait_s)
         # Cleared before anything is looked at: a signal from now on is kept for the next wait.
         work.clear()
         return get_msg(False)
@@ -235,12 +238,15 @@ class WaitingAE(AE):
 
 
 class WaitingRequestHandler(RequestHandler):
-    """pynetdicom's request handler, each association it accepts made to wait (`wait_for_work`) and
-    its socket read in large pieces (`read_in_large_pieces`)."""
+    """pynetdicom's request handler, each association it accepts made to wait (`wait_for_work`, its
+    reactor waking unsignalled every `reactor_wait_s`) and its socket read in large pieces
+    (`read_in_large_pieces`)."""
+
+    reactor_wait_s: float | None = None
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        wait_for_work(assoc)
+        wait_for_work(assoc, self.reactor_wait_s)
         if isinstance(assoc.dul.socket, AssociationSocket):
             read_in_large_pieces(assoc.dul.socket)
         return assoc

@@ -27,7 +27,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from services.ingest import dimse_encoding
 from services.ingest.dimse_serve import Turns
-from services.ingest.scp import status_dataset
+from services.ingest.scp import REACTOR_WAIT_S, status_dataset
 from services.ingest.settings import IngestSettings
 from tests.unit.ingest.scp_servers import receive_to_files_for_this_test, serve_stores
 
@@ -197,3 +197,20 @@ def test_a_response_is_the_pdu_pynetdicom_sends() -> None:
     primitive = P_DATA()
     primitive.presentation_data_value_list.append((3, dimse_encoding.LAST_COMMAND_FRAGMENT + command))
     assert dimse_encoding.p_data_tf(3, command) == P_DATA_TF(primitive).encode()
+
+
+def test_an_idle_association_still_meets_its_network_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its association thread, which serves no store, wakes unsignalled only every REACTOR_WAIT_S."""
+    receive_to_files_for_this_test(tmp_path / "received", monkeypatch)
+    settings = IngestSettings(dicom_port=0, blob_dir=tmp_path, dicom_timeout_s=1)
+    server, _port = serve_stores(settings, lambda event: status_dataset(0x0000))
+    try:
+        assoc = _associate(server)
+        assert int(assoc.send_c_store(_ct(1000)).Status) == 0x0000
+        started = time.monotonic()
+        while server.active_associations:
+            assert time.monotonic() - started < 1 + REACTOR_WAIT_S + 2, "the network timeout was not met"
+            time.sleep(0.05)
+        assert time.monotonic() - started >= 0.9
+    finally:
+        server.shutdown()
