@@ -6,11 +6,14 @@ import socketserver
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
-from pynetdicom import _config, dimse_messages, evt
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.events import Event
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.ingest.scp import IngestRequestHandler, build_ae, receive_to_files
@@ -42,3 +45,28 @@ def serve_stores(
     ae._servers.append(server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, server.server_address[1]
+
+
+def associate(server: ThreadedAssociationServer) -> Any:
+    """An association from a pynetdicom sender (Verification and CT Image Storage) to `server`."""
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="IMX")
+    assert assoc.is_established
+    return assoc
+
+
+def small_ct(size: int) -> Dataset:
+    """A CT data set with `size` bytes of pixel data, explicit VR little endian."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.BitsAllocated = 16
+    ds.PixelRepresentation = 0
+    ds.PixelData = b"\x01\x02" * (size // 2)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_original_encoding(False, True)
+    return ds

@@ -11,19 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config, dimse_messages
+from pydicom.dataset import Dataset
+from pynetdicom import _config, dimse_messages
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.dicom import association_waits
 from services.common.dicom.association_waits import IDLE_WAIT_S, WaitingRequestHandler
 from services.ingest.scp import receive_to_files, status_dataset
 from services.ingest.settings import IngestSettings
-from tests.unit.ingest.scp_servers import serve_stores
+from tests.unit.ingest.scp_servers import associate, serve_stores, small_ct
 
 
 @pytest.fixture(params=["in-memory", "to-files"])
@@ -79,29 +77,6 @@ def server(served: _Server) -> ThreadedAssociationServer:
     return served.server
 
 
-def _associate(server: ThreadedAssociationServer) -> Any:
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(Verification)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="IMX")
-    assert assoc.is_established
-    return assoc
-
-
-def _ct(size: int) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.BitsAllocated = 16
-    ds.PixelRepresentation = 0
-    ds.PixelData = b"\x01\x02" * (size // 2)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.set_original_encoding(False, True)
-    return ds
-
-
 def _acceptor(server: ThreadedAssociationServer) -> Any:
     deadline = time.monotonic() + 5
     while not server.active_associations:
@@ -111,7 +86,7 @@ def _acceptor(server: ThreadedAssociationServer) -> Any:
 
 
 def test_an_idle_association_waits_instead_of_polling(server: ThreadedAssociationServer) -> None:
-    assoc = _associate(server)
+    assoc = associate(server)
     acceptor = _acceptor(server)
     passes = {"dul": 0, "reactor": 0}
     transport_event, get_msg = acceptor.dul._is_transport_event, acceptor.dimse.get_msg
@@ -144,7 +119,7 @@ def test_a_request_wakes_an_idle_association(
     # time, however loaded the machine (timing against the 50 ms wait failed under load: 26-85 ms).
     wait_s = 3.0
     monkeypatch.setattr(association_waits, "IDLE_WAIT_S", wait_s)
-    assoc = _associate(server)  # both threads now wait up to wait_s at a time
+    assoc = associate(server)  # both threads now wait up to wait_s at a time
     try:
         time.sleep(0.2)
         started = time.monotonic()
@@ -161,7 +136,7 @@ def test_a_peers_release_wakes_an_idle_association(
     # earlier variant) saw it only when the wait ended.
     wait_s = 3.0
     monkeypatch.setattr(association_waits, "IDLE_WAIT_S", wait_s)
-    assoc = _associate(server)
+    assoc = associate(server)
     acceptor = _acceptor(server)
     time.sleep(0.2)
     started = time.monotonic()
@@ -173,10 +148,10 @@ def test_a_peers_release_wakes_an_idle_association(
 
 def test_c_stores_are_answered_and_the_release_is_prompt(served: _Server) -> None:
     server = served.server
-    assoc = _associate(server)
+    assoc = associate(server)
     statuses, sent = [], []
     for size in (10_000, 600_000, 3_000_000):  # the largest spans several 1 MiB PDUs
-        ds = _ct(size)
+        ds = small_ct(size)
         sent.append(encode(ds, False, True))
         statuses.append(int(assoc.send_c_store(ds).Status))
     started = time.monotonic()
@@ -192,7 +167,7 @@ def test_c_stores_are_answered_and_the_release_is_prompt(served: _Server) -> Non
 
 
 def test_a_peer_that_aborts_ends_the_association(server: ThreadedAssociationServer) -> None:
-    assoc = _associate(server)
+    assoc = associate(server)
     acceptor = _acceptor(server)
     assoc.abort()
     acceptor.join(timeout=2)
@@ -202,7 +177,7 @@ def test_a_peer_that_aborts_ends_the_association(server: ThreadedAssociationServ
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
 def test_ended_associations_hold_no_descriptors(server: ThreadedAssociationServer) -> None:
     def released_one() -> None:
-        assoc = _associate(server)
+        assoc = associate(server)
         acceptor = _acceptor(server)
         assoc.release()
         acceptor.join(timeout=2)

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
@@ -29,7 +28,7 @@ from services.ingest import dimse_encoding
 from services.ingest.dimse_serve import Turns
 from services.ingest.scp import REACTOR_WAIT_S, status_dataset
 from services.ingest.settings import IngestSettings
-from tests.unit.ingest.scp_servers import receive_to_files_for_this_test, serve_stores
+from tests.unit.ingest.scp_servers import associate, receive_to_files_for_this_test, serve_stores, small_ct
 
 
 @dataclass
@@ -63,29 +62,6 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Served]
     server.shutdown()
 
 
-def _associate(server: ThreadedAssociationServer) -> Any:
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(Verification)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="IMX")
-    assert assoc.is_established
-    return assoc
-
-
-def _ct(size: int) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.BitsAllocated = 16
-    ds.PixelRepresentation = 0
-    ds.PixelData = b"\x01\x02" * (size // 2)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.set_original_encoding(False, True)
-    return ds
-
-
 def _ended(server: ThreadedAssociationServer) -> None:
     deadline = time.monotonic() + 3
     while server.active_associations:
@@ -94,13 +70,13 @@ def _ended(server: ThreadedAssociationServer) -> None:
 
 
 def test_stores_echoes_and_a_release_on_one_association(served: _Served) -> None:
-    assoc = _associate(served.server)
+    assoc = associate(served.server)
     sent, statuses = [], []
     for size in (10_000, 0, 3_000_000, 0, 600_000):  # 0: a C-ECHO between the stores
         if not size:
             statuses.append(int(assoc.send_c_echo().Status))
             continue
-        ds = _ct(size)
+        ds = small_ct(size)
         sent.append(encode(ds, False, True))
         statuses.append(int(assoc.send_c_store(ds).Status))
     assoc.release()
@@ -113,8 +89,8 @@ def test_stores_echoes_and_a_release_on_one_association(served: _Served) -> None
 
 def test_a_handlers_status_and_failure_are_answered(served: _Served) -> None:
     served.answer.extend([status_dataset(0xA700, "try-again-later"), RuntimeError("bug"), status_dataset(0x0000)])
-    assoc = _associate(served.server)
-    statuses = [int(assoc.send_c_store(_ct(1000)).Status) for _ in range(3)]
+    assoc = associate(served.server)
+    statuses = [int(assoc.send_c_store(small_ct(1000)).Status) for _ in range(3)]
     assoc.release()
     # 0xC211: pynetdicom's own answer when the EVT_C_STORE handler raises, kept where the store is served
     assert statuses == [0xA700, 0xC211, 0x0000]
@@ -137,25 +113,25 @@ def _partial_store(assoc: Any, ds: Dataset) -> None:
 
 
 def test_an_abort_mid_data_set_ends_the_association_unanswered(served: _Served) -> None:
-    assoc = _associate(served.server)
-    _partial_store(assoc, _ct(200_000))
+    assoc = associate(served.server)
+    _partial_store(assoc, small_ct(200_000))
     time.sleep(0.2)
     assoc.abort()
     _ended(served.server)
     assert served.threads == [], "a data set that never completed reaches no handler"
-    assoc = _associate(served.server)  # the SCP serves the next association as before
-    assert int(assoc.send_c_store(_ct(1000)).Status) == 0x0000
+    assoc = associate(served.server)  # the SCP serves the next association as before
+    assert int(assoc.send_c_store(small_ct(1000)).Status) == 0x0000
     assoc.release()
 
 
 def test_a_store_on_an_echo_context_is_not_served_as_a_store(served: _Served) -> None:
     """A request on a context whose abstract syntax is not storage goes to pynetdicom, as before."""
-    assoc = _associate(served.server)
+    assoc = associate(served.server)
     request = C_STORE()
     request.MessageID = 7
     request.AffectedSOPClassUID = CTImageStorage
     request.AffectedSOPInstanceUID = generate_uid()
-    request.DataSet = BytesIO(cast(bytes, encode(_ct(100), False, True)))
+    request.DataSet = BytesIO(cast(bytes, encode(small_ct(100), False, True)))
     message = C_STORE_RQ()
     message.primitive_to_message(request)
     echo_context = assoc.accepted_contexts[0]
@@ -205,8 +181,8 @@ def test_an_idle_association_still_meets_its_network_timeout(tmp_path: Path, mon
     settings = IngestSettings(dicom_port=0, blob_dir=tmp_path, dicom_timeout_s=1)
     server, _port = serve_stores(settings, lambda event: status_dataset(0x0000))
     try:
-        assoc = _associate(server)
-        assert int(assoc.send_c_store(_ct(1000)).Status) == 0x0000
+        assoc = associate(server)
+        assert int(assoc.send_c_store(small_ct(1000)).Status) == 0x0000
         started = time.monotonic()
         while server.active_associations:
             assert time.monotonic() - started < 1 + REACTOR_WAIT_S + 2, "the network timeout was not met"
