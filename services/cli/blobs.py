@@ -9,6 +9,7 @@ They read the blob store and MongoDB directly (IMX_BLOB_DIR, IMX_MONGO_URI, IMX_
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Annotated
 
 import typer
@@ -63,8 +64,9 @@ def _size(n: float) -> str:
 
 @blobs_app.command("usage")
 def blobs_usage(retention_days: RetentionDays = DEFAULT_RETENTION_S / 86400) -> None:
-    """How many objects and bytes the store holds, how many are past the retention and how many
-    a partner is still owed."""
+    """How many objects the store holds and the bytes they take on disk, how many are past the
+    retention and how many a partner is still owed. A spliced object counts its record (its head and a
+    reference), the bytes it shares with its source once, in the source."""
     from services.common.settings import ServiceSettings
 
     root = ServiceSettings().blob_dir
@@ -76,8 +78,16 @@ def blobs_usage(retention_days: RetentionDays = DEFAULT_RETENTION_S / 86400) -> 
             if len(entries) % 1000 == 0:
                 bar.update(task, description=f"scanning: {len(entries):,} objects")
     result = usage(entries, _owed(), time.time(), retention_days * 86400)
-    table = Table("", "objects", "size", title=f"blob store {root}")
+    spliced = [entry for entry in entries if entry.source]
+    table = Table(
+        "",
+        "objects",
+        "on disk",
+        title=f"blob store {root}",
+        caption="on disk: a spliced object is its record; bytes shared with its source count once, in the source",
+    )
     table.add_row("all", f"{result.objects:,}", _size(result.bytes))
+    table.add_row("  of which spliced (records)", f"{len(spliced):,}", _size(sum(entry.size for entry in spliced)))
     table.add_row(f"older than {retention_days:g} days", f"{result.expired_objects:,}", _size(result.expired_bytes))
     table.add_row("owed to a partner (not stored yet)", f"{result.owed_objects:,}", _size(result.owed_bytes))
     console.print(table)
@@ -89,7 +99,7 @@ def blobs_gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would go, delete nothing")] = False,
 ) -> None:
     """Delete objects older than the retention that no partner is owed (never one a partner's
-    gateway has not reported stored)."""
+    gateway has not reported stored, nor the source of a spliced object that is kept)."""
     from services.common.settings import ServiceSettings
 
     root = ServiceSettings().blob_dir
@@ -106,37 +116,45 @@ def blobs_gc(
         result = collect(root, _owed, retention_days * 86400, dry_run=dry_run, on_entry=progress)
     verb = "would delete" if dry_run else "deleted"
     console.print(
-        f"{verb} {result.deleted:,} objects ({_size(result.freed_bytes)}) of {seen:,}; "
-        f"kept {result.kept_owed:,} past the retention that a partner is still owed"
+        f"{verb} {result.deleted:,} objects ({_size(result.freed_bytes)} on disk) of {seen:,}; "
+        f"kept {result.kept_owed:,} past the retention that a partner is still owed "
+        f"and {result.kept_sources:,} that a kept spliced object refers to"
     )
 
 
 @blobs_app.command("verify")
 def blobs_verify() -> None:
     """Rehash every object and name those that no longer match their SHA-256 (exit status 1 if any).
-    Reads the whole store once; the bar counts bytes."""
+    Reads the whole store once: a spliced object's head and its source's range, so the bar counts
+    those bytes, not its record's. An object stored both whole and spliced is checked in each form."""
     from services.common.settings import ServiceSettings
 
     root = ServiceSettings().blob_dir
     store = LocalBlobStore(root)
     entries = list(scan(root))
-    total = sum(entry.size for entry in entries)
-    corrupt: list[str] = []
+    total = sum(entry.logical_size for entry in entries)
+    forms = Counter(entry.sha256 for entry in entries)
+    corrupt: list[tuple[str, str]] = []  # (sha256, the form when the object has two)
     columns = (TextColumn("verifying"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("verifying", total=total)
         for entry in entries:
             try:
-                sound = store.verify(entry.sha256)
+                sound = store.verify(entry.sha256, spliced=bool(entry.source))
             except FileNotFoundError:  # collected since the scan
                 sound = True
             if not sound:
-                corrupt.append(entry.sha256)
-            bar.advance(task, entry.size)
+                # By its name only (never anything read from the object), and its form when it has two.
+                form = (" (spliced)" if entry.source else " (whole)") if forms[entry.sha256] > 1 else ""
+                corrupt.append((entry.sha256, form))
+            bar.advance(task, entry.logical_size)
+    objects = f"{len(forms):,} objects ({_size(total)} read"
+    if len(entries) > len(forms):
+        objects += f"; {len(entries) - len(forms):,} stored both whole and spliced, each checked"
     if not corrupt:
-        console.print(f"all {len(entries):,} objects ({_size(total)}) match their hashes")
+        console.print(f"all {objects}) match their hashes")
         return
-    console.print(f"[red]{len(corrupt):,} of {len(entries):,} objects do not match their hashes:[/red]")
-    for sha256 in corrupt:
-        console.print(f"  {sha256}")
+    console.print(f"[red]{len({sha256 for sha256, _ in corrupt}):,} of {objects}) do not match their hashes:[/red]")
+    for sha256, form in corrupt:
+        console.print(f"  {sha256}{form}")
     raise typer.Exit(1)

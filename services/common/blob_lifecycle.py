@@ -33,6 +33,13 @@ class BlobEntry:
     size: int  # on disk: a spliced object's record
     modified_s: float
     source: str = ""  # a spliced object's: the object whose bytes it refers to
+    spliced_size: int = 0  # a spliced object's: its whole bytes, its head and its source's range
+
+    @property
+    def logical_size(self) -> int:
+        """The object's bytes, what reading (or verifying) it reads: a spliced object's head and its
+        source's range, not its record."""
+        return self.spliced_size if self.source else self.size
 
     @property
     def name(self) -> str:
@@ -93,10 +100,13 @@ def _spliced_entry(entry: os.DirEntry[str]) -> BlobEntry | None:
     except FileNotFoundError:
         return None
     try:
-        source = decode_splice(start).source
+        splice = decode_splice(start)
     except SpliceMalformed:
-        source = ""
-    return BlobEntry(entry.name[:64], stat.st_size, stat.st_mtime, source or "?" * 64)
+        return BlobEntry(entry.name[:64], stat.st_size, stat.st_mtime, "?" * 64, stat.st_size)
+    # `start` holds the record's first lines and the beginning of its head: the head is the rest.
+    head = stat.st_size - (len(start) - len(splice.head))
+    size = head + splice.source_size - splice.offset
+    return BlobEntry(entry.name[:64], stat.st_size, stat.st_mtime, splice.source, size)
 
 
 def deletable(entry: BlobEntry, owed: set[str], now_s: float, retention_s: float) -> bool:
