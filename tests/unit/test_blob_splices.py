@@ -113,6 +113,21 @@ def test_a_missing_object_is_not_found_and_a_damaged_record_corrupt(tmp_path: Pa
     with pytest.raises(BlobCorrupt):
         store.get(sha)
     assert not store.verify(sha)
+    (entry,) = (entry for entry in scan(tmp_path) if entry.source)
+    assert entry.logical_size == entry.size == len(b"garbage"), "a scrub reads only the record"
+
+
+def test_verify_checks_the_stored_form_it_is_asked_for(tmp_path: Path) -> None:
+    store, source, sha = _spliced(tmp_path)
+    assert store.verify(sha, spliced=True)
+    with pytest.raises(FileNotFoundError):
+        store.verify(sha, spliced=False)
+    with pytest.raises(FileNotFoundError):
+        store.verify(source, spliced=True)
+
+    store.path_for(sha).write_bytes(WHOLE[:-1] + b"X")  # a damaged copy written whole beside the record
+    assert not store.verify(sha) and not store.verify(sha, spliced=False), "reads use the whole one"
+    assert store.verify(sha, spliced=True)
 
 
 def test_batched_splices_appear_only_when_settled(tmp_path: Path) -> None:
