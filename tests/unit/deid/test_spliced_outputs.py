@@ -10,25 +10,15 @@ import pytest
 
 from services.common.blob_store import LocalBlobStore
 from services.common.messages import IncomingMessage
-from services.deid.handler import DeidHandler
 from services.proto_gen.imx.v1 import events_pb2
 
-from .test_stage_outputs import CASES, TOPICS, fixed_clock
+from .test_stage_outputs import CASES, TOPICS, handler_for
 
 
 def _run(name: str, root: Path, splice: bool) -> tuple[list[tuple[str, bytes, bytes]], LocalBlobStore]:
     case = CASES[name]
     blobs = LocalBlobStore(root)
-    handle = DeidHandler(
-        lambda n, v: case.profiles.get((n, v)),
-        case.keys.get,
-        blobs,
-        TOPICS,
-        root,
-        case.max_inflated_bytes,
-        clock=fixed_clock,
-        splice=splice,
-    )
+    handle = handler_for(case, blobs, root, splice)
     messages = handle(IncomingMessage(TOPICS.routed, 0, 0, None, case.routed(blobs).SerializeToString()))
     handle.flush()
     return [(m.topic, m.headers["imx-event-type"], m.value) for m in messages], blobs

@@ -118,6 +118,20 @@ def outputs_of(case: Case, blob_dir: Path) -> list[OutgoingMessage]:
     )
 
 
+def handler_for(case: Case, blobs: LocalBlobStore, scratch: Path, splice: bool = False) -> DeidHandler:
+    """The bus handler over `case`'s profiles and keys, with the fixed clock."""
+    return DeidHandler(
+        lambda name, version: case.profiles.get((name, version)),
+        case.keys.get,
+        blobs,
+        TOPICS,
+        scratch,
+        case.max_inflated_bytes,
+        clock=fixed_clock,
+        splice=splice,
+    )
+
+
 def summary(messages: list[OutgoingMessage]) -> list[tuple[str, bytes | None, dict[str, bytes], str]]:
     return [(m.topic, m.key, dict(m.headers), hashlib.sha256(m.value).hexdigest()) for m in messages]
 
@@ -225,15 +239,7 @@ def test_the_stage_publishes_what_it_published_before(name: str, tmp_path: Path)
 def test_the_bus_handler_publishes_the_same(name: str, tmp_path: Path) -> None:
     case = CASES[name]
     blobs = LocalBlobStore(tmp_path)
-    handle = DeidHandler(
-        lambda name, version: case.profiles.get((name, version)),
-        case.keys.get,
-        blobs,
-        TOPICS,
-        tmp_path,
-        case.max_inflated_bytes,
-        clock=fixed_clock,
-    )
+    handle = handler_for(case, blobs, tmp_path)
     value = case.routed(blobs).SerializeToString()
 
     messages = handle(IncomingMessage(TOPICS.routed, 0, 0, None, value))
