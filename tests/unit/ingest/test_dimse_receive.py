@@ -22,7 +22,13 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from services.ingest import dimse_receive
-from services.ingest.dimse_receive import Malformed, ReceivedPData, presentation_data_values, read_pdu_data
+from services.ingest.dimse_receive import (
+    Malformed,
+    PduReader,
+    ReceivedPData,
+    presentation_data_values,
+    read_pdu_data,
+)
 from services.ingest.scp import status_dataset
 from services.ingest.settings import IngestSettings
 from tests.unit.ingest.scp_servers import receive_to_files_for_this_test, serve_stores
@@ -92,6 +98,48 @@ def test_each_pdu_queues_pynetdicoms_event(pdu: bytes, event: str) -> None:
     read_pdu_data(dul)
     assert dul.event_queue.get_nowait() == event
     assert dul._recv_pdu.qsize() == (1 if event == "Evt10" else 0)
+
+
+def test_the_next_pdus_header_comes_with_the_body_before_it() -> None:
+    """Two P-DATA-TF PDUs sent back to back: the second's header is received with the first's body,
+    so the second needs no receive for its header (and the reactor no select to find it)."""
+    first = struct.pack(">BBL", 4, 0, 8) + _pdv(1, 0x00, b"da")
+    second = struct.pack(">BBL", 4, 0, 9) + _pdv(1, 0x02, b"dat")
+    dul = _dul_reading(first + second)
+    header_receives: list[int] = []
+    recv = dul.socket.recv
+    dul.socket.recv = lambda n: header_receives.append(n) or recv(n)
+    dul.socket._is_connected = True
+    reader = PduReader(dul)
+    reader.read()
+    assert reader.has_pending()
+    reader.read()
+    assert header_receives == [6]
+    assert not reader.has_pending()
+    assert [dul.event_queue.get_nowait() for _ in range(2)] == ["Evt10", "Evt10"]
+    values = [dul._recv_pdu.get_nowait()._values for _ in range(2)]
+    assert [[bytes(v) for _, v in pdu] for pdu in values] == [[b"\x00da"], [b"\x02dat"]]
+
+
+def test_a_header_read_ahead_in_part_completes_from_the_socket_or_ends_as_pynetdicom() -> None:
+    first = struct.pack(">BBL", 4, 0, 8) + _pdv(1, 0x00, b"da")
+    dul = _dul_reading(first + struct.pack(">BBL", 4, 0, 9)[:3])  # then closed mid-header
+    dul.socket._is_connected = True
+    reader = PduReader(dul)
+    reader.read()
+    assert reader.pending == b"\x04\x00\x00"
+    reader.read()
+    assert [dul.event_queue.get_nowait() for _ in range(2)] == ["Evt10", "Evt17"]
+
+
+def test_bytes_read_ahead_are_dropped_with_the_connection() -> None:
+    first = struct.pack(">BBL", 4, 0, 8) + _pdv(1, 0x00, b"da")
+    dul = _dul_reading(first + struct.pack(">BBL", 4, 0, 9))
+    dul.socket._is_connected = True
+    reader = PduReader(dul)
+    reader.read()
+    dul.socket._is_connected = False
+    assert not reader.has_pending()
 
 
 # ---- over a real association on localhost
