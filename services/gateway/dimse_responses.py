@@ -7,11 +7,19 @@ six or seven small elements. `read_store_responses_directly` puts a plain C-STOR
 Table 9.1-1: the command set in one fragment, no data set, no elements beyond the usual ones) on the
 association's DIMSE queue as pynetdicom would, parsed here (Implicit VR Little Endian, PS3.7 6.3.1).
 Anything else, including a response with an Error Comment or Offending Element, takes pynetdicom's way.
+
+`take_store_response` goes further, for a sender that has the association's socket (its SocketTurn,
+services/common/dicom/association_waits.py): it reads the plain response off the socket itself, so the
+DUL thread does not wake, read, run its state machine and hand the answer over through the DIMSE
+queue. It only peeks at anything else, which stays on the socket for the DUL to read as before.
 """
 
 from __future__ import annotations
 
+import select
+import socket
 import struct
+import time
 from typing import Any
 
 from pynetdicom.association import Association
@@ -89,3 +97,95 @@ def read_store_responses_directly(assoc: Association) -> None:
         receive(primitive)
 
     dimse.receive_primitive = receive_primitive  # type: ignore[method-assign]
+
+
+P_DATA_TF = 0x04  # PS3.8 9.3.5 PDU type
+# A plain C-STORE-RSP PDU is under 300 bytes (two UIDs of at most 64); anything longer is the DUL's.
+PEEK_BYTES = 1024
+
+
+class NoResponse(Exception):
+    """Nothing came from the peer within the DIMSE timeout."""
+
+
+def plain_response_pdu(peeked: bytes) -> tuple[int, C_STORE] | None:
+    """The length of the PDU at the start of `peeked` and the C-STORE-RSP it holds, when it is a whole
+    P-DATA-TF of one PDV, the last fragment of a command, that `c_store_response` reads (PS3.8 9.3.5,
+    E.2); None for anything else, or a PDU not yet whole in `peeked`."""
+    if len(peeked) < 12 or peeked[0] != P_DATA_TF:
+        return None
+    pdu_length, item_length, context_id, control = struct.unpack_from(">xxLLBB", peeked)
+    if item_length + 4 != pdu_length or len(peeked) < 6 + pdu_length or control != LAST_COMMAND_FRAGMENT:
+        return None
+    response = c_store_response(peeked[12 : 6 + pdu_length])
+    if response is None:
+        return None
+    response._context_id = context_id
+    return 6 + pdu_length, response
+
+
+def take_store_response(sock: socket.socket, timeout_s: float) -> C_STORE | None:
+    """Wait up to `timeout_s` for the peer's next PDU and, when it is a plain C-STORE-RSP
+    (`plain_response_pdu`), take it off the socket and return it. None: the next PDU is anything else
+    (an abort, a release, a response pynetdicom has to read) or the connection ended; nothing is taken
+    off the socket then, the DUL reads it. NoResponse when nothing (or not the whole PDU) came. The
+    socket stays blocking as pynetdicom set it: the calls are MSG_DONTWAIT, or bounded (`_peek_whole`)."""
+    deadline = time.monotonic() + timeout_s
+    peeked = _peek_first(sock, deadline)
+    if not peeked or peeked[0] != P_DATA_TF:
+        return None
+    try:
+        if len(peeked) < 6:
+            peeked = _peek_whole(sock, 6, deadline)
+        length = 6 + int.from_bytes(peeked[2:6], "big")
+        if length > PEEK_BYTES:
+            return None
+        if len(peeked) < length:
+            peeked = _peek_whole(sock, length, deadline)
+    except OSError:
+        return None
+    found = plain_response_pdu(peeked)
+    if found is None:
+        return None
+    taken = sock.recv(length, socket.MSG_DONTWAIT)  # already here: peeked whole
+    if len(taken) != length:
+        raise ConnectionError("the socket gave less than it had shown")
+    return found[1]
+
+
+def _peek_first(sock: socket.socket, deadline: float) -> bytes | None:
+    """Up to PEEK_BYTES of what the peer sent first, left on the socket, waited for until `deadline`
+    (NoResponse then); b"" when the connection was closed, None when it failed (the DUL's to see)."""
+    while True:
+        try:
+            readable, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
+        except (OSError, ValueError):  # closed meanwhile
+            return None
+        if not readable:
+            raise NoResponse
+        try:
+            return sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue
+        except OSError:  # reset
+            return None
+
+
+def _peek_whole(sock: socket.socket, length: int, deadline: float) -> bytes:
+    """The first `length` bytes on the socket, left there, waited for until `deadline`: a PDU may come
+    in pieces (dcmtk writes a P-DATA-TF's headers and its command set apart, most of the time two
+    segments). The socket has no timeout of its own (pynetdicom's requestor sockets block): the wait
+    is bounded by SO_RCVTIMEO, unset after. NoResponse when the rest did not come in time; fewer bytes
+    when the connection ended (the DUL's to see)."""
+    wait_s = max(0.001, deadline - time.monotonic())
+    limit = struct.pack("@ll", int(wait_s), int((wait_s % 1) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+    try:
+        peeked = sock.recv(length, socket.MSG_PEEK | socket.MSG_WAITALL)
+    except BlockingIOError:
+        raise NoResponse from None
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 0))
+    if len(peeked) < length and time.monotonic() >= deadline:
+        raise NoResponse
+    return peeked

@@ -5,8 +5,10 @@ directly (`c_store_command`) and its data set, after its meta group, sent from t
 where they are (fetched.py: objects up to 4 MiB are held in memory), or read from the file a MiB at a
 time, and framed as pynetdicom's `DIMSEMessage.encode_msg` frames it (`message_pdus`), so nothing is
 decoded or re-encoded and a large file is never held whole in memory. The sending thread writes the P-DATA-TF
-PDUs to the association's socket itself (services/gateway/pdu_writer.py), not through pynetdicom's
-DUL thread (`send_request`, kept for a socket that cannot take them directly). The one exception is a
+PDUs to the association's socket itself (services/gateway/pdu_writer.py) and reads the C-STORE-RSP off
+it itself (services/gateway/dimse_exchange.py), not through pynetdicom's DUL thread (`send_request`
+and the DIMSE queue, kept for a socket that cannot take them directly and for any answer but a plain
+response). The one exception is a
 deflated data set of odd length: it is sent from a copy padded with one NUL byte, as PS3.5 A.5 has it
 written (dcmtk aborts on an odd last fragment). `Association.send_c_store` would read the file with
 pydicom and encode it again (~3.7 ms per CT, FIELD-NOTES), or, with the process-wide
@@ -39,7 +41,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BufferedReader, BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -55,12 +56,20 @@ from pydicom.uid import (
 from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
-from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
-from services.common.dicom.association_waits import WaitingAE
+from services.common.dicom.association_waits import WaitingAE, socket_turn
 from services.common.dicom.command_set import command_element, command_set, ui_value, us_value
-from services.gateway.dimse_responses import read_store_responses_directly
+from services.gateway.dimse_exchange import (
+    answer_from_dul,
+    exchange_in_turn,
+    keep_responses_for_sender,
+    pdu_size,
+    plain_socket,
+    send_request,
+    settled,
+)
+from services.gateway.dimse_responses import NoResponse, read_store_responses_directly
 from services.gateway.fetched import Fetched
 from services.gateway.pdu_writer import SendStalled, send_direct
 from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
@@ -155,16 +164,6 @@ def converted(source: Fetched, transfer_syntax: UID) -> bytes:
     return encoded
 
 
-# pynetdicom's `DIMSEServiceProvider.send_msg` puts every P-DATA PDU of a message on the DUL's queue at
-# once (unbounded; the DUL thread sends them one by one), so a data set streamed from a file is read into
-# memory as fast as the disk gives it, not as fast as the PACS takes it. Handed over at most this many
-# ahead of the socket instead, a send holds QUEUED_PDUS x the PDU size, whatever the instance's size.
-QUEUED_PDUS = 8
-# A peer that states no maximum PDU length (0) would get the whole data set as one PDU (read whole
-# into memory); PS3.8 9.3.1 lets a sender use any length up to the peer's maximum.
-LARGEST_PDU = 1024 * 1024
-
-
 C_STORE_RQ_FIELD = 0x0001  # PS3.7 Table E.1-1 Command Field
 DATA_SET_PRESENT = 0x0001  # PS3.7 Table E.1-1 Command Data Set Type: anything but 0x0101
 LOW = 0x0002  # PS3.7 Table 9.1-1 Priority (pynetdicom's send_c_store default, sent before too)
@@ -184,73 +183,6 @@ def c_store_command(message_id: int, sop_class: str, sop_instance: str, priority
             command_element(0x1000, ui_value(sop_instance)),
         )
     )
-
-
-def message_pdus(command: bytes, data_set: BinaryIO, context_id: int, pdu_size: int) -> Iterator[P_DATA]:
-    """The P-DATA primitives of one DIMSE message (PS3.8 E.2; PS3.7 6.3.1): the command set, then the
-    data set read from `data_set` to its end, each in fragments of at most `pdu_size` - 6 bytes, one
-    fragment per P-DATA as pynetdicom's `DIMSEMessage.encode_msg` sends them. The message control
-    header says command or data set, and whether the fragment is the last one."""
-    piece = pdu_size - 6
-    for start in range(0, len(command), piece):
-        last = start + piece >= len(command)
-        yield _pdata(context_id, (b"\x03" if last else b"\x01") + command[start : start + piece])
-    fragment = data_set.read(piece)
-    while True:
-        following = data_set.read(piece)
-        yield _pdata(context_id, (b"\x00" if following else b"\x02") + fragment)
-        if not following:
-            return
-        fragment = following
-
-
-def _pdata(context_id: int, pdv: bytes) -> P_DATA:
-    pdata = P_DATA()
-    pdata.presentation_data_value_list.append((context_id, pdv))
-    return pdata
-
-
-def send_request(assoc: Association, command: bytes, data_set: BinaryIO, context_id: int, stall_s: float) -> None:
-    """`DIMSEServiceProvider.send_msg` of pynetdicom 3.0 for a C-STORE request, with the P-DATA PDUs
-    handed to the DUL at most QUEUED_PDUS ahead of its socket. Raises ConnectionError when the
-    association ends meanwhile, SendStalled when no PDU left the queue for `stall_s`."""
-    pdu_size = _pdu_size(assoc)
-    queue = assoc.dul.to_provider_queue
-    for pdata in message_pdus(command, data_set, context_id, pdu_size):
-        waiting, moved_at = queue.qsize(), time.monotonic()
-        while waiting >= QUEUED_PDUS:
-            if not assoc.is_established:
-                raise ConnectionError("the association ended during the send")
-            if time.monotonic() - moved_at > stall_s:
-                raise SendStalled
-            time.sleep(0.0005)
-            now_waiting = queue.qsize()
-            if now_waiting < waiting:
-                moved_at = time.monotonic()
-            waiting = now_waiting
-        assoc.dul.send_pdu(pdata)
-
-
-def keep_responses_for_sender(assoc: Association) -> None:
-    """Make the association's reactor put back any response it takes off the DIMSE queue.
-
-    `_send` pauses the reactor before it sends, but pynetdicom's pause is a flag read without a lock:
-    right after the previous send resumed it, the reactor is between its checkpoint and clearing
-    `_is_paused`, so the next send sees a stale "paused" and goes on. When the PACS answers inside
-    that window the reactor takes the C-STORE response, logs it as unexpected and drops it, and the
-    sender waits out the whole DIMSE timeout (back-to-back sends from fetch-ahead hit this about once
-    in 300 instances: seven 60 s stalls in a 2,000-instance `make bench`). Requests from the peer are
-    still served as before."""
-    serve = assoc._serve_request
-    queue = assoc.dimse.msg_queue
-
-    def serve_requests_only(msg: Any, context_id: int) -> None:
-        if msg.is_valid_response:
-            queue.put((context_id, msg))  # the sender's, not the reactor's
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = serve_requests_only  # type: ignore[method-assign]
 
 
 class DimseStore:
@@ -337,7 +269,7 @@ class DimseStore:
             self._needs.pop(sop_class, None)
             self._needs[sop_class] = [*proposed, syntax]
             self._drop_association()
-        if self._assoc is not None and self._assoc.is_established:
+        if self._assoc is not None and settled(self._assoc):
             return None
         self._drop_association()
         assoc = self._ae.associate(
@@ -381,29 +313,33 @@ class DimseStore:
         assert assoc is not None
         self._message_id = self._message_id % 0xFFFF + 1
         command = c_store_command(self._message_id, sop_class, sop_instance)
+        context_id, stall_s = int(context.context_id or 0), float(self._ae.network_timeout or 60)
         started = time.monotonic()
+        sock, turn = plain_socket(assoc), socket_turn(assoc)
         try:
-            # The association's reactor thread would take the response off the queue: pause it.
-            reactor: Any = assoc
-            reactor._reactor_checkpoint.clear()
-            while not reactor._is_paused and assoc.is_established:
-                time.sleep(0.0001)
-            try:
-                with _data_set(body) as (data_set, length):
-                    context_id, stall_s = int(context.context_id or 0), float(self._ae.network_timeout or 60)
-                    sock = _plain_socket(assoc)
-                    if sock is not None:
-                        send_direct(sock, command, data_set, length, context_id, _pdu_size(assoc), stall_s)
-                    else:
+            if sock is not None and turn is not None:
+
+                def send_direct_to(sock: socket.socket) -> None:
+                    with _data_set(body) as (data_set, length):
+                        send_direct(sock, command, data_set, length, context_id, pdu_size(assoc), stall_s)
+
+                timeout_s = float(self._ae.dimse_timeout or 60)
+                response = exchange_in_turn(assoc, turn, sock, lambda: send_direct_to(sock), timeout_s)
+            else:
+
+                def send_through_dul() -> None:
+                    with _data_set(body) as (data_set, _):
                         readable = BytesIO(data_set) if isinstance(data_set, memoryview) else data_set
                         send_request(assoc, command, readable, context_id, stall_s)
-                _, response = assoc.dimse.get_msg(block=True)
-            finally:
-                reactor._reactor_checkpoint.set()
-        except SendStalled:
+
+                response = answer_from_dul(assoc, send_through_dul)
+        except (SendStalled, NoResponse) as stopped:
             assoc.abort()
             self._assoc = None
-            log.warning("the PACS took nothing for %.0f s of a C-STORE", time.monotonic() - started)
+            if isinstance(stopped, SendStalled):
+                log.warning("the PACS took nothing for %.0f s of a C-STORE", time.monotonic() - started)
+            else:
+                log.warning("no C-STORE response within %.0f s", time.monotonic() - started)
             return StoreResult.failed("dimse-timeout", retryable=True)
         except (OSError, RuntimeError, AttributeError):  # the socket went away under the send
             self._drop_association()
@@ -429,18 +365,6 @@ class DimseStore:
         if self._associated_for(sop_class, str(context.transfer_syntax[0])) is not None:
             return StoreResult.down("connection-lost")
         return StoreResult.failed(ABORTED, retryable=True)
-
-
-def _pdu_size(assoc: Association) -> int:
-    peer_max = int(assoc.dimse.maximum_pdu_size or 0)
-    return peer_max if 0 < peer_max <= LARGEST_PDU else LARGEST_PDU
-
-
-def _plain_socket(assoc: Association) -> socket.socket | None:
-    """The association's TCP socket when the PDUs can be written to it directly (not TLS: an SSL socket
-    has no `sendmsg`); None: hand them to the DUL (`send_request`)."""
-    raw = getattr(assoc.dul.socket, "socket", None)
-    return raw if type(raw) is socket.socket else None
 
 
 @contextmanager

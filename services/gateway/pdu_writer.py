@@ -88,11 +88,11 @@ def send_direct(
     P-DATA-TF PDUs written to the association's socket by the calling thread, a DIRECT_BLOCK of the
     data set at a time.
 
-    The DUL thread keeps reading the socket (the response, or the peer's abort) and writes to it only
-    what is queued for it, and nothing is while a request is sent (the sender is the only user, and the
-    association's reactor is paused), so the two never write at once. The DUL's state machine stays in
-    Sta6 for a P-DATA (PS3.8 9.2, DT-1), so it misses nothing. A data set shorter than `length` ends
-    the send with ConnectionError: the PDUs already written promised the rest."""
+    The sender has the socket's turn (services/gateway/dimse_exchange.py): meanwhile the DUL thread
+    neither reads the socket nor writes what is queued for it, so the two never write at once. The
+    DUL's state machine stays in Sta6 for a P-DATA (PS3.8 9.2, DT-1), so it misses nothing. A data set
+    shorter than `length` ends the send with ConnectionError: the PDUs already written promised the
+    rest."""
     piece = pdu_size - 6
     block = max(1, DIRECT_BLOCK // piece) * piece
     head, sent = command, 0

@@ -23,6 +23,11 @@ look, not what pynetdicom does with what it sends and receives:
   later), or every `reactor_wait_s` its user gives (ingest's acceptors, whose association threads
   serve no C-STORE: 0.5 s).
 
+With `turns` (the gateway's requestor associations), a sending thread can take the socket from the DUL
+for a request and its response (`SocketTurn`): the DUL then neither reads nor writes the socket and
+waits only for a signal, so a C-STORE that the sender writes and whose plain response it reads itself
+(services/gateway/dimse_exchange.py) wakes neither of pynetdicom's threads.
+
 Users: the gateway's requestor associations (`WaitingAE`) and ingest's acceptor associations
 (`WaitingRequestHandler`), which also read the socket in pieces of up to `RECV_PIECE` bytes
 (`read_in_large_pieces`): ingest receives 1 MiB PDUs, the gateway only small C-STORE responses.
@@ -76,9 +81,10 @@ class _WakeUp:
                 with suppress(OSError):  # full: already signalled
                     self._pair[1].send(b"\0")
 
-    def wait(self, peer: socket.socket, timeout_s: float) -> bool:
-        """Until the peer's socket is readable, `set` is called or `timeout_s` passes (DUL thread only,
-        which is also the one that closes the pair). True when the peer's socket is readable."""
+    def wait(self, peer: socket.socket | None, timeout_s: float) -> bool:
+        """Until the peer's socket (None: not watched) is readable, `set` is called or `timeout_s`
+        passes (DUL thread only, which is also the one that closes the pair). True when the peer's
+        socket is readable."""
         pair = self._pair
         if pair is None:
             return False
@@ -87,7 +93,8 @@ class _WakeUp:
         # association without telling a peer or a sender waiting for an answer.
         readable: list[Any] = []
         with suppress(OSError, ValueError, TypeError):
-            readable, _, _ = select.select([peer, pair[0]], [], [], timeout_s)
+            watched = [pair[0]] if peer is None else [peer, pair[0]]
+            readable, _, _ = select.select(watched, [], [], timeout_s)
         if pair[0] in readable:  # signalled: drained here (not tried after every PDU, to fail)
             with suppress(OSError):
                 while pair[0].recv(4096):
@@ -126,13 +133,65 @@ class _SignallingCheckpoint(threading.Event):
         self._on_clear()
 
 
-def wait_for_work(assoc: Association, reactor_wait_s: float | None = None) -> None:
+class SocketTurn:
+    """The association's socket lent by the DUL thread to one sending thread for a request and its
+    response (`wait_for_work(..., turns=True)`; `socket_turn`).
+
+    While the turn is taken the DUL neither reads the socket nor writes what is queued for it (kept
+    for later), and the association reactor does not look at the network timeout (the sender has its
+    own); everything else goes on. Taking and giving back the turn set a flag under a lock the DUL
+    holds while it reads a PDU or takes up a queued one until it is written, so the sender never
+    shares the socket with a read or write in progress, and it costs no hand-over between threads:
+    the DUL, which was perhaps waiting on the socket, wakes at most once when the response arrives,
+    sees the turn taken and waits only for a signal (or its timers) until it is given back.
+    """
+
+    def __init__(self, dul: Any, wake: _WakeUp) -> None:
+        self._dul = dul
+        self._wake = wake
+        self.lock = threading.Lock()
+        self.taken = False
+        self.turns = 0  # how many were taken: a readiness the DUL saw before one is stale
+
+    def take(self) -> None:
+        with self.lock:  # a PDU the DUL is reading or writing now is finished first
+            self.taken = True
+            self.turns += 1
+
+    def give_back(self, received: bool = False, unread: bool = False) -> None:
+        """`received`: the sender read a PDU (restarts the network timeout, as the DUL's reads do);
+        `unread`: something waits on the socket for the DUL, which is woken to read it now. The DUL is
+        also woken when primitives were queued for it meanwhile; otherwise it looks at the socket
+        again after its wait (`IDLE_WAIT_S`)."""
+        with self.lock:
+            self.taken = False
+        dul = self._dul
+        if received:
+            dul._idle_timer.restart()
+        if unread or not dul.to_provider_queue.empty() or not dul.event_queue.empty():
+            self._wake.set()
+
+    def wake_dul(self) -> None:
+        """Have the DUL look at the socket now, not after its wait."""
+        self._wake.set()
+
+
+def socket_turn(assoc: Association) -> SocketTurn | None:
+    """The association's SocketTurn, None when it was not made to wait with turns."""
+    turn = getattr(assoc, "_imx_socket_turn", None)
+    return turn if isinstance(turn, SocketTurn) else None
+
+
+def wait_for_work(assoc: Association, reactor_wait_s: float | None = None, turns: bool = False) -> None:
     """Make a new association, before its DUL starts, wait instead of poll (module doc). The association
     reactor wakes unsignalled every `reactor_wait_s` (default `IDLE_WAIT_S`) to look at the network
-    timeout, which it then sees up to that much later."""
+    timeout, which it then sees up to that much later. `turns`: a sending thread may take the socket
+    from the DUL (SocketTurn)."""
     dul = assoc.dul
     wake = _WakeUp()
     work = threading.Event()  # the association reactor's
+    turn = SocketTurn(dul, wake) if turns else None
+    assoc._imx_socket_turn = turn  # type: ignore[attr-defined]
 
     def signal_both() -> None:
         wake.set()
@@ -149,19 +208,35 @@ def wait_for_work(assoc: Association, reactor_wait_s: float | None = None) -> No
     kill_dul = dul.kill_dul
 
     def is_transport_event() -> bool:
+        if turn is not None and turn.taken:  # a sender has the socket: wait for the turn or a kill
+            if not dul._kill_thread:
+                wake.wait(None, IDLE_WAIT_S)
+            return False
         if dul.event_queue.empty() and dul.to_provider_queue.empty() and not dul._kill_thread:
             sock = dul.socket
             # Read once: another thread's close() sets it to None at any moment.
             raw = sock.socket if isinstance(sock, AssociationSocket) and sock._is_connected else None
             if raw is not None:
+                turns = 0 if turn is None else turn.turns
                 if wake.wait(raw, IDLE_WAIT_S) and dul.state_machine.current_state != "Sta13":
                     # What pynetdicom does once its own select (`socket.ready`) finds the socket
                     # readable, without asking select a second time for every PDU.
-                    dul._read_pdu_data()
-                    return True
+                    if turn is None:
+                        dul._read_pdu_data()
+                        return True
+                    with turn.lock:
+                        # Taken, or taken and given back since the select: the sender reads (or has
+                        # read) what made the socket readable, and a blocking read would wait for more.
+                        if turn.taken or turn.turns != turns:
+                            return False
+                        dul._read_pdu_data()
+                        return True
             else:  # no connection to wait on (before connecting, after closing): pynetdicom's pace
                 time.sleep(_UNCONNECTED_DELAY_S)
-        return transport_event()
+        if turn is None:
+            return transport_event()
+        with turn.lock:
+            return False if turn.taken else transport_event()
 
     def kill() -> None:
         kill_dul()
@@ -169,6 +244,47 @@ def wait_for_work(assoc: Association, reactor_wait_s: float | None = None) -> No
 
     dul._is_transport_event = is_transport_event  # type: ignore[method-assign]
     dul.kill_dul = kill  # type: ignore[method-assign]
+
+    if turn is not None:
+        lent = turn
+        process_primitive = dul._process_recv_primitive
+        do_action = dul.state_machine.do_action
+        idle_timer_expired = dul.idle_timer_expired
+        held = [False]  # the DUL thread's only: the lock is held from a primitive's event to its action
+
+        def release_held() -> None:
+            if held[0]:
+                held[0] = False
+                lent.lock.release()
+
+        def process_primitive_in_turn() -> bool:
+            # A primitive is kept queued while the sender has the socket; one taken up is written by the
+            # action of the event it queued, which pynetdicom's loop runs next in the same pass: the
+            # lock is held until that action is done, so a turn is never taken in between.
+            release_held()
+            lent.lock.acquire()
+            try:
+                if not lent.taken and process_primitive():
+                    held[0] = True
+                    return True
+            except BaseException:
+                lent.lock.release()
+                raise
+            lent.lock.release()
+            return False
+
+        def do_action_in_turn(event: str) -> None:
+            try:
+                do_action(event)
+            finally:
+                release_held()
+
+        def idle_timer_expired_in_turn() -> bool:
+            return not lent.taken and idle_timer_expired()
+
+        dul._process_recv_primitive = process_primitive_in_turn  # type: ignore[method-assign]
+        dul.state_machine.do_action = do_action_in_turn  # type: ignore[method-assign]
+        dul.idle_timer_expired = idle_timer_expired_in_turn  # type: ignore[method-assign]
 
     run_dul = dul.run
 
@@ -229,11 +345,12 @@ def read_in_large_pieces(sock: AssociationSocket) -> None:
 
 
 class WaitingAE(AE):
-    """pynetdicom's AE, each association it requests made to wait for work (`wait_for_work`)."""
+    """pynetdicom's AE, each association it requests made to wait for work (`wait_for_work`), its
+    socket lent to a sending thread on request (`socket_turn`)."""
 
     def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
         sock = super()._create_socket(assoc, address, tls_args)
-        wait_for_work(assoc)
+        wait_for_work(assoc, turns=True)
         return sock
 
 

@@ -1,10 +1,12 @@
 """The gateway's associations wait for work instead of polling every 1 ms (WaitingAE, from
-services/common/dicom/association_waits.py), and still answer, release and end as pynetdicom's do:
-against a real pynetdicom SCP in this process and dcmtk's storescp, no mocks of the network."""
+services/common/dicom/association_waits.py), the sender reads plain C-STORE responses itself (its
+SocketTurn), and they still answer, fail, time out, release and end as pynetdicom's do: against a real
+pynetdicom SCP in this process and dcmtk's storescp, no mocks of the network."""
 
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +19,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ABORT
 
+from services.common.dicom.association_waits import socket_turn
 from services.gateway.dimse_store import DimseStore
 from services.gateway.fetched import Fetched
 from services.gateway.targets import DicomTarget, StoreResult
@@ -51,6 +55,7 @@ class Scp:
         self.port = free_port()
         self.received: list[tuple[str, int]] = []
         self.statuses: dict[str, int] = {}
+        self.answers: dict[str, Callable[[Any], int | Dataset]] = {}  # instead of a status, for that uid
         ae = AE(ae_title="WAITSCP")
         ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
         ae.maximum_pdu_size = 64 * 1024
@@ -62,6 +67,8 @@ class Scp:
     def _on_store(self, event: Any) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
         self.received.append((uid, len(event.request.DataSet.getvalue())))
+        if uid in self.answers:
+            return self.answers[uid](event)
         return self.statuses.get(uid, 0x0000)
 
     def stop(self) -> None:
@@ -206,3 +213,118 @@ def test_a_pause_request_is_seen_at_once_not_after_the_reactors_wait(tmp_path: P
         assert sorted(waits)[len(waits) // 2] < 0.02, f"median pause took {sorted(waits)[5] * 1000:.1f} ms"
         threading.Event().wait(0.01)
         assert store(target, path).ok
+
+
+def test_the_sender_reads_plain_responses_and_pynetdicoms_threads_stay_asleep(tmp_path: Path) -> None:
+    files = [part10(tmp_path, size) for size in (4096, 300_000, 2_000, 1024 * 1024)]
+    with storescp(tmp_path) as pacs, dimse_store(pacs.port, "STORESCP") as target:
+        assert store(target, files[0][0]).ok
+        assoc: Any = target._assoc
+        dul_reads, pauses = [0], [0]
+        counted(assoc.dul, "_read_pdu_data", dul_reads)
+        counted(assoc._reactor_checkpoint, "clear", pauses)
+        results = [store(target, path) for _ in range(5) for path, _ in files]
+        assert all(r.ok for r in results)
+        assert (dul_reads[0], pauses[0]) == (0, 0), "dcmtk's responses (written in two pieces) read by the sender"
+        assert target.associations == 1
+
+
+def failure(comment: str) -> Callable[[Any], Dataset]:
+    def answer(event: Any) -> Dataset:
+        status = Dataset()
+        status.Status = 0xC001
+        status.ErrorComment = comment
+        return status
+
+    return answer
+
+
+def test_a_failure_with_a_comment_is_read_by_pynetdicom_and_the_answers_stay_in_order(tmp_path: Path) -> None:
+    files = [part10(tmp_path, 4096) for _ in range(4)]
+    with scp() as peer, dimse_store(peer.port) as target:
+        peer.answers[files[1][1]] = failure("cannot store this one")
+        peer.statuses[files[2][1]] = 0xA700
+        results = [store(target, path) for path, _ in files]
+        assert target.associations == 1
+    assert [r.status_detail for r in results] == ["0x0000", "0xC001", "0xA700", "0x0000"]
+    assert [(r.ok, r.retryable) for r in results] == [(True, False), (False, False), (False, True), (True, False)]
+
+
+def aborting(event: Any) -> int:
+    event.assoc.abort()
+    return 0x0000
+
+
+def closing(event: Any) -> int:
+    event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+    return 0x0000
+
+
+@pytest.mark.parametrize("ending", [aborting, closing], ids=["abort", "close"])
+def test_a_peer_that_ends_the_association_mid_store_fails_that_instance_and_the_next_associates_again(
+    tmp_path: Path, ending: Callable[[Any], int]
+) -> None:
+    files = [part10(tmp_path, 100_000) for _ in range(3)]
+    with scp() as peer, dimse_store(peer.port) as target:
+        peer.answers[files[1][1]] = ending
+        started = time.monotonic()
+        results = [store(target, path) for path, _ in files]
+        assert time.monotonic() - started < 5, "not the DIMSE timeout"
+    assert [r.status_detail for r in results] == ["0x0000", "aborted", "0x0000"]
+    assert results[1].retryable
+    assert target.associations == 2
+
+
+def test_a_peer_that_does_not_answer_fails_the_store_after_the_dimse_timeout(tmp_path: Path) -> None:
+    files = [part10(tmp_path, 4096) for _ in range(2)]
+
+    def silent(event: Any) -> int:
+        time.sleep(2.5)
+        return 0x0000
+
+    with scp() as peer:
+        peer.answers[files[0][1]] = silent
+        target = DimseStore(DicomTarget("WAITSCP", "127.0.0.1", peer.port), dimse_timeout_s=1)
+        try:
+            started = time.monotonic()
+            first = store(target, files[0][0])
+            waited = time.monotonic() - started
+            second = store(target, files[1][0])
+        finally:
+            target.close()
+    assert (first.status_detail, first.retryable) == ("dimse-timeout", True)
+    assert 0.9 < waited < 2.4
+    assert second.ok and target.associations == 2
+
+
+def test_a_peers_abort_just_before_a_store_sends_it_on_a_new_association(tmp_path: Path) -> None:
+    path, _ = part10(tmp_path, 4096)
+    with scp() as peer, dimse_store(peer.port) as target:
+        for _ in range(5):
+            assert store(target, path).ok
+            peer.server.active_associations[0].abort()
+            time.sleep(0.005)  # arrived, and perhaps not yet read: the DUL may be waiting out the last turn
+            result = store(target, path)
+            assert result.ok, result
+    assert target.associations == 6
+
+
+def test_what_is_queued_for_the_dul_during_a_turn_is_written_after_it(tmp_path: Path) -> None:
+    path, _ = part10(tmp_path, 4096)
+    with scp() as peer, dimse_store(peer.port) as target:
+        assert store(target, path).ok
+        assoc: Any = target._assoc
+        turn = socket_turn(assoc)
+        assert turn is not None
+        turn.take()
+        abort = A_ABORT()
+        abort.abort_source = 0x00
+        assoc.dul.send_pdu(abort)  # as the reactor queues one on the network timeout
+        time.sleep(0.2)
+        assert peer.server.active_associations, "nothing written while the sender has the socket"
+        turn.give_back()
+        assert ended_within(assoc, 1.0), "written at once after the turn"
+        deadline = time.monotonic() + 1.0
+        while peer.server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not peer.server.active_associations

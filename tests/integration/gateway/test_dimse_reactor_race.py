@@ -3,7 +3,9 @@
 `DimseStore._send` pauses the association's reactor before sending, but the pause is an unlocked flag
 that can be stale right after the previous send resumed the reactor (back-to-back sends from
 fetch-ahead). Here the pause is defeated on every send, so the reactor polls the DIMSE queue while the
-answer arrives: before the fix each lost answer cost the whole DIMSE timeout."""
+answer arrives: before the fix each lost answer cost the whole DIMSE timeout. (Since the sender reads
+plain responses off the socket itself, services/gateway/dimse_exchange.py, only answers pynetdicom has
+to read still come through the queue, with the pause; this keeps the whole path honest either way.)"""
 
 from __future__ import annotations
 

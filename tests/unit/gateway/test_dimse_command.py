@@ -9,7 +9,8 @@ import pytest
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 
-from services.gateway.dimse_store import c_store_command, message_pdus
+from services.gateway.dimse_exchange import message_pdus
+from services.gateway.dimse_store import c_store_command
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -12,7 +12,8 @@ import pytest
 from pynetdicom.pdu import P_DATA_TF
 
 from services.gateway import pdu_writer
-from services.gateway.dimse_store import c_store_command, message_pdus
+from services.gateway.dimse_exchange import message_pdus
+from services.gateway.dimse_store import c_store_command
 from services.gateway.pdu_writer import SendStalled, send_all, send_direct
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
