@@ -112,7 +112,8 @@ class CStoreClient:
         request.DataSet = BytesIO(dataset)
         assoc = self._assoc
         try:
-            # As services/gateway/dimse_store.py: pause the reactor so the response is ours to read.
+            # Pause the reactor so the response is ours to read (the gateway now reads it off the socket
+            # itself, services/gateway/dimse_exchange.py; a chaos sender keeps the simpler pause).
             assoc._reactor_checkpoint.clear()
             while not assoc._is_paused and assoc.is_established:
                 time.sleep(0.0001)
