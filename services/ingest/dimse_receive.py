@@ -21,7 +21,8 @@ socket being readable, exactly as they did while still in it (pynetdicom reads a
 socket is readable, in any state).
 
 Everything else is pynetdicom's: association PDUs, release and abort, the state machine, command set
-decoding, what goes to the service class and the handler, and how malformed PDUs end the association
+decoding (an ordinary C-STORE-RQ's values are read by `command_sets`, the same values without pydicom's
+element conversion), what goes to the service class and the handler, and how malformed PDUs end the association
 (the same events, Evt17 and Evt19, for the same faults). An association with a handler bound to
 EVT_DATA_RECV or EVT_PDU_RECV (which want pynetdicom's PDU objects) is received by pynetdicom.
 """
@@ -46,7 +47,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from services.common.dicom.part10 import PREAMBLE_BYTES
-from services.ingest import dimse_encoding
+from services.ingest import command_sets, dimse_encoding
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +213,15 @@ def decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association | No
             msg.encoded_command_set.write(data[1:])
             if control & 2:
                 msg.context_id = context_id
+                store = msg.imx_store_command = command_sets.read_store_command(msg.encoded_command_set.getvalue())
                 msg.command_set = decode(msg.encoded_command_set, True, True)
-                msg.__class__ = dimse_messages._MESSAGE_TYPES[cast(int, msg.command_set.CommandField)][1]
-                if msg.command_set.CommandDataSetType == _NO_DATA_SET:
+                if store is not None:  # the same values, not read through pydicom (command_sets)
+                    msg.__class__ = C_STORE_RQ
+                    data_set_type = store.command_data_set_type
+                else:
+                    msg.__class__ = dimse_messages._MESSAGE_TYPES[cast(int, msg.command_set.CommandField)][1]
+                    data_set_type = msg.command_set.CommandDataSetType
+                if data_set_type == _NO_DATA_SET:
                     return True
                 if _config.STORE_RECV_CHUNKED_DATASET and isinstance(msg, C_STORE_RQ):
                     _start_file(msg, context_id, cast(Association, assoc))
@@ -239,10 +246,11 @@ def _start_file(msg: Any, context_id: int, assoc: Association) -> None:
     file = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
     msg._data_set_file = file
     msg._data_set_path = Path(file.name)
+    store: command_sets.StoreCommand | None = msg.imx_store_command
     command = msg.command_set
     fields = dimse_encoding.FileMetaFields(
-        cast(UID, command.AffectedSOPClassUID),
-        cast(UID, command.AffectedSOPInstanceUID),
+        store.affected_sop_class_uid if store is not None else cast(UID, command.AffectedSOPClassUID),
+        store.affected_sop_instance_uid if store is not None else cast(UID, command.AffectedSOPInstanceUID),
         assoc._accepted_cx[context_id].transfer_syntax[0],
         dimse_encoding.PYNETDICOM_IMPLEMENTATION_UID,
         dimse_encoding.PYNETDICOM_IMPLEMENTATION_VERSION,

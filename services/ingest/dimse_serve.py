@@ -43,6 +43,8 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.utils import make_target
 
+from services.ingest import command_sets
+
 log = logging.getLogger(__name__)
 
 _UNRESTRICTED_STORAGE = "1.2.840.10008.5.1.4.1.1.1"  # what pynetdicom serves every C-STORE as, when told to
@@ -150,7 +152,7 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
         evt.trigger(assoc, evt.EVT_DIMSE_RECV, {"message": message})
         context_id = message.context_id
         try:
-            request = message.message_to_primitive()
+            request = command_sets.to_primitive(message)
         except Exception:
             log.error("Received an invalid DIMSE message", exc_info=True)
             dul.event_queue.put("Evt19")  # ends the association, as pynetdicom does
