@@ -160,3 +160,20 @@ def test_the_stage_reads_prepared_instances_and_every_partners_receipts_only() -
     assert pattern.match("t.imx.receipts.lab-2.v1")
     for other in ("t.imx.partner.lab.v1", "imx.prepared.v1", "t.imx.outcomes.v1", "t.imx.receipts.A.v1"):
         assert not pattern.match(other), other
+
+
+def test_receipts_and_prepared_instances_interleaved_are_each_read_as_what_their_topic_carries() -> None:
+    marked: list[list[StoredReceipt]] = []
+    recorded: list[list[DeliveredInstance]] = []
+    topics = Topics()
+    handler = DeliveryHandler(lambda p: True, topics, lambda p: None, recorded.append, BASE, mark=marked.append)
+    prepared = _prepared()
+    receipt = events_pb2.DeliveryReceipt(
+        instance=prepared.instance, status=events_pb2.STORE_STATUS_STORED, stored_at_ms=42
+    ).SerializeToString()
+    for topic in (topics.receipts("lab"), topics.prepared, topics.receipts("clinic-2"), topics.receipts("lab")):
+        value = prepared.SerializeToString() if topic == topics.prepared else receipt
+        handler(IncomingMessage(topic, 0, 0, None, value))
+    handler.flush()
+    assert [r.partner_id for r in marked[0]] == ["lab", "clinic-2", "lab"], "each receipt is its topic owner's"
+    assert [i.partner_id for i in recorded[0]] == ["lab"]

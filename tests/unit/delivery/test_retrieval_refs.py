@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,12 @@ def test_a_short_key_is_refused_and_a_key_file_is_read_without_its_newline(tmp_p
     (tmp_path / "key").write_bytes(KEY + b"\n")
     token = RetrievalRefs.from_file(tmp_path / "key").token("lab", *UIDS, OBJECT)
     assert RetrievalRefs(KEY).verify(token, "lab", *UIDS) == OBJECT
+
+
+def test_a_token_is_the_documented_hmac_so_tokens_made_by_another_replica_or_version_verify() -> None:
+    message = "\n".join(("v1", "lab", *UIDS, OBJECT.sha256, str(OBJECT.size), OBJECT.transfer_syntax_uid))
+    mac = hmac.new(KEY, message.encode(), hashlib.sha256).hexdigest()
+    refs = RetrievalRefs(KEY)
+    for partner in ("other", "lab"):  # the keyed state is copied, never consumed, by each token
+        refs.token(partner, *UIDS, OBJECT)
+    assert refs.token("lab", *UIDS, OBJECT) == f"{OBJECT.sha256}_{OBJECT.size}_{OBJECT.transfer_syntax_uid}_{mac}"
