@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.server_dirs import postgres_home
 from tools import devstack
 from tools.devstack.servers import admin_client_config
 
@@ -153,7 +155,8 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     root = tmp_path_factory.mktemp("ferretdb")
     mongo_port, postgres_port = devstack.free_ports(2)
-    cluster = devstack.PostgresCluster(postgres_port, root / "postgres")
+    home = postgres_home()
+    cluster = devstack.PostgresCluster(postgres_port, home)
     procs: list[devstack.ManagedProcess] = []
     try:
         procs.append(devstack.start_postgres(postgres_port, cluster.data_dir, root, die_with_parent=True))
@@ -168,6 +171,7 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         for proc in reversed(procs):  # FerretDB first: it holds PostgreSQL connections
             proc.stop()
+        shutil.rmtree(home.parent, ignore_errors=True)
 
 
 _POSTGRES_BEHIND: dict[str, devstack.PostgresCluster] = {}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError
 
+from tests.server_dirs import postgres_home
 from tools import devstack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +103,27 @@ def test_ferretdb_keeps_documents_in_postgresql(
     assert stored.split() == [marker]
 
 
+def test_the_tests_database_outlives_another_pytest_session_starting(
+    mongo_uri: str,
+    ferretdb_postgres: devstack.PostgresCluster,
+    unique_name: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    pytest_root = tmp_path_factory.getbasetemp().parent
+    if not pytest_root.name.startswith("pytest-of-"):
+        pytest.skip("--basetemp given: no shared pytest root to take rights from")
+    # What every pytest session does as it starts: /tmp/pytest-of-<user> loses its group and other bits.
+    pytest_root.chmod(stat.S_IMODE(pytest_root.stat().st_mode) & ~0o077)
+    psql(ferretdb_postgres, "CHECKPOINT")  # the checkpointer opens the cluster's files by their full path
+    client: MongoClient[dict[str, object]] = MongoClient(mongo_uri)
+    try:
+        client[unique_name]["after"].insert_one({"_id": "still-here"})  # a new database: new connections
+        assert client[unique_name]["after"].find_one({"_id": "still-here"}) is not None
+    finally:
+        client.drop_database(unique_name)
+        client.close()
+
+
 def _assert_id_lookup_uses_an_index(mongo_uri: str, database: str) -> None:
     client: MongoClient = MongoClient(mongo_uri)
     try:
@@ -177,10 +201,12 @@ def test_concurrent_bulk_updates_do_not_deadlock_ferretdb(mongo_uri: str, unique
         client.close()
 
 
-def test_stop_all_stops_ferretdb_and_then_its_postgresql(tmp_path: Path) -> None:
+def test_stop_all_stops_ferretdb_and_then_its_postgresql(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     run_dir = tmp_path / "run"
     mongo_port, postgres_port = devstack.free_ports(2)
-    cluster = devstack.PostgresCluster(postgres_port, tmp_path / "postgres")
+    home = postgres_home()
+    request.addfinalizer(lambda: shutil.rmtree(home.parent, ignore_errors=True))
+    cluster = devstack.PostgresCluster(postgres_port, home)
     postgres = devstack.start_postgres(postgres_port, cluster.data_dir, tmp_path, run_dir=run_dir, die_with_parent=True)
     ferretdb = devstack.start_ferretdb(
         mongo_port, tmp_path / "ferretdb", tmp_path, cluster, run_dir=run_dir, die_with_parent=True

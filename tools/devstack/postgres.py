@@ -257,9 +257,10 @@ def _grant_search(folder: Path, account: pwd.struct_passwd | None) -> bool:
     folder needed it.
 
     pytest makes its temporary folders 0700 (root's, when tests run as root), and a pytest session
-    that starts later strips group and other bits from /tmp/pytest-of-<user> again. A server that is
-    running does not mind (it works relative to its cluster folder), but initdb and a starting server
-    do: callers retry once this returns True after a failure.
+    that starts later strips group and other bits from /tmp/pytest-of-<user> again. initdb and a
+    starting server then fail (callers retry once this returns True after a failure), and so does a
+    running one, at its next checkpoint: the tests keep their clusters outside pytest's folders
+    (tests/server_dirs.py).
     """
     if account is None:
         return False
