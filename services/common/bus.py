@@ -33,6 +33,7 @@ from kafka.errors import (
     for_code,
 )
 from kafka.structs import OffsetAndMetadata, TopicPartition
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_when_event_set, wait_exponential
 
@@ -41,7 +42,12 @@ from services.common.lanes import LaneGate
 from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
 from services.common.positions import ConsumerPositions
 from services.common.stats import StageStats
-from services.common.tracing_headers import extract_trace_context, inject_trace_headers
+from services.common.tracing_headers import (
+    extract_trace_context,
+    inject_trace_headers,
+    trace_headers,
+    with_trace_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -297,15 +303,23 @@ def run_handler_over_batch(
     """
     result = BatchResult()
     tracer = trace.get_tracer("imx.bus")
+    name = f"{stage} process"
     for record in records:
         tp = TopicPartition(record.topic, record.partition)
         if tp in result.retry_from:
             continue
-        with tracer.start_as_current_span(
-            f"{stage} process", context=extract_trace_context(record.headers), kind=trace.SpanKind.CONSUMER
-        ) as span:
-            span.set_attribute("messaging.destination.name", record.topic)
-            span.set_attribute("messaging.kafka.offset", record.offset)
+        # start_span and attach rather than start_as_current_span: the same span, made current for the
+        # handler, without two context managers per record. A span that is not recorded (no exporter, trace
+        # not sampled upstream) is only a context; its attributes would be dropped, so they are not built.
+        parent = extract_trace_context(record.headers)
+        span = tracer.start_span(name, context=parent, kind=trace.SpanKind.CONSUMER)
+        span_context = trace.set_span_in_context(span, parent)
+        token = otel_context.attach(span_context)
+        try:
+            recording = span.is_recording()
+            if recording:
+                span.set_attribute("messaging.destination.name", record.topic)
+                span.set_attribute("messaging.kafka.offset", record.offset)
             try:
                 outputs = list(handler(record))
             except Exception as exc:
@@ -323,7 +337,8 @@ def run_handler_over_batch(
                     result.retry_from[tp] = record.offset
                     continue
                 # Every other failure is a poison message for this input.
-                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                if recording:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
                 log.warning(
                     "message sent to dead letter",
                     extra={
@@ -337,10 +352,15 @@ def run_handler_over_batch(
                 result.failed += 1
             else:
                 result.processed += 1
-            # Outputs are injected with this span's context while it is current.
-            result.outputs.extend(
-                OutgoingMessage(o.topic, o.value, o.key, inject_trace_headers(o.headers)) for o in outputs
-            )
+            if outputs:
+                # Every output of the record carries this span's context: formatted once.
+                headers = trace_headers(span_context)
+                result.outputs.extend(
+                    OutgoingMessage(o.topic, o.value, o.key, with_trace_headers(o.headers, headers)) for o in outputs
+                )
+        finally:
+            otel_context.detach(token)
+            span.end()
         result.commits[tp] = record.offset + 1
     return result
 
