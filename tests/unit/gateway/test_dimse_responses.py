@@ -59,6 +59,16 @@ def test_a_plain_response_reads_as_pynetdicom_reads_it(status: int, sop_instance
     assert ours is not None and ours.is_valid_response
     for name in ("MessageIDBeingRespondedTo", "Status", "AffectedSOPClassUID", "AffectedSOPInstanceUID"):
         assert getattr(ours, name) == getattr(theirs, name), name
+        assert type(getattr(ours, name)) is type(getattr(theirs, name)), name
+
+
+@pytest.mark.parametrize("sop_instance", ["1.02.3", "1.2.3.", "01.2"])
+def test_a_response_with_a_uid_pynetdicom_would_warn_of_is_left_to_pynetdicom(sop_instance: str) -> None:
+    """The UIDs are checked for conformance (PS3.5 9.1) without pydicom's validators; what is not
+    conformant takes pynetdicom's way, which reads and warns of it."""
+    pdv = encoded(C_STORE_RSP(), store_response(0, sop_instance=sop_instance))
+    assert pynetdicoms_reading(pdv).AffectedSOPInstanceUID == sop_instance
+    assert c_store_response(pdv[1:]) is None
 
 
 def test_anything_but_a_plain_store_response_is_left_to_pynetdicom() -> None:
