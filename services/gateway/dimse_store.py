@@ -71,6 +71,7 @@ from services.gateway.dimse_exchange import (
 )
 from services.gateway.dimse_responses import NoResponse, read_store_responses_directly
 from services.gateway.fetched import Fetched
+from services.gateway.file_meta import plain_meta_of
 from services.gateway.pdu_writer import SendStalled, send_direct
 from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
@@ -208,10 +209,8 @@ class DimseStore:
 
     def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
         try:
-            meta, offset = split_meta(source)
-            sop_class = str(meta.MediaStorageSOPClassUID)
-            sop_instance = str(meta.MediaStorageSOPInstanceUID)
-            syntax = UID(str(meta.TransferSyntaxUID))
+            sop_class, sop_instance, syntax_uid, offset = plain_meta_of(source) or _meta_by_pydicom(source)
+            syntax = UID(syntax_uid)
         except Exception:  # not Part 10 or no meta group: nothing to send, ever
             return StoreResult.failed("no-file-meta", retryable=False)
         down = self._associated_for(sop_class, syntax)
@@ -387,6 +386,12 @@ def _data_set(body: tuple[Fetched, int] | bytes) -> Iterator[tuple[BufferedReade
 
 def _not_group_0002(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag.group != 2
+
+
+def _meta_by_pydicom(source: Fetched) -> tuple[str, str, str, int]:
+    """What `plain_meta_of` reads, for any meta group pydicom reads."""
+    meta, offset = split_meta(source)
+    return str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID), offset
 
 
 def split_meta(source: Fetched) -> tuple[Dataset, int]:
