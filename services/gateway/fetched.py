@@ -15,8 +15,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
-# At most this much of one object is held in memory; with the fetch-ahead pool (4) and the one being
-# stored, a gateway holds at most five, 20 MiB. Larger objects (a 600 MiB enhanced MR) stay on disk.
+# At most this much of one object is held in memory; with the fetch-ahead pool (2) and the one being
+# stored, a gateway holds at most three, 12 MiB. Larger objects (a 600 MiB enhanced MR) stay on disk.
 IN_MEMORY_UP_TO = 4 * 1024 * 1024
 
 

@@ -10,7 +10,7 @@ from services.proto_gen.imx.v1 import events_pb2
 from tests.integration.gateway.conftest import Partner, gateway_thread
 from tests.waiting import wait_for
 
-FETCH_AHEAD = 4  # GatewayOptions' default
+FETCH_AHEAD = 2  # GatewayOptions' default
 
 
 def test_the_next_deliveries_are_fetched_while_the_first_is_still_being_fetched_and_all_are_stored_in_order(
