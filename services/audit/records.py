@@ -14,6 +14,7 @@ ids are deterministic, so a replayed message maps onto the record it already pro
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -117,7 +118,18 @@ def event_type_for(topic: str, headers: Mapping[str, bytes], topics: Topics) -> 
     The dead-letter topic comes first: a dead letter keeps its original headers, including the
     original event type.
     """
-    by_topic = {
+    by_topic = _types_by_topic(topics)
+    if topic in by_topic:
+        return by_topic[topic]
+    if receipts_partner(topics, topic) is not None:
+        return EventType.RECEIPT
+    return _HEADER_TYPES.get(headers.get(EVENT_TYPE_HEADER, b"").decode("ascii", "replace"))
+
+
+# Every record asks these: the topic names are built, and the receipts pattern compiled, once per Topics.
+@functools.cache
+def _types_by_topic(topics: Topics) -> dict[str, EventType]:
+    return {
         topics.dead_letter: EventType.DEAD_LETTER,
         topics.ingested: EventType.INGESTED,
         **dict.fromkeys(topics.routed_lanes, EventType.ROUTED),
@@ -127,11 +139,12 @@ def event_type_for(topic: str, headers: Mapping[str, bytes], topics: Topics) -> 
         topics.access: EventType.RETRIEVAL,
         topics.alerts: EventType.ALERT,
     }
-    if topic in by_topic:
-        return by_topic[topic]
-    if topics.receipts_partner(topic) is not None:
-        return EventType.RECEIPT
-    return _HEADER_TYPES.get(headers.get(EVENT_TYPE_HEADER, b"").decode("ascii", "replace"))
+
+
+@functools.lru_cache(maxsize=4096)
+def receipts_partner(topics: Topics, topic: str) -> str | None:
+    """`topics.receipts_partner(topic)`, remembered: a few receipts topics carry most records."""
+    return topics.receipts_partner(topic)
 
 
 def to_datetime(epoch_ms: int) -> datetime:
@@ -182,6 +195,7 @@ def _event_record(
 
 
 def _empty_record(event_type: EventType, ev_id: str, message: IncomingMessage, recorded_at: datetime) -> AuditRecord:
+    recorded = truncate_ms(recorded_at)
     return AuditRecord(
         _id=f"{event_type.value}:{ev_id}",
         event_type=event_type.value,
@@ -208,9 +222,9 @@ def _empty_record(event_type: EventType, ev_id: str, message: IncomingMessage, r
         detail=None,
         source=None,
         # The broker's timestamp stands in when an event carries no time of its own.
-        occurred_at=to_datetime(message.timestamp_ms) if message.timestamp_ms > 0 else truncate_ms(recorded_at),
+        occurred_at=to_datetime(message.timestamp_ms) if message.timestamp_ms > 0 else recorded,
         ingested_at=None,
-        recorded_at=truncate_ms(recorded_at),
+        recorded_at=recorded,
         modality=None,
         size_bytes=None,
     )
@@ -275,7 +289,7 @@ def _fill_prepared(record: AuditRecord, event: Any, topic: str, topics: Topics) 
 def _fill_receipt(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
     # A receipt names the instance as the partner received it (remapped UIDs when de-identified).
     _delivered(record, event.instance)
-    record["partner_id"] = topics.receipts_partner(topic)
+    record["partner_id"] = receipts_partner(topics, topic)
     record["causation_id"] = event.delivery_id or record["causation_id"]
     record["status"] = store_status_name(event.status)
     record["stage"] = "gateway"

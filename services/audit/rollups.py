@@ -21,6 +21,7 @@ Field names cannot hold '.' or start with '$' in MongoDB, so keys are percent-en
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,9 @@ Getter = Callable[[str], dict[str, Any] | None]
 DIMENSIONS = ("org", "partner", "modality")
 
 
+# Pure functions of a few distinct keys (organisations, partners, modalities, days), asked several times
+# for every record counted: remembered rather than recomputed (a SHA-1 per shard, a strftime per day).
+@functools.lru_cache(maxsize=4096)
 def enc(key: str) -> str:
     return key.replace("%", "%25").replace(".", "%2E").replace("$", "%24") or "%00"
 
@@ -45,12 +49,18 @@ def dec(key: str) -> str:
     return "" if key == "%00" else key.replace("%2E", ".").replace("%24", "$").replace("%25", "%")
 
 
+@functools.lru_cache(maxsize=4096)
 def shard(key: str) -> int:
     return int(hashlib.sha1(key.encode()).hexdigest()[:4], 16) % SHARDS
 
 
 def day_of(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d")
+    return _day_name(moment.astimezone(UTC).date())
+
+
+@functools.lru_cache(maxsize=1024)
+def _day_name(day: date) -> str:
+    return day.strftime("%Y-%m-%d")
 
 
 def days_between(first: date, last: date) -> Iterator[str]:
