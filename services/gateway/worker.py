@@ -280,6 +280,7 @@ class Gateway:
             elif kind == b"StudyComplete":
                 study = events_pb2.StudyComplete.FromString(record.value)
         except (DecodeError, ValueError) as error:  # can never be handled: skip it, say so, count it
+            delivery = study = None  # a delivery that decoded but names a path is skipped too
             log.warning(
                 "skipping an undecodable %s at %s/%d: %s",
                 kind.decode(errors="replace"),
