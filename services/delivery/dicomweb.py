@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from services.common.blob_splices import Extent
+from services.common.dicom.uids import is_conformant_uid
 from services.common.events import now_ms
 from services.common.http_server import FASTAPI_TELEMETRY_OFF
 from services.delivery.delivered import DeliveredInstance
@@ -31,7 +32,6 @@ from services.delivery.dicomweb_json import (
     Json,
     by_series,
     instance_result,
-    is_valid_uid,
     matches,
     metadata_for,
     series_result,
@@ -274,7 +274,7 @@ def create_partner_app(
         if refs is None or scheme.lower() != "bearer" or not key.strip():
             return None
         partner_id = cached_partner_for_key(key.strip())
-        if partner_id is None or not all(is_valid_uid(uid) for uid in (study, series, sop)):
+        if partner_id is None or not all(is_conformant_uid(uid) for uid in (study, series, sop)):
             return None
         item = signed_instance(request, partner_id, study, series, sop)
         if item is None or item.size > CHUNK_BYTES:

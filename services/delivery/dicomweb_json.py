@@ -5,7 +5,6 @@ Also the check every UID from a request path passes before it is used."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -17,19 +16,12 @@ from services.delivery.delivered import DeliveredInstance
 
 log = logging.getLogger(__name__)
 
-# PS3.5 §9.1: components of digits separated by dots, at most 64 characters; a leading zero only as "0".
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-
 # Elements whose value is larger than this are bulk data, left out of metadata (no BulkDataURI is
 # served). Pixel data is never even read: dcmread stops before it.
 BULK_DATA_THRESHOLD = 1024
 _LEFT_OUT = "imx:left-out"
 
 Json = dict[str, Any]
-
-
-def is_valid_uid(uid: str) -> bool:
-    return len(uid) <= 64 and _UID.fullmatch(uid) is not None
 
 
 def _attr(vr: str, *values: object) -> Json:

@@ -11,8 +11,9 @@ from fastapi import Request
 
 from services.common.blob_splices import Extent
 from services.common.blob_store import BlobCorrupt, BlobNotFound
+from services.common.dicom.uids import is_conformant_uid
 from services.delivery.delivered import DeliveredInstance
-from services.delivery.dicomweb_json import IGNORED_PARAMS, MATCH_KEYS, is_valid_uid
+from services.delivery.dicomweb_json import IGNORED_PARAMS, MATCH_KEYS
 from services.delivery.dicomweb_media import FilePart
 from services.proto_gen.imx.v1.events_pb2 import EventMeta, PartnerRetrieval
 
@@ -132,7 +133,7 @@ class RequestContext:
 
 
 def check_uids(*uids: str) -> None:
-    if not all(is_valid_uid(uid) for uid in uids):
+    if not all(is_conformant_uid(uid) for uid in uids):
         raise Refusal(400, "invalid UID in path")
 
 

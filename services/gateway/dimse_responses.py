@@ -16,7 +16,6 @@ queue. It only peeks at anything else, which stays on the socket for the DUL to 
 
 from __future__ import annotations
 
-import re
 import select
 import socket
 import struct
@@ -27,6 +26,8 @@ from pydicom.config import IGNORE
 from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+
+from services.common.dicom.uids import is_conformant_uid
 
 C_STORE_RSP_FIELD = 0x8001  # PS3.7 Table E.1-1 Command Field
 NO_DATA_SET = 0x0101  # PS3.7 Table E.1-1 Command Data Set Type
@@ -48,10 +49,6 @@ def _us(value: bytes) -> int:
     return int(struct.unpack("<H", value)[0])
 
 
-# A UID as PS3.5 9.1 has it: components of digits without a leading zero, at most 64 characters.
-_CONFORMANT_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
-
-
 def _uid(value: bytes) -> UID | None:
     """The UID as pynetdicom's setter makes it, for a conformant one (an empty one is None, as there);
     ValueError for anything else, which pynetdicom then reads (and warns of). The setter validates
@@ -59,7 +56,7 @@ def _uid(value: bytes) -> UID | None:
     text = value.rstrip(b"\x00 ").decode("ascii")
     if not text:
         return None
-    if len(text) > 64 or not _CONFORMANT_UID.fullmatch(text):
+    if not is_conformant_uid(text):
         raise ValueError("not a conformant UID")
     return UID(text, validation_mode=IGNORE)
 

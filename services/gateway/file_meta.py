@@ -11,9 +11,9 @@ with one NUL, an element missing) returns None and is read by pydicom as before.
 
 from __future__ import annotations
 
-import re
 import struct
 
+from services.common.dicom.uids import is_conformant_uid
 from services.gateway.fetched import Fetched
 
 # PS3.10 7.1: 128 bytes of preamble, then the prefix.
@@ -22,8 +22,6 @@ _PREAMBLE, _PREFIX = 128, b"DICM"
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
 _SOP_CLASS, _SOP_INSTANCE, _SYNTAX = 0x0002, 0x0003, 0x0010  # (0002,0002), (0002,0003), (0002,0010)
 _WANTED = frozenset({_SOP_CLASS, _SOP_INSTANCE, _SYNTAX})
-# A UID as PS3.5 9.1 has it: components of digits without a leading zero, at most 64 characters.
-_CONFORMANT_UID = re.compile(rb"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 # What is looked at: a meta group is a few hundred bytes (a longer one is pydicom's).
 HEAD_BYTES = 16 * 1024
 
@@ -31,9 +29,10 @@ HEAD_BYTES = 16 * 1024
 def _uid(value: bytes) -> str | None:
     if value.endswith(b"\x00"):
         value = value[:-1]
-    if not 0 < len(value) <= 64 or not _CONFORMANT_UID.fullmatch(value):
+    if not value.isascii():
         return None
-    return value.decode("ascii")
+    text = value.decode("ascii")
+    return text if is_conformant_uid(text) else None
 
 
 def plain_meta(head: bytes | memoryview) -> tuple[str, str, str, int] | None:

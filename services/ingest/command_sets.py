@@ -17,7 +17,6 @@ pydicom would warn about — is read by pydicom, as before. The command set is s
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +24,11 @@ from typing import Any
 from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_STORE
 
+from services.common.dicom.uids import is_conformant_uid
+
 _ELEMENT = struct.Struct("<HHL")  # implicit VR little endian: group, element, value length (PS3.5 7.1.3)
 _US = struct.Struct("<H")
 _C_STORE_RQ = 0x0001  # PS3.7 Table E.1-1 Command Field
-_VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # pydicom.uid.RE_VALID_UID
 _GROUP_LENGTH, _CLASS_UID, _COMMAND_FIELD, _MESSAGE_ID = 0x0000, 0x0002, 0x0100, 0x0110
 _PRIORITY, _DATA_SET_TYPE, _INSTANCE_UID = 0x0700, 0x0800, 0x1000
 _US_ELEMENTS = frozenset((_COMMAND_FIELD, _MESSAGE_ID, _PRIORITY, _DATA_SET_TYPE))
@@ -53,7 +53,7 @@ def _uid(value: bytes) -> UID | None:
     if not value.isascii():
         return None
     text = value.decode("ascii").rstrip("\0 ")
-    if len(text) > 64 or _VALID_UID.fullmatch(text) is None:
+    if not is_conformant_uid(text):
         return None
     return UID(text)
 
