@@ -121,12 +121,12 @@ def event_type_for(topic: str, headers: Mapping[str, bytes], topics: Topics) -> 
     by_topic = _types_by_topic(topics)
     if topic in by_topic:
         return by_topic[topic]
-    if receipts_partner(topics, topic) is not None:
+    if topics.receipts_partner(topic) is not None:
         return EventType.RECEIPT
     return _HEADER_TYPES.get(headers.get(EVENT_TYPE_HEADER, b"").decode("ascii", "replace"))
 
 
-# Every record asks these: the topic names are built, and the receipts pattern compiled, once per Topics.
+# Every record asks this: the topic names are built once per Topics.
 @functools.cache
 def _types_by_topic(topics: Topics) -> dict[str, EventType]:
     return {
@@ -139,12 +139,6 @@ def _types_by_topic(topics: Topics) -> dict[str, EventType]:
         topics.access: EventType.RETRIEVAL,
         topics.alerts: EventType.ALERT,
     }
-
-
-@functools.lru_cache(maxsize=4096)
-def receipts_partner(topics: Topics, topic: str) -> str | None:
-    """`topics.receipts_partner(topic)`, remembered: a few receipts topics carry most records."""
-    return topics.receipts_partner(topic)
 
 
 def to_datetime(epoch_ms: int) -> datetime:
@@ -289,7 +283,7 @@ def _fill_prepared(record: AuditRecord, event: Any, topic: str, topics: Topics) 
 def _fill_receipt(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
     # A receipt names the instance as the partner received it (remapped UIDs when de-identified).
     _delivered(record, event.instance)
-    record["partner_id"] = receipts_partner(topics, topic)
+    record["partner_id"] = topics.receipts_partner(topic)
     record["causation_id"] = event.delivery_id or record["causation_id"]
     record["status"] = store_status_name(event.status)
     record["stage"] = "gateway"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -135,7 +136,12 @@ class Topics:
         """Regex matching every partner's receipts topic (audit subscribes to them all)."""
         return "^" + re.escape(f"{self.prefix}imx.receipts.") + r"[a-z0-9-]+\.v1$"
 
+    @functools.cached_property
+    def _receipts_partner_pattern(self) -> re.Pattern[str]:
+        # Compiled once: delivery and audit ask this of every record they consume.
+        return re.compile(self.receipts_pattern.replace(r"[a-z0-9-]+", r"([a-z0-9-]+)"))
+
     def receipts_partner(self, topic: str) -> str | None:
         """The partner id a receipts topic belongs to, None when it is not one."""
-        match = re.match(self.receipts_pattern.replace(r"[a-z0-9-]+", r"([a-z0-9-]+)"), topic)
+        match = self._receipts_partner_pattern.match(topic)
         return match.group(1) if match else None

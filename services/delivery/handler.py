@@ -174,15 +174,9 @@ class DeliveryHandler:
         self._refs = refs
         self._pending: list[DeliveredInstance] = []
         self._receipts: list[StoredReceipt] = []
-        # Topic -> the partner whose receipts it carries (None: a prepared lane). Asked of every record;
-        # the topics are few and their names fixed, and the answer by pattern cost ~4 us each time.
-        self._receipts_of: dict[str, str | None] = {}
 
     def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
-        try:
-            receipts_of = self._receipts_of[message.topic]
-        except KeyError:
-            receipts_of = self._receipts_of[message.topic] = self._topics.receipts_partner(message.topic)
+        receipts_of = self._topics.receipts_partner(message.topic)
         if receipts_of is not None:
             receipt = stored_receipt(events_pb2.DeliveryReceipt.FromString(message.value), receipts_of)
             if receipt is not None:
