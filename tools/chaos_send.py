@@ -21,6 +21,8 @@ from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext, build_context
 
+from services.gateway.dimse_exchange import answer_from_dul
+
 SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian)
 SUCCESS, OUT_OF_RESOURCES, PROCESSING_FAILURE = 0x0000, 0xA700, 0x0110
 FAILURE_REASON, FAILED_SOP_SEQUENCE, REFERENCED_SOP_SEQUENCE = "00081197", "00081198", "00081199"
@@ -112,16 +114,10 @@ class CStoreClient:
         request.DataSet = BytesIO(dataset)
         assoc = self._assoc
         try:
-            # Pause the reactor so the response is ours to read (the gateway now reads it off the socket
-            # itself, services/gateway/dimse_exchange.py; a chaos sender keeps the simpler pause).
-            assoc._reactor_checkpoint.clear()
-            while not assoc._is_paused and assoc.is_established:
-                time.sleep(0.0001)
-            try:
-                assoc.dimse.send_msg(request, int(context.context_id or 0))
-                _, response = assoc.dimse.get_msg(block=True)
-            finally:
-                assoc._reactor_checkpoint.set()
+            # The reactor paused so the response is ours to read (the gateway's fallback when it cannot
+            # read the response off the socket itself; a chaos sender needs no more).
+            context_id = int(context.context_id or 0)
+            response = answer_from_dul(assoc, lambda: assoc.dimse.send_msg(request, context_id))
         except (OSError, RuntimeError, AttributeError):
             self._drop()
             return Answer("error", "connection lost", time.monotonic() - started)
