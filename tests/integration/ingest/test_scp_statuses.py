@@ -19,6 +19,7 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from services.common.blob_store import LocalBlobStore
 from services.common.topics import Topics
+from services.gateway.dimse_exchange import answer_from_dul
 from services.ingest.acceptance import Acceptance
 from services.ingest.receipts import MemoryReceiptStore
 from services.ingest.scp import DicomReceiver
@@ -119,14 +120,7 @@ def _send_without_data_set(assoc: Association) -> tuple[C_STORE | None, float]:
     request.DataSet = BytesIO(b"")
     context_id = int(assoc.accepted_contexts[0].context_id or 0)
     started = time.monotonic()
-    assoc._reactor_checkpoint.clear()  # the response is ours to read, as tools/chaos_send.py does
-    while not assoc._is_paused and assoc.is_established:
-        time.sleep(0.0001)
-    try:
-        assoc.dimse.send_msg(request, context_id)
-        _, response = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
+    response = answer_from_dul(assoc, lambda: assoc.dimse.send_msg(request, context_id))
     return cast(C_STORE | None, response), time.monotonic() - started
 
 
