@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import struct
 
+from services.common.dicom.header_walk import LONG_VR_BYTES
 from services.common.dicom.uids import is_conformant_uid
 from services.gateway.fetched import Fetched
 
 # PS3.10 7.1: 128 bytes of preamble, then the prefix.
 _PREAMBLE, _PREFIX = 128, b"DICM"
-# Explicit VR Little Endian (PS3.5 7.1.2): these VRs have 2 reserved bytes and a 4-byte length.
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
 _SOP_CLASS, _SOP_INSTANCE, _SYNTAX = 0x0002, 0x0003, 0x0010  # (0002,0002), (0002,0003), (0002,0010)
 _WANTED = frozenset({_SOP_CLASS, _SOP_INSTANCE, _SYNTAX})
 # What is looked at: a meta group is a few hundred bytes (a longer one is pydicom's).
@@ -50,7 +49,7 @@ def plain_meta(head: bytes | memoryview) -> tuple[str, str, str, int] | None:
         vr = head[offset + 4 : offset + 6]
         if not (vr.isalpha() and vr.isupper()):
             return None
-        if vr in _LONG_VRS:
+        if vr in LONG_VR_BYTES:
             if offset + 12 > end:
                 return None
             (length,) = struct.unpack_from("<I", head, offset + 8)

@@ -49,7 +49,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.values import convert_string
 
-from services.common.dicom.header_walk import read_top_level
+from services.common.dicom.header_walk import LONG_VR_BYTES, SHORT_VR_BYTES, read_top_level
 
 ByteSource = bytes | bytearray | mmap.mmap
 """A whole Part 10 file: bytes in memory, or a memory map of the file (read only where needed)."""
@@ -77,8 +77,6 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _ITEM = b"\xfe\xff\x00\xe0"
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
 _CHARSET_DEPENDENT = frozenset({"StudyDescription", "Manufacturer", "ManufacturerModelName"})
-_SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _MAY_BE_UNDEFINED = frozenset({b"SQ", b"OB", b"OW", b"UN"})  # PS3.5 7.1.2
 _INFLATE_INPUT_CHUNK = 64 * 1024
 _INFLATE_OUTPUT_CHUNK = 1024 * 1024
@@ -472,9 +470,9 @@ def _implicit_sequence(tag: int, data: ByteSource, start: int, length: int) -> b
 
 def _explicit_length(data: ByteSource, offset: int, vr: bytes | bytearray, order: str, part: str) -> tuple[int, int]:
     """Value offset and length of the explicit VR element at `offset` (PS3.5 7.1.2)."""
-    if vr in _SHORT_VRS:
+    if vr in SHORT_VR_BYTES:
         return offset + 8, struct.unpack_from(order + "H", data, offset + 6)[0]
-    if vr not in _LONG_VRS:
+    if vr not in LONG_VR_BYTES:
         raise InvalidInstance("not-dicom")
     if offset + 12 > len(data):
         raise InvalidInstance("truncated", part)

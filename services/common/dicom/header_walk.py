@@ -24,8 +24,9 @@ Source = bytes | bytearray | memoryview | mmap.mmap
 _HEADER = struct.Struct("<HH2sH")
 _ITEM_HEADER = struct.Struct("<HHI")
 _U32 = struct.Struct("<I")
-_SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+# Explicit VR (PS3.5 7.1.2): a 2-byte length, or 2 reserved bytes and a 4-byte length.
+SHORT_VR_BYTES = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
+LONG_VR_BYTES = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
@@ -85,9 +86,9 @@ def _top_level(data: Source, offset: int, wanted: Collection[int], max_depth: in
 
 
 def _value_position(data: Source, offset: int, vr: bytes, short_length: int) -> tuple[int, int]:
-    if vr in _SHORT_VRS:
+    if vr in SHORT_VR_BYTES:
         return offset + 8, short_length
-    if vr in _LONG_VRS:
+    if vr in LONG_VR_BYTES:
         return offset + 12, _U32.unpack_from(data, offset + 8)[0]
     raise _Irregular
 
