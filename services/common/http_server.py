@@ -17,6 +17,9 @@ One class for every service's HTTP surface (ingest's STOW-RS, audit's query API,
 - a response may send a file's bytes as its body with the ASGI zero-copy send extension
   (`ZERO_COPY_SEND` in `scope["extensions"]`): the kernel copies them to the socket (`loop.sendfile`,
   os.sendfile; read and written by asyncio over TLS);
+- `direct`: an answerer for the one request the server answers most, shown each plain GET on an idle
+  connection and written there with the file's bytes by os.sendfile when it answers, before uvicorn's
+  h11 and the ASGI app (services/common/http_direct.py; plain HTTP only);
 - with `tls=TlsFiles(cert, key)` it serves HTTPS only; the files are read in the constructor, so a
   missing or mismatched pair fails there (OSError / ssl.SSLError), not on the server thread.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -33,13 +37,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import unquote
 
 import h11
 import uvicorn
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
+from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol, RequestResponseCycle
+
+from services.common.http_direct import DirectAnswerer, FileAnswer, answer_prefix, plain_get, status_line
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +99,124 @@ def _no_delay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def header_deadline_protocol(header_timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, closing a connection whose request headers are not complete in time."""
+def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | None = None) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete in time, and
+    answering a plain GET that `direct` answers itself (services/common/http_direct.py)."""
 
     class HeaderDeadlineProtocol(H11Protocol):
         _header_deadline: asyncio.TimerHandle | None = None
+        _direct_busy = False  # a direct answer's rest is being sent
+        _direct_pending = b""  # what arrived meanwhile (a pipelined request), handled after it
+        _close_after = False  # the server is shutting down: close once the direct answer is out
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             _no_delay(transport)
             super().connection_made(transport)
             self._arm_header_deadline()
+
+        def data_received(self, data: bytes) -> None:
+            if direct is not None:
+                if self._direct_busy:
+                    self._direct_pending += data
+                    return
+                if self._answer_directly(data):
+                    return
+            super().data_received(data)
+
+        def _answer_directly(self, data: bytes) -> bool:
+            conn = self.conn
+            if (
+                conn.their_state is not h11.IDLE
+                or conn.our_state is not h11.IDLE
+                or conn.trailing_data[0]
+                or self.scheme != "http"
+                or (self.cycle is not None and not self.cycle.response_complete)
+            ):
+                return False
+            request = plain_get(data)
+            if request is None or direct is None:
+                return False
+            raw_path, _, query_string = request.target.partition(b"?")
+            scope = {
+                "type": "http",
+                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+                "http_version": "1.1",
+                "server": self.server,
+                "client": self.client,
+                "scheme": self.scheme,
+                "method": "GET",
+                "root_path": self.root_path,
+                "path": self.root_path + unquote(raw_path.decode("ascii")),
+                "raw_path": self.root_path.encode("ascii") + raw_path,
+                "query_string": query_string,
+                "headers": request.headers,
+            }
+            try:
+                answer = direct(scope)
+            except Exception:  # left to the ASGI app, which meets it again and answers it
+                log.debug("direct answer declined by an error", exc_info=True)
+                return False
+            if answer is None:
+                return False
+            self._unset_keepalive_if_required()
+            self._disarm_header_deadline()
+            self._send_direct(answer)
+            return True
+
+        def _send_direct(self, answer: FileAnswer) -> None:
+            status = status_line(answer.status, STATUS_PHRASES[answer.status])
+            transport = self.transport
+            transport.write(answer_prefix(status, self.server_state.default_headers, answer))
+            sent = 0
+            if answer.count and not transport.is_closing() and transport.get_write_buffer_size() == 0:
+                # The prefix is on the socket already: the file's bytes follow it directly.
+                try:
+                    socket_fd = transport.get_extra_info("socket").fileno()
+                    sent = os.sendfile(socket_fd, answer.file.fileno(), answer.offset, answer.count) or -1
+                    # (0 of a count: the file ended, shrunk since it was checked)
+                except BlockingIOError:  # the socket's buffer is full: the rest when it drains
+                    sent = 0
+                except OSError:  # the client hung up
+                    sent = -1
+            if sent == answer.count:
+                self._direct_finished(answer, True)
+                return
+            if sent < 0:
+                self._direct_finished(answer, False)
+                return
+            self._direct_busy = True
+            task = self.loop.create_task(self._send_rest(answer, sent))
+            self.tasks.add(task)  # uvicorn's graceful shutdown waits for it
+            task.add_done_callback(self.tasks.discard)
+
+        async def _send_rest(self, answer: FileAnswer, sent: int) -> None:
+            rest = answer.count - sent
+            try:
+                whole = await self.loop.sendfile(self.transport, answer.file, answer.offset + sent, rest) == rest
+            except (OSError, RuntimeError):  # the client hung up (or the transport closed) meanwhile
+                whole = False
+            self._direct_busy = False
+            self._direct_finished(answer, whole)
+
+        def _direct_finished(self, answer: FileAnswer, whole: bool) -> None:
+            try:
+                answer.done(whole)
+            except Exception:
+                log.exception("direct answer's completion failed")
+            if not whole or self._close_after:
+                # Fewer bytes than the Content-Length said: the client must see a broken transfer.
+                self.transport.close()
+                return
+            self.on_response_complete()
+            pending, self._direct_pending = self._direct_pending, b""
+            if pending and not self.transport.is_closing():
+                self.data_received(pending)
+
+        def shutdown(self) -> None:
+            if self._direct_busy:
+                self._close_after = True
+                return
+            super().shutdown()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_header_deadline()
@@ -227,6 +342,7 @@ class HttpServer:
         keep_alive_s: int = 5,
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
         tls: TlsFiles | None = None,
+        direct: DirectAnswerer | None = None,
     ) -> None:
         ssl_options: dict[str, Any] = {}
         if tls is not None:
@@ -241,7 +357,7 @@ class HttpServer:
         self._app = _CutOffAtShutdown(app, self._exiting)
         config = uvicorn.Config(
             self._app,
-            http=header_deadline_protocol(header_timeout_s),
+            http=header_deadline_protocol(header_timeout_s, None if tls is not None else direct),
             log_config=None,
             access_log=False,
             lifespan="off",

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from services.common.blob_splices import Extent
 from services.common.dicom.uids import is_conformant_uid
 from services.common.events import now_ms
+from services.common.http_direct import FileAnswer
 from services.common.http_server import FASTAPI_TELEMETRY_OFF
 from services.delivery.delivered import DeliveredInstance
 from services.delivery.dicomweb_json import (
@@ -77,6 +78,9 @@ class PartnerApp(FastAPI):
     FastAPI, where the same route is declared (for its answers otherwise, and the OpenAPI document)."""
 
     at_once: Callable[[Scope], Response | None] | None = None
+    # The same answer for the server's direct path (services/common/http_direct.py): the object's bytes
+    # written by the server itself, before uvicorn's h11 and FastAPI; None: the ASGI way, as above.
+    direct: Callable[[Scope], FileAnswer | None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.at_once is not None and scope["type"] == "http":
@@ -265,7 +269,7 @@ def create_partner_app(
 
     def answer_at_once(
         study: str, series: str, sop: str, request: Request, authorization: str | None
-    ) -> Response | None:
+    ) -> tuple[Retrieval, Response] | None:
         """The gateways' usual fetch, answered on the event loop: a key known without a database read,
         a signed reference that verifies, an object of at most one chunk (read whole, as streaming
         would read it; it was written moments ago, so from the page cache). None: anything else, which
@@ -280,11 +284,11 @@ def create_partner_app(
         if item is None or item.size > CHUNK_BYTES:
             return None
         retrieval = Retrieval(partner_id, "instance", study, series, sop)
-        return answer(retrieval, lambda: retrieve(retrieval, request, [item], single=True))
+        return retrieval, answer(retrieval, lambda: retrieve(retrieval, request, [item], single=True))
 
     instances_under = prefix + "/studies/"
 
-    def at_once(scope: Scope) -> Response | None:
+    def signed_fetch(scope: Scope) -> tuple[Retrieval, Response] | None:
         """`answer_at_once` for a GET that the instance route below matches (each UID one non-empty
         path segment), asked before FastAPI runs; None: FastAPI answers it, as any other request. An
         error here is left to that route too, which meets it again and answers it as FastAPI does."""
@@ -300,7 +304,24 @@ def create_partner_app(
         except Exception:
             return None
 
+    def at_once(scope: Scope) -> Response | None:
+        answered = signed_fetch(scope)
+        return None if answered is None else answered[1]
+
+    def direct(scope: Scope) -> FileAnswer | None:
+        """`signed_fetch`'s object answer, written by the server; its retrieval event once it is out. A
+        refusal (a 410 for an object gone meanwhile) is declined and answered by the ASGI way, which
+        meets it again: the response built here is dropped unsent, so it records no event."""
+        answered = signed_fetch(scope)
+        if answered is None:
+            return None
+        retrieval, response = answered
+        if not isinstance(response, ObjectResponse):
+            return None
+        return response.file_answer(lambda _whole: ctx.finish(retrieval))
+
     app.at_once = at_once
+    app.direct = direct
 
     @app.get(prefix + "/studies/{study}/series/{series}/instances/{sop}")
     async def retrieve_instance(
@@ -313,7 +334,7 @@ def create_partner_app(
         # body as a sync dependency, endpoint and stream would.
         at_once = answer_at_once(study, series, sop, request, authorization)
         if at_once is not None:
-            return at_once
+            return at_once[1]
 
         def handle() -> Response:
             partner_id = partner(authorization)

@@ -143,7 +143,9 @@ def start_partner_api(
     )
     tls = TlsFiles.of(settings.http_tls_cert_file, settings.http_tls_key_file)
     try:
-        server = HttpServer(app, settings.http_host, settings.http_port, GRACE_S, name="delivery-http", tls=tls)
+        server = HttpServer(
+            app, settings.http_host, settings.http_port, GRACE_S, name="delivery-http", tls=tls, direct=app.direct
+        )
         server.start()
     except BaseException:
         events.close()
