@@ -11,6 +11,9 @@ those fsyncs has committed the batch's entries the others find little left to co
 promised earlier than before: an object is visible under its name only after its bytes were fsynced,
 and its event is published only after every folder on its path was.
 
+Each temp file stays open until `settle` fsyncs it (one open per object, not two), and an object's
+folder is made by one mkdir that finds it there or creates it (no look-up of each folder first).
+
 `put_spliced` stores an object whose tail is the end of a stored object (the ingest blob it was made
 from) as a splice record (services/common/blob_splices.py): only the record, a few kilobytes, goes to a
 temp file, and it is settled with the batch exactly as a whole object is.
@@ -21,17 +24,12 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from services.common.blob_store import (
-    LocalBlobStore,
-    fsync_directory,
-    missing_parents,
-    refreshed,
-    write_all,
-    write_hashed,
-)
+from services.common.blob_splices import SPLICE_SUFFIX
+from services.common.blob_store import LocalBlobStore, fsync_directory, refreshed, write_all, write_hashed
 
 
 class BatchedBlobWrites:
@@ -40,7 +38,7 @@ class BatchedBlobWrites:
 
     def __init__(self, store: LocalBlobStore) -> None:
         self._store = store
-        self._pending: list[tuple[str, Path]] = []  # (temp file, final path), in write order
+        self._pending: list[tuple[int, str, str]] = []  # (open temp file, its name, final path), in write order
 
     @property
     def pending(self) -> int:
@@ -66,18 +64,15 @@ class BatchedBlobWrites:
         durable and under its name only after `settle`."""
         fd, tmp_name = tempfile.mkstemp(dir=self._store.root, prefix=".tmp-")
         try:
-            try:
-                digest, size = write_hashed(fd, chunks)
-            finally:
-                os.close(fd)
-            final = self._store.path_for(digest)
+            digest, size = write_hashed(fd, chunks)
+            final = self._store.object_path(digest)
             if refreshed(final):
-                os.unlink(tmp_name)
+                _discard(fd, tmp_name)
                 return digest, size
         except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
+            _discard(fd, tmp_name)
             raise
-        self._pending.append((tmp_name, final))
+        self._pending.append((fd, tmp_name, final))
         return digest, size
 
     def put_spliced(self, head: bytes, tail: memoryview, source: str, offset: int) -> tuple[str, int]:
@@ -91,14 +86,11 @@ class BatchedBlobWrites:
             return digest, size
         fd, tmp_name = tempfile.mkstemp(dir=self._store.root, prefix=".tmp-")
         try:
-            try:
-                write_all(fd, memoryview(splice.encode()))
-            finally:
-                os.close(fd)
+            write_all(fd, memoryview(splice.encode()))
         except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
+            _discard(fd, tmp_name)
             raise
-        self._pending.append((tmp_name, self._store.splice_path_for(digest)))
+        self._pending.append((fd, tmp_name, self._store.object_path(digest) + SPLICE_SUFFIX))
         return digest, size
 
     def settle(self) -> None:
@@ -107,22 +99,42 @@ class BatchedBlobWrites:
         error is raised (the bus reads the batch again, which writes them again)."""
         pending, self._pending = self._pending, []
         try:
-            for tmp_name, _ in pending:
-                fd = os.open(tmp_name, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            folders: dict[Path, None] = {}  # each folder whose entries changed, fsynced once
-            for tmp_name, final in pending:
-                for created in missing_parents(final):
-                    created.mkdir(exist_ok=True)
-                    folders[created.parent] = None
+            for fd, _, _ in pending:
+                os.fsync(fd)
+            folders: dict[str, None] = {}  # each folder whose entries changed, fsynced once
+            for _, tmp_name, final in pending:
+                folder = os.path.dirname(final)
+                for created in made_folders(folder):
+                    folders[os.path.dirname(created)] = None
                 os.replace(tmp_name, final)
-                folders[final.parent] = None
+                folders[folder] = None
             for folder in folders:
                 fsync_directory(folder)
         except BaseException:
-            for tmp_name, _ in pending:
+            for _, tmp_name, _ in pending:
                 Path(tmp_name).unlink(missing_ok=True)
             raise
+        finally:
+            for fd, _, _ in pending:
+                os.close(fd)
+
+
+def _discard(fd: int, tmp_name: str) -> None:
+    os.close(fd)
+    Path(tmp_name).unlink(missing_ok=True)
+
+
+def made_folders(folder: str) -> list[str]:
+    """Create `folder` and any folder above it that is missing; those this call created, outermost
+    first. One mkdir when the folder exists already or only it is missing (a stat, then a mkdir, cost
+    one call more when it was missing, as on a fresh store nearly always)."""
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        return []
+    except FileNotFoundError:
+        above = made_folders(os.path.dirname(folder))
+        with suppress(FileExistsError):
+            os.mkdir(folder)
+        return [*above, folder]
+    return [folder]

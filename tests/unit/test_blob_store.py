@@ -62,6 +62,9 @@ def test_a_read_given_the_size_trusts_the_name_but_catches_a_truncated_or_grown_
         store.get(digest, size=8)
     with pytest.raises(BlobCorrupt):
         store.open(digest, size=8).close()
+    store.path_for(digest).write_bytes(b"original plus")  # grown: its whole size is reported
+    with pytest.raises(BlobCorrupt, match="13 bytes"):
+        store.get(digest, size=8)
     store.path_for(digest).write_bytes(b"tampered")  # same size: only a rehash can tell
     assert store.get(digest, size=8) == b"tampered"
     assert not store.verify(digest)

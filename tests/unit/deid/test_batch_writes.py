@@ -61,3 +61,28 @@ def test_a_failed_settle_raises_and_leaves_no_temporary_file(tmp_path: Path, mon
     assert writes.put_chunks([b"x" * 100])[0] == sha == hashlib.sha256(b"x" * 100).hexdigest()
     writes.settle()
     assert store.get(sha) == b"x" * 100
+
+
+def test_a_settled_object_s_new_folders_are_made_durable_in_their_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.deid import batch_writes
+
+    synced: list[str] = []
+    real = batch_writes.fsync_directory
+    monkeypatch.setattr(batch_writes, "fsync_directory", lambda folder: (synced.append(str(folder)), real(folder)))
+    store = LocalBlobStore(tmp_path)
+    writes = BatchedBlobWrites(store)
+    first, _ = writes.put_chunks([b"first"])
+    writes.settle()
+    fan_out = store.path_for(first).parent
+    # The new first level in the root, the new second level in the first, then the object in its folder.
+    assert synced == [str(tmp_path), str(fan_out.parent), str(fan_out)]
+
+    synced.clear()
+    second = hashlib.sha256(b"second").hexdigest()
+    store.path_for(second).parent.mkdir(parents=True)
+    assert writes.put_chunks([b"second"])[0] == second
+    writes.settle()
+    assert synced == [str(store.path_for(second).parent)]  # its folders were there: only its own
+    assert store.get(first) == b"first" and store.get(second) == b"second"
