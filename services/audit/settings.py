@@ -36,6 +36,16 @@ class AuditSettings(ServiceSettings):
     grpc_port: int = Field(
         50055, ge=0, le=65535, validation_alias=_env("GRPC_PORT"), description="gRPC control port; 0 picks a free port"
     )
+    # Audit's cost is mostly per batch, not per record: pages, counters, the journal, the tamper-evident
+    # log's chunk, head and lease are ~30 round trips whatever the batch's size. The pipeline stages'
+    # 200 events made `make bench` write ~60 batches for 2,000 instances (6 events each) although the
+    # broker gathers up to a second per fetch (consumer.py); `make bench-audit` already ran with 2,000.
+    max_batch: int = Field(
+        2000,
+        ge=1,
+        validation_alias=_env("MAX_BATCH"),
+        description="most events handled between two offset commits (one batch: one write of pages and counters)",
+    )
     audit_collection: str = Field(
         "audit_events", validation_alias=_env("COLLECTION"), description="MongoDB collection holding the audit records"
     )

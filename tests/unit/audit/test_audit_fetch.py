@@ -1,5 +1,6 @@
-"""Audit asks the broker for up to a second of events per fetch; run_stage hands a spec's fetch limits to
-the stage's consumer, and a spec that names none keeps the pipeline stages' 100 ms."""
+"""Audit asks the broker for up to a second of events per fetch and handles up to 2,000 events per batch;
+run_stage hands a spec's fetch limits to the stage's consumer, and a spec that names none keeps the pipeline
+stages' 100 ms."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, cast
 import pytest
 
 from services.audit.consumer import audit_stage_spec
+from services.audit.settings import AuditSettings
 from services.common import runtime
 from services.common.bus import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 from services.common.control_auth import ControlAuth
@@ -45,3 +47,13 @@ def test_audit_waits_up_to_a_second_for_a_megabyte(monkeypatch: pytest.MonkeyPat
 def test_a_spec_without_limits_keeps_the_stage_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = _consumer_arguments(monkeypatch, runtime.StageSpec(name="routing", group_id="g", topics=["t"]))
     assert (seen["fetch_max_wait_ms"], seen["fetch_min_bytes"]) == (FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES) == (100, 65536)
+
+
+def test_audit_handles_up_to_two_thousand_events_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("IMX_MAX_BATCH", "IMX_AUDIT_MAX_BATCH"):
+        monkeypatch.delenv(name, raising=False)
+    assert (AuditSettings().max_batch, ServiceSettings().max_batch) == (2000, 200)
+    monkeypatch.setenv("IMX_MAX_BATCH", "300")
+    assert AuditSettings().max_batch == 300
+    monkeypatch.setenv("IMX_AUDIT_MAX_BATCH", "400")
+    assert AuditSettings().max_batch == 400
