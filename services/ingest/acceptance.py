@@ -138,14 +138,22 @@ class _BytesInput:
 
 class _FileInput:
     """A file the channel wrote and hands over: zeroed preamble in place (unless the channel wrote it
-    as zeros itself), moved into the store."""
+    as zeros itself), moved into the store. `received`: the channel's own descriptor of the file, open
+    for reading, and the bytes it wrote there (C-STORE, `received_files`): mapped from that descriptor
+    and not asked for its size, so the file is not opened again here."""
 
-    def __init__(self, path: Path, preamble_written_zero: bool = False, sha256: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        preamble_written_zero: bool = False,
+        sha256: str | None = None,
+        received: tuple[int, int] | None = None,
+    ) -> None:
         if not preamble_written_zero:
             zero_preamble_file(path)
             sha256 = None  # the writer's hash was of the bytes before
         self.path = path
-        self.size = path.stat().st_size
+        self._fd, self.size = received if received is not None else (-1, path.stat().st_size)
         self._sha256 = sha256
 
     @contextmanager
@@ -153,8 +161,11 @@ class _FileInput:
         if not self.size:
             yield b""  # an empty file cannot be mapped
             return
-        with open(self.path, "rb") as file:
-            view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        if self._fd >= 0:
+            view = mmap.mmap(self._fd, self.size, access=mmap.ACCESS_READ)
+        else:
+            with open(self.path, "rb") as file:
+                view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             yield view
         finally:
@@ -237,15 +248,18 @@ class Acceptance:
         expected_study_uid: str | None = None,
         preamble_written_zero: bool = False,
         sha256: str | None = None,
+        received: tuple[int, int] | None = None,
     ) -> AcceptanceResult:
         """`accept` for a Part 10 file the caller hands over: when the instance is stored, the file is
         moved into the blob store and `path` is gone; otherwise it is left for the caller to remove.
         `preamble_written_zero`: the caller itself wrote the file's first 128 bytes as zeros (a C-STORE
         data set carries no preamble), so they are not read and rewritten here. `sha256`: the file's
         hash, when the caller computed it as it wrote the file (with `preamble_written_zero` only), so
-        the file is not read again to hash it."""
+        the file is not read again to hash it. `received`: (descriptor, size) of the file as its
+        writer holds it, the descriptor open for reading and left open for the caller to close; the
+        instance is read through it, so the file is not opened again here."""
         try:
-            source = _FileInput(path, preamble_written_zero, sha256)
+            source = _FileInput(path, preamble_written_zero, sha256, received)
         except OSError as exc:
             raise IngestUnavailable(f"received file unreadable: {type(exc).__name__}") from exc
         return self._accept_input(source, source_org, channel, requested_destination, expected_study_uid)

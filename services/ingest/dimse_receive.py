@@ -229,7 +229,7 @@ def decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association | No
             file = msg._data_set_file
             if file is not None:
                 piece = data[1:]
-                file.file.write(piece)
+                file.write(piece)
                 file.imx_sha256.update(piece)
                 if control & 2:
                     file.file.flush()
@@ -257,10 +257,9 @@ def _start_file(msg: Any, context_id: int, assoc: Association) -> None:
     )
     try:
         first = _PREFIX + dimse_encoding.file_meta_bytes(fields)
-        file.file.write(first)
-        file.file.flush()
+        file.write(first)
     except dimse_encoding.Unwritten:  # what pydicom writes differently, it writes (dimse_encoding)
-        file.file.write(_PREFIX)
+        file.write(_PREFIX)
         dimse_encoding.write_file_meta_info(file, fields)  # type: ignore[arg-type]  # as pynetdicom passes it
         file.file.flush()
         first = Path(file.name).read_bytes()  # those few bytes, as pydicom wrote them

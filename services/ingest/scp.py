@@ -11,9 +11,7 @@ only after the instance is stored and its event acknowledged by Kafka.
 
 from __future__ import annotations
 
-import functools
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -47,10 +45,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.dicom.association_waits import WaitingRequestHandler
 from services.ingest import dimse_encoding, dimse_receive, dimse_serve
-from services.ingest.acceptance import Acceptance, AcceptanceResult, Channel
+from services.ingest.acceptance import Acceptance, AcceptanceResult, Accepted, Channel, Duplicate
 from services.ingest.calling_aets import CallingAeTitles
 from services.ingest.errors import IngestUnavailable
 from services.ingest.missing_data_sets import MissingDataSets
+from services.ingest.received_files import ReceivedFile, ReceivedFiles
 from services.ingest.settings import IngestSettings
 from services.ingest.status_codes import (
     NOT_AUTHORIZED,
@@ -104,7 +103,7 @@ class StoreHandler:
         self._acceptance = acceptance
         self._calling_aets = calling_aets
 
-    def __call__(self, event: Event) -> Dataset:
+    def __call__(self, event: Event) -> Dataset | int:
         def accept(org: str) -> AcceptanceResult:
             received = _received_file(event)
             if received is None:
@@ -112,31 +111,46 @@ class StoreHandler:
             # pynetdicom removes the file after this handler, unless acceptance moved it. Its preamble
             # is zeros: the receiver wrote it (dimse_receive, or pynetdicom), the sender sends none.
             # dimse_receive hashed it as it wrote it.
-            sha256 = dimse_receive.received_sha256(event.request)
-            return self._acceptance.accept_file(received, org, CHANNEL, preamble_written_zero=True, sha256=sha256)
+            request = event.request
+            sha256 = dimse_receive.received_sha256(request)
+            file = request._dataset_file
+            opened = (file.fd, file.size) if isinstance(file, ReceivedFile) and not file.closed else None
+            result = self._acceptance.accept_file(
+                received, org, CHANNEL, preamble_written_zero=True, sha256=sha256, received=opened
+            )
+            if file is not None and isinstance(result, (Accepted, Duplicate)):
+                # Moved into the store (or found there and removed): closed here, and not handed back
+                # to pynetdicom, whose removal of it could only fail.
+                file.close()
+                request._dataset_file = None
+            return result
 
-        return self._answer(event.assoc, accept)
+        status, comment = self._answer(event.assoc, accept)
+        # A status without a comment goes back as a number (the same response): pynetdicom would read
+        # a data set's elements one by one.
+        return status_dataset(status, comment) if comment else status
 
     def missing_data_set(self, assoc: Association, part10: bytes) -> Dataset:
         """The answer to a C-STORE whose data set never came (`MissingDataSets`): `part10` is the
         file meta alone, accepted like any input so that its rejection is counted and quarantined."""
-        return self._answer(assoc, lambda org: self._acceptance.accept(part10, org, CHANNEL))
+        return status_dataset(*self._answer(assoc, lambda org: self._acceptance.accept(part10, org, CHANNEL)))
 
-    def _answer(self, assoc: Association, accept: Callable[[str], AcceptanceResult]) -> Dataset:
+    def _answer(self, assoc: Association, accept: Callable[[str], AcceptanceResult]) -> tuple[int, str]:
+        """The status and Error Comment for `accept`'s outcome."""
         calling_ae = assoc.requestor.ae_title.strip()
         org = self._calling_aets.org_for(calling_ae)
         if org is None:  # the organisation was removed while its association was open
             log.warning("c-store refused: unknown calling AE", extra={"calling_ae": calling_ae})
-            return status_dataset(NOT_AUTHORIZED, "unknown-calling-ae")
+            return NOT_AUTHORIZED, "unknown-calling-ae"
         try:
             result = accept(org)
         except IngestUnavailable:
             log.warning("c-store failed: dependency unavailable", extra={"org": org, "channel": CHANNEL})
-            return status_dataset(OUT_OF_RESOURCES, "try-again-later")
+            return OUT_OF_RESOURCES, "try-again-later"
         except Exception:  # never let a bug look like success; the type is logged, not the text
             log.exception("c-store failed: unexpected error", extra={"org": org, "channel": CHANNEL})
-            return status_dataset(PROCESSING_FAILURE, "processing-failure")
-        return status_dataset(status_for_result(result), error_comment(result))
+            return PROCESSING_FAILURE, "processing-failure"
+        return status_for_result(result), error_comment(result)
 
 
 def _received_file(event: Event) -> Path | None:
@@ -159,9 +173,7 @@ def receive_to_files(folder: Path) -> None:
     """
     folder.mkdir(parents=True, exist_ok=True)
     _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
-        tempfile.NamedTemporaryFile, dir=folder, prefix=".tmp-c-store-"
-    )
+    dimse_messages.NamedTemporaryFile = ReceivedFiles(folder, ".tmp-c-store-")  # type: ignore[assignment]
     dimse_messages.create_file_meta = dimse_encoding.create_file_meta  # type: ignore[assignment]
     dimse_messages.write_file_meta_info = dimse_encoding.write_file_meta_info
 
