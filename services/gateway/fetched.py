@@ -23,7 +23,9 @@ IN_MEMORY_UP_TO = 4 * 1024 * 1024
 class Fetched:
     """The object's bytes (`data`) or its file (`path`); `discard` deletes a file the fetch made."""
 
-    def __init__(self, data: bytes | None = None, path: Path | None = None, scratch: Path | None = None) -> None:
+    def __init__(
+        self, data: bytes | bytearray | None = None, path: Path | None = None, scratch: Path | None = None
+    ) -> None:
         if (data is None) == (path is None):
             raise ValueError("a fetched object is bytes or a file, not both")
         self.data, self.path = data, path

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,37 @@ def test_https_trusts_what_httpx_trusted(tmp_path: Path, monkeypatch: pytest.Mon
         stranger.close()
     finally:
         state.close()
+
+
+def test_an_answer_not_framed_by_a_content_length_is_read_by_http_client(tmp_path: Path) -> None:
+    """The plain GET takes only a Content-Length; a chunked answer is asked for again through http.client."""
+    body = bytes(range(256)) * 300
+    requests: list[str] = []
+
+    class Chunked(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (body[:1000], body[1000:]):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Chunked)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    fetcher = Fetcher(KEY, tmp_path)
+    try:
+        fetched = fetcher.fetch(delivery(f"http://127.0.0.1:{httpd.server_address[1]}/o", body))
+        assert fetched.data == body
+        assert requests == ["/o", "/o"]
+    finally:
+        fetcher.close()
+        httpd.shutdown()
+        httpd.server_close()
