@@ -235,3 +235,30 @@ def test_files_are_byte_for_byte_pynetdicoms(tmp_path: Path, monkeypatch: pytest
     # Hashed as written, each file's SHA-256 is known without reading it again (and only then).
     assert hashes["direct"] == [hashlib.sha256(data).hexdigest() for data in files["direct"]]
     assert hashes["pynetdicom"] == [None] * len(files["pynetdicom"])
+
+
+def test_a_store_requests_command_set_is_pydicoms_when_asked_for_and_not_decoded_before() -> None:
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import decode, encode
+    from pynetdicom.pdu_primitives import P_DATA
+
+    request = C_STORE()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = "1.2.3.4"
+    request.Priority = 2
+    sent = C_STORE_RQ()
+    sent.primitive_to_message(request)
+    sent.command_set.CommandDataSetType = 0x0101  # no data set: complete with the command
+    encoded = bytes(encode(sent.command_set, True, True))
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((1, b"\x03" + encoded))
+    message = dimse_receive.new_message()
+    assert message.decode_msg(primitive)
+    assert isinstance(message, C_STORE_RQ)
+    assert "command_set" not in vars(message)  # left undecoded by the store itself
+    assert message.command_set == decode(BytesIO(encoded), True, True)
+    assert message.command_set is message.command_set  # decoded once
