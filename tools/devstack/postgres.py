@@ -56,6 +56,14 @@ SERVER_SETTINGS = {
     # ~40 kB each), that scan decompressed every document: ~16 ms per lookup against ~0.3 ms by the
     # index. Custom plans cost a replanning per statement (no measurable difference for a 3-row insert).
     "plan_cache_mode": "force_custom_plan",
+    # Even a custom plan chose that scan while the log's heap was a few pages (its documents live in the
+    # TOAST table, which the planner does not count): hundreds of scans in one `make bench` after
+    # `make clean`. Every collection has an index on `_id`, and a query without one has no other plan.
+    "enable_seqscan": "off",
+    # ... which adds 1e10 to the estimated cost of every scan that has no index to use, far above the
+    # costs that make PostgreSQL compile a query's expressions with LLVM: no JIT, or each such query
+    # (e.g. a `$gte` on `_id`, which FerretDB does not push down) would be compiled every time.
+    "jit": "off",
 }
 
 
