@@ -39,6 +39,7 @@ from services.common.topics import Topics
 from tools.bench_orthanc import orthanc_exchange
 from tools.bench_partner import ReceiptReader, partner_side, skip_leftovers, wait_gateway_ready
 from tools.bench_results import BenchRun, OrthancFigures, cpu_deltas, latencies_ms, result_line
+from tools.bench_settle import wait_settled
 from tools.bench_setup import BenchConfig, configure, unconfigure
 from tools.demo.senders import c_store
 from tools.devstack import Layout, Ports, registered
@@ -270,7 +271,6 @@ def measure(
                     print(f"no file arrived for {args.stall_timeout:.0f} s: giving up", flush=True)
                     break
                 if len(arrived) >= len(files):
-                    cpu_after = sample(pids)
                     break
                 if not side.gateway.alive():
                     raise RuntimeError(
@@ -283,6 +283,15 @@ def measure(
         while len(latencies_ms(reader.receipts, started_ms)) < len(arrived) and time.monotonic() < receipts_deadline:
             reader.poll(timeout_ms=200)
         reader.close()
+        settle_s = 0.0
+        if len(arrived) >= len(files):
+            # The CPU window closes once delivery and audit have taken everything the run produced
+            # (the partner's receipts, audit's last second of records), not at the last arrival.
+            settling = time.monotonic()
+            if unsettled := wait_settled(internal, topics, client_config=admin):
+                print(f"{unsettled} messages still unread by delivery or audit after 30 s", flush=True)
+            cpu_after = sample(pids)
+            settle_s = time.monotonic() - settling
         for sender in senders:
             sender.join()
         sender_cpu = children_cpu_s() - sender_cpu
@@ -301,6 +310,7 @@ def measure(
     )
     if use_storescu and stored:
         run.extra["sender_cpu_ms_per_instance"] = round(sender_cpu * 1000 / len(files), 2)
+    run.extra["settle_s"] = round(settle_s, 2)  # from the last arrival and its receipts to the CPU window's end
     return run
 
 

@@ -1,0 +1,66 @@
+"""When a `make bench` run has settled: the last stages have read and committed everything on their topics.
+
+The last file reaching the partner's PACS is not the end of the pipeline's work: the partner's receipt
+still goes to delivery and audit, and audit reads every topic up to a second behind (its fetch waits for
+a full batch). Closing the CPU window at the last arrival left about 3% of audit's records, and their
+FerretDB and PostgreSQL work, out of the figures; the window now closes when these groups have
+committed the end of every partition they read.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from services.audit.consumer import GROUP_ID as AUDIT_GROUP
+from services.audit.records import subscription_pattern
+from services.common.topics import Topics
+from services.delivery.handler import delivery_pattern
+
+
+def unread(
+    ends: Mapping[TopicPartition, int], starts: Mapping[TopicPartition, int], committed: Mapping[TopicPartition, int]
+) -> int:
+    """Messages not yet committed: each partition from its committed offset (its start if the group
+    never committed there) to its end (pure)."""
+    return sum(max(0, end - committed.get(tp, starts.get(tp, 0))) for tp, end in ends.items())
+
+
+def last_groups(topics: Topics) -> dict[str, str]:
+    """The consumer groups that finish a run, with the regex of the topics each reads."""
+    return {
+        f"{topics.prefix}{AUDIT_GROUP}": subscription_pattern(topics),
+        f"{topics.prefix}imx-delivery": delivery_pattern(topics),
+    }
+
+
+def wait_settled(
+    bootstrap: str, topics: Topics, timeout_s: float = 30.0, client_config: Mapping[str, str] | None = None
+) -> int:
+    """Until every group of `last_groups` has committed everything on its topics, or `timeout_s`; the
+    messages still unread then (0 when settled)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, metrics_enabled=False, **(client_config or {}))
+    groups = {group: re.compile(pattern) for group, pattern in last_groups(topics).items()}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            names = consumer.topics()
+            left = 0
+            for group, pattern in groups.items():
+                read = [t for t in names if pattern.match(t)]
+                partitions = [TopicPartition(t, p) for t in read for p in consumer.partitions_for_topic(t) or ()]
+                if not partitions:
+                    continue
+                ends, starts = consumer.end_offsets(partitions), consumer.beginning_offsets(partitions)
+                offsets = admin.list_group_offsets({group: None}).get(group, {})
+                left += unread(ends, starts, {tp: meta.offset for tp, meta in offsets.items()})
+            if left == 0 or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.25)
+    finally:
+        consumer.close()
+        admin.close()
