@@ -45,9 +45,12 @@ PAGE_RECORDS = 500  # a study's share of one batch rarely exceeds this; longer o
 DUPLICATE_KEY = 11000
 _CODEC: CodecOptions = CodecOptions(tz_aware=True, tzinfo=UTC)
 _CACHE_LIMIT = 200_000
-# zlib level of a page: 6 writes a page ~25% smaller than 1, which FerretDB returns ~15% faster (it
-# handles the blob as base64 in PostgreSQL's JSON), for ~2 ms more per 400 kB page written.
-COMPRESSION = 6
+# zlib level of a page. Level 2 (deflate's fast match, longer chains than 1) writes a page ~20% larger
+# than 6 (~12% smaller than 1) in less than half of 6's time: the bench's records, pages of one batch of
+# 2,000, 4.4 µs a record against 10.1 at 6 and 4.7 at 1; reading costs the same (~1.8 µs a record).
+# A page is written once and read by the few trails that ask for it; every record is compressed in two
+# or three pages, so the writer's cost is what counts (README, "Measured").
+COMPRESSION = 2
 
 
 def records_hash(records: Iterable[AuditRecord]) -> str:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from google.protobuf.message import DecodeError
 
@@ -29,6 +29,7 @@ from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 _MAX_TEXT = 1000
 
 
@@ -90,6 +91,8 @@ class AuditRecord(TypedDict):
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(AuditRecord.__annotations__)
+_BLANK: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+_VALUES: dict[EventType, str] = {t: t.value for t in EventType}  # an enum's .value is a descriptor call
 
 # Message class name (the imx-event-type header) → event type, for topics audit does not know by name.
 _HEADER_TYPES: dict[str, EventType] = {
@@ -142,18 +145,20 @@ def _types_by_topic(topics: Topics) -> dict[str, EventType]:
 
 
 def to_datetime(epoch_ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=epoch_ms)
+    return _EPOCH + timedelta(0, 0, 0, epoch_ms)  # positional: half the cost of milliseconds=
 
 
 def to_epoch_ms(moment: datetime) -> int:
     """Naive datetimes are taken as UTC."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
+    return (moment - _EPOCH) // _MS
 
 
 def truncate_ms(moment: datetime) -> datetime:
-    """BSON dates hold milliseconds: records carry exactly what MongoDB will give back."""
+    """BSON dates hold milliseconds: records carry exactly what MongoDB will give back (in UTC)."""
+    if moment.tzinfo is UTC:  # every record's own times: no arithmetic needed
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
     return to_datetime(to_epoch_ms(moment))
 
 
@@ -189,39 +194,19 @@ def _event_record(
 
 
 def _empty_record(event_type: EventType, ev_id: str, message: IncomingMessage, recorded_at: datetime) -> AuditRecord:
+    """Every field present, in AuditRecord's order, None but the event's names and times: a copy of
+    _BLANK with seven fields set costs a third of building the 29-field dict by keywords."""
     recorded = truncate_ms(recorded_at)
-    return AuditRecord(
-        _id=f"{event_type.value}:{ev_id}",
-        event_type=event_type.value,
-        event_id=ev_id,
-        causation_id=None,
-        topic=message.topic,
-        study_uid=None,
-        series_uid=None,
-        sop_uid=None,
-        delivered_study_uid=None,
-        delivered_series_uid=None,
-        delivered_sop_uid=None,
-        source_org=None,
-        channel=None,
-        requested_partner_id=None,
-        partner_id=None,
-        route_id=None,
-        profile=None,
-        profile_version=None,
-        deidentified=None,
-        stage=None,
-        status=None,
-        reason=None,
-        detail=None,
-        source=None,
-        # The broker's timestamp stands in when an event carries no time of its own.
-        occurred_at=to_datetime(message.timestamp_ms) if message.timestamp_ms > 0 else recorded,
-        ingested_at=None,
-        recorded_at=recorded,
-        modality=None,
-        size_bytes=None,
-    )
+    kind = _VALUES[event_type]
+    record = cast(AuditRecord, _BLANK.copy())
+    record["_id"] = f"{kind}:{ev_id}"
+    record["event_type"] = kind
+    record["event_id"] = ev_id
+    record["topic"] = message.topic
+    # The broker's timestamp stands in when an event carries no time of its own.
+    record["occurred_at"] = to_datetime(message.timestamp_ms) if message.timestamp_ms > 0 else recorded
+    record["recorded_at"] = recorded
+    return record
 
 
 def _text(value: str) -> str | None:
