@@ -76,13 +76,33 @@ def pacs() -> Iterator[CountingPacs]:
 def replicas_on_free_ports() -> list[Replica]:
     """Two of each scaled stage, one audit and one central gateways process, every port a free one (the
     checkout's own devstack may be running on the usual ports)."""
+    wanted = [(name, index) for name in SERVICES for index in ((1, 2) if name in SCALED else (1,))]
+    # One allocation for every port: sockets held at once are distinct; one call per replica could be
+    # handed a port another replica was given a moment before.
+    spare = iter(free_ports(sum(1 + len(SERVICES[name].other) for name, _ in wanted)))
     plan = []
-    for name, usual in SERVICES.items():
-        for index in (1, 2) if name in SCALED else (1,):
-            grpc, *others = free_ports(1 + len(usual.other))
-            ports = ServicePorts(grpc, tuple((var, port) for (var, _), port in zip(usual.other, others, strict=True)))
-            plan.append(Replica(name, index, ports))
+    for name, index in wanted:
+        ports = ServicePorts(next(spare), tuple((var, next(spare)) for var, _ in SERVICES[name].other))
+        plan.append(Replica(name, index, ports))
     return plan
+
+
+def wait_until_ingest_admits(replica: Replica, calling_ae: str, within_s: float) -> None:
+    """C-ECHO as the sender until this ingest replica admits it: each replica re-reads the
+    organisations on its own, so one that has not yet seen the new one refuses the association."""
+    dicom_port = dict(replica.ports.other)["IMX_DICOM_PORT"]
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    deadline = time.monotonic() + within_s
+    while True:
+        assoc = ae.associate("127.0.0.1", dicom_port, ae_title="IMX")
+        if assoc.is_established:
+            status = assoc.send_c_echo()
+            assoc.release()
+            if status and status.Status == 0x0000:
+                return
+        assert time.monotonic() < deadline, f"{replica.name} did not admit {calling_ae} within {within_s:.0f} s"
+        time.sleep(0.5)
 
 
 def status(replica: Replica) -> control_pb2.StatusReply:
@@ -176,14 +196,20 @@ def test_two_replicas_of_each_stage_share_the_work_and_deliver_every_instance_on
             time.sleep(1)
         assert all(held.values()), f"every replica holds partitions of its input: {held}"
         print(f"stack up and settled after {time.monotonic() - begun:.1f} s")
-        time.sleep(3)  # three of the replicas' refresh periods
+        time.sleep(3)  # three of the routing replicas' refresh periods
 
         ingests = [by_name["ingest"], by_name["ingest-2"]]
+        for replica in ingests:
+            wait_until_ingest_admits(replica, AE_TITLE, within_s=30)
         accepted = [0, 0]
+        failures: list[str] = []
 
         def send(i: int) -> None:
             dicom_port = dict(ingests[i].ports.other)["IMX_DICOM_PORT"]
-            accepted[i] = c_store(files[i::2], AE_TITLE, "127.0.0.1", dicom_port)
+            try:
+                accepted[i] = c_store(files[i::2], AE_TITLE, "127.0.0.1", dicom_port)
+            except Exception as exc:  # said in the assertion below, not lost in a thread's traceback
+                failures.append(f"{ingests[i].name}: {exc!r}")
 
         senders = [threading.Thread(target=send, args=(i,)) for i in range(2)]
         started = time.monotonic()
@@ -191,7 +217,7 @@ def test_two_replicas_of_each_stage_share_the_work_and_deliver_every_instance_on
             sender.start()
         for sender in senders:
             sender.join(timeout=120)
-        assert sum(accepted) == len(files), accepted
+        assert sum(accepted) == len(files), (accepted, failures)
 
         deadline = time.monotonic() + 120
         while pacs.count() < len(files) and time.monotonic() < deadline:
