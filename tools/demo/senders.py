@@ -28,8 +28,10 @@ def c_store(
     port: int,
     called_ae: str = "IMX",
     on_sent: Callable[[int], None] | None = None,
+    on_refusal: Callable[[int | None], None] | None = None,
 ) -> int:
-    """Send over one association; returns how many the SCP accepted (status 0x0000)."""
+    """Send over one association; returns how many the SCP accepted (status 0x0000). `on_refusal` hears
+    every other answer's status (None: no answer at all)."""
     ae = AE(ae_title=calling_ae)
     ae.maximum_pdu_size = 1024 * 1024
     contexts = [build_context(uid, [EXPLICIT_LE]) for uid in sop_classes(files)]
@@ -43,6 +45,8 @@ def c_store(
             status = assoc.send_c_store(path)
             if status and status.Status == 0x0000:
                 accepted += 1
+            elif on_refusal:
+                on_refusal(int(status.Status) if status else None)
             if on_sent:
                 on_sent(1)
     finally:
