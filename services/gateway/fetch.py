@@ -23,9 +23,11 @@ Content-Length) is asked for again through http.client, which also serves HTTPS.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -38,7 +40,15 @@ from urllib.parse import SplitResult, urlsplit
 import httpx
 
 from services.gateway.fetched import IN_MEMORY_UP_TO, Fetched
-from services.gateway.plain_get import NotPlain, PlainSockets, exchange, receive_pieces, receive_whole, request_bytes
+from services.gateway.plain_get import (
+    KeepAlive,
+    NotPlain,
+    exchange,
+    open_socket,
+    receive_pieces,
+    receive_whole,
+    request_bytes,
+)
 from services.proto_gen.imx.v1 import events_pb2
 
 ACCEPT = 'application/dicom, multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -132,67 +142,6 @@ def _boundary(content_type: str) -> bytes | None:
     return None
 
 
-class _Connections:
-    """Keep-alive connections, one per thread and (scheme, host, port); `close_all` ends every one."""
-
-    def __init__(self) -> None:
-        self._ssl_context: ssl.SSLContext | None = None  # made when first needed
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: set[http.client.HTTPConnection] = set()
-
-    def get(self, url: SplitResult) -> tuple[http.client.HTTPConnection, bool]:
-        """(connection, reused): a connection this thread opened before, else a new one."""
-        key = (url.scheme, url.hostname or "", url.port)
-        mine: dict[tuple[str, str, int | None], http.client.HTTPConnection] | None
-        mine = getattr(self._local, "connections", None)
-        if mine is None:
-            mine = self._local.connections = {}
-        found = mine.get(key)
-        if found is not None:
-            return found, True
-        connection = self._connect(url)
-        mine[key] = connection
-        with self._lock:
-            self._open.add(connection)
-        return connection, False
-
-    def _connect(self, url: SplitResult) -> http.client.HTTPConnection:
-        connection: http.client.HTTPConnection
-        if url.scheme == "https":
-            if self._ssl_context is None:
-                self._ssl_context = httpx.create_ssl_context()
-            connection = http.client.HTTPSConnection(
-                url.hostname or "", url.port, timeout=CONNECT_TIMEOUT_S, context=self._ssl_context
-            )
-        else:
-            connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=CONNECT_TIMEOUT_S)
-        try:
-            connection.connect()
-            assert connection.sock is not None
-            connection.sock.settimeout(READ_TIMEOUT_S)
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
-    def drop(self, url: SplitResult, connection: http.client.HTTPConnection) -> None:
-        """Close a connection that cannot be used again (an error, an answer not read to its end)."""
-        mine = getattr(self._local, "connections", {})
-        if mine.get((url.scheme, url.hostname or "", url.port)) is connection:
-            del mine[(url.scheme, url.hostname or "", url.port)]
-        with self._lock:
-            self._open.discard(connection)
-        connection.close()
-
-    def close_all(self) -> None:
-        with self._lock:
-            connections, self._open = self._open, set()
-        for connection in connections:
-            with contextlib.suppress(Exception):
-                connection.close()
-
-
 class Fetcher:
     def __init__(self, dicomweb_key: str, incoming: Path, client: httpx.Client | None = None) -> None:
         self._headers = {"Authorization": f"Bearer {dicomweb_key}", "Accept": ACCEPT}
@@ -201,8 +150,14 @@ class Fetcher:
         self._proxied_client: httpx.Client | None = None
         self._lock = threading.Lock()
         self._proxies = urllib.request.getproxies_environment()
-        self._connections = _Connections()
-        self._plain = PlainSockets(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+        self._ssl_context: ssl.SSLContext | None = None  # made when first needed
+        # By (scheme, host, port) through http.client; by (host, port) for plain_get.py's GET.
+        self._connections: KeepAlive[tuple[str, str, int | None], http.client.HTTPConnection]
+        self._connections = KeepAlive(self._connect, http.client.HTTPConnection.close)
+        self._plain: KeepAlive[tuple[str, int], socket.socket] = KeepAlive(
+            functools.partial(open_socket, connect_timeout_s=CONNECT_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S),
+            socket.socket.close,
+        )
         incoming.mkdir(parents=True, exist_ok=True)
 
     def fetch(self, delivery: events_pb2.PartnerDelivery) -> Fetched:
@@ -239,23 +194,11 @@ class Fetcher:
         return self._download_direct(url, delivery.blob.size, out)
 
     def _download_plain(self, url: SplitResult, limit: int, out: _Sink) -> tuple[str, int]:
-        host, port = url.hostname or "", url.port or 80
-        request = request_bytes(
-            (url.path or "/") + (f"?{url.query}" if url.query else ""), url.netloc.rpartition("@")[2], self._headers
-        )
+        key = (url.hostname or "", url.port or 80)
+        request = request_bytes(_target(url), url.netloc.rpartition("@")[2], self._headers)
         with _network_errors():
-            sock, reused = self._plain.get(host, port)
+            sock, (head, first) = self._plain.first_answer(key, lambda sock: exchange(sock, request))
         try:
-            with _network_errors():
-                try:
-                    head, first = exchange(sock, request)
-                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                    if not reused:
-                        raise
-                    # The server closed the idle connection meanwhile: once more, on a new one.
-                    self._plain.drop(host, port, sock)
-                    sock, _ = self._plain.get(host, port)
-                    head, first = exchange(sock, request)
             _raise_for(head.status)
             if head.length is None:
                 raise NotPlain()
@@ -266,22 +209,13 @@ class Fetcher:
                 out.write(body)
                 digest, size = hashlib.sha256(body).hexdigest(), len(body)
             else:
-                hashed = hashlib.sha256()
-                answer = _Answer(out, hashed, _boundary(head.content_type) if multipart else None)
                 pieces = receive_pieces(sock, first, head.length, PIECE)
-                while True:
-                    with _network_errors():
-                        piece = next(pieces, b"")
-                    if not piece:
-                        break
-                    answer.feed(piece, limit)  # a failed write is the gateway's disk, raised as it is
-                answer.finish()
-                digest, size = hashed.hexdigest(), answer.size
+                digest, size = _stream(pieces, head.content_type, out, limit)
         except BaseException:
-            self._plain.drop(host, port, sock)  # an answer not read to its end
+            self._plain.drop(key, sock)  # an answer not read to its end
             raise
         if not head.keep_alive:
-            self._plain.drop(host, port, sock)
+            self._plain.drop(key, sock)
         return digest, size
 
     def _proxied(self, url: SplitResult) -> bool:
@@ -296,47 +230,38 @@ class Fetcher:
             return self._proxied_client
 
     def _download_direct(self, url: SplitResult, limit: int, out: _Sink) -> tuple[str, int]:
-        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        key = (url.scheme, url.hostname or "", url.port)
+        target = _target(url)
         with _network_errors():
-            connection, response = self._request(url, target)
+            connection, response = self._connections.first_answer(key, lambda c: _get(c, target, self._headers))
         try:
             _raise_for(response.status)
-            digest = hashlib.sha256()
-            content_type = response.getheader("content-type", "")
-            answer = _Answer(
-                out, digest, _boundary(content_type) if content_type.lower().startswith("multipart/") else None
-            )
-            while True:
-                with _network_errors():
-                    piece = response.read(PIECE)
-                if not piece:
-                    break
-                answer.feed(piece, limit)  # a failed write is the gateway's disk, raised as it is
-            answer.finish()
+            pieces = iter(functools.partial(response.read, PIECE), b"")
+            digest, size = _stream(pieces, response.getheader("content-type", ""), out, limit)
         except BaseException:
-            self._connections.drop(url, connection)  # an answer not read to its end
+            self._connections.drop(key, connection)  # an answer not read to its end
             raise
         if response.will_close:
-            self._connections.drop(url, connection)
-        return digest.hexdigest(), answer.size
+            self._connections.drop(key, connection)
+        return digest, size
 
-    def _request(self, url: SplitResult, target: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        connection, reused = self._connections.get(url)
+    def _connect(self, key: tuple[str, str, int | None]) -> http.client.HTTPConnection:
+        scheme, host, port = key
+        connection: http.client.HTTPConnection
+        if scheme == "https":
+            if self._ssl_context is None:
+                self._ssl_context = httpx.create_ssl_context()
+            connection = http.client.HTTPSConnection(host, port, timeout=CONNECT_TIMEOUT_S, context=self._ssl_context)
+        else:
+            connection = http.client.HTTPConnection(host, port, timeout=CONNECT_TIMEOUT_S)
         try:
-            try:
-                connection.request("GET", target, headers=self._headers)
-                return connection, connection.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                if not reused:
-                    raise
-            # The server closed the idle connection meanwhile: once more, on a new one.
-            self._connections.drop(url, connection)
-            connection, _ = self._connections.get(url)
-            connection.request("GET", target, headers=self._headers)
-            return connection, connection.getresponse()
+            connection.connect()
+            assert connection.sock is not None
+            connection.sock.settimeout(READ_TIMEOUT_S)
         except BaseException:
-            self._connections.drop(url, connection)
+            connection.close()
             raise
+        return connection
 
     def close(self) -> None:
         self._connections.close_all()
@@ -351,8 +276,9 @@ class _Answer:
     """The body of an answer as it arrives: written and hashed, the first part of a multipart one only;
     never more than the delivery's size."""
 
-    def __init__(self, out: _Sink, digest: hashlib._Hash, boundary: bytes | None) -> None:
+    def __init__(self, out: _Sink, digest: hashlib._Hash, content_type: str) -> None:
         self._out, self._digest = out, digest
+        boundary = _boundary(content_type) if content_type.lower().startswith("multipart/") else None
         self._part = _FirstPart(boundary, out, digest) if boundary else None
         self.size = 0
 
@@ -370,6 +296,30 @@ class _Answer:
     def finish(self) -> None:
         if self._part is not None and not self._part.done:
             raise FetchFailure("truncated-multipart", retryable=True)
+
+
+def _target(url: SplitResult) -> str:
+    """The request target (RFC 9112 3.2.1, origin-form): the path, "/" when empty, and the query."""
+    return (url.path or "/") + (f"?{url.query}" if url.query else "")
+
+
+def _get(connection: http.client.HTTPConnection, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    connection.request("GET", target, headers=headers)
+    return connection.getresponse()
+
+
+def _stream(pieces: Iterator[bytes], content_type: str, out: _Sink, limit: int) -> tuple[str, int]:
+    """An answer's body as it arrives, an empty piece its end: (SHA-256, size) of what `_Answer` wrote."""
+    digest = hashlib.sha256()
+    answer = _Answer(out, digest, content_type)
+    while True:
+        with _network_errors():
+            piece = next(pieces, b"")
+        if not piece:
+            break
+        answer.feed(piece, limit)  # a failed write is the gateway's disk, raised as it is
+    answer.finish()
+    return digest.hexdigest(), answer.size
 
 
 @contextlib.contextmanager
@@ -390,10 +340,7 @@ def _download_with(
     try:
         with client.stream("GET", delivery.retrieval_url, headers=headers) as response:
             _raise_for(response.status_code)
-            content_type = response.headers.get("content-type", "")
-            answer = _Answer(
-                out, digest, _boundary(content_type) if content_type.lower().startswith("multipart/") else None
-            )
+            answer = _Answer(out, digest, response.headers.get("content-type", ""))
             for chunk in response.iter_bytes(PIECE):
                 answer.feed(chunk, delivery.blob.size)
             answer.finish()

@@ -1,7 +1,7 @@
 """A GET over plain HTTP/1.1 for the gateway's fetches (fetch.py): the request written as one prepared
 piece, the answer's head read with the first piece of its body, and a body of known length received
-into one buffer of that length. One keep-alive socket per thread and server, as fetch.py's http.client
-connections.
+into one buffer of that length. One keep-alive socket per thread and server, in the same pool
+(`KeepAlive`) as fetch.py's http.client connections.
 
 http.client builds each request header by header, parses each answer's head with the email package
 and reads the body through a buffered reader: measured alone on 2026-12-03 (one process fetching a
@@ -16,14 +16,23 @@ fetch.py asks again by http.client, which reads any framing.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 HEAD_PIECE = 65536
 MAX_HEAD_BYTES = 65536
+
+# How a kept-alive connection the server closed while it was idle fails on its first use again.
+STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+K = TypeVar("K", bound=Hashable)
+C = TypeVar("C")
+R = TypeVar("R")
 
 
 class NotPlain(Exception):
@@ -125,46 +134,72 @@ def receive_pieces(sock: socket.socket, first: bytes, length: int, piece: int) -
         yield received
 
 
-class PlainSockets:
-    """Keep-alive sockets, one per thread and (host, port); `close_all` ends every one."""
+def open_socket(address: tuple[str, int], connect_timeout_s: float, read_timeout_s: float) -> socket.socket:
+    """A TCP connection to `address`, set up as http.client sets up its own."""
+    sock = socket.create_connection(address, timeout=connect_timeout_s)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(read_timeout_s)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
-    def __init__(self, connect_timeout_s: float, read_timeout_s: float) -> None:
-        self._connect_timeout_s, self._read_timeout_s = connect_timeout_s, read_timeout_s
+
+class KeepAlive(Generic[K, C]):
+    """Keep-alive connections, one per thread and key, made by `connect(key)` and ended by `close`;
+    `close_all` ends every one."""
+
+    def __init__(self, connect: Callable[[K], C], close: Callable[[C], object]) -> None:
+        self._connect, self._close = connect, close
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
+        self._open: set[C] = set()
 
-    def get(self, host: str, port: int) -> tuple[socket.socket, bool]:
-        """(socket, reused): one this thread opened before, else a new one."""
-        mine: dict[tuple[str, int], socket.socket] | None = getattr(self._local, "sockets", None)
+    def get(self, key: K) -> tuple[C, bool]:
+        """(connection, reused): one this thread opened before, else a new one."""
+        mine: dict[K, C] | None = getattr(self._local, "connections", None)
         if mine is None:
-            mine = self._local.sockets = {}
-        found = mine.get((host, port))
+            mine = self._local.connections = {}
+        found = mine.get(key)
         if found is not None:
             return found, True
-        sock = socket.create_connection((host, port), timeout=self._connect_timeout_s)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client sets it
-            sock.settimeout(self._read_timeout_s)
-        except BaseException:
-            sock.close()
-            raise
-        mine[(host, port)] = sock
+        connection = self._connect(key)
+        mine[key] = connection
         with self._lock:
-            self._open.add(sock)
-        return sock, False
+            self._open.add(connection)
+        return connection, False
 
-    def drop(self, host: str, port: int, sock: socket.socket) -> None:
-        """Close a socket that cannot be used again (an error, an answer not read to its end)."""
-        mine = getattr(self._local, "sockets", {})
-        if mine.get((host, port)) is sock:
-            del mine[(host, port)]
+    def drop(self, key: K, connection: C) -> None:
+        """Close a connection that cannot be used again (an error, an answer not read to its end)."""
+        mine: dict[K, C] = getattr(self._local, "connections", {})
+        if mine.get(key) is connection:
+            del mine[key]
         with self._lock:
-            self._open.discard(sock)
-        sock.close()
+            self._open.discard(connection)
+        self._close(connection)
 
     def close_all(self) -> None:
         with self._lock:
-            sockets, self._open = self._open, set()
-        for sock in sockets:
-            sock.close()
+            connections, self._open = self._open, set()
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                self._close(connection)
+
+    def first_answer(self, key: K, ask: Callable[[C], R]) -> tuple[C, R]:
+        """(connection, `ask(connection)`) on this thread's connection for `key`. A reused connection
+        that fails as one the server closed while idle does (STALE) is asked once more on a new one;
+        a new one is not. A connection that failed is dropped."""
+        connection, reused = self.get(key)
+        try:
+            try:
+                return connection, ask(connection)
+            except STALE:
+                if not reused:
+                    raise
+            self.drop(key, connection)
+            connection, _ = self.get(key)
+            return connection, ask(connection)
+        except BaseException:
+            self.drop(key, connection)
+            raise
