@@ -443,6 +443,17 @@ COMMIT_INTERVAL_S = 5.0
 CLOSE_COMMIT_TIMEOUT_MS = 5000
 
 
+# How much longer than the broker may hold a fetch a poll waits for its answer.
+POLL_MARGIN_MS = 200
+
+
+def poll_wait_ms(poll_timeout_ms: int, fetch_max_wait_ms: int) -> int:
+    """A poll outlasts the fetch it waits for. Audit's fetch waits up to a second for company while its
+    poll gave up after 0.5 s: every other poll came back empty in the middle of a busy run, and an empty
+    poll commits at once, so audit committed about twice a second instead of every five."""
+    return max(poll_timeout_ms, fetch_max_wait_ms + POLL_MARGIN_MS)
+
+
 class StageConsumer:
     """The I/O shell of a stage: poll a bounded batch, run the handler, publish, repeat; commit what was
     published at most every `commit_interval_s`, and whenever a poll finds nothing new. While records
@@ -513,7 +524,7 @@ class StageConsumer:
         self._dead_letter_topic = dead_letter_topic
         self._stage = stage
         self._stats = stats
-        self._poll_timeout_ms = poll_timeout_ms
+        self._poll_timeout_ms = poll_wait_ms(poll_timeout_ms, fetch_max_wait_ms)
         self._max_batch = max_batch
         self._retry_backoff_s = retry_backoff_s
         self._max_backoff_s = max_backoff_s
