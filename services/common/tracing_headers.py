@@ -1,20 +1,45 @@
 """W3C trace context carried in Kafka headers, so one trace follows an instance across every hop.
 
-Only `traceparent` and `tracestate` travel (no baggage), so the W3C Trace Context propagator is used
-directly, one instance for the process, rather than the global composite one (which also runs the
-baggage propagator on every call). Every consumed record pays for this: the headers are read in place
-through a getter instead of being copied into a str dict first.
+By default only `traceparent` and `tracestate` travel (no baggage), so the W3C Trace Context propagator
+is used directly, one instance for the process, rather than the global composite one (which also runs
+the baggage propagator on every call). Every consumed record pays for this: the headers are read in
+place through a getter instead of being copied into a str dict first.
+
+`OTEL_PROPAGATORS` is honoured as the OpenTelemetry SDKs read it: unset, `tracecontext` or
+`tracecontext,baggage` keep the direct path above (baggage is not carried over Kafka); `none` carries
+nothing; any other list (e.g. `b3`, with its package installed) is loaded from the installed
+propagators, and a name that is not installed stops the service at start with a clear error.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
-from opentelemetry.propagators.textmap import Getter
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util._importlib_metadata import entry_points
 
-TRACE_HEADERS = ("traceparent", "tracestate")
+# Names that keep the direct W3C path (the SDKs' default is "tracecontext,baggage").
+_DIRECT = ({"tracecontext"}, {"tracecontext", "baggage"})
+
+
+def propagator_for(configured: str | None) -> TextMapPropagator:
+    """The propagator an `OTEL_PROPAGATORS` value asks for (see the module's docstring)."""
+    names = [name.strip().lower() for name in (configured or "").split(",") if name.strip()]
+    if not names or set(names) in _DIRECT:
+        return TraceContextTextMapPropagator()
+    if "none" in names:
+        return CompositePropagator([])
+    loaded: list[TextMapPropagator] = []
+    for name in names:
+        found = list(entry_points(group="opentelemetry_propagator", name=name))
+        if not found:
+            raise ValueError(f"OTEL_PROPAGATORS names {name!r}, which is not installed (or misspelled)")
+        loaded.append(found[0].load()())
+    return CompositePropagator(loaded)
 
 
 class _HeaderGetter(Getter[Mapping[str, bytes]]):
@@ -28,8 +53,10 @@ class _HeaderGetter(Getter[Mapping[str, bytes]]):
         return list(carrier)
 
 
-_PROPAGATOR = TraceContextTextMapPropagator()
+_PROPAGATOR = propagator_for(os.environ.get("OTEL_PROPAGATORS"))
 _GETTER = _HeaderGetter()
+# The headers the propagator writes: replaced, never doubled, when a record is re-published.
+TRACE_HEADERS = tuple(sorted(_PROPAGATOR.fields))
 
 
 def trace_headers(context: otel_context.Context | None = None) -> dict[str, bytes]:
