@@ -48,6 +48,7 @@ from pynetdicom.transport import AssociationSocket
 
 from services.common.dicom.part10 import PREAMBLE_BYTES
 from services.ingest import command_sets, dimse_encoding
+from services.ingest.received_files import ReceivedFile
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,8 @@ def decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association | No
                 file.imx_sha256.update(piece)
                 if control & 2:
                     file.file.flush()
+                    if isinstance(file, ReceivedFile):
+                        file.received()  # no longer on its way for the group commit (received_files)
             else:
                 cast(BytesIO, msg.data_set).write(data[1:])
             if control & 2:

@@ -9,6 +9,14 @@ instance in ingest's DUL threads). A `ReceivedFile` is one `os.open` (exclusive 
 reading too, so acceptance maps the received instance from this descriptor instead of opening the
 file again (`open_fd`), and it counts the bytes written, so nobody asks the file for its size.
 Writes go straight to the descriptor: nothing is buffered, so there is nothing to flush.
+
+`ReceivedFiles.receiving` counts the data sets being received at the moment (a file started, its last
+fragment not written yet, not closed): the group commit (commit_group.py) waits, at most its
+`gather_s`, for those too, not only for instances already being stored. With two `storescu`
+associations a leader otherwise found the other association's instance still arriving about half
+the time and committed alone: ~1.5 instances per Kafka produce request and MongoDB command, not 2.
+A transfer that began more than `RECEIVING_HORIZON_S` ago is not counted: a slow or stalled sender
+(or a transfer abandoned by an abort, whose file nobody closes here) never holds groups back.
 """
 
 from __future__ import annotations
@@ -16,20 +24,31 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 _ATTEMPTS = 100  # as tempfile.TMP_MAX: a name taken (by another process's luck) is tried again
+RECEIVING_HORIZON_S = 0.5  # a CT data set arrives in a few ms on a LAN; a longer transfer is not waited for
 
 
 class ReceivedFile:
     """One data set's file, open for writing (and reading) until `close`."""
 
-    def __init__(self, fd: int, name: str) -> None:
+    def __init__(self, fd: int, name: str, done: Callable[[ReceivedFile], None] | None = None) -> None:
         self.fd = fd
         self.name = name
         self.size = 0  # bytes written
         self.file = self  # pynetdicom calls `file.flush()` after each fragment it writes
+        self._done = done  # told once: the last fragment was written, or the file closed
+
+    def received(self) -> None:
+        """The data set's last fragment is written (dimse_receive): it is no longer `receiving`."""
+        done, self._done = self._done, None
+        if done is not None:
+            done(self)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write all of `data` (a regular file takes it in one call, barring a signal or a full disk)."""
@@ -52,6 +71,7 @@ class ReceivedFile:
         return self.fd
 
     def close(self) -> None:
+        self.received()
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
@@ -70,13 +90,33 @@ class ReceivedFiles:
         self._prefix = prefix
         self._token = secrets.token_hex(6)
         self._numbers = itertools.count()
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}  # id of each file being received: when it was started
+
+    def receiving(self) -> int:
+        """Data sets being received, each started less than `RECEIVING_HORIZON_S` ago."""
+        with self._lock:
+            if not self._started:
+                return 0
+            oldest = time.monotonic() - RECEIVING_HORIZON_S
+            for key in [key for key, started in self._started.items() if started < oldest]:
+                del self._started[key]  # never told (an abandoned transfer) or slow: forgotten
+            return len(self._started)
+
+    def _received(self, file: ReceivedFile) -> None:
+        with self._lock:
+            self._started.pop(id(file), None)
 
     def __call__(self, delete: bool = False, mode: str = "wb", suffix: str = "") -> ReceivedFile:
         """A new file; `delete` and `mode` are pynetdicom's arguments (False, "wb"), taken as given."""
         for _ in range(_ATTEMPTS):
             name = f"{self._folder}/{self._prefix}{self._token}-{next(self._numbers)}{suffix}"
             try:
-                return ReceivedFile(os.open(name, _FLAGS, 0o600), name)
+                file = ReceivedFile(os.open(name, _FLAGS, 0o600), name, self._received)
             except FileExistsError:  # left by an earlier process that drew the same token
                 self._token = secrets.token_hex(6)
+                continue
+            with self._lock:
+                self._started[id(file)] = time.monotonic()
+            return file
         raise FileExistsError(f"no free name for a received file in {self._folder}")

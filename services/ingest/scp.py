@@ -162,20 +162,23 @@ def _received_file(event: Event) -> Path | None:
     return Path(path) if path else None
 
 
-def receive_to_files(folder: Path) -> None:
+def receive_to_files(folder: Path) -> ReceivedFiles:
     """Have pynetdicom write received C-STORE data sets to files in `folder` instead of memory.
 
     Both are process-wide in pynetdicom 3 (its switch, and the NamedTemporaryFile it calls with no
     folder, i.e. /tmp); ingest is the only SCP in its process. A transfer aborted midway leaves its
     `.tmp-` file behind, which `LocalBlobStore.sweep_temporaries` removes. The file's meta group is
     written by `dimse_encoding` (the same bytes, without pydicom's writer); these two names are used
-    by pynetdicom only where it starts such a file.
+    by pynetdicom only where it starts such a file. Returns the files' maker, which counts the data
+    sets still arriving (`ReceivedFiles.receiving`, for the group commit).
     """
     folder.mkdir(parents=True, exist_ok=True)
     _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = ReceivedFiles(folder, ".tmp-c-store-")  # type: ignore[assignment]
+    files = ReceivedFiles(folder, ".tmp-c-store-")
+    dimse_messages.NamedTemporaryFile = files  # type: ignore[assignment]
     dimse_messages.create_file_meta = dimse_encoding.create_file_meta  # type: ignore[assignment]
     dimse_messages.write_file_meta_info = dimse_encoding.write_file_meta_info
+    return files
 
 
 class IngestRequestHandler(WaitingRequestHandler):
@@ -224,7 +227,8 @@ class DicomReceiver:
         self, acceptance: Acceptance, load_ae_titles: Callable[[], Mapping[str, str]], settings: IngestSettings
     ) -> None:
         self._settings = settings
-        receive_to_files(settings.blob_dir)
+        # A group commit waits for C-STORE data sets still arriving too (received_files.py).
+        acceptance.commits.also_wait_for(receive_to_files(settings.blob_dir).receiving)
         self._ae = build_ae(settings)
         self.calling_aets = CallingAeTitles(load_ae_titles, self._set_required, settings.calling_ae_refresh_s)
         self._handler = StoreHandler(acceptance, self.calling_aets)

@@ -4,6 +4,7 @@ flush and one mark; asserted on counted calls, never on timings."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -291,4 +292,49 @@ def test_an_instance_with_nothing_on_its_way_waits_for_nothing() -> None:
     group = _gathering_group(bus)
     with group.expecting() as expected:
         assert group.commit(_commit(0), expected) is Outcome.PUBLISHED  # a 60 s gather would time the test out
+    assert [len(flush) for flush in bus.flushes] == [1]
+
+
+def test_a_leader_waits_for_an_instance_still_arriving_and_commits_both_in_one_flush() -> None:
+    bus = GatedBus()
+    bus.gate.set()
+    group = _gathering_group(bus)
+    arriving = [1]  # the other association's data set: its PDUs still coming
+    group.also_wait_for(lambda: arriving[0])
+    outcomes: dict[int, Outcome] = {}
+    first = threading.Thread(target=lambda: outcomes.__setitem__(0, group.commit(_commit(0))))
+    first.start()
+    wait_for(lambda: group.queued == 1, 10, "the first instance to wait for the arriving one")
+    assert not bus.flushes
+
+    def second() -> None:
+        with group.expecting() as expected:
+            arriving[0] = 0  # its last fragment written: now being stored
+            outcomes[1] = group.commit(_commit(1), expected)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    for t in (first, thread):
+        t.join(10)
+    assert outcomes == {0: Outcome.PUBLISHED, 1: Outcome.PUBLISHED}
+    assert [len(flush) for flush in bus.flushes] == [2]
+
+
+def test_nothing_arriving_and_nothing_on_its_way_waits_for_nothing() -> None:
+    bus = GatedBus()
+    bus.gate.set()
+    group = _gathering_group(bus)
+    group.also_wait_for(lambda: 0)
+    assert group.commit(_commit(0)) is Outcome.PUBLISHED  # a 60 s gather would time the test out
+    assert [len(flush) for flush in bus.flushes] == [1]
+
+
+def test_an_arrival_that_never_comes_holds_the_leader_no_longer_than_the_gather() -> None:
+    bus = GatedBus()
+    bus.gate.set()
+    group = CommitGroup(MemoryReceiptStore(), bus.publish, clock=lambda: 1_000, gather_s=0.05)
+    group.also_wait_for(lambda: 1)  # an abandoned transfer, say
+    started = time.monotonic()
+    assert group.commit(_commit(0)) is Outcome.PUBLISHED
+    assert 0.04 <= time.monotonic() - started < 5
     assert [len(flush) for flush in bus.flushes] == [1]

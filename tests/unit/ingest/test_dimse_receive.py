@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, dimse_messages
 from pynetdicom.events import Event
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
@@ -29,6 +29,7 @@ from services.ingest.dimse_receive import (
     presentation_data_values,
     read_pdu_data,
 )
+from services.ingest.received_files import ReceivedFiles
 from services.ingest.scp import status_dataset
 from services.ingest.settings import IngestSettings
 from tests.unit.ingest.scp_servers import receive_to_files_for_this_test, serve_stores
@@ -235,6 +236,29 @@ def test_files_are_byte_for_byte_pynetdicoms(tmp_path: Path, monkeypatch: pytest
     # Hashed as written, each file's SHA-256 is known without reading it again (and only then).
     assert hashes["direct"] == [hashlib.sha256(data).hexdigest() for data in files["direct"]]
     assert hashes["pynetdicom"] == [None] * len(files["pynetdicom"])
+
+
+@pytest.mark.usefixtures("chunked")
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_data_set_is_no_longer_arriving_once_its_last_fragment_is_written(tmp_path: Path) -> None:
+    files = dimse_messages.NamedTemporaryFile
+    assert isinstance(files, ReceivedFiles)
+    arriving: list[int] = []
+    received = _Received()
+
+    def store(event: Event) -> Dataset:
+        arriving.append(files.receiving())  # its own data set complete: nothing arriving (one sender)
+        return received.store(event)
+
+    settings = IngestSettings(dicom_port=0, blob_dir=tmp_path, dicom_timeout_s=10, dicom_max_pdu=4096)
+    server, port = serve_stores(settings, store)
+    try:
+        _send(port, max_pdu=4096)
+    finally:
+        server.shutdown()
+    assert len(received.files) == len(_instances())
+    assert arriving == [0] * len(_instances())
+    assert files.receiving() == 0
 
 
 def test_a_store_requests_command_set_is_pydicoms_when_asked_for_and_not_decoded_before() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from services.common.blob_store import LocalBlobStore, sha256_hex
 from services.common.topics import Topics
+from services.ingest import received_files
 from services.ingest.acceptance import Acceptance, Accepted
 from services.ingest.receipts import MemoryReceiptStore
 from services.ingest.received_files import ReceivedFiles
@@ -82,3 +83,35 @@ def test_an_instance_accepted_through_its_writers_descriptor_is_stored_whole_and
     assert not Path(file.name).exists()
     # Only the blob store opened it (to make it durable); acceptance read it through the descriptor.
     assert opened.count(file.name) == 1
+
+
+def test_a_data_set_is_receiving_from_its_file_until_its_last_fragment_or_close(tmp_path: Path) -> None:
+    files = ReceivedFiles(tmp_path, ".tmp-c-store-")
+    assert files.receiving() == 0
+    first = files(delete=False, mode="wb", suffix=".dcm")
+    second = files(delete=False, mode="wb", suffix=".dcm")
+    assert files.receiving() == 2
+    first.received()
+    first.received()  # told twice: counted once
+    assert files.receiving() == 1
+    first.close()
+    assert files.receiving() == 1
+    second.close()  # an aborted transfer's file closed before its last fragment
+    assert files.receiving() == 0
+
+
+def test_a_transfer_started_longer_ago_than_the_horizon_is_no_longer_receiving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = ReceivedFiles(tmp_path, ".tmp-c-store-")
+    now = [1_000.0]
+    monkeypatch.setattr(received_files.time, "monotonic", lambda: now[0])
+    stalled = files(delete=False, mode="wb", suffix=".dcm")
+    assert files.receiving() == 1
+    now[0] += received_files.RECEIVING_HORIZON_S + 0.01
+    assert files.receiving() == 0  # never told (abandoned), or slow: forgotten
+    stalled.close()  # told late: harmless
+    assert files.receiving() == 0
+    stalled_again = files(delete=False, mode="wb", suffix=".dcm")
+    assert files.receiving() == 1
+    stalled_again.close()
