@@ -308,6 +308,36 @@ def new_message() -> DIMSEMessage:
     return message
 
 
+def drop_abandoned_data_set(assoc: Association) -> None:
+    """Have `assoc` (an acceptor, before its DUL starts) close and remove, when its DUL thread ends,
+    the file of a C-STORE data set it was still receiving (`ReceivedFile.abandon`).
+
+    The DUL thread is the only one that writes a data set's file (P-DATA is decoded there, by this
+    module or by pynetdicom), and pynetdicom takes a message off `dimse.message` as soon as it is
+    complete: the one still there when that thread ends (release, A-ABORT, a dropped connection, the
+    network timeout, a kill) is a data set that never completed and was never handed to acceptance.
+    Nothing else is changed, per association or per instance."""
+    dul = assoc.dul
+    run_dul = dul.run
+    dimse = assoc.dimse
+
+    def run_then_drop() -> None:
+        try:
+            run_dul()
+        finally:
+            message = dimse.message
+            file = getattr(message, "_data_set_file", None)
+            if isinstance(file, ReceivedFile):
+                dimse.message = None  # as pynetdicom leaves it after a message; `missing_data_sets` skips it
+                if file.abandon():
+                    log.info(
+                        "c-store transfer abandoned midway: its partial file removed",
+                        extra={"calling_ae": assoc.requestor.ae_title.strip(), "received_bytes": file.size},
+                    )
+
+    dul.run = run_then_drop  # type: ignore[method-assign]
+
+
 def receive_directly(assoc: Association) -> bool:
     """Make `assoc` (an acceptor, before its DUL starts) receive P-DATA-TF PDUs and C-STORE data sets
     as described in the module doc, unless a handler wants pynetdicom's PDU objects (then False)."""

@@ -16,18 +16,30 @@ fragment not written yet, not closed): the group commit (commit_group.py) waits,
 associations a leader otherwise found the other association's instance still arriving about half
 the time and committed alone: ~1.5 instances per Kafka produce request and MongoDB command, not 2.
 A transfer that began more than `RECEIVING_HORIZON_S` ago is not counted: a slow or stalled sender
-(or a transfer abandoned by an abort, whose file nobody closes here) never holds groups back.
+never holds groups back.
+
+A transfer the sender abandons midway (A-ABORT, a dropped connection, the network timeout) is
+`abandon`ed when its association's DUL thread ends (`dimse_receive.drop_abandoned_data_set`): its
+file closed and removed. A file object closed its descriptor when garbage-collected and this does not
+by itself, so without that every abandoned transfer kept one descriptor open, and its partial file,
+for the life of the process (issue 9). A file dropped unclosed any other way (a complete data set
+queued behind another request when the association ended, never served) has its descriptor closed
+when it is collected (`__del__`); its file is left for `LocalBlobStore.sweep_temporaries`.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 _ATTEMPTS = 100  # as tempfile.TMP_MAX: a name taken (by another process's luck) is tried again
@@ -43,9 +55,14 @@ class ReceivedFile:
         self.size = 0  # bytes written
         self.file = self  # pynetdicom calls `file.flush()` after each fragment it writes
         self._done = done  # told once: the last fragment was written, or the file closed
+        self.complete = False  # the last fragment was written (dimse_receive): never `abandon`ed
 
     def received(self) -> None:
         """The data set's last fragment is written (dimse_receive): it is no longer `receiving`."""
+        self.complete = True
+        self._untrack()
+
+    def _untrack(self) -> None:
         done, self._done = self._done, None
         if done is not None:
             done(self)
@@ -71,10 +88,34 @@ class ReceivedFile:
         return self.fd
 
     def close(self) -> None:
-        self.received()
+        self._untrack()
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
+
+    def abandon(self) -> bool:
+        """Close and remove the file of a data set whose last fragment never came, its association
+        ended: nobody will accept it. A complete one is left alone (it may be on its way into the
+        blob store). True when removed."""
+        if self.complete:
+            return False
+        self.close()
+        try:
+            os.unlink(self.name)
+        except FileNotFoundError:  # removed already
+            return False
+        except OSError as exc:  # not ours to remove: the store's sweep has it
+            log.warning("abandoned c-store file not removed", extra={"error": type(exc).__name__})
+            return False
+        return True
+
+    def __del__(self) -> None:
+        # Dropped unclosed (module doc): its descriptor is not kept for the life of the process. Only
+        # ever runs once nothing else refers to this file, so the number cannot be in use elsewhere.
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with suppress(OSError):
+                os.close(fd)
 
     @property
     def closed(self) -> bool:

@@ -166,8 +166,9 @@ def receive_to_files(folder: Path) -> ReceivedFiles:
     """Have pynetdicom write received C-STORE data sets to files in `folder` instead of memory.
 
     Both are process-wide in pynetdicom 3 (its switch, and the NamedTemporaryFile it calls with no
-    folder, i.e. /tmp); ingest is the only SCP in its process. A transfer aborted midway leaves its
-    `.tmp-` file behind, which `LocalBlobStore.sweep_temporaries` removes. The file's meta group is
+    folder, i.e. /tmp); ingest is the only SCP in its process. A transfer abandoned midway has its
+    `.tmp-` file closed and removed when its association ends (`IngestRequestHandler`); one left by a
+    crash is removed by `LocalBlobStore.sweep_temporaries`. The file's meta group is
     written by `dimse_encoding` (the same bytes, without pydicom's writer); these two names are used
     by pynetdicom only where it starts such a file. Returns the files' maker, which counts the data
     sets still arriving (`ReceivedFiles.receiving`, for the group commit).
@@ -185,7 +186,10 @@ class IngestRequestHandler(WaitingRequestHandler):
     """Each association waits for work (`WaitingRequestHandler`), sends its C-STORE responses encoded
     directly and has no debug-log handlers (services/ingest/dimse_encoding.py), receives P-DATA into
     one buffer per PDU, written to the data set's file from there (services/ingest/dimse_receive.py),
-    and serves its C-STORE requests in the thread that received them (services/ingest/dimse_serve.py).
+    serves its C-STORE requests in the thread that received them (services/ingest/dimse_serve.py),
+    and closes and removes the file of a data set still arriving when its DUL thread ends
+    (`dimse_receive.drop_abandoned_data_set`: issue 9, a sender's abort or dropped connection would
+    otherwise keep its descriptor open and its partial file for the life of the process).
 
     That leaves the association thread nothing to do for a store: it is signalled for every message,
     release, abort and kill, and wakes unsignalled only to look at the network timeout, every
@@ -198,6 +202,7 @@ class IngestRequestHandler(WaitingRequestHandler):
         dimse_encoding.without_log_handlers(assoc)
         dimse_encoding.send_store_responses_directly(assoc)
         direct = dimse_receive.receive_directly(assoc)
+        dimse_receive.drop_abandoned_data_set(assoc)
         dimse_serve.serve_stores_in_receiver(assoc, dimse_receive.new_message if direct else DIMSEMessage)
         return assoc
 
