@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from services.common.blob_splices import SPLICE_SUFFIX
-from services.common.blob_store import LocalBlobStore, fsync_directory, refreshed, write_all, write_hashed
+from services.common.blob_store import (
+    LocalBlobStore,
+    drop_cached_path,
+    fsync_directory,
+    refreshed,
+    write_all,
+    write_hashed,
+)
 
 
 class BatchedBlobWrites:
@@ -39,6 +46,7 @@ class BatchedBlobWrites:
     def __init__(self, store: LocalBlobStore) -> None:
         self._store = store
         self._pending: list[tuple[int, str, str]] = []  # (open temp file, its name, final path), in write order
+        self._finished: list[str] = []  # inputs read for the last time, their pages dropped by `settle`
 
     @property
     def pending(self) -> int:
@@ -58,6 +66,12 @@ class BatchedBlobWrites:
 
     def exists(self, sha256: str) -> bool:
         return self._store.exists(sha256)
+
+    def finished_with(self, sha256: str) -> None:
+        """The stored input `sha256` is not read again in the normal path (its output was written whole,
+        nothing refers to it): its cached pages are dropped once the batch is durable (blob_store
+        `drop_cached`), so a retry before then still reads it from the cache."""
+        self._finished.append(self._store.object_path(sha256))
 
     def put_chunks(self, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
         """Hash and write `chunks` to a temp file beside the objects; (SHA-256, size). The object is
@@ -80,7 +94,9 @@ class BatchedBlobWrites:
         when `source` is not a stored object that `tail` ends)."""
         planned = self._store.spliced(head, tail, source, offset)
         if planned is None:
-            return self.put_chunks((head, tail))
+            written = self.put_chunks((head, tail))
+            self.finished_with(source)
+            return written
         digest, size, splice = planned
         if splice is None:
             return digest, size
@@ -98,6 +114,7 @@ class BatchedBlobWrites:
         then fsync each folder once. On any failure the temp files not yet renamed are removed and the
         error is raised (the bus reads the batch again, which writes them again)."""
         pending, self._pending = self._pending, []
+        finished, self._finished = self._finished, []
         try:
             for fd, _, _ in pending:
                 os.fsync(fd)
@@ -110,6 +127,8 @@ class BatchedBlobWrites:
                 folders[folder] = None
             for folder in folders:
                 fsync_directory(folder)
+            for path in finished:
+                drop_cached_path(path)
         except BaseException:
             for _, tmp_name, _ in pending:
                 Path(tmp_name).unlink(missing_ok=True)

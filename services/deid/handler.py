@@ -206,7 +206,13 @@ def _write(blobs: BlobStore, result: DeidResult, source: events_pb2.BlobRef, spl
         head, tail = result.chunks
         if isinstance(head, bytes) and isinstance(tail, memoryview) and offset + len(tail) == source.size:
             return put_spliced(head, tail, source.sha256, offset)
-    return blobs.put_chunks(result.chunks)
+    written = blobs.put_chunks(result.chunks)
+    # Written whole, the input is read no more in the normal path (delivery serves the output):
+    # BatchedBlobWrites drops its cached pages once the output is durable.
+    finished_with: Callable[[str], None] | None = getattr(blobs, "finished_with", None)
+    if finished_with is not None:
+        finished_with(source.sha256)
+    return written
 
 
 def prepare_event(

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from services.common.blob_splices import Extent
+from services.common.blob_store import LaggedDrop
 from services.common.dicom.uids import is_conformant_uid
 from services.common.events import now_ms
 from services.common.http_direct import FileAnswer
@@ -112,6 +113,8 @@ def create_partner_app(
     `cached_partner_for_key`: the partner of a key known without any I/O, else None (then
     `partner_for_key` is asked, in a worker thread)."""
     ctx = RequestContext(delivered, blob_extent, record_retrieval, clock, public_url, prefix)
+    # An object sent whole is done with in the normal path (each is fetched once): its pages are let go.
+    served = LaggedDrop()
     app = PartnerApp(
         title="imx partner DICOMweb",
         openapi_url=f"{prefix}/openapi.json",
@@ -206,7 +209,7 @@ def create_partner_app(
                 # What streaming would read in one piece anyway, sent as one body (by sendfile where the
                 # server offers it): no hand-over to a worker thread per chunk. Counted by `answer`.
                 try:
-                    return ObjectResponse(parts[0].extent(), parts[0].size, DICOM + syntax)
+                    return ObjectResponse(parts[0].extent(), parts[0].size, DICOM + syntax, served)
                 except OSError:  # collected since `file_part` looked: as if it had been gone then
                     raise Refusal(410, "the object is no longer available") from None
             return StreamingResponse(

@@ -33,7 +33,13 @@ class ObjectResponse(Response):
     A spliced object (services/common/blob_splices.py) is sent as its head, then its source's range by
     sendfile with that offset and count: the bytes on the wire are the same as for a plain object."""
 
-    def __init__(self, where: Path | Extent, size: int, media_type: str) -> None:
+    _handed_over = False
+
+    def __init__(
+        self, where: Path | Extent, size: int, media_type: str, release: Callable[[BinaryIO], None] | None = None
+    ) -> None:
+        """`release`: takes the file once the whole answer is sent (blob_store.LaggedDrop: the object is
+        read once in the normal path, so its pages are dropped a few answers later); None: closed then."""
         extent = where if isinstance(where, Extent) else Extent(b"", where, 0, size)
         if extent.size != size:
             raise OSError("the object's extent is not its recorded size")
@@ -45,11 +51,13 @@ class ObjectResponse(Response):
             handle.close()
             raise
         self.handle, self.size, self.head, self.offset = handle, size, extent.head, extent.offset
+        self.release = release
         super().__init__(None, media_type=media_type, headers={"content-length": str(size)})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         count = self.size - len(self.head)
-        with self.handle:
+        whole = False
+        try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             if ZERO_COPY_SEND in scope.get("extensions", {}):
                 if self.head:
@@ -58,6 +66,9 @@ class ObjectResponse(Response):
             else:
                 self.handle.seek(self.offset)
                 await send({"type": "http.response.body", "body": self.head + self.handle.read(count)})
+            whole = True
+        finally:
+            self._let_go(whole)
         if self.background is not None:
             await self.background()
 
@@ -66,13 +77,21 @@ class ObjectResponse(Response):
         once it is written, then `sent` is called (its background task is not run)."""
 
         def done(whole: bool) -> None:
-            self.handle.close()
+            self._let_go(whole)
             sent(whole)
 
         count = self.size - len(self.head)
         return FileAnswer(self.status_code, self.raw_headers, self.head, self.handle, self.offset, count, done)
 
+    def _let_go(self, whole: bool) -> None:
+        """The file, once the answer is out: to `release` when it was sent whole, else closed."""
+        if whole and self.release is not None and not self._handed_over:
+            self._handed_over = True
+            self.release(self.handle)
+        elif not self._handed_over:
+            self.handle.close()
+
     def __del__(self) -> None:
         handle = getattr(self, "handle", None)  # absent when the constructor refused the file
-        if handle is not None:
+        if handle is not None and not self._handed_over:
             handle.close()
