@@ -225,17 +225,17 @@ def test_two_replicas_of_each_stage_share_the_work_and_deliver_every_instance_on
 
         def send(i: int) -> None:
             dicom_port = dict(ingests[i].ports.other)["IMX_DICOM_PORT"]
+
             # A sender whose association fails resends what it sent on a new one, as storescu users and
             # PACS do; ingest takes a resent instance again without a second delivery (asserted below).
             # Twice in fresh-clone CI runs (never in eight local ones) one replica left the first
             # C-STORE of its association unanswered for the sender's 30 s DIMSE timeout: the stacks
             # of that replica are kept as a warning, for whoever finds the cause.
+            def refused(status: int | None) -> None:
+                failures.append(f"{ingests[i].name}: status {'none' if status is None else hex(status)}")
+
             for attempt in range(2):
                 before = len(failures)
-
-                def refused(status: int | None) -> None:
-                    failures.append(f"{ingests[i].name}: status {'none' if status is None else hex(status)}")
-
                 try:
                     accepted[i] = c_store(files[i::2], AE_TITLE, "127.0.0.1", dicom_port, on_refusal=refused)
                 except Exception as exc:  # said in the assertion below, not lost in a thread's traceback
