@@ -42,6 +42,7 @@ from services.common.lanes import LaneGate
 from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
 from services.common.positions import ConsumerPositions
 from services.common.stats import StageStats
+from services.common.topic_metadata import await_topic_metadata
 from services.common.tracing_headers import (
     extract_trace_context,
     inject_trace_headers,
@@ -520,6 +521,8 @@ class StageConsumer:
             self._consumer.subscribe(pattern=pattern)
         else:
             self._consumer.subscribe(list(topics))
+            # A pattern's consumer fetches every topic's metadata before it joins; a list's may not.
+            await_topic_metadata(self._consumer, topics)
         self._producer = producer
         self._dead_letter_topic = dead_letter_topic
         self._stage = stage

@@ -47,6 +47,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from services.common.events import EVENT_TYPE_HEADER, now_ms
 from services.common.lanes import RANK, LaneGate
+from services.common.topic_metadata import await_topic_metadata
 from services.common.topics import LANES, ROUTINE, Topics
 from services.gateway.fetch import Fetcher, FetchFailure
 from services.gateway.fetch_ahead import FetchAhead, discard
@@ -174,6 +175,7 @@ class Gateway:
         lanes = Topics.lanes_of(topic)
         self._lane_of.update(zip(lanes, LANES, strict=True))
         self._consumer.subscribe(lanes, listener=self._rebalance)
+        await_topic_metadata(self._consumer, lanes)  # the first assignment then covers every lane
 
     def _rank(self, tp: TopicPartition) -> int:
         return RANK[self._lane_of.get(tp.topic, ROUTINE)]
