@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -88,22 +86,6 @@ def replicas_on_free_ports() -> list[Replica]:
         ports = ServicePorts(next(spare), tuple((var, next(spare)) for var, _ in SERVICES[name].other))
         plan.append(Replica(name, index, ports))
     return plan
-
-
-def stacks_of(instance_id: str, topic_prefix: str) -> str:
-    """py-spy's dump of the service process with this instance id and topic prefix (diagnosis only)."""
-    wanted = {f"IMX_INSTANCE_ID={instance_id}".encode(), f"IMX_TOPIC_PREFIX={topic_prefix}".encode()}
-    for proc in Path("/proc").iterdir():
-        try:
-            environ = set((proc / "environ").read_bytes().split(b"\0"))
-            command = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if wanted <= environ and b"services." in command and b"supervise" not in command:
-            spy = Path(sys.executable).with_name("py-spy")
-            done = subprocess.run([str(spy), "dump", "--pid", proc.name], capture_output=True, text=True, timeout=30)
-            return (done.stdout or done.stderr)[:6000]
-    return "(process not found)"
 
 
 def wait_until_ingest_admits(replica: Replica, calling_ae: str, within_s: float) -> None:
@@ -228,9 +210,11 @@ def test_two_replicas_of_each_stage_share_the_work_and_deliver_every_instance_on
 
             # A sender whose association fails resends what it sent on a new one, as storescu users and
             # PACS do; ingest takes a resent instance again without a second delivery (asserted below).
-            # Twice in fresh-clone CI runs (never in eight local ones) one replica left the first
-            # C-STORE of its association unanswered for the sender's 30 s DIMSE timeout: the stacks
-            # of that replica are kept as a warning, for whoever finds the cause.
+            # Twice in fresh-clone CI a first C-STORE went unanswered for the sender's 30 s DIMSE timeout.
+            # Ingest had answered: the sender's own log said "Received unexpected C-STORE service message",
+            # pynetdicom's reactor thread taking the C-STORE-RSP that send_c_store waited for. Its pause
+            # (`_is_paused` set just before `_reactor_checkpoint.wait()`) lets a reactor that has passed the
+            # wait still read one message (pynetdicom issues 435 and 875 describe the same race).
             def refused(status: int | None) -> None:
                 failures.append(f"{ingests[i].name}: status {'none' if status is None else hex(status)}")
 
@@ -244,8 +228,8 @@ def test_two_replicas_of_each_stage_share_the_work_and_deliver_every_instance_on
                     return
                 if attempt == 0:
                     warnings.warn(
-                        f"{ingests[i].name} failed a sender ({sorted(set(failures[before:]))}); resent. "
-                        f"Its threads then:\n{stacks_of(ingests[i].name, prefix)}",
+                        f"{ingests[i].name}: the sender's association failed ({sorted(set(failures[before:]))}); "
+                        "resent on a new one",
                         stacklevel=1,
                     )
 
