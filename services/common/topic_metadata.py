@@ -6,7 +6,7 @@ metadata: "No partition metadata for topic", an empty assignment, and the consum
 second rebalance once the metadata comes. On a broker holding thousands of topics (the test suite's,
 or a national exchange's with a feed per partner) that second rebalance sometimes never completed:
 in CI a deid or gateway consumer ended outside its group and read nothing for the rest of a test
-(tests/integration/test_priority_lanes.py, reproduced about once in five runs with 4,000 other topics
+(tests/integration/test_priority_lanes.py, reproduced in about 1 run in 7 with 4,000 other topics
 on the broker). With the metadata known before the first JoinGroup, the first assignment is the
 right one.
 
