@@ -81,28 +81,6 @@ def send_request(assoc: Association, command: bytes, data_set: BinaryIO, context
         assoc.dul.send_pdu(pdata)
 
 
-def keep_responses_for_sender(assoc: Association) -> None:
-    """Make the association's reactor put back any response it takes off the DIMSE queue.
-
-    `_send` pauses the reactor before it sends, but pynetdicom's pause is a flag read without a lock:
-    right after the previous send resumed it, the reactor is between its checkpoint and clearing
-    `_is_paused`, so the next send sees a stale "paused" and goes on. When the PACS answers inside
-    that window the reactor takes the C-STORE response, logs it as unexpected and drops it, and the
-    sender waits out the whole DIMSE timeout (back-to-back sends from fetch-ahead hit this about once
-    in 300 instances: seven 60 s stalls in a 2,000-instance `make bench`). Requests from the peer are
-    still served as before."""
-    serve = assoc._serve_request
-    queue = assoc.dimse.msg_queue
-
-    def serve_requests_only(msg: Any, context_id: int) -> None:
-        if msg.is_valid_response:
-            queue.put((context_id, msg))  # the sender's, not the reactor's
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = serve_requests_only  # type: ignore[method-assign]
-
-
 def exchange_in_turn(
     assoc: Association, turn: SocketTurn, sock: socket.socket, send: Callable[[], None], timeout_s: float
 ) -> Any:

@@ -60,10 +60,10 @@ from pynetdicom.presentation import PresentationContext
 
 from services.common.dicom.association_waits import WaitingAE, socket_turn
 from services.common.dicom.command_set import command_element, command_set, ui_value, us_value
+from services.common.dicom.sender_responses import keep_responses_for_sender
 from services.gateway.dimse_exchange import (
     answer_from_dul,
     exchange_in_turn,
-    keep_responses_for_sender,
     pdu_size,
     plain_socket,
     send_request,

@@ -210,11 +210,10 @@ def test_two_replicas_of_each_stage_share_the_work_and_deliver_every_instance_on
 
             # A sender whose association fails resends what it sent on a new one, as storescu users and
             # PACS do; ingest takes a resent instance again without a second delivery (asserted below).
-            # Twice in fresh-clone CI a first C-STORE went unanswered for the sender's 30 s DIMSE timeout.
-            # Ingest had answered: the sender's own log said "Received unexpected C-STORE service message",
-            # pynetdicom's reactor thread taking the C-STORE-RSP that send_c_store waited for. Its pause
-            # (`_is_paused` set just before `_reactor_checkpoint.wait()`) lets a reactor that has passed the
-            # wait still read one message (pynetdicom issues 435 and 875 describe the same race).
+            # Twice in fresh-clone CI a first C-STORE went unanswered for the sender's 30 s DIMSE timeout:
+            # ingest had answered, and the sender's pynetdicom reactor took and dropped the answer
+            # ("Received unexpected C-STORE service message"). The sender now keeps its responses
+            # (services/common/dicom/sender_responses.py); the resend stays for any other failure.
             def refused(status: int | None) -> None:
                 failures.append(f"{ingests[i].name}: status {'none' if status is None else hex(status)}")
 

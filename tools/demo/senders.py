@@ -11,6 +11,8 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
+from services.common.dicom.sender_responses import keep_responses_for_sender
+
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
@@ -38,6 +40,7 @@ def c_store(
     assoc = ae.associate(host, port, contexts=contexts, ae_title=called_ae, max_pdu=1024 * 1024)
     if not assoc.is_established:
         raise ConnectionError(f"association with {called_ae}@{host}:{port} as {calling_ae} was refused")
+    keep_responses_for_sender(assoc)  # else pynetdicom's reactor may take and drop an answer
     accepted = 0
     try:
         for path in files:
