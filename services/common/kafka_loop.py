@@ -8,10 +8,11 @@ future is resolved on another thread the task waits, ready, until a socket or a 
 the loop: with nothing else in flight, for ever. The caller that waits on that task in
 `NetworkSelector.run` waits without a timeout.
 
-Seen in CI (tests/integration/test_priority_lanes.py, a broker holding thousands of topics): a
-stage's `poll()` never returned. Its thread waited in `Fetcher.send_fetches` → `NetworkSelector.run`,
-its I/O thread slept in `select()`, and the broker dropped the consumer from its group, so the stage
-read nothing for the rest of the test. tests/unit/test_kafka_loop.py reproduces the lost wake-up.
+Found while reproducing a CI failure (tests/integration/test_priority_lanes.py, a broker holding
+thousands of topics): one failure dump showed a stage's thread waiting in `Fetcher.send_fetches` →
+`NetworkSelector.run` while its I/O thread slept in `select()`. That failure had another cause
+(services/common/topic_metadata.py): with this mend alone the test still failed. The lost wake-up is
+real on its own: tests/unit/test_kafka_loop.py reproduces it.
 
 Upstream has since made `call_soon` wake the loop (kafka-python pull request 3139, "merge call_soon
 w/ call_soon_threadsafe"); 3.0.12, the newest release available here, does not have it. `mend()`

@@ -22,8 +22,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from kafka import KafkaConsumer
-
 log = logging.getLogger(__name__)
 
 WAIT_S = 10.0
@@ -35,7 +33,7 @@ def missing_topics(topics: Iterable[str], partitions_of: Callable[[str], object]
     return [topic for topic in topics if not partitions_of(topic)]
 
 
-def await_topic_metadata(consumer: KafkaConsumer | object, topics: Iterable[str], wait_s: float = WAIT_S) -> bool:
+def await_topic_metadata(consumer: object, topics: Iterable[str], wait_s: float = WAIT_S) -> bool:
     """Ask for the topics' metadata and wait, at most `wait_s`, until every one has partitions.
     Returns whether they all did."""
     cluster = getattr(consumer, "_cluster", None)
