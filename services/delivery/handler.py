@@ -64,8 +64,14 @@ def signed_ref(refs: RetrievalRefs | None, prepared: events_pb2.InstancePrepared
     return refs.token(prepared.partner_id, i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, signed)
 
 
-def delivered_instance(delivery: events_pb2.PartnerDelivery, source_sha256: str = "") -> DeliveredInstance:
-    """What the retrieval API needs to know of one delivery."""
+def delivered_instance(
+    delivery: events_pb2.PartnerDelivery, prepared: events_pb2.InstancePrepared | None = None
+) -> DeliveredInstance:
+    """What the retrieval API needs to know of one delivery, and what an outcome about it later (expired
+    unread: retention_watch) needs of the instance as received: its UIDs when de-identification changed
+    them, and the sending organisation, so that outcome lands in the study's trail and the sender's figures."""
+    source = prepared.source_instance if prepared is not None else events_pb2.InstanceRef()
+    source_sha256 = prepared.source_blob.sha256 if prepared is not None else ""
     return DeliveredInstance(
         partner_id=delivery.partner_id,
         study_uid=delivery.instance.study_instance_uid,
@@ -78,11 +84,19 @@ def delivered_instance(delivery: events_pb2.PartnerDelivery, source_sha256: str 
         size=delivery.blob.size,
         delivery_id=delivery.meta.event_id,
         source_sha256=source_sha256 if source_sha256 != delivery.blob.sha256 else "",
+        # Like source_sha256, kept only when they differ from the delivered UIDs (a de-identified copy).
+        source_study_uid=_if_changed(source.study_instance_uid, delivery.instance.study_instance_uid),
+        source_sop_uid=_if_changed(source.sop_instance_uid, delivery.instance.sop_instance_uid),
+        source_org=prepared.source_org if prepared is not None else "",
         route_id=delivery.route_id,
         priority=int(delivery.priority),
         delivered_at_ms=delivery.meta.occurred_at_ms,
         ingested_at_ms=delivery.meta.ingested_at_ms,
     )
+
+
+def _if_changed(source: str, delivered: str) -> str:
+    return source if source != delivered else ""
 
 
 def deliver_event(
@@ -188,7 +202,7 @@ class DeliveryHandler:
             self._ensure_partner_topic(prepared.partner_id)
         outputs, delivery = deliver_event(prepared, known, self._topics, self._base, self._clock, self._refs)
         if delivery is not None:
-            self._pending.append(delivered_instance(delivery, prepared.source_blob.sha256))
+            self._pending.append(delivered_instance(delivery, prepared))
         return outputs
 
     def flush(self) -> None:

@@ -7,6 +7,7 @@ from services.common.messages import IncomingMessage
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance, StoredReceipt
 from services.delivery.handler import DeliveryHandler, deliver_event, delivery_pattern
+from services.delivery.retention_watch import expired_outcome
 from services.delivery.retrieval_refs import RetrievalRefs
 from services.proto_gen.imx.v1 import events_pb2
 from tests.unit.event_refs import blob_ref, instance_ref
@@ -131,6 +132,40 @@ def test_the_handler_records_what_each_partner_was_sent_once_per_batch() -> None
         "a" * 64,
         3,
     )
+
+
+def test_what_is_recorded_of_a_delivery_names_the_instance_as_received_so_a_later_expiry_reaches_its_trail() -> None:
+    recorded: list[list[DeliveredInstance]] = []
+    handler = DeliveryHandler(lambda p: p == "lab", Topics(), lambda p: None, recorded.append, BASE)
+    deidentified = _prepared()
+    deidentified.source_blob.CopyFrom(blob_ref("bb", 5))
+    as_sent = _prepared()
+    as_sent.instance.CopyFrom(as_sent.source_instance)  # a pass-through route: the UIDs are the sender's
+    as_sent.blob.CopyFrom(blob_ref("cc", 3))
+    as_sent.source_blob.CopyFrom(as_sent.blob)
+    for prepared in (deidentified, as_sent):
+        handler(IncomingMessage("imx.prepared.v1", 0, 0, None, prepared.SerializeToString()))
+    handler.flush()
+    copy, same = recorded[0]
+    assert (copy.source_study_uid, copy.source_sop_uid, copy.source_org, copy.source_sha256) == (
+        "1.2.3",
+        "1.2.3.4.5",
+        "trust-a",
+        "bb" * 32,
+    )
+    assert (same.source_study_uid, same.source_sop_uid, same.source_org, same.source_sha256) == ("", "", "trust-a", "")
+
+    # The retention watch's outcome when the copy expires unread: about the study the sender sent, from them.
+    outcome_message = expired_outcome(copy, Topics(), clock=lambda: 1)
+    outcome = events_pb2.DeliveryOutcome.FromString(outcome_message.value)
+    assert outcome_message.key == b"1.2.3"
+    assert (outcome.source_instance.study_instance_uid, outcome.source_instance.sop_instance_uid) == (
+        "1.2.3",
+        "1.2.3.4.5",
+    )
+    assert (outcome.instance.study_instance_uid, outcome.source_org) == ("2.25.9", "trust-a")
+    passed_through = events_pb2.DeliveryOutcome.FromString(expired_outcome(same, Topics(), clock=lambda: 1).value)
+    assert passed_through.source_instance.study_instance_uid == "1.2.3" and passed_through.source_org == "trust-a"
 
 
 def test_a_receipt_marks_the_delivery_stored_for_the_partner_that_owns_the_topic() -> None:
