@@ -65,13 +65,12 @@ def signed_ref(refs: RetrievalRefs | None, prepared: events_pb2.InstancePrepared
 
 
 def delivered_instance(
-    delivery: events_pb2.PartnerDelivery, prepared: events_pb2.InstancePrepared | None = None
+    delivery: events_pb2.PartnerDelivery, prepared: events_pb2.InstancePrepared
 ) -> DeliveredInstance:
     """What the retrieval API needs to know of one delivery, and what an outcome about it later (expired
     unread: retention_watch) needs of the instance as received: its UIDs when de-identification changed
     them, and the sending organisation, so that outcome lands in the study's trail and the sender's figures."""
-    source = prepared.source_instance if prepared is not None else events_pb2.InstanceRef()
-    source_sha256 = prepared.source_blob.sha256 if prepared is not None else ""
+    source, source_sha256 = prepared.source_instance, prepared.source_blob.sha256
     return DeliveredInstance(
         partner_id=delivery.partner_id,
         study_uid=delivery.instance.study_instance_uid,
@@ -87,7 +86,7 @@ def delivered_instance(
         # Like source_sha256, kept only when they differ from the delivered UIDs (a de-identified copy).
         source_study_uid=_if_changed(source.study_instance_uid, delivery.instance.study_instance_uid),
         source_sop_uid=_if_changed(source.sop_instance_uid, delivery.instance.sop_instance_uid),
-        source_org=prepared.source_org if prepared is not None else "",
+        source_org=prepared.source_org,
         route_id=delivery.route_id,
         priority=int(delivery.priority),
         delivered_at_ms=delivery.meta.occurred_at_ms,
