@@ -70,7 +70,7 @@ def delivered_instance(
     """What the retrieval API needs to know of one delivery, and what an outcome about it later (expired
     unread: retention_watch) needs of the instance as received: its UIDs when de-identification changed
     them, and the sending organisation, so that outcome lands in the study's trail and the sender's figures."""
-    source, source_sha256 = prepared.source_instance, prepared.source_blob.sha256
+    source = prepared.source_instance
     return DeliveredInstance(
         partner_id=delivery.partner_id,
         study_uid=delivery.instance.study_instance_uid,
@@ -82,8 +82,8 @@ def delivered_instance(
         sha256=delivery.blob.sha256,
         size=delivery.blob.size,
         delivery_id=delivery.meta.event_id,
-        source_sha256=source_sha256 if source_sha256 != delivery.blob.sha256 else "",
-        # Like source_sha256, kept only when they differ from the delivered UIDs (a de-identified copy).
+        # The source's hash and UIDs, kept only where they differ from what was delivered (a de-identified copy).
+        source_sha256=_if_changed(prepared.source_blob.sha256, delivery.blob.sha256),
         source_study_uid=_if_changed(source.study_instance_uid, delivery.instance.study_instance_uid),
         source_sop_uid=_if_changed(source.sop_instance_uid, delivery.instance.sop_instance_uid),
         source_org=prepared.source_org,
