@@ -1,9 +1,12 @@
-"""CPU to write 512 MB into the page cache, and to touch 512 MB of new anonymous memory.
+"""CPU to write 512 MB into the page cache, to touch 512 MB of new anonymous memory, and to make the first
+write into a mapped sparse file of Kafka's index size (10 MiB by default, the devstack's 1 MiB).
 
 `python -m tools.page_cache_probe [FILE]` (FILE on the file system to probe; default var/page-cache-probe.bin,
 removed after). On a virtual machine whose balloon returns freed memory to the host, writing into pages
 the guest has not used lately costs more than into pages freed a moment ago (README, the full-`var/`
-slowdown): run it between benchmarks to see which the next run will get.
+slowdown): run it between benchmarks to see which the next run will get. A kernel that reads a whole sparse
+file in as zeroed pages at the first fault in its mapping makes each new Kafka index cost milliseconds
+(tools/devstack/servers.py, BROKER_INDEX_BYTES); one that reads around the fault costs microseconds.
 """
 
 from __future__ import annotations
@@ -50,14 +53,37 @@ def file_write_s(path: Path, size: int = SIZE) -> tuple[float, float]:
         path.unlink(missing_ok=True)
 
 
+def sparse_map_first_write_s(path: Path, size: int) -> float:
+    """CPU s of the first write into a shared mapping of a new sparse file of `size` bytes, as Kafka makes
+    and maps each segment's offset and time index; the file is removed after."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size) as mapped:
+            cpu = _cpu_s()
+            mapped[0:8] = b"\x00\x00\x00\x01\x00\x00\x00\x02"  # one offset-index entry
+            return _cpu_s() - cpu
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
+def sparse_map_median_ms(path: Path, size: int, runs: int = 5) -> float:
+    """The median of `runs` of `sparse_map_first_write_s`, in ms (one fault is too short to time alone)."""
+    times = sorted(sparse_map_first_write_s(path, size) for _ in range(runs))
+    return times[runs // 2] * 1000
+
+
 def main(argv: list[str]) -> int:
     path = Path(argv[0]) if argv else Path(os.environ.get("IMX_VAR_DIR", "var")) / "page-cache-probe.bin"
     path.parent.mkdir(parents=True, exist_ok=True)
     anon = anonymous_touch_s()
     written = file_write_s(path)
+    index_default, index_devstack = (sparse_map_median_ms(path, size) for size in (10 << 20, 1 << 20))
     print(
         f"anonymous 512 MB: {anon[0]:.3f} s CPU ({anon[1]:.3f} s); "
-        f"page cache 512 MB: {written[0]:.3f} s CPU ({written[1]:.3f} s)"
+        f"page cache 512 MB: {written[0]:.3f} s CPU ({written[1]:.3f} s); "
+        f"first write into a mapped sparse index, 10 MiB: {index_default:.2f} ms CPU, 1 MiB: {index_devstack:.2f} ms"
     )
     return 0
 
