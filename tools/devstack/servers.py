@@ -99,16 +99,16 @@ BROKER_THREADS = {
 
 
 # Kafka gives every partition's active segment an offset index and a time index, each a sparse file of
-# `log.index.size.max.bytes` (10 MiB by default) that it maps and writes entries into. On this machine's
-# kernel (6.18, ext4 with large folios) the first write into such a mapping reads the whole sparse file in
-# as zeroed pages: `python -m tools.page_cache_probe` measures 2.5-3.8 ms of system CPU for a 10 MiB file,
-# 0.29-0.38 ms for 1 MiB (0.01 ms with MADV_RANDOM, which Java cannot ask for). `perf record -g` on the
-# broker during `BENCH_ARGS=--skip-orthanc make bench` (2026-12-03 22:40): 36% of its samples were that
-# zeroing (`filemap_fault` > `page_cache_ra_order` > `ext4_mpage_readpages` > `zero_user_segments`), and
-# with 1 MiB it was gone from the profile. `make clean && make bench`, A B A B, 22:46-22:53: broker 3.51 /
-# 2.08 / 2.55 / 1.99 ms per instance (A: 10 MiB, B: 1 MiB). 1 MiB still holds 87,381 time-index entries,
-# one per 4 KiB of log (`log.index.interval.bytes`): a segment rolls at ~340 MiB instead of 1 GiB, no
-# sooner than that. Nothing about what is written or when it is acknowledged changes.
+# `log.index.size.max.bytes` (10 MiB by default) that it maps and writes entries into. On this machine's kernel
+# (6.18, ext4 with large folios) the first write into such a mapping reads the whole sparse file in as zeroed
+# pages: 1.5-3.8 ms of system CPU for a 10 MiB file, 0.18-0.38 ms for 1 MiB, 0.01 ms with MADV_RANDOM, which
+# Java cannot ask for (`python -m tools.page_cache_probe`, and the write timed alone). `perf record -g` on the
+# broker during `BENCH_ARGS=--skip-orthanc make bench` (2026-12-03 22:40): 36% of its samples were that zeroing
+# (`filemap_fault` > `page_cache_ra_order` > `ext4_mpage_readpages` > `zero_user_segments`); with 1 MiB it was
+# gone from the profile. `make clean && make bench`, A B A B, 22:46-22:53: broker 3.51 / 2.08 / 2.55 / 1.99 ms
+# per instance (A: 10 MiB, B: 1 MiB). 1 MiB still holds 87,381 time-index entries, one per 4 KiB of log
+# (`log.index.interval.bytes`): a segment rolls at ~340 MiB instead of 1 GiB, no sooner than that. Nothing about
+# what is written or when it is acknowledged changes.
 BROKER_INDEX_BYTES = 1 << 20
 
 
