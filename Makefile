@@ -41,7 +41,8 @@ bench: setup
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
 # `make bench` with every service (and the bench's gateway) sampled by py-spy for the whole run: flame graphs
-# in var/profile/<service>.svg, collapsed stacks beside them (<service>.txt). BENCH_ARGS as for bench.
+# in var/profile/<service>.svg, collapsed stacks beside them (<service>.txt); the Kafka broker's by async-profiler
+# (var/profile/kafka.html and kafka.txt). BENCH_ARGS as for bench.
 profile: setup
 	$(PY) -m tools.profile -- $(BENCH_ARGS)
 

@@ -4,7 +4,8 @@ gets a flame graph, var/profile/<name>.svg (and <name>.txt, the same samples as 
 grep and diff). py-spy attaches to running processes (ptrace: root, or CAP_SYS_PTRACE) and reads their
 memory without stopping them (`--nonblocking`), so the run measured is the run profiled, at a small cost
 in CPU per sample. Arguments after `--` go to the bench (`BENCH_ARGS`); the bench's own last line (JSON)
-is printed as it is, then where the graphs are.
+is printed as it is, then where the graphs are. The Kafka broker is profiled too, by async-profiler loaded
+into it (tools/broker_profile.py): var/profile/kafka.html and kafka.txt.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools import broker_profile
 from tools.devstack import Layout, Ports, registered
 from tools.devstack.cli import up
+from tools.devstack.servers import KAFKA
 from tools.services_stack import start_services
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -92,6 +95,30 @@ def find_gateway(bench_pid: int) -> int | None:
     return None
 
 
+def start_broker_profile(pids: list[int]) -> tuple[int, Path] | None:
+    """(broker pid, agent library) once async-profiler runs in the broker; None, said why, when it cannot."""
+    if not pids:
+        print("the broker is not profiled: no kafka process registered", file=sys.stderr)
+        return None
+    try:
+        library = broker_profile.ensure_library()
+        broker_profile.start(pids[0], library)
+    except broker_profile.NotProfiled as why:
+        print(f"the broker is not profiled: {why}", file=sys.stderr)
+        return None
+    return pids[0], library
+
+
+def stop_broker_profile(broker: tuple[int, Path] | None, folder: Path) -> list[Path]:
+    if broker is None:
+        return []
+    try:
+        return broker_profile.stop(*broker, folder)
+    except broker_profile.NotProfiled as why:
+        print(f"the broker's profile was not written: {why}", file=sys.stderr)
+        return []
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Two samplers per process (14 with the bench's gateway): at 50/s py-spy fell ~1 s behind now and then on
@@ -113,6 +140,7 @@ def main() -> int:
     up(layout, ports)
     names = {replica.name for replica in start_services(layout, ports)}
     recordings = [record(p.name, p.pid, folder, args.rate) for p in registered(layout.run) if p.name in names]
+    broker = start_broker_profile([p.pid for p in registered(layout.run) if p.name == KAFKA])
     bench_args = [a for a in args.bench_args if a != "--"]
     bench = subprocess.Popen([sys.executable, "-m", "tools.bench", *bench_args])
     try:
@@ -127,8 +155,10 @@ def main() -> int:
             bench.wait()
         for recording in recordings:
             recording.stop()
+        broker_graphs = stop_broker_profile(broker, folder)
     made = sorted(p for r in recordings for p in r.outputs if p.exists())
-    print(f"flame graphs in {folder}: " + ", ".join(p.name for p in made if p.suffix == ".svg"), flush=True)
+    graphs = [p.name for p in made if p.suffix == ".svg"] + [p.name for p in broker_graphs if p.suffix == ".html"]
+    print(f"flame graphs in {folder}: " + ", ".join(graphs), flush=True)
     missing = [r.name for r in recordings if not all(p.exists() for p in r.outputs)]
     if missing:
         print(f"no profile written for: {', '.join(missing)} (see {folder}/<name>.*.log)", file=sys.stderr)
