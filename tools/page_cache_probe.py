@@ -7,6 +7,12 @@ the guest has not used lately costs more than into pages freed a moment ago (REA
 slowdown): run it between benchmarks to see which the next run will get. A kernel that reads a whole sparse
 file in as zeroed pages at the first fault in its mapping makes each new Kafka index cost milliseconds
 (tools/devstack/servers.py, BROKER_INDEX_BYTES); one that reads around the fault costs microseconds.
+
+It also times making new files (every received instance is one: ingest's, deid's splice record, the
+partner's copy) and says whether the file system keeps a journal. ext4 without one (this project's
+2-core machines) checks, for every new inode, that the free inode it picks was not deleted in the last
+minute (five, while its inode-table block is unwritten), walking the block device's cached buffers to
+read that inode's deletion time (README, "the full-`var/` slowdown", the third effect).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -77,17 +84,48 @@ def sparse_map_median_ms(path: Path, size: int, runs: int = 5) -> float:
     return times[runs // 2] * 1000
 
 
+def file_create_us(folder: Path, count: int = 2000) -> float:
+    """CPU us per new empty file (exclusive create, as ingest makes each received instance's file) in a
+    new folder `folder`, removed after with what it holds."""
+    folder.mkdir(parents=True)
+    try:
+        cpu = _cpu_s()
+        for n in range(count):
+            os.close(os.open(folder / f"f{n}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        return (_cpu_s() - cpu) / count * 1e6
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def ext4_journal(path: Path, sys_root: Path = Path("/sys")) -> bool | None:
+    """Whether the ext4 file system holding `path` keeps a journal; None when it is not ext4 (or this
+    cannot tell). The kernel names the journal's thread in /sys/fs/ext4/<device>/journal_task, `<none>`
+    without one."""
+    device = os.stat(path).st_dev
+    try:
+        block = (sys_root / "dev" / "block" / f"{os.major(device)}:{os.minor(device)}").resolve().name
+        task = (sys_root / "fs" / "ext4" / block / "journal_task").read_text().strip()
+    except OSError:
+        return None
+    return task != "<none>"
+
+
 def main(argv: list[str]) -> int:
     path = Path(argv[0]) if argv else Path(os.environ.get("IMX_VAR_DIR", "var")) / "page-cache-probe.bin"
     path.parent.mkdir(parents=True, exist_ok=True)
     anon = anonymous_touch_s()
     written = file_write_s(path)
     index_default, index_devstack = (sparse_map_median_ms(path, n) for n in (KAFKA_INDEX_BYTES, BROKER_INDEX_BYTES))
+    created = file_create_us(path.with_name(path.name + ".files"))
+    journal = {True: "ext4 with a journal", False: "ext4 without a journal", None: "not ext4"}[
+        ext4_journal(path.parent)
+    ]
     print(
         f"anonymous 512 MB: {anon[0]:.3f} s CPU ({anon[1]:.3f} s); "
         f"page cache 512 MB: {written[0]:.3f} s CPU ({written[1]:.3f} s); "
         f"first write into a mapped sparse index, {KAFKA_INDEX_BYTES >> 20} MiB: {index_default:.2f} ms CPU, "
-        f"{BROKER_INDEX_BYTES >> 20} MiB: {index_devstack:.2f} ms"
+        f"{BROKER_INDEX_BYTES >> 20} MiB: {index_devstack:.2f} ms; "
+        f"a new file: {created:.0f} us CPU ({journal})"
     )
     return 0
 
