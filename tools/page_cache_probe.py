@@ -12,7 +12,10 @@ It also times making new files (every received instance is one: ingest's, deid's
 partner's copy) and says whether the file system keeps a journal. ext4 without one (this project's
 2-core machines) checks, for every new inode, that the free inode it picks was not deleted in the last
 minute (five, while its inode-table block is unwritten), walking the block device's cached buffers to
-read that inode's deletion time (README, "the full-`var/` slowdown", the third effect).
+read that inode's deletion time (README, "the full-`var/` slowdown", the third effect). The probe's own
+2,000 files, deleted after, are such inodes: on such a file system the files made in that folder's group
+over the next minutes pay for them too (repeated probes here: 420, 670, 700 us), so leave a minute or more
+between the probe and a benchmark whose figures matter.
 """
 
 from __future__ import annotations
