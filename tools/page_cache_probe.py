@@ -11,7 +11,7 @@ file in as zeroed pages at the first fault in its mapping makes each new Kafka i
 It also times making new files (every received instance is one: ingest's, deid's splice record, the
 partner's copy) and says whether the file system keeps a journal. ext4 without one (this project's
 2-core machines) checks, for every new inode, that the free inode it picks was not deleted in the last
-minute (five, while its inode-table block is unwritten), walking the block device's cached buffers to
+minute (six, while its inode-table block is unwritten), walking the block device's cached buffers to
 read that inode's deletion time (README, "the full-`var/` slowdown", the third effect). The probe's own
 2,000 files, deleted after, are such inodes: on such a file system the files made in that folder's group
 over the next minutes pay for them too (repeated probes here: 420, 670, 700 us), so leave a minute or more
@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
     written = file_write_s(path)
     index_default, index_devstack = (sparse_map_median_ms(path, n) for n in (KAFKA_INDEX_BYTES, BROKER_INDEX_BYTES))
     created = file_create_us(path.with_name(path.name + ".files"))
-    journal = {True: "ext4 with a journal", False: "ext4 without a journal", None: "not ext4"}[
+    journal = {True: "ext4 with a journal", False: "ext4 without a journal", None: "not ext4, or not known"}[
         ext4_journal(path.parent)
     ]
     print(
