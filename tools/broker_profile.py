@@ -64,13 +64,10 @@ def ensure_library() -> Path:
         if fetched.returncode != 0 or not jars:
             raise NotProfiled(f"mvn could not fetch {ARTIFACT}: {fetched.stdout[-300:]}{fetched.stderr[-300:]}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        with (
-            zipfile.ZipFile(jars[0]) as jar,
-            jar.open(LIBRARY) as source,
-            target.with_suffix(".part").open("wb") as out,
-        ):
+        partial = target.with_suffix(".part")  # renamed once whole: a half-written library is never loaded
+        with zipfile.ZipFile(jars[0]) as jar, jar.open(LIBRARY) as source, partial.open("wb") as out:
             shutil.copyfileobj(source, out)
-        target.with_suffix(".part").rename(target)
+        partial.rename(target)
     return target
 
 

@@ -95,18 +95,18 @@ def find_gateway(bench_pid: int) -> int | None:
     return None
 
 
-def start_broker_profile(pids: list[int]) -> tuple[int, Path] | None:
+def start_broker_profile(pid: int | None) -> tuple[int, Path] | None:
     """(broker pid, agent library) once async-profiler runs in the broker; None, said why, when it cannot."""
-    if not pids:
+    if pid is None:
         print("the broker is not profiled: no kafka process registered", file=sys.stderr)
         return None
     try:
         library = broker_profile.ensure_library()
-        broker_profile.start(pids[0], library)
+        broker_profile.start(pid, library)
     except broker_profile.NotProfiled as why:
         print(f"the broker is not profiled: {why}", file=sys.stderr)
         return None
-    return pids[0], library
+    return pid, library
 
 
 def stop_broker_profile(broker: tuple[int, Path] | None, folder: Path) -> list[Path]:
@@ -139,8 +139,9 @@ def main() -> int:
     folder.mkdir(parents=True)
     up(layout, ports)
     names = {replica.name for replica in start_services(layout, ports)}
-    recordings = [record(p.name, p.pid, folder, args.rate) for p in registered(layout.run) if p.name in names]
-    broker = start_broker_profile([p.pid for p in registered(layout.run) if p.name == KAFKA])
+    processes = registered(layout.run)
+    recordings = [record(p.name, p.pid, folder, args.rate) for p in processes if p.name in names]
+    broker = start_broker_profile(next((p.pid for p in processes if p.name == KAFKA), None))
     bench_args = [a for a in args.bench_args if a != "--"]
     bench = subprocess.Popen([sys.executable, "-m", "tools.bench", *bench_args])
     try:
