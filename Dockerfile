@@ -73,7 +73,7 @@ WORKDIR /app
 USER 10001:10001
 
 # DICOM C-STORE, ingest STOW-RS, audit HTTP, gRPC of ingest/routing/deid/delivery/audit.
-EXPOSE 11112 8041 8045 50051 50052 50053 50054 50055
+EXPOSE 11112 8041 8045 15051 15052 15053 15054 15055
 
 ENTRYPOINT ["python", "-m"]
 CMD ["services.cli.main", "--help"]

@@ -21,7 +21,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "audit": AuditSettings,
 }
 
-GRPC_PORTS = {"ingest": 50051, "routing": 50052, "deid": 50053, "delivery": 50054, "audit": 50055}
+GRPC_PORTS = {"ingest": 15051, "routing": 15052, "deid": 15053, "delivery": 15054, "audit": 15055}
 
 
 def env_names(service: str) -> set[str]:

@@ -4,7 +4,7 @@ background processes for `make run` / `make bench`, registered in var/run like K
 
 IMX_DEVSTACK_REPLICAS (e.g. `ingest=2,routing=2,deid=2,delivery=2`) starts N replicas of a stage, each
 under its own supervisor, registered as `<name>` (the first) and `<name>-2`, `<name>-3`...; replica k
-binds each of the service's ports + 100·(k-1) (routing-2: gRPC 50152; ingest-2: DICOM 11212, STOW-RS
+binds each of the service's ports + 100·(k-1) (routing-2: gRPC 15152; ingest-2: DICOM 11212, STOW-RS
 8141). Replicas of a stage share its consumer group, so Kafka splits the input topic's partitions
 between them; a stage asked for more replicas than its input topic has partitions is refused."""
 
@@ -54,13 +54,13 @@ class ServicePorts:
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(256 * 1024 * 1024)}
 
 SERVICES: dict[str, ServicePorts] = {
-    "ingest": ServicePorts(50051, (("IMX_HTTP_PORT", 8041), ("IMX_DICOM_PORT", 11112))),
-    "routing": ServicePorts(50052),
-    "deid": ServicePorts(50053),
-    "delivery": ServicePorts(50054, (("IMX_HTTP_PORT", 8046),)),
-    "audit": ServicePorts(50055, (("IMX_HTTP_PORT", 8045),)),
+    "ingest": ServicePorts(15051, (("IMX_HTTP_PORT", 8041), ("IMX_DICOM_PORT", 11112))),
+    "routing": ServicePorts(15052),
+    "deid": ServicePorts(15053),
+    "delivery": ServicePorts(15054, (("IMX_HTTP_PORT", 8046),)),
+    "audit": ServicePorts(15055, (("IMX_HTTP_PORT", 8045),)),
     # Central gateways (services/gateway/central.py): one worker per partner with an endpoint.
-    "gateways": ServicePorts(50056),
+    "gateways": ServicePorts(15056),
 }
 # Python module each process runs (default: services.<name>).
 MODULES = {"gateways": "services.gateway.central"}

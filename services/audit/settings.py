@@ -34,7 +34,7 @@ class AuditSettings(ServiceSettings):
         None, validation_alias=_env("HTTP_TLS_KEY_FILE"), description="PEM private key of that certificate"
     )
     grpc_port: int = Field(
-        50055, ge=0, le=65535, validation_alias=_env("GRPC_PORT"), description="gRPC control port; 0 picks a free port"
+        15055, ge=0, le=65535, validation_alias=_env("GRPC_PORT"), description="gRPC control port; 0 picks a free port"
     )
     # Audit's cost is mostly per batch, not per record: pages, counters, the journal, the tamper-evident
     # log's chunk, head and lease are ~30 round trips whatever the batch's size. The pipeline stages'

@@ -9,12 +9,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class CliSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMX_", extra="ignore")
 
-    ingest_grpc: str = Field("127.0.0.1:50051", description="ingest's gRPC address (organisations)")
-    routing_grpc: str = Field("127.0.0.1:50052", description="routing's gRPC address (routes)")
-    deid_grpc: str = Field("127.0.0.1:50053", description="deid's gRPC address")
-    delivery_grpc: str = Field("127.0.0.1:50054", description="delivery's gRPC address (partners)")
-    audit_grpc: str = Field("127.0.0.1:50055", description="audit's gRPC address")
-    gateways_grpc: str = Field("127.0.0.1:50056", description="the central gateways' gRPC address")
+    ingest_grpc: str = Field("127.0.0.1:15051", description="ingest's gRPC address (organisations)")
+    routing_grpc: str = Field("127.0.0.1:15052", description="routing's gRPC address (routes)")
+    deid_grpc: str = Field("127.0.0.1:15053", description="deid's gRPC address")
+    delivery_grpc: str = Field("127.0.0.1:15054", description="delivery's gRPC address (partners)")
+    audit_grpc: str = Field("127.0.0.1:15055", description="audit's gRPC address")
+    gateways_grpc: str = Field("127.0.0.1:15056", description="the central gateways' gRPC address")
     audit_url: str = Field("http://127.0.0.1:8045", description="audit's HTTP API")
     audit_api_key: str = Field("", description="an analyst's key for the audit API (`imx analysts add`)")
     stow_url: str = Field("http://127.0.0.1:8041/dicomweb", description="ingest's DICOMweb base URL")

@@ -8,7 +8,7 @@ GIB = 1024**3
 
 
 class DeidSettings(ServiceSettings):
-    grpc_port: int = Field(50053, ge=0, le=65535)
+    grpc_port: int = Field(15053, ge=0, le=65535)
     # The same setting (IMX_MAX_INFLATED_BYTES) as ingest's, which refuses larger ones at the door.
     max_inflated_bytes: int = Field(
         1 * GIB, ge=1024, le=4 * GIB, description="largest inflated size of a deflated data set; larger is quarantined"

@@ -19,7 +19,7 @@ def _env(name: str) -> AliasChoices:
 
 class DeliverySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="IMX_", extra="ignore", populate_by_name=True)
-    grpc_port: int = Field(50054, ge=0, le=65535)
+    grpc_port: int = Field(15054, ge=0, le=65535)
     partner_topic_partitions: int = Field(3, ge=1, description="partitions of each partner's topic")
     kafka_partner_bootstrap: str = Field(
         "",

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 class CentralGatewaySettings(ServiceSettings):
-    grpc_port: int = Field(50056, ge=0, le=65535)
+    grpc_port: int = Field(15056, ge=0, le=65535)
     gateway_state_dir: Path = Field(
         Path("var/gateways"), description="one folder per partner: temp files, stored record, dead letters"
     )

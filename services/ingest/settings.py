@@ -14,7 +14,7 @@ GIB = 1024**3
 class IngestSettings(ServiceSettings):
     """Where ingest listens (DICOM, HTTP, gRPC) and how much it accepts."""
 
-    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC control port; 0 picks a free port")
+    grpc_port: int = Field(15051, ge=0, le=65535, description="gRPC control port; 0 picks a free port")
     dicom_host: str = Field("127.0.0.1", description="address the C-STORE SCP binds")
     dicom_port: int = Field(11112, ge=0, le=65535, description="C-STORE SCP port; 0 picks a free port")
     ae_title: str = Field("IMX", min_length=1, max_length=16, description="AE title of the C-STORE SCP")

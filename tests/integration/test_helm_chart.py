@@ -173,9 +173,9 @@ def test_ingest_audit_and_delivery_services_expose_their_doors(default_docs: lis
     def ports(name: str) -> dict[str, int]:
         return {port["name"]: port["port"] for port in services[f"imx-{name}"]["spec"]["ports"]}
 
-    assert ports("ingest") == {"grpc": 50051, "dicom": 11112, "http": 8041}
-    assert ports("audit") == {"grpc": 50055, "http": 8045}
-    assert ports("delivery") == {"grpc": 50054, "http": 8046}, "the partners' DICOMweb API"
+    assert ports("ingest") == {"grpc": 15051, "dicom": 11112, "http": 8041}
+    assert ports("audit") == {"grpc": 15055, "http": 8045}
+    assert ports("delivery") == {"grpc": 15054, "http": 8046}, "the partners' DICOMweb API"
     for name in ("routing", "deid"):
         assert ports(name) == {"grpc": GRPC_PORTS[name]}
 

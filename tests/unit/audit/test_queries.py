@@ -67,7 +67,7 @@ def test_settings_defaults_and_service_specific_environment(monkeypatch: pytest.
         monkeypatch.delenv(f"IMX_{name}", raising=False)
         monkeypatch.delenv(f"IMX_AUDIT_{name}", raising=False)
     defaults = AuditSettings()
-    assert (defaults.http_host, defaults.http_port, defaults.grpc_port) == ("127.0.0.1", 8045, 50055)
+    assert (defaults.http_host, defaults.http_port, defaults.grpc_port) == ("127.0.0.1", 8045, 15055)
     monkeypatch.setenv("IMX_GRPC_PORT", "6000")
     monkeypatch.setenv("IMX_AUDIT_GRPC_PORT", "6001")
     monkeypatch.setenv("IMX_HTTP_PORT", "9000")
