@@ -88,9 +88,10 @@ def _plain_jaas(admin_password: str) -> str:
 # A/B runs of `make clean && make up && python -m tools.bench --skip-orthanc` (each variant on a fresh
 # stack), broker ms per instance (defaults / thresholds below): 10:05-10:10, 1.70 1.35 / 0.93 0.98;
 # 13:26-13:34 on a slower machine, 2.00 1.54 2.09 2.34 / 1.23 1.54 1.79 1.79, and the broker's CPU from
-# its start to the end of the run (compilation included) 10.2 7.7 10.6 11.3 s / 7.4 7.6 8.8 9.5 s. The
-# runs were paired, each on a fresh stack. What is compiled is the same
-# code; nothing about the log or acknowledgements changes.
+# its start to the end of the run (compilation included) 10.2 7.7 10.6 11.3 s / 7.4 7.6 8.8 9.5 s;
+# 15:06-15:09, 2.02 1.90 / 1.59 1.85 ms, and from start 10.1 9.0 / 9.6 9.3 s (no gain in that pair).
+# Each run on a fresh stack. What is compiled is the same code; nothing about the log or
+# acknowledgements changes.
 BROKER_JVM_FLAGS = (
     "-XX:+UseSerialGC",
     "-XX:TieredStopAtLevel=1",
