@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from services.audit.settings import AuditSettings
 from services.cli.settings import CliSettings
-from services.deid.settings import DeidSettings
-from services.delivery.settings import DeliverySettings
 from services.gateway.central import CentralGatewaySettings
-from services.ingest.settings import IngestSettings
-from services.routing.settings import RoutingSettings
+from tests.settings_env import SETTINGS
 from tools.devstack import EnvironmentProblem, Ports
-from tools.services_stack import SERVICES, parse_replicas, plan_replicas
+from tools.services_stack import SERVICES, Replica, parse_replicas, plan_replicas
+
+
+def every_port(plan: list[Replica]) -> list[int]:
+    return [port for r in plan for port in (r.ports.grpc, *(p for _, p in r.ports.other))]
 
 
 def test_a_replica_spec_names_services_and_counts() -> None:
@@ -42,8 +42,8 @@ def test_each_replica_has_its_own_name_and_ports_and_the_first_keeps_the_usual_o
     assert by_name["ingest"].ports == SERVICES["ingest"]
     assert by_name["routing-2"].ports.grpc == SERVICES["routing"].grpc + 100
     assert dict(by_name["ingest-2"].ports.other) == {"IMX_HTTP_PORT": 8141, "IMX_DICOM_PORT": 11212}
-    every_port = [port for r in plan for port in (r.ports.grpc, *(p for _, p in r.ports.other))]
-    assert len(every_port) == len(set(every_port))
+    ports = every_port(plan)
+    assert len(ports) == len(set(ports))
 
 
 # Linux's default ephemeral range (net.ipv4.ip_local_port_range): any outgoing connection on the host may
@@ -53,22 +53,14 @@ LINUX_EPHEMERAL = range(32768, 61000)
 
 def test_no_devstack_port_lies_where_the_kernel_hands_out_ports_to_outgoing_connections() -> None:
     plan = plan_replicas({"ingest": 4, "routing": 4, "deid": 4, "delivery": 4})
-    every_port = [port for r in plan for port in (r.ports.grpc, *(p for _, p in r.ports.other))]
-    inside = sorted(port for port in every_port if port in LINUX_EPHEMERAL)
+    inside = sorted(port for port in every_port(plan) if port in LINUX_EPHEMERAL)
     assert inside == [], f"devstack ports in the ephemeral range: {inside}"
     assert not {*vars(Ports()).values()} & {*LINUX_EPHEMERAL}
 
 
 def test_the_cli_and_each_service_default_to_the_devstack_ports() -> None:
-    cli = CliSettings.model_fields
-    defaults = {
-        "ingest": (cli["ingest_grpc"].default, IngestSettings.model_fields["grpc_port"].default),
-        "routing": (cli["routing_grpc"].default, RoutingSettings.model_fields["grpc_port"].default),
-        "deid": (cli["deid_grpc"].default, DeidSettings.model_fields["grpc_port"].default),
-        "delivery": (cli["delivery_grpc"].default, DeliverySettings.model_fields["grpc_port"].default),
-        "audit": (cli["audit_grpc"].default, AuditSettings.model_fields["grpc_port"].default),
-        "gateways": (cli["gateways_grpc"].default, CentralGatewaySettings.model_fields["grpc_port"].default),
-    }
-    for name, (cli_address, service_port) in defaults.items():
-        assert cli_address == f"127.0.0.1:{SERVICES[name].grpc}", name
-        assert service_port == SERVICES[name].grpc, name
+    settings = {**SETTINGS, "gateways": CentralGatewaySettings}
+    assert set(settings) == set(SERVICES)
+    for name, service_settings in settings.items():
+        assert CliSettings.model_fields[f"{name}_grpc"].default == f"127.0.0.1:{SERVICES[name].grpc}", name
+        assert service_settings.model_fields["grpc_port"].default == SERVICES[name].grpc, name
