@@ -20,7 +20,8 @@ from services.common.stores.organisations import OrganisationStore
 from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance
 from services.ingest.errors import IngestUnavailable
-from services.ingest.receipts import MongoReceiptStore
+from services.ingest.file_receipts import FOLDER as RECEIPTS_FOLDER
+from services.ingest.file_receipts import FileReceiptStore
 from services.ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def open_ingest(
         try:
             acceptance = Acceptance(
                 blobs=LocalBlobStore(settings.blob_dir),
-                receipts=MongoReceiptStore(db),
+                receipts=FileReceiptStore(settings.blob_dir / RECEIPTS_FOLDER),
                 bus=producer,
                 topics=topics,
                 max_instance_bytes=settings.max_instance_bytes,
@@ -72,7 +73,7 @@ def open_ingest(
 
 def _write_waiting_marks(acceptance: Acceptance) -> None:
     """The last group's "published" marks wait for a next group; at the end there is none. Not written
-    (MongoDB down), a resend of those instances is published once more, same id and bytes."""
+    (the blob volume failing), a resend of those instances is published once more, same id and bytes."""
     try:
         acceptance.commits.flush()
     except IngestUnavailable as exc:

@@ -1,7 +1,7 @@
-"""Group commit on real servers: eight C-STORE associations at once share broker flushes and receipt
+"""Group commit on a real broker: eight C-STORE associations at once share broker flushes and receipt
 writes (counted, not timed), every instance is on Kafka once and every receipt is marked published.
-Then MongoDB commands counted with a pymongo CommandListener: one per group (two before the marks rode
-on the next group's write), and a crash between the broker's acknowledgement and the mark."""
+Then what a group writes on the blob volume (one link per receipt, one per group mark), and a crash
+between the broker's acknowledgement and the mark."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ import pytest
 from kafka import KafkaConsumer
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from pymongo import MongoClient, monitoring
-from pymongo.database import Database
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
@@ -24,7 +22,8 @@ from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import OutgoingMessage
 from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance, Accepted, Duplicate
-from services.ingest.receipts import COLLECTION, GROUP_MARK_PREFIX, MongoReceiptStore, ReceiptFacts, ReceiptStatus
+from services.ingest.file_receipts import FileReceiptStore
+from services.ingest.receipts import ReceiptFacts, ReceiptStatus
 from services.ingest.scp import DicomReceiver
 from services.ingest.settings import IngestSettings
 from services.proto_gen.imx.v1 import events_pb2
@@ -60,17 +59,6 @@ def topics(kafka_bootstrap: str, make_name: Callable[[str], str]) -> Topics:
 
 
 @pytest.fixture
-def db(mongo_uri: str, make_name: Callable[[str], str]) -> Iterator[Database]:
-    client: MongoClient = MongoClient(mongo_uri)
-    name = make_name("gc")
-    try:
-        yield client[name]
-    finally:
-        client.drop_database(name)
-        client.close()
-
-
-@pytest.fixture
 def producer(kafka_bootstrap: str) -> Iterator[GatedProducer]:
     real = BusProducer(kafka_bootstrap, client_id="imx-test-group-commit")
     try:
@@ -90,12 +78,22 @@ def _send(port: int, data: bytes) -> int:
         assoc.release()
 
 
+def receipt_links(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_symlink())
+
+
+def marks(root: Path) -> list[Path]:
+    """Published events' links (beside them, `procs/`: the records they link to)."""
+    return [p for p in receipt_links(root) if "procs" not in p.relative_to(root).parts]
+
+
 def test_eight_associations_at_once_share_one_flush_and_one_receipt_write(
-    tmp_path: Path, topics: Topics, db: Database, producer: GatedProducer, kafka_bootstrap: str
+    tmp_path: Path, topics: Topics, producer: GatedProducer, kafka_bootstrap: str
 ) -> None:
+    receipts = tmp_path / "receipts"
     acceptance = Acceptance(
         blobs=LocalBlobStore(tmp_path / "blobs"),
-        receipts=MongoReceiptStore(db),
+        receipts=FileReceiptStore(receipts),
         bus=producer,
         topics=topics,
         max_instance_bytes=10_000_000,
@@ -138,44 +136,16 @@ def test_eight_associations_at_once_share_one_flush_and_one_receipt_write(
         consumer.close()
     assert len(events) == ASSOCIATIONS
     acceptance.commits.flush()  # the second group's marks wait for a next group, or for the end
-    marks = [d["_id"] for d in db[COLLECTION].find({}) if d["_id"].startswith(GROUP_MARK_PREFIX)]
-    assert len(marks) == 2  # one mark per group
-    store = MongoReceiptStore(db)
+    assert len(marks(receipts)) == ASSOCIATIONS
+    store = FileReceiptStore(receipts)  # as another replica, or after a restart
     resent = store.claim_many([(e.meta.event_id, FACTS) for e in events], 0)
     assert all(r.status is ReceiptStatus.PUBLISHED for r in resent)
 
 
-class CommandCounter(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.commands.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
-@pytest.fixture
-def counted(mongo_uri: str, db: Database) -> Iterator[tuple[Database, CommandCounter]]:
-    """The test's database through a client whose commands are counted."""
-    counter = CommandCounter()
-    client: MongoClient = MongoClient(mongo_uri, event_listeners=[counter])
-    try:
-        client.admin.command("ping")  # the connection's own handshake is not ingest's
-        counter.commands.clear()
-        yield client[db.name], counter
-    finally:
-        client.close()
-
-
-def _acceptance(tmp_path: Path, db: Database, bus: object, topics: Topics) -> Acceptance:
+def _acceptance(tmp_path: Path, bus: object, topics: Topics) -> Acceptance:
     return Acceptance(
         blobs=LocalBlobStore(tmp_path / "blobs"),
-        receipts=MongoReceiptStore(db),
+        receipts=FileReceiptStore(tmp_path / "receipts"),
         bus=bus,  # type: ignore[arg-type]
         topics=topics,
         max_instance_bytes=10_000_000,
@@ -192,48 +162,46 @@ def _ingested(topics: Topics, kafka_bootstrap: str) -> list[tuple[bytes, bytes]]
         consumer.close()
 
 
-def test_a_group_costs_one_mongodb_command(
-    tmp_path: Path,
-    topics: Topics,
-    counted: tuple[Database, CommandCounter],
-    producer: GatedProducer,
-    kafka_bootstrap: str,
+def test_a_group_writes_a_link_per_receipt_and_one_mark_on_the_blob_volume(
+    tmp_path: Path, topics: Topics, producer: GatedProducer, kafka_bootstrap: str
 ) -> None:
-    db, counter = counted
     producer.gate.set()
-    acceptance = _acceptance(tmp_path, db, producer, topics)
+    acceptance = _acceptance(tmp_path, producer, topics)
     instances = mr_study(502, 5)
 
-    for data in instances:  # one sender: each instance is a group of its own, as in `make bench`
+    for data in instances:  # one sender: each instance is a group of its own
         assert isinstance(acceptance.accept(data, "trust-a", "c-store"), Accepted)
 
-    assert counter.commands == ["insert"] * 5  # before: an insert of the receipts and one of the marks, 10
+    receipts = tmp_path / "receipts"
+    # A link per published instance, written with the next group's claim: the last one's waits.
+    assert len(marks(receipts)) == 4
     acceptance.commits.flush()
-    assert counter.commands == ["insert"] * 6  # the last group's marks, written at the end
+    assert len(marks(receipts)) == 5
+    assert len({p.lstat().st_ino for p in receipt_links(receipts)}) == 1  # all links to one record
     assert len(_ingested(topics, kafka_bootstrap)) == 5
-    # Every instance is known as published: a resend is a duplicate and costs one write and two reads.
-    counter.commands.clear()
+    # Every instance is known as published: a resend is a duplicate and writes nothing.
     assert isinstance(acceptance.accept(instances[0], "trust-a", "c-store"), Duplicate)
-    assert counter.commands == ["insert", "find", "find"]
+    assert len(marks(receipts)) == 5
 
 
 def test_a_crash_between_the_acknowledgement_and_the_mark_publishes_the_same_event_again_once(
-    tmp_path: Path, topics: Topics, db: Database, producer: GatedProducer, kafka_bootstrap: str
+    tmp_path: Path, topics: Topics, producer: GatedProducer, kafka_bootstrap: str
 ) -> None:
     producer.gate.set()
     [data] = mr_study(503, 1)
-    first = _acceptance(tmp_path, db, producer, topics).accept(data, "trust-a", "c-store")
+    first = _acceptance(tmp_path, producer, topics).accept(data, "trust-a", "c-store")
     # The process dies here: acknowledged by the broker, the sender told, the mark never written.
     assert isinstance(first, Accepted)
-    assert not [d for d in db[COLLECTION].find({}, {"_id": 1}) if d["_id"].startswith("published")]
+    assert not marks(tmp_path / "receipts")
 
-    restarted = _acceptance(tmp_path, db, producer, topics)
+    restarted = _acceptance(tmp_path, producer, topics)
     again = restarted.accept(data, "trust-a", "c-store")  # the sender resends (or another copy arrives)
     third = restarted.accept(data, "trust-a", "c-store")
 
-    assert isinstance(again, Accepted) and again.republished and again.event_id == first.event_id
+    assert isinstance(again, Accepted) and again.event_id == first.event_id
     assert isinstance(third, Duplicate)
-    # Twice on the broker, byte for byte (same id, same timestamps): downstream keeps one by its id.
+    # Twice on the broker under the same id (the second with the resend's timestamps): downstream keeps
+    # one by its id.
     [one, two] = _ingested(topics, kafka_bootstrap)
-    assert one == two
-    assert events_pb2.InstanceIngested.FromString(one[1]).meta.event_id == first.event_id
+    ids = {events_pb2.InstanceIngested.FromString(value).meta.event_id for _, value in (one, two)}
+    assert ids == {first.event_id} and one[0] == two[0]

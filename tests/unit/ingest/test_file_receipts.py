@@ -1,0 +1,134 @@
+"""Receipts on the blob volume: an event is known as published once its link is written (with the
+next group's claim), as a hard link that a second replica on the same volume sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.ingest import file_receipts
+from services.ingest.file_receipts import FileReceiptStore
+from services.ingest.receipts import ReceiptFacts, ReceiptStatus, ReceiptStoreUnavailable, mark_id
+
+FACTS = ReceiptFacts("trust-a", "c-store", "1.2.3.4", "ab" * 32, 1234)
+
+
+def names(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_symlink())
+
+
+def test_a_first_claim_is_new_and_its_mark_is_its_own(tmp_path: Path) -> None:
+    receipt = FileReceiptStore(tmp_path).claim("ev-1", FACTS, 1000)
+
+    assert receipt.new and receipt.status is ReceiptStatus.RECEIVED and receipt.received_at_ms == 1000
+    assert receipt.mark == mark_id("ev-1")
+
+
+def test_a_claim_before_the_mark_is_published_again_with_its_own_time(tmp_path: Path) -> None:
+    store = FileReceiptStore(tmp_path)
+    store.claim("ev-1", FACTS, 1000)  # acknowledged by the broker, then the process died: no mark
+
+    again = store.claim("ev-1", FACTS, 2000)
+
+    assert again.new and again.status is ReceiptStatus.RECEIVED and again.received_at_ms == 2000
+
+
+def test_a_claim_after_the_mark_is_a_duplicate_and_marking_twice_is_harmless(tmp_path: Path) -> None:
+    store = FileReceiptStore(tmp_path)
+    store.claim("ev-1", FACTS, 1000)
+    store.mark_published("ev-1", 1500)
+    store.mark_published("ev-1", 1600)
+
+    again = store.claim("ev-1", FACTS, 2000)
+
+    assert not again.new and again.status is ReceiptStatus.PUBLISHED
+
+
+def test_a_claim_writes_the_marks_it_carries_before_it_looks_up(tmp_path: Path) -> None:
+    store = FileReceiptStore(tmp_path)
+    earlier = store.claim_many([("ev-earlier-1", FACTS), ("ev-earlier-2", FACTS)], 1000)
+
+    group = store.claim_many(
+        [("ev-next", FACTS), ("ev-earlier-1", FACTS), ("ev-earlier-2", FACTS)], 2000, [r.mark for r in earlier]
+    )
+
+    assert [(r.event_id, r.status, r.new) for r in group] == [
+        ("ev-next", ReceiptStatus.RECEIVED, True),
+        ("ev-earlier-1", ReceiptStatus.PUBLISHED, False),
+        ("ev-earlier-2", ReceiptStatus.PUBLISHED, False),
+    ]
+
+
+def test_every_mark_is_a_link_to_one_record_so_no_inode_per_instance(tmp_path: Path) -> None:
+    store = FileReceiptStore(tmp_path)
+    claimed = store.claim_many([(f"ev-{n}", FACTS) for n in range(20)], 1000)
+    store.write_marks([r.mark for r in claimed], 1100)
+
+    marks = [p for p in names(tmp_path) if "procs" not in p.parts]
+    assert len(marks) == 20
+    assert len({p.lstat().st_ino for p in names(tmp_path)}) == 1
+
+
+def test_a_new_record_is_started_before_the_file_systems_link_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(file_receipts, "LINKS_PER_RECORD", 3)
+    store = FileReceiptStore(tmp_path)
+
+    store.write_marks([mark_id(f"ev-{n}") for n in range(7)], 1000)
+
+    assert len({p.lstat().st_ino for p in names(tmp_path)}) == 3
+    assert all(store.claim(f"ev-{n}", FACTS, 2000).status is ReceiptStatus.PUBLISHED for n in range(7))
+
+
+def test_another_replica_on_the_same_volume_sees_the_marks(tmp_path: Path) -> None:
+    first, second = FileReceiptStore(tmp_path), FileReceiptStore(tmp_path)
+    claimed = first.claim("ev-1", FACTS, 1000)
+
+    assert second.claim("ev-1", FACTS, 2000).new
+    first.write_marks([claimed.mark], 1100)
+    assert second.claim("ev-1", FACTS, 3000).status is ReceiptStatus.PUBLISHED
+
+
+def test_a_record_removed_under_the_store_is_made_again(tmp_path: Path) -> None:
+    store = FileReceiptStore(tmp_path)
+    store.mark_published("ev-1", 1000)
+    for record in (tmp_path / "procs").iterdir():
+        record.unlink()  # a damaged volume
+
+    store.mark_published("ev-2", 2000)
+
+    assert store.claim("ev-2", FACTS, 3000).status is ReceiptStatus.PUBLISHED
+
+
+def test_a_volume_that_cannot_be_written_is_unavailable_and_says_no_path(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_bytes(b"")
+    store = FileReceiptStore(blocked / ".receipts")
+
+    with pytest.raises(ReceiptStoreUnavailable) as caught:
+        store.claim_many([("ev-2", FACTS)], 2000, [mark_id("ev-1")])
+
+    assert str(caught.value) == "receipt store unavailable: ENOTDIR"
+
+
+@pytest.mark.parametrize("event_id", ["../x", ".hidden", "a/b", ""])
+def test_an_event_id_that_is_not_a_plain_name_is_refused(tmp_path: Path, event_id: str) -> None:
+    with pytest.raises(ValueError):
+        FileReceiptStore(tmp_path).claim(event_id, FACTS, 1000)
+
+
+def test_a_claims_links_are_fsynced_by_the_next_claim_and_all_pending_ones_by_write_marks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    monkeypatch.setattr(file_receipts, "fsync_directory", synced.append)
+    store = FileReceiptStore(tmp_path)
+
+    store.claim_many([("bb-2", FACTS)], 1100, [mark_id("aa-1")])
+    assert synced == []  # not right after the blob's own fsync
+    store.claim_many([("cc-3", FACTS)], 1200, [mark_id("bb-2")])
+    assert str(tmp_path / "aa") in synced and str(tmp_path / "bb") not in synced
+    store.write_marks([], 1300)  # at shutdown: everything still pending
+    assert str(tmp_path / "bb") in synced
