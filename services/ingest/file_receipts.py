@@ -59,9 +59,6 @@ class FileReceiptStore:
         self._unsynced: set[str] = set()
         self._lock = threading.Lock()
 
-    def claim(self, event_id: str, facts: ReceiptFacts, now_ms: int) -> Receipt:
-        return self.claim_many([(event_id, facts)], now_ms)[0]
-
     def claim_many(
         self, claims: Sequence[tuple[str, ReceiptFacts]], now_ms: int, marks: Sequence[str] = ()
     ) -> list[Receipt]:
@@ -77,10 +74,6 @@ class FileReceiptStore:
                 return [self._look_up(event_id, now_ms) for event_id, _ in claims]
             except OSError as exc:
                 raise ReceiptStoreUnavailable(f"receipt store unavailable: {_reason(exc)}") from exc
-
-    def mark_published(self, event_id: str, now_ms: int) -> None:
-        """Mark one receipt published (tests)."""
-        self.write_marks([mark_id(event_id)], now_ms)
 
     def write_marks(self, marks: Sequence[str], now_ms: int) -> None:
         """Write the marks and make them, and every earlier link, durable now."""

@@ -9,9 +9,13 @@ import pytest
 
 from services.ingest import file_receipts
 from services.ingest.file_receipts import FileReceiptStore
-from services.ingest.receipts import ReceiptFacts, ReceiptStatus, ReceiptStoreUnavailable, mark_id
+from services.ingest.receipts import Receipt, ReceiptFacts, ReceiptStatus, ReceiptStoreUnavailable, mark_id
 
 FACTS = ReceiptFacts("trust-a", "c-store", "1.2.3.4", "ab" * 32, 1234)
+
+
+def claim(store: FileReceiptStore, event_id: str, now_ms: int) -> Receipt:
+    return store.claim_many([(event_id, FACTS)], now_ms)[0]
 
 
 def names(root: Path) -> list[Path]:
@@ -19,7 +23,7 @@ def names(root: Path) -> list[Path]:
 
 
 def test_a_first_claim_is_new_and_its_mark_is_its_own(tmp_path: Path) -> None:
-    receipt = FileReceiptStore(tmp_path).claim("ev-1", FACTS, 1000)
+    receipt = claim(FileReceiptStore(tmp_path), "ev-1", 1000)
 
     assert receipt.new and receipt.status is ReceiptStatus.RECEIVED and receipt.received_at_ms == 1000
     assert receipt.mark == mark_id("ev-1")
@@ -27,20 +31,20 @@ def test_a_first_claim_is_new_and_its_mark_is_its_own(tmp_path: Path) -> None:
 
 def test_a_claim_before_the_mark_is_published_again_with_its_own_time(tmp_path: Path) -> None:
     store = FileReceiptStore(tmp_path)
-    store.claim("ev-1", FACTS, 1000)  # acknowledged by the broker, then the process died: no mark
+    claim(store, "ev-1", 1000)  # acknowledged by the broker, then the process died: no mark
 
-    again = store.claim("ev-1", FACTS, 2000)
+    again = claim(store, "ev-1", 2000)
 
     assert again.new and again.status is ReceiptStatus.RECEIVED and again.received_at_ms == 2000
 
 
 def test_a_claim_after_the_mark_is_a_duplicate_and_marking_twice_is_harmless(tmp_path: Path) -> None:
     store = FileReceiptStore(tmp_path)
-    store.claim("ev-1", FACTS, 1000)
-    store.mark_published("ev-1", 1500)
-    store.mark_published("ev-1", 1600)
+    claim(store, "ev-1", 1000)
+    store.write_marks([mark_id("ev-1")], 1500)
+    store.write_marks([mark_id("ev-1")], 1600)
 
-    again = store.claim("ev-1", FACTS, 2000)
+    again = claim(store, "ev-1", 2000)
 
     assert not again.new and again.status is ReceiptStatus.PUBLISHED
 
@@ -79,27 +83,27 @@ def test_a_new_record_is_started_before_the_file_systems_link_limit(
     store.write_marks([mark_id(f"ev-{n}") for n in range(7)], 1000)
 
     assert len({p.lstat().st_ino for p in names(tmp_path)}) == 3
-    assert all(store.claim(f"ev-{n}", FACTS, 2000).status is ReceiptStatus.PUBLISHED for n in range(7))
+    assert all(claim(store, f"ev-{n}", 2000).status is ReceiptStatus.PUBLISHED for n in range(7))
 
 
 def test_another_replica_on_the_same_volume_sees_the_marks(tmp_path: Path) -> None:
     first, second = FileReceiptStore(tmp_path), FileReceiptStore(tmp_path)
-    claimed = first.claim("ev-1", FACTS, 1000)
+    claimed = claim(first, "ev-1", 1000)
 
-    assert second.claim("ev-1", FACTS, 2000).new
+    assert claim(second, "ev-1", 2000).new
     first.write_marks([claimed.mark], 1100)
-    assert second.claim("ev-1", FACTS, 3000).status is ReceiptStatus.PUBLISHED
+    assert claim(second, "ev-1", 3000).status is ReceiptStatus.PUBLISHED
 
 
 def test_a_record_removed_under_the_store_is_made_again(tmp_path: Path) -> None:
     store = FileReceiptStore(tmp_path)
-    store.mark_published("ev-1", 1000)
+    store.write_marks([mark_id("ev-1")], 1000)
     for record in (tmp_path / "procs").iterdir():
         record.unlink()  # a damaged volume
 
-    store.mark_published("ev-2", 2000)
+    store.write_marks([mark_id("ev-2")], 2000)
 
-    assert store.claim("ev-2", FACTS, 3000).status is ReceiptStatus.PUBLISHED
+    assert claim(store, "ev-2", 3000).status is ReceiptStatus.PUBLISHED
 
 
 def test_a_volume_that_cannot_be_written_is_unavailable_and_says_no_path(tmp_path: Path) -> None:
@@ -116,7 +120,7 @@ def test_a_volume_that_cannot_be_written_is_unavailable_and_says_no_path(tmp_pat
 @pytest.mark.parametrize("event_id", ["../x", ".hidden", "a/b", ""])
 def test_an_event_id_that_is_not_a_plain_name_is_refused(tmp_path: Path, event_id: str) -> None:
     with pytest.raises(ValueError):
-        FileReceiptStore(tmp_path).claim(event_id, FACTS, 1000)
+        claim(FileReceiptStore(tmp_path), event_id, 1000)
 
 
 def test_a_claims_links_are_fsynced_by_the_next_claim_and_all_pending_ones_by_write_marks(
