@@ -33,7 +33,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from services.common.blob_store import fsync_directory
+from services.common.blob_store import fsync_directory, missing_parents
 from services.ingest.receipts import (
     MARK_PREFIX,
     Receipt,
@@ -97,23 +97,25 @@ class FileReceiptStore:
             if not mark.startswith(MARK_PREFIX):
                 raise ValueError("not a mark this store wrote")
             path = self._path(mark.removeprefix(MARK_PREFIX))
-            with contextlib.suppress(FileExistsError):
-                self._link(path, touched)
+            if self._link(path, touched):
                 touched.add(os.path.dirname(path))
         return touched
 
-    def _link(self, path: str, touched: set[str]) -> None:
+    def _link(self, path: str, touched: set[str]) -> bool:
+        """Link `path` to the record; False when the name exists already."""
         folder = os.path.dirname(path)
         for _ in range(3):
             if self._record is None or self._links >= LINKS_PER_RECORD:
                 self._record, self._links = self._new_record(touched), 0
             try:
                 os.link(self._record, path, follow_symlinks=False)
+            except FileExistsError:
+                return False
             except FileNotFoundError:
                 if os.path.isdir(folder):
                     self._record = None  # the record is gone (a damaged volume): make another
                 else:
-                    _make_folders(folder, touched)  # the link's folder, on first use
+                    _make_folders(Path(path), touched)  # the link's folder, on first use
                 continue
             except OSError as exc:
                 if exc.errno != errno.EMLINK:
@@ -121,13 +123,13 @@ class FileReceiptStore:
                 self._record = None  # a file system with a lower limit than LINKS_PER_RECORD
                 continue
             self._links += 1
-            return
+            return True
         raise ReceiptStoreUnavailable("receipt store unavailable: links cannot be made")
 
     def _new_record(self, touched: set[str]) -> str:
         self._records += 1
         record = f"{self._root}/procs/{self._process}-{self._records}"
-        _make_folders(os.path.dirname(record), touched)
+        _make_folders(Path(record), touched)
         with contextlib.suppress(FileExistsError):  # a record left by a failed call of this process
             os.symlink("imx ingest: events published", record)
         touched.add(os.path.dirname(record))
@@ -139,17 +141,13 @@ class FileReceiptStore:
         return f"{self._root}/{event_id[:2]}/{event_id}"
 
 
-def _make_folders(folder: str, touched: set[str]) -> None:
-    """Make `folder` and the missing ones above it; each new one's parent must be fsynced too."""
-    missing: list[str] = []
-    current = folder
-    while not os.path.isdir(current):
-        missing.append(current)
-        current = os.path.dirname(current)
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path)
-        touched.add(os.path.dirname(path))
+def _make_folders(path: Path, touched: set[str]) -> None:
+    """Make the folders above `path` that are missing; each new one's parent is to be fsynced too (with
+    the links, not at once as `blob_store.make_durable_parents` does)."""
+    for folder in missing_parents(path):
+        with contextlib.suppress(FileExistsError):  # made meanwhile, or a file there: the link then says
+            os.mkdir(folder)
+        touched.add(str(folder.parent))
 
 
 def _fsync_all(folders: Iterable[str]) -> None:

@@ -73,7 +73,7 @@ def open_ingest(
 
 def _write_waiting_marks(acceptance: Acceptance) -> None:
     """The last group's "published" marks wait for a next group; at the end there is none. Not written
-    (the blob volume failing), a resend of those instances is published once more, same id and bytes."""
+    (the blob volume failing), a resend of those instances is published once more, under the same id."""
     try:
         acceptance.commits.flush()
     except IngestUnavailable as exc:

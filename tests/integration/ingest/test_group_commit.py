@@ -1,7 +1,7 @@
 """Group commit on a real broker: eight C-STORE associations at once share broker flushes and receipt
 writes (counted, not timed), every instance is on Kafka once and every receipt is marked published.
-Then what a group writes on the blob volume (one link per receipt, one per group mark), and a crash
-between the broker's acknowledgement and the mark."""
+Then what the groups write on the blob volume (one link per published instance, all to one record),
+and a crash between the broker's acknowledgement and the mark."""
 
 from __future__ import annotations
 
