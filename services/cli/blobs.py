@@ -17,7 +17,14 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from services.common.blob_lifecycle import DEFAULT_RETENTION_S, BlobEntry, collect, scan, usage
+from services.common.blob_lifecycle import (
+    DEFAULT_RETENTION_S,
+    STALE_TEMPORARY_S,
+    BlobEntry,
+    collect,
+    scan,
+    usage,
+)
 from services.common.blob_store import LocalBlobStore
 
 console = Console()
@@ -99,7 +106,8 @@ def blobs_gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would go, delete nothing")] = False,
 ) -> None:
     """Delete objects older than the retention that no partner is owed (never one a partner's
-    gateway has not reported stored, nor the source of a spliced object that is kept)."""
+    gateway has not reported stored, nor the source of a spliced object that is kept), and the
+    temporary files writers that stopped left behind."""
     from services.common.settings import ServiceSettings
 
     root = ServiceSettings().blob_dir
@@ -120,6 +128,11 @@ def blobs_gc(
         f"kept {result.kept_owed:,} past the retention that a partner is still owed "
         f"and {result.kept_sources:,} that a kept spliced object refers to"
     )
+    if result.temporaries:
+        console.print(
+            f"{verb} {result.temporaries:,} temporary files ({_size(result.temporary_bytes)}) left by writers "
+            f"that stopped (none written for {STALE_TEMPORARY_S // 60:,} minutes)"
+        )
 
 
 @blobs_app.command("verify")

@@ -12,6 +12,11 @@ source's time too, so a collection that chose the source before the record exist
 keeps it). Records are decided first, so a source whose last record goes is collected in the same run.
 Usage counts files on disk: a spliced object is one object of its record's size (its head and the
 reference), the bytes it shares with its source counted once, in the source.
+
+The same walk removes the `.tmp-` files a writer that died left behind (ingest's received data sets,
+the stores' writes before their rename), once none has been written for `STALE_TEMPORARY_S`: a live
+writer's file changes as its data arrives, and the stages' own writes last seconds, so on a volume
+shared by several replicas only the dead ones' files are that old.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from pathlib import Path
 from services.common.blob_splices import SPLICE_SUFFIX, SpliceMalformed, decode_splice
 
 DEFAULT_RETENTION_S = 7 * 24 * 3600
+TEMPORARY_PREFIX = ".tmp-"
+# Ingest abandons a transfer that has sent nothing for its network timeout (a minute), and removes its
+# file; an hour leaves a wide margin.
+STALE_TEMPORARY_S = 3600
 
 
 @dataclass(frozen=True)
@@ -62,13 +71,18 @@ class Collected:
     freed_bytes: int = 0
     kept_owed: int = 0
     kept_sources: int = 0  # past the retention, but a spliced object that is kept refers to them
+    temporaries: int = 0  # left by writers that died (not objects: not in `deleted`)
+    temporary_bytes: int = 0
 
 
-def scan(root: Path) -> Iterator[BlobEntry]:
-    """Every object under the store's two-level fan-out (temporaries are not objects)."""
+def scan(root: Path, on_temporary: Callable[[os.DirEntry[str]], None] | None = None) -> Iterator[BlobEntry]:
+    """Every object under the store's two-level fan-out (temporaries are not objects: `on_temporary`,
+    when given, is told of each, in the root and in the fan-out folders)."""
     if not root.exists():
         return
     for first in os.scandir(root):
+        if on_temporary and first.name.startswith(TEMPORARY_PREFIX):
+            on_temporary(first)
         if not first.is_dir() or len(first.name) != 2:
             continue
         for second in os.scandir(first.path):
@@ -76,6 +90,8 @@ def scan(root: Path) -> Iterator[BlobEntry]:
                 continue
             for entry in os.scandir(second.path):
                 if entry.name.startswith("."):
+                    if on_temporary and entry.name.startswith(TEMPORARY_PREFIX):
+                        on_temporary(entry)
                     continue
                 if len(entry.name) == 64:
                     stat = entry.stat()
@@ -134,14 +150,16 @@ def collect(
     dry_run: bool = False,
     on_entry: Callable[[BlobEntry], None] | None = None,
     clock: Callable[[], float] = time.time,
+    stale_temporary_s: float = STALE_TEMPORARY_S,
 ) -> Collected:
     """Delete what may go. `owed` is read after the scan has chosen its candidates, so a delivery
     recorded meanwhile still protects its objects. Spliced objects' records are decided first; the
-    sources of those kept are kept."""
+    sources of those kept are kept. Stale temporaries go too."""
     now_s = clock()
     candidates: list[BlobEntry] = []
     records: list[BlobEntry] = []
-    for entry in scan(root):
+    temporaries: list[os.DirEntry[str]] = []
+    for entry in scan(root, on_temporary=temporaries.append):
         if on_entry:
             on_entry(entry)
         if entry.source:
@@ -160,7 +178,25 @@ def collect(
             result.kept_sources += 1
             continue
         _delete(root, entry, still_owed, now_s, retention_s, dry_run, clock, result)
+    for temporary in temporaries:
+        _delete_temporary(temporary, stale_temporary_s, dry_run, clock, result)
     return result
+
+
+def _delete_temporary(
+    entry: os.DirEntry[str], stale_s: float, dry_run: bool, clock: Callable[[], float], result: Collected
+) -> None:
+    try:
+        stat = entry.stat(follow_symlinks=False)
+        # Stated now, not when the walk passed it: a writer may have written since.
+        if not entry.is_file(follow_symlinks=False) or clock() - stat.st_mtime <= stale_s:
+            return
+        if not dry_run:
+            os.unlink(entry.path)
+    except FileNotFoundError:  # its writer finished (renamed or removed it) meanwhile
+        return
+    result.temporaries += 1
+    result.temporary_bytes += stat.st_size
 
 
 def _delete(

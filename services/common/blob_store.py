@@ -312,14 +312,6 @@ class LocalBlobStore:
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).exists() or self.splice_path_for(sha256).exists()
 
-    def sweep_temporaries(self) -> int:
-        """Remove temp files left by writers that crashed; returns how many were removed."""
-        removed = 0
-        for leftover in self.root.rglob(".tmp-*"):
-            leftover.unlink(missing_ok=True)
-            removed += 1
-        return removed
-
 
 def drop_cached(fd: int) -> None:
     """Free the page-cache pages of `fd`'s file: a blob the pipeline has finished with (served, or read

@@ -62,6 +62,8 @@ def collect_blobs_every(
             log.warning("blob collection failed", extra={"error": type(error).__name__})
             continue
         log.info("blobs collected", extra={"count": result.deleted})
+        if result.temporaries:
+            log.info("stale temporary files removed", extra={"count": result.temporaries})
 
 
 def _sign_in(settings: DeliverySettings) -> PartnerSignIn | None:

@@ -24,7 +24,8 @@ file closed and removed. A file object closed its descriptor when garbage-collec
 by itself, so without that every abandoned transfer kept one descriptor open, and its partial file,
 for the life of the process (issue 9). A file dropped unclosed any other way (a complete data set
 queued behind another request when the association ended, never served) has its descriptor closed
-when it is collected (`__del__`); its file is left for `LocalBlobStore.sweep_temporaries`.
+when it is collected (`__del__`); its file is left for the blob collection, which removes stale temporaries
+(`services/common/blob_lifecycle.py`).
 """
 
 from __future__ import annotations

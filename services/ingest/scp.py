@@ -168,7 +168,8 @@ def receive_to_files(folder: Path) -> ReceivedFiles:
     Both are process-wide in pynetdicom 3 (its switch, and the NamedTemporaryFile it calls with no
     folder, i.e. /tmp); ingest is the only SCP in its process. A transfer abandoned midway has its
     `.tmp-` file closed and removed when its association ends (`IngestRequestHandler`); one left by a
-    crash is removed by `LocalBlobStore.sweep_temporaries`. The file's meta group is
+    crash is removed by the blob collection once stale (`blob_lifecycle.STALE_TEMPORARY_S`). The file's
+    meta group is
     written by `dimse_encoding` (the same bytes, without pydicom's writer); these two names are used
     by pynetdicom only where it starts such a file. Returns the files' maker, which counts the data
     sets still arriving (`ReceivedFiles.receiving`, for the group commit).

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from services.common.blob_lifecycle import STALE_TEMPORARY_S, collect
 from services.common.blob_store import LocalBlobStore, sha256_hex
 
 WRITER = """
@@ -55,6 +56,8 @@ def test_a_writer_killed_mid_write_leaves_no_partial_object(tmp_path: Path) -> N
     store = LocalBlobStore(root)
     digest = sha256_hex(b"x" * (8 * 1024 * 1024))
     assert not store.exists(digest), "a partial write must not appear under the content's name"
-    assert store.sweep_temporaries() >= 1
+    later = time.time() + STALE_TEMPORARY_S + 1
+    assert collect(root, set, clock=lambda: later).temporaries == len(temporaries), "an hour on, it is swept"
+    assert not list(root.rglob(".tmp-*"))
     assert store.put(b"x" * (8 * 1024 * 1024)) == digest
     assert store.get(digest) == b"x" * (8 * 1024 * 1024)

@@ -55,3 +55,31 @@ def test_content_written_again_is_fresh_again(tmp_path: Path) -> None:
     store.put(b"same content")  # re-received: in the pipeline once more
     assert collect(tmp_path, set, retention_s=7 * DAY).deleted == 0
     assert store.exists(sha)
+
+
+def test_temporaries_left_by_dead_writers_go_and_live_writers_keep_theirs(tmp_path: Path) -> None:
+    """A `.tmp-` file not written for an hour was left by a writer that died (in the root, where ingest
+    receives, or beside an object, where the store renames); a younger one may still be written, by
+    this process or another replica on the same volume, and stays. Neither is an object."""
+    store = LocalBlobStore(tmp_path)
+    sha = store.put(b"an object")
+    _age(store, sha, 0)
+    folder = store.path_for(sha).parent
+    dead_received = tmp_path / ".tmp-c-store-1.dcm"
+    dead_rename = folder / ".tmp-abc"
+    live = tmp_path / ".tmp-c-store-2.dcm"
+    for path, age_s in ((dead_received, 2 * 3600), (dead_rename, 3601), (live, 60)):
+        path.write_bytes(b"x" * 10)
+        os.utime(path, (NOW - age_s, NOW - age_s))
+    (tmp_path / ".tmp-folder").mkdir()
+    os.utime(tmp_path / ".tmp-folder", (NOW - DAY, NOW - DAY))
+
+    dry = collect(tmp_path, set, dry_run=True, clock=lambda: NOW)
+    assert (dry.temporaries, dry.temporary_bytes, dry.deleted) == (2, 20, 0)
+    assert dead_received.exists() and dead_rename.exists()
+
+    done = collect(tmp_path, set, clock=lambda: NOW)
+    assert (done.temporaries, done.temporary_bytes, done.deleted) == (2, 20, 0)
+    assert not dead_received.exists() and not dead_rename.exists()
+    assert live.exists() and (tmp_path / ".tmp-folder").is_dir() and store.exists(sha)
+    assert collect(tmp_path, set, clock=lambda: NOW).temporaries == 0
