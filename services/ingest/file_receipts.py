@@ -15,6 +15,12 @@ this project's own machines: after `make clean`, ext4 without a journal walks th
 inodes on every create (README, "Figures"), and a symbolic link per group cost ingest more kernel CPU
 than it saved FerretDB (measured; services/ingest/README.md).
 
+Receipts are kept for a retention, not for ever (`prune_receipts`, run by ingest every hour): a record
+takes links for at most `RECORD_SPAN_S`, so once its last link is older than the retention (its
+`ctime`, which every new link moves) all of its names are, and they go together, found by the record's
+inode number without a `stat` per name. A resend after that is published once more, as after a lost
+link.
+
 Unlike the MongoDB store, nothing is written before the event is published: an instance whose event
 was acknowledged but whose link was never written (the process killed in between) is published again
 when it is resent, under the same event id, with the resend's timestamps rather than the first's;
@@ -26,11 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.blob_store import fsync_directory, missing_parents
@@ -45,16 +54,21 @@ from services.ingest.receipts import (
 
 FOLDER = ".receipts"  # under the blob root: not two characters long, so blob scans pass it by
 LINKS_PER_RECORD = 60_000  # ext4 allows 65,000 links to one inode
+# A record's links span at most this long, so pruning by record keeps no name much past the retention.
+RECORD_SPAN_S = 3600.0
+PROCS = "procs"
 _EVENT_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{1,127}")  # a folder name: no "/", no leading "."
 
 
 class FileReceiptStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self._root = str(root)
+        self._clock = clock
         self._process = secrets.token_hex(8)  # unique across processes and restarts, without asking anyone
         self._records = 0
         self._record: str | None = None
         self._links = 0
+        self._record_started = 0.0
         # Folders written by the last call, fsynced by the next (see `claim_many`).
         self._unsynced: set[str] = set()
         self._lock = threading.Lock()
@@ -105,8 +119,12 @@ class FileReceiptStore:
         """Link `path` to the record; False when the name exists already."""
         folder = os.path.dirname(path)
         for _ in range(3):
-            if self._record is None or self._links >= LINKS_PER_RECORD:
-                self._record, self._links = self._new_record(touched), 0
+            if (
+                self._record is None
+                or self._links >= LINKS_PER_RECORD
+                or self._clock() - self._record_started > RECORD_SPAN_S
+            ):
+                self._record, self._links, self._record_started = self._new_record(touched), 0, self._clock()
             try:
                 os.link(self._record, path, follow_symlinks=False)
             except FileExistsError:
@@ -128,7 +146,7 @@ class FileReceiptStore:
 
     def _new_record(self, touched: set[str]) -> str:
         self._records += 1
-        record = f"{self._root}/procs/{self._process}-{self._records}"
+        record = f"{self._root}/{PROCS}/{self._process}-{self._records}"
         _make_folders(Path(record), touched)
         with contextlib.suppress(FileExistsError):  # a record left by a failed call of this process
             os.symlink("imx ingest: events published", record)
@@ -139,6 +157,59 @@ class FileReceiptStore:
         if not _EVENT_ID.fullmatch(event_id):
             raise ValueError("an event id is letters, digits, - and _")
         return f"{self._root}/{event_id[:2]}/{event_id}"
+
+
+@dataclass(frozen=True)
+class Pruned:
+    records: int  # records whose every name was older than the retention
+    names: int  # receipts removed with them
+
+
+def prune_receipts(root: Path, older_than_s: float, clock: Callable[[], float] = time.time) -> Pruned:
+    """Remove the receipts written more than `older_than_s` ago, a whole record's at a time; safe beside
+    the stores writing (a store whose record goes makes another) and beside another pruning replica.
+    One walk of the names, reading only their inode numbers from the folder listing."""
+    procs = os.path.join(root, PROCS)
+    try:
+        listing = list(os.scandir(procs))
+    except FileNotFoundError:
+        return Pruned(0, 0)
+    now = clock()
+    stale: dict[int, str] = {}
+    for entry in listing:
+        with contextlib.suppress(FileNotFoundError):
+            stat = entry.stat(follow_symlinks=False)
+            if now - stat.st_ctime > older_than_s:
+                stale[stat.st_ino] = entry.path
+    if not stale:
+        return Pruned(0, 0)
+    names = 0
+    for folder in os.scandir(root):
+        if folder.name == PROCS or not folder.is_dir(follow_symlinks=False):
+            continue
+        for entry in os.scandir(folder.path):
+            if entry.inode() in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    names += 1
+    for record in stale.values():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(record)
+    return Pruned(len(stale), names)
+
+
+def prune_receipts_every(
+    root: Path, older_than_s: float, interval_s: float, stop: threading.Event, log: logging.Logger
+) -> None:
+    """`prune_receipts` on a timer until `stop` (each ingest replica runs one; two at once are harmless)."""
+    while not stop.wait(interval_s):
+        try:
+            pruned = prune_receipts(root, older_than_s)
+        except OSError as exc:  # the volume is away: next round
+            log.warning("receipt pruning failed", extra={"error": _reason(exc)})
+            continue
+        if pruned.names:
+            log.info("receipts past their retention removed", extra={"count": pruned.names})
 
 
 def _make_folders(path: Path, touched: set[str]) -> None:

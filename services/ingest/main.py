@@ -21,6 +21,8 @@ from services.common.runtime import StageControl, install_stop_signals
 from services.common.stats import StageStats
 from services.common.telemetry import setup_telemetry
 from services.ingest.admin import register_organisation_admin
+from services.ingest.file_receipts import FOLDER as RECEIPTS_FOLDER
+from services.ingest.file_receipts import prune_receipts_every
 from services.ingest.scp import DicomReceiver
 from services.ingest.settings import IngestSettings
 from services.ingest.stow import StowContext, create_app
@@ -101,6 +103,19 @@ def serve(
                     # with ~117,000 objects, nothing after. Only in the service's own process: a thread
                     # running `serve` (tests) leaves its process's objects alone.
                     gc.freeze()
+                if settings.receipt_prune_interval_s:
+                    threading.Thread(
+                        target=prune_receipts_every,
+                        args=(
+                            settings.blob_dir / RECEIPTS_FOLDER,
+                            settings.receipt_retention_s,
+                            settings.receipt_prune_interval_s,
+                            stop,
+                            log,
+                        ),
+                        name="imx-ingest-receipt-pruning",
+                        daemon=True,
+                    ).start()
                 log.info("service started", extra={"service": SERVICE, "port": control.port})
                 if on_ready:
                     on_ready(endpoints)

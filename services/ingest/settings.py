@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from services.common.blob_lifecycle import DEFAULT_RETENTION_S
 from services.common.settings import ServiceSettings
 
 GIB = 1024**3
@@ -63,3 +64,12 @@ class IngestSettings(ServiceSettings):
         description="longest a group commit waits for instances already being stored (services/ingest/commit_group.py)",
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="time given to in-flight transfers on SIGTERM")
+    receipt_retention_s: float = Field(
+        DEFAULT_RETENTION_S,
+        gt=0,
+        description="how long an instance is known as published: resent later, it is published again "
+        "(default: seven days, the blobs' and the partner topics' retention)",
+    )
+    receipt_prune_interval_s: float = Field(
+        3600.0, ge=0, description="how often receipts past their retention are removed; 0: never"
+    )

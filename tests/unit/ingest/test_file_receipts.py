@@ -3,12 +3,13 @@ next group's claim), as a hard link that a second replica on the same volume see
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from services.ingest import file_receipts
-from services.ingest.file_receipts import FileReceiptStore
+from services.ingest.file_receipts import FileReceiptStore, Pruned, prune_receipts
 from services.ingest.receipts import Receipt, ReceiptFacts, ReceiptStatus, ReceiptStoreUnavailable, mark_id
 
 FACTS = ReceiptFacts("trust-a", "c-store", "1.2.3.4", "ab" * 32, 1234)
@@ -136,3 +137,45 @@ def test_a_claims_links_are_fsynced_by_the_next_claim_and_all_pending_ones_by_wr
     assert str(tmp_path / "aa") in synced and str(tmp_path / "bb") not in synced
     store.write_marks([], 1300)  # at shutdown: everything still pending
     assert str(tmp_path / "bb") in synced
+
+
+def test_a_record_takes_links_for_an_hour_at_most(tmp_path: Path) -> None:
+    now = [0.0]
+    store = FileReceiptStore(tmp_path, clock=lambda: now[0])
+    store.write_marks([mark_id("ev-1"), mark_id("ev-2")], 1000)
+    now[0] = file_receipts.RECORD_SPAN_S + 1
+    store.write_marks([mark_id("ev-3")], 2000)
+
+    inodes = {name.name: name.lstat().st_ino for name in names(tmp_path) if "procs" not in name.parts}
+    assert inodes["ev-1"] == inodes["ev-2"] != inodes["ev-3"]
+    assert len(list((tmp_path / "procs").iterdir())) == 2
+
+
+def test_receipts_past_the_retention_go_a_record_at_a_time_and_the_rest_stay(tmp_path: Path) -> None:
+    """Each record's age is its last link's (its ctime): an older record's names all go, a younger
+    one's all stay. A name that went is published again when resent; the store keeps working after its
+    own record went."""
+    now = [0.0]
+    store = FileReceiptStore(tmp_path, clock=lambda: now[0])
+    store.write_marks([mark_id(f"old-{n}") for n in range(5)], 1000)
+    time.sleep(0.05)  # the two records' ctimes apart
+    now[0] = file_receipts.RECORD_SPAN_S + 1
+    store.write_marks([mark_id(f"new-{n}") for n in range(3)], 2000)
+    old_record, new_record = sorted((tmp_path / "procs").iterdir(), key=lambda p: p.lstat().st_ctime)
+    between = (old_record.lstat().st_ctime + new_record.lstat().st_ctime) / 2
+    pruned = prune_receipts(tmp_path, older_than_s=0.01, clock=lambda: between + 0.01)
+
+    assert (pruned.records, pruned.names) == (1, 5)
+    assert not old_record.exists() and new_record.is_symlink()
+    assert all(claim(store, f"old-{n}", 3000).new for n in range(5))
+    assert not any(claim(store, f"new-{n}", 3000).new for n in range(3))
+    assert prune_receipts(tmp_path, older_than_s=0.01, clock=lambda: between + 0.01) == Pruned(0, 0)
+
+    everything = prune_receipts(tmp_path, older_than_s=0, clock=lambda: time.time() + 1)
+    assert everything == Pruned(1, 3) and names(tmp_path) == []
+    store.write_marks([mark_id("after")], 4000)  # its record went: it makes another
+    assert claim(store, "after", 5000).status is ReceiptStatus.PUBLISHED
+
+
+def test_pruning_a_volume_without_receipts_does_nothing(tmp_path: Path) -> None:
+    assert prune_receipts(tmp_path / ".receipts", older_than_s=0) == Pruned(0, 0)
