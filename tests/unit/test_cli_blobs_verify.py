@@ -131,3 +131,23 @@ def test_gc_says_how_many_sources_a_kept_spliced_object_kept(tmp_path: Path, mon
     dry = runner.invoke(app, ["blobs", "gc", "--retention-days", "7", "--dry-run"])
     assert "would delete 2 objects" in _said(dry) and "and 0 that a kept spliced object refers to" in _said(dry)
     assert store.exists(sha) and store.exists(source)
+
+
+def test_gc_removes_and_names_the_temporaries_a_dead_writer_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _, _ = _spliced_store(tmp_path, monkeypatch)
+    monkeypatch.setattr(blobs, "_owed", set)
+    stale, live = store.root / ".tmp-c-store-1.dcm", store.root / ".tmp-c-store-2.dcm"
+    stale.write_bytes(b"x" * 2048)
+    live.write_bytes(b"x" * 10)
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+
+    dry = runner.invoke(app, ["blobs", "gc", "--dry-run"])
+    assert "would delete 1 temporary files (2.0 KB) left by writers that stopped" in _said(dry), dry.output
+    assert stale.exists()
+    done = runner.invoke(app, ["blobs", "gc"])
+    assert done.exit_code == 0 and "deleted 1 temporary files" in _said(done)
+    assert not stale.exists() and live.exists()
+    assert "temporary" not in _said(runner.invoke(app, ["blobs", "gc"])), "nothing to say when there are none"
