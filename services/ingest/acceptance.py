@@ -1,13 +1,13 @@
 """The one path every channel (C-STORE, STOW-RS, `imx send`) takes to accept an instance.
 
-inspect header → store bytes (claim check) → claim a receipt → publish InstanceIngested → mark the
-receipt published. The sender hears "accepted" only after the broker acknowledged the event, so a
+inspect header → store bytes (claim check) → look the receipt up → publish InstanceIngested → mark
+the receipt published. The sender hears "accepted" only after the broker acknowledged the event, so a
 crash at any point means the sender retries, and the receipt makes that retry publish at most one
-more copy of the same event (same id, same bytes). Unusable inputs are stored and announced on the
-quarantine topic, and the caller gets a typed rejection.
+more copy of the same event (same id, the retry's timestamps). Unusable inputs are stored and
+announced on the quarantine topic, and the caller gets a typed rejection.
 
 The last three steps are a group commit (services/ingest/commit_group.py): instances that arrive on
-several associations or requests at once share one receipt write, one broker flush and one mark.
+several associations or requests at once share one receipt claim, one broker flush and one mark write.
 
 An instance comes as bytes (`accept`) or as a file the channel has already written to disk
 (`accept_file`: C-STORE received in chunks, up to 1 GiB): a file is inspected through a memory map
@@ -49,7 +49,7 @@ from services.common.topics import Topics, validate_partner_id
 from services.ingest.commit_group import Commit, CommitGroup, Outcome
 from services.ingest.errors import IngestPaused, IngestUnavailable, InvalidDestination
 from services.ingest.ingest_events import ingested_event_id, instance_ingested
-from services.ingest.receipts import ReceiptFacts, ReceiptStore
+from services.ingest.receipts import ReceiptStore
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,13 @@ TOO_LARGE = "too-large"
 
 @dataclass(frozen=True)
 class Accepted:
-    """Stored and published. `republished`: a receipt from an earlier, unfinished attempt was found."""
+    """Stored and published."""
 
     event_id: str
     study_instance_uid: str
     sop_class_uid: str
     sop_instance_uid: str
     sha256: str
-    republished: bool = False
 
 
 @dataclass(frozen=True)
@@ -336,21 +335,13 @@ class Acceptance:
                 )
                 return event_message(self._topics.ingested, event, header.study_instance_uid)
 
-            facts = ReceiptFacts(source_org, channel, header.sop_instance_uid, sha256, source.size)
-            outcome = self.commits.commit(Commit(event_id, facts, message), expected)
+            outcome = self.commits.commit(Commit(event_id, message), expected)
         self._record()
         if outcome is Outcome.DUPLICATE:
             log.debug("duplicate instance", extra={"event_id": event_id, "org": source_org, "channel": channel})
             return Duplicate(event_id, header.study_instance_uid, header.sop_class_uid, header.sop_instance_uid, sha256)
         log.debug("instance ingested", extra={"event_id": event_id, "org": source_org, "channel": channel})
-        return Accepted(
-            event_id,
-            header.study_instance_uid,
-            header.sop_class_uid,
-            header.sop_instance_uid,
-            sha256,
-            republished=outcome is Outcome.REPUBLISHED,
-        )
+        return Accepted(event_id, header.study_instance_uid, header.sop_class_uid, header.sop_instance_uid, sha256)
 
     def _quarantine(
         self, source_org: str, channel: str, reason: str, detail: str, sha256: str, size: int, stored: bool = False

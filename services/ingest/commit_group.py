@@ -1,25 +1,23 @@
-"""Group commit: instances accepted at the same time share one receipt write and one broker flush.
+"""Group commit: instances accepted at the same time share one receipt look-up and one broker flush.
 
 Every association (C-STORE) and STOW-RS request runs on its own thread and, once its instance is
 durable in the blob store, hands the commit here and waits. The first thread to arrive commits what
 is queued (its own instance and any that came with it); threads that arrive while it does queue up
 and the next of them commits them all together (leader/follower, as a database's log writer does).
 One thread alone waits for nothing: its group is itself. With more senders the groups grow, and the
-per-instance cost of the round trips (MongoDB receipts, Kafka's acks=all) falls.
+per-instance cost of the round trips (receipt folders, Kafka's acks=all) falls.
 
-A group is: one write that claims every receipt of the group and marks the previous groups'
+A group is: one claim that looks every receipt of the group up and marks the previous groups'
 instances published → publish every new event and wait for every acknowledgement (one flush). Each
 waiting thread then hears its own outcome. Any failure fails the whole group: every sender in it
-hears "try again", and a retry finds its receipt (same id, same timestamps) exactly as after a
-crash, so nothing is lost and nothing published twice is different.
+hears "try again", and nothing was marked, so a retry is published (same id, its own timestamps) as
+if it were the first attempt: nothing is lost.
 
-The "published" marks ride on the next group's write (or `flush`, at shutdown) rather than costing a
-write of their own after the flush: one MongoDB round trip per group instead of two. A mark only
-saves a resend from being published again, never a sender from hearing success too early, so one
-not written yet (or lost with the process) costs at most one more copy of an event that is already
-on the broker — same id, same bytes, since the receipt's timestamps are reused — which every
-downstream stage drops by its id. A resend while its mark waits finds it written by its own
-group's write.
+The "published" marks ride on the next group's claim (or `flush`, at shutdown) rather than costing a
+write of their own after the flush. A mark only saves a resend from being published again, never a
+sender from hearing success too early, so one not written yet (or lost with the process) costs at most
+one more copy of an event that is already on the broker, under the same id, which every downstream
+stage drops by its id. A resend while its mark waits finds it written by its own group's claim.
 
 A leader also waits, at most `gather_s`, for instances already on their way (`expecting`: stored to
 the blob store at that moment, so a few milliseconds from their commit) before it takes its group.
@@ -46,26 +44,23 @@ from dataclasses import dataclass
 from enum import Enum
 
 from services.common.messages import OutgoingMessage
-from services.ingest.receipts import ReceiptFacts, ReceiptStatus, ReceiptStore
+from services.ingest.receipts import ReceiptStore
 
 
 class Outcome(Enum):
-    PUBLISHED = "published"  # published now, for the first time
-    REPUBLISHED = "republished"  # an earlier attempt claimed it but did not finish: published again
+    PUBLISHED = "published"  # published now
     DUPLICATE = "duplicate"  # published earlier: nothing new
 
 
 @dataclass
 class Commit:
-    """One instance to commit. `message(received_at_ms)` builds its event with the receipt's time."""
+    """One instance to commit. `message(received_at_ms)` builds its event with its group's time."""
 
     event_id: str
-    facts: ReceiptFacts
     message: Callable[[int], OutgoingMessage]
     outcome: Outcome | None = None
     error: BaseException | None = None
     done: bool = False
-    received_at_ms: int = 0
 
 
 @dataclass
@@ -178,7 +173,7 @@ class CommitGroup:
             self._leading = True
         try:
             if self._unmarked:
-                self._receipts.write_marks(self._unmarked, self._clock())
+                self._receipts.write_marks(self._unmarked)
                 self._unmarked = []
         finally:
             with self._changed:
@@ -205,22 +200,22 @@ class CommitGroup:
             first.setdefault(item.event_id, item)
         claimants = list(first.values())
         marks = self._unmarked
-        receipts = self._receipts.claim_many([(c.event_id, c.facts) for c in claimants], self._clock(), marks)
+        now_ms = self._clock()
+        receipts = self._receipts.claim_many([c.event_id for c in claimants], marks)
         self._unmarked = []
         outcomes: dict[str, Outcome] = {}
         to_publish: list[Commit] = []
-        to_mark: dict[str, None] = {}  # a group mark (those it created) and marks of their own (claimed again)
+        to_mark: list[str] = []
         for claimant, receipt in zip(claimants, receipts, strict=True):
-            claimant.received_at_ms = receipt.received_at_ms
-            if receipt.status is ReceiptStatus.PUBLISHED:
+            if receipt.published:
                 outcomes[claimant.event_id] = Outcome.DUPLICATE
             else:
-                outcomes[claimant.event_id] = Outcome.PUBLISHED if receipt.new else Outcome.REPUBLISHED
+                outcomes[claimant.event_id] = Outcome.PUBLISHED
                 to_publish.append(claimant)
-                to_mark[receipt.mark] = None
+                to_mark.append(receipt.mark)
         if to_publish:
-            self._publish([c.message(c.received_at_ms) for c in to_publish])
-            self._unmarked = list(to_mark)
+            self._publish([c.message(now_ms) for c in to_publish])
+            self._unmarked = to_mark
         self.groups += 1
         self.committed += len(to_publish)
         return {

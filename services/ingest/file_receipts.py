@@ -24,8 +24,7 @@ link.
 Unlike the MongoDB store, nothing is written before the event is published: an instance whose event
 was acknowledged but whose link was never written (the process killed in between) is published again
 when it is resent, under the same event id, with the resend's timestamps rather than the first's;
-downstream stages keep one by its id, as they do for any redelivery. The facts `ReceiptFacts` carries
-(organisation, channel, SOP Instance UID, hash, size) are not stored: the event id is their hash.
+downstream stages keep one by its id, as they do for any redelivery.
 """
 
 from __future__ import annotations
@@ -43,14 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.blob_store import fsync_directory, missing_parents
-from services.ingest.receipts import (
-    MARK_PREFIX,
-    Receipt,
-    ReceiptFacts,
-    ReceiptStatus,
-    ReceiptStoreUnavailable,
-    mark_id,
-)
+from services.ingest.receipts import MARK_PREFIX, Receipt, ReceiptStoreUnavailable, mark_id
 
 FOLDER = ".receipts"  # under the blob root: not two characters long, so blob scans pass it by
 LINKS_PER_RECORD = 60_000  # ext4 allows 65,000 links to one inode
@@ -73,11 +65,9 @@ class FileReceiptStore:
         self._unsynced: set[str] = set()
         self._lock = threading.Lock()
 
-    def claim_many(
-        self, claims: Sequence[tuple[str, ReceiptFacts]], now_ms: int, marks: Sequence[str] = ()
-    ) -> list[Receipt]:
-        """Write `marks` (events the broker acknowledged since the last call), then look each claim up.
-        The links are made durable by the next call (or `write_marks` at shutdown), not this one: by
+    def claim_many(self, event_ids: Sequence[str], marks: Sequence[str] = ()) -> list[Receipt]:
+        """Write `marks` (events the broker acknowledged since the last call), then look each event id
+        up. The links are made durable by the next call (or `write_marks` at shutdown), not this one: by
         then the blobs' own fsyncs have usually committed them (on ext4, a journal commit takes every
         metadata change before it), so that fsync is nearly free. Lost only if the machine (not the
         process) dies in between; then a resend of those instances is published once more."""
@@ -85,11 +75,11 @@ class FileReceiptStore:
             try:
                 _fsync_all(self._unsynced)
                 self._unsynced = self._link_marks(marks)
-                return [self._look_up(event_id, now_ms) for event_id, _ in claims]
+                return [self._look_up(event_id) for event_id in event_ids]
             except OSError as exc:
                 raise ReceiptStoreUnavailable(f"receipt store unavailable: {_reason(exc)}") from exc
 
-    def write_marks(self, marks: Sequence[str], now_ms: int) -> None:
+    def write_marks(self, marks: Sequence[str]) -> None:
         """Write the marks and make them, and every earlier link, durable now."""
         with self._lock:
             try:
@@ -98,10 +88,10 @@ class FileReceiptStore:
             except OSError as exc:
                 raise ReceiptStoreUnavailable(f"receipt store unavailable: {_reason(exc)}") from exc
 
-    def _look_up(self, event_id: str, now_ms: int) -> Receipt:
+    def _look_up(self, event_id: str) -> Receipt:
         if os.path.lexists(self._path(event_id)):
-            return Receipt(event_id, ReceiptStatus.PUBLISHED, now_ms)
-        return Receipt(event_id, ReceiptStatus.RECEIVED, now_ms, new=True, mark=mark_id(event_id))
+            return Receipt(event_id, True)
+        return Receipt(event_id, False, mark_id(event_id))
 
     def _link_marks(self, marks: Iterable[str]) -> set[str]:
         """Link each mark's name to the record (a name that exists is left as it is); the folders

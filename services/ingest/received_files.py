@@ -14,7 +14,7 @@ Writes go straight to the descriptor: nothing is buffered, so there is nothing t
 fragment not written yet, not closed): the group commit (commit_group.py) waits, at most its
 `gather_s`, for those too, not only for instances already being stored. With two `storescu`
 associations a leader otherwise found the other association's instance still arriving about half
-the time and committed alone: ~1.5 instances per Kafka produce request and MongoDB command, not 2.
+the time and committed alone: ~1.5 instances per Kafka produce request and receipt claim, not 2.
 A transfer that began more than `RECEIVING_HORIZON_S` ago is not counted: a slow or stalled sender
 never holds groups back.
 

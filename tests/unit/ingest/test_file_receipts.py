@@ -10,13 +10,11 @@ import pytest
 
 from services.ingest import file_receipts
 from services.ingest.file_receipts import FileReceiptStore, Pruned, prune_receipts
-from services.ingest.receipts import Receipt, ReceiptFacts, ReceiptStatus, ReceiptStoreUnavailable, mark_id
-
-FACTS = ReceiptFacts("trust-a", "c-store", "1.2.3.4", "ab" * 32, 1234)
+from services.ingest.receipts import Receipt, ReceiptStoreUnavailable, mark_id
 
 
-def claim(store: FileReceiptStore, event_id: str, now_ms: int) -> Receipt:
-    return store.claim_many([(event_id, FACTS)], now_ms)[0]
+def claim(store: FileReceiptStore, event_id: str) -> Receipt:
+    return store.claim_many([event_id])[0]
 
 
 def names(root: Path) -> list[Path]:
@@ -24,51 +22,49 @@ def names(root: Path) -> list[Path]:
 
 
 def test_a_first_claim_is_new_and_its_mark_is_its_own(tmp_path: Path) -> None:
-    receipt = claim(FileReceiptStore(tmp_path), "ev-1", 1000)
+    receipt = claim(FileReceiptStore(tmp_path), "ev-1")
 
-    assert receipt.new and receipt.status is ReceiptStatus.RECEIVED and receipt.received_at_ms == 1000
+    assert not receipt.published
     assert receipt.mark == mark_id("ev-1")
 
 
-def test_a_claim_before_the_mark_is_published_again_with_its_own_time(tmp_path: Path) -> None:
+def test_a_claim_before_the_mark_is_published_again(tmp_path: Path) -> None:
     store = FileReceiptStore(tmp_path)
-    claim(store, "ev-1", 1000)  # acknowledged by the broker, then the process died: no mark
+    claim(store, "ev-1")  # acknowledged by the broker, then the process died: no mark
 
-    again = claim(store, "ev-1", 2000)
+    again = claim(store, "ev-1")
 
-    assert again.new and again.status is ReceiptStatus.RECEIVED and again.received_at_ms == 2000
+    assert not again.published
 
 
 def test_a_claim_after_the_mark_is_a_duplicate_and_marking_twice_is_harmless(tmp_path: Path) -> None:
     store = FileReceiptStore(tmp_path)
-    claim(store, "ev-1", 1000)
-    store.write_marks([mark_id("ev-1")], 1500)
-    store.write_marks([mark_id("ev-1")], 1600)
+    claim(store, "ev-1")
+    store.write_marks([mark_id("ev-1")])
+    store.write_marks([mark_id("ev-1")])
 
-    again = claim(store, "ev-1", 2000)
+    again = claim(store, "ev-1")
 
-    assert not again.new and again.status is ReceiptStatus.PUBLISHED
+    assert again.published
 
 
 def test_a_claim_writes_the_marks_it_carries_before_it_looks_up(tmp_path: Path) -> None:
     store = FileReceiptStore(tmp_path)
-    earlier = store.claim_many([("ev-earlier-1", FACTS), ("ev-earlier-2", FACTS)], 1000)
+    earlier = store.claim_many(["ev-earlier-1", "ev-earlier-2"])
 
-    group = store.claim_many(
-        [("ev-next", FACTS), ("ev-earlier-1", FACTS), ("ev-earlier-2", FACTS)], 2000, [r.mark for r in earlier]
-    )
+    group = store.claim_many(["ev-next", "ev-earlier-1", "ev-earlier-2"], [r.mark for r in earlier])
 
-    assert [(r.event_id, r.status, r.new) for r in group] == [
-        ("ev-next", ReceiptStatus.RECEIVED, True),
-        ("ev-earlier-1", ReceiptStatus.PUBLISHED, False),
-        ("ev-earlier-2", ReceiptStatus.PUBLISHED, False),
+    assert [(r.event_id, r.published) for r in group] == [
+        ("ev-next", False),
+        ("ev-earlier-1", True),
+        ("ev-earlier-2", True),
     ]
 
 
 def test_every_mark_is_a_link_to_one_record_so_no_inode_per_instance(tmp_path: Path) -> None:
     store = FileReceiptStore(tmp_path)
-    claimed = store.claim_many([(f"ev-{n}", FACTS) for n in range(20)], 1000)
-    store.write_marks([r.mark for r in claimed], 1100)
+    claimed = store.claim_many([f"ev-{n}" for n in range(20)])
+    store.write_marks([r.mark for r in claimed])
 
     marks = [p for p in names(tmp_path) if "procs" not in p.parts]
     assert len(marks) == 20
@@ -81,30 +77,30 @@ def test_a_new_record_is_started_before_the_file_systems_link_limit(
     monkeypatch.setattr(file_receipts, "LINKS_PER_RECORD", 3)
     store = FileReceiptStore(tmp_path)
 
-    store.write_marks([mark_id(f"ev-{n}") for n in range(7)], 1000)
+    store.write_marks([mark_id(f"ev-{n}") for n in range(7)])
 
     assert len({p.lstat().st_ino for p in names(tmp_path)}) == 3
-    assert all(claim(store, f"ev-{n}", 2000).status is ReceiptStatus.PUBLISHED for n in range(7))
+    assert all(claim(store, f"ev-{n}").published for n in range(7))
 
 
 def test_another_replica_on_the_same_volume_sees_the_marks(tmp_path: Path) -> None:
     first, second = FileReceiptStore(tmp_path), FileReceiptStore(tmp_path)
-    claimed = claim(first, "ev-1", 1000)
+    claimed = claim(first, "ev-1")
 
-    assert claim(second, "ev-1", 2000).new
-    first.write_marks([claimed.mark], 1100)
-    assert claim(second, "ev-1", 3000).status is ReceiptStatus.PUBLISHED
+    assert not claim(second, "ev-1").published
+    first.write_marks([claimed.mark])
+    assert claim(second, "ev-1").published
 
 
 def test_a_record_removed_under_the_store_is_made_again(tmp_path: Path) -> None:
     store = FileReceiptStore(tmp_path)
-    store.write_marks([mark_id("ev-1")], 1000)
+    store.write_marks([mark_id("ev-1")])
     for record in (tmp_path / "procs").iterdir():
         record.unlink()  # a damaged volume
 
-    store.write_marks([mark_id("ev-2")], 2000)
+    store.write_marks([mark_id("ev-2")])
 
-    assert claim(store, "ev-2", 3000).status is ReceiptStatus.PUBLISHED
+    assert claim(store, "ev-2").published
 
 
 def test_a_volume_that_cannot_be_written_is_unavailable_and_says_no_path(tmp_path: Path) -> None:
@@ -113,7 +109,7 @@ def test_a_volume_that_cannot_be_written_is_unavailable_and_says_no_path(tmp_pat
     store = FileReceiptStore(blocked / ".receipts")
 
     with pytest.raises(ReceiptStoreUnavailable) as caught:
-        store.claim_many([("ev-2", FACTS)], 2000, [mark_id("ev-1")])
+        store.claim_many(["ev-2"], [mark_id("ev-1")])
 
     assert str(caught.value) == "receipt store unavailable: ENOTDIR"
 
@@ -121,7 +117,7 @@ def test_a_volume_that_cannot_be_written_is_unavailable_and_says_no_path(tmp_pat
 @pytest.mark.parametrize("event_id", ["../x", ".hidden", "a/b", ""])
 def test_an_event_id_that_is_not_a_plain_name_is_refused(tmp_path: Path, event_id: str) -> None:
     with pytest.raises(ValueError):
-        claim(FileReceiptStore(tmp_path), event_id, 1000)
+        claim(FileReceiptStore(tmp_path), event_id)
 
 
 def test_a_claims_links_are_fsynced_by_the_next_claim_and_all_pending_ones_by_write_marks(
@@ -131,20 +127,20 @@ def test_a_claims_links_are_fsynced_by_the_next_claim_and_all_pending_ones_by_wr
     monkeypatch.setattr(file_receipts, "fsync_directory", synced.append)
     store = FileReceiptStore(tmp_path)
 
-    store.claim_many([("bb-2", FACTS)], 1100, [mark_id("aa-1")])
+    store.claim_many(["bb-2"], [mark_id("aa-1")])
     assert synced == []  # not right after the blob's own fsync
-    store.claim_many([("cc-3", FACTS)], 1200, [mark_id("bb-2")])
+    store.claim_many(["cc-3"], [mark_id("bb-2")])
     assert str(tmp_path / "aa") in synced and str(tmp_path / "bb") not in synced
-    store.write_marks([], 1300)  # at shutdown: everything still pending
+    store.write_marks([])  # at shutdown: everything still pending
     assert str(tmp_path / "bb") in synced
 
 
 def test_a_record_takes_links_for_an_hour_at_most(tmp_path: Path) -> None:
     now = [0.0]
     store = FileReceiptStore(tmp_path, clock=lambda: now[0])
-    store.write_marks([mark_id("ev-1"), mark_id("ev-2")], 1000)
+    store.write_marks([mark_id("ev-1"), mark_id("ev-2")])
     now[0] = file_receipts.RECORD_SPAN_S + 1
-    store.write_marks([mark_id("ev-3")], 2000)
+    store.write_marks([mark_id("ev-3")])
 
     inodes = {name.name: name.lstat().st_ino for name in names(tmp_path) if "procs" not in name.parts}
     assert inodes["ev-1"] == inodes["ev-2"] != inodes["ev-3"]
@@ -157,24 +153,24 @@ def test_receipts_past_the_retention_go_a_record_at_a_time_and_the_rest_stay(tmp
     own record went."""
     now = [0.0]
     store = FileReceiptStore(tmp_path, clock=lambda: now[0])
-    store.write_marks([mark_id(f"old-{n}") for n in range(5)], 1000)
+    store.write_marks([mark_id(f"old-{n}") for n in range(5)])
     time.sleep(0.05)  # the two records' ctimes apart
     now[0] = file_receipts.RECORD_SPAN_S + 1
-    store.write_marks([mark_id(f"new-{n}") for n in range(3)], 2000)
+    store.write_marks([mark_id(f"new-{n}") for n in range(3)])
     old_record, new_record = sorted((tmp_path / "procs").iterdir(), key=lambda p: p.lstat().st_ctime)
     between = (old_record.lstat().st_ctime + new_record.lstat().st_ctime) / 2
     pruned = prune_receipts(tmp_path, older_than_s=0.01, clock=lambda: between + 0.01)
 
     assert (pruned.records, pruned.names) == (1, 5)
     assert not old_record.exists() and new_record.is_symlink()
-    assert all(claim(store, f"old-{n}", 3000).new for n in range(5))
-    assert not any(claim(store, f"new-{n}", 3000).new for n in range(3))
+    assert not any(claim(store, f"old-{n}").published for n in range(5))
+    assert all(claim(store, f"new-{n}").published for n in range(3))
     assert prune_receipts(tmp_path, older_than_s=0.01, clock=lambda: between + 0.01) == Pruned(0, 0)
 
     everything = prune_receipts(tmp_path, older_than_s=0, clock=lambda: time.time() + 1)
     assert everything == Pruned(1, 3) and names(tmp_path) == []
-    store.write_marks([mark_id("after")], 4000)  # its record went: it makes another
-    assert claim(store, "after", 5000).status is ReceiptStatus.PUBLISHED
+    store.write_marks([mark_id("after")])  # its record went: it makes another
+    assert claim(store, "after").published
 
 
 def test_pruning_a_volume_without_receipts_does_nothing(tmp_path: Path) -> None:
