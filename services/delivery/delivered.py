@@ -18,6 +18,13 @@ Two collections, both keyed so that every question is an `_id` lookup (fast on a
   as pages, measured apart); folded later, the same updates run in bulk away from it, and a page
   replayed after a crash is the same page.
 
+Tried and not kept (2026-12-04): leaving each batch's page in a small `pending_pages` collection and
+folding the pages into the study documents every few seconds, so a batch costs two inserts instead of
+two inserts and two upserts. Four A/B pairs on fresh stacks (`make clean && make up && python -m
+tools.bench --skip-orthanc`) gave FerretDB and PostgreSQL 1.21 / 1.12 / 1.46 / 1.25 ms of CPU per
+instance before and 1.24 / 1.22 / 1.37 / 1.54 after, all processes 14.4 and 14.5 ms on average: the
+pages were written twice and read once more, which cost what the upserts had.
+
 The delivery stage writes both in one batch before it publishes the partner's feed, so a partner
 never receives a reference it cannot fetch. A partner is only ever shown documents whose `_id`
 starts with its own id: another partner's object is simply not found.
