@@ -150,7 +150,6 @@ def collect(
     dry_run: bool = False,
     on_entry: Callable[[BlobEntry], None] | None = None,
     clock: Callable[[], float] = time.time,
-    stale_temporary_s: float = STALE_TEMPORARY_S,
 ) -> Collected:
     """Delete what may go. `owed` is read after the scan has chosen its candidates, so a delivery
     recorded meanwhile still protects its objects. Spliced objects' records are decided first; the
@@ -179,17 +178,15 @@ def collect(
             continue
         _delete(root, entry, still_owed, now_s, retention_s, dry_run, clock, result)
     for temporary in temporaries:
-        _delete_temporary(temporary, stale_temporary_s, dry_run, clock, result)
+        _delete_temporary(temporary, dry_run, clock, result)
     return result
 
 
-def _delete_temporary(
-    entry: os.DirEntry[str], stale_s: float, dry_run: bool, clock: Callable[[], float], result: Collected
-) -> None:
+def _delete_temporary(entry: os.DirEntry[str], dry_run: bool, clock: Callable[[], float], result: Collected) -> None:
     try:
         stat = entry.stat(follow_symlinks=False)
         # Stated now, not when the walk passed it: a writer may have written since.
-        if not entry.is_file(follow_symlinks=False) or clock() - stat.st_mtime <= stale_s:
+        if not entry.is_file(follow_symlinks=False) or clock() - stat.st_mtime <= STALE_TEMPORARY_S:
             return
         if not dry_run:
             os.unlink(entry.path)

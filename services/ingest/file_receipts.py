@@ -51,6 +51,13 @@ RECORD_SPAN_S = 3600.0
 PROCS = "procs"
 _EVENT_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{1,127}")  # a folder name: no "/", no leading "."
 
+log = logging.getLogger(__name__)
+
+
+def receipts_folder(blob_dir: Path) -> Path:
+    """Where the receipts of the ingest replicas sharing the blob volume `blob_dir` live."""
+    return blob_dir / FOLDER
+
 
 class FileReceiptStore:
     def __init__(self, root: Path, clock: Callable[[], float] = time.monotonic) -> None:
@@ -188,9 +195,7 @@ def prune_receipts(root: Path, older_than_s: float, clock: Callable[[], float] =
     return Pruned(len(stale), names)
 
 
-def prune_receipts_every(
-    root: Path, older_than_s: float, interval_s: float, stop: threading.Event, log: logging.Logger
-) -> None:
+def prune_receipts_every(root: Path, older_than_s: float, interval_s: float, stop: threading.Event) -> None:
     """`prune_receipts` on a timer until `stop` (each ingest replica runs one; two at once are harmless)."""
     while not stop.wait(interval_s):
         try:

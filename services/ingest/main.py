@@ -21,8 +21,7 @@ from services.common.runtime import StageControl, install_stop_signals
 from services.common.stats import StageStats
 from services.common.telemetry import setup_telemetry
 from services.ingest.admin import register_organisation_admin
-from services.ingest.file_receipts import FOLDER as RECEIPTS_FOLDER
-from services.ingest.file_receipts import prune_receipts_every
+from services.ingest.file_receipts import prune_receipts_every, receipts_folder
 from services.ingest.scp import DicomReceiver
 from services.ingest.settings import IngestSettings
 from services.ingest.stow import StowContext, create_app
@@ -107,11 +106,10 @@ def serve(
                     threading.Thread(
                         target=prune_receipts_every,
                         args=(
-                            settings.blob_dir / RECEIPTS_FOLDER,
+                            receipts_folder(settings.blob_dir),
                             settings.receipt_retention_s,
                             settings.receipt_prune_interval_s,
                             stop,
-                            log,
                         ),
                         name="imx-ingest-receipt-pruning",
                         daemon=True,

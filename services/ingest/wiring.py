@@ -20,8 +20,7 @@ from services.common.stores.organisations import OrganisationStore
 from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance
 from services.ingest.errors import IngestUnavailable
-from services.ingest.file_receipts import FOLDER as RECEIPTS_FOLDER
-from services.ingest.file_receipts import FileReceiptStore
+from services.ingest.file_receipts import FileReceiptStore, receipts_folder
 from services.ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def open_ingest(
         try:
             acceptance = Acceptance(
                 blobs=LocalBlobStore(settings.blob_dir),
-                receipts=FileReceiptStore(settings.blob_dir / RECEIPTS_FOLDER),
+                receipts=FileReceiptStore(receipts_folder(settings.blob_dir)),
                 bus=producer,
                 topics=topics,
                 max_instance_bytes=settings.max_instance_bytes,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.common.dicom.header import inspect_instance
-from services.ingest.file_receipts import FOLDER
+from services.ingest.file_receipts import receipts_folder
 from services.ingest.sender import send_with_settings
 from services.ingest.settings import IngestSettings
 from tests.integration.ingest.conftest import SenderOrg
@@ -26,7 +26,7 @@ def ingest_settings(kafka_bootstrap: str, mongo_uri: str, tmp_path_factory: pyte
 
 
 def _receipt_names(root: Path) -> list[Path]:
-    return [path for path in (root / FOLDER).rglob("*") if path.is_symlink() and "procs" not in path.parts]
+    return [path for path in receipts_folder(root).rglob("*") if path.is_symlink() and "procs" not in path.parts]
 
 
 def test_a_resend_is_a_duplicate_within_the_retention_and_published_again_after_it(
