@@ -43,6 +43,7 @@ class BlobEntry:
     modified_s: float
     source: str = ""  # a spliced object's: the object whose bytes it refers to
     spliced_size: int = 0  # a spliced object's: its whole bytes, its head and its source's range
+    path: str = ""  # the file: the object, or a spliced object's record
 
     @property
     def logical_size(self) -> int:
@@ -76,8 +77,8 @@ class Collected:
 
 
 def scan(root: Path, on_temporary: Callable[[os.DirEntry[str]], None] | None = None) -> Iterator[BlobEntry]:
-    """Every object under the store's two-level fan-out (temporaries are not objects: `on_temporary`,
-    when given, is told of each, in the root and in the fan-out folders)."""
+    """Every object in the store's fan-out folders, of either layout (blob_layout.py; temporaries are
+    not objects: `on_temporary`, when given, is told of each, in the root and in the fan-out folders)."""
     if not root.exists():
         return
     for first in os.scandir(root):
@@ -85,21 +86,28 @@ def scan(root: Path, on_temporary: Callable[[os.DirEntry[str]], None] | None = N
             on_temporary(first)
         if not first.is_dir() or len(first.name) != 2:
             continue
-        for second in os.scandir(first.path):
-            if not second.is_dir():
-                continue
-            for entry in os.scandir(second.path):
-                if entry.name.startswith("."):
-                    if on_temporary and entry.name.startswith(TEMPORARY_PREFIX):
-                        on_temporary(entry)
-                    continue
-                if len(entry.name) == 64:
-                    stat = entry.stat()
-                    yield BlobEntry(entry.name, stat.st_size, stat.st_mtime)
-                elif len(entry.name) == 64 + len(SPLICE_SUFFIX) and entry.name.endswith(SPLICE_SUFFIX):
-                    spliced = _spliced_entry(entry)
-                    if spliced is not None:
-                        yield spliced
+        for entry in os.scandir(first.path):
+            if len(entry.name) == 2 and entry.is_dir():  # a second level: a store of the old layout
+                for inner in os.scandir(entry.path):
+                    yield from _object_entry(inner, on_temporary)
+            else:
+                yield from _object_entry(entry, on_temporary)
+
+
+def _object_entry(
+    entry: os.DirEntry[str], on_temporary: Callable[[os.DirEntry[str]], None] | None
+) -> Iterator[BlobEntry]:
+    if entry.name.startswith("."):
+        if on_temporary and entry.name.startswith(TEMPORARY_PREFIX):
+            on_temporary(entry)
+        return
+    if len(entry.name) == 64:
+        stat = entry.stat()
+        yield BlobEntry(entry.name, stat.st_size, stat.st_mtime, path=entry.path)
+    elif len(entry.name) == 64 + len(SPLICE_SUFFIX) and entry.name.endswith(SPLICE_SUFFIX):
+        spliced = _spliced_entry(entry)
+        if spliced is not None:
+            yield spliced
 
 
 _RECORD_START = 256  # the record's first lines: magic, then source, offset and size
@@ -118,11 +126,11 @@ def _spliced_entry(entry: os.DirEntry[str]) -> BlobEntry | None:
     try:
         splice = decode_splice(start)
     except SpliceMalformed:
-        return BlobEntry(entry.name[:64], stat.st_size, stat.st_mtime, "?" * 64, stat.st_size)
+        return BlobEntry(entry.name[:64], stat.st_size, stat.st_mtime, "?" * 64, stat.st_size, entry.path)
     # `start` holds the record's first lines and the beginning of its head: the head is the rest.
     head = stat.st_size - (len(start) - len(splice.head))
     size = head + splice.source_size - splice.offset
-    return BlobEntry(entry.name[:64], stat.st_size, stat.st_mtime, splice.source, size)
+    return BlobEntry(entry.name[:64], stat.st_size, stat.st_mtime, splice.source, size, entry.path)
 
 
 def deletable(entry: BlobEntry, owed: set[str], now_s: float, retention_s: float) -> bool:
@@ -169,14 +177,14 @@ def collect(
     result = Collected()
     gone: set[str] = set()
     for entry in (e for e in candidates if e.source):
-        if _delete(root, entry, still_owed, now_s, retention_s, dry_run, clock, result):
+        if _delete(entry, still_owed, now_s, retention_s, dry_run, clock, result):
             gone.add(entry.sha256)
     referred = {record.source for record in records if record.sha256 not in gone}
     for entry in (e for e in candidates if not e.source):
         if entry.sha256 in referred:
             result.kept_sources += 1
             continue
-        _delete(root, entry, still_owed, now_s, retention_s, dry_run, clock, result)
+        _delete(entry, still_owed, now_s, retention_s, dry_run, clock, result)
     for temporary in temporaries:
         _delete_temporary(temporary, dry_run, clock, result)
     return result
@@ -197,7 +205,6 @@ def _delete_temporary(entry: os.DirEntry[str], dry_run: bool, clock: Callable[[]
 
 
 def _delete(
-    root: Path,
     entry: BlobEntry,
     owed: set[str],
     now_s: float,
@@ -209,7 +216,7 @@ def _delete(
     if not deletable(entry, owed, now_s, retention_s):
         result.kept_owed += 1
         return False
-    path = root / entry.sha256[:2] / entry.sha256[2:4] / entry.name
+    path = Path(entry.path)
     try:
         # Re-checked just before deleting: the same content may have been written again.
         if clock() - path.stat().st_mtime <= retention_s:

@@ -3,7 +3,8 @@
 `LocalBlobStore` writes atomically (temp file in the same directory, fsync, rename, fsync of the
 directory; a fan-out folder it creates is fsynced in its parent too), so a crash mid-write never
 leaves a partial object under its final name, and concurrent writers of the same content simply both
-succeed. Another backend (S3-compatible, say) would implement `BlobStore`.
+succeed. Which folder an object lives in: blob_layout.py. Another backend (S3-compatible, say) would
+implement `BlobStore`.
 
 Objects of any size (ingest accepts up to 1 GiB) never need to be held whole in memory: `put_file`
 moves a file that is already on disk into the store (a rename on the same filesystem; hashed unless
@@ -34,6 +35,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from services.common.blob_layout import object_path, store_levels
 from services.common.blob_splices import SPLICE_SUFFIX, Extent, ExtentChanged, Splice, SpliceMalformed, decode_splice
 from services.common.messages import PhiSafeError
 
@@ -103,6 +105,7 @@ class LocalBlobStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._root = str(self.root)
+        self.levels = store_levels(self.root)  # fan-out folder levels (blob_layout.py)
 
     def path_for(self, sha256: str) -> Path:
         return Path(self.object_path(sha256))
@@ -112,8 +115,7 @@ class LocalBlobStore:
         without building a Path of three joins each time."""
         if not _SHA256_HEX.match(sha256):
             raise ValueError("blob id must be 64 lower-case hex characters")
-        # Two levels of fan-out keep directories small at millions of objects.
-        return f"{self._root}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+        return object_path(self._root, sha256, self.levels)
 
     def splice_path_for(self, sha256: str) -> Path:
         """Where the object's splice record is, when it is stored spliced (blob_splices.py)."""
@@ -464,7 +466,7 @@ def make_durable_parents(path: Path) -> None:
     """Create the folders above `path` that are missing, each made durable in its parent (an fsync of
     the parent after the mkdir): the object's own rename is fsynced in its folder, but a folder just
     created would otherwise be lost with the object in it by a power cut. Existing folders (nearly
-    always: 65,536 of them in all) cost one stat."""
+    always: a store has 256 of them, or 65,536 in the old layout) cost one stat."""
     for folder in missing_parents(path):
         folder.mkdir(exist_ok=True)
         fsync_directory(folder.parent)

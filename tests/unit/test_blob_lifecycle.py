@@ -37,7 +37,7 @@ def test_collect_deletes_expired_unowed_objects_and_keeps_the_rest(tmp_path: Pat
     _age(store, expired, 10)
     _age(store, owed, 10)
     _age(store, fresh, 1)
-    (tmp_path / expired[:2] / expired[2:4] / ".tmp-leftover").write_bytes(b"x")
+    (store.path_for(expired).parent / ".tmp-leftover").write_bytes(b"x")
     assert {e.sha256 for e in scan(tmp_path)} == {expired, owed, fresh}
 
     dry = collect(tmp_path, lambda: {owed}, retention_s=7 * DAY, dry_run=True, clock=lambda: NOW)

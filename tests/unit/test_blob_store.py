@@ -90,8 +90,8 @@ def test_folders_created_for_an_object_are_made_durable_in_their_parents(
     store = LocalBlobStore(tmp_path)
     digest = store.put(b"first")
     fan_out = store.path_for(digest).parent
-    # The new first level in the root, the new second level in the first, then the object in its folder.
-    assert synced == [tmp_path, fan_out.parent, fan_out]
+    # The new fan-out folder in the root, then the object in its folder.
+    assert fan_out.parent == tmp_path and synced == [tmp_path, fan_out]
     synced.clear()
     blob_store.make_durable_parents(fan_out / ("0" * 64))
     assert synced == []  # folders already there: nothing to make durable

@@ -63,21 +63,26 @@ def test_a_failed_settle_raises_and_leaves_no_temporary_file(tmp_path: Path, mon
     assert store.get(sha) == b"x" * 100
 
 
+@pytest.mark.parametrize("levels", [1, 2])
 def test_a_settled_object_s_new_folders_are_made_durable_in_their_parents(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, levels: int
 ) -> None:
     from services.deid import batch_writes
 
     synced: list[str] = []
     real = batch_writes.fsync_directory
     monkeypatch.setattr(batch_writes, "fsync_directory", lambda folder: (synced.append(str(folder)), real(folder)))
+    (tmp_path / ".layout").write_text(f"fan-out {levels}\n")  # 2: a store made before the one-level layout
     store = LocalBlobStore(tmp_path)
     writes = BatchedBlobWrites(store)
     first, _ = writes.put_chunks([b"first"])
     writes.settle()
     fan_out = store.path_for(first).parent
-    # The new first level in the root, the new second level in the first, then the object in its folder.
-    assert synced == [str(tmp_path), str(fan_out.parent), str(fan_out)]
+    # The new first level in the root, the new second level (if any) in the first, then the object in
+    # its folder.
+    new_levels = [str(tmp_path), str(fan_out.parent)] if levels == 2 else [str(tmp_path)]
+    assert fan_out.parent == tmp_path if levels == 1 else fan_out.parent.parent == tmp_path
+    assert synced == [*new_levels, str(fan_out)]
 
     synced.clear()
     second = hashlib.sha256(b"second").hexdigest()
