@@ -166,15 +166,16 @@ class CommitGroup:
             self._changed.wait(remaining)
 
     def flush(self) -> None:
-        """Write the marks still waiting for a next group (at shutdown); raises IngestUnavailable."""
+        """Write the marks still waiting for a next group, and make every mark durable (at shutdown);
+        raises IngestUnavailable."""
         with self._changed:
             while self._leading:
                 self._changed.wait()
             self._leading = True
         try:
-            if self._unmarked:
-                self._receipts.write_marks(self._unmarked)
-                self._unmarked = []
+            # Even with no mark waiting: the store makes every link written so far durable.
+            self._receipts.write_marks(self._unmarked)
+            self._unmarked = []
         finally:
             with self._changed:
                 self._leading = False
