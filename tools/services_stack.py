@@ -53,6 +53,16 @@ class ServicePorts:
 # The container image and the chart should set the same two variables.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(256 * 1024 * 1024)}
 
+# The stages behind Kafka run at niceness 5 in the devstack, ingest and the gateways at 0. On one machine
+# they all share its cores, and a sender hears its answer only after ingest has stored the instance and
+# Kafka acknowledged its event: every moment ingest waits for a core behind deid or audit lengthens
+# each association's round trip, while the stages behind Kafka only take bigger batches when they wait
+# (their work is not lost, nor is their latency the sender's). Measured with `make bench`
+# (README, "Figures"). IMX_DEVSTACK_STAGE_NICENESS changes it (0: all alike).
+STAGE_NICENESS_ENV = "IMX_DEVSTACK_STAGE_NICENESS"
+BEHIND_KAFKA = ("routing", "deid", "delivery", "audit")
+DEFAULT_STAGE_NICENESS = 5
+
 SERVICES: dict[str, ServicePorts] = {
     "ingest": ServicePorts(15051, (("IMX_HTTP_PORT", 8041), ("IMX_DICOM_PORT", 11112))),
     "routing": ServicePorts(15052),
@@ -249,6 +259,7 @@ def start_services(
         ensure_port_free(replica.ports.grpc, f"{replica.name} gRPC")
         for _, port in replica.ports.other:
             ensure_port_free(port, replica.name)
+    niceness = {replica.name: niceness_for(replica.service, env) for replica in to_start}  # refused before a start
     started = time.monotonic()
     procs = {
         replica.name: start_process(
@@ -259,6 +270,8 @@ def start_services(
                 "-m",
                 "tools.devstack.supervise",
                 replica.name,
+                "--nice",
+                str(niceness[replica.name]),
                 "--",
                 sys.executable,
                 "-m",
@@ -280,6 +293,18 @@ def start_services(
         state = "already running" if replica.name in running else f"healthy in {time.monotonic() - started:.1f}s"
         print(f"{replica.name:<11} grpc {replica.grpc_address:<16} {state}")
     return plan
+
+
+def niceness_for(service: str, env: Mapping[str, str]) -> int:
+    """The niceness a service of the devstack runs at (pure); refuses a value nice(2) would not take."""
+    if service not in BEHIND_KAFKA:
+        return 0
+    raw = env.get(STAGE_NICENESS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_STAGE_NICENESS
+    if not raw.isdigit() or int(raw) > 19:
+        raise EnvironmentProblem(f"{STAGE_NICENESS_ENV}={raw!r} is not a niceness from 0 to 19")
+    return int(raw)
 
 
 def main() -> int:

@@ -64,3 +64,33 @@ def test_restarts_back_off_and_reset_once_the_service_has_stayed_up() -> None:
     assert next_delay(4.0, ran_for_s=0.1) == 8.0
     assert next_delay(MAX_DELAY_S, ran_for_s=0.1) == MAX_DELAY_S
     assert next_delay(MAX_DELAY_S, ran_for_s=STABLE_S) == BASE_DELAY_S
+
+
+NICENESS_PROBE = """
+import os, sys, time
+from pathlib import Path
+Path(sys.argv[1], "niceness").write_text(str(os.nice(0)))
+time.sleep(60)
+"""
+
+
+def test_a_service_runs_at_the_niceness_it_is_given_and_the_supervisor_at_its_own(tmp_path: Path) -> None:
+    service = [sys.executable, "-c", NICENESS_PROBE, str(tmp_path)]
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "tools.devstack.supervise", "svc", "--nice", "7", "--", *service], cwd=ROOT
+    )
+    try:
+        assert _wait(lambda: (tmp_path / "niceness").exists() and (tmp_path / "niceness").read_text() != "")
+        assert int((tmp_path / "niceness").read_text()) == os.nice(0) + 7
+        assert os.getpriority(os.PRIO_PROCESS, supervisor.pid) == os.nice(0)
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=15)
+
+
+def test_the_supervisor_refuses_arguments_it_does_not_know() -> None:
+    for args in (["svc"], ["svc", "--nice", "x", "--", "true"], ["svc", "--"], ["svc", "extra", "--", "true"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "tools.devstack.supervise", *args], cwd=ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 2 and "usage:" in done.stderr, args

@@ -9,7 +9,7 @@ from services.cli.settings import CliSettings
 from services.gateway.central import CentralGatewaySettings
 from tests.settings_env import SETTINGS
 from tools.devstack import EnvironmentProblem, Ports
-from tools.services_stack import SERVICES, Replica, parse_replicas, plan_replicas
+from tools.services_stack import SERVICES, Replica, niceness_for, parse_replicas, plan_replicas
 
 
 def every_port(plan: list[Replica]) -> list[int]:
@@ -64,3 +64,22 @@ def test_the_cli_and_each_service_default_to_the_devstack_ports() -> None:
     for name, service_settings in settings.items():
         assert CliSettings.model_fields[f"{name}_grpc"].default == f"127.0.0.1:{SERVICES[name].grpc}", name
         assert service_settings.model_fields["grpc_port"].default == SERVICES[name].grpc, name
+
+
+def test_the_stages_behind_kafka_yield_the_cores_to_ingest_and_the_gateways() -> None:
+    assert {s: niceness_for(s, {}) for s in ("ingest", "routing", "deid", "delivery", "audit", "gateways")} == {
+        "ingest": 0,
+        "routing": 5,
+        "deid": 5,
+        "delivery": 5,
+        "audit": 5,
+        "gateways": 0,
+    }
+    assert niceness_for("deid", {"IMX_DEVSTACK_STAGE_NICENESS": "0"}) == 0
+    assert niceness_for("ingest", {"IMX_DEVSTACK_STAGE_NICENESS": "10"}) == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "20", "high"])
+def test_a_niceness_nice_would_not_take_is_refused_with_the_variable_named(value: str) -> None:
+    with pytest.raises(EnvironmentProblem, match="IMX_DEVSTACK_STAGE_NICENESS"):
+        niceness_for("deid", {"IMX_DEVSTACK_STAGE_NICENESS": value})

@@ -1,6 +1,7 @@
-"""`python -m tools.devstack.supervise NAME -- ARGV...`: runs one service and starts it again when it
-dies, so a crashed or killed service does not stay down in the devstack (issue 9: "the devstack
-restarts a service that dies").
+"""`python -m tools.devstack.supervise NAME [--nice N] -- ARGV...`: runs one service and starts it again
+when it dies, so a crashed or killed service does not stay down in the devstack (issue 9: "the
+devstack restarts a service that dies"). `--nice N`: the service runs at that niceness (the supervisor
+itself stays at its own).
 
 The supervisor's PID is the one `make stop` knows; SIGTERM/SIGINT to it are passed to the service,
 which then finishes its batch and exits, and the supervisor exits with it. Any other exit of the
@@ -12,6 +13,7 @@ that doubles up to `MAX_DELAY_S` and falls back to `BASE_DELAY_S` once the servi
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -57,14 +59,39 @@ def supervise(
             return status
 
 
+USAGE = "usage: python -m tools.devstack.supervise NAME [--nice N] -- ARGV..."
+
+
+def parse_args(args: Sequence[str]) -> tuple[str, int, list[str]]:
+    """(name, niceness, the service's argv); raises ValueError with the usage (pure)."""
+    if "--" not in args:
+        raise ValueError(USAGE)
+    split = list(args).index("--")
+    head, argv = list(args[:split]), list(args[split + 1 :])
+    if len(head) == 3 and head[1] == "--nice" and head[2].lstrip("-").isdigit():
+        return head[0], int(head[2]), argv
+    if len(head) != 1 or not argv:
+        raise ValueError(USAGE)
+    return head[0], 0, argv
+
+
+def spawn_at(niceness: int) -> Callable[[Sequence[str]], subprocess.Popen[bytes]]:
+    """Start a service at `niceness` (nice(2) in the child, before it runs anything)."""
+    if niceness == 0:
+        return lambda argv: subprocess.Popen(list(argv))
+    return lambda argv: subprocess.Popen(list(argv), preexec_fn=lambda: os.nice(niceness))
+
+
 def main(args: Sequence[str]) -> int:
-    if len(args) < 3 or args[1] != "--":
-        print("usage: python -m tools.devstack.supervise NAME -- ARGV...", file=sys.stderr)
+    try:
+        name, niceness, argv = parse_args(args)
+    except ValueError as error:
+        print(error, file=sys.stderr)
         return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())
-    return supervise(args[0], args[2:], stop)
+    return supervise(name, argv, stop, spawn=spawn_at(niceness))
 
 
 if __name__ == "__main__":
