@@ -216,6 +216,8 @@ def _delete(
     if not deletable(entry, owed, now_s, retention_s):
         result.kept_owed += 1
         return False
+    if not entry.path:
+        raise ValueError("only entries from scan() are deleted: they say where their file is")
     path = Path(entry.path)
     try:
         # Re-checked just before deleting: the same content may have been written again.
