@@ -9,8 +9,9 @@ Why one level: a fresh store with 65,536 second-level folders made a folder, and
 its parent with an fsync, for nearly every object of its first hundred thousand; with 256 it makes
 each of them once, within its first few thousand objects. On the 2-core machine (`make clean && make
 up && python -m tools.bench --skip-orthanc`, two layouts alternated, three pairs, 2026-12-04) ingest
-spent 3.46 → 3.31 ms per instance and deid 2.00 → 1.89 (means). Directories of ext4 and XFS are indexed, so tens of
-thousands of names in a folder (a store of ten million objects) cost a lookup no more than a few.
+spent 3.46 → 3.31 ms per instance and deid 2.00 → 1.89 (means). Directories of ext4 and XFS are
+indexed, so tens of thousands of names in a folder (a store of ten million objects) cost a lookup no
+more than a few.
 """
 
 from __future__ import annotations
@@ -89,9 +90,8 @@ def _write_marker_once(root: Path, marker: Path, levels: int) -> bool:
         return False
     finally:
         os.unlink(temporary)
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the name survives a power cut: the store never changes its mind
-    finally:
-        os.close(fd)
+    # Imported here: blob_store imports this module for its paths.
+    from services.common.blob_store import fsync_directory
+
+    fsync_directory(root)  # the name survives a power cut: the store never changes its mind
     return True

@@ -84,10 +84,10 @@ def test_folders_created_for_an_object_are_made_durable_in_their_parents(
 ) -> None:
     from services.common import blob_store
 
+    store = LocalBlobStore(tmp_path)  # opened first: its layout file's fsync is not the object's
     synced: list[Path] = []
     real = blob_store.fsync_directory
     monkeypatch.setattr(blob_store, "fsync_directory", lambda folder: (synced.append(folder), real(folder)))
-    store = LocalBlobStore(tmp_path)
     digest = store.put(b"first")
     fan_out = store.path_for(digest).parent
     # The new fan-out folder in the root, then the object in its folder.

@@ -13,7 +13,10 @@ def test_a_name_an_optional_niceness_and_the_service_s_command() -> None:
     assert parse_args(["svc", "--", "cmd", "--", "arg"]) == ("svc", 0, ["cmd", "--", "arg"])  # the service's own --
 
 
-@pytest.mark.parametrize("args", [["svc"], ["svc", "--"], ["svc", "x", "--", "cmd"], ["svc", "--nice", "--", "cmd"]])
+@pytest.mark.parametrize(
+    "args",
+    [["svc"], ["svc", "--"], ["svc", "--nice", "5", "--"], ["svc", "x", "--", "cmd"], ["svc", "--nice", "--", "cmd"]],
+)
 def test_anything_else_is_refused_with_the_usage(args: list[str]) -> None:
     with pytest.raises(ValueError, match="usage:"):
         parse_args(args)

@@ -33,11 +33,17 @@ def next_delay(previous_s: float, ran_for_s: float) -> float:
     return min(MAX_DELAY_S, max(BASE_DELAY_S, previous_s * 2))
 
 
+def spawn_at(niceness: int) -> Callable[[Sequence[str]], subprocess.Popen[bytes]]:
+    """Start a service at `niceness` (nice(2) in the child, before it runs anything; 0: as this one)."""
+    raise_niceness = None if niceness == 0 else lambda: os.nice(niceness)
+    return lambda argv: subprocess.Popen(list(argv), preexec_fn=raise_niceness)
+
+
 def supervise(
     name: str,
     argv: Sequence[str],
     stop: threading.Event,
-    spawn: Callable[[Sequence[str]], subprocess.Popen[bytes]] = lambda a: subprocess.Popen(list(a)),
+    spawn: Callable[[Sequence[str]], subprocess.Popen[bytes]] = spawn_at(0),
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> int:
     """Run `argv` until `stop` is set; returns the last exit status of the service."""
@@ -68,18 +74,13 @@ def parse_args(args: Sequence[str]) -> tuple[str, int, list[str]]:
         raise ValueError(USAGE)
     split = list(args).index("--")
     head, argv = list(args[:split]), list(args[split + 1 :])
+    if not argv:
+        raise ValueError(USAGE)
     if len(head) == 3 and head[1] == "--nice" and head[2].lstrip("-").isdigit():
         return head[0], int(head[2]), argv
-    if len(head) != 1 or not argv:
+    if len(head) != 1:
         raise ValueError(USAGE)
     return head[0], 0, argv
-
-
-def spawn_at(niceness: int) -> Callable[[Sequence[str]], subprocess.Popen[bytes]]:
-    """Start a service at `niceness` (nice(2) in the child, before it runs anything)."""
-    if niceness == 0:
-        return lambda argv: subprocess.Popen(list(argv))
-    return lambda argv: subprocess.Popen(list(argv), preexec_fn=lambda: os.nice(niceness))
 
 
 def main(args: Sequence[str]) -> int:
