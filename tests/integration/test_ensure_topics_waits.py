@@ -11,14 +11,9 @@ import pytest
 from kafka import KafkaConsumer
 
 from services.common.bus import ensure_topics
+from tools.devstack import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LateBroker:
@@ -62,7 +57,7 @@ class LateBroker:
 
 
 def test_ensure_topics_waits_for_a_broker_that_is_not_up_yet(kafka_bootstrap: str, unique_name: str) -> None:
-    broker = LateBroker(_free_port(), kafka_bootstrap)
+    broker = LateBroker(free_port(), kafka_bootstrap)
     topic = f"{unique_name}.late"
     outcome: list[BaseException | None] = []
 
@@ -96,7 +91,7 @@ def test_ensure_topics_stops_waiting_when_the_stage_is_stopped() -> None:
 
     def start() -> None:
         try:
-            address = f"127.0.0.1:{_free_port()}"
+            address = f"127.0.0.1:{free_port()}"
             ensure_topics(address, ["never"], 1, stop=stop, max_backoff_s=1.0, attempt_timeout_ms=500)
             outcome.append(None)
         except BaseException as exc:

@@ -3,6 +3,8 @@ names each replica gets."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.cli.settings import CliSettings
@@ -83,3 +85,31 @@ def test_the_stages_behind_kafka_yield_the_cores_to_ingest_and_the_gateways() ->
 def test_a_niceness_nice_would_not_take_is_refused_with_the_variable_named(value: str) -> None:
     with pytest.raises(EnvironmentProblem, match="IMX_DEVSTACK_STAGE_NICENESS"):
         niceness_for("deid", {"IMX_DEVSTACK_STAGE_NICENESS": value})
+
+
+def test_ports_picked_for_tests_and_tools_lie_below_the_outgoing_connections_range(tmp_path: Path) -> None:
+    from tools.devstack.processes import free_ports, pickable_ports
+
+    local_range = tmp_path / "ip_local_port_range"
+    local_range.write_text("32768\t60999\n")
+    assert pickable_ports(local_range) == range(28768, 32768)
+    local_range.write_text("2000 60999\n")  # too low to leave a span: never below 1024
+    assert pickable_ports(local_range) == range(1024, 2000)
+    assert pickable_ports(tmp_path / "missing") == range(28768, 32768)  # Linux's default assumed
+    picked = free_ports(20)
+    assert len(set(picked)) == 20 and all(port in pickable_ports() for port in picked)
+
+
+def test_a_port_in_use_is_not_picked_and_too_few_candidates_fall_back_to_the_kernel() -> None:
+    import socket
+
+    from tools.devstack.processes import HOST, free_ports
+
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        candidates = range(port, port + 1)
+        fallback = free_ports(1, candidates)  # the only candidate is in use: the kernel picks
+        assert fallback != [port] and len(fallback) == 1
+    assert free_ports(1, candidates) == [port]  # free again once closed

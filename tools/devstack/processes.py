@@ -13,6 +13,7 @@ import ctypes
 import json
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -43,12 +44,47 @@ class EnvironmentProblem(DevstackError):
 # --- ports --------------------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct ports on 127.0.0.1 that nothing listens on right now (the kernel picks them)."""
-    with contextlib.ExitStack() as stack:
+# Where a port is picked: just below the kernel's range for the local ends of outgoing connections
+# (net.ipv4.ip_local_port_range, 32768-60999 by default). A port the kernel picks for a bind to port 0
+# comes from that range, and an outgoing connection (a client of any server on the machine) can be
+# given the same port between the pick and the server's own bind, which then fails to start.
+PICK_SPAN = 4000
+LOCAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def pickable_ports(local_range: Path = LOCAL_PORT_RANGE) -> range:
+    """The ports `free_ports` picks from: the `PICK_SPAN` below the outgoing connections' range (its
+    Linux default when the file cannot be read), never below 1024; empty when that range starts too
+    low to leave any."""
+    try:
+        low = int(local_range.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - PICK_SPAN), max(1024, low))
+
+
+def free_ports(count: int, candidates: range | None = None) -> list[int]:
+    """Distinct ports on 127.0.0.1 that nothing listens on right now, in random order from
+    `pickable_ports()` (outside the outgoing connections' range); the kernel picks them when that
+    leaves too few."""
+    pool = list(pickable_ports() if candidates is None else candidates)
+    random.shuffle(pool)
+    with contextlib.ExitStack() as stack:  # all held open at once: no port is picked twice
+        picked: list[int] = []
+        for port in pool:
+            if len(picked) == count:
+                break
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                sock.bind((HOST, port))
+            except OSError:  # in use (listening, or a connection's end): the next
+                continue
+            picked.append(port)
+        if len(picked) == count:
+            return picked
         socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
         for sock in socks:
-            sock.bind((HOST, 0))  # all held open at once, so the kernel cannot hand out one twice
+            sock.bind((HOST, 0))
         return [int(sock.getsockname()[1]) for sock in socks]
 
 
