@@ -5,13 +5,14 @@ keep theirs at `<root>/<sha256[:2]>/<sha256[2:4]>/<sha256>` and go on doing so: 
 uses is written once, in `<root>/.layout`, by the first process that opens it, and read by every
 other (all replicas of every stage, and the CLI, agree without asking each other).
 
-Why one level: a fresh store with 65,536 second-level folders made a folder, and made it durable in
-its parent with an fsync, for nearly every object of its first hundred thousand; with 256 it makes
-each of them once, within its first few thousand objects. On the 2-core machine (`make clean && make
-up && python -m tools.bench --skip-orthanc`, two layouts alternated, three pairs, 2026-12-04) ingest
-spent 3.46 → 3.31 ms per instance and deid 2.00 → 1.89 (means). Directories of ext4 and XFS are
-indexed, so tens of thousands of names in a folder (a store of ten million objects) cost a lookup no
-more than a few.
+Why one level: a fresh store with 65,536 second-level folders made a folder, and made it durable in its
+parent with an fsync, for nearly every object of its first hundred thousand; with 256 it made each of
+them once, within its first few thousand objects (on the 2-core machine, `make clean && make up &&
+python -m tools.bench --skip-orthanc`, two layouts alternated, three pairs, 2026-12-04: ingest 3.46 →
+3.31 ms per instance, deid 2.00 → 1.89, means), and now makes them all when the store is opened
+(`make_fan_out_folders`), under one fsync of the root, so no sender waits for one. Directories of ext4
+and XFS are indexed, so tens of thousands of names in a folder (a store of ten million objects) cost a
+lookup no more than a few.
 """
 
 from __future__ import annotations
@@ -60,6 +61,32 @@ def store_levels(root: Path) -> int:
     except PermissionError:  # a reader without write access (the CLI as another user): it only reads
         return levels
     return parse_marker(marker.read_text())  # another process wrote it first: its choice holds
+
+
+FAN_OUT = tuple(f"{i:02x}" for i in range(256))
+
+
+def make_fan_out_folders(root: Path) -> int:
+    """Create the one-level store's 256 folders that are missing, made durable by one fsync of the
+    root; returns how many were made. At the store's opening, so that its first few thousand objects
+    do not each pay a mkdir and a folder fsync before their sender hears "stored" (with them made
+    lazily, `make clean && make bench` made all 256 within its 2,000 objects, each on some sender's
+    time). A reader without write access makes none: the writers make them."""
+    made = 0
+    for name in FAN_OUT:
+        try:
+            os.mkdir(root / name)
+        except FileExistsError:
+            continue
+        except PermissionError:
+            return made
+        made += 1
+    if made:
+        # Imported here: blob_store imports this module for its paths.
+        from services.common.blob_store import fsync_directory
+
+        fsync_directory(root)
+    return made
 
 
 def has_two_level_folders(root: Path) -> bool:

@@ -35,7 +35,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from services.common.blob_layout import object_path, store_levels
+from services.common.blob_layout import ONE_LEVEL, make_fan_out_folders, object_path, store_levels
 from services.common.blob_splices import SPLICE_SUFFIX, Extent, ExtentChanged, Splice, SpliceMalformed, decode_splice
 from services.common.messages import PhiSafeError
 
@@ -106,6 +106,8 @@ class LocalBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._root = str(self.root)
         self.levels = store_levels(self.root)  # fan-out folder levels (blob_layout.py)
+        if self.levels == ONE_LEVEL:
+            make_fan_out_folders(self.root)
 
     def path_for(self, sha256: str) -> Path:
         return Path(self.object_path(sha256))
@@ -466,7 +468,8 @@ def make_durable_parents(path: Path) -> None:
     """Create the folders above `path` that are missing, each made durable in its parent (an fsync of
     the parent after the mkdir): the object's own rename is fsynced in its folder, but a folder just
     created would otherwise be lost with the object in it by a power cut. Existing folders (nearly
-    always: a store has 256 of them, or 65,536 in the old layout) cost one stat."""
+    always: a one-level store makes its 256 at opening, an old two-level store has most of its 65,536)
+    cost one stat."""
     for folder in missing_parents(path):
         folder.mkdir(exist_ok=True)
         fsync_directory(folder.parent)

@@ -79,18 +79,39 @@ def test_verify_rehashes_a_sound_object(tmp_path: Path) -> None:
     assert store.verify(store.put(b"sound"))
 
 
-def test_folders_created_for_an_object_are_made_durable_in_their_parents(
+def test_a_new_store_makes_its_256_folders_at_opening_and_makes_them_durable_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from services.common import blob_store
 
-    store = LocalBlobStore(tmp_path)  # opened first: its layout file's fsync is not the object's
+    synced: list[Path] = []
+    real = blob_store.fsync_directory
+    monkeypatch.setattr(blob_store, "fsync_directory", lambda folder: (synced.append(Path(folder)), real(folder)))
+    store = LocalBlobStore(tmp_path / "blobs")
+    folders = sorted(p.name for p in store.root.iterdir() if p.is_dir())
+    assert folders == [f"{i:02x}" for i in range(256)]
+    assert synced.count(store.root) == 2  # the layout file's name, then the 256 folders: one fsync each
+    synced.clear()
+    digest = store.put(b"first")
+    assert synced == [store.path_for(digest).parent]  # the object's rename only: no folder made for it
+    synced.clear()
+    LocalBlobStore(store.root)  # opened again (another replica, a restart): nothing to make
+    assert synced == []
+
+
+def test_a_folder_missing_when_an_object_needs_it_is_made_durable_in_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.common import blob_store
+
+    store = LocalBlobStore(tmp_path)  # opened first: its own fsyncs are not the object's
+    fan_out = store.path_for(blob_store.sha256_hex(b"first")).parent
+    fan_out.rmdir()  # removed by hand after the store was opened
     synced: list[Path] = []
     real = blob_store.fsync_directory
     monkeypatch.setattr(blob_store, "fsync_directory", lambda folder: (synced.append(folder), real(folder)))
-    digest = store.put(b"first")
-    fan_out = store.path_for(digest).parent
-    # The new fan-out folder in the root, then the object in its folder.
+    store.put(b"first")
+    # The fan-out folder made again in the root, then the object in its folder.
     assert fan_out.parent == tmp_path and synced == [tmp_path, fan_out]
     synced.clear()
     blob_store.make_durable_parents(fan_out / ("0" * 64))

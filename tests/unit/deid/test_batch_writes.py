@@ -74,6 +74,8 @@ def test_a_settled_object_s_new_folders_are_made_durable_in_their_parents(
     monkeypatch.setattr(batch_writes, "fsync_directory", lambda folder: (synced.append(str(folder)), real(folder)))
     (tmp_path / ".layout").write_text(f"fan-out {levels}\n")  # 2: a store made before the one-level layout
     store = LocalBlobStore(tmp_path)
+    if levels == 1:  # a one-level store makes its folders at opening: one removed, to see it made again
+        store.path_for(hashlib.sha256(b"first").hexdigest()).parent.rmdir()
     writes = BatchedBlobWrites(store)
     first, _ = writes.put_chunks([b"first"])
     writes.settle()
@@ -86,7 +88,7 @@ def test_a_settled_object_s_new_folders_are_made_durable_in_their_parents(
 
     synced.clear()
     second = hashlib.sha256(b"second").hexdigest()
-    store.path_for(second).parent.mkdir(parents=True)
+    store.path_for(second).parent.mkdir(parents=True, exist_ok=True)
     assert writes.put_chunks([b"second"])[0] == second
     writes.settle()
     assert synced == [str(store.path_for(second).parent)]  # its folders were there: only its own
