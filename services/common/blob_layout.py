@@ -78,8 +78,8 @@ def make_fan_out_folders(root: Path) -> int:
             os.mkdir(root / name)
         except FileExistsError:
             continue
-        except PermissionError:
-            return made
+        except PermissionError:  # no write access: none made after this one, those made before still synced
+            break
         made += 1
     if made:
         # Imported here: blob_store imports this module for its paths.

@@ -74,11 +74,13 @@ def free_ports(count: int, candidates: range | None = None) -> list[int]:
         for port in pool:
             if len(picked) == count:
                 break
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.bind((HOST, port))
-            except OSError:  # in use (listening, or a connection's end): the next
+            except OSError:  # in use (listening, or a connection's end): closed now, the next
+                sock.close()
                 continue
+            stack.enter_context(sock)
             picked.append(port)
         if len(picked) == count:
             return picked
