@@ -38,14 +38,14 @@ from services.common.dicom.synthetic import plan_study, study_instances
 from services.common.topics import Topics
 from tools.bench_orthanc import orthanc_exchange
 from tools.bench_partner import ReceiptReader, partner_side, skip_leftovers, wait_gateway_ready
-from tools.bench_results import BenchRun, OrthancFigures, cpu_deltas, latencies_ms, result_line
+from tools.bench_results import BenchRun, OrthancFigures, cpu_deltas, latencies_ms, machine_figures, result_line
 from tools.bench_settle import wait_settled
 from tools.bench_setup import BenchConfig, configure, unconfigure
 from tools.demo.senders import c_store
 from tools.devstack import Layout, Ports, registered
 from tools.devstack.cli import kafka_admin_config, up
 from tools.dicom_peers import DCMTK_ENV
-from tools.proc_cpu import sample
+from tools.proc_cpu import machine_cpu_seconds, sample
 from tools.services_stack import start_services
 
 ROUTES_REFRESH_S = 2.0  # routing looks for route changes this often (services/routing/settings.py)
@@ -251,12 +251,12 @@ def measure(
 
         print(f"sending {len(files)} instances over {args.associations} associations", flush=True)
         sender_cpu = children_cpu_s()
-        cpu_before = sample(pids)
+        cpu_before, machine_before, driver_before = sample(pids), machine_cpu_seconds(), time.process_time()
         started_ms = time.time() * 1000
         senders = start_senders(files, args.associations, send)
         deadline = time.monotonic() + args.timeout
         arrived: list[Path] = []
-        cpu_after = cpu_before
+        cpu_after, machine_after, driver_after = cpu_before, machine_before, driver_before
         next_count = 0.0
         progress_at = time.monotonic()
         while time.monotonic() < deadline:
@@ -277,7 +277,7 @@ def measure(
                         f"the gateway exited; end of {side.gateway.log_path}:\n{side.gateway.log_tail()}"
                     )
         if len(arrived) < len(files):
-            cpu_after = sample(pids)
+            cpu_after, machine_after, driver_after = sample(pids), machine_cpu_seconds(), time.process_time()
             print(f"timed out: {len(arrived)} of {len(files)} files arrived", flush=True)
         receipts_deadline = time.monotonic() + 30
         while len(latencies_ms(reader.receipts, started_ms)) < len(arrived) and time.monotonic() < receipts_deadline:
@@ -290,7 +290,7 @@ def measure(
             settling = time.monotonic()
             if unsettled := wait_settled(internal, topics, client_config=admin):
                 print(f"{unsettled} messages still unread by delivery or audit after 30 s", flush=True)
-            cpu_after = sample(pids)
+            cpu_after, machine_after, driver_after = sample(pids), machine_cpu_seconds(), time.process_time()
             settle_s = time.monotonic() - settling
         for sender in senders:
             sender.join()
@@ -311,6 +311,9 @@ def measure(
     if use_storescu and stored:
         run.extra["sender_cpu_ms_per_instance"] = round(sender_cpu * 1000 / len(files), 2)
     run.extra["settle_s"] = round(settle_s, 2)  # from the last arrival and its receipts to the CPU window's end
+    # The machine as a whole over the same window: where CPU went that no process above accounts for.
+    known_s = sum(run.cpu_seconds.values()) + (driver_after - driver_before) + (sender_cpu if use_storescu else 0.0)
+    run.extra |= machine_figures(machine_before, machine_after, known_s, stored)
     return run
 
 

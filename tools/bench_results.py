@@ -53,6 +53,28 @@ def per_instance_ms(seconds: Mapping[str, float], instances: int) -> dict[str, f
     return {name: round(value * 1000 / instances, 2) for name, value in ranked}
 
 
+def machine_figures(
+    before: Mapping[str, float], after: Mapping[str, float], known_s: float, instances: int
+) -> dict[str, float]:
+    """The whole machine over the CPU window, per instance (ms): busy CPU, the part of it that the
+    processes the bench samples (and its senders and itself, together `known_s`) do not account for:
+    kernel threads such as write-back and the journal, processes the bench does not name; time waiting
+    for the disk, idle, and stolen by the hypervisor. A run
+    slower than another at the same CPU per process shows here where the difference went."""
+    if instances <= 0 or not before or not after:
+        return {}
+    kinds = ("busy", "iowait", "idle", "steal")
+    delta = {kind: max(0.0, after.get(kind, 0.0) - before.get(kind, 0.0)) for kind in kinds}
+    per = 1000 / instances
+    return {
+        "machine_busy_cpu_ms_per_instance": round(delta["busy"] * per, 2),
+        "unlisted_cpu_ms_per_instance": round(max(0.0, delta["busy"] - known_s) * per, 2),
+        "iowait_ms_per_instance": round(delta["iowait"] * per, 2),
+        "idle_ms_per_instance": round(delta["idle"] * per, 2),
+        "steal_ms_per_instance": round(delta["steal"] * per, 2),
+    }
+
+
 def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 

@@ -63,3 +63,25 @@ def rss_peak_mb(pid: int) -> float:
 def sample(pids: dict[str, tuple[int, bool]]) -> dict[str, float]:
     """CPU seconds of each named process now; `(pid, True)` counts its whole process tree."""
     return {name: tree_cpu_seconds(pid) if tree else cpu_seconds(pid) for name, (pid, tree) in pids.items()}
+
+
+def machine_cpu_seconds() -> dict[str, float]:
+    """The whole machine's CPU time since boot, summed over its CPUs (/proc/stat's `cpu` line): `busy`
+    (user, nice, system, irq, softirq), `iowait`, `idle` and `steal` (time the hypervisor ran something
+    else while a CPU of ours wanted to run)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu "):
+            return machine_cpu_from_stat_line(line)
+    return {}
+
+
+def machine_cpu_from_stat_line(line: str) -> dict[str, float]:
+    """`cpu  user nice system idle iowait irq softirq steal ...` in clock ticks -> seconds by kind."""
+    ticks = [int(v) for v in line.split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks + [0] * (8 - len(ticks))
+    return {
+        "busy": (user + nice + system + irq + softirq) / _TICKS,
+        "iowait": iowait / _TICKS,
+        "idle": idle / _TICKS,
+        "steal": steal / _TICKS,
+    }

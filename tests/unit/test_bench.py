@@ -13,12 +13,22 @@ from tools.bench_results import (
     StoredReceipt,
     cpu_deltas,
     latencies_ms,
+    machine_figures,
     per_instance_ms,
     percentile,
     result_line,
 )
 from tools.bench_setup import ROUTE_ID, bench_owned_routes, competing_routes, own_route, stale_orgs
-from tools.proc_cpu import cpu_seconds, descendants, parents, rss_peak_mb, sample, tree_cpu_seconds
+from tools.proc_cpu import (
+    cpu_seconds,
+    descendants,
+    machine_cpu_from_stat_line,
+    machine_cpu_seconds,
+    parents,
+    rss_peak_mb,
+    sample,
+    tree_cpu_seconds,
+)
 
 OLD_KEYS = [
     "instances",
@@ -168,6 +178,34 @@ def test_cpu_of_this_process_from_proc() -> None:
     assert tree_cpu_seconds(pid) >= own
     assert cpu_seconds(2**22 + 7) == 0.0  # no such process
     assert set(sample({"me": (pid, False), "tree": (pid, True)})) == {"me", "tree"}
+
+
+def test_machine_cpu_from_proc_stat() -> None:
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    line = f"cpu  {ticks * 10} {ticks} {ticks * 3} {ticks * 50} {ticks * 2} 0 {ticks} {ticks * 4} 0 0"
+    assert machine_cpu_from_stat_line(line) == {"busy": 15.0, "iowait": 2.0, "idle": 50.0, "steal": 4.0}
+    now = machine_cpu_seconds()
+    assert set(now) == {"busy", "iowait", "idle", "steal"} and now["busy"] > 0
+
+
+def test_machine_figures_show_the_cpu_no_sampled_process_accounts_for() -> None:
+    before = {"busy": 100.0, "iowait": 1.0, "idle": 50.0, "steal": 0.0}
+    after = {"busy": 124.0, "iowait": 2.0, "idle": 56.0, "steal": 0.5}
+    # 24 s busy over 2,000 instances, 20 s of it in the processes the bench samples.
+    figures = machine_figures(before, after, known_s=20.0, instances=2000)
+    assert figures == {
+        "machine_busy_cpu_ms_per_instance": 12.0,
+        "unlisted_cpu_ms_per_instance": 2.0,
+        "iowait_ms_per_instance": 0.5,
+        "idle_ms_per_instance": 3.0,
+        "steal_ms_per_instance": 0.25,
+    }
+    # Sampled processes that read more than the machine (ticks rounded apart) never give a negative share.
+    assert machine_figures(before, after, known_s=30.0, instances=2000)["unlisted_cpu_ms_per_instance"] == 0.0
+    assert machine_figures(before, after, 20.0, 0) == {} and machine_figures({}, after, 20.0, 10) == {}
 
 
 def test_process_tree_and_peak_resident_set_from_proc() -> None:
