@@ -38,7 +38,15 @@ from services.common.dicom.synthetic import plan_study, study_instances
 from services.common.topics import Topics
 from tools.bench_orthanc import orthanc_exchange
 from tools.bench_partner import ReceiptReader, partner_side, skip_leftovers, wait_gateway_ready
-from tools.bench_results import BenchRun, OrthancFigures, cpu_deltas, latencies_ms, machine_figures, result_line
+from tools.bench_results import (
+    BenchRun,
+    OrthancFigures,
+    cpu_deltas,
+    host_warning,
+    latencies_ms,
+    machine_figures,
+    result_line,
+)
 from tools.bench_settle import wait_settled
 from tools.bench_setup import BenchConfig, configure, unconfigure
 from tools.demo.senders import c_store
@@ -207,6 +215,8 @@ def main() -> int:
     run.extra["load_after"] = [round(v, 2) for v in os.getloadavg()]
     run.extra["date"] = time.strftime("%Y-%m-%d %H:%M")
     result = result_line(run)
+    if warning := host_warning(result):
+        print(warning, flush=True)
     print(json.dumps(result))
     return 0 if run.stored == run.sent and len(run.latencies) == run.sent else 1
 

@@ -75,6 +75,25 @@ def machine_figures(
     }
 
 
+STOLEN_SHARE_WARNING = 0.05  # of the machine's busy CPU: above it the host, not imx, set the pace
+
+
+def host_warning(figures: Mapping[str, object]) -> str | None:
+    """A line for the reader when the hypervisor took a noticeable share of the CPU during the run (a
+    first run after `make clean` lost 11.5 ms per instance to it on 2026-12-05 and ran at half speed):
+    the rate and the CPU per instance then measure the host as much as imx."""
+    stolen, busy = figures.get("steal_ms_per_instance"), figures.get("machine_busy_cpu_ms_per_instance")
+    if not isinstance(stolen, float | int) or not isinstance(busy, float | int) or busy <= 0:
+        return None
+    share = stolen / (busy + stolen)
+    if share <= STOLEN_SHARE_WARNING:
+        return None
+    return (
+        f"note: the hypervisor ran something else for {share:.0%} of the time our CPUs wanted to run "
+        f"({stolen} ms per instance): these figures measure the host as much as imx; run again"
+    )
+
+
 def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 

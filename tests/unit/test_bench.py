@@ -12,6 +12,7 @@ from tools.bench_results import (
     OrthancFigures,
     StoredReceipt,
     cpu_deltas,
+    host_warning,
     latencies_ms,
     machine_figures,
     per_instance_ms,
@@ -206,6 +207,16 @@ def test_machine_figures_show_the_cpu_no_sampled_process_accounts_for() -> None:
     # Sampled processes that read more than the machine (ticks rounded apart) never give a negative share.
     assert machine_figures(before, after, known_s=30.0, instances=2000)["unlisted_cpu_ms_per_instance"] == 0.0
     assert machine_figures(before, after, 20.0, 0) == {} and machine_figures({}, after, 20.0, 10) == {}
+
+
+def test_a_run_the_hypervisor_slowed_says_so() -> None:
+    slowed = {"machine_busy_cpu_ms_per_instance": 21.55, "steal_ms_per_instance": 11.5}
+    warning = host_warning(slowed)
+    assert warning is not None and "35%" in warning and "11.5 ms per instance" in warning
+    # A little steal, none, or a run without the machine's figures (nothing arrived): no warning.
+    assert host_warning({"machine_busy_cpu_ms_per_instance": 14.0, "steal_ms_per_instance": 0.3}) is None
+    assert host_warning({"machine_busy_cpu_ms_per_instance": 14.0, "steal_ms_per_instance": 0.0}) is None
+    assert host_warning({"instances_per_s": 120.0}) is None
 
 
 def test_process_tree_and_peak_resident_set_from_proc() -> None:
