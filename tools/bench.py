@@ -221,6 +221,11 @@ def main() -> int:
     return 0 if run.stored == run.sent and len(run.latencies) == run.sent else 1
 
 
+def sample_window(pids: dict[str, tuple[int, bool]]) -> tuple[dict[str, float], dict[str, float], float]:
+    """One end of the CPU window: each named process, the whole machine, and this bench process."""
+    return sample(pids), machine_cpu_seconds(), time.process_time()
+
+
 def measure(
     args: argparse.Namespace,
     files: list[Path],
@@ -261,7 +266,7 @@ def measure(
 
         print(f"sending {len(files)} instances over {args.associations} associations", flush=True)
         sender_cpu = children_cpu_s()
-        cpu_before, machine_before, driver_before = sample(pids), machine_cpu_seconds(), time.process_time()
+        cpu_before, machine_before, driver_before = sample_window(pids)
         started_ms = time.time() * 1000
         senders = start_senders(files, args.associations, send)
         deadline = time.monotonic() + args.timeout
@@ -287,7 +292,7 @@ def measure(
                         f"the gateway exited; end of {side.gateway.log_path}:\n{side.gateway.log_tail()}"
                     )
         if len(arrived) < len(files):
-            cpu_after, machine_after, driver_after = sample(pids), machine_cpu_seconds(), time.process_time()
+            cpu_after, machine_after, driver_after = sample_window(pids)
             print(f"timed out: {len(arrived)} of {len(files)} files arrived", flush=True)
         receipts_deadline = time.monotonic() + 30
         while len(latencies_ms(reader.receipts, started_ms)) < len(arrived) and time.monotonic() < receipts_deadline:
@@ -300,7 +305,7 @@ def measure(
             settling = time.monotonic()
             if unsettled := wait_settled(internal, topics, client_config=admin):
                 print(f"{unsettled} messages still unread by delivery or audit after 30 s", flush=True)
-            cpu_after, machine_after, driver_after = sample(pids), machine_cpu_seconds(), time.process_time()
+            cpu_after, machine_after, driver_after = sample_window(pids)
             settle_s = time.monotonic() - settling
         for sender in senders:
             sender.join()

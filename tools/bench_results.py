@@ -59,12 +59,11 @@ def machine_figures(
     """The whole machine over the CPU window, per instance (ms): busy CPU, the part of it that the
     processes the bench samples (and its senders and itself, together `known_s`) do not account for:
     kernel threads such as write-back and the journal, processes the bench does not name; time waiting
-    for the disk, idle, and stolen by the hypervisor. A run
-    slower than another at the same CPU per process shows here where the difference went."""
+    for the disk, idle, and stolen by the hypervisor. A run slower than another at the same CPU per
+    process shows here where the difference went."""
     if instances <= 0 or not before or not after:
         return {}
-    kinds = ("busy", "iowait", "idle", "steal")
-    delta = {kind: max(0.0, after.get(kind, 0.0) - before.get(kind, 0.0)) for kind in kinds}
+    delta = cpu_deltas(before, after)  # by kind of time, never below zero, as per process
     per = 1000 / instances
     return {
         "machine_busy_cpu_ms_per_instance": round(delta["busy"] * per, 2),
@@ -75,7 +74,7 @@ def machine_figures(
     }
 
 
-STOLEN_SHARE_WARNING = 0.05  # of the machine's busy CPU: above it the host, not imx, set the pace
+STOLEN_SHARE_WARNING = 0.05  # of the time our CPUs wanted (busy + stolen): above it the host set the pace
 
 
 def host_warning(figures: Mapping[str, object]) -> str | None:
