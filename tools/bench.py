@@ -270,27 +270,27 @@ def measure(
         started_ms = time.time() * 1000
         senders = start_senders(files, args.associations, send)
         deadline = time.monotonic() + args.timeout
-        arrived: list[Path] = []
+        count = 0
         cpu_after, machine_after, driver_after = cpu_before, machine_before, driver_before
         next_count = 0.0
         progress_at = time.monotonic()
         while time.monotonic() < deadline:
             reader.poll(timeout_ms=200)
             if time.monotonic() >= next_count:
-                count = len(arrived)
-                arrived = side.storescp.files()
+                previous, count = count, side.storescp.count()
                 next_count = time.monotonic() + 0.5
-                if len(arrived) > count:
+                if count > previous:
                     progress_at = time.monotonic()
                 elif time.monotonic() - progress_at > args.stall_timeout:
                     print(f"no file arrived for {args.stall_timeout:.0f} s: giving up", flush=True)
                     break
-                if len(arrived) >= len(files):
+                if count >= len(files):
                     break
                 if not side.gateway.alive():
                     raise RuntimeError(
                         f"the gateway exited; end of {side.gateway.log_path}:\n{side.gateway.log_tail()}"
                     )
+        arrived = side.storescp.files()
         if len(arrived) < len(files):
             cpu_after, machine_after, driver_after = sample_window(pids)
             print(f"timed out: {len(arrived)} of {len(files)} files arrived", flush=True)
@@ -327,7 +327,10 @@ def measure(
         run.extra["sender_cpu_ms_per_instance"] = round(sender_cpu * 1000 / len(files), 2)
     run.extra["settle_s"] = round(settle_s, 2)  # from the last arrival and its receipts to the CPU window's end
     # The machine as a whole over the same window: where CPU went that no process above accounts for.
-    known_s = sum(run.cpu_seconds.values()) + (driver_after - driver_before) + (sender_cpu if use_storescu else 0.0)
+    driver_s = driver_after - driver_before
+    known_s = sum(run.cpu_seconds.values()) + driver_s + (sender_cpu if use_storescu else 0.0)
+    if stored:  # the instrument's own weight: the machine's CPUs it took from what it measures
+        run.extra["driver_cpu_ms_per_instance"] = round(driver_s * 1000 / stored, 2)
     run.extra |= machine_figures(machine_before, machine_after, known_s, stored)
     return run
 

@@ -80,7 +80,7 @@ def orthanc_exchange(files: list[Path], associations: int = 2, timeout_s: float 
             for sender in senders:
                 sender.start()
             deadline = time.monotonic() + timeout_s
-            while len(receiver.files()) < len(files) and time.monotonic() < deadline:
+            while receiver.count() < len(files) and time.monotonic() < deadline:
                 if not orthanc.process.alive():  # its folder goes with this function: say why here
                     raise RuntimeError(f"Orthanc exited during the exchange:\n{orthanc.process.log_tail(5)}")
                 time.sleep(0.05)

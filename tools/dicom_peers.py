@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +36,32 @@ class StoreScp:
         return f"dicom://{self.ae_title}@127.0.0.1:{self.port}"
 
     def files(self) -> list[Path]:
-        return [p for p in self.folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        return [Path(entry.path) for entry in arrived_entries(self.folder)]
+
+    def count(self) -> int:
+        """How many files have arrived, from names alone: a benchmark polls this while it runs, and
+        `files()` (a Path and a stat per file, each poll) cost its driver ~0.3-0.9 ms of CPU per instance
+        by the end of a 2,000-instance run, CPU the pipeline it measures then lacked."""
+        return sum(1 for _ in arrived_entries(self.folder))
 
     def stop(self) -> None:
         self.process.stop(timeout=5)
+
+
+def arrived_entries(folder: Path) -> Iterator[os.DirEntry[str]]:
+    """Files under `folder` but hidden ones, by directory entry types (no stat per file)."""
+    pending = [str(folder)]
+    while pending:
+        try:
+            listing = os.scandir(pending.pop())
+        except FileNotFoundError:
+            continue
+        with listing:
+            for entry in listing:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif entry.is_file(follow_symlinks=False) and not entry.name.startswith("."):
+                    yield entry
 
 
 def start_storescp(folder: Path, ae_title: str = "STORESCP", port: int | None = None) -> StoreScp:
