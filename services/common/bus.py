@@ -38,6 +38,7 @@ from opentelemetry import trace
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_when_event_set, wait_exponential
 
 from services.common.failures import classify, is_transient
+from services.common.kafka_partitioner import RememberingPartitioner
 from services.common.lanes import LaneGate
 from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
 from services.common.positions import ConsumerPositions
@@ -194,6 +195,7 @@ class BusProducer:
             # (StageStats measures what the Control service reports).
             metrics_enabled=False,
             selector=QuietSelector,
+            partitioner=RememberingPartitioner(),
         )
 
     def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:

@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from services.common.bus import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, QuietSelector
 from services.common.kafka_access import group_prefix, sasl_client_config
+from services.common.kafka_partitioner import RememberingPartitioner
 from services.common.topics import Topics
 from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
@@ -92,6 +93,7 @@ def producer_for(kafka: KafkaSignIn, linger_ms: int = 5) -> KafkaProducer:
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         metrics_enabled=False,
         selector=QuietSelector,
+        partitioner=RememberingPartitioner(),
         **kafka.client_config(),
     )
 
