@@ -12,7 +12,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from .burned_in import mask_native, pixel_rule_for
 from .container import Parsed, Source, encode_for_scan, encode_full, encode_header, file_meta_for, parse, stream_of
 from .encoder import _LONG_HEADER
-from .errors import BurnedInAnnotation, DeidError, NotDeidentifiable, PhiLeak
+from .errors import BurnedInAnnotation, DeidError, NotDeidentifiable, PhiLeak, UndecodableInput
 from .identifiers import Identifiers, collect_identifiers, is_registered_uid
 from .leaks import Leak, find_leaks
 from .method import record_method
@@ -137,17 +137,20 @@ def _run_unvalidated(
         raise NotDeidentifiable(f"{type(exc).__name__} while de-identifying") from None
     if leaks:
         raise PhiLeak(leaks[0].tag, leaks[0].source)
-    return DeidResult(
-        chunks=output,
-        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-        sop_class_uid=str(ds.get("SOPClassUID", "")),
-        transfer_syntax_uid=str(meta.TransferSyntaxUID),
-        modality=str(ds.get("Modality", "")),
-        patient_id=str(ds.get("PatientID", "")),
-        pixels_cleaned=rule is not None,
-    )
+    try:
+        return DeidResult(
+            chunks=output,
+            study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+            series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+            sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+            sop_class_uid=str(ds.get("SOPClassUID", "")),
+            transfer_syntax_uid=str(meta.TransferSyntaxUID),
+            modality=str(ds.get("Modality", "")),
+            patient_id=str(ds.get("PatientID", "")),
+            pixels_cleaned=rule is not None,
+        )
+    except Exception as exc:  # an element no rule touched stays raw until read here: a damaged one (an unknown VR)
+        raise UndecodableInput(type(exc).__name__) from None
 
 
 def _pixel_text_leaks(identifiers: Identifiers, parsed: Parsed, ds: Dataset, meta: FileMetaDataset) -> list[Leak]:

@@ -12,6 +12,8 @@ import pytest
 from services.common.blob_store import BlobCorrupt, LocalBlobStore
 from services.common.failures import Failure, classify
 from services.common.topics import Topics
+from services.deid.engine.deidentifier import deidentify
+from services.deid.engine.errors import UndecodableInput
 from services.deid.handler import prepare_event
 from services.deid.profile_documents import profile_from_document
 from services.proto_gen.imx.v1 import events_pb2
@@ -75,3 +77,17 @@ def test_an_input_blob_cut_short_is_refused_as_corrupt_not_de_identified(tmp_pat
     path.write_bytes(path.read_bytes()[:-2])
     with pytest.raises(BlobCorrupt):
         prepare_event(routed, lambda _n, _v: PROFILE, lambda _p: KEY, blobs, TOPICS)
+
+
+@pytest.mark.parametrize("vr", [b"ZZ", b"C\x00"])
+def test_the_engine_names_an_unreadable_modality_as_undecodable_input_not_a_library_error(vr: bytes) -> None:
+    # Modality is read only to report the result's identity, after every rule ran: that read must be
+    # inside the engine's promise (DeidError only), as the damaged-input property test found.
+    data = to_bytes(ct_dataset())
+    at = data.index(b"\x08\x00\x60\x00CS")
+    damaged = data[: at + 4] + vr + data[at + 6 :]
+
+    with pytest.raises(UndecodableInput) as raised:
+        deidentify(damaged, PROFILE, KEY)
+
+    assert raised.value.detail == "NotImplementedError"
