@@ -249,15 +249,24 @@ time.sleep(120)
 
 
 @pytest.mark.parametrize(
-    "taken", ["IMX_KAFKA_PORT", "IMX_KAFKA_CONTROLLER_PORT", "IMX_MONGO_PORT", "IMX_POSTGRES_PORT"]
+    "taken",
+    ["IMX_KAFKA_PORT", "IMX_KAFKA_CONTROLLER_PORT", "IMX_KAFKA_PARTNER_PORT", "IMX_MONGO_PORT", "IMX_POSTGRES_PORT"],
 )
 def test_up_names_a_taken_port_and_its_variable_and_exits_2(tmp_path: Path, taken: str) -> None:
     with socket.socket() as squatter:
         squatter.bind((devstack.HOST, 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        variables = ("IMX_KAFKA_PORT", "IMX_KAFKA_CONTROLLER_PORT", "IMX_MONGO_PORT", "IMX_POSTGRES_PORT")
-        env = {**os.environ, **{v: str(p) for v, p in zip(variables, devstack.free_ports(4), strict=True)}}
+        # Every port the devstack takes, free but the one taken: a devstack already running on this
+        # machine (the defaults) must not be what the message names.
+        variables = (
+            "IMX_KAFKA_PORT",
+            "IMX_KAFKA_CONTROLLER_PORT",
+            "IMX_KAFKA_PARTNER_PORT",
+            "IMX_MONGO_PORT",
+            "IMX_POSTGRES_PORT",
+        )
+        env = {**os.environ, **{v: str(p) for v, p in zip(variables, devstack.free_ports(len(variables)), strict=True)}}
         env[taken] = str(port)
         done = subprocess.run(
             [sys.executable, "-m", "tools.devstack", "up", "--var-dir", str(tmp_path)],
