@@ -42,9 +42,10 @@ bench: setup
 
 # `make bench` with every service (and the bench's gateway) sampled by py-spy for the whole run: flame graphs
 # in var/profile/<service>.svg, collapsed stacks beside them (<service>.txt); the Kafka broker's by async-profiler
-# (var/profile/kafka.html and kafka.txt). BENCH_ARGS as for bench.
+# (var/profile/kafka.html and kafka.txt). BENCH_ARGS as for bench; PROFILE_ARGS=--gil samples only the thread
+# holding the GIL (Python's CPU without the waits in fsync and select that py-spy otherwise counts as work).
 profile: setup
-	$(PY) -m tools.profile -- $(BENCH_ARGS)
+	$(PY) -m tools.profile $(PROFILE_ARGS) -- $(BENCH_ARGS)
 
 # De-identification throughput on one core: imx vs dicognito vs pydicom's deid, each tool in its own
 # virtual environment under var/bench-venv (never the project's). N = IMX_BENCH_INSTANCES (default

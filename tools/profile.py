@@ -49,7 +49,18 @@ class Recording:
                 proc.kill()
 
 
-def record(name: str, pid: int, folder: Path, rate: int) -> Recording:
+def py_spy_command(pid: int, rate: int, fmt: str, out: Path, gil: bool = False) -> list[str]:
+    """py-spy on `pid` and its children. By default it samples every thread it does not judge idle, and
+    it judges a thread in fsync or a socket wait busy: the graphs then show waiting as work. `gil` samples
+    only the thread holding the GIL: the Python CPU alone, what a CPU budget is made of."""
+    return [
+        *(str(PY_SPY), "record", "--pid", str(pid), "--subprocesses", "--nonblocking"),
+        *(["--gil"] if gil else []),
+        *("--rate", str(rate), "--format", fmt, "--output", str(out)),
+    ]
+
+
+def record(name: str, pid: int, folder: Path, rate: int, gil: bool = False) -> Recording:
     """Two samplers on `pid` and its children (a service runs under its restarting supervisor): a flame
     graph and the raw collapsed stacks."""
     outputs, processes = [], []
@@ -57,14 +68,7 @@ def record(name: str, pid: int, folder: Path, rate: int) -> Recording:
         out = folder / f"{name}.{suffix}"
         log = (folder / f"{name}.{suffix}.log").open("wb")
         processes.append(
-            subprocess.Popen(
-                [
-                    *(str(PY_SPY), "record", "--pid", str(pid), "--subprocesses", "--nonblocking"),
-                    *("--rate", str(rate), "--format", fmt, "--output", str(out)),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            subprocess.Popen(py_spy_command(pid, rate, fmt, out, gil), stdout=log, stderr=subprocess.STDOUT)
         )
         outputs.append(out)
     return Recording(name, pid, outputs, processes)
@@ -124,6 +128,9 @@ def parse_args() -> argparse.Namespace:
     # Two samplers per process (14 with the bench's gateway): at 50/s py-spy fell ~1 s behind now and then on
     # a 2-core machine at load ~15, and said so in var/profile/<name>.*.log.
     parser.add_argument("--rate", type=int, default=25, help="samples per second per process (py-spy's is 100)")
+    parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (CPU alone, no waits)"
+    )
     parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="for tools.bench (after --)")
     return parser.parse_args()
 
@@ -140,7 +147,7 @@ def main() -> int:
     up(layout, ports)
     names = {replica.name for replica in start_services(layout, ports)}
     processes = registered(layout.run)
-    recordings = [record(p.name, p.pid, folder, args.rate) for p in processes if p.name in names]
+    recordings = [record(p.name, p.pid, folder, args.rate, args.gil) for p in processes if p.name in names]
     broker = start_broker_profile(next((p.pid for p in processes if p.name == KAFKA), None))
     bench_args = [a for a in args.bench_args if a != "--"]
     bench = subprocess.Popen([sys.executable, "-m", "tools.bench", *bench_args])
@@ -148,7 +155,7 @@ def main() -> int:
         gateway = None
         while bench.poll() is None:
             if gateway is None and (gateway := find_gateway(bench.pid)) is not None:
-                recordings.append(record("bench-gateway", gateway, folder, args.rate))
+                recordings.append(record("bench-gateway", gateway, folder, args.rate, args.gil))
             time.sleep(0.5)
     finally:
         if bench.poll() is None:

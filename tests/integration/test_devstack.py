@@ -145,19 +145,26 @@ def test_an_id_lookup_uses_an_index_in_every_collection_ferretdb_creates(mongo_u
     _assert_id_lookup_uses_an_index(mongo_uri, unique_name)
 
 
+PORT_VARIABLES = (
+    "IMX_KAFKA_PORT",
+    "IMX_KAFKA_CONTROLLER_PORT",
+    "IMX_KAFKA_PARTNER_PORT",
+    "IMX_MONGO_PORT",
+    "IMX_POSTGRES_PORT",
+)
+
+
+def free_port_variables() -> dict[str, int]:
+    """A free port for each variable the devstack takes one from."""
+    return dict(zip(PORT_VARIABLES, devstack.free_ports(len(PORT_VARIABLES)), strict=True))
+
+
 def test_the_stack_that_up_starts_indexes_id_lookups_too(tmp_path: Path, unique_name: str) -> None:
     """`make run`, `make bench` and `make chaos` start the servers through `tools.devstack up`, which
     starts them in parallel: it once skipped the index trigger, and every `_id` lookup scanned (the
     slowdown that grew with var/: PostgreSQL went from 7 to 39 ms of CPU per instance over six
     `make bench` runs)."""
-    variables = (
-        "IMX_KAFKA_PORT",
-        "IMX_KAFKA_CONTROLLER_PORT",
-        "IMX_KAFKA_PARTNER_PORT",
-        "IMX_MONGO_PORT",
-        "IMX_POSTGRES_PORT",
-    )
-    ports = dict(zip(variables, devstack.free_ports(len(variables)), strict=True))
+    ports = free_port_variables()
     env = {**os.environ, **{name: str(port) for name, port in ports.items()}}
     command = [sys.executable, "-m", "tools.devstack"]
     try:
@@ -248,26 +255,15 @@ time.sleep(120)
     assert not postgres.alive(), "an orphan PostgreSQL survived the process that started it"
 
 
-@pytest.mark.parametrize(
-    "taken",
-    ["IMX_KAFKA_PORT", "IMX_KAFKA_CONTROLLER_PORT", "IMX_KAFKA_PARTNER_PORT", "IMX_MONGO_PORT", "IMX_POSTGRES_PORT"],
-)
+@pytest.mark.parametrize("taken", PORT_VARIABLES)
 def test_up_names_a_taken_port_and_its_variable_and_exits_2(tmp_path: Path, taken: str) -> None:
     with socket.socket() as squatter:
         squatter.bind((devstack.HOST, 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        # Every port the devstack takes, free but the one taken: a devstack already running on this
-        # machine (the defaults) must not be what the message names.
-        variables = (
-            "IMX_KAFKA_PORT",
-            "IMX_KAFKA_CONTROLLER_PORT",
-            "IMX_KAFKA_PARTNER_PORT",
-            "IMX_MONGO_PORT",
-            "IMX_POSTGRES_PORT",
-        )
-        env = {**os.environ, **{v: str(p) for v, p in zip(variables, devstack.free_ports(len(variables)), strict=True)}}
-        env[taken] = str(port)
+        # Every port the devstack takes free but the one taken: a devstack already running on this
+        # machine (on the defaults) must not be what the message names.
+        env = {**os.environ, **{name: str(free) for name, free in free_port_variables().items()}, taken: str(port)}
         done = subprocess.run(
             [sys.executable, "-m", "tools.devstack", "up", "--var-dir", str(tmp_path)],
             cwd=ROOT,

@@ -6,8 +6,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from tools.profile import PY_SPY, find_gateway
+from tools.profile import PY_SPY, find_gateway, py_spy_command
 
 
 def test_the_bench_gateway_is_the_python_child_running_gateway() -> None:
@@ -28,3 +29,14 @@ def test_the_bench_gateway_is_the_python_child_running_gateway() -> None:
 def test_py_spy_is_installed_beside_the_interpreter() -> None:
     done = subprocess.run([str(PY_SPY), "--version"], capture_output=True, text=True, check=True)
     assert done.stdout.startswith("py-spy ")
+
+
+def test_gil_sampling_is_asked_of_py_spy_only_when_wanted(tmp_path: Path) -> None:
+    out = tmp_path / "ingest.txt"
+
+    plain = py_spy_command(4242, 25, "raw", out)
+    gil = py_spy_command(4242, 25, "raw", out, gil=True)
+
+    assert "--gil" not in plain
+    assert [a for a in gil if a != "--gil"] == plain
+    assert plain[plain.index("--pid") + 1] == "4242" and plain[plain.index("--output") + 1] == str(out)
