@@ -3,8 +3,8 @@ key's hash remembered.
 
 imx keys its events by StudyInstanceUID, so one key stands for every instance of a study (hundreds), and
 kafka-python hashes in pure Python: ~12 µs for a 64-byte UID on the 2-core machine, five or six times per
-instance along the pipeline, plus the partition list sorted again each time. The hash of a key never
-changes, so remembering it changes no partition a message goes to.
+instance along the pipeline. The hash of a key never changes, so remembering it changes no partition a
+message goes to; the partitions themselves are looked up each time, since a topic can gain some.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ class RememberingPartitioner(DefaultPartitioner):
     def partition(
         self, topic: str, key: Any, serialized_key: bytes | None, value: Any, serialized_value: Any, cluster: Any
     ) -> int:
-        partitions = None if serialized_key is None else cluster.partitions_for_topic(topic)
-        if serialized_key is None or not partitions:  # keyless, or no metadata (DefaultPartitioner says so)
-            return int(super().partition(topic, key, serialized_key, value, serialized_value, cluster))
-        ordered = sorted(partitions)
-        return ordered[(_key_hash(bytes(serialized_key)) & 0x7FFFFFFF) % len(ordered)]
+        if serialized_key is not None and (partitions := cluster.partitions_for_topic(topic)):
+            ordered = sorted(partitions)
+            return ordered[(_key_hash(bytes(serialized_key)) & 0x7FFFFFFF) % len(ordered)]
+        # Keyless, or a topic without metadata (DefaultPartitioner refuses it by name).
+        return int(super().partition(topic, key, serialized_key, value, serialized_value, cluster))
