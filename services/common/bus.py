@@ -37,6 +37,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_when_event_set, wait_exponential
 
+from services.common.consumer_spans import start_consumer_span
 from services.common.failures import classify, is_transient
 from services.common.kafka_partitioner import RememberingPartitioner
 from services.common.lanes import LaneGate
@@ -45,7 +46,6 @@ from services.common.positions import ConsumerPositions
 from services.common.stats import StageStats
 from services.common.topic_metadata import await_topic_metadata
 from services.common.tracing_headers import (
-    extract_trace_context,
     inject_trace_headers,
     trace_headers,
     with_trace_headers,
@@ -305,18 +305,18 @@ def run_handler_over_batch(
     Handlers quarantine the input problems they can name themselves.
     """
     result = BatchResult()
-    tracer = trace.get_tracer("imx.bus")
+    provider = trace.get_tracer_provider()
+    tracer = provider.get_tracer("imx.bus")
     name = f"{stage} process"
     for record in records:
         tp = TopicPartition(record.topic, record.partition)
         if tp in result.retry_from:
             continue
-        # start_span and attach rather than start_as_current_span: the same span, made current for the
-        # handler, without two context managers per record. A span that is not recorded (no exporter, trace
-        # not sampled upstream) is only a context; its attributes would be dropped, so they are not built.
-        parent = extract_trace_context(record.headers)
-        span = tracer.start_span(name, context=parent, kind=trace.SpanKind.CONSUMER)
-        span_context = trace.set_span_in_context(span, parent)
+        # A span started and attached rather than start_as_current_span: the same span, made current for
+        # the handler, without two context managers per record. A span that is not recorded (no exporter,
+        # trace not sampled upstream) is only a context; its attributes would be dropped, so they are not
+        # built.
+        span, span_context = start_consumer_span(provider, tracer, name, record.headers)
         token = otel_context.attach(span_context)
         try:
             recording = span.is_recording()

@@ -35,10 +35,14 @@ class Telemetry:
             self.meter_provider.shutdown()
 
 
+# Spans that carry a context without being recorded, unless the trace was sampled upstream. One object,
+# so that code building such spans itself (consumer_spans.py) can tell this provider by its sampler.
+UNEXPORTED = ParentBased(root=ALWAYS_OFF)
+
+
 def sampler_for(otlp_endpoint: str) -> Sampler | None:
-    """The SDK's default (None: ParentBased(ALWAYS_ON)) when spans are exported; otherwise spans that
-    carry a context without being recorded, unless the trace was sampled upstream."""
-    return None if otlp_endpoint else ParentBased(root=ALWAYS_OFF)
+    """The SDK's default (None: ParentBased(ALWAYS_ON)) when spans are exported; otherwise UNEXPORTED."""
+    return None if otlp_endpoint else UNEXPORTED
 
 
 def setup_telemetry(service: str, otlp_endpoint: str = "") -> Telemetry:

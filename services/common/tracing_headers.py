@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -55,12 +56,28 @@ class _HeaderGetter(Getter[Mapping[str, bytes]]):
 
 _PROPAGATOR = propagator_for(os.environ.get("OTEL_PROPAGATORS"))
 _GETTER = _HeaderGetter()
+_DIRECT_PATH = isinstance(_PROPAGATOR, TraceContextTextMapPropagator)
 # The headers the propagator writes: replaced, never doubled, when a record is re-published.
 TRACE_HEADERS = tuple(sorted(_PROPAGATOR.fields))
 
 
+def direct_trace_context() -> bool:
+    """True when only W3C's traceparent/tracestate travel (see the module's docstring)."""
+    return _DIRECT_PATH
+
+
 def trace_headers(context: otel_context.Context | None = None) -> dict[str, bytes]:
     """The headers carrying `context`'s span (default: the current one); empty without a valid span."""
+    if _DIRECT_PATH:
+        span_context = trace.get_current_span(context).get_span_context()
+        if not span_context.trace_state:
+            # What the W3C propagator writes for it (a traceparent alone), without its str round trip.
+            if span_context == trace.INVALID_SPAN_CONTEXT:
+                return {}
+            return {
+                "traceparent": b"00-%032x-%016x-%02x"
+                % (span_context.trace_id, span_context.span_id, span_context.trace_flags)
+            }
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context)
     return {k: v.encode() for k, v in carrier.items()}
