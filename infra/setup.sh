@@ -34,14 +34,44 @@ need() { # need COMMAND WHY
 need java "to run the Kafka broker (Java 17 or newer)"
 java_major="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)"
 [[ -n "$java_major" && "$java_major" -ge 17 ]] || die "Java 17 or newer is needed for Kafka (found '${java_major:-unknown}')."
-PYTHON="${IMX_PYTHON:-$(command -v python3.11 || true)}"
-[[ -n "$PYTHON" ]] || die "'python3.11' not found on PATH (or set IMX_PYTHON to a Python 3.11+ interpreter)."
+
+# Which Python 3.11: a machine may hold several builds of it (here pyenv's on PATH, and Debian's in
+# /usr/bin). Debian's is built with profile-guided optimisation and LTO and links libpython statically;
+# pyenv builds without either by default (here also as a shared library), and ran every Python service
+# of `make bench` with 12-16% more CPU (README, "Figures", 2026-12-05). So the first interpreter that is
+# not linked against a shared libpython and can make a virtual environment is taken, else the first
+# that can; IMX_PYTHON names one outright. The container image's python:3.11 is built with both too.
+python_candidates() {
+  type -ap python3.11 || true
+  echo /usr/bin/python3.11
+}
+choose_python() {
+  local candidate real fallback=""
+  while read -r candidate; do
+    # A pyenv shim is a script; the interpreter it runs names itself.
+    real="$("$candidate" -c 'import ensurepip, sys, venv; assert sys.version_info >= (3, 11); print(sys.executable)' 2>/dev/null)" || continue
+    if ! ldd "$real" 2>/dev/null | grep -q 'libpython'; then
+      echo "$real"
+      return
+    fi
+    fallback="${fallback:-$real}"
+  done < <(python_candidates)
+  echo "$fallback"
+}
+PYTHON="${IMX_PYTHON:-$(choose_python)}"
+[[ -n "$PYTHON" ]] || die "no Python 3.11 with venv found ('python3.11' on PATH or /usr/bin; or set IMX_PYTHON to a Python 3.11+ interpreter)."
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$PYTHON is older than Python 3.11."
 
 # --- Python virtual environment ----------------------------------------------------------------
 install_hash="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
+# The interpreter a virtual environment was made with (its pyvenv.cfg; empty when it does not say).
+venv_base() { sed -n 's/^executable = //p' "$VENV/pyvenv.cfg" 2>/dev/null || true; }
 if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   step "creating .venv with $PYTHON"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+elif [[ -n "$(venv_base)" && "$(realpath "$(venv_base)")" != "$(realpath "$PYTHON")" ]]; then
+  step "re-creating .venv with $PYTHON (it was made with $(venv_base))"
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV"
 fi
