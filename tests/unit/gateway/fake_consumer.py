@@ -29,6 +29,18 @@ class NoReceipts:
         raise AssertionError("nothing here sends a receipt")
 
 
+class _Subscription:
+    """The part of kafka-python's SubscriptionState that services/common/positions.py reads."""
+
+    def __init__(self, feed: FakeFeed) -> None:
+        self._feed = feed
+
+    def position(self, tp: TopicPartition) -> OffsetAndMetadata:
+        if tp not in self._feed.assignment():
+            raise KeyError(tp)
+        return OffsetAndMetadata(self._feed.position(tp), "", -1)
+
+
 class FakeFeed:
     """Routine records only, `per_poll` at a time (at most what the gateway asks for); with `laned`
     the urgent lane is assigned too, and empty. Sets `stop` once everything is read and committed.
@@ -45,6 +57,8 @@ class FakeFeed:
         self.commits: list[int] = []
         self.most_uncommitted = 0
         self.asked = 0
+        # Where kafka-python keeps positions, which the gateway's lane gate reads (ConsumerPositions).
+        self._subscription = _Subscription(self)
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         pass
