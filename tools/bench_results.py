@@ -103,6 +103,25 @@ class OrthancFigures:
     per_s: float
     cpu_ms_per_instance: float
     storescp_cpu_ms_per_instance: float = 0.0
+    bursts: tuple[tuple[float, float], ...] = ()  # (instances/s, CPU ms per instance) of every burst
+
+
+def orthanc_at_its_best(bursts: list[dict[str, float]]) -> OrthancFigures:
+    """Orthanc's figures over several bursts of the same run, each at its best: the highest rate and the
+    lowest CPU per instance (the two may come from different bursts), so both of imx's ratios are taken
+    against the strictest reading. Its rate moves by a factor of two between bursts on the 2-core machine
+    (25-47/s in five bursts on an idle machine, 2026-12-05), so one burst can flatter imx by as much.
+    The storescp figure is the fastest burst's."""
+    if not bursts:
+        raise ValueError("no Orthanc burst to take figures from")
+    fastest = max(bursts, key=lambda b: b["per_s"])
+    return OrthancFigures(
+        instances=int(fastest["instances"]),
+        per_s=fastest["per_s"],
+        cpu_ms_per_instance=min(b["cpu_ms_per_instance"] for b in bursts),
+        storescp_cpu_ms_per_instance=fastest["storescp_cpu_ms_per_instance"],
+        bursts=tuple((b["per_s"], b["cpu_ms_per_instance"]) for b in bursts),
+    )
 
 
 @dataclass
@@ -160,6 +179,7 @@ def result_line(run: BenchRun) -> dict[str, object]:
     result["orthanc_cpu_ms_per_instance"] = orthanc.cpu_ms_per_instance if orthanc else None
     result["orthanc_storescp_cpu_ms_per_instance"] = orthanc.storescp_cpu_ms_per_instance if orthanc else None
     result["pacs_cpu_ms_per_instance"] = pacs
+    result["orthanc_bursts"] = [list(b) for b in orthanc.bursts] if orthanc else None
     result["cpu_vs_orthanc"] = (
         round(total / orthanc.cpu_ms_per_instance, 2) if orthanc and orthanc.cpu_ms_per_instance and total else None
     )
