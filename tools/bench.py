@@ -33,9 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.cli.settings import CliSettings
-from services.common.dicom.part10 import dataset_to_bytes
-from services.common.dicom.synthetic import plan_study, study_instances
 from services.common.topics import Topics
+from tools.bench_corpus import bench_data, default_root
 from tools.bench_orthanc import orthanc_exchanges
 from tools.bench_partner import ReceiptReader, partner_side, skip_leftovers, wait_gateway_ready
 from tools.bench_results import (
@@ -57,25 +56,6 @@ from tools.proc_cpu import machine_cpu_seconds, sample
 from tools.services_stack import start_services
 
 ROUTES_REFRESH_S = 2.0  # routing looks for route changes this often (services/routing/settings.py)
-
-
-def bench_data(root: Path, instances: int, per_study: int = 100) -> list[Path]:
-    """CT instances under `root`, generated once and reused (deterministic, seed = study index)."""
-    folder = root / f"ct-{instances}"
-    done = folder / ".complete"
-    if not done.exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        written = 0
-        study = 0
-        while written < instances:
-            count = min(per_study, instances - written)
-            for ds in study_instances(plan_study(10_000 + study, "CT", count, "BENCH")):
-                (folder / f"{written:06d}.dcm").write_bytes(dataset_to_bytes(ds))
-                written += 1
-            study += 1
-        done.touch()
-    return sorted(folder.glob("*.dcm"))
 
 
 _UUID_UID = re.compile(rb"2\.25\.(\d{9,39})")
@@ -196,8 +176,8 @@ def main() -> int:
     # With IMX_DEVSTACK_REPLICAS=ingest=2,... the associations are spread over the ingest replicas.
     plan = start_services(layout, ports)
     dicom_ports = [dict(r.ports.other)["IMX_DICOM_PORT"] for r in plan if r.service == "ingest"]
-    print(f"preparing {args.instances} CT instances (cached under {layout.var / 'bench'})", flush=True)
-    files = bench_data(layout.var / "bench", args.instances)
+    print(f"preparing {args.instances} CT instances (cached under {default_root()})", flush=True)
+    files = bench_data(None, args.instances)
     org = f"bench-{secrets.token_hex(4)}"
     config = configure(cli, org, f"B{secrets.token_hex(7).upper()}"[:16], args.profile)
     if config.disabled:
@@ -214,7 +194,7 @@ def main() -> int:
         shutil.rmtree(run_folder, ignore_errors=True)
     if not args.skip_orthanc:
         # Orthanc is compared with imx's rate, so it gets the same files: bench_data's, re-read.
-        originals = bench_data(layout.var / "bench", args.instances)
+        originals = bench_data(None, args.instances)
         print(
             f"Orthanc doing the same job on the first {args.orthanc_instances} files, {args.orthanc_bursts} burst(s)",
             flush=True,

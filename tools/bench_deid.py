@@ -1,6 +1,6 @@
 """`make bench-deid`: de-identification throughput on one core, imx against dicognito and pydicom's deid.
 
-The same N synthetic CT 512x512 instances (cached under var/bench, as `make bench` does) go through
+The same N synthetic CT 512x512 instances (cached under ~/.cache/imx/bench, as `make bench` does) go through
 each tool in its own process pinned to one CPU: read file -> de-identify -> write file (imx's leak
 check runs inside `deidentify`). dicognito and deid are not project dependencies: each is installed
 only in its own benchmark virtual environment (var/bench-venv/<tool>, made once with `python -m
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.bench import bench_data
+from tools.bench_corpus import bench_data, default_root
 from tools.services_stack import MALLOC_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", type=int, default=min(os.sched_getaffinity(0)), help="the one CPU every tool runs on")
     parser.add_argument("--profile", default="basic", help="imx built-in profile")
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma separated subset of {','.join(TOOLS)}")
-    parser.add_argument("--data", type=Path, default=ROOT / "var" / "bench", help="cache of the generated instances")
+    parser.add_argument("--data", type=Path, default=default_root(), help="cache of the generated instances")
     parser.add_argument("--venvs", type=Path, default=ROOT / "var" / "bench-venv", help="the tools' environments")
     parser.add_argument(
         "--outputs",

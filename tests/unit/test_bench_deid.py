@@ -20,10 +20,11 @@ def test_the_imx_driver_times_every_file_on_one_cpu(tmp_path: Path, capsys) -> N
     assert figures["instances"] == 3 and figures["imx_per_s"] > 0 and figures["dicognito_per_s"] is None
     assert figures["outputs"] == ("tmpfs" if on_tmpfs(outputs) else "disk")
     assert not list(outputs.iterdir()), "outputs cleaned up"
-    files = sorted((tmp_path / "ct-3").glob("*.dcm"))
+    (corpus,) = tmp_path.glob("ct-3-*")  # the generated instances, in a folder named after their generator
+    files = sorted(corpus.glob("*.dcm"))
     result = run_tool("imx", Path(sys.executable), files, cpu, "research", tmp_path)
     assert (result.instances, result.failed, result.cpus) == (3, 0, (cpu,))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct-3", "out"]  # outputs cleaned up
+    assert sorted(p.name for p in tmp_path.iterdir()) == [corpus.name, "out"]  # outputs cleaned up
 
 
 def test_the_summary_compares_imx_with_each_tool() -> None:
