@@ -1,6 +1,11 @@
 # Everything runs with the project's virtual environment; `make setup` creates it.
 PY ?= .venv/bin/python
 PYTEST_ARGS ?=
+# Python keeps compiled modules in __pycache__ (git ignores it) even where the environment asks it not to
+# (PYTHONDONTWRITEBYTECODE): without them every process compiles each imx module it imports again, ~0.6 s
+# of CPU per service start (three services' modules: 1.65 s to import from source, 1.05 s from the cache),
+# and the tests start services many times.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup proto lint unit test up stop run bench profile bench-deid bench-audit chaos clean
 

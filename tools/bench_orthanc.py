@@ -58,8 +58,9 @@ def orthanc_exchanges(
     files: list[Path], associations: int = 2, bursts: int = 1, timeout_s: float = 600.0
 ) -> Iterator[dict[str, float]]:
     """`orthanc_exchange` `bursts` times, each with a new Orthanc (a new index, its own storescp), all over
-    one storage tree: making its 65,536 folders costs ~10-20 s of the kernel's CPU on this machine's ext4
-    (its inode allocator steps over recently deleted inodes), once instead of once per burst. Orthanc
+    one storage tree: making its 65,536 folders right after a run took ~19 s of the kernel's CPU on this
+    machine's ext4 (`perf`: its inode allocator stepping over recently deleted inodes), so it is done once,
+    not once per burst (`make bench` with three bursts, one run each: 107 s, then 95 s). Orthanc
     deletes both copies of each instance as it goes, so a burst finds the folders empty."""
     with tempfile.TemporaryDirectory(prefix="imx-bench-orthanc-storage-") as tmp:
         storage = Path(tmp)
