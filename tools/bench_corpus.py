@@ -3,9 +3,9 @@ cache outside the checkout (`IMX_CACHE`, default ~/.cache/imx, beside the Kafka 
 under `var/`.
 
 Under `var/` they went with every `make clean`, so each `make clean && make bench` generated 1 GB
-again (~15 s of one core on the 2-core machine, before the run) and `make clean` deleted 2,000 more
-files, which a file system without a journal makes the next run's new files walk past (README,
-Figures). They are the bench's input, not imx's state. The folder's name carries a digest of the
+again before its run (12.7 s of one core on the 2-core machine, 2026-12-05) and `make clean` deleted
+2,000 more files, which a file system without a journal makes the next run's new files walk past
+(README, Figures). They are the bench's input, not imx's state. The folder's name carries a digest of the
 generator's source, so a change to how instances are made never reuses files made the old way.
 """
 
