@@ -177,7 +177,8 @@ def main() -> int:
     plan = start_services(layout, ports)
     dicom_ports = [dict(r.ports.other)["IMX_DICOM_PORT"] for r in plan if r.service == "ingest"]
     print(f"preparing {args.instances} CT instances (cached under {default_root()})", flush=True)
-    files = bench_data(None, args.instances)
+    originals = bench_data(None, args.instances)
+    files = originals
     org = f"bench-{secrets.token_hex(4)}"
     config = configure(cli, org, f"B{secrets.token_hex(7).upper()}"[:16], args.profile)
     if config.disabled:
@@ -193,8 +194,7 @@ def main() -> int:
         unconfigure(cli, config)
         shutil.rmtree(run_folder, ignore_errors=True)
     if not args.skip_orthanc:
-        # Orthanc is compared with imx's rate, so it gets the same files: bench_data's, re-read.
-        originals = bench_data(None, args.instances)
+        # Orthanc is compared with imx's rate, so it gets the same files: the originals, not this run's copies.
         print(
             f"Orthanc doing the same job on the first {args.orthanc_instances} files, {args.orthanc_bursts} burst(s)",
             flush=True,
