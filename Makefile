@@ -3,8 +3,8 @@ PY ?= .venv/bin/python
 PYTEST_ARGS ?=
 # Python keeps compiled modules in __pycache__ (git ignores it) even where the environment asks it not to
 # (PYTHONDONTWRITEBYTECODE): without them every process compiles each imx module it imports again, ~0.6 s
-# of CPU per service start (three services' modules: 1.65 s to import from source, 1.05 s from the cache),
-# and the tests start services many times.
+# of CPU per service start (three services' modules: 1.65 s to import from source, 1.05 s from the cache);
+# the whole test suite's time did not change measurably with it (748 and 768 s against 742-759 s before).
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup proto lint unit test up stop run bench profile bench-deid bench-audit chaos clean
