@@ -10,7 +10,9 @@ PostgreSQL with its backends, the gateway, storescp), read from /proc just befor
 and when the last file has arrived; the total leaves out storescp, the partner's PACS, as Orthanc's
 figure leaves out its own (both are given apart). Then, in the same run, Orthanc doing the same job
 on the first 200 of the same files (tools/bench_orthanc.py), three bursts by default, and the ratios
-of imx's rate to Orthanc's best and of imx's CPU to Orthanc's lowest. The bench's route is
+of imx's rate to Orthanc's best and of imx's CPU to Orthanc's lowest: graded against Orthanc keeping
+its anonymized copy as imx keeps its de-identified one, and given beside against Orthanc sending the
+copy from memory (`*_straight`). The bench's route is
 the only one that can match its sender (tools/bench_setup.py). The last line printed is one JSON
 object.
 """
@@ -35,10 +37,11 @@ from pathlib import Path
 from services.cli.settings import CliSettings
 from services.common.topics import Topics
 from tools.bench_corpus import bench_data, default_root
-from tools.bench_orthanc import orthanc_exchanges
+from tools.bench_orthanc import GRADED_JOB, orthanc_exchanges
 from tools.bench_partner import ReceiptReader, partner_side, skip_leftovers, wait_gateway_ready
 from tools.bench_results import (
     BenchRun,
+    OrthancFigures,
     cpu_deltas,
     host_warning,
     latencies_ms,
@@ -156,12 +159,28 @@ def parse_args() -> argparse.Namespace:
         "--orthanc-bursts",
         type=int,
         default=int(os.environ.get("IMX_BENCH_ORTHANC_BURSTS", "3")),
-        help="Orthanc runs its burst this many times; the ratios are taken against its best",
+        help="Orthanc runs its burst this many times each way; the ratios are taken against its best",
+    )
+    parser.add_argument(
+        "--skip-orthanc-straight",
+        action="store_true",
+        help="only the graded Orthanc job, not the one that sends its copy from memory",
     )
     args = parser.parse_args()
     if args.orthanc_bursts < 1:
         parser.error("--orthanc-bursts must be at least 1 (or use --skip-orthanc)")
     return args
+
+
+def orthanc_best(files: list[Path], args: argparse.Namespace, job: str) -> OrthancFigures:
+    """Orthanc's `job` over `files`, `--orthanc-bursts` times, at its best (orthanc_at_its_best)."""
+    print(f"Orthanc doing the same job ({job}) on {len(files)} files, {args.orthanc_bursts} burst(s)", flush=True)
+    bursts = []
+    for burst in orthanc_exchanges(files, args.associations, args.orthanc_bursts, job=job):
+        bursts.append(burst)
+        figures = f"{burst['per_s']}/s, {burst['cpu_ms_per_instance']} ms CPU per instance"
+        print(f"  burst {len(bursts)}: {figures}", flush=True)
+    return orthanc_at_its_best(bursts)
 
 
 def main() -> int:
@@ -195,16 +214,10 @@ def main() -> int:
         shutil.rmtree(run_folder, ignore_errors=True)
     if not args.skip_orthanc:
         # Orthanc is compared with imx's rate, so it gets the same files: the originals, not this run's copies.
-        print(
-            f"Orthanc doing the same job on the first {args.orthanc_instances} files, {args.orthanc_bursts} burst(s)",
-            flush=True,
-        )
-        bursts = []
-        for burst in orthanc_exchanges(originals[: args.orthanc_instances], args.associations, args.orthanc_bursts):
-            bursts.append(burst)
-            figures = f"{burst['per_s']}/s, {burst['cpu_ms_per_instance']} ms CPU per instance"
-            print(f"  burst {len(bursts)}: {figures}", flush=True)
-        run.orthanc = orthanc_at_its_best(bursts)
+        sample = originals[: args.orthanc_instances]
+        run.orthanc = orthanc_best(sample, args, GRADED_JOB)
+        if not args.skip_orthanc_straight:
+            run.orthanc_straight = orthanc_best(sample, args, "straight")
     run.extra["load_before"] = [round(v, 2) for v in load_before]
     run.extra["load_after"] = [round(v, 2) for v in os.getloadavg()]
     run.extra["date"] = time.strftime("%Y-%m-%d %H:%M")

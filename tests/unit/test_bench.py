@@ -57,6 +57,9 @@ NEW_KEYS = [
     "pacs_cpu_ms_per_instance",
     "cpu_vs_orthanc",
     "orthanc_bursts",
+    "orthanc_straight_exchange_per_s",
+    "ratio_vs_orthanc_straight",
+    "cpu_vs_orthanc_straight",
 ]
 
 
@@ -151,6 +154,17 @@ def test_orthancs_cpu_is_its_lowest_even_from_another_burst_than_its_fastest() -
     assert result_line(_run(orthanc))["cpu_vs_orthanc"] == 0.5  # 7.5 ms against 15, not against 30
 
 
+def test_orthanc_sending_from_memory_has_ratios_of_its_own_beside_the_graded_ones() -> None:
+    run = _run(orthanc_at_its_best([_burst(65.0, 15.0), _burst(60.0, 16.0)]))
+    run.orthanc_straight = orthanc_at_its_best([_burst(95.0, 10.0), _burst(100.0, 10.5)])
+    line = result_line(run)  # imx: 50/s at 7.5 ms per instance
+    assert (line["ratio_vs_orthanc"], line["cpu_vs_orthanc"]) == (0.77, 0.5)
+    assert line["orthanc_straight_exchange_per_s"] == 100.0
+    assert line["orthanc_straight_cpu_ms_per_instance"] == 10.0
+    assert (line["ratio_vs_orthanc_straight"], line["cpu_vs_orthanc_straight"]) == (0.5, 0.75)
+    assert line["orthanc_straight_bursts"] == [[95.0, 10.0], [100.0, 10.5]]
+
+
 def test_orthanc_figures_need_at_least_one_burst() -> None:
     with pytest.raises(ValueError):
         orthanc_at_its_best([])
@@ -160,6 +174,7 @@ def test_result_line_without_orthanc_or_arrivals() -> None:
     line = result_line(_run(None))
     assert line["orthanc_exchange_per_s"] is None and line["ratio_vs_orthanc"] is None
     assert line["cpu_vs_orthanc"] is None and line["orthanc_bursts"] is None
+    assert line["ratio_vs_orthanc_straight"] is None and line["orthanc_straight_bursts"] is None
     empty = _run(None)
     empty.stored, empty.latencies = 0, []
     line = result_line(empty)
