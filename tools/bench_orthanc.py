@@ -8,7 +8,7 @@ sends it with a synchronous REST call; `straight` sends it from memory (`store-s
 stores it. Timed from the first C-STORE to the last file `storescp` wrote; Orthanc's CPU (and its
 storescp's, apart) is read from /proc. It runs on a small burst (200 instances by default).
 
-Until 2026-12-06 the script sent with Lua's `SendToModality` and deleted with `Delete`: Orthanc queues
+Until 8ba7ed6 (2026-12-05) the script sent with Lua's `SendToModality` and deleted with `Delete`: Orthanc queues
 those into one job of up to 1,000 operations (its LuaJobManager) and rewrites that job's whole status
 after every step, so its CPU per instance grew with the burst. Three bursts of 200, each way, the same
 minutes of 2026-12-05 (14:33-14:36): `SendToModality` 31.2-33.2/s at 36.6-39.3 ms per instance; the
