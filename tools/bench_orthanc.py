@@ -32,26 +32,23 @@ from tools.proc_cpu import cpu_seconds
 
 # Lua ignores what it stored itself (the copy, RequestOrigin 'Lua'). Every call is synchronous, so no
 # job gathers operations (see above), and each instance's files are gone once its copy is delivered.
-JOBS = {
-    "stored-copy": """
+_ANONYMIZED = """
 function OnStoredInstance(instanceId, tags, metadata, origin)
   if origin['RequestOrigin'] == 'Lua' then
     return
   end
   local anonymized = RestApiPost('/instances/' .. instanceId .. '/anonymize', '{}')
-  local stored = ParseJson(RestApiPost('/instances', anonymized))
+"""
+JOBS = {
+    "stored-copy": _ANONYMIZED
+    + """  local stored = ParseJson(RestApiPost('/instances', anonymized))
   RestApiPost('/modalities/target/store', '{"Resources": ["' .. stored['ID'] .. '"], "Synchronous": true}')
   RestApiDelete('/instances/' .. stored['ID'])
   RestApiDelete('/instances/' .. instanceId)
 end
 """,
-    "straight": """
-function OnStoredInstance(instanceId, tags, metadata, origin)
-  if origin['RequestOrigin'] == 'Lua' then
-    return
-  end
-  local anonymized = RestApiPost('/instances/' .. instanceId .. '/anonymize', '{}')
-  RestApiPost('/modalities/target/store-straight', anonymized)
+    "straight": _ANONYMIZED
+    + """  RestApiPost('/modalities/target/store-straight', anonymized)
   RestApiDelete('/instances/' .. instanceId)
 end
 """,
