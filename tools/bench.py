@@ -37,7 +37,7 @@ from pathlib import Path
 from services.cli.settings import CliSettings
 from services.common.topics import Topics
 from tools.bench_corpus import bench_data, default_root
-from tools.bench_orthanc import GRADED_JOB, orthanc_exchanges
+from tools.bench_orthanc import GRADED_JOB, STRAIGHT_JOB, orthanc_exchanges
 from tools.bench_partner import ReceiptReader, partner_side, skip_leftovers, wait_gateway_ready
 from tools.bench_results import (
     BenchRun,
@@ -172,15 +172,15 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def orthanc_best(files: list[Path], args: argparse.Namespace, job: str) -> OrthancFigures:
-    """Orthanc's `job` over `files`, `--orthanc-bursts` times, at its best (orthanc_at_its_best)."""
-    print(f"Orthanc doing the same job ({job}) on {len(files)} files, {args.orthanc_bursts} burst(s)", flush=True)
-    bursts = []
-    for burst in orthanc_exchanges(files, args.associations, args.orthanc_bursts, job=job):
-        bursts.append(burst)
+def orthanc_at_best_per_job(files: list[Path], args: argparse.Namespace, jobs: list[str]) -> dict[str, OrthancFigures]:
+    """Orthanc's `jobs` over `files`, `--orthanc-bursts` times each, each at its best (orthanc_at_its_best)."""
+    print(f"Orthanc doing the same job on {len(files)} files, {args.orthanc_bursts} burst(s) each way", flush=True)
+    bursts: dict[str, list[dict[str, float]]] = {job: [] for job in jobs}
+    for job, burst in orthanc_exchanges(files, args.associations, args.orthanc_bursts, jobs=jobs):
+        bursts[job].append(burst)
         figures = f"{burst['per_s']}/s, {burst['cpu_ms_per_instance']} ms CPU per instance"
-        print(f"  burst {len(bursts)}: {figures}", flush=True)
-    return orthanc_at_its_best(bursts)
+        print(f"  {job} burst {len(bursts[job])}: {figures}", flush=True)
+    return {job: orthanc_at_its_best(found) for job, found in bursts.items()}
 
 
 def main() -> int:
@@ -214,10 +214,9 @@ def main() -> int:
         shutil.rmtree(run_folder, ignore_errors=True)
     if not args.skip_orthanc:
         # Orthanc is compared with imx's rate, so it gets the same files: the originals, not this run's copies.
-        sample = originals[: args.orthanc_instances]
-        run.orthanc = orthanc_best(sample, args, GRADED_JOB)
-        if not args.skip_orthanc_straight:
-            run.orthanc_straight = orthanc_best(sample, args, "straight")
+        jobs = [GRADED_JOB] if args.skip_orthanc_straight else [GRADED_JOB, STRAIGHT_JOB]
+        best = orthanc_at_best_per_job(originals[: args.orthanc_instances], args, jobs)
+        run.orthanc, run.orthanc_straight = best[GRADED_JOB], best.get(STRAIGHT_JOB)
     run.extra["load_before"] = [round(v, 2) for v in load_before]
     run.extra["load_after"] = [round(v, 2) for v in os.getloadavg()]
     run.extra["date"] = time.strftime("%Y-%m-%d %H:%M")

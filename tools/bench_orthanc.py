@@ -24,12 +24,16 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tools.dicom_peers import DCMTK_ENV, start_orthanc, start_storescp
 from tools.proc_cpu import cpu_seconds
 
+# The ratios `make bench` grades imx by: Orthanc keeping a copy, as imx keeps its de-identified one
+# until the partner has it. `straight` is reported beside it.
+GRADED_JOB = "stored-copy"
+STRAIGHT_JOB = "straight"
 # Lua ignores what it stored itself (the copy, RequestOrigin 'Lua'). Every call is synchronous, so no
 # job gathers operations (see above), and each instance's files are gone once its copy is delivered.
 _ANONYMIZED = """
@@ -40,22 +44,19 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
   local anonymized = RestApiPost('/instances/' .. instanceId .. '/anonymize', '{}')
 """
 JOBS = {
-    "stored-copy": _ANONYMIZED
+    GRADED_JOB: _ANONYMIZED
     + """  local stored = ParseJson(RestApiPost('/instances', anonymized))
   RestApiPost('/modalities/target/store', '{"Resources": ["' .. stored['ID'] .. '"], "Synchronous": true}')
   RestApiDelete('/instances/' .. stored['ID'])
   RestApiDelete('/instances/' .. instanceId)
 end
 """,
-    "straight": _ANONYMIZED
+    STRAIGHT_JOB: _ANONYMIZED
     + """  RestApiPost('/modalities/target/store-straight', anonymized)
   RestApiDelete('/instances/' .. instanceId)
 end
 """,
 }
-# The ratios `make bench` grades imx by: Orthanc keeping a copy, as imx keeps its de-identified one
-# until the partner has it. `straight` is reported beside it.
-GRADED_JOB = "stored-copy"
 
 
 def storescu(files: list[Path], port: int, called_ae: str) -> None:
@@ -78,18 +79,24 @@ def storage_folders(storage: Path) -> None:
 
 
 def orthanc_exchanges(
-    files: list[Path], associations: int = 2, bursts: int = 1, timeout_s: float = 600.0, job: str = GRADED_JOB
-) -> Iterator[dict[str, float]]:
-    """`orthanc_exchange` `bursts` times, each with a new Orthanc (a new index, its own storescp), all over
-    one storage tree: making its 65,536 folders right after a run took ~19 s of the kernel's CPU on this
-    machine's ext4 (`perf`: its inode allocator stepping over recently deleted inodes), so it is done once,
-    not once per burst (`make bench` with three bursts, one run each: 107 s, then 95 s). Orthanc
-    deletes both copies of each instance as it goes, so a burst finds the folders empty."""
+    files: list[Path],
+    associations: int = 2,
+    bursts: int = 1,
+    timeout_s: float = 600.0,
+    jobs: Sequence[str] = (GRADED_JOB,),
+) -> Iterator[tuple[str, dict[str, float]]]:
+    """(job, `orthanc_exchange`) `bursts` times for each of `jobs` in turn, each with a new Orthanc (a new
+    index, its own storescp), all over one storage tree: making its 65,536 folders right after a run took
+    ~19 s of the kernel's CPU on this machine's ext4 (`perf`: its inode allocator stepping over recently
+    deleted inodes), so it is done once, not once per burst or per job (`make bench` with three bursts,
+    one run each: 107 s, then 95 s). Orthanc deletes what it stored of each instance as it goes, so a
+    burst finds the folders empty."""
     with tempfile.TemporaryDirectory(prefix="imx-bench-orthanc-storage-") as tmp:
         storage = Path(tmp)
         storage_folders(storage)
-        for _ in range(bursts):
-            yield orthanc_exchange(files, associations, timeout_s, storage=storage, job=job)
+        for job in jobs:
+            for _ in range(bursts):
+                yield job, orthanc_exchange(files, associations, timeout_s, storage=storage, job=job)
 
 
 def orthanc_exchange(
