@@ -174,28 +174,33 @@ def result_line(run: BenchRun) -> dict[str, object]:
         "cpu_ms_by_process": by_process,
     }
     orthanc = run.orthanc
+    rate_ratio, cpu_ratio = _ratios(orthanc, instances_per_s, total)
     result["orthanc_instances"] = orthanc.instances if orthanc else None
     result["orthanc_exchange_per_s"] = orthanc.per_s if orthanc else None
-    result["ratio_vs_orthanc"] = round(instances_per_s / orthanc.per_s, 2) if orthanc and orthanc.per_s else None
+    result["ratio_vs_orthanc"] = rate_ratio
     result["orthanc_cpu_ms_per_instance"] = orthanc.cpu_ms_per_instance if orthanc else None
     result["orthanc_storescp_cpu_ms_per_instance"] = orthanc.storescp_cpu_ms_per_instance if orthanc else None
     result["pacs_cpu_ms_per_instance"] = pacs
     result["orthanc_bursts"] = [list(b) for b in orthanc.bursts] if orthanc else None
-    result["cpu_vs_orthanc"] = (
-        round(total / orthanc.cpu_ms_per_instance, 2) if orthanc and orthanc.cpu_ms_per_instance and total else None
-    )
+    result["cpu_vs_orthanc"] = cpu_ratio
     straight = run.orthanc_straight
+    rate_ratio, cpu_ratio = _ratios(straight, instances_per_s, total)
     result["orthanc_straight_exchange_per_s"] = straight.per_s if straight else None
     result["orthanc_straight_cpu_ms_per_instance"] = straight.cpu_ms_per_instance if straight else None
     result["orthanc_straight_bursts"] = [list(b) for b in straight.bursts] if straight else None
-    result["ratio_vs_orthanc_straight"] = (
-        round(instances_per_s / straight.per_s, 2) if straight and straight.per_s else None
-    )
-    result["cpu_vs_orthanc_straight"] = (
-        round(total / straight.cpu_ms_per_instance, 2) if straight and straight.cpu_ms_per_instance and total else None
-    )
+    result["ratio_vs_orthanc_straight"] = rate_ratio
+    result["cpu_vs_orthanc_straight"] = cpu_ratio
     result.update(run.extra)
     return result
+
+
+def _ratios(orthanc: OrthancFigures | None, per_s: float, cpu_ms: float | None) -> tuple[float | None, float | None]:
+    """imx's rate over Orthanc's and imx's CPU per instance over Orthanc's (None where either is missing)."""
+    if orthanc is None:
+        return None, None
+    rate_ratio = round(per_s / orthanc.per_s, 2) if orthanc.per_s else None
+    cpu_ratio = round(cpu_ms / orthanc.cpu_ms_per_instance, 2) if orthanc.cpu_ms_per_instance and cpu_ms else None
+    return rate_ratio, cpu_ratio
 
 
 def _round(value: float) -> int | None:
