@@ -22,6 +22,7 @@ from pymongo.errors import DuplicateKeyError
 
 from tests.server_dirs import postgres_home
 from tools import devstack
+from tools.devstack import postgres as devstack_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -143,6 +144,34 @@ def test_an_id_lookup_uses_an_index_in_every_collection_ferretdb_creates(mongo_u
     """FerretDB 1.24 filters `_id` with a JSONB containment test no btree serves; the devstack's event
     trigger gives each new table a GIN index for it (tools/devstack/postgres.py ID_LOOKUP_SQL)."""
     _assert_id_lookup_uses_an_index(mongo_uri, unique_name)
+
+
+ID_INDEXES_SQL = """
+-- the `_id` index of the collection `pending` in the database :db, and its options
+SELECT c.relname || ' ' || coalesce(array_to_string(c.reloptions, ','), '-')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = :'db' AND c.relkind = 'i' AND c.relname LIKE 'pending%imx_id'
+"""
+
+
+def test_id_indexes_put_inserts_in_the_tree_not_a_pending_list(
+    mongo_uri: str, ferretdb_postgres: devstack.PostgresCluster, unique_name: str
+) -> None:
+    """A GIN index's pending list is read in full by every lookup; the devstack's `_id` indexes keep
+    none (fastupdate off), and one made before that, with the default, is switched at the next start."""
+    client: MongoClient[dict[str, object]] = MongoClient(mongo_uri)
+    try:
+        client[unique_name]["pending"].insert_many([{"_id": f"k{i}"} for i in range(100)])
+        name, options = psql(ferretdb_postgres, ID_INDEXES_SQL, db=unique_name).split()
+        assert options == "fastupdate=off"
+        psql(ferretdb_postgres, 'ALTER INDEX :"db".:"name" SET (fastupdate = on)', db=unique_name, name=name)
+        psql(ferretdb_postgres, devstack_postgres.ID_LOOKUP_SQL)  # what every start of the cluster runs
+        again = psql(ferretdb_postgres, ID_INDEXES_SQL, db=unique_name).split()
+        assert again == [name, "fastupdate=off"]
+        assert client[unique_name]["pending"].find_one({"_id": "k42"}) == {"_id": "k42"}
+    finally:
+        client.drop_database(unique_name)
+        client.close()
 
 
 PORT_VARIABLES = (
