@@ -77,7 +77,7 @@ SERVER_SETTINGS = {
 # `fastupdate = off`: a GIN index's default pending list (up to 4 MB of entries not yet in the tree) is
 # read in full by every lookup, and with inserts arriving all the time it is seldom empty. Off, an insert
 # puts its one key in the tree: PostgreSQL's CPU per audit record in `make bench-audit` at a million
-# records went from 89-94 to 77 µs (README, "Measured"). Indexes made before are switched and emptied.
+# records went from 89.0 and 94.2 to 76.5-81.5 µs (README, "Figures"). Indexes made before are switched and emptied.
 ID_LOOKUP_SQL = """
 CREATE OR REPLACE FUNCTION imx_index_id(tbl oid) RETURNS void LANGUAGE plpgsql AS $fn$
 DECLARE
