@@ -1,14 +1,16 @@
 """The audit stage: every message on every imx topic becomes one audit record.
 
 Audit publishes nothing downstream. Records are buffered while the bus runs the handler over a batch
-and written in `flush()`, which the bus calls before it commits the batch's offsets: first to the store,
-then to each sink in order (e.g. a tamper-evident log). A crash in between replays the batch, so the
-store and every sink must take the same records again without harm (records are keyed by event id).
+and written in `flush()` (or `flush_begin()`, on a writer thread, while the bus handles the next batch),
+which completes before the bus commits the batch's offsets: first to the store, then to each sink in
+order (e.g. a tamper-evident log). A crash in between replays the batch, so the store and every sink
+must take the same records again without harm (records are keyed by event id).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -76,6 +78,8 @@ class AuditHandler:
         self._clock = clock
         self._batched = batched
         self._pending: list[AuditRecord] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._writing: Future[int] | None = None
 
     def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
         record = build_record(message, self._topics, self._clock())
@@ -87,9 +91,32 @@ class AuditHandler:
 
     def flush(self) -> int:
         """Write what the batch produced; returns how many records were new to the store."""
+        self.flush_wait()
         pending, self._pending = self._pending, []
         # Cleared first: if a write fails the bus reads the whole batch again and rebuilds the records.
         return self._write(pending) if pending else 0
+
+    def flush_begin(self) -> None:
+        """`flush` on the writer thread, so that the bus reads and handles the next batch meanwhile
+        (bus.PipelinedFlush): the audit consumer spent more than half of a busy batch waiting for the
+        database, with a core idle. The bus waits (`flush_wait`) before it begins the next write."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self._writing = self._writer().submit(self._write, pending)
+
+    def flush_wait(self) -> None:
+        """Until the write begun last is done; raises its error (once)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def discard(self) -> None:
+        self._pending = []
+
+    def _writer(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        return self._executor
 
     def _write(self, records: list[AuditRecord]) -> int:
         new = self._store.insert(records)

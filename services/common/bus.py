@@ -15,6 +15,7 @@ retries with capped exponential backoff until the broker answers again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import selectors
 import threading
@@ -428,6 +429,46 @@ def flush_handler(handler: Handler) -> None:
         flush()
 
 
+class PipelinedFlush(Protocol):
+    """A batched handler whose batch writes can overlap the reading and handling of the next batch.
+
+    `flush_begin` hands what the batch produced to the handler's writer and returns at once;
+    `flush_wait` returns when the batch begun last is written, or raises its error; `discard` forgets
+    what was handled since the last `flush_begin` (the bus reads it again). The bus begins a batch's
+    write only after the one before it is written, so writes keep their order."""
+
+    def flush_begin(self) -> None: ...
+
+    def flush_wait(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+def pipelined(handler: Handler) -> PipelinedFlush | None:
+    parts = ("flush_begin", "flush_wait", "discard")
+    return handler if all(callable(getattr(handler, p, None)) for p in parts) else None  # type: ignore[return-value]
+
+
+def batch_starts(records: Iterable[IncomingMessage]) -> dict[TopicPartition, int]:
+    """The lowest offset of each partition among `records` (one batch or two): where to read them again from."""
+    starts: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        if record.offset < starts.get(tp, record.offset + 1):
+            starts[tp] = record.offset
+    return starts
+
+
+@dataclass
+class InFlightBatch:
+    """A handled batch whose write is still running: its outputs are published and its offsets owed
+    only once the write is done."""
+
+    handler: PipelinedFlush
+    records: Sequence[IncomingMessage]
+    result: BatchResult
+
+
 # A fetch waits at the broker until this much has arrived or the wait is over (see StageConsumer).
 FETCH_MIN_BYTES = 64 * 1024
 FETCH_MAX_WAIT_MS = 100
@@ -549,6 +590,7 @@ class StageConsumer:
         self._busy_fetch = (fetch_min_bytes, fetch_max_wait_ms)
         self._idle_fetch = (1, idle_fetch_max_wait_ms) if idle_fetch_max_wait_ms > fetch_max_wait_ms else None
         self._idle = False
+        self._in_flight: InFlightBatch | None = None
 
     def poll_once(self, handler: Handler) -> int:
         """One cycle; returns how many records were read."""
@@ -574,22 +616,37 @@ class StageConsumer:
             for batch in polled.values()
             for r in batch
         ]
+        overlapping = pipelined(handler)
         if records:
             try:
                 result = run_handler_over_batch(records, handler, self._dead_letter_topic, self._stage)
-                flush_handler(handler)
-                self._producer.publish(result.outputs, timeout_s=self._publish_timeout_s)
+                if overlapping is not None:
+                    # The batch before this one was being written while this one was read and handled.
+                    self.settle()
+                    overlapping.flush_begin()
+                    self._in_flight = InFlightBatch(overlapping, records, result)
+                else:
+                    flush_handler(handler)
+                    self._producer.publish(result.outputs, timeout_s=self._publish_timeout_s)
             except BaseException:
-                self._seek_to_batch_start(records)
+                self._read_again(records, handler)
                 raise
-            self._owed.update(result.commits)
+            if overlapping is None:
+                self._owe(result)
             assigned = self._consumer.assignment()
             for tp, offset in result.retry_from.items():
                 if tp in assigned:  # a revoked partition is read again from its committed offset by its new owner
                     self._consumer.seek(tp, offset)
-            self._stats.record(result.processed, result.failed)
             if result.retry_from:
                 time.sleep(self._retry_backoff_s)
+        if not self._busy:
+            # Overlap only pays while a backlog keeps batches full; a stage that keeps up writes each batch
+            # before its next poll, which may wait for input.
+            try:
+                self.settle()
+            except BaseException:
+                self._read_again((), handler)
+                raise
         if not records or time.monotonic() - self._committed_at >= self._commit_interval_s:
             self.commit_owed()
         self._update_lag()
@@ -607,12 +664,40 @@ class StageConsumer:
         config = self._consumer._fetcher.config
         config["fetch_min_bytes"], config["fetch_max_wait_ms"] = self._idle_fetch if idle else self._busy_fetch
 
+    def _owe(self, result: BatchResult) -> None:
+        self._owed.update(result.commits)
+        self._stats.record(result.processed, result.failed)
+
+    def settle(self) -> None:
+        """Wait for the write of the batch in flight (a pipelined handler's), publish its outputs and owe
+        its offsets. Raises the write's (or the publish's) error; the batch is then still in flight."""
+        in_flight = self._in_flight
+        if in_flight is None:
+            return
+        in_flight.handler.flush_wait()
+        self._producer.publish(in_flight.result.outputs, timeout_s=self._publish_timeout_s)
+        self._in_flight = None
+        self._owe(in_flight.result)
+
+    def _read_again(self, records: Sequence[IncomingMessage], handler: Handler) -> None:
+        """A cycle failed: nothing of this batch, nor of the batch still in flight, is committed; both are
+        read again from their first records, and what the handler holds of them is forgotten."""
+        in_flight, self._in_flight = self._in_flight, None
+        earlier: Sequence[IncomingMessage] = ()
+        if in_flight is not None:
+            earlier = in_flight.records
+            # Its write may still be running: let it end before the records come again, whatever it did.
+            with contextlib.suppress(Exception):
+                in_flight.handler.flush_wait()
+        overlapping = pipelined(handler)
+        if overlapping is not None:
+            overlapping.discard()
+        self._seek_to_batch_start([*earlier, *records])
+
     def _seek_to_batch_start(self, records: Sequence[IncomingMessage]) -> None:
         """Nothing of a batch whose outputs were not all acknowledged is committed, and the consumer reads it
         again from its first record. Seeking is local: it works while the broker is away."""
-        starts: dict[TopicPartition, int] = {}
-        for record in records:
-            starts.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+        starts = batch_starts(records)
         assigned = self._consumer.assignment()
         for tp, offset in starts.items():
             if tp in assigned:  # a revoked partition is read again from its committed offset by its new owner
@@ -704,7 +789,22 @@ class StageConsumer:
                 stop.wait(self._retry_backoff_s)
             else:
                 outage.ended()
+        self._settle_before_closing()
         self.commit_owed(timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)
+
+    def _settle_before_closing(self) -> None:
+        """The batch in flight is committed with the rest if its write succeeds; otherwise it is read again."""
+        in_flight = self._in_flight
+        if in_flight is None:
+            return
+        try:
+            self.settle()
+        except Exception as error:  # not committed: read again at the next start
+            self._in_flight = None
+            log.warning(
+                "the last batch's write failed while stopping; it will be read again",
+                extra={"stage": self._stage, "error": type(error).__name__},
+            )
 
     def _cycle(self, handler: Handler, outage: BrokerOutage) -> None:
         if outage.active:
@@ -715,5 +815,6 @@ class StageConsumer:
     def close(self) -> None:
         """What was handled and acknowledged is committed first (a broker that does not answer within
         `CLOSE_COMMIT_TIMEOUT_MS` leaves it to be read again)."""
+        self._settle_before_closing()
         self.commit_owed(timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)
         self._consumer.close(autocommit=False)

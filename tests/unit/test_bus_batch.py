@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kafka.structs import TopicPartition
 
-from services.common.bus import describe_error, run_handler_over_batch
+from services.common.bus import batch_starts, describe_error, pipelined, run_handler_over_batch
 from services.common.messages import IncomingMessage, OutgoingMessage, TransientError
 
 
@@ -60,3 +60,25 @@ def test_a_transient_error_stops_its_partition_at_the_failing_record_only() -> N
 def test_phi_safe_errors_keep_their_message() -> None:
     assert "database unavailable" in describe_error(TransientError("database unavailable"))
     assert "secret" not in describe_error(RuntimeError("secret"))
+
+
+def test_two_batches_are_read_again_from_each_partitions_lowest_offset() -> None:
+    in_flight = [_msg(0, 10, b"a"), _msg(0, 11, b"b")]
+    handled_meanwhile = [_msg(0, 12, b"c"), _msg(1, 5, b"d"), _msg(1, 6, b"e")]
+    assert batch_starts([*in_flight, *handled_meanwhile]) == {TopicPartition("in", 0): 10, TopicPartition("in", 1): 5}
+    assert batch_starts([*handled_meanwhile, *in_flight])[TopicPartition("in", 0)] == 10
+
+
+def test_only_a_handler_with_all_three_pipeline_calls_is_pipelined() -> None:
+    class Writer:
+        def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
+            return []
+
+        def flush_begin(self) -> None: ...
+
+        def flush_wait(self) -> None: ...
+
+    writer = Writer()
+    assert pipelined(_echo) is None and pipelined(writer) is None
+    writer.discard = lambda: None  # type: ignore[attr-defined]
+    assert pipelined(writer) is writer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -101,3 +102,41 @@ def test_a_failing_sink_fails_the_flush_so_the_batch_is_read_again() -> None:
     run_handler_over_batch([incoming(journey(TOPICS, Instance())[0])], handler, TOPICS.dead_letter, "audit")
     with pytest.raises(TransientError):
         handler.flush()
+
+
+class _ThreadNoting(InMemoryAuditStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def insert(self, records: Sequence[AuditRecord]) -> int:
+        self.threads.append(threading.current_thread().name)
+        return super().insert(records)
+
+
+def test_a_begun_flush_writes_on_the_writer_thread_and_the_wait_returns_once_written() -> None:
+    store = _ThreadNoting()
+    handler = _handler(store)
+    run_handler_over_batch([incoming(journey(TOPICS, Instance())[0])], handler, TOPICS.dead_letter, "audit")
+    handler.flush_begin()
+    run_handler_over_batch([incoming(journey(TOPICS, Instance())[1], offset=1)], handler, TOPICS.dead_letter, "audit")
+    handler.flush_wait()
+    assert len(store.records) == 1, "the second batch waits for its own flush"
+    handler.flush_begin()
+    handler.flush_wait()
+    assert len(store.records) == 2 and store.inserts == 2
+    assert all(name.startswith("audit-writer") for name in store.threads)
+
+
+def test_a_begun_flush_that_fails_raises_at_the_wait_once_and_discard_forgets_the_next_batch() -> None:
+    store = InMemoryAuditStore()
+    handler = AuditHandler(store, TOPICS, sinks=[_Sink(store, fail=True)])
+    run_handler_over_batch([incoming(journey(TOPICS, Instance())[0])], handler, TOPICS.dead_letter, "audit")
+    handler.flush_begin()
+    run_handler_over_batch([incoming(journey(TOPICS, Instance())[1], offset=1)], handler, TOPICS.dead_letter, "audit")
+    with pytest.raises(TransientError):
+        handler.flush_wait()
+    handler.flush_wait()  # the failure was reported; nothing else is being written
+    handler.discard()
+    assert handler.flush() == 0, "the discarded batch is read again by the bus, not written from memory"
+    assert len(store.records) == 1
