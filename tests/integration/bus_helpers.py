@@ -3,6 +3,7 @@ committed offsets."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from services.common.bus import BusProducer, StageConsumer
+from services.common.bus import BusProducer, Handler, StageConsumer
 from services.common.stats import StageStats
 
 
@@ -37,6 +38,24 @@ def stage_consumer(
         stats=stats if stats is not None else StageStats(stage),
         **options,
     )
+
+
+def run_in_thread(consumer: StageConsumer, handler: Handler, stop: threading.Event) -> threading.Thread:
+    """`consumer.run(handler, stop)` on a daemon thread; an error that ends it is kept in the thread's
+    `errors` (a list), for a test that asserts the stage did not end."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            consumer.run(handler, stop)
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
 
 
 def _from_the_beginning(bootstrap: str, topic: str, deadline: float) -> tuple[KafkaConsumer, list[TopicPartition]]:

@@ -10,27 +10,11 @@ from collections import Counter
 import pytest
 from pymongo.errors import AutoReconnect
 
-from services.common.bus import BusProducer, StageConsumer, ensure_topics
+from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
-from tests.integration.bus_helpers import committed_and_end_offsets, read_all, stage_consumer
+from tests.integration.bus_helpers import committed_and_end_offsets, read_all, run_in_thread, stage_consumer
 
 pytestmark = pytest.mark.integration
-
-
-def _run_in_thread(consumer: StageConsumer, handler, stop: threading.Event) -> threading.Thread:  # type: ignore[no-untyped-def]
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            consumer.run(handler, stop)
-        except BaseException as exc:  # the test asserts the stage did not end
-            errors.append(exc)
-            raise
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.errors = errors  # type: ignore[attr-defined]
-    thread.start()
-    return thread
 
 
 def test_database_and_disk_outages_in_a_handler_are_retried_not_dead_lettered(
@@ -58,7 +42,7 @@ def test_database_and_disk_outages_in_a_handler_are_retried_not_dead_lettered(
         return [OutgoingMessage(out, message.value, message.key)]
 
     consumer = stage_consumer(kafka_bootstrap, producer, [topic], group, dlq, max_batch=20, retry_backoff_s=0.1)
-    thread = _run_in_thread(consumer, handler, stop)
+    thread = run_in_thread(consumer, handler, stop)
     try:
         assert done.wait(60), "the stage processed everything after the outages"
     finally:
@@ -102,7 +86,7 @@ def test_a_database_outage_in_a_batch_flush_is_retried_and_the_stage_keeps_runni
     producer.publish([OutgoingMessage(topic, b"x", b"k")])
     handler, stop = FlushFailsOnce(out), threading.Event()
     consumer = stage_consumer(kafka_bootstrap, producer, [topic], group, dlq, retry_backoff_s=0.1)
-    thread = _run_in_thread(consumer, handler, stop)
+    thread = run_in_thread(consumer, handler, stop)
     try:
         assert handler.done.wait(60)
     finally:

@@ -13,7 +13,7 @@ from pymongo.errors import AutoReconnect
 
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
-from tests.integration.bus_helpers import committed_and_end_offsets, stage_consumer
+from tests.integration.bus_helpers import committed_and_end_offsets, run_in_thread, stage_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -68,25 +68,22 @@ class OverlappingWriter:
         self.written.extend(values)
 
 
-def _backlog(bootstrap: str, topic: str, count: int) -> None:
+def _stage_with_backlog(bootstrap: str, name: str) -> tuple[str, str, BusProducer, StageConsumer]:
+    """A topic holding five batches, and a stage's consumer of it in batches of BATCH: (topic, group,
+    producer, consumer)."""
+    topic, group = f"{name}.in", f"{name}-g"
+    ensure_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=1)
     producer = BusProducer(bootstrap)
-    producer.publish([OutgoingMessage(topic, str(i).encode(), b"k") for i in range(count)])
-    producer.close()
-
-
-def _consumer(bootstrap: str, topic: str, group: str, producer: BusProducer) -> StageConsumer:
-    return stage_consumer(bootstrap, producer, [topic], group, f"{topic}.dlq", max_batch=BATCH, retry_backoff_s=0.1)
+    producer.publish([OutgoingMessage(topic, str(i).encode(), b"k") for i in range(5 * BATCH)])
+    consumer = stage_consumer(bootstrap, producer, [topic], group, f"{topic}.dlq", max_batch=BATCH, retry_backoff_s=0.1)
+    return topic, group, producer, consumer
 
 
 def test_the_next_batch_is_handled_while_the_last_is_written_and_committed_only_after(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
-    topic, group = f"{unique_name}.in", f"{unique_name}-g"
-    ensure_topics(kafka_bootstrap, [topic, f"{topic}.dlq"], partitions=1)
-    _backlog(kafka_bootstrap, topic, 5 * BATCH)
-    producer = BusProducer(kafka_bootstrap)
+    topic, group, producer, consumer = _stage_with_backlog(kafka_bootstrap, unique_name)
     writer = OverlappingWriter()
-    consumer = _consumer(kafka_bootstrap, topic, group, producer)
     committed_while_writing: dict[int, int] | None = None
     try:
         for _ in range(20):
@@ -112,23 +109,10 @@ def test_the_next_batch_is_handled_while_the_last_is_written_and_committed_only_
 def test_a_failed_write_reads_its_batch_and_the_next_again_and_loses_nothing(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
-    topic, group = f"{unique_name}.in", f"{unique_name}-g"
-    ensure_topics(kafka_bootstrap, [topic, f"{topic}.dlq"], partitions=1)
-    _backlog(kafka_bootstrap, topic, 5 * BATCH)
-    producer = BusProducer(kafka_bootstrap)
+    topic, group, producer, consumer = _stage_with_backlog(kafka_bootstrap, unique_name)
     writer = OverlappingWriter(fail_write=1)  # the first batch's write fails after the second was handled
-    consumer = _consumer(kafka_bootstrap, topic, group, producer)
     stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            consumer.run(writer, stop)
-        except BaseException as exc:  # the test asserts the stage did not end
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread = run_in_thread(consumer, writer, stop)
     try:
         for _ in range(300):
             if len(set(writer.written)) == 5 * BATCH:
@@ -138,7 +122,7 @@ def test_a_failed_write_reads_its_batch_and_the_next_again_and_loses_nothing(
         stop.set()
         thread.join(30)
         consumer.close()
-    assert not errors, "the stage kept running"
+    assert not thread.errors, "the stage kept running"  # type: ignore[attr-defined]
     assert writer.handled_during_first_write
     assert sorted(set(writer.written), key=int) == [str(i).encode() for i in range(5 * BATCH)]
     assert len(writer.written) == 5 * BATCH, "the batch handled during the failed write was written once"
