@@ -10,13 +10,13 @@ must take the same records again without harm (records are keyed by event id).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
 
 from services.audit.records import AuditRecord, build_record, subscription_pattern
 from services.audit.store import RecordWriter
 from services.common.messages import IncomingMessage, OutgoingMessage
+from services.common.pipelined_writes import PipelinedWrites
 from services.common.runtime import StageSpec
 from services.common.topics import Topics
 
@@ -77,46 +77,31 @@ class AuditHandler:
         self._topics = topics
         self._clock = clock
         self._batched = batched
-        self._pending: list[AuditRecord] = []
-        self._executor: ThreadPoolExecutor | None = None
-        self._writing: Future[int] | None = None
+        self._batch: PipelinedWrites[AuditRecord] = PipelinedWrites(self._write, "audit-writer")
 
     def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
         record = build_record(message, self._topics, self._clock())
         if self._batched:
-            self._pending.append(record)
+            self._batch.add(record)
         else:
             self._write([record])
         return []
 
     def flush(self) -> int:
         """Write what the batch produced; returns how many records were new to the store."""
-        self.flush_wait()
-        pending, self._pending = self._pending, []
-        # Cleared first: if a write fails the bus reads the whole batch again and rebuilds the records.
-        return self._write(pending) if pending else 0
+        return self._batch.write_now()
 
     def flush_begin(self) -> None:
         """`flush` on the writer thread, so that the bus reads and handles the next batch meanwhile
         (bus.PipelinedFlush): the audit consumer spent more than half of a busy batch waiting for the
         database, with a core idle. The bus waits (`flush_wait`) before it begins the next write."""
-        pending, self._pending = self._pending, []
-        if pending:
-            self._writing = self._writer().submit(self._write, pending)
+        self._batch.begin()
 
     def flush_wait(self) -> None:
-        """Until the write begun last is done; raises its error (once)."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            writing.result()
+        self._batch.wait()
 
     def discard(self) -> None:
-        self._pending = []
-
-    def _writer(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
-        return self._executor
+        self._batch.discard()
 
     def _write(self, records: list[AuditRecord]) -> int:
         new = self._store.insert(records)

@@ -622,14 +622,14 @@ class StageConsumer:
                 result = run_handler_over_batch(records, handler, self._dead_letter_topic, self._stage)
                 if overlapping is not None:
                     # The batch before this one was being written while this one was read and handled.
-                    self.settle()
+                    self._settle()
                     overlapping.flush_begin()
                     self._in_flight = InFlightBatch(overlapping, records, result)
                 else:
                     flush_handler(handler)
                     self._producer.publish(result.outputs, timeout_s=self._publish_timeout_s)
             except BaseException:
-                self._read_again(records, handler)
+                self._read_again(records, overlapping)
                 raise
             if overlapping is None:
                 self._owe(result)
@@ -643,9 +643,9 @@ class StageConsumer:
             # Overlap only pays while a backlog keeps batches full; a stage that keeps up writes each batch
             # before its next poll, which may wait for input.
             try:
-                self.settle()
+                self._settle()
             except BaseException:
-                self._read_again((), handler)
+                self._read_again((), overlapping)
                 raise
         if not records or time.monotonic() - self._committed_at >= self._commit_interval_s:
             self.commit_owed()
@@ -668,7 +668,7 @@ class StageConsumer:
         self._owed.update(result.commits)
         self._stats.record(result.processed, result.failed)
 
-    def settle(self) -> None:
+    def _settle(self) -> None:
         """Wait for the write of the batch in flight (a pipelined handler's), publish its outputs and owe
         its offsets. Raises the write's (or the publish's) error; the batch is then still in flight."""
         in_flight = self._in_flight
@@ -679,7 +679,7 @@ class StageConsumer:
         self._in_flight = None
         self._owe(in_flight.result)
 
-    def _read_again(self, records: Sequence[IncomingMessage], handler: Handler) -> None:
+    def _read_again(self, records: Sequence[IncomingMessage], overlapping: PipelinedFlush | None) -> None:
         """A cycle failed: nothing of this batch, nor of the batch still in flight, is committed; both are
         read again from their first records, and what the handler holds of them is forgotten."""
         in_flight, self._in_flight = self._in_flight, None
@@ -689,7 +689,6 @@ class StageConsumer:
             # Its write may still be running: let it end before the records come again, whatever it did.
             with contextlib.suppress(Exception):
                 in_flight.handler.flush_wait()
-        overlapping = pipelined(handler)
         if overlapping is not None:
             overlapping.discard()
         self._seek_to_batch_start([*earlier, *records])
@@ -798,7 +797,7 @@ class StageConsumer:
         if in_flight is None:
             return
         try:
-            self.settle()
+            self._settle()
         except Exception as error:  # not committed: read again at the next start
             self._in_flight = None
             log.warning(

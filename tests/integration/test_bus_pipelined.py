@@ -6,13 +6,13 @@ nothing is lost."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 from pymongo.errors import AutoReconnect
 
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
+from services.common.pipelined_writes import PipelinedWrites
 from tests.integration.bus_helpers import committed_and_end_offsets, run_in_thread, stage_consumer
 
 pytestmark = pytest.mark.integration
@@ -21,42 +21,37 @@ BATCH = 10
 
 
 class OverlappingWriter:
-    """Collects each batch's values and writes them on its own thread. The first write waits until the
-    next batch is being handled (or 20 s), so a bus that overlaps shows it; `fail_write` fails that write
-    once, as a database outage would."""
+    """Collects each batch's values and writes them as audit's handler does (PipelinedWrites). The first
+    write waits until the next batch is being handled (or 20 s), so a bus that overlaps shows it;
+    `fail_write` fails that write once, as a database outage would."""
 
     def __init__(self, fail_write: int | None = None) -> None:
         self.written: list[bytes] = []
         self.handled_during_first_write = False
-        self._pending: list[bytes] = []
+        self._batch: PipelinedWrites[bytes] = PipelinedWrites(self._write, "test-writer")
         self._writes = 0
         self._fail_write = fail_write
         self._first_write_running = threading.Event()
         self.first_write_began = threading.Event()
         self._next_batch_handled = threading.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1)
-        self._writing: Future[None] | None = None
 
     def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
         if self._first_write_running.is_set():
             self.handled_during_first_write = True
             self._next_batch_handled.set()
-        self._pending.append(message.value)
+        self._batch.add(message.value)
         return []
 
     def flush_begin(self) -> None:
-        pending, self._pending = self._pending, []
-        self._writing = self._executor.submit(self._write, pending)
+        self._batch.begin()
 
     def flush_wait(self) -> None:
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            writing.result()
+        self._batch.wait()
 
     def discard(self) -> None:
-        self._pending = []
+        self._batch.discard()
 
-    def _write(self, values: list[bytes]) -> None:
+    def _write(self, values: list[bytes]) -> int:
         self._writes += 1
         if self._writes == 1:
             self._first_write_running.set()
@@ -66,6 +61,7 @@ class OverlappingWriter:
         if self._writes == self._fail_write:
             raise AutoReconnect("connection reset")
         self.written.extend(values)
+        return len(values)
 
 
 def _stage_with_backlog(bootstrap: str, name: str) -> tuple[str, str, BusProducer, StageConsumer]:
