@@ -5,6 +5,7 @@ storing and before the head moved, and records stored (and claimed) by the versi
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from tests.integration.audit.helpers import HeadFails
 from tests.unit.audit.builders import journey_records
 
 TOPICS = Topics("t-sc.")
+LEASE_S = 0.01
 NOW = datetime(2026, 2, 1, 12, 0, 0, tzinfo=UTC)
 
 
@@ -37,7 +39,7 @@ class Service:
         self.store = MongoAuditStore(db["audit_events"])
         self.store.ensure_indexes()
         self.docs: Collection[dict[str, Any]] = db["audit_log"]
-        self.log = TamperLog(self.docs, signer, owner, sth_every=1000, sth_interval_s=3600, lease_s=0.01)
+        self.log = TamperLog(self.docs, signer, owner, sth_every=1000, sth_interval_s=3600, lease_s=LEASE_S)
         self.writer = LoggedWriter(self.store, self.log)
         self.signer = signer
 
@@ -67,6 +69,9 @@ def test_every_record_is_logged_once_without_a_claim_document_per_record(db: Dat
         service.write(records[150:300], batch=150)  # stored, leaves written, the head never moved
     assert service.store.log_since(str(records[200]["_id"])) == 150
 
+    # writer-1 died holding the log's lease (no close): its successor starts once the lease has lapsed,
+    # as a restarted service does. Without the wait, a quick database answers within the 10 ms lease.
+    time.sleep(2 * LEASE_S)
     restarted = Service(db, signer, "writer-2")
     restarted.write(records[250:400], batch=75)  # the replay, in another composition
     restarted.write(records[100:260], batch=80)  # partly logged already, partly stored but not logged
