@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import pytest
 
 from services.common.topics import Topics
 from tests.settings_env import GRPC_PORTS, env_names
+from tools.capacity import BASIS, chart_defaults, partitions_for
 from tools.services_stack import stage_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -506,12 +508,16 @@ CONSUMERS = ["routing", "deid", "delivery"]
 
 
 def values_of(name: str) -> dict[str, Any]:
-    """The chart's default autoscaling bounds of a service, read back through `helm show values`."""
+    """The chart's default replicas, autoscaling bounds and KEDA lag threshold of a service, read back
+    through `helm show values` (the lag None for ingest, which has none)."""
     shown = helm("show", "values", str(CHART)).stdout
+    own = re.split(r"\n  \w+:\n", shown.split(f"\n  {name}:\n", 1)[1], maxsplit=1)[0]  # up to the next service
+    has_lag = any(line.strip().startswith("lagThreshold:") for line in own.splitlines())
     return {
         "replicas": int(_value_after(shown, name, "replicas")),
         "minReplicas": int(_value_after(shown, name, "minReplicas")),
         "maxReplicas": int(_value_after(shown, name, "maxReplicas")),
+        "lagThreshold": int(_value_after(shown, name, "lagThreshold")) if has_lag else None,
     }
 
 
@@ -539,9 +545,16 @@ def test_each_stage_but_audit_autoscales_on_cpu_within_its_partitions(default_do
         assert spec["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
         assert "replicas" not in deployments[f"imx-{name}"]["spec"], "the autoscaler owns the replica count"
     assert deployments["imx-audit"]["spec"]["replicas"] == 1, "audit's log has a single writer"
-    # The 500/s sizing of docs/capacity.md: replicas when autoscaling is off, and room for twice that.
-    assert values_of("delivery") == {"replicas": 8, "minReplicas": 2, "maxReplicas": 16}
-    assert values_of("deid")["replicas"] == 5 and values_of("routing")["replicas"] == 3
+    # The 500/s sizing of docs/capacity.md, as tools.capacity works it out from the measured figures:
+    # replicas when autoscaling is off, room for twice that, and KEDA's lag per replica.
+    for name, sized in chart_defaults(BASIS).items():
+        assert values_of(name) == {
+            "replicas": sized.replicas,
+            "minReplicas": sized.min_replicas,
+            "maxReplicas": sized.max_replicas,
+            "lagThreshold": sized.lag_threshold,
+        }, name
+    assert partitions == partitions_for(BASIS.ms, 500)
 
 
 def test_without_autoscaling_a_deployment_keeps_its_replica_count(render: Render) -> None:
@@ -599,14 +612,14 @@ def test_each_service_has_a_disruption_budget_over_its_own_pods(default_docs: li
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["kafka.topicPartitions=12"], "services.delivery can run 16 replicas but kafka.topicPartitions is 12"),
+        (["kafka.topicPartitions=3"], "can run 4 replicas but kafka.topicPartitions is 3"),
         (
             ["services.routing.autoscaling.enabled=false", "services.routing.replicas=30"],
             "services.routing can run 30 replicas but kafka.topicPartitions is 24",
         ),
         (["keda.enabled=true", "services.deid.autoscaling.maxReplicas=25"], "services.deid can run 25 replicas"),
         (["services.audit.replicas=2"], "services.audit.replicas must be 1"),
-        (["services.routing.autoscaling.minReplicas=7"], "minReplicas (7) is above its maxReplicas (6)"),
+        (["services.routing.autoscaling.minReplicas=7"], "minReplicas (7) is above its maxReplicas (4)"),
     ],
 )
 def test_rendering_fails_when_a_stage_could_outnumber_its_partitions(sets: list[str], message: str) -> None:
