@@ -22,6 +22,9 @@ PLANNED_SHARE = 0.65  # each replica is planned at 65% of one core: the chart's 
 HEADROOM = 2  # autoscaling may go to twice a stage's sizing, for bursts and draining a backlog
 MIN_REPLICAS = 2  # a stage keeps running through one pod's restart (PodDisruptionBudget maxUnavailable 1)
 DESIGN_PARTITIONS = 24  # ../DESIGN.md's partitions per pipeline topic; counts are chosen in multiples of it
+# A partner's feed has at least 3: the peak is spread over many partners, and each partner topic
+# multiplies the cluster's partitions (three lanes each).
+PARTNER_PARTITIONS = 3
 PEAK = 500  # the national peak, instances/s: the chart's defaults
 GROWTH = 5000  # ten times the peak
 
@@ -104,6 +107,11 @@ def partner_partitions(gateway_ms: float, rate: float) -> int:
     return replicas_for(cores(rate, gateway_ms))
 
 
+def partner_partitions_default(basis: Basis) -> int:
+    """The chart's partitions per partner feed: a partner receiving the whole peak, or the floor."""
+    return max(PARTNER_PARTITIONS, partner_partitions(basis.ms["gateway"], PEAK))
+
+
 @dataclass(frozen=True)
 class Defaults:
     """What the chart sets for one autoscaled stage."""
@@ -146,14 +154,11 @@ def sizing_table(basis: Basis) -> list[str]:
         ms = basis.ms[name]
         low, high = cores(PEAK, ms), cores(GROWTH, ms)
         low_n, high_n = replicas_for(low), replicas_for(high)
-        high_cell = f"⌈{high / PLANNED_SHARE:.2f}⌉ = **{high_n}**"
-        if name in AUTOSCALED and stage_replicas(ms, PEAK) != low_n:  # raised to MIN_REPLICAS
-            low_cell = f"⌈{low / PLANNED_SHARE:.2f}⌉ = {low_n} → **{stage_replicas(ms, PEAK)}**"
-        elif name in AUTOSCALED:
-            low_cell = f"⌈{low / PLANNED_SHARE:.2f}⌉ = **{low_n}**"
-        else:
-            low_cell = f"⌈{low / PLANNED_SHARE:.2f}⌉ = **{low_n}**"
-            high_cell = f"⌈{high / PLANNED_SHARE:.2f}⌉ = {high_n}, **but only 1 is possible**"
+        sized = stage_replicas(ms, PEAK) if name in AUTOSCALED else low_n
+        low_cell = f"⌈{low / PLANNED_SHARE:.2f}⌉ = " + (f"**{low_n}**" if sized == low_n else f"{low_n} → **{sized}**")
+        high_cell = f"⌈{high / PLANNED_SHARE:.2f}⌉ = " + (
+            f"**{high_n}**" if name in AUTOSCALED else f"{high_n}, **but only 1 is possible**"
+        )
         rows.append(f"| {name} | {ms:.2f} | {_n(low)} | {low_cell} | {_n(high)} | {high_cell} |")
     gateway = basis.ms["gateway"]
     rows.append(
@@ -193,7 +198,7 @@ def chart_table(basis: Basis) -> list[str]:
         rows.append(f"| {name} | {d.replicas} | {d.min_replicas} / {d.max_replicas} | {lag} |")
     rows.append("| audit | 1 (always) | — | — |")
     rows.append(f"| `kafka.topicPartitions` | {partitions_for(basis.ms, PEAK)} | | |")
-    rows.append(f"| `kafka.partnerTopicPartitions` | {max(3, partner_partitions(basis.ms['gateway'], PEAK))} | | |")
+    rows.append(f"| `kafka.partnerTopicPartitions` | {partner_partitions_default(basis)} | | |")
     return rows
 
 

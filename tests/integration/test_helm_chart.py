@@ -19,7 +19,7 @@ import pytest
 
 from services.common.topics import Topics
 from tests.settings_env import GRPC_PORTS, env_names
-from tools.capacity import BASIS, chart_defaults, partitions_for
+from tools.capacity import BASIS, chart_defaults, partitions_for, partner_partitions_default
 from tools.services_stack import stage_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -555,6 +555,8 @@ def test_each_stage_but_audit_autoscales_on_cpu_within_its_partitions(default_do
             "lagThreshold": sized.lag_threshold,
         }, name
     assert partitions == partitions_for(BASIS.ms, 500)
+    partner = env_of(deployments["imx-delivery"])["IMX_PARTNER_TOPIC_PARTITIONS"]["value"]
+    assert int(partner) == partner_partitions_default(BASIS)
 
 
 def test_without_autoscaling_a_deployment_keeps_its_replica_count(render: Render) -> None:
