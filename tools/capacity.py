@@ -163,8 +163,8 @@ def sizing_table(basis: Basis) -> list[str]:
     gateway = basis.ms["gateway"]
     rows.append(
         f"| gateway, per partner | {gateway:.2f} {TIMES} that partner's share | a partner receiving all 500/s: "
-        f"{_n(cores(PEAK, gateway))} | **{replicas_for(cores(PEAK, gateway))}** | {_n(cores(GROWTH, gateway))} "
-        f"| **{replicas_for(cores(GROWTH, gateway))}** |"
+        f"{_n(cores(PEAK, gateway))} | **{partner_partitions(gateway, PEAK)}** | {_n(cores(GROWTH, gateway))} "
+        f"| **{partner_partitions(gateway, GROWTH)}** |"
     )
     for label, processes in INFRASTRUCTURE.items():
         ms = sum(basis.ms[p] for p in processes)

@@ -793,9 +793,6 @@ class StageConsumer:
 
     def _settle_before_closing(self) -> None:
         """The batch in flight is committed with the rest if its write succeeds; otherwise it is read again."""
-        in_flight = self._in_flight
-        if in_flight is None:
-            return
         try:
             self._settle()
         except Exception as error:  # not committed: read again at the next start

@@ -511,20 +511,17 @@ def values_of(name: str) -> dict[str, Any]:
     """The chart's default replicas, autoscaling bounds and KEDA lag threshold of a service, read back
     through `helm show values` (the lag None for ingest, which has none)."""
     shown = helm("show", "values", str(CHART)).stdout
-    own = re.split(r"\n  \w+:\n", shown.split(f"\n  {name}:\n", 1)[1], maxsplit=1)[0]  # up to the next service
-    has_lag = any(line.strip().startswith("lagThreshold:") for line in own.splitlines())
-    return {
-        "replicas": int(_value_after(shown, name, "replicas")),
-        "minReplicas": int(_value_after(shown, name, "minReplicas")),
-        "maxReplicas": int(_value_after(shown, name, "maxReplicas")),
-        "lagThreshold": int(_value_after(shown, name, "lagThreshold")) if has_lag else None,
-    }
+    found = {key: _value_after(shown, name, key) for key in ("replicas", "minReplicas", "maxReplicas", "lagThreshold")}
+    return {key: None if value is None else int(value) for key, value in found.items()}
 
 
-def _value_after(values_yaml: str, service: str, key: str) -> str:
-    section = values_yaml.split(f"\n  {service}:\n", 1)[1]
-    line = next(line for line in section.splitlines() if line.strip().startswith(f"{key}:"))
-    return line.split(":", 1)[1].strip()
+def _value_after(values_yaml: str, service: str, key: str) -> str | None:
+    """The first `key:` in `service`'s own section of `services:` (it ends where the next service
+    starts); None when that section has none."""
+    section = re.split(r"\n  \w+:\n", values_yaml.split(f"\n  {service}:\n", 1)[1], maxsplit=1)[0]
+    lines = (line for line in section.splitlines() if line.strip().startswith(f"{key}:"))
+    line = next(lines, None)
+    return None if line is None else line.split(":", 1)[1].strip()
 
 
 def test_each_stage_but_audit_autoscales_on_cpu_within_its_partitions(default_docs: list[dict[str, Any]]) -> None:
