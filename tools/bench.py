@@ -51,6 +51,7 @@ from tools.bench_results import (
 )
 from tools.bench_settle import wait_settled
 from tools.bench_setup import BenchConfig, configure, unconfigure
+from tools.bench_targets import run_verdicts, targets_met
 from tools.demo.senders import c_store
 from tools.devstack import Layout, Ports, registered
 from tools.devstack.cli import kafka_admin_config, up
@@ -223,6 +224,11 @@ def main() -> int:
     result = result_line(run)
     if warning := host_warning(result):
         print(warning, flush=True)
+    verdicts = run_verdicts(result)
+    print("issue 10's targets in this run:", flush=True)
+    for verdict in verdicts:
+        print(f"  {verdict.line}", flush=True)
+    result["targets_met"] = targets_met(verdicts)
     print(json.dumps(result))
     return 0 if run.stored == run.sent and len(run.latencies) == run.sent else 1
 
