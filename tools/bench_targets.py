@@ -5,6 +5,7 @@ A target no run measured (Orthanc skipped, no receipts) is reported as such, nev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,18 +31,29 @@ def _met(met: bool) -> str:
     return "met" if met else "not met"
 
 
+def _shown(ratio: float, target: float, met: bool, ceiling: bool) -> str:
+    """A ratio to two decimals, rounded as usual, except that a missed target never rounds onto it: a rate
+    2.996 times Orthanc's shows as 2.99, not as a 3.00 that missed (the JSON keeps the usual rounding)."""
+    shown = round(ratio, 2)
+    if not met and (shown <= target if ceiling else shown >= target):
+        shown = (math.ceil if ceiling else math.floor)(ratio * 100) / 100
+    return f"{shown:.2f}"
+
+
 def rate_verdict(result: Mapping[str, object]) -> Verdict:
     per_s, orthanc = _number(result, "instances_per_s"), _number(result, "orthanc_exchange_per_s")
     if per_s is None or not orthanc:
         return Verdict("rate_vs_orthanc", None, f"rate: {per_s}/s; no Orthanc figure to compare it with")
     ratio, needed = per_s / orthanc, RATE_VS_ORTHANC * orthanc
     met = ratio >= RATE_VS_ORTHANC
-    gap = "" if met else f"; {needed:.1f}/s needed, {1 - per_s / needed:.0%} short"
+    short = 1 - per_s / needed
+    share = f"{short:.0%}" if short >= 0.01 else f"{short:.1%}"  # never "0% short" for a miss
+    gap = "" if met else f"; {needed:.1f}/s needed, {share} short"
+    shown = _shown(ratio, RATE_VS_ORTHANC, met, ceiling=False)
     return Verdict(
         "rate_vs_orthanc",
         met,
-        f"rate: {per_s}/s against Orthanc's {orthanc}/s, {ratio:.2f}x "
-        f"(target ≥ {RATE_VS_ORTHANC:g}x: {_met(met)}{gap})",
+        f"rate: {per_s}/s against Orthanc's {orthanc}/s, {shown}x (target ≥ {RATE_VS_ORTHANC:g}x: {_met(met)}{gap})",
     )
 
 
@@ -52,10 +64,11 @@ def cpu_verdict(result: Mapping[str, object]) -> Verdict:
     ratio, allowed = cpu / orthanc, CPU_VS_ORTHANC * orthanc
     met = ratio <= CPU_VS_ORTHANC
     gap = "" if met else f"; {allowed:.2f} ms allowed, {cpu - allowed:.2f} ms over"
+    shown = _shown(ratio, CPU_VS_ORTHANC, met, ceiling=True)
     return Verdict(
         "cpu_vs_orthanc",
         met,
-        f"CPU: {cpu} ms per instance against Orthanc's {orthanc} ms, {ratio:.2f} of it "
+        f"CPU: {cpu} ms per instance against Orthanc's {orthanc} ms, {shown} of it "
         f"(target ≤ {CPU_VS_ORTHANC:g}: {_met(met)}{gap})",
     )
 

@@ -44,6 +44,15 @@ def test_targets_met_exactly_at_their_bounds() -> None:
     assert cpu_verdict(at_bounds).line.endswith("(target ≤ 0.5: met)")
 
 
+def test_a_ratio_just_short_of_its_target_never_shows_as_the_target() -> None:
+    short = {**SLOW_DAY, "instances_per_s": 245.1, "cpu_ms_per_instance": 5.66}
+    assert rate_verdict(short).line == (
+        "rate: 245.1/s against Orthanc's 81.8/s, 2.99x (target ≥ 3x: not met; 245.4/s needed, 0.1% short)"
+    )
+    assert cpu_verdict(short).line.startswith("CPU: 5.66 ms per instance against Orthanc's 11.3 ms, 0.51 of it (")
+    assert cpu_verdict(short).met is False
+
+
 def test_two_seconds_of_p99_is_not_under_two_seconds() -> None:
     assert p99_verdict({"p99_ms": 2000}).met is False
 
