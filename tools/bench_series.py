@@ -28,11 +28,13 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     return args, ["--skip-orthanc", *args.bench_args]
 
 
-def run_once(bench_args: list[str]) -> tuple[int, dict[str, object] | None]:
-    """One `tools.bench` run, its lines echoed as they come: (exit status, its JSON line or None)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tools.bench", *bench_args], stdout=subprocess.PIPE, text=True, bufsize=1
-    )
+def bench_command(bench_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "tools.bench", *bench_args]
+
+
+def run_once(command: list[str]) -> tuple[int, dict[str, object] | None]:
+    """One run, its lines echoed as they come, indented: (exit status, its last line as JSON, or None)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1)
     assert process.stdout is not None
     last = ""
     for line in process.stdout:
@@ -52,7 +54,7 @@ def main() -> int:
     failed = False
     for number in range(1, args.runs + 1):
         print(f"run {number} of {args.runs}: python -m tools.bench {' '.join(bench_args)}", flush=True)
-        status, result = run_once(bench_args)
+        status, result = run_once(bench_command(bench_args))
         failed |= status != 0
         if result is None:
             print(f"run {number} ended (exit status {status}) without its JSON line; the series stops", flush=True)

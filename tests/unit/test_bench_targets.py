@@ -1,7 +1,13 @@
-"""What `make bench` and `make bench-series` say of issue 10's targets, from the figures they measured."""
+"""What `make bench` and `make bench-series` say of issue 10's targets, from the figures they measured,
+and how the series reads each run's output."""
 
 from __future__ import annotations
 
+import sys
+
+import pytest
+
+from tools.bench_series import run_once
 from tools.bench_targets import (
     cpu_verdict,
     p99_verdict,
@@ -92,3 +98,14 @@ def test_the_series_json_line_lists_every_run() -> None:
         "last_vs_first": 0.999,
         "targets_met": {"last_vs_first": True},
     }
+
+
+def test_a_series_run_echoes_its_lines_and_hands_back_its_last_line_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    script = "print('sending 2000 instances'); print('{\"instances_per_s\": 180.7}')"
+    assert run_once([sys.executable, "-c", script]) == (0, {"instances_per_s": 180.7})
+    assert capsys.readouterr().out == '  sending 2000 instances\n  {"instances_per_s": 180.7}\n'
+
+
+def test_a_series_run_that_ends_without_its_json_line_gives_none() -> None:
+    script = "import sys; print('timed out: 12 of 2000 files arrived'); sys.exit(1)"
+    assert run_once([sys.executable, "-c", script]) == (1, None)
