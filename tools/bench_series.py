@@ -51,24 +51,26 @@ def run_once(command: list[str]) -> tuple[int, dict[str, object] | None]:
 def main() -> int:
     args, bench_args = parse_args()
     results: list[dict[str, object]] = []
-    failed = False
+    statuses: list[int] = []
     for number in range(1, args.runs + 1):
         print(f"run {number} of {args.runs}: python -m tools.bench {' '.join(bench_args)}", flush=True)
         status, result = run_once(bench_command(bench_args))
-        failed |= status != 0
         if result is None:
             print(f"run {number} ended (exit status {status}) without its JSON line; the series stops", flush=True)
             return 1
         results.append(result)
-    for number, result in enumerate(results, 1):
+        statuses.append(status)
+    for number, (result, status) in enumerate(zip(results, statuses, strict=True), 1):
+        # tools.bench exits 1 when an instance or its receipt did not arrive in time.
+        failure = "" if status == 0 else f" (exit status {status}: not every instance arrived with its receipt)"
         print(
             f"run {number}: {result.get('instances_per_s')}/s, p99 {result.get('p99_ms')} ms, "
-            f"{result.get('cpu_ms_per_instance')} ms CPU per instance",
+            f"{result.get('cpu_ms_per_instance')} ms CPU per instance{failure}",
             flush=True,
         )
     print(series_verdict(series_rates(results)).line, flush=True)
     print(json.dumps(series_line(results)))
-    return 1 if failed else 0
+    return 1 if any(statuses) else 0
 
 
 if __name__ == "__main__":

@@ -31,13 +31,13 @@ def _met(met: bool) -> str:
     return "met" if met else "not met"
 
 
-def _shown(ratio: float, target: float, met: bool, ceiling: bool) -> str:
-    """A ratio to two decimals, rounded as usual, except that a missed target never rounds onto it: a rate
+def _shown(value: float, target: float, met: bool, ceiling: bool) -> float:
+    """`value` to two decimals, rounded as usual, except that a missed target never rounds onto it: a rate
     2.996 times Orthanc's shows as 2.99, not as a 3.00 that missed (the JSON keeps the usual rounding)."""
-    shown = round(ratio, 2)
+    shown = round(value, 2)
     if not met and (shown <= target if ceiling else shown >= target):
-        shown = (math.ceil if ceiling else math.floor)(ratio * 100) / 100
-    return f"{shown:.2f}"
+        shown = (math.ceil if ceiling else math.floor)(value * 100) / 100
+    return shown
 
 
 def rate_verdict(result: Mapping[str, object]) -> Verdict:
@@ -53,7 +53,8 @@ def rate_verdict(result: Mapping[str, object]) -> Verdict:
     return Verdict(
         "rate_vs_orthanc",
         met,
-        f"rate: {per_s}/s against Orthanc's {orthanc}/s, {shown}x (target ≥ {RATE_VS_ORTHANC:g}x: {_met(met)}{gap})",
+        f"rate: {per_s}/s against Orthanc's {orthanc}/s, {shown:.2f}x "
+        f"(target ≥ {RATE_VS_ORTHANC:g}x: {_met(met)}{gap})",
     )
 
 
@@ -68,7 +69,7 @@ def cpu_verdict(result: Mapping[str, object]) -> Verdict:
     return Verdict(
         "cpu_vs_orthanc",
         met,
-        f"CPU: {cpu} ms per instance against Orthanc's {orthanc} ms, {shown} of it "
+        f"CPU: {cpu} ms per instance against Orthanc's {orthanc} ms, {shown:.2f} of it "
         f"(target ≤ {CPU_VS_ORTHANC:g}: {_met(met)}{gap})",
     )
 
@@ -96,10 +97,11 @@ def series_verdict(rates: Sequence[float]) -> Verdict:
         return Verdict("last_vs_first", None, "back to back: fewer than two runs with a rate")
     share = rates[-1] / rates[0]
     met = share >= LAST_VS_FIRST
+    shown = _shown(share, LAST_VS_FIRST, met, ceiling=False)
     return Verdict(
         "last_vs_first",
         met,
-        f"back to back: run {len(rates)} at {rates[-1]}/s is {share:.0%} of run 1's {rates[0]}/s "
+        f"back to back: run {len(rates)} at {rates[-1]}/s is {shown:.0%} of run 1's {rates[0]}/s "
         f"(target ≥ {LAST_VS_FIRST:.0%}: {_met(met)})",
     )
 
