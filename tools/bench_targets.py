@@ -40,16 +40,22 @@ def _shown(value: float, target: float, met: bool, ceiling: bool) -> float:
     return shown
 
 
+def _compare(ours: float, theirs: float, bound: float, ceiling: bool) -> tuple[bool, float, float]:
+    """`ours` over `theirs` against `bound` (at most it when `ceiling`, else at least): (met, the ratio as
+    shown, the figure of ours the bound asks for)."""
+    ratio = ours / theirs
+    met = ratio <= bound if ceiling else ratio >= bound
+    return met, _shown(ratio, bound, met, ceiling), bound * theirs
+
+
 def rate_verdict(result: Mapping[str, object]) -> Verdict:
     per_s, orthanc = _number(result, "instances_per_s"), _number(result, "orthanc_exchange_per_s")
     if per_s is None or not orthanc:
         return Verdict("rate_vs_orthanc", None, f"rate: {per_s}/s; no Orthanc figure to compare it with")
-    ratio, needed = per_s / orthanc, RATE_VS_ORTHANC * orthanc
-    met = ratio >= RATE_VS_ORTHANC
+    met, shown, needed = _compare(per_s, orthanc, RATE_VS_ORTHANC, ceiling=False)
     short = 1 - per_s / needed
     share = f"{short:.0%}" if short >= 0.01 else f"{short:.1%}"  # never "0% short" for a miss
     gap = "" if met else f"; {needed:.1f}/s needed, {share} short"
-    shown = _shown(ratio, RATE_VS_ORTHANC, met, ceiling=False)
     return Verdict(
         "rate_vs_orthanc",
         met,
@@ -62,10 +68,8 @@ def cpu_verdict(result: Mapping[str, object]) -> Verdict:
     cpu, orthanc = _number(result, "cpu_ms_per_instance"), _number(result, "orthanc_cpu_ms_per_instance")
     if cpu is None or not orthanc:
         return Verdict("cpu_vs_orthanc", None, f"CPU: {cpu} ms per instance; no Orthanc figure to compare it with")
-    ratio, allowed = cpu / orthanc, CPU_VS_ORTHANC * orthanc
-    met = ratio <= CPU_VS_ORTHANC
+    met, shown, allowed = _compare(cpu, orthanc, CPU_VS_ORTHANC, ceiling=True)
     gap = "" if met else f"; {allowed:.2f} ms allowed, {cpu - allowed:.2f} ms over"
-    shown = _shown(ratio, CPU_VS_ORTHANC, met, ceiling=True)
     return Verdict(
         "cpu_vs_orthanc",
         met,
@@ -95,9 +99,7 @@ def series_verdict(rates: Sequence[float]) -> Verdict:
     """Runs back to back without cleaning: the last one's rate against the first's."""
     if len(rates) < 2 or rates[0] <= 0:
         return Verdict("last_vs_first", None, "back to back: fewer than two runs with a rate")
-    share = rates[-1] / rates[0]
-    met = share >= LAST_VS_FIRST
-    shown = _shown(share, LAST_VS_FIRST, met, ceiling=False)
+    met, shown, _ = _compare(rates[-1], rates[0], LAST_VS_FIRST, ceiling=False)
     return Verdict(
         "last_vs_first",
         met,
