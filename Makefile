@@ -55,7 +55,8 @@ bench-series: setup
 	$(PY) -m tools.bench_series --runs $(SERIES_RUNS) -- $(BENCH_ARGS)
 
 # `make bench` with every service (and the bench's gateway) sampled by py-spy for the whole run: flame graphs
-# in var/profile/<service>.svg, collapsed stacks beside them (<service>.txt); the Kafka broker's by async-profiler
+# in var/profile/<service>.svg, collapsed stacks beside them (<service>.txt), each process's functions with the
+# most samples of their own in var/profile/summary.txt; the Kafka broker's by async-profiler
 # (var/profile/kafka.html and kafka.txt). BENCH_ARGS as for bench; PROFILE_ARGS=--gil samples only the thread
 # holding the GIL (Python's CPU without the waits in fsync and select that py-spy otherwise counts as work).
 profile: setup

@@ -4,7 +4,8 @@ gets a flame graph, var/profile/<name>.svg (and <name>.txt, the same samples as 
 grep and diff). py-spy attaches to running processes (ptrace: root, or CAP_SYS_PTRACE) and reads their
 memory without stopping them (`--nonblocking`), so the run measured is the run profiled, at a small cost
 in CPU per sample. Arguments after `--` go to the bench (`BENCH_ARGS`); the bench's own last line (JSON)
-is printed as it is, then where the graphs are. The Kafka broker is profiled too, by async-profiler loaded
+is printed as it is, then where the graphs are, and var/profile/summary.txt, each process's functions with
+the most samples of their own (tools/profile_summary.py). The Kafka broker is profiled too, by async-profiler loaded
 into it (tools/broker_profile.py): var/profile/kafka.html and kafka.txt.
 """
 
@@ -23,7 +24,8 @@ from pathlib import Path
 from tools import broker_profile
 from tools.devstack import Layout, Ports, registered
 from tools.devstack.cli import up
-from tools.devstack.servers import KAFKA
+from tools.devstack.servers import KAFKA, ROOT
+from tools.profile_summary import write_summary
 from tools.services_stack import start_services
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -167,6 +169,7 @@ def main() -> int:
     made = sorted(p for r in recordings for p in r.outputs if p.exists())
     graphs = [p.name for p in made if p.suffix == ".svg"] + [p.name for p in broker_graphs if p.suffix == ".html"]
     print(f"flame graphs in {folder}: " + ", ".join(graphs), flush=True)
+    print(f"each process's functions with the most samples: {write_summary(folder, root=str(ROOT))}", flush=True)
     missing = [r.name for r in recordings if not all(p.exists() for p in r.outputs)]
     if missing:
         print(f"no profile written for: {', '.join(missing)} (see {folder}/<name>.*.log)", file=sys.stderr)
