@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # the whole test suite's time did not change measurably with it (748 and 768 s against 742-759 s before).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup proto lint unit test up stop run bench bench-series profile bench-deid bench-audit chaos clean
+.PHONY: setup proto lint unit test up stop run bench bench-series profile bench-deid bench-kafka-client bench-audit chaos clean
 
 setup:
 	bash infra/setup.sh
@@ -67,6 +67,13 @@ profile: setup
 # 2,000). Last line is JSON.
 bench-deid: setup
 	$(PY) -m tools.bench_deid
+
+# What one stage hop costs in the Kafka client: imx's bus (kafka-python) against librdkafka (confluent-kafka,
+# in its own environment under var/bench-venv, never the project's), each as a stage reading and publishing
+# records at the pipeline's pace on a private broker, runs alternating. BENCH_ARGS (--records, --rate,
+# --rounds, --payload-bytes). Last line is JSON.
+bench-kafka-client: setup
+	$(PY) -m tools.bench_kafka_client $(BENCH_ARGS)
 
 # N audit records (default 1,000,000, IMX_BENCH_AUDIT_RECORDS) from Kafka events through the audit service
 # on its own Kafka and FerretDB/PostgreSQL (started in a temporary folder, removed after); then study

@@ -59,17 +59,23 @@ class ToolResult:
 
 def ensure_venv(venvs: Path, tool: str) -> Path:
     """The tool's own virtual environment, created and installed once; returns its python."""
-    home = venvs / tool
+    return ensure_venv_with(venvs, tool, REQUIREMENTS[tool])
+
+
+def ensure_venv_with(venvs: Path, name: str, requirements: tuple[str, ...]) -> Path:
+    """`venvs/name` with exactly `requirements` installed, made once (and again when they change); returns
+    its python. Shared with `make bench-kafka-client`."""
+    home = venvs / name
     python = home / "bin" / "python"
     marker = home / ".installed"
-    wanted = "\n".join(REQUIREMENTS[tool])
+    wanted = "\n".join(requirements)
     if python.exists() and marker.exists() and marker.read_text() == wanted:
         return python
-    print(f"installing {', '.join(REQUIREMENTS[tool])} into {home}", flush=True)
+    print(f"installing {', '.join(requirements)} into {home}", flush=True)
     shutil.rmtree(home, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS[tool]],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements],
         check=True,
     )
     marker.write_text(wanted)

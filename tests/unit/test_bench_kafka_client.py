@@ -1,0 +1,76 @@
+"""`make bench-kafka-client`: the order of runs, the pacing, the medians and what is printed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools.bench_kafka_client import Hop, Run, describe, pace_deadlines, run_order, stage_command, summary
+from tools.bench_kafka_stage import Counter
+
+
+def run(client: str, stage: float, broker: float) -> Run:
+    return Run(client, f"{client} 1.0", 100, stage, broker, 1.0)
+
+
+def test_runs_alternate_so_each_client_goes_first_as_often() -> None:
+    assert run_order(1) == ["imx", "librdkafka"]
+    assert run_order(3) == ["imx", "librdkafka", "librdkafka", "imx", "imx", "librdkafka"]
+
+
+def test_records_are_due_at_the_rate_from_the_start() -> None:
+    assert pace_deadlines(4, 2.0, 10.0) == [10.5, 11.0, 11.5, 12.0]
+    with pytest.raises(ValueError):
+        pace_deadlines(1, 0.0, 0.0)
+
+
+def test_the_summary_takes_medians_and_the_saving_per_hop() -> None:
+    runs = [
+        run("imx", 0.30, 0.60),
+        run("librdkafka", 0.03, 0.55),
+        run("librdkafka", 0.02, 0.50),
+        run("imx", 0.29, 0.70),
+        run("imx", 0.40, 0.62),
+        run("librdkafka", 0.04, 0.58),
+    ]
+    figures = summary(runs, 100, 150.0, 1024)
+    assert figures["clients"]["imx"] == {"runs": 3, "stage_cpu_ms": 0.30, "broker_cpu_ms": 0.62, "version": "imx 1.0"}
+    assert figures["clients"]["librdkafka"]["stage_cpu_ms"] == 0.03
+    assert figures["stage_saving_ms_per_hop"] == pytest.approx(0.27)
+    assert figures["machine_saving_ms_per_hop"] == pytest.approx(0.30 + 0.62 - 0.03 - 0.55)
+    assert figures["stage_ratio"] == 10.0
+    assert (figures["records"], figures["rate_per_s"], figures["payload_bytes"]) == (100, 150.0, 1024)
+    assert len(figures["runs"]) == 6
+    lines = describe(figures)
+    assert lines[0].startswith("imx (imx 1.0): stage 0.300 ms of CPU per record, broker 0.620 ms (medians of 3 runs)")
+    assert "0.270 ms less CPU (imx's takes 10.0x as much)" in lines[-1] and "0.340 ms less" in lines[-1]
+
+
+def test_a_client_that_did_not_run_gives_no_saving() -> None:
+    figures = summary([run("imx", 0.3, 0.6)], 100, 150.0, 1024)
+    assert figures["clients"]["librdkafka"]["runs"] == 0
+    assert figures["stage_saving_ms_per_hop"] is None and figures["stage_ratio"] is None
+    assert describe(figures)[-1] == "librdkafka: not run"
+
+
+def test_imx_runs_as_a_module_of_the_project_and_librdkafka_as_a_file() -> None:
+    hop = Hop.numbered(2, "p")
+    imx = stage_command("imx", Path(sys.executable), "127.0.0.1:9", hop, 5)
+    assert imx[1:4] == ["-m", "tools.bench_kafka_stage", "imx"]
+    assert imx[imx.index("--source") + 1] == "p-in-2" and imx[imx.index("--target") + 1] == "p-out-2"
+    other = stage_command("librdkafka", Path("/venv/bin/python"), "127.0.0.1:9", hop, 5)
+    assert other[0] == "/venv/bin/python" and other[1].endswith("tools/bench_kafka_stage.py")
+    assert other[other.index("--group") + 1] == "p-2" and other[other.index("--records") + 1] == "5"
+
+
+def test_the_stage_counts_after_the_warm_up_record(capsys: pytest.CaptureFixture[str]) -> None:
+    counter = Counter(2)
+    counter.saw()
+    assert capsys.readouterr().out == "ready\n" and counter.counted == 0 and not counter.done
+    counter.saw()
+    counter.saw()
+    assert counter.done and capsys.readouterr().out == ""
+    result = counter.result("imx", "kafka-python 3")
+    assert result["records"] == 2 and result["client"] == "imx" and float(str(result["cpu_ms_per_record"])) >= 0

@@ -1,0 +1,281 @@
+"""`make bench-kafka-client`: what one stage hop costs in the Kafka client, imx's bus (kafka-python) against
+librdkafka (confluent-kafka), on the same broker at the same paced rate.
+
+Issue 10's CPU target needs decisions, and this measures one of them. A stage hop reads a record and
+publishes one (acks=all, idempotent), committing only what the broker acknowledged
+(tools/bench_kafka_stage.py runs it with either client). A private broker (KRaft, a temporary
+folder, removed after) gets `--records` records of `--payload-bytes` each at `--rate` per second, the
+pace of the pipeline in `make bench`, rather than a backlog read at full speed, which would hide the
+per-fetch and per-flush costs a stage pays when it keeps up. Runs alternate imx, librdkafka, librdkafka,
+imx, ... so a drift of the machine's speed falls on both. Each run gives the stage's CPU per record and
+the broker's, whose share includes taking the paced records in.
+
+confluent-kafka is not a project dependency: it is installed in its own environment
+(var/bench-venv/librdkafka, pinned below), as `make bench-deid` does for its peers. The last line
+printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from rich.progress import track
+
+from tools import devstack, proc_cpu
+from tools.bench_deid import ensure_venv_with
+from tools.services_stack import MALLOC_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE = ROOT / "tools" / "bench_kafka_stage.py"
+LIBRDKAFKA_REQUIREMENTS = ("confluent-kafka==2.16.2",)
+CLIENTS = ("imx", "librdkafka")
+PARTITIONS = 6  # what the services give the pipeline topics they create (`topic_partitions`)
+STAGE_TIMEOUT_S = 300.0
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Run:
+    client: str
+    version: str
+    records: int
+    stage_cpu_ms: float  # per record
+    broker_cpu_ms: float  # per record, taking the paced records in included
+    seconds: float
+
+
+def run_order(rounds: int) -> list[str]:
+    """imx, librdkafka, then librdkafka, imx, ...: each client first as often as the other over pairs."""
+    order: list[str] = []
+    for index in range(rounds):
+        order.extend(CLIENTS if index % 2 == 0 else reversed(CLIENTS))
+    return order
+
+
+def pace_deadlines(records: int, rate: float, start: float) -> list[float]:
+    """When each record is due: record i at start + (i + 1) / rate."""
+    if rate <= 0:
+        raise ValueError("the rate must be positive")
+    return [start + (index + 1) / rate for index in range(records)]
+
+
+def summary(runs: Sequence[Run], records: int, rate: float, payload_bytes: int) -> dict[str, Any]:
+    """Medians per client, and what one hop would save in the stage and on the machine (stage + broker)."""
+    by_client: dict[str, dict[str, Any]] = {}
+    for client in CLIENTS:
+        mine = [r for r in runs if r.client == client]
+        if not mine:
+            by_client[client] = {"runs": 0, "stage_cpu_ms": None, "broker_cpu_ms": None, "version": None}
+            continue
+        by_client[client] = {
+            "runs": len(mine),
+            "stage_cpu_ms": round(statistics.median(r.stage_cpu_ms for r in mine), 4),
+            "broker_cpu_ms": round(statistics.median(r.broker_cpu_ms for r in mine), 4),
+            "version": mine[0].version,
+        }
+    imx, other = by_client["imx"], by_client["librdkafka"]
+    measured = imx["runs"] and other["runs"]
+    stage_saving = round(imx["stage_cpu_ms"] - other["stage_cpu_ms"], 4) if measured else None
+    hop_saving = (
+        round(imx["stage_cpu_ms"] + imx["broker_cpu_ms"] - other["stage_cpu_ms"] - other["broker_cpu_ms"], 4)
+        if measured
+        else None
+    )
+    return {
+        "records": records,
+        "rate_per_s": rate,
+        "payload_bytes": payload_bytes,
+        "clients": by_client,
+        "stage_saving_ms_per_hop": stage_saving,
+        "machine_saving_ms_per_hop": hop_saving,
+        "stage_ratio": round(imx["stage_cpu_ms"] / other["stage_cpu_ms"], 2)
+        if measured and other["stage_cpu_ms"]
+        else None,
+        "runs": [r.__dict__ for r in runs],
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def describe(figures: dict[str, Any]) -> list[str]:
+    """The lines printed before the JSON."""
+    lines = []
+    for client in CLIENTS:
+        mine = figures["clients"][client]
+        if not mine["runs"]:
+            lines.append(f"{client}: not run")
+            continue
+        lines.append(
+            f"{client} ({mine['version']}): stage {mine['stage_cpu_ms']:.3f} ms of CPU per record, "
+            f"broker {mine['broker_cpu_ms']:.3f} ms (medians of {mine['runs']} runs)"
+        )
+    if figures["stage_saving_ms_per_hop"] is not None:
+        lines.append(
+            f"per hop and record, librdkafka's stage takes {figures['stage_saving_ms_per_hop']:.3f} ms less CPU "
+            f"(imx's takes {figures['stage_ratio']}x as much); with the broker's share, "
+            f"{figures['machine_saving_ms_per_hop']:.3f} ms less"
+        )
+    return lines
+
+
+@dataclass(frozen=True)
+class Hop:
+    """The topics and consumer group of one run."""
+
+    source: str
+    target: str
+    group: str
+
+    @classmethod
+    def numbered(cls, index: int, prefix: str = "bench-kafka-client") -> Hop:
+        return cls(f"{prefix}-in-{index}", f"{prefix}-out-{index}", f"{prefix}-{index}")
+
+
+def stage_command(client: str, python: Path, bootstrap: str, hop: Hop, records: int) -> list[str]:
+    # imx's stage imports the project, so it runs as a module from the repository; librdkafka's as a file.
+    entry = ["-m", "tools.bench_kafka_stage"] if client == "imx" else [str(STAGE)]
+    return [
+        str(python),
+        *entry,
+        client,
+        *("--bootstrap", bootstrap, "--source", hop.source, "--target", hop.target),
+        *("--group", hop.group, "--records", str(records)),
+    ]
+
+
+def create_topics(bootstrap: str, hops: Sequence[Hop]) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        names = [name for hop in hops for name in (hop.source, hop.target)]
+        admin.create_topics([NewTopic(name, PARTITIONS, 1) for name in names])
+    finally:
+        admin.close()
+
+
+def one_run(
+    client: str,
+    python: Path,
+    bootstrap: str,
+    hop: Hop,
+    broker_cpu_seconds: Callable[[], float],
+    records: int,
+    rate: float,
+    payload: bytes,
+    label: str = "",
+) -> Run:
+    """One stage over `records` paced records (after a warm-up one), its topics already made."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    stage = subprocess.Popen(
+        stage_command(client, python, bootstrap, hop, records),
+        cwd=ROOT,
+        env={**os.environ, **MALLOC_ENV},  # as the services run (tools/services_stack.py), for both clients
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        headers = [("traceparent", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01"), ("imx-type", b"bench")]
+        producer.send(hop.source, key=b"warm-up", value=payload, headers=headers).get(timeout=60)
+        assert stage.stdout is not None
+        if stage.stdout.readline().strip() != "ready":
+            raise BenchError(f"{client}'s stage ended before reading: {stage.communicate()[1][-500:]}")
+        broker_before = broker_cpu_seconds()
+        deadlines = pace_deadlines(records, rate, time.monotonic())
+        for number, due in enumerate(
+            track(deadlines, description=label or client, transient=True, disable=not sys.stdout.isatty())
+        ):
+            producer.send(hop.source, key=f"study-{number % 97}".encode(), value=payload, headers=headers)
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        producer.flush(timeout=60)
+        out, err = stage.communicate(timeout=STAGE_TIMEOUT_S)
+        broker_cpu = broker_cpu_seconds() - broker_before
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+        producer.close()
+    if stage.returncode != 0 or not out.strip():
+        raise BenchError(f"{client}'s stage failed (exit {stage.returncode}): {err[-500:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    return Run(
+        client=client,
+        version=result["version"],
+        records=result["records"],
+        stage_cpu_ms=result["cpu_ms_per_record"],
+        broker_cpu_ms=round(broker_cpu * 1000 / records, 4),
+        seconds=result["seconds"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=3000, help="records per run, after a warm-up one")
+    parser.add_argument("--rate", type=float, default=150.0, help="records per second offered to the stage")
+    parser.add_argument("--payload-bytes", type=int, default=1024, help="size of each record's value")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per client, alternating")
+    parser.add_argument("--venvs", type=Path, default=ROOT / "var" / "bench-venv", help="librdkafka's environment")
+    args = parser.parse_args(argv)
+    if args.records < 1 or args.rounds < 1 or args.rate <= 0 or args.payload_bytes < 0:
+        parser.error("--records, --rounds and --rate must be positive, --payload-bytes at least 0")
+    pythons = {
+        "imx": Path(sys.executable),
+        "librdkafka": ensure_venv_with(args.venvs, "librdkafka", LIBRDKAFKA_REQUIREMENTS),
+    }
+    order = run_order(args.rounds)
+    root = Path(tempfile.mkdtemp(prefix="bench-kafka-client-"))
+    port, controller = devstack.free_ports(2)
+    print(f"starting a private Kafka broker on 127.0.0.1:{port} (in {root})", flush=True)
+    broker = devstack.start_kafka(port, controller, root / "kafka", root, die_with_parent=True)
+    try:
+        hops = [Hop.numbered(index) for index in range(len(order))]
+        create_topics(broker.endpoint, hops)
+        payload = os.urandom(args.payload_bytes)
+        runs = []
+        for index, client in enumerate(order):
+            label = f"run {index + 1}/{len(order)} {client}"
+            run = one_run(
+                client,
+                pythons[client],
+                broker.endpoint,
+                hops[index],
+                lambda: proc_cpu.tree_cpu_seconds(broker.pid),
+                args.records,
+                args.rate,
+                payload,
+                label,
+            )
+            print(
+                f"{label}: stage {run.stage_cpu_ms:.3f} ms of CPU per record, "
+                f"broker {run.broker_cpu_ms:.3f} ms, {run.seconds:.1f} s",
+                flush=True,
+            )
+            runs.append(run)
+    finally:
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    figures = summary(runs, args.records, args.rate, args.payload_bytes)
+    for line in describe(figures):
+        print(line)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
