@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import selectors
 import shutil
 import statistics
 import subprocess
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -45,6 +46,7 @@ LIBRDKAFKA_REQUIREMENTS = ("confluent-kafka==2.16.2",)
 CLIENTS = ("imx", "librdkafka")
 PARTITIONS = 6  # what the services give the pipeline topics they create (`topic_partitions`)
 STAGE_TIMEOUT_S = 300.0
+READY_TIMEOUT_S = 120.0  # joining the group and reading the warm-up record
 
 
 class BenchError(RuntimeError):
@@ -168,6 +170,30 @@ def create_topics(bootstrap: str, hops: Sequence[Hop]) -> None:
         admin.close()
 
 
+def wait_until_ready(stage: subprocess.Popen[bytes], client: str, timeout_s: float) -> bytes:
+    """Until the stage says `ready` (it has read the warm-up record); returns what followed it. Other
+    lines on its stdout (a wrapper's, a library's) are skipped. A stage that ends, or stays silent past
+    `timeout_s`, is an error and is killed rather than left waiting for records that will not come. Reads
+    the pipe unbuffered, so a line already read is never waited for."""
+    assert stage.stdout is not None
+    fd, seen, deadline = stage.stdout.fileno(), b"", time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not selector.select(left):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                stage.wait()
+                raise BenchError(f"{client}'s stage ended before reading (exit {stage.returncode})")
+            seen += chunk
+            before, ready, after = seen.partition(b"ready\n")
+            if ready and (not before or before.endswith(b"\n")):
+                return after
+    stage.kill()
+    raise BenchError(f"{client}'s stage read nothing within {timeout_s:.0f} s")
+
+
 def one_run(
     client: str,
     python: Path,
@@ -181,39 +207,44 @@ def one_run(
 ) -> Run:
     """One stage over `records` paced records (after a warm-up one), its topics already made."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
-    stage = subprocess.Popen(
-        stage_command(client, python, bootstrap, hop, records),
-        cwd=ROOT,
-        env={**os.environ, **MALLOC_ENV},  # as the services run (tools/services_stack.py), for both clients
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        headers = [("traceparent", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01"), ("imx-type", b"bench")]
-        producer.send(hop.source, key=b"warm-up", value=payload, headers=headers).get(timeout=60)
-        assert stage.stdout is not None
-        if stage.stdout.readline().strip() != "ready":
-            raise BenchError(f"{client}'s stage ended before reading: {stage.communicate()[1][-500:]}")
-        broker_before = broker_cpu_seconds()
-        deadlines = pace_deadlines(records, rate, time.monotonic())
-        for number, due in enumerate(
-            track(deadlines, description=label or client, transient=True, disable=not sys.stdout.isatty())
-        ):
-            producer.send(hop.source, key=f"study-{number % 97}".encode(), value=payload, headers=headers)
-            wait = due - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-        producer.flush(timeout=60)
-        out, err = stage.communicate(timeout=STAGE_TIMEOUT_S)
-        broker_cpu = broker_cpu_seconds() - broker_before
-    finally:
-        if stage.poll() is None:
-            stage.kill()
-        producer.close()
-    if stage.returncode != 0 or not out.strip():
-        raise BenchError(f"{client}'s stage failed (exit {stage.returncode}): {err[-500:]}")
-    result = json.loads(out.strip().splitlines()[-1])
+    # The stage's stderr goes to a file: a pipe nobody reads while the records are paced could fill and
+    # stop it. Its end is quoted when the stage fails.
+    with tempfile.TemporaryFile() as stderr:
+        stage = subprocess.Popen(
+            stage_command(client, python, bootstrap, hop, records),
+            cwd=ROOT,
+            env={**os.environ, **MALLOC_ENV},  # as the services run (tools/services_stack.py), for both clients
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        try:
+            headers = [("traceparent", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01"), ("imx-type", b"bench")]
+            producer.send(hop.source, key=b"warm-up", value=payload, headers=headers).get(timeout=60)
+            after_ready = wait_until_ready(stage, client, READY_TIMEOUT_S)
+            broker_before = broker_cpu_seconds()
+            deadlines = pace_deadlines(records, rate, time.monotonic())
+            for number, due in enumerate(
+                track(deadlines, description=label or client, transient=True, disable=not sys.stdout.isatty())
+            ):
+                producer.send(hop.source, key=f"study-{number % 97}".encode(), value=payload, headers=headers)
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            producer.flush(timeout=60)
+            out = after_ready + stage.communicate(timeout=STAGE_TIMEOUT_S)[0]
+            broker_cpu = broker_cpu_seconds() - broker_before
+        except BenchError as error:
+            raise BenchError(f"{error}: {tail(stderr)}") from None
+        finally:
+            if stage.poll() is None:
+                stage.kill()
+                stage.wait()
+            producer.close()
+        # The stage's result is its last JSON line; a wrapper (a profiler) may print after it.
+        lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith("{")]
+        if stage.returncode != 0 or not lines:
+            raise BenchError(f"{client}'s stage failed (exit {stage.returncode}): {tail(stderr)}")
+    result = json.loads(lines[-1])
     return Run(
         client=client,
         version=result["version"],
@@ -222,6 +253,12 @@ def one_run(
         broker_cpu_ms=round(broker_cpu * 1000 / records, 4),
         seconds=result["seconds"],
     )
+
+
+def tail(file: IO[bytes], limit: int = 500) -> str:
+    """The last `limit` characters written to `file`."""
+    file.seek(0)
+    return file.read().decode(errors="replace")[-limit:]
 
 
 def main(argv: list[str] | None = None) -> int:

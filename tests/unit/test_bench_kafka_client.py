@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tools.bench_kafka_client import Hop, Run, describe, pace_deadlines, run_order, stage_command, summary
+from tools.bench_kafka_client import (
+    BenchError,
+    Hop,
+    Run,
+    describe,
+    pace_deadlines,
+    run_order,
+    stage_command,
+    summary,
+    wait_until_ready,
+)
 from tools.bench_kafka_stage import Counter
 
 
@@ -74,3 +86,27 @@ def test_the_stage_counts_after_the_warm_up_record(capsys: pytest.CaptureFixture
     assert counter.done and capsys.readouterr().out == ""
     result = counter.result("imx", "kafka-python 3")
     assert result["records"] == 2 and result["client"] == "imx" and float(str(result["cpu_ms_per_record"])) >= 0
+
+
+def stage_printing(code: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+
+
+def test_the_run_starts_when_the_stage_says_ready_whatever_it_printed_before() -> None:
+    stage = stage_printing("print('py-spy> sampling'); print('ready'); print('{}', flush=True)")
+    after = wait_until_ready(stage, "imx", 30)
+    assert (after + stage.communicate()[0]).strip() == b"{}"
+
+
+def test_a_stage_that_ends_without_reading_is_an_error() -> None:
+    stage = stage_printing("import sys; print('not ready'); sys.exit(3)")
+    with pytest.raises(BenchError, match="ended before reading \\(exit 3\\)"):
+        wait_until_ready(stage, "imx", 30)
+
+
+def test_a_silent_stage_is_killed_at_the_deadline() -> None:
+    stage = stage_printing("import time; time.sleep(60)")
+    started = time.monotonic()
+    with pytest.raises(BenchError, match="read nothing within"):
+        wait_until_ready(stage, "librdkafka", 0.3)
+    assert stage.wait(timeout=10) != 0 and time.monotonic() - started < 10
