@@ -68,10 +68,10 @@ profile: setup
 bench-deid: setup
 	$(PY) -m tools.bench_deid
 
-# What one stage hop costs in the Kafka client: imx's bus (kafka-python) against librdkafka (confluent-kafka,
-# in its own environment under var/bench-venv, never the project's), each as a stage reading and publishing
-# records at the pipeline's pace on a private broker, runs alternating. BENCH_ARGS (--records, --rate,
-# --rounds, --payload-bytes). Last line is JSON.
+# What a stage's Kafka client costs: imx's bus (kafka-python) against librdkafka (confluent-kafka, in its own
+# environment under var/bench-venv, never the project's), each as a stage reading and publishing records
+# (hop) and as a reader only (read), at the pipeline's pace on a private broker, runs alternating.
+# BENCH_ARGS (--records, --rate, --rounds, --modes, --payload-bytes). Last line is JSON.
 bench-kafka-client: setup
 	$(PY) -m tools.bench_kafka_client $(BENCH_ARGS)
 

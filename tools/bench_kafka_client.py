@@ -1,14 +1,17 @@
-"""`make bench-kafka-client`: what one stage hop costs in the Kafka client, imx's bus (kafka-python) against
-librdkafka (confluent-kafka), on the same broker at the same paced rate.
+"""`make bench-kafka-client`: what a stage's Kafka client costs, imx's bus (kafka-python) against librdkafka
+(confluent-kafka), on the same broker at the same paced rate.
 
-Issue 10's CPU target needs decisions, and this measures one of them. A stage hop reads a record and
-publishes one (acks=all, idempotent), committing only what the broker acknowledged
-(tools/bench_kafka_stage.py runs it with either client). A private broker (KRaft, a temporary
-folder, removed after) gets `--records` records of `--payload-bytes` each at `--rate` per second, the
-pace of the pipeline in `make bench`, rather than a backlog read at full speed, which would hide the
-per-fetch and per-flush costs a stage pays when it keeps up. Runs alternate imx, librdkafka, librdkafka,
-imx, ... so a drift of the machine's speed falls on both. Each run gives the stage's CPU per record and
-the broker's, whose share includes taking the paced records in.
+Issue 10's CPU target needs decisions, and this measures one of them. A stage hop (`hop`) reads a record
+and publishes one (acks=all, idempotent), committing only what the broker acknowledged; a reader
+(`read`) only reads and commits, as audit does (tools/bench_kafka_stage.py runs either with either
+client). An instance's records in the pipeline are some of each: the README counts them.
+
+A private broker (KRaft, a temporary folder, removed after) gets `--records` records of
+`--payload-bytes` each at `--rate` per second, the pace of the pipeline in `make bench`, rather than a
+backlog read at full speed, which would hide the per-fetch and per-flush costs a stage pays when it keeps
+up. For each mode, runs alternate imx, librdkafka, librdkafka, imx, ... so a drift of the machine's speed
+falls on both. Each run gives the stage's CPU per record and the broker's, whose share includes taking
+the paced records in.
 
 confluent-kafka is not a project dependency: it is installed in its own environment
 (var/bench-venv/librdkafka, pinned below), as `make bench-deid` does for its peers. The last line
@@ -44,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / "tools" / "bench_kafka_stage.py"
 LIBRDKAFKA_REQUIREMENTS = ("confluent-kafka==2.16.2",)
 CLIENTS = ("imx", "librdkafka")
+MODES = ("hop", "read")
 PARTITIONS = 6  # what the services give the pipeline topics they create (`topic_partitions`)
 STAGE_TIMEOUT_S = 300.0
 READY_TIMEOUT_S = 120.0  # joining the group and reading the warm-up record
@@ -55,6 +59,7 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Run:
+    mode: str
     client: str
     version: str
     records: int
@@ -78,61 +83,74 @@ def pace_deadlines(records: int, rate: float, start: float) -> list[float]:
     return [start + (index + 1) / rate for index in range(records)]
 
 
-def summary(runs: Sequence[Run], records: int, rate: float, payload_bytes: int) -> dict[str, Any]:
-    """Medians per client, and what one hop would save in the stage and on the machine (stage + broker)."""
+def client_medians(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
+    """Per client, the medians of its runs' CPU per record (None when it did not run)."""
     by_client: dict[str, dict[str, Any]] = {}
     for client in CLIENTS:
         mine = [r for r in runs if r.client == client]
-        if not mine:
-            by_client[client] = {"runs": 0, "stage_cpu_ms": None, "broker_cpu_ms": None, "version": None}
-            continue
         by_client[client] = {
             "runs": len(mine),
-            "stage_cpu_ms": round(statistics.median(r.stage_cpu_ms for r in mine), 4),
-            "broker_cpu_ms": round(statistics.median(r.broker_cpu_ms for r in mine), 4),
-            "version": mine[0].version,
+            "stage_cpu_ms": round(statistics.median(r.stage_cpu_ms for r in mine), 4) if mine else None,
+            "broker_cpu_ms": round(statistics.median(r.broker_cpu_ms for r in mine), 4) if mine else None,
+            "version": mine[0].version if mine else None,
         }
-    imx, other = by_client["imx"], by_client["librdkafka"]
-    measured = imx["runs"] and other["runs"]
-    stage_saving = round(imx["stage_cpu_ms"] - other["stage_cpu_ms"], 4) if measured else None
-    hop_saving = (
-        round(imx["stage_cpu_ms"] + imx["broker_cpu_ms"] - other["stage_cpu_ms"] - other["broker_cpu_ms"], 4)
-        if measured
-        else None
-    )
+    return by_client
+
+
+def mode_summary(runs: Sequence[Run]) -> dict[str, Any]:
+    """One mode's medians per client, and what librdkafka would save per record: in the stage, and on the
+    machine (the stage and the broker)."""
+    clients = client_medians(runs)
+    imx, other = clients["imx"], clients["librdkafka"]
+    if not (imx["runs"] and other["runs"]):
+        return {"clients": clients, "stage_saving_ms": None, "machine_saving_ms": None, "stage_ratio": None}
+    return {
+        "clients": clients,
+        "stage_saving_ms": round(imx["stage_cpu_ms"] - other["stage_cpu_ms"], 4),
+        "machine_saving_ms": round(
+            imx["stage_cpu_ms"] + imx["broker_cpu_ms"] - other["stage_cpu_ms"] - other["broker_cpu_ms"], 4
+        ),
+        "stage_ratio": round(imx["stage_cpu_ms"] / other["stage_cpu_ms"], 2) if other["stage_cpu_ms"] else None,
+    }
+
+
+def summary(runs: Sequence[Run], records: int, rate: float, payload_bytes: int) -> dict[str, Any]:
+    """Each mode that ran, summarised; every run; the settings."""
+    modes = {
+        mode: mode_summary([r for r in runs if r.mode == mode]) for mode in MODES if any(r.mode == mode for r in runs)
+    }
     return {
         "records": records,
         "rate_per_s": rate,
         "payload_bytes": payload_bytes,
-        "clients": by_client,
-        "stage_saving_ms_per_hop": stage_saving,
-        "machine_saving_ms_per_hop": hop_saving,
-        "stage_ratio": round(imx["stage_cpu_ms"] / other["stage_cpu_ms"], 2)
-        if measured and other["stage_cpu_ms"]
-        else None,
+        "modes": modes,
         "runs": [r.__dict__ for r in runs],
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
+MODE_WORDS = {"hop": "read and publish", "read": "read only"}
+
+
 def describe(figures: dict[str, Any]) -> list[str]:
     """The lines printed before the JSON."""
     lines = []
-    for client in CLIENTS:
-        mine = figures["clients"][client]
-        if not mine["runs"]:
-            lines.append(f"{client}: not run")
-            continue
-        lines.append(
-            f"{client} ({mine['version']}): stage {mine['stage_cpu_ms']:.3f} ms of CPU per record, "
-            f"broker {mine['broker_cpu_ms']:.3f} ms (medians of {mine['runs']} runs)"
-        )
-    if figures["stage_saving_ms_per_hop"] is not None:
-        lines.append(
-            f"per hop and record, librdkafka's stage takes {figures['stage_saving_ms_per_hop']:.3f} ms less CPU "
-            f"(imx's takes {figures['stage_ratio']}x as much); with the broker's share, "
-            f"{figures['machine_saving_ms_per_hop']:.3f} ms less"
-        )
+    for mode, figures_of_mode in figures["modes"].items():
+        for client in CLIENTS:
+            mine = figures_of_mode["clients"][client]
+            if not mine["runs"]:
+                lines.append(f"{mode} ({MODE_WORDS[mode]}), {client}: not run")
+                continue
+            lines.append(
+                f"{mode} ({MODE_WORDS[mode]}), {client} ({mine['version']}): stage {mine['stage_cpu_ms']:.3f} ms "
+                f"of CPU per record, broker {mine['broker_cpu_ms']:.3f} ms (medians of {mine['runs']} runs)"
+            )
+        if figures_of_mode["stage_saving_ms"] is not None:
+            lines.append(
+                f"{mode}: librdkafka's stage takes {figures_of_mode['stage_saving_ms']:.3f} ms less CPU per record "
+                f"(imx's takes {figures_of_mode['stage_ratio']}x as much); with the broker's share, "
+                f"{figures_of_mode['machine_saving_ms']:.3f} ms less"
+            )
     return lines
 
 
@@ -145,8 +163,10 @@ class Hop:
     group: str
 
     @classmethod
-    def numbered(cls, index: int, prefix: str = "bench-kafka-client") -> Hop:
-        return cls(f"{prefix}-in-{index}", f"{prefix}-out-{index}", f"{prefix}-{index}")
+    def numbered(cls, index: int, prefix: str = "bench-kafka-client", mode: str = "hop") -> Hop:
+        """A reader (`read`) has no target topic."""
+        target = f"{prefix}-out-{index}" if mode == "hop" else ""
+        return cls(f"{prefix}-in-{index}", target, f"{prefix}-{index}")
 
 
 def stage_command(client: str, python: Path, bootstrap: str, hop: Hop, records: int) -> list[str]:
@@ -156,7 +176,8 @@ def stage_command(client: str, python: Path, bootstrap: str, hop: Hop, records: 
         str(python),
         *entry,
         client,
-        *("--bootstrap", bootstrap, "--source", hop.source, "--target", hop.target),
+        *("--bootstrap", bootstrap, "--source", hop.source),
+        *(("--target", hop.target) if hop.target else ()),
         *("--group", hop.group, "--records", str(records)),
     ]
 
@@ -164,7 +185,7 @@ def stage_command(client: str, python: Path, bootstrap: str, hop: Hop, records: 
 def create_topics(bootstrap: str, hops: Sequence[Hop]) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        names = [name for hop in hops for name in (hop.source, hop.target)]
+        names = [name for hop in hops for name in (hop.source, hop.target) if name]
         admin.create_topics([NewTopic(name, PARTITIONS, 1) for name in names])
     finally:
         admin.close()
@@ -195,6 +216,7 @@ def wait_until_ready(stage: subprocess.Popen[bytes], client: str, timeout_s: flo
 
 
 def one_run(
+    mode: str,
     client: str,
     python: Path,
     bootstrap: str,
@@ -246,6 +268,7 @@ def one_run(
             raise BenchError(f"{client}'s stage failed (exit {stage.returncode}): {tail(stderr)}")
     result = json.loads(lines[-1])
     return Run(
+        mode=mode,
         client=client,
         version=result["version"],
         records=result["records"],
@@ -266,28 +289,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=3000, help="records per run, after a warm-up one")
     parser.add_argument("--rate", type=float, default=150.0, help="records per second offered to the stage")
     parser.add_argument("--payload-bytes", type=int, default=1024, help="size of each record's value")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per client, alternating")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per client and mode, alternating")
+    parser.add_argument("--modes", default=",".join(MODES), help="hop (read and publish), read (read only), or both")
     parser.add_argument("--venvs", type=Path, default=ROOT / "var" / "bench-venv", help="librdkafka's environment")
     args = parser.parse_args(argv)
     if args.records < 1 or args.rounds < 1 or args.rate <= 0 or args.payload_bytes < 0:
         parser.error("--records, --rounds and --rate must be positive, --payload-bytes at least 0")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes: choose from {', '.join(MODES)}")
     pythons = {
         "imx": Path(sys.executable),
         "librdkafka": ensure_venv_with(args.venvs, "librdkafka", LIBRDKAFKA_REQUIREMENTS),
     }
-    order = run_order(args.rounds)
+    order = [(mode, client) for mode in modes for client in run_order(args.rounds)]
     root = Path(tempfile.mkdtemp(prefix="bench-kafka-client-"))
     port, controller = devstack.free_ports(2)
     print(f"starting a private Kafka broker on 127.0.0.1:{port} (in {root})", flush=True)
     broker = devstack.start_kafka(port, controller, root / "kafka", root, die_with_parent=True)
     try:
-        hops = [Hop.numbered(index) for index in range(len(order))]
+        hops = [Hop.numbered(index, mode=mode) for index, (mode, _client) in enumerate(order)]
         create_topics(broker.endpoint, hops)
         payload = os.urandom(args.payload_bytes)
         runs = []
-        for index, client in enumerate(order):
-            label = f"run {index + 1}/{len(order)} {client}"
+        for index, (mode, client) in enumerate(order):
+            label = f"run {index + 1}/{len(order)} {mode} {client}"
             run = one_run(
+                mode,
                 client,
                 pythons[client],
                 broker.endpoint,

@@ -1,5 +1,6 @@
 """One stage hop of `make bench-kafka-client`: read records from one topic and publish one per record to
-another, acks=all and idempotent, committing only what was published.
+another, acks=all and idempotent, committing only what was published. Without a target topic the stage
+only reads and commits, as audit does with most of what it reads.
 
 `imx` runs the project's own bus (services/common/bus.py: StageConsumer and BusProducer on kafka-python,
 with their tuned fetches and commits). `librdkafka` runs confluent-kafka with the same choices: fetches
@@ -78,7 +79,7 @@ def run_imx(bootstrap: str, source: str, target: str, group: str, counter: Count
         group_id=group,
         topics=[source],
         producer=producer,
-        dead_letter_topic=f"{target}-dead",
+        dead_letter_topic=f"{source}-dead",
         stage="bench",
         stats=StageStats("bench"),
         max_batch=MAX_BATCH,
@@ -86,7 +87,7 @@ def run_imx(bootstrap: str, source: str, target: str, group: str, counter: Count
 
     def forward(record: IncomingMessage) -> list[OutgoingMessage]:
         counter.saw()
-        return [OutgoingMessage(target, record.value, record.key, record.headers)]
+        return [OutgoingMessage(target, record.value, record.key, record.headers)] if target else []
 
     try:
         while not counter.done:
@@ -127,10 +128,11 @@ def run_librdkafka(bootstrap: str, source: str, target: str, group: str, counter
             records = [r for r in consumer.consume(num_messages=MAX_BATCH, timeout=0.5) if r.error() is None]
             for record in records:
                 counter.saw()
-                producer.produce(
-                    target, value=record.value(), key=record.key(), headers=record.headers(), on_delivery=delivered
-                )
-            if records and producer.flush(60) != 0:
+                if target:
+                    producer.produce(
+                        target, value=record.value(), key=record.key(), headers=record.headers(), on_delivery=delivered
+                    )
+            if records and target and producer.flush(60) != 0:
                 raise RuntimeError("the broker did not acknowledge a batch within 60 s")
             if failed:
                 raise RuntimeError(f"the broker refused a record: {failed[0]}")
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("client", choices=sorted(CLIENTS))
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--source", required=True)
-    parser.add_argument("--target", required=True)
+    parser.add_argument("--target", default="", help="the topic to publish to; none: only read and commit")
     parser.add_argument("--group", required=True)
     parser.add_argument("--records", type=int, required=True, help="records counted after the warm-up one")
     args = parser.parse_args(argv)

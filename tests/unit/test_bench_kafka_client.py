@@ -23,8 +23,8 @@ from tools.bench_kafka_client import (
 from tools.bench_kafka_stage import Counter
 
 
-def run(client: str, stage: float, broker: float) -> Run:
-    return Run(client, f"{client} 1.0", 100, stage, broker, 1.0)
+def run(client: str, stage: float, broker: float, mode: str = "hop") -> Run:
+    return Run(mode, client, f"{client} 1.0", 100, stage, broker, 1.0)
 
 
 def test_runs_alternate_so_each_client_goes_first_as_often() -> None:
@@ -38,7 +38,7 @@ def test_records_are_due_at_the_rate_from_the_start() -> None:
         pace_deadlines(1, 0.0, 0.0)
 
 
-def test_the_summary_takes_medians_and_the_saving_per_hop() -> None:
+def test_the_summary_takes_medians_and_the_saving_per_record_for_each_mode() -> None:
     runs = [
         run("imx", 0.30, 0.60),
         run("librdkafka", 0.03, 0.55),
@@ -46,25 +46,34 @@ def test_the_summary_takes_medians_and_the_saving_per_hop() -> None:
         run("imx", 0.29, 0.70),
         run("imx", 0.40, 0.62),
         run("librdkafka", 0.04, 0.58),
+        run("imx", 0.12, 0.20, "read"),
+        run("librdkafka", 0.01, 0.25, "read"),
     ]
     figures = summary(runs, 100, 150.0, 1024)
-    assert figures["clients"]["imx"] == {"runs": 3, "stage_cpu_ms": 0.30, "broker_cpu_ms": 0.62, "version": "imx 1.0"}
-    assert figures["clients"]["librdkafka"]["stage_cpu_ms"] == 0.03
-    assert figures["stage_saving_ms_per_hop"] == pytest.approx(0.27)
-    assert figures["machine_saving_ms_per_hop"] == pytest.approx(0.30 + 0.62 - 0.03 - 0.55)
-    assert figures["stage_ratio"] == 10.0
+    hop, read = figures["modes"]["hop"], figures["modes"]["read"]
+    assert hop["clients"]["imx"] == {"runs": 3, "stage_cpu_ms": 0.30, "broker_cpu_ms": 0.62, "version": "imx 1.0"}
+    assert hop["clients"]["librdkafka"]["stage_cpu_ms"] == 0.03
+    assert hop["stage_saving_ms"] == pytest.approx(0.27)
+    assert hop["machine_saving_ms"] == pytest.approx(0.30 + 0.62 - 0.03 - 0.55)
+    assert hop["stage_ratio"] == 10.0
+    assert read["stage_saving_ms"] == pytest.approx(0.11) and read["machine_saving_ms"] == pytest.approx(0.06)
     assert (figures["records"], figures["rate_per_s"], figures["payload_bytes"]) == (100, 150.0, 1024)
-    assert len(figures["runs"]) == 6
+    assert len(figures["runs"]) == 8 and figures["runs"][-1]["mode"] == "read"
     lines = describe(figures)
-    assert lines[0].startswith("imx (imx 1.0): stage 0.300 ms of CPU per record, broker 0.620 ms (medians of 3 runs)")
-    assert "0.270 ms less CPU (imx's takes 10.0x as much)" in lines[-1] and "0.340 ms less" in lines[-1]
+    assert lines[0] == (
+        "hop (read and publish), imx (imx 1.0): stage 0.300 ms of CPU per record, broker 0.620 ms (medians of 3 runs)"
+    )
+    assert lines[2].startswith("hop: librdkafka's stage takes 0.270 ms less CPU per record (imx's takes 10.0x")
+    assert lines[2].endswith("0.340 ms less")
+    assert lines[3].startswith("read (read only), imx") and lines[5].startswith("read: librdkafka's stage takes 0.110")
 
 
-def test_a_client_that_did_not_run_gives_no_saving() -> None:
+def test_a_mode_not_run_is_left_out_and_a_client_not_run_gives_no_saving() -> None:
     figures = summary([run("imx", 0.3, 0.6)], 100, 150.0, 1024)
-    assert figures["clients"]["librdkafka"]["runs"] == 0
-    assert figures["stage_saving_ms_per_hop"] is None and figures["stage_ratio"] is None
-    assert describe(figures)[-1] == "librdkafka: not run"
+    assert list(figures["modes"]) == ["hop"]
+    assert figures["modes"]["hop"]["clients"]["librdkafka"]["runs"] == 0
+    assert figures["modes"]["hop"]["stage_saving_ms"] is None and figures["modes"]["hop"]["stage_ratio"] is None
+    assert describe(figures)[-1] == "hop (read and publish), librdkafka: not run"
 
 
 def test_imx_runs_as_a_module_of_the_project_and_librdkafka_as_a_file() -> None:
@@ -75,6 +84,8 @@ def test_imx_runs_as_a_module_of_the_project_and_librdkafka_as_a_file() -> None:
     other = stage_command("librdkafka", Path("/venv/bin/python"), "127.0.0.1:9", hop, 5)
     assert other[0] == "/venv/bin/python" and other[1].endswith("tools/bench_kafka_stage.py")
     assert other[other.index("--group") + 1] == "p-2" and other[other.index("--records") + 1] == "5"
+    reader = stage_command("imx", Path(sys.executable), "127.0.0.1:9", Hop.numbered(2, "p", mode="read"), 5)
+    assert "--target" not in reader and reader[reader.index("--source") + 1] == "p-in-2"
 
 
 def test_the_stage_counts_after_the_warm_up_record(capsys: pytest.CaptureFixture[str]) -> None:
