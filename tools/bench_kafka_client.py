@@ -332,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             runs.append(run)
+    except BenchError as error:
+        print(f"bench-kafka-client: {error}", file=sys.stderr)
+        return 1
     finally:
         broker.stop()
         shutil.rmtree(root, ignore_errors=True)
