@@ -121,3 +121,17 @@ def test_a_silent_stage_is_killed_at_the_deadline() -> None:
     with pytest.raises(BenchError, match="read nothing within"):
         wait_until_ready(stage, "librdkafka", 0.3)
     assert stage.wait(timeout=10) != 0 and time.monotonic() - started < 10
+
+
+def test_the_librdkafka_stage_is_set_as_the_bus_is() -> None:
+    """The stage spells the bus's settings out (its environment lacks the project); they must not drift."""
+    import inspect
+
+    from services.common import bus
+    from tools import bench_kafka_stage
+
+    assert bench_kafka_stage.FETCH_MIN_BYTES == bus.FETCH_MIN_BYTES
+    assert bench_kafka_stage.FETCH_MAX_WAIT_MS == bus.FETCH_MAX_WAIT_MS
+    assert bench_kafka_stage.COMMIT_INTERVAL_S == bus.COMMIT_INTERVAL_S
+    bus_batch = inspect.signature(bus.StageConsumer).parameters["max_batch"].default
+    assert bus_batch == bench_kafka_stage.MAX_BATCH
