@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench_corpus import bench_data, default_root
+from tools.bench_venv import ensure_venv
 from tools.services_stack import MALLOC_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,31 +56,6 @@ class ToolResult:
     seconds: float
     per_s: float
     cpus: tuple[int, ...]
-
-
-def ensure_venv(venvs: Path, tool: str) -> Path:
-    """The tool's own virtual environment, created and installed once; returns its python."""
-    return ensure_venv_with(venvs, tool, REQUIREMENTS[tool])
-
-
-def ensure_venv_with(venvs: Path, name: str, requirements: tuple[str, ...]) -> Path:
-    """`venvs/name` with exactly `requirements` installed, made once (and again when they change); returns
-    its python. Shared with `make bench-kafka-client`."""
-    home = venvs / name
-    python = home / "bin" / "python"
-    marker = home / ".installed"
-    wanted = "\n".join(requirements)
-    if python.exists() and marker.exists() and marker.read_text() == wanted:
-        return python
-    print(f"installing {', '.join(requirements)} into {home}", flush=True)
-    shutil.rmtree(home, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements],
-        check=True,
-    )
-    marker.write_text(wanted)
-    return python
 
 
 def run_tool(tool: str, python: Path, files: list[Path], cpu: int, profile: str, scratch: Path) -> ToolResult:
@@ -184,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     warm_page_cache(files)
     outputs_kind = "tmpfs" if on_tmpfs(outputs) else "disk"
     print(f"outputs written under {outputs} ({outputs_kind})", flush=True)
-    pythons = {tool: Path(sys.executable) if tool == "imx" else ensure_venv(args.venvs, tool) for tool in tools}
+    pythons = {
+        tool: Path(sys.executable) if tool == "imx" else ensure_venv(args.venvs, tool, REQUIREMENTS[tool])
+        for tool in tools
+    }
     results: dict[str, ToolResult] = {}
     for tool in tools:
         print(f"{tool}: {len(files)} instances on CPU {args.cpu}...", flush=True)

@@ -40,7 +40,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from rich.progress import track
 
 from tools import devstack, proc_cpu
-from tools.bench_deid import ensure_venv_with
+from tools.bench_venv import ensure_venv
 from tools.services_stack import MALLOC_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes: choose from {', '.join(MODES)}")
     pythons = {
         "imx": Path(sys.executable),
-        "librdkafka": ensure_venv_with(args.venvs, "librdkafka", LIBRDKAFKA_REQUIREMENTS),
+        "librdkafka": ensure_venv(args.venvs, "librdkafka", LIBRDKAFKA_REQUIREMENTS),
     }
     order = [(mode, client) for mode in modes for client in run_order(args.rounds)]
     root = Path(tempfile.mkdtemp(prefix="bench-kafka-client-"))
