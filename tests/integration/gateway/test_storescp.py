@@ -157,9 +157,12 @@ def test_a_gateway_killed_mid_stream_and_restarted_stores_everything_resending_a
         files = pacs.files()
     sops = _received_sops(files)
     assert set(sops) == {i.sop for i in ct_study}, "nothing lost"
+    # Stores are one at a time and each is recorded locally once the PACS confirms it, so only the
+    # instance being stored at the kill is sent again. `before` does not bound that: the PACS writes
+    # its file before the gateway hears the confirmation (CI at de59a70: 12 files before the kill, 1
+    # re-sent).
     resent = len(sops) - len(set(sops))
-    assert resent <= 4, f"{resent} re-sent: more than the in-flight window"
-    assert before < 12 or resent == 0
+    assert resent <= 1, f"{resent} re-sent ({before} stored before the kill): more than the one in flight"
     receipts = partner.receipts(12)
     assert {r.delivery_id for r in receipts} == {d.meta.event_id for d in partner.published}
     assert b"done: stored" in output
