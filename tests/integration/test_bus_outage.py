@@ -206,9 +206,7 @@ def test_an_idle_stage_says_not_serving_while_its_broker_is_away(broker: OwnBrok
         f"{unique_name}-g",
         dlq,
         stats=stats,
-        retry_backoff_s=0.2,
-        max_backoff_s=2.0,
-        probe_interval_s=1.0,
+        probe_interval_s=1.0,  # the backoff is the services' own
     )
     stop = threading.Event()
     runner = threading.Thread(target=consumer.run, args=(handler, stop, server), daemon=True)
