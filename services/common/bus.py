@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -59,8 +60,8 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 # The longest wait between attempts to reach a broker that went away. kafka-python's default is 30 s
 # (the Java client's is 1 s): its waits double from 50 ms, so after an outage of ten seconds or more a
-# client sat up to half a minute beside a broker that was back, its stage NOT_SERVING and idle. Every
-# long-lived client (stages, producers, gateways) uses this; a try a second is nothing to a broker.
+# client sat up to half a minute beside a broker that was back, its stage NOT_SERVING and idle. A try a
+# second is nothing to a broker.
 RECONNECT_BACKOFF_MAX_MS = 1_000
 
 Handler = Callable[[IncomingMessage], Sequence[OutgoingMessage]]
@@ -85,6 +86,15 @@ class QuietSelector(selectors.DefaultSelector):
             return self._fd_to_key[self._fileobj_lookup(fileobj)]  # type: ignore[attr-defined]
         except KeyError:
             raise KeyError(fileobj) from None
+
+
+# What every long-lived client (the stages' consumers and producers, the gateways') is built with: no
+# sensors, since nothing reads them and they cost ~7% of a producing service's CPU (StageStats measures
+# what the Control service reports); no text per wait (QuietSelector); a broker that went away tried at
+# least once a second.
+LONG_LIVED_CLIENT: Mapping[str, Any] = MappingProxyType(
+    {"metrics_enabled": False, "selector": QuietSelector, "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS}
+)
 
 
 class BrokerUnavailable(TransientError):
@@ -198,12 +208,8 @@ class BusProducer:
             batch_size=256 * 1024,
             max_request_size=MAX_MESSAGE_BYTES,
             retries=2**31 - 1,
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-            # kafka-python's own sensors cost ~7% of a producing service's CPU; nothing reads them
-            # (StageStats measures what the Control service reports).
-            metrics_enabled=False,
-            selector=QuietSelector,
             partitioner=RememberingPartitioner(),
+            **LONG_LIVED_CLIENT,
         )
 
     def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
@@ -554,8 +560,6 @@ class StageConsumer:
             # the heap rather than in fresh mmap'd pages (see MALLOC_ENV in tools/services_stack.py).
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
             fetch_max_bytes=MAX_MESSAGE_BYTES,
-            metrics_enabled=False,
-            selector=QuietSelector,
             # The broker holds a fetch until this much has arrived or the wait is over: a stage that keeps
             # up then handles (and publishes, and commits) several events per cycle instead of one, for
             # at most `fetch_max_wait_ms` more latency per hop.
@@ -569,7 +573,7 @@ class StageConsumer:
             max_poll_interval_ms=max_poll_interval_ms,
             # Static membership: a restarted replica with the same id gets its partitions back at once.
             group_instance_id=group_instance_id,
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            **LONG_LIVED_CLIENT,
         )
         if pattern:
             self._consumer.subscribe(pattern=pattern)

@@ -31,7 +31,7 @@ from pathlib import Path
 from kafka import KafkaConsumer
 from pydantic import Field
 
-from services.common.bus import RECONNECT_BACKOFF_MAX_MS, QuietSelector
+from services.common.bus import LONG_LIVED_CLIENT
 from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
 from services.common.logs import configure_logging
@@ -151,9 +151,7 @@ class PartnerWorker:
                 session_timeout_ms=10_000,
                 heartbeat_interval_ms=2_000,
                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
-                reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-                metrics_enabled=False,
-                selector=QuietSelector,
+                **LONG_LIVED_CLIENT,
             )
             stack.callback(consumer.close, autocommit=False)
             producer = producer_for(kafka, RECEIPTS_LINGER_MS)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from services.common.bus import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, RECONNECT_BACKOFF_MAX_MS, QuietSelector
+from services.common.bus import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, LONG_LIVED_CLIENT
 from services.common.kafka_access import group_prefix, sasl_client_config
 from services.common.kafka_partitioner import RememberingPartitioner
 from services.common.topics import Topics
@@ -66,16 +66,12 @@ def consumer_for(settings: GatewaySettings) -> KafkaConsumer:
         session_timeout_ms=10_000,
         heartbeat_interval_ms=2_000,
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
-        # As the stages' clients: back within a second of imx's broker, not half a minute.
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         # As the stages' consumers (services/common/bus.py StageConsumer): the broker holds a fetch until
         # this much has arrived or the wait is over, so a gateway that keeps up with its feed gets several
         # deliveries per fetch, not one, for at most FETCH_MAX_WAIT_MS more latency.
         fetch_min_bytes=FETCH_MIN_BYTES,
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        # As the stages' clients (services/common/bus.py): no sensors nobody reads, no text per wait.
-        metrics_enabled=False,
-        selector=QuietSelector,
+        **LONG_LIVED_CLIENT,  # as the stages' clients: no sensors, no text per wait, back within a second
         **settings.kafka.client_config(),
     )
 
@@ -93,10 +89,8 @@ def producer_for(kafka: KafkaSignIn, linger_ms: int = 5) -> KafkaProducer:
         acks="all",
         linger_ms=linger_ms,
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-        metrics_enabled=False,
-        selector=QuietSelector,
         partitioner=RememberingPartitioner(),
+        **LONG_LIVED_CLIENT,
         **kafka.client_config(),
     )
 

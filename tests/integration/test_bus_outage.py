@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from services.common import health_probe
-from services.common.bus import RECONNECT_BACKOFF_MAX_MS, BusProducer, ensure_topics
+from services.common.bus import LONG_LIVED_CLIENT, RECONNECT_BACKOFF_MAX_MS, BusProducer, ensure_topics
 from services.common.control_auth import static_auth
 from services.common.control_server import ControlServer
 from services.common.messages import IncomingMessage, OutgoingMessage
@@ -51,6 +51,7 @@ def test_every_long_lived_client_tries_a_broker_that_went_away_at_least_once_a_s
         clients = [producer._producer, consumer._consumer, gateway_consumer, gateway_producer]
         assert [c.config["reconnect_backoff_max_ms"] for c in clients] == [RECONNECT_BACKOFF_MAX_MS] * 4
         assert RECONNECT_BACKOFF_MAX_MS <= 1000
+        assert all({key: c.config[key] for key in LONG_LIVED_CLIENT} == LONG_LIVED_CLIENT for c in clients)
     finally:
         gateway_consumer.close()
         gateway_producer.close()
