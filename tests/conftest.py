@@ -27,6 +27,11 @@ from tools.devstack.servers import admin_client_config
 
 TESTS = Path(__file__).resolve().parent
 
+# The CLI's rich consoles are built when their modules are imported and keep the COLUMNS of that
+# moment; in a pytest-xdist worker GNU readline has already exported COLUMNS=80, which wraps the
+# tables the CLI tests read. Wide enough for any row, set before any test module imports the CLI.
+os.environ["COLUMNS"] = "250"
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # kafka-python loads its protocol schemas with deprecated importlib.resources calls.

@@ -110,8 +110,9 @@ def test_the_tests_database_outlives_another_pytest_session_starting(
     unique_name: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    pytest_root = tmp_path_factory.getbasetemp().parent
-    if not pytest_root.name.startswith("pytest-of-"):
+    # The session's folder is pytest-of-<user>/pytest-N, or pytest-N/popen-gwK in a pytest-xdist worker.
+    pytest_root = next((p for p in tmp_path_factory.getbasetemp().parents if p.name.startswith("pytest-of-")), None)
+    if pytest_root is None:
         pytest.skip("--basetemp given: no shared pytest root to take rights from")
     # What every pytest session does as it starts: /tmp/pytest-of-<user> loses its group and other bits.
     pytest_root.chmod(stat.S_IMODE(pytest_root.stat().st_mode) & ~0o077)
