@@ -35,7 +35,15 @@ from services.ingest.settings import IngestSettings
 from tests.unit.ingest.scp_servers import receive_to_files_for_this_test, serve_stores
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
-UIDS = ["1.2", "1.2.3", "2.25." + "9" * 39, "1." + "2" * 62, "0.0", generate_uid()]
+# Fixed, not generate_uid(): the ids of parametrized tests must be the same in every pytest-xdist worker.
+UIDS = [
+    "1.2",
+    "1.2.3",
+    "2.25." + "9" * 39,
+    "1." + "2" * 62,
+    "0.0",
+    "1.2.826.0.1.3680043.8.498.96956165064306010349887555240834758280",
+]
 
 
 def pydicom_meta(sop_class: str, sop_instance: str, syntax: str) -> bytes:
