@@ -108,7 +108,9 @@ def configure(stack: Stack) -> tuple[str, dict[str, str]]:
                     partner_id=RESEARCH,
                     profile="research",
                     enabled=True,
-                    match=admin_pb2.RouteMatch(modalities=["CT", "MR"]),
+                    # Only this module's sender: the stack is shared, and a route matching every
+                    # organisation would take other tests' studies (and answer their `routes test`).
+                    match=admin_pb2.RouteMatch(source_orgs=["trust-a"], modalities=["CT", "MR"]),
                 )
             )
         )
