@@ -6,9 +6,7 @@ multipart, bad headers, half-sent requests), then out through WADO-RS/QIDO-RS an
 canaries in the queries too. Meanwhile the partner-side gateway (`imx gateway run`) of two pass-through
 partners fetches what was delivered and stores it: into a folder, and into a PACS that is not listening at
 first, then answers out of resources once and refuses some. Then every service's log and both gateways'
-are searched: zero canaries.
-
-Named to run after test_pipeline: its quarantines would count towards that module's audit totals."""
+are searched: zero canaries."""
 
 from __future__ import annotations
 
