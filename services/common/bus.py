@@ -114,12 +114,21 @@ def _publish_error(exc: KafkaError) -> TransientError:
     return kind(f"publish failed: {type(exc).__name__}")
 
 
+# The longest wait between two tries of something a dead broker failed: a stage's cycle, a starting
+# service's topic creation. tenacity's wait is not cut short when the broker returns, so a long cap is
+# time spent idle beside a broker that is back. With a 30 s cap an idle stage said SERVING 8.7-9.1 s after
+# a broker down ~25 s was back, with 2 s 0.4 s (test_bus_outage's idle test with the defaults); a
+# service starting while its broker was down 70 or 100 s created its topics 11.1 and 21.1 s after the
+# broker answered, with 2 s 1.1 and 3.9 s (LateBroker of test_ensure_topics_waits, 2026-12-06).
+BROKER_RETRY_MAX_S = 2.0
+
+
 def ensure_topics(
     bootstrap: str,
     names: Iterable[str],
     partitions: int,
     stop: threading.Event | None = None,
-    max_backoff_s: float = 30.0,
+    max_backoff_s: float = BROKER_RETRY_MAX_S,
     attempt_timeout_ms: int = 10_000,
     client_config: Mapping[str, str] | None = None,
 ) -> None:
@@ -531,10 +540,7 @@ class StageConsumer:
         max_batch: int = 200,
         poll_timeout_ms: int = 500,
         retry_backoff_s: float = 1.0,
-        # A cycle that met a dead broker is tried again after 1, 2, 2... s. The wait is not cut short when
-        # the broker returns: with a 30 s cap an idle stage said SERVING 8.7-9.1 s after a broker down
-        # ~25 s was back, with this one 0.4 s (test_bus_outage's idle test with these defaults, 2026-12-06).
-        max_backoff_s: float = 2.0,
+        max_backoff_s: float = BROKER_RETRY_MAX_S,  # a cycle that met a dead broker: tried after 1, 2, 2... s
         probe_interval_s: float = 5.0,
         publish_timeout_s: float = 60.0,
         session_timeout_ms: int = 10_000,

@@ -3,6 +3,7 @@ process, creates the topics once the broker answers, and gives up waiting when t
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -104,3 +105,33 @@ def test_ensure_topics_stops_waiting_when_the_stage_is_stopped() -> None:
     stop.set()
     thread.join(5)
     assert outcome == [None], "a stop ends the wait without an error"
+
+
+def test_a_starting_service_tries_a_broker_that_is_down_at_least_every_two_seconds() -> None:
+    """With the defaults: waits of 1, 2, 2, 2 s between tries, not 1, 2, 4, 8... up to 30 s, which left a
+    service starting beside a broker that had been back for up to half a minute."""
+    stop = threading.Event()
+    waits: list[float] = []
+
+    class Waits(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "broker unreachable; waiting to create topics":
+                waits.append(record.seconds)  # type: ignore[attr-defined]
+                if len(waits) == 4:
+                    stop.set()
+
+    handler = Waits()
+    logging.getLogger("services.common.bus").addHandler(handler)
+    try:
+        thread = threading.Thread(
+            target=ensure_topics,
+            args=(f"127.0.0.1:{free_port()}", ["never"], 1),
+            kwargs={"stop": stop, "attempt_timeout_ms": 300},
+            daemon=True,
+        )
+        thread.start()
+        thread.join(30)
+    finally:
+        logging.getLogger("services.common.bus").removeHandler(handler)
+    assert not thread.is_alive(), "still waiting"
+    assert waits == [1.0, 2.0, 2.0, 2.0]
