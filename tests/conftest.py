@@ -29,8 +29,10 @@ TESTS = Path(__file__).resolve().parent
 
 # The CLI's rich consoles are built when their modules are imported and keep the COLUMNS of that
 # moment; in a pytest-xdist worker GNU readline has already exported COLUMNS=80, which wraps the
-# tables the CLI tests read. Wide enough for any row, set before any test module imports the CLI.
-os.environ["COLUMNS"] = "250"
+# tables the CLI tests read. Wide enough for any row, set before any test module imports the CLI; in
+# the workers only, so that pytest's own report keeps the terminal's width.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["COLUMNS"] = "250"
 
 
 def pytest_configure(config: pytest.Config) -> None:
