@@ -24,9 +24,9 @@ unit:
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 # -rfEs lists failures, errors and skips in the closing summary; --durations=25 the slowest tests (the
-# suite is close to its 15-minute aim). Any non-zero pytest status fails the target, including 5 (no
-# tests collected). TEST_WORKERS processes (pytest-xdist) share the tests a file at a time, so a
-# module's fixtures are built once; each process starts its own Kafka and FerretDB. Most integration
+# next cut starts from data). Any non-zero pytest status fails the target, including 5 (no tests
+# collected). TEST_WORKERS processes (pytest-xdist) share the tests a file at a time, so a module's
+# fixtures are built once; each process starts its own Kafka, PostgreSQL and FerretDB. Most integration
 # tests wait on servers more than they compute, so two processes on two cores nearly halve the wall
 # time. TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
