@@ -2,7 +2,8 @@
 
 Real servers are session fixtures and pytest builds a fixture only when a test asks for it, so unit
 tests run with no servers at all, and the first integration/e2e test pays the few seconds Kafka and
-FerretDB take to start. IMX_TEST_KAFKA (host:port) and IMX_TEST_MONGO (a mongodb:// URI) point the
+FerretDB take to start. Under pytest-xdist (`make test`) each worker process is a session of its own,
+with its own servers. IMX_TEST_KAFKA (host:port) and IMX_TEST_MONGO (a mongodb:// URI) point the
 tests at servers that are already running instead, e.g. the ones `make up` starts.
 
 Tests share those servers, so each test names its own topics, consumer groups and databases with
