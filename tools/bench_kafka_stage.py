@@ -20,6 +20,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 # What the bus uses (services/common/bus.py), spelled out here for the environment that lacks it.
 FETCH_MIN_BYTES = 64 * 1024
@@ -139,10 +140,21 @@ def run_librdkafka(bootstrap: str, source: str, target: str, group: str, counter
             if records and time.monotonic() - committed_at >= COMMIT_INTERVAL_S:
                 consumer.commit(asynchronous=False)
                 committed_at = time.monotonic()
-        consumer.commit(asynchronous=False)
+        commit_what_is_left(consumer, confluent_kafka)
     finally:
         consumer.close()
     return f"confluent-kafka {confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
+
+
+def commit_what_is_left(consumer: Any, confluent_kafka: Any) -> None:
+    """The closing commit. librdkafka refuses a commit with nothing new since the last one (_NO_OFFSET,
+    "No offset stored"), which is what is left when the periodic commit took the last batch: then nothing
+    is owed, and the run is not a failure."""
+    try:
+        consumer.commit(asynchronous=False)
+    except confluent_kafka.KafkaException as error:
+        if error.args[0].code() != confluent_kafka.KafkaError._NO_OFFSET:
+            raise
 
 
 CLIENTS: dict[str, Callable[[str, str, str, str, Counter], str]] = {

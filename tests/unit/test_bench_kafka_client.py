@@ -135,3 +135,46 @@ def test_the_librdkafka_stage_is_set_as_the_bus_is() -> None:
     assert bench_kafka_stage.COMMIT_INTERVAL_S == bus.COMMIT_INTERVAL_S
     bus_batch = inspect.signature(bus.StageConsumer).parameters["max_batch"].default
     assert bus_batch == bench_kafka_stage.MAX_BATCH
+
+
+class _KafkaError:
+    """Shaped like confluent_kafka.KafkaError: a code, and the code's constants on the class."""
+
+    _NO_OFFSET = -168
+    _TRANSPORT = -195
+
+    def __init__(self, code: int) -> None:
+        self._code = code
+
+    def code(self) -> int:
+        return self._code
+
+
+class _KafkaException(Exception):
+    pass
+
+
+class _ConfluentKafka:
+    KafkaError = _KafkaError
+    KafkaException = _KafkaException
+
+
+class _Refusing:
+    def __init__(self, code: int) -> None:
+        self.code, self.commits = code, 0
+
+    def commit(self, asynchronous: bool) -> None:
+        self.commits += 1
+        raise _KafkaException(_KafkaError(self.code))
+
+
+def test_the_librdkafka_stage_ends_well_when_its_last_commit_has_nothing_new() -> None:
+    """librdkafka refuses a commit with nothing new since the last (what a run whose periodic commit took
+    its last batch is left with): that run is not a failure. Any other refusal still is."""
+    from tools.bench_kafka_stage import commit_what_is_left
+
+    nothing_new = _Refusing(_KafkaError._NO_OFFSET)
+    commit_what_is_left(nothing_new, _ConfluentKafka)
+    assert nothing_new.commits == 1
+    with pytest.raises(_KafkaException):
+        commit_what_is_left(_Refusing(_KafkaError._TRANSPORT), _ConfluentKafka)
