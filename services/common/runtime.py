@@ -20,6 +20,7 @@ from services.common.control_server import ControlServer, ServicerRegistration
 from services.common.logs import configure_logging
 from services.common.service_access import kafka_client_config
 from services.common.settings import ServiceSettings
+from services.common.started_objects import freeze_started_objects
 from services.common.stats import StageStats, StatusSnapshot
 from services.common.telemetry import setup_telemetry
 from services.common.topics import Topics
@@ -128,6 +129,7 @@ def run_stage(
         log.info("service started", extra={"service": spec.name, "port": server.port})
         if on_ready:
             on_ready(server)
+        freeze_started_objects()
         consumer.run(handler, stop, health=server)
     except Exception as exc:
         # The traceback's text may quote input values and is not logged; its type and the code line

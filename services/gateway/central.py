@@ -39,6 +39,7 @@ from services.common.mongo import connect
 from services.common.runtime import install_stop_signals
 from services.common.service_access import central_gateway_group, kafka_client_config
 from services.common.settings import ServiceSettings
+from services.common.started_objects import freeze_started_objects
 from services.common.stats import StatusSnapshot
 from services.common.stores.partners import CENTRAL_KEY, PartnerStore
 from services.common.topics import Topics
@@ -268,6 +269,7 @@ def serve(settings: CentralGatewaySettings | None = None, stop: threading.Event 
         server.start()
         server.mark_serving()
         log.info("service started", extra={"service": "gateways", "port": server.port})
+        freeze_started_objects()
         try:
             gateways.run(stop)
         finally:

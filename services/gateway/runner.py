@@ -14,6 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from services.common.bus import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, LONG_LIVED_CLIENT
 from services.common.kafka_access import group_prefix, sasl_client_config
 from services.common.kafka_partitioner import RememberingPartitioner
+from services.common.started_objects import freeze_started_objects
 from services.common.topics import Topics
 from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
@@ -127,6 +128,7 @@ def run_gateway(
         )
         gateway = Gateway(consumer, producer, fetcher, store, records, dead_letters, options, on_progress)
         gateway.subscribe(settings.topics.partner(settings.partner_id))
+        freeze_started_objects()
         return gateway.run(stop)
 
 

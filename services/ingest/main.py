@@ -7,7 +7,6 @@ SIGTERM stops new work, lets in-flight transfers finish, and the process exits 0
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from services.common.control_server import ControlServer
 from services.common.http_server import HttpServer, TlsFiles
 from services.common.logs import configure_logging
 from services.common.runtime import StageControl, install_stop_signals
+from services.common.started_objects import freeze_started_objects
 from services.common.stats import StageStats
 from services.common.telemetry import setup_telemetry
 from services.ingest.admin import register_organisation_admin
@@ -94,14 +94,8 @@ def serve(
                 endpoints = IngestEndpoints(
                     settings.ae_title, settings.dicom_host, receiver.port, settings.http_host, http.port, control.port
                 )
-                if threading.current_thread() is threading.main_thread():
-                    # The objects of a started service (modules, pydicom's dictionaries, clients) live as
-                    # long as the process: frozen, the cyclic collector no longer walks them in each full
-                    # collection, which pynetdicom's acceptor forces every 60 passes of its loop
-                    # (AssociationServer.service_actions) and allocation keeps triggering: ~35-60 ms each
-                    # with ~117,000 objects, nothing after. Only in the service's own process: a thread
-                    # running `serve` (tests) leaves its process's objects alone.
-                    gc.freeze()
+                # pynetdicom's acceptor forces a full collection every 60 passes of its loop.
+                freeze_started_objects()
                 if settings.receipt_prune_interval_s:
                     threading.Thread(
                         target=prune_receipts_every,
