@@ -44,6 +44,7 @@ from tools.bench_results import (
     OrthancFigures,
     cpu_deltas,
     host_warning,
+    idle_share,
     latencies_ms,
     machine_figures,
     orthanc_at_its_best,
@@ -284,6 +285,7 @@ def measure(
         deadline = time.monotonic() + args.timeout
         count = 0
         cpu_after, machine_after, driver_after = cpu_before, machine_before, driver_before
+        machine_at_arrival: dict[str, float] = {}
         next_count = 0.0
         progress_at = time.monotonic()
         while time.monotonic() < deadline:
@@ -297,6 +299,7 @@ def measure(
                     print(f"no file arrived for {args.stall_timeout:.0f} s: giving up", flush=True)
                     break
                 if count >= len(files):
+                    machine_at_arrival = machine_cpu_seconds()
                     break
                 if not side.gateway.alive():
                     raise RuntimeError(
@@ -344,6 +347,9 @@ def measure(
     if stored:  # the instrument's own weight: the machine's CPUs it took from what it measures
         run.extra["driver_cpu_ms_per_instance"] = round(driver_s * 1000 / stored, 2)
     run.extra |= machine_figures(machine_before, machine_after, known_s, stored)
+    if (sending_idle := idle_share(machine_before, machine_at_arrival)) is not None:
+        run.extra["idle_share_while_sending"] = sending_idle
+        print(f"machine from the first C-STORE to the last arrival: {sending_idle:.0%} idle or waiting for the disk")
     return run
 
 

@@ -74,6 +74,20 @@ def machine_figures(
     }
 
 
+def idle_share(before: Mapping[str, float], after: Mapping[str, float]) -> float | None:
+    """The share of the machine's CPU time that nothing used (idle, or waiting for the disk) between two
+    samples of `machine_cpu_seconds`; None without time between them. Taken from the first C-STORE to the
+    last arrival, it says whether the run's rate was bounded by the CPUs (near 0) or by waits; the CPU
+    window's own idle figure also holds the settling after the last arrival."""
+    if not before or not after:
+        return None
+    delta = cpu_deltas(before, after)
+    total = sum(delta.values())
+    if total <= 0:
+        return None
+    return round((delta.get("idle", 0.0) + delta.get("iowait", 0.0)) / total, 3)
+
+
 STOLEN_SHARE_WARNING = 0.05  # of the time our CPUs wanted (busy + stolen): above it the host set the pace
 
 

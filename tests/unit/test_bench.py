@@ -15,6 +15,7 @@ from tools.bench_results import (
     StoredReceipt,
     cpu_deltas,
     host_warning,
+    idle_share,
     latencies_ms,
     machine_figures,
     orthanc_at_its_best,
@@ -320,3 +321,12 @@ def test_a_groups_backlog_is_skipped_to_the_end_of_its_feeds() -> None:
     assert skip_to_end(broker, broker, "g", ["f", "absent"]) == 3 + 4
     assert sorted((tp.partition, o.offset) for tp, o in broker.altered.items()) == [(0, 10), (1, 4)]  # type: ignore[attr-defined]
     assert skip_to_end(broker, broker, "g", ["absent"]) == 0
+
+
+def test_idle_share_says_whether_the_cpus_set_the_rate() -> None:
+    before = {"busy": 100.0, "iowait": 1.0, "idle": 50.0, "steal": 0.0}
+    # 20 s of two CPUs: 18 s busy, 0.5 s waiting for the disk, 1.5 s idle.
+    after = {"busy": 118.0, "iowait": 1.5, "idle": 51.5, "steal": 0.0}
+    assert idle_share(before, after) == 0.1
+    assert idle_share(before, before) is None  # no time between the samples
+    assert idle_share(before, {}) is None  # the run never reached its last arrival
