@@ -1,7 +1,7 @@
 """A started service's own objects, kept out of the cyclic collector's full collections.
 
 What a service builds before it serves (modules, pydicom's dictionaries, clients, caches) lives as long
-as its process, yet every full collection walks all of it (90,000-125,000 objects). Timed by
+as its process, yet every full collection walks all of it (88,000-125,000 objects). Timed by
 `gc.callbacks` over `make bench` windows of 2,000 instances (2026-12-06): audit made one full collection
 of 75-78 ms and deid one of 41-49 ms; with their objects frozen, 1 ms and none. Ingest froze first: its
 pynetdicom acceptor forces a full collection every 60 passes of its loop (service_actions). Whatever is
@@ -15,7 +15,7 @@ import threading
 
 
 def freeze_started_objects() -> bool:
-    """Collect today's garbage, then move every object left to the permanent generation; True if it did.
+    """Collect what is garbage now, then move every object left to the permanent generation; True if it did.
 
     Only in a service's own process, where the main thread starts it: a service started in a thread
     of another process (the tests) leaves that process's objects alone."""
