@@ -8,7 +8,8 @@ or a national exchange's with a feed per partner) that second rebalance sometime
 in CI a deid or gateway consumer ended outside its group and read nothing for the rest of a test
 (tests/integration/test_priority_lanes.py, reproduced in about 1 run in 7 with 4,000 other topics
 on the broker). With the metadata known before the first JoinGroup, the first assignment is the
-right one.
+right one. Why that second rebalance could fail to complete was found later, and is mended for every
+rebalance in services/common/kafka_rejoin.py.
 
 The wait is bounded: with the broker away, the stage starts as before and rides the outage out.
 It uses the client's metadata cache (`KafkaConsumer._cluster`, kafka-python 3.0), which the public
