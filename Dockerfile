@@ -59,14 +59,16 @@ RUN groupadd --system --gid 10001 imx \
 COPY --from=builder /opt/imx /opt/imx
 COPY --from=builder /src/services /app/services
 
-# glibc keeps blocks up to 32 MB in the heap and trims only beyond 256 MB, as `make run` does (MALLOC_ENV in
-# tools/services_stack.py): multi-MB DICOM buffers are then plain copies, not fresh mmap'd pages.
+# As `make run` runs the services (PROCESS_ENV in tools/services_stack.py): glibc keeps blocks up to 32 MB in
+# the heap and trims only beyond 256 MB, so multi-MB DICOM buffers are plain copies, not fresh mmap'd pages;
+# numpy's OpenBLAS starts one thread, not one per core of the node.
 ENV PATH=/opt/imx/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MALLOC_MMAP_THRESHOLD_=33554432 \
     MALLOC_TRIM_THRESHOLD_=268435456 \
+    OPENBLAS_NUM_THREADS=1 \
     IMX_BLOB_DIR=/var/lib/imx/blobs
 
 WORKDIR /app

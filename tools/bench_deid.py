@@ -23,7 +23,7 @@ from typing import Any
 
 from tools.bench_corpus import bench_data, default_root
 from tools.bench_venv import ensure_venv
-from tools.services_stack import MALLOC_ENV
+from tools.services_stack import PROCESS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "tools" / "bench_deid_driver.py"
@@ -37,7 +37,7 @@ TOOLS = ("imx", *REQUIREMENTS)
 # every process gets the allocator settings the services run with (tools/services_stack.py): half-
 # megabyte buffers then come from the heap instead of fresh mmap'd pages (measured here: about 1.5x
 # for imx; dicognito 155/s with them, 163/s without, one run each, within its noise).
-SAME_FOR_EVERY_TOOL = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **MALLOC_ENV}
+SAME_FOR_EVERY_TOOL = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **PROCESS_ENV}
 # Outputs go to RAM (tmpfs) when the machine has it: the disk's write-back rate (about 1 GB per tool
 # here) is no property of a de-identifier, and it caps every tool at the same rate. --outputs chooses.
 RAM_DISK = Path("/dev/shm")

@@ -41,7 +41,7 @@ from rich.progress import track
 
 from tools import devstack, proc_cpu
 from tools.bench_venv import ensure_venv
-from tools.services_stack import MALLOC_ENV
+from tools.services_stack import PROCESS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / "tools" / "bench_kafka_stage.py"
@@ -235,7 +235,7 @@ def one_run(
         stage = subprocess.Popen(
             stage_command(client, python, bootstrap, hop, records),
             cwd=ROOT,
-            env={**os.environ, **MALLOC_ENV},  # as the services run (tools/services_stack.py), for both clients
+            env={**os.environ, **PROCESS_ENV},  # as the services run (tools/services_stack.py), for both clients
             stdout=subprocess.PIPE,
             stderr=stderr,
         )

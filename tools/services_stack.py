@@ -50,8 +50,15 @@ class ServicePorts:
 # carry the DICOM inline; kafka-python copies each record several times), so by default it spends
 # more time in the kernel than in Python: audit ~3.8 s system CPU per 500 bench instances. Keeping
 # blocks up to 32 MB in the heap and trimming only beyond 256 MB makes those copies plain memcpy.
-# The container image and the chart should set the same two variables.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(256 * 1024 * 1024)}
+
+# Every service imports numpy (pydicom does), whose OpenBLAS starts a thread per core it sees and spins
+# them: ~0.13 s of CPU at each process's start on the 2-core machine, and in a container one idle thread
+# per core of the node. imx does no linear algebra (numpy only views and masks pixel buffers).
+BLAS_ENV = {"OPENBLAS_NUM_THREADS": "1"}
+
+# What every service process gets, here and in the container image (tests/unit/test_image_env.py).
+PROCESS_ENV = {**MALLOC_ENV, **BLAS_ENV}
 
 # The stages behind Kafka run at niceness 5 in the devstack, ingest and the gateways at 0. On one machine
 # they all share its cores, and a sender hears its answer only after ingest has stored the instance and
@@ -157,7 +164,7 @@ def service_env(
             "IMX_KAFKA_SASL_USERNAME": username(name),
             "IMX_KAFKA_SASL_PASSWORD_FILE": str(password_file(layout.var, name)),
             "PYTHONUNBUFFERED": "1",
-            **MALLOC_ENV,
+            **PROCESS_ENV,
         }
     )
     env.update({var: str(port) for var, port in replica.ports.other})
