@@ -12,14 +12,16 @@ false. If that happens between two polls (a stage handling its batch, or a poll 
 refreshing the metadata of thousands of topics), no poll awaits the task again: the assignment it
 brought is never applied, heartbeats stay off (they are paused for the join), the broker drops the
 member after its session timeout, and the consumer keeps its old partitions and never reads the new
-topic. Even when a poll does come back to a finished task, it sends a fresh JoinGroup and drops the
-finished one's result, which a consumer whose joins outlast its polls repeats without end.
+topic. And when a poll does come back to a finished task, it sends a fresh JoinGroup and drops the
+finished one's result (by a reading of the code, not seen: a consumer whose joins always outlast its
+polls would do that without end).
 
 Found by the audit flow test's late partner topic (tests/integration/audit/test_audit_flow.py, one
-failure in ~35 CI runs) and reproduced on a broker holding 3,000 other topics: one pattern consumer in
-four never read a topic created after it joined. tests/integration/test_kafka_rejoin.py makes the
-join finish between polls every time. services/common/topic_metadata.py avoided one case of it, a
-first assignment made before the metadata came.
+failure in ~35 CI runs) and reproduced on a broker holding 3,000 other topics: in three of ten trials a
+pattern consumer never read a topic created after it joined (45 s each); with this mend, in none of six.
+tests/integration/test_kafka_rejoin.py makes the join finish between polls every time.
+services/common/topic_metadata.py avoided one case of it, a first assignment made before the metadata
+came.
 
 `mend()` keeps `need_rejoin()` true while a join's result has not been applied, and applies a finished
 join's result as kafka-python does when its poll is there to see it finish. It does nothing when called
