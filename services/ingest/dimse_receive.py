@@ -265,6 +265,9 @@ def _start_file(msg: Any, context_id: int, assoc: Association) -> None:
     """Open the data set's file (pynetdicom's temporary file, in the folder `receive_to_files` set) and
     write the zero preamble, "DICM" and the meta group pynetdicom would write (PS3.10 7.1)."""
     file = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    # Until its file meta is written, the file holds no data set: the watch for missing data sets
+    # (missing_data_sets.py), on another thread, counts only what comes after `imx_data_starts_at`.
+    cast(Any, file).imx_data_starts_at = None
     msg._data_set_file = file
     msg._data_set_path = Path(file.name)
     store: command_sets.StoreCommand | None = msg.imx_store_command
@@ -291,6 +294,7 @@ def _start_file(msg: Any, context_id: int, assoc: Association) -> None:
     # The file's SHA-256 grows with every write (decode_msg), so acceptance need not read the file
     # again to hash it (`received_sha256`).
     cast(Any, file).imx_sha256 = hashlib.sha256(first)
+    cast(Any, file).imx_data_starts_at = file.tell()
 
 
 def received_sha256(request: object) -> str | None:

@@ -1,0 +1,125 @@
+"""A C-STORE request whose data set never comes is answered after `wait_s`
+(services/ingest/missing_data_sets.py), however the watch's checks fall against ingest's receive starting
+the request's file (services/ingest/dimse_receive.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from services.ingest import dimse_receive
+from services.ingest.missing_data_sets import MissingDataSets
+from tests.unit.ingest.scp_servers import receive_to_files_for_this_test
+
+WAIT_S = 2.0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _command_saying_a_data_set_follows() -> P_DATA:
+    request = C_STORE()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = "1.2.3.4"
+    request.Priority = 2
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    message.command_set.CommandDataSetType = 0x0001
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((1, b"\x03" + bytes(encode(message.command_set, True, True))))
+    return primitive
+
+
+def _association() -> Any:
+    sent: list[tuple[Any, int]] = []
+    return SimpleNamespace(
+        dimse=SimpleNamespace(message=None, send_msg=lambda msg, cx: sent.append((msg, cx)), sent=sent),
+        requestor=SimpleNamespace(ae_title="SENDER"),
+        _accepted_cx={1: SimpleNamespace(transfer_syntax=[ExplicitVRLittleEndian])},
+    )
+
+
+@pytest.mark.parametrize("first_check", ["before the file", "with the file, before its meta", "after its meta"])
+def test_a_request_without_data_is_answered_whenever_the_watch_first_saw_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_check: str
+) -> None:
+    receive_to_files_for_this_test(tmp_path, monkeypatch)
+    assoc, clock, answered = _association(), _Clock(), []
+
+    def answer(_assoc: Any, part10: bytes) -> Dataset:
+        answered.append(part10)
+        status = Dataset()
+        status.Status = 0xC000
+        return status
+
+    watch = MissingDataSets(lambda: [assoc], answer, WAIT_S, clock)
+    start_file = dimse_receive._start_file
+
+    def start_file_seen_by_the_watch(msg: Any, context_id: int, association: Any) -> None:
+        # The watch runs on its own thread: here it looks at the moment named by `first_check`.
+        if first_check == "before the file":
+            watch.check()
+        start_file(msg, context_id, association)
+        if first_check == "after its meta":
+            watch.check()
+
+    monkeypatch.setattr(dimse_receive, "_start_file", start_file_seen_by_the_watch)
+    if first_check == "with the file, before its meta":
+        monkeypatch.setattr(dimse_receive.dimse_encoding, "file_meta_bytes", _checked_first(watch))
+
+    message = assoc.dimse.message = dimse_receive.new_message()
+    assert not message.decode_msg(_command_saying_a_data_set_follows(), assoc)  # a data set is to follow
+    clock.now += 1
+    watch.check()
+    assert not assoc.dimse.sent, "answered before it had waited"
+    clock.now += WAIT_S
+    watch.check()
+
+    assert [msg.Status for msg, _cx in assoc.dimse.sent] == [0xC000]
+    assert answered and answered[0][128:132] == b"DICM"  # the file meta, and no data set
+    assert assoc.dimse.message is None  # the association is ready for its next request
+
+
+def _checked_first(watch: MissingDataSets) -> Any:
+    file_meta_bytes = dimse_receive.dimse_encoding.file_meta_bytes
+
+    def checked(fields: Any) -> bytes:
+        watch.check()
+        return file_meta_bytes(fields)
+
+    return checked
+
+
+def test_a_request_whose_data_is_arriving_is_left_to_the_network_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receive_to_files_for_this_test(tmp_path, monkeypatch)
+    assoc, clock = _association(), _Clock()
+    watch = MissingDataSets(lambda: [assoc], lambda *_: Dataset(), WAIT_S, clock)
+    message = assoc.dimse.message = dimse_receive.new_message()
+    assert not message.decode_msg(_command_saying_a_data_set_follows(), assoc)
+    watch.check()
+    fragment = P_DATA()
+    fragment.presentation_data_value_list.append((1, b"\x00" + b"\x08\x00\x16\x00" * 2048))  # not the last
+    assert not message.decode_msg(fragment, assoc)
+    clock.now += 1
+    watch.check()
+    clock.now += 10 * WAIT_S
+    watch.check()
+    assert not assoc.dimse.sent
