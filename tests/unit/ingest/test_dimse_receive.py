@@ -33,6 +33,7 @@ from services.ingest.received_files import ReceivedFiles
 from services.ingest.scp import status_dataset
 from services.ingest.settings import IngestSettings
 from tests.unit.ingest.scp_servers import receive_to_files_for_this_test, serve_stores
+from tests.unit.ingest.store_commands import store_command
 
 
 def _pdv(context_id: int, control: int, data: bytes) -> bytes:
@@ -265,21 +266,10 @@ def test_a_store_requests_command_set_is_pydicoms_when_asked_for_and_not_decoded
     from io import BytesIO
 
     from pynetdicom.dimse_messages import C_STORE_RQ
-    from pynetdicom.dimse_primitives import C_STORE
-    from pynetdicom.dsutils import decode, encode
-    from pynetdicom.pdu_primitives import P_DATA
+    from pynetdicom.dsutils import decode
 
-    request = C_STORE()
-    request.MessageID = 7
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = "1.2.3.4"
-    request.Priority = 2
-    sent = C_STORE_RQ()
-    sent.primitive_to_message(request)
-    sent.command_set.CommandDataSetType = 0x0101  # no data set: complete with the command
-    encoded = bytes(encode(sent.command_set, True, True))
-    primitive = P_DATA()
-    primitive.presentation_data_value_list.append((1, b"\x03" + encoded))
+    primitive = store_command(0x0101)  # no data set: complete with the command
+    encoded = bytes(primitive.presentation_data_value_list[0][1][1:])
     message = dimse_receive.new_message()
     assert message.decode_msg(primitive)
     assert isinstance(message, C_STORE_RQ)

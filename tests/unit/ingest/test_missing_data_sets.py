@@ -11,39 +11,15 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from services.ingest import dimse_receive
 from services.ingest.missing_data_sets import MissingDataSets
+from tests.unit.fake_config_store import Clock
 from tests.unit.ingest.scp_servers import receive_to_files_for_this_test
+from tests.unit.ingest.store_commands import store_command
 
 WAIT_S = 2.0
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _command_saying_a_data_set_follows() -> P_DATA:
-    request = C_STORE()
-    request.MessageID = 7
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = "1.2.3.4"
-    request.Priority = 2
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    message.command_set.CommandDataSetType = 0x0001
-    primitive = P_DATA()
-    primitive.presentation_data_value_list.append((1, b"\x03" + bytes(encode(message.command_set, True, True))))
-    return primitive
 
 
 def _association() -> Any:
@@ -60,7 +36,7 @@ def test_a_request_without_data_is_answered_whenever_the_watch_first_saw_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_check: str
 ) -> None:
     receive_to_files_for_this_test(tmp_path, monkeypatch)
-    assoc, clock, answered = _association(), _Clock(), []
+    assoc, clock, answered = _association(), Clock(), []
 
     def answer(_assoc: Any, part10: bytes) -> Dataset:
         answered.append(part10)
@@ -84,7 +60,7 @@ def test_a_request_without_data_is_answered_whenever_the_watch_first_saw_it(
         monkeypatch.setattr(dimse_receive.dimse_encoding, "file_meta_bytes", _checked_first(watch))
 
     message = assoc.dimse.message = dimse_receive.new_message()
-    assert not message.decode_msg(_command_saying_a_data_set_follows(), assoc)  # a data set is to follow
+    assert not message.decode_msg(store_command(0x0001), assoc)  # a data set is to follow
     clock.now += 1
     watch.check()
     assert not assoc.dimse.sent, "answered before it had waited"
@@ -110,10 +86,10 @@ def test_a_request_whose_data_is_arriving_is_left_to_the_network_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     receive_to_files_for_this_test(tmp_path, monkeypatch)
-    assoc, clock = _association(), _Clock()
+    assoc, clock = _association(), Clock()
     watch = MissingDataSets(lambda: [assoc], lambda *_: Dataset(), WAIT_S, clock)
     message = assoc.dimse.message = dimse_receive.new_message()
-    assert not message.decode_msg(_command_saying_a_data_set_follows(), assoc)
+    assert not message.decode_msg(store_command(0x0001), assoc)
     watch.check()
     fragment = P_DATA()
     fragment.presentation_data_value_list.append((1, b"\x00" + b"\x08\x00\x16\x00" * 2048))  # not the last
