@@ -50,8 +50,8 @@ from tools.bench_results import (
     orthanc_at_its_best,
     result_line,
 )
-from tools.bench_settle import wait_settled
-from tools.bench_setup import BenchConfig, configure, unconfigure
+from tools.bench_settle import wait_reading, wait_settled
+from tools.bench_setup import PARTNER, BenchConfig, configure, unconfigure
 from tools.bench_targets import run_verdicts, targets_met
 from tools.demo.senders import c_store
 from tools.devstack import Layout, Ports, registered
@@ -258,6 +258,11 @@ def measure(
     with partner_side(run_folder, config.credentials, partner_bootstrap, gateway_log) as side:
         print("gateway started; waiting until it has joined and its feed is drained", flush=True)
         wait_gateway_ready(side, internal, topics, client_config=admin)
+        waiting = time.monotonic()
+        if not wait_reading(internal, topics, topics.receipts(PARTNER), client_config=admin):
+            print("audit or delivery did not take up the partner's receipts within 60 s; measuring anyway", flush=True)
+        elif (waited := time.monotonic() - waiting) >= 1:
+            print(f"audit and delivery took up the partner's receipts after {waited:.1f} s more", flush=True)
         for leftover in side.storescp.files():  # what an interrupted earlier run left on the feed
             leftover.unlink()
         reader = ReceiptReader(internal, topics, admin)

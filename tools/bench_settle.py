@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
@@ -63,4 +64,35 @@ def wait_settled(
             time.sleep(0.25)
     finally:
         consumer.close()
+        admin.close()
+
+
+def assigned_topics(description: Mapping[str, Any]) -> set[str]:
+    """The topics assigned to any member of a group, from its entry in kafka-python's
+    `KafkaAdminClient.describe_groups` (pure)."""
+    return {
+        entry["topic"]
+        for member in description.get("members") or ()
+        for entry in (member.get("member_assignment") or {}).get("assigned_partitions") or ()
+    }
+
+
+def wait_reading(
+    bootstrap: str, topics: Topics, topic: str, timeout_s: float = 60.0, client_config: Mapping[str, str] | None = None
+) -> bool:
+    """Until every group of `last_groups` is stable with `topic` assigned; False after `timeout_s`.
+
+    A partner this run added is found at each group's next look at the broker (delivery's at once, audit's
+    within `partner_topic_discovery_s`), and the rebalance that follows must not fall inside the run."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            described = admin.describe_groups(list(last_groups(topics)))
+            if all(d.get("group_state") == "Stable" and topic in assigned_topics(d) for d in described.values()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+    finally:
         admin.close()

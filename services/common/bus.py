@@ -131,8 +131,9 @@ def ensure_topics(
     max_backoff_s: float = BROKER_RETRY_MAX_S,
     attempt_timeout_ms: int = 10_000,
     client_config: Mapping[str, str] | None = None,
-) -> None:
-    """Create topics that do not exist yet; existing ones are left as they are.
+) -> list[str]:
+    """Create topics that do not exist yet; existing ones are left as they are. Returns those this call
+    created.
 
     A broker that does not answer (down, still starting) is waited for, retrying with capped exponential
     backoff, rather than ending the process that is starting; once `stop` is set it returns instead.
@@ -156,15 +157,16 @@ def ensure_topics(
         reraise=True,
     )
     try:
-        retrying(_create_missing_topics, bootstrap, wanted, partitions, attempt_timeout_ms, client_config or {})
+        return retrying(_create_missing_topics, bootstrap, wanted, partitions, attempt_timeout_ms, client_config or {})
     except KafkaError as error:
         if not (stop.is_set() and broker_unreachable(error)):
             raise
+        return []
 
 
 def _create_missing_topics(
     bootstrap: str, names: list[str], partitions: int, timeout_ms: int, client_config: Mapping[str, str]
-) -> None:
+) -> list[str]:
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="imx-admin",
@@ -185,13 +187,17 @@ def _create_missing_topics(
             for name in names
             if name not in existing
         ]
+        created: list[str] = []
         if wanted:
             result = admin.create_topics(wanted, raise_errors=False)
-            for created in result.get("topics", []):
-                error = for_code(created["error_code"])
+            for topic in result.get("topics", []):
+                error = for_code(topic["error_code"])
+                if error is NoError:
+                    created.append(topic["name"])
                 # Already there: another replica won the race. Not authorized: not this service's topic.
-                if error not in (NoError, TopicAlreadyExistsError, TopicAuthorizationFailedError):
-                    raise error(created.get("error_message") or created["name"])
+                elif error not in (TopicAlreadyExistsError, TopicAuthorizationFailedError):
+                    raise error(topic.get("error_message") or topic["name"])
+        return created
     finally:
         admin.close()
 
@@ -506,6 +512,10 @@ IDLE_FETCH_MAX_WAIT_MS = 500
 # 21 instances/s: 0.16 per instance, more than their heartbeats and metadata requests together); every
 # five seconds, 1.7 a second, most of them audit's and delivery's after a poll that found nothing.
 COMMIT_INTERVAL_S = 5.0
+# How stale a consumer's view of its topics may get: partitions added to a listed topic are read within
+# this. A pattern consumer's view is every topic on the broker, refreshed as a whole, so the services
+# give theirs a longer age (ServiceSettings.partner_topic_discovery_s).
+METADATA_MAX_AGE_MS = 5000
 CLOSE_COMMIT_TIMEOUT_MS = 5000
 
 
@@ -547,6 +557,7 @@ class StageConsumer:
         max_poll_interval_ms: int = 300_000,
         commit_interval_s: float = COMMIT_INTERVAL_S,
         group_instance_id: str | None = None,
+        metadata_max_age_ms: int = METADATA_MAX_AGE_MS,
         fetch_min_bytes: int = FETCH_MIN_BYTES,
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
         idle_fetch_max_wait_ms: int = IDLE_FETCH_MAX_WAIT_MS,
@@ -571,7 +582,7 @@ class StageConsumer:
             # at most `fetch_max_wait_ms` more latency per hop.
             fetch_min_bytes=fetch_min_bytes,
             fetch_max_wait_ms=fetch_max_wait_ms,
-            metadata_max_age_ms=5000,  # new partner topics are seen within seconds
+            metadata_max_age_ms=metadata_max_age_ms,
             # kafka-python's default is 45 s: a crashed replica's partitions would stall that long.
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(1000, session_timeout_ms // 3),
@@ -828,6 +839,13 @@ class StageConsumer:
             self._next_probe_at = 0.0  # during an outage, only a broker that answers ends it
         self.poll_once(handler)
         self._probe_broker(outage=outage.active)
+
+    def look_for_new_topics(self) -> None:
+        """Refresh the view of the broker's topics now, not at the next scheduled look: a pattern then
+        takes up a topic this process has just created. Any thread may call it."""
+        # kafka-python has no public call for this; its metadata listeners (the pattern's among them)
+        # run as after any refresh.
+        self._consumer._cluster.request_update()
 
     def close(self) -> None:
         """What was handled and acknowledged is committed first (a broker that does not answer within

@@ -14,7 +14,15 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from services.common.bus import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, BusProducer, Handler, StageConsumer, ensure_topics
+from services.common.bus import (
+    FETCH_MAX_WAIT_MS,
+    FETCH_MIN_BYTES,
+    METADATA_MAX_AGE_MS,
+    BusProducer,
+    Handler,
+    StageConsumer,
+    ensure_topics,
+)
 from services.common.control_auth import ControlAuth
 from services.common.control_server import ControlServer, ServicerRegistration
 from services.common.logs import configure_logging
@@ -55,6 +63,12 @@ class StageControl:
         self._stats.set_paused(paused)
 
 
+def metadata_max_age_ms(spec: StageSpec, settings: ServiceSettings) -> int:
+    """A pattern's look at the broker reads every topic's metadata: it comes as often as the settings say
+    new partner topics must be found, a list's as often as the bus's default."""
+    return round(settings.partner_topic_discovery_s * 1000) if spec.pattern else METADATA_MAX_AGE_MS
+
+
 def install_stop_signals(stop: threading.Event) -> None:
     def _handler(signum: int, _frame: object) -> None:
         log.info("stop requested; finishing the batch in flight", extra={"status": signal.Signals(signum).name})
@@ -86,6 +100,7 @@ def run_stage(
     extra_servicers: Sequence[ServicerRegistration] = (),
     stop: threading.Event | None = None,
     on_ready: Callable[[ControlServer], None] | None = None,
+    on_consumer: Callable[[StageConsumer], None] | None = None,
 ) -> None:
     configure_logging(spec.name, settings.log_level)
     telemetry = setup_telemetry(spec.name, settings.otlp_endpoint)
@@ -113,7 +128,10 @@ def run_stage(
         client_config=kafka,
         fetch_min_bytes=spec.fetch_min_bytes,
         fetch_max_wait_ms=spec.fetch_max_wait_ms,
+        metadata_max_age_ms=metadata_max_age_ms(spec, settings),
     )
+    if on_consumer:
+        on_consumer(consumer)
     server = ControlServer(
         spec.name,
         StageControl(stats),

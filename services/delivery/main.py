@@ -30,25 +30,32 @@ log = logging.getLogger(__name__)
 
 class PartnerTopics:
     """Creates a partner's topics (its feed's three lanes, its receipts) once per process (creation is
-    idempotent on the broker too)."""
+    idempotent on the broker too). Having created any, it tells the stage's consumer (once attached) to
+    look for them: a new partner's receipts are read at once, not at the consumer's next look."""
 
     def __init__(self, settings: DeliverySettings, topics: Topics) -> None:
         self._settings = settings
         self._topics = topics
         self._ensured: set[str] = set()
         self._lock = threading.Lock()
+        self._look_for_new_topics: Callable[[], None] = lambda: None
 
     def ensure(self, partner_id: str) -> None:
         with self._lock:
             if partner_id in self._ensured:
                 return
-            ensure_topics(
+            created = ensure_topics(
                 self._settings.kafka_bootstrap,
                 [*self._topics.partner_lanes(partner_id), self._topics.receipts(partner_id)],
                 self._settings.partner_topic_partitions,
                 client_config=kafka_client_config(self._settings),
             )
             self._ensured.add(partner_id)
+        if created:
+            self._look_for_new_topics()
+
+    def attach(self, look_for_new_topics: Callable[[], None]) -> None:
+        self._look_for_new_topics = look_for_new_topics
 
 
 def collect_blobs_every(
@@ -151,6 +158,7 @@ def serve(
             ],
             stop=stop,
             on_ready=on_ready,
+            on_consumer=lambda consumer: partner_topics.attach(consumer.look_for_new_topics),
         )
     finally:
         sweep_stop.set()

@@ -7,7 +7,7 @@ import re
 from kafka import TopicPartition
 
 from services.common.topics import Topics
-from tools.bench_settle import last_groups, unread
+from tools.bench_settle import assigned_topics, last_groups, unread
 
 A0, A1 = TopicPartition("imx.ingested.v1", 0), TopicPartition("imx.ingested.v1", 1)
 
@@ -34,3 +34,19 @@ def test_the_last_groups_are_audit_on_every_topic_and_delivery_on_the_receipts()
     assert groups["bench.imx-audit"].match(receipts)
     assert groups["bench.imx-delivery"].match(receipts)
     assert not groups["bench.imx-delivery"].match(topics.ingested)
+
+
+def _member(*topics: str) -> dict[str, object]:
+    """A member as kafka-python's describe_groups gives it (shape read from a devstack broker)."""
+    assigned = [{"topic": t, "partitions": [0, 1, 2]} for t in topics]
+    return {"member_id": "m", "member_assignment": {"assigned_partitions": assigned, "user_data": ""}}
+
+
+def test_a_groups_assigned_topics_are_those_of_all_its_members() -> None:
+    group = {"group_state": "Stable", "members": [_member("imx.prepared.v1"), _member("imx.receipts.p.v1")]}
+    assert assigned_topics(group) == {"imx.prepared.v1", "imx.receipts.p.v1"}
+
+
+def test_a_group_without_members_or_between_assignments_has_no_topics() -> None:
+    assert assigned_topics({"group_state": "Empty", "members": []}) == set()
+    assert assigned_topics({"group_state": "PreparingRebalance", "members": [{"member_assignment": None}]}) == set()
