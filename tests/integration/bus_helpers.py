@@ -1,5 +1,5 @@
-"""Small helpers the bus tests share: a stage's consumer, read a whole topic, ask the broker for
-committed offsets."""
+"""Small helpers the bus tests share: a stage's consumer and polling it until it joined or read a
+topic, read a whole topic, ask the broker for committed offsets."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from services.common.bus import BusProducer, Handler, StageConsumer
+from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.stats import StageStats
 
 
@@ -38,6 +39,37 @@ def stage_consumer(
         stats=stats if stats is not None else StageStats(stage),
         **options,
     )
+
+
+class TopicsRead:
+    """A stage's handler that only notes the topic of each message it is given."""
+
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+
+    def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
+        self.topics.append(message.topic)
+        return []
+
+
+def poll_until_joined(consumer: StageConsumer, handler: Handler, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not consumer._consumer.assignment():
+        assert time.monotonic() < deadline, "the consumer never joined its group"
+        consumer.poll_once(handler)
+
+
+def poll_until_read(
+    consumer: StageConsumer, handler: TopicsRead, topic: str, timeout_s: float, between_polls_s: float = 0.0
+) -> None:
+    """Poll (pausing `between_polls_s` after each, as a stage busy with its batch would) until a message
+    of `topic` was handled; fails after `timeout_s`, naming what the consumer was assigned."""
+    deadline = time.monotonic() + timeout_s
+    while topic not in handler.topics:
+        assigned = sorted(tp.topic for tp in consumer._consumer.assignment())
+        assert time.monotonic() < deadline, f"nothing of {topic} was read; assigned: {assigned}"
+        consumer.poll_once(handler)
+        time.sleep(between_polls_s)
 
 
 def run_in_thread(consumer: StageConsumer, handler: Handler, stop: threading.Event) -> threading.Thread:

@@ -4,14 +4,13 @@ that brings the topic finishes between two of its polls (services/common/kafka_r
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import pytest
 
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
-from services.common.messages import IncomingMessage, OutgoingMessage
-from services.common.stats import StageStats
+from services.common.messages import OutgoingMessage
+from tests.integration.bus_helpers import TopicsRead, poll_until_joined, poll_until_read, stage_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -39,40 +38,20 @@ def test_a_partner_topic_created_after_the_join_is_read_when_its_rebalance_ends_
     first, late, dlq = f"{unique_name}.receipts.a", f"{unique_name}.receipts.late", f"{unique_name}.dlq"
     ensure_topics(kafka_bootstrap, [first, dlq], 1)
     producer = BusProducer(kafka_bootstrap)
-    read: list[str] = []
-
-    def handler(message: IncomingMessage) -> list[OutgoingMessage]:
-        read.append(message.topic)
-        return []
-
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=f"{unique_name}.group",
-        pattern=f"^{re.escape(unique_name)}\\.receipts\\..*$",
-        producer=producer,
-        dead_letter_topic=dlq,
-        stage="audit",
-        stats=StageStats("audit"),
-        poll_timeout_ms=300,
+    handler = TopicsRead()
+    pattern = f"^{re.escape(unique_name)}\\.receipts\\..*$"
+    consumer = stage_consumer(
+        kafka_bootstrap, producer, (), f"{unique_name}.group", dlq, stage="audit", pattern=pattern, poll_timeout_ms=300
     )
     try:
-        deadline = time.monotonic() + 30
-        while not consumer._consumer.assignment():
-            assert time.monotonic() < deadline, "the consumer never joined its group"
-            consumer.poll_once(handler)
-
+        poll_until_joined(consumer, handler)
         _slow_joins(consumer)
         ensure_topics(kafka_bootstrap, [late], 1)
         producer.publish([OutgoingMessage(topic=late, key=b"study", value=b"receipt")])
 
         # Seen at the next metadata refresh (5 s), then one slow rebalance: well within 30 s when the
         # rebalance's result is applied; never when it is dropped.
-        deadline = time.monotonic() + 30
-        while late not in read:
-            assigned = sorted(tp.topic for tp in consumer._consumer.assignment())
-            assert time.monotonic() < deadline, f"the late partner's topic was never read; assigned: {assigned}"
-            consumer.poll_once(handler)
-            time.sleep(BATCH_S)
+        poll_until_read(consumer, handler, late, 30, between_polls_s=BATCH_S)
     finally:
         consumer.close()
         producer.close()

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from services.common.bus import BusProducer, StageConsumer, ensure_topics
-from services.common.messages import IncomingMessage, OutgoingMessage
-from services.common.stats import StageStats
+from services.common.bus import BusProducer, ensure_topics
+from services.common.messages import OutgoingMessage
 from services.common.topics import Topics
 from services.delivery.handler import delivery_pattern
 from services.delivery.main import PartnerTopics
 from services.delivery.settings import DeliverySettings
+from tests.integration.bus_helpers import TopicsRead, poll_until_joined, poll_until_read, stage_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -28,30 +28,22 @@ def test_a_partner_added_by_delivery_is_read_at_once_though_the_next_look_is_min
     settings = DeliverySettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix)
     ensure_topics(kafka_bootstrap, [*topics.prepared_lanes, topics.receipts("first"), topics.dead_letter], 1)
     producer = BusProducer(kafka_bootstrap)
-    read: list[str] = []
-
-    def handler(message: IncomingMessage) -> list[OutgoingMessage]:
-        read.append(message.topic)
-        return []
-
-    consumer = StageConsumer(
-        bootstrap=kafka_bootstrap,
-        group_id=f"{unique_name}.delivery",
-        pattern=delivery_pattern(topics),
-        producer=producer,
-        dead_letter_topic=topics.dead_letter,
+    handler = TopicsRead()
+    consumer = stage_consumer(
+        kafka_bootstrap,
+        producer,
+        (),
+        f"{unique_name}.delivery",
+        topics.dead_letter,
         stage="delivery",
-        stats=StageStats("delivery"),
+        pattern=delivery_pattern(topics),
         poll_timeout_ms=300,
         metadata_max_age_ms=NEVER_S * 1000,
     )
     partner_topics = PartnerTopics(settings, topics)
     partner_topics.attach(consumer.look_for_new_topics)
     try:
-        deadline = time.monotonic() + 30
-        while not consumer._consumer.assignment():
-            assert time.monotonic() < deadline, "the consumer never joined its group"
-            consumer.poll_once(handler)
+        poll_until_joined(consumer, handler)
         settled = time.monotonic() + 3  # the look a leader takes after assigning is over
         while time.monotonic() < settled:
             consumer.poll_once(handler)
@@ -59,12 +51,7 @@ def test_a_partner_added_by_delivery_is_read_at_once_though_the_next_look_is_min
         partner_topics.ensure("late")
         late = topics.receipts("late")
         producer.publish([OutgoingMessage(topic=late, key=b"study", value=b"receipt")])
-        # One look and one rebalance; without the look, not before NEVER_S.
-        deadline = time.monotonic() + 30
-        while late not in read:
-            assigned = sorted(tp.topic for tp in consumer._consumer.assignment())
-            assert time.monotonic() < deadline, f"the new partner's receipts were not read; assigned: {assigned}"
-            consumer.poll_once(handler)
+        poll_until_read(consumer, handler, late, 30)  # one look and one rebalance; without the look, minutes
 
         # Another replica (or this one after a restart) finds the topics there: nothing new to look for.
         elsewhere, looks = PartnerTopics(settings, topics), list[str]()
