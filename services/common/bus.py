@@ -45,6 +45,7 @@ from services.common.kafka_partitioner import RememberingPartitioner
 from services.common.lanes import LaneGate
 from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
 from services.common.positions import ConsumerPositions
+from services.common.static_membership import leave_group
 from services.common.stats import StageStats
 from services.common.topic_metadata import await_topic_metadata
 from services.common.tracing_headers import (
@@ -588,7 +589,8 @@ class StageConsumer:
             heartbeat_interval_ms=max(1000, session_timeout_ms // 3),
             # A batch that takes longer than this costs the member its partitions (the batch is read again).
             max_poll_interval_ms=max_poll_interval_ms,
-            # Static membership: a restarted replica with the same id gets its partitions back at once.
+            # Static membership (services/common/static_membership.py): a replica SIGKILLed and started
+            # again under the same id gets its partitions back at once.
             group_instance_id=group_instance_id,
             **LONG_LIVED_CLIENT,
         )
@@ -852,4 +854,5 @@ class StageConsumer:
         `CLOSE_COMMIT_TIMEOUT_MS` leaves it to be read again)."""
         self._settle_before_closing()
         self.commit_owed(timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)
+        leave_group(self._consumer, timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)  # a static member too: see the module
         self._consumer.close(autocommit=False)

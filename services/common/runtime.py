@@ -29,6 +29,7 @@ from services.common.logs import configure_logging
 from services.common.service_access import kafka_client_config
 from services.common.settings import ServiceSettings
 from services.common.started_objects import freeze_started_objects
+from services.common.static_membership import instance_id
 from services.common.stats import StageStats, StatusSnapshot
 from services.common.telemetry import setup_telemetry
 from services.common.topics import Topics
@@ -129,6 +130,7 @@ def run_stage(
         fetch_min_bytes=spec.fetch_min_bytes,
         fetch_max_wait_ms=spec.fetch_max_wait_ms,
         metadata_max_age_ms=metadata_max_age_ms(spec, settings),
+        group_instance_id=instance_id(settings.instance_id),
     )
     if on_consumer:
         on_consumer(consumer)

@@ -28,7 +28,12 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str = Field("", description="OTLP/gRPC endpoint for traces and metrics; empty = no export")
     log_level: str = Field("INFO", description="log level of the service's structured logs")
     max_batch: int = Field(200, ge=1, description="most events handled between two offset commits")
-    instance_id: str = Field("", description="distinguishes replicas in logs and status; default: pid")
+    instance_id: str = Field(
+        "",
+        description="the replica's stable name, unique among a stage's replicas (the chart gives the pod's): "
+        "its consumer is then a static member of the stage's Kafka group under this id "
+        "(services/common/static_membership.py); empty: a dynamic member",
+    )
     # Audit and delivery subscribe to partner topics by pattern; to see one created since, kafka-python
     # fetches the metadata of every topic on the broker. An idle pattern consumer on a broker with 3,000
     # other topics (two partitions each) used 3.75-3.85% of a core looking every 5 s, 2.43-2.55% every

@@ -1,0 +1,41 @@
+"""A stage replica with a stable name is a static member of its consumer group (KIP-345), and one that
+stops on purpose still leaves its group at once.
+
+Static membership (`group.instance.id`): the broker keeps a member's partitions for it until its session
+times out, and a process that joins under the same id within that time takes them back without a
+rebalance. A replica that is SIGKILLed and started again (by the devstack's supervisor, or by Kubernetes
+restarting its container in the same pod, whose name it keeps) then reads again as soon as it has
+started, where a dynamic member's partitions stalled until its old self's session expired. But a static
+member sends no LeaveGroup when it closes (kafka-python as the Java client before Kafka 4.1's
+`CloseOptions`, KIP-1092), so a replica stopped for good (a rolling update, a scale-down) would hold its
+partitions for the whole session timeout. `leave_group()` sends the LeaveGroup kafka-python sends for a
+dynamic member; it names the member's instance id, and the broker removes the member at once.
+
+The id must be unique among a group's live members: a second process under the same id fences the first.
+`instance_id()` takes it from the replica's name (IMX_INSTANCE_ID: the pod name in the chart, the
+replica's name in the devstack) and leaves a replica without one dynamic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka import KafkaConsumer
+
+
+def instance_id(replica_name: str) -> str | None:
+    """The group instance id of a replica named `replica_name`; None (a dynamic member) without a name."""
+    return replica_name or None
+
+
+def leave_group(consumer: KafkaConsumer, timeout_ms: int) -> None:
+    """Leave the consumer's group now, static member or not (a dynamic member leaves in `close()` anyway)."""
+    coordinator: Any = consumer._coordinator
+    if coordinator is None or coordinator.is_dynamic_member():
+        return
+    # kafka-python's own leave skips a member it takes for static; its request carries the instance id.
+    coordinator.is_dynamic_member = lambda: True
+    try:
+        coordinator.maybe_leave_group(reason="the replica is stopping", timeout_ms=timeout_ms)
+    finally:
+        del coordinator.is_dynamic_member

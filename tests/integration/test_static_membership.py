@@ -1,0 +1,89 @@
+"""A stage replica with a stable name is a static member of its group (services/common/static_membership.py):
+killed and started again under the same name, it reads again at once instead of after its old session
+expires; stopped on purpose, it leaves its group at once, as a dynamic member does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.common.bus import BusProducer, ensure_topics
+from services.common.messages import OutgoingMessage
+from tests.integration.bus_helpers import TopicsRead, stage_consumer
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SESSION_MS = 15_000  # long enough that waiting it out and not waiting it out are seconds apart
+
+
+def test_a_static_member_killed_and_started_again_reads_before_its_old_session_expires(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    topic, out, group = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}-g"
+    ensure_topics(kafka_bootstrap, [topic, out, out + ".dlq"], partitions=2)
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish([OutgoingMessage(topic, str(i).encode(), str(i).encode()) for i in range(40)])
+    worker = [sys.executable, "-m", "tests.integration.crash_worker", kafka_bootstrap, topic, out, group]
+    killed = subprocess.run([*worker, str(tmp_path / "handled.log"), "5"], cwd=REPO, timeout=120, capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+
+    handler = TopicsRead()
+    started = time.monotonic()
+    again = stage_consumer(
+        kafka_bootstrap,
+        producer,
+        [topic],
+        group,
+        out + ".dlq",
+        group_instance_id="crash-worker",
+        session_timeout_ms=SESSION_MS,
+    )
+    try:
+        while not handler.topics:
+            assert time.monotonic() - started < 30, "the restarted member read nothing"
+            again.poll_once(handler)
+        took = time.monotonic() - started
+        # A dynamic member would wait out the killed one's session (crash_worker's: 10 s) first.
+        assert took < 6, f"the restarted member read after {took:.1f} s"
+    finally:
+        again.close()
+        producer.close()
+
+
+def test_a_static_member_that_stops_on_purpose_hands_its_partitions_over_at_once(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    topic, dlq, group = f"{unique_name}.in", f"{unique_name}.dlq", f"{unique_name}-g"
+    ensure_topics(kafka_bootstrap, [topic, dlq], partitions=2)
+    producer = BusProducer(kafka_bootstrap)
+    handler = TopicsRead()
+    members = [
+        stage_consumer(
+            kafka_bootstrap, producer, [topic], group, dlq, group_instance_id=name, session_timeout_ms=SESSION_MS
+        )
+        for name in ("replica-a", "replica-b")
+    ]
+    leaving, staying = members
+    try:
+        deadline = time.monotonic() + 60  # each joins as the other polls: they are polled in turn
+        while any(len(m._consumer.assignment()) != 1 for m in members):
+            assert time.monotonic() < deadline, "the two members never shared the partitions"
+            for member in members:
+                member.poll_once(handler)
+
+        leaving.close()
+        stopped = time.monotonic()
+        while len(staying._consumer.assignment()) < 2:
+            assert time.monotonic() - stopped < 30, "the staying member never got the other partition"
+            staying.poll_once(handler)
+        took = time.monotonic() - stopped
+        # Without a LeaveGroup the broker keeps the partition for the stopped member's whole session.
+        assert took < SESSION_MS / 1000 * 0.7, f"the partition came over after {took:.1f} s"
+    finally:
+        staying.close()
+        producer.close()
