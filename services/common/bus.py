@@ -854,5 +854,5 @@ class StageConsumer:
         `CLOSE_COMMIT_TIMEOUT_MS` leaves it to be read again)."""
         self._settle_before_closing()
         self.commit_owed(timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)
-        leave_group(self._consumer, timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)  # a static member too: see the module
+        leave_group(self._consumer)  # a static member too: see the module
         self._consumer.close(autocommit=False)

@@ -22,13 +22,15 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
+LEAVE_TIMEOUT_MS = 5000  # a broker that does not answer by then finds the member gone at its session's end
+
 
 def instance_id(replica_name: str) -> str | None:
     """The group instance id of a replica named `replica_name`; None (a dynamic member) without a name."""
     return replica_name or None
 
 
-def leave_group(consumer: KafkaConsumer, timeout_ms: int) -> None:
+def leave_group(consumer: KafkaConsumer, timeout_ms: int = LEAVE_TIMEOUT_MS) -> None:
     """Leave the consumer's group now, static member or not (a dynamic member leaves in `close()` anyway)."""
     coordinator: Any = consumer._coordinator
     if coordinator is None or coordinator.is_dynamic_member():

@@ -40,6 +40,7 @@ from services.common.runtime import install_stop_signals
 from services.common.service_access import central_gateway_group, kafka_client_config
 from services.common.settings import ServiceSettings
 from services.common.started_objects import freeze_started_objects
+from services.common.static_membership import instance_id, leave_group
 from services.common.stats import StatusSnapshot
 from services.common.stores.partners import CENTRAL_KEY, PartnerStore
 from services.common.topics import Topics
@@ -152,9 +153,14 @@ class PartnerWorker:
                 session_timeout_ms=10_000,
                 heartbeat_interval_ms=2_000,
                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+                # A replica of this service restarted under the same name takes its partners' feeds
+                # back at once (services/common/static_membership.py), as the stages do.
+                group_instance_id=instance_id(s.instance_id),
                 **LONG_LIVED_CLIENT,
             )
             stack.callback(consumer.close, autocommit=False)
+            # After the gateway's last commit (run() commits before it returns), before the close.
+            stack.callback(leave_group, consumer)
             producer = producer_for(kafka, RECEIPTS_LINGER_MS)
             stack.callback(producer.close)
             fetcher = Fetcher(self._issue_key(self.partner_id), incoming)
