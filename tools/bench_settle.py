@@ -1,10 +1,14 @@
-"""When a `make bench` run has settled: the last stages have read and committed everything on their topics.
+"""When a `make bench` run has settled: the last stages have read and committed everything on their topics;
+and when they are ready for one.
 
 The last file reaching the partner's PACS is not the end of the pipeline's work: the partner's receipt
 still goes to delivery and audit, and audit reads every topic up to a second behind (its fetch waits for
 a full batch). Closing the CPU window at the last arrival left about 3% of audit's records, and their
 FerretDB and PostgreSQL work, out of the figures; the window now closes when these groups have
 committed the end of every partition they read.
+
+Before a run, the same groups must already read the partner's receipts topic (`wait_reading`), so that
+the rebalance which takes it up does not fall inside the measured window.
 """
 
 from __future__ import annotations
