@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import (
+    FencedInstanceIdError,
     KafkaError,
     NoError,
     TopicAlreadyExistsError,
@@ -45,7 +46,7 @@ from services.common.kafka_partitioner import RememberingPartitioner
 from services.common.lanes import LaneGate
 from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
 from services.common.positions import ConsumerPositions
-from services.common.static_membership import leave_group
+from services.common.static_membership import ReplicaNameTaken, leave_group, name_taken
 from services.common.stats import StageStats
 from services.common.topic_metadata import await_topic_metadata
 from services.common.tracing_headers import (
@@ -629,7 +630,10 @@ class StageConsumer:
     def poll_once(self, handler: Handler) -> int:
         """One cycle; returns how many records were read."""
         self._lanes.apply(paused=self._stats.paused, busy=self._busy)
-        polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms)
+        try:
+            polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms)
+        except FencedInstanceIdError:  # a join or sync answered so: see static_membership
+            raise name_taken(self._consumer) from None
         # Only a full batch can leave fetched records undrained in the client, whose end offsets are then
         # stale (lanes.py): a poll that returned fewer drained them all, and the next poll fetches every
         # lane anyway. Counting any records as busy asked the broker for the higher lanes' end offsets
@@ -772,6 +776,10 @@ class StageConsumer:
             return
         try:
             self._consumer.commit(offsets, timeout_ms=timeout_ms)
+        except FencedInstanceIdError:
+            # No rebalance will end this: another process holds this replica's name (static_membership).
+            self._stats.record_commit_failure()
+            raise name_taken(self._consumer) from None
         except KafkaError as error:
             self._stats.record_commit_failure()
             log.warning(
@@ -853,6 +861,7 @@ class StageConsumer:
         """What was handled and acknowledged is committed first (a broker that does not answer within
         `CLOSE_COMMIT_TIMEOUT_MS` leaves it to be read again)."""
         self._settle_before_closing()
-        self.commit_owed(timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)
+        with contextlib.suppress(ReplicaNameTaken):  # said as it was found; nothing more to do for it
+            self.commit_owed(timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)
         leave_group(self._consumer)  # a static member too: see the module
         self._consumer.close(autocommit=False)

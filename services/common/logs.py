@@ -43,6 +43,8 @@ SAFE_FIELDS = frozenset(
         "instances",
         "rate",
         "where",
+        "group",  # a Kafka consumer group's name
+        "instance_id",  # a replica's name (IMX_INSTANCE_ID)
     }
 )
 # Loggers (and their children) whose message text is never written: libraries that read received data.

@@ -42,12 +42,13 @@ from typing import Any
 from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, FencedInstanceIdError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from services.common.events import EVENT_TYPE_HEADER, now_ms
 from services.common.lanes import RANK, LaneGate
 from services.common.positions import ConsumerPositions
+from services.common.static_membership import name_taken
 from services.common.topic_metadata import await_topic_metadata
 from services.common.topics import LANES, ROUTINE, Topics
 from services.gateway.fetch import Fetcher, FetchFailure
@@ -448,6 +449,8 @@ class Gateway:
             # The group rebalanced: the partitions' new owner re-reads them, and finds them in its
             # record if it is this gateway (same state folder) or stores them again if not.
             return
+        except FencedInstanceIdError:  # another replica has this one's name (static_membership)
+            raise name_taken(self._consumer) from None
         self._tracker.committed(offsets)
 
 

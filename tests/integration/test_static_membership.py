@@ -13,7 +13,8 @@ import pytest
 
 from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import OutgoingMessage
-from tests.integration.bus_helpers import TopicsRead, stage_consumer
+from services.common.static_membership import ReplicaNameTaken
+from tests.integration.bus_helpers import TopicsRead, poll_until_joined, stage_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -86,4 +87,41 @@ def test_a_static_member_that_stops_on_purpose_hands_its_partitions_over_at_once
         assert took < SESSION_MS / 1000 * 0.7, f"the partition came over after {took:.1f} s"
     finally:
         staying.close()
+        producer.close()
+
+
+def test_a_replica_whose_name_another_replica_took_stops_instead_of_reading_everything_again(
+    kafka_bootstrap: str, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic, dlq, group = f"{unique_name}.in", f"{unique_name}.dlq", f"{unique_name}-g"
+    ensure_topics(kafka_bootstrap, [topic, dlq], partitions=2)
+    producer = BusProducer(kafka_bootstrap)
+    first_read, second_read = TopicsRead(), TopicsRead()
+    first = stage_consumer(kafka_bootstrap, producer, [topic], group, dlq, group_instance_id="replica-a")
+    second = None
+    try:
+        poll_until_joined(first, first_read)
+        # A misconfigured second replica under the same name: the broker fences the first.
+        second = stage_consumer(kafka_bootstrap, producer, [topic], group, dlq, group_instance_id="replica-a")
+        poll_until_joined(second, second_read)
+        producer.publish([OutgoingMessage(topic, b"k", b"v")])
+
+        deadline = time.monotonic() + 30
+        with pytest.raises(ReplicaNameTaken):
+            # kafka-python keeps the fenced member fetching; its refused commit is what stops it.
+            while time.monotonic() < deadline:
+                first.poll_once(first_read)
+                second.poll_once(second_read)
+        said = [r for r in caplog.records if r.name == "services.common.static_membership"]
+        assert [(r.group, r.instance_id) for r in said] == [(group, "replica-a")]  # type: ignore[attr-defined]
+        first.close()  # raises nothing, and sends no leave in the name (the broker would refuse it)
+        assert "LeaveGroup" not in caplog.text
+
+        while not second_read.topics:
+            assert time.monotonic() < deadline, "the replica that took the name read nothing"
+            second.poll_once(second_read)
+        assert len(second._consumer.assignment()) == 2
+    finally:
+        if second is not None:
+            second.close()
         producer.close()
