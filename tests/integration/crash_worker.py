@@ -13,10 +13,16 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from services.common.bus import BusProducer
 from services.common.messages import IncomingMessage, OutgoingMessage
 from tests.integration.bus_helpers import stage_consumer
+
+
+def command(bootstrap: str, in_topic: str, out_topic: str, group: str, log_path: Path, kill_after: int) -> list[str]:
+    """The command line that runs this worker (from the repository's root), arguments as `main` takes them."""
+    return [sys.executable, "-m", __spec__.name, bootstrap, in_topic, out_topic, group, str(log_path), str(kill_after)]
 
 
 def main(bootstrap: str, in_topic: str, out_topic: str, group: str, log_path: str, kill_after: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -16,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.stats import StageStats
+from tests.integration import crash_worker
 from tests.integration.bus_helpers import committed_and_end_offsets, read_all, read_to_end, stage_consumer
 
 pytestmark = pytest.mark.integration
@@ -115,17 +115,7 @@ def test_sigkill_before_commit_redelivers_and_never_skips(
     kills = [120, 260, 75, 300]
     for kill_after in [*kills, 0]:
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tests.integration.crash_worker",
-                kafka_bootstrap,
-                topic,
-                out,
-                group,
-                str(log),
-                str(kill_after),
-            ],
+            crash_worker.command(kafka_bootstrap, topic, out, group, log, kill_after),
             cwd=REPO,
             timeout=180,
             capture_output=True,

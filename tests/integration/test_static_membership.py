@@ -5,7 +5,6 @@ expires; stopped on purpose, it leaves its group at once, as a dynamic member do
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import OutgoingMessage
 from services.common.static_membership import ReplicaNameTaken
+from tests.integration import crash_worker
 from tests.integration.bus_helpers import TopicsRead, poll_until_joined, stage_consumer
 
 pytestmark = pytest.mark.integration
@@ -29,8 +29,8 @@ def test_a_static_member_killed_and_started_again_reads_before_its_old_session_e
     ensure_topics(kafka_bootstrap, [topic, out, out + ".dlq"], partitions=2)
     producer = BusProducer(kafka_bootstrap)
     producer.publish([OutgoingMessage(topic, str(i).encode(), str(i).encode()) for i in range(40)])
-    worker = [sys.executable, "-m", "tests.integration.crash_worker", kafka_bootstrap, topic, out, group]
-    killed = subprocess.run([*worker, str(tmp_path / "handled.log"), "5"], cwd=REPO, timeout=120, capture_output=True)
+    worker = crash_worker.command(kafka_bootstrap, topic, out, group, tmp_path / "handled.log", kill_after=5)
+    killed = subprocess.run(worker, cwd=REPO, timeout=120, capture_output=True)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
 
     handler = TopicsRead()
