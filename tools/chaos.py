@@ -3,7 +3,8 @@
 A ledgered run sends MR instances by C-STORE at a steady rate through a de-identifying route to a
 partner whose PACS is a storescp reached by imx's central gateways, while faults are injected one after
 another: SIGKILL of each service (its supervisor restarts it) and of the Kafka broker (started again
-here), a freeze of the database (SIGSTOP of PostgreSQL and FerretDB), the partner's PACS down. Then
+here), a freeze of the database (SIGSTOP of PostgreSQL and FerretDB), a crash of the database (SIGKILL of
+both, started again here), the partner's PACS down. Then
 malformed inputs (tools/chaos_inputs.py) through both doors, C-STORE and STOW-RS. The ledger
 (tools/chaos_ledger.py) reconciles what the sender was told was accepted with what the PACS stored and
 what was quarantined. The last line printed is one JSON object; `missed` lists the targets missed.
@@ -35,7 +36,7 @@ from services.common.dicom.part10 import dataset_to_bytes
 from services.common.dicom.synthetic import plan_study, study_instances
 from services.common.topics import Topics
 from tools.bench import renumber_uids
-from tools.chaos_faults import freeze_database, kill_broker, kill_service
+from tools.chaos_faults import freeze_database, kill_broker, kill_database, kill_service
 from tools.chaos_figures import ChaosRun, FaultResult, result_line
 from tools.chaos_inputs import MR_IMAGE_STORAGE, malformed_input
 from tools.chaos_ledger import DoorAnswer, Ledger, caught_up, fuzz_figures, mark, reconcile
@@ -47,7 +48,7 @@ from tools.devstack import Layout, Ports, free_port
 from tools.devstack.cli import kafka_admin_config, up
 from tools.services_stack import start_services, use_control_token
 
-FAULTS = (*SUPERVISED, "broker", "database", "pacs")
+FAULTS = (*SUPERVISED, "broker", "database", "database-crash", "pacs")
 console = Console(highlight=False)
 
 
@@ -180,6 +181,9 @@ def inject(
     if fault == "database":
         detail = freeze_database(layout, args.freeze_s)
         return time.monotonic(), detail
+    if fault == "database-crash":
+        ended = time.monotonic()
+        return ended, kill_database(layout, ports, watcher)
     pacs.stop()
     phase(f"partner PACS down for {args.pacs_down_s:.0f} s")
     time.sleep(args.pacs_down_s)

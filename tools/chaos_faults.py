@@ -4,6 +4,8 @@
   and the fault is over when the new process answers its gRPC health check;
 - SIGKILL of the Kafka broker, started again here (`tools.devstack.cli.up` starts what is not running);
 - a freeze of the database: SIGSTOP to FerretDB and to PostgreSQL with every backend, SIGCONT after;
+- a crash of the database: SIGKILL of FerretDB and of PostgreSQL with every backend (the host lost), both
+  started again here; PostgreSQL recovers from its write-ahead log, as after a power cut;
 - the partner's PACS down: its storescp stopped, and started again on the same port after.
 """
 
@@ -68,6 +70,33 @@ def database_pids(layout: Layout) -> list[int]:
         elif proc.name == "postgres":
             pids.extend([proc.pid, *descendants(proc.pid, children)])
     return pids
+
+
+def kill_database(layout: Layout, ports: Ports, watcher: Watcher) -> str:
+    """SIGKILL FerretDB and every PostgreSQL process at once, then start both again on the same data."""
+    pids = database_pids(layout)
+    if not pids:
+        raise RuntimeError("no FerretDB/PostgreSQL processes are registered in the devstack")
+    for name in ("ferretdb", "postgres"):
+        watcher.expect_exit(name)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    # PostgreSQL will not start while a process of the old postmaster still holds its shared memory, or
+    # while the PID in its lock file is there at all (a zombie too).
+    listeners = (ports.mongo, ports.postgres)
+    if not _wait(lambda: all(_gone(pid) for pid in pids) and all(port_is_free(p) for p in listeners), 60):
+        raise RuntimeError("the killed database processes did not go away within 60 s")
+    up(layout, ports)
+    return f"{len(pids)} processes killed; started again"
+
+
+def _gone(pid: int) -> bool:
+    """No process `pid`, not even a zombie; reaps it when it was a child of this process (a devstack the
+    chaos tool started itself)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return not os.path.exists(f"/proc/{pid}")
 
 
 def freeze_database(layout: Layout, seconds: float, tick: Callable[[float], None] = lambda _: None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from pymongo.errors import DuplicateKeyError
 from tests.server_dirs import postgres_home
 from tools import devstack
 from tools.devstack import postgres as devstack_postgres
+from tools.proc_cpu import descendants, parents
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -325,3 +328,53 @@ def test_stop_all_stops_registered_processes_and_forgets_stale_pid_files(tmp_pat
     assert [p.name for p in devstack.stop_all(run_dir)] == ["sleeper"]
     assert not proc.alive()
     assert not list(run_dir.glob("*.pid"))
+
+
+def test_nothing_postgresql_acknowledged_is_lost_when_its_processes_are_killed(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The devstack's PostgreSQL skips fsync, but writes each commit to the operating system before
+    FerretDB acknowledges it: a crash of PostgreSQL itself (`make chaos`'s database-crash) loses none."""
+    mongo_port, postgres_port = devstack.free_ports(2)
+    home = postgres_home()
+    request.addfinalizer(lambda: shutil.rmtree(home.parent, ignore_errors=True))
+    cluster = devstack.PostgresCluster(postgres_port, home)
+    postgres = devstack.start_postgres(postgres_port, cluster.data_dir, tmp_path, die_with_parent=True)
+    ferretdb = devstack.start_ferretdb(mongo_port, tmp_path / "ferretdb", tmp_path, cluster, die_with_parent=True)
+    request.addfinalizer(ferretdb.stop)
+    client: MongoClient = MongoClient(ferretdb.endpoint, serverSelectionTimeoutMS=5000)
+    request.addfinalizer(client.close)
+    collection = client["crash"]["acknowledged"]
+    acknowledged: list[int] = []
+    stop = threading.Event()
+
+    def write_one_at_a_time() -> None:
+        while not stop.is_set():
+            try:
+                collection.insert_one({"_id": len(acknowledged)})
+            except Exception:  # PostgreSQL is gone: FerretDB answers with an error
+                return
+            acknowledged.append(len(acknowledged))
+
+    writer = threading.Thread(target=write_one_at_a_time)
+    writer.start()
+    time.sleep(2)
+    processes = [postgres.pid, *descendants(postgres.pid, parents())]
+    for pid in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    stop.set()
+    writer.join(timeout=30)
+    if postgres.popen is not None:
+        postgres.popen.wait()  # reaped: PostgreSQL refuses to start while its lock file's PID exists
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in processes[1:]):
+        assert time.monotonic() < deadline, "the killed PostgreSQL's processes did not go away"
+        time.sleep(0.1)
+    restarted = devstack.start_postgres(postgres_port, cluster.data_dir, tmp_path, die_with_parent=True)
+    request.addfinalizer(restarted.stop)
+
+    assert len(acknowledged) > 100, "the writer barely wrote: the test says nothing"
+    stored = {document["_id"] for document in collection.find({}, {"_id": 1})}
+    missing = sorted(set(acknowledged) - stored)
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged inserts lost"
