@@ -7,7 +7,8 @@ here), a freeze of the database (SIGSTOP of PostgreSQL and FerretDB), a crash of
 both, started again here), the partner's PACS down. Then
 malformed inputs (tools/chaos_inputs.py) through both doors, C-STORE and STOW-RS. The ledger
 (tools/chaos_ledger.py) reconciles what the sender was told was accepted with what the PACS stored and
-what was quarantined. The last line printed is one JSON object; `missed` lists the targets missed.
+what was quarantined; the ledgered run's audit trails are read back for missing events
+(tools/chaos_trail.py). The last line printed is one JSON object; `missed` lists the targets missed.
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ from tools.chaos_partner import Pacs, QuarantineReader, Scanner, folder_bytes, m
 from tools.chaos_procs import SUPERVISED, Watcher
 from tools.chaos_send import CStoreClient, StowClient
 from tools.chaos_setup import PARTNER, ChaosConfig, configure, unconfigure
+from tools.chaos_trail import trail_events, trail_gaps
+from tools.demo.drain import wait_quiet
 from tools.devstack import Layout, Ports, free_port
 from tools.devstack.cli import kafka_admin_config, up
 from tools.services_stack import start_services, use_control_token
 
 FAULTS = (*SUPERVISED, "broker", "database", "database-crash", "pacs")
+TRAIL_PATIENCE_S = 40.0  # audit looks for new partner topics every 30 s by default
 console = Console(highlight=False)
 
 
@@ -88,16 +92,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def ledgered_instances(token: bytes) -> Iterator[tuple[str, bytes]]:
-    """(SOP Instance UID, data set bytes) of new MR instances: UIDs of this run, marked with its index."""
+def ledgered_instances(token: bytes) -> Iterator[tuple[str, str, bytes]]:
+    """(SOP Instance UID, Study Instance UID, data set bytes) of new MR instances: UIDs of this run,
+    marked with its index."""
     offset = int.from_bytes(token[:4], "big") % 10**8
     index, study = 0, 0
     while True:
         for ds in study_instances(plan_study(70_000 + study, "MR", 20, "CHAOS")):
             data = mark(renumber_uids(dataset_to_bytes(ds), offset), token, index)
             start = meta_end(data)
-            uid = str(dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
-            yield uid, data[start:]
+            uids = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID", "StudyInstanceUID"])
+            yield str(uids.SOPInstanceUID), str(uids.StudyInstanceUID), data[start:]
             index += 1
         study += 1
 
@@ -119,11 +124,12 @@ def ledgered_sender(
     stats: SenderStats,
 ) -> None:
     """As a modality would: each instance until the door says it is stored, at `rate` per second."""
-    for index, (uid, dataset) in enumerate(ledgered_instances(token)):
+    for index, (uid, study_uid, dataset) in enumerate(ledgered_instances(token)):
         if stop.is_set():
             break
         with lock:
             ledger.source_uids[index] = uid
+            ledger.study_uids.add(study_uid)
         next_at = time.monotonic() + 1.0 / rate
         while not stop.is_set():
             answer = client.send(MR_IMAGE_STORAGE, uid, dataset, "1.2.840.10008.1.2.1")
@@ -246,6 +252,7 @@ class Run:
         self.stats = SenderStats()
         self.faults: list[FaultResult] = []
         self.answers: list[DoorAnswer] = []
+        self.audit_gaps: dict[str, int] | None = None
 
     def ledgered(self, config: ChaosConfig) -> None:
         args, ledger, lock, t0 = self.args, self.ledger, self.lock, self.t0
@@ -280,6 +287,30 @@ class Run:
                 return caught_up(ledger, float("inf"))
 
         drain(ledger_done, lambda: len(ledger.arrivals), 180.0, args.recovery_limit_s)
+        self.audit_gaps = self.read_audit_trail(config)
+
+    def read_audit_trail(self, config: ChaosConfig) -> dict[str, int]:
+        """What the audit trail lacks for the ledgered run, read when the consumers are idle, and again
+        while it keeps filling in: audit takes up a new partner's receipts topic within
+        `TRAIL_PATIENCE_S` (IMX_PARTNER_TOPIC_DISCOVERY_S), reading it from its start."""
+        with self.lock:
+            first = self.ledger.first_arrival()
+            acknowledged = {self.ledger.source_uids[i] for i in self.ledger.acknowledged}
+            arrived = {self.ledger.source_uids[i] for i in first if i in self.ledger.source_uids}
+            studies = set(self.ledger.study_uids)
+        started = time.monotonic()
+        deadline, fewest = started + self.args.recovery_limit_s, None
+        while True:
+            wait_quiet(self.cli, deadline)
+            gaps = trail_gaps(trail_events(self.cli.audit_url, config.audit_api_key, studies), acknowledged, arrived)
+            missing, now = sum(gaps.values()), time.monotonic()
+            done = not missing or now > deadline
+            stuck = fewest is not None and missing >= fewest and now - started > TRAIL_PATIENCE_S
+            if done or stuck:
+                phase(f"audit trail of {len(studies)} studies read: events missing per hop {gaps}")
+                return gaps
+            fewest = missing if fewest is None else min(fewest, missing)
+            time.sleep(10.0)
 
     def malformed(self, config: ChaosConfig, reader: QuarantineReader) -> None:
         args, ledger, lock = self.args, self.ledger, self.lock
@@ -322,6 +353,7 @@ class Run:
                 "gateway_dead_letter_reasons": dict(Counter(reader.dead_lettered.values())),
                 "pipeline_dead_letters": reader.pipeline_dead_letters,
                 "sender_retries": self.stats.retries,
+                "audit_gaps": self.audit_gaps,
                 "seconds": round(time.monotonic() - self.t0, 1),
                 "faults_detail": {f.name: f.detail for f in self.faults},
                 "args": dict(vars(self.args)),

@@ -43,6 +43,9 @@ def misses(figures: Mapping[str, Any]) -> list[str]:
         for key in ("lost", "duplicated", "crashes", "hangs", "unaccounted")
         if figures[key]
     ]
+    gaps = figures.get("audit_gaps") or {}
+    if any(gaps.values()):
+        missed.append(f"audit_gaps {sum(gaps.values())} (target 0: events missing from the audit trail, {gaps})")
     if figures["max_rss_mb"] >= RSS_LIMIT_MB:
         missed.append(f"max_rss_mb {figures['max_rss_mb']} (target < {RSS_LIMIT_MB:.0f})")
     return missed

@@ -56,6 +56,7 @@ class Ledger:
     quarantined: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> reason
     quarantined_indexes: set[int] = field(default_factory=set)
     source_uids: dict[int, str] = field(default_factory=dict)  # ledger index -> SOP Instance UID sent
+    study_uids: set[str] = field(default_factory=set)  # the Study Instance UIDs sent
 
     def first_arrival(self) -> dict[int, float]:
         first: dict[int, float] = {}

@@ -1,5 +1,6 @@
 """`make chaos`'s configuration through the services' admin APIs: two sending organisations (the
-ledgered run by C-STORE; the malformed inputs by C-STORE and STOW-RS, with an API key), one partner
+ledgered run by C-STORE; the malformed inputs by C-STORE and STOW-RS, with an API key), an analyst to
+read the ledgered run's audit trails, one partner
 whose PACS (a storescp the run starts) is reached by imx's central gateways, and two routes to it:
 the ledgered run's with a de-identification profile, the malformed inputs' pass-through (so what they
 became is found by its SOP Instance UID). Routes that would also match the run's senders are disabled
@@ -30,6 +31,7 @@ class ChaosConfig:
     fuzz_org: str
     fuzz_ae_title: str
     fuzz_api_key: str
+    audit_api_key: str = ""  # an analyst's, to read the ledgered run's audit trails back (tools/chaos_trail.py)
     disabled: list[admin_pb2.Route] = field(default_factory=list)
 
 
@@ -78,13 +80,24 @@ def configure(cli: CliSettings, pacs_url: str, profile: str) -> ChaosConfig:
         for route_id, org, route_profile in ((ROUTE_ID, config.org, profile), (FUZZ_ROUTE_ID, config.fuzz_org, "")):
             route = own_route(route_id, "make chaos", PARTNER, org, route_profile)
             routes.AddRoute(admin_pb2.AddRouteRequest(route=route), timeout=10)
+    with control_channel(cli.audit_grpc) as channel:
+        analysts = admin_pb2_grpc.AnalystAdminStub(channel)
+        for left in analysts.ListAnalysts(admin_pb2.ListAnalystsRequest(), timeout=10).analysts:
+            if left.analyst_id.startswith(ORG_PREFIX):  # left by an interrupted run
+                analysts.RemoveAnalyst(admin_pb2.RemoveAnalystRequest(analyst_id=left.analyst_id), timeout=10)
+        analyst = admin_pb2.Analyst(analyst_id=analyst_id(config), name="make chaos")
+        config.audit_api_key = analysts.AddAnalyst(admin_pb2.AddAnalystRequest(analyst=analyst), timeout=10).api_key
     return config
+
+
+def analyst_id(config: ChaosConfig) -> str:
+    return config.org  # chaos-<token>: the run's own
 
 
 def unconfigure(cli: CliSettings, config: ChaosConfig, warn: Callable[[str], None] = print) -> None:
     """Remove the run's routes and organisations, clear the partner's endpoint (its central gateway
-    stops), enable again the routes it disabled. Each step is tried even when another failed."""
-    for step in (_remove_routes, _remove_orgs, _clear_endpoint):
+    stops), enable again the routes it disabled, remove its analyst. Each step is tried even when another failed."""
+    for step in (_remove_routes, _remove_orgs, _clear_endpoint, _remove_analyst):
         try:
             step(cli, config)
         except grpc.RpcError as error:
@@ -120,3 +133,11 @@ def _clear_endpoint(cli: CliSettings, config: ChaosConfig) -> None:
             admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=PARTNER, name="make chaos", endpoint="")),
             timeout=60,
         )
+
+
+def _remove_analyst(cli: CliSettings, config: ChaosConfig) -> None:
+    if config.audit_api_key:
+        with control_channel(cli.audit_grpc) as channel:
+            admin_pb2_grpc.AnalystAdminStub(channel).RemoveAnalyst(
+                admin_pb2.RemoveAnalystRequest(analyst_id=analyst_id(config)), timeout=10
+            )

@@ -76,6 +76,21 @@ def progress_snapshot(cli: CliSettings) -> tuple[int, tuple[int, ...]]:
     return lag, tuple(processed)
 
 
+def wait_quiet(cli: CliSettings, deadline: float) -> bool:
+    """Until no consumer lags and none has handled anything for three looks a second apart (each
+    refreshes its lag every 2 s), or the monotonic `deadline`; True when quiet."""
+    previous: tuple[int, tuple[int, ...]] | None = None
+    quiet = 0
+    while quiet < 3:
+        if time.monotonic() >= deadline:
+            return False
+        snapshot = progress_snapshot(cli)
+        quiet = quiet + 1 if snapshot[0] == 0 and snapshot == previous else 0
+        previous = snapshot
+        time.sleep(1.0)
+    return True
+
+
 def wait_until_drained(
     cli: CliSettings, study_uids: list[str], terminal_expected: int, timeout_s: float = 180.0
 ) -> TrailCounts:
@@ -84,13 +99,7 @@ def wait_until_drained(
     deadline = time.monotonic() + timeout_s
     counts = TrailCounts()
     while time.monotonic() < deadline:
-        previous: tuple[int, tuple[int, ...]] | None = None
-        quiet = 0
-        while quiet < 3 and time.monotonic() < deadline:  # lag is refreshed every 2 s by each consumer
-            snapshot = progress_snapshot(cli)
-            quiet = quiet + 1 if snapshot[0] == 0 and snapshot == previous else 0
-            previous = snapshot
-            time.sleep(1.0)
+        wait_quiet(cli, deadline)
         counts = trail_counts(cli, study_uids)
         if counts.terminal >= terminal_expected:
             return counts
