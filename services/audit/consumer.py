@@ -61,7 +61,7 @@ class AuditHandler:
     """A bus handler (IncomingMessage → outputs) with the bus's optional `flush()` batch hook.
 
     With `batched=False` every record is written as it is handled, for a bus that does not call flush.
-    `sinks` get every record after the store has it.
+    `sinks` get every record after the store has it; `watch`, every record as it is built.
     """
 
     def __init__(
@@ -71,8 +71,10 @@ class AuditHandler:
         clock: Callable[[], datetime] = utc_now,
         batched: bool = True,
         sinks: Sequence[RecordSink] = (),
+        watch: Callable[[AuditRecord], None] | None = None,
     ) -> None:
         self._store = store
+        self._watch = watch  # sees every record as it is built (receipts_watch.py)
         self._sinks = tuple(sinks)
         self._topics = topics
         self._clock = clock
@@ -81,6 +83,8 @@ class AuditHandler:
 
     def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
         record = build_record(message, self._topics, self._clock())
+        if self._watch is not None:
+            self._watch(record)
         if self._batched:
             self._batch.add(record)
         else:

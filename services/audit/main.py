@@ -14,6 +14,7 @@ from services.audit.api import create_app
 from services.audit.consumer import AuditHandler, audit_stage_spec
 from services.audit.dead_letters import register_dead_letter_admin
 from services.audit.evidence import LoggedWriter, TamperEvidence, access_collection
+from services.audit.receipts_watch import ReceiptsWatch
 from services.audit.settings import AuditSettings
 from services.audit.status import register_studies
 from services.audit.store import MongoAuditStore
@@ -64,10 +65,11 @@ def serve(
         http.start()
         evidence.start()
         try:
+            receipts = ReceiptsWatch(Topics(settings.topic_prefix))
 
             def build_handler(_producer: BusProducer, topics: Topics) -> Handler:
                 sinks = [forwarder] if forwarder is not None else []
-                return AuditHandler(LoggedWriter(store, evidence.log), topics, sinks=sinks)
+                return AuditHandler(LoggedWriter(store, evidence.log), topics, sinks=sinks, watch=receipts.saw)
 
             def ready(control: ControlServer) -> None:
                 if on_ready:
@@ -92,6 +94,7 @@ def serve(
                 ],
                 stop=stop,
                 on_ready=ready,
+                on_consumer=lambda consumer: receipts.attach(consumer.subscribed_topics, consumer.look_for_new_topics),
             )
         finally:
             # The API first: a query arriving once the access log's appender has closed would get a 503.

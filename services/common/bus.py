@@ -850,6 +850,10 @@ class StageConsumer:
         self.poll_once(handler)
         self._probe_broker(outage=outage.active)
 
+    def subscribed_topics(self) -> set[str]:
+        """The topics the consumer reads: those its pattern matched at its last look, or its list."""
+        return self._consumer.subscription() or set()
+
     def look_for_new_topics(self) -> None:
         """Refresh the view of the broker's topics now, not at the next scheduled look: a pattern then
         takes up a topic this process has just created. Any thread may call it."""

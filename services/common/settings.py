@@ -38,7 +38,8 @@ class ServiceSettings(BaseSettings):
     # fetches the metadata of every topic on the broker. An idle pattern consumer on a broker with 3,000
     # other topics (two partitions each) used 3.75-3.85% of a core looking every 5 s, 2.43-2.55% every
     # 30 s, 2.11-2.19% with no other topics (README, Figures). Delivery looks at once when it has just
-    # created a partner's topics (services/delivery/main.py PartnerTopics).
+    # created a partner's topics (services/delivery/main.py PartnerTopics), audit when it records a
+    # delivery to a partner whose receipts it is not reading yet (services/audit/receipts_watch.py).
     partner_topic_discovery_s: float = Field(
         30.0,
         ge=1.0,

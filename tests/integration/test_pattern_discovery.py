@@ -1,6 +1,7 @@
-"""Delivery subscribes to every partner's receipts by pattern and refreshes its view of the broker's
-topics only every `partner_topic_discovery_s` (each look reads every topic's metadata). A partner that
-delivery itself adds is read at once all the same: creating its topics tells the consumer to look."""
+"""Delivery and audit subscribe to every partner's receipts by pattern and refresh their view of the
+broker's topics only every `partner_topic_discovery_s` (each look reads every topic's metadata). A new
+partner is read at once all the same: delivery looks when it has created the partner's topics, audit
+when it records its first delivery to the partner."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import time
 
 import pytest
 
+from services.audit.consumer import AuditHandler
+from services.audit.receipts_watch import ReceiptsWatch
+from services.audit.records import subscription_pattern
 from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import OutgoingMessage
 from services.common.topics import Topics
@@ -15,6 +19,8 @@ from services.delivery.handler import delivery_pattern
 from services.delivery.main import PartnerTopics
 from services.delivery.settings import DeliverySettings
 from tests.integration.bus_helpers import TopicsRead, poll_until_joined, poll_until_read, stage_consumer
+from tests.unit.audit.builders import Instance, journey
+from tests.unit.audit.fake_store import InMemoryAuditStore
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +65,45 @@ def test_a_partner_added_by_delivery_is_read_at_once_though_the_next_look_is_min
         elsewhere.ensure("late")
         assert looks == []
         assert ensure_topics(kafka_bootstrap, [late, topics.receipts("later")], 1) == [topics.receipts("later")]
+    finally:
+        consumer.close()
+        producer.close()
+
+
+def test_audit_reads_a_new_partners_receipts_once_it_records_a_delivery_to_it(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    topics = Topics(prefix=unique_name + ".")
+    ensure_topics(kafka_bootstrap, [*topics.pipeline(), topics.dead_letter], 1)
+    producer = BusProducer(kafka_bootstrap)
+    store = InMemoryAuditStore()
+    watch = ReceiptsWatch(topics)
+    handler = AuditHandler(store, topics, watch=watch.saw)
+    consumer = stage_consumer(
+        kafka_bootstrap,
+        producer,
+        (),
+        f"{unique_name}.audit",
+        topics.dead_letter,
+        stage="audit",
+        pattern=subscription_pattern(topics),
+        poll_timeout_ms=300,
+        metadata_max_age_ms=NEVER_S * 1000,
+    )
+    watch.attach(consumer.subscribed_topics, consumer.look_for_new_topics)
+    try:
+        poll_until_joined(consumer, handler)
+        settled = time.monotonic() + 3  # the look a leader takes after assigning is over
+        while time.monotonic() < settled:
+            consumer.poll_once(handler)
+
+        # As delivery does: the partner's topics first, then the outcome, then the gateway's receipt.
+        ensure_topics(kafka_bootstrap, [topics.receipts("late")], 1)
+        producer.publish(journey(topics, Instance(), partner="late"))
+        deadline = time.monotonic() + 30  # one look and one rebalance; without the look, minutes
+        while not any(r["event_type"] == "receipt" for r in store.records.values()):
+            assert time.monotonic() < deadline, "the new partner's receipt was not recorded"
+            consumer.poll_once(handler)
     finally:
         consumer.close()
         producer.close()
