@@ -52,7 +52,9 @@ from tools.devstack.cli import kafka_admin_config, up
 from tools.services_stack import start_services, use_control_token
 
 FAULTS = (*SUPERVISED, "broker", "database", "database-crash", "pacs")
-TRAIL_PATIENCE_S = 40.0  # audit looks for new partner topics every 30 s by default
+# Audit reads a new partner's receipts from its first delivery to it on, or failing that from its next look
+# for topics (every 30 s by default, IMX_PARTNER_TOPIC_DISCOVERY_S).
+TRAIL_PATIENCE_S = 40.0
 console = Console(highlight=False)
 
 
@@ -291,8 +293,8 @@ class Run:
 
     def read_audit_trail(self, config: ChaosConfig) -> dict[str, int]:
         """What the audit trail lacks for the ledgered run, read when the consumers are idle, and again
-        while it keeps filling in: audit takes up a new partner's receipts topic within
-        `TRAIL_PATIENCE_S` (IMX_PARTNER_TOPIC_DISCOVERY_S), reading it from its start."""
+        while it keeps filling in, for up to `TRAIL_PATIENCE_S`: receipts of a partner audit had not yet
+        found come in as soon as it does (read from the topic's start)."""
         with self.lock:
             first = self.ledger.first_arrival()
             acknowledged = {self.ledger.source_uids[i] for i in self.ledger.acknowledged}

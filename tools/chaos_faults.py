@@ -4,8 +4,9 @@
   and the fault is over when the new process answers its gRPC health check;
 - SIGKILL of the Kafka broker, started again here (`tools.devstack.cli.up` starts what is not running);
 - a freeze of the database: SIGSTOP to FerretDB and to PostgreSQL with every backend, SIGCONT after;
-- a crash of the database: SIGKILL of FerretDB and of PostgreSQL with every backend (the host lost), both
-  started again here; PostgreSQL recovers from its write-ahead log, as after a power cut;
+- a crash of the database: SIGKILL of FerretDB and of PostgreSQL with every backend, both started again
+  here; PostgreSQL recovers from its write-ahead log (a crash of the server, not of the machine: the
+  devstack runs it without fsync, tools/devstack/postgres.py);
 - the partner's PACS down: its storescp stopped, and started again on the same port after.
 """
 

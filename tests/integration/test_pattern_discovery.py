@@ -12,7 +12,7 @@ import pytest
 from services.audit.consumer import AuditHandler
 from services.audit.receipts_watch import ReceiptsWatch
 from services.audit.records import subscription_pattern
-from services.common.bus import BusProducer, ensure_topics
+from services.common.bus import BusProducer, Handler, StageConsumer, ensure_topics
 from services.common.messages import OutgoingMessage
 from services.common.topics import Topics
 from services.delivery.handler import delivery_pattern
@@ -27,6 +27,28 @@ pytestmark = pytest.mark.integration
 NEVER_S = 300  # the longest look interval the settings allow: no scheduled look comes within the test
 
 
+def rarely_looking(bootstrap: str, producer: BusProducer, topics: Topics, stage: str, pattern: str) -> StageConsumer:
+    """`stage`'s pattern consumer, whose next scheduled look for new topics is minutes away."""
+    return stage_consumer(
+        bootstrap,
+        producer,
+        (),
+        f"{topics.prefix}{stage}",
+        topics.dead_letter,
+        stage=stage,
+        pattern=pattern,
+        poll_timeout_ms=300,
+        metadata_max_age_ms=NEVER_S * 1000,
+    )
+
+
+def join_and_settle(consumer: StageConsumer, handler: Handler) -> None:
+    poll_until_joined(consumer, handler)
+    settled = time.monotonic() + 3  # the look a leader takes after assigning is over
+    while time.monotonic() < settled:
+        consumer.poll_once(handler)
+
+
 def test_a_partner_added_by_delivery_is_read_at_once_though_the_next_look_is_minutes_away(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
@@ -35,24 +57,11 @@ def test_a_partner_added_by_delivery_is_read_at_once_though_the_next_look_is_min
     ensure_topics(kafka_bootstrap, [*topics.prepared_lanes, topics.receipts("first"), topics.dead_letter], 1)
     producer = BusProducer(kafka_bootstrap)
     handler = TopicsRead()
-    consumer = stage_consumer(
-        kafka_bootstrap,
-        producer,
-        (),
-        f"{unique_name}.delivery",
-        topics.dead_letter,
-        stage="delivery",
-        pattern=delivery_pattern(topics),
-        poll_timeout_ms=300,
-        metadata_max_age_ms=NEVER_S * 1000,
-    )
+    consumer = rarely_looking(kafka_bootstrap, producer, topics, "delivery", delivery_pattern(topics))
     partner_topics = PartnerTopics(settings, topics)
     partner_topics.attach(consumer.look_for_new_topics)
     try:
-        poll_until_joined(consumer, handler)
-        settled = time.monotonic() + 3  # the look a leader takes after assigning is over
-        while time.monotonic() < settled:
-            consumer.poll_once(handler)
+        join_and_settle(consumer, handler)
 
         partner_topics.ensure("late")
         late = topics.receipts("late")
@@ -79,23 +88,10 @@ def test_audit_reads_a_new_partners_receipts_once_it_records_a_delivery_to_it(
     store = InMemoryAuditStore()
     watch = ReceiptsWatch(topics)
     handler = AuditHandler(store, topics, watch=watch.saw)
-    consumer = stage_consumer(
-        kafka_bootstrap,
-        producer,
-        (),
-        f"{unique_name}.audit",
-        topics.dead_letter,
-        stage="audit",
-        pattern=subscription_pattern(topics),
-        poll_timeout_ms=300,
-        metadata_max_age_ms=NEVER_S * 1000,
-    )
+    consumer = rarely_looking(kafka_bootstrap, producer, topics, "audit", subscription_pattern(topics))
     watch.attach(consumer.subscribed_topics, consumer.look_for_new_topics)
     try:
-        poll_until_joined(consumer, handler)
-        settled = time.monotonic() + 3  # the look a leader takes after assigning is over
-        while time.monotonic() < settled:
-            consumer.poll_once(handler)
+        join_and_settle(consumer, handler)
 
         # As delivery does: the partner's topics first, then the outcome, then the gateway's receipt.
         ensure_topics(kafka_bootstrap, [topics.receipts("late")], 1)
