@@ -45,8 +45,8 @@ from tools.chaos_partner import Pacs, QuarantineReader, Scanner, folder_bytes, m
 from tools.chaos_procs import SUPERVISED, Watcher
 from tools.chaos_send import CStoreClient, StowClient
 from tools.chaos_setup import PARTNER, ChaosConfig, configure, unconfigure
-from tools.chaos_trail import trail_events, trail_gaps
-from tools.demo.drain import wait_quiet
+from tools.chaos_trail import trail_gaps
+from tools.demo.drain import study_trails, wait_quiet
 from tools.devstack import Layout, Ports, free_port
 from tools.devstack.cli import kafka_admin_config, up
 from tools.services_stack import start_services, use_control_token
@@ -300,11 +300,13 @@ class Run:
             acknowledged = {self.ledger.source_uids[i] for i in self.ledger.acknowledged}
             arrived = {self.ledger.source_uids[i] for i in first if i in self.ledger.source_uids}
             studies = set(self.ledger.study_uids)
+        reader = self.cli.model_copy(update={"audit_api_key": config.audit_api_key})
         started = time.monotonic()
         deadline, fewest = started + self.args.recovery_limit_s, None
         while True:
             wait_quiet(self.cli, deadline)
-            gaps = trail_gaps(trail_events(self.cli.audit_url, config.audit_api_key, studies), acknowledged, arrived)
+            events = [event for trail in study_trails(reader, sorted(studies)) for event in trail["events"]]
+            gaps = trail_gaps(events, acknowledged, arrived)
             missing, now = sum(gaps.values()), time.monotonic()
             done = not missing or now > deadline
             stuck = fewest is not None and missing >= fewest and now - started > TRAIL_PATIENCE_S

@@ -2,17 +2,15 @@
 the trail is written to, and the ledger (tools/chaos_ledger.py) only sees what reached the PACS.
 
 Every instance the sender was told was stored must have its `ingested` event; every one that arrived at
-the partner's PACS its `routed`, `prepared`, delivered `outcome` and `stored` receipt too. The trails
-are read once, when the consumers are idle (tools/demo/drain.py): FerretDB reads a whole collection for
-every query that is not by `_id`.
+the partner's PACS its `routed`, `prepared`, delivered `outcome` and `stored` receipt too. The trails are
+read as `make run` reads them (tools/demo/drain.py), when the consumers are idle: FerretDB reads a whole
+collection for every query that is not by `_id`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-import httpx
 
 HOPS = ("ingested", "routed", "prepared", "delivered", "stored")
 
@@ -39,16 +37,3 @@ def trail_gaps(events: Iterable[Mapping[str, Any]], acknowledged: set[str], arri
             if source is not None:
                 seen["stored"].add(source)
     return {hop: len((acknowledged if hop == "ingested" else arrived) - seen[hop]) for hop in HOPS}
-
-
-def trail_events(audit_url: str, api_key: str, study_uids: Iterable[str]) -> list[dict[str, Any]]:
-    """Every event of the studies' trails (`GET /audit/studies/{uid}`); a study unknown to audit has none."""
-    events: list[dict[str, Any]] = []
-    with httpx.Client(base_url=audit_url, timeout=60, headers={"Authorization": f"Bearer {api_key}"}) as client:
-        for uid in sorted(study_uids):
-            response = client.get(f"/audit/studies/{uid}")
-            if response.status_code == 404:
-                continue
-            response.raise_for_status()
-            events.extend(response.json()["events"])
-    return events

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import httpx
 
@@ -40,27 +41,33 @@ class TrailCounts:
         )
 
 
-def trail_counts(cli: CliSettings, study_uids: Iterable[str]) -> TrailCounts:
-    counts = TrailCounts()
+def study_trails(cli: CliSettings, study_uids: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Each study's trail (`GET /audit/studies/{uid}`, with `cli.audit_api_key`); none for a study audit has
+    recorded nothing of yet."""
     headers = {"Authorization": f"Bearer {cli.audit_api_key}"} if cli.audit_api_key else {}
     with httpx.Client(base_url=cli.audit_url, timeout=60, headers=headers) as client:
         for uid in study_uids:
             response = client.get(f"/audit/studies/{uid}")
             if response.status_code == 404:
-                continue  # nothing recorded yet
+                continue
             response.raise_for_status()
-            trail = response.json()
-            counts.ingested += sum(r["instances"] for r in trail["received"])
-            for d in trail["destinations"]:
-                counts.delivered_by_partner[d["partner_id"]] += d["delivered"]
-                if d["last_delivered_at"]:
-                    at = datetime.fromisoformat(d["last_delivered_at"])
-                    counts.last_delivered_at = max(filter(None, (counts.last_delivered_at, at)))
-                if d["failed"]:
-                    counts.failed_by_partner[d["partner_id"]] += d["failed"]
-            for q in trail["quarantined"]:
-                counts.quarantined_by_reason[f"{q['stage']}: {q['reason']}"] += q["count"]
-            counts.dead_letters += sum(d["count"] for d in trail["dead_letters"])
+            yield response.json()
+
+
+def trail_counts(cli: CliSettings, study_uids: Iterable[str]) -> TrailCounts:
+    counts = TrailCounts()
+    for trail in study_trails(cli, study_uids):
+        counts.ingested += sum(r["instances"] for r in trail["received"])
+        for d in trail["destinations"]:
+            counts.delivered_by_partner[d["partner_id"]] += d["delivered"]
+            if d["last_delivered_at"]:
+                at = datetime.fromisoformat(d["last_delivered_at"])
+                counts.last_delivered_at = max(filter(None, (counts.last_delivered_at, at)))
+            if d["failed"]:
+                counts.failed_by_partner[d["partner_id"]] += d["failed"]
+        for q in trail["quarantined"]:
+            counts.quarantined_by_reason[f"{q['stage']}: {q['reason']}"] += q["count"]
+        counts.dead_letters += sum(d["count"] for d in trail["dead_letters"])
     return counts
 
 
