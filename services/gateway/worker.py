@@ -195,8 +195,7 @@ class Gateway:
                 self._gate.apply(busy=busy)
                 # Never more in flight than the window: what a crash would read again.
                 room = max(1, self._options.window - self._tracker.in_flight())
-                polled = self._consumer.poll(timeout_ms=500, max_records=room)
-                self._polls += 1
+                polled = self._poll(timeout_ms=500, max_records=room)
                 # Most urgent lane first; a partition's records keep their order (the sort is stable).
                 batch = sorted(
                     ((tp, r) for tp, records in polled.items() for r in records), key=lambda item: self._rank(item[0])
@@ -404,8 +403,7 @@ class Gateway:
             while time.monotonic() < deadline and not stop.is_set():
                 assigned = self._consumer.assignment()
                 self._consumer.pause(*assigned)
-                polled = self._consumer.poll(timeout_ms=int(min(500, max(1, (deadline - time.monotonic()) * 1000))))
-                self._polls += 1
+                polled = self._poll(timeout_ms=int(min(500, max(1, (deadline - time.monotonic()) * 1000))))
                 for tp, records in polled.items():  # a partition assigned meanwhile was not paused yet
                     self._consumer.seek(tp, min(r.offset for r in records))
                 if holding in self._rebalance.revoked:
@@ -424,6 +422,15 @@ class Gateway:
                 headers=receipt_headers(),
             )
         )
+
+    def _poll(self, **options: Any) -> Any:
+        """`poll`, counted; a join or sync refused because another replica took this one's name stops
+        the loop as a refused commit does (static_membership)."""
+        self._polls += 1
+        try:
+            return self._consumer.poll(**options)
+        except FencedInstanceIdError:
+            raise name_taken(self._consumer) from None
 
     def _commit(self) -> None:
         """Acknowledged receipts first, then the offsets of what they report."""

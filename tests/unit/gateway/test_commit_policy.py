@@ -13,7 +13,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from services.common.static_membership import ReplicaNameTaken
 from services.gateway.worker import Gateway, GatewayOptions
 
-from .fake_consumer import FEED, FakeFeed, NoReceipts
+from .fake_consumer import FEED, FakeFeed, NoReceipts, Record
 
 
 class FencedFeed(FakeFeed):
@@ -22,6 +22,13 @@ class FencedFeed(FakeFeed):
     config: ClassVar[dict[str, str]] = {"group_id": "imx-central-gateway-p", "group_instance_id": "gateways-0"}
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        raise FencedInstanceIdError()
+
+
+class FencedAtJoinFeed(FencedFeed):
+    """A feed whose poll fails: the group refused a rejoin under this replica's name."""
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
         raise FencedInstanceIdError()
 
 
@@ -51,3 +58,8 @@ def test_a_gateway_fenced_by_a_replica_of_the_same_name_stops_saying_why() -> No
     # Without this, the refused commit ended the worker as any Kafka error does, naming only its type.
     with pytest.raises(ReplicaNameTaken, match="imx-central-gateway-p as 'gateways-0'"):
         run(3, window=50, feed_type=FencedFeed)
+
+
+def test_a_gateway_refused_a_rejoin_under_its_name_stops_saying_why() -> None:
+    with pytest.raises(ReplicaNameTaken, match="imx-central-gateway-p as 'gateways-0'"):
+        run(3, window=50, feed_type=FencedAtJoinFeed)
