@@ -113,6 +113,10 @@ def run_stage(
     ensure_topics(
         settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop, client_config=kafka
     )
+    if stop.is_set():  # asked to stop while waiting for the broker: nothing started yet, so nothing to finish
+        log.info("service stopped before it started", extra={"service": spec.name})
+        telemetry.shutdown()
+        return
     stats = StageStats(service=spec.name)
     producer = BusProducer(settings.kafka_bootstrap, client_id=f"imx-{spec.name}", client_config=kafka)
     consumer = StageConsumer(

@@ -26,7 +26,7 @@ from services.ingest.scp import DicomReceiver
 from services.ingest.settings import IngestSettings
 from services.ingest.stow import StowContext, create_app
 from services.ingest.upload_slots import UploadSlots
-from services.ingest.wiring import open_ingest
+from services.ingest.wiring import StoppedBeforeStart, open_ingest
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,8 @@ def serve(
                 receiver.stop(settings.shutdown_grace_s)
                 closing.join()
                 control.stop()
+    except StoppedBeforeStart:
+        log.info("service stopped before it started", extra={"service": SERVICE})
     finally:
         telemetry.shutdown()
         log.info("service stopped", extra={"service": SERVICE})

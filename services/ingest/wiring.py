@@ -34,17 +34,23 @@ class IngestResources:
     db: Database  # where control tokens and change records are (services/common/control_auth.py)
 
 
+class StoppedBeforeStart(Exception):
+    """Asked to stop while waiting for the broker: nothing was opened, so there is nothing to finish."""
+
+
 @contextmanager
 def open_ingest(
     settings: IngestSettings, stats: StageStats | None = None, stop: threading.Event | None = None
 ) -> Iterator[IngestResources]:
     """Topics ensured (waiting for a broker that is not up yet, until `stop`), MongoDB and Kafka clients
-    open for the duration of the block."""
+    open for the duration of the block. `StoppedBeforeStart` when `stop` ended that wait."""
     topics = Topics(settings.topic_prefix)
     kafka = kafka_client_config(settings)
     ensure_topics(
         settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop, client_config=kafka
     )
+    if stop is not None and stop.is_set():
+        raise StoppedBeforeStart
     client, db = connect(settings)
     try:
         producer = BusProducer(settings.kafka_bootstrap, client_id="imx-ingest", client_config=kafka)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from tools import devstack
 from tools.devstack.supervise import BASE_DELAY_S, MAX_DELAY_S, STABLE_S, next_delay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,3 +95,55 @@ def test_the_supervisor_refuses_arguments_it_does_not_know() -> None:
             [sys.executable, "-m", "tools.devstack.supervise", *args], cwd=ROOT, capture_output=True, text=True
         )
         assert done.returncode == 2 and "usage:" in done.stderr, args
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (an orphan's is reaped by whoever adopted it, maybe late)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def test_a_supervisor_killed_outright_stops_its_service(tmp_path: Path) -> None:
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "tools.devstack.supervise", "svc", "--", sys.executable, "-c", SERVICE, str(tmp_path)],
+        cwd=ROOT,
+    )
+    try:
+        assert _wait(lambda: len(_pids(tmp_path)) == 1), "the service started"
+        supervisor.kill()
+        supervisor.wait(timeout=5)
+        assert _wait(lambda: (tmp_path / "stopped").exists()), "the service was asked to stop"
+        assert _wait(lambda: _gone(_pids(tmp_path)[0])), "and it did"
+    finally:
+        for pid in _pids(tmp_path):
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+DEAF_SERVICE = """
+import os, signal, sys, time
+from pathlib import Path
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+Path(sys.argv[1], f"{os.getpid()}.pid").write_text("")
+time.sleep(60)
+"""
+
+
+def test_make_stop_kills_a_service_that_will_not_stop_together_with_its_supervisor(tmp_path: Path) -> None:
+    """`make stop` SIGKILLs a supervisor whose service outlasts its patience; the service goes too."""
+    service = [sys.executable, "-c", DEAF_SERVICE, str(tmp_path)]
+    supervisor = devstack.start_process(
+        "svc", [sys.executable, "-m", "tools.devstack.supervise", "svc", "--", *service], tmp_path / "svc.log", cwd=ROOT
+    )
+    try:
+        assert _wait(lambda: len(_pids(tmp_path)) == 1), "the service started"
+        supervisor.stop(timeout=1.0)
+        assert supervisor.killed
+        assert _wait(lambda: _gone(_pids(tmp_path)[0]), timeout_s=5.0), "the service did not outlive its supervisor"
+    finally:
+        for pid in _pids(tmp_path):
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -20,6 +20,7 @@ from tools.devstack.postgres import (
     start_postgres,
 )
 from tools.devstack.processes import (
+    STOP_PATIENCE_S,
     DevstackError,
     EnvironmentProblem,
     StartupError,
@@ -163,7 +164,8 @@ def status(layout: Layout) -> None:
 def stop(layout: Layout) -> None:
     procs = stop_all(layout.run)
     for proc in reversed(procs):  # the order they were stopped in
-        print(f"stopped {proc.name} (pid {proc.pid})")
+        forced = f"; still running {STOP_PATIENCE_S:.0f} s after its stop signal, so killed" if proc.killed else ""
+        print(f"stopped {proc.name} (pid {proc.pid}{forced})")
     if not procs:
         print("nothing was running")
 

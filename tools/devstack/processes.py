@@ -123,6 +123,9 @@ def can_connect(port: int, timeout: float = 0.5) -> bool:
 # --- processes and pid files --------------------------------------------------------------------
 
 
+STOP_PATIENCE_S = 30.0  # how long `stop` waits after the stop signal before SIGKILL
+
+
 def _start_ticks(pid: int) -> int | None:
     """The kernel start time of a live, non-zombie process, or None if there is no such process."""
     try:
@@ -148,6 +151,7 @@ class ManagedProcess:
     log_offset: int = 0
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     stop_signal: int = signal.SIGTERM
+    killed: bool = False  # `stop` had to SIGKILL it
 
     def alive(self) -> bool:
         if self.popen is not None:
@@ -172,16 +176,32 @@ class ManagedProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """`stop_signal` (a clean shutdown, Kafka needs a few seconds), then SIGKILL after `timeout`."""
+    def stop(self, timeout: float = STOP_PATIENCE_S) -> None:
+        """`stop_signal` (a clean shutdown, Kafka needs a few seconds), then, after `timeout`, SIGKILL to
+        the process and everything in its process group (`killed` says when it came to that).
+
+        The group: a supervisor's service, PostgreSQL's backends. A supervisor SIGKILLed alone would leave
+        the service it waits for running, and nothing would know it (`make stop` once did)."""
         for sig, wait in ((self.stop_signal, timeout), (signal.SIGKILL, 5.0)):
             if not self.alive():
                 break
+            self.killed = sig == signal.SIGKILL
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+                if self.killed and _leads_its_group(self.pid):
+                    os.killpg(self.pid, sig)
+                else:
+                    os.kill(self.pid, sig)
             _wait_until(lambda: not self.alive(), wait)
         if self.pid_file is not None:
             self.pid_file.unlink(missing_ok=True)
+
+
+def _leads_its_group(pid: int) -> bool:
+    """Whether `pid` leads a process group (`start_process` starts each in a session of its own)."""
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
@@ -210,7 +230,7 @@ def await_ready(
         raise StartupError(f"{proc.name} {reason}; end of {proc.log_path}:\n{proc.log_tail()}")
 
 
-def _die_with_parent_hook(sig: int) -> Callable[[], None] | None:
+def die_with_parent_hook(sig: int) -> Callable[[], None] | None:
     """A pre-exec hook asking Linux to send `sig` to the child when its parent dies (PR_SET_PDEATHSIG),
     so a test run that is killed does not leave servers behind. None where that is unavailable.
 
@@ -258,7 +278,7 @@ def start_process(
             cwd=cwd,
             env=None if env is None else dict(env),
             start_new_session=True,  # Ctrl-C in the terminal that ran `make up` leaves it running
-            preexec_fn=_die_with_parent_hook(stop_signal) if die_with_parent else None,
+            preexec_fn=die_with_parent_hook(stop_signal) if die_with_parent else None,
             user=None if account is None else account.pw_uid,
             group=None if account is None else account.pw_gid,
             extra_groups=None if account is None else [],

@@ -21,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from tools.devstack.processes import die_with_parent_hook
+
 BASE_DELAY_S = 1.0
 MAX_DELAY_S = 30.0
 STABLE_S = 60.0
@@ -34,9 +36,18 @@ def next_delay(previous_s: float, ran_for_s: float) -> float:
 
 
 def spawn_at(niceness: int) -> Callable[[Sequence[str]], subprocess.Popen[bytes]]:
-    """Start a service at `niceness` (nice(2) in the child, before it runs anything; 0: as this one)."""
-    raise_niceness = None if niceness == 0 else lambda: os.nice(niceness)
-    return lambda argv: subprocess.Popen(list(argv), preexec_fn=raise_niceness)
+    """Start a service at `niceness` (nice(2) in the child, before it runs anything; 0: as this one),
+    asked to stop (SIGTERM) when the supervisor dies, however it dies: a service left running without
+    its supervisor is one nothing stops or restarts."""
+    stop_with_supervisor = die_with_parent_hook(signal.SIGTERM)
+
+    def prepare_child() -> None:
+        if stop_with_supervisor is not None:
+            stop_with_supervisor()
+        if niceness != 0:
+            os.nice(niceness)
+
+    return lambda argv: subprocess.Popen(list(argv), preexec_fn=prepare_child)
 
 
 def supervise(

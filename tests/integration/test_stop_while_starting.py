@@ -1,0 +1,48 @@
+"""A service asked to stop while it waits for its broker at start-up (the broker down or frozen) exits
+then, instead of opening its Kafka clients against the broker that is still away first."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tools.devstack import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("service", ["services.routing", "services.ingest"])
+def test_a_service_stopped_while_it_waits_for_the_broker_exits_at_once(tmp_path: Path, service: str) -> None:
+    """Before, the stop only ended the wait: the service went on to open its Kafka clients against the
+    broker that was still away, and exited 30-40 s later (a supervisor stopped by `make stop` meanwhile
+    was killed, leaving the service running without it)."""
+    log_path = tmp_path / "service.log"
+    env = {
+        **os.environ,
+        "IMX_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",  # nothing listens: the broker is down
+        "IMX_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/",
+        "IMX_GRPC_PORT": str(free_port()),
+        "IMX_BLOB_DIR": str(tmp_path / "blobs"),
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", service], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while b"Bootstrap" not in log_path.read_bytes():  # kafka-python's first try: the stop handler is in place
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0, log_path.read_text()[-2000:]  # at most one 10 s try in between
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert b"service stopped before it started" in log_path.read_bytes()
