@@ -97,11 +97,11 @@ def analyst_id(config: ChaosConfig) -> str:
 def unconfigure(cli: CliSettings, config: ChaosConfig, warn: Callable[[str], None] = print) -> None:
     """Remove the run's routes and organisations, clear the partner's endpoint (its central gateway
     stops), enable again the routes it disabled, remove its analyst. Each step is tried even when another failed."""
-    for step in (_remove_routes, _remove_orgs, _clear_endpoint, _remove_analyst):
+    for step, left_behind in CLEAN_UP:
         try:
             step(cli, config)
         except grpc.RpcError as error:
-            warn(f"clean-up step {step.__name__} failed ({error.code().name}); `imx routes list` and `imx orgs list`")
+            warn(f"clean-up step {step.__name__} failed ({error.code().name}); see what is left: `{left_behind}`")
 
 
 def _remove_routes(cli: CliSettings, config: ChaosConfig) -> None:
@@ -141,3 +141,12 @@ def _remove_analyst(cli: CliSettings, config: ChaosConfig) -> None:
             admin_pb2_grpc.AnalystAdminStub(channel).RemoveAnalyst(
                 admin_pb2.RemoveAnalystRequest(analyst_id=analyst_id(config)), timeout=10
             )
+
+
+# Each step of `unconfigure`, with the command that shows what it leaves behind when it fails.
+CLEAN_UP: tuple[tuple[Callable[[CliSettings, ChaosConfig], None], str], ...] = (
+    (_remove_routes, "imx routes list"),
+    (_remove_orgs, "imx orgs list"),
+    (_clear_endpoint, "imx partners list"),
+    (_remove_analyst, "imx analysts list"),
+)
