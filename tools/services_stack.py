@@ -23,7 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.control_channel import TOKEN_ENV, TOKEN_FILE_ENV
 from services.common.service_access import ServiceAccess, username
 from services.common.topics import Topics
+from services.ingest.settings import IngestSettings
 from tools.devstack import (
+    STOP_PATIENCE_S,
     EnvironmentProblem,
     Layout,
     Ports,
@@ -37,6 +39,8 @@ from tools.devstack.credentials import control_token_file, password, password_fi
 from tools.devstack.servers import mongo_uri
 
 ROOT = Path(__file__).resolve().parent.parent
+
+INGEST_STOP_MARGIN_S = 15.0  # after ingest's grace: its teardown (the chart gives its pod as much)
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,7 @@ def start_services(
         for _, port in replica.ports.other:
             ensure_port_free(port, replica.name)
     niceness = {replica.name: niceness_for(replica.service, env) for replica in to_start}  # refused before a start
+    environments = {replica.name: service_env(layout, ports, replica.service, replica, env) for replica in to_start}
     started = time.monotonic()
     procs = {
         replica.name: start_process(
@@ -285,11 +290,12 @@ def start_services(
                 MODULES.get(replica.service, f"services.{replica.service}"),
             ],
             layout.log / f"{replica.name}.log",
-            env=service_env(layout, ports, replica.service, replica, env),
+            env=environments[replica.name],
             cwd=ROOT,
             run_dir=layout.run,
             endpoint=replica.grpc_address,
             die_with_parent=die_with_parent,
+            stop_patience_s=stop_patience_for(replica.service, environments[replica.name]),
         )
         for replica in to_start
     }
@@ -312,6 +318,20 @@ def niceness_for(service: str, env: Mapping[str, str]) -> int:
     if not raw.isdigit() or int(raw) > 19:
         raise EnvironmentProblem(f"{STAGE_NICENESS_ENV}={raw!r} is not a niceness from 0 to 19")
     return int(raw)
+
+
+def stop_patience_for(service: str, env: Mapping[str, str]) -> float:
+    """How long `make stop` waits for a service before it kills it (pure): ingest's grace for transfers
+    in flight (IMX_SHUTDOWN_GRACE_S) and 15 s more, as the chart gives ingest's pod; 30 s for the others.
+    A grace ingest itself would refuse keeps the default (ingest then does not start)."""
+    default = IngestSettings.model_fields["shutdown_grace_s"].default
+    if service != "ingest":
+        return STOP_PATIENCE_S
+    try:
+        grace = float(env.get("IMX_SHUTDOWN_GRACE_S", default))
+    except ValueError:
+        grace = default
+    return max(grace, 0.0) + INGEST_STOP_MARGIN_S
 
 
 def main() -> int:

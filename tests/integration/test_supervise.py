@@ -135,13 +135,20 @@ time.sleep(60)
 def test_make_stop_kills_a_service_that_will_not_stop_together_with_its_supervisor(tmp_path: Path) -> None:
     """`make stop` SIGKILLs a supervisor whose service outlasts its patience; the service goes too."""
     service = [sys.executable, "-c", DEAF_SERVICE, str(tmp_path)]
-    supervisor = devstack.start_process(
-        "svc", [sys.executable, "-m", "tools.devstack.supervise", "svc", "--", *service], tmp_path / "svc.log", cwd=ROOT
+    run_dir = tmp_path / "run"
+    devstack.start_process(
+        "svc",
+        [sys.executable, "-m", "tools.devstack.supervise", "svc", "--", *service],
+        tmp_path / "svc.log",
+        cwd=ROOT,
+        run_dir=run_dir,
+        stop_patience_s=1.0,
     )
     try:
         assert _wait(lambda: len(_pids(tmp_path)) == 1), "the service started"
-        supervisor.stop(timeout=1.0)
-        assert supervisor.killed
+        started = time.monotonic()
+        [supervisor] = devstack.stop_all(run_dir)  # `make stop`: the patience comes from the pid file
+        assert supervisor.killed and time.monotonic() - started < 10
         assert _wait(lambda: _gone(_pids(tmp_path)[0]), timeout_s=5.0), "the service did not outlive its supervisor"
     finally:
         for pid in _pids(tmp_path):

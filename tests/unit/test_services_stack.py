@@ -11,7 +11,7 @@ from services.cli.settings import CliSettings
 from services.gateway.central import CentralGatewaySettings
 from tests.settings_env import SETTINGS
 from tools.devstack import EnvironmentProblem, Ports
-from tools.services_stack import SERVICES, Replica, niceness_for, parse_replicas, plan_replicas
+from tools.services_stack import SERVICES, Replica, niceness_for, parse_replicas, plan_replicas, stop_patience_for
 
 
 def every_port(plan: list[Replica]) -> list[int]:
@@ -113,3 +113,12 @@ def test_a_port_in_use_is_not_picked_and_too_few_candidates_fall_back_to_the_ker
         fallback = free_ports(1, candidates)  # the only candidate is in use: the kernel picks
         assert fallback != [port] and len(fallback) == 1
     assert free_ports(1, candidates) == [port]  # free again once closed
+
+
+def test_make_stop_gives_ingest_its_grace_for_transfers_in_flight_and_fifteen_seconds_more() -> None:
+    """Before, `make stop` killed ingest's supervisor after 30 s: the moment ingest's own 30 s grace for
+    open associations ran out, before it could abort them and close its clients."""
+    assert stop_patience_for("ingest", {}) == 45.0
+    assert stop_patience_for("ingest", {"IMX_SHUTDOWN_GRACE_S": "60"}) == 75.0
+    assert stop_patience_for("ingest", {"IMX_SHUTDOWN_GRACE_S": "soon"}) == 45.0  # ingest refuses it anyway
+    assert {stop_patience_for(s, {"IMX_SHUTDOWN_GRACE_S": "60"}) for s in SERVICES if s != "ingest"} == {30.0}

@@ -18,6 +18,7 @@ from tools.devstack.cli import Layout, Ports
 from tools.devstack.postgres import PostgresCluster, postgres_bin_dir, start_postgres
 from tools.devstack.processes import (
     HOST,
+    STOP_PATIENCE_S,
     DevstackError,
     EnvironmentProblem,
     ManagedProcess,
@@ -33,6 +34,7 @@ from tools.devstack.servers import mongo_uri, start_ferretdb, start_kafka, wait_
 
 __all__ = [
     "HOST",
+    "STOP_PATIENCE_S",
     "DevstackError",
     "EnvironmentProblem",
     "Layout",

@@ -20,7 +20,6 @@ from tools.devstack.postgres import (
     start_postgres,
 )
 from tools.devstack.processes import (
-    STOP_PATIENCE_S,
     DevstackError,
     EnvironmentProblem,
     StartupError,
@@ -164,7 +163,7 @@ def status(layout: Layout) -> None:
 def stop(layout: Layout) -> None:
     procs = stop_all(layout.run)
     for proc in reversed(procs):  # the order they were stopped in
-        forced = f"; still running {STOP_PATIENCE_S:.0f} s after its stop signal, so killed" if proc.killed else ""
+        forced = f"; still running {proc.stop_patience_s:.0f} s after its stop signal, so killed" if proc.killed else ""
         print(f"stopped {proc.name} (pid {proc.pid}{forced})")
     if not procs:
         print("nothing was running")

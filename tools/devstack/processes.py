@@ -123,7 +123,7 @@ def can_connect(port: int, timeout: float = 0.5) -> bool:
 # --- processes and pid files --------------------------------------------------------------------
 
 
-STOP_PATIENCE_S = 30.0  # how long `stop` waits after the stop signal before SIGKILL
+STOP_PATIENCE_S = 30.0  # how long `stop` waits after the stop signal before SIGKILL, unless told otherwise
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -151,6 +151,7 @@ class ManagedProcess:
     log_offset: int = 0
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     stop_signal: int = signal.SIGTERM
+    stop_patience_s: float = STOP_PATIENCE_S  # `stop`'s wait before SIGKILL (a service's grace and then some)
     killed: bool = False  # `stop` had to SIGKILL it
 
     def alive(self) -> bool:
@@ -176,13 +177,15 @@ class ManagedProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = STOP_PATIENCE_S) -> None:
-        """`stop_signal` (a clean shutdown, Kafka needs a few seconds), then, after `timeout`, SIGKILL to
-        the process and everything in its process group (`killed` says when it came to that).
+    def stop(self, timeout: float | None = None) -> None:
+        """`stop_signal` (a clean shutdown, Kafka needs a few seconds), then, after `timeout` (default: its
+        `stop_patience_s`), SIGKILL to the process and everything in its process group (`killed` says when
+        it came to that).
 
         The group: a supervisor's service, PostgreSQL's backends. A supervisor SIGKILLed alone would leave
         the service it waits for running, and nothing would know it (`make stop` once did)."""
-        for sig, wait in ((self.stop_signal, timeout), (signal.SIGKILL, 5.0)):
+        patience = self.stop_patience_s if timeout is None else timeout
+        for sig, wait in ((self.stop_signal, patience), (signal.SIGKILL, 5.0)):
             if not self.alive():
                 break
             self.killed = sig == signal.SIGKILL
@@ -255,6 +258,7 @@ def start_process(
     endpoint: str = "",
     die_with_parent: bool = False,
     stop_signal: int = signal.SIGTERM,
+    stop_patience_s: float = STOP_PATIENCE_S,
     user: str | None = None,
 ) -> ManagedProcess:
     """Start `argv` in its own session with output appended to `log_path`.
@@ -284,12 +288,18 @@ def start_process(
             extra_groups=None if account is None else [],
         )
     proc = ManagedProcess(
-        name, popen.pid, log_path, _start_ticks(popen.pid), endpoint, None, offset, popen, stop_signal
+        name, popen.pid, log_path, _start_ticks(popen.pid), endpoint, None, offset, popen, stop_signal, stop_patience_s
     )
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         proc.pid_file = run_dir / f"{name}.pid"
-        meta = {"start_ticks": proc.start_ticks, "log": str(log_path), "endpoint": endpoint, "stop_signal": stop_signal}
+        meta = {
+            "start_ticks": proc.start_ticks,
+            "log": str(log_path),
+            "endpoint": endpoint,
+            "stop_signal": stop_signal,
+            "stop_patience_s": stop_patience_s,
+        }
         proc.pid_file.write_text(f"{proc.pid}\n{json.dumps(meta)}\n")
     return proc
 
@@ -307,6 +317,7 @@ def read_pid_file(pid_file: Path) -> ManagedProcess | None:
             endpoint=meta.get("endpoint", ""),
             pid_file=pid_file,
             stop_signal=int(meta.get("stop_signal", signal.SIGTERM)),
+            stop_patience_s=float(meta.get("stop_patience_s", STOP_PATIENCE_S)),
         )
     except (OSError, ValueError, TypeError, AttributeError):
         pid_file.unlink(missing_ok=True)
