@@ -179,6 +179,24 @@ def service_env(
     return env
 
 
+# What a command run beside the devstack (`imx send`, `imx blobs`) needs to reach its servers.
+CONNECTION_VARS = (
+    "IMX_KAFKA_BOOTSTRAP",
+    "IMX_KAFKA_SECURITY_PROTOCOL",
+    "IMX_KAFKA_SASL_MECHANISM",
+    "IMX_KAFKA_SASL_USERNAME",
+    "IMX_KAFKA_SASL_PASSWORD_FILE",
+    "IMX_MONGO_URI",
+    "IMX_BLOB_DIR",
+)
+
+
+def connection_env(layout: Layout, ports: Ports, service: str) -> dict[str, str]:
+    """`service`'s servers and sign-in on the devstack: its Kafka user (the password by its file's path)."""
+    env = service_env(layout, ports, service, base={})
+    return {name: env[name] for name in CONNECTION_VARS}
+
+
 def use_control_token(layout: Layout) -> None:
     """Let this process (the demo, the benchmark) call the services it started as their bootstrap
     administrator, unless it was given a token of its own."""

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from services.ingest.sender import SendSummary
@@ -25,12 +25,19 @@ def send(
     from services.common.messages import PhiSafeError
     from services.ingest.sender import SendAborted, SendProgress, send_with_settings
 
-    columns = (TextColumn("sending"), BarColumn(), MofNCompleteColumn(), DownloadColumn(), TimeRemainingColumn())
+    # The bar moves with the bytes (files differ in size); the files are counted beside it.
+    columns = (
+        TextColumn("sending"),
+        BarColumn(),
+        TextColumn("{task.fields[files]}"),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("sending", total=None)
+        task = bar.add_task("sending", total=None, files="")
 
         def progress(p: SendProgress) -> None:
-            bar.update(task, completed=p.bytes_done, total=p.bytes_total)
+            bar.update(task, completed=p.bytes_done, total=p.bytes_total, files=f"{p.done}/{p.total} files")
 
         try:
             summary = send_with_settings(paths, source_org=from_org, to=to or None, progress=progress)

@@ -4,6 +4,7 @@ in process, exactly as C-STORE and STOW-RS instances go (channel "cli")."""
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -14,10 +15,11 @@ from services.common.messages import PhiSafeError
 from services.ingest.acceptance import Acceptance, AcceptanceResult, Accepted, Channel, Duplicate, check_destination
 from services.ingest.errors import IngestUnavailable, UnknownOrganisation
 from services.ingest.settings import IngestSettings
-from services.ingest.wiring import open_ingest
+from services.ingest.wiring import StoppedBeforeStart, open_ingest
 
 CHANNEL: Channel = "cli"
 UNREADABLE = "unreadable"  # the file could not be read: nothing reached the exchange
+BROKER_WAIT_S = 30.0  # a broker that is restarting is back well within this; a wrong sign-in never is
 
 
 class PathNotFound(PhiSafeError, FileNotFoundError):
@@ -182,14 +184,38 @@ def send_with_settings(
     settings: IngestSettings | None = None,
     to: str | None = None,
     progress: ProgressCallback | None = None,
+    broker_wait_s: float = BROKER_WAIT_S,
 ) -> SendSummary:
-    """What `imx send` calls: opens Kafka and MongoDB from settings (IMX_... variables) for the run."""
-    with open_ingest(settings or IngestSettings()) as resources:
-        return send(
-            paths,
-            source_org=source_org,
-            acceptance=resources.acceptance,
-            organisations=resources.organisations,
-            to=to,
-            progress=progress,
+    """What `imx send` calls: opens Kafka and MongoDB from settings (IMX_... variables) for the run.
+    `BrokerNotAnswering` when Kafka has not let it create or see the topics within `broker_wait_s`."""
+    settings = settings or IngestSettings()
+    gave_up = threading.Event()
+    deadline = threading.Timer(broker_wait_s, gave_up.set)
+    deadline.daemon = True
+    deadline.start()
+    try:
+        with open_ingest(settings, stop=gave_up) as resources:
+            deadline.cancel()
+            return send(
+                paths,
+                source_org=source_org,
+                acceptance=resources.acceptance,
+                organisations=resources.organisations,
+                to=to,
+                progress=progress,
+            )
+    except StoppedBeforeStart:
+        raise BrokerNotAnswering(settings.kafka_bootstrap, broker_wait_s) from None
+    finally:
+        deadline.cancel()
+
+
+class BrokerNotAnswering(PhiSafeError):
+    """The broker refused or did not answer: down, or it asks for a sign-in the settings do not give."""
+
+    def __init__(self, bootstrap: str, waited_s: float) -> None:
+        super().__init__(
+            f"Kafka at {bootstrap} did not answer within {waited_s:.0f} s: it is down, or it wants a sign-in "
+            "(IMX_KAFKA_SECURITY_PROTOCOL, IMX_KAFKA_SASL_USERNAME, IMX_KAFKA_SASL_PASSWORD_FILE); "
+            'on the devstack: eval "$(.venv/bin/python -m tools.devstack env ingest)"'
         )

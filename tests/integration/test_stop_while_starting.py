@@ -1,5 +1,6 @@
 """A service asked to stop while it waits for its broker at start-up (the broker down or frozen) exits
-then, instead of opening its Kafka clients against the broker that is still away first."""
+then, instead of opening its Kafka clients against the broker that is still away first; `imx send`
+gives up waiting for one after a while, and says why."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from services.ingest.sender import BrokerNotAnswering, send_with_settings
+from services.ingest.settings import IngestSettings
 from tools.devstack import free_port
 
 pytestmark = pytest.mark.integration
@@ -46,3 +49,19 @@ def test_a_service_stopped_while_it_waits_for_the_broker_exits_at_once(tmp_path:
             process.kill()
             process.wait()
     assert b"service stopped before it started" in log_path.read_bytes()
+
+
+def test_imx_send_gives_up_on_a_broker_that_does_not_answer_and_says_what_to_check(tmp_path: Path) -> None:
+    """It waited for ever, printing "broker unreachable", beside the devstack's broker (which takes only
+    signed-in clients) when the shell had no sign-in."""
+    settings = IngestSettings(
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/",
+        blob_dir=tmp_path / "blobs",
+    )
+    (tmp_path / "in").mkdir()
+    started = time.monotonic()
+    with pytest.raises(BrokerNotAnswering) as raised:
+        send_with_settings([tmp_path / "in"], source_org="anyone", settings=settings, broker_wait_s=1.0)
+    assert time.monotonic() - started < 15  # the try in progress when the wait ran out (10 s at most)
+    assert settings.kafka_bootstrap in str(raised.value) and "tools.devstack env" in str(raised.value)

@@ -10,8 +10,17 @@ import pytest
 from services.cli.settings import CliSettings
 from services.gateway.central import CentralGatewaySettings
 from tests.settings_env import SETTINGS
-from tools.devstack import EnvironmentProblem, Ports
-from tools.services_stack import SERVICES, Replica, niceness_for, parse_replicas, plan_replicas, stop_patience_for
+from tools.devstack import EnvironmentProblem, Layout, Ports
+from tools.devstack.cli import main as devstack_main
+from tools.services_stack import (
+    SERVICES,
+    Replica,
+    connection_env,
+    niceness_for,
+    parse_replicas,
+    plan_replicas,
+    stop_patience_for,
+)
 
 
 def every_port(plan: list[Replica]) -> list[int]:
@@ -122,3 +131,23 @@ def test_make_stop_gives_ingest_its_grace_for_transfers_in_flight_and_fifteen_se
     assert stop_patience_for("ingest", {"IMX_SHUTDOWN_GRACE_S": "60"}) == 75.0
     assert stop_patience_for("ingest", {"IMX_SHUTDOWN_GRACE_S": "soon"}) == 45.0  # ingest refuses it anyway
     assert {stop_patience_for(s, {"IMX_SHUTDOWN_GRACE_S": "60"}) for s in SERVICES if s != "ingest"} == {30.0}
+
+
+def test_devstack_env_gives_a_command_in_the_shell_the_servers_and_sign_in_of_a_service(tmp_path: Path) -> None:
+    """What `imx send` needs beside the devstack: its broker takes only signed-in clients."""
+    env = connection_env(Layout(tmp_path), Ports(kafka=29192, mongo=29117), "ingest")
+    assert env["IMX_KAFKA_BOOTSTRAP"] == "127.0.0.1:29192" and env["IMX_MONGO_URI"].startswith(
+        "mongodb://127.0.0.1:29117"
+    )
+    assert (env["IMX_KAFKA_SECURITY_PROTOCOL"], env["IMX_KAFKA_SASL_USERNAME"]) == ("SASL_PLAINTEXT", "imx-ingest")
+    assert Path(env["IMX_KAFKA_SASL_PASSWORD_FILE"]).read_text().strip(), "the password by its file, not in the output"
+    assert env["IMX_BLOB_DIR"] == str(tmp_path / "blobs")
+
+
+def test_devstack_env_says_when_the_devstack_is_not_running_or_the_service_is_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert devstack_main(["env", "--var-dir", str(tmp_path)]) == 2
+    assert "not running; `make up` starts it" in capsys.readouterr().err
+    assert devstack_main(["env", "nosuch", "--var-dir", str(tmp_path)]) == 2
+    assert "no service 'nosuch'" in capsys.readouterr().err

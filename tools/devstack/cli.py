@@ -1,9 +1,10 @@
-"""`python -m tools.devstack up|stop|status` over the runtime folder var/ (or IMX_VAR_DIR)."""
+"""`python -m tools.devstack up|stop|status|env [SERVICE]` over the runtime folder var/ (or IMX_VAR_DIR)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -169,12 +170,31 @@ def stop(layout: Layout) -> None:
         print("nothing was running")
 
 
+def print_env(layout: Layout, ports: Ports, service: str) -> None:
+    """`export` lines that let a command in this shell reach the running devstack as `service` does."""
+    from tools.services_stack import SERVICES, connection_env  # it builds on this module
+
+    if service not in SERVICES:
+        raise EnvironmentProblem(f"no service {service!r} in the devstack; one of {', '.join(SERVICES)}")
+    if not any(proc.name == "kafka" for proc in registered(layout.run)):
+        raise EnvironmentProblem("the devstack is not running; `make up` starts it")
+    for name, value in connection_env(layout, ports, service).items():
+        print(f"export {name}={shlex.quote(value)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.devstack",
         description="Local Kafka and MongoDB-wire server (FerretDB on PostgreSQL) for imx.",
     )
-    parser.add_argument("command", choices=["up", "stop", "status"])
+    parser.add_argument("command", choices=["up", "stop", "status", "env"])
+    parser.add_argument(
+        "service",
+        nargs="?",
+        default="ingest",
+        help="env: whose sign-in to print (default ingest, as `imx send` needs); "
+        'use as eval "$(python -m tools.devstack env)"',
+    )
     parser.add_argument("--var-dir", type=Path, help="runtime folder (default: IMX_VAR_DIR or var/)")
     args = parser.parse_args(argv)
     layout = Layout(args.var_dir.resolve()) if args.var_dir else Layout.default(os.environ)
@@ -183,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             up(layout, Ports.from_env(os.environ))
         elif args.command == "stop":
             stop(layout)
+        elif args.command == "env":
+            print_env(layout, Ports.from_env(os.environ), args.service)
         else:
             status(layout)
     except DevstackError as error:
