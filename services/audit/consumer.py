@@ -35,7 +35,8 @@ def utc_now() -> datetime:
 
 
 def audit_stage_spec(topics: Topics) -> StageSpec:
-    """One regex subscription: the pipeline topics and every partner topic, existing or created later.
+    """One regex subscription: the pipeline topics and every partner's receipts topic, existing or created
+    later (partner feeds are not read: the stages' own events say what was delivered).
 
     The group carries the topic prefix too, so deployments (and tests) sharing a broker never share a group.
     """
