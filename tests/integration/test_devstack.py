@@ -255,7 +255,7 @@ def test_stop_all_stops_ferretdb_and_then_its_postgresql(tmp_path: Path, request
 
     stopped = devstack.stop_all(run_dir)
 
-    assert [p.name for p in reversed(stopped)] == ["ferretdb", "postgres"]  # the order they were stopped in
+    assert [p.name for p in stopped] == ["ferretdb", "postgres"]  # the order they were stopped in
     assert not postgres.alive()
     assert not ferretdb.alive()
     assert not list(run_dir.glob("*.pid"))
@@ -327,6 +327,20 @@ def test_stop_all_stops_registered_processes_and_forgets_stale_pid_files(tmp_pat
 
     assert [p.name for p in devstack.stop_all(run_dir)] == ["sleeper"]
     assert not proc.alive()
+    assert not list(run_dir.glob("*.pid"))
+
+
+def test_stop_all_stops_a_server_started_again_after_the_services_still_after_them(tmp_path: Path) -> None:
+    """`make up` after a broker crash registers the new broker last; stopped newest first, it went before
+    the services, whose final commits then waited for it (`make stop` took ~58 s after `make chaos`)."""
+    run_dir = tmp_path / "run"
+    for name in ("ingest", "routing", "kafka"):  # in the order started; pid files are ordered by time
+        devstack.start_process(name, ["sleep", "60"], tmp_path / f"{name}.log", run_dir=run_dir, die_with_parent=True)
+        time.sleep(0.02)
+
+    stopped = devstack.stop_all(run_dir, last=("ferretdb", "kafka"))
+
+    assert [p.name for p in stopped] == ["routing", "ingest", "kafka"]
     assert not list(run_dir.glob("*.pid"))
 
 

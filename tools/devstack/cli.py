@@ -161,9 +161,14 @@ def status(layout: Layout) -> None:
         print(f"{proc.name:<9} {proc.endpoint or '-':<28} pid {proc.pid:<8} log {proc.log_path}")
 
 
+# After the services (stopped newest first), whatever order the servers were (re)started in: FerretDB
+# before the PostgreSQL it writes to, Kafka last.
+SERVERS_STOPPED_LAST = (FERRETDB, POSTGRES, KAFKA)
+
+
 def stop(layout: Layout) -> None:
-    procs = stop_all(layout.run)
-    for proc in reversed(procs):  # the order they were stopped in
+    procs = stop_all(layout.run, last=SERVERS_STOPPED_LAST)
+    for proc in procs:
         forced = f"; still running {proc.stop_patience_s:.0f} s after its stop signal, so killed" if proc.killed else ""
         print(f"stopped {proc.name} (pid {proc.pid}{forced})")
     if not procs:

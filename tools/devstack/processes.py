@@ -334,9 +334,14 @@ def registered(run_dir: Path) -> list[ManagedProcess]:
     return [proc for proc in map(read_pid_file, pid_files) if proc is not None]
 
 
-def stop_all(run_dir: Path) -> list[ManagedProcess]:
-    """Stop every registered process, newest first (services before the servers they use)."""
+def stop_all(run_dir: Path, last: Sequence[str] = ()) -> list[ManagedProcess]:
+    """Stop every registered process, newest first (services before the servers they use), then those
+    named in `last`, in that order: a server started again after the services (`make up` after a broker
+    crash) is still stopped after them, not before their last commits. Returns them in the order stopped."""
     procs = registered(run_dir)
-    for proc in reversed(procs):
+    rank = {name: position for position, name in enumerate(last)}
+    order = [proc for proc in reversed(procs) if proc.name not in rank]
+    order += sorted((proc for proc in procs if proc.name in rank), key=lambda proc: rank[proc.name])
+    for proc in order:
         proc.stop()
-    return procs
+    return order
