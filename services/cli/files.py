@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 if TYPE_CHECKING:
+    from services.common.dicom.header import InvalidInstance
     from services.deid.engine import Profile
 
 console = Console()
@@ -61,6 +62,9 @@ def _load_key(key_file: Path) -> bytes:
             key = bytes.fromhex(key_file.read_text().strip())
         except ValueError:
             key = b""
+        except OSError as error:
+            console.print(f"[red]cannot read the key file {key_file}[/red]: {error.strerror}")
+            raise typer.Exit(2) from None
         if len(key) < 16:
             console.print(f"[red]{key_file} must hold at least 16 bytes as hex[/red]")
             raise typer.Exit(2)
@@ -107,7 +111,6 @@ def deid(
     ),
 ) -> None:
     """De-identify files with exactly the code the deid service runs (no server needed)."""
-    from services.common.blob_store import sha256_hex
     from services.deid.engine import DeidError
     from services.deid.files import deidentify_file
     from services.deid.handler import refusal_for
@@ -115,9 +118,15 @@ def deid(
     if target.exists() and target.resolve() == source.resolve():
         console.print("[red]the output would overwrite the originals[/red]: give another file or folder")
         raise typer.Exit(2)
+    if source.is_dir() and target.exists() and not target.is_dir():
+        console.print("[red]the input is a folder, so the output must be a folder too[/red]")
+        raise typer.Exit(2)
     chosen = _profile(profile)
-    key = _load_key(key_file)
     files = dicom_files([source])
+    if not files:
+        console.print("[red]no files to de-identify under the input[/red]")
+        raise typer.Exit(1)
+    key = _load_key(key_file)
     outcomes: Counter[str] = Counter()
     with progress_bar() as bar:
         task = bar.add_task("de-identifying", total=len(files))
@@ -126,17 +135,43 @@ def deid(
                 out = target / path.relative_to(source)
             else:
                 out = target / path.name if target.is_dir() else target
-            out.parent.mkdir(parents=True, exist_ok=True)
             try:
-                deidentify_file(path, out, chosen, key)
+                invalid = _refused_by_ingest(path)
+                if invalid is not None:
+                    outcomes[_refused(path, invalid.reason, invalid.detail)] += 1
+                else:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    deidentify_file(path, out, chosen, key)
+                    outcomes["de-identified"] += 1
             except DeidError as error:
                 refusal = refusal_for(error)
-                outcomes[f"refused: {refusal.reason}"] += 1
-                # The file name may itself carry PHI, so it is referred to by its content hash.
-                console.print(f"refused {sha256_hex(path.read_bytes())[:12]}: {refusal.reason} {refusal.detail}")
-            else:
-                outcomes["de-identified"] += 1
+                outcomes[_refused(path, refusal.reason, refusal.detail)] += 1
+            except OSError as error:  # its message would name the file, and folder names carry PHI
+                console.print(f"[red]stopped: a file could not be read or written ({error.strerror})[/red]")
+                console.print(", ".join(f"{n} {what}" for what, n in sorted(outcomes.items())))
+                raise typer.Exit(2) from None
             bar.advance(task)
     console.print(", ".join(f"{n} {what}" for what, n in sorted(outcomes.items())))
     if any(k.startswith("refused") for k in outcomes):
         raise typer.Exit(1)
+
+
+def _refused_by_ingest(path: Path) -> InvalidInstance | None:
+    """What ingest would refuse the file for, or None. The service only ever de-identifies what ingest
+    accepted; without this check a header cut short came out as a stub without pixels, "de-identified"."""
+    from services.common.dicom.header import InvalidInstance, inspect_instance
+
+    data = path.read_bytes()
+    try:
+        inspect_instance(data, max_bytes=len(data))  # no size limit here: the file is the user's own
+    except InvalidInstance as invalid:
+        return invalid
+    return None
+
+
+def _refused(path: Path, reason: str, detail: str) -> str:
+    """Say so, naming the file by its content hash (its name may carry PHI); the outcome to count."""
+    from services.common.blob_store import sha256_hex
+
+    console.print(f"refused {sha256_hex(path.read_bytes())[:12]}: {reason} {detail}".rstrip())
+    return f"refused: {reason}"

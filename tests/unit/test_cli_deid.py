@@ -81,3 +81,40 @@ def test_bad_input_is_refused_with_a_reason_and_no_traceback(tmp_path: Path) -> 
     assert result.exit_code == 2 and "at least 16 bytes" in result.output
     result = runner.invoke(app, ["deid", str(source), str(source)])
     assert result.exit_code == 2 and "overwrite the originals" in result.output
+
+
+def test_a_file_ingest_would_refuse_is_refused_here_too_not_turned_into_a_stub(tmp_path: Path) -> None:
+    """The service only de-identifies what ingest accepted. A header cut short was "1 de-identified" here,
+    written out as a few hundred bytes without the pixels."""
+    whole = to_bytes(ct_dataset())
+    (tmp_path / "in").mkdir()
+    for cut in (300, 600, len(whole) // 2):
+        (tmp_path / "in" / f"cut-{cut}.dcm").write_bytes(whole[:cut])
+    args = ["deid", str(tmp_path / "in"), str(tmp_path / "out"), "--key-file", str(tmp_path / "k")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "3 refused: truncated" in result.output and "de-identified" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.dcm"))
+
+
+def test_outputs_that_cannot_be_written_and_empty_inputs_are_said_plainly_without_paths(tmp_path: Path) -> None:
+    """A traceback named the file it failed on, and folder names of exported studies carry patients' names."""
+    study = tmp_path / "in" / "SMITH^JOHN"
+    study.mkdir(parents=True)
+    (study / "1.dcm").write_bytes(to_bytes(ct_dataset()))
+    key = ["--key-file", str(tmp_path / "k")]
+    (tmp_path / "a-file").write_text("")
+    result = runner.invoke(app, ["deid", str(tmp_path / "in"), str(tmp_path / "a-file"), *key])
+    assert result.exit_code == 2 and "output must be a folder" in result.output
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "SMITH^JOHN").write_text("")  # where the study's folder would go
+    result = runner.invoke(app, ["deid", str(tmp_path / "in"), str(tmp_path / "out"), *key])
+    assert result.exit_code == 2 and "could not be read or written" in result.output
+    assert "SMITH" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["deid", str(tmp_path / "empty"), str(tmp_path / "o"), *key])
+    assert result.exit_code == 1 and "no files to de-identify" in result.output
+    result = runner.invoke(
+        app, ["deid", str(tmp_path / "nothing-here"), str(tmp_path / "o"), "--key-file", str(tmp_path / "new.key")]
+    )
+    assert result.exit_code == 2 and not (tmp_path / "new.key").exists(), "no key made for a run that did nothing"
