@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from pymongo.errors import PyMongoError
+
 from services.common.messages import PhiSafeError
 from services.ingest.acceptance import Acceptance, AcceptanceResult, Accepted, Channel, Duplicate, check_destination
 from services.ingest.errors import IngestUnavailable, UnknownOrganisation
@@ -189,6 +191,8 @@ def send_with_settings(
     """What `imx send` calls: opens Kafka and MongoDB from settings (IMX_... variables) for the run.
     `BrokerNotAnswering` when Kafka has not let it create or see the topics within `broker_wait_s`."""
     settings = settings or IngestSettings()
+    check_destination(to)  # what needs no server is checked before the servers are waited for
+    files = find_files(paths)
     gave_up = threading.Event()
     deadline = threading.Timer(broker_wait_s, gave_up.set)
     deadline.daemon = True
@@ -197,7 +201,7 @@ def send_with_settings(
         with open_ingest(settings, stop=gave_up) as resources:
             deadline.cancel()
             return send(
-                paths,
+                files,
                 source_org=source_org,
                 acceptance=resources.acceptance,
                 organisations=resources.organisations,
@@ -206,8 +210,20 @@ def send_with_settings(
             )
     except StoppedBeforeStart:
         raise BrokerNotAnswering(settings.kafka_bootstrap, broker_wait_s) from None
+    except PyMongoError as error:  # the organisations are read before any file is sent
+        raise DatabaseNotAnswering(type(error).__name__) from None
     finally:
         deadline.cancel()
+
+
+class DatabaseNotAnswering(PhiSafeError):
+    """MongoDB did not answer when the sending organisation was looked up (its URI, which may hold a
+    password, is not repeated)."""
+
+    def __init__(self, error_type: str) -> None:
+        super().__init__(
+            f"MongoDB (IMX_MONGO_URI) did not answer ({error_type}): it is down, or the URI points elsewhere"
+        )
 
 
 class BrokerNotAnswering(PhiSafeError):

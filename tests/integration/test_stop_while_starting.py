@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ingest.sender import BrokerNotAnswering, send_with_settings
+from services.ingest.sender import BrokerNotAnswering, DatabaseNotAnswering, send_with_settings
 from services.ingest.settings import IngestSettings
 from tools.devstack import free_port
 
@@ -65,3 +65,16 @@ def test_imx_send_gives_up_on_a_broker_that_does_not_answer_and_says_what_to_che
         send_with_settings([tmp_path / "in"], source_org="anyone", settings=settings, broker_wait_s=1.0)
     assert time.monotonic() - started < 15  # the try in progress when the wait ran out (10 s at most)
     assert settings.kafka_bootstrap in str(raised.value) and "tools.devstack env" in str(raised.value)
+
+
+def test_imx_send_says_plainly_when_mongodb_does_not_answer(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """With the broker up and MongoDB down, pymongo's own error came out as a traceback."""
+    settings = IngestSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        mongo_uri=f"mongodb://user:secret@127.0.0.1:{free_port()}/",
+        blob_dir=tmp_path / "blobs",
+    )
+    (tmp_path / "in").mkdir()
+    with pytest.raises(DatabaseNotAnswering) as raised:
+        send_with_settings([tmp_path / "in"], source_org="anyone", settings=settings)
+    assert "IMX_MONGO_URI" in str(raised.value) and "secret" not in str(raised.value)

@@ -11,7 +11,8 @@ from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance
 from services.ingest.errors import InvalidDestination, UnknownOrganisation
 from services.ingest.receipts import MemoryReceiptStore
-from services.ingest.sender import PathNotFound, SendAborted, SendProgress, find_files, send
+from services.ingest.sender import PathNotFound, SendAborted, SendProgress, find_files, send, send_with_settings
+from services.ingest.settings import IngestSettings
 from services.proto_gen.imx.v1 import events_pb2
 from tests.unit.ingest.samples import NOT_DICOM, RecordingBus, mr_study
 
@@ -116,3 +117,14 @@ def test_a_failing_bus_stops_the_run_with_what_was_sent(
     with pytest.raises(SendAborted) as caught:
         send(files, source_org="trust-a", acceptance=acceptance, organisations=Orgs())
     assert caught.value.summary.duplicates == 1 and caught.value.summary.sent == 1
+
+
+def test_what_needs_no_server_is_checked_before_waiting_for_one(tmp_path: Path) -> None:
+    """A mistyped path or destination waited up to 30 s for a broker before being reported."""
+    nowhere = IngestSettings(
+        kafka_bootstrap="127.0.0.1:1", mongo_uri="mongodb://127.0.0.1:1/", blob_dir=tmp_path / "blobs"
+    )
+    with pytest.raises(PathNotFound):
+        send_with_settings([tmp_path / "missing"], source_org="trust-a", settings=nowhere, broker_wait_s=0.1)
+    with pytest.raises(InvalidDestination):
+        send_with_settings([tmp_path], source_org="trust-a", settings=nowhere, to="Not A Partner!", broker_wait_s=0.1)
