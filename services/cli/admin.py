@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli.settings import CliSettings
-from services.common.control_channel import MissingControlToken, control_channel
+from services.common.control_channel import DefaultDeadline, MissingControlToken, control_channel
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc, events_pb2
 
 console = Console()
@@ -22,6 +22,10 @@ routes_app = typer.Typer(help="Route rules: which partner receives what, with wh
 partners_app = typer.Typer(help="Receiving partners and their topics.", no_args_is_help=True)
 orgs_app = typer.Typer(help="Sending organisations: AE titles and API keys.", no_args_is_help=True)
 analysts_app = typer.Typer(help="Who may query the audit API (API keys).", no_args_is_help=True)
+
+
+CALL_DEADLINE_S = 60.0  # a command's call unless it names its own (audit verify reads the whole log)
+INT32_MAX = 2**31 - 1  # the proto fields' range: beyond it the request cannot even be built
 
 
 @contextmanager
@@ -33,6 +37,7 @@ def _channel(address: str) -> Iterator[grpc.Channel]:
     except MissingControlToken as missing:
         console.print(f"[red]{missing}[/red]", highlight=False)
         raise typer.Exit(2) from None
+    channel = grpc.intercept_channel(channel, DefaultDeadline(CALL_DEADLINE_S))
     with channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=5)
@@ -103,7 +108,9 @@ def routes_add(
     description: Annotated[str, typer.Option(help="glob on Study Description")] = "",
     body_part: Annotated[str, typer.Option(help="glob on Body Part Examined")] = "",
     requested: Annotated[str, typer.Option(help="glob on the destination the sender asked for")] = "",
-    priority: Annotated[int, typer.Option(help="lower wins when two rules name the same partner")] = 100,
+    priority: Annotated[
+        int, typer.Option(min=-INT32_MAX, max=INT32_MAX, help="lower wins when two rules name the same partner")
+    ] = 100,
     priority_class: Annotated[
         PriorityClass,
         typer.Option("--class", help="urgent (stroke, trauma) overtakes routine, which overtakes bulk (research)"),
@@ -143,7 +150,7 @@ def routes_remove(route_id: str) -> None:
 
 @routes_app.command("test")
 def routes_test(
-    file: Path,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="a DICOM file")],
     from_org: Annotated[str, typer.Option("--from", help="the sending organisation to assume")],
     to: Annotated[str, typer.Option(help="an explicitly requested destination")] = "",
 ) -> None:

@@ -25,6 +25,9 @@ audit_app = typer.Typer(help="The audit log's tamper evidence: verify it, show i
                         no_args_is_help=True)  # fmt: skip
 
 
+VERIFY_DEADLINE_S = 3600.0  # it recomputes the whole log; the other calls get the CLI's 60 s
+
+
 def _when(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
 
@@ -36,8 +39,15 @@ def _describe(head: admin_pb2.SignedTreeHead) -> str:
 def _known(path: Path | None) -> tuple[int, bytes]:
     if path is None or not path.exists():
         return 0, b""
-    saved = json.loads(path.read_text())
-    return int(saved["tree_size"]), bytes.fromhex(saved["root_hash"])
+    try:
+        saved = json.loads(path.read_text())
+        return int(saved["tree_size"]), bytes.fromhex(saved["root_hash"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        console.print(
+            f"[red]{path} does not hold a tree head `audit verify --remember` wrote[/red] "
+            f"({type(error).__name__}); give another file, or remove it to start from this run's head"
+        )
+        raise typer.Exit(2) from None
 
 
 @audit_app.command("verify")
@@ -49,7 +59,7 @@ def verify(
             "updated when verification passes"
         ),
     ] = None,
-    max_findings: Annotated[int, typer.Option(help="list at most N findings")] = 100,
+    max_findings: Annotated[int, typer.Option(min=1, max=2**32 - 1, help="list at most N findings")] = 100,
 ) -> None:
     """Recompute the log from the stored records: names each changed, deleted, reordered or truncated record
     (leaf index, record id), checks each signed tree head's signature and their consistency."""
@@ -58,7 +68,8 @@ def verify(
         reply = admin_pb2_grpc.AuditLogStub(channel).VerifyAuditLog(
             admin_pb2.VerifyAuditLogRequest(
                 known_tree_size=known_size, known_root_hash=known_root, max_findings=max_findings
-            )
+            ),
+            timeout=VERIFY_DEADLINE_S,
         )
     console.print(
         f"{reply.leaves_checked} of {reply.tree_size} leaves checked"

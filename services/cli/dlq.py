@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.cli.admin import _channel
+from services.cli.admin import INT32_MAX, _channel
 from services.cli.settings import CliSettings
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
@@ -37,12 +37,14 @@ def _at(position: str) -> tuple[int, int]:
     partition, sep, offset = position.partition(":")
     if not sep or not partition.isdigit() or not offset.isdigit():
         raise typer.BadParameter("expected <partition>:<offset>, e.g. 0:17")
+    if int(partition) > INT32_MAX or int(offset) >= 2**63:
+        raise typer.BadParameter("no such position: the partition or the offset is out of range")
     return int(partition), int(offset)
 
 
 @dlq_app.command("list")
 def dlq_list(
-    limit: Annotated[int, typer.Option(help="the newest N")] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=INT32_MAX, help="the newest N")] = 100,
     stage: Annotated[str, typer.Option(help="only this stage's")] = "",
 ) -> None:
     """The newest dead letters: where each came from, which stage failed, why, and whether it was replayed."""

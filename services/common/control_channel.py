@@ -66,6 +66,21 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor):
         return continuation(client_call_details._replace(metadata=metadata), request)
 
 
+class DefaultDeadline(grpc.UnaryUnaryClientInterceptor):
+    """Every call gets `seconds` unless it names its own: a service that takes the connection and then
+    stalls would otherwise hold the caller for ever."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+
+    def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        if client_call_details.timeout is None:
+            client_call_details = client_call_details._replace(timeout=self._seconds)
+        return continuation(client_call_details, request)
+
+
 def control_channel(
     address: str, token: str | None = None, options: Sequence[tuple[str, Any]] = GRPC_MESSAGE_OPTIONS
 ) -> grpc.Channel:
