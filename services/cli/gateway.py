@@ -202,13 +202,19 @@ def list_dead_letters(state_dir: StateDirOption = Path("imx-gateway-state")) -> 
     if not folder.is_dir():
         console.print(f"no dead letters (no folder {folder})")
         return
-    letters = list(DeadLetters(folder))
+    dead_letters = DeadLetters(folder)
+    letters = list(dead_letters)
     for letter in letters:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.dead_lettered_at_ms / 1000))
         console.print(
             f"{letter.delivery_id}  {letter.status}  attempts={letter.attempts}  {letter.target_kind}  {when}"
         )
     console.print(f"{len(letters)} dead letter(s)")
+    if unreadable := dead_letters.unreadable():
+        console.print(
+            f"[red]{len(unreadable)} file(s) in {folder} do not hold a dead letter[/red]: {', '.join(unreadable)}"
+        )
+        raise typer.Exit(1)
 
 
 @dead_letters_app.command("replay")
@@ -231,11 +237,21 @@ def replay(
     from kafka.errors import KafkaError
 
     from services.common.events import now_ms
+    from services.gateway.records import safe_delivery_id
     from services.gateway.runner import replay_dead_letters
-    from services.gateway.worker import GatewayStopped
+    from services.gateway.worker import GatewayStopped, state_paths
 
     if bool(delivery_id) == all_:
         console.print("[red]give one delivery id or --all[/red]")
+        raise typer.Exit(2)
+    if delivery_id:
+        try:
+            safe_delivery_id(delivery_id)
+        except ValueError:
+            console.print("[red]not a delivery id[/red]: `imx gateway dead-letters list` shows them")
+            raise typer.Exit(2) from None
+    if not (folder := state_paths(state_dir)[2]).is_dir():  # a mistyped --state-dir is not made here
+        console.print(f"[red]no dead letters (no folder {folder})[/red]: is --state-dir the gateway's?")
         raise typer.Exit(2)
     publish = bool(partner and bootstrap)
     settings = _settings(

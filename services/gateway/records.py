@@ -85,6 +85,10 @@ class DeadLetter:
         return events_pb2.PartnerDelivery.FromString(base64.b64decode(self.delivery_b64))
 
 
+class UnreadableDeadLetter(Exception):
+    """A dead letter's file does not hold one."""
+
+
 class DeadLetters:
     def __init__(self, folder: Path) -> None:
         self._folder = folder
@@ -123,17 +127,31 @@ class DeadLetters:
         return letter
 
     def get(self, delivery_id: str) -> DeadLetter | None:
+        """The dead letter, None when there is none; `UnreadableDeadLetter` when its file is damaged."""
         try:
             return DeadLetter(**json.loads(self._path(delivery_id).read_text()))
         except FileNotFoundError:
             return None
+        except (OSError, ValueError, TypeError):
+            raise UnreadableDeadLetter(delivery_id) from None
 
     def __iter__(self) -> Iterator[DeadLetter]:
+        """The readable ones (`unreadable` names the others)."""
         for path in sorted(self._folder.glob("*.json")):
             try:
                 yield DeadLetter(**json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 continue
+
+    def unreadable(self) -> list[str]:
+        """File names in the folder that do not hold a dead letter (damaged, or written by hand)."""
+        bad = []
+        for path in sorted(self._folder.glob("*.json")):
+            try:
+                DeadLetter(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                bad.append(path.name)
+        return bad
 
     def remove(self, delivery_id: str) -> None:
         self._path(delivery_id).unlink(missing_ok=True)

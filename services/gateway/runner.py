@@ -19,7 +19,7 @@ from services.common.topics import Topics
 from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
 from services.gateway.receipts import STORED, instance_receipt, receipt_headers
-from services.gateway.records import DeadLetter, DeadLetters, StoredRecords
+from services.gateway.records import DeadLetter, DeadLetters, StoredRecords, UnreadableDeadLetter
 from services.gateway.targets import Store, Target, open_store
 from services.gateway.worker import Counters, Gateway, GatewayOptions, attempt_once, state_paths
 
@@ -139,6 +139,15 @@ class ReplayOutcome:
     status: str
 
 
+def _letter_or_why(dead_letters: DeadLetters, delivery_id: str) -> DeadLetter | str:
+    """The dead letter, or why there is none to replay."""
+    try:
+        letter = dead_letters.get(delivery_id)
+    except UnreadableDeadLetter:
+        return "unreadable-dead-letter"
+    return "no-such-dead-letter" if letter is None else letter
+
+
 def replay_dead_letters(
     settings: GatewaySettings,
     delivery_ids: list[str] | None,
@@ -154,13 +163,13 @@ def replay_dead_letters(
         if publish_receipts:
             producer = producer_for(settings.kafka)
             stack.callback(producer.close)
-        letters: list[DeadLetter | None] = (
-            list(dead_letters) if delivery_ids is None else [dead_letters.get(i) for i in delivery_ids]
+        letters: list[DeadLetter | str] = (
+            list(dead_letters) if delivery_ids is None else [_letter_or_why(dead_letters, i) for i in delivery_ids]
         )
         wanted_ids: list[str | None] = list(delivery_ids) if delivery_ids is not None else [None] * len(letters)
         for wanted, letter in zip(wanted_ids, letters, strict=True):
-            if letter is None:
-                outcomes.append(ReplayOutcome(str(wanted), False, "no-such-dead-letter"))
+            if isinstance(letter, str):
+                outcomes.append(ReplayOutcome(str(wanted), False, letter))
                 continue
             delivery = letter.delivery()
             result, _refused = attempt_once(fetcher, store, delivery)
