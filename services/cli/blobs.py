@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,6 +38,17 @@ RetentionDays = Annotated[
     float,
     typer.Option(help="keep objects this many days after they were last written", min=0.0),
 ]
+
+
+def _store_root() -> Path:
+    """IMX_BLOB_DIR, which must be a blob store: a mistyped one was made empty, and "all 0 objects match"."""
+    from services.common.settings import ServiceSettings
+
+    root = ServiceSettings().blob_dir
+    if not root.is_dir():
+        console.print(f"[red]no blob store at {root}[/red]: set IMX_BLOB_DIR to the services' blob folder")
+        raise typer.Exit(2)
+    return root
 
 
 def _owed() -> set[str]:
@@ -74,9 +86,8 @@ def blobs_usage(retention_days: RetentionDays = DEFAULT_RETENTION_S / 86400) -> 
     """How many objects the store holds and the bytes they take on disk, how many are past the
     retention and how many a partner is still owed. A spliced object counts its record (its head and a
     reference), the bytes it shares with its source once, in the source."""
-    from services.common.settings import ServiceSettings
 
-    root = ServiceSettings().blob_dir
+    root = _store_root()
     entries: list[BlobEntry] = []
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
         task = bar.add_task("scanning")
@@ -108,9 +119,8 @@ def blobs_gc(
     """Delete objects older than the retention that no partner is owed (never one a partner's
     gateway has not reported stored, nor the source of a spliced object that is kept), and the
     temporary files writers that stopped left behind."""
-    from services.common.settings import ServiceSettings
 
-    root = ServiceSettings().blob_dir
+    root = _store_root()
     seen = 0
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
         task = bar.add_task("scanning")
@@ -140,9 +150,8 @@ def blobs_verify() -> None:
     """Rehash every object and name those that no longer match their SHA-256 (exit status 1 if any).
     Reads the whole store once: a spliced object's head and its source's range, so the bar counts
     those bytes, not its record's. An object stored both whole and spliced is checked in each form."""
-    from services.common.settings import ServiceSettings
 
-    root = ServiceSettings().blob_dir
+    root = _store_root()
     store = LocalBlobStore(root)
     entries = list(scan(root))
     total = sum(entry.logical_size for entry in entries)

@@ -45,6 +45,10 @@ def demo_data(
     """Write a deterministic synthetic data set with realistic (fake) PHI in the usual places."""
     from services.common.dicom.synthetic import write_demo_data
 
+    if out.exists() and not out.is_dir():
+        console.print(f"[red]{out} is a file[/red]: --out names the folder to write the studies into")
+        raise typer.Exit(2)
+
     with progress_bar() as bar:
         task = bar.add_task("writing studies", total=studies)
         manifest = write_demo_data(out, studies, seed, progress=lambda n: bar.update(task, completed=n))
@@ -96,6 +100,9 @@ def _profile(name_or_file: str) -> Profile:
         return profile_from_document(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError) as error:  # json and the document checks raise ValueError with a reason
         console.print(f"[red]bad profile file {path}[/red]: {error}")
+        raise typer.Exit(2) from None
+    except RecursionError:  # json's parser recurses per level
+        console.print(f"[red]bad profile file {path}[/red]: nested too deeply")
         raise typer.Exit(2) from None
 
 

@@ -46,6 +46,8 @@ def build_document(name: str, from_file: Path | None, options: list[str], overri
             loaded = json.loads(from_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise _fail(f"cannot read {from_file}: {exc}") from None
+        except RecursionError:  # json's parser recurses per level
+            raise _fail(f"cannot read {from_file}: nested too deeply") from None
         if not isinstance(loaded, dict):
             raise _fail(f"{from_file} must hold one JSON object")
         doc = loaded
@@ -115,6 +117,8 @@ def profiles_add(
         profile = profile_from_document(build_document(name, from_file, option or [], override or []))
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    except RecursionError:
+        raise _fail("the profile is nested too deeply") from None
     with _channel(CliSettings().deid_grpc) as channel:
         reply = _stub(channel).AddProfile(profiles_pb2.AddProfileRequest(profile=profile_to_proto(profile)))
     if reply.changed:

@@ -151,3 +151,16 @@ def test_gc_removes_and_names_the_temporaries_a_dead_writer_left(
     assert done.exit_code == 0 and "deleted 1 temporary files" in _said(done)
     assert not stale.exists() and live.exists()
     assert "temporary" not in _said(runner.invoke(app, ["blobs", "gc"])), "nothing to say when there are none"
+
+
+@pytest.mark.parametrize("command", ["verify", "usage", "gc"])
+def test_a_blob_dir_that_is_not_a_store_is_named_not_made(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped IMX_BLOB_DIR was made, empty, and `verify` said "all 0 objects match their hashes"."""
+    (tmp_path / "a-file").write_text("")
+    for where in (tmp_path / "typo", tmp_path / "a-file"):
+        monkeypatch.setenv("IMX_BLOB_DIR", str(where))
+        result = runner.invoke(app, ["blobs", command])
+        assert result.exit_code == 2 and "no blob store at" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "typo").exists()

@@ -118,3 +118,18 @@ def test_outputs_that_cannot_be_written_and_empty_inputs_are_said_plainly_withou
         app, ["deid", str(tmp_path / "nothing-here"), str(tmp_path / "o"), "--key-file", str(tmp_path / "new.key")]
     )
     assert result.exit_code == 2 and not (tmp_path / "new.key").exists(), "no key made for a run that did nothing"
+
+
+def test_a_profile_nested_past_the_parser_and_a_file_for_a_folder_are_said_plainly(tmp_path: Path) -> None:
+    source = tmp_path / "in.dcm"
+    source.write_bytes(to_bytes(ct_dataset()))
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"name": "x", "overrides": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for command in (
+        ["deid", str(source), str(tmp_path / "o.dcm"), "--key-file", str(tmp_path / "k"), "--profile", str(deep)],
+        ["profiles", "add", "x", "--from-file", str(deep)],
+    ):
+        result = runner.invoke(app, command)
+        assert result.exit_code in (1, 2) and "nested too deeply" in " ".join(result.output.split()), result.output
+    result = runner.invoke(app, ["demo-data", "--out", str(source), "--studies", "1"])
+    assert result.exit_code == 2 and "is a file" in " ".join(result.output.split())
