@@ -58,7 +58,8 @@ def row(state: ServiceState) -> list[str]:
     )
     s = state.status
     if s is None:
-        return [state.name, health, "-", "-", "-", "-", state.problem or "-"]
+        where = f"nothing answers at {state.address}" if state.health == "unreachable" else "-"
+        return [state.name, health, "-", "-", "-", "-", state.problem or where]
     lag = sum(item.lag for item in s.lag)
     return [
         state.name,
@@ -102,7 +103,10 @@ def _backlogs(address: str, token: str | None) -> tuple[list[admin_pb2.PartnerBa
 
 def status(
     warn_at: Annotated[
-        float, typer.Option(help="list partners whose oldest unread message has used this much of the retention")
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="list partners whose oldest unread message has used this much of the retention"
+        ),
     ] = 0.8,
 ) -> None:
     """Every service: health (SERVING, NOT_SERVING during a dependency outage, unreachable), paused,

@@ -30,6 +30,11 @@ def test_a_row_without_status_says_why() -> None:
     assert cells[2:6] == ["-", "-", "-", "-"] and cells[6] == "UNAUTHENTICATED"
 
 
+def test_an_unreachable_service_names_the_address_nothing_answered_at() -> None:
+    cells = row(ServiceState("routing", "127.0.0.1:15052", "unreachable", None))
+    assert cells[6] == "nothing answers at 127.0.0.1:15052"
+
+
 def test_partners_near_retention_or_already_losing_messages_are_listed() -> None:
     backlogs = [
         admin_pb2.PartnerBacklog(partner_id="calm", retention_used=0.1),
