@@ -12,6 +12,7 @@ touches the pipeline's records, pages or counters (services/audit/store.py).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -23,6 +24,26 @@ from services.common.messages import TransientError
 
 QUERY = ("110112", "Query")
 AUDIT_LOG_USED = ("110101", "Audit Log Used")
+
+
+# A request's parameter names become a document's field names, which may hold neither "." nor a leading
+# "$" (MongoDB; FerretDB refuses both anywhere), and PostgreSQL stores no NUL in any text. Those are
+# percent-encoded as a URL would carry them ("%" too, so the record stays exact), not refused: a request
+# the access log could not record was answered 503 "try again", for ever, and was never recorded.
+_UNSTORABLE_IN_NAMES = str.maketrans({"%": "%25", ".": "%2E", "$": "%24", "\x00": "%00"})
+_UNSTORABLE_IN_TEXT = str.maketrans({"\x00": "%00"})
+
+
+def storable_params(params: Mapping[str, str]) -> dict[str, str]:
+    """`params` as fields the database takes (pure)."""
+    return {
+        name.translate(_UNSTORABLE_IN_NAMES): value.translate(_UNSTORABLE_IN_TEXT) for name, value in params.items()
+    }
+
+
+def storable_text(text: str) -> str:
+    """A path or value the database takes: NUL percent-encoded (pure)."""
+    return text.translate(_UNSTORABLE_IN_TEXT)
 
 
 def outcome_of(status: int) -> int:

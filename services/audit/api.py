@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -15,7 +15,7 @@ from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from services.audit.access_log import AccessEntry, AccessLog
+from services.audit.access_log import AccessEntry, AccessLog, storable_params, storable_text
 from services.audit.analysts import Analyst
 from services.audit.changes_api import ChangeReader, changes_router
 from services.audit.export_api import export_router
@@ -32,6 +32,7 @@ from services.audit.models import (
     VolumesOut,
 )
 from services.audit.queries import EventFilter, PeriodPurged, decode_cursor, encode_cursor
+from services.audit.query_params import ID_PATTERN, KEY_PATTERN, invalid, invalid_request, period
 from services.audit.records import EventType
 from services.audit.scopes import Scope, ScopeDenied
 from services.audit.store import AuditStore
@@ -72,24 +73,6 @@ StoreDep = Annotated[AuditStore, Depends(get_store)]
 EVERYONE = Analyst("anonymous")  # IMX_AUDIT_REQUIRE_API_KEY=false: the proxy in front decided
 Since = Annotated[datetime | None, Query(description="only events at or after this time")]
 Until = Annotated[datetime | None, Query(description="only events before this time")]
-
-
-def _invalid(param: str, message: str, value: Any) -> RequestValidationError:
-    """The same 422 body FastAPI gives for a malformed parameter."""
-    return RequestValidationError([{"type": "value_error", "loc": ("query", param), "msg": message, "input": value}])
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _period(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
-    since, until = _utc(since), _utc(until)
-    if since is not None and until is not None and since >= until:
-        raise _invalid("until", "until must be later than since", until.isoformat())
-    return since, until
 
 
 KeyCheck = Callable[[str], "str | Analyst | None"]
@@ -155,20 +138,20 @@ def list_events(
     scope: ScopeDep,
     since: Since = None,
     until: Until = None,
-    org: Annotated[str | None, Query(max_length=63, description="sending organisation id")] = None,
-    partner: Annotated[str | None, Query(max_length=63, description="receiving partner id")] = None,
+    org: Annotated[str | None, Query(max_length=63, pattern=ID_PATTERN, description="sending organisation id")] = None,
+    partner: Annotated[str | None, Query(max_length=63, pattern=ID_PATTERN, description="receiving partner id")] = None,
     event_type: Annotated[EventType | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="events per page")] = 100,
     cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")] = None,
 ) -> Response:
     """Events in the order they happened (then by id), filtered; page with `next_cursor`. A scoped key's
     filter is its own organisation or partner."""
-    since, until = _period(since, until)
+    since, until = period(since, until)
     org, partner = scope.narrow("org", org), scope.narrow("partner", partner)
     try:
         after = decode_cursor(cursor) if cursor is not None else None
     except ValueError:
-        raise _invalid("cursor", "cursor is not one this API returned", cursor) from None
+        raise invalid("cursor", "cursor is not one this API returned") from None
     query = EventFilter(org=org, partner=partner, event_type=event_type, since=since, until=until)
     page = store.events(query, limit, after)
     next_cursor = encode_cursor(page.next_cursor) if page.next_cursor else None
@@ -187,7 +170,7 @@ def summary(store: StoreDep, scope: ScopeDep, since: Since = None, until: Until 
     """Counts: events per type, deliveries per partner (delivered and failed), quarantines per reason,
     dead letters per stage. A scoped key gets the counts of the records it sees (its organisation's, or
     its partner's), kept as such from the day the store started keeping them (a 403 before that day)."""
-    since, until = _period(since, until)
+    since, until = period(since, until)
     return Summary.from_summary(store.summary(since, until, scope))
 
 
@@ -203,14 +186,16 @@ def volumes(
     by: Annotated[Literal["org", "partner", "modality"], Query(description="what to count per")],
     since: Since = None,
     until: Until = None,
-    key: Annotated[str | None, Query(max_length=63, description="only this organisation, partner or modality")] = None,
+    key: Annotated[
+        str | None, Query(max_length=63, pattern=KEY_PATTERN, description="only this organisation, partner or modality")
+    ] = None,
 ) -> VolumesOut:
     """Instances, studies and bytes per UTC day and sending organisation, partner or modality, for the
     days overlapping the period (open ends: the first and last day recorded; at most 400 days).
     A study counts once per key and day. An organisation's key reads `by=org` of its own, a partner's
     `by=partner` of its own."""
     key = scope.aggregate_key(by, key)
-    since, until = _period(since, until)
+    since, until = period(since, until)
     return VolumesOut(by=by, days=[VolumeOut.from_row(r) for r in store.volumes(by, since, until, key)])
 
 
@@ -223,7 +208,7 @@ def volumes(
 def turnaround(
     store: StoreDep,
     scope: ScopeDep,
-    partner: Annotated[str | None, Query(max_length=63, description="only this partner")] = None,
+    partner: Annotated[str | None, Query(max_length=63, pattern=ID_PATTERN, description="only this partner")] = None,
     since: Since = None,
     until: Until = None,
 ) -> TurnaroundOut:
@@ -231,7 +216,7 @@ def turnaround(
     accepted to stored in the partner's PACS (receipts with status stored), per day and overall.
     A partner's key reads its own; an organisation's is refused (not kept per organisation)."""
     partner = scope.aggregate_key("partner", partner)
-    since, until = _period(since, until)
+    since, until = period(since, until)
     return TurnaroundOut(
         partners=[PartnerTurnaround.from_turnaround(t) for t in store.turnaround(since, until, partner)]
     )
@@ -246,7 +231,7 @@ def turnaround(
 def quarantines(store: StoreDep, scope: ScopeDep, since: Since = None, until: Until = None) -> QuarantinesOut:
     """Quarantines and dead letters per UTC day, stage and reason (days overlapping the period). A scoped
     key gets those of the records it sees (as for the summary)."""
-    since, until = _period(since, until)
+    since, until = period(since, until)
     return QuarantinesOut(days=[StageReasonDay.from_count(c) for c in store.stage_reasons(since, until, scope)])
 
 
@@ -316,8 +301,8 @@ class AccessRecording:
             analyst_id=analyst.analyst_id if analyst else None,
             scope=str(analyst.scope) if analyst else None,
             method=str(scope["method"]),
-            path=str(scope["path"]),
-            params=dict(QueryParams(scope.get("query_string", b""))),
+            path=storable_text(str(scope["path"])),
+            params=storable_params(QueryParams(scope.get("query_string", b""))),
             status=status,
         )
         try:
@@ -346,6 +331,7 @@ def create_app(
         app.include_router(changes_router, dependencies=[Depends(_authorised)])
     app.include_router(open_router)
     app.include_router(ui_router)  # the analysts' page: static, no key; it asks the analyst for theirs
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(TransientError, _store_unavailable)
     app.add_exception_handler(ScopeDenied, _out_of_scope)
     app.add_exception_handler(PeriodPurged, _purged)

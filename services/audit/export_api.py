@@ -11,16 +11,16 @@ scope (set on `request.state.analyst` by that check) narrows what is exported ex
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Protocol
+from datetime import datetime
+from typing import Annotated, Literal, Protocol
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 
 from services.audit.exports import audit_messages_xml, fhir_bundle_json
 from services.audit.models import AuditEvent, EventPageOut
 from services.audit.queries import EventFilter, decode_cursor, encode_cursor
+from services.audit.query_params import ID_PATTERN, invalid, period
 from services.audit.records import AuditRecord, EventType
 from services.audit.store import AuditStore
 from services.audit.trail import build_trail, in_order
@@ -52,16 +52,6 @@ def _scope(request: Request) -> RecordScope | None:
     return scope
 
 
-def _invalid(param: str, message: str, value: Any) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": ("query", param), "msg": message, "input": value}])
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _rendered(
     records: Sequence[AuditRecord], fmt: Format, json_body: str, next_cursor: str | None, next_url: str | None
 ) -> Response:
@@ -87,23 +77,21 @@ def export_events(
     format: FormatQuery = "json",
     since: Annotated[datetime | None, Query(description="only events at or after this time")] = None,
     until: Annotated[datetime | None, Query(description="only events before this time")] = None,
-    org: Annotated[str | None, Query(max_length=63, description="sending organisation id")] = None,
-    partner: Annotated[str | None, Query(max_length=63, description="receiving partner id")] = None,
+    org: Annotated[str | None, Query(max_length=63, pattern=ID_PATTERN, description="sending organisation id")] = None,
+    partner: Annotated[str | None, Query(max_length=63, pattern=ID_PATTERN, description="receiving partner id")] = None,
     event_type: Annotated[EventType | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="events per page")] = 100,
     cursor: Annotated[str | None, Query(max_length=512, description="imx-next-cursor of the previous page")] = None,
 ) -> Response:
     """A page of `GET /audit/events` (same filters, order and paging) as DICOM audit messages or FHIR
     AuditEvents."""
-    since, until = _utc(since), _utc(until)
-    if since is not None and until is not None and since >= until:
-        raise _invalid("until", "until must be later than since", until.isoformat())
+    since, until = period(since, until)
     if scope is not None:
         org, partner = scope.narrow("org", org), scope.narrow("partner", partner)
     try:
         after = decode_cursor(cursor) if cursor is not None else None
     except ValueError:
-        raise _invalid("cursor", "cursor is not one this API returned", cursor) from None
+        raise invalid("cursor", "cursor is not one this API returned") from None
     page = store.events(
         EventFilter(org=org, partner=partner, event_type=event_type, since=since, until=until), limit, after
     )

@@ -15,13 +15,15 @@ LANES = ("urgent", "routine", "bulk")
 ROUTINE = "routine"
 
 
+PARTNER_ID_RULE = (
+    "partner id must be 1-63 characters of lower-case letters, digits and '-', starting with a letter or digit"
+)
+
+
 def validate_partner_id(partner_id: str) -> str:
     """Partner ids become topic names, so they are restricted to a safe alphabet."""
     if not _PARTNER_ID.match(partner_id):
-        raise ValueError(
-            "partner id must be 1-63 characters of lower-case letters, digits and '-', "
-            f"starting with a letter or digit (got {partner_id!r})"
-        )
+        raise ValueError(f"{PARTNER_ID_RULE} (got {partner_id!r})")
     return partner_id
 
 

@@ -45,7 +45,7 @@ from services.common.events import event_message, now_ms
 from services.common.messages import OutgoingMessage, TransientError
 from services.common.quarantine_events import Unaccepted, quarantined
 from services.common.stats import StageStats
-from services.common.topics import Topics, validate_partner_id
+from services.common.topics import PARTNER_ID_RULE, Topics, validate_partner_id
 from services.ingest.commit_group import Commit, CommitGroup, Outcome
 from services.ingest.errors import IngestPaused, IngestUnavailable, InvalidDestination
 from services.ingest.ingest_events import ingested_event_id, instance_ingested
@@ -188,8 +188,8 @@ def check_destination(requested: str | None) -> str:
         return ""
     try:
         return validate_partner_id(requested)
-    except ValueError as exc:
-        raise InvalidDestination(str(exc)) from None
+    except ValueError:  # what a sender asked for is not repeated: it could be anything, a patient's name too
+        raise InvalidDestination(PARTNER_ID_RULE) from None
 
 
 class Acceptance:

@@ -136,9 +136,10 @@ def test_an_invalid_destination_is_400(client: TestClient) -> None:
     response = client.post(
         "/dicomweb/studies",
         content=multipart_body([mr_study(3)[0]]),
-        headers={**AUTH, "X-IMX-Destination": "Not Valid"},
+        headers={**AUTH, "X-IMX-Destination": "SMITH^ARJUN^R"},
     )
     assert response.status_code == 400
+    assert "partner id must be" in response.text and "SMITH" not in response.text, "what was sent is not repeated"
 
 
 def test_healthz(client: TestClient) -> None:

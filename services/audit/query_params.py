@@ -1,0 +1,55 @@
+"""What the audit API's endpoints share about their query parameters: a period in UTC, and a 422 that
+says which parameter is wrong and why without repeating the value (a mistyped study UID or organisation
+can be a patient's name)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+# Organisation and partner ids (services/common/stores/organisations.py, services/common/topics.py);
+# `key` of /audit/volumes is one of those or a modality. Anything else matches no record, and a NUL
+# would not even reach the database.
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+
+
+def invalid(param: str, message: str) -> RequestValidationError:
+    """A 422 for `param`, shaped as FastAPI's own."""
+    return RequestValidationError([{"type": "value_error", "loc": ("query", param), "msg": message}])
+
+
+def utc(moment: datetime | None, param: str) -> datetime | None:
+    """`moment` in UTC (naive: taken as UTC); a moment whose offset takes it past year 1 or 9999 is a 422."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise invalid(param, "outside the years 1 to 9999 once in UTC") from None
+
+
+def period(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """`since` and `until` in UTC; until must be later."""
+    since, until = utc(since, "since"), utc(until, "until")
+    if since is not None and until is not None and since >= until:
+        raise invalid("until", "until must be later than since")
+    return since, until
+
+
+def without_inputs(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Validation errors with where and why, not what was sent (pure)."""
+    return [{key: error[key] for key in ("type", "loc", "msg") if key in error} for error in errors]
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 body, minus each error's `input` and `ctx`."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse(status_code=422, content={"detail": without_inputs(errors)})
