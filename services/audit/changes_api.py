@@ -53,7 +53,10 @@ class ControlChangesOut(BaseModel):
 async def control_changes(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[str | None, Query(description="`next_before` of the previous page")] = None,
+    before: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9]{13}:[0-9a-f]{32}$", description="`next_before` of the previous page"),
+    ] = None,
 ) -> ControlChangesOut:
     """Changes made through the gRPC control and admin APIs, newest first."""
     request.state.analyst.scope.require_everything("control-plane changes")

@@ -178,5 +178,7 @@ def test_the_audit_api_lists_the_changes_to_keys_that_see_everything(served: Ser
             f"/audit/control-changes?before={page.json()['next_before']}", headers={"Authorization": "Bearer all-key"}
         ).json()
         assert [c["object_id"] for c in older["changes"]] == ["ann"] and older["next_before"] is None
+        made_up = http.get("/audit/control-changes?before=yesterday", headers={"Authorization": "Bearer all-key"})
+        assert made_up.status_code == 422, "a `before` this API never returned was answered with the first page"
         assert http.get("/audit/control-changes", headers={"Authorization": "Bearer org-key"}).status_code == 403
         assert http.get("/audit/control-changes").status_code == 401
