@@ -85,6 +85,14 @@ class DeadLetter:
         return events_pb2.PartnerDelivery.FromString(base64.b64decode(self.delivery_b64))
 
 
+def _read(path: Path) -> DeadLetter | None:
+    """The dead letter a file holds; None when it holds none (gone since listed, damaged, by hand)."""
+    try:
+        return DeadLetter(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 class UnreadableDeadLetter(Exception):
     """A dead letter's file does not hold one."""
 
@@ -128,30 +136,23 @@ class DeadLetters:
 
     def get(self, delivery_id: str) -> DeadLetter | None:
         """The dead letter, None when there is none; `UnreadableDeadLetter` when its file is damaged."""
-        try:
-            return DeadLetter(**json.loads(self._path(delivery_id).read_text()))
-        except FileNotFoundError:
+        path = self._path(delivery_id)
+        if not path.exists():
             return None
-        except (OSError, ValueError, TypeError):
-            raise UnreadableDeadLetter(delivery_id) from None
+        letter = _read(path)
+        if letter is None:
+            raise UnreadableDeadLetter(delivery_id)
+        return letter
 
     def __iter__(self) -> Iterator[DeadLetter]:
         """The readable ones (`unreadable` names the others)."""
         for path in sorted(self._folder.glob("*.json")):
-            try:
-                yield DeadLetter(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                continue
+            if (letter := _read(path)) is not None:
+                yield letter
 
     def unreadable(self) -> list[str]:
         """File names in the folder that do not hold a dead letter (damaged, or written by hand)."""
-        bad = []
-        for path in sorted(self._folder.glob("*.json")):
-            try:
-                DeadLetter(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                bad.append(path.name)
-        return bad
+        return [path.name for path in sorted(self._folder.glob("*.json")) if _read(path) is None]
 
     def remove(self, delivery_id: str) -> None:
         self._path(delivery_id).unlink(missing_ok=True)
