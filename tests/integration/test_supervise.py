@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tools import devstack
+from tools.devstack.processes import is_running
 from tools.devstack.supervise import BASE_DELAY_S, MAX_DELAY_S, STABLE_S, next_delay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,11 +100,7 @@ def test_the_supervisor_refuses_arguments_it_does_not_know() -> None:
 
 def _gone(pid: int) -> bool:
     """No such process, or only its zombie (an orphan's is reaped by whoever adopted it, maybe late)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] in "ZX"
+    return not is_running(pid)
 
 
 def test_a_supervisor_killed_outright_stops_its_service(tmp_path: Path) -> None:

@@ -138,6 +138,11 @@ def _start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def is_running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is not: it only waits to be reaped)."""
+    return _start_ticks(pid) is not None
+
+
 @dataclass
 class ManagedProcess:
     """A server process started by this module, in this interpreter or an earlier one."""
