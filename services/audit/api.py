@@ -235,7 +235,10 @@ def quarantines(store: StoreDep, scope: ScopeDep, since: Since = None, until: Un
     return QuarantinesOut(days=[StageReasonDay.from_count(c) for c in store.stage_reasons(since, until, scope)])
 
 
-@open_router.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+# HEAD too: uptime checkers and load balancers probe with it (a 405 read as "down").
+@open_router.api_route(
+    "/healthz", methods=["GET", "HEAD"], response_model=Health, tags=["health"], responses={503: {"model": Health}}
+)
 def healthz(store: StoreDep, response: Response) -> Health:
     """Serving, and whether the audit store answers."""
     reachable = store.ping()

@@ -27,14 +27,18 @@ def progress_bar() -> Progress:
 
 
 def dicom_files(paths: list[Path]) -> list[Path]:
-    """The files `imx send` would send (ingest's walk), hidden files skipped."""
-    from services.ingest.sender import PathNotFound, find_files
+    """The files `imx send` would send (ingest's walk: hidden files and folders skipped); links whose
+    targets are gone are said, not skipped in silence."""
+    from services.ingest.sender import PathNotFound, walk_inputs
 
     try:
-        return [p for p in find_files(paths) if not p.name.startswith(".")]
+        found = walk_inputs(paths)
     except PathNotFound as missing:  # the message names the path's position, not the path (PHI in folder names)
         console.print(f"[red]{missing}[/red]")
         raise typer.Exit(2) from None
+    if found.broken_links:
+        console.print(f"[yellow]links under the input whose files are gone: {found.broken_links} (skipped)[/yellow]")
+    return found.files
 
 
 def demo_data(
@@ -108,7 +112,12 @@ def _profile(name_or_file: str) -> Profile:
 
 def deid(
     source: Annotated[Path, typer.Argument(help="a DICOM file or a folder of them")],
-    target: Annotated[Path, typer.Argument(help="output file, or folder (mirrors the input tree)")],
+    target_text: Annotated[
+        str,
+        typer.Argument(
+            metavar="TARGET", help="output file, or folder (mirrors the input tree; a name ending in / is a folder)"
+        ),
+    ],
     profile: Annotated[
         str,
         typer.Option(help="built-in profile (basic, research) or a JSON profile file, as `imx profiles add` takes"),
@@ -122,6 +131,8 @@ def deid(
     from services.deid.files import deidentify_file
     from services.deid.handler import refusal_for
 
+    target = Path(target_text)
+    into_folder = target_text.endswith(("/", os.sep)) or target.is_dir()  # Path drops a trailing "/"
     if target.exists() and target.resolve() == source.resolve():
         console.print("[red]the output would overwrite the originals[/red]: give another file or folder")
         raise typer.Exit(2)
@@ -141,7 +152,7 @@ def deid(
             if source.is_dir():
                 out = target / path.relative_to(source)
             else:
-                out = target / path.name if target.is_dir() else target
+                out = target / path.name if into_folder else target
             try:
                 invalid = _refused_by_ingest(path)
                 if invalid is not None:

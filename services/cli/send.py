@@ -62,3 +62,7 @@ def _print(summary: SendSummary) -> None:
     for reason, count in sorted(summary.rejected.items()):
         table.add_row(f"rejected: {reason}", str(count))
     console.print(table)
+    if summary.broken_links:
+        console.print(
+            f"[yellow]links under the folders whose files are gone: {summary.broken_links} (not sent)[/yellow]"
+        )

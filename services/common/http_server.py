@@ -7,6 +7,9 @@ One class for every service's HTTP surface (ingest's STOW-RS, audit's query API,
 - no access log: request paths carry study UIDs; each service logs its own summary;
 - `stop()` stops accepting and lets requests in flight finish, up to `grace_s`;
 - an idle kept-alive connection is closed after `keep_alive_s` (a route bounds its own body reads);
+- a request answered before its body was read (a refusal) keeps its connection while the body still
+  arrives, read and dropped, up to `DRAIN_AFTER_ANSWER_S`: a client that sends its whole body before
+  it reads the answer (Python's http.client, `requests`) is otherwise reset and never sees it;
 - a request's headers must be complete within `header_timeout_s` of the connection opening (or of the
   previous response on a kept-alive connection), else the connection is closed without an answer:
   uvicorn and h11 wait for headers for ever, so a client that sends half a request and stops, or one
@@ -51,6 +54,8 @@ from services.common.http_direct import DirectAnswerer, FileAnswer, answer_prefi
 log = logging.getLogger(__name__)
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+# The longest a request body is read and dropped after its request was answered (as nginx's lingering_time).
+DRAIN_AFTER_ANSWER_S = 30.0
 _STOPPING_BODY = b'{"detail":"the service is stopping; retry later"}'
 # The ASGI "Zero Copy Send" extension: {"type": ZERO_COPY_SEND, "file": <binary file>, "offset": int,
 # "count": int, "more_body": bool} after `http.response.start`, in place of an `http.response.body`.
@@ -218,14 +223,46 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
                 return
             super().shutdown()
 
+        def send_400_response(self, msg: str) -> None:
+            # h11 found the request malformed mid-way (a bad chunk, say) and uvicorn answers 400 and closes.
+            # The request's app may already be running: marked gone, its own answer is dropped quietly
+            # (ASGI's disconnect) instead of failing in h11 and being logged as an error with a traceback.
+            # An answer already begun (one given before the body was read) cannot be followed by a 400: the
+            # connection is just closed.
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                answered = cycle.response_started
+                cycle.disconnected = True
+                cycle.message_event.set()
+                if answered:
+                    self.transport.close()
+                    return
+            super().send_400_response(msg)
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_header_deadline()
             super().connection_lost(exc)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm_header_deadline()
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.SEND_BODY:
+                # Answered before its body was read (a refusal): h11 reads the rest and drops it, so a
+                # client that sends its whole body before it reads still finds the answer (closed with
+                # the body unread, the client was reset instead); not for longer than DRAIN_AFTER_ANSWER_S.
+                self._disarm_header_deadline()
+                self._header_deadline = self.loop.call_later(
+                    DRAIN_AFTER_ANSWER_S, self._drain_deadline_passed, self.cycle
+                )
+                return
+            self._arm_header_deadline()
+
+        def _drain_deadline_passed(self, answered: RequestResponseCycle | None) -> None:
+            self._header_deadline = None
+            # Still that request (its body arriving, or drained and no request since): closed.
+            if self.cycle is answered and not self.transport.is_closing():
+                self.transport.close()
 
         def _arm_header_deadline(self) -> None:
             self._disarm_header_deadline()

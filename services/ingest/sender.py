@@ -39,6 +39,7 @@ class SendSummary:
     accepted: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    broken_links: int = 0  # links in the folders whose targets are gone (not sent, not counted in `sent`)
 
     @property
     def rejected_total(self) -> int:
@@ -80,25 +81,45 @@ class KnownOrganisations(Protocol):
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    # os.walk does not follow symbolic links to folders, so a link loop cannot trap it.
+    """Every entry under `root` but hidden ones (a name starting with "."): a folder's `.git`, `.Trash`,
+    macOS's `.DS_Store` and `._*` files are not instances. os.walk does not follow symbolic links to
+    folders, so a link loop cannot trap it."""
     for folder, dirs, names in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
-            yield Path(folder) / name
+            if not name.startswith("."):
+                yield Path(folder) / name
 
 
-def find_files(paths: Iterable[Path]) -> list[Path]:
-    """Every file under the given files and folders, each once, in a stable order."""
+@dataclass(frozen=True)
+class FoundFiles:
+    files: list[Path]
+    broken_links: int  # links found in folders whose targets are gone: nothing to send, but said
+
+
+def walk_inputs(paths: Iterable[Path]) -> FoundFiles:
+    """Every file under the given files and folders, each once, in a stable order; a path given
+    explicitly is taken even if hidden. `PathNotFound` for a given path that does not exist."""
     given = [Path(p) for p in paths]
     found: dict[Path, None] = {}
+    broken = 0
     for index, path in enumerate(given):
         if path.is_dir():
-            found.update((f, None) for f in _walk(path) if f.is_file())
+            for entry in _walk(path):
+                if entry.is_file():
+                    found[entry] = None
+                elif entry.is_symlink() and not entry.exists():
+                    broken += 1
         elif path.is_file():
             found[path] = None
         else:
             raise PathNotFound(index, len(given), path)
-    return list(found)
+    return FoundFiles(list(found), broken)
+
+
+def find_files(paths: Iterable[Path]) -> list[Path]:
+    """`walk_inputs`' files."""
+    return walk_inputs(paths).files
 
 
 def _size(path: Path) -> int:
@@ -173,10 +194,12 @@ def send(
         raise UnknownOrganisation(
             f"organisation {source_org!r} is not registered; add it first (OrganisationAdmin.AddOrganisation)"
         )
-    files = find_files(paths)
-    return send_files(
-        files, acceptance=acceptance, source_org=source_org, requested_destination=destination, progress=progress
+    found = walk_inputs(paths)
+    summary = send_files(
+        found.files, acceptance=acceptance, source_org=source_org, requested_destination=destination, progress=progress
     )
+    summary.broken_links = found.broken_links
+    return summary
 
 
 def send_with_settings(
@@ -192,7 +215,8 @@ def send_with_settings(
     `BrokerNotAnswering` when Kafka has not let it create or see the topics within `broker_wait_s`."""
     settings = settings or IngestSettings()
     check_destination(to)  # what needs no server is checked before the servers are waited for
-    files = find_files(paths)
+    paths = list(paths)
+    walk_inputs(paths)  # a missing path is named before the servers are waited for
     gave_up = threading.Event()
     deadline = threading.Timer(broker_wait_s, gave_up.set)
     deadline.daemon = True
@@ -201,7 +225,7 @@ def send_with_settings(
         with open_ingest(settings, stop=gave_up) as resources:
             deadline.cancel()
             return send(
-                files,
+                paths,
                 source_org=source_org,
                 acceptance=resources.acceptance,
                 organisations=resources.organisations,

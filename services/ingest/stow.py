@@ -116,8 +116,9 @@ async def _store(
     return JSONResponse(
         {"detail": f"this organisation already has {context.uploads.per_org} uploads open; retry later"},
         status_code=429,
-        # The body was not read, so the connection cannot carry another request.
-        headers={"Retry-After": str(BUSY_RETRY_AFTER_S), "Connection": "close"},
+        # Answered before the body is read: the server reads the rest and drops it (http_server's drain), so a
+        # client that sends its whole body before it reads finds this answer instead of a reset connection.
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
     )
 
 
@@ -192,7 +193,7 @@ _STOW_OPENAPI = {
         "415": {"description": 'not multipart/related; type="application/dicom"'},
         "429": {
             "description": "the organisation already has IMX_STOW_MAX_UPLOADS_PER_ORG uploads open: retry later "
-            "(Retry-After); the connection is closed"
+            "(Retry-After); the body sent is read and dropped"
         },
         "503": {"description": "a dependency is down: retry later (Retry-After)"},
     },
@@ -208,7 +209,7 @@ def create_app(context: StowContext) -> FastAPI:
     )
     app.state.stow = context
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: uptime checkers probe with it
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 

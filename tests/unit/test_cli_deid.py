@@ -133,3 +133,26 @@ def test_a_profile_nested_past_the_parser_and_a_file_for_a_folder_are_said_plain
         assert result.exit_code in (1, 2) and "nested too deeply" in " ".join(result.output.split()), result.output
     result = runner.invoke(app, ["demo-data", "--out", str(source), "--studies", "1"])
     assert result.exit_code == 2 and "is a file" in " ".join(result.output.split())
+
+
+def test_hidden_files_and_folders_are_skipped_and_broken_links_said(tmp_path: Path) -> None:
+    files = _tree(tmp_path / "in")
+    hidden = tmp_path / "in" / ".snapshots"
+    hidden.mkdir()
+    (hidden / "1.dcm").write_bytes(files[0].read_bytes())  # a copy in a hidden folder: not an input
+    (tmp_path / "in" / "._1.dcm").write_bytes(b"\0\5\26\7 AppleDouble")
+    (tmp_path / "in" / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    result = runner.invoke(
+        app, ["deid", str(tmp_path / "in"), str(tmp_path / "out"), "--key-file", str(tmp_path / "k")]
+    )
+    assert "2 de-identified" in result.output and "1 refused: burned-in-annotation" in result.output
+    assert "links under the input whose files are gone: 1 (skipped)" in result.output
+    assert not (tmp_path / "out" / ".snapshots").exists()
+
+
+def test_a_target_ending_in_a_slash_is_a_new_folder(tmp_path: Path) -> None:
+    source = tmp_path / "in.dcm"
+    source.write_bytes(to_bytes(ct_dataset()))
+    result = runner.invoke(app, ["deid", str(source), f"{tmp_path / 'newdir'}/", "--key-file", str(tmp_path / "k")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "newdir" / "in.dcm").is_file()

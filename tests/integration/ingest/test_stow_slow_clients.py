@@ -20,7 +20,7 @@ from services.ingest.acceptance import Acceptance
 from services.ingest.receipts import MemoryReceiptStore
 from services.ingest.stow import StowContext, create_app
 from services.ingest.upload_slots import UploadSlots
-from tests.raw_http import exchange
+from tests.raw_http import exchange, read_answer
 from tests.unit.ingest.samples import BOUNDARY, RecordingBus, stow_content_type
 
 KEY, OTHER_KEY = "imx_test-key", "imx_other-key"
@@ -136,6 +136,17 @@ def test_a_kept_alive_connection_gets_a_new_header_deadline_per_request(start_se
             assert answer.startswith(b"HTTP/1.1 200")
 
 
+def test_healthz_answers_head_without_a_body(start_server: ServerFactory) -> None:
+    server = start_server(8)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        head = exchange(sock, b"HEAD /healthz HTTP/1.1\r\nHost: imx\r\n\r\n", b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        # Nothing follows the headers: the next answer on the connection is the next request's.
+        assert exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: imx\r\n\r\n", b'{"status":"ok"}').startswith(
+            b"HTTP/1.1 200"
+        )
+
+
 def test_uploads_that_stop_are_answered_408_and_closed_within_the_timeout(
     start_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -163,7 +174,7 @@ def test_uploads_past_the_organisations_cap_are_refused_429_and_others_are_not(
     refused = [_stalled_upload(server.port) for _ in range(CLIENTS - 8)]
     other_org = _stalled_upload(server.port, OTHER_KEY)
     try:
-        refusals = [_read_to_close(sock) for sock in refused]
+        refusals = [read_answer(sock) for sock in refused]  # answered at once; kept open to drain the body
         held_answers = [_read_to_close(sock) for sock in held]
         other_answer = _read_to_close(other_org)
         after = _stalled_upload(server.port)  # the eight timed out: their slots are free again
@@ -183,6 +194,31 @@ def test_uploads_past_the_organisations_cap_are_refused_429_and_others_are_not(
     assert len(busy) == CLIENTS - 8
     assert {getattr(r, "org", None) for r in busy} == {"trust-a"}
     assert _tracebacks(caplog.records) == []
+
+
+def test_a_refused_upload_sent_whole_before_reading_gets_its_429(start_server: ServerFactory) -> None:
+    """As Python's http.client (and `requests`) send: the whole body, then read. Closed with the body
+    unread, the server reset the connection and such a client never saw the 429 (every time with 5 MB)."""
+    server = start_server(1, body_timeout_s=10.0)
+    holder = _stalled_upload(server.port)
+    time.sleep(0.3)  # it holds the organisation's one slot
+    size = 5_000_000
+    head = (
+        "POST /dicomweb/studies HTTP/1.1\r\nHost: imx\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Type: {stow_content_type()}\r\nContent-Length: {size}\r\n\r\n"
+    ).encode()
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(head + b"\0" * size)
+                answer = read_answer(sock)
+                assert answer.startswith(b"HTTP/1.1 429"), answer[:200]
+                # The body was read to its end: the connection carries the next request.
+                assert exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: imx\r\n\r\n", b'{"status":"ok"}').startswith(
+                    b"HTTP/1.1 200"
+                )
+    finally:
+        holder.close()
 
 
 def test_clients_that_hang_up_mid_body_log_no_traceback(

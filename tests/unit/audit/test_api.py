@@ -209,6 +209,12 @@ def test_healthz_reports_the_store() -> None:
     store.reachable = False
     response = client.get("/healthz")
     assert response.status_code == 503 and response.json()["store"] is False
+    assert client.head("/healthz").status_code == 503  # HEAD probes see the same
+
+
+def test_healthz_answers_head_without_a_body_or_a_key() -> None:
+    response = TestClient(create_app(InMemoryAuditStore(), _keys)).head("/healthz")
+    assert response.status_code == 200 and response.content == b""
 
 
 def test_a_store_outage_is_503_not_500() -> None:

@@ -11,7 +11,15 @@ from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance
 from services.ingest.errors import InvalidDestination, UnknownOrganisation
 from services.ingest.receipts import MemoryReceiptStore
-from services.ingest.sender import PathNotFound, SendAborted, SendProgress, find_files, send, send_with_settings
+from services.ingest.sender import (
+    PathNotFound,
+    SendAborted,
+    SendProgress,
+    find_files,
+    send,
+    send_with_settings,
+    walk_inputs,
+)
 from services.ingest.settings import IngestSettings
 from services.proto_gen.imx.v1 import events_pb2
 from tests.unit.ingest.samples import NOT_DICOM, RecordingBus, mr_study
@@ -64,6 +72,23 @@ def test_find_files_walks_folders_once_in_a_stable_order(folder: Path) -> None:
     ]
 
 
+def test_hidden_entries_are_not_inputs_and_broken_links_are_counted(folder: Path) -> None:
+    (folder / ".git").mkdir()
+    (folder / ".git" / "index").write_bytes(b"DIRC")
+    (folder / "series1" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "series1" / "gone").symlink_to(folder / "moved-away.dcm")
+    found = walk_inputs([folder, folder / "series1" / ".DS_Store"])  # named explicitly: taken
+    assert [f.relative_to(folder).as_posix() for f in found.files] == [
+        "README.txt",
+        "huge.bin",
+        "series1/a.dcm",
+        "series1/copy-of-a.dcm",
+        "series1/deeper/b",
+        "series1/.DS_Store",
+    ]
+    assert found.broken_links == 1
+
+
 def test_a_missing_path_is_an_error_that_does_not_name_it(tmp_path: Path) -> None:
     missing = tmp_path / "SMITH^JOHN"
     with pytest.raises(PathNotFound) as caught:
@@ -75,6 +100,7 @@ def test_send_summarises_by_outcome_and_reports_progress(
     folder: Path, acceptance: Acceptance, bus: RecordingBus
 ) -> None:
     seen: list[SendProgress] = []
+    (folder / "gone.dcm").symlink_to(folder / "moved-away.dcm")
     summary = send(
         [folder],
         source_org="trust-a",
@@ -86,6 +112,7 @@ def test_send_summarises_by_outcome_and_reports_progress(
 
     assert (summary.sent, summary.accepted, summary.duplicates) == (5, 2, 1)
     assert summary.rejected == {"not-dicom": 1, "too-large": 1} and summary.rejected_total == 2
+    assert summary.broken_links == 1  # not sent, but said
     assert [p.done for p in seen] == [1, 2, 3, 4, 5] and seen[-1].bytes_done == seen[-1].bytes_total
     events = [events_pb2.InstanceIngested.FromString(m.value) for m in bus.on(TOPICS.ingested)]
     assert {(e.channel, e.requested_destination) for e in events} == {("cli", "research-1")}
