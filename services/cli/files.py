@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from services.deid.engine import Profile
 
 console = Console()
+# `imx demo-data` stops before a study when less than this is left where it writes (a CT study is ~21 MB):
+# asking for too many studies fills no disk.
+DEMO_KEEP_FREE_BYTES = 1 << 30
 
 
 def progress_bar() -> Progress:
@@ -53,15 +57,29 @@ def demo_data(
         console.print(f"[red]{out} is a file[/red]: --out names the folder to write the studies into")
         raise typer.Exit(2)
 
+    out.mkdir(parents=True, exist_ok=True)
     with progress_bar() as bar:
         task = bar.add_task("writing studies", total=studies)
-        manifest = write_demo_data(out, studies, seed, progress=lambda n: bar.update(task, completed=n))
+        manifest = write_demo_data(
+            out,
+            studies,
+            seed,
+            progress=lambda n: bar.update(task, completed=n),
+            stop_before=lambda: shutil.disk_usage(out).free < DEMO_KEEP_FREE_BYTES,
+        )
     manifest_path = out.parent / f"{out.name}.manifest.json"
     manifest_path.write_text(manifest.to_json())
+    written = len(manifest.studies)
     console.print(
-        f"{len(manifest.files)} instances in {studies} studies, {manifest.total_bytes / 1e6:.1f} MB, under {out}; "
+        f"{len(manifest.files)} instances in {written} studies, {manifest.total_bytes / 1e6:.1f} MB, under {out}; "
         f"planted PHI listed in {manifest_path}"
     )
+    if written < studies:
+        console.print(
+            f"[red]stopped after {written} of {studies} studies[/red]: less than "
+            f"{DEMO_KEEP_FREE_BYTES >> 30} GiB left on the disk of --out"
+        )
+        raise typer.Exit(1)
 
 
 def _load_key(key_file: Path) -> bytes:

@@ -156,3 +156,18 @@ def test_a_target_ending_in_a_slash_is_a_new_folder(tmp_path: Path) -> None:
     result = runner.invoke(app, ["deid", str(source), f"{tmp_path / 'newdir'}/", "--key-file", str(tmp_path / "k")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "newdir" / "in.dcm").is_file()
+
+
+def test_demo_data_stops_before_the_disk_is_full_and_says_so(tmp_path: Path, monkeypatch) -> None:
+    from collections import namedtuple
+
+    from services.cli import files
+
+    usage = namedtuple("usage", "total used free")
+    free = iter([2 << 30, 2 << 30, 512 << 20])  # room for two studies, then less than the 1 GiB kept free
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda _path: usage(0, 0, next(free)))
+    result = runner.invoke(app, ["demo-data", "--out", str(tmp_path / "demo"), "--studies", "5"])
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "stopped after 2 of 5 studies" in said and "in 2 studies" in said
+    assert len(json.loads((tmp_path / "demo.manifest.json").read_text())["studies"]) == 2

@@ -470,17 +470,24 @@ DEMO_SOURCES = ("RXA01", "RYB02", "RZC03")
 
 
 def write_demo_data(
-    out: Path, studies: int, seed: int = 0, progress: Callable[[int], None] | None = None
+    out: Path,
+    studies: int,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+    stop_before: Callable[[], bool] | None = None,
 ) -> DemoManifest:
     """Write `studies` studies (a CT/MR/CR/DX mix) under `out`, one folder per study.
 
     Folder and file names carry no PHI. `progress`, when given, is called after each study
-    with the number of studies written so far.
+    with the number of studies written so far. `stop_before`, when given, is asked before each study
+    and ends the writing early when true (the disk is nearly full): the manifest lists what was written.
     """
     picker = random.Random(f"imx-demo/{seed}")
     written: list[DemoStudy] = []
     total = 0
     for index in range(studies):
+        if stop_before is not None and stop_before():
+            break
         modality = _DEMO_CYCLE[index % len(_DEMO_CYCLE)]
         low, high = _KINDS[modality].instances
         plan = plan_study(
