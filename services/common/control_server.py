@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.control_auth import ControlAuth, ControlAuthInterceptor
+from services.common.listen_address import host_port
 from services.common.stats import StatusSnapshot
 from services.proto_gen.imx.v1 import control_pb2, control_pb2_grpc
 
@@ -59,6 +60,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         return control_pb2.ResumeReply(paused=False)
 
 
+# The health check name of liveness (the chart's livenessProbe and startupProbe ask it): SERVING from
+# `start` to `stop`, whatever the service's readiness.
+LIVENESS = "imx.live"
+
+
 class ControlServer:
     """Owns the grpc.Server; `port` is the bound port (useful when 0 was asked for). Every method but
     grpc.health.v1 needs a control token that `auth` accepts (services/common/control_auth.py)."""
@@ -85,18 +91,22 @@ class ControlServer:
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(target), self._server)
         for register in extra:
             register(self._server)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        self.port = self._server.add_insecure_port(host_port(host, port))
         if self.port == 0:
             raise OSError(f"cannot bind gRPC control port {host}:{port} (in use?)")
         self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _set_status(self, status: int) -> None:
-        # "" is the server as a whole (what Kubernetes' grpc probe asks); the name is the service.
+        # "" is the server as a whole (what Kubernetes' grpc probe asks); the name is the service. Both say
+        # ready: NOT_SERVING while the service waits for its broker, say, or finishes at shutdown.
         for name in ("", f"imx.{self.service}"):
             self._health.set(name, status)
 
     def start(self) -> None:
         self._server.start()
+        # LIVENESS says only that the process answers: a broker outage makes a stage not ready, and must
+        # not get it restarted (a liveness probe on readiness restarted every stage after ~60 s of outage).
+        self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
 
     def mark_serving(self) -> None:
         self._set_status(health_pb2.HealthCheckResponse.SERVING)
@@ -106,4 +116,5 @@ class ControlServer:
 
     def stop(self, grace_s: float = 5.0) -> None:
         self.mark_not_serving()
+        self._health.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.stop(grace_s).wait()

@@ -50,6 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol, RequestResponseCycle
 
 from services.common.http_direct import DirectAnswerer, FileAnswer, answer_prefix, plain_get, status_line
+from services.common.listen_address import listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +386,7 @@ class HttpServer:
         if tls is not None:
             context = tls.server_context()
             ssl_options = {"ssl_context_factory": lambda _config, _default: context}
-        self._socket = socket.create_server((host, port), reuse_port=False)
+        self._socket = listening_socket(host, port)
         self.host = host
         self.port: int = self._socket.getsockname()[1]
         self.scheme = "https" if tls is not None else "http"

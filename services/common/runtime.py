@@ -110,34 +110,9 @@ def run_stage(
     if threading.current_thread() is threading.main_thread():
         install_stop_signals(stop)
     kafka = kafka_client_config(settings)
-    ensure_topics(
-        settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop, client_config=kafka
-    )
-    if stop.is_set():  # asked to stop while waiting for the broker: nothing started yet, so nothing to finish
-        log.info("service stopped before it started", extra={"service": spec.name})
-        telemetry.shutdown()
-        return
     stats = StageStats(service=spec.name)
-    producer = BusProducer(settings.kafka_bootstrap, client_id=f"imx-{spec.name}", client_config=kafka)
-    consumer = StageConsumer(
-        bootstrap=settings.kafka_bootstrap,
-        group_id=spec.group_id,
-        topics=spec.topics,
-        pattern=spec.pattern,
-        producer=producer,
-        dead_letter_topic=topics.dead_letter,
-        stage=spec.name,
-        stats=stats,
-        max_batch=settings.max_batch,
-        lane_of=topics.lane_of,
-        client_config=kafka,
-        fetch_min_bytes=spec.fetch_min_bytes,
-        fetch_max_wait_ms=spec.fetch_max_wait_ms,
-        metadata_max_age_ms=metadata_max_age_ms(spec, settings),
-        group_instance_id=instance_id(settings.instance_id),
-    )
-    if on_consumer:
-        on_consumer(consumer)
+    # The control server answers from the start (its liveness check says the process is alive; readiness
+    # waits until the stage consumes): a stage started while the broker is away is not restarted for it.
     server = ControlServer(
         spec.name,
         StageControl(stats),
@@ -147,7 +122,35 @@ def run_stage(
         auth=control_auth,
     )
     server.start()
+    producer: BusProducer | None = None
+    consumer: StageConsumer | None = None
     try:
+        ensure_topics(
+            settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop, client_config=kafka
+        )
+        if stop.is_set():  # asked to stop while waiting for the broker: nothing started yet, so nothing to finish
+            log.info("service stopped before it started", extra={"service": spec.name})
+            return
+        producer = BusProducer(settings.kafka_bootstrap, client_id=f"imx-{spec.name}", client_config=kafka)
+        consumer = StageConsumer(
+            bootstrap=settings.kafka_bootstrap,
+            group_id=spec.group_id,
+            topics=spec.topics,
+            pattern=spec.pattern,
+            producer=producer,
+            dead_letter_topic=topics.dead_letter,
+            stage=spec.name,
+            stats=stats,
+            max_batch=settings.max_batch,
+            lane_of=topics.lane_of,
+            client_config=kafka,
+            fetch_min_bytes=spec.fetch_min_bytes,
+            fetch_max_wait_ms=spec.fetch_max_wait_ms,
+            metadata_max_age_ms=metadata_max_age_ms(spec, settings),
+            group_instance_id=instance_id(settings.instance_id),
+        )
+        if on_consumer:
+            on_consumer(consumer)
         handler = build_handler(producer, topics)
         server.mark_serving()
         log.info("service started", extra={"service": spec.name, "port": server.port})
@@ -162,7 +165,10 @@ def run_stage(
         raise
     finally:
         server.stop()
-        consumer.close()
-        producer.close()
+        if consumer is not None:
+            consumer.close()
+        if producer is not None:
+            producer.close()
         telemetry.shutdown()
-        log.info("service stopped", extra={"service": spec.name})
+        if producer is not None:
+            log.info("service stopped", extra={"service": spec.name})

@@ -183,12 +183,16 @@ class ServiceAccess:
     def grant(self, service: str, password: str, topics: Topics) -> None:
         """Set the service's password and its ACLs (both idempotent: a second `make up` changes nothing)."""
         with self._admin() as admin:
-            errors = admin.alter_user_scram_credentials(
-                [UserScramCredentialUpsertion(username(service), ScramMechanism.SCRAM_SHA_512, password)]
-            )
-            failed = {user: error for user, error in (errors or {}).items() if error}
-            if failed:
-                raise RuntimeError(f"setting {service}'s Kafka password failed: {failed}")
+            # Both SCRAM mechanisms (one request each: the broker refuses a user altered twice in one): the
+            # services sign in with the one their settings name (the chart's kafka.saslMechanism); with only
+            # SHA-512 made, SCRAM-SHA-256 passed the chart and no service could sign in.
+            for mechanism in (ScramMechanism.SCRAM_SHA_512, ScramMechanism.SCRAM_SHA_256):
+                errors = admin.alter_user_scram_credentials(
+                    [UserScramCredentialUpsertion(username(service), mechanism, password)]
+                )
+                failed = {user: error for user, error in (errors or {}).items() if error}
+                if failed:
+                    raise RuntimeError(f"setting {service}'s Kafka password failed: {failed}")
             result = admin.create_acls(service_acls(service, topics))
             if isinstance(result, dict) and result.get("failed"):
                 raise RuntimeError(f"creating {service}'s Kafka ACLs failed: {result['failed']}")

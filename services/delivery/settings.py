@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.blob_lifecycle import DEFAULT_RETENTION_S
+from services.common.listen_address import host_port
 from services.common.settings import ServiceSettings
 from services.delivery.retrieval_refs import RetrievalRefs
 
@@ -103,4 +104,4 @@ class DeliverySettings(ServiceSettings):
         if self.public_url:
             return self.public_url.rstrip("/")
         scheme = "https" if self.http_tls_cert_file else "http"
-        return f"{scheme}://{self.http_host}:{bound_port or self.http_port}/dicomweb"
+        return f"{scheme}://{host_port(self.http_host, bound_port or self.http_port)}/dicomweb"

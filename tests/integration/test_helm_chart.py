@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
+from services.common.control_server import LIVENESS
 from services.common.topics import Topics
+from services.ingest.settings import IngestSettings
 from tests.settings_env import GRPC_PORTS, env_names
 from tools.capacity import BASIS, chart_defaults, partitions_for, partner_partitions_default
 from tools.services_stack import stage_inputs
@@ -144,12 +146,31 @@ def test_probes_are_native_grpc_on_each_services_own_port(default_docs: list[dic
     deployments = of_kind(default_docs, "Deployment")
     for name, port in GRPC_PORTS.items():
         main = container(deployments[f"imx-{name}"])
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert main[probe]["grpc"] == {"port": port}, (name, probe)
+        # Readiness asks the whole server (connected and consuming); startup and liveness that the process
+        # answers, so a broker outage takes pods out of service without restarting them.
+        assert main["readinessProbe"]["grpc"] == {"port": port}, name
+        for probe in ("startupProbe", "livenessProbe"):
+            assert main[probe]["grpc"] == {"port": port, "service": LIVENESS}, (name, probe)
         env = env_of(deployments[f"imx-{name}"])
         assert env["IMX_GRPC_PORT"]["value"] == str(port)
         # The services bind 127.0.0.1 by default, which the kubelet's probe could not reach.
         assert env["IMX_GRPC_HOST"]["value"] == "0.0.0.0"
+
+
+def test_audit_is_replaced_not_rolled(default_docs: list[dict[str, Any]]) -> None:
+    deployments = of_kind(default_docs, "Deployment")
+    assert deployments["imx-audit"]["spec"]["strategy"] == {"type": "Recreate"}
+    assert "strategy" not in deployments["imx-routing"]["spec"]  # the stages roll (several replicas)
+
+
+def test_tmp_holds_deflated_data_sets_inflated(default_docs: list[dict[str, Any]]) -> None:
+    """Ingest and deid inflate deflated data sets under /tmp, up to IMX_MAX_INFLATED_BYTES (1 GiB) each; the
+    kubelet evicts a pod whose emptyDir outgrows its limit (256Mi was: one such instance evicted ingest)."""
+    units = {"Mi": 1 << 20, "Gi": 1 << 30}
+    for name in ("ingest", "deid"):
+        pod = of_kind(default_docs, "Deployment")[f"imx-{name}"]["spec"]["template"]["spec"]
+        limit = next(v["emptyDir"]["sizeLimit"] for v in pod["volumes"] if v["name"] == "tmp")
+        assert int(limit[:-2]) * units[limit[-2:]] >= 2 * IngestSettings().max_inflated_bytes, (name, limit)
 
 
 def test_pods_run_as_non_root_with_a_read_only_root_and_no_capabilities(default_docs: list[dict[str, Any]]) -> None:
@@ -627,6 +648,15 @@ def test_rendering_fails_when_a_stage_could_outnumber_its_partitions(sets: list[
         args += ["--set", value]
     result = helm(*args, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_strimzi_users_refuse_a_mechanism_strimzi_cannot_make() -> None:
+    """Strimzi's KafkaUser has SCRAM-SHA-512 only: with SHA-256 the pods could never sign in."""
+    args = ["template", "imx", str(CHART), "--namespace", "imx", "--kube-version", KUBE_VERSION]
+    args += ["--set", "kafka.strimziUsers.enabled=true", "--set", "kafka.strimziUsers.cluster=main"]
+    result = helm(*args, "--set", "kafka.saslMechanism=SCRAM-SHA-256", check=False)
+    assert result.returncode != 0 and "needs kafka.saslMechanism SCRAM-SHA-512" in result.stderr, result.stderr
+    assert helm(*args, check=False).returncode == 0
 
 
 def test_ingest_scales_beyond_the_partitions_since_it_reads_no_topic(render: Render) -> None:

@@ -30,7 +30,9 @@ from tests.conftest import KafkaInternal
 from tests.integration.bus_helpers import stage_consumer
 
 
-def _signed_in(internal: KafkaInternal, service: str, topics: Topics) -> dict[str, str]:
+def _signed_in(
+    internal: KafkaInternal, service: str, topics: Topics, mechanism: str = "SCRAM-SHA-512"
+) -> dict[str, str]:
     """Grant `service` its ACLs for `topics` with a fresh password; its client settings, as a service
     builds them from its environment."""
     password = secrets.token_urlsafe(24)
@@ -38,6 +40,7 @@ def _signed_in(internal: KafkaInternal, service: str, topics: Topics) -> dict[st
     settings = ServiceSettings(
         kafka_bootstrap=internal.bootstrap,
         kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism=mechanism,
         kafka_sasl_username=username(service),
         kafka_sasl_password=password,  # type: ignore[arg-type]  # pydantic turns it into a SecretStr
     )
@@ -59,6 +62,20 @@ def test_an_anonymous_client_is_refused_on_the_internal_listener(kafka_internal:
             bootstrap_servers=kafka_internal.bootstrap, bootstrap_timeout_ms=3000, request_timeout_ms=3000
         )
         admin.close()
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "SCRAM-SHA-256"])
+def test_a_service_signs_in_with_either_scram_mechanism(
+    kafka_internal: KafkaInternal, topics: Topics, mechanism: str
+) -> None:
+    """The chart offers both (kafka.saslMechanism); the set-up made SHA-512 credentials only, so with
+    SHA-256 no service could sign in."""
+    config = _signed_in(kafka_internal, "routing", topics, mechanism)
+    producer = BusProducer(kafka_internal.bootstrap, client_id="imx-routing", client_config=config)
+    try:
+        producer.publish([OutgoingMessage(topics.routed_lanes[0], b"event", b"study")])
+    finally:
+        producer.close()
 
 
 def test_routing_cannot_write_a_partner_feed(kafka_internal: KafkaInternal, topics: Topics) -> None:

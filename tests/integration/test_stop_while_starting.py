@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from services.common import health_probe
+from services.common.control_server import LIVENESS
 from services.ingest.sender import BrokerNotAnswering, DatabaseNotAnswering, send_with_settings
 from services.ingest.settings import IngestSettings
 from tools.devstack import free_port
@@ -49,6 +51,39 @@ def test_a_service_stopped_while_it_waits_for_the_broker_exits_at_once(tmp_path:
             process.kill()
             process.wait()
     assert b"service stopped before it started" in log_path.read_bytes()
+
+
+def test_a_stage_waiting_for_its_broker_is_alive_but_not_ready(tmp_path: Path) -> None:
+    """What the chart's probes ask: liveness and startup `imx.live`, readiness "". Before, the control
+    server started only once the broker answered, and liveness asked readiness: a Kafka outage had every
+    stage restarted after ~60 s, and the restarted ones failed their startup probe until Kafka was back."""
+    grpc_port = free_port()
+    log_path = tmp_path / "service.log"
+    env = {
+        **os.environ,
+        "IMX_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",  # nothing listens: the broker is down
+        "IMX_MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/",
+        "IMX_GRPC_PORT": str(grpc_port),
+        "IMX_BLOB_DIR": str(tmp_path / "blobs"),
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.routing"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    address = f"127.0.0.1:{grpc_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while health_probe.check(address, LIVENESS, timeout_s=1) != "SERVING":
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+        assert health_probe.check(address, "", timeout_s=3) == "NOT_SERVING"
+        assert health_probe.check(address, "imx.routing", timeout_s=3) == "NOT_SERVING"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0, log_path.read_text()[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_imx_send_gives_up_on_a_broker_that_does_not_answer_and_says_what_to_check(tmp_path: Path) -> None:

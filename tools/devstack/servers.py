@@ -61,7 +61,8 @@ def java_binary() -> str:
 
 
 ADMIN_USER = "admin"  # the broker's own principal and the devstack's super user (SASL PLAIN)
-SERVICE_MECHANISMS = "PLAIN,SCRAM-SHA-512"  # PLAIN: the admin only (defined below); SCRAM: every service
+# PLAIN: the admin only (defined below); SCRAM: every service (SHA-256 too: a deployment may choose it)
+SERVICE_MECHANISMS = "PLAIN,SCRAM-SHA-512,SCRAM-SHA-256"
 
 
 def _plain_jaas(admin_password: str) -> str:
@@ -182,6 +183,7 @@ def kafka_config(
             "listener.name.services.sasl.enabled.mechanisms": SERVICE_MECHANISMS,
             "listener.name.services.plain.sasl.jaas.config": _plain_jaas(admin_password),
             "listener.name.services.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.services.scram-sha-256.sasl.jaas.config": scram,
         }
     settings = {
         "process.roles": "broker,controller",
