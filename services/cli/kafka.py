@@ -79,7 +79,10 @@ def setup_services(
     topics = Topics(settings.topic_prefix)
     try:
         ServiceAccess(settings.kafka_bootstrap, admin).apply(
-            passwords, topics, settings.topic_partitions if create_topics else None
+            passwords,
+            topics,
+            settings.topic_partitions if create_topics else None,
+            replication_factor=settings.topic_replication_factor,
         )
     except (KafkaError, RuntimeError, OSError) as error:
         console.print(f"[red]setting up the services' Kafka access failed[/red] ({type(error).__name__}): {error}")

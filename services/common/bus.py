@@ -29,6 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import (
     FencedInstanceIdError,
+    InvalidReplicationFactorError,
     KafkaError,
     NoError,
     TopicAlreadyExistsError,
@@ -103,6 +104,10 @@ class BrokerUnavailable(TransientError):
     """Publishing failed because the broker could not be reached or did not answer in time."""
 
 
+class TopicsNotCreated(PhiSafeError, RuntimeError):
+    """The cluster refused to create topics as configured (more copies than it has brokers)."""
+
+
 def broker_unreachable(exc: BaseException) -> bool:
     """kafka-python marks what a later attempt may fix as retriable: no connection, a timeout, no
     coordinator or leader yet. Those say the broker is away, not that the input is bad."""
@@ -133,9 +138,10 @@ def ensure_topics(
     max_backoff_s: float = BROKER_RETRY_MAX_S,
     attempt_timeout_ms: int = 10_000,
     client_config: Mapping[str, str] | None = None,
+    replication_factor: int = 1,
 ) -> list[str]:
-    """Create topics that do not exist yet; existing ones are left as they are. Returns those this call
-    created.
+    """Create topics that do not exist yet, `replication_factor` copies each (`topic_configs`); existing
+    ones are left as they are. Returns those this call created.
 
     A broker that does not answer (down, still starting) is waited for, retrying with capped exponential
     backoff, rather than ending the process that is starting; once `stop` is set it returns instead.
@@ -159,15 +165,38 @@ def ensure_topics(
         reraise=True,
     )
     try:
-        return retrying(_create_missing_topics, bootstrap, wanted, partitions, attempt_timeout_ms, client_config or {})
+        return retrying(
+            _create_missing_topics,
+            bootstrap,
+            wanted,
+            partitions,
+            replication_factor,
+            attempt_timeout_ms,
+            client_config or {},
+        )
     except KafkaError as error:
         if not (stop.is_set() and broker_unreachable(error)):
             raise
         return []
 
 
+def topic_configs(replication_factor: int) -> dict[str, str]:
+    """A created topic's settings: messages up to MAX_MESSAGE_BYTES and, when it is replicated, an
+    acknowledgement (acks=all) that means all but one copy have it: one broker may be lost, or be down
+    for maintenance, without losing an acknowledged event or stopping the writers."""
+    configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    if replication_factor > 1:
+        configs["min.insync.replicas"] = str(replication_factor - 1)
+    return configs
+
+
 def _create_missing_topics(
-    bootstrap: str, names: list[str], partitions: int, timeout_ms: int, client_config: Mapping[str, str]
+    bootstrap: str,
+    names: list[str],
+    partitions: int,
+    replication_factor: int,
+    timeout_ms: int,
+    client_config: Mapping[str, str],
 ) -> list[str]:
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
@@ -183,8 +212,8 @@ def _create_missing_topics(
             NewTopic(
                 name,
                 num_partitions=partitions,
-                replication_factor=1,
-                topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+                replication_factor=replication_factor,
+                topic_configs=topic_configs(replication_factor),
             )
             for name in names
             if name not in existing
@@ -197,6 +226,12 @@ def _create_missing_topics(
                 if error is NoError:
                     created.append(topic["name"])
                 # Already there: another replica won the race. Not authorized: not this service's topic.
+                elif error is InvalidReplicationFactorError:
+                    raise TopicsNotCreated(
+                        f"topics need {replication_factor} copies and the cluster has fewer brokers: "
+                        "set IMX_TOPIC_REPLICATION_FACTOR (the chart's kafka.topicReplicationFactor) to at most "
+                        "the number of brokers"
+                    )
                 elif error not in (TopicAlreadyExistsError, TopicAuthorizationFailedError):
                     raise error(topic.get("error_message") or topic["name"])
         return created

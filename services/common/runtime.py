@@ -126,7 +126,12 @@ def run_stage(
     consumer: StageConsumer | None = None
     try:
         ensure_topics(
-            settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop, client_config=kafka
+            settings.kafka_bootstrap,
+            topics.pipeline(),
+            settings.topic_partitions,
+            stop=stop,
+            client_config=kafka,
+            replication_factor=settings.topic_replication_factor,
         )
         if stop.is_set():  # asked to stop while waiting for the broker: nothing started yet, so nothing to finish
             log.info("service stopped before it started", extra={"service": spec.name})

@@ -166,7 +166,13 @@ class ServiceAccess:
         finally:
             admin.close()
 
-    def apply(self, passwords: Mapping[str, str], topics: Topics, partitions: int | None = None) -> None:
+    def apply(
+        self,
+        passwords: Mapping[str, str],
+        topics: Topics,
+        partitions: int | None = None,
+        replication_factor: int = 1,
+    ) -> None:
         """The one set-up step of a deployment (devstack `make up`, `imx kafka setup-services` in the
         compose set-up container and the chart's hook Job): the pipeline's topics when `partitions` is
         given, then each service's user, password and ACLs, as declared above."""
@@ -174,7 +180,13 @@ class ServiceAccess:
         if unknown:
             raise ValueError(f"no Kafka access is declared for {', '.join(unknown)}")
         if partitions is not None:
-            ensure_topics(self._bootstrap, topics.pipeline(), partitions, client_config=self._config)
+            ensure_topics(
+                self._bootstrap,
+                topics.pipeline(),
+                partitions,
+                client_config=self._config,
+                replication_factor=replication_factor,
+            )
         for service, password in passwords.items():
             if not password:
                 raise ValueError(f"empty Kafka password for {service}")

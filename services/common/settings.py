@@ -23,6 +23,9 @@ class ServiceSettings(BaseSettings):
     blob_dir: Path = Field(Path("var/blobs"), description="root of the local content-addressed blob store")
     topic_prefix: str = Field("", description="prefix for every topic name; tests use it to own their topics")
     topic_partitions: int = Field(6, ge=1, description="partitions for topics the service creates")
+    topic_replication_factor: int = Field(
+        1, ge=1, le=32, description="copies of each topic the service creates (min.insync.replicas: one fewer)"
+    )
     grpc_host: str = Field("127.0.0.1", description="address the gRPC control server binds")
     grpc_port: int = Field(0, ge=0, le=65535, description="gRPC control port; 0 picks a free port")
     otlp_endpoint: str = Field("", description="OTLP/gRPC endpoint for traces and metrics; empty = no export")

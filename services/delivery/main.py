@@ -49,6 +49,7 @@ class PartnerTopics:
                 [*self._topics.partner_lanes(partner_id), self._topics.receipts(partner_id)],
                 self._settings.partner_topic_partitions,
                 client_config=kafka_client_config(self._settings),
+                replication_factor=self._settings.topic_replication_factor,
             )
             self._ensured.add(partner_id)
         if created:

@@ -47,7 +47,12 @@ def open_ingest(
     topics = Topics(settings.topic_prefix)
     kafka = kafka_client_config(settings)
     ensure_topics(
-        settings.kafka_bootstrap, topics.pipeline(), settings.topic_partitions, stop=stop, client_config=kafka
+        settings.kafka_bootstrap,
+        topics.pipeline(),
+        settings.topic_partitions,
+        stop=stop,
+        client_config=kafka,
+        replication_factor=settings.topic_replication_factor,
     )
     if stop is not None and stop.is_set():
         raise StoppedBeforeStart

@@ -342,10 +342,16 @@ def test_every_environment_variable_is_one_the_service_reads(default_docs: list[
 
 
 def test_partitions_prefix_and_otlp_reach_every_service(render: Render) -> None:
-    docs = render("kafka.topicPartitions=48,kafka.topicPrefix=prod.,otlp.endpoint=http://otel:4317")
-    for deployment in of_kind(docs, "Deployment").values():
+    docs = render(
+        "kafka.topicPartitions=48,kafka.topicPrefix=prod.,otlp.endpoint=http://otel:4317",
+        "kafka.topicReplicationFactor=5",
+    )
+    for deployment in [*of_kind(docs, "Deployment").values(), *of_kind(docs, "Job").values()]:
         env = env_of(deployment)
         assert env["IMX_TOPIC_PARTITIONS"]["value"] == "48"
+        assert env["IMX_TOPIC_REPLICATION_FACTOR"]["value"] == "5"  # topics the services and the Job create
+        if deployment["kind"] == "Job":
+            continue
         assert env["IMX_TOPIC_PREFIX"]["value"] == "prod."
         assert env["IMX_OTLP_ENDPOINT"]["value"] == "http://otel:4317"
 

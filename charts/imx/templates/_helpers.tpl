@@ -100,6 +100,8 @@ reference only: the chart never renders a connection string.
   value: {{ .Values.kafka.topicPrefix | quote }}
 - name: IMX_TOPIC_PARTITIONS
   value: {{ .Values.kafka.topicPartitions | quote }}
+- name: IMX_TOPIC_REPLICATION_FACTOR
+  value: {{ .Values.kafka.topicReplicationFactor | quote }}
 - name: IMX_MONGO_URI
   valueFrom:
     secretKeyRef:
