@@ -656,6 +656,43 @@ def test_rendering_fails_when_a_stage_could_outnumber_its_partitions(sets: list[
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
+def test_a_service_exposed_outside_the_cluster_leaves_its_control_port_inside(render: Render) -> None:
+    """The gRPC control port speaks plain text with control tokens: a LoadBalancer (what deploy.md advises
+    for ingest) published it too."""
+    docs = render("services.ingest.service.type=LoadBalancer", "services.ingest.tls.existingSecret=stow-tls")
+    services = of_kind(docs, "Service")
+    public = {p["name"]: p for p in services["imx-ingest"]["spec"]["ports"]}
+    assert set(public) == {"dicom", "http"} and public["http"]["appProtocol"] == "https"
+    control = services["imx-ingest-control"]["spec"]
+    assert control["type"] == "ClusterIP" and [p["name"] for p in control["ports"]] == ["grpc"]
+    assert "imx-routing-control" not in services  # a ClusterIP Service keeps its gRPC port
+    assert "grpc" in {p["name"] for p in services["imx-routing"]["spec"]["ports"]}
+
+
+def test_the_setup_job_gets_the_pods_affinity_labels_and_annotations(render: Render) -> None:
+    docs = render(
+        "podAnnotations.example\\.org/owner=imaging",
+        "podLabels.team=imaging",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]"
+        ".matchExpressions[0].key=pool",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]"
+        ".matchExpressions[0].operator=Exists",
+    )
+    (job,) = of_kind(docs, "Job").values()
+    template = job["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"example.org/owner": "imaging"}
+    assert template["metadata"]["labels"]["team"] == "imaging"
+    assert "nodeAffinity" in template["spec"]["affinity"]
+
+
+def test_keda_needs_a_cpu_request_for_its_cpu_trigger() -> None:
+    args = ["template", "imx", str(CHART), "--namespace", "imx", "--kube-version", KUBE_VERSION]
+    result = helm(*args, "--set", "keda.enabled=true", "--set", "services.deid.resources=null", check=False)
+    assert result.returncode != 0 and "services.deid.autoscaling needs services.deid.resources.requests.cpu" in (
+        result.stderr
+    ), result.stderr
+
+
 def test_strimzi_users_refuse_a_mechanism_strimzi_cannot_make() -> None:
     """Strimzi's KafkaUser has SCRAM-SHA-512 only: with SHA-256 the pods could never sign in."""
     args = ["template", "imx", str(CHART), "--namespace", "imx", "--kube-version", KUBE_VERSION]
