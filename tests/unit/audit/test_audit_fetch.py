@@ -4,6 +4,7 @@ stages' 100 ms."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -21,6 +22,19 @@ class _Built(Exception):
     pass
 
 
+class _NoControlServer:
+    """The control server run_stage starts before anything else, not started here."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 def _consumer_arguments(monkeypatch: pytest.MonkeyPatch, spec: runtime.StageSpec) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
@@ -28,10 +42,11 @@ def _consumer_arguments(monkeypatch: pytest.MonkeyPatch, spec: runtime.StageSpec
         seen.update(kwargs)
         raise _Built
 
+    monkeypatch.setattr(runtime, "ControlServer", _NoControlServer)
     monkeypatch.setattr(runtime, "ensure_topics", lambda *args, **kwargs: None)
     monkeypatch.setattr(runtime, "BusProducer", lambda *args, **kwargs: None)
     monkeypatch.setattr(runtime, "StageConsumer", consumer)
-    monkeypatch.setattr(runtime, "setup_telemetry", lambda *args: None)
+    monkeypatch.setattr(runtime, "setup_telemetry", lambda *args: SimpleNamespace(shutdown=lambda: None))
     monkeypatch.setattr(runtime, "configure_logging", lambda *args: None)
     monkeypatch.setattr(runtime, "install_stop_signals", lambda stop: None)
     with pytest.raises(_Built):
