@@ -40,6 +40,8 @@ def main() -> int:
         (directory / "__init__.py").touch()
     pattern = re.compile(r"^from imx\.", re.MULTILINE)
     for generated in OUT_DIR.rglob("*.py*"):
+        if generated.suffix not in (".py", ".pyi"):  # __pycache__'s .pyc once the modules were imported
+            continue
         text = generated.read_text()
         fixed = pattern.sub(f"from {PACKAGE}.imx.", text)
         if fixed != text:

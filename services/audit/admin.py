@@ -10,6 +10,7 @@ from services.audit.scopes import Scope
 from services.common.control_roles import Role
 from services.common.control_server import ServicerRegistration
 from services.common.control_tokens import ControlCredentials, TokenStore
+from services.common.messages import shown
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -36,7 +37,7 @@ class AnalystAdminServicer(admin_pb2_grpc.AnalystAdminServicer):
         self, request: admin_pb2.RemoveAnalystRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RemoveAnalystReply:
         if not self._store.remove(request.analyst_id):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no analyst {request.analyst_id!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no analyst {shown(request.analyst_id)}")
         return admin_pb2.RemoveAnalystReply(removed=True)
 
 
@@ -88,7 +89,7 @@ class ControlTokenAdminServicer(admin_pb2_grpc.ControlTokenAdminServicer):
         self, request: admin_pb2.RemoveControlTokenRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RemoveControlTokenReply:
         if not self._store.remove(request.name):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no control token named {request.name!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no control token named {shown(request.name)}")
         self._credentials.forget()
         return admin_pb2.RemoveControlTokenReply(removed=True)
 

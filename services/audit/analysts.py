@@ -17,7 +17,7 @@ from services.audit.scopes import Scope
 from services.common.api_keys import api_key_digest, issue_api_key
 from services.common.ttl_cache import ttl_cached
 
-_ANALYST_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_ANALYST_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 KEY_PREFIX = "imx_audit_"
 
 

@@ -23,10 +23,11 @@ from pymongo.database import Database
 
 from services.common.bus import DEAD_LETTER_HEADERS, MAX_MESSAGE_BYTES, BusProducer
 from services.common.control_server import ServicerRegistration
+from services.common.dead_letter_limits import DEFAULT_LIMIT, MAX_LIMIT
 from services.common.messages import OutgoingMessage
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
-DEFAULT_LIMIT = 100
+STAGE_SCAN = 10  # with a stage asked for, its newest N are looked for among the newest N x STAGE_SCAN
 READ_TIMEOUT_S = 10.0
 
 
@@ -182,9 +183,13 @@ class DeadLetters:
         return {d["_id"]: int(d.get("replayed_at_ms", 0)) for d in docs}
 
     def list(self, limit: int, stage: str = "") -> list[admin_pb2.DeadLetter]:
-        described = [describe(r) for r in self._topic.newest(limit)]
-        if stage:
-            described = [d for d in described if d.stage == stage]
+        """The newest `limit` (of `stage`'s, when given: filtered before the limit, not after, which
+        returned nothing when the newest were another stage's)."""
+        if not stage:
+            described = [describe(r) for r in self._topic.newest(limit)]
+        else:
+            found = [describe(r) for r in self._topic.newest(limit * STAGE_SCAN)]
+            described = [d for d in found if d.stage == stage][-limit:]
         replayed = self._replayed_at([f"{d.partition}:{d.offset}" for d in described])
         for d in described:
             d.replayed_at_ms = replayed.get(f"{d.partition}:{d.offset}", 0)
@@ -225,6 +230,8 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
     def ListDeadLetters(
         self, request: admin_pb2.ListDeadLettersRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListDeadLettersReply:
+        if request.limit > MAX_LIMIT:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit is at most {MAX_LIMIT}")
         limit = request.limit if request.limit > 0 else DEFAULT_LIMIT
         return admin_pb2.ListDeadLettersReply(dead_letters=self._dead_letters.list(limit, request.stage))
 

@@ -165,9 +165,14 @@ def verify_log(
         if index == start or index % CHUNK == 0:
             _check_order(index // CHUNK, tree, start, report, limit)
         leaf = tree.leaf(index)
+        if leaf is None and index >= report.tree_size:
+            # Past the stored size, from the first leaf gone: one finding for the rest, not a read per leaf
+            # (a claimed size of 2^63, from a caller's "known" head, walked for ever).
+            report.add(Finding("truncated", index, detail=f"leaves {index}..{claimed - 1} are gone"), limit)
+            broken_at = index if broken_at is None else broken_at
+            break
         if leaf is None:
-            kind = "leaf_missing" if index < report.tree_size else "truncated"
-            report.add(Finding(kind, index, detail=f"leaf {index} is gone"), limit)
+            report.add(Finding("leaf_missing", index, detail=f"leaf {index} is gone"), limit)
             broken_at = index if broken_at is None else broken_at
             continue
         leaf_hash = _check_leaf(index, leaf, records, field_sets, tree, report, limit)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.audit.records import AuditRecord
+from services.common.messages import shown
 
 ScopeKind = Literal["all", "org", "partner"]
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 
 
 class ScopeDenied(Exception):
@@ -35,7 +36,7 @@ class Scope:
             return cls()
         kind, sep, value = text.partition(":")
         if not sep or kind not in ("org", "partner") or not _ID.match(value):
-            raise ValueError(f"scope must be all, org:<id> or partner:<id> (got {text!r})")
+            raise ValueError(f"scope must be all, org:<id> or partner:<id> (got {shown(text)})")
         return cls("org" if kind == "org" else "partner", value)
 
     def __str__(self) -> str:

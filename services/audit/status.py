@@ -20,7 +20,7 @@ from services.common.control_server import ServicerRegistration
 from services.common.messages import TransientError
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # PS3.5 9.1: digits and dots, at most 64 characters
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*\Z")  # PS3.5 9.1: digits and dots, at most 64 characters
 
 
 def _reasons(reasons: Iterable[StageReason]) -> list[admin_pb2.StatusReason]:

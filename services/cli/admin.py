@@ -200,12 +200,18 @@ def partners_add(
     ] = "",
 ) -> None:
     """Register or update a partner (creates its topics, its pseudonymisation key, its DICOMweb key and
-    Kafka sign-in). Adding it again replaces its name and endpoint."""
+    Kafka sign-in). Adding it again replaces its name and endpoint and keeps its credentials
+    (`reset-password` and `reset-key` issue new ones)."""
     with _channel(CliSettings().delivery_grpc) as channel:
         reply = admin_pb2_grpc.PartnerAdminStub(channel).AddPartner(
             admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=partner_id, name=name, endpoint=endpoint))
         )
     console.print(f"partner {reply.partner.partner_id} receives on topic {reply.partner.topic}")
+    if reply.updated:
+        console.print(
+            "it was registered already: name and endpoint replaced, its Kafka password and DICOMweb key kept "
+            "(`imx partners reset-password` / `reset-key` issue new ones)"
+        )
     if reply.partner.endpoint:
         console.print(f"imx's central gateway stores its deliveries to {reply.partner.endpoint}", highlight=False)
     if reply.HasField("kafka_access"):

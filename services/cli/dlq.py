@@ -15,6 +15,7 @@ from rich.table import Table
 
 from services.cli.admin import INT32_MAX, _channel
 from services.cli.settings import CliSettings
+from services.common.dead_letter_limits import MAX_LIMIT
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
 console = Console()
@@ -44,7 +45,7 @@ def _at(position: str) -> tuple[int, int]:
 
 @dlq_app.command("list")
 def dlq_list(
-    limit: Annotated[int, typer.Option(min=1, max=INT32_MAX, help="the newest N")] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIMIT, help="the newest N")] = 100,
     stage: Annotated[str, typer.Option(help="only this stage's")] = "",
 ) -> None:
     """The newest dead letters: where each came from, which stage failed, why, and whether it was replayed."""

@@ -39,7 +39,7 @@ from services.common.blob_layout import ONE_LEVEL, make_fan_out_folders, object_
 from services.common.blob_splices import SPLICE_SUFFIX, Extent, ExtentChanged, Splice, SpliceMalformed, decode_splice
 from services.common.messages import PhiSafeError
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 # Large pieces are hashed and written this much at a time: pages of a memory-mapped source are let
 # go after each window (below), so a mapped input costs a window of resident memory, not its size.
 WRITE_WINDOW = 8 * 1024 * 1024

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
+from kafka.errors import KafkaError
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from services.common.api_keys import api_key_digest
 from services.common.control_changes import (
@@ -35,6 +37,7 @@ from services.common.control_changes import (
 )
 from services.common.control_roles import Role, is_open, permits
 from services.common.control_tokens import Caller, ControlCredentials, TokenStore, bootstrap_digest
+from services.common.messages import TransientError
 
 log = logging.getLogger(__name__)
 BEARER = "bearer "
@@ -93,7 +96,42 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
             if caller is None:
                 _abort(context, grpc.StatusCode.UNAUTHENTICATED, "a valid control token is required (Bearer)")
             if not permits(caller.role, method):
+                refused(request, caller)
                 _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"{method} needs the administrator role")
+            try:
+                return recorded(request, context, caller)
+            except Exception as error:
+                if not dependency_away(error):
+                    raise
+                # Not UNKNOWN with pymongo's text (addresses, the cluster's topology) and a traceback per call.
+                log.warning(
+                    "control call failed: a dependency is unavailable",
+                    extra={"service": self._service, "method": method, "error": type(error).__name__},
+                )
+                _abort(context, grpc.StatusCode.UNAVAILABLE, DEPENDENCY_AWAY)
+
+        def refused(request: Any, caller: Caller) -> None:
+            """A change a known caller may not make is recorded too (its outcome PERMISSION_DENIED, nothing
+            read or changed): who tried what is what the record is for."""
+            target = CHANGES.get(method)
+            if target is not None:
+                self._record(
+                    ChangeRecord(
+                        who=caller.name,
+                        role=caller.role.value,
+                        service=self._service,
+                        method=method,
+                        object_kind=target.kind,
+                        object_id=target.object_id(request) or self._service,
+                        before="",
+                        after="",
+                        outcome=grpc.StatusCode.PERMISSION_DENIED.name,
+                        event_id=target.event_id,
+                        event_type=target.event_type,
+                    )
+                )
+
+        def recorded(request: Any, context: grpc.ServicerContext, caller: Caller) -> Any:
             target = CHANGES.get(method)
             if target is None:
                 return inner(request, context)
@@ -146,6 +184,17 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
                 "control change not recorded",
                 extra={"service": self._service, "stage": change.method, "error": type(error).__name__},
             )
+
+
+DEPENDENCY_AWAY = "the service's database or broker is unavailable; try again"
+
+
+def dependency_away(error: BaseException) -> bool:
+    """MongoDB not answering, a broker away (kafka-python's retriable errors), or a store's own
+    TransientError: what a later call may not meet, not a fault of the request."""
+    if isinstance(error, PyMongoError | TransientError):
+        return True
+    return isinstance(error, KafkaError) and bool(error.retriable)
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:

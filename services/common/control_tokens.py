@@ -29,7 +29,7 @@ from services.common.ttl_cache import TtlCache
 
 TOKEN_PREFIX = "imx_ctl_"
 BOOTSTRAP_NAME = "bootstrap"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 
 
 @dataclass(frozen=True)

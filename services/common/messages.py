@@ -37,3 +37,15 @@ class TransientError(PhiSafeError):
 class PermanentError(PhiSafeError):
     """An input that can never succeed. Handlers usually turn these into quarantine events themselves;
     one that escapes goes to the dead-letter topic."""
+
+
+SHOWN_CHARACTERS = 64  # ids are at most 63; a longer value is a mistake, and is not echoed whole
+
+
+def shown(value: str) -> str:
+    """`value` as an error message quotes it back: repr, cut to SHOWN_CHARACTERS with its length said. A
+    100 kB id echoed whole made the reply's metadata too large for gRPC, and the caller got
+    RESOURCE_EXHAUSTED instead of the reason."""
+    if len(value) <= SHOWN_CHARACTERS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARACTERS]!r}… ({len(value)} characters)"

@@ -6,7 +6,9 @@ import functools
 import re
 from dataclasses import dataclass
 
-_PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+from services.common.messages import shown
+
+_PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 # Priority lanes, most urgent first. After routing every stage's input and output is one topic per lane
 # (`imx.routed.v1` is the routine lane, `imx.routed.urgent.v1` and `imx.routed.bulk.v1` the others), so a
@@ -23,7 +25,7 @@ PARTNER_ID_RULE = (
 def validate_partner_id(partner_id: str) -> str:
     """Partner ids become topic names, so they are restricted to a safe alphabet."""
     if not _PARTNER_ID.match(partner_id):
-        raise ValueError(f"{PARTNER_ID_RULE} (got {partner_id!r})")
+        raise ValueError(f"{PARTNER_ID_RULE} (got {shown(partner_id)})")
     return partner_id
 
 

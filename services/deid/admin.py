@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import grpc
 
 from services.common.control_server import ServicerRegistration
+from services.common.messages import shown
 from services.deid.engine import BUILTIN_PROFILES, AttributeChange, DeidError, Profile, preview
 from services.deid.engine.errors import tag_text
 from services.deid.handler import refusal_for
@@ -127,7 +128,7 @@ class ProfileAdminServicer(profiles_pb2_grpc.ProfileAdminServicer):
         if request.partner_id:
             key = self._recipient_key(request.partner_id)
             if key is None:
-                _abort(context, grpc.StatusCode.NOT_FOUND, f"no partner {request.partner_id!r}")
+                _abort(context, grpc.StatusCode.NOT_FOUND, f"no partner {shown(request.partner_id)}")
             return key
         if request.key:
             if len(request.key) < MIN_KEY_BYTES:
@@ -143,7 +144,7 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 
 def _missing(name: str, version: int) -> str:
-    return f"no profile {name!r}" + (f" version {version}" if version else "")
+    return f"no profile {shown(name)}" + (f" version {version}" if version else "")
 
 
 def register_profile_admin(store: ProfileStore, recipient_key: Callable[[str], bytes | None]) -> ServicerRegistration:

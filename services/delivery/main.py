@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from services.common.blob_lifecycle import collect
 from services.common.blob_store import LocalBlobStore
-from services.common.bus import BusProducer, ensure_topics
+from services.common.bus import BrokerUnavailable, BusProducer, ensure_topics
 from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
 from services.common.kafka_access import PartnerAccess
@@ -27,6 +27,9 @@ from services.delivery.settings import DeliverySettings
 
 log = logging.getLogger(__name__)
 
+# How long adding a partner waits for the broker to create its topics (well within the CLI's 60 s deadline).
+PARTNER_TOPICS_WAIT_S = 20.0
+
 
 class PartnerTopics:
     """Creates a partner's topics (its feed's three lanes, its receipts) once per process (creation is
@@ -41,17 +44,29 @@ class PartnerTopics:
         self._look_for_new_topics: Callable[[], None] = lambda: None
 
     def ensure(self, partner_id: str) -> None:
-        with self._lock:
-            if partner_id in self._ensured:
-                return
-            created = ensure_topics(
-                self._settings.kafka_bootstrap,
-                [*self._topics.partner_lanes(partner_id), self._topics.receipts(partner_id)],
-                self._settings.partner_topic_partitions,
-                client_config=kafka_client_config(self._settings),
-                replication_factor=self._settings.topic_replication_factor,
-            )
-            self._ensured.add(partner_id)
+        """`BrokerUnavailable` when the broker does not answer within PARTNER_TOPICS_WAIT_S: the admin
+        call that asked answers UNAVAILABLE instead of holding its worker (and this lock) for ever."""
+        gave_up = threading.Event()
+        deadline = threading.Timer(PARTNER_TOPICS_WAIT_S, gave_up.set)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            with self._lock:
+                if partner_id in self._ensured:
+                    return
+                created = ensure_topics(
+                    self._settings.kafka_bootstrap,
+                    [*self._topics.partner_lanes(partner_id), self._topics.receipts(partner_id)],
+                    self._settings.partner_topic_partitions,
+                    stop=gave_up,
+                    client_config=kafka_client_config(self._settings),
+                    replication_factor=self._settings.topic_replication_factor,
+                )
+                if gave_up.is_set():
+                    raise BrokerUnavailable(f"the broker did not answer within {PARTNER_TOPICS_WAIT_S:g} s")
+                self._ensured.add(partner_id)
+        finally:
+            deadline.cancel()
         if created:
             self._look_for_new_topics()
 

@@ -14,8 +14,9 @@ from kafka.errors import KafkaError
 from services.common.control_server import ServicerRegistration
 from services.common.events import now_ms
 from services.common.kafka_access import MECHANISM, PartnerAccess
+from services.common.messages import shown
 from services.common.stores.partners import Partner, PartnerStore
-from services.common.topics import Topics
+from services.common.topics import Topics, validate_partner_id
 from services.common.ttl_cache import RefreshingSnapshot
 from services.delivery.retention_watch import PartnerLag
 from services.gateway.targets import parse_target
@@ -101,14 +102,21 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         self, request: admin_pb2.AddPartnerRequest, context: grpc.ServicerContext
     ) -> admin_pb2.AddPartnerReply:
         endpoint = request.partner.endpoint.strip()
+        partner_id = request.partner.partner_id
         try:
+            validate_partner_id(partner_id)
             if endpoint:
                 parse_target(endpoint)  # the central gateway must be able to use it: refuse it now if not
-            partner = self._store.add(Partner(request.partner.partner_id, request.partner.name, endpoint))
         except ValueError as exc:  # TargetError is a ValueError
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        # The topics exist before anything is delivered, so a partner can subscribe right away.
-        self._create_topic(partner.partner_id)
+        existed = self._store.get(partner_id) is not None
+        # The topics exist before anything is delivered, so a partner can subscribe right away; made first,
+        # so a broker that is away leaves nothing half made (UNAVAILABLE, and adding it again is safe).
+        self._create_topic(partner_id)
+        partner = self._store.add(Partner(partner_id, request.partner.name, endpoint))
+        if existed:
+            # Its credentials are kept: new ones here locked its running gateway out (the Reset calls rotate).
+            return admin_pb2.AddPartnerReply(partner=self._proto(partner), updated=True)
         return admin_pb2.AddPartnerReply(
             partner=self._proto(partner),
             kafka_access=self._issue(partner.partner_id, context),
@@ -119,7 +127,7 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         self, request: admin_pb2.ResetPartnerDicomwebKeyRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ResetPartnerDicomwebKeyReply:
         if self._store.get(request.partner_id) is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no partner {request.partner_id!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no partner {shown(request.partner_id)}")
         return admin_pb2.ResetPartnerDicomwebKeyReply(dicomweb_key=self._store.issue_dicomweb_key(request.partner_id))
 
     def ResetPartnerPassword(
@@ -128,7 +136,7 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         if self._sign_in is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this deployment issues no Kafka sign-in to partners")
         if request.partner_id not in {p.partner_id for p in self._store.list()}:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no partner {request.partner_id!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no partner {shown(request.partner_id)}")
         return admin_pb2.ResetPartnerPasswordReply(kafka_access=self._issue(request.partner_id, context))
 
     def ListPartners(
@@ -146,7 +154,7 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         self, request: admin_pb2.RemovePartnerRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RemovePartnerReply:
         if not self._store.remove(request.partner_id):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no partner {request.partner_id!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no partner {shown(request.partner_id)}")
         if self._sign_in is not None:
             try:
                 self._sign_in.access.revoke(request.partner_id)
@@ -156,7 +164,7 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
                 )
                 context.abort(
                     grpc.StatusCode.UNAVAILABLE,
-                    f"partner {request.partner_id!r} removed, but its Kafka sign-in could not be revoked "
+                    f"partner {shown(request.partner_id)} removed, but its Kafka sign-in could not be revoked "
                     f"({type(error).__name__}): revoke it on the broker",
                 )
         return admin_pb2.RemovePartnerReply(removed=True)

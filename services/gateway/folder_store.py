@@ -17,7 +17,7 @@ from services.gateway.fetched import Fetched
 from services.gateway.targets import FolderTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*\Z")
 _CHUNK = 1024 * 1024
 
 

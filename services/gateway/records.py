@@ -21,7 +21,7 @@ from pathlib import Path
 
 from services.proto_gen.imx.v1 import events_pb2
 
-_DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 
 
 def safe_delivery_id(delivery_id: str) -> str:

@@ -19,7 +19,7 @@ from services.gateway.fetched import Fetched
 from services.proto_gen.imx.v1 import events_pb2
 
 DEFAULT_CALLING_AE = "IMX-GATEWAY"
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no control chars
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}\Z")  # PS3.5 AE VR: no backslash, no control chars
 
 TargetKind = Literal["dicom", "dicomweb", "file"]
 

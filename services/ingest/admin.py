@@ -7,6 +7,7 @@ from collections.abc import Callable
 import grpc
 
 from services.common.control_server import ServicerRegistration
+from services.common.messages import shown
 from services.common.stores.organisations import Organisation, OrganisationStore
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
@@ -46,7 +47,7 @@ class OrganisationAdminServicer(admin_pb2_grpc.OrganisationAdminServicer):
         self, request: admin_pb2.RemoveOrganisationRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RemoveOrganisationReply:
         if not self._store.remove(request.org_id):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no organisation {request.org_id!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no organisation {shown(request.org_id)}")
         self._on_change()
         return admin_pb2.RemoveOrganisationReply(removed=True)
 

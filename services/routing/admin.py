@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from services.common.control_server import ServicerRegistration
+from services.common.messages import shown
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc, events_pb2
 from services.routing.rules import Route, RouteMatch, RoutingInput, decide
 from services.routing.store import RouteStore
@@ -85,7 +86,7 @@ class RoutingAdminServicer(admin_pb2_grpc.RoutingAdminServicer):
         self, request: admin_pb2.RemoveRouteRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RemoveRouteReply:
         if not self._store.remove(request.route_id):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no route {request.route_id!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no route {shown(request.route_id)}")
         return admin_pb2.RemoveRouteReply(removed=True)
 
     def TestRoute(self, request: admin_pb2.TestRouteRequest, context: grpc.ServicerContext) -> admin_pb2.TestRouteReply:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from services.common.topics import validate_partner_id
 
-_ROUTE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_ROUTE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 # A route's class says how urgently its instances move: urgent (stroke, trauma) overtakes routine,
 # which overtakes bulk (research, 3D modelling).

@@ -115,10 +115,14 @@ def test_an_operator_pauses_and_resumes_but_may_not_change_configuration(served:
         assert _code(lambda: tokens.AddControlToken(request, timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
 
     changes = list(reversed(served.changes.recent()))
-    assert [(c["who"], c["method"].rsplit("/", 1)[1], c["before"], c["after"]) for c in changes[1:]] == [
-        ("night-shift", "Pause", "running", "paused"),
-        ("night-shift", "Resume", "paused", "running"),
+    # The changes it may not make are recorded too, refused (before, nothing was: who tried is the point).
+    assert [(c["who"], c["method"].rsplit("/", 1)[1], c["before"], c["after"], c["outcome"]) for c in changes[1:]] == [
+        ("night-shift", "Pause", "running", "paused", "OK"),
+        ("night-shift", "Resume", "paused", "running", "OK"),
+        ("night-shift", "AddRoute", "", "", "PERMISSION_DENIED"),
+        ("night-shift", "AddControlToken", "", "", "PERMISSION_DENIED"),
     ]
+    assert changes[3]["object_id"] == "research" and changes[3]["outcome_indicator"] == 4
     assert changes[1]["object_id"] == "routing" and changes[1]["event_type"]["code"] == "110121"
     issued = changes[0]
     assert (issued["who"], issued["role"], issued["object_kind"], issued["object_id"]) == (

@@ -162,3 +162,22 @@ def test_adding_resetting_and_removing_a_partner_issues_and_revokes_its_sign_in(
     with pytest.raises(grpc.RpcError) as missing:
         admin.ResetPartnerPassword(admin_pb2.ResetPartnerPasswordRequest(partner_id="lab-one"), timeout=30)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_adding_a_partner_again_updates_it_and_keeps_its_credentials(
+    partner_admin: tuple[admin_pb2_grpc.PartnerAdminStub, Topics], db: Database
+) -> None:
+    """Each AddPartner issued a new password and DICOMweb key: re-running `imx partners add` to change a
+    name locked the partner's running gateway out."""
+    admin, _topics = partner_admin
+    first = admin.AddPartner(admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id="lab-two")), timeout=30)
+    again = admin.AddPartner(
+        admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id="lab-two", name="Lab Two")), timeout=30
+    )
+    assert again.updated and not first.updated
+    assert again.partner.name == "Lab Two"
+    assert not again.HasField("kafka_access") and again.dicomweb_key == ""
+    access = first.kafka_access
+    assert _admitted(access.bootstrap, access.username, access.password), "the first password still works"
+    assert PartnerStore(db).partner_for_key(first.dicomweb_key) == "lab-two", "and the first key"
+    admin.RemovePartner(admin_pb2.RemovePartnerRequest(partner_id="lab-two"), timeout=30)

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pymongo.database import Database
 
 from services.common import api_keys
+from services.common.messages import shown
 
-_ORG_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_AE_TITLE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,14}[\x21-\x7e])?$")
+_ORG_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+_AE_TITLE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,14}[\x21-\x7e])?\Z")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ def validate_organisation(org: Organisation) -> Organisation:
         raise ValueError("organisation id must be 1-63 characters of lower-case letters, digits and '-'")
     for ae in org.ae_titles:
         if not _AE_TITLE.match(ae) or "\\" in ae:
-            raise ValueError(f"AE title {ae!r} is not valid (1-16 printable characters, no backslash)")
+            raise ValueError(f"AE title {shown(ae)} is not valid (1-16 printable characters, no backslash)")
     return org
 
 
@@ -43,7 +44,7 @@ class OrganisationStore:
         for ae in org.ae_titles:
             clash = self._orgs.find_one({"ae_titles": ae, "_id": {"$ne": org.org_id}})
             if clash:
-                raise ValueError(f"AE title {ae!r} already belongs to organisation {clash['_id']!r}")
+                raise ValueError(f"AE title {shown(ae)} already belongs to organisation {clash['_id']!r}")
         update: dict[str, object] = {"name": org.name, "ae_titles": list(org.ae_titles)}
         api_key = ""
         if issue_api_key:

@@ -127,3 +127,26 @@ def _poll_until_dead_lettered(consumer: StageConsumer, handler, bootstrap: str, 
         if read_all(bootstrap, dlq, expected=1, timeout_s=1):
             return True
     return False
+
+
+def test_a_stage_asked_for_is_filtered_before_the_limit_and_the_limit_is_bounded(
+    kafka_bootstrap: str, unique_name: str, admin_address: str
+) -> None:
+    """Filtered after the limit, `--stage deid --limit 2` listed nothing when the two newest were
+    routing's; a limit of two billion read the whole topic, values of up to 16 MiB each."""
+    dlq = f"{unique_name}.dlq"
+    ensure_topics(kafka_bootstrap, [dlq], partitions=1)
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish(
+        [OutgoingMessage(dlq, b"x", None, {"imx-stage": b"deid"}) for _ in range(3)]
+        + [OutgoingMessage(dlq, b"x", None, {"imx-stage": b"routing"}) for _ in range(5)]
+    )
+    producer.close()
+    with control_channel(admin_address) as channel:
+        stub = admin_pb2_grpc.DeadLetterAdminStub(channel)
+        listed = stub.ListDeadLetters(admin_pb2.ListDeadLettersRequest(limit=2, stage="deid"), timeout=30)
+        assert [d.stage for d in listed.dead_letters] == ["deid", "deid"]
+        assert [d.offset for d in listed.dead_letters] == [1, 2]  # the newest two of deid's
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListDeadLetters(admin_pb2.ListDeadLettersRequest(limit=1001), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,53 @@
+"""Ids that become topic names, database keys and log fields: a trailing newline is not part of the
+alphabet. Python's `$` also matches before a final "\\n", so "acme\\n" passed every check and was stored:
+an administrator token named "eve\\n" listed as "eve", could not be removed by that name, and kept working."""
+
+from __future__ import annotations
+
+from unittest.mock import MagicMock
+
+import pytest
+
+from services.audit.analysts import Analyst, AnalystStore
+from services.common.control_tokens import TokenStore
+from services.common.stores.organisations import Organisation, validate_organisation
+from services.common.topics import validate_partner_id
+from services.routing.rules import Route, validate_route
+
+TRAILING = "acme\n"
+
+
+def test_partner_org_and_route_ids_refuse_a_trailing_newline() -> None:
+    assert validate_partner_id("acme") == "acme"
+    with pytest.raises(ValueError):
+        validate_partner_id(TRAILING)
+    with pytest.raises(ValueError):
+        validate_organisation(Organisation(TRAILING))
+    with pytest.raises(ValueError):
+        validate_organisation(Organisation("acme", ae_titles=("PACS\n",)))
+    with pytest.raises(ValueError):
+        validate_route(Route(TRAILING, "acme"))
+    with pytest.raises(ValueError):
+        validate_route(Route("r1", TRAILING))
+
+
+def test_analyst_ids_and_token_names_refuse_a_trailing_newline() -> None:
+    db = MagicMock()  # refused before the database is touched
+    with pytest.raises(ValueError):
+        AnalystStore(db).add(Analyst(TRAILING))
+    with pytest.raises(ValueError):
+        TokenStore(db).add("eve\n", "administrator")
+    assert not db.mock_calls or all("__getitem__" in str(call) for call in db.mock_calls)
+
+
+def test_a_long_value_is_not_echoed_whole_in_a_refusal() -> None:
+    """A 100 kB id echoed into a gRPC status made its metadata too large: the caller got
+    RESOURCE_EXHAUSTED instead of the reason."""
+    from services.common.messages import shown
+
+    assert shown("acme") == "'acme'"
+    long = "x" * 100_000
+    with pytest.raises(ValueError) as refused:
+        validate_partner_id(long)
+    assert len(str(refused.value)) < 300 and "(100000 characters)" in str(refused.value)
+    assert len(shown(long)) < 100
