@@ -83,7 +83,15 @@ UNCOMPRESSED = frozenset(
     {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
 )
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context ids are odd numbers 1-255
-WARNINGS = frozenset({0xB000, 0xB006, 0xB007})  # PS3.4 B.2.3: coercion, elements discarded, SOP class mismatch
+# PS3.7 C.1-C.4: the general warnings (optional attributes unsupported, attribute list error, value out of
+# range) and the service-specific warning range, PS3.4 B.2.3's 0xB000/0xB006/0xB007 among them. A warning
+# means stored: dead-lettered, the partner was told DEAD_LETTERED about an instance its PACS holds, and a
+# replay stored it again.
+GENERAL_WARNINGS = frozenset({0x0001, 0x0107, 0x0116})
+
+
+def is_warning(status: int) -> bool:
+    return status in GENERAL_WARNINGS or 0xB000 <= status <= 0xBFFF
 
 
 def status_result(status: int | None) -> StoreResult:
@@ -91,7 +99,7 @@ def status_result(status: int | None) -> StoreResult:
     if status is None:
         return StoreResult.failed("no-status", retryable=True)
     detail = f"0x{status:04X}"
-    if status == 0x0000 or status in WARNINGS:
+    if status == 0x0000 or is_warning(status):
         return StoreResult.stored(detail)
     if 0xA700 <= status <= 0xA7FF:  # out of resources: the PACS may have room later
         return StoreResult.failed(detail, retryable=True)
@@ -198,7 +206,8 @@ class DimseStore:
         self._ae.dimse_timeout = dimse_timeout_s
         self._ae.network_timeout = max(dimse_timeout_s, 60)
         self._ae.maximum_pdu_size = 0  # what we accept: responses are small, take whatever the peer sends
-        self._needs: dict[str, list[str]] = {}
+        self._needs: dict[str, list[str]] = {}  # SOP class → syntaxes, in the order of their last use
+        self._proposed: set[tuple[str, str]] = set()  # what the open association proposed
         self._assoc: Association | None = None
         self._message_id = 0
         self.associations = 0  # how many were opened (status and tests)
@@ -263,20 +272,25 @@ class DimseStore:
 
     def _associated_for(self, sop_class: str, syntax: str) -> StoreResult | None:
         """Ensure an association that proposed (sop_class, syntax); a StoreResult when there is none."""
-        proposed = self._needs.get(sop_class, [])
-        if syntax not in proposed:
-            self._needs.pop(sop_class, None)
-            self._needs[sop_class] = [*proposed, syntax]
+        # Last used, last in: contexts_for keeps the most recent classes when they outnumber 128 contexts,
+        # and the class in hand is always among them (ordered by first need, the earliest class fell out
+        # after ~64 others and was dead-lettered as not accepted until the process restarted).
+        syntaxes = self._needs.pop(sop_class, [])
+        self._needs[sop_class] = syntaxes if syntax in syntaxes else [*syntaxes, syntax]
+        if (sop_class, syntax) not in self._proposed:
             self._drop_association()
         if self._assoc is not None and settled(self._assoc):
             return None
         self._drop_association()
-        assoc = self._ae.associate(
-            self._target.host,
-            self._target.port,
-            contexts=contexts_for(self._needs),
-            ae_title=self._target.called_ae,
-        )
+        contexts = contexts_for(self._needs)
+        try:
+            assoc = self._ae.associate(
+                self._target.host, self._target.port, contexts=contexts, ae_title=self._target.called_ae
+            )
+        except OSError as error:  # a name that does not resolve (DNS away, a typo): the PACS is unreachable
+            log.warning("pacs address not resolved", extra={"error": type(error).__name__})
+            return StoreResult.down("address-not-resolved")
+        self._proposed = {(c.abstract_syntax, c.transfer_syntax[0]) for c in contexts}
         if not assoc.is_established:
             return StoreResult.down("association-rejected" if assoc.is_rejected else "connection-failed")
         keep_responses_for_sender(assoc)
@@ -293,6 +307,7 @@ class DimseStore:
         return None
 
     def _drop_association(self) -> None:
+        self._proposed = set()
         if self._assoc is not None:
             if self._assoc.is_established:
                 self._assoc.release()

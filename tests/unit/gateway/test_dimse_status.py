@@ -10,7 +10,7 @@ from services.gateway.dimse_store import MAX_CONTEXTS, contexts_for, status_resu
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
-@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xB006, 0xB007])
+@pytest.mark.parametrize("status", [0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007, 0xBFFF])
 def test_success_and_warnings_are_stored(status: int) -> None:
     assert status_result(status).ok
 
