@@ -31,6 +31,7 @@ reached is waited for; one that takes the new association aborted that instance 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -42,6 +43,7 @@ from contextlib import contextmanager
 from io import BufferedReader, BytesIO
 from pathlib import Path
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset, read_preamble
@@ -160,6 +162,20 @@ def padded_copy(path: Path, offset: int) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def values_unchecked() -> Iterator[None]:
+    """pydicom's value checks off while the gateway reads and converts an instance, back as they were after:
+    they warn with the value itself ("Invalid value for VR UI: '<the UID>'", names, dates) on stderr, and
+    the gateway passes on what it was sent, as it was sent, printing no patient data."""
+    settings = pydicom_config.settings
+    reading, writing = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom_config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = reading, writing
+
+
 def converted(source: Fetched, transfer_syntax: UID) -> bytes:
     """The data set of `source` encoded in `transfer_syntax` (uncompressed); raises when pydicom cannot."""
     with source.open() as handle:
@@ -217,6 +233,10 @@ class DimseStore:
         return self._assoc.acceptor.maximum_length if self._assoc else None
 
     def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
+        with values_unchecked():
+            return self._store(source, delivery)
+
+    def _store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
         try:
             sop_class, sop_instance, syntax_uid, offset = plain_meta_of(source) or _meta_by_pydicom(source)
             syntax = UID(syntax_uid)
@@ -290,7 +310,7 @@ class DimseStore:
         except OSError as error:  # a name that does not resolve (DNS away, a typo): the PACS is unreachable
             log.warning("pacs address not resolved", extra={"error": type(error).__name__})
             return StoreResult.down("address-not-resolved")
-        self._proposed = {(c.abstract_syntax, c.transfer_syntax[0]) for c in contexts}
+        self._proposed = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in contexts}
         if not assoc.is_established:
             return StoreResult.down("association-rejected" if assoc.is_rejected else "connection-failed")
         keep_responses_for_sender(assoc)

@@ -204,7 +204,7 @@ class Fetcher:
                 raise NotPlain()
             multipart = head.content_type.lower().startswith("multipart/")
             if isinstance(out, _Held) and not multipart and head.length == limit:
-                with _network_errors():
+                with _network_errors(in_body=True):
                     body = receive_whole(sock, first, head.length)
                 out.write(body)
                 digest, size = hashlib.sha256(body).hexdigest(), len(body)
@@ -313,7 +313,7 @@ def _stream(pieces: Iterator[bytes], content_type: str, out: _Sink, limit: int) 
     digest = hashlib.sha256()
     answer = _Answer(out, digest, content_type)
     while True:
-        with _network_errors():
+        with _network_errors(in_body=True):
             piece = next(pieces, b"")
         if not piece:
             break
@@ -322,14 +322,22 @@ def _stream(pieces: Iterator[bytes], content_type: str, out: _Sink, limit: int) 
     return digest.hexdigest(), answer.size
 
 
+BODY_TORN = "body-torn"  # the answer began and broke off: few attempts (worker.FEW_ATTEMPTS), not waited for
+
+
 @contextlib.contextmanager
-def _network_errors() -> Iterator[None]:
-    """What went wrong talking to the server, as httpx's TimeoutException and TransportError were."""
+def _network_errors(in_body: bool = False) -> Iterator[None]:
+    """What went wrong talking to the server, as httpx's TimeoutException and TransportError were. Before
+    an answer, the server is away (waited for, no attempt spent); within its body (`in_body`), the server
+    answered and the transfer broke: an object whose answer always breaks off spends attempts and is
+    dead-lettered, where it held the partner's whole feed, retried every 30 s for ever."""
     try:
         yield
     except TimeoutError:
         raise FetchFailure("fetch-timeout", retryable=True) from None
     except (OSError, http.client.HTTPException):
+        if in_body:
+            raise FetchFailure(BODY_TORN, retryable=True) from None
         raise FetchFailure("source-unreachable", retryable=True, unavailable=True) from None
 
 

@@ -100,29 +100,41 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def _without_password(url: str, parts: SplitResult) -> str:
+    """`url` as an error may quote it: a password in it (refused anyway) is not printed."""
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
 def parse_target(url: str) -> Target:
     """The target a URL names; TargetError with the reason when it names none."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
+    shown = _without_password(url, parts)
     if scheme == "dicom":
-        return _dicom_target(url, parts.username, parts.hostname, parts, parse_qs(parts.query))
+        if parts.password is not None:
+            raise TargetError(f"{shown!r}: a DICOM target takes no password: dicom://AE@host:port")
+        query = parse_qs(parts.query, keep_blank_values=True)  # "?calling=" is an empty title, not the default
+        return _dicom_target(shown, parts.username, parts.hostname, parts, query)
     if scheme in ("http", "https"):
         if not parts.hostname:
-            raise TargetError(f"{url!r}: a DICOMweb target needs a host, e.g. https://pacs.example/dicomweb")
+            raise TargetError(f"{shown!r}: a DICOMweb target needs a host, e.g. https://pacs.example/dicomweb")
         if parts.query or parts.fragment:
-            raise TargetError(f"{url!r}: a DICOMweb base URL takes no query or fragment")
+            raise TargetError(f"{shown!r}: a DICOMweb base URL takes no query or fragment")
         if parts.username or parts.password:
-            raise TargetError(f"{url!r}: credentials do not belong in the target URL")
-        _port(url, parts)
+            raise TargetError(f"{shown!r}: credentials do not belong in the target URL")
+        if _port(shown, parts) == 0:
+            raise TargetError(f"{shown!r}: the port must be a number from 1 to 65535")
         return DicomWebTarget(f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}")
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise TargetError(f"{url!r}: a folder target is file:///absolute/path (no host)")
+            raise TargetError(f"{shown!r}: a folder target is file:///absolute/path (no host)")
         path = unquote(parts.path)
         if not path.startswith("/") or path == "/":
-            raise TargetError(f"{url!r}: a folder target needs an absolute path other than /")
+            raise TargetError(f"{shown!r}: a folder target needs an absolute path other than /")
         return FolderTarget(Path(path))
-    raise TargetError(f"{url!r}: unknown target; use dicom://AE@host:port, https://host/dicomweb or file:///path")
+    raise TargetError(f"{shown!r}: unknown target; use dicom://AE@host:port, https://host/dicomweb or file:///path")
 
 
 def _port(url: str, parts: SplitResult) -> int | None:

@@ -51,7 +51,7 @@ from services.common.positions import ConsumerPositions
 from services.common.static_membership import name_taken
 from services.common.topic_metadata import await_topic_metadata
 from services.common.topics import LANES, ROUTINE, Topics
-from services.gateway.fetch import Fetcher, FetchFailure
+from services.gateway.fetch import BODY_TORN, Fetcher, FetchFailure
 from services.gateway.fetch_ahead import FetchAhead, discard
 from services.gateway.fetched import Fetched
 from services.gateway.offsets import OffsetTracker
@@ -70,7 +70,7 @@ from services.proto_gen.imx.v1 import events_pb2
 log = logging.getLogger(__name__)
 
 # Failures that say something about the instance, not the target: given up after RetryPolicy.few_attempts.
-FEW_ATTEMPTS = frozenset({"sha256-mismatch", "size-mismatch", "truncated-multipart", ABORTED})
+FEW_ATTEMPTS = frozenset({"sha256-mismatch", "size-mismatch", "truncated-multipart", BODY_TORN, ABORTED})
 
 
 class GatewayStopped(Exception):

@@ -7,6 +7,7 @@ that did not resolve ended `imx gateway run` with a traceback."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
@@ -41,8 +42,8 @@ def part10(sop_class: str) -> bytes:
 
 
 @contextmanager
-def pacs(status: int = 0x0000) -> Iterator[tuple[int, list[str]]]:
-    """A PACS taking every storage SOP class in explicit VR little endian, answering `status`."""
+def pacs(status: int = 0x0000, syntax: str = ExplicitVRLittleEndian) -> Iterator[tuple[int, list[str]]]:
+    """A PACS taking every storage SOP class in `syntax`, answering `status`."""
     received: list[str] = []
 
     def on_store(event: Any) -> int:
@@ -51,7 +52,7 @@ def pacs(status: int = 0x0000) -> Iterator[tuple[int, list[str]]]:
 
     ae = AE(ae_title="PEERS")
     for context in StoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ExplicitVRLittleEndian)
+        ae.add_supported_context(context.abstract_syntax, syntax)
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
@@ -104,3 +105,30 @@ def test_a_pacs_name_that_does_not_resolve_is_waited_for_not_a_crash() -> None:
     finally:
         target.close()
     assert not result.ok and result.unavailable and result.status_detail == "address-not-resolved"
+
+
+def test_converting_for_the_pacs_prints_no_element_values() -> None:
+    """pydicom's value checks warned with the values themselves (a UID, a name) on the partner's stderr
+    as the gateway read and converted an instance for a PACS that asked for another transfer syntax."""
+    uid = "1.2.3.4.5.6.7.8.9.0123456789"  # a component with a leading zero: not a valid UI
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # making the file warns of its own values: not the gateway's
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = CTImageStorage, uid
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
+        ds.PatientName = "Thistlewood^" + "Margery" * 10  # longer than PN allows
+        out = BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+    with pacs(syntax=ImplicitVRLittleEndian) as (port, received):
+        target = DimseStore(DicomTarget("PEERS", "127.0.0.1", port), dimse_timeout_s=10)
+        try:
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                result = target.store(Fetched(data=out.getvalue()), events_pb2.PartnerDelivery())
+        finally:
+            target.close()
+    assert result.ok and received == [CTImageStorage]
+    text = " ".join(str(w.message) for w in said)
+    assert uid not in text and "PN component" not in text, text

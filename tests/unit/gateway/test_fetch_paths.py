@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from services.gateway.fetch import FetchFailure, _stream, _target
+from services.gateway.fetch import FetchFailure, _network_errors, _stream, _target
 from services.gateway.plain_get import KeepAlive, exchange, open_socket, receive_whole
 
 REQUEST = b"GET /o HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -253,8 +253,10 @@ def test_a_body_longer_than_the_limit_is_refused_before_more_is_read() -> None:
     ("error", "detail", "unavailable"),
     [
         (TimeoutError(), "fetch-timeout", False),
-        (ConnectionResetError(), "source-unreachable", True),
-        (http.client.IncompleteRead(b"", 3), "source-unreachable", True),
+        # The answer began and broke off: attempts are spent (few of them), where before it was taken for a
+        # server that is away and retried for ever, holding the partner's whole feed behind it.
+        (ConnectionResetError(), "body-torn", False),
+        (http.client.IncompleteRead(b"", 3), "body-torn", False),
     ],
 )
 def test_a_failed_read_is_classified_as_the_network_failure_it_is(
@@ -267,6 +269,12 @@ def test_a_failed_read_is_classified_as_the_network_failure_it_is(
     with pytest.raises(FetchFailure) as failure:
         _stream(pieces(), "application/dicom", BytesIO(), 10)
     assert (failure.value.detail, failure.value.retryable, failure.value.unavailable) == (detail, True, unavailable)
+
+
+def test_a_server_that_does_not_answer_at_all_is_waited_for() -> None:
+    with pytest.raises(FetchFailure) as failure, _network_errors():
+        raise ConnectionRefusedError()
+    assert (failure.value.detail, failure.value.unavailable) == ("source-unreachable", True)
 
 
 def test_a_failed_write_is_raised_as_it_is() -> None:

@@ -53,3 +53,18 @@ def test_file_urls_are_absolute_folders() -> None:
 def test_bad_urls_are_refused_with_the_reason(url: str, says: str) -> None:
     with pytest.raises(TargetError, match=says):
         parse_target(url)
+
+
+def test_a_password_in_a_target_is_refused_without_being_printed() -> None:
+    """The https refusal quoted the URL whole, password and all, on the partner's terminal; a DICOM
+    target dropped its password in silence."""
+    for url in ("https://user:S3cret@pacs.example/dw", "dicom://PACS:S3cret@pacs.example:104"):
+        with pytest.raises(TargetError) as refused:
+            parse_target(url)
+        assert "S3cret" not in str(refused.value) and ":***@" in str(refused.value)
+
+
+def test_an_empty_calling_title_and_port_zero_are_refused() -> None:
+    for url in ("dicom://PACS@pacs.example:104?calling=", "https://pacs.example:0/dw"):
+        with pytest.raises(TargetError):
+            parse_target(url)
