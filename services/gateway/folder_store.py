@@ -7,12 +7,13 @@ and dots only (PS3.5 9.1), at most 64 characters, so no event can name `..` or a
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-from services.common.blob_store import fsync_directory, replace_atomically
+from services.common.blob_store import fsync_directory, make_durable_parents, replace_atomically
 from services.gateway.fetched import Fetched
 from services.gateway.targets import FolderTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
@@ -54,6 +55,11 @@ class FolderStore:
 
     def __init__(self, target: FolderTarget) -> None:
         self._root = target.root
+        # Files get the mode a program's new file gets (0666 less the umask), as an importer running as
+        # another user expects: the temp file they are written through is private (0600), and kept that.
+        umask = os.umask(0)
+        os.umask(umask)
+        self._mode = 0o666 & ~umask
 
     def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
         try:
@@ -63,8 +69,8 @@ class FolderStore:
         try:
             if target.exists() and file_sha256(target) == delivery.blob.sha256:
                 return StoreResult.stored("already-present")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _copy_atomically(source, target)
+            make_durable_parents(target)  # a new study's and series' folders too, each fsynced in its parent
+            _copy_atomically(source, target, self._mode)
         except OSError as error:
             # A full or read-only disk may be fixed by the partner: retry, and wait without spending
             # attempts when the folder itself is gone (an unmounted share).
@@ -77,13 +83,14 @@ class FolderStore:
         pass
 
 
-def _copy_atomically(source: Fetched, target: Path) -> None:
+def _copy_atomically(source: Fetched, target: Path, mode: int) -> None:
     """A crash leaves the old file or the new one, never half of one; the folder is fsynced too."""
-    replace_atomically(target, lambda out: _copy(source, out))
+    replace_atomically(target, lambda out: _copy(source, out, mode))
     fsync_directory(target.parent)
 
 
-def _copy(source: Fetched, out: BinaryIO) -> None:
+def _copy(source: Fetched, out: BinaryIO, mode: int) -> None:
+    os.fchmod(out.fileno(), mode)
     if source.data is not None:
         out.write(source.data)
         return

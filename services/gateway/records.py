@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from services.common.blob_store import fsync_directory
 from services.proto_gen.imx.v1 import events_pb2
 
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
@@ -132,6 +133,7 @@ class DeadLetters:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
+        fsync_directory(self._folder)  # its name too: the receipt that says DEAD_LETTERED goes out next
         return letter
 
     def get(self, delivery_id: str) -> DeadLetter | None:

@@ -57,3 +57,30 @@ def test_a_different_object_under_the_same_uids_replaces_the_old_one(tmp_path: P
     for content in (b"first", b"second"):
         assert store.store(Fetched(data=content), _delivery(content)).ok
     assert (tmp_path / "root" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm").read_bytes() == b"second"
+
+
+def test_files_get_the_mode_a_new_file_gets_not_the_temp_files_0600(tmp_path: Path) -> None:
+    """An importer running as another user could not read what the receipt called STORED."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        store = FolderStore(FolderTarget(tmp_path / "root"))
+    finally:
+        os.umask(old)
+    assert store.store(Fetched(data=b"DICM-bytes"), _delivery(b"DICM-bytes")).ok
+    written = tmp_path / "root" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
+    assert written.stat().st_mode & 0o777 == 0o644
+
+
+def test_new_study_and_series_folders_are_made_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the file's own folder was fsynced: a power cut could lose a new study's folder, and the file
+    in it, after its receipt went out."""
+    from services.gateway import folder_store
+
+    synced: list[Path] = []
+    monkeypatch.setattr(folder_store, "fsync_directory", lambda folder: synced.append(Path(folder)))
+    monkeypatch.setattr("services.common.blob_store.fsync_directory", lambda folder: synced.append(Path(folder)))
+    assert FolderStore(FolderTarget(tmp_path / "root")).store(Fetched(data=b"x"), _delivery(b"x")).ok
+    root = tmp_path / "root"
+    assert {root, root / "1.2.3", root / "1.2.3" / "1.2.3.4"} <= set(synced)
