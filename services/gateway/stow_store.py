@@ -57,6 +57,9 @@ def instance_result(body: dict[str, Any], sop_instance_uid: str) -> StoreResult 
     return None
 
 
+MISCONFIGURED = frozenset({401, 403, 404, 405, 407})  # about the endpoint and its access, not one instance
+
+
 def response_result(status_code: int, content: bytes, sop_instance_uid: str) -> StoreResult:
     """The outcome of one STOW-RS request for one instance, from its HTTP status and body."""
     body: dict[str, Any] = {}
@@ -76,9 +79,15 @@ def response_result(status_code: int, content: bytes, sop_instance_uid: str) -> 
             return mentioned
         if not content.strip():
             return StoreResult.stored(f"http-{status_code}")  # a server that answers with no body
+        if not body:  # a success whose body is no DICOM JSON (XML, HTML): HTTP says stored
+            return StoreResult.stored(f"http-{status_code}-unread-answer")
         return StoreResult.failed("not-in-response", retryable=False)
     if mentioned is not None and not mentioned.ok:
         return mentioned  # e.g. 409 Conflict with the instance's own failure reason
+    if status_code in MISCONFIGURED or 300 <= status_code < 400:
+        # The target as configured refuses everyone (a key missing or refused, a wrong base path, an http
+        # URL moved to https): waited for until the partner fixes it, not every instance dead-lettered.
+        return StoreResult.down(f"http-{status_code}")
     retryable = status_code >= 500 or status_code in (408, 429)
     return StoreResult.failed(f"http-{status_code}", retryable=retryable)
 

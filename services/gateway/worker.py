@@ -123,6 +123,9 @@ def attempt_once(
         source = fetched.result() if fetched is not None else fetcher.fetch(delivery)
     except FetchFailure as failure:
         return StoreResult(False, failure.detail, failure.retryable, failure.unavailable), failure.refused
+    except OSError as error:  # the gateway's own disk (--state-dir full): waited for, as the partner can free it
+        log.warning("fetched object not written to the state folder", extra={"error": type(error).__name__})
+        return StoreResult.down(f"state-disk-error-{error.errno}"), False
     try:
         return store.store(source, delivery), False
     finally:

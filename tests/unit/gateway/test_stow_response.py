@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from services.gateway.stow_store import response_result
 
 SOP = "1.2.3.4"
@@ -69,3 +71,18 @@ def test_http_errors_server_side_and_throttling_are_retryable_client_side_not() 
     assert not response_result(400, b"", SOP).retryable
     assert not response_result(415, b"<html>", SOP).retryable
     assert response_result(404, b"", SOP).status_detail == "http-404"
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405, 407, 301, 308])
+def test_a_target_refusing_everyone_is_waited_for_not_every_instance_dead_lettered(status: int) -> None:
+    """A key missing or refused, a wrong base path, http moved to https: each instance was dead-lettered
+    after one attempt, draining the whole feed into dead letters until the partner noticed."""
+    result = response_result(status, b"", SOP)
+    assert (result.ok, result.unavailable, result.status_detail) == (False, True, f"http-{status}")
+
+
+def test_a_success_whose_body_is_not_dicom_json_is_stored() -> None:
+    """The instance was stored (HTTP 200) but dead-lettered as not-in-response, and a replay stored it again."""
+    for body in (b"<ok/>", b"{}", b"stored"):
+        result = response_result(200, body, SOP)
+        assert result.ok and result.status_detail == "http-200-unread-answer", body
