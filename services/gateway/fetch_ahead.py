@@ -66,9 +66,11 @@ class FetchAhead:
             discard(future)
 
     def close(self) -> None:
+        """Forget every fetch; one under way finishes on its own (its file deleted when it ends), not
+        waited for here."""
         self.drop()
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
 

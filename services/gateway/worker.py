@@ -239,8 +239,10 @@ class Gateway:
                 ):
                     break
         finally:
-            self._ahead.close()
+            # What was stored is committed first: waiting for fetches ahead that will not be stored (a slow
+            # answer, up to the 60 s read timeout) delayed the last commit past a pod's 30 s grace.
             self._commit()
+            self._ahead.close()
         return self.counters
 
     def _outranked(self, lane: str, probe: bool) -> bool:
