@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 from kafka.errors import KafkaError
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
@@ -98,6 +99,8 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
             if not permits(caller.role, method):
                 refused(request, caller)
                 _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"{method} needs the administrator role")
+            if request is UNREADABLE:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the request could not be decoded")
             try:
                 return recorded(request, context, caller)
             except Exception as error:
@@ -122,7 +125,7 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
                         service=self._service,
                         method=method,
                         object_kind=target.kind,
-                        object_id=target.object_id(request) or self._service,
+                        object_id=(target.object_id(request) if request is not UNREADABLE else "") or self._service,
                         before="",
                         after="",
                         outcome=grpc.StatusCode.PERMISSION_DENIED.name,
@@ -163,7 +166,9 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
                 )
 
         return grpc.unary_unary_rpc_method_handler(
-            checked, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            checked,
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
         )
 
     def _caller(self, context: grpc.ServicerContext) -> Caller | None:
@@ -184,6 +189,24 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
                 "control change not recorded",
                 extra={"service": self._service, "stage": change.method, "error": type(error).__name__},
             )
+
+
+UNREADABLE = object()  # a request its message type could not decode
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpcio answers a request it cannot decode INTERNAL and logs "Exception deserializing request!" with a
+    traceback, before any token is looked at: here it is answered INVALID_ARGUMENT after the token check."""
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError:
+            return UNREADABLE
+
+    return deserialize
 
 
 DEPENDENCY_AWAY = "the service's database or broker is unavailable; try again"

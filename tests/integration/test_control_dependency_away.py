@@ -44,3 +44,24 @@ def test_a_database_that_does_not_answer_is_unavailable_not_unknown(caplog: pyte
     assert not [r for r in caplog.records if r.exc_info], "no traceback for a database that is away"
     said = [r for r in caplog.records if r.getMessage() == "control call failed: a dependency is unavailable"]
     assert said and getattr(said[0], "error", "") == "ServerSelectionTimeoutError"
+
+
+def test_a_request_that_cannot_be_decoded_is_invalid_not_internal(caplog: pytest.LogCaptureFixture) -> None:
+    """grpcio answered INTERNAL and logged "Exception deserializing request!" with a traceback."""
+    server = ControlServer(
+        "routing",
+        StageControl(StageStats("routing")),
+        extra=[register_routing_admin(RouteStore(MongoClient(connect=False)["imx"]))],
+        auth=static_auth({TOKEN: Role.administrator}),
+    )
+    server.start()
+    caplog.set_level(logging.INFO)
+    try:
+        with control_channel(f"127.0.0.1:{server.port}", TOKEN) as channel:
+            raw = channel.unary_unary("/imx.v1.RoutingAdmin/AddRoute")  # bytes in, bytes out
+            with pytest.raises(grpc.RpcError) as raised:
+                raw(b"\xff\xff\xff\xff", timeout=10)
+    finally:
+        server.stop(0)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
