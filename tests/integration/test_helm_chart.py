@@ -705,3 +705,25 @@ def test_strimzi_users_refuse_a_mechanism_strimzi_cannot_make() -> None:
 def test_ingest_scales_beyond_the_partitions_since_it_reads_no_topic(render: Render) -> None:
     docs = render("services.ingest.autoscaling.maxReplicas=40")
     assert of_kind(docs, "HorizontalPodAutoscaler")["imx-ingest"]["spec"]["maxReplicas"] == 40
+
+
+def test_a_setting_that_names_a_file_can_be_given_its_file(render: Render) -> None:
+    """`env` took plain values only and no volume could be added: file-based settings (delivery's
+    retrieval key, audit's syslog TLS files) could not be used."""
+    docs = render(
+        "services.delivery.extraVolumes[0].name=retrieval",
+        "services.delivery.extraVolumes[0].secret.secretName=imx-retrieval-key",
+        "services.delivery.extraVolumeMounts[0].name=retrieval",
+        "services.delivery.extraVolumeMounts[0].mountPath=/var/run/imx/retrieval",
+        "services.delivery.extraVolumeMounts[0].readOnly=true",
+        "services.delivery.env.IMX_DELIVERY_RETRIEVAL_KEY_FILE=/var/run/imx/retrieval/key",
+    )
+    delivery = of_kind(docs, "Deployment")["imx-delivery"]
+    pod = delivery["spec"]["template"]["spec"]
+    assert {"name": "retrieval", "secret": {"secretName": "imx-retrieval-key"}} in pod["volumes"]
+    mounts = container(delivery)["volumeMounts"]
+    assert {"name": "retrieval", "mountPath": "/var/run/imx/retrieval", "readOnly": True} in mounts
+    assert env_of(delivery)["IMX_DELIVERY_RETRIEVAL_KEY_FILE"]["value"] == "/var/run/imx/retrieval/key"
+    assert "retrieval" not in {
+        v["name"] for v in of_kind(docs, "Deployment")["imx-audit"]["spec"]["template"]["spec"]["volumes"]
+    }
