@@ -27,7 +27,7 @@ from services.common.dead_letter_limits import DEFAULT_LIMIT, MAX_LIMIT
 from services.common.messages import OutgoingMessage
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
-STAGE_SCAN = 10  # with a stage asked for, its newest N are looked for among the newest N x STAGE_SCAN
+STAGE_SCAN = 10  # with a stage asked for, its newest N are looked for among the newest N x STAGE_SCAN (<= MAX_LIMIT)
 READ_TIMEOUT_S = 10.0
 
 
@@ -183,12 +183,13 @@ class DeadLetters:
         return {d["_id"]: int(d.get("replayed_at_ms", 0)) for d in docs}
 
     def list(self, limit: int, stage: str = "") -> list[admin_pb2.DeadLetter]:
-        """The newest `limit` (of `stage`'s, when given: filtered before the limit, not after, which
-        returned nothing when the newest were another stage's)."""
+        """The newest `limit` (of `stage`'s, when given: looked for among the newest `limit` x STAGE_SCAN,
+        at most MAX_LIMIT, of each partition, where filtering the newest `limit` found none when they
+        were another stage's)."""
         if not stage:
             described = [describe(r) for r in self._topic.newest(limit)]
         else:
-            found = [describe(r) for r in self._topic.newest(limit * STAGE_SCAN)]
+            found = [describe(r) for r in self._topic.newest(min(limit * STAGE_SCAN, MAX_LIMIT))]
             described = [d for d in found if d.stage == stage][-limit:]
         replayed = self._replayed_at([f"{d.partition}:{d.offset}" for d in described])
         for d in described:

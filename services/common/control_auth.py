@@ -24,7 +24,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from kafka.errors import KafkaError
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure
 
 from services.common.api_keys import api_key_digest
 from services.common.control_changes import (
@@ -213,9 +213,10 @@ DEPENDENCY_AWAY = "the service's database or broker is unavailable; try again"
 
 
 def dependency_away(error: BaseException) -> bool:
-    """MongoDB not answering, a broker away (kafka-python's retriable errors), or a store's own
-    TransientError: what a later call may not meet, not a fault of the request."""
-    if isinstance(error, PyMongoError | TransientError):
+    """MongoDB not answering (pymongo's ConnectionFailure: no server, a timeout), a broker away
+    (kafka-python's retriable errors), or a store's own TransientError: what a later call may not meet,
+    not a fault of the request."""
+    if isinstance(error, ConnectionFailure | TransientError):  # not a duplicate key or a refused operation
         return True
     return isinstance(error, KafkaError) and bool(error.retriable)
 

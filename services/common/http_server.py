@@ -230,6 +230,15 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
             # (ASGI's disconnect) instead of failing in h11 and being logged as an error with a traceback.
             # An answer already begun (one given before the body was read) cannot be followed by a 400: the
             # connection is just closed.
+            if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                # The answer was given already and the body was being read and dropped (the drain above):
+                # nothing more can be said on this connection, so it is closed (h11 failed to frame a 400,
+                # and asyncio logged that as a fatal protocol error with a traceback).
+                if cycle := self.cycle:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
+                self.transport.close()
+                return
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 answered = cycle.response_started

@@ -46,6 +46,8 @@ class PartnerTopics:
     def ensure(self, partner_id: str) -> None:
         """`BrokerUnavailable` when the broker does not answer within PARTNER_TOPICS_WAIT_S: the admin
         call that asked answers UNAVAILABLE instead of holding its worker (and this lock) for ever."""
+        if partner_id in self._ensured:  # the stage asks once per instance: no timer, no lock for a known one
+            return
         gave_up = threading.Event()
         deadline = threading.Timer(PARTNER_TOPICS_WAIT_S, gave_up.set)
         deadline.daemon = True

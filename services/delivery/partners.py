@@ -109,7 +109,9 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
                 parse_target(endpoint)  # the central gateway must be able to use it: refuse it now if not
         except ValueError as exc:  # TargetError is a ValueError
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        existed = self._store.get(partner_id) is not None
+        # Registered and given its key: an add that stopped before its credentials (its Kafka sign-in not
+        # issued, say) left none, and adding it again issues them instead of reporting them "kept".
+        existed = self._store.get(partner_id) is not None and self._store.has_own_key(partner_id)
         # The topics exist before anything is delivered, so a partner can subscribe right away; made first,
         # so a broker that is away leaves nothing half made (UNAVAILABLE, and adding it again is safe).
         self._create_topic(partner_id)
@@ -117,11 +119,9 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         if existed:
             # Its credentials are kept: new ones here locked its running gateway out (the Reset calls rotate).
             return admin_pb2.AddPartnerReply(partner=self._proto(partner), updated=True)
-        return admin_pb2.AddPartnerReply(
-            partner=self._proto(partner),
-            kafka_access=self._issue(partner.partner_id, context),
-            dicomweb_key=self._store.issue_dicomweb_key(partner.partner_id),
-        )
+        dicomweb_key = self._store.issue_dicomweb_key(partner.partner_id)
+        access = self._issue(partner.partner_id, context)  # the key is issued first: an abort here leaves it
+        return admin_pb2.AddPartnerReply(partner=self._proto(partner), kafka_access=access, dicomweb_key=dicomweb_key)
 
     def ResetPartnerDicomwebKey(
         self, request: admin_pb2.ResetPartnerDicomwebKeyRequest, context: grpc.ServicerContext

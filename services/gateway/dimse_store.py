@@ -36,6 +36,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -162,18 +163,31 @@ def padded_copy(path: Path, offset: int) -> Path:
     return target
 
 
+_UNCHECKED_LOCK = threading.Lock()
+_unchecked: list[tuple[int, int]] = []  # one entry per store in progress: the modes before the first
+
+
 @contextlib.contextmanager
 def values_unchecked() -> Iterator[None]:
-    """pydicom's value checks off while the gateway reads and converts an instance, back as they were after:
-    they warn with the value itself ("Invalid value for VR UI: '<the UID>'", names, dates) on stderr, and
-    the gateway passes on what it was sent, as it was sent, printing no patient data."""
+    """pydicom's value checks off while the gateway reads and converts an instance: they warn with the value
+    itself ("Invalid value for VR UI: '<the UID>'", names, dates) on stderr, and the gateway passes on what
+    it was sent, as it was sent, printing no patient data. pydicom's modes are the process's: with the
+    central gateways' partner workers storing at once, they are set by the first store in progress and
+    restored by the last, so no store runs with them back on while another is still in its window."""
     settings = pydicom_config.settings
-    reading, writing = settings.reading_validation_mode, settings.writing_validation_mode
-    settings.reading_validation_mode = settings.writing_validation_mode = pydicom_config.IGNORE
+    with _UNCHECKED_LOCK:
+        if not _unchecked:
+            _unchecked.append((settings.reading_validation_mode, settings.writing_validation_mode))
+            settings.reading_validation_mode = settings.writing_validation_mode = pydicom_config.IGNORE
+        else:
+            _unchecked.append(_unchecked[0])
     try:
         yield
     finally:
-        settings.reading_validation_mode, settings.writing_validation_mode = reading, writing
+        with _UNCHECKED_LOCK:
+            modes = _unchecked.pop()
+            if not _unchecked:
+                settings.reading_validation_mode, settings.writing_validation_mode = modes
 
 
 def converted(source: Fetched, transfer_syntax: UID) -> bytes:

@@ -6,6 +6,7 @@ and dots only (PS3.5 9.1), at most 64 characters, so no event can name `..` or a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -56,10 +57,8 @@ class FolderStore:
     def __init__(self, target: FolderTarget) -> None:
         self._root = target.root
         # Files get the mode a program's new file gets (0666 less the umask), as an importer running as
-        # another user expects: the temp file they are written through is private (0600), and kept that.
-        umask = os.umask(0)
-        os.umask(umask)
-        self._mode = 0o666 & ~umask
+        # another user expects, not the private 0600 of the temp file they are written through.
+        self._mode = 0o666 & ~process_umask()
 
     def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
         try:
@@ -89,10 +88,26 @@ def _copy_atomically(source: Fetched, target: Path, mode: int) -> None:
     fsync_directory(target.parent)
 
 
+def process_umask() -> int:
+    """The umask, read without setting it: os.umask sets it to read it, and for that moment any file or
+    folder another thread makes (the central gateways' partner workers) ignores it. 022 when unreadable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def _copy(source: Fetched, out: BinaryIO, mode: int) -> None:
-    os.fchmod(out.fileno(), mode)
     if source.data is not None:
         out.write(source.data)
-        return
-    with source.open() as handle:
-        shutil.copyfileobj(handle, out, _CHUNK)
+    else:
+        with source.open() as handle:
+            shutil.copyfileobj(handle, out, _CHUNK)
+    out.flush()
+    # Once whole: readable by others only then; a share that refuses modes keeps its own.
+    with contextlib.suppress(PermissionError):
+        os.fchmod(out.fileno(), mode)

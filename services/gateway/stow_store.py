@@ -79,8 +79,11 @@ def response_result(status_code: int, content: bytes, sop_instance_uid: str) -> 
             return mentioned
         if not content.strip():
             return StoreResult.stored(f"http-{status_code}")  # a server that answers with no body
-        if not body:  # a success whose body is no DICOM JSON (XML, HTML): HTTP says stored
-            return StoreResult.stored(f"http-{status_code}-unread-answer")
+        if not body:
+            if b"<html" in content[:1024].lower():
+                # A web page, not a STOW-RS answer: a sign-in proxy or a wrong base path answering 200.
+                return StoreResult.down(f"http-{status_code}-html-answer")
+            return StoreResult.stored(f"http-{status_code}-unread-answer")  # e.g. DICOM XML: HTTP says stored
         return StoreResult.failed("not-in-response", retryable=False)
     if mentioned is not None and not mentioned.ok:
         return mentioned  # e.g. 409 Conflict with the instance's own failure reason

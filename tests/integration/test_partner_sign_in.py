@@ -19,7 +19,7 @@ from services.common.kafka_access import PartnerAccess, sasl_client_config
 from services.common.messages import OutgoingMessage
 from services.common.runtime import StageControl
 from services.common.stats import StageStats
-from services.common.stores.partners import PartnerStore
+from services.common.stores.partners import Partner, PartnerStore
 from services.common.topics import Topics
 from services.delivery.partners import PartnerSignIn, register_partner_admin
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
@@ -181,3 +181,16 @@ def test_adding_a_partner_again_updates_it_and_keeps_its_credentials(
     assert _admitted(access.bootstrap, access.username, access.password), "the first password still works"
     assert PartnerStore(db).partner_for_key(first.dicomweb_key) == "lab-two", "and the first key"
     admin.RemovePartner(admin_pb2.RemovePartnerRequest(partner_id="lab-two"), timeout=30)
+
+
+def test_adding_again_a_partner_whose_first_add_stopped_issues_its_credentials(
+    partner_admin: tuple[admin_pb2_grpc.PartnerAdminStub, Topics], db: Database
+) -> None:
+    """Saved, but stopped before its credentials (its sign-in could not be issued, say): adding it again
+    said its password and key were "kept" when it had none."""
+    admin, _topics = partner_admin
+    PartnerStore(db).add(Partner("lab-three"))  # as a first add leaves it when it stops there
+    again = admin.AddPartner(admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id="lab-three")), timeout=30)
+    assert not again.updated and again.dicomweb_key and again.kafka_access.password
+    assert PartnerStore(db).partner_for_key(again.dicomweb_key) == "lab-three"
+    admin.RemovePartner(admin_pb2.RemovePartnerRequest(partner_id="lab-three"), timeout=30)

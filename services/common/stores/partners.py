@@ -66,6 +66,10 @@ class PartnerStore:
         self._keys.insert_one({"_id": api_key_digest(key), "partner_id": partner_id, "kind": kind})
         return key
 
+    def has_own_key(self, partner_id: str) -> bool:
+        """Whether the partner has a DICOMweb key of its own (not only the central gateways')."""
+        return self._keys.find_one({"partner_id": partner_id, "kind": {"$ne": CENTRAL_KEY}}, {"_id": 1}) is not None
+
     def partner_for_key(self, api_key: str) -> str | None:
         """The partner a DICOMweb key belongs to, or None."""
         doc = self._keys.find_one({"_id": api_key_digest(api_key)})

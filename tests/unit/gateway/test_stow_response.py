@@ -86,3 +86,9 @@ def test_a_success_whose_body_is_not_dicom_json_is_stored() -> None:
     for body in (b"<ok/>", b"{}", b"stored"):
         result = response_result(200, body, SOP)
         assert result.ok and result.status_detail == "http-200-unread-answer", body
+
+
+def test_a_web_page_answering_200_is_waited_for_not_stored() -> None:
+    """A sign-in proxy or a wrong base path answering 200 with a page: not a STOW-RS answer."""
+    result = response_result(200, b"<!DOCTYPE html><html><body>Sign in</body></html>", SOP)
+    assert (result.ok, result.unavailable, result.status_detail) == (False, True, "http-200-html-answer")
