@@ -31,6 +31,7 @@ from services.common.control_changes import (
     CHANGES,
     ChangeLog,
     ChangeRecord,
+    ChangeTarget,
     MemoryChangeLog,
     MongoChangeLog,
     VersionSources,
@@ -118,21 +119,25 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
             read or changed): who tried what is what the record is for."""
             target = CHANGES.get(method)
             if target is not None:
-                self._record(
-                    ChangeRecord(
-                        who=caller.name,
-                        role=caller.role.value,
-                        service=self._service,
-                        method=method,
-                        object_kind=target.kind,
-                        object_id=(target.object_id(request) if request is not UNREADABLE else "") or self._service,
-                        before="",
-                        after="",
-                        outcome=grpc.StatusCode.PERMISSION_DENIED.name,
-                        event_id=target.event_id,
-                        event_type=target.event_type,
-                    )
-                )
+                object_id = (target.object_id(request) if request is not UNREADABLE else "") or self._service
+                self._record(change(target, caller, object_id, "", "", grpc.StatusCode.PERMISSION_DENIED.name))
+
+        def change(
+            target: ChangeTarget, caller: Caller, object_id: str, before: str, after: str, outcome: str
+        ) -> ChangeRecord:
+            return ChangeRecord(
+                who=caller.name,
+                role=caller.role.value,
+                service=self._service,
+                method=method,
+                object_kind=target.kind,
+                object_id=object_id,
+                before=before,
+                after=after,
+                outcome=outcome,
+                event_id=target.event_id,
+                event_type=target.event_type,
+            )
 
         def recorded(request: Any, context: grpc.ServicerContext, caller: Caller) -> Any:
             target = CHANGES.get(method)
@@ -149,21 +154,7 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
                 raise
             finally:
                 after = read_version(target, self._sources, object_id)
-                self._record(
-                    ChangeRecord(
-                        who=caller.name,
-                        role=caller.role.value,
-                        service=self._service,
-                        method=method,
-                        object_kind=target.kind,
-                        object_id=object_id,
-                        before=before,
-                        after=after,
-                        outcome=outcome,
-                        event_id=target.event_id,
-                        event_type=target.event_type,
-                    )
-                )
+                self._record(change(target, caller, object_id, before, after, outcome))
 
         return grpc.unary_unary_rpc_method_handler(
             checked,

@@ -21,12 +21,11 @@ from services.common.bus import (
     BusProducer,
     Handler,
     StageConsumer,
-    ensure_topics,
 )
 from services.common.control_auth import ControlAuth
 from services.common.control_server import ControlServer, ServicerRegistration
 from services.common.logs import configure_logging
-from services.common.service_access import kafka_client_config
+from services.common.service_access import ensure_pipeline_topics, kafka_client_config
 from services.common.settings import ServiceSettings
 from services.common.started_objects import freeze_started_objects
 from services.common.static_membership import instance_id
@@ -125,14 +124,7 @@ def run_stage(
     producer: BusProducer | None = None
     consumer: StageConsumer | None = None
     try:
-        ensure_topics(
-            settings.kafka_bootstrap,
-            topics.pipeline(),
-            settings.topic_partitions,
-            stop=stop,
-            client_config=kafka,
-            replication_factor=settings.topic_replication_factor,
-        )
+        ensure_pipeline_topics(settings, topics, stop, kafka)
         if stop.is_set():  # asked to stop while waiting for the broker: nothing started yet, so nothing to finish
             log.info("service stopped before it started", extra={"service": spec.name})
             return

@@ -11,6 +11,7 @@ powerful as the admin, and it is the one service to guard as such.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,21 @@ SERVICES = ("ingest", "routing", "deid", "delivery", "audit", "gateways")
 
 LITERAL, PREFIXED = ACLResourcePatternType.LITERAL, ACLResourcePatternType.PREFIXED
 Op = ACLOperation
+
+
+def ensure_pipeline_topics(
+    settings: ServiceSettings, topics: Topics, stop: threading.Event | None, client_config: Mapping[str, str]
+) -> None:
+    """A service's start-up step: the pipeline's topics, as its settings shape them (partitions, copies),
+    waiting for a broker that is not up yet until `stop`."""
+    ensure_topics(
+        settings.kafka_bootstrap,
+        topics.pipeline(),
+        settings.topic_partitions,
+        stop=stop,
+        client_config=client_config,
+        replication_factor=settings.topic_replication_factor,
+    )
 
 
 def kafka_client_config(settings: ServiceSettings) -> dict[str, str]:

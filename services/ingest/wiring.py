@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pymongo.database import Database
 
 from services.common.blob_store import LocalBlobStore
-from services.common.bus import BusProducer, ensure_topics
+from services.common.bus import BusProducer
 from services.common.dicom.header import InputLimits
 from services.common.mongo import connect
-from services.common.service_access import kafka_client_config
+from services.common.service_access import ensure_pipeline_topics, kafka_client_config
 from services.common.stats import StageStats
 from services.common.stores.organisations import OrganisationStore
 from services.common.topics import Topics
@@ -46,14 +46,7 @@ def open_ingest(
     open for the duration of the block. `StoppedBeforeStart` when `stop` ended that wait."""
     topics = Topics(settings.topic_prefix)
     kafka = kafka_client_config(settings)
-    ensure_topics(
-        settings.kafka_bootstrap,
-        topics.pipeline(),
-        settings.topic_partitions,
-        stop=stop,
-        client_config=kafka,
-        replication_factor=settings.topic_replication_factor,
-    )
+    ensure_pipeline_topics(settings, topics, stop, kafka)
     if stop is not None and stop.is_set():
         raise StoppedBeforeStart
     client, db = connect(settings)

@@ -43,7 +43,7 @@ def _consumer_arguments(monkeypatch: pytest.MonkeyPatch, spec: runtime.StageSpec
         raise _Built
 
     monkeypatch.setattr(runtime, "ControlServer", _NoControlServer)
-    monkeypatch.setattr(runtime, "ensure_topics", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runtime, "ensure_pipeline_topics", lambda *args, **kwargs: None)
     monkeypatch.setattr(runtime, "BusProducer", lambda *args, **kwargs: None)
     monkeypatch.setattr(runtime, "StageConsumer", consumer)
     monkeypatch.setattr(runtime, "setup_telemetry", lambda *args: SimpleNamespace(shutdown=lambda: None))
