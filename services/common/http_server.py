@@ -225,28 +225,19 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
             super().shutdown()
 
         def send_400_response(self, msg: str) -> None:
-            # h11 found the request malformed mid-way (a bad chunk, say) and uvicorn answers 400 and closes.
-            # The request's app may already be running: marked gone, its own answer is dropped quietly
-            # (ASGI's disconnect) instead of failing in h11 and being logged as an error with a traceback.
-            # An answer already begun (one given before the body was read) cannot be followed by a 400: the
-            # connection is just closed.
-            if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-                # The answer was given already and the body was being read and dropped (the drain above):
-                # nothing more can be said on this connection, so it is closed (h11 failed to frame a 400,
-                # and asyncio logged that as a fatal protocol error with a traceback).
-                if cycle := self.cycle:
-                    cycle.disconnected = True
-                    cycle.message_event.set()
-                self.transport.close()
-                return
+            # h11 found the request malformed mid-way (a bad chunk, say); uvicorn answers 400 and closes.
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
-                answered = cycle.response_started
+                # The request's app may be running: marked gone, its own answer is dropped quietly (ASGI's
+                # disconnect) instead of failing in h11 and being logged as an error with a traceback.
                 cycle.disconnected = True
                 cycle.message_event.set()
-                if answered:
-                    self.transport.close()
-                    return
+            if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                # An answer begun or given (one given before the body was read, which was being drained): no
+                # 400 can follow it (h11 refused to frame one, and asyncio logged a fatal protocol error with
+                # a traceback), so the connection is just closed.
+                self.transport.close()
+                return
             super().send_400_response(msg)
 
         def connection_lost(self, exc: Exception | None) -> None:
