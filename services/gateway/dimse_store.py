@@ -163,8 +163,12 @@ def padded_copy(path: Path, offset: int) -> Path:
     return target
 
 
-_UNCHECKED_LOCK = threading.Lock()
-_unchecked: list[tuple[int, int]] = []  # one entry per store in progress: the modes before the first
+class _Unchecked:
+    """How many stores are in their window, and pydicom's modes from before the first of them."""
+
+    lock = threading.Lock()
+    stores = 0
+    modes: tuple[int, int] = (0, 0)
 
 
 @contextlib.contextmanager
@@ -175,19 +179,18 @@ def values_unchecked() -> Iterator[None]:
     central gateways' partner workers storing at once, they are set by the first store in progress and
     restored by the last, so no store runs with them back on while another is still in its window."""
     settings = pydicom_config.settings
-    with _UNCHECKED_LOCK:
-        if not _unchecked:
-            _unchecked.append((settings.reading_validation_mode, settings.writing_validation_mode))
+    with _Unchecked.lock:
+        if _Unchecked.stores == 0:
+            _Unchecked.modes = (settings.reading_validation_mode, settings.writing_validation_mode)
             settings.reading_validation_mode = settings.writing_validation_mode = pydicom_config.IGNORE
-        else:
-            _unchecked.append(_unchecked[0])
+        _Unchecked.stores += 1
     try:
         yield
     finally:
-        with _UNCHECKED_LOCK:
-            modes = _unchecked.pop()
-            if not _unchecked:
-                settings.reading_validation_mode, settings.writing_validation_mode = modes
+        with _Unchecked.lock:
+            _Unchecked.stores -= 1
+            if _Unchecked.stores == 0:
+                settings.reading_validation_mode, settings.writing_validation_mode = _Unchecked.modes
 
 
 def converted(source: Fetched, transfer_syntax: UID) -> bytes:
