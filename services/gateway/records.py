@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from services.common.blob_store import fsync_directory
+from services.common.blob_store import fsync_directory, replace_atomically
 from services.proto_gen.imx.v1 import events_pb2
 
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
@@ -126,13 +124,8 @@ class DeadLetters:
             offset=where[2],
             delivery_b64=base64.b64encode(delivery.SerializeToString(deterministic=True)).decode(),
         )
-        target = self._path(letter.delivery_id)
-        fd, tmp = tempfile.mkstemp(dir=self._folder, prefix=".tmp-")
-        with os.fdopen(fd, "w") as out:
-            json.dump(asdict(letter), out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
+        document = json.dumps(asdict(letter), indent=1).encode()
+        replace_atomically(self._path(letter.delivery_id), lambda out: out.write(document))
         fsync_directory(self._folder)  # its name too: the receipt that says DEAD_LETTERED goes out next
         return letter
 
