@@ -15,6 +15,7 @@ from pymongo.database import Database
 
 from services.audit.scopes import Scope
 from services.common.api_keys import api_key_digest, issue_api_key
+from services.common.display_names import validate_display_name
 from services.common.ttl_cache import ttl_cached
 
 _ANALYST_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
@@ -36,6 +37,7 @@ class AnalystStore:
         """A new API key for `analyst` (an existing analyst's earlier keys stop working)."""
         if not _ANALYST_ID.match(analyst.analyst_id):
             raise ValueError("analyst id must be 1-63 characters of lower-case letters, digits, '.', '_' and '-'")
+        validate_display_name(analyst.name, "analyst")
         api_key = issue_api_key(KEY_PREFIX)
         self._keys.delete_many({"analyst_id": analyst.analyst_id})
         self._keys.insert_one(

@@ -11,6 +11,7 @@ from typing import Annotated
 import grpc
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from services.cli.settings import CliSettings
@@ -136,8 +137,10 @@ def routes_add(
         ),
     )
     with _channel(CliSettings().routing_grpc) as channel:
-        saved = admin_pb2_grpc.RoutingAdminStub(channel).AddRoute(admin_pb2.AddRouteRequest(route=route)).route
-    console.print(f"route {saved.route_id} saved (version {saved.version})")
+        reply = admin_pb2_grpc.RoutingAdminStub(channel).AddRoute(admin_pb2.AddRouteRequest(route=route))
+    console.print(f"route {reply.route.route_id} saved (version {reply.route.version})")
+    for warning in reply.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
 
 
 @routes_app.command("remove")

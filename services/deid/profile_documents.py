@@ -20,10 +20,10 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
+from services.common.profile_names import validate_profile_name
 from services.deid.engine import Action, Option, PixelRule, Profile, Region
 from services.deid.engine.errors import tag_text
 
-NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TAG = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?|([0-9A-Fa-f]{8})")
 _FIELDS = frozenset({"name", "version", "options", "overrides", "pixel_rules"})
 _RULE_FIELDS = frozenset({"regions", "manufacturer", "model", "rows", "columns", "modality"})
@@ -70,15 +70,6 @@ def parse_action(text: str, tag: int) -> Action:
             return action
     known = ", ".join(a.value for a in Action)
     raise ValueError(f"bad action {text!r} for {tag_text(tag)}: expected one of {known}")
-
-
-def validate_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise ValueError(
-            f"bad profile name {name!r}: 1-64 characters, lower-case letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 def parse_options(values: Iterable[str]) -> frozenset[Option]:
@@ -150,7 +141,7 @@ def profile_from_document(doc: Mapping[str, Any], version: int = 1) -> Profile:
     unknown = set(doc) - _FIELDS
     if unknown:
         raise ValueError(f"unknown profile field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_FIELDS))}")
-    name = validate_name(doc.get("name"))
+    name = validate_profile_name(doc.get("name"))
     options = doc.get("options") or []
     overrides = doc.get("overrides") or {}
     rules = doc.get("pixel_rules") or []

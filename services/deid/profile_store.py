@@ -28,6 +28,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.common.messages import TransientError
+from services.common.profile_names import validate_profile_name
 from services.common.ttl_cache import RefreshingSnapshot
 from services.deid.engine import BUILTIN_PROFILES, Profile
 from services.deid.profile_documents import (
@@ -35,7 +36,6 @@ from services.deid.profile_documents import (
     profile_to_document,
     profile_version_number,
     same_content,
-    validate_name,
 )
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class ProfileStore:
         The version goes up by one on every change and never repeats, even across a removal.
         Saving the same content again changes nothing (and keeps the version).
         """
-        name = validate_name(profile.name)
+        name = validate_profile_name(profile.name)
         if name in BUILTIN_PROFILES:
             raise ProtectedProfile(
                 f"{name!r} is a built-in profile and cannot be overwritten; save your version under another name"

@@ -15,8 +15,8 @@ from services.common.control_server import ServicerRegistration
 from services.common.events import now_ms
 from services.common.kafka_access import MECHANISM, PartnerAccess
 from services.common.messages import shown
-from services.common.stores.partners import Partner, PartnerStore
-from services.common.topics import Topics, validate_partner_id
+from services.common.stores.partners import Partner, PartnerStore, validate_partner
+from services.common.topics import Topics
 from services.common.ttl_cache import RefreshingSnapshot
 from services.delivery.retention_watch import PartnerLag
 from services.gateway.targets import parse_target
@@ -104,7 +104,7 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         endpoint = request.partner.endpoint.strip()
         partner_id = request.partner.partner_id
         try:
-            validate_partner_id(partner_id)
+            validate_partner(Partner(partner_id, request.partner.name, endpoint))
             if endpoint:
                 parse_target(endpoint)  # the central gateway must be able to use it: refuse it now if not
         except ValueError as exc:  # TargetError is a ValueError

@@ -29,7 +29,6 @@ import http.client
 import os
 import socket
 import ssl
-import tempfile
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from services.gateway.plain_get import (
     receive_whole,
     request_bytes,
 )
+from services.gateway.scratch_files import new_scratch_file, remove_abandoned
 from services.proto_gen.imx.v1 import events_pb2
 
 ACCEPT = 'application/dicom, multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -94,6 +94,11 @@ class _Held:
         return self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
 
 
+# What may come before the first part's body (a preamble, the delimiter, the part's headers): imx's
+# own answers have ~100 bytes. Past this the boundary is not coming, and nothing more is held for it.
+PART_HEAD_LIMIT = 64 * 1024
+
+
 class _FirstPart:
     """Writes the body of the first part of a multipart/related stream (RFC 2046 5.1.1), chunk by
     chunk, holding back only as many bytes as the closing delimiter is long."""
@@ -115,6 +120,8 @@ class _FirstPart:
             start = self._buffer.find(self._opening)
             end = self._buffer.find(b"\r\n\r\n", start) if start >= 0 else -1
             if end < 0:
+                if len(self._buffer) > PART_HEAD_LIMIT:  # a wrong boundary: buffered to the end before
+                    raise FetchFailure("multipart-unreadable", retryable=True)
                 return
             self._buffer = self._buffer[end + 4 :]
             self._in_body = True
@@ -159,6 +166,7 @@ class Fetcher:
             socket.socket.close,
         )
         incoming.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(incoming)  # a killed gateway's, which nothing else would ever delete
 
     def fetch(self, delivery: events_pb2.PartnerDelivery) -> Fetched:
         """The verified object, in memory up to IN_MEMORY_UP_TO, else in a temp file; the caller
@@ -170,8 +178,7 @@ class Fetcher:
             digest, size = self._download(delivery, held)
             _verify(delivery, digest, size)
             return Fetched(data=held.value(), scratch=self._incoming)
-        fd, name = tempfile.mkstemp(dir=self._incoming, prefix="fetch-", suffix=".dcm")
-        path = Path(name)
+        fd, path = new_scratch_file(self._incoming)
         try:
             with os.fdopen(fd, "wb") as out:
                 digest, size = self._download(delivery, out)

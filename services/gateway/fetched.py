@@ -10,10 +10,11 @@ deflated data set padded or inflated into a copy beside it) asks for one with `o
 from __future__ import annotations
 
 import os
-import tempfile
 from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
+
+from services.gateway.scratch_files import new_scratch_file
 
 # At most this much of one object is held in memory; with the fetch-ahead pool (2) and the one being
 # stored, a gateway holds at most three, 12 MiB. Larger objects (a 600 MiB enhanced MR) stay on disk.
@@ -53,14 +54,14 @@ class Fetched:
         if self.path is not None:
             return self.path
         if self._written is None:
-            fd, name = tempfile.mkstemp(dir=self._scratch, prefix="fetch-", suffix=".dcm")
+            fd, path = new_scratch_file(self._scratch)
             try:
                 with os.fdopen(fd, "wb") as out:
                     out.write(self.data or b"")
             except BaseException:
-                Path(name).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
                 raise
-            self._written = Path(name)
+            self._written = path
         return self._written
 
     def discard(self) -> None:

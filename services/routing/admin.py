@@ -80,7 +80,7 @@ class RoutingAdminServicer(admin_pb2_grpc.RoutingAdminServicer):
             saved = self._store.add(route_from_proto(request.route))
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return admin_pb2.AddRouteReply(route=route_to_proto(saved))
+        return admin_pb2.AddRouteReply(route=route_to_proto(saved), warnings=self._store.unmet_references(saved))
 
     def RemoveRoute(
         self, request: admin_pb2.RemoveRouteRequest, context: grpc.ServicerContext

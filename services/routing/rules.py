@@ -12,9 +12,16 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from services.common.dicom.uids import is_conformant_uid
+from services.common.display_names import validate_display_name
+from services.common.messages import shown
+from services.common.profile_names import validate_profile_name
+from services.common.stores.organisations import is_organisation_id
 from services.common.topics import validate_partner_id
 
 _ROUTE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+_MODALITY = re.compile(r"^[A-Za-z0-9_ ]{1,16}\Z")  # PS3.5 CS (matched without regard to case)
+MAX_MATCH_VALUES = 1000  # per list: every instance is compared with each
 
 # A route's class says how urgently its instances move: urgent (stroke, trauma) overtakes routine,
 # which overtakes bulk (research, 3D modelling).
@@ -66,10 +73,28 @@ def validate_route(route: Route) -> Route:
     validate_partner_id(route.partner_id)
     if route.priority_class not in PRIORITY_CLASSES:
         raise ValueError(f"priority class must be one of {', '.join(PRIORITY_CLASSES)} (got {route.priority_class!r})")
-    for pattern in (route.match.study_description, route.match.body_part, route.match.requested_destination):
+    if route.profile:
+        validate_profile_name(route.profile)
+    validate_display_name(route.name, "route")
+    _validate_match(route.match)
+    return route
+
+
+def _validate_match(match: RouteMatch) -> None:
+    for pattern in (match.study_description, match.body_part, match.requested_destination):
         if len(pattern) > 256:
             raise ValueError("patterns are limited to 256 characters")
-    return route
+    lists = (
+        ("source organisation", match.source_orgs, is_organisation_id),
+        ("modality", match.modalities, lambda value: _MODALITY.match(value) is not None),
+        ("SOP class UID", match.sop_class_uids, is_conformant_uid),
+    )
+    for label, values, valid in lists:
+        if len(values) > MAX_MATCH_VALUES:
+            raise ValueError(f"{len(values)} values of {label} given; a route matches at most {MAX_MATCH_VALUES}")
+        for value in values:
+            if not valid(value):
+                raise ValueError(f"{shown(value)} is not a valid {label}")
 
 
 def _glob(pattern: str, value: str) -> bool:

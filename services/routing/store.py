@@ -12,6 +12,7 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
+from services.common.profile_names import BUILTIN_PROFILE_NAMES
 from services.common.ttl_cache import RefreshingSnapshot
 from services.routing.rules import Route, RouteMatch, validate_route
 
@@ -49,6 +50,8 @@ class RouteStore:
     def __init__(self, db: Database) -> None:
         self._routes = db["routes"]
         self._meta = db["config_versions"]
+        self._partners = db["partners"]
+        self._profiles = db["profiles"]
 
     def _bump(self) -> int:
         doc = self._meta.find_one_and_update(
@@ -71,6 +74,23 @@ class RouteStore:
         self._routes.replace_one({"_id": route.route_id}, doc, upsert=True)
         self._bump()
         return saved
+
+    def unmet_references(self, route: Route) -> list[str]:
+        """What `route` names that does not exist (yet): what it matches is quarantined until it does.
+        Said, not refused, so that routes may be set up before their partners and profiles."""
+        unmet = []
+        if self._partners.count_documents({"_id": route.partner_id}, limit=1) == 0:
+            unmet.append(
+                f"no partner {route.partner_id!r} yet: what this route matches is quarantined until it is added"
+            )
+        profile = route.profile
+        if (
+            profile
+            and profile not in BUILTIN_PROFILE_NAMES
+            and self._profiles.count_documents({"_id": profile}, limit=1) == 0
+        ):
+            unmet.append(f"no profile {profile!r} yet: what this route matches is quarantined until it is added")
+        return unmet
 
     def remove(self, route_id: str) -> bool:
         removed = self._routes.delete_one({"_id": route_id}).deleted_count == 1

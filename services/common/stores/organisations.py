@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pymongo.database import Database
 
 from services.common import api_keys
+from services.common.display_names import validate_display_name
 from services.common.messages import shown
 
 _ORG_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 _AE_TITLE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,14}[\x21-\x7e])?\Z")
+# Each is a lookup key for every association; a site with more sends through a gateway, not this list.
+MAX_AE_TITLES = 1000
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,16 @@ class Organisation:
     ae_titles: tuple[str, ...] = field(default_factory=tuple)
 
 
+def is_organisation_id(text: str) -> bool:
+    return _ORG_ID.match(text) is not None
+
+
 def validate_organisation(org: Organisation) -> Organisation:
-    if not _ORG_ID.match(org.org_id):
+    if not is_organisation_id(org.org_id):
         raise ValueError("organisation id must be 1-63 characters of lower-case letters, digits and '-'")
+    validate_display_name(org.name, "organisation")
+    if len(org.ae_titles) > MAX_AE_TITLES:
+        raise ValueError(f"{len(org.ae_titles)} AE titles given; an organisation has at most {MAX_AE_TITLES}")
     for ae in org.ae_titles:
         if not _AE_TITLE.match(ae) or "\\" in ae:
             raise ValueError(f"AE title {shown(ae)} is not valid (1-16 printable characters, no backslash)")

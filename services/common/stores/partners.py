@@ -16,6 +16,7 @@ from typing import Any
 from pymongo.database import Database
 
 from services.common.api_keys import api_key_digest, issue_api_key
+from services.common.display_names import validate_display_name
 from services.common.topics import validate_partner_id
 
 DICOMWEB_KEY_PREFIX = "imxp_"
@@ -30,6 +31,12 @@ class Partner:
     endpoint: str = ""  # where the central gateway stores for it; "" = the partner runs its own gateway
 
 
+def validate_partner(partner: Partner) -> Partner:
+    validate_partner_id(partner.partner_id)
+    validate_display_name(partner.name, "partner")
+    return partner
+
+
 class PartnerStore:
     def __init__(self, db: Database) -> None:
         self._partners = db["partners"]
@@ -39,7 +46,7 @@ class PartnerStore:
     def add(self, partner: Partner) -> Partner:
         """Create or update name and endpoint; the pseudonymisation key is made once and kept on later
         updates."""
-        validate_partner_id(partner.partner_id)
+        validate_partner(partner)
         self._partners.update_one(
             {"_id": partner.partner_id},
             {

@@ -31,3 +31,35 @@ def test_within_the_refresh_interval_a_replica_reads_nothing(db: Database) -> No
     assert [r.route_id for r in cached.current()] == ["r1"]
     admin.remove("r1")
     assert [r.route_id for r in cached.current()] == ["r1"]
+
+
+def test_a_route_naming_a_partner_or_profile_not_there_yet_is_saved_with_a_warning(db: Database) -> None:
+    """What such a route matches is quarantined (unknown partner, unknown profile) until they exist; the
+    administrator hears so when saving it, not from the quarantine later."""
+    from dataclasses import replace
+
+    from services.common.stores.partners import Partner, PartnerStore
+    from services.deid.engine import RESEARCH
+    from services.deid.profile_store import ProfileStore
+    from services.proto_gen.imx.v1 import admin_pb2
+    from services.routing.admin import RoutingAdminServicer, route_to_proto
+
+    servicer = RoutingAdminServicer(RouteStore(db))
+
+    def add(route: Route) -> list[str]:
+        reply = servicer.AddRoute(admin_pb2.AddRouteRequest(route=route_to_proto(route)), context=None)
+        assert reply.route.route_id == route.route_id  # saved either way
+        return list(reply.warnings)
+
+    assert add(Route("r1", "stroke-net", profile="stroke-research")) == [
+        "no partner 'stroke-net' yet: what this route matches is quarantined until it is added",
+        "no profile 'stroke-research' yet: what this route matches is quarantined until it is added",
+    ]
+    PartnerStore(db).add(Partner("stroke-net"))
+    assert add(Route("r1", "stroke-net", profile="stroke-research")) == [
+        "no profile 'stroke-research' yet: what this route matches is quarantined until it is added"
+    ]
+    ProfileStore(db).add(replace(RESEARCH, name="stroke-research"))
+    assert add(Route("r1", "stroke-net", profile="stroke-research")) == []
+    assert add(Route("r2", "stroke-net", profile="research")) == []  # built in: never in MongoDB
+    assert add(Route("r3", "stroke-net")) == []  # a care transfer names no profile

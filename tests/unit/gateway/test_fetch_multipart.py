@@ -33,3 +33,17 @@ def test_the_boundary_parameter_is_read_quoted_or_not() -> None:
     assert _boundary('multipart/related; type="application/dicom"; boundary="abc"') == b"abc"
     assert _boundary("multipart/related; boundary=xyz; type=application/dicom") == b"xyz"
     assert _boundary("multipart/related") is None
+
+
+def test_an_answer_whose_boundary_never_comes_is_refused_after_a_bounded_head() -> None:
+    """With a wrong boundary every byte of a 1 GiB answer was held in memory, waiting for it."""
+    import pytest
+
+    from services.gateway.fetch import PART_HEAD_LIMIT, FetchFailure
+
+    part = _FirstPart(b"expected", BytesIO(), hashlib.sha256())
+    part.feed(b"--other\r\nContent-Type: application/dicom\r\n\r\n")
+    with pytest.raises(FetchFailure) as refused:
+        for _ in range(PART_HEAD_LIMIT // 1000 + 2):
+            part.feed(b"\0" * 1000)
+    assert refused.value.detail == "multipart-unreadable" and refused.value.retryable
