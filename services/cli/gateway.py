@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from services.gateway.runner import GatewaySettings
@@ -52,13 +53,18 @@ ProtocolOption = Annotated[
 
 
 def _target(url: str) -> Target:
-    from services.gateway.targets import TargetError, parse_target
+    from services.gateway.targets import FolderTarget, TargetError, parse_target
 
     try:
-        return parse_target(url)
+        target = parse_target(url)
     except TargetError as error:
         console.print(f"[red]bad --target[/red]: {error}")
         raise typer.Exit(2) from None
+    if isinstance(target, FolderTarget) and target.root.exists() and not target.root.is_dir():
+        # It would wait for ever for a folder to appear there; a missing one may be a share not mounted yet.
+        console.print(f"[red]bad --target[/red]: {escape(str(target.root))} is a file, not a folder")
+        raise typer.Exit(2)
+    return target
 
 
 def _settings(

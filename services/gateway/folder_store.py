@@ -74,7 +74,7 @@ class FolderStore:
             # A full or read-only disk may be fixed by the partner: retry, and wait without spending
             # attempts when the folder itself is gone (an unmounted share).
             if not self._root.is_dir():
-                return StoreResult.down("folder-missing")
+                return StoreResult.down("folder-is-a-file" if self._root.exists() else "folder-missing")
             return StoreResult.failed(f"os-error-{error.errno}", retryable=True)
         return StoreResult.stored("written")
 

@@ -84,3 +84,20 @@ def test_new_study_and_series_folders_are_made_durable(tmp_path: Path, monkeypat
     assert FolderStore(FolderTarget(tmp_path / "root")).store(Fetched(data=b"x"), _delivery(b"x")).ok
     root = tmp_path / "root"
     assert {root, root / "1.2.3", root / "1.2.3" / "1.2.3.4"} <= set(synced)
+
+
+def test_a_target_that_is_a_file_is_said_so_and_refused_by_the_command(tmp_path: Path) -> None:
+    """It was reported as `folder-missing` and waited for for ever, and `imx gateway run` started on it."""
+    from typer.testing import CliRunner
+
+    from services.cli.main import app
+
+    not_a_folder = tmp_path / "export.txt"
+    not_a_folder.write_text("a file")
+    result = FolderStore(FolderTarget(not_a_folder)).store(Fetched(data=b"x"), _delivery(b"x"))
+    assert (result.ok, result.unavailable, result.status_detail) == (False, True, "folder-is-a-file")
+
+    args = ["--partner", "p", "--target", f"file://{not_a_folder}", "--bootstrap", "127.0.0.1:9", "--username", "p"]
+    env = {"IMX_GATEWAY_PASSWORD": "x", "IMX_GATEWAY_DICOMWEB_KEY": "k"}
+    ran = CliRunner().invoke(app, ["gateway", "run", *args, "--state-dir", str(tmp_path / "state")], env=env)
+    assert ran.exit_code == 2 and "is a file, not a folder" in " ".join(ran.output.split()), ran.output
