@@ -154,7 +154,7 @@ def verify_log(
     claimed = max([report.tree_size, *(h.size for h in heads), known.size if known else 0])
     if claimed > report.tree_size:
         report.add(Finding("truncated", report.tree_size, detail=f"the log has {report.tree_size} leaves, a tree head "
-                           f"says {claimed}"), limit)  # fmt: skip
+                           f"says {claimed}: leaves {report.tree_size}..{claimed - 1} are gone"), limit)  # fmt: skip
     roots_at = {h.size: ("signed tree head", h.root) for h in heads if h.size >= start}
     if known and known.size >= start:
         roots_at.setdefault(known.size, ("previously seen tree head", known.root))
@@ -166,9 +166,8 @@ def verify_log(
             _check_order(index // CHUNK, tree, start, report, limit)
         leaf = tree.leaf(index)
         if leaf is None and index >= report.tree_size:
-            # Past the stored size, from the first leaf gone: one finding for the rest, not a read per leaf
-            # (a claimed size of 2^63, from a caller's "known" head, walked for ever).
-            report.add(Finding("truncated", index, detail=f"leaves {index}..{claimed - 1} are gone"), limit)
+            # Past the stored size: named once above, not read leaf by leaf (a claimed size of 2^63, from a
+            # caller's "known" head, walked for ever).
             broken_at = index if broken_at is None else broken_at
             break
         if leaf is None:

@@ -198,7 +198,7 @@ def test_a_truncated_log_is_named(log: Log) -> None:
     log.docs.update_one({"_id": "head"}, {"$set": {"size": 36}})
     found = kinds(log.verify())
     assert ("truncated", 36, "") in found
-    assert [k for k in found if k[0] == "truncated" and k[1] >= 36] == [("truncated", 36, "")] * 2
+    assert [k for k in found if k[0] == "truncated"] == [("truncated", 36, "")]  # once, not again by the walk
     assert any(f.kind == "truncated" and "leaves 36..39 are gone" in f.detail for f in log.verify().findings)
 
 
