@@ -180,7 +180,7 @@ def _send_one(
 
 
 def send(
-    paths: Iterable[Path],
+    paths: Iterable[Path] | FoundFiles,
     *,
     source_org: str,
     acceptance: Acceptance,
@@ -188,13 +188,13 @@ def send(
     to: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> SendSummary:
-    """Check the organisation and destination, find the files, send them."""
+    """Check the organisation and destination, find the files (unless found already), send them."""
     destination = check_destination(to)
     if not organisations.exists(source_org):
         raise UnknownOrganisation(
             f"organisation {source_org!r} is not registered; add it first (OrganisationAdmin.AddOrganisation)"
         )
-    found = walk_inputs(paths)
+    found = paths if isinstance(paths, FoundFiles) else walk_inputs(paths)
     summary = send_files(
         found.files, acceptance=acceptance, source_org=source_org, requested_destination=destination, progress=progress
     )
@@ -215,8 +215,7 @@ def send_with_settings(
     `BrokerNotAnswering` when Kafka has not let it create or see the topics within `broker_wait_s`."""
     settings = settings or IngestSettings()
     check_destination(to)  # what needs no server is checked before the servers are waited for
-    paths = list(paths)
-    walk_inputs(paths)  # a missing path is named before the servers are waited for
+    found = walk_inputs(paths)  # once, before the servers are waited for: a missing path is named at once
     gave_up = threading.Event()
     deadline = threading.Timer(broker_wait_s, gave_up.set)
     deadline.daemon = True
@@ -225,7 +224,7 @@ def send_with_settings(
         with open_ingest(settings, stop=gave_up) as resources:
             deadline.cancel()
             return send(
-                paths,
+                found,
                 source_org=source_org,
                 acceptance=resources.acceptance,
                 organisations=resources.organisations,
