@@ -29,6 +29,7 @@ from pymongo.errors import ConnectionFailure
 from services.common.api_keys import api_key_digest
 from services.common.control_changes import (
     CHANGES,
+    SERVICE_KIND,
     ChangeLog,
     ChangeRecord,
     ChangeTarget,
@@ -119,8 +120,15 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
             read or changed): who tried what is what the record is for."""
             target = CHANGES.get(method)
             if target is not None:
-                object_id = (target.object_id(request) if request is not UNREADABLE else "") or self._service
+                object_id = changed_object(target, request)
                 self._record(change(target, caller, object_id, "", "", grpc.StatusCode.PERMISSION_DENIED.name))
+
+        def changed_object(target: ChangeTarget, request: Any) -> str:
+            """The id the request names; the service itself for pause and resume. A request naming no
+            object (RemovePartner("")) is recorded as naming none, not as naming this service."""
+            if target.kind == SERVICE_KIND:
+                return self._service
+            return target.object_id(request) if request is not UNREADABLE else ""
 
         def change(
             target: ChangeTarget, caller: Caller, object_id: str, before: str, after: str, outcome: str
@@ -143,7 +151,7 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
             target = CHANGES.get(method)
             if target is None:
                 return inner(request, context)
-            object_id = target.object_id(request) or self._service
+            object_id = changed_object(target, request)
             before = read_version(target, self._sources, object_id)
             outcome = "OK"
             try:

@@ -40,6 +40,7 @@ APPLICATION_START: Code = ("110120", "Application Start")
 APPLICATION_STOP: Code = ("110121", "Application Stop")
 UNKNOWN = "?"  # the version could not be read (its store did not answer)
 NOT_KEPT = "-"
+SERVICE_KIND = "service"  # pause and resume: the object changed is the service that was called
 CHANGES_COLLECTION = "control_changes"  # the audit service appends each record to its tamper-evident log
 
 
@@ -127,6 +128,10 @@ def _paused(sources: VersionSources, _object_id: str) -> str:
     return "paused" if sources.paused() else "running"
 
 
+def _no_id(_request: Any) -> str:
+    return ""  # the service called is the object (control_auth names it)
+
+
 def _not_kept(_sources: VersionSources, _object_id: str) -> str:
     return NOT_KEPT
 
@@ -151,8 +156,8 @@ _TOKENS = _documents("control_tokens", "name")
 # Every method that changes something, with how to name the object and read its version. A method here
 # is recorded whoever calls it and whatever its outcome; reads are not.
 CHANGES: dict[str, ChangeTarget] = {
-    "/imx.v1.Control/Pause": ChangeTarget("service", lambda r: "", _paused, APPLICATION_ACTIVITY, APPLICATION_STOP),
-    "/imx.v1.Control/Resume": ChangeTarget("service", lambda r: "", _paused, APPLICATION_ACTIVITY, APPLICATION_START),
+    "/imx.v1.Control/Pause": ChangeTarget(SERVICE_KIND, _no_id, _paused, APPLICATION_ACTIVITY, APPLICATION_STOP),
+    "/imx.v1.Control/Resume": ChangeTarget(SERVICE_KIND, _no_id, _paused, APPLICATION_ACTIVITY, APPLICATION_START),
     "/imx.v1.OrganisationAdmin/AddOrganisation": _config(
         "organisation", lambda r: r.organisation.org_id, _ORGS, NETWORK_CONFIGURATION
     ),

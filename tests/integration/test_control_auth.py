@@ -144,6 +144,8 @@ def test_an_administrators_changes_are_recorded_with_versions_before_and_after(s
         assert routes.RemoveRoute(admin_pb2.RemoveRouteRequest(route_id="research"), timeout=10).removed
         gone = admin_pb2.RemoveRouteRequest(route_id="research")
         assert _code(lambda: routes.RemoveRoute(gone, timeout=10)) == grpc.StatusCode.NOT_FOUND
+        unnamed = admin_pb2.RemoveRouteRequest(route_id="")
+        assert _code(lambda: routes.RemoveRoute(unnamed, timeout=10)) == grpc.StatusCode.NOT_FOUND
         tokens = admin_pb2_grpc.ControlTokenAdminStub(channel)
         assert [t.name for t in tokens.ListControlTokens(admin_pb2.ListControlTokensRequest(), timeout=10).tokens] == [
             "ann"
@@ -160,8 +162,11 @@ def test_an_administrators_changes_are_recorded_with_versions_before_and_after(s
         ("ann", "AddRoute", "1", "2", "OK"),
         ("ann", "RemoveRoute", "2", "", "OK"),
         ("ann", "RemoveRoute", "", "", "NOT_FOUND"),
+        ("ann", "RemoveRoute", "", "", "NOT_FOUND"),
     ]
     assert all(c["service"] == "routing" and c["event_id"]["code"] == "110113" for c in changes)
+    # A removal naming nothing names nothing: it was recorded as a removal of the route "routing".
+    assert [c["object_id"] for c in changes[-2:]] == ["research", ""]
     removal = served.changes.recent(limit=1)[0]
     assert (removal["who"], removal["object_id"], removal["after"]) == ("ann", "ann", "")
 
