@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from services.audit.scopes import Scope
 from services.common.api_keys import api_key_digest, issue_api_key
 from services.common.display_names import validate_display_name
+from services.common.messages import TransientError
 from services.common.ttl_cache import ttl_cached
 
 _ANALYST_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
@@ -88,4 +90,9 @@ class CachedKeyCheck:
         return holder.analyst_id if holder else None
 
     def holder(self, api_key: str) -> Analyst | None:
-        return self._holder(api_key_digest(api_key))
+        """TransientError when the key cannot be looked up (MongoDB away): the caller answers 503, not
+        a 500 with pymongo's traceback."""
+        try:
+            return self._holder(api_key_digest(api_key))
+        except PyMongoError as error:
+            raise TransientError(f"analyst keys unavailable: {type(error).__name__}") from None

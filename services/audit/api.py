@@ -277,10 +277,10 @@ class AccessRecording:
             return
         state: dict[str, Any] = scope.setdefault("state", {})  # the endpoint's `request.state`
         held: list[Message] = []
-        refused = False
+        refused = recorded = False
 
         async def send_recorded(message: Message) -> None:
-            nonlocal refused
+            nonlocal refused, recorded
             if refused:
                 return
             if message["type"] == "http.response.start":
@@ -288,6 +288,7 @@ class AccessRecording:
                 return
             if held:
                 start = held.pop()
+                recorded = True
                 if not await self._record(scope, state, int(start["status"])):
                     refused = True
                     unavailable = JSONResponse(status_code=503, content={"detail": "access log unavailable; try again"})
@@ -296,7 +297,15 @@ class AccessRecording:
                 await send(start)
             await send(message)
 
-        await self._app(scope, receive, send_recorded)
+        try:
+            await self._app(scope, receive, send_recorded)
+        except Exception:
+            # Starlette's outermost handler answers 500 past this middleware: recorded here, or that
+            # request (who asked what, and that it failed) was missing from the access log. An answer
+            # already begun was recorded with its own status.
+            if not recorded:
+                await self._record(scope, state, 500)
+            raise
 
     async def _record(self, scope: AsgiScope, state: dict[str, Any], status: int) -> bool:
         analyst: Analyst | None = state.get("analyst")

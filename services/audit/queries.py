@@ -83,7 +83,10 @@ def decode_cursor(token: str) -> Cursor:
     epoch_ms, sep, record_id = raw.partition("|")
     if not sep or not record_id or not epoch_ms.lstrip("-").isdigit():
         raise ValueError("cursor is not valid")
-    return Cursor(to_datetime(int(epoch_ms)), record_id)
+    try:
+        return Cursor(to_datetime(int(epoch_ms)), record_id)
+    except OverflowError:  # a moment outside the years 1-9999: made by hand, not by encode_cursor
+        raise ValueError("cursor is not valid") from None
 
 
 def time_filter(since: datetime | None, until: datetime | None) -> dict[str, Any]:

@@ -19,6 +19,9 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 
 
+_FIRST_MOMENT = datetime.min.replace(tzinfo=UTC)
+
+
 def invalid(param: str, message: str) -> RequestValidationError:
     """A 422 for `param`, shaped as FastAPI's own."""
     return RequestValidationError([{"type": "value_error", "loc": ("query", param), "msg": message}])
@@ -39,6 +42,8 @@ def utc(moment: datetime | None, param: str) -> datetime | None:
 def period(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
     """`since` and `until` in UTC; until must be later."""
     since, until = utc(since, "since"), utc(until, "until")
+    if until is not None and until <= _FIRST_MOMENT:  # nothing is before it (and a day before it overflows)
+        raise invalid("until", "until must be later than 0001-01-01T00:00:00Z")
     if since is not None and until is not None and since >= until:
         raise invalid("until", "until must be later than since")
     return since, until

@@ -180,6 +180,10 @@ def test_pagination_walks_every_event_once_in_order(client: TestClient) -> None:
         ({"event_type": "exploded"}, "event_type"),
         ({"cursor": "not-a-cursor!"}, "cursor"),
         ({"cursor": "MTIzfA"}, "cursor"),  # "123|": no id
+        # Numbers past the year 9999 (base64 of "253402300800000|x", "99999999999999999999|x"): were a 500.
+        ({"cursor": "MjUzNDAyMzAwODAwMDAwfHg"}, "cursor"),
+        ({"cursor": "OTk5OTk5OTk5OTk5OTk5OTk5OTl8eA"}, "cursor"),
+        ({"until": "0001-01-01T00:00:00Z"}, "until"),  # nothing is earlier; was a 500 on the aggregates
     ],
 )
 def test_bad_query_parameters_are_422_naming_the_parameter(
@@ -200,6 +204,8 @@ def test_summary_counts_deliveries_per_partner_and_quarantines_per_reason(client
     later = client.get("/audit/summary", params={"since": "2026-01-01T00:00:02.500Z"}).json()
     assert later["delivered_by_partner"] == {"ai-c": 1} and later["failed_by_partner"] == {}
     assert client.get("/audit/summary", params={"since": "nope"}).status_code == 422
+    for path in ("/audit/summary", "/audit/quarantines", "/audit/turnaround", "/audit/volumes?by=org"):
+        assert client.get(path, params={"until": "0001-01-01T00:00:00Z"}).status_code == 422, path
 
 
 def test_healthz_reports_the_store() -> None:
@@ -283,3 +289,34 @@ def test_the_aggregate_routes_are_documented_and_need_a_key(client: TestClient) 
     anonymous = TestClient(create_app(_store(), _keys))
     for path in ("/audit/volumes?by=org", "/audit/turnaround", "/audit/quarantines"):
         assert anonymous.get(path).status_code == 401
+
+
+def test_a_request_that_fails_is_in_the_access_log_and_a_key_check_outage_is_503() -> None:
+    """A 500 left no access record (who asked what, and that it failed); an analyst key that could not
+    be looked up while MongoDB was away was a 500 with pymongo's traceback."""
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    from services.audit.access_log import MemoryAccessLog
+    from services.audit.analysts import CachedKeyCheck
+
+    class Broken(InMemoryAuditStore):
+        def summary(self, *args: object, **kwargs: object) -> dict:  # type: ignore[override]
+            raise RuntimeError("a bug")
+
+    log = MemoryAccessLog()
+    client = TestClient(
+        create_app(Broken(), _keys, log), headers={"Authorization": f"Bearer {KEY}"}, raise_server_exceptions=False
+    )
+    assert client.get("/audit/summary").status_code == 500
+    assert [(e.path, e.status) for e in log.entries] == [("/audit/summary", 500)]
+
+    class AwayAnalysts:
+        def key_holder(self, digest: str) -> None:
+            raise ServerSelectionTimeoutError("no servers")
+
+    log = MemoryAccessLog()
+    check = CachedKeyCheck(AwayAnalysts()).holder  # type: ignore[arg-type]
+    client = TestClient(create_app(_store(), check, log), headers={"Authorization": "Bearer imx_audit_x"})
+    answer = client.get("/audit/summary")
+    assert answer.status_code == 503 and "no servers" not in answer.text
+    assert [(e.path, e.status) for e in log.entries] == [("/audit/summary", 503)]
