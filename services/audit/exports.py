@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -98,7 +99,23 @@ def audit_message_element(event: StandardEvent, site: str = DEFAULT_SITE) -> ET.
     _coded(source, "AuditSourceTypeCode", Code("4", "Application Server process tier in a multi-tier system"))
     for obj in event.objects:
         _object_xml(message, obj)
-    return message
+    return _xml_safe(message)
+
+
+# What XML 1.0 (2.2) does not allow in a document at all, escaped or not. A receipt's detail is written by
+# the partner: one such character made every export page holding it, and the syslog message, unreadable.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_safe(root: ET.Element) -> ET.Element:
+    """`root` with every character XML cannot carry in its text and attributes replaced by U+FFFD."""
+    for element in root.iter():
+        if element.text and _NOT_XML.search(element.text):
+            element.text = _NOT_XML.sub("\ufffd", element.text)
+        for name, value in element.attrib.items():
+            if _NOT_XML.search(value):
+                element.set(name, _NOT_XML.sub("\ufffd", value))
+    return root
 
 
 def audit_message_xml(record: AuditRecord, site: str = DEFAULT_SITE) -> str:

@@ -152,3 +152,22 @@ def test_study_export_holds_its_trail_only(client: TestClient) -> None:
     assert len(fhir["entry"]) == 5
     assert client.get(f"/audit/export/studies/{STUDY.study}").json()["study_uid"] == STUDY.study
     assert client.get("/audit/export/studies/9.9.9", params={"format": "fhir"}).status_code == 404
+
+
+def test_a_partners_receipt_with_control_characters_still_exports_as_xml() -> None:
+    """A receipt's detail is the partner's text: one \\x01 made every export page holding it, and the
+    syslog message, something no XML parser reads."""
+    from services.common.events import event_message
+    from services.proto_gen.imx.v1 import events_pb2
+
+    messages = journey(TOPICS, STUDY, partner="care-b", delivered=False)
+    receipt = events_pb2.DeliveryReceipt.FromString(messages[4].value)
+    receipt.detail = "0xA700 \x01\x1b[31m peer said \ufffe"
+    messages[4] = event_message(TOPICS.receipts("care-b"), receipt, STUDY.study)
+    records = [build_record(incoming(m), TOPICS, NOW) for m in messages]
+    root = ET.fromstring(audit_messages_xml(records))
+    said = [d for d in root.itertext() if "peer said" in d] + [
+        v for e in root.iter() for v in e.attrib.values() if "peer said" in v
+    ]
+    assert said, "the detail is still exported"
+    assert all("\x01" not in text and "\x1b" not in text for text in said)
