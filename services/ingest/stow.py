@@ -91,9 +91,11 @@ Destination = Annotated[str, Depends(_destination)]
 
 
 def _store_part(context: StowContext, part: Part, org: str, destination: str, study_uid: str | None) -> InstanceOutcome:
-    if part.too_large:
-        return outcome_of(context.acceptance.reject_unread(org, CHANNEL, part.size))
     try:
+        # A part over the limit is quarantined unread, which publishes too: inside the try, or a broker
+        # outage made the whole request a 500 and lost the outcomes of the parts before it.
+        if part.too_large:
+            return outcome_of(context.acceptance.reject_unread(org, CHANNEL, part.size))
         return outcome_of(context.acceptance.accept(part.data, org, CHANNEL, destination, study_uid))
     except IngestUnavailable:
         log.warning("instance not stored: dependency unavailable", extra={"org": org, "channel": CHANNEL})

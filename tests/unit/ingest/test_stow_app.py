@@ -108,6 +108,21 @@ def test_kafka_down_is_503_and_every_instance_out_of_resources(client: TestClien
     assert "Retry-After" in response.headers
 
 
+def test_kafka_down_while_an_oversized_part_is_quarantined_is_503_not_500(
+    client: TestClient, bus: RecordingBus
+) -> None:
+    """The oversized part's quarantine event could not be published: the request was a 500, and the
+    outcome of the instance stored before it was lost."""
+    good = mr_study(3, n=1)[0]
+    bus.fail = 0
+    response = client.post("/dicomweb/studies", content=multipart_body([good]), headers=AUTH)
+    assert response.status_code == 200
+    bus.fail = 1
+    response = client.post("/dicomweb/studies", content=multipart_body([b"\0" * 500_000]), headers=AUTH)
+    assert response.status_code == 503 and "Retry-After" in response.headers
+    assert [f["00081197"]["Value"] for f in referenced(response.json(), "00081198")] == [[0xA700]]
+
+
 @pytest.mark.parametrize("authorization", [None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer wrong-key"])
 def test_without_a_valid_api_key_is_401(client: TestClient, bus: RecordingBus, authorization: str | None) -> None:
     headers = {"Content-Type": stow_content_type()}
