@@ -61,6 +61,9 @@ PDV_LENGTH = struct.Struct(">L")
 # length the peer merely claims never allocates memory that did not arrive.
 PREALLOCATED_MAX = 4 * 1024 * 1024
 HEADER_AHEAD = 6  # a PDU header (PS3.8 9.3.1): read with the body before it when already received
+# The longest association, release or abort PDU taken: an A-ASSOCIATE-RQ proposing 128 presentation
+# contexts with ten transfer syntaxes each is ~40 KB.
+CONTROL_PDU_MAX = 1024 * 1024
 _PREFIX = bytes(PREAMBLE_BYTES) + b"DICM"
 _COMMAND_LAST = 0x03  # PS3.8 E.2 message control header bits: command, last fragment
 _NO_DATA_SET = 0x0101  # PS3.7 Table E.1-1 Command Data Set Type
@@ -151,9 +154,14 @@ class PduReader:
     P-DATA-TF and the type's own event for any other PDU (decoded by pynetdicom).
     """
 
-    def __init__(self, dul: Any) -> None:
+    def __init__(self, dul: Any, max_data_pdu: int | None = None) -> None:
         self._dul = dul
         self.pending = b""  # the first bytes of the peer's next PDU, received with the last body
+        # The longest PDU this reader takes: a PDU's length is the peer's to claim (up to 4 GiB), and it
+        # was held whole in memory, twice, even an A-ASSOCIATE-RQ from a caller not yet checked.
+        # P-DATA-TF up to twice what this acceptor said it receives (slack for senders that overshoot
+        # it; None: no limit was set, none is kept), any other PDU up to CONTROL_PDU_MAX.
+        self._max_data_pdu = None if not max_data_pdu else max(2 * max_data_pdu, CONTROL_PDU_MAX)
 
     def has_pending(self) -> bool:
         """True when bytes of the next PDU are held here: the socket counts as readable, as it did
@@ -183,6 +191,13 @@ class PduReader:
             return
         if pdu_type not in PDU_TYPES:
             log.error("Unknown PDU type received", extra={"pdu_type": f"0x{pdu_type:02X}"})
+            dul.event_queue.put("Evt19")
+            return
+        limit = self._max_data_pdu if pdu_type == P_DATA_TF_TYPE else CONTROL_PDU_MAX
+        if limit is not None and pdu_length > limit:  # not read: aborted (Evt19) as an invalid PDU
+            log.error(
+                "PDU longer than this acceptor takes", extra={"pdu_type": f"0x{pdu_type:02X}", "bytes": pdu_length}
+            )
             dul.event_queue.put("Evt19")
             return
         raw = sock.socket
@@ -348,7 +363,7 @@ def receive_directly(assoc: Association) -> bool:
     if assoc.get_handlers(evt.EVT_DATA_RECV) or assoc.get_handlers(evt.EVT_PDU_RECV):
         return False
     dul = assoc.dul
-    reader = PduReader(dul)
+    reader = PduReader(dul, assoc.ae.maximum_pdu_size)
     dul._read_pdu_data = reader.read  # type: ignore[method-assign]
     transport_event = dul._is_transport_event
 

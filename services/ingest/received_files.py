@@ -50,10 +50,17 @@ RECEIVING_HORIZON_S = 0.5  # a CT data set arrives in a few ms on a LAN; a longe
 class ReceivedFile:
     """One data set's file, open for writing (and reading) until `close`."""
 
-    def __init__(self, fd: int, name: str, done: Callable[[ReceivedFile], None] | None = None) -> None:
+    def __init__(
+        self, fd: int, name: str, done: Callable[[ReceivedFile], None] | None = None, limit: int | None = None
+    ) -> None:
         self.fd = fd
         self.name = name
         self.size = 0  # bytes written
+        # Past `limit` bytes nothing more is written (the instance is refused as too large, unread): a
+        # sender's 50 GB data set filled the blob volume every stage shares before it was refused.
+        self.limit = limit
+        self.offered = 0  # bytes given to `write`, kept or not
+        self.over_limit = False
         self.file = self  # pynetdicom calls `file.flush()` after each fragment it writes
         self._done = done  # told once: the last fragment was written, or the file closed
         self.complete = False  # the last fragment was written (dimse_receive): never `abandon`ed
@@ -72,6 +79,10 @@ class ReceivedFile:
         """Write all of `data` (a regular file takes it in one call, barring a signal or a full disk)."""
         view = memoryview(data)
         total = len(view)
+        self.offered += total
+        if self.over_limit or (self.limit is not None and self.size + total > self.limit):
+            self.over_limit = True
+            return total  # taken, and dropped
         written = os.write(self.fd, view)
         while written < total:
             written += os.write(self.fd, view[written:])
@@ -127,9 +138,10 @@ class ReceivedFiles:
     """Stands in for `tempfile.NamedTemporaryFile` where pynetdicom (and `dimse_receive`) start a
     received data set's file: `folder/<prefix><process token>-<n><suffix>`."""
 
-    def __init__(self, folder: Path, prefix: str) -> None:
+    def __init__(self, folder: Path, prefix: str, limit: int | None = None) -> None:
         self._folder = os.fspath(folder)
         self._prefix = prefix
+        self._limit = limit  # each file's (ReceivedFile.limit)
         self._token = secrets.token_hex(6)
         self._numbers = itertools.count()
         self._lock = threading.Lock()
@@ -154,7 +166,7 @@ class ReceivedFiles:
         for _ in range(_ATTEMPTS):
             name = f"{self._folder}/{self._prefix}{self._token}-{next(self._numbers)}{suffix}"
             try:
-                file = ReceivedFile(os.open(name, _FLAGS, 0o600), name, self._received)
+                file = ReceivedFile(os.open(name, _FLAGS, 0o600), name, self._received, self._limit)
             except FileExistsError:  # left by an earlier process that drew the same token
                 self._token = secrets.token_hex(6)
                 continue

@@ -112,8 +112,10 @@ class StoreHandler:
             # is zeros: the receiver wrote it (dimse_receive, or pynetdicom), the sender sends none.
             # dimse_receive hashed it as it wrote it.
             request = event.request
-            sha256 = dimse_receive.received_sha256(request)
             file = request._dataset_file
+            if isinstance(file, ReceivedFile) and file.over_limit:  # its first `limit` bytes only: not read
+                return self._acceptance.reject_unread(org, CHANNEL, file.offered)
+            sha256 = dimse_receive.received_sha256(request)
             opened = (file.fd, file.size) if isinstance(file, ReceivedFile) and not file.closed else None
             result = self._acceptance.accept_file(
                 received, org, CHANNEL, preamble_written_zero=True, sha256=sha256, received=opened
@@ -162,7 +164,7 @@ def _received_file(event: Event) -> Path | None:
     return Path(path) if path else None
 
 
-def receive_to_files(folder: Path) -> ReceivedFiles:
+def receive_to_files(folder: Path, max_bytes: int | None = None) -> ReceivedFiles:
     """Have pynetdicom write received C-STORE data sets to files in `folder` instead of memory.
 
     Both are process-wide in pynetdicom 3 (its switch, and the NamedTemporaryFile it calls with no
@@ -176,7 +178,7 @@ def receive_to_files(folder: Path) -> ReceivedFiles:
     """
     folder.mkdir(parents=True, exist_ok=True)
     _config.STORE_RECV_CHUNKED_DATASET = True
-    files = ReceivedFiles(folder, ".tmp-c-store-")
+    files = ReceivedFiles(folder, ".tmp-c-store-", max_bytes)
     dimse_messages.NamedTemporaryFile = files  # type: ignore[assignment]
     dimse_messages.create_file_meta = dimse_encoding.create_file_meta  # type: ignore[assignment]
     dimse_messages.write_file_meta_info = dimse_encoding.write_file_meta_info
@@ -234,7 +236,7 @@ class DicomReceiver:
     ) -> None:
         self._settings = settings
         # A group commit waits for C-STORE data sets still arriving too (received_files.py).
-        acceptance.commits.also_wait_for(receive_to_files(settings.blob_dir).receiving)
+        acceptance.commits.also_wait_for(receive_to_files(settings.blob_dir, settings.max_instance_bytes).receiving)
         self._ae = build_ae(settings)
         self.calling_aets = CallingAeTitles(load_ae_titles, self._set_required, settings.calling_ae_refresh_s)
         self._handler = StoreHandler(acceptance, self.calling_aets)

@@ -12,7 +12,7 @@ from typing import cast
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, dimse_messages
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
@@ -22,6 +22,7 @@ from services.common.topics import Topics
 from services.gateway.dimse_exchange import answer_from_dul
 from services.ingest.acceptance import Acceptance
 from services.ingest.receipts import MemoryReceiptStore
+from services.ingest.received_files import ReceivedFile
 from services.ingest.scp import DicomReceiver
 from services.ingest.settings import IngestSettings
 from tests.unit.ingest.samples import RecordingBus, mr_study
@@ -143,3 +144,46 @@ def test_a_c_store_without_its_data_set_is_answered_promptly_and_quarantined(
         assert int(status.Status) == 0x0000
     finally:
         assoc.release()
+
+
+def test_a_data_set_over_the_limit_is_refused_without_being_written_whole(
+    tmp_path: Path, bus: RecordingBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole data set was written to the blob volume before its size was checked: one sender's 50 GB
+    filled the volume every stage shares. Past the limit nothing more is written; it is refused as
+    too large (A701), and quarantined with the size the sender sent."""
+    import numpy as np
+    from pydicom.uid import ExplicitVRLittleEndian as EXPLICIT
+
+    limit = 300_000
+    acceptance = Acceptance(
+        blobs=LocalBlobStore(tmp_path / "blobs"), receipts=MemoryReceiptStore(), bus=bus, topics=TOPICS,
+        max_instance_bytes=limit,
+    )  # fmt: skip
+    settings = IngestSettings(dicom_port=0, calling_ae_refresh_s=60, max_instance_bytes=limit, blob_dir=tmp_path / "in")
+    receiver = DicomReceiver(acceptance, lambda: {CALLING_AE: "trust-a"}, settings)
+    for name in ("NamedTemporaryFile", "create_file_meta", "write_file_meta_info"):  # process-wide: restored
+        monkeypatch.setattr(dimse_messages, name, getattr(dimse_messages, name))
+    receiver.start()
+    made = dimse_messages.NamedTemporaryFile
+    files: list[ReceivedFile] = []
+    monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", lambda **kw: files.append(made(**kw)) or files[-1])
+    try:
+        dataset = dcmread(BytesIO(mr_study(409, n=1)[0]))
+        dataset.Rows, dataset.Columns = 1024, 512
+        dataset.PixelData = np.zeros((1024, 512), dtype=np.uint16).tobytes()  # 1 MiB of pixels
+        dataset.file_meta.TransferSyntaxUID = EXPLICIT
+        ae = AE(ae_title=CALLING_AE)
+        ae.add_requested_context(MRImageStorage, EXPLICIT)
+        assoc = ae.associate("127.0.0.1", receiver.port, ae_title="IMX")
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(dataset)
+        finally:
+            assoc.release()
+    finally:
+        receiver.stop(grace_s=1)
+    assert (int(status.Status), str(status.get("ErrorComment", ""))) == (0xA701, f"too-large: {limit}")
+    assert len(bus.on(TOPICS.quarantine)) == 1 and not bus.on(TOPICS.ingested)
+    [file] = files
+    assert file.size <= limit < file.offered  # what was sent, and the most that was ever on disk

@@ -102,6 +102,30 @@ def test_each_pdu_queues_pynetdicoms_event(pdu: bytes, event: str) -> None:
     assert dul._recv_pdu.qsize() == (1 if event == "Evt10" else 0)
 
 
+@pytest.mark.parametrize(
+    ("pdu_type", "claimed"),
+    [(1, 200 * 1024 * 1024), (4, 200 * 1024 * 1024), (4, 2 * 1024 * 1024 + 1), (7, 2 * 1024 * 1024)],
+)
+def test_a_pdu_longer_than_this_acceptor_takes_is_refused_unread(pdu_type: int, claimed: int) -> None:
+    """A PDU's length is the peer's to claim: a 200 MiB A-ASSOCIATE-RQ, from a caller whose AE title
+    was not checked yet, was received whole into memory (twice). With 1 MiB PDUs negotiated a P-DATA-TF
+    may be up to 2 MiB (slack for senders that overshoot); any other PDU up to 1 MiB."""
+    dul = _dul_reading(struct.pack(">BBL", pdu_type, 0, claimed) + b"\0" * 1000)
+    reads: list[int] = []
+    recv = dul.socket.recv
+    dul.socket.recv = lambda n: reads.append(n) or recv(n)
+    PduReader(dul, max_data_pdu=1024 * 1024).read()
+    assert dul.event_queue.get_nowait() == "Evt19"  # pynetdicom's invalid PDU: A-ABORT, connection closed
+    assert reads == [6]  # the header only
+    assert dul._recv_pdu.qsize() == 0
+
+
+def test_a_pdu_within_the_limit_is_read() -> None:
+    dul = _dul_reading(struct.pack(">BBL", 4, 0, 8) + _pdv(1, 0x02, b"da"))
+    PduReader(dul, max_data_pdu=8).read()
+    assert dul.event_queue.get_nowait() == "Evt10"
+
+
 def test_the_next_pdus_header_comes_with_the_body_before_it() -> None:
     """Two P-DATA-TF PDUs sent back to back: the second's header is received with the first's body,
     so the second needs no receive for its header (and the reactor no select to find it)."""
