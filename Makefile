@@ -33,14 +33,16 @@ TEST_WORKERS ?= 2
 test: setup lint
 	$(PY) -m pytest tests -q -rfEs --durations=25 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# Kafka, FerretDB and the five services (no demo); returns when every one answers.
+# Kafka, PostgreSQL + FerretDB, the five services and the central gateways (no demo); returns when
+# every one answers.
 up: setup
 	$(PY) -m tools.services_stack
 
 stop:
 	@if [ -x "$(PY)" ]; then $(PY) -m tools.devstack stop; fi
 
-# Infrastructure, the five services, then a demo through the whole pipeline with a summary.
+# Infrastructure, the five services and the central gateways, then a demo through the whole pipeline
+# with a summary.
 run: setup
 	$(PY) -m tools.demo
 

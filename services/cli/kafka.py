@@ -62,7 +62,7 @@ def setup_services(
         bool, typer.Option(help="create the pipeline's missing topics too (IMX_TOPIC_PARTITIONS partitions)")
     ] = True,
 ) -> None:
-    """Create or update each service's SCRAM-SHA-512 user (imx-<service>) and exactly its ACLs."""
+    """Create or update each service's SCRAM user (imx-<service>; SHA-512 and SHA-256) and exactly its ACLs."""
     from kafka.errors import KafkaError
 
     from services.common.service_access import ServiceAccess, kafka_client_config, service_acls, username

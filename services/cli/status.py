@@ -33,6 +33,11 @@ class ServiceState:
     health: str  # SERVING, NOT_SERVING or "unreachable"
     status: control_pb2.StatusReply | None = None
     problem: str = ""  # why there is no status (a gRPC code name, "no token")
+    required: bool = True  # False: its absence is no failure (OPTIONAL)
+
+    @property
+    def failing(self) -> bool:
+        return self.health != "SERVING" and (self.required or self.health != "unreachable")
 
 
 def addresses(cli: CliSettings) -> dict[str, str]:
@@ -46,6 +51,15 @@ def addresses(cli: CliSettings) -> dict[str, str]:
     }
 
 
+# Run only where partners give an endpoint (`imx serve gateways`); docker compose and the chart do not run
+# them. Away, they are said to be so without failing the command, unless their address was given.
+OPTIONAL = {"gateways": "gateways_grpc"}
+
+
+def required(name: str, cli: CliSettings) -> bool:
+    return name not in OPTIONAL or OPTIONAL[name] in cli.model_fields_set
+
+
 def health_word(answer: str) -> str:
     """health_probe.check's answer as one word: a served status's name, or "unreachable"."""
     return answer if answer in ("SERVING", "NOT_SERVING", "SERVICE_UNKNOWN", "UNKNOWN") else "unreachable"
@@ -57,6 +71,9 @@ def row(state: ServiceState) -> list[str]:
         state.health, f"[red]{state.health}[/red]"
     )
     s = state.status
+    if s is None and state.health == "unreachable" and not state.required:
+        note = f"not running here (optional; IMX_{OPTIONAL[state.name].upper()}={state.address} to require it)"
+        return [state.name, "[dim]not running[/dim]", "-", "-", "-", "-", note]
     if s is None:
         where = f"nothing answers at {state.address}" if state.health == "unreachable" else "-"
         return [state.name, health, "-", "-", "-", "-", state.problem or where]
@@ -121,7 +138,7 @@ def status(
     for name, address in addresses(cli).items():
         health = health_word(check(address, timeout_s=TIMEOUT_S))
         reply, problem = _status(address, token) if health != "unreachable" else (None, "")
-        states.append(ServiceState(name, address, health, reply, problem))
+        states.append(ServiceState(name, address, health, reply, problem, required(name, cli)))
     table = Table("service", "health", "paused", "processed", "failed", "lag", "")
     for state in states:
         table.add_row(*row(state))
@@ -138,5 +155,5 @@ def status(
                 + (f", {b.expired:,} expired unread" if b.expired else ""),
                 highlight=False,
             )
-    if any(state.health != "SERVING" for state in states):
+    if any(state.failing for state in states):
         raise typer.Exit(1)

@@ -42,3 +42,19 @@ def test_partners_near_retention_or_already_losing_messages_are_listed() -> None
         admin_pb2.PartnerBacklog(partner_id="lost", retention_used=0.2, expired=3),
     ]
     assert [b.partner_id for b in near_retention(backlogs, 0.8)] == ["close", "lost"]
+
+
+def test_the_central_gateways_may_be_absent_unless_their_address_was_given(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """docker compose and the chart run no central gateways: `imx status` said "unreachable" and exited 1
+    on every healthy deployment of either."""
+    from services.cli.settings import CliSettings
+    from services.cli.status import required
+
+    monkeypatch.delenv("IMX_GATEWAYS_GRPC", raising=False)
+    assert not required("gateways", CliSettings()) and required("ingest", CliSettings())
+    away = ServiceState("gateways", "127.0.0.1:15056", "unreachable", None, required=False)
+    assert not away.failing and "not running" in row(away)[1] and "IMX_GATEWAYS_GRPC" in row(away)[6]
+    assert ServiceState("gateways", "x:1", "NOT_SERVING", None, required=False).failing  # running and unwell
+    monkeypatch.setenv("IMX_GATEWAYS_GRPC", "gw.internal:15056")
+    assert required("gateways", CliSettings())
+    assert ServiceState("gateways", "gw.internal:15056", "unreachable", None, required=True).failing
