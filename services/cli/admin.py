@@ -381,3 +381,33 @@ def analysts_remove(analyst_id: str) -> None:
     with _channel(CliSettings().audit_grpc) as channel:
         admin_pb2_grpc.AnalystAdminStub(channel).RemoveAnalyst(admin_pb2.RemoveAnalystRequest(analyst_id=analyst_id))
     console.print(f"analyst {analyst_id} removed")
+
+
+def _pause_or_resume(service: str, pause: bool) -> None:
+    from services.cli.status import addresses
+    from services.proto_gen.imx.v1 import control_pb2, control_pb2_grpc
+
+    known = addresses(CliSettings())
+    if service not in known:
+        console.print(f"[red]no service {escape(service)!r}[/red]: one of {', '.join(known)}")
+        raise typer.Exit(2)
+    with _channel(known[service]) as channel:
+        control = control_pb2_grpc.ControlStub(channel)
+        paused = (
+            control.Pause(control_pb2.PauseRequest()).paused
+            if pause
+            else control.Resume(control_pb2.ResumeRequest()).paused
+        )
+    console.print(f"{service} {'paused' if paused else 'running'}")
+
+
+def pause(service: Annotated[str, typer.Argument(help="ingest, routing, deid, delivery, audit or gateways")]) -> None:
+    """Stop a service taking new work (operator token): ingest answers senders "try again" (A700, 503),
+    a stage stops reading its topic, whose messages then wait for it; nothing is lost. `imx status`
+    shows it paused."""
+    _pause_or_resume(service, pause=True)
+
+
+def resume(service: Annotated[str, typer.Argument(help="ingest, routing, deid, delivery, audit or gateways")]) -> None:
+    """Let a paused service take work again (operator token)."""
+    _pause_or_resume(service, pause=False)

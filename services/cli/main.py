@@ -27,6 +27,8 @@ app.command("demo-data")(files.demo_data)
 app.command("deid")(files.deid)
 app.command("send")(send.send)
 app.command("status")(status.status)
+app.command("pause")(admin.pause)
+app.command("resume")(admin.resume)
 
 
 class ServiceName(StrEnum):

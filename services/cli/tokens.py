@@ -31,7 +31,10 @@ def tokens_add(
     name: str,
     role: Annotated[
         RoleName,
-        typer.Option(help="operator: status, pause, resume, dead letters; administrator: everything"),
+        typer.Option(
+            help="operator: status, pause, resume, dead letters, partner lag, study status, the audit log's check; "
+            "administrator: everything"
+        ),
     ] = RoleName.operator,
 ) -> None:
     """Issue a control token (shown once; an earlier token of that name stops working)."""

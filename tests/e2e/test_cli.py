@@ -156,6 +156,15 @@ def test_control_tokens_roles_and_status_with_the_cli(stack: Stack, tmp_path: Pa
     for service in ("ingest", "routing", "deid", "delivery", "audit"):
         assert re.search(rf"{service}\s+│\s+SERVING\s+│\s+no\s+│\s+[\d,]+", shown.stdout), shown.stdout
     assert re.search(r"gateways\s+│\s+unreachable", shown.stdout)
+    # An operator pauses and resumes a stage from the command line (the gRPC calls only, before).
+    paused = imx_with(stack, as_operator, "pause", "routing")
+    assert paused.returncode == 0 and "routing paused" in paused.stdout, paused.stdout + paused.stderr
+    assert re.search(r"routing\s+│\s+SERVING\s+│\s+yes", imx_with(stack, as_operator, "status").stdout)
+    resumed = imx_with(stack, as_operator, "resume", "routing")
+    assert resumed.returncode == 0 and "routing running" in resumed.stdout
+    assert re.search(r"routing\s+│\s+SERVING\s+│\s+no", imx_with(stack, as_operator, "status").stdout)
+    unknown = imx_with(stack, as_operator, "pause", "everything")
+    assert unknown.returncode == 2 and "no service 'everything'" in unknown.stdout
     refused = imx_with(stack, as_operator, "routes", "list")
     assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stdout
 
