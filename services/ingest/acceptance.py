@@ -320,7 +320,7 @@ class Acceptance:
 
         with self.commits.expecting() as expected:  # a group being gathered may wait for this one
             sha256 = self._store(source)
-            event_id = ingested_event_id(source_org, header.sop_instance_uid, sha256)
+            event_id = ingested_event_id(source_org, header.sop_instance_uid, sha256, requested_destination)
 
             def message(received_at_ms: int) -> OutgoingMessage:
                 event = instance_ingested(

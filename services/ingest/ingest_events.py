@@ -8,8 +8,13 @@ from services.common.events import event_id
 from services.proto_gen.imx.v1 import events_pb2
 
 
-def ingested_event_id(source_org: str, sop_instance_uid: str, sha256: str) -> str:
-    """The same instance (same bytes) from the same organisation always gets the same id."""
+def ingested_event_id(source_org: str, sop_instance_uid: str, sha256: str, requested_destination: str = "") -> str:
+    """The same instance (same bytes) from the same organisation, for the same requested destination,
+    always gets the same id: a resend is a duplicate. Sent again to another destination it is a new
+    request (it was answered "duplicate" and never routed there). Without a destination the id is what it
+    always was, so receipts written before still recognise resends."""
+    if requested_destination:
+        return event_id(source_org, sop_instance_uid, sha256, requested_destination)
     return event_id(source_org, sop_instance_uid, sha256)
 
 

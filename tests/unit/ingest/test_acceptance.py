@@ -86,6 +86,20 @@ def test_the_same_instance_again_is_a_duplicate_and_publishes_nothing(bus, recei
     assert len(bus.on(TOPICS.ingested)) == 1
 
 
+def test_the_same_instance_sent_again_to_another_destination_is_routed_there(bus, receipts, blobs) -> None:
+    """`imx send study/ --to research-1`, then `--to research-2`: the second was answered "duplicate"
+    and never went to research-2. The same destination again is still a duplicate."""
+    acceptance = make(bus, receipts, blobs)
+    data = mr_study(1)[0]
+    first = acceptance.accept(data, "trust-a", "cli", "research-1")
+    again = acceptance.accept(data, "trust-a", "cli", "research-1")
+    elsewhere = acceptance.accept(data, "trust-a", "cli", "research-2")
+    assert isinstance(first, Accepted) and isinstance(again, Duplicate) and isinstance(elsewhere, Accepted)
+    published = [events_pb2.InstanceIngested.FromString(m.value) for m in bus.on(TOPICS.ingested)]
+    assert [e.requested_destination for e in published] == ["research-1", "research-2"]
+    assert isinstance(acceptance.accept(data, "trust-a", "cli"), Accepted)  # no destination: routed by rules
+
+
 def test_the_same_instance_from_another_organisation_is_a_new_event(bus, receipts, blobs) -> None:
     acceptance = make(bus, receipts, blobs)
     data = mr_study(1)[0]
