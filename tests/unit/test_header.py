@@ -106,6 +106,17 @@ def test_other_native_transfer_syntaxes_are_read(syntax: UID) -> None:
     assert (header.routing["rows"], header.routing["columns"]) == ("8", "8")
 
 
+@pytest.mark.parametrize("kept", [0.5, 0.9, 0.99])
+def test_a_deflated_instance_cut_short_is_truncated(kept: float) -> None:
+    """Its stream stops before the last block: it was accepted (success to the sender, a corrupt file
+    delivered), where the same cut of an uncompressed instance is refused."""
+    ds = read_dataset(_ct())
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    data = dataset_to_bytes(ds)
+    assert inspect_instance(data, LIMIT).transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    assert _reason(data[: int(len(data) * kept)]) == ("truncated", "deflated data set")
+
+
 def test_encapsulated_pixel_data_is_checked_for_truncation() -> None:
     ds = read_dataset(_small())
     ds.compress(RLELossless)

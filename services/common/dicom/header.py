@@ -400,6 +400,8 @@ def inflate_pieces(deflated: bytes | memoryview, limit: int) -> Iterator[bytes]:
                 break
             yield counted(held)
         yield counted(inflater.flush())
+        if not inflater.eof:  # the stream stops before its last block: a cut copy, which was accepted
+            raise InvalidInstance("truncated", "deflated data set")
     except zlib.error:
         raise InvalidInstance("not-dicom") from None
 
