@@ -133,6 +133,30 @@ def test_a_large_deflated_instance_within_the_limit_is_inspected_in_bounded_memo
     assert peak < 64 * MIB, f"inspecting a 300 MiB deflated instance held {peak // MIB} MiB"
 
 
+def test_a_deflated_instance_that_does_not_compress_is_inspected_in_bounded_memory() -> None:
+    """Noise does not deflate: the deflated instance is as large as the inflated one, and the character
+    set check handed zlib all of it, whose unconsumed tail then copied it (48 MiB here, 300 MiB for a
+    300 MiB instance)."""
+    import os
+
+    plain = dataset_to_bytes(_dataset(ExplicitVRLittleEndian))
+    deflated = dataset_to_bytes(_dataset(DeflatedExplicitVRLittleEndian))
+    noise = os.urandom(48 * MIB)
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = compressor.compress(plain[_body_offset(plain) :] + PIXEL_DATA + struct.pack("<I", len(noise)))
+    data = deflated[: _body_offset(deflated)] + body + compressor.compress(noise) + compressor.flush()
+    del noise
+    assert len(data) > 48 * MIB
+    tracemalloc.start()
+    try:
+        header = inspect_instance(data, LIMIT, InputLimits())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert header.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    assert peak < 24 * MIB, f"inspecting a {len(data) // MIB} MiB deflated instance held {peak // MIB} MiB"
+
+
 def test_inflating_stops_at_the_limit_and_returns_everything_below_it() -> None:
     payload = bytes(range(256)) * 40_000
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)

@@ -487,8 +487,11 @@ def _explicit_length(data: ByteSource, offset: int, vr: bytes | bytearray, order
 def _check_character_set(data: ByteSource, offset: int, transfer_syntax: str) -> None:
     """Specific Character Set, converted by pydicom as it reads, must look like one (PS3.5 6.1.2.5.3)."""
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        # Enough of the inflated stream to hold the first elements; the rest is pydicom's job.
-        data, offset = zlib.decompressobj(-zlib.MAX_WBITS).decompress(memoryview(data)[offset:], 1 << 16), 0
+        # Enough of the inflated stream to hold the first elements; the rest is pydicom's job. Fed only the
+        # stream's first 128 KiB: given the rest too, zlib copied all it did not use into its unconsumed
+        # tail, as much memory as the instance (300 MiB for a 300 MiB deflated instance).
+        first = memoryview(data)[offset : offset + (2 << 16)]
+        data, offset = zlib.decompressobj(-zlib.MAX_WBITS).decompress(first, 1 << 16), 0
     order = ">" if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN else "<"
     while offset + 8 <= len(data):
         group, element = struct.unpack_from(order + "HH", data, offset)
