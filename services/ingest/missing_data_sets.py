@@ -35,6 +35,12 @@ class _Pending:
     message: Any
     first_seen: float
     written: int
+    received: int  # the association's PDU bytes received (dimse_receive.PduReader) when first seen
+
+
+def _received(assoc: Any) -> int:
+    """The bytes of PDUs the association has received, counted as they arrive (0 without ingest's reader)."""
+    return int(getattr(getattr(assoc, "imx_pdu_reader", None), "received", 0))
 
 
 def _written(message: Any) -> int:
@@ -107,8 +113,8 @@ class MissingDataSets:
             seen.add(key)
             pending = self._pending.get(key)
             if pending is None or pending.message is not message:
-                self._pending[key] = _Pending(message, now, _written(message))
-            elif _written(message) != pending.written:
+                self._pending[key] = _Pending(message, now, _written(message), _received(assoc))
+            elif _written(message) != pending.written or _received(assoc) != pending.received:
                 pending.written = -1  # data is arriving: the network timeout governs the rest
             elif pending.written >= 0 and now - pending.first_seen >= self._wait_s:
                 self._respond(assoc, message)

@@ -99,3 +99,35 @@ def test_a_request_whose_data_is_arriving_is_left_to_the_network_timeout(
     clock.now += 10 * WAIT_S
     watch.check()
     assert not assoc.dimse.sent
+
+
+def test_a_first_pdu_still_arriving_on_a_slow_link_is_data_arriving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing of a PDU is written to the file before all of it has arrived: on a link under ~4 Mbit/s a
+    1 MiB PDU takes over 2 s, and the store was answered as empty (C000) while its data came in."""
+    receive_to_files_for_this_test(tmp_path, monkeypatch)
+    assoc, clock = _association(), Clock()
+    assoc.imx_pdu_reader = SimpleNamespace(received=0)
+    watch = MissingDataSets(lambda: [assoc], lambda *_: Dataset(), WAIT_S, clock)
+    message = assoc.dimse.message = dimse_receive.new_message()
+    assert not message.decode_msg(store_command(0x0001), assoc)
+    watch.check()
+    clock.now += 1
+    assoc.imx_pdu_reader.received += 64 * 1024  # the data set's first PDU, a piece of it so far
+    watch.check()
+    clock.now += 10 * WAIT_S
+    watch.check()
+    assert not assoc.dimse.sent
+
+
+def test_the_reader_counts_a_pdu_body_as_it_arrives() -> None:
+    import socket
+
+    ours, theirs = socket.socketpair()
+    reader = dimse_receive.PduReader(SimpleNamespace(), max_data_pdu=1 << 20)
+    theirs.sendall(b"\0" * 100_006)  # a body and the next PDU's header
+    body, ahead = dimse_receive._read_into(ours, 100_000, reader._count)
+    theirs.close()
+    ours.close()
+    assert (len(body), len(ahead)) == (100_000, 6) and reader.received == 100_006
