@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
+    JPEG2000MC,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -28,12 +29,14 @@ from pydicom.uid import (
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEG2000MCLossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    MPEGTransferSyntaxes,
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
@@ -83,6 +86,10 @@ TRANSFER_SYNTAXES = [
     HTJ2KLosslessRPCL,
     HTJ2K,
     RLELossless,
+    JPEG2000MCLossless,
+    JPEG2000MC,
+    # Video (endoscopy, photography): pixel data are never decoded here, and STOW-RS took these already.
+    *MPEGTransferSyntaxes,
 ]
 
 
@@ -222,6 +229,7 @@ def build_ae(settings: IngestSettings) -> AE:
     ae.add_supported_context(Verification)  # C-ECHO is answered by pynetdicom's default handler
     ae.maximum_pdu_size = settings.dicom_max_pdu
     ae.maximum_associations = settings.dicom_max_associations
+    ae.require_called_aet = settings.dicom_require_called_ae
     ae.acse_timeout = settings.dicom_timeout_s
     ae.dimse_timeout = settings.dicom_timeout_s
     ae.network_timeout = settings.dicom_timeout_s

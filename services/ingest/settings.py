@@ -23,6 +23,11 @@ class IngestSettings(ServiceSettings):
         1024 * 1024, ge=0, description="largest PDU the SCP receives (0 = unlimited); larger PDUs are faster"
     )
     dicom_max_associations: int = Field(16, ge=1, description="concurrent DICOM associations")
+    dicom_require_called_ae: bool = Field(
+        False,
+        description="refuse associations that call another AE title than IMX_AE_TITLE (a modality set up for "
+        "another SCP); off by default, as many senders call any title",
+    )
     dicom_timeout_s: float = Field(60.0, gt=0, description="ACSE, DIMSE and network timeout of the SCP")
     dicom_data_set_wait_s: float = Field(
         2.0, gt=0, description="longest wait for a C-STORE's data set to start; then it is answered as empty"

@@ -187,3 +187,40 @@ def test_a_data_set_over_the_limit_is_refused_without_being_written_whole(
     assert len(bus.on(TOPICS.quarantine)) == 1 and not bus.on(TOPICS.ingested)
     [file] = files
     assert file.size <= limit < file.offered  # what was sent, and the most that was ever on disk
+
+
+def test_video_and_multi_component_jpeg_2000_are_negotiated(receiver: DicomReceiver) -> None:
+    """Video Endoscopic and Photographic Image Storage were listed but could never be received by C-STORE
+    (their transfer syntaxes were refused at association), though STOW-RS took the same instances."""
+    from pydicom.uid import HEVCMP51, JPEG2000MC, MPEG4HP41
+    from pynetdicom.sop_class import VideoEndoscopicImageStorage  # type: ignore[attr-defined]
+
+    ae = AE(ae_title=CALLING_AE)
+    for syntax in (MPEG4HP41, HEVCMP51, JPEG2000MC):
+        ae.add_requested_context(VideoEndoscopicImageStorage, syntax)
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="IMX")
+    assert assoc.is_established
+    try:
+        accepted = {cx.transfer_syntax[0] for cx in assoc.accepted_contexts}
+    finally:
+        assoc.release()
+    assert accepted == {MPEG4HP41, HEVCMP51, JPEG2000MC}
+
+
+def test_the_called_ae_title_is_checked_when_asked(tmp_path: Path, bus: RecordingBus) -> None:
+    acceptance = Acceptance(
+        blobs=LocalBlobStore(tmp_path), receipts=MemoryReceiptStore(), bus=bus, topics=TOPICS, max_instance_bytes=10**7
+    )
+    settings = IngestSettings(dicom_port=0, calling_ae_refresh_s=60, dicom_require_called_ae=True)
+    receiver = DicomReceiver(acceptance, lambda: {CALLING_AE: "trust-a"}, settings)
+    receiver.start()
+    try:
+        ae = AE(ae_title=CALLING_AE)
+        ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+        wrong = ae.associate("127.0.0.1", receiver.port, ae_title="OTHER-PACS")
+        assert wrong.is_rejected
+        right = ae.associate("127.0.0.1", receiver.port, ae_title=settings.ae_title)
+        assert right.is_established
+        right.release()
+    finally:
+        receiver.stop(grace_s=1)
