@@ -58,7 +58,31 @@ CHANNELS: tuple[Channel, ...] = get_args(Channel)
 
 # Not a header problem: a STOW-RS request to /studies/{uid} carried an instance of another study.
 STUDY_MISMATCH = "study-mismatch"
+# Nor this: a C-STORE request named one instance (Affected SOP Class/Instance UID) and carried another.
+SOP_MISMATCH = "sop-mismatch"
 TOO_LARGE = "too-large"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the request around an instance says it is: the study of a STOW-RS /studies/{uid} target, the
+    Affected SOP Class and Instance UIDs of a C-STORE command. Empty: not said."""
+
+    study_uid: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+
+    def mismatch(self, header: InstanceHeader) -> tuple[str, str] | None:
+        """(reason, keyword) of the first thing the instance says otherwise, or None (pure)."""
+        checks = (
+            (STUDY_MISMATCH, "StudyInstanceUID", self.study_uid, header.study_instance_uid),
+            (SOP_MISMATCH, "SOPClassUID", self.sop_class_uid, header.sop_class_uid),
+            (SOP_MISMATCH, "SOPInstanceUID", self.sop_instance_uid, header.sop_instance_uid),
+        )
+        for reason, keyword, said, found in checks:
+            if said and said != found:
+                return reason, keyword
+        return None
 
 
 @dataclass(frozen=True)
@@ -230,13 +254,13 @@ class Acceptance:
         source_org: str,
         channel: Channel,
         requested_destination: str = "",
-        expected_study_uid: str | None = None,
+        expected: Expected = Expected(),
     ) -> AcceptanceResult:
         """Accept one Part 10 instance from an authenticated organisation.
 
         Raises IngestUnavailable when a dependency fails (the caller reports a transient failure).
         """
-        return self._accept_input(_BytesInput(data), source_org, channel, requested_destination, expected_study_uid)
+        return self._accept_input(_BytesInput(data), source_org, channel, requested_destination, expected)
 
     def accept_file(
         self,
@@ -244,7 +268,7 @@ class Acceptance:
         source_org: str,
         channel: Channel,
         requested_destination: str = "",
-        expected_study_uid: str | None = None,
+        expected: Expected = Expected(),
         preamble_written_zero: bool = False,
         sha256: str | None = None,
         received: tuple[int, int] | None = None,
@@ -261,7 +285,7 @@ class Acceptance:
             source = _FileInput(path, preamble_written_zero, sha256, received)
         except OSError as exc:
             raise IngestUnavailable(f"received file unreadable: {type(exc).__name__}") from exc
-        return self._accept_input(source, source_org, channel, requested_destination, expected_study_uid)
+        return self._accept_input(source, source_org, channel, requested_destination, expected)
 
     def _accept_input(
         self,
@@ -269,13 +293,13 @@ class Acceptance:
         source_org: str,
         channel: Channel,
         requested_destination: str,
-        expected_study_uid: str | None,
+        expected: Expected,
     ) -> AcceptanceResult:
         with self._tracer.start_as_current_span("ingest accept", kind=trace.SpanKind.PRODUCER) as span:
             span.set_attribute("imx.channel", channel)
             span.set_attribute("imx.org", source_org)
             try:
-                result = self._accept(source, source_org, channel, requested_destination, expected_study_uid)
+                result = self._accept(source, source_org, channel, requested_destination, expected)
             except IngestUnavailable as exc:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
                 self._count(channel, "unavailable")
@@ -296,7 +320,7 @@ class Acceptance:
         source_org: str,
         channel: Channel,
         requested_destination: str,
-        expected_study_uid: str | None,
+        expected: Expected,
     ) -> AcceptanceResult:
         if self._stats is not None and self._stats.paused:
             raise IngestPaused("ingest is paused")
@@ -307,18 +331,18 @@ class Acceptance:
             stored = invalid.reason != TOO_LARGE  # keep the disk for inputs someone can look at
             sha256 = self._store(source) if stored else source.sha256()
             return self._quarantine(source_org, channel, invalid.reason, invalid.detail, sha256, source.size, stored)
-        if expected_study_uid is not None and header.study_instance_uid != expected_study_uid:
+        mismatch = expected.mismatch(header)
+        if mismatch is not None:
             self._record(failed=True)
             return Rejected(
-                STUDY_MISMATCH,
-                "StudyInstanceUID",
+                *mismatch,
                 False,
                 header.study_instance_uid,
                 header.sop_class_uid,
                 header.sop_instance_uid,
             )
 
-        with self.commits.expecting() as expected:  # a group being gathered may wait for this one
+        with self.commits.expecting() as on_its_way:  # a group being gathered may wait for this one
             sha256 = self._store(source)
             event_id = ingested_event_id(source_org, header.sop_instance_uid, sha256, requested_destination)
 
@@ -335,7 +359,7 @@ class Acceptance:
                 )
                 return event_message(self._topics.ingested, event, header.study_instance_uid)
 
-            outcome = self.commits.commit(Commit(event_id, message), expected)
+            outcome = self.commits.commit(Commit(event_id, message), on_its_way)
         self._record()
         if outcome is Outcome.DUPLICATE:
             log.debug("duplicate instance", extra={"event_id": event_id, "org": source_org, "channel": channel})

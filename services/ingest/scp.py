@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -42,13 +43,14 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.dicom.association_waits import WaitingRequestHandler
 from services.ingest import dimse_encoding, dimse_receive, dimse_serve
-from services.ingest.acceptance import Acceptance, AcceptanceResult, Accepted, Channel, Duplicate
+from services.ingest.acceptance import Acceptance, AcceptanceResult, Accepted, Channel, Duplicate, Expected
 from services.ingest.calling_aets import CallingAeTitles
 from services.ingest.errors import IngestUnavailable
 from services.ingest.missing_data_sets import MissingDataSets
@@ -113,8 +115,15 @@ class StoreHandler:
     def __call__(self, event: Event) -> Dataset | int:
         def accept(org: str) -> AcceptanceResult:
             received = _received_file(event)
+            # The instance the command names: a data set of another instance is refused (A900), not stored
+            # under the command's UIDs in its file meta and the data set's in its event.
+            command = cast(C_STORE, event.request)
+            expected = Expected(
+                sop_class_uid=str(command.AffectedSOPClassUID or ""),
+                sop_instance_uid=str(command.AffectedSOPInstanceUID or ""),
+            )
             if received is None:
-                return self._acceptance.accept(event.encoded_dataset(), org, CHANNEL)
+                return self._acceptance.accept(event.encoded_dataset(), org, CHANNEL, expected=expected)
             # pynetdicom removes the file after this handler, unless acceptance moved it. Its preamble
             # is zeros: the receiver wrote it (dimse_receive, or pynetdicom), the sender sends none.
             # dimse_receive hashed it as it wrote it.
@@ -125,7 +134,7 @@ class StoreHandler:
             sha256 = dimse_receive.received_sha256(request)
             opened = (file.fd, file.size) if isinstance(file, ReceivedFile) and not file.closed else None
             result = self._acceptance.accept_file(
-                received, org, CHANNEL, preamble_written_zero=True, sha256=sha256, received=opened
+                received, org, CHANNEL, expected=expected, preamble_written_zero=True, sha256=sha256, received=opened
             )
             if file is not None and isinstance(result, (Accepted, Duplicate)):
                 # Moved into the store (or found there and removed): closed here, and not handed back

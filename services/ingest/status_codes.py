@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from services.ingest.acceptance import STUDY_MISMATCH, TOO_LARGE, AcceptanceResult, Accepted, Duplicate
+from services.ingest.acceptance import SOP_MISMATCH, STUDY_MISMATCH, TOO_LARGE, AcceptanceResult, Accepted, Duplicate
 
 SUCCESS: Final = 0x0000
 # PS3.4 Table B.2-1: "Refused: Out of Resources" (A7xx). A700 = try again later; A701 = this
@@ -35,6 +35,8 @@ _REJECTION_STATUS: Final[dict[str, int]] = {
     "inflated-too-large": OUT_OF_RESOURCES_TOO_LARGE,
     # PS3.18 10.5.3: an instance of another study than the one in the target URL is an A900 failure.
     STUDY_MISMATCH: DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    # The data set is not the instance its C-STORE command named (PS3.4 B.2.3: A900).
+    SOP_MISMATCH: DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     TOO_LARGE: OUT_OF_RESOURCES_TOO_LARGE,
 }
 

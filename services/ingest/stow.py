@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from services.common.http_server import FASTAPI_TELEMETRY_OFF
-from services.ingest.acceptance import Acceptance, Channel, check_destination
+from services.ingest.acceptance import Acceptance, Channel, Expected, check_destination
 from services.ingest.errors import IngestUnavailable, InvalidDestination
 from services.ingest.multipart_related import (
     MalformedMultipart,
@@ -96,7 +96,8 @@ def _store_part(context: StowContext, part: Part, org: str, destination: str, st
         # outage made the whole request a 500 and lost the outcomes of the parts before it.
         if part.too_large:
             return outcome_of(context.acceptance.reject_unread(org, CHANNEL, part.size))
-        return outcome_of(context.acceptance.accept(part.data, org, CHANNEL, destination, study_uid))
+        expected = Expected(study_uid=study_uid or "")
+        return outcome_of(context.acceptance.accept(part.data, org, CHANNEL, destination, expected))
     except IngestUnavailable:
         log.warning("instance not stored: dependency unavailable", extra={"org": org, "channel": CHANNEL})
         return InstanceOutcome(failure_reason=OUT_OF_RESOURCES)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from pydicom import dcmread
@@ -224,3 +224,25 @@ def test_the_called_ae_title_is_checked_when_asked(tmp_path: Path, bus: Recordin
         right.release()
     finally:
         receiver.stop(grace_s=1)
+
+
+def test_a_data_set_that_is_not_the_instance_its_command_names_is_refused(
+    receiver: DicomReceiver, bus: RecordingBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command named instance X and carried instance Y: it was answered success for X, stored with
+    X in its file meta and Y in its data set, and published as Y."""
+    from pydicom.uid import generate_uid
+    from pynetdicom import association
+
+    encode = association.encode
+
+    def another_instance(dataset: Any, *args: Any) -> bytes | None:
+        other = dataset.copy()
+        other.SOPInstanceUID = generate_uid()
+        return encode(other, *args)
+
+    monkeypatch.setattr(association, "encode", another_instance)  # the sender's encoding of the data set only
+    assert _send(receiver, mr_study(411, n=1)[0]) == (0xA900, "sop-mismatch: SOPInstanceUID")
+    assert not bus.on(TOPICS.ingested)
+    monkeypatch.undo()
+    assert _send(receiver, mr_study(411, n=1)[0]) == (0x0000, "")  # the same instance, named rightly

@@ -88,7 +88,7 @@ def test_send_a_folder_in_process(
     assert {(e.channel, e.requested_destination) for e in events} == {("cli", "research-1")} and len(events) == 3
     assert any(q.reason == "not-dicom" for q in quarantined_events(kafka_bootstrap, ingest.topics))
 
-    again = send_with_settings([tmp_path], source_org=sender.org_id, settings=ingest.settings)
+    again = send_with_settings([tmp_path], source_org=sender.org_id, settings=ingest.settings, to="research-1")
     assert (again.accepted, again.duplicates) == (0, 3)
 
 

@@ -11,7 +11,7 @@ from services.common.dicom.header import inspect_instance
 from services.common.events import EVENT_TYPE_HEADER
 from services.common.stats import StageStats
 from services.common.topics import Topics
-from services.ingest.acceptance import Acceptance, Accepted, Duplicate, Rejected, check_destination
+from services.ingest.acceptance import Acceptance, Accepted, Duplicate, Expected, Rejected, check_destination
 from services.ingest.errors import IngestPaused, IngestUnavailable, InvalidDestination
 from services.ingest.receipts import MemoryReceiptStore
 from services.proto_gen.imx.v1 import events_pb2
@@ -166,7 +166,7 @@ def test_unread_oversized_input_is_announced(bus, receipts, blobs) -> None:
 
 def test_an_instance_of_another_study_than_asked_is_rejected_without_effects(bus, receipts, blobs) -> None:
     data = mr_study(1)[0]
-    result = make(bus, receipts, blobs).accept(data, "trust-a", "stow-rs", expected_study_uid="1.2.3")
+    result = make(bus, receipts, blobs).accept(data, "trust-a", "stow-rs", expected=Expected(study_uid="1.2.3"))
 
     assert isinstance(result, Rejected) and result.reason == "study-mismatch" and not result.quarantined
     assert result.sop_instance_uid == inspect_instance(data, 10_000_000).sop_instance_uid
