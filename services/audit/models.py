@@ -136,7 +136,7 @@ class StudyTrail(BaseModel):
 
 class EventPageOut(BaseModel):
     events: list[AuditEvent]
-    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; absent on the last")
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last")
 
 
 class Summary(BaseModel):

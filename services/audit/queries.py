@@ -104,7 +104,9 @@ def mongo_filter(query: EventFilter, after: Cursor | None = None) -> dict[str, A
     if query.org is not None:
         conditions.append({"source_org": query.org})
     if query.partner is not None:
-        conditions.append({"partner_id": query.partner})
+        # A partner's events include those that asked for it (ingested with it as requested destination),
+        # as a partner key's scope, summary and trail count them (scopes.Scope.admits).
+        conditions.append({"$or": [{"partner_id": query.partner}, {"requested_partner_id": query.partner}]})
     if query.event_type is not None:
         conditions.append({"event_type": query.event_type.value})
     if since_until := time_filter(query.since, query.until):

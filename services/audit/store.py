@@ -175,7 +175,7 @@ def trail_of(study_uid: str, chain: Callable[[str, Container[str]], list[AuditRe
 def matches(query: EventFilter, r: AuditRecord) -> bool:
     return (
         (query.org is None or r["source_org"] == query.org)
-        and (query.partner is None or r["partner_id"] == query.partner)
+        and (query.partner is None or query.partner in (r["partner_id"], r.get("requested_partner_id")))
         and (query.event_type is None or r["event_type"] == query.event_type)
         and (query.since is None or r["occurred_at"] >= query.since)
         and (query.until is None or r["occurred_at"] < query.until)

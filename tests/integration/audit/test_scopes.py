@@ -58,3 +58,27 @@ def test_a_scoped_key_sees_its_own_records_is_refused_others_and_is_recorded(db:
     assert {"analyst_id": "ann", "status": 200, "path": f"/audit/studies/{THEIRS.study}"} in entries
     refused = db["audit_events_access"].find_one({"status": 404})
     assert refused is not None and refused["event_type"]["code"] == "110112"
+
+
+def test_a_partner_keys_events_include_those_that_asked_for_it_as_its_summary_does(db: Database) -> None:
+    """A study sent with the partner as its requested destination: the partner key's summary and trail
+    counted its ingested event, `/audit/events` left it out."""
+    from services.common.events import event_message
+    from services.proto_gen.imx.v1 import events_pb2
+
+    store = MongoAuditStore(db["audit_events"])
+    store.ensure_indexes()
+    messages = journey(TOPICS, MINE, partner="care-b")
+    ingested = events_pb2.InstanceIngested.FromString(messages[0].value)
+    ingested.requested_destination = "care-b"
+    messages[0] = event_message(TOPICS.ingested, ingested, MINE.study)
+    store.insert([build_record(incoming(m), TOPICS, NOW) for m in messages])
+    analysts = AnalystStore(db)
+    key = analysts.add(Analyst("pat", scope=Scope.parse("partner:care-b")))
+    app = TestClient(create_app(store, CachedKeyCheck(analysts).holder), headers={"Authorization": f"Bearer {key}"})
+
+    listed = app.get("/audit/events", params={"event_type": "ingested"}).json()["events"]
+    assert [(e["event_type"], e["requested_partner_id"]) for e in listed] == [("ingested", "care-b")]
+    every = {e["event_type"] for e in app.get("/audit/events").json()["events"]}
+    trail = {e["event_type"] for e in app.get(f"/audit/studies/{MINE.study}").json()["events"]}
+    assert every == trail and "ingested" in every

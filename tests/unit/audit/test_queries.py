@@ -49,7 +49,8 @@ def test_filters_become_one_mongo_condition() -> None:
         ]
     }
     assert mongo_filter(EventFilter()) == {}
-    assert mongo_filter(EventFilter(partner="p")) == {"partner_id": "p"}
+    # A partner's events include those that asked for it (tests/integration/audit/test_scopes.py).
+    assert mongo_filter(EventFilter(partner="p")) == {"$or": [{"partner_id": "p"}, {"requested_partner_id": "p"}]}
 
 
 def test_events_of_the_same_millisecond_are_in_hop_order() -> None:
