@@ -32,7 +32,7 @@ from services.audit.models import (
     VolumesOut,
 )
 from services.audit.queries import EventFilter, PeriodPurged, decode_cursor, encode_cursor
-from services.audit.query_params import ID_PATTERN, KEY_PATTERN, invalid, invalid_request, period
+from services.audit.query_params import ID_PATTERN, KEY_PATTERN, aggregate_period, invalid, invalid_request, period
 from services.audit.records import EventType
 from services.audit.scopes import Scope, ScopeDenied
 from services.audit.store import AuditStore
@@ -170,7 +170,7 @@ def summary(store: StoreDep, scope: ScopeDep, since: Since = None, until: Until 
     """Counts: events per type, deliveries per partner (delivered and failed), quarantines per reason,
     dead letters per stage. A scoped key gets the counts of the records it sees (its organisation's, or
     its partner's), kept as such from the day the store started keeping them (a 403 before that day)."""
-    since, until = period(since, until)
+    since, until = aggregate_period(since, until)
     return Summary.from_summary(store.summary(since, until, scope))
 
 
@@ -195,7 +195,7 @@ def volumes(
     A study counts once per key and day. An organisation's key reads `by=org` of its own, a partner's
     `by=partner` of its own."""
     key = scope.aggregate_key(by, key)
-    since, until = period(since, until)
+    since, until = aggregate_period(since, until)
     return VolumesOut(by=by, days=[VolumeOut.from_row(r) for r in store.volumes(by, since, until, key)])
 
 
@@ -216,7 +216,7 @@ def turnaround(
     accepted to stored in the partner's PACS (receipts with status stored), per day and overall.
     A partner's key reads its own; an organisation's is refused (not kept per organisation)."""
     partner = scope.aggregate_key("partner", partner)
-    since, until = period(since, until)
+    since, until = aggregate_period(since, until)
     return TurnaroundOut(
         partners=[PartnerTurnaround.from_turnaround(t) for t in store.turnaround(since, until, partner)]
     )
@@ -231,7 +231,7 @@ def turnaround(
 def quarantines(store: StoreDep, scope: ScopeDep, since: Since = None, until: Until = None) -> QuarantinesOut:
     """Quarantines and dead letters per UTC day, stage and reason (days overlapping the period). A scoped
     key gets those of the records it sees (as for the summary)."""
-    since, until = period(since, until)
+    since, until = aggregate_period(since, until)
     return QuarantinesOut(days=[StageReasonDay.from_count(c) for c in store.stage_reasons(since, until, scope)])
 
 

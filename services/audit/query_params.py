@@ -5,12 +5,14 @@ can be a patient's name)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from services.audit.store import MAX_DAYS
 
 # Organisation and partner ids (services/common/stores/organisations.py, services/common/topics.py);
 # `key` of /audit/volumes is one of those or a modality. Anything else matches no record, and a NUL
@@ -46,6 +48,18 @@ def period(since: datetime | None, until: datetime | None) -> tuple[datetime | N
         raise invalid("until", "until must be later than 0001-01-01T00:00:00Z")
     if since is not None and until is not None and since >= until:
         raise invalid("until", "until must be later than since")
+    return since, until
+
+
+def aggregate_period(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """`period`, for the daily aggregates: a period of more than MAX_DAYS UTC days is a 422. It was cut to
+    its last MAX_DAYS days without a word, and an analyst asking for two years got one year's counts.
+    (An open end still stops at the first or last day recorded, and then at MAX_DAYS days.)"""
+    since, until = period(since, until)
+    if since is not None and until is not None:
+        days = ((until - timedelta(milliseconds=1)).date() - since.date()).days + 1
+        if days > MAX_DAYS:
+            raise invalid("until", f"an aggregate covers at most {MAX_DAYS} days (this period has {days})")
     return since, until
 
 

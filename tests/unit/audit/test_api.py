@@ -204,8 +204,15 @@ def test_summary_counts_deliveries_per_partner_and_quarantines_per_reason(client
     later = client.get("/audit/summary", params={"since": "2026-01-01T00:00:02.500Z"}).json()
     assert later["delivered_by_partner"] == {"ai-c": 1} and later["failed_by_partner"] == {}
     assert client.get("/audit/summary", params={"since": "nope"}).status_code == 422
-    for path in ("/audit/summary", "/audit/quarantines", "/audit/turnaround", "/audit/volumes?by=org"):
-        assert client.get(path, params={"until": "0001-01-01T00:00:00Z"}).status_code == 422, path
+    for path, more in (("/audit/summary", {}), ("/audit/quarantines", {}), ("/audit/turnaround", {}),
+                       ("/audit/volumes", {"by": "org"})):  # fmt: skip
+        first = client.get(path, params={"until": "0001-01-01T00:00:00Z", **more})
+        assert first.status_code == 422 and "later than 0001" in first.text, path
+        # More days than an aggregate covers: a 422, not the last 400 days' counts without a word.
+        years = client.get(path, params={"since": "2023-01-01T00:00:00Z", "until": "2026-06-01T00:00:00Z", **more})
+        assert years.status_code == 422 and "at most 400 days" in years.text, path
+        within = {"since": "2025-06-01T00:00:00Z", "until": "2026-07-06T00:00:00Z", **more}  # 400 days
+        assert client.get(path, params=within).is_success, path
 
 
 def test_healthz_reports_the_store() -> None:
