@@ -39,6 +39,8 @@ class RecordScope(Protocol):
 
     def admits(self, record: AuditRecord) -> bool: ...
 
+    def readable(self, record: AuditRecord) -> AuditRecord: ...
+
     def narrow(self, kind: Literal["org", "partner"], asked: str | None) -> str | None: ...
 
 
@@ -95,6 +97,7 @@ def export_events(
     page = store.events(
         EventFilter(org=org, partner=partner, event_type=event_type, since=since, until=until), limit, after
     )
+    records = page.records if scope is None else [scope.readable(r) for r in page.records]
     next_cursor = encode_cursor(page.next_cursor) if page.next_cursor else None
     next_url = None
     if next_cursor is not None:
@@ -103,9 +106,9 @@ def export_events(
     json_body = ""
     if format == "json":
         json_body = EventPageOut(
-            events=[AuditEvent.from_record(r) for r in page.records], next_cursor=next_cursor
+            events=[AuditEvent.from_record(r) for r in records], next_cursor=next_cursor
         ).model_dump_json()
-    return _rendered(page.records, format, json_body, next_cursor, next_url)
+    return _rendered(records, format, json_body, next_cursor, next_url)
 
 
 @export_router.get(
@@ -127,7 +130,11 @@ def export_study(
 ) -> Response:
     """Every record of one study's trail, in the order they happened, as DICOM audit messages or FHIR
     AuditEvents (`json`: the trail of `GET /audit/studies/{study_uid}`)."""
-    records = in_order(r for r in store.study_trail(study_uid) if scope is None or scope.admits(r))
+    records = in_order(
+        r if scope is None else scope.readable(r)
+        for r in store.study_trail(study_uid)
+        if scope is None or scope.admits(r)
+    )
     if not records:
         raise HTTPException(status_code=404, detail="no audit records for this study")
     json_body = ""

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from services.audit.records import AuditRecord
 from services.common.messages import shown
 
 ScopeKind = Literal["all", "org", "partner"]
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
+
+
+_RECEIVED_UIDS = ("study_uid", "series_uid", "sop_uid")
+
+
+def _passed_through(record: AuditRecord) -> bool:
+    """A route, preparation or outcome that says no profile was applied: the partner received these UIDs."""
+    return (
+        record["event_type"] in ("routed", "prepared", "outcome")
+        and not record.get("profile")
+        and not record.get("deidentified")
+    )
 
 
 class ScopeDenied(Exception):
@@ -52,6 +64,18 @@ class Scope:
         if self.kind == "partner":
             return self.value in (record["partner_id"], record["requested_partner_id"])
         return True
+
+    def readable(self, record: AuditRecord) -> AuditRecord:
+        """`record` as this key may read it. A partner's key does not see the UIDs an instance was received
+        under unless the record says the partner got it as received (a care transfer): for a
+        de-identified copy they link what the partner holds to the identifiable original, which is what
+        de-identification took away. Ingest's and quarantine records do not say, and keep them hidden."""
+        if self.kind != "partner" or record.get("study_uid") is None or _passed_through(record):
+            return record
+        hidden = dict(record)  # not a StoredRecord: its stored JSON would carry the UIDs
+        for name in _RECEIVED_UIDS:
+            hidden[name] = None
+        return cast(AuditRecord, hidden)
 
     def narrow(self, kind: Literal["org", "partner"], asked: str | None) -> str | None:
         """The filter on `kind` a request may use: forced to the scope's own id for a key of that kind,

@@ -177,3 +177,30 @@ def test_the_analysts_page_is_served_without_a_key_and_loads_nothing_from_elsewh
     assert "https://" not in page.text and "http://" not in page.text
     assert client.get("/ui/secrets.txt").status_code == 404
     assert client.get("/ui/..%2Fapi.py").status_code == 404
+
+
+def test_a_partners_key_never_sees_the_uids_a_deidentified_copy_was_made_from() -> None:
+    """Its prepared and outcome records carried the received study, series and SOP UIDs: a research
+    partner holding such a key could link its copy back to the identifiable original. A care transfer's
+    records keep them (the partner received those very UIDs)."""
+    copy = Instance(study="1.2.826.0.1.9.1", series="1.2.826.0.1.9.1.1", sop="1.2.826.0.1.9.1.1.1")
+    care = Instance(study="1.2.826.0.1.8.1", series="1.2.826.0.1.8.1.1", sop="1.2.826.0.1.8.1.1.1")
+    messages = [*journey(TOPICS, copy, partner="lab-r"), *journey(TOPICS, care, partner="lab-r", deidentified=False)]
+    store = InMemoryAuditStore()
+    store.insert([build_record(incoming(m), TOPICS, NOW) for m in messages])
+    keys = {"k-lab": Analyst("lab", scope=Scope.parse("partner:lab-r")), "k-all": Analyst("ann")}
+    client = TestClient(create_app(store, keys.get), headers={"Authorization": "Bearer k-lab"})
+    remapped = copy.remapped()
+    bodies = [
+        client.get(f"/audit/studies/{remapped.study}").text,
+        client.get("/audit/events").text,
+        *(client.get("/audit/export/events", params={"format": f}).text for f in ("json", "dicom-xml", "fhir")),
+        *(client.get(f"/audit/export/studies/{remapped.study}", params={"format": f}).text for f in ("json", "fhir")),
+    ]
+    for body in bodies:
+        assert remapped.study in body or remapped.sop in body
+        assert copy.study not in body and copy.series not in body and copy.sop not in body
+    listed = client.get("/audit/events").json()["events"]
+    assert {e["event_type"] for e in listed if e["study_uid"] == care.study} == {"routed", "prepared", "outcome"}
+    everything = TestClient(create_app(store, keys.get), headers={"Authorization": "Bearer k-all"})
+    assert copy.sop in everything.get("/audit/events").text  # a key that sees everything sees them
