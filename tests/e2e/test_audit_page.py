@@ -131,6 +131,25 @@ def test_the_page_shows_the_apis_figures_with_a_key_and_refuses_without(browser:
     assert "ingested" in text("#trail > table") and "research-a" in text("#trail .destinations")
     assert browser.find_elements(By.CSS_SELECTOR, 'a[data-export="events"][data-format="fhir"]')
 
+    # A period the API will not answer (more than 400 days): each panel says why, and shows none of the
+    # figures of the period before (they stayed, under the new period's heading).
+    def show_period(since: str, until: str) -> None:
+        browser.execute_script(
+            "document.getElementById('since').value = arguments[0];"
+            "document.getElementById('until').value = arguments[1];",
+            since,
+            until,
+        )
+        browser.find_element(By.CSS_SELECTOR, "#period button").click()
+
+    show_period("2020-01-01", "2026-01-01")
+    wait.until(lambda b: "at most 400 days" in b.find_element(By.CSS_SELECTOR, "#volumes-org .note").text)
+    assert "Not answered for this period" in text("#turnaround .note")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#volumes-org td")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#volumes-org svg rect")
+    show_period("", "")
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#volumes-org td"))
+
     browser.refresh()  # the key lives for the browser tab's session
     wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#volumes-org td"))
     browser.find_element(By.ID, "forget-key").click()

@@ -9,6 +9,7 @@ const $ = (selector) => document.querySelector(selector);
 
 class Refused extends Error {}
 class OutOfScope extends Error {}
+class Unanswerable extends Error {}  // a 410 (purged by retention) or 422 (e.g. more than 400 days)
 
 function key() { return sessionStorage.getItem(KEY_ITEM) || ""; }
 
@@ -37,8 +38,16 @@ async function api(path, params) {
   if (response.status === 401) throw new Refused("refused");
   if (response.status === 403) throw new OutOfScope((await response.json()).detail || "outside this key's scope");
   if (response.status === 404) return null;
+  if (response.status === 410 || response.status === 422) throw new Unanswerable(await reason(response));
   if (!response.ok) throw new Error(path + ": HTTP " + response.status);
   return response;
+}
+
+async function reason(response) {
+  const body = await response.json().catch(() => ({}));
+  const said = Array.isArray(body.detail) ? body.detail.map((d) => d.msg).join("; ") : body.detail;
+  const kept = body.retained_from ? " (records are kept from " + body.retained_from + ")" : "";
+  return (said || "HTTP " + response.status) + kept;
 }
 
 async function json(path, params) {
@@ -171,8 +180,13 @@ async function guarded(id, show) {
   try {
     await show();
   } catch (error) {
+    // Whatever the failure, the panel no longer shows the previous period's figures as if they were these.
     if (error instanceof OutOfScope) clearPanel(panel(id), "Not available for this key: " + error.message);
-    else throw error;
+    else if (error instanceof Unanswerable) clearPanel(panel(id), "Not answered for this period: " + error.message);
+    else {
+      clearPanel(panel(id), "");
+      throw error;
+    }
   }
 }
 
