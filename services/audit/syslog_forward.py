@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import ssl
 from collections.abc import Sequence
@@ -96,6 +97,28 @@ def tls_context(ca_file: Path | None, cert_file: Path | None = None, key_file: P
     return context
 
 
+def _still_open(sock: ssl.SSLSocket) -> bool:
+    """False when the peer has closed (or reset) the connection. A repository sends nothing on it
+    (RFC 5425 is one-way), so anything to read means it is closing: its close_notify, or end of file."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    if not readable and not sock.pending():
+        return True
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
+        try:
+            return bool(sock.recv(1))  # data from a syslog receiver is unexpected; keep the connection then
+        finally:
+            sock.settimeout(timeout)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return True  # a TLS record not whole yet: nothing says it is closed
+    except (OSError, ssl.SSLError):
+        return False
+
+
 class SyslogForwarder:
     """A RecordSink sending each record to one audit record repository over one kept-open TLS connection."""
 
@@ -116,6 +139,10 @@ class SyslogForwarder:
         self._socket: ssl.SSLSocket | None = None
 
     def _connected(self) -> ssl.SSLSocket:
+        if self._socket is not None and not _still_open(self._socket):
+            # Closed by the repository while idle: a send on it would still succeed here, the peer answer
+            # with a reset, and the batch be committed as forwarded though nothing received it.
+            self.close()
         if self._socket is None:
             raw = socket.create_connection((self._target.host, self._target.port), timeout=self._timeout_s)
             try:

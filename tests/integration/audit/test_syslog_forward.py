@@ -54,6 +54,7 @@ class Receiver:
     frames: list[bytes] = field(default_factory=list)
     client_subjects: list[str] = field(default_factory=list)
     arrived: threading.Condition = field(default_factory=threading.Condition)
+    close_after: int = 0  # frames per connection, then the repository closes it (0: never)
 
     def wait_for(self, n: int, timeout: float = 10.0) -> list[bytes]:
         with self.arrived:
@@ -62,8 +63,8 @@ class Receiver:
 
 
 def _read_frames(conn: ssl.SSLSocket, receiver: Receiver) -> None:
-    buffer = b""
-    while True:
+    buffer, on_this_connection = b"", 0
+    while not receiver.close_after or on_this_connection < receiver.close_after:
         chunk = conn.recv(65536)
         if not chunk:
             return
@@ -74,6 +75,7 @@ def _read_frames(conn: ssl.SSLSocket, receiver: Receiver) -> None:
             if len(rest) < int(length_text):
                 break
             frame, buffer = rest[: int(length_text)], rest[int(length_text) :]
+            on_this_connection += 1
             with receiver.arrived:
                 receiver.frames.append(frame)
                 receiver.arrived.notify_all()
@@ -152,6 +154,25 @@ def test_records_arrive_as_octet_counted_rfc5424_messages_carrying_the_dicom_xml
         root = ET.fromstring(msg[len(BOM) :])
         assert root.tag == "AuditMessage"
         assert root.find("EventIdentification/EventID").get("csd-code") == event_id  # type: ignore[union-attr]
+
+
+def test_a_connection_the_repository_closed_while_idle_is_not_written_into(pki: MutualTls, receiver: Receiver) -> None:
+    """Repositories close idle connections. The next batch was written into the closed one: the send
+    succeeded here, the peer answered with a reset, and the batch counted as forwarded was never received."""
+    import time
+
+    records = _records()
+    receiver.close_after = 2
+    forwarder = _forwarder(pki, receiver.port)
+    try:
+        forwarder.write(records[:2])
+        receiver.wait_for(2)
+        time.sleep(0.5)  # the repository has closed it by now
+        forwarder.write(records[2:4])
+        assert len(receiver.wait_for(4)) == 4
+    finally:
+        forwarder.close()
+    assert len(receiver.client_subjects) == 2  # a second connection carried the second batch
 
 
 def test_the_handler_forwards_what_it_stores_when_wired_as_a_sink(pki: MutualTls, receiver: Receiver) -> None:
