@@ -120,6 +120,22 @@ def test_compressed_pixels_are_decoded_masked_and_released_uncompressed(syntax: 
     assert (pixels[2:, :] == original[2:, :]).all() and (pixels[:2, 8:] == original[:2, 8:]).all()
 
 
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGBaseline8Bit], ids=["rle", "jpeg-baseline"])
+def test_an_element_after_compressed_pixels_does_not_bring_the_unmasked_pixels_along(syntax: str) -> None:
+    """With Data Set Trailing Padding after Pixel Data the input was read whole, and the original
+    encapsulated Pixel Data was written before the masked copy: two Pixel Data elements, the first
+    the burned-in text as sent, in a file that said the pixels were cleaned."""
+    import struct
+
+    data, original = _compressed_ultrasound(syntax)
+    padded = data + struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 4) + b"\0" * 4
+    out_bytes = deidentify(padded, Profile("us-cleaned", pixel_rules=(RULE,)), KEY).data
+    assert out_bytes.count(struct.pack("<HH", 0x7FE0, 0x0010)) == 1
+    out = dcmread(BytesIO(out_bytes))
+    assert not out.pixel_array[:2, :8].any(), "the text region is blank"
+    assert (out.pixel_array[2:, :] == original[2:, :]).all()
+
+
 def test_compressed_pixels_no_decoder_can_read_are_refused_as_burned_in() -> None:
     ds = ct_dataset()
     ds.Modality, ds.SOPClassUID, ds.BurnedInAnnotation = "US", UltrasoundImageStorage, "YES"
