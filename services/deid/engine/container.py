@@ -179,8 +179,11 @@ def encode_header(ds: Dataset, meta: FileMetaDataset, implicit: bool) -> bytes:
 
 
 def encode_full(ds: Dataset, meta: FileMetaDataset) -> bytes:
-    """The whole file in its original transfer syntax (full path)."""
+    """The whole file in its original transfer syntax (full path), with a zero preamble as the fast path
+    writes: the input's preamble is the sender's free 128 bytes (PS3.10 7.1), and dcmwrite copied it."""
     ds.file_meta = meta
+    if hasattr(ds, "preamble"):
+        ds.preamble = None  # written as 128 zeros
     buffer = BytesIO()
     dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()

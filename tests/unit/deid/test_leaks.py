@@ -119,3 +119,20 @@ def test_a_name_in_a_comment_segment_of_compressed_pixel_data_is_caught(make) ->
     assert "Thistlewood" not in str(caught.value)
     released = deidentify(make(b"encoder 1.0"), BASIC, KEY)  # a harmless comment passes untouched
     assert b"encoder 1.0" in released.data
+
+
+@pytest.mark.parametrize("how", ["fast path", "trailing element", "big endian"])
+def test_a_preamble_carrying_phi_is_never_released(how: str) -> None:
+    """PS3.10 7.1 leaves the preamble to the writer: the full path (an element after Pixel Data, big
+    endian input; `imx deid`, the engine's API) copied the sender's 128 bytes into the output."""
+    from pydicom.uid import ExplicitVRBigEndian
+
+    preamble = b"PATIENT Thistlewood Margery PID0012345 DOB 19500607".ljust(128, b"\0")
+    if how == "big endian":
+        data = preamble + to_bytes(ct_dataset(), ExplicitVRBigEndian)[128:]
+    else:
+        data = preamble + to_bytes(ct_dataset())[128:]
+    if how == "trailing element":
+        data += struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 4) + b"\0" * 4
+    out = deidentify(data, BASIC, KEY).data
+    assert out[:128] == bytes(128) and b"Thistlewood" not in out
