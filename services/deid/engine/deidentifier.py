@@ -225,7 +225,7 @@ def _decoded_and_masked(
     # The masked pixels go last, alone: `ds` still holds the original (unmasked) Pixel Data when the input
     # had an element after it (trailing padding, a signature) and was read whole, and it was written
     # into the header, before the masked copy. What follows Pixel Data has no place after it either.
-    for tag in [tag for tag in ds if tag >= PIXEL_DATA]:
+    for tag in [element.tag for element in ds if element.tag >= PIXEL_DATA]:
         del ds[tag]
     header = encode_header(ds, meta, implicit=False)
     element = _LONG_HEADER(0x7FE0, 0x0010, vr.encode("ascii"), 0, len(pixels))
