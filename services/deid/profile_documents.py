@@ -124,7 +124,7 @@ def parse_pixel_rule(doc: object, where: str) -> PixelRule:
     regions = doc.get("regions")
     if not isinstance(regions, list) or not regions:
         raise ValueError(f"{where}.regions must list at least one region")
-    return PixelRule(
+    rule = PixelRule(
         regions=tuple(parse_region(r, f"{where}.regions[{i}]") for i, r in enumerate(regions)),
         manufacturer=_text(doc.get("manufacturer"), f"{where}.manufacturer"),
         model=_text(doc.get("model"), f"{where}.model"),
@@ -132,6 +132,12 @@ def parse_pixel_rule(doc: object, where: str) -> PixelRule:
         columns=None if doc.get("columns") is None else _int(doc["columns"], f"{where}.columns", 1),
         modality=_text(doc.get("modality"), f"{where}.modality"),
     )
+    for i, region in enumerate(rule.regions):  # the image's size is known: a region past it masks nothing there
+        if (rule.columns is not None and region.x + region.width > rule.columns) or (
+            rule.rows is not None and region.y + region.height > rule.rows
+        ):
+            raise ValueError(f"{where}.regions[{i}] reaches past the rule's {rule.rows} rows x {rule.columns} columns")
+    return rule
 
 
 def profile_from_document(doc: Mapping[str, Any], version: int = 1) -> Profile:

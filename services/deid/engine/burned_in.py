@@ -55,6 +55,10 @@ def mask_native(pixels: bytearray, offset: int, ds: Dataset, regions: tuple[Regi
     dtype = _DTYPES.get(bits)
     if dtype is None or rows <= 0 or columns <= 0:
         raise NotDeidentifiable("pixel-clean rule needs 8, 16 or 32 bit pixel data")
+    if not any(region.x < columns and region.y < rows for region in regions):
+        # Nothing would be masked (numpy clips a region past the edge to nothing), yet the copy would say
+        # its pixels were cleaned: refused as burned-in, as pixels no rule covers are.
+        raise BurnedInAnnotation("no region of the pixel rule lies within the image")
     count = frames * rows * columns * samples
     size = count * dtype.itemsize
     if len(pixels) - offset < size:

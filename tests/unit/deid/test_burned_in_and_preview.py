@@ -143,3 +143,20 @@ def test_compressed_pixels_no_decoder_can_read_are_refused_as_burned_in() -> Non
     ds["PixelData"].VR = "OB"
     with pytest.raises(BurnedInAnnotation):
         deidentify(to_bytes(ds, "1.2.840.10008.1.2.4.80"), Profile("us-cleaned", pixel_rules=(RULE,)), KEY)
+
+
+def test_a_pixel_rule_whose_regions_miss_the_image_is_refused() -> None:
+    """The regions lay past the image's edge: nothing was masked, and the copy said its pixels were
+    cleaned. A profile whose rule gives the image's size is refused when a region reaches past it."""
+    from services.deid.profile_documents import parse_pixel_rule
+
+    ds = ct_dataset()
+    ds.Modality, ds.SOPClassUID, ds.BurnedInAnnotation = "US", UltrasoundImageStorage, "YES"
+    outside = PixelRule(regions=(Region(x=100, y=100, width=50, height=20),), modality="US")
+    with pytest.raises(BurnedInAnnotation):
+        deidentify(to_bytes(ds), Profile("us-missed", pixel_rules=(outside,)), KEY)
+    document = {"modality": "US", "rows": 16, "columns": 16, "regions": [{"x": 8, "y": 0, "width": 9, "height": 2}]}
+    with pytest.raises(ValueError, match=r"regions\[0\] reaches past"):
+        parse_pixel_rule(document, "pixel_rules[0]")
+    document["regions"] = [{"x": 8, "y": 0, "width": 8, "height": 2}]
+    assert parse_pixel_rule(document, "pixel_rules[0]").regions[0].width == 8
