@@ -222,11 +222,14 @@ def _byte_needles(
 ) -> tuple[tuple[bytes, int, bool], ...]:
     needles: dict[bytes, tuple[int, bool]] = {}
     for needle, source in text.items():
-        for encoding in (*encodings, "utf-8", "latin-1"):
-            try:
-                needles.setdefault(needle.encode(encoding).lower(), (source, False))
-            except (UnicodeEncodeError, LookupError):
-                continue
+        # bytes.lower folds ASCII only: "MÜLLER" in the data never met "müller". Each needle is also looked
+        # for as written in capitals, in small letters and capitalised, in every encoding.
+        for form in dict.fromkeys((needle, needle.upper(), needle.lower(), needle.title())):
+            for encoding in (*encodings, "utf-8", "latin-1"):
+                try:
+                    needles.setdefault(form.encode(encoding).lower(), (source, False))
+                except (UnicodeEncodeError, LookupError):
+                    continue
     for uid, source in uids.items():
         needles.setdefault(uid.encode("ascii", "replace"), (source, True))
     return tuple((needle, source, is_uid) for needle, (source, is_uid) in needles.items() if needle)

@@ -136,3 +136,18 @@ def test_a_preamble_carrying_phi_is_never_released(how: str) -> None:
         data += struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 4) + b"\0" * 4
     out = deidentify(data, BASIC, KEY).data
     assert out[:128] == bytes(128) and b"Thistlewood" not in out
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192"])
+@pytest.mark.parametrize("meaning", ["CT KOPF MÜLLER", "CT kopf müller", "CT Kopf Jörg", "CT KOPF JÖRG"])
+def test_a_name_with_letters_beyond_ascii_is_caught_in_any_case(charset: str, meaning: str) -> None:
+    """The byte scan folded ASCII letters only: Müller^Jörg written in capitals in a kept code meaning
+    was released, though the same words capitalised as the name was were caught."""
+    ds = ct_dataset()
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = "Müller^Jörg"
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "X1", "99L", meaning
+    ds.ProcedureCodeSequence = Sequence([item])
+    with pytest.raises(PhiLeak):
+        deidentify(to_bytes(ds), BASIC, KEY)
