@@ -29,3 +29,49 @@ def test_issuer_of_accession_number_is_kept_when_institution_identity_is_retaine
     profile = BUILTIN_PROFILES["basic"].with_options(Option.RETAIN_INSTITUTION_IDENTITY)
     out = dcmread(BytesIO(deidentify(_instance(), profile, KEY).data))
     assert out.IssuerOfAccessionNumberSequence[0].LocalNamespaceEntityID == "RXA01"
+
+
+def _text_report() -> bytes:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import UID
+
+    from tests.unit.deid.builders import ct_dataset, to_bytes
+
+    ds = ct_dataset()
+    del ds.PixelData
+    ds.SOPClassUID, ds.Modality = UID("1.2.840.10008.5.1.4.1.1.88.11"), "SR"  # Basic Text SR
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121071", "DCM", "Finding"
+    text, person = Dataset(), Dataset()
+    text.RelationshipType, text.ValueType, text.ConceptNameCodeSequence = "CONTAINS", "TEXT", Sequence([concept])
+    text.TextValue = "Discussed with Dr Okonkwo-Pennington on ward 7B; wife Gwendolyn informed by phone 07700 900123"
+    person.RelationshipType, person.ValueType = "CONTAINS", "PNAME"
+    person.PersonName = "Okonkwo-Pennington^Ada"
+    ds.ContentSequence = Sequence([text, person])
+    return to_bytes(ds)
+
+
+def test_a_reports_free_text_never_leaves_under_any_profile() -> None:
+    """Text Value and Person Name in a report's content tree are not in the table: they were kept under
+    basic, research and Clean Structured Content alike. Both paths agree on each."""
+    from services.deid.engine.deidentifier import deidentify_with_pydicom
+    from services.deid.engine.pseudonyms import Pseudonymizer
+    from services.deid.engine.raw_engine import Unsupported, deidentify_raw
+
+    data = _text_report()
+    cleaned = BUILTIN_PROFILES["basic"].with_options(Option.CLEAN_STRUCTURED_CONTENT)
+    for profile in (BUILTIN_PROFILES["basic"], BUILTIN_PROFILES["research"], cleaned):
+        out = deidentify(data, profile, KEY).data
+        assert b"Okonkwo" not in out and b"Gwendolyn" not in out and b"07700" not in out, profile.name
+        reference = deidentify_with_pydicom(data, profile, KEY).data
+        try:
+            fast = deidentify_raw(data, profile, Pseudonymizer(KEY))
+        except Unsupported:
+            continue
+        assert fast.header + bytes(fast.pixel_bytes) == reference, profile.name
+    kept = dcmread(BytesIO(deidentify(data, cleaned, KEY).data)).ContentSequence
+    assert [item.ValueType for item in kept] == ["TEXT", "PNAME"]  # the structure and its codes stay
+    assert kept[0].ConceptNameCodeSequence[0].CodeValue == "121071" and not kept[0].get("TextValue")
+    basic = dcmread(BytesIO(deidentify(data, BUILTIN_PROFILES["basic"], KEY).data))
+    assert len(basic.ContentSequence) == 0
