@@ -56,6 +56,7 @@ from services.delivery.dicomweb_request import (
     NOT_FOUND,
     REALM,
     DeliveredReader,
+    KeysUnavailable,
     Refusal,
     RequestContext,
     Retrieval,
@@ -127,7 +128,11 @@ def create_partner_app(
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated(REALM)
-        partner_id = partner_for_key(key.strip())
+        try:
+            partner_id = partner_for_key(key.strip())
+        except PyMongoError as error:
+            log.error("partner keys unavailable", extra={"error": type(error).__name__})
+            raise KeysUnavailable from None
         if partner_id is None:
             raise Unauthenticated(REALM + ', error="invalid_token"')
         return partner_id
@@ -147,6 +152,10 @@ def create_partner_app(
         return DeliveredInstance(
             partner_id, study, series, sop, "", signed.transfer_syntax_uid, signed.sha256, signed.size, ""
         )
+
+    @app.exception_handler(KeysUnavailable)
+    def keys_unavailable(_request: Request, _error: KeysUnavailable) -> Response:
+        return JSONResponse({"detail": "temporarily unavailable"}, 503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Unauthenticated)
     def unauthenticated(_request: Request, error: Unauthenticated) -> Response:

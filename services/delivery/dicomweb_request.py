@@ -43,6 +43,11 @@ class Unauthenticated(Exception):
         self.challenge = challenge
 
 
+class KeysUnavailable(Exception):
+    """A partner's key could not be checked (MongoDB away): 503 with Retry-After, which gateways wait
+    out, not the 500 they spend attempts on and dead-letter after."""
+
+
 class Refusal(Exception):
     """An answer other than the resource: status and a fixed, PHI-free body."""
 
