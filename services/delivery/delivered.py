@@ -104,6 +104,8 @@ def _manifest_entry(item: DeliveredInstance) -> dict[str, object]:
         "sha256": item.sha256,
         "size": item.size,
         "delivery_id": item.delivery_id,
+        # Its lane: a StudyComplete goes on the least urgent lane its instances took, after them.
+        "priority": item.priority,
     }
 
 
@@ -304,6 +306,8 @@ class DeliveredObjects:
                 sha256=str(e["sha256"]),
                 size=int(e["size"]),  # type: ignore[call-overload]
                 delivery_id=str(e["delivery_id"]),
+                # Entries written before they kept it: the study's, as first delivered.
+                priority=int(e.get("priority", doc.get("priority", 0))),  # type: ignore[call-overload]
             )
             for e in ordered
         ]

@@ -204,3 +204,21 @@ def test_a_receipt_for_an_older_delivery_does_not_mark_the_newer_one(db: Databas
     assert {"c" * 64, "e" * 64} <= delivered.unstored_blobs()
     delivered.mark([_stored(1, at_ms=2_500, delivery_id="d1-corrected"), _stored(2, at_ms=2_500, delivery_id="")])
     assert list(delivered.unstored()) == []
+
+
+def test_a_bulk_studys_announcement_goes_on_the_bulk_lane_after_its_instances(db: Database) -> None:
+    """The manifest kept no lane: every study was announced on the routine lane, which a partner's
+    gateway reads before bulk, so a bulk study was checked before its instances were stored and
+    reported incomplete for good."""
+    delivered = DeliveredObjects(db)
+    published: list[OutgoingMessage] = []
+    now = [10_000]
+    sweep = CompletenessSweep(delivered, published.extend, Topics("t."), quiet_s=5, clock=lambda: now[0])
+    bulk, urgent = events_pb2.PRIORITY_CLASS_BULK, events_pb2.PRIORITY_CLASS_URGENT
+    delivered.record([replace(_item(n, at_ms=now[0] - 1_000), priority=bulk) for n in range(3)])
+    delivered.record([replace(_item(n, study="2.25.200", at_ms=now[0] - 1_000), priority=urgent) for n in range(2)])
+    assert {i.priority for i in delivered.study("lab", STUDY)} == {bulk}
+    now[0] += 5_000
+    assert sweep.sweep_once() == 2
+    topics = {events_pb2.StudyComplete.FromString(m.value).study_instance_uid: m.topic for m in published}
+    assert topics == {STUDY: "t.imx.partner.lab.bulk.v1", "2.25.200": "t.imx.partner.lab.urgent.v1"}
