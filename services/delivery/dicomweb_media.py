@@ -110,11 +110,13 @@ def _choose(accept: str | None, stored: frozenset[str], single: bool) -> Represe
             if inner in (DICOM, "application/*", "*/*") and _transfer_syntax_ok(wanted, stored):
                 return Representation.MULTIPART
         elif kind == "multipart/*":
-            return Representation.MULTIPART
+            # A transfer syntax asked for here too is one the objects must be in (it was ignored).
+            if _transfer_syntax_ok(wanted, stored):
+                return Representation.MULTIPART
         elif kind in (DICOM, "application/*"):
             if single and _transfer_syntax_ok(wanted, stored):
                 return Representation.SINGLE
-        elif kind == "*/*":
+        elif kind == "*/*" and _transfer_syntax_ok(wanted, stored):
             return Representation.SINGLE if single else Representation.MULTIPART
     return None
 

@@ -69,6 +69,14 @@ def test_a_named_transfer_syntax_must_be_that_of_every_object() -> None:
     )
 
 
+def test_a_transfer_syntax_asked_with_a_wildcard_range_is_held_to_as_well() -> None:
+    """`multipart/*; transfer-syntax=...` and `*/*; transfer-syntax=...` were answered with JPEG."""
+    for accept in (f"multipart/*; transfer-syntax={EXPLICIT}", f"*/*; transfer-syntax={EXPLICIT}"):
+        assert choose_representation(accept, {JPEG}, single=False) is None, accept
+        assert choose_representation(accept, {EXPLICIT}, single=False) is Representation.MULTIPART, accept
+    assert choose_representation("multipart/*", {JPEG}, single=False) is Representation.MULTIPART
+
+
 def test_a_remembered_answer_is_the_one_for_those_stored_syntaxes_and_a_long_header_is_still_answered() -> None:
     accept = f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT}'
     for _ in range(2):  # the second round comes from the cache
