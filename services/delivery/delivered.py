@@ -230,10 +230,15 @@ class DeliveredObjects:
         return folded
 
     def unstored(self) -> Iterator[DeliveredInstance]:
-        """Deliveries no gateway has reported stored and that have not been declared expired (a scan:
-        run it rarely; the retention watch does, every few minutes)."""
+        """Deliveries no gateway has reported stored or dead-lettered (it read those: their feed message
+        expiring loses nothing) and that have not been declared expired (a scan: run it rarely; the
+        retention watch does, every few minutes)."""
         self.settle_receipts()
-        query = {"stored_at_ms": {"$exists": False}, "expired_at_ms": {"$exists": False}}
+        query = {
+            "stored_at_ms": {"$exists": False},
+            "dead_lettered_at_ms": {"$exists": False},
+            "expired_at_ms": {"$exists": False},
+        }
         for doc in self._instances.find(query):
             yield _from_doc(doc)
 

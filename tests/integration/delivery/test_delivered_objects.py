@@ -222,3 +222,13 @@ def test_a_bulk_studys_announcement_goes_on_the_bulk_lane_after_its_instances(db
     assert sweep.sweep_once() == 2
     topics = {events_pb2.StudyComplete.FromString(m.value).study_instance_uid: m.topic for m in published}
     assert topics == {STUDY: "t.imx.partner.lab.bulk.v1", "2.25.200": "t.imx.partner.lab.urgent.v1"}
+
+
+def test_a_dead_lettered_delivery_is_not_one_the_partner_never_read(db: Database) -> None:
+    """The gateway read it and dead-lettered it: its feed message expiring loses nothing, yet the
+    retention watch reported it failed as "expired-unread"."""
+    delivered = DeliveredObjects(db)
+    delivered.record([_item(n) for n in range(3)])
+    dead = StoredReceipt("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.1", "dead_lettered", 5_000, "d1")
+    delivered.mark([_stored(0), dead])
+    assert [i.sop_uid for i in delivered.unstored()] == [f"{STUDY}.1.2"]
