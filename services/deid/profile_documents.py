@@ -59,7 +59,18 @@ def parse_tag(text: str) -> int:
         tag = int(found)
     if tag >> 16 in (0x0000, 0x0002):
         raise ValueError(f"bad tag {text!r}: command and file meta elements cannot be overridden")
+    # Overrides these took did nothing, or did something else on each of the engine's two paths.
+    if tag in _PIXEL_TAGS:
+        raise ValueError(f"bad tag {text!r}: pixel data are cleaned by pixel rules, not overridden")
+    if tag == _SPECIFIC_CHARACTER_SET:
+        raise ValueError(f"bad tag {text!r}: the character set follows the values written, it is not overridden")
+    if tag >> 16 & 1 and 0x0010 <= tag & 0xFFFF <= 0x00FF:
+        raise ValueError(f"bad tag {text!r}: a private creator goes with its elements (override those)")
     return tag
+
+
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_SPECIFIC_CHARACTER_SET = 0x00080005
 
 
 def parse_action(text: str, tag: int) -> Action:

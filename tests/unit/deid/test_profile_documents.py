@@ -97,6 +97,10 @@ def test_overrides_accept_action_codes_and_names_and_keep_private_block_bytes() 
         ({"name": "p", "overrides": {"(0010,001G)": "K"}}, "bad tag '(0010,001G)'"),
         ({"name": "p", "overrides": {"NotAKeyword": "K"}}, "bad tag 'NotAKeyword'"),
         ({"name": "p", "overrides": {"(0002,0013)": "K"}}, "file meta"),
+        # Overrides that did nothing or did something else on each path: refused.
+        ({"name": "p", "overrides": {"PixelData": "X"}}, "pixel rules"),
+        ({"name": "p", "overrides": {"SpecificCharacterSet": "X"}}, "character set"),
+        ({"name": "p", "overrides": {"(0029,0010)": "K"}}, "private creator"),
         ({"name": "p", "overrides": {"(0010,0010)": "Q"}}, "bad action 'Q' for (0010,0010)"),
         ({"name": "p", "overrides": {"PatientName": "K", "(0010,0010)": "X"}}, "overridden twice"),
         (
