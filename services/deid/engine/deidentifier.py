@@ -172,8 +172,11 @@ def _shift_anchor(ds: Dataset) -> str:
     """The per-patient day shift hangs on the original Patient ID (or the study, lacking one)."""
     for keyword in ("PatientID", "StudyInstanceUID"):
         value = ds.get(keyword)
-        if value:
-            return f"{keyword}:{str(value).strip()}"
+        # Spaces and NULs are padding, as the fast path reads them (raw_engine._top_text): "\0PID1 " and
+        # "PID1" are one patient, and an ID of padding alone is none.
+        text = str(value).strip().strip("\x00").strip() if value else ""
+        if text:
+            return f"{keyword}:{text}"
     return ""
 
 

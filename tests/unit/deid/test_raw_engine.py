@@ -123,3 +123,20 @@ def test_both_paths_agree_on_arbitrary_datasets(body: Dataset, profile: Profile,
             deidentify(data, profile, KEY)
         return
     _same_result(deidentify(data, profile, KEY), reference)
+
+
+def test_a_patient_id_padded_with_nuls_shifts_dates_alike_on_both_paths() -> None:
+    """The day shift hangs on the Patient ID: the pydicom path kept a leading NUL the fast path strips,
+    so one patient's CT (fast path) and ultrasound (pydicom path) got different shifts."""
+    from services.deid.engine import RESEARCH
+
+    ds = ct_dataset()
+    ds.PatientID = "PID0012345XY"
+    data = to_bytes(ds)
+    nul_padded = data.replace(b"PID0012345XY", b"\0PID0012345 ")
+    plain = data.replace(b"PID0012345XY", b"PID0012345  ")
+    fast = deidentify_raw(nul_padded, RESEARCH, Pseudonymizer(KEY))
+    reference = deidentify_with_pydicom(nul_padded, RESEARCH, KEY).data
+    assert b"".join((fast.header, fast.pixel_bytes)) == reference
+    dates = {dcmread(BytesIO(deidentify_with_pydicom(d, RESEARCH, KEY).data)).StudyDate for d in (nul_padded, plain)}
+    assert len(dates) == 1, "the same patient, the same shift"
