@@ -22,7 +22,7 @@ from .profile import Profile
 from .pseudonyms import Pseudonymizer
 from .raw_engine import deidentify_raw
 from .rules import RuleSet
-from .transform import AttributeChange, Context, transform
+from .transform import AttributeChange, Context, read_un_as_known, transform
 from .values import codec_of
 
 Chunks = tuple[bytes | memoryview, ...]
@@ -118,6 +118,7 @@ def _run_unvalidated(
     try:
         parsed = parse(data)
         ds = parsed.dataset
+        read_un_as_known(ds)
         rule = pixel_rule_for(ds, profile.pixel_rules)
         identifiers = collect_identifiers(ds, rules)
         ctx = Context(rules, pseudonyms, identifiers, pseudonyms.day_shift(_shift_anchor(ds)), codec_of(ds), changes)

@@ -53,6 +53,7 @@ from .transform import (
     SEQUENCE_TYPES,
     _first,
     _single,
+    is_standard_tag_written_as_un,
 )
 from .values import _ESCAPE, clean_values
 
@@ -202,6 +203,10 @@ def _collect(items: Items, rules: RuleSet, codec: str, text: dict[str, int], uid
     retain_uids = rules.retain_uids
     for tag, elem in items.items():
         vr = elem.vr
+        if vr == "UN" and is_standard_tag_written_as_un(tag):
+            # Its items or value would be taken for unknown bytes and kept as they are: the pydicom path
+            # reads it with its dictionary VR (deidentifier.read_un_as_known).
+            raise Unsupported("a standard attribute written with VR UN")
         if vr not in _INTERESTING_VRS and tag not in IDENTIFIER_TAGS:
             continue
         if elem.items is not None:

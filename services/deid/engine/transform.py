@@ -121,6 +121,26 @@ def _element(ds: Dataset, tag: int) -> DataElement | RawDataElement | None:
     return elem
 
 
+def is_standard_tag_written_as_un(tag: int) -> bool:
+    """A public attribute the dictionary gives a VR for, found with VR UN (PS3.5 6.2.2: written by a
+    system that did not know it)."""
+    entry = DicomDictionary.get(tag) if not tag >> 16 & 1 else None
+    return entry is not None and entry[0] != "UN"
+
+
+def read_un_as_known(ds: Dataset) -> None:
+    """Every standard attribute of `ds` (and its items) written with VR UN read with its dictionary VR,
+    sequences parsed into items: as UN its values went out unchanged (a Scheduled Procedure Step
+    Sequence's names, dates and IDs under every profile), unseen by the table's actions and the leak check."""
+    for tag in list(ds._dict):
+        elem = ds._dict[tag]
+        if elem.VR == "UN" and is_standard_tag_written_as_un(int(tag)):
+            elem = ds[tag]  # converted: pydicom's replace_un_with_known_vr, on by default
+        if elem.VR == "SQ":
+            for item in ds[tag].value:
+                read_un_as_known(item)
+
+
 def _vr(elem: DataElement | RawDataElement | None, tag: int) -> str:
     if elem is not None and elem.VR:
         return str(elem.VR)

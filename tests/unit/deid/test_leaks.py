@@ -151,3 +151,37 @@ def test_a_name_with_letters_beyond_ascii_is_caught_in_any_case(charset: str, me
     ds.ProcedureCodeSequence = Sequence([item])
     with pytest.raises(PhiLeak):
         deidentify(to_bytes(ds), BASIC, KEY)
+
+
+@pytest.mark.parametrize("undefined_length", [False, True])
+def test_a_standard_sequence_written_as_un_is_de_identified_like_any_other(undefined_length: bool) -> None:
+    """PS3.5 6.2.2: a system that did not know an attribute writes it with VR UN (a sequence's items then
+    in implicit VR). Scheduled Procedure Step Sequence so written went out with its performing
+    physician's name, date, station and step ID under every profile: taken for unknown bytes."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from services.deid.engine import BUILTIN_PROFILES
+
+    item = Dataset()
+    item.ScheduledPerformingPhysicianName = "Quixley^Barnaby"
+    item.ScheduledProcedureStepStartDate = "20240314"
+    item.ScheduledStationAETitle = "NWPCTSCANNER"
+    item.ScheduledProcedureStepID = "SPSX998877"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, item)
+    items = struct.pack("<HHI", 0xFFFE, 0xE000, len(buffer.getvalue())) + buffer.getvalue()
+    if undefined_length:
+        element = struct.pack("<HH2sHI", 0x0040, 0x0100, b"UN", 0, 0xFFFFFFFF) + items
+        element += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    else:
+        element = struct.pack("<HH2sHI", 0x0040, 0x0100, b"UN", 0, len(items)) + items
+    data = to_bytes(ct_dataset())
+    at = data.find(struct.pack("<HH", 0x0040, 0x0275) + b"SQ")  # the next attribute in tag order
+    data = data[:at] + element + data[at:]
+    for profile in (BUILTIN_PROFILES["basic"], BUILTIN_PROFILES["research"]):
+        out = deidentify(data, profile, KEY).data
+        for planted in (b"Quixley", b"NWPCTSCANNER", b"20240314", b"SPSX998877"):
+            assert planted not in out, (profile.name, planted)
+        assert dcmread(BytesIO(out))[0x00400100].VR == "SQ"
