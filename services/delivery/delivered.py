@@ -40,6 +40,7 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 
 from services.common.mongo import bulk_write_chunked, insert_new
+from services.common.stores.partners import RETIRED_PARTNERS
 
 INSTANCES = "delivered_instances"
 STUDIES = "delivered_studies"
@@ -117,6 +118,7 @@ def _from_doc(doc: dict[str, object]) -> DeliveredInstance:
 class DeliveredObjects:
     def __init__(self, db: Database) -> None:
         self._instances = db[INSTANCES]
+        self._retired = db[RETIRED_PARTNERS]  # removed partners: owed nothing any more
         self._studies = db[STUDIES]
         self._pages = db[PAGES]
         self._pending = db[PENDING]
@@ -253,10 +255,17 @@ class DeliveredObjects:
         bulk_write_chunked(self._instances, updates)
 
     def unstored_blobs(self) -> set[str]:
-        """Every object (delivered copy or source) that a partner is still owed."""
+        """Every object (delivered copy or source) that a partner is still owed; a removed partner is owed
+        nothing (its deliveries' objects were kept for ever)."""
         self.settle_receipts()
         owed: set[str] = set()
-        for doc in self._instances.find({"stored_at_ms": {"$exists": False}}, {"sha256": 1, "source_sha256": 1}):
+        gone = {str(doc["_id"]) for doc in self._retired.find({}, {"_id": 1})}
+        unstored = self._instances.find(
+            {"stored_at_ms": {"$exists": False}}, {"sha256": 1, "source_sha256": 1, "partner_id": 1}
+        )
+        for doc in unstored:
+            if doc.get("partner_id") in gone:
+                continue
             owed.add(doc["sha256"])
             if doc.get("source_sha256"):
                 owed.add(doc["source_sha256"])

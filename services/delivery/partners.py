@@ -109,6 +109,12 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
                 parse_target(endpoint)  # the central gateway must be able to use it: refuse it now if not
         except ValueError as exc:  # TargetError is a ValueError
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if self._store.get(partner_id) is None and self._store.retired(partner_id):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"partner id {partner_id!r} belonged to a partner since removed and is not given again (its "
+                "deliveries, feed references and topics would pass to the new holder): choose another id",
+            )
         # Registered and given its key: an add that stopped before its credentials (its Kafka sign-in not
         # issued, say) left none, and adding it again issues them instead of reporting them "kept".
         existed = self._store.get(partner_id) is not None and self._store.has_own_key(partner_id)

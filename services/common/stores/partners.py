@@ -10,6 +10,7 @@ the other."""
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from services.common.display_names import validate_display_name
 from services.common.topics import validate_partner_id
 
 DICOMWEB_KEY_PREFIX = "imxp_"
+RETIRED_PARTNERS = "retired_partner_ids"  # ids of removed partners: never given again
 PARTNER_KEY = "partner"  # the key the partner's own gateway uses
 CENTRAL_KEY = "central"  # the key imx's central gateway uses on the partner's behalf
 
@@ -42,6 +44,7 @@ class PartnerStore:
         self._partners = db["partners"]
         # digest of a partner's DICOMweb key -> partner id: checking a key is one _id lookup.
         self._keys = db["partner_keys"]
+        self._retired = db[RETIRED_PARTNERS]
 
     def add(self, partner: Partner) -> Partner:
         """Create or update name and endpoint; the pseudonymisation key is made once and kept on later
@@ -58,8 +61,23 @@ class PartnerStore:
         return partner
 
     def remove(self, partner_id: str) -> bool:
+        """Remove the partner and its keys, and retire its id (`retired`)."""
         self._keys.delete_many({"partner_id": partner_id})
-        return self._partners.delete_one({"_id": partner_id}).deleted_count == 1
+        removed = self._partners.delete_one({"_id": partner_id}).deleted_count == 1
+        if removed:
+            self._retired.update_one(
+                {"_id": partner_id}, {"$setOnInsert": {"removed_at_ms": int(time.time() * 1000)}}, upsert=True
+            )
+        return removed
+
+    def retired(self, partner_id: str) -> bool:
+        """Whether the id belonged to a partner since removed. It is not given again: whoever held it next
+        would read the old partner's deliveries (DICOMweb), its feed references (signed for the id) and
+        what is left on its topics."""
+        return self._retired.count_documents({"_id": partner_id}, limit=1) == 1
+
+    def retired_ids(self) -> set[str]:
+        return {str(doc["_id"]) for doc in self._retired.find({}, {"_id": 1})}
 
     def issue_dicomweb_key(self, partner_id: str, kind: str = PARTNER_KEY) -> str:
         """A new DICOMweb key for the partner (shown once); its earlier keys of the same kind stop
