@@ -130,15 +130,12 @@ def export_study(
 ) -> Response:
     """Every record of one study's trail, in the order they happened, as DICOM audit messages or FHIR
     AuditEvents (`json`: the trail of `GET /audit/studies/{study_uid}`)."""
-    records = in_order(
-        r if scope is None else scope.readable(r)
-        for r in store.study_trail(study_uid)
-        if scope is None or scope.admits(r)
-    )
-    if not records:
+    admitted = in_order(r for r in store.study_trail(study_uid) if scope is None or scope.admits(r))
+    if not admitted:
         raise HTTPException(status_code=404, detail="no audit records for this study")
+    readable = (lambda r: r) if scope is None else scope.readable
     json_body = ""
     if format == "json":
-        trail = build_trail(study_uid, records)
+        trail = build_trail(study_uid, admitted, readable)
         json_body = trail.model_dump_json() if trail is not None else "{}"
-    return _rendered(records, format, json_body, None, None)
+    return _rendered([readable(r) for r in admitted], format, json_body, None, None)

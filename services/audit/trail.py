@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -256,10 +256,17 @@ def _stage_reasons(records: list[AuditRecord], event_type: EventType) -> list[St
     return [StageReason(stage=stage, reason=reason, count=n) for (stage, reason), n in counts.items()]
 
 
-def build_trail(study_uid: str, records: Iterable[AuditRecord]) -> StudyTrail | None:
-    """None when nothing is known about the study."""
+def _as_is(record: AuditRecord) -> AuditRecord:
+    return record
+
+
+def build_trail(
+    study_uid: str, records: Iterable[AuditRecord], readable: Callable[[AuditRecord], AuditRecord] = _as_is
+) -> StudyTrail | None:
+    """None when nothing is known about the study. The summary counts `records`; the events listed are
+    `readable(record)` (what the key may read: scopes.Scope.readable), so hidden UIDs count all the same."""
     ordered = in_order(records)
-    return _trail(study_uid, ordered, [AuditEvent.from_record(r) for r in ordered]) if ordered else None
+    return _trail(study_uid, ordered, [AuditEvent.from_record(readable(r)) for r in ordered]) if ordered else None
 
 
 def events_json(records: Sequence[AuditRecord]) -> bytes:
@@ -280,7 +287,9 @@ if RECORD_FIELDS[0] != "_id":
     raise RuntimeError("a stored record's JSON must start with its _id")
 
 
-def trail_json(study_uid: str, records: Iterable[AuditRecord]) -> bytes | None:
+def trail_json(
+    study_uid: str, records: Iterable[AuditRecord], readable: Callable[[AuditRecord], AuditRecord] = _as_is
+) -> bytes | None:
     """`build_trail(...).model_dump_json()`, with the events (nearly all of a trail's bytes) written by
     `events_json`; None when nothing is known about the study."""
     ordered = in_order(records)
@@ -290,7 +299,8 @@ def trail_json(study_uid: str, records: Iterable[AuditRecord]) -> bytes | None:
     empty = b'"events":[]}'
     if not head.endswith(empty):
         raise RuntimeError("StudyTrail's last field must be its events")
-    return head[: -len(empty)] + b'"events":' + events_json(ordered) + b"}"
+    shown = ordered if readable is _as_is else [readable(r) for r in ordered]
+    return head[: -len(empty)] + b'"events":' + events_json(shown) + b"}"
 
 
 def _trail(study_uid: str, ordered: list[AuditRecord], events: list[AuditEvent]) -> StudyTrail:

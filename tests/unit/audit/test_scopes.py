@@ -185,7 +185,12 @@ def test_a_partners_key_never_sees_the_uids_a_deidentified_copy_was_made_from() 
     records keep them (the partner received those very UIDs)."""
     copy = Instance(study="1.2.826.0.1.9.1", series="1.2.826.0.1.9.1.1", sop="1.2.826.0.1.9.1.1.1")
     care = Instance(study="1.2.826.0.1.8.1", series="1.2.826.0.1.8.1.1", sop="1.2.826.0.1.8.1.1.1")
-    messages = [*journey(TOPICS, copy, partner="lab-r"), *journey(TOPICS, care, partner="lab-r", deidentified=False)]
+    second = Instance(study=copy.study, series=copy.series, sop="1.2.826.0.1.9.1.1.2")
+    messages = [
+        *journey(TOPICS, copy, partner="lab-r"),
+        *journey(TOPICS, second, partner="lab-r", t0_ms=T0_MS + 500),
+        *journey(TOPICS, care, partner="lab-r", deidentified=False),
+    ]
     store = InMemoryAuditStore()
     store.insert([build_record(incoming(m), TOPICS, NOW) for m in messages])
     keys = {"k-lab": Analyst("lab", scope=Scope.parse("partner:lab-r")), "k-all": Analyst("ann")}
@@ -202,5 +207,11 @@ def test_a_partners_key_never_sees_the_uids_a_deidentified_copy_was_made_from() 
         assert copy.study not in body and copy.series not in body and copy.sop not in body
     listed = client.get("/audit/events").json()["events"]
     assert {e["event_type"] for e in listed if e["study_uid"] == care.study} == {"routed", "prepared", "outcome"}
+    # The trail's figures still count every instance, hidden UIDs or not.
+    everything_trail = TestClient(create_app(store, keys.get), headers={"Authorization": "Bearer k-all"})
+    for uid in (remapped.study, care.study):
+        mine = client.get(f"/audit/studies/{uid}").json()
+        theirs = everything_trail.get(f"/audit/studies/{uid}").json()
+        assert mine["destinations"] == theirs["destinations"], uid
     everything = TestClient(create_app(store, keys.get), headers={"Authorization": "Bearer k-all"})
     assert copy.sop in everything.get("/audit/events").text  # a key that sees everything sees them
