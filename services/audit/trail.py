@@ -84,9 +84,13 @@ def _destinations(records: list[AuditRecord]) -> list[Destination]:
             d["prepared"].add(sop)
         elif r["status"] == "delivered":
             d["delivered"].add(sop)
+            d["failed"].discard(sop)
             d["last_delivered_at"] = r["occurred_at"]
         elif r["status"] == "failed":
+            # The last outcome stands (records are in time order): a delivery whose feed message expired
+            # unread is failed, where it counted as delivered and its reason was dropped.
             d["failed"].add(sop)
+            d["delivered"].discard(sop)
             d["reasons"][("delivery", r["detail"] or "failed", sop)] += 1
     for r in records:
         if r["event_type"] == _QUARANTINED and (r["partner_id"], r["route_id"]) in found:

@@ -137,3 +137,29 @@ def test_a_failed_delivery_names_its_reason_and_an_unknown_study_is_not_found() 
     assert status["care-b"]["state"] == "failed"
     assert status["care-b"]["reasons"] == [("delivery", "partner-unreachable", 1)]
     assert not status_reply("1.2.3", build_trail("1.2.3", [])).found
+
+
+def test_a_delivery_whose_feed_message_expired_unread_shows_failed_with_its_reason() -> None:
+    """The retention watch's later failed outcome (expired-unread) was outweighed by the earlier delivered
+    one: the study showed delivered, with no failure and no reason."""
+    from services.audit.records import RECORD_FIELDS
+    from services.audit.trail import _destinations
+
+    def record(at: int, **fields: object) -> dict:
+        r: dict = dict.fromkeys(RECORD_FIELDS)
+        r.update(_id=str(at), occurred_at=datetime.fromtimestamp(at, UTC), partner_id="hosp-a", route_id="r1")
+        r.update(sop_uid="1.2.3.4.5", **fields)
+        return r
+
+    records = [
+        record(1, event_type="routed"),
+        record(2, event_type="prepared"),
+        record(3, event_type="outcome", status="delivered"),
+        record(4, event_type="outcome", status="failed", detail="expired-unread"),
+    ]
+    [destination] = _destinations(records)  # type: ignore[arg-type]
+    assert (destination.delivered, destination.failed, destination.state) == (0, 1, "failed")
+    assert [(r.stage, r.reason) for r in destination.reasons] == [("delivery", "expired-unread")]
+    delivered_again = [*records, record(5, event_type="outcome", status="delivered")]
+    [destination] = _destinations(delivered_again)  # type: ignore[arg-type]
+    assert (destination.delivered, destination.failed, destination.reasons) == (1, 0, [])
