@@ -330,15 +330,12 @@ class DeliveredObjects:
         return [i for i in self.study(partner_id, study_uid) if i.series_uid == series_uid]
 
     def studies(self, partner_id: str) -> Iterator[dict[str, object]]:
-        """Every study delivered to the partner: {study_uid, count, last_delivered_at_ms} (a scan over
-        the partner's studies: QIDO's study list; the other questions are `_id` lookups)."""
+        """Every study delivered to the partner: {study_uid, last_delivered_at_ms} (a scan over the
+        partner's studies: QIDO's study list; the other questions are `_id` lookups). Not their instance
+        counts: those took a read of every study's manifest, for every list asked, whatever its limit."""
         projection = {"study_uid": 1, "last_delivered_at_ms": 1}
         for doc in self._studies.find({"partner_id": partner_id}, projection):
-            yield {
-                "study_uid": doc["study_uid"],
-                "count": len(self.study(partner_id, doc["study_uid"])),
-                "last_delivered_at_ms": doc.get("last_delivered_at_ms", 0),
-            }
+            yield {"study_uid": doc["study_uid"], "last_delivered_at_ms": doc.get("last_delivered_at_ms", 0)}
 
 
 # What gateways reported about a delivery; a new delivery of the same instance starts without them.
