@@ -14,7 +14,13 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from services.common.blob_store import LocalBlobStore
-from services.common.dicom.header import InputLimits, InvalidInstance, inflate_bounded, inspect_instance
+from services.common.dicom.header import (
+    InputLimits,
+    InstanceHeader,
+    InvalidInstance,
+    inflate_bounded,
+    inspect_instance,
+)
 from services.common.dicom.part10 import dataset_to_bytes
 from services.common.dicom.synthetic import plan_study, study_instances
 from services.common.topics import Topics
@@ -119,15 +125,20 @@ def test_a_deflated_instance_within_the_limit_is_accepted() -> None:
     assert header.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
 
 
-@pytest.mark.parametrize("filler", [PIXEL_DATA, PRIVATE_FILLER], ids=["pixel-data", "private-element"])
-def test_a_large_deflated_instance_within_the_limit_is_inspected_in_bounded_memory(filler: bytes) -> None:
-    data = deflate_bomb(300 * MIB, filler)
+def _inspected_with_peak(data: bytes) -> tuple[InstanceHeader, int]:
+    """The instance's header, and the most memory Python held while reading it."""
     tracemalloc.start()
     try:
         header = inspect_instance(data, LIMIT, InputLimits())
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    return header, peak
+
+
+@pytest.mark.parametrize("filler", [PIXEL_DATA, PRIVATE_FILLER], ids=["pixel-data", "private-element"])
+def test_a_large_deflated_instance_within_the_limit_is_inspected_in_bounded_memory(filler: bytes) -> None:
+    header, peak = _inspected_with_peak(deflate_bomb(300 * MIB, filler))
     assert header.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
     assert header.sop_instance_uid and header.modality == "CT"
     assert peak < 64 * MIB, f"inspecting a 300 MiB deflated instance held {peak // MIB} MiB"
@@ -147,12 +158,7 @@ def test_a_deflated_instance_that_does_not_compress_is_inspected_in_bounded_memo
     data = deflated[: _body_offset(deflated)] + body + compressor.compress(noise) + compressor.flush()
     del noise
     assert len(data) > 48 * MIB
-    tracemalloc.start()
-    try:
-        header = inspect_instance(data, LIMIT, InputLimits())
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    header, peak = _inspected_with_peak(data)
     assert header.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
     assert peak < 24 * MIB, f"inspecting a {len(data) // MIB} MiB deflated instance held {peak // MIB} MiB"
 
