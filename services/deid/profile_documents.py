@@ -59,14 +59,30 @@ def parse_tag(text: str) -> int:
         tag = int(found)
     if tag >> 16 in (0x0000, 0x0002):
         raise ValueError(f"bad tag {text!r}: command and file meta elements cannot be overridden")
-    # Overrides these took did nothing, or did something else on each of the engine's two paths.
-    if tag in _PIXEL_TAGS:
-        raise ValueError(f"bad tag {text!r}: pixel data are cleaned by pixel rules, not overridden")
-    if tag == _SPECIFIC_CHARACTER_SET:
-        raise ValueError(f"bad tag {text!r}: the character set follows the values written, it is not overridden")
-    if tag >> 16 & 1 and 0x0010 <= tag & 0xFFFF <= 0x00FF:
-        raise ValueError(f"bad tag {text!r}: a private creator goes with its elements (override those)")
     return tag
+
+
+def check_before_saving(profile: Profile) -> Profile:
+    """What a profile being saved may not hold, though one saved before these checks is still read (a
+    route naming it would otherwise quarantine everything it matches): overrides that did nothing, or
+    something different on each of the engine's two paths, and pixel regions past the image they name."""
+    for tag in profile.overrides:
+        where = tag_text(tag)
+        if tag in _PIXEL_TAGS:
+            raise ValueError(f"override of {where}: pixel data are cleaned by pixel rules, not overridden")
+        if tag == _SPECIFIC_CHARACTER_SET:
+            raise ValueError(f"override of {where}: the character set follows the values written")
+        if tag >> 16 & 1 and 0x0010 <= tag & 0xFFFF <= 0x00FF:
+            raise ValueError(f"override of {where}: a private creator goes with its elements (override those)")
+    for r, rule in enumerate(profile.pixel_rules):
+        for i, region in enumerate(rule.regions):
+            if (rule.columns is not None and region.x + region.width > rule.columns) or (
+                rule.rows is not None and region.y + region.height > rule.rows
+            ):
+                raise ValueError(
+                    f"pixel_rules[{r}].regions[{i}] reaches past the rule's {rule.rows} rows x {rule.columns} columns"
+                )
+    return profile
 
 
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
@@ -135,7 +151,7 @@ def parse_pixel_rule(doc: object, where: str) -> PixelRule:
     regions = doc.get("regions")
     if not isinstance(regions, list) or not regions:
         raise ValueError(f"{where}.regions must list at least one region")
-    rule = PixelRule(
+    return PixelRule(
         regions=tuple(parse_region(r, f"{where}.regions[{i}]") for i, r in enumerate(regions)),
         manufacturer=_text(doc.get("manufacturer"), f"{where}.manufacturer"),
         model=_text(doc.get("model"), f"{where}.model"),
@@ -143,12 +159,6 @@ def parse_pixel_rule(doc: object, where: str) -> PixelRule:
         columns=None if doc.get("columns") is None else _int(doc["columns"], f"{where}.columns", 1),
         modality=_text(doc.get("modality"), f"{where}.modality"),
     )
-    for i, region in enumerate(rule.regions):  # the image's size is known: a region past it masks nothing there
-        if (rule.columns is not None and region.x + region.width > rule.columns) or (
-            rule.rows is not None and region.y + region.height > rule.rows
-        ):
-            raise ValueError(f"{where}.regions[{i}] reaches past the rule's {rule.rows} rows x {rule.columns} columns")
-    return rule
 
 
 def profile_from_document(doc: Mapping[str, Any], version: int = 1) -> Profile:

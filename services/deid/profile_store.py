@@ -32,6 +32,7 @@ from services.common.profile_names import validate_profile_name
 from services.common.ttl_cache import RefreshingSnapshot
 from services.deid.engine import BUILTIN_PROFILES, Profile
 from services.deid.profile_documents import (
+    check_before_saving,
     profile_from_document,
     profile_to_document,
     profile_version_number,
@@ -92,7 +93,7 @@ class ProfileStore:
         The version goes up by one on every change and never repeats, even across a removal.
         Saving the same content again changes nothing (and keeps the version).
         """
-        name = validate_profile_name(profile.name)
+        name = validate_profile_name(check_before_saving(profile).name)
         if name in BUILTIN_PROFILES:
             raise ProtectedProfile(
                 f"{name!r} is a built-in profile and cannot be overwritten; save your version under another name"

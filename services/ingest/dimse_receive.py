@@ -274,7 +274,8 @@ def decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association | No
             if file is not None:
                 piece = data[1:]
                 file.write(piece)
-                file.imx_sha256.update(piece)
+                if not getattr(file, "over_limit", False):  # past its limit it is refused unread: no hash
+                    file.imx_sha256.update(piece)
                 if control & 2:
                     file.file.flush()
                     if isinstance(file, ReceivedFile):

@@ -175,7 +175,7 @@ def _shift_anchor(ds: Dataset) -> str:
         value = ds.get(keyword)
         # Spaces and NULs are padding, as the fast path reads them (raw_engine._top_text): "\0PID1 " and
         # "PID1" are one patient, and an ID of padding alone is none.
-        text = str(value).strip().strip("\x00").strip() if value else ""
+        text = str(value).strip(" \x00").strip() if value else ""  # as raw_engine: _top_text, then strip
         if text:
             return f"{keyword}:{text}"
     return ""

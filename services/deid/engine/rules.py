@@ -22,11 +22,11 @@ TRAILING_PADDING = 0xFFFCFFFC
 # retained. Found by the end-to-end PHI scan, which seeds the sender's namespace in both places.
 SUPPLEMENTARY_ISSUERS = (0x00080051,)
 # A structured report's content tree (Content Sequence, (0040,A730): D, or C with Clean Structured Content)
-# holds free text the table does not list: a TEXT item's Text Value (0040,A160) and a PNAME item's Person
-# Name (0040,A123) were kept, under every profile ("Discussed with Dr ..., wife informed by phone ...").
-# The engine cannot make a dummy report, so D empties the tree; with the option its free text is emptied
-# (C on UT) and its names replaced (D), what codes and numbers it holds is kept.
-CONTENT_SEQUENCE, TEXT_VALUE, CONTENT_PERSON_NAME = 0x0040A730, 0x0040A160, 0x0040A123
+# holds free text the table does not list: a TEXT item's Text Value (0040,A160) was kept under every
+# profile ("Discussed with Dr ..., wife informed by phone ..."). The engine cannot make a dummy report, so
+# D empties the tree; with the option the tree is kept and its free text emptied (C on UT); its Person
+# Name (0040,A123) is the table's own D.
+CONTENT_SEQUENCE, TEXT_VALUE = 0x0040A730, 0x0040A160
 
 
 def resolve_row(row: TableRow, options: Iterable[Option]) -> Action:
@@ -102,7 +102,6 @@ def compile_rules(
         exact[CONTENT_SEQUENCE] = Action.ZERO
     if Option.CLEAN_STRUCTURED_CONTENT in options:
         exact.setdefault(TEXT_VALUE, Action.CLEAN)
-        exact.setdefault(CONTENT_PERSON_NAME, Action.DUMMY)
     patterns = {pattern: resolve_row(row, options) for pattern, row in table.by_pattern().items()}
     exact.update(overrides)
     return RuleSet(

@@ -37,6 +37,7 @@ from pydicom.multival import MultiValue
 from .actions import Action
 from .dates import shift_date, shift_datetime
 from .dummies import dummy_for
+from .errors import NotDeidentifiable
 from .identifiers import Identifiers, is_registered_uid
 from .pseudonyms import Pseudonymizer
 from .rules import RuleSet
@@ -136,6 +137,8 @@ def read_un_as_known(ds: Dataset) -> None:
         elem = ds._dict[tag]
         if elem.VR == "UN" and is_standard_tag_written_as_un(int(tag)):
             elem = ds[tag]  # converted: pydicom's replace_un_with_known_vr, on by default
+            if elem.VR == "UN":  # pydicom converts values under 64 KiB only: not released unread
+                raise NotDeidentifiable("a standard attribute written with VR UN too long to read as its VR")
         if elem.VR == "SQ":
             for item in ds[tag].value:
                 read_un_as_known(item)

@@ -185,3 +185,26 @@ def test_a_standard_sequence_written_as_un_is_de_identified_like_any_other(undef
         for planted in (b"Quixley", b"NWPCTSCANNER", b"20240314", b"SPSX998877"):
             assert planted not in out, (profile.name, planted)
         assert dcmread(BytesIO(out))[0x00400100].VR == "SQ"
+
+
+def test_a_standard_sequence_written_as_un_too_long_to_convert_is_refused_not_released() -> None:
+    """pydicom reads a UN value as its dictionary VR only under 64 KiB: a longer one stayed UN and went out
+    unread (1000 items of names, dates, IDs)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from services.deid.engine import NotDeidentifiable
+
+    item = Dataset()
+    item.ScheduledPerformingPhysicianName = "Quixley^Barnaby"
+    item.ScheduledProcedureStepID = "SPSX998877"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, item)
+    items = (struct.pack("<HHI", 0xFFFE, 0xE000, len(buffer.getvalue())) + buffer.getvalue()) * 2000
+    assert len(items) > 0xFFFF
+    data = to_bytes(ct_dataset())
+    at = data.find(struct.pack("<HH", 0x0040, 0x0275) + b"SQ")
+    data = data[:at] + struct.pack("<HH2sHI", 0x0040, 0x0100, b"UN", 0, len(items)) + items + data[at:]
+    with pytest.raises(NotDeidentifiable):
+        deidentify(data, BASIC, KEY)

@@ -97,10 +97,6 @@ def test_overrides_accept_action_codes_and_names_and_keep_private_block_bytes() 
         ({"name": "p", "overrides": {"(0010,001G)": "K"}}, "bad tag '(0010,001G)'"),
         ({"name": "p", "overrides": {"NotAKeyword": "K"}}, "bad tag 'NotAKeyword'"),
         ({"name": "p", "overrides": {"(0002,0013)": "K"}}, "file meta"),
-        # Overrides that did nothing or did something else on each path: refused.
-        ({"name": "p", "overrides": {"PixelData": "X"}}, "pixel rules"),
-        ({"name": "p", "overrides": {"SpecificCharacterSet": "X"}}, "character set"),
-        ({"name": "p", "overrides": {"(0029,0010)": "K"}}, "private creator"),
         ({"name": "p", "overrides": {"(0010,0010)": "Q"}}, "bad action 'Q' for (0010,0010)"),
         ({"name": "p", "overrides": {"PatientName": "K", "(0010,0010)": "X"}}, "overridden twice"),
         (
@@ -123,6 +119,33 @@ def test_overrides_accept_action_codes_and_names_and_keep_private_block_bytes() 
 def test_invalid_documents_are_refused_with_a_clear_message(doc: dict, message: str) -> None:
     with pytest.raises(ValueError) as raised:
         profile_from_document(doc)
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"name": "p", "overrides": {"PixelData": "X"}}, "pixel rules"),
+        ({"name": "p", "overrides": {"SpecificCharacterSet": "X"}}, "character set"),
+        ({"name": "p", "overrides": {"(0029,0010)": "K"}}, "private creator"),
+        (
+            {
+                "name": "p",
+                "pixel_rules": [{"rows": 16, "columns": 16, "regions": [{"x": 8, "y": 0, "width": 9, "height": 2}]}],
+            },
+            "regions[0] reaches past",
+        ),
+    ],
+)
+def test_what_did_nothing_is_refused_when_saved_and_still_read_when_stored(doc: dict, message: str) -> None:
+    """Overrides that did nothing (or something different on each engine path), and pixel regions past
+    the image: refused for a profile being saved. A profile stored before is still read: refused on
+    reading, every route naming it quarantined what it matched."""
+    from services.deid.profile_documents import check_before_saving
+
+    stored = profile_from_document(doc)
+    with pytest.raises(ValueError) as raised:
+        check_before_saving(stored)
     assert message in str(raised.value)
 
 
