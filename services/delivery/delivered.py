@@ -40,7 +40,7 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 
 from services.common.mongo import bulk_write_chunked, insert_new
-from services.common.stores.partners import RETIRED_PARTNERS
+from services.common.stores.partners import PartnerStore
 
 INSTANCES = "delivered_instances"
 STUDIES = "delivered_studies"
@@ -118,7 +118,7 @@ def _from_doc(doc: dict[str, object]) -> DeliveredInstance:
 class DeliveredObjects:
     def __init__(self, db: Database) -> None:
         self._instances = db[INSTANCES]
-        self._retired = db[RETIRED_PARTNERS]  # removed partners: owed nothing any more
+        self._partners = PartnerStore(db)  # removed partners are owed nothing any more
         self._studies = db[STUDIES]
         self._pages = db[PAGES]
         self._pending = db[PENDING]
@@ -259,7 +259,7 @@ class DeliveredObjects:
         nothing (its deliveries' objects were kept for ever)."""
         self.settle_receipts()
         owed: set[str] = set()
-        gone = {str(doc["_id"]) for doc in self._retired.find({}, {"_id": 1})}
+        gone = self._partners.retired_ids()
         unstored = self._instances.find(
             {"stored_at_ms": {"$exists": False}}, {"sha256": 1, "source_sha256": 1, "partner_id": 1}
         )

@@ -1,8 +1,9 @@
 """The gateway's temp files (objects too large to hold, and copies a target needs on disk), named by
 the host and process that made them, so that a gateway starting up can delete what a killed one left
 behind (up to 1 GiB each) without touching the files of another gateway sharing the folder: only
-files of this host whose process is gone are removed. A process id reused since only keeps a file
-until the next start after that process ends."""
+files of this host whose process is gone are removed. A process is its id and its start time: in a
+container the gateway is process 1 on every start, and the id alone took a killed run's files for its
+own. Files of another host (a pod rescheduled under a new name) are left to the folder's owner."""
 
 from __future__ import annotations
 
@@ -18,35 +19,50 @@ log = logging.getLogger(__name__)
 _PREFIX = "fetch-"
 _SUFFIX = ".dcm"
 
+# (process id, start time in clock ticks since boot) -> whether that process still runs
+Alive = Callable[[int, int], bool]
+
 
 def _host_prefix() -> str:
     return f"{_PREFIX}{socket.gethostname()}-"
 
 
+def _start_time(pid: int | str = "self") -> int | None:
+    """The process's start time (/proc/<pid>/stat, field 22), None when it is not running (or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _process_token() -> str:
+    return f"{os.getpid()}.{_start_time() or 0}"
+
+
 def new_scratch_file(folder: Path | None) -> tuple[int, Path]:
     """An open descriptor and the path of a new, empty temp file in `folder` (None: the temp folder)."""
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f"{_host_prefix()}{os.getpid()}-", suffix=_SUFFIX)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f"{_host_prefix()}{_process_token()}-", suffix=_SUFFIX)
     return fd, Path(name)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+def _running(pid: int, started: int) -> bool:
+    return _start_time(pid) == started
 
 
-def abandoned(names: list[str], host_prefix: str, alive: Callable[[int], bool]) -> list[str]:
-    """Those of `names` made on this host by a process no longer running (pure, for the tests)."""
+def abandoned(names: list[str], host_prefix: str, alive: Alive, me: str) -> list[str]:
+    """Those of `names` made on this host by a process no longer running (pure, for the tests); `me` is
+    this process's token, whose files are never abandoned."""
     gone = []
     for name in names:
         if not (name.startswith(host_prefix) and name.endswith(_SUFFIX)):
             continue
-        pid_text = name[len(host_prefix) :].split("-", 1)[0]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and not alive(int(pid_text)):
+        token = name[len(host_prefix) :].split("-", 1)[0]
+        pid_text, _, start_text = token.partition(".")
+        if token == me or not (pid_text.isdigit() and start_text.isdigit()):
+            continue  # ours, or not named as this version names them: not provably abandoned
+        if not alive(int(pid_text), int(start_text)):
             gone.append(name)
     return gone
 
@@ -58,7 +74,7 @@ def remove_abandoned(folder: Path) -> int:
     except FileNotFoundError:
         return 0
     freed = 0
-    for name in abandoned(names, _host_prefix(), _alive):
+    for name in abandoned(names, _host_prefix(), _running, _process_token()):
         path = folder / name
         try:
             size = path.stat().st_size

@@ -215,7 +215,10 @@ class PduReader:
             if pdu_type == P_DATA_TF_TYPE and pdu_length <= PREALLOCATED_MAX and raw is not None:
                 body, self.pending = _read_into(raw, pdu_length, self._count)
             else:
+                # Counted once whole: a first PDU over 4 MiB (IMX_DICOM_MAX_PDU above 2 MiB, or 0) on a link
+                # slow enough to take IMX_DICOM_DATA_SET_WAIT_S over it is still taken for no data set.
                 body = sock.recv(pdu_length)
+                self._count(len(body))
         except (OSError, TimeoutError):
             log.error("Connection closed before the entire PDU was received")
             dul.event_queue.put("Evt17")

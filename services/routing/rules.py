@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from services.common.dicom.uids import is_conformant_uid
+from services.common.dicom.uids import is_uid_as_received
 from services.common.display_names import validate_display_name
 from services.common.messages import shown
 from services.common.profile_names import validate_profile_name
@@ -87,7 +87,7 @@ def _validate_match(match: RouteMatch) -> None:
     lists = (
         ("source organisation", match.source_orgs, is_organisation_id),
         ("modality", match.modalities, lambda value: _MODALITY.match(value) is not None),
-        ("SOP class UID", match.sop_class_uids, is_conformant_uid),
+        ("SOP class UID", match.sop_class_uids, is_uid_as_received),
     )
     for label, values, valid in lists:
         if len(values) > MAX_MATCH_VALUES:

@@ -77,7 +77,14 @@ class RouteStore:
 
     def unmet_references(self, route: Route) -> list[str]:
         """What `route` names that does not exist (yet): what it matches is quarantined until it does.
-        Said, not refused, so that routes may be set up before their partners and profiles."""
+        Said, not refused, so that routes may be set up before their partners and profiles. Asked after the
+        route is saved: MongoDB failing now is said too, not reported as the save failing."""
+        try:
+            return self._unmet(route)
+        except PyMongoError as error:
+            return [f"whether its partner and profile exist could not be checked ({type(error).__name__})"]
+
+    def _unmet(self, route: Route) -> list[str]:
         unmet = []
         if self._partners.count_documents({"_id": route.partner_id}, limit=1) == 0:
             unmet.append(

@@ -87,9 +87,10 @@ def test_a_route_matches_only_values_that_could_ever_match(match: RouteMatch, sa
 
 
 def test_a_route_with_well_formed_values_is_kept() -> None:
-    match = RouteMatch(
-        source_orgs=("royal-free",), modalities=("CT", "mr"), sop_class_uids=("1.2.840.10008.5.1.4.1.1.2",)
-    )
+    # A UID with a leading-zero component is not conformant, but ingest takes it (some devices write them):
+    # a route must be able to match what ingest routes.
+    uids = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.113619.4.030")
+    match = RouteMatch(source_orgs=("royal-free",), modalities=("CT", "mr"), sop_class_uids=uids)
     route = Route("r1", "acme", profile="research", match=match)
     assert validate_route(route) == route
 

@@ -50,6 +50,7 @@ from pydicom.uid import UID
 from pydicom.values import convert_string
 
 from services.common.dicom.header_walk import LONG_VR_BYTES, SHORT_VR_BYTES, read_top_level
+from services.common.dicom.uids import is_uid_as_received
 
 ByteSource = bytes | bytearray | mmap.mmap
 """A whole Part 10 file: bytes in memory, or a memory map of the file (read only where needed)."""
@@ -65,8 +66,6 @@ DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 
 # PS3.5 9.1: digits and dots, at most 64 characters. Leading zeros in a component are also
 # forbidden there, but real modalities emit them, so they are tolerated.
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-_UID_MAX = 64
 # Specific Character Set terms (PS3.3 C.12.1.1.2) are short upper-case CS values.
 _CHARSET = re.compile(rb"[A-Za-z0-9 _\\-]{0,160}")
 _PREFIX = 132  # preamble + "DICM"
@@ -220,7 +219,7 @@ def _fast_header(data: ByteSource, body: int, transfer_syntax: str, limits: Inpu
             return None
         texts[keyword] = text
     for keyword in _UID_KEYWORDS:
-        if not texts[keyword] or len(texts[keyword]) > _UID_MAX or not _UID.fullmatch(texts[keyword]):
+        if not texts[keyword] or not is_uid_as_received(texts[keyword]):
             return None
     return InstanceHeader(
         study_instance_uid=texts["StudyInstanceUID"],
@@ -351,7 +350,7 @@ def _check_prefix(data: ByteSource) -> tuple[str, int]:
         if vr == b"UI":
             keyword = keyword_for_tag(group << 16 | element) or f"({group:04X},{element:04X})"
             uid = data[start : start + length].decode("latin-1").strip(" \0")
-            if uid and (len(uid) > _UID_MAX or not _UID.fullmatch(uid)):
+            if uid and not is_uid_as_received(uid):
                 raise InvalidInstance("invalid-uid", keyword)
             transfer_syntax = uid if keyword == "TransferSyntaxUID" else transfer_syntax
         offset = start + length
@@ -515,7 +514,7 @@ def _uid(ds: Dataset, keyword: str) -> str:
     value = _text(ds, keyword)
     if not value:
         raise InvalidInstance("missing-uid", keyword)
-    if len(value) > _UID_MAX or not _UID.fullmatch(value):
+    if not is_uid_as_received(value):
         raise InvalidInstance("invalid-uid", keyword)
     return value
 

@@ -8,6 +8,8 @@ library's way, or is refused, so none of them may be more lenient than the other
 
 from __future__ import annotations
 
+import re
+
 from pydicom.uid import RE_VALID_UID
 
 UID_MAX_LENGTH = 64
@@ -15,3 +17,12 @@ UID_MAX_LENGTH = 64
 
 def is_conformant_uid(text: str) -> bool:
     return len(text) <= UID_MAX_LENGTH and RE_VALID_UID.fullmatch(text) is not None
+
+
+_AS_RECEIVED = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def is_uid_as_received(text: str) -> bool:
+    """What ingest accepts as a UID (header.py): digits and dots, at most 64 characters, leading zeros
+    in a component allowed (some devices write them); what a route may match, then."""
+    return len(text) <= UID_MAX_LENGTH and _AS_RECEIVED.fullmatch(text) is not None

@@ -1,26 +1,36 @@
-"""Which temp files a starting gateway may delete: its host's, made by a process that is gone."""
+"""Which temp files a starting gateway may delete: its host's, made by a process that is gone. A process
+is its id and start time: a gateway is process 1 on every start of its container."""
 
 from __future__ import annotations
-
-import os
 
 from services.gateway.scratch_files import abandoned
 
 HOST = "fetch-node-a-"  # host names have dashes too
+RUNNING = {(202, 5000), (1, 9000)}
 
 
-def test_only_this_hosts_files_of_dead_processes_are_abandoned() -> None:
+def _alive(pid: int, started: int) -> bool:
+    return (pid, started) in RUNNING
+
+
+def test_only_this_hosts_files_of_processes_gone_are_abandoned() -> None:
     names = [
-        "fetch-node-a-101-k2j3h4.dcm",  # dead
-        "fetch-node-a-202-x8y9z0.dcm",  # alive
-        f"fetch-node-a-{os.getpid()}-aaaaaa.dcm",  # this process: never
-        "fetch-node-b-101-k2j3h4.dcm",  # another host sharing the folder: its pids mean nothing here
-        "fetch-q1w2e3.dcm",  # an earlier version's name: not provably abandoned
-        "fetch-node-a-101-k2j3h4.dcm.part",  # not ours
+        "fetch-node-a-101.4000-k2j3h4.dcm",  # gone
+        "fetch-node-a-202.5000-x8y9z0.dcm",  # running
+        "fetch-node-a-202.4100-x8y9z0.dcm",  # its id reused since: gone
+        "fetch-node-a-1.8000-aaaaaa.dcm",  # process 1 of the container's last start: gone
+        "fetch-node-a-1.9000-bbbbbb.dcm",  # this process: never
+        "fetch-node-b-101.4000-k2j3h4.dcm",  # another host sharing the folder: its processes mean nothing here
+        "fetch-node-a-101-k2j3h4.dcm",  # an earlier version's name: not provably abandoned
+        "fetch-node-a-101.4000-k2j3h4.dcm.part",  # not ours
         "stored.sqlite3",
     ]
-    assert abandoned(names, HOST, alive=lambda pid: pid == 202) == ["fetch-node-a-101-k2j3h4.dcm"]
+    assert abandoned(names, HOST, _alive, me="1.9000") == [
+        "fetch-node-a-101.4000-k2j3h4.dcm",
+        "fetch-node-a-202.4100-x8y9z0.dcm",
+        "fetch-node-a-1.8000-aaaaaa.dcm",
+    ]
 
 
 def test_nothing_is_abandoned_while_every_maker_runs() -> None:
-    assert abandoned(["fetch-node-a-101-k2j3h4.dcm"], HOST, alive=lambda pid: True) == []
+    assert abandoned(["fetch-node-a-202.5000-k2j3h4.dcm"], HOST, _alive, me="1.9000") == []
