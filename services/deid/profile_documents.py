@@ -22,7 +22,9 @@ from pydicom.datadict import tag_for_keyword
 
 from services.common.profile_names import validate_profile_name
 from services.deid.engine import Action, Option, PixelRule, Profile, Region
+from services.deid.engine.container import PIXEL_TAGS
 from services.deid.engine.errors import tag_text
+from services.deid.engine.raw_engine import SPECIFIC_CHARACTER_SET
 
 _TAG = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?|([0-9A-Fa-f]{8})")
 _FIELDS = frozenset({"name", "version", "options", "overrides", "pixel_rules"})
@@ -68,9 +70,9 @@ def check_before_saving(profile: Profile) -> Profile:
     something different on each of the engine's two paths, and pixel regions past the image they name."""
     for tag in profile.overrides:
         where = tag_text(tag)
-        if tag in _PIXEL_TAGS:
+        if tag in PIXEL_TAGS:
             raise ValueError(f"override of {where}: pixel data are cleaned by pixel rules, not overridden")
-        if tag == _SPECIFIC_CHARACTER_SET:
+        if tag == SPECIFIC_CHARACTER_SET:
             raise ValueError(f"override of {where}: the character set follows the values written")
         if tag >> 16 & 1 and 0x0010 <= tag & 0xFFFF <= 0x00FF:
             raise ValueError(f"override of {where}: a private creator goes with its elements (override those)")
@@ -83,10 +85,6 @@ def check_before_saving(profile: Profile) -> Profile:
                     f"pixel_rules[{r}].regions[{i}] reaches past the rule's {rule.rows} rows x {rule.columns} columns"
                 )
     return profile
-
-
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-_SPECIFIC_CHARACTER_SET = 0x00080005
 
 
 def parse_action(text: str, tag: int) -> Action:

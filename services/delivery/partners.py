@@ -109,7 +109,8 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
                 parse_target(endpoint)  # the central gateway must be able to use it: refuse it now if not
         except ValueError as exc:  # TargetError is a ValueError
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if self._store.get(partner_id) is None and self._store.retired(partner_id):
+        registered = self._store.get(partner_id) is not None
+        if not registered and self._store.retired(partner_id):
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"partner id {partner_id!r} belonged to a partner since removed and is not given again (its "
@@ -117,7 +118,7 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
             )
         # Registered and given its key: an add that stopped before its credentials (its Kafka sign-in not
         # issued, say) left none, and adding it again issues them instead of reporting them "kept".
-        existed = self._store.get(partner_id) is not None and self._store.has_own_key(partner_id)
+        existed = registered and self._store.has_own_key(partner_id)
         # The topics exist before anything is delivered, so a partner can subscribe right away; made first,
         # so a broker that is away leaves nothing half made (UNAVAILABLE, and adding it again is safe).
         self._create_topic(partner_id)

@@ -222,9 +222,13 @@ def _byte_needles(
 ) -> tuple[tuple[bytes, int, bool], ...]:
     needles: dict[bytes, tuple[int, bool]] = {}
     for needle, source in text.items():
-        # bytes.lower folds ASCII only: "MÜLLER" in the data never met "müller". Each needle is also looked
-        # for as written in capitals, in small letters and capitalised, in every encoding.
-        for form in dict.fromkeys((needle, needle.upper(), needle.lower(), needle.title())):
+        # bytes.lower folds ASCII only: "MÜLLER" in the data never met "müller". A needle with other letters
+        # is also looked for as written in capitals, in small letters and capitalised, in every encoding
+        # (an ASCII one's forms fold to the same bytes: not made at all, per instance).
+        forms = (
+            (needle,) if needle.isascii() else dict.fromkeys((needle, needle.upper(), needle.lower(), needle.title()))
+        )
+        for form in forms:
             for encoding in (*encodings, "utf-8", "latin-1"):
                 try:
                     needles.setdefault(form.encode(encoding).lower(), (source, False))
