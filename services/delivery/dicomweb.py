@@ -175,12 +175,18 @@ def create_partner_app(
             response = JSONResponse({"detail": "temporarily unavailable"}, 503, headers={"Retry-After": "5"})
         retrieval.status = response.status_code
         if isinstance(response, ObjectResponse):
-            retrieval.bytes = response.size
+            response.on_done = lambda whole: object_sent(retrieval, response.size if whole else 0)
         elif not isinstance(response, StreamingResponse) and response.status_code < 300:
             retrieval.bytes = len(response.body)  # a query's results; a refusal sends nothing of the partner's
         # A stream sends its event when it ends (see `stream`); this covers a stream never started.
         response.background = BackgroundTask(finish_on_loop, retrieval)
         return response
+
+    def object_sent(retrieval: Retrieval, size: int) -> None:
+        """A single object's event, once its answer is out: its size, or 0 when the transfer broke (it
+        goes by the kernel, which says only whether all of it was written)."""
+        retrieval.bytes = size
+        ctx.finish(retrieval)
 
     async def finish_on_loop(retrieval: Retrieval) -> None:
         """On the event loop, not in a worker thread: a sync task would cost a hand-over to the thread
@@ -281,7 +287,7 @@ def create_partner_app(
 
     def answer_at_once(
         study: str, series: str, sop: str, request: Request, authorization: str | None
-    ) -> tuple[Retrieval, Response] | None:
+    ) -> Response | None:
         """The gateways' usual fetch, answered on the event loop: a key known without a database read,
         a signed reference that verifies, an object of at most one chunk (read whole, as streaming
         would read it; it was written moments ago, so from the page cache). None: anything else, which
@@ -296,11 +302,11 @@ def create_partner_app(
         if item is None or item.size > CHUNK_BYTES:
             return None
         retrieval = Retrieval(partner_id, "instance", study, series, sop)
-        return retrieval, answer(retrieval, lambda: retrieve(retrieval, request, [item], single=True))
+        return answer(retrieval, lambda: retrieve(retrieval, request, [item], single=True))
 
     instances_under = prefix + "/studies/"
 
-    def signed_fetch(scope: Scope) -> tuple[Retrieval, Response] | None:
+    def signed_fetch(scope: Scope) -> Response | None:
         """`answer_at_once` for a GET that the instance route below matches (each UID one non-empty
         path segment), asked before FastAPI runs; None: FastAPI answers it, as any other request. An
         error here is left to that route too, which meets it again and answers it as FastAPI does."""
@@ -316,23 +322,14 @@ def create_partner_app(
         except Exception:
             return None
 
-    def at_once(scope: Scope) -> Response | None:
-        answered = signed_fetch(scope)
-        return None if answered is None else answered[1]
-
     def direct(scope: Scope) -> FileAnswer | None:
         """`signed_fetch`'s object answer, written by the server; its retrieval event once it is out. A
         refusal (a 410 for an object gone meanwhile) is declined and answered by the ASGI way, which
         meets it again: the response built here is dropped unsent, so it records no event."""
-        answered = signed_fetch(scope)
-        if answered is None:
-            return None
-        retrieval, response = answered
-        if not isinstance(response, ObjectResponse):
-            return None
-        return response.file_answer(lambda _whole: ctx.finish(retrieval))
+        response = signed_fetch(scope)
+        return response.file_answer() if isinstance(response, ObjectResponse) else None
 
-    app.at_once = at_once
+    app.at_once = signed_fetch
     app.direct = direct
 
     @app.get(prefix + "/studies/{study}/series/{series}/instances/{sop}")
@@ -346,7 +343,7 @@ def create_partner_app(
         # body as a sync dependency, endpoint and stream would.
         at_once = answer_at_once(study, series, sop, request, authorization)
         if at_once is not None:
-            return at_once[1]
+            return at_once
 
         def handle() -> Response:
             partner_id = partner(authorization)

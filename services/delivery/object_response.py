@@ -34,6 +34,9 @@ class ObjectResponse(Response):
     sendfile with that offset and count: the bytes on the wire are the same as for a plain object."""
 
     _handed_over = False
+    # Told once whether the whole answer went out (True) or the transfer broke (False): the retrieval's
+    # event says what the partner was sent, not what was meant to be.
+    on_done: Callable[[bool], None] | None = None
 
     def __init__(
         self, where: Path | Extent, size: int, media_type: str, release: Callable[[BinaryIO], None] | None = None
@@ -69,16 +72,19 @@ class ObjectResponse(Response):
             whole = True
         finally:
             self._let_go(whole)
+            if self.on_done is not None:
+                self.on_done(whole)
         if self.background is not None:
             await self.background()
 
-    def file_answer(self, sent: Callable[[bool], None]) -> FileAnswer:
+    def file_answer(self) -> FileAnswer:
         """This answer for the server's direct path (services/common/http_direct.py): the file is closed
-        once it is written, then `sent` is called (its background task is not run)."""
+        once it is written, then `on_done` is called (its background task is not run)."""
 
         def done(whole: bool) -> None:
             self._let_go(whole)
-            sent(whole)
+            if self.on_done is not None:
+                self.on_done(whole)
 
         count = self.size - len(self.head)
         return FileAnswer(self.status_code, self.raw_headers, self.head, self.handle, self.offset, count, done)

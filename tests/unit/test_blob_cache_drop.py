@@ -94,9 +94,9 @@ def test_the_direct_answer_hands_over_its_file_only_when_written_whole(tmp_path:
     path = stored_file(tmp_path / "object.dcm", b"DICM" * 10)
     released = []
     whole = ObjectResponse(path, 40, "application/dicom", released.append)
-    whole.file_answer(lambda _whole: None).done(True)
+    whole.file_answer().done(True)
     broken = ObjectResponse(path, 40, "application/dicom", released.append)
-    broken.file_answer(lambda _whole: None).done(False)
+    broken.file_answer().done(False)
 
     assert released == [whole.handle] and not whole.handle.closed
     assert broken.handle.closed

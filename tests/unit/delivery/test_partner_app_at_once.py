@@ -6,6 +6,7 @@ is FastAPI's, unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,3 +141,44 @@ def test_what_at_once_declines_is_fastapis(
     )
     assert answered == 0
     assert fast == slow
+
+
+def _scope(url: str) -> dict[str, object]:
+    path, _, query = url.partition("?")
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "query_string": query.encode(),
+        "headers": [(b"host", b"delivery"), (b"authorization", f"Bearer {KEY}".encode())],
+    }
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_fetch_written_by_the_server_records_its_size_only_when_all_of_it_went(
+    blobs: LocalBlobStore, whole: bool
+) -> None:
+    sha256 = blobs.put(b"DICM" * 100)
+    events: list[PartnerRetrieval] = []
+    answer = _app(blobs, sha256, 400, events).direct(_scope(_url(sha256, 400)))  # type: ignore[misc]
+    assert answer is not None and events == []
+    answer.done(whole)  # the server wrote all of it, or the partner hung up part way
+    assert [(e.http_status, e.bytes) for e in events] == [(200, 400 if whole else 0)]
+
+
+def test_a_fetch_broken_off_on_the_asgi_path_is_still_recorded_and_not_as_sent(blobs: LocalBlobStore) -> None:
+    sha256 = blobs.put(b"DICM" * 100)
+    events: list[PartnerRetrieval] = []
+    app = _app(blobs, sha256, 400, events)
+    app.at_once = None
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.body":
+            raise ConnectionResetError  # the partner hung up before the body
+
+    with pytest.raises(ConnectionResetError):
+        asyncio.run(app(_scope(_url(sha256, 400)), receive, send))  # type: ignore[arg-type]
+    assert [(e.http_status, e.bytes) for e in events] == [(200, 0)]
