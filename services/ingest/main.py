@@ -76,6 +76,7 @@ def serve(
                 resources.organisations,
                 settings.stow_body_timeout_s,
                 UploadSlots(settings.stow_max_uploads_per_org),
+                settings.stow_max_instances_per_request,
             )
             http = HttpServer(
                 create_app(stow),

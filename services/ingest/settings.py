@@ -43,6 +43,9 @@ class IngestSettings(ServiceSettings):
     http_header_timeout_s: float = Field(
         10.0, gt=0, description="longest wait for a request's complete headers; then the connection is closed"
     )
+    stow_max_instances_per_request: int = Field(
+        10_000, ge=1, description="instances one STOW-RS request may carry; past it the request is answered 413"
+    )
     stow_max_uploads_per_org: int = Field(
         8, ge=1, description="STOW-RS uploads one organisation may have open at once; more are refused 429"
     )

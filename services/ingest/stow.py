@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 CHANNEL: Channel = "stow-rs"
 DESTINATION_HEADER = "X-IMX-Destination"
 DEFAULT_UPLOADS_PER_ORG = 8
+# Instances one request may carry: each part's outcome is kept for the answer, so a body of millions of
+# tiny parts would otherwise grow the process without bound. A large study (thousands) fits.
+DEFAULT_MAX_PARTS = 10_000
 # What a refused sender is told to wait: uploads finish in seconds, so a short wait usually finds a slot.
 BUSY_RETRY_AFTER_S = 5
 
@@ -53,6 +56,11 @@ class StowContext:
     body_timeout_s: float = 30.0
     # Uploads one organisation may have open at once; the next one is refused 429 with Retry-After.
     uploads: UploadSlots = field(default_factory=lambda: UploadSlots(DEFAULT_UPLOADS_PER_ORG))
+    max_parts: int = DEFAULT_MAX_PARTS
+
+
+class TooManyParts(Exception):
+    """The request carries more instances than `StowContext.max_parts`."""
 
 
 def _context(request: Request) -> StowContext:
@@ -142,6 +150,8 @@ async def _store_held(
     async def store(parts: list[Part]) -> None:
         nonlocal unavailable
         for part in parts:
+            if len(outcomes) >= context.max_parts:
+                raise TooManyParts
             if unavailable:  # fail the rest fast instead of waiting out a timeout for each part
                 outcomes.append(InstanceOutcome(failure_reason=OUT_OF_RESOURCES))
                 continue
@@ -171,6 +181,17 @@ async def _store_held(
             status_code=408,
             headers={"Connection": "close"},
         )
+    except TooManyParts:
+        # The parts before stay stored (sent again, they are duplicates); what follows is not read.
+        log.warning("stow-rs request over its instance limit", extra={"org": org, "instances": len(outcomes)})
+        return JSONResponse(
+            {
+                "detail": f"at most {context.max_parts} instances per request: the first {context.max_parts} were "
+                "handled as usual, the rest not read: send them in another request"
+            },
+            status_code=413,
+            headers={"Connection": "close"},
+        )
     except ClientDisconnect:  # the client went away mid-body: no one to answer, nothing to report
         log.info("stow-rs client disconnected", extra={"org": org, "instances": len(outcomes)})
         return JSONResponse({"detail": "client disconnected"}, status_code=400)
@@ -190,6 +211,7 @@ _STOW_OPENAPI = {
         "200": {"description": "every instance stored (ReferencedSOPSequence)"},
         "202": {"description": "some instances failed (FailedSOPSequence with FailureReason)"},
         "400": {"description": "malformed multipart body"},
+        "413": {"description": "more instances than one request may carry (IMX_STOW_MAX_INSTANCES_PER_REQUEST)"},
         "401": {"description": "missing or unknown API key"},
         "408": {"description": "the body stopped arriving (IMX_STOW_BODY_TIMEOUT_S); the connection is closed"},
         "409": {"description": "no instance stored"},

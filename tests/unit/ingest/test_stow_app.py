@@ -159,3 +159,17 @@ def test_an_invalid_destination_is_400(client: TestClient) -> None:
 
 def test_healthz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_more_instances_than_a_request_may_carry_is_413_after_the_first_are_handled(
+    tmp_path: Path, bus: RecordingBus
+) -> None:
+    acceptance = Acceptance(
+        blobs=LocalBlobStore(tmp_path), receipts=MemoryReceiptStore(), bus=bus, topics=TOPICS, max_instance_bytes=400_000
+    )
+    client = TestClient(create_app(StowContext(acceptance, ApiKeys(), max_parts=2)))
+    response = client.post("/dicomweb/studies", content=multipart_body(mr_study(3, n=3)), headers=AUTH)
+
+    assert response.status_code == 413
+    assert "at most 2 instances per request" in response.json()["detail"]
+    assert len(bus.on(TOPICS.ingested)) == 2
