@@ -165,7 +165,11 @@ def test_more_instances_than_a_request_may_carry_is_413_after_the_first_are_hand
     tmp_path: Path, bus: RecordingBus
 ) -> None:
     acceptance = Acceptance(
-        blobs=LocalBlobStore(tmp_path), receipts=MemoryReceiptStore(), bus=bus, topics=TOPICS, max_instance_bytes=400_000
+        blobs=LocalBlobStore(tmp_path),
+        receipts=MemoryReceiptStore(),
+        bus=bus,
+        topics=TOPICS,
+        max_instance_bytes=400_000,
     )
     client = TestClient(create_app(StowContext(acceptance, ApiKeys(), max_parts=2)))
     response = client.post("/dicomweb/studies", content=multipart_body(mr_study(3, n=3)), headers=AUTH)
