@@ -271,6 +271,11 @@ class DeliveredObjects:
                 owed.add(doc["source_sha256"])
         return owed
 
+    def delivered_to(self, partner_id: str) -> bool:
+        """Whether anything was ever delivered to this id (a scan of the studies; asked only when an id is
+        given to a new partner, whose holder would otherwise read what was delivered under it)."""
+        return self._studies.find_one({"partner_id": partner_id}, {"_id": 1}) is not None
+
     def stored_at(self, partner_id: str, study_uid: str, series_uid: str, sop_uid: str) -> int | None:
         self.settle_receipts()
         doc = self._instances.find_one({"_id": instance_key(partner_id, study_uid, series_uid, sop_uid)})

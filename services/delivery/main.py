@@ -171,7 +171,12 @@ def serve(
             control_auth(db, settings.control_bootstrap_token_file),
             extra_servicers=[
                 register_partner_admin(
-                    store, topics, partner_topics.ensure, _sign_in(settings), lags=lambda: watch.latest
+                    store,
+                    topics,
+                    partner_topics.ensure,
+                    _sign_in(settings),
+                    lags=lambda: watch.latest,
+                    delivered_to=delivered.delivered_to,
                 )
             ],
             stop=stop,

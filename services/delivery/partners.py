@@ -69,8 +69,13 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         create_topic: Callable[[str], None],
         sign_in: PartnerSignIn | None = None,
         lags: Callable[[], dict[str, PartnerLag]] = dict,
+        delivered_to: Callable[[str], bool] = lambda _partner_id: False,
     ) -> None:
+        """`delivered_to`: whether anything was delivered under an id (one not registered and with
+        deliveries belonged to a partner removed before ids were retired: not given again either; nothing
+        else can tell such an id, so it is found when someone asks for it)."""
         self._store = store
+        self._delivered_to = delivered_to
         self._topics = topics
         self._create_topic = create_topic
         self._sign_in = sign_in
@@ -110,6 +115,10 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         except ValueError as exc:  # TargetError is a ValueError
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         registered = self._store.get(partner_id) is not None
+        if not registered and not self._store.retired(partner_id) and self._delivered_to(partner_id):
+            # Deliveries under an id no partner has: a partner removed before removals retired ids. Retired
+            # now (its objects are no longer kept for it), as it would have been then.
+            self._store.retire(partner_id)
         if not registered and self._store.retired(partner_id):
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -195,9 +204,10 @@ def register_partner_admin(
     create_topic: Callable[[str], None],
     sign_in: PartnerSignIn | None = None,
     lags: Callable[[], dict[str, PartnerLag]] = dict,
+    delivered_to: Callable[[str], bool] = lambda _partner_id: False,
 ) -> ServicerRegistration:
     def register(server: grpc.Server) -> None:
-        servicer = PartnerAdminServicer(store, topics, create_topic, sign_in, lags)
+        servicer = PartnerAdminServicer(store, topics, create_topic, sign_in, lags, delivered_to)
         admin_pb2_grpc.add_PartnerAdminServicer_to_server(servicer, server)
 
     return register

@@ -64,11 +64,15 @@ class PartnerStore:
         """Retire the partner's id (`retired`), then remove the partner and its keys: retired first, so
         an interrupted removal, tried again, finds the id retired though the partner is gone."""
         if self._partners.count_documents({"_id": partner_id}, limit=1) == 1:
-            self._retired.update_one(
-                {"_id": partner_id}, {"$setOnInsert": {"removed_at_ms": int(time.time() * 1000)}}, upsert=True
-            )
+            self.retire(partner_id)
         self._keys.delete_many({"partner_id": partner_id})
         return self._partners.delete_one({"_id": partner_id}).deleted_count == 1
+
+    def retire(self, partner_id: str) -> None:
+        """Mark the id as one never given again (kept: when it was first marked)."""
+        self._retired.update_one(
+            {"_id": partner_id}, {"$setOnInsert": {"removed_at_ms": int(time.time() * 1000)}}, upsert=True
+        )
 
     def retired(self, partner_id: str) -> bool:
         """Whether the id belonged to a partner since removed. It is not given again: whoever held it next

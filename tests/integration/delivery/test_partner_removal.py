@@ -40,6 +40,7 @@ def test_a_removed_partners_id_is_not_given_again_and_it_is_owed_nothing(db: Dat
     admin = PartnerAdminServicer(store, Topics("t."), create_topic=lambda _partner: None)
     add = admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id="lab-old", name="Old lab"))
     assert admin.AddPartner(add, Context()).dicomweb_key  # type: ignore[arg-type]
+    store.add(Partner("lab-kept"))
     delivered = DeliveredObjects(db)
     delivered.record([_delivery("lab-old", 1), _delivery("lab-kept", 2)])
     assert delivered.unstored_blobs() == {_delivery("lab-old", 1).sha256, _delivery("lab-kept", 2).sha256}
@@ -56,3 +57,23 @@ def test_a_removed_partners_id_is_not_given_again_and_it_is_owed_nothing(db: Dat
     assert admin.AddPartner(other, Context()).dicomweb_key  # type: ignore[arg-type]
     assert not store.retired("lab-new")
     store.add(Partner("lab-new", "renamed"))  # an existing partner is updated as before
+
+
+def test_a_partner_removed_before_ids_were_retired_is_found_by_its_deliveries_when_its_id_is_asked_for(
+    db: Database,
+) -> None:
+    store = PartnerStore(db)
+    delivered = DeliveredObjects(db)
+    store.add(Partner("lab-kept"))
+    # "lab-gone" was removed before removals retired ids: its deliveries are left, no partner, no retirement.
+    delivered.record([_delivery("lab-gone", 1), _delivery("lab-kept", 2)])
+    assert not store.retired("lab-gone")
+
+    admin = PartnerAdminServicer(store, Topics("t."), lambda _partner: None, delivered_to=delivered.delivered_to)
+    context = Context()
+    with pytest.raises(Aborted):
+        admin.AddPartner(admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id="lab-gone")), context)  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.FAILED_PRECONDITION and store.get("lab-gone") is None
+
+    assert store.retired("lab-gone") and not store.retired("lab-kept")
+    assert delivered.unstored_blobs() == {_delivery("lab-kept", 2).sha256}  # the old partner is owed nothing
