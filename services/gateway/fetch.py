@@ -340,29 +340,35 @@ def _network_errors(in_body: bool = False) -> Iterator[None]:
     dead-lettered, where it held the partner's whole feed, retried every 30 s for ever."""
     try:
         yield
-    except TimeoutError:
-        raise FetchFailure("fetch-timeout", retryable=True) from None
-    except (OSError, http.client.HTTPException):
-        if in_body:
-            raise FetchFailure(BODY_TORN, retryable=True) from None
-        raise FetchFailure("source-unreachable", retryable=True, unavailable=True) from None
+    except (OSError, http.client.HTTPException) as error:  # TimeoutError is an OSError
+        raise _network_failure(error, in_body) from None
+
+
+def _network_failure(error: BaseException, in_body: bool) -> FetchFailure:
+    """No answer at all, a timeout included, is the retrieval service away (it serves every object
+    alike, so the object is not the cause): waited for, no attempt spent. An answer that stalled or
+    broke off spends attempts (few when it broke off: worker.FEW_ATTEMPTS)."""
+    timed_out = isinstance(error, (TimeoutError, httpx.TimeoutException))
+    if in_body:
+        return FetchFailure("fetch-timeout" if timed_out else BODY_TORN, retryable=True)
+    return FetchFailure("fetch-timeout" if timed_out else "source-unreachable", retryable=True, unavailable=True)
 
 
 def _download_with(
     client: httpx.Client, headers: dict[str, str], delivery: events_pb2.PartnerDelivery, out: _Sink
 ) -> tuple[str, int]:
     digest = hashlib.sha256()
+    answered = False
     try:
         with client.stream("GET", delivery.retrieval_url, headers=headers) as response:
+            answered = True
             _raise_for(response.status_code)
             answer = _Answer(out, digest, response.headers.get("content-type", ""))
             for chunk in response.iter_bytes(PIECE):
                 answer.feed(chunk, delivery.blob.size)
             answer.finish()
-    except httpx.TimeoutException:
-        raise FetchFailure("fetch-timeout", retryable=True) from None
-    except httpx.TransportError:
-        raise FetchFailure("source-unreachable", retryable=True, unavailable=True) from None
+    except httpx.TransportError as error:  # its timeouts included
+        raise _network_failure(error, in_body=answered) from None
     return digest.hexdigest(), answer.size
 
 
@@ -380,6 +386,6 @@ def _raise_for(status: int) -> None:
         raise FetchFailure(f"http-{status}", retryable=False, refused=True)
     if status in (404, 410):
         raise FetchFailure(f"http-{status}", retryable=False)
-    if status == 503:
-        raise FetchFailure("http-503", retryable=True, unavailable=True)
+    if status in (502, 503, 504):  # the service, or a proxy in front of it saying it is away
+        raise FetchFailure(f"http-{status}", retryable=True, unavailable=True)
     raise FetchFailure(f"http-{status}", retryable=status >= 500 or status in (408, 429))

@@ -131,12 +131,14 @@ class StowStore:
         }
         try:
             response = self._client.post(self._target.stow_url, content=_body(source, head, tail), headers=headers)
-        except httpx.TimeoutException:
+        except (httpx.ConnectTimeout, httpx.PoolTimeout):  # never reached: the target is away
+            return StoreResult.down("connect-timeout")
+        except httpx.TimeoutException:  # reached, no answer: it may be this instance it cannot take
             return StoreResult.failed("http-timeout", retryable=True)
         except httpx.TransportError:
             return StoreResult.down("connection-failed")
-        if response.status_code == 503:
-            return StoreResult.down("http-503")
+        if response.status_code in (502, 503, 504):  # the server, or a proxy in front of it saying it is away
+            return StoreResult.down(f"http-{response.status_code}")
         return response_result(response.status_code, response.content, delivery.instance.sop_instance_uid)
 
     def close(self) -> None:

@@ -106,7 +106,12 @@ def test_failures_are_classified_as_before(
         slow = Fetcher(KEY, tmp_path)
         with pytest.raises(FetchFailure) as failure:
             slow.fetch(serve(server, "slow", 10))
-        assert (failure.value.detail, failure.value.retryable) == ("fetch-timeout", True)
+        # The headers came and then nothing: it answered, so the stalled answer spends attempts.
+        assert (failure.value.detail, failure.value.retryable, failure.value.unavailable) == (
+            "fetch-timeout",
+            True,
+            False,
+        )
         slow.close()
     finally:
         fetcher.close()

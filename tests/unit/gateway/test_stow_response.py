@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
-from services.gateway.stow_store import response_result
+from services.gateway.fetched import Fetched
+from services.gateway.stow_store import StowStore, response_result
+from services.gateway.targets import DicomWebTarget
+from services.proto_gen.imx.v1 import events_pb2
 
 SOP = "1.2.3.4"
 OTHER = "1.2.3.5"
@@ -92,3 +96,37 @@ def test_a_web_page_answering_200_is_waited_for_not_stored() -> None:
     """A sign-in proxy or a wrong base path answering 200 with a page: not a STOW-RS answer."""
     result = response_result(200, b"<!DOCTYPE html><html><body>Sign in</body></html>", SOP)
     assert (result.ok, result.unavailable, result.status_detail) == (False, True, "http-200-html-answer")
+
+
+def _answer_of(handler: object) -> tuple[str, bool, bool]:
+    client = httpx.Client(transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+    delivery = events_pb2.PartnerDelivery(instance=events_pb2.InstanceRef(sop_instance_uid=SOP))
+    result = StowStore(DicomWebTarget("http://pacs.test/dicomweb"), client).store(Fetched(data=b"x"), delivery)
+    return result.status_detail, result.retryable, result.unavailable
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # Never reached, or a proxy in front of it saying it is away: waited for, no attempt spent.
+        ("connect-timeout", ("connect-timeout", True, True)),
+        (502, ("http-502", True, True)),
+        (503, ("http-503", True, True)),
+        (504, ("http-504", True, True)),
+        # Reached and no answer: perhaps this instance it cannot take, so attempts are spent.
+        ("read-timeout", ("http-timeout", True, False)),
+        (500, ("http-500", True, False)),
+    ],
+)
+def test_a_target_that_is_away_is_waited_for_and_one_that_chokes_spends_attempts(
+    answer: object, expected: tuple[str, bool, bool]
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if answer == "connect-timeout":
+            raise httpx.ConnectTimeout("no connection", request=request)
+        if answer == "read-timeout":
+            raise httpx.ReadTimeout("no answer", request=request)
+        assert isinstance(answer, int)
+        return httpx.Response(answer)
+
+    assert _answer_of(handler) == expected
