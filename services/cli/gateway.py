@@ -64,6 +64,11 @@ def _target(url: str) -> Target:
         # It would wait for ever for a folder to appear there; a missing one may be a share not mounted yet.
         console.print(f"[red]bad --target[/red]: {escape(str(target.root))} is a file, not a folder")
         raise typer.Exit(2)
+    if isinstance(target, FolderTarget) and not target.root.exists():
+        console.print(
+            f"[yellow]{escape(str(target.root))} does not exist[/yellow]: nothing is stored until it does "
+            "(it is never made here: a share not mounted yet would be written on the local disk)"
+        )
     return target
 
 

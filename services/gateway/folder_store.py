@@ -1,4 +1,5 @@
-"""The folder target: `<root>/<study>/<series>/<sop>.dcm`, written atomically.
+"""The folder target: `<root>/<study>/<series>/<sop>.dcm`, written atomically. The root must exist:
+the folders below it are made as needed, the root never (a missing one is waited for).
 
 UIDs come from an event, so they are checked before they become path components: a UID is digits
 and dots only (PS3.5 9.1), at most 64 characters, so no event can name `..` or an absolute path.
@@ -65,6 +66,10 @@ class FolderStore:
             target = path_for(self._root, delivery.instance)
         except UnsafeUid:
             return StoreResult.failed("invalid-uid", retryable=False)
+        if not self._root.is_dir():
+            # Waited for, never made: a share not mounted (yet) would otherwise be written on the local disk
+            # under its mount point, reported stored, and hidden once the share mounts over it.
+            return self._root_down()
         try:
             if target.exists() and file_sha256(target) == delivery.blob.sha256:
                 return StoreResult.stored("already-present")
@@ -74,9 +79,12 @@ class FolderStore:
             # A full or read-only disk may be fixed by the partner: retry, and wait without spending
             # attempts when the folder itself is gone (an unmounted share).
             if not self._root.is_dir():
-                return StoreResult.down("folder-is-a-file" if self._root.exists() else "folder-missing")
+                return self._root_down()
             return StoreResult.failed(f"os-error-{error.errno}", retryable=True)
         return StoreResult.stored("written")
+
+    def _root_down(self) -> StoreResult:
+        return StoreResult.down("folder-is-a-file" if self._root.exists() else "folder-missing")
 
     def close(self) -> None:
         pass

@@ -17,6 +17,7 @@ def test_the_next_deliveries_are_fetched_while_the_first_is_still_being_fetched_
     partner: Partner, ct_study: list, tmp_path: Path
 ) -> None:
     root = tmp_path / "received"
+    root.mkdir()
     instances = ct_study[:6]
     first_path = partner.url_of(instances[0])
     seen_together: list[int] = []
@@ -52,6 +53,7 @@ def test_a_delivery_already_stored_is_not_fetched_again_when_read_again(
     partner: Partner, ct_study: list, tmp_path: Path
 ) -> None:
     root = tmp_path / "received"
+    root.mkdir()
     partner.publish(ct_study[:3])
     with gateway_thread(partner.settings(f"file://{root}", idle_exit_s=2.0)) as (_stop, done):
         assert done.result(timeout=60).stored == 3

@@ -18,6 +18,7 @@ def test_a_corrupt_object_is_dead_lettered_the_rest_stored_and_replay_stores_it_
     partner: Partner, ct_study: list, tmp_path: Path
 ) -> None:
     root = tmp_path / "received"
+    root.mkdir()
     bad = ct_study[2]
     partner.publish(ct_study[:5], study_complete=True)
     partner.server.objects[partner.url_of(bad)] = bad.data[:-1] + b"\xff"  # same size, other bytes

@@ -34,16 +34,31 @@ def test_only_dicom_uids_become_path_components(uid: str) -> None:
     assert set(uid) <= set("0123456789.") and ".." not in uid
 
 
+def made(folder: Path) -> Path:
+    folder.mkdir()
+    return folder
+
+
+def test_a_missing_root_is_waited_for_and_never_made(tmp_path: Path) -> None:
+    """A share not mounted yet: the gateway made the folder on the local disk under the mount point,
+    wrote there and reported STORED; the share, mounted later, hid those files for good."""
+    root = tmp_path / "share" / "imx"
+    (tmp_path / "share").mkdir()  # the mount point, the share not mounted on it
+    result = FolderStore(FolderTarget(root)).store(Fetched(data=b"x"), _delivery(b"x"))
+    assert (result.ok, result.unavailable, result.status_detail) == (False, True, "folder-missing")
+    assert not root.exists()
+
+
 @pytest.mark.parametrize("uid", ["..", "../../etc", "/etc/passwd", "1.2/../3", "1..2", ".1", "1" * 65, ""])
 def test_hostile_uids_are_refused(uid: str, tmp_path: Path) -> None:
-    result = FolderStore(FolderTarget(tmp_path / "root")).store(Fetched(data=b"x"), _delivery(b"x", sop=uid))
+    result = FolderStore(FolderTarget(made(tmp_path / "root"))).store(Fetched(data=b"x"), _delivery(b"x", sop=uid))
     assert (result.ok, result.retryable, result.status_detail) == (False, False, "invalid-uid")
 
 
 def test_an_instance_is_written_under_study_series_sop_and_a_second_copy_is_already_present(tmp_path: Path) -> None:
     source = tmp_path / "fetched.dcm"
     source.write_bytes(b"DICM-bytes")
-    store = FolderStore(FolderTarget(tmp_path / "root"))
+    store = FolderStore(FolderTarget(made(tmp_path / "root")))
     delivery = _delivery(b"DICM-bytes")
     assert store.store(Fetched.in_file(source), delivery).status_detail == "written"
     written = tmp_path / "root" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
@@ -53,7 +68,7 @@ def test_an_instance_is_written_under_study_series_sop_and_a_second_copy_is_alre
 
 
 def test_a_different_object_under_the_same_uids_replaces_the_old_one(tmp_path: Path) -> None:
-    store = FolderStore(FolderTarget(tmp_path / "root"))
+    store = FolderStore(FolderTarget(made(tmp_path / "root")))
     for content in (b"first", b"second"):
         assert store.store(Fetched(data=content), _delivery(content)).ok
     assert (tmp_path / "root" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm").read_bytes() == b"second"
@@ -65,7 +80,7 @@ def test_files_get_the_mode_a_new_file_gets_not_the_temp_files_0600(tmp_path: Pa
 
     old = os.umask(0o022)
     try:
-        store = FolderStore(FolderTarget(tmp_path / "root"))
+        store = FolderStore(FolderTarget(made(tmp_path / "root")))
     finally:
         os.umask(old)
     assert store.store(Fetched(data=b"DICM-bytes"), _delivery(b"DICM-bytes")).ok
@@ -81,7 +96,7 @@ def test_new_study_and_series_folders_are_made_durable(tmp_path: Path, monkeypat
     synced: list[Path] = []
     monkeypatch.setattr(folder_store, "fsync_directory", lambda folder: synced.append(Path(folder)))
     monkeypatch.setattr("services.common.blob_store.fsync_directory", lambda folder: synced.append(Path(folder)))
-    assert FolderStore(FolderTarget(tmp_path / "root")).store(Fetched(data=b"x"), _delivery(b"x")).ok
+    assert FolderStore(FolderTarget(made(tmp_path / "root"))).store(Fetched(data=b"x"), _delivery(b"x")).ok
     root = tmp_path / "root"
     assert {root, root / "1.2.3", root / "1.2.3" / "1.2.3.4"} <= set(synced)
 
