@@ -172,6 +172,13 @@ def replay_dead_letters(
                 outcomes.append(ReplayOutcome(str(wanted), False, letter))
                 continue
             delivery = letter.delivery()
+            earlier = records.stored(letter.delivery_id)
+            if earlier is not None and earlier[0] == delivery.blob.sha256:
+                # Stored after it was dead-lettered (read again after a kill, before its offset was
+                # committed); its STORED receipt went out then. Not sent to the target a second time.
+                dead_letters.remove(letter.delivery_id)
+                outcomes.append(ReplayOutcome(letter.delivery_id, True, "already-stored"))
+                continue
             result, _refused = attempt_once(fetcher, store, delivery)
             outcomes.append(ReplayOutcome(letter.delivery_id, result.ok, result.status_detail))
             if not result.ok:

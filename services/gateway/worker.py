@@ -347,6 +347,7 @@ class Gateway:
             if result.ok:
                 stored_at = self._clock()
                 self._records.add(delivery_id, delivery.blob.sha256, delivery.instance.study_instance_uid, stored_at)
+                self._dead_letters.settle(delivery_id)
                 self.counters.stored += 1
                 self.counters.waiting = ""
                 self._send_receipt(

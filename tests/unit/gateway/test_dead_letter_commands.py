@@ -8,8 +8,9 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from services.cli.main import app
-from services.gateway.records import DeadLetters, UnreadableDeadLetter
+from services.gateway.records import DeadLetters, StoredRecords, UnreadableDeadLetter
 from services.gateway.worker import state_paths
+from services.proto_gen.imx.v1 import events_pb2
 
 runner = CliRunner()
 REPLAY = ["gateway", "dead-letters", "replay", "--target", "file:///tmp/nowhere", "--dicomweb-key", "k"]
@@ -40,3 +41,37 @@ def test_a_malformed_id_and_a_missing_state_folder_are_usage_errors(tmp_path: Pa
     result = runner.invoke(app, [*REPLAY, "--all", "--state-dir", str(tmp_path / "typo")])
     assert result.exit_code == 2 and "no dead letters" in " ".join(result.output.split())
     assert not (tmp_path / "typo").exists(), "a mistyped --state-dir was made"
+
+
+def _delivery(event_id: str) -> events_pb2.PartnerDelivery:
+    delivery = events_pb2.PartnerDelivery(meta=events_pb2.EventMeta(event_id=event_id))
+    delivery.blob.sha256 = "ab" * 32
+    delivery.instance.study_instance_uid = "1.2.3"
+    return delivery
+
+
+def test_a_dead_letter_is_settled_when_its_delivery_is_stored_after_all(tmp_path: Path) -> None:
+    """A gateway killed after dead-lettering and before its commit reads the delivery again, and may store
+    it then: its dead letter stayed listed, and a replay sent it to the target a second time."""
+    folder = tmp_path / "dead-letters"
+    letters = DeadLetters(folder)
+    letters.put(_delivery("d1"), "dimse-a700", 10, "dicom", 1)
+    letters.put(_delivery("d2"), "dimse-a700", 10, "dicom", 1)
+    letters.settle("d1")
+    letters.settle("never-dead-lettered")
+    assert [letter.delivery_id for letter in DeadLetters(folder)] == ["d2"]
+
+
+def test_replay_does_not_send_again_what_was_stored_after_it_was_dead_lettered(tmp_path: Path) -> None:
+    _incoming, records_path, folder = state_paths(tmp_path / "state")
+    DeadLetters(folder).put(_delivery("d1"), "dimse-a700", 10, "file", 1)
+    records = StoredRecords(records_path)
+    records.add("d1", "ab" * 32, "1.2.3", 2)
+    records.close()
+    target = tmp_path / "target"
+    target.mkdir()
+    args = ["gateway", "dead-letters", "replay", "--all", "--state-dir", str(tmp_path / "state")]
+    result = runner.invoke(app, [*args, "--target", f"file://{target}", "--dicomweb-key", "k"])
+    assert result.exit_code == 0, result.output
+    assert "already-stored" in result.output
+    assert list(DeadLetters(folder)) == [] and list(target.iterdir()) == []
