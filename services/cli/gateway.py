@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from services.gateway.targets import Target
 
 console = Console()
+# A Kafka error this long after the start is not a refused sign-in (kafka-python gives that up within
+# its 10 s bootstrap wait, or at the group's first join).
+STARTUP_S = 60.0
 gateway_app = typer.Typer(
     help="The partner gateway: feed → fetch → verify → store into a PACS or folder.", no_args_is_help=True
 )
@@ -118,7 +121,15 @@ def _settings(
     )
 
 
-def _sign_in_failed(bootstrap: str, error: Exception) -> typer.Exit:
+def _sign_in_failed(bootstrap: str, error: Exception, running_s: float | None = None) -> typer.Exit:
+    """`running_s`: how long the gateway had run; a failure past start-up is not a sign-in's, and what
+    was stored is kept (its record and receipts), what was not is read again at the next start."""
+    if running_s is not None and running_s > STARTUP_S:
+        console.print(
+            f"[red]Kafka at {bootstrap} failed after {running_s:.0f} s[/red]: {type(error).__name__}; "
+            "start the gateway again: what was stored is recorded, the rest is read again"
+        )
+        return typer.Exit(1)
     console.print(
         f"[red]cannot use Kafka at {bootstrap}[/red]: {type(error).__name__}. kafka-python reports a refused "
         "SASL sign-in (wrong user or password) as a timeout waiting for the broker, exactly like an "
@@ -193,13 +204,14 @@ def run(
             console.print(line)
             shown["at"], last_line[0] = now, line
 
+    started = time.monotonic()
     try:
         counters = run_gateway(settings, stop, show)
     except GatewayStopped as error:
         console.print(f"[red]gateway stopped[/red]: {error}")
         raise typer.Exit(1) from None
     except KafkaError as error:
-        raise _sign_in_failed(bootstrap, error) from None
+        raise _sign_in_failed(bootstrap, error, time.monotonic() - started) from None
     console.print(f"done: {counters.line()}")
 
 

@@ -240,9 +240,13 @@ class Gateway:
                     break
         finally:
             # What was stored is committed first: waiting for fetches ahead that will not be stored (a slow
-            # answer, up to the 60 s read timeout) delayed the last commit past a pod's 30 s grace.
-            self._commit()
-            self._ahead.close()
+            # answer, up to the 60 s read timeout) delayed the last commit past a pod's 30 s grace. The
+            # fetches ahead are closed whatever the commit does: one that failed (receipts not written) left
+            # their temp files, and a central gateway's worker restarts in the same process.
+            try:
+                self._commit()
+            finally:
+                self._ahead.close()
         return self.counters
 
     def _outranked(self, lane: str, probe: bool) -> bool:
@@ -441,8 +445,8 @@ class Gateway:
     def _commit(self) -> None:
         """Acknowledged receipts first, then the offsets of what they report."""
         if self._receipts:
-            self._producer.flush(timeout=60)
             try:
+                self._producer.flush(timeout=60)  # KafkaTimeoutError when not all went in time
                 for future in self._receipts:
                     future.get(timeout=60)
             except KafkaError as error:

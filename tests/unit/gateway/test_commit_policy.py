@@ -3,15 +3,24 @@ than the window read but not committed (what a crash would read again)."""
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import ClassVar
+import time
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
-from kafka.errors import FencedInstanceIdError
+from kafka.errors import FencedInstanceIdError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from services.common.events import EVENT_TYPE_HEADER
 from services.common.static_membership import ReplicaNameTaken
-from services.gateway.worker import Gateway, GatewayOptions
+from services.gateway.fetched import Fetched
+from services.gateway.records import DeadLetters, StoredRecords
+from services.gateway.scratch_files import new_scratch_file
+from services.gateway.targets import StoreResult
+from services.gateway.worker import Gateway, GatewayOptions, GatewayStopped
+from services.proto_gen.imx.v1 import events_pb2
 
 from .fake_consumer import FEED, FakeFeed, NoReceipts, Record
 
@@ -63,3 +72,64 @@ def test_a_gateway_fenced_by_a_replica_of_the_same_name_stops_saying_why() -> No
 def test_a_gateway_refused_a_rejoin_under_its_name_stops_saying_why() -> None:
     with pytest.raises(ReplicaNameTaken, match="imx-central-gateway-p as 'gateways-0'"):
         run(3, window=50, feed_type=FencedAtJoinFeed)
+
+
+def test_a_gateway_stopped_by_receipts_it_cannot_write_leaves_no_fetched_ahead_files(tmp_path: Path) -> None:
+    """The last commit raised again in the loop's `finally`, before the fetches ahead were closed: their
+    temp files (up to 1 GiB each) stayed, and a central gateway's worker restarts in the same process,
+    whose own files the clean-up at start leaves alone."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+
+    def delivery_record(offset: int) -> Record:
+        delivery = events_pb2.PartnerDelivery(meta=events_pb2.EventMeta(event_id=f"d{offset}"))
+        delivery.blob.sha256, delivery.blob.size = "ab" * 32, 5 * 2**20
+        return Record(offset, [(EVENT_TYPE_HEADER, b"PartnerDelivery")], delivery.SerializeToString())
+
+    class Deliveries(FakeFeed):
+        def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+            polled = super().poll(timeout_ms, max_records)
+            return {tp: [delivery_record(r.offset) for r in records] for tp, records in polled.items()}
+
+    class FileFetcher:  # an object over 4 MiB: fetched into a temp file
+        def fetch(self, delivery: events_pb2.PartnerDelivery) -> Fetched:
+            fd, path = new_scratch_file(incoming)
+            os.write(fd, b"x" * 100)
+            os.close(fd)
+            return Fetched.in_file(path)
+
+    class Stores:
+        kind = "file"
+
+        def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
+            return StoreResult.stored("written")
+
+    class NeverAcknowledged:
+        def get(self, timeout: float | None = None) -> None:
+            raise KafkaError("broker gone")
+
+    class ReceiptsRefused:
+        def send(self, *args: object, **kwargs: object) -> Any:
+            return NeverAcknowledged()
+
+        def flush(self, timeout: float | None = None) -> None:
+            pass
+
+    stop = threading.Event()
+    options = GatewayOptions(receipts_topic="r", commit_interval_s=0.0, fetch_ahead=2)
+    gateway = Gateway(
+        Deliveries(10, stop, per_poll=10),  # type: ignore[arg-type]
+        ReceiptsRefused(),  # type: ignore[arg-type]
+        FileFetcher(),  # type: ignore[arg-type]
+        Stores(),  # type: ignore[arg-type]
+        StoredRecords(tmp_path / "stored.sqlite3"),
+        DeadLetters(tmp_path / "dead-letters"),
+        options,
+    )
+    gateway.subscribe(FEED)
+    with pytest.raises(GatewayStopped):
+        gateway.run(stop)
+    deadline = time.monotonic() + 5
+    while list(incoming.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)  # a fetch under way when it closed deletes its own file when it ends
+    assert list(incoming.iterdir()) == []

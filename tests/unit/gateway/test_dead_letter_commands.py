@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from kafka.errors import KafkaTimeoutError
 from typer.testing import CliRunner
 
+from services.cli.gateway import _sign_in_failed
 from services.cli.main import app
 from services.gateway.records import DeadLetters, StoredRecords, UnreadableDeadLetter
 from services.gateway.worker import state_paths
@@ -75,3 +78,11 @@ def test_replay_does_not_send_again_what_was_stored_after_it_was_dead_lettered(t
     assert result.exit_code == 0, result.output
     assert "already-stored" in result.output
     assert list(DeadLetters(folder)) == [] and list(target.iterdir()) == []
+
+
+def test_a_kafka_failure_hours_into_a_run_is_not_called_a_refused_sign_in(capsys: pytest.CaptureFixture[str]) -> None:
+    _sign_in_failed("kafka:9093", KafkaTimeoutError(), running_s=3 * 3600)
+    later = " ".join(capsys.readouterr().out.split())
+    assert "failed after 10800 s" in later and "password" not in later
+    _sign_in_failed("kafka:9093", KafkaTimeoutError(), running_s=5)
+    assert "check --bootstrap, --username and the password" in " ".join(capsys.readouterr().out.split())
