@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BufferedReader, BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
@@ -76,6 +77,7 @@ from services.gateway.dimse_responses import NoResponse, read_store_responses_di
 from services.gateway.fetched import Fetched
 from services.gateway.file_meta import plain_meta_of
 from services.gateway.pdu_writer import SendStalled, send_direct
+from services.gateway.scratch_files import new_scratch_file
 from services.gateway.targets import ABORTED, DicomTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -128,35 +130,42 @@ def inflated_copy(path: Path, offset: int) -> Path:
     """The deflated data set of `path` (from `offset`) inflated into a file beside it: Deflated
     Explicit VR Little Endian is the explicit VR little endian data set deflated (PS3.5 A.5), so this is
     the conversion, with nothing decoded and at most a piece of it in memory at a time."""
-    target = path.with_name(f".{path.name}.inflated")
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        with path.open("rb") as source, target.open("wb") as out:
-            source.seek(offset)
-            pending = b""
-            while not inflater.eof:
-                pending = pending or source.read(INFLATE_PIECE)
-                if not pending:
-                    break
-                out.write(inflater.decompress(pending, INFLATE_PIECE))  # input kept back for more output
-                pending = inflater.unconsumed_tail
-            out.write(inflater.flush())
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    return target
+
+    def inflate(source: BinaryIO, out: BinaryIO) -> None:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        pending = b""
+        while not inflater.eof:
+            pending = pending or source.read(INFLATE_PIECE)
+            if not pending:
+                break
+            out.write(inflater.decompress(pending, INFLATE_PIECE))  # input kept back for more output
+            pending = inflater.unconsumed_tail
+        out.write(inflater.flush())
+
+    return _scratch_copy(path, offset, inflate)
 
 
 def padded_copy(path: Path, offset: int) -> Path:
     """The data set of `path` (from `offset`) with one NUL byte after it, in a file beside it. A
     deflated data set is padded to even length (PS3.5 A.5, as pydicom and dcmtk write it); sent odd,
     the last PDV fragment is odd and dcmtk's storescp aborts the association ("Odd Fragment Length")."""
-    target = path.with_name(f".{path.name}.padded")
+
+    def pad(source: BinaryIO, out: BinaryIO) -> None:
+        shutil.copyfileobj(source, out, INFLATE_PIECE)
+        out.write(b"\x00")
+
+    return _scratch_copy(path, offset, pad)
+
+
+def _scratch_copy(path: Path, offset: int, fill: Callable[[BinaryIO, BinaryIO], None]) -> Path:
+    """`fill` from `path` (read from `offset`) into a new temp file beside it, named as the fetched
+    files are (scratch_files.py), so a gateway killed while sending it has it removed at its next start
+    (an inflated copy can be GiBs)."""
+    fd, target = new_scratch_file(path.parent)
     try:
-        with path.open("rb") as source, target.open("wb") as out:
+        with path.open("rb") as source, os.fdopen(fd, "wb") as out:
             source.seek(offset)
-            shutil.copyfileobj(source, out, INFLATE_PIECE)
-            out.write(b"\x00")
+            fill(source, out)
     except BaseException:
         target.unlink(missing_ok=True)
         raise
