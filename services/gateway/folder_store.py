@@ -1,6 +1,10 @@
 """The folder target: `<root>/<study>/<series>/<sop>.dcm`, written atomically. The root must exist:
 the folders below it are made as needed, the root never (a missing one is waited for).
 
+Each file is written in `<root>/.imx-incoming/` under a name that says which host and process wrote
+it (scratch_files.py), then renamed into place: a gateway killed part way leaves its partial file
+there, never beside the partner's objects, and the next start on the host removes it.
+
 UIDs come from an event, so they are checked before they become path components: a UID is digits
 and dots only (PS3.5 9.1), at most 64 characters, so no event can name `..` or an absolute path.
 """
@@ -15,13 +19,16 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-from services.common.blob_store import fsync_directory, make_durable_parents, replace_atomically
+from services.common.blob_store import fsync_directory, make_durable_parents
 from services.gateway.fetched import Fetched
+from services.gateway.scratch_files import new_scratch_file, remove_abandoned
 from services.gateway.targets import FolderTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*\Z")
 _CHUNK = 1024 * 1024
+INCOMING = ".imx-incoming"  # under the root: files being written, hidden from importers
+PARTIAL_SUFFIX = ".part"  # never ".dcm": an importer scanning the whole tree takes no partial file
 
 
 class UnsafeUid(ValueError):
@@ -57,6 +64,8 @@ class FolderStore:
 
     def __init__(self, target: FolderTarget) -> None:
         self._root = target.root
+        self._incoming = target.root / INCOMING
+        self._incoming_ready = False
         # Files get the mode a program's new file gets (0666 less the umask), as an importer running as
         # another user expects, not the private 0600 of the temp file they are written through.
         self._mode = 0o666 & ~process_umask()
@@ -73,8 +82,12 @@ class FolderStore:
         try:
             if target.exists() and file_sha256(target) == delivery.blob.sha256:
                 return StoreResult.stored("already-present")
+            if not self._incoming_ready:  # once the root is there: a killed run's partial files removed
+                self._incoming.mkdir(exist_ok=True)
+                remove_abandoned(self._incoming, PARTIAL_SUFFIX)
+                self._incoming_ready = True
             make_durable_parents(target)  # a new study's and series' folders too, each fsynced in its parent
-            _copy_atomically(source, target, self._mode)
+            _copy_atomically(source, self._incoming, target, self._mode)
         except OSError as error:
             # A full or read-only disk may be fixed by the partner: retry, and wait without spending
             # attempts when the folder itself is gone (an unmounted share).
@@ -90,9 +103,18 @@ class FolderStore:
         pass
 
 
-def _copy_atomically(source: Fetched, target: Path, mode: int) -> None:
-    """A crash leaves the old file or the new one, never half of one; the folder is fsynced too."""
-    replace_atomically(target, lambda out: _copy(source, out, mode))
+def _copy_atomically(source: Fetched, incoming: Path, target: Path, mode: int) -> None:
+    """A crash leaves the old file or the new one, never half of one, under `target`'s name; the
+    folder is fsynced too."""
+    fd, partial = new_scratch_file(incoming, PARTIAL_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _copy(source, out, mode)
+            os.fsync(out.fileno())
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     fsync_directory(target.parent)
 
 

@@ -41,9 +41,9 @@ def _process_token() -> str:
     return f"{os.getpid()}.{_start_time() or 0}"
 
 
-def new_scratch_file(folder: Path | None) -> tuple[int, Path]:
+def new_scratch_file(folder: Path | None, suffix: str = _SUFFIX) -> tuple[int, Path]:
     """An open descriptor and the path of a new, empty temp file in `folder` (None: the temp folder)."""
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f"{_host_prefix()}{_process_token()}-", suffix=_SUFFIX)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f"{_host_prefix()}{_process_token()}-", suffix=suffix)
     return fd, Path(name)
 
 
@@ -51,12 +51,12 @@ def _running(pid: int, started: int) -> bool:
     return _start_time(pid) == started
 
 
-def abandoned(names: list[str], host_prefix: str, alive: Alive, me: str) -> list[str]:
+def abandoned(names: list[str], host_prefix: str, alive: Alive, me: str, suffix: str = _SUFFIX) -> list[str]:
     """Those of `names` made on this host by a process no longer running (pure, for the tests); `me` is
     this process's token, whose files are never abandoned."""
     gone = []
     for name in names:
-        if not (name.startswith(host_prefix) and name.endswith(_SUFFIX)):
+        if not (name.startswith(host_prefix) and name.endswith(suffix)):
             continue
         token = name[len(host_prefix) :].split("-", 1)[0]
         pid_text, _, start_text = token.partition(".")
@@ -67,14 +67,14 @@ def abandoned(names: list[str], host_prefix: str, alive: Alive, me: str) -> list
     return gone
 
 
-def remove_abandoned(folder: Path) -> int:
+def remove_abandoned(folder: Path, suffix: str = _SUFFIX) -> int:
     """Delete the temp files in `folder` whose makers are gone; how many bytes that freed."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
         return 0
     freed = 0
-    for name in abandoned(names, _host_prefix(), _running, _process_token()):
+    for name in abandoned(names, _host_prefix(), _running, _process_token(), suffix):
         path = folder / name
         try:
             size = path.stat().st_size

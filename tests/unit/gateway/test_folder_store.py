@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.gateway import folder_store
 from services.gateway.fetched import Fetched
 from services.gateway.folder_store import FolderStore, UnsafeUid, path_for
+from services.gateway.scratch_files import _host_prefix
 from services.gateway.targets import FolderTarget
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -91,8 +93,6 @@ def test_files_get_the_mode_a_new_file_gets_not_the_temp_files_0600(tmp_path: Pa
 def test_new_study_and_series_folders_are_made_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the file's own folder was fsynced: a power cut could lose a new study's folder, and the file
     in it, after its receipt went out."""
-    from services.gateway import folder_store
-
     synced: list[Path] = []
     monkeypatch.setattr(folder_store, "fsync_directory", lambda folder: synced.append(Path(folder)))
     monkeypatch.setattr("services.common.blob_store.fsync_directory", lambda folder: synced.append(Path(folder)))
@@ -116,3 +116,28 @@ def test_a_target_that_is_a_file_is_said_so_and_refused_by_the_command(tmp_path:
     env = {"IMX_GATEWAY_PASSWORD": "x", "IMX_GATEWAY_DICOMWEB_KEY": "k"}
     ran = CliRunner().invoke(app, ["gateway", "run", *args, "--state-dir", str(tmp_path / "state")], env=env)
     assert ran.exit_code == 2 and "is a file, not a folder" in " ".join(ran.output.split()), ran.output
+
+
+def test_a_killed_runs_partial_file_is_never_beside_the_partners_objects_and_is_removed_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """Files were written as `.tmp-*` in the series folder: a SIGKILL part way left half an object there
+    for good, where an importer scanning every file could take it."""
+    root = made(tmp_path / "root")
+    incoming = root / ".imx-incoming"
+    incoming.mkdir()
+    killed = incoming / f"{_host_prefix()}999999.1-k2j3h4.part"  # a process of this host that is gone
+    killed.write_bytes(b"half an object")
+    store = FolderStore(FolderTarget(root))
+
+    def torn(source: Fetched, out: object, mode: int) -> None:
+        raise OSError(5, "I/O error")  # the write fails part way, as a kill would leave it
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(folder_store, "_copy", torn)
+        assert not store.store(Fetched(data=b"x"), _delivery(b"x")).ok
+    assert not killed.exists(), "the killed run's partial file is removed"
+    assert list(incoming.iterdir()) == [], "nor is the failed write's left"
+    assert [p.name for p in (root / "1.2.3" / "1.2.3.4").iterdir()] == []
+    assert store.store(Fetched(data=b"x"), _delivery(b"x")).ok
+    assert [p.name for p in (root / "1.2.3" / "1.2.3.4").iterdir()] == ["1.2.3.4.5.dcm"]
