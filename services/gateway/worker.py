@@ -30,7 +30,9 @@ of that window is put back (sought back to, never committed) and the urgent work
 
 from __future__ import annotations
 
+import functools
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -350,7 +352,16 @@ class Gateway:
                 raise GatewayStopped(f"the DICOMweb service refused the partner's key ({result.status_detail})")
             if result.ok:
                 stored_at = self._clock()
-                self._records.add(delivery_id, delivery.blob.sha256, delivery.instance.study_instance_uid, stored_at)
+                record = functools.partial(
+                    self._records.add,
+                    delivery_id,
+                    delivery.blob.sha256,
+                    delivery.instance.study_instance_uid,
+                    stored_at,
+                )
+                recorded = self._state_written(record, stop, tp)
+                if not recorded:
+                    return False  # stopped first: read again, found not recorded, and stored again
                 self._dead_letters.settle(delivery_id)
                 self.counters.stored += 1
                 self.counters.waiting = ""
@@ -375,8 +386,8 @@ class Gateway:
                 answered += 1
                 few = result.status_detail in FEW_ATTEMPTS
                 if not result.retryable or policy.gives_up(answered, few):
-                    self._dead_letter(delivery, result.status_detail, attempts, (tp.topic, tp.partition, offset))
-                    return True
+                    where = (tp.topic, tp.partition, offset)
+                    return self._dead_letter(delivery, result.status_detail, attempts, where, stop, tp)
                 delay = policy.delay_s(answered)
                 self.counters.waiting = f"attempt {answered} failed ({result.status_detail}), retrying in {delay:.1f} s"
             self.counters.retried += 1
@@ -385,13 +396,43 @@ class Gateway:
                 return False
 
     def _dead_letter(
-        self, delivery: events_pb2.PartnerDelivery, status: str, attempts: int, where: tuple[str, int, int]
-    ) -> None:
+        self,
+        delivery: events_pb2.PartnerDelivery,
+        status: str,
+        attempts: int,
+        where: tuple[str, int, int],
+        stop: threading.Event,
+        holding: TopicPartition,
+    ) -> bool:
         at = self._clock()
-        self._dead_letters.put(delivery, status, attempts, self._store.kind, at, where)
+
+        def put() -> None:
+            self._dead_letters.put(delivery, status, attempts, self._store.kind, at, where)
+
+        if not self._state_written(put, stop, holding):
+            return False
         self.counters.dead_lettered += 1
         self.counters.waiting = ""
         self._send_receipt(instance_receipt(delivery, DEAD_LETTERED, self._store.kind, attempts, at, detail=status))
+        return True
+
+    def _state_written(self, write: Callable[[], object], stop: threading.Event, holding: TopicPartition) -> bool:
+        """`write` to the gateway's state folder, tried again while it fails (a full or read-only disk the
+        partner can mend), waiting as for an unreachable target: the instance is not sent again meanwhile,
+        and the gateway does not die with a traceback after the PACS stored it. False when stopped first."""
+        waits = 0
+        while True:
+            try:
+                write()
+                return True
+            except (OSError, sqlite3.Error) as error:
+                waits += 1
+                delay = self._options.policy.delay_s(waits, unreachable=True)
+                log.warning("the gateway's state folder cannot be written", extra={"error": type(error).__name__})
+                self.counters.waiting = f"state folder not writable ({type(error).__name__}), retrying in {delay:.0f} s"
+                self._on_progress(self.counters)
+            if not self._wait(delay, stop, holding):
+                return False
 
     def _study(self, study: events_pb2.StudyComplete) -> None:
         missing = self._records.missing([(e.delivery_id, e.sha256) for e in study.instances])

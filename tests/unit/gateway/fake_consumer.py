@@ -88,7 +88,7 @@ class FakeFeed:
         self.asked += 1
         return dict.fromkeys(partitions, 0)
 
-    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+    def poll(self, timeout_ms: int, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
         if self.next >= self._count:
             if self.committed >= self._count:
                 self._stop.set()

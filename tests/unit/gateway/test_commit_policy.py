@@ -4,6 +4,7 @@ than the window read but not committed (what a crash would read again)."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from services.common.events import EVENT_TYPE_HEADER
 from services.common.static_membership import ReplicaNameTaken
 from services.gateway.fetched import Fetched
+from services.gateway.policy import RetryPolicy
 from services.gateway.records import DeadLetters, StoredRecords
 from services.gateway.scratch_files import new_scratch_file
 from services.gateway.targets import StoreResult
@@ -39,6 +41,12 @@ class FencedAtJoinFeed(FencedFeed):
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
         raise FencedInstanceIdError()
+
+
+def _delivery_record(offset: int, size: int = 5 * 2**20) -> Record:
+    delivery = events_pb2.PartnerDelivery(meta=events_pb2.EventMeta(event_id=f"d{offset}"))
+    delivery.blob.sha256, delivery.blob.size = "ab" * 32, size
+    return Record(offset, [(EVENT_TYPE_HEADER, b"PartnerDelivery")], delivery.SerializeToString())
 
 
 def run(count: int, window: int, feed_type: type[FakeFeed] = FakeFeed) -> FakeFeed:
@@ -81,15 +89,10 @@ def test_a_gateway_stopped_by_receipts_it_cannot_write_leaves_no_fetched_ahead_f
     incoming = tmp_path / "incoming"
     incoming.mkdir()
 
-    def delivery_record(offset: int) -> Record:
-        delivery = events_pb2.PartnerDelivery(meta=events_pb2.EventMeta(event_id=f"d{offset}"))
-        delivery.blob.sha256, delivery.blob.size = "ab" * 32, 5 * 2**20
-        return Record(offset, [(EVENT_TYPE_HEADER, b"PartnerDelivery")], delivery.SerializeToString())
-
     class Deliveries(FakeFeed):
-        def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        def poll(self, timeout_ms: int, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
             polled = super().poll(timeout_ms, max_records)
-            return {tp: [delivery_record(r.offset) for r in records] for tp, records in polled.items()}
+            return {tp: [_delivery_record(r.offset) for r in records] for tp, records in polled.items()}
 
     class FileFetcher:  # an object over 4 MiB: fetched into a temp file
         def fetch(self, delivery: events_pb2.PartnerDelivery) -> Fetched:
@@ -133,3 +136,63 @@ def test_a_gateway_stopped_by_receipts_it_cannot_write_leaves_no_fetched_ahead_f
     while list(incoming.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.02)  # a fetch under way when it closed deletes its own file when it ends
     assert list(incoming.iterdir()) == []
+
+
+def test_a_full_state_disk_after_the_pacs_stored_is_waited_for_not_a_crash_and_a_second_send(tmp_path: Path) -> None:
+    """The record's write raised sqlite3.OperationalError (a full disk), which nothing caught: the gateway
+    died with a traceback after the PACS had stored the instance, and sent it again at its next start."""
+    sent: list[str] = []
+
+    class Pacs:
+        kind = "dicom"
+
+        def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
+            sent.append(delivery.meta.event_id)
+            return StoreResult.stored("0x0000")
+
+    class InMemory:
+        def fetch(self, delivery: events_pb2.PartnerDelivery) -> Fetched:
+            return Fetched(data=b"x")
+
+    class FullForAWhile(StoredRecords):
+        refusals = 2
+
+        def add(self, delivery_id: str, sha256: str, study: str, stored_at_ms: int) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            super().add(delivery_id, sha256, study, stored_at_ms)
+
+    class Deliveries(FakeFeed):
+        def poll(self, timeout_ms: int, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
+            polled = super().poll(timeout_ms, max_records)
+            return {tp: [_delivery_record(r.offset, size=1) for r in records] for tp, records in polled.items()}
+
+    class Acknowledged:
+        def get(self, timeout: float | None = None) -> None:
+            return None
+
+    class Receipts:
+        def send(self, *args: object, **kwargs: object) -> Any:
+            return Acknowledged()
+
+        def flush(self, timeout: float | None = None) -> None:
+            pass
+
+    stop = threading.Event()
+    records = FullForAWhile(tmp_path / "stored.sqlite3")
+    policy = RetryPolicy(initial_s=0.01, jitter_s=0.0, unreachable_cap_s=0.01)
+    options = GatewayOptions(receipts_topic="r", commit_interval_s=0.0, fetch_ahead=0, policy=policy)
+    gateway = Gateway(
+        Deliveries(1, stop),  # type: ignore[arg-type]
+        Receipts(),  # type: ignore[arg-type]
+        InMemory(),  # type: ignore[arg-type]
+        Pacs(),  # type: ignore[arg-type]
+        records,
+        DeadLetters(tmp_path / "dead-letters"),
+        options,
+    )
+    gateway.subscribe(FEED)
+    counters = gateway.run(stop)
+    assert sent == ["d0"], "stored at the PACS once"
+    assert records.stored("d0") is not None and counters.stored == 1
