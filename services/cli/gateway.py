@@ -110,12 +110,7 @@ def _settings(
         dicomweb_key=dicomweb_key,
         state_dir=state_dir,
         topics=Topics(ServiceSettings().topic_prefix),
-        policy=RetryPolicy(
-            max_attempts=max_attempts,
-            cap_s=backoff_cap,
-            initial_s=min(1.0, backoff_cap),
-            unreachable_cap_s=unreachable_cap,
-        ),
+        policy=RetryPolicy.capped(max_attempts, backoff_cap, unreachable_cap),
         idle_exit_s=idle_exit,
         window=window,
     )

@@ -28,10 +28,8 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 
-from kafka import KafkaConsumer
 from pydantic import Field
 
-from services.common.bus import LONG_LIVED_CLIENT
 from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
 from services.common.logs import configure_logging
@@ -47,7 +45,7 @@ from services.common.topics import Topics
 from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
 from services.gateway.records import DeadLetters, StoredRecords
-from services.gateway.runner import BOOTSTRAP_TIMEOUT_MS, RECEIPTS_LINGER_MS, KafkaSignIn, producer_for
+from services.gateway.runner import RECEIPTS_LINGER_MS, KafkaSignIn, feed_consumer, producer_for
 from services.gateway.targets import open_store, parse_target
 from services.gateway.worker import Counters, Gateway, GatewayOptions, state_paths
 
@@ -141,22 +139,15 @@ class PartnerWorker:
             config.get("security_protocol", "SASL_PLAINTEXT"),
         )
         with ExitStack() as stack:
-            consumer = KafkaConsumer(
-                **config,
-                bootstrap_servers=s.kafka_bootstrap,
-                group_id=central_group(self.partner_id, topics.prefix),
-                client_id=f"imx-central-gateway-{self.partner_id}",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=s.gateway_window,
-                max_poll_interval_ms=600_000,
-                session_timeout_ms=10_000,
-                heartbeat_interval_ms=2_000,
-                bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            consumer = feed_consumer(
+                s.kafka_bootstrap,
+                central_group(self.partner_id, topics.prefix),
+                f"imx-central-gateway-{self.partner_id}",
+                s.gateway_window,
+                config,
                 # A replica of this service restarted under the same name takes its partners' feeds
                 # back at once (services/common/static_membership.py), as the stages do.
                 group_instance_id=instance_id(s.instance_id),
-                **LONG_LIVED_CLIENT,
             )
             stack.callback(consumer.close, autocommit=False)
             # After the gateway's last commit (run() commits before it returns), before the close.
@@ -171,12 +162,7 @@ class PartnerWorker:
             stack.callback(records.close)
             options = GatewayOptions(
                 receipts_topic=topics.receipts(self.partner_id),
-                policy=RetryPolicy(
-                    max_attempts=s.gateway_max_attempts,
-                    cap_s=s.gateway_backoff_cap_s,
-                    initial_s=min(1.0, s.gateway_backoff_cap_s),
-                    unreachable_cap_s=s.gateway_unreachable_cap_s,
-                ),
+                policy=RetryPolicy.capped(s.gateway_max_attempts, s.gateway_backoff_cap_s, s.gateway_unreachable_cap_s),
                 window=s.gateway_window,
             )
             self._gateway = Gateway(consumer, producer, fetcher, store, records, DeadLetters(dead), options)

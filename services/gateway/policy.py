@@ -43,6 +43,13 @@ class RetryPolicy:
         )
         object.__setattr__(self, "_wait_unreachable", unreachable)
 
+    @classmethod
+    def capped(cls, max_attempts: int, cap_s: float, unreachable_cap_s: float) -> RetryPolicy:
+        """The gateways' policy from their options: the first wait 1 s, or the cap when that is shorter."""
+        return cls(
+            max_attempts=max_attempts, cap_s=cap_s, initial_s=min(1.0, cap_s), unreachable_cap_s=unreachable_cap_s
+        )
+
     def delay_s(self, attempt: int, unreachable: bool = False) -> float:
         """Seconds to wait after the `attempt`-th failure (1-based): initial·2^(attempt-1) plus up to
         `jitter_s` at random, never more than `cap_s` (`unreachable_cap_s` when the target could not

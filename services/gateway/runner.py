@@ -4,10 +4,11 @@ letters. Only the CLI (and tests) call these; nothing here runs at import."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
@@ -53,13 +54,27 @@ class GatewaySettings:
 
 
 def consumer_for(settings: GatewaySettings) -> KafkaConsumer:
+    return feed_consumer(
+        settings.kafka.bootstrap,
+        f"{group_prefix(settings.partner_id)}gateway",
+        f"imx-gateway-{settings.partner_id}",
+        settings.window,
+        settings.kafka.client_config(),
+    )
+
+
+def feed_consumer(
+    bootstrap: str, group_id: str, client_id: str, window: int, sign_in: Mapping[str, Any], **more: Any
+) -> KafkaConsumer:
+    """A gateway's consumer of a partner's feed: a partner's own gateway and imx's central ones alike
+    (`more`: the central ones' static membership)."""
     return KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap,
-        group_id=f"{group_prefix(settings.partner_id)}gateway",
-        client_id=f"imx-gateway-{settings.partner_id}",
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id=client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_poll_records=settings.window,
+        max_poll_records=window,
         # One store may take long for a large instance: leave room before the group gives up on us.
         max_poll_interval_ms=600_000,
         # A gateway that crashed holds its partitions until the broker gives up on it: a restarted one
@@ -73,7 +88,8 @@ def consumer_for(settings: GatewaySettings) -> KafkaConsumer:
         fetch_min_bytes=FETCH_MIN_BYTES,
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         **LONG_LIVED_CLIENT,  # as the stages' clients: no sensors, no text per wait, back within a second
-        **settings.kafka.client_config(),
+        **sign_in,
+        **more,
     )
 
 
