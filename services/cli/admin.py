@@ -110,7 +110,7 @@ def routes_add(
     body_part: Annotated[str, typer.Option(help="glob on Body Part Examined")] = "",
     requested: Annotated[str, typer.Option(help="glob on the destination the sender asked for")] = "",
     priority: Annotated[
-        int, typer.Option(min=-INT32_MAX, max=INT32_MAX, help="lower wins when two rules name the same partner")
+        int, typer.Option(min=1, max=INT32_MAX, help="lower wins when two rules name the same partner")
     ] = 100,
     priority_class: Annotated[
         PriorityClass,

@@ -23,12 +23,12 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.common.messages import TransientError
 from services.common.profile_names import validate_profile_name
+from services.common.stores.config_versions import ConfigVersion
 from services.common.ttl_cache import RefreshingSnapshot
 from services.deid.engine import BUILTIN_PROFILES, Profile
 from services.deid.profile_documents import (
@@ -75,17 +75,11 @@ class ProfileStore:
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self._profiles = db["profiles"]
         self._versions = db["profile_versions"]
-        self._meta = db["config_versions"]
+        self._changes = ConfigVersion(db, "profiles")
         self._clock = clock
 
-    def _bump(self) -> None:
-        self._meta.find_one_and_update(
-            {"_id": "profiles"}, {"$inc": {"version": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-
     def config_version(self) -> int:
-        doc = self._meta.find_one({"_id": "profiles"})
-        return int(doc["version"]) if doc else 0
+        return self._changes.current()
 
     def add(self, profile: Profile) -> tuple[Profile, bool]:
         """Create or replace; returns the saved profile and whether anything changed.
@@ -113,7 +107,7 @@ class ProfileStore:
             current_doc = {**doc, "_id": name, "updated_at_ms": now_ms}
             with contextlib.suppress(DuplicateKeyError):  # a newer version is already current
                 self._profiles.replace_one({"_id": name, "version": {"$lt": version}}, current_doc, upsert=True)
-            self._bump()
+            self._changes.bump()
             return saved, True
         raise TransientError(f"profile {name!r} is being changed concurrently; try again")
 
@@ -149,8 +143,7 @@ class ProfileStore:
         if name in BUILTIN_PROFILES:
             raise ProtectedProfile(f"{name!r} is a built-in profile and cannot be removed")
         removed = self._profiles.delete_one({"_id": name}).deleted_count == 1
-        if removed:
-            self._bump()
+        self._changes.bump()  # also when nothing was found: a retry announces a removal whose bump failed
         return removed
 
 

@@ -71,6 +71,9 @@ def validate_route(route: Route) -> Route:
     if not _ROUTE_ID.match(route.route_id):
         raise ValueError("route id must be 1-63 characters of lower-case letters, digits and '-'")
     validate_partner_id(route.partner_id)
+    if route.priority < 1:
+        # 0 on the wire is "unset" (100), so a route saved as 0 would have ranked below one saved as 50.
+        raise ValueError(f"priority must be at least 1 (lower wins; unset is 100), got {route.priority}")
     if route.priority_class not in PRIORITY_CLASSES:
         raise ValueError(f"priority class must be one of {', '.join(PRIORITY_CLASSES)} (got {route.priority_class!r})")
     if route.profile:

@@ -3,6 +3,7 @@ routing replicas notice changes with one cheap read and reload."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -13,8 +14,11 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from services.common.profile_names import BUILTIN_PROFILE_NAMES
+from services.common.stores.config_versions import ConfigVersion
 from services.common.ttl_cache import RefreshingSnapshot
-from services.routing.rules import Route, RouteMatch, validate_route
+from services.routing.rules import PRIORITY_CLASSES, Route, RouteMatch, validate_route
+
+log = logging.getLogger(__name__)
 
 
 def route_to_doc(route: Route) -> dict[str, Any]:
@@ -34,7 +38,7 @@ def route_from_doc(doc: dict[str, Any]) -> Route:
         priority=int(doc.get("priority", 100)),
         enabled=bool(doc.get("enabled", True)),
         version=int(doc.get("version", 1)),
-        priority_class=str(doc.get("priority_class", "routine")),
+        priority_class=_priority_class(doc.get("priority_class", "routine")),
         match=RouteMatch(
             source_orgs=tuple(m.get("source_orgs", [])),
             modalities=tuple(m.get("modalities", [])),
@@ -46,34 +50,50 @@ def route_from_doc(doc: dict[str, Any]) -> Route:
     )
 
 
+def _priority_class(value: object) -> str:
+    if value not in PRIORITY_CLASSES:
+        raise ValueError("not a priority class")
+    return str(value)
+
+
 class RouteStore:
     def __init__(self, db: Database) -> None:
         self._routes = db["routes"]
-        self._meta = db["config_versions"]
+        # route id -> the last version given under it: kept across a removal, so a version never repeats
+        self._versions = db["route_versions"]
+        self._changes = ConfigVersion(db, "routes")
         self._partners = db["partners"]
         self._profiles = db["profiles"]
 
-    def _bump(self) -> int:
-        doc = self._meta.find_one_and_update(
-            {"_id": "routes"}, {"$inc": {"version": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-        return int(doc["version"]) if doc else 0
-
     def config_version(self) -> int:
-        doc = self._meta.find_one({"_id": "routes"})
-        return int(doc["version"]) if doc else 0
+        return self._changes.current()
 
     def add(self, route: Route) -> Route:
-        """Create or replace a route; its version goes up by one on every change."""
+        """Create or replace a route; its version goes up by one on every change and never repeats,
+        even across a removal or two changes at once (change records name a route's content by it)."""
         validate_route(route)
-        existing = self._routes.find_one({"_id": route.route_id}, {"version": 1})
-        version = int(existing["version"]) + 1 if existing else 1
-        saved = Route(**{**asdict(route), "match": route.match, "version": version})
+        saved = Route(**{**asdict(route), "match": route.match, "version": self._next_version(route.route_id)})
         doc = route_to_doc(saved)
         doc["updated_at_ms"] = int(time.time() * 1000)
         self._routes.replace_one({"_id": route.route_id}, doc, upsert=True)
-        self._bump()
+        self._changes.bump()
         return saved
+
+    def _next_version(self, route_id: str) -> int:
+        counted = self._versions.find_one_and_update(
+            {"_id": route_id}, {"$inc": {"version": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        version = int(counted["version"]) if counted else 1
+        existing = self._routes.find_one({"_id": route_id}, {"version": 1})
+        if existing is not None and version <= int(existing.get("version", 0)):
+            # A route saved before the counter existed (2026-12-07): the counter starts above it.
+            raised = self._versions.find_one_and_update(
+                {"_id": route_id},
+                {"$max": {"version": int(existing["version"]) + 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+            version = int(raised["version"]) if raised else int(existing["version"]) + 1
+        return version
 
     def unmet_references(self, route: Route) -> list[str]:
         """What `route` names that does not exist (yet): what it matches is quarantined until it does.
@@ -101,12 +121,21 @@ class RouteStore:
 
     def remove(self, route_id: str) -> bool:
         removed = self._routes.delete_one({"_id": route_id}).deleted_count == 1
-        if removed:
-            self._bump()
+        self._changes.bump()  # also when nothing was found: a retry announces a removal whose bump failed
         return removed
 
     def list(self) -> list[Route]:
-        return [route_from_doc(d) for d in self._routes.find().sort([("priority", 1), ("_id", 1)])]
+        """The routes, by priority; one this code cannot read (written by hand, or by an older or later
+        version) is skipped and logged: failing on it sent every instance to the dead-letter topic."""
+        routes = []
+        for doc in self._routes.find().sort([("priority", 1), ("_id", 1)]):
+            try:
+                routes.append(route_from_doc(doc))
+            except (KeyError, ValueError, TypeError) as error:
+                log.warning(
+                    "unreadable route skipped", extra={"route": str(doc.get("_id")), "error": type(error).__name__}
+                )
+        return routes
 
 
 class CachedRoutes:

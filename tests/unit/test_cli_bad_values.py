@@ -23,6 +23,8 @@ runner = CliRunner()
         ["dlq", "replay", "0:99999999999999999999"],
         ["audit", "verify", "--max-findings", "-1"],
         ["routes", "add", "r", "--partner", "p", "--priority", "3000000000"],
+        # 0 is "unset" on the wire, saved as 100: a research route meant to win at 0 lost to a care one at 50
+        ["routes", "add", "r", "--partner", "p", "--priority", "0"],
     ],
 )
 def test_out_of_range_numbers_are_usage_errors(args: list[str]) -> None:

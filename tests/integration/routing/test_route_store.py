@@ -63,3 +63,35 @@ def test_a_route_naming_a_partner_or_profile_not_there_yet_is_saved_with_a_warni
     assert add(Route("r1", "stroke-net", profile="stroke-research")) == []
     assert add(Route("r2", "stroke-net", profile="research")) == []  # built in: never in MongoDB
     assert add(Route("r3", "stroke-net")) == []  # a care transfer names no profile
+
+
+def test_a_removal_whose_announcement_failed_is_announced_by_its_retry(db: Database) -> None:
+    """Deleted, then MongoDB failed before the change counter moved: the retry found nothing to delete
+    and did not bump either, so every replica routed by the removed route until some other change."""
+    admin = RouteStore(db)
+    admin.add(Route("r1", "research-lab"))
+    cached = CachedRoutes(RouteStore(db), refresh_s=0.0)
+    assert [r.route_id for r in cached.current()] == ["r1"]
+    db["routes"].delete_one({"_id": "r1"})  # the first RemoveRoute got this far
+    assert not admin.remove("r1")  # the operator's retry: NOT_FOUND
+    assert cached.current() == []
+
+
+def test_a_routes_version_never_repeats_across_a_removal_and_counts_on_from_older_routes(db: Database) -> None:
+    """Re-added after a removal, a route started again at version 1: change records then named two
+    different contents by one version."""
+    admin = RouteStore(db)
+    assert [admin.add(Route("r1", "p1")).version for _ in range(2)] == [1, 2]
+    admin.remove("r1")
+    assert admin.add(Route("r1", "p2", profile="research")).version == 3
+    db["routes"].insert_one({"_id": "old", "partner_id": "p1", "version": 7})  # saved before the counter
+    assert admin.add(Route("old", "p1")).version == 8
+
+
+def test_an_unreadable_route_is_skipped_not_every_instance_dead_lettered(db: Database) -> None:
+    admin = RouteStore(db)
+    admin.add(Route("good", "p1"))
+    db["routes"].insert_one({"_id": "no-partner", "priority": 1})
+    db["routes"].insert_one({"_id": "bad-class", "partner_id": "p2", "priority_class": "asap"})
+    db["routes"].insert_one({"_id": "bad-priority", "partner_id": "p3", "priority": "high"})
+    assert [r.route_id for r in CachedRoutes(RouteStore(db), refresh_s=0.0).current()] == ["good"]
