@@ -102,7 +102,8 @@ def quarantined(
             )
         case events_pb2.InstanceIngested():
             return events_pb2.Quarantined(
-                meta=derived_meta(NO_ROUTE, subject.meta, clock=clock),
+                # By reason (for no-route the id it always had): two reasons must not share one id.
+                meta=derived_meta(reason, subject.meta, clock=clock),
                 stage=stage,
                 reason=reason,
                 detail=detail,
