@@ -375,7 +375,12 @@ def test_optional_network_policies_and_strimzi_topics(render: Render) -> None:
     for topic in topics.values():
         assert topic["spec"]["partitions"] == 24
         assert topic["spec"]["replicas"] == 3
+        assert topic["spec"]["config"]["min.insync.replicas"] == 2
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "imx"
+    # A single broker: one copy, one in sync (two in sync of one copy failed every acks=all write).
+    single = render("kafka.strimziTopics.enabled=true", "kafka.topicReplicationFactor=1")
+    for topic in (doc for doc in single if doc["kind"] == "KafkaTopic"):
+        assert (topic["spec"]["replicas"], topic["spec"]["config"]["min.insync.replicas"]) == (1, 1)
     defaults = render()
     assert of_kind(defaults, "NetworkPolicy") == {}
     assert not [doc for doc in defaults if doc["kind"] == "KafkaTopic"]
@@ -633,6 +638,8 @@ def test_each_service_has_a_disruption_budget_over_its_own_pods(default_docs: li
     assert sorted(budgets) == sorted(deployments)
     for name, budget in budgets.items():
         assert budget["spec"]["maxUnavailable"] == 1
+        # Not ready while Kafka is away, by design: such pods stay evictable, or a drain stalls.
+        assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
         assert budget["spec"]["selector"] == deployments[name]["spec"]["selector"]
 
 
@@ -647,6 +654,11 @@ def test_each_service_has_a_disruption_budget_over_its_own_pods(default_docs: li
         (["keda.enabled=true", "services.deid.autoscaling.maxReplicas=25"], "services.deid can run 25 replicas"),
         (["services.audit.replicas=2"], "services.audit.replicas must be 1"),
         (["services.routing.autoscaling.minReplicas=7"], "minReplicas (7) is above its maxReplicas (4)"),
+        (
+            ["kafka.strimziTopics.enabled=true", "kafka.strimziTopics.replicas=1"]
+            + ["kafka.strimziTopics.config.min\\.insync\\.replicas=2"],
+            "min.insync.replicas (2) is more than its replicas (1)",
+        ),
     ],
 )
 def test_rendering_fails_when_a_stage_could_outnumber_its_partitions(sets: list[str], message: str) -> None:
