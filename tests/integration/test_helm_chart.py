@@ -617,7 +617,8 @@ def test_keda_scales_the_consuming_stages_on_their_own_groups_lag(render: Render
         for trigger in lag:
             meta = trigger["metadata"]
             assert meta["consumerGroup"] == f"{prefix}imx-{name}"
-            assert meta["bootstrapServers"] == "imx-kafka-bootstrap:9092"
+            # KEDA's operator resolves names in its own namespace: a short name is qualified with ours.
+            assert meta["bootstrapServers"] == "imx-kafka-bootstrap.imx.svc:9092"
             assert meta["sasl"] == "scram_sha512" and meta["tls"] == "disable"
             assert int(meta["lagThreshold"]) > 0
             assert trigger["authenticationRef"] == {"name": f"imx-{name}-kafka"}
@@ -626,6 +627,13 @@ def test_keda_scales_the_consuming_stages_on_their_own_groups_lag(render: Render
         assert auth["env"] == [{"parameter": "username", "name": "IMX_KAFKA_SASL_USERNAME", "containerName": name}]
         assert env_of(deployments[f"imx-{name}"])["IMX_KAFKA_SASL_USERNAME"]["value"] == f"imx-{name}"
         assert auth["secretTargetRef"] == [{"parameter": "password", "name": "imx-kafka-services", "key": name}]
+    listed = render("keda.enabled=true", "kafka.bootstrap=kafka.example.org:9093\\,kafka-1:9093")
+    servers = {
+        t["metadata"]["bootstrapServers"]
+        for so in of_kind(listed, "ScaledObject").values()
+        for t in so["spec"]["triggers"][1:]
+    }
+    assert servers == {"kafka.example.org:9093,kafka-1.imx.svc:9093"}
     plain = render("keda.enabled=true", "kafka.securityProtocol=PLAINTEXT")
     assert not of_kind(plain, "TriggerAuthentication")
     for so in of_kind(plain, "ScaledObject").values():
@@ -680,6 +688,14 @@ def test_a_service_exposed_outside_the_cluster_leaves_its_control_port_inside(re
     assert control["type"] == "ClusterIP" and [p["name"] for p in control["ports"]] == ["grpc"]
     assert "imx-routing-control" not in services  # a ClusterIP Service keeps its gRPC port
     assert "grpc" in {p["name"] for p in services["imx-routing"]["spec"]["ports"]}
+    # Behind a LoadBalancer, ipBlocks in networkPolicyFrom see the senders only with Local.
+    local = render("services.ingest.service.type=LoadBalancer", "services.ingest.service.externalTrafficPolicy=Local")
+    assert of_kind(local, "Service")["imx-ingest"]["spec"]["externalTrafficPolicy"] == "Local"
+    assert "externalTrafficPolicy" not in services["imx-routing"]["spec"]
+    # The longest name the chart allows still names valid Services (63 characters at most).
+    exposed = [f"services.{name}.service.type=LoadBalancer" for name in ("ingest", "delivery", "audit")]
+    long_named = of_kind(render(f"fullnameOverride={'a' * 50}", *exposed), "Service")
+    assert len(long_named) == 8 and max(len(name) for name in long_named) <= 63, sorted(long_named)
 
 
 def test_the_setup_job_gets_the_pods_affinity_but_not_their_annotations(render: Render) -> None:

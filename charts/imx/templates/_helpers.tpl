@@ -61,6 +61,12 @@ app.kubernetes.io/component: {{ .name }}
 {{- printf "%s-%s" (include "imx.fullname" .root) .name }}
 {{- end }}
 
+{{- /* The Service of a component's control port when its own Service is exposed: within a Service name's
+63 characters (a 50-character fullname made "<fullname>-delivery-control" 67, which Kubernetes refuses). */ -}}
+{{- define "imx.controlServiceName" -}}
+{{- printf "%s-control" (include "imx.componentName" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "imx.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}

@@ -68,3 +68,19 @@ behavior:
         value: 1
         periodSeconds: 60
 {{- end }}
+
+{{- /* kafka.bootstrap as KEDA's operator must see it: it resolves names in its own namespace, so a short
+service name (the default, imx-kafka-bootstrap:9092) is qualified with the release's namespace. */ -}}
+{{- define "imx.kedaBootstrap" -}}
+{{- $hosts := list }}
+{{- range $server := splitList "," .Values.kafka.bootstrap }}
+{{- $server = trim $server }}
+{{- $host := regexReplaceAll ":[0-9]+$" $server "" }}
+{{- if or (contains "." $host) (contains ":" $host) (eq $host "localhost") }}
+{{- $hosts = append $hosts $server }}
+{{- else }}
+{{- $hosts = append $hosts (printf "%s.%s.svc%s" $host $.Release.Namespace (trimPrefix $host $server)) }}
+{{- end }}
+{{- end }}
+{{- join "," $hosts }}
+{{- end }}
