@@ -53,6 +53,16 @@ PasswordOption = Annotated[
 ProtocolOption = Annotated[
     str, typer.Option(envvar="IMX_GATEWAY_SECURITY_PROTOCOL", help="SASL_PLAINTEXT here, SASL_SSL in production")
 ]
+CaFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ssl-cafile",
+        envvar="IMX_GATEWAY_SSL_CAFILE",
+        exists=True,
+        dir_okay=False,
+        help="PEM file of the CA that signs imx's brokers' certificates (SASL_SSL); default: the system's CAs",
+    ),
+]
 
 
 def _target(url: str) -> Target:
@@ -89,6 +99,7 @@ def _settings(
     backoff_cap: float = 300.0,
     window: int = 50,
     unreachable_cap: float = 30.0,
+    ssl_cafile: Path | None = None,
 ) -> GatewaySettings:
     from services.common.settings import ServiceSettings
     from services.common.topics import Topics, validate_partner_id
@@ -106,7 +117,7 @@ def _settings(
     return GatewaySettings(
         partner_id=partner,
         target=_target(target),
-        kafka=KafkaSignIn(bootstrap, username, password, security_protocol),
+        kafka=KafkaSignIn(bootstrap, username, password, security_protocol, ssl_cafile),
         dicomweb_key=dicomweb_key,
         state_dir=state_dir,
         topics=Topics(ServiceSettings().topic_prefix),
@@ -142,6 +153,7 @@ def run(
     username: UsernameOption = None,
     password: PasswordOption = None,
     security_protocol: ProtocolOption = "SASL_PLAINTEXT",
+    ssl_cafile: CaFileOption = None,
     state_dir: StateDirOption = Path("imx-gateway-state"),
     max_attempts: Annotated[
         int, typer.Option(min=1, help="attempts the target answered before an instance is dead-lettered")
@@ -181,6 +193,7 @@ def run(
         backoff_cap,
         window,
         unreachable_cap,
+        ssl_cafile,
     )
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its connection errors are our statuses
     stop = threading.Event()
@@ -249,6 +262,7 @@ def replay(
     username: UsernameOption = None,
     password: PasswordOption = None,
     security_protocol: ProtocolOption = "SASL_PLAINTEXT",
+    ssl_cafile: CaFileOption = None,
 ) -> None:
     """Fetch and store dead letters again; each one stored is removed. With --partner and --bootstrap
     (and the sign-in) a STORED receipt is reported for each, so audit sees it arrived."""
@@ -273,7 +287,15 @@ def replay(
         raise typer.Exit(2)
     publish = bool(partner and bootstrap)
     settings = _settings(
-        partner or "replay", target, bootstrap or "", username, password, security_protocol, dicomweb_key, state_dir
+        partner or "replay",
+        target,
+        bootstrap or "",
+        username,
+        password,
+        security_protocol,
+        dicomweb_key,
+        state_dir,
+        ssl_cafile=ssl_cafile,
     )
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     try:

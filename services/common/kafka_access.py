@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from kafka.admin import (
     ACL,
@@ -138,7 +139,9 @@ def _raise_on(errors: dict[str, object] | None, what: str) -> None:
         raise RuntimeError(f"{what} failed: {failed}")
 
 
-def sasl_client_config(username: str, password: str, security_protocol: str = "SASL_PLAINTEXT") -> dict[str, str]:
+def sasl_client_config(
+    username: str, password: str, security_protocol: str = "SASL_PLAINTEXT", ssl_cafile: Path | None = None
+) -> dict[str, str]:
     """kafka-python settings for a partner's consumer on the partner listener (SASL_SSL in production:
     SCRAM never sends the password, but the data itself needs TLS on any network but this one)."""
     return {
@@ -146,4 +149,16 @@ def sasl_client_config(username: str, password: str, security_protocol: str = "S
         "sasl_mechanism": MECHANISM,
         "sasl_plain_username": username,
         "sasl_plain_password": password,
+        **tls_client_config(security_protocol, ssl_cafile),
     }
+
+
+def tls_client_config(security_protocol: str, ssl_cafile: Path | None) -> dict[str, str]:
+    """The CA file that verifies the brokers, for a protocol over TLS (kafka-python otherwise trusts the
+    system's CAs only, and a cluster with its own CA, as Strimzi's by default, is refused). A file that is
+    not there is said now, not found out as a failed handshake."""
+    if ssl_cafile is None or not security_protocol.upper().endswith("SSL"):
+        return {}
+    if not ssl_cafile.is_file():
+        raise ValueError(f"the Kafka CA file {ssl_cafile} does not exist")
+    return {"ssl_cafile": str(ssl_cafile)}

@@ -29,6 +29,7 @@ from kafka.admin import (
 )
 
 from services.common.bus import ensure_topics
+from services.common.kafka_access import tls_client_config
 from services.common.settings import ServiceSettings
 from services.common.topics import Topics
 
@@ -56,8 +57,9 @@ def ensure_pipeline_topics(
 def kafka_client_config(settings: ServiceSettings) -> dict[str, str]:
     """kafka-python settings every client a service makes gets: how it signs in (nothing for PLAINTEXT)."""
     protocol = settings.kafka_security_protocol.upper()
+    tls = tls_client_config(protocol, settings.kafka_ssl_cafile)
     if not protocol.startswith("SASL"):
-        return {"security_protocol": protocol} if protocol != "PLAINTEXT" else {}
+        return {"security_protocol": protocol, **tls} if protocol != "PLAINTEXT" else {}
     password = settings.kafka_sasl_password.get_secret_value()
     if settings.kafka_sasl_password_file is not None:
         password = settings.kafka_sasl_password_file.read_text().strip()
@@ -68,6 +70,7 @@ def kafka_client_config(settings: ServiceSettings) -> dict[str, str]:
         "sasl_mechanism": settings.kafka_sasl_mechanism,
         "sasl_plain_username": settings.kafka_sasl_username,
         "sasl_plain_password": password,
+        **tls,
     }
 
 

@@ -58,6 +58,11 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_username: str = Field("", description="the service's Kafka user, e.g. imx-routing")
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="its password (prefer the file)")
     kafka_sasl_password_file: Path | None = Field(None, description="file holding the password (a mounted Secret)")
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that sign the brokers' certificates, for SSL and SASL_SSL (a private "
+        "CA, as Strimzi's cluster CA); unset: the system's trusted CAs",
+    )
     # The control plane's first administrator (services/common/control_tokens.py): a file holding the
     # bootstrap token or its `sha256:<hex>` digest; further tokens are issued with `imx tokens add`.
     control_bootstrap_token_file: Path | None = Field(

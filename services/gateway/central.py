@@ -137,6 +137,7 @@ class PartnerWorker:
             config.get("sasl_plain_username"),
             config.get("sasl_plain_password"),
             config.get("security_protocol", "SASL_PLAINTEXT"),
+            s.kafka_ssl_cafile,
         )
         with ExitStack() as stack:
             consumer = feed_consumer(

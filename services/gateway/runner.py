@@ -33,10 +33,11 @@ class KafkaSignIn:
     username: str | None = None  # None: no SASL (the services' internal listener, development only)
     password: str | None = None
     security_protocol: str = "SASL_PLAINTEXT"
+    ssl_cafile: Path | None = None  # the CA that signs the brokers' certificates; None: the system's
 
     def client_config(self) -> dict[str, str]:
         if self.username and self.password:
-            return sasl_client_config(self.username, self.password, self.security_protocol)
+            return sasl_client_config(self.username, self.password, self.security_protocol, self.ssl_cafile)
         return {}
 
 

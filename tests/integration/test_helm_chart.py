@@ -487,6 +487,27 @@ def test_the_job_sets_up_enabled_services_only_and_leaves_strimzi_topics_to_stri
     assert "--no-create-topics" in args
 
 
+def test_a_kafka_cluster_with_its_own_ca_is_trusted_by_every_service_the_job_and_keda(render: Render) -> None:
+    """kafka-python trusts only the system's CAs: over SASL_SSL to a cluster with its own CA (Strimzi's by
+    default) every service, the pre-install Job (so `helm install` itself) and KEDA's triggers were refused."""
+    docs = render("kafka.securityProtocol=SASL_SSL", "kafka.tls.caSecret=imx-cluster-ca-cert", "keda.enabled=true")
+    pods = [*of_kind(docs, "Deployment").values(), *of_kind(docs, "Job").values()]
+    assert len(pods) == 6
+    for pod in pods:
+        assert env_of(pod)["IMX_KAFKA_SSL_CAFILE"]["value"] == "/var/run/imx/kafka-ca/ca.crt"
+        mounts = {m["name"]: m["mountPath"] for m in container(pod)["volumeMounts"]}
+        assert mounts["kafka-ca"] == "/var/run/imx/kafka-ca"
+        volumes = {v["name"]: v for v in pod["spec"]["template"]["spec"]["volumes"]}
+        ca = volumes["kafka-ca"]["secret"]
+        assert ca["secretName"] == "imx-cluster-ca-cert" and ca["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    for auth in of_kind(docs, "TriggerAuthentication").values():
+        refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+        assert (refs["ca"]["name"], refs["ca"]["key"]) == ("imx-cluster-ca-cert", "ca.crt")
+    # Not over TLS: no CA, whatever is set.
+    plain = render("kafka.tls.caSecret=imx-cluster-ca-cert")
+    assert not [d for d in of_kind(plain, "Deployment").values() if "IMX_KAFKA_SSL_CAFILE" in env_of(d)]
+
+
 def test_without_a_sign_in_no_kafka_secret_job_or_sasl_settings(render: Render) -> None:
     docs = render("kafka.securityProtocol=PLAINTEXT")
     assert "imx-kafka-services" not in of_kind(docs, "Secret")

@@ -33,6 +33,7 @@ imx-<service>, whose password is the key named after the service in one Secret, 
 - name: IMX_KAFKA_SASL_PASSWORD_FILE
   value: /var/run/imx/kafka/password
 {{- end }}
+{{- include "imx.kafkaCaEnv" .root }}
 {{- end }}
 
 {{- define "imx.kafkaSignInMount" -}}
@@ -40,6 +41,41 @@ imx-<service>, whose password is the key named after the service in one Secret, 
 - name: kafka-password
   mountPath: /var/run/imx/kafka
   readOnly: true
+{{- end }}
+{{- include "imx.kafkaCaMount" .root }}
+{{- end }}
+
+{{/* The CA that signs the brokers' certificates (kafka.tls.caSecret), for SSL and SASL_SSL: kafka-python
+trusts only the system's CAs otherwise, and a cluster with its own CA (Strimzi's by default) is refused.
+Call with the root context. */}}
+{{- define "imx.kafkaCa" -}}
+{{- if and .Values.kafka.tls.caSecret (hasSuffix "SSL" (upper .Values.kafka.securityProtocol)) }}true{{ end }}
+{{- end }}
+
+{{- define "imx.kafkaCaEnv" -}}
+{{- if include "imx.kafkaCa" . }}
+- name: IMX_KAFKA_SSL_CAFILE
+  value: /var/run/imx/kafka-ca/ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "imx.kafkaCaMount" -}}
+{{- if include "imx.kafkaCa" . }}
+- name: kafka-ca
+  mountPath: /var/run/imx/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "imx.kafkaCaVolume" -}}
+{{- if include "imx.kafkaCa" . }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.kafka.tls.caSecret }}
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.kafka.tls.caKey }}
+        path: ca.crt
 {{- end }}
 {{- end }}
 
@@ -54,4 +90,5 @@ imx-<service>, whose password is the key named after the service in one Secret, 
       - key: {{ .name }}
         path: password
 {{- end }}
+{{- include "imx.kafkaCaVolume" .root }}
 {{- end }}
