@@ -684,8 +684,11 @@ def test_each_service_has_a_disruption_budget_over_its_own_pods(default_docs: li
         (["services.audit.replicas=2"], "services.audit.replicas must be 1"),
         (["services.routing.autoscaling.minReplicas=7"], "minReplicas (7) is above its maxReplicas (4)"),
         (
-            ["kafka.strimziTopics.enabled=true", "kafka.strimziTopics.replicas=1"]
-            + ["kafka.strimziTopics.config.min\\.insync\\.replicas=2"],
+            [
+                "kafka.strimziTopics.enabled=true",
+                "kafka.strimziTopics.replicas=1",
+                "kafka.strimziTopics.config.min\\.insync\\.replicas=2",
+            ],
             "min.insync.replicas (2) is more than its replicas (1)",
         ),
     ],
