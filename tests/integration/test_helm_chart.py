@@ -487,6 +487,20 @@ def test_the_job_sets_up_enabled_services_only_and_leaves_strimzi_topics_to_stri
     assert "--no-create-topics" in args
 
 
+def test_the_names_services_env_may_not_set_are_every_one_the_chart_sets(render: Render) -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    listed = helpers.split('define "imx.reservedEnvNames" -}}')[1].split("{{- end }}")[0].split()
+    docs = render(
+        "kafka.securityProtocol=SASL_SSL",
+        "kafka.tls.caSecret=ca",
+        "kafka.partnerListener.bootstrap=partners:9094",
+        "services.ingest.tls.existingSecret=stow-tls",
+        "otlp.endpoint=http://collector:4317",
+    )
+    rendered = {name for d in of_kind(docs, "Deployment").values() for name in env_of(d)}
+    assert rendered <= set(listed), sorted(rendered - set(listed))
+
+
 def test_a_kafka_cluster_with_its_own_ca_is_trusted_by_every_service_the_job_and_keda(render: Render) -> None:
     """kafka-python trusts only the system's CAs: over SASL_SSL to a cluster with its own CA (Strimzi's by
     default) every service, the pre-install Job (so `helm install` itself) and KEDA's triggers were refused."""
@@ -683,6 +697,9 @@ def test_each_service_has_a_disruption_budget_over_its_own_pods(default_docs: li
         (["keda.enabled=true", "services.deid.autoscaling.maxReplicas=25"], "services.deid can run 25 replicas"),
         (["services.audit.replicas=2"], "services.audit.replicas must be 1"),
         (["services.routing.autoscaling.minReplicas=7"], "minReplicas (7) is above its maxReplicas (4)"),
+        # Rendered twice, the last won: ingest on a port its Service and NetworkPolicy do not name.
+        (["services.ingest.env.IMX_HTTP_PORT=9000"], "the chart sets IMX_HTTP_PORT itself"),
+        (["services.audit.env.IMX_KAFKA_SASL_PASSWORD=x"], "the chart sets IMX_KAFKA_SASL_PASSWORD itself"),
         (
             [
                 "kafka.strimziTopics.enabled=true",

@@ -136,3 +136,17 @@ reference only: the chart never renders a connection string.
 {{- define "imx.auditSigningKeySecret" -}}
 {{- .Values.services.audit.signingKey.existingSecret | default (printf "%s-audit-signing-key" (include "imx.fullname" .)) }}
 {{- end }}
+
+{{- /* Every variable the chart sets in a service's container (tests/integration/test_helm_chart.py checks
+the list against the rendered manifests), and those that carry secrets: `services.<name>.env` may set
+none of them. Given there, one rendered twice and the last won (ingest listening on a port its Service
+and NetworkPolicy do not name), and a password sat in the Deployment in plain text. */ -}}
+{{- define "imx.reservedEnvNames" -}}
+IMX_AE_TITLE IMX_AUDIT_SIGNING_KEY_FILE IMX_BLOB_DIR IMX_CONTROL_BOOTSTRAP_TOKEN_FILE IMX_DELIVERY_PUBLIC_URL
+IMX_DICOM_HOST IMX_DICOM_PORT IMX_GRPC_HOST IMX_GRPC_PORT IMX_HTTP_HOST IMX_HTTP_PORT IMX_HTTP_TLS_CERT_FILE
+IMX_HTTP_TLS_KEY_FILE IMX_INSTANCE_ID IMX_KAFKA_BOOTSTRAP IMX_KAFKA_PARTNER_BOOTSTRAP
+IMX_KAFKA_PARTNER_SECURITY_PROTOCOL IMX_KAFKA_SASL_MECHANISM IMX_KAFKA_SASL_PASSWORD IMX_KAFKA_SASL_PASSWORD_FILE
+IMX_KAFKA_SASL_USERNAME IMX_KAFKA_SECURITY_PROTOCOL IMX_KAFKA_SSL_CAFILE IMX_LOG_LEVEL IMX_MONGO_DB IMX_MONGO_URI
+IMX_OTLP_ENDPOINT IMX_PARTNER_TOPIC_PARTITIONS IMX_SHUTDOWN_GRACE_S IMX_TOPIC_PARTITIONS IMX_TOPIC_PREFIX
+IMX_TOPIC_REPLICATION_FACTOR
+{{- end }}
