@@ -62,6 +62,12 @@ class IngestSettings(ServiceSettings):
     max_sequence_depth: int = Field(
         32, ge=1, le=1000, description="deepest nesting of sequences accepted; deeper is quarantined"
     )
+    max_spilled_inflations: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="deflated data sets inflated onto /tmp at once (each up to IMX_MAX_INFLATED_BYTES); more wait",
+    )
     publish_timeout_s: float = Field(
         30.0, gt=0, description="how long to wait for Kafka to acknowledge an event before failing the sender"
     )

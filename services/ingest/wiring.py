@@ -61,7 +61,9 @@ def open_ingest(
                 max_instance_bytes=settings.max_instance_bytes,
                 publish_timeout_s=settings.publish_timeout_s,
                 stats=stats,
-                limits=InputLimits(settings.max_inflated_bytes, settings.max_sequence_depth),
+                limits=InputLimits(
+                    settings.max_inflated_bytes, settings.max_sequence_depth, settings.max_spilled_inflations
+                ),
                 commit_gather_s=settings.commit_gather_s,
             )
             try:

@@ -25,10 +25,13 @@ the inflated data set, its large values left unread (`defer_size`), never the de
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import mmap
 import re
 import struct
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -101,10 +104,14 @@ class InputLimits:
     `max_inflated_bytes`: the inflated size of a deflated data set (PS3.5 A.5); a few hundred KB of
     deflate can inflate to gigabytes. `max_sequence_depth`: sequences within sequences (PS3.5 7.5);
     real IODs nest a handful of levels, recursive readers fail at about a thousand.
+    `max_spilled_inflations`: deflated data sets inflated onto disk (the temp folder) at once, each up
+    to `max_inflated_bytes`; more wait for a turn, so a few large ones cannot fill a pod's bounded /tmp
+    (and have it evicted with every transfer in flight). Small ones, inflated in memory, never wait.
     """
 
     max_inflated_bytes: int = GIB
     max_sequence_depth: int = 32
+    max_spilled_inflations: int = 2
 
 
 DEFAULT_LIMITS = InputLimits()
@@ -265,7 +272,7 @@ def _read_deflated(data: ByteSource, body: int, limits: InputLimits) -> Dataset:
     meta group and the inflated data set separately; values over `_DEFER_SIZE` are skipped unread.
     """
     meta = dcmread(BytesIO(bytes(data[:body])), force=False).file_meta  # stops at the empty data set
-    with _inflated(memoryview(data)[body:], limits.max_inflated_bytes) as inflated:
+    with _inflated(memoryview(data)[body:], limits.max_inflated_bytes, limits.max_spilled_inflations) as inflated:
         _check_sequence_depth(inflated, 0, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, limits.max_sequence_depth)
         fp = _stream(inflated)
         dataset = read_dataset(fp, False, True, stop_when=_at_pixel_data, defer_size=_DEFER_SIZE)
@@ -278,14 +285,23 @@ def _at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
     return tag in _PIXEL_TAGS
 
 
+@functools.cache
+def _spill_slots(count: int) -> threading.BoundedSemaphore:
+    """The turns to inflate onto disk, one set per process and limit."""
+    return threading.BoundedSemaphore(count)
+
+
 @contextmanager
-def _inflated(deflated: memoryview, limit: int) -> Iterator[ByteSource]:
+def _inflated(deflated: memoryview, limit: int, spill_slots: int = 2) -> Iterator[ByteSource]:
     """The inflated data set: in memory when small, else a read-only memory map of a temporary file
-    (the page cache holds it, not this process; only the pages read become resident)."""
-    with tempfile.TemporaryFile(prefix="imx-inflated-") as file:
+    (the page cache holds it, not this process; only the pages read become resident), written only
+    while holding one of `spill_slots` turns."""
+    with contextlib.ExitStack() as turn, tempfile.TemporaryFile(prefix="imx-inflated-") as file:
         head = bytearray()
         for piece in inflate_pieces(deflated, limit):
             if file.tell() or len(head) + len(piece) > _INFLATED_IN_MEMORY:
+                if not file.tell():  # the first write to disk: wait for a turn
+                    turn.enter_context(_spill_slots(spill_slots))
                 if head:
                     file.write(head)
                     head = bytearray()
