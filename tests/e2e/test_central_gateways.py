@@ -88,6 +88,7 @@ def test_a_partner_with_an_endpoint_receives_through_the_central_gateway(
 ) -> None:
     assert imx(stack, "orgs", "add", "trust-central", "--ae-title", "TRUSTCTR").returncode == 0
     inbox = tmp_path / "partner-inbox"
+    inbox.mkdir()  # the partner's folder exists: a missing one is waited for, never made (a share not mounted)
     bad = imx(stack, "partners", "add", "central-partner", "--endpoint", "ftp://nowhere")
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stdout, bad.stdout
     added = imx(stack, "partners", "add", "central-partner", "--name", "Has a folder", "--endpoint", inbox.as_uri())

@@ -119,6 +119,7 @@ def test_administer_send_and_receive_with_the_cli(stack: Stack, tmp_path: Path) 
     assert wrong.returncode == 1 and "cannot use Kafka" in wrong.stdout, wrong.stdout + wrong.stderr
     assert not (tmp_path / "x").exists()
     out = tmp_path / "received"
+    out.mkdir()  # a missing folder is waited for, never made (a share not mounted yet)
     received = gateway(sign_in["password"], out, "15")
     assert received.returncode == 0, received.stdout + received.stderr
     files = sorted(out.rglob("*.dcm"))

@@ -74,7 +74,9 @@ def configure(cli: CliSettings, received: Path) -> DemoConfig:
     with control_channel(cli.delivery_grpc) as channel:
         partners = admin_pb2_grpc.PartnerAdminStub(channel)
         for partner_id, name in PARTNERS.items():
-            endpoint = partner_folder(received, partner_id).resolve().as_uri()
+            folder = partner_folder(received, partner_id)
+            folder.mkdir(parents=True, exist_ok=True)  # the gateway waits for a missing one, never makes it
+            endpoint = folder.resolve().as_uri()
             partners.AddPartner(
                 admin_pb2.AddPartnerRequest(
                     partner=admin_pb2.Partner(partner_id=partner_id, name=name, endpoint=endpoint)
