@@ -22,22 +22,39 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC Image Storage and i
 _DTYPES: Mapping[int, np.dtype] = MappingProxyType({8: np.dtype("u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4")})
 
 
-def may_have_burned_in_text(ds: Dataset) -> bool:
-    if not any(tag in ds for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009)) and "Rows" not in ds:
+def may_have_burned_in_text(ds: Dataset, pixel_data_follows: bool = False) -> bool:
+    """`pixel_data_follows`: the header was read without the pixel data (container.parse's fast read),
+    which is there: an image without Rows was otherwise taken for none, and released unchecked."""
+    if not (pixel_data_follows or any(tag in ds for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009)) or "Rows" in ds):
         return False  # no image (e.g. structured reports)
-    flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
-    if flag == "YES":
+    said = flag_says(str(ds.get("BurnedInAnnotation", "") or ""))
+    if said is not None:
+        return said
+    return risky_source(str(ds.get("Modality", "") or ""), str(ds.get("SOPClassUID", "") or ""))
+
+
+# Both engine paths judge an image by these two, from its values as pydicom reads them (trailing padding
+# dropped), so they agree byte for byte.
+
+
+def flag_says(flag: str) -> bool | None:
+    """Burned In Annotation's answer: True (YES), False (NO), None (absent or anything else). A leading
+    NUL is no padding (PS3.5 6.2): "\0NO" is not a NO, so the image is checked."""
+    said = flag.rstrip(" \x00").strip().upper()
+    return True if said == "YES" else False if said == "NO" else None
+
+
+def risky_source(modality: str, sop_class: str) -> bool:
+    """A modality that often burns text in, or a secondary capture; padding either side dropped, so a
+    padded "US" is still an ultrasound."""
+    if modality.strip(" \x00").strip().upper() in RISKY_MODALITIES:
         return True
-    if flag == "NO":
-        return False
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    sop_class = str(ds.get("SOPClassUID", "") or "")
-    return modality in RISKY_MODALITIES or sop_class.startswith(SECONDARY_CAPTURE_PREFIX)
+    return sop_class.strip(" \x00").strip().startswith(SECONDARY_CAPTURE_PREFIX)
 
 
-def pixel_rule_for(ds: Dataset, rules: tuple[PixelRule, ...]) -> PixelRule | None:
+def pixel_rule_for(ds: Dataset, rules: tuple[PixelRule, ...], pixel_data_follows: bool = False) -> PixelRule | None:
     """The rule that cleans this instance, None when it needs none; raises when it needs one."""
-    if not may_have_burned_in_text(ds):
+    if not may_have_burned_in_text(ds, pixel_data_follows):
         return None
     rule = matching_rule(rules, ds)
     if rule is None:

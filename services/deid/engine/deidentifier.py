@@ -119,7 +119,7 @@ def _run_unvalidated(
         parsed = parse(data)
         ds = parsed.dataset
         read_un_as_known(ds)
-        rule = pixel_rule_for(ds, profile.pixel_rules)
+        rule = pixel_rule_for(ds, profile.pixel_rules, pixel_data_follows=bool(len(parsed.pixel_bytes)))
         identifiers = collect_identifiers(ds, rules)
         ctx = Context(rules, pseudonyms, identifiers, pseudonyms.day_shift(_shift_anchor(ds)), codec_of(ds), changes)
         transform(ds, ctx)

@@ -176,8 +176,9 @@ def _read_items(data: Source, position: int, end: int, mode: int, implicit: bool
 
 def implicit_vr(tag: int, length: int) -> str:
     """The VR the pydicom path sees for an implicit VR element: the data dictionary's (even an ambiguous
-    "US or SS"), "UN" for tags it does not know. A private element of undefined length is a sequence
-    that path never opens: it stays "UN" here too (read, only to be skipped or removed)."""
+    "US or SS"), "UN" for tags it does not know. A private element of undefined length is a sequence: it
+    stays "UN" here too, its items read (identifiers in them are collected, as the pydicom path collects
+    them; the element itself is then removed or kept whole)."""
     entry = DicomDictionary.get(tag)
     if entry is None:
         if length == UNDEFINED and not (tag >> 16) & 1:

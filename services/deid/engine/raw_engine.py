@@ -20,7 +20,7 @@ from pydicom import charset
 from pydicom._uid_dict import UID_dictionary
 
 from .actions import Action, Option
-from .burned_in import RISKY_MODALITIES, SECONDARY_CAPTURE_PREFIX
+from .burned_in import flag_says, risky_source
 from .container import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, Source
 from .dates import shift_date, shift_datetime
 from .dummies import dummy_for
@@ -164,17 +164,24 @@ def _top_text(items: Items, tag: int, codec: str) -> str:
 
 
 def _may_have_burned_in_text(body: Items, raw: RawFile) -> bool:
-    """burned_in.may_have_burned_in_text on raw elements."""
+    """burned_in.may_have_burned_in_text on raw elements: the values as pydicom reads them (trailing
+    padding dropped, leading kept), judged by the same `flag_says` and `risky_source`."""
     if not len(raw.pixel_bytes) and 0x00280010 not in body:
         return False
-    flag = _top_text(body, 0x00280301, "ascii").strip().upper()
-    if flag == "YES":
-        return True
-    if flag == "NO":
-        return False
-    modality = _top_text(body, 0x00080060, "ascii").strip().upper()
-    sop_class = _top_text(body, 0x00080016, "ascii")
-    return modality in RISKY_MODALITIES or sop_class.startswith(SECONDARY_CAPTURE_PREFIX)
+    said = flag_says(_as_read(body, 0x00280301))
+    if said is not None:
+        return said
+    return risky_source(_as_read(body, 0x00080060), _as_read(body, 0x00080016))
+
+
+def _as_read(items: Items, tag: int) -> str:
+    elem = items.get(tag)
+    if elem is None or elem.items is not None:
+        return ""
+    text = elem.value.decode("ascii", "replace").rstrip(" \x00")
+    if "\\" in text:
+        raise Unsupported("multi-valued")
+    return text
 
 
 def _shift_anchor(body: Items, codec: str) -> str:
@@ -207,11 +214,13 @@ def _collect(items: Items, rules: RuleSet, codec: str, text: dict[str, int], uid
             # Its items or value would be taken for unknown bytes and kept as they are: the pydicom path
             # reads it with its dictionary VR (deidentifier.read_un_as_known).
             raise Unsupported("a standard attribute written with VR UN")
-        if vr not in _INTERESTING_VRS and tag not in IDENTIFIER_TAGS:
-            continue
         if elem.items is not None:
+            # Every sequence's items, a private one in implicit VR too (read as "UN" with items): what
+            # they hold is looked for elsewhere, as the pydicom path does (identifiers.py opens them).
             for item in elem.items:
                 _collect(item, rules, _item_codec(item, codec), text, uids)
+            continue
+        if vr not in _INTERESTING_VRS and tag not in IDENTIFIER_TAGS:
             continue
         if exact.get(tag) is Action.KEEP:
             continue

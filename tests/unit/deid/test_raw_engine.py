@@ -140,3 +140,61 @@ def test_a_patient_id_padded_with_nuls_shifts_dates_alike_on_both_paths() -> Non
     assert b"".join((fast.header, fast.pixel_bytes)) == reference
     dates = {dcmread(BytesIO(deidentify_with_pydicom(d, RESEARCH, KEY).data)).StudyDate for d in (nul_padded, plain)}
     assert len(dates) == 1, "the same patient, the same shift"
+
+
+def _with_private_sequence_holding(ds: Dataset, inner: Dataset) -> bytes:
+    """`ds` in implicit VR, with a private sequence of undefined length whose one item is `inner`."""
+    from pydicom.sequence import Sequence
+
+    block = ds.private_block(0x0019, "ACME PRIVATE", create=True)
+    block.add_new(0x10, "SQ", Sequence([inner]))
+    ds[block.get_tag(0x10)].is_undefined_length = True  # as modalities write them
+    with config.disable_value_validation():
+        data = to_bytes(ds, ImplicitVRLittleEndian)
+    # undefined length and implicit VR: the raw reader sees VR "UN", with items
+    assert b"\x19\x00\x10\x10\xff\xff\xff\xff" in data
+    return data
+
+
+def test_identifiers_inside_an_implicit_private_sequence_are_looked_for_on_the_fast_path_too() -> None:
+    """The fast path read such a sequence as "UN" and skipped it before looking at its items: an operator's
+    name only there stayed in a cleaned Series Description, where the pydicom path removed it."""
+    ds = ct_dataset()
+    ds.SeriesDescription = "CT by Quibblethorpe"
+    inner = Dataset()
+    inner.OperatorsName = "Quibblethorpe^Ann"
+    data = _with_private_sequence_holding(ds, inner)
+    profile = Profile("cd", options=frozenset({Option.CLEAN_DESCRIPTORS}))
+    fast = deidentify_raw(data, profile, Pseudonymizer(KEY))
+    reference = deidentify_with_pydicom(data, profile, KEY).data
+    assert b"".join((fast.header, fast.pixel_bytes)) == reference
+    assert b"Quibblethorpe" not in reference
+
+
+@pytest.mark.parametrize("flag", [b"\0NO", b"\0\0NO  "])
+def test_a_burned_in_flag_with_a_leading_nul_is_no_no_on_either_path(flag: bytes) -> None:
+    """The fast path stripped the NUL, read NO and released an ultrasound that the pydicom path, reading
+    "\\0NO", refused as possibly burned-in."""
+    ds = ct_dataset()
+    ds.Modality = "US"
+    ds.BurnedInAnnotation = "NO"
+    data = to_bytes(ds).replace(b"\x28\x00\x01\x03CS\x02\x00NO", b"\x28\x00\x01\x03CS" + bytes([len(flag), 0]) + flag)
+    assert flag in data
+    with pytest.raises(Unsupported):
+        deidentify_raw(data, BASIC, Pseudonymizer(KEY))
+    with pytest.raises(DeidError):
+        deidentify(data, BASIC, KEY)
+
+
+def test_an_ultrasound_with_pixel_data_and_no_rows_is_checked_not_released() -> None:
+    """The pydicom path reads the header without the pixel data: with no Rows either, it saw no image and
+    released the ultrasound unchecked (the fast path refused it)."""
+    ds = ct_dataset()
+    ds.Modality = "US"
+    for keyword in ("BurnedInAnnotation", "Rows"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    with config.disable_value_validation():
+        data = to_bytes(ds)
+    with pytest.raises(DeidError):
+        deidentify_with_pydicom(data, BASIC, KEY)
