@@ -51,6 +51,7 @@ from .transform import (
     PATIENT_ID,
     PATIENT_NAME,
     SEQUENCE_TYPES,
+    STRING_VRS,
     _first,
     _single,
     is_standard_tag_written_as_un,
@@ -97,6 +98,10 @@ def deidentify_raw(data: Source, profile: Profile, pseudonyms: Pseudonymizer) ->
     rules = profile.rules
     raw = read(data)
     body = raw.body
+    representation = body.get(0x00280103)
+    if representation is not None and len(representation.value) != 2:
+        # Malformed: the pydicom path reads it (recording the method) and refuses the instance.
+        raise Unsupported("a Pixel Representation that is not one US")
     codec = _codec(body)
     if _may_have_burned_in_text(body, raw):
         raise Unsupported("burned-in text is the pydicom path's business")
@@ -284,6 +289,11 @@ def _apply(items: Items, tag: int, action: Action, ctx: _Context) -> None:
         return
     if (not elem.items) if elem.items is not None else not elem.value:
         return  # empty stays empty (transform.py's module docstring)
+    if elem.items is None and vr in STRING_VRS and not elem.value.rstrip(b" \x00"):
+        # Padding only is empty, written with no value (transform.apply_action): a blank Patient ID was
+        # pseudonymised here, one pseudonym for every blank patient.
+        items[tag] = Element(tag, vr, b"")
+        return
     if action.is_compound:
         if elem.items is not None:
             action = Action.UID if action is Action.REMOVE_ZERO_OR_UID else SEQUENCE_TYPES.get(tag, Action.REMOVE)
@@ -409,6 +419,10 @@ def _encoded(vr: str, value: object, codec: str) -> bytes:
         text = "\\".join(value)
     else:
         raise Unsupported("a value only pydicom can write")
+    if vr not in STRING_VRS:
+        # A name or a method written as OB, US, FD...: text under a binary VR is no value pydicom writes
+        # (that path refuses the instance), and no valid element either.
+        raise Unsupported("text for an element of a binary or numeric VR")
     if vr in _CHARSET_VRS:
         try:
             data = text.encode(codec)
@@ -425,7 +439,9 @@ def _encoded(vr: str, value: object, codec: str) -> bytes:
 
 def _set(items: Items, tag: int, value: object, codec: str) -> None:
     existing = items.get(tag)
-    vr = existing.vr if existing is not None and existing.items is None else _dictionary_vr(tag)
+    if existing is not None and existing.items is not None:
+        raise Unsupported("a value for an element written as a sequence")  # pydicom refuses it too
+    vr = existing.vr if existing is not None else _dictionary_vr(tag)
     items[tag] = Element(tag, vr, _encoded(vr, value, codec))
 
 
@@ -447,6 +463,9 @@ def _record_method(body: Items, profile: Profile, codec: str) -> None:
         _set(item, 0x00080102, "DCM", codec)
         _set(item, 0x00080104, meaning, codec)
         items.append(item)
+    existing = body.get(0x00120064)
+    if existing is not None and existing.items is None:
+        raise Unsupported("De-identification Method Code Sequence written as a value")  # pydicom refuses it
     body[0x00120064] = Element(0x00120064, "SQ", b"", items)
     if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
         _set(body, 0x00280303, "MODIFIED", codec)

@@ -51,6 +51,10 @@ Path = tuple[tuple[int, int], ...]
 _TEXT_VRS = frozenset({"CS", "LO", "SH", "UC", "UR"})
 _NARRATIVE_VRS = frozenset({"LT", "ST", "UT"})
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# The VRs whose values are text (PS3.5 6.2).
+STRING_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
 # PS3.3 C.7.6.14 Acquisition Context Module (Type 2); C.10.10 Waveform Annotation Module (Type 1).
 SEQUENCE_TYPES = MappingProxyType({0x00400555: Action.ZERO, 0x0040B020: Action.DUMMY})
 # Type 1C attributes required exactly when another attribute is present. When the table removes
@@ -185,6 +189,11 @@ def apply_action(ds: Dataset, tag: int, action: Action, ctx: Context, path: Path
         return
     if elem.length == 0 if isinstance(elem, RawDataElement) else ds[tag].is_empty:
         return  # nothing to protect; an empty value stays empty (see the module docstring)
+    if isinstance(elem, RawDataElement) and vr in STRING_VRS and not elem.value.rstrip(b" \x00"):
+        # Padding only is empty too, as pydicom reads it: written empty, whether or not something read it
+        # first (a blank Patient ID was empty, a blank Patient's Name pseudonymised; the fast path the same).
+        ds[tag] = DataElement(tag, vr, "")
+        return
     if action.is_compound:
         action = _sequence_choice(tag, action) if vr == "SQ" else _COMPOUND[action]
         if action is Action.REMOVE:

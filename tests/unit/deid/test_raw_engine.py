@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 
 import pytest
@@ -198,3 +199,53 @@ def test_an_ultrasound_with_pixel_data_and_no_rows_is_checked_not_released() -> 
         data = to_bytes(ds)
     with pytest.raises(DeidError):
         deidentify_with_pydicom(data, BASIC, KEY)
+
+
+@pytest.mark.parametrize("blank", [b"  ", b"\0\0", b" \0"])
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_blank_patient_id_stays_empty_on_both_paths(blank: bytes, syntax: str) -> None:
+    """The fast path pseudonymised a padding-only Patient ID: one pseudonym for every blank patient,
+    linking them, where the pydicom path (reading it as empty) left it empty."""
+    ds = ct_dataset(patient="PIDXXXXXXX")
+    data = to_bytes(ds, syntax)
+    # its length (two bytes after the VR in explicit VR, four in implicit) and value, made blank
+    data = data.replace(b"\x0a\x00PIDXXXXXXX", b"\x02\x00" + blank)
+    data = data.replace(b"\x0a\x00\x00\x00PIDXXXXXXX", b"\x02\x00\x00\x00" + blank)
+    assert b"PIDXXXXXXX" not in data
+    for profile in (BASIC, RESEARCH):
+        fast = deidentify_raw(data, profile, Pseudonymizer(KEY))
+        reference = deidentify_with_pydicom(data, profile, KEY).data
+        assert b"".join((fast.header, fast.pixel_bytes)) == reference
+        with config.disable_value_validation():
+            assert dcmread(BytesIO(reference)).PatientID == ""
+
+
+@pytest.mark.parametrize("vr", [b"OB", b"US", b"FD"])
+def test_a_name_written_under_a_binary_or_numeric_vr_is_refused_not_written_as_text(vr: bytes) -> None:
+    """The fast path wrote the pseudonym's text under the element's OB/US/FD and released it: no valid
+    element, where the pydicom path refuses the instance."""
+    data = to_bytes(ct_dataset())
+    at = data.index(b"\x10\x00\x10\x00PN")  # (0010,0010) Patient's Name, explicit VR
+    (length,) = struct.unpack_from("<H", data, at + 6)
+    value = data[at + 8 : at + 8 + length]
+    long_form = vr in (b"OB",)
+    header = (
+        b"\x10\x00\x10\x00"
+        + vr
+        + (b"\0\0" + struct.pack("<I", len(value)) if long_form else struct.pack("<H", len(value)))
+    )
+    data = data[:at] + header + value + data[at + 8 + length :]
+    with pytest.raises(Unsupported):
+        deidentify_raw(data, BASIC, Pseudonymizer(KEY))
+    with pytest.raises(DeidError):
+        deidentify(data, BASIC, KEY)
+
+
+def test_a_malformed_pixel_representation_is_refused_on_both_paths() -> None:
+    data = to_bytes(ct_dataset())
+    at = data.index(b"\x28\x00\x03\x01US\x02\x00")  # (0028,0103) Pixel Representation
+    data = data[:at] + b"\x28\x00\x03\x01US\x03\x00\x00\x00\x00" + data[at + 10 :]
+    with pytest.raises(Unsupported):
+        deidentify_raw(data, BASIC, Pseudonymizer(KEY))
+    with pytest.raises(DeidError):
+        deidentify(data, BASIC, KEY)
