@@ -189,7 +189,7 @@ def apply_action(ds: Dataset, tag: int, action: Action, ctx: Context, path: Path
         return
     if elem.length == 0 if isinstance(elem, RawDataElement) else ds[tag].is_empty:
         return  # nothing to protect; an empty value stays empty (see the module docstring)
-    if isinstance(elem, RawDataElement) and vr in STRING_VRS and not elem.value.rstrip(b" \x00"):
+    if isinstance(elem, RawDataElement) and vr in STRING_VRS and not (elem.value or b"").rstrip(b" \x00"):
         # Padding only is empty too, as pydicom reads it: written empty, whether or not something read it
         # first (a blank Patient ID was empty, a blank Patient's Name pseudonymised; the fast path the same).
         ds[tag] = DataElement(tag, vr, "")
