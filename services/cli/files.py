@@ -175,6 +175,10 @@ def deid(
                 invalid = _refused_by_ingest(path)
                 if invalid is not None:
                     outcomes[_refused(path, invalid.reason, invalid.detail)] += 1
+                elif out.exists() and os.path.samefile(out, path):
+                    # A folder given as the output that is the input's own: the copy would replace it.
+                    console.print("[red]the output would overwrite the originals[/red]: give another file or folder")
+                    raise typer.Exit(2)
                 else:
                     out.parent.mkdir(parents=True, exist_ok=True)
                     deidentify_file(path, out, chosen, key)

@@ -491,3 +491,16 @@ def fsync_directory(directory: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def process_umask() -> int:
+    """The umask, read without setting it: os.umask sets it to read it, and for that moment any file or
+    folder another thread makes (the central gateways' partner workers) ignores it. 022 when unreadable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-from services.common.blob_store import fsync_directory, make_durable_parents
+from services.common.blob_store import fsync_directory, make_durable_parents, process_umask
 from services.gateway.fetched import Fetched
 from services.gateway.scratch_files import new_scratch_file, remove_abandoned
 from services.gateway.targets import FolderTarget, StoreResult, TargetKind
@@ -116,19 +116,6 @@ def _copy_atomically(source: Fetched, incoming: Path, target: Path, mode: int) -
         partial.unlink(missing_ok=True)
         raise
     fsync_directory(target.parent)
-
-
-def process_umask() -> int:
-    """The umask, read without setting it: os.umask sets it to read it, and for that moment any file or
-    folder another thread makes (the central gateways' partner workers) ignores it. 022 when unreadable."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
 
 
 def _copy(source: Fetched, out: BinaryIO, mode: int) -> None:

@@ -171,3 +171,36 @@ def test_demo_data_stops_before_the_disk_is_full_and_says_so(tmp_path: Path, mon
     said = " ".join(result.output.split())
     assert "stopped after 2 of 5 studies" in said and "in 2 studies" in said
     assert len(json.loads((tmp_path / "demo.manifest.json").read_text())["studies"]) == 2
+
+
+def test_the_inputs_own_folder_as_the_output_is_refused_and_the_original_kept(tmp_path: Path) -> None:
+    """`imx deid scan.dcm .` in the file's folder wrote the de-identified copy over the original (and, for a
+    file read through a memory map, cut it to a few KB part way)."""
+    source = tmp_path / "scan.dcm"
+    original = to_bytes(ct_dataset())
+    source.write_bytes(original)
+    result = runner.invoke(app, ["deid", str(source), str(tmp_path), "--key-file", str(tmp_path / "k.key")])
+    assert result.exit_code == 2 and "would overwrite the originals" in result.output, result.output
+    assert source.read_bytes() == original
+
+
+def test_an_interrupted_write_leaves_no_partial_output(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C part way left a header-only file among the outputs, looking like a finished one."""
+    from services.deid import files
+
+    source = tmp_path / "scan.dcm"
+    source.write_bytes(to_bytes(ct_dataset()))
+    writes = []
+
+    def interrupted(fd: int, piece: bytes) -> None:
+        writes.append(len(piece))
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        files.os.write(fd, piece)
+
+    monkeypatch.setattr(files, "write_all", interrupted)
+    monkeypatch.setattr(files, "windows", lambda chunks: [bytes(c) for c in chunks] * 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    runner.invoke(app, ["deid", str(source), str(out / "scan.dcm"), "--key-file", str(tmp_path / "k.key")])
+    assert list(out.iterdir()) == []
