@@ -61,6 +61,10 @@ def setup_services(
     create_topics: Annotated[
         bool, typer.Option(help="create the pipeline's missing topics too (IMX_TOPIC_PARTITIONS partitions)")
     ] = True,
+    wait: Annotated[
+        float,
+        typer.Option(min=1, help="seconds to wait for a broker that does not answer (still starting) before failing"),
+    ] = 300.0,
 ) -> None:
     """Create or update each service's SCRAM user (imx-<service>; SHA-512 and SHA-256) and exactly its ACLs."""
     from kafka.errors import KafkaError
@@ -83,6 +87,7 @@ def setup_services(
             topics,
             settings.topic_partitions if create_topics else None,
             replication_factor=settings.topic_replication_factor,
+            wait_s=wait,
         )
     except (KafkaError, RuntimeError, OSError) as error:
         console.print(f"[red]setting up the services' Kafka access failed[/red] ({type(error).__name__}): {error}")

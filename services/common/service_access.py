@@ -191,21 +191,39 @@ class ServiceAccess:
         topics: Topics,
         partitions: int | None = None,
         replication_factor: int = 1,
+        wait_s: float | None = None,
     ) -> None:
         """The one set-up step of a deployment (devstack `make up`, `imx kafka setup-services` in the
         compose set-up container and the chart's hook Job): the pipeline's topics when `partitions` is
-        given, then each service's user, password and ACLs, as declared above."""
+        given, then each service's user, password and ACLs, as declared above. A broker that does not
+        answer is waited for up to `wait_s` (None: for ever), then RuntimeError: a refused admin sign-in
+        looks the same from kafka-python, and waited for ever, a deployment's set-up hung with no end."""
         unknown = sorted(set(passwords) - set(SERVICES))
         if unknown:
             raise ValueError(f"no Kafka access is declared for {', '.join(unknown)}")
         if partitions is not None:
-            ensure_topics(
-                self._bootstrap,
-                topics.pipeline(),
-                partitions,
-                client_config=self._config,
-                replication_factor=replication_factor,
-            )
+            given_up = threading.Event()
+            timer = threading.Timer(wait_s, given_up.set) if wait_s is not None else None
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            try:
+                ensure_topics(
+                    self._bootstrap,
+                    topics.pipeline(),
+                    partitions,
+                    stop=given_up,
+                    client_config=self._config,
+                    replication_factor=replication_factor,
+                )
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if given_up.is_set():
+                raise RuntimeError(
+                    f"no answer from the broker at {self._bootstrap} within {wait_s:g} s: is it up, and are the "
+                    "admin's username and password right (a refused sign-in looks the same)?"
+                )
         for service, password in passwords.items():
             if not password:
                 raise ValueError(f"empty Kafka password for {service}")

@@ -28,6 +28,7 @@ from services.common.settings import ServiceSettings
 from services.common.topics import Topics
 from tests.conftest import KafkaInternal
 from tests.integration.bus_helpers import stage_consumer
+from tools.devstack.processes import free_port
 
 
 def _signed_in(
@@ -276,3 +277,14 @@ def test_imx_kafka_setup_services_refuses_an_unknown_service_or_a_missing_passwo
     assert unknown.exit_code == 2 and "unknown service x" in unknown.output
     missing = CliRunner().invoke(app, ["kafka", "setup-services", "--passwords-dir", str(tmp_path)])
     assert missing.exit_code == 2 and "no password file" in missing.output
+
+
+def test_imx_kafka_setup_services_gives_up_on_a_broker_that_never_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It waited for ever ("broker unreachable; waiting to create topics"): a refused admin sign-in looks
+    the same, so a deployment's set-up Job hung until its deadline with nothing said."""
+    (tmp_path / "routing").write_text("a-password")
+    monkeypatch.setenv("IMX_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")  # nothing listens there
+    result = CliRunner().invoke(app, ["kafka", "setup-services", "--passwords-dir", str(tmp_path), "--wait", "1"])
+    assert result.exit_code == 1 and "no answer from the broker" in " ".join(result.output.split()), result.output
