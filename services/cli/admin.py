@@ -30,9 +30,10 @@ INT32_MAX = 2**31 - 1  # the proto fields' range: beyond it the request cannot e
 
 
 @contextmanager
-def _channel(address: str) -> Iterator[grpc.Channel]:
+def _channel(address: str, failed_exit: int = 1) -> Iterator[grpc.Channel]:
     """A channel carrying the caller's control token (services/common/control_channel.py); gRPC errors
-    become one red line and exit status 1, a missing token or an unreachable service exit status 2."""
+    become one red line and exit status `failed_exit` (1; a command whose 1 means something else gives
+    another), a missing token or an unreachable service exit status 2."""
     try:
         channel = control_channel(address)
     except MissingControlToken as missing:
@@ -49,7 +50,7 @@ def _channel(address: str) -> Iterator[grpc.Channel]:
             yield channel
         except grpc.RpcError as exc:
             console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
-            raise typer.Exit(1) from None
+            raise typer.Exit(failed_exit) from None
 
 
 def _csv(value: str) -> list[str]:

@@ -26,6 +26,7 @@ audit_app = typer.Typer(help="The audit log's tamper evidence: verify it, show i
 
 
 VERIFY_DEADLINE_S = 3600.0  # it recomputes the whole log; the other calls get the CLI's 60 s
+VERIFY_NOT_RUN = 3  # exit status: the service answered with an error (a refused token, a deadline)
 
 
 def _when(ms: int) -> str:
@@ -62,9 +63,11 @@ def verify(
     max_findings: Annotated[int, typer.Option(min=1, max=2**32 - 1, help="list at most N findings")] = 100,
 ) -> None:
     """Recompute the log from the stored records: names each changed, deleted, reordered or truncated record
-    (leaf index, record id), checks each signed tree head's signature and their consistency."""
+    (leaf index, record id), checks each signed tree head's signature and their consistency. Exit status:
+    0 verified, 1 tampered, 2 a bad option or the service unreachable, 3 the check could not run."""
     known_size, known_root = _known(remember)
-    with _channel(CliSettings().audit_grpc) as channel:
+    # Exit 1 is TAMPERED: a check that could not run (a refused token, a deadline) must not look like it.
+    with _channel(CliSettings().audit_grpc, failed_exit=VERIFY_NOT_RUN) as channel:
         reply = admin_pb2_grpc.AuditLogStub(channel).VerifyAuditLog(
             admin_pb2.VerifyAuditLogRequest(
                 known_tree_size=known_size, known_root_hash=known_root, max_findings=max_findings

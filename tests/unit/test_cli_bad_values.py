@@ -4,8 +4,10 @@ protobuf or JSON traceback."""
 
 from __future__ import annotations
 
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 from typer.testing import CliRunner
 
@@ -43,3 +45,26 @@ def test_a_remember_file_without_a_tree_head_is_named_plainly(tmp_path: Path, co
     remember.write_text(content)
     result = runner.invoke(app, ["audit", "verify", "--remember", str(remember)])
     assert result.exit_code == 2 and "does not hold a tree head" in " ".join(result.output.split()), result.output
+
+
+def test_audit_verify_that_could_not_run_is_not_reported_as_tampering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused token or a deadline exited 1, the status that means TAMPERED: a monitoring job could not
+    tell them apart."""
+
+    def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "this token may not verify the log")
+
+    handler = grpc.method_handlers_generic_handler(
+        "imx.v1.AuditLog", {"VerifyAuditLog": grpc.unary_unary_rpc_method_handler(refuse)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("IMX_AUDIT_GRPC", f"127.0.0.1:{port}")
+        monkeypatch.setenv("IMX_CONTROL_TOKEN", "a-token")
+        result = runner.invoke(app, ["audit", "verify"])
+    finally:
+        server.stop(grace=None)
+    assert result.exit_code == 3 and "PERMISSION_DENIED" in result.output, result.output
