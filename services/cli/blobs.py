@@ -19,7 +19,6 @@ from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, Te
 from rich.table import Table
 
 from services.common.blob_lifecycle import (
-    DEFAULT_RETENTION_S,
     STALE_TEMPORARY_S,
     BlobEntry,
     collect,
@@ -35,9 +34,30 @@ blobs_app = typer.Typer(
 )
 
 RetentionDays = Annotated[
-    float,
-    typer.Option(help="keep objects this many days after they were last written", min=0.0),
+    float | None,
+    typer.Option(
+        help="keep objects this many days after they were last written; default: delivery's own, "
+        "IMX_BLOB_RETENTION_S (IMX_DELIVERY_BLOB_RETENTION_S), seven days unless set",
+        min=0.0,
+        show_default=False,
+    ),
 ]
+
+
+def _retention_s(days: float | None) -> float:
+    """The days given, else the retention delivery runs with (a hard-wired seven days deleted objects a
+    deployment keeping thirty still wanted)."""
+    from pydantic import ValidationError
+
+    from services.delivery.settings import DeliverySettings
+
+    if days is not None:
+        return days * 86400
+    try:
+        return DeliverySettings().blob_retention_s
+    except ValidationError:
+        console.print("[red]IMX_BLOB_RETENTION_S is not a number of seconds[/red]: give --retention-days")
+        raise typer.Exit(2) from None
 
 
 def _store_root() -> Path:
@@ -82,12 +102,13 @@ def _size(n: float) -> str:
 
 
 @blobs_app.command("usage")
-def blobs_usage(retention_days: RetentionDays = DEFAULT_RETENTION_S / 86400) -> None:
+def blobs_usage(retention_days: RetentionDays = None) -> None:
     """How many objects the store holds and the bytes they take on disk, how many are past the
     retention and how many a partner is still owed. A spliced object counts its record (its head and a
     reference), the bytes it shares with its source once, in the source."""
 
     root = _store_root()
+    retention_s = _retention_s(retention_days)
     entries: list[BlobEntry] = []
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
         task = bar.add_task("scanning")
@@ -95,7 +116,9 @@ def blobs_usage(retention_days: RetentionDays = DEFAULT_RETENTION_S / 86400) -> 
             entries.append(entry)
             if len(entries) % 1000 == 0:
                 bar.update(task, description=f"scanning: {len(entries):,} objects")
-    result = usage(entries, _owed(), time.time(), retention_days * 86400)
+    with console.status("reading what partners are still owed"):  # up to 10 s when MongoDB is away
+        owed = _owed()
+    result = usage(entries, owed, time.time(), retention_s)
     spliced = [entry for entry in entries if entry.source]
     table = Table(
         "",
@@ -106,14 +129,16 @@ def blobs_usage(retention_days: RetentionDays = DEFAULT_RETENTION_S / 86400) -> 
     )
     table.add_row("all", f"{result.objects:,}", _size(result.bytes))
     table.add_row("  of which spliced (records)", f"{len(spliced):,}", _size(sum(entry.size for entry in spliced)))
-    table.add_row(f"older than {retention_days:g} days", f"{result.expired_objects:,}", _size(result.expired_bytes))
+    table.add_row(
+        f"older than {retention_s / 86400:g} days", f"{result.expired_objects:,}", _size(result.expired_bytes)
+    )
     table.add_row("owed to a partner (not stored yet)", f"{result.owed_objects:,}", _size(result.owed_bytes))
     console.print(table)
 
 
 @blobs_app.command("gc")
 def blobs_gc(
-    retention_days: RetentionDays = DEFAULT_RETENTION_S / 86400,
+    retention_days: RetentionDays = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would go, delete nothing")] = False,
 ) -> None:
     """Delete objects older than the retention that no partner is owed (never one a partner's
@@ -131,7 +156,7 @@ def blobs_gc(
             if seen % 1000 == 0:
                 bar.update(task, description=f"scanning: {seen:,} objects")
 
-        result = collect(root, _owed, retention_days * 86400, dry_run=dry_run, on_entry=progress)
+        result = collect(root, _owed, _retention_s(retention_days), dry_run=dry_run, on_entry=progress)
     verb = "would delete" if dry_run else "deleted"
     console.print(
         f"{verb} {result.deleted:,} objects ({_size(result.freed_bytes)} on disk) of {seen:,}; "
