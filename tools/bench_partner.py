@@ -50,7 +50,7 @@ def gateway_command(
     argv = [
         sys.executable,
         "-c",
-        "from services.cli.main import app; app()",
+        "from services.cli.main import main; main()",
         "gateway",
         "run",
         "--partner",

@@ -80,7 +80,11 @@ def _owed() -> set[str]:
     from services.common.settings import ServiceSettings
     from services.delivery.delivered import DeliveredObjects
 
-    client, db = connect(ServiceSettings())
+    try:
+        client, db = connect(ServiceSettings())
+    except (ValueError, PyMongoError) as error:  # a URI that does not parse (its text may hold a password)
+        console.print(f"[red]IMX_MONGO_URI is not a usable MongoDB URI[/red] ({type(error).__name__})")
+        raise typer.Exit(2) from None
     try:
         return DeliveredObjects(db).unstored_blobs()
     except PyMongoError as error:

@@ -57,18 +57,22 @@ def demo_data(
         console.print(f"[red]{out} is a file[/red]: --out names the folder to write the studies into")
         raise typer.Exit(2)
 
-    out.mkdir(parents=True, exist_ok=True)
-    with progress_bar() as bar:
-        task = bar.add_task("writing studies", total=studies)
-        manifest = write_demo_data(
-            out,
-            studies,
-            seed,
-            progress=lambda n: bar.update(task, completed=n),
-            stop_before=lambda: shutil.disk_usage(out).free < DEMO_KEEP_FREE_BYTES,
-        )
     manifest_path = out.parent / f"{out.name}.manifest.json"
-    manifest_path.write_text(manifest.to_json())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with progress_bar() as bar:
+            task = bar.add_task("writing studies", total=studies)
+            manifest = write_demo_data(
+                out,
+                studies,
+                seed,
+                progress=lambda n: bar.update(task, completed=n),
+                stop_before=lambda: shutil.disk_usage(out).free < DEMO_KEEP_FREE_BYTES,
+            )
+        manifest_path.write_text(manifest.to_json())
+    except OSError as error:  # a folder that cannot be made or written: said, not a traceback
+        console.print(f"[red]cannot write under {out}[/red]: {error.strerror}")
+        raise typer.Exit(2) from None
     written = len(manifest.studies)
     console.print(
         f"{len(manifest.files)} instances in {written} studies, {manifest.total_bytes / 1e6:.1f} MB, under {out}; "
@@ -96,10 +100,14 @@ def _load_key(key_file: Path) -> bytes:
             raise typer.Exit(2)
         return key
     key = secrets.token_bytes(32)
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key.hex() + "\n")
+    try:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key.hex() + "\n")
+    except OSError as error:  # e.g. a read-only current folder, where the default key file goes
+        console.print(f"[red]cannot write the key file {key_file}[/red]: {error.strerror}; give --key-file")
+        raise typer.Exit(2) from None
     console.print(f"new recipient key written to {key_file} (keep it: the same key gives the same pseudonyms)")
     return key
 

@@ -49,5 +49,23 @@ def serve(name: ServiceName) -> None:
     importlib.import_module(module).serve()
 
 
+def main() -> None:
+    """The `imx` command: a setting that does not parse (`IMX_DICOM_PORT=abc`) is said plainly, its variable
+    and what is wrong with it, never its value (it may be a secret), not as pydantic's traceback."""
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    try:
+        app()
+    except ValidationError as error:
+        console = Console(stderr=True)
+        for problem in error.errors(include_input=False, include_url=False):
+            name = "_".join(str(part) for part in problem["loc"]).upper()
+            console.print(
+                f"[red]bad setting {name if name.startswith('IMX_') else 'IMX_' + name}[/red]: {problem['msg']}"
+            )
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

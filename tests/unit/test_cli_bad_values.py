@@ -81,3 +81,36 @@ def test_blobs_gc_keeps_what_delivery_keeps_unless_told_otherwise(monkeypatch: p
     monkeypatch.setenv("IMX_BLOB_RETENTION_S", "a month")
     result = runner.invoke(app, ["blobs", "gc", "--dry-run"])
     assert result.exit_code == 2 and "give --retention-days" in result.output, result.output
+
+
+def test_a_setting_that_does_not_parse_is_named_without_its_value_or_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.cli.main import main
+
+    monkeypatch.setenv("IMX_DICOM_PORT", "not-a-port-s3cret")
+    monkeypatch.setattr("sys.argv", ["imx", "status"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    said = " ".join(capsys.readouterr().err.split())
+    assert stopped.value.code == 2 and "bad setting IMX_DICOM_PORT" in said
+    assert "s3cret" not in said and "Traceback" not in said
+
+
+def test_folders_files_and_uris_that_cannot_be_used_are_said_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    made = runner.invoke(app, ["demo-data", "--out", str(blocker / "demo")])
+    assert made.exit_code == 2 and "cannot write under" in made.output, made.output
+    source = tmp_path / "in.dcm"
+    source.write_bytes(b"x")
+    keyed = runner.invoke(app, ["deid", str(source), str(tmp_path / "out.dcm"), "--key-file", str(blocker / "k.key")])
+    assert keyed.exit_code == 2 and "cannot write the key file" in keyed.output, keyed.output
+    (tmp_path / "blobs").mkdir()
+    monkeypatch.setenv("IMX_BLOB_DIR", str(tmp_path / "blobs"))
+    monkeypatch.setenv("IMX_MONGO_URI", "mongodb://admin:S3cretPw@127.0.0.1:notaport/")
+    usage = runner.invoke(app, ["blobs", "usage"])
+    assert usage.exit_code == 2 and "not a usable MongoDB URI" in usage.output, usage.output
+    assert "S3cretPw" not in usage.output
