@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -50,8 +51,18 @@ UsernameOption = Annotated[str | None, typer.Option(envvar="IMX_GATEWAY_USERNAME
 PasswordOption = Annotated[
     str | None, typer.Option(envvar="IMX_GATEWAY_PASSWORD", help="its password (better in the environment)")
 ]
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+    SSL = "SSL"
+
+
 ProtocolOption = Annotated[
-    str, typer.Option(envvar="IMX_GATEWAY_SECURITY_PROTOCOL", help="SASL_PLAINTEXT here, SASL_SSL in production")
+    SecurityProtocol,
+    typer.Option(envvar="IMX_GATEWAY_SECURITY_PROTOCOL", help="SASL_PLAINTEXT here, SASL_SSL in production"),
 ]
 CaFileOption = Annotated[
     Path | None,
@@ -152,7 +163,7 @@ def run(
     dicomweb_key: DicomwebKeyOption,
     username: UsernameOption = None,
     password: PasswordOption = None,
-    security_protocol: ProtocolOption = "SASL_PLAINTEXT",
+    security_protocol: ProtocolOption = SecurityProtocol.SASL_PLAINTEXT,
     ssl_cafile: CaFileOption = None,
     state_dir: StateDirOption = Path("imx-gateway-state"),
     max_attempts: Annotated[
@@ -230,6 +241,9 @@ def list_dead_letters(state_dir: StateDirOption = Path("imx-gateway-state")) -> 
     from services.gateway.worker import state_paths
 
     folder = state_paths(state_dir)[2]
+    if not state_dir.is_dir():  # a mistyped --state-dir: "no dead letters" would be a false all-clear
+        console.print(f"[red]no gateway state folder {state_dir}[/red]: is --state-dir the gateway's?")
+        raise typer.Exit(2)
     if not folder.is_dir():
         console.print(f"no dead letters (no folder {folder})")
         return
@@ -261,7 +275,7 @@ def replay(
     ] = None,
     username: UsernameOption = None,
     password: PasswordOption = None,
-    security_protocol: ProtocolOption = "SASL_PLAINTEXT",
+    security_protocol: ProtocolOption = SecurityProtocol.SASL_PLAINTEXT,
     ssl_cafile: CaFileOption = None,
 ) -> None:
     """Fetch and store dead letters again; each one stored is removed. With --partner and --bootstrap

@@ -86,3 +86,14 @@ def test_a_kafka_failure_hours_into_a_run_is_not_called_a_refused_sign_in(capsys
     assert "failed after 10800 s" in later and "password" not in later
     _sign_in_failed("kafka:9093", KafkaTimeoutError(), running_s=5)
     assert "check --bootstrap, --username and the password" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_mistyped_state_folder_is_not_an_all_clear_and_an_unknown_protocol_is_a_usage_error(tmp_path: Path) -> None:
+    listed = runner.invoke(app, ["gateway", "dead-letters", "list", "--state-dir", str(tmp_path / "typo")])
+    assert listed.exit_code == 2 and "no gateway state folder" in " ".join(listed.output.split()), listed.output
+    (tmp_path / "state").mkdir()  # a gateway that never dead-lettered anything
+    quiet = runner.invoke(app, ["gateway", "dead-letters", "list", "--state-dir", str(tmp_path / "state")])
+    assert quiet.exit_code == 0 and "no dead letters" in quiet.output
+    args = ["--partner", "p", "--target", f"file://{tmp_path}", "--bootstrap", "127.0.0.1:9", "--dicomweb-key", "k"]
+    odd = runner.invoke(app, ["gateway", "run", *args, "--security-protocol", "SASL_TLS"])
+    assert odd.exit_code == 2 and "SASL_SSL" in odd.output  # said at once, not after a 10 s sign-in wait
