@@ -61,9 +61,7 @@ def open_ingest(
                 max_instance_bytes=settings.max_instance_bytes,
                 publish_timeout_s=settings.publish_timeout_s,
                 stats=stats,
-                limits=InputLimits(
-                    settings.max_inflated_bytes, settings.max_sequence_depth, settings.max_spilled_inflations
-                ),
+                limits=input_limits(settings),
                 commit_gather_s=settings.commit_gather_s,
             )
             try:
@@ -83,3 +81,8 @@ def _write_waiting_marks(acceptance: Acceptance) -> None:
         acceptance.commits.flush()
     except IngestUnavailable as exc:
         log.warning("published marks not written at shutdown", extra={"error": str(exc)})
+
+
+def input_limits(settings: IngestSettings) -> InputLimits:
+    """The work any one input may cause, from the settings (header.InputLimits)."""
+    return InputLimits(settings.max_inflated_bytes, settings.max_sequence_depth, settings.max_spilled_inflations)

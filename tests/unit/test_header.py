@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import threading
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -26,13 +24,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from services.common.dicom.header import (
-    _INFLATED_IN_MEMORY,
-    ROUTING_KEYWORDS,
-    InvalidInstance,
-    _inflated,
-    inspect_instance,
-)
+from services.common.dicom.header import ROUTING_KEYWORDS, InvalidInstance, inspect_instance
 from services.common.dicom.part10 import dataset_to_bytes, read_dataset
 from services.common.dicom.synthetic import StudyPlan, plan_study, study_instances
 
@@ -271,29 +263,3 @@ def test_errors_warnings_and_logs_never_carry_phi(caplog: pytest.LogCaptureFixtu
             assert not [v for v in phi if v in text]
     said = " ".join([str(w.message) for w in caught] + [r.getMessage() for r in caplog.records])
     assert not [v for v in phi if v in said]
-
-
-def test_large_deflated_data_sets_take_turns_on_disk_and_small_ones_never_wait() -> None:
-    """Each large one was inflated onto /tmp at once, up to 1 GiB each: a few together filled the pod's
-    bounded /tmp, and the kubelet evicted it with every transfer in flight."""
-
-    def deflated(size: int) -> memoryview:
-        squeeze = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
-        return memoryview(squeeze.compress(bytes(size)) + squeeze.flush())
-
-    large, small = deflated(_INFLATED_IN_MEMORY + 1024), deflated(1024)
-    second_spilled = threading.Event()
-
-    def second() -> None:
-        with _inflated(large, 1 << 30, spill_slots=1):
-            second_spilled.set()
-
-    with _inflated(large, 1 << 30, spill_slots=1) as first:
-        assert len(first) == _INFLATED_IN_MEMORY + 1024
-        waiting = threading.Thread(target=second)
-        waiting.start()
-        assert not second_spilled.wait(0.5), "a second large one spilled while the first held the only turn"
-        with _inflated(small, 1 << 30, spill_slots=1) as quick:  # in memory: no turn needed
-            assert len(quick) == 1024
-    assert second_spilled.wait(5), "it got its turn when the first was done"
-    waiting.join(5)

@@ -130,12 +130,11 @@ def test_every_truncation_gives_the_same_refusal() -> None:
         _assert_same(data[:cut])
 
 
-@pytest.mark.parametrize("index", range(0, 400))
+# Deflate bombs left out: deflated inputs are never walked, and inflating them is slow (they were 45
+# skips in every run, hiding a real one).
+@pytest.mark.parametrize("index", [i for i in range(400) if malformed_input(7, i).kind != "deflate-bomb"])
 def test_the_chaos_runs_malformed_inputs_give_the_same_outcome(index: int) -> None:
-    bad = malformed_input(7, index)
-    if bad.kind == "deflate-bomb":
-        pytest.skip("deflated inputs are never walked, and inflating them is slow")
-    _assert_same(bad.part10)
+    _assert_same(malformed_input(7, index).part10)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

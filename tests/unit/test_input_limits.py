@@ -4,6 +4,7 @@ with a reason, before pydicom (or a later stage) inflates or recurses through th
 from __future__ import annotations
 
 import struct
+import threading
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -14,6 +15,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from services.common.blob_store import LocalBlobStore
+from services.common.dicom import header
 from services.common.dicom.header import (
     InputLimits,
     InstanceHeader,
@@ -26,11 +28,13 @@ from services.common.dicom.synthetic import plan_study, study_instances
 from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance, Rejected
 from services.ingest.receipts import MemoryReceiptStore
+from services.ingest.settings import IngestSettings
 from services.ingest.status_codes import (
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES_TOO_LARGE,
     status_for_result,
 )
+from services.ingest.wiring import input_limits
 from services.proto_gen.imx.v1 import events_pb2
 from tests.unit.ingest.samples import RecordingBus
 
@@ -226,3 +230,33 @@ def test_ingest_quarantines_over_limit_inputs_with_a_reason(data, reason: str, s
     assert not bus.on(topics.ingested)
     [message] = bus.on(topics.quarantine)
     assert events_pb2.Quarantined.FromString(message.value).reason == reason
+
+
+def test_large_deflated_data_sets_take_turns_on_disk_and_small_ones_never_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each large one was inflated onto /tmp at once, up to 1 GiB each: a few together filled the pod's
+    bounded /tmp, and the kubelet evicted it with every transfer in flight. IMX_MAX_SPILLED_INFLATIONS
+    (ingest's settings) sets how many take their turn at once."""
+    limits = input_limits(IngestSettings(max_spilled_inflations=1))
+    assert limits.max_spilled_inflations == 1
+    turns = threading.BoundedSemaphore(1)
+    waited = threading.Event()
+
+    class Turn:  # the one turn, saying when someone had to wait for it
+        def __enter__(self) -> None:
+            if not turns.acquire(blocking=False):
+                waited.set()
+                turns.acquire()
+
+        def __exit__(self, *_: object) -> None:
+            turns.release()
+
+    asked: list[int] = []
+    monkeypatch.setattr(header, "_spill_slots", lambda count: asked.append(count) or Turn())
+    large, small = deflate_bomb(8 * MIB), dataset_to_bytes(_dataset(DeflatedExplicitVRLittleEndian))
+    with turns:  # another large one holds the only turn
+        second = threading.Thread(target=inspect_instance, args=(large, LIMIT, limits))
+        second.start()
+        assert waited.wait(10), "a second large one spilled while another held the only turn"
+        inspect_instance(small, LIMIT, limits)  # inflated in memory: no turn needed, it does not wait
+    second.join(10)
+    assert not second.is_alive() and asked == [1]

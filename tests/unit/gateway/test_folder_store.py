@@ -24,7 +24,8 @@ def _delivery(data: bytes, study: str = "1.2.3", series: str = "1.2.3.4", sop: s
     )
 
 
-@given(st.text(max_size=80))
+# Mostly text of UID characters (so paths are built, not only refused), and any text besides.
+@given(st.one_of(st.from_regex(r"[0-9.]{1,70}", fullmatch=True), st.text(max_size=80)))
 def test_only_dicom_uids_become_path_components(uid: str) -> None:
     root = Path("/srv/root")
     instance = events_pb2.InstanceRef(study_instance_uid=uid, series_instance_uid="1.2", sop_instance_uid="1.3")
