@@ -8,10 +8,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from pymongo.database import Database
 
 from services.audit.consumer import AuditHandler
+from services.audit.queries import EventFilter
 from services.audit.receipts_watch import ReceiptsWatch
 from services.audit.records import subscription_pattern
+from services.audit.store import MongoAuditStore
 from services.common.bus import BusProducer, Handler, StageConsumer, ensure_topics
 from services.common.messages import OutgoingMessage
 from services.common.topics import Topics
@@ -20,7 +23,6 @@ from services.delivery.main import PartnerTopics
 from services.delivery.settings import DeliverySettings
 from tests.integration.bus_helpers import TopicsRead, poll_until_joined, poll_until_read, stage_consumer
 from tests.unit.audit.builders import Instance, journey
-from tests.unit.audit.fake_store import InMemoryAuditStore
 
 pytestmark = pytest.mark.integration
 
@@ -80,12 +82,13 @@ def test_a_partner_added_by_delivery_is_read_at_once_though_the_next_look_is_min
 
 
 def test_audit_reads_a_new_partners_receipts_once_it_records_a_delivery_to_it(
-    kafka_bootstrap: str, unique_name: str
+    kafka_bootstrap: str, unique_name: str, db: Database
 ) -> None:
     topics = Topics(prefix=unique_name + ".")
     ensure_topics(kafka_bootstrap, [*topics.pipeline(), topics.dead_letter], 1)
     producer = BusProducer(kafka_bootstrap)
-    store = InMemoryAuditStore()
+    store = MongoAuditStore(db["audit_events"])
+    store.ensure_indexes()
     watch = ReceiptsWatch(topics)
     handler = AuditHandler(store, topics, watch=watch.saw)
     consumer = rarely_looking(kafka_bootstrap, producer, topics, "audit", subscription_pattern(topics))
@@ -97,7 +100,7 @@ def test_audit_reads_a_new_partners_receipts_once_it_records_a_delivery_to_it(
         ensure_topics(kafka_bootstrap, [topics.receipts("late")], 1)
         producer.publish(journey(topics, Instance(), partner="late"))
         deadline = time.monotonic() + 30  # one look and one rebalance; without the look, minutes
-        while not any(r["event_type"] == "receipt" for r in store.records.values()):
+        while not store.events(EventFilter(event_type="receipt"), limit=1).records:
             assert time.monotonic() < deadline, "the new partner's receipt was not recorded"
             consumer.poll_once(handler)
     finally:

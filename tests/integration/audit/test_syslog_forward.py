@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pymongo import MongoClient
 
 from services.audit.consumer import AuditHandler
 from services.audit.records import AuditRecord, build_record
+from services.audit.store import MongoAuditStore
 from services.audit.syslog_forward import (
     BOM,
     SyslogForwarder,
@@ -30,7 +32,6 @@ from services.common.messages import TransientError
 from services.common.topics import Topics
 from tests.tls_certs import MutualTls, mutual_tls, other_ca
 from tests.unit.audit.builders import Instance, incoming, journey
-from tests.unit.audit.fake_store import InMemoryAuditStore
 
 TOPICS = Topics("t-syslog.")
 NOW = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
@@ -175,12 +176,15 @@ def test_a_connection_the_repository_closed_while_idle_is_not_written_into(pki: 
     assert len(receiver.client_subjects) == 2  # a second connection carried the second batch
 
 
-def test_the_handler_forwards_what_it_stores_when_wired_as_a_sink(pki: MutualTls, receiver: Receiver) -> None:
+def test_the_handler_forwards_what_it_stores_when_wired_as_a_sink(
+    pki: MutualTls, receiver: Receiver, client: MongoClient, unique_name: str
+) -> None:
     forwarder = forwarder_from_settings(
         f"tls://127.0.0.1:{receiver.port}", pki.server.ca_file, pki.client_cert_file, pki.client_key_file
     )
     assert forwarder is not None
-    store = InMemoryAuditStore()
+    store = MongoAuditStore(client[unique_name]["audit_events"])
+    store.ensure_indexes()
     handler = AuditHandler(store, TOPICS, clock=lambda: NOW, sinks=[forwarder])
     try:
         for message in journey(TOPICS, Instance()):
