@@ -213,5 +213,5 @@ def test_an_urgent_study_overtakes_a_bulk_backlog_to_the_partners_pacs(
             print(f"  last urgent event on {lane}: +{(last - accepted_ms) / 1000:.2f} s")
 
     assert _count(urgent_folder) == URGENT
-    assert elapsed < 5.0, f"the urgent study took {elapsed:.2f} s"
+    # Its latency is printed, not asserted (speed is the bench's business); what is asserted is the order.
     assert bulk_stored < BULK / 2, "most of the bulk work was still queued: it was overtaken, not finished first"
