@@ -67,7 +67,10 @@ def verify(
     0 verified, 1 tampered, 2 a bad option or the service unreachable, 3 the check could not run."""
     known_size, known_root = _known(remember)
     # Exit 1 is TAMPERED: a check that could not run (a refused token, a deadline) must not look like it.
-    with _channel(CliSettings().audit_grpc, failed_exit=VERIFY_NOT_RUN) as channel:
+    with (
+        _channel(CliSettings().audit_grpc, failed_exit=VERIFY_NOT_RUN) as channel,
+        console.status("audit is recomputing the log from the stored records (a large one takes minutes)"),
+    ):
         reply = admin_pb2_grpc.AuditLogStub(channel).VerifyAuditLog(
             admin_pb2.VerifyAuditLogRequest(
                 known_tree_size=known_size, known_root_hash=known_root, max_findings=max_findings
