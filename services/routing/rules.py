@@ -20,7 +20,9 @@ from services.common.stores.organisations import is_organisation_id
 from services.common.topics import validate_partner_id
 
 _ROUTE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
-_MODALITY = re.compile(r"^[A-Za-z0-9_ ]{1,16}\Z")  # PS3.5 CS (matched without regard to case)
+# PS3.5 CS (matched without regard to case); no space at either end, which is padding: ingest strips it
+# from the instance's value, so a route for "CT " matched nothing.
+_MODALITY = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_ ]{0,14}[A-Za-z0-9_])?\Z")
 MAX_MATCH_VALUES = 1000  # per list: every instance is compared with each
 
 # A route's class says how urgently its instances move: urgent (stroke, trauma) overtakes routine,

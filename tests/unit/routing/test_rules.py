@@ -58,6 +58,8 @@ def test_ids_and_partners_are_validated() -> None:
         validate_route(Route("Bad Id", "p"))
     with pytest.raises(ValueError):
         validate_route(Route("ok", "Not A Partner"))
+    with pytest.raises(ValueError, match="not a valid modality"):
+        validate_route(Route("ok", "p", match=RouteMatch(modalities=("CT ",))))  # ingest strips it: never matched
     with pytest.raises(ValueError, match="at least 1"):
         validate_route(Route("ok", "p", priority=-5))  # below "unset" (0, saved as 100): said, not reordered
 
