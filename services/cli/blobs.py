@@ -8,6 +8,7 @@ They read the blob store and MongoDB directly (IMX_BLOB_DIR, IMX_MONGO_URI, IMX_
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,18 +47,24 @@ RetentionDays = Annotated[
 
 def _retention_s(days: float | None) -> float:
     """The days given, else the retention delivery runs with (a hard-wired seven days deleted objects a
-    deployment keeping thirty still wanted)."""
-    from pydantic import ValidationError
+    deployment keeping thirty still wanted): its variable read as delivery reads it, and only that one."""
+    from pydantic import TypeAdapter, ValidationError
 
-    from services.delivery.settings import DeliverySettings
+    from services.common.blob_lifecycle import DEFAULT_RETENTION_S
 
     if days is not None:
         return days * 86400
-    try:
-        return DeliverySettings().blob_retention_s
-    except ValidationError:
-        console.print("[red]IMX_BLOB_RETENTION_S is not a number of seconds[/red]: give --retention-days")
-        raise typer.Exit(2) from None
+    for name in ("IMX_DELIVERY_BLOB_RETENTION_S", "IMX_BLOB_RETENTION_S"):
+        if (text := os.environ.get(name)) is not None:
+            try:
+                seconds = TypeAdapter(float).validate_python(text)
+            except ValidationError:
+                seconds = 0.0
+            if seconds <= 0:
+                console.print(f"[red]{name} is not a positive number of seconds[/red]: give --retention-days")
+                raise typer.Exit(2)
+            return seconds
+    return DEFAULT_RETENTION_S
 
 
 def _store_root() -> Path:

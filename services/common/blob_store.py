@@ -444,15 +444,23 @@ def write_all(fd: int, data: memoryview) -> None:
         data = data[written:]
 
 
-def replace_atomically(target: Path, fill: Callable[[BinaryIO], object]) -> None:
-    """Write a temp file beside `target` with `fill`, fsync it and rename it over `target`: a crash
-    leaves the old file or the new one, never half of one. The caller fsyncs the folder."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+def replace_atomically(
+    target: Path,
+    fill: Callable[[BinaryIO], object],
+    make_temp: Callable[[], tuple[int, str | Path]] | None = None,
+    sync: bool = True,
+) -> None:
+    """Write a temp file with `fill`, fsync it (unless not `sync`) and rename it over `target`: a crash
+    leaves the old file or the new one, never half of one, and a failed write no temp file. The temp
+    file is `make_temp()`'s (an open descriptor and its path; on `target`'s file system), by default a
+    `.tmp-` file beside it. The caller fsyncs the folder."""
+    fd, tmp_name = make_temp() if make_temp is not None else tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as tmp:
             fill(tmp)
             tmp.flush()
-            os.fsync(tmp.fileno())
+            if sync:
+                os.fsync(tmp.fileno())
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
-from services.common.blob_store import BlobStore, process_umask, windows, write_all
+from services.common.blob_store import BlobStore, process_umask, replace_atomically, windows, write_all
 from services.common.dicom.header import DEFAULT_LIMITS
 from services.deid.deflated import DEFLATED, deflate_into, deflated_body, inflate_into
 from services.deid.engine import DeidResult, Profile, deidentify
@@ -114,15 +114,13 @@ def write_chunks(target: Path, chunks: tuple[bytes | memoryview, ...]) -> None:
     """`chunks` as `target`, whole or not at all: written beside it under a hidden `.part` name and
     renamed over it once complete, so an interrupted write (Ctrl-C, a full disk) leaves no header-only
     file that looks like a finished one."""
-    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        try:
-            os.fchmod(fd, 0o644 & ~process_umask())  # as a new file gets, not mkstemp's private 0600
-            for piece in windows(chunks):  # window by window: a mapped input's pages are let go as written
-                write_all(fd, piece)
-        finally:
-            os.close(fd)
-        os.replace(partial, target)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+
+    def fill(out: BinaryIO) -> None:
+        os.fchmod(out.fileno(), 0o644 & ~process_umask())  # as a new file gets, not mkstemp's private 0600
+        for piece in windows(chunks):  # window by window: a mapped input's pages are let go as written
+            write_all(out.fileno(), piece)
+
+    def make_temp() -> tuple[int, str]:
+        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+
+    replace_atomically(target, fill, make_temp, sync=False)

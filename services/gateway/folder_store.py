@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-from services.common.blob_store import fsync_directory, make_durable_parents, process_umask
+from services.common.blob_store import fsync_directory, make_durable_parents, process_umask, replace_atomically
 from services.gateway.fetched import Fetched
 from services.gateway.scratch_files import new_scratch_file, remove_abandoned
 from services.gateway.targets import FolderTarget, StoreResult, TargetKind
@@ -90,7 +90,9 @@ class FolderStore:
             _copy_atomically(source, self._incoming, target, self._mode)
         except OSError as error:
             # A full or read-only disk may be fixed by the partner: retry, and wait without spending
-            # attempts when the folder itself is gone (an unmounted share).
+            # attempts when the folder itself is gone (an unmounted share). The incoming folder is made
+            # again on the next try (removed meanwhile, every later instance failed for good).
+            self._incoming_ready = False
             if not self._root.is_dir():
                 return self._root_down()
             return StoreResult.failed(f"os-error-{error.errno}", retryable=True)
@@ -106,15 +108,7 @@ class FolderStore:
 def _copy_atomically(source: Fetched, incoming: Path, target: Path, mode: int) -> None:
     """A crash leaves the old file or the new one, never half of one, under `target`'s name; the
     folder is fsynced too."""
-    fd, partial = new_scratch_file(incoming, PARTIAL_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            _copy(source, out, mode)
-            os.fsync(out.fileno())
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    replace_atomically(target, lambda out: _copy(source, out, mode), lambda: new_scratch_file(incoming, PARTIAL_SUFFIX))
     fsync_directory(target.parent)
 
 

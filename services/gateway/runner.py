@@ -13,7 +13,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 
 from services.common.bus import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, LONG_LIVED_CLIENT
-from services.common.kafka_access import group_prefix, sasl_client_config
+from services.common.kafka_access import group_prefix, sasl_client_config, tls_client_config
 from services.common.kafka_partitioner import RememberingPartitioner
 from services.common.started_objects import freeze_started_objects
 from services.common.topics import Topics
@@ -38,6 +38,8 @@ class KafkaSignIn:
     def client_config(self) -> dict[str, str]:
         if self.username and self.password:
             return sasl_client_config(self.username, self.password, self.security_protocol, self.ssl_cafile)
+        if self.security_protocol.upper() == "SSL":  # TLS without a sign-in: dropped, it went in plain text
+            return {"security_protocol": "SSL", **tls_client_config("SSL", self.ssl_cafile)}
         return {}
 
 

@@ -137,8 +137,10 @@ class StowStore:
             return StoreResult.failed("http-timeout", retryable=True)
         except httpx.TransportError:
             return StoreResult.down("connection-failed")
-        if response.status_code in (502, 503, 504):  # the server, or a proxy in front of it saying it is away
+        if response.status_code in (502, 503):  # the server, or a proxy in front of it saying it is away
             return StoreResult.down(f"http-{response.status_code}")
+        # A 504 (a proxy that gave up waiting) came after the instance was sent: as a read timeout, it may be
+        # this instance the server cannot take, so it spends attempts (response_result: a 5xx).
         return response_result(response.status_code, response.content, delivery.instance.sop_instance_uid)
 
     def close(self) -> None:

@@ -189,8 +189,9 @@ async def _store_held(
                 "detail": f"at most {context.max_parts} instances per request: the first {context.max_parts} were "
                 "handled as usual, the rest not read: send them in another request"
             },
+            # No "Connection: close": the server then drains what is still coming (as for the 429), so a
+            # client that sends its whole body before it reads gets this answer, not a reset connection.
             status_code=413,
-            headers={"Connection": "close"},
         )
     except ClientDisconnect:  # the client went away mid-body: no one to answer, nothing to report
         log.info("stow-rs client disconnected", extra={"org": org, "instances": len(outcomes)})

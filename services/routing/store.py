@@ -80,20 +80,17 @@ class RouteStore:
         return saved
 
     def _next_version(self, route_id: str) -> int:
+        existing = self._routes.find_one({"_id": route_id}, {"version": 1})
+        if existing is not None:
+            # A route saved before the counter existed (2026-12-07): the counter starts at its version, raised
+            # before the increment so that two first changes at once still get two versions.
+            self._versions.update_one(
+                {"_id": route_id}, {"$max": {"version": int(existing.get("version", 0))}}, upsert=True
+            )
         counted = self._versions.find_one_and_update(
             {"_id": route_id}, {"$inc": {"version": 1}}, upsert=True, return_document=ReturnDocument.AFTER
         )
-        version = int(counted["version"]) if counted else 1
-        existing = self._routes.find_one({"_id": route_id}, {"version": 1})
-        if existing is not None and version <= int(existing.get("version", 0)):
-            # A route saved before the counter existed (2026-12-07): the counter starts above it.
-            raised = self._versions.find_one_and_update(
-                {"_id": route_id},
-                {"$max": {"version": int(existing["version"]) + 1}},
-                return_document=ReturnDocument.AFTER,
-            )
-            version = int(raised["version"]) if raised else int(existing["version"]) + 1
-        return version
+        return int(counted["version"]) if counted else 1
 
     def unmet_references(self, route: Route) -> list[str]:
         """What `route` names that does not exist (yet): what it matches is quarantined until it does.

@@ -36,3 +36,15 @@ def test_the_ca_file_goes_with_every_protocol_over_tls_and_with_no_other(tmp_pat
 def test_a_ca_file_that_is_not_there_is_said_at_start_not_found_as_a_failed_handshake(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         kafka_client_config(_settings("SASL_SSL", tmp_path / "missing.crt"))
+
+
+def test_tls_without_a_sign_in_stays_tls(tmp_path: Path) -> None:
+    """`imx gateway run --security-protocol SSL` without a username connected in plain text: the protocol
+    and the CA file were dropped with the absent sign-in."""
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert KafkaSignIn("kafka:9093", None, None, "SSL", ca).client_config() == {
+        "security_protocol": "SSL",
+        "ssl_cafile": str(ca),
+    }
+    assert KafkaSignIn("kafka:9092", None, None, "SASL_PLAINTEXT").client_config() == {}

@@ -20,8 +20,9 @@ from pydicom.valuerep import PersonName
 
 UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-# Values this engine writes are strings; these VRs need no more than joining, encoding and padding.
-_STRING_VRS = frozenset(
+# Values this engine writes are strings; these VRs (PS3.5 6.2: the text ones) need no more than joining,
+# encoding and padding. Also what the two paths take for text when they compare values.
+STRING_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
 _CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})  # PS3.5 6.1.2.3
@@ -104,7 +105,7 @@ def _write(tag: int, vr: str | None, value: bytes, out: bytearray, implicit: boo
 def _copy_string(elem: DataElement, out: bytearray, implicit: bool, codec: str | None) -> bool:
     """Encode a plain string value (what this engine writes); False for anything pydicom must do."""
     vr = elem.VR
-    if vr not in _STRING_VRS:
+    if vr not in STRING_VRS:
         return False
     value = elem.value
     if value is None:

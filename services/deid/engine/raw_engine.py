@@ -24,7 +24,7 @@ from .burned_in import flag_says, risky_source
 from .container import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, Source
 from .dates import shift_date, shift_datetime
 from .dummies import dummy_for
-from .encoder import _CHARSET_VRS, framed_file_meta
+from .encoder import _CHARSET_VRS, STRING_VRS, framed_file_meta
 from .identifiers import (
     _INTERESTING_VRS,
     IDENTIFIER_TAGS,
@@ -51,7 +51,6 @@ from .transform import (
     PATIENT_ID,
     PATIENT_NAME,
     SEQUENCE_TYPES,
-    STRING_VRS,
     _first,
     _single,
     is_standard_tag_written_as_un,

@@ -37,6 +37,7 @@ from pydicom.multival import MultiValue
 from .actions import Action
 from .dates import shift_date, shift_datetime
 from .dummies import dummy_for
+from .encoder import STRING_VRS
 from .errors import NotDeidentifiable
 from .identifiers import Identifiers, is_registered_uid
 from .pseudonyms import Pseudonymizer
@@ -51,10 +52,6 @@ Path = tuple[tuple[int, int], ...]
 _TEXT_VRS = frozenset({"CS", "LO", "SH", "UC", "UR"})
 _NARRATIVE_VRS = frozenset({"LT", "ST", "UT"})
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-# The VRs whose values are text (PS3.5 6.2).
-STRING_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
-)
 # PS3.3 C.7.6.14 Acquisition Context Module (Type 2); C.10.10 Waveform Annotation Module (Type 1).
 SEQUENCE_TYPES = MappingProxyType({0x00400555: Action.ZERO, 0x0040B020: Action.DUMMY})
 # Type 1C attributes required exactly when another attribute is present. When the table removes

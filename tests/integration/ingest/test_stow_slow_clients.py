@@ -21,7 +21,7 @@ from services.ingest.receipts import MemoryReceiptStore
 from services.ingest.stow import StowContext, create_app
 from services.ingest.upload_slots import UploadSlots
 from tests.raw_http import exchange, read_answer
-from tests.unit.ingest.samples import BOUNDARY, RecordingBus, stow_content_type
+from tests.unit.ingest.samples import BOUNDARY, RecordingBus, mr_study, multipart_body, stow_content_type
 
 KEY, OTHER_KEY = "imx_test-key", "imx_other-key"
 BODY_TIMEOUT_S = 1.0
@@ -41,7 +41,7 @@ ServerFactory = Callable[..., HttpServer]
 def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
     servers: list[HttpServer] = []
 
-    def start(uploads_per_org: int, body_timeout_s: float = BODY_TIMEOUT_S) -> HttpServer:
+    def start(uploads_per_org: int, body_timeout_s: float = BODY_TIMEOUT_S, max_parts: int = 10_000) -> HttpServer:
         acceptance = Acceptance(
             blobs=LocalBlobStore(tmp_path),
             receipts=MemoryReceiptStore(),
@@ -49,7 +49,7 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
             topics=Topics("t-"),
             max_instance_bytes=400_000,
         )
-        context = StowContext(acceptance, ApiKeys(), body_timeout_s, UploadSlots(uploads_per_org))
+        context = StowContext(acceptance, ApiKeys(), body_timeout_s, UploadSlots(uploads_per_org), max_parts)
         http = HttpServer(create_app(context), "127.0.0.1", 0, grace_s=1, header_timeout_s=HEADER_TIMEOUT_S)
         http.start()
         servers.append(http)
@@ -219,6 +219,22 @@ def test_a_refused_upload_sent_whole_before_reading_gets_its_429(start_server: S
                 )
     finally:
         holder.close()
+
+
+def test_an_upload_over_the_instance_cap_sent_whole_before_reading_gets_its_413(start_server: ServerFactory) -> None:
+    """Answered with "Connection: close", the rest of the body was never read: a client sending it all before
+    reading got a reset connection, not the 413 (three times of three with 24 MB)."""
+    server = start_server(8, max_parts=2)
+    body = multipart_body(mr_study(3, n=3) * 60)
+    head = (
+        "POST /dicomweb/studies HTTP/1.1\r\nHost: imx\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Type: {stow_content_type()}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(head + body)
+            answer = read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
 def test_clients_that_hang_up_mid_body_log_no_traceback(

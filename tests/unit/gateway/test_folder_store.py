@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,15 @@ def test_a_killed_runs_partial_file_is_never_beside_the_partners_objects_and_is_
     assert [p.name for p in (root / "1.2.3" / "1.2.3.4").iterdir()] == []
     assert store.store(Fetched(data=b"x"), _delivery(b"x")).ok
     assert [p.name for p in (root / "1.2.3" / "1.2.3.4").iterdir()] == ["1.2.3.4.5.dcm"]
+
+
+def test_the_incoming_folder_removed_under_a_running_gateway_is_made_again(tmp_path: Path) -> None:
+    """It was made once: removed (someone clearing hidden folders), every later instance failed with
+    os-error-2, spent its attempts and was dead-lettered until the gateway restarted."""
+    root = made(tmp_path / "root")
+    store = FolderStore(FolderTarget(root))
+    assert store.store(Fetched(data=b"one"), _delivery(b"one", sop="1.1")).ok
+    shutil.rmtree(root / ".imx-incoming")
+    outcomes = [store.store(Fetched(data=b"two"), _delivery(b"two", sop="1.2")) for _ in range(2)]
+    assert outcomes[-1].ok, [o.status_detail for o in outcomes]
+    assert (root / "1.2.3" / "1.2.3.4" / "1.2.dcm").read_bytes() == b"two"

@@ -112,9 +112,10 @@ def _answer_of(handler: object) -> tuple[str, bool, bool]:
         ("connect-timeout", ("connect-timeout", True, True)),
         (502, ("http-502", True, True)),
         (503, ("http-503", True, True)),
-        (504, ("http-504", True, True)),
-        # Reached and no answer: perhaps this instance it cannot take, so attempts are spent.
+        # Reached and no answer (a read timeout, or a proxy's 504 after the instance went): perhaps this
+        # instance it cannot take, so attempts are spent.
         ("read-timeout", ("http-timeout", True, False)),
+        (504, ("http-504", True, False)),
         (500, ("http-500", True, False)),
     ],
 )
