@@ -187,7 +187,7 @@ async def _store_held(
         return JSONResponse(
             {
                 "detail": f"at most {context.max_parts} instances per request: the first {context.max_parts} were "
-                "handled as usual, the rest not read: send them in another request"
+                "handled as usual, the rest not stored: send them in another request"
             },
             # No "Connection: close": the server then drains what is still coming (as for the 429), so a
             # client that sends its whole body before it reads gets this answer, not a reset connection.
