@@ -182,7 +182,7 @@ async def _store_held(
             headers={"Connection": "close"},
         )
     except TooManyParts:
-        # The parts before stay stored (sent again, they are duplicates); what follows is not read.
+        # The parts before stay stored (sent again, they are duplicates); what follows is not stored.
         log.warning("stow-rs request over its instance limit", extra={"org": org, "instances": len(outcomes)})
         return JSONResponse(
             {
