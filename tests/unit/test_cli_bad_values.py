@@ -4,7 +4,6 @@ protobuf or JSON traceback."""
 
 from __future__ import annotations
 
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -12,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli.main import app
+from tests.grpc_stub import serving
 
 runner = CliRunner()
 
@@ -54,19 +54,10 @@ def test_audit_verify_that_could_not_run_is_not_reported_as_tampering(monkeypatc
     def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
         context.abort(grpc.StatusCode.PERMISSION_DENIED, "this token may not verify the log")
 
-    handler = grpc.method_handlers_generic_handler(
-        "imx.v1.AuditLog", {"VerifyAuditLog": grpc.unary_unary_rpc_method_handler(refuse)}
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        monkeypatch.setenv("IMX_AUDIT_GRPC", f"127.0.0.1:{port}")
+    with serving("imx.v1.AuditLog", {"VerifyAuditLog": refuse}) as address:
+        monkeypatch.setenv("IMX_AUDIT_GRPC", address)
         monkeypatch.setenv("IMX_CONTROL_TOKEN", "a-token")
         result = runner.invoke(app, ["audit", "verify"])
-    finally:
-        server.stop(grace=None)
     assert result.exit_code == 3 and "PERMISSION_DENIED" in result.output, result.output
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
 
 from services.common.control_channel import DefaultDeadline
+from tests.grpc_stub import serving
 
 METHOD = "/test.Stalling/Call"
 
@@ -21,17 +21,8 @@ def stalling_address() -> Iterator[str]:
         time.sleep(1.0)
         return request
 
-    handler = grpc.method_handlers_generic_handler(
-        "test.Stalling", {"Call": grpc.unary_unary_rpc_method_handler(stall)}
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None)
+    with serving("test.Stalling", {"Call": stall}) as address:
+        yield address
 
 
 def _call(address: str, timeout: float | None) -> grpc.StatusCode:

@@ -49,6 +49,40 @@ def _delivery_record(offset: int, size: int = 5 * 2**20) -> Record:
     return Record(offset, [(EVENT_TYPE_HEADER, b"PartnerDelivery")], delivery.SerializeToString())
 
 
+class Deliveries(FakeFeed):
+    """The feed's records as PartnerDeliveries of `size` bytes (over 4 MiB: fetched into a temp file)."""
+
+    def __init__(self, count: int, stop: threading.Event, per_poll: int = 1, size: int = 5 * 2**20) -> None:
+        super().__init__(count, stop, per_poll=per_poll)
+        self._size = size
+
+    def poll(self, timeout_ms: int, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
+        polled = super().poll(timeout_ms, max_records)
+        return {tp: [_delivery_record(r.offset, self._size) for r in records] for tp, records in polled.items()}
+
+
+class _Acknowledgement:
+    def __init__(self, error: Exception | None) -> None:
+        self._error = error
+
+    def get(self, timeout: float | None = None) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class Receipts:
+    """A receipts producer whose acknowledgements fail with `error` (None: they come)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self._error = error
+
+    def send(self, *args: object, **kwargs: object) -> Any:
+        return _Acknowledgement(self._error)
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
 def run(count: int, window: int, feed_type: type[FakeFeed] = FakeFeed) -> FakeFeed:
     """A feed that a gateway keeps up with: each poll returns one record (as when they arrive one by one)."""
     stop = threading.Event()
@@ -89,11 +123,6 @@ def test_a_gateway_stopped_by_receipts_it_cannot_write_leaves_no_fetched_ahead_f
     incoming = tmp_path / "incoming"
     incoming.mkdir()
 
-    class Deliveries(FakeFeed):
-        def poll(self, timeout_ms: int, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
-            polled = super().poll(timeout_ms, max_records)
-            return {tp: [_delivery_record(r.offset) for r in records] for tp, records in polled.items()}
-
     class FileFetcher:  # an object over 4 MiB: fetched into a temp file
         def fetch(self, delivery: events_pb2.PartnerDelivery) -> Fetched:
             fd, path = new_scratch_file(incoming)
@@ -107,22 +136,11 @@ def test_a_gateway_stopped_by_receipts_it_cannot_write_leaves_no_fetched_ahead_f
         def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
             return StoreResult.stored("written")
 
-    class NeverAcknowledged:
-        def get(self, timeout: float | None = None) -> None:
-            raise KafkaError("broker gone")
-
-    class ReceiptsRefused:
-        def send(self, *args: object, **kwargs: object) -> Any:
-            return NeverAcknowledged()
-
-        def flush(self, timeout: float | None = None) -> None:
-            pass
-
     stop = threading.Event()
     options = GatewayOptions(receipts_topic="r", commit_interval_s=0.0, fetch_ahead=2)
     gateway = Gateway(
         Deliveries(10, stop, per_poll=10),  # type: ignore[arg-type]
-        ReceiptsRefused(),  # type: ignore[arg-type]
+        Receipts(KafkaError("broker gone")),  # type: ignore[arg-type]
         FileFetcher(),  # type: ignore[arg-type]
         Stores(),  # type: ignore[arg-type]
         StoredRecords(tmp_path / "stored.sqlite3"),
@@ -163,28 +181,12 @@ def test_a_full_state_disk_after_the_pacs_stored_is_waited_for_not_a_crash_and_a
                 raise sqlite3.OperationalError("database or disk is full")
             super().add(delivery_id, sha256, study, stored_at_ms)
 
-    class Deliveries(FakeFeed):
-        def poll(self, timeout_ms: int, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
-            polled = super().poll(timeout_ms, max_records)
-            return {tp: [_delivery_record(r.offset, size=1) for r in records] for tp, records in polled.items()}
-
-    class Acknowledged:
-        def get(self, timeout: float | None = None) -> None:
-            return None
-
-    class Receipts:
-        def send(self, *args: object, **kwargs: object) -> Any:
-            return Acknowledged()
-
-        def flush(self, timeout: float | None = None) -> None:
-            pass
-
     stop = threading.Event()
     records = FullForAWhile(tmp_path / "stored.sqlite3")
     policy = RetryPolicy(initial_s=0.01, jitter_s=0.0, unreachable_cap_s=0.01)
     options = GatewayOptions(receipts_topic="r", commit_interval_s=0.0, fetch_ahead=0, policy=policy)
     gateway = Gateway(
-        Deliveries(1, stop),  # type: ignore[arg-type]
+        Deliveries(1, stop, size=1),  # type: ignore[arg-type]
         Receipts(),  # type: ignore[arg-type]
         InMemory(),  # type: ignore[arg-type]
         Pacs(),  # type: ignore[arg-type]

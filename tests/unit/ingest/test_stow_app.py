@@ -31,8 +31,7 @@ def bus() -> RecordingBus:
     return RecordingBus()
 
 
-@pytest.fixture
-def client(tmp_path: Path, bus: RecordingBus) -> TestClient:
+def _client(tmp_path: Path, bus: RecordingBus, max_parts: int = 10_000) -> TestClient:
     acceptance = Acceptance(
         blobs=LocalBlobStore(tmp_path),
         receipts=MemoryReceiptStore(),
@@ -40,7 +39,12 @@ def client(tmp_path: Path, bus: RecordingBus) -> TestClient:
         topics=TOPICS,
         max_instance_bytes=400_000,
     )
-    return TestClient(create_app(StowContext(acceptance, ApiKeys())))
+    return TestClient(create_app(StowContext(acceptance, ApiKeys(), max_parts=max_parts)))
+
+
+@pytest.fixture
+def client(tmp_path: Path, bus: RecordingBus) -> TestClient:
+    return _client(tmp_path, bus)
 
 
 def referenced(body: dict, tag: str) -> list[dict]:
@@ -164,14 +168,7 @@ def test_healthz(client: TestClient) -> None:
 def test_more_instances_than_a_request_may_carry_is_413_after_the_first_are_handled(
     tmp_path: Path, bus: RecordingBus
 ) -> None:
-    acceptance = Acceptance(
-        blobs=LocalBlobStore(tmp_path),
-        receipts=MemoryReceiptStore(),
-        bus=bus,
-        topics=TOPICS,
-        max_instance_bytes=400_000,
-    )
-    client = TestClient(create_app(StowContext(acceptance, ApiKeys(), max_parts=2)))
+    client = _client(tmp_path, bus, max_parts=2)
     response = client.post("/dicomweb/studies", content=multipart_body(mr_study(3, n=3)), headers=AUTH)
 
     assert response.status_code == 413
