@@ -61,7 +61,9 @@ def test_audit_verify_that_could_not_run_is_not_reported_as_tampering(monkeypatc
     assert result.exit_code == 3 and "PERMISSION_DENIED" in result.output, result.output
 
 
-def test_blobs_gc_keeps_what_delivery_keeps_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blobs_gc_keeps_what_delivery_keeps_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Its default was a hard-wired seven days: with delivery keeping thirty, `imx blobs gc` deleted objects
     delivery still meant to keep."""
     from services.cli.blobs import _retention_s
@@ -70,6 +72,7 @@ def test_blobs_gc_keeps_what_delivery_keeps_unless_told_otherwise(monkeypatch: p
     assert _retention_s(None) == 30 * 86400
     assert _retention_s(2) == 2 * 86400
     monkeypatch.setenv("IMX_BLOB_RETENTION_S", "a month")
+    monkeypatch.setenv("IMX_BLOB_DIR", str(tmp_path))  # a store there is: a fresh checkout has no var/blobs
     result = runner.invoke(app, ["blobs", "gc", "--dry-run"])
     assert result.exit_code == 2 and "give --retention-days" in " ".join(result.output.split()), result.output
 
