@@ -26,6 +26,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from .encoder import encode_body, encode_file_meta
@@ -148,8 +149,8 @@ def file_meta_for(ds: Dataset, syntax: UID, media_sop_instance_uid: str | None) 
         _META_ELEMENTS,
         (
             b"\x00\x01",
-            UID(str(ds.get("SOPClassUID", ""))),
-            UID(str(ds.get("SOPInstanceUID", media_sop_instance_uid or ""))),
+            UID(as_text(ds.get("SOPClassUID", ""))),
+            UID(as_text(ds.get("SOPInstanceUID", media_sop_instance_uid or ""))),
             syntax,
             UID(IMPLEMENTATION_CLASS_UID),
             IMPLEMENTATION_VERSION,
@@ -203,3 +204,11 @@ def encode_for_scan(ds: Dataset) -> bytes:
     finally:
         for tag, elem in pixels.items():
             ds[tag] = elem  # restore the untouched (possibly raw) element as it was
+
+
+def as_text(value: object) -> str:
+    """A value as its element's text: a multi-valued one joined by backslashes as it is encoded (the fast
+    path reads it so), never Python's list text ("['CT', 'MR']") in an event or the file meta."""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(item) for item in value)
+    return "" if value is None else str(value)

@@ -10,7 +10,17 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from .burned_in import mask_native, pixel_rule_for
-from .container import Parsed, Source, encode_for_scan, encode_full, encode_header, file_meta_for, parse, stream_of
+from .container import (
+    Parsed,
+    Source,
+    as_text,
+    encode_for_scan,
+    encode_full,
+    encode_header,
+    file_meta_for,
+    parse,
+    stream_of,
+)
 from .encoder import _LONG_HEADER
 from .errors import BurnedInAnnotation, DeidError, NotDeidentifiable, PhiLeak, UndecodableInput
 from .identifiers import Identifiers, collect_identifiers, is_registered_uid
@@ -141,13 +151,13 @@ def _run_unvalidated(
     try:
         return DeidResult(
             chunks=output,
-            study_instance_uid=str(ds.get("StudyInstanceUID", "")),
-            series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
-            sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-            sop_class_uid=str(ds.get("SOPClassUID", "")),
+            study_instance_uid=as_text(ds.get("StudyInstanceUID", "")),
+            series_instance_uid=as_text(ds.get("SeriesInstanceUID", "")),
+            sop_instance_uid=as_text(ds.get("SOPInstanceUID", "")),
+            sop_class_uid=as_text(ds.get("SOPClassUID", "")),
             transfer_syntax_uid=str(meta.TransferSyntaxUID),
-            modality=str(ds.get("Modality", "")),
-            patient_id=str(ds.get("PatientID", "")),
+            modality=as_text(ds.get("Modality", "")),
+            patient_id=as_text(ds.get("PatientID", "")),
             pixels_cleaned=rule is not None,
         )
     except Exception as exc:  # an element no rule touched stays raw until read here: a damaged one (an unknown VR)

@@ -249,3 +249,12 @@ def test_a_malformed_pixel_representation_is_refused_on_both_paths() -> None:
         deidentify_raw(data, BASIC, Pseudonymizer(KEY))
     with pytest.raises(DeidError):
         deidentify(data, BASIC, KEY)
+
+
+def test_a_multi_valued_modality_is_reported_alike_on_both_paths_never_as_python_list_text() -> None:
+    ds = ct_dataset()
+    ds.Modality = ["CT", "MR"]  # VM 1 in the standard; sent anyway
+    with config.disable_value_validation():
+        data = to_bytes(ds)
+    fast, reference = deidentify(data, BASIC, KEY), deidentify_with_pydicom(data, BASIC, KEY)
+    assert fast.modality == reference.modality == "CT\\MR"
