@@ -359,7 +359,13 @@ def test_partitions_prefix_and_otlp_reach_every_service(render: Render) -> None:
 
 def test_the_partner_listener_reaches_delivery_only_when_set(render: Render) -> None:
     assert "IMX_KAFKA_PARTNER_BOOTSTRAP" not in env_of(of_kind(render(), "Deployment")["imx-delivery"])
-    deployments = of_kind(render("kafka.partnerListener.bootstrap=kafka-partners.example:9094"), "Deployment")
+    deployments = of_kind(
+        render(
+            "kafka.partnerListener.bootstrap=kafka-partners.example:9094",
+            "services.delivery.publicUrl=https://imx.example/dicomweb",
+        ),
+        "Deployment",
+    )
     env = env_of(deployments["imx-delivery"])
     assert env["IMX_KAFKA_PARTNER_BOOTSTRAP"]["value"] == "kafka-partners.example:9094"
     assert env["IMX_KAFKA_PARTNER_SECURITY_PROTOCOL"]["value"] == "SASL_SSL", "TLS by default off this machine"
@@ -494,6 +500,7 @@ def test_the_names_services_env_may_not_set_are_every_one_the_chart_sets(render:
         "kafka.securityProtocol=SASL_SSL",
         "kafka.tls.caSecret=ca",
         "kafka.partnerListener.bootstrap=partners:9094",
+        "services.delivery.publicUrl=https://imx.example/dicomweb",
         "services.ingest.tls.existingSecret=stow-tls",
         "otlp.endpoint=http://collector:4317",
     )
@@ -697,6 +704,8 @@ def test_each_service_has_a_disruption_budget_over_its_own_pods(default_docs: li
         (["keda.enabled=true", "services.deid.autoscaling.maxReplicas=25"], "services.deid can run 25 replicas"),
         (["services.audit.replicas=2"], "services.audit.replicas must be 1"),
         (["services.routing.autoscaling.minReplicas=7"], "minReplicas (7) is above its maxReplicas (4)"),
+        # Partners outside the cluster were sent references to the in-cluster Service.
+        (["kafka.partnerListener.bootstrap=partners:9094"], "services.delivery.publicUrl is required"),
         # Rendered twice, the last won: ingest on a port its Service and NetworkPolicy do not name.
         (["services.ingest.env.IMX_HTTP_PORT=9000"], "the chart sets IMX_HTTP_PORT itself"),
         (["services.audit.env.IMX_KAFKA_SASL_PASSWORD=x"], "the chart sets IMX_KAFKA_SASL_PASSWORD itself"),
