@@ -154,15 +154,16 @@ def routes_remove(route_id: str) -> None:
 
 @routes_app.command("test")
 def routes_test(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="a DICOM file")],
+    file: Annotated[Path, typer.Argument(help="a DICOM file")],  # checked by read_input_file: no path echoed
     from_org: Annotated[str, typer.Option("--from", help="the sending organisation to assume")],
     to: Annotated[str, typer.Option(help="an explicitly requested destination")] = "",
 ) -> None:
     """Show which rules a DICOM file would match, without sending it."""
+    from services.cli.files import read_input_file
     from services.common.dicom.header import InvalidInstance, inspect_instance
 
     try:
-        header = inspect_instance(file.read_bytes(), max_bytes=2**31)
+        header = inspect_instance(read_input_file(file), max_bytes=2**31)
     except InvalidInstance as exc:
         console.print(f"[red]not routable[/red]: {exc.reason} {exc.detail}")
         raise typer.Exit(1) from None

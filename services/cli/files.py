@@ -30,18 +30,34 @@ def progress_bar() -> Progress:
     )
 
 
+def read_input_file(path: Path) -> bytes:
+    """One file the user named, read whole; one it cannot is said without its path (folder names of
+    exported studies carry patients' names), and a folder is refused."""
+    try:
+        if path.is_dir():
+            console.print("[red]give a file, not a folder[/red]")
+            raise typer.Exit(2)
+        return path.read_bytes()
+    except OSError as error:
+        console.print(f"[red]the file cannot be read[/red]: {error.strerror}")
+        raise typer.Exit(2) from None
+
+
 def dicom_files(paths: list[Path]) -> list[Path]:
     """The files `imx send` would send (ingest's walk: hidden files and folders skipped); links whose
     targets are gone are said, not skipped in silence."""
-    from services.ingest.sender import PathNotFound, walk_inputs
+    from services.common.messages import PhiSafeError
+    from services.ingest.sender import walk_inputs
 
     try:
         found = walk_inputs(paths)
-    except PathNotFound as missing:  # the message names the path's position, not the path (PHI in folder names)
+    except PhiSafeError as missing:  # it names the path's position, not the path (PHI in folder names)
         console.print(f"[red]{missing}[/red]")
         raise typer.Exit(2) from None
     if found.broken_links:
         console.print(f"[yellow]links under the input whose files are gone: {found.broken_links} (skipped)[/yellow]")
+    if found.unreadable:
+        console.print(f"[yellow]entries under the input that cannot be read: {found.unreadable} (skipped)[/yellow]")
     return found.files
 
 
@@ -158,13 +174,17 @@ def deid(
     from services.deid.handler import refusal_for
 
     target = Path(target_text)
-    into_folder = target_text.endswith(("/", os.sep)) or target.is_dir()  # Path drops a trailing "/"
-    if target.exists() and target.resolve() == source.resolve():
-        console.print("[red]the output would overwrite the originals[/red]: give another file or folder")
-        raise typer.Exit(2)
-    if source.is_dir() and target.exists() and not target.is_dir():
-        console.print("[red]the input is a folder, so the output must be a folder too[/red]")
-        raise typer.Exit(2)
+    try:
+        into_folder = target_text.endswith(("/", os.sep)) or target.is_dir()  # Path drops a trailing "/"
+        if target.exists() and target.resolve() == source.resolve():
+            console.print("[red]the output would overwrite the originals[/red]: give another file or folder")
+            raise typer.Exit(2)
+        if source.is_dir() and target.exists() and not target.is_dir():
+            console.print("[red]the input is a folder, so the output must be a folder too[/red]")
+            raise typer.Exit(2)
+    except OSError as error:  # a folder above them may be listed, not entered; its name may be a patient's
+        console.print(f"[red]the input or the output cannot be read[/red]: {error.strerror}")
+        raise typer.Exit(2) from None
     chosen = _profile(profile)
     files = dicom_files([source])
     if not files:

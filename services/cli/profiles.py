@@ -138,14 +138,18 @@ def profiles_remove(name: str) -> None:
 @profiles_app.command("preview")
 def profiles_preview(
     name: str,
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="one DICOM Part 10 file")],
+    file: Annotated[Path, typer.Argument(help="one DICOM Part 10 file")],  # read_input_file: no path echoed
     partner: Annotated[
         str, typer.Option("--partner", help="use this partner's pseudonyms (default: a random key)")
     ] = "",
     version: Annotated[int, typer.Option(help="an earlier version of the profile")] = 0,
 ) -> None:
     """Show what the profile does to FILE, attribute by attribute (real values: authorised eyes only)."""
-    request = profiles_pb2.PreviewRequest(profile=name, version=version, partner_id=partner, dicom=file.read_bytes())
+    from services.cli.files import read_input_file
+
+    request = profiles_pb2.PreviewRequest(
+        profile=name, version=version, partner_id=partner, dicom=read_input_file(file)
+    )
     with _channel(CliSettings().deid_grpc) as channel:
         reply = _stub(channel).Preview(request)
     if reply.refused_reason:

@@ -62,6 +62,10 @@ def _print(summary: SendSummary) -> None:
     for reason, count in sorted(summary.rejected.items()):
         table.add_row(f"rejected: {reason}", str(count))
     console.print(table)
+    if summary.unreadable:
+        console.print(
+            f"[yellow]entries under the folders that cannot be read: {summary.unreadable} (not sent)[/yellow]"
+        )
     if summary.broken_links:
         console.print(
             f"[yellow]links under the folders whose files are gone: {summary.broken_links} (not sent)[/yellow]"

@@ -48,7 +48,9 @@ SAFE_FIELDS = frozenset(
     }
 )
 # Loggers (and their children) whose message text is never written: libraries that read received data.
-WITHHELD_LOGGERS = ("pydicom", "pynetdicom", "py.warnings")
+# pymongo's command log (at DEBUG) is the command and its reply: whole documents, audit's records linking
+# an original's UIDs to its de-identified copy's among them; grpc's server logs an exception's text.
+WITHHELD_LOGGERS = ("pydicom", "pynetdicom", "py.warnings", "pymongo", "grpc", "httpcore", "httpx")
 WITHHELD_MESSAGE = "library message withheld: it may quote values from the input"
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 # Library warnings written once per process: the first says something about the set-up, repeats nothing.

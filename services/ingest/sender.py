@@ -33,6 +33,15 @@ class PathNotFound(PhiSafeError, FileNotFoundError):
         self.path = path
 
 
+class PathUnreadable(PhiSafeError, PermissionError):
+    """A path given whose kind cannot be read (a folder above it may be listed, not entered); named by its
+    position, as `PathNotFound`."""
+
+    def __init__(self, index: int, total: int, path: Path, reason: str | None) -> None:
+        super().__init__(f"path {index + 1} of {total} cannot be read ({reason or 'permission denied'})")
+        self.path = path
+
+
 @dataclass
 class SendSummary:
     sent: int = 0
@@ -40,6 +49,7 @@ class SendSummary:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     broken_links: int = 0  # links in the folders whose targets are gone (not sent, not counted in `sent`)
+    unreadable: int = 0  # entries in the folders whose kind could not be read (not sent)
 
     @property
     def rejected_total(self) -> int:
@@ -95,6 +105,7 @@ def _walk(root: Path) -> Iterator[Path]:
 class FoundFiles:
     files: list[Path]
     broken_links: int  # links found in folders whose targets are gone: nothing to send, but said
+    unreadable: int = 0  # entries whose kind could not be read (a folder without search permission)
 
 
 def walk_inputs(paths: Iterable[Path]) -> FoundFiles:
@@ -102,19 +113,26 @@ def walk_inputs(paths: Iterable[Path]) -> FoundFiles:
     explicitly is taken even if hidden. `PathNotFound` for a given path that does not exist."""
     given = [Path(p) for p in paths]
     found: dict[Path, None] = {}
-    broken = 0
+    broken = unreadable = 0
     for index, path in enumerate(given):
-        if path.is_dir():
+        try:
+            is_dir, is_file = path.is_dir(), path.is_file()
+        except OSError as error:  # a folder that may be listed but not entered: its name must not be shown
+            raise PathUnreadable(index, len(given), path, error.strerror) from None
+        if is_dir:
             for entry in _walk(path):
-                if entry.is_file():
-                    found[entry] = None
-                elif entry.is_symlink() and not entry.exists():
-                    broken += 1
-        elif path.is_file():
+                try:
+                    if entry.is_file():
+                        found[entry] = None
+                    elif entry.is_symlink() and not entry.exists():
+                        broken += 1
+                except OSError:  # not even its kind can be read (a folder without search permission)
+                    unreadable += 1
+        elif is_file:
             found[path] = None
         else:
             raise PathNotFound(index, len(given), path)
-    return FoundFiles(list(found), broken)
+    return FoundFiles(list(found), broken, unreadable)
 
 
 def find_files(paths: Iterable[Path]) -> list[Path]:
@@ -199,6 +217,7 @@ def send(
         found.files, acceptance=acceptance, source_org=source_org, requested_destination=destination, progress=progress
     )
     summary.broken_links = found.broken_links
+    summary.unreadable = found.unreadable
     return summary
 
 

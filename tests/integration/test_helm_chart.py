@@ -709,6 +709,8 @@ def test_each_service_has_a_disruption_budget_over_its_own_pods(default_docs: li
         # Rendered twice, the last won: ingest on a port its Service and NetworkPolicy do not name.
         (["services.ingest.env.IMX_HTTP_PORT=9000"], "the chart sets IMX_HTTP_PORT itself"),
         (["services.audit.env.IMX_KAFKA_SASL_PASSWORD=x"], "the chart sets IMX_KAFKA_SASL_PASSWORD itself"),
+        # audit reads IMX_AUDIT_HTTP_PORT before IMX_HTTP_PORT: the same setting under its own prefix
+        (["services.audit.env.IMX_AUDIT_HTTP_PORT=9999"], "the chart sets IMX_AUDIT_HTTP_PORT itself"),
         (
             [
                 "kafka.strimziTopics.enabled=true",

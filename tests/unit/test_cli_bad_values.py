@@ -34,9 +34,14 @@ def test_out_of_range_numbers_are_usage_errors(args: list[str]) -> None:
     assert result.exit_code == 2 and "Invalid value" in result.output, result.output  # not "cannot reach"
 
 
-def test_routes_test_names_a_missing_file_as_a_usage_error(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["routes", "test", str(tmp_path / "missing.dcm"), "--from", "x"])
-    assert result.exit_code == 2 and "does not exist" in result.output
+def test_routes_test_and_preview_say_a_file_cannot_be_read_without_echoing_its_path(tmp_path: Path) -> None:
+    """click's own check printed the whole path, and folder names of exported studies carry patients'
+    names ("DOE^JOHN_1961/ct.dcm")."""
+    missing = tmp_path / "DOE^JOHN_1961" / "ct.dcm"
+    for args in (["routes", "test", str(missing), "--from", "x"], ["profiles", "preview", "basic", str(missing)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "cannot be read" in result.output, result.output
+        assert "DOE^JOHN" not in result.output
 
 
 @pytest.mark.parametrize("content", ["not json", "{}", '{"tree_size": "x", "root_hash": "zz"}'])

@@ -89,3 +89,13 @@ def test_kafka_pythons_scram_warning_is_written_once_not_at_every_sign_in(servic
     lines = service_log.getvalue().splitlines()
     assert sum("Exchanging credentials in the clear" in line for line in lines) == 1
     assert sum("Sending username and password in the clear" in line for line in lines) == 3, "PLAIN's stays"
+
+
+@pytest.mark.parametrize("library", ["pymongo.command", "grpc._server", "httpcore.http11"])
+def test_libraries_that_log_documents_or_exception_text_are_withheld(service_log: io.StringIO, library: str) -> None:
+    """pymongo's command log at DEBUG is the command itself: an audit record linking an original's UIDs to
+    its de-identified copy's went into the service log whole; grpc's server logs an exception's text."""
+    logging.getLogger().setLevel(logging.DEBUG)  # IMX_LOG_LEVEL=DEBUG
+    logging.getLogger(library).warning('{"documents": [{"study_uid": "1.2.CANARY.ORIGINAL"}]}')
+    err = service_log.getvalue()
+    assert WITHHELD_MESSAGE in err and "CANARY" not in err

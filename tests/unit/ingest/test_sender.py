@@ -13,6 +13,7 @@ from services.ingest.errors import InvalidDestination, UnknownOrganisation
 from services.ingest.receipts import MemoryReceiptStore
 from services.ingest.sender import (
     PathNotFound,
+    PathUnreadable,
     SendAborted,
     SendProgress,
     find_files,
@@ -155,3 +156,23 @@ def test_what_needs_no_server_is_checked_before_waiting_for_one(tmp_path: Path) 
         send_with_settings([tmp_path / "missing"], source_org="trust-a", settings=nowhere, broker_wait_s=0.1)
     with pytest.raises(InvalidDestination):
         send_with_settings([tmp_path], source_org="trust-a", settings=nowhere, to="Not A Partner!", broker_wait_s=0.1)
+
+
+def test_a_path_whose_kind_cannot_be_read_is_named_by_position_not_by_name(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that may be listed but not entered made is_dir() raise PermissionError: the traceback
+    printed its path, and exported studies' folder names carry patients' names."""
+    secret = folder / "DOE^JOHN_1961"
+    real_is_dir = Path.is_dir
+
+    def guarded(path: Path) -> bool:
+        if path == secret:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_dir(path)
+
+    monkeypatch.setattr(Path, "is_dir", guarded)
+    with pytest.raises(PathUnreadable) as refused:
+        walk_inputs([folder, secret])
+    assert str(refused.value) == "path 2 of 2 cannot be read (Permission denied)"
+    assert "DOE" not in str(refused.value)
