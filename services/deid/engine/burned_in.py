@@ -14,6 +14,7 @@ from types import MappingProxyType
 import numpy as np
 from pydicom.dataset import Dataset
 
+from .container import as_text
 from .errors import BurnedInAnnotation, NotDeidentifiable
 from .pixel_rules import PixelRule, Region, matching_rule
 
@@ -27,10 +28,10 @@ def may_have_burned_in_text(ds: Dataset, pixel_data_follows: bool = False) -> bo
     which is there: an image without Rows was otherwise taken for none, and released unchecked."""
     if not (pixel_data_follows or any(tag in ds for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009)) or "Rows" in ds):
         return False  # no image (e.g. structured reports)
-    said = flag_says(str(ds.get("BurnedInAnnotation", "") or ""))
+    said = flag_says(as_text(ds.get("BurnedInAnnotation", "")))
     if said is not None:
         return said
-    return risky_source(str(ds.get("Modality", "") or ""), str(ds.get("SOPClassUID", "") or ""))
+    return risky_source(as_text(ds.get("Modality", "")), as_text(ds.get("SOPClassUID", "")))
 
 
 # Both engine paths judge an image by these two, from its values as pydicom reads them (trailing padding
@@ -46,10 +47,11 @@ def flag_says(flag: str) -> bool | None:
 
 def risky_source(modality: str, sop_class: str) -> bool:
     """A modality that often burns text in, or a secondary capture; padding either side dropped, so a
-    padded "US" is still an ultrasound."""
-    if modality.strip(" \x00").strip().upper() in RISKY_MODALITIES:
+    padded "US" is still an ultrasound, and any one of several values counts ("CT\\US": its Python list
+    text was no risky modality, and such an ultrasound was released unchecked)."""
+    if any(value.strip(" \x00").strip().upper() in RISKY_MODALITIES for value in modality.split("\\")):
         return True
-    return sop_class.strip(" \x00").strip().startswith(SECONDARY_CAPTURE_PREFIX)
+    return any(value.strip(" \x00").strip().startswith(SECONDARY_CAPTURE_PREFIX) for value in sop_class.split("\\"))
 
 
 def pixel_rule_for(ds: Dataset, rules: tuple[PixelRule, ...], pixel_data_follows: bool = False) -> PixelRule | None:

@@ -258,3 +258,16 @@ def test_a_multi_valued_modality_is_reported_alike_on_both_paths_never_as_python
         data = to_bytes(ds)
     fast, reference = deidentify(data, BASIC, KEY), deidentify_with_pydicom(data, BASIC, KEY)
     assert fast.modality == reference.modality == "CT\\MR"
+
+
+def test_an_ultrasound_among_several_modalities_is_checked_for_burned_in_text() -> None:
+    """Modality "CT\\US" (VM 1 in the standard; sent anyway) read as Python's list text on the pydicom
+    path, no risky modality: the ultrasound was released unchecked."""
+    ds = ct_dataset()
+    ds.Modality = ["CT", "US"]
+    if "BurnedInAnnotation" in ds:
+        del ds.BurnedInAnnotation
+    with config.disable_value_validation():
+        data = to_bytes(ds)
+    with pytest.raises(DeidError):
+        deidentify(data, BASIC, KEY)
