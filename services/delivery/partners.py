@@ -95,6 +95,16 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
             )
             return None  # abort raised; for the type checker
 
+    def _retired(self, partner_id: str) -> bool:
+        """Whether an id no partner has was a removed partner's: retired, or with deliveries under it (a
+        partner removed before removals retired ids: retired now, its objects no longer kept for it)."""
+        if self._store.retired(partner_id):
+            return True
+        if not self._delivered_to(partner_id):
+            return False
+        self._store.retire(partner_id)
+        return True
+
     def _proto(self, partner: Partner) -> admin_pb2.Partner:
         return admin_pb2.Partner(
             partner_id=partner.partner_id,
@@ -115,11 +125,7 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         except ValueError as exc:  # TargetError is a ValueError
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         registered = self._store.get(partner_id) is not None
-        if not registered and not self._store.retired(partner_id) and self._delivered_to(partner_id):
-            # Deliveries under an id no partner has: a partner removed before removals retired ids. Retired
-            # now (its objects are no longer kept for it), as it would have been then.
-            self._store.retire(partner_id)
-        if not registered and self._store.retired(partner_id):
+        if not registered and self._retired(partner_id):
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"partner id {partner_id!r} belonged to a partner since removed and is not given again (its "

@@ -10,6 +10,7 @@ is not stored twice and a StudyComplete manifest can be checked), and its dead l
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import sqlite3
@@ -154,17 +155,16 @@ class DeadLetters:
         return [path.name for path in sorted(self._folder.glob("*.json")) if _read(path) is None]
 
     def remove(self, delivery_id: str) -> None:
-        path = self._path(delivery_id)
-        path.unlink(missing_ok=True)
-        self._names.discard(path.name)
+        self._unlink(self._path(delivery_id).name)
 
     def settle(self, delivery_id: str) -> None:
         """The delivery is stored: a dead letter for it, left by a run killed before its offset was
         committed, is removed (listed, then replayed, it reached the target a second time)."""
         name = f"{delivery_id}.json"
         if name in self._names:  # only ever a file name there, so a hostile id names nothing else
-            try:
-                (self._folder / name).unlink(missing_ok=True)
-            except OSError:  # a read-only state disk: it stays listed, and a replay finds it stored
-                return
-            self._names.discard(name)
+            with contextlib.suppress(OSError):  # a read-only state disk: listed still, a replay finds it stored
+                self._unlink(name)
+
+    def _unlink(self, name: str) -> None:
+        (self._folder / name).unlink(missing_ok=True)
+        self._names.discard(name)

@@ -7,6 +7,7 @@ own. Files of another host (a pod rescheduled under a new name) are left to the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -38,7 +39,14 @@ def _start_time(pid: int | str = "self") -> int | None:
 
 
 def _process_token() -> str:
-    return f"{os.getpid()}.{_start_time() or 0}"
+    return _token_of(os.getpid())
+
+
+@functools.cache
+def _token_of(pid: int) -> str:
+    """This process's token, read from /proc once (per process id: a forked child reads its own), not for
+    every temp file it names."""
+    return f"{pid}.{_start_time() or 0}"
 
 
 def new_scratch_file(folder: Path | None, suffix: str = _SUFFIX) -> tuple[int, Path]:
