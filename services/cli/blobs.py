@@ -48,14 +48,16 @@ RetentionDays = Annotated[
 def _retention_s(days: float | None) -> float:
     """The days given, else the retention delivery runs with (a hard-wired seven days deleted objects a
     deployment keeping thirty still wanted): its variable read as delivery reads it, and only that one."""
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import AliasChoices, TypeAdapter, ValidationError
 
-    from services.common.blob_lifecycle import DEFAULT_RETENTION_S
+    from services.delivery.settings import DeliverySettings
 
     if days is not None:
         return days * 86400
-    for name in ("IMX_DELIVERY_BLOB_RETENTION_S", "IMX_BLOB_RETENTION_S"):
-        if (text := os.environ.get(name)) is not None:
+    field = DeliverySettings.model_fields["blob_retention_s"]  # its names and default, as delivery has them
+    assert isinstance(field.validation_alias, AliasChoices)
+    for name in field.validation_alias.choices:
+        if isinstance(name, str) and (text := os.environ.get(name)) is not None:
             try:
                 seconds = TypeAdapter(float).validate_python(text)
             except ValidationError:
@@ -64,7 +66,7 @@ def _retention_s(days: float | None) -> float:
                 console.print(f"[red]{name} is not a positive number of seconds[/red]: give --retention-days")
                 raise typer.Exit(2)
             return seconds
-    return DEFAULT_RETENTION_S
+    return float(field.default)
 
 
 def _store_root() -> Path:
