@@ -117,17 +117,16 @@ class StoreHandler:
             received = _received_file(event)
             # The instance the command names: a data set of another instance is refused (A900), not stored
             # under the command's UIDs in its file meta and the data set's in its event.
-            command = cast(C_STORE, event.request)
+            request = cast(C_STORE, event.request)
             expected = Expected(
-                sop_class_uid=str(command.AffectedSOPClassUID or ""),
-                sop_instance_uid=str(command.AffectedSOPInstanceUID or ""),
+                sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
             )
             if received is None:
                 return self._acceptance.accept(event.encoded_dataset(), org, CHANNEL, expected=expected)
             # pynetdicom removes the file after this handler, unless acceptance moved it. Its preamble
             # is zeros: the receiver wrote it (dimse_receive, or pynetdicom), the sender sends none.
             # dimse_receive hashed it as it wrote it.
-            request = event.request
             file = request._dataset_file
             if isinstance(file, ReceivedFile) and file.over_limit:  # its first `limit` bytes only: not read
                 return self._acceptance.reject_unread(org, CHANNEL, file.offered)
