@@ -23,7 +23,7 @@ from services.audit.queries import EventFilter, decode_cursor, encode_cursor
 from services.audit.query_params import ID_PATTERN, invalid, period
 from services.audit.records import AuditRecord, EventType
 from services.audit.store import AuditStore
-from services.audit.trail import build_trail, in_order
+from services.audit.trail import as_is, build_trail, in_order
 
 MAX_LIMIT = 1000
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"  # PS3.5 §9.1
@@ -133,7 +133,7 @@ def export_study(
     admitted = in_order(r for r in store.study_trail(study_uid) if scope is None or scope.admits(r))
     if not admitted:
         raise HTTPException(status_code=404, detail="no audit records for this study")
-    readable = (lambda r: r) if scope is None else scope.readable
+    readable = as_is if scope is None else scope.readable
     json_body = ""
     if format == "json":
         trail = build_trail(study_uid, admitted, readable)

@@ -260,12 +260,13 @@ def _stage_reasons(records: list[AuditRecord], event_type: EventType) -> list[St
     return [StageReason(stage=stage, reason=reason, count=n) for (stage, reason), n in counts.items()]
 
 
-def _as_is(record: AuditRecord) -> AuditRecord:
+def as_is(record: AuditRecord) -> AuditRecord:
+    """A record as it is stored (what a key that may read everything reads)."""
     return record
 
 
 def build_trail(
-    study_uid: str, records: Iterable[AuditRecord], readable: Callable[[AuditRecord], AuditRecord] = _as_is
+    study_uid: str, records: Iterable[AuditRecord], readable: Callable[[AuditRecord], AuditRecord] = as_is
 ) -> StudyTrail | None:
     """None when nothing is known about the study. The summary counts `records`; the events listed are
     `readable(record)` (what the key may read: scopes.Scope.readable), so hidden UIDs count all the same."""
@@ -292,7 +293,7 @@ if RECORD_FIELDS[0] != "_id":
 
 
 def trail_json(
-    study_uid: str, records: Iterable[AuditRecord], readable: Callable[[AuditRecord], AuditRecord] = _as_is
+    study_uid: str, records: Iterable[AuditRecord], readable: Callable[[AuditRecord], AuditRecord] = as_is
 ) -> bytes | None:
     """`build_trail(...).model_dump_json()`, with the events (nearly all of a trail's bytes) written by
     `events_json`; None when nothing is known about the study."""
@@ -303,7 +304,7 @@ def trail_json(
     empty = b'"events":[]}'
     if not head.endswith(empty):
         raise RuntimeError("StudyTrail's last field must be its events")
-    shown = ordered if readable is _as_is else [readable(r) for r in ordered]
+    shown = ordered if readable is as_is else [readable(r) for r in ordered]
     return head[: -len(empty)] + b'"events":' + events_json(shown) + b"}"
 
 
