@@ -7,6 +7,8 @@ so audit can compute the turnaround from the sender's C-STORE to the partner's P
 
 from __future__ import annotations
 
+from typing import Any
+
 from services.common.events import EVENT_TYPE_HEADER, event_id
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -68,5 +70,11 @@ def study_receipt(
     )
 
 
-def receipt_headers() -> list[tuple[str, bytes]]:
-    return [(EVENT_TYPE_HEADER, b"DeliveryReceipt")]
+def receipt_record(receipt: events_pb2.DeliveryReceipt) -> dict[str, Any]:
+    """The producer's `send` arguments for a receipt but its topic: keyed by study, so a study's
+    receipts stay in order on one partition."""
+    return {
+        "value": receipt.SerializeToString(deterministic=True),
+        "key": receipt.instance.study_instance_uid.encode() or None,
+        "headers": [(EVENT_TYPE_HEADER, b"DeliveryReceipt")],
+    }

@@ -19,7 +19,7 @@ from services.common.started_objects import freeze_started_objects
 from services.common.topics import Topics
 from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
-from services.gateway.receipts import STORED, instance_receipt, receipt_headers
+from services.gateway.receipts import STORED, instance_receipt, receipt_record
 from services.gateway.records import DeadLetter, DeadLetters, StoredRecords, UnreadableDeadLetter
 from services.gateway.targets import Store, Target, open_store
 from services.gateway.worker import Counters, Gateway, GatewayOptions, attempt_once, state_paths
@@ -208,11 +208,6 @@ def replay_dead_letters(
                 receipt = instance_receipt(
                     delivery, STORED, store.kind, letter.attempts + 1, stored_at, result.status_detail, stored_at
                 )
-                producer.send(
-                    settings.topics.receipts(settings.partner_id),
-                    value=receipt.SerializeToString(deterministic=True),
-                    key=delivery.instance.study_instance_uid.encode() or None,
-                    headers=receipt_headers(),
-                ).get(timeout=60)
+                producer.send(settings.topics.receipts(settings.partner_id), **receipt_record(receipt)).get(timeout=60)
             dead_letters.remove(letter.delivery_id)
     return outcomes

@@ -62,7 +62,7 @@ from services.gateway.receipts import (
     DEAD_LETTERED,
     STORED,
     instance_receipt,
-    receipt_headers,
+    receipt_record,
     study_receipt,
 )
 from services.gateway.records import DeadLetters, StoredRecords, safe_delivery_id
@@ -464,15 +464,7 @@ class Gateway:
         return not stop.is_set()
 
     def _send_receipt(self, receipt: events_pb2.DeliveryReceipt) -> None:
-        key = receipt.instance.study_instance_uid.encode() or None
-        self._receipts.append(
-            self._producer.send(
-                self._options.receipts_topic,
-                value=receipt.SerializeToString(deterministic=True),
-                key=key,
-                headers=receipt_headers(),
-            )
-        )
+        self._receipts.append(self._producer.send(self._options.receipts_topic, **receipt_record(receipt)))
 
     def _poll(self, **options: Any) -> Any:
         """`poll`, counted; a join or sync refused because another replica took this one's name stops
