@@ -139,12 +139,13 @@ def ensure_topics(
     attempt_timeout_ms: int = 10_000,
     client_config: Mapping[str, str] | None = None,
     replication_factor: int = 1,
-) -> list[str]:
+) -> list[str] | None:
     """Create topics that do not exist yet, `replication_factor` copies each (`topic_configs`); existing
     ones are left as they are. Returns those this call created.
 
     A broker that does not answer (down, still starting) is waited for, retrying with capped exponential
-    backoff, rather than ending the process that is starting; once `stop` is set it returns instead.
+    backoff, rather than ending the process that is starting; once `stop` is set it returns None instead
+    (told apart from success by the return, not by `stop`: a deadline may fire just after the answer).
     A topic this service's user may not create is not its own: another service (or the admin) creates it."""
     wanted = list(dict.fromkeys(names))
     stop = stop or threading.Event()
@@ -177,7 +178,7 @@ def ensure_topics(
     except KafkaError as error:
         if not (stop.is_set() and broker_unreachable(error)):
             raise
-        return []
+        return None
 
 
 def topic_configs(replication_factor: int) -> dict[str, str]:

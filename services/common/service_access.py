@@ -208,7 +208,7 @@ class ServiceAccess:
                 timer.daemon = True
                 timer.start()
             try:
-                ensure_topics(
+                created = ensure_topics(
                     self._bootstrap,
                     topics.pipeline(),
                     partitions,
@@ -219,7 +219,7 @@ class ServiceAccess:
             finally:
                 if timer is not None:
                     timer.cancel()
-            if given_up.is_set():
+            if created is None:
                 raise RuntimeError(
                     f"no answer from the broker at {self._bootstrap} within {wait_s:g} s: is it up, and are the "
                     "admin's username and password right (a refused sign-in looks the same)?"

@@ -64,7 +64,7 @@ class PartnerTopics:
                     client_config=kafka_client_config(self._settings),
                     replication_factor=self._settings.topic_replication_factor,
                 )
-                if gave_up.is_set():
+                if created is None:
                     raise BrokerUnavailable(f"the broker did not answer within {PARTNER_TOPICS_WAIT_S:g} s")
                 self._ensured.add(partner_id)
         finally:
