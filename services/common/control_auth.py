@@ -99,9 +99,10 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
             if caller is None:
                 _abort(context, grpc.StatusCode.UNAUTHENTICATED, "a valid control token is required (Bearer)")
             if not permits(caller.role, method):
-                refused(request, caller)
+                refused(request, caller, grpc.StatusCode.PERMISSION_DENIED)
                 _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"{method} needs the administrator role")
             if request is UNREADABLE:
+                refused(request, caller, grpc.StatusCode.INVALID_ARGUMENT)
                 _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the request could not be decoded")
             try:
                 return recorded(request, context, caller)
@@ -115,13 +116,12 @@ class ControlAuthInterceptor(grpc.ServerInterceptor):
                 )
                 _abort(context, grpc.StatusCode.UNAVAILABLE, DEPENDENCY_AWAY)
 
-        def refused(request: Any, caller: Caller) -> None:
-            """A change a known caller may not make is recorded too (its outcome PERMISSION_DENIED, nothing
-            read or changed): who tried what is what the record is for."""
+        def refused(request: Any, caller: Caller, code: grpc.StatusCode) -> None:
+            """A change a known caller may not make, or sent undecodable, is recorded too (its outcome the
+            code, nothing read or changed): who tried what is what the record is for."""
             target = CHANGES.get(method)
             if target is not None:
-                object_id = changed_object(target, request)
-                self._record(change(target, caller, object_id, "", "", grpc.StatusCode.PERMISSION_DENIED.name))
+                self._record(change(target, caller, changed_object(target, request), "", "", code.name))
 
         def changed_object(target: ChangeTarget, request: Any) -> str:
             """The id the request names; the service itself for pause and resume. A request naming no

@@ -10,6 +10,7 @@ import pytest
 from pymongo import MongoClient
 
 from services.common.control_auth import DEPENDENCY_AWAY, static_auth
+from services.common.control_changes import MemoryChangeLog
 from services.common.control_channel import control_channel
 from services.common.control_roles import Role
 from services.common.control_server import ControlServer
@@ -47,12 +48,14 @@ def test_a_database_that_does_not_answer_is_unavailable_not_unknown(caplog: pyte
 
 
 def test_a_request_that_cannot_be_decoded_is_invalid_not_internal(caplog: pytest.LogCaptureFixture) -> None:
-    """grpcio answered INTERNAL and logged "Exception deserializing request!" with a traceback."""
+    """grpcio answered INTERNAL and logged "Exception deserializing request!" with a traceback. The
+    attempt is recorded as a refused change, as one the caller may not make is."""
+    changes = MemoryChangeLog()
     server = ControlServer(
         "routing",
         StageControl(StageStats("routing")),
         extra=[register_routing_admin(RouteStore(MongoClient(connect=False)["imx"]))],
-        auth=static_auth({TOKEN: Role.administrator}),
+        auth=static_auth({TOKEN: Role.administrator}, changes),
     )
     server.start()
     caplog.set_level(logging.INFO)
@@ -65,3 +68,6 @@ def test_a_request_that_cannot_be_decoded_is_invalid_not_internal(caplog: pytest
         server.stop(0)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert [(c.who, c.method, c.object_id, c.outcome) for c in changes.changes] == [
+        ("administrator", "/imx.v1.RoutingAdmin/AddRoute", "", "INVALID_ARGUMENT")
+    ]
