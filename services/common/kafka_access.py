@@ -109,6 +109,13 @@ class PartnerAccess:
                 raise RuntimeError(f"creating the partner's Kafka ACLs failed: {failed}")
         return PartnerCredentials(partner_id, password, group_prefix=group_prefix(partner_id))
 
+    def user_exists(self, name: str) -> bool:
+        """Whether the broker has SCRAM credentials for `name` (another partner's, a service's, an admin's)."""
+        with self._admin() as admin:
+            described = admin.describe_user_scram_credentials([name])
+        found = described.get(name) or {}
+        return found.get("error") is None and bool(found.get("credential_infos"))
+
     def acls_of(self, partner_id: str) -> list[ACL]:
         """Every ACL naming the partner's user (what `revoke` deletes)."""
         with self._admin() as admin:

@@ -95,6 +95,17 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
             )
             return None  # abort raised; for the type checker
 
+    def _user_taken(self, partner_id: str, context: grpc.ServicerContext) -> bool:
+        """Whether a new partner's id already names a Kafka user (never, without partner sign-ins)."""
+        if self._sign_in is None:
+            return False
+        try:
+            return self._sign_in.access.user_exists(partner_id)
+        except KafkaError as error:
+            log.warning("Kafka users not listed", extra={"partner": partner_id, "error": type(error).__name__})
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the broker did not answer whether the id is free; try again")
+            return True  # abort raised; for the type checker
+
     def _retired(self, partner_id: str) -> bool:
         """Whether an id no partner has was a removed partner's: retired, or with deliveries under it (a
         partner removed before removals retired ids: retired now, its objects no longer kept for it)."""
@@ -130,6 +141,12 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"partner id {partner_id!r} belonged to a partner since removed and is not given again (its "
                 "deliveries, feed references and topics would pass to the new holder): choose another id",
+            )
+        if not registered and self._user_taken(partner_id, context):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Kafka already has a user named {partner_id!r} (a service's, an administrator's or one made "
+                "outside imx): a partner given that id would take over its password and access; choose another id",
             )
         # Registered and given its key: an add that stopped before its credentials (its Kafka sign-in not
         # issued, say) left none, and adding it again issues them instead of reporting them "kept".

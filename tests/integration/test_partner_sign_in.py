@@ -194,3 +194,35 @@ def test_adding_again_a_partner_whose_first_add_stopped_issues_its_credentials(
     assert not again.updated and again.dicomweb_key and again.kafka_access.password
     assert PartnerStore(db).partner_for_key(again.dicomweb_key) == "lab-three"
     admin.RemovePartner(admin_pb2.RemovePartnerRequest(partner_id="lab-three"), timeout=30)
+
+
+def test_an_id_that_already_names_a_kafka_user_is_refused_and_that_user_left_alone(
+    partner_admin: tuple[admin_pb2_grpc.PartnerAdminStub, Topics],
+    kafka_bootstrap: str,
+    kafka_partner_bootstrap: str,
+    unique_name: str,
+) -> None:
+    """A partner id is its Kafka user: an id naming one made outside imx (another deployment's service, an
+    operator's admin) replaced that user's password and gave the partner its ACLs."""
+    admin, _topics = partner_admin
+    theirs = PartnerAccess(kafka_bootstrap).grant(unique_name, f"{unique_name}.elsewhere")  # not a partner here
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            admin.AddPartner(admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=unique_name)), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already has a user" in (refused.value.details() or "")
+        assert _admitted(kafka_partner_bootstrap, theirs.username, theirs.password), "its password is unchanged"
+        listed = admin.ListPartners(admin_pb2.ListPartnersRequest(), timeout=30).partners
+        assert unique_name not in {p.partner_id for p in listed}, "nothing saved"
+    finally:
+        PartnerAccess(kafka_bootstrap).revoke(unique_name)
+
+
+@pytest.mark.parametrize("reserved", ["imx-delivery", "imx-central-gateway", "admin"])
+def test_the_systems_own_kafka_users_and_groups_are_not_partner_ids(
+    partner_admin: tuple[admin_pb2_grpc.PartnerAdminStub, Topics], kafka_bootstrap: str, reserved: str
+) -> None:
+    admin, _topics = partner_admin
+    with pytest.raises(grpc.RpcError) as refused:
+        admin.AddPartner(admin_pb2.AddPartnerRequest(partner=admin_pb2.Partner(partner_id=reserved)), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -53,3 +53,16 @@ def test_a_long_value_is_not_echoed_whole_in_a_refusal() -> None:
         validate_partner_id(long)
     assert len(str(refused.value)) < 300 and "(100000 characters)" in str(refused.value)
     assert len(shown(long)) < 100
+
+
+@pytest.mark.parametrize("reserved", ["imx-delivery", "imx-central-gateway", "imx", "imxlab", "admin"])
+def test_a_partner_id_may_not_be_the_systems_own_kafka_user_or_group_prefix(reserved: str) -> None:
+    """A partner id is its Kafka user and its groups' prefix: "imx-delivery" took delivery's password and
+    ACLs, "imx-central-gateway" every partner's central-gateway group, "admin" the devstack's super user."""
+    with pytest.raises(ValueError, match="not beginning 'imx'"):
+        validate_partner_id(reserved)
+
+
+@pytest.mark.parametrize("allowed", ["administration", "adminlab", "lab-imx", "x-imx"])
+def test_names_that_only_contain_the_reserved_ones_are_partner_ids(allowed: str) -> None:
+    assert validate_partner_id(allowed) == allowed
