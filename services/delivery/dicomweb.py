@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from services.common.blob_splices import Extent
 from services.common.blob_store import LaggedDrop
-from services.common.dicom.uids import is_conformant_uid
+from services.common.dicom.uids import is_uid_as_received
 from services.common.events import now_ms
 from services.common.http_direct import FileAnswer
 from services.common.http_server import FASTAPI_TELEMETRY_OFF
@@ -296,7 +296,7 @@ def create_partner_app(
         if refs is None or scheme.lower() != "bearer" or not key.strip():
             return None
         partner_id = cached_partner_for_key(key.strip())
-        if partner_id is None or not all(is_conformant_uid(uid) for uid in (study, series, sop)):
+        if partner_id is None or not all(is_uid_as_received(uid) for uid in (study, series, sop)):
             return None
         item = signed_instance(request, partner_id, study, series, sop)
         if item is None or item.size > CHUNK_BYTES:

@@ -11,7 +11,7 @@ from fastapi import Request
 
 from services.common.blob_splices import Extent
 from services.common.blob_store import BlobCorrupt, BlobNotFound
-from services.common.dicom.uids import is_conformant_uid
+from services.common.dicom.uids import is_uid_as_received
 from services.delivery.delivered import DeliveredInstance
 from services.delivery.dicomweb_json import IGNORED_PARAMS, MATCH_KEYS
 from services.delivery.dicomweb_media import FilePart
@@ -138,7 +138,9 @@ class RequestContext:
 
 
 def check_uids(*uids: str) -> None:
-    if not all(is_conformant_uid(uid) for uid in uids):
+    """UIDs as ingest accepts them (leading zeros too: a care transfer keeps the sender's UIDs, and its
+    references must resolve)."""
+    if not all(is_uid_as_received(uid) for uid in uids):
         raise Refusal(400, "invalid UID in path")
 
 
