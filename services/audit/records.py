@@ -148,6 +148,31 @@ def to_datetime(epoch_ms: int) -> datetime:
     return _EPOCH + timedelta(0, 0, 0, epoch_ms)  # positional: half the cost of milliseconds=
 
 
+_LAST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last moment a datetime holds
+
+
+def _event_time(epoch_ms: int) -> datetime | None:
+    """An event's own time, None when there is none or none a date can hold (it raised OverflowError,
+    which no retry mends: the record stalled the consumer)."""
+    return to_datetime(epoch_ms) if 0 < epoch_ms <= _LAST_MS else None
+
+
+# A partner's gateway writes its receipts topic, so a receipt's times (stored, ingested, the record's
+# CreateTime) are the partner's claims: one dated 9999 moved the trail's last day there and every view
+# without dates answered 500 or nothing. A claim outside this window around audit's own clock is
+# replaced by the time audit recorded it. Behind: audit may be down for days and read its backlog after.
+PARTNER_CLOCK_AHEAD = timedelta(minutes=5)
+PARTNER_CLAIM_BEHIND = timedelta(days=31)
+TIME_IGNORED = "the partner's time was out of range; recorded at audit's"
+
+
+def _partner_time(claimed_ms: int, recorded: datetime) -> datetime | None:
+    at = _event_time(claimed_ms)
+    if at is None or not recorded - PARTNER_CLAIM_BEHIND <= at <= recorded + PARTNER_CLOCK_AHEAD:
+        return None
+    return at
+
+
 def to_epoch_ms(moment: datetime) -> int:
     """Naive datetimes are taken as UTC."""
     if moment.tzinfo is None:
@@ -185,10 +210,8 @@ def _event_record(
         raise PermanentError(f"{event_type.value} event without meta.event_id")
     record = _empty_record(event_type, event.meta.event_id, message, recorded_at)
     record["causation_id"] = event.meta.causation_id or None
-    if event.meta.occurred_at_ms:
-        record["occurred_at"] = to_datetime(event.meta.occurred_at_ms)
-    if event.meta.ingested_at_ms:
-        record["ingested_at"] = to_datetime(event.meta.ingested_at_ms)
+    record["occurred_at"] = _event_time(event.meta.occurred_at_ms) or record["occurred_at"]
+    record["ingested_at"] = _event_time(event.meta.ingested_at_ms)
     fill(record, event, message.topic, topics)
     return record
 
@@ -204,7 +227,7 @@ def _empty_record(event_type: EventType, ev_id: str, message: IncomingMessage, r
     record["event_id"] = ev_id
     record["topic"] = message.topic
     # The broker's timestamp stands in when an event carries no time of its own.
-    record["occurred_at"] = to_datetime(message.timestamp_ms) if message.timestamp_ms > 0 else recorded
+    record["occurred_at"] = _event_time(message.timestamp_ms) or recorded
     record["recorded_at"] = recorded
     return record
 
@@ -272,9 +295,14 @@ def _fill_receipt(record: AuditRecord, event: Any, topic: str, topics: Topics) -
     record["causation_id"] = event.delivery_id or record["causation_id"]
     record["status"] = store_status_name(event.status)
     record["stage"] = "gateway"
-    record["detail"] = _text(event.detail)
-    if event.stored_at_ms:
-        record["occurred_at"] = to_datetime(event.stored_at_ms)
+    recorded = record["recorded_at"]
+    stored = _partner_time(event.stored_at_ms or event.meta.occurred_at_ms, recorded)
+    record["occurred_at"] = stored or recorded
+    ingested = _partner_time(event.meta.ingested_at_ms, recorded)
+    record["ingested_at"] = ingested if ingested is not None and ingested <= record["occurred_at"] else None
+    ignored = stored is None and bool(event.stored_at_ms or event.meta.occurred_at_ms)
+    detail = f"{event.detail}; {TIME_IGNORED}" if ignored else event.detail
+    record["detail"] = _text(detail.removeprefix("; "))
 
 
 def _fill_retrieval(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:

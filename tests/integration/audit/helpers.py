@@ -17,16 +17,17 @@ from services.audit.settings import AuditSettings
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.stats import StageStats
 from services.common.topics import Topics
-from tests.unit.audit.builders import Instance, journey
+from tests.unit.audit.builders import T0_MS, Instance, journey
 from tests.waiting import wait_for
 
 
-def publish_journey(kafka_bootstrap: str, topics: Topics, instance: Instance) -> None:
-    """The pipeline's topics and research-a's feed created, and `instance`'s journey through them published."""
+def publish_journey(kafka_bootstrap: str, topics: Topics, instance: Instance, t0_ms: int = T0_MS) -> None:
+    """The pipeline's topics and research-a's feed created, and `instance`'s journey through them published
+    (its receipt's times are kept only within a month of audit's clock: records.PARTNER_CLAIM_BEHIND)."""
     ensure_topics(kafka_bootstrap, [*topics.pipeline(), topics.partner("research-a")], 1)
     producer = BusProducer(kafka_bootstrap)
     try:
-        producer.publish(journey(topics, instance))
+        producer.publish(journey(topics, instance, t0_ms=t0_ms))
     finally:
         producer.close()
 

@@ -16,7 +16,7 @@ from pymongo.collection import Collection
 from services.audit.api import create_app
 from services.audit.consumer import AuditHandler
 from services.audit.log_entries import unpacked
-from services.audit.records import AuditRecord
+from services.audit.records import AuditRecord, to_datetime
 from services.audit.store import MongoAuditStore
 from services.common.bus import BusProducer, ensure_topics
 from services.common.events import event_id, event_message
@@ -59,7 +59,7 @@ def test_every_hop_is_recorded_replays_add_nothing_and_late_partner_topics_are_r
     store.ensure_indexes()
     stats = StageStats("audit")
     consumer = audit_consumer(kafka_bootstrap, topics, producer, stats, max_batch=50)
-    handler = AuditHandler(store, topics)
+    handler = AuditHandler(store, topics, clock=lambda: to_datetime(T0_MS + 60_000))  # the journeys' time
     try:
         producer.publish(messages)
         poll_until(consumer, handler, lambda: collection.count_documents({}) >= expected, 30)

@@ -4,6 +4,7 @@ and `imx audit verify` (the gRPC call) still passes."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pymongo import MongoClient
@@ -17,14 +18,18 @@ from tests.unit.audit.builders import Instance
 from tests.waiting import wait_for
 
 STUDY = Instance()
-DAY = "2026-01-01"  # the journey's events happened then (builders.T0_MS)
+# The journey's events happened two days ago, at midnight: past, and recent enough that its receipt's
+# times (the partner's claims) are kept as sent.
+_T0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+T0_MS = int(_T0.timestamp() * 1000)
+DAY = _T0.date().isoformat()
 
 
 def test_the_service_purges_a_studys_keyed_documents_and_verify_still_passes(
     kafka_bootstrap: str, mongo_uri: str, unique_name: str, client: MongoClient, tmp_path: Path
 ) -> None:
     topics = Topics(prefix=unique_name + ".")
-    publish_journey(kafka_bootstrap, topics, STUDY)
+    publish_journey(kafka_bootstrap, topics, STUDY, T0_MS)
     settings = audit_settings(
         kafka_bootstrap, mongo_uri, unique_name, topics, signing_key_file=tmp_path / "k.pem", sth_interval_s=0.5,
         retention_days=3 / 86_400, retention_every_s=1.0,

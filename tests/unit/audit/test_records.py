@@ -16,7 +16,7 @@ from services.audit.records import (
     to_datetime,
 )
 from services.common.events import EVENT_TYPE_HEADER
-from services.common.messages import IncomingMessage, PermanentError
+from services.common.messages import IncomingMessage, OutgoingMessage, PermanentError
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2 as pb
 from tests.unit.audit.builders import PHI_DESCRIPTION, T0_MS, Instance, dead_letter, incoming, journey, quarantined
@@ -223,3 +223,53 @@ def test_every_priority_lane_of_a_pipeline_topic_has_its_event_type() -> None:
         assert event_type_for(topic, {}, TOPICS) == EventType.ROUTED, topic
     for topic in TOPICS.prepared_lanes:
         assert event_type_for(topic, {}, TOPICS) == EventType.PREPARED, topic
+
+
+def _receipt(stored_at_ms: int, ingested_at_ms: int = T0_MS, occurred_at_ms: int = 0) -> dict:
+    event = pb.DeliveryReceipt(
+        meta=pb.EventMeta(event_id="r1", occurred_at_ms=occurred_at_ms, ingested_at_ms=ingested_at_ms),
+        instance=INSTANCE.ref(),
+        status=pb.STORE_STATUS_STORED,
+        stored_at_ms=stored_at_ms,
+    )
+    message = IncomingMessage(
+        TOPICS.receipts("research-a"), 0, 0, b"k", event.SerializeToString(), {}, timestamp_ms=stored_at_ms
+    )
+    return dict(build_record(message, TOPICS, NOW))
+
+
+@pytest.mark.parametrize(
+    "claimed_ms",
+    [
+        253_402_300_799_000,  # 9999-12-31: the trail's last day moved there, every undated view 500
+        2**62,  # beyond any date: OverflowError, retried for ever
+        31_536_000_000,  # 1971: retention walked 55 years of days to reach the present
+        int((NOW.timestamp() + 3600) * 1000),  # an hour ahead of audit's clock
+    ],
+)
+def test_a_receipts_time_out_of_range_is_the_partners_claim_and_audit_records_its_own(claimed_ms: int) -> None:
+    """A partner's gateway writes its receipts topic: its times are claims, kept within a window."""
+    record = _receipt(claimed_ms, ingested_at_ms=claimed_ms)
+    assert record["occurred_at"] == NOW
+    assert record["ingested_at"] is None, "nor its turnaround"
+    assert "out of range" in record["detail"]
+
+
+def test_a_receipts_time_in_range_is_kept_as_sent() -> None:
+    stored = int(NOW.timestamp() * 1000) - 3_600_000
+    record = _receipt(stored, ingested_at_ms=stored - 5_000)
+    assert record["occurred_at"] == to_datetime(stored)
+    assert record["ingested_at"] == to_datetime(stored - 5_000)
+    assert record["detail"] is None
+    # Ingested after it was stored is a claim no delivery makes.
+    assert _receipt(stored, ingested_at_ms=stored + 5_000)["ingested_at"] is None
+
+
+def test_an_event_time_beyond_any_date_is_not_an_error() -> None:
+    """imx's own events: a time a datetime cannot hold raised OverflowError, which no retry mends."""
+    message = journey(TOPICS, INSTANCE)[0]
+    event = pb.InstanceIngested.FromString(message.value)
+    event.meta.occurred_at_ms = 2**62
+    changed = OutgoingMessage(message.topic, event.SerializeToString(), message.key, message.headers)
+    record = build_record(incoming(changed, timestamp_ms=T0_MS), TOPICS, NOW)
+    assert record["occurred_at"] == to_datetime(T0_MS)
