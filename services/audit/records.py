@@ -291,7 +291,12 @@ def _fill_prepared(record: AuditRecord, event: Any, topic: str, topics: Topics) 
 def _fill_receipt(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
     # A receipt names the instance as the partner received it (remapped UIDs when de-identified).
     _delivered(record, event.instance)
-    record["partner_id"] = topics.receipts_partner(topic)
+    partner = topics.receipts_partner(topic)
+    record["partner_id"] = partner
+    # Keyed by the partner whose topic it came from as well: the id is the partner's to write, and one
+    # partner publishing another's receipt id first (computable from a study both received) had the
+    # genuine receipt dropped as a replay.
+    record["_id"] = f"receipt:{partner}:{event.meta.event_id}"
     record["causation_id"] = event.delivery_id or record["causation_id"]
     record["status"] = store_status_name(event.status)
     record["stage"] = "gateway"

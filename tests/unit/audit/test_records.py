@@ -33,8 +33,10 @@ def _records(deidentified: bool = True) -> list[dict]:
 def test_each_hop_is_typed_by_its_topic_and_keyed_by_type_and_event_id() -> None:
     records = _records()
     assert [r["event_type"] for r in records] == ["ingested", "routed", "prepared", "outcome", "receipt"]
-    for r in records:
+    for r in records[:-1]:
         assert r["_id"] == f"{r['event_type']}:{r['event_id']}"
+    assert records[-1]["_id"] == f"receipt:research-a:{records[-1]['event_id']}"  # the partner's topic's
+    for r in records:
         assert set(r) == set(RECORD_FIELDS)
     assert [r["occurred_at"] for r in records] == [to_datetime(T0_MS + 10 * i) for i in range(5)]
     assert all(r["ingested_at"] == to_datetime(T0_MS) and r["recorded_at"] == NOW for r in records)
@@ -273,3 +275,16 @@ def test_an_event_time_beyond_any_date_is_not_an_error() -> None:
     changed = OutgoingMessage(message.topic, event.SerializeToString(), message.key, message.headers)
     record = build_record(incoming(changed, timestamp_ms=T0_MS), TOPICS, NOW)
     assert record["occurred_at"] == to_datetime(T0_MS)
+
+
+def test_a_receipt_is_keyed_by_the_partner_whose_topic_it_came_from() -> None:
+    """One partner publishing another's receipt id first (computable from a study both received) had the
+    genuine receipt dropped as a replay of it."""
+    event = pb.DeliveryReceipt(
+        meta=pb.EventMeta(event_id="same"), instance=INSTANCE.ref(), status=pb.STORE_STATUS_STORED
+    )
+    ids = {
+        build_record(IncomingMessage(TOPICS.receipts(p), 0, 0, b"k", event.SerializeToString()), TOPICS, NOW)["_id"]
+        for p in ("hospital-a", "hospital-b")
+    }
+    assert ids == {"receipt:hospital-a:same", "receipt:hospital-b:same"}
