@@ -238,7 +238,8 @@ def build_ae(settings: IngestSettings) -> AE:
     ae.maximum_pdu_size = settings.dicom_max_pdu
     ae.maximum_associations = settings.dicom_max_associations
     ae.require_called_aet = settings.dicom_require_called_ae
-    ae.acse_timeout = settings.dicom_timeout_s
+    # The ARTIM timer: a connection holds a slot from its accept, so one that sends nothing is let go soon.
+    ae.acse_timeout = settings.dicom_request_timeout_s
     ae.dimse_timeout = settings.dicom_timeout_s
     ae.network_timeout = settings.dicom_timeout_s
     return ae

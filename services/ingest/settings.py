@@ -28,7 +28,15 @@ class IngestSettings(ServiceSettings):
         description="refuse associations that call another AE title than IMX_AE_TITLE (a modality set up for "
         "another SCP); off by default, as many senders call any title",
     )
-    dicom_timeout_s: float = Field(60.0, gt=0, description="ACSE, DIMSE and network timeout of the SCP")
+    dicom_timeout_s: float = Field(
+        60.0, gt=0, description="DIMSE and network timeout of the SCP: the longest silence within an association"
+    )
+    dicom_request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="longest wait for a connection's association request (ARTIM): every open connection holds one "
+        "of IMX_DICOM_MAX_ASSOCIATIONS until then",
+    )
     dicom_data_set_wait_s: float = Field(
         2.0, gt=0, description="longest wait for a C-STORE's data set to start; then it is answered as empty"
     )

@@ -364,6 +364,10 @@ class WaitingRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         wait_for_work(assoc, self.reactor_wait_s)
+        # An accepted socket blocks without limit (pynetdicom times only the listening one), and the
+        # timers are looked at between reads: a peer stopping part way through a PDU held its thread and
+        # its association slot for ever. Timed out, the read ends the association (Evt17).
+        self.request.settimeout(assoc.network_timeout)
         if isinstance(assoc.dul.socket, AssociationSocket):
             read_in_large_pieces(assoc.dul.socket)
         return assoc
