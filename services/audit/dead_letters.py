@@ -21,7 +21,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 from pymongo.database import Database
 
-from services.common.bus import DEAD_LETTER_HEADERS, MAX_MESSAGE_BYTES, BusProducer
+from services.common.bus import DEAD_LETTER_HEADERS, MAX_MESSAGE_BYTES, VALUE_DROPPED_HEADER, BusProducer
 from services.common.control_server import ServicerRegistration
 from services.common.dead_letter_limits import DEFAULT_LIMIT, MAX_LIMIT
 from services.common.messages import OutgoingMessage
@@ -214,6 +214,8 @@ class DeadLetters:
         message = replay_of(record)
         if not message.topic:
             raise ValueError("the dead letter does not name its source topic")
+        if VALUE_DROPPED_HEADER in _headers(record):
+            raise ValueError("the dead letter holds no value (too large to carry with its headers): nothing to replay")
         self._producer().publish([message])
         now_ms = int(self._clock() * 1000)
         self._replays.update_one(

@@ -331,13 +331,26 @@ DEAD_LETTER_HEADERS = frozenset(
         "imx-source-topic",
         "imx-source-partition",
         "imx-source-offset",
+        "imx-value-dropped",
     }
 )
 
 
+# Room for the headers a dead letter adds: an original within this much of the limit would not fit with
+# them, and a dead letter the broker refuses (MessageSizeTooLargeError) was retried for ever, its
+# partition held (a partner can write a receipt that size to its own topic).
+DEAD_LETTER_HEADROOM = 64 * 1024
+VALUE_DROPPED_HEADER = "imx-value-dropped"  # one of DEAD_LETTER_HEADERS
+
+
 def dead_letter_for(message: IncomingMessage, exc: BaseException, topic: str, stage: str) -> OutgoingMessage:
-    """The original message, untouched, with headers saying where it came from and why it failed."""
+    """The original message, untouched, with headers saying where it came from and why it failed; one too
+    large to carry them keeps its headers only, and says how many bytes its value had."""
     headers = dict(message.headers)
+    value = message.value
+    if len(value) + sum(len(k) + len(v) for k, v in headers.items()) > MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM:
+        headers[VALUE_DROPPED_HEADER] = str(len(value)).encode()
+        value = b""
     headers.update(
         {
             "imx-error": describe_error(exc).encode(),
@@ -349,7 +362,22 @@ def dead_letter_for(message: IncomingMessage, exc: BaseException, topic: str, st
             "imx-source-offset": str(message.offset).encode(),
         }
     )
-    return OutgoingMessage(topic=topic, value=message.value, key=message.key, headers=headers)
+    return OutgoingMessage(topic=topic, value=value, key=message.key, headers=headers)
+
+
+def incoming_message(record: Any) -> IncomingMessage:
+    """A consumed record as the stages read it."""
+    return IncomingMessage(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        # A tombstone (no value: a partner may write one to its receipts topic) is an empty event; its
+        # dead letter, with neither key nor value, was refused by the producer and the stage exited.
+        value=record.value if record.value is not None else b"",
+        headers={k: (v or b"") for k, v in (record.headers or [])},
+        timestamp_ms=record.timestamp,
+    )
 
 
 @dataclass
@@ -677,19 +705,7 @@ class StageConsumer:
         # `make bench` (600 instances, the broker's request log), a tenth of all requests.
         self._busy = sum(len(batch) for batch in polled.values()) >= self._max_batch
         self._fetch_mode(idle=not polled)
-        records = [
-            IncomingMessage(
-                topic=r.topic,
-                partition=r.partition,
-                offset=r.offset,
-                key=r.key,
-                value=r.value,
-                headers={k: (v or b"") for k, v in (r.headers or [])},
-                timestamp_ms=r.timestamp,
-            )
-            for batch in polled.values()
-            for r in batch
-        ]
+        records = [incoming_message(r) for batch in polled.values() for r in batch]
         overlapping = pipelined(handler)
         if records:
             try:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
-from services.common.bus import batch_starts, describe_error, pipelined, run_handler_over_batch
+from services.common.bus import (
+    MAX_MESSAGE_BYTES,
+    VALUE_DROPPED_HEADER,
+    batch_starts,
+    dead_letter_for,
+    describe_error,
+    incoming_message,
+    pipelined,
+    run_handler_over_batch,
+)
 from services.common.messages import IncomingMessage, OutgoingMessage, TransientError
 
 
@@ -82,3 +92,32 @@ def test_only_a_handler_with_all_three_pipeline_calls_is_pipelined() -> None:
     assert pipelined(_echo) is None and pipelined(writer) is None
     writer.discard = lambda: None  # type: ignore[attr-defined]
     assert pipelined(writer) is writer
+
+
+def test_a_tombstone_is_an_empty_event_whose_dead_letter_can_be_sent() -> None:
+    """A partner may write a record with neither key nor value to its receipts topic: its dead letter was
+    refused by the producer (ValueError) and delivery and audit exited, read it again, and exited."""
+    record = ConsumerRecord(
+        topic="in", partition=0, leader_epoch=0, offset=7, timestamp=0, timestamp_type=0, key=None, value=None,
+        headers=[("x-origin", None)], checksum=None, serialized_key_size=-1, serialized_value_size=-1,
+        serialized_header_size=-1,
+    )  # fmt: skip
+    message = incoming_message(record)
+    assert message.value == b"" and message.key is None and message.headers == {"x-origin": b""}
+
+    def refuses(_message: IncomingMessage) -> list[OutgoingMessage]:
+        raise ValueError("not an event")
+
+    (dead,) = run_handler_over_batch([message], refuses, "dlq", "test").outputs
+    assert dead.value == b"" and dead.key is None  # kafka-python sends this; None for both it refuses
+
+
+def test_a_dead_letter_too_large_for_its_headers_keeps_them_and_says_what_it_dropped() -> None:
+    """An original just under the limit plus the dead letter's headers was refused by the broker, and the
+    stage retried it for ever, its partition held."""
+    big = b"x" * (MAX_MESSAGE_BYTES - 100)
+    dead = dead_letter_for(_msg(0, 3, big), ValueError("bad"), "dlq", "test")
+    assert dead.value == b"" and dead.headers[VALUE_DROPPED_HEADER] == str(len(big)).encode()
+    assert dead.headers["imx-source-offset"] == b"3" and dead.headers["x-origin"] == b"test"
+    small = dead_letter_for(_msg(0, 4, b"poison"), ValueError("bad"), "dlq", "test")
+    assert small.value == b"poison" and VALUE_DROPPED_HEADER not in small.headers
