@@ -289,8 +289,7 @@ class MongoAuditStore:
             ms = to_epoch_ms(r["occurred_at"])
             hour = ms // HOUR_MS * HOUR_MS
             for mark in (f"td:{ms // DAY_MS * DAY_MS}", f"th:{hour}"):
-                if mark not in self._time_marked:
-                    self._time_marked.add(mark)
+                if mark not in self._time_marked and mark not in wanted:
                     wanted.append(mark)
             minute = ms // MINUTE_MS * MINUTE_MS
             if minute not in self._minutes_marked:
@@ -315,6 +314,9 @@ class MongoAuditStore:
                 self._counts.update_one(
                     {"_id": "bounds"}, {"$min": {"first": days[0]}, "$max": {"last": days[-1]}}, upsert=True
                 )
+            # Known only once written, bounds included: marked before, a write that failed (the database
+            # away) was skipped by the batch's retry, and its hour and day stayed hidden from every listing.
+            self._time_marked.update(wanted)
         if len(self._time_marked) > 100_000:
             self._time_marked.clear()
 

@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 from pymongo import MongoClient
+from pymongo.errors import AutoReconnect
 
 from services.audit.queries import EventFilter
 from services.audit.records import AuditRecord, EventType, build_record, to_datetime
 from services.audit.store import MongoAuditStore
+from services.common.messages import TransientError
 from services.common.topics import Topics
 from tests.unit.audit.builders import T0_MS, Instance, dead_letter, incoming, journey, quarantined
 
@@ -115,3 +117,34 @@ def test_summary_counts_deliveries_quarantines_and_dead_letters(store: MongoAudi
     assert summary.events_by_type["outcome"] == 3 and summary.events_by_type["ingested"] == 2
     assert store.summary(since=to_datetime(T0_MS + 3000)).delivered_by_partner == {"ai-c": 1}
     assert store.ping()
+
+
+class _AwayOnce:
+    """The marks collection, whose first `update_one` meets the database away."""
+
+    def __init__(self, collection: object) -> None:
+        self._collection = collection
+        self.failed = False
+
+    def update_one(self, *args: object, **kwargs: object) -> object:
+        if not self.failed:
+            self.failed = True
+            raise AutoReconnect("connection reset")
+        return self._collection.update_one(*args, **kwargs)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._collection, name)
+
+
+def test_a_batch_retried_after_the_database_failed_part_way_is_listed(store: MongoAuditStore) -> None:
+    """The day's and hour's marks were taken as written before they were: the retry skipped them, and the
+    records, stored and counted, were never listed by /audit/events."""
+    marks = _AwayOnce(store._marks)
+    store._marks = marks  # type: ignore[assignment]
+    records = _records()
+    with pytest.raises(TransientError):
+        store.insert(records)
+    assert marks.failed
+    store.insert(records)  # the bus reads the batch again
+    listed = store.events(EventFilter(), 100)
+    assert {r["_id"] for r in listed.records} == {r["_id"] for r in records} and listed.next_cursor is None
