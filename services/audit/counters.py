@@ -81,11 +81,13 @@ class Counters:
         into: Collection[dict[str, Any]],
         docs: Sequence[dict[str, Any]],
         owners: dict[str, str] | None = None,
+        found: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[set[str], set[str]]:
         """Inserts `docs` (marks: records or study marks) owned by `bid` (field `_b`); returns (ids new to
         the store, ids this batch counts): the second includes the first. `owners`, when given, gets the
         owner of each mark whose owner can no longer change once this batch's counters have moved: the
-        marks this batch counts (`bid`) and those of an owner whose journal exists (SettledMarks)."""
+        marks this batch counts (`bid`) and those of an owner whose journal exists (SettledMarks).
+        `found`, when given, gets the stored document of each mark that was there already."""
         if not docs:
             return set(), set()
         duplicates = [str(docs[i]["_id"]) for i in self._insert_marks(into, [{**d, "_b": bid} for d in docs])]
@@ -94,7 +96,9 @@ class Counters:
         journals: dict[str, dict[str, Any] | None] = {}
         settled: dict[str, str] = {}
         for key in duplicates:
-            mark = into.find_one({"_id": key}, {"_b": 1})
+            mark = into.find_one({"_id": key}, None if found is not None else {"_b": 1})
+            if found is not None and mark is not None:
+                found[key] = mark
             owner = str(mark.get("_b", "")) if mark else ""
             if owner == bid:
                 ours.add(key)

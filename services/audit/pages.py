@@ -156,6 +156,7 @@ class PageChains:
     def __init__(self, pages: Collection[dict[str, Any]]) -> None:
         self._pages = pages
         self._next: dict[str, int] = {}  # chain key -> the first number not known to be taken
+        self._last: dict[str, list[str]] = {}  # chain key -> the hashes of the pages it last appended
         self._readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="audit-pages")
 
     @property
@@ -168,10 +169,15 @@ class PageChains:
         docs: list[dict[str, Any]] = []
         numbers: dict[str, int] = {}
         lines: dict[str, bytes] = {}
+        hashes: dict[str, list[str]] = {}
         for key, records in groups.items():
+            parts = chunks(records)
+            hashes[key] = [records_hash(part) for part in parts]
+            if hashes[key] == self._last.get(key):
+                continue  # a batch retried after a later step failed (a sink away): its pages are written
             n = self._next.get(key, 0)
-            for part in chunks(records):
-                docs.append({"_id": f"{key}#{n}", "k": key, "n": n, "h": records_hash(part), **pack(part, lines)})
+            for part, digest in zip(parts, hashes[key], strict=True):
+                docs.append({"_id": f"{key}#{n}", "k": key, "n": n, "h": digest, **pack(part, lines)})
                 n += 1
             numbers[key] = n
         if not docs:
@@ -186,7 +192,9 @@ class PageChains:
             failed = [docs[e["index"]] for e in errors]
         if len(self._next) > _CACHE_LIMIT:
             self._next.clear()
+            self._last.clear()
         self._next.update(numbers)
+        self._last.update(hashes)
         for doc in failed:
             self._settle(doc)
 

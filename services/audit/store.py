@@ -13,7 +13,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -29,7 +29,7 @@ from pymongo.errors import (
 from services.audit import rollups
 from services.audit.counters import Counters, SettledMarks, batch_id
 from services.audit.keyed_retention import RETAINED
-from services.audit.log_entries import packed_form
+from services.audit.log_entries import packed_form, unpacked
 from services.audit.pages import DUPLICATE_KEY, READ_AHEAD, PageChains, unique
 from services.audit.queries import (
     AuditSummary,
@@ -202,6 +202,14 @@ class _Scan:
     done: bool = False
 
 
+def _as_stored(record: AuditRecord, stored: Mapping[str, Any] | None) -> AuditRecord:
+    """The record at the time its stored copy has (None: it was new)."""
+    if stored is None:
+        return record
+    at = unpacked(stored).get("occurred_at")
+    return cast(AuditRecord, {**record, "occurred_at": at}) if isinstance(at, datetime) else record
+
+
 class MongoAuditStore:
     """The configured collection N holds the records (`_id` = record id, plus `_b`: the batch that
     counted it), as the tamper-evident log's verification and retention expect; beside it `N_pages`
@@ -251,16 +259,23 @@ class MongoAuditStore:
             return set()
         batch = unique(records)
         with _unavailable_is_transient():
-            # Pages first: a record is counted only once it can be found.
-            self._chains.append({**study_groups(batch), **minute_groups(batch)})
-            self._mark_time(batch)
             bid = batch_id(r["_id"] for r in batch)
             studies = list(dict.fromkeys(m for r in batch for m in rollups.study_marks(r)))
             docs = [packed_form(r) for r in batch]
             if log_since is not None:
                 for doc in docs:
                     doc[LOG_SINCE] = log_since
-            new, ours = self._counters.claim(bid, self._records, docs)
+            stored: dict[str, dict[str, Any]] = {}
+            new, ours = self._counters.claim(bid, self._records, docs, found=stored)
+            # Pages of the records this batch counts, before they are counted (a record is counted only
+            # once it can be found), each at the time it was stored with: a stage's replay after a crash
+            # (same ids, so the same batch, later times) was paged in its own minutes too, and listed
+            # twice by /audit/events and the exports; in the stored one's minute it is the same page, or
+            # a second copy there that the listing's `unique` drops. A batch that stopped before counting
+            # leaves its records to the next batch holding them (`claim`), which pages them.
+            owned = [_as_stored(r, stored.get(r["_id"])) for r in batch if r["_id"] in ours]
+            self._chains.append({**study_groups(owned), **minute_groups(owned)})
+            self._mark_time(owned)
             unsettled, ours_studies = self._settled.split(bid, studies)
             owners: dict[str, str] = {}
             ours_studies |= self._counters.claim(bid, self._marks, [{"_id": m} for m in unsettled], owners)[1]

@@ -148,3 +148,28 @@ def test_a_batch_retried_after_the_database_failed_part_way_is_listed(store: Mon
     store.insert(records)  # the bus reads the batch again
     listed = store.events(EventFilter(), 100)
     assert {r["_id"] for r in listed.records} == {r["_id"] for r in records} and listed.next_cursor is None
+
+
+def test_a_stages_replay_of_an_event_at_a_later_time_is_listed_once(store: MongoAuditStore) -> None:
+    """After a crash a stage publishes its events again, same ids, later times: the copy's minute page was
+    written too, and /audit/events (and the exports) listed each such event twice."""
+    first = [build_record(incoming(m), TOPICS, NOW) for m in journey(TOPICS, STUDY)]
+    replay = [build_record(incoming(m), TOPICS, NOW) for m in journey(TOPICS, STUDY, t0_ms=T0_MS + 5 * 60_000)]
+    assert [r["_id"] for r in first] == [r["_id"] for r in replay]
+    assert [r["occurred_at"] for r in first] != [r["occurred_at"] for r in replay]
+    store.insert(first)
+    assert store.insert(replay) == 0
+    listed = [r["_id"] for r in store.events(EventFilter(), 100).records]
+    assert sorted(listed) == sorted(r["_id"] for r in first)
+    assert [r["occurred_at"] for r in store.study_trail(STUDY.study)] == [r["occurred_at"] for r in first]
+
+
+def test_a_batch_retried_in_the_same_process_adds_no_pages(store: MongoAuditStore) -> None:
+    """A batch whose pages were written and whose later step failed (the syslog repository away) is read
+    again every second: each retry appended the same pages again, a study's trail growing with them."""
+    records = _records()
+    store.insert(records)
+    pages = store._pages.count_documents({})
+    for _ in range(3):
+        store.insert(records)
+    assert store._pages.count_documents({}) == pages
