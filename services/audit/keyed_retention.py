@@ -92,10 +92,6 @@ def journal_days(journal: dict[str, Any]) -> set[str]:
     return {day for doc_id in deltas if not doc_id.startswith("vm:") for day in _DAY.findall(doc_id)}
 
 
-def month_has_days(doc: dict[str, Any]) -> bool:
-    return any(not name.startswith("_") and name != "g" for name in doc)
-
-
 class KeyedPurge:
     """Purges the keyed documents of days before a horizon from the store's collections (store.py names
     them: N, N_pages, N_marks, N_counts)."""
@@ -163,10 +159,11 @@ class KeyedPurge:
         self._purge_journals(day)
         self._delete(self._counts, counter_ids(day, records))
         for month_id in month_keys(day, records):
+            # The day's figures only: a month document left without days stays (a few bytes a key and
+            # month). Deleted, a running consumer that knew it existed moved it with guarded `$inc`s that
+            # matched nothing (no upserts in bulk on FerretDB), and the key's later days of that month
+            # were never counted.
             self._counts.update_one({"_id": month_id}, {"$unset": {day[8:]: ""}})
-            doc = self._counts.find_one({"_id": month_id})
-            if doc is not None and not month_has_days(doc):
-                self._counts.delete_one({"_id": month_id})
         self._delete(self._pages, [f"m:{m}#{n}" for m, rs in minutes.items() for n in range(self._chain_length(m))])
         hours = hours_of(day)
         for marks_of_day in ([f"tm:{h}" for h in hours], [f"th:{h}" for h in hours], [f"td:{hours[0]}"]):

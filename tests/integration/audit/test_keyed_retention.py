@@ -109,7 +109,10 @@ def test_a_purge_removes_what_purged_records_left_in_pages_counters_marks_and_jo
     assert audit.ids("audit_events_pages", "^m:") and all(
         int(i[2:].split("#")[0]) >= OLD_S * 1000 + DAY_MS for i in audit.ids("audit_events_pages", "^m:")
     )
-    assert not audit.ids("audit_events_counts", OLD_DAY) and not audit.ids("audit_events_counts", "^vm:.*2027-01")
+    assert not audit.ids("audit_events_counts", OLD_DAY)
+    # Month documents keep no figures of the purged day (emptied, kept: a running store may move them again).
+    months = list(audit.db["audit_events_counts"].find({"_id": {"$regex": "^vm:.*2027-01"}}))
+    assert months and not [name for m in months for name in m if name[:1].isdigit()]
     assert not audit.ids("audit_events_marks", OLD_DAY) and not audit.ids("audit_events_marks", "^jd:")
     old_hour = int(OLD_S * 1000) // 3_600_000 * 3_600_000
     assert not audit.ids("audit_events_marks", f"^t[dhm]:{old_hour}$")
@@ -200,3 +203,18 @@ def test_a_day_with_a_record_still_kept_keeps_its_marks_and_counts_a_duplicate_o
     counts = audit.db["audit_events_counts"].find_one({"_id": f"x:{OLD_DAY}"})
     assert counts is not None and counts_before is not None and counts["t"] == counts_before["t"]
     assert audit.verify_ok()
+
+
+def test_a_key_counted_again_in_a_month_whose_only_days_were_purged_is_counted(db: Database) -> None:
+    """With a retention shorter than a month, a purge emptied the key's month document and deleted it; the
+    running store, knowing it existed, moved it with guarded updates that matched nothing, and the key's
+    later days of that month answered nothing (`volumes?by=org&key=`)."""
+    audit = Audit(db)
+    audit.write(records_at(OLD_S, ["1.2.8.0"], "1"))
+    audit.clock.now = OLD_S + 10 * DAY_MS / 1000  # 2027-01-25, seven days kept
+    audit.retention().purge()
+    assert not audit.ids("audit_events_counts", f"^x:{OLD_DAY}$"), "the old day is purged"
+    audit.write(records_at(audit.clock.now, ["1.2.8.1"], "2"))  # the same organisation, the same month
+    since, until = datetime(2027, 1, 24, tzinfo=UTC), datetime(2027, 1, 26, tzinfo=UTC)
+    by_key = [(v.day, v.key, v.instances) for v in audit.store.volumes("org", since, until, "trust-a")]
+    assert by_key == [("2027-01-25", "trust-a", 1)]

@@ -15,7 +15,6 @@ from services.audit.keyed_retention import (
     horizon_day,
     hours_of,
     journal_days,
-    month_has_days,
     month_keys,
     study_keys,
 )
@@ -60,11 +59,6 @@ def test_a_journal_names_the_days_it_counted_month_documents_aside() -> None:
     deltas = {"x:2026-01-01": {"t.ingested": 1}, "v:org:2026-01-02:1": {"trust-a.s": 1},
               "vm:org:2026-01:trust-a": {"03.i": 1}}  # fmt: skip
     assert journal_days({"d": bson.encode({"d": deltas})}) == {"2026-01-01", "2026-01-02"}
-
-
-def test_a_month_document_without_days_is_empty() -> None:
-    assert not month_has_days({"_id": "vm:org:2026-01:a", "g": {"3": "b"}})
-    assert month_has_days({"_id": "vm:org:2026-01:a", "02": {"i": 1}})
 
 
 def test_a_period_is_purged_only_when_it_ends_by_the_first_retained_day() -> None:
