@@ -120,7 +120,7 @@ def study_trail(
     """The trail of one study: received from whom and how, routed where by which route, de-identified
     with which profile and version, delivered when; quarantines and dead letters included. A scoped key
     gets only its organisation's or partner's records, and a 404 where it has none."""
-    trail = trail_json(study_uid, [r for r in store.study_trail(study_uid) if scope.admits(r)], scope.readable)
+    trail = trail_json(study_uid, scope.trail(study_uid, store.study_trail(study_uid)), scope.readable)
     if trail is None:
         raise HTTPException(status_code=404, detail="no audit records for this study")
     # Serialised once, here: FastAPI would validate the whole trail again against the response model.

@@ -10,7 +10,7 @@ scope (set on `request.state.analyst` by that check) narrows what is exported ex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Annotated, Literal, Protocol
 from urllib.parse import urlencode
@@ -38,6 +38,8 @@ class RecordScope(Protocol):
     """What an analyst's key may see (services/audit/scopes.py); absent, the key sees everything."""
 
     def admits(self, record: AuditRecord) -> bool: ...
+
+    def trail(self, study_uid: str, records: Iterable[AuditRecord]) -> list[AuditRecord]: ...
 
     def readable(self, record: AuditRecord) -> AuditRecord: ...
 
@@ -130,7 +132,8 @@ def export_study(
 ) -> Response:
     """Every record of one study's trail, in the order they happened, as DICOM audit messages or FHIR
     AuditEvents (`json`: the trail of `GET /audit/studies/{study_uid}`)."""
-    admitted = in_order(r for r in store.study_trail(study_uid) if scope is None or scope.admits(r))
+    found = store.study_trail(study_uid)
+    admitted = in_order(found if scope is None else scope.trail(study_uid, found))
     if not admitted:
         raise HTTPException(status_code=404, detail="no audit records for this study")
     readable = as_is if scope is None else scope.readable

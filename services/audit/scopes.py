@@ -9,6 +9,7 @@ else's objects with 403, never with an empty answer that would hide that the obj
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -76,6 +77,17 @@ class Scope:
         for name in _RECEIVED_UIDS:
             hidden[name] = None
         return cast(AuditRecord, hidden)
+
+    def trail(self, study_uid: str, records: Iterable[AuditRecord]) -> list[AuditRecord]:
+        """The records of a study's trail this key may read; none when a partner's key names the study by
+        a UID it was not given (the original's, for a de-identified copy): answered, the trail confirmed
+        the guess and showed the copy's UID, the link from what the partner holds to the identifiable
+        original, and a 404 for a wrong guess made it an oracle."""
+        admitted = [r for r in records if self.admits(r)]
+        if self.kind != "partner":
+            return admitted
+        given = {uid for r in map(self.readable, admitted) for uid in (r["study_uid"], r["delivered_study_uid"])}
+        return admitted if study_uid in given else []
 
     def narrow(self, kind: Literal["org", "partner"], asked: str | None) -> str | None:
         """The filter on `kind` a request may use: forced to the scope's own id for a key of that kind,

@@ -215,3 +215,22 @@ def test_a_partners_key_never_sees_the_uids_a_deidentified_copy_was_made_from() 
         assert mine["destinations"] == theirs["destinations"], uid
     everything = TestClient(create_app(store, keys.get), headers={"Authorization": "Bearer k-all"})
     assert copy.sop in everything.get("/audit/events").text  # a key that sees everything sees them
+
+
+def test_a_partners_key_asking_by_the_original_of_its_copy_gets_a_404() -> None:
+    """The trail found by the original UID answered 200 with the copy's UID: a research partner could
+    confirm a guessed original and link it to the copy it holds; a wrong guess was a 404, an oracle."""
+    copy = Instance(study="1.2.826.0.1.9.1", series="1.2.826.0.1.9.1.1", sop="1.2.826.0.1.9.1.1.1")
+    care = Instance(study="1.2.826.0.1.8.1", series="1.2.826.0.1.8.1.1", sop="1.2.826.0.1.8.1.1.1")
+    messages = [*journey(TOPICS, copy, partner="lab-r"), *journey(TOPICS, care, partner="lab-r", deidentified=False)]
+    store = InMemoryAuditStore()
+    store.insert([build_record(incoming(m), TOPICS, NOW) for m in messages])
+    keys = {"k-lab": Analyst("lab", scope=Scope.parse("partner:lab-r")), "k-all": Analyst("ann")}
+    lab = TestClient(create_app(store, keys.get), headers={"Authorization": "Bearer k-lab"})
+    everything = TestClient(create_app(store, keys.get), headers={"Authorization": "Bearer k-all"})
+    for path in (f"/audit/studies/{copy.study}", f"/audit/export/studies/{copy.study}"):
+        assert everything.get(path).status_code == 200, "the study is known"
+        answer = lab.get(path)
+        assert answer.status_code == 404 and copy.remapped().study not in answer.text, path
+    assert lab.get(f"/audit/studies/{copy.remapped().study}").status_code == 200, "by the UID it was given"
+    assert lab.get(f"/audit/studies/{care.study}").status_code == 200, "a care transfer's UIDs are its own"
