@@ -112,6 +112,11 @@ def _service_class(class_uid: str) -> type:
     return uid_to_service_class(class_uid)
 
 
+def _data_set_fragments_only(primitive: P_DATA) -> bool:
+    values = getattr(primitive, "presentation_data_value_list", None) or []
+    return bool(values) and all(not data[0] & 1 for _context, data in values)
+
+
 def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage) -> None:
     """Make `assoc` (an acceptor, before its DUL starts) serve C-STORE requests in its DUL thread (module
     doc). `new_message` makes the DIMSE message each request is decoded into (`dimse_receive`)."""
@@ -146,6 +151,12 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
         """`DIMSEServiceProvider.receive_primitive`, serving a C-STORE request here when it may."""
         message = dimse.message
         if message is None:
+            if _data_set_fragments_only(primitive):
+                # A data set whose request was answered as having none (missing_data_sets: it began later
+                # than IMX_DICOM_DATA_SET_WAIT_S): dropped. As the start of a message it aborted the
+                # association, the sender's next request failing with it.
+                log.warning("late data set fragment dropped: its request was answered")
+                return
             message = dimse.message = new_message()
         if not message.decode_msg(primitive, assoc):
             return

@@ -38,7 +38,10 @@ class IngestSettings(ServiceSettings):
         "of IMX_DICOM_MAX_ASSOCIATIONS until then",
     )
     dicom_data_set_wait_s: float = Field(
-        2.0, gt=0, description="longest wait for a C-STORE's data set to start; then it is answered as empty"
+        10.0,
+        gt=0,
+        description="longest wait for a C-STORE's data set to start; then it is answered as empty (a retransmit "
+        "after packet loss can take seconds: 2 s had good instances refused for good)",
     )
     calling_ae_refresh_s: float = Field(
         5.0, gt=0, description="how often the calling AE titles of organisations are re-read from MongoDB"

@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, dimse_messages
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from services.common.blob_store import LocalBlobStore
@@ -51,7 +52,7 @@ def receiver(tmp_path: Path, bus: RecordingBus, titles: dict[str, str]) -> Itera
         topics=TOPICS,
         max_instance_bytes=10_000_000,
     )
-    settings = IngestSettings(dicom_port=0, calling_ae_refresh_s=60)
+    settings = IngestSettings(dicom_port=0, calling_ae_refresh_s=60, dicom_data_set_wait_s=2)
     receiver = DicomReceiver(acceptance, lambda: dict(titles), settings)
     receiver.start()
     yield receiver
@@ -142,6 +143,32 @@ def test_a_c_store_without_its_data_set_is_answered_promptly_and_quarantined(
         # The association is still usable for the next request.
         status = assoc.send_c_store(dcmread(BytesIO(mr_study(406, n=1)[0])))
         assert int(status.Status) == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_a_data_set_that_begins_after_its_request_was_answered_is_dropped_and_the_association_goes_on(
+    receiver: DicomReceiver, bus: RecordingBus
+) -> None:
+    """Late past the wait (a retransmit, a slow archive), the data set began a message of its own, with no
+    command: the association was aborted, and the sender's next request failed with it."""
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    ae.dimse_timeout = 15
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="IMX")
+    assert assoc.is_established
+    try:
+        response, _took_s = _send_without_data_set(assoc)
+        assert response is not None and int(response.Status or 0) == 0xC000
+        context_id = int(assoc.accepted_contexts[0].context_id or 0)
+        late = b"\x08\x00\x16\x00\x02\x00\x00\x00MR"  # a data set's first bytes, then its last fragment
+        for control, piece in ((0x00, late), (0x02, late)):
+            fragment = P_DATA()
+            fragment.presentation_data_value_list = [[context_id, bytes([control]) + piece]]
+            assoc.dul.send_pdu(fragment)
+        status = assoc.send_c_store(dcmread(BytesIO(mr_study(407, n=1)[0])))
+        assert int(status.Status) == 0x0000 and assoc.is_established
+        assert [m.topic for m in bus.messages] == [TOPICS.quarantine, TOPICS.ingested]
     finally:
         assoc.release()
 
