@@ -69,9 +69,16 @@ class CallingAeTitles:
             log.info("calling AE titles updated", extra={"count": len(titles)})
         return titles
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the titles were read at least once (MongoDB may be away when ingest starts)."""
+        return self._titles.peek() is not None
+
     def start(self) -> None:
-        # Nobody until the first load succeeds: pynetdicom's default (an empty list) lets everybody in.
-        self._on_change(allowed_calling_aets(self._current()))
+        # Until the first load succeeds, every caller may associate (pynetdicom's empty list) and every
+        # C-STORE is answered "try again" (StoreHandler asks `loaded`): refused at association instead,
+        # "calling AE title not recognized" is permanent, and senders stopped sending for good.
+        self._on_change([])
         self.refresh()
         self._thread = threading.Thread(target=self._run, name="imx-calling-aets", daemon=True)
         self._thread.start()

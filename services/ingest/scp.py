@@ -156,6 +156,9 @@ class StoreHandler:
         """The status and Error Comment for `accept`'s outcome."""
         calling_ae = assoc.requestor.ae_title.strip()
         org = self._calling_aets.org_for(calling_ae)
+        if org is None and not self._calling_aets.loaded:  # MongoDB away since ingest started
+            log.warning("c-store refused for now: calling AE titles not read yet", extra={"calling_ae": calling_ae})
+            return OUT_OF_RESOURCES, "try-again-later"
         if org is None:  # the organisation was removed while its association was open
             log.warning("c-store refused: unknown calling AE", extra={"calling_ae": calling_ae})
             return NOT_AUTHORIZED, "unknown-calling-ae"

@@ -173,6 +173,34 @@ def test_a_data_set_that_begins_after_its_request_was_answered_is_dropped_and_th
         assoc.release()
 
 
+def test_while_the_organisations_cannot_be_read_a_sender_is_told_to_try_again(
+    tmp_path: Path, bus: RecordingBus
+) -> None:
+    """MongoDB away when ingest started: callers were rejected at association as not recognized, a
+    permanent rejection after which senders stopped sending."""
+    readable = False
+
+    def titles() -> dict[str, str]:
+        if not readable:
+            raise ConnectionError("mongo down")
+        return {CALLING_AE: "trust-a"}
+
+    acceptance = Acceptance(
+        blobs=LocalBlobStore(tmp_path), receipts=MemoryReceiptStore(), bus=bus, topics=TOPICS, max_instance_bytes=10**7
+    )
+    receiver = DicomReceiver(acceptance, titles, IngestSettings(dicom_port=0, calling_ae_refresh_s=60))
+    receiver.start()
+    try:
+        instance = mr_study(408, n=1)[0]
+        assert _send(receiver, instance) == (0xA700, "try-again-later")
+        readable = True
+        assert receiver.calling_aets.refresh()
+        assert _send(receiver, instance) == (0x0000, "")
+        assert [m.topic for m in bus.messages] == [TOPICS.ingested]
+    finally:
+        receiver.stop(grace_s=1)
+
+
 def test_a_data_set_over_the_limit_is_refused_without_being_written_whole(
     tmp_path: Path, bus: RecordingBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
