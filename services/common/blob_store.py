@@ -126,7 +126,7 @@ class LocalBlobStore:
     def put(self, data: bytes) -> str:
         digest = sha256_hex(data)
         final = self.path_for(digest)
-        if refreshed(final):
+        if already_stored(final):
             return digest
         make_durable_parents(final)
         replace_atomically(final, lambda tmp: tmp.write(data))
@@ -142,7 +142,7 @@ class LocalBlobStore:
             digest = sha256 if sha256 is not None else file_sha256(file)
             os.fsync(file.fileno())  # durable before anyone hears "stored"
         final = given if given is not None else self.path_for(digest)
-        if refreshed(final):
+        if already_stored(final):
             source.unlink(missing_ok=True)
             return digest
         make_durable_parents(final)
@@ -163,7 +163,7 @@ class LocalBlobStore:
                 digest, size = write_hashed(tmp.fileno(), chunks)
                 os.fsync(tmp.fileno())
             final = self.path_for(digest)
-            if refreshed(final):
+            if already_stored(final):
                 Path(tmp_name).unlink(missing_ok=True)
                 return digest, size
             make_durable_parents(final)
@@ -264,7 +264,7 @@ class LocalBlobStore:
         if not refreshed(source_path):
             return None
         whole = self.object_path(digest)
-        if refreshed(whole) or refreshed(whole + SPLICE_SUFFIX):
+        if already_stored(whole) or already_stored(whole + SPLICE_SUFFIX):
             return digest, size, None
         return digest, size, Splice(source, offset, offset + len(tail), bytes(head))
 
@@ -411,6 +411,16 @@ def refreshed(final: str | Path) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def already_stored(final: str | Path) -> bool:
+    """`refreshed`, and its name made durable: it may be there from a writer killed between its rename
+    and its folder's fsync (a replay after that kill found it, fsynced nothing, and published an event
+    naming an object a power loss could take back). One fsync, only when the object exists."""
+    if not refreshed(final):
+        return False
+    fsync_directory(Path(final).parent)
+    return True
 
 
 def read_whole(path: str, size: int | None = None) -> bytes:

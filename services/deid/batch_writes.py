@@ -31,9 +31,9 @@ from typing import BinaryIO
 from services.common.blob_splices import SPLICE_SUFFIX
 from services.common.blob_store import (
     LocalBlobStore,
+    already_stored,
     drop_cached_path,
     fsync_directory,
-    refreshed,
     write_all,
     write_hashed,
 )
@@ -80,7 +80,7 @@ class BatchedBlobWrites:
         try:
             digest, size = write_hashed(fd, chunks)
             final = self._store.object_path(digest)
-            if refreshed(final):
+            if already_stored(final):
                 _discard(fd, tmp_name)
                 return digest, size
         except BaseException:

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from services.common import blob_store
 from services.common.blob_store import BlobCorrupt, BlobNotFound, LocalBlobStore, sha256_hex
+from services.deid import batch_writes
+from services.deid.batch_writes import BatchedBlobWrites
 
 
 def test_put_returns_the_sha256_and_get_returns_the_same_bytes(tmp_path: Path) -> None:
@@ -116,3 +119,47 @@ def test_a_folder_missing_when_an_object_needs_it_is_made_durable_in_its_parent(
     synced.clear()
     blob_store.make_durable_parents(fan_out / ("0" * 64))
     assert synced == []  # folders already there: nothing to make durable
+
+
+class _Killed(BaseException):
+    """SIGKILL, as far as the writer's next line is concerned."""
+
+
+@pytest.mark.parametrize("write", ["put", "put_chunks", "put_file", "batched"])
+def test_a_write_again_after_a_kill_before_the_folder_fsync_makes_the_name_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    """The first attempt renamed the object into place and was killed before its folder's fsync; the
+    replay found the name, fsynced nothing, and its event named an object a power loss could take back."""
+    store = LocalBlobStore(tmp_path / "blobs")
+    data = b"instance bytes"
+    synced: list[Path] = []
+
+    def killed(_folder: Path) -> None:
+        raise _Killed
+
+    def counted(folder: Path) -> None:
+        synced.append(Path(folder))
+
+    def attempt() -> str:
+        if write == "put":
+            return store.put(data)
+        if write == "put_chunks":
+            return store.put_chunks([data])[0]
+        if write == "put_file":
+            source = tmp_path / "received"
+            source.write_bytes(data)
+            return store.put_file(source)
+        batch = BatchedBlobWrites(store)
+        digest = batch.put_chunks([data])[0]
+        batch.settle()
+        return digest
+
+    for module in (blob_store, batch_writes):
+        monkeypatch.setattr(module, "fsync_directory", killed)
+    with pytest.raises(_Killed):
+        attempt()
+    for module in (blob_store, batch_writes):
+        monkeypatch.setattr(module, "fsync_directory", counted)
+    digest = attempt()
+    assert store.path_for(digest).parent in synced
