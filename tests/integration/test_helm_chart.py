@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from services.common.api_keys import api_key_digest
 from services.common.control_server import LIVENESS
 from services.common.topics import Topics
 from services.ingest.settings import IngestSettings
@@ -319,13 +320,18 @@ def test_every_service_takes_the_control_planes_bootstrap_token_from_a_secret(re
     docs = render()
     secret = of_kind(docs, "Secret")["imx-control-token"]
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert base64.b64decode(secret["data"]["token"]).decode().startswith("imx_ctl_")
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert token.startswith("imx_ctl_")
+    # The services are given only its digest: a pod broken into holds no administrator's token.
+    digest = base64.b64decode(secret["data"]["digest"]).decode()
+    assert digest == "sha256:" + api_key_digest(token)
     for name, deployment in of_kind(docs, "Deployment").items():
         token_file = env_of(deployment)["IMX_CONTROL_BOOTSTRAP_TOKEN_FILE"]["value"]
         mount = {m["name"]: m for m in container(deployment)["volumeMounts"]}["control-token"]
-        assert token_file == mount["mountPath"] + "/token" and mount["readOnly"], name
+        assert token_file == mount["mountPath"] + "/digest" and mount["readOnly"], name
         volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
         assert volumes["control-token"]["secret"]["secretName"] == "imx-control-token", name
+        assert volumes["control-token"]["secret"]["items"] == [{"key": "digest", "path": "digest"}], name
 
     given = render("controlPlane.bootstrapToken.existingSecret=ops-token,controlPlane.bootstrapToken.key=digest")
     assert "imx-control-token" not in of_kind(given, "Secret")

@@ -133,6 +133,12 @@ reference only: the chart never renders a connection string.
 {{- .Values.controlPlane.bootstrapToken.existingSecret | default (printf "%s-control-token" (include "imx.fullname" .)) }}
 {{- end }}
 
+{{- /* The key of the control-token Secret the services are given: the chart's own Secret's digest, or the
+given Secret's `key` (which may hold the token or its digest). */ -}}
+{{- define "imx.controlTokenMountedKey" -}}
+{{- if .Values.controlPlane.bootstrapToken.existingSecret }}{{ .Values.controlPlane.bootstrapToken.key }}{{ else }}digest{{ end }}
+{{- end }}
+
 {{- define "imx.auditSigningKeySecret" -}}
 {{- .Values.services.audit.signingKey.existingSecret | default (printf "%s-audit-signing-key" (include "imx.fullname" .)) }}
 {{- end }}
