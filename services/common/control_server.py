@@ -20,12 +20,16 @@ ServicerRegistration = Callable[[grpc.Server], None]
 
 
 # gRPC's default 4 MB cap would refuse a Preview of an ordinary multi-frame instance; admin calls carry
-# at most one instance (partner topics carry up to 16 MiB inline), so both ways allow 64 MiB.
+# at most one instance (partner topics carry up to 16 MiB inline), so clients allow 64 MiB both ways.
 GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 GRPC_MESSAGE_OPTIONS = (
     ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
 )
+# A server reads a request whole before its token is checked: with 64 MiB everywhere, a few dozen
+# unauthenticated calls at once took a service past its memory limit. Only deid's Preview takes an
+# instance; the rest of the control plane's requests are a few kB.
+CONTROL_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 class Controllable(Protocol):
@@ -79,11 +83,15 @@ class ControlServer:
         max_workers: int = 8,
         *,
         auth: ControlAuth,
+        max_request_bytes: int = CONTROL_MAX_REQUEST_BYTES,
     ) -> None:
         self.service = service
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            options=GRPC_MESSAGE_OPTIONS,
+            options=(
+                ("grpc.max_receive_message_length", max_request_bytes),
+                ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+            ),
             interceptors=[ControlAuthInterceptor(auth, service, lambda: target.snapshot().paused)],
         )
         self._health = health.HealthServicer()

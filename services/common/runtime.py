@@ -23,7 +23,7 @@ from services.common.bus import (
     StageConsumer,
 )
 from services.common.control_auth import ControlAuth
-from services.common.control_server import ControlServer, ServicerRegistration
+from services.common.control_server import CONTROL_MAX_REQUEST_BYTES, ControlServer, ServicerRegistration
 from services.common.logs import configure_logging
 from services.common.service_access import ensure_pipeline_topics, kafka_client_config
 from services.common.settings import ServiceSettings
@@ -101,6 +101,7 @@ def run_stage(
     stop: threading.Event | None = None,
     on_ready: Callable[[ControlServer], None] | None = None,
     on_consumer: Callable[[StageConsumer], None] | None = None,
+    control_max_request_bytes: int = CONTROL_MAX_REQUEST_BYTES,
 ) -> None:
     configure_logging(spec.name, settings.log_level)
     telemetry = setup_telemetry(spec.name, settings.otlp_endpoint)
@@ -119,6 +120,7 @@ def run_stage(
         port=settings.grpc_port,
         extra=extra_servicers,
         auth=control_auth,
+        max_request_bytes=control_max_request_bytes,
     )
     server.start()
     producer: BusProducer | None = None

@@ -9,7 +9,7 @@ from pymongo.errors import PyMongoError
 
 from services.common.blob_store import LocalBlobStore
 from services.common.control_auth import control_auth
-from services.common.control_server import ControlServer
+from services.common.control_server import GRPC_MAX_MESSAGE_BYTES, ControlServer
 from services.common.messages import TransientError
 from services.common.mongo import connect
 from services.common.runtime import StageSpec, run_stage
@@ -72,6 +72,7 @@ def serve(
             extra_servicers=[register_profile_admin(profiles, keys.get)],
             stop=stop,
             on_ready=on_ready,
+            control_max_request_bytes=GRPC_MAX_MESSAGE_BYTES,  # PreviewProfile carries an instance
         )
     finally:
         client.close()
