@@ -255,7 +255,9 @@ def create_partner_app(
             # One header at a time: a study of thousands of instances never sits in memory whole.
             yield b"["
             for index, (item, part) in enumerate(zip(items, parts, strict=True)):
-                chunk = (b"," if index else b"") + json.dumps(part_metadata(item, part), separators=(",", ":")).encode()
+                chunk = (b"," if index else b"") + json.dumps(
+                    part_metadata(item, part), separators=(",", ":"), allow_nan=False
+                ).encode()
                 retrieval.instances += 1
                 retrieval.bytes += len(chunk)
                 yield chunk
@@ -273,7 +275,7 @@ def create_partner_app(
 
     def found(results: list[Json], retrieval: Retrieval) -> Response:
         retrieval.instances = len(results)
-        return Response(json.dumps(results, separators=(",", ":")), media_type=DICOM_JSON)
+        return Response(json.dumps(results, separators=(",", ":"), allow_nan=False), media_type=DICOM_JSON)
 
     def query(
         retrieval: Retrieval, request: Request, make: Callable[[dict[str, str], int, int, str], list[Json]]

@@ -5,6 +5,7 @@ Also the check every UID from a request path passes before it is used."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -102,13 +103,29 @@ def matches(item: DeliveredInstance, criteria: Mapping[str, str]) -> bool:
     return all(str(getattr(item, name)) in wanted.split("\\") for name, wanted in criteria.items())
 
 
+# JSON has no NaN or infinity (json.dumps wrote bare `NaN`, and a strict partner refused the whole
+# study's metadata): FL and FD carry them as these strings (as the DICOM JSON model's implementations do),
+# any other VR as an empty value (DS is a decimal string: "NaN" is not one).
+_NON_FINITE = {"FL": {"nan": "NaN", "inf": "inf", "-inf": "-inf"}, "FD": {"nan": "NaN", "inf": "inf", "-inf": "-inf"}}
+
+
+def _json_value(vr: str, value: Any) -> Any:
+    if not isinstance(value, float) or math.isfinite(value):
+        return value
+    return _NON_FINITE.get(vr, {}).get(str(value))
+
+
 def _strip_left_out(node: Json) -> Json:
+    """The data set's JSON without the attributes left out, and with values JSON can hold."""
     kept: Json = {}
     for tag, attribute in node.items():
         if attribute.get("BulkDataURI") == _LEFT_OUT:
             continue
-        if attribute.get("vr") == "SQ" and "Value" in attribute:
-            attribute = {**attribute, "Value": [_strip_left_out(item) for item in attribute["Value"]]}
+        values = attribute.get("Value")
+        if attribute.get("vr") == "SQ" and values is not None:
+            attribute = {**attribute, "Value": [_strip_left_out(item) for item in values]}
+        elif values and any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            attribute = {**attribute, "Value": [_json_value(attribute["vr"], v) for v in values]}
         kept[tag] = attribute
     return kept
 

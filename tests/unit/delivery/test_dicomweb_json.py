@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,18 @@ def test_an_unreadable_object_gets_the_identifiers_on_record(tmp_path: Path) -> 
     metadata = metadata_for(ITEMS[0], path)
     assert metadata["00080018"]["Value"] == ["1.2.3.1.1"]
     assert metadata["0020000E"]["Value"] == ["1.2.3.1"]
+
+
+def test_values_json_cannot_hold_are_written_as_the_model_allows(tmp_path: Path) -> None:
+    """json.dumps wrote a bare NaN for them: not JSON, and a strict partner refused the study's metadata."""
+    dataset = next(generate_study(7, "CT", 1, "src"))
+    dataset.add_new(0x00180050, "DS", "NaN")  # Slice Thickness
+    dataset.add_new(0x00189327, "FD", float("inf"))  # Table Position
+    dataset.add_new(0x00189306, "FD", [1.5, float("-inf")])  # Single Collimation Width
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(dataset_to_bytes(dataset))
+    metadata = header_json(path)
+    assert metadata is not None
+    assert metadata["00189327"]["Value"] == ["inf"] and metadata["00189306"]["Value"] == [1.5, "-inf"]
+    assert metadata["00180050"]["Value"] == [None]
+    assert json.loads(json.dumps(metadata, allow_nan=False)) == metadata
