@@ -3,11 +3,12 @@ gets a StudyComplete with the manifest of what was delivered (count, SOP Instanc
 each object), which the partner's gateway checks against what its PACS accepted.
 
 The sweep runs beside the consumer loop. A study that receives more instances after its StudyComplete
-is announced again, with the larger manifest (a new event id, since the count is part of it).
+is announced again, with the larger manifest (a new event id: the id is made from the manifest).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -22,13 +23,21 @@ from services.proto_gen.imx.v1 import events_pb2
 log = logging.getLogger(__name__)
 
 
+def _manifest_digest(manifest: Sequence[DeliveredInstance]) -> str:
+    """What the manifest holds, in no particular order: a corrected instance (same count, another object)
+    makes another StudyComplete. With the count alone the new manifest had the earlier one's id, and a
+    partner (and audit) that drops repeated ids dropped it."""
+    entries = sorted(f"{i.sop_uid}:{i.sha256}" for i in manifest)
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
 def study_complete(
     partner_id: str, study_uid: str, manifest: Sequence[DeliveredInstance], topics: Topics, clock: Callable[[], int]
 ) -> OutgoingMessage:
     """The StudyComplete message for a manifest (pure; the same manifest gives the same event id)."""
     event = events_pb2.StudyComplete(
         meta=events_pb2.EventMeta(
-            event_id=event_id("study-complete", partner_id, study_uid, str(len(manifest))),
+            event_id=event_id("study-complete", partner_id, study_uid, str(len(manifest)), _manifest_digest(manifest)),
             occurred_at_ms=clock(),
         ),
         partner_id=partner_id,
