@@ -62,6 +62,7 @@ from services.delivery.dicomweb_request import (
     Retrieval,
     Unauthenticated,
     check_uids,
+    partial_content_warning,
     query_criteria,
     query_page,
 )
@@ -212,7 +213,10 @@ def create_partner_app(
                 406,
                 'only as stored: application/dicom or multipart/related; type="application/dicom"',
             )
-        parts = [ctx.file_part(item) for item in items]
+        found, gone = ctx.available_parts(items)
+        parts = [part for part in found if part is not None]
+        if not parts:
+            raise Refusal(410, "the object is no longer available")
 
         def sent(n: int) -> None:
             retrieval.bytes += n
@@ -241,6 +245,8 @@ def create_partner_app(
         boundary = new_boundary()
         return StreamingResponse(
             stream(retrieval, multipart_body(counted(parts), boundary, sent)),
+            status_code=206 if gone else 200,
+            headers=partial_content_warning(gone, len(items)) if gone else None,
             media_type=multipart_content_type(boundary),
         )
 
@@ -249,7 +255,9 @@ def create_partner_app(
             raise Refusal(406, "metadata is served as application/dicom+json")
         if not items:
             raise Refusal(404, "not found")
-        parts = [ctx.file_part(item) for item in items]
+        parts, gone = ctx.available_parts(items)  # a gone one's metadata is the identifiers on record
+        if gone == len(items):
+            raise Refusal(410, "the object is no longer available")
 
         def documents() -> Iterator[bytes]:
             # One header at a time: a study of thousands of instances never sits in memory whole.
@@ -265,7 +273,9 @@ def create_partner_app(
 
         return StreamingResponse(stream(retrieval, documents()), media_type=DICOM_JSON)
 
-    def part_metadata(item: DeliveredInstance, part: FilePart) -> Json:
+    def part_metadata(item: DeliveredInstance, part: FilePart | None) -> Json:
+        if part is None:
+            return metadata_for(item, None)
         try:
             handle = part.open()
         except OSError:  # collected since `file_part` looked: the identifiers on record

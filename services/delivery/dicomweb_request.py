@@ -3,7 +3,7 @@ PartnerRetrieval being filled in, the refusals it may end in, and the collaborat
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -135,6 +135,25 @@ class RequestContext:
             )
             raise Refusal(410, "the object is no longer available")
         return FilePart(extent.path, extent.size, item.transfer_syntax_uid, extent.head, extent.offset)
+
+    def available_parts(self, items: Sequence[DeliveredInstance]) -> tuple[list[FilePart | None], int]:
+        """`file_part` of each, None for those gone or damaged (their count second): one instance gone
+        (collected after its retention, say) made the whole study's retrieval a 410."""
+        parts: list[FilePart | None] = []
+        for item in items:
+            try:
+                parts.append(self.file_part(item))
+            except Refusal as refusal:
+                if refusal.status != 410:
+                    raise
+                parts.append(None)
+        return parts, parts.count(None)
+
+
+def partial_content_warning(gone: int, asked: int) -> dict[str, str]:
+    """PS3.18's answer to a retrieval of which some instances cannot be sent: 206 with a Warning (RFC
+    7234 299, "miscellaneous persistent warning") saying how many."""
+    return {"Warning": f'299 imx "{gone} of {asked} instances are no longer available"'}
 
 
 def check_uids(*uids: str) -> None:

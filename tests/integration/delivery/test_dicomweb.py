@@ -232,10 +232,18 @@ def test_refusals_bad_uids_conversions_and_missing_blobs(api: Api) -> None:
     assert api.get(instance + "/metadata", Accept="text/html").status_code == 406
 
     api.blobs.path_for(first.sha256).unlink()
-    for path in (instance, instance + "/metadata", f"/studies/{first.study_uid}"):
+    for path in (instance, instance + "/metadata"):
         gone = api.get(path)
         assert gone.status_code == 410
         assert first.sop_uid not in gone.text
+    # The rest of its study is still sent: 206, saying how many are not (it was a 410 for the whole study).
+    study = api.get(f"/studies/{first.study_uid}", Accept='multipart/related; type="application/dicom"')
+    assert study.status_code == 206
+    assert study.headers["Warning"] == f'299 imx "1 of {len(api.study)} instances are no longer available"'
+    rest = _raw_parts(api.client("hosp-a"), f"{api.base}/studies/{first.study_uid}")
+    assert len(rest) == len(api.study) - 1 and first.sop_uid.encode() not in b"".join(rest)
+    metadata = api.get(f"/studies/{first.study_uid}/metadata").json()
+    assert len(metadata) == len(api.study), "a gone one's metadata is the identifiers on record"
 
 
 def test_every_request_after_sign_in_is_one_retrieval_event(api: Api) -> None:
