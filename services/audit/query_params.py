@@ -44,8 +44,10 @@ def utc(moment: datetime | None, param: str) -> datetime | None:
 def period(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
     """`since` and `until` in UTC; until must be later."""
     since, until = utc(since, "since"), utc(until, "until")
-    if until is not None and until <= _FIRST_MOMENT:  # nothing is before it (and a day before it overflows)
-        raise invalid("until", "until must be later than 0001-01-01T00:00:00Z")
+    # Nothing is before it, and the period's last moment (until less the store's millisecond) must exist:
+    # until=0001-01-01T00:00:00.0005Z overflowed there, a 500.
+    if until is not None and until < _FIRST_MOMENT + timedelta(milliseconds=1):
+        raise invalid("until", "until must be at least 0001-01-01T00:00:00.001Z")
     if since is not None and until is not None and since >= until:
         raise invalid("until", "until must be later than since")
     return since, until
