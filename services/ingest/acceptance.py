@@ -23,7 +23,7 @@ import logging
 import mmap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol, get_args
 
@@ -333,13 +333,13 @@ class Acceptance:
             return self._quarantine(source_org, channel, invalid.reason, invalid.detail, sha256, source.size, stored)
         mismatch = expected.mismatch(header)
         if mismatch is not None:
-            self._record(failed=True)
-            return Rejected(
-                *mismatch,
-                False,
-                header.study_instance_uid,
-                header.sop_class_uid,
-                header.sop_instance_uid,
+            # Announced like any refused input (nothing stored: the sender keeps it), so audit can show it.
+            refused = self._quarantine(source_org, channel, *mismatch, sha256=source.sha256(), size=source.size)
+            return replace(
+                refused,
+                study_instance_uid=header.study_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                sop_instance_uid=header.sop_instance_uid,
             )
 
         with self.commits.expecting() as on_its_way:  # a group being gathered may wait for this one

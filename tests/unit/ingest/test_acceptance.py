@@ -164,13 +164,17 @@ def test_unread_oversized_input_is_announced(bus, receipts, blobs) -> None:
     assert events_pb2.Quarantined.FromString(bus.on(TOPICS.quarantine)[0].value).reason == "too-large"
 
 
-def test_an_instance_of_another_study_than_asked_is_rejected_without_effects(bus, receipts, blobs) -> None:
+def test_an_instance_of_another_study_than_asked_is_refused_stored_nowhere_and_announced(bus, receipts, blobs) -> None:
+    """Refused with nothing announced, audit could not show it: every input ends in a state audit shows."""
     data = mr_study(1)[0]
     result = make(bus, receipts, blobs).accept(data, "trust-a", "stow-rs", expected=Expected(study_uid="1.2.3"))
 
-    assert isinstance(result, Rejected) and result.reason == "study-mismatch" and not result.quarantined
+    assert isinstance(result, Rejected) and result.reason == "study-mismatch" and result.quarantined
     assert result.sop_instance_uid == inspect_instance(data, 10_000_000).sop_instance_uid
-    assert not bus.messages and not receipts.published
+    assert [m.topic for m in bus.messages] == [TOPICS.quarantine] and not receipts.published
+    event = events_pb2.Quarantined.FromString(bus.messages[0].value)
+    assert (event.reason, event.detail, event.blob.sha256) == ("study-mismatch", "StudyInstanceUID", "")
+    assert not [p for p in blobs.root.rglob("*") if p.is_file() and p.name != ".layout"], "nothing stored"
 
 
 def test_paused_intake_refuses_as_transient(bus, receipts, blobs) -> None:
