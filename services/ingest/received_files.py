@@ -61,6 +61,7 @@ class ReceivedFile:
         self.limit = limit
         self.offered = 0  # bytes given to `write`, kept or not
         self.over_limit = False
+        self.write_error = ""  # the OSError's type when a write failed (a full disk): the rest is dropped
         self.file = self  # pynetdicom calls `file.flush()` after each fragment it writes
         self._done = done  # told once: the last fragment was written, or the file closed
         self.complete = False  # the last fragment was written (dimse_receive): never `abandon`ed
@@ -83,9 +84,18 @@ class ReceivedFile:
         if self.over_limit or (self.limit is not None and self.size + total > self.limit):
             self.over_limit = True
             return total  # taken, and dropped
-        written = os.write(self.fd, view)
-        while written < total:
-            written += os.write(self.fd, view[written:])
+        if self.write_error:
+            return total
+        try:
+            written = os.write(self.fd, view)
+            while written < total:
+                written += os.write(self.fd, view[written:])
+        except OSError as exc:
+            # Raised here, in the association's receiving thread, it aborted the association with a
+            # traceback on stderr; the request is answered "try again" (A700) once its data set is in.
+            self.write_error = type(exc).__name__
+            log.warning("received data set not written", extra={"error": self.write_error})
+            return total
         self.size += total
         return total
 

@@ -130,6 +130,8 @@ class StoreHandler:
             file = request._dataset_file
             if isinstance(file, ReceivedFile) and file.over_limit:  # its first `limit` bytes only: not read
                 return self._acceptance.reject_unread(org, CHANNEL, file.offered)
+            if isinstance(file, ReceivedFile) and file.write_error:  # the disk full part way: try again
+                raise IngestUnavailable(f"received data set not written: {file.write_error}")
             sha256 = dimse_receive.received_sha256(request)
             opened = (file.fd, file.size) if isinstance(file, ReceivedFile) and not file.closed else None
             result = self._acceptance.accept_file(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -21,6 +22,7 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from services.common.blob_store import LocalBlobStore
 from services.common.topics import Topics
 from services.gateway.dimse_exchange import answer_from_dul
+from services.ingest import received_files
 from services.ingest.acceptance import Acceptance
 from services.ingest.receipts import MemoryReceiptStore
 from services.ingest.received_files import ReceivedFile
@@ -199,6 +201,29 @@ def test_while_the_organisations_cannot_be_read_a_sender_is_told_to_try_again(
         assert [m.topic for m in bus.messages] == [TOPICS.ingested]
     finally:
         receiver.stop(grace_s=1)
+
+
+def test_a_disk_that_fills_while_a_data_set_arrives_is_a_try_again_not_an_abort(
+    receiver: DicomReceiver, bus: RecordingBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write's OSError, raised in the association's receiving thread, aborted the association (and
+    printed a traceback outside the logs) where the sender should hear A700 and send it again."""
+    made = received_files.ReceivedFiles.__call__
+    full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+
+    def on_a_full_disk(self: Any, *args: Any, **kwargs: Any) -> Any:
+        file = made(self, *args, **kwargs)
+        os.dup2(full, file.fd)
+        return file
+
+    monkeypatch.setattr(received_files.ReceivedFiles, "__call__", on_a_full_disk)
+    try:
+        assert _send(receiver, mr_study(409, n=1)[0]) == (0xA700, "try-again-later")
+    finally:
+        os.close(full)
+    monkeypatch.undo()
+    assert _send(receiver, mr_study(409, n=1)[0]) == (0x0000, "")
+    assert [m.topic for m in bus.messages] == [TOPICS.ingested]
 
 
 def test_a_data_set_over_the_limit_is_refused_without_being_written_whole(
