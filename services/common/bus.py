@@ -31,6 +31,7 @@ from kafka.errors import (
     FencedInstanceIdError,
     InvalidReplicationFactorError,
     KafkaError,
+    KafkaTimeoutError,
     NoError,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
@@ -240,6 +241,9 @@ def _create_missing_topics(
         admin.close()
 
 
+PRODUCER_CLOSE_TIMEOUT_S = 10.0
+
+
 class BusProducer:
     """Publishes batches and returns only when the broker acknowledged all of them."""
 
@@ -310,8 +314,18 @@ class BusProducer:
                 continue
             future.add_errback(on_error)
 
-    def close(self) -> None:
-        self._producer.close()
+    def close(self, timeout_s: float = PRODUCER_CLOSE_TIMEOUT_S) -> None:
+        """At most `timeout_s` for what is still queued: kafka-python's own close waits without end, and a
+        stage stopped during a long broker outage hung until killed. What is dropped was never
+        acknowledged, so its input was not committed and is read again."""
+        try:
+            self._producer.close(timeout=timeout_s)
+        except KafkaTimeoutError:
+            # kafka-python's close raises when its flush times out, before it stops its sender thread.
+            sender = getattr(self._producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+            log.warning("producer closed with records not acknowledged; their input is read again")
 
 
 def describe_error(exc: BaseException) -> str:
