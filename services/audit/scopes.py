@@ -32,6 +32,25 @@ def _passed_through(record: AuditRecord) -> bool:
     )
 
 
+def _delivered_as(record: AuditRecord) -> tuple[str | None, str | None, str | None]:
+    """(partner, study, instance) as the partner received it."""
+    study = record["delivered_study_uid"] or record["study_uid"]
+    return record["partner_id"], study, record["delivered_sop_uid"] or record["sop_uid"]
+
+
+def _receipts_for(admitted: list[AuditRecord], records: list[AuditRecord]) -> list[AuditRecord]:
+    """The partners' receipts for what an organisation's records say was delivered: a receipt names no
+    sending organisation, and the sender's trail stopped at "delivered", never "stored"."""
+    sent = {_delivered_as(r) for r in admitted if r["event_type"] == "outcome"}
+    studies = {(partner, study) for partner, study, _sop in sent}
+    return [
+        r
+        for r in records
+        if r["event_type"] == "receipt"
+        and (_delivered_as(r) in sent or (r["delivered_sop_uid"] is None and _delivered_as(r)[:2] in studies))
+    ]
+
+
 class ScopeDenied(Exception):
     """The request names an organisation or partner, or asks an aggregate, outside the key's scope."""
 
@@ -83,7 +102,10 @@ class Scope:
         a UID it was not given (the original's, for a de-identified copy): answered, the trail confirmed
         the guess and showed the copy's UID, the link from what the partner holds to the identifiable
         original, and a 404 for a wrong guess made it an oracle."""
+        records = list(records)
         admitted = [r for r in records if self.admits(r)]
+        if self.kind == "org":
+            return admitted + _receipts_for(admitted, records)
         if self.kind != "partner":
             return admitted
         given = {uid for r in map(self.readable, admitted) for uid in (r["study_uid"], r["delivered_study_uid"])}

@@ -71,7 +71,11 @@ def test_scopes_parse_and_print_and_reject_anything_else() -> None:
 
 def test_an_organisations_key_sees_only_its_studies_and_a_404_for_anothers(app: TestClient) -> None:
     status, trail = _get(app, "k-trust-a", f"/audit/studies/{SHARED.study}")
-    assert status == 200 and {e["source_org"] for e in trail["events"]} == {"trust-a"}
+    assert status == 200 and {e["source_org"] for e in trail["events"] if e["event_type"] != "receipt"} == {"trust-a"}
+    # The partners' receipts for what it sent (they name no organisation): it sees its study stored.
+    _status, everything = _get(app, "k-all", f"/audit/studies/{SHARED.study}")
+    assert trail["destinations"] == everything["destinations"]
+    assert {d["partner_id"]: d["stored"] for d in trail["destinations"]} == {"research-a": 1, "care-b": 1}
     status, body = _get(app, "k-trust-a", f"/audit/studies/{OTHER.study}")
     assert (status, body) == (404, {"detail": "no audit records for this study"}), "exactly like an unknown study"
     assert _get(app, "k-all", f"/audit/studies/{OTHER.study}")[0] == 200, "the study exists"
