@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from services.common.control_server import ServicerRegistration
+from services.common.control_server import GRPC_MAX_MESSAGE_BYTES, ServicerRegistration
 from services.common.messages import shown
 from services.deid.engine import BUILTIN_PROFILES, AttributeChange, DeidError, Profile, preview
 from services.deid.engine.errors import tag_text
@@ -145,6 +145,10 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 def _missing(name: str, version: int) -> str:
     return f"no profile {shown(name)}" + (f" version {version}" if version else "")
+
+
+# The largest request deid's control server reads: a Preview carries a whole instance.
+PREVIEW_MAX_REQUEST_BYTES = GRPC_MAX_MESSAGE_BYTES
 
 
 def register_profile_admin(store: ProfileStore, recipient_key: Callable[[str], bytes | None]) -> ServicerRegistration:

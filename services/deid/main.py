@@ -9,13 +9,13 @@ from pymongo.errors import PyMongoError
 
 from services.common.blob_store import LocalBlobStore
 from services.common.control_auth import control_auth
-from services.common.control_server import GRPC_MAX_MESSAGE_BYTES, ControlServer
+from services.common.control_server import ControlServer
 from services.common.messages import TransientError
 from services.common.mongo import connect
 from services.common.runtime import StageSpec, run_stage
 from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
-from services.deid.admin import register_profile_admin
+from services.deid.admin import PREVIEW_MAX_REQUEST_BYTES, register_profile_admin
 from services.deid.handler import DeidHandler
 from services.deid.profile_store import CachedProfiles, ProfileStore
 from services.deid.settings import DeidSettings
@@ -72,7 +72,7 @@ def serve(
             extra_servicers=[register_profile_admin(profiles, keys.get)],
             stop=stop,
             on_ready=on_ready,
-            control_max_request_bytes=GRPC_MAX_MESSAGE_BYTES,  # PreviewProfile carries an instance
+            control_max_request_bytes=PREVIEW_MAX_REQUEST_BYTES,
         )
     finally:
         client.close()

@@ -27,7 +27,7 @@ def publish_journey(kafka_bootstrap: str, topics: Topics, instance: Instance, t0
     ensure_topics(kafka_bootstrap, [*topics.pipeline(), topics.partner("research-a")], 1)
     producer = BusProducer(kafka_bootstrap)
     try:
-        producer.publish(journey(topics, instance, t0_ms=t0_ms))
+        producer.publish(journey(topics, instance, t0_ms=t0_ms, ingested_ms=t0_ms))
     finally:
         producer.close()
 

@@ -15,7 +15,7 @@ from services.common.control_server import ControlServer
 from services.common.runtime import StageControl
 from services.common.stats import StageStats
 from services.common.stores.partners import Partner, PartnerStore
-from services.deid.admin import register_profile_admin
+from services.deid.admin import PREVIEW_MAX_REQUEST_BYTES, register_profile_admin
 from services.deid.engine import BUILTIN_PROFILES, deidentify
 from services.deid.profile_store import ProfileStore
 from services.proto_gen.imx.v1 import profiles_pb2, profiles_pb2_grpc
@@ -29,7 +29,14 @@ SOP_INSTANCE_UID = "(0008,0018)"
 @pytest.fixture
 def admin(db: Database) -> Iterator[profiles_pb2_grpc.ProfileAdminStub]:
     registration = register_profile_admin(ProfileStore(db), PartnerStore(db).pseudonym_key)
-    server = ControlServer("deid", StageControl(StageStats("deid")), port=0, extra=[registration], auth=admin_auth())
+    server = ControlServer(
+        "deid",
+        StageControl(StageStats("deid")),
+        port=0,
+        extra=[registration],
+        auth=admin_auth(),
+        max_request_bytes=PREVIEW_MAX_REQUEST_BYTES,  # as deid's main serves it
+    )
     server.start()
     channel = control_channel(f"127.0.0.1:{server.port}")
     yield profiles_pb2_grpc.ProfileAdminStub(channel)

@@ -41,9 +41,14 @@ def _uid_225(uid: str) -> str:
     return "2.25." + str(int(hashlib.sha256(uid.encode()).hexdigest()[:24], 16))
 
 
-def meta(kind: str, instance: Instance, at_ms: int, cause: str = "", partner: str = "") -> pb.EventMeta:
+def meta(
+    kind: str, instance: Instance, at_ms: int, cause: str = "", partner: str = "", ingested_ms: int = T0_MS
+) -> pb.EventMeta:
     return pb.EventMeta(
-        event_id=event_id(kind, instance.sop, partner), causation_id=cause, occurred_at_ms=at_ms, ingested_at_ms=T0_MS
+        event_id=event_id(kind, instance.sop, partner),
+        causation_id=cause,
+        occurred_at_ms=at_ms,
+        ingested_at_ms=ingested_ms,
     )
 
 
@@ -55,13 +60,15 @@ def journey(
     t0_ms: int = T0_MS,
     org: str = "trust-a",
     delivered: bool = True,
+    ingested_ms: int = T0_MS,
 ) -> list[OutgoingMessage]:
     """ingested → routed → prepared → outcome → the partner gateway's receipt (stored, or failed when
-    `delivered` is False) of one instance to one partner."""
+    `delivered` is False) of one instance to one partner; every event says it was ingested at
+    `ingested_ms`."""
     delivered_as = instance.remapped() if deidentified else instance
     profile = "research-basic" if deidentified else ""
     ingested = pb.InstanceIngested(
-        meta=meta("ingested", instance, t0_ms),
+        meta=meta("ingested", instance, t0_ms, ingested_ms=ingested_ms),
         instance=instance.ref(),
         blob=pb.BlobRef(sha256="ab" * 32, size=10),
         source_org=org,
@@ -69,7 +76,7 @@ def journey(
         routing_attributes={"StudyDescription": PHI_DESCRIPTION},
     )
     routed = pb.InstanceRouted(
-        meta=meta("routed", instance, t0_ms + 10, ingested.meta.event_id, partner),
+        meta=meta("routed", instance, t0_ms + 10, ingested.meta.event_id, partner, ingested_ms),
         instance=instance.ref(),
         source_org=org,
         route_id="route-1",
@@ -78,7 +85,7 @@ def journey(
         profile_version=3 if profile else 0,
     )
     prepared = pb.InstancePrepared(
-        meta=meta("prepared", instance, t0_ms + 20, routed.meta.event_id, partner),
+        meta=meta("prepared", instance, t0_ms + 20, routed.meta.event_id, partner, ingested_ms),
         source_instance=instance.ref(),
         instance=delivered_as.ref(),
         source_org=org,
@@ -89,7 +96,7 @@ def journey(
         deidentified=deidentified,
     )
     outcome = pb.DeliveryOutcome(
-        meta=meta("outcome", instance, t0_ms + 30, prepared.meta.event_id, partner),
+        meta=meta("outcome", instance, t0_ms + 30, prepared.meta.event_id, partner, ingested_ms),
         source_instance=instance.ref(),
         instance=delivered_as.ref(),
         source_org=org,
@@ -103,7 +110,7 @@ def journey(
     delivery_id = event_id("delivery", prepared.meta.event_id)
     receipt = pb.DeliveryReceipt(
         meta=pb.EventMeta(
-            event_id=event_id("receipt", delivery_id, "stored"), occurred_at_ms=t0_ms + 40, ingested_at_ms=T0_MS
+            event_id=event_id("receipt", delivery_id, "stored"), occurred_at_ms=t0_ms + 40, ingested_at_ms=ingested_ms
         ),
         delivery_id=delivery_id,
         instance=delivered_as.ref(),
