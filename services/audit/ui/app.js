@@ -244,7 +244,10 @@ async function download(event) {
     a.click();
     a.remove();
     note.textContent = `Downloaded ${kind}${format ? " (" + format + ")" : ""}` +
-      (response.headers.get("imx-next-cursor") ? "; more events follow (first 1,000 only)." : ".");
+      (response.headers.get("imx-next-cursor")
+        ? "; more events follow: this file holds the first page (up to 1,000, fewer when the period is sparse)" +
+          " — narrow the period, or page through GET /audit/export/events with its imx-next-cursor."
+        : ".");
   } catch (error) {
     if (error instanceof OutOfScope) note.textContent = "Not available for this key: " + error.message;
     else handle(error);
