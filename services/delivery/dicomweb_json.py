@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from services.delivery.delivered import DeliveredInstance
@@ -130,11 +132,23 @@ def _strip_left_out(node: Json) -> Json:
     return kept
 
 
+def _drop_deferred(dataset: Dataset) -> None:
+    """Remove the top-level elements whose values were deferred (left unread for their size)."""
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_DATA_THRESHOLD:
+            del dataset[tag]
+
+
 def header_json(source: Path | BinaryIO) -> Json | None:
     """The object's data set as DICOM JSON, bulk data left out; None when the file cannot be parsed.
     Reads the header only (stop_before_pixels), so a 1 GiB object costs what its header costs."""
     try:
-        dataset = pydicom.dcmread(source, stop_before_pixels=True)
+        # Values over the bulk threshold are not read (deferred, then dropped unread): an encapsulated
+        # document or a model of hundreds of MiB was read whole for each metadata request. (A deflated
+        # object is still inflated whole by pydicom: bounded by ingest's IMX_MAX_INFLATED_BYTES only.)
+        dataset = pydicom.dcmread(source, stop_before_pixels=True, defer_size=BULK_DATA_THRESHOLD)
+        _drop_deferred(dataset)
         node: Json = dataset.to_json_dict(
             bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=lambda _element: _LEFT_OUT
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import pytest
 from hypothesis import given
@@ -125,3 +127,26 @@ def test_values_json_cannot_hold_are_written_as_the_model_allows(tmp_path: Path)
     assert metadata["00189327"]["Value"] == ["inf"] and metadata["00189306"]["Value"] == [1.5, "-inf"]
     assert metadata["00180050"]["Value"] == [None]
     assert json.loads(json.dumps(metadata, allow_nan=False)) == metadata
+
+
+def test_a_large_value_is_left_out_unread(tmp_path: Path) -> None:
+    """An encapsulated document (or a 3D model) of hundreds of MiB was read whole for each metadata
+    request, ~40 at once on delivery's threads: its memory is the value's size."""
+    dataset = next(generate_study(7, "CT", 1, "src"))
+    dataset.add_new(0x00420011, "OB", bytes(4 * 1024 * 1024))  # Encapsulated Document
+    path = tmp_path / "doc.dcm"
+    path.write_bytes(dataset_to_bytes(dataset))
+
+    class Counted(io.FileIO):
+        read_bytes = 0
+
+        def read(self, size: int = -1) -> bytes:
+            data = super().read(size)
+            Counted.read_bytes += len(data)
+            return data
+
+    with Counted(path) as handle:
+        metadata = header_json(cast(BinaryIO, handle))
+    assert metadata is not None and "00420011" not in metadata
+    assert metadata["00080018"]["Value"] == [str(dataset.SOPInstanceUID)]
+    assert Counted.read_bytes < 1024 * 1024, "the document's 4 MiB were read"
