@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from services.common.dicom.part10 import zero_preamble
 from services.common.messages import PhiSafeError
 
 DICOM = "application/dicom"
@@ -131,7 +132,9 @@ class RelatedPartsReader:
             Part(
                 self._count,
                 media_type.decode("latin-1"),
-                b"" if too_large else bytes(self._data),
+                # Its preamble zeroed here, in the buffer: acceptance's zeroing then copies nothing (it
+                # made a third copy of the part: the buffer, its bytes, and those with a zero preamble).
+                b"" if too_large else bytes(zero_preamble(self._data)),
                 self._size,
                 too_large,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from io import BytesIO
 from pathlib import Path
+from typing import overload
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset
@@ -26,9 +27,17 @@ PREAMBLE_BYTES = 128
 _ZERO_PREAMBLE = bytes(PREAMBLE_BYTES)
 
 
-def zero_preamble(data: bytes) -> bytes:
+@overload
+def zero_preamble(data: bytes) -> bytes: ...
+
+
+@overload
+def zero_preamble(data: bytearray) -> bytearray: ...
+
+
+def zero_preamble(data: bytes | bytearray) -> bytes | bytearray:
     """`data` with its 128-byte preamble set to zeros, otherwise unchanged; `data` itself when it is
-    already zero or is not a Part 10 file.
+    already zero or is not a Part 10 file, or is a bytearray (zeroed in place: no copy of an upload).
 
     PS3.10 7.1 leaves the preamble's content to the application and allows all zeros. Whatever a
     sender put there (CVE-2019-11687: a whole executable header, making the file a valid PE or ELF
@@ -37,6 +46,9 @@ def zero_preamble(data: bytes) -> bytes:
     if len(data) < PREAMBLE_BYTES + 4 or data[PREAMBLE_BYTES : PREAMBLE_BYTES + 4] != b"DICM":
         return data
     if data[:PREAMBLE_BYTES] == _ZERO_PREAMBLE:
+        return data
+    if isinstance(data, bytearray):
+        data[:PREAMBLE_BYTES] = _ZERO_PREAMBLE
         return data
     return _ZERO_PREAMBLE + data[PREAMBLE_BYTES:]
 

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.common.dicom.part10 import zero_preamble
 from services.ingest.multipart_related import (
     MalformedMultipart,
     Part,
@@ -96,3 +97,17 @@ def test_malformed_bodies_are_typed_errors_without_body_bytes(body: bytes) -> No
     with pytest.raises(MalformedMultipart) as caught:
         read(body)
     assert b"abc" not in str(caught.value).encode()
+
+
+def test_a_parts_preamble_is_zeroed_by_the_parser_so_acceptance_copies_nothing() -> None:
+    """A sender's preamble (CVE-2019-11687: an executable header) is never passed on; zeroed after the
+    parser had made the part's bytes, it took a third copy of each part (up to 1 GiB) in memory."""
+    instance = b"MZ" + b"\x90" * 126 + b"DICM" + b"\x02\x00\x00\x00" + b"rest of the file"
+    (part,) = read(multipart_body([instance]))
+    assert part.data == bytes(128) + instance[128:]
+    assert zero_preamble(part.data) is part.data, "nothing left to zero: no copy"
+
+
+def test_zeroing_a_buffer_changes_it_in_place() -> None:
+    buffer = bytearray(b"\xff" * 128 + b"DICM" + b"data")
+    assert zero_preamble(buffer) is buffer and buffer == bytearray(128) + b"DICMdata"
