@@ -312,10 +312,14 @@ class RetentionWatch:
         return lags
 
     def _expire_unread(self, lags: dict[str, PartnerLag], now: int) -> None:
+        # Past the retention by age, and only while the broker has dropped unread messages of that feed:
+        # Kafka deletes whole segments, so a message can be read for days past `retention.ms`, and one the
+        # partner's gateway then stored was reported both expired and stored.
         expired = [
             item
             for item in self._unstored()
             if item.partner_id in lags
+            and lags[item.partner_id].expired
             and item.delivered_at_ms
             and now - item.delivered_at_ms > lags[item.partner_id].retention_ms
         ]
