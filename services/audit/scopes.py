@@ -108,7 +108,10 @@ class Scope:
             return admitted + _receipts_for(admitted, records)
         if self.kind != "partner":
             return admitted
-        given = {uid for r in map(self.readable, admitted) for uid in (r["study_uid"], r["delivered_study_uid"])}
+        # From the records imx wrote: a receipt's UIDs are the partner's own words, and one naming a
+        # guessed original opened its trail.
+        written = [self.readable(r) for r in admitted if r["event_type"] != "receipt"]
+        given = {uid for r in written for uid in (r["study_uid"], r["delivered_study_uid"])}
         return admitted if study_uid in given else []
 
     def narrow(self, kind: Literal["org", "partner"], asked: str | None) -> str | None:

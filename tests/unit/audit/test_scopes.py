@@ -15,8 +15,9 @@ from services.audit.analysts import Analyst
 from services.audit.api import create_app
 from services.audit.records import build_record
 from services.audit.scopes import Scope, ScopeDenied
-from services.common.messages import TransientError
+from services.common.messages import OutgoingMessage, TransientError
 from services.common.topics import Topics
+from services.proto_gen.imx.v1 import events_pb2 as pb
 from tests.unit.audit.builders import T0_MS, Instance, incoming, journey, quarantined
 from tests.unit.audit.fake_store import InMemoryAuditStore
 
@@ -238,3 +239,11 @@ def test_a_partners_key_asking_by_the_original_of_its_copy_gets_a_404() -> None:
         assert answer.status_code == 404 and copy.remapped().study not in answer.text, path
     assert lab.get(f"/audit/studies/{copy.remapped().study}").status_code == 200, "by the UID it was given"
     assert lab.get(f"/audit/studies/{care.study}").status_code == 200, "a care transfer's UIDs are its own"
+    # Nor by a receipt of its own naming the guessed original: its receipts are its words, not imx's.
+    forged = pb.DeliveryReceipt(
+        meta=pb.EventMeta(event_id="forged"), instance=copy.ref(), status=pb.STORE_STATUS_STORED
+    )
+    message = OutgoingMessage(TOPICS.receipts("lab-r"), forged.SerializeToString(), b"k", {})
+    store.insert([build_record(incoming(message), TOPICS, NOW)])
+    answer = lab.get(f"/audit/studies/{copy.study}")
+    assert answer.status_code == 404 and copy.remapped().study not in answer.text
