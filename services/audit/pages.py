@@ -194,9 +194,11 @@ class PageChains:
             self._next.clear()
             self._last.clear()
         self._next.update(numbers)
-        self._last.update(hashes)
         for doc in failed:
             self._settle(doc)
+        # Only once every page is in: remembered before a `_settle` that failed (the database away),
+        # the retry skipped the chain and its records were never paged.
+        self._last.update(hashes)
 
     def _settle(self, doc: dict[str, Any]) -> None:
         """The number was taken: by this very page (a replay), or by another writer's page (try the next)."""

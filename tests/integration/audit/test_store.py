@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from pymongo import MongoClient
@@ -173,3 +174,38 @@ def test_a_batch_retried_in_the_same_process_adds_no_pages(store: MongoAuditStor
     for _ in range(3):
         store.insert(records)
     assert store._pages.count_documents({}) == pages
+
+
+class _FindAwayOnce:
+    """The pages collection, whose first `find_one` meets the database away."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+        self.failed = False
+
+    def find_one(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise AutoReconnect("connection reset")
+        return self._collection.find_one(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+
+def test_a_batch_whose_page_number_was_taken_and_whose_retry_follows_a_failure_is_paged(
+    store: MongoAuditStore,
+) -> None:
+    """A page number already taken (another writer, or every chain's first after a restart) is settled by
+    reading it; that read failing, the retried batch skipped the chain as written and its records were
+    listed nowhere."""
+    other = MongoAuditStore(store._records)  # another writer (or this one before a restart)
+    earlier = [build_record(incoming(quarantined(TOPICS, Instance(sop=STUDY.sop + "7"), T0_MS)), TOPICS, NOW)]
+    other.insert(earlier)  # takes page 0 of the study's chain
+    records = [build_record(incoming(m), TOPICS, NOW) for m in journey(TOPICS, STUDY)]
+    chains = store._chains
+    chains._pages = _FindAwayOnce(chains._pages)  # type: ignore[assignment]
+    with pytest.raises(TransientError):
+        store.insert(records)
+    store.insert(records)
+    assert {r["_id"] for r in store.study_trail(STUDY.study)} == {r["_id"] for r in [*earlier, *records]}
