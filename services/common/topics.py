@@ -11,8 +11,12 @@ from services.common.messages import shown
 _PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 # A partner id is also its Kafka user and its groups' prefix ("<id>."): "imx…" names the services' users
 # ("imx-delivery") and groups ("imx-central-gateway.<partner>"), "admin" the devstack's and compose's super
-# user. Given to a partner, such an id took over that user's password and ACLs.
+# user. Given to a new partner, such an id took over that user's password and ACLs. Refused when a
+# partner is added (`validate_new_partner_id`), not wherever an id is read: one given before stays usable.
 _RESERVED_PARTNER_ID = re.compile(r"^(imx|admin\Z)")
+RESERVED_PARTNER_ID_RULE = (
+    "a new partner id may not be 'admin' or begin 'imx' (the system's own Kafka users and groups)"
+)
 
 # Priority lanes, most urgent first. After routing every stage's input and output is one topic per lane
 # (`imx.routed.v1` is the routine lane, `imx.routed.urgent.v1` and `imx.routed.bulk.v1` the others), so a
@@ -22,16 +26,22 @@ ROUTINE = "routine"
 
 
 PARTNER_ID_RULE = (
-    "partner id must be 1-63 characters of lower-case letters, digits and '-', starting with a letter or digit, "
-    "not 'admin' and not beginning 'imx' (the system's own Kafka users and groups)"
+    "partner id must be 1-63 characters of lower-case letters, digits and '-', starting with a letter or digit"
 )
 
 
 def validate_partner_id(partner_id: str) -> str:
-    """Partner ids become topic names and Kafka users, so they are restricted to a safe alphabet and kept
-    apart from the system's own names."""
-    if not _PARTNER_ID.match(partner_id) or _RESERVED_PARTNER_ID.match(partner_id):
+    """Partner ids become topic names, so they are restricted to a safe alphabet."""
+    if not _PARTNER_ID.match(partner_id):
         raise ValueError(f"{PARTNER_ID_RULE} (got {shown(partner_id)})")
+    return partner_id
+
+
+def validate_new_partner_id(partner_id: str) -> str:
+    """`validate_partner_id`, and none of the system's own Kafka names (a partner id is its Kafka user)."""
+    validate_partner_id(partner_id)
+    if _RESERVED_PARTNER_ID.match(partner_id):
+        raise ValueError(f"{RESERVED_PARTNER_ID_RULE} (got {shown(partner_id)})")
     return partner_id
 
 

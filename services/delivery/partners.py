@@ -16,7 +16,7 @@ from services.common.events import now_ms
 from services.common.kafka_access import MECHANISM, PartnerAccess
 from services.common.messages import shown
 from services.common.stores.partners import Partner, PartnerStore, validate_partner
-from services.common.topics import Topics
+from services.common.topics import Topics, validate_new_partner_id
 from services.common.ttl_cache import RefreshingSnapshot
 from services.delivery.retention_watch import PartnerLag
 from services.gateway.targets import parse_target
@@ -136,6 +136,11 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
         except ValueError as exc:  # TargetError is a ValueError
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         registered = self._store.get(partner_id) is not None
+        if not registered:
+            try:
+                validate_new_partner_id(partner_id)
+            except ValueError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if not registered and self._retired(partner_id):
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -11,7 +11,7 @@ import pytest
 from services.audit.analysts import Analyst, AnalystStore
 from services.common.control_tokens import TokenStore
 from services.common.stores.organisations import Organisation, validate_organisation
-from services.common.topics import validate_partner_id
+from services.common.topics import Topics, validate_new_partner_id, validate_partner_id
 from services.routing.rules import Route, validate_route
 
 TRAILING = "acme\n"
@@ -56,13 +56,16 @@ def test_a_long_value_is_not_echoed_whole_in_a_refusal() -> None:
 
 
 @pytest.mark.parametrize("reserved", ["imx-delivery", "imx-central-gateway", "imx", "imxlab", "admin"])
-def test_a_partner_id_may_not_be_the_systems_own_kafka_user_or_group_prefix(reserved: str) -> None:
+def test_a_new_partner_id_may_not_be_the_systems_own_kafka_user_or_group_prefix(reserved: str) -> None:
     """A partner id is its Kafka user and its groups' prefix: "imx-delivery" took delivery's password and
-    ACLs, "imx-central-gateway" every partner's central-gateway group, "admin" the devstack's super user."""
-    with pytest.raises(ValueError, match="not beginning 'imx'"):
-        validate_partner_id(reserved)
+    ACLs, "imx-central-gateway" every partner's central-gateway group, "admin" the devstack's super user.
+    One given before the rule stays usable: its topics, deliveries and gateway go on."""
+    with pytest.raises(ValueError, match="begin 'imx'"):
+        validate_new_partner_id(reserved)
+    assert validate_partner_id(reserved) == reserved
+    assert Topics().partner(reserved) == f"imx.partner.{reserved}.v1"
 
 
 @pytest.mark.parametrize("allowed", ["administration", "adminlab", "lab-imx", "x-imx"])
 def test_names_that_only_contain_the_reserved_ones_are_partner_ids(allowed: str) -> None:
-    assert validate_partner_id(allowed) == allowed
+    assert validate_new_partner_id(allowed) == allowed
