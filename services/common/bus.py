@@ -357,14 +357,23 @@ DEAD_LETTER_HEADROOM = 64 * 1024
 VALUE_DROPPED_HEADER = "imx-value-dropped"  # one of DEAD_LETTER_HEADERS
 
 
+def _size(key: bytes | None, value: bytes, headers: Mapping[str, bytes]) -> int:
+    return len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in headers.items())
+
+
 def dead_letter_for(message: IncomingMessage, exc: BaseException, topic: str, stage: str) -> OutgoingMessage:
-    """The original message, untouched, with headers saying where it came from and why it failed; one too
-    large to carry them keeps its headers only, and says how many bytes its value had."""
-    headers = dict(message.headers)
-    value = message.value
-    if len(value) + sum(len(k) + len(v) for k, v in headers.items()) > MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM:
-        headers[VALUE_DROPPED_HEADER] = str(len(value)).encode()
+    """The original message, untouched, with headers saying where it came from and why it failed. One
+    too large to carry them drops its value, and then, if its key and headers are what is large (a
+    partner writes its receipts' too), those as well: `imx-value-dropped` says how many bytes of value
+    it had (and `+key+headers` when they went too)."""
+    headers, key, value = dict(message.headers), message.key, message.value
+    limit = MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM
+    if _size(key, value, headers) > limit:
+        dropped = str(len(value))
         value = b""
+        if _size(key, value, headers) > limit:
+            headers, key, dropped = {}, None, dropped + "+key+headers"
+        headers[VALUE_DROPPED_HEADER] = dropped.encode()
     headers.update(
         {
             "imx-error": describe_error(exc).encode(),
@@ -376,7 +385,7 @@ def dead_letter_for(message: IncomingMessage, exc: BaseException, topic: str, st
             "imx-source-offset": str(message.offset).encode(),
         }
     )
-    return OutgoingMessage(topic=topic, value=value, key=message.key, headers=headers)
+    return OutgoingMessage(topic=topic, value=value, key=key, headers=headers)
 
 
 def incoming_message(record: Any) -> IncomingMessage:

@@ -121,3 +121,9 @@ def test_a_dead_letter_too_large_for_its_headers_keeps_them_and_says_what_it_dro
     assert dead.headers["imx-source-offset"] == b"3" and dead.headers["x-origin"] == b"test"
     small = dead_letter_for(_msg(0, 4, b"poison"), ValueError("bad"), "dlq", "test")
     assert small.value == b"poison" and VALUE_DROPPED_HEADER not in small.headers
+    # A key or headers that large (a partner writes its receipts' too) go as well.
+    big_key = IncomingMessage("in", 0, 5, b"k" * (MAX_MESSAGE_BYTES - 150), b"v", {"x-origin": b"test"})
+    dead = dead_letter_for(big_key, ValueError("bad"), "dlq", "test")
+    assert dead.key is None and dead.value == b"" and "x-origin" not in dead.headers
+    assert dead.headers[VALUE_DROPPED_HEADER] == b"1+key+headers" and dead.headers["imx-source-offset"] == b"5"
+    assert len(b"".join(k.encode() + v for k, v in dead.headers.items())) < 4096
