@@ -64,7 +64,9 @@ class CallingAeTitles:
     def _read(self, previous: Mapping[str, str] | None) -> Mapping[str, str]:
         # Applied inside the snapshot's check, one at a time: two refreshes cannot apply in the wrong order.
         titles = MappingProxyType(dict(self._load()))
-        if titles != (previous or _NO_TITLES):
+        # The first load always applies: until then every caller may associate (`start`), and with no
+        # organisation registered an empty list would have left it so.
+        if previous is None or titles != previous:
             self._on_change(allowed_calling_aets(titles))
             log.info("calling AE titles updated", extra={"count": len(titles)})
         return titles

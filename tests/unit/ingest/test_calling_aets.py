@@ -82,3 +82,11 @@ def test_two_refreshes_at_once_apply_the_titles_in_the_order_they_were_read() ->
     background.join(5)
     admin.join(5)
     assert applied[-1] == ["NEW"] and titles.org_for("NEW") == "trust-b" and titles.org_for("OLD") is None
+
+
+def test_a_first_load_with_no_organisation_lets_nobody_associate() -> None:
+    applied: list[list[str]] = []
+    titles = CallingAeTitles(dict, applied.append, interval_s=60)
+    titles.start()
+    titles.stop()
+    assert applied == [[], allowed_calling_aets([])] and titles.loaded
