@@ -304,7 +304,8 @@ def _fill_receipt(record: AuditRecord, event: Any, topic: str, topics: Topics) -
     stored = _partner_time(event.stored_at_ms or event.meta.occurred_at_ms, recorded)
     record["occurred_at"] = stored or recorded
     ingested = _partner_time(event.meta.ingested_at_ms, recorded)
-    record["ingested_at"] = ingested if ingested is not None and ingested <= record["occurred_at"] else None
+    # No turnaround from a receipt whose stored time was not believed: it would end when audit read it.
+    record["ingested_at"] = ingested if stored is not None and ingested is not None and ingested <= stored else None
     ignored = stored is None and bool(event.stored_at_ms or event.meta.occurred_at_ms)
     detail = f"{event.detail}; {TIME_IGNORED}" if ignored else event.detail
     record["detail"] = _text(detail.removeprefix("; "))

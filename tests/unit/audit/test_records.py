@@ -265,6 +265,8 @@ def test_a_receipts_time_in_range_is_kept_as_sent() -> None:
     assert record["detail"] is None
     # Ingested after it was stored is a claim no delivery makes.
     assert _receipt(stored, ingested_at_ms=stored + 5_000)["ingested_at"] is None
+    # A believable ingestion time with a stored time that is not: no turnaround up to audit's reading.
+    assert _receipt(253_402_300_799_000, ingested_at_ms=stored)["ingested_at"] is None
 
 
 def test_an_event_time_beyond_any_date_is_not_an_error() -> None:
