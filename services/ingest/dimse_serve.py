@@ -154,8 +154,9 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
             if _data_set_fragments_only(primitive):
                 # A data set whose request was answered as having none (missing_data_sets: it began later
                 # than IMX_DICOM_DATA_SET_WAIT_S): dropped. As the start of a message it aborted the
-                # association, the sender's next request failing with it.
-                log.warning("late data set fragment dropped: its request was answered")
+                # association, the sender's next request failing with it. Said once, at its last fragment.
+                if any(data[0] & 2 for _context, data in primitive.presentation_data_value_list):
+                    log.warning("late data set dropped: its request was answered")
                 return
             message = dimse.message = new_message()
         if not message.decode_msg(primitive, assoc):
