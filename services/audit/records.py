@@ -173,6 +173,11 @@ def _partner_time(claimed_ms: int, recorded: datetime) -> datetime | None:
     return at
 
 
+def delivered_sop(record: AuditRecord) -> str | None:
+    """The instance as its partner received it: the copy's UID, or the received one when passed through."""
+    return record["delivered_sop_uid"] or record["sop_uid"]
+
+
 def to_epoch_ms(moment: datetime) -> int:
     """Naive datetimes are taken as UTC."""
     if moment.tzinfo is None:

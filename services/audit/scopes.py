@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from services.audit.records import AuditRecord
+from services.audit.records import AuditRecord, delivered_sop
 from services.common.messages import shown
 
 ScopeKind = Literal["all", "org", "partner"]
@@ -34,8 +34,7 @@ def _passed_through(record: AuditRecord) -> bool:
 
 def _delivered_as(record: AuditRecord) -> tuple[str | None, str | None, str | None]:
     """(partner, study, instance) as the partner received it."""
-    study = record["delivered_study_uid"] or record["study_uid"]
-    return record["partner_id"], study, record["delivered_sop_uid"] or record["sop_uid"]
+    return record["partner_id"], record["delivered_study_uid"] or record["study_uid"], delivered_sop(record)
 
 
 def _receipts_for(admitted: list[AuditRecord], records: list[AuditRecord]) -> list[AuditRecord]:

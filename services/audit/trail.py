@@ -16,7 +16,7 @@ import orjson
 
 from services.audit.models import AuditEvent, Destination, Receipt, StageReason, StudyTrail
 from services.audit.pages import StoredRecord
-from services.audit.records import HOP_ORDER, RECORD_FIELDS, AuditRecord, EventType
+from services.audit.records import HOP_ORDER, RECORD_FIELDS, AuditRecord, EventType, delivered_sop
 
 
 def in_order(records: Iterable[AuditRecord]) -> list[AuditRecord]:
@@ -56,17 +56,13 @@ def _receipts(records: list[AuditRecord]) -> list[Receipt]:
     ]
 
 
-def _delivered_sop(record: AuditRecord) -> str | None:
-    return record["delivered_sop_uid"] or record["sop_uid"]
-
-
 def _destinations(records: list[AuditRecord]) -> list[Destination]:
     found: dict[tuple[str | None, str | None], dict[str, Any]] = {}
     # A receipt knows the partner and the instance as delivered, not the route: the outcome links them.
     route_of: dict[tuple[str | None, str | None], tuple[str | None, str | None]] = {}
     for r in records:
         if r["event_type"] == _OUTCOME:
-            route_of[(r["partner_id"], _delivered_sop(r))] = (r["partner_id"], r["route_id"])
+            route_of[(r["partner_id"], delivered_sop(r))] = (r["partner_id"], r["route_id"])
     for r in records:
         if r["event_type"] not in _DESTINATION_EVENTS:
             continue
