@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from services.common.events import EVENT_TYPE_HEADER, event_id
 from services.common.messages import IncomingMessage, PermanentError
+from services.common.partner_receipts import check_receipt
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -295,6 +296,7 @@ def _fill_prepared(record: AuditRecord, event: Any, topic: str, topics: Topics) 
 
 def _fill_receipt(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:
     # A receipt names the instance as the partner received it (remapped UIDs when de-identified).
+    check_receipt(event)
     _delivered(record, event.instance)
     partner = topics.receipts_partner(topic)
     record["partner_id"] = partner

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from services.common.events import derived_meta, event_message, now_ms
 from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
+from services.common.partner_receipts import check_receipt
 from services.common.quarantine_events import UNKNOWN_PARTNER, quarantined
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance, StoredReceipt
@@ -148,6 +149,7 @@ def stored_receipt(receipt: events_pb2.DeliveryReceipt, partner_id: str) -> Stor
     status = _RECEIPT_STATUS.get(receipt.status)
     if status is None or not receipt.instance.sop_instance_uid:
         return None
+    check_receipt(receipt)
     return StoredReceipt(
         partner_id=partner_id,
         study_uid=receipt.instance.study_instance_uid,
