@@ -5,6 +5,7 @@ each destination reached (pure)."""
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -219,11 +220,15 @@ def furthest_state(p: Progress) -> str:
     return "routed" if p.routed else "received"
 
 
+_MISSING = re.compile(r"([0-9]{1,9}) of ")
+
+
 def _missing(check: AuditRecord) -> int:
-    """From the receipt's detail, "<missing> of <count> missing"; 0 for a complete study."""
-    detail = check["detail"] or ""
-    head = detail.split(" ", 1)[0]
-    return int(head) if head.isdigit() else 0
+    """From the receipt's detail, "<missing> of <count> missing"; 0 for a complete study. ASCII digits,
+    at most nine: the detail is the partner's text, and "²" (a digit to `isdigit`, not to `int`) or a
+    number past int32 had made the study's trail a 500 and its status call fail."""
+    found = _MISSING.match(check["detail"] or "")
+    return int(found.group(1)) if found else 0
 
 
 def _add_receipt(destination: dict[str, Any], receipt: AuditRecord) -> None:

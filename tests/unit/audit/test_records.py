@@ -290,3 +290,23 @@ def test_a_receipt_is_keyed_by_the_partner_whose_topic_it_came_from() -> None:
         for p in ("hospital-a", "hospital-b")
     }
     assert ids == {"receipt:hospital-a:same", "receipt:hospital-b:same"}
+
+
+@pytest.mark.parametrize("detail", ["² of 3 missing", "99999999999 of 3 missing", "nonsense"])
+def test_a_partners_odd_study_receipt_text_does_not_break_the_trail(detail: str) -> None:
+    """The missing count is read from the receipt's detail, the partner's text: "²" (a digit to isdigit,
+    not to int) made the study's trail a 500, a count past int32 its status call fail."""
+    from services.audit.status import status_reply
+    from services.audit.trail import build_trail
+
+    receipt = pb.DeliveryReceipt(
+        meta=pb.EventMeta(event_id="x1", occurred_at_ms=T0_MS + 100),
+        instance=pb.InstanceRef(study_instance_uid=INSTANCE.study),
+        status=pb.STORE_STATUS_STUDY_INCOMPLETE,
+        detail=detail,
+    )
+    message = IncomingMessage(TOPICS.receipts("research-a"), 0, 9, b"k", receipt.SerializeToString())
+    records = [*map(dict, _records()), dict(build_record(message, TOPICS, NOW))]
+    trail = build_trail(INSTANCE.study, records)
+    assert trail is not None
+    status_reply(INSTANCE.study, trail)
