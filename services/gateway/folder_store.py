@@ -81,6 +81,12 @@ class FolderStore:
             return self._root_down()
         try:
             if target.exists() and file_sha256(target) == delivery.blob.sha256:
+                # Its name and its folders' made durable first: a run killed between its rename (or its
+                # folders' making) and their fsyncs left it so, and a STORED receipt lets imx delete its copy.
+                for folder in (target.parent, *target.parent.parents):
+                    fsync_directory(folder)
+                    if folder == self._root:
+                        break
                 return StoreResult.stored("already-present")
             if not self._incoming_ready:  # once the root is there: a killed run's partial files removed
                 self._incoming.mkdir(exist_ok=True)

@@ -155,3 +155,18 @@ def test_the_incoming_folder_removed_under_a_running_gateway_is_made_again(tmp_p
     outcomes = [store.store(Fetched(data=b"two"), _delivery(b"two", sop="1.2")) for _ in range(2)]
     assert outcomes[-1].ok, [o.status_detail for o in outcomes]
     assert (root / "1.2.3" / "1.2.3.4" / "1.2.dcm").read_bytes() == b"two"
+
+
+def test_an_instance_found_already_present_has_its_name_and_folders_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed after the rename, before the folders' fsyncs: the next run found the file, fsynced
+    nothing, and its STORED receipt let imx delete its own copy of what a power loss could take back."""
+    root = made(tmp_path / "pacs")
+    store = FolderStore(FolderTarget(root))
+    assert store.store(Fetched(data=b"x"), _delivery(b"x")).ok
+    synced: list[Path] = []
+    monkeypatch.setattr(folder_store, "fsync_directory", lambda folder: synced.append(Path(folder)))
+    again = FolderStore(FolderTarget(root)).store(Fetched(data=b"x"), _delivery(b"x"))
+    assert (again.ok, again.status_detail) == (True, "already-present")
+    assert synced == [root / "1.2.3" / "1.2.3.4", root / "1.2.3", root]
