@@ -27,6 +27,7 @@ from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
+from services.common.dicom.association_waits import receive_timeout, set_receive_timeout
 from services.common.dicom.uids import is_conformant_uid
 
 C_STORE_RSP_FIELD = 0x8001  # PS3.7 Table E.1-1 Command Field
@@ -187,18 +188,18 @@ def _peek_first(sock: socket.socket, deadline: float) -> bytes | None:
 def _peek_whole(sock: socket.socket, length: int, deadline: float) -> bytes:
     """The first `length` bytes on the socket, left there, waited for until `deadline`: a PDU may come
     in pieces (dcmtk writes a P-DATA-TF's headers and its command set apart, most of the time two
-    segments). The socket has no timeout of its own (pynetdicom's requestor sockets block): the wait
-    is bounded by SO_RCVTIMEO, unset after. NoResponse when the rest did not come in time; fewer bytes
-    when the connection ended (the DUL's to see)."""
+    segments). The socket blocks (pynetdicom's requestor sockets do): the wait is bounded by
+    SO_RCVTIMEO, the association's own (WaitingAE's) restored after. NoResponse when the rest did not
+    come in time; fewer bytes when the connection ended (the DUL's to see)."""
     wait_s = max(0.001, deadline - time.monotonic())
-    limit = struct.pack("@ll", int(wait_s), int((wait_s % 1) * 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+    own = receive_timeout(sock)
+    set_receive_timeout(sock, wait_s)
     try:
         peeked = sock.recv(length, socket.MSG_PEEK | socket.MSG_WAITALL)
     except BlockingIOError:
         raise NoResponse from None
     finally:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 0))
+        set_receive_timeout(sock, own)
     if len(peeked) < length and time.monotonic() >= deadline:
         raise NoResponse
     return peeked

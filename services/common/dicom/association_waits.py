@@ -38,6 +38,7 @@ from __future__ import annotations
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -344,6 +345,19 @@ def read_in_large_pieces(sock: AssociationSocket) -> None:
     sock.recv = recv  # type: ignore[method-assign]
 
 
+def set_receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """SO_RCVTIMEO (0: none), leaving the socket in blocking mode: a read waiting longer fails (EAGAIN)."""
+    limit = struct.pack("@ll", int(seconds), int((seconds % 1) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+
+
+def receive_timeout(sock: socket.socket) -> float:
+    seconds, micros = struct.unpack(
+        "@ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.calcsize("@ll"))
+    )
+    return seconds + micros / 1_000_000
+
+
 class WaitingAE(AE):
     """pynetdicom's AE, each association it requests made to wait for work (`wait_for_work`), its
     socket lent to a sending thread on request (`socket_turn`)."""
@@ -351,6 +365,19 @@ class WaitingAE(AE):
     def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
         sock = super()._create_socket(assoc, address, tls_args)
         wait_for_work(assoc, turns=True)
+        connect = sock.connect
+
+        def connect_with_receive_timeout(primitive: Any) -> None:
+            """pynetdicom clears the socket's timeout once connected, and the timers are looked at
+            between reads: a peer stopping part way through a PDU held the DUL's read, and the next
+            request waiting for its turn, for ever. A receive timeout at the socket (SO_RCVTIMEO) keeps
+            it blocking for the direct sends and peeks (pdu_writer, dimse_responses); a read timed out
+            ends the association (Evt17)."""
+            connect(primitive)
+            if sock.socket is not None and assoc.network_timeout:
+                set_receive_timeout(sock.socket, assoc.network_timeout)
+
+        sock.connect = connect_with_receive_timeout  # type: ignore[method-assign]
         return sock
 
 

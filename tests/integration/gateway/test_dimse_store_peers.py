@@ -132,3 +132,51 @@ def test_converting_for_the_pacs_prints_no_element_values() -> None:
     assert result.ok and received == [CTImageStorage]
     text = " ".join(str(w.message) for w in said)
     assert uid not in text and "PN component" not in text, text
+
+
+def test_a_pacs_that_stops_part_way_through_a_pdu_ends_the_association_and_the_next_store_goes_on() -> None:
+    """pynetdicom's requestor socket has no timeout once connected: the DUL's read of a PDU whose rest
+    never came blocked for ever, and the next store waited for its turn for ever (the feed stopped)."""
+    import socket as sockets
+    import threading
+    import time
+
+    stalls: list[sockets.socket] = []
+
+    def on_store(event: Any) -> int:
+        raw = event.assoc.dul.socket.socket
+
+        def half_a_pdu() -> None:  # after the response: an A-RELEASE-RQ's header and half its body
+            time.sleep(0.3)
+            raw.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00")
+            stalls.append(raw)
+
+        threading.Thread(target=half_a_pdu, daemon=True).start()
+        return 0x0000
+
+    ae = AE(ae_title="PEERS")
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ExplicitVRLittleEndian)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    store = DimseStore(DicomTarget("PEERS", "127.0.0.1", port), dimse_timeout_s=2)
+    store._ae.network_timeout = 2  # the gateway waits at least 60 s; the same wait, shorter
+    try:
+        assert store.store(Fetched(data=part10(CTImageStorage)), events_pb2.PartnerDelivery()).ok
+        deadline = time.monotonic() + 5
+        while not stalls:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        outcome: list[StoreResult] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(
+                store.store(Fetched(data=part10(CTImageStorage)), events_pb2.PartnerDelivery())
+            ),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(30)
+        assert outcome, "the store waited for ever behind a stalled read"
+    finally:
+        store.close()
+        server.shutdown()
