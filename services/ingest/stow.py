@@ -236,7 +236,7 @@ def create_app(context: StowContext) -> FastAPI:
     app.state.stow = context
 
     @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: uptime checkers probe with it
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:  # on the loop: not queued behind uploads on the thread pool
         return {"status": "ok"}
 
     @app.post("/dicomweb/studies", response_class=JSONResponse, openapi_extra=_STOW_OPENAPI)
