@@ -148,6 +148,14 @@ class CommitGroup:
             finally:
                 with self._changed:
                     self._leading = False
+                    failed = next((i.error for i in group if i.error is not None), None)
+                    if failed is not None:
+                        # Those queued behind a group that failed hear the same at once: each waited for
+                        # that group's publish timeout and then spent its own, the sender's wait twice
+                        # IMX_PUBLISH_TIMEOUT_S and more (many senders time out before).
+                        for queued in self._queue:
+                            queued.error, queued.done = failed, True
+                        self._queue = []
                     self._changed.notify_all()
         if item.error is not None:
             raise item.error

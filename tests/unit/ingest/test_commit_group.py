@@ -177,12 +177,18 @@ def test_a_failed_flush_fails_every_sender_of_the_group_and_their_retries_publis
     bus, receipts = GatedBus(), CountingReceipts()
     acceptance = make(tmp_path, bus, receipts)
     instances = mr_study(34, 4)
-    bus.fail = 2  # the first group and the second both fail at the broker
+    bus.fail = 1  # the first group fails at the broker
+    attempts: list[int] = []
+    publish = bus.publish
+    bus.publish = lambda messages, timeout_s=60.0: (attempts.append(len(messages)), publish(messages, timeout_s))[1]  # type: ignore[method-assign]
 
     results = accept_concurrently(acceptance, bus, instances)
 
     assert all(isinstance(r, IngestUnavailable) for r in results)
     assert not bus.flushes
+    # Those queued behind it hear the same at once, without a publish of their own: each had waited for
+    # that group's publish timeout, then spent its own.
+    assert len(attempts) == 1
     assert not receipts.published, "a group that failed marks nothing"
     retried = [acceptance.accept(data, "trust-a", "c-store") for data in instances]
     assert all(isinstance(r, Accepted) for r in retried)
