@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -132,12 +133,27 @@ def _strip_left_out(node: Json) -> Json:
     return kept
 
 
+# The VRs whose values metadata leaves out (as bulk data) when over the threshold: anything else deferred
+# for its size (a sequence, a long text) is read and kept, as before the deferral.
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+
+def _vr_of(raw: RawDataElement) -> str:
+    if raw.VR:
+        return str(raw.VR)
+    try:
+        return str(dictionary_VR(raw.tag))
+    except KeyError:  # a private or unknown tag in implicit VR: its bytes are opaque
+        return "UN"
+
+
 def _drop_deferred(dataset: Dataset) -> None:
-    """Remove the top-level elements whose values were deferred (left unread for their size)."""
+    """Remove the top-level bulk elements whose values were deferred (left unread for their size)."""
     for tag in list(dataset.keys()):
         raw = dataset.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_DATA_THRESHOLD:
-            del dataset[tag]
+            if _vr_of(raw) in _BULK_VRS:
+                del dataset[tag]
 
 
 def header_json(source: Path | BinaryIO) -> Json | None:

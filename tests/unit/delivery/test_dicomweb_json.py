@@ -150,3 +150,23 @@ def test_a_large_value_is_left_out_unread(tmp_path: Path) -> None:
     assert metadata is not None and "00420011" not in metadata
     assert metadata["00080018"]["Value"] == [str(dataset.SOPInstanceUID)]
     assert Counted.read_bytes < 1024 * 1024, "the document's 4 MiB were read"
+
+
+def test_a_large_sequence_or_text_is_kept(tmp_path: Path) -> None:
+    """Deferred for their size like bulk data, they were dropped too: a de-identified copy's sequences and
+    an enhanced object's functional groups went missing from its metadata."""
+    from pydicom.dataset import Dataset
+
+    dataset = next(generate_study(7, "CT", 1, "src"))
+    items = []
+    for n in range(40):
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", f"1.2.3.{n}"
+        items.append(item)
+    dataset.ReferencedImageSequence = items
+    dataset.ImageComments = "c" * 3000
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(dataset_to_bytes(dataset))
+    metadata = header_json(path)
+    assert metadata is not None
+    assert len(metadata["00081140"]["Value"]) == 40 and metadata["00204000"]["Value"] == ["c" * 3000]
