@@ -32,6 +32,9 @@ def _passed_through(record: AuditRecord) -> bool:
     )
 
 
+_IMX_DECIDED = frozenset({"routed", "prepared", "outcome"})
+
+
 def _delivered_as(record: AuditRecord) -> tuple[str | None, str | None, str | None]:
     """(partner, study, instance) as the partner received it."""
     return record["partner_id"], record["delivered_study_uid"] or record["study_uid"], delivered_sop(record)
@@ -107,9 +110,10 @@ class Scope:
             return admitted + _receipts_for(admitted, records)
         if self.kind != "partner":
             return admitted
-        # From the records imx wrote: a receipt's UIDs are the partner's own words, and one naming a
-        # guessed original opened its trail.
-        written = [self.readable(r) for r in admitted if r["event_type"] != "receipt"]
+        # From the records of what imx did with the study: a receipt's UIDs are the partner's own words,
+        # and a retrieval's are the path it asked for (found or not): one naming a guessed original
+        # opened its trail.
+        written = [self.readable(r) for r in admitted if r["event_type"] in _IMX_DECIDED]
         given = {uid for r in written for uid in (r["study_uid"], r["delivered_study_uid"])}
         return admitted if study_uid in given else []
 

@@ -247,3 +247,11 @@ def test_a_partners_key_asking_by_the_original_of_its_copy_gets_a_404() -> None:
     store.insert([build_record(incoming(message), TOPICS, NOW)])
     answer = lab.get(f"/audit/studies/{copy.study}")
     assert answer.status_code == 404 and copy.remapped().study not in answer.text
+    # Nor by a retrieval it asked for by that UID (recorded with the UID of its path, found or not).
+    asked = pb.PartnerRetrieval(
+        meta=pb.EventMeta(event_id="asked"), partner_id="lab-r", study_instance_uid=copy.study, http_status=404
+    )
+    message = OutgoingMessage(TOPICS.access, asked.SerializeToString(), b"k", {})
+    store.insert([build_record(incoming(message), TOPICS, NOW)])
+    answer = lab.get(f"/audit/studies/{copy.study}")
+    assert answer.status_code == 404 and copy.remapped().study not in answer.text
