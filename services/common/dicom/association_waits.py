@@ -38,6 +38,7 @@ from __future__ import annotations
 import queue
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -374,7 +375,11 @@ class WaitingAE(AE):
             it blocking for the direct sends and peeks (pdu_writer, dimse_responses); a read timed out
             ends the association (Evt17)."""
             connect(primitive)
-            if sock.socket is not None and assoc.network_timeout:
+            if sock.socket is None or not assoc.network_timeout:
+                return
+            if isinstance(sock.socket, ssl.SSLSocket):  # its blocking read retries past SO_RCVTIMEO
+                sock.socket.settimeout(assoc.network_timeout)
+            else:
                 set_receive_timeout(sock.socket, assoc.network_timeout)
 
         sock.connect = connect_with_receive_timeout  # type: ignore[method-assign]
