@@ -151,9 +151,10 @@ def _drop_deferred(dataset: Dataset) -> None:
     """Remove the top-level bulk elements whose values were deferred (left unread for their size)."""
     for tag in list(dataset.keys()):
         raw = dataset.get_item(tag, keep_deferred=True)
-        if isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_DATA_THRESHOLD:
-            if _vr_of(raw) in _BULK_VRS:
-                del dataset[tag]
+        if not isinstance(raw, RawDataElement) or raw.value is not None or raw.length <= BULK_DATA_THRESHOLD:
+            continue
+        if _vr_of(raw) in _BULK_VRS:
+            del dataset[tag]
 
 
 def header_json(source: Path | BinaryIO) -> Json | None:
