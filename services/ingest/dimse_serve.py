@@ -147,6 +147,8 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
 
     dul.idle_timer_expired = idle_expired  # type: ignore[method-assign]
 
+    late_said: list[bool] = []
+
     def receive_primitive(primitive: P_DATA) -> None:
         """`DIMSEServiceProvider.receive_primitive`, serving a C-STORE request here when it may."""
         message = dimse.message
@@ -154,8 +156,10 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
             if _data_set_fragments_only(primitive):
                 # A data set whose request was answered as having none (missing_data_sets: it began later
                 # than IMX_DICOM_DATA_SET_WAIT_S): dropped. As the start of a message it aborted the
-                # association, the sender's next request failing with it. Said once, at its last fragment.
-                if any(data[0] & 2 for _context, data in primitive.presentation_data_value_list):
+                # association, the sender's next request failing with it. Said once per association (the
+                # peer marks its fragments, and could have filled the log).
+                if not late_said:
+                    late_said.append(True)
                     log.warning("late data set dropped: its request was answered")
                 return
             message = dimse.message = new_message()
