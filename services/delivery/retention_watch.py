@@ -46,6 +46,7 @@ class PartitionBacklog:
     unread: int  # messages after the committed offset
     oldest_unread_ms: int | None  # broker timestamp of the first unread message, None when none
     expired: int  # messages deleted by retention before the partner read them
+    read: bool = True  # the partner has a committed offset here (without one, `expired` cannot be known)
 
 
 @dataclass
@@ -61,6 +62,12 @@ class PartnerLag:
     @property
     def expired(self) -> int:
         return sum(p.expired for p in self.partitions)
+
+    @property
+    def loss_unknown(self) -> bool:
+        """Some partition has no committed offset (its gateway never ran, or its offsets were deleted
+        after `offsets.retention.minutes`): what expired unread there cannot be counted."""
+        return any(not p.read for p in self.partitions)
 
     def oldest_unread_age_ms(self, now: int) -> int:
         ages = [now - p.oldest_unread_ms for p in self.partitions if p.oldest_unread_ms is not None and p.unread]
@@ -195,7 +202,9 @@ class KafkaBacklogReader:
                 first = max(position if position is not None else 0, starts[tp])
                 timestamp = self._timestamp_at(consumer, tp, first) if first < ends[tp] else None
                 unread, expired, oldest = backlog(position, starts[tp], ends[tp], timestamp)
-                lag.partitions.append(PartitionBacklog(tp.topic, tp.partition, unread, oldest, expired))
+                lag.partitions.append(
+                    PartitionBacklog(tp.topic, tp.partition, unread, oldest, expired, read=position is not None)
+                )
             return lag
         finally:
             consumer.close()
@@ -312,14 +321,15 @@ class RetentionWatch:
         return lags
 
     def _expire_unread(self, lags: dict[str, PartnerLag], now: int) -> None:
-        # Past the retention by age, and only while the broker has dropped unread messages of that feed:
-        # Kafka deletes whole segments, so a message can be read for days past `retention.ms`, and one the
-        # partner's gateway then stored was reported both expired and stored.
+        # Past the retention by age, and only while the broker has dropped unread messages of that feed
+        # (or, where the partner has no committed offset, cannot tell): Kafka deletes whole segments, so a
+        # message can be read for days past `retention.ms`, and one the partner's gateway then stored was
+        # reported both expired and stored.
         expired = [
             item
             for item in self._unstored()
             if item.partner_id in lags
-            and lags[item.partner_id].expired
+            and (lags[item.partner_id].expired or lags[item.partner_id].loss_unknown)
             and item.delivered_at_ms
             and now - item.delivered_at_ms > lags[item.partner_id].retention_ms
         ]

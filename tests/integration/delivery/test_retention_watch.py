@@ -127,3 +127,35 @@ def test_deliveries_older_than_the_retention_never_stored_become_failed_outcomes
     assert (outcome.instance.sop_instance_uid, outcome.detail) == ("2.25.3.1", "expired-unread")
     assert [i.sop_uid for i in delivered.unstored()] == ["2.25.3.2"]
     assert old.sha256 in delivered.unstored_blobs(), "an expired delivery's object is still kept"
+
+
+def test_a_partner_that_never_read_its_feed_has_old_deliveries_expired_by_age(
+    db: Database, kafka_bootstrap: str, make_name: Callable[[str], str]
+) -> None:
+    """Without a committed offset (its gateway never ran, or its offsets were deleted) nothing can be
+    counted lost: waiting for a loss left such deliveries without an outcome for ever."""
+    partner = make_name("p")
+    topics = Topics(make_name("rw") + ".")
+    _feed(kafka_bootstrap, topics.partner(partner), 1)
+    delivered = DeliveredObjects(db)
+    now = 100 * HOUR_MS
+    old = DeliveredInstance(
+        partner_id=partner, study_uid="2.25.1", series_uid="2.25.2", sop_uid="2.25.3.9", sop_class_uid="",
+        transfer_syntax_uid="", sha256=f"{9:064x}", size=1, delivery_id="d9", source_study_uid="1.2.3",
+        delivered_at_ms=now - 11 * HOUR_MS,
+    )  # fmt: skip
+    delivered.record([old])
+    published: list[OutgoingMessage] = []
+    watch = RetentionWatch(
+        partners=lambda: [partner],
+        feed_topics=lambda p: [topics.partner(p)],
+        read_lag=KafkaBacklogReader(kafka_bootstrap).partner_lag,
+        unstored=delivered.unstored,
+        mark_expired=delivered.mark_expired,
+        publish=published.extend,
+        topics=topics,
+        clock=lambda: now,
+    )
+    watch.check()
+    outcomes = [events_pb2.DeliveryOutcome.FromString(m.value) for m in published if m.topic == topics.outcomes]
+    assert [(o.instance.sop_instance_uid, o.detail) for o in outcomes] == [("2.25.3.9", "expired-unread")]
