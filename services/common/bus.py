@@ -364,16 +364,20 @@ def _size(key: bytes | None, value: bytes, headers: Mapping[str, bytes]) -> int:
 def dead_letter_for(message: IncomingMessage, exc: BaseException, topic: str, stage: str) -> OutgoingMessage:
     """The original message, untouched, with headers saying where it came from and why it failed. One
     too large to carry them drops its value, and then, if its key and headers are what is large (a
-    partner writes its receipts' too), those as well: `imx-value-dropped` says how many bytes of value
-    it had (and `+key+headers` when they went too)."""
+    partner writes its receipts' too), those as well, or those alone when the value fits:
+    `imx-value-dropped` says how many bytes of value it had (and `+key+headers` when they went too), or
+    `key+headers` when only they went."""
     headers, key, value = dict(message.headers), message.key, message.value
     limit = MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM
     if _size(key, value, headers) > limit:
-        dropped = str(len(value))
-        value = b""
-        if _size(key, value, headers) > limit:
-            headers, key, dropped = {}, None, dropped + "+key+headers"
-        headers[VALUE_DROPPED_HEADER] = dropped.encode()
+        if len(value) <= limit:  # the key and headers are what is large: the value, the event, is kept
+            headers, key = {VALUE_DROPPED_HEADER: b"key+headers"}, None
+        else:
+            dropped = str(len(value))
+            value = b""
+            if _size(key, value, headers) > limit:
+                headers, key, dropped = {}, None, dropped + "+key+headers"
+            headers[VALUE_DROPPED_HEADER] = dropped.encode()
     headers.update(
         {
             "imx-error": describe_error(exc).encode(),

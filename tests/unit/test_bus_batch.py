@@ -124,6 +124,14 @@ def test_a_dead_letter_too_large_for_its_headers_keeps_them_and_says_what_it_dro
     # A key or headers that large (a partner writes its receipts' too) go as well.
     big_key = IncomingMessage("in", 0, 5, b"k" * (MAX_MESSAGE_BYTES - 150), b"v", {"x-origin": b"test"})
     dead = dead_letter_for(big_key, ValueError("bad"), "dlq", "test")
-    assert dead.key is None and dead.value == b"" and "x-origin" not in dead.headers
-    assert dead.headers[VALUE_DROPPED_HEADER] == b"1+key+headers" and dead.headers["imx-source-offset"] == b"5"
+    assert dead.key is None and dead.value == b"v" and "x-origin" not in dead.headers, "the value fits: kept"
+    assert dead.headers[VALUE_DROPPED_HEADER] == b"key+headers" and dead.headers["imx-source-offset"] == b"5"
     assert len(b"".join(k.encode() + v for k, v in dead.headers.items())) < 4096
+    both = IncomingMessage("in", 0, 6, b"k" * (MAX_MESSAGE_BYTES // 2), bytes(MAX_MESSAGE_BYTES - 100), {})
+    dead = dead_letter_for(both, ValueError("bad"), "dlq", "test")  # the value too large: it goes, the key fits
+    assert dead.key == both.key and dead.value == b""
+    assert dead.headers[VALUE_DROPPED_HEADER] == str(MAX_MESSAGE_BYTES - 100).encode()
+    all_large = IncomingMessage("in", 0, 7, b"k" * (MAX_MESSAGE_BYTES - 100), bytes(MAX_MESSAGE_BYTES - 100), {})
+    dead = dead_letter_for(all_large, ValueError("bad"), "dlq", "test")
+    assert dead.key is None and dead.value == b""
+    assert dead.headers[VALUE_DROPPED_HEADER] == str(MAX_MESSAGE_BYTES - 100).encode() + b"+key+headers"
