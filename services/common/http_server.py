@@ -61,6 +61,15 @@ _STOPPING_BODY = b'{"detail":"the service is stopping; retry later"}'
 # The ASGI "Zero Copy Send" extension: {"type": ZERO_COPY_SEND, "file": <binary file>, "offset": int,
 # "count": int, "more_body": bool} after `http.response.start`, in place of an `http.response.body`.
 ZERO_COPY_SEND = "http.response.zerocopysend"
+# A client that stops reading an answer: closed after this long without taking a byte (its socket's
+# buffer full), or, for a file sent by sendfile, after this long or the file's size at MIN_READ_RATE.
+# Nothing bounded it: the connection, its descriptor and the open file were held for ever.
+WRITE_STALL_S = 60.0
+MIN_READ_RATE = 64 * 1024  # bytes a second
+
+
+def sendfile_deadline(count: int) -> float:
+    return max(WRITE_STALL_S, count / MIN_READ_RATE)
 
 
 # FastAPI's native OpenTelemetry (a span, metrics and exception logs for every request) is off in every
@@ -114,6 +123,7 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
         _direct_busy = False  # a direct answer's rest is being sent
         _direct_pending = b""  # what arrived meanwhile (a pipelined request), handled after it
         _close_after = False  # the server is shutting down: close once the direct answer is out
+        _write_stall: asyncio.TimerHandle | None = None  # armed while the client reads nothing
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             _no_delay(transport)
@@ -198,8 +208,9 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
         async def _send_rest(self, answer: FileAnswer, sent: int) -> None:
             rest = answer.count - sent
             try:
-                whole = await self.loop.sendfile(self.transport, answer.file, answer.offset + sent, rest) == rest
-            except (OSError, RuntimeError):  # the client hung up (or the transport closed) meanwhile
+                sending = self.loop.sendfile(self.transport, answer.file, answer.offset + sent, rest)
+                whole = await asyncio.wait_for(sending, sendfile_deadline(rest)) == rest
+            except (OSError, RuntimeError, TimeoutError):  # the client hung up, or stopped reading
                 whole = False
             self._direct_busy = False
             self._direct_finished(answer, whole)
@@ -242,7 +253,27 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_header_deadline()
+            self._disarm_write_stall()
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._disarm_write_stall()
+            self._write_stall = self.loop.call_later(WRITE_STALL_S, self._write_stalled)
+
+        def resume_writing(self) -> None:
+            self._disarm_write_stall()
+            super().resume_writing()
+
+        def _disarm_write_stall(self) -> None:
+            if self._write_stall is not None:
+                self._write_stall.cancel()
+                self._write_stall = None
+
+        def _write_stalled(self) -> None:
+            self._write_stall = None
+            log.info("connection closed: its client read nothing of the answer", extra={"seconds": WRITE_STALL_S})
+            self.transport.abort()  # close() would wait for the buffer the client does not read
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -317,8 +348,9 @@ async def _send_file(cycle: RequestResponseCycle, message: Message, send: Send) 
                 cycle.transport.write(item)  # chunked framing
                 continue
             try:
-                sent = await asyncio.get_running_loop().sendfile(cycle.transport, item.file, item.offset, item.count)
-            except (OSError, RuntimeError):  # the client hung up (or the transport closed) meanwhile
+                sending = asyncio.get_running_loop().sendfile(cycle.transport, item.file, item.offset, item.count)
+                sent = await asyncio.wait_for(sending, sendfile_deadline(item.count))
+            except (OSError, RuntimeError, TimeoutError):  # the client hung up, or stopped reading
                 sent = -1
             if sent != item.count:
                 # Fewer bytes than h11 framed (the client is gone, or the file shrank): the connection is
