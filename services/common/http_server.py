@@ -114,6 +114,11 @@ def _no_delay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    if timer is not None:
+        timer.cancel()
+
+
 def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | None = None) -> type[H11Protocol]:
     """uvicorn's h11 protocol, closing a connection whose request headers are not complete in time, and
     answering a plain GET that `direct` answers itself (services/common/http_direct.py)."""
@@ -266,9 +271,8 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
             super().resume_writing()
 
         def _disarm_write_stall(self) -> None:
-            if self._write_stall is not None:
-                self._write_stall.cancel()
-                self._write_stall = None
+            _cancel(self._write_stall)
+            self._write_stall = None
 
         def _write_stalled(self) -> None:
             self._write_stall = None
@@ -301,9 +305,8 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
             self._header_deadline = self.loop.call_later(header_timeout_s, self._header_deadline_passed)
 
         def _disarm_header_deadline(self) -> None:
-            if self._header_deadline is not None:
-                self._header_deadline.cancel()
-                self._header_deadline = None
+            _cancel(self._header_deadline)
+            self._header_deadline = None
 
         def _header_deadline_passed(self) -> None:
             self._header_deadline = None

@@ -121,26 +121,29 @@ def test_summary_counts_deliveries_quarantines_and_dead_letters(store: MongoAudi
 
 
 class _AwayOnce:
-    """The marks collection, whose first `update_one` meets the database away."""
+    """A collection whose first call of `method` meets the database away."""
 
-    def __init__(self, collection: object) -> None:
+    def __init__(self, collection: Any, method: str) -> None:
         self._collection = collection
+        self._method = method
         self.failed = False
 
-    def update_one(self, *args: object, **kwargs: object) -> object:
-        if not self.failed:
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._collection, name)
+        if name != self._method or self.failed:
+            return real
+
+        def away(*_args: Any, **_kwargs: Any) -> Any:
             self.failed = True
             raise AutoReconnect("connection reset")
-        return self._collection.update_one(*args, **kwargs)  # type: ignore[attr-defined]
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._collection, name)
+        return away
 
 
 def test_a_batch_retried_after_the_database_failed_part_way_is_listed(store: MongoAuditStore) -> None:
     """The day's and hour's marks were taken as written before they were: the retry skipped them, and the
     records, stored and counted, were never listed by /audit/events."""
-    marks = _AwayOnce(store._marks)
+    marks = _AwayOnce(store._marks, "update_one")
     store._marks = marks  # type: ignore[assignment]
     records = _records()
     with pytest.raises(TransientError):
@@ -176,23 +179,6 @@ def test_a_batch_retried_in_the_same_process_adds_no_pages(store: MongoAuditStor
     assert store._pages.count_documents({}) == pages
 
 
-class _FindAwayOnce:
-    """The pages collection, whose first `find_one` meets the database away."""
-
-    def __init__(self, collection: Any) -> None:
-        self._collection = collection
-        self.failed = False
-
-    def find_one(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.failed:
-            self.failed = True
-            raise AutoReconnect("connection reset")
-        return self._collection.find_one(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._collection, name)
-
-
 def test_a_batch_whose_page_number_was_taken_and_whose_retry_follows_a_failure_is_paged(
     store: MongoAuditStore,
 ) -> None:
@@ -204,7 +190,7 @@ def test_a_batch_whose_page_number_was_taken_and_whose_retry_follows_a_failure_i
     other.insert(earlier)  # takes page 0 of the study's chain
     records = [build_record(incoming(m), TOPICS, NOW) for m in journey(TOPICS, STUDY)]
     chains = store._chains
-    chains._pages = _FindAwayOnce(chains._pages)  # type: ignore[assignment]
+    chains._pages = _AwayOnce(chains._pages, "find_one")  # type: ignore[assignment]
     with pytest.raises(TransientError):
         store.insert(records)
     store.insert(records)

@@ -43,6 +43,27 @@ def _commit(kafka_bootstrap: str, group: str, topic: str, offset: int) -> None:
         consumer.close()
 
 
+def _watch(
+    kafka_bootstrap: str,
+    partner: str,
+    topics: Topics,
+    delivered: DeliveredObjects,
+    published: list[OutgoingMessage],
+    now: int,
+) -> RetentionWatch:
+    """The watch over `partner`'s feed on the real broker, publishing into `published`, at `now`."""
+    return RetentionWatch(
+        partners=lambda: [partner],
+        feed_topics=lambda p: [topics.partner(p)],
+        read_lag=KafkaBacklogReader(kafka_bootstrap).partner_lag,
+        unstored=delivered.unstored,
+        mark_expired=delivered.mark_expired,
+        publish=published.extend,
+        topics=topics,
+        clock=lambda: now,
+    )
+
+
 def test_the_backlog_of_the_partners_slowest_group_and_what_expired_unread(
     kafka_bootstrap: str, make_name: Callable[[str], str]
 ) -> None:
@@ -101,16 +122,7 @@ def test_deliveries_older_than_the_retention_never_stored_become_failed_outcomes
     old, recent = item(1, now - 11 * HOUR_MS), item(2, now - 1 * HOUR_MS)
     delivered.record([old, recent])
     published: list[OutgoingMessage] = []
-    watch = RetentionWatch(
-        partners=lambda: [partner],
-        feed_topics=lambda p: [topics.partner(p)],
-        read_lag=KafkaBacklogReader(kafka_bootstrap).partner_lag,
-        unstored=delivered.unstored,
-        mark_expired=delivered.mark_expired,
-        publish=published.extend,
-        topics=topics,
-        clock=lambda: now,
-    )
+    watch = _watch(kafka_bootstrap, partner, topics, delivered, published, now)
     # Older than the retention, but the broker still holds every message (it deletes whole segments,
     # late): the partner may yet read it, and it was reported expired and then stored.
     watch.check()
@@ -146,16 +158,7 @@ def test_a_partner_that_never_read_its_feed_has_old_deliveries_expired_by_age(
     )  # fmt: skip
     delivered.record([old])
     published: list[OutgoingMessage] = []
-    watch = RetentionWatch(
-        partners=lambda: [partner],
-        feed_topics=lambda p: [topics.partner(p)],
-        read_lag=KafkaBacklogReader(kafka_bootstrap).partner_lag,
-        unstored=delivered.unstored,
-        mark_expired=delivered.mark_expired,
-        publish=published.extend,
-        topics=topics,
-        clock=lambda: now,
-    )
+    watch = _watch(kafka_bootstrap, partner, topics, delivered, published, now)
     watch.check()
     outcomes = [events_pb2.DeliveryOutcome.FromString(m.value) for m in published if m.topic == topics.outcomes]
     assert [(o.instance.sop_instance_uid, o.detail) for o in outcomes] == [("2.25.3.9", "expired-unread")]

@@ -114,6 +114,16 @@ def test_a_caller_whose_organisation_is_gone_is_not_authorised(
     assert not bus.messages
 
 
+def _associate(receiver: DicomReceiver) -> Association:
+    """An MR sender's association, waiting up to 15 s for each answer."""
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    ae.dimse_timeout = 15
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="IMX")
+    assert assoc.is_established
+    return assoc
+
+
 def _send_without_data_set(assoc: Association) -> tuple[C_STORE | None, float]:
     """What pynetdicom's SCU does with an empty data set: the command says one follows, none is sent."""
     request = C_STORE()
@@ -131,11 +141,7 @@ def _send_without_data_set(assoc: Association) -> tuple[C_STORE | None, float]:
 def test_a_c_store_without_its_data_set_is_answered_promptly_and_quarantined(
     receiver: DicomReceiver, bus: RecordingBus
 ) -> None:
-    ae = AE(ae_title=CALLING_AE)
-    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
-    ae.dimse_timeout = 15
-    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="IMX")
-    assert assoc.is_established
+    assoc = _associate(receiver)
     try:
         response, took_s = _send_without_data_set(assoc)
         assert response is not None, "no answer: the SCP waited for a data set that never came"
@@ -154,11 +160,7 @@ def test_a_data_set_that_begins_after_its_request_was_answered_is_dropped_and_th
 ) -> None:
     """Late past the wait (a retransmit, a slow archive), the data set began a message of its own, with no
     command: the association was aborted, and the sender's next request failed with it."""
-    ae = AE(ae_title=CALLING_AE)
-    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
-    ae.dimse_timeout = 15
-    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="IMX")
-    assert assoc.is_established
+    assoc = _associate(receiver)
     try:
         response, _took_s = _send_without_data_set(assoc)
         assert response is not None and int(response.Status or 0) == 0xC000
