@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from typing import Any, cast
 
 from pynetdicom import _config, evt
@@ -164,7 +163,6 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
                     log.warning("late data set dropped: its request was answered")
                 return
             message = dimse.message = new_message()
-            message.imx_begun_at = time.monotonic()  # when its first PDU came (StoreHandler, at shutdown)
         if not message.decode_msg(primitive, assoc):
             return
         evt.trigger(assoc, evt.EVT_DIMSE_RECV, {"message": message})
@@ -175,7 +173,6 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
             log.error("Received an invalid DIMSE message", exc_info=True)
             dul.event_queue.put("Evt19")  # ends the association, as pynetdicom does
             return
-        request.imx_begun_at = getattr(message, "imx_begun_at", None)
         # Taken off the provider before it is served: the next request, or the missing-data-sets
         # watcher, never sees this one as still arriving.
         dimse.message = None

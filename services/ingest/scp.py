@@ -111,15 +111,8 @@ class StoreHandler:
     def __init__(self, acceptance: Acceptance, calling_aets: CallingAeTitles) -> None:
         self._acceptance = acceptance
         self._calling_aets = calling_aets
-        # When the receiver began to stop: a request begun since, on an association still open, is
-        # answered "try again" (nothing taken; the sender sends it again later or elsewhere), so the
-        # grace finishes the transfers in flight instead of taking new ones until it runs out.
-        self.stopped_at: float | None = None
 
     def __call__(self, event: Event) -> Dataset | int:
-        begun = getattr(event.request, "imx_begun_at", None)  # dimse_serve: when its first PDU came
-        if self.stopped_at is not None and begun is not None and begun >= self.stopped_at:
-            return status_dataset(OUT_OF_RESOURCES, "shutting-down")
         def accept(org: str) -> AcceptanceResult:
             received = _received_file(event)
             # The instance the command names: a data set of another instance is refused (A900), not stored
@@ -307,7 +300,6 @@ class DicomReceiver:
         An SCP cannot ask a peer to release (PS3.8 7.2: only the requestor releases), so waiting is
         all it can do; an aborted transfer was never acknowledged, and the peer sends it again.
         """
-        self._handler.stopped_at = time.monotonic()
         self.calling_aets.stop()
         self._missing.stop()
         server, self._server = self._server, None

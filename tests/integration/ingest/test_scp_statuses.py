@@ -228,31 +228,6 @@ def test_a_disk_that_fills_while_a_data_set_arrives_is_a_try_again_not_an_abort(
     assert [m.topic for m in bus.messages] == [TOPICS.ingested]
 
 
-def test_a_request_begun_after_the_receiver_began_to_stop_is_a_try_again(tmp_path: Path, bus: RecordingBus) -> None:
-    """SIGTERM: the doors take no new requests; an association still open took every request it was sent
-    until the grace ran out, and was then aborted part way."""
-    import threading
-
-    acceptance = Acceptance(
-        blobs=LocalBlobStore(tmp_path), receipts=MemoryReceiptStore(), bus=bus, topics=TOPICS, max_instance_bytes=10**7
-    )
-    receiver = DicomReceiver(acceptance, lambda: {CALLING_AE: "trust-a"}, IngestSettings(dicom_port=0))
-    receiver.start()
-    assoc = _associate(receiver)
-    stopping = threading.Thread(target=receiver.stop, kwargs={"grace_s": 20}, daemon=True)
-    try:
-        assert int(assoc.send_c_store(dcmread(BytesIO(mr_study(410, n=1)[0]))).Status) == 0x0000
-        stopping.start()
-        time.sleep(0.5)  # the receiver is stopping, waiting for this association
-        status = assoc.send_c_store(dcmread(BytesIO(mr_study(411, n=1)[0])))
-        assert (int(status.Status), str(status.get("ErrorComment", ""))) == (0xA700, "shutting-down")
-        assert [m.topic for m in bus.messages] == [TOPICS.ingested], "the second was not taken"
-    finally:
-        assoc.release()
-        stopping.join(10)
-    assert not stopping.is_alive(), "the released association let the receiver stop"
-
-
 def test_a_data_set_over_the_limit_is_refused_without_being_written_whole(
     tmp_path: Path, bus: RecordingBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
