@@ -62,7 +62,8 @@ _STOPPING_BODY = b'{"detail":"the service is stopping; retry later"}'
 # "count": int, "more_body": bool} after `http.response.start`, in place of an `http.response.body`.
 ZERO_COPY_SEND = "http.response.zerocopysend"
 # A client that stops reading an answer: closed after this long without taking a byte (its socket's
-# buffer full), or, for a file sent by sendfile, after this long or the file's size at MIN_READ_RATE.
+# buffer full; one that takes any, however slowly, is not stalled), or, for a file sent by sendfile,
+# after this long or the file's size at MIN_READ_RATE.
 # Nothing bounded it: the connection, its descriptor and the open file were held for ever.
 WRITE_STALL_S = 60.0
 MIN_READ_RATE = 64 * 1024  # bytes a second
@@ -129,6 +130,7 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
         _direct_pending = b""  # what arrived meanwhile (a pipelined request), handled after it
         _close_after = False  # the server is shutting down: close once the direct answer is out
         _write_stall: asyncio.TimerHandle | None = None  # armed while the client reads nothing
+        _unsent = 0  # the write buffer's size when the stall timer was armed
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             _no_delay(transport)
@@ -263,7 +265,11 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
 
         def pause_writing(self) -> None:
             super().pause_writing()
+            self._arm_write_stall()
+
+        def _arm_write_stall(self) -> None:
             self._disarm_write_stall()
+            self._unsent = self.transport.get_write_buffer_size()
             self._write_stall = self.loop.call_later(WRITE_STALL_S, self._write_stalled)
 
         def resume_writing(self) -> None:
@@ -276,6 +282,9 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
 
         def _write_stalled(self) -> None:
             self._write_stall = None
+            if self.transport.get_write_buffer_size() < self._unsent:  # taken, slowly: a slow link, not a stall
+                self._arm_write_stall()
+                return
             log.info("connection closed: its client read nothing of the answer", extra={"seconds": WRITE_STALL_S})
             self.transport.abort()  # close() would wait for the buffer the client does not read
 

@@ -62,7 +62,7 @@ def test_an_answer_its_client_never_reads_is_given_up(
         return StreamingResponse(body(), media_type="application/dicom")
 
     port = free_port()
-    server = HttpServer(app, "127.0.0.1", port, name="stall-test", header_timeout_s=10, direct=direct)
+    server = HttpServer(app, "127.0.0.1", port, grace_s=1, name="stall-test", header_timeout_s=10, direct=direct)
     server.start()
     client = _stalled_client(port, path)
     try:
