@@ -46,7 +46,7 @@ class PartitionBacklog:
     unread: int  # messages after the committed offset
     oldest_unread_ms: int | None  # broker timestamp of the first unread message, None when none
     expired: int  # messages deleted by retention before the partner read them
-    read: bool = True  # the partner has a committed offset here (without one, `expired` cannot be known)
+    read: bool = True  # a committed offset here, or nothing deleted yet (else `expired` cannot be known)
 
 
 @dataclass
@@ -65,8 +65,9 @@ class PartnerLag:
 
     @property
     def loss_unknown(self) -> bool:
-        """Some partition has no committed offset (its gateway never ran, or its offsets were deleted
-        after `offsets.retention.minutes`): what expired unread there cannot be counted."""
+        """Some partition has lost messages to retention and has no committed offset (its gateway never
+        ran, or its offsets were deleted after `offsets.retention.minutes`): what expired unread there
+        cannot be counted."""
         return any(not p.read for p in self.partitions)
 
     def oldest_unread_age_ms(self, now: int) -> int:
@@ -203,7 +204,11 @@ class KafkaBacklogReader:
                 timestamp = self._timestamp_at(consumer, tp, first) if first < ends[tp] else None
                 unread, expired, oldest = backlog(position, starts[tp], ends[tp], timestamp)
                 lag.partitions.append(
-                    PartitionBacklog(tp.topic, tp.partition, unread, oldest, expired, read=position is not None)
+                    # Unknown only where the broker has deleted messages (log start past 0) with no offset to
+                    # count them against: lanes and partitions a partner never got anything on commit nothing.
+                    PartitionBacklog(
+                        tp.topic, tp.partition, unread, oldest, expired, read=position is not None or starts[tp] == 0
+                    )
                 )
             return lag
         finally:

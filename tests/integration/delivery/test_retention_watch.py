@@ -145,10 +145,13 @@ def test_a_partner_that_never_read_its_feed_has_old_deliveries_expired_by_age(
     db: Database, kafka_bootstrap: str, make_name: Callable[[str], str]
 ) -> None:
     """Without a committed offset (its gateway never ran, or its offsets were deleted) nothing can be
-    counted lost: waiting for a loss left such deliveries without an outcome for ever."""
+    counted lost: waiting for a loss left such deliveries without an outcome for ever. (A partition the
+    broker has deleted nothing from is not such a case: lanes a partner never got anything on have no
+    offsets either, and expiring by age there was the bug the count fixed.)"""
     partner = make_name("p")
     topics = Topics(make_name("rw") + ".")
-    _feed(kafka_bootstrap, topics.partner(partner), 1)
+    feed = topics.partner(partner)
+    _feed(kafka_bootstrap, feed, 2)
     delivered = DeliveredObjects(db)
     now = 100 * HOUR_MS
     old = DeliveredInstance(
@@ -159,6 +162,13 @@ def test_a_partner_that_never_read_its_feed_has_old_deliveries_expired_by_age(
     delivered.record([old])
     published: list[OutgoingMessage] = []
     watch = _watch(kafka_bootstrap, partner, topics, delivered, published, now)
+    watch.check()
+    assert published == [], "nothing deleted yet: the broker may still hold it"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_records({TopicPartition(feed, 0): 1})  # retention dropped one, read by nobody
+    finally:
+        admin.close()
     watch.check()
     outcomes = [events_pb2.DeliveryOutcome.FromString(m.value) for m in published if m.topic == topics.outcomes]
     assert [(o.instance.sop_instance_uid, o.detail) for o in outcomes] == [("2.25.3.9", "expired-unread")]
