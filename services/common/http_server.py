@@ -61,16 +61,11 @@ _STOPPING_BODY = b'{"detail":"the service is stopping; retry later"}'
 # The ASGI "Zero Copy Send" extension: {"type": ZERO_COPY_SEND, "file": <binary file>, "offset": int,
 # "count": int, "more_body": bool} after `http.response.start`, in place of an `http.response.body`.
 ZERO_COPY_SEND = "http.response.zerocopysend"
-# A client that stops reading an answer: closed after this long without taking a byte (its socket's
-# buffer full; one that takes any, however slowly, is not stalled), or, for a file sent by sendfile,
-# after this long or the file's size at MIN_READ_RATE.
-# Nothing bounded it: the connection, its descriptor and the open file were held for ever.
+# A client that stops reading an answer written through the transport: closed after this long without
+# taking a byte (its socket's buffer full; one that takes any, however slowly, is not stalled). Nothing
+# bounded it: the connection, its descriptor and the answer's state were held for ever. (A file sent by
+# sendfile is not covered: cancelling asyncio's sendfile left the transport unusable.)
 WRITE_STALL_S = 60.0
-MIN_READ_RATE = 64 * 1024  # bytes a second
-
-
-def sendfile_deadline(count: int) -> float:
-    return max(WRITE_STALL_S, count / MIN_READ_RATE)
 
 
 # FastAPI's native OpenTelemetry (a span, metrics and exception logs for every request) is off in every
@@ -215,9 +210,8 @@ def header_deadline_protocol(header_timeout_s: float, direct: DirectAnswerer | N
         async def _send_rest(self, answer: FileAnswer, sent: int) -> None:
             rest = answer.count - sent
             try:
-                sending = self.loop.sendfile(self.transport, answer.file, answer.offset + sent, rest)
-                whole = await asyncio.wait_for(sending, sendfile_deadline(rest)) == rest
-            except (OSError, RuntimeError, TimeoutError):  # the client hung up, or stopped reading
+                whole = await self.loop.sendfile(self.transport, answer.file, answer.offset + sent, rest) == rest
+            except (OSError, RuntimeError):  # the client hung up (or the transport closed) meanwhile
                 whole = False
             self._direct_busy = False
             self._direct_finished(answer, whole)
@@ -360,9 +354,8 @@ async def _send_file(cycle: RequestResponseCycle, message: Message, send: Send) 
                 cycle.transport.write(item)  # chunked framing
                 continue
             try:
-                sending = asyncio.get_running_loop().sendfile(cycle.transport, item.file, item.offset, item.count)
-                sent = await asyncio.wait_for(sending, sendfile_deadline(item.count))
-            except (OSError, RuntimeError, TimeoutError):  # the client hung up, or stopped reading
+                sent = await asyncio.get_running_loop().sendfile(cycle.transport, item.file, item.offset, item.count)
+            except (OSError, RuntimeError):  # the client hung up (or the transport closed) meanwhile
                 sent = -1
             if sent != item.count:
                 # Fewer bytes than h11 framed (the client is gone, or the file shrank): the connection is
