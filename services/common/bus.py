@@ -370,7 +370,8 @@ def dead_letter_for(message: IncomingMessage, exc: BaseException, topic: str, st
     headers, key, value = dict(message.headers), message.key, message.value
     limit = MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM
     if _size(key, value, headers) > limit:
-        if len(value) <= limit:  # the key and headers are what is large: the value, the event, is kept
+        if len(value) <= limit and _size(key, b"", headers) > DEAD_LETTER_HEADROOM:
+            # The key and headers are what is large: the value, the event, is kept.
             headers, key = {VALUE_DROPPED_HEADER: b"key+headers"}, None
         else:
             dropped = str(len(value))

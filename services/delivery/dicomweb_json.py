@@ -153,7 +153,7 @@ def _drop_deferred(dataset: Dataset) -> None:
         raw = dataset.get_item(tag, keep_deferred=True)
         if not isinstance(raw, RawDataElement) or raw.value is not None or raw.length <= BULK_DATA_THRESHOLD:
             continue
-        if _vr_of(raw) in _BULK_VRS:
+        if any(vr in _BULK_VRS for vr in _vr_of(raw).split(" or ")):  # "OB or OW", "US or OW": either way
             del dataset[tag]
 
 

@@ -131,6 +131,10 @@ def test_a_dead_letter_too_large_for_its_headers_keeps_them_and_says_what_it_dro
     dead = dead_letter_for(both, ValueError("bad"), "dlq", "test")  # the value too large: it goes, the key fits
     assert dead.key == both.key and dead.value == b""
     assert dead.headers[VALUE_DROPPED_HEADER] == str(MAX_MESSAGE_BYTES - 100).encode()
+    # A value just under the limit with a small key: the value goes, the key and headers stay.
+    small_key = IncomingMessage("in", 0, 8, b"study", bytes(MAX_MESSAGE_BYTES - 100), {"x-origin": b"test"})
+    dead = dead_letter_for(small_key, ValueError("bad"), "dlq", "test")
+    assert dead.key == b"study" and dead.headers["x-origin"] == b"test" and dead.value == b""
     all_large = IncomingMessage("in", 0, 7, b"k" * (MAX_MESSAGE_BYTES - 100), bytes(MAX_MESSAGE_BYTES - 100), {})
     dead = dead_letter_for(all_large, ValueError("bad"), "dlq", "test")
     assert dead.key is None and dead.value == b""
