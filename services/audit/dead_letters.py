@@ -215,7 +215,9 @@ class DeadLetters:
         if not message.topic:
             raise ValueError("the dead letter does not name its source topic")
         if VALUE_DROPPED_HEADER in _headers(record):
-            raise ValueError("the dead letter holds no value (too large to carry with its headers): nothing to replay")
+            raise ValueError(
+                "the dead letter lost part of its original (too large to carry with its headers): not replayed"
+            )
         self._producer().publish([message])
         now_ms = int(self._clock() * 1000)
         self._replays.update_one(

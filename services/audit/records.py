@@ -308,14 +308,14 @@ def _fill_receipt(record: AuditRecord, event: Any, topic: str, topics: Topics) -
     record["status"] = store_status_name(event.status)
     record["stage"] = "gateway"
     recorded = record["recorded_at"]
-    stored = _partner_time(event.stored_at_ms or event.meta.occurred_at_ms, recorded)
+    claimed = event.stored_at_ms or event.meta.occurred_at_ms
+    stored = _partner_time(claimed, recorded)
     record["occurred_at"] = stored or recorded
     ingested = _partner_time(event.meta.ingested_at_ms, recorded)
     # No turnaround from a receipt whose stored time was not believed: it would end when audit read it.
     record["ingested_at"] = ingested if stored is not None and ingested is not None and ingested <= stored else None
-    ignored = stored is None and bool(event.stored_at_ms or event.meta.occurred_at_ms)
-    detail = f"{event.detail}; {TIME_IGNORED}" if ignored else event.detail
-    record["detail"] = _text(detail.removeprefix("; "))
+    ignored = TIME_IGNORED if claimed and stored is None else ""
+    record["detail"] = _text("; ".join(part for part in (event.detail, ignored) if part))
 
 
 def _fill_retrieval(record: AuditRecord, event: Any, topic: str, topics: Topics) -> None:

@@ -25,7 +25,6 @@ from starlette.types import Receive, Scope, Send
 
 from services.common.blob_splices import Extent
 from services.common.blob_store import LaggedDrop
-from services.common.dicom.uids import is_uid_as_received
 from services.common.events import now_ms
 from services.common.http_direct import FileAnswer
 from services.common.http_server import FASTAPI_TELEMETRY_OFF
@@ -65,6 +64,7 @@ from services.delivery.dicomweb_request import (
     partial_content_warning,
     query_criteria,
     query_page,
+    uids_valid,
 )
 from services.delivery.object_response import ObjectResponse
 from services.delivery.retrieval_refs import QUERY_PARAM as REF_PARAM
@@ -308,7 +308,7 @@ def create_partner_app(
         if refs is None or scheme.lower() != "bearer" or not key.strip():
             return None
         partner_id = cached_partner_for_key(key.strip())
-        if partner_id is None or not all(is_uid_as_received(uid) for uid in (study, series, sop)):
+        if partner_id is None or not uids_valid(study, series, sop):
             return None
         item = signed_instance(request, partner_id, study, series, sop)
         if item is None or item.size > CHUNK_BYTES:

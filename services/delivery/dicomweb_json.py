@@ -109,13 +109,14 @@ def matches(item: DeliveredInstance, criteria: Mapping[str, str]) -> bool:
 # JSON has no NaN or infinity (json.dumps wrote bare `NaN`, and a strict partner refused the whole
 # study's metadata): FL and FD carry them as these strings (as the DICOM JSON model's implementations do),
 # any other VR as an empty value (DS is a decimal string: "NaN" is not one).
-_NON_FINITE = {"FL": {"nan": "NaN", "inf": "inf", "-inf": "-inf"}, "FD": {"nan": "NaN", "inf": "inf", "-inf": "-inf"}}
+_NON_FINITE_TEXT = {"nan": "NaN", "inf": "inf", "-inf": "-inf"}
+_FLOAT_VRS = frozenset({"FL", "FD"})
 
 
 def _json_value(vr: str, value: Any) -> Any:
     if not isinstance(value, float) or math.isfinite(value):
         return value
-    return _NON_FINITE.get(vr, {}).get(str(value))
+    return _NON_FINITE_TEXT[str(value)] if vr in _FLOAT_VRS else None
 
 
 def _strip_left_out(node: Json) -> Json:

@@ -156,10 +156,14 @@ def partial_content_warning(gone: int, asked: int) -> dict[str, str]:
     return {"Warning": f'299 imx "{gone} of {asked} instances are no longer available"'}
 
 
-def check_uids(*uids: str) -> None:
+def uids_valid(*uids: str) -> bool:
     """UIDs as ingest accepts them (leading zeros too: a care transfer keeps the sender's UIDs, and its
     references must resolve)."""
-    if not all(is_uid_as_received(uid) for uid in uids):
+    return all(is_uid_as_received(uid) for uid in uids)
+
+
+def check_uids(*uids: str) -> None:
+    if not uids_valid(*uids):
         raise Refusal(400, "invalid UID in path")
 
 

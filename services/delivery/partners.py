@@ -95,6 +95,26 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
             )
             return None  # abort raised; for the type checker
 
+    def _refuse_unavailable_id(self, partner_id: str, context: grpc.ServicerContext) -> None:
+        """Aborts the call when a new partner may not have this id: one of the system's own Kafka names,
+        a removed partner's, or a Kafka user's already."""
+        try:
+            validate_new_partner_id(partner_id)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if self._retired(partner_id):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"partner id {partner_id!r} belonged to a partner since removed and is not given again (its "
+                "deliveries, feed references and topics would pass to the new holder): choose another id",
+            )
+        if self._user_taken(partner_id, context):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Kafka already has a user named {partner_id!r} (a service's, an administrator's or one made "
+                "outside imx): a partner given that id would take over its password and access; choose another id",
+            )
+
     def _user_taken(self, partner_id: str, context: grpc.ServicerContext) -> bool:
         """Whether a new partner's id already names a Kafka user (never, without partner sign-ins)."""
         if self._sign_in is None:
@@ -137,22 +157,7 @@ class PartnerAdminServicer(admin_pb2_grpc.PartnerAdminServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         registered = self._store.get(partner_id) is not None
         if not registered:
-            try:
-                validate_new_partner_id(partner_id)
-            except ValueError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if not registered and self._retired(partner_id):
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"partner id {partner_id!r} belonged to a partner since removed and is not given again (its "
-                "deliveries, feed references and topics would pass to the new holder): choose another id",
-            )
-        if not registered and self._user_taken(partner_id, context):
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"Kafka already has a user named {partner_id!r} (a service's, an administrator's or one made "
-                "outside imx): a partner given that id would take over its password and access; choose another id",
-            )
+            self._refuse_unavailable_id(partner_id, context)
         # Registered and given its key: an add that stopped before its credentials (its Kafka sign-in not
         # issued, say) left none, and adding it again issues them instead of reporting them "kept".
         existed = registered and self._store.has_own_key(partner_id)

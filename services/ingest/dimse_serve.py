@@ -147,10 +147,11 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
 
     dul.idle_timer_expired = idle_expired  # type: ignore[method-assign]
 
-    late_said: list[bool] = []
+    late_said = False
 
     def receive_primitive(primitive: P_DATA) -> None:
         """`DIMSEServiceProvider.receive_primitive`, serving a C-STORE request here when it may."""
+        nonlocal late_said
         message = dimse.message
         if message is None:
             if _data_set_fragments_only(primitive):
@@ -159,7 +160,7 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
                 # association, the sender's next request failing with it. Said once per association (the
                 # peer marks its fragments, and could have filled the log).
                 if not late_said:
-                    late_said.append(True)
+                    late_said = True
                     log.warning("late data set dropped: its request was answered")
                 return
             message = dimse.message = new_message()
