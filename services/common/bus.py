@@ -140,16 +140,24 @@ def ensure_topics(
     attempt_timeout_ms: int = 10_000,
     client_config: Mapping[str, str] | None = None,
     replication_factor: int = 1,
+    within_s: float | None = None,
 ) -> list[str] | None:
     """Create topics that do not exist yet, `replication_factor` copies each (`topic_configs`); existing
     ones are left as they are. Returns those this call created.
 
     A broker that does not answer (down, still starting) is waited for, retrying with capped exponential
-    backoff, rather than ending the process that is starting; once `stop` is set it returns None instead
-    (told apart from success by the return, not by `stop`: a deadline may fire just after the answer).
-    A topic this service's user may not create is not its own: another service (or the admin) creates it."""
+    backoff, rather than ending the process that is starting; once `stop` is set, or `within_s` seconds
+    have passed (a caller gives one or the other), it returns None instead (told apart from success by the
+    return: the deadline may pass just after the answer). A topic this service's user may not create is
+    not its own: another service (or the admin) creates it."""
+    if stop is not None and within_s is not None:
+        raise ValueError("ensure_topics takes a stop event or a time limit, not both")
     wanted = list(dict.fromkeys(names))
     stop = stop or threading.Event()
+    deadline = threading.Timer(within_s, stop.set) if within_s is not None else None
+    if deadline is not None:
+        deadline.daemon = True
+        deadline.start()
 
     def waiting(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
@@ -180,6 +188,9 @@ def ensure_topics(
         if not (stop.is_set() and broker_unreachable(error)):
             raise
         return None
+    finally:
+        if deadline is not None:
+            deadline.cancel()
 
 
 def topic_configs(replication_factor: int) -> dict[str, str]:

@@ -202,23 +202,14 @@ class ServiceAccess:
         if unknown:
             raise ValueError(f"no Kafka access is declared for {', '.join(unknown)}")
         if partitions is not None:
-            given_up = threading.Event()
-            timer = threading.Timer(wait_s, given_up.set) if wait_s is not None else None
-            if timer is not None:
-                timer.daemon = True
-                timer.start()
-            try:
-                created = ensure_topics(
-                    self._bootstrap,
-                    topics.pipeline(),
-                    partitions,
-                    stop=given_up,
-                    client_config=self._config,
-                    replication_factor=replication_factor,
-                )
-            finally:
-                if timer is not None:
-                    timer.cancel()
+            created = ensure_topics(
+                self._bootstrap,
+                topics.pipeline(),
+                partitions,
+                client_config=self._config,
+                replication_factor=replication_factor,
+                within_s=wait_s,
+            )
             if created is None:
                 raise RuntimeError(
                     f"no answer from the broker at {self._bootstrap} within {wait_s:g} s: is it up, and are the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from services.common.blob_lifecycle import collect
@@ -46,29 +47,28 @@ class PartnerTopics:
     def ensure(self, partner_id: str) -> None:
         """`BrokerUnavailable` when the broker does not answer within PARTNER_TOPICS_WAIT_S: the admin
         call that asked answers UNAVAILABLE instead of holding its worker (and this lock) for ever."""
-        if partner_id in self._ensured:  # the stage asks once per instance: no timer, no lock for a known one
+        if partner_id in self._ensured:  # the stage asks once per instance: no lock for a known one
             return
-        gave_up = threading.Event()
-        deadline = threading.Timer(PARTNER_TOPICS_WAIT_S, gave_up.set)
-        deadline.daemon = True
-        deadline.start()
+        began = time.monotonic()
+        unanswered = BrokerUnavailable(f"the broker did not answer within {PARTNER_TOPICS_WAIT_S:g} s")
+        if not self._lock.acquire(timeout=PARTNER_TOPICS_WAIT_S):  # another call is waiting for the broker
+            raise unanswered
         try:
-            with self._lock:
-                if partner_id in self._ensured:
-                    return
-                created = ensure_topics(
-                    self._settings.kafka_bootstrap,
-                    [*self._topics.partner_lanes(partner_id), self._topics.receipts(partner_id)],
-                    self._settings.partner_topic_partitions,
-                    stop=gave_up,
-                    client_config=kafka_client_config(self._settings),
-                    replication_factor=self._settings.topic_replication_factor,
-                )
-                if created is None:
-                    raise BrokerUnavailable(f"the broker did not answer within {PARTNER_TOPICS_WAIT_S:g} s")
-                self._ensured.add(partner_id)
+            if partner_id in self._ensured:
+                return
+            created = ensure_topics(
+                self._settings.kafka_bootstrap,
+                [*self._topics.partner_lanes(partner_id), self._topics.receipts(partner_id)],
+                self._settings.partner_topic_partitions,
+                client_config=kafka_client_config(self._settings),
+                replication_factor=self._settings.topic_replication_factor,
+                within_s=max(0.0, PARTNER_TOPICS_WAIT_S - (time.monotonic() - began)),
+            )
+            if created is None:
+                raise unanswered
+            self._ensured.add(partner_id)
         finally:
-            deadline.cancel()
+            self._lock.release()
         if created:
             self._look_for_new_topics()
 

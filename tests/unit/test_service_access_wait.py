@@ -1,34 +1,50 @@
-"""`ServiceAccess.apply`'s wait for the broker: its deadline firing just after the broker answered is
-not a failure (a deployment's set-up reported "no answer" for topics it had made)."""
+"""The wait for the broker around topic creation (`ensure_topics(..., within_s=)`, which
+`ServiceAccess.apply` and delivery's partner topics use): its deadline passing just after the broker
+answered is not a failure (a deployment's set-up reported "no answer" for topics it had made), and no
+answer within it is one, said plainly."""
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 
-from services.common import service_access
+from services.common import bus
+from services.common.bus import ensure_topics
 from services.common.service_access import ServiceAccess
 from services.common.topics import Topics
 
 
-def _answered_as_the_deadline_fired(*_args: Any, stop: threading.Event, **_kwargs: Any) -> list[str]:
-    stop.set()  # the timer's thread, in the instant after the broker's answer
-    return []
+def _answered_after(seconds: float) -> Any:
+    def create(*_args: Any) -> list[str]:
+        time.sleep(seconds)  # the deadline passes while the answer is on its way
+        return ["made"]
+
+    return create
 
 
-def _never_answered(*_args: Any, stop: threading.Event, **_kwargs: Any) -> None:
-    stop.wait()
-    return None
+def _never_answered(*_args: Any) -> list[str]:
+    raise KafkaTimeoutError("no broker")
 
 
-def test_an_answer_just_before_the_deadline_is_a_success(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service_access, "ensure_topics", _answered_as_the_deadline_fired)
-    ServiceAccess("127.0.0.1:1", {}).apply({}, Topics(), partitions=1, wait_s=300)
+def test_an_answer_arriving_as_the_deadline_passes_is_a_success(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus, "_create_missing_topics", _answered_after(0.2))
+    assert ensure_topics("127.0.0.1:1", ["t"], 1, within_s=0.05) == ["made"]
+    ServiceAccess("127.0.0.1:1", {}).apply({}, Topics(), partitions=1, wait_s=0.05)
 
 
-def test_no_answer_within_the_wait_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service_access, "ensure_topics", _never_answered)
+def test_no_answer_within_the_wait_is_none_and_apply_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus, "_create_missing_topics", _never_answered)
+    began = time.monotonic()
+    assert ensure_topics("127.0.0.1:1", ["t"], 1, within_s=0.3) is None
+    assert time.monotonic() - began < 5
     with pytest.raises(RuntimeError, match="no answer from the broker"):
         ServiceAccess("127.0.0.1:1", {}).apply({}, Topics(), partitions=1, wait_s=0.05)
+
+
+def test_a_stop_and_a_time_limit_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        ensure_topics("127.0.0.1:1", ["t"], 1, stop=threading.Event(), within_s=1)
