@@ -288,7 +288,7 @@ def create_partner_app(
         return Response(json.dumps(results, separators=(",", ":"), allow_nan=False), media_type=DICOM_JSON)
 
     def query(
-        retrieval: Retrieval, request: Request, make: Callable[[dict[str, str], int, int, str], list[Json]]
+        retrieval: Retrieval, request: Request, make: Callable[[dict[str, frozenset[str]], int, int, str], list[Json]]
     ) -> Response:
         if not accepts_dicom_json(request.headers.get("accept")):
             raise Refusal(406, "query results are served as application/dicom+json")
@@ -435,11 +435,11 @@ def create_partner_app(
     def search_studies(request: Request, partner_id: Partner) -> Response:
         retrieval = Retrieval(partner_id, "query")
 
-        def make(criteria: dict[str, str], limit: int, offset: int, base: str) -> list[Json]:
+        def make(criteria: dict[str, frozenset[str]], limit: int, offset: int, base: str) -> list[Json]:
             study_uids = sorted(str(s["study_uid"]) for s in delivered.studies(partner_id))
             wanted = criteria.pop("study_uid", None)
             if wanted is not None:
-                study_uids = [uid for uid in study_uids if uid in wanted.split("\\")]
+                study_uids = [uid for uid in study_uids if uid in wanted]
             results = []
             if not criteria:  # only the page's studies are read
                 for uid in study_uids[offset : offset + limit]:
@@ -464,7 +464,7 @@ def create_partner_app(
     def search_series(study: str, request: Request, partner_id: Partner) -> Response:
         retrieval = Retrieval(partner_id, "query")
 
-        def make(criteria: dict[str, str], limit: int, offset: int, base: str) -> list[Json]:
+        def make(criteria: dict[str, frozenset[str]], limit: int, offset: int, base: str) -> list[Json]:
             groups = by_series(i for i in delivered.study(partner_id, study) if matches(i, criteria))
             return [
                 series_result(study, uid, items, base) for uid, items in list(groups.items())[offset : offset + limit]
@@ -480,7 +480,7 @@ def create_partner_app(
     def instances_query(retrieval: Retrieval, request: Request, study: str, series: str | None) -> Response:
         partner_id = retrieval.partner_id
 
-        def make(criteria: dict[str, str], limit: int, offset: int, base: str) -> list[Json]:
+        def make(criteria: dict[str, frozenset[str]], limit: int, offset: int, base: str) -> list[Json]:
             items = delivered.series(partner_id, study, series) if series else delivered.study(partner_id, study)
             chosen = [i for i in items if matches(i, criteria)][offset : offset + limit]
             return [instance_result(i, base) for i in chosen]

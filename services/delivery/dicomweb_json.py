@@ -101,9 +101,15 @@ MATCH_KEYS: Mapping[str, str] = {
 IGNORED_PARAMS = frozenset({"includefield", "fuzzymatching"})
 
 
-def matches(item: DeliveredInstance, criteria: Mapping[str, str]) -> bool:
-    """Exact match on every criterion (field name -> wanted value; a list of UIDs is "\\"-separated)."""
-    return all(str(getattr(item, name)) in wanted.split("\\") for name, wanted in criteria.items())
+def wanted_values(value: str) -> frozenset[str]:
+    """A matching key's values: one, or a list (PS3.18 8.3.4.1's UID list matching separates UIDs by
+    commas, DICOM's value multiplicity by backslashes; neither character is in a UID or a modality)."""
+    return frozenset(value.replace(",", "\\").split("\\"))
+
+
+def matches(item: DeliveredInstance, criteria: Mapping[str, frozenset[str]]) -> bool:
+    """Exact match on every criterion (field name -> the values wanted, any of them)."""
+    return all(str(getattr(item, name)) in wanted for name, wanted in criteria.items())
 
 
 # JSON has no NaN or infinity (json.dumps wrote bare `NaN`, and a strict partner refused the whole

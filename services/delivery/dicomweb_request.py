@@ -13,7 +13,7 @@ from services.common.blob_splices import Extent
 from services.common.blob_store import BlobCorrupt, BlobNotFound
 from services.common.dicom.uids import is_uid_as_received
 from services.delivery.delivered import DeliveredInstance
-from services.delivery.dicomweb_json import IGNORED_PARAMS, MATCH_KEYS
+from services.delivery.dicomweb_json import IGNORED_PARAMS, MATCH_KEYS, wanted_values
 from services.delivery.dicomweb_media import FilePart
 from services.proto_gen.imx.v1.events_pb2 import EventMeta, PartnerRetrieval
 
@@ -178,9 +178,9 @@ def query_page(request: Request) -> tuple[int, int]:
     return min(limit or MAX_LIMIT, MAX_LIMIT), offset
 
 
-def query_criteria(request: Request) -> dict[str, str]:
-    """Matching keys of a QIDO-RS query as DeliveredInstance field -> wanted value."""
-    criteria: dict[str, str] = {}
+def query_criteria(request: Request) -> dict[str, frozenset[str]]:
+    """Matching keys of a QIDO-RS query as DeliveredInstance field -> the values wanted (any of them)."""
+    criteria: dict[str, frozenset[str]] = {}
     for name, value in request.query_params.items():
         if name in ("limit", "offset") or name.lower() in IGNORED_PARAMS:
             continue
@@ -189,5 +189,5 @@ def query_criteria(request: Request) -> dict[str, str]:
             # Only the key is refused, never echoed: a value (or a key) may be a patient's name.
             raise Refusal(400, "unsupported query parameter")
         if value and value != "*":
-            criteria[field_name] = value
+            criteria[field_name] = wanted_values(value)
     return criteria

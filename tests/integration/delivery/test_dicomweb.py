@@ -192,6 +192,11 @@ def test_qido_shows_only_what_the_partner_was_sent(api: Api) -> None:
     assert [i["00080018"]["Value"][0] for i in page] == [s.item.sop_uid for s in api.study[1:3]]
     by_sop = a.search_for_instances(first.study_uid, search_filters={"SOPInstanceUID": first.sop_uid})
     assert [i["00080018"]["Value"][0] for i in by_sop] == [first.sop_uid]
+    two = ",".join(s.item.sop_uid for s in api.study[:2])  # PS3.18's UID list matching
+    listed = a.search_for_instances(first.study_uid, search_filters={"SOPInstanceUID": two})
+    assert sorted(i["00080018"]["Value"][0] for i in listed) == sorted(s.item.sop_uid for s in api.study[:2])
+    (by_list,) = a.search_for_studies(search_filters={"StudyInstanceUID": f"9.9.9,{first.study_uid}"})
+    assert by_list["0020000D"]["Value"] == [first.study_uid]
     assert a.search_for_studies(search_filters={"Modality": "MR"}) == []
     assert api.get("/studies?PatientName=SMITH").status_code == 400
 

@@ -23,6 +23,7 @@ from services.delivery.dicomweb_json import (
     metadata_for,
     series_result,
     study_result,
+    wanted_values,
 )
 
 BASE = "https://imx.example/dicomweb"
@@ -88,10 +89,12 @@ def test_series_and_instance_results() -> None:
     assert instance["00081190"]["Value"] == [f"{BASE}/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1"]
 
 
-def test_matching_is_exact_and_takes_a_list_of_uids() -> None:
-    assert matches(ITEMS[0], {"modality": "CT"})
-    assert not matches(ITEMS[2], {"modality": "CT"})
-    assert matches(ITEMS[2], {"sop_uid": "9.9\\1.2.3.2.1"})
+def test_matching_is_exact_and_takes_a_list_of_uids_by_comma_or_backslash() -> None:
+    assert matches(ITEMS[0], {"modality": wanted_values("CT")})
+    assert not matches(ITEMS[2], {"modality": wanted_values("CT")})
+    assert matches(ITEMS[2], {"sop_uid": wanted_values("9.9\\1.2.3.2.1")})
+    assert matches(ITEMS[2], {"sop_uid": wanted_values("9.9,1.2.3.2.1")})  # PS3.18's UID list matching
+    assert not matches(ITEMS[2], {"sop_uid": wanted_values("1.2.3.2")})  # exact, not a prefix
 
 
 def test_metadata_is_the_header_without_pixel_data(tmp_path: Path) -> None:
