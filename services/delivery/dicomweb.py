@@ -28,6 +28,7 @@ from services.common.blob_store import LaggedDrop
 from services.common.events import now_ms
 from services.common.http_direct import FileAnswer
 from services.common.http_server import FASTAPI_TELEMETRY_OFF
+from services.delivery.byte_ranges import RangeNotSatisfiable, entity_tag, none_match, requested_range
 from services.delivery.delivered import DeliveredInstance
 from services.delivery.dicomweb_json import (
     Json,
@@ -168,7 +169,7 @@ def create_partner_app(
             response = work()
         except Refusal as refusal:
             body = NOT_FOUND if refusal.status == 404 else {"detail": refusal.detail}
-            response = JSONResponse(body, refusal.status)
+            response = JSONResponse(body, refusal.status, headers=refusal.headers)
         except PyMongoError as error:
             log.error(
                 "delivered index unavailable", extra={"partner": retrieval.partner_id, "error": type(error).__name__}
@@ -222,20 +223,7 @@ def create_partner_app(
             retrieval.bytes += n
 
         if representation is Representation.SINGLE:
-            retrieval.instances = 1
-            syntax = f"; transfer-syntax={parts[0].transfer_syntax}" if parts[0].transfer_syntax else ""
-            if parts[0].size <= CHUNK_BYTES:
-                # What streaming would read in one piece anyway, sent as one body (by sendfile where the
-                # server offers it): no hand-over to a worker thread per chunk. Counted by `answer`.
-                try:
-                    return ObjectResponse(parts[0].extent(), parts[0].size, DICOM + syntax, served)
-                except OSError:  # collected since `file_part` looked: as if it had been gone then
-                    raise Refusal(410, "the object is no longer available") from None
-            return StreamingResponse(
-                stream(retrieval, single_body(parts[0], sent)),
-                media_type=DICOM + syntax,
-                headers={"Content-Length": str(parts[0].size)},
-            )
+            return one_instance(retrieval, request, items[0], parts[0], sent)
 
         def counted(files: Iterable[FilePart]) -> Iterator[FilePart]:
             for part in files:
@@ -248,6 +236,47 @@ def create_partner_app(
             status_code=206 if gone else 200,
             headers=partial_content_warning(gone, len(items)) if gone else None,
             media_type=multipart_content_type(boundary),
+        )
+
+    def one_instance(
+        retrieval: Retrieval, request: Request, item: DeliveredInstance, part: FilePart, sent: Callable[[int], None]
+    ) -> Response:
+        """One instance as `application/dicom`: whole, or the one range asked for (a broken transfer
+        resumed), or 304 when the partner's copy is this object (byte_ranges.py); a HEAD gets the
+        headers only."""
+        retrieval.instances = 1
+        syntax = f"; transfer-syntax={part.transfer_syntax}" if part.transfer_syntax else ""
+        etag = entity_tag(item.sha256)
+        headers = {"ETag": etag, "Accept-Ranges": "bytes"}
+        if none_match(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        try:
+            wanted = requested_range(request.headers.get("range"), request.headers.get("if-range"), etag, part.size)
+        except RangeNotSatisfiable:
+            raise Refusal(
+                416, "the range is not within the object", {"Content-Range": f"bytes */{part.size}"}
+            ) from None
+        if wanted is not None:
+            headers["Content-Range"] = wanted.content_range(part.size)
+        length = part.size if wanted is None else wanted.length
+        status = 200 if wanted is None else 206
+        if request.method == "HEAD":
+            return Response(
+                status_code=status, media_type=DICOM + syntax, headers={**headers, "Content-Length": str(length)}
+            )
+        if wanted is None and part.size <= CHUNK_BYTES:
+            # What streaming would read in one piece anyway, sent as one body (by sendfile where the
+            # server offers it): no hand-over to a worker thread per chunk. Counted by `answer`.
+            try:
+                return ObjectResponse(part.extent(), part.size, DICOM + syntax, served, headers)
+            except OSError:  # collected since `file_part` looked: as if it had been gone then
+                raise Refusal(410, "the object is no longer available") from None
+        start = 0 if wanted is None else wanted.start
+        return StreamingResponse(
+            stream(retrieval, single_body(part, sent, start=start, length=length)),
+            status_code=status,
+            media_type=DICOM + syntax,
+            headers={**headers, "Content-Length": str(length)},
         )
 
     def metadata(retrieval: Retrieval, request: Request, items: Sequence[DeliveredInstance]) -> Response:
@@ -344,7 +373,7 @@ def create_partner_app(
     app.at_once = signed_fetch
     app.direct = direct
 
-    @app.get(prefix + "/studies/{study}/series/{series}/instances/{sop}")
+    @app.api_route(prefix + "/studies/{study}/series/{series}/instances/{sop}", methods=["GET", "HEAD"])
     async def retrieve_instance(
         study: str, series: str, sop: str, request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> Response:

@@ -197,9 +197,17 @@ def multipart_body(
 
 
 def single_body(
-    part: FilePart, on_sent: Callable[[int], None] = lambda _n: None, chunk_bytes: int = CHUNK_BYTES
+    part: FilePart,
+    on_sent: Callable[[int], None] = lambda _n: None,
+    chunk_bytes: int = CHUNK_BYTES,
+    start: int = 0,
+    length: int | None = None,
 ) -> Iterator[bytes]:
+    """The object's bytes, or `length` of them from `start` (a range), one chunk at a time."""
+    left = part.size - start if length is None else length
     with part.open() as handle:
-        for chunk in file_chunks(handle, chunk_bytes):
+        handle.seek(start)
+        while left > 0 and (chunk := handle.read(min(chunk_bytes, left))):
+            left -= len(chunk)
             on_sent(len(chunk))
             yield chunk

@@ -3,7 +3,7 @@ PartnerRetrieval being filled in, the refusals it may end in, and the collaborat
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,10 +51,11 @@ class KeysUnavailable(Exception):
 class Refusal(Exception):
     """An answer other than the resource: status and a fixed, PHI-free body."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers
 
 
 @dataclass

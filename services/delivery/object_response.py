@@ -13,7 +13,7 @@ written, 0.30-0.42 ms by sendfile.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,10 +39,16 @@ class ObjectResponse(Response):
     on_done: Callable[[bool], None] | None = None
 
     def __init__(
-        self, where: Path | Extent, size: int, media_type: str, release: Callable[[BinaryIO], None] | None = None
+        self,
+        where: Path | Extent,
+        size: int,
+        media_type: str,
+        release: Callable[[BinaryIO], None] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """`release`: takes the file once the whole answer is sent (blob_store.LaggedDrop: the object is
-        read once in the normal path, so its pages are dropped a few answers later); None: closed then."""
+        read once in the normal path, so its pages are dropped a few answers later); None: closed then.
+        `headers`: more of the answer's headers."""
         extent = where if isinstance(where, Extent) else Extent(b"", where, 0, size)
         if extent.size != size:
             raise OSError("the object's extent is not its recorded size")
@@ -55,7 +61,7 @@ class ObjectResponse(Response):
             raise
         self.handle, self.size, self.head, self.offset = handle, size, extent.head, extent.offset
         self.release = release
-        super().__init__(None, media_type=media_type, headers={"content-length": str(size)})
+        super().__init__(None, media_type=media_type, headers={**(headers or {}), "content-length": str(size)})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         count = self.size - len(self.head)

@@ -251,6 +251,39 @@ def test_refusals_bad_uids_conversions_and_missing_blobs(api: Api) -> None:
     assert len(metadata) == len(api.study), "a gone one's metadata is the identifiers on record"
 
 
+def test_a_broken_transfer_resumes_from_where_it_broke_and_a_current_copy_is_not_sent_again(api: Api) -> None:
+    first = api.study[0]
+    item = first.item
+    instance = f"/studies/{item.study_uid}/series/{item.series_uid}/instances/{item.sop_uid}"
+    whole = api.get(instance)
+    etag = whole.headers["ETag"]
+    assert whole.status_code == 200 and etag == f'"{item.sha256}"' and whole.headers["Accept-Ranges"] == "bytes"
+
+    # The first 1,000 bytes arrived before the connection broke: the rest, only if it is still this object.
+    rest = api.get(instance, Range="bytes=1000-", **{"If-Range": etag})
+    assert rest.status_code == 206
+    assert rest.headers["Content-Range"] == f"bytes 1000-{item.size - 1}/{item.size}"
+    assert int(rest.headers["Content-Length"]) == item.size - 1000
+    assert whole.content[:1000] + rest.content == first.data
+    assert api.get(instance, Range="bytes=10-19").content == first.data[10:20]
+    assert api.get(instance, Range="bytes=-16").content == first.data[-16:]
+    # Another object's tag: the whole of this one, never a piece to be spliced onto the other's.
+    other = api.get(instance, Range="bytes=1000-", **{"If-Range": '"' + "0" * 64 + '"'})
+    assert other.status_code == 200 and other.content == first.data
+    past = api.get(instance, Range=f"bytes={item.size}-")
+    assert past.status_code == 416 and past.headers["Content-Range"] == f"bytes */{item.size}"
+    several = api.get(instance, Range="bytes=0-9,20-29")  # answered whole (RFC 9110 lets a server)
+    assert several.status_code == 200 and several.content == first.data
+
+    current = api.get(instance, **{"If-None-Match": etag})
+    assert current.status_code == 304 and current.content == b"" and current.headers["ETag"] == etag
+    assert api.get(instance, **{"If-None-Match": '"' + "0" * 64 + '"'}).content == first.data
+
+    head = requests.head(api.base + instance, headers={"Authorization": f"Bearer {api.keys['hosp-a']}"}, timeout=30)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["Content-Length"]) == item.size and head.headers["ETag"] == etag
+
+
 def test_every_request_after_sign_in_is_one_retrieval_event(api: Api) -> None:
     first = api.study[0].item
     instance = f"/studies/{first.study_uid}/series/{first.series_uid}/instances/{first.sop_uid}"

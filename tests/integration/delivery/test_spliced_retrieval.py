@@ -119,3 +119,15 @@ def test_a_partner_receives_the_same_bytes_with_splicing_on_and_off(
     assert after == before
     for item, body in zip(whole, after, strict=False):
         assert hashlib.sha256(body).hexdigest() == item.blob.sha256
+
+    # A range of a spliced object (its new header, then the received object's pixel data) is the same
+    # slice of the same bytes, across the seam too.
+    i, size = spliced[0].instance, spliced[0].blob.size
+    url = f"{base}/studies/{i.study_instance_uid}/series/{i.series_instance_uid}/instances/{i.sop_instance_uid}"
+    for asked, piece in (
+        ("bytes=1-", slice(1, None)),
+        ("bytes=100-5000", slice(100, 5001)),
+        (f"bytes=-{size - 7}", slice(7, None)),
+    ):
+        part = requests.get(url, headers={"Authorization": f"Bearer {key}", "Range": asked}, timeout=30)
+        assert part.status_code == 206 and part.content == after[0][piece]
