@@ -1,17 +1,23 @@
 """What the audit log's tamper evidence costs per record: append N audit records (5 per instance, as the
-pipeline produces them) in the consumer's batches to the Merkle log on FerretDB/PostgreSQL, then verify.
+pipeline produces them) in the consumer's batches to the Merkle log on FerretDB/PostgreSQL, then verify;
+or, with --purge, what retention costs: the records stored as the consumer stores them (pages, counters,
+marks), spread over `--days` UTC days, then purged past the retention age, records and keyed documents.
 
     .venv/bin/python -m tools.bench_audit_log --records 100000 [--mongo-uri URI] [--verify]
+    .venv/bin/python -m tools.bench_audit_log --records 50000 --purge [--days 2]
 
 Starts its own PostgreSQL + FerretDB (as the tests do) unless --mongo-uri is given. Prints one JSON line:
 records, batch, the stored records' own insert rate, the log's append rate and ms per record, the log's
-documents per record, its bytes per record (collStats, when the server answers it), verify's rate.
+documents per record, its bytes per record (collStats, when the server answers it), verify's rate;
+with --purge: the record purge's and the keyed purge's rates, and how much the process's peak memory
+(max RSS) grew during the keyed purge.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 import uuid
@@ -21,22 +27,26 @@ from typing import Any
 
 from pymongo import MongoClient
 
+from services.audit.keyed_retention import KeyedPurge
 from services.audit.log_verify import CollectionRecords, verify_log
 from services.audit.records import AuditRecord, build_record
+from services.audit.retention import DAY_MS, CollectionRecordDeleter, Retention
 from services.audit.signing import Signer
-from services.audit.tamper_log import StoredTree, TamperLog
+from services.audit.store import MongoAuditStore
+from services.audit.tamper_log import StoredTree, TamperLog, TamperLogSink
 from services.common.topics import Topics
 from tests.unit.audit.builders import T0_MS, Instance, incoming, journey
 from tools import devstack
 
 
-def records(count: int) -> list[AuditRecord]:
+def records(count: int, spacing_ms: int = 1) -> list[AuditRecord]:
+    """`count` records of whole journeys (5 records each), the journeys `spacing_ms` apart from T0_MS."""
     topics, now = Topics("bench."), datetime.now(UTC)
     out: list[AuditRecord] = []
     n = 0
     while len(out) < count:
         instance = Instance(study=f"1.2.826.0.1.{n // 100}", series=f"1.2.826.0.1.{n // 100}.1", sop=f"1.2.826.0.1.{n}")
-        for message in journey(topics, instance, t0_ms=T0_MS + n):
+        for message in journey(topics, instance, t0_ms=T0_MS + n * spacing_ms):
             out.append(build_record(incoming(message), topics, now))
         n += 1
     return out[:count]
@@ -87,15 +97,76 @@ def run(uri: str, count: int, batch: int, verify: bool) -> dict[str, Any]:
         client.close()
 
 
+def run_purge(uri: str, count: int, batch: int, days: int) -> dict[str, Any]:
+    """Stores `count` records over `days` UTC days as the consumer does, then runs retention with its
+    clock past their age: first the records (and their claims, and log chunks), then the keyed documents."""
+    client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=10_000)
+    name = f"bench-purge-{uuid.uuid4().hex[:6]}"
+    db = client[name]
+    try:
+        data = records(count, spacing_ms=max(1, days * DAY_MS * 5 // count))
+        store = MongoAuditStore(db["audit_events"])
+        store.ensure_indexes()
+        log = TamperLog(db["audit_log"], Signer.generate(), "bench", sth_every=10_000, sth_interval_s=60)
+        sink = TamperLogSink(log)
+        log.open()
+        began = time.perf_counter()
+        for at in range(0, count, batch):
+            store.insert(data[at : at + batch])
+            sink.write(data[at : at + batch])
+        log.close()
+        store_s = time.perf_counter() - began
+        later = time.time() + 3 * DAY_MS / 1000  # every record is past a one-day retention age
+        deleter = CollectionRecordDeleter(db["audit_events"], db["audit_events_marks"])
+        retention = Retention(
+            log.signer, StoredTree(db["audit_log"]), deleter, 1, max_leaves=count, clock=lambda: later
+        )
+        began = time.perf_counter()
+        purged = retention.purge()
+        records_s = time.perf_counter() - began
+        keyed = KeyedPurge(db["audit_events"])
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        began = time.perf_counter()
+        gone = keyed.purge(int(later * 1000) - DAY_MS)
+        keyed_s = time.perf_counter() - began
+        keyed.close()
+        left = {n: db[n].estimated_document_count() for n in ("audit_events", "audit_events_pages")}
+        return {
+            "records": count,
+            "days": days,
+            "store_per_s": round(count / store_s),
+            "records_purged": purged.deleted,
+            "record_purge_per_s": round(purged.deleted / records_s),
+            "keyed_days_purged": len(gone),
+            "keyed_purge_s": round(keyed_s, 1),
+            "keyed_purge_records_per_s": round(count / keyed_s),
+            "keyed_purge_max_rss_growth_mib": round(
+                (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1
+            ),
+            "left": left,
+        }
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=200, help="records per consumer batch (IMX_MAX_BATCH)")
     parser.add_argument("--mongo-uri", default="")
     parser.add_argument("--verify", action="store_true")
+    parser.add_argument("--purge", action="store_true", help="measure retention's purge instead")
+    parser.add_argument("--days", type=int, default=2, help="with --purge: UTC days the records span")
     args = parser.parse_args()
+
+    def measure(uri: str) -> dict[str, Any]:
+        if args.purge:
+            return run_purge(uri, args.records, args.batch, args.days)
+        return run(uri, args.records, args.batch, args.verify)
+
     if args.mongo_uri:
-        print(json.dumps(run(args.mongo_uri, args.records, args.batch, args.verify)))
+        print(json.dumps(measure(args.mongo_uri)))
         return
     with tempfile.TemporaryDirectory(prefix="bench-audit-log-") as tmp:
         root = Path(tmp)
@@ -104,7 +175,7 @@ def main() -> None:
         procs = [devstack.start_postgres(postgres_port, cluster.data_dir, root, die_with_parent=True)]
         try:
             procs.append(devstack.start_ferretdb(mongo_port, root / "data", root, cluster, die_with_parent=True))
-            print(json.dumps(run(procs[-1].endpoint, args.records, args.batch, args.verify)))
+            print(json.dumps(measure(procs[-1].endpoint)))
         finally:
             for proc in reversed(procs):
                 proc.stop()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -36,6 +36,7 @@ from services.audit.records import AuditRecord, to_epoch_ms
 
 log = logging.getLogger(__name__)
 MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
+RECORDS_AT_ONCE = 5_000  # about how many records a day's purge holds at once (~4 KB each in memory)
 RETAINED = "retained"  # N_counts: {"from": the first day whose keyed documents are kept}
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -61,12 +62,16 @@ def hours_of(day: str) -> list[int]:
     return [start + h * HOUR_MS for h in range(24)]
 
 
-def counter_ids(day: str, records: Iterable[AuditRecord]) -> list[str]:
-    """The day's counter documents: every shard of each kind, and the scoped summaries of the records' keys."""
+def scope_keys(records: Iterable[AuditRecord]) -> list[str]:
+    """The scopes whose summaries count the records."""
+    return list(dict.fromkeys(k for r in records for k in rollups.scope_keys(r)))
+
+
+def counter_ids(day: str, scopes: Iterable[str]) -> list[str]:
+    """The day's counter documents: every shard of each kind, and the scoped summaries of `scopes`."""
     ids = [rollups.summary_doc(day), *rollups.volume_docs("org", day), *rollups.volume_docs("partner", day)]
     ids += [*rollups.volume_docs("modality", day), *rollups.turnaround_docs(day)]
-    scopes = dict.fromkeys(k for r in records for k in rollups.scope_keys(r))
-    return ids + [rollups.summary_doc(day, scope) for scope in scopes]
+    return ids + [rollups.summary_doc(day, scope) for scope in dict.fromkeys(scopes)]
 
 
 def month_keys(day: str, records: Iterable[AuditRecord]) -> list[str]:
@@ -117,54 +122,78 @@ class KeyedPurge:
             log.info("audit retention: purged the keyed documents of past days", extra={"instances": len(gone)})
         return gone
 
-    def _minute_pages(self, day: str) -> dict[int, list[AuditRecord]]:
+    def _recorded_minutes(self, day: str) -> list[int]:
+        """The minutes of the day its `th` marks say may hold pages (none without the day's `td` mark)."""
         hours = hours_of(day)
         marks = self._chains.get_many(self._marks, [f"td:{hours[0]}", *(f"th:{h}" for h in hours)])
         if marks[f"td:{hours[0]}"] is None:
-            return {}
-        minutes = [h + m * MINUTE_MS for h in hours if marks[f"th:{h}"] is not None for m in range(60)]
-        chains = self._chains.read_many([f"m:{m}" for m in minutes], first_round=1)
-        return {m: chains[f"m:{m}"] for m in minutes if chains[f"m:{m}"]}
+            return []
+        return [h + m * MINUTE_MS for h in hours if marks[f"th:{h}"] is not None for m in range(60)]
+
+    def _records_by_minutes(self, minutes: Sequence[int]) -> Iterator[tuple[list[int], list[AuditRecord]]]:
+        """The minutes' records a group of minutes at a time (with the group's minutes that have pages),
+        read concurrently. A group is sized from the one before to hold about RECORDS_AT_ONCE records, and
+        grows at most fourfold: a sparse day costs few rounds, and a dense one is never all in memory (at
+        120 instances/s a day is ~60 million records, a minute ~43,000)."""
+        at, size = 0, 1
+        while at < len(minutes):
+            group = minutes[at : at + size]
+            chains = self._chains.read_many([f"m:{m}" for m in group], first_round=1)
+            paged = [m for m in group if chains[f"m:{m}"]]
+            records = list({r["_id"]: r for m in paged for r in chains[f"m:{m}"]}.values())
+            del chains
+            yield paged, records
+            at += len(group)
+            size = max(1, min(4 * size, size * RECORDS_AT_ONCE // max(1, len(records))))
 
     def purge_day(self, day: str) -> bool:
         """False while a record of the day is still in N (only the study chains lose the day's purged
         records then). A day without minute pages has nothing derived left (they go last), only perhaps
         its journal list."""
-        minutes = self._minute_pages(day)
-        records = list({r["_id"]: r for rs in minutes.values() for r in rs}.values())
-        ids = [r["_id"] for r in records]
-        kept = self._chains.get_many(self._records, ids) if ids else {}
-        if any(doc is not None for doc in kept.values()):
-            # The day waits (its counters and marks still count a kept record), but the trails drop the
-            # records already purged now: they are read by study, and nothing counts from them.
+        minutes = self._recorded_minutes(day)
+        paged: list[int] = []
+        scopes: dict[str, None] = {}
+        months: dict[str, None] = {}
+        waits = False
+        for some_paged, records in self._records_by_minutes(minutes):
+            kept = self._chains.get_many(self._records, [r["_id"] for r in records], {"_id": 1})
             gone = {i for i, doc in kept.items() if doc is None}
+            waits = waits or len(gone) < len(records)
+            # Purged records leave the trails now, whether the day waits or not: they are read by study
+            # and count nothing.
             for key in study_keys(r for r in records if r["_id"] in gone):
                 self._rewrite_chain(key, gone)
+            paged += some_paged
+            scopes.update(dict.fromkeys(scope_keys(records)))
+            months.update(dict.fromkeys(month_keys(day, records)))
+        if waits:
+            # The day waits: its counters and marks still count a kept record.
             return False
-        if minutes:
-            self._purge_derived(day, minutes, records)
+        if paged:
+            self._purge_derived(day, paged, list(scopes), list(months))
         self._delete(self._marks, [f"jd:{day}"])
         following = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
         self._counts.update_one({"_id": RETAINED}, {"$max": {"from": following}}, upsert=True)
         self._counts.update_one({"_id": "bounds", "last": {"$gte": following}}, {"$max": {"first": following}})
         return True
 
-    def _purge_derived(self, day: str, minutes: dict[int, list[AuditRecord]], records: list[AuditRecord]) -> None:
-        """Everything but the minute pages first: they name the records, so a rerun finds them again."""
-        gone = {r["_id"] for r in records}
-        for key in study_keys(records):
-            self._rewrite_chain(key, gone)
-        marks = list(dict.fromkeys(m for r in records for m in rollups.study_marks(r)))
-        self._delete(self._marks, marks)
+    def _purge_derived(self, day: str, paged: list[int], scopes: list[str], months: list[str]) -> None:
+        """Everything but the minute pages first (the study chains are rewritten already): they name the
+        records, so a rerun finds them again."""
+        for _, records in self._records_by_minutes(paged):
+            self._delete(self._marks, list(dict.fromkeys(m for r in records for m in rollups.study_marks(r))))
         self._purge_journals(day)
-        self._delete(self._counts, counter_ids(day, records))
-        for month_id in month_keys(day, records):
+        self._delete(self._counts, counter_ids(day, scopes))
+        for month_id in months:
             # The day's figures only: a month document left without days stays (a few bytes a key and
             # month). Deleted, a running consumer that knew it existed moved it with guarded `$inc`s that
             # matched nothing (no upserts in bulk on FerretDB), and the key's later days of that month
             # were never counted.
             self._counts.update_one({"_id": month_id}, {"$unset": {day[8:]: ""}})
-        self._delete(self._pages, [f"m:{m}#{n}" for m, rs in minutes.items() for n in range(self._chain_length(m))])
+        lengths = self._chains.executor.map(self._chain_length, paged)
+        self._delete(
+            self._pages, [f"m:{m}#{n}" for m, length in zip(paged, lengths, strict=True) for n in range(length)]
+        )
         hours = hours_of(day)
         for marks_of_day in ([f"tm:{h}" for h in hours], [f"th:{h}" for h in hours], [f"td:{hours[0]}"]):
             self._delete(self._marks, marks_of_day)  # the day's mark last: while it stands, a rerun looks

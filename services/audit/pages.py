@@ -277,9 +277,12 @@ class PageChains:
                     ask(k, first_round if follow_round is None else follow_round)
         return found
 
-    def get_many(self, collection: Collection[dict[str, Any]], ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-        """Documents by `_id`, asked for concurrently (FerretDB does not push `$in` down)."""
-        return dict(zip(ids, self._readers.map(lambda i: collection.find_one({"_id": i}), ids), strict=True))
+    def get_many(
+        self, collection: Collection[dict[str, Any]], ids: Sequence[str], projection: Mapping[str, Any] | None = None
+    ) -> dict[str, dict[str, Any] | None]:
+        """Documents by `_id` (their `projection`), asked for concurrently (FerretDB does not push `$in` down)."""
+        found = self._readers.map(lambda i: collection.find_one({"_id": i}, projection), ids)
+        return dict(zip(ids, found, strict=True))
 
     def _get(self, doc_id: str) -> dict[str, Any] | None:
         return self._pages.find_one({"_id": doc_id}, {"b": 1, "f": 1})

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,8 +44,12 @@ DAY_MS = 86_400_000
 
 
 class RecordDeleter(Protocol):
+    def note_owners(self, record_ids: Sequence[str], pool: Executor) -> None:
+        """Called before the records are deleted: whatever must be known of them afterwards."""
+        ...
+
     def delete(self, record_id: str) -> bool:
-        """Deletes the record (idempotent); True when it was there."""
+        """Deletes the record (idempotent); True when it was there. Called from several threads."""
         ...
 
 
@@ -57,26 +62,33 @@ class CollectionRecordDeleter:
         self._marks = marks
         self._noted: set[tuple[str, str]] = set()
 
+    def note_owners(self, record_ids: Sequence[str], pool: Executor) -> None:
+        """The records are read concurrently, the notes written one at a time: FerretDB applies an
+        `$addToSet` by reading and rewriting the document, so two at once on `jd:<day>` lost one."""
+        if self._marks is None:
+            return
+        with unavailable_is_transient():
+            found = pool.map(
+                lambda i: self._records.find_one({"_id": i}, {"occurred_at": 1, "_b": 1, PACKED: 1}), record_ids
+            )
+            for noted in dict.fromkeys(owner for doc in found if (owner := _owner(doc)) is not None):
+                if noted not in self._noted:
+                    self._marks.update_one({"_id": f"jd:{noted[0]}"}, {"$addToSet": {"b": noted[1]}}, upsert=True)
+                    if len(self._noted) > 100_000:
+                        self._noted.clear()
+                    self._noted.add(noted)
+
     def delete(self, record_id: str) -> bool:
         with unavailable_is_transient():
-            if self._marks is not None:
-                self._note_owner(record_id)
             return self._records.delete_one({"_id": record_id}).deleted_count == 1
 
-    def _note_owner(self, record_id: str) -> None:
-        assert self._marks is not None
-        found = self._records.find_one({"_id": record_id}, {"occurred_at": 1, "_b": 1, PACKED: 1})
-        doc = unpacked(found) if found is not None else None
-        if doc is None or not doc.get("_b") or doc.get("occurred_at") is None:
-            return
-        day = day_of(to_datetime(to_epoch_ms(doc["occurred_at"])))
-        noted = (day, str(doc["_b"]))
-        if noted in self._noted:
-            return
-        self._marks.update_one({"_id": f"jd:{day}"}, {"$addToSet": {"b": noted[1]}}, upsert=True)
-        if len(self._noted) > 100_000:
-            self._noted.clear()
-        self._noted.add(noted)
+
+def _owner(found: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The record's day and the batch that counted it (None: gone, or counted by no batch)."""
+    doc = unpacked(found) if found is not None else None
+    if doc is None or not doc.get("_b") or doc.get("occurred_at") is None:
+        return None
+    return day_of(to_datetime(to_epoch_ms(doc["occurred_at"]))), str(doc["_b"])
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class Retention:
         max_leaves: int = 100_000,
         clock: Callable[[], float] = time.time,
         keyed: KeyedPurge | None = None,
+        workers: int = 8,
     ) -> None:
         self._signer = signer
         self._tree = tree
@@ -109,6 +122,7 @@ class Retention:
         self._max_leaves = max_leaves
         self._clock = clock
         self._keyed = keyed
+        self._workers = workers
 
     def purge(self) -> PurgeResult:
         """Records past the retention age, then the keyed documents of the days they leave empty."""
@@ -178,25 +192,36 @@ class Retention:
 
     def _delete(self, start: int, end: int) -> int:
         """Deletes the records of leaves [start, end), then the `leaves` documents wholly below `end`;
-        returns how many records went. (A partly purged document keeps its entries: ids and digests.)"""
+        returns how many records went. (A partly purged document keeps its entries: ids and digests.)
+        A `leaves` document's records are deleted `workers` at a time: each costs two or three round
+        trips, and one at a time a purge fell behind a sustained national load."""
         docs, deleted = self._tree.collection, 0
         tree = StoredTree(docs)
-        for index in range(start, end):
-            with unavailable_is_transient():
-                leaf = tree.leaf(index)
-                if leaf is not None:
-                    # The claim goes last: present, the record may still be there (an interrupted run).
-                    # Records the consumer stored since 2026-12-02 have none (tamper_log.StoreClaims).
-                    claimed = docs.find_one({"_id": claim_id(str(leaf["id"]))}) is not None
-                    went = self._records.delete(str(leaf["id"]))
-                    if claimed:
-                        docs.delete_one({"_id": claim_id(str(leaf["id"]))})
-                    deleted += 1 if claimed or went else 0
-                if index % CHUNK == CHUNK - 1:
-                    docs.delete_one({"_id": chunk_id(index // CHUNK)})
-                if index % 1000 == 999 or index == end - 1:
-                    docs.update_one({"_id": "checkpoint:latest"}, {"$set": {"deleted_to": index + 1}})
+        with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="audit-retention") as pool:
+            at = start
+            while at < end:
+                upto = min(end, (at // CHUNK + 1) * CHUNK)  # the rest of this `leaves` document
+                with unavailable_is_transient():
+                    ids = [str(e["id"]) for e in tree.chunk(at // CHUNK) if at <= int(e["i"]) < upto]
+                    self._records.note_owners(ids, pool)
+                    deleted += sum(pool.map(self._delete_record, ids))
+                    if upto % CHUNK == 0:
+                        docs.delete_one({"_id": chunk_id(upto // CHUNK - 1)})
+                    docs.update_one({"_id": "checkpoint:latest"}, {"$set": {"deleted_to": upto}})
+                at = upto
         return deleted
+
+    def _delete_record(self, record_id: str) -> bool:
+        """The record and its claim; True when either was there. The claim goes last: present, the record
+        may still be there (an interrupted run). Records the consumer stored since 2026-12-02 have none
+        (tamper_log.StoreClaims)."""
+        docs = self._tree.collection
+        with unavailable_is_transient():
+            claimed = docs.find_one({"_id": claim_id(record_id)}, {"_id": 1}) is not None
+            went = self._records.delete(record_id)
+            if claimed:
+                docs.delete_one({"_id": claim_id(record_id)})
+        return claimed or went
 
 
 def run_retention(retention: Retention, every_s: float, stop: threading.Event) -> None:

@@ -218,3 +218,30 @@ def test_a_key_counted_again_in_a_month_whose_only_days_were_purged_is_counted(d
     since, until = datetime(2027, 1, 24, tzinfo=UTC), datetime(2027, 1, 26, tzinfo=UTC)
     by_key = [(v.day, v.key, v.instances) for v in audit.store.volumes("org", since, until, "trust-a")]
     assert by_key == [("2027-01-25", "trust-a", 1)]
+
+
+def test_a_day_read_a_few_records_at_a_time_is_purged_as_one_read_whole(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The purge holds a group of minutes' records at a time, never a whole day (at 120 instances/s,
+    ~60 million records): over many small groups it leaves exactly what one group of the whole day does."""
+    reference = Audit(db.client[db.name + "r"])
+    audit = Audit(db)
+    try:
+        for each in (reference, audit):
+            for minute in range(7):  # seven minutes of the old day, a study each
+                each.clock.now = OLD_S + minute * 60
+                each.write(records_at(OLD_S + minute * 60, [f"1.2.7.{minute}"], "1"))
+            each.clock.now = NEW_S
+            each.write(records_at(NEW_S, ["1.2.7.0", "1.2.7.9"], "2"))
+        monkeypatch.setattr(keyed_retention, "RECORDS_AT_ONCE", 10_000_000)
+        reference.retention().purge()
+        monkeypatch.setattr(keyed_retention, "RECORDS_AT_ONCE", 3)  # under one minute's records
+        audit.retention().purge()
+
+        assert strip(audit.snapshot()) == strip(reference.snapshot())
+        assert not audit.ids("audit_events_counts", OLD_DAY) and not audit.ids("audit_events_marks", OLD_DAY)
+        assert audit.store.study_trail("1.2.7.3") == [] and audit.store.study_trail("1.2.7.0")
+        assert audit.verify_ok()
+    finally:
+        db.client.drop_database(db.name + "r")

@@ -16,6 +16,7 @@ from services.audit.keyed_retention import (
     hours_of,
     journal_days,
     month_keys,
+    scope_keys,
     study_keys,
 )
 from services.audit.queries import wholly_purged
@@ -41,7 +42,7 @@ def test_the_horizon_is_the_cutoffs_utc_day_and_only_days_before_it_go() -> None
 
 
 def test_a_days_counters_cover_every_shard_and_the_scopes_of_its_records() -> None:
-    ids = counter_ids("2026-01-01", records())
+    ids = counter_ids("2026-01-01", scope_keys(records()))
     assert "x:2026-01-01" in ids and "v:modality:2026-01-01" in ids
     assert {f"v:org:2026-01-01:{s}" for s in range(4)} <= set(ids)
     assert {f"t:2026-01-01:{s}" for s in range(4)} <= set(ids)
