@@ -56,7 +56,10 @@ class TamperEvidence:
         self._appender: BackgroundAccessLog | None = None
         self._changes = ChangeTail(db[CHANGES_COLLECTION], docs, self.log)
         self.servicer: ServicerRegistration = register_audit_log(
-            StoredTree(docs), LoggedDocuments(records, self._access, db[CHANGES_COLLECTION]), self._signer.public_key
+            StoredTree(docs),
+            LoggedDocuments(records, self._access, db[CHANGES_COLLECTION]),
+            self._signer.public_key,
+            pages=db[f"{records.name}_pages"],
         )
         self._retention = (
             Retention(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import grpc
+from pymongo.collection import Collection
 
 from services.audit.log_verify import KnownHead, RecordSource, verify_log
+from services.audit.page_verify import verify_pages
 from services.audit.signing import fingerprint
 from services.audit.tamper_log import StoredTree, TreeHead
 from services.common.control_server import ServicerRegistration
@@ -25,10 +28,18 @@ def _head(head: TreeHead) -> admin_pb2.SignedTreeHead:
 
 
 class AuditLogServicer(admin_pb2_grpc.AuditLogServicer):
-    def __init__(self, tree: StoredTree, records: RecordSource, public_key: bytes) -> None:
+    def __init__(
+        self,
+        tree: StoredTree,
+        records: RecordSource,
+        public_key: bytes,
+        pages: Collection[dict[str, Any]] | None = None,
+    ) -> None:
+        """`pages`: the pages analysts read (the store's N_pages), checked against the records too."""
         self._tree = tree
         self._records = records
         self._public_key = public_key
+        self._pages = pages
 
     def GetTreeHead(
         self, request: admin_pb2.GetTreeHeadRequest, context: grpc.ServicerContext
@@ -53,9 +64,13 @@ class AuditLogServicer(admin_pb2_grpc.AuditLogServicer):
         began = time.monotonic()
         try:
             # A tree of its own: verification reads a checkpoint's frontier into it.
-            report = verify_log(
-                StoredTree(self._tree.collection), self._records, self._public_key, known, request.max_findings or 100
-            )
+            tree = StoredTree(self._tree.collection)
+            limit = request.max_findings or 100
+            report = verify_log(tree, self._records, self._public_key, known, limit)
+            if self._pages is not None and not request.skip_pages:
+                checkpoint = tree.get("checkpoint:latest")
+                purged_before_ms = int(checkpoint["cutoff"]) if checkpoint else 0
+                verify_pages(self._pages, self._records, purged_before_ms, report, limit)
         except TransientError as error:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         reply = admin_pb2.VerifyAuditLogReply(
@@ -71,14 +86,17 @@ class AuditLogServicer(admin_pb2_grpc.AuditLogServicer):
             ],
             findings_total=report.findings_total,
             elapsed_ms=int((time.monotonic() - began) * 1000),
+            page_copies_checked=report.page_copies_checked,
         )
         if report.latest is not None:
             reply.latest.CopyFrom(_head(report.latest))
         return reply
 
 
-def register_audit_log(tree: StoredTree, records: RecordSource, public_key: bytes) -> ServicerRegistration:
+def register_audit_log(
+    tree: StoredTree, records: RecordSource, public_key: bytes, pages: Collection[dict[str, Any]] | None = None
+) -> ServicerRegistration:
     def register(server: grpc.Server) -> None:
-        admin_pb2_grpc.add_AuditLogServicer_to_server(AuditLogServicer(tree, records, public_key), server)
+        admin_pb2_grpc.add_AuditLogServicer_to_server(AuditLogServicer(tree, records, public_key, pages), server)
 
     return register

@@ -67,6 +67,7 @@ class KnownHead:
 class VerifyReport:
     tree_size: int = 0
     leaves_checked: int = 0
+    page_copies_checked: int = 0  # page_verify.py
     purged_to: int = 0
     tree_heads_checked: int = 0
     latest: TreeHead | None = None

@@ -61,10 +61,14 @@ def verify(
         ),
     ] = None,
     max_findings: Annotated[int, typer.Option(min=1, max=2**32 - 1, help="list at most N findings")] = 100,
+    skip_pages: Annotated[
+        bool, typer.Option(help="check the records only, not the pages analysts read (each record's 2-3 copies)")
+    ] = False,
 ) -> None:
     """Recompute the log from the stored records: names each changed, deleted, reordered or truncated record
-    (leaf index, record id), checks each signed tree head's signature and their consistency. Exit status:
-    0 verified, 1 tampered, 2 a bad option or the service unreachable, 3 the check could not run."""
+    (leaf index, record id), checks each signed tree head's signature and their consistency, then every
+    copy of a record on the pages analysts read (trails, listings, exports) against the record. Exit
+    status: 0 verified, 1 tampered, 2 a bad option or the service unreachable, 3 the check could not run."""
     known_size, known_root = _known(remember)
     # Exit 1 is TAMPERED: a check that could not run (a refused token, a deadline) must not look like it.
     with (
@@ -73,20 +77,26 @@ def verify(
     ):
         reply = admin_pb2_grpc.AuditLogStub(channel).VerifyAuditLog(
             admin_pb2.VerifyAuditLogRequest(
-                known_tree_size=known_size, known_root_hash=known_root, max_findings=max_findings
+                known_tree_size=known_size,
+                known_root_hash=known_root,
+                max_findings=max_findings,
+                skip_pages=skip_pages,
             ),
             timeout=VERIFY_DEADLINE_S,
         )
     console.print(
         f"{reply.leaves_checked} of {reply.tree_size} leaves checked"
         + (f" (leaves before {reply.purged_to} purged under a signed checkpoint)" if reply.purged_to else "")
-        + f", {reply.tree_heads_checked} tree head(s) reproduced, in {reply.elapsed_ms / 1000:.1f} s"
+        + f", {reply.tree_heads_checked} tree head(s) reproduced"
+        + ("" if skip_pages else f", {reply.page_copies_checked} page copies checked")
+        + f", in {reply.elapsed_ms / 1000:.1f} s"
     )
     console.print(f"signing key sha256:{reply.key_fingerprint}")
     if reply.HasField("latest"):
         console.print(f"latest signed tree head: {_describe(reply.latest)}")
     if reply.ok:
-        console.print("[green]verified[/green]: no record was changed, deleted, reordered or truncated")
+        pages = "" if skip_pages else "; no page differs from its records"
+        console.print(f"[green]verified[/green]: no record was changed, deleted, reordered or truncated{pages}")
         if remember is not None and reply.HasField("latest"):
             remember.parent.mkdir(parents=True, exist_ok=True)
             remember.write_text(json.dumps({"tree_size": reply.latest.tree_size,

@@ -4,12 +4,14 @@ record is edited, exits 1 naming the leaf and the record."""
 
 from __future__ import annotations
 
+import re
 import stat
 from pathlib import Path
 
 from pymongo import MongoClient
 from typer.testing import CliRunner
 
+from services.audit.pages import pack, unpack
 from services.audit.tamper_log import StoredTree
 from services.cli.main import app
 from services.common.topics import Topics
@@ -51,3 +53,38 @@ def test_imx_audit_verify_passes_then_names_an_edited_record(
         assert result.exit_code == 1, result.output
         assert "TAMPERED" in result.output
         assert "changed" in result.output and leaf["id"] in result.output and "│ 3 " in result.output
+
+
+def test_imx_audit_verify_names_an_edited_page_and_a_made_up_record_on_one(
+    kafka_bootstrap: str, mongo_uri: str, unique_name: str, client: MongoClient, tmp_path: Path
+) -> None:
+    """Analysts read trails, listings and exports from pages, copies of the records: a page edited to say
+    something else (the records and the log untouched) is tampering too."""
+    topics = Topics(prefix=unique_name + ".")
+    publish_journey(kafka_bootstrap, topics, STUDY)
+    settings = audit_settings(
+        kafka_bootstrap, mongo_uri, unique_name, topics, signing_key_file=tmp_path / "k.pem", sth_interval_s=0.5
+    )
+    db = client[unique_name]
+    tree, pages = StoredTree(db["audit_log"]), db["audit_events_pages"]
+    with running_audit(settings) as endpoints:
+        wait_for(lambda: (head := tree.tree_head()) is not None and head.size == 5, 30, "a signed head of 5 leaves")
+        env = {"IMX_AUDIT_GRPC": f"127.0.0.1:{endpoints.grpc_port}", "COLUMNS": "250"}
+        runner = CliRunner()
+        result = runner.invoke(app, ["audit", "verify"], env=env)
+        assert result.exit_code == 0, result.output
+        copies = int(re.search(r"(\d+) page copies checked", result.output).group(1))  # type: ignore[union-attr]
+        assert copies >= 10, "each record is on its minute's page and its study's"
+
+        page = pages.find_one({"_id": {"$regex": "^s:"}})
+        assert page is not None
+        edited = unpack(page)
+        edited[0]["partner_id"] = "somewhere-else"
+        made_up = {**edited[1], "_id": "delivered:made-up", "recorded_at": edited[1]["recorded_at"]}
+        pages.replace_one({"_id": page["_id"]}, {**page, **pack([*edited, made_up])})
+        result = runner.invoke(app, ["audit", "verify"], env=env)
+        assert result.exit_code == 1, result.output
+        assert "page_changed" in result.output and edited[0]["_id"] in result.output
+        assert "page_unknown" in result.output and "delivered:made-up" in result.output
+        assert STUDY.study not in result.output, "a finding names the kind of page, never its study"
+        assert runner.invoke(app, ["audit", "verify", "--skip-pages"], env=env).exit_code == 0

@@ -1,0 +1,73 @@
+"""Verification of the pages analysts read against the records the log covers (`imx audit verify`).
+
+A study's trail, the event listings and the exports are read from pages (pages.py): copies of the
+records, a chain per minute and per study. `log_verify` checks the records against the signed log; this
+checks every copy on every page against its record, so an edited page is named too:
+
+- `page_changed`: a page's copy of a record differs from the record.
+- `page_unknown`: a page holds a record the store does not have, and which retention cannot have purged
+  (it was recorded at or after the latest checkpoint's cutoff, retention.py): a record made up.
+
+Not found here: a copy taken off a page (retention rewrites study chains without the records it purges,
+so a page short of a record is not in itself a sign), or a record made up with a time before the cutoff.
+
+Each copy costs one read of its record by `_id` (a record has two or three copies: its minute's, its
+study's, its de-identified study's), `workers` at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pymongo.collection import Collection
+
+from services.audit.log_verify import Finding, RecordSource, VerifyReport
+from services.audit.pages import record_json, unpack
+from services.audit.records import AuditRecord, to_epoch_ms
+from services.audit.tamper_log import unavailable_is_transient
+
+COPIES_AT_ONCE = 512
+
+
+def page_kind(page_id: str) -> str:
+    """What a page lists, for a finding (never its key: a study's key is its UID)."""
+    return {"m": "minute", "s": "study"}.get(page_id.split(":", 1)[0], "other")
+
+
+def page_copies(pages: Collection[dict[str, Any]]) -> Iterator[list[tuple[str, AuditRecord]]]:
+    """Every page's records as (the page's kind, the copy), COPIES_AT_ONCE or so at a time."""
+    group: list[tuple[str, AuditRecord]] = []
+    with unavailable_is_transient():
+        for page in pages.find({}, {"b": 1, "f": 1}):
+            kind = page_kind(str(page["_id"]))
+            group += ((kind, copy) for copy in unpack(page))
+            if len(group) >= COPIES_AT_ONCE:
+                yield group
+                group = []
+    if group:
+        yield group
+
+
+def verify_pages(
+    pages: Collection[dict[str, Any]],
+    records: RecordSource,
+    purged_before_ms: int,
+    report: VerifyReport,
+    limit: int,
+    workers: int = 8,
+) -> None:
+    """Adds to `report` what the pages hold that their records do not say (see the module's docstring)."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audit-verify-pages") as pool:
+        for group in page_copies(pages):
+            originals = pool.map(lambda pair: records.get(pair[1]["_id"]), group)
+            for (kind, copy), original in zip(group, originals, strict=True):
+                report.page_copies_checked += 1
+                if original is None:
+                    if to_epoch_ms(copy["recorded_at"]) >= purged_before_ms:
+                        detail = f"a {kind} page holds a record the store does not have"
+                        report.add(Finding("page_unknown", record_id=copy["_id"], detail=detail), limit)
+                elif record_json(copy) != record_json(original):
+                    detail = f"a {kind} page's copy differs from the record"
+                    report.add(Finding("page_changed", record_id=copy["_id"], detail=detail), limit)
