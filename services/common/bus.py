@@ -20,7 +20,7 @@ import logging
 import selectors
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -50,6 +50,7 @@ from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeEr
 from services.common.positions import ConsumerPositions
 from services.common.static_membership import ReplicaNameTaken, leave_group, name_taken
 from services.common.stats import StageStats
+from services.common.stuck_partitions import STUCK_AFTER_S, StuckPartitions
 from services.common.topic_metadata import await_topic_metadata
 from services.common.tracing_headers import (
     inject_trace_headers,
@@ -522,13 +523,34 @@ class HealthReporter(Protocol):
     def mark_not_serving(self) -> None: ...
 
 
+class Readiness:
+    """The stage's health from its reasons not to work (the broker away, a partition stuck behind one
+    record): SERVING only while none holds; said to `health` only when that changes."""
+
+    def __init__(self, health: HealthReporter | None) -> None:
+        self._health = health
+        self._reasons: set[str] = set()
+
+    def set(self, reason: str, holds: bool) -> None:
+        before = bool(self._reasons)
+        if holds:
+            self._reasons.add(reason)
+        else:
+            self._reasons.discard(reason)
+        if self._health is not None and bool(self._reasons) != before:
+            if self._reasons:
+                self._health.mark_not_serving()
+            else:
+                self._health.mark_serving()
+
+
 class BrokerOutage:
     """Says once when the broker went away and once when it is back: in the log (the error's type,
     never its text) and on the health service."""
 
-    def __init__(self, stage: str, health: HealthReporter | None) -> None:
+    def __init__(self, stage: str, readiness: Readiness) -> None:
         self._stage = stage
-        self._health = health
+        self._readiness = readiness
         self.active = False
 
     def began(self, state: RetryCallState) -> None:
@@ -541,16 +563,14 @@ class BrokerOutage:
             "broker unreachable; retrying with backoff, nothing committed",
             extra={"stage": self._stage, "error": type(error).__name__},
         )
-        if self._health is not None:
-            self._health.mark_not_serving()
+        self._readiness.set("broker", True)
 
     def ended(self) -> None:
         if not self.active:
             return
         self.active = False
         log.info("broker reachable again; resuming", extra={"stage": self._stage})
-        if self._health is not None:
-            self._health.mark_serving()
+        self._readiness.set("broker", False)
 
 
 def flush_handler(handler: Handler) -> None:
@@ -668,6 +688,7 @@ class StageConsumer:
         idle_fetch_max_wait_ms: int = IDLE_FETCH_MAX_WAIT_MS,
         lane_of: Callable[[str], str | None] | None = None,
         client_config: Mapping[str, str] | None = None,
+        stuck_after_s: float = STUCK_AFTER_S,
     ) -> None:
         self._consumer = KafkaConsumer(
             **(client_config or {}),
@@ -729,6 +750,8 @@ class StageConsumer:
         self._idle_fetch = (1, idle_fetch_max_wait_ms) if idle_fetch_max_wait_ms > fetch_max_wait_ms else None
         self._idle = False
         self._in_flight: InFlightBatch | None = None
+        self._stuck = StuckPartitions(stuck_after_s)
+        self._readiness = Readiness(None)
 
     def poll_once(self, handler: Handler) -> int:
         """One cycle; returns how many records were read."""
@@ -766,6 +789,7 @@ class StageConsumer:
             for tp, offset in result.retry_from.items():
                 if tp in assigned:  # a revoked partition is read again from its committed offset by its new owner
                     self._consumer.seek(tp, offset)
+            self._note_stuck(result, assigned)
             if result.retry_from:
                 time.sleep(self._retry_backoff_s)
         if not self._busy:
@@ -780,6 +804,23 @@ class StageConsumer:
             self.commit_owed()
         self._update_lag()
         return len(records)
+
+    def _note_stuck(self, result: BatchResult, assigned: Collection[TopicPartition]) -> None:
+        """Says once when one record has held its partition for `stuck_after_s` (the stage is not ready
+        until it gets through), and once when it has (stuck_partitions.py)."""
+        newly, freed = self._stuck.saw(result.retry_from, result.commits, assigned)
+        for held in newly:
+            log.error(
+                "one record keeps failing and holds its partition; the stage is not ready until it gets through",
+                extra={"stage": self._stage, "topic": held.topic, "partition": held.partition,
+                       "offset": held.offset, "seconds": round(held.seconds)},
+            )  # fmt: skip
+        for held in freed:
+            log.info(
+                "the record that held its partition got through",
+                extra={"stage": self._stage, "topic": held.topic, "partition": held.partition, "offset": held.offset},
+            )
+        self._readiness.set("stuck", self._stuck.stuck)
 
     def _fetch_mode(self, *, idle: bool) -> None:
         """Idle: the broker answers the next fetch at the first record (no wait for company, so the first
@@ -890,8 +931,10 @@ class StageConsumer:
         returning.
 
         A broker error ends no process: the cycle is tried again after 1, then every 2 seconds (`max_backoff_s`), with
-        `health` NOT_SERVING until a cycle, and a metadata probe, succeed again."""
-        outage = BrokerOutage(self._stage, health)
+        `health` NOT_SERVING until a cycle, and a metadata probe, succeed again; NOT_SERVING too while one
+        record has held its partition for `stuck_after_s` (stuck_partitions.py)."""
+        self._readiness = Readiness(health)
+        outage = BrokerOutage(self._stage, self._readiness)
         retrying = Retrying(
             retry=retry_if_exception(broker_unreachable),
             wait=wait_exponential(multiplier=self._retry_backoff_s, max=self._max_backoff_s),

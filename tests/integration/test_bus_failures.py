@@ -13,6 +13,7 @@ from pymongo.errors import AutoReconnect
 from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
 from tests.integration.bus_helpers import committed_and_end_offsets, read_all, run_in_thread, stage_consumer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +98,54 @@ def test_a_database_outage_in_a_batch_flush_is_retried_and_the_stage_keeps_runni
     assert [r.value for r in read_all(kafka_bootstrap, out, expected=1)] == [b"x"]
     assert read_all(kafka_bootstrap, dlq, expected=1, timeout_s=3) == []
     producer.close()
+
+
+class Health:
+    """What the stage says on its health service (the ControlServer's two calls), with when."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def mark_serving(self) -> None:
+        self.said.append("SERVING")
+
+    def mark_not_serving(self) -> None:
+        self.said.append("NOT_SERVING")
+
+
+def test_a_record_that_keeps_failing_transiently_makes_the_stage_not_ready_until_it_gets_through(
+    kafka_bootstrap: str, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EIO reading one damaged blob is "transient" (the disk may come back): the record is read again
+    and its partition waits. It had waited for ever with the stage's health SERVING."""
+    topic, out, dlq = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}.dlq"
+    ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish([OutgoingMessage(topic, str(i).encode(), b"k") for i in range(3)])
+    mended, done, stop = threading.Event(), threading.Event(), threading.Event()
+
+    def handler(message: IncomingMessage) -> list[OutgoingMessage]:
+        if message.value == b"1" and not mended.is_set():
+            raise OSError(errno.EIO, "Input/output error")
+        if message.value == b"2":
+            done.set()
+        return [OutgoingMessage(out, message.value, message.key)]
+
+    health = Health()
+    consumer = stage_consumer(
+        kafka_bootstrap, producer, [topic], f"{unique_name}-g", dlq, retry_backoff_s=0.1, stuck_after_s=1.0
+    )
+    thread = threading.Thread(target=consumer.run, args=(handler, stop, health), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: health.said == ["NOT_SERVING"], 30, "the stage says it is not ready")
+        assert "holds its partition" in caplog.text and not done.is_set()
+        mended.set()
+        assert done.wait(30), "the record got through, and the rest after it"
+        wait_for(lambda: health.said == ["NOT_SERVING", "SERVING"], 10, "ready again")
+    finally:
+        stop.set()
+        thread.join(30)
+        consumer.close()
+        producer.close()
+    assert sorted(r.value for r in read_all(kafka_bootstrap, out, expected=3)) == [b"0", b"1", b"2"]
