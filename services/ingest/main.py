@@ -75,7 +75,7 @@ def serve(
                 resources.acceptance,
                 resources.organisations,
                 settings.stow_body_timeout_s,
-                UploadSlots(settings.stow_max_uploads_per_org),
+                UploadSlots(settings.stow_max_uploads_per_org, settings.stow_max_uploads),
                 settings.stow_max_instances_per_request,
             )
             http = HttpServer(

@@ -60,6 +60,12 @@ class IngestSettings(ServiceSettings):
     stow_max_uploads_per_org: int = Field(
         8, ge=1, description="STOW-RS uploads one organisation may have open at once; more are refused 429"
     )
+    stow_max_uploads: int = Field(
+        32,
+        ge=1,
+        description="STOW-RS uploads open at once across all organisations; more are refused 503 with Retry-After "
+        "(each may hold up to twice IMX_MAX_INSTANCE_BYTES in memory)",
+    )
     http_tls_cert_file: Path | None = Field(
         None, description="PEM certificate (chain) of the STOW-RS endpoint; with the key file it serves HTTPS only"
     )

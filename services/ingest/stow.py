@@ -29,7 +29,7 @@ from services.ingest.multipart_related import (
 )
 from services.ingest.status_codes import OUT_OF_RESOURCES, PROCESSING_FAILURE
 from services.ingest.stow_response import DICOM_JSON, InstanceOutcome, http_status, outcome_of, response_body
-from services.ingest.upload_slots import UploadSlots
+from services.ingest.upload_slots import SERVICE, UploadSlots
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +117,17 @@ def _store_part(context: StowContext, part: Part, org: str, destination: str, st
 async def _store(
     request: Request, context: StowContext, org: str, destination: str, study_uid: str | None
 ) -> JSONResponse:
-    with context.uploads.hold(org) as granted:
-        if granted:
+    with context.uploads.hold(org) as full:
+        if full is None:
             return await _store_held(request, context, org, destination, study_uid)
-    log.warning(
-        "stow-rs upload refused: the organisation has its cap of uploads open",
-        extra={"org": org, "count": context.uploads.per_org, "status": 429},
-    )
+    if full == SERVICE:
+        status, detail = 503, f"the service already has {context.uploads.total} uploads open; retry later"
+    else:
+        status, detail = 429, f"this organisation already has {context.uploads.per_org} uploads open; retry later"
+    log.warning("stow-rs upload refused: a cap of uploads open is reached", extra={"org": org, "status": status})
     return JSONResponse(
-        {"detail": f"this organisation already has {context.uploads.per_org} uploads open; retry later"},
-        status_code=429,
+        {"detail": detail},
+        status_code=status,
         # Answered before the body is read: the server reads the rest and drops it (http_server's drain), so a
         # client that sends its whole body before it reads finds this answer instead of a reset connection.
         headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
@@ -221,7 +222,10 @@ _STOW_OPENAPI = {
             "description": "the organisation already has IMX_STOW_MAX_UPLOADS_PER_ORG uploads open: retry later "
             "(Retry-After); the body sent is read and dropped"
         },
-        "503": {"description": "a dependency is down: retry later (Retry-After)"},
+        "503": {
+            "description": "a dependency is down, or the service has IMX_STOW_MAX_UPLOADS uploads open: retry "
+            "later (Retry-After)"
+        },
     },
 }
 

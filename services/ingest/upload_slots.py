@@ -1,8 +1,11 @@
-"""A cap on the STOW-RS uploads one organisation has open at once.
+"""Caps on the STOW-RS uploads open at once: per organisation, and for the whole service.
 
-Without it one sender (or one stolen API key) could open thousands of slow uploads and hold every
-connection, buffer and thread-pool slot the service has, starving every other trust. The cap is per
-organisation, so a busy trust waits for its own uploads, not for another's.
+Without the first, one sender (or one stolen API key) could open thousands of slow uploads and hold
+every connection, buffer and thread-pool slot the service has, starving every other trust; it is per
+organisation, so a busy trust waits for its own uploads, not for another's. The second bounds the
+process: each upload may hold an instance twice in memory while its part ends (up to
+IMX_MAX_INSTANCE_BYTES each), and many organisations at once, each within its own cap, could exceed
+the pod's memory.
 """
 
 from __future__ import annotations
@@ -13,36 +16,47 @@ from contextlib import contextmanager
 
 from opentelemetry import metrics
 
+ORG = "org"
+SERVICE = "service"
+
 
 class UploadSlots:
-    def __init__(self, per_org: int) -> None:
-        if per_org < 1:
-            raise ValueError("at least one upload per organisation")
+    def __init__(self, per_org: int, total: int | None = None) -> None:
+        if per_org < 1 or (total is not None and total < 1):
+            raise ValueError("at least one upload per organisation, and in all")
         self.per_org = per_org
+        self.total = total
         self._open: dict[str, int] = {}
+        self._open_total = 0
         self._lock = threading.Lock()
         self._refused = metrics.get_meter("imx.ingest").create_counter(
             "imx.ingest.stow.refused_busy",
             unit="{request}",
-            description="STOW-RS requests refused because their organisation had its cap of uploads open",
+            description="STOW-RS requests refused because their organisation (cap=org) or the service (cap=service) "
+            "had its cap of uploads open",
         )
 
     @contextmanager
-    def hold(self, org: str) -> Iterator[bool]:
-        """Yields True with a slot held until the block ends, or False (counted) when `org` has none free."""
+    def hold(self, org: str) -> Iterator[str | None]:
+        """Yields None with a slot held until the block ends, or (counted) the cap that is full: ORG when
+        `org` has none free, SERVICE when the service has none."""
         with self._lock:
             held = self._open.get(org, 0)
-            granted = held < self.per_org
-            if granted:
+            full = ORG if held >= self.per_org else None
+            if full is None and self.total is not None and self._open_total >= self.total:
+                full = SERVICE
+            if full is None:
                 self._open[org] = held + 1
-        if not granted:
-            self._refused.add(1, {"org": org})
-            yield False
+                self._open_total += 1
+        if full is not None:
+            self._refused.add(1, {"org": org, "cap": full})
+            yield full
             return
         try:
-            yield True
+            yield None
         finally:
             with self._lock:
+                self._open_total -= 1
                 remaining = self._open[org] - 1
                 if remaining:
                     self._open[org] = remaining

@@ -41,7 +41,12 @@ ServerFactory = Callable[..., HttpServer]
 def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
     servers: list[HttpServer] = []
 
-    def start(uploads_per_org: int, body_timeout_s: float = BODY_TIMEOUT_S, max_parts: int = 10_000) -> HttpServer:
+    def start(
+        uploads_per_org: int,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        max_parts: int = 10_000,
+        uploads: int | None = None,
+    ) -> HttpServer:
         acceptance = Acceptance(
             blobs=LocalBlobStore(tmp_path),
             receipts=MemoryReceiptStore(),
@@ -49,7 +54,7 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
             topics=Topics("t-"),
             max_instance_bytes=400_000,
         )
-        context = StowContext(acceptance, ApiKeys(), body_timeout_s, UploadSlots(uploads_per_org), max_parts)
+        context = StowContext(acceptance, ApiKeys(), body_timeout_s, UploadSlots(uploads_per_org, uploads), max_parts)
         http = HttpServer(create_app(context), "127.0.0.1", 0, grace_s=1, header_timeout_s=HEADER_TIMEOUT_S)
         http.start()
         servers.append(http)
@@ -194,6 +199,24 @@ def test_uploads_past_the_organisations_cap_are_refused_429_and_others_are_not(
     assert len(busy) == CLIENTS - 8
     assert {getattr(r, "org", None) for r in busy} == {"trust-a"}
     assert _tracebacks(caplog.records) == []
+
+
+def test_uploads_past_the_services_cap_are_refused_503_whichever_organisation_sends(
+    start_server: ServerFactory,
+) -> None:
+    """Each organisation within its own cap, all of them together past the service's: every upload may hold
+    an instance twice in memory, so the pod's memory bounds how many may be open at once."""
+    server = start_server(8, body_timeout_s=10.0, uploads=2)
+    held = [_stalled_upload(server.port), _stalled_upload(server.port, OTHER_KEY)]
+    time.sleep(0.3)  # both are authenticated and hold their slots
+    refused = _stalled_upload(server.port, OTHER_KEY)
+    try:
+        answer = read_answer(refused)
+    finally:
+        for sock in [*held, refused]:
+            sock.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert b"\r\nretry-after: 5\r\n" in answer.lower() and b"the service already has 2 uploads open" in answer
 
 
 def test_a_refused_upload_sent_whole_before_reading_gets_its_429(start_server: ServerFactory) -> None:
