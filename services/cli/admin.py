@@ -312,9 +312,9 @@ def orgs_list() -> None:
     """Show sending organisations."""
     with _channel(CliSettings().ingest_grpc) as channel:
         reply = admin_pb2_grpc.OrganisationAdminStub(channel).ListOrganisations(admin_pb2.ListOrganisationsRequest())
-    table = Table("id", "name", "AE titles")
+    table = Table("id", "name", "AE titles", "C-STORE from")
     for o in reply.organisations:
-        table.add_row(o.org_id, o.name, ", ".join(o.ae_titles))
+        table.add_row(o.org_id, o.name, ", ".join(o.ae_titles), ", ".join(o.dicom_from) or "anywhere")
     console.print(table)
 
 
@@ -323,10 +323,18 @@ def orgs_add(
     org_id: str,
     name: str = "",
     ae_title: Annotated[list[str] | None, typer.Option("--ae-title", help="calling AE title (repeatable)")] = None,
+    dicom_from: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dicom-from",
+            help="a network (CIDR) its C-STOREs may come from (repeatable; none: anywhere). Binds the AE titles, "
+            "which travel in the clear, to the site",
+        ),
+    ] = None,
     api_key: Annotated[bool, typer.Option("--api-key", help="issue an API key for STOW-RS (shown once)")] = False,
 ) -> None:
-    """Register a sending organisation."""
-    org = admin_pb2.Organisation(org_id=org_id, name=name, ae_titles=ae_title or [])
+    """Register a sending organisation (or replace one: give every AE title and network again)."""
+    org = admin_pb2.Organisation(org_id=org_id, name=name, ae_titles=ae_title or [], dicom_from=dicom_from or [])
     with _channel(CliSettings().ingest_grpc) as channel:
         reply = admin_pb2_grpc.OrganisationAdminStub(channel).AddOrganisation(
             admin_pb2.AddOrganisationRequest(organisation=org, issue_api_key=api_key)

@@ -8,16 +8,23 @@ import grpc
 
 from services.common.control_server import ServicerRegistration
 from services.common.messages import shown
-from services.common.stores.organisations import Organisation, OrganisationStore
+from services.common.stores.organisations import Organisation, OrganisationStore, validate_organisation
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
 
 def organisation_to_proto(org: Organisation) -> admin_pb2.Organisation:
-    return admin_pb2.Organisation(org_id=org.org_id, name=org.name, ae_titles=list(org.ae_titles))
+    return admin_pb2.Organisation(
+        org_id=org.org_id, name=org.name, ae_titles=list(org.ae_titles), dicom_from=list(org.dicom_from)
+    )
 
 
 def organisation_from_proto(msg: admin_pb2.Organisation) -> Organisation:
-    return Organisation(org_id=msg.org_id, name=msg.name, ae_titles=tuple(ae.strip() for ae in msg.ae_titles))
+    return Organisation(
+        org_id=msg.org_id,
+        name=msg.name,
+        ae_titles=tuple(ae.strip() for ae in msg.ae_titles),
+        dicom_from=tuple(msg.dicom_from),
+    )
 
 
 class OrganisationAdminServicer(admin_pb2_grpc.OrganisationAdminServicer):
@@ -29,8 +36,8 @@ class OrganisationAdminServicer(admin_pb2_grpc.OrganisationAdminServicer):
     def AddOrganisation(
         self, request: admin_pb2.AddOrganisationRequest, context: grpc.ServicerContext
     ) -> admin_pb2.AddOrganisationReply:
-        org = organisation_from_proto(request.organisation)
         try:
+            org = validate_organisation(organisation_from_proto(request.organisation))  # as stored: networks tidied
             api_key = self._store.add(org, issue_api_key=request.issue_api_key)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
+from services.common.stores.organisations import CallingOrg
 from services.common.ttl_cache import RefreshingSnapshot
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 # registered we want the opposite, so the list then holds one title no organisation has: a random one
 # (organisation titles are chosen by operators), and the C-STORE handler checks the organisation too.
 _NOBODY = "imx-" + secrets.token_hex(6)
-_NO_TITLES: Mapping[str, str] = MappingProxyType({})
+_NO_TITLES: Mapping[str, CallingOrg] = MappingProxyType({})
 
 
 def allowed_calling_aets(titles: Iterable[str]) -> list[str]:
@@ -35,7 +36,7 @@ class CallingAeTitles:
 
     def __init__(
         self,
-        load: Callable[[], Mapping[str, str]],
+        load: Callable[[], Mapping[str, CallingOrg]],
         on_change: Callable[[list[str]], None],
         interval_s: float = 5.0,
     ) -> None:
@@ -46,8 +47,13 @@ class CallingAeTitles:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def org_for(self, ae_title: str) -> str | None:
+    def caller(self, ae_title: str) -> CallingOrg | None:
+        """The organisation the title stands for, and where it may call from."""
         return self._current().get(ae_title.strip())
+
+    def org_for(self, ae_title: str) -> str | None:
+        caller = self.caller(ae_title)
+        return caller.org_id if caller is not None else None
 
     def refresh(self) -> bool:
         """Re-read the titles; on failure the last good set stays in force."""
@@ -58,10 +64,10 @@ class CallingAeTitles:
             return False
         return True
 
-    def _current(self) -> Mapping[str, str]:
+    def _current(self) -> Mapping[str, CallingOrg]:
         return self._titles.peek() or _NO_TITLES
 
-    def _read(self, previous: Mapping[str, str] | None) -> Mapping[str, str]:
+    def _read(self, previous: Mapping[str, CallingOrg] | None) -> Mapping[str, CallingOrg]:
         # Applied inside the snapshot's check, one at a time: two refreshes cannot apply in the wrong order.
         titles = MappingProxyType(dict(self._load()))
         # The first load always applies: until then every caller may associate (`start`), and with no

@@ -62,7 +62,7 @@ def serve(
     stats = StageStats(service=SERVICE)
     try:
         with open_ingest(settings, stats, stop) as resources:
-            receiver = DicomReceiver(resources.acceptance, resources.organisations.ae_title_map, settings)
+            receiver = DicomReceiver(resources.acceptance, resources.organisations.calling_aes, settings)
             control = ControlServer(
                 SERVICE,
                 StageControl(stats),

@@ -49,6 +49,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.dicom.association_waits import WaitingRequestHandler
+from services.common.stores.organisations import CallingOrg
 from services.ingest import dimse_encoding, dimse_receive, dimse_serve
 from services.ingest.acceptance import Acceptance, AcceptanceResult, Accepted, Channel, Duplicate, Expected
 from services.ingest.calling_aets import CallingAeTitles
@@ -157,13 +158,21 @@ class StoreHandler:
     def _answer(self, assoc: Association, accept: Callable[[str], AcceptanceResult]) -> tuple[int, str]:
         """The status and Error Comment for `accept`'s outcome."""
         calling_ae = assoc.requestor.ae_title.strip()
-        org = self._calling_aets.org_for(calling_ae)
-        if org is None and not self._calling_aets.loaded:  # MongoDB away since ingest started
+        caller = self._calling_aets.caller(calling_ae)
+        if caller is None and not self._calling_aets.loaded:  # MongoDB away since ingest started
             log.warning("c-store refused for now: calling AE titles not read yet", extra={"calling_ae": calling_ae})
             return OUT_OF_RESOURCES, "try-again-later"
-        if org is None:  # the organisation was removed while its association was open
+        if caller is None:  # the organisation was removed while its association was open
             log.warning("c-store refused: unknown calling AE", extra={"calling_ae": calling_ae})
             return NOT_AUTHORIZED, "unknown-calling-ae"
+        if not caller.admits(assoc.requestor.address):
+            # The title is right, the place is not: someone who learnt it (it travels in the clear).
+            log.warning(
+                "c-store refused: calling AE from outside its organisation's networks",
+                extra={"calling_ae": calling_ae, "org": caller.org_id, "address": assoc.requestor.address},
+            )
+            return NOT_AUTHORIZED, "calling-ae-not-from-its-networks"
+        org = caller.org_id
         try:
             result = accept(org)
         except IngestUnavailable:
@@ -254,7 +263,10 @@ class DicomReceiver:
     """Owns the AE, its association server and the calling-AE refresher."""
 
     def __init__(
-        self, acceptance: Acceptance, load_ae_titles: Callable[[], Mapping[str, str]], settings: IngestSettings
+        self,
+        acceptance: Acceptance,
+        load_ae_titles: Callable[[], Mapping[str, CallingOrg]],
+        settings: IngestSettings,
     ) -> None:
         self._settings = settings
         # A group commit waits for C-STORE data sets still arriving too (received_files.py).

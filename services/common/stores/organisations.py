@@ -1,10 +1,12 @@
-"""Sending organisations: their calling AE titles (C-STORE) and API keys (STOW-RS, imx send).
+"""Sending organisations: their calling AE titles (C-STORE), the networks those may call from, and API
+keys (STOW-RS, imx send).
 
 API keys are stored as SHA-256 digests only; the key itself is shown once, when issued.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -18,6 +20,9 @@ _ORG_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 _AE_TITLE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,14}[\x21-\x7e])?\Z")
 # Each is a lookup key for every association; a site with more sends through a gateway, not this list.
 MAX_AE_TITLES = 1000
+MAX_NETWORKS = 100
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,37 @@ class Organisation:
     org_id: str
     name: str = ""
     ae_titles: tuple[str, ...] = field(default_factory=tuple)
+    # Where its C-STOREs may come from (CIDR, e.g. 10.20.0.0/16); none: anywhere. An AE title is sent in
+    # the clear and anyone who learns it can send as the organisation; a network binds it to the site.
+    dicom_from: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class CallingOrg:
+    """What a calling AE title stands for: its organisation, and the networks it may call from."""
+
+    org_id: str
+    networks: tuple[Network, ...] = ()
+
+    def admits(self, address: str) -> bool:
+        """Whether a C-STORE from `address` (the peer's IP) may be its organisation's."""
+        if not self.networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:  # a dual-stack socket's IPv4 peer
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.networks)
+
+
+def network_of(text: str) -> Network:
+    """A CIDR network as written (host bits allowed: 10.1.2.3/16 is 10.1.0.0/16); a bare address is itself."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{shown(text)} is not a network (CIDR, e.g. 10.20.0.0/16, or an address)") from None
 
 
 def is_organisation_id(text: str) -> bool:
@@ -40,7 +76,10 @@ def validate_organisation(org: Organisation) -> Organisation:
     for ae in org.ae_titles:
         if not _AE_TITLE.match(ae) or "\\" in ae:
             raise ValueError(f"AE title {shown(ae)} is not valid (1-16 printable characters, no backslash)")
-    return org
+    if len(org.dicom_from) > MAX_NETWORKS:
+        raise ValueError(f"{len(org.dicom_from)} networks given; an organisation has at most {MAX_NETWORKS}")
+    networks = tuple(dict.fromkeys(str(network_of(n)) for n in org.dicom_from))
+    return Organisation(org.org_id, org.name, org.ae_titles, networks)
 
 
 class OrganisationStore:
@@ -50,12 +89,16 @@ class OrganisationStore:
 
     def add(self, org: Organisation, issue_api_key: bool = False) -> str:
         """Create or replace; returns a newly issued API key, or "" when none was asked for."""
-        validate_organisation(org)
+        org = validate_organisation(org)
         for ae in org.ae_titles:
             clash = self._orgs.find_one({"ae_titles": ae, "_id": {"$ne": org.org_id}})
             if clash:
                 raise ValueError(f"AE title {shown(ae)} already belongs to organisation {clash['_id']!r}")
-        update: dict[str, object] = {"name": org.name, "ae_titles": list(org.ae_titles)}
+        update: dict[str, object] = {
+            "name": org.name,
+            "ae_titles": list(org.ae_titles),
+            "dicom_from": list(org.dicom_from),
+        }
         api_key = ""
         if issue_api_key:
             api_key = api_keys.issue_api_key("imx_")
@@ -68,7 +111,9 @@ class OrganisationStore:
 
     def list(self) -> list[Organisation]:
         return [
-            Organisation(doc["_id"], doc.get("name", ""), tuple(doc.get("ae_titles", [])))
+            Organisation(
+                doc["_id"], doc.get("name", ""), tuple(doc.get("ae_titles", [])), tuple(doc.get("dicom_from", []))
+            )
             for doc in self._orgs.find().sort("_id", 1)
         ]
 
@@ -80,8 +125,13 @@ class OrganisationStore:
         doc = self._orgs.find_one({"ae_titles": ae_title}, {"_id": 1})
         return doc["_id"] if doc else None
 
-    def ae_title_map(self) -> dict[str, str]:
-        return {ae: doc["_id"] for doc in self._orgs.find({}, {"ae_titles": 1}) for ae in doc.get("ae_titles", [])}
+    def calling_aes(self) -> dict[str, CallingOrg]:
+        """Every calling AE title, with its organisation and the networks it may call from."""
+        found: dict[str, CallingOrg] = {}
+        for doc in self._orgs.find({}, {"ae_titles": 1, "dicom_from": 1}):
+            caller = CallingOrg(doc["_id"], tuple(network_of(n) for n in doc.get("dicom_from", [])))
+            found.update(dict.fromkeys(doc.get("ae_titles", []), caller))
+        return found
 
     def exists(self, org_id: str) -> bool:
         return self._orgs.count_documents({"_id": org_id}, limit=1) == 1

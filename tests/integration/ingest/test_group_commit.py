@@ -20,6 +20,7 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from services.common.blob_store import LocalBlobStore
 from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import OutgoingMessage
+from services.common.stores.organisations import CallingOrg
 from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance, Accepted, Duplicate
 from services.ingest.file_receipts import FileReceiptStore
@@ -98,7 +99,7 @@ def test_eight_associations_at_once_share_one_flush_and_one_receipt_write(
     )
     receiver = DicomReceiver(
         acceptance,
-        lambda: {CALLING_AE: "trust-a"},
+        lambda: {CALLING_AE: CallingOrg("trust-a")},
         IngestSettings(dicom_port=0, calling_ae_refresh_s=60, blob_dir=tmp_path / "blobs"),
     )
     receiver.start()

@@ -20,6 +20,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from services.common.blob_store import LocalBlobStore
+from services.common.stores.organisations import CallingOrg, network_of
 from services.common.topics import Topics
 from services.gateway.dimse_exchange import answer_from_dul
 from services.ingest import received_files
@@ -40,13 +41,13 @@ def bus() -> RecordingBus:
 
 
 @pytest.fixture
-def titles() -> dict[str, str]:
+def titles() -> dict[str, CallingOrg]:
     """What the organisation store says; tests change it."""
-    return {CALLING_AE: "trust-a"}
+    return {CALLING_AE: CallingOrg("trust-a")}
 
 
 @pytest.fixture
-def receiver(tmp_path: Path, bus: RecordingBus, titles: dict[str, str]) -> Iterator[DicomReceiver]:
+def receiver(tmp_path: Path, bus: RecordingBus, titles: dict[str, CallingOrg]) -> Iterator[DicomReceiver]:
     acceptance = Acceptance(
         blobs=LocalBlobStore(tmp_path),
         receipts=MemoryReceiptStore(),
@@ -98,7 +99,7 @@ def test_an_instance_without_study_uid_fails_with_a900(receiver: DicomReceiver, 
 
 
 def test_a_caller_whose_organisation_is_gone_is_not_authorised(
-    receiver: DicomReceiver, bus: RecordingBus, titles: dict[str, str]
+    receiver: DicomReceiver, bus: RecordingBus, titles: dict[str, CallingOrg]
 ) -> None:
     ae = AE(ae_title=CALLING_AE)
     ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
@@ -112,6 +113,22 @@ def test_a_caller_whose_organisation_is_gone_is_not_authorised(
     finally:
         assoc.release()
     assert not bus.messages
+
+
+def test_a_calling_ae_title_sent_from_outside_its_organisations_networks_is_not_authorised(
+    receiver: DicomReceiver, bus: RecordingBus, titles: dict[str, CallingOrg]
+) -> None:
+    """The title travels in the clear: whoever learns it could send as the organisation. Bound to the
+    site's networks, it stores nothing from anywhere else."""
+    titles[CALLING_AE] = CallingOrg("trust-a", (network_of("10.20.0.0/16"), network_of("fd00::/8")))
+    receiver.calling_aets.refresh()
+    assert _send(receiver, mr_study(405, n=1)[0]) == (0x0124, "calling-ae-not-from-its-networks")
+    assert not bus.messages
+
+    titles[CALLING_AE] = CallingOrg("trust-a", (network_of("10.20.0.0/16"), network_of("127.0.0.0/8")))
+    receiver.calling_aets.refresh()
+    assert _send(receiver, mr_study(405, n=1)[0]) == (0x0000, "")
+    assert len(bus.on(TOPICS.ingested)) == 1
 
 
 def _associate(receiver: DicomReceiver) -> Association:
@@ -184,10 +201,10 @@ def test_while_the_organisations_cannot_be_read_a_sender_is_told_to_try_again(
     permanent rejection after which senders stopped sending."""
     readable = False
 
-    def titles() -> dict[str, str]:
+    def titles() -> dict[str, CallingOrg]:
         if not readable:
             raise ConnectionError("mongo down")
-        return {CALLING_AE: "trust-a"}
+        return {CALLING_AE: CallingOrg("trust-a")}
 
     acceptance = Acceptance(
         blobs=LocalBlobStore(tmp_path), receipts=MemoryReceiptStore(), bus=bus, topics=TOPICS, max_instance_bytes=10**7
@@ -243,7 +260,7 @@ def test_a_data_set_over_the_limit_is_refused_without_being_written_whole(
         max_instance_bytes=limit,
     )  # fmt: skip
     settings = IngestSettings(dicom_port=0, calling_ae_refresh_s=60, max_instance_bytes=limit, blob_dir=tmp_path / "in")
-    receiver = DicomReceiver(acceptance, lambda: {CALLING_AE: "trust-a"}, settings)
+    receiver = DicomReceiver(acceptance, lambda: {CALLING_AE: CallingOrg("trust-a")}, settings)
     for name in ("NamedTemporaryFile", "create_file_meta", "write_file_meta_info"):  # process-wide: restored
         monkeypatch.setattr(dimse_messages, name, getattr(dimse_messages, name))
     receiver.start()
@@ -294,7 +311,7 @@ def test_the_called_ae_title_is_checked_when_asked(tmp_path: Path, bus: Recordin
         blobs=LocalBlobStore(tmp_path), receipts=MemoryReceiptStore(), bus=bus, topics=TOPICS, max_instance_bytes=10**7
     )
     settings = IngestSettings(dicom_port=0, calling_ae_refresh_s=60, dicom_require_called_ae=True)
-    receiver = DicomReceiver(acceptance, lambda: {CALLING_AE: "trust-a"}, settings)
+    receiver = DicomReceiver(acceptance, lambda: {CALLING_AE: CallingOrg("trust-a")}, settings)
     receiver.start()
     try:
         ae = AE(ae_title=CALLING_AE)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from io import BytesIO
 from pathlib import Path
 
 import grpc
@@ -61,6 +62,40 @@ def test_organisation_admin_issues_a_key_that_stow_accepts(ingest: RunningIngest
         with pytest.raises(grpc.RpcError) as missing:
             admin.RemoveOrganisation(admin_pb2.RemoveOrganisationRequest(org_id="tele-rad"))
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_organisations_calling_ae_title_is_bound_to_its_networks(ingest: RunningIngest) -> None:
+    """Stored in MongoDB, read back by the running service at once (`imx orgs add --dicom-from`)."""
+
+    def send() -> int:
+        ae = AE(ae_title="SITEPACS")
+        ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", ingest.endpoints.dicom_port, ae_title=ingest.endpoints.ae_title)
+        assert assoc.is_established
+        try:
+            return int(assoc.send_c_store(dcmread(BytesIO(mr_study(306, n=1)[0]))).Status)
+        finally:
+            assoc.release()
+
+    with control_channel(f"127.0.0.1:{ingest.endpoints.grpc_port}") as channel:
+        admin = admin_pb2_grpc.OrganisationAdminStub(channel)
+
+        def add(*networks: str) -> admin_pb2.AddOrganisationReply:
+            site = admin_pb2.Organisation(org_id="site", ae_titles=["SITEPACS"], dicom_from=networks)
+            return admin.AddOrganisation(admin_pb2.AddOrganisationRequest(organisation=site))
+
+        assert list(add("10.20.3.4/16").organisation.dicom_from) == ["10.20.0.0/16"]
+        listed = admin.ListOrganisations(admin_pb2.ListOrganisationsRequest())
+        assert [list(o.dicom_from) for o in listed.organisations if o.org_id == "site"] == [["10.20.0.0/16"]]
+        assert send() == 0x0124, "127.0.0.1 is not the site's network"
+        add("10.20.0.0/16", "127.0.0.1")
+        assert send() == 0x0000
+        with pytest.raises(grpc.RpcError) as invalid:
+            add("10.20.0.0/33")
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a network" in str(
+            invalid.value.details()
+        )
+        assert admin.RemoveOrganisation(admin_pb2.RemoveOrganisationRequest(org_id="site")).removed
 
 
 def test_health_and_status_are_served(ingest: RunningIngest) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 
+from services.common.stores.organisations import CallingOrg
 from services.ingest.calling_aets import CallingAeTitles, allowed_calling_aets
 
 
@@ -18,11 +19,11 @@ def test_allowed_titles_are_the_organisations_titles() -> None:
 
 
 def test_refresh_applies_changes_and_keeps_the_last_good_set_on_failure() -> None:
-    current: dict[str, str] = {"PACS1": "trust-a"}
+    current: dict[str, CallingOrg] = {"PACS1": CallingOrg("trust-a")}
     applied: list[list[str]] = []
     failing = False
 
-    def load() -> Mapping[str, str]:
+    def load() -> Mapping[str, CallingOrg]:
         if failing:
             raise ConnectionError("mongo down")
         return dict(current)
@@ -34,7 +35,7 @@ def test_refresh_applies_changes_and_keeps_the_last_good_set_on_failure() -> Non
     assert titles.refresh()
     assert applied == [["PACS1"]]  # unchanged: pynetdicom is not touched again
 
-    current["CT2"] = "trust-b"
+    current["CT2"] = CallingOrg("trust-b")
     failing = True
     assert not titles.refresh()
     assert titles.org_for("PACS1") == "trust-a" and titles.org_for("CT2") is None
@@ -49,7 +50,7 @@ def test_until_the_first_load_every_caller_associates_and_none_is_known() -> Non
     for good while MongoDB was away at ingest's start. Their C-STOREs are answered "try again" instead."""
     applied: list[list[str]] = []
 
-    def load() -> Mapping[str, str]:
+    def load() -> Mapping[str, CallingOrg]:
         raise ConnectionError("mongo down")
 
     titles = CallingAeTitles(load, applied.append, interval_s=60)
@@ -60,11 +61,11 @@ def test_until_the_first_load_every_caller_associates_and_none_is_known() -> Non
 
 
 def test_two_refreshes_at_once_apply_the_titles_in_the_order_they_were_read() -> None:
-    reads = iter([{"OLD": "trust-a"}, {"NEW": "trust-b"}])
+    reads = iter([{"OLD": CallingOrg("trust-a")}, {"NEW": CallingOrg("trust-b")}])
     applied: list[list[str]] = []
     first_read, release = threading.Event(), threading.Event()
 
-    def load() -> Mapping[str, str]:
+    def load() -> Mapping[str, CallingOrg]:
         titles = next(reads)
         if "OLD" in titles:  # the background refresh read before the admin API's change
             first_read.set()
