@@ -531,6 +531,9 @@ class Readiness:
         self._health = health
         self._reasons: set[str] = set()
 
+    def holds(self, reason: str) -> bool:
+        return reason in self._reasons
+
     def set(self, reason: str, holds: bool) -> None:
         before = bool(self._reasons)
         if holds:
@@ -751,6 +754,8 @@ class StageConsumer:
         self._idle = False
         self._in_flight: InFlightBatch | None = None
         self._stuck = StuckPartitions(stuck_after_s)
+        self._stuck_after_s = stuck_after_s
+        self._failing_since: float | None = None
         self._readiness = Readiness(None)
 
     def poll_once(self, handler: Handler) -> int:
@@ -789,9 +794,11 @@ class StageConsumer:
             for tp, offset in result.retry_from.items():
                 if tp in assigned:  # a revoked partition is read again from its committed offset by its new owner
                     self._consumer.seek(tp, offset)
-            self._note_stuck(result, assigned)
+            self._note_stuck(result.retry_from, result.commits, assigned)
             if result.retry_from:
                 time.sleep(self._retry_backoff_s)
+        elif self._stuck.holding:  # an idle poll: a stuck partition may have gone to another replica
+            self._note_stuck({}, (), self._consumer.assignment())
         if not self._busy:
             # Overlap only pays while a backlog keeps batches full; a stage that keeps up writes each batch
             # before its next poll, which may wait for input.
@@ -805,22 +812,49 @@ class StageConsumer:
         self._update_lag()
         return len(records)
 
-    def _note_stuck(self, result: BatchResult, assigned: Collection[TopicPartition]) -> None:
+    def _note_stuck(
+        self,
+        retried: Mapping[TopicPartition, int],
+        moved: Iterable[TopicPartition],
+        assigned: Collection[TopicPartition],
+    ) -> None:
         """Says once when one record has held its partition for `stuck_after_s` (the stage is not ready
-        until it gets through), and once when it has (stuck_partitions.py)."""
-        newly, freed = self._stuck.saw(result.retry_from, result.commits, assigned)
+        until it gets through, or the partition is another replica's), and once when it has
+        (stuck_partitions.py)."""
+        newly, freed = self._stuck.saw(retried, moved, assigned)
         for held in newly:
             log.error(
-                "one record keeps failing and holds its partition; the stage is not ready until it gets through",
+                "the same record has failed for minutes and holds its partition (an outage not over, or a record "
+                "that cannot get through: its error is logged above); the stage is not ready until it gets through",
                 extra={"stage": self._stage, "topic": held.topic, "partition": held.partition,
                        "offset": held.offset, "seconds": round(held.seconds)},
             )  # fmt: skip
         for held in freed:
             log.info(
-                "the record that held its partition got through",
+                "the partition held by one record moves again",
                 extra={"stage": self._stage, "topic": held.topic, "partition": held.partition, "offset": held.offset},
             )
         self._readiness.set("stuck", self._stuck.stuck)
+
+    def _batch_failed(self) -> None:
+        """A batch's write or publish failed transiently (it is read again): after `stuck_after_s` of
+        nothing but such failures the stage says so once and is not ready, as for one stuck record."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since >= self._stuck_after_s and not self._readiness.holds("failing"):
+            log.error(
+                "every batch has failed for minutes and is read again; the stage is not ready until one gets through",
+                extra={"stage": self._stage, "seconds": round(now - self._failing_since)},
+            )
+            self._readiness.set("failing", True)
+
+    def _batch_succeeded(self) -> None:
+        if self._failing_since is not None:
+            self._failing_since = None
+            if self._readiness.holds("failing"):
+                log.info("batches get through again", extra={"stage": self._stage})
+                self._readiness.set("failing", False)
 
     def _fetch_mode(self, *, idle: bool) -> None:
         """Idle: the broker answers the next fetch at the first record (no wait for company, so the first
@@ -950,6 +984,7 @@ class StageConsumer:
                 if broker_unreachable(error):  # tenacity gave up because the stage is stopping
                     continue
                 log.warning("transient failure; batch will be read again", extra={"stage": self._stage})
+                self._batch_failed()
                 stop.wait(self._retry_backoff_s)
             except KafkaError as error:
                 if not (stop.is_set() and broker_unreachable(error)):
@@ -961,9 +996,11 @@ class StageConsumer:
                     "transient failure; batch will be read again",
                     extra={"stage": self._stage, "error": type(error).__name__},
                 )
+                self._batch_failed()
                 stop.wait(self._retry_backoff_s)
             else:
                 outage.ended()
+                self._batch_succeeded()
         self._settle_before_closing()
         self.commit_owed(timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)
 

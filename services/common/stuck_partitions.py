@@ -38,6 +38,11 @@ class StuckPartitions:
     def stuck(self) -> bool:
         return bool(self._reported)
 
+    @property
+    def holding(self) -> bool:
+        """Whether a partition is waiting behind a record (stuck yet or not)."""
+        return bool(self._held)
+
     def saw(
         self,
         retried: Mapping[TopicPartition, int],
