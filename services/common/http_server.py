@@ -59,7 +59,9 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 DRAIN_AFTER_ANSWER_S = 30.0
 _STOPPING_BODY = b'{"detail":"the service is stopping; retry later"}'
 # The ASGI "Zero Copy Send" extension: {"type": ZERO_COPY_SEND, "file": <binary file>, "offset": int,
-# "count": int, "more_body": bool} after `http.response.start`, in place of an `http.response.body`.
+# "count": int, "more_body": bool} after `http.response.start`, in place of an `http.response.body`. Once
+# the send returns, the server has set the message's "whole": whether every byte was handed to the kernel
+# (False when the client hung up first: ASGI sends to a gone client return as if they had gone out).
 ZERO_COPY_SEND = "http.response.zerocopysend"
 # A client that stops reading an answer written through the transport: closed after this long without
 # taking a byte (its socket's buffer full; one that takes any, however slowly, is not stalled). Nothing
@@ -338,6 +340,7 @@ async def _send_file(cycle: RequestResponseCycle, message: Message, send: Send) 
     Content-Length), the kernel sends them from the file, and uvicorn's own send ends the message.
     Before, a 527 KB object was read into memory and written from there: a copy into the process, one
     into the socket, and on a partial send asyncio copied the rest twice more (a slice, its buffer)."""
+    message["whole"] = False  # told back to the sender: whether every byte was handed to the kernel
     if cycle.flow.write_paused and not cycle.disconnected:
         await cycle.flow.drain()
     if cycle.disconnected:
@@ -365,6 +368,7 @@ async def _send_file(cycle: RequestResponseCycle, message: Message, send: Send) 
                 await asyncio.sleep(0)
                 return
     await send({"type": "http.response.body", "body": b"", "more_body": bool(message.get("more_body", False))})
+    message["whole"] = not cycle.disconnected
 
 
 class _CutOffAtShutdown:

@@ -244,14 +244,15 @@ def create_partner_app(
         """One instance as `application/dicom`: whole, or the one range asked for (a broken transfer
         resumed), or 304 when the partner's copy is this object (byte_ranges.py); a HEAD gets the
         headers only."""
-        retrieval.instances = 1
         syntax = f"; transfer-syntax={part.transfer_syntax}" if part.transfer_syntax else ""
         etag = entity_tag(item.sha256)
         headers = {"ETag": etag, "Accept-Ranges": "bytes"}
         if none_match(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers=headers)
+            return Response(status_code=304, headers=headers)  # recorded as no instance sent
+        # Range is defined for GET alone (RFC 9110 §14.2): a HEAD gets the whole object's headers.
+        asked = request.headers.get("range") if request.method == "GET" else None
         try:
-            wanted = requested_range(request.headers.get("range"), request.headers.get("if-range"), etag, part.size)
+            wanted = requested_range(asked, request.headers.get("if-range"), etag, part.size)
         except RangeNotSatisfiable:
             raise Refusal(
                 416, "the range is not within the object", {"Content-Range": f"bytes */{part.size}"}
@@ -264,6 +265,7 @@ def create_partner_app(
             return Response(
                 status_code=status, media_type=DICOM + syntax, headers={**headers, "Content-Length": str(length)}
             )
+        retrieval.instances = 1  # a body goes: HEAD, 304 and 416 send none, and are not an export
         if wanted is None and part.size <= CHUNK_BYTES:
             # What streaming would read in one piece anyway, sent as one body (by sendfile where the
             # server offers it): no hand-over to a worker thread per chunk. Counted by `answer`.
@@ -465,10 +467,14 @@ def create_partner_app(
         retrieval = Retrieval(partner_id, "query")
 
         def make(criteria: dict[str, frozenset[str]], limit: int, offset: int, base: str) -> list[Json]:
-            study_uids = sorted(str(s["study_uid"]) for s in delivered.studies(partner_id))
             wanted = criteria.pop("study_uid", None)
             if wanted is not None:
-                study_uids = [uid for uid in study_uids if uid in wanted]
+                # Asked by UID (the usual "is this study there?"): each one's manifest by `_id`, not a
+                # scan of every study the partner was ever sent.
+                named = {uid: delivered.study(partner_id, uid) for uid in sorted(wanted) if uids_valid(uid)}
+                chosen = [uid for uid, items in named.items() if any(matches(i, criteria) for i in items)]
+                return [study_result(uid, named[uid], base) for uid in chosen[offset : offset + limit]]
+            study_uids = sorted(str(s["study_uid"]) for s in delivered.studies(partner_id))
             results = []
             if not criteria:  # only the page's studies are read
                 for uid in study_uids[offset : offset + limit]:

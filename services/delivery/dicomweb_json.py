@@ -104,7 +104,7 @@ IGNORED_PARAMS = frozenset({"includefield", "fuzzymatching"})
 def wanted_values(value: str) -> frozenset[str]:
     """A matching key's values: one, or a list (PS3.18 8.3.4.1's UID list matching separates UIDs by
     commas, DICOM's value multiplicity by backslashes; neither character is in a UID or a modality)."""
-    return frozenset(value.replace(",", "\\").split("\\"))
+    return frozenset(v.strip() for v in value.replace(",", "\\").split("\\") if v.strip())
 
 
 def matches(item: DeliveredInstance, criteria: Mapping[str, frozenset[str]]) -> bool:

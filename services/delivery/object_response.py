@@ -71,11 +71,13 @@ class ObjectResponse(Response):
             if ZERO_COPY_SEND in scope.get("extensions", {}):
                 if self.head:
                     await send({"type": "http.response.body", "body": self.head, "more_body": True})
-                await send({"type": ZERO_COPY_SEND, "file": self.handle, "offset": self.offset, "count": count})
+                message = {"type": ZERO_COPY_SEND, "file": self.handle, "offset": self.offset, "count": count}
+                await send(message)
+                whole = bool(message.get("whole", True))  # a client gone part way: not counted as sent
             else:
                 self.handle.seek(self.offset)
                 await send({"type": "http.response.body", "body": self.head + self.handle.read(count)})
-            whole = True
+                whole = True
         finally:
             self._let_go(whole)
             if self.on_done is not None:

@@ -5,6 +5,9 @@ file's bytes exactly, framed by its Content-Length or chunked, and the connectio
 from __future__ import annotations
 
 import os
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import httpx
@@ -61,5 +64,46 @@ def test_a_file_is_sent_by_the_kernel_as_the_answer_body_on_a_kept_alive_connect
             assert framed.content == content[5:100_005]
             assert client.get("/whole").content == content  # the same connection, still in step
             assert len(server._server.server_state.connections) == 1
+    finally:
+        server.stop()
+
+
+def test_a_client_that_hangs_up_part_way_is_not_told_to_the_sender_as_a_whole_answer(tmp_path: Path) -> None:
+    """An ASGI send to a client that is gone returns as if it had gone out: the sender learns from the
+    message whether every byte was handed to the kernel (delivery's retrieval event counts the bytes)."""
+    path = tmp_path / "large.bin"
+    with path.open("wb") as handle:
+        handle.truncate(256 * 1024 * 1024)  # far more than the socket buffers hold
+    told: list[object] = []
+    done = threading.Event()
+
+    class Told(_FileAnswer):
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            with self.path.open("rb") as handle:
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                message = {"type": ZERO_COPY_SEND, "file": handle, "offset": 0, "count": self.count}
+                await send(message)
+                told.append(message.get("whole"))
+                done.set()
+
+    async def large(_request: Request) -> Response:
+        return Told(path, 0, path.stat().st_size, length_header=True)
+
+    async def small(_request: Request) -> Response:
+        return Told(path, 0, 1000, length_header=True)
+
+    server = HttpServer(Starlette(routes=[Route("/large", large), Route("/small", small)]), "127.0.0.1", 0)  # type: ignore[arg-type]
+    server.start()
+    try:
+        assert httpx.get(f"http://127.0.0.1:{server.port}/small", timeout=10).status_code == 200
+        assert done.wait(10) and told == [True]
+        done.clear()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"GET /large HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, at once
+        sock.close()
+        assert done.wait(30), "the send returned"
+        assert told == [True, False]
     finally:
         server.stop()

@@ -195,8 +195,10 @@ def test_qido_shows_only_what_the_partner_was_sent(api: Api) -> None:
     two = ",".join(s.item.sop_uid for s in api.study[:2])  # PS3.18's UID list matching
     listed = a.search_for_instances(first.study_uid, search_filters={"SOPInstanceUID": two})
     assert sorted(i["00080018"]["Value"][0] for i in listed) == sorted(s.item.sop_uid for s in api.study[:2])
-    (by_list,) = a.search_for_studies(search_filters={"StudyInstanceUID": f"9.9.9,{first.study_uid}"})
-    assert by_list["0020000D"]["Value"] == [first.study_uid]
+    (by_list,) = a.search_for_studies(search_filters={"StudyInstanceUID": f"9.9.9,{first.study_uid},not-a-uid"})
+    assert by_list["0020000D"]["Value"] == [first.study_uid] and by_list["00201208"]["Value"] == [5]
+    assert b.search_for_studies(search_filters={"StudyInstanceUID": first.study_uid}) == [], "another's study"
+    assert a.search_for_studies(search_filters={"StudyInstanceUID": first.study_uid, "Modality": "MR"}) == []
     assert a.search_for_studies(search_filters={"Modality": "MR"}) == []
     assert api.get("/studies?PatientName=SMITH").status_code == 400
 
@@ -279,9 +281,19 @@ def test_a_broken_transfer_resumes_from_where_it_broke_and_a_current_copy_is_not
     assert current.status_code == 304 and current.content == b"" and current.headers["ETag"] == etag
     assert api.get(instance, **{"If-None-Match": '"' + "0" * 64 + '"'}).content == first.data
 
-    head = requests.head(api.base + instance, headers={"Authorization": f"Bearer {api.keys['hosp-a']}"}, timeout=30)
+    key = {"Authorization": f"Bearer {api.keys['hosp-a']}"}
+    head = requests.head(api.base + instance, headers=key, timeout=30)
     assert head.status_code == 200 and head.content == b""
     assert int(head.headers["Content-Length"]) == item.size and head.headers["ETag"] == etag
+    ranged_head = requests.head(api.base + instance, headers={**key, "Range": "bytes=0-9"}, timeout=30)
+    assert ranged_head.status_code == 200, "Range is for GET alone (RFC 9110 §14.2)"
+    assert api.get(instance, Range=f"bytes=0-{'9' * 5000}").status_code == 200, "no 500 for a huge number"
+
+    # The audit trail's exports are what left: a HEAD, a 304 or a 416 sent no instance.
+    events = [e for e in api.events(12) if e.action == "instance"]
+    sent = sorted((e.http_status, e.instances, e.bytes) for e in events)
+    assert (304, 0, 0) in sent and (416, 0, 0) in sent and sent.count((200, 0, 0)) == 2, sent
+    assert (206, 1, item.size - 1000) in sent and (206, 1, 10) in sent
 
 
 def test_every_request_after_sign_in_is_one_retrieval_event(api: Api) -> None:
