@@ -45,8 +45,9 @@ class PartnerTopics:
         self._look_for_new_topics: Callable[[], None] = lambda: None
 
     def ensure(self, partner_id: str) -> None:
-        """`BrokerUnavailable` when the broker does not answer within PARTNER_TOPICS_WAIT_S: the admin
-        call that asked answers UNAVAILABLE instead of holding its worker (and this lock) for ever."""
+        """`BrokerUnavailable` when the broker does not answer within PARTNER_TOPICS_WAIT_S (and an attempt
+        already on its way, up to 10 s more): the admin call that asked answers UNAVAILABLE instead of
+        holding its worker (and this lock) for ever."""
         if partner_id in self._ensured:  # the stage asks once per instance: no lock for a known one
             return
         began = time.monotonic()

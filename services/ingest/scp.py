@@ -49,7 +49,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.dicom.association_waits import WaitingRequestHandler
-from services.common.stores.organisations import CallingOrg
+from services.common.stores.organisations import CallingOrg, peer_address
 from services.ingest import dimse_encoding, dimse_receive, dimse_serve
 from services.ingest.acceptance import Acceptance, AcceptanceResult, Accepted, Channel, Duplicate, Expected
 from services.ingest.calling_aets import CallingAeTitles
@@ -169,7 +169,11 @@ class StoreHandler:
             # The title is right, the place is not: someone who learnt it (it travels in the clear).
             log.warning(
                 "c-store refused: calling AE from outside its organisation's networks",
-                extra={"calling_ae": calling_ae, "org": caller.org_id, "address": assoc.requestor.address},
+                extra={
+                    "calling_ae": calling_ae,
+                    "org": caller.org_id,
+                    "address": peer_address(assoc.requestor.address),
+                },
             )
             return NOT_AUTHORIZED, "calling-ae-not-from-its-networks"
         org = caller.org_id

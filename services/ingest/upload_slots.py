@@ -5,7 +5,9 @@ every connection, buffer and thread-pool slot the service has, starving every ot
 organisation, so a busy trust waits for its own uploads, not for another's. The second bounds the
 process: each upload may hold an instance twice in memory while its part ends (up to
 IMX_MAX_INSTANCE_BYTES each), and many organisations at once, each within its own cap, could exceed
-the pod's memory.
+the pod's memory. The trade-off: organisations that fill the service's cap between them (four at their
+own cap of 8, by default) have every other one refused until an upload ends; more replicas, or a
+service cap larger than the per-organisation one times the trusts sending at once, keep them apart.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from services.common.stores.organisations import (
     CallingOrg,
     Organisation,
     network_of,
+    peer_address,
     validate_organisation,
 )
 
@@ -34,5 +35,8 @@ def test_an_address_is_admitted_only_from_the_networks_and_anywhere_without_any(
     site = CallingOrg("acme", (network_of("10.20.0.0/16"), network_of("2001:db8::/32")))
     assert site.admits("10.20.9.9") and site.admits("2001:db8::1")
     assert site.admits("::ffff:10.20.9.9"), "an IPv4 peer on a dual-stack socket"
+    copied = CallingOrg("acme", (network_of("::ffff:10.20.9.9"),))  # as the refusal's log names a peer
+    assert copied.networks == (network_of("10.20.9.9"),) and copied.admits("10.20.9.9")
+    assert copied.admits("::ffff:10.20.9.9") and peer_address("::ffff:10.20.9.9") == "10.20.9.9"
     assert not site.admits("10.21.0.1") and not site.admits("127.0.0.1") and not site.admits("not-an-address")
     assert CallingOrg("acme").admits("203.0.113.5")

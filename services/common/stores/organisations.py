@@ -47,20 +47,33 @@ class CallingOrg:
         if not self.networks:
             return True
         try:
-            ip = ipaddress.ip_address(address)
+            ip = ipaddress.ip_address(peer_address(address))
         except ValueError:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:  # a dual-stack socket's IPv4 peer
-            ip = ip.ipv4_mapped
         return any(ip in network for network in self.networks)
 
 
 def network_of(text: str) -> Network:
-    """A CIDR network as written (host bits allowed: 10.1.2.3/16 is 10.1.0.0/16); a bare address is itself."""
+    """A CIDR network as written (host bits allowed: 10.1.2.3/16 is 10.1.0.0/16); a bare address is itself;
+    an IPv4-mapped one (::ffff:10.1.2.3, as a dual-stack socket names an IPv4 peer) is the IPv4 network."""
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        network = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
         raise ValueError(f"{shown(text)} is not a network (CIDR, e.g. 10.20.0.0/16, or an address)") from None
+    mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+    if mapped is not None and network.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
+def peer_address(address: str) -> str:
+    """A peer's address as an operator would write it: an IPv4 peer of a dual-stack socket as IPv4."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)
 
 
 def is_organisation_id(text: str) -> bool:
