@@ -11,6 +11,7 @@ from services.common.stores.organisations import (
     Organisation,
     network_of,
     peer_address,
+    stored_networks,
     validate_organisation,
 )
 
@@ -40,3 +41,10 @@ def test_an_address_is_admitted_only_from_the_networks_and_anywhere_without_any(
     assert copied.admits("::ffff:10.20.9.9") and peer_address("::ffff:10.20.9.9") == "10.20.9.9"
     assert not site.admits("10.21.0.1") and not site.admits("127.0.0.1") and not site.admits("not-an-address")
     assert CallingOrg("acme").admits("203.0.113.5")
+
+
+def test_networks_stored_unreadable_admit_nobody_never_everybody() -> None:
+    assert stored_networks([]) == ()
+    assert stored_networks(["10.0.0.0/8", "garbage"]) == (network_of("10.0.0.0/8"),)
+    nobody = CallingOrg("acme", stored_networks(["garbage"]))
+    assert not nobody.admits("127.0.0.1") and not nobody.admits("10.1.2.3")

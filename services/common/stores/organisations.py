@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pymongo.database import Database
@@ -64,6 +65,24 @@ def network_of(text: str) -> Network:
     if mapped is not None and network.prefixlen >= 96:
         return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
     return network
+
+
+# No peer has this address: what a stored list of networks none of which can be read admits.
+_NOWHERE = ipaddress.IPv4Network("0.0.0.0/32")
+
+
+def stored_networks(texts: Iterable[str]) -> tuple[Network, ...]:
+    """The networks as stored. One that cannot be read (edited in the database by hand) is left out, and
+    a list of which none can be read admits nobody, never everybody; raising instead stopped every
+    refresh of the calling AE titles, and an ingest started then refused every C-STORE."""
+    texts = list(texts)
+    networks = []
+    for text in texts:
+        try:
+            networks.append(network_of(text))
+        except ValueError:
+            continue
+    return tuple(networks) or ((_NOWHERE,) if texts else ())
 
 
 def peer_address(address: str) -> str:
@@ -142,7 +161,7 @@ class OrganisationStore:
         """Every calling AE title, with its organisation and the networks it may call from."""
         found: dict[str, CallingOrg] = {}
         for doc in self._orgs.find({}, {"ae_titles": 1, "dicom_from": 1}):
-            caller = CallingOrg(doc["_id"], tuple(network_of(n) for n in doc.get("dicom_from", [])))
+            caller = CallingOrg(doc["_id"], stored_networks(doc.get("dicom_from", [])))
             found.update(dict.fromkeys(doc.get("ae_titles", []), caller))
         return found
 
