@@ -6,16 +6,9 @@ from __future__ import annotations
 from kafka.structs import TopicPartition
 
 from services.common.stuck_partitions import StuckPartitions
+from tests.unit.fake_config_store import Clock
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_same_record_failing_past_the_limit_is_named_once_and_freed_when_it_gets_through() -> None:

@@ -8,6 +8,7 @@ from pymongo.errors import AutoReconnect
 
 from services.common.stores.partners import Partner
 from services.delivery.partners import PartnerCache
+from tests.unit.fake_config_store import Clock
 
 
 class FakePartnerStore:
@@ -19,14 +20,6 @@ class FakePartnerStore:
             raise AutoReconnect("mongo down")
         self.lists += 1
         return [Partner(partner_id, partner_id) for partner_id in self.ids]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_known_partners_are_read_at_most_every_refresh_interval() -> None:
