@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ from services.audit.records import AuditRecord, to_epoch_ms
 log = logging.getLogger(__name__)
 MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
 RECORDS_AT_ONCE = 5_000  # about how many records a day's purge holds at once (~4 KB each in memory)
+PAGES_AT_ONCE = 12  # pages asked for at once (each up to pages.PAGE_RECORDS, 500, records)
 RETAINED = "retained"  # N_counts: {"from": the first day whose keyed documents are kept}
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -85,6 +87,17 @@ def month_keys(day: str, records: Iterable[AuditRecord]) -> list[str]:
     return list(keys)
 
 
+def one_of(ids: set[str]) -> Callable[[AuditRecord], bool]:
+    """Whether a record is one of `ids`."""
+    return lambda record: record["_id"] in ids
+
+
+def on_day(day: str) -> Callable[[AuditRecord], bool]:
+    """Whether a record happened on the UTC day (its minute page is one of the day's)."""
+    start = day_start_ms(day)
+    return lambda record: start <= to_epoch_ms(record["occurred_at"]) < start + DAY_MS
+
+
 def study_keys(records: Iterable[AuditRecord]) -> list[str]:
     return list(dict.fromkeys(f"s:{u}" for r in records for u in (r["study_uid"], r["delivered_study_uid"]) if u))
 
@@ -130,57 +143,73 @@ class KeyedPurge:
             return []
         return [h + m * MINUTE_MS for h in hours if marks[f"th:{h}"] is not None for m in range(60)]
 
-    def _records_by_minutes(self, minutes: Sequence[int]) -> Iterator[tuple[list[int], list[AuditRecord]]]:
-        """The minutes' records a group of minutes at a time (with the group's minutes that have pages),
-        read concurrently. A group is sized from the one before to hold about RECORDS_AT_ONCE records, and
-        grows at most fourfold: a sparse day costs few rounds, and a dense one is never all in memory (at
-        120 instances/s a day is ~60 million records, a minute ~43,000)."""
-        at, size = 0, 1
-        while at < len(minutes):
-            group = minutes[at : at + size]
-            chains = self._chains.read_many([f"m:{m}" for m in group], first_round=1)
-            paged = [m for m in group if chains[f"m:{m}"]]
-            records = list({r["_id"]: r for m in paged for r in chains[f"m:{m}"]}.values())
-            del chains
-            yield paged, records
-            at += len(group)
-            size = max(1, min(4 * size, size * RECORDS_AT_ONCE // max(1, len(records))))
+    def _records_by_pages(self, minutes: Sequence[int], lengths: dict[int, int]) -> Iterator[list[AuditRecord]]:
+        """The minutes' records, about RECORDS_AT_ONCE at a time, read page by page: PAGES_AT_ONCE pages
+        asked for at once, the next page of each chain still going and the first of the next minutes. So
+        a sparse day costs few rounds, and what is held is one group and one round's pages, however dense
+        the day (at 120 instances/s a minute is ~43,000 records, a day ~60 million). `lengths` is filled
+        in: each minute's number of pages, for those that have any."""
+        chains: deque[tuple[int, int]] = deque((m, 0) for m in minutes)  # (minute, next page number)
+        group: dict[str, AuditRecord] = {}
+        while chains:
+            asked = [chains.popleft() for _ in range(min(PAGES_AT_ONCE, len(chains)))]
+            pages = self._chains.get_many(self._pages, [f"m:{m}#{n}" for m, n in asked], {"b": 1, "f": 1})
+            going = []
+            for minute, n in asked:
+                page = pages[f"m:{minute}#{n}"]
+                if page is None:
+                    continue  # the chain ends here
+                lengths[minute] = n + 1
+                going.append((minute, n + 1))
+                for record in unpack(page):
+                    group.setdefault(record["_id"], record)
+            chains.extendleft(reversed(going))  # a chain's pages in order, before the next minutes
+            if len(group) >= RECORDS_AT_ONCE:
+                yield list(group.values())
+                group = {}
+        if group:
+            yield list(group.values())
 
     def purge_day(self, day: str) -> bool:
         """False while a record of the day is still in N (only the study chains lose the day's purged
         records then). A day without minute pages has nothing derived left (they go last), only perhaps
         its journal list."""
         minutes = self._recorded_minutes(day)
-        paged: list[int] = []
+        lengths: dict[int, int] = {}
         scopes: dict[str, None] = {}
         months: dict[str, None] = {}
+        studies: dict[str, None] = {}
         waits = False
-        for some_paged, records in self._records_by_minutes(minutes):
+        for records in self._records_by_pages(minutes, lengths):
             kept = self._chains.get_many(self._records, [r["_id"] for r in records], {"_id": 1})
-            gone = {i for i, doc in kept.items() if doc is None}
-            waits = waits or len(gone) < len(records)
-            # Purged records leave the trails now, whether the day waits or not: they are read by study
-            # and count nothing.
-            for key in study_keys(r for r in records if r["_id"] in gone):
-                self._rewrite_chain(key, gone)
-            paged += some_paged
+            waits = waits or any(doc is not None for doc in kept.values())
+            studies.update(dict.fromkeys(study_keys(records)))
             scopes.update(dict.fromkeys(scope_keys(records)))
             months.update(dict.fromkeys(month_keys(day, records)))
         if waits:
-            # The day waits: its counters and marks still count a kept record.
+            # The day waits (its counters and marks still count a kept record), but the trails drop the
+            # records already purged now: they are read by study, and nothing counts from them.
+            for records in self._records_by_pages(minutes, {}):
+                kept = self._chains.get_many(self._records, [r["_id"] for r in records], {"_id": 1})
+                gone = {i for i, doc in kept.items() if doc is None}
+                for key in study_keys(r for r in records if r["_id"] in gone):
+                    self._rewrite_chain(key, one_of(gone))
             return False
-        if paged:
-            self._purge_derived(day, paged, list(scopes), list(months))
+        if lengths:
+            self._purge_derived(day, lengths, list(studies), list(scopes), list(months))
         self._delete(self._marks, [f"jd:{day}"])
         following = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
         self._counts.update_one({"_id": RETAINED}, {"$max": {"from": following}}, upsert=True)
         self._counts.update_one({"_id": "bounds", "last": {"$gte": following}}, {"$max": {"first": following}})
         return True
 
-    def _purge_derived(self, day: str, paged: list[int], scopes: list[str], months: list[str]) -> None:
-        """Everything but the minute pages first (the study chains are rewritten already): they name the
-        records, so a rerun finds them again."""
-        for _, records in self._records_by_minutes(paged):
+    def _purge_derived(
+        self, day: str, lengths: dict[int, int], studies: list[str], scopes: list[str], months: list[str]
+    ) -> None:
+        """Everything but the minute pages first: they name the records, so a rerun finds them again."""
+        for key in studies:  # once each: every record of the day is gone, so whatever happened that day goes
+            self._rewrite_chain(key, on_day(day))
+        for records in self._records_by_pages(list(lengths), {}):
             self._delete(self._marks, list(dict.fromkeys(m for r in records for m in rollups.study_marks(r))))
         self._purge_journals(day)
         self._delete(self._counts, counter_ids(day, scopes))
@@ -190,27 +219,18 @@ class KeyedPurge:
             # matched nothing (no upserts in bulk on FerretDB), and the key's later days of that month
             # were never counted.
             self._counts.update_one({"_id": month_id}, {"$unset": {day[8:]: ""}})
-        lengths = self._chains.executor.map(self._chain_length, paged)
-        self._delete(
-            self._pages, [f"m:{m}#{n}" for m, length in zip(paged, lengths, strict=True) for n in range(length)]
-        )
+        self._delete(self._pages, [f"m:{m}#{n}" for m, length in lengths.items() for n in range(length)])
         hours = hours_of(day)
         for marks_of_day in ([f"tm:{h}" for h in hours], [f"th:{h}" for h in hours], [f"td:{hours[0]}"]):
             self._delete(self._marks, marks_of_day)  # the day's mark last: while it stands, a rerun looks
 
-    def _chain_length(self, minute: int) -> int:
-        n = 0
-        while self._pages.find_one({"_id": f"m:{minute}#{n}"}, {"_id": 1}) is not None:
-            n += 1
-        return n
-
-    def _rewrite_chain(self, key: str, gone: set[str]) -> None:
+    def _rewrite_chain(self, key: str, purged: Callable[[AuditRecord], bool]) -> None:
         """Each page of the chain holding a purged record is replaced by one without it (same number and
         `h`, so a replay of its batch is still known as one)."""
         n = 0
         while (page := self._pages.find_one({"_id": f"{key}#{n}"})) is not None:
             records = unpack(page)
-            left = [r for r in records if r["_id"] not in gone]
+            left = [r for r in records if not purged(r)]
             if len(left) < len(records):
                 self._pages.replace_one({"_id": page["_id"]}, {**page, **pack(left)})
             n += 1

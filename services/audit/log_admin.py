@@ -68,9 +68,7 @@ class AuditLogServicer(admin_pb2_grpc.AuditLogServicer):
             limit = request.max_findings or 100
             report = verify_log(tree, self._records, self._public_key, known, limit)
             if self._pages is not None and not request.skip_pages:
-                checkpoint = tree.get("checkpoint:latest")
-                purged_before_ms = int(checkpoint["cutoff"]) if checkpoint else 0
-                verify_pages(self._pages, self._records, purged_before_ms, report, limit)
+                verify_pages(self._pages, self._records, lambda: _purged_before_ms(tree), report, limit)
         except TransientError as error:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         reply = admin_pb2.VerifyAuditLogReply(
@@ -91,6 +89,12 @@ class AuditLogServicer(admin_pb2_grpc.AuditLogServicer):
         if report.latest is not None:
             reply.latest.CopyFrom(_head(report.latest))
         return reply
+
+
+def _purged_before_ms(tree: StoredTree) -> int:
+    """The latest retention checkpoint's cutoff: records appended before it may have been purged."""
+    checkpoint = tree.get("checkpoint:latest")
+    return int(checkpoint["cutoff"]) if checkpoint else 0
 
 
 def register_audit_log(

@@ -25,7 +25,7 @@ audit_app = typer.Typer(help="The audit log's tamper evidence: verify it, show i
                         no_args_is_help=True)  # fmt: skip
 
 
-VERIFY_DEADLINE_S = 3600.0  # it recomputes the whole log; the other calls get the CLI's 60 s
+VERIFY_DEADLINE_S = 3600.0  # it recomputes the whole log (`--wait-s`); the other calls get the CLI's 60 s
 VERIFY_NOT_RUN = 3  # exit status: the service answered with an error (a refused token, a deadline)
 
 
@@ -64,6 +64,14 @@ def verify(
     skip_pages: Annotated[
         bool, typer.Option(help="check the records only, not the pages analysts read (each record's 2-3 copies)")
     ] = False,
+    wait_s: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="how long to wait for the answer (about 1 ms per record, twice that with the pages, on "
+            "FerretDB/PostgreSQL)",
+        ),
+    ] = VERIFY_DEADLINE_S,
 ) -> None:
     """Recompute the log from the stored records: names each changed, deleted, reordered or truncated record
     (leaf index, record id), checks each signed tree head's signature and their consistency, then every
@@ -82,7 +90,7 @@ def verify(
                 max_findings=max_findings,
                 skip_pages=skip_pages,
             ),
-            timeout=VERIFY_DEADLINE_S,
+            timeout=wait_s,
         )
     console.print(
         f"{reply.leaves_checked} of {reply.tree_size} leaves checked"

@@ -245,3 +245,29 @@ def test_a_day_read_a_few_records_at_a_time_is_purged_as_one_read_whole(
         assert audit.verify_ok()
     finally:
         db.client.drop_database(db.name + "r")
+
+
+def test_a_dense_minute_is_held_a_few_pages_at_a_time(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 120 instances/s one minute is ~43,000 records on hundreds of pages: the purge holds about
+    RECORDS_AT_ONCE records and one round of pages, never the minute (nor the day) at once."""
+    audit = Audit(db)
+    audit.write(records_at(OLD_S, [f"1.2.6.{n}" for n in range(12)], "1"))  # 60 records, 10 pages, one minute
+    audit.clock.now = NEW_S
+    audit.write(records_at(NEW_S, ["1.2.6.99"], "2"))
+    monkeypatch.setattr(keyed_retention, "RECORDS_AT_ONCE", 5)
+    monkeypatch.setattr(keyed_retention, "PAGES_AT_ONCE", 2)
+    held: list[int] = []
+    reading = KeyedPurge._records_by_pages
+
+    def counted(self: KeyedPurge, *args: Any) -> Any:
+        for records in reading(self, *args):
+            held.append(len(records))
+            yield records
+
+    monkeypatch.setattr(KeyedPurge, "_records_by_pages", counted)
+    audit.retention().purge()
+
+    assert not audit.ids("audit_events_pages", f"^m:{int(OLD_S * 1000) // 60_000 * 60_000}#")
+    assert not audit.ids("audit_events_counts", OLD_DAY) and audit.store.study_trail("1.2.6.3") == []
+    assert held and max(held) <= 5 + 2 * 6, held  # a group, and the last round's two pages of six
+    assert sum(held) >= 60 * 2, "every record read, once to decide and once for its marks"

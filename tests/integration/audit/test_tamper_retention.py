@@ -4,6 +4,8 @@ seen before the purge; tampering with what is kept, or with the checkpoint, is s
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from pymongo.database import Database
 
@@ -22,11 +24,13 @@ class FlakyDeleter(CollectionRecordDeleter):
     def __init__(self, log: Log, allowed: int) -> None:
         super().__init__(log.records)
         self.allowed = allowed
+        self._lock = threading.Lock()  # the purge deletes from several threads
 
     def delete(self, record_id: str) -> bool:
-        if self.allowed == 0:
-            raise ConnectionError("killed mid-purge")
-        self.allowed -= 1
+        with self._lock:
+            if self.allowed <= 0:
+                raise ConnectionError("killed mid-purge")
+            self.allowed -= 1
         return super().delete(record_id)
 
 
