@@ -49,7 +49,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.common.dicom.association_waits import WaitingRequestHandler
-from services.common.stores.organisations import CallingOrg, peer_address
+from services.common.ip_networks import peer_address
+from services.common.stores.organisations import CallingOrg
 from services.ingest import dimse_encoding, dimse_receive, dimse_serve
 from services.ingest.acceptance import Acceptance, AcceptanceResult, Accepted, Channel, Duplicate, Expected
 from services.ingest.calling_aets import CallingAeTitles

@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.stores.organisations import (
-    MAX_NETWORKS,
-    CallingOrg,
-    Organisation,
-    network_of,
-    peer_address,
-    stored_networks,
-    validate_organisation,
-)
+from services.common.ip_networks import network_of, peer_address, stored_networks
+from services.common.stores.organisations import MAX_NETWORKS, CallingOrg, Organisation, validate_organisation
 
 
 def test_networks_are_tidied_and_a_bare_address_is_itself() -> None:

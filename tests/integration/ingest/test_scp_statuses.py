@@ -20,7 +20,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from services.common.blob_store import LocalBlobStore
-from services.common.stores.organisations import CallingOrg, network_of
+from services.common.ip_networks import network_of
+from services.common.stores.organisations import CallingOrg
 from services.common.topics import Topics
 from services.gateway.dimse_exchange import answer_from_dul
 from services.ingest import received_files
