@@ -141,6 +141,7 @@ def run_stage(
             stage=spec.name,
             stats=stats,
             max_batch=settings.max_batch,
+            stuck_after_s=settings.stuck_after_s,
             lane_of=topics.lane_of,
             client_config=kafka,
             fetch_min_bytes=spec.fetch_min_bytes,

@@ -31,6 +31,12 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str = Field("", description="OTLP/gRPC endpoint for traces and metrics; empty = no export")
     log_level: str = Field("INFO", description="log level of the service's structured logs")
     max_batch: int = Field(200, ge=1, description="most events handled between two offset commits")
+    stuck_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="a stage whose one record (or every batch) has failed for this long, transiently, is not "
+        "ready until it gets through, and says so once in its log",
+    )
     instance_id: str = Field(
         "",
         description="the replica's stable name, unique among a stage's replicas (the chart gives the pod's): "
