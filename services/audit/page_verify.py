@@ -60,8 +60,15 @@ def page_copies(pages: Collection[dict[str, Any]]) -> Iterator[list[tuple[str, A
         yield group
 
 
-def _comparable(record: Mapping[str, Any]) -> bytes:
-    return record_json({**record, **dict.fromkeys(EXCLUDED_FIELDS)})
+def says_the_same(copy: Mapping[str, Any], original: Mapping[str, Any]) -> bool:
+    """Whether the copy says what the record does (`recorded_at` aside). A value of the wrong type on either
+    side (an edit) is a difference, not an error ending the check."""
+    try:
+        return record_json({**copy, **dict.fromkeys(EXCLUDED_FIELDS)}) == record_json(
+            {**original, **dict.fromkeys(EXCLUDED_FIELDS)}
+        )
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return False
 
 
 def verify_pages(
@@ -86,7 +93,7 @@ def verify_pages(
                     if to_epoch_ms(copy["recorded_at"]) >= purged_before_ms():
                         detail = f"a {kind} page holds a record the store does not have"
                         report.add(Finding("page_unknown", record_id=str(copy["_id"]), detail=detail), limit)
-                elif _comparable(copy) != _comparable(original):
+                elif not says_the_same(copy, original):
                     detail = f"a {kind} page's copy differs from the record"
                     report.add(Finding("page_changed", record_id=str(copy["_id"]), detail=detail), limit)
 

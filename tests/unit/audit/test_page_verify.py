@@ -1,0 +1,29 @@
+"""Whether a page's copy says what its record does (pure): audit's own read time aside, and an edit of
+any other field, or of a field's type, is a difference (never an error that ends the check)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.audit.page_verify import page_kind, says_the_same
+from services.audit.records import RECORD_FIELDS
+
+T = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+RECORD = {**dict.fromkeys(RECORD_FIELDS), "_id": "stored:1", "occurred_at": T, "recorded_at": T, "status": "ok"}
+
+
+def test_a_copy_paged_again_later_says_the_same() -> None:
+    assert says_the_same(RECORD, RECORD)
+    assert says_the_same({**RECORD, "recorded_at": T + timedelta(seconds=30)}, RECORD)
+    assert says_the_same({**RECORD, "occurred_at": T.replace(tzinfo=None)}, RECORD), "BSON's naive UTC"
+
+
+def test_an_edit_of_a_value_or_of_its_type_is_a_difference() -> None:
+    assert not says_the_same({**RECORD, "status": "failed"}, RECORD)
+    assert not says_the_same({**RECORD, "partner_id": "somewhere-else"}, RECORD)
+    assert not says_the_same(RECORD, {**RECORD, "occurred_at": "yesterday"})
+
+
+def test_a_finding_names_the_kind_of_page_never_its_key() -> None:
+    assert page_kind("s:1.2.826.0.1.3680043#0") == "study" and page_kind("m:1767254400000#2") == "minute"
+    assert page_kind("x") == "other"
