@@ -92,10 +92,18 @@ def one_of(ids: set[str]) -> Callable[[AuditRecord], bool]:
     return lambda record: record["_id"] in ids
 
 
-def on_day(day: str) -> Callable[[AuditRecord], bool]:
-    """Whether a record happened on the UTC day (its minute page is one of the day's)."""
+def purged_on(day: str, cutoff_ms: int, gone: Callable[[str], bool]) -> Callable[[AuditRecord], bool]:
+    """Whether a copy is of a record of the UTC day that the record purge took: recorded before the cutoff
+    (a late event paged after the day was read has a recent time, and stays), or asked of N (`gone`) when
+    its copy's time is later (a batch stored again after a crash pages its copies later)."""
     start = day_start_ms(day)
-    return lambda record: start <= to_epoch_ms(record["occurred_at"]) < start + DAY_MS
+
+    def purged(record: AuditRecord) -> bool:
+        if not start <= to_epoch_ms(record["occurred_at"]) < start + DAY_MS:
+            return False
+        return to_epoch_ms(record["recorded_at"]) < cutoff_ms or gone(record["_id"])
+
+    return purged
 
 
 def study_keys(records: Iterable[AuditRecord]) -> list[str]:
@@ -128,7 +136,7 @@ class KeyedPurge:
             return []
         gone: list[str] = []
         for day in days_to_purge(str(bounds["first"]), horizon_day(cutoff_ms))[: self._max_days]:
-            if not self.purge_day(day):
+            if not self.purge_day(day, cutoff_ms):
                 break  # a record of the day is still kept: later days wait, so `retained` only moves forward
             gone.append(day)
         if gone:
@@ -170,7 +178,7 @@ class KeyedPurge:
         if group:
             yield list(group.values())
 
-    def purge_day(self, day: str) -> bool:
+    def purge_day(self, day: str, cutoff_ms: int) -> bool:
         """False while a record of the day is still in N (only the study chains lose the day's purged
         records then). A day without minute pages has nothing derived left (they go last), only perhaps
         its journal list."""
@@ -196,7 +204,9 @@ class KeyedPurge:
                     self._rewrite_chain(key, one_of(gone))
             return False
         if lengths:
-            self._purge_derived(day, lengths, list(studies), list(scopes), list(months))
+            self._purge_derived(day, cutoff_ms, lengths, list(studies), list(scopes), list(months))
+        elif minutes:  # a run killed after the minute pages went: the day's marks are what is left
+            self._delete_time_marks(day)
         self._delete(self._marks, [f"jd:{day}"])
         following = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
         self._counts.update_one({"_id": RETAINED}, {"$max": {"from": following}}, upsert=True)
@@ -204,11 +214,18 @@ class KeyedPurge:
         return True
 
     def _purge_derived(
-        self, day: str, lengths: dict[int, int], studies: list[str], scopes: list[str], months: list[str]
+        self,
+        day: str,
+        cutoff_ms: int,
+        lengths: dict[int, int],
+        studies: list[str],
+        scopes: list[str],
+        months: list[str],
     ) -> None:
         """Everything but the minute pages first: they name the records, so a rerun finds them again."""
-        for key in studies:  # once each: every record of the day is gone, so whatever happened that day goes
-            self._rewrite_chain(key, on_day(day))
+        purged = purged_on(day, cutoff_ms, lambda i: self._records.find_one({"_id": i}, {"_id": 1}) is None)
+        for key in studies:  # once each, not once per group of records
+            self._rewrite_chain(key, purged)
         for records in self._records_by_pages(list(lengths), {}):
             self._delete(self._marks, list(dict.fromkeys(m for r in records for m in rollups.study_marks(r))))
         self._purge_journals(day)
@@ -219,7 +236,16 @@ class KeyedPurge:
             # matched nothing (no upserts in bulk on FerretDB), and the key's later days of that month
             # were never counted.
             self._counts.update_one({"_id": month_id}, {"$unset": {day[8:]: ""}})
-        self._delete(self._pages, [f"m:{m}#{n}" for m, length in lengths.items() for n in range(length)])
+        # Each chain from its last page to its first: a run killed part way leaves a chain's first pages,
+        # which a rerun reads (it stops at a chain's first missing page), never its last ones alone.
+        list(self._chains.executor.map(lambda m: self._delete_chain(f"m:{m}", lengths[m]), lengths))
+        self._delete_time_marks(day)
+
+    def _delete_chain(self, key: str, length: int) -> None:
+        for n in reversed(range(length)):
+            self._pages.delete_one({"_id": f"{key}#{n}"})
+
+    def _delete_time_marks(self, day: str) -> None:
         hours = hours_of(day)
         for marks_of_day in ([f"tm:{h}" for h in hours], [f"th:{h}" for h in hours], [f"td:{hours[0]}"]):
             self._delete(self._marks, marks_of_day)  # the day's mark last: while it stands, a rerun looks

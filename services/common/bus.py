@@ -837,8 +837,9 @@ class StageConsumer:
         self._readiness.set("stuck", self._stuck.stuck)
 
     def _batch_failed(self) -> None:
-        """A batch's write or publish failed transiently (it is read again): after `stuck_after_s` of
-        nothing but such failures the stage says so once and is not ready, as for one stuck record."""
+        """A batch's write or publish failed transiently (it is read again): after `stuck_after_s` with no
+        batch through (`_owe`; a cycle that only hands a batch to a pipelined write, or reads nothing, is no
+        progress) the stage says so once and is not ready, as for one stuck record."""
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
@@ -871,6 +872,8 @@ class StageConsumer:
     def _owe(self, result: BatchResult) -> None:
         self._owed.update(result.commits)
         self._stats.record(result.processed, result.failed)
+        if result.commits:  # a batch got through: its outputs acknowledged, its offsets owed
+            self._batch_succeeded()
 
     def _settle(self) -> None:
         """Wait for the write of the batch in flight (a pipelined handler's), publish its outputs and owe
@@ -1000,7 +1003,6 @@ class StageConsumer:
                 stop.wait(self._retry_backoff_s)
             else:
                 outage.ended()
-                self._batch_succeeded()
         self._settle_before_closing()
         self.commit_owed(timeout_ms=CLOSE_COMMIT_TIMEOUT_MS)
 

@@ -149,3 +149,45 @@ def test_a_record_that_keeps_failing_transiently_makes_the_stage_not_ready_until
         consumer.close()
         producer.close()
     assert sorted(r.value for r in read_all(kafka_bootstrap, out, expected=3)) == [b"0", b"1", b"2"]
+
+
+class FlushFailsUntilMended:
+    """A handler that writes its batch in flush() (as audit does) against a database that stays away."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.mended = threading.Event()
+        self.done = threading.Event()
+
+    def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
+        return [OutgoingMessage(self.out, message.value)]
+
+    def flush(self) -> None:
+        if not self.mended.is_set():
+            raise AutoReconnect("connection refused")
+        self.done.set()
+
+
+def test_batches_that_keep_failing_make_the_stage_not_ready_until_one_gets_through(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    topic, out, dlq = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}.dlq"
+    ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish([OutgoingMessage(topic, b"1", b"k")])
+    handler, health, stop = FlushFailsUntilMended(out), Health(), threading.Event()
+    consumer = stage_consumer(
+        kafka_bootstrap, producer, [topic], f"{unique_name}-g", dlq, retry_backoff_s=0.1, stuck_after_s=1.0
+    )
+    thread = threading.Thread(target=consumer.run, args=(handler, stop, health), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: health.said == ["NOT_SERVING"], 30, "the stage says it is not ready")
+        handler.mended.set()
+        assert handler.done.wait(30), "the batch got through"
+        wait_for(lambda: health.said == ["NOT_SERVING", "SERVING"], 10, "ready again")
+    finally:
+        stop.set()
+        thread.join(30)
+        consumer.close()
+        producer.close()

@@ -7,6 +7,7 @@ half-way) changes nothing."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -151,8 +152,26 @@ def test_running_the_purge_again_changes_nothing(audit: Audit) -> None:
     assert audit.verify_ok()
 
 
+def _killed_before_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    def killed(*args: Any) -> list[str]:
+        raise ConnectionError("killed mid-purge")
+
+    monkeypatch.setattr(keyed_retention, "counter_ids", killed)  # after the chains and marks, before counters
+
+
+def _killed_while_deleting_minute_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each minute chain loses its last page, then the run dies (a rerun must still find the rest)."""
+
+    def killed(self: KeyedPurge, key: str, length: int) -> None:
+        self._pages.delete_one({"_id": f"{key}#{length - 1}"})
+        raise ConnectionError("killed mid-purge")
+
+    monkeypatch.setattr(KeyedPurge, "_delete_chain", killed)
+
+
+@pytest.mark.parametrize("kill", [_killed_before_counters, _killed_while_deleting_minute_pages])
 def test_a_keyed_purge_killed_half_way_is_finished_by_the_next_run(
-    audit: Audit, monkeypatch: pytest.MonkeyPatch
+    audit: Audit, monkeypatch: pytest.MonkeyPatch, kill: Callable[[pytest.MonkeyPatch], None]
 ) -> None:
     reference = Audit(audit.db.client[audit.db.name + "r"])
     try:
@@ -161,10 +180,7 @@ def test_a_keyed_purge_killed_half_way_is_finished_by_the_next_run(
         reference.write(records_at(NEW_S, [STRADDLING, "1.2.9.3"], "2"))
         reference.retention().purge()
 
-        def killed(*args: Any) -> list[str]:
-            raise ConnectionError("killed mid-purge")
-
-        monkeypatch.setattr(keyed_retention, "counter_ids", killed)  # after the chains and marks, before counters
+        kill(monkeypatch)
         with pytest.raises(ConnectionError):
             audit.retention().purge()
         assert audit.verify_ok()

@@ -16,11 +16,12 @@ from services.audit.keyed_retention import (
     hours_of,
     journal_days,
     month_keys,
+    purged_on,
     scope_keys,
     study_keys,
 )
 from services.audit.queries import wholly_purged
-from services.audit.records import AuditRecord, build_record
+from services.audit.records import AuditRecord, build_record, to_datetime
 from services.common.topics import Topics
 from tests.unit.audit.builders import T0_MS, Instance, incoming, journey
 
@@ -67,3 +68,22 @@ def test_a_period_is_purged_only_when_it_ends_by_the_first_retained_day() -> Non
     assert wholly_purged(start, "2026-01-10")
     assert not wholly_purged(datetime(2026, 1, 10, 0, 0, 1, tzinfo=UTC), "2026-01-10")
     assert not wholly_purged(None, "2026-01-10") and not wholly_purged(start, None)
+
+
+def test_a_study_chain_loses_the_days_purged_records_not_a_late_event_paged_since() -> None:
+    """The day's chains are rewritten after its records were read: a late event of that day paged since
+    (recorded now, after the cutoff, and still in N) stays in its study's trail."""
+    day_start, cutoff = T0_MS, T0_MS + 40 * 86_400_000
+    in_n: set[str] = {"late", "replayed-kept"}
+    purged = purged_on("2026-01-01", cutoff, lambda record_id: record_id not in in_n)
+
+    def copy(record_id: str, occurred_ms: int, recorded_ms: int) -> AuditRecord:
+        record = records()[0]
+        return {**record, "_id": record_id, "occurred_at": to_datetime(occurred_ms),
+                "recorded_at": to_datetime(recorded_ms)}  # fmt: skip
+
+    assert purged(copy("old", day_start + 5, day_start + 9))
+    assert not purged(copy("late", day_start + 5, cutoff + 1))
+    assert purged(copy("replayed-gone", day_start + 5, cutoff + 1)), "paged again later, its record purged"
+    assert not purged(copy("replayed-kept", day_start + 5, cutoff + 1))
+    assert not purged(copy("next-day", day_start + 86_400_000, day_start + 9))
