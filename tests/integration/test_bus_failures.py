@@ -6,11 +6,13 @@ from __future__ import annotations
 import errno
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from pymongo.errors import AutoReconnect
 
-from services.common.bus import BusProducer, ensure_topics
+from services.common.bus import BusProducer, Handler, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
 from tests.integration.bus_helpers import committed_and_end_offsets, read_all, run_in_thread, stage_consumer
 from tests.waiting import wait_for
@@ -59,12 +61,15 @@ def test_database_and_disk_outages_in_a_handler_are_retried_not_dead_lettered(
     producer.close()
 
 
-class FlushFailsOnce:
-    """A handler that writes its batch in flush() (as audit does) and meets a database outage once."""
+class FlushFailing:
+    """A handler that writes its batch in flush() (as audit does) against a database that is away for the
+    first `failures` flushes, or (None) until `mended` is set."""
 
-    def __init__(self, out: str) -> None:
+    def __init__(self, out: str, failures: int | None = None) -> None:
         self.out = out
+        self.failures = failures
         self.flushes = 0
+        self.mended = threading.Event()
         self.done = threading.Event()
 
     def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
@@ -72,7 +77,7 @@ class FlushFailsOnce:
 
     def flush(self) -> None:
         self.flushes += 1
-        if self.flushes == 1:
+        if self.flushes <= self.failures if self.failures is not None else not self.mended.is_set():
             raise AutoReconnect("connection reset")
         self.done.set()
 
@@ -85,7 +90,7 @@ def test_a_database_outage_in_a_batch_flush_is_retried_and_the_stage_keeps_runni
     ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
     producer = BusProducer(kafka_bootstrap)
     producer.publish([OutgoingMessage(topic, b"x", b"k")])
-    handler, stop = FlushFailsOnce(out), threading.Event()
+    handler, stop = FlushFailing(out, failures=1), threading.Event()
     consumer = stage_consumer(kafka_bootstrap, producer, [topic], group, dlq, retry_backoff_s=0.1)
     thread = run_in_thread(consumer, handler, stop)
     try:
@@ -113,6 +118,24 @@ class Health:
         self.said.append("NOT_SERVING")
 
 
+@contextmanager
+def stage_reporting_health(
+    bootstrap: str, producer: BusProducer, topic: str, dlq: str, handler: Handler
+) -> Iterator[Health]:
+    """A stage reading `topic` on a thread, a record or batch counted stuck after 1 s; what it says on its
+    health service."""
+    stop, health = threading.Event(), Health()
+    consumer = stage_consumer(bootstrap, producer, [topic], f"{topic}-g", dlq, retry_backoff_s=0.1, stuck_after_s=1.0)
+    thread = threading.Thread(target=consumer.run, args=(handler, stop, health), daemon=True)
+    thread.start()
+    try:
+        yield health
+    finally:
+        stop.set()
+        thread.join(30)
+        consumer.close()
+
+
 def test_a_record_that_keeps_failing_transiently_makes_the_stage_not_ready_until_it_gets_through(
     kafka_bootstrap: str, unique_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -122,7 +145,7 @@ def test_a_record_that_keeps_failing_transiently_makes_the_stage_not_ready_until
     ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
     producer = BusProducer(kafka_bootstrap)
     producer.publish([OutgoingMessage(topic, str(i).encode(), b"k") for i in range(3)])
-    mended, done, stop = threading.Event(), threading.Event(), threading.Event()
+    mended, done = threading.Event(), threading.Event()
 
     def handler(message: IncomingMessage) -> list[OutgoingMessage]:
         if message.value == b"1" and not mended.is_set():
@@ -131,41 +154,14 @@ def test_a_record_that_keeps_failing_transiently_makes_the_stage_not_ready_until
             done.set()
         return [OutgoingMessage(out, message.value, message.key)]
 
-    health = Health()
-    consumer = stage_consumer(
-        kafka_bootstrap, producer, [topic], f"{unique_name}-g", dlq, retry_backoff_s=0.1, stuck_after_s=1.0
-    )
-    thread = threading.Thread(target=consumer.run, args=(handler, stop, health), daemon=True)
-    thread.start()
-    try:
+    with stage_reporting_health(kafka_bootstrap, producer, topic, dlq, handler) as health:
         wait_for(lambda: health.said == ["NOT_SERVING"], 30, "the stage says it is not ready")
         assert "holds its partition" in caplog.text and not done.is_set()
         mended.set()
         assert done.wait(30), "the record got through, and the rest after it"
         wait_for(lambda: health.said == ["NOT_SERVING", "SERVING"], 10, "ready again")
-    finally:
-        stop.set()
-        thread.join(30)
-        consumer.close()
-        producer.close()
+    producer.close()
     assert sorted(r.value for r in read_all(kafka_bootstrap, out, expected=3)) == [b"0", b"1", b"2"]
-
-
-class FlushFailsUntilMended:
-    """A handler that writes its batch in flush() (as audit does) against a database that stays away."""
-
-    def __init__(self, out: str) -> None:
-        self.out = out
-        self.mended = threading.Event()
-        self.done = threading.Event()
-
-    def __call__(self, message: IncomingMessage) -> list[OutgoingMessage]:
-        return [OutgoingMessage(self.out, message.value)]
-
-    def flush(self) -> None:
-        if not self.mended.is_set():
-            raise AutoReconnect("connection refused")
-        self.done.set()
 
 
 def test_batches_that_keep_failing_make_the_stage_not_ready_until_one_gets_through(
@@ -175,19 +171,10 @@ def test_batches_that_keep_failing_make_the_stage_not_ready_until_one_gets_throu
     ensure_topics(kafka_bootstrap, [topic, out, dlq], partitions=1)
     producer = BusProducer(kafka_bootstrap)
     producer.publish([OutgoingMessage(topic, b"1", b"k")])
-    handler, health, stop = FlushFailsUntilMended(out), Health(), threading.Event()
-    consumer = stage_consumer(
-        kafka_bootstrap, producer, [topic], f"{unique_name}-g", dlq, retry_backoff_s=0.1, stuck_after_s=1.0
-    )
-    thread = threading.Thread(target=consumer.run, args=(handler, stop, health), daemon=True)
-    thread.start()
-    try:
+    handler = FlushFailing(out)
+    with stage_reporting_health(kafka_bootstrap, producer, topic, dlq, handler) as health:
         wait_for(lambda: health.said == ["NOT_SERVING"], 30, "the stage says it is not ready")
         handler.mended.set()
         assert handler.done.wait(30), "the batch got through"
         wait_for(lambda: health.said == ["NOT_SERVING", "SERVING"], 10, "ready again")
-    finally:
-        stop.set()
-        thread.join(30)
-        consumer.close()
-        producer.close()
+    producer.close()
