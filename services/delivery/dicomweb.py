@@ -55,6 +55,7 @@ from services.delivery.dicomweb_media import (
 from services.delivery.dicomweb_request import (
     NOT_FOUND,
     REALM,
+    Criteria,
     DeliveredReader,
     KeysUnavailable,
     Refusal,
@@ -319,7 +320,7 @@ def create_partner_app(
         return Response(json.dumps(results, separators=(",", ":"), allow_nan=False), media_type=DICOM_JSON)
 
     def query(
-        retrieval: Retrieval, request: Request, make: Callable[[dict[str, frozenset[str]], int, int, str], list[Json]]
+        retrieval: Retrieval, request: Request, make: Callable[[Criteria, int, int, str], list[Json]]
     ) -> Response:
         if not accepts_dicom_json(request.headers.get("accept")):
             raise Refusal(406, "query results are served as application/dicom+json")
@@ -466,7 +467,7 @@ def create_partner_app(
     def search_studies(request: Request, partner_id: Partner) -> Response:
         retrieval = Retrieval(partner_id, "query")
 
-        def make(criteria: dict[str, frozenset[str]], limit: int, offset: int, base: str) -> list[Json]:
+        def make(criteria: Criteria, limit: int, offset: int, base: str) -> list[Json]:
             wanted = criteria.pop("study_uid", None)
             if wanted is not None:
                 # Asked by UID (the usual "is this study there?"): each one's manifest by `_id`, not a
@@ -499,7 +500,7 @@ def create_partner_app(
     def search_series(study: str, request: Request, partner_id: Partner) -> Response:
         retrieval = Retrieval(partner_id, "query")
 
-        def make(criteria: dict[str, frozenset[str]], limit: int, offset: int, base: str) -> list[Json]:
+        def make(criteria: Criteria, limit: int, offset: int, base: str) -> list[Json]:
             groups = by_series(i for i in delivered.study(partner_id, study) if matches(i, criteria))
             return [
                 series_result(study, uid, items, base) for uid, items in list(groups.items())[offset : offset + limit]
@@ -515,7 +516,7 @@ def create_partner_app(
     def instances_query(retrieval: Retrieval, request: Request, study: str, series: str | None) -> Response:
         partner_id = retrieval.partner_id
 
-        def make(criteria: dict[str, frozenset[str]], limit: int, offset: int, base: str) -> list[Json]:
+        def make(criteria: Criteria, limit: int, offset: int, base: str) -> list[Json]:
             items = delivered.series(partner_id, study, series) if series else delivered.study(partner_id, study)
             chosen = [i for i in items if matches(i, criteria)][offset : offset + limit]
             return [instance_result(i, base) for i in chosen]

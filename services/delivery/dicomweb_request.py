@@ -179,9 +179,13 @@ def query_page(request: Request) -> tuple[int, int]:
     return min(limit or MAX_LIMIT, MAX_LIMIT), offset
 
 
-def query_criteria(request: Request) -> dict[str, frozenset[str]]:
-    """Matching keys of a QIDO-RS query as DeliveredInstance field -> the values wanted (any of them)."""
-    criteria: dict[str, frozenset[str]] = {}
+# A QIDO-RS query's matching keys: DeliveredInstance field -> the values wanted (any of them).
+Criteria = dict[str, frozenset[str]]
+
+
+def query_criteria(request: Request) -> Criteria:
+    """The query's matching keys (`Criteria`)."""
+    criteria: Criteria = {}
     for name, value in request.query_params.items():
         if name in ("limit", "offset") or name.lower() in IGNORED_PARAMS:
             continue
