@@ -3,7 +3,9 @@ rehashing every object (the pipeline hashes each object once, when it is written
 only the size the event carries: `verify` is the scrub that finds bit rot).
 
 They read the blob store and MongoDB directly (IMX_BLOB_DIR, IMX_MONGO_URI, IMX_MONGO_DB), as
-`imx send` does; the delivery service runs the same collection on a timer (IMX_BLOB_GC_INTERVAL_S).
+`imx send` does, and the pipeline's dead-letter topic (IMX_KAFKA_BOOTSTRAP and delivery's Kafka
+credentials: its dead letters' objects are kept); the delivery service runs the same collection on a
+timer (IMX_BLOB_GC_INTERVAL_S).
 """
 
 from __future__ import annotations
@@ -81,25 +83,33 @@ def _store_root() -> Path:
 
 
 def _owed() -> set[str]:
-    """What partners are still owed; without it nothing can be judged, so an unreachable database
-    ends the command (it never deletes on a guess)."""
+    """What partners are still owed and what the pipeline's dead letters name; without either nothing
+    can be judged, so an unreachable database or broker ends the command (it never deletes on a guess)."""
     from pymongo.errors import PyMongoError
 
+    from services.common.dead_letter_blobs import DeadLettersUnread
     from services.common.mongo import connect
     from services.common.settings import ServiceSettings
-    from services.delivery.delivered import DeliveredObjects
+    from services.delivery.owed_blobs import OwedBlobs
 
+    settings = ServiceSettings()
     try:
-        client, db = connect(ServiceSettings())
+        client, db = connect(settings)
     except (ValueError, PyMongoError) as error:  # a URI that does not parse (its text may hold a password)
         console.print(f"[red]IMX_MONGO_URI is not a usable MongoDB URI[/red] ({type(error).__name__})")
         raise typer.Exit(2) from None
     try:
-        return DeliveredObjects(db).unstored_blobs()
+        return OwedBlobs.of(settings, db)()
     except PyMongoError as error:
         console.print(
             f"[red]cannot read what partners are owed[/red] ({type(error).__name__}): "
             "is the MongoDB server at IMX_MONGO_URI running?"
+        )
+        raise typer.Exit(1) from None
+    except DeadLettersUnread as error:
+        console.print(
+            f"[red]cannot read the pipeline's dead letters[/red] ({error}): is the broker at "
+            "IMX_KAFKA_BOOTSTRAP running, and may IMX_KAFKA_SASL_USERNAME read its dead-letter topic?"
         )
         raise typer.Exit(1) from None
     finally:
@@ -129,7 +139,7 @@ def blobs_usage(retention_days: RetentionDays = None) -> None:
             entries.append(entry)
             if len(entries) % 1000 == 0:
                 bar.update(task, description=f"scanning: {len(entries):,} objects")
-    with console.status("reading what partners are still owed"):  # up to 10 s when MongoDB is away
+    with console.status("reading what partners are still owed and the dead letters"):  # up to a minute when away
         owed = _owed()
     result = usage(entries, owed, time.time(), retention_s)
     spliced = [entry for entry in entries if entry.source]
@@ -145,7 +155,11 @@ def blobs_usage(retention_days: RetentionDays = None) -> None:
     table.add_row(
         f"older than {retention_s / 86400:g} days", f"{result.expired_objects:,}", _size(result.expired_bytes)
     )
-    table.add_row("owed to a partner (not stored yet)", f"{result.owed_objects:,}", _size(result.owed_bytes))
+    table.add_row(
+        "owed to a partner (not stored yet) or named by a dead letter",
+        f"{result.owed_objects:,}",
+        _size(result.owed_bytes),
+    )
     console.print(table)
 
 
@@ -155,8 +169,8 @@ def blobs_gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would go, delete nothing")] = False,
 ) -> None:
     """Delete objects older than the retention that no partner is owed (never one a partner's
-    gateway has not reported stored, nor the source of a spliced object that is kept), and the
-    temporary files writers that stopped left behind."""
+    gateway has not reported stored, one a pipeline dead letter names, nor the source of a spliced
+    object that is kept), and the temporary files writers that stopped left behind."""
 
     root = _store_root()
     seen = 0
@@ -173,7 +187,7 @@ def blobs_gc(
     verb = "would delete" if dry_run else "deleted"
     console.print(
         f"{verb} {result.deleted:,} objects ({_size(result.freed_bytes)} on disk) of {seen:,}; "
-        f"kept {result.kept_owed:,} past the retention that a partner is still owed "
+        f"kept {result.kept_owed:,} past the retention that a partner is still owed or a dead letter names "
         f"and {result.kept_sources:,} that a kept spliced object refers to"
     )
     if result.temporaries:

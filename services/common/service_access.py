@@ -21,6 +21,8 @@ from kafka.admin import (
     ACLOperation,
     ACLPermissionType,
     ACLResourcePatternType,
+    ConfigResource,
+    ConfigResourceType,
     KafkaAdminClient,
     ResourcePattern,
     ResourceType,
@@ -28,7 +30,7 @@ from kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from services.common.bus import ensure_topics
+from services.common.bus import KEPT_RETENTION_MS, ensure_topics
 from services.common.kafka_access import tls_client_config
 from services.common.settings import ServiceSettings
 from services.common.topics import Topics
@@ -36,6 +38,7 @@ from services.common.topics import Topics
 SERVICES = ("ingest", "routing", "deid", "delivery", "audit", "gateways")
 
 LITERAL, PREFIXED = ACLResourcePatternType.LITERAL, ACLResourcePatternType.PREFIXED
+TOPIC_LEVEL = "DYNAMIC_TOPIC_CONFIG"  # a config's source when it was set on the topic itself
 Op = ACLOperation
 
 
@@ -51,6 +54,7 @@ def ensure_pipeline_topics(
         stop=stop,
         client_config=client_config,
         replication_factor=settings.topic_replication_factor,
+        kept=topics.kept_until_deleted,
     )
 
 
@@ -127,6 +131,8 @@ def service_grants(service: str, topics: Topics) -> list[Grant]:
             *_read(*topics.prepared_lanes),
             *_read(receipts, pattern=PREFIXED),
             _group(f"{p}imx-delivery"),
+            # The blob lifecycle keeps what dead letters name: it reads them, without a group.
+            *_read(topics.dead_letter),
             *_write(partner_feeds, pattern=PREFIXED),
             # It creates each partner's receipts topic; only the partner (and its central gateway) writes it.
             Grant(ResourceType.TOPIC, receipts, (Op.CREATE,), PREFIXED),
@@ -209,16 +215,40 @@ class ServiceAccess:
                 client_config=self._config,
                 replication_factor=replication_factor,
                 within_s=wait_s,
+                kept=topics.kept_until_deleted,
             )
             if created is None:
                 raise RuntimeError(
                     f"no answer from the broker at {self._bootstrap} within {wait_s:g} s: is it up, and are the "
                     "admin's username and password right (a refused sign-in looks the same)?"
                 )
+            self.keep_records(topics.kept_until_deleted)
         for service, password in passwords.items():
             if not password:
                 raise ValueError(f"empty Kafka password for {service}")
             self.grant(service, password, topics)
+
+    def keep_records(self, names: list[str]) -> list[str]:
+        """Have topics created before they kept their records (the dead letters went after the broker's
+        seven days) keep them until deleted. A retention an operator set on the topic itself is theirs
+        and stays. Returns the topics changed."""
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": None}) for name in names]
+        with self._admin() as admin:
+            described = admin.describe_configs(resources, config_filter="all").get("topic", {})
+            unset = [
+                name
+                for name in names
+                if described.get(name, {}).get("retention.ms", {}).get("config_source") != TOPIC_LEVEL
+            ]
+            if unset:
+                admin.alter_configs(
+                    [
+                        ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": KEPT_RETENTION_MS})
+                        for name in unset
+                    ],
+                    incremental=True,
+                )
+        return unset
 
     def grant(self, service: str, password: str, topics: Topics) -> None:
         """Set the service's password and its ACLs (both idempotent: a second `make up` changes nothing)."""

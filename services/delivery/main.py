@@ -22,6 +22,7 @@ from services.delivery.completeness import CompletenessSweep
 from services.delivery.delivered import DeliveredObjects
 from services.delivery.dicomweb_wiring import RETRIEVALS_LINGER_MS, start_partner_api
 from services.delivery.handler import DeliveryHandler, delivery_pattern
+from services.delivery.owed_blobs import OwedBlobs
 from services.delivery.partners import PartnerCache, PartnerSignIn, register_partner_admin
 from services.delivery.retention_watch import KafkaBacklogReader, RetentionWatch
 from services.delivery.settings import DeliverySettings
@@ -78,13 +79,14 @@ class PartnerTopics:
 
 
 def collect_blobs_every(
-    settings: DeliverySettings, blobs: LocalBlobStore, delivered: DeliveredObjects, stop: threading.Event
+    settings: DeliverySettings, blobs: LocalBlobStore, owed: Callable[[], set[str]], stop: threading.Event
 ) -> None:
-    """The blob lifecycle, on a timer: objects no partner is owed go after the retention."""
+    """The blob lifecycle, on a timer: objects no partner is owed, and no dead letter names, go after
+    the retention."""
     while not stop.wait(settings.blob_gc_interval_s):
         try:
-            result = collect(blobs.root, delivered.unstored_blobs, settings.blob_retention_s)
-        except Exception as error:  # the database is away: next round
+            result = collect(blobs.root, owed, settings.blob_retention_s)
+        except Exception as error:  # the database or the broker is away: next round
             log.warning("blob collection failed", extra={"error": type(error).__name__})
             continue
         log.info("blobs collected", extra={"count": result.deleted})
@@ -136,7 +138,7 @@ def serve(
     if settings.blob_gc_interval_s > 0:
         collector = threading.Thread(
             target=collect_blobs_every,
-            args=(settings, blobs, delivered, sweep_stop),
+            args=(settings, blobs, OwedBlobs.of(settings, db), sweep_stop),
             name="blob-gc",
             daemon=True,
         )

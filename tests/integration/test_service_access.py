@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from services.cli.main import app
 from services.common.bus import BusProducer, ensure_topics
+from services.common.dead_letter_blobs import DeadLetterBlobs, DeadLettersUnread
+from services.common.events import event_message
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.service_access import (
     SERVICES,
@@ -26,6 +28,7 @@ from services.common.service_access import (
 )
 from services.common.settings import ServiceSettings
 from services.common.topics import Topics
+from services.proto_gen.imx.v1 import events_pb2
 from tests.conftest import KafkaInternal
 from tests.integration.bus_helpers import stage_consumer
 from tools.devstack.processes import free_port
@@ -135,6 +138,23 @@ def test_the_gateways_user_reads_a_feed_only_in_its_central_group(
         with pytest.raises(GroupAuthorizationFailedError):
             _poll_group(kafka_internal, config, feed, foreign)
     assert _poll_group(kafka_internal, config, feed, central_gateway_group("acme", topics.prefix)) == [b"delivery-1"]
+
+
+def test_delivery_reads_the_dead_letters_whose_objects_its_blob_lifecycle_keeps(
+    kafka_internal: KafkaInternal, topics: Topics
+) -> None:
+    letter = events_pb2.InstanceIngested(blob=events_pb2.BlobRef(sha256="c" * 64))
+    admin_producer = BusProducer(kafka_internal.bootstrap, client_config=kafka_internal.admin_config)
+    admin_producer.publish([event_message(topics.dead_letter, letter, "2.25.1")])
+    admin_producer.close()
+    for service in ("delivery", "routing"):
+        config = _signed_in(kafka_internal, service, topics)
+        read = DeadLetterBlobs(kafka_internal.bootstrap, topics.dead_letter, config, timeout_s=10)
+        if service == "delivery":
+            assert read() == {"c" * 64}
+        else:
+            with pytest.raises(DeadLettersUnread):  # the others write dead letters, never read them
+                read()
 
 
 def test_no_service_is_granted_every_topic_and_only_delivery_describes_every_group() -> None:
