@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.control_channel import TOKEN_ENV, TOKEN_FILE_ENV
 from services.common.service_access import ServiceAccess, username
+from services.common.settings import DEAD_LETTER_RETENTION_DAYS, retention_ms
 from services.common.topics import Topics
 from services.ingest.settings import IngestSettings
 from tools.devstack import (
@@ -226,7 +227,10 @@ def grant_kafka_access(layout: Layout, ports: Ports, env: Mapping[str, str] | No
     bootstrap, admin = f"127.0.0.1:{ports.kafka}", kafka_admin_config(layout)
     topics = Topics(env.get("IMX_TOPIC_PREFIX", ""))
     passwords = {name: password(layout.var, name) for name in SERVICES}
-    ServiceAccess(bootstrap, admin).apply(passwords, topics, int(env.get("IMX_TOPIC_PARTITIONS", "6")))
+    days = float(env.get("IMX_DEAD_LETTER_RETENTION_DAYS", DEAD_LETTER_RETENTION_DAYS))
+    ServiceAccess(bootstrap, admin).apply(
+        passwords, topics, int(env.get("IMX_TOPIC_PARTITIONS", "6")), dead_letter_retention_ms=retention_ms(days)
+    )
 
 
 def stage_inputs(topics: Topics) -> dict[str, list[str]]:

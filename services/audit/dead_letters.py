@@ -16,19 +16,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
-from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.structs import TopicPartition
 from pymongo.database import Database
 
-from services.common.bus import DEAD_LETTER_HEADERS, MAX_MESSAGE_BYTES, VALUE_DROPPED_HEADER, BusProducer
+from services.common.bus import DEAD_LETTER_HEADERS, VALUE_DROPPED_HEADER, BusProducer
 from services.common.control_server import ServicerRegistration
 from services.common.dead_letter_limits import DEFAULT_LIMIT, MAX_LIMIT
+from services.common.dead_letter_topic import DeadLetterTopic
 from services.common.messages import OutgoingMessage
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
 STAGE_SCAN = 10  # with a stage asked for, its newest N are looked for among the newest N x STAGE_SCAN (<= MAX_LIMIT)
-READ_TIMEOUT_S = 10.0
 
 
 def _text(headers: dict[str, bytes], name: str) -> str:
@@ -74,81 +72,6 @@ def replay_of(record: ConsumerRecord) -> OutgoingMessage:
         key=record.key,
         headers={k: v for k, v in headers.items() if k not in DEAD_LETTER_HEADERS},
     )
-
-
-class DeadLetterTopic:
-    """Reads the dead-letter topic without a consumer group: nothing is committed, nothing is moved."""
-
-    def __init__(self, bootstrap: str, topic: str, client_config: Mapping[str, str] | None = None) -> None:
-        self._bootstrap = bootstrap
-        self.topic = topic
-        self._client_config = dict(client_config or {})
-
-    def _consumer(self) -> KafkaConsumer:
-        return KafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            client_id="imx-dead-letter-admin",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-            fetch_max_bytes=MAX_MESSAGE_BYTES,
-            metrics_enabled=False,
-            **self._client_config,
-        )
-
-    def newest(self, limit: int) -> list[ConsumerRecord]:
-        """The newest `limit` of each partition, then the newest `limit` of those, oldest first."""
-        consumer = self._consumer()
-        try:
-            numbers = sorted(consumer.partitions_for_topic(self.topic) or [])
-            partitions = [TopicPartition(self.topic, p) for p in numbers]
-            if not partitions:
-                return []
-            consumer.assign(partitions)
-            ends = consumer.end_offsets(partitions)
-            starts = consumer.beginning_offsets(partitions)
-            wanted = {}
-            for tp in partitions:
-                first = max(starts[tp], ends[tp] - limit)
-                if first < ends[tp]:
-                    consumer.seek(tp, first)
-                    wanted[tp] = ends[tp]
-                else:
-                    consumer.pause(tp)
-            records = self._read_until(consumer, wanted)
-        finally:
-            consumer.close(autocommit=False)
-        records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
-        return records[-limit:]
-
-    def at(self, partition: int, offset: int) -> ConsumerRecord | None:
-        consumer = self._consumer()
-        try:
-            tp = TopicPartition(self.topic, partition)
-            if partition not in (consumer.partitions_for_topic(self.topic) or set()):
-                return None
-            consumer.assign([tp])
-            start, end = consumer.beginning_offsets([tp])[tp], consumer.end_offsets([tp])[tp]
-            if not start <= offset < end:
-                return None
-            consumer.seek(tp, offset)
-            found = [r for r in self._read_until(consumer, {tp: offset + 1}) if r.offset == offset]
-            return found[0] if found else None
-        finally:
-            consumer.close(autocommit=False)
-
-    @staticmethod
-    def _read_until(consumer: KafkaConsumer, ends: dict[TopicPartition, int]) -> list[ConsumerRecord]:
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        pending = {tp for tp, end in ends.items() if consumer.position(tp) < end}
-        while pending and time.monotonic() < deadline:
-            for tp, batch in consumer.poll(timeout_ms=500).items():
-                records.extend(r for r in batch if r.offset < ends[tp])
-                if consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-                    consumer.pause(tp)
-        return records
 
 
 @dataclass(frozen=True)

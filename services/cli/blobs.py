@@ -3,9 +3,9 @@ rehashing every object (the pipeline hashes each object once, when it is written
 only the size the event carries: `verify` is the scrub that finds bit rot).
 
 They read the blob store and MongoDB directly (IMX_BLOB_DIR, IMX_MONGO_URI, IMX_MONGO_DB), as
-`imx send` does, and the pipeline's dead-letter topic (IMX_KAFKA_BOOTSTRAP and delivery's Kafka
-credentials: its dead letters' objects are kept); the delivery service runs the same collection on a
-timer (IMX_BLOB_GC_INTERVAL_S).
+`imx send` does, and the pipeline's dead-letter topic (IMX_KAFKA_BOOTSTRAP and IMX_KAFKA_*: a user that
+may read it, audit's or delivery's; the objects its letters name are kept); the delivery service runs
+the same collection on a timer (IMX_BLOB_GC_INTERVAL_S).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _owed() -> set[str]:
     can be judged, so an unreachable database or broker ends the command (it never deletes on a guess)."""
     from pymongo.errors import PyMongoError
 
-    from services.common.dead_letter_blobs import DeadLettersUnread
+    from services.common.dead_letter_topic import IncompleteRead
     from services.common.mongo import connect
     from services.common.settings import ServiceSettings
     from services.delivery.owed_blobs import OwedBlobs
@@ -99,17 +99,23 @@ def _owed() -> set[str]:
         console.print(f"[red]IMX_MONGO_URI is not a usable MongoDB URI[/red] ({type(error).__name__})")
         raise typer.Exit(2) from None
     try:
-        return OwedBlobs.of(settings, db)()
+        owed = OwedBlobs.of(settings, db)
+    except (ValueError, OSError) as error:  # a sign-in without a user, a password file that is not there
+        client.close()
+        console.print(f"[red]the Kafka sign-in in IMX_KAFKA_* cannot be used[/red]: {error}")
+        raise typer.Exit(2) from None
+    try:
+        return owed()
     except PyMongoError as error:
         console.print(
             f"[red]cannot read what partners are owed[/red] ({type(error).__name__}): "
             "is the MongoDB server at IMX_MONGO_URI running?"
         )
         raise typer.Exit(1) from None
-    except DeadLettersUnread as error:
+    except IncompleteRead as error:
         console.print(
             f"[red]cannot read the pipeline's dead letters[/red] ({error}): is the broker at "
-            "IMX_KAFKA_BOOTSTRAP running, and may IMX_KAFKA_SASL_USERNAME read its dead-letter topic?"
+            "IMX_KAFKA_BOOTSTRAP running, and may the user in IMX_KAFKA_SASL_USERNAME read its dead-letter topic?"
         )
         raise typer.Exit(1) from None
     finally:
@@ -139,7 +145,7 @@ def blobs_usage(retention_days: RetentionDays = None) -> None:
             entries.append(entry)
             if len(entries) % 1000 == 0:
                 bar.update(task, description=f"scanning: {len(entries):,} objects")
-    with console.status("reading what partners are still owed and the dead letters"):  # up to a minute when away
+    with console.status("reading the dead letters and what partners are still owed"):
         owed = _owed()
     result = usage(entries, owed, time.time(), retention_s)
     spliced = [entry for entry in entries if entry.source]

@@ -59,7 +59,11 @@ def setup_services(
         typer.Option("--service", help="a service to set up (repeat); default: every one with a file in the folder"),
     ] = None,
     create_topics: Annotated[
-        bool, typer.Option(help="create the pipeline's missing topics too (IMX_TOPIC_PARTITIONS partitions)")
+        bool,
+        typer.Option(
+            help="create the pipeline's missing topics too (IMX_TOPIC_PARTITIONS partitions), and set the dead "
+            "letters' retention (IMX_DEAD_LETTER_RETENTION_DAYS) on their topic"
+        ),
     ] = True,
     wait: Annotated[
         float,
@@ -70,7 +74,7 @@ def setup_services(
     from kafka.errors import KafkaError
 
     from services.common.service_access import ServiceAccess, kafka_client_config, service_acls, username
-    from services.common.settings import ServiceSettings
+    from services.common.settings import ServiceSettings, retention_ms
     from services.common.topics import Topics
 
     settings = ServiceSettings()
@@ -88,6 +92,7 @@ def setup_services(
             settings.topic_partitions if create_topics else None,
             replication_factor=settings.topic_replication_factor,
             wait_s=wait,
+            dead_letter_retention_ms=retention_ms(settings.dead_letter_retention_days),
         )
     except (KafkaError, RuntimeError, OSError) as error:
         console.print(f"[red]setting up the services' Kafka access failed[/red] ({type(error).__name__}): {error}")

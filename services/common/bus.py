@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 
 # Partner topics may carry a whole DICOM instance inline; keep in step with the broker's message.max.bytes.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-KEPT_RETENTION_MS = "-1"  # retention.ms of a topic whose records stay until they are deleted
 
 # The longest wait between attempts to reach a broker that went away. kafka-python's default is 30 s
 # (the Java client's is 1 s): its waits double from 50 ms, so after an outage of ten seconds or more a
@@ -143,11 +142,11 @@ def ensure_topics(
     client_config: Mapping[str, str] | None = None,
     replication_factor: int = 1,
     within_s: float | None = None,
-    kept: Collection[str] = (),
+    retention_ms: Mapping[str, int] | None = None,
 ) -> list[str] | None:
-    """Create topics that do not exist yet, `replication_factor` copies each (`topic_configs`; those in
-    `kept` keep their records until they are deleted); existing ones are left as they are. Returns those
-    this call created.
+    """Create topics that do not exist yet, `replication_factor` copies each (`topic_configs`; a topic
+    named in `retention_ms` keeps its records that long, the others the broker's retention); existing ones
+    are left as they are. Returns those this call created.
 
     A broker that does not answer (down, still starting) is waited for, retrying with capped exponential
     backoff, rather than ending the process that is starting; once `stop` is set, or `within_s` seconds
@@ -187,7 +186,7 @@ def ensure_topics(
             replication_factor,
             attempt_timeout_ms,
             client_config or {},
-            frozenset(kept),
+            dict(retention_ms or {}),
         )
     except KafkaError as error:
         if not (stop.is_set() and broker_unreachable(error)):
@@ -198,14 +197,14 @@ def ensure_topics(
             deadline.cancel()
 
 
-def topic_configs(replication_factor: int, kept: bool = False) -> dict[str, str]:
+def topic_configs(replication_factor: int, retention_ms: int | None = None) -> dict[str, str]:
     """A created topic's settings: messages up to MAX_MESSAGE_BYTES and, when it is replicated, an
     acknowledgement (acks=all) that means all but one copy have it: one broker may be lost, or be down
-    for maintenance, without losing an acknowledged event or stopping the writers. `kept`: its records
-    stay until they are deleted, not for the broker's retention (the dead letters)."""
+    for maintenance, without losing an acknowledged event or stopping the writers. `retention_ms`: how
+    long it keeps its records (-1: until deleted), instead of the broker's retention (the dead letters)."""
     configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
-    if kept:
-        configs["retention.ms"] = KEPT_RETENTION_MS
+    if retention_ms is not None:
+        configs["retention.ms"] = str(retention_ms)
     if replication_factor > 1:
         configs["min.insync.replicas"] = str(replication_factor - 1)
     return configs
@@ -218,7 +217,7 @@ def _create_missing_topics(
     replication_factor: int,
     timeout_ms: int,
     client_config: Mapping[str, str],
-    kept: frozenset[str],
+    retention_ms: Mapping[str, int],
 ) -> list[str]:
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
@@ -235,7 +234,7 @@ def _create_missing_topics(
                 name,
                 num_partitions=partitions,
                 replication_factor=replication_factor,
-                topic_configs=topic_configs(replication_factor, name in kept),
+                topic_configs=topic_configs(replication_factor, retention_ms.get(name)),
             )
             for name in names
             if name not in existing

@@ -30,15 +30,14 @@ from kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from services.common.bus import KEPT_RETENTION_MS, ensure_topics
+from services.common.bus import ensure_topics
 from services.common.kafka_access import tls_client_config
-from services.common.settings import ServiceSettings
+from services.common.settings import DEAD_LETTER_RETENTION_DAYS, ServiceSettings, retention_ms
 from services.common.topics import Topics
 
 SERVICES = ("ingest", "routing", "deid", "delivery", "audit", "gateways")
 
 LITERAL, PREFIXED = ACLResourcePatternType.LITERAL, ACLResourcePatternType.PREFIXED
-TOPIC_LEVEL = "DYNAMIC_TOPIC_CONFIG"  # a config's source when it was set on the topic itself
 Op = ACLOperation
 
 
@@ -54,7 +53,7 @@ def ensure_pipeline_topics(
         stop=stop,
         client_config=client_config,
         replication_factor=settings.topic_replication_factor,
-        kept=topics.kept_until_deleted,
+        retention_ms={topics.dead_letter: retention_ms(settings.dead_letter_retention_days)},
     )
 
 
@@ -198,10 +197,12 @@ class ServiceAccess:
         partitions: int | None = None,
         replication_factor: int = 1,
         wait_s: float | None = None,
+        dead_letter_retention_ms: int = retention_ms(DEAD_LETTER_RETENTION_DAYS),
     ) -> None:
         """The one set-up step of a deployment (devstack `make up`, `imx kafka setup-services` in the
         compose set-up container and the chart's hook Job): the pipeline's topics when `partitions` is
-        given, then each service's user, password and ACLs, as declared above. A broker that does not
+        given (and the dead letters' retention, on their topic made before too), then each service's user,
+        password and ACLs, as declared above. A broker that does not
         answer is waited for up to `wait_s` (None: for ever), then RuntimeError: a refused admin sign-in
         looks the same from kafka-python, and waited for ever, a deployment's set-up hung with no end."""
         unknown = sorted(set(passwords) - set(SERVICES))
@@ -215,40 +216,32 @@ class ServiceAccess:
                 client_config=self._config,
                 replication_factor=replication_factor,
                 within_s=wait_s,
-                kept=topics.kept_until_deleted,
+                retention_ms={topics.dead_letter: dead_letter_retention_ms},
             )
             if created is None:
                 raise RuntimeError(
                     f"no answer from the broker at {self._bootstrap} within {wait_s:g} s: is it up, and are the "
                     "admin's username and password right (a refused sign-in looks the same)?"
                 )
-            self.keep_records(topics.kept_until_deleted)
+            self.set_retention({topics.dead_letter: dead_letter_retention_ms})
         for service, password in passwords.items():
             if not password:
                 raise ValueError(f"empty Kafka password for {service}")
             self.grant(service, password, topics)
 
-    def keep_records(self, names: list[str]) -> list[str]:
-        """Have topics created before they kept their records (the dead letters went after the broker's
-        seven days) keep them until deleted. A retention an operator set on the topic itself is theirs
-        and stays. Returns the topics changed."""
-        resources = [ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": None}) for name in names]
+    def set_retention(self, retention: Mapping[str, int]) -> None:
+        """Set each existing topic's retention.ms (the dead letters' on a deployment whose topic was made
+        before, or with another IMX_DEAD_LETTER_RETENTION_DAYS). RuntimeError naming the topics the
+        broker refused: kafka-python returns those in its answer rather than raising."""
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": str(ms)})
+            for name, ms in retention.items()
+        ]
         with self._admin() as admin:
-            described = admin.describe_configs(resources, config_filter="all").get("topic", {})
-            unset = [
-                name
-                for name in names
-                if described.get(name, {}).get("retention.ms", {}).get("config_source") != TOPIC_LEVEL
-            ]
-            if unset:
-                admin.alter_configs(
-                    [
-                        ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": KEPT_RETENTION_MS})
-                        for name in unset
-                    ],
-                    incremental=True,
-                )
-        return unset
+            answer = admin.alter_configs(resources, incremental=True).get("topic", {})
+        refused = {name: answer.get(name, "no answer") for name in retention if answer.get(name) != "OK"}
+        if refused:
+            raise RuntimeError(f"setting retention.ms failed: {refused}")
 
     def grant(self, service: str, password: str, topics: Topics) -> None:
         """Set the service's password and its ACLs (both idempotent: a second `make up` changes nothing)."""

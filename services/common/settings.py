@@ -11,6 +11,14 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DAY_MS = 24 * 3600 * 1000
+DEAD_LETTER_RETENTION_DAYS = 30.0
+
+
+def retention_ms(days: float) -> int:
+    """A topic's retention.ms for a number of days; 0 days: kept until deleted (-1)."""
+    return int(days * DAY_MS) if days > 0 else -1
+
 
 class ServiceSettings(BaseSettings):
     """What every imx service needs: where Kafka, MongoDB and the blob store are."""
@@ -25,6 +33,13 @@ class ServiceSettings(BaseSettings):
     topic_partitions: int = Field(6, ge=1, description="partitions for topics the service creates")
     topic_replication_factor: int = Field(
         1, ge=1, le=32, description="copies of each topic the service creates (min.insync.replicas: one fewer)"
+    )
+    dead_letter_retention_days: float = Field(
+        DEAD_LETTER_RETENTION_DAYS,
+        ge=0,
+        description="how long the dead-letter topic keeps what no stage could process (accepted instances to "
+        "replay), and the blob lifecycle the objects they name; 0: until deleted. Set on the topic when it is "
+        "created, and by `imx kafka setup-services` on one that exists",
     )
     grpc_host: str = Field("127.0.0.1", description="address the gRPC control server binds")
     grpc_port: int = Field(0, ge=0, le=65535, description="gRPC control port; 0 picks a free port")

@@ -77,13 +77,6 @@ class Topics:
         return self._name("deadletter")
 
     @property
-    def kept_until_deleted(self) -> list[str]:
-        """Topics whose records stay until an operator deletes them, not for the broker's retention: the
-        dead letters, accepted instances no stage could process (and the blob lifecycle keeps the objects
-        they name, services/common/dead_letter_blobs.py)."""
-        return [self.dead_letter]
-
-    @property
     def access(self) -> str:
         """Partners' DICOMweb retrievals (PartnerRetrieval), for audit."""
         return self._name("access")

@@ -12,6 +12,7 @@ from services.common.blob_store import LocalBlobStore
 from services.common.bus import BrokerUnavailable, BusProducer, ensure_topics
 from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
+from services.common.dead_letter_topic import IncompleteRead
 from services.common.kafka_access import PartnerAccess
 from services.common.mongo import connect
 from services.common.runtime import StageSpec, run_stage
@@ -86,7 +87,10 @@ def collect_blobs_every(
     while not stop.wait(settings.blob_gc_interval_s):
         try:
             result = collect(blobs.root, owed, settings.blob_retention_s)
-        except Exception as error:  # the database or the broker is away: next round
+        except IncompleteRead as error:  # says what failed (an ACL, an unknown topic), never a record
+            log.warning("blob collection failed: the dead letters were not read whole", extra={"reason": str(error)})
+            continue
+        except Exception as error:  # the database is away: next round
             log.warning("blob collection failed", extra={"error": type(error).__name__})
             continue
         log.info("blobs collected", extra={"count": result.deleted})

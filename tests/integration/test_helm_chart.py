@@ -396,10 +396,15 @@ def test_optional_network_policies_and_strimzi_topics(render: Render) -> None:
         assert topic["spec"]["replicas"] == 3
         assert topic["spec"]["config"]["min.insync.replicas"] == 2
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "imx"
-    # Dead letters stay until deleted (as the services create their topic); the others keep the week.
+    # Dead letters stay kafka.deadLetterRetentionDays (as the services create their topic); the others a week.
     kept = {name: t["spec"]["config"]["retention.ms"] for name, t in topics.items()}
-    assert kept.pop(Topics("prod.").dead_letter) == -1
+    assert kept.pop(Topics("prod.").dead_letter) == 30 * 86400000
     assert set(kept.values()) == {604800000}
+    until_deleted = render("kafka.strimziTopics.enabled=true", "kafka.deadLetterRetentionDays=0")
+    dead_letters = [
+        d for d in until_deleted if d["kind"] == "KafkaTopic" and d["spec"]["topicName"].endswith("deadletter.v1")
+    ]
+    assert dead_letters[0]["spec"]["config"]["retention.ms"] == -1
     # A single broker: one copy, one in sync (two in sync of one copy failed every acks=all write).
     single = render("kafka.strimziTopics.enabled=true", "kafka.topicReplicationFactor=1")
     for topic in (doc for doc in single if doc["kind"] == "KafkaTopic"):

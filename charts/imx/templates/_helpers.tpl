@@ -108,6 +108,8 @@ reference only: the chart never renders a connection string.
   value: {{ .Values.kafka.topicPartitions | quote }}
 - name: IMX_TOPIC_REPLICATION_FACTOR
   value: {{ .Values.kafka.topicReplicationFactor | quote }}
+- name: IMX_DEAD_LETTER_RETENTION_DAYS
+  value: {{ .Values.kafka.deadLetterRetentionDays | quote }}
 - name: IMX_MONGO_URI
   valueFrom:
     secretKeyRef:
@@ -148,7 +150,7 @@ the list against the rendered manifests), and those that carry secrets: `service
 none of them. Given there, one rendered twice and the last won (ingest listening on a port its Service
 and NetworkPolicy do not name), and a password sat in the Deployment in plain text. */ -}}
 {{- define "imx.reservedEnvNames" -}}
-IMX_AE_TITLE IMX_AUDIT_SIGNING_KEY_FILE IMX_BLOB_DIR IMX_CONTROL_BOOTSTRAP_TOKEN_FILE IMX_DELIVERY_PUBLIC_URL
+IMX_AE_TITLE IMX_AUDIT_SIGNING_KEY_FILE IMX_BLOB_DIR IMX_CONTROL_BOOTSTRAP_TOKEN_FILE IMX_DEAD_LETTER_RETENTION_DAYS IMX_DELIVERY_PUBLIC_URL
 IMX_DICOM_HOST IMX_DICOM_PORT IMX_GRPC_HOST IMX_GRPC_PORT IMX_HTTP_HOST IMX_HTTP_PORT IMX_HTTP_TLS_CERT_FILE
 IMX_HTTP_TLS_KEY_FILE IMX_INSTANCE_ID IMX_KAFKA_BOOTSTRAP IMX_KAFKA_PARTNER_BOOTSTRAP
 IMX_KAFKA_PARTNER_SECURITY_PROTOCOL IMX_KAFKA_SASL_MECHANISM IMX_KAFKA_SASL_PASSWORD IMX_KAFKA_SASL_PASSWORD_FILE
