@@ -94,7 +94,7 @@ def setup_services(
             wait_s=wait,
             dead_letter_retention_ms=retention_ms(settings.dead_letter_retention_days),
         )
-    except (KafkaError, RuntimeError, OSError) as error:
+    except (KafkaError, RuntimeError, OSError, ValueError) as error:
         console.print(f"[red]setting up the services' Kafka access failed[/red] ({type(error).__name__}): {error}")
         raise typer.Exit(1) from None
     table = Table("service", "Kafka user", "ACLs")

@@ -125,12 +125,17 @@ class DeadLetterTopic:
         consumer.seek_to_beginning(*partitions)
         ends = consumer.end_offsets(partitions)
         read, moved_at = 0, time.monotonic()
+        positions: dict[TopicPartition, int] = {}
         while True:
-            positions = {tp: consumer.position(tp) for tp in partitions}
+            before, positions = positions, {tp: consumer.position(tp) for tp in partitions}
             if any(position is None for position in positions.values()):
                 raise IncompleteRead("a partition's position could not be read")
-            if all(positions[tp] >= ends[tp] for tp in partitions):
+            if any(positions[tp] > before.get(tp, positions[tp]) for tp in partitions):
+                moved_at = time.monotonic()  # progress is a position moving towards its end, nothing else
+            done = [tp for tp in partitions if positions[tp] >= ends[tp]]
+            if len(done) == len(partitions):
                 return read
+            consumer.pause(*done)  # letters written since the read began are not fetched for nothing
             if time.monotonic() - moved_at > stalled_after_s:
                 raise IncompleteRead(f"nothing read for {stalled_after_s:g} s")
             for tp, records in consumer.poll(timeout_ms=500).items():
@@ -138,4 +143,3 @@ class DeadLetterTopic:
                     if record.offset < ends[tp]:
                         on_record(record)
                         read += 1
-                moved_at = time.monotonic()

@@ -223,7 +223,8 @@ class ServiceAccess:
                     f"no answer from the broker at {self._bootstrap} within {wait_s:g} s: is it up, and are the "
                     "admin's username and password right (a refused sign-in looks the same)?"
                 )
-            self.set_retention({topics.dead_letter: dead_letter_retention_ms})
+            if topics.dead_letter not in created:  # one just created has it already
+                self.set_retention({topics.dead_letter: dead_letter_retention_ms})
         for service, password in passwords.items():
             if not password:
                 raise ValueError(f"empty Kafka password for {service}")
@@ -238,7 +239,9 @@ class ServiceAccess:
             for name, ms in retention.items()
         ]
         with self._admin() as admin:
-            answer = admin.alter_configs(resources, incremental=True).get("topic", {})
+            # Not checked against the topic's known configs first: that asks a broker which may not know of
+            # a topic made a moment ago, and fails with a ValueError (a broker refusal is in the answer).
+            answer = admin.alter_configs(resources, incremental=True, raise_on_unknown=False).get("topic", {})
         refused = {name: answer.get(name, "no answer") for name in retention if answer.get(name) != "OK"}
         if refused:
             raise RuntimeError(f"setting retention.ms failed: {refused}")

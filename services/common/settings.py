@@ -13,11 +13,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DAY_MS = 24 * 3600 * 1000
 DEAD_LETTER_RETENTION_DAYS = 30.0
+MAX_RETENTION_DAYS = 1_000_000.0  # a finite number: beyond it, 0 (until deleted) says what is meant
 
 
 def retention_ms(days: float) -> int:
-    """A topic's retention.ms for a number of days; 0 days: kept until deleted (-1)."""
-    return int(days * DAY_MS) if days > 0 else -1
+    """A topic's retention.ms for a number of days; 0 days: kept until deleted (-1). A retention under a
+    millisecond is one: 0 would let the broker delete every letter at once."""
+    return max(1, int(days * DAY_MS)) if days > 0 else -1
 
 
 class ServiceSettings(BaseSettings):
@@ -37,6 +39,7 @@ class ServiceSettings(BaseSettings):
     dead_letter_retention_days: float = Field(
         DEAD_LETTER_RETENTION_DAYS,
         ge=0,
+        le=MAX_RETENTION_DAYS,
         description="how long the dead-letter topic keeps what no stage could process (accepted instances to "
         "replay), and the blob lifecycle the objects they name; 0: until deleted. Set on the topic when it is "
         "created, and by `imx kafka setup-services` on one that exists",

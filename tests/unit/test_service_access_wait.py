@@ -32,7 +32,7 @@ def _never_answered(*_args: Any) -> list[str]:
 
 def test_an_answer_arriving_as_the_deadline_passes_is_a_success(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bus, "_create_missing_topics", _answered_after(0.2))
-    monkeypatch.setattr(ServiceAccess, "set_retention", lambda self, retention: None)  # no broker to describe them
+    monkeypatch.setattr(ServiceAccess, "set_retention", lambda self, retention: None)  # no broker to set it on
     assert ensure_topics("127.0.0.1:1", ["t"], 1, within_s=0.05) == ["made"]
     ServiceAccess("127.0.0.1:1", {}).apply({}, Topics(), partitions=1, wait_s=0.05)
 

@@ -25,3 +25,4 @@ def test_dead_letter_retention_days_become_retention_ms() -> None:
     assert retention_ms(30) == 30 * 24 * 3600 * 1000
     assert retention_ms(0.5) == 12 * 3600 * 1000
     assert retention_ms(0) == -1  # until deleted
+    assert retention_ms(1e-12) == 1, "never 0: the broker would delete every letter at once"

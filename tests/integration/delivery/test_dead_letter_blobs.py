@@ -100,11 +100,6 @@ def test_a_dead_letter_topic_that_cannot_be_read_deletes_nothing(
     assert store.exists(old)
 
 
-def _retention_ms(admin: KafkaAdminClient, topic: str) -> str:
-    resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": None})
-    return str(admin.describe_configs([resource], config_filter="all")["topic"][topic]["retention.ms"]["value"])
-
-
 def test_a_read_that_finds_letters_gone_under_it_fails_instead_of_skipping_them(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
@@ -135,8 +130,15 @@ def test_a_read_that_finds_letters_gone_under_it_fails_instead_of_skipping_them(
 
 
 def _retention_ms(admin: KafkaAdminClient, topic: str) -> str:
+    """The topic's retention.ms, once the broker describes it (a topic made a moment ago may not be yet)."""
     resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": None})
-    return str(admin.describe_configs([resource], config_filter="all")["topic"][topic]["retention.ms"]["value"])
+    deadline = time.monotonic() + 30
+    while True:
+        described = admin.describe_configs([resource], config_filter="all").get("topic", {}).get(topic, {})
+        if "retention.ms" in described:
+            return str(described["retention.ms"]["value"])
+        assert time.monotonic() < deadline, f"the broker never described {topic}"
+        time.sleep(0.2)
 
 
 def test_the_dead_letters_keep_their_retention_in_new_and_older_deployments(
