@@ -187,6 +187,7 @@ class KeyedPurge:
         scopes: dict[str, None] = {}
         months: dict[str, None] = {}
         studies: dict[str, None] = {}
+        marks: dict[str, None] = {}
         waits = False
         for records in self._records_by_pages(minutes, lengths):
             kept = self._chains.get_many(self._records, [r["_id"] for r in records], {"_id": 1})
@@ -194,6 +195,7 @@ class KeyedPurge:
             studies.update(dict.fromkeys(study_keys(records)))
             scopes.update(dict.fromkeys(scope_keys(records)))
             months.update(dict.fromkeys(month_keys(day, records)))
+            marks.update(dict.fromkeys(m for r in records for m in rollups.study_marks(r)))
         if waits:
             # The day waits (its counters and marks still count a kept record), but the trails drop the
             # records already purged now: they are read by study, and nothing counts from them.
@@ -204,7 +206,7 @@ class KeyedPurge:
                     self._rewrite_chain(key, one_of(gone))
             return False
         if lengths:
-            self._purge_derived(day, cutoff_ms, lengths, list(studies), list(scopes), list(months))
+            self._purge_derived(day, cutoff_ms, lengths, list(studies), list(scopes), list(months), list(marks))
         elif minutes:  # a run killed after the minute pages went: the day's marks are what is left
             self._delete_time_marks(day)
         self._delete(self._marks, [f"jd:{day}"])
@@ -221,13 +223,15 @@ class KeyedPurge:
         studies: list[str],
         scopes: list[str],
         months: list[str],
+        marks: list[str],
     ) -> None:
-        """Everything but the minute pages first: they name the records, so a rerun finds them again."""
+        """Everything but the minute pages first: they name the records, so a rerun finds them again.
+        `studies`, `scopes`, `months` and `marks` (study marks) were gathered as `purge_day` read the
+        day's pages: they are not read a second time."""
         purged = purged_on(day, cutoff_ms, lambda i: self._records.find_one({"_id": i}, {"_id": 1}) is None)
         for key in studies:  # once each, not once per group of records
             self._rewrite_chain(key, purged)
-        for records in self._records_by_pages(list(lengths), {}):
-            self._delete(self._marks, list(dict.fromkeys(m for r in records for m in rollups.study_marks(r))))
+        self._delete(self._marks, marks)
         self._purge_journals(day)
         self._delete(self._counts, counter_ids(day, scopes))
         for month_id in months:
