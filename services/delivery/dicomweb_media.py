@@ -172,8 +172,15 @@ class FilePart:
         return self.extent().open()
 
 
-def file_chunks(handle: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    while chunk := handle.read(chunk_bytes):
+def file_chunks(handle: BinaryIO, chunk_bytes: int = CHUNK_BYTES, length: int | None = None) -> Iterator[bytes]:
+    """The file from where it stands, `chunk_bytes` at a time: to its end, or `length` bytes of it."""
+    left = length
+    while left is None or left > 0:
+        chunk = handle.read(chunk_bytes if left is None else min(chunk_bytes, left))
+        if not chunk:
+            return
+        if left is not None:
+            left -= len(chunk)
         yield chunk
 
 
@@ -204,10 +211,8 @@ def single_body(
     length: int | None = None,
 ) -> Iterator[bytes]:
     """The object's bytes, or `length` of them from `start` (a range), one chunk at a time."""
-    left = part.size - start if length is None else length
     with part.open() as handle:
         handle.seek(start)
-        while left > 0 and (chunk := handle.read(min(chunk_bytes, left))):
-            left -= len(chunk)
+        for chunk in file_chunks(handle, chunk_bytes, part.size - start if length is None else length):
             on_sent(len(chunk))
             yield chunk
