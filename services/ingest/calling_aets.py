@@ -30,7 +30,7 @@ def allowed_calling_aets(titles: Iterable[str]) -> list[str]:
 
 
 class CallingAeTitles:
-    """Thread-safe: association threads read `org_for`; a background thread refreshes every
+    """Thread-safe: association threads read `caller`; a background thread refreshes every
     `interval_s`, and the organisation admin API right after a change. The timer is a thread, not a
     check on lookup, because pynetdicom refuses a caller missing from its list before any lookup."""
 
@@ -50,10 +50,6 @@ class CallingAeTitles:
     def caller(self, ae_title: str) -> CallingOrg | None:
         """The organisation the title stands for, and where it may call from."""
         return self._current().get(ae_title.strip())
-
-    def org_for(self, ae_title: str) -> str | None:
-        caller = self.caller(ae_title)
-        return caller.org_id if caller is not None else None
 
     def refresh(self) -> bool:
         """Re-read the titles; on failure the last good set stays in force."""

@@ -30,7 +30,7 @@ def test_refresh_applies_changes_and_keeps_the_last_good_set_on_failure() -> Non
 
     titles = CallingAeTitles(load, applied.append, interval_s=60)
     assert titles.refresh()
-    assert titles.org_for("PACS1 ") == "trust-a" and applied == [["PACS1"]]
+    assert titles.caller("PACS1 ") == CallingOrg("trust-a") and applied == [["PACS1"]]
 
     assert titles.refresh()
     assert applied == [["PACS1"]]  # unchanged: pynetdicom is not touched again
@@ -38,11 +38,11 @@ def test_refresh_applies_changes_and_keeps_the_last_good_set_on_failure() -> Non
     current["CT2"] = CallingOrg("trust-b")
     failing = True
     assert not titles.refresh()
-    assert titles.org_for("PACS1") == "trust-a" and titles.org_for("CT2") is None
+    assert titles.caller("PACS1") == CallingOrg("trust-a") and titles.caller("CT2") is None
 
     failing = False
     assert titles.refresh()
-    assert titles.org_for("CT2") == "trust-b" and applied[-1] == ["CT2", "PACS1"]
+    assert titles.caller("CT2") == CallingOrg("trust-b") and applied[-1] == ["CT2", "PACS1"]
 
 
 def test_until_the_first_load_every_caller_associates_and_none_is_known() -> None:
@@ -57,7 +57,7 @@ def test_until_the_first_load_every_caller_associates_and_none_is_known() -> Non
     titles.start()
     titles.stop()
     assert applied == [[]] and not titles.loaded
-    assert titles.org_for("ANYONE") is None
+    assert titles.caller("ANYONE") is None
 
 
 def test_two_refreshes_at_once_apply_the_titles_in_the_order_they_were_read() -> None:
@@ -82,7 +82,7 @@ def test_two_refreshes_at_once_apply_the_titles_in_the_order_they_were_read() ->
     release.set()
     background.join(5)
     admin.join(5)
-    assert applied[-1] == ["NEW"] and titles.org_for("NEW") == "trust-b" and titles.org_for("OLD") is None
+    assert applied[-1] == ["NEW"] and titles.caller("NEW") == CallingOrg("trust-b") and titles.caller("OLD") is None
 
 
 def test_a_first_load_with_no_organisation_lets_nobody_associate() -> None:
