@@ -110,10 +110,6 @@ class OrganisationStore:
         doc = self._orgs.find_one({"api_key_sha256": api_keys.api_key_digest(api_key)}, {"_id": 1})
         return doc["_id"] if doc else None
 
-    def org_for_ae_title(self, ae_title: str) -> str | None:
-        doc = self._orgs.find_one({"ae_titles": ae_title}, {"_id": 1})
-        return doc["_id"] if doc else None
-
     def calling_aes(self) -> dict[str, CallingOrg]:
         """Every calling AE title, with its organisation and the networks it may call from."""
         found: dict[str, CallingOrg] = {}
