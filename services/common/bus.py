@@ -50,7 +50,7 @@ from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeEr
 from services.common.positions import ConsumerPositions
 from services.common.static_membership import ReplicaNameTaken, leave_group, name_taken
 from services.common.stats import StageStats
-from services.common.stuck_partitions import STUCK_AFTER_S, StuckPartitions
+from services.common.stuck_partitions import STUCK_AFTER_S, FailingBatches, StuckPartitions
 from services.common.topic_metadata import await_topic_metadata
 from services.common.tracing_headers import (
     inject_trace_headers,
@@ -538,9 +538,6 @@ class Readiness:
         self._health = health
         self._reasons: set[str] = set()
 
-    def holds(self, reason: str) -> bool:
-        return reason in self._reasons
-
     def set(self, reason: str, holds: bool) -> None:
         before = bool(self._reasons)
         if holds:
@@ -761,8 +758,7 @@ class StageConsumer:
         self._idle = False
         self._in_flight: InFlightBatch | None = None
         self._stuck = StuckPartitions(stuck_after_s)
-        self._stuck_after_s = stuck_after_s
-        self._failing_since: float | None = None
+        self._failing = FailingBatches(stuck_after_s)
         self._readiness = Readiness(None)
 
     def poll_once(self, handler: Handler) -> int:
@@ -846,23 +842,19 @@ class StageConsumer:
     def _batch_failed(self) -> None:
         """A batch's write or publish failed transiently (it is read again): after `stuck_after_s` with no
         batch through (`_owe`; a cycle that only hands a batch to a pipelined write, or reads nothing, is no
-        progress) the stage says so once and is not ready, as for one stuck record."""
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-        elif now - self._failing_since >= self._stuck_after_s and not self._readiness.holds("failing"):
+        progress) the stage says so once and is not ready, as for one stuck record (FailingBatches)."""
+        seconds = self._failing.failed()
+        if seconds is not None:
             log.error(
                 "every batch has failed for minutes and is read again; the stage is not ready until one gets through",
-                extra={"stage": self._stage, "seconds": round(now - self._failing_since)},
+                extra={"stage": self._stage, "seconds": round(seconds)},
             )
             self._readiness.set("failing", True)
 
     def _batch_succeeded(self) -> None:
-        if self._failing_since is not None:
-            self._failing_since = None
-            if self._readiness.holds("failing"):
-                log.info("batches get through again", extra={"stage": self._stage})
-                self._readiness.set("failing", False)
+        if self._failing.got_through():
+            log.info("batches get through again", extra={"stage": self._stage})
+            self._readiness.set("failing", False)
 
     def _fetch_mode(self, *, idle: bool) -> None:
         """Idle: the broker answers the next fetch at the first record (no wait for company, so the first

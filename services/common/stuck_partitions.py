@@ -1,4 +1,5 @@
-"""Which partitions one record has held for too long (pure; the consumer loop reports them).
+"""Which partitions one record has held for too long, and whether every batch has failed for too long
+(pure; the consumer loop reports them).
 
 A record whose handling fails "transiently" (failures.py: a broker, database or disk error) is read again
 and again, and its partition waits behind it: right for an outage, which passes, but a failure that never
@@ -69,3 +70,29 @@ class StuckPartitions:
                 self._reported.add(tp)
                 newly.append(Held(tp.topic, tp.partition, offset, now - since))
         return newly, freed
+
+
+class FailingBatches:
+    """Every batch failing transiently (its write or publish: it is read again) for `after_s` with none
+    through is said once, like one stuck record; a batch that gets through ends it."""
+
+    def __init__(self, after_s: float = STUCK_AFTER_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._after_s = after_s
+        self._clock = clock
+        self._since: float | None = None
+        self.said = False
+
+    def failed(self) -> float | None:
+        """A batch failed: the seconds every batch has failed, when they reach `after_s` now (said once)."""
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        elif not self.said and now - self._since >= self._after_s:
+            self.said = True
+            return now - self._since
+        return None
+
+    def got_through(self) -> bool:
+        """A batch got through: True when the failing had been said (now over)."""
+        said, self._since, self.said = self.said, None, False
+        return said

@@ -1,11 +1,12 @@
 """A record that keeps failing "transiently" is named once it has held its partition too long, and its
-partition freed once it gets through, or goes to another consumer (pure)."""
+partition freed once it gets through, or goes to another consumer; every batch failing for too long is
+said once, and over when one gets through (pure)."""
 
 from __future__ import annotations
 
 from kafka.structs import TopicPartition
 
-from services.common.stuck_partitions import StuckPartitions
+from services.common.stuck_partitions import FailingBatches, StuckPartitions
 from tests.unit.fake_config_store import Clock
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
@@ -45,3 +46,19 @@ def test_a_stuck_partition_that_goes_to_another_consumer_is_no_longer_this_ones(
     assert stuck.saw({A: 3}, [], {A})[0] and stuck.stuck
     newly, freed = stuck.saw({}, [B], {B})
     assert not newly and [h.offset for h in freed] == [3] and not stuck.stuck
+
+
+def test_batches_failing_past_the_limit_are_said_once_and_over_when_one_gets_through() -> None:
+    clock = Clock()
+    failing = FailingBatches(after_s=300, clock=clock)
+    assert failing.failed() is None
+    clock.now += 299
+    assert failing.failed() is None and not failing.said
+    clock.now += 1
+    assert failing.failed() == 300 and failing.said
+    clock.now += 60
+    assert failing.failed() is None, "said once"
+    assert failing.got_through() and not failing.said
+    assert not failing.got_through(), "nothing was said since"
+    clock.now += 1000
+    assert failing.failed() is None, "a new run of failures starts its own time"
