@@ -105,6 +105,7 @@ def _manifest_entry(item: DeliveredInstance) -> dict[str, object]:
         "sha256": item.sha256,
         "size": item.size,
         "delivery_id": item.delivery_id,
+        "ingested_at_ms": item.ingested_at_ms,  # which of two deliveries of one SOP UID is newer: `_version`
         # Its lane: a StudyComplete goes on the least urgent lane its instances took, after them.
         "priority": item.priority,
     }
@@ -138,17 +139,13 @@ class DeliveredObjects:
             return
         # A SOP Instance UID re-sent with new content (a corrected image) replaces the older delivery,
         # which is then no longer owed; a replay of a delivery already recorded, or of an older one,
-        # matches no document and changes nothing.
+        # matches no document and changes nothing (`_older_than`).
         present = insert_new(self._instances, [{"_id": _key(i), **_fields(i)} for i in items])
         bulk_write_chunked(
             self._instances,
             [
                 UpdateOne(
-                    {
-                        "_id": _key(i),
-                        "delivery_id": {"$ne": i.delivery_id},
-                        "delivered_at_ms": {"$lte": i.delivered_at_ms},
-                    },
+                    {"_id": _key(i), **_older_than(i)},
                     {"$set": _fields(i), "$unset": dict.fromkeys(_REPORTED, "")},
                 )
                 for n, i in enumerate(items)
@@ -309,9 +306,12 @@ class DeliveredObjects:
         for page_id in doc.get("pages", []):
             page = self._pages.find_one({"_id": f"{study_key(partner_id, study_uid)}#{page_id}"})
             for entry in page.get("entries", []) if page else []:
-                # Pages are in the order delivered: a later page's entry (new content for the same
-                # SOP Instance UID) replaces an earlier one; a replayed page repeats one, harmlessly.
-                entries[str(entry["sop_uid"])] = entry
+                # The newer of two entries for one SOP Instance UID (new content) wins, by the same order
+                # as `record` keeps for `instance`, whichever page came first; a replayed page repeats
+                # one, harmlessly. Among entries written before they kept an ingest time, the later page.
+                sop_uid = str(entry["sop_uid"])
+                if sop_uid not in entries or _version(entry) >= _version(entries[sop_uid]):
+                    entries[sop_uid] = entry
         ordered = sorted(entries.values(), key=lambda e: (str(e["series_uid"]), str(e["sop_uid"])))
         return [
             DeliveredInstance(
@@ -355,6 +355,31 @@ def _fields(item: DeliveredInstance) -> dict[str, object]:
 
 def _key(item: DeliveredInstance) -> str:
     return instance_key(item.partner_id, item.study_uid, item.series_uid, item.sop_uid)
+
+
+def _older_than(item: DeliveredInstance) -> dict[str, object]:
+    """The filter that matches a recorded delivery of the instance older than `item`, which `item` then
+    replaces. Newer is the later ingest (the later send of new content under the same SOP UID), and on
+    the same ingest time (one commit group, or replicas in the same millisecond) the greater delivery id,
+    which is arbitrary but the same on every replay: both are carried by a replayed event. The delivery
+    time is not: a replay stamps the clock again (`derived_meta`), so a guard on it let a replayed batch
+    write an older delivery back over a correction recorded meanwhile from another lane."""
+    return {
+        "delivery_id": {"$ne": item.delivery_id},
+        "$or": [
+            {"ingested_at_ms": {"$lt": item.ingested_at_ms}},
+            {"ingested_at_ms": item.ingested_at_ms, "delivery_id": {"$lt": item.delivery_id}},
+            {"ingested_at_ms": {"$exists": False}},
+        ],
+    }
+
+
+def _version(entry: dict[str, object]) -> tuple[int, str]:
+    """A manifest entry's place in `_older_than`'s order; entries written before they kept their ingest
+    time come before every other (and tie among themselves)."""
+    if "ingested_at_ms" not in entry:
+        return (-1, "")
+    return (int(entry["ingested_at_ms"]), str(entry["delivery_id"]))  # type: ignore[call-overload]
 
 
 def _page_id(group: list[DeliveredInstance]) -> str:

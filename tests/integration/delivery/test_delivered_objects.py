@@ -35,6 +35,7 @@ def _item(n: int, partner: str = "lab", study: str = STUDY, at_ms: int = 1_000) 
         size=500 + n,
         delivery_id=f"d{n}",
         delivered_at_ms=at_ms + n,
+        ingested_at_ms=at_ms + n - 100,
     )
 
 
@@ -128,16 +129,68 @@ def test_an_instance_resent_with_new_content_replaces_the_older_delivery(db: Dat
     whose SHA-256 its feed announces, and the new one is owed until its gateway stores it."""
     delivered = DeliveredObjects(db)
     first = _item(1, at_ms=1_000)
-    corrected = replace(first, sha256="c" * 64, size=999, delivery_id="d1-corrected", delivered_at_ms=2_000)
+    corrected = _corrected(first)
     delivered.record([first])
     delivered.mark([StoredReceipt("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.1", "stored", 1_500)])
     delivered.record([corrected])
     delivered.record([first])  # a late replay of the older delivery changes nothing
+    # nor with the delivery time a replay really has: the clock's again (its ingest time is carried)
+    delivered.record([replace(first, delivered_at_ms=3_000)])
     found = delivered.instance("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.1")
     assert found is not None and (found.sha256, found.delivery_id) == ("c" * 64, "d1-corrected")
     assert delivered.stored_at("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.1") is None, "the new object is owed"
     assert "c" * 64 in delivered.unstored_blobs()
     assert [(i.sha256, i.size) for i in delivered.study("lab", STUDY)] == [("c" * 64, 999)]
+
+
+def _corrected(item: DeliveredInstance, later_ms: int = 1_000, sha: str = "c") -> DeliveredInstance:
+    """The same SOP Instance UID sent again with new content, ingested and delivered `later_ms` after."""
+    return replace(
+        item,
+        sha256=sha * 64,
+        size=999,
+        delivery_id=f"{item.delivery_id}-corrected",
+        delivered_at_ms=item.delivered_at_ms + later_ms,
+        ingested_at_ms=item.ingested_at_ms + later_ms,
+    )
+
+
+def _views(delivered: DeliveredObjects, partner: str = "lab") -> tuple[str | None, list[str]]:
+    """The instance's object as WADO-RS finds it, and the study's as its manifest lists them."""
+    found = delivered.instance(partner, STUDY, f"{STUDY}.1", f"{STUDY}.1.1")
+    return (found.sha256 if found else None), [i.sha256 for i in delivered.study(partner, STUDY)]
+
+
+def test_an_older_send_recorded_after_the_correction_loses_in_every_view(db: Database) -> None:
+    """The original and its correction took different lanes and the original was recorded last: the
+    partner is still served the correction, by WADO-RS and in the study's manifest alike, and it is the
+    correction that is owed."""
+    delivered = DeliveredObjects(db)
+    first = _item(1, at_ms=1_000)
+    corrected = _corrected(first)
+    delivered.record([corrected])
+    delivered.record([replace(first, delivered_at_ms=corrected.delivered_at_ms + 500)])
+    assert _views(delivered) == ("c" * 64, ["c" * 64])
+    assert "c" * 64 in delivered.unstored_blobs()
+    assert [i.delivery_id for i in delivered.unstored()] == ["d1-corrected"]
+
+
+def test_two_versions_ingested_together_settle_on_one_whatever_the_order_and_replays(db: Database) -> None:
+    """Two contents for one SOP UID in one ingest commit group share its time: one of them wins, the
+    same one whichever is recorded first and however often either is replayed, in both views."""
+    outcomes: set[tuple[str | None, tuple[str, ...]]] = set()
+    for partner, order in (("lab-a", "ab"), ("lab-b", "ba")):
+        a = replace(_item(1, partner=partner), sha256="a" * 64, delivery_id="d1-a")
+        b = replace(a, sha256="b" * 64, delivery_id="d1-b")
+        versions = {"a": a, "b": b}
+        delivered = DeliveredObjects(db)
+        for step, name in enumerate(order + order):  # each recorded, then each replayed: the clock's time
+            delivered.record([replace(versions[name], delivered_at_ms=versions[name].delivered_at_ms + step)])
+            sha, manifest = _views(delivered, partner)
+            assert manifest == [sha], "WADO-RS and the manifest agree after every step"
+        sha, manifest = _views(delivered, partner)
+        outcomes.add((sha, tuple(manifest)))
+    assert len(outcomes) == 1
 
 
 class _Writes(monitoring.CommandListener):
@@ -196,8 +249,8 @@ def test_a_receipt_for_an_older_delivery_does_not_mark_the_newer_one(db: Databas
     delivered.mark([_stored(1, at_ms=1_500), _stored(2, at_ms=1_500, delivery_id="")])
     delivered.record(
         [
-            replace(first, sha256="c" * 64, delivery_id="d1-corrected", delivered_at_ms=2_000),
-            replace(other, sha256="e" * 64, delivery_id="d2-corrected", delivered_at_ms=2_000),
+            _corrected(first),
+            _corrected(other, sha="e"),
         ]
     )
     assert {i.sop_uid for i in delivered.unstored()} == {first.sop_uid, other.sop_uid}
