@@ -105,7 +105,6 @@ def _manifest_entry(item: DeliveredInstance) -> dict[str, object]:
         "sha256": item.sha256,
         "size": item.size,
         "delivery_id": item.delivery_id,
-        "ingested_at_ms": item.ingested_at_ms,  # which of two deliveries of one SOP UID is newer: `_version`
         # Its lane: a StudyComplete goes on the least urgent lane its instances took, after them.
         "priority": item.priority,
     }
@@ -144,12 +143,22 @@ class DeliveredObjects:
         bulk_write_chunked(
             self._instances,
             [
-                UpdateOne(
-                    {"_id": _key(i), **_older_than(i)},
-                    {"$set": _fields(i), "$unset": dict.fromkeys(_REPORTED, "")},
-                )
+                update
                 for n, i in enumerate(items)
                 if n in present
+                for update in (
+                    UpdateOne(
+                        {"_id": _key(i), **_older_than(i)},
+                        {"$set": _fields(i), "$unset": dict.fromkeys(_REPORTED, "")},
+                    ),
+                    # The same delivery ingested again (ingest re-publishes an event whose "published"
+                    # mark was lost under its id, with the time of the new send): it is as new as its
+                    # latest send, whichever of its copies was recorded first.
+                    UpdateOne(
+                        {"_id": _key(i), "delivery_id": i.delivery_id, "ingested_at_ms": {"$lt": i.ingested_at_ms}},
+                        {"$set": {"ingested_at_ms": i.ingested_at_ms}},
+                    ),
+                )
             ],
         )
         by_study: dict[tuple[str, str], list[DeliveredInstance]] = {}
@@ -303,15 +312,29 @@ class DeliveredObjects:
         if not doc:
             return []
         entries: dict[str, dict[str, object]] = {}
+        replaced: dict[str, dict[str, dict[str, object]]] = {}  # SOP UID -> its entries by delivery id
         for page_id in doc.get("pages", []):
             page = self._pages.find_one({"_id": f"{study_key(partner_id, study_uid)}#{page_id}"})
             for entry in page.get("entries", []) if page else []:
-                # The newer of two entries for one SOP Instance UID (new content) wins, by the same order
-                # as `record` keeps for `instance`, whichever page came first; a replayed page repeats
-                # one, harmlessly. Among entries written before they kept an ingest time, the later page.
+                # A replayed page repeats an entry, harmlessly; a later page's entry for the same SOP
+                # Instance UID with another delivery (new content) is settled below.
                 sop_uid = str(entry["sop_uid"])
-                if sop_uid not in entries or _version(entry) >= _version(entries[sop_uid]):
-                    entries[sop_uid] = entry
+                earlier = entries.get(sop_uid)
+                if earlier is not None and earlier["delivery_id"] != entry["delivery_id"]:
+                    replaced.setdefault(sop_uid, {str(earlier["delivery_id"]): earlier})[str(entry["delivery_id"])] = (
+                        entry
+                    )
+                entries[sop_uid] = entry
+        for sop_uid, versions in replaced.items():
+            # Pages are in the order recorded, not the order of the sends: the instance's record says which
+            # delivery is current (`record`), and the manifest lists the same one (the later page's if the
+            # record names neither: one being written this moment).
+            current = self._instances.find_one(
+                {"_id": instance_key(partner_id, study_uid, str(entries[sop_uid]["series_uid"]), sop_uid)},
+                {"delivery_id": 1},
+            )
+            if current and str(current.get("delivery_id")) in versions:
+                entries[sop_uid] = versions[str(current["delivery_id"])]
         ordered = sorted(entries.values(), key=lambda e: (str(e["series_uid"]), str(e["sop_uid"])))
         return [
             DeliveredInstance(
@@ -372,14 +395,6 @@ def _older_than(item: DeliveredInstance) -> dict[str, object]:
             {"ingested_at_ms": {"$exists": False}},
         ],
     }
-
-
-def _version(entry: dict[str, object]) -> tuple[int, str]:
-    """A manifest entry's place in `_older_than`'s order; entries written before they kept their ingest
-    time come before every other (and tie among themselves)."""
-    if "ingested_at_ms" not in entry:
-        return (-1, "")
-    return (int(entry["ingested_at_ms"]), str(entry["delivery_id"]))  # type: ignore[call-overload]
 
 
 def _page_id(group: list[DeliveredInstance]) -> str:

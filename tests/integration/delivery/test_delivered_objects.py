@@ -193,6 +193,59 @@ def test_two_versions_ingested_together_settle_on_one_whatever_the_order_and_rep
     assert len(outcomes) == 1
 
 
+def test_a_delivery_sent_again_after_its_correction_is_current_whichever_copy_came_first(db: Database) -> None:
+    """Ingest publishes an event again under its id, with the new send's time, when its "published"
+    mark was lost: the original re-sent after its correction is then the newest, in both views, whether
+    or not its first copy was recorded before the correction."""
+    winners = set()
+    for partner, order in (("lab-a", ("A1", "B2", "A3")), ("lab-b", ("A1", "A3", "B2")), ("lab-c", ("B2", "A3", "A1"))):
+        original = replace(_item(1, partner=partner), ingested_at_ms=1_000)
+        sends = {
+            "A1": original,
+            "B2": replace(_corrected(original), ingested_at_ms=2_000),
+            "A3": replace(original, ingested_at_ms=3_000, delivered_at_ms=original.delivered_at_ms + 5_000),
+        }
+        delivered = DeliveredObjects(db)
+        for name in order:
+            delivered.record([sends[name]])
+        sha, manifest = _views(delivered, partner)
+        assert manifest == [sha]
+        winners.add(sha)
+        assert original.sha256 in delivered.unstored_blobs()
+    assert winners == {_item(1).sha256}
+
+
+def test_two_versions_in_one_batch_and_a_manifest_recorded_out_of_order_agree(db: Database) -> None:
+    """Both contents of one SOP UID in one consumed batch, and a manifest whose later page holds the
+    older send (recorded so before this order was kept): the study lists what WADO-RS serves."""
+    delivered = DeliveredObjects(db)
+    first = _item(1)
+    corrected = _corrected(first)
+    delivered.record([corrected, first])
+    assert _views(delivered) == ("c" * 64, ["c" * 64])
+    # As an earlier release left it: the correction's page first, the older send's page after it.
+    delivered.record([replace(_item(1, partner="old"), delivery_id="d1-corrected", sha256="c" * 64)])
+    db["delivered_studies"].update_one({"_id": f"old/{STUDY}"}, {"$push": {"pages": "older"}})
+    db["delivered_pages"].insert_one(
+        {"_id": f"old/{STUDY}#older", "entries": [{**_page_entry(first), "delivery_id": "d1"}]}
+    )
+    assert _views(delivered, "old") == ("c" * 64, ["c" * 64])
+
+
+def _page_entry(item: DeliveredInstance) -> dict[str, object]:
+    return {
+        "series_uid": item.series_uid,
+        "sop_uid": item.sop_uid,
+        "sop_class_uid": item.sop_class_uid,
+        "transfer_syntax_uid": item.transfer_syntax_uid,
+        "modality": item.modality,
+        "sha256": item.sha256,
+        "size": item.size,
+        "delivery_id": item.delivery_id,
+        "priority": item.priority,
+    }
+
+
 class _Writes(monitoring.CommandListener):
     def __init__(self) -> None:
         self.writes: list[tuple[str, str]] = []
