@@ -54,6 +54,12 @@ def insert_new(collection: Collection[dict[str, Any]], docs: Sequence[dict[str, 
     return present
 
 
+def is_ferretdb(db: Database) -> bool:
+    """Whether the server is FerretDB (its `buildInfo` names its version), whose indexes serve fewer
+    filters than MongoDB's: a caller may leave one out that would only cost writes there."""
+    return "ferretdbVersion" in db.client.admin.command("buildInfo")
+
+
 def only_duplicates(error: BulkWriteError) -> bool:
     details = error.details or {}
     return not details.get("writeConcernErrors") and all(

@@ -2,7 +2,11 @@
 
 Two collections, both keyed so that every question is an `_id` lookup (fast on any Mongo-wire server):
 - `delivered_instances`, `_id = "<partner>/<study>/<series>/<sop>"` (UIDs as delivered): one per
-  instance, what WADO-RS needs to find and check the object.
+  instance, what WADO-RS needs to find and check the object. `owed: true` while no gateway has reported
+  it stored (OWED): the retention watch and the blob collection ask for that equality, which an index
+  serves (MongoDB's, made here; on FerretDB the devstack's GIN index), not for a missing field, which
+  FerretDB 1.24 answered by reading every delivery ever recorded. Deliveries recorded without the flag (by
+  an earlier release) are flagged by a scan at most a day apart (`flag_unflagged`).
 - `delivered_studies`, `_id = "<partner>/<study>"`: the ids of the study's manifest pages and when
   its last instance was delivered; `delivered_pages`, `_id = "<partner>/<study>#<page>"`: one
   immutable page per batch that delivered part of the study (a replayed batch names the same page;
@@ -32,14 +36,17 @@ starts with its own id: another partner's object is simply not found.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from pymongo import UpdateOne
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
-from services.common.mongo import bulk_write_chunked, insert_new
+from services.common.events import now_ms
+from services.common.mongo import bulk_write_chunked, insert_new, is_ferretdb
 from services.common.stores.partners import PartnerStore
 
 INSTANCES = "delivered_instances"
@@ -47,6 +54,17 @@ STUDIES = "delivered_studies"
 PAGES = "delivered_pages"
 PENDING = "pending_studies"
 RECEIPTS = "delivery_receipts"
+FLAGS = "delivered_flags"
+# On every delivery until its gateway reports it stored, and on no other (`_receipt_update`): what is
+# still owed is the equality `{owed: true}`, which an index serves (below), not a filter on a missing
+# field, which FerretDB 1.24 answers by reading every delivery ever recorded (10.2-11.6 s per question at
+# 100,000 deliveries on the devstack, 2026-12-07).
+OWED = "owed"
+# How often deliveries recorded without the flag (by a release before it, or an older replica during a
+# rolling upgrade) are looked for and flagged: a scan. At most half the blob retention apart, so one
+# recorded at any time is flagged before its objects are old enough to be collected (`flag_unflagged`).
+FLAG_SWEEP_S = 24 * 3600.0
+_SWEPT = "owed-swept"
 # Pages folded per round of `settle_receipts` (each page holds one consumed batch of receipts).
 SETTLE_PAGES = 50
 
@@ -116,7 +134,13 @@ def _from_doc(doc: dict[str, object]) -> DeliveredInstance:
 
 
 class DeliveredObjects:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, flag_sweep_s: float = FLAG_SWEEP_S) -> None:
+        """`flag_sweep_s`: at most this long between looks for deliveries without the owed flag; give
+        at most half the blob retention in force (`flag_sweep_for`)."""
+        self._db = db
+        self._flag_sweep_ms = int(flag_sweep_s * 1000)
+        self._indexed = False
+        self._flags = db[FLAGS]
         self._instances = db[INSTANCES]
         self._partners = PartnerStore(db)  # removed partners are owed nothing any more
         self._studies = db[STUDIES]
@@ -139,7 +163,7 @@ class DeliveredObjects:
         # A SOP Instance UID re-sent with new content (a corrected image) replaces the older delivery,
         # which is then no longer owed; a replay of a delivery already recorded, or of an older one,
         # matches no document and changes nothing (`_older_than`).
-        present = insert_new(self._instances, [{"_id": _key(i), **_fields(i)} for i in items])
+        present = insert_new(self._instances, [{"_id": _key(i), **_fields(i), OWED: True} for i in items])
         bulk_write_chunked(
             self._instances,
             [
@@ -149,7 +173,7 @@ class DeliveredObjects:
                 for update in (
                     UpdateOne(
                         {"_id": _key(i), **_older_than(i)},
-                        {"$set": _fields(i), "$unset": dict.fromkeys(_REPORTED, "")},
+                        {"$set": {**_fields(i), OWED: True}, "$unset": dict.fromkeys(_REPORTED, "")},
                     ),
                     # The same delivery ingested again (ingest re-publishes an event whose "published"
                     # mark was lost under its id, with the time of the new send): it is as new as its
@@ -242,11 +266,8 @@ class DeliveredObjects:
         expiring loses nothing) and that have not been declared expired (a scan: run it rarely; the
         retention watch does, every few minutes)."""
         self.settle_receipts()
-        query = {
-            "stored_at_ms": {"$exists": False},
-            "dead_lettered_at_ms": {"$exists": False},
-            "expired_at_ms": {"$exists": False},
-        }
+        self.flag_unflagged()
+        query = {OWED: True, "dead_lettered_at_ms": {"$exists": False}, "expired_at_ms": {"$exists": False}}
         for doc in self._instances.find(query):
             yield _from_doc(doc)
 
@@ -264,11 +285,10 @@ class DeliveredObjects:
         """Every object (delivered copy or source) that a partner is still owed; a removed partner is owed
         nothing (its deliveries' objects were kept for ever)."""
         self.settle_receipts()
+        self.flag_unflagged()
         owed: set[str] = set()
         gone = self._partners.retired_ids()
-        unstored = self._instances.find(
-            {"stored_at_ms": {"$exists": False}}, {"sha256": 1, "source_sha256": 1, "partner_id": 1}
-        )
+        unstored = self._instances.find({OWED: True}, {"sha256": 1, "source_sha256": 1, "partner_id": 1})
         for doc in unstored:
             if doc.get("partner_id") in gone:
                 continue
@@ -276,6 +296,28 @@ class DeliveredObjects:
             if doc.get("source_sha256"):
                 owed.add(doc["source_sha256"])
         return owed
+
+    def flag_unflagged(self) -> None:
+        """Flag as owed the unstored deliveries recorded without the flag, unless that was looked for
+        less than `flag_sweep_s` ago (a scan: see FLAG_SWEEP_S). Run before every question of what is
+        owed. The next look is due from this one's start, which a delivery recorded during it may
+        precede: a delivery recorded unflagged at time t is flagged by the first look starting after t,
+        at most `flag_sweep_s` later, and its objects were refreshed when it was prepared, just before.
+        Also makes sure a MongoDB server has the index the owed questions need (on FerretDB that is the
+        devstack's, tools/devstack/postgres.py: the index FerretDB would make serves no such filter)."""
+        if not self._indexed:
+            if not is_ferretdb(self._db):
+                self._instances.create_index(OWED, sparse=True)
+            self._indexed = True
+        started = now_ms()
+        swept = self._flags.find_one({"_id": _SWEPT})
+        if swept and 0 <= started - int(swept["started_ms"]) < self._flag_sweep_ms:
+            return
+        self._instances.update_many(
+            {OWED: {"$exists": False}, "stored_at_ms": {"$exists": False}}, {"$set": {OWED: True}}
+        )
+        with contextlib.suppress(DuplicateKeyError):  # another replica's look, at the same moment
+            self._flags.update_one({"_id": _SWEPT}, {"$set": {"started_ms": started}}, upsert=True)
 
     def delivered_to(self, partner_id: str) -> bool:
         """Whether anything was ever delivered to this id (a scan of the studies; asked only when an id is
@@ -415,4 +457,12 @@ def _receipt_update(entry: dict[str, object]) -> UpdateOne:
         query["delivery_id"] = entry["delivery_id"]
     else:  # a receipt cannot be about a delivery made after it
         query["delivered_at_ms"] = {"$lte": entry["at_ms"]}
-    return UpdateOne(query, {"$min": {f"{entry['status']}_at_ms": entry["at_ms"]}})
+    update: dict[str, object] = {"$min": {f"{entry['status']}_at_ms": entry["at_ms"]}}
+    if entry["status"] == "stored":
+        update["$unset"] = {OWED: ""}
+    return UpdateOne(query, update)
+
+
+def flag_sweep_for(blob_retention_s: float) -> float:
+    """How often to look for unflagged deliveries under this blob retention (`FLAG_SWEEP_S`)."""
+    return min(FLAG_SWEEP_S, blob_retention_s / 2)

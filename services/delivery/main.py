@@ -20,7 +20,7 @@ from services.common.service_access import kafka_client_config
 from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
 from services.delivery.completeness import CompletenessSweep
-from services.delivery.delivered import DeliveredObjects
+from services.delivery.delivered import DeliveredObjects, flag_sweep_for
 from services.delivery.dicomweb_wiring import RETRIEVALS_LINGER_MS, start_partner_api
 from services.delivery.handler import DeliveryHandler, delivery_pattern
 from services.delivery.owed_blobs import OwedBlobs
@@ -120,7 +120,7 @@ def serve(
     partner_topics = PartnerTopics(settings, topics)
     cache = PartnerCache(store)
     blobs = LocalBlobStore(settings.blob_dir)
-    delivered = DeliveredObjects(db)
+    delivered = DeliveredObjects(db, flag_sweep_for(settings.blob_retention_s))
     # The retrieval API's audit events and the StudyComplete announcements go through a producer of
     # their own: the stage's producer belongs to the consumer loop's batches.
     retrievals = BusProducer(
@@ -142,7 +142,7 @@ def serve(
     if settings.blob_gc_interval_s > 0:
         collector = threading.Thread(
             target=collect_blobs_every,
-            args=(settings, blobs, OwedBlobs.of(settings, db), sweep_stop),
+            args=(settings, blobs, OwedBlobs.of(settings, db, settings.blob_retention_s), sweep_stop),
             name="blob-gc",
             daemon=True,
         )

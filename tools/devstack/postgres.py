@@ -83,19 +83,31 @@ SERVER_SETTINGS = {
 # read in full by every lookup, and with inserts arriving all the time it is seldom empty. Off, an insert
 # puts its one key in the tree: PostgreSQL's CPU per audit record in `make bench-audit` at a million
 # records went from 89.0 and 94.2 to 76.5-81.5 µs (README, "Figures"). Indexes made before are switched and emptied.
+#
+# The same kind of index serves the one other equality asked of a large collection: the owed flag of
+# the deliveries (services/delivery/delivered.py OWED), on the tables of `delivered_instances`.
 ID_LOOKUP_SQL = """
-CREATE OR REPLACE FUNCTION imx_index_id(tbl oid) RETURNS void LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION imx_index_field(tbl oid, field text, suffix text) RETURNS void LANGUAGE plpgsql AS $fn$
 DECLARE
-  idx text := left((SELECT relname FROM pg_class WHERE oid = tbl), 50) || '_imx_id';
+  idx text := left((SELECT relname FROM pg_class WHERE oid = tbl), 50) || suffix;
   qualified text := format('%I.%I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                                       WHERE c.oid = tbl), idx);
 BEGIN
   EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING gin ((_jsonb -> %L) jsonb_path_ops) '
-                 'WITH (fastupdate = off)', idx, tbl::regclass, '_id');
+                 'WITH (fastupdate = off)', idx, tbl::regclass, field);
   IF NOT EXISTS (SELECT 1 FROM pg_class
                  WHERE oid = to_regclass(qualified) AND reloptions @> ARRAY['fastupdate=off']) THEN
     EXECUTE format('ALTER INDEX %s SET (fastupdate = off)', qualified);
     PERFORM gin_clean_pending_list(to_regclass(qualified));
+  END IF;
+END $fn$;
+
+CREATE OR REPLACE FUNCTION imx_index_id(tbl oid) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+  PERFORM imx_index_field(tbl, '_id', '_imx_id');
+  -- FerretDB names a collection's table after it, with a suffix of 8 hex digits.
+  IF (SELECT relname FROM pg_class WHERE oid = tbl) ~ '^delivered_instances_[0-9a-f]{8}$' THEN
+    PERFORM imx_index_field(tbl, 'owed', '_imx_owed');
   END IF;
 END $fn$;
 
