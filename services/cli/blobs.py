@@ -82,7 +82,7 @@ def _store_root() -> Path:
     return root
 
 
-def _owed(retention_s: float) -> set[str]:
+def _owed() -> set[str]:
     """What partners are still owed and what the pipeline's dead letters name; without either nothing
     can be judged, so an unreachable database or broker ends the command (it never deletes on a guess)."""
     from pymongo.errors import PyMongoError
@@ -99,7 +99,8 @@ def _owed(retention_s: float) -> set[str]:
         console.print(f"[red]IMX_MONGO_URI is not a usable MongoDB URI[/red] ({type(error).__name__})")
         raise typer.Exit(2) from None
     try:
-        owed = OwedBlobs.of(settings, db, retention_s)
+        # An operator's run puts right every delivery an earlier release wrote, however recent (a scan).
+        owed = OwedBlobs.of(settings, db, flag_sweep_s=0)
     except (ValueError, OSError) as error:  # a sign-in without a user, a password file that is not there
         client.close()
         console.print(f"[red]the Kafka sign-in in IMX_KAFKA_* cannot be used[/red]: {error}")
@@ -146,7 +147,7 @@ def blobs_usage(retention_days: RetentionDays = None) -> None:
             if len(entries) % 1000 == 0:
                 bar.update(task, description=f"scanning: {len(entries):,} objects")
     with console.status("reading the dead letters and what partners are still owed"):
-        owed = _owed(retention_s)
+        owed = _owed()
     result = usage(entries, owed, time.time(), retention_s)
     spliced = [entry for entry in entries if entry.source]
     table = Table(
@@ -189,8 +190,7 @@ def blobs_gc(
             if seen % 1000 == 0:
                 bar.update(task, description=f"scanning: {seen:,} objects")
 
-        retention_s = _retention_s(retention_days)
-        result = collect(root, lambda: _owed(retention_s), retention_s, dry_run=dry_run, on_entry=progress)
+        result = collect(root, _owed, _retention_s(retention_days), dry_run=dry_run, on_entry=progress)
     verb = "would delete" if dry_run else "deleted"
     console.print(
         f"{verb} {result.deleted:,} objects ({_size(result.freed_bytes)} on disk) of {seen:,}; "

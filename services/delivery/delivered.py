@@ -55,14 +55,13 @@ PAGES = "delivered_pages"
 PENDING = "pending_studies"
 RECEIPTS = "delivery_receipts"
 FLAGS = "delivered_flags"
-# On every delivery until its gateway reports it stored, and on no other (`_receipt_update`): what is
-# still owed is the equality `{owed: true}`, which an index serves (below), not a filter on a missing
-# field, which FerretDB 1.24 answers by reading every delivery ever recorded (10.2-11.6 s per question at
-# 100,000 deliveries on the devstack, 2026-12-07).
+# On every delivery this release records until its gateway reports it stored (`_receipt_update`): what
+# is still owed is the equality `{owed: true}`, which an index serves (`ensure_indexes`), not a filter on
+# a missing field, which FerretDB 1.24 answers by reading every delivery ever recorded (10.2-11.6 s per
+# question at 100,000 deliveries on the devstack, 2026-12-07).
 OWED = "owed"
-# How often deliveries recorded without the flag (by a release before it, or an older replica during a
-# rolling upgrade) are looked for and flagged: a scan. At most half the blob retention apart, so one
-# recorded at any time is flagged before its objects are old enough to be collected (`flag_unflagged`).
+# How often the deliveries an earlier release wrote are put right (`flag_unflagged`): a scan. At most
+# half the blob retention apart (`flag_sweep_for`).
 FLAG_SWEEP_S = 24 * 3600.0
 _SWEPT = "owed-swept"
 # Pages folded per round of `settle_receipts` (each page holds one consumed batch of receipts).
@@ -139,7 +138,6 @@ class DeliveredObjects:
         at most half the blob retention in force (`flag_sweep_for`)."""
         self._db = db
         self._flag_sweep_ms = int(flag_sweep_s * 1000)
-        self._indexed = False
         self._flags = db[FLAGS]
         self._instances = db[INSTANCES]
         self._partners = PartnerStore(db)  # removed partners are owed nothing any more
@@ -297,18 +295,27 @@ class DeliveredObjects:
                 owed.add(doc["source_sha256"])
         return owed
 
+    def ensure_indexes(self) -> None:
+        """The indexes of the two questions that are not `_id` lookups: what is owed, and a partner's
+        studies (QIDO's list). On FerretDB they are the devstack's GIN indexes (tools/devstack/postgres.py):
+        the index FerretDB itself would make serves neither filter and would only cost writes."""
+        if not is_ferretdb(self._db):
+            self._instances.create_index(OWED, sparse=True)
+            self._studies.create_index("partner_id")
+
     def flag_unflagged(self) -> None:
-        """Flag as owed the unstored deliveries recorded without the flag, unless that was looked for
-        less than `flag_sweep_s` ago (a scan: see FLAG_SWEEP_S). Run before every question of what is
-        owed. The next look is due from this one's start, which a delivery recorded during it may
-        precede: a delivery recorded unflagged at time t is flagged by the first look starting after t,
-        at most `flag_sweep_s` later, and its objects were refreshed when it was prepared, just before.
-        Also makes sure a MongoDB server has the index the owed questions need (on FerretDB that is the
-        devstack's, tools/devstack/postgres.py: the index FerretDB would make serves no such filter)."""
-        if not self._indexed:
-            if not is_ferretdb(self._db):
-                self._instances.create_index(OWED, sparse=True)
-            self._indexed = True
+        """Put right what an earlier release (a rolling upgrade's older replicas, a rollback) wrote, unless
+        that was done less than `flag_sweep_s` ago: flag the unstored deliveries it recorded without the
+        flag (a scan), and unflag those whose "stored" receipt it folded without removing the flag (they
+        would be kept, and reported unread, for ever). Run before every question of what is owed.
+
+        Deliveries this release records are flagged as they are recorded; only the earlier release's
+        wait. One recorded unflagged at time t is flagged by the first look starting after t, at most
+        `flag_sweep_s` later (the next look is due from this one's start, which such a delivery may
+        follow), so its objects are kept if they were last written less than the retention minus
+        `flag_sweep_s` before t: six days by default. Objects are refreshed as each stage writes them
+        again, so that holds unless the pipeline was that far behind while the earlier release ran.
+        `imx blobs gc` looks every time."""
         started = now_ms()
         swept = self._flags.find_one({"_id": _SWEPT})
         if swept and 0 <= started - int(swept["started_ms"]) < self._flag_sweep_ms:
@@ -316,12 +323,14 @@ class DeliveredObjects:
         self._instances.update_many(
             {OWED: {"$exists": False}, "stored_at_ms": {"$exists": False}}, {"$set": {OWED: True}}
         )
+        # `record` sets the flag and removes `stored_at_ms` in one update: no owed delivery has both.
+        self._instances.update_many({OWED: True, "stored_at_ms": {"$exists": True}}, {"$unset": {OWED: ""}})
         with contextlib.suppress(DuplicateKeyError):  # another replica's look, at the same moment
             self._flags.update_one({"_id": _SWEPT}, {"$set": {"started_ms": started}}, upsert=True)
 
     def delivered_to(self, partner_id: str) -> bool:
-        """Whether anything was ever delivered to this id (a scan of the studies; asked only when an id is
-        given to a new partner, whose holder would otherwise read what was delivered under it)."""
+        """Whether anything was ever delivered to this id (through the index on the partner; asked when an
+        id is given to a new partner, whose holder would otherwise read what was delivered under it)."""
         return self._studies.find_one({"partner_id": partner_id}, {"_id": 1}) is not None
 
     def stored_at(self, partner_id: str, study_uid: str, series_uid: str, sop_uid: str) -> int | None:
@@ -400,9 +409,10 @@ class DeliveredObjects:
         return [i for i in self.study(partner_id, study_uid) if i.series_uid == series_uid]
 
     def studies(self, partner_id: str) -> Iterator[dict[str, object]]:
-        """Every study delivered to the partner: {study_uid, last_delivered_at_ms} (a scan over the
-        partner's studies: QIDO's study list; the other questions are `_id` lookups). Not their instance
-        counts: those took a read of every study's manifest, for every list asked, whatever its limit."""
+        """Every study delivered to the partner: {study_uid, last_delivered_at_ms} (QIDO's study list,
+        through the index on the partner, `ensure_indexes`; it reads every one of the partner's studies).
+        Not their instance counts: those took a read of every study's manifest, for every list asked,
+        whatever its limit."""
         projection = {"study_uid": 1, "last_delivered_at_ms": 1}
         for doc in self._studies.find({"partner_id": partner_id}, projection):
             yield {"study_uid": doc["study_uid"], "last_delivered_at_ms": doc.get("last_delivered_at_ms", 0)}

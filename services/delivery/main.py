@@ -121,6 +121,7 @@ def serve(
     cache = PartnerCache(store)
     blobs = LocalBlobStore(settings.blob_dir)
     delivered = DeliveredObjects(db, flag_sweep_for(settings.blob_retention_s))
+    delivered.ensure_indexes()
     # The retrieval API's audit events and the StudyComplete announcements go through a producer of
     # their own: the stage's producer belongs to the consumer loop's batches.
     retrievals = BusProducer(
@@ -142,7 +143,7 @@ def serve(
     if settings.blob_gc_interval_s > 0:
         collector = threading.Thread(
             target=collect_blobs_every,
-            args=(settings, blobs, OwedBlobs.of(settings, db, settings.blob_retention_s), sweep_stop),
+            args=(settings, blobs, OwedBlobs.of(settings, db, flag_sweep_for(settings.blob_retention_s)), sweep_stop),
             name="blob-gc",
             daemon=True,
         )

@@ -15,7 +15,7 @@ from services.common.dead_letter_topic import DeadLetterTopic
 from services.common.service_access import kafka_client_config
 from services.common.settings import ServiceSettings
 from services.common.topics import Topics
-from services.delivery.delivered import DeliveredObjects, flag_sweep_for
+from services.delivery.delivered import DeliveredObjects
 
 
 class OwedBlobs:
@@ -24,13 +24,13 @@ class OwedBlobs:
         self._dead_letters = dead_letters
 
     @classmethod
-    def of(cls, settings: ServiceSettings, db: Database, blob_retention_s: float) -> OwedBlobs:
-        """For a collection under `blob_retention_s`. ValueError or OSError when the settings' Kafka
-        sign-in cannot be read (kafka_client_config)."""
+    def of(cls, settings: ServiceSettings, db: Database, flag_sweep_s: float) -> OwedBlobs:
+        """`flag_sweep_s`: DeliveredObjects'. ValueError or OSError when the settings' Kafka sign-in cannot
+        be read (kafka_client_config)."""
         topic = DeadLetterTopic(
             settings.kafka_bootstrap, Topics(settings.topic_prefix).dead_letter, kafka_client_config(settings)
         )
-        return cls(DeliveredObjects(db, flag_sweep_for(blob_retention_s)), DeadLetterBlobs(topic))
+        return cls(DeliveredObjects(db, flag_sweep_s), DeadLetterBlobs(topic))
 
     def __call__(self) -> set[str]:
         named = self._dead_letters()

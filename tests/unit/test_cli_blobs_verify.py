@@ -104,8 +104,7 @@ def test_a_spliced_object_whose_source_changed_is_named_by_its_sha256(
 
 def test_usage_says_it_counts_a_spliced_object_by_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store, _, sha = _spliced_store(tmp_path, monkeypatch)
-    # What partners are owed comes from MongoDB (integration tests).
-    monkeypatch.setattr(blobs, "_owed", lambda _retention_s: set())
+    monkeypatch.setattr(blobs, "_owed", set)  # what partners are owed comes from MongoDB (integration tests)
     record = store.splice_path_for(sha).stat().st_size
 
     shown = runner.invoke(app, ["blobs", "usage"])
@@ -118,7 +117,7 @@ def test_usage_says_it_counts_a_spliced_object_by_its_record(tmp_path: Path, mon
 
 def test_gc_says_how_many_sources_a_kept_spliced_object_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store, source, sha = _spliced_store(tmp_path, monkeypatch)
-    monkeypatch.setattr(blobs, "_owed", lambda _retention_s: set())
+    monkeypatch.setattr(blobs, "_owed", set)
     old = time.time() - 10 * DAY
     os.utime(store.path_for(source), (old, old))
 
@@ -138,7 +137,7 @@ def test_gc_removes_and_names_the_temporaries_a_dead_writer_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, _, _ = _spliced_store(tmp_path, monkeypatch)
-    monkeypatch.setattr(blobs, "_owed", lambda _retention_s: set())
+    monkeypatch.setattr(blobs, "_owed", set)
     stale, live = store.root / ".tmp-c-store-1.dcm", store.root / ".tmp-c-store-2.dcm"
     stale.write_bytes(b"x" * 2048)
     live.write_bytes(b"x" * 10)

@@ -84,8 +84,8 @@ SERVER_SETTINGS = {
 # puts its one key in the tree: PostgreSQL's CPU per audit record in `make bench-audit` at a million
 # records went from 89.0 and 94.2 to 76.5-81.5 µs (README, "Figures"). Indexes made before are switched and emptied.
 #
-# The same kind of index serves the one other equality asked of a large collection: the owed flag of
-# the deliveries (services/delivery/delivered.py OWED), on the tables of `delivered_instances`.
+# The same kind of index serves the other equalities asked of large collections: the owed flag of the
+# deliveries (services/delivery/delivered.py OWED) and the partner of a delivered study (QIDO's list).
 ID_LOOKUP_SQL = """
 CREATE OR REPLACE FUNCTION imx_index_field(tbl oid, field text, suffix text) RETURNS void LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -108,6 +108,8 @@ BEGIN
   -- FerretDB names a collection's table after it, with a suffix of 8 hex digits.
   IF (SELECT relname FROM pg_class WHERE oid = tbl) ~ '^delivered_instances_[0-9a-f]{8}$' THEN
     PERFORM imx_index_field(tbl, 'owed', '_imx_owed');
+  ELSIF (SELECT relname FROM pg_class WHERE oid = tbl) ~ '^delivered_studies_[0-9a-f]{8}$' THEN
+    PERFORM imx_index_field(tbl, 'partner_id', '_imx_partner');
   END IF;
 END $fn$;
 
