@@ -41,12 +41,13 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pymongo import UpdateOne
+from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from services.common.events import now_ms
 from services.common.mongo import bulk_write_chunked, insert_new, is_ferretdb
+from services.common.settings import DAY_MS
 from services.common.stores.partners import PartnerStore
 
 INSTANCES = "delivered_instances"
@@ -64,6 +65,10 @@ OWED = "owed"
 # half the blob retention apart (`flag_sweep_for`).
 FLAG_SWEEP_S = 24 * 3600.0
 _SWEPT = "owed-swept"
+# A study's last day of deliveries (days since the epoch, UTC), an equality the record purge asks for
+# through an index (`ensure_indexes`), and the last day the purge has finished (in FLAGS).
+LAST_DAY = "last_day"
+_PURGED = "records-purged-through"
 # Pages folded per round of `settle_receipts` (each page holds one consumed batch of receipts).
 SETTLE_PAGES = 50
 
@@ -203,7 +208,8 @@ class DeliveredObjects:
                     {
                         "$setOnInsert": {"partner_id": study[0], "study_uid": study[1], "priority": group[0].priority},
                         "$addToSet": {"pages": pages[study]},
-                        "$max": {"last_delivered_at_ms": latest[study]},
+                        # LAST_DAY: which day's purge may forget the study (`studies_last_delivered_on`).
+                        "$max": {"last_delivered_at_ms": latest[study], LAST_DAY: latest[study] // DAY_MS},
                     },
                     upsert=True,
                 )
@@ -302,6 +308,7 @@ class DeliveredObjects:
         if not is_ferretdb(self._db):
             self._instances.create_index(OWED, sparse=True)
             self._studies.create_index("partner_id")
+            self._studies.create_index(LAST_DAY)
 
     def flag_unflagged(self) -> None:
         """Put right what an earlier release (a rolling upgrade's older replicas, a rollback) wrote, unless
@@ -345,6 +352,67 @@ class DeliveredObjects:
             for doc in self._pending.find({})
             if int(doc.get("last_delivered_at_ms", 0)) < delivered_before_ms
         ]
+
+    def studies_last_delivered_on(self, day: int) -> list[tuple[str, str]]:
+        """(partner, study) of the studies whose last delivery was on `day` (days since the epoch)."""
+        return [
+            (d["partner_id"], d["study_uid"])
+            for d in self._studies.find({LAST_DAY: day}, {"partner_id": 1, "study_uid": 1})
+        ]
+
+    def forget_study(self, partner_id: str, study_uid: str, day: int) -> bool:
+        """Delete what was recorded of a study last delivered on `day`, unless a partner is still owed one
+        of its instances (then nothing goes: False). An instance delivered again meanwhile (a new delivery
+        id, owed), or a study delivered to again (a later last day), keeps its record; the study's record
+        goes last, so a purge stopped half way is done again from its day."""
+        key = study_key(partner_id, study_uid)
+        doc = self._studies.find_one({"_id": key})
+        if not doc or doc.get(LAST_DAY) != day:
+            return doc is None
+        page_ids = [f"{key}#{page_id}" for page_id in doc.get("pages", [])]
+        instance_ids = {
+            instance_key(partner_id, study_uid, str(entry["series_uid"]), str(entry["sop_uid"]))
+            for page_id in page_ids
+            for page in [self._pages.find_one({"_id": page_id})]
+            if page
+            for entry in page.get("entries", [])
+        }
+        recorded = [
+            self._instances.find_one({"_id": i}, {"delivery_id": 1, OWED: 1, "stored_at_ms": 1}) for i in instance_ids
+        ]
+        present = [r for r in recorded if r]
+        if any(r.get(OWED) or "stored_at_ms" not in r for r in present):
+            return False
+        bulk_write_chunked(
+            self._instances,
+            [DeleteOne({"_id": r["_id"], "delivery_id": r["delivery_id"], OWED: {"$exists": False}}) for r in present],
+        )
+        bulk_write_chunked(self._pages, [DeleteOne({"_id": page_id}) for page_id in page_ids])
+        self._studies.delete_one({"_id": key, LAST_DAY: day})
+        return True
+
+    def records_purged_through(self) -> int | None:
+        """The last day whose studies the record purge has been through (None: it never ran)."""
+        doc = self._flags.find_one({"_id": _PURGED})
+        return int(doc["day"]) if doc else None
+
+    def set_records_purged_through(self, day: int) -> None:
+        with contextlib.suppress(DuplicateKeyError):  # another replica's, at the same moment
+            self._flags.update_one({"_id": _PURGED}, {"$max": {"day": day}}, upsert=True)
+
+    def first_day_of_studies(self) -> int | None:
+        """The earliest last day of any study (None: none recorded); a scan of the studies, once, when
+        the purge first runs. Studies recorded before the last day was kept get theirs here."""
+        first: int | None = None
+        backfill: list[UpdateOne] = []
+        for doc in self._studies.find({}, {LAST_DAY: 1, "last_delivered_at_ms": 1}):
+            day = doc.get(LAST_DAY)
+            if day is None:
+                day = int(doc.get("last_delivered_at_ms", 0)) // DAY_MS
+                backfill.append(UpdateOne({"_id": doc["_id"]}, {"$max": {LAST_DAY: day}}))
+            first = day if first is None else min(first, int(day))
+        bulk_write_chunked(self._studies, backfill)
+        return first
 
     def settle(self, partner_id: str, study_uid: str, last_delivered_at_ms: int) -> bool:
         """The study was announced complete: forget it, unless a delivery came in meanwhile."""

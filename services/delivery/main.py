@@ -13,6 +13,7 @@ from services.common.bus import BrokerUnavailable, BusProducer, ensure_topics
 from services.common.control_auth import control_auth
 from services.common.control_server import ControlServer
 from services.common.dead_letter_topic import IncompleteRead
+from services.common.events import now_ms
 from services.common.kafka_access import PartnerAccess
 from services.common.mongo import connect
 from services.common.runtime import StageSpec, run_stage
@@ -25,6 +26,7 @@ from services.delivery.dicomweb_wiring import RETRIEVALS_LINGER_MS, start_partne
 from services.delivery.handler import DeliveryHandler, delivery_pattern
 from services.delivery.owed_blobs import OwedBlobs
 from services.delivery.partners import PartnerCache, PartnerSignIn, register_partner_admin
+from services.delivery.record_retention import purge_records_every
 from services.delivery.retention_watch import KafkaBacklogReader, RetentionWatch
 from services.delivery.settings import DeliverySettings
 
@@ -160,6 +162,13 @@ def serve(
         topics=topics,
         fractions=settings.retention_warn_fractions,
     )
+    if settings.record_retention_days > 0:
+        threading.Thread(
+            target=purge_records_every,
+            args=(delivered, settings.record_retention_days, settings.record_purge_interval_s, sweep_stop, now_ms),
+            name="record-purge",
+            daemon=True,
+        ).start()
     if settings.retention_check_interval_s > 0:
         threading.Thread(
             target=watch.run,

@@ -72,6 +72,21 @@ class DeliverySettings(ServiceSettings):
         3600.0, ge=0, validation_alias=_env("BLOB_GC_INTERVAL_S"), description="how often to collect; 0: never"
     )
 
+    record_retention_days: int = Field(
+        90,
+        ge=0,
+        validation_alias=_env("RECORD_RETENTION_DAYS"),
+        description="what was recorded of a study delivered to a partner (its DICOMweb index and manifests) is "
+        "deleted this many whole days after its last delivery, once every instance of it was stored by the "
+        "partner's gateway; 0: kept for ever",
+    )
+    record_purge_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias=_env("RECORD_PURGE_INTERVAL_S"),
+        description="how often to look for days to purge",
+    )
+
     retention_check_interval_s: float = Field(
         300.0,
         ge=0,

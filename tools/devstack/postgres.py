@@ -85,7 +85,8 @@ SERVER_SETTINGS = {
 # records went from 89.0 and 94.2 to 76.5-81.5 µs (README, "Figures"). Indexes made before are switched and emptied.
 #
 # The same kind of index serves the other equalities asked of large collections: the owed flag of the
-# deliveries (services/delivery/delivered.py OWED) and the partner of a delivered study (QIDO's list).
+# deliveries (services/delivery/delivered.py OWED), and the partner (QIDO's list) and last day (the record
+# purge, services/delivery/record_retention.py) of a delivered study.
 ID_LOOKUP_SQL = """
 CREATE OR REPLACE FUNCTION imx_index_field(tbl oid, field text, suffix text) RETURNS void LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -110,6 +111,7 @@ BEGIN
     PERFORM imx_index_field(tbl, 'owed', '_imx_owed');
   ELSIF (SELECT relname FROM pg_class WHERE oid = tbl) ~ '^delivered_studies_[0-9a-f]{8}$' THEN
     PERFORM imx_index_field(tbl, 'partner_id', '_imx_partner');
+    PERFORM imx_index_field(tbl, 'last_day', '_imx_last_day');
   END IF;
 END $fn$;
 

@@ -3,7 +3,6 @@ study manifests, and the StudyComplete announced once a study has gone quiet."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import replace
@@ -20,6 +19,7 @@ from services.common.topics import Topics
 from services.delivery.completeness import CompletenessSweep
 from services.delivery.delivered import INSTANCES, RECEIPTS, DeliveredInstance, DeliveredObjects, StoredReceipt
 from services.proto_gen.imx.v1 import events_pb2
+from tests.integration.query_plans import scans
 
 STUDY = "2.25.100"
 
@@ -375,7 +375,7 @@ def test_what_is_owed_is_read_through_an_index_not_a_scan_of_every_delivery(mong
         owed_filters = [f for f in finds.filters if "_id" not in f]
         assert len(owed_filters) == 2
         for query in owed_filters:
-            assert not _scans(client[db.name].command("explain", {"find": INSTANCES, "filter": query})), query
+            assert not scans(client[db.name], INSTANCES, query), query
     finally:
         client.close()
 
@@ -388,13 +388,7 @@ def test_a_partners_study_list_is_read_through_an_index(db: Database) -> None:
     delivered.record([_item(1, partner=f"lab-{n}", study=f"2.25.{n}") for n in range(50)])
     assert [s["study_uid"] for s in delivered.studies("lab-7")] == ["2.25.7"]
     assert delivered.delivered_to("lab-7") and not delivered.delivered_to("lab-x")
-    assert not _scans(db.command("explain", {"find": "delivered_studies", "filter": {"partner_id": "lab-7"}}))
-
-
-def _scans(explained: dict[str, object]) -> bool:
-    """Whether a query plan reads the whole collection: FerretDB's (PostgreSQL's plan) or MongoDB's."""
-    plan = json.dumps(explained, default=str)
-    return "Seq Scan" in plan or "COLLSCAN" in plan
+    assert not scans(db, "delivered_studies", {"partner_id": "lab-7"})
 
 
 def test_deliveries_recorded_without_the_owed_flag_are_owed_once_looked_for(db: Database) -> None:

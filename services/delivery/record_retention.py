@@ -1,0 +1,63 @@
+"""Forgetting what was delivered, once it no longer serves anyone: a study's records (the index behind the
+partner's DICOMweb retrieval, its manifests) go `IMX_DELIVERY_RECORD_RETENTION_DAYS` whole days after its
+last delivery, unless an instance of it was never reported stored by the partner's gateway (then the
+partner is still owed it, and its objects and records are kept). The objects themselves went long before
+(blob lifecycle, seven days), so a retrieval of such a study was already answered 410 Gone; afterwards it
+is 404, as for anything never delivered. Audit keeps the study's trail under its own retention.
+
+Without this, `delivered_instances` grew by a document per instance per partner for ever: the national
+load (~12 million studies a year) is billions of documents. Days are found by an equality on each study's
+last day (delivered.py LAST_DAY, indexed), one day at a time from where the last run stopped, so a run
+reads only the studies it may forget.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from services.common.settings import DAY_MS
+from services.delivery.delivered import DeliveredObjects
+
+log = logging.getLogger(__name__)
+
+
+def days_to_purge(purged_through: int, today: int, retention_days: int) -> range:
+    """The days whose studies may now be forgotten: after the last one done, up to the last day that
+    ended `retention_days` whole days ago."""
+    return range(purged_through + 1, today - retention_days)
+
+
+def purge_records(delivered: DeliveredObjects, retention_days: int, now_ms: int) -> tuple[int, int]:
+    """Forget the studies of every day due; (studies forgotten, studies kept because still owed). A day
+    is marked done only once all its studies were looked at, so a run stopped half way does it again."""
+    today = now_ms // DAY_MS
+    done = delivered.records_purged_through()
+    if done is None:
+        first = delivered.first_day_of_studies()
+        done = (today if first is None else first) - 1
+        delivered.set_records_purged_through(done)
+    forgotten = kept = 0
+    for day in days_to_purge(done, today, retention_days):
+        for partner_id, study_uid in delivered.studies_last_delivered_on(day):
+            if delivered.forget_study(partner_id, study_uid, day):
+                forgotten += 1
+            else:
+                kept += 1
+        delivered.set_records_purged_through(day)
+    return forgotten, kept
+
+
+def purge_records_every(
+    delivered: DeliveredObjects, retention_days: int, interval_s: float, stop: threading.Event, clock: Callable[[], int]
+) -> None:
+    """The purge on a timer, in the delivery service (each replica: a day done twice is harmless)."""
+    while not stop.wait(interval_s):
+        try:
+            forgotten, kept = purge_records(delivered, retention_days, clock())
+        except Exception as error:  # the database is away: next round
+            log.warning("delivered records purge failed", extra={"error": type(error).__name__})
+            continue
+        if forgotten or kept:
+            log.info("delivered records purged", extra={"count": forgotten, "kept_owed": kept})

@@ -1,0 +1,119 @@
+"""Forgetting what was delivered once it serves no one, on the real MongoDB-wire server."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pymongo.database import Database
+
+from services.common.settings import DAY_MS
+from services.delivery.delivered import DeliveredInstance, DeliveredObjects, StoredReceipt
+from services.delivery.record_retention import purge_records
+from tests.integration.query_plans import scans
+
+DAY0 = 20_000  # days since the epoch
+RETENTION_DAYS = 90
+
+
+def _item(n: int, study: str, day: int = DAY0) -> DeliveredInstance:
+    return DeliveredInstance(
+        partner_id="lab",
+        study_uid=study,
+        series_uid=f"{study}.1",
+        sop_uid=f"{study}.1.{n}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        sha256=f"{n:064x}",
+        size=500 + n,
+        delivery_id=f"{study}-d{n}",
+        delivered_at_ms=day * DAY_MS + 1_000 + n,
+        ingested_at_ms=day * DAY_MS + n,
+    )
+
+
+def _stored(item: DeliveredInstance) -> StoredReceipt:
+    return StoredReceipt(
+        "lab", item.study_uid, item.series_uid, item.sop_uid, "stored", item.delivered_at_ms + 10, item.delivery_id
+    )
+
+
+def _deliver(
+    delivered: DeliveredObjects, study: str, count: int, day: int = DAY0, stored: int | None = None, first: int = 0
+) -> list[DeliveredInstance]:
+    items = [_item(n, study, day) for n in range(first, first + count)]
+    delivered.record(items)
+    delivered.mark([_stored(i) for i in items[: count if stored is None else stored]])
+    delivered.settle_receipts()
+    return items
+
+
+def _due(days_after: int = 0) -> int:
+    """A time on the first day DAY0's studies may be forgotten, plus `days_after`."""
+    return (DAY0 + RETENTION_DAYS + 1 + days_after) * DAY_MS + 5_000
+
+
+def test_a_study_every_instance_of_which_was_stored_is_forgotten_after_the_retention(db: Database) -> None:
+    delivered = DeliveredObjects(db)
+    done = _deliver(delivered, "2.25.1", 3)
+    owed = _deliver(delivered, "2.25.2", 3, stored=2)
+    recent = _deliver(delivered, "2.25.3", 2, day=DAY0 + 50)
+    assert purge_records(delivered, RETENTION_DAYS, _due() - DAY_MS) == (0, 0), "not a day early"
+    assert purge_records(delivered, RETENTION_DAYS, _due()) == (1, 1)
+    assert delivered.study("lab", "2.25.1") == []
+    assert delivered.instance("lab", "2.25.1", done[0].series_uid, done[0].sop_uid) is None
+    assert [s["study_uid"] for s in delivered.studies("lab")] == ["2.25.2", "2.25.3"]
+    assert len(delivered.study("lab", "2.25.2")) == 3, "a partner still owed an instance keeps the study"
+    assert owed[2].sha256 in delivered.unstored_blobs()
+    assert len(delivered.study("lab", "2.25.3")) == 2
+    assert purge_records(delivered, RETENTION_DAYS, _due(50)) == (1, 0)
+    assert delivered.study("lab", "2.25.3") == []
+    assert recent  # delivered 50 days later, forgotten 50 days later
+    assert db["delivered_pages"].count_documents({}) == 1 and db["delivered_instances"].count_documents({}) == 3
+    delivered.ensure_indexes()
+    assert not scans(db, "delivered_studies", {"last_day": DAY0}), "a day's studies are found through an index"
+
+
+def test_a_study_delivered_to_again_or_corrected_keeps_what_is_new(db: Database) -> None:
+    """A study delivered to again after its day keeps its record; an instance delivered again (a
+    correction) while a purge was deciding keeps its new delivery."""
+    delivered = DeliveredObjects(db)
+    first = _deliver(delivered, "2.25.1", 2)
+    _deliver(delivered, "2.25.1", 1, day=DAY0 + 95, first=2)  # delivered to again: its last day moved
+    assert purge_records(delivered, RETENTION_DAYS, _due()) == (0, 0)
+    assert len(delivered.study("lab", "2.25.1")) == 3
+    # A correction recorded between the purge's look and its deletes: the guard keeps it.
+    other = _deliver(delivered, "2.25.2", 2)
+    # Sent again today, with new content.
+    corrected = replace(
+        other[0], sha256="c" * 64, delivery_id="2.25.2-fix", delivered_at_ms=_due(), ingested_at_ms=_due()
+    )
+    real_find_one = delivered._instances.find_one
+    calls = {"n": 0}
+
+    def find_then_correct(*args: object, **kwargs: object) -> object:
+        found = real_find_one(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the purge read the study's instances
+            delivered.record([corrected])
+        return found
+
+    delivered._instances.find_one = find_then_correct  # type: ignore[method-assign]
+    try:
+        assert delivered.forget_study("lab", "2.25.2", DAY0)
+    finally:
+        delivered._instances.find_one = real_find_one  # type: ignore[method-assign]
+    found = delivered.instance("lab", "2.25.2", corrected.series_uid, corrected.sop_uid)
+    assert found is not None and found.sha256 == "c" * 64
+    assert "c" * 64 in delivered.unstored_blobs()
+    assert [i.sha256 for i in delivered.study("lab", "2.25.2")] == ["c" * 64], "the study lists the correction"
+    assert first
+
+
+def test_studies_recorded_before_their_last_day_was_kept_are_purged_too(db: Database) -> None:
+    delivered = DeliveredObjects(db)
+    _deliver(delivered, "2.25.1", 2)
+    db["delivered_studies"].update_many({}, {"$unset": {"last_day": ""}})
+    assert purge_records(delivered, RETENTION_DAYS, _due()) == (1, 0)
+    assert delivered.study("lab", "2.25.1") == []
+    # The next run starts where this one stopped: nothing is read again.
+    assert delivered.records_purged_through() == DAY0
