@@ -69,6 +69,11 @@ _SWEPT = "owed-swept"
 # through an index (`ensure_indexes`), and the last day the purge has finished (in FLAGS).
 LAST_DAY = "last_day"
 _PURGED = "records-purged-through"
+_PURGE_LEASE = "records-purge-lease"
+HELD = "delivered_held"  # studies the purge kept because they were owed, looked at again each run
+BACKFILL_CHUNK = 1000
+# What `forget_study` did.
+FORGOTTEN, OWED_STUDY, MOVED = "forgotten", "owed", "moved"
 # Pages folded per round of `settle_receipts` (each page holds one consumed batch of receipts).
 SETTLE_PAGES = 50
 
@@ -144,6 +149,7 @@ class DeliveredObjects:
         self._db = db
         self._flag_sweep_ms = int(flag_sweep_s * 1000)
         self._flags = db[FLAGS]
+        self._held = db[HELD]
         self._instances = db[INSTANCES]
         self._partners = PartnerStore(db)  # removed partners are owed nothing any more
         self._studies = db[STUDIES]
@@ -166,7 +172,8 @@ class DeliveredObjects:
         # A SOP Instance UID re-sent with new content (a corrected image) replaces the older delivery,
         # which is then no longer owed; a replay of a delivery already recorded, or of an older one,
         # matches no document and changes nothing (`_older_than`).
-        present = insert_new(self._instances, [{"_id": _key(i), **_fields(i), OWED: True} for i in items])
+        docs = [{"_id": _key(i), **_fields(i), OWED: True} for i in items]
+        present = insert_new(self._instances, docs)
         bulk_write_chunked(
             self._instances,
             [
@@ -230,6 +237,14 @@ class DeliveredObjects:
                 for study in by_study
             ],
         )
+        self._restore(docs, present)
+
+    def _restore(self, docs: list[dict[str, object]], present: set[int]) -> None:
+        """Insert again the instances `record` found already there, if the record purge deleted one between
+        that look and the update meant for it (which then matched nothing): a correction of a study older
+        than the record retention would have had no record (`record_retention.py`)."""
+        if present:
+            insert_new(self._instances, [docs[n] for n in sorted(present)])
 
     def mark(self, receipts: Iterable[StoredReceipt]) -> None:
         """Record what the partners' gateways reported: one page, one insert (a replayed batch writes
@@ -360,15 +375,19 @@ class DeliveredObjects:
             for d in self._studies.find({LAST_DAY: day}, {"partner_id": 1, "study_uid": 1})
         ]
 
-    def forget_study(self, partner_id: str, study_uid: str, day: int) -> bool:
-        """Delete what was recorded of a study last delivered on `day`, unless a partner is still owed one
-        of its instances (then nothing goes: False). An instance delivered again meanwhile (a new delivery
-        id, owed), or a study delivered to again (a later last day), keeps its record; the study's record
-        goes last, so a purge stopped half way is done again from its day."""
+    def forget_study(self, partner_id: str, study_uid: str, day: int) -> str:
+        """Delete what was recorded of a study last delivered on `day`: FORGOTTEN; or nothing, OWED while a
+        partner was never reported to have stored one of its instances, MOVED when the study was delivered
+        to since (or is gone). An instance delivered again meanwhile (a new delivery id, owed) keeps its
+        record; the study's record goes last, so a purge stopped half way is done again from its day."""
         key = study_key(partner_id, study_uid)
         doc = self._studies.find_one({"_id": key})
         if not doc or doc.get(LAST_DAY) != day:
-            return doc is None
+            return MOVED
+        last_day = int(doc.get("last_delivered_at_ms", 0)) // DAY_MS
+        if last_day > day:  # delivered to by an earlier release, which kept no last day: found on its day
+            self._studies.update_one({"_id": key}, {"$max": {LAST_DAY: last_day}})
+            return MOVED
         page_ids = [f"{key}#{page_id}" for page_id in doc.get("pages", [])]
         instance_ids = {
             instance_key(partner_id, study_uid, str(entry["series_uid"]), str(entry["sop_uid"]))
@@ -382,14 +401,34 @@ class DeliveredObjects:
         ]
         present = [r for r in recorded if r]
         if any(r.get(OWED) or "stored_at_ms" not in r for r in present):
-            return False
+            return OWED_STUDY
         bulk_write_chunked(
             self._instances,
             [DeleteOne({"_id": r["_id"], "delivery_id": r["delivery_id"], OWED: {"$exists": False}}) for r in present],
         )
         bulk_write_chunked(self._pages, [DeleteOne({"_id": page_id}) for page_id in page_ids])
         self._studies.delete_one({"_id": key, LAST_DAY: day})
-        return True
+        return FORGOTTEN
+
+    def held_studies(self) -> list[tuple[str, str, int]]:
+        """(partner, study, day) of the studies a purge kept because they were owed (small: only those)."""
+        return [(d["partner_id"], d["study_uid"], int(d["day"])) for d in self._held.find({})]
+
+    def hold(self, partner_id: str, study_uid: str, day: int) -> None:
+        doc = {"partner_id": partner_id, "study_uid": study_uid, "day": day}
+        self._held.update_one({"_id": study_key(partner_id, study_uid)}, {"$set": doc}, upsert=True)
+
+    def release(self, partner_id: str, study_uid: str) -> None:
+        self._held.delete_one({"_id": study_key(partner_id, study_uid)})
+
+    def take_purge_lease(self, now_ms: int, for_ms: int) -> bool:
+        """Whether this caller may run the record purge now (no other replica's lease runs): one replica
+        at a time does the deletes, each until its lease ends."""
+        insert_new(self._flags, [{"_id": _PURGE_LEASE, "until_ms": 0}])
+        taken = self._flags.update_one(
+            {"_id": _PURGE_LEASE, "until_ms": {"$lt": now_ms}}, {"$set": {"until_ms": now_ms + for_ms}}
+        )
+        return taken.modified_count == 1
 
     def records_purged_through(self) -> int | None:
         """The last day whose studies the record purge has been through (None: it never ran)."""
@@ -410,7 +449,11 @@ class DeliveredObjects:
             if day is None:
                 day = int(doc.get("last_delivered_at_ms", 0)) // DAY_MS
                 backfill.append(UpdateOne({"_id": doc["_id"]}, {"$max": {LAST_DAY: day}}))
-            first = day if first is None else min(first, int(day))
+                if len(backfill) >= BACKFILL_CHUNK:  # not every study's update in memory at once
+                    bulk_write_chunked(self._studies, backfill)
+                    backfill = []
+            if day:  # a study without a time (none recorded so): its day 0 is purged at once, not a start
+                first = day if first is None else min(first, int(day))
         bulk_write_chunked(self._studies, backfill)
         return first
 

@@ -18,9 +18,12 @@ import threading
 from collections.abc import Callable
 
 from services.common.settings import DAY_MS
-from services.delivery.delivered import DeliveredObjects
+from services.delivery.delivered import FORGOTTEN, OWED_STUDY, DeliveredObjects
 
 log = logging.getLogger(__name__)
+
+# One replica purges at a time, for at most this long before another may take over (a run is hourly).
+PURGE_LEASE_MS = 30 * 60 * 1000
 
 
 def days_to_purge(purged_through: int, today: int, retention_days: int) -> range:
@@ -30,21 +33,37 @@ def days_to_purge(purged_through: int, today: int, retention_days: int) -> range
 
 
 def purge_records(delivered: DeliveredObjects, retention_days: int, now_ms: int) -> tuple[int, int]:
-    """Forget the studies of every day due; (studies forgotten, studies kept because still owed). A day
-    is marked done only once all its studies were looked at, so a run stopped half way does it again."""
+    """Forget the studies of every day due, and, when a day is due, those kept before as owed that no
+    longer are; (studies forgotten, studies kept because still owed). A day is marked done only once all
+    its studies were looked at, so a run stopped half way does it again. Nothing, (0, 0), while another
+    replica's lease runs."""
+    if not delivered.take_purge_lease(now_ms, PURGE_LEASE_MS):
+        return 0, 0
     today = now_ms // DAY_MS
     done = delivered.records_purged_through()
     if done is None:
         first = delivered.first_day_of_studies()
         done = (today if first is None else first) - 1
         delivered.set_records_purged_through(done)
+    due = days_to_purge(done, today, retention_days)
+    if not due:
+        return 0, 0
+    delivered.settle_receipts()  # a study is owed until its gateways' receipts are folded in
     forgotten = kept = 0
-    for day in days_to_purge(done, today, retention_days):
+    for partner_id, study_uid, day in delivered.held_studies():  # once a day, with the day's studies
+        outcome = delivered.forget_study(partner_id, study_uid, day)
+        if outcome == OWED_STUDY:
+            kept += 1
+        else:  # forgotten, or delivered to since: its new day finds it
+            forgotten += outcome == FORGOTTEN
+            delivered.release(partner_id, study_uid)
+    for day in due:
         for partner_id, study_uid in delivered.studies_last_delivered_on(day):
-            if delivered.forget_study(partner_id, study_uid, day):
-                forgotten += 1
-            else:
+            outcome = delivered.forget_study(partner_id, study_uid, day)
+            forgotten += outcome == FORGOTTEN
+            if outcome == OWED_STUDY:
                 kept += 1
+                delivered.hold(partner_id, study_uid, day)
         delivered.set_records_purged_through(day)
     return forgotten, kept
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
+import pytest
 from pymongo.database import Database
 
 from services.common.settings import DAY_MS
+from services.delivery import delivered as delivered_module
 from services.delivery.delivered import DeliveredInstance, DeliveredObjects, StoredReceipt
-from services.delivery.record_retention import purge_records
+from services.delivery.record_retention import PURGE_LEASE_MS, purge_records
 from tests.integration.query_plans import scans
 
 DAY0 = 20_000  # days since the epoch
@@ -65,7 +68,7 @@ def test_a_study_every_instance_of_which_was_stored_is_forgotten_after_the_reten
     assert len(delivered.study("lab", "2.25.2")) == 3, "a partner still owed an instance keeps the study"
     assert owed[2].sha256 in delivered.unstored_blobs()
     assert len(delivered.study("lab", "2.25.3")) == 2
-    assert purge_records(delivered, RETENTION_DAYS, _due(50)) == (1, 0)
+    assert purge_records(delivered, RETENTION_DAYS, _due(50)) == (1, 1), "the owed study looked at again, kept"
     assert delivered.study("lab", "2.25.3") == []
     assert recent  # delivered 50 days later, forgotten 50 days later
     assert db["delivered_pages"].count_documents({}) == 1 and db["delivered_instances"].count_documents({}) == 3
@@ -117,3 +120,56 @@ def test_studies_recorded_before_their_last_day_was_kept_are_purged_too(db: Data
     assert delivered.study("lab", "2.25.1") == []
     # The next run starts where this one stopped: nothing is read again.
     assert delivered.records_purged_through() == DAY0
+
+
+def test_a_study_kept_as_owed_is_forgotten_once_its_last_instance_is_stored(db: Database) -> None:
+    delivered = DeliveredObjects(db)
+    items = _deliver(delivered, "2.25.1", 3, stored=2)
+    assert purge_records(delivered, RETENTION_DAYS, _due()) == (0, 1)
+    delivered.mark([_stored(items[2])])  # folded by the purge itself
+    assert purge_records(delivered, RETENTION_DAYS, _due(1)) == (1, 0)
+    assert delivered.study("lab", "2.25.1") == [] and delivered.held_studies() == []
+
+
+def test_a_correction_recorded_while_the_purge_deletes_its_instance_keeps_its_record(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The purge deletes the old instance between the correction's look (already there) and its update
+    (which then matches nothing): the correction is inserted again."""
+    delivered = DeliveredObjects(db)
+    old = _deliver(delivered, "2.25.1", 1)[0]
+    corrected = replace(old, sha256="c" * 64, delivery_id="fix", delivered_at_ms=_due(), ingested_at_ms=_due())
+    real_insert_new = delivered_module.insert_new
+
+    def insert_then_purge(collection: Any, docs: Any) -> set[int]:
+        present = real_insert_new(collection, docs)
+        if collection.name == "delivered_instances" and present and not hasattr(insert_then_purge, "done"):
+            insert_then_purge.done = True  # type: ignore[attr-defined]
+            assert delivered.forget_study("lab", "2.25.1", DAY0) == "forgotten"
+        return present
+
+    monkeypatch.setattr(delivered_module, "insert_new", insert_then_purge)
+    delivered.record([corrected])
+    found = delivered.instance("lab", "2.25.1", old.series_uid, old.sop_uid)
+    assert found is not None and found.sha256 == "c" * 64
+    assert "c" * 64 in delivered.unstored_blobs()
+    assert [i.sha256 for i in delivered.study("lab", "2.25.1")] == ["c" * 64]
+
+
+def test_a_study_an_earlier_release_delivered_to_again_is_kept_until_its_own_day(db: Database) -> None:
+    """An earlier release moved only the study's last delivery time, not its last day."""
+    delivered = DeliveredObjects(db)
+    _deliver(delivered, "2.25.1", 1)
+    later = (DAY0 + 60) * DAY_MS
+    db["delivered_studies"].update_one({}, {"$max": {"last_delivered_at_ms": later}})
+    assert purge_records(delivered, RETENTION_DAYS, _due()) == (0, 0)
+    assert len(delivered.study("lab", "2.25.1")) == 1
+    assert purge_records(delivered, RETENTION_DAYS, _due(60)) == (1, 0)
+
+
+def test_one_replica_purges_at_a_time(db: Database) -> None:
+    _deliver(DeliveredObjects(db), "2.25.1", 1)
+    replicas = DeliveredObjects(db), DeliveredObjects(db)
+    assert replicas[0].take_purge_lease(_due(), PURGE_LEASE_MS)  # the first one's run begins
+    assert purge_records(replicas[1], RETENTION_DAYS, _due() + 60_000) == (0, 0), "the first one's lease runs"
+    assert purge_records(replicas[1], RETENTION_DAYS, _due() + PURGE_LEASE_MS + 1) == (1, 0)
