@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -150,6 +151,7 @@ class DeliveredObjects:
         self._flag_sweep_ms = int(flag_sweep_s * 1000)
         self._flags = db[FLAGS]
         self._held = db[HELD]
+        self._holder = uuid.uuid4().hex  # this object's name on the record purge's lease
         self._instances = db[INSTANCES]
         self._partners = PartnerStore(db)  # removed partners are owed nothing any more
         self._studies = db[STUDIES]
@@ -375,11 +377,17 @@ class DeliveredObjects:
             for d in self._studies.find({LAST_DAY: day}, {"partner_id": 1, "study_uid": 1})
         ]
 
-    def forget_study(self, partner_id: str, study_uid: str, day: int) -> str:
+    def forget_study(self, partner_id: str, study_uid: str, day: int, retired: frozenset[str] = frozenset()) -> str:
         """Delete what was recorded of a study last delivered on `day`: FORGOTTEN; or nothing, OWED while a
-        partner was never reported to have stored one of its instances, MOVED when the study was delivered
-        to since (or is gone). An instance delivered again meanwhile (a new delivery id, owed) keeps its
-        record; the study's record goes last, so a purge stopped half way is done again from its day."""
+        partner was never reported to have stored one of its instances (a `retired` partner is owed nothing),
+        MOVED when the study was delivered to since (or is gone).
+
+        The instances go first (each guarded: one delivered again meanwhile, a new delivery id and owed,
+        keeps its record), then the study's record (guarded by its day), and its pages only once that
+        went: a study delivered to while this ran keeps its pages, so every instance it lists that is
+        still recorded stays listed (one a replay recorded again meanwhile, `_restore`, included), and its
+        new day's purge finds them all. A purge stopped half way is done again from its day; one stopped
+        between the study's record and its pages leaves those pages, which nothing reads."""
         key = study_key(partner_id, study_uid)
         doc = self._studies.find_one({"_id": key})
         if not doc or doc.get(LAST_DAY) != day:
@@ -400,15 +408,19 @@ class DeliveredObjects:
             self._instances.find_one({"_id": i}, {"delivery_id": 1, OWED: 1, "stored_at_ms": 1}) for i in instance_ids
         ]
         present = [r for r in recorded if r]
-        if any(r.get(OWED) or "stored_at_ms" not in r for r in present):
+        if partner_id not in retired and any(r.get(OWED) or "stored_at_ms" not in r for r in present):
             return OWED_STUDY
+        unowed = {} if partner_id in retired else {OWED: {"$exists": False}}
         bulk_write_chunked(
-            self._instances,
-            [DeleteOne({"_id": r["_id"], "delivery_id": r["delivery_id"], OWED: {"$exists": False}}) for r in present],
+            self._instances, [DeleteOne({"_id": r["_id"], "delivery_id": r["delivery_id"], **unowed}) for r in present]
         )
+        if self._studies.delete_one({"_id": key, LAST_DAY: day}).deleted_count == 0:
+            return MOVED
         bulk_write_chunked(self._pages, [DeleteOne({"_id": page_id}) for page_id in page_ids])
-        self._studies.delete_one({"_id": key, LAST_DAY: day})
         return FORGOTTEN
+
+    def retired_partners(self) -> frozenset[str]:
+        return frozenset(self._partners.retired_ids())
 
     def held_studies(self) -> list[tuple[str, str, int]]:
         """(partner, study, day) of the studies a purge kept because they were owed (small: only those)."""
@@ -418,17 +430,19 @@ class DeliveredObjects:
         doc = {"partner_id": partner_id, "study_uid": study_uid, "day": day}
         self._held.update_one({"_id": study_key(partner_id, study_uid)}, {"$set": doc}, upsert=True)
 
-    def release(self, partner_id: str, study_uid: str) -> None:
-        self._held.delete_one({"_id": study_key(partner_id, study_uid)})
+    def release(self, partner_id: str, study_uid: str, day: int) -> None:
+        """Forget the hold of `day` (a hold made meanwhile, of another day, stays)."""
+        self._held.delete_one({"_id": study_key(partner_id, study_uid), "day": day})
 
     def take_purge_lease(self, now_ms: int, for_ms: int) -> bool:
-        """Whether this caller may run the record purge now (no other replica's lease runs): one replica
-        at a time does the deletes, each until its lease ends."""
-        insert_new(self._flags, [{"_id": _PURGE_LEASE, "until_ms": 0}])
+        """Whether this object may run the record purge now, until `now_ms + for_ms`: no other's lease
+        runs (one replica at a time does the deletes), or it holds the lease already (a renewal)."""
+        insert_new(self._flags, [{"_id": _PURGE_LEASE, "until_ms": 0, "holder": ""}])
         taken = self._flags.update_one(
-            {"_id": _PURGE_LEASE, "until_ms": {"$lt": now_ms}}, {"$set": {"until_ms": now_ms + for_ms}}
+            {"_id": _PURGE_LEASE, "$or": [{"until_ms": {"$lt": now_ms}}, {"holder": self._holder}]},
+            {"$set": {"until_ms": now_ms + for_ms, "holder": self._holder}},
         )
-        return taken.modified_count == 1
+        return taken.matched_count == 1
 
     def records_purged_through(self) -> int | None:
         """The last day whose studies the record purge has been through (None: it never ran)."""
@@ -439,7 +453,7 @@ class DeliveredObjects:
         with contextlib.suppress(DuplicateKeyError):  # another replica's, at the same moment
             self._flags.update_one({"_id": _PURGED}, {"$max": {"day": day}}, upsert=True)
 
-    def first_day_of_studies(self) -> int | None:
+    def first_day_of_studies(self, today: int) -> int | None:
         """The earliest last day of any study (None: none recorded); a scan of the studies, once, when
         the purge first runs. Studies recorded before the last day was kept get theirs here."""
         first: int | None = None
@@ -447,13 +461,13 @@ class DeliveredObjects:
         for doc in self._studies.find({}, {LAST_DAY: 1, "last_delivered_at_ms": 1}):
             day = doc.get(LAST_DAY)
             if day is None:
-                day = int(doc.get("last_delivered_at_ms", 0)) // DAY_MS
+                # One recorded without a time (none is so) is kept the retention from now.
+                day = int(doc.get("last_delivered_at_ms", 0)) // DAY_MS or today
                 backfill.append(UpdateOne({"_id": doc["_id"]}, {"$max": {LAST_DAY: day}}))
                 if len(backfill) >= BACKFILL_CHUNK:  # not every study's update in memory at once
                     bulk_write_chunked(self._studies, backfill)
                     backfill = []
-            if day:  # a study without a time (none recorded so): its day 0 is purged at once, not a start
-                first = day if first is None else min(first, int(day))
+            first = day if first is None else min(first, int(day))
         bulk_write_chunked(self._studies, backfill)
         return first
 

@@ -22,8 +22,11 @@ from services.delivery.delivered import FORGOTTEN, OWED_STUDY, DeliveredObjects
 
 log = logging.getLogger(__name__)
 
-# One replica purges at a time, for at most this long before another may take over (a run is hourly).
-PURGE_LEASE_MS = 30 * 60 * 1000
+# One replica purges at a time: its lease lasts this long unless renewed, which it is every
+# LEASE_RENEWAL_STUDIES studies (each a few hundred round trips at most); a replica that died holding it
+# holds up the others this long.
+PURGE_LEASE_MS = 10 * 60 * 1000
+LEASE_RENEWAL_STUDIES = 20
 
 
 def days_to_purge(purged_through: int, today: int, retention_days: int) -> range:
@@ -32,34 +35,42 @@ def days_to_purge(purged_through: int, today: int, retention_days: int) -> range
     return range(purged_through + 1, today - retention_days)
 
 
-def purge_records(delivered: DeliveredObjects, retention_days: int, now_ms: int) -> tuple[int, int]:
+def purge_records(delivered: DeliveredObjects, retention_days: int, clock: Callable[[], int]) -> tuple[int, int]:
     """Forget the studies of every day due, and, when a day is due, those kept before as owed that no
     longer are; (studies forgotten, studies kept because still owed). A day is marked done only once all
-    its studies were looked at, so a run stopped half way does it again. Nothing, (0, 0), while another
-    replica's lease runs."""
-    if not delivered.take_purge_lease(now_ms, PURGE_LEASE_MS):
+    its studies were looked at, so a run stopped half way does it again. Runs only while it holds the
+    lease (taken at the start, renewed as it goes): nothing, (0, 0), while another replica's runs, and it
+    stops where it is if its lease was lost (another replica then goes on from the last day done)."""
+    if not delivered.take_purge_lease(clock(), PURGE_LEASE_MS):
         return 0, 0
-    today = now_ms // DAY_MS
+    today = clock() // DAY_MS
     done = delivered.records_purged_through()
     if done is None:
-        first = delivered.first_day_of_studies()
+        first = delivered.first_day_of_studies(today)
         done = (today if first is None else first) - 1
         delivered.set_records_purged_through(done)
     due = days_to_purge(done, today, retention_days)
     if not due:
         return 0, 0
     delivered.settle_receipts()  # a study is owed until its gateways' receipts are folded in
+    retired = delivered.retired_partners()
     forgotten = kept = 0
-    for partner_id, study_uid, day in delivered.held_studies():  # once a day, with the day's studies
-        outcome = delivered.forget_study(partner_id, study_uid, day)
+    # Once a day, with the day's studies: those kept as owed (never stored: dead-lettered at the gateway,
+    # expired unread) are read again, whole, each day they stay.
+    for n, (partner_id, study_uid, day) in enumerate(delivered.held_studies()):
+        if n % LEASE_RENEWAL_STUDIES == 0 and not delivered.take_purge_lease(clock(), PURGE_LEASE_MS):
+            return forgotten, kept
+        outcome = delivered.forget_study(partner_id, study_uid, day, retired)
         if outcome == OWED_STUDY:
             kept += 1
         else:  # forgotten, or delivered to since: its new day finds it
             forgotten += outcome == FORGOTTEN
-            delivered.release(partner_id, study_uid)
+            delivered.release(partner_id, study_uid, day)
     for day in due:
-        for partner_id, study_uid in delivered.studies_last_delivered_on(day):
-            outcome = delivered.forget_study(partner_id, study_uid, day)
+        for n, (partner_id, study_uid) in enumerate(delivered.studies_last_delivered_on(day)):
+            if n % LEASE_RENEWAL_STUDIES == 0 and not delivered.take_purge_lease(clock(), PURGE_LEASE_MS):
+                return forgotten, kept
+            outcome = delivered.forget_study(partner_id, study_uid, day, retired)
             forgotten += outcome == FORGOTTEN
             if outcome == OWED_STUDY:
                 kept += 1
@@ -74,7 +85,7 @@ def purge_records_every(
     """The purge on a timer, in the delivery service (each replica: a day done twice is harmless)."""
     while not stop.wait(interval_s):
         try:
-            forgotten, kept = purge_records(delivered, retention_days, clock())
+            forgotten, kept = purge_records(delivered, retention_days, clock)
         except Exception as error:  # the database is away: next round
             log.warning("delivered records purge failed", extra={"error": type(error).__name__})
             continue
