@@ -2,7 +2,9 @@
 is not stored twice and a StudyComplete manifest can be checked), and its dead letters.
 
 - `stored.sqlite3`: one row per stored delivery id with its SHA-256. WAL with synchronous=NORMAL:
-  a killed process loses nothing; a power cut may lose the last rows, which only means a re-send.
+  a killed process loses nothing; a power cut may lose the last rows, which only means a re-send. And
+  per instance (its UIDs as delivered) the newest send stored (`InstanceVersion`), so an older one that
+  comes after it on another priority lane is not stored over it.
 - `dead-letters/<delivery id>.json`: the delivery (protobuf, base64) with the target's last status,
   the attempts and where it was read from; one file per delivery id, written atomically.
 """
@@ -31,6 +33,25 @@ def safe_delivery_id(delivery_id: str) -> str:
     return delivery_id
 
 
+@dataclass(frozen=True)
+class InstanceVersion:
+    """Which send of one SOP Instance UID a delivery is: the later ingest, then the greater delivery id
+    (the order delivery keeps, services/delivery/delivered.py `_older_than`)."""
+
+    instance: str  # "<study>/<series>/<sop>" as delivered
+    ingested_at_ms: int
+    delivery_id: str
+
+    @classmethod
+    def of(cls, delivery: events_pb2.PartnerDelivery) -> InstanceVersion | None:
+        """None for a delivery without an ingest time (made before deliveries carried one): unordered."""
+        if delivery.meta.ingested_at_ms <= 0:
+            return None
+        i = delivery.instance
+        instance = f"{i.study_instance_uid}/{i.series_instance_uid}/{i.sop_instance_uid}"
+        return cls(instance, delivery.meta.ingested_at_ms, delivery.meta.event_id)
+
+
 class StoredRecords:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,11 +62,41 @@ class StoredRecords:
             "CREATE TABLE IF NOT EXISTS stored (delivery_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL,"
             " study TEXT NOT NULL, stored_at_ms INTEGER NOT NULL)"
         )
-
-    def add(self, delivery_id: str, sha256: str, study: str, stored_at_ms: int) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO stored VALUES (?, ?, ?, ?)", (delivery_id, sha256, study, stored_at_ms)
+            "CREATE TABLE IF NOT EXISTS versions (instance TEXT PRIMARY KEY, ingested_at_ms INTEGER NOT NULL,"
+            " delivery_id TEXT NOT NULL, stored_at_ms INTEGER NOT NULL)"
         )
+
+    def add(
+        self, delivery_id: str, sha256: str, study: str, stored_at_ms: int, version: InstanceVersion | None = None
+    ) -> None:
+        """The delivery stored, and, with its `version`, the instance's newest send stored (in one
+        transaction)."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO stored VALUES (?, ?, ?, ?)", (delivery_id, sha256, study, stored_at_ms)
+            )
+            if version is not None:
+                self._db.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?) ON CONFLICT (instance) DO UPDATE SET"
+                    " ingested_at_ms = excluded.ingested_at_ms, delivery_id = excluded.delivery_id,"
+                    " stored_at_ms = excluded.stored_at_ms"
+                    " WHERE (excluded.ingested_at_ms, excluded.delivery_id) > (ingested_at_ms, delivery_id)",
+                    (version.instance, version.ingested_at_ms, version.delivery_id, stored_at_ms),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def newer_stored(self, version: InstanceVersion) -> int | None:
+        """When a newer send of the same instance was stored (None: none was)."""
+        row = self._db.execute(
+            "SELECT stored_at_ms FROM versions WHERE instance = ? AND (ingested_at_ms, delivery_id) > (?, ?)",
+            (version.instance, version.ingested_at_ms, version.delivery_id),
+        ).fetchone()
+        return int(row[0]) if row else None
 
     def stored(self, delivery_id: str) -> tuple[str, int] | None:
         """(sha256, stored_at_ms) of a delivery this gateway stored, None when it did not."""

@@ -65,7 +65,7 @@ from services.gateway.receipts import (
     receipt_record,
     study_receipt,
 )
-from services.gateway.records import DeadLetters, StoredRecords, safe_delivery_id
+from services.gateway.records import DeadLetters, InstanceVersion, StoredRecords, safe_delivery_id
 from services.gateway.targets import ABORTED, Store, StoreResult
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -84,6 +84,7 @@ class GatewayStopped(Exception):
 class Counters:
     stored: int = 0
     duplicates: int = 0
+    superseded: int = 0  # an older send of an instance that came after a newer one was stored: not stored
     retried: int = 0
     dead_lettered: int = 0
     skipped: int = 0
@@ -93,7 +94,8 @@ class Counters:
 
     def line(self) -> str:
         text = (
-            f"stored {self.stored}, duplicates {self.duplicates}, retried {self.retried}, "
+            f"stored {self.stored}, duplicates {self.duplicates}, superseded {self.superseded}, "
+            f"retried {self.retried}, "
             f"dead-lettered {self.dead_lettered}, skipped {self.skipped}, "
             f"studies complete {self.studies_complete}, incomplete {self.studies_incomplete}"
         )
@@ -343,6 +345,17 @@ class Gateway:
                 )
             )
             return True
+        version = InstanceVersion.of(delivery)
+        newer_at = self._records.newer_stored(version) if version is not None else None
+        if newer_at is not None:
+            # The original and its correction took different priority lanes and the original came last:
+            # storing it would put the old content back over the new. Its receipt says so; delivery
+            # finds no current delivery of that id to mark (it holds the newer one).
+            self.counters.superseded += 1
+            self._send_receipt(
+                instance_receipt(delivery, STORED, self._store.kind, 0, self._clock(), detail="superseded")
+            )
+            return True
         attempts = answered = waits = 0
         while True:
             attempts += 1
@@ -358,6 +371,7 @@ class Gateway:
                     delivery.blob.sha256,
                     delivery.instance.study_instance_uid,
                     stored_at,
+                    version=version,
                 )
                 recorded = self._state_written(record, stop, tp)
                 if not recorded:

@@ -27,7 +27,9 @@ from tools.devstack import ManagedProcess, start_process
 from tools.feed_backlog import backlog
 
 Answer = Callable[[str, int], int]  # (SOP Instance UID, attempt, from 1) -> C-STORE status
-DONE = re.compile(r"^done: stored (\d+), duplicates \d+, retried (\d+), dead-lettered (\d+)", re.MULTILINE)
+DONE = re.compile(
+    r"^done: stored (\d+), duplicates \d+, superseded \d+, retried (\d+), dead-lettered (\d+)", re.MULTILINE
+)
 
 
 @contextmanager

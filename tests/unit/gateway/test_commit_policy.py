@@ -175,11 +175,11 @@ def test_a_full_state_disk_after_the_pacs_stored_is_waited_for_not_a_crash_and_a
     class FullForAWhile(StoredRecords):
         refusals = 2
 
-        def add(self, delivery_id: str, sha256: str, study: str, stored_at_ms: int) -> None:
+        def add(self, *args: Any, **kwargs: Any) -> None:
             if self.refusals:
                 self.refusals -= 1
                 raise sqlite3.OperationalError("database or disk is full")
-            super().add(delivery_id, sha256, study, stored_at_ms)
+            super().add(*args, **kwargs)
 
     stop = threading.Event()
     records = FullForAWhile(tmp_path / "stored.sqlite3")

@@ -1,0 +1,114 @@
+"""An instance's original and its correction on different priority lanes: the gateway stores whichever
+is newer (by ingest) and does not put the older content back over it when that comes last."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from kafka.structs import TopicPartition
+
+from services.common.events import EVENT_TYPE_HEADER
+from services.gateway.fetched import Fetched
+from services.gateway.records import DeadLetters, StoredRecords
+from services.gateway.targets import StoreResult
+from services.gateway.worker import Gateway, GatewayOptions
+from services.proto_gen.imx.v1 import events_pb2
+
+from .fake_consumer import FEED, FakeFeed, Record
+
+
+def _send(delivery_id: str, ingested_at_ms: int, sha: str) -> events_pb2.PartnerDelivery:
+    delivery = events_pb2.PartnerDelivery(
+        meta=events_pb2.EventMeta(event_id=delivery_id, ingested_at_ms=ingested_at_ms), partner_id="p"
+    )
+    delivery.instance.study_instance_uid = "2.25.1"
+    delivery.instance.series_instance_uid = "2.25.1.1"
+    delivery.instance.sop_instance_uid = "2.25.1.1.1"
+    delivery.blob.sha256, delivery.blob.size = sha * 64, 1
+    return delivery
+
+
+class Sends(FakeFeed):
+    def __init__(self, sends: list[events_pb2.PartnerDelivery], stop: threading.Event) -> None:
+        super().__init__(len(sends), stop)
+        self._sends = sends
+
+    def poll(self, timeout_ms: int, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
+        polled = super().poll(timeout_ms, max_records)
+        return {
+            tp: [
+                Record(r.offset, [(EVENT_TYPE_HEADER, b"PartnerDelivery")], self._sends[r.offset].SerializeToString())
+                for r in records
+            ]
+            for tp, records in polled.items()
+        }
+
+
+class _Acknowledged:
+    def get(self, timeout: float | None = None) -> None:
+        pass
+
+
+class Receipts:
+    def __init__(self) -> None:
+        self.sent: list[events_pb2.DeliveryReceipt] = []
+
+    def send(self, topic: str, value: bytes, **kwargs: Any) -> _Acknowledged:
+        self.sent.append(events_pb2.DeliveryReceipt.FromString(value))
+        return _Acknowledged()
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
+class Pacs:
+    kind = "dicom"
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    def store(self, source: Fetched, delivery: events_pb2.PartnerDelivery) -> StoreResult:
+        self.stored.append(delivery.blob.sha256[0])
+        return StoreResult.stored("0x0000")
+
+
+class InMemory:
+    def fetch(self, delivery: events_pb2.PartnerDelivery) -> Fetched:
+        return Fetched(data=b"x")
+
+
+def _run(tmp_path: Path, sends: list[events_pb2.PartnerDelivery]) -> tuple[list[str], list[tuple[str, str]], Any]:
+    stop = threading.Event()
+    receipts, pacs = Receipts(), Pacs()
+    options = GatewayOptions(receipts_topic="r", commit_interval_s=0.0, fetch_ahead=0)
+    gateway = Gateway(
+        Sends(sends, stop),  # type: ignore[arg-type]
+        receipts,  # type: ignore[arg-type]
+        InMemory(),  # type: ignore[arg-type]
+        pacs,  # type: ignore[arg-type]
+        StoredRecords(tmp_path / "stored.sqlite3"),
+        DeadLetters(tmp_path / "dead-letters"),
+        options,
+    )
+    gateway.subscribe(FEED)
+    counters = gateway.run(stop)
+    return pacs.stored, [(r.delivery_id, r.detail) for r in receipts.sent], counters
+
+
+def test_an_older_send_that_comes_after_its_correction_is_not_stored_over_it(tmp_path: Path) -> None:
+    stored, receipts, counters = _run(tmp_path, [_send("fix", 2_000, "c"), _send("orig", 1_000, "a")])
+    assert stored == ["c"], "the PACS keeps the correction"
+    assert receipts == [("fix", "0x0000"), ("orig", "superseded")]
+    assert counters.superseded == 1 and "superseded 1" in counters.line()
+
+
+def test_sends_in_their_order_are_each_stored(tmp_path: Path) -> None:
+    stored, _, counters = _run(tmp_path, [_send("orig", 1_000, "a"), _send("fix", 2_000, "c")])
+    assert stored == ["a", "c"] and counters.superseded == 0
+
+
+def test_deliveries_without_an_ingest_time_are_stored_as_they_come(tmp_path: Path) -> None:
+    stored, _, _ = _run(tmp_path, [_send("fix", 0, "c"), _send("orig", 0, "a")])
+    assert stored == ["c", "a"]
