@@ -14,6 +14,11 @@ from services.proto_gen.imx.v1 import events_pb2
 
 MAX_ID_CHARS = 128  # imx's event ids are 32 hex characters
 
+# The detail of a gateway's STORED receipt for a delivery it settled without storing: the partner's
+# target holds a newer send of the instance (services/gateway/records.py `send_action`). Delivery marks
+# nothing by it.
+SUPERSEDED = "superseded"
+
 
 class MalformedReceipt(PermanentError):
     """A receipt whose UIDs or ids are not what a gateway writes (names the field, never its value)."""

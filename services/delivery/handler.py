@@ -15,7 +15,7 @@ from collections.abc import Callable
 from services.common.events import derived_meta, event_message, now_ms
 from services.common.lanes import lane_for
 from services.common.messages import IncomingMessage, OutgoingMessage
-from services.common.partner_receipts import check_receipt
+from services.common.partner_receipts import SUPERSEDED, check_receipt
 from services.common.quarantine_events import UNKNOWN_PARTNER, quarantined
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance, StoredReceipt
@@ -147,7 +147,8 @@ def stored_receipt(receipt: events_pb2.DeliveryReceipt, partner_id: str) -> Stor
     """What a gateway's receipt changes in the delivery record (None: nothing, e.g. a retry notice).
     The partner is the owner of the receipts topic, never what the payload says."""
     status = _RECEIPT_STATUS.get(receipt.status)
-    if status is None or not receipt.instance.sop_instance_uid:
+    if status is None or not receipt.instance.sop_instance_uid or receipt.detail == SUPERSEDED:
+        # Superseded: the gateway did not store that delivery (it holds a newer send of the instance).
         return None
     check_receipt(receipt)
     return StoredReceipt(

@@ -230,7 +230,7 @@ class CentralGateways:
         return StatusSnapshot(
             service="gateways",
             paused=False,
-            processed=sum(c.stored + c.duplicates + c.skipped for c in counters),
+            processed=sum(c.stored + c.duplicates + c.superseded + c.skipped for c in counters),
             failed=sum(c.dead_lettered for c in counters),
             throughput_per_s=0.0,
             lag={},

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.events import EVENT_TYPE_HEADER, event_id
+from services.common.partner_receipts import SUPERSEDED
 from services.proto_gen.imx.v1 import events_pb2
 
 STORED = events_pb2.STORE_STATUS_STORED
@@ -53,6 +54,17 @@ def instance_receipt(
         attempts=attempts,
         stored_at_ms=stored_at_ms,
     )
+
+
+def superseded_receipt(
+    delivery: events_pb2.PartnerDelivery, target_kind: str, now_ms: int
+) -> events_pb2.DeliveryReceipt:
+    """STORED with detail SUPERSEDED: the gateway settled the delivery without storing it, the target
+    holding a newer send of the instance. Its id is its own, so a later real store of the same delivery
+    (sent again newer still) is not taken for its replay; delivery marks nothing by it."""
+    receipt = instance_receipt(delivery, STORED, target_kind, 0, now_ms, detail=SUPERSEDED)
+    receipt.meta.event_id = event_id("receipt", delivery.meta.event_id, _STATUS_WORD[STORED], SUPERSEDED)
+    return receipt
 
 
 def study_receipt(

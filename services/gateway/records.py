@@ -18,6 +18,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 
 from services.common.blob_store import fsync_directory, replace_atomically
@@ -51,6 +52,26 @@ class InstanceVersion:
         instance = f"{i.study_instance_uid}/{i.series_instance_uid}/{i.sop_instance_uid}"
         return cls(instance, delivery.meta.ingested_at_ms, delivery.meta.event_id)
 
+    def newer_than(self, other: InstanceVersion) -> bool:
+        return (self.ingested_at_ms, self.delivery_id) > (other.ingested_at_ms, other.delivery_id)
+
+
+class SendAction(Enum):
+    STORE = "store"
+    DUPLICATE = "duplicate"  # this delivery's object is what the target holds: not sent again
+    SUPERSEDED = "superseded"  # a newer send of the instance is what the target holds: not stored over it
+
+
+def send_action(version: InstanceVersion | None, newest: InstanceVersion | None, stored_before: bool) -> SendAction:
+    """What to do with a delivery: `version` its send of the instance (None: no ingest time), `newest`
+    the newest send of the instance stored here (None: none recorded), `stored_before` whether this
+    delivery's object was stored here before. A delivery stored before, then stored over by a newer
+    send, and now sent again newer still (ingest re-publishes an event under its id, with the new
+    send's time), is stored again: the target holds the other one."""
+    if version is None or newest is None or newest.delivery_id == version.delivery_id:
+        return SendAction.DUPLICATE if stored_before else SendAction.STORE
+    return SendAction.SUPERSEDED if newest.newer_than(version) else SendAction.STORE
+
 
 class StoredRecords:
     def __init__(self, path: Path) -> None:
@@ -78,25 +99,40 @@ class StoredRecords:
                 "INSERT OR REPLACE INTO stored VALUES (?, ?, ?, ?)", (delivery_id, sha256, study, stored_at_ms)
             )
             if version is not None:
-                self._db.execute(
-                    "INSERT INTO versions VALUES (?, ?, ?, ?) ON CONFLICT (instance) DO UPDATE SET"
-                    " ingested_at_ms = excluded.ingested_at_ms, delivery_id = excluded.delivery_id,"
-                    " stored_at_ms = excluded.stored_at_ms"
-                    " WHERE (excluded.ingested_at_ms, excluded.delivery_id) > (ingested_at_ms, delivery_id)",
-                    (version.instance, version.ingested_at_ms, version.delivery_id, stored_at_ms),
-                )
+                self._note(version, stored_at_ms, stored_over=True)
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite rolls back itself on some errors (a full disk)
+                self._db.execute("ROLLBACK")
             raise
 
-    def newer_stored(self, version: InstanceVersion) -> int | None:
-        """When a newer send of the same instance was stored (None: none was)."""
+    def note_send(self, version: InstanceVersion) -> None:
+        """A delivery stored here before, sent again with a later ingest time: the instance's newest send
+        is as new as that (the target holds its object)."""
+        self._note(version, 0, stored_over=False)
+
+    def _note(self, version: InstanceVersion, stored_at_ms: int, stored_over: bool) -> None:
+        # Stored over the target's object: this send is what it holds now, whatever was recorded. Sent
+        # again: only a later time for the send recorded.
+        condition = "true" if stored_over else "versions.delivery_id = excluded.delivery_id"
+        self._db.execute(
+            "INSERT INTO versions VALUES (?, ?, ?, ?) ON CONFLICT (instance) DO UPDATE SET"
+            " ingested_at_ms = max(excluded.ingested_at_ms,"
+            " CASE WHEN versions.delivery_id = excluded.delivery_id THEN versions.ingested_at_ms ELSE 0 END),"
+            " delivery_id = excluded.delivery_id,"
+            " stored_at_ms = CASE WHEN excluded.stored_at_ms > 0"
+            " THEN excluded.stored_at_ms ELSE versions.stored_at_ms END"
+            f" WHERE {condition}",
+            (version.instance, version.ingested_at_ms, version.delivery_id, stored_at_ms),
+        )
+
+    def newest(self, instance: str) -> InstanceVersion | None:
+        """The newest send of the instance stored here (None: none recorded, e.g. stored by an earlier
+        release, which kept no sends)."""
         row = self._db.execute(
-            "SELECT stored_at_ms FROM versions WHERE instance = ? AND (ingested_at_ms, delivery_id) > (?, ?)",
-            (version.instance, version.ingested_at_ms, version.delivery_id),
+            "SELECT ingested_at_ms, delivery_id FROM versions WHERE instance = ?", (instance,)
         ).fetchone()
-        return int(row[0]) if row else None
+        return InstanceVersion(instance, int(row[0]), str(row[1])) if row else None
 
     def stored(self, delivery_id: str) -> tuple[str, int] | None:
         """(sha256, stored_at_ms) of a delivery this gateway stored, None when it did not."""

@@ -19,8 +19,16 @@ from services.common.started_objects import freeze_started_objects
 from services.common.topics import Topics
 from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
-from services.gateway.receipts import STORED, instance_receipt, receipt_record
-from services.gateway.records import DeadLetter, DeadLetters, StoredRecords, UnreadableDeadLetter
+from services.gateway.receipts import STORED, instance_receipt, receipt_record, superseded_receipt
+from services.gateway.records import (
+    DeadLetter,
+    DeadLetters,
+    InstanceVersion,
+    SendAction,
+    StoredRecords,
+    UnreadableDeadLetter,
+    send_action,
+)
 from services.gateway.targets import Store, Target, open_store
 from services.gateway.worker import Counters, Gateway, GatewayOptions, attempt_once, state_paths
 
@@ -192,18 +200,33 @@ def replay_dead_letters(
                 continue
             delivery = letter.delivery()
             earlier = records.stored(letter.delivery_id)
-            if earlier is not None and earlier[0] == delivery.blob.sha256:
+            version = InstanceVersion.of(delivery)
+            newest = records.newest(version.instance) if version is not None else None
+            action = send_action(version, newest, earlier is not None and earlier[0] == delivery.blob.sha256)
+            if action is SendAction.DUPLICATE:
                 # Stored after it was dead-lettered (read again after a kill, before its offset was
                 # committed); its STORED receipt went out then. Not sent to the target a second time.
                 dead_letters.remove(letter.delivery_id)
                 outcomes.append(ReplayOutcome(letter.delivery_id, True, "already-stored"))
+                continue
+            if action is SendAction.SUPERSEDED:
+                # A newer send of the instance was stored since it was dead-lettered: not put back over it.
+                if producer is not None:
+                    receipt = superseded_receipt(delivery, store.kind, now_ms())
+                    producer.send(settings.topics.receipts(settings.partner_id), **receipt_record(receipt)).get(
+                        timeout=60
+                    )
+                dead_letters.remove(letter.delivery_id)
+                outcomes.append(ReplayOutcome(letter.delivery_id, True, "superseded"))
                 continue
             result, _refused = attempt_once(fetcher, store, delivery)
             outcomes.append(ReplayOutcome(letter.delivery_id, result.ok, result.status_detail))
             if not result.ok:
                 continue
             stored_at = now_ms()
-            records.add(letter.delivery_id, delivery.blob.sha256, delivery.instance.study_instance_uid, stored_at)
+            records.add(
+                letter.delivery_id, delivery.blob.sha256, delivery.instance.study_instance_uid, stored_at, version
+            )
             if producer is not None:
                 receipt = instance_receipt(
                     delivery, STORED, store.kind, letter.attempts + 1, stored_at, result.status_detail, stored_at

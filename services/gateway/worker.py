@@ -64,8 +64,16 @@ from services.gateway.receipts import (
     instance_receipt,
     receipt_record,
     study_receipt,
+    superseded_receipt,
 )
-from services.gateway.records import DeadLetters, InstanceVersion, StoredRecords, safe_delivery_id
+from services.gateway.records import (
+    DeadLetters,
+    InstanceVersion,
+    SendAction,
+    StoredRecords,
+    safe_delivery_id,
+    send_action,
+)
 from services.gateway.targets import ABORTED, Store, StoreResult
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -335,9 +343,14 @@ class Gateway:
     ) -> bool:
         delivery_id = delivery.meta.event_id
         earlier = self._records.stored(delivery_id)
-        if earlier is not None and earlier[0] == delivery.blob.sha256:
+        version = InstanceVersion.of(delivery)
+        newest = self._records.newest(version.instance) if version is not None else None
+        action = send_action(version, newest, earlier is not None and earlier[0] == delivery.blob.sha256)
+        if action is SendAction.DUPLICATE and earlier is not None:
             # Stored before a crash or a rebalance; its receipt may not have been acknowledged, and
             # the same receipt again (same id) is harmless.
+            if version is not None:
+                self._records.note_send(version)
             self.counters.duplicates += 1
             self._send_receipt(
                 instance_receipt(
@@ -345,16 +358,13 @@ class Gateway:
                 )
             )
             return True
-        version = InstanceVersion.of(delivery)
-        newer_at = self._records.newer_stored(version) if version is not None else None
-        if newer_at is not None:
+        if action is SendAction.SUPERSEDED:
             # The original and its correction took different priority lanes and the original came last:
-            # storing it would put the old content back over the new. Its receipt says so; delivery
-            # finds no current delivery of that id to mark (it holds the newer one).
+            # storing it would put the old content back over the new. Its receipt says so (delivery marks
+            # nothing by it: the partner does not hold this delivery's object).
+            self._dead_letters.settle(delivery_id)
             self.counters.superseded += 1
-            self._send_receipt(
-                instance_receipt(delivery, STORED, self._store.kind, 0, self._clock(), detail="superseded")
-            )
+            self._send_receipt(superseded_receipt(delivery, self._store.kind, self._clock()))
             return True
         attempts = answered = waits = 0
         while True:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from services.cli.gateway import _sign_in_failed
 from services.cli.main import app
-from services.gateway.records import DeadLetters, StoredRecords, UnreadableDeadLetter
+from services.gateway.records import DeadLetters, InstanceVersion, StoredRecords, UnreadableDeadLetter
 from services.gateway.worker import state_paths
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -97,3 +97,23 @@ def test_a_mistyped_state_folder_is_not_an_all_clear_and_an_unknown_protocol_is_
     args = ["--partner", "p", "--target", f"file://{tmp_path}", "--bootstrap", "127.0.0.1:9", "--dicomweb-key", "k"]
     odd = runner.invoke(app, ["gateway", "run", *args, "--security-protocol", "SASL_TLS"])
     assert odd.exit_code == 2 and "SASL_SSL" in odd.output  # said at once, not after a 10 s sign-in wait
+
+
+def test_replay_does_not_put_an_older_send_back_over_its_correction(tmp_path: Path) -> None:
+    """Dead-lettered, then its correction (a newer send of the same instance) was stored: a replay of the
+    original would put the old content back over the new."""
+    _incoming, records_path, folder = state_paths(tmp_path / "state")
+    original = _delivery("d1")
+    original.meta.ingested_at_ms = 1_000
+    original.instance.series_instance_uid, original.instance.sop_instance_uid = "1.2.3.1", "1.2.3.1.1"
+    DeadLetters(folder).put(original, "dimse-a700", 10, "file", 1)
+    records = StoredRecords(records_path)
+    records.add("fix", "cd" * 32, "1.2.3", 2, InstanceVersion("1.2.3/1.2.3.1/1.2.3.1.1", 2_000, "fix"))
+    records.close()
+    target = tmp_path / "target"
+    target.mkdir()
+    args = ["gateway", "dead-letters", "replay", "--all", "--state-dir", str(tmp_path / "state")]
+    result = runner.invoke(app, [*args, "--target", f"file://{target}", "--dicomweb-key", "k"])
+    assert result.exit_code == 0, result.output
+    assert "superseded" in result.output
+    assert list(DeadLetters(folder)) == [] and list(target.iterdir()) == []

@@ -7,11 +7,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kafka.structs import TopicPartition
 
 from services.common.events import EVENT_TYPE_HEADER
 from services.gateway.fetched import Fetched
-from services.gateway.records import DeadLetters, StoredRecords
+from services.gateway.records import DeadLetters, InstanceVersion, SendAction, StoredRecords, send_action
 from services.gateway.targets import StoreResult
 from services.gateway.worker import Gateway, GatewayOptions
 from services.proto_gen.imx.v1 import events_pb2
@@ -112,3 +113,56 @@ def test_sends_in_their_order_are_each_stored(tmp_path: Path) -> None:
 def test_deliveries_without_an_ingest_time_are_stored_as_they_come(tmp_path: Path) -> None:
     stored, _, _ = _run(tmp_path, [_send("fix", 0, "c"), _send("orig", 0, "a")])
     assert stored == ["c", "a"]
+
+
+def test_a_send_published_again_newer_than_the_correction_is_stored_over_it(tmp_path: Path) -> None:
+    """Ingest publishes an event again under its id, with the new send's time, when its mark was lost:
+    the original sent again after its correction is the newest, as delivery has it, and is stored, once
+    as a repeat of what the target held and once after the correction had been stored over it."""
+    stored, receipts, _ = _run(
+        tmp_path, [_send("fix", 2_000, "c"), _send("orig", 1_000, "a"), _send("orig", 3_000, "a")]
+    )
+    assert stored == ["c", "a"]
+    assert receipts == [("fix", "0x0000"), ("orig", "superseded"), ("orig", "0x0000")]
+    again, _, _ = _run(tmp_path / "b", [_send("orig", 1_000, "a"), _send("fix", 2_000, "c"), _send("orig", 3_000, "a")])
+    assert again == ["a", "c", "a"], "the target held the correction: the original goes over it again"
+
+
+def test_a_repeat_of_the_newest_send_with_a_later_time_makes_it_newer_still(tmp_path: Path) -> None:
+    stored, receipts, _ = _run(
+        tmp_path, [_send("orig", 1_000, "a"), _send("orig", 3_000, "a"), _send("fix", 2_000, "c")]
+    )
+    assert stored == ["a"] and receipts == [("orig", "0x0000"), ("orig", "duplicate"), ("fix", "superseded")]
+
+
+def test_a_superseded_receipt_has_an_id_of_its_own_and_marks_nothing_at_delivery() -> None:
+    from services.delivery.handler import stored_receipt
+    from services.gateway.receipts import STORED, instance_receipt, superseded_receipt
+
+    send = _send("orig", 1_000, "a")
+    superseded = superseded_receipt(send, "dicom", 5)
+    assert superseded.meta.event_id != instance_receipt(send, STORED, "dicom", 1, 5).meta.event_id
+    assert stored_receipt(superseded, "p") is None
+    assert stored_receipt(instance_receipt(send, STORED, "dicom", 1, 5), "p") is not None
+
+
+@pytest.mark.parametrize(
+    ("newest", "stored_before", "action"),
+    [
+        (None, False, SendAction.STORE),
+        (None, True, SendAction.DUPLICATE),
+        (("orig", 1_000), True, SendAction.DUPLICATE),
+        (("fix", 2_000), False, SendAction.SUPERSEDED),
+        (("fix", 2_000), True, SendAction.SUPERSEDED),
+        (("fix", 500), False, SendAction.STORE),
+        (("fix", 500), True, SendAction.STORE),  # stored before, then stored over: the target holds "fix"
+        (("zzz", 1_000), False, SendAction.SUPERSEDED),  # the same ingest time: the greater delivery id
+    ],
+)
+def test_what_a_gateway_does_with_a_send(
+    newest: tuple[str, int] | None, stored_before: bool, action: SendAction
+) -> None:
+    version = InstanceVersion("i", 1_000, "orig")
+    recorded = InstanceVersion("i", newest[1], newest[0]) if newest else None
+    assert send_action(version, recorded, stored_before) is action
+    assert send_action(None, recorded, stored_before) is (SendAction.DUPLICATE if stored_before else SendAction.STORE)
