@@ -44,8 +44,8 @@ class AuditEvent(BaseModel):
     stage: str | None = Field(None, description="stage that quarantined or dead-lettered the instance")
     status: str | None = Field(
         None,
-        description="delivered, failed, quarantined, dead-lettered; on receipts stored, failed, dead_lettered, "
-        "study_complete, study_incomplete; on retrievals the HTTP status",
+        description="delivered, failed, quarantined, dead-lettered; on receipts stored, superseded, failed, "
+        "dead_lettered, study_complete, study_incomplete; on retrievals the HTTP status",
     )
     reason: str | None = Field(None, description="machine-readable reason (quarantine reason, error type)")
     detail: str | None = Field(None, description="machine-readable detail, never PHI")

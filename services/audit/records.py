@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 
 from services.common.events import EVENT_TYPE_HEADER, event_id
 from services.common.messages import IncomingMessage, PermanentError
-from services.common.partner_receipts import check_receipt
+from services.common.partner_receipts import SUPERSEDED, check_receipt
 from services.common.topics import Topics
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -306,6 +306,10 @@ def _fill_receipt(record: AuditRecord, event: Any, topic: str, topics: Topics) -
     record["_id"] = f"receipt:{partner}:{event.meta.event_id}"
     record["causation_id"] = event.delivery_id or record["causation_id"]
     record["status"] = store_status_name(event.status)
+    if event.status == events_pb2.STORE_STATUS_STORED and event.detail == SUPERSEDED:
+        # Settled without storing: the partner holds a newer send of the instance. Not a store (no
+        # turnaround, no "stored" in the trail), nor a failure.
+        record["status"] = "superseded"
     record["stage"] = "gateway"
     recorded = record["recorded_at"]
     claimed = event.stored_at_ms or event.meta.occurred_at_ms

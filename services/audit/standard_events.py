@@ -176,7 +176,7 @@ def study_objects(record: AuditRecord) -> tuple[ParticipantObject, ...]:
 
 
 def _failed_outcome(status: str | None) -> int:
-    if status in {"delivered", "stored", "study_complete"}:
+    if status in {"delivered", "stored", "superseded", "study_complete"}:
         return SUCCESS
     if status in {"failed", "study_incomplete"}:
         return MINOR_FAILURE  # retried, or a manifest still waiting for instances

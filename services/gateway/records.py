@@ -44,13 +44,11 @@ class InstanceVersion:
     delivery_id: str
 
     @classmethod
-    def of(cls, delivery: events_pb2.PartnerDelivery) -> InstanceVersion | None:
-        """None for a delivery without an ingest time (made before deliveries carried one): unordered."""
-        if delivery.meta.ingested_at_ms <= 0:
-            return None
+    def of(cls, delivery: events_pb2.PartnerDelivery) -> InstanceVersion:
+        """A delivery without an ingest time is older than every one with one, as delivery has it."""
         i = delivery.instance
         instance = f"{i.study_instance_uid}/{i.series_instance_uid}/{i.sop_instance_uid}"
-        return cls(instance, delivery.meta.ingested_at_ms, delivery.meta.event_id)
+        return cls(instance, max(0, delivery.meta.ingested_at_ms), delivery.meta.event_id)
 
     def newer_than(self, other: InstanceVersion) -> bool:
         return (self.ingested_at_ms, self.delivery_id) > (other.ingested_at_ms, other.delivery_id)

@@ -201,7 +201,7 @@ def replay_dead_letters(
             delivery = letter.delivery()
             earlier = records.stored(letter.delivery_id)
             version = InstanceVersion.of(delivery)
-            newest = records.newest(version.instance) if version is not None else None
+            newest = records.newest(version.instance)
             action = send_action(version, newest, earlier is not None and earlier[0] == delivery.blob.sha256)
             if action is SendAction.DUPLICATE:
                 # Stored after it was dead-lettered (read again after a kill, before its offset was

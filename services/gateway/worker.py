@@ -344,13 +344,13 @@ class Gateway:
         delivery_id = delivery.meta.event_id
         earlier = self._records.stored(delivery_id)
         version = InstanceVersion.of(delivery)
-        newest = self._records.newest(version.instance) if version is not None else None
+        newest = self._records.newest(version.instance)
         action = send_action(version, newest, earlier is not None and earlier[0] == delivery.blob.sha256)
         if action is SendAction.DUPLICATE and earlier is not None:
             # Stored before a crash or a rebalance; its receipt may not have been acknowledged, and
             # the same receipt again (same id) is harmless.
-            if version is not None:
-                self._records.note_send(version)
+            if newest is not None and version.ingested_at_ms > newest.ingested_at_ms:
+                self._note_send(version)
             self.counters.duplicates += 1
             self._send_receipt(
                 instance_receipt(
@@ -418,6 +418,14 @@ class Gateway:
             self._on_progress(self.counters)
             if not self._wait(delay, stop, tp):
                 return False
+
+    def _note_send(self, version: InstanceVersion) -> None:
+        """Record a repeat's later ingest time. Only the order of sends to come depends on it, so a state
+        folder that cannot be written now (a full or read-only disk) costs that, not the gateway."""
+        try:
+            self._records.note_send(version)
+        except sqlite3.Error as error:
+            log.warning("the state folder could not record a send's later time: %s", type(error).__name__)
 
     def _dead_letter(
         self,

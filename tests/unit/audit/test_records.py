@@ -227,12 +227,13 @@ def test_every_priority_lane_of_a_pipeline_topic_has_its_event_type() -> None:
         assert event_type_for(topic, {}, TOPICS) == EventType.PREPARED, topic
 
 
-def _receipt(stored_at_ms: int, ingested_at_ms: int = T0_MS, occurred_at_ms: int = 0) -> dict:
+def _receipt(stored_at_ms: int, ingested_at_ms: int = T0_MS, occurred_at_ms: int = 0, detail: str = "") -> dict:
     event = pb.DeliveryReceipt(
         meta=pb.EventMeta(event_id="r1", occurred_at_ms=occurred_at_ms, ingested_at_ms=ingested_at_ms),
         instance=INSTANCE.ref(),
         status=pb.STORE_STATUS_STORED,
         stored_at_ms=stored_at_ms,
+        detail=detail,
     )
     message = IncomingMessage(
         TOPICS.receipts("research-a"), 0, 0, b"k", event.SerializeToString(), {}, timestamp_ms=stored_at_ms
@@ -310,3 +311,10 @@ def test_a_partners_odd_study_receipt_text_does_not_break_the_trail(detail: str)
     trail = build_trail(INSTANCE.study, records)
     assert trail is not None
     status_reply(INSTANCE.study, trail)
+
+
+def test_a_send_the_gateway_superseded_is_recorded_as_such_not_as_a_store() -> None:
+    """The partner holds a newer send of the instance: no turnaround, no "stored" in the trail."""
+    stored = int(NOW.timestamp() * 1000) - 3_600_000
+    assert _receipt(stored, ingested_at_ms=stored - 5_000, detail="superseded")["status"] == "superseded"
+    assert _receipt(stored, ingested_at_ms=stored - 5_000, detail="0x0000")["status"] == "stored"

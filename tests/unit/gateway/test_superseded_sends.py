@@ -3,6 +3,7 @@ is newer (by ingest) and does not put the older content back over it when that c
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,9 @@ class InMemory:
         return Fetched(data=b"x")
 
 
-def _run(tmp_path: Path, sends: list[events_pb2.PartnerDelivery]) -> tuple[list[str], list[tuple[str, str]], Any]:
+def _run(
+    tmp_path: Path, sends: list[events_pb2.PartnerDelivery], records: StoredRecords | None = None
+) -> tuple[list[str], list[tuple[str, str]], Any]:
     stop = threading.Event()
     receipts, pacs = Receipts(), Pacs()
     options = GatewayOptions(receipts_topic="r", commit_interval_s=0.0, fetch_ahead=0)
@@ -89,7 +92,7 @@ def _run(tmp_path: Path, sends: list[events_pb2.PartnerDelivery]) -> tuple[list[
         receipts,  # type: ignore[arg-type]
         InMemory(),  # type: ignore[arg-type]
         pacs,  # type: ignore[arg-type]
-        StoredRecords(tmp_path / "stored.sqlite3"),
+        records or StoredRecords(tmp_path / "stored.sqlite3"),
         DeadLetters(tmp_path / "dead-letters"),
         options,
     )
@@ -110,9 +113,25 @@ def test_sends_in_their_order_are_each_stored(tmp_path: Path) -> None:
     assert stored == ["a", "c"] and counters.superseded == 0
 
 
-def test_deliveries_without_an_ingest_time_are_stored_as_they_come(tmp_path: Path) -> None:
-    stored, _, _ = _run(tmp_path, [_send("fix", 0, "c"), _send("orig", 0, "a")])
+def test_a_delivery_without_an_ingest_time_is_older_than_any_with_one(tmp_path: Path) -> None:
+    """As delivery orders them: among those without, the greater delivery id is the newer."""
+    stored, _, counters = _run(tmp_path, [_send("fix", 5, "c"), _send("orig", 0, "a"), _send("fix", 5, "c")])
+    assert stored == ["c"] and counters.superseded == 1
+    stored, _, _ = _run(tmp_path / "b", [_send("fix", 0, "c"), _send("orig", 0, "a")])
     assert stored == ["c", "a"]
+
+
+def test_a_repeat_the_state_folder_cannot_record_is_still_settled(tmp_path: Path) -> None:
+    """A repeat with a later ingest time records it; a full or read-only state disk costs that only."""
+
+    class ReadOnly(StoredRecords):
+        def note_send(self, version: InstanceVersion) -> None:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    stored, receipts, counters = _run(
+        tmp_path, [_send("orig", 1_000, "a"), _send("orig", 3_000, "a")], ReadOnly(tmp_path / "ro.sqlite3")
+    )
+    assert stored == ["a"] and counters.duplicates == 1 and receipts[-1] == ("orig", "duplicate")
 
 
 def test_a_send_published_again_newer_than_the_correction_is_stored_over_it(tmp_path: Path) -> None:
