@@ -19,6 +19,7 @@ from pymongo import MongoClient
 
 from services.common.settings import DAY_MS
 from services.delivery.delivered import INSTANCES, DeliveredInstance, DeliveredObjects, StoredReceipt
+from services.delivery.purge_state import PurgeState
 from services.delivery.record_retention import purge_records
 
 BATCH = 200
@@ -74,7 +75,9 @@ def main() -> None:
             assert owed == scanned, "the flag and the scan disagree"
             print(f"owed {len(owed):,}: by the flag {flag_s * 1000:,.0f} ms, by the scan {scan_s * 1000:,.0f} ms")
         began, cpu = time.perf_counter(), time.process_time()
-        forgotten, kept = purge_records(delivered, RETENTION_DAYS, lambda: (DAY0 + RETENTION_DAYS + 1) * DAY_MS)
+        forgotten, kept = purge_records(
+            delivered, PurgeState(db), RETENTION_DAYS, lambda: (DAY0 + RETENTION_DAYS + 1) * DAY_MS
+        )
         took_s = time.perf_counter() - began
         left = db[INSTANCES].count_documents({})
         print(

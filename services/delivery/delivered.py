@@ -1,6 +1,6 @@
 """What each partner was sent: the index behind its DICOMweb retrieval and its study manifests.
 
-Two collections, both keyed so that every question is an `_id` lookup (fast on any Mongo-wire server):
+Collections keyed so that nearly every question is an `_id` lookup (fast on any Mongo-wire server):
 - `delivered_instances`, `_id = "<partner>/<study>/<series>/<sop>"` (UIDs as delivered): one per
   instance, what WADO-RS needs to find and check the object. `owed: true` while no gateway has reported
   it stored (OWED): the retention watch and the blob collection ask for that equality, which an index
@@ -8,9 +8,10 @@ Two collections, both keyed so that every question is an `_id` lookup (fast on a
   FerretDB 1.24 answered by reading every delivery ever recorded. Deliveries recorded without the flag (by
   an earlier release) are flagged by a scan at most a day apart (`flag_unflagged`).
 - `delivered_studies`, `_id = "<partner>/<study>"`: the ids of the study's manifest pages and when
-  its last instance was delivered; `delivered_pages`, `_id = "<partner>/<study>#<page>"`: one
-  immutable page per batch that delivered part of the study (a replayed batch names the same page;
-  readers drop an instance listed twice).
+  its last instance was delivered (and on which day, LAST_DAY: the record purge's equality,
+  record_retention.py); `delivered_pages`, `_id = "<partner>/<study>#<page>"`: one immutable page per
+  batch that delivered part of the study (a replayed batch names the same page; readers drop an
+  instance listed twice).
 - `pending_studies`, `_id = "<partner>/<study>"`: studies that had a delivery since their last
   StudyComplete; small (only studies in flight), so the completeness sweep reads it whole.
 - `delivery_receipts`, `_id` = a hash of its entries: one page per consumed batch of the gateways'
@@ -21,6 +22,8 @@ Two collections, both keyed so that every question is an `_id` lookup (fast on a
   of the whole document each (~1.2-2.3 ms of FerretDB and PostgreSQL CPU per receipt against ~0.2 ms
   as pages, measured apart); folded later, the same updates run in bulk away from it, and a page
   replayed after a crash is the same page.
+- `delivered_flags`: when deliveries without the owed flag were last looked for (and the record
+  purge's lease and progress, purge_state.py, whose held studies are in `delivered_held`).
 
 Tried and not kept (2026-12-04): leaving each batch's page in a small `pending_pages` collection and
 folding the pages into the study documents every few seconds, so a batch costs two inserts instead of
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -67,11 +69,8 @@ OWED = "owed"
 FLAG_SWEEP_S = 24 * 3600.0
 _SWEPT = "owed-swept"
 # A study's last day of deliveries (days since the epoch, UTC), an equality the record purge asks for
-# through an index (`ensure_indexes`), and the last day the purge has finished (in FLAGS).
+# through an index (`ensure_indexes`).
 LAST_DAY = "last_day"
-_PURGED = "records-purged-through"
-_PURGE_LEASE = "records-purge-lease"
-HELD = "delivered_held"  # studies the purge kept because they were owed, looked at again each run
 BACKFILL_CHUNK = 1000
 # What `forget_study` did.
 FORGOTTEN, OWED_STUDY, MOVED = "forgotten", "owed", "moved"
@@ -150,8 +149,6 @@ class DeliveredObjects:
         self._db = db
         self._flag_sweep_ms = int(flag_sweep_s * 1000)
         self._flags = db[FLAGS]
-        self._held = db[HELD]
-        self._holder = uuid.uuid4().hex  # this object's name on the record purge's lease
         self._instances = db[INSTANCES]
         self._partners = PartnerStore(db)  # removed partners are owed nothing any more
         self._studies = db[STUDIES]
@@ -421,37 +418,6 @@ class DeliveredObjects:
 
     def retired_partners(self) -> frozenset[str]:
         return frozenset(self._partners.retired_ids())
-
-    def held_studies(self) -> list[tuple[str, str, int]]:
-        """(partner, study, day) of the studies a purge kept because they were owed (small: only those)."""
-        return [(d["partner_id"], d["study_uid"], int(d["day"])) for d in self._held.find({})]
-
-    def hold(self, partner_id: str, study_uid: str, day: int) -> None:
-        doc = {"partner_id": partner_id, "study_uid": study_uid, "day": day}
-        self._held.update_one({"_id": study_key(partner_id, study_uid)}, {"$set": doc}, upsert=True)
-
-    def release(self, partner_id: str, study_uid: str, day: int) -> None:
-        """Forget the hold of `day` (a hold made meanwhile, of another day, stays)."""
-        self._held.delete_one({"_id": study_key(partner_id, study_uid), "day": day})
-
-    def take_purge_lease(self, now_ms: int, for_ms: int) -> bool:
-        """Whether this object may run the record purge now, until `now_ms + for_ms`: no other's lease
-        runs (one replica at a time does the deletes), or it holds the lease already (a renewal)."""
-        insert_new(self._flags, [{"_id": _PURGE_LEASE, "until_ms": 0, "holder": ""}])
-        taken = self._flags.update_one(
-            {"_id": _PURGE_LEASE, "$or": [{"until_ms": {"$lt": now_ms}}, {"holder": self._holder}]},
-            {"$set": {"until_ms": now_ms + for_ms, "holder": self._holder}},
-        )
-        return taken.matched_count == 1
-
-    def records_purged_through(self) -> int | None:
-        """The last day whose studies the record purge has been through (None: it never ran)."""
-        doc = self._flags.find_one({"_id": _PURGED})
-        return int(doc["day"]) if doc else None
-
-    def set_records_purged_through(self, day: int) -> None:
-        with contextlib.suppress(DuplicateKeyError):  # another replica's, at the same moment
-            self._flags.update_one({"_id": _PURGED}, {"$max": {"day": day}}, upsert=True)
 
     def first_day_of_studies(self, today: int) -> int | None:
         """The earliest last day of any study (None: none recorded); a scan of the studies, once, when

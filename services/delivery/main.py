@@ -26,6 +26,7 @@ from services.delivery.dicomweb_wiring import RETRIEVALS_LINGER_MS, start_partne
 from services.delivery.handler import DeliveryHandler, delivery_pattern
 from services.delivery.owed_blobs import OwedBlobs
 from services.delivery.partners import PartnerCache, PartnerSignIn, register_partner_admin
+from services.delivery.purge_state import PurgeState
 from services.delivery.record_retention import purge_records_every
 from services.delivery.retention_watch import KafkaBacklogReader, RetentionWatch
 from services.delivery.settings import DeliverySettings
@@ -165,7 +166,14 @@ def serve(
     if settings.record_retention_days > 0:
         threading.Thread(
             target=purge_records_every,
-            args=(delivered, settings.record_retention_days, settings.record_purge_interval_s, sweep_stop, now_ms),
+            args=(
+                delivered,
+                PurgeState(db),
+                settings.record_retention_days,
+                settings.record_purge_interval_s,
+                sweep_stop,
+                now_ms,
+            ),
             name="record-purge",
             daemon=True,
         ).start()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from services.common.settings import DAY_MS
 from services.delivery.delivered import FORGOTTEN, OWED_STUDY, DeliveredObjects
+from services.delivery.purge_state import PurgeState
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,22 @@ def days_to_purge(purged_through: int, today: int, retention_days: int) -> range
     return range(purged_through + 1, today - retention_days)
 
 
-def purge_records(delivered: DeliveredObjects, retention_days: int, clock: Callable[[], int]) -> tuple[int, int]:
+def purge_records(
+    delivered: DeliveredObjects, state: PurgeState, retention_days: int, clock: Callable[[], int]
+) -> tuple[int, int]:
     """Forget the studies of every day due, and, when a day is due, those kept before as owed that no
     longer are; (studies forgotten, studies kept because still owed). A day is marked done only once all
     its studies were looked at, so a run stopped half way does it again. Runs only while it holds the
     lease (taken at the start, renewed as it goes): nothing, (0, 0), while another replica's runs, and it
     stops where it is if its lease was lost (another replica then goes on from the last day done)."""
-    if not delivered.take_purge_lease(clock(), PURGE_LEASE_MS):
+    if not state.take_lease(clock(), PURGE_LEASE_MS):
         return 0, 0
     today = clock() // DAY_MS
-    done = delivered.records_purged_through()
+    done = state.purged_through()
     if done is None:
         first = delivered.first_day_of_studies(today)
         done = (today if first is None else first) - 1
-        delivered.set_records_purged_through(done)
+        state.set_purged_through(done)
     due = days_to_purge(done, today, retention_days)
     if not due:
         return 0, 0
@@ -57,35 +60,40 @@ def purge_records(delivered: DeliveredObjects, retention_days: int, clock: Calla
     forgotten = kept = 0
     # Once a day, with the day's studies: those kept as owed (never stored: dead-lettered at the gateway,
     # expired unread) are read again, whole, each day they stay.
-    for n, (partner_id, study_uid, day) in enumerate(delivered.held_studies()):
-        if n % LEASE_RENEWAL_STUDIES == 0 and not delivered.take_purge_lease(clock(), PURGE_LEASE_MS):
+    for n, (partner_id, study_uid, day) in enumerate(state.held_studies()):
+        if n % LEASE_RENEWAL_STUDIES == 0 and not state.take_lease(clock(), PURGE_LEASE_MS):
             return forgotten, kept
         outcome = delivered.forget_study(partner_id, study_uid, day, retired)
         if outcome == OWED_STUDY:
             kept += 1
         else:  # forgotten, or delivered to since: its new day finds it
             forgotten += outcome == FORGOTTEN
-            delivered.release(partner_id, study_uid, day)
+            state.release(partner_id, study_uid, day)
     for day in due:
         for n, (partner_id, study_uid) in enumerate(delivered.studies_last_delivered_on(day)):
-            if n % LEASE_RENEWAL_STUDIES == 0 and not delivered.take_purge_lease(clock(), PURGE_LEASE_MS):
+            if n % LEASE_RENEWAL_STUDIES == 0 and not state.take_lease(clock(), PURGE_LEASE_MS):
                 return forgotten, kept
             outcome = delivered.forget_study(partner_id, study_uid, day, retired)
             forgotten += outcome == FORGOTTEN
             if outcome == OWED_STUDY:
                 kept += 1
-                delivered.hold(partner_id, study_uid, day)
-        delivered.set_records_purged_through(day)
+                state.hold(partner_id, study_uid, day)
+        state.set_purged_through(day)
     return forgotten, kept
 
 
 def purge_records_every(
-    delivered: DeliveredObjects, retention_days: int, interval_s: float, stop: threading.Event, clock: Callable[[], int]
+    delivered: DeliveredObjects,
+    state: PurgeState,
+    retention_days: int,
+    interval_s: float,
+    stop: threading.Event,
+    clock: Callable[[], int],
 ) -> None:
-    """The purge on a timer, in the delivery service (each replica: a day done twice is harmless)."""
+    """The purge on a timer, in the delivery service (each replica; one at a time runs it, `PurgeState`)."""
     while not stop.wait(interval_s):
         try:
-            forgotten, kept = purge_records(delivered, retention_days, clock)
+            forgotten, kept = purge_records(delivered, state, retention_days, clock)
         except Exception as error:  # the database is away: next round
             log.warning("delivered records purge failed", extra={"error": type(error).__name__})
             continue

@@ -60,13 +60,13 @@ class SendAction(Enum):
     SUPERSEDED = "superseded"  # a newer send of the instance is what the target holds: not stored over it
 
 
-def send_action(version: InstanceVersion | None, newest: InstanceVersion | None, stored_before: bool) -> SendAction:
-    """What to do with a delivery: `version` its send of the instance (None: no ingest time), `newest`
-    the newest send of the instance stored here (None: none recorded), `stored_before` whether this
-    delivery's object was stored here before. A delivery stored before, then stored over by a newer
+def send_action(version: InstanceVersion, newest: InstanceVersion | None, stored_before: bool) -> SendAction:
+    """What to do with a delivery: `version` its send of the instance, `newest` the newest send of the
+    instance stored here (None: none recorded), `stored_before` whether this delivery's object was
+    stored here before. A delivery stored before, then stored over by a newer
     send, and now sent again newer still (ingest re-publishes an event under its id, with the new
     send's time), is stored again: the target holds the other one."""
-    if version is None or newest is None or newest.delivery_id == version.delivery_id:
+    if newest is None or newest.delivery_id == version.delivery_id:
         return SendAction.DUPLICATE if stored_before else SendAction.STORE
     return SendAction.SUPERSEDED if newest.newer_than(version) else SendAction.STORE
 

@@ -16,28 +16,18 @@ from services.common.blob_store import LocalBlobStore
 from services.common.events import EVENT_TYPE_HEADER
 from services.common.messages import OutgoingMessage
 from services.common.topics import Topics
+from services.delivery import delivered as delivered_module
 from services.delivery.completeness import CompletenessSweep
 from services.delivery.delivered import INSTANCES, RECEIPTS, DeliveredInstance, DeliveredObjects, StoredReceipt
 from services.proto_gen.imx.v1 import events_pb2
+from tests.integration.delivery.deliveries import delivered_item
 from tests.integration.query_plans import scans
 
 STUDY = "2.25.100"
 
 
 def _item(n: int, partner: str = "lab", study: str = STUDY, at_ms: int = 1_000) -> DeliveredInstance:
-    return DeliveredInstance(
-        partner_id=partner,
-        study_uid=study,
-        series_uid=f"{study}.1",
-        sop_uid=f"{study}.1.{n}",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        sha256=f"{n:064x}",
-        size=500 + n,
-        delivery_id=f"d{n}",
-        delivered_at_ms=at_ms + n,
-        ingested_at_ms=at_ms + n - 100,
-    )
+    return delivered_item(n, partner, study, at_ms)
 
 
 def test_a_replayed_batch_records_nothing_twice_and_partners_see_only_their_own(db: Database) -> None:
@@ -228,23 +218,9 @@ def test_two_versions_in_one_batch_and_a_manifest_recorded_out_of_order_agree(db
     delivered.record([replace(_item(1, partner="old"), delivery_id="d1-corrected", sha256="c" * 64)])
     db["delivered_studies"].update_one({"_id": f"old/{STUDY}"}, {"$push": {"pages": "older"}})
     db["delivered_pages"].insert_one(
-        {"_id": f"old/{STUDY}#older", "entries": [{**_page_entry(first), "delivery_id": "d1"}]}
+        {"_id": f"old/{STUDY}#older", "entries": [{**delivered_module._manifest_entry(first), "delivery_id": "d1"}]}
     )
     assert _views(delivered, "old") == ("c" * 64, ["c" * 64])
-
-
-def _page_entry(item: DeliveredInstance) -> dict[str, object]:
-    return {
-        "series_uid": item.series_uid,
-        "sop_uid": item.sop_uid,
-        "sop_class_uid": item.sop_class_uid,
-        "transfer_syntax_uid": item.transfer_syntax_uid,
-        "modality": item.modality,
-        "sha256": item.sha256,
-        "size": item.size,
-        "delivery_id": item.delivery_id,
-        "priority": item.priority,
-    }
 
 
 class _Writes(monitoring.CommandListener):

@@ -12,7 +12,9 @@ from services.common.settings import DAY_MS
 from services.common.stores.partners import PartnerStore
 from services.delivery import delivered as delivered_module
 from services.delivery.delivered import DeliveredInstance, DeliveredObjects, StoredReceipt
+from services.delivery.purge_state import PurgeState
 from services.delivery.record_retention import PURGE_LEASE_MS, purge_records
+from tests.integration.delivery.deliveries import delivered_item
 from tests.integration.query_plans import scans
 
 DAY0 = 20_000  # days since the epoch
@@ -20,19 +22,7 @@ RETENTION_DAYS = 90
 
 
 def _item(n: int, study: str, day: int = DAY0) -> DeliveredInstance:
-    return DeliveredInstance(
-        partner_id="lab",
-        study_uid=study,
-        series_uid=f"{study}.1",
-        sop_uid=f"{study}.1.{n}",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        sha256=f"{n:064x}",
-        size=500 + n,
-        delivery_id=f"{study}-d{n}",
-        delivered_at_ms=day * DAY_MS + 1_000 + n,
-        ingested_at_ms=day * DAY_MS + n,
-    )
+    return delivered_item(n, study=study, at_ms=day * DAY_MS + 1_000, delivery_id=f"{study}-d{n}")
 
 
 def _stored(item: DeliveredInstance) -> StoredReceipt:
@@ -61,15 +51,19 @@ def test_a_study_every_instance_of_which_was_stored_is_forgotten_after_the_reten
     done = _deliver(delivered, "2.25.1", 3)
     owed = _deliver(delivered, "2.25.2", 3, stored=2)
     recent = _deliver(delivered, "2.25.3", 2, day=DAY0 + 50)
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due() - DAY_MS) == (0, 0), "not a day early"
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due()) == (1, 1)
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due() - DAY_MS) == (0, 0), (
+        "not a day early"
+    )
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due()) == (1, 1)
     assert delivered.study("lab", "2.25.1") == []
     assert delivered.instance("lab", "2.25.1", done[0].series_uid, done[0].sop_uid) is None
     assert [s["study_uid"] for s in delivered.studies("lab")] == ["2.25.2", "2.25.3"]
     assert len(delivered.study("lab", "2.25.2")) == 3, "a partner still owed an instance keeps the study"
     assert owed[2].sha256 in delivered.unstored_blobs()
     assert len(delivered.study("lab", "2.25.3")) == 2
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due(50)) == (1, 1), "the owed study looked at again, kept"
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(50)) == (1, 1), (
+        "the owed study looked at again, kept"
+    )
     assert delivered.study("lab", "2.25.3") == []
     assert recent  # delivered 50 days later, forgotten 50 days later
     assert db["delivered_pages"].count_documents({}) == 1 and db["delivered_instances"].count_documents({}) == 3
@@ -83,7 +77,7 @@ def test_a_study_delivered_to_again_or_corrected_keeps_what_is_new(db: Database)
     delivered = DeliveredObjects(db)
     first = _deliver(delivered, "2.25.1", 2)
     _deliver(delivered, "2.25.1", 1, day=DAY0 + 95, first=2)  # delivered to again: its last day moved
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due()) == (0, 0)
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due()) == (0, 0)
     assert len(delivered.study("lab", "2.25.1")) == 3
     # A correction recorded between the purge's look and its deletes: the guard keeps it.
     other = _deliver(delivered, "2.25.2", 2)
@@ -118,19 +112,19 @@ def test_studies_recorded_before_their_last_day_was_kept_are_purged_too(db: Data
     delivered = DeliveredObjects(db)
     _deliver(delivered, "2.25.1", 2)
     db["delivered_studies"].update_many({}, {"$unset": {"last_day": ""}})
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due()) == (1, 0)
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due()) == (1, 0)
     assert delivered.study("lab", "2.25.1") == []
     # The next run starts where this one stopped: nothing is read again.
-    assert delivered.records_purged_through() == DAY0
+    assert PurgeState(db).purged_through() == DAY0
 
 
 def test_a_study_kept_as_owed_is_forgotten_once_its_last_instance_is_stored(db: Database) -> None:
     delivered = DeliveredObjects(db)
     items = _deliver(delivered, "2.25.1", 3, stored=2)
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due()) == (0, 1)
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due()) == (0, 1)
     delivered.mark([_stored(items[2])])  # folded by the purge itself
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due(1)) == (1, 0)
-    assert delivered.study("lab", "2.25.1") == [] and delivered.held_studies() == []
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(1)) == (1, 0)
+    assert delivered.study("lab", "2.25.1") == [] and PurgeState(db).held_studies() == []
 
 
 def test_a_correction_recorded_while_the_purge_deletes_its_instance_keeps_its_record(
@@ -164,17 +158,18 @@ def test_a_study_an_earlier_release_delivered_to_again_is_kept_until_its_own_day
     _deliver(delivered, "2.25.1", 1)
     later = (DAY0 + 60) * DAY_MS
     db["delivered_studies"].update_one({}, {"$max": {"last_delivered_at_ms": later}})
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due()) == (0, 0)
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due()) == (0, 0)
     assert len(delivered.study("lab", "2.25.1")) == 1
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due(60)) == (1, 0)
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(60)) == (1, 0)
 
 
 def test_one_replica_purges_at_a_time(db: Database) -> None:
     _deliver(DeliveredObjects(db), "2.25.1", 1)
-    replicas = DeliveredObjects(db), DeliveredObjects(db)
-    assert replicas[0].take_purge_lease(_due(), PURGE_LEASE_MS)  # the first one's run begins
-    assert purge_records(replicas[1], RETENTION_DAYS, lambda: _due() + 60_000) == (0, 0), "the first one's lease runs"
-    assert purge_records(replicas[1], RETENTION_DAYS, lambda: _due() + PURGE_LEASE_MS + 1) == (1, 0)
+    first, second = PurgeState(db), PurgeState(db)
+    assert first.take_lease(_due(), PURGE_LEASE_MS)  # the first one's run begins
+    delivered = DeliveredObjects(db)
+    assert purge_records(delivered, second, RETENTION_DAYS, lambda: _due() + 60_000) == (0, 0), "the first one's runs"
+    assert purge_records(delivered, second, RETENTION_DAYS, lambda: _due() + PURGE_LEASE_MS + 1) == (1, 0)
 
 
 def test_a_study_delivered_to_while_the_purge_deletes_keeps_its_pages_until_its_new_day(
@@ -193,7 +188,7 @@ def test_a_study_delivered_to_while_the_purge_deletes_keeps_its_pages_until_its_
     monkeypatch.undo()
     assert [s["study_uid"] for s in delivered.studies("lab")] == ["2.25.1"]
     assert len(delivered.study("lab", "2.25.1")) == 2, "its pages stay"
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due(10)) == (1, 0)
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(10)) == (1, 0)
     assert [db[c].count_documents({}) for c in ("delivered_instances", "delivered_pages", "delivered_studies")] == [
         0,
         0,
@@ -206,21 +201,21 @@ def test_a_retired_partners_studies_go_even_if_never_stored(db: Database) -> Non
     delivered = DeliveredObjects(db)
     _deliver(delivered, "2.25.1", 2, stored=0)
     PartnerStore(db).retire("lab")
-    assert purge_records(delivered, RETENTION_DAYS, lambda: _due()) == (1, 0)
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due()) == (1, 0)
     assert db["delivered_instances"].count_documents({}) == 0
 
 
 def test_the_purge_lease_is_held_renewed_and_lost(db: Database) -> None:
-    first, second = DeliveredObjects(db), DeliveredObjects(db)
-    assert first.take_purge_lease(1_000, 600)
-    assert not second.take_purge_lease(1_500, 600), "held by another"
-    assert first.take_purge_lease(1_500, 600), "renewed by its holder"
-    assert second.take_purge_lease(2_101, 600), "taken once it ran out"
-    assert not first.take_purge_lease(2_200, 600), "lost: its holder stops"
+    first, second = PurgeState(db), PurgeState(db)
+    assert first.take_lease(1_000, 600)
+    assert not second.take_lease(1_500, 600), "held by another"
+    assert first.take_lease(1_500, 600), "renewed by its holder"
+    assert second.take_lease(2_101, 600), "taken once it ran out"
+    assert not first.take_lease(2_200, 600), "lost: its holder stops"
 
 
 def test_a_hold_of_another_day_is_not_released(db: Database) -> None:
-    delivered = DeliveredObjects(db)
-    delivered.hold("lab", "2.25.1", DAY0 + 3)
-    delivered.release("lab", "2.25.1", DAY0)
-    assert delivered.held_studies() == [("lab", "2.25.1", DAY0 + 3)]
+    state = PurgeState(db)
+    state.hold("lab", "2.25.1", DAY0 + 3)
+    state.release("lab", "2.25.1", DAY0)
+    assert state.held_studies() == [("lab", "2.25.1", DAY0 + 3)]

@@ -4,6 +4,7 @@ traceback; a malformed delivery id and a mistyped --state-dir are usage errors (
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka.errors import KafkaTimeoutError
@@ -65,17 +66,24 @@ def test_a_dead_letter_is_settled_when_its_delivery_is_stored_after_all(tmp_path
     assert [letter.delivery_id for letter in DeadLetters(folder)] == ["d2"]
 
 
+def _replay_all(tmp_path: Path) -> tuple[Any, Path]:
+    """`imx gateway dead-letters replay --all` of the state folder under `tmp_path` to an empty folder:
+    the command's result (exit code 0 asserted) and that folder."""
+    target = tmp_path / "target"
+    target.mkdir()
+    args = ["gateway", "dead-letters", "replay", "--all", "--state-dir", str(tmp_path / "state")]
+    result = runner.invoke(app, [*args, "--target", f"file://{target}", "--dicomweb-key", "k"])
+    assert result.exit_code == 0, result.output
+    return result, target
+
+
 def test_replay_does_not_send_again_what_was_stored_after_it_was_dead_lettered(tmp_path: Path) -> None:
     _incoming, records_path, folder = state_paths(tmp_path / "state")
     DeadLetters(folder).put(_delivery("d1"), "dimse-a700", 10, "file", 1)
     records = StoredRecords(records_path)
     records.add("d1", "ab" * 32, "1.2.3", 2)
     records.close()
-    target = tmp_path / "target"
-    target.mkdir()
-    args = ["gateway", "dead-letters", "replay", "--all", "--state-dir", str(tmp_path / "state")]
-    result = runner.invoke(app, [*args, "--target", f"file://{target}", "--dicomweb-key", "k"])
-    assert result.exit_code == 0, result.output
+    result, target = _replay_all(tmp_path)
     assert "already-stored" in result.output
     assert list(DeadLetters(folder)) == [] and list(target.iterdir()) == []
 
@@ -110,10 +118,6 @@ def test_replay_does_not_put_an_older_send_back_over_its_correction(tmp_path: Pa
     records = StoredRecords(records_path)
     records.add("fix", "cd" * 32, "1.2.3", 2, InstanceVersion("1.2.3/1.2.3.1/1.2.3.1.1", 2_000, "fix"))
     records.close()
-    target = tmp_path / "target"
-    target.mkdir()
-    args = ["gateway", "dead-letters", "replay", "--all", "--state-dir", str(tmp_path / "state")]
-    result = runner.invoke(app, [*args, "--target", f"file://{target}", "--dicomweb-key", "k"])
-    assert result.exit_code == 0, result.output
+    result, target = _replay_all(tmp_path)
     assert "superseded" in result.output
     assert list(DeadLetters(folder)) == [] and list(target.iterdir()) == []

@@ -184,4 +184,3 @@ def test_what_a_gateway_does_with_a_send(
     version = InstanceVersion("i", 1_000, "orig")
     recorded = InstanceVersion("i", newest[1], newest[0]) if newest else None
     assert send_action(version, recorded, stored_before) is action
-    assert send_action(None, recorded, stored_before) is (SendAction.DUPLICATE if stored_before else SendAction.STORE)
