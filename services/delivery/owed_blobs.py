@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pymongo.database import Database
-
 from services.common.dead_letter_blobs import DeadLetterBlobs
 from services.common.dead_letter_topic import DeadLetterTopic
 from services.common.service_access import kafka_client_config
@@ -24,13 +22,12 @@ class OwedBlobs:
         self._dead_letters = dead_letters
 
     @classmethod
-    def of(cls, settings: ServiceSettings, db: Database, flag_sweep_s: float) -> OwedBlobs:
-        """`flag_sweep_s`: DeliveredObjects'. ValueError or OSError when the settings' Kafka sign-in cannot
-        be read (kafka_client_config)."""
+    def of(cls, settings: ServiceSettings, delivered: DeliveredObjects) -> OwedBlobs:
+        """ValueError or OSError when the settings' Kafka sign-in cannot be read (kafka_client_config)."""
         topic = DeadLetterTopic(
             settings.kafka_bootstrap, Topics(settings.topic_prefix).dead_letter, kafka_client_config(settings)
         )
-        return cls(DeliveredObjects(db, flag_sweep_s), DeadLetterBlobs(topic))
+        return cls(delivered, DeadLetterBlobs(topic))
 
     def __call__(self) -> set[str]:
         named = self._dead_letters()

@@ -63,12 +63,22 @@ class SendAction(Enum):
 def send_action(version: InstanceVersion, newest: InstanceVersion | None, stored_before: bool) -> SendAction:
     """What to do with a delivery: `version` its send of the instance, `newest` the newest send of the
     instance stored here (None: none recorded), `stored_before` whether this delivery's object was
-    stored here before. A delivery stored before, then stored over by a newer
-    send, and now sent again newer still (ingest re-publishes an event under its id, with the new
-    send's time), is stored again: the target holds the other one."""
+    stored here before. A delivery stored before, then stored over by a newer send, and now sent again
+    newer still (ingest re-publishes an event under its id, with the new send's time), is stored again:
+    the target holds the other one."""
     if newest is None or newest.delivery_id == version.delivery_id:
         return SendAction.DUPLICATE if stored_before else SendAction.STORE
     return SendAction.SUPERSEDED if newest.newer_than(version) else SendAction.STORE
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A delivery as this gateway's record sees it (`StoredRecords.judge`)."""
+
+    action: SendAction
+    version: InstanceVersion
+    stored_at_ms: int  # when this delivery's object was stored here (a DUPLICATE), else 0
+    later_send: bool  # a repeat whose ingest time is later than the one recorded (`note_send` it)
 
 
 class StoredRecords:
@@ -131,6 +141,16 @@ class StoredRecords:
             "SELECT ingested_at_ms, delivery_id FROM versions WHERE instance = ?", (instance,)
         ).fetchone()
         return InstanceVersion(instance, int(row[0]), str(row[1])) if row else None
+
+    def judge(self, delivery: events_pb2.PartnerDelivery) -> Judged:
+        """Store, repeat or superseded (`send_action`), from this record, for the loop and the replay alike."""
+        earlier = self.stored(delivery.meta.event_id)
+        stored_before = earlier is not None and earlier[0] == delivery.blob.sha256
+        version = InstanceVersion.of(delivery)
+        newest = self.newest(version.instance)
+        action = send_action(version, newest, stored_before)
+        later = newest is not None and version.ingested_at_ms > newest.ingested_at_ms
+        return Judged(action, version, earlier[1] if earlier and stored_before else 0, later)
 
     def stored(self, delivery_id: str) -> tuple[str, int] | None:
         """(sha256, stored_at_ms) of a delivery this gateway stored, None when it did not."""

@@ -23,14 +23,13 @@ from services.gateway.receipts import STORED, instance_receipt, receipt_record, 
 from services.gateway.records import (
     DeadLetter,
     DeadLetters,
-    InstanceVersion,
     SendAction,
     StoredRecords,
     UnreadableDeadLetter,
-    send_action,
 )
 from services.gateway.targets import Store, Target, open_store
 from services.gateway.worker import Counters, Gateway, GatewayOptions, attempt_once, state_paths
+from services.proto_gen.imx.v1 import events_pb2
 
 BOOTSTRAP_TIMEOUT_MS = 10_000  # kafka-python shows a refused SASL sign-in as this timeout: keep it short
 
@@ -175,6 +174,11 @@ def _letter_or_why(dead_letters: DeadLetters, delivery_id: str) -> DeadLetter | 
     return "no-such-dead-letter" if letter is None else letter
 
 
+def _send_receipt(producer: KafkaProducer, topic: str, receipt: events_pb2.DeliveryReceipt) -> None:
+    """One receipt, acknowledged before the replay goes on."""
+    producer.send(topic, **receipt_record(receipt)).get(timeout=60)
+
+
 def replay_dead_letters(
     settings: GatewaySettings,
     delivery_ids: list[str] | None,
@@ -184,6 +188,7 @@ def replay_dead_letters(
     """Fetch and store dead letters again (all when `delivery_ids` is None); an entry is removed when
     stored. With `publish_receipts`, a STORED receipt goes to the receipts topic for each."""
     outcomes: list[ReplayOutcome] = []
+    receipts_topic = settings.topics.receipts(settings.partner_id)
     with ExitStack() as stack:
         fetcher, store, records, dead_letters = stack.enter_context(_closing_all(settings))
         producer = None
@@ -199,23 +204,17 @@ def replay_dead_letters(
                 outcomes.append(ReplayOutcome(str(wanted), False, letter))
                 continue
             delivery = letter.delivery()
-            earlier = records.stored(letter.delivery_id)
-            version = InstanceVersion.of(delivery)
-            newest = records.newest(version.instance)
-            action = send_action(version, newest, earlier is not None and earlier[0] == delivery.blob.sha256)
-            if action is SendAction.DUPLICATE:
+            judged = records.judge(delivery)
+            if judged.action is SendAction.DUPLICATE:
                 # Stored after it was dead-lettered (read again after a kill, before its offset was
                 # committed); its STORED receipt went out then. Not sent to the target a second time.
                 dead_letters.remove(letter.delivery_id)
                 outcomes.append(ReplayOutcome(letter.delivery_id, True, "already-stored"))
                 continue
-            if action is SendAction.SUPERSEDED:
+            if judged.action is SendAction.SUPERSEDED:
                 # A newer send of the instance was stored since it was dead-lettered: not put back over it.
                 if producer is not None:
-                    receipt = superseded_receipt(delivery, store.kind, now_ms())
-                    producer.send(settings.topics.receipts(settings.partner_id), **receipt_record(receipt)).get(
-                        timeout=60
-                    )
+                    _send_receipt(producer, receipts_topic, superseded_receipt(delivery, store.kind, now_ms()))
                 dead_letters.remove(letter.delivery_id)
                 outcomes.append(ReplayOutcome(letter.delivery_id, True, "superseded"))
                 continue
@@ -225,12 +224,16 @@ def replay_dead_letters(
                 continue
             stored_at = now_ms()
             records.add(
-                letter.delivery_id, delivery.blob.sha256, delivery.instance.study_instance_uid, stored_at, version
+                letter.delivery_id,
+                delivery.blob.sha256,
+                delivery.instance.study_instance_uid,
+                stored_at,
+                judged.version,
             )
             if producer is not None:
                 receipt = instance_receipt(
                     delivery, STORED, store.kind, letter.attempts + 1, stored_at, result.status_detail, stored_at
                 )
-                producer.send(settings.topics.receipts(settings.partner_id), **receipt_record(receipt)).get(timeout=60)
+                _send_receipt(producer, receipts_topic, receipt)
             dead_letters.remove(letter.delivery_id)
     return outcomes

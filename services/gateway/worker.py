@@ -72,7 +72,6 @@ from services.gateway.records import (
     SendAction,
     StoredRecords,
     safe_delivery_id,
-    send_action,
 )
 from services.gateway.targets import ABORTED, Store, StoreResult
 from services.proto_gen.imx.v1 import events_pb2
@@ -342,23 +341,20 @@ class Gateway:
         fetched: Future[Fetched] | None = None,
     ) -> bool:
         delivery_id = delivery.meta.event_id
-        earlier = self._records.stored(delivery_id)
-        version = InstanceVersion.of(delivery)
-        newest = self._records.newest(version.instance)
-        action = send_action(version, newest, earlier is not None and earlier[0] == delivery.blob.sha256)
-        if action is SendAction.DUPLICATE and earlier is not None:
+        judged = self._records.judge(delivery)
+        version = judged.version
+        if judged.action is SendAction.DUPLICATE:
             # Stored before a crash or a rebalance; its receipt may not have been acknowledged, and
             # the same receipt again (same id) is harmless.
-            if newest is not None and version.ingested_at_ms > newest.ingested_at_ms:
+            if judged.later_send:
                 self._note_send(version)
             self.counters.duplicates += 1
+            at = judged.stored_at_ms
             self._send_receipt(
-                instance_receipt(
-                    delivery, STORED, self._store.kind, 1, earlier[1], detail="duplicate", stored_at_ms=earlier[1]
-                )
+                instance_receipt(delivery, STORED, self._store.kind, 1, at, detail="duplicate", stored_at_ms=at)
             )
             return True
-        if action is SendAction.SUPERSEDED:
+        if judged.action is SendAction.SUPERSEDED:
             # The original and its correction took different priority lanes and the original came last:
             # storing it would put the old content back over the new. Its receipt says so (delivery marks
             # nothing by it: the partner does not hold this delivery's object).
