@@ -89,6 +89,9 @@ class StoredReceipt:
     status: str  # "stored" | "dead_lettered"
     at_ms: int
     delivery_id: str = ""  # the delivery reported on ("": any delivery of the instance made by at_ms)
+    # The send of that delivery reported on (its ingest time): a receipt for an earlier send of a delivery
+    # ingested again since (ingest re-publishes under the same id) marks nothing. None: any send.
+    ingested_at_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,7 @@ class DeliveredObjects:
                 "delivery_id": r.delivery_id,
                 "status": r.status,
                 "at_ms": r.at_ms,
+                **({} if r.ingested_at_ms is None else {"ingested_at_ms": r.ingested_at_ms}),
             }
             for r in receipts
         ]
@@ -547,17 +551,22 @@ def _page_id(group: list[DeliveredInstance]) -> str:
 
 def _receipts_page_id(entries: list[dict[str, object]]) -> str:
     """Deterministic: the same batch of receipts replayed names the same page."""
-    lines = sorted("\x1f".join(str(entry[k]) for k in ("key", "delivery_id", "status", "at_ms")) for entry in entries)
+    fields = ("key", "delivery_id", "status", "at_ms", "ingested_at_ms")
+    lines = sorted("\x1f".join(str(entry.get(k, "")) for k in fields) for entry in entries)
     return hashlib.sha256("\x1e".join(lines).encode()).hexdigest()[:32]
 
 
 def _receipt_update(entry: dict[str, object]) -> UpdateOne:
-    """One receipt applied to its delivery: the earliest report of its kind is kept."""
+    """One receipt applied to its delivery: the earliest report of its kind is kept. A receipt for a send
+    older than the one recorded (the delivery ingested again since, and owed again when it was stored
+    over meanwhile) marks nothing: that send's own receipt will."""
     query: dict[str, object] = {"_id": entry["key"]}
     if entry.get("delivery_id"):
         query["delivery_id"] = entry["delivery_id"]
     else:  # a receipt cannot be about a delivery made after it
         query["delivered_at_ms"] = {"$lte": entry["at_ms"]}
+    if "ingested_at_ms" in entry:
+        query["$or"] = [{"ingested_at_ms": {"$lte": entry["ingested_at_ms"]}}, {"ingested_at_ms": {"$exists": False}}]
     update: dict[str, object] = {"$min": {f"{entry['status']}_at_ms": entry["at_ms"]}}
     if entry["status"] == "stored":
         update["$unset"] = {OWED: ""}

@@ -1,8 +1,11 @@
 """DeliveryReceipt events the gateway reports on the partner's receipts topic (pure functions).
 
 Ids are deterministic (`event_id("receipt", <event id>, <status>)`), so a receipt published again
-after a crash is the same receipt and audit keeps one. `ingested_at_ms` is carried from the delivery
-so audit can compute the turnaround from the sender's C-STORE to the partner's PACS.
+after a crash is the same receipt and audit keeps one. A delivery the gateway stored before, stored over
+since by another delivery of the instance and now sent again newer still, is stored again: that store's
+receipts name the send's ingest time too (`receipt_event_id`). `ingested_at_ms` is carried from the
+delivery, so audit can compute the turnaround from the sender's C-STORE to the partner's PACS and
+delivery can tell which send of a delivery a receipt reports on.
 """
 
 from __future__ import annotations
@@ -25,9 +28,17 @@ _STATUS_WORD: dict[events_pb2.StoreStatus, str] = {
 }
 
 
-def _meta(parent: events_pb2.EventMeta, status: events_pb2.StoreStatus, now_ms: int) -> events_pb2.EventMeta:
+def receipt_event_id(delivery: events_pb2.PartnerDelivery, status: events_pb2.StoreStatus, again: bool) -> str:
+    """A receipt's id; `again`: the delivery was stored here before, so this send's receipt is its own."""
+    parts = ["receipt", delivery.meta.event_id, _STATUS_WORD[status]]
+    if again:
+        parts.append(str(delivery.meta.ingested_at_ms))
+    return event_id(*parts)
+
+
+def _meta(parent: events_pb2.EventMeta, receipt_id: str, now_ms: int) -> events_pb2.EventMeta:
     return events_pb2.EventMeta(
-        event_id=event_id("receipt", parent.event_id, _STATUS_WORD[status]),
+        event_id=receipt_id,
         causation_id=parent.event_id,
         occurred_at_ms=now_ms,
         ingested_at_ms=parent.ingested_at_ms,
@@ -42,10 +53,12 @@ def instance_receipt(
     now_ms: int,
     detail: str = "",
     stored_at_ms: int = 0,
+    receipt_id: str = "",
 ) -> events_pb2.DeliveryReceipt:
-    """STORED or DEAD_LETTERED for one delivery."""
+    """STORED or DEAD_LETTERED for one delivery; `receipt_id` when not the first store's
+    (`receipt_event_id`)."""
     return events_pb2.DeliveryReceipt(
-        meta=_meta(delivery.meta, status, now_ms),
+        meta=_meta(delivery.meta, receipt_id or receipt_event_id(delivery, status, again=False), now_ms),
         delivery_id=delivery.meta.event_id,
         instance=delivery.instance,
         status=status,
@@ -62,9 +75,8 @@ def superseded_receipt(
     """STORED with detail SUPERSEDED: the gateway settled the delivery without storing it, the target
     holding a newer send of the instance. Its id is its own, so a later real store of the same delivery
     (sent again newer still) is not taken for its replay; delivery marks nothing by it."""
-    receipt = instance_receipt(delivery, STORED, target_kind, 0, now_ms, detail=SUPERSEDED)
-    receipt.meta.event_id = event_id("receipt", delivery.meta.event_id, _STATUS_WORD[STORED], SUPERSEDED)
-    return receipt
+    own_id = event_id("receipt", delivery.meta.event_id, _STATUS_WORD[STORED], SUPERSEDED)
+    return instance_receipt(delivery, STORED, target_kind, 0, now_ms, detail=SUPERSEDED, receipt_id=own_id)
 
 
 def study_receipt(
@@ -73,7 +85,7 @@ def study_receipt(
     """STUDY_COMPLETE when every instance of the manifest is stored, else STUDY_INCOMPLETE(missing)."""
     status = STUDY_COMPLETE if missing == 0 else STUDY_INCOMPLETE
     return events_pb2.DeliveryReceipt(
-        meta=_meta(study.meta, status, now_ms),
+        meta=_meta(study.meta, event_id("receipt", study.meta.event_id, _STATUS_WORD[status]), now_ms),
         instance=events_pb2.InstanceRef(study_instance_uid=study.study_instance_uid),
         status=status,
         target_kind=target_kind,

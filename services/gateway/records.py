@@ -1,10 +1,11 @@
 """What this gateway keeps in its state folder: which deliveries it stored (so a redelivered event
 is not stored twice and a StudyComplete manifest can be checked), and its dead letters.
 
-- `stored.sqlite3`: one row per stored delivery id with its SHA-256. WAL with synchronous=NORMAL:
-  a killed process loses nothing; a power cut may lose the last rows, which only means a re-send. And
-  per instance (its UIDs as delivered) the newest send stored (`InstanceVersion`), so an older one that
-  comes after it on another priority lane is not stored over it.
+- `stored.sqlite3`: one row per stored delivery id with its SHA-256 and the id of the STORED receipt
+  that reported it. WAL with synchronous=NORMAL: a killed process loses nothing; a power cut may lose
+  the last rows, which only means a re-send. And per instance (its UIDs as delivered) the newest send
+  stored (`InstanceVersion`), so an older one that comes after it on another priority lane is not
+  stored over it.
 - `dead-letters/<delivery id>.json`: the delivery (protobuf, base64) with the target's last status,
   the attempts and where it was read from; one file per delivery id, written atomically.
 """
@@ -22,6 +23,7 @@ from enum import Enum
 from pathlib import Path
 
 from services.common.blob_store import fsync_directory, replace_atomically
+from services.gateway.receipts import STORED, receipt_event_id
 from services.proto_gen.imx.v1 import events_pb2
 
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
@@ -79,6 +81,8 @@ class Judged:
     version: InstanceVersion
     stored_at_ms: int  # when this delivery's object was stored here (a DUPLICATE), else 0
     later_send: bool  # a repeat whose ingest time is later than the one recorded (`note_send` it)
+    again: bool  # this delivery was stored here before: what this send comes to is a receipt of its own
+    receipt_id: str  # the id of the STORED receipt for it: a DUPLICATE's is the one recorded with the store
 
 
 class StoredRecords:
@@ -89,22 +93,32 @@ class StoredRecords:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS stored (delivery_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL,"
-            " study TEXT NOT NULL, stored_at_ms INTEGER NOT NULL)"
+            " study TEXT NOT NULL, stored_at_ms INTEGER NOT NULL, receipt_id TEXT)"
         )
+        columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(stored)")}
+        if "receipt_id" not in columns:  # a state folder of an earlier release: its rows' receipts had the first id
+            self._db.execute("ALTER TABLE stored ADD COLUMN receipt_id TEXT")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS versions (instance TEXT PRIMARY KEY, ingested_at_ms INTEGER NOT NULL,"
             " delivery_id TEXT NOT NULL, stored_at_ms INTEGER NOT NULL)"
         )
 
     def add(
-        self, delivery_id: str, sha256: str, study: str, stored_at_ms: int, version: InstanceVersion | None = None
+        self,
+        delivery_id: str,
+        sha256: str,
+        study: str,
+        stored_at_ms: int,
+        version: InstanceVersion | None = None,
+        receipt_id: str | None = None,
     ) -> None:
-        """The delivery stored, and, with its `version`, the instance's newest send stored (in one
-        transaction)."""
+        """The delivery stored, with the id of the receipt that reports it, and, with its `version`, the
+        instance's newest send stored (in one transaction)."""
         self._db.execute("BEGIN")
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO stored VALUES (?, ?, ?, ?)", (delivery_id, sha256, study, stored_at_ms)
+                "INSERT OR REPLACE INTO stored VALUES (?, ?, ?, ?, ?)",
+                (delivery_id, sha256, study, stored_at_ms, receipt_id),
             )
             if version is not None:
                 self._note(version, stored_at_ms, stored_over=True)
@@ -144,20 +158,31 @@ class StoredRecords:
 
     def judge(self, delivery: events_pb2.PartnerDelivery) -> Judged:
         """Store, repeat or superseded (`send_action`), from this record, for the loop and the replay alike."""
-        earlier = self.stored(delivery.meta.event_id)
-        stored_before = earlier is not None and earlier[0] == delivery.blob.sha256
+        row = self._row(delivery.meta.event_id)
+        stored_before = row is not None and row[0] == delivery.blob.sha256
         version = InstanceVersion.of(delivery)
         newest = self.newest(version.instance)
         action = send_action(version, newest, stored_before)
         later = newest is not None and version.ingested_at_ms > newest.ingested_at_ms
-        return Judged(action, version, earlier[1] if earlier and stored_before else 0, later)
+        # Stored here before and now stored again (stored over meanwhile by another delivery of the
+        # instance, and re-published newer still): a new store, reported under an id of its own, so audit
+        # keeps it and delivery does not take the first store's receipt for it.
+        again = row is not None
+        if action is SendAction.DUPLICATE and row is not None:
+            recorded = row[2] or receipt_event_id(delivery, STORED, again=False)
+            return Judged(action, version, int(row[1]), later, again, recorded)
+        return Judged(action, version, 0, later, again, receipt_event_id(delivery, STORED, again))
 
     def stored(self, delivery_id: str) -> tuple[str, int] | None:
         """(sha256, stored_at_ms) of a delivery this gateway stored, None when it did not."""
+        row = self._row(delivery_id)
+        return (row[0], row[1]) if row else None
+
+    def _row(self, delivery_id: str) -> tuple[str, int, str | None] | None:
         row = self._db.execute(
-            "SELECT sha256, stored_at_ms FROM stored WHERE delivery_id = ?", (delivery_id,)
+            "SELECT sha256, stored_at_ms, receipt_id FROM stored WHERE delivery_id = ?", (delivery_id,)
         ).fetchone()
-        return (str(row[0]), int(row[1])) if row else None
+        return (str(row[0]), int(row[1]), row[2]) if row else None
 
     def missing(self, manifest: list[tuple[str, str]]) -> int:
         """How many (delivery id, sha256) of a manifest this gateway has not stored as that object."""

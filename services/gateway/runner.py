@@ -229,10 +229,18 @@ def replay_dead_letters(
                 delivery.instance.study_instance_uid,
                 stored_at,
                 judged.version,
+                judged.receipt_id,
             )
             if producer is not None:
                 receipt = instance_receipt(
-                    delivery, STORED, store.kind, letter.attempts + 1, stored_at, result.status_detail, stored_at
+                    delivery,
+                    STORED,
+                    store.kind,
+                    letter.attempts + 1,
+                    stored_at,
+                    result.status_detail,
+                    stored_at,
+                    judged.receipt_id,
                 )
                 _send_receipt(producer, receipts_topic, receipt)
             dead_letters.remove(letter.delivery_id)

@@ -62,6 +62,7 @@ from services.gateway.receipts import (
     DEAD_LETTERED,
     STORED,
     instance_receipt,
+    receipt_event_id,
     receipt_record,
     study_receipt,
     superseded_receipt,
@@ -351,7 +352,9 @@ class Gateway:
             self.counters.duplicates += 1
             at = judged.stored_at_ms
             self._send_receipt(
-                instance_receipt(delivery, STORED, self._store.kind, 1, at, detail="duplicate", stored_at_ms=at)
+                instance_receipt(
+                    delivery, STORED, self._store.kind, 1, at, "duplicate", at, receipt_id=judged.receipt_id
+                )
             )
             return True
         if judged.action is SendAction.SUPERSEDED:
@@ -378,6 +381,7 @@ class Gateway:
                     delivery.instance.study_instance_uid,
                     stored_at,
                     version=version,
+                    receipt_id=judged.receipt_id,
                 )
                 recorded = self._state_written(record, stop, tp)
                 if not recorded:
@@ -394,6 +398,7 @@ class Gateway:
                         stored_at,
                         detail=result.status_detail,
                         stored_at_ms=stored_at,
+                        receipt_id=judged.receipt_id,
                     )
                 )
                 return True
@@ -407,7 +412,7 @@ class Gateway:
                 few = result.status_detail in FEW_ATTEMPTS
                 if not result.retryable or policy.gives_up(answered, few):
                     where = (tp.topic, tp.partition, offset)
-                    return self._dead_letter(delivery, result.status_detail, attempts, where, stop, tp)
+                    return self._dead_letter(delivery, result.status_detail, attempts, where, stop, tp, judged.again)
                 delay = policy.delay_s(answered)
                 self.counters.waiting = f"attempt {answered} failed ({result.status_detail}), retrying in {delay:.1f} s"
             self.counters.retried += 1
@@ -431,6 +436,7 @@ class Gateway:
         where: tuple[str, int, int],
         stop: threading.Event,
         holding: TopicPartition,
+        again: bool,
     ) -> bool:
         at = self._clock()
 
@@ -441,7 +447,10 @@ class Gateway:
             return False
         self.counters.dead_lettered += 1
         self.counters.waiting = ""
-        self._send_receipt(instance_receipt(delivery, DEAD_LETTERED, self._store.kind, attempts, at, detail=status))
+        own_id = receipt_event_id(delivery, DEAD_LETTERED, again)
+        self._send_receipt(
+            instance_receipt(delivery, DEAD_LETTERED, self._store.kind, attempts, at, status, receipt_id=own_id)
+        )
         return True
 
     def _state_written(self, write: Callable[[], object], stop: threading.Event, holding: TopicPartition) -> bool:

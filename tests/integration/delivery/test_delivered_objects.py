@@ -408,3 +408,27 @@ def test_a_correction_of_a_stored_instance_is_owed_again_and_its_receipt_settles
     assert delivered.unstored_blobs() == set()
     delivered.record([first])  # a replay of the older delivery: nothing owed again
     assert delivered.unstored_blobs() == set()
+
+
+def test_the_first_stores_receipt_does_not_settle_the_same_delivery_sent_again_over_its_correction(
+    db: Database,
+) -> None:
+    """The original stored, then its correction, then the original published again newer still (ingest
+    publishes an event again under its id when its mark was lost): the gateway stores it over the
+    correction. The first store's receipt, folded only now, is about the first send and leaves the new one
+    owed; the new send's receipt settles it. Receipts from an earlier release name no send, as before."""
+    delivered = DeliveredObjects(db)
+    original = replace(_item(1), ingested_at_ms=1_000)
+    first_store = replace(_stored(1, at_ms=1_500), ingested_at_ms=1_000)
+    delivered.record([original])
+    delivered.record([replace(_corrected(original), ingested_at_ms=2_000)])
+    delivered.mark([replace(_stored(1, at_ms=2_500, delivery_id="d1-corrected"), ingested_at_ms=2_000)])
+    delivered.record([replace(original, ingested_at_ms=3_000)])
+    delivered.mark([first_store])
+    assert delivered.unstored_blobs() == {original.sha256}, "the first store's receipt is not the new send's"
+    delivered.mark([replace(_stored(1, at_ms=3_500), ingested_at_ms=3_000)])
+    assert delivered.unstored_blobs() == set()
+
+    delivered.record([replace(original, ingested_at_ms=4_000, partner_id="other")])
+    delivered.mark([replace(_stored(1, at_ms=4_500), partner_id="other")])  # an earlier release's receipt
+    assert delivered.unstored_blobs() == set()

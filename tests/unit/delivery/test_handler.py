@@ -174,7 +174,7 @@ def test_a_receipt_marks_the_delivery_stored_for_the_partner_that_owns_the_topic
     handler = DeliveryHandler(lambda p: True, topics, lambda p: None, lambda items: None, BASE, mark=marked.append)
     instance = _prepared().instance
     stored = events_pb2.DeliveryReceipt(
-        meta=events_pb2.EventMeta(event_id="r1", occurred_at_ms=5),
+        meta=events_pb2.EventMeta(event_id="r1", occurred_at_ms=5, ingested_at_ms=3),
         instance=instance,
         status=events_pb2.STORE_STATUS_STORED,
         stored_at_ms=42,
@@ -183,7 +183,8 @@ def test_a_receipt_marks_the_delivery_stored_for_the_partner_that_owns_the_topic
     for receipt in (stored, retrying):
         assert handler(IncomingMessage(topics.receipts("lab"), 0, 0, None, receipt.SerializeToString())) == []
     handler.flush()
-    assert marked == [[StoredReceipt("lab", "2.25.9", "2.25.11", "2.25.10", "stored", 42)]]
+    # The send reported on (its ingest time) goes with it: a receipt of an earlier send marks nothing.
+    assert marked == [[StoredReceipt("lab", "2.25.9", "2.25.11", "2.25.10", "stored", 42, ingested_at_ms=3)]]
 
 
 def test_the_stage_reads_prepared_instances_and_every_partners_receipts_only() -> None:

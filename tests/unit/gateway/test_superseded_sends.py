@@ -82,10 +82,13 @@ class InMemory:
 
 
 def _run(
-    tmp_path: Path, sends: list[events_pb2.PartnerDelivery], records: StoredRecords | None = None
+    tmp_path: Path,
+    sends: list[events_pb2.PartnerDelivery],
+    records: StoredRecords | None = None,
+    receipts: Receipts | None = None,
 ) -> tuple[list[str], list[tuple[str, str]], Any]:
     stop = threading.Event()
-    receipts, pacs = Receipts(), Pacs()
+    receipts, pacs = receipts or Receipts(), Pacs()
     options = GatewayOptions(receipts_topic="r", commit_interval_s=0.0, fetch_ahead=0)
     gateway = Gateway(
         Sends(sends, stop),  # type: ignore[arg-type]
@@ -184,3 +187,43 @@ def test_what_a_gateway_does_with_a_send(
     version = InstanceVersion("i", 1_000, "orig")
     recorded = InstanceVersion("i", newest[1], newest[0]) if newest else None
     assert send_action(version, recorded, stored_before) is action
+
+
+def test_a_store_over_the_correction_is_reported_under_an_id_of_its_own(tmp_path: Path) -> None:
+    """The original, its correction, then the original published again newer still and stored over the
+    correction: that store's receipt is a new one (audit keeps it; delivery tells it from the first by
+    the send's ingest time); read again after a crash it is the same receipt. A plain repeat of what the
+    target holds is the first store's receipt again."""
+    receipts = Receipts()
+    sends = [_send("orig", 1_000, "a"), _send("fix", 2_000, "c"), _send("orig", 3_000, "a")]
+    _run(tmp_path, sends, receipts=receipts)
+    first, _, again = receipts.sent
+    assert again.delivery_id == first.delivery_id == "orig" and again.meta.event_id != first.meta.event_id
+    assert (first.meta.ingested_at_ms, again.meta.ingested_at_ms) == (1_000, 3_000)
+
+    replayed = Receipts()
+    stored, _, counters = _run(tmp_path, [_send("orig", 3_000, "a")], receipts=replayed)
+    assert stored == [] and counters.duplicates == 1
+    assert replayed.sent[0].meta.event_id == again.meta.event_id
+
+    repeats = Receipts()
+    _run(tmp_path / "b", [_send("orig", 1_000, "a"), _send("orig", 3_000, "a")], receipts=repeats)
+    assert repeats.sent[0].meta.event_id == repeats.sent[1].meta.event_id == first.meta.event_id
+
+
+def test_a_state_folder_of_an_earlier_release_reports_its_stores_under_their_first_ids(tmp_path: Path) -> None:
+    from services.gateway.receipts import STORED, instance_receipt
+
+    path = tmp_path / "stored.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE stored (delivery_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL, study TEXT NOT NULL,"
+        " stored_at_ms INTEGER NOT NULL)"
+    )
+    old.execute("INSERT INTO stored VALUES ('orig', ?, '2.25.1', 7)", ("a" * 64,))
+    old.commit()
+    old.close()
+    send = _send("orig", 1_000, "a")
+    judged = StoredRecords(path).judge(send)
+    assert judged.action is SendAction.DUPLICATE and judged.stored_at_ms == 7
+    assert judged.receipt_id == instance_receipt(send, STORED, "dicom", 1, 7).meta.event_id
