@@ -46,6 +46,7 @@ from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
 from services.gateway.records import DeadLetters, StoredRecords
 from services.gateway.runner import RECEIPTS_LINGER_MS, KafkaSignIn, feed_consumer, producer_for
+from services.gateway.state_lock import state_folder_lock
 from services.gateway.targets import open_store, parse_target
 from services.gateway.worker import Counters, Gateway, GatewayOptions, state_paths
 
@@ -140,6 +141,8 @@ class PartnerWorker:
             s.kafka_ssl_cafile,
         )
         with ExitStack() as stack:
+            # An operator's dead-letter replay on this folder: this session waits for it (restarted later).
+            stack.enter_context(state_folder_lock(s.gateway_state_dir / self.partner_id, "imx central gateway"))
             consumer = feed_consumer(
                 s.kafka_bootstrap,
                 central_group(self.partner_id, topics.prefix),

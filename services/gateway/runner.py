@@ -27,6 +27,7 @@ from services.gateway.records import (
     StoredRecords,
     UnreadableDeadLetter,
 )
+from services.gateway.state_lock import state_folder_lock
 from services.gateway.targets import Store, Target, open_store
 from services.gateway.worker import Counters, Gateway, GatewayOptions, attempt_once, state_paths
 from services.proto_gen.imx.v1 import events_pb2
@@ -123,9 +124,11 @@ def producer_for(kafka: KafkaSignIn, linger_ms: int = 5) -> KafkaProducer:
 
 
 @contextmanager
-def _closing_all(settings: GatewaySettings) -> Iterator[tuple[Fetcher, Store, StoredRecords, DeadLetters]]:
+def _closing_all(settings: GatewaySettings, holder: str) -> Iterator[tuple[Fetcher, Store, StoredRecords, DeadLetters]]:
+    """What the gateway and a replay work with, the state folder locked for `holder` first."""
     incoming, stored, dead = state_paths(settings.state_dir)
     with ExitStack() as stack:
+        stack.enter_context(state_folder_lock(settings.state_dir, holder))
         fetcher = Fetcher(settings.dicomweb_key, incoming)
         stack.callback(fetcher.close)
         store = open_store(settings.target)
@@ -141,11 +144,12 @@ def run_gateway(
     """Run until `stop` (or idle for `idle_exit_s`); raises kafka errors on a failed sign-in and
     GatewayStopped for conditions no retry fixes."""
     with ExitStack() as stack:
+        # The state folder first: one in use is said at once, not after Kafka's sign-in.
+        fetcher, store, records, dead_letters = stack.enter_context(_closing_all(settings, "imx gateway run"))
         consumer = consumer_for(settings)
         stack.callback(consumer.close, autocommit=False)
         producer = producer_for(settings.kafka, RECEIPTS_LINGER_MS)
         stack.callback(producer.close)
-        fetcher, store, records, dead_letters = stack.enter_context(_closing_all(settings))
         options = GatewayOptions(
             receipts_topic=settings.topics.receipts(settings.partner_id),
             policy=settings.policy,
@@ -190,7 +194,9 @@ def replay_dead_letters(
     outcomes: list[ReplayOutcome] = []
     receipts_topic = settings.topics.receipts(settings.partner_id)
     with ExitStack() as stack:
-        fetcher, store, records, dead_letters = stack.enter_context(_closing_all(settings))
+        fetcher, store, records, dead_letters = stack.enter_context(
+            _closing_all(settings, "imx gateway dead-letters replay")
+        )
         producer = None
         if publish_receipts:
             producer = producer_for(settings.kafka)

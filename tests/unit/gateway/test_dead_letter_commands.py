@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from services.cli.gateway import _sign_in_failed
 from services.cli.main import app
 from services.gateway.records import DeadLetters, InstanceVersion, StoredRecords, UnreadableDeadLetter
-from services.gateway.worker import state_paths
+from services.gateway.worker import GatewayStopped, state_paths
 from services.proto_gen.imx.v1 import events_pb2
 
 runner = CliRunner()
@@ -121,3 +121,46 @@ def test_replay_does_not_put_an_older_send_back_over_its_correction(tmp_path: Pa
     result, target = _replay_all(tmp_path)
     assert "superseded" in result.output
     assert list(DeadLetters(folder)) == [] and list(target.iterdir()) == []
+
+
+def test_a_replay_refuses_a_state_folder_a_gateway_is_working_on_and_a_killed_gateway_holds_nothing(
+    tmp_path: Path,
+) -> None:
+    """A replay beside the running gateway could store an older send over one the gateway stored
+    meanwhile (each reads the newest-send record before its store): the second is refused, named, at
+    once; and the lock goes with its process, however that ends."""
+    import subprocess
+    import sys
+
+    from services.gateway.state_lock import state_folder_lock
+
+    state = tmp_path / "state"
+    DeadLetters(state_paths(state)[2]).put(_delivery("d1"), "dimse-a700", 10, "file", 1)
+    args = [*REPLAY, "--all", "--state-dir", str(state)]
+    with state_folder_lock(state, "imx gateway run"):
+        refused = runner.invoke(app, args)
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 1 and "in use" in said and "imx gateway run" in said, refused.output
+    assert [letter.delivery_id for letter in DeadLetters(state_paths(state)[2])] == ["d1"], "nothing replayed"
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path;"
+            " from services.gateway.state_lock import state_folder_lock as lock;"
+            " cm = lock(Path(sys.argv[1]), 'held'); cm.__enter__(); print('ready', flush=True); time.sleep(60)",
+            str(state),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(GatewayStopped, match="in use"), state_folder_lock(state, "replay"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with state_folder_lock(state, "replay"):  # SIGKILL released it
+        pass
