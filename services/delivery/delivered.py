@@ -15,7 +15,8 @@ Collections keyed so that nearly every question is an `_id` lookup (fast on any 
 - `pending_studies`, `_id = "<partner>/<study>"`: studies that had a delivery since their last
   StudyComplete; small (only studies in flight), so the completeness sweep reads it whole.
 - `delivery_receipts`, `_id` = a hash of its entries: one page per consumed batch of the gateways'
-  receipts (stored or dead-lettered, per delivery id). The stage writes it with one insert; the readers
+  receipts (stored or dead-lettered, per delivery id and the send's ingest time: a receipt of an
+  earlier send of a delivery ingested again since marks nothing). The stage writes it with one insert; the readers
   that ask what is still owed (`unstored`, `unstored_blobs`, `stored_at`: the retention watch, the blob
   collection, every few minutes) first fold the pages into the deliveries they report on and drop them
   (`settle_receipts`). An update per instance on the stage's path cost FerretDB 1.24 a read and a write
@@ -189,10 +190,14 @@ class DeliveredObjects:
                     ),
                     # The same delivery ingested again (ingest re-publishes an event whose "published"
                     # mark was lost under its id, with the time of the new send): it is as new as its
-                    # latest send, whichever of its copies was recorded first.
+                    # latest send, whichever of its copies was recorded first, and owed until that send's
+                    # own receipt (the partner may hold another delivery of the instance meanwhile).
                     UpdateOne(
                         {"_id": _key(i), "delivery_id": i.delivery_id, "ingested_at_ms": {"$lt": i.ingested_at_ms}},
-                        {"$set": {"ingested_at_ms": i.ingested_at_ms}},
+                        {
+                            "$set": {"ingested_at_ms": i.ingested_at_ms, OWED: True},
+                            "$unset": dict.fromkeys(_REPORTED, ""),
+                        },
                     ),
                 )
             ],
@@ -558,8 +563,9 @@ def _receipts_page_id(entries: list[dict[str, object]]) -> str:
 
 def _receipt_update(entry: dict[str, object]) -> UpdateOne:
     """One receipt applied to its delivery: the earliest report of its kind is kept. A receipt for a send
-    older than the one recorded (the delivery ingested again since, and owed again when it was stored
-    over meanwhile) marks nothing: that send's own receipt will."""
+    older than the one recorded (the delivery ingested again since, which made it owed again) marks
+    nothing: that send's own receipt will. An entry without a send (a page an earlier release wrote)
+    applies to any."""
     query: dict[str, object] = {"_id": entry["key"]}
     if entry.get("delivery_id"):
         query["delivery_id"] = entry["delivery_id"]

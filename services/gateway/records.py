@@ -1,11 +1,11 @@
 """What this gateway keeps in its state folder: which deliveries it stored (so a redelivered event
 is not stored twice and a StudyComplete manifest can be checked), and its dead letters.
 
-- `stored.sqlite3`: one row per stored delivery id with its SHA-256 and the id of the STORED receipt
-  that reported it. WAL with synchronous=NORMAL: a killed process loses nothing; a power cut may lose
-  the last rows, which only means a re-send. And per instance (its UIDs as delivered) the newest send
-  stored (`InstanceVersion`), so an older one that comes after it on another priority lane is not
-  stored over it.
+- `stored.sqlite3`: one row per stored delivery id with its SHA-256, and the id of the STORED receipt
+  that reported it (`receipt_ids`). WAL with synchronous=NORMAL: a killed process loses nothing; a
+  power cut may lose the last rows, which only means a re-send. And per instance (its UIDs as
+  delivered) the newest send stored (`InstanceVersion`), so an older one that comes after it on another
+  priority lane is not stored over it.
 - `dead-letters/<delivery id>.json`: the delivery (protobuf, base64) with the target's last status,
   the attempts and where it was read from; one file per delivery id, written atomically.
 """
@@ -81,7 +81,7 @@ class Judged:
     version: InstanceVersion
     stored_at_ms: int  # when this delivery's object was stored here (a DUPLICATE), else 0
     later_send: bool  # a repeat whose ingest time is later than the one recorded (`note_send` it)
-    again: bool  # this delivery was stored here before: what this send comes to is a receipt of its own
+    again: bool  # this delivery was stored here before: a new store of it, or a dead letter, has its own id
     receipt_id: str  # the id of the STORED receipt for it: a DUPLICATE's is the one recorded with the store
 
 
@@ -93,11 +93,13 @@ class StoredRecords:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS stored (delivery_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL,"
-            " study TEXT NOT NULL, stored_at_ms INTEGER NOT NULL, receipt_id TEXT)"
+            " study TEXT NOT NULL, stored_at_ms INTEGER NOT NULL)"
         )
-        columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(stored)")}
-        if "receipt_id" not in columns:  # a state folder of an earlier release: its rows' receipts had the first id
-            self._db.execute("ALTER TABLE stored ADD COLUMN receipt_id TEXT")
+        # A table of its own, not a column of `stored`: an earlier release, rolled back to, still writes
+        # `stored` by position. A row without one (stored by such a release) had the first store's id.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS receipt_ids (delivery_id TEXT PRIMARY KEY, receipt_id TEXT NOT NULL)"
+        )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS versions (instance TEXT PRIMARY KEY, ingested_at_ms INTEGER NOT NULL,"
             " delivery_id TEXT NOT NULL, stored_at_ms INTEGER NOT NULL)"
@@ -117,9 +119,13 @@ class StoredRecords:
         self._db.execute("BEGIN")
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO stored VALUES (?, ?, ?, ?, ?)",
-                (delivery_id, sha256, study, stored_at_ms, receipt_id),
+                "INSERT OR REPLACE INTO stored (delivery_id, sha256, study, stored_at_ms) VALUES (?, ?, ?, ?)",
+                (delivery_id, sha256, study, stored_at_ms),
             )
+            if receipt_id is None:
+                self._db.execute("DELETE FROM receipt_ids WHERE delivery_id = ?", (delivery_id,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO receipt_ids VALUES (?, ?)", (delivery_id, receipt_id))
             if version is not None:
                 self._note(version, stored_at_ms, stored_over=True)
             self._db.execute("COMMIT")
@@ -180,7 +186,9 @@ class StoredRecords:
 
     def _row(self, delivery_id: str) -> tuple[str, int, str | None] | None:
         row = self._db.execute(
-            "SELECT sha256, stored_at_ms, receipt_id FROM stored WHERE delivery_id = ?", (delivery_id,)
+            "SELECT sha256, stored_at_ms, receipt_id FROM stored LEFT JOIN receipt_ids USING (delivery_id)"
+            " WHERE delivery_id = ?",
+            (delivery_id,),
         ).fetchone()
         return (str(row[0]), int(row[1]), row[2]) if row else None
 

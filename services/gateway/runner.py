@@ -213,7 +213,14 @@ def replay_dead_letters(
             judged = records.judge(delivery)
             if judged.action is SendAction.DUPLICATE:
                 # Stored after it was dead-lettered (read again after a kill, before its offset was
-                # committed); its STORED receipt went out then. Not sent to the target a second time.
+                # committed), or by a replay killed before its receipt went out: not sent to the target a
+                # second time, and its STORED receipt again (the recorded id: the same receipt if it went).
+                if producer is not None:
+                    at = judged.stored_at_ms
+                    receipt = instance_receipt(
+                        delivery, STORED, store.kind, letter.attempts + 1, at, "duplicate", at, judged.receipt_id
+                    )
+                    _send_receipt(producer, receipts_topic, receipt)
                 dead_letters.remove(letter.delivery_id)
                 outcomes.append(ReplayOutcome(letter.delivery_id, True, "already-stored"))
                 continue

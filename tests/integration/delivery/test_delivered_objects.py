@@ -416,7 +416,7 @@ def test_the_first_stores_receipt_does_not_settle_the_same_delivery_sent_again_o
     """The original stored, then its correction, then the original published again newer still (ingest
     publishes an event again under its id when its mark was lost): the gateway stores it over the
     correction. The first store's receipt, folded only now, is about the first send and leaves the new one
-    owed; the new send's receipt settles it. Receipts from an earlier release name no send, as before."""
+    owed; the new send's receipt settles it."""
     delivered = DeliveredObjects(db)
     original = replace(_item(1), ingested_at_ms=1_000)
     first_store = replace(_stored(1, at_ms=1_500), ingested_at_ms=1_000)
@@ -429,6 +429,23 @@ def test_the_first_stores_receipt_does_not_settle_the_same_delivery_sent_again_o
     delivered.mark([replace(_stored(1, at_ms=3_500), ingested_at_ms=3_000)])
     assert delivered.unstored_blobs() == set()
 
-    delivered.record([replace(original, ingested_at_ms=4_000, partner_id="other")])
-    delivered.mark([replace(_stored(1, at_ms=4_500), partner_id="other")])  # an earlier release's receipt
+
+def test_a_delivery_ingested_again_is_owed_until_its_latest_sends_receipt(db: Database) -> None:
+    """Stored and settled, then published again with a later ingest time: owed again (the partner may hold
+    another delivery of the instance by then) until the receipt of that send, the gateway's repeat
+    ("duplicate", under the first store's id and time) when its target still holds it. A receipt page
+    written by an earlier release of delivery names no send, and settles it as before."""
+    delivered = DeliveredObjects(db)
+    original, other = replace(_item(1), ingested_at_ms=1_000), replace(_item(2), ingested_at_ms=1_000)
+    delivered.record([original, other])
+    delivered.mark([replace(_stored(n, at_ms=1_500), ingested_at_ms=1_000) for n in (1, 2)])
+    assert delivered.unstored_blobs() == set()
+    delivered.record([replace(original, ingested_at_ms=3_000), replace(other, ingested_at_ms=3_000)])
+    assert delivered.unstored_blobs() == {original.sha256, other.sha256}
+    delivered.mark([replace(_stored(1, at_ms=1_500), ingested_at_ms=1_000)])  # the first receipt, again
+    assert delivered.unstored_blobs() == {original.sha256, other.sha256}
+    delivered.mark([replace(_stored(1, at_ms=1_500), ingested_at_ms=3_000), _stored(2, at_ms=1_500)])
+    assert delivered.unstored_blobs() == set()
+    assert delivered.stored_at("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.1") == 1_500
+    delivered.record([replace(original, ingested_at_ms=2_000)])  # an older send replayed: nothing owed
     assert delivered.unstored_blobs() == set()

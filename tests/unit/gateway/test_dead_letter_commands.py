@@ -164,3 +164,41 @@ def test_a_replay_refuses_a_state_folder_a_gateway_is_working_on_and_a_killed_ga
         holder.wait()
     with state_folder_lock(state, "replay"):  # SIGKILL released it
         pass
+
+
+def test_a_replay_killed_before_its_receipt_sends_it_the_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored by a replay that was killed before its STORED receipt went out: the next replay finds it
+    stored, does not send it to the target again, and reports it, under the id recorded with the store
+    (the same receipt if it had gone), or delivery would count it owed for ever."""
+    from services.gateway import runner as runner_module
+
+    sent: list[events_pb2.DeliveryReceipt] = []
+
+    class Acknowledged:
+        def get(self, timeout: float | None = None) -> None:
+            pass
+
+    class Producer:
+        def send(self, topic: str, value: bytes, **kwargs: Any) -> Acknowledged:
+            sent.append(events_pb2.DeliveryReceipt.FromString(value))
+            return Acknowledged()
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(runner_module, "producer_for", lambda *args, **kwargs: Producer())
+    _incoming, records_path, folder = state_paths(tmp_path / "state")
+    DeadLetters(folder).put(_delivery("d1"), "dimse-a700", 3, "file", 1)
+    records = StoredRecords(records_path)
+    records.add("d1", "ab" * 32, "1.2.3", 2, receipt_id="the-recorded-id")
+    records.close()
+    target = tmp_path / "target"
+    target.mkdir()
+    args = ["gateway", "dead-letters", "replay", "--all", "--state-dir", str(tmp_path / "state")]
+    args += ["--target", f"file://{target}", "--dicomweb-key", "k", "--partner", "p", "--bootstrap", "127.0.0.1:9"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "already-stored" in result.output, result.output
+    assert [(r.meta.event_id, r.delivery_id, r.stored_at_ms) for r in sent] == [("the-recorded-id", "d1", 2)]
+    assert list(target.iterdir()) == [] and list(DeadLetters(folder)) == []

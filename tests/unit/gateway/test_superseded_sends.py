@@ -224,6 +224,17 @@ def test_a_state_folder_of_an_earlier_release_reports_its_stores_under_their_fir
     old.commit()
     old.close()
     send = _send("orig", 1_000, "a")
-    judged = StoredRecords(path).judge(send)
+    records = StoredRecords(path)
+    judged = records.judge(send)
     assert judged.action is SendAction.DUPLICATE and judged.stored_at_ms == 7
     assert judged.receipt_id == instance_receipt(send, STORED, "dicom", 1, 7).meta.event_id
+    records.add("other", "b" * 64, "2.25.1", 8, receipt_id="r-other")
+    records.close()
+    assert StoredRecords(path)._row("other") == ("b" * 64, 8, "r-other"), "kept when opened again"
+
+    # Rolled back, an earlier release writes `stored` by position, as it always did.
+    rolled_back = sqlite3.connect(path)
+    rolled_back.execute("INSERT OR REPLACE INTO stored VALUES ('third', ?, '2.25.1', 9)", ("c" * 64,))
+    rolled_back.commit()
+    rolled_back.close()
+    assert StoredRecords(path).stored("third") == ("c" * 64, 9)
