@@ -194,10 +194,9 @@ class DeliveredObjects:
                     # own receipt (the partner may hold another delivery of the instance meanwhile).
                     UpdateOne(
                         {"_id": _key(i), "delivery_id": i.delivery_id, "ingested_at_ms": {"$lt": i.ingested_at_ms}},
-                        {
-                            "$set": {"ingested_at_ms": i.ingested_at_ms, OWED: True},
-                            "$unset": dict.fromkeys(_REPORTED, ""),
-                        },
+                        # Its fields as this send's (its delivery time too: the retention watch dates a
+                        # message on the feed by it, and the first send's may be long gone from there).
+                        {"$set": {**_fields(i), OWED: True}, "$unset": dict.fromkeys(_REPORTED, "")},
                     ),
                 )
             ],
@@ -299,9 +298,15 @@ class DeliveredObjects:
             yield _from_doc(doc)
 
     def mark_expired(self, items: Iterable[DeliveredInstance], at_ms: int) -> None:
+        """The deliveries `items` (as `unstored` listed them) expired unread; one delivered again since
+        they were listed (a correction, or the same delivery sent again) is not marked."""
         updates = [
             UpdateOne(
-                {"_id": instance_key(i.partner_id, i.study_uid, i.series_uid, i.sop_uid)},
+                {
+                    "_id": instance_key(i.partner_id, i.study_uid, i.series_uid, i.sop_uid),
+                    "delivery_id": i.delivery_id,
+                    "delivered_at_ms": i.delivered_at_ms,
+                },
                 {"$min": {"expired_at_ms": at_ms}},
             )
             for i in items

@@ -46,7 +46,7 @@ from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
 from services.gateway.records import DeadLetters, StoredRecords
 from services.gateway.runner import RECEIPTS_LINGER_MS, KafkaSignIn, feed_consumer, producer_for
-from services.gateway.state_lock import state_folder_lock
+from services.gateway.state_lock import StateFolderBusy, state_folder_lock
 from services.gateway.targets import open_store, parse_target
 from services.gateway.worker import Counters, Gateway, GatewayOptions, state_paths
 
@@ -118,9 +118,16 @@ class PartnerWorker:
                 self._session()
             except Exception as error:  # a stop no retry fixes, or Kafka/MongoDB away: start again later
                 self.restarts += 1
+                # A busy state folder says who holds it (an operator's replay, by its process id): no PHI.
+                said = {"reason": str(error)} if isinstance(error, StateFolderBusy) else {}
                 log.warning(
                     "central gateway worker stopped; starting it again",
-                    extra={"partner": self.partner_id, "error": type(error).__name__, "seconds": self._restart_s},
+                    extra={
+                        "partner": self.partner_id,
+                        "error": type(error).__name__,
+                        "seconds": self._restart_s,
+                        **said,
+                    },
                 )
                 self._stop.wait(self._restart_s)
 

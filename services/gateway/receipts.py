@@ -14,6 +14,7 @@ from typing import Any
 
 from services.common.events import EVENT_TYPE_HEADER, event_id
 from services.common.partner_receipts import SUPERSEDED
+from services.gateway.records import Judged, SendAction
 from services.proto_gen.imx.v1 import events_pb2
 
 STORED = events_pb2.STORE_STATUS_STORED
@@ -67,6 +68,43 @@ def instance_receipt(
         attempts=attempts,
         stored_at_ms=stored_at_ms,
     )
+
+
+def stored_receipt_id(delivery: events_pb2.PartnerDelivery, judged: Judged) -> str:
+    """The id of the STORED receipt for a delivery as the local record judged it: a repeat reports the
+    store it repeats (under the id recorded with it; the first store's when an earlier release stored
+    it), a store of a delivery stored here before (stored over since) under an id of its own."""
+    if judged.action is SendAction.DUPLICATE:
+        return judged.recorded_receipt_id or receipt_event_id(delivery, STORED, again=False)
+    return receipt_event_id(delivery, STORED, judged.again)
+
+
+def store_receipt(
+    delivery: events_pb2.PartnerDelivery,
+    target_kind: str,
+    judged: Judged,
+    attempts: int,
+    stored_at_ms: int,
+    detail: str,
+) -> events_pb2.DeliveryReceipt:
+    """STORED: the target took the delivery's object (the target's status as `detail`)."""
+    receipt_id = stored_receipt_id(delivery, judged)
+    return instance_receipt(delivery, STORED, target_kind, attempts, stored_at_ms, detail, stored_at_ms, receipt_id)
+
+
+def duplicate_receipt(
+    delivery: events_pb2.PartnerDelivery, target_kind: str, judged: Judged
+) -> events_pb2.DeliveryReceipt:
+    """STORED "duplicate": the target holds the delivery's object already, stored when the record says;
+    the same receipt as that store's when its send is the same."""
+    return store_receipt(delivery, target_kind, judged, 1, judged.stored_at_ms, "duplicate")
+
+
+def dead_letter_receipt(
+    delivery: events_pb2.PartnerDelivery, target_kind: str, judged: Judged, attempts: int, at_ms: int, status: str
+) -> events_pb2.DeliveryReceipt:
+    receipt_id = receipt_event_id(delivery, DEAD_LETTERED, judged.again)
+    return instance_receipt(delivery, DEAD_LETTERED, target_kind, attempts, at_ms, status, receipt_id=receipt_id)
 
 
 def superseded_receipt(

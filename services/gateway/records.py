@@ -23,7 +23,6 @@ from enum import Enum
 from pathlib import Path
 
 from services.common.blob_store import fsync_directory, replace_atomically
-from services.gateway.receipts import STORED, receipt_event_id
 from services.proto_gen.imx.v1 import events_pb2
 
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
@@ -82,7 +81,7 @@ class Judged:
     stored_at_ms: int  # when this delivery's object was stored here (a DUPLICATE), else 0
     later_send: bool  # a repeat whose ingest time is later than the one recorded (`note_send` it)
     again: bool  # this delivery was stored here before: a new store of it, or a dead letter, has its own id
-    receipt_id: str  # the id of the STORED receipt for it: a DUPLICATE's is the one recorded with the store
+    recorded_receipt_id: str | None  # a DUPLICATE's: the id its store was reported under (None: not recorded)
 
 
 class StoredRecords:
@@ -172,12 +171,11 @@ class StoredRecords:
         later = newest is not None and version.ingested_at_ms > newest.ingested_at_ms
         # Stored here before and now stored again (stored over meanwhile by another delivery of the
         # instance, and re-published newer still): a new store, reported under an id of its own, so audit
-        # keeps it and delivery does not take the first store's receipt for it.
+        # keeps it and delivery does not take the first store's receipt for it (receipts.py).
         again = row is not None
         if action is SendAction.DUPLICATE and row is not None:
-            recorded = row[2] or receipt_event_id(delivery, STORED, again=False)
-            return Judged(action, version, int(row[1]), later, again, recorded)
-        return Judged(action, version, 0, later, again, receipt_event_id(delivery, STORED, again))
+            return Judged(action, version, int(row[1]), later, again, row[2])
+        return Judged(action, version, 0, later, again, None)
 
     def stored(self, delivery_id: str) -> tuple[str, int] | None:
         """(sha256, stored_at_ms) of a delivery this gateway stored, None when it did not."""

@@ -19,7 +19,13 @@ from services.common.started_objects import freeze_started_objects
 from services.common.topics import Topics
 from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
-from services.gateway.receipts import STORED, instance_receipt, receipt_record, superseded_receipt
+from services.gateway.receipts import (
+    duplicate_receipt,
+    receipt_record,
+    store_receipt,
+    stored_receipt_id,
+    superseded_receipt,
+)
 from services.gateway.records import (
     DeadLetter,
     DeadLetters,
@@ -216,11 +222,7 @@ def replay_dead_letters(
                 # committed), or by a replay killed before its receipt went out: not sent to the target a
                 # second time, and its STORED receipt again (the recorded id: the same receipt if it went).
                 if producer is not None:
-                    at = judged.stored_at_ms
-                    receipt = instance_receipt(
-                        delivery, STORED, store.kind, letter.attempts + 1, at, "duplicate", at, judged.receipt_id
-                    )
-                    _send_receipt(producer, receipts_topic, receipt)
+                    _send_receipt(producer, receipts_topic, duplicate_receipt(delivery, store.kind, judged))
                 dead_letters.remove(letter.delivery_id)
                 outcomes.append(ReplayOutcome(letter.delivery_id, True, "already-stored"))
                 continue
@@ -242,18 +244,11 @@ def replay_dead_letters(
                 delivery.instance.study_instance_uid,
                 stored_at,
                 judged.version,
-                judged.receipt_id,
+                stored_receipt_id(delivery, judged),
             )
             if producer is not None:
-                receipt = instance_receipt(
-                    delivery,
-                    STORED,
-                    store.kind,
-                    letter.attempts + 1,
-                    stored_at,
-                    result.status_detail,
-                    stored_at,
-                    judged.receipt_id,
+                receipt = store_receipt(
+                    delivery, store.kind, judged, letter.attempts + 1, stored_at, result.status_detail
                 )
                 _send_receipt(producer, receipts_topic, receipt)
             dead_letters.remove(letter.delivery_id)

@@ -53,23 +53,25 @@ from services.common.positions import ConsumerPositions
 from services.common.static_membership import name_taken
 from services.common.topic_metadata import await_topic_metadata
 from services.common.topics import LANES, ROUTINE, Topics
+from services.gateway.errors import GatewayStopped
 from services.gateway.fetch import BODY_TORN, Fetcher, FetchFailure
 from services.gateway.fetch_ahead import FetchAhead, discard
 from services.gateway.fetched import Fetched
 from services.gateway.offsets import OffsetTracker
 from services.gateway.policy import RetryPolicy
 from services.gateway.receipts import (
-    DEAD_LETTERED,
-    STORED,
-    instance_receipt,
-    receipt_event_id,
+    dead_letter_receipt,
+    duplicate_receipt,
     receipt_record,
+    store_receipt,
+    stored_receipt_id,
     study_receipt,
     superseded_receipt,
 )
 from services.gateway.records import (
     DeadLetters,
     InstanceVersion,
+    Judged,
     SendAction,
     StoredRecords,
     safe_delivery_id,
@@ -81,11 +83,6 @@ log = logging.getLogger(__name__)
 
 # Failures that say something about the instance, not the target: given up after RetryPolicy.few_attempts.
 FEW_ATTEMPTS = frozenset({"sha256-mismatch", "size-mismatch", "truncated-multipart", BODY_TORN, ABORTED})
-
-
-class GatewayStopped(Exception):
-    """A condition no retry fixes (the DICOMweb key refused, receipts cannot be written): stop, commit
-    nothing more, say why. The message carries no PHI."""
 
 
 @dataclass
@@ -350,12 +347,7 @@ class Gateway:
             if judged.later_send:
                 self._note_send(version)
             self.counters.duplicates += 1
-            at = judged.stored_at_ms
-            self._send_receipt(
-                instance_receipt(
-                    delivery, STORED, self._store.kind, 1, at, "duplicate", at, receipt_id=judged.receipt_id
-                )
-            )
+            self._send_receipt(duplicate_receipt(delivery, self._store.kind, judged))
             return True
         if judged.action is SendAction.SUPERSEDED:
             # The original and its correction took different priority lanes and the original came last:
@@ -381,7 +373,7 @@ class Gateway:
                     delivery.instance.study_instance_uid,
                     stored_at,
                     version=version,
-                    receipt_id=judged.receipt_id,
+                    receipt_id=stored_receipt_id(delivery, judged),
                 )
                 recorded = self._state_written(record, stop, tp)
                 if not recorded:
@@ -390,16 +382,7 @@ class Gateway:
                 self.counters.stored += 1
                 self.counters.waiting = ""
                 self._send_receipt(
-                    instance_receipt(
-                        delivery,
-                        STORED,
-                        self._store.kind,
-                        attempts,
-                        stored_at,
-                        detail=result.status_detail,
-                        stored_at_ms=stored_at,
-                        receipt_id=judged.receipt_id,
-                    )
+                    store_receipt(delivery, self._store.kind, judged, attempts, stored_at, result.status_detail)
                 )
                 return True
             policy = self._options.policy
@@ -412,7 +395,7 @@ class Gateway:
                 few = result.status_detail in FEW_ATTEMPTS
                 if not result.retryable or policy.gives_up(answered, few):
                     where = (tp.topic, tp.partition, offset)
-                    return self._dead_letter(delivery, result.status_detail, attempts, where, stop, tp, judged.again)
+                    return self._dead_letter(delivery, result.status_detail, attempts, where, stop, tp, judged)
                 delay = policy.delay_s(answered)
                 self.counters.waiting = f"attempt {answered} failed ({result.status_detail}), retrying in {delay:.1f} s"
             self.counters.retried += 1
@@ -436,7 +419,7 @@ class Gateway:
         where: tuple[str, int, int],
         stop: threading.Event,
         holding: TopicPartition,
-        again: bool,
+        judged: Judged,
     ) -> bool:
         at = self._clock()
 
@@ -447,10 +430,7 @@ class Gateway:
             return False
         self.counters.dead_lettered += 1
         self.counters.waiting = ""
-        own_id = receipt_event_id(delivery, DEAD_LETTERED, again)
-        self._send_receipt(
-            instance_receipt(delivery, DEAD_LETTERED, self._store.kind, attempts, at, status, receipt_id=own_id)
-        )
+        self._send_receipt(dead_letter_receipt(delivery, self._store.kind, judged, attempts, at, status))
         return True
 
     def _state_written(self, write: Callable[[], object], stop: threading.Event, holding: TopicPartition) -> bool:

@@ -24,6 +24,7 @@ from tests.integration.delivery.deliveries import delivered_item
 from tests.integration.query_plans import scans
 
 STUDY = "2.25.100"
+WEEK_MS = 7 * 24 * 3600 * 1000
 
 
 def _item(n: int, partner: str = "lab", study: str = STUDY, at_ms: int = 1_000) -> DeliveredInstance:
@@ -449,3 +450,24 @@ def test_a_delivery_ingested_again_is_owed_until_its_latest_sends_receipt(db: Da
     assert delivered.stored_at("lab", STUDY, f"{STUDY}.1", f"{STUDY}.1.1") == 1_500
     delivered.record([replace(original, ingested_at_ms=2_000)])  # an older send replayed: nothing owed
     assert delivered.unstored_blobs() == set()
+
+
+def test_a_delivery_sent_again_is_dated_by_its_new_send_and_one_listed_before_it_is_not_marked_expired(
+    db: Database,
+) -> None:
+    """The retention watch dates what is on the feed by the delivery time: a delivery sent again a week on
+    and owed again carries its new send's, not the first's (long gone from the feed), and marking the
+    deliveries it listed as expired spares one recorded again since it listed them."""
+    delivered = DeliveredObjects(db)
+    first = replace(_item(1), ingested_at_ms=1_000, delivered_at_ms=1_100)
+    delivered.record([first])
+    delivered.mark([replace(_stored(1, at_ms=1_500), ingested_at_ms=1_000)])
+    week_on = replace(first, ingested_at_ms=WEEK_MS, delivered_at_ms=WEEK_MS + 100)
+    delivered.record([week_on])
+    (listed,) = delivered.unstored()
+    assert listed.delivered_at_ms == WEEK_MS + 100
+    delivered.record([replace(week_on, ingested_at_ms=WEEK_MS + 5_000, delivered_at_ms=WEEK_MS + 5_100)])
+    delivered.mark_expired([listed], WEEK_MS + 200)
+    assert [i.delivered_at_ms for i in delivered.unstored()] == [WEEK_MS + 5_100], "not marked expired"
+    delivered.mark_expired(list(delivered.unstored()), WEEK_MS + 6_000)
+    assert list(delivered.unstored()) == []

@@ -202,3 +202,40 @@ def test_a_replay_killed_before_its_receipt_sends_it_the_next_time(
     assert result.exit_code == 0 and "already-stored" in result.output, result.output
     assert [(r.meta.event_id, r.delivery_id, r.stored_at_ms) for r in sent] == [("the-recorded-id", "d1", 2)]
     assert list(target.iterdir()) == [] and list(DeadLetters(folder)) == []
+
+
+def test_a_lock_file_another_user_made_still_locks_and_an_unusable_folder_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay run as root before the gateway ever ran leaves `lock` owned by root: the service user's
+    gateway opens it read-only, which locks as well. A folder that cannot be opened is a stop, said."""
+    import os
+
+    from services.gateway import state_lock
+
+    state = tmp_path / "state"
+    with state_lock.state_folder_lock(state, "replay as root"):
+        pass
+    real_open = os.open
+
+    def as_another_user(path: Any, flags: int, *args: Any) -> int:
+        if str(path).endswith("/lock") and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(state_lock.os, "open", as_another_user)
+    held = state_lock.state_folder_lock(state, "imx gateway run")
+    held.__enter__()
+    monkeypatch.setattr(state_lock.os, "open", real_open)
+    try:
+        # Held read-only: it wrote nothing, so the file still names the last to write it.
+        with (
+            pytest.raises(state_lock.StateFolderBusy, match="replay as root"),
+            state_lock.state_folder_lock(state, "2"),
+        ):
+            pass
+    finally:
+        held.__exit__(None, None, None)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(GatewayStopped, match="cannot be used"), state_lock.state_folder_lock(tmp_path / "file", "x"):
+        pass

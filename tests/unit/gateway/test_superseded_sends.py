@@ -212,7 +212,7 @@ def test_a_store_over_the_correction_is_reported_under_an_id_of_its_own(tmp_path
 
 
 def test_a_state_folder_of_an_earlier_release_reports_its_stores_under_their_first_ids(tmp_path: Path) -> None:
-    from services.gateway.receipts import STORED, instance_receipt
+    from services.gateway.receipts import STORED, instance_receipt, stored_receipt_id
 
     path = tmp_path / "stored.sqlite3"
     old = sqlite3.connect(path)
@@ -227,7 +227,7 @@ def test_a_state_folder_of_an_earlier_release_reports_its_stores_under_their_fir
     records = StoredRecords(path)
     judged = records.judge(send)
     assert judged.action is SendAction.DUPLICATE and judged.stored_at_ms == 7
-    assert judged.receipt_id == instance_receipt(send, STORED, "dicom", 1, 7).meta.event_id
+    assert stored_receipt_id(send, judged) == instance_receipt(send, STORED, "dicom", 1, 7).meta.event_id
     records.add("other", "b" * 64, "2.25.1", 8, receipt_id="r-other")
     records.close()
     assert StoredRecords(path)._row("other") == ("b" * 64, 8, "r-other"), "kept when opened again"
