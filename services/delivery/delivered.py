@@ -306,6 +306,8 @@ class DeliveredObjects:
                     "_id": instance_key(i.partner_id, i.study_uid, i.series_uid, i.sop_uid),
                     "delivery_id": i.delivery_id,
                     "delivered_at_ms": i.delivered_at_ms,
+                    # (an earlier release's record may have no ingest time; a new send always has a later one)
+                    **({"ingested_at_ms": i.ingested_at_ms} if i.ingested_at_ms else {}),
                 },
                 {"$min": {"expired_at_ms": at_ms}},
             )

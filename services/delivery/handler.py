@@ -159,7 +159,7 @@ def stored_receipt(receipt: events_pb2.DeliveryReceipt, partner_id: str) -> Stor
         status=status,
         at_ms=receipt.stored_at_ms or receipt.meta.occurred_at_ms,
         delivery_id=receipt.delivery_id,
-        ingested_at_ms=receipt.meta.ingested_at_ms or None,  # none said: any send
+        ingested_at_ms=receipt.meta.ingested_at_ms,
     )
 
 

@@ -42,11 +42,12 @@ from services.common.static_membership import instance_id, leave_group
 from services.common.stats import StatusSnapshot
 from services.common.stores.partners import CENTRAL_KEY, PartnerStore
 from services.common.topics import Topics
+from services.gateway.errors import GatewayStopped
 from services.gateway.fetch import Fetcher
 from services.gateway.policy import RetryPolicy
 from services.gateway.records import DeadLetters, StoredRecords
 from services.gateway.runner import RECEIPTS_LINGER_MS, KafkaSignIn, feed_consumer, producer_for
-from services.gateway.state_lock import StateFolderBusy, state_folder_lock
+from services.gateway.state_lock import state_folder_lock
 from services.gateway.targets import open_store, parse_target
 from services.gateway.worker import Counters, Gateway, GatewayOptions, state_paths
 
@@ -118,8 +119,8 @@ class PartnerWorker:
                 self._session()
             except Exception as error:  # a stop no retry fixes, or Kafka/MongoDB away: start again later
                 self.restarts += 1
-                # A busy state folder says who holds it (an operator's replay, by its process id): no PHI.
-                said = {"reason": str(error)} if isinstance(error, StateFolderBusy) else {}
+                # A stop says why in words that carry no PHI (a busy state folder: who holds it, by process id).
+                said = {"reason": str(error)} if isinstance(error, GatewayStopped) else {}
                 log.warning(
                     "central gateway worker stopped; starting it again",
                     extra={

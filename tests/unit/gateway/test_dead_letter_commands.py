@@ -204,11 +204,13 @@ def test_a_replay_killed_before_its_receipt_sends_it_the_next_time(
     assert list(target.iterdir()) == [] and list(DeadLetters(folder)) == []
 
 
-def test_a_lock_file_another_user_made_still_locks_and_an_unusable_folder_is_said(
+def test_a_note_another_user_made_does_not_stop_the_lock_and_an_unusable_folder_is_said(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A replay run as root before the gateway ever ran leaves `lock` owned by root: the service user's
-    gateway opens it read-only, which locks as well. A folder that cannot be opened is a stop, said."""
+    """A replay run as root before the gateway ever ran leaves the note `lock` owned by root, which the
+    service user may neither write nor read: the lock is the folder's own, so the gateway still takes
+    it; one refused then names whoever the note last named, or says so without one. A folder that
+    cannot be opened is a stop, said."""
     import os
 
     from services.gateway import state_lock
@@ -219,19 +221,23 @@ def test_a_lock_file_another_user_made_still_locks_and_an_unusable_folder_is_sai
     real_open = os.open
 
     def as_another_user(path: Any, flags: int, *args: Any) -> int:
-        if str(path).endswith("/lock") and flags & os.O_RDWR:
+        if str(path).endswith("/lock"):
             raise PermissionError(13, "Permission denied")
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(state_lock.os, "open", as_another_user)
     held = state_lock.state_folder_lock(state, "imx gateway run")
-    held.__enter__()
-    monkeypatch.setattr(state_lock.os, "open", real_open)
+    held.__enter__()  # the note cannot be opened at all: the lock is taken all the same
     try:
-        # Held read-only: it wrote nothing, so the file still names the last to write it.
         with (
-            pytest.raises(state_lock.StateFolderBusy, match="replay as root"),
+            pytest.raises(state_lock.StateFolderBusy, match=r"last taken by pid \d+, replay as root"),
             state_lock.state_folder_lock(state, "2"),
+        ):
+            pass
+        (state / "lock").unlink()  # no note to read: said without one
+        with (
+            pytest.raises(state_lock.StateFolderBusy, match="by another process"),
+            state_lock.state_folder_lock(state, "3"),
         ):
             pass
     finally:
