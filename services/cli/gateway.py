@@ -277,9 +277,17 @@ def replay(
     password: PasswordOption = None,
     security_protocol: ProtocolOption = SecurityProtocol.SASL_PLAINTEXT,
     ssl_cafile: CaFileOption = None,
+    no_receipts: Annotated[
+        bool,
+        typer.Option(
+            "--no-receipts",
+            help="store without reporting to the exchange (it then keeps their objects and shows them dead-lettered)",
+        ),
+    ] = False,
 ) -> None:
-    """Fetch and store dead letters again; each one stored is removed. With --partner and --bootstrap
-    (and the sign-in) a STORED receipt is reported for each, so audit sees it arrived."""
+    """Fetch and store dead letters again; each one stored is removed. A STORED receipt is reported for
+    each (--partner, --bootstrap and the sign-in), so the exchange learns it arrived; --no-receipts
+    stores without telling it."""
     from kafka.errors import KafkaError
 
     from services.common.events import now_ms
@@ -299,7 +307,16 @@ def replay(
     if not (folder := state_paths(state_dir)[2]).is_dir():  # a mistyped --state-dir is not made here
         console.print(f"[red]no dead letters (no folder {folder})[/red]: is --state-dir the gateway's?")
         raise typer.Exit(2)
-    publish = bool(partner and bootstrap)
+    if not no_receipts and not (partner and bootstrap):
+        # Stored but never reported, a delivery stays owed at the exchange (its objects kept for ever)
+        # and dead-lettered in the audit trail: that is a choice to make, not a default.
+        console.print(
+            "[red]give --partner and --bootstrap[/red] (and the sign-in) so the exchange learns each stored "
+            "instance arrived, or --no-receipts to store them without telling it (it then keeps their "
+            "objects and shows them dead-lettered)"
+        )
+        raise typer.Exit(2)
+    publish = not no_receipts
     settings = _settings(
         partner or "replay",
         target,
@@ -322,8 +339,6 @@ def replay(
     for outcome in outcomes:
         console.print(f"{outcome.delivery_id}  {'stored' if outcome.ok else 'failed'}  {outcome.status}")
     stored = sum(o.ok for o in outcomes)
-    console.print(
-        f"{stored} of {len(outcomes)} stored" + ("" if publish else " (no receipts: no --partner/--bootstrap)")
-    )
+    console.print(f"{stored} of {len(outcomes)} stored" + ("" if publish else " (not reported: --no-receipts)"))
     if stored < len(outcomes):
         raise typer.Exit(1)

@@ -17,7 +17,16 @@ from services.gateway.worker import GatewayStopped, state_paths
 from services.proto_gen.imx.v1 import events_pb2
 
 runner = CliRunner()
-REPLAY = ["gateway", "dead-letters", "replay", "--target", "file:///tmp/nowhere", "--dicomweb-key", "k"]
+REPLAY = [
+    "gateway",
+    "dead-letters",
+    "replay",
+    "--target",
+    "file:///tmp/nowhere",
+    "--dicomweb-key",
+    "k",
+    "--no-receipts",
+]
 
 
 def _damaged(state_dir: Path) -> Path:
@@ -71,7 +80,7 @@ def _replay_all(tmp_path: Path) -> tuple[Any, Path]:
     the command's result (exit code 0 asserted) and that folder."""
     target = tmp_path / "target"
     target.mkdir()
-    args = ["gateway", "dead-letters", "replay", "--all", "--state-dir", str(tmp_path / "state")]
+    args = ["gateway", "dead-letters", "replay", "--all", "--state-dir", str(tmp_path / "state"), "--no-receipts"]
     result = runner.invoke(app, [*args, "--target", f"file://{target}", "--dicomweb-key", "k"])
     assert result.exit_code == 0, result.output
     return result, target
@@ -245,3 +254,22 @@ def test_a_note_another_user_made_does_not_stop_the_lock_and_an_unusable_folder_
     (tmp_path / "file").write_text("")
     with pytest.raises(GatewayStopped, match="cannot be used"), state_lock.state_folder_lock(tmp_path / "file", "x"):
         pass
+
+
+def test_a_replay_reports_what_it_stores_unless_told_not_to(tmp_path: Path) -> None:
+    """Stored but never reported, a delivery stays owed at the exchange (its objects kept for ever) and
+    dead-lettered in its audit trail: a replay without the Kafka options is refused unless --no-receipts
+    says so, and nothing is stored then."""
+    _incoming, _records, folder = state_paths(tmp_path / "state")
+    DeadLetters(folder).put(_delivery("d1"), "dimse-a700", 3, "file", 1)
+    target = tmp_path / "target"
+    target.mkdir()
+    args = ["gateway", "dead-letters", "replay", "--all", "--state-dir", str(tmp_path / "state")]
+    args += ["--target", f"file://{target}", "--dicomweb-key", "k"]
+    for partial in ([], ["--partner", "p"], ["--bootstrap", "127.0.0.1:9"]):
+        refused = runner.invoke(app, [*args, *partial], env={"IMX_GATEWAY_PARTNER": "", "IMX_GATEWAY_BOOTSTRAP": ""})
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and "--no-receipts" in said and "--bootstrap" in said, refused.output
+    assert [letter.delivery_id for letter in DeadLetters(folder)] == ["d1"] and list(target.iterdir()) == []
+    told = runner.invoke(app, [*args, "--no-receipts", "--partner", "p"])
+    assert "not reported: --no-receipts" in " ".join(told.output.split()), told.output
