@@ -45,6 +45,7 @@ SAFE_FIELDS = frozenset(
         "where",
         "group",  # a Kafka consumer group's name
         "instance_id",  # a replica's name (IMX_INSTANCE_ID)
+        "kept_owed",  # studies or objects kept because a partner is still owed them (a count)
     }
 )
 # Loggers (and their children) whose message text is never written: libraries that read received data.

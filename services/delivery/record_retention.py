@@ -61,7 +61,7 @@ def purge_records(
     # Once a day, with the day's studies: those kept as owed (never stored: dead-lettered at the gateway,
     # expired unread) are read again, whole, each day they stay.
     for n, (partner_id, study_uid, day) in enumerate(state.held_studies()):
-        if n % LEASE_RENEWAL_STUDIES == 0 and not state.take_lease(clock(), PURGE_LEASE_MS):
+        if not _lease_kept(state, clock, n):
             return forgotten, kept
         outcome = delivered.forget_study(partner_id, study_uid, day, retired)
         if outcome == OWED_STUDY:
@@ -71,7 +71,7 @@ def purge_records(
             state.release(partner_id, study_uid, day)
     for day in due:
         for n, (partner_id, study_uid) in enumerate(delivered.studies_last_delivered_on(day)):
-            if n % LEASE_RENEWAL_STUDIES == 0 and not state.take_lease(clock(), PURGE_LEASE_MS):
+            if not _lease_kept(state, clock, n):
                 return forgotten, kept
             outcome = delivered.forget_study(partner_id, study_uid, day, retired)
             forgotten += outcome == FORGOTTEN
@@ -80,6 +80,11 @@ def purge_records(
                 state.hold(partner_id, study_uid, day)
         state.set_purged_through(day)
     return forgotten, kept
+
+
+def _lease_kept(state: PurgeState, clock: Callable[[], int], studies_done: int) -> bool:
+    """Whether this replica still holds the lease, renewed every LEASE_RENEWAL_STUDIES studies."""
+    return studies_done % LEASE_RENEWAL_STUDIES != 0 or state.take_lease(clock(), PURGE_LEASE_MS)
 
 
 def purge_records_every(

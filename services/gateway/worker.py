@@ -409,7 +409,7 @@ class Gateway:
         try:
             self._records.note_send(version)
         except sqlite3.Error as error:
-            log.warning("the state folder could not record a send's later time: %s", type(error).__name__)
+            log.warning("the state folder could not record a send's later time", extra={"error": type(error).__name__})
 
     def _dead_letter(
         self,

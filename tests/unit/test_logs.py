@@ -24,3 +24,9 @@ def test_format_arguments_are_never_rendered() -> None:
     entry = _format("received %s", ("DOE^JANE",))
     assert "DOE" not in json.dumps(entry)
     assert entry["msg"] == "received %s"
+
+
+def test_the_record_purges_line_carries_both_its_counts() -> None:
+    """services/delivery/record_retention.py logs the studies forgotten and those kept as still owed."""
+    entry = _format("delivered records purged", count=3, kept_owed=2)
+    assert (entry["count"], entry["kept_owed"]) == (3, 2)
