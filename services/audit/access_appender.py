@@ -172,7 +172,7 @@ class BackgroundAccessLog:
                 # Backing off, and said once per outage: a crashed predecessor's lease can take 30 s to expire.
                 wait_s = min(wait_s * 2, MAX_RETRY_WAIT_S)
                 if not failing:
-                    log.warning(f"audit log: access entries not appended ({type(exc).__name__}); retrying")
+                    log.warning("audit log: access entries not appended; retrying", extra={"error": type(exc).__name__})
                 failing = True
             else:
                 if failing:
@@ -250,7 +250,7 @@ class BackgroundAccessLog:
                 self._docs.update_one({"_id": RUNS}, {"$pull": {"runs": run}})
                 self._docs.delete_one({"_id": run_tail_id(run)})
                 if appended:
-                    log.info(f"audit log: appended {appended} access entries stored by run {run} before a crash")
+                    log.info("audit log: appended access entries a crashed run had stored", extra={"count": appended})
                 total += appended
         return total
 

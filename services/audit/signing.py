@@ -76,13 +76,13 @@ def load_or_create_key(path: Path) -> Signer:
             out.write(pem)
             out.flush()
             os.fsync(out.fileno())
-        log.warning(f"audit log signing key created; public key fingerprint sha256:{signer.fingerprint}")
+        log.warning("audit log signing key created", extra={"fingerprint": f"sha256:{signer.fingerprint}"})
         return signer
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 private key")
     signer = Signer(key)
-    log.info(f"audit log signing key loaded; public key fingerprint sha256:{signer.fingerprint}")
+    log.info("audit log signing key loaded", extra={"fingerprint": f"sha256:{signer.fingerprint}"})
     return signer
 
 

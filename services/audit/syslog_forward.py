@@ -160,7 +160,10 @@ class SyslogForwarder:
             self._connected().sendall(payload)
         except (OSError, ssl.SSLError) as exc:
             self.close()
-            log.warning("audit syslog forwarding to %s:%s failed: %s", self._target.host, self._target.port, exc)
+            log.warning(
+                "audit syslog forwarding failed",
+                extra={"where": f"{self._target.host}:{self._target.port}", "error": type(exc).__name__},
+            )
             raise TransientError(f"audit record repository unreachable: {exc}") from exc
 
     def close(self) -> None:

@@ -370,7 +370,9 @@ class TamperLog:
                 entries.append((str(e["id"]), bytes(e["d"]), str(e["f"]), int(e["t"])))
         self._write_leaves(entries)
         self._docs.delete_one({"_id": f"pending:{start}"})
-        log.info(f"audit log: finished a batch interrupted at size {start}", extra={"instances": len(entries)})
+        log.info(
+            "audit log: finished a batch interrupted by a crash", extra={"instances": len(entries), "count": start}
+        )
 
     # ---- appending ----
     def next_index(self) -> int:

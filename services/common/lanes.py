@@ -128,7 +128,7 @@ class LaneGate:
         if released:
             self._consumer.resume(*released)
         if not paused and wanted != self.held:
-            log.debug("lower lanes %s", "held back" if wanted else "released")
+            log.debug("partitions of lower lanes held back (0: all released)", extra={"count": len(wanted)})
         self.held = wanted
         return wanted
 
@@ -155,7 +155,7 @@ class LaneGate:
             try:
                 self._probed.update(self._consumer.end_offsets(higher, timeout_ms=self._probe_timeout_ms))
             except KafkaError as error:  # the fetch responses' figures will do until the next probe
-                log.debug("lane probe failed: %s", type(error).__name__)
+                log.debug("lane probe failed", extra={"error": type(error).__name__})
         out: dict[TopicPartition, int] = {}
         for tp in higher:
             end = max(self._consumer.highwater(tp) or 0, self._probed.get(tp) or 0)

@@ -44,7 +44,7 @@ def await_topic_metadata(consumer: object, topics: Iterable[str], wait_s: float 
     deadline = time.monotonic() + wait_s
     while missing := missing_topics(wanted, cluster.partitions_for_topic):
         if time.monotonic() >= deadline:
-            log.warning("joining before the metadata of %d subscribed topics arrived", len(missing))
+            log.warning("joining before the metadata of some subscribed topics arrived", extra={"count": len(missing)})
             return False
         cluster.request_update()
         time.sleep(CHECK_EVERY_S)

@@ -120,14 +120,14 @@ class PartnerWorker:
             except Exception as error:  # a stop no retry fixes, or Kafka/MongoDB away: start again later
                 self.restarts += 1
                 # A stop says why in words that carry no PHI (a busy state folder: who holds it, by process id).
-                said = {"reason": str(error)} if isinstance(error, GatewayStopped) else {}
+                reason = str(error) if isinstance(error, GatewayStopped) else "failed (see error)"
                 log.warning(
                     "central gateway worker stopped; starting it again",
                     extra={
                         "partner": self.partner_id,
                         "error": type(error).__name__,
                         "seconds": self._restart_s,
-                        **said,
+                        "reason": reason,
                     },
                 )
                 self._stop.wait(self._restart_s)

@@ -397,9 +397,12 @@ class DimseStore:
             assoc.abort()
             self._assoc = None
             if isinstance(stopped, SendStalled):
-                log.warning("the PACS took nothing for %.0f s of a C-STORE", time.monotonic() - started)
+                log.warning(
+                    "the PACS took nothing for a while during a C-STORE",
+                    extra={"seconds": round(time.monotonic() - started)},
+                )
             else:
-                log.warning("no C-STORE response within %.0f s", time.monotonic() - started)
+                log.warning("no C-STORE response in time", extra={"seconds": round(time.monotonic() - started)})
             return StoreResult.failed("dimse-timeout", retryable=True)
         except (OSError, RuntimeError, AttributeError):  # the socket went away under the send
             self._drop_association()
@@ -412,7 +415,7 @@ class DimseStore:
             self._assoc = None
             if waited < 0.9 * float(self._ae.dimse_timeout or 0):
                 return self._lost_during(sop_class, context)
-            log.warning("no C-STORE response within %.0f s", waited)
+            log.warning("no C-STORE response in time", extra={"seconds": round(waited)})
             return StoreResult.failed("dimse-timeout", retryable=True)
         return status_result(getattr(response, "Status", None))
 

@@ -307,11 +307,14 @@ class Gateway:
         except (DecodeError, ValueError) as error:  # can never be handled: skip it, say so, count it
             delivery = study = None  # a delivery that decoded but names a path is skipped too
             log.warning(
-                "skipping an undecodable %s at %s/%d: %s",
-                kind.decode(errors="replace"),
-                tp.topic,
-                record.offset,
-                type(error).__name__,
+                "skipping an undecodable record",
+                extra={
+                    "kind": kind.decode(errors="replace"),
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "offset": record.offset,
+                    "error": type(error).__name__,
+                },
             )
         if delivery is not None:
             fetched = self._ahead.take(tp, record.offset)

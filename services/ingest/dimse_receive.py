@@ -365,7 +365,7 @@ def drop_abandoned_data_set(assoc: Association) -> None:
                 if file.abandon():
                     log.info(
                         "c-store transfer abandoned midway: its partial file removed",
-                        extra={"calling_ae": assoc.requestor.ae_title.strip(), "received_bytes": file.size},
+                        extra={"calling_ae": assoc.requestor.ae_title.strip(), "bytes": file.size},
                     )
 
     dul.run = run_then_drop  # type: ignore[method-assign]

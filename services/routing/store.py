@@ -130,7 +130,7 @@ class RouteStore:
                 routes.append(route_from_doc(doc))
             except (KeyError, ValueError, TypeError) as error:
                 log.warning(
-                    "unreadable route skipped", extra={"route": str(doc.get("_id")), "error": type(error).__name__}
+                    "unreadable route skipped", extra={"route_id": str(doc.get("_id")), "error": type(error).__name__}
                 )
         return routes
 
