@@ -65,6 +65,7 @@ FLAGS = "delivered_flags"
 # a missing field, which FerretDB 1.24 answers by reading every delivery ever recorded (10.2-11.6 s per
 # question at 100,000 deliveries on the devstack, 2026-12-07).
 OWED = "owed"
+RESENT = "resent"  # a DeliveredInstance field: the same delivery recorded again with a later send
 # How often the deliveries an earlier release wrote are put right (`flag_unflagged`): a scan. At most
 # half the blob retention apart (`flag_sweep_for`).
 FLAG_SWEEP_S = 24 * 3600.0
@@ -115,6 +116,7 @@ class DeliveredInstance:
     priority: int = 0
     delivered_at_ms: int = 0
     ingested_at_ms: int = 0
+    resent: bool = False  # recorded again with a later ingest time: this send's events are its own
 
 
 def instance_key(partner_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -196,7 +198,7 @@ class DeliveredObjects:
                         {"_id": _key(i), "delivery_id": i.delivery_id, "ingested_at_ms": {"$lt": i.ingested_at_ms}},
                         # Its fields as this send's (its delivery time too: the retention watch dates a
                         # message on the feed by it, and the first send's may be long gone from there).
-                        {"$set": {**_fields(i), OWED: True}, "$unset": dict.fromkeys(_REPORTED, "")},
+                        {"$set": {**_fields(i), OWED: True, RESENT: True}, "$unset": dict.fromkeys(_REPORTED, "")},
                     ),
                 )
             ],

@@ -104,10 +104,13 @@ def backlog(
 
 
 def expired_outcome(item: DeliveredInstance, topics: Topics, clock: Callable[[], int]) -> OutgoingMessage:
-    """A failed outcome for a delivery that expired from the feed unread (deterministic id)."""
+    """A failed outcome for a delivery that expired from the feed unread (deterministic id). A delivery
+    recorded again with a later send (`resent`) that expires again gets an outcome of its own, named by
+    that send, as the gateway names its receipt: under the first expiry's id audit would keep only that."""
+    parts = ["expired-unread", item.delivery_id] + ([str(item.ingested_at_ms)] if item.resent else [])
     outcome = events_pb2.DeliveryOutcome(
         meta=events_pb2.EventMeta(
-            event_id=event_id("expired-unread", item.delivery_id),
+            event_id=event_id(*parts),
             causation_id=item.delivery_id,
             occurred_at_ms=clock(),
             ingested_at_ms=item.ingested_at_ms,

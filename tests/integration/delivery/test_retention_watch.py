@@ -172,3 +172,42 @@ def test_a_partner_that_never_read_its_feed_has_old_deliveries_expired_by_age(
     watch.check()
     outcomes = [events_pb2.DeliveryOutcome.FromString(m.value) for m in published if m.topic == topics.outcomes]
     assert [(o.instance.sop_instance_uid, o.detail) for o in outcomes] == [("2.25.3.9", "expired-unread")]
+
+
+def test_a_delivery_sent_again_that_expires_again_gets_an_outcome_of_its_own(
+    db: Database, kafka_bootstrap: str, make_name: Callable[[str], str]
+) -> None:
+    """Ingest publishes a delivery again, with a later ingest time, when its "published" mark was lost
+    or a hospital re-sends it. If that send expires unread too, audit must get a second expiry: under
+    the first one's id it kept only the first."""
+    partner = make_name("p")
+    topics = Topics(make_name("rw") + ".")
+    feed = topics.partner(partner)
+    _feed(kafka_bootstrap, feed, 2)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_records({TopicPartition(feed, 0): 1})  # unread messages already lost
+    finally:
+        admin.close()
+    delivered = DeliveredObjects(db)
+
+    def send(ingested_at_ms: int, delivered_at_ms: int) -> DeliveredInstance:
+        return DeliveredInstance(
+            partner_id=partner, study_uid="2.25.1", series_uid="2.25.2", sop_uid="2.25.3.7", sop_class_uid="",
+            transfer_syntax_uid="", sha256=f"{7:064x}", size=1, delivery_id="d7", source_study_uid="1.2.3",
+            ingested_at_ms=ingested_at_ms, delivered_at_ms=delivered_at_ms,
+        )  # fmt: skip
+
+    def expiries(now: int) -> list[str]:
+        published: list[OutgoingMessage] = []
+        _watch(kafka_bootstrap, partner, topics, delivered, published, now).check()
+        return [events_pb2.DeliveryOutcome.FromString(m.value).meta.event_id for m in published]
+
+    delivered.record([send(ingested_at_ms=1 * HOUR_MS, delivered_at_ms=1 * HOUR_MS)])
+    first = expiries(now=12 * HOUR_MS)
+    delivered.record([send(ingested_at_ms=20 * HOUR_MS, delivered_at_ms=20 * HOUR_MS)])
+    assert [i.resent for i in delivered.unstored()] == [True], "owed again, as a send of its own"
+    second = expiries(now=31 * HOUR_MS)
+    assert len(first) == 1 and len(second) == 1
+    assert second != first
+    assert expiries(now=32 * HOUR_MS) == [], "each send declared once"

@@ -163,3 +163,22 @@ def test_an_alert_that_could_not_be_published_is_raised_again_at_the_next_check(
     watch.check()
     watch.check()
     assert attempts == [1, 1], "raised again after the failure, then not again"
+
+
+def test_a_delivery_sent_again_expires_under_an_id_of_that_send() -> None:
+    from dataclasses import replace
+
+    from services.common.events import event_id
+
+    item = DeliveredInstance(
+        partner_id="lab", study_uid="2.25.1", series_uid="2.25.2", sop_uid="2.25.3", sop_class_uid="",
+        transfer_syntax_uid="", sha256="a" * 64, size=1, delivery_id="d1", ingested_at_ms=5,
+    )  # fmt: skip
+    resent = replace(item, resent=True, ingested_at_ms=9)
+
+    def outcome_id(of: DeliveredInstance) -> str:
+        return events_pb2.DeliveryOutcome.FromString(expired_outcome(of, Topics(), clock=lambda: 1).value).meta.event_id
+
+    assert outcome_id(item) == event_id("expired-unread", "d1"), "a first send keeps the id earlier releases gave"
+    assert outcome_id(resent) not in (outcome_id(item), outcome_id(replace(resent, ingested_at_ms=10)))
+    assert outcome_id(resent) == outcome_id(replace(resent))
