@@ -24,6 +24,7 @@ from services.common.control_server import ServicerRegistration
 from services.common.dead_letter_limits import DEFAULT_LIMIT, MAX_LIMIT
 from services.common.dead_letter_topic import DeadLetterTopic
 from services.common.messages import OutgoingMessage
+from services.common.publish_refusals import RecordRefused
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
 STAGE_SCAN = 10  # with a stage asked for, its newest N are looked for among the newest N x STAGE_SCAN (<= MAX_LIMIT)
@@ -183,6 +184,11 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
             )
         except ValueError as error:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except RecordRefused as error:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"its source topic refused it ({error}): let the topic take it (max.message.bytes) and replay again",
+            )
         if replay is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")
             raise AssertionError("abort raises")

@@ -48,6 +48,13 @@ from services.common.kafka_partitioner import RememberingPartitioner
 from services.common.lanes import LaneGate
 from services.common.messages import IncomingMessage, OutgoingMessage, PhiSafeError, TransientError
 from services.common.positions import ConsumerPositions
+from services.common.publish_refusals import (
+    RECORD_REFUSALS,
+    BrokerUnavailable,
+    RecordRefused,
+    outputs_by_input,
+    publish_failure,
+)
 from services.common.static_membership import ReplicaNameTaken, leave_group, name_taken
 from services.common.stats import StageStats
 from services.common.stuck_partitions import STUCK_AFTER_S, FailingBatches, StuckPartitions
@@ -102,10 +109,6 @@ LONG_LIVED_CLIENT: Mapping[str, Any] = MappingProxyType(
 )
 
 
-class BrokerUnavailable(TransientError):
-    """Publishing failed because the broker could not be reached or did not answer in time."""
-
-
 class TopicsNotCreated(PhiSafeError, RuntimeError):
     """The cluster refused to create topics as configured (more copies than it has brokers)."""
 
@@ -116,11 +119,6 @@ def broker_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, BrokerUnavailable):
         return True
     return isinstance(exc, KafkaError) and bool(exc.retriable)
-
-
-def _publish_error(exc: KafkaError) -> TransientError:
-    kind = BrokerUnavailable if exc.retriable else TransientError
-    return kind(f"publish failed: {type(exc).__name__}")
 
 
 # The longest wait between two tries of something a dead broker failed: a stage's cycle, a starting
@@ -273,24 +271,33 @@ class BusProducer:
         client_config: Mapping[str, str] | None = None,
         linger_ms: int = 5,
     ) -> None:
-        self._producer = KafkaProducer(
-            **(client_config or {}),
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            # `publish` flushes, so this matters only for `publish_soon`: how long its messages wait for company.
-            linger_ms=linger_ms,
-            batch_size=256 * 1024,
-            max_request_size=MAX_MESSAGE_BYTES,
-            retries=2**31 - 1,
-            partitioner=RememberingPartitioner(),
-            **LONG_LIVED_CLIENT,
-        )
+        def new_producer() -> KafkaProducer:
+            return KafkaProducer(
+                **(client_config or {}),
+                bootstrap_servers=bootstrap,
+                client_id=client_id,
+                acks="all",
+                enable_idempotence=True,
+                # `publish` flushes, so this matters only for `publish_soon`: how long its messages wait for company.
+                linger_ms=linger_ms,
+                batch_size=256 * 1024,
+                max_request_size=MAX_MESSAGE_BYTES,
+                retries=2**31 - 1,
+                partitioner=RememberingPartitioner(),
+                **LONG_LIVED_CLIENT,
+            )
+
+        self._new_producer = new_producer
+        self._producer = new_producer()
+        self._renewing = threading.Lock()
 
     def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
-        """Send all and wait for every acknowledgement; raises TransientError when the broker fails."""
+        """Send all and wait for every acknowledgement. Raises TransientError when the broker fails or
+        refuses this producer (BrokerUnavailable when it is away), RecordRefused when it refuses a record
+        for what it is (publish_refusals.py)."""
+        producer = self._producer
         futures = []
+        errors: list[KafkaError] = []
         for message in messages:
             # Messages built inside a consumer span already carry that span's context.
             headers = dict(message.headers)
@@ -298,20 +305,41 @@ class BusProducer:
                 headers = inject_trace_headers(headers)
             try:
                 futures.append(
-                    self._producer.send(
-                        message.topic, value=message.value, key=message.key, headers=list(headers.items())
-                    )
+                    producer.send(message.topic, value=message.value, key=message.key, headers=list(headers.items()))
                 )
+            except RECORD_REFUSALS as exc:  # the client's own size check: nothing of it was queued
+                errors.append(exc)
             except KafkaError as exc:  # no metadata for the topic within max_block_ms: the broker is away
-                raise _publish_error(exc) from exc
-        if not futures:
-            return
-        try:
-            self._producer.flush(timeout=timeout_s)
+                self._renew_if_stopped(producer)
+                raise publish_failure([exc]) from exc
+        if futures:
+            try:
+                producer.flush(timeout=timeout_s)
+            except KafkaError as exc:
+                raise publish_failure([exc]) from exc
             for future in futures:
-                future.get(timeout=timeout_s)
-        except KafkaError as exc:
-            raise _publish_error(exc) from exc
+                try:
+                    future.get(timeout=timeout_s)
+                except KafkaError as exc:
+                    errors.append(exc)
+        if errors:
+            self._renew_if_stopped(producer)
+            raise publish_failure(errors) from errors[0]
+
+    def _renew_if_stopped(self, producer: KafkaProducer) -> None:
+        """kafka-python (3.0) stops an idempotent producer for good at the first record the broker refuses
+        for a reason other than its own availability (a record too large for its topic, a topic it may not
+        write): every later send, to any topic, fails with that error. So a producer in that state is
+        replaced; what it still held was never acknowledged, and its senders are told so."""
+        manager = getattr(producer, "_transaction_manager", None)
+        if manager is None or not manager.has_fatal_error():
+            return
+        with self._renewing:
+            if self._producer is not producer:
+                return  # another thread renewed it already
+            self._producer = self._new_producer()
+        log.warning("producer renewed: the broker refused a record and the client stopped the old one")
+        _close_producer(producer, timeout_s=0)
 
     def publish_soon(self, messages: Sequence[OutgoingMessage], on_error: Callable[[BaseException], None]) -> None:
         """Hand messages to the producer without waiting for the broker: they leave with the next batch
@@ -329,7 +357,7 @@ class BusProducer:
                     message.topic, value=message.value, key=message.key, headers=list(headers.items())
                 )
             except KafkaError as exc:
-                on_error(_publish_error(exc))
+                on_error(publish_failure([exc]))
                 continue
             future.add_errback(on_error)
 
@@ -337,14 +365,18 @@ class BusProducer:
         """At most `timeout_s` for what is still queued: kafka-python's own close waits without end, and a
         stage stopped during a long broker outage hung until killed. What is dropped was never
         acknowledged, so its input was not committed and is read again."""
-        try:
-            self._producer.close(timeout=timeout_s)
-        except KafkaTimeoutError:
-            # kafka-python's close raises when its flush times out, before it stops its sender thread.
-            sender = getattr(self._producer, "_sender", None)
-            if sender is not None:
-                sender.force_close()
-            log.warning("producer closed with records not acknowledged; their input is read again")
+        _close_producer(self._producer, timeout_s)
+
+
+def _close_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    try:
+        producer.close(timeout=timeout_s)
+    except KafkaTimeoutError:
+        # kafka-python's close raises when its flush times out, before it stops its sender thread.
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        log.warning("producer closed with records not acknowledged; their input is read again")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -430,6 +462,7 @@ def incoming_message(record: Any) -> IncomingMessage:
 @dataclass
 class BatchResult:
     outputs: list[OutgoingMessage] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)  # per output, the index of the record that made it
     commits: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read
     retry_from: dict[TopicPartition, int] = field(default_factory=dict)
     processed: int = 0
@@ -450,7 +483,7 @@ def run_handler_over_batch(
     provider = trace.get_tracer_provider()
     tracer = provider.get_tracer("imx.bus")
     name = f"{stage} process"
-    for record in records:
+    for index, record in enumerate(records):
         tp = TopicPartition(record.topic, record.partition)
         if tp in result.retry_from:
             continue
@@ -503,6 +536,7 @@ def run_handler_over_batch(
                 result.outputs.extend(
                     OutgoingMessage(o.topic, o.value, o.key, with_trace_headers(o.headers, headers)) for o in outputs
                 )
+                result.sources.extend([index] * len(outputs))
         finally:
             otel_context.detach(token)
             span.end()
@@ -787,7 +821,7 @@ class StageConsumer:
                     self._in_flight = InFlightBatch(overlapping, records, result)
                 else:
                     flush_handler(handler)
-                    self._producer.publish(result.outputs, timeout_s=self._publish_timeout_s)
+                    self._publish_outputs(records, result)
             except BaseException:
                 self._read_again(records, overlapping)
                 raise
@@ -881,9 +915,36 @@ class StageConsumer:
         if in_flight is None:
             return
         in_flight.handler.flush_wait()
-        self._producer.publish(in_flight.result.outputs, timeout_s=self._publish_timeout_s)
+        self._publish_outputs(in_flight.records, in_flight.result)
         self._in_flight = None
         self._owe(in_flight.result)
+
+    def _publish_outputs(self, records: Sequence[IncomingMessage], result: BatchResult) -> None:
+        """Publish a batch's outputs. When the broker refuses one for what it is (publish_refusals.py),
+        each record's outputs are published on their own, and a record whose outputs are refused goes to
+        the dead-letter topic instead, so its partition moves on. Outputs acknowledged before the refusal
+        may go twice: the stages after this one keep what they get by its deterministic id."""
+        try:
+            self._producer.publish(result.outputs, timeout_s=self._publish_timeout_s)
+        except RecordRefused:
+            for index, outputs in outputs_by_input(result.outputs, result.sources).items():
+                try:
+                    self._producer.publish(outputs, timeout_s=self._publish_timeout_s)
+                except RecordRefused as refused:
+                    self._dead_letter_refused(records[index], refused)
+                    result.processed, result.failed = max(0, result.processed - 1), result.failed + 1
+
+    def _dead_letter_refused(self, record: IncomingMessage, refused: RecordRefused) -> None:
+        log.error(
+            "the broker refused an output of this record; the record is sent to the dead-letter topic",
+            extra={"stage": self._stage, "topic": record.topic, "partition": record.partition,
+                   "offset": record.offset, "error": describe_error(refused)},
+        )  # fmt: skip
+        letter = dead_letter_for(record, refused, self._dead_letter_topic, self._stage)
+        try:
+            self._producer.publish([letter], timeout_s=self._publish_timeout_s)
+        except RecordRefused as exc:  # the dead-letter topic takes less than the default: read it again
+            raise TransientError(f"dead letter refused: {exc}") from exc
 
     def _read_again(self, records: Sequence[IncomingMessage], overlapping: PipelinedFlush | None) -> None:
         """A cycle failed: nothing of this batch, nor of the batch still in flight, is committed; both are
@@ -985,7 +1046,10 @@ class StageConsumer:
             except TransientError as error:
                 if broker_unreachable(error):  # tenacity gave up because the stage is stopping
                     continue
-                log.warning("transient failure; batch will be read again", extra={"stage": self._stage})
+                log.warning(
+                    "transient failure; batch will be read again",
+                    extra={"stage": self._stage, "error": describe_error(error)},
+                )
                 self._batch_failed()
                 stop.wait(self._retry_backoff_s)
             except KafkaError as error:

@@ -43,6 +43,7 @@ from services.common.dicom.header import (
 from services.common.dicom.part10 import zero_preamble, zero_preamble_file
 from services.common.events import event_message, now_ms
 from services.common.messages import OutgoingMessage, TransientError
+from services.common.publish_refusals import RecordRefused
 from services.common.quarantine_events import Unaccepted, quarantined
 from services.common.stats import StageStats
 from services.common.topics import PARTNER_ID_RULE, Topics, validate_partner_id
@@ -398,7 +399,7 @@ class Acceptance:
     def _publish_all(self, messages: Sequence[OutgoingMessage]) -> None:
         try:
             self._bus.publish(messages, timeout_s=self._publish_timeout_s)
-        except TransientError as exc:
+        except (TransientError, RecordRefused) as exc:  # a refusal: a topic set to take less than the default
             raise IngestUnavailable(f"bus unavailable: {exc}") from exc
         except KafkaError as exc:  # raised by the producer's send() itself, e.g. no metadata in time
             raise IngestUnavailable(f"bus unavailable: {type(exc).__name__}") from exc

@@ -52,6 +52,7 @@ def test_a_raising_handler_sends_only_that_record_to_dead_letter_with_its_header
     assert [o.value for o in result.outputs if o.topic == "out"] == [b"A", b"C"]
     assert result.commits == {TopicPartition("in", 0): 3}
     assert result.failed == 1
+    assert result.sources == [0, 1, 2], "each output names the record that made it, a dead letter too"
 
 
 def test_a_transient_error_stops_its_partition_at_the_failing_record_only() -> None:

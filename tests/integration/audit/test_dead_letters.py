@@ -10,6 +10,8 @@ from concurrent import futures
 
 import grpc
 import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from pymongo.database import Database
 from typer.testing import CliRunner
 
@@ -150,3 +152,57 @@ def test_a_stage_asked_for_is_filtered_before_the_limit_and_the_limit_is_bounded
         with pytest.raises(grpc.RpcError) as refused:
             stub.ListDeadLetters(admin_pb2.ListDeadLettersRequest(limit=1001), timeout=30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _limit(bootstrap: str, topic: str, max_bytes: int, create: bool = False) -> None:
+    """Create `topic` taking records of at most `max_bytes`, or set an existing one's limit to it."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        if create:
+            admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": str(max_bytes)})])
+        else:
+            admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(max_bytes)})]
+            )
+    finally:
+        admin.close()
+
+
+def test_a_record_whose_output_its_topic_refused_is_replayed_once_the_topic_takes_it(
+    kafka_bootstrap: str, unique_name: str, admin_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage dead-letters the record (its partition moves on); a replay while the topic still refuses
+    the output dead-letters it again; once the operator lets the topic take it, a replay gets it through.
+    A source topic that refuses the replay itself is a refusal the operator is told about."""
+    topic, out, dlq = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}.dlq"
+    ensure_topics(kafka_bootstrap, [topic, dlq], partitions=1)
+    _limit(kafka_bootstrap, out, 1024, create=True)
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish([OutgoingMessage(topic, b"big", b"k")])
+
+    def handler(message: IncomingMessage) -> list[OutgoingMessage]:
+        return [OutgoingMessage(out, message.value * 2000, message.key)]
+
+    consumer = stage_consumer(kafka_bootstrap, producer, [topic], f"{unique_name}-g", dlq, stage="routing")
+    monkeypatch.setenv("IMX_AUDIT_GRPC", admin_address)
+    runner = CliRunner()
+    try:
+        assert _poll_until_dead_lettered(consumer, handler, kafka_bootstrap, dlq)
+        [dead] = read_all(kafka_bootstrap, dlq, expected=1)
+        assert dict(dead.headers)["imx-error-type"] == b"RecordRefused"
+        _limit(kafka_bootstrap, out, 2**21)
+        replayed = runner.invoke(app, ["dlq", "replay", f"{dead.partition}:{dead.offset}"])
+        assert replayed.exit_code == 0, replayed.output
+        for _ in range(60):
+            consumer.poll_once(handler)
+            if read_all(kafka_bootstrap, out, expected=1, timeout_s=1):
+                break
+        assert [r.value for r in read_all(kafka_bootstrap, out, expected=1)] == [b"big" * 2000]
+
+        _limit(kafka_bootstrap, topic, 1)  # an operator set the source topic to take less than it held
+        refused = runner.invoke(app, ["dlq", "replay", f"{dead.partition}:{dead.offset}", "--force"])
+        assert refused.exit_code == 1 and "FAILED_PRECONDITION" in refused.output, refused.output
+        assert "max.message.bytes" in refused.output
+    finally:
+        consumer.close()
+        producer.close()

@@ -39,13 +39,14 @@ class RecordingBus:
     def __init__(self) -> None:
         self.messages: list[OutgoingMessage] = []
         self.fail = 0
+        self.failure: Exception = TransientError("publish failed: KafkaTimeoutError")
         self._lock = threading.Lock()
 
     def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
         with self._lock:
             if self.fail:
                 self.fail -= 1
-                raise TransientError("publish failed: KafkaTimeoutError")
+                raise self.failure
             self.messages.extend(messages)
 
     def on(self, topic: str) -> list[OutgoingMessage]:
