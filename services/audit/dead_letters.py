@@ -187,7 +187,8 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
         except RecordRefused as error:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"its source topic refused it ({error}): let the topic take it (max.message.bytes) and replay again",
+                f"its source topic refused it ({error}): mend the topic (a record too large: its max.message.bytes)"
+                " and replay again",
             )
         if replay is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")

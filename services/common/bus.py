@@ -329,8 +329,8 @@ class BusProducer:
     def _renew_if_stopped(self, producer: KafkaProducer) -> None:
         """kafka-python (3.0) stops an idempotent producer for good at the first record the broker refuses
         for a reason other than its own availability (a record too large for its topic, a topic it may not
-        write): every later send, to any topic, fails with that error. So a producer in that state is
-        replaced; what it still held was never acknowledged, and its senders are told so."""
+        write): every batch sent after it, to any topic, fails with that error. So a producer in that state
+        is replaced; what it still held was never acknowledged, and its senders are told so."""
         manager = getattr(producer, "_transaction_manager", None)
         if manager is None or not manager.has_fatal_error():
             return
@@ -339,7 +339,7 @@ class BusProducer:
                 return  # another thread renewed it already
             self._producer = self._new_producer()
         log.warning("producer renewed: the broker refused a record and the client stopped the old one")
-        _close_producer(producer, timeout_s=0)
+        _close_producer(producer, timeout_s=0)  # nothing it holds can be acknowledged any more
 
     def publish_soon(self, messages: Sequence[OutgoingMessage], on_error: Callable[[BaseException], None]) -> None:
         """Hand messages to the producer without waiting for the broker: they leave with the next batch
@@ -348,12 +348,14 @@ class BusProducer:
         whose loss the caller only reports (a partner's retrieval, recorded after its answer went out);
         never for a stage's outputs, whose offsets are committed only after `publish` returned. A message
         the broker does not take is passed to `on_error` (on the producer's I/O thread)."""
+        self._renew_if_stopped(self._producer)  # an earlier message refused stopped it: not on its I/O thread
+        producer = self._producer
         for message in messages:
             headers = dict(message.headers)
             if "traceparent" not in headers:
                 headers = inject_trace_headers(headers)
             try:
-                future = self._producer.send(
+                future = producer.send(
                     message.topic, value=message.value, key=message.key, headers=list(headers.items())
                 )
             except KafkaError as exc:
@@ -365,7 +367,8 @@ class BusProducer:
         """At most `timeout_s` for what is still queued: kafka-python's own close waits without end, and a
         stage stopped during a long broker outage hung until killed. What is dropped was never
         acknowledged, so its input was not committed and is read again."""
-        _close_producer(self._producer, timeout_s)
+        with self._renewing:  # not while another thread replaces it: the new one would be left open
+            _close_producer(self._producer, timeout_s)
 
 
 def _close_producer(producer: KafkaProducer, timeout_s: float) -> None:
@@ -376,7 +379,7 @@ def _close_producer(producer: KafkaProducer, timeout_s: float) -> None:
         sender = getattr(producer, "_sender", None)
         if sender is not None:
             sender.force_close()
-        log.warning("producer closed with records not acknowledged; their input is read again")
+        log.warning("producer closed with records not acknowledged: their senders are told, or their input read again")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -927,22 +930,27 @@ class StageConsumer:
         try:
             self._producer.publish(result.outputs, timeout_s=self._publish_timeout_s)
         except RecordRefused:
+            refused: dict[int, RecordRefused] = {}
             for index, outputs in outputs_by_input(result.outputs, result.sources).items():
                 try:
                     self._producer.publish(outputs, timeout_s=self._publish_timeout_s)
-                except RecordRefused as refused:
-                    self._dead_letter_refused(records[index], refused)
-                    result.processed, result.failed = max(0, result.processed - 1), result.failed + 1
+                except RecordRefused as error:
+                    refused[index] = error
+            # All at once, after every other input's outputs got through: a batch read again (another
+            # input's publish failing otherwise) does not leave a dead letter of each earlier try.
+            self._dead_letter_refused([(records[index], error) for index, error in refused.items()])
+            result.processed, result.failed = max(0, result.processed - len(refused)), result.failed + len(refused)
 
-    def _dead_letter_refused(self, record: IncomingMessage, refused: RecordRefused) -> None:
-        log.error(
-            "the broker refused an output of this record; the record is sent to the dead-letter topic",
-            extra={"stage": self._stage, "topic": record.topic, "partition": record.partition,
-                   "offset": record.offset, "error": describe_error(refused)},
-        )  # fmt: skip
-        letter = dead_letter_for(record, refused, self._dead_letter_topic, self._stage)
+    def _dead_letter_refused(self, refused: Sequence[tuple[IncomingMessage, RecordRefused]]) -> None:
+        for record, error in refused:
+            log.error(
+                "the broker refused an output of this record; the record is sent to the dead-letter topic",
+                extra={"stage": self._stage, "topic": record.topic, "partition": record.partition,
+                       "offset": record.offset, "error": describe_error(error)},
+            )  # fmt: skip
+        letters = [dead_letter_for(record, error, self._dead_letter_topic, self._stage) for record, error in refused]
         try:
-            self._producer.publish([letter], timeout_s=self._publish_timeout_s)
+            self._producer.publish(letters, timeout_s=self._publish_timeout_s)
         except RecordRefused as exc:  # the dead-letter topic takes less than the default: read it again
             raise TransientError(f"dead letter refused: {exc}") from exc
 

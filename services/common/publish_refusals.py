@@ -11,17 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kafka.errors import (
-    CorruptRecordError,
-    InvalidRecordError,
-    KafkaError,
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-)
+from kafka.errors import InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from services.common.messages import OutgoingMessage, PermanentError, TransientError
 
-RECORD_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError)
+# Not CorruptRecordError: on a produce it is a checksum broken in transit, which a retry mends.
+RECORD_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
 
 
 class BrokerUnavailable(TransientError):
@@ -35,12 +30,16 @@ class RecordRefused(PermanentError):
 def publish_failure(errors: Sequence[KafkaError]) -> TransientError | RecordRefused:
     """The error a publish whose messages failed with `errors` raises. The broker away outweighs a
     refusal (that record may get through next time, or be refused then), and a refusal of the stage
-    outweighs one of a record (the record may be fine once the stage may write)."""
+    outweighs one of a record (the record may be fine once the stage may write). A bare KafkaError
+    beside a refusal is that refusal's batch-mate: kafka-python fails the records of a batch the broker
+    named others of as invalid with one ("... part of a batch which had one or more invalid records")."""
     if any(error.retriable for error in errors):
         return BrokerUnavailable(f"publish failed: {_names(e for e in errors if e.retriable)}")
-    if not all(isinstance(error, RECORD_REFUSALS) for error in errors):
-        return TransientError(f"publish failed: {_names(e for e in errors if not isinstance(e, RECORD_REFUSALS))}")
-    return RecordRefused(f"publish refused: {_names(errors)}")
+    refusals = [error for error in errors if isinstance(error, RECORD_REFUSALS)]
+    others = [error for error in errors if not isinstance(error, RECORD_REFUSALS) and type(error) is not KafkaError]
+    if others or not refusals:
+        return TransientError(f"publish failed: {_names(others or errors)}")
+    return RecordRefused(f"publish refused: {_names(refusals)}")
 
 
 def _names(errors: object) -> str:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 from kafka.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     NotLeaderForPartitionError,
@@ -9,7 +12,7 @@ from kafka.errors import (
 )
 
 from services.common.failures import is_transient
-from services.common.messages import OutgoingMessage
+from services.common.messages import OutgoingMessage, TransientError
 from services.common.publish_refusals import BrokerUnavailable, RecordRefused, outputs_by_input, publish_failure
 
 
@@ -33,3 +36,13 @@ def test_the_broker_away_outweighs_any_refusal() -> None:
 def test_outputs_are_grouped_by_the_record_that_made_them_in_order() -> None:
     outputs = [OutgoingMessage("t", bytes([n])) for n in range(4)]
     assert outputs_by_input(outputs, [0, 0, 2, 3]) == {0: outputs[:2], 2: [outputs[2]], 3: [outputs[3]]}
+
+
+def test_a_refusals_batch_mates_are_part_of_it_and_a_corrupt_checksum_is_retried() -> None:
+    """kafka-python fails the other records of a batch with a bare KafkaError when the broker names some
+    as invalid; CorruptRecordError on a produce is damage in transit."""
+    mates = publish_failure([InvalidRecordError(), KafkaError("part of a batch which had invalid records")])
+    assert isinstance(mates, RecordRefused) and str(mates) == "publish refused: InvalidRecordError"
+    assert isinstance(publish_failure([KafkaError("unexpected")]), TransientError)
+    corrupt = publish_failure([CorruptRecordError()])
+    assert not isinstance(corrupt, RecordRefused) and is_transient(corrupt)
