@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
@@ -441,19 +442,30 @@ class DeliveredObjects:
         """The earliest last day of any study (None: none recorded); a scan of the studies, once, when
         the purge first runs. Studies recorded before the last day was kept get theirs here."""
         first: int | None = None
+        for day in self._stamp_last_days(self._studies.find({}, {LAST_DAY: 1, "last_delivered_at_ms": 1}), 0, today):
+            first = day if first is None else min(first, day)
+        return first
+
+    def stamp_unstamped_studies(self, floor: int, today: int) -> int:
+        """Give the studies an earlier release recorded since the purge first ran (a rolling upgrade's older
+        replicas, a rollback) their last day, none before `floor`, the first day the purge has not done
+        (it never reads a done day again); how many. A scan of the studies without one."""
+        found = self._studies.find({LAST_DAY: {"$exists": False}}, {"last_delivered_at_ms": 1})
+        return sum(1 for _ in self._stamp_last_days(found, floor, today))
+
+    def _stamp_last_days(self, docs: Iterable[Mapping[str, Any]], floor: int, today: int) -> Iterator[int]:
+        """Each study's last day, after writing it to those without one (`stamped_day`)."""
         backfill: list[UpdateOne] = []
-        for doc in self._studies.find({}, {LAST_DAY: 1, "last_delivered_at_ms": 1}):
+        for doc in docs:
             day = doc.get(LAST_DAY)
             if day is None:
-                # One recorded without a time (none is so) is kept the retention from now.
-                day = int(doc.get("last_delivered_at_ms", 0)) // DAY_MS or today
+                day = stamped_day(int(doc.get("last_delivered_at_ms", 0)), floor, today)
                 backfill.append(UpdateOne({"_id": doc["_id"]}, {"$max": {LAST_DAY: day}}))
                 if len(backfill) >= BACKFILL_CHUNK:  # not every study's update in memory at once
                     bulk_write_chunked(self._studies, backfill)
                     backfill = []
-            first = day if first is None else min(first, int(day))
+            yield int(day)
         bulk_write_chunked(self._studies, backfill)
-        return first
 
     def settle(self, partner_id: str, study_uid: str, last_delivered_at_ms: int) -> bool:
         """The study was announced complete: forget it, unless a delivery came in meanwhile."""
@@ -535,6 +547,12 @@ def _fields(item: DeliveredInstance) -> dict[str, object]:
     """The record's fields as a document. Every field is a str or an int, so a shallow copy is the whole
     of it: `dataclasses.asdict` copies each value through its recursive walk, ~12 us against ~0.5."""
     return dict(vars(item))
+
+
+def stamped_day(last_delivered_at_ms: int, floor: int, today: int) -> int:
+    """The last day given a study recorded without one: its last delivery's, or today's for one recorded
+    without a time (none is so), and never before `floor`."""
+    return max(last_delivered_at_ms // DAY_MS or today, floor)
 
 
 def _key(item: DeliveredInstance) -> str:

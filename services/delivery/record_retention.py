@@ -56,6 +56,8 @@ def purge_records(
     if not due:
         return 0, 0
     delivered.settle_receipts()  # a study is owed until its gateways' receipts are folded in
+    delivered.flag_unflagged()  # and until stored ones an earlier release folded are unflagged
+    delivered.stamp_unstamped_studies(due.start, today)
     retired = delivered.retired_partners()
     forgotten = kept = 0
     # Once a day, with the day's studies: those kept as owed (never stored: dead-lettered at the gateway,

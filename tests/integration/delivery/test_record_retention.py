@@ -118,6 +118,30 @@ def test_studies_recorded_before_their_last_day_was_kept_are_purged_too(db: Data
     assert PurgeState(db).purged_through() == DAY0
 
 
+def test_studies_an_earlier_release_records_after_the_first_purge_are_purged_too(db: Database) -> None:
+    """A rolling upgrade's older replicas (or a rollback) record studies without a last day after the
+    purge's first run gave every study then recorded one: they were kept for ever."""
+    delivered = DeliveredObjects(db)
+    _deliver(delivered, "2.25.1", 1)
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due()) == (1, 0)
+    _deliver(delivered, "2.25.2", 2, day=DAY0 + 5)
+    _deliver(delivered, "2.25.3", 1, day=DAY0 - 30)  # its day long done: it takes the next one due
+    db["delivered_studies"].update_many({}, {"$unset": {"last_day": ""}})
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(1)) == (1, 0)
+    assert delivered.study("lab", "2.25.3") == [] and delivered.study("lab", "2.25.2") != []
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(5)) == (1, 0)
+    assert delivered.study("lab", "2.25.2") == []
+
+
+def test_a_stored_delivery_an_earlier_release_left_flagged_owed_does_not_hold_its_study(db: Database) -> None:
+    """An older replica folded its "stored" receipt without removing the owed flag: the purge puts that
+    right itself, as the retention watch and the blob collection do, and does not hold the study for ever."""
+    delivered = DeliveredObjects(db, flag_sweep_s=0)
+    _deliver(delivered, "2.25.1", 2)
+    db["delivered_instances"].update_many({}, {"$set": {"owed": True}})
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due()) == (1, 0)
+
+
 def test_a_study_kept_as_owed_is_forgotten_once_its_last_instance_is_stored(db: Database) -> None:
     delivered = DeliveredObjects(db)
     items = _deliver(delivered, "2.25.1", 3, stored=2)
