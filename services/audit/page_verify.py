@@ -80,7 +80,10 @@ def verify_pages(
     workers: int = 8,
 ) -> None:
     """Adds to `report` what the pages hold that their records do not say (see the module's docstring).
-    `purged_before_ms`: the latest retention checkpoint's cutoff (0: none), asked when a record is missed."""
+    `purged_before_ms`: the latest retention checkpoint's cutoff (0: none), asked once at the start and
+    again only for a missed record newer than the cutoff known (a purge may have moved it meanwhile): the
+    purge's leftovers, copies recorded before it, cost no read each."""
+    cutoff = purged_before_ms()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audit-verify-pages") as pool:
         for group in page_copies(pages):
             originals = pool.map(lambda pair: _original(records, pair[1]), group)
@@ -90,7 +93,10 @@ def verify_pages(
                     detail = f"a {kind} page cannot be read, or holds a copy without an id or a time"
                     report.add(Finding("page_unreadable", detail=detail), limit)
                 elif original is None:
-                    if to_epoch_ms(copy["recorded_at"]) >= purged_before_ms():
+                    recorded = to_epoch_ms(copy["recorded_at"])
+                    if recorded >= cutoff:
+                        cutoff = purged_before_ms()
+                    if recorded >= cutoff:
                         detail = f"a {kind} page holds a record the store does not have"
                         report.add(Finding("page_unknown", record_id=str(copy["_id"]), detail=detail), limit)
                 elif not says_the_same(copy, original):

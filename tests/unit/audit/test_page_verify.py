@@ -27,3 +27,35 @@ def test_an_edit_of_a_value_or_of_its_type_is_a_difference() -> None:
 def test_a_finding_names_the_kind_of_page_never_its_key() -> None:
     assert page_kind("s:1.2.826.0.1.3680043#0") == "study" and page_kind("m:1767254400000#2") == "minute"
     assert page_kind("x") == "other"
+
+
+class _Pages:
+    """Stands in for the pages collection: `find` yields the given pages."""
+
+    def __init__(self, pages: list[dict[str, object]]) -> None:
+        self._pages = pages
+
+    def find(self, *_: object) -> list[dict[str, object]]:
+        return self._pages
+
+
+def test_the_cutoff_is_read_once_unless_a_missed_copy_is_newer_than_it() -> None:
+    """Purge leftovers (copies recorded before the cutoff, their records gone) cost a database read each."""
+    from services.audit.log_verify import VerifyReport
+    from services.audit.page_verify import verify_pages
+    from services.audit.pages import pack
+
+    old = [{**RECORD, "_id": f"old:{n}"} for n in range(50)]
+    new = {**RECORD, "_id": "new:1", "recorded_at": T + timedelta(days=40)}
+    page = {"_id": "m:1#0", **pack([*old, new])}
+    reads: list[int] = []
+    cutoffs = iter([int((T + timedelta(days=30)).timestamp() * 1000), int((T + timedelta(days=50)).timestamp() * 1000)])
+
+    def cutoff() -> int:
+        reads.append(1)
+        return next(cutoffs)
+
+    report = VerifyReport()
+    verify_pages(_Pages([page]), {}, cutoff, report, limit=10)  # type: ignore[arg-type]
+    assert len(reads) == 2, "once at the start, once for the newer miss"
+    assert report.findings == [], "the newer miss was purged meanwhile (the second read's cutoff is later)"
