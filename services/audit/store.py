@@ -9,7 +9,6 @@ FerretDB 1.x supports: no transactions, TTL indexes or change streams.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -217,9 +216,8 @@ class MongoAuditStore:
     (study and minute pages), `N_marks` (counted studies, days and hours with pages) and `N_counts`
     (counters and journals)."""
 
-    def __init__(self, collection: Collection[dict[str, Any]], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, collection: Collection[dict[str, Any]]) -> None:
         db: Database[dict[str, Any]] = collection.database
-        self._clock = clock
         self._names = [collection.name, *(f"{collection.name}_{n}" for n in ("pages", "marks", "counts"))]
         self._records, self._pages, self._marks, self._counts = (db[n] for n in self._names)
         self._db = db
@@ -299,24 +297,17 @@ class MongoAuditStore:
 
     def _mark_time(self, batch: Sequence[AuditRecord]) -> None:
         """Which days and hours hold minute pages, so a reader skips empty ones; which minutes of an hour
-        do (`tm:<hour ms>`, `m`: minutes into the hour); and the first/last day.
-
-        What was marked is remembered only for today's records: the retention purge deletes a past day's
-        marks, and an event of that day arriving late (a replay, a sender's clock) was then not marked
-        again, so its page was hidden from every listing and never purged. A day's marks are written
-        again for each batch holding its late records instead (idempotent, and late records are few)."""
-        today = int(self._clock() * 1000) // DAY_MS * DAY_MS  # no day before this is remembered as marked
+        do (`tm:<hour ms>`, `m`: minutes into the hour); and the first/last day."""
         wanted: list[str] = []
         minutes: dict[int, set[int]] = {}
         for r in batch:
             ms = to_epoch_ms(r["occurred_at"])
             hour = ms // HOUR_MS * HOUR_MS
-            remembered = ms >= today
             for mark in (f"td:{ms // DAY_MS * DAY_MS}", f"th:{hour}"):
-                if not (remembered and mark in self._time_marked) and mark not in wanted:
+                if mark not in self._time_marked and mark not in wanted:
                     wanted.append(mark)
             minute = ms // MINUTE_MS * MINUTE_MS
-            if not (remembered and minute in self._minutes_marked):
+            if minute not in self._minutes_marked:
                 minutes.setdefault(hour, set()).add((minute - hour) // MINUTE_MS)
         for hour, new in minutes.items():  # a few hours per batch; marked only once the write succeeded
             update = {"$addToSet": {"m": {"$each": sorted(new)}}}
@@ -324,8 +315,7 @@ class MongoAuditStore:
                 self._marks.update_one({"_id": f"tm:{hour}"}, update, upsert=True)
             except DuplicateKeyError:  # FerretDB: two upserts of one new document raced; it exists now
                 self._marks.update_one({"_id": f"tm:{hour}"}, update)
-            if hour >= today:
-                self._minutes_marked.update(hour + m * MINUTE_MS for m in new)
+            self._minutes_marked.update(hour + m * MINUTE_MS for m in new)
         if len(self._minutes_marked) > 200_000:
             self._minutes_marked.clear()
         if wanted:
@@ -341,7 +331,7 @@ class MongoAuditStore:
                 )
             # Known only once written, bounds included: marked before, a write that failed (the database
             # away) was skipped by the batch's retry, and its hour and day stayed hidden from every listing.
-            self._time_marked.update(m for m in wanted if int(m[3:]) >= today)
+            self._time_marked.update(wanted)
         if len(self._time_marked) > 100_000:
             self._time_marked.clear()
 

@@ -290,6 +290,7 @@ class BusProducer:
         self._new_producer = new_producer
         self._producer = new_producer()
         self._renewing = threading.Lock()
+        self._closed = False
 
     def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
         """Send all and wait for every acknowledgement. Raises TransientError when the broker fails or
@@ -335,8 +336,8 @@ class BusProducer:
         if manager is None or not manager.has_fatal_error():
             return
         with self._renewing:
-            if self._producer is not producer:
-                return  # another thread renewed it already
+            if self._producer is not producer or self._closed:
+                return  # another thread renewed it already, or closed it: nothing is sent any more
             self._producer = self._new_producer()
         log.warning("producer renewed: the broker refused a record and the client stopped the old one")
         _close_producer(producer, timeout_s=0)  # nothing it holds can be acknowledged any more
@@ -368,6 +369,7 @@ class BusProducer:
         stage stopped during a long broker outage hung until killed. What is dropped was never
         acknowledged, so its input was not committed and is read again."""
         with self._renewing:  # not while another thread replaces it: the new one would be left open
+            self._closed = True
             _close_producer(self._producer, timeout_s)
 
 

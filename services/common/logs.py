@@ -47,11 +47,11 @@ SAFE_FIELDS = frozenset(
         "instance_id",  # a replica's name (IMX_INSTANCE_ID)
         "kept_owed",  # studies or objects kept because a partner is still owed them (a count)
         "bytes",  # a size
-        "kind",  # a bus record's kind header (PartnerDelivery, StudyComplete)
+        "record_kind",  # a bus record's kind header (PartnerDelivery, StudyComplete)
         "pdu_type",  # a DICOM upper-layer PDU type, as hex
         "snapshot",  # a configuration cache's name (routes, partners, ...)
         "method",  # a gRPC control method's name
-        "address",  # a refused DICOM caller's network address: whose device it is, never a patient
+        "peer_address",  # a refused DICOM caller's network address: a device's, never a patient's
         "fingerprint",  # the audit log's public signing key's hash
     }
 )

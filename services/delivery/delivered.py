@@ -66,7 +66,7 @@ FLAGS = "delivered_flags"
 # a missing field, which FerretDB 1.24 answers by reading every delivery ever recorded (10.2-11.6 s per
 # question at 100,000 deliveries on the devstack, 2026-12-07).
 OWED = "owed"
-RESENT = "resent"  # a DeliveredInstance field: the same delivery recorded again with a later send
+RESENT = "resent"  # a DeliveredInstance field: recorded over an earlier send of the instance
 # How often the deliveries an earlier release wrote are put right (`flag_unflagged`): a scan. At most
 # half the blob retention apart (`flag_sweep_for`).
 FLAG_SWEEP_S = 24 * 3600.0
@@ -117,7 +117,7 @@ class DeliveredInstance:
     priority: int = 0
     delivered_at_ms: int = 0
     ingested_at_ms: int = 0
-    resent: bool = False  # recorded again with a later ingest time: this send's events are its own
+    resent: bool = False  # recorded over an earlier send of the instance: this send's events are its own
 
 
 def instance_key(partner_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -189,7 +189,10 @@ class DeliveredObjects:
                 for update in (
                     UpdateOne(
                         {"_id": _key(i), **_older_than(i)},
-                        {"$set": {**_fields(i), OWED: True}, "$unset": dict.fromkeys(_REPORTED, "")},
+                        # Resent too: ids are content-addressed, so this delivery may be one sent before,
+                        # over which the one it now replaces was recorded (an original sent again after
+                        # its correction), and this send's outcomes must be its own.
+                        {"$set": {**_fields(i), OWED: True, RESENT: True}, "$unset": dict.fromkeys(_REPORTED, "")},
                     ),
                     # The same delivery ingested again (ingest re-publishes an event whose "published"
                     # mark was lost under its id, with the time of the new send): it is as new as its

@@ -16,6 +16,10 @@ from services.delivery.delivered import FLAGS, study_key
 HELD = "delivered_held"  # studies the purge kept because they were owed, looked at again each day
 _PURGED = "records-purged-through"  # in FLAGS
 _LEASE = "records-purge-lease"  # in FLAGS
+_STAMPED = "records-stamp-scan"  # in FLAGS: when the scan for studies without a last day is next due
+# That scan reads every study on FerretDB (a filter on a missing field): daily while it finds some (an
+# earlier release still writing), weekly once it finds none.
+STAMP_SCAN_DAYS = (1, 7)
 
 
 class PurgeState:
@@ -42,6 +46,14 @@ class PurgeState:
     def set_purged_through(self, day: int) -> None:
         with contextlib.suppress(DuplicateKeyError):  # another replica's, at the same moment
             self._flags.update_one({"_id": _PURGED}, {"$max": {"day": day}}, upsert=True)
+
+    def stamp_scan_due(self, today: int) -> bool:
+        doc = self._flags.find_one({"_id": _STAMPED})
+        return doc is None or today >= int(doc["next_day"])
+
+    def stamp_scanned(self, today: int, found: int) -> None:
+        next_day = today + STAMP_SCAN_DAYS[0 if found else 1]
+        self._flags.update_one({"_id": _STAMPED}, {"$set": {"next_day": next_day}}, upsert=True)
 
     def held_studies(self) -> list[tuple[str, str, int]]:
         """(partner, study, day) of the studies the purge kept because they were owed (only those)."""

@@ -57,7 +57,10 @@ def purge_records(
         return 0, 0
     delivered.settle_receipts()  # a study is owed until its gateways' receipts are folded in
     delivered.flag_unflagged()  # and until stored ones an earlier release folded are unflagged
-    delivered.stamp_unstamped_studies(due.start, today)
+    if state.stamp_scan_due(today):
+        state.stamp_scanned(today, delivered.stamp_unstamped_studies(due.start, today))
+    if not _lease_kept(state, clock, 0):  # the scans may have taken a while
+        return 0, 0
     retired = delivered.retired_partners()
     forgotten = kept = 0
     # Once a day, with the day's studies: those kept as owed (never stored: dead-lettered at the gateway,

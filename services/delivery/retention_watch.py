@@ -104,9 +104,10 @@ def backlog(
 
 
 def expired_outcome(item: DeliveredInstance, topics: Topics, clock: Callable[[], int]) -> OutgoingMessage:
-    """A failed outcome for a delivery that expired from the feed unread (deterministic id). A delivery
-    recorded again with a later send (`resent`) that expires again gets an outcome of its own, named by
-    that send, as the gateway names its receipt: under the first expiry's id audit would keep only that."""
+    """A failed outcome for a delivery that expired from the feed unread (deterministic id). One recorded
+    over an earlier send of the instance (`resent`: the same delivery sent again, or one that replaced
+    another) gets an id naming its send, as the gateway names its receipt: a delivery sent again whose first
+    send expired too would otherwise have the first expiry's id, and audit would keep only that."""
     parts = ["expired-unread", item.delivery_id] + ([str(item.ingested_at_ms)] if item.resent else [])
     outcome = events_pb2.DeliveryOutcome(
         meta=events_pb2.EventMeta(

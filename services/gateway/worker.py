@@ -309,7 +309,7 @@ class Gateway:
             log.warning(
                 "skipping an undecodable record",
                 extra={
-                    "kind": kind.decode(errors="replace"),
+                    "record_kind": kind.decode(errors="replace"),
                     "topic": tp.topic,
                     "partition": tp.partition,
                     "offset": record.offset,

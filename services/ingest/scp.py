@@ -173,7 +173,7 @@ class StoreHandler:
                 extra={
                     "calling_ae": calling_ae,
                     "org": caller.org_id,
-                    "address": peer_address(assoc.requestor.address),
+                    "peer_address": peer_address(assoc.requestor.address),
                 },
             )
             return NOT_AUTHORIZED, "calling-ae-not-from-its-networks"

@@ -56,8 +56,7 @@ def client(mongo_uri: str, unique_name: str, commands: _Commands) -> Iterator[Mo
 
 
 def _store(client: MongoClient, name: str) -> MongoAuditStore:
-    # On the records' day: a store remembers the days it marked only for today's records.
-    store = MongoAuditStore(client[name]["audit_events"], clock=lambda: T0_MS / 1000)
+    store = MongoAuditStore(client[name]["audit_events"])
     store.ensure_indexes()
     return store
 

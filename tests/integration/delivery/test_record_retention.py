@@ -127,10 +127,16 @@ def test_studies_an_earlier_release_records_after_the_first_purge_are_purged_too
     _deliver(delivered, "2.25.2", 2, day=DAY0 + 5)
     _deliver(delivered, "2.25.3", 1, day=DAY0 - 30)  # its day long done: it takes the next one due
     db["delivered_studies"].update_many({}, {"$unset": {"last_day": ""}})
-    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(1)) == (1, 0)
-    assert delivered.study("lab", "2.25.3") == [] and delivered.study("lab", "2.25.2") != []
-    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(5)) == (1, 0)
-    assert delivered.study("lab", "2.25.2") == []
+    # The first run's scan found none: the next is a week later (on FerretDB it reads every study).
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(1)) == (0, 0)
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(4)) == (0, 0)
+    assert delivered.study("lab", "2.25.3") != []
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(7)) == (2, 0)
+    assert delivered.study("lab", "2.25.3") == [] and delivered.study("lab", "2.25.2") == []
+    # It found some: the next scan is the next day.
+    _deliver(delivered, "2.25.4", 1, day=DAY0 + 8)
+    db["delivered_studies"].update_many({"study_uid": "2.25.4"}, {"$unset": {"last_day": ""}})
+    assert purge_records(delivered, PurgeState(db), RETENTION_DAYS, lambda: _due(8)) == (1, 0)
 
 
 def test_a_stored_delivery_an_earlier_release_left_flagged_owed_does_not_hold_its_study(db: Database) -> None:

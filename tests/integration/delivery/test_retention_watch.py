@@ -211,3 +211,26 @@ def test_a_delivery_sent_again_that_expires_again_gets_an_outcome_of_its_own(
     assert len(first) == 1 and len(second) == 1
     assert second != first
     assert expiries(now=32 * HOUR_MS) == [], "each send declared once"
+
+
+def test_an_original_sent_again_after_its_correction_is_a_send_of_its_own(
+    db: Database, make_name: Callable[[str], str]
+) -> None:
+    """Delivery ids are content-addressed: the original, its correction, then the original again (a
+    hospital re-sending it) is recorded over the correction with the original's id, and must not expire
+    under the id its first send's expiry had."""
+    partner = make_name("p")
+    delivered = DeliveredObjects(db)
+
+    def send(delivery_id: str, sha: int, at_ms: int) -> DeliveredInstance:
+        return DeliveredInstance(
+            partner_id=partner, study_uid="2.25.1", series_uid="2.25.2", sop_uid="2.25.3.8", sop_class_uid="",
+            transfer_syntax_uid="", sha256=f"{sha:064x}", size=1, delivery_id=delivery_id,
+            ingested_at_ms=at_ms, delivered_at_ms=at_ms,
+        )  # fmt: skip
+
+    delivered.record([send("d-original", 1, 1 * HOUR_MS)])
+    assert [i.resent for i in delivered.unstored()] == [False]
+    delivered.record([send("d-corrected", 2, 2 * HOUR_MS)])
+    delivered.record([send("d-original", 1, 3 * HOUR_MS)])
+    assert [(i.delivery_id, i.resent) for i in delivered.unstored()] == [("d-original", True)]
