@@ -1,11 +1,13 @@
 """The DeadLetterAdmin gRPC servicer: what no stage could process (the dead-letter topic), listed,
-shown and replayed to where it came from once the defect that sent it there is fixed.
+shown and replayed to where it came from once the defect that sent it there is fixed, or discarded.
 
 Only the headers the bus writes (services/common/bus.py dead_letter_for) are shown, never a message's
 value or key: those may carry PHI. A replay publishes the original value and headers (without the
 dead-letter ones) to the source topic and is recorded in `dead_letter_replays` under
 `<partition>:<offset>`, so that a second replay of the same dead letter is a deliberate one (`force`).
-Replays are harmless to repeat anyway: every stage is idempotent by event id.
+Replays are harmless to repeat anyway: every stage is idempotent by event id. A discarded letter stays on
+the topic until its retention, but the blob lifecycle no longer keeps the objects it names (an accepted
+instance's data, which an operator may want gone at once), and it is not replayed unless forced.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pymongo.database import Database
 
 from services.common.bus import DEAD_LETTER_HEADERS, VALUE_DROPPED_HEADER, BusProducer
 from services.common.control_server import ServicerRegistration
+from services.common.dead_letter_handling import DISCARDED, HANDLED, REPLAYED, position
 from services.common.dead_letter_limits import DEFAULT_LIMIT, MAX_LIMIT
 from services.common.dead_letter_topic import DeadLetterTopic
 from services.common.messages import OutgoingMessage
@@ -45,7 +48,9 @@ def _headers(record: ConsumerRecord) -> dict[str, bytes]:
     return {k: (v or b"") for k, v in (record.headers or [])}
 
 
-def describe(record: ConsumerRecord, replayed_at_ms: int = 0) -> admin_pb2.DeadLetter:
+def describe(record: ConsumerRecord, handled: Mapping[str, int] | None = None) -> admin_pb2.DeadLetter:
+    """The letter as listed; `handled`: its document of what operators did with it (dead_letter_handling)."""
+    handled = handled or {}
     headers = _headers(record)
     return admin_pb2.DeadLetter(
         partition=record.partition,
@@ -59,7 +64,8 @@ def describe(record: ConsumerRecord, replayed_at_ms: int = 0) -> admin_pb2.DeadL
         source_partition=_number(headers, "imx-source-partition"),
         source_offset=_number(headers, "imx-source-offset"),
         size=len(record.value or b""),
-        replayed_at_ms=replayed_at_ms,
+        replayed_at_ms=int(handled.get(REPLAYED, 0)),
+        discarded_at_ms=int(handled.get(DISCARDED, 0)),
         header_names=sorted(name for name in headers if name not in DEAD_LETTER_HEADERS),
     )
 
@@ -85,6 +91,10 @@ class AlreadyReplayed(Exception):
     pass
 
 
+class AlreadyDiscarded(Exception):
+    pass
+
+
 class DeadLetters:
     """The dead-letter topic with the record of what was replayed (MongoDB, `_id` = partition:offset)."""
 
@@ -96,15 +106,16 @@ class DeadLetters:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._topic = topic
-        self._replays = db["dead_letter_replays"]
+        self._handled = db[HANDLED]
         self._producer = producer
         self._clock = clock
 
-    def _replayed_at(self, ids: list[str]) -> dict[str, int]:
+    def _handled_at(self, ids: list[str]) -> dict[str, dict[str, int]]:
+        """What was done with each letter: {position: {replayed_at_ms, discarded_at_ms}} (those with any)."""
         if not ids:
             return {}
-        docs = self._replays.find({"_id": {"$in": ids}}, {"replayed_at_ms": 1})
-        return {d["_id"]: int(d.get("replayed_at_ms", 0)) for d in docs}
+        docs = self._handled.find({"_id": {"$in": ids}}, {REPLAYED: 1, DISCARDED: 1})
+        return {d["_id"]: {k: int(d[k]) for k in (REPLAYED, DISCARDED) if k in d} for d in docs}
 
     def list(self, limit: int, stage: str = "") -> list[admin_pb2.DeadLetter]:
         """The newest `limit` (of `stage`'s, when given: looked for among the newest `limit` x STAGE_SCAN,
@@ -115,22 +126,26 @@ class DeadLetters:
         else:
             found = [describe(r) for r in self._topic.newest(min(limit * STAGE_SCAN, MAX_LIMIT))]
             described = [d for d in found if d.stage == stage][-limit:]
-        replayed = self._replayed_at([f"{d.partition}:{d.offset}" for d in described])
+        handled = self._handled_at([position(d.partition, d.offset) for d in described])
         for d in described:
-            d.replayed_at_ms = replayed.get(f"{d.partition}:{d.offset}", 0)
+            done = handled.get(position(d.partition, d.offset), {})
+            d.replayed_at_ms, d.discarded_at_ms = done.get(REPLAYED, 0), done.get(DISCARDED, 0)
         return described
 
     def get(self, partition: int, offset: int) -> admin_pb2.DeadLetter | None:
         record = self._topic.at(partition, offset)
         if record is None:
             return None
-        key = f"{partition}:{offset}"
-        return describe(record, self._replayed_at([key]).get(key, 0))
+        key = position(partition, offset)
+        return describe(record, self._handled_at([key]).get(key))
 
     def replay(self, partition: int, offset: int, force: bool = False) -> Replay | None:
-        """None when there is no such dead letter; AlreadyReplayed unless `force`."""
-        key = f"{partition}:{offset}"
-        if not force and self._replayed_at([key]):
+        """None when there is no such dead letter; AlreadyReplayed or AlreadyDiscarded unless `force`."""
+        key = position(partition, offset)
+        done = self._handled_at([key]).get(key, {})
+        if not force and done.get(DISCARDED):
+            raise AlreadyDiscarded(key)
+        if not force and done.get(REPLAYED):
             raise AlreadyReplayed(key)
         record = self._topic.at(partition, offset)
         if record is None:
@@ -144,12 +159,23 @@ class DeadLetters:
             )
         self._producer().publish([message])
         now_ms = int(self._clock() * 1000)
-        self._replays.update_one(
-            {"_id": key},
-            {"$set": {"replayed_at_ms": now_ms, "topic": message.topic}, "$inc": {"replays": 1}},
-            upsert=True,
+        self._handled.update_one(
+            {"_id": key}, {"$set": {REPLAYED: now_ms, "topic": message.topic}, "$inc": {"replays": 1}}, upsert=True
         )
         return Replay(message.topic, now_ms)
+
+    def discard(self, partition: int, offset: int) -> int | None:
+        """When the letter was discarded (the first time, for one discarded before); None when there is no
+        such dead letter."""
+        key = position(partition, offset)
+        if self._topic.at(partition, offset) is None:
+            return None
+        earlier = self._handled_at([key]).get(key, {}).get(DISCARDED)
+        if earlier:
+            return earlier
+        now_ms = int(self._clock() * 1000)
+        self._handled.update_one({"_id": key}, {"$set": {DISCARDED: now_ms}}, upsert=True)
+        return now_ms
 
 
 class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
@@ -182,6 +208,12 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"dead letter {request.partition}:{request.offset} was replayed before; force to replay again",
             )
+        except AlreadyDiscarded:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"dead letter {request.partition}:{request.offset} was discarded (the objects it names may be"
+                " gone); force to replay it all the same",
+            )
         except ValueError as error:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except RecordRefused as error:
@@ -194,6 +226,15 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")
             raise AssertionError("abort raises")
         return admin_pb2.ReplayDeadLetterReply(topic=replay.topic, replayed_at_ms=replay.replayed_at_ms)
+
+    def DiscardDeadLetter(
+        self, request: admin_pb2.DiscardDeadLetterRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.DiscardDeadLetterReply:
+        discarded_at_ms = self._dead_letters.discard(request.partition, request.offset)
+        if discarded_at_ms is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")
+            raise AssertionError("abort raises")
+        return admin_pb2.DiscardDeadLetterReply(discarded_at_ms=discarded_at_ms)
 
 
 class LazyProducer:

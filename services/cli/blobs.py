@@ -101,7 +101,7 @@ def _owed() -> set[str]:
         raise typer.Exit(2) from None
     try:
         # An operator's run puts right every delivery an earlier release wrote, however recent (a scan).
-        owed = OwedBlobs.of(settings, DeliveredObjects(db, flag_sweep_s=0))
+        owed = OwedBlobs.of(settings, DeliveredObjects(db, flag_sweep_s=0), db)
     except (ValueError, OSError) as error:  # a sign-in without a user, a password file that is not there
         client.close()
         console.print(f"[red]the Kafka sign-in in IMX_KAFKA_* cannot be used[/red]: {error}")

@@ -1,4 +1,4 @@
-"""`imx dlq list|show|replay`: the dead-letter topic through audit's DeadLetterAdmin API.
+"""`imx dlq list|show|replay|discard`: the dead-letter topic through audit's DeadLetterAdmin API.
 
 Nothing here shows a dead letter's value or key (they may carry PHI): only where it came from, which
 stage failed and how."""
@@ -20,7 +20,7 @@ from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
 
 console = Console()
 dlq_app = typer.Typer(
-    help="Dead letters: inputs no stage could process (not quarantined, not retried). List, show, replay.",
+    help="Dead letters: inputs no stage could process (not quarantined, not retried). List, show, replay, discard.",
     no_args_is_help=True,
 )
 
@@ -51,7 +51,7 @@ def dlq_list(
     """The newest dead letters: where each came from, which stage failed, why, and whether it was replayed."""
     with _channel(CliSettings().audit_grpc) as channel:
         reply = _stub(channel).ListDeadLetters(admin_pb2.ListDeadLettersRequest(limit=limit, stage=stage))
-    table = Table("at", "when", "stage", "failure", "error", "source", "replayed")
+    table = Table("at", "when", "stage", "failure", "error", "source", "replayed", "discarded")
     for d in reply.dead_letters:
         table.add_row(
             f"{d.partition}:{d.offset}",
@@ -61,6 +61,7 @@ def dlq_list(
             d.error or d.error_type,
             f"{d.source_topic} {d.source_partition}:{d.source_offset}",
             _when(d.replayed_at_ms),
+            _when(d.discarded_at_ms),
         )
     console.print(table)
 
@@ -82,6 +83,7 @@ def dlq_show(position: Annotated[str, typer.Argument(help="<partition>:<offset> 
         ("size", f"{d.size} bytes"),
         ("headers", ", ".join(d.header_names) or "-"),
         ("replayed", _when(d.replayed_at_ms)),
+        ("discarded", _when(d.discarded_at_ms)),
     ]:
         console.print(f"[bold]{name}[/bold]: {value}", highlight=False)
 
@@ -89,7 +91,7 @@ def dlq_show(position: Annotated[str, typer.Argument(help="<partition>:<offset> 
 @dlq_app.command("replay")
 def dlq_replay(
     position: Annotated[str, typer.Argument(help="<partition>:<offset> (from `imx dlq list`)")],
-    force: Annotated[bool, typer.Option(help="replay one that was replayed before")] = False,
+    force: Annotated[bool, typer.Option(help="replay one that was replayed or discarded before")] = False,
 ) -> None:
     """Send a dead letter back to the topic it came from (after fixing what made its stage fail)."""
     partition, offset = _at(position)
@@ -98,3 +100,16 @@ def dlq_replay(
             admin_pb2.ReplayDeadLetterRequest(partition=partition, offset=offset, force=force)
         )
     console.print(f"replayed {partition}:{offset} to {reply.topic}", highlight=False)
+
+
+@dlq_app.command("discard")
+def dlq_discard(
+    position: Annotated[str, typer.Argument(help="<partition>:<offset> (from `imx dlq list`)")],
+) -> None:
+    """Give up on a dead letter: it is not replayed unless forced, and the stored objects it names are no
+    longer kept for it (the blob lifecycle deletes them once nothing else needs them). The letter itself
+    stays on the topic until its retention."""
+    partition, offset = _at(position)
+    with _channel(CliSettings().audit_grpc) as channel:
+        reply = _stub(channel).DiscardDeadLetter(admin_pb2.DiscardDeadLetterRequest(partition=partition, offset=offset))
+    console.print(f"discarded {partition}:{offset} at {_when(reply.discarded_at_ms)}", highlight=False)

@@ -28,6 +28,8 @@ from bson import json_util
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from services.common.dead_letter_handling import HANDLED, position
+
 log = logging.getLogger(__name__)
 
 Code = tuple[str, str]
@@ -190,8 +192,15 @@ CHANGES: dict[str, ChangeTarget] = {
     ),
     "/imx.v1.DeadLetterAdmin/ReplayDeadLetter": ChangeTarget(
         "dead-letter",
-        lambda r: f"{r.partition}:{r.offset}",
-        _documents("dead_letter_replays"),
+        lambda r: position(r.partition, r.offset),
+        _documents(HANDLED),
+        APPLICATION_ACTIVITY,
+        SOFTWARE_CONFIGURATION,
+    ),
+    "/imx.v1.DeadLetterAdmin/DiscardDeadLetter": ChangeTarget(
+        "dead-letter",
+        lambda r: position(r.partition, r.offset),
+        _documents(HANDLED),
         APPLICATION_ACTIVITY,
         SOFTWARE_CONFIGURATION,
     ),

@@ -28,6 +28,7 @@ OPERATOR_METHODS: frozenset[str] = frozenset(
         "/imx.v1.DeadLetterAdmin/ListDeadLetters",
         "/imx.v1.DeadLetterAdmin/GetDeadLetter",
         "/imx.v1.DeadLetterAdmin/ReplayDeadLetter",
+        "/imx.v1.DeadLetterAdmin/DiscardDeadLetter",
         "/imx.v1.PartnerAdmin/PartnerLag",
         "/imx.v1.Studies/StudyStatus",
         "/imx.v1.AuditLog/GetTreeHead",

@@ -7,17 +7,19 @@ keeps its records for IMX_DEAD_LETTER_RETENTION_DAYS (30; the broker's seven day
 objects they name went with the blob lifecycle's own retention (seven days since last written), and a
 replay after that found nothing to send. `blobs_named` reads the objects an event names from its own
 fields (every `BlobRef` in it, at any depth: the instance's object, a de-identified copy's source), so a
-new event type needs no change here; `DeadLetterBlobs` reads the whole topic for each collection.
+new event type needs no change here; `DeadLetterBlobs` reads the whole topic for each collection. A letter
+an operator discarded (`imx dlq discard`, services/common/dead_letter_handling.py) keeps nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from kafka.consumer.fetcher import ConsumerRecord
 
+from services.common.dead_letter_handling import position
 from services.common.dead_letter_topic import STALLED_AFTER_S, DeadLetterTopic
 from services.common.events import EVENT_TYPE_HEADER
 from services.proto_gen.imx.v1 import events_pb2
@@ -53,17 +55,28 @@ def _blob_ids(message: Message) -> Iterable[str]:
 
 
 class DeadLetterBlobs:
-    """The objects named by every letter on the dead-letter topic (read whole, `DeadLetterTopic.read_whole`).
-    Raises IncompleteRead when the topic is not read to its end: nothing may be judged unowed on a guess."""
+    """The objects named by every letter on the dead-letter topic (read whole, `DeadLetterTopic.read_whole`)
+    but those `discarded` names the positions of (`<partition>:<offset>`, read before the topic: one
+    discarded meanwhile keeps its objects until the next collection). Raises IncompleteRead when the topic
+    is not read to its end: nothing may be judged unowed on a guess."""
 
-    def __init__(self, topic: DeadLetterTopic, stalled_after_s: float = STALLED_AFTER_S) -> None:
+    def __init__(
+        self,
+        topic: DeadLetterTopic,
+        stalled_after_s: float = STALLED_AFTER_S,
+        discarded: Callable[[], Collection[str]] = frozenset,
+    ) -> None:
         self._topic = topic
         self._stalled_after_s = stalled_after_s
+        self._discarded = discarded
 
     def __call__(self) -> set[str]:
         named: set[str] = set()
+        discarded = self._discarded()
 
         def note(record: ConsumerRecord) -> None:
+            if position(record.partition, record.offset) in discarded:
+                return
             named.update(blobs_named({k: (v or b"") for k, v in (record.headers or [])}, record.value or b""))
 
         self._topic.read_whole(note, self._stalled_after_s)

@@ -146,7 +146,7 @@ def serve(
     if settings.blob_gc_interval_s > 0:
         collector = threading.Thread(
             target=collect_blobs_every,
-            args=(settings, blobs, OwedBlobs.of(settings, delivered), sweep_stop),
+            args=(settings, blobs, OwedBlobs.of(settings, delivered, db), sweep_stop),
             name="blob-gc",
             daemon=True,
         )

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pymongo.database import Database
+
 from services.common.dead_letter_blobs import DeadLetterBlobs
+from services.common.dead_letter_handling import discarded_positions
 from services.common.dead_letter_topic import DeadLetterTopic
 from services.common.service_access import kafka_client_config
 from services.common.settings import ServiceSettings
@@ -22,12 +25,12 @@ class OwedBlobs:
         self._dead_letters = dead_letters
 
     @classmethod
-    def of(cls, settings: ServiceSettings, delivered: DeliveredObjects) -> OwedBlobs:
+    def of(cls, settings: ServiceSettings, delivered: DeliveredObjects, db: Database) -> OwedBlobs:
         """ValueError or OSError when the settings' Kafka sign-in cannot be read (kafka_client_config)."""
         topic = DeadLetterTopic(
             settings.kafka_bootstrap, Topics(settings.topic_prefix).dead_letter, kafka_client_config(settings)
         )
-        return cls(delivered, DeadLetterBlobs(topic))
+        return cls(delivered, DeadLetterBlobs(topic, discarded=lambda: discarded_positions(db)))
 
     def __call__(self) -> set[str]:
         named = self._dead_letters()

@@ -20,6 +20,7 @@ OPERATOR_CAN = [
     "/imx.v1.Control/Resume",
     "/imx.v1.DeadLetterAdmin/ListDeadLetters",
     "/imx.v1.DeadLetterAdmin/ReplayDeadLetter",
+    "/imx.v1.DeadLetterAdmin/DiscardDeadLetter",
     "/imx.v1.PartnerAdmin/PartnerLag",
     "/imx.v1.Studies/StudyStatus",
 ]
@@ -65,9 +66,9 @@ def test_the_tables_name_only_methods_that_exist() -> None:
     assert set(CHANGES) <= served
 
 
-def test_every_add_remove_reset_replay_pause_and_resume_is_a_recorded_change() -> None:
+def test_every_add_remove_reset_replay_discard_pause_and_resume_is_a_recorded_change() -> None:
     served = _methods(admin_pb2) | _methods(control_pb2) | _methods(profiles_pb2)
-    verbs = ("/Add", "/Remove", "/Reset", "/Replay", "/Pause", "/Resume")
+    verbs = ("/Add", "/Remove", "/Reset", "/Replay", "/Discard", "/Pause", "/Resume")
     assert {m for m in served if any(v in m for v in verbs)} == set(CHANGES)
 
 

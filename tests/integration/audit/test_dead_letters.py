@@ -206,3 +206,36 @@ def test_a_record_whose_output_its_topic_refused_is_replayed_once_the_topic_take
     finally:
         consumer.close()
         producer.close()
+
+
+def test_a_discarded_dead_letter_is_listed_so_and_replayed_only_when_forced(
+    kafka_bootstrap: str, unique_name: str, admin_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic, dlq = f"{unique_name}.in", f"{unique_name}.dlq"
+    ensure_topics(kafka_bootstrap, [topic, dlq], partitions=1)
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish([OutgoingMessage(dlq, SECRET, b"k", {"imx-stage": b"deid", "imx-source-topic": topic.encode()})])
+    producer.close()
+    monkeypatch.setenv("IMX_AUDIT_GRPC", admin_address)
+    monkeypatch.setenv("COLUMNS", "250")
+    runner = CliRunner()
+
+    discarded = runner.invoke(app, ["dlq", "discard", "0:0"])
+    assert discarded.exit_code == 0 and "discarded 0:0 at 20" in discarded.output, discarded.output
+    with control_channel(admin_address) as channel:
+        stub = admin_pb2_grpc.DeadLetterAdminStub(channel)
+        [letter] = stub.ListDeadLetters(admin_pb2.ListDeadLettersRequest()).dead_letters
+        again = stub.DiscardDeadLetter(admin_pb2.DiscardDeadLetterRequest(partition=0, offset=0))
+    assert letter.discarded_at_ms > 0 and letter.replayed_at_ms == 0
+    assert again.discarded_at_ms == letter.discarded_at_ms, "discarding again keeps the first time"
+    shown = runner.invoke(app, ["dlq", "show", "0:0"])
+    assert "discarded" in shown.output and SECRET.decode() not in shown.output
+
+    refused = runner.invoke(app, ["dlq", "replay", "0:0"])
+    assert refused.exit_code == 1 and "was discarded" in refused.output, refused.output
+    forced = runner.invoke(app, ["dlq", "replay", "0:0", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert [r.value for r in read_all(kafka_bootstrap, topic, expected=1)] == [SECRET]
+
+    missing = runner.invoke(app, ["dlq", "discard", "0:99"])
+    assert missing.exit_code == 1 and "NOT_FOUND" in missing.output

@@ -15,10 +15,12 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.structs import TopicPartition
 from pymongo.database import Database
 
+from services.audit.dead_letters import DeadLetters
 from services.common.blob_lifecycle import collect
 from services.common.blob_store import LocalBlobStore
 from services.common.bus import BusProducer, ensure_topics
 from services.common.dead_letter_blobs import DeadLetterBlobs
+from services.common.dead_letter_handling import discarded_positions
 from services.common.dead_letter_topic import DeadLetterTopic, IncompleteRead
 from services.common.events import event_message
 from services.common.messages import IncomingMessage, OutgoingMessage
@@ -29,7 +31,7 @@ from services.delivery.delivered import DeliveredInstance, DeliveredObjects
 from services.delivery.owed_blobs import OwedBlobs
 from services.proto_gen.imx.v1 import events_pb2
 from tests.conftest import KafkaInternal
-from tests.integration.bus_helpers import stage_consumer
+from tests.integration.bus_helpers import read_all, stage_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -87,6 +89,15 @@ def test_the_objects_a_dead_letter_names_outlive_the_retention(
     assert result.deleted == 1 and not store.exists(unowed), "an object nothing names still goes"
     assert store.exists(copy) and store.exists(source), "the dead letter's copy and what it was made from stay"
     assert store.exists(owed), "and what a partner is owed, as before"
+
+    # An operator gives up on the letter (`imx dlq discard`): its objects go at the next collection.
+    dead_letter_topic = DeadLetterTopic(kafka_bootstrap, topics.dead_letter)
+    [letter] = read_all(kafka_bootstrap, topics.dead_letter, expected=1)
+    audit = DeadLetters(dead_letter_topic, db, producer=lambda: BusProducer(kafka_bootstrap))
+    assert audit.discard(letter.partition, letter.offset)
+    discarding = DeadLetterBlobs(dead_letter_topic, discarded=lambda: discarded_positions(db))
+    assert collect(store.root, OwedBlobs(delivered, discarding), WEEK_S).deleted == 2
+    assert not store.exists(copy) and not store.exists(source) and store.exists(owed)
 
 
 def test_a_dead_letter_topic_that_cannot_be_read_deletes_nothing(
