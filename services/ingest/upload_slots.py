@@ -38,6 +38,11 @@ class UploadSlots:
             "had its cap of uploads open",
         )
 
+    @property
+    def open_total(self) -> int:
+        """Uploads holding a slot now."""
+        return self._open_total
+
     @contextmanager
     def hold(self, org: str) -> Iterator[str | None]:
         """Yields None with a slot held until the block ends, or (counted) the cap that is full: ORG when

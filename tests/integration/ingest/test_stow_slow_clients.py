@@ -22,6 +22,7 @@ from services.ingest.stow import StowContext, create_app
 from services.ingest.upload_slots import UploadSlots
 from tests.raw_http import exchange, read_answer
 from tests.unit.ingest.samples import BOUNDARY, RecordingBus, mr_study, multipart_body, stow_content_type
+from tests.waiting import wait_for
 
 KEY, OTHER_KEY = "imx_test-key", "imx_other-key"
 BODY_TIMEOUT_S = 1.0
@@ -54,15 +55,26 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
             topics=Topics("t-"),
             max_instance_bytes=400_000,
         )
-        context = StowContext(acceptance, ApiKeys(), body_timeout_s, UploadSlots(uploads_per_org, uploads), max_parts)
+        slots = UploadSlots(uploads_per_org, uploads)
+        context = StowContext(acceptance, ApiKeys(), body_timeout_s, slots, max_parts)
         http = HttpServer(create_app(context), "127.0.0.1", 0, grace_s=1, header_timeout_s=HEADER_TIMEOUT_S)
         http.start()
+        SLOTS[http.port] = slots
         servers.append(http)
         return http
 
     yield start
     for http in servers:
         http.stop()
+
+
+SLOTS: dict[int, UploadSlots] = {}  # each test server's, by port
+
+
+def _held(port: int, uploads: int) -> None:
+    """Wait until the server on `port` has `uploads` holding their slots (authenticated and reading): a
+    fixed sleep was too short on a busy machine, and the upload meant to be refused was read instead."""
+    wait_for(lambda: SLOTS[port].open_total >= uploads, 10, f"{uploads} uploads holding their slots")
 
 
 def _stalled_upload(port: int, key: str = KEY) -> socket.socket:
@@ -175,7 +187,7 @@ def test_uploads_past_the_organisations_cap_are_refused_429_and_others_are_not(
     caplog.set_level(logging.INFO)
     server = start_server(8, body_timeout_s=10.0)  # the eight hold their slots while the rest arrive
     held = [_stalled_upload(server.port) for _ in range(8)]
-    time.sleep(0.3)  # the eight are authenticated and hold their slots
+    _held(server.port, 8)
     refused = [_stalled_upload(server.port) for _ in range(CLIENTS - 8)]
     other_org = _stalled_upload(server.port, OTHER_KEY)
     try:
@@ -208,7 +220,7 @@ def test_uploads_past_the_services_cap_are_refused_503_whichever_organisation_se
     an instance twice in memory, so the pod's memory bounds how many may be open at once."""
     server = start_server(8, body_timeout_s=10.0, uploads=2)
     held = [_stalled_upload(server.port), _stalled_upload(server.port, OTHER_KEY)]
-    time.sleep(0.3)  # both are authenticated and hold their slots
+    _held(server.port, 2)
     refused = _stalled_upload(server.port, OTHER_KEY)
     try:
         answer = read_answer(refused)
@@ -224,7 +236,7 @@ def test_a_refused_upload_sent_whole_before_reading_gets_its_429(start_server: S
     unread, the server reset the connection and such a client never saw the 429 (every time with 5 MB)."""
     server = start_server(1, body_timeout_s=10.0)
     holder = _stalled_upload(server.port)
-    time.sleep(0.3)  # it holds the organisation's one slot
+    _held(server.port, 1)  # it holds the organisation's one slot
     size = 5_000_000
     head = (
         "POST /dicomweb/studies HTTP/1.1\r\nHost: imx\r\n"
