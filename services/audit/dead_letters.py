@@ -23,7 +23,7 @@ from pymongo.database import Database
 
 from services.common.bus import DEAD_LETTER_HEADERS, VALUE_DROPPED_HEADER, BusProducer
 from services.common.control_server import ServicerRegistration
-from services.common.dead_letter_handling import DISCARDED, HANDLED, REPLAYED, position
+from services.common.dead_letter_handling import DISCARDED, HANDLED, LETTER_MS, REPLAYED, discarded_at, position
 from services.common.dead_letter_limits import DEFAULT_LIMIT, MAX_LIMIT
 from services.common.dead_letter_topic import DeadLetterTopic
 from services.common.messages import OutgoingMessage
@@ -65,7 +65,7 @@ def describe(record: ConsumerRecord, handled: Mapping[str, int] | None = None) -
         source_offset=_number(headers, "imx-source-offset"),
         size=len(record.value or b""),
         replayed_at_ms=int(handled.get(REPLAYED, 0)),
-        discarded_at_ms=int(handled.get(DISCARDED, 0)),
+        discarded_at_ms=discarded_at(handled, record.timestamp),
         header_names=sorted(name for name in headers if name not in DEAD_LETTER_HEADERS),
     )
 
@@ -114,8 +114,8 @@ class DeadLetters:
         """What was done with each letter: {position: {replayed_at_ms, discarded_at_ms}} (those with any)."""
         if not ids:
             return {}
-        docs = self._handled.find({"_id": {"$in": ids}}, {REPLAYED: 1, DISCARDED: 1})
-        return {d["_id"]: {k: int(d[k]) for k in (REPLAYED, DISCARDED) if k in d} for d in docs}
+        docs = self._handled.find({"_id": {"$in": ids}}, {REPLAYED: 1, DISCARDED: 1, LETTER_MS: 1})
+        return {d["_id"]: {k: int(d[k]) for k in (REPLAYED, DISCARDED, LETTER_MS) if k in d} for d in docs}
 
     def list(self, limit: int, stage: str = "") -> list[admin_pb2.DeadLetter]:
         """The newest `limit` (of `stage`'s, when given: looked for among the newest `limit` x STAGE_SCAN,
@@ -129,7 +129,7 @@ class DeadLetters:
         handled = self._handled_at([position(d.partition, d.offset) for d in described])
         for d in described:
             done = handled.get(position(d.partition, d.offset), {})
-            d.replayed_at_ms, d.discarded_at_ms = done.get(REPLAYED, 0), done.get(DISCARDED, 0)
+            d.replayed_at_ms, d.discarded_at_ms = done.get(REPLAYED, 0), discarded_at(done, d.timestamp_ms)
         return described
 
     def get(self, partition: int, offset: int) -> admin_pb2.DeadLetter | None:
@@ -142,14 +142,14 @@ class DeadLetters:
     def replay(self, partition: int, offset: int, force: bool = False) -> Replay | None:
         """None when there is no such dead letter; AlreadyReplayed or AlreadyDiscarded unless `force`."""
         key = position(partition, offset)
-        done = self._handled_at([key]).get(key, {})
-        if not force and done.get(DISCARDED):
-            raise AlreadyDiscarded(key)
-        if not force and done.get(REPLAYED):
-            raise AlreadyReplayed(key)
         record = self._topic.at(partition, offset)
         if record is None:
             return None
+        done = self._handled_at([key]).get(key, {})
+        if not force and discarded_at(done, record.timestamp):
+            raise AlreadyDiscarded(key)
+        if not force and done.get(REPLAYED):
+            raise AlreadyReplayed(key)
         message = replay_of(record)
         if not message.topic:
             raise ValueError("the dead letter does not name its source topic")
@@ -159,22 +159,33 @@ class DeadLetters:
             )
         self._producer().publish([message])
         now_ms = int(self._clock() * 1000)
+        # Replayed, it is not discarded any more: its objects are kept again while its replay may need them.
         self._handled.update_one(
-            {"_id": key}, {"$set": {REPLAYED: now_ms, "topic": message.topic}, "$inc": {"replays": 1}}, upsert=True
+            {"_id": key},
+            {
+                "$set": {REPLAYED: now_ms, "topic": message.topic},
+                "$inc": {"replays": 1},
+                "$unset": {DISCARDED: "", LETTER_MS: ""},
+            },
+            upsert=True,
         )
         return Replay(message.topic, now_ms)
 
-    def discard(self, partition: int, offset: int) -> int | None:
+    def discard(self, partition: int, offset: int, force: bool = False) -> int | None:
         """When the letter was discarded (the first time, for one discarded before); None when there is no
-        such dead letter."""
+        such dead letter; AlreadyReplayed, unless `force`, for one replayed: its replay may still be on
+        its way through the stage, which needs the objects its letter keeps."""
         key = position(partition, offset)
-        if self._topic.at(partition, offset) is None:
+        record = self._topic.at(partition, offset)
+        if record is None:
             return None
-        earlier = self._handled_at([key]).get(key, {}).get(DISCARDED)
-        if earlier:
+        done = self._handled_at([key]).get(key, {})
+        if earlier := discarded_at(done, record.timestamp):
             return earlier
+        if not force and done.get(REPLAYED):
+            raise AlreadyReplayed(key)
         now_ms = int(self._clock() * 1000)
-        self._handled.update_one({"_id": key}, {"$set": {DISCARDED: now_ms}}, upsert=True)
+        self._handled.update_one({"_id": key}, {"$set": {DISCARDED: now_ms, LETTER_MS: record.timestamp}}, upsert=True)
         return now_ms
 
 
@@ -230,7 +241,14 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
     def DiscardDeadLetter(
         self, request: admin_pb2.DiscardDeadLetterRequest, context: grpc.ServicerContext
     ) -> admin_pb2.DiscardDeadLetterReply:
-        discarded_at_ms = self._dead_letters.discard(request.partition, request.offset)
+        try:
+            discarded_at_ms = self._dead_letters.discard(request.partition, request.offset, request.force)
+        except AlreadyReplayed:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"dead letter {request.partition}:{request.offset} was replayed, and the stage may still need the"
+                " objects it names; force to discard it all the same",
+            )
         if discarded_at_ms is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")
             raise AssertionError("abort raises")

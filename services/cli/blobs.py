@@ -177,7 +177,7 @@ def blobs_gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would go, delete nothing")] = False,
 ) -> None:
     """Delete objects older than the retention that no partner is owed (never one a partner's
-    gateway has not reported stored, one a pipeline dead letter names, nor the source of a spliced
+    gateway has not reported stored, one a pipeline dead letter not discarded names, nor the source of a spliced
     object that is kept), and the temporary files writers that stopped left behind."""
 
     root = _store_root()

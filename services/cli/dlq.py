@@ -105,11 +105,16 @@ def dlq_replay(
 @dlq_app.command("discard")
 def dlq_discard(
     position: Annotated[str, typer.Argument(help="<partition>:<offset> (from `imx dlq list`)")],
+    force: Annotated[
+        bool, typer.Option(help="discard one that was replayed (its replay may need its objects)")
+    ] = False,
 ) -> None:
     """Give up on a dead letter: it is not replayed unless forced, and the stored objects it names are no
     longer kept for it (the blob lifecycle deletes them once nothing else needs them). The letter itself
     stays on the topic until its retention."""
     partition, offset = _at(position)
     with _channel(CliSettings().audit_grpc) as channel:
-        reply = _stub(channel).DiscardDeadLetter(admin_pb2.DiscardDeadLetterRequest(partition=partition, offset=offset))
+        reply = _stub(channel).DiscardDeadLetter(
+            admin_pb2.DiscardDeadLetterRequest(partition=partition, offset=offset, force=force)
+        )
     console.print(f"discarded {partition}:{offset} at {_when(reply.discarded_at_ms)}", highlight=False)

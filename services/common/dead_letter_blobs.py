@@ -13,7 +13,7 @@ an operator discarded (`imx dlq discard`, services/common/dead_letter_handling.p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -56,15 +56,15 @@ def _blob_ids(message: Message) -> Iterable[str]:
 
 class DeadLetterBlobs:
     """The objects named by every letter on the dead-letter topic (read whole, `DeadLetterTopic.read_whole`)
-    but those `discarded` names the positions of (`<partition>:<offset>`, read before the topic: one
-    discarded meanwhile keeps its objects until the next collection). Raises IncompleteRead when the topic
+    but those `discarded` names (`<partition>:<offset>` to the letter's timestamp, read before the topic:
+    one discarded meanwhile keeps its objects until the next collection). Raises IncompleteRead when the topic
     is not read to its end: nothing may be judged unowed on a guess."""
 
     def __init__(
         self,
         topic: DeadLetterTopic,
         stalled_after_s: float = STALLED_AFTER_S,
-        discarded: Callable[[], Collection[str]] = frozenset,
+        discarded: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._topic = topic
         self._stalled_after_s = stalled_after_s
@@ -75,7 +75,7 @@ class DeadLetterBlobs:
         discarded = self._discarded()
 
         def note(record: ConsumerRecord) -> None:
-            if position(record.partition, record.offset) in discarded:
+            if discarded.get(position(record.partition, record.offset)) == record.timestamp:
                 return
             named.update(blobs_named({k: (v or b"") for k, v in (record.headers or [])}, record.value or b""))
 

@@ -16,6 +16,7 @@ from pymongo.database import Database
 from typer.testing import CliRunner
 
 from services.audit.dead_letters import register_dead_letter_admin
+from services.cli.dlq import _when
 from services.cli.main import app
 from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.control_channel import control_channel
@@ -229,13 +230,22 @@ def test_a_discarded_dead_letter_is_listed_so_and_replayed_only_when_forced(
     assert letter.discarded_at_ms > 0 and letter.replayed_at_ms == 0
     assert again.discarded_at_ms == letter.discarded_at_ms, "discarding again keeps the first time"
     shown = runner.invoke(app, ["dlq", "show", "0:0"])
-    assert "discarded" in shown.output and SECRET.decode() not in shown.output
+    assert f"discarded: {_when(letter.discarded_at_ms)}" in shown.output and SECRET.decode() not in shown.output
 
     refused = runner.invoke(app, ["dlq", "replay", "0:0"])
     assert refused.exit_code == 1 and "was discarded" in refused.output, refused.output
     forced = runner.invoke(app, ["dlq", "replay", "0:0", "--force"])
     assert forced.exit_code == 0, forced.output
     assert [r.value for r in read_all(kafka_bootstrap, topic, expected=1)] == [SECRET]
+    with control_channel(admin_address) as channel:
+        stub = admin_pb2_grpc.DeadLetterAdminStub(channel)
+        [letter] = stub.ListDeadLetters(admin_pb2.ListDeadLettersRequest()).dead_letters
+    assert letter.discarded_at_ms == 0 and letter.replayed_at_ms > 0, "replayed, its objects are kept again"
+
+    # Replayed, it is discarded only when forced: its replay may still need the objects it names.
+    not_yet = runner.invoke(app, ["dlq", "discard", "0:0"])
+    assert not_yet.exit_code == 1 and "was replayed" in not_yet.output, not_yet.output
+    assert runner.invoke(app, ["dlq", "discard", "0:0", "--force"]).exit_code == 0
 
     missing = runner.invoke(app, ["dlq", "discard", "0:99"])
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.output

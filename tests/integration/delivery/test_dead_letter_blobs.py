@@ -20,12 +20,11 @@ from services.common.blob_lifecycle import collect
 from services.common.blob_store import LocalBlobStore
 from services.common.bus import BusProducer, ensure_topics
 from services.common.dead_letter_blobs import DeadLetterBlobs
-from services.common.dead_letter_handling import discarded_positions
 from services.common.dead_letter_topic import DeadLetterTopic, IncompleteRead
 from services.common.events import event_message
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.service_access import ServiceAccess
-from services.common.settings import retention_ms
+from services.common.settings import ServiceSettings, retention_ms
 from services.common.topics import Topics
 from services.delivery.delivered import DeliveredInstance, DeliveredObjects
 from services.delivery.owed_blobs import OwedBlobs
@@ -90,13 +89,23 @@ def test_the_objects_a_dead_letter_names_outlive_the_retention(
     assert store.exists(copy) and store.exists(source), "the dead letter's copy and what it was made from stay"
     assert store.exists(owed), "and what a partner is owed, as before"
 
-    # An operator gives up on the letter (`imx dlq discard`): its objects go at the next collection.
+    # An operator gives up on the letter (`imx dlq discard`): its objects go at the next collection, unless
+    # another letter, not discarded, names them too.
     dead_letter_topic = DeadLetterTopic(kafka_bootstrap, topics.dead_letter)
     [letter] = read_all(kafka_bootstrap, topics.dead_letter, expected=1)
+    producer = BusProducer(kafka_bootstrap)
+    producer.publish([OutgoingMessage(topics.dead_letter, letter.value, letter.key, dict(letter.headers))])
+    producer.close()
+    [_, other] = read_all(kafka_bootstrap, topics.dead_letter, expected=2)
     audit = DeadLetters(dead_letter_topic, db, producer=lambda: BusProducer(kafka_bootstrap))
+    # As delivery's timer and `imx blobs gc` build it.
+    discarding = OwedBlobs.of(
+        ServiceSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix), delivered, db
+    )
     assert audit.discard(letter.partition, letter.offset)
-    discarding = DeadLetterBlobs(dead_letter_topic, discarded=lambda: discarded_positions(db))
-    assert collect(store.root, OwedBlobs(delivered, discarding), WEEK_S).deleted == 2
+    assert collect(store.root, discarding, WEEK_S).deleted == 0, "the other letter keeps them"
+    assert audit.discard(other.partition, other.offset)
+    assert collect(store.root, discarding, WEEK_S).deleted == 2
     assert not store.exists(copy) and not store.exists(source) and store.exists(owed)
 
 
