@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import grpc
 from kafka.consumer.fetcher import ConsumerRecord
@@ -206,7 +207,7 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
     ) -> admin_pb2.GetDeadLetterReply:
         found = self._dead_letters.get(request.partition, request.offset)
         if found is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")
+            _no_such_letter(context, request)
         return admin_pb2.GetDeadLetterReply(dead_letter=found)
 
     def ReplayDeadLetter(
@@ -234,8 +235,7 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
                 " and replay again",
             )
         if replay is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")
-            raise AssertionError("abort raises")
+            _no_such_letter(context, request)
         return admin_pb2.ReplayDeadLetterReply(topic=replay.topic, replayed_at_ms=replay.replayed_at_ms)
 
     def DiscardDeadLetter(
@@ -250,9 +250,13 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
                 " objects it names; force to discard it all the same",
             )
         if discarded_at_ms is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")
-            raise AssertionError("abort raises")
+            _no_such_letter(context, request)
         return admin_pb2.DiscardDeadLetterReply(discarded_at_ms=discarded_at_ms)
+
+
+def _no_such_letter(context: grpc.ServicerContext, request: Any) -> NoReturn:
+    context.abort(grpc.StatusCode.NOT_FOUND, f"no dead letter at {request.partition}:{request.offset}")
+    raise AssertionError("abort raises")
 
 
 class LazyProducer:
