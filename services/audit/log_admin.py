@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import grpc
 from pymongo.collection import Collection
 
-from services.audit.log_verify import KnownHead, RecordSource, verify_log
+from services.audit.log_verify import KnownHead, RecordSource, checkpoint_signed, verify_log
 from services.audit.page_verify import verify_pages
 from services.audit.signing import fingerprint
 from services.audit.tamper_log import StoredTree, TreeHead
@@ -68,7 +69,8 @@ class AuditLogServicer(admin_pb2_grpc.AuditLogServicer):
             limit = request.max_findings or 100
             report = verify_log(tree, self._records, self._public_key, known, limit)
             if self._pages is not None and not request.skip_pages:
-                verify_pages(self._pages, self._records, lambda: _purged_before_ms(tree), report, limit)
+                purged_before = partial(purged_before_ms, tree, self._public_key)
+                verify_pages(self._pages, self._records, purged_before, report, limit)
         except TransientError as error:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         reply = admin_pb2.VerifyAuditLogReply(
@@ -91,10 +93,12 @@ class AuditLogServicer(admin_pb2_grpc.AuditLogServicer):
         return reply
 
 
-def _purged_before_ms(tree: StoredTree) -> int:
-    """The latest retention checkpoint's cutoff: records appended before it may have been purged."""
+def purged_before_ms(tree: StoredTree, public_key: bytes) -> int:
+    """The latest retention checkpoint's cutoff: records appended before it may have been purged. 0 for one
+    this key did not sign: read again during the page check (a purge may run meanwhile), a checkpoint put
+    there with a later cutoff would otherwise excuse every copy whose record was taken away."""
     checkpoint = tree.get("checkpoint:latest")
-    return int(checkpoint["cutoff"]) if checkpoint else 0
+    return int(checkpoint["cutoff"]) if checkpoint and checkpoint_signed(checkpoint, public_key) else 0
 
 
 def register_audit_log(

@@ -85,13 +85,18 @@ class VerifyReport:
             self.findings.append(finding)
 
 
+def checkpoint_signed(doc: Mapping[str, Any], public_key: bytes) -> bool:
+    """Whether a retention checkpoint's document is signed by `public_key`, as it stands."""
+    message = checkpoint_message(int(doc["purged_to"]), int(doc["ts"]), bytes(doc["root"]), int(doc["cutoff"]))
+    return verify_signature(public_key, message, bytes(doc["sig"]))
+
+
 def _checkpoint_start(tree: StoredTree, public_key: bytes, report: VerifyReport, limit: int) -> merkle.Frontier:
     doc = tree.get("checkpoint:latest")
     if doc is None:
         return merkle.Frontier()
     purged_to, hashes = int(doc["purged_to"]), [bytes(h) for h in doc["frontier"]]
-    message = checkpoint_message(purged_to, int(doc["ts"]), bytes(doc["root"]), int(doc["cutoff"]))
-    if not verify_signature(public_key, message, bytes(doc["sig"])):
+    if not checkpoint_signed(doc, public_key):
         report.add(Finding("bad_checkpoint", detail=f"the checkpoint at {purged_to} is not signed by this key"), limit)
     try:
         frontier = merkle.Frontier(purged_to, hashes)

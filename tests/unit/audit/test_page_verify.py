@@ -59,3 +59,28 @@ def test_the_cutoff_is_read_once_unless_a_missed_copy_is_newer_than_it() -> None
     verify_pages(_Pages([page]), {}, cutoff, report, limit=10)  # type: ignore[arg-type]
     assert len(reads) == 2, "once at the start, once for the newer miss"
     assert report.findings == [], "the newer miss was purged meanwhile (the second read's cutoff is later)"
+
+
+def test_a_checkpoint_read_again_during_the_check_counts_only_when_signed() -> None:
+    """verify_log checks the checkpoint's signature once, at the start; the page check reads it again at a
+    newer miss. One put there meanwhile with a later cutoff would have excused every copy taken away."""
+    from services.audit.log_admin import purged_before_ms
+    from services.audit.signing import Signer, checkpoint_message
+
+    signer = Signer.generate()
+    root = bytes(32)
+    signed = {"purged_to": 5, "ts": 10, "root": root, "cutoff": 1_000, "frontier": []}
+    signed["sig"] = signer.sign(checkpoint_message(5, 10, root, 1_000))
+
+    class Tree:
+        def __init__(self, doc: dict[str, object] | None) -> None:
+            self.doc = doc
+
+        def get(self, _id: str) -> dict[str, object] | None:
+            return self.doc
+
+    assert purged_before_ms(Tree(signed), signer.public_key) == 1_000  # type: ignore[arg-type]
+    moved = {**signed, "cutoff": 9_999_999}
+    assert purged_before_ms(Tree(moved), signer.public_key) == 0  # type: ignore[arg-type]
+    assert purged_before_ms(Tree(signed), Signer.generate().public_key) == 0  # type: ignore[arg-type]
+    assert purged_before_ms(Tree(None), signer.public_key) == 0  # type: ignore[arg-type]
