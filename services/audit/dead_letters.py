@@ -123,30 +123,31 @@ class DeadLetters:
         at most MAX_LIMIT, of each partition, where filtering the newest `limit` found none when they
         were another stage's)."""
         if not stage:
-            described = [describe(r) for r in self._topic.newest(limit)]
+            records = self._topic.newest(limit)
         else:
-            found = [describe(r) for r in self._topic.newest(min(limit * STAGE_SCAN, MAX_LIMIT))]
-            described = [d for d in found if d.stage == stage][-limit:]
-        handled = self._handled_at([position(d.partition, d.offset) for d in described])
-        for d in described:
-            done = handled.get(position(d.partition, d.offset), {})
-            d.replayed_at_ms, d.discarded_at_ms = done.get(REPLAYED, 0), discarded_at(done, d.timestamp_ms)
-        return described
+            found = self._topic.newest(min(limit * STAGE_SCAN, MAX_LIMIT))
+            records = [r for r in found if _text(_headers(r), "imx-stage") == stage][-limit:]
+        handled = self._handled_at([position(r.partition, r.offset) for r in records])
+        return [describe(r, handled.get(position(r.partition, r.offset))) for r in records]
 
-    def get(self, partition: int, offset: int) -> admin_pb2.DeadLetter | None:
+    def _letter(self, partition: int, offset: int) -> tuple[str, ConsumerRecord, dict[str, int]] | None:
+        """(its position, the letter, what was done with it); None when there is no such dead letter."""
         record = self._topic.at(partition, offset)
         if record is None:
             return None
         key = position(partition, offset)
-        return describe(record, self._handled_at([key]).get(key))
+        return key, record, self._handled_at([key]).get(key, {})
+
+    def get(self, partition: int, offset: int) -> admin_pb2.DeadLetter | None:
+        letter = self._letter(partition, offset)
+        return None if letter is None else describe(letter[1], letter[2])
 
     def replay(self, partition: int, offset: int, force: bool = False) -> Replay | None:
         """None when there is no such dead letter; AlreadyReplayed or AlreadyDiscarded unless `force`."""
-        key = position(partition, offset)
-        record = self._topic.at(partition, offset)
-        if record is None:
+        letter = self._letter(partition, offset)
+        if letter is None:
             return None
-        done = self._handled_at([key]).get(key, {})
+        key, record, done = letter
         if not force and discarded_at(done, record.timestamp):
             raise AlreadyDiscarded(key)
         if not force and done.get(REPLAYED):
@@ -176,11 +177,10 @@ class DeadLetters:
         """When the letter was discarded (the first time, for one discarded before); None when there is no
         such dead letter; AlreadyReplayed, unless `force`, for one replayed: its replay may still be on
         its way through the stage, which needs the objects its letter keeps."""
-        key = position(partition, offset)
-        record = self._topic.at(partition, offset)
-        if record is None:
+        letter = self._letter(partition, offset)
+        if letter is None:
             return None
-        done = self._handled_at([key]).get(key, {})
+        key, record, done = letter
         if earlier := discarded_at(done, record.timestamp):
             return earlier
         if not force and done.get(REPLAYED):

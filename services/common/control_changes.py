@@ -154,6 +154,11 @@ def _config(kind: str, object_id: Callable[[Any], str], version: Reader, event_t
 _ORGS, _ROUTES, _PARTNERS = _documents("organisations"), _documents("routes"), _documents("partners")
 _PROFILES, _ANALYSTS = _documents("profiles"), _documents("audit_analysts", "analyst_id")
 _TOKENS = _documents("control_tokens", "name")
+# A replay or a discard of one dead letter, named by its position; what operators did with it is its version.
+_DEAD_LETTER = ChangeTarget(
+    "dead-letter", lambda r: position(r.partition, r.offset), _documents(HANDLED), APPLICATION_ACTIVITY,
+    SOFTWARE_CONFIGURATION,
+)  # fmt: skip
 
 # Every method that changes something, with how to name the object and read its version. A method here
 # is recorded whoever calls it and whatever its outcome; reads are not.
@@ -190,20 +195,8 @@ CHANGES: dict[str, ChangeTarget] = {
     "/imx.v1.ControlTokenAdmin/RemoveControlToken": _config(
         "control-token", lambda r: r.name, _TOKENS, SECURITY_CONFIGURATION
     ),
-    "/imx.v1.DeadLetterAdmin/ReplayDeadLetter": ChangeTarget(
-        "dead-letter",
-        lambda r: position(r.partition, r.offset),
-        _documents(HANDLED),
-        APPLICATION_ACTIVITY,
-        SOFTWARE_CONFIGURATION,
-    ),
-    "/imx.v1.DeadLetterAdmin/DiscardDeadLetter": ChangeTarget(
-        "dead-letter",
-        lambda r: position(r.partition, r.offset),
-        _documents(HANDLED),
-        APPLICATION_ACTIVITY,
-        SOFTWARE_CONFIGURATION,
-    ),
+    "/imx.v1.DeadLetterAdmin/ReplayDeadLetter": _DEAD_LETTER,
+    "/imx.v1.DeadLetterAdmin/DiscardDeadLetter": _DEAD_LETTER,
 }
 
 

@@ -187,22 +187,17 @@ class DeliveredObjects:
                 for n, i in enumerate(items)
                 if n in present
                 for update in (
-                    UpdateOne(
-                        {"_id": _key(i), **_older_than(i)},
-                        # Resent too: ids are content-addressed, so this delivery may be one sent before,
-                        # over which the one it now replaces was recorded (an original sent again after
-                        # its correction), and this send's outcomes must be its own.
-                        {"$set": {**_fields(i), OWED: True, RESENT: True}, "$unset": dict.fromkeys(_REPORTED, "")},
-                    ),
+                    # A newer delivery of the instance (a correction), or one whose id was sent before:
+                    # ids are content-addressed, so an original sent again after its correction replaces
+                    # that correction under its first id.
+                    UpdateOne({"_id": _key(i), **_older_than(i)}, _recorded_over(i)),
                     # The same delivery ingested again (ingest re-publishes an event whose "published"
                     # mark was lost under its id, with the time of the new send): it is as new as its
                     # latest send, whichever of its copies was recorded first, and owed until that send's
                     # own receipt (the partner may hold another delivery of the instance meanwhile).
                     UpdateOne(
                         {"_id": _key(i), "delivery_id": i.delivery_id, "ingested_at_ms": {"$lt": i.ingested_at_ms}},
-                        # Its fields as this send's (its delivery time too: the retention watch dates a
-                        # message on the feed by it, and the first send's may be long gone from there).
-                        {"$set": {**_fields(i), OWED: True, RESENT: True}, "$unset": dict.fromkeys(_REPORTED, "")},
+                        _recorded_over(i),
                     ),
                 )
             ],
@@ -550,6 +545,13 @@ def _fields(item: DeliveredInstance) -> dict[str, object]:
     """The record's fields as a document. Every field is a str or an int, so a shallow copy is the whole
     of it: `dataclasses.asdict` copies each value through its recursive walk, ~12 us against ~0.5."""
     return dict(vars(item))
+
+
+def _recorded_over(item: DeliveredInstance) -> dict[str, object]:
+    """The update recording `item` over an earlier send of its instance: all its fields as this send's (its
+    delivery time too: the retention watch dates a message on the feed by it, and the earlier send's may be
+    long gone from there), owed until this send's own receipt, and `resent`, so that its outcomes are its own."""
+    return {"$set": {**_fields(item), OWED: True, RESENT: True}, "$unset": dict.fromkeys(_REPORTED, "")}
 
 
 def stamped_day(last_delivered_at_ms: int, floor: int, today: int) -> int:

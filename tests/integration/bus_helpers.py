@@ -1,5 +1,5 @@
 """Small helpers the bus tests share: a stage's consumer and polling it until it joined or read a
-topic, read a whole topic, ask the broker for committed offsets."""
+topic, read a whole topic, ask the broker for committed offsets, limit the size of a topic's records."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.structs import TopicPartition
 
 from services.common.bus import BusProducer, Handler, StageConsumer
@@ -143,3 +144,17 @@ def committed_and_end_offsets(bootstrap: str, topic: str, group: str) -> tuple[d
         return committed, end
     finally:
         consumer.close(autocommit=False)
+
+
+def limit_records(bootstrap: str, topic: str, max_bytes: int, create: bool = False) -> None:
+    """Create `topic` (one partition) taking records of at most `max_bytes`, or set an existing one's limit."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        if create:
+            admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": str(max_bytes)})])
+        else:
+            admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(max_bytes)})]
+            )
+    finally:
+        admin.close()

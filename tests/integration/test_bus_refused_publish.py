@@ -5,31 +5,27 @@ from __future__ import annotations
 import threading
 
 import pytest
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
 from services.common.bus import BusProducer, ensure_topics
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.common.publish_refusals import RecordRefused
-from tests.integration.bus_helpers import committed_and_end_offsets, read_all, run_in_thread, stage_consumer
+from tests.integration.bus_helpers import (
+    committed_and_end_offsets,
+    limit_records,
+    read_all,
+    run_in_thread,
+    stage_consumer,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _small_topic(bootstrap: str, topic: str, max_bytes: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": str(max_bytes)})])
-    finally:
-        admin.close()
 
 
 def test_a_record_the_broker_refuses_does_not_stop_the_producer_publishing_others(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
     small, other = f"{unique_name}.small", f"{unique_name}.other"
-    _small_topic(kafka_bootstrap, small, 1024)
+    limit_records(kafka_bootstrap, small, 1024, create=True)
     ensure_topics(kafka_bootstrap, [other], partitions=1)
     producer = BusProducer(kafka_bootstrap)
     try:
@@ -48,7 +44,7 @@ def test_a_stage_sends_the_record_whose_output_the_broker_refuses_to_the_dead_le
 ) -> None:
     """Before, the batch was read again for ever (and every other topic's publish failed with it)."""
     source, small, dlq = f"{unique_name}.in", f"{unique_name}.small", f"{unique_name}.dlq"
-    _small_topic(kafka_bootstrap, small, 1024)
+    limit_records(kafka_bootstrap, small, 1024, create=True)
     ensure_topics(kafka_bootstrap, [source, dlq], partitions=1)
     producer = BusProducer(kafka_bootstrap)
     producer.publish([OutgoingMessage(source, str(i).encode(), b"k") for i in range(5)])

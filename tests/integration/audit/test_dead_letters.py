@@ -10,8 +10,6 @@ from concurrent import futures
 
 import grpc
 import pytest
-from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from pymongo.database import Database
 from typer.testing import CliRunner
 
@@ -22,7 +20,7 @@ from services.common.bus import BusProducer, StageConsumer, ensure_topics
 from services.common.control_channel import control_channel
 from services.common.messages import IncomingMessage, OutgoingMessage
 from services.proto_gen.imx.v1 import admin_pb2, admin_pb2_grpc
-from tests.integration.bus_helpers import read_all, stage_consumer
+from tests.integration.bus_helpers import limit_records, read_all, stage_consumer
 
 pytestmark = pytest.mark.integration
 SECRET = b"Thistlewood^Margery"  # stands for PHI in the message: never shown
@@ -155,20 +153,6 @@ def test_a_stage_asked_for_is_filtered_before_the_limit_and_the_limit_is_bounded
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def _limit(bootstrap: str, topic: str, max_bytes: int, create: bool = False) -> None:
-    """Create `topic` taking records of at most `max_bytes`, or set an existing one's limit to it."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        if create:
-            admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": str(max_bytes)})])
-        else:
-            admin.alter_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(max_bytes)})]
-            )
-    finally:
-        admin.close()
-
-
 def test_a_record_whose_output_its_topic_refused_is_replayed_once_the_topic_takes_it(
     kafka_bootstrap: str, unique_name: str, admin_address: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,7 +161,7 @@ def test_a_record_whose_output_its_topic_refused_is_replayed_once_the_topic_take
     A source topic that refuses the replay itself is a refusal the operator is told about."""
     topic, out, dlq = f"{unique_name}.in", f"{unique_name}.out", f"{unique_name}.dlq"
     ensure_topics(kafka_bootstrap, [topic, dlq], partitions=1)
-    _limit(kafka_bootstrap, out, 1024, create=True)
+    limit_records(kafka_bootstrap, out, 1024, create=True)
     producer = BusProducer(kafka_bootstrap)
     producer.publish([OutgoingMessage(topic, b"big", b"k")])
 
@@ -191,7 +175,7 @@ def test_a_record_whose_output_its_topic_refused_is_replayed_once_the_topic_take
         assert _poll_until_dead_lettered(consumer, handler, kafka_bootstrap, dlq)
         [dead] = read_all(kafka_bootstrap, dlq, expected=1)
         assert dict(dead.headers)["imx-error-type"] == b"RecordRefused"
-        _limit(kafka_bootstrap, out, 2**21)
+        limit_records(kafka_bootstrap, out, 2**21)
         replayed = runner.invoke(app, ["dlq", "replay", f"{dead.partition}:{dead.offset}"])
         assert replayed.exit_code == 0, replayed.output
         for _ in range(60):
@@ -200,7 +184,7 @@ def test_a_record_whose_output_its_topic_refused_is_replayed_once_the_topic_take
                 break
         assert [r.value for r in read_all(kafka_bootstrap, out, expected=1)] == [b"big" * 2000]
 
-        _limit(kafka_bootstrap, topic, 1)  # an operator set the source topic to take less than it held
+        limit_records(kafka_bootstrap, topic, 1)  # an operator set the source topic to take less than it held
         refused = runner.invoke(app, ["dlq", "replay", f"{dead.partition}:{dead.offset}", "--force"])
         assert refused.exit_code == 1 and "FAILED_PRECONDITION" in refused.output, refused.output
         assert "max.message.bytes" in refused.output
