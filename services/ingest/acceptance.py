@@ -48,7 +48,7 @@ from services.common.quarantine_events import Unaccepted, quarantined
 from services.common.stats import StageStats
 from services.common.topics import PARTNER_ID_RULE, Topics, validate_partner_id
 from services.ingest.commit_group import Commit, CommitGroup, Outcome
-from services.ingest.errors import IngestPaused, IngestUnavailable, InvalidDestination
+from services.ingest.errors import EventRefused, IngestPaused, IngestUnavailable, InvalidDestination
 from services.ingest.ingest_events import ingested_event_id, instance_ingested
 from services.ingest.receipts import ReceiptStore
 
@@ -399,7 +399,9 @@ class Acceptance:
     def _publish_all(self, messages: Sequence[OutgoingMessage]) -> None:
         try:
             self._bus.publish(messages, timeout_s=self._publish_timeout_s)
-        except (TransientError, RecordRefused) as exc:  # a refusal: a topic set to take less than the default
+        except RecordRefused as exc:  # a topic set to take less than the default
+            raise EventRefused(f"bus refused the event: {exc}") from exc
+        except TransientError as exc:
             raise IngestUnavailable(f"bus unavailable: {exc}") from exc
         except KafkaError as exc:  # raised by the producer's send() itself, e.g. no metadata in time
             raise IngestUnavailable(f"bus unavailable: {type(exc).__name__}") from exc

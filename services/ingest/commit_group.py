@@ -11,7 +11,11 @@ A group is: one claim that looks every receipt of the group up and marks the pre
 instances published → publish every new event and wait for every acknowledgement (one flush). Each
 waiting thread then hears its own outcome. Any failure fails the whole group: every sender in it
 hears "try again", and nothing was marked, so a retry is published (same id, its own timestamps) as
-if it were the first attempt: nothing is lost.
+if it were the first attempt: nothing is lost. Except an event the broker refuses for what it is
+(`EventRefused`: larger than its topic takes): it fails the group's flush, so each event of the group
+is published again on its own, and only the refused ones' senders hear "try again". Without that, the
+instances that happened to share a group with it, and their retries grouped with its retries, were
+refused with it for as long as the topic's limit stood.
 
 The "published" marks ride on the next group's claim (or `flush`, at shutdown) rather than costing a
 write of their own after the flush. A mark only saves a resend from being published again, never a
@@ -44,6 +48,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from services.common.messages import OutgoingMessage
+from services.ingest.errors import EventRefused
 from services.ingest.receipts import ReceiptStore
 
 
@@ -143,12 +148,12 @@ class CommitGroup:
                 self._leading = True
                 self._gather()
                 group, self._queue = self._queue[: self._max_group], self._queue[self._max_group :]
+            failed: BaseException | None = None
             try:
-                self._commit_group(group)
+                failed = self._commit_group(group)
             finally:
                 with self._changed:
                     self._leading = False
-                    failed = next((i.error for i in group if i.error is not None), None)
                     if failed is not None:
                         # Those queued behind a group that failed hear the same at once: each waited for
                         # that group's publish timeout and then spent its own, the sender's wait twice
@@ -189,20 +194,27 @@ class CommitGroup:
                 self._leading = False
                 self._changed.notify_all()
 
-    def _commit_group(self, group: list[Commit]) -> None:
+    def _commit_group(self, group: list[Commit]) -> BaseException | None:
+        """Commits `group`, each item's outcome or error set; returns what failed the whole group."""
         try:
             outcomes = self._run(group)
         except BaseException as error:  # every sender of the group hears it
             for item in group:
                 item.error = error
+            return error
         else:
             for item in group:
-                item.outcome = outcomes[id(item)]
+                outcome = outcomes[id(item)]
+                if isinstance(outcome, Outcome):
+                    item.outcome = outcome
+                else:
+                    item.error = outcome
+            return None
         finally:
             for item in group:
                 item.done = True
 
-    def _run(self, group: list[Commit]) -> dict[int, Outcome]:
+    def _run(self, group: list[Commit]) -> dict[int, Outcome | EventRefused]:
         # The same instance twice in one group (two senders at once): claimed and published once.
         first: dict[str, Commit] = {}
         for item in group:
@@ -212,24 +224,48 @@ class CommitGroup:
         now_ms = self._clock()
         receipts = self._receipts.claim_many([c.event_id for c in claimants], marks)
         self._unmarked = []
-        outcomes: dict[str, Outcome] = {}
-        to_publish: list[Commit] = []
-        to_mark: list[str] = []
+        outcomes: dict[str, Outcome | EventRefused] = {}
+        to_publish: dict[str, OutgoingMessage] = {}
+        marks_of: dict[str, str] = {}
         for claimant, receipt in zip(claimants, receipts, strict=True):
             if receipt.published:
                 outcomes[claimant.event_id] = Outcome.DUPLICATE
             else:
                 outcomes[claimant.event_id] = Outcome.PUBLISHED
-                to_publish.append(claimant)
-                to_mark.append(receipt.mark)
-        if to_publish:
-            self._publish([c.message(now_ms) for c in to_publish])
-            self._unmarked = to_mark
+                to_publish[claimant.event_id] = claimant.message(now_ms)
+                marks_of[claimant.event_id] = receipt.mark
+        refused = self._publish_refusing(to_publish) if to_publish else {}
+        outcomes.update(refused)
+        # A refused event's receipt stays unmarked: its retry is published as if it were the first attempt.
+        self._unmarked = [mark for event_id, mark in marks_of.items() if event_id not in refused]
         self.groups += 1
-        self.committed += len(to_publish)
+        self.committed += len(to_publish) - len(refused)
+        # The second sender of an instance hears "duplicate" only when the first one's event went out.
         return {
-            id(item): outcomes[item.event_id] if first[item.event_id] is item else Outcome.DUPLICATE for item in group
+            id(item): outcomes[item.event_id]
+            if first[item.event_id] is item or not isinstance(outcomes[item.event_id], Outcome)
+            else Outcome.DUPLICATE
+            for item in group
         }
+
+    def _publish_refusing(self, messages: dict[str, OutgoingMessage]) -> dict[str, EventRefused]:
+        """Publishes the group's events, by event id; returns those the broker refused for what they
+        are. Any other failure is raised: it fails the group."""
+        try:
+            self._publish(list(messages.values()))
+            return {}
+        except EventRefused as refusal:
+            if len(messages) == 1:
+                return {next(iter(messages)): refusal}
+        # Which record of the flush was refused is not known (its batch-mates fail with it), so each
+        # goes again alone. One already acknowledged is published twice under its id; stages drop the copy.
+        refused: dict[str, EventRefused] = {}
+        for event_id, message in messages.items():
+            try:
+                self._publish([message])
+            except EventRefused as refusal:
+                refused[event_id] = refusal
+        return refused
 
 
 def _nothing() -> int:

@@ -13,6 +13,7 @@ import pytest
 from services.common.blob_store import LocalBlobStore
 from services.common.dicom.header import inspect_instance
 from services.common.messages import OutgoingMessage, TransientError
+from services.common.publish_refusals import RecordRefused
 from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance, Accepted, Duplicate
 from services.ingest.commit_group import Commit, CommitGroup, Outcome
@@ -196,6 +197,61 @@ def test_a_failed_flush_fails_every_sender_of_the_group_and_their_retries_publis
     assert all(isinstance(r, Duplicate) for r in again)
     events = [events_pb2.InstanceIngested.FromString(m.value) for f in bus.flushes for m in f]
     assert sorted(e.meta.event_id for e in events) == sorted(r.event_id for r in retried if isinstance(r, Accepted))
+
+
+class RefusingBus(GatedBus):
+    """Refuses, as the broker refuses a record larger than its topic takes, every flush holding the
+    event of one instance, and so its batch-mates with it."""
+
+    def __init__(self, refused_sop_uid: str) -> None:
+        super().__init__()
+        self.refused_sop_uid = refused_sop_uid
+        self.refused_flushes = 0
+
+    def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
+        uids = [events_pb2.InstanceIngested.FromString(m.value).instance.sop_instance_uid for m in messages]
+        if self.refused_sop_uid in uids:
+            self.entered.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+            self.refused_flushes += 1
+            raise RecordRefused("publish refused: MessageSizeTooLargeError")
+        super().publish(messages, timeout_s)
+
+
+def test_an_event_the_broker_refuses_fails_its_own_sender_only_and_its_retry_publishes_it(tmp_path: Path) -> None:
+    instances = mr_study(38, 4)
+    refused_uid = inspect_instance(instances[2], 10_000_000).sop_instance_uid
+    bus, receipts = RefusingBus(refused_uid), CountingReceipts()
+    acceptance = make(tmp_path, bus, receipts)
+
+    results = accept_concurrently(acceptance, bus, instances)  # groups: the first, then the other three
+
+    assert [type(r).__name__ for r in results] == ["Accepted", "Accepted", "EventRefused", "Accepted"]
+    assert isinstance(results[2], IngestUnavailable), "its sender hears try again"
+    # The second group's flush was refused; then each of its events went alone, the refused one refused again.
+    assert bus.refused_flushes == 2
+    assert [len(f) for f in bus.flushes] == [1, 1, 1]
+    acceptance.commits.flush()
+    assert receipts.published == {r.event_id for r in results if isinstance(r, Accepted)}, (
+        "the refused event's receipt is not marked published"
+    )
+
+    bus.refused_sop_uid = "none"  # an operator raised the topic's limit
+    retried = acceptance.accept(instances[2], "trust-a", "c-store")
+    assert isinstance(retried, Accepted)
+    assert events_pb2.InstanceIngested.FromString(bus.flushes[-1][0].value).meta.event_id == retried.event_id
+
+
+def test_a_second_sender_of_a_refused_instance_hears_the_refusal_not_duplicate(tmp_path: Path) -> None:
+    instances = mr_study(39, 2)
+    refused_uid = inspect_instance(instances[1], 10_000_000).sop_instance_uid
+    bus = RefusingBus(refused_uid)
+    acceptance = make(tmp_path, bus, CountingReceipts())
+
+    results = accept_concurrently(acceptance, bus, [instances[0], instances[1], instances[1]])
+
+    assert isinstance(results[0], Accepted)
+    assert [type(r).__name__ for r in results[1:]] == ["EventRefused", "EventRefused"]
 
 
 @pytest.mark.parametrize("senders", [2, 16])
