@@ -301,6 +301,14 @@ class Acceptance:
             span.set_attribute("imx.org", source_org)
             try:
                 result = self._accept(source, source_org, channel, requested_destination, expected)
+            except EventRefused as exc:  # stays so until an operator acts: said apart from an outage
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                self._count(channel, "refused-by-broker")
+                log.warning(
+                    "instance's event refused by the broker: the ingested topic's max.message.bytes is too low",
+                    extra={"org": source_org, "channel": channel},
+                )
+                raise
             except IngestUnavailable as exc:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
                 self._count(channel, "unavailable")

@@ -15,12 +15,15 @@ from pymongo.errors import PyMongoError
 
 from services.common.messages import PhiSafeError
 from services.ingest.acceptance import Acceptance, AcceptanceResult, Accepted, Channel, Duplicate, check_destination
-from services.ingest.errors import IngestUnavailable, UnknownOrganisation
+from services.ingest.errors import EventRefused, IngestUnavailable, UnknownOrganisation
 from services.ingest.settings import IngestSettings
 from services.ingest.wiring import StoppedBeforeStart, open_ingest
 
 CHANNEL: Channel = "cli"
 UNREADABLE = "unreadable"  # the file could not be read: nothing reached the exchange
+# Its instance was stored, but the broker refused its event (larger than the ingested topic takes): sending
+# it again once an operator raised the topic's limit gets it through.
+REFUSED_BY_BROKER = "refused-by-broker"
 BROKER_WAIT_S = 30.0  # a broker that is restarting is back well within this; a wrong sign-in never is
 
 
@@ -170,12 +173,14 @@ def send_files(
     for done, (path, size) in enumerate(zip(files, sizes, strict=True), start=1):
         try:
             result = _send_one(path, size, acceptance, source_org, requested_destination)
+        except EventRefused:  # this file's event only: the others can still go
+            result = REFUSED_BY_BROKER
         except IngestUnavailable as exc:
             raise SendAborted(f"sending stopped after {summary.sent} of {len(files)} files: {exc}", summary) from exc
-        if result is None:
+        if isinstance(result, str):
             summary.sent += 1
-            summary.rejected[UNREADABLE] += 1
-            outcome = UNREADABLE
+            summary.rejected[result] += 1
+            outcome = result
         else:
             summary.add(result)
             outcome = _outcome(result)
@@ -187,13 +192,14 @@ def send_files(
 
 def _send_one(
     path: Path, size: int, acceptance: Acceptance, source_org: str, requested_destination: str
-) -> AcceptanceResult | None:
+) -> AcceptanceResult | str:
+    """The acceptance's result, or UNREADABLE."""
     if size > acceptance.max_instance_bytes:  # not read at all
         return acceptance.reject_unread(source_org, CHANNEL, size)
     try:
         data = path.read_bytes()
     except OSError:
-        return None
+        return UNREADABLE
     return acceptance.accept(data, source_org, CHANNEL, requested_destination)
 
 

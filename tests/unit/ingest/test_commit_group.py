@@ -207,6 +207,8 @@ class RefusingBus(GatedBus):
         super().__init__()
         self.refused_sop_uid = refused_sop_uid
         self.refused_flushes = 0
+        self.away_at_publish = 0  # the number of the publish not refused that finds the broker away
+        self.publishes = 0
 
     def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
         uids = [events_pb2.InstanceIngested.FromString(m.value).instance.sop_instance_uid for m in messages]
@@ -215,6 +217,9 @@ class RefusingBus(GatedBus):
             assert self.gate.wait(30), "the test never opened the gate"
             self.refused_flushes += 1
             raise RecordRefused("publish refused: MessageSizeTooLargeError")
+        self.publishes += 1
+        if self.publishes == self.away_at_publish:
+            raise TransientError("publish failed: KafkaTimeoutError")
         super().publish(messages, timeout_s)
 
 
@@ -240,6 +245,31 @@ def test_an_event_the_broker_refuses_fails_its_own_sender_only_and_its_retry_pub
     retried = acceptance.accept(instances[2], "trust-a", "c-store")
     assert isinstance(retried, Accepted)
     assert events_pb2.InstanceIngested.FromString(bus.flushes[-1][0].value).meta.event_id == retried.event_id
+
+
+def test_those_queued_behind_a_refused_event_are_not_failed_with_it(tmp_path: Path) -> None:
+    instances = mr_study(40, 4)
+    bus = RefusingBus(inspect_instance(instances[0], 10_000_000).sop_instance_uid)
+    acceptance = make(tmp_path, bus, CountingReceipts())
+
+    results = accept_concurrently(acceptance, bus, instances)  # the refused one leads, the others queue
+
+    assert [type(r).__name__ for r in results] == ["EventRefused", "Accepted", "Accepted", "Accepted"]
+    assert [len(f) for f in bus.flushes] == [3]
+
+
+def test_the_broker_going_away_while_events_go_one_by_one_fails_the_group_and_marks_nothing(tmp_path: Path) -> None:
+    instances = mr_study(41, 4)
+    bus, receipts = RefusingBus(inspect_instance(instances[2], 10_000_000).sop_instance_uid), CountingReceipts()
+    bus.away_at_publish = 2  # the first group's flush goes; the second's first event alone meets an outage
+    acceptance = make(tmp_path, bus, receipts)
+
+    results = accept_concurrently(acceptance, bus, instances)
+
+    assert isinstance(results[0], Accepted)
+    assert all(type(r) is IngestUnavailable for r in results[1:]), "every sender of the group hears try again"
+    acceptance.commits.flush()
+    assert receipts.published == {results[0].event_id}
 
 
 def test_a_second_sender_of_a_refused_instance_hears_the_refusal_not_duplicate(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.common.blob_store import LocalBlobStore
+from services.common.publish_refusals import RecordRefused
 from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance
 from services.ingest.errors import InvalidDestination, UnknownOrganisation
@@ -145,6 +146,21 @@ def test_a_failing_bus_stops_the_run_with_what_was_sent(
     with pytest.raises(SendAborted) as caught:
         send(files, source_org="trust-a", acceptance=acceptance, organisations=Orgs())
     assert caught.value.summary.duplicates == 1 and caught.value.summary.sent == 1
+
+
+def test_a_file_whose_event_the_broker_refuses_is_counted_and_the_others_still_go(
+    folder: Path, acceptance: Acceptance, bus: RecordingBus
+) -> None:
+    files = [folder / "series1" / "a.dcm", folder / "series1" / "deeper" / "b"]
+    bus.fail, bus.failure = 1, RecordRefused("publish refused: MessageSizeTooLargeError")
+    seen: list[SendProgress] = []
+
+    summary = send(files, source_org="trust-a", acceptance=acceptance, organisations=Orgs(), progress=seen.append)
+
+    assert (summary.sent, summary.accepted, summary.rejected) == (2, 1, {"refused-by-broker": 1})
+    assert [p.outcome for p in seen] == ["refused-by-broker", "accepted"]
+    again = send(files[:1], source_org="trust-a", acceptance=acceptance, organisations=Orgs())
+    assert again.accepted == 1, "sent again once the topic takes it, the refused file is accepted, not a duplicate"
 
 
 def test_what_needs_no_server_is_checked_before_waiting_for_one(tmp_path: Path) -> None:
