@@ -61,12 +61,16 @@ PAGES = "delivered_pages"
 PENDING = "pending_studies"
 RECEIPTS = "delivery_receipts"
 FLAGS = "delivered_flags"
-# On every delivery this release records until its gateway reports it stored (`_receipt_update`): what
+# On every delivery this release records until its gateway reports it stored (`_receipt_updates`): what
 # is still owed is the equality `{owed: true}`, which an index serves (`ensure_indexes`), not a filter on
 # a missing field, which FerretDB 1.24 answers by reading every delivery ever recorded (10.2-11.6 s per
 # question at 100,000 deliveries on the devstack, 2026-12-07).
 OWED = "owed"
 RESENT = "resent"  # a DeliveredInstance field: recorded over an earlier send of the instance
+# The latest time a gateway reported storing an older send of the instance than the one recorded (another
+# replica, with its own state folder, stored it over the newer): a store of the recorded send reported
+# before then is not what the partner holds (`_receipt_updates`).
+STORED_OVER = "older_send_stored_at_ms"
 # How often the deliveries an earlier release wrote are put right (`flag_unflagged`): a scan. At most
 # half the blob retention apart (`flag_sweep_for`).
 FLAG_SWEEP_S = 24 * 3600.0
@@ -280,7 +284,9 @@ class DeliveredObjects:
         folded = 0
         for start in range(0, len(page_ids), SETTLE_PAGES):
             pages = [self._receipts.find_one({"_id": page_id}) for page_id in page_ids[start : start + SETTLE_PAGES]]
-            updates = [_receipt_update(entry) for page in pages if page for entry in page.get("entries", [])]
+            updates = [
+                u for page in pages if page for entry in page.get("entries", []) for u in _receipt_updates(entry)
+            ]
             bulk_write_chunked(self._instances, updates)
             for page in pages:
                 if page:
@@ -593,22 +599,44 @@ def _receipts_page_id(entries: list[dict[str, object]]) -> str:
     return hashlib.sha256("\x1e".join(lines).encode()).hexdigest()[:32]
 
 
-def _receipt_update(entry: dict[str, object]) -> UpdateOne:
+def _receipt_updates(entry: dict[str, object]) -> list[UpdateOne]:
     """One receipt applied to its delivery: the earliest report of its kind is kept. A receipt for a send
     older than the one recorded (the delivery ingested again since, which made it owed again) marks
     nothing: that send's own receipt will. An entry without a send (a page an earlier release wrote)
-    applies to any."""
+    applies to any.
+
+    But a store of an older send, reported stored later than the recorded send was (gateway replicas
+    keep a state folder each, and one that never saw the newer send stores the older one over it), means
+    the partner holds the older one: the recorded send is owed again, and a report of its store from
+    before then marks nothing, in whichever order the receipts are folded (a tie goes to the recorded send).
+    Only stores the receipt names by delivery id count: those of an earlier release name none."""
+    at_ms = entry["at_ms"]
     query: dict[str, object] = {"_id": entry["key"]}
     if entry.get("delivery_id"):
         query["delivery_id"] = entry["delivery_id"]
     else:  # a receipt cannot be about a delivery made after it
-        query["delivered_at_ms"] = {"$lte": entry["at_ms"]}
+        query["delivered_at_ms"] = {"$lte": at_ms}
     if "ingested_at_ms" in entry:
         query["$or"] = [{"ingested_at_ms": {"$lte": entry["ingested_at_ms"]}}, {"ingested_at_ms": {"$exists": False}}]
-    update: dict[str, object] = {"$min": {f"{entry['status']}_at_ms": entry["at_ms"]}}
-    if entry["status"] == "stored":
-        update["$unset"] = {OWED: ""}
-    return UpdateOne(query, update)
+    update: dict[str, object] = {"$min": {f"{entry['status']}_at_ms": at_ms}}
+    if entry["status"] != "stored":
+        return [UpdateOne(query, update)]
+    update["$unset"] = {OWED: ""}
+    query["$and"] = [{"$or": [{STORED_OVER: {"$exists": False}}, {STORED_OVER: {"$lte": at_ms}}]}]
+    updates = [UpdateOne(query, update)]
+    if entry.get("delivery_id"):
+        # Another delivery of the instance recorded: a newer one (a send replaces only older ones). Not an
+        # earlier send of the same delivery, whose object is the same but for a changed profile, and whose
+        # repeats are reported under the first store's time.
+        recorded_newer = {"_id": entry["key"], "delivery_id": {"$ne": entry["delivery_id"]}}
+        updates += [
+            UpdateOne(
+                {**recorded_newer, "stored_at_ms": {"$lt": at_ms}},
+                {"$set": {OWED: True}, "$unset": {"stored_at_ms": ""}},
+            ),
+            UpdateOne(recorded_newer, {"$max": {STORED_OVER: at_ms}}),
+        ]
+    return updates
 
 
 def flag_sweep_for(blob_retention_s: float) -> float:

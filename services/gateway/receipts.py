@@ -1,9 +1,9 @@
 """DeliveryReceipt events the gateway reports on the partner's receipts topic (pure functions).
 
 Ids are deterministic (`event_id("receipt", <event id>, <status>)`), so a receipt published again
-after a crash is the same receipt and audit keeps one. A delivery the gateway stored before, stored over
-since by another delivery of the instance and now sent again newer still, is stored again: that store's
-receipts name the send's ingest time too (`receipt_event_id`). `ingested_at_ms` is carried from the
+after a crash is the same receipt and audit keeps one. A delivery the gateway stored before and sent
+again with a later ingest time is stored again (records.py `send_action`): that store's receipts name
+the send's ingest time too (`receipt_event_id`). `ingested_at_ms` is carried from the
 delivery, so audit can compute the turnaround from the sender's C-STORE to the partner's PACS and
 delivery can tell which send of a delivery a receipt reports on.
 """

@@ -64,12 +64,25 @@ class SendAction(Enum):
 def send_action(version: InstanceVersion, newest: InstanceVersion | None, stored_before: bool) -> SendAction:
     """What to do with a delivery: `version` its send of the instance, `newest` the newest send of the
     instance stored here (None: none recorded), `stored_before` whether this delivery's object was
-    stored here before. A delivery stored before, then stored over by a newer send, and now sent again
-    newer still (ingest re-publishes an event under its id, with the new send's time), is stored again:
-    the target holds the other one."""
-    if newest is None or newest.delivery_id == version.delivery_id:
+    stored here before.
+
+    This record is one gateway's: another replica that had the partition meanwhile, or an earlier
+    release rolled back to, may have stored another send over what it says the target holds. So a later
+    send of the delivery recorded (ingest publishes an event again under its id, with the new send's
+    time, when its mark was lost) is stored again, not taken for a repeat: it is the newest send as
+    delivery has it, and storing it costs one C-STORE in a rare case, where a repeat's receipt would have
+    had delivery mark it stored while the target held another. And an older send of that delivery with
+    other content (the same source de-identified under another profile: one delivery id, another
+    object) is not stored over the newer one."""
+    if newest is None:
         return SendAction.DUPLICATE if stored_before else SendAction.STORE
-    return SendAction.SUPERSEDED if newest.newer_than(version) else SendAction.STORE
+    if newest.delivery_id != version.delivery_id:
+        return SendAction.SUPERSEDED if newest.newer_than(version) else SendAction.STORE
+    if version.ingested_at_ms > newest.ingested_at_ms:
+        return SendAction.STORE
+    if version.ingested_at_ms < newest.ingested_at_ms and not stored_before:
+        return SendAction.SUPERSEDED
+    return SendAction.DUPLICATE if stored_before else SendAction.STORE
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,6 @@ class Judged:
     action: SendAction
     version: InstanceVersion
     stored_at_ms: int  # when this delivery's object was stored here (a DUPLICATE), else 0
-    later_send: bool  # a repeat whose ingest time is later than the one recorded (`note_send` it)
     again: bool  # this delivery was stored here before: a new store of it, or a dead letter, has its own id
     recorded_receipt_id: str | None  # a DUPLICATE's: the id its store was reported under (None: not recorded)
 
@@ -126,30 +138,17 @@ class StoredRecords:
             else:
                 self._db.execute("INSERT OR REPLACE INTO receipt_ids VALUES (?, ?)", (delivery_id, receipt_id))
             if version is not None:
-                self._note(version, stored_at_ms, stored_over=True)
+                self._note(version, stored_at_ms)
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:  # SQLite rolls back itself on some errors (a full disk)
                 self._db.execute("ROLLBACK")
             raise
 
-    def note_send(self, version: InstanceVersion) -> None:
-        """A delivery stored here before, sent again with a later ingest time: the instance's newest send
-        is as new as that (the target holds its object)."""
-        self._note(version, 0, stored_over=False)
-
-    def _note(self, version: InstanceVersion, stored_at_ms: int, stored_over: bool) -> None:
-        # Stored over the target's object: this send is what it holds now, whatever was recorded. Sent
-        # again: only a later time for the send recorded.
-        condition = "true" if stored_over else "versions.delivery_id = excluded.delivery_id"
+    def _note(self, version: InstanceVersion, stored_at_ms: int) -> None:
+        """Stored over the target's object: this send is what it holds now, whatever was recorded."""
         self._db.execute(
-            "INSERT INTO versions VALUES (?, ?, ?, ?) ON CONFLICT (instance) DO UPDATE SET"
-            " ingested_at_ms = max(excluded.ingested_at_ms,"
-            " CASE WHEN versions.delivery_id = excluded.delivery_id THEN versions.ingested_at_ms ELSE 0 END),"
-            " delivery_id = excluded.delivery_id,"
-            " stored_at_ms = CASE WHEN excluded.stored_at_ms > 0"
-            " THEN excluded.stored_at_ms ELSE versions.stored_at_ms END"
-            f" WHERE {condition}",
+            "INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?)",
             (version.instance, version.ingested_at_ms, version.delivery_id, stored_at_ms),
         )
 
@@ -168,14 +167,13 @@ class StoredRecords:
         version = InstanceVersion.of(delivery)
         newest = self.newest(version.instance)
         action = send_action(version, newest, stored_before)
-        later = newest is not None and version.ingested_at_ms > newest.ingested_at_ms
         # Stored here before and now stored again (stored over meanwhile by another delivery of the
-        # instance, and re-published newer still): a new store, reported under an id of its own, so audit
+        # instance, or sent again later): a new store, reported under an id of its own, so audit
         # keeps it and delivery does not take the first store's receipt for it (receipts.py).
         again = row is not None
         if action is SendAction.DUPLICATE and row is not None:
-            return Judged(action, version, int(row[1]), later, again, row[2])
-        return Judged(action, version, 0, later, again, None)
+            return Judged(action, version, int(row[1]), again, row[2])
+        return Judged(action, version, 0, again, None)
 
     def stored(self, delivery_id: str) -> tuple[str, int] | None:
         """(sha256, stored_at_ms) of a delivery this gateway stored, None when it did not."""

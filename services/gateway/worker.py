@@ -70,7 +70,6 @@ from services.gateway.receipts import (
 )
 from services.gateway.records import (
     DeadLetters,
-    InstanceVersion,
     Judged,
     SendAction,
     StoredRecords,
@@ -347,8 +346,6 @@ class Gateway:
         if judged.action is SendAction.DUPLICATE:
             # Stored before a crash or a rebalance; its receipt may not have been acknowledged, and
             # the same receipt again (same id) is harmless.
-            if judged.later_send:
-                self._note_send(version)
             self.counters.duplicates += 1
             self._send_receipt(duplicate_receipt(delivery, self._store.kind, judged))
             return True
@@ -405,14 +402,6 @@ class Gateway:
             self._on_progress(self.counters)
             if not self._wait(delay, stop, tp):
                 return False
-
-    def _note_send(self, version: InstanceVersion) -> None:
-        """Record a repeat's later ingest time. Only the order of sends to come depends on it, so a state
-        folder that cannot be written now (a full or read-only disk) costs that, not the gateway."""
-        try:
-            self._records.note_send(version)
-        except sqlite3.Error as error:
-            log.warning("the state folder could not record a send's later time", extra={"error": type(error).__name__})
 
     def _dead_letter(
         self,

@@ -431,6 +431,39 @@ def test_the_first_stores_receipt_does_not_settle_the_same_delivery_sent_again_o
     assert delivered.unstored_blobs() == set()
 
 
+def test_an_older_send_stored_after_the_newer_one_leaves_the_newer_owed_in_either_order(db: Database) -> None:
+    """Gateway replicas keep a state folder each: one that never saw the correction stores the original
+    over it. Its receipt, later than the correction's, says the partner holds the original: the
+    correction is owed again (its object kept), whichever receipt is folded first; a later store of the
+    correction settles it, and an original stored before the correction changes nothing."""
+    delivered = DeliveredObjects(db)
+    originals = [replace(_item(n), ingested_at_ms=1_000) for n in (1, 2, 3)]
+    delivered.record(originals)
+    delivered.record([replace(_corrected(o), ingested_at_ms=2_000) for o in originals])
+
+    def fix_stored(n: int, at_ms: int) -> StoredReceipt:
+        return replace(_stored(n, at_ms=at_ms, delivery_id=f"d{n}-corrected"), ingested_at_ms=2_000)
+
+    def original_stored(n: int, at_ms: int) -> StoredReceipt:
+        return replace(_stored(n, at_ms=at_ms), ingested_at_ms=1_000)
+
+    delivered.mark([fix_stored(1, 2_500)])
+    delivered.settle_receipts()
+    delivered.mark([original_stored(1, 3_000)])  # folded after the correction's
+    delivered.mark([original_stored(2, 3_000)])
+    delivered.settle_receipts()
+    delivered.mark([fix_stored(2, 2_500)])  # folded after the original's
+    delivered.mark([original_stored(3, 2_000), fix_stored(3, 2_500)])  # the original first: nothing owed
+    owed = {i.sop_uid for i in delivered.unstored()}
+    assert owed == {originals[0].sop_uid, originals[1].sop_uid}
+    assert delivered.stored_at("lab", STUDY, f"{STUDY}.1", originals[0].sop_uid) is None
+    assert delivered.unstored_blobs() == {"c" * 64}, "the corrections' object is kept"
+
+    delivered.mark([fix_stored(1, 4_000), fix_stored(2, 4_000)])  # stored again, over the original
+    assert list(delivered.unstored()) == []
+    assert delivered.stored_at("lab", STUDY, f"{STUDY}.1", originals[0].sop_uid) == 4_000
+
+
 def test_a_delivery_ingested_again_is_owed_until_its_latest_sends_receipt(db: Database) -> None:
     """Stored and settled, then published again with a later ingest time: owed again (the partner may hold
     another delivery of the instance by then) until the receipt of that send, the gateway's repeat

@@ -134,6 +134,11 @@ class Partner:
         self.published.extend(deliveries)
         return deliveries
 
+    def publish_again(self, deliveries: list[events_pb2.PartnerDelivery]) -> None:
+        """The same deliveries again, as a replay upstream publishes them (their ingest time carried)."""
+        topic = self.topics.partner(self.partner_id)
+        self.send([event_message(topic, d, d.instance.study_instance_uid) for d in deliveries])
+
     def send(self, messages: list[OutgoingMessage]) -> None:
         producer = BusProducer(self.internal_bootstrap)
         try:

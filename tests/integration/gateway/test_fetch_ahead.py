@@ -54,11 +54,11 @@ def test_a_delivery_already_stored_is_not_fetched_again_when_read_again(
 ) -> None:
     root = tmp_path / "received"
     root.mkdir()
-    partner.publish(ct_study[:3])
+    deliveries = partner.publish(ct_study[:3])
     with gateway_thread(partner.settings(f"file://{root}", idle_exit_s=2.0)) as (_stop, done):
         assert done.result(timeout=60).stored == 3
     requests = partner.server.requests
-    partner.publish(ct_study[:3])  # the same deliveries again (a replay upstream)
+    partner.publish_again(deliveries)  # a replay upstream
     with gateway_thread(partner.settings(f"file://{root}", idle_exit_s=2.0)) as (_stop, done):
         counters = done.result(timeout=60)
     assert (counters.stored, counters.duplicates) == (0, 3)

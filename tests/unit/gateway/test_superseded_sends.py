@@ -124,17 +124,27 @@ def test_a_delivery_without_an_ingest_time_is_older_than_any_with_one(tmp_path: 
     assert stored == ["c", "a"]
 
 
-def test_a_repeat_the_state_folder_cannot_record_is_still_settled(tmp_path: Path) -> None:
-    """A repeat with a later ingest time records it; a full or read-only state disk costs that only."""
+def test_a_later_send_is_stored_again_though_another_gateway_stored_the_correction_meanwhile(tmp_path: Path) -> None:
+    """Replicas keep a state folder each and partitions move between them: this gateway stored the
+    original, another the correction, and the original sent again newer still comes back here. Its
+    record says the target holds the original; it holds the correction, and delivery takes the original
+    for the newest. Taken for a repeat, its receipt had delivery mark it stored while the target held the
+    correction."""
+    here, there = StoredRecords(tmp_path / "here.sqlite3"), StoredRecords(tmp_path / "there.sqlite3")
+    pacs_order = []
+    for records, send in [(here, _send("orig", 1_000, "a")), (there, _send("fix", 2_000, "c"))]:
+        pacs_order += _run(tmp_path, [send], records)[0]
+    stored, receipts, counters = _run(tmp_path, [_send("orig", 3_000, "a")], here)
+    assert pacs_order + stored == ["a", "c", "a"], "the newest send is what the target holds last"
+    assert receipts == [("orig", "0x0000")] and counters.duplicates == 0
 
-    class ReadOnly(StoredRecords):
-        def note_send(self, version: InstanceVersion) -> None:
-            raise sqlite3.OperationalError("attempt to write a readonly database")
 
-    stored, receipts, counters = _run(
-        tmp_path, [_send("orig", 1_000, "a"), _send("orig", 3_000, "a")], ReadOnly(tmp_path / "ro.sqlite3")
-    )
-    assert stored == ["a"] and counters.duplicates == 1 and receipts[-1] == ("orig", "duplicate")
+def test_an_older_send_of_a_delivery_with_other_content_is_not_stored_over_the_newer(tmp_path: Path) -> None:
+    """One delivery id, two objects: the same source de-identified again under a changed profile. The
+    newer, stored first (another lane), stays; the older is superseded."""
+    stored, receipts, counters = _run(tmp_path, [_send("orig", 3_000, "b"), _send("orig", 1_000, "a")])
+    assert stored == ["b"] and receipts == [("orig", "0x0000"), ("orig", "superseded")]
+    assert counters.superseded == 1
 
 
 def test_a_send_published_again_newer_than_the_correction_is_stored_over_it(tmp_path: Path) -> None:
@@ -150,11 +160,13 @@ def test_a_send_published_again_newer_than_the_correction_is_stored_over_it(tmp_
     assert again == ["a", "c", "a"], "the target held the correction: the original goes over it again"
 
 
-def test_a_repeat_of_the_newest_send_with_a_later_time_makes_it_newer_still(tmp_path: Path) -> None:
+def test_a_repeat_of_the_newest_send_with_a_later_time_is_stored_again_and_newer_still(tmp_path: Path) -> None:
     stored, receipts, _ = _run(
         tmp_path, [_send("orig", 1_000, "a"), _send("orig", 3_000, "a"), _send("fix", 2_000, "c")]
     )
-    assert stored == ["a"] and receipts == [("orig", "0x0000"), ("orig", "duplicate"), ("fix", "superseded")]
+    assert stored == ["a", "a"] and receipts == [("orig", "0x0000"), ("orig", "0x0000"), ("fix", "superseded")]
+    stored, receipts, _ = _run(tmp_path / "b", [_send("orig", 3_000, "a"), _send("orig", 1_000, "a")])
+    assert stored == ["a"] and receipts == [("orig", "0x0000"), ("orig", "duplicate")], "an earlier one: a repeat"
 
 
 def test_a_superseded_receipt_has_an_id_of_its_own_and_marks_nothing_at_delivery() -> None:
@@ -174,6 +186,10 @@ def test_a_superseded_receipt_has_an_id_of_its_own_and_marks_nothing_at_delivery
         (None, False, SendAction.STORE),
         (None, True, SendAction.DUPLICATE),
         (("orig", 1_000), True, SendAction.DUPLICATE),
+        (("orig", 1_000), False, SendAction.STORE),
+        (("orig", 500), True, SendAction.STORE),  # a later send of the delivery recorded: stored again
+        (("orig", 3_000), True, SendAction.DUPLICATE),  # an earlier send of the object the target holds
+        (("orig", 3_000), False, SendAction.SUPERSEDED),  # an earlier send, other content: the newer stays
         (("fix", 2_000), False, SendAction.SUPERSEDED),
         (("fix", 2_000), True, SendAction.SUPERSEDED),
         (("fix", 500), False, SendAction.STORE),
@@ -207,7 +223,7 @@ def test_a_store_over_the_correction_is_reported_under_an_id_of_its_own(tmp_path
     assert replayed.sent[0].meta.event_id == again.meta.event_id
 
     repeats = Receipts()
-    _run(tmp_path / "b", [_send("orig", 1_000, "a"), _send("orig", 3_000, "a")], receipts=repeats)
+    _run(tmp_path / "b", [_send("orig", 1_000, "a"), _send("orig", 1_000, "a")], receipts=repeats)
     assert repeats.sent[0].meta.event_id == repeats.sent[1].meta.event_id == first.meta.event_id
 
 
