@@ -27,16 +27,20 @@ BULK_CHUNK = 25
 DUPLICATE_KEY = 11000
 
 
-def bulk_write_chunked(collection: Collection[dict[str, Any]], operations: Sequence[Any]) -> None:
+def bulk_write_chunked(collection: Collection[dict[str, Any]], operations: Sequence[Any]) -> int:
     """`bulk_write(ordered=False)` in commands of BULK_CHUNK; a duplicate-key failure (an upsert that
     lost a race) means "already there". Guarded upserts do not belong here: FerretDB answers an
-    upsert's duplicate key without `nModified`, which pymongo cannot read; insert, then update."""
+    upsert's duplicate key without `nModified`, which pymongo cannot read; insert, then update. Returns
+    how many documents the updates matched (none counted for a chunk that failed on a duplicate key)."""
+    matched = 0
     for start in range(0, len(operations), BULK_CHUNK):
         try:
-            collection.bulk_write(list(operations[start : start + BULK_CHUNK]), ordered=False)
+            chunk = list(operations[start : start + BULK_CHUNK])
+            matched += collection.bulk_write(chunk, ordered=False).matched_count
         except BulkWriteError as error:
             if not only_duplicates(error):
                 raise
+    return matched
 
 
 def insert_new(collection: Collection[dict[str, Any]], docs: Sequence[dict[str, Any]]) -> set[int]:

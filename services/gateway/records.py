@@ -61,10 +61,12 @@ class SendAction(Enum):
     SUPERSEDED = "superseded"  # a newer send of the instance is what the target holds: not stored over it
 
 
-def send_action(version: InstanceVersion, newest: InstanceVersion | None, stored_before: bool) -> SendAction:
+def send_action(
+    version: InstanceVersion, newest: InstanceVersion | None, stored_before: bool, stored_at_ms: int = 0
+) -> SendAction:
     """What to do with a delivery: `version` its send of the instance, `newest` the newest send of the
     instance stored here (None: none recorded), `stored_before` whether this delivery's object was
-    stored here before.
+    stored here before, at `stored_at_ms`.
 
     This record is one gateway's: another replica that had the partition meanwhile, or an earlier
     release rolled back to, may have stored another send over what it says the target holds. So a later
@@ -73,9 +75,11 @@ def send_action(version: InstanceVersion, newest: InstanceVersion | None, stored
     delivery has it, and storing it costs one C-STORE in a rare case, where a repeat's receipt would have
     had delivery mark it stored while the target held another. And an older send of that delivery with
     other content (the same source de-identified under another profile: one delivery id, another
-    object) is not stored over the newer one."""
+    object) is not stored over the newer one. A record of an earlier release kept no sends: there, a send
+    ingested after this delivery's object was stored is a later one."""
     if newest is None:
-        return SendAction.DUPLICATE if stored_before else SendAction.STORE
+        later = version.ingested_at_ms > stored_at_ms > 0
+        return SendAction.DUPLICATE if stored_before and not later else SendAction.STORE
     if newest.delivery_id != version.delivery_id:
         return SendAction.SUPERSEDED if newest.newer_than(version) else SendAction.STORE
     if version.ingested_at_ms > newest.ingested_at_ms:
@@ -94,6 +98,7 @@ class Judged:
     stored_at_ms: int  # when this delivery's object was stored here (a DUPLICATE), else 0
     again: bool  # this delivery was stored here before: a new store of it, or a dead letter, has its own id
     recorded_receipt_id: str | None  # a DUPLICATE's: the id its store was reported under (None: not recorded)
+    by_same_delivery: bool = False  # a SUPERSEDED one's: the newer send stored is of this delivery id too
 
 
 class StoredRecords:
@@ -166,14 +171,15 @@ class StoredRecords:
         stored_before = row is not None and row[0] == delivery.blob.sha256
         version = InstanceVersion.of(delivery)
         newest = self.newest(version.instance)
-        action = send_action(version, newest, stored_before)
+        action = send_action(version, newest, stored_before, row[1] if row else 0)
         # Stored here before and now stored again (stored over meanwhile by another delivery of the
         # instance, or sent again later): a new store, reported under an id of its own, so audit
         # keeps it and delivery does not take the first store's receipt for it (receipts.py).
         again = row is not None
         if action is SendAction.DUPLICATE and row is not None:
             return Judged(action, version, int(row[1]), again, row[2])
-        return Judged(action, version, 0, again, None)
+        same = newest is not None and newest.delivery_id == version.delivery_id
+        return Judged(action, version, 0, again, None, by_same_delivery=action is SendAction.SUPERSEDED and same)
 
     def stored(self, delivery_id: str) -> tuple[str, int] | None:
         """(sha256, stored_at_ms) of a delivery this gateway stored, None when it did not."""

@@ -352,8 +352,10 @@ class Gateway:
         if judged.action is SendAction.SUPERSEDED:
             # The original and its correction took different priority lanes and the original came last:
             # storing it would put the old content back over the new. Its receipt says so (delivery marks
-            # nothing by it: the partner does not hold this delivery's object).
-            self._dead_letters.settle(delivery_id)
+            # nothing by it: the partner does not hold this delivery's object). Its dead letter goes, unless
+            # the newer send is of this delivery too: the letter may be that send's.
+            if not judged.by_same_delivery:
+                self._dead_letters.settle(delivery_id)
             self.counters.superseded += 1
             self._send_receipt(superseded_receipt(delivery, self._store.kind, self._clock()))
             return True

@@ -3,11 +3,13 @@ study manifests, and the StudyComplete announced once a study has gone quiet."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 
@@ -431,7 +433,9 @@ def test_the_first_stores_receipt_does_not_settle_the_same_delivery_sent_again_o
     assert delivered.unstored_blobs() == set()
 
 
-def test_an_older_send_stored_after_the_newer_one_leaves_the_newer_owed_in_either_order(db: Database) -> None:
+def test_an_older_send_stored_after_the_newer_one_leaves_the_newer_owed_in_either_order(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
     """Gateway replicas keep a state folder each: one that never saw the correction stores the original
     over it. Its receipt, later than the correction's, says the partner holds the original: the
     correction is owed again (its object kept), whichever receipt is folded first; a later store of the
@@ -451,7 +455,9 @@ def test_an_older_send_stored_after_the_newer_one_leaves_the_newer_owed_in_eithe
     delivered.settle_receipts()
     delivered.mark([original_stored(1, 3_000)])  # folded after the correction's
     delivered.mark([original_stored(2, 3_000)])
-    delivered.settle_receipts()
+    with caplog.at_level(logging.WARNING, logger="services.delivery.delivered"):
+        delivered.settle_receipts()
+    assert [r.__dict__.get("instances") for r in caplog.records if "owed again" in r.getMessage()] == [1]
     delivered.mark([fix_stored(2, 2_500)])  # folded after the original's
     delivered.mark([original_stored(3, 2_000), fix_stored(3, 2_500)])  # the original first: nothing owed
     owed = {i.sop_uid for i in delivered.unstored()}
@@ -462,6 +468,30 @@ def test_an_older_send_stored_after_the_newer_one_leaves_the_newer_owed_in_eithe
     delivered.mark([fix_stored(1, 4_000), fix_stored(2, 4_000)])  # stored again, over the original
     assert list(delivered.unstored()) == []
     assert delivered.stored_at("lab", STUDY, f"{STUDY}.1", originals[0].sop_uid) == 4_000
+
+
+def test_a_store_of_the_newer_delivery_again_after_the_older_one_is_what_counts_in_any_fold_order(
+    db: Database,
+) -> None:
+    """The correction stored (2,500), the original over it (3,000), the correction again (4,000): the
+    partner holds the correction, whichever order the receipts are folded in. A newer send recorded
+    afterwards starts afresh: its store counts even by a clock behind the one that stored the original
+    (each replica reports by its own)."""
+    delivered = DeliveredObjects(db)
+    original = replace(_item(1), ingested_at_ms=1_000)
+    delivered.record([original])
+    delivered.record([replace(_corrected(original), ingested_at_ms=2_000)])
+    fix = replace(_stored(1, delivery_id="d1-corrected"), ingested_at_ms=2_000)
+    over = replace(_stored(1, at_ms=3_000), ingested_at_ms=1_000)
+    for receipt in (replace(fix, at_ms=4_000), replace(fix, at_ms=2_500), over):  # each folded on its own
+        delivered.mark([receipt])
+        delivered.settle_receipts()
+    assert list(delivered.unstored()) == []
+
+    newest = replace(_corrected(original, sha="e"), delivery_id="d1-again", ingested_at_ms=5_000)
+    delivered.record([newest])
+    delivered.mark([replace(_stored(1, at_ms=2_800, delivery_id="d1-again"), ingested_at_ms=5_000)])
+    assert list(delivered.unstored()) == [], "the original's store was reported before this send was recorded"
 
 
 def test_a_delivery_ingested_again_is_owed_until_its_latest_sends_receipt(db: Database) -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pymongo import UpdateOne
 
-from services.delivery.delivered import OWED, STORED_OVER, _receipt_updates, _receipts_page_id
+from services.delivery.delivered import (
+    LAST_STORED,
+    OWED,
+    STORED_OVER,
+    ReceiptUpdates,
+    _receipt_updates,
+    _receipts_page_id,
+)
 
 KEY = "lab/2.25.1/2.25.1.1/2.25.1.1.1"
 THIS_SEND_OR_EARLIER = [{"ingested_at_ms": {"$lte": 5}}, {"ingested_at_ms": {"$exists": False}}]
@@ -13,35 +20,41 @@ NOT_STORED_OVER_SINCE = [{"$or": [{STORED_OVER: {"$exists": False}}, {STORED_OVE
 
 def test_a_receipt_naming_its_send_marks_that_send_or_an_earlier_one_only() -> None:
     entry = {"key": KEY, "delivery_id": "d1", "status": "stored", "at_ms": 9, "ingested_at_ms": 5}
-    marks, *newer_owed_again = _receipt_updates(entry)
-    assert marks == UpdateOne(
-        {"_id": KEY, "delivery_id": "d1", "$or": THIS_SEND_OR_EARLIER, "$and": NOT_STORED_OVER_SINCE},
-        {"$min": {"stored_at_ms": 9}, "$unset": {OWED: ""}},
-    )
     newer = {"_id": KEY, "delivery_id": {"$ne": "d1"}}
-    assert newer_owed_again == [
-        UpdateOne({**newer, "stored_at_ms": {"$lt": 9}}, {"$set": {OWED: True}, "$unset": {"stored_at_ms": ""}}),
-        UpdateOne(newer, {"$max": {STORED_OVER: 9}}),
-    ]
+    stored_before = {"$or": [{LAST_STORED: {"$lt": 9}}, {LAST_STORED: {"$exists": False}, "stored_at_ms": {"$lt": 9}}]}
+    assert _receipt_updates(entry) == ReceiptUpdates(
+        stored_over=[UpdateOne(newer, {"$max": {STORED_OVER: 9}})],
+        marks=[
+            UpdateOne(
+                {"_id": KEY, "delivery_id": "d1", "$or": THIS_SEND_OR_EARLIER, "$and": NOT_STORED_OVER_SINCE},
+                {"$min": {"stored_at_ms": 9}, "$unset": {OWED: ""}, "$max": {LAST_STORED: 9}},
+            )
+        ],
+        owed_again=[UpdateOne({**newer, **stored_before}, {"$set": {OWED: True}, "$unset": {"stored_at_ms": ""}})],
+    )
 
 
 def test_a_receipt_without_a_delivery_id_is_about_a_delivery_made_by_its_time_and_may_name_its_send() -> None:
     entry = {"key": KEY, "delivery_id": "", "status": "dead_lettered", "at_ms": 9, "ingested_at_ms": 5}
     # A dead letter leaves the delivery owed.
-    assert _receipt_updates(entry) == [
-        UpdateOne(
-            {"_id": KEY, "delivered_at_ms": {"$lte": 9}, "$or": THIS_SEND_OR_EARLIER},
-            {"$min": {"dead_lettered_at_ms": 9}},
-        )
-    ]
+    assert _receipt_updates(entry) == ReceiptUpdates(
+        marks=[
+            UpdateOne(
+                {"_id": KEY, "delivered_at_ms": {"$lte": 9}, "$or": THIS_SEND_OR_EARLIER},
+                {"$min": {"dead_lettered_at_ms": 9}},
+            )
+        ]
+    )
 
 
 def test_an_entry_an_earlier_release_wrote_names_no_send_and_applies_to_any() -> None:
     entry = {"key": KEY, "delivery_id": "d1", "status": "stored", "at_ms": 9}
-    assert _receipt_updates(entry)[0] == UpdateOne(
-        {"_id": KEY, "delivery_id": "d1", "$and": NOT_STORED_OVER_SINCE},
-        {"$min": {"stored_at_ms": 9}, "$unset": {OWED: ""}},
-    )
+    assert _receipt_updates(entry).marks == [
+        UpdateOne(
+            {"_id": KEY, "delivery_id": "d1", "$and": NOT_STORED_OVER_SINCE},
+            {"$min": {"stored_at_ms": 9}, "$unset": {OWED: ""}, "$max": {LAST_STORED: 9}},
+        )
+    ]
 
 
 def test_receipts_of_two_sends_of_one_delivery_are_two_pages_and_a_replayed_batch_one() -> None:

@@ -205,6 +205,25 @@ def test_what_a_gateway_does_with_a_send(
     assert send_action(version, recorded, stored_before) is action
 
 
+@pytest.mark.parametrize(("stored_at_ms", "action"), [(3_000, SendAction.STORE), (7_000, SendAction.DUPLICATE)])
+def test_on_an_earlier_releases_record_a_send_ingested_after_the_store_is_a_later_one(
+    stored_at_ms: int, action: SendAction
+) -> None:
+    """An earlier release kept no sends: only the store's time tells a later send from a repeat."""
+    assert send_action(InstanceVersion("i", 5_000, "orig"), None, True, stored_at_ms) is action
+
+
+def test_a_send_superseded_by_a_later_send_of_its_own_delivery_says_so(tmp_path: Path) -> None:
+    """Then the dead letter under its delivery id may be the later send's, and is kept."""
+    records = StoredRecords(tmp_path / "stored.sqlite3")
+    later = _send("orig", 3_000, "b")
+    records.add("orig", later.blob.sha256, "2.25.1", 4_000, InstanceVersion.of(later))
+    same = records.judge(_send("orig", 1_000, "a"))
+    assert same.action is SendAction.SUPERSEDED and same.by_same_delivery
+    other = records.judge(_send("earlier", 1_000, "a"))
+    assert other.action is SendAction.SUPERSEDED and not other.by_same_delivery
+
+
 def test_a_store_over_the_correction_is_reported_under_an_id_of_its_own(tmp_path: Path) -> None:
     """The original, its correction, then the original published again newer still and stored over the
     correction: that store's receipt is a new one (audit keeps it; delivery tells it from the first by
@@ -236,14 +255,14 @@ def test_a_state_folder_of_an_earlier_release_reports_its_stores_under_their_fir
         "CREATE TABLE stored (delivery_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL, study TEXT NOT NULL,"
         " stored_at_ms INTEGER NOT NULL)"
     )
-    old.execute("INSERT INTO stored VALUES ('orig', ?, '2.25.1', 7)", ("a" * 64,))
+    old.execute("INSERT INTO stored VALUES ('orig', ?, '2.25.1', 7000)", ("a" * 64,))  # after its ingest
     old.commit()
     old.close()
     send = _send("orig", 1_000, "a")
     records = StoredRecords(path)
     judged = records.judge(send)
-    assert judged.action is SendAction.DUPLICATE and judged.stored_at_ms == 7
-    assert stored_receipt_id(send, judged) == instance_receipt(send, STORED, "dicom", 1, 7).meta.event_id
+    assert judged.action is SendAction.DUPLICATE and judged.stored_at_ms == 7_000
+    assert stored_receipt_id(send, judged) == instance_receipt(send, STORED, "dicom", 1, 7_000).meta.event_id
     records.add("other", "b" * 64, "2.25.1", 8, receipt_id="r-other")
     records.close()
     assert StoredRecords(path)._row("other") == ("b" * 64, 8, "r-other"), "kept when opened again"
