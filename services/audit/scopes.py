@@ -24,11 +24,17 @@ _RECEIVED_UIDS = ("study_uid", "series_uid", "sop_uid")
 
 
 def _passed_through(record: AuditRecord) -> bool:
-    """A route, preparation or outcome that says no profile was applied: the partner received these UIDs."""
+    """A route, preparation or outcome that says no profile was applied, and names no other UIDs the
+    instance was delivered under: the partner received these UIDs. The UIDs decide, whatever the record
+    says of a profile: delivery's outcome for a delivery that expired unread names none, and its
+    original's UIDs beside the copy's showed a research partner the identifiable original."""
     return (
         record["event_type"] in ("routed", "prepared", "outcome")
         and not record.get("profile")
         and not record.get("deidentified")
+        and record.get("delivered_study_uid") in (None, record.get("study_uid"))
+        and record.get("delivered_series_uid") in (None, record.get("series_uid"))
+        and record.get("delivered_sop_uid") in (None, record.get("sop_uid"))
     )
 
 

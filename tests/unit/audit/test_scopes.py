@@ -17,6 +17,8 @@ from services.audit.records import build_record
 from services.audit.scopes import Scope, ScopeDenied
 from services.common.messages import OutgoingMessage, TransientError
 from services.common.topics import Topics
+from services.delivery.delivered import DeliveredInstance
+from services.delivery.retention_watch import expired_outcome
 from services.proto_gen.imx.v1 import events_pb2 as pb
 from tests.unit.audit.builders import T0_MS, Instance, incoming, journey, quarantined
 from tests.unit.audit.fake_store import InMemoryAuditStore
@@ -255,3 +257,43 @@ def test_a_partners_key_asking_by_the_original_of_its_copy_gets_a_404() -> None:
     store.insert([build_record(incoming(message), TOPICS, NOW)])
     answer = lab.get(f"/audit/studies/{copy.study}")
     assert answer.status_code == 404 and copy.remapped().study not in answer.text
+
+
+def test_a_partners_key_does_not_see_the_original_through_the_expiry_of_an_unread_copy() -> None:
+    """Delivery's outcome for a delivery that expired from the feed unread names no profile, and named
+    the original's study and SOP UIDs beside the copy's: it was taken for a care transfer's, shown whole,
+    and opened the original's trail. A partner could bring it about by not reading its feed."""
+    copy = Instance(study="1.2.826.0.1.9.1", series="1.2.826.0.1.9.1.1", sop="1.2.826.0.1.9.1.1.1")
+    remapped = copy.remapped()
+    expired = DeliveredInstance(
+        partner_id="lab-r",
+        study_uid=remapped.study,
+        series_uid=remapped.series,
+        sop_uid=remapped.sop,
+        sop_class_uid="1.2",
+        transfer_syntax_uid="1.2",
+        sha256="x",
+        size=1,
+        delivery_id="d1",
+        source_study_uid=copy.study,
+        source_sop_uid=copy.sop,
+        source_org="trust-a",
+        route_id="route-1",
+        ingested_at_ms=T0_MS,
+    )
+    messages = [*journey(TOPICS, copy, partner="lab-r"), expired_outcome(expired, TOPICS, lambda: T0_MS + 60_000)]
+    store = InMemoryAuditStore()
+    store.insert([build_record(incoming(m), TOPICS, NOW) for m in messages])
+    keys = {"k-lab": Analyst("lab", scope=Scope.parse("partner:lab-r"))}
+    lab = TestClient(create_app(store, keys.get), headers={"Authorization": "Bearer k-lab"})
+    outcomes = lab.get("/audit/events", params={"event_type": "outcome"}).json()["events"]
+    assert "expired-unread" in {e["detail"] for e in outcomes}, "the expiry is shown"
+    bodies = [
+        lab.get("/audit/events").text,
+        lab.get(f"/audit/studies/{remapped.study}").text,
+        *(lab.get("/audit/export/events", params={"format": f}).text for f in ("json", "dicom-xml", "fhir")),
+        *(lab.get(f"/audit/export/studies/{remapped.study}", params={"format": f}).text for f in ("json", "fhir")),
+    ]
+    for body in bodies:
+        assert copy.study not in body and copy.sop not in body
+    assert lab.get(f"/audit/studies/{copy.study}").status_code == 404
