@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -52,7 +53,7 @@ from services.common.publish_refusals import (
     RECORD_REFUSALS,
     BrokerUnavailable,
     RecordRefused,
-    outputs_by_input,
+    publish_apart,
     publish_failure,
 )
 from services.common.static_membership import ReplicaNameTaken, leave_group, name_taken
@@ -929,15 +930,13 @@ class StageConsumer:
         each record's outputs are published on their own, and a record whose outputs are refused goes to
         the dead-letter topic instead, so its partition moves on. Outputs acknowledged before the refusal
         may go twice: the stages after this one keep what they get by its deterministic id."""
-        try:
-            self._producer.publish(result.outputs, timeout_s=self._publish_timeout_s)
-        except RecordRefused:
-            refused: dict[int, RecordRefused] = {}
-            for index, outputs in outputs_by_input(result.outputs, result.sources).items():
-                try:
-                    self._producer.publish(outputs, timeout_s=self._publish_timeout_s)
-                except RecordRefused as error:
-                    refused[index] = error
+        refused = publish_apart(
+            partial(self._producer.publish, timeout_s=self._publish_timeout_s),
+            result.outputs,
+            result.sources,
+            RecordRefused,
+        )
+        if refused:
             # All at once, after every other input's outputs got through: a batch read again (another
             # input's publish failing otherwise) does not leave a dead letter of each earlier try.
             self._dead_letter_refused([(records[index], error) for index, error in refused.items()])

@@ -9,11 +9,15 @@ other failure leaves the input unread: the broker away (retriable), or a refusal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from kafka.errors import InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from services.common.messages import OutgoingMessage, PermanentError, TransientError
+
+K = TypeVar("K")
+E = TypeVar("E", bound=BaseException)
 
 # Not CorruptRecordError: on a produce it is a checksum broken in transit, which a retry mends.
 RECORD_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
@@ -46,9 +50,36 @@ def _names(errors: object) -> str:
     return ", ".join(sorted({type(error).__name__ for error in errors}))  # type: ignore[attr-defined]
 
 
-def outputs_by_input(outputs: Sequence[OutgoingMessage], sources: Sequence[int]) -> dict[int, list[OutgoingMessage]]:
-    """A batch's outputs grouped by the index of the input that made each, in the batch's order."""
-    grouped: dict[int, list[OutgoingMessage]] = {}
+def outputs_by_input(outputs: Sequence[OutgoingMessage], sources: Sequence[K]) -> dict[K, list[OutgoingMessage]]:
+    """Messages grouped by what made each (`sources`, one per message), in their order."""
+    grouped: dict[K, list[OutgoingMessage]] = {}
     for output, source in zip(outputs, sources, strict=True):
         grouped.setdefault(source, []).append(output)
     return grouped
+
+
+def publish_apart(
+    publish: Callable[[Sequence[OutgoingMessage]], None],
+    messages: Sequence[OutgoingMessage],
+    sources: Sequence[K],
+    refusal: type[E],
+) -> dict[K, E]:
+    """Publish `messages` in one flush; when the broker refuses one for what it is (`refusal`, as the
+    caller's `publish` raises it), publish each source's messages again on their own, since which record
+    was refused is not known (its batch-mates fail with it). Returns the sources refused, each with its
+    refusal; any other failure is raised. A message acknowledged before the refusal goes twice, under
+    its deterministic id, which every stage drops."""
+    try:
+        publish(messages)
+        return {}
+    except refusal as error:
+        grouped = outputs_by_input(messages, sources)
+        if len(grouped) == 1:
+            return {source: error for source in grouped}
+    refused: dict[K, E] = {}
+    for source, group in grouped.items():
+        try:
+            publish(group)
+        except refusal as error:
+            refused[source] = error
+    return refused

@@ -560,9 +560,8 @@ class DeliveredObjects:
             yield {"study_uid": doc["study_uid"], "last_delivered_at_ms": doc.get("last_delivered_at_ms", 0)}
 
 
-# What gateways reported about a delivery; a new delivery of the same instance starts without them.
-# What a send's receipts set; a newer send recorded over it starts without them. Without STORED_OVER too:
-# every store of an older send reported so far was made before the newer send could be stored.
+# What gateways reported about a delivery; a newer send recorded over it starts without them, STORED_OVER
+# included: every store of an older send reported so far was made before the newer send could be stored.
 _REPORTED = ("stored_at_ms", "dead_lettered_at_ms", "expired_at_ms", LAST_STORED, STORED_OVER)
 
 
@@ -628,8 +627,8 @@ def _receipt_updates(entry: dict[str, object]) -> ReceiptUpdates:
     last store (gateway replicas keep a state folder each, and one that never saw the newer delivery
     stores the older over it), means the partner holds the older one: the recorded delivery is owed
     again, and a report of its store from before then marks nothing, in whichever order the receipts are
-    folded, if the kinds of update are applied in ReceiptUpdates' order (a tie goes to the recorded
-    delivery). Only receipts naming their delivery count: an earlier release's name none."""
+    folded, if the kinds of update are applied in ReceiptUpdates' order, as `settle_receipts` does (a
+    tie goes to the recorded delivery). Only receipts naming their delivery count: an earlier release's name none."""
     at_ms = entry["at_ms"]
     query: dict[str, object] = {"_id": entry["key"]}
     if entry.get("delivery_id"):
@@ -671,8 +670,8 @@ class ReceiptUpdates:
     `stored_over`, then `owed_again`. A mark of the recorded delivery applied after an older one's
     `stored_over` sees it; one applied before it is taken back by `owed_again`, applied after both."""
 
-    stored_over: list[UpdateOne] = field(default_factory=list)
     marks: list[UpdateOne] = field(default_factory=list)
+    stored_over: list[UpdateOne] = field(default_factory=list)
     owed_again: list[UpdateOne] = field(default_factory=list)
 
 

@@ -1,5 +1,6 @@
 """What this gateway keeps in its state folder: which deliveries it stored (so a redelivered event
-is not stored twice and a StudyComplete manifest can be checked), and its dead letters.
+is not stored twice, though a later send of it is: `send_action`, and a StudyComplete manifest can be
+checked), and its dead letters.
 
 - `stored.sqlite3`: one row per stored delivery id with its SHA-256, and the id of the STORED receipt
   that reported it (`receipt_ids`). WAL with synchronous=NORMAL: a killed process loses nothing; a

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from services.common.messages import OutgoingMessage
+from services.common.publish_refusals import publish_apart
 from services.ingest.errors import EventRefused
 from services.ingest.receipts import ReceiptStore
 
@@ -251,21 +252,7 @@ class CommitGroup:
     def _publish_refusing(self, messages: dict[str, OutgoingMessage]) -> dict[str, EventRefused]:
         """Publishes the group's events, by event id; returns those the broker refused for what they
         are. Any other failure is raised: it fails the group."""
-        try:
-            self._publish(list(messages.values()))
-            return {}
-        except EventRefused as refusal:
-            if len(messages) == 1:
-                return {next(iter(messages)): refusal}
-        # Which record of the flush was refused is not known (its batch-mates fail with it), so each
-        # goes again alone. One already acknowledged is published twice under its id; stages drop the copy.
-        refused: dict[str, EventRefused] = {}
-        for event_id, message in messages.items():
-            try:
-                self._publish([message])
-            except EventRefused as refusal:
-                refused[event_id] = refusal
-        return refused
+        return publish_apart(self._publish, list(messages.values()), list(messages), EventRefused)
 
 
 def _nothing() -> int:
