@@ -52,7 +52,12 @@ def _store(request: Request) -> AuditStore:
 
 
 def _scope(request: Request) -> RecordScope | None:
-    scope: RecordScope | None = getattr(getattr(request.state, "analyst", None), "scope", None)
+    """The key's scope, set by the router's key check. Without one the request is refused, never answered
+    unscoped: a router wired without the check must fail closed."""
+    analyst = getattr(request.state, "analyst", None)
+    if analyst is None:
+        raise HTTPException(status_code=401, detail="an analyst API key is required")
+    scope: RecordScope = analyst.scope
     return scope
 
 

@@ -171,3 +171,16 @@ def test_a_partners_receipt_with_control_characters_still_exports_as_xml() -> No
     ]
     assert said, "the detail is still exported"
     assert all("\x01" not in text and "\x1b" not in text for text in said)
+
+
+def test_an_export_router_wired_without_the_key_check_refuses_rather_than_exports_everything() -> None:
+    """The exports read the key's scope from the key check; missing, they answered unscoped."""
+    from fastapi import FastAPI
+
+    from services.audit.export_api import export_router
+
+    app = FastAPI()
+    app.state.audit_store = InMemoryAuditStore()
+    app.include_router(export_router)
+    answer = TestClient(app).get("/audit/export/events", params={"format": "json"})
+    assert answer.status_code == 401
