@@ -107,21 +107,34 @@ class Identifiers:
         return found
 
     def sources_in_bytes(self, data: bytes | memoryview) -> list[int]:
-        """Sources of the needles found in ``data`` as whole tokens (ASCII case-insensitive).
+        """Sources of the needles found in ``data`` as whole tokens (ASCII case-insensitive)."""
+        return self.scan_bytes(data).sources
+
+    def scan_bytes(self, data: bytes | memoryview) -> ByteHits:
+        """The needles found in ``data``: as whole tokens, and whole at one edge only.
+
+        The encoded header's bytes around a value are not text: a value's last byte is followed by the
+        next element's tag, whose first byte is often a letter or digit (group 0x0032 is "2", 0x0054
+        "T"), so a name ending a value was not a whole token there and went out. A needle whole at one
+        edge is a `suspect`: the element-by-element search (leaks.py) tells.
 
         bytes.find runs at memchr speed; one pass per needle beats one regex alternation over
         a few kilobytes of header by several times.
         """
         lowered = bytes(data).lower()
         found = []
+        suspect = False
         for needle, source, is_uid in self.byte_needles:
+            inner = _UID_CHARS if is_uid else _WORD_CHARS
             start = lowered.find(needle)
             while start != -1:
-                if _bounded(lowered, start, start + len(needle), _UID_CHARS if is_uid else _WORD_CHARS):
+                before, after = _edges(lowered, start, start + len(needle), inner)
+                if before and after:
                     found.append(source)
                     break
+                suspect = suspect or before or after
                 start = lowered.find(needle, start + 1)
-        return found
+        return ByteHits(found, suspect)
 
 
 def build_identifiers(text: Mapping[str, int], uids: Mapping[str, int], encodings: tuple[str, ...]) -> Identifiers:
@@ -239,8 +252,15 @@ def _byte_needles(
     return tuple((needle, source, is_uid) for needle, (source, is_uid) in needles.items() if needle)
 
 
-def _bounded(data: bytes, start: int, end: int, inner: frozenset[int]) -> bool:
-    return (start == 0 or data[start - 1] not in inner) and (end >= len(data) or data[end] not in inner)
+def _edges(data: bytes, start: int, end: int, inner: frozenset[int]) -> tuple[bool, bool]:
+    """Whether a match is bounded before it, and after it."""
+    return start == 0 or data[start - 1] not in inner, end >= len(data) or data[end] not in inner
+
+
+@dataclass(frozen=True)
+class ByteHits:
+    sources: list[int]  # found as whole tokens
+    suspect: bool  # some needle found whole at one edge only (`Identifiers.scan_bytes`)
 
 
 _WORD_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")

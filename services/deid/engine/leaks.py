@@ -31,13 +31,15 @@ class Leak:
 
 
 def find_leaks(identifiers: Identifiers, header_bytes: bytes | memoryview, output: Dataset) -> list[Leak]:
-    """Leaks of ``identifiers`` into an output whose encoded header (no pixel data) is ``header_bytes``."""
-    byte_hits = identifiers.sources_in_bytes(header_bytes)
-    if not byte_hits:
+    """Leaks of ``identifiers`` into an output whose encoded header (no pixel data) is ``header_bytes``.
+    A needle the bytes show whole at one edge only (a value's end is followed by a tag's bytes) is looked
+    for element by element, and is a leak only if found there."""
+    byte_hits = identifiers.scan_bytes(header_bytes)
+    if not byte_hits.sources and not byte_hits.suspect:
         return []
     located = list(_locate(output, identifiers))
     if not located:
-        return [Leak(None, source) for source in dict.fromkeys(byte_hits)]
+        return [Leak(None, source) for source in dict.fromkeys(byte_hits.sources)]
     return [leak for leak in dict.fromkeys(located) if leak.tag not in OWN_ATTRIBUTES]
 
 

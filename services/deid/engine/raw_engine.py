@@ -113,8 +113,11 @@ def deidentify_raw(data: Source, profile: Profile, pseudonyms: Pseudonymizer) ->
     out = bytearray(meta)
     encode(body, out, raw.implicit)
     header = bytes(out)
-    if identifiers.sources_in_bytes(header) or (
-        raw.compressed and identifiers.sources_in_bytes(embedded_text_of_element(raw.pixel_bytes, raw.implicit))
+    hits = identifiers.scan_bytes(header)
+    if (
+        hits.sources
+        or hits.suspect
+        or (raw.compressed and identifiers.sources_in_bytes(embedded_text_of_element(raw.pixel_bytes, raw.implicit)))
     ):
         raise Unsupported("a possible leak: the pydicom path locates it")
     identity = {

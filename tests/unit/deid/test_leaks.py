@@ -12,7 +12,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 
 from services.deid.engine import BASIC, Action, PhiLeak, Profile, check_for_leaks, deidentify
 
@@ -30,6 +30,28 @@ def test_phi_kept_in_a_private_tag_by_a_bad_override_is_caught() -> None:
     assert caught.value.source == PATIENT_NAME
     assert "Thistlewood" not in str(caught.value)
     assert "(0019,1010)" in str(caught.value)
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "implicit"])
+def test_a_name_ending_a_value_followed_by_a_tag_that_reads_as_a_letter_is_caught(syntax: str) -> None:
+    """In the encoded bytes, a value of even length is followed by the next element's tag: group 0x0032
+    begins with the byte "2", which made "...Thistlewood2" no whole word, and the name went out."""
+    ds = ct_dataset()
+    ds.add_new(0x00281055, "LO", "Window for Thistlewood")  # kept (not in Table E.1-1); 22 bytes, unpadded
+    requested = Dataset()
+    requested.CodeValue, requested.CodingSchemeDesignator, requested.CodeMeaning = "CTHEAD", "L", "CT head"
+    ds.RequestedProcedureCodeSequence = Sequence([requested])  # (0032,1064), kept, right after it
+    with pytest.raises(PhiLeak) as caught:
+        deidentify(to_bytes(ds, ImplicitVRLittleEndian if syntax == "implicit" else ExplicitVRLittleEndian), BASIC, KEY)
+    assert caught.value.tag == 0x00281055 and caught.value.source == PATIENT_NAME
+
+
+def test_a_name_starting_a_longer_word_is_not_a_leak() -> None:
+    """A needle whole at one edge only sends the instance to the element-by-element search, which
+    finds no whole word: released."""
+    ds = ct_dataset()
+    ds.add_new(0x00281055, "LO", "Thistlewoodside window")
+    assert deidentify(to_bytes(ds), BASIC, KEY).data
 
 
 def test_phi_in_a_deeply_nested_unlisted_attribute_is_caught() -> None:
