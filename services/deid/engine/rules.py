@@ -20,12 +20,31 @@ TRAILING_PADDING = 0xFFFCFFFC
 # the table removes: Issuer of Accession Number Sequence (0008,0051) carries the same namespace as Issuer
 # of Patient ID (0010,0021, X). When in doubt the safer action: removed unless institution identity is
 # retained. Found by the end-to-end PHI scan, which seeds the sender's namespace in both places.
-SUPPLEMENTARY_ISSUERS = (0x00080051,)
+SUPPLEMENTARY_ISSUERS = (
+    0x00080051,
+    0x00100024,  # Issuer of Patient ID Qualifiers Sequence: the patient ID's namespace, as (0010,0021)
+    0x00400026,  # Order Placer Identifier Sequence: the requesting organisation's namespace
+    0x00400027,  # Order Filler Identifier Sequence
+)
+# Identifying attributes the table does not list, kept verbatim under every profile before (a read-only
+# review, 2026-12-07): the birth and death dates in an alternative calendar (the Gregorian birth date is
+# Z), the retired order numbers (their successors (0040,2016/2017) are Z) and the free text of the
+# scheduled procedure step's comments. Removed under every profile.
+SUPPLEMENTARY_IDENTIFYING = (
+    0x00100033,  # Patient's Birth Date in Alternative Calendar
+    0x00100034,  # Patient's Death Date in Alternative Calendar
+    0x00401006,  # Placer Order Number / Procedure (retired)
+    0x00401007,  # Filler Order Number / Procedure (retired)
+    0x00402006,  # Placer Order Number / Imaging Service Request (retired)
+    0x00402007,  # Filler Order Number / Imaging Service Request (retired)
+    0x00400400,  # Comments on the Scheduled Procedure Step
+)
 # A structured report's content tree (Content Sequence, (0040,A730): D, or C with Clean Structured Content)
 # holds free text the table does not list: a TEXT item's Text Value (0040,A160) was kept under every
 # profile ("Discussed with Dr ..., wife informed by phone ..."). The engine cannot make a dummy report, so
 # D empties the tree; with the option the tree is kept and its free text emptied (C on UT); its Person
-# Name (0040,A123) is the table's own D.
+# Name (0040,A123) is the table's own D. A Text Value outside the tree (in a protocol's context
+# sequence) is removed without the option: emptying the tree did not reach it.
 CONTENT_SEQUENCE, TEXT_VALUE = 0x0040A730, 0x0040A160
 
 
@@ -100,8 +119,9 @@ def compile_rules(
             exact.setdefault(tag, Action.REMOVE)
     if exact.get(CONTENT_SEQUENCE) is Action.DUMMY:
         exact[CONTENT_SEQUENCE] = Action.ZERO
-    if Option.CLEAN_STRUCTURED_CONTENT in options:
-        exact.setdefault(TEXT_VALUE, Action.CLEAN)
+    for tag in SUPPLEMENTARY_IDENTIFYING:
+        exact.setdefault(tag, Action.REMOVE)
+    exact.setdefault(TEXT_VALUE, Action.CLEAN if Option.CLEAN_STRUCTURED_CONTENT in options else Action.REMOVE)
     patterns = {pattern: resolve_row(row, options) for pattern, row in table.by_pattern().items()}
     exact.update(overrides)
     return RuleSet(

@@ -72,3 +72,36 @@ def test_a_reports_free_text_never_leaves_under_any_profile() -> None:
     assert kept[0].ConceptNameCodeSequence[0].CodeValue == "121071" and not kept[0].get("TextValue")
     basic = dcmread(BytesIO(deidentify(data, BUILTIN_PROFILES["basic"], KEY).data))
     assert len(basic.ContentSequence) == 0
+
+
+def test_identifying_attributes_the_table_does_not_list_never_leave() -> None:
+    """Kept verbatim under every profile before: a birth date in another calendar beside the emptied
+    Gregorian one, retired order numbers, free-text comments, and a report's text outside its content
+    tree. Both paths agree on each."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from services.deid.engine.deidentifier import deidentify_with_pydicom
+    from services.deid.engine.pseudonyms import Pseudonymizer
+    from services.deid.engine.raw_engine import deidentify_raw
+    from tests.unit.deid.builders import ct_dataset, to_bytes
+
+    ds = ct_dataset()
+    ds.add_new(0x00100033, "LO", "13690921")
+    ds.add_new(0x00100034, "LO", "14250102")
+    ds.add_new(0x00402006, "SH", "PLC7731")
+    ds.add_new(0x00402007, "SH", "FIL8842")
+    ds.add_new(0x00400400, "LT", "Husband Jim Okafor-Reyes to collect")
+    context = Dataset()
+    context.add_new(0x0040A160, "UT", "called husband Jim Okafor-Reyes 07700 900123")
+    protocol = Dataset()
+    protocol.add_new(0x00400440, "SQ", Sequence([context]))  # Protocol Context Sequence
+    ds.add_new(0x00400260, "SQ", Sequence([protocol]))  # Performed Protocol Code Sequence
+    data = to_bytes(ds)
+    for name in ("basic", "research"):
+        profile = BUILTIN_PROFILES[name]
+        out = deidentify(data, profile, KEY).data
+        for value in (b"13690921", b"14250102", b"PLC7731", b"FIL8842", b"Okafor", b"07700"):
+            assert value not in out, (name, value)
+        fast = deidentify_raw(data, profile, Pseudonymizer(KEY))
+        assert fast.header + bytes(fast.pixel_bytes) == deidentify_with_pydicom(data, profile, KEY).data, name
