@@ -38,9 +38,12 @@ def find_leaks(identifiers: Identifiers, header_bytes: bytes | memoryview, outpu
     if not byte_hits.sources and not byte_hits.suspect:
         return []
     located = list(_locate(output, identifiers))
-    if not located:
-        return [Leak(None, source) for source in dict.fromkeys(byte_hits.sources)]
-    return [leak for leak in dict.fromkeys(located) if leak.tag not in OWN_ATTRIBUTES]
+    leaks = [leak for leak, own in located if not own]
+    if leaks:
+        return list(dict.fromkeys(leaks))
+    # Found in the bytes but in no element: a leak, unless only in what the engine itself wrote.
+    explained = {leak.source for leak, _own in located}
+    return [Leak(None, source) for source in dict.fromkeys(byte_hits.sources) if source not in explained]
 
 
 def check_for_leaks(
@@ -53,20 +56,25 @@ def check_for_leaks(
     return find_leaks(identifiers, memoryview(output_bytes)[: stream.tell()], output_dataset)
 
 
-def _locate(ds: Dataset, identifiers: Identifiers) -> Iterator[Leak]:
+def _locate(ds: Dataset, identifiers: Identifiers) -> Iterator[tuple[Leak, bool]]:
+    """Each needle found in an element, and whether in one the engine wrote itself (OWN_ATTRIBUTES, with
+    their items: the method's code sequence names "Basic Application Confidentiality Profile")."""
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
-        yield from _locate_in(meta, identifiers)
-    yield from _locate_in(ds, identifiers)
+        yield from _locate_in(meta, identifiers, False)
+    yield from _locate_in(ds, identifiers, False)
 
 
-def _locate_in(ds: Dataset, identifiers: Identifiers) -> Iterator[Leak]:
-    for elem in ds.iterall():
+def _locate_in(ds: Dataset, identifiers: Identifiers, own: bool) -> Iterator[tuple[Leak, bool]]:
+    for elem in ds:
+        within_own = own or int(elem.tag) in OWN_ATTRIBUTES
         if elem.VR == "SQ":
+            for item in elem.value or ():
+                yield from _locate_in(item, identifiers, within_own)
             continue
         for text in _texts(elem.value):
             for source in identifiers.sources_in_text(text):
-                yield Leak(int(elem.tag), source)
+                yield Leak(int(elem.tag), source), within_own
 
 
 def _texts(value: object) -> list[str]:

@@ -14,7 +14,7 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 
-from services.deid.engine import BASIC, Action, PhiLeak, Profile, check_for_leaks, deidentify
+from services.deid.engine import BASIC, RESEARCH, Action, PhiLeak, Profile, check_for_leaks, deidentify
 
 from .builders import KEY, ct_dataset, to_bytes
 
@@ -52,6 +52,22 @@ def test_a_name_starting_a_longer_word_is_not_a_leak() -> None:
     ds = ct_dataset()
     ds.add_new(0x00281055, "LO", "Thistlewoodside window")
     assert deidentify(to_bytes(ds), BASIC, KEY).data
+
+
+@pytest.mark.parametrize("surname", ["Basic", "Clean", "Profile", "Temporal"])
+def test_a_patient_named_like_the_method_the_engine_records_is_released_and_still_caught_elsewhere(
+    surname: str,
+) -> None:
+    """The method's code sequence (0012,0064) names "Basic Application Confidentiality Profile", "Clean
+    Descriptors Option" and so on: its nested Code Meaning was taken for the patient's name, and every
+    instance of a patient called Basic or Clean was quarantined."""
+    ds = ct_dataset()
+    ds.PatientName = f"{surname}^Tom"
+    assert deidentify(to_bytes(ds), RESEARCH, KEY).data
+    ds.add_new(0x00281055, "LO", f"window for {surname}")  # kept: the name where it does not belong
+    with pytest.raises(PhiLeak) as caught:
+        deidentify(to_bytes(ds), RESEARCH, KEY)
+    assert caught.value.tag == 0x00281055
 
 
 def test_phi_in_a_deeply_nested_unlisted_attribute_is_caught() -> None:
