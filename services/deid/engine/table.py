@@ -79,21 +79,26 @@ def load_table(path: Path = TABLE_E1_1) -> ConfidentialityTable:
 
 @dataclass(frozen=True)
 class SafePrivate:
-    """Table E.3.10-1: private elements known to be safe, keyed by (group, creator, element byte)."""
+    """Table E.3.10-1: private elements known to be safe, keyed by (group, creator, element byte), with the
+    VR the table gives each."""
 
-    entries: frozenset[tuple[int, str, int]]
+    entries: Mapping[tuple[int, str, int], str]
 
     def is_safe(self, group: int, creator: str, element_byte: int) -> bool:
         return (group, creator, element_byte) in self.entries
 
+    def vr(self, group: int, creator: str, element_byte: int) -> str | None:
+        """The table's VR of a safe element (None: not in the table)."""
+        return self.entries.get((group, creator, element_byte))
+
 
 def load_safe_private(path: Path = TABLE_E3_10_1) -> SafePrivate:
-    entries = set()
+    entries: dict[tuple[int, str, int], str] = {}
     with path.open(newline="", encoding="utf-8") as handle:
         for record in csv.DictReader(handle):
             match = _SAFE_PRIVATE.fullmatch(record["data_element"].strip())
             if match is None:
                 raise ValueError(f"unrecognised private tag pattern in {path.name}")
             group, element = int(match.group(1), 16), int(match.group(2), 16)
-            entries.add((group, record["private_creator"].strip(), element))
-    return SafePrivate(frozenset(entries))
+            entries[(group, record["private_creator"].strip(), element)] = record["vr"].strip()
+    return SafePrivate(MappingProxyType(entries))

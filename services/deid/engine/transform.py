@@ -329,9 +329,14 @@ def _private(ds: Dataset, tags: list[int], ctx: Context, path: Path) -> None:
             if override is not Action.REMOVE:
                 kept_blocks.add(block)
             apply_action(ds, tag, override, ctx, path)
-        elif keep_safe and element >= 0x1000 and _is_safe(ds, tag, rules):
-            kept_blocks.add(block)
+        elif keep_safe and element >= 0x1000 and (safe_vr := _safe_vr(ds, tag, rules)) is not None:
             vr = vr_of(ds, tag)
+            if vr == "UN" and safe_vr in ("SQ", "UI"):
+                # Read without its VR (implicit VR, or written as UN): its items could not be cleaned nor
+                # its UIDs remapped, and went out as received. Removed.
+                apply_action(ds, tag, Action.REMOVE, ctx, path)
+                continue
+            kept_blocks.add(block)
             if vr == "SQ":
                 _recurse(ds, tag, ctx, path)
             elif vr == "UI" and not rules.retain_uids:
@@ -343,14 +348,15 @@ def _private(ds: Dataset, tags: list[int], ctx: Context, path: Path) -> None:
             apply_action(ds, tag, Action.REMOVE, ctx, path)
 
 
-def _is_safe(ds: Dataset, tag: int, rules: RuleSet) -> bool:
+def _safe_vr(ds: Dataset, tag: int, rules: RuleSet) -> str | None:
+    """The Table E.3.10-1 VR of a private element it lists as safe under its block's creator; None: not safe."""
     group, element = tag >> 16, tag & 0xFFFF
     creator = ds.get((group << 16) | (element >> 8))
     if creator is None:
-        return False
+        return None
     value = creator.value
     name = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-    return rules.safe_private.is_safe(group, name.strip("\x00 "), element & 0xFF)
+    return rules.safe_private.vr(group, name.strip("\x00 "), element & 0xFF)
 
 
 def _record(ctx: Context, path: Path, tag: int, action: Action, ds: Dataset, after: object) -> None:

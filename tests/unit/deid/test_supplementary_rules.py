@@ -105,3 +105,28 @@ def test_identifying_attributes_the_table_does_not_list_never_leave() -> None:
             assert value not in out, (name, value)
         fast = deidentify_raw(data, profile, Pseudonymizer(KEY))
         assert fast.header + bytes(fast.pixel_bytes) == deidentify_with_pydicom(data, profile, KEY).data, name
+
+
+def test_retained_safe_private_sequences_and_uids_read_without_their_vr_do_not_leave_as_received() -> None:
+    """In implicit VR a safe private sequence or UID reads as UN: its items were not cleaned nor its UID
+    remapped, and a nurse's name and the original UID went out. Removed instead; explicit VR as before."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from services.deid.engine import Profile
+    from tests.unit.deid.builders import ct_dataset, to_bytes
+
+    safe = Profile("safe", options=frozenset({Option.RETAIN_SAFE_PRIVATE}))
+    original_uid = "1.2.826.0.1.3680043.77.5.5"
+    ds = ct_dataset()
+    stack = Dataset()
+    stack.OperatorsName, stack.ReferencedSOPInstanceUID = "Nurse^Okafor", original_uid
+    ds.private_block(0x2001, "Philips Imaging DD 001", create=True).add_new(0x5F, "SQ", Sequence([stack]))
+    ds.private_block(0x0099, "NQHeader", create=True).add_new(0x02, "UI", "1.2.826.0.1.3680043.77.9")
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        out = deidentify(to_bytes(ds, syntax), safe, KEY).data
+        for value in (b"Okafor", original_uid.encode(), b"1.2.826.0.1.3680043.77.9"):
+            assert value not in out, (syntax.name, value)
+    kept = dcmread(BytesIO(deidentify(to_bytes(ds, ExplicitVRLittleEndian), safe, KEY).data))
+    assert (0x0099, 0x1002) in kept, "explicit VR: kept, its UID remapped"
