@@ -195,12 +195,31 @@ def remember_values(
                 folded = token.casefold()
                 if folded not in OWN_TOKENS:
                     text.setdefault(folded, source)
+            for phrase in _short_name_phrases(value):
+                text.setdefault(phrase, source)
     else:
         for value in values:
-            if len(value) >= MIN_IDENTIFIER:
+            if len(value) >= MIN_IDENTIFIER or _mixed_short_identifier(value):
                 folded = value.casefold()
                 if folded not in OWN_TOKENS:
                     text.setdefault(folded, source)
+
+
+def _mixed_short_identifier(value: str) -> bool:
+    """A three-character identifier of letters and digits (K71): too distinctive to let go, unlike
+    three digits or letters, which a series number or a word would match."""
+    return len(value) == 3 and any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
+
+
+def _short_name_phrases(value: str) -> list[str]:
+    """A name with a part too short to be a token of its own (Wu^Li, Ng^Ho): its family and given names
+    as a phrase, in both orders, so "CT head Wu Li" is found; each part alone would match everywhere."""
+    family, _, rest = value.split("=")[0].partition("^")
+    given = rest.partition("^")[0]
+    family, given = family.strip(), given.strip()
+    if not family or not given or min(len(family), len(given)) >= MIN_NAME_TOKEN:
+        return []
+    return [f"{family} {given}".casefold(), f"{given} {family}".casefold()]
 
 
 _INTERESTING_VRS = frozenset({"PN", "UI", "SQ"})

@@ -70,6 +70,19 @@ def test_a_patient_named_like_the_method_the_engine_records_is_released_and_stil
     assert caught.value.tag == 0x00281055
 
 
+def test_a_name_of_short_parts_and_a_short_mixed_id_are_found_as_written() -> None:
+    """Wu^Li has no part of three letters, and K71 is under four characters: neither was looked for,
+    and "CT head Wu Li K71" left under research unchanged."""
+    ds = ct_dataset()
+    ds.PatientName, ds.PatientID, ds.StudyDescription = "Wu^Li", "K71", "CT head Wu Li K71"
+    out = dcmread(BytesIO(deidentify(to_bytes(ds), RESEARCH, KEY).data))
+    assert "Wu Li" not in out.StudyDescription and "K71" not in out.StudyDescription
+    ds.add_new(0x00281055, "LO", "window Li Wu")  # kept by every profile: the name in the other order
+    with pytest.raises(PhiLeak) as caught:
+        deidentify(to_bytes(ds), BASIC, KEY)
+    assert caught.value.tag == 0x00281055 and caught.value.source == PATIENT_NAME
+
+
 def test_phi_in_a_deeply_nested_unlisted_attribute_is_caught() -> None:
     ds = ct_dataset()
     inner = Dataset()
