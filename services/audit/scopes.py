@@ -32,10 +32,19 @@ def _passed_through(record: AuditRecord) -> bool:
         record["event_type"] in ("routed", "prepared", "outcome")
         and not record.get("profile")
         and not record.get("deidentified")
-        and record.get("delivered_study_uid") in (None, record.get("study_uid"))
-        and record.get("delivered_series_uid") in (None, record.get("series_uid"))
-        and record.get("delivered_sop_uid") in (None, record.get("sop_uid"))
+        and all(
+            record.get(received) is None or record.get(delivered) in (None, record.get(received))
+            for received, delivered in _DELIVERED_AS
+        )
     )
+
+
+# Each UID received beside the one it was delivered under (an expiry names no received series).
+_DELIVERED_AS = (
+    ("study_uid", "delivered_study_uid"),
+    ("series_uid", "delivered_series_uid"),
+    ("sop_uid", "delivered_sop_uid"),
+)
 
 
 _IMX_DECIDED = frozenset({"routed", "prepared", "outcome"})

@@ -71,6 +71,7 @@ MIN_IDENTIFIER = 4
 # make its own pseudonyms look like leaks.
 OWN_TOKENS = frozenset({"imx", "anonymized", "anonymous"})
 _NAME_TOKEN = re.compile(r"[^\W\d_]{" + str(MIN_NAME_TOKEN) + ",}")
+_LETTERS = re.compile(r"[^\W\d_]+")
 
 
 @dataclass(frozen=True)
@@ -199,16 +200,10 @@ def remember_values(
                 text.setdefault(phrase, source)
     else:
         for value in values:
-            if len(value) >= MIN_IDENTIFIER or _mixed_short_identifier(value):
+            if len(value) >= MIN_IDENTIFIER:
                 folded = value.casefold()
                 if folded not in OWN_TOKENS:
                     text.setdefault(folded, source)
-
-
-def _mixed_short_identifier(value: str) -> bool:
-    """A three-character identifier of letters and digits (K71): too distinctive to let go, unlike
-    three digits or letters, which a series number or a word would match."""
-    return len(value) == 3 and any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
 
 
 def _short_name_phrases(value: str) -> list[str]:
@@ -217,8 +212,8 @@ def _short_name_phrases(value: str) -> list[str]:
     family, _, rest = value.split("=")[0].partition("^")
     given = rest.partition("^")[0]
     family, given = family.strip(), given.strip()
-    if not family or not given or min(len(family), len(given)) >= MIN_NAME_TOKEN:
-        return []
+    if not (_LETTERS.fullmatch(family) and _LETTERS.fullmatch(given)) or min(len(family), len(given)) >= MIN_NAME_TOKEN:
+        return []  # letters only: an operator recorded as "CT^1" would make "CT 1" a name
     return [f"{family} {given}".casefold(), f"{given} {family}".casefold()]
 
 

@@ -13,15 +13,19 @@ from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from .identifiers import Identifiers, collect_identifiers
 from .profile import Profile
 
-# Attributes whose whole value this engine writes (PS3.15 E.1.1 and E.3.6 records): a patient called
-# "Clean" must not turn "Clean Descriptors Option" into a leak.
-OWN_ATTRIBUTES = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
+# Attributes whose whole value this engine writes at the top level of every output (PS3.15 E.1.1 and E.3.6
+# records), items included: a patient called "Clean" must not turn "Clean Descriptors Option" into a
+# leak. Only there: a sender's copy nested in a kept sequence is the sender's words.
+OWN_ATTRIBUTES = frozenset({0x00120062, 0x00120063, 0x00120064})
+# Written by the engine under a longitudinal option only; otherwise a sender's value may stand there.
+LONGITUDINAL_MODIFIED, LONGITUDINAL_TERMS = 0x00280303, frozenset({"MODIFIED", "UNMODIFIED", "REMOVED"})
 
 
 @dataclass(frozen=True)
@@ -61,20 +65,30 @@ def _locate(ds: Dataset, identifiers: Identifiers) -> Iterator[tuple[Leak, bool]
     their items: the method's code sequence names "Basic Application Confidentiality Profile")."""
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
-        yield from _locate_in(meta, identifiers, False)
-    yield from _locate_in(ds, identifiers, False)
+        yield from _locate_in(meta, identifiers, own=False)
+    for elem in ds:
+        yield from _locate_in_element(elem, identifiers, own=_engine_written(elem))
+
+
+def _engine_written(elem: DataElement) -> bool:
+    """A top-level element whose value the engine wrote."""
+    tag = int(elem.tag)
+    return tag in OWN_ATTRIBUTES or (tag == LONGITUDINAL_MODIFIED and str(elem.value).strip() in LONGITUDINAL_TERMS)
 
 
 def _locate_in(ds: Dataset, identifiers: Identifiers, own: bool) -> Iterator[tuple[Leak, bool]]:
     for elem in ds:
-        within_own = own or int(elem.tag) in OWN_ATTRIBUTES
-        if elem.VR == "SQ":
-            for item in elem.value or ():
-                yield from _locate_in(item, identifiers, within_own)
-            continue
-        for text in _texts(elem.value):
-            for source in identifiers.sources_in_text(text):
-                yield Leak(int(elem.tag), source), within_own
+        yield from _locate_in_element(elem, identifiers, own)
+
+
+def _locate_in_element(elem: DataElement, identifiers: Identifiers, own: bool) -> Iterator[tuple[Leak, bool]]:
+    if elem.VR == "SQ":
+        for item in elem.value or ():
+            yield from _locate_in(item, identifiers, own)
+        return
+    for text in _texts(elem.value):
+        for source in identifiers.sources_in_text(text):
+            yield Leak(int(elem.tag), source), own
 
 
 def _texts(value: object) -> list[str]:

@@ -297,3 +297,33 @@ def test_a_partners_key_does_not_see_the_original_through_the_expiry_of_an_unrea
     for body in bodies:
         assert copy.study not in body and copy.sop not in body
     assert lab.get(f"/audit/studies/{copy.study}").status_code == 404
+
+
+def test_a_care_partner_sees_the_uids_of_its_own_expired_delivery() -> None:
+    """A care transfer's expiry names no received series; its study and instance are the partner's own."""
+    care = Instance(study="1.2.826.0.1.8.1", series="1.2.826.0.1.8.1.1", sop="1.2.826.0.1.8.1.1.1")
+    expired = DeliveredInstance(
+        partner_id="care-b",
+        study_uid=care.study,
+        series_uid=care.series,
+        sop_uid=care.sop,
+        sop_class_uid="1.2",
+        transfer_syntax_uid="1.2",
+        sha256="x",
+        size=1,
+        delivery_id="d2",
+        source_org="trust-a",
+        route_id="route-1",
+        ingested_at_ms=T0_MS,
+    )
+    messages = [
+        *journey(TOPICS, care, partner="care-b", deidentified=False),
+        expired_outcome(expired, TOPICS, lambda: T0_MS + 60_000),
+    ]
+    store = InMemoryAuditStore()
+    store.insert([build_record(incoming(m), TOPICS, NOW) for m in messages])
+    keys = {"k-care": Analyst("pia", scope=Scope.parse("partner:care-b"))}
+    client = TestClient(create_app(store, keys.get), headers={"Authorization": "Bearer k-care"})
+    outcomes = client.get("/audit/events", params={"event_type": "outcome"}).json()["events"]
+    [expiry] = [e for e in outcomes if e["detail"] == "expired-unread"]
+    assert (expiry["study_uid"], expiry["sop_uid"]) == (care.study, care.sop)

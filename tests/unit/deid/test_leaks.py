@@ -70,17 +70,39 @@ def test_a_patient_named_like_the_method_the_engine_records_is_released_and_stil
     assert caught.value.tag == 0x00281055
 
 
-def test_a_name_of_short_parts_and_a_short_mixed_id_are_found_as_written() -> None:
-    """Wu^Li has no part of three letters, and K71 is under four characters: neither was looked for,
-    and "CT head Wu Li K71" left under research unchanged."""
+def test_a_name_of_short_parts_is_found_as_written() -> None:
+    """Wu^Li has no part of three letters: it was not looked for, and "CT head Wu Li" left under
+    research unchanged. Parts that are not letters make no phrase ("CT^1" would make "CT 1" a name)."""
     ds = ct_dataset()
-    ds.PatientName, ds.PatientID, ds.StudyDescription = "Wu^Li", "K71", "CT head Wu Li K71"
+    ds.PatientName, ds.StudyDescription = "Wu^Li", "CT 1 head Wu Li"
+    ds.OperatorsName = "CT^1"
     out = dcmread(BytesIO(deidentify(to_bytes(ds), RESEARCH, KEY).data))
-    assert "Wu Li" not in out.StudyDescription and "K71" not in out.StudyDescription
+    assert "Wu Li" not in out.StudyDescription and "CT 1 head" in out.StudyDescription
     ds.add_new(0x00281055, "LO", "window Li Wu")  # kept by every profile: the name in the other order
     with pytest.raises(PhiLeak) as caught:
         deidentify(to_bytes(ds), BASIC, KEY)
     assert caught.value.tag == 0x00281055 and caught.value.source == PATIENT_NAME
+
+
+def test_a_senders_own_method_sequence_nested_in_a_kept_sequence_is_searched() -> None:
+    """Only the engine's top-level method attributes are its own words: a sender's copy nested in a kept
+    sequence, or a sender's (0028,0303) the engine did not write, was exempt and went out."""
+    ds = ct_dataset()
+    method = Dataset()
+    method.CodeValue, method.CodingSchemeDesignator = "113100", "DCM"
+    method.CodeMeaning = "Thistlewood 12 Acacia Avenue"
+    requested = Dataset()
+    requested.CodeValue, requested.CodingSchemeDesignator, requested.CodeMeaning = "CTHEAD", "L", "CT head"
+    requested.DeidentificationMethodCodeSequence = Sequence([method])
+    ds.RequestedProcedureCodeSequence = Sequence([requested])  # (0032,1064): kept
+    with pytest.raises(PhiLeak) as nested:
+        deidentify(to_bytes(ds), BASIC, KEY)
+    assert nested.value.tag == 0x00080104
+    ds = ct_dataset()
+    ds.LongitudinalTemporalInformationModified = "THISTLEWOOD"  # BASIC writes none: the sender's stays
+    with pytest.raises(PhiLeak) as top:
+        deidentify(to_bytes(ds), BASIC, KEY)
+    assert top.value.tag == 0x00280303
 
 
 def test_phi_in_a_deeply_nested_unlisted_attribute_is_caught() -> None:
