@@ -259,29 +259,36 @@ def test_a_partners_key_asking_by_the_original_of_its_copy_gets_a_404() -> None:
     assert answer.status_code == 404 and copy.remapped().study not in answer.text
 
 
+def _expired(partner: str, delivered: Instance, source: Instance | None = None) -> OutgoingMessage:
+    """Delivery's outcome for `delivered`, sent to `partner`, expired from its feed unread (`source`: the
+    original it was made from; none for a care transfer, which names no source)."""
+    item = DeliveredInstance(
+        partner_id=partner,
+        study_uid=delivered.study,
+        series_uid=delivered.series,
+        sop_uid=delivered.sop,
+        sop_class_uid="1.2",
+        transfer_syntax_uid="1.2",
+        sha256="x",
+        size=1,
+        delivery_id=f"d-{partner}",
+        source_study_uid=source.study if source else "",
+        source_sop_uid=source.sop if source else "",
+        source_org="trust-a",
+        route_id="route-1",
+        ingested_at_ms=T0_MS,
+    )
+    return expired_outcome(item, TOPICS, lambda: T0_MS + 60_000)
+
+
 def test_a_partners_key_does_not_see_the_original_through_the_expiry_of_an_unread_copy() -> None:
     """Delivery's outcome for a delivery that expired from the feed unread names no profile, and named
     the original's study and SOP UIDs beside the copy's: it was taken for a care transfer's, shown whole,
     and opened the original's trail. A partner could bring it about by not reading its feed."""
     copy = Instance(study="1.2.826.0.1.9.1", series="1.2.826.0.1.9.1.1", sop="1.2.826.0.1.9.1.1.1")
     remapped = copy.remapped()
-    expired = DeliveredInstance(
-        partner_id="lab-r",
-        study_uid=remapped.study,
-        series_uid=remapped.series,
-        sop_uid=remapped.sop,
-        sop_class_uid="1.2",
-        transfer_syntax_uid="1.2",
-        sha256="x",
-        size=1,
-        delivery_id="d1",
-        source_study_uid=copy.study,
-        source_sop_uid=copy.sop,
-        source_org="trust-a",
-        route_id="route-1",
-        ingested_at_ms=T0_MS,
-    )
-    messages = [*journey(TOPICS, copy, partner="lab-r"), expired_outcome(expired, TOPICS, lambda: T0_MS + 60_000)]
+    expired = _expired("lab-r", remapped, source=copy)
+    messages = [*journey(TOPICS, copy, partner="lab-r"), expired]
     store = InMemoryAuditStore()
     store.insert([build_record(incoming(m), TOPICS, NOW) for m in messages])
     keys = {"k-lab": Analyst("lab", scope=Scope.parse("partner:lab-r"))}
@@ -302,24 +309,7 @@ def test_a_partners_key_does_not_see_the_original_through_the_expiry_of_an_unrea
 def test_a_care_partner_sees_the_uids_of_its_own_expired_delivery() -> None:
     """A care transfer's expiry names no received series; its study and instance are the partner's own."""
     care = Instance(study="1.2.826.0.1.8.1", series="1.2.826.0.1.8.1.1", sop="1.2.826.0.1.8.1.1.1")
-    expired = DeliveredInstance(
-        partner_id="care-b",
-        study_uid=care.study,
-        series_uid=care.series,
-        sop_uid=care.sop,
-        sop_class_uid="1.2",
-        transfer_syntax_uid="1.2",
-        sha256="x",
-        size=1,
-        delivery_id="d2",
-        source_org="trust-a",
-        route_id="route-1",
-        ingested_at_ms=T0_MS,
-    )
-    messages = [
-        *journey(TOPICS, care, partner="care-b", deidentified=False),
-        expired_outcome(expired, TOPICS, lambda: T0_MS + 60_000),
-    ]
+    messages = [*journey(TOPICS, care, partner="care-b", deidentified=False), _expired("care-b", care)]
     store = InMemoryAuditStore()
     store.insert([build_record(incoming(m), TOPICS, NOW) for m in messages])
     keys = {"k-care": Analyst("pia", scope=Scope.parse("partner:care-b"))}
