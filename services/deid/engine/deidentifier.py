@@ -27,7 +27,12 @@ from .identifiers import Identifiers, collect_identifiers, is_registered_uid
 from .leaks import Leak, find_leaks
 from .method import record_method
 from .pixel_rules import PixelRule
-from .pixel_text import embedded_text_of_element, embedded_text_of_value
+from .pixel_text import (
+    embedded_text_of_element,
+    embedded_text_of_value,
+    without_text_segments,
+    without_text_segments_of_element,
+)
 from .profile import Profile
 from .pseudonyms import Pseudonymizer
 from .raw_engine import deidentify_raw
@@ -141,7 +146,7 @@ def _run_unvalidated(
             meta = file_meta_for(ds, parsed.transfer_syntax, media_uid)
             output, scanned = _encode(parsed, ds, meta, rule)
         ds.file_meta = meta
-        leaks = find_leaks(identifiers, scanned, ds) or _pixel_text_leaks(identifiers, parsed, ds, meta)
+        leaks = find_leaks(identifiers, scanned, ds) or _pixel_text_leaks(identifiers, parsed, ds, meta, output)
     except DeidError:
         raise
     except Exception as exc:  # never let a value-bearing message escape
@@ -164,12 +169,14 @@ def _run_unvalidated(
         raise UndecodableInput(type(exc).__name__) from None
 
 
-def _pixel_text_leaks(identifiers: Identifiers, parsed: Parsed, ds: Dataset, meta: FileMetaDataset) -> list[Leak]:
+def _pixel_text_leaks(
+    identifiers: Identifiers, parsed: Parsed, ds: Dataset, meta: FileMetaDataset, output: Chunks
+) -> list[Leak]:
     """Identifiers in the text segments of released compressed pixel data (pixel_text.py)."""
     if not UID(str(meta.TransferSyntaxUID)).is_compressed:
         return []
     if parsed.fast:
-        text = embedded_text_of_element(parsed.pixel_bytes, parsed.implicit)
+        text = embedded_text_of_element(output[-1], parsed.implicit)
     else:
         value = ds.get("PixelData")
         text = embedded_text_of_value(value) if isinstance(value, bytes) else b""
@@ -204,11 +211,25 @@ def _encode(parsed: Parsed, ds: Dataset, meta: FileMetaDataset, rule: PixelRule 
         pixels: bytes | memoryview = parsed.pixel_bytes
         if rule is not None:
             pixels = _masked_element(parsed, ds, rule)
+        elif (stripped := without_text_segments_of_element(pixels, parsed.implicit)) is not None:
+            pixels = stripped
+            _drop_extended_offsets(ds)
         header = encode_header(ds, meta, parsed.implicit)
         return (header, pixels), header
     if rule is not None:
         ds.PixelData = _masked_value(parsed, ds, rule)
+    elif isinstance(value := ds.get("PixelData"), bytes) and (stripped := without_text_segments(value)) is not None:
+        ds.PixelData = stripped
+        _drop_extended_offsets(ds)
     return (encode_full(ds, meta),), encode_for_scan(ds)
+
+
+def _drop_extended_offsets(ds: Dataset) -> None:
+    """The Extended Offset Table and its lengths (optional, PS3.3 C.7.6.3) no longer match fragments
+    whose text segments went: removed."""
+    for tag in (0x7FE00001, 0x7FE00002):
+        if tag in ds:
+            del ds[tag]
 
 
 def _decoded_and_masked(

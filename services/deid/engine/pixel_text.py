@@ -91,3 +91,108 @@ def _j2k_comments(fragment: bytes) -> list[bytes]:
             comments.append(fragment[position + 6 : position + 2 + length])
         position += 2 + length
     return comments
+
+
+# Removed: COM, APP1 (Exif, with its dates, camera owner and GPS, and XMP) and APP13 (IPTC): text and
+# metadata about the picture, not the picture. Other APPn stay, as decoders may need them (APP0 JFIF, APP2
+# the ICC colour profile, APP8 JPEG-LS's colour transform, APP14 Adobe's); the leak check still reads them.
+_JPEG_STRIPPED = frozenset({0xFE, 0xE1, 0xED})
+
+
+def without_text_segments(value: bytes | memoryview) -> bytes | None:
+    """An encapsulated Pixel Data value (items, PS3.5 A.4) with the COM, APP1 and APP13 segments of its
+    JPEG fragments removed, each changed fragment padded to even length, and the Basic Offset
+    Table's offsets moved to match; None when there is nothing to remove (or the value is not one this
+    reads: the leak check still reads its segments)."""
+    items: list[bytes] = []
+    position, tail = 0, b""
+    while position + 8 <= len(value):
+        group, element, length = _TAG_LENGTH.unpack_from(value, position)
+        if (group << 16 | element) != ITEM or length == UNDEFINED:
+            tail = bytes(value[position:])
+            break
+        items.append(bytes(value[position + 8 : position + 8 + length]))
+        position += 8 + length
+    if len(items) < 2:
+        return None
+    fragments = [_stripped_jpeg(fragment) if fragment[:2] == b"\xff\xd8" else fragment for fragment in items[1:]]
+    if all(new is old for new, old in zip(fragments, items[1:], strict=True)):
+        return None
+    table = _moved_offsets(items[0], items[1:], fragments)
+    if table is None:
+        return None
+    out = bytearray()
+    for item in (table, *fragments):
+        out += _TAG_LENGTH.pack(ITEM >> 16, ITEM & 0xFFFF, len(item)) + item
+    return bytes(out + tail)
+
+
+def _stripped_jpeg(fragment: bytes) -> bytes:
+    """The fragment without its stripped segments before the first scan (`fragment` itself if none)."""
+    kept = bytearray(fragment[:2])
+    position, removed = 2, False
+    while position + 4 <= len(fragment):
+        marker = fragment[position + 1]
+        if fragment[position] != 0xFF or marker in (0xDA, 0xD9):
+            break
+        if marker == 0xFF or marker in _JPEG_STANDALONE:
+            step = 1 if marker == 0xFF else 2
+            kept += fragment[position : position + step]
+            position += step
+            continue
+        (length,) = _BIG_U16.unpack_from(fragment, position + 2)
+        if position + 2 + length > len(fragment):
+            break  # a segment running on into the next fragment: left as it is
+        if marker in _JPEG_STRIPPED:
+            removed = True
+        else:
+            kept += fragment[position : position + 2 + length]
+        position += 2 + length
+    if not removed:
+        return fragment
+    kept += fragment[position:]
+    if len(kept) % 2:
+        kept += b"\x00"  # PS3.5 A.4: a fragment is of even length
+    return bytes(kept)
+
+
+def _moved_offsets(table: bytes, old: list[bytes], new: list[bytes]) -> bytes | None:
+    """The Basic Offset Table for the new fragments: each frame's offset (of its first fragment's item,
+    from the first fragment's) moved by what the fragments before it lost. None: a table that names no
+    fragment start."""
+    if not table:
+        return table
+    starts: dict[int, int] = {}
+    position = 0
+    moved = 0
+    for before, after in zip(old, new, strict=True):
+        starts[position] = position - moved
+        position += 8 + len(before)
+        moved += len(before) - len(after)
+    offsets = struct.unpack(f"<{len(table) // 4}I", table)
+    if any(offset not in starts for offset in offsets):
+        return None
+    return struct.pack(f"<{len(offsets)}I", *(starts[offset] for offset in offsets))
+
+
+def has_text_segments(element: bytes | memoryview, implicit: bool) -> bool:
+    """For a whole Pixel Data element: whether `without_text_segments` would change its value."""
+    start = _value_start(element, implicit)
+    return start is not None and without_text_segments(memoryview(element)[start:]) is not None
+
+
+def without_text_segments_of_element(element: bytes | memoryview, implicit: bool) -> bytes | None:
+    """`without_text_segments` for a whole Pixel Data element (tag to end)."""
+    start = _value_start(element, implicit)
+    if start is None:
+        return None
+    value = without_text_segments(memoryview(element)[start:])
+    return None if value is None else bytes(element[:start]) + value
+
+
+def _value_start(element: bytes | memoryview, implicit: bool) -> int | None:
+    """Where an encapsulated Pixel Data element's value starts (None: not encapsulated)."""
+    if len(element) < 12:
+        return None
+    (length,) = struct.unpack_from("<I", element, 4 if implicit else 8)
+    return (8 if implicit else 12) if length == UNDEFINED else None

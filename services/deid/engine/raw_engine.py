@@ -34,7 +34,7 @@ from .identifiers import (
     remember_values,
 )
 from .method import MAX_LO, method_codes
-from .pixel_text import embedded_text_of_element
+from .pixel_text import embedded_text_of_element, has_text_segments
 from .profile import Profile
 from .pseudonyms import Pseudonymizer
 from .raw_elements import Element, Items, RawFile, Unsupported, encode, read
@@ -113,6 +113,8 @@ def deidentify_raw(data: Source, profile: Profile, pseudonyms: Pseudonymizer) ->
     out = bytearray(meta)
     encode(body, out, raw.implicit)
     header = bytes(out)
+    if raw.compressed and has_text_segments(raw.pixel_bytes, raw.implicit):
+        raise Unsupported("text segments in compressed pixel data: the pydicom path removes them")
     hits = identifiers.scan_bytes(header)
     if (
         hits.sources

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 
@@ -184,14 +184,52 @@ def _j2k_ct(comment: bytes) -> bytes:
     return to_bytes(ds, JPEG2000Lossless)
 
 
-@pytest.mark.parametrize("make", [_jpeg_ct, _j2k_ct], ids=["jpeg-com", "j2k-com"])
-def test_a_name_in_a_comment_segment_of_compressed_pixel_data_is_caught(make) -> None:  # type: ignore[no-untyped-def]
+def test_a_name_in_a_comment_of_a_jpeg_2000_codestream_is_caught() -> None:
     with pytest.raises(PhiLeak) as caught:
-        deidentify(make(b"scanned for Margery Thistlewood"), BASIC, KEY)
+        deidentify(_j2k_ct(b"scanned for Margery Thistlewood"), BASIC, KEY)
     assert (caught.value.tag, caught.value.source) == (0x7FE00010, PATIENT_NAME)
     assert "Thistlewood" not in str(caught.value)
-    released = deidentify(make(b"encoder 1.0"), BASIC, KEY)  # a harmless comment passes untouched
+    released = deidentify(_j2k_ct(b"encoder 1.0"), BASIC, KEY)  # a harmless comment passes untouched
     assert b"encoder 1.0" in released.data
+
+
+@pytest.mark.parametrize("profile", [BASIC, RESEARCH], ids=["basic", "research"])
+def test_the_text_segments_of_jpeg_frames_are_removed_and_the_image_kept(profile: Profile) -> None:
+    """Exif (its dates, the photographer, GPS) and comments in JPEG frames are not the image: they went
+    out under every profile, the leak check knowing neither dates nor the UTF-16 of Exif's XP tags.
+    Every other APPn and COM goes; the frames decode as before and the offset table finds each."""
+    ds = ct_dataset()
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation, ds.NumberOfFrames = 7, 0, 2
+    exif = Image.Exif()
+    exif[0x0132], exif[0x013B] = "2024:03:15 10:15:00", "Thistlewood"  # DateTime, Artist
+    frames = []
+    for shade, comment in ((90, b"taken for Margery Thistlewood"), (150, "Thistlewood".encode("utf-16-le"))):
+        frame = BytesIO()
+        Image.fromarray(np.full((16, 16), shade, np.uint8), mode="L").save(
+            frame, format="JPEG", exif=exif, comment=comment
+        )
+        frames.append(frame.getvalue())
+    ds.PixelData = encapsulate(frames, has_bot=True)
+    ds["PixelData"].VR = "OB"
+    ds.LossyImageCompression = "01"
+    data = to_bytes(ds, JPEGBaseline8Bit)
+    assert b"Thistlewood" in data and b"2024:03:15" in data
+
+    out = deidentify(data, profile, KEY).data
+    assert b"Thistlewood" not in out and "Thistlewood".encode("utf-16-le") not in out and b"2024:03:15" not in out
+    released = dcmread(BytesIO(out))
+    kept = list(generate_frames(released.PixelData, number_of_frames=2))
+    assert [np.asarray(Image.open(BytesIO(f))).mean() for f in kept] == [
+        np.asarray(Image.open(BytesIO(f))).mean() for f in frames
+    ]
+    assert all(len(f) % 2 == 0 for f in kept)
+    value = released.PixelData
+    (table_length,) = struct.unpack_from("<I", value, 4)
+    offsets = struct.unpack_from(f"<{table_length // 4}I", value, 8)
+    first = 8 + table_length
+    assert [value[first + o : first + o + 4] for o in offsets] == [b"\xfe\xff\x00\xe0"] * 2
+    assert offsets[1] == 8 + len(kept[0]), "the second frame's item, after the first's shorter one"
 
 
 @pytest.mark.parametrize("how", ["fast path", "trailing element", "big endian"])
