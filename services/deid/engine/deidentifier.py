@@ -225,9 +225,9 @@ def _encode(parsed: Parsed, ds: Dataset, meta: FileMetaDataset, rule: PixelRule 
 
 
 def _drop_extended_offsets(ds: Dataset) -> None:
-    """The Extended Offset Table and its lengths (optional, PS3.3 C.7.6.3) no longer match fragments
-    whose text segments went: removed."""
-    for tag in (0x7FE00001, 0x7FE00002):
+    """The Extended Offset Table, its lengths and the value's total length (optional, PS3.3 C.7.6.3) no
+    longer match fragments whose text segments went: removed."""
+    for tag in (0x7FE00001, 0x7FE00002, 0x7FE00003):
         if tag in ds:
             del ds[tag]
 

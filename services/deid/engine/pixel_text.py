@@ -101,84 +101,105 @@ _JPEG_STRIPPED = frozenset({0xFE, 0xE1, 0xED})
 
 def without_text_segments(value: bytes | memoryview) -> bytes | None:
     """An encapsulated Pixel Data value (items, PS3.5 A.4) with the COM, APP1 and APP13 segments of its
-    JPEG fragments removed, each changed fragment padded to even length, and the Basic Offset
-    Table's offsets moved to match; None when there is nothing to remove (or the value is not one this
-    reads: the leak check still reads its segments)."""
-    items: list[bytes] = []
-    position, tail = 0, b""
-    while position + 8 <= len(value):
-        group, element, length = _TAG_LENGTH.unpack_from(value, position)
-        if (group << 16 | element) != ITEM or length == UNDEFINED:
-            tail = bytes(value[position:])
-            break
-        items.append(bytes(value[position + 8 : position + 8 + length]))
-        position += 8 + length
-    if len(items) < 2:
+    JPEG fragments removed, each changed fragment kept of even length (`_cut`), and the Basic Offset
+    Table's offsets moved to match (emptied when they name something else: an empty table is valid);
+    None when there is nothing to remove."""
+    plan = _stripping_plan(value)
+    if plan is None:
         return None
-    fragments = [_stripped_jpeg(fragment) if fragment[:2] == b"\xff\xd8" else fragment for fragment in items[1:]]
-    if all(new is old for new, old in zip(fragments, items[1:], strict=True)):
-        return None
-    table = _moved_offsets(items[0], items[1:], fragments)
-    if table is None:
-        return None
+    items, tail, cuts = plan
+    fragments = [_cut(fragment, ranges) for fragment, ranges in zip(items[1:], cuts, strict=True)]
+    table = _moved_offsets(bytes(items[0]), [len(f) for f in items[1:]], [len(f) for f in fragments]) or b""
     out = bytearray()
     for item in (table, *fragments):
         out += _TAG_LENGTH.pack(ITEM >> 16, ITEM & 0xFFFF, len(item)) + item
     return bytes(out + tail)
 
 
-def _stripped_jpeg(fragment: bytes) -> bytes:
-    """The fragment without its stripped segments before the first scan (`fragment` itself if none)."""
-    kept = bytearray(fragment[:2])
-    position, removed = 2, False
+def has_text_segments(element: bytes | memoryview, implicit: bool) -> bool:
+    """For a whole Pixel Data element: whether `without_text_segments` would change its value (read in
+    place: nothing of the pixel data is copied)."""
+    start = _value_start(element, implicit)
+    return start is not None and _stripping_plan(memoryview(element)[start:]) is not None
+
+
+def _stripping_plan(
+    value: bytes | memoryview,
+) -> tuple[list[memoryview], bytes, list[list[tuple[int, int]]]] | None:
+    """(the items, what follows them, each fragment's byte ranges to remove), or None when nothing is
+    removed."""
+    view = memoryview(value)
+    items: list[memoryview] = []
+    position, tail = 0, b""
+    while position + 8 <= len(view):
+        group, element, length = _TAG_LENGTH.unpack_from(view, position)
+        if (group << 16 | element) != ITEM or length == UNDEFINED:
+            tail = bytes(view[position:])
+            break
+        items.append(view[position + 8 : position + 8 + length])
+        position += 8 + length
+    if len(items) < 2:
+        return None
+    cuts = [_stripped_ranges(fragment) if fragment[:2] == b"\xff\xd8" else [] for fragment in items[1:]]
+    if not any(cuts):
+        return None
+    return items, tail, cuts
+
+
+def _stripped_ranges(fragment: memoryview) -> list[tuple[int, int]]:
+    """The byte ranges of the fragment's segments to remove, before its first scan (ITU T.81 B.1)."""
+    ranges = []
+    position = 2
     while position + 4 <= len(fragment):
         marker = fragment[position + 1]
         if fragment[position] != 0xFF or marker in (0xDA, 0xD9):
             break
         if marker == 0xFF or marker in _JPEG_STANDALONE:
-            step = 1 if marker == 0xFF else 2
-            kept += fragment[position : position + step]
-            position += step
+            position += 1 if marker == 0xFF else 2
             continue
         (length,) = _BIG_U16.unpack_from(fragment, position + 2)
-        if position + 2 + length > len(fragment):
-            break  # a segment running on into the next fragment: left as it is
+        if length < 2 or position + 2 + length > len(fragment):
+            break  # malformed, or running on into the next fragment: the rest is left as it is
         if marker in _JPEG_STRIPPED:
-            removed = True
-        else:
-            kept += fragment[position : position + 2 + length]
+            ranges.append((position, position + 2 + length))
         position += 2 + length
-    if not removed:
-        return fragment
+    return ranges
+
+
+def _cut(fragment: memoryview, ranges: list[tuple[int, int]]) -> bytes:
+    """The fragment without `ranges`; itself when `ranges` is empty. A fragment is of even length (PS3.5
+    A.4): an odd count removed is made up by a fill byte 0xFF before the marker after the last cut (ITU
+    T.81 B.1.1.2), not by a pad at the end, which in a frame split over fragments would sit inside the
+    entropy-coded data and change the image."""
+    if not ranges:
+        return bytes(fragment)
+    kept = bytearray()
+    position = 0
+    for start, end in ranges:
+        kept += fragment[position:start]
+        position = end
+    if (len(fragment) - sum(end - start for start, end in ranges)) % 2:
+        kept += b"\xff"
     kept += fragment[position:]
-    if len(kept) % 2:
-        kept += b"\x00"  # PS3.5 A.4: a fragment is of even length
     return bytes(kept)
 
 
-def _moved_offsets(table: bytes, old: list[bytes], new: list[bytes]) -> bytes | None:
-    """The Basic Offset Table for the new fragments: each frame's offset (of its first fragment's item,
-    from the first fragment's) moved by what the fragments before it lost. None: a table that names no
-    fragment start."""
+def _moved_offsets(table: bytes, old: list[int], new: list[int]) -> bytes | None:
+    """The Basic Offset Table for fragments of sizes `new` that were `old`: each frame's offset (of its
+    first fragment's item, from the first fragment's) moved by what the fragments before it lost. None:
+    a table that names something other than a fragment's start."""
     if not table:
         return table
     starts: dict[int, int] = {}
-    position = 0
-    moved = 0
+    position = moved = 0
     for before, after in zip(old, new, strict=True):
         starts[position] = position - moved
-        position += 8 + len(before)
-        moved += len(before) - len(after)
+        position += 8 + before
+        moved += before - after
     offsets = struct.unpack(f"<{len(table) // 4}I", table)
     if any(offset not in starts for offset in offsets):
         return None
     return struct.pack(f"<{len(offsets)}I", *(starts[offset] for offset in offsets))
-
-
-def has_text_segments(element: bytes | memoryview, implicit: bool) -> bool:
-    """For a whole Pixel Data element: whether `without_text_segments` would change its value."""
-    start = _value_start(element, implicit)
-    return start is not None and without_text_segments(memoryview(element)[start:]) is not None
 
 
 def without_text_segments_of_element(element: bytes | memoryview, implicit: bool) -> bytes | None:

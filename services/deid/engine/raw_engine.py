@@ -102,6 +102,8 @@ def deidentify_raw(data: Source, profile: Profile, pseudonyms: Pseudonymizer) ->
         # Malformed: the pydicom path reads it (recording the method) and refuses the instance.
         raise Unsupported("a Pixel Representation that is not one US")
     codec = _codec(body)
+    if raw.compressed and has_text_segments(raw.pixel_bytes, raw.implicit):
+        raise Unsupported("text segments in compressed pixel data: the pydicom path removes them")
     if _may_have_burned_in_text(body, raw):
         raise Unsupported("burned-in text is the pydicom path's business")
     identifiers = _collect_identifiers(body, rules, codec)
@@ -113,8 +115,6 @@ def deidentify_raw(data: Source, profile: Profile, pseudonyms: Pseudonymizer) ->
     out = bytearray(meta)
     encode(body, out, raw.implicit)
     header = bytes(out)
-    if raw.compressed and has_text_segments(raw.pixel_bytes, raw.implicit):
-        raise Unsupported("text segments in compressed pixel data: the pydicom path removes them")
     hits = identifiers.scan_bytes(header)
     if (
         hits.sources

@@ -15,6 +15,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 
 from services.deid.engine import BASIC, RESEARCH, Action, PhiLeak, Profile, check_for_leaks, deidentify
+from services.deid.engine.pixel_text import without_text_segments
 
 from .builders import KEY, ct_dataset, to_bytes
 
@@ -191,6 +192,28 @@ def test_a_name_in_a_comment_of_a_jpeg_2000_codestream_is_caught() -> None:
     assert "Thistlewood" not in str(caught.value)
     released = deidentify(_j2k_ct(b"encoder 1.0"), BASIC, KEY)  # a harmless comment passes untouched
     assert b"encoder 1.0" in released.data
+
+
+@pytest.mark.parametrize("fragments", [1, 2, 3])
+def test_a_frame_split_over_fragments_decodes_as_before_without_its_text_segments(fragments: int) -> None:
+    """A removed segment of odd length is made up by a fill byte before the next marker: a pad byte at the
+    end of the first fragment of a split frame lay inside the image data and changed its pixels."""
+    exif = Image.Exif()
+    exif[0x013B] = "Thistlewood"  # Artist
+    frames, decoded = [], []
+    for seed in (1, 2):
+        pixels = np.random.default_rng(seed).integers(0, 255, (64, 64), dtype=np.uint8)
+        for comment in (b"odd", b"even"):  # one of the two makes an odd count removed
+            frame = BytesIO()
+            Image.fromarray(pixels, mode="L").save(frame, format="JPEG", exif=exif, comment=comment)
+            frames.append(frame.getvalue())
+            decoded.append(np.asarray(Image.open(BytesIO(frame.getvalue()))))
+    value = encapsulate(frames, fragments_per_frame=fragments, has_bot=True)
+    stripped = without_text_segments(value)
+    assert stripped is not None and b"Thistlewood" not in stripped and b"odd" not in stripped
+    kept = list(generate_frames(stripped, number_of_frames=len(frames)))
+    for before, after in zip(decoded, kept, strict=True):
+        assert np.array_equal(before, np.asarray(Image.open(BytesIO(after))))
 
 
 @pytest.mark.parametrize("profile", [BASIC, RESEARCH], ids=["basic", "research"])
