@@ -216,15 +216,12 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
         try:
             replay = self._dead_letters.replay(request.partition, request.offset, request.force)
         except AlreadyReplayed:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"dead letter {request.partition}:{request.offset} was replayed before; force to replay again",
-            )
+            _needs_force(context, request, "was replayed before; force to replay again")
         except AlreadyDiscarded:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"dead letter {request.partition}:{request.offset} was discarded (the objects it names may be"
-                " gone); force to replay it all the same",
+            _needs_force(
+                context,
+                request,
+                "was discarded (the objects it names may be gone); force to replay it all the same",
             )
         except ValueError as error:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
@@ -244,14 +241,20 @@ class DeadLetterAdminServicer(admin_pb2_grpc.DeadLetterAdminServicer):
         try:
             discarded_at_ms = self._dead_letters.discard(request.partition, request.offset, request.force)
         except AlreadyReplayed:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"dead letter {request.partition}:{request.offset} was replayed, and the stage may still need the"
-                " objects it names; force to discard it all the same",
+            _needs_force(
+                context,
+                request,
+                "was replayed, and the stage may still need the objects it names; force to discard it all the same",
             )
         if discarded_at_ms is None:
             _no_such_letter(context, request)
         return admin_pb2.DiscardDeadLetterReply(discarded_at_ms=discarded_at_ms)
+
+
+def _needs_force(context: grpc.ServicerContext, request: Any, why: str) -> NoReturn:
+    """FAILED_PRECONDITION for a replay or discard the letter's state refuses unless forced."""
+    context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"dead letter {request.partition}:{request.offset} {why}")
+    raise AssertionError("abort raises")
 
 
 def _no_such_letter(context: grpc.ServicerContext, request: Any) -> NoReturn:

@@ -40,11 +40,7 @@ def _passed_through(record: AuditRecord) -> bool:
 
 
 # Each UID received beside the one it was delivered under (an expiry names no received series).
-_DELIVERED_AS = (
-    ("study_uid", "delivered_study_uid"),
-    ("series_uid", "delivered_series_uid"),
-    ("sop_uid", "delivered_sop_uid"),
-)
+_DELIVERED_AS = tuple((received, f"delivered_{received}") for received in _RECEIVED_UIDS)
 
 
 _IMX_DECIDED = frozenset({"routed", "prepared", "outcome"})

@@ -9,6 +9,7 @@ image data: random bytes there would match short identifiers by chance and quara
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from .container import ITEM, UNDEFINED
 
@@ -55,7 +56,15 @@ def embedded_text_of_value(value: bytes | memoryview) -> bytes:
 
 def _jpeg_segments(fragment: bytes) -> list[bytes]:
     """COM and APPn payloads before the first scan (ITU T.81 B.1)."""
-    segments = []
+    return [
+        fragment[start + 4 : end] for marker, start, end in _header_segments(fragment) if marker in _JPEG_TEXT_MARKERS
+    ]
+
+
+def _header_segments(fragment: bytes | memoryview) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of each segment with a length before a JPEG fragment's first scan (ITU T.81
+    B.1), fill bytes and standalone markers passed over; `end` as its length says, which a malformed or
+    cut-off segment puts before its payload or past the fragment."""
     position = 2
     while position + 4 <= len(fragment):
         if fragment[position] != 0xFF:
@@ -70,10 +79,8 @@ def _jpeg_segments(fragment: bytes) -> list[bytes]:
         if marker == 0xDA or marker == 0xD9:  # start of scan, end of image
             break
         (length,) = _BIG_U16.unpack_from(fragment, position + 2)
-        if marker in _JPEG_TEXT_MARKERS:
-            segments.append(fragment[position + 4 : position + 2 + length])
+        yield marker, position, position + 2 + length
         position += 2 + length
-    return segments
 
 
 def _j2k_comments(fragment: bytes) -> list[bytes]:
@@ -149,20 +156,11 @@ def _stripping_plan(
 def _stripped_ranges(fragment: memoryview) -> list[tuple[int, int]]:
     """The byte ranges of the fragment's segments to remove, before its first scan (ITU T.81 B.1)."""
     ranges = []
-    position = 2
-    while position + 4 <= len(fragment):
-        marker = fragment[position + 1]
-        if fragment[position] != 0xFF or marker in (0xDA, 0xD9):
-            break
-        if marker == 0xFF or marker in _JPEG_STANDALONE:
-            position += 1 if marker == 0xFF else 2
-            continue
-        (length,) = _BIG_U16.unpack_from(fragment, position + 2)
-        if length < 2 or position + 2 + length > len(fragment):
+    for marker, start, end in _header_segments(fragment):
+        if end - start < 4 or end > len(fragment):
             break  # malformed, or running on into the next fragment: the rest is left as it is
         if marker in _JPEG_STRIPPED:
-            ranges.append((position, position + 2 + length))
-        position += 2 + length
+            ranges.append((start, end))
     return ranges
 
 
