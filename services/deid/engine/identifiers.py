@@ -208,13 +208,14 @@ def remember_values(
 
 def _short_name_phrases(value: str) -> list[str]:
     """A name with a part too short to be a token of its own (Wu^Li, Ng^Ho): its family and given names
-    as a phrase, in both orders, so "CT head Wu Li" is found; each part alone would match everywhere."""
+    as a phrase, in both orders and as "family, given", so "CT head Wu Li" and "Li, Wu" are found; each part
+    alone would match everywhere."""
     family, _, rest = value.split("=")[0].partition("^")
     given = rest.partition("^")[0]
     family, given = family.strip(), given.strip()
     if not (_LETTERS.fullmatch(family) and _LETTERS.fullmatch(given)) or min(len(family), len(given)) >= MIN_NAME_TOKEN:
         return []  # letters only: an operator recorded as "CT^1" would make "CT 1" a name
-    return [f"{family} {given}".casefold(), f"{given} {family}".casefold()]
+    return [f"{family} {given}".casefold(), f"{given} {family}".casefold(), f"{family}, {given}".casefold()]
 
 
 _INTERESTING_VRS = frozenset({"PN", "UI", "SQ"})

@@ -83,6 +83,10 @@ def test_a_name_of_short_parts_is_found_as_written() -> None:
     with pytest.raises(PhiLeak) as caught:
         deidentify(to_bytes(ds), BASIC, KEY)
     assert caught.value.tag == 0x00281055 and caught.value.source == PATIENT_NAME
+    ds[0x00281055].value = "window Wu, Li"  # family name first, as many systems print it
+    with pytest.raises(PhiLeak) as comma:
+        deidentify(to_bytes(ds), BASIC, KEY)
+    assert comma.value.tag == 0x00281055 and comma.value.source == PATIENT_NAME
 
 
 def test_a_senders_own_method_sequence_nested_in_a_kept_sequence_is_searched() -> None:
