@@ -40,6 +40,7 @@ SECURITY_CONFIGURATION: Code = ("110129", "Security Configuration")
 SOFTWARE_CONFIGURATION: Code = ("110131", "Software Configuration")
 APPLICATION_START: Code = ("110120", "Application Start")
 APPLICATION_STOP: Code = ("110121", "Application Stop")
+USE_OF_RESTRICTED_FUNCTION: Code = ("110132", "Use of Restricted Function")
 UNKNOWN = "?"  # the version could not be read (its store did not answer)
 NOT_KEPT = "-"
 SERVICE_KIND = "service"  # pause and resume: the object changed is the service that was called
@@ -161,7 +162,9 @@ _DEAD_LETTER = ChangeTarget(
 )  # fmt: skip
 
 # Every method that changes something, with how to name the object and read its version. A method here
-# is recorded whoever calls it and whatever its outcome; reads are not.
+# is recorded whoever calls it and whatever its outcome; reads are not, but for a profile's preview: it
+# shows an instance's real values, and with a partner's key that partner's pseudonyms of them, the link
+# de-identification removes.
 CHANGES: dict[str, ChangeTarget] = {
     "/imx.v1.Control/Pause": ChangeTarget(SERVICE_KIND, _no_id, _paused, APPLICATION_ACTIVITY, APPLICATION_STOP),
     "/imx.v1.Control/Resume": ChangeTarget(SERVICE_KIND, _no_id, _paused, APPLICATION_ACTIVITY, APPLICATION_START),
@@ -194,6 +197,13 @@ CHANGES: dict[str, ChangeTarget] = {
     ),
     "/imx.v1.ControlTokenAdmin/RemoveControlToken": _config(
         "control-token", lambda r: r.name, _TOKENS, SECURITY_CONFIGURATION
+    ),
+    "/imx.v1.ProfileAdmin/Preview": ChangeTarget(
+        "profile-preview",
+        lambda r: f"{r.profile}:{r.partner_id}" if r.partner_id else r.profile,
+        _not_kept,
+        SECURITY_ALERT,
+        USE_OF_RESTRICTED_FUNCTION,
     ),
     "/imx.v1.DeadLetterAdmin/ReplayDeadLetter": _DEAD_LETTER,
     "/imx.v1.DeadLetterAdmin/DiscardDeadLetter": _DEAD_LETTER,

@@ -1,6 +1,6 @@
 """Who may call which gRPC method of the control plane: the one table of it.
 
-Two roles. An operator runs the pipeline: status, pause, resume, dead letters (list, show, replay),
+Two roles. An operator runs the pipeline: status, pause, resume, dead letters (list, show, replay, discard),
 backlog and study status, the audit log's tamper check. An administrator may do all of that and change
 what imx is configured with: organisations, partners, routes, profiles, analysts' keys, control tokens,
 and previews that show real values. A method not named here is for administrators only, so a new admin

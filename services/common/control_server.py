@@ -56,12 +56,18 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         )
 
     def Pause(self, request: control_pb2.PauseRequest, context: grpc.ServicerContext) -> control_pb2.PauseReply:
-        self._target.set_paused(True)
-        return control_pb2.PauseReply(paused=True)
+        return control_pb2.PauseReply(paused=self._set_paused(True, context))
 
     def Resume(self, request: control_pb2.ResumeRequest, context: grpc.ServicerContext) -> control_pb2.ResumeReply:
-        self._target.set_paused(False)
-        return control_pb2.ResumeReply(paused=False)
+        return control_pb2.ResumeReply(paused=self._set_paused(False, context))
+
+    def _set_paused(self, paused: bool, context: grpc.ServicerContext) -> bool:
+        """The state the service is in afterwards, never the one asked for: an operator told "paused" stops
+        looking, so a service that did not pause says so (and the change is recorded as refused)."""
+        self._target.set_paused(paused)
+        if self._target.snapshot().paused != paused:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{'pause' if paused else 'resume'} did not take")
+        return paused
 
 
 # The health check name of liveness (the chart's livenessProbe and startupProbe ask it): SERVING from

@@ -197,6 +197,9 @@ class CentralGateways:
         self._make = worker or self._default_worker
         self.workers: dict[str, PartnerWorker] = {}
         self._started = time.monotonic()
+        self._paused = False
+        # sync() runs on the service's thread, set_paused() on a control call's: one at a time.
+        self._lock = threading.Lock()
 
     def _default_worker(self, partner_id: str, endpoint: str) -> PartnerWorker:
         return PartnerWorker(
@@ -204,7 +207,12 @@ class CentralGateways:
         )
 
     def sync(self) -> None:
-        wanted = {p.partner_id: p.endpoint for p in self._partners.list() if p.endpoint}
+        with self._lock:
+            self._sync()
+
+    def _sync(self) -> None:
+        # Paused, no partner has a worker: each stopped one finished its in-flight store and committed.
+        wanted = {} if self._paused else {p.partner_id: p.endpoint for p in self._partners.list() if p.endpoint}
         running = {p: w.endpoint for p, w in self.workers.items()}
         to_stop, to_start = plan(running, wanted)
         for partner_id in to_stop:
@@ -227,6 +235,10 @@ class CentralGateways:
             self.stop_all()
 
     def stop_all(self) -> None:
+        with self._lock:
+            self._stop_all()
+
+    def _stop_all(self) -> None:
         workers = list(self.workers.values())
         for worker in workers:
             worker.request_stop()  # all at once: each finishes its in-flight store and commits
@@ -240,7 +252,7 @@ class CentralGateways:
         counters = [w.counters for w in list(self.workers.values())]
         return StatusSnapshot(
             service="gateways",
-            paused=False,
+            paused=self._paused,
             processed=sum(c.stored + c.duplicates + c.superseded + c.skipped for c in counters),
             failed=sum(c.dead_lettered for c in counters),
             throughput_per_s=0.0,
@@ -249,7 +261,12 @@ class CentralGateways:
         )
 
     def set_paused(self, paused: bool) -> None:
-        """Pausing is not offered: stop the service, or remove the partner's endpoint."""
+        """Paused: every worker stops (its in-flight store finished and committed) before this returns, and
+        none starts until resumed; resumed, they start at the next look at the partner list."""
+        with self._lock:
+            self._paused = paused
+            if paused:
+                self._stop_all()
 
 
 def serve(settings: CentralGatewaySettings | None = None, stop: threading.Event | None = None) -> None:

@@ -66,9 +66,11 @@ def test_the_tables_name_only_methods_that_exist() -> None:
     assert set(CHANGES) <= served
 
 
-def test_every_add_remove_reset_replay_discard_pause_and_resume_is_a_recorded_change() -> None:
+def test_every_add_remove_reset_replay_discard_pause_resume_and_preview_is_a_recorded_call() -> None:
+    """A preview with a partner's key turns an instance's real identity into that partner's pseudonyms:
+    it was the one call that undoes de-identification, and it left no record."""
     served = _methods(admin_pb2) | _methods(control_pb2) | _methods(profiles_pb2)
-    verbs = ("/Add", "/Remove", "/Reset", "/Replay", "/Discard", "/Pause", "/Resume")
+    verbs = ("/Add", "/Remove", "/Reset", "/Replay", "/Discard", "/Pause", "/Resume", "/Preview")
     assert {m for m in served if any(v in m for v in verbs)} == set(CHANGES)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.gateway.central import central_group, plan
+from services.gateway.central import CentralGateways, CentralGatewaySettings, central_group, plan
+from services.gateway.worker import Counters
 
 
 def test_partners_with_an_endpoint_get_a_worker_and_removed_ones_lose_it() -> None:
@@ -21,3 +22,47 @@ def test_the_central_gateway_reads_in_a_group_of_its_own_outside_the_partners_gr
     assert central_group("research-lab") == "imx-central-gateway.research-lab"
     assert not central_group("research-lab").startswith("research-lab."), "the partner's own groups are not its"
     assert central_group("research-lab", "prod.") == "prod.imx-central-gateway.research-lab"
+
+
+class _Partner:
+    def __init__(self, partner_id: str, endpoint: str) -> None:
+        self.partner_id, self.endpoint = partner_id, endpoint
+
+
+class _Partners:
+    def list(self) -> list[_Partner]:
+        return [_Partner("a", "file:///a"), _Partner("b", "file:///b")]
+
+
+class _Worker:
+    def __init__(self, partner_id: str, endpoint: str) -> None:
+        self.endpoint, self.running, self.counters = endpoint, False, Counters()
+
+    def start(self) -> None:
+        self.running = True
+
+    def request_stop(self) -> None:
+        self.running = False
+
+    def stop(self) -> None:
+        self.running = False
+
+
+def test_pausing_the_central_gateways_stops_every_worker_until_resumed() -> None:
+    """`imx pause gateways` answered "paused" while every partner's worker went on storing."""
+    made: list[_Worker] = []
+
+    def worker(partner_id: str, endpoint: str) -> _Worker:
+        made.append(_Worker(partner_id, endpoint))
+        return made[-1]
+
+    gateways = CentralGateways(_Partners(), CentralGatewaySettings(), worker)  # type: ignore[arg-type]
+    gateways.sync()
+    assert [w.running for w in made] == [True, True]
+    gateways.set_paused(True)
+    assert not any(w.running for w in made) and gateways.snapshot().paused
+    gateways.sync()  # the next look at the partner list starts nothing while paused
+    assert not any(w.running for w in made) and not gateways.workers
+    gateways.set_paused(False)
+    gateways.sync()
+    assert len(made) == 4 and [w.running for w in made[2:]] == [True, True] and not gateways.snapshot().paused
