@@ -26,10 +26,12 @@ import contextlib
 import functools
 import hashlib
 import http.client
+import math
 import os
 import socket
 import ssl
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +56,16 @@ from services.proto_gen.imx.v1 import events_pb2
 ACCEPT = 'application/dicom, multipart/related; type="application/dicom"; transfer-syntax=*'
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
+# A whole fetch's time bound, on top of READ_TIMEOUT_S: an answer may be slow, not endless. Each read's
+# timeout alone let a server sending a byte a minute (or a multipart answer with an endless tail) hold the
+# gateway, and so the partner's feed, for ever.
+SLOWEST_BYTES_PER_S = 64 * 1024
 PIECE = 1024 * 1024
+
+
+def fetch_deadline(size: int, now: float) -> float:
+    """When a fetch of `size` bytes begun at `now` (time.monotonic) has taken too long."""
+    return now + READ_TIMEOUT_S + size / SLOWEST_BYTES_PER_S
 
 
 class FetchFailure(Exception):
@@ -190,17 +201,18 @@ class Fetcher:
 
     def _download(self, delivery: events_pb2.PartnerDelivery, out: _Sink) -> tuple[str, int]:
         url = urlsplit(delivery.retrieval_url)
+        deadline = fetch_deadline(delivery.blob.size, time.monotonic())
         client = self._client or (self._httpx_client() if self._proxied(url) else None)
         if client is not None:
-            return _download_with(client, self._headers, delivery, out)
+            return _download_with(client, self._headers, delivery, out, deadline)
         if url.scheme == "http":
             try:
-                return self._download_plain(url, delivery.blob.size, out)
+                return self._download_plain(url, delivery.blob.size, out, deadline)
             except NotPlain:
                 pass  # not framed by a Content-Length: asked again, through http.client
-        return self._download_direct(url, delivery.blob.size, out)
+        return self._download_direct(url, delivery.blob.size, out, deadline)
 
-    def _download_plain(self, url: SplitResult, limit: int, out: _Sink) -> tuple[str, int]:
+    def _download_plain(self, url: SplitResult, limit: int, out: _Sink, deadline: float) -> tuple[str, int]:
         key = (url.hostname or "", url.port or 80)
         request = request_bytes(_target(url), url.netloc.rpartition("@")[2], self._headers)
         with _network_errors():
@@ -212,16 +224,16 @@ class Fetcher:
             multipart = head.content_type.lower().startswith("multipart/")
             if isinstance(out, _Held) and not multipart and head.length == limit:
                 with _network_errors(in_body=True):
-                    body = receive_whole(sock, first, head.length)
+                    body = receive_whole(sock, first, head.length, deadline)
                 out.write(body)
                 digest, size = hashlib.sha256(body).hexdigest(), len(body)
             else:
                 pieces = receive_pieces(sock, first, head.length, PIECE)
-                digest, size = _stream(pieces, head.content_type, out, limit)
+                digest, size = _stream(pieces, head.content_type, out, limit, deadline)
         except BaseException:
             self._plain.drop(key, sock)  # an answer not read to its end
             raise
-        if not head.keep_alive:
+        if multipart or not head.keep_alive:  # a multipart answer is read up to its first part's end
             self._plain.drop(key, sock)
         return digest, size
 
@@ -236,19 +248,21 @@ class Fetcher:
                 self._proxied_client = httpx.Client(timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
             return self._proxied_client
 
-    def _download_direct(self, url: SplitResult, limit: int, out: _Sink) -> tuple[str, int]:
+    def _download_direct(self, url: SplitResult, limit: int, out: _Sink, deadline: float) -> tuple[str, int]:
         key = (url.scheme, url.hostname or "", url.port)
         target = _target(url)
         with _network_errors():
             connection, response = self._connections.first_answer(key, lambda c: _get(c, target, self._headers))
         try:
             _raise_for(response.status)
-            pieces = iter(functools.partial(response.read, PIECE), b"")
-            digest, size = _stream(pieces, response.getheader("content-type", ""), out, limit)
+            # read1: what has arrived, so the deadline is looked at as the answer comes (read fills the piece)
+            pieces = iter(functools.partial(response.read1, PIECE), b"")
+            content_type = response.getheader("content-type", "")
+            digest, size = _stream(pieces, content_type, out, limit, deadline)
         except BaseException:
             self._connections.drop(key, connection)  # an answer not read to its end
             raise
-        if response.will_close:
+        if response.will_close or _is_multipart(content_type):  # read up to its first part's end
             self._connections.drop(key, connection)
         return digest, size
 
@@ -285,9 +299,14 @@ class _Answer:
 
     def __init__(self, out: _Sink, digest: hashlib._Hash, content_type: str) -> None:
         self._out, self._digest = out, digest
-        boundary = _boundary(content_type) if content_type.lower().startswith("multipart/") else None
+        boundary = _boundary(content_type) if _is_multipart(content_type) else None
         self._part = _FirstPart(boundary, out, digest) if boundary else None
         self.size = 0
+
+    @property
+    def has_object(self) -> bool:
+        """A multipart answer's first part has ended: what follows it is not read (it may never end)."""
+        return self._part is not None and self._part.done
 
     def feed(self, chunk: bytes, limit: int) -> None:
         if self._part is not None:
@@ -305,6 +324,10 @@ class _Answer:
             raise FetchFailure("truncated-multipart", retryable=True)
 
 
+def _is_multipart(content_type: str) -> bool:
+    return content_type.lower().startswith("multipart/")
+
+
 def _target(url: SplitResult) -> str:
     """The request target (RFC 9112 3.2.1, origin-form): the path, "/" when empty, and the query."""
     return (url.path or "/") + (f"?{url.query}" if url.query else "")
@@ -315,18 +338,26 @@ def _get(connection: http.client.HTTPConnection, target: str, headers: dict[str,
     return connection.getresponse()
 
 
-def _stream(pieces: Iterator[bytes], content_type: str, out: _Sink, limit: int) -> tuple[str, int]:
+def _stream(
+    pieces: Iterator[bytes], content_type: str, out: _Sink, limit: int, deadline: float = math.inf
+) -> tuple[str, int]:
     """An answer's body as it arrives, an empty piece its end: (SHA-256, size) of what `_Answer` wrote."""
     digest = hashlib.sha256()
     answer = _Answer(out, digest, content_type)
-    while True:
+    while not answer.has_object:
         with _network_errors(in_body=True):
             piece = next(pieces, b"")
+            past_deadline(deadline)
         if not piece:
             break
         answer.feed(piece, limit)  # a failed write is the gateway's disk, raised as it is
     answer.finish()
     return digest.hexdigest(), answer.size
+
+
+def past_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError("the fetch took longer than its size allows")
 
 
 BODY_TORN = "body-torn"  # the answer began and broke off: few attempts (worker.FEW_ATTEMPTS), not waited for
@@ -355,20 +386,27 @@ def _network_failure(error: BaseException, in_body: bool) -> FetchFailure:
 
 
 def _download_with(
-    client: httpx.Client, headers: dict[str, str], delivery: events_pb2.PartnerDelivery, out: _Sink
+    client: httpx.Client, headers: dict[str, str], delivery: events_pb2.PartnerDelivery, out: _Sink, deadline: float
 ) -> tuple[str, int]:
     digest = hashlib.sha256()
     answered = False
+    # Identity: the bytes are verified as they come; httpx would decode a body said to be compressed.
+    headers = {**headers, "Accept-Encoding": "identity"}
     try:
         with client.stream("GET", delivery.retrieval_url, headers=headers) as response:
             answered = True
             _raise_for(response.status_code)
             answer = _Answer(out, digest, response.headers.get("content-type", ""))
             for chunk in response.iter_bytes(PIECE):
+                past_deadline(deadline)
                 answer.feed(chunk, delivery.blob.size)
+                if answer.has_object:
+                    break
             answer.finish()
-    except httpx.TransportError as error:  # its timeouts included
+    except (httpx.TransportError, TimeoutError) as error:  # its timeouts included
         raise _network_failure(error, in_body=answered) from None
+    except httpx.DecodingError:  # a body said to be compressed that is not
+        raise FetchFailure(BODY_TORN, retryable=True) from None
     return digest.hexdigest(), answer.size
 
 
@@ -386,6 +424,9 @@ def _raise_for(status: int) -> None:
         raise FetchFailure(f"http-{status}", retryable=False, refused=True)
     if status in (404, 410):
         raise FetchFailure(f"http-{status}", retryable=False)
-    if status in (502, 503, 504):  # the service, or a proxy in front of it saying it is away
+    if status in (502, 503, 504) or 300 <= status < 400:
+        # The service, or a proxy in front of it, saying it is away; or sending every fetch elsewhere (an
+        # http URL moved to https), which is its configuration, not this object: dead-lettering the whole
+        # feed as fast as it is read fixes nothing. A redirect is not followed: the key stays with imx.
         raise FetchFailure(f"http-{status}", retryable=True, unavailable=True)
     raise FetchFailure(f"http-{status}", retryable=status >= 500 or status in (408, 429))

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import math
 import socket
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -103,8 +105,9 @@ def exchange(sock: socket.socket, request: bytes) -> tuple[Head, bytes]:
     return parse_head(data[:end]), data[end + 4 :]
 
 
-def receive_whole(sock: socket.socket, first: bytes, length: int) -> bytearray:
-    """The body of `length` bytes, `first` its start: received into one buffer, no copy after."""
+def receive_whole(sock: socket.socket, first: bytes, length: int, deadline: float = math.inf) -> bytearray:
+    """The body of `length` bytes, `first` its start: received into one buffer, no copy after; TimeoutError
+    past `deadline` (time.monotonic)."""
     if len(first) > length:
         raise http.client.HTTPException("more bytes than the Content-Length")
     body = bytearray(length)
@@ -112,6 +115,8 @@ def receive_whole(sock: socket.socket, first: bytes, length: int) -> bytearray:
     got = len(first)
     view[:got] = first
     while got < length:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the answer took longer than its size allows")
         received = sock.recv_into(view[got:])
         if not received:
             raise http.client.IncompleteRead(b"", length - got)

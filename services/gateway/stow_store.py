@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from services.gateway.fetched import Fetched
-from services.gateway.targets import DicomWebTarget, StoreResult, TargetKind
+from services.gateway.targets import ABORTED, DicomWebTarget, StoreResult, TargetKind
 from services.proto_gen.imx.v1 import events_pb2
 
 FAILED_SOP_SEQUENCE = "00081198"
@@ -126,17 +126,28 @@ class StowStore:
             **self._headers,
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json",
+            "Accept-Encoding": "identity",  # a body said to be compressed and not would be an error, not an answer
             # A known length: some servers (Orthanc's among them) do not take chunked uploads.
             "Content-Length": str(len(head) + source.size + len(tail)),
         }
-        try:
-            response = self._client.post(self._target.stow_url, content=_body(source, head, tail), headers=headers)
-        except (httpx.ConnectTimeout, httpx.PoolTimeout):  # never reached: the target is away
-            return StoreResult.down("connect-timeout")
-        except httpx.TimeoutException:  # reached, no answer: it may be this instance it cannot take
-            return StoreResult.failed("http-timeout", retryable=True)
-        except httpx.TransportError:
-            return StoreResult.down("connection-failed")
+        for fresh_connection in (False, True):
+            try:
+                response = self._client.post(self._target.stow_url, content=_body(source, head, tail), headers=headers)
+                break
+            except (httpx.ConnectTimeout, httpx.PoolTimeout):  # never reached: the target is away
+                return StoreResult.down("connect-timeout")
+            except httpx.TimeoutException:  # reached, no answer: it may be this instance it cannot take
+                return StoreResult.failed("http-timeout", retryable=True)
+            except httpx.ConnectError:
+                return StoreResult.down("connection-failed")
+            except httpx.TransportError:
+                # Reached, then the connection was closed or reset: a kept-alive one the server had closed
+                # (sent once more, on a new one), or a server that fails on this instance. Waited for as
+                # "away", that held the partner's whole feed for ever; it spends a few attempts.
+                if fresh_connection:
+                    return StoreResult.failed(ABORTED, retryable=True)
+            except httpx.DecodingError:  # an answer said to be compressed that is not
+                return StoreResult.failed("http-undecodable", retryable=True)
         if response.status_code in (502, 503):  # the server, or a proxy in front of it saying it is away
             return StoreResult.down(f"http-{response.status_code}")
         # A 504 (a proxy that gave up waiting) came after the instance was sent: as a read timeout, it may be

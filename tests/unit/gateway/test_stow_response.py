@@ -131,3 +131,40 @@ def test_a_target_that_is_away_is_waited_for_and_one_that_chokes_spends_attempts
         return httpx.Response(answer)
 
     assert _answer_of(handler) == expected
+
+
+def test_a_connection_closed_after_the_instance_went_spends_attempts_and_is_sent_once_more_first() -> None:
+    """A server that takes the upload and drops the connection (its handler fails on this instance) was
+    waited for as "away", resent every 30 s for ever, and held the partner's whole feed. A kept-alive
+    connection the server had closed is sent once more on a new one."""
+    sent: list[int] = []
+
+    def closing(request: httpx.Request) -> httpx.Response:
+        sent.append(len(request.read()))
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+
+    assert _answer_of(closing) == ("aborted", True, False) and len(sent) == 2
+
+    def stale_then_answered(request: httpx.Request) -> httpx.Response:
+        sent.append(len(request.read()))
+        if len(sent) == 3:
+            raise httpx.ReadError("connection reset", request=request)
+        return httpx.Response(200, content=_body([_item(SOP)]))
+
+    assert _answer_of(stale_then_answered)[0] == "stored" and len(sent) == 4
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    assert _answer_of(refused) == ("connection-failed", True, True)
+
+
+def test_an_answer_said_to_be_compressed_that_is_not_fails_the_attempt_and_is_never_asked_for() -> None:
+    """httpx raised DecodingError out of the store, which ended `imx gateway run` with a traceback."""
+    asked: list[str] = []
+
+    def broken_gzip(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers["accept-encoding"])
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip at all")
+
+    assert _answer_of(broken_gzip) == ("http-undecodable", True, False) and asked == ["identity"]
