@@ -28,8 +28,10 @@ as pynetdicom's association thread could not look at it then either.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import threading
 from typing import Any, cast
 
@@ -44,6 +46,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.utils import make_target
 
 from services.ingest import command_sets
+from services.ingest.received_files import ReceivedFile
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,19 @@ def _service_class(class_uid: str) -> type:
     return uid_to_service_class(class_uid)
 
 
+def discard_data_set_file(file: object) -> None:
+    """Close and remove a served request's data set file that is still there. pynetdicom's Storage service
+    removes it after the handler (acceptance moves it into the store first); a C-STORE that pynetdicom
+    serves otherwise (a SOP class it has no Storage service for: the association is aborted), or whose
+    command set could not be read, left it in the blob folder, up to the instance limit each time, until
+    the store's sweep an hour later."""
+    if not isinstance(file, ReceivedFile):
+        return
+    file.close()
+    with contextlib.suppress(FileNotFoundError):  # removed after the handler, or moved into the store
+        os.unlink(file.name)
+
+
 def _data_set_fragments_only(primitive: P_DATA) -> bool:
     values = getattr(primitive, "presentation_data_value_list", None) or []
     return bool(values) and all(not data[0] & 1 for _context, data in values)
@@ -137,6 +153,8 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
             serve_request(msg, context_id)
         finally:
             turns.done()
+            file, msg._dataset_file = getattr(msg, "_dataset_file", None), None
+            discard_data_set_file(file)
 
     assoc._serve_request = serve_queued  # type: ignore[method-assign]
 
@@ -173,6 +191,8 @@ def serve_stores_in_receiver(assoc: Association, new_message: Any = DIMSEMessage
         except Exception:
             log.error("Received an invalid DIMSE message", exc_info=True)
             dul.event_queue.put("Evt19")  # ends the association, as pynetdicom does
+            dimse.message = None
+            discard_data_set_file(getattr(message, "_data_set_file", None))
             return
         # Taken off the provider before it is served: the next request, or the missing-data-sets
         # watcher, never sees this one as still arriving.

@@ -32,6 +32,7 @@ _REJECTION_STATUS: Final[dict[str, int]] = {
     "dicomdir": DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     # Limits on the work one input may cause (services.common.dicom.header.InputLimits).
     "too-deep": DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    "too-many-elements": DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     "inflated-too-large": OUT_OF_RESOURCES_TOO_LARGE,
     # PS3.18 10.5.3: an instance of another study than the one in the target URL is an A900 failure.
     STUDY_MISMATCH: DATA_SET_DOES_NOT_MATCH_SOP_CLASS,

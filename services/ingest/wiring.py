@@ -85,4 +85,9 @@ def _write_waiting_marks(acceptance: Acceptance) -> None:
 
 def input_limits(settings: IngestSettings) -> InputLimits:
     """The work any one input may cause, from the settings (header.InputLimits)."""
-    return InputLimits(settings.max_inflated_bytes, settings.max_sequence_depth, settings.max_spilled_inflations)
+    return InputLimits(
+        settings.max_inflated_bytes,
+        settings.max_sequence_depth,
+        settings.max_spilled_inflations,
+        settings.max_header_elements,
+    )

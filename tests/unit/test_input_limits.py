@@ -199,6 +199,50 @@ def test_deep_nesting_is_found_in_implicit_vr_and_inside_a_deflated_data_set() -
         assert inspect_instance(data, LIMIT, InputLimits(max_sequence_depth=9)).modality == "CT"
 
 
+def _with_document(transfer_syntax: str, document: bytes, latin1: bool = False) -> bytes:
+    """An encapsulated-document header with a large Encapsulated Document (0042,0011), no pixel data."""
+    ds = _dataset(transfer_syntax)
+    if latin1:  # text pydicom must decode: the byte walk leaves it to pydicom
+        ds.SpecificCharacterSet, ds.StudyDescription = "ISO_IR 100", "Tête"
+    ds.EncapsulatedDocument = document
+    return dataset_to_bytes(ds)
+
+
+@pytest.mark.parametrize(
+    ("transfer_syntax", "latin1"),
+    [(ImplicitVRLittleEndian, False), (ExplicitVRLittleEndian, True)],
+    ids=["implicit-vr", "latin-1-text"],
+)
+def test_a_large_value_before_the_pixel_data_is_skipped_unread_and_a_cut_one_is_still_refused(
+    transfer_syntax: str, latin1: bool
+) -> None:
+    """pydicom read every value before the pixel data whole: a 286 MiB encapsulated document took ingest
+    from 56 to 628 MiB (implicit VR, or text the byte walk leaves to pydicom)."""
+    data = _with_document(transfer_syntax, bytes(64 * MIB), latin1)
+    header, peak = _inspected_with_peak(data)
+    assert header.modality == "CT"
+    assert peak < 8 * MIB, f"inspecting a 64 MiB document held {peak // MIB} MiB"
+    assert _reason(data[:-MIB], InputLimits()) == ("truncated", "header")
+
+
+def _flat_file(transfer_syntax: str, elements: int) -> bytes:
+    """A valid CT header followed by `elements` empty private elements (8 bytes each)."""
+    data = dataset_to_bytes(_dataset(transfer_syntax))
+    if transfer_syntax == ImplicitVRLittleEndian:
+        filler = b"".join(struct.pack("<HHI", 0x7FD1, 0x1000 + i % 0xF000, 0) for i in range(elements))
+    else:
+        filler = b"".join(struct.pack("<HH2sH", 0x7FD1, 0x1000 + i, b"LO", 0) for i in range(elements))
+    return data + filler
+
+
+@pytest.mark.parametrize("transfer_syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+def test_more_elements_than_the_limit_are_refused_before_pydicom_holds_each(transfer_syntax: str) -> None:
+    """30 MiB of empty 8-byte elements took pydicom 1.1 GB and 23 s of CPU."""
+    limits = InputLimits(max_elements=2_000)
+    assert _reason(_flat_file(transfer_syntax, 3_000), limits) == ("too-many-elements", "2000")
+    assert inspect_instance(_flat_file(transfer_syntax, 1_000), LIMIT, limits).modality == "CT"
+
+
 def test_ordinary_instances_with_sequences_and_pixel_data_pass_the_walk() -> None:
     for ds in study_instances(plan_study(3, "MR", 1, "RXA01")):
         inspect_instance(dataset_to_bytes(ds), LIMIT, InputLimits(max_sequence_depth=4))
@@ -209,8 +253,9 @@ def test_ordinary_instances_with_sequences_and_pixel_data_pass_the_walk() -> Non
     [
         (lambda: deflate_bomb(64 * MIB), "inflated-too-large", OUT_OF_RESOURCES_TOO_LARGE),
         (lambda: nested_file(5_000), "too-deep", DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
+        (lambda: _flat_file(ImplicitVRLittleEndian, 3_000), "too-many-elements", DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
     ],
-    ids=["deflate-bomb", "deep-nesting"],
+    ids=["deflate-bomb", "deep-nesting", "many-elements"],
 )
 def test_ingest_quarantines_over_limit_inputs_with_a_reason(data, reason: str, status: int, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bus = RecordingBus()
@@ -221,7 +266,7 @@ def test_ingest_quarantines_over_limit_inputs_with_a_reason(data, reason: str, s
         bus=bus,
         topics=topics,
         max_instance_bytes=LIMIT // 10,
-        limits=InputLimits(max_inflated_bytes=16 * MIB, max_sequence_depth=32),
+        limits=InputLimits(max_inflated_bytes=16 * MIB, max_sequence_depth=32, max_elements=2_000),
     )
     result = acceptance.accept(data(), "trust-a", "stow-rs")
     assert isinstance(result, Rejected) and result.quarantined

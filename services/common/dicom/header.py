@@ -19,8 +19,9 @@ inflated a piece at a time into a temporary file, which is read through a memory
 Bounded work for any input (`InputLimits`). pydicom inflates a deflated data set whole in memory,
 with no limit, and reads nested sequences recursively; so a deflated body is inflated here, in
 pieces, to a temporary file and up to a limit ("inflated-too-large"); the element stream is walked
-without recursion to refuse sequences nested deeper than a limit ("too-deep"); and pydicom is given
-the inflated data set, its large values left unread (`defer_size`), never the deflated one.
+without recursion to refuse sequences nested deeper than a limit ("too-deep") and more elements than
+another ("too-many-elements"); and pydicom is given the inflated data set, never the deflated one, and
+every data set with its large values left unread (`defer_size`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,15 @@ ByteSource = bytes | bytearray | mmap.mmap
 """A whole Part 10 file: bytes in memory, or a memory map of the file (read only where needed)."""
 
 Reason = Literal[
-    "not-dicom", "missing-uid", "invalid-uid", "dicomdir", "too-large", "truncated", "inflated-too-large", "too-deep"
+    "not-dicom",
+    "missing-uid",
+    "invalid-uid",
+    "dicomdir",
+    "too-large",
+    "truncated",
+    "inflated-too-large",
+    "too-deep",
+    "too-many-elements",
 ]
 
 MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
@@ -107,11 +116,15 @@ class InputLimits:
     `max_spilled_inflations`: deflated data sets inflated onto disk (the temp folder) at once, each up
     to `max_inflated_bytes`; more wait for a turn, so a few large ones cannot fill a pod's bounded /tmp
     (and have it evicted with every transfer in flight). Small ones, inflated in memory, never wait.
+    `max_elements`: data elements before the pixel data, nested ones included; pydicom holds each as an
+    object of ~270 bytes, so 30 MiB of empty 8-byte elements took 1.1 GB and 23 s of CPU. A large
+    enhanced multi-frame instance has a few hundred thousand.
     """
 
     max_inflated_bytes: int = GIB
     max_sequence_depth: int = 32
     max_spilled_inflations: int = 2
+    max_elements: int = 500_000
 
 
 DEFAULT_LIMITS = InputLimits()
@@ -183,9 +196,11 @@ def inspect_instance(data: ByteSource, max_bytes: int, limits: InputLimits = DEF
         fast = _fast_header(data, body, transfer_syntax, limits)
         if fast is not None:
             return fast
-        _check_sequence_depth(data, body, transfer_syntax, limits.max_sequence_depth)
+        _check_structure(data, body, transfer_syntax, limits)
         fp = _stream(data)
-        ds = dcmread(fp, stop_before_pixels=True, force=False)
+        # Values over _DEFER_SIZE left unread: an encapsulated document of hundreds of MiB before the pixel
+        # data was read whole into memory (an implicit VR instance, or text pydicom must decode, comes here).
+        ds = dcmread(fp, stop_before_pixels=True, force=False, defer_size=_DEFER_SIZE)
         return _header(ds, data, fp.tell(), transfer_syntax)
     except InvalidInstance:
         raise
@@ -199,7 +214,7 @@ def _fast_header(data: ByteSource, body: int, transfer_syntax: str, limits: Inpu
     so that refusals keep pydicom's reasons). Gives what the pydicom path gives: tests compare them."""
     if transfer_syntax not in _WALKED_SYNTAXES:
         return None
-    top = read_top_level(data, body, _WALKED_TAGS, limits.max_sequence_depth)
+    top = read_top_level(data, body, _WALKED_TAGS, limits.max_sequence_depth, limits.max_elements)
     if top is None:
         return None
     values = top.values
@@ -273,7 +288,7 @@ def _read_deflated(data: ByteSource, body: int, limits: InputLimits) -> Dataset:
     """
     meta = dcmread(BytesIO(bytes(data[:body])), force=False).file_meta  # stops at the empty data set
     with _inflated(memoryview(data)[body:], limits.max_inflated_bytes, limits.max_spilled_inflations) as inflated:
-        _check_sequence_depth(inflated, 0, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, limits.max_sequence_depth)
+        _check_structure(inflated, 0, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, limits)
         fp = _stream(inflated)
         dataset = read_dataset(fp, False, True, stop_when=_at_pixel_data, defer_size=_DEFER_SIZE)
     ds = FileDataset("", dataset, preamble=None, file_meta=meta, is_implicit_VR=False, is_little_endian=True)
@@ -421,8 +436,9 @@ def inflate_pieces(deflated: bytes | memoryview, limit: int) -> Iterator[bytes]:
         raise InvalidInstance("not-dicom") from None
 
 
-def _check_sequence_depth(data: ByteSource, offset: int, transfer_syntax: str, limit: int) -> None:
-    """Walk the data set's elements without recursion and refuse sequences nested deeper than `limit`.
+def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits: InputLimits) -> None:
+    """Walk the data set's elements without recursion and refuse sequences nested deeper than
+    `limits.max_sequence_depth`, and more elements than `limits.max_elements`.
 
     Stops at the top-level pixel data (as a header-only read does) and, leaving the other checks to
     pydicom and `_check_complete`, at anything it cannot follow.
@@ -431,7 +447,8 @@ def _check_sequence_depth(data: ByteSource, offset: int, transfer_syntax: str, l
     implicit_outside = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
     # Open containers, innermost last: (is a sequence, end offset or None when undefined, implicit VR inside).
     open_: list[tuple[bool, int | None, bool]] = []
-    depth, size = 0, len(data)
+    depth, size, elements = 0, len(data), 0
+    limit, max_elements = limits.max_sequence_depth, limits.max_elements
     try:
         while offset + 8 <= size:
             while open_ and open_[-1][1] is not None and offset >= open_[-1][1]:
@@ -450,6 +467,9 @@ def _check_sequence_depth(data: ByteSource, offset: int, transfer_syntax: str, l
                 continue
             if not open_ and tag in _PIXEL_TAGS:
                 return
+            elements += 1
+            if elements > max_elements:
+                raise InvalidInstance("too-many-elements", str(max_elements))
             if implicit:
                 start, length = offset + 8, struct.unpack_from("<I", data, offset + 4)[0]
                 sequence, inner_implicit = _implicit_sequence(tag, data, start, length), True
@@ -471,7 +491,7 @@ def _check_sequence_depth(data: ByteSource, offset: int, transfer_syntax: str, l
             else:
                 offset = start + length
     except InvalidInstance as problem:
-        if problem.reason == "too-deep":
+        if problem.reason in ("too-deep", "too-many-elements"):
             raise
     except struct.error:
         return
@@ -578,10 +598,13 @@ def _check_complete(ds: Dataset, data: ByteSource, stopped_at: int, transfer_syn
         return
     if "Rows" in ds or "ImageType" in ds:
         raise InvalidInstance("truncated", "PixelData")
-    last = ds.get_item(max(ds.keys(), default=0))
+    if not ds._dict:
+        return
+    last = ds._dict[max(ds._dict)]  # as read: get_item would read a deferred value
     if not isinstance(last, RawDataElement):  # empty, or only the eagerly read character set
         return
-    read = len(last.value or b"")
+    deferred = last.value is None and last.length != _UNDEFINED_LENGTH  # over _DEFER_SIZE: skipped unread
+    read = last.length if deferred else len(last.value or b"")
     end = last.value_tell + (read + 8 if last.length == _UNDEFINED_LENGTH else last.length)
     if read < last.length != _UNDEFINED_LENGTH or end != len(data):
         raise InvalidInstance("truncated", "header")

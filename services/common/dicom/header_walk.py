@@ -50,26 +50,30 @@ class _Irregular(Exception):
     """Outside what this walk reads: the caller asks pydicom."""
 
 
-def read_top_level(data: Source, offset: int, wanted: Collection[int], max_depth: int) -> TopLevel | None:
+def read_top_level(
+    data: Source, offset: int, wanted: Collection[int], max_depth: int, max_elements: int
+) -> TopLevel | None:
     """Walk the data set starting at `offset` up to the top-level pixel data or the end; None when the
-    input is irregular in any way this walk does not follow (see the module doc)."""
+    input is irregular in any way this walk does not follow (see the module doc), or has more than
+    `max_elements` top-level elements (the caller's slower checks then refuse it)."""
     try:
-        return _top_level(data, offset, wanted, max_depth)
+        return _top_level(data, offset, wanted, max_depth, max_elements)
     except (_Irregular, struct.error):
         return None
 
 
-def _top_level(data: Source, offset: int, wanted: Collection[int], max_depth: int) -> TopLevel:
+def _top_level(data: Source, offset: int, wanted: Collection[int], max_depth: int, max_elements: int) -> TopLevel:
     size, previous = len(data), _LAST_META_TAG
     values: dict[int, bytes] = {}
+    elements_left = max_elements
     while offset < size:
         group, element, vr, short_length = _HEADER.unpack_from(data, offset)
         tag = group << 16 | element
         if tag in _PIXEL_TAGS:
             return TopLevel(values, offset)
-        if tag <= previous or group == 0xFFFE:
+        if tag <= previous or group == 0xFFFE or not elements_left:
             raise _Irregular
-        previous = tag
+        previous, elements_left = tag, elements_left - 1
         start, length = _value_position(data, offset, vr, short_length)
         if vr == b"SQ":
             if tag in wanted:

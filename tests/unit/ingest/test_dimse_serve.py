@@ -152,6 +152,28 @@ def test_a_store_on_an_echo_context_is_not_served_as_a_store(served: _Served) ->
     assoc.release()
 
 
+def test_a_store_pynetdicom_will_not_serve_leaves_no_data_set_file_behind(served: _Served, tmp_path: Path) -> None:
+    """A C-STORE of a SOP class pynetdicom has no Storage service for is aborted by pynetdicom; its whole
+    data set's file stayed in the blob folder (up to the instance limit each time) until the store's
+    hourly sweep, and a sender could repeat it as fast as it could associate."""
+    for _ in range(3):
+        assoc = associate(served.server)
+        ds = small_ct(100_000)
+        request = C_STORE()
+        request.MessageID, request.Priority = 1, 2
+        request.AffectedSOPClassUID = "1.2.826.0.1.3680043.9.9999.1"  # not a SOP class pynetdicom serves
+        request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+        request.DataSet = BytesIO(cast(bytes, encode(ds, False, True)))
+        assoc.dimse.send_msg(request, assoc.accepted_contexts[1].context_id)
+        deadline = time.monotonic() + 5
+        while assoc.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert assoc.is_aborted
+    _ended(served.server)
+    assert served.threads == []
+    assert not [p.name for p in (tmp_path / "received").iterdir()]
+
+
 def test_the_reactors_queued_message_goes_first() -> None:
     class _Assoc:
         class dimse:  # stands in for the association's DIMSE provider
