@@ -185,14 +185,19 @@ async def _store_held(
     except TooManyParts:
         # The parts before stay stored (sent again, they are duplicates); what follows is not stored.
         log.warning("stow-rs request over its instance limit", extra={"org": org, "instances": len(outcomes)})
+        # The first parts' outcomes, as any answer gives them: a client told only "send the rest" never
+        # learnt that some of the first were refused, or refused for now (A700), and dropped them.
+        warning = (
+            f"299 imx: at most {context.max_parts} instances per request: the first {context.max_parts} were "
+            "handled as this answer says, the rest not stored: send them in another request"
+        )
         return JSONResponse(
-            {
-                "detail": f"at most {context.max_parts} instances per request: the first {context.max_parts} were "
-                "handled as usual, the rest not stored: send them in another request"
-            },
+            response_body(outcomes),
             # No "Connection: close": the server then drains what is still coming (as for the 429), so a
             # client that sends its whole body before it reads gets this answer, not a reset connection.
             status_code=413,
+            media_type=DICOM_JSON,
+            headers={"Warning": warning},
         )
     except ClientDisconnect:  # the client went away mid-body: no one to answer, nothing to report
         log.info("stow-rs client disconnected", extra={"org": org, "instances": len(outcomes)})
@@ -213,7 +218,10 @@ _STOW_OPENAPI = {
         "200": {"description": "every instance stored (ReferencedSOPSequence)"},
         "202": {"description": "some instances failed (FailedSOPSequence with FailureReason)"},
         "400": {"description": "malformed multipart body"},
-        "413": {"description": "more instances than one request may carry (IMX_STOW_MAX_INSTANCES_PER_REQUEST)"},
+        "413": {
+            "description": "more instances than one request may carry (IMX_STOW_MAX_INSTANCES_PER_REQUEST): "
+            "the outcomes of the first, as for a 200, 202 or 409; the rest not stored"
+        },
         "401": {"description": "missing or unknown API key"},
         "408": {"description": "the body stopped arriving (IMX_STOW_BODY_TIMEOUT_S); the connection is closed"},
         "409": {"description": "no instance stored"},
