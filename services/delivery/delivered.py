@@ -45,6 +45,7 @@ import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
@@ -231,7 +232,12 @@ class DeliveredObjects:
                     {"_id": study_key(*study)},
                     {
                         "$setOnInsert": {"partner_id": study[0], "study_uid": study[1], "priority": group[0].priority},
-                        "$addToSet": {"pages": pages[study]},
+                        # What QIDO's /studies may narrow by before it reads manifests (`studies`).
+                        "$addToSet": {
+                            "pages": pages[study],
+                            MODALITIES: {"$each": sorted({i.modality for i in group})},
+                            SOP_CLASSES: {"$each": sorted({i.sop_class_uid for i in group})},
+                        },
                         # LAST_DAY: which day's purge may forget the study (`studies_last_delivered_on`).
                         "$max": {"last_delivered_at_ms": latest[study], LAST_DAY: latest[study] // DAY_MS},
                     },
@@ -550,15 +556,26 @@ class DeliveredObjects:
     def series(self, partner_id: str, study_uid: str, series_uid: str) -> list[DeliveredInstance]:
         return [i for i in self.study(partner_id, study_uid) if i.series_uid == series_uid]
 
-    def studies(self, partner_id: str) -> Iterator[dict[str, object]]:
+    def studies(
+        self, partner_id: str, narrowed: Mapping[str, frozenset[str]] = MappingProxyType({})
+    ) -> Iterator[dict[str, object]]:
         """Every study delivered to the partner: {study_uid, last_delivered_at_ms} (QIDO's study list,
         through the index on the partner, `ensure_indexes`; it reads every one of the partner's studies).
         Not their instance counts: those took a read of every study's manifest, for every list asked,
-        whatever its limit."""
+        whatever its limit. `narrowed` (QIDO's criteria: field -> values wanted): only studies that may
+        match by their modalities and SOP classes, and those recorded before the study kept them."""
+        query: dict[str, object] = {"partner_id": partner_id}
+        kept = [(STUDY_FIELDS[name], sorted(values)) for name, values in narrowed.items() if name in STUDY_FIELDS]
+        if kept:
+            query["$and"] = [{"$or": [{field: {"$in": values}}, {field: {"$exists": False}}]} for field, values in kept]
         projection = {"study_uid": 1, "last_delivered_at_ms": 1}
-        for doc in self._studies.find({"partner_id": partner_id}, projection):
+        for doc in self._studies.find(query, projection):
             yield {"study_uid": doc["study_uid"], "last_delivered_at_ms": doc.get("last_delivered_at_ms", 0)}
 
+
+# A study's modalities and SOP classes, by the DeliveredInstance field QIDO matches them on.
+MODALITIES, SOP_CLASSES = "modalities", "sop_classes"
+STUDY_FIELDS = MappingProxyType({"modality": MODALITIES, "sop_class_uid": SOP_CLASSES})
 
 # What gateways reported about a delivery; a newer send recorded over it starts without them, STORED_OVER
 # included: every store of an older send reported so far was made before the newer send could be stored.

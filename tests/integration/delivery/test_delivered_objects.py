@@ -370,6 +370,26 @@ def test_a_partners_study_list_is_read_through_an_index(db: Database) -> None:
     assert not scans(db, "delivered_studies", {"partner_id": "lab-7"})
 
 
+def test_a_partners_study_list_is_narrowed_by_its_studies_modalities_and_sop_classes(db: Database) -> None:
+    """QIDO's `/studies?Modality=MR` read the manifest of every study the partner was sent; the list is now
+    narrowed first. A study recorded before the study kept them is always listed (its manifest decides)."""
+    delivered = DeliveredObjects(db)
+    delivered.ensure_indexes()
+    ct, mr = _item(1, study="2.25.1"), replace(_item(1, study="2.25.2"), modality="MR", sop_class_uid="1.2.3.4")
+    delivered.record([ct, replace(_item(2, study="2.25.1"), modality="CT"), mr])
+    delivered.record([_item(1, study="2.25.3")])
+    db["delivered_studies"].update_one({"_id": "lab/2.25.3"}, {"$unset": {"modalities": "", "sop_classes": ""}})
+
+    def listed(**narrowed: frozenset[str]) -> list[str]:
+        return sorted(str(s["study_uid"]) for s in delivered.studies("lab", narrowed))
+
+    assert listed() == ["2.25.1", "2.25.2", "2.25.3"]
+    assert listed(modality=frozenset({"MR"})) == ["2.25.2", "2.25.3"]
+    assert listed(modality=frozenset({"CT", "US"})) == ["2.25.1", "2.25.3"]
+    assert listed(modality=frozenset({"MR"}), sop_class_uid=frozenset({"1.2.840.10008.5.1.4.1.1.2"})) == ["2.25.3"]
+    assert listed(sop_uid=frozenset({"2.25.1.1.1"})) == ["2.25.1", "2.25.2", "2.25.3"], "not narrowed by others"
+
+
 def test_deliveries_recorded_without_the_owed_flag_are_owed_once_looked_for(db: Database) -> None:
     """A release before the flag, or an older replica during a rolling upgrade, recorded deliveries
     without it: the first question after `flag_sweep_s` flags the unstored ones, and only those."""

@@ -38,7 +38,7 @@ class OneInstance:
     def series(self, partner_id: str, study_uid: str, series_uid: str) -> list[DeliveredInstance]:
         return []
 
-    def studies(self, partner_id: str) -> Iterator[dict[str, object]]:
+    def studies(self, partner_id: str, narrowed: object = None) -> Iterator[dict[str, object]]:
         return iter(())
 
 

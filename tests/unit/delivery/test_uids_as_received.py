@@ -33,7 +33,7 @@ class Delivered:
     def series(self, partner_id: str, study_uid: str, series_uid: str) -> list[DeliveredInstance]:
         return self.study(partner_id, study_uid) if series_uid == SERIES else []
 
-    def studies(self, partner_id: str) -> Iterator[dict[str, object]]:
+    def studies(self, partner_id: str, narrowed: object = None) -> Iterator[dict[str, object]]:
         return iter(())
 
 
