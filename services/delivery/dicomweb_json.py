@@ -14,7 +14,6 @@ import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from services.delivery.delivered import DeliveredInstance
 
@@ -176,8 +175,9 @@ def header_json(source: Path | BinaryIO) -> Json | None:
         node: Json = dataset.to_json_dict(
             bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=lambda _element: _LEFT_OUT
         )
-    except (InvalidDicomError, OSError, ValueError, KeyError, TypeError, EOFError, AttributeError) as error:
-        # The type only: a parser's message may quote header values.
+    except Exception as error:  # pydicom raises many types on a damaged header (BytesLengthException, ...)
+        # The type only: a parser's message may quote header values. Raised, it ended a study's metadata
+        # mid-body after its 200 was sent: JSON cut off, the other instances' metadata lost.
         log.warning("metadata unreadable", extra={"reason": type(error).__name__})
         return None
     return _strip_left_out(node)

@@ -102,6 +102,8 @@ _CACHED_ACCEPT_CHARS = 512
 def _choose(accept: str | None, stored: frozenset[str], single: bool) -> Representation | None:
     ranges = parse_accept(accept)
     if not ranges:
+        if not _no_preference(accept):
+            return None  # every type it names is refused (q=0): nothing it takes is left
         return Representation.SINGLE if single else Representation.MULTIPART
     for wanted in ranges:
         kind = wanted.media_type
@@ -128,7 +130,15 @@ def accepts_dicom_json(accept: str | None) -> bool:
     """Metadata and QIDO answer in application/dicom+json only (PS3.18 §8.7.3.2: application/json is
     an accepted synonym)."""
     ranges = parse_accept(accept)
-    return not ranges or any(r.media_type in (DICOM_JSON, "application/json", "application/*", "*/*") for r in ranges)
+    if not ranges:
+        return _no_preference(accept)
+    return any(r.media_type in (DICOM_JSON, "application/json", "application/*", "*/*") for r in ranges)
+
+
+def _no_preference(accept: str | None) -> bool:
+    """No Accept, or one naming no type: anything may be answered (RFC 9110 12.5.1). One whose every type
+    has q=0 takes nothing: it was answered as if absent."""
+    return not (accept or "").replace(",", "").strip()
 
 
 def new_boundary() -> str:

@@ -186,13 +186,13 @@ Criteria = dict[str, frozenset[str]]
 def query_criteria(request: Request) -> Criteria:
     """The query's matching keys (`Criteria`)."""
     criteria: Criteria = {}
-    for name, value in request.query_params.items():
+    for name, value in request.query_params.multi_items():  # items() kept only a repeated key's last value
         if name in ("limit", "offset") or name.lower() in IGNORED_PARAMS:
             continue
         field_name = MATCH_KEYS.get(name) or MATCH_KEYS.get(name.upper())
         if field_name is None:
             # Only the key is refused, never echoed: a value (or a key) may be a patient's name.
             raise Refusal(400, "unsupported query parameter")
-        if value and value != "*":
-            criteria[field_name] = wanted_values(value)
+        if value and value != "*":  # a key given twice matches either value, as one list would
+            criteria[field_name] = criteria.get(field_name, frozenset()) | wanted_values(value)
     return criteria

@@ -10,6 +10,8 @@ from typing import BinaryIO, cast
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from services.common.dicom.part10 import dataset_to_bytes
 from services.common.dicom.synthetic import generate_study
@@ -115,6 +117,22 @@ def test_an_unreadable_object_gets_the_identifiers_on_record(tmp_path: Path) -> 
     metadata = metadata_for(ITEMS[0], path)
     assert metadata["00080018"]["Value"] == ["1.2.3.1.1"]
     assert metadata["0020000E"]["Value"] == ["1.2.3.1"]
+
+
+def test_an_object_damaged_in_place_gets_the_identifiers_on_record(tmp_path: Path) -> None:
+    """A header pydicom refuses with an error of another type (an unknown VR: NotImplementedError) was
+    raised inside a study's metadata after its 200 was sent: the JSON cut off, the other instances lost."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.1.1", "CT"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    at = data.index(b"CS")  # Modality's VR, damaged to one no standard names
+    path = tmp_path / "damaged"
+    path.write_bytes(data[:at] + b"ZZ" + data[at + 2 :])
+    assert metadata_for(ITEMS[0], path)["00080018"]["Value"] == ["1.2.3.1.1"]
 
 
 def test_values_json_cannot_hold_are_written_as_the_model_allows(tmp_path: Path) -> None:

@@ -55,6 +55,10 @@ def test_a_quoted_comma_does_not_split_a_range() -> None:
         ("image/jpeg", True, None),
         # a later acceptable choice is taken
         (f"application/dicom; transfer-syntax={JPEG}, application/dicom; q=0.5", True, Representation.SINGLE),
+        # every type named refused (q=0): 406, not the answer to no Accept at all
+        ("application/dicom; q=0", True, None),
+        ("*/*;q=0", False, None),
+        ("", True, Representation.SINGLE),
     ],
 )
 def test_representation_follows_accept(accept: str | None, single: bool, expected: Representation | None) -> None:
@@ -90,7 +94,15 @@ def test_a_remembered_answer_is_the_one_for_those_stored_syntaxes_and_a_long_hea
 
 @pytest.mark.parametrize(
     ("accept", "ok"),
-    [(None, True), ("application/dicom+json", True), ("application/json", True), ("*/*", True), ("text/html", False)],
+    [
+        (None, True),
+        ("", True),
+        ("application/dicom+json", True),
+        ("application/json", True),
+        ("*/*", True),
+        ("text/html", False),
+        ("application/dicom+json;q=0", False),
+    ],
 )
 def test_metadata_is_offered_only_as_dicom_json(accept: str | None, ok: bool) -> None:
     assert accepts_dicom_json(accept) is ok

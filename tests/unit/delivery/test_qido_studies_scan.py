@@ -70,3 +70,12 @@ def test_matching_studies_are_found_and_the_list_is_narrowed_before_manifests_ar
     assert answer.status_code == 200
     assert [s["0020000D"]["Value"][0] for s in answer.json()] == sorted(reader.uids)[3:5]
     assert reader.narrowed == [{"modality": frozenset({"CT"})}] and reader.read == 5
+
+
+def test_a_key_given_twice_matches_either_value(tmp_path: Path) -> None:
+    """Only the last value of a repeated key was kept: the first study was silently left out."""
+    answer = _client(ManyStudies(5), tmp_path).get(
+        "/dicomweb/studies?StudyInstanceUID=1.2.3.1&StudyInstanceUID=1.2.3.4"
+    )
+    assert answer.status_code == 200
+    assert [s["0020000D"]["Value"][0] for s in answer.json()] == ["1.2.3.1", "1.2.3.4"]
