@@ -8,7 +8,10 @@ index: the key is still checked (cached, as for every request) and the retrieval
 that does not verify for the partner and the path it came with (another partner's URL, an edited one,
 one signed under a key since replaced) is ignored and the index is read, exactly as without one; so
 another partner's object stays the same 404 as an unknown one, and the token never widens what a
-partner can read beyond what the index would serve it, an object it was delivered.
+partner can read beyond an object it was delivered. It names that object, not "the current one": after a
+correction, or after the study's records were purged, the URL with its token still serves the object it
+was issued for (to that partner only) until the blob is collected (then 410), where the URL without it
+serves the correction (or 404).
 """
 
 from __future__ import annotations
