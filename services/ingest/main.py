@@ -24,7 +24,7 @@ from services.ingest.admin import register_organisation_admin
 from services.ingest.file_receipts import prune_receipts_every, receipts_folder
 from services.ingest.scp import DicomReceiver
 from services.ingest.settings import IngestSettings
-from services.ingest.stow import StowContext, create_app
+from services.ingest.stow import StowContext, create_app, stow_spill_files
 from services.ingest.upload_slots import UploadSlots
 from services.ingest.wiring import StoppedBeforeStart, open_ingest
 
@@ -77,6 +77,7 @@ def serve(
                 settings.stow_body_timeout_s,
                 UploadSlots(settings.stow_max_uploads_per_org, settings.stow_max_uploads),
                 settings.stow_max_instances_per_request,
+                stow_spill_files(settings.blob_dir),
             )
             http = HttpServer(
                 create_app(stow),

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Protocol
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -24,9 +26,12 @@ from services.ingest.multipart_related import (
     MalformedMultipart,
     Part,
     RelatedPartsReader,
+    SpillFile,
     UnsupportedMediaType,
     boundary_of,
+    discard,
 )
+from services.ingest.received_files import ReceivedFiles
 from services.ingest.status_codes import OUT_OF_RESOURCES, PROCESSING_FAILURE
 from services.ingest.stow_response import DICOM_JSON, InstanceOutcome, http_status, outcome_of, response_body
 from services.ingest.upload_slots import SERVICE, UploadSlots
@@ -57,6 +62,16 @@ class StowContext:
     # Uploads one organisation may have open at once; the next one is refused 429 with Retry-After.
     uploads: UploadSlots = field(default_factory=lambda: UploadSlots(DEFAULT_UPLOADS_PER_ORG))
     max_parts: int = DEFAULT_MAX_PARTS
+    # A new file for a part over multipart_related.SPILL_OVER_BYTES, in the blob folder (acceptance moves it
+    # into the store); None: every part in memory.
+    spill: Callable[[], SpillFile] | None = None
+
+
+def stow_spill_files(folder: Path) -> Callable[[], SpillFile]:
+    """Files for large parts in `folder` (the blob folder: a part stored is renamed into the store), named
+    `.tmp-stow-...` so the store's sweep removes any a killed process left (blob_lifecycle)."""
+    files = ReceivedFiles(folder, ".tmp-stow-")
+    return lambda: files(suffix=".dcm")
 
 
 class TooManyParts(Exception):
@@ -104,7 +119,11 @@ def _store_part(context: StowContext, part: Part, org: str, destination: str, st
         # outage made the whole request a 500 and lost the outcomes of the parts before it.
         if part.too_large:
             return outcome_of(context.acceptance.reject_unread(org, CHANNEL, part.size))
+        if part.unwritten:
+            raise IngestUnavailable("stow-rs part not written whole")
         expected = Expected(study_uid=study_uid or "")
+        if part.path is not None:  # moved into the store when stored; else removed below
+            return outcome_of(context.acceptance.accept_file(part.path, org, CHANNEL, destination, expected))
         return outcome_of(context.acceptance.accept(part.data, org, CHANNEL, destination, expected))
     except IngestUnavailable:
         log.warning("instance not stored: dependency unavailable", extra={"org": org, "channel": CHANNEL})
@@ -112,6 +131,8 @@ def _store_part(context: StowContext, part: Part, org: str, destination: str, st
     except Exception:  # a bug must not take the whole request down with it; the type is logged, not the text
         log.exception("instance not stored: unexpected failure", extra={"org": org, "channel": CHANNEL})
         return InstanceOutcome(failure_reason=PROCESSING_FAILURE)
+    finally:
+        discard([part])
 
 
 async def _store(
@@ -139,7 +160,7 @@ async def _store_held(
 ) -> JSONResponse:
     try:
         reader = RelatedPartsReader(
-            boundary_of(request.headers.get("content-type")), context.acceptance.max_instance_bytes
+            boundary_of(request.headers.get("content-type")), context.acceptance.max_instance_bytes, context.spill
         )
     except UnsupportedMediaType as exc:
         raise HTTPException(415, str(exc)) from None
@@ -150,15 +171,18 @@ async def _store_held(
 
     async def store(parts: list[Part]) -> None:
         nonlocal unavailable
-        for part in parts:
-            if len(outcomes) >= context.max_parts:
-                raise TooManyParts
-            if unavailable:  # fail the rest fast instead of waiting out a timeout for each part
-                outcomes.append(InstanceOutcome(failure_reason=OUT_OF_RESOURCES))
-                continue
-            outcome = await run_in_threadpool(_store_part, context, part, org, destination, study_uid)
-            unavailable = outcome.failure_reason == OUT_OF_RESOURCES
-            outcomes.append(outcome)
+        try:
+            for part in parts:
+                if len(outcomes) >= context.max_parts:
+                    raise TooManyParts
+                if unavailable:  # fail the rest fast instead of waiting out a timeout for each part
+                    outcomes.append(InstanceOutcome(failure_reason=OUT_OF_RESOURCES))
+                    continue
+                outcome = await run_in_threadpool(_store_part, context, part, org, destination, study_uid)
+                unavailable = outcome.failure_reason == OUT_OF_RESOURCES
+                outcomes.append(outcome)
+        finally:
+            discard(parts)  # the files of parts not taken (a part taken was moved into the store or removed)
 
     chunks = request.stream()
     try:
@@ -202,6 +226,8 @@ async def _store_held(
     except ClientDisconnect:  # the client went away mid-body: no one to answer, nothing to report
         log.info("stow-rs client disconnected", extra={"org": org, "instances": len(outcomes)})
         return JSONResponse({"detail": "client disconnected"}, status_code=400)
+    finally:
+        reader.discard()  # a part being written to its file when the body failed or ended
     status = http_status(outcomes)
     log.info("stow-rs request", extra={"org": org, "instances": len(outcomes), "status": status})
     headers = {"Retry-After": "30"} if status == 503 else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,7 +15,9 @@ from services.ingest.multipart_related import (
     RelatedPartsReader,
     UnsupportedMediaType,
     boundary_of,
+    discard,
 )
+from services.ingest.received_files import ReceivedFiles
 from tests.unit.ingest.samples import BOUNDARY, multipart_body, stow_content_type
 
 
@@ -111,3 +115,38 @@ def test_a_parts_preamble_is_zeroed_by_the_parser_so_acceptance_copies_nothing()
 def test_zeroing_a_buffer_changes_it_in_place() -> None:
     buffer = bytearray(b"\xff" * 128 + b"DICM" + b"data")
     assert zero_preamble(buffer) is buffer and buffer == bytearray(128) + b"DICMdata"
+
+
+def _spilling_reader(tmp_path: Path, limit: int = 1 << 20) -> RelatedPartsReader:
+    files = ReceivedFiles(tmp_path, ".tmp-stow-")
+    return RelatedPartsReader(BOUNDARY.encode(), limit, lambda: files(suffix=".dcm"), spill_over=1000)
+
+
+def _left(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_a_part_over_the_spill_size_is_written_to_a_file_and_smaller_ones_stay_in_memory(tmp_path: Path) -> None:
+    """Held in memory a part cost twice its size: two uploads of 512 MiB took ingest past its 2 GiB."""
+    large, small = bytes(range(256)) * 40, b"small part"
+    reader = _spilling_reader(tmp_path)
+    body = multipart_body([large, small, large])
+    parts = [p for i in range(0, len(body), 777) for p in reader.feed(body[i : i + 777])] + reader.close()
+    assert [p.path is not None for p in parts] == [True, False, True]
+    assert [p.path.read_bytes() if p.path else p.data for p in parts] == [large, small, large]
+    assert parts[0].data == b"" and parts[0].size == len(large) and not parts[0].unwritten
+    discard(parts)
+    assert _left(tmp_path) == []
+
+
+def test_a_body_that_breaks_off_or_a_part_over_the_limit_leaves_no_file(tmp_path: Path) -> None:
+    reader = _spilling_reader(tmp_path, limit=5000)
+    body = multipart_body([bytes(10_000), bytes(3000)])
+    parts = reader.feed(body) + reader.close()
+    assert [(p.too_large, p.path is not None) for p in parts] == [(True, False), (False, True)]
+    discard(parts)
+    reader = _spilling_reader(tmp_path)
+    reader.feed(multipart_body([bytes(3000)])[:2500])  # cut inside its part
+    assert len(_left(tmp_path)) == 1
+    reader.discard()
+    assert _left(tmp_path) == []

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydicom import dcmread
 
 from services.common.blob_store import LocalBlobStore
 from services.common.dicom.header import inspect_instance
+from services.common.dicom.part10 import dataset_to_bytes
 from services.common.topics import Topics
 from services.ingest.acceptance import Acceptance
+from services.ingest.multipart_related import SpillFile
 from services.ingest.receipts import MemoryReceiptStore
-from services.ingest.stow import StowContext, create_app
+from services.ingest.stow import StowContext, create_app, stow_spill_files
 from services.proto_gen.imx.v1 import events_pb2
 from tests.unit.ingest.samples import NOT_DICOM, RecordingBus, mr_study, multipart_body, stow_content_type
 
@@ -180,3 +184,30 @@ def test_more_instances_than_a_request_may_carry_is_413_after_the_first_are_hand
     body = response.json()
     assert len(body["00081198"]["Value"]) == 1 and len(body["00081199"]["Value"]) == 1
     assert len(bus.on(TOPICS.ingested)) == 1
+
+
+def test_a_large_instance_is_stored_from_a_file_and_no_part_file_is_left(tmp_path: Path, bus: RecordingBus) -> None:
+    """A part over multipart_related.SPILL_OVER_BYTES is written to a file in the blob folder and moved
+    into the store: held in memory, a part cost twice its size."""
+    ds = dcmread(BytesIO(mr_study(3, n=1)[0]))
+    ds.PixelData = bytes(9 * 1024 * 1024)
+    large = dataset_to_bytes(ds)
+    blobs = LocalBlobStore(tmp_path)
+    acceptance = Acceptance(
+        blobs=blobs, receipts=MemoryReceiptStore(), bus=bus, topics=TOPICS, max_instance_bytes=64 * 1024 * 1024
+    )
+    made: list[SpillFile] = []
+    spill = stow_spill_files(tmp_path)
+
+    def counted() -> SpillFile:
+        made.append(spill())
+        return made[-1]
+
+    client = TestClient(create_app(StowContext(acceptance, ApiKeys(), spill=counted)))
+    body = multipart_body([large, NOT_DICOM + bytes(9_000_000)])
+    response = client.post("/dicomweb/studies", content=body, headers=AUTH)
+
+    assert response.status_code == 202 and len(made) == 2
+    [event] = [events_pb2.InstanceIngested.FromString(m.value) for m in bus.on(TOPICS.ingested)]
+    assert event.blob.size == len(large) and blobs.get(event.blob.sha256) == large
+    assert not [p for p in tmp_path.rglob(".tmp-*")], "every part's file moved into the store or removed"
