@@ -95,6 +95,7 @@ def serve(
                 stop=stop,
                 on_ready=ready,
                 on_consumer=lambda consumer: receipts.attach(consumer.subscribed_topics, consumer.look_for_new_topics),
+                http_serving=True,
             )
         finally:
             # The API first: a query arriving once the access log's appender has closed would get a 503.

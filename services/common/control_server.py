@@ -73,6 +73,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 # The health check name of liveness (the chart's livenessProbe and startupProbe ask it): SERVING from
 # `start` to `stop`, whatever the service's readiness.
 LIVENESS = "imx.live"
+# Delivery's and audit's readiness (the chart's probe for them): their HTTP APIs answer from MongoDB, so a
+# Kafka outage, which makes "" NOT_SERVING, must not take partners' retrievals and analysts' queries away.
+HTTP_READY = "imx.http"
 
 
 class ControlServer:
@@ -125,10 +128,15 @@ class ControlServer:
     def mark_serving(self) -> None:
         self._set_status(health_pb2.HealthCheckResponse.SERVING)
 
+    def mark_http_serving(self) -> None:
+        """The service's HTTP API answers (HTTP_READY), whatever its stage's state."""
+        self._health.set(HTTP_READY, health_pb2.HealthCheckResponse.SERVING)
+
     def mark_not_serving(self) -> None:
         self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def stop(self, grace_s: float = 5.0) -> None:
         self.mark_not_serving()
-        self._health.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in (LIVENESS, HTTP_READY):
+            self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.stop(grace_s).wait()

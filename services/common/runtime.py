@@ -102,7 +102,9 @@ def run_stage(
     on_ready: Callable[[ControlServer], None] | None = None,
     on_consumer: Callable[[StageConsumer], None] | None = None,
     control_max_request_bytes: int = CONTROL_MAX_REQUEST_BYTES,
+    http_serving: bool = False,
 ) -> None:
+    """`http_serving`: the service's HTTP API, started before this, answers (ControlServer.HTTP_READY)."""
     configure_logging(spec.name, settings.log_level)
     telemetry = setup_telemetry(spec.name, settings.otlp_endpoint)
     topics = Topics(settings.topic_prefix)
@@ -123,6 +125,8 @@ def run_stage(
         max_request_bytes=control_max_request_bytes,
     )
     server.start()
+    if http_serving:
+        server.mark_http_serving()
     producer: BusProducer | None = None
     consumer: StageConsumer | None = None
     try:

@@ -207,6 +207,7 @@ def serve(
             stop=stop,
             on_ready=on_ready,
             on_consumer=lambda consumer: partner_topics.attach(consumer.look_for_new_topics),
+            http_serving=True,
         )
     finally:
         sweep_stop.set()

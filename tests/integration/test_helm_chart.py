@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from services.common.api_keys import api_key_digest
-from services.common.control_server import LIVENESS
+from services.common.control_server import HTTP_READY, LIVENESS
 from services.common.topics import Topics
 from services.ingest.settings import IngestSettings
 from tests.settings_env import GRPC_PORTS, env_names
@@ -148,8 +148,10 @@ def test_probes_are_native_grpc_on_each_services_own_port(default_docs: list[dic
     for name, port in GRPC_PORTS.items():
         main = container(deployments[f"imx-{name}"])
         # Readiness asks the whole server (connected and consuming); startup and liveness that the process
-        # answers, so a broker outage takes pods out of service without restarting them.
-        assert main["readinessProbe"]["grpc"] == {"port": port}, name
+        # answers, so a broker outage takes pods out of service without restarting them. Delivery's and
+        # audit's readiness is their HTTP API's: it reads MongoDB only.
+        ready = {"port": port, "service": HTTP_READY} if name in ("audit", "delivery") else {"port": port}
+        assert main["readinessProbe"]["grpc"] == ready, name
         for probe in ("startupProbe", "livenessProbe"):
             assert main[probe]["grpc"] == {"port": port, "service": LIVENESS}, (name, probe)
         env = env_of(deployments[f"imx-{name}"])

@@ -13,7 +13,7 @@ import pytest
 
 from services.common import health_probe
 from services.common.control_auth import static_auth
-from services.common.control_server import ControlServer
+from services.common.control_server import HTTP_READY, ControlServer
 from services.common.stats import StatusSnapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +56,17 @@ def test_probe_fails_again_when_the_service_stops_serving(server: ControlServer)
     server.mark_serving()
     server.mark_not_serving()
     assert health_probe.main([_address(server)]) == health_probe.NOT_HEALTHY
+
+
+def test_an_http_api_stays_ready_while_its_stage_is_not(server: ControlServer) -> None:
+    """Delivery's and audit's readiness (the chart's probe asks HTTP_READY): their HTTP APIs read MongoDB
+    only, and a Kafka outage (the stage NOT_SERVING) took partners' retrievals and analysts' queries away."""
+    assert health_probe.main([_address(server), "--service", HTTP_READY]) == health_probe.NOT_HEALTHY
+    server.mark_http_serving()
+    server.mark_serving()
+    server.mark_not_serving()  # what the bus does while its broker is away
+    assert health_probe.check(_address(server)) == "NOT_SERVING"
+    assert health_probe.check(_address(server), service=HTTP_READY) == "SERVING"
 
 
 def test_probe_fails_for_a_service_name_the_server_does_not_know(server: ControlServer) -> None:
