@@ -20,6 +20,7 @@ import pytest
 from services.common.api_keys import api_key_digest
 from services.common.control_server import HTTP_READY, LIVENESS
 from services.common.topics import Topics
+from services.delivery.dicomweb_wiring import GRACE_S
 from services.ingest.settings import IngestSettings
 from tests.settings_env import GRPC_PORTS, env_names
 from tools.capacity import BASIS, chart_defaults, partitions_for, partner_partitions_default
@@ -165,6 +166,16 @@ def test_audit_is_replaced_not_rolled(default_docs: list[dict[str, Any]]) -> Non
     # rollingUpdate set to null: an upgrade of a release whose live audit has the default's is refused otherwise
     assert deployments["imx-audit"]["spec"]["strategy"] == {"type": "Recreate", "rollingUpdate": None}
     assert "strategy" not in deployments["imx-routing"]["spec"]  # the stages roll (several replicas)
+
+
+def test_delivery_has_time_to_finish_its_stage_and_then_the_downloads_in_flight(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    """Delivery finishes its stage, then gives partners' downloads in flight GRACE_S: 30 s in all cut the
+    large downloads of every rolling update off."""
+    deployments = of_kind(default_docs, "Deployment")
+    grace = deployments["imx-delivery"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= GRACE_S + 20
 
 
 def test_tmp_holds_deflated_data_sets_inflated(default_docs: list[dict[str, Any]]) -> None:
