@@ -231,7 +231,13 @@ class DeliveredObjects:
                 UpdateOne(
                     {"_id": study_key(*study)},
                     {
-                        "$setOnInsert": {"partner_id": study[0], "study_uid": study[1], "priority": group[0].priority},
+                        "$setOnInsert": {
+                            "partner_id": study[0],
+                            "study_uid": study[1],
+                            "priority": group[0].priority,
+                            # Kept from its first batch: a study begun before keeps a part of them only.
+                            NARROWABLE: True,
+                        },
                         # What QIDO's /studies may narrow by before it reads manifests (`studies`).
                         "$addToSet": {
                             "pages": pages[study],
@@ -563,11 +569,13 @@ class DeliveredObjects:
         through the index on the partner, `ensure_indexes`; it reads every one of the partner's studies).
         Not their instance counts: those took a read of every study's manifest, for every list asked,
         whatever its limit. `narrowed` (QIDO's criteria: field -> values wanted): only studies that may
-        match by their modalities and SOP classes, and those recorded before the study kept them."""
+        match by their modalities and SOP classes, and those begun before studies kept them."""
         query: dict[str, object] = {"partner_id": partner_id}
-        kept = [(STUDY_FIELDS[name], sorted(values)) for name, values in narrowed.items() if name in STUDY_FIELDS]
+        kept = {
+            STUDY_FIELDS[name]: {"$in": sorted(values)} for name, values in narrowed.items() if name in STUDY_FIELDS
+        }
         if kept:
-            query["$and"] = [{"$or": [{field: {"$in": values}}, {field: {"$exists": False}}]} for field, values in kept]
+            query["$or"] = [kept, {NARROWABLE: {"$exists": False}}]
         projection = {"study_uid": 1, "last_delivered_at_ms": 1}
         for doc in self._studies.find(query, projection):
             yield {"study_uid": doc["study_uid"], "last_delivered_at_ms": doc.get("last_delivered_at_ms", 0)}
@@ -576,6 +584,9 @@ class DeliveredObjects:
 # A study's modalities and SOP classes, by the DeliveredInstance field QIDO matches them on.
 MODALITIES, SOP_CLASSES = "modalities", "sop_classes"
 STUDY_FIELDS = MappingProxyType({"modality": MODALITIES, "sop_class_uid": SOP_CLASSES})
+# On a study recorded since its first batch by a release that keeps them (one begun earlier lacks the
+# earlier batches' values: it is always listed, and its manifest decides).
+NARROWABLE = "narrowable"
 
 # What gateways reported about a delivery; a newer send recorded over it starts without them, STORED_OVER
 # included: every store of an older send reported so far was made before the newer send could be stored.

@@ -75,10 +75,11 @@ from services.proto_gen.imx.v1.events_pb2 import PartnerRetrieval
 
 log = logging.getLogger(__name__)
 
-# Studies `/studies` reads the manifest of and finds not matching before it answers 413 ("query too
-# broad", PS3.18 8.3.4): each is a database read in a worker thread that every partner's fetches share,
-# and a key no study matches read every study the partner was sent (20,000 studies: 40,001 commands).
-MAX_UNMATCHED_STUDIES = 2_000
+# Studies `/studies` reads the manifest of and passes over (not matching, or before the offset) before it
+# answers 413 ("query too broad", PS3.18 8.3.4): each is a database read in a worker thread that every
+# partner's fetches share, and a key no study matches read every study the partner was sent (20,000
+# studies: 40,001 commands).
+MAX_STUDIES_PASSED = 2_000
 
 
 class PartnerApp(FastAPI):
@@ -486,16 +487,15 @@ def create_partner_app(
                 for uid in study_uids[offset : offset + limit]:
                     results.append(study_result(uid, delivered.study(partner_id, uid), base))
                 return results
-            skipped = unmatched = 0
+            skipped = passed = 0
             for uid in sorted(str(s["study_uid"]) for s in delivered.studies(partner_id, criteria)):
                 instances = delivered.study(partner_id, uid)
-                if not any(matches(i, criteria) for i in instances):
-                    unmatched += 1
-                    if unmatched > MAX_UNMATCHED_STUDIES:  # each a read of its manifest, in a shared worker
+                matched = any(matches(i, criteria) for i in instances)
+                if not matched or skipped < offset:
+                    passed += 1
+                    if passed > MAX_STUDIES_PASSED:  # each a read of its manifest, in a shared worker
                         raise Refusal(413, "query too broad: ask by StudyInstanceUID, or for a study's series")
-                    continue
-                if skipped < offset:
-                    skipped += 1
+                    skipped += matched
                     continue
                 results.append(study_result(uid, instances, base))
                 if len(results) >= limit:

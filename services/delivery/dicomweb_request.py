@@ -186,6 +186,7 @@ Criteria = dict[str, frozenset[str]]
 def query_criteria(request: Request) -> Criteria:
     """The query's matching keys (`Criteria`)."""
     criteria: Criteria = {}
+    anything: set[str] = set()  # keys given "*" (or empty): any value matches, whatever else was given
     for name, value in request.query_params.multi_items():  # items() kept only a repeated key's last value
         if name in ("limit", "offset") or name.lower() in IGNORED_PARAMS:
             continue
@@ -195,4 +196,6 @@ def query_criteria(request: Request) -> Criteria:
             raise Refusal(400, "unsupported query parameter")
         if value and value != "*":  # a key given twice matches either value, as one list would
             criteria[field_name] = criteria.get(field_name, frozenset()) | wanted_values(value)
-    return criteria
+        else:
+            anything.add(field_name)
+    return {name: values for name, values in criteria.items() if name not in anything}

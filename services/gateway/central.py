@@ -69,6 +69,9 @@ class CentralGatewaySettings(ServiceSettings):
     gateway_restart_s: float = Field(10.0, gt=0, description="pause before a stopped worker is started again")
 
 
+STOP_TIMEOUT_S = 30.0  # how long a pause or a shutdown waits for the workers' stores in flight, all at once
+
+
 def plan(running: Mapping[str, str], wanted: Mapping[str, str]) -> tuple[list[str], list[str]]:
     """(workers to stop, workers to start), from partner id -> endpoint of the running workers and of
     the partners that have an endpoint now. A changed endpoint is a stop and a start."""
@@ -112,6 +115,10 @@ class PartnerWorker:
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -191,13 +198,15 @@ class CentralGateways:
         partners: PartnerStore,
         settings: CentralGatewaySettings,
         worker: Callable[[str, str], PartnerWorker] | None = None,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
         self._partners = partners
         self._settings = settings
         self._make = worker or self._default_worker
         self.workers: dict[str, PartnerWorker] = {}
         self._started = time.monotonic()
-        self._paused = False
+        self._paused, self._stop_timeout_s = False, stop_timeout_s
+        self._stopping: list[PartnerWorker] = []  # asked to stop, perhaps still finishing a store
         # sync() runs on the service's thread, set_paused() on a control call's: one at a time.
         self._lock = threading.Lock()
 
@@ -207,12 +216,13 @@ class CentralGateways:
         )
 
     def sync(self) -> None:
+        # Read outside the lock: a database that does not answer must not hold a pause up.
+        listed = {} if self._paused else {p.partner_id: p.endpoint for p in self._partners.list() if p.endpoint}
         with self._lock:
-            self._sync()
+            # Paused, no partner has a worker: each stopped one finished its in-flight store and committed.
+            self._sync({} if self._paused else listed)
 
-    def _sync(self) -> None:
-        # Paused, no partner has a worker: each stopped one finished its in-flight store and committed.
-        wanted = {} if self._paused else {p.partner_id: p.endpoint for p in self._partners.list() if p.endpoint}
+    def _sync(self, wanted: Mapping[str, str]) -> None:
         running = {p: w.endpoint for p, w in self.workers.items()}
         to_stop, to_start = plan(running, wanted)
         for partner_id in to_stop:
@@ -239,12 +249,15 @@ class CentralGateways:
             self._stop_all()
 
     def _stop_all(self) -> None:
-        workers = list(self.workers.values())
-        for worker in workers:
-            worker.request_stop()  # all at once: each finishes its in-flight store and commits
-        for worker in workers:
-            worker.stop()
+        self._stopping += self.workers.values()
         self.workers.clear()
+        for worker in self._stopping:
+            worker.request_stop()  # all at once: each finishes its in-flight store and commits
+        deadline = time.monotonic() + self._stop_timeout_s
+        for worker in self._stopping:
+            worker.stop(max(0.0, deadline - time.monotonic()))
+        # One still storing (a PACS slow to answer) is not paused yet: Status says so until it ends.
+        self._stopping = [worker for worker in self._stopping if worker.alive]
 
     # --- imx.v1.Control ---------------------------------------------------------------------------
 
@@ -252,7 +265,7 @@ class CentralGateways:
         counters = [w.counters for w in list(self.workers.values())]
         return StatusSnapshot(
             service="gateways",
-            paused=self._paused,
+            paused=self._paused and not any(worker.alive for worker in self._stopping),
             processed=sum(c.stored + c.duplicates + c.superseded + c.skipped for c in counters),
             failed=sum(c.dead_lettered for c in counters),
             throughput_per_s=0.0,
@@ -261,8 +274,9 @@ class CentralGateways:
         )
 
     def set_paused(self, paused: bool) -> None:
-        """Paused: every worker stops (its in-flight store finished and committed) before this returns, and
-        none starts until resumed; resumed, they start at the next look at the partner list."""
+        """Paused: every worker is asked to stop, and waited for up to STOP_TIMEOUT_S (each finishes its
+        in-flight store and commits; one still storing then keeps `snapshot().paused` False until it ends);
+        none starts until resumed. Resumed, they start at the next look at the partner list."""
         with self._lock:
             self._paused = paused
             if paused:

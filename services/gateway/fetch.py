@@ -264,6 +264,10 @@ class Fetcher:
             raise
         if response.will_close or _is_multipart(content_type):  # read up to its first part's end
             self._connections.drop(key, connection)
+        else:
+            # read1 does not end a response whose Content-Length it used up (read does): left open, the
+            # kept-alive connection's next request failed (ResponseNotReady), every second fetch over https.
+            response.read()
         return digest, size
 
     def _connect(self, key: tuple[str, str, int | None]) -> http.client.HTTPConnection:
@@ -346,8 +350,9 @@ def _stream(
     answer = _Answer(out, digest, content_type)
     while not answer.has_object:
         with _network_errors(in_body=True):
+            if answer.size < limit:  # the object whole: its end is read whatever the time
+                past_deadline(deadline)
             piece = next(pieces, b"")
-            past_deadline(deadline)
         if not piece:
             break
         answer.feed(piece, limit)  # a failed write is the gateway's disk, raised as it is
@@ -398,10 +403,11 @@ def _download_with(
             _raise_for(response.status_code)
             answer = _Answer(out, digest, response.headers.get("content-type", ""))
             for chunk in response.iter_bytes(PIECE):
-                past_deadline(deadline)
                 answer.feed(chunk, delivery.blob.size)
                 if answer.has_object:
                     break
+                if answer.size < delivery.blob.size:  # the object whole: its end is read whatever the time
+                    past_deadline(deadline)
             answer.finish()
     except (httpx.TransportError, TimeoutError) as error:  # its timeouts included
         raise _network_failure(error, in_body=answered) from None

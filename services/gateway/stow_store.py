@@ -142,10 +142,16 @@ class StowStore:
                 return StoreResult.down("connection-failed")
             except httpx.TransportError:
                 # Reached, then the connection was closed or reset: a kept-alive one the server had closed
-                # (sent once more, on a new one), or a server that fails on this instance. Waited for as
-                # "away", that held the partner's whole feed for ever; it spends a few attempts.
+                # (sent once more, on a new one); a front end whose server is away (docker-proxy, a TCP
+                # proxy: it takes connections and closes them), waited for; or a server that answers
+                # other requests and fails on this instance, which spends a few attempts (waited for as
+                # "away", it held the partner's whole feed for ever). Told apart by asking it something.
                 if fresh_connection:
-                    return StoreResult.failed(ABORTED, retryable=True)
+                    return (
+                        StoreResult.failed(ABORTED, retryable=True)
+                        if self._answers()
+                        else StoreResult.down("connection-lost")
+                    )
             except httpx.DecodingError:  # an answer said to be compressed that is not
                 return StoreResult.failed("http-undecodable", retryable=True)
         if response.status_code in (502, 503):  # the server, or a proxy in front of it saying it is away
@@ -153,6 +159,14 @@ class StowStore:
         # A 504 (a proxy that gave up waiting) came after the instance was sent: as a read timeout, it may be
         # this instance the server cannot take, so it spends attempts (response_result: a 5xx).
         return response_result(response.status_code, response.content, delivery.instance.sop_instance_uid)
+
+    def _answers(self) -> bool:
+        """Whether the target answers HTTP at all: any status to an OPTIONS of its STOW-RS URL."""
+        try:
+            self._client.request("OPTIONS", self._target.stow_url, headers=self._headers, timeout=10.0)
+        except httpx.HTTPError:
+            return False
+        return True
 
     def close(self) -> None:
         self._client.close()

@@ -57,11 +57,14 @@ def _client(reader: ManyStudies, tmp_path: Path) -> TestClient:
 def test_a_query_that_finds_too_many_studies_not_matching_is_refused_as_too_broad(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dicomweb, "MAX_UNMATCHED_STUDIES", 20)
+    monkeypatch.setattr(dicomweb, "MAX_STUDIES_PASSED", 20)
     reader = ManyStudies(500)
     answer = _client(reader, tmp_path).get("/dicomweb/studies?SeriesInstanceUID=9.9.9&limit=1")
     assert answer.status_code == 413 and "too broad" in answer.text
     assert reader.read == 21, "it stopped reading manifests once too many did not match"
+    reader.read = 0
+    answer = _client(reader, tmp_path).get("/dicomweb/studies?Modality=CT&offset=1000000")
+    assert answer.status_code == 413 and reader.read == 21, "nor read every matching study to skip them"
 
 
 def test_matching_studies_are_found_and_the_list_is_narrowed_before_manifests_are_read(tmp_path: Path) -> None:
@@ -79,3 +82,5 @@ def test_a_key_given_twice_matches_either_value(tmp_path: Path) -> None:
     )
     assert answer.status_code == 200
     assert [s["0020000D"]["Value"][0] for s in answer.json()] == ["1.2.3.1", "1.2.3.4"]
+    answer = _client(ManyStudies(5), tmp_path).get("/dicomweb/studies?Modality=MR&Modality=*&limit=2")
+    assert [s["0020000D"]["Value"][0] for s in answer.json()] == ["1.2.3.0", "1.2.3.1"], "* matches any"

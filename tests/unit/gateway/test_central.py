@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from services.gateway.central import CentralGateways, CentralGatewaySettings, central_group, plan
 from services.gateway.worker import Counters
 
@@ -30,22 +33,32 @@ class _Partner:
 
 
 class _Partners:
+    def __init__(self, answering: threading.Event | None = None) -> None:
+        self.answering = answering
+
     def list(self) -> list[_Partner]:
+        if self.answering is not None:
+            self.answering.wait()  # a database that does not answer
         return [_Partner("a", "file:///a"), _Partner("b", "file:///b")]
 
 
 class _Worker:
-    def __init__(self, partner_id: str, endpoint: str) -> None:
+    def __init__(self, partner_id: str, endpoint: str, storing: threading.Event | None = None) -> None:
         self.endpoint, self.running, self.counters = endpoint, False, Counters()
+        self.storing = storing  # set: a store in flight until it is cleared
 
     def start(self) -> None:
         self.running = True
 
     def request_stop(self) -> None:
-        self.running = False
+        self.running = self.storing is not None and self.storing.is_set()
 
-    def stop(self) -> None:
-        self.running = False
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.request_stop()
+
+    @property
+    def alive(self) -> bool:
+        return self.running
 
 
 def test_pausing_the_central_gateways_stops_every_worker_until_resumed() -> None:
@@ -66,3 +79,35 @@ def test_pausing_the_central_gateways_stops_every_worker_until_resumed() -> None
     gateways.set_paused(False)
     gateways.sync()
     assert len(made) == 4 and [w.running for w in made[2:]] == [True, True] and not gateways.snapshot().paused
+
+
+def test_a_pause_is_not_held_up_by_a_database_that_does_not_answer() -> None:
+    answering = threading.Event()
+    gateways = CentralGateways(_Partners(answering), CentralGatewaySettings(), _Worker)  # type: ignore[arg-type]
+    looking = threading.Thread(target=gateways.sync, daemon=True)
+    looking.start()
+    started = time.monotonic()
+    gateways.set_paused(True)
+    assert time.monotonic() - started < 2 and gateways.snapshot().paused
+    answering.set()
+    looking.join(5)
+    assert not gateways.workers, "the look that was waiting starts nothing once paused"
+
+
+def test_a_worker_still_storing_keeps_the_gateways_from_saying_paused_until_it_ends() -> None:
+    storing = threading.Event()
+    storing.set()
+    made: list[_Worker] = []
+
+    def worker(partner_id: str, endpoint: str) -> _Worker:
+        made.append(_Worker(partner_id, endpoint, storing))
+        return made[-1]
+
+    gateways = CentralGateways(_Partners(), CentralGatewaySettings(), worker, stop_timeout_s=0.1)  # type: ignore[arg-type]
+    gateways.sync()
+    gateways.set_paused(True)
+    assert not gateways.snapshot().paused, "a store still in flight: not paused yet"
+    storing.clear()
+    for w in made:
+        w.request_stop()  # the store ends
+    assert gateways.snapshot().paused

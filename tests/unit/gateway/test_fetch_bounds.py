@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -114,6 +115,34 @@ def test_an_answer_slower_than_its_size_allows_fails_the_attempt(
         failure = _fetch_within(fetcher, _delivery(serving(_dripping)), 10)
         assert isinstance(failure, FetchFailure) and (failure.detail, failure.retryable) == ("fetch-timeout", True)
         assert not failure.unavailable and time.monotonic() - started < 5  # spends an attempt, not waited for
+    finally:
+        fetcher.close()
+
+
+def _keep_alive(conn: socket.socket, stop: threading.Event) -> None:
+    """Answers every request on the connection, each with a Content-Length (the first already read)."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom\r\nContent-Length: %d\r\n\r\n" % len(OBJECT)
+    conn.sendall(answer + OBJECT)
+    data = b""
+    while not stop.is_set() and (piece := conn.recv(4096)):
+        data += piece
+        while b"\r\n\r\n" in data:
+            data = data.split(b"\r\n\r\n", 1)[1]
+            conn.sendall(answer + OBJECT)
+
+
+def test_a_kept_alive_connection_serves_the_next_fetch_on_the_direct_path(
+    serving: Callable[[Answer], str], tmp_path: Path
+) -> None:
+    """The path https takes: reading pieces as they arrive left each response open, and the next request on
+    the kept-alive connection failed (ResponseNotReady), taken for the service being away."""
+    url = serving(_keep_alive)
+    fetcher = Fetcher("key", tmp_path)
+    try:
+        for _ in range(3):
+            held = fetch._Held()
+            digest, size = fetcher._download_direct(urlsplit(url), len(OBJECT), held, time.monotonic() + 30)
+            assert (digest, size, bytes(held.value())) == (hashlib.sha256(OBJECT).hexdigest(), len(OBJECT), OBJECT)
     finally:
         fetcher.close()
 
