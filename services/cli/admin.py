@@ -154,7 +154,8 @@ def routes_remove(route_id: str) -> None:
 
 @routes_app.command("test")
 def routes_test(
-    file: Annotated[Path, typer.Argument(help="a DICOM file")],  # checked by read_input_file: no path echoed
+    # readable=False: read_input_file checks it, naming no path (Typer's own check printed it whole)
+    file: Annotated[Path, typer.Argument(help="a DICOM file", readable=False)],
     from_org: Annotated[str, typer.Option("--from", help="the sending organisation to assume")],
     to: Annotated[str, typer.Option(help="an explicitly requested destination")] = "",
 ) -> None:

@@ -58,6 +58,8 @@ def dicom_files(paths: list[Path]) -> list[Path]:
         console.print(f"[yellow]links under the input whose files are gone: {found.broken_links} (skipped)[/yellow]")
     if found.unreadable:
         console.print(f"[yellow]entries under the input that cannot be read: {found.unreadable} (skipped)[/yellow]")
+    if found.dicomdirs:
+        console.print(f"DICOMDIR files skipped (a CD's index of its files, not an instance): {found.dicomdirs}")
     return found.files
 
 
@@ -153,7 +155,7 @@ def _profile(name_or_file: str) -> Profile:
 
 
 def deid(
-    source: Annotated[Path, typer.Argument(help="a DICOM file or a folder of them")],
+    source: Annotated[Path, typer.Argument(help="a DICOM file or a folder of them", readable=False)],
     target_text: Annotated[
         str,
         typer.Argument(

@@ -138,7 +138,8 @@ def profiles_remove(name: str) -> None:
 @profiles_app.command("preview")
 def profiles_preview(
     name: str,
-    file: Annotated[Path, typer.Argument(help="one DICOM Part 10 file")],  # read_input_file: no path echoed
+    # readable=False: read_input_file checks it, naming no path (Typer's own check printed it whole)
+    file: Annotated[Path, typer.Argument(help="one DICOM Part 10 file", readable=False)],
     partner: Annotated[
         str, typer.Option("--partner", help="use this partner's pseudonyms (default: a random key)")
     ] = "",

@@ -17,7 +17,11 @@ console = Console()
 
 
 def send(
-    paths: Annotated[list[Path], typer.Argument(help="DICOM files and folders (folders are searched recursively)")],
+    paths: Annotated[
+        list[Path],
+        # readable=False: Typer's own check printed an unreadable path whole (file names carry patients' names)
+        typer.Argument(help="DICOM files and folders (folders are searched recursively)", readable=False),
+    ],
     from_org: Annotated[str, typer.Option("--from", help="the sending organisation (must be registered)")],
     to: Annotated[str, typer.Option(help="ask for this destination partner explicitly")] = "",
 ) -> None:
@@ -50,7 +54,9 @@ def send(
             console.print(f"[red]{error}[/red]")
             raise typer.Exit(2) from None
     _print(summary)
-    if summary.rejected_total:
+    if not summary.sent:
+        console.print("[red]no files found under the paths given[/red] (a share not mounted?)")
+    if not summary.all_sent:  # a script must not read "some were left out" as success
         raise typer.Exit(1)
 
 
@@ -70,3 +76,5 @@ def _print(summary: SendSummary) -> None:
         console.print(
             f"[yellow]links under the folders whose files are gone: {summary.broken_links} (not sent)[/yellow]"
         )
+    if summary.dicomdirs:
+        console.print(f"DICOMDIR files skipped (a CD's index of its files, not an instance): {summary.dicomdirs}")

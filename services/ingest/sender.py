@@ -52,11 +52,17 @@ class SendSummary:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     broken_links: int = 0  # links in the folders whose targets are gone (not sent, not counted in `sent`)
-    unreadable: int = 0  # entries in the folders whose kind could not be read (not sent)
+    unreadable: int = 0  # entries in the folders whose kind could not be read, or folders not listed (not sent)
+    dicomdirs: int = 0  # DICOMDIR files in the folders (not sent)
 
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+    @property
+    def all_sent(self) -> bool:
+        """Something was found, every file was taken, and nothing under the folders was left out."""
+        return bool(self.sent) and not (self.rejected_total or self.broken_links or self.unreadable)
 
     def add(self, result: AcceptanceResult) -> None:
         self.sent += 1
@@ -93,14 +99,38 @@ class KnownOrganisations(Protocol):
     def exists(self, org_id: str) -> bool: ...
 
 
-def _walk(root: Path) -> Iterator[Path]:
+# A CD's or DVD's index (PS3.10 8.6): the patients' names and IDs, not an instance; ingest refuses it.
+DICOMDIR = "DICOMDIR"
+
+
+@dataclass
+class _Walked:
+    unreadable_folders: int = 0
+    dicomdirs: int = 0
+
+
+def _walk(root: Path, walked: _Walked) -> Iterator[Path]:
     """Every entry under `root` but hidden ones (a name starting with "."): a folder's `.git`, `.Trash`,
-    macOS's `.DS_Store` and `._*` files are not instances. os.walk does not follow symbolic links to
-    folders, so a link loop cannot trap it."""
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    macOS's `.DS_Store` and `._*` files are not instances; and but DICOMDIR files. Links to folders are
+    followed (PACS exports and mounted shares use them), each real folder once, so a link loop cannot trap
+    the walk; a folder that cannot be listed is counted (it was left out without a word)."""
+    seen = {os.path.realpath(root)}
+
+    def unlisted(_error: OSError) -> None:
+        walked.unreadable_folders += 1
+
+    for folder, dirs, names in os.walk(root, onerror=unlisted, followlinks=True):
+        kept = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(folder, name))
+            if real not in seen:
+                seen.add(real)
+                kept.append(name)
+        dirs[:] = kept
         for name in sorted(names):
-            if not name.startswith("."):
+            if name.upper() == DICOMDIR:
+                walked.dicomdirs += 1
+            elif not name.startswith("."):
                 yield Path(folder) / name
 
 
@@ -108,7 +138,8 @@ def _walk(root: Path) -> Iterator[Path]:
 class FoundFiles:
     files: list[Path]
     broken_links: int  # links found in folders whose targets are gone: nothing to send, but said
-    unreadable: int = 0  # entries whose kind could not be read (a folder without search permission)
+    unreadable: int = 0  # entries whose kind could not be read, folders that could not be listed
+    dicomdirs: int = 0  # DICOMDIR files in the folders, not sent
 
 
 def walk_inputs(paths: Iterable[Path]) -> FoundFiles:
@@ -117,13 +148,14 @@ def walk_inputs(paths: Iterable[Path]) -> FoundFiles:
     given = [Path(p) for p in paths]
     found: dict[Path, None] = {}
     broken = unreadable = 0
+    walked = _Walked()
     for index, path in enumerate(given):
         try:
             is_dir, is_file = path.is_dir(), path.is_file()
         except OSError as error:  # a folder that may be listed but not entered: its name must not be shown
             raise PathUnreadable(index, len(given), path, error.strerror) from None
         if is_dir:
-            for entry in _walk(path):
+            for entry in _walk(path, walked):
                 try:
                     if entry.is_file():
                         found[entry] = None
@@ -135,7 +167,7 @@ def walk_inputs(paths: Iterable[Path]) -> FoundFiles:
             found[path] = None
         else:
             raise PathNotFound(index, len(given), path)
-    return FoundFiles(list(found), broken, unreadable)
+    return FoundFiles(list(found), broken, unreadable + walked.unreadable_folders, walked.dicomdirs)
 
 
 def find_files(paths: Iterable[Path]) -> list[Path]:
@@ -224,6 +256,7 @@ def send(
     )
     summary.broken_links = found.broken_links
     summary.unreadable = found.unreadable
+    summary.dicomdirs = found.dicomdirs
     return summary
 
 

@@ -110,6 +110,10 @@ def test_a_client_without_a_token_is_told_where_one_was_looked_for(tmp_path: Pat
     assert "imx tokens add" in str(missing.value)
     with pytest.raises(MissingControlToken, match="missing or empty"):
         find_control_token({"IMX_CONTROL_TOKEN_FILE": str(tmp_path / "absent")}, tmp_path)
+    garbled = tmp_path / "garbled"
+    garbled.write_bytes(b"\xff\xfe\x00token")  # not text: a traceback before
+    with pytest.raises(MissingControlToken, match="cannot be read"):
+        find_control_token({"IMX_CONTROL_TOKEN_FILE": str(garbled)}, tmp_path)
 
 
 def test_the_bootstrap_file_may_hold_the_token_or_its_digest(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,38 @@ def test_hidden_entries_are_not_inputs_and_broken_links_are_counted(folder: Path
         "series1/.DS_Store",
     ]
     assert found.broken_links == 1
+
+
+def test_linked_folders_are_walked_once_dicomdirs_skipped_and_unlisted_folders_counted(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subfolder that was a link (PACS exports, mounted shares) or could not be listed was left out in
+    silence, and the run said everything was sent; a CD's DICOMDIR was quarantined on every run."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "c.dcm").write_bytes(mr_study(5, n=2)[0])
+    (folder / "series2").symlink_to(elsewhere)
+    (elsewhere / "loop").symlink_to(folder)  # back to the top: walked once, not for ever
+    (folder / "DICOMDIR").write_bytes(b"a CD's index")
+    (folder / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def refusing(path: object) -> object:
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    found = walk_inputs([folder])
+    assert [f.relative_to(folder).as_posix() for f in found.files] == [
+        "README.txt",
+        "huge.bin",
+        "series1/a.dcm",
+        "series1/copy-of-a.dcm",
+        "series1/deeper/b",
+        "series2/c.dcm",
+    ]
+    assert (found.dicomdirs, found.unreadable) == (1, 1)
 
 
 def test_a_missing_path_is_an_error_that_does_not_name_it(tmp_path: Path) -> None:
