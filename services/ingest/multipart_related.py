@@ -159,6 +159,7 @@ class RelatedPartsReader:
 
     def _reset_part(self) -> None:
         self._drop_file()  # a part begun and never ended (a malformed body): its file too
+        self._unwritten = False  # no file could be made for it: dropped, answered "try again later"
         self._headers: dict[str, str] = {}
         self._field = bytearray()
         self._value = bytearray()
@@ -177,24 +178,27 @@ class RelatedPartsReader:
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._size += end - start
-        if self._size > self._max_part_bytes:
+        if self._size > self._max_part_bytes or self._unwritten:
             self._data = bytearray()  # counted, not kept
             self._drop_file()
             return
         if self._file is None and self._spill is not None and self._size > self._spill_over:
             self._file = self._new_file(self._spill)
+            if self._file is None:
+                self._unwritten, self._data = True, bytearray()
+                return
         if self._file is not None:
             self._file.write(data[start:end])
         else:
             self._data += data[start:end]
 
     def _new_file(self, spill: Callable[[], SpillFile]) -> SpillFile | None:
-        """A new file holding the part read so far; None (kept in memory) when none can be made."""
+        """A new file holding the part read so far; None when none can be made (no space, no descriptor):
+        the part is then dropped, not held in memory whatever its size."""
         try:
             file = spill()
         except OSError as exc:
-            log.warning("stow-rs part kept in memory: no file for it", extra={"error": type(exc).__name__})
-            self._spill = None
+            log.warning("stow-rs part not kept: no file for it", extra={"error": type(exc).__name__})
             return None
         file.write(self._data)
         self._data = bytearray()
@@ -203,6 +207,11 @@ class RelatedPartsReader:
     def _on_part_end(self) -> None:
         media_type, _ = parse_options_header(self._headers.get("content-type", ""))
         too_large = self._size > self._max_part_bytes
+        if self._unwritten and not too_large:
+            self._done.append(Part(self._count, media_type.decode("latin-1"), b"", self._size, unwritten=True))
+            self._count += 1
+            self._reset_part()
+            return
         if self._file is not None:
             file, self._file = self._file, None
             file.close()  # its preamble is zeroed, and it is moved into the store, by acceptance

@@ -80,10 +80,11 @@ class IngestSettings(ServiceSettings):
         32, ge=1, le=1000, description="deepest nesting of sequences accepted; deeper is quarantined"
     )
     max_header_elements: int = Field(
-        500_000,
+        1_000_000,
         ge=1000,
         le=10_000_000,
-        description="most data elements before the pixel data (nested ones too); more is quarantined",
+        description="most elements a header read may hold (items count thrice: header_walk.ElementBudget); "
+        "more is quarantined",
     )
     max_spilled_inflations: int = Field(
         2,

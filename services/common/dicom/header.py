@@ -53,7 +53,13 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.values import convert_string
 
-from services.common.dicom.header_walk import LONG_VR_BYTES, SHORT_VR_BYTES, read_top_level
+from services.common.dicom.header_walk import (
+    ITEM_WEIGHT,
+    LONG_VR_BYTES,
+    SHORT_VR_BYTES,
+    ElementBudget,
+    read_top_level,
+)
 from services.common.dicom.uids import is_uid_as_received
 
 ByteSource = bytes | bytearray | mmap.mmap
@@ -116,15 +122,17 @@ class InputLimits:
     `max_spilled_inflations`: deflated data sets inflated onto disk (the temp folder) at once, each up
     to `max_inflated_bytes`; more wait for a turn, so a few large ones cannot fill a pod's bounded /tmp
     (and have it evicted with every transfer in flight). Small ones, inflated in memory, never wait.
-    `max_elements`: data elements before the pixel data, nested ones included; pydicom holds each as an
-    object of ~270 bytes, so 30 MiB of empty 8-byte elements took 1.1 GB and 23 s of CPU. A large
-    enhanced multi-frame instance has a few hundred thousand.
+    `max_elements`: what a pydicom read of the header holds, in elements (header_walk.ElementBudget: each
+    top-level element before the pixel data, and each element and item, counted thrice, inside sequences
+    of undefined length); an element is an object of ~270 bytes, an item ~750, so 30 MiB of empty 8-byte
+    elements took 1.1 GB and 23 s of CPU. An enhanced multi-frame instance of 10,000 frames whose
+    functional groups are of undefined length holds about 750,000.
     """
 
     max_inflated_bytes: int = GIB
     max_sequence_depth: int = 32
     max_spilled_inflations: int = 2
-    max_elements: int = 500_000
+    max_elements: int = 1_000_000
 
 
 DEFAULT_LIMITS = InputLimits()
@@ -332,11 +340,33 @@ def _inflated(deflated: memoryview, limit: int, spill_slots: int = 2) -> Iterato
 
 
 def _stream(data: ByteSource) -> BinaryIO:
-    """A file object over `data` that does not copy it: a memory map is one already."""
+    """A file object over `data` that does not copy it."""
     if isinstance(data, mmap.mmap):
-        data.seek(0)
-        return data  # type: ignore[return-value]  # read/seek/tell, all dcmread uses
+        return _MappedFile(data)  # type: ignore[return-value]  # read/seek/tell, all dcmread uses
     return BytesIO(data)  # shares the bytes until written to
+
+
+class _MappedFile:
+    """A memory map read as a file that, like one, may be sought past its end (then reads nothing): pydicom
+    skips a deferred value by seeking, and mmap's seek refused, so a file cut inside one was "not-dicom"
+    when mapped and "truncated" in memory."""
+
+    def __init__(self, data: mmap.mmap) -> None:
+        self._data, self._at = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size is None or size < 0 else self._at + size
+        piece = self._data[self._at : end]
+        self._at += len(piece)
+        return piece
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._at, len(self._data))[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
 
 
 def _header(ds: Dataset, data: ByteSource, stopped_at: int, transfer_syntax: str) -> InstanceHeader:
@@ -438,22 +468,26 @@ def inflate_pieces(deflated: bytes | memoryview, limit: int) -> Iterator[bytes]:
 
 def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits: InputLimits) -> None:
     """Walk the data set's elements without recursion and refuse sequences nested deeper than
-    `limits.max_sequence_depth`, and more elements than `limits.max_elements`.
+    `limits.max_sequence_depth`, and more than `limits.max_elements` of what pydicom would hold
+    (header_walk.ElementBudget, counted as the fast walk counts it).
 
-    Stops at the top-level pixel data (as a header-only read does) and, leaving the other checks to
-    pydicom and `_check_complete`, at anything it cannot follow.
+    Stops at the top-level pixel data (as a header-only read does). An element's VR is read as pydicom
+    reads it (an unknown one of two capitals has a 2-byte length; other bytes mean implicit VR for it).
+    At anything else it cannot follow it stops too, leaving the other checks to pydicom and
+    `_check_complete`, but only once the rest could not hold more elements than the budget has left.
     """
     big = transfer_syntax == EXPLICIT_VR_BIG_ENDIAN
     implicit_outside = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
-    # Open containers, innermost last: (is a sequence, end offset or None when undefined, implicit VR inside).
-    open_: list[tuple[bool, int | None, bool]] = []
-    depth, size, elements = 0, len(data), 0
-    limit, max_elements = limits.max_sequence_depth, limits.max_elements
+    # Open containers, innermost last: (is a sequence, end offset or None when undefined, implicit VR
+    # inside, read by pydicom inside).
+    open_: list[tuple[bool, int | None, bool, bool]] = []
+    depth, size = 0, len(data)
+    limit, budget = limits.max_sequence_depth, ElementBudget(limits.max_elements)
     try:
         while offset + 8 <= size:
             while open_ and open_[-1][1] is not None and offset >= open_[-1][1]:
                 depth -= open_.pop()[0]
-            implicit = open_[-1][2] if open_ else implicit_outside
+            implicit, counted = (open_[-1][2], open_[-1][3]) if open_ else (implicit_outside, True)
             order = "<" if implicit or not big else ">"
             group, element = struct.unpack_from(order + "HH", data, offset)
             tag = group << 16 | element
@@ -461,32 +495,39 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
                 length = struct.unpack_from(order + "I", data, offset + 4)[0]
                 offset += 8
                 if element == 0xE000:
-                    open_.append((False, None if length == _UNDEFINED_LENGTH else offset + length, implicit))
+                    if counted and not budget.take(ITEM_WEIGHT):
+                        raise InvalidInstance("too-many-elements", str(limits.max_elements))
+                    item_end = None if length == _UNDEFINED_LENGTH else offset + length
+                    open_.append((False, item_end, implicit, counted))
                 elif open_ and open_[-1][1] is None:
                     depth -= open_.pop()[0]
                 continue
             if not open_ and tag in _PIXEL_TAGS:
                 return
-            elements += 1
-            if elements > max_elements:
-                raise InvalidInstance("too-many-elements", str(max_elements))
-            if implicit:
-                start, length = offset + 8, struct.unpack_from("<I", data, offset + 4)[0]
+            if counted and not budget.take(1):
+                raise InvalidInstance("too-many-elements", str(limits.max_elements))
+            vr = b"" if implicit else bytes(data[offset + 4 : offset + 6])
+            if implicit or not (vr in SHORT_VR_BYTES or vr in LONG_VR_BYTES or b"AA" <= vr <= b"ZZ"):
+                # Implicit VR; or, in explicit VR, bytes that name no VR: pydicom reads this one as implicit
+                start, length = offset + 8, struct.unpack_from(order + "I", data, offset + 4)[0]
                 sequence, inner_implicit = _implicit_sequence(tag, data, start, length), True
-            else:
-                vr = bytes(data[offset + 4 : offset + 6])
+            elif vr in SHORT_VR_BYTES or vr in LONG_VR_BYTES:
                 start, length = _explicit_length(data, offset, vr, order, "header")
                 # PS3.5 6.2.2: a sequence of unknown VR, undefined length, is encoded implicit VR inside.
                 unknown_sequence = vr == b"UN" and length == _UNDEFINED_LENGTH
                 sequence, inner_implicit = vr == b"SQ" or unknown_sequence, unknown_sequence
+            else:  # two capitals no standard names: pydicom gives it a 2-byte length
+                start, length = offset + 8, struct.unpack_from(order + "H", data, offset + 6)[0]
+                sequence, inner_implicit = False, False
             if sequence:
                 depth += 1
                 if depth > limit:
                     raise InvalidInstance("too-deep", str(limit))
-                open_.append((True, None if length == _UNDEFINED_LENGTH else start + length, inner_implicit))
+                undefined = length == _UNDEFINED_LENGTH
+                open_.append((True, None if undefined else start + length, inner_implicit, counted and undefined))
                 offset = start
             elif length == _UNDEFINED_LENGTH:  # encapsulated data: fragments are items, closed by a delimiter
-                open_.append((False, None, implicit))
+                open_.append((False, None, implicit, False))
                 offset = start
             else:
                 offset = start + length
@@ -494,7 +535,11 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
         if problem.reason in ("too-deep", "too-many-elements"):
             raise
     except struct.error:
-        return
+        pass
+    # Stopped where it could not follow: what pydicom reads past here is not counted, so the rest must not
+    # be able to hold more than is left (an element is at least 8 bytes).
+    if not budget.take(max(0, size - offset) // 8):
+        raise InvalidInstance("too-many-elements", str(limits.max_elements))
 
 
 def _implicit_sequence(tag: int, data: ByteSource, start: int, length: int) -> bool:

@@ -50,12 +50,30 @@ class _Irregular(Exception):
     """Outside what this walk reads: the caller asks pydicom."""
 
 
+# An item pydicom reads becomes a Dataset of its own: about three times an element's memory.
+ITEM_WEIGHT = 3
+
+
+class ElementBudget:
+    """What a pydicom read of the header may hold, in elements: pydicom keeps each top-level element, and
+    each item and element inside a sequence of undefined length (one it must read through to find its
+    end; a sequence of defined length is skipped unread). Both walks count the same (header.py)."""
+
+    def __init__(self, units: int) -> None:
+        self.left = units
+
+    def take(self, units: int) -> bool:
+        """False once more has been taken than the budget holds."""
+        self.left -= units
+        return self.left >= 0
+
+
 def read_top_level(
     data: Source, offset: int, wanted: Collection[int], max_depth: int, max_elements: int
 ) -> TopLevel | None:
     """Walk the data set starting at `offset` up to the top-level pixel data or the end; None when the
-    input is irregular in any way this walk does not follow (see the module doc), or has more than
-    `max_elements` top-level elements (the caller's slower checks then refuse it)."""
+    input is irregular in any way this walk does not follow (see the module doc), or holds more than
+    `max_elements` (`ElementBudget`; the caller's slower checks then refuse it)."""
     try:
         return _top_level(data, offset, wanted, max_depth, max_elements)
     except (_Irregular, struct.error):
@@ -65,20 +83,20 @@ def read_top_level(
 def _top_level(data: Source, offset: int, wanted: Collection[int], max_depth: int, max_elements: int) -> TopLevel:
     size, previous = len(data), _LAST_META_TAG
     values: dict[int, bytes] = {}
-    elements_left = max_elements
+    budget = ElementBudget(max_elements)
     while offset < size:
         group, element, vr, short_length = _HEADER.unpack_from(data, offset)
         tag = group << 16 | element
         if tag in _PIXEL_TAGS:
             return TopLevel(values, offset)
-        if tag <= previous or group == 0xFFFE or not elements_left:
+        if tag <= previous or group == 0xFFFE or not budget.take(1):
             raise _Irregular
-        previous, elements_left = tag, elements_left - 1
+        previous = tag
         start, length = _value_position(data, offset, vr, short_length)
         if vr == b"SQ":
             if tag in wanted:
                 raise _Irregular
-            offset = _sequence_end(data, start, length, size, 1, max_depth)
+            offset = _sequence_end(data, start, length, size, 1, max_depth, _read_through(budget, length))
             continue
         end = start + length
         if length == _UNDEFINED or end > size:
@@ -97,8 +115,16 @@ def _value_position(data: Source, offset: int, vr: bytes, short_length: int) -> 
     raise _Irregular
 
 
-def _sequence_end(data: Source, offset: int, length: int, outer_end: int, depth: int, max_depth: int) -> int:
-    """Where the sequence whose value starts at `offset` ends (after its delimiter when undefined)."""
+def _read_through(budget: ElementBudget | None, length: int) -> ElementBudget | None:
+    """The budget a sequence's contents take from: pydicom reads those of an undefined length only."""
+    return budget if length == _UNDEFINED else None
+
+
+def _sequence_end(
+    data: Source, offset: int, length: int, outer_end: int, depth: int, max_depth: int, budget: ElementBudget | None
+) -> int:
+    """Where the sequence whose value starts at `offset` ends (after its delimiter when undefined); its
+    items and their elements taken from `budget` (None: not read by pydicom)."""
     if depth > max_depth:
         raise _Irregular
     undefined = length == _UNDEFINED
@@ -113,21 +139,29 @@ def _sequence_end(data: Source, offset: int, length: int, outer_end: int, depth:
         offset += 8
         if tag == _SEQUENCE_END and undefined and item_length == 0:
             return offset
-        if tag != _ITEM:
+        if tag != _ITEM or (budget is not None and not budget.take(ITEM_WEIGHT)):
             raise _Irregular
         if item_length == _UNDEFINED:
-            offset = _item_end(data, offset, end, None, depth, max_depth)
+            offset = _item_end(data, offset, end, None, depth, max_depth, budget)
         else:
             item_end = offset + item_length
             if item_end > end:
                 raise _Irregular
-            offset = _item_end(data, offset, item_end, item_end, depth, max_depth)
+            offset = _item_end(data, offset, item_end, item_end, depth, max_depth, budget)
     if undefined or offset != end:
         raise _Irregular
     return offset
 
 
-def _item_end(data: Source, offset: int, end: int, defined_end: int | None, depth: int, max_depth: int) -> int:
+def _item_end(
+    data: Source,
+    offset: int,
+    end: int,
+    defined_end: int | None,
+    depth: int,
+    max_depth: int,
+    budget: ElementBudget | None,
+) -> int:
     """Where the item whose elements start at `offset` ends: at `defined_end`, or after its delimiter."""
     while defined_end is None or offset < defined_end:
         if offset + 8 > end:
@@ -138,11 +172,12 @@ def _item_end(data: Source, offset: int, end: int, defined_end: int | None, dept
             if _U32.unpack_from(data, offset + 4)[0] != 0:
                 raise _Irregular
             return offset + 8
-        if group == 0xFFFE or tag == _SPECIFIC_CHARACTER_SET:
+        if group == 0xFFFE or tag == _SPECIFIC_CHARACTER_SET or (budget is not None and not budget.take(1)):
             raise _Irregular
         start, length = _value_position(data, offset, vr, short_length)
         if vr == b"SQ":
-            offset = _sequence_end(data, start, length, end, depth + 1, max_depth)
+            inner = None if budget is None else _read_through(budget, length)
+            offset = _sequence_end(data, start, length, end, depth + 1, max_depth, inner)
             continue
         offset = start + length
         if length == _UNDEFINED or offset > end:

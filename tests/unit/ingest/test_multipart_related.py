@@ -13,6 +13,7 @@ from services.ingest.multipart_related import (
     MalformedMultipart,
     Part,
     RelatedPartsReader,
+    SpillFile,
     UnsupportedMediaType,
     boundary_of,
     discard,
@@ -150,3 +151,18 @@ def test_a_body_that_breaks_off_or_a_part_over_the_limit_leaves_no_file(tmp_path
     assert len(_left(tmp_path)) == 1
     reader.discard()
     assert _left(tmp_path) == []
+
+
+def test_a_part_no_file_can_be_made_for_is_dropped_not_held_in_memory(tmp_path: Path) -> None:
+    """With no file for it (no space, no descriptor), every part after was held in memory again, twice."""
+
+    def no_space() -> SpillFile:
+        raise OSError(28, "No space left on device")
+
+    reader = RelatedPartsReader(BOUNDARY.encode(), 1 << 20, no_space, spill_over=1000)
+    body = multipart_body([bytes(5000), b"small part"])
+    parts = reader.feed(body) + reader.close()
+    assert [(p.unwritten, p.data, p.path, p.size) for p in parts] == [
+        (True, b"", None, 5000),
+        (False, b"small part", None, 10),
+    ]
