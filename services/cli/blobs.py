@@ -39,9 +39,10 @@ blobs_app = typer.Typer(
 RetentionDays = Annotated[
     float | None,
     typer.Option(
-        help="keep objects this many days after they were last written; default: delivery's own, "
-        "IMX_BLOB_RETENTION_S (IMX_DELIVERY_BLOB_RETENTION_S), seven days unless set",
-        min=0.0,
+        help="keep objects this many days after they were last written, at least one (an instance in the "
+        "pipeline is kept by its age alone); default: delivery's own, IMX_BLOB_RETENTION_S "
+        "(IMX_DELIVERY_BLOB_RETENTION_S), seven days unless set",
+        min=1.0,
         show_default=False,
     ),
 ]

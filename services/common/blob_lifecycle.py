@@ -2,9 +2,13 @@
 
 A partner is owed an object (the delivered copy, and the source it was made from) from the moment it
 is delivered until its gateway reports it stored. The retention (default: the partner topics' own,
-seven days) also covers objects still in the pipeline, which no delivery names yet: the blob store
-refreshes an object's time whenever the same content is written again, so age means "not written or
-re-received for that long". The decision is a pure function of what is on disk and what is owed.
+seven days) also covers objects still in the pipeline, which no delivery names yet, by their age alone:
+the blob store refreshes an object's time whenever the same content is written again, so age means "not
+written or re-received for that long", and the stages' backlogs together must stay under the retention
+(`imx blobs gc` takes at least a day). The decision is a pure function of what is on disk and what is
+owed; an object chosen is renamed out of the store (`.gc-...`) before its time is looked at a last time,
+so a writer that refreshes it meanwhile either is seen (the object is put back) or finds it gone and
+writes it afresh.
 
 A spliced object (services/common/blob_splices.py) is its record, `<sha256>.splice`, which names its
 source: a source is never collected while a record naming it is kept (writing a record refreshes its
@@ -21,7 +25,9 @@ shared by several replicas only the dead ones' files are that old.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +37,9 @@ from services.common.blob_splices import SPLICE_SUFFIX, SpliceMalformed, decode_
 
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 TEMPORARY_PREFIX = ".tmp-"
+# An object taken out of the store to be deleted (`_claim`): `.gc-<name>-<token>`. A collection that died
+# holding one settles it in the next (`_settle_claim`).
+CLAIM_PREFIX = ".gc-"
 # Ingest abandons a transfer that has sent nothing for its network timeout (a minute), and removes its
 # file; an hour leaves a wide margin.
 STALE_TEMPORARY_S = 3600
@@ -98,11 +107,14 @@ def _object_entry(
     entry: os.DirEntry[str], on_temporary: Callable[[os.DirEntry[str]], None] | None
 ) -> Iterator[BlobEntry]:
     if entry.name.startswith("."):
-        if on_temporary and entry.name.startswith(TEMPORARY_PREFIX):
+        if on_temporary and entry.name.startswith((TEMPORARY_PREFIX, CLAIM_PREFIX)):
             on_temporary(entry)
         return
     if len(entry.name) == 64:
-        stat = entry.stat()
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:  # collected meanwhile (another replica's collection, `imx blobs gc`)
+            return
         yield BlobEntry(entry.name, stat.st_size, stat.st_mtime, path=entry.path)
     elif len(entry.name) == 64 + len(SPLICE_SUFFIX) and entry.name.endswith(SPLICE_SUFFIX):
         spliced = _spliced_entry(entry)
@@ -186,7 +198,10 @@ def collect(
             continue
         _delete(entry, still_owed, now_s, retention_s, dry_run, clock, result)
     for temporary in temporaries:
-        _delete_temporary(temporary, dry_run, clock, result)
+        if temporary.name.startswith(CLAIM_PREFIX):
+            _settle_claim(Path(temporary.path), retention_s, dry_run, clock)
+        else:
+            _delete_temporary(temporary, dry_run, clock, result)
     return result
 
 
@@ -223,10 +238,46 @@ def _delete(
         # Re-checked just before deleting: the same content may have been written again.
         if clock() - path.stat().st_mtime <= retention_s:
             return False
-        if not dry_run:
-            path.unlink()
+        if not dry_run and not _claim(path, retention_s, clock):
+            return False
     except FileNotFoundError:
         return False
     result.deleted += 1
     result.freed_bytes += entry.size
     return True
+
+
+def _claim(path: Path, retention_s: float, clock: Callable[[], float]) -> bool:
+    """Delete the object at `path` unless a writer refreshed it (the same content written again) since it
+    was chosen. A check and then a delete left a gap in which a writer's refresh was lost: it heard
+    "stored", and the object was deleted. So the object is first renamed out of the store: a writer
+    refreshing it after that finds it gone and writes it afresh (every writer does); one that refreshed it
+    before is seen in its time, and the object is put back. True when deleted."""
+    claimed = path.with_name(f"{CLAIM_PREFIX}{path.name}-{secrets.token_hex(4)}")
+    os.rename(path, claimed)  # FileNotFoundError: collected meanwhile
+    if clock() - claimed.stat().st_mtime <= retention_s:
+        _put_back(claimed, path)
+        return False
+    claimed.unlink()
+    return True
+
+
+def _put_back(claimed: Path, path: Path) -> None:
+    with contextlib.suppress(FileExistsError):  # a writer wrote the same content afresh meanwhile
+        os.link(claimed, path)
+    claimed.unlink()
+
+
+def _settle_claim(claimed: Path, retention_s: float, dry_run: bool, clock: Callable[[], float]) -> None:
+    """What a collection that died between `_claim`'s rename and its decision left: put back if refreshed
+    meanwhile, else deleted, as it would have been."""
+    name = claimed.name[len(CLAIM_PREFIX) :].rpartition("-")[0]
+    if dry_run or not name:
+        return
+    try:
+        if clock() - claimed.stat().st_mtime <= retention_s:
+            _put_back(claimed, claimed.with_name(name))
+        else:
+            claimed.unlink()
+    except FileNotFoundError:  # settled by another replica's collection meanwhile
+        return

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 from pathlib import Path
 
+import pytest
+
 from services.common.blob_lifecycle import BlobEntry, collect, deletable, scan, usage
-from services.common.blob_store import LocalBlobStore
+from services.common.blob_store import LocalBlobStore, refreshed
 
 DAY = 24 * 3600.0
 NOW = 1_800_000_000.0
@@ -83,3 +87,64 @@ def test_temporaries_left_by_dead_writers_go_and_live_writers_keep_theirs(tmp_pa
     assert not dead_received.exists() and not dead_rename.exists()
     assert live.exists() and (tmp_path / ".tmp-folder").is_dir() and store.exists(sha)
     assert collect(tmp_path, set, clock=lambda: NOW).temporaries == 0
+
+
+def test_content_written_again_while_it_is_being_collected_is_kept_or_written_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector checked an object's time, then deleted it: a writer refreshing it in between heard
+    "stored", and the object was gone (a study re-sent after the retention; a splice's source)."""
+    store = LocalBlobStore(tmp_path)
+    before, after = store.put(b"refreshed before the rename"), store.put(b"refreshed after the rename")
+    for sha in (before, after):  # against the real clock: the writer's refresh is "now"
+        os.utime(store.path_for(sha), (time.time() - 30 * DAY,) * 2)
+    rename, heard = os.rename, {}
+
+    def writer_meanwhile(source: str | Path, target: str | Path) -> None:
+        sha = Path(source).name
+        if sha == before:
+            heard[sha] = refreshed(source)  # the writer's refresh lands between the check and the claim
+        rename(source, target)
+        if sha == after:
+            heard[sha] = refreshed(source)  # ...or just after it: gone, so written afresh
+            if not heard[sha]:
+                store.put(b"refreshed after the rename")
+
+    monkeypatch.setattr(os, "rename", writer_meanwhile)
+    result = collect(tmp_path, set, retention_s=7 * DAY)
+    monkeypatch.undo()
+    assert heard == {before: True, after: False}
+    assert store.get(before) == b"refreshed before the rename" and store.get(after) == b"refreshed after the rename"
+    assert result.deleted == 1  # the claimed copy of `after`, which its writer replaced
+    assert not [p.name for p in tmp_path.rglob(".gc-*")]
+
+
+def test_a_collection_killed_holding_an_object_is_settled_by_the_next(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    fresh, stale = store.put(b"refreshed before the kill"), store.put(b"expired")
+    os.utime(store.path_for(stale), (time.time() - 30 * DAY,) * 2)
+    for sha in (fresh, stale):
+        path = store.path_for(sha)
+        os.rename(path, path.with_name(f".gc-{sha}-0badc0de"))  # as _claim leaves them when killed
+    collect(tmp_path, set, retention_s=7 * DAY)
+    assert store.exists(fresh) and not store.exists(stale)
+    assert not [p.name for p in tmp_path.rglob(".gc-*")]
+
+
+def test_an_object_another_collection_deleted_during_the_scan_is_passed_over(tmp_path: Path) -> None:
+    """Several delivery replicas collect: one's delete under another's scan ended that scan's whole run."""
+    store = LocalBlobStore(tmp_path)
+    seen: dict[str, bytes] = {}
+    for n in range(10_000):  # two objects in one fan-out folder: listed together, stated one by one
+        content = f"object {n}".encode()
+        folder = hashlib.sha256(content).hexdigest()[:2]
+        if folder in seen:
+            break
+        seen[folder] = content
+    first, second = store.put(seen[folder]), store.put(content)
+    listed = []
+    for entry in scan(tmp_path):
+        listed.append(entry.sha256)
+        for other in {first, second} - set(listed):
+            store.path_for(other).unlink(missing_ok=True)  # deleted meanwhile, by another replica
+    assert len(listed) == 1

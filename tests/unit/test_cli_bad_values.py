@@ -80,6 +80,9 @@ def test_blobs_gc_keeps_what_delivery_keeps_unless_told_otherwise(
     monkeypatch.setenv("IMX_BLOB_DIR", str(tmp_path))  # a store there is: a fresh checkout has no var/blobs
     result = runner.invoke(app, ["blobs", "gc", "--dry-run"])
     assert result.exit_code == 2 and "give --retention-days" in " ".join(result.output.split()), result.output
+    # 0 deleted an instance accepted a second before, which routing had not read yet
+    refused = runner.invoke(app, ["blobs", "gc", "--retention-days", "0"])
+    assert refused.exit_code == 2 and "--retention-days" in refused.output, refused.output
 
 
 def test_a_setting_that_does_not_parse_is_named_without_its_value_or_a_traceback(
