@@ -64,15 +64,13 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
+# What `folder` holds, in the walk's order.
+IN_FOLDER = ["README.txt", "huge.bin", "series1/a.dcm", "series1/copy-of-a.dcm", "series1/deeper/b"]
+
+
 def test_find_files_walks_folders_once_in_a_stable_order(folder: Path) -> None:
     files = find_files([folder, folder / "series1" / "a.dcm"])
-    assert [f.relative_to(folder).as_posix() for f in files] == [
-        "README.txt",
-        "huge.bin",
-        "series1/a.dcm",
-        "series1/copy-of-a.dcm",
-        "series1/deeper/b",
-    ]
+    assert [f.relative_to(folder).as_posix() for f in files] == IN_FOLDER
 
 
 def test_hidden_entries_are_not_inputs_and_broken_links_are_counted(folder: Path) -> None:
@@ -81,14 +79,7 @@ def test_hidden_entries_are_not_inputs_and_broken_links_are_counted(folder: Path
     (folder / "series1" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (folder / "series1" / "gone").symlink_to(folder / "moved-away.dcm")
     found = walk_inputs([folder, folder / "series1" / ".DS_Store"])  # named explicitly: taken
-    assert [f.relative_to(folder).as_posix() for f in found.files] == [
-        "README.txt",
-        "huge.bin",
-        "series1/a.dcm",
-        "series1/copy-of-a.dcm",
-        "series1/deeper/b",
-        "series1/.DS_Store",
-    ]
+    assert [f.relative_to(folder).as_posix() for f in found.files] == [*IN_FOLDER, "series1/.DS_Store"]
     assert found.broken_links == 1
 
 
@@ -113,14 +104,7 @@ def test_linked_folders_are_walked_once_dicomdirs_skipped_and_unlisted_folders_c
 
     monkeypatch.setattr(os, "scandir", refusing)
     found = walk_inputs([folder])
-    assert [f.relative_to(folder).as_posix() for f in found.files] == [
-        "README.txt",
-        "huge.bin",
-        "series1/a.dcm",
-        "series1/copy-of-a.dcm",
-        "series1/deeper/b",
-        "series2/c.dcm",
-    ]
+    assert [f.relative_to(folder).as_posix() for f in found.files] == [*IN_FOLDER, "series2/c.dcm"]
     assert (found.dicomdirs, found.unreadable) == (1, 1)
 
 
