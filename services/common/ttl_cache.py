@@ -107,6 +107,8 @@ class RefreshingSnapshot(Generic[T]):
         self._clock = clock
         # (value, version it was loaded at, checked at): swapped whole, so readers never see a mix.
         self._held: tuple[T, Hashable, float] | None = None
+        # When a check last failed and its snapshot was kept: none again for `refresh_s`, `reload_if` or not.
+        self._failed_at: float | None = None
         self._lock = threading.Lock()
 
     def get(self, reload_if: Callable[[T], bool] | None = None) -> T:
@@ -129,7 +131,10 @@ class RefreshingSnapshot(Generic[T]):
                     "reload failed, the last snapshot is kept",
                     extra={"snapshot": self._name, "error": type(exc).__name__},
                 )
-                self._held = (held[0], held[1], now)
+                # Timed from the failure, not from the call: a check against a database that is away
+                # takes its 10 s selection timeout, longer than `refresh_s`, and every call waited 10 s.
+                self._failed_at = self._clock()
+                self._held = (held[0], held[1], self._failed_at)
                 return held[0]
 
     def refresh(self) -> T:
@@ -143,7 +148,10 @@ class RefreshingSnapshot(Generic[T]):
         return held[0] if held is not None else None
 
     def _due(self, held: tuple[T, Hashable, float], now: float, reload_if: Callable[[T], bool] | None) -> bool:
-        return now - held[2] >= self._refresh_s or (reload_if is not None and reload_if(held[0]))
+        if now - held[2] >= self._refresh_s:
+            return True
+        failed_lately = self._failed_at is not None and now - self._failed_at < self._refresh_s
+        return not failed_lately and reload_if is not None and reload_if(held[0])
 
     def _check(self, held: tuple[T, Hashable, float] | None, now: float) -> T:
         version = self._version() if self._version is not None else None
@@ -151,5 +159,5 @@ class RefreshingSnapshot(Generic[T]):
             value = held[0]
         else:
             value = self._load(held[0] if held is not None else None)
-        self._held = (value, version, now)
+        self._held, self._failed_at = (value, version, now), None
         return value

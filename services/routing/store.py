@@ -3,6 +3,7 @@ routing replicas notice changes with one cheap read and reload."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -11,10 +12,11 @@ from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.common.profile_names import BUILTIN_PROFILE_NAMES
 from services.common.stores.config_versions import ConfigVersion
+from services.common.stores.partners import RETIRED_PARTNERS
 from services.common.ttl_cache import RefreshingSnapshot
 from services.routing.rules import PRIORITY_CLASSES, Route, RouteMatch, validate_route
 
@@ -63,6 +65,7 @@ class RouteStore:
         self._versions = db["route_versions"]
         self._changes = ConfigVersion(db, "routes")
         self._partners = db["partners"]
+        self._retired = db[RETIRED_PARTNERS]
         self._profiles = db["profiles"]
 
     def config_version(self) -> int:
@@ -75,7 +78,10 @@ class RouteStore:
         saved = Route(**{**asdict(route), "match": route.match, "version": self._next_version(route.route_id)})
         doc = route_to_doc(saved)
         doc["updated_at_ms"] = int(time.time() * 1000)
-        self._routes.replace_one({"_id": route.route_id}, doc, upsert=True)
+        # Only over an older version: of two changes at once, the one given the lower version could write
+        # last, and the older content was what routed while the newer change was acknowledged and recorded.
+        with contextlib.suppress(DuplicateKeyError):  # a newer version is already stored
+            self._routes.replace_one({"_id": route.route_id, "version": {"$lt": saved.version}}, doc, upsert=True)
         self._changes.bump()
         return saved
 
@@ -103,7 +109,12 @@ class RouteStore:
 
     def _unmet(self, route: Route) -> list[str]:
         unmet = []
-        if self._partners.count_documents({"_id": route.partner_id}, limit=1) == 0:
+        if self._retired.count_documents({"_id": route.partner_id}, limit=1):
+            unmet.append(
+                f"partner {route.partner_id!r} was removed, and its id is never given again: what this route "
+                "matches is quarantined until the route is changed"
+            )
+        elif self._partners.count_documents({"_id": route.partner_id}, limit=1) == 0:
             unmet.append(
                 f"no partner {route.partner_id!r} yet: what this route matches is quarantined until it is added"
             )

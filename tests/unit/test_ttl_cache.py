@@ -149,6 +149,30 @@ def test_a_kept_error_serves_the_last_snapshot_until_the_next_check_but_never_no
         snapshot.refresh()
 
 
+def test_a_check_that_fails_slowly_is_not_tried_again_at_once() -> None:
+    """A check against a database that is away takes its 10 s selection timeout, longer than refresh_s:
+    timed from the call, the next call was due at once, and routing waited 10 s on every instance."""
+    clock, table = _Clock(), _Table("a")
+    versions = 0
+
+    def slow_version() -> int:
+        nonlocal versions
+        versions += 1
+        if table.failing:
+            clock.now += 10.0  # the server selection timeout
+            raise ConnectionError("away")
+        return table.version
+
+    snapshot = RefreshingSnapshot(table.load, 2.0, version=slow_version, keep_on=(ConnectionError,), clock=clock)
+    assert snapshot.get() == {"a"}
+    table.failing, clock.now = True, 2.0
+    for _ in range(5):
+        assert snapshot.get(reload_if=lambda _rows: True) == {"a"}  # even asked to reload
+    assert versions == 2, "one slow check, then the kept snapshot for refresh_s"
+    clock.now += 2.0
+    assert snapshot.get() == {"a"} and versions == 3
+
+
 def test_threads_missing_a_stale_snapshot_together_load_it_once() -> None:
     clock, table, started = _Clock(), _Table("a"), threading.Event()
     release = threading.Event()

@@ -65,6 +65,31 @@ def test_a_route_naming_a_partner_or_profile_not_there_yet_is_saved_with_a_warni
     assert add(Route("r3", "stroke-net")) == []  # a care transfer names no profile
 
 
+def test_a_route_to_a_removed_partner_is_said_to_stay_quarantined(db: Database) -> None:
+    """A removed partner's id is never given again: "until it is added" promised what cannot happen."""
+    from services.common.stores.partners import Partner, PartnerStore
+
+    partners = PartnerStore(db)
+    partners.add(Partner("old-lab"))
+    partners.remove("old-lab")
+    [warning] = RouteStore(db).unmet_references(Route("r1", "old-lab"))
+    assert "was removed, and its id is never given again" in warning
+
+
+def test_of_two_changes_at_once_the_later_version_is_the_one_kept(db: Database) -> None:
+    """The change given the lower version could write last: the older content routed, while the newer
+    change had been acknowledged and recorded."""
+    admin = RouteStore(db)
+    admin.add(Route("r1", "p1"))
+    # This change was given version 2; the other, given 3 just after, wrote first.
+    given = admin._next_version("r1")
+    admin.add(Route("r1", "p2"))
+    admin._next_version = lambda _route_id: given  # type: ignore[method-assign]
+    assert admin.add(Route("r1", "p3")).version == 2
+    [stored] = admin.list()
+    assert (stored.partner_id, stored.version) == ("p2", 3)
+
+
 def test_a_removal_whose_announcement_failed_is_announced_by_its_retry(db: Database) -> None:
     """Deleted, then MongoDB failed before the change counter moved: the retry found nothing to delete
     and did not bump either, so every replica routed by the removed route until some other change."""
