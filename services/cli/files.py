@@ -58,6 +58,8 @@ def dicom_files(paths: list[Path]) -> list[Path]:
         console.print(f"[yellow]links under the input whose files are gone: {found.broken_links} (skipped)[/yellow]")
     if found.unreadable:
         console.print(f"[yellow]entries under the input that cannot be read: {found.unreadable} (skipped)[/yellow]")
+    if found.links_outside:
+        console.print(f"[yellow]links to folders outside the input: {found.links_outside} (not followed)[/yellow]")
     if found.dicomdirs:
         console.print(f"DICOMDIR files skipped (a CD's index of its files, not an instance): {found.dicomdirs}")
     return found.files

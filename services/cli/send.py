@@ -76,5 +76,9 @@ def _print(summary: SendSummary) -> None:
         console.print(
             f"[yellow]links under the folders whose files are gone: {summary.broken_links} (not sent)[/yellow]"
         )
+    if summary.links_outside:
+        console.print(
+            f"[yellow]links to folders outside the folder given: {summary.links_outside} (not followed)[/yellow]"
+        )
     if summary.dicomdirs:
         console.print(f"DICOMDIR files skipped (a CD's index of its files, not an instance): {summary.dicomdirs}")

@@ -42,14 +42,13 @@ def find_control_token(env: Mapping[str, str] | None = None, cwd: Path | None = 
         return token
     files = token_files(env, cwd or Path.cwd())
     for path in files:
-        if path.is_file():
-            try:
-                text = path.read_text().strip()
-            except (OSError, UnicodeDecodeError) as error:  # said, not a traceback; the token is never read out
-                reason = error.strerror if isinstance(error, OSError) else "not text"
-                raise MissingControlToken(f"the control token file {path} cannot be read ({reason})") from None
-            if text:
-                return text
+        try:
+            text = path.read_text().strip() if path.is_file() else ""
+        except (OSError, UnicodeDecodeError) as error:  # said, not a traceback; the token is never read out
+            reason = error.strerror if isinstance(error, OSError) else "not text"
+            raise MissingControlToken(f"the control token file {path} cannot be read ({reason})") from None
+        if text:
+            return text
     if env.get(TOKEN_FILE_ENV):
         raise MissingControlToken(f"{TOKEN_FILE_ENV} names {files[0]}, which is missing or empty")
     raise MissingControlToken(

@@ -54,6 +54,7 @@ class SendSummary:
     broken_links: int = 0  # links in the folders whose targets are gone (not sent, not counted in `sent`)
     unreadable: int = 0  # entries in the folders whose kind could not be read, or folders not listed (not sent)
     dicomdirs: int = 0  # DICOMDIR files in the folders (not sent)
+    links_outside: int = 0  # links to folders outside the folder given (not followed)
 
     @property
     def rejected_total(self) -> int:
@@ -62,7 +63,9 @@ class SendSummary:
     @property
     def all_sent(self) -> bool:
         """Something was found, every file was taken, and nothing under the folders was left out."""
-        return bool(self.sent) and not (self.rejected_total or self.broken_links or self.unreadable)
+        return bool(self.sent) and not (
+            self.rejected_total or self.broken_links or self.unreadable or self.links_outside
+        )
 
     def add(self, result: AcceptanceResult) -> None:
         self.sent += 1
@@ -107,14 +110,18 @@ DICOMDIR = "DICOMDIR"
 class _Walked:
     unreadable_folders: int = 0
     dicomdirs: int = 0
+    links_outside: int = 0
 
 
 def _walk(root: Path, walked: _Walked) -> Iterator[Path]:
     """Every entry under `root` but hidden ones (a name starting with "."): a folder's `.git`, `.Trash`,
     macOS's `.DS_Store` and `._*` files are not instances; and but DICOMDIR files. Links to folders are
-    followed (PACS exports and mounted shares use them), each real folder once, so a link loop cannot trap
-    the walk; a folder that cannot be listed is counted (it was left out without a word)."""
-    seen = {os.path.realpath(root)}
+    followed (PACS exports and mounted shares use them) if they stay inside `root`, each folder once, so a
+    link loop cannot trap the walk (one leaving it, `up -> ..` or `-> /`, sent other patients' studies, or
+    walked the whole machine: counted, not followed); a folder that cannot be listed is counted (it was
+    left out without a word)."""
+    inside = os.path.realpath(root)
+    seen = {_folder_id(root)}
 
     def unlisted(_error: OSError) -> None:
         walked.unreadable_folders += 1
@@ -122,9 +129,17 @@ def _walk(root: Path, walked: _Walked) -> Iterator[Path]:
     for folder, dirs, names in os.walk(root, onerror=unlisted, followlinks=True):
         kept = []
         for name in sorted(d for d in dirs if not d.startswith(".")):
-            real = os.path.realpath(os.path.join(folder, name))
-            if real not in seen:
-                seen.add(real)
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and os.path.commonpath((inside, os.path.realpath(path))) != inside:
+                walked.links_outside += 1
+                continue
+            try:
+                folder_id = _folder_id(path)
+            except OSError:
+                walked.unreadable_folders += 1
+                continue
+            if folder_id not in seen:
+                seen.add(folder_id)
                 kept.append(name)
         dirs[:] = kept
         for name in sorted(names):
@@ -134,12 +149,19 @@ def _walk(root: Path, walked: _Walked) -> Iterator[Path]:
                 yield Path(folder) / name
 
 
+def _folder_id(path: str | Path) -> tuple[int, int]:
+    """A folder by its device and inode: what two paths to it share (cheaper than realpath on a share)."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
 @dataclass(frozen=True)
 class FoundFiles:
     files: list[Path]
     broken_links: int  # links found in folders whose targets are gone: nothing to send, but said
     unreadable: int = 0  # entries whose kind could not be read, folders that could not be listed
     dicomdirs: int = 0  # DICOMDIR files in the folders, not sent
+    links_outside: int = 0  # links to folders outside the folder given, not followed
 
 
 def walk_inputs(paths: Iterable[Path]) -> FoundFiles:
@@ -167,7 +189,9 @@ def walk_inputs(paths: Iterable[Path]) -> FoundFiles:
             found[path] = None
         else:
             raise PathNotFound(index, len(given), path)
-    return FoundFiles(list(found), broken, unreadable + walked.unreadable_folders, walked.dicomdirs)
+    return FoundFiles(
+        list(found), broken, unreadable + walked.unreadable_folders, walked.dicomdirs, walked.links_outside
+    )
 
 
 def find_files(paths: Iterable[Path]) -> list[Path]:
@@ -257,6 +281,7 @@ def send(
     summary.broken_links = found.broken_links
     summary.unreadable = found.unreadable
     summary.dicomdirs = found.dicomdirs
+    summary.links_outside = found.links_outside
     return summary
 
 

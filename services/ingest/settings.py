@@ -83,8 +83,8 @@ class IngestSettings(ServiceSettings):
         1_000_000,
         ge=1000,
         le=10_000_000,
-        description="most elements a header read may hold (items count thrice: header_walk.ElementBudget); "
-        "more is quarantined",
+        description="most elements a pydicom read of a header may hold (items count thrice; an explicit VR "
+        "header in ASCII is read in place: header.InputLimits); more is quarantined",
     )
     max_spilled_inflations: int = Field(
         2,

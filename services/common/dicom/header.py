@@ -54,7 +54,6 @@ from pydicom.uid import UID
 from pydicom.values import convert_string
 
 from services.common.dicom.header_walk import (
-    ITEM_WEIGHT,
     LONG_VR_BYTES,
     SHORT_VR_BYTES,
     ElementBudget,
@@ -122,17 +121,21 @@ class InputLimits:
     `max_spilled_inflations`: deflated data sets inflated onto disk (the temp folder) at once, each up
     to `max_inflated_bytes`; more wait for a turn, so a few large ones cannot fill a pod's bounded /tmp
     (and have it evicted with every transfer in flight). Small ones, inflated in memory, never wait.
-    `max_elements`: what a pydicom read of the header holds, in elements (header_walk.ElementBudget: each
-    top-level element before the pixel data, and each element and item, counted thrice, inside sequences
-    of undefined length); an element is an object of ~270 bytes, an item ~750, so 30 MiB of empty 8-byte
-    elements took 1.1 GB and 23 s of CPU. An enhanced multi-frame instance of 10,000 frames whose
-    functional groups are of undefined length holds about 750,000.
+    `max_elements`: what a pydicom read of the header may hold, in elements (`_check_structure`: each
+    top-level element before the pixel data, and each element and item, an item counted thrice, inside
+    sequences of undefined length); an element is an object of ~270 bytes, an item ~750: 30 MiB of empty
+    8-byte elements took 1.1 GB and 23 s of CPU. Only a header pydicom must read (implicit VR, text whose
+    decoding depends on the character set, anything irregular) is held to it: the byte walk reads an
+    explicit VR header in place. `max_walked`: elements and items either walk passes, anywhere, its time
+    (about 4 million a second): a large enhanced multi-frame instance has a few million (one of 8,000 MR
+    frames, ~1 million; with a vendor's private per-frame attributes, 5,000 frames did).
     """
 
     max_inflated_bytes: int = GIB
     max_sequence_depth: int = 32
     max_spilled_inflations: int = 2
     max_elements: int = 1_000_000
+    max_walked: int = 20_000_000
 
 
 DEFAULT_LIMITS = InputLimits()
@@ -222,7 +225,7 @@ def _fast_header(data: ByteSource, body: int, transfer_syntax: str, limits: Inpu
     so that refusals keep pydicom's reasons). Gives what the pydicom path gives: tests compare them."""
     if transfer_syntax not in _WALKED_SYNTAXES:
         return None
-    top = read_top_level(data, body, _WALKED_TAGS, limits.max_sequence_depth, limits.max_elements)
+    top = read_top_level(data, body, _WALKED_TAGS, limits.max_sequence_depth, limits.max_walked)
     if top is None:
         return None
     values = top.values
@@ -468,26 +471,38 @@ def inflate_pieces(deflated: bytes | memoryview, limit: int) -> Iterator[bytes]:
 
 def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits: InputLimits) -> None:
     """Walk the data set's elements without recursion and refuse sequences nested deeper than
-    `limits.max_sequence_depth`, and more than `limits.max_elements` of what pydicom would hold
-    (header_walk.ElementBudget, counted as the fast walk counts it).
+    `limits.max_sequence_depth`, more elements and items in all than `limits.max_walked`, and more of what
+    pydicom would hold than `limits.max_elements` (see `InputLimits`).
 
     Stops at the top-level pixel data (as a header-only read does). An element's VR is read as pydicom
-    reads it (an unknown one of two capitals has a 2-byte length; other bytes mean implicit VR for it).
-    At anything else it cannot follow it stops too, leaving the other checks to pydicom and
-    `_check_complete`, but only once the rest could not hold more elements than the budget has left.
+    reads it (an unknown one of two capitals has a 2-byte length; other bytes mean implicit VR for it; an
+    item of a UN sequence of undefined length is explicit when its first element names a VR). At anything
+    else it cannot follow it stops too, leaving the other checks to pydicom and `_check_complete`, but
+    only once the rest could not hold more elements than pydicom may.
     """
     big = transfer_syntax == EXPLICIT_VR_BIG_ENDIAN
     implicit_outside = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
     # Open containers, innermost last: (is a sequence, end offset or None when undefined, implicit VR
-    # inside, read by pydicom inside).
-    open_: list[tuple[bool, int | None, bool, bool]] = []
+    # inside, held by pydicom inside, its items' encoding decided by their first element).
+    open_: list[tuple[bool, int | None, bool, bool, bool]] = []
     depth, size = 0, len(data)
-    limit, budget = limits.max_sequence_depth, ElementBudget(limits.max_elements)
+    limit, held, walked = (
+        limits.max_sequence_depth,
+        ElementBudget(limits.max_elements),
+        ElementBudget(limits.max_walked),
+    )
+
+    def take(kept: bool, units: int) -> None:
+        if not walked.take(1):
+            raise InvalidInstance("too-many-elements", str(limits.max_walked))
+        if kept and not held.take(units):
+            raise InvalidInstance("too-many-elements", str(limits.max_elements))
+
     try:
         while offset + 8 <= size:
             while open_ and open_[-1][1] is not None and offset >= open_[-1][1]:
                 depth -= open_.pop()[0]
-            implicit, counted = (open_[-1][2], open_[-1][3]) if open_ else (implicit_outside, True)
+            implicit, kept = (open_[-1][2], open_[-1][3]) if open_ else (implicit_outside, True)
             order = "<" if implicit or not big else ">"
             group, element = struct.unpack_from(order + "HH", data, offset)
             tag = group << 16 | element
@@ -495,25 +510,27 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
                 length = struct.unpack_from(order + "I", data, offset + 4)[0]
                 offset += 8
                 if element == 0xE000:
-                    if counted and not budget.take(ITEM_WEIGHT):
-                        raise InvalidInstance("too-many-elements", str(limits.max_elements))
+                    take(kept, _ITEM_WEIGHT)
+                    if open_ and open_[-1][4]:  # as pydicom decides it for an item of a UN sequence
+                        implicit = bytes(data[offset + 4 : offset + 6]) not in _ANY_VR
                     item_end = None if length == _UNDEFINED_LENGTH else offset + length
-                    open_.append((False, item_end, implicit, counted))
+                    open_.append((False, item_end, implicit, kept, False))
                 elif open_ and open_[-1][1] is None:
                     depth -= open_.pop()[0]
                 continue
             if not open_ and tag in _PIXEL_TAGS:
                 return
-            if counted and not budget.take(1):
-                raise InvalidInstance("too-many-elements", str(limits.max_elements))
+            take(kept, 1)
             vr = b"" if implicit else bytes(data[offset + 4 : offset + 6])
-            if implicit or not (vr in SHORT_VR_BYTES or vr in LONG_VR_BYTES or b"AA" <= vr <= b"ZZ"):
+            unknown_sequence = False
+            if implicit or not (vr in _ANY_VR or b"AA" <= vr <= b"ZZ"):
                 # Implicit VR; or, in explicit VR, bytes that name no VR: pydicom reads this one as implicit
                 start, length = offset + 8, struct.unpack_from(order + "I", data, offset + 4)[0]
                 sequence, inner_implicit = _implicit_sequence(tag, data, start, length), True
-            elif vr in SHORT_VR_BYTES or vr in LONG_VR_BYTES:
+            elif vr in _ANY_VR:
                 start, length = _explicit_length(data, offset, vr, order, "header")
-                # PS3.5 6.2.2: a sequence of unknown VR, undefined length, is encoded implicit VR inside.
+                # PS3.5 6.2.2: a sequence of unknown VR, undefined length: implicit VR inside, or so read by
+                # pydicom unless an item's first element names a VR.
                 unknown_sequence = vr == b"UN" and length == _UNDEFINED_LENGTH
                 sequence, inner_implicit = vr == b"SQ" or unknown_sequence, unknown_sequence
             else:  # two capitals no standard names: pydicom gives it a 2-byte length
@@ -524,10 +541,11 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
                 if depth > limit:
                     raise InvalidInstance("too-deep", str(limit))
                 undefined = length == _UNDEFINED_LENGTH
-                open_.append((True, None if undefined else start + length, inner_implicit, counted and undefined))
+                end = None if undefined else start + length
+                open_.append((True, end, inner_implicit, kept and undefined, unknown_sequence))
                 offset = start
             elif length == _UNDEFINED_LENGTH:  # encapsulated data: fragments are items, closed by a delimiter
-                open_.append((False, None, implicit, False))
+                open_.append((False, None, implicit, False, False))
                 offset = start
             else:
                 offset = start + length
@@ -538,8 +556,13 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
         pass
     # Stopped where it could not follow: what pydicom reads past here is not counted, so the rest must not
     # be able to hold more than is left (an element is at least 8 bytes).
-    if not budget.take(max(0, size - offset) // 8):
+    if not held.take(max(0, size - offset) // 8):
         raise InvalidInstance("too-many-elements", str(limits.max_elements))
+
+
+# An item pydicom reads becomes a Dataset of its own: about three times an element's memory.
+_ITEM_WEIGHT = 3
+_ANY_VR = SHORT_VR_BYTES | LONG_VR_BYTES
 
 
 def _implicit_sequence(tag: int, data: ByteSource, start: int, length: int) -> bool:

@@ -50,14 +50,9 @@ class _Irregular(Exception):
     """Outside what this walk reads: the caller asks pydicom."""
 
 
-# An item pydicom reads becomes a Dataset of its own: about three times an element's memory.
-ITEM_WEIGHT = 3
-
-
 class ElementBudget:
-    """What a pydicom read of the header may hold, in elements: pydicom keeps each top-level element, and
-    each item and element inside a sequence of undefined length (one it must read through to find its
-    end; a sequence of defined length is skipped unread). Both walks count the same (header.py)."""
+    """A number of elements that may be taken, and no more: what a byte walk may pass (every element and
+    item: its time), or what a pydicom read may hold (header.py `_check_structure`: its memory)."""
 
     def __init__(self, units: int) -> None:
         self.left = units
@@ -69,21 +64,21 @@ class ElementBudget:
 
 
 def read_top_level(
-    data: Source, offset: int, wanted: Collection[int], max_depth: int, max_elements: int
+    data: Source, offset: int, wanted: Collection[int], max_depth: int, max_walked: int
 ) -> TopLevel | None:
     """Walk the data set starting at `offset` up to the top-level pixel data or the end; None when the
-    input is irregular in any way this walk does not follow (see the module doc), or holds more than
-    `max_elements` (`ElementBudget`; the caller's slower checks then refuse it)."""
+    input is irregular in any way this walk does not follow (see the module doc), or has more than
+    `max_walked` elements and items in all (the caller's slower checks then refuse it)."""
     try:
-        return _top_level(data, offset, wanted, max_depth, max_elements)
+        return _top_level(data, offset, wanted, max_depth, max_walked)
     except (_Irregular, struct.error):
         return None
 
 
-def _top_level(data: Source, offset: int, wanted: Collection[int], max_depth: int, max_elements: int) -> TopLevel:
+def _top_level(data: Source, offset: int, wanted: Collection[int], max_depth: int, max_walked: int) -> TopLevel:
     size, previous = len(data), _LAST_META_TAG
     values: dict[int, bytes] = {}
-    budget = ElementBudget(max_elements)
+    budget = ElementBudget(max_walked)
     while offset < size:
         group, element, vr, short_length = _HEADER.unpack_from(data, offset)
         tag = group << 16 | element
@@ -96,7 +91,7 @@ def _top_level(data: Source, offset: int, wanted: Collection[int], max_depth: in
         if vr == b"SQ":
             if tag in wanted:
                 raise _Irregular
-            offset = _sequence_end(data, start, length, size, 1, max_depth, _read_through(budget, length))
+            offset = _sequence_end(data, start, length, size, 1, max_depth, budget)
             continue
         end = start + length
         if length == _UNDEFINED or end > size:
@@ -115,16 +110,11 @@ def _value_position(data: Source, offset: int, vr: bytes, short_length: int) -> 
     raise _Irregular
 
 
-def _read_through(budget: ElementBudget | None, length: int) -> ElementBudget | None:
-    """The budget a sequence's contents take from: pydicom reads those of an undefined length only."""
-    return budget if length == _UNDEFINED else None
-
-
 def _sequence_end(
-    data: Source, offset: int, length: int, outer_end: int, depth: int, max_depth: int, budget: ElementBudget | None
+    data: Source, offset: int, length: int, outer_end: int, depth: int, max_depth: int, budget: ElementBudget
 ) -> int:
     """Where the sequence whose value starts at `offset` ends (after its delimiter when undefined); its
-    items and their elements taken from `budget` (None: not read by pydicom)."""
+    items and their elements taken from `budget`."""
     if depth > max_depth:
         raise _Irregular
     undefined = length == _UNDEFINED
@@ -139,7 +129,7 @@ def _sequence_end(
         offset += 8
         if tag == _SEQUENCE_END and undefined and item_length == 0:
             return offset
-        if tag != _ITEM or (budget is not None and not budget.take(ITEM_WEIGHT)):
+        if tag != _ITEM or not budget.take(1):
             raise _Irregular
         if item_length == _UNDEFINED:
             offset = _item_end(data, offset, end, None, depth, max_depth, budget)
@@ -160,7 +150,7 @@ def _item_end(
     defined_end: int | None,
     depth: int,
     max_depth: int,
-    budget: ElementBudget | None,
+    budget: ElementBudget,
 ) -> int:
     """Where the item whose elements start at `offset` ends: at `defined_end`, or after its delimiter."""
     while defined_end is None or offset < defined_end:
@@ -172,12 +162,11 @@ def _item_end(
             if _U32.unpack_from(data, offset + 4)[0] != 0:
                 raise _Irregular
             return offset + 8
-        if group == 0xFFFE or tag == _SPECIFIC_CHARACTER_SET or (budget is not None and not budget.take(1)):
+        if group == 0xFFFE or tag == _SPECIFIC_CHARACTER_SET or not budget.take(1):
             raise _Irregular
         start, length = _value_position(data, offset, vr, short_length)
         if vr == b"SQ":
-            inner = None if budget is None else _read_through(budget, length)
-            offset = _sequence_end(data, start, length, end, depth + 1, max_depth, inner)
+            offset = _sequence_end(data, start, length, end, depth + 1, max_depth, budget)
             continue
         offset = start + length
         if length == _UNDEFINED or offset > end:

@@ -88,7 +88,7 @@ def test_linked_folders_are_walked_once_dicomdirs_skipped_and_unlisted_folders_c
 ) -> None:
     """A subfolder that was a link (PACS exports, mounted shares) or could not be listed was left out in
     silence, and the run said everything was sent; a CD's DICOMDIR was quarantined on every run."""
-    elsewhere = tmp_path / "elsewhere"
+    elsewhere = folder / ".store"  # hidden: walked only through the link
     elsewhere.mkdir()
     (elsewhere / "c.dcm").write_bytes(mr_study(5, n=2)[0])
     (folder / "series2").symlink_to(elsewhere)
@@ -106,6 +106,20 @@ def test_linked_folders_are_walked_once_dicomdirs_skipped_and_unlisted_folders_c
     found = walk_inputs([folder])
     assert [f.relative_to(folder).as_posix() for f in found.files] == [*IN_FOLDER, "series2/c.dcm"]
     assert (found.dicomdirs, found.unreadable) == (1, 1)
+
+
+def test_a_link_leaving_the_folder_given_is_not_followed(folder: Path, tmp_path: Path) -> None:
+    """`up -> ..` sent other patients' studies (to whatever partner `--to` named); a link to / walked the
+    machine."""
+    other_patient = tmp_path / "JONES_MARY"
+    other_patient.mkdir()
+    (other_patient / "1.dcm").write_bytes(mr_study(6, n=2)[0])
+    (folder / "up").symlink_to(tmp_path)
+    (folder / "everything").symlink_to("/")
+    (folder / "series1" / "inside").symlink_to(folder / "series1" / "deeper")  # inside, already walked
+    found = walk_inputs([folder])
+    assert [f.relative_to(folder).as_posix() for f in found.files] == IN_FOLDER
+    assert found.links_outside == 2
 
 
 def test_a_missing_path_is_an_error_that_does_not_name_it(tmp_path: Path) -> None:
