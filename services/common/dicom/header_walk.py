@@ -84,7 +84,8 @@ def _top_level(data: Source, offset: int, wanted: Collection[int], max_depth: in
         tag = group << 16 | element
         if tag in _PIXEL_TAGS:
             return TopLevel(values, offset)
-        if tag <= previous or group == 0xFFFE or not budget.take(1):
+        budget.left -= 1  # budget.take(1), inline: the hot path's one per top-level element
+        if tag <= previous or group == 0xFFFE or budget.left < 0:
             raise _Irregular
         previous = tag
         start, length = _value_position(data, offset, vr, short_length)
