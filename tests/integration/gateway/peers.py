@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from tests.tls_certs import ServerCertificate
-from tools.devstack import free_port
+from tools.devstack import free_port, free_ports
 
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
@@ -119,7 +119,7 @@ def orthanc(root: Path) -> Iterator[Orthanc]:
     """Our own Orthanc: loopback ports, storage in `root`, the DICOMweb plugin, Nagle off."""
     if shutil.which("Orthanc") is None or not ORTHANC_DICOMWEB_PLUGIN.exists():
         raise RuntimeError("Orthanc and orthanc-dicomweb are needed (apt-get install orthanc orthanc-dicomweb)")
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = free_ports(2)  # distinct: two calls once gave Orthanc one port for both
     config = {
         "Name": "imx-gateway-test",
         "StorageDirectory": str(root / "orthanc-db"),
