@@ -1,7 +1,10 @@
 """What an audit query asks and what it gets back, independent of the database (pure).
 
-Events are listed in (occurred_at, _id) order; a cursor is the position of the last event of a page,
-so paging stays stable while new events arrive and never skips or repeats one.
+Events are listed in (occurred_at, _id) order; a cursor is the position of the last event of a page in
+that order, so paging never repeats one. It is a position in event time: an event recorded after a page
+has passed its time (stages and lanes are read in no order between them, a backlog after a restart, a
+partner's receipt dated when it stored) is not on a later page. A complete listing pages a period that
+ended a while ago (minutes; longer after an outage).
 """
 
 from __future__ import annotations

@@ -68,6 +68,8 @@ def days_between(first: date, last: date) -> Iterator[str]:
     day = first
     while day <= last:
         yield day.isoformat()
+        if day == date.max:  # the last day there is: one more is an OverflowError (a 500 for 9999-12-31)
+            return
         day += timedelta(days=1)
 
 

@@ -427,8 +427,10 @@ class MongoAuditStore:
             bounds = self._day_bounds()
             if bounds is None:
                 return EventPage([], None)
+            # Never before the first day recorded: a `since` of year 1 paged through ~1,850 empty pages.
+            first_ms = to_epoch_ms(datetime.fromisoformat(bounds[0]).replace(tzinfo=UTC))
             starts = [to_epoch_ms(t) for t in (query.since, after.occurred_at if after else None) if t is not None]
-            start_ms = max(starts) if starts else to_epoch_ms(datetime.fromisoformat(bounds[0]).replace(tzinfo=UTC))
+            start_ms = max([*starts, first_ms])
             last_ms = to_epoch_ms(datetime.fromisoformat(bounds[1]).replace(tzinfo=UTC)) + DAY_MS
             end_ms = min(to_epoch_ms(query.until), last_ms) if query.until is not None else last_ms
             found: list[AuditRecord] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -82,3 +82,9 @@ def test_a_keys_month_document_gives_the_same_rows_as_its_daily_documents() -> N
         daily = rollups.volumes(docs.get, dimension, days, key)  # type: ignore[arg-type]
         assert len(daily) == 4 and daily == rollups.month_volumes(docs.get, dimension, days, key)  # type: ignore[arg-type]
     assert daily[0].studies == 1 and daily[0].instances == 2 and daily[0].delivered == 2
+
+
+def test_the_last_day_there_is_ends_the_days_between() -> None:
+    """One more day after 9999-12-31 is an OverflowError: a 500 for a period ending then."""
+    last = date.max
+    assert list(rollups.days_between(last - timedelta(days=1), last)) == ["9999-12-30", "9999-12-31"]
