@@ -107,6 +107,12 @@ def audit_message_element(event: StandardEvent, site: str = DEFAULT_SITE) -> ET.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
+def _text_safe(text: str) -> str:
+    """`text` with what XML 1.0 cannot carry replaced by U+FFFD: FHIR strings take no control characters
+    either (but tab, CR and LF), and a partner's receipt detail with one broke the bundle's XML form."""
+    return _NOT_XML.sub("\ufffd", text) if _NOT_XML.search(text) else text
+
+
 def _xml_safe(root: ET.Element) -> ET.Element:
     """`root` with every character XML cannot carry in its text and attributes replaced by U+FFFD."""
     for element in root.iter():
@@ -166,7 +172,7 @@ def _entity(obj: ParticipantObject) -> dict[str, Any]:
         "type": {"system": ENTITY_TYPE_SYSTEM, "code": str(obj.type_code), "display": "System Object"},
         "role": {"system": OBJECT_ROLE_SYSTEM, "code": str(obj.role), "display": "Report"},
     }
-    details = [{"type": name, "valueString": value} for name, value in obj.details]
+    details = [{"type": name, "valueString": _text_safe(value)} for name, value in obj.details]
     if obj.anonymized is not None:
         details.append({"type": "anonymized", "valueString": str(obj.anonymized).lower()})
     if details:
@@ -200,7 +206,7 @@ def fhir_audit_event(record: AuditRecord, site: str = DEFAULT_SITE) -> dict[str,
         "entity": [_entity(obj) for obj in event.objects],
     }
     if event.outcome_description:
-        resource["outcomeDesc"] = event.outcome_description
+        resource["outcomeDesc"] = _text_safe(event.outcome_description)
     if not resource["entity"]:
         del resource["entity"]
     return resource

@@ -171,6 +171,9 @@ def test_a_partners_receipt_with_control_characters_still_exports_as_xml() -> No
     ]
     assert said, "the detail is still exported"
     assert all("\x01" not in text and "\x1b" not in text for text in said)
+    # FHIR strings take no control characters either: the bundle's XML form broke on them.
+    fhir = json.dumps([fhir_audit_event(r) for r in records])
+    assert "peer said" in fhir and "\\u0001" not in fhir and "\\u001b" not in fhir
 
 
 def test_an_export_router_wired_without_the_key_check_refuses_rather_than_exports_everything() -> None:
