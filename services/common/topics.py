@@ -37,10 +37,15 @@ def validate_partner_id(partner_id: str) -> str:
     return partner_id
 
 
+def is_reserved_partner_id(partner_id: str) -> bool:
+    """One of the system's own Kafka names, which no new partner may take."""
+    return bool(_RESERVED_PARTNER_ID.match(partner_id))
+
+
 def validate_new_partner_id(partner_id: str) -> str:
     """`validate_partner_id`, and none of the system's own Kafka names (a partner id is its Kafka user)."""
     validate_partner_id(partner_id)
-    if _RESERVED_PARTNER_ID.match(partner_id):
+    if is_reserved_partner_id(partner_id):
         raise ValueError(f"{RESERVED_PARTNER_ID_RULE} (got {shown(partner_id)})")
     return partner_id
 

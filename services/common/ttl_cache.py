@@ -84,7 +84,8 @@ class RefreshingSnapshot(Generic[T]):
 
     A failed check changes nothing and raises, and the next call checks again; except an error of a
     `keep_on` type once a snapshot exists: that snapshot is served on (logged) until the next check,
-    `refresh_s` later. Thread-safe: one check at a time; a fresh snapshot is read without a lock.
+    `refresh_s` later (timed from the failure). Thread-safe: one check at a time; a fresh snapshot is read
+    without a lock, and with `keep_on` a stale one is served to callers while another checks.
     """
 
     def __init__(
@@ -118,7 +119,11 @@ class RefreshingSnapshot(Generic[T]):
         held = self._held
         if held is not None and not self._due(held, now, reload_if):
             return held[0]
-        with self._lock:
+        # With a snapshot that may be kept, a caller does not wait for another's check: that check may be
+        # the 10 s of a database that is away, and every consumer thread stood still behind it.
+        if not self._lock.acquire(blocking=held is None or not self._keep_on):
+            return held[0]  # type: ignore[index]  # held is not None here
+        try:
             held = self._held  # another thread may have checked while this one waited
             if held is not None and not self._due(held, now, reload_if):
                 return held[0]
@@ -136,6 +141,8 @@ class RefreshingSnapshot(Generic[T]):
                 self._failed_at = self._clock()
                 self._held = (held[0], held[1], self._failed_at)
                 return held[0]
+        finally:
+            self._lock.release()
 
     def refresh(self) -> T:
         """Check now, whatever the time (for a background refresher); errors are raised, `keep_on` or not."""

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from services.common.blob_store import BlobStore, process_umask, replace_atomically, windows, write_all
-from services.common.dicom.header import DEFAULT_LIMITS
+from services.common.dicom.header import DEFAULT_LIMITS, InvalidInstance, check_whole_read
 from services.deid.deflated import DEFLATED, deflate_into, deflated_body, inflate_into
-from services.deid.engine import DeidResult, Profile, deidentify
+from services.deid.engine import DeidResult, NotDeidentifiable, Profile, deidentify
 from services.deid.engine.container import Source
 from services.proto_gen.imx.v1 import events_pb2
 
@@ -80,12 +80,12 @@ def deidentified(
     `with` block, and the temporary files are gone after it, however it ends."""
     body = deflated_body(data)
     if body is None:
-        yield deidentify(data, profile, key)
+        yield deidentify(data, profile, key, _within_whole_read)
         return
     with _scratch_file(scratch) as plain_file:
         inflate_into(plain_file, data, body, max_inflated_bytes)
         with _mapped(plain_file.fileno()) as plain, _scratch_file(scratch) as deflated_file:
-            plain_result = deidentify(plain, profile, key)
+            plain_result = deidentify(plain, profile, key, _within_whole_read)
             header = deflate_into(deflated_file, plain_result)
             # Released as it came, deflated (deflated.py): the bytes the pydicom path wrote before.
             # Its pixel data are the inflated scratch file's, not the stored input's: nothing to splice.
@@ -93,6 +93,19 @@ def deidentified(
             del plain_result  # its pixel data are a view into `plain`, which can now be unmapped
             with _mapped(deflated_file.fileno()) as deflated_view:
                 yield replace(result, chunks=(header, memoryview(deflated_view)))
+
+
+# Elements and items the pydicom path may read whole: ~340 bytes each, so ~700 MB at most. Ingest lets an
+# explicit VR header of many millions through (its byte walk holds none); the raw engine reads those in
+# place, and one it hands to the pydicom path is refused here rather than taking the process past its memory.
+WHOLE_READ_MAX_ELEMENTS = 2_000_000
+
+
+def _within_whole_read(data: Source) -> None:
+    try:
+        check_whole_read(data, WHOLE_READ_MAX_ELEMENTS)
+    except InvalidInstance as refused:
+        raise NotDeidentifiable(f"{refused.reason} to read whole ({refused.detail})") from None
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from services.common.display_names import validate_display_name
 from services.common.messages import shown
 from services.common.profile_names import validate_profile_name
 from services.common.stores.organisations import is_organisation_id
-from services.common.topics import validate_new_partner_id
+from services.common.topics import validate_partner_id
 
 _ROUTE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 # PS3.5 CS (matched without regard to case); no space at either end, which is padding: ingest strips it
@@ -72,9 +72,7 @@ class RouteDecision:
 def validate_route(route: Route) -> Route:
     if not _ROUTE_ID.match(route.route_id):
         raise ValueError("route id must be 1-63 characters of lower-case letters, digits and '-'")
-    # A reserved id (the system's own Kafka names) can never be a partner: what the route matched was
-    # quarantined for ever, the operator told "until it is added".
-    validate_new_partner_id(route.partner_id)
+    validate_partner_id(route.partner_id)
     if route.priority < 1:
         # 0 on the wire is "unset" (100), so a route saved as 0 would have ranked below one saved as 50.
         raise ValueError(f"priority must be at least 1 (lower wins; unset is 100), got {route.priority}")

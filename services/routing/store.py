@@ -3,7 +3,6 @@ routing replicas notice changes with one cheap read and reload."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from services.common.profile_names import BUILTIN_PROFILE_NAMES
 from services.common.stores.config_versions import ConfigVersion
 from services.common.stores.partners import RETIRED_PARTNERS
+from services.common.topics import is_reserved_partner_id
 from services.common.ttl_cache import RefreshingSnapshot
 from services.routing.rules import PRIORITY_CLASSES, Route, RouteMatch, validate_route
 
@@ -75,13 +75,23 @@ class RouteStore:
         """Create or replace a route; its version goes up by one on every change and never repeats,
         even across a removal or two changes at once (change records name a route's content by it)."""
         validate_route(route)
+        if is_reserved_partner_id(route.partner_id) and not self._partners.count_documents(
+            {"_id": route.partner_id}, limit=1
+        ):
+            # The system's own Kafka names: no partner can be added under one now (one given before may
+            # stay), so what the route matched was quarantined for ever, the operator told "until it is added".
+            raise ValueError(f"partner id {route.partner_id!r} is reserved: no partner can take it")
         saved = Route(**{**asdict(route), "match": route.match, "version": self._next_version(route.route_id)})
         doc = route_to_doc(saved)
         doc["updated_at_ms"] = int(time.time() * 1000)
         # Only over an older version: of two changes at once, the one given the lower version could write
         # last, and the older content was what routed while the newer change was acknowledged and recorded.
-        with contextlib.suppress(DuplicateKeyError):  # a newer version is already stored
+        try:
             self._routes.replace_one({"_id": route.route_id, "version": {"$lt": saved.version}}, doc, upsert=True)
+        except DuplicateKeyError:  # a newer version is stored; or one written by hand without a version
+            stored = self._routes.find_one({"_id": route.route_id}, {"version": 1}) or {}
+            if not isinstance(stored.get("version"), int):
+                self._routes.replace_one({"_id": route.route_id}, doc)
         self._changes.bump()
         return saved
 

@@ -308,6 +308,48 @@ def test_explicit_items_of_an_unknown_sequence_are_read_as_pydicom_reads_them() 
     assert inspect_instance(head[:at] + unknown + head[at:] + pixels, LIMIT, InputLimits()).modality == "CT"
 
 
+def _latin1_head() -> bytes:
+    ds = _dataset(ExplicitVRLittleEndian)
+    ds.SpecificCharacterSet, ds.StudyDescription = "ISO_IR 100", "Tête"  # read by pydicom
+    return dataset_to_bytes(ds)
+
+
+def _empty_items(count: int) -> bytes:
+    header = struct.pack("<HH2sHI", 0x7FD1, 0x1012, b"SQ", 0, 0xFFFFFFFF)
+    return header + struct.pack("<HHI", 0xFFFE, 0xE000, 0) * count + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+
+
+@pytest.mark.parametrize("first_vr", [b"ZZ", b"xx"], ids=["two-capitals-unknown", "implicit"])
+def test_an_item_read_in_the_encoding_pydicom_finds_in_it_is_counted_whole(first_vr: bytes) -> None:
+    """pydicom takes an item as explicit when its first element's VR is any two capitals, else implicit.
+    Read otherwise, the walk took a length from the wrong bytes, jumped past the end, and 2 M items (24 KiB
+    deflated) were accepted: 30 s of CPU and 1.3-2.5 GB."""
+    if first_vr == b"ZZ":
+        first = struct.pack("<HH2sH", 0x7FD1, 0x1011, b"ZZ", 0x0400) + bytes(0x400)
+    else:  # implicit: its length's bytes read as "OB" and a huge length to a walk taking it as explicit
+        first = struct.pack("<HHI", 0x7FD1, 0x1011, 2) + b"xx"
+        first += struct.pack("<HH", 0x7FD1, 0x1013) + b"OB\0\0" + struct.pack("<I", 0xFFFFFFF0)
+        first += bytes(0x424F - 4)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + first + _empty_items(1_500)
+    item += struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    sequence = struct.pack("<HH2sH", 0x7FD1, 0x0010, b"LO", 4) + b"ACME"
+    sequence += struct.pack("<HH2sHI", 0x7FD1, 0x1010, b"UN", 0, 0xFFFFFFFF) + item
+    sequence += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    data = _latin1_head() + sequence
+    assert _reason(data, InputLimits(max_elements=2_000)) == ("too-many-elements", "2000")
+
+
+def test_encapsulated_fragments_inside_a_sequence_are_bytes_not_elements() -> None:
+    """An icon's JPEG fragment was walked as elements: 512 bytes of 0xFF refused a valid instance as too deep."""
+    icon = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
+    icon += struct.pack("<HHI", 0xFFFE, 0xE000, 0)  # the offset table, empty
+    icon += struct.pack("<HHI", 0xFFFE, 0xE000, 512) + b"\xff" * 512 + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + icon + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    sequence = struct.pack("<HH2sHI", 0x0088, 0x0200, b"SQ", 0, 0xFFFFFFFF) + item
+    sequence += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    assert inspect_instance(_latin1_head() + sequence, LIMIT, InputLimits()).modality == "CT"
+
+
 def test_a_file_cut_inside_a_value_skipped_unread_is_truncated_when_mapped_too(tmp_path: Path) -> None:
     """pydicom skips such a value by seeking, which a memory map refused past its end: "not-dicom"."""
     cut = _with_document(ImplicitVRLittleEndian, bytes(4 * MIB))[:-MIB]

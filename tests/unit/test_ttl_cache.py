@@ -4,6 +4,7 @@ bounded; a refreshing snapshot of a whole table that is checked at most every so
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -171,6 +172,28 @@ def test_a_check_that_fails_slowly_is_not_tried_again_at_once() -> None:
     assert versions == 2, "one slow check, then the kept snapshot for refresh_s"
     clock.now += 2.0
     assert snapshot.get() == {"a"} and versions == 3
+
+
+def test_a_kept_snapshot_is_served_while_another_thread_checks() -> None:
+    """One consumer's slow check (a database away: 10 s) held every other caller on the lock."""
+    clock, table, checking, release = _Clock(), _Table("a"), threading.Event(), threading.Event()
+
+    def slow_version() -> int:
+        if clock.now >= 2.0:
+            checking.set()
+            release.wait(5)
+        return table.version
+
+    snapshot = RefreshingSnapshot(table.load, 2.0, version=slow_version, keep_on=(ConnectionError,), clock=clock)
+    assert snapshot.get() == {"a"}
+    clock.now = 2.0
+    checker = threading.Thread(target=snapshot.get)
+    checker.start()
+    assert checking.wait(5)
+    started = time.monotonic()
+    assert snapshot.get() == {"a"} and time.monotonic() - started < 1, "served, not held behind the check"
+    release.set()
+    checker.join(5)
 
 
 def test_threads_missing_a_stale_snapshot_together_load_it_once() -> None:

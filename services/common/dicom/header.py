@@ -219,6 +219,16 @@ def inspect_instance(data: ByteSource, max_bytes: int, limits: InputLimits = DEF
         raise InvalidInstance("not-dicom") from exc
 
 
+def check_whole_read(data: ByteSource, max_elements: int) -> None:
+    """Refuse (InvalidInstance "too-many-elements") an instance whose header, read whole into objects (every
+    element and item, nested ones too: de-identification's pydicom path), would be more than `max_elements`
+    of them. Ingest's limits let an explicit VR header of up to `InputLimits.max_walked` through, since its
+    byte walk holds none; read whole, 3 M items took 1.8 GB. A deflated data set is not walked here."""
+    transfer_syntax, body = _check_prefix(data)
+    if transfer_syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        _check_structure(data, body, transfer_syntax, InputLimits(max_elements=max_elements, max_walked=max_elements))
+
+
 def _fast_header(data: ByteSource, body: int, transfer_syntax: str, limits: InputLimits) -> InstanceHeader | None:
     """The header read by walking the bytes (header_walk.py), for a usable explicit VR little endian
     instance; None whenever pydicom must decide (any doubt, and every input that would be refused,
@@ -474,16 +484,17 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
     `limits.max_sequence_depth`, more elements and items in all than `limits.max_walked`, and more of what
     pydicom would hold than `limits.max_elements` (see `InputLimits`).
 
-    Stops at the top-level pixel data (as a header-only read does). An element's VR is read as pydicom
-    reads it (an unknown one of two capitals has a 2-byte length; other bytes mean implicit VR for it; an
-    item of a UN sequence of undefined length is explicit when its first element names a VR). At anything
-    else it cannot follow it stops too, leaving the other checks to pydicom and `_check_complete`, but
-    only once the rest could not hold more elements than pydicom may.
+    Stops at the top-level pixel data (as a header-only read does). The encoding is read as pydicom reads
+    it: an unknown VR of two capitals has a 2-byte length, other bytes mean implicit VR for that element;
+    an item in an explicit VR context is implicit unless its first element's VR is two capitals (pydicom's
+    `_is_implicit_vr`), a UN of undefined length is a sequence, and the file's byte order holds throughout.
+    At anything else it cannot follow it stops too, leaving the other checks to pydicom and
+    `_check_complete`, but only once the rest could not hold more than pydicom may.
     """
-    big = transfer_syntax == EXPLICIT_VR_BIG_ENDIAN
+    order = ">" if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN else "<"
     implicit_outside = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
     # Open containers, innermost last: (is a sequence, end offset or None when undefined, implicit VR
-    # inside, held by pydicom inside, its items' encoding decided by their first element).
+    # inside, held by pydicom inside, holds fragments).
     open_: list[tuple[bool, int | None, bool, bool, bool]] = []
     depth, size = 0, len(data)
     limit, held, walked = (
@@ -502,8 +513,9 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
         while offset + 8 <= size:
             while open_ and open_[-1][1] is not None and offset >= open_[-1][1]:
                 depth -= open_.pop()[0]
-            implicit, kept = (open_[-1][2], open_[-1][3]) if open_ else (implicit_outside, True)
-            order = "<" if implicit or not big else ">"
+            implicit, kept, fragments = (
+                (open_[-1][2], open_[-1][3], open_[-1][4]) if open_ else (implicit_outside, True, False)
+            )
             group, element = struct.unpack_from(order + "HH", data, offset)
             tag = group << 16 | element
             if group == 0xFFFE:  # item, item delimiter, sequence delimiter (PS3.5 7.5)
@@ -511,10 +523,13 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
                 offset += 8
                 if element == 0xE000:
                     take(kept, _ITEM_WEIGHT)
-                    if open_ and open_[-1][4]:  # as pydicom decides it for an item of a UN sequence
-                        implicit = bytes(data[offset + 4 : offset + 6]) not in _ANY_VR
+                    if fragments:  # a fragment of encapsulated data: bytes, not elements
+                        if length != _UNDEFINED_LENGTH:
+                            offset += length
+                        continue
+                    item_implicit = implicit or not _names_a_vr(data[offset + 4 : offset + 6])
                     item_end = None if length == _UNDEFINED_LENGTH else offset + length
-                    open_.append((False, item_end, implicit, kept, False))
+                    open_.append((False, item_end, item_implicit, kept, False))
                 elif open_ and open_[-1][1] is None:
                     depth -= open_.pop()[0]
                 continue
@@ -522,31 +537,30 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
                 return
             take(kept, 1)
             vr = b"" if implicit else bytes(data[offset + 4 : offset + 6])
-            unknown_sequence = False
             if implicit or not (vr in _ANY_VR or b"AA" <= vr <= b"ZZ"):
                 # Implicit VR; or, in explicit VR, bytes that name no VR: pydicom reads this one as implicit
                 start, length = offset + 8, struct.unpack_from(order + "I", data, offset + 4)[0]
-                sequence, inner_implicit = _implicit_sequence(tag, data, start, length), True
+                sequence = _implicit_sequence(tag, data, start, length)
             elif vr in _ANY_VR:
                 start, length = _explicit_length(data, offset, vr, order, "header")
-                # PS3.5 6.2.2: a sequence of unknown VR, undefined length: implicit VR inside, or so read by
-                # pydicom unless an item's first element names a VR.
-                unknown_sequence = vr == b"UN" and length == _UNDEFINED_LENGTH
-                sequence, inner_implicit = vr == b"SQ" or unknown_sequence, unknown_sequence
+                # PS3.5 6.2.2: a UN of undefined length is a sequence (its items' encoding found as any item's).
+                sequence = vr == b"SQ" or (vr == b"UN" and length == _UNDEFINED_LENGTH)
             else:  # two capitals no standard names: pydicom gives it a 2-byte length
                 start, length = offset + 8, struct.unpack_from(order + "H", data, offset + 6)[0]
-                sequence, inner_implicit = False, False
+                sequence = False
+            undefined = length == _UNDEFINED_LENGTH
             if sequence:
                 depth += 1
                 if depth > limit:
                     raise InvalidInstance("too-deep", str(limit))
-                undefined = length == _UNDEFINED_LENGTH
-                end = None if undefined else start + length
-                open_.append((True, end, inner_implicit, kept and undefined, unknown_sequence))
+                open_.append((True, None if undefined else start + length, implicit, kept and undefined, False))
                 offset = start
-            elif length == _UNDEFINED_LENGTH:  # encapsulated data: fragments are items, closed by a delimiter
-                open_.append((False, None, implicit, False, False))
+            elif undefined:  # encapsulated data: fragments are items, closed by a delimiter
+                open_.append((False, None, implicit, False, True))
                 offset = start
+            elif start + length > size and open_:  # inside an item, past the end: what follows is counted
+                offset = start
+                break
             else:
                 offset = start + length
     except InvalidInstance as problem:
@@ -555,9 +569,14 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
     except struct.error:
         pass
     # Stopped where it could not follow: what pydicom reads past here is not counted, so the rest must not
-    # be able to hold more than is left (an element is at least 8 bytes).
-    if not held.take(max(0, size - offset) // 8):
+    # be able to hold more than is left (an item is at least 8 bytes, and counts thrice).
+    if offset + 8 <= size and not held.take(_ITEM_WEIGHT * ((size - offset) // 8)):
         raise InvalidInstance("too-many-elements", str(limits.max_elements))
+
+
+def _names_a_vr(two: bytes | bytearray | memoryview) -> bool:
+    """Whether an item's first element reads as explicit VR: its VR bytes two capitals (as pydicom decides)."""
+    return len(two) == 2 and 0x41 <= two[0] <= 0x5A and 0x41 <= two[1] <= 0x5A
 
 
 # An item pydicom reads becomes a Dataset of its own: about three times an element's memory.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -71,7 +72,9 @@ class DeidResult:
         return self.chunks[0] if len(self.chunks) == 1 and isinstance(self.chunks[0], bytes) else b"".join(self.chunks)
 
 
-def deidentify(data: Source, profile: Profile, key: bytes) -> DeidResult:
+def deidentify(
+    data: Source, profile: Profile, key: bytes, before_whole_read: Callable[[Source], None] | None = None
+) -> DeidResult:
     """De-identify one Part 10 instance for the recipient owning ``key``.
 
     ``data`` may be a read-only memory map of the file: the fast path reads its header only and
@@ -82,11 +85,15 @@ def deidentify(data: Source, profile: Profile, key: bytes) -> DeidResult:
 
     The common encoding takes the fast path (raw_engine.py); whatever it does not cover, including
     every error and every possible leak, goes through the pydicom path, which decides and explains.
+    That path reads the whole header into objects: `before_whole_read` may refuse an input first (raising a
+    DeidError), one whose elements would take more memory than the process has.
     """
     pseudonyms = Pseudonymizer(key)  # raises ValueError for a short key
     try:
         fast = deidentify_raw(data, profile, pseudonyms)
     except Exception:  # Unsupported, or input the fast path did not expect: the pydicom path decides
+        if before_whole_read is not None:
+            before_whole_read(data)
         return _run(data, profile, key, None)
     identity = fast.identity
     return DeidResult(

@@ -76,6 +76,22 @@ def test_a_route_to_a_removed_partner_is_said_to_stay_quarantined(db: Database) 
     assert "was removed, and its id is never given again" in warning
 
 
+def test_a_route_to_a_reserved_id_is_refused_unless_a_partner_took_it_before_it_was_reserved(db: Database) -> None:
+    """No partner can be added as `admin` or `imx...`: such a route quarantined for ever, "until it is added".
+    A partner given such an id before it was reserved keeps its routes."""
+    admin = RouteStore(db)
+    with pytest.raises(ValueError, match="reserved"):
+        admin.add(Route("r1", "imx-delivery"))
+    db["partners"].insert_one({"_id": "imxlab"})  # given before ids beginning imx were reserved
+    assert admin.add(Route("r1", "imxlab")).version == 1
+
+
+def test_a_route_written_by_hand_without_a_version_is_still_replaced(db: Database) -> None:
+    db["routes"].insert_one({"_id": "r1", "partner_id": "p1"})
+    RouteStore(db).add(Route("r1", "p2"))
+    assert db["routes"].find_one({"_id": "r1"})["partner_id"] == "p2"  # type: ignore[index]
+
+
 def test_of_two_changes_at_once_the_later_version_is_the_one_kept(db: Database) -> None:
     """The change given the lower version could write last: the older content routed, while the newer
     change had been acknowledged and recorded."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,28 @@ def test_a_refused_instance_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(DeidError):
         deidentify_file(source, target, BASIC, KEY)
     assert not target.exists()
+
+
+def test_an_instance_the_pydicom_path_would_read_into_too_many_objects_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ingest lets an explicit VR header of millions of items through (its byte walk holds none); one the
+    raw engine handed to the pydicom path took 1.8 GB for 3 M items. Refused before that read."""
+    from services.deid import files
+    from services.deid.files import deidentified
+
+    ds = ct_dataset()
+    body = struct.pack("<HHI", 0xFFFE, 0xE000, 0) * 3_000 + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    items = struct.pack("<HH2sHI", 0x7FD1, 0x1012, b"SQ", 0, 0xFFFFFFFF) + body
+    data = to_bytes(ds)
+    pixels = data.index(struct.pack("<HH", 0x7FE0, 0x0010))
+    # A private block before the pixel data, and a trailing element after them: the raw engine declines it.
+    flood = struct.pack("<HH2sH", 0x7FD1, 0x0010, b"LO", 4) + b"ACME" + items
+    trailing = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 0)
+    data = data[:pixels] + flood + data[pixels:] + trailing
+    monkeypatch.setattr(files, "WHOLE_READ_MAX_ELEMENTS", 2_000)
+    with pytest.raises(DeidError, match="too-many-elements"), deidentified(data, BASIC, KEY):
+        pass
+    monkeypatch.setattr(files, "WHOLE_READ_MAX_ELEMENTS", 10_000)
+    with deidentified(data, BASIC, KEY) as result:
+        assert result.sop_instance_uid

@@ -62,9 +62,6 @@ def test_ids_and_partners_are_validated() -> None:
         validate_route(Route("ok", "p", match=RouteMatch(modalities=("CT ",))))  # ingest strips it: never matched
     with pytest.raises(ValueError, match="at least 1"):
         validate_route(Route("ok", "p", priority=-5))  # below "unset" (0, saved as 100): said, not reordered
-    for reserved in ("admin", "imx-delivery"):  # never a partner's: "quarantined until it is added" for ever
-        with pytest.raises(ValueError):
-            validate_route(Route("ok", reserved))
 
 
 def _ingested(requested: str = "") -> events_pb2.InstanceIngested:
