@@ -105,7 +105,10 @@ def _within_whole_read(data: Source) -> None:
     try:
         check_whole_read(data, WHOLE_READ_MAX_ELEMENTS)
     except InvalidInstance as refused:
-        raise NotDeidentifiable(f"{refused.reason} to read whole ({refused.detail})") from None
+        # Only what reading it whole would cost: anything else ingest's checks would say (a malformed
+        # file meta UID, say) is the pydicom path's to decide, as it was before this check.
+        if refused.reason in ("too-many-elements", "too-deep"):
+            raise NotDeidentifiable(f"{refused.reason} to read whole ({refused.detail})") from None
 
 
 @contextmanager

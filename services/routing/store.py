@@ -90,7 +90,7 @@ class RouteStore:
             self._routes.replace_one({"_id": route.route_id, "version": {"$lt": saved.version}}, doc, upsert=True)
         except DuplicateKeyError:  # a newer version is stored; or one written by hand without a version
             stored = self._routes.find_one({"_id": route.route_id}, {"version": 1}) or {}
-            if not isinstance(stored.get("version"), int):
+            if not isinstance(stored.get("version"), int | float):  # a number (mongosh writes doubles) is one
                 self._routes.replace_one({"_id": route.route_id}, doc)
         self._changes.bump()
         return saved

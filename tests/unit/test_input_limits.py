@@ -21,6 +21,7 @@ from services.common.dicom.header import (
     InputLimits,
     InstanceHeader,
     InvalidInstance,
+    check_whole_read,
     inflate_bounded,
     inspect_instance,
 )
@@ -348,6 +349,60 @@ def test_encapsulated_fragments_inside_a_sequence_are_bytes_not_elements() -> No
     sequence = struct.pack("<HH2sHI", 0x0088, 0x0200, b"SQ", 0, 0xFFFFFFFF) + item
     sequence += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
     assert inspect_instance(_latin1_head() + sequence, LIMIT, InputLimits()).modality == "CT"
+
+
+def test_a_fragment_running_past_the_end_does_not_hide_what_follows() -> None:
+    """pydicom, failing to read such a fragment, searches for the delimiter and reads on; the walk jumped
+    over the rest, and 2 M items after it were accepted (24 s, 1.3 GB)."""
+    encapsulated = struct.pack("<HH2sHI", 0x7FD1, 0x1010, b"OB", 0, 0xFFFFFFFF)
+    encapsulated += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFF00) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    creator = struct.pack("<HH2sH", 0x7FD1, 0x0010, b"LO", 4) + b"ACME"
+    data = _latin1_head() + creator + encapsulated + _empty_items(3_000)
+    assert _reason(data, InputLimits(max_elements=2_000)) == ("too-many-elements", "2000")
+
+
+def test_a_top_level_encoded_otherwise_than_its_transfer_syntax_says_is_read_as_pydicom_reads_it() -> None:
+    """pydicom takes the whole data set as implicit when its first element is: read as explicit, an implicit
+    element's length bytes reading "OB" made the walk jump past 3,000 items."""
+    implicit = _dataset(ImplicitVRLittleEndian)
+    del implicit.SpecificCharacterSet
+    explicit = _dataset(ExplicitVRLittleEndian)
+    del explicit.SpecificCharacterSet
+    inner, outer = dataset_to_bytes(implicit), dataset_to_bytes(explicit)
+    creator = struct.pack("<HHI", 0x7FD1, 0x0010, 4) + b"ACME"
+    trick = struct.pack("<HH", 0x7FD1, 0x1010) + b"OB\0\0" + struct.pack("<I", 0xFFFFFFF0) + bytes(0x424F - 4)
+    flood = struct.pack("<HHI", 0x7FD1, 0x1012, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000, 0) * 3_000
+    flood += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    data = outer[: _body_offset(outer)] + inner[_body_offset(inner) :] + creator + trick + flood
+    assert _reason(data, InputLimits(max_elements=2_000)) == ("too-many-elements", "2000")
+
+
+def test_an_unknown_value_of_defined_length_that_begins_like_an_item_is_bytes() -> None:
+    """pydicom keeps it as bytes; walked as a sequence, a valid instance with 4 MiB of pixels was refused."""
+    ds = _dataset(ImplicitVRLittleEndian)
+    ds.Rows = ds.Columns = 1024
+    ds.BitsAllocated, ds.ImageType = 32, ["ORIGINAL"]
+    value = struct.pack("<HHI", 0xFFFE, 0xE000, 16) + struct.pack("<HHI", 0x0011, 0x0022, 0x7FFFFFFF) + bytes(8)
+    private = struct.pack("<HHI", 0x7FD1, 0x0010, 4) + b"ACME" + struct.pack("<HHI", 0x7FD1, 0x1010, len(value))
+    pixels = struct.pack("<HHI", 0x7FE0, 0x0010, 4 * MIB) + bytes(4 * MIB)
+    assert inspect_instance(dataset_to_bytes(ds) + private + value + pixels, LIMIT, InputLimits()).modality == "CT"
+
+
+def test_a_whole_read_counts_what_follows_the_pixel_data_and_every_sequence() -> None:
+    """De-identification's pydicom path reads past the pixel data, and opens sequences of defined length too:
+    1 M items after the pixel data, or 1.9 M of defined length, passed its check (0.7-2.6 GB)."""
+    pixels = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 4) + bytes(4)
+    after = (
+        struct.pack("<HH2sH", 0x7FE1, 0x0010, b"LO", 4)
+        + b"ACME"
+        + _empty_items(3_000).replace(struct.pack("<HH", 0x7FD1, 0x1012), struct.pack("<HH", 0x7FE1, 0x1012), 1)
+    )
+    with pytest.raises(InvalidInstance, match="too-many-elements"):
+        check_whole_read(_latin1_head() + pixels + after, 4_000)
+    defined = _with_items(ExplicitVRLittleEndian, 3_000, False)
+    assert inspect_instance(defined, LIMIT, InputLimits(max_elements=4_000)).modality == "CT"  # pydicom skips it
+    with pytest.raises(InvalidInstance, match="too-many-elements"):
+        check_whole_read(defined, 4_000)
 
 
 def test_a_file_cut_inside_a_value_skipped_unread_is_truncated_when_mapped_too(tmp_path: Path) -> None:

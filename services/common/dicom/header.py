@@ -226,7 +226,8 @@ def check_whole_read(data: ByteSource, max_elements: int) -> None:
     byte walk holds none; read whole, 3 M items took 1.8 GB. A deflated data set is not walked here."""
     transfer_syntax, body = _check_prefix(data)
     if transfer_syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        _check_structure(data, body, transfer_syntax, InputLimits(max_elements=max_elements, max_walked=max_elements))
+        limits = InputLimits(max_elements=max_elements, max_walked=max_elements)
+        _check_structure(data, body, transfer_syntax, limits, whole=True)
 
 
 def _fast_header(data: ByteSource, body: int, transfer_syntax: str, limits: InputLimits) -> InstanceHeader | None:
@@ -479,7 +480,9 @@ def inflate_pieces(deflated: bytes | memoryview, limit: int) -> Iterator[bytes]:
         raise InvalidInstance("not-dicom") from None
 
 
-def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits: InputLimits) -> None:
+def _check_structure(
+    data: ByteSource, offset: int, transfer_syntax: str, limits: InputLimits, whole: bool = False
+) -> None:
     """Walk the data set's elements without recursion and refuse sequences nested deeper than
     `limits.max_sequence_depth`, more elements and items in all than `limits.max_walked`, and more of what
     pydicom would hold than `limits.max_elements` (see `InputLimits`).
@@ -490,9 +493,13 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
     `_is_implicit_vr`), a UN of undefined length is a sequence, and the file's byte order holds throughout.
     At anything else it cannot follow it stops too, leaving the other checks to pydicom and
     `_check_complete`, but only once the rest could not hold more than pydicom may.
+
+    `whole`: as read whole (de-identification's pydicom path): past the pixel data too, and every
+    sequence's items and elements held, whatever its length.
     """
     order = ">" if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN else "<"
-    implicit_outside = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    # The top level's encoding as pydicom finds it from its first element, whatever the transfer syntax says.
+    implicit_outside = not _names_a_vr(data[offset + 4 : offset + 6])
     # Open containers, innermost last: (is a sequence, end offset or None when undefined, implicit VR
     # inside, held by pydicom inside, holds fragments).
     open_: list[tuple[bool, int | None, bool, bool, bool]] = []
@@ -524,8 +531,9 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
                 if element == 0xE000:
                     take(kept, _ITEM_WEIGHT)
                     if fragments:  # a fragment of encapsulated data: bytes, not elements
-                        if length != _UNDEFINED_LENGTH:
-                            offset += length
+                        if length == _UNDEFINED_LENGTH or offset + length > size:
+                            break  # pydicom then searches for the delimiter and reads on: counted below
+                        offset += length
                         continue
                     item_implicit = implicit or not _names_a_vr(data[offset + 4 : offset + 6])
                     item_end = None if length == _UNDEFINED_LENGTH else offset + length
@@ -533,7 +541,9 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
                 elif open_ and open_[-1][1] is None:
                     depth -= open_.pop()[0]
                 continue
-            if not open_ and tag in _PIXEL_TAGS:
+            if fragments:  # neither a fragment nor the delimiter: pydicom searches for the delimiter
+                break
+            if not open_ and tag in _PIXEL_TAGS and not whole:
                 return
             take(kept, 1)
             vr = b"" if implicit else bytes(data[offset + 4 : offset + 6])
@@ -553,7 +563,8 @@ def _check_structure(data: ByteSource, offset: int, transfer_syntax: str, limits
                 depth += 1
                 if depth > limit:
                     raise InvalidInstance("too-deep", str(limit))
-                open_.append((True, None if undefined else start + length, implicit, kept and undefined, False))
+                inside = kept and (undefined or whole)
+                open_.append((True, None if undefined else start + length, implicit, inside, False))
                 offset = start
             elif undefined:  # encapsulated data: fragments are items, closed by a delimiter
                 open_.append((False, None, implicit, False, True))
@@ -585,11 +596,12 @@ _ANY_VR = SHORT_VR_BYTES | LONG_VR_BYTES
 
 
 def _implicit_sequence(tag: int, data: ByteSource, start: int, length: int) -> bool:
-    """Implicit VR names no VR: the dictionary's, else what pydicom guesses (an item comes first)."""
+    """Implicit VR names no VR: the dictionary's, else what pydicom guesses while reading (an unknown tag of
+    undefined length is read as a sequence; one of defined length is kept as bytes)."""
     try:
         return bool(dictionary_VR(tag) == "SQ")
     except KeyError:
-        return length == _UNDEFINED_LENGTH or bytes(data[start : start + 4]) == _ITEM
+        return length == _UNDEFINED_LENGTH
 
 
 def _explicit_length(data: ByteSource, offset: int, vr: bytes | bytearray, order: str, part: str) -> tuple[int, int]:

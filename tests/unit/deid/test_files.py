@@ -55,3 +55,16 @@ def test_an_instance_the_pydicom_path_would_read_into_too_many_objects_is_refuse
     monkeypatch.setattr(files, "WHOLE_READ_MAX_ELEMENTS", 10_000)
     with deidentified(data, BASIC, KEY) as result:
         assert result.sop_instance_uid
+
+
+def test_the_whole_read_check_refuses_only_for_what_reading_whole_would_cost() -> None:
+    """Its file-meta and character-set checks are ingest's: an instance they would refuse, which the pydicom
+    path releases (one stored before those checks, or `imx deid` on a file), was refused as not-dicom."""
+    from services.deid.files import deidentified
+
+    trailing = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 0)  # the raw engine declines it
+    data = bytearray(to_bytes(ct_dataset()) + trailing)
+    at = data.index(struct.pack("<HH", 0x0002, 0x0012) + b"UI")
+    data[at + 8 : at + 10] = b"x."  # an Implementation Class UID ingest would call invalid
+    with deidentified(bytes(data), BASIC, KEY) as result:
+        assert result.sop_instance_uid
