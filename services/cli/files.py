@@ -8,7 +8,7 @@ import secrets
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 from rich.console import Console
@@ -54,15 +54,35 @@ def dicom_files(paths: list[Path]) -> list[Path]:
     except PhiSafeError as missing:  # it names the path's position, not the path (PHI in folder names)
         console.print(f"[red]{missing}[/red]")
         raise typer.Exit(2) from None
-    if found.broken_links:
-        console.print(f"[yellow]links under the input whose files are gone: {found.broken_links} (skipped)[/yellow]")
-    if found.unreadable:
-        console.print(f"[yellow]entries under the input that cannot be read: {found.unreadable} (skipped)[/yellow]")
-    if found.links_outside:
-        console.print(f"[yellow]links to folders outside the input: {found.links_outside} (not followed)[/yellow]")
-    if found.dicomdirs:
-        console.print(f"DICOMDIR files skipped (a CD's index of its files, not an instance): {found.dicomdirs}")
+    say_left_out(found)
     return found.files
+
+
+class LeftOut(Protocol):
+    """What a walk of the input left out (ingest's FoundFiles, and the SendSummary that carries it)."""
+
+    @property
+    def broken_links(self) -> int: ...
+    @property
+    def unreadable(self) -> int: ...
+    @property
+    def links_outside(self) -> int: ...
+    @property
+    def dicomdirs(self) -> int: ...
+
+
+def say_left_out(walked: LeftOut) -> None:
+    """What the walk of the input left out, each kind said (none in silence): `imx send` and `imx deid`."""
+    warnings = (
+        (walked.broken_links, "links under the input whose files are gone"),
+        (walked.unreadable, "entries under the input that cannot be read"),
+        (walked.links_outside, "links to folders outside the input, not followed"),
+    )
+    for count, what in warnings:
+        if count:
+            console.print(f"[yellow]{what}: {count} (skipped)[/yellow]")
+    if walked.dicomdirs:
+        console.print(f"DICOMDIR files skipped (a CD's index of its files, not an instance): {walked.dicomdirs}")
 
 
 def demo_data(

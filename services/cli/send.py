@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from services.cli.files import say_left_out
 from services.ingest.sender import SendSummary
 
 console = Console()
@@ -68,17 +69,4 @@ def _print(summary: SendSummary) -> None:
     for reason, count in sorted(summary.rejected.items()):
         table.add_row(f"rejected: {reason}", str(count))
     console.print(table)
-    if summary.unreadable:
-        console.print(
-            f"[yellow]entries under the folders that cannot be read: {summary.unreadable} (not sent)[/yellow]"
-        )
-    if summary.broken_links:
-        console.print(
-            f"[yellow]links under the folders whose files are gone: {summary.broken_links} (not sent)[/yellow]"
-        )
-    if summary.links_outside:
-        console.print(
-            f"[yellow]links to folders outside the folder given: {summary.links_outside} (not followed)[/yellow]"
-        )
-    if summary.dicomdirs:
-        console.print(f"DICOMDIR files skipped (a CD's index of its files, not an instance): {summary.dicomdirs}")
+    say_left_out(summary)
