@@ -46,6 +46,7 @@ from services.gateway.plain_get import (
     NotPlain,
     exchange,
     open_socket,
+    past_deadline,
     receive_pieces,
     receive_whole,
     request_bytes,
@@ -358,11 +359,6 @@ def _stream(
         answer.feed(piece, limit)  # a failed write is the gateway's disk, raised as it is
     answer.finish()
     return digest.hexdigest(), answer.size
-
-
-def past_deadline(deadline: float) -> None:
-    if time.monotonic() > deadline:
-        raise TimeoutError("the fetch took longer than its size allows")
 
 
 BODY_TORN = "body-torn"  # the answer began and broke off: few attempts (worker.FEW_ATTEMPTS), not waited for

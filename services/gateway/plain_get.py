@@ -115,13 +115,18 @@ def receive_whole(sock: socket.socket, first: bytes, length: int, deadline: floa
     got = len(first)
     view[:got] = first
     while got < length:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the answer took longer than its size allows")
+        past_deadline(deadline)
         received = sock.recv_into(view[got:])
         if not received:
             raise http.client.IncompleteRead(b"", length - got)
         got += received
     return body
+
+
+def past_deadline(deadline: float) -> None:
+    """TimeoutError once `deadline` (time.monotonic) has passed."""
+    if time.monotonic() > deadline:
+        raise TimeoutError("the answer took longer than its size allows")
 
 
 def receive_pieces(sock: socket.socket, first: bytes, length: int, piece: int) -> Iterator[bytes]:

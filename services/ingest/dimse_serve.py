@@ -28,10 +28,8 @@ as pynetdicom's association thread could not look at it then either.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import os
 import threading
 from typing import Any, cast
 
@@ -121,11 +119,8 @@ def discard_data_set_file(file: object) -> None:
     serves otherwise (a SOP class it has no Storage service for: the association is aborted), or whose
     command set could not be read, left it in the blob folder, up to the instance limit each time, until
     the store's sweep an hour later."""
-    if not isinstance(file, ReceivedFile):
-        return
-    file.close()
-    with contextlib.suppress(FileNotFoundError):  # removed after the handler, or moved into the store
-        os.unlink(file.name)
+    if isinstance(file, ReceivedFile):
+        file.remove()
 
 
 def _data_set_fragments_only(primitive: P_DATA) -> bool:

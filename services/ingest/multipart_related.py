@@ -51,6 +51,8 @@ class SpillFile(Protocol):
 
     def close(self) -> None: ...
 
+    def remove(self) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Part:
@@ -153,9 +155,7 @@ class RelatedPartsReader:
     def _drop_file(self) -> None:
         file, self._file = self._file, None
         if file is not None:
-            file.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(file.name)
+            file.remove()
 
     def _reset_part(self) -> None:
         self._drop_file()  # a part begun and never ended (a malformed body): its file too
@@ -207,32 +207,19 @@ class RelatedPartsReader:
     def _on_part_end(self) -> None:
         media_type, _ = parse_options_header(self._headers.get("content-type", ""))
         too_large = self._size > self._max_part_bytes
+        kind = media_type.decode("latin-1")
         if self._unwritten and not too_large:
-            self._done.append(Part(self._count, media_type.decode("latin-1"), b"", self._size, unwritten=True))
-            self._count += 1
-            self._reset_part()
-            return
-        if self._file is not None:
+            part = Part(self._count, kind, b"", self._size, unwritten=True)
+        elif self._file is not None:
             file, self._file = self._file, None
             file.close()  # its preamble is zeroed, and it is moved into the store, by acceptance
-            kind = media_type.decode("latin-1")
-            self._done.append(
-                Part(self._count, kind, b"", self._size, path=Path(file.name), unwritten=bool(file.write_error))
-            )
-            self._count += 1
-            self._reset_part()
-            return
-        self._done.append(
-            Part(
-                self._count,
-                media_type.decode("latin-1"),
-                # Its preamble zeroed here, in the buffer: acceptance's zeroing then copies nothing (it
-                # made a third copy of the part: the buffer, its bytes, and those with a zero preamble).
-                b"" if too_large else bytes(zero_preamble(self._data)),
-                self._size,
-                too_large,
-            )
-        )
+            part = Part(self._count, kind, b"", self._size, path=Path(file.name), unwritten=bool(file.write_error))
+        else:
+            # Its preamble zeroed here, in the buffer: acceptance's zeroing then copies nothing (it made a
+            # third copy of the part: the buffer, its bytes, and those with a zero preamble).
+            data = b"" if too_large else bytes(zero_preamble(self._data))
+            part = Part(self._count, kind, data, self._size, too_large)
+        self._done.append(part)
         self._count += 1
         self._reset_part()
 

@@ -119,15 +119,18 @@ class ReceivedFile:
         """Close and remove the file of a data set whose last fragment never came, its association
         ended: nobody will accept it. A complete one is left alone (it may be on its way into the
         blob store). True when removed."""
-        if self.complete:
-            return False
+        return not self.complete and self.remove()
+
+    def remove(self) -> bool:
+        """Close and remove the file, whatever became of its data set; True when removed (False: removed
+        already, or moved into the store under its object's name)."""
         self.close()
         try:
             os.unlink(self.name)
-        except FileNotFoundError:  # removed already
+        except FileNotFoundError:  # removed already, or moved into the store
             return False
         except OSError as exc:  # not ours to remove: the store's sweep has it
-            log.warning("abandoned c-store file not removed", extra={"error": type(exc).__name__})
+            log.warning("received file not removed", extra={"error": type(exc).__name__})
             return False
         return True
 

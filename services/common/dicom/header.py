@@ -550,7 +550,7 @@ def _check_structure(
             if implicit or not (vr in _ANY_VR or b"AA" <= vr <= b"ZZ"):
                 # Implicit VR; or, in explicit VR, bytes that name no VR: pydicom reads this one as implicit
                 start, length = offset + 8, struct.unpack_from(order + "I", data, offset + 4)[0]
-                sequence = _implicit_sequence(tag, data, start, length)
+                sequence = _implicit_sequence(tag, length)
             elif vr in _ANY_VR:
                 start, length = _explicit_length(data, offset, vr, order, "header")
                 # PS3.5 6.2.2: a UN of undefined length is a sequence (its items' encoding found as any item's).
@@ -595,7 +595,7 @@ _ITEM_WEIGHT = 3
 _ANY_VR = SHORT_VR_BYTES | LONG_VR_BYTES
 
 
-def _implicit_sequence(tag: int, data: ByteSource, start: int, length: int) -> bool:
+def _implicit_sequence(tag: int, length: int) -> bool:
     """Implicit VR names no VR: the dictionary's, else what pydicom guesses while reading (an unknown tag of
     undefined length is read as a sequence; one of defined length is kept as bytes)."""
     try:
