@@ -15,7 +15,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.common.profile_names import BUILTIN_PROFILE_NAMES
 from services.common.stores.config_versions import ConfigVersion
-from services.common.stores.partners import RETIRED_PARTNERS
+from services.common.stores.partners import PartnerStore
 from services.common.topics import is_reserved_partner_id
 from services.common.ttl_cache import RefreshingSnapshot
 from services.routing.rules import PRIORITY_CLASSES, Route, RouteMatch, validate_route
@@ -65,7 +65,7 @@ class RouteStore:
         self._versions = db["route_versions"]
         self._changes = ConfigVersion(db, "routes")
         self._partners = db["partners"]
-        self._retired = db[RETIRED_PARTNERS]
+        self._partner_store = PartnerStore(db)
         self._profiles = db["profiles"]
 
     def config_version(self) -> int:
@@ -119,7 +119,7 @@ class RouteStore:
 
     def _unmet(self, route: Route) -> list[str]:
         unmet = []
-        if self._retired.count_documents({"_id": route.partner_id}, limit=1):
+        if self._partner_store.retired(route.partner_id):
             unmet.append(
                 f"partner {route.partner_id!r} was removed, and its id is never given again: what this route "
                 "matches is quarantined until the route is changed"
