@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 if TYPE_CHECKING:
     from services.common.dicom.header import InvalidInstance
     from services.deid.engine import Profile
+    from services.ingest.sender import FoundFiles
 
 console = Console()
 # `imx demo-data` stops before a study when less than this is left where it writes (a CT study is ~21 MB):
@@ -43,9 +44,9 @@ def read_input_file(path: Path) -> bytes:
         raise typer.Exit(2) from None
 
 
-def dicom_files(paths: list[Path]) -> list[Path]:
-    """The files `imx send` would send (ingest's walk: hidden files and folders skipped); links whose
-    targets are gone are said, not skipped in silence."""
+def dicom_files(paths: list[Path]) -> FoundFiles:
+    """The files `imx send` would send (ingest's walk: hidden files and folders skipped), and what the walk
+    left out, which is said, not skipped in silence."""
     from services.common.messages import PhiSafeError
     from services.ingest.sender import walk_inputs
 
@@ -55,7 +56,7 @@ def dicom_files(paths: list[Path]) -> list[Path]:
         console.print(f"[red]{missing}[/red]")
         raise typer.Exit(2) from None
     say_left_out(found)
-    return found.files
+    return found
 
 
 class LeftOut(Protocol):
@@ -196,6 +197,7 @@ def deid(
     from services.deid.engine import DeidError
     from services.deid.files import deidentify_file
     from services.deid.handler import refusal_for
+    from services.ingest.sender import anything_left_out
 
     target = Path(target_text)
     try:
@@ -210,7 +212,8 @@ def deid(
         console.print(f"[red]the input or the output cannot be read[/red]: {error.strerror}")
         raise typer.Exit(2) from None
     chosen = _profile(profile)
-    files = dicom_files([source])
+    walked = dicom_files([source])
+    files = walked.files
     if not files:
         console.print("[red]no files to de-identify under the input[/red]")
         raise typer.Exit(1)
@@ -244,7 +247,7 @@ def deid(
                 raise typer.Exit(2) from None
             bar.advance(task)
     console.print(", ".join(f"{n} {what}" for what, n in sorted(outcomes.items())))
-    if any(k.startswith("refused") for k in outcomes):
+    if any(k.startswith("refused") for k in outcomes) or anything_left_out(walked):
         raise typer.Exit(1)
 
 

@@ -63,9 +63,7 @@ class SendSummary:
     @property
     def all_sent(self) -> bool:
         """Something was found, every file was taken, and nothing under the folders was left out."""
-        return bool(self.sent) and not (
-            self.rejected_total or self.broken_links or self.unreadable or self.links_outside
-        )
+        return bool(self.sent) and not (self.rejected_total or anything_left_out(self))
 
     def add(self, result: AcceptanceResult) -> None:
         self.sent += 1
@@ -162,6 +160,12 @@ class FoundFiles:
     unreadable: int = 0  # entries whose kind could not be read, folders that could not be listed
     dicomdirs: int = 0  # DICOMDIR files in the folders, not sent
     links_outside: int = 0  # links to folders outside the folder given, not followed
+
+
+def anything_left_out(walked: FoundFiles | SendSummary) -> bool:
+    """Whether a walk of the input left out a file it could not take (a DICOMDIR is not one): `imx send`
+    and `imx deid` then exit 1, so that a script does not take a partial run for a whole one."""
+    return bool(walked.broken_links or walked.unreadable or walked.links_outside)
 
 
 def walk_inputs(paths: Iterable[Path]) -> FoundFiles:

@@ -150,6 +150,24 @@ def test_hidden_files_and_folders_are_skipped_and_broken_links_said(tmp_path: Pa
     assert not (tmp_path / "out" / ".snapshots").exists()
 
 
+def test_a_run_that_left_part_of_the_input_out_exits_1_even_when_every_file_found_was_de_identified(
+    tmp_path: Path,
+) -> None:
+    """A script took exit 0 for "the whole folder is de-identified" while a link's file was gone."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "1.dcm").write_bytes(to_bytes(ct_dataset(instance=1)))
+    args = ["deid", str(tmp_path / "in"), str(tmp_path / "out"), "--key-file", str(tmp_path / "k")]
+    whole = runner.invoke(app, args)
+    assert whole.exit_code == 0, whole.output
+    (tmp_path / "in" / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (tmp_path / "in" / "up").symlink_to(tmp_path)  # a link out of the input: not followed
+    partial = runner.invoke(app, args)
+    assert "1 de-identified" in partial.output
+    assert "links under the input whose files are gone: 1 (skipped)" in partial.output
+    assert "links to folders outside the input, not followed: 1 (skipped)" in partial.output
+    assert partial.exit_code == 1, partial.output
+
+
 def test_a_target_ending_in_a_slash_is_a_new_folder(tmp_path: Path) -> None:
     source = tmp_path / "in.dcm"
     source.write_bytes(to_bytes(ct_dataset()))
