@@ -53,6 +53,7 @@ def _retention_s(days: float | None) -> float:
     deployment keeping thirty still wanted): its variable read as delivery reads it, and only that one."""
     from pydantic import AliasChoices, TypeAdapter, ValidationError
 
+    from services.common.blob_lifecycle import MIN_RETENTION_S
     from services.delivery.settings import DeliverySettings
 
     if days is not None:
@@ -65,8 +66,8 @@ def _retention_s(days: float | None) -> float:
                 seconds = TypeAdapter(float).validate_python(text)
             except ValidationError:
                 seconds = 0.0
-            if seconds <= 0:
-                console.print(f"[red]{name} is not a positive number of seconds[/red]: give --retention-days")
+            if not seconds >= MIN_RETENTION_S:  # delivery refuses it too
+                console.print(f"[red]{name} is not a number of seconds of at least a day[/red]: give --retention-days")
                 raise typer.Exit(2)
             return seconds
     return float(field.default)

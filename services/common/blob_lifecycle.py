@@ -36,6 +36,9 @@ from pathlib import Path
 from services.common.blob_splices import SPLICE_SUFFIX, SpliceMalformed, decode_splice
 
 DEFAULT_RETENTION_S = 7 * 24 * 3600
+# An instance still in the pipeline (not yet delivered, so owed to no one) is kept by its age alone: a
+# retention shorter than a day deleted instances the stages had not read yet, behind a backlog or an outage.
+MIN_RETENTION_S = 24 * 3600
 TEMPORARY_PREFIX = ".tmp-"
 # An object taken out of the store to be deleted (`_claim`): `.gc-<name>-<token>`. A collection that died
 # holding one settles it in the next (`_settle_claim`).

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.blob_lifecycle import DEFAULT_RETENTION_S
+from services.common.blob_lifecycle import DEFAULT_RETENTION_S, MIN_RETENTION_S
 from services.common.listen_address import host_port
 from services.common.settings import ServiceSettings
 from services.delivery.retrieval_refs import RetrievalRefs
@@ -63,10 +63,11 @@ class DeliverySettings(ServiceSettings):
 
     blob_retention_s: float = Field(
         DEFAULT_RETENTION_S,
-        gt=0,
+        ge=MIN_RETENTION_S,
         validation_alias=_env("BLOB_RETENTION_S"),
-        description="objects no partner is owed are deleted this long after they were last written "
-        "(default: seven days, the partner topics' retention)",
+        description="objects no partner is owed are deleted this long after they were last written, at least "
+        "a day (an instance in the pipeline is kept by its age alone) (default: seven days, the partner "
+        "topics' retention)",
     )
     blob_gc_interval_s: float = Field(
         3600.0, ge=0, validation_alias=_env("BLOB_GC_INTERVAL_S"), description="how often to collect; 0: never"

@@ -83,6 +83,9 @@ def test_blobs_gc_keeps_what_delivery_keeps_unless_told_otherwise(
     # 0 deleted an instance accepted a second before, which routing had not read yet
     refused = runner.invoke(app, ["blobs", "gc", "--retention-days", "0"])
     assert refused.exit_code == 2 and "--retention-days" in refused.output, refused.output
+    monkeypatch.setenv("IMX_BLOB_RETENTION_S", "3600")  # an hour: delivery refuses it, and so does gc
+    short = runner.invoke(app, ["blobs", "gc", "--dry-run"])
+    assert short.exit_code == 2 and "at least a day" in " ".join(short.output.split()), short.output
 
 
 def test_a_setting_that_does_not_parse_is_named_without_its_value_or_a_traceback(
