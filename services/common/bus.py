@@ -293,6 +293,11 @@ class BusProducer:
         self._renewing = threading.Lock()
         self._closed = False
 
+    @property
+    def ready(self) -> bool:
+        """Always: a BusProducer exists only once the broker answered (ProducerWhenReady waits for that)."""
+        return True
+
     def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
         """Send all and wait for every acknowledgement. Raises TransientError when the broker fails or
         refuses this producer (BrokerUnavailable when it is away), RecordRefused when it refuses a record

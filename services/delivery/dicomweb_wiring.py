@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from pymongo.database import Database
 
 from services.common.api_keys import api_key_digest
 from services.common.blob_store import LocalBlobStore
-from services.common.bus import BusProducer
 from services.common.events import event_message
 from services.common.http_server import HttpServer, TlsFiles
+from services.common.messages import OutgoingMessage
 from services.common.stores.partners import PartnerStore
 from services.common.topics import Topics
 from services.common.ttl_cache import TtlCache
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 RETRIEVALS_LINGER_MS = 200
 # How often the API's events are handed to that producer (they then wait for its linger too).
 RETRIEVALS_BATCH_S = 0.05
+# Events held while the producer is not made yet (delivery started while the broker was away): ~200 bytes
+# each. Beyond, the oldest are dropped and said, as kafka-python's own buffer gives up during an outage.
+MAX_HELD_EVENTS = 100_000
 # A revoked or newly issued key takes effect within this time; each request otherwise costs no lookup.
 KEY_CACHE_S = 5.0
 # Time a retrieval in flight gets to finish when the service stops (a 1 GiB object needs a fast link).
@@ -44,14 +48,29 @@ def _not_cached() -> str | None:
     raise _NotCached
 
 
+class EventProducer(Protocol):
+    """BusProducer (made once the broker answered), or ProducerWhenReady (made when it does)."""
+
+    @property
+    def ready(self) -> bool: ...
+    def publish_soon(self, messages: Sequence[OutgoingMessage], on_error: Callable[[BaseException], None]) -> None: ...
+
+
 class RetrievalEvents:
     """The retrieval API's events, handed to the producer by a thread of its own: `record`, called on
     the HTTP event loop once per request, only appends; every `interval_s` the thread passes what
     gathered to the producer (`publish_soon`: not waited for, one produce request for many). Waking a
-    thread per request instead cost more of the loop's time than answering the request."""
+    thread per request instead cost more of the loop's time than answering the request. Until the
+    producer is ready the events wait (at most MAX_HELD_EVENTS)."""
 
-    def __init__(self, producer: BusProducer, topics: Topics, interval_s: float = RETRIEVALS_BATCH_S) -> None:
-        self._producer, self._topics, self._interval_s = producer, topics, interval_s
+    def __init__(
+        self,
+        producer: EventProducer,
+        topics: Topics,
+        interval_s: float = RETRIEVALS_BATCH_S,
+        max_held: int = MAX_HELD_EVENTS,
+    ) -> None:
+        self._producer, self._topics, self._interval_s, self._max_held = producer, topics, interval_s, max_held
         self._pending: deque[PartnerRetrieval] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="retrieval-events", daemon=True)
@@ -66,6 +85,14 @@ class RetrievalEvents:
         self._hand_over()
 
     def _hand_over(self) -> None:
+        if not self._producer.ready:
+            dropped = 0
+            while len(self._pending) > self._max_held:
+                self._pending.popleft()
+                dropped += 1
+            if dropped:
+                log.error("retrievals not recorded: the broker has not answered", extra={"events": dropped})
+            return
         while self._pending:
             event = self._pending.popleft()  # the only consumer: never empty here
             try:
@@ -79,6 +106,8 @@ class RetrievalEvents:
         """Hand over what is left (call after the server stopped, before the producer closes)."""
         self._stop.set()
         self._thread.join()
+        if self._pending:
+            log.error("retrievals not recorded: the broker never answered", extra={"events": len(self._pending)})
 
 
 def _not_recorded(event: PartnerRetrieval) -> Callable[[BaseException], None]:
@@ -109,7 +138,7 @@ def start_partner_api(
     settings: DeliverySettings,
     db: Database,
     blobs: LocalBlobStore,
-    producer: BusProducer,
+    producer: EventProducer,
     topics: Topics,
     refs: RetrievalRefs | None = None,
 ) -> PartnerApi:

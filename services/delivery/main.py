@@ -16,6 +16,7 @@ from services.common.dead_letter_topic import IncompleteRead
 from services.common.events import now_ms
 from services.common.kafka_access import PartnerAccess
 from services.common.mongo import connect
+from services.common.producer_when_ready import ProducerWhenReady
 from services.common.runtime import StageSpec, run_stage
 from services.common.service_access import kafka_client_config
 from services.common.stores.partners import PartnerStore
@@ -127,11 +128,14 @@ def serve(
     delivered.ensure_indexes()
     # The retrieval API's audit events and the StudyComplete announcements go through a producer of
     # their own: the stage's producer belongs to the consumer loop's batches.
-    retrievals = BusProducer(
-        settings.kafka_bootstrap,
-        client_id="imx-delivery-dicomweb",
-        client_config=kafka_client_config(settings),
-        linger_ms=RETRIEVALS_LINGER_MS,
+    # Made once the broker answers: the API serves partners from the start, even during a broker outage.
+    retrievals = ProducerWhenReady(
+        lambda: BusProducer(
+            settings.kafka_bootstrap,
+            client_id="imx-delivery-dicomweb",
+            client_config=kafka_client_config(settings),
+            linger_ms=RETRIEVALS_LINGER_MS,
+        )
     )
     refs = settings.retrieval_refs()
     api = start_partner_api(settings, db, blobs, retrievals, topics, refs)
