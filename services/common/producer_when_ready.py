@@ -76,5 +76,5 @@ class ProducerWhenReady:
                     return
                 self._producer = producer
             if tries > 1:
-                log.info("broker answered", extra={"tries": tries})
+                log.info("broker answered", extra={"count": tries})
             return

@@ -91,7 +91,7 @@ class RetrievalEvents:
                 self._pending.popleft()
                 dropped += 1
             if dropped:
-                log.error("retrievals not recorded: the broker has not answered", extra={"events": dropped})
+                log.error("retrievals not recorded: the broker has not answered", extra={"count": dropped})
             return
         while self._pending:
             event = self._pending.popleft()  # the only consumer: never empty here
@@ -107,7 +107,7 @@ class RetrievalEvents:
         self._stop.set()
         self._thread.join()
         if self._pending:
-            log.error("retrievals not recorded: the broker never answered", extra={"events": len(self._pending)})
+            log.error("retrievals not recorded: the broker never answered", extra={"count": len(self._pending)})
 
 
 def _not_recorded(event: PartnerRetrieval) -> Callable[[BaseException], None]:
