@@ -217,7 +217,7 @@ class Fetcher:
         key = (url.hostname or "", url.port or 80)
         request = request_bytes(_target(url), url.netloc.rpartition("@")[2], self._headers)
         with _network_errors():
-            sock, (head, first) = self._plain.first_answer(key, lambda sock: exchange(sock, request))
+            sock, (head, first) = self._plain.first_answer(key, lambda sock: exchange(sock, request, deadline))
         try:
             _raise_for(head.status)
             if head.length is None:

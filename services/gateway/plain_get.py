@@ -87,15 +87,17 @@ def request_bytes(target: str, host: str, headers: dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def exchange(sock: socket.socket, request: bytes) -> tuple[Head, bytes]:
+def exchange(sock: socket.socket, request: bytes, deadline: float = math.inf) -> tuple[Head, bytes]:
     """Send `request`; the answer's head, and what of its body came with it. http.client's
     RemoteDisconnected when the connection ends before any answer (a kept-alive connection the server
-    closed meanwhile: the caller asks again on a new one)."""
+    closed meanwhile: the caller asks again on a new one); TimeoutError past `deadline` (time.monotonic),
+    which the head's bytes coming one by one, each within the read timeout, no longer outlast."""
     sock.sendall(request)
     data = b""
     while (end := data.find(b"\r\n\r\n")) < 0:
         if len(data) > MAX_HEAD_BYTES:
             raise http.client.HTTPException("answer head too long")
+        past_deadline(deadline)
         piece = sock.recv(HEAD_PIECE)
         if not piece:
             if data:

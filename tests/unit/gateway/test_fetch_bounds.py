@@ -43,6 +43,14 @@ def _dripping(conn: socket.socket, stop: threading.Event) -> None:
         conn.sendall(OBJECT[i : i + 1])
 
 
+def _dripping_head(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    for _ in range(400):  # a head that never ends, a byte every 50 ms: 20 s
+        if stop.wait(0.05):
+            return
+        conn.sendall(b"x")
+
+
 @pytest.fixture
 def serving() -> Iterator[Callable[[Answer], str]]:
     stop = threading.Event()
@@ -115,6 +123,20 @@ def test_an_answer_slower_than_its_size_allows_fails_the_attempt(
         failure = _fetch_within(fetcher, _delivery(serving(_dripping)), 10)
         assert isinstance(failure, FetchFailure) and (failure.detail, failure.retryable) == ("fetch-timeout", True)
         assert not failure.unavailable and time.monotonic() - started < 5  # spends an attempt, not waited for
+    finally:
+        fetcher.close()
+
+
+def test_an_answers_head_slower_than_the_fetch_allows_ends_the_fetch(
+    serving: Callable[[Answer], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetch's time bound covered the body only: a head coming a byte at a time held the gateway."""
+    monkeypatch.setattr(fetch, "READ_TIMEOUT_S", 0.5)  # each byte comes well within it
+    fetcher = Fetcher("key", tmp_path)
+    try:
+        failure = _fetch_within(fetcher, _delivery(serving(_dripping_head)), 5)
+        assert isinstance(failure, FetchFailure) and failure.detail == "fetch-timeout"
+        assert failure.unavailable, "no answer yet: the retrieval service is waited for, no attempt spent"
     finally:
         fetcher.close()
 
