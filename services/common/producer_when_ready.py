@@ -4,8 +4,9 @@ kafka-python's producer asks the broker for its metadata as it is made and gives
 made its retrieval events' producer before it opened its DICOMweb API, so, started while the broker was
 away, it served no partner and the process ended (in the chart, a restart loop with growing back-off,
 minutes past the broker's return). Here the producer is made by a thread of its own, tried again until the
-broker answers; until then `publish` raises BrokerUnavailable, as a publish does during an outage, and a
-caller that can hold its messages asks `ready` first.
+broker answers. Until then `publish` waits for it, and raises BrokerUnavailable after its timeout, as a
+publish does during an outage; `publish_soon` raises at once, so a caller that can hold its messages asks
+`ready` first.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from services.common.publish_refusals import BrokerUnavailable
 log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # between tries; each try itself waits up to kafka-python's 30 s for the broker
+SAY_AGAIN_TRIES = 10  # a failure is logged at the first try and every this many after (~6 minutes apart)
 
 
 class ProducerWhenReady:
     def __init__(self, make: Callable[[], BusProducer], retry_s: float = RETRY_S) -> None:
         self._make, self._retry_s = make, retry_s
         self._producer: BusProducer | None = None
+        self._settled = threading.Event()  # made, or closed: a waiting publish wakes
         self._stop = threading.Event()
         self._lock = threading.Lock()  # a producer made while `close` runs is closed, not leaked
         self._thread = threading.Thread(target=self._run, name="producer-when-ready", daemon=True)
@@ -41,6 +44,7 @@ class ProducerWhenReady:
         return self.ready
 
     def publish(self, messages: Sequence[OutgoingMessage], timeout_s: float = 60.0) -> None:
+        self._settled.wait(timeout_s)  # as BusProducer's publish waits for a broker away
         self._made().publish(messages, timeout_s)
 
     def publish_soon(self, messages: Sequence[OutgoingMessage], on_error: Callable[[BaseException], None]) -> None:
@@ -48,6 +52,7 @@ class ProducerWhenReady:
 
     def close(self) -> None:
         self._stop.set()
+        self._settled.set()
         with self._lock:
             producer, self._producer = self._producer, None
         if producer is not None:
@@ -66,8 +71,11 @@ class ProducerWhenReady:
             try:
                 producer = self._make()
             except Exception as error:  # kafka-python's KafkaTimeoutError, NoBrokersAvailable, a refused sign-in
-                if tries == 1:
-                    log.warning("broker not answering; trying again", extra={"error": type(error).__name__})
+                if tries % SAY_AGAIN_TRIES == 1:
+                    log.warning(
+                        "producer not made: the broker did not answer or refused; trying again",
+                        extra={"error": type(error).__name__, "count": tries},
+                    )
                 self._stop.wait(self._retry_s)
                 continue
             with self._lock:
@@ -75,6 +83,7 @@ class ProducerWhenReady:
                     producer.close()
                     return
                 self._producer = producer
+                self._settled.set()
             if tries > 1:
                 log.info("broker answered", extra={"count": tries})
             return

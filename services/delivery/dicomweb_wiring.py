@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 RETRIEVALS_LINGER_MS = 200
 # How often the API's events are handed to that producer (they then wait for its linger too).
 RETRIEVALS_BATCH_S = 0.05
-# Events held while the producer is not made yet (delivery started while the broker was away): ~200 bytes
-# each. Beyond, the oldest are dropped and said, as kafka-python's own buffer gives up during an outage.
+# Events held while the producer is not made yet (delivery started while the broker was away), serialized:
+# ~250 bytes each in memory (a message object took ~1.6 kB). Beyond, the oldest are dropped and said, as
+# kafka-python's own buffer gives up during an outage.
 MAX_HELD_EVENTS = 100_000
 # A revoked or newly issued key takes effect within this time; each request otherwise costs no lookup.
 KEY_CACHE_S = 5.0
@@ -72,6 +73,7 @@ class RetrievalEvents:
     ) -> None:
         self._producer, self._topics, self._interval_s, self._max_held = producer, topics, interval_s, max_held
         self._pending: deque[PartnerRetrieval] = deque()
+        self._held: deque[bytes] = deque()  # only the events thread touches it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="retrieval-events", daemon=True)
         self._thread.start()
@@ -86,28 +88,34 @@ class RetrievalEvents:
 
     def _hand_over(self) -> None:
         if not self._producer.ready:
+            while self._pending:
+                self._held.append(self._pending.popleft().SerializeToString())
             dropped = 0
-            while len(self._pending) > self._max_held:
-                self._pending.popleft()
+            while len(self._held) > self._max_held:
+                self._held.popleft()
                 dropped += 1
             if dropped:
                 log.error("retrievals not recorded: the broker has not answered", extra={"count": dropped})
             return
+        while self._held:
+            self._publish(PartnerRetrieval.FromString(self._held.popleft()))
         while self._pending:
-            event = self._pending.popleft()  # the only consumer: never empty here
-            try:
-                self._producer.publish_soon(
-                    [event_message(self._topics.access, event, event.study_instance_uid)], _not_recorded(event)
-                )
-            except Exception as error:  # the producer is closed or broken: say so, keep the thread
-                _not_recorded(event)(error)
+            self._publish(self._pending.popleft())  # the only consumer: never empty here
+
+    def _publish(self, event: PartnerRetrieval) -> None:
+        try:
+            self._producer.publish_soon(
+                [event_message(self._topics.access, event, event.study_instance_uid)], _not_recorded(event)
+            )
+        except Exception as error:  # the producer is closed or broken: say so, keep the thread
+            _not_recorded(event)(error)
 
     def close(self) -> None:
         """Hand over what is left (call after the server stopped, before the producer closes)."""
         self._stop.set()
         self._thread.join()
-        if self._pending:
-            log.error("retrievals not recorded: the broker never answered", extra={"count": len(self._pending)})
+        if left := len(self._pending) + len(self._held):
+            log.error("retrievals not recorded: the broker never answered", extra={"count": left})
 
 
 def _not_recorded(event: PartnerRetrieval) -> Callable[[BaseException], None]:

@@ -54,7 +54,7 @@ def test_before_the_broker_answers_a_publish_is_broker_unavailable_and_nothing_w
     try:
         assert not producer.ready
         with pytest.raises(BrokerUnavailable):
-            producer.publish(["m"])
+            producer.publish(["m"], timeout_s=0.1)  # waited for, as during an outage, then given up
         with pytest.raises(BrokerUnavailable):
             producer.publish_soon(["m"], lambda _e: None)
     finally:
@@ -76,3 +76,19 @@ def test_a_producer_made_while_the_service_stops_is_closed_not_kept() -> None:
     release.set()
     producer.wait_ready(5)
     assert made.closed and not producer.ready
+
+
+def test_a_publish_waiting_for_the_broker_goes_out_once_the_producer_is_made() -> None:
+    made, gate = Made(), threading.Event()
+
+    def make() -> Any:
+        gate.wait(5)
+        return made
+
+    producer = ProducerWhenReady(make, retry_s=0.01)
+    threading.Timer(0.2, gate.set).start()
+    try:
+        producer.publish(["m"], timeout_s=5)
+        assert made.published == ["m"]
+    finally:
+        producer.close()
