@@ -13,6 +13,7 @@ Only the type of an error (and its errno) is looked at, never its text: texts ma
 from __future__ import annotations
 
 import errno
+import re
 import struct
 from enum import StrEnum
 
@@ -57,6 +58,12 @@ TRANSIENT_ERRNOS = frozenset(
 # Server error codes that say "not now" (pymongo retries these itself within one operation; a stage
 # retries them across operations): shutting down, stepping down, no primary, out of time.
 TRANSIENT_SERVER_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+# FerretDB (the devstack's MongoDB) answers InternalError (1) when its PostgreSQL cannot be reached or is
+# starting: SQLSTATE class 08 (connection exception) or 57P01-57P03 (shut down, crashed, not yet accepting
+# connections). Taken for a defect, a batch that met PostgreSQL's restart was dead-lettered and the stage
+# ended (`make chaos`, database-crash, 2026-12-08).
+INTERNAL_ERROR = 1
+BACKEND_AWAY = re.compile(r"SQLSTATE (08[0-9A-Z]{3}|57P0[123])\b")
 
 # What pydicom (and the struct/codec layers under it) raise on input it cannot decode: an unknown
 # VR (NotImplementedError), a malformed number, date or character set (ValueError, LookupError,
@@ -93,6 +100,8 @@ def _mongo_transient(exc: PyMongoError) -> bool:
     if exc.has_error_label("RetryableWriteError") or exc.has_error_label("TransientTransactionError"):
         return True
     if isinstance(exc, (OperationFailure, WriteConcernError)):
+        if exc.code == INTERNAL_ERROR:
+            return BACKEND_AWAY.search(str((exc.details or {}).get("errmsg", exc))) is not None
         return exc.code in TRANSIENT_SERVER_CODES
     return False
 

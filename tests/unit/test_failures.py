@@ -33,6 +33,17 @@ from services.common.messages import IncomingMessage, OutgoingMessage, Transient
         NetworkTimeout("timed out"),
         NotPrimaryError("stepped down"),
         OperationFailure("shutting down", code=91),
+        # FerretDB while its PostgreSQL restarts (as `make chaos` met it)
+        OperationFailure(
+            "failed to connect",
+            code=1,
+            details={
+                "errmsg": "[msg_insert.go:168 handler.(*Handler).MsgInsert] failed to connect to `user=postgres`: "
+                "server error: FATAL: the database system is not yet accepting connections (SQLSTATE 57P03)",
+                "code": 1,
+            },
+        ),
+        OperationFailure("x", code=1, details={"errmsg": "dial tcp: connection refused (SQLSTATE 08006)"}),
         OSError(errno.ENOSPC, "No space left on device"),
         OSError(errno.EIO, "Input/output error"),
         OSError(errno.EDQUOT, "Disk quota exceeded"),
@@ -74,6 +85,7 @@ def test_decoding_errors_are_input_problems_named_by_type_only(error: BaseExcept
         FileNotFoundError(errno.ENOENT, "gone"),
         DuplicateKeyError("dup"),
         OperationFailure("unauthorized", code=13),
+        OperationFailure("x", code=1, details={"errmsg": "unexpected: a bug (SQLSTATE 42P01)"}),  # undefined table
         MessageSizeTooLargeError(),
     ],
     ids=type,
