@@ -1,8 +1,10 @@
 """Small helpers the bus tests share: a stage's consumer and polling it until it joined or read a
-topic, read a whole topic, ask the broker for committed offsets, limit the size of a topic's records."""
+topic, read a whole topic, ask the broker for committed offsets, limit the size of a topic's records, a
+broker that answers only once told to."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -158,3 +160,43 @@ def limit_records(bootstrap: str, topic: str, max_bytes: int, create: bool = Fal
             )
     finally:
         admin.close()
+
+
+class LateBroker:
+    """A TCP forwarder to the real broker that starts listening only when `open()` is called: until
+    then its port refuses connections, as a broker that is down does. (Metadata then points clients at
+    the real broker directly.)"""
+
+    def __init__(self, port: int, target: str) -> None:
+        host, _, target_port = target.rpartition(":")
+        self.port, self._target = port, (host, int(target_port))
+        self._server: socket.socket | None = None
+
+    def open(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()

@@ -4,7 +4,6 @@ process, creates the topics once the broker answers, and gives up waiting when t
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 
@@ -12,49 +11,10 @@ import pytest
 from kafka import KafkaConsumer
 
 from services.common.bus import ensure_topics
+from tests.integration.bus_helpers import LateBroker
 from tools.devstack import free_port
 
 pytestmark = pytest.mark.integration
-
-
-class LateBroker:
-    """A TCP forwarder to the real broker that starts listening only when `open()` is called: until
-    then its port refuses connections, as a broker that is down does. (Metadata then points clients at
-    the real broker directly.)"""
-
-    def __init__(self, port: int, target: str) -> None:
-        host, _, target_port = target.rpartition(":")
-        self.port, self._target = port, (host, int(target_port))
-        self._server: socket.socket | None = None
-
-    def open(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        assert self._server is not None
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self._target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            sink.close()
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
 
 def test_ensure_topics_waits_for_a_broker_that_is_not_up_yet(kafka_bootstrap: str, unique_name: str) -> None:

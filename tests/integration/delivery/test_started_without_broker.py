@@ -5,7 +5,6 @@ a restart loop whose back-off outlasted the outage)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,45 +19,10 @@ from services.common.topics import Topics
 from services.delivery.main import serve
 from services.delivery.settings import DeliverySettings
 from services.proto_gen.imx.v1.events_pb2 import PartnerRetrieval
-from tests.integration.bus_helpers import read_all
+from tests.integration.bus_helpers import LateBroker, read_all
 from tools.devstack import free_port
 
 pytestmark = pytest.mark.integration
-
-
-class Forwarder:
-    """The broker's address for the service, answering only once started: each connection is passed to
-    the real broker (which then names its own address to the client)."""
-
-    def __init__(self, port: int, target: str) -> None:
-        host, _, target_port = target.rpartition(":")
-        self._target = (host, int(target_port))
-        self._listener = socket.create_server(("127.0.0.1", port))
-        self._threads: list[threading.Thread] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self._target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            sink.close()
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 @pytest.mark.timeout(180)
@@ -96,7 +60,7 @@ def test_a_delivery_started_without_its_broker_serves_partners_and_records_them_
 
     service = threading.Thread(target=run, name="delivery", daemon=True)
     service.start()
-    forwarder = None
+    broker = LateBroker(broker_port, kafka_bootstrap)
     try:
         answered = None
         deadline = time.monotonic() + 20
@@ -112,7 +76,7 @@ def test_a_delivery_started_without_its_broker_serves_partners_and_records_them_
         assert not failures, f"delivery ended: {failures[0]!r}"
         assert answered is not None, "the partner API did not open while the broker was away"
         assert answered.status_code in (200, 204), answered.text
-        forwarder = Forwarder(broker_port, kafka_bootstrap)  # the broker is back
+        broker.open()  # the broker is back
         records = read_all(kafka_bootstrap, topics.access, 1, timeout_s=90)
         event = PartnerRetrieval()
         event.ParseFromString(records[0].value)
@@ -120,7 +84,6 @@ def test_a_delivery_started_without_its_broker_serves_partners_and_records_them_
     finally:
         stop.set()
         service.join(60)
-        if forwarder is not None:
-            forwarder.close()
+        broker.close()
     assert not service.is_alive(), "delivery did not stop"
     assert not failures, f"delivery failed: {failures[0]!r}"
