@@ -253,7 +253,9 @@ class Fetcher:
         key = (url.scheme, url.hostname or "", url.port)
         target = _target(url)
         with _network_errors():
-            connection, response = self._connections.first_answer(key, lambda c: _get(c, target, self._headers))
+            connection, response = self._connections.first_answer(
+                key, lambda c: _get(c, target, self._headers, deadline)
+            )
         try:
             _raise_for(response.status)
             # read1: what has arrived, so the deadline is looked at as the answer comes (read fills the piece)
@@ -338,9 +340,45 @@ def _target(url: SplitResult) -> str:
     return (url.path or "/") + (f"?{url.query}" if url.query else "")
 
 
-def _get(connection: http.client.HTTPConnection, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+def _get(
+    connection: http.client.HTTPConnection, target: str, headers: dict[str, str], deadline: float = math.inf
+) -> http.client.HTTPResponse:
     connection.request("GET", target, headers=headers)
-    return connection.getresponse()
+    with _cut_at(connection.sock, deadline):
+        return connection.getresponse()
+
+
+@contextlib.contextmanager
+def _cut_at(sock: socket.socket | None, deadline: float) -> Iterator[None]:
+    """The connection shut at `deadline` (time.monotonic), TimeoutError then: http.client reads an answer's
+    head a line at a time, each read within the read timeout, and nothing else bounds them all (a head
+    coming a byte at a time held the gateway)."""
+    if sock is None or deadline == math.inf:
+        yield
+        return
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        with contextlib.suppress(OSError):
+            # The plain socket's own shutdown, under TLS too: SSLSocket.shutdown would drop its TLS state
+            # while another thread reads through it. The read then ends with an error.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except (OSError, http.client.HTTPException):
+        if fired.is_set():
+            raise TimeoutError("the answer's head took longer than the fetch may") from None
+        raise
+    else:
+        if fired.is_set():  # http.client took the head cut short for a whole one
+            raise TimeoutError("the answer's head took longer than the fetch may")
+    finally:
+        timer.cancel()
 
 
 def _stream(

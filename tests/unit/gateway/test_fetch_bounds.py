@@ -141,6 +141,26 @@ def test_an_answers_head_slower_than_the_fetch_allows_ends_the_fetch(
         fetcher.close()
 
 
+def test_an_answers_head_slower_than_the_fetch_allows_ends_the_fetch_on_the_direct_path_too(
+    serving: Callable[[Answer], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path https takes, and plain HTTP's for an answer without a length (asked again through http.client):
+    a first answer without a Content-Length sends the fetch there, where the second's head drips."""
+    monkeypatch.setattr(fetch, "READ_TIMEOUT_S", 0.5)
+    answers = iter([_unframed, _dripping_head])
+    fetcher = Fetcher("key", tmp_path)
+    try:
+        failure = _fetch_within(fetcher, _delivery(serving(lambda conn, stop: next(answers)(conn, stop))), 5)
+        assert isinstance(failure, FetchFailure) and failure.detail == "fetch-timeout", failure
+        assert failure.unavailable
+    finally:
+        fetcher.close()
+
+
+def _unframed(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom\r\nConnection: close\r\n\r\n")
+
+
 def _keep_alive(conn: socket.socket, stop: threading.Event) -> None:
     """Answers every request on the connection, each with a Content-Length (the first already read)."""
     answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom\r\nContent-Length: %d\r\n\r\n" % len(OBJECT)
