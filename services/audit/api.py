@@ -63,6 +63,8 @@ UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"  # PS3.5 §9.1: digits and dots, at most 64
 router = APIRouter()
 open_router = APIRouter()  # health only: probes carry no key
 
+UNAVAILABLE_HEADERS = {"Retry-After": "5"}  # the store is away: a client tries again, not at once
+
 
 def get_store(request: Request) -> AuditStore:
     store: AuditStore = request.app.state.audit_store
@@ -249,7 +251,9 @@ def healthz(store: StoreDep, response: Response) -> Health:
 
 
 def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=503, content={"detail": "audit store unavailable; try again"})
+    return JSONResponse(
+        status_code=503, content={"detail": "audit store unavailable; try again"}, headers=UNAVAILABLE_HEADERS
+    )
 
 
 def _purged(request: Request, exc: Exception) -> JSONResponse:
@@ -292,7 +296,11 @@ class AccessRecording:
                 recorded = True
                 if not await self._record(scope, state, int(start["status"])):
                     refused = True
-                    unavailable = JSONResponse(status_code=503, content={"detail": "access log unavailable; try again"})
+                    unavailable = JSONResponse(
+                        status_code=503,
+                        content={"detail": "access log unavailable; try again"},
+                        headers=UNAVAILABLE_HEADERS,
+                    )
                     await unavailable(scope, receive, send)
                     return
                 await send(start)

@@ -100,12 +100,16 @@ class TamperEvidence:
                 self.log.sign_if_due()
             except TransientError:
                 log.warning("audit log: tree head not signed this time (store unavailable or lease lost)")
+            except Exception as error:  # the thread must outlive it: signing stopped for good otherwise
+                log.error("audit log: tree head not signed this time", extra={"error": type(error).__name__})
 
     def _append_changes(self) -> None:
         try:
             self._changes.poll()
         except TransientError:
             log.warning("audit log: control-plane changes not appended this time (store unavailable or lease lost)")
+        except Exception as error:  # as above: the next round tries again
+            log.error("audit log: control-plane changes not appended this time", extra={"error": type(error).__name__})
 
     def stop(self) -> None:
         self._stop.set()

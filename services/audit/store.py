@@ -19,11 +19,8 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
     BulkWriteError,
-    ConnectionFailure,
     DuplicateKeyError,
-    ExecutionTimeout,
     PyMongoError,
-    WriteConcernError,
 )
 
 from services.audit import rollups
@@ -43,10 +40,9 @@ from services.audit.queries import (
 from services.audit.records import RECORD_FIELDS, AuditRecord, to_datetime, to_epoch_ms
 from services.audit.scopes import Scope, ScopeDenied
 from services.audit.tamper_log import LOG_SINCE
-from services.common.messages import TransientError
+from services.common.failures import database_away_is_transient
 from services.common.mongo import insert_new
 
-_TRANSIENT = (ConnectionFailure, ExecutionTimeout, WriteConcernError)
 MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
 MAX_DAYS = 400  # an aggregate covers at most this many days
 # Pages asked for at once in a study chain's first round: a long trail (the slow ones) is read in one
@@ -107,10 +103,8 @@ class AuditStore(RecordWriter, Protocol):
 
 @contextmanager
 def _unavailable_is_transient() -> Iterator[None]:
-    try:
+    with database_away_is_transient("audit store"):
         yield
-    except _TRANSIENT as exc:
-        raise TransientError(f"audit store unavailable: {type(exc).__name__}") from exc
 
 
 def _aware(value: Any) -> Any:

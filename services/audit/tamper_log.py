@@ -53,19 +53,19 @@ from typing import Any
 
 import bson
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, ExecutionTimeout, WriteConcernError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.audit import merkle
 from services.audit.log_entries import digest_of_own_fields, field_set_id, leaf_entry
 from services.audit.records import AuditRecord
 from services.audit.signing import Signer, tree_head_message
+from services.common.failures import database_away_is_transient
 from services.common.messages import TransientError
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_KEY = 11000
 HEAD, LEASE, LATEST_STH = "head", "lease", "sth:latest"
-_TRANSIENT = (ConnectionFailure, ExecutionTimeout, WriteConcernError)
 
 
 CHUNK_LEVEL = 8
@@ -131,10 +131,8 @@ class ConcurrentWriterError(TransientError):
 
 @contextmanager
 def unavailable_is_transient() -> Iterator[None]:
-    try:
+    with database_away_is_transient("audit log"):
         yield
-    except _TRANSIENT as exc:
-        raise TransientError(f"audit log unavailable: {type(exc).__name__}") from exc
 
 
 @dataclass(frozen=True)

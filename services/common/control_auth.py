@@ -22,9 +22,7 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
-from kafka.errors import KafkaError
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure
 
 from services.common.api_keys import api_key_digest
 from services.common.control_changes import (
@@ -40,7 +38,7 @@ from services.common.control_changes import (
 )
 from services.common.control_roles import Role, is_open, permits
 from services.common.control_tokens import Caller, ControlCredentials, TokenStore, bootstrap_digest
-from services.common.messages import TransientError
+from services.common.failures import is_transient
 
 log = logging.getLogger(__name__)
 BEARER = "bearer "
@@ -212,12 +210,10 @@ DEPENDENCY_AWAY = "the service's database or broker is unavailable; try again"
 
 
 def dependency_away(error: BaseException) -> bool:
-    """MongoDB not answering (pymongo's ConnectionFailure: no server, a timeout), a broker away
-    (kafka-python's retriable errors), or a store's own TransientError: what a later call may not meet,
-    not a fault of the request."""
-    if isinstance(error, ConnectionFailure | TransientError):  # not a duplicate key or a refused operation
-        return True
-    return isinstance(error, KafkaError) and bool(error.retriable)
+    """MongoDB not answering or its backend away (failures.is_transient: no server, a timeout, FerretDB's
+    PostgreSQL restarting), a broker away (kafka-python's retriable errors), or a store's own TransientError:
+    what a later call may not meet, not a fault of the request (not a duplicate key or a refused operation)."""
+    return is_transient(error)
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import re
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 
 from kafka.errors import KafkaError
@@ -58,12 +60,17 @@ TRANSIENT_ERRNOS = frozenset(
 # Server error codes that say "not now" (pymongo retries these itself within one operation; a stage
 # retries them across operations): shutting down, stepping down, no primary, out of time.
 TRANSIENT_SERVER_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
-# FerretDB (the devstack's MongoDB) answers InternalError (1) when its PostgreSQL cannot be reached or is
-# starting: SQLSTATE class 08 (connection exception) or 57P01-57P03 (shut down, crashed, not yet accepting
-# connections). Taken for a defect, a batch that met PostgreSQL's restart was dead-lettered and the stage
-# ended (`make chaos`, database-crash, 2026-12-08).
+# FerretDB (the devstack's MongoDB) answers InternalError (1) when its PostgreSQL is away, restarting or out
+# of room: its driver's (pgx's) connection failures, which carry no SQLSTATE ("failed to connect to ...:
+# dial error", "unexpected EOF", "conn closed", ...), and PostgreSQL's own SQLSTATE class 08 (connection
+# exception), 53 (insufficient resources: too many clients), 57P01-57P03 (shut down, crashed, not yet
+# accepting connections), 40001 and 40P01 (serialization failure, deadlock). Taken for a defect, a batch that
+# met PostgreSQL's restart was dead-lettered and the stage ended (`make chaos`, database-crash, 2026-12-08).
 INTERNAL_ERROR = 1
-BACKEND_AWAY = re.compile(r"SQLSTATE (08[0-9A-Z]{3}|57P0[123])\b")
+BACKEND_AWAY = re.compile(
+    r"SQLSTATE (08[0-9A-Z]{3}|53[0-9A-Z]{3}|57P0[123]|40001|40P01)\b"
+    r"|failed to connect to|dial error|unexpected EOF|conn closed|connection reset|broken pipe|i/o timeout"
+)
 
 # What pydicom (and the struct/codec layers under it) raise on input it cannot decode: an unknown
 # VR (NotImplementedError), a malformed number, date or character set (ValueError, LookupError,
@@ -104,6 +111,19 @@ def _mongo_transient(exc: PyMongoError) -> bool:
             return BACKEND_AWAY.search(str((exc.details or {}).get("errmsg", exc))) is not None
         return exc.code in TRANSIENT_SERVER_CODES
     return False
+
+
+@contextmanager
+def database_away_is_transient(what: str) -> Iterator[None]:
+    """A database error that a later call may not meet (`is_transient`; any write concern not satisfied),
+    raised as TransientError naming `what` and the error's type only: callers answer "unavailable, try
+    again" (503, UNAVAILABLE) or retry next round, where any other error is a defect."""
+    try:
+        yield
+    except PyMongoError as exc:
+        if isinstance(exc, WriteConcernError) or is_transient(exc):
+            raise TransientError(f"{what} unavailable: {type(exc).__name__}") from exc
+        raise
 
 
 def classify(exc: BaseException) -> Failure:

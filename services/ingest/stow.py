@@ -46,6 +46,7 @@ DEFAULT_UPLOADS_PER_ORG = 8
 DEFAULT_MAX_PARTS = 10_000
 # What a refused sender is told to wait: uploads finish in seconds, so a short wait usually finds a slot.
 BUSY_RETRY_AFTER_S = 5
+UNAVAILABLE_RETRY_AFTER_S = 30  # a dependency away: as the answer to a part refused for now (A700)
 
 
 class ApiKeys(Protocol):
@@ -96,7 +97,11 @@ def _source_org(context: Context, authorization: Annotated[str | None, Header()]
     try:
         org = context.api_keys.org_for_api_key(key.strip())
     except PyMongoError:
-        raise HTTPException(503, "organisation store unavailable; try again later") from None
+        raise HTTPException(
+            503,
+            "organisation store unavailable; try again later",
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+        ) from None
     if org is None:
         raise HTTPException(401, "API key not recognised", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
     return org
@@ -230,7 +235,7 @@ async def _store_held(
         reader.discard()  # a part being written to its file when the body failed or ended
     status = http_status(outcomes)
     log.info("stow-rs request", extra={"org": org, "instances": len(outcomes), "status": status})
-    headers = {"Retry-After": "30"} if status == 503 else None
+    headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)} if status == 503 else None
     return JSONResponse(response_body(outcomes), status_code=status, media_type=DICOM_JSON, headers=headers)
 
 

@@ -43,7 +43,17 @@ from services.common.messages import IncomingMessage, OutgoingMessage, Transient
                 "code": 1,
             },
         ),
-        OperationFailure("x", code=1, details={"errmsg": "dial tcp: connection refused (SQLSTATE 08006)"}),
+        # ... and while it is not listening yet, or just went: its driver's (pgx's) texts carry no SQLSTATE
+        *(
+            OperationFailure("x", code=1, details={"errmsg": text})
+            for text in (
+                "[msg_find.go:75] failed to connect to `user=postgres database=postgres`: 127.0.0.1:27118 "
+                "(127.0.0.1): dial error: dial tcp 127.0.0.1:27118: connect: connection refused",
+                "[collection.go:123] failed to receive message: unexpected EOF",
+                "[collection.go:123] conn closed",
+                "FATAL: sorry, too many clients already (SQLSTATE 53300)",
+            )
+        ),
         OSError(errno.ENOSPC, "No space left on device"),
         OSError(errno.EIO, "Input/output error"),
         OSError(errno.EDQUOT, "Disk quota exceeded"),
@@ -119,3 +129,20 @@ def test_a_dead_letter_says_its_failure_class() -> None:
     result = run_handler_over_batch([IncomingMessage("in", 0, 0, b"k", b"v")], handler, "dlq", "test")
     [dead] = result.outputs
     assert dead.headers["imx-failure"] == b"defect"
+
+
+def test_a_database_away_is_said_as_transient_and_a_refused_operation_is_not() -> None:
+    """Audit's stores and the control plane answer 503 / UNAVAILABLE for the first, where FerretDB's
+    PostgreSQL restarting was a 500, or UNKNOWN with the driver's text (its user and socket path)."""
+    from services.common.control_auth import dependency_away
+    from services.common.failures import database_away_is_transient
+
+    restarting = OperationFailure("x", code=1, details={"errmsg": "failed to connect to `user=imx`: dial error"})
+    unavailable = pytest.raises(TransientError, match="audit store unavailable: OperationFailure")
+    with unavailable as said, database_away_is_transient("audit store"):
+        raise restarting
+    assert "imx" not in str(said.value).replace("audit store", "")
+    with pytest.raises(DuplicateKeyError), database_away_is_transient("audit store"):
+        raise DuplicateKeyError("dup")
+    assert dependency_away(restarting) and dependency_away(AutoReconnect("gone"))
+    assert not dependency_away(OperationFailure("unauthorized", code=13))

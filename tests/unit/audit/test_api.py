@@ -238,7 +238,8 @@ def test_a_store_outage_is_503_not_500() -> None:
 
     store: AuditStore = DownStore()
     client = TestClient(create_app(store, _keys), headers={"Authorization": f"Bearer {KEY}"})
-    assert client.get("/audit/studies/1.2.3").status_code == 503
+    answer = client.get("/audit/studies/1.2.3")
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
 
 
 def test_openapi_documents_the_routes_and_their_models(client: TestClient) -> None:
