@@ -15,13 +15,14 @@ from __future__ import annotations
 import errno
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
+from typing import Any
 
 from kafka.errors import KafkaError
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
 
 from services.common.messages import PermanentError, TransientError
 
@@ -59,7 +60,8 @@ TRANSIENT_ERRNOS = frozenset(
 
 # Server error codes that say "not now" (pymongo retries these itself within one operation; a stage
 # retries them across operations): shutting down, stepping down, no primary, out of time.
-TRANSIENT_SERVER_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+TRANSIENT_SERVER_CODES = frozenset({6, 7, 50, 64, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+DUPLICATE_KEY = 11000
 # FerretDB (the devstack's MongoDB) answers InternalError (1) when its PostgreSQL is away, restarting or out
 # of room: its driver's (pgx's) connection failures, which carry no SQLSTATE ("failed to connect to ...:
 # dial error", "unexpected EOF", "conn closed", ...), and PostgreSQL's own SQLSTATE class 08 (connection
@@ -106,11 +108,32 @@ def _mongo_transient(exc: PyMongoError) -> bool:
         return True
     if exc.has_error_label("RetryableWriteError") or exc.has_error_label("TransientTransactionError"):
         return True
+    if isinstance(exc, BulkWriteError):  # its code (65) says only "some writes failed": its errors say why
+        return _bulk_transient(exc.details or {})
     if isinstance(exc, (OperationFailure, WriteConcernError)):
-        if exc.code == INTERNAL_ERROR:
-            return BACKEND_AWAY.search(str((exc.details or {}).get("errmsg", exc))) is not None
-        return exc.code in TRANSIENT_SERVER_CODES
+        return _code_transient(exc.code, str((exc.details or {}).get("errmsg", exc)))
     return False
+
+
+def _code_transient(code: int | None, message: str) -> bool:
+    if code == INTERNAL_ERROR:
+        return BACKEND_AWAY.search(message) is not None
+    return code in TRANSIENT_SERVER_CODES
+
+
+def _bulk_transient(details: Mapping[str, Any]) -> bool:
+    """A bulk write whose failures other than duplicate keys (a replay's) all say "not now": a write concern
+    not satisfied in time (a primary stepping down, replication lagging), the backend away."""
+    errors = [
+        error
+        for error in (*details.get("writeErrors", ()), *details.get("writeConcernErrors", ()))
+        if error.get("code") != DUPLICATE_KEY
+    ]
+    return bool(errors) and all(
+        "RetryableWriteError" in error.get("errorLabels", ())
+        or _code_transient(error.get("code"), str(error.get("errmsg", "")))
+        for error in errors
+    )
 
 
 @contextmanager

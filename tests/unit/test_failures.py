@@ -12,6 +12,7 @@ from kafka.structs import TopicPartition
 from pydicom.errors import InvalidDicomError
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     DuplicateKeyError,
     NetworkTimeout,
     NotPrimaryError,
@@ -146,3 +147,14 @@ def test_a_database_away_is_said_as_transient_and_a_refused_operation_is_not() -
         raise DuplicateKeyError("dup")
     assert dependency_away(restarting) and dependency_away(AutoReconnect("gone"))
     assert not dependency_away(OperationFailure("unauthorized", code=13))
+
+
+def test_a_bulk_write_is_transient_when_every_failure_but_a_duplicate_says_not_now() -> None:
+    """pymongo gathers a bulk write's failures in one BulkWriteError (code 65): delivery's records, written
+    in bulk, dead-lettered an instance when a write concern timed out (64) or FerretDB's backend went away."""
+    concern = {"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}]}
+    backend = {"writeErrors": [{"index": 0, "code": 1, "errmsg": "conn closed"}, {"index": 1, "code": 11000}]}
+    assert classify(BulkWriteError(concern)) is Failure.TRANSIENT
+    assert classify(BulkWriteError(backend)) is Failure.TRANSIENT
+    assert classify(BulkWriteError({"writeErrors": [{"index": 0, "code": 11000}]})) is Failure.DEFECT
+    assert classify(BulkWriteError({"writeErrors": [{"index": 0, "code": 121, "errmsg": "invalid"}]})) is Failure.DEFECT
