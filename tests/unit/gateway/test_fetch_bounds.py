@@ -127,32 +127,27 @@ def test_an_answer_slower_than_its_size_allows_fails_the_attempt(
         fetcher.close()
 
 
+@pytest.mark.parametrize(
+    "answers",
+    [
+        pytest.param(["head"], id="plain-http"),
+        # The path https takes, and plain HTTP's for an answer without a length: a first answer without a
+        # Content-Length sends the fetch through http.client, where the second's head drips.
+        pytest.param(["unframed", "head"], id="http.client"),
+    ],
+)
 def test_an_answers_head_slower_than_the_fetch_allows_ends_the_fetch(
-    serving: Callable[[Answer], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    serving: Callable[[Answer], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: list[str]
 ) -> None:
     """The fetch's time bound covered the body only: a head coming a byte at a time held the gateway."""
     monkeypatch.setattr(fetch, "READ_TIMEOUT_S", 0.5)  # each byte comes well within it
+    by_name: dict[str, Answer] = {"head": _dripping_head, "unframed": _unframed}
+    queue = iter(by_name[name] for name in answers)
     fetcher = Fetcher("key", tmp_path)
     try:
-        failure = _fetch_within(fetcher, _delivery(serving(_dripping_head)), 5)
-        assert isinstance(failure, FetchFailure) and failure.detail == "fetch-timeout"
-        assert failure.unavailable, "no answer yet: the retrieval service is waited for, no attempt spent"
-    finally:
-        fetcher.close()
-
-
-def test_an_answers_head_slower_than_the_fetch_allows_ends_the_fetch_on_the_direct_path_too(
-    serving: Callable[[Answer], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The path https takes, and plain HTTP's for an answer without a length (asked again through http.client):
-    a first answer without a Content-Length sends the fetch there, where the second's head drips."""
-    monkeypatch.setattr(fetch, "READ_TIMEOUT_S", 0.5)
-    answers = iter([_unframed, _dripping_head])
-    fetcher = Fetcher("key", tmp_path)
-    try:
-        failure = _fetch_within(fetcher, _delivery(serving(lambda conn, stop: next(answers)(conn, stop))), 5)
+        failure = _fetch_within(fetcher, _delivery(serving(lambda conn, stop: next(queue)(conn, stop))), 5)
         assert isinstance(failure, FetchFailure) and failure.detail == "fetch-timeout", failure
-        assert failure.unavailable
+        assert failure.unavailable, "no answer yet: the retrieval service is waited for, no attempt spent"
     finally:
         fetcher.close()
 
