@@ -7,7 +7,9 @@
 - DEFECT: neither, e.g. a bug in a stage. The input goes to the dead-letter topic, to be replayed
   (`imx dlq replay`) once the defect is fixed.
 
-Only the type of an error (and its errno) is looked at, never its text: texts may quote values.
+Only the type of an error (its errno, its server code) is looked at, never its text: texts may quote
+values. One exception: FerretDB's InternalError says only in its text that its PostgreSQL is away, so that
+text is searched for fixed phrases (BACKEND_AWAY); it is never logged or passed on.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
 
 from services.common.messages import PermanentError, TransientError
+from services.common.mongo import DUPLICATE_KEY
 
 
 class Failure(StrEnum):
@@ -61,7 +64,6 @@ TRANSIENT_ERRNOS = frozenset(
 # Server error codes that say "not now" (pymongo retries these itself within one operation; a stage
 # retries them across operations): shutting down, stepping down, no primary, out of time.
 TRANSIENT_SERVER_CODES = frozenset({6, 7, 50, 64, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
-DUPLICATE_KEY = 11000
 # FerretDB (the devstack's MongoDB) answers InternalError (1) when its PostgreSQL is away, restarting or out
 # of room: its driver's (pgx's) connection failures, which carry no SQLSTATE ("failed to connect to ...:
 # dial error", "unexpected EOF", "conn closed", ...), and PostgreSQL's own SQLSTATE class 08 (connection

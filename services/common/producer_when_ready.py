@@ -39,7 +39,7 @@ class ProducerWhenReady:
         return self._producer is not None
 
     def wait_ready(self, timeout_s: float) -> bool:
-        """For tests and start-up logs: whether the producer was made within `timeout_s`."""
+        """Whether the producer was made within `timeout_s` (the tests ask it)."""
         self._thread.join(timeout_s)
         return self.ready
 
